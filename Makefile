@@ -1,0 +1,50 @@
+# The README's two commands are `make demo` and `make test`; both run `make setup` first.
+PY := .venv/bin/python
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export LITELLM_LOCAL_MODEL_COST_MAP := True
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test test-unit test-integration lint typecheck bench-overhead bench-router soak eval-guard eval-routing report clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(PY) -m gateway.cli demo --config examples/demo-local.yaml
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+test-unit: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit
+
+test-integration: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests/integration tests/e2e
+
+lint: setup
+	$(PY) -m ruff check gateway routers evals tests
+
+typecheck: setup
+	$(PY) -m mypy
+
+bench-overhead: setup
+	$(PY) -m gateway.cli bench overhead --json runs/bench-overhead.json --plot docs/img/overhead.png
+
+bench-router: setup
+	$(PY) -m gateway.cli bench router --json runs/bench-router.json
+
+soak: setup
+	$(PY) -m gateway.cli bench soak --json runs/soak.json
+
+eval-guard: setup
+	$(PY) -m gateway.cli eval guard --suite clinc150-gqr --json runs/eval-guard.json
+
+eval-routing: setup
+	$(PY) -m gateway.cli eval routing --data ../shared/data/routellm --format routellm-mmlu --strong gpt-4-1106-preview --json runs/eval-routing-mmlu.json
+
+report: setup
+	$(PY) -m gateway.cli eval report --out docs/results
+
+clean:
+	rm -rf .venv build *.egg-info

@@ -1,0 +1,1 @@
+"""Offline evaluation and benchmarks of expertgate guards and routers."""

@@ -1,0 +1,56 @@
+"""The ``expertgate`` command line.
+
+Each subcommand group lives in its own module with a ``register(subparsers)`` function;
+modules are imported only when their group is used, so ``expertgate routers list`` never pays
+for the web server and ``expertgate serve`` never imports the evaluation suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+# subcommand -> (module, help)
+GROUPS: dict[str, tuple[str, str]] = {
+    "serve": ("gateway.cli.serve", "run the gateway"),
+    "route": ("gateway.cli.serve", "explain the routing decision for a text (dry run)"),
+    "logs": ("gateway.cli.serve", "routing-log tools (export to Parquet)"),
+    "demo": ("gateway.cli.demo", "start two local llama.cpp experts and the gateway, send prompts"),
+    "routers": ("gateway.cli.train", "router registry"),
+    "train": ("gateway.cli.train", "fit a router from a routing table and save its artifact"),
+    "eval": ("gateway.cli.eval", "evaluate guards and routers on public data"),
+    "bench": ("gateway.cli.bench", "benchmarks: gateway overhead, router latency, soak"),
+    "data": ("gateway.cli.train", "data-set registry: list and verify the shared data sets"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="expertgate", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    wanted = argv[0] if argv and argv[0] in GROUPS else None
+    for name, (module, help_) in GROUPS.items():
+        if wanted is None or name == wanted:
+            mod = importlib.import_module(module)
+            mod.register(sub, name)
+        else:
+            sub.add_parser(name, help=help_)
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    rc = args.func(args)
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

