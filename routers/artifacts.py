@@ -1,0 +1,267 @@
+"""Router artifacts: a folder with ``router.json`` + ``arrays.npz`` (+ ``*.skops``). Never pickle.
+
+Layout of an artifact folder::
+
+    router.json   {format: "expertgate-router", format_version: 1, type, version, params,
+                   json_state, data_hash, embedder, dim, metrics, created,
+                   files: {name: sha256}}
+    arrays.npz    the router's ``_array_attrs`` (loaded with ``allow_pickle=False``)
+    <attr>.skops  one file per ``_skops_attrs`` entry (scikit-learn parts), loaded with an
+                  explicit list of trusted types
+
+Loading never executes code from the artifact: the class comes from the registry by the
+recorded ``type``; JSON and npz hold data only; skops files are checked against
+:data:`TRUSTED_SKOPS_TYPES` before anything is built from them. Every problem (missing file,
+wrong format or type or version, checksum mismatch, unknown parameter, missing state) is a
+:class:`~routers.base.RouterError` naming it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from routers.base import Router, RouterError, get_router_class
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "TRUSTED_SKOPS_TYPES",
+    "artifact_version",
+    "load_router",
+    "read_manifest",
+    "save_router",
+]
+
+FORMAT = "expertgate-router"
+FORMAT_VERSION = 1
+MANIFEST = "router.json"
+ARRAYS = "arrays.npz"
+
+#: The only non-default types a skops file may contain. Extend deliberately, one class at a
+#: time, when a family starts saving a new scikit-learn estimator.
+TRUSTED_SKOPS_TYPES: frozenset[str] = frozenset({
+    "sklearn.linear_model._logistic.LogisticRegression",
+    "sklearn.linear_model._ridge.Ridge",
+    "sklearn.neural_network._multilayer_perceptron.MLPClassifier",
+    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+    "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
+    "sklearn.calibration.CalibratedClassifierCV",
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
+    "sklearn.isotonic.IsotonicRegression",
+    "sklearn.preprocessing._label.LabelBinarizer",
+    "sklearn.preprocessing._label.LabelEncoder",
+    "sklearn.preprocessing._data.StandardScaler",
+    "sklearn.pipeline.Pipeline",
+    "sklearn.cluster._kmeans.KMeans",
+    "sklearn.utils._bunch.Bunch",
+    "sklearn.frozen._frozen.FrozenEstimator",
+    "sklearn.model_selection._split.StratifiedKFold",
+    "numpy.dtype",
+    "builtins.slice",
+})
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _jsonable(x: Any) -> Any:
+    """Turn numpy scalars/arrays and tuples into plain JSON; NaN/inf become None."""
+    if isinstance(x, Mapping):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, np.bool_ | bool):
+        return bool(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.floating | float):
+        f = float(x)
+        return f if math.isfinite(f) else None
+    if x is None or isinstance(x, str | int):
+        return x
+    raise RouterError(f"cannot store value of type {type(x).__name__} in router.json")
+
+
+def save_router(router: Router, path: str | Path, *, metrics: Mapping[str, Any] | None = None,
+                data_hash: str | None = None, embedder: str | None = None) -> Path:
+    """Write ``router`` (fitted) to the folder ``path`` and return the folder.
+
+    The folder is written in a temporary sibling and moved into place, so a reader never
+    sees half an artifact. An existing artifact at ``path`` is replaced.
+    """
+    router.check_fitted()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        files: dict[str, str] = {}
+        arrays: dict[str, np.ndarray] = {}
+        for name in router._array_attrs:
+            if not hasattr(router, name):
+                raise RouterError(f"{router.name}: fitted state {name!r} is missing")
+            arr = np.asarray(getattr(router, name))
+            if arr.dtype == object:
+                raise RouterError(f"{router.name}: array {name!r} has dtype object")
+            arrays[name] = arr
+        np.savez(tmp / ARRAYS, allow_pickle=False, **arrays)
+        files[ARRAYS] = _sha256(tmp / ARRAYS)
+        if router._skops_attrs:
+            import skops.io as sio
+
+            for name in router._skops_attrs:
+                fname = f"{name.rstrip('_')}.skops"
+                sio.dump(getattr(router, name), tmp / fname)
+                files[fname] = _sha256(tmp / fname)
+        json_state = {k: _jsonable(getattr(router, k)) for k in router._json_attrs
+                      if hasattr(router, k)}
+        missing = [k for k in router._json_attrs if k not in json_state]
+        if missing:
+            raise RouterError(f"{router.name}: fitted state missing: {', '.join(missing)}")
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "type": router.name,
+            "version": int(router.version),
+            "params": _jsonable(router.get_params()),
+            "json_state": json_state,
+            "data_hash": data_hash,
+            "embedder": embedder,
+            "dim": _jsonable(getattr(router, "dim_", None)),
+            "metrics": _jsonable(dict(metrics or {})),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "files": files,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True,
+                                               allow_nan=False) + "\n")
+        if out.exists():
+            old = out.with_name(f".{out.name}.old.{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            for f in old.iterdir():
+                f.unlink()
+            old.rmdir()
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            for f in tmp.iterdir():
+                f.unlink()
+            tmp.rmdir()
+    return out
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """Read and check ``router.json`` of an artifact folder (format, files, checksums)."""
+    folder = Path(path)
+    mpath = folder / MANIFEST
+    if not folder.is_dir():
+        raise RouterError(f"router artifact {folder} is not a folder")
+    if not mpath.exists():
+        raise RouterError(f"router artifact {folder} has no {MANIFEST}")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RouterError(f"{mpath}: not valid JSON: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise RouterError(f"{mpath}: not an expertgate router artifact (format "
+                          f"{manifest.get('format') if isinstance(manifest, dict) else None!r})")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise RouterError(f"{mpath}: artifact format version {manifest.get('format_version')!r}"
+                          f" is not supported (this build reads {FORMAT_VERSION})")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or ARRAYS not in files:
+        raise RouterError(f"{mpath}: 'files' with checksums is missing")
+    for fname, digest in files.items():
+        if "/" in fname or "\\" in fname or fname.startswith("."):
+            raise RouterError(f"{mpath}: bad file name {fname!r}")
+        fp = folder / fname
+        if not fp.exists():
+            raise RouterError(f"router artifact {folder}: file {fname} is missing")
+        if _sha256(fp) != digest:
+            raise RouterError(f"router artifact {folder}: checksum mismatch for {fname} "
+                              "(the file was modified after saving)")
+    return manifest
+
+
+def artifact_version(path: str | Path) -> str:
+    """A short content hash of an artifact (router.json, which lists every file's sha256).
+
+    The gateway uses it as the policy version in its decision-cache key, so a retrained
+    router never serves decisions cached for the previous one.
+    """
+    folder = Path(path)
+    read_manifest(folder)
+    return hashlib.sha256((folder / MANIFEST).read_bytes()).hexdigest()[:12]
+
+
+def _load_skops(fp: Path) -> Any:
+    import skops.io as sio
+
+    untrusted = sio.get_untrusted_types(file=fp)
+    bad = sorted(set(untrusted) - TRUSTED_SKOPS_TYPES)
+    if bad:
+        raise RouterError(f"{fp.name}: refusing to load untrusted type(s): {', '.join(bad)}")
+    return sio.load(fp, trusted=list(untrusted))
+
+
+def load_router(path: str | Path, expected_type: str | None = None) -> Router:
+    """Load an artifact folder written by :func:`save_router`; see the module doc."""
+    folder = Path(path)
+    manifest = read_manifest(folder)
+    rtype = manifest.get("type")
+    if expected_type is not None and rtype != expected_type:
+        raise RouterError(f"router artifact {folder} holds a {rtype!r} router, expected "
+                          f"{expected_type!r}")
+    cls = get_router_class(str(rtype))
+    if manifest.get("version") != cls.version:
+        raise RouterError(f"router artifact {folder}: {rtype} version {manifest.get('version')}"
+                          f" does not match this build's version {cls.version}; retrain it")
+    params = manifest.get("params") or {}
+    unknown = sorted(set(params) - set(cls._param_names))
+    if unknown:
+        raise RouterError(f"router artifact {folder}: unknown parameter(s) for {rtype}: "
+                          f"{', '.join(unknown)}")
+    router = cls(**params)
+    state = manifest.get("json_state") or {}
+    missing = [k for k in cls._json_attrs if k not in state]
+    if missing:
+        raise RouterError(f"router artifact {folder}: state missing: {', '.join(missing)}")
+    for k in cls._json_attrs:
+        setattr(router, k, state[k])
+    try:
+        with np.load(folder / ARRAYS, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except ValueError as e:
+        raise RouterError(f"router artifact {folder}: bad {ARRAYS}: {e}") from None
+    missing = [k for k in cls._array_attrs if k not in arrays]
+    if missing:
+        raise RouterError(f"router artifact {folder}: arrays missing: {', '.join(missing)}")
+    for k in cls._array_attrs:
+        setattr(router, k, arrays[k])
+    for k in cls._skops_attrs:
+        fname = f"{k.rstrip('_')}.skops"
+        if fname not in manifest["files"]:
+            raise RouterError(f"router artifact {folder}: {fname} is not listed in {MANIFEST}")
+        setattr(router, k, _load_skops(folder / fname))
+    hook = getattr(router, "_after_load", None)
+    if callable(hook):
+        hook()
+    return router

@@ -1,0 +1,97 @@
+"""Category two-step router (Composition of Experts).
+
+Step 1: a logistic-regression classifier on prompt embeddings predicts the query's category
+(the table's ``category`` column). Step 2: a category -> expert table, learned from each
+expert's mean quality per category (shrunk toward its overall mean for small categories),
+chooses the expert with the shared cost/quality knob of :mod:`routers.tradeoff`.
+
+``soft=True`` mixes the category rows by the classifier's probabilities instead of taking
+the most probable category (smoother when categories overlap).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from routers.base import RouterError, RoutingTable, register
+from routers.tradeoff import QualityRouter, shrunk_group_quality
+
+__all__ = ["CategoryRouter", "fit_category_classifier"]
+
+
+def fit_category_classifier(X: np.ndarray, labels: np.ndarray, *, C: float, seed: int
+                            ) -> object | None:
+    """Multinomial logistic regression on embeddings; None when there is one class only."""
+    from sklearn.linear_model import LogisticRegression
+
+    if len(np.unique(labels)) < 2:
+        return None
+    clf = LogisticRegression(C=float(C), max_iter=500, random_state=int(seed))
+    clf.fit(X, labels)
+    return clf
+
+
+def category_proba(clf: object | None, X: np.ndarray, n_classes: int) -> np.ndarray:
+    """P(category | x) over all ``n_classes`` (classes the classifier never saw get 0)."""
+    if clf is None:
+        return np.ones((X.shape[0], n_classes))
+    P = np.zeros((X.shape[0], n_classes))
+    P[:, clf.classes_] = clf.predict_proba(X)  # type: ignore[attr-defined]
+    return P
+
+
+@register
+class CategoryRouter(QualityRouter):
+    name = "category"
+    _param_names = ("C", "prior_strength", "soft", "cost_weight", "threshold", "seed")
+    _array_attrs = ("category_quality_", "costs_")
+    _json_attrs = ("experts_", "categories_", "dim_")
+    _skops_attrs = ("classifier_",)
+
+    def __init__(self, C: float = 1.0, prior_strength: float = 5.0, soft: bool = False,
+                 cost_weight: float = 0.0, threshold: float | None = None,
+                 seed: int = 0) -> None:
+        self.C = C
+        self.prior_strength = prior_strength
+        self.soft = soft
+        self.cost_weight = cost_weight
+        self.threshold = threshold
+        self.seed = seed
+
+    def fit(self, X: np.ndarray, table: RoutingTable) -> CategoryRouter:
+        X, S = self._base_checks(X, table)
+        if table.categories is None:
+            raise RouterError("category router needs a 'category' column in the routing table")
+        if not float(self.C) > 0:
+            raise RouterError("category: C must be > 0")
+        cats = sorted(set(table.categories))
+        y = np.array([cats.index(c) for c in table.categories])
+        self.classifier_ = fit_category_classifier(X, y, C=float(self.C), seed=int(self.seed))
+        self.category_quality_ = shrunk_group_quality(S, y, len(cats),
+                                                      float(self.prior_strength))
+        self.categories_ = cats
+        self.experts_ = list(table.models)
+        self.costs_ = table.mean_costs()
+        self.dim_ = int(X.shape[1])
+        return self
+
+    def category_proba(self, X: np.ndarray) -> np.ndarray:
+        """P(category | x), shape (n, n_categories)."""
+        self.check_fitted()
+        X = self.check_X(X)
+        P = category_proba(self.classifier_, X, len(self.categories_))
+        return P / P.sum(axis=1, keepdims=True)
+
+    def _quality(self, X: np.ndarray) -> np.ndarray:
+        P = self.category_proba(X)
+        if not self.soft:
+            hard = np.zeros_like(P)
+            hard[np.arange(len(P)), P.argmax(axis=1)] = 1.0
+            P = hard
+        return P @ np.asarray(self.category_quality_)
+
+    def _explain(self, X: np.ndarray, Q: np.ndarray) -> list[str]:
+        P = self.category_proba(X)
+        best = P.argmax(axis=1)
+        return [f"category '{self.categories_[b]}' (p={P[i, b]:.2f})"
+                for i, b in enumerate(best)]

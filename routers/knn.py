@@ -1,0 +1,77 @@
+"""Nearest-neighbour router (C3PO / RouterDC-style similarity-weighted success).
+
+For a query, the ``k`` most similar training prompts (cosine similarity of unit embeddings)
+vote for each expert with weights ``exp(sim / temperature)``; an expert's predicted quality
+is the weighted mean of its scores on those neighbours where it was evaluated, shrunk toward
+its overall mean by ``prior_strength`` pseudo-neighbours (so missing scores (NaN) and thin
+neighbourhoods fall back gracefully). The choice trades that quality against cost with the
+shared knob of :mod:`routers.tradeoff`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from routers.base import RouterError, RoutingTable, register
+from routers.tradeoff import QualityRouter
+
+__all__ = ["KNNRouter", "knn_quality", "unit_rows"]
+
+
+def unit_rows(X: np.ndarray) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float32)
+    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+
+
+def knn_quality(Xq: np.ndarray, Xtrain: np.ndarray, S: np.ndarray, prior: np.ndarray, *,
+                k: int, temperature: float, prior_strength: float) -> np.ndarray:
+    """Similarity-weighted neighbour success per expert, (n, m); see the module doc."""
+    sims = unit_rows(Xq) @ Xtrain.T
+    kk = min(int(k), Xtrain.shape[0])
+    idx = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+    top = np.take_along_axis(sims, idx, axis=1).astype(np.float64)
+    w = np.exp((top - top.max(axis=1, keepdims=True)) / float(temperature))
+    Sn = S[idx]  # (n, k, m)
+    finite = np.isfinite(Sn)
+    num = np.einsum("nk,nkm->nm", w, np.where(finite, Sn, 0.0))
+    den = np.einsum("nk,nkm->nm", w, finite.astype(np.float64))
+    # weights are relative (max 1): prior_strength counts as that many best neighbours
+    return (num + prior_strength * prior[None, :]) / (den + prior_strength)
+
+
+@register
+class KNNRouter(QualityRouter):
+    name = "knn"
+    _param_names = ("k", "temperature", "prior_strength", "cost_weight", "threshold")
+    _array_attrs = ("train_X_", "train_scores_", "prior_", "costs_")
+    _json_attrs = ("experts_", "dim_")
+
+    def __init__(self, k: int = 20, temperature: float = 0.05, prior_strength: float = 0.5,
+                 cost_weight: float = 0.0, threshold: float | None = None) -> None:
+        self.k = k
+        self.temperature = temperature
+        self.prior_strength = prior_strength
+        self.cost_weight = cost_weight
+        self.threshold = threshold
+
+    def fit(self, X: np.ndarray, table: RoutingTable) -> KNNRouter:
+        X, S = self._base_checks(X, table)
+        if int(self.k) < 1:
+            raise RouterError("knn: k must be at least 1")
+        if not float(self.temperature) > 0:
+            raise RouterError("knn: temperature must be > 0")
+        if float(self.prior_strength) < 0:
+            raise RouterError("knn: prior_strength must be >= 0")
+        self.experts_ = list(table.models)
+        self.train_X_ = unit_rows(X)
+        self.train_scores_ = S.astype(np.float32)
+        self.prior_ = np.nanmean(S, axis=0)
+        self.costs_ = table.mean_costs()
+        self.dim_ = int(X.shape[1])
+        return self
+
+    def _quality(self, X: np.ndarray) -> np.ndarray:
+        return knn_quality(X, self.train_X_, self.train_scores_.astype(np.float64),
+                           np.asarray(self.prior_, dtype=np.float64), k=int(self.k),
+                           temperature=float(self.temperature),
+                           prior_strength=float(self.prior_strength))
