@@ -1,0 +1,231 @@
+"""Routing-table loaders: shared data sets and exported gateway logs -> :class:`RoutingTable`.
+
+Every loader returns the wide table of :mod:`routers.base` (one row per prompt, one column
+per model, NaN where a model was not evaluated). Formats, by :func:`load_table` name:
+
+``long``
+    CSV, JSONL or Parquet with columns ``prompt_id, prompt, model, score, cost, [category]``.
+``routellm`` / ``routellm-mmlu`` / ``routellm-gsm8k``
+    RouteLLM's cached evaluations (``shared/data/routellm``): per-question correctness of
+    ``gpt-4-1106-preview`` (strong) and ``mistralai/Mixtral-8x7B-Instruct-v0.1`` (weak).
+    MMLU's category is the subject (file name). Costs are in USD per query from the prices
+    the RouteLLM paper uses, :data:`ROUTELLM_PRICES_PER_1M` (GPT-4 $24.7 and Mixtral $0.24 per
+    1M tokens, a blend of input and output prices), times an estimate of the tokens:
+    ``ceil(chars / 4)`` of the prompt plus the output (GSM8K: the model's recorded response,
+    same estimate; MMLU: one answer token). Prompts RouteLLM lists as contaminated are
+    dropped, as RouteLLM does, unless ``drop_contaminated=False``.
+``llmrouter``
+    LLMRouter's NQ table (``shared/data/llmrouter_nq``): 500 queries x 6 models with score and
+    cost given (the source's cost units).
+``logs``
+    Exported gateway routing logs (Parquet or JSONL) joined with feedback: ``text`` ->
+    prompt, ``expert`` -> model, ``feedback_score`` -> score, ``cost_usd`` -> cost. Rows
+    without text or without feedback are dropped, with a count printed to stderr. Records of
+    the same text are one prompt (scores of repeated (text, expert) pairs are averaged).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from routers.base import RouterError, RoutingTable
+
+__all__ = [
+    "FORMATS",
+    "ROUTELLM_PRICES_PER_1M",
+    "ROUTELLM_STRONG",
+    "ROUTELLM_WEAK",
+    "load_llmrouter",
+    "load_logs",
+    "load_long",
+    "load_routellm",
+    "load_table",
+]
+
+ROUTELLM_STRONG = "gpt-4-1106-preview"
+ROUTELLM_WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
+#: USD per 1M tokens used by the RouteLLM paper (Ong et al. 2024, section 5): GPT-4 at $24.7
+#: and Mixtral-8x7B at $0.24 (each a blend of the input and output list prices of the time).
+ROUTELLM_PRICES_PER_1M: dict[str, float] = {ROUTELLM_STRONG: 24.7, ROUTELLM_WEAK: 0.24}
+
+FORMATS = ("long", "routellm", "routellm-mmlu", "routellm-gsm8k", "llmrouter", "logs")
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        raise RouterError(f"no such file or folder: {path}")
+    return path
+
+
+def _read_frame(path: Path) -> Any:
+    import pandas as pd
+
+    _need(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+        if suffix == ".jsonl":
+            return pd.read_json(path, lines=True)
+        if suffix == ".json":
+            return pd.DataFrame(json.loads(path.read_text()))
+        if suffix in (".csv", ".tsv"):
+            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+    except ValueError as e:
+        raise RouterError(f"{path}: cannot read: {e}") from None
+    raise RouterError(f"{path}: unknown file type {suffix!r} (use .csv, .jsonl, .json or "
+                      ".parquet)")
+
+
+def load_long(path: str | Path) -> RoutingTable:
+    """Long-format table: ``prompt_id, prompt, model, score, cost, [category]``."""
+    df = _read_frame(Path(path))
+    return RoutingTable.from_long(df)
+
+
+def _tokens(text: str) -> int:
+    return max(1, math.ceil(len(text) / 4))
+
+
+def _contaminated(folder: Path) -> set[str]:
+    p = folder / "contaminated_prompts.jsonl"
+    if not p.exists():
+        return set()
+    out = set()
+    for line in p.read_text().splitlines():
+        if line.strip():
+            out.add(str(json.loads(line)["eval_prompt"]).strip())
+    return out
+
+
+def load_routellm(path: str | Path, benchmark: str = "mmlu", *,
+                  drop_contaminated: bool = True) -> RoutingTable:
+    """RouteLLM's MMLU or GSM8K correctness table; ``path`` is the ``routellm`` folder."""
+    import pandas as pd
+
+    root = Path(path)
+    if root.is_file():
+        root = root.parent.parent if root.parent.name == "responses" else root.parent
+    if (root / "routellm").is_dir() and not (root / "mmlu").is_dir():
+        root = root / "routellm"
+    models = (ROUTELLM_WEAK, ROUTELLM_STRONG)
+    rows: list[dict[str, Any]] = []
+    if benchmark == "mmlu":
+        folder = _need(root / "mmlu")
+        files = sorted((folder / "responses").glob("mmlu_*.csv"))
+        if not files:
+            raise RouterError(f"no mmlu_*.csv files under {folder / 'responses'}")
+        skip = _contaminated(folder) if drop_contaminated else set()
+        for f in files:
+            subject = f.stem.removeprefix("mmlu_")
+            df = pd.read_csv(f)
+            for i, rec in enumerate(df.itertuples(index=False)):
+                prompt = str(rec[0])
+                if prompt.strip() in skip:
+                    continue
+                for j, m in enumerate(models):
+                    toks = _tokens(prompt) + 1
+                    rows.append({"prompt_id": f"mmlu/{subject}/{i}", "prompt": prompt,
+                                 "model": m, "score": float(bool(rec[1 + j])),
+                                 "cost": ROUTELLM_PRICES_PER_1M[m] * toks / 1e6,
+                                 "category": subject})
+    elif benchmark == "gsm8k":
+        folder = _need(root / "gsm8k")
+        df = pd.read_csv(_need(folder / "gsm8k_responses.csv"))
+        skip = _contaminated(folder) if drop_contaminated else set()
+        for i, rec in enumerate(df.to_dict("records")):
+            prompt = str(rec["prompt"])
+            if prompt.strip() in skip:
+                continue
+            for m in models:
+                resp = rec.get(f"{m}_response")
+                out_toks = _tokens(str(resp)) if isinstance(resp, str) else 1
+                rows.append({"prompt_id": f"gsm8k/{i}", "prompt": prompt, "model": m,
+                             "score": float(bool(rec[m])),
+                             "cost": ROUTELLM_PRICES_PER_1M[m] * (_tokens(prompt) + out_toks)
+                             / 1e6, "category": "gsm8k"})
+    else:
+        raise RouterError(f"unknown RouteLLM benchmark {benchmark!r}; use mmlu or gsm8k")
+    return RoutingTable.from_long(pd.DataFrame(rows))
+
+
+def load_llmrouter(path: str | Path) -> RoutingTable:
+    """LLMRouter NQ: a JSON array of queries with per-position model names, scores, costs."""
+    import pandas as pd
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "router_train_data_nq.json"
+    try:
+        data = json.loads(_need(p).read_text())
+    except json.JSONDecodeError as e:
+        raise RouterError(f"{p}: not valid JSON: {e}") from None
+    rows = []
+    for rec in data:
+        names, perf, cost = rec["llm_name_list"], rec["perf_list"], rec["cost_list"]
+        if not len(names) == len(perf) == len(cost):
+            raise RouterError(f"{p}: q_id {rec.get('q_id')}: lists differ in length")
+        for m, s, c in zip(names, perf, cost, strict=True):
+            rows.append({"prompt_id": f"nq/{rec['q_id']}", "prompt": rec["query"],
+                         "model": m, "score": float(s), "cost": float(c),
+                         "category": str(rec.get("source") or "nq")})
+    return RoutingTable.from_long(pd.DataFrame(rows))
+
+
+def load_logs(path: str | Path) -> RoutingTable:
+    """Exported routing logs with feedback (Parquet or JSONL); see the module doc."""
+    import pandas as pd
+
+    df = _read_frame(Path(path))
+    need = {"request_id", "expert", "text", "feedback_score"}
+    missing = need - set(df.columns)
+    if missing:
+        raise RouterError(f"{path}: log export lacks column(s): {', '.join(sorted(missing))}")
+    n0 = len(df)
+    no_text = df["text"].isna() | (df["text"].astype(str).str.strip() == "")
+    fb = pd.to_numeric(df["feedback_score"], errors="coerce")
+    no_fb = fb.isna()
+    keep = ~no_text & ~no_fb
+    print(f"logs: {n0} records; dropped {int(no_text.sum())} without text and "
+          f"{int((no_fb & ~no_text).sum())} more without feedback; {int(keep.sum())} kept",
+          file=sys.stderr)
+    df = df[keep]
+    if df.empty:
+        raise RouterError(f"{path}: no log record has both text and feedback")
+    fbk = fb[keep]
+    if ((fbk < 0) | (fbk > 1)).any():
+        raise RouterError(f"{path}: feedback_score must lie in [0, 1]")
+    texts = df["text"].astype(str)
+    cost = (pd.to_numeric(df["cost_usd"], errors="coerce").fillna(0.0)
+            if "cost_usd" in df.columns else 0.0)
+    long = pd.DataFrame({
+        "prompt_id": [hashlib.sha256(t.encode()).hexdigest()[:16] for t in texts],
+        "prompt": texts.to_numpy(),
+        "model": df["expert"].astype(str).to_numpy(),
+        "score": fbk.to_numpy(dtype=np.float64),
+        "cost": np.asarray(cost, dtype=np.float64) if not np.isscalar(cost)
+        else np.zeros(len(df)),
+    })
+    return RoutingTable.from_long(long)
+
+
+def load_table(path: str | Path, format: str = "long") -> RoutingTable:
+    """Load any routing-table format by name: one of :data:`FORMATS`."""
+    if format == "long":
+        return load_long(path)
+    if format in ("routellm", "routellm-mmlu"):
+        return load_routellm(path, "mmlu")
+    if format == "routellm-gsm8k":
+        return load_routellm(path, "gsm8k")
+    if format == "llmrouter":
+        return load_llmrouter(path)
+    if format == "logs":
+        return load_logs(path)
+    raise RouterError(f"unknown table format {format!r}; use one of {', '.join(FORMATS)}")
