@@ -53,6 +53,7 @@ __all__ = [
     "best_quality_at_budget",
     "category_choice",
     "choose",
+    "column_means",
     "cost_at_quality",
     "cpt",
     "deferral_curve",
@@ -363,18 +364,18 @@ def category_choice(train_categories: Sequence[str], train_scores: np.ndarray,
     s = np.asarray(train_scores, dtype=np.float64)
     if len(train_categories) != s.shape[0]:
         raise MetricError("one category per training query is needed")
-    glob = np.nan_to_num(_nanmean0(s), nan=0.0)
+    glob = np.nan_to_num(column_means(s), nan=0.0)
     cats = np.asarray(train_categories, dtype=object)
     table: dict[str, np.ndarray] = {}
     for cat in set(train_categories):
         rows = s[cats == cat]
-        mean = _nanmean0(rows) if rows.size else glob
+        mean = column_means(rows) if rows.size else glob
         table[cat] = np.where(np.isfinite(mean), mean, glob)
     return np.stack([table.get(c, glob) for c in categories]) if len(categories) else \
         np.zeros((0, s.shape[1]))
 
 
-def _nanmean0(a: np.ndarray) -> np.ndarray:
+def column_means(a: np.ndarray) -> np.ndarray:
     """Column means ignoring NaN; NaN (without a warning) for an all-NaN column."""
     ok = np.isfinite(a)
     n = ok.sum(axis=0)

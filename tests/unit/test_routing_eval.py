@@ -1,0 +1,124 @@
+"""``expertgate eval routing`` end to end on small generated long-format tables."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from evals import routing_eval as RE
+from routers.base import RouterError, RoutingTable
+
+TOPICS = {"math": "solve the equation for x and compute the integral",
+          "law": "the court ruled on the contract dispute and the statute",
+          "food": "bake the bread with flour butter and sugar in the oven"}
+
+
+def _long_table(path: Path, models: dict[str, tuple[float, dict[str, float]]], n: int = 90,
+                seed: int = 0, missing: float = 0.0) -> Path:
+    """A long-format CSV: each model has a cost and a success rate per topic."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    topics = list(TOPICS)
+    for i in range(n):
+        cat = topics[i % len(topics)]
+        prompt = f"{TOPICS[cat]} case {i} {rng.integers(1000)}"
+        for mname, (cost, rate) in models.items():
+            if rng.uniform() < missing:
+                continue
+            rows.append({"prompt_id": f"p{i}", "prompt": prompt, "model": mname,
+                         "score": float(rng.uniform() < rate[cat]), "cost": cost,
+                         "category": cat})
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def _run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    RE.cli_register(parser)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+TWO = {"big": (10.0, {"math": 0.9, "law": 0.8, "food": 0.9}),
+       "small": (1.0, {"math": 0.2, "law": 0.7, "food": 0.85})}
+
+
+def test_cli_two_experts_writes_every_key(tmp_path: Path) -> None:
+    data = _long_table(tmp_path / "t.csv", TWO)
+    out = tmp_path / "r.json"
+    rc = _run(["--data", str(data), "--embedder", "hashing", "--seeds", "2",
+               "--routers", "knn,category", "--json", str(out), "--quiet",
+               "--cache-dir", str(tmp_path / "cache")])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["seeds"] == [0, 1]
+    assert res["table"]["strong"] == "big" and res["table"]["weak"] == "small"
+    assert "expertgate eval routing" in res["command"]
+    assert set(res["baselines"]) >= {"random", "oracle", "category", "big", "small"}
+    assert res["routers"], res["skipped"]
+    keys = {"apgr", "cpt20", "cpt50", "cpt80", "auc", "aiq", "quality", "cost",
+            "cost_at_best_single_quality", "cost_at_best_single_quality_val"}
+    for name, r in {**res["routers"], **res["baselines"]}.items():
+        assert keys <= set(r), name
+        assert {f"{k}_std" for k in keys} <= set(r), name
+    oracle, rnd = res["baselines"]["oracle"], res["baselines"]["random"]
+    assert oracle["apgr"] > rnd["apgr"]
+    assert 0.0 <= rnd["apgr"] <= 1.0
+    # the curves that the report plots travel with the JSON
+    assert len(oracle["curve"]["share"]) == len(oracle["curve"]["pgr"]) == 11
+    assert oracle["curve"]["share"][0] == 0.0 and oracle["curve"]["share"][-1] == 1.0
+    # a single expert recovers none (weak) or all (strong) of the gap
+    assert res["baselines"]["small"]["apgr"] == pytest.approx(0.5)
+    assert res["baselines"]["big"]["quality"] > res["baselines"]["small"]["quality"]
+
+
+def test_category_structure_is_learned(tmp_path: Path) -> None:
+    # the weak model fails only on "math": knowing the category recovers most of the gap
+    data = _long_table(tmp_path / "t.csv", TWO, n=150, seed=3)
+    table = RE.load_routing_table(data)
+    X, _ = RE.embed_table(table, "hashing", tmp_path / "cache")
+    res = RE.evaluate(table, X, routers=["knn"], seeds=[0, 1], progress=False)
+    assert res["baselines"]["category"]["apgr"] > res["baselines"]["random"]["apgr"] + 0.1
+    assert res["routers"]["knn"]["apgr"] > res["baselines"]["random"]["apgr"]
+
+
+def test_n_experts_with_missing_scores(tmp_path: Path) -> None:
+    three = {**TWO, "mid": (4.0, {"math": 0.8, "law": 0.3, "food": 0.5})}
+    data = _long_table(tmp_path / "t.csv", three, n=120, missing=0.1)
+    table = RE.load_routing_table(data)
+    assert np.isnan(table.scores).any()
+    X, _ = RE.embed_table(table, "hashing", tmp_path / "cache")
+    res = RE.evaluate(table, X, routers=["knn"], seeds=[0, 1], progress=False)
+    r = res["routers"]["knn"]
+    assert r["apgr"] is None  # RouteLLM's metrics are defined for two experts only
+    assert 0.0 <= r["aiq"] <= 1.0
+    assert r["missing_share"] == 0.0  # the sweep never picks a model without a score
+    curve = r["qc_curve"]
+    assert len(curve["cost"]) == len(RE.LAMBDAS)
+    assert res["baselines"]["oracle"]["quality"] >= max(
+        res["baselines"][m]["quality"] for m in three) - 1e-9
+
+
+def test_unknown_strong_model_and_bad_format_fail_cleanly(tmp_path: Path) -> None:
+    data = _long_table(tmp_path / "t.csv", TWO, n=30)
+    rc = _run(["--data", str(data), "--embedder", "hashing", "--seeds", "1",
+               "--routers", "knn", "--strong", "nope", "--quiet",
+               "--cache-dir", str(tmp_path / "cache")])
+    assert rc == 2
+    with pytest.raises((RE.EvalError, RouterError, OSError)):
+        RE.load_routing_table(tmp_path / "missing.csv")
+
+
+def test_router_without_predict_quality_is_one_operating_point(tmp_path: Path) -> None:
+    table = RoutingTable.from_long(pd.read_csv(_long_table(tmp_path / "t.csv", TWO, n=60)))
+    X, _ = RE.embed_table(table, "hashing", tmp_path / "cache")
+    res = RE.evaluate(table, X, routers=["semantic"], seeds=[0], progress=False)
+    sem = res["routers"]["semantic"]
+    assert sem["knob"] is False
+    assert len(sem["qc_curve"]["cost"]) == 1
+    assert sem["curve"]["share"][0] == 0.0 and sem["curve"]["share"][-1] == 1.0
