@@ -230,9 +230,12 @@ def _first_reaching(qualities: Sequence[float], target: float) -> int:
     return int(hit[0]) if hit.size else int(np.argmax(q))
 
 
-def _single_point(choice_v: np.ndarray, choice_t: np.ndarray, val: RoutingTable,
-                  test: RoutingTable, strong: int) -> dict[str, Any]:
-    """Metrics of a router evaluated at its own decisions (no knob)."""
+def _single_point(choice_t: np.ndarray, test: RoutingTable, strong: int,
+                  single_expert: bool = False) -> dict[str, Any]:
+    """Metrics of a router evaluated at its own decisions (no knob).
+
+    A single expert is a point, not a curve: its APGR/CPT are left undefined.
+    """
     St, Ct = test.scores, test.costs
     m = St.shape[1]
     q, c, miss = M.realised(choice_t, St, Ct)
@@ -243,7 +246,7 @@ def _single_point(choice_v: np.ndarray, choice_t: np.ndarray, val: RoutingTable,
                            "qc_curve": {"cost": [c], "quality": [q]},
                            "apgr": None, "auc": None, "cpt20": None, "cpt50": None,
                            "cpt80": None}
-    if m == 2:
+    if m == 2 and not single_expert:
         w = 1 - strong
         ok = _pairwise_ok(St, strong, w)
         share = float((choice_t[ok] == strong).mean())
@@ -356,9 +359,8 @@ def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | Non
             base_seed.setdefault(bname, []).append(evaluate_predictions(
                 pv, pt, V, E, strong=s_idx, knob_costs=kc, oracle_costs=orc))
         for j, mname in enumerate(table.models):
-            ch_v = np.full(len(V), j)
-            ch_t = np.full(len(E), j)
-            base_seed.setdefault(mname, []).append(_single_point(ch_v, ch_t, V, E, s_idx))
+            base_seed.setdefault(mname, []).append(
+                _single_point(np.full(len(E), j), E, s_idx, single_expert=True))
         bar.update(1)
         # routers ---------------------------------------------------------------------
         for name in names:
@@ -379,9 +381,8 @@ def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | Non
                 except RouterError as e:
                     if "does not estimate" not in str(e):
                         raise
-                    cv = _choices_from_decisions(r, X[va], V.prompts, table.models)
                     ct = _choices_from_decisions(r, X[te], E.prompts, table.models)
-                    res = _single_point(cv, ct, V, E, s_idx)
+                    res = _single_point(ct, E, s_idx)
                     res["knob"] = False
             except (RouterError, M.MetricError, ValueError) as e:
                 skipped[name] = f"{type(e).__name__}: {e}"
