@@ -1,0 +1,466 @@
+"""POST /v1/chat/completions and /v1/completions: the hot path, as raw ASGI.
+
+The body is parsed once with orjson and validated by hand (no per-request pydantic model);
+the upstream's bytes are passed through untouched. The FastAPI app only documents these
+routes (gateway/api/protocol.py holds their schemas); requests never reach it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from gateway.dispatch import DispatchResult
+from gateway.errors import (
+    GatewayError,
+    GuardRejected,
+    InvalidRequest,
+    PayloadTooLarge,
+    UnknownModel,
+    UpstreamError,
+)
+from gateway.pipeline import PolicyRuntime, routing_text
+from routers.base import Decision
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+__all__ = ["handle_generate"]
+
+log = logging.getLogger("expertgate.chat")
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+_ROLES = frozenset({"system", "user", "assistant", "tool", "developer", "function"})
+_JSON = b"application/json"
+
+
+def _hdr_value(s: str) -> bytes:
+    s = " ".join(s.split())[:240]
+    return s.encode("ascii", "replace")
+
+
+async def read_body(receive: Receive, scope: Scope, limit: int) -> bytes:
+    for k, v in scope.get("headers", ()):
+        if k == b"content-length":
+            try:
+                n = int(v)
+            except ValueError:
+                raise InvalidRequest("invalid content-length header") from None
+            if n > limit:
+                raise PayloadTooLarge(f"request body of {n} bytes exceeds the limit of "
+                                      f"{limit} bytes")
+            break
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise asyncio.CancelledError("client disconnected")
+        b = msg.get("body", b"")
+        if b:
+            size += len(b)
+            if size > limit:
+                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+            chunks.append(b)
+        if not msg.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def parse_payload(raw: bytes, endpoint: str, max_messages: int) -> dict[str, Any]:
+    if not raw:
+        raise InvalidRequest("request body is empty; expected a JSON object")
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise InvalidRequest(f"request body is not valid JSON: {e.msg} at position {e.pos}"
+                             ) from None
+    if not isinstance(payload, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("'model' is required and must be a non-empty string",
+                             param="model")
+    if endpoint == "chat":
+        msgs = payload.get("messages")
+        if not isinstance(msgs, list) or not msgs:
+            raise InvalidRequest("'messages' must be a non-empty array", param="messages")
+        if len(msgs) > max_messages:
+            raise InvalidRequest(f"too many messages ({len(msgs)}; at most {max_messages})",
+                                 param="messages")
+        for i, m in enumerate(msgs):
+            if not isinstance(m, dict):
+                raise InvalidRequest(f"messages[{i}] must be an object", param=f"messages.{i}")
+            role = m.get("role")
+            if role not in _ROLES:
+                raise InvalidRequest(f"messages[{i}].role must be one of "
+                                     f"{', '.join(sorted(_ROLES))}", param=f"messages.{i}.role")
+            c = m.get("content")
+            if c is not None and not isinstance(c, str | list):
+                raise InvalidRequest(f"messages[{i}].content must be a string or an array",
+                                     param=f"messages.{i}.content")
+    else:
+        p = payload.get("prompt")
+        if not (isinstance(p, str) and p) and not (
+                isinstance(p, list) and p and all(isinstance(x, str) for x in p)):
+            raise InvalidRequest("'prompt' must be a non-empty string or array of strings",
+                                 param="prompt")
+    s = payload.get("stream", False)
+    if not isinstance(s, bool):
+        raise InvalidRequest("'stream' must be a boolean", param="stream")
+    for k in ("max_tokens", "max_completion_tokens", "n"):
+        v = payload.get(k)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise InvalidRequest(f"'{k}' must be a positive integer", param=k)
+    return payload
+
+
+def _completions_text(payload: dict[str, Any]) -> str:
+    p = payload["prompt"]
+    t = p if isinstance(p, str) else " ".join(p)
+    t = " ".join(t.split())
+    if not t:
+        raise InvalidRequest("'prompt' has no text to route on", param="prompt")
+    return t
+
+
+def _usage(body: bytes) -> tuple[int, int]:
+    try:
+        u = orjson.loads(body).get("usage") or {}
+        return int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0)
+    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return 0, 0
+
+
+def _stream_usage(chunk: bytes) -> tuple[int, int] | None:
+    # usage arrives in the last data events when the client asked for it
+    if b'"usage"' not in chunk:
+        return None
+    for line in chunk.split(b"\n"):
+        if line.startswith(b"data: {") and b'"usage"' in line:
+            got = _usage(line[6:])
+            if got != (0, 0):
+                return got
+    return None
+
+
+def _refusal(payload: dict[str, Any], endpoint: str, message: str, policy: str,
+             stream: bool) -> tuple[bytes, bytes]:
+    rid = "egrej-" + uuid.uuid4().hex[:24]
+    now = int(time.time())
+    if endpoint == "chat":
+        if stream:
+            ev1 = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": policy,
+                   "choices": [{"index": 0, "delta": {"role": "assistant", "content": message},
+                                "finish_reason": None}]}
+            ev2 = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": policy,
+                   "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+            return (b"text/event-stream", b"data: " + orjson.dumps(ev1) + b"\n\ndata: " +
+                    orjson.dumps(ev2) + b"\n\ndata: [DONE]\n\n")
+        body = {"id": rid, "object": "chat.completion", "created": now, "model": policy,
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": message}}],
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
+        return _JSON, orjson.dumps(body)
+    body = {"id": rid, "object": "text_completion", "created": now, "model": policy,
+            "choices": [{"index": 0, "text": message, "finish_reason": "stop",
+                         "logprobs": None}],
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
+    if stream:
+        return b"text/event-stream", b"data: " + orjson.dumps(body) + b"\n\ndata: [DONE]\n\n"
+    return _JSON, orjson.dumps(body)
+
+
+class _Ctx:
+    """Per-request facts gathered for headers and the routing-log record."""
+
+    __slots__ = ("cache", "decision", "degraded", "endpoint", "expert", "policy", "reason",
+                 "replica", "request_id", "rt", "stream", "t0", "tenant", "text", "text_hash")
+
+    def __init__(self, request_id: str, endpoint: str, t0: float) -> None:
+        self.request_id = request_id
+        self.endpoint = endpoint
+        self.t0 = t0
+        self.tenant = "anonymous"
+        self.policy = ""
+        self.rt: PolicyRuntime | None = None
+        self.decision: Decision | None = None
+        self.expert = ""
+        self.replica = ""
+        self.cache = "none"
+        self.reason = ""
+        self.degraded: list[str] = []
+        self.stream = False
+        self.text: str | None = None
+        self.text_hash: str | None = None
+
+    def headers(self, extra: list[tuple[bytes, bytes]] | None = None
+                ) -> list[tuple[bytes, bytes]]:
+        h = [(b"x-request-id", self.request_id.encode())]
+        if self.policy:
+            h.append((b"x-expertgate-policy", self.policy.encode()))
+        if self.expert:
+            h.append((b"x-expertgate-expert", self.expert.encode()))
+        h.append((b"x-expertgate-cache", self.cache.encode()))
+        if self.decision is not None:
+            ms = self.decision.timings_ms.get("total", sum(self.decision.timings_ms.values()))
+            h.append((b"x-expertgate-decision-ms", f"{ms:.3f}".encode()))
+        if self.reason:
+            h.append((b"x-expertgate-reason", _hdr_value(self.reason)))
+        if self.degraded:
+            h.append((b"x-expertgate-degraded", ",".join(self.degraded).encode()))
+        if extra:
+            h.extend(extra)
+        return h
+
+
+async def _send_error(send: Send, err: GatewayError, ctx: _Ctx) -> None:
+    headers = ctx.headers([(b"content-type", _JSON)])
+    for k, v in err.headers.items():
+        headers.append((k.lower().encode(), v.encode()))
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    await send({"type": "http.response.body", "body": err.body()})
+
+
+async def handle_generate(gw: Gateway, scope: Scope, receive: Receive, send: Send,
+                          endpoint: str) -> None:
+    t0 = time.perf_counter()
+    rid = ""
+    for k, v in scope.get("headers", ()):
+        if k == b"x-request-id":
+            rid = v.decode("latin-1")[:128]
+            break
+    ctx = _Ctx(rid or uuid.uuid4().hex, endpoint, t0)
+    gw.metrics.inflight.inc()
+    status = 500
+    err_type: str | None = None
+    usage = (0, 0)
+    try:
+        status, usage = await _generate(gw, scope, receive, send, ctx)
+    except GatewayError as e:
+        status, err_type = e.status, e.code
+        if isinstance(e, UpstreamError):
+            ctx.reason = ctx.reason or str(e)
+        await _send_error(send, e, ctx)
+    except asyncio.CancelledError:
+        status, err_type = 499, "client_disconnected"
+        raise
+    finally:
+        gw.metrics.inflight.dec()
+        lat = time.perf_counter() - t0
+        gw.metrics.latency.labels(endpoint).observe(lat)
+        gw.metrics.requests.labels(endpoint, ctx.policy or "-", ctx.expert or "-",
+                                   str(status)).inc()
+        gw.log_request(ctx, status, err_type, lat * 1000, usage)
+
+
+async def _generate(gw: Gateway, scope: Scope, receive: Receive, send: Send, ctx: _Ctx
+                    ) -> tuple[int, tuple[int, int]]:
+    settings = gw.settings
+    raw = await read_body(receive, scope, settings.max_body_bytes)
+    payload = parse_payload(raw, ctx.endpoint, settings.max_messages)
+    model: str = payload["model"]
+    ctx.tenant = gw.authorize(scope, model)
+    stream = bool(payload.get("stream", False))
+    ctx.stream = stream
+    pset = gw.policy_set
+    rt = pset.policies.get(model)
+    cfg = pset.config
+    deadline = time.monotonic() + settings.request_deadline_s
+    if rt is None:
+        expert = cfg.expert(model)
+        if expert is None:
+            raise UnknownModel(f"The model '{model}' does not exist: it is neither an expert "
+                               "nor a policy of this gateway (see GET /v1/models)",
+                               param="model")
+        chain = [model]
+        ctx.reason = "explicit expert (no routing)"
+        affinity_text = ""
+    else:
+        ctx.policy = model
+        ctx.rt = rt
+        pol = rt.config
+        text = (routing_text(payload["messages"], pol.routing_text) if ctx.endpoint == "chat"
+                else _completions_text(payload))
+        ctx.text_hash = hashlib.blake2b(text.encode("utf-8", "surrogatepass"),
+                                        digest_size=16).hexdigest()
+        if pol.log_prompts:
+            ctx.text = text
+        affinity_text = text
+        d = await gw.pipeline.decide(rt, text, ctx.degraded)
+        ctx.decision = d
+        ctx.cache = "hit" if d.cached else ("bypass" if "cache" in ctx.degraded else "miss")
+        ctx.reason = d.reason
+        gw.metrics.decisions.labels(model, d.expert or "-", d.mode).inc()
+        if pol.max_tokens_cap is not None:
+            key = "max_completion_tokens" if "max_completion_tokens" in payload else "max_tokens"
+            if payload.get(key) is None or payload[key] > pol.max_tokens_cap:
+                payload[key] = pol.max_tokens_cap
+        if d.mode == "reject":
+            rej = pol.on_reject
+            reason = d.guard.reject_reason if d.guard and d.guard.reject_reason else "router"
+            gw.metrics.rejections.labels(model, reason).inc()
+            if rej.action == "error":
+                raise GuardRejected(f"{rej.message} ({d.reason})", status=rej.status,
+                                    param="messages" if ctx.endpoint == "chat" else "prompt")
+            if rej.action == "refusal":
+                ctype, body = _refusal(payload, ctx.endpoint, rej.message, model, stream)
+                ctx.expert = ""
+                await send({"type": "http.response.start", "status": 200,
+                            "headers": ctx.headers([(b"content-type", ctype)])})
+                await send({"type": "http.response.body", "body": body})
+                return 200, (0, 0)
+            assert rej.expert is not None
+            chain = [rej.expert]
+            ctx.degraded.append("rejected-to-fallback")
+            gw.metrics.fallbacks.labels(model, "rejected").inc()
+        else:
+            if d.mode == "ensemble" and d.aggregator and len(d.targets) > 1:
+                return await _ensemble(gw, payload, d, ctx, send, deadline)
+            chain = [t.expert for t in d.targets[:pol.max_attempts]]
+            for f in pol.fallback:
+                if f not in chain:
+                    chain.append(f)
+            if not chain:
+                raise GuardRejected("the router chose no expert", status=400)
+    path = "/chat/completions" if ctx.endpoint == "chat" else "/completions"
+    res = await gw.dispatcher.call(chain, path, payload, _body_for(payload, raw, model),
+                                   stream=stream, affinity=affinity_text[:256].encode(),
+                                   deadline=deadline)
+    return await _respond(gw, res, ctx, send, chain)
+
+
+def _body_for(payload: dict[str, Any], raw: bytes, requested: str
+              ) -> Callable[[Any], bytes]:
+    cache: dict[str, bytes] = {}
+    modified = [False]
+
+    def body_for(expert: Any) -> bytes:
+        name = expert.upstream_model
+        b = cache.get(name)
+        if b is None:
+            if name == requested and not modified[0] and payload.get("model") == requested:
+                b = raw  # nothing to rewrite: pass the client's bytes through untouched
+            else:
+                payload["model"] = name
+                b = orjson.dumps(payload)
+                modified[0] = True
+            cache[name] = b
+        return b
+
+    return body_for
+
+
+async def _respond(gw: Gateway, res: DispatchResult, ctx: _Ctx, send: Send, chain: list[str]
+                   ) -> tuple[int, tuple[int, int]]:
+    reply = res.reply
+    ctx.expert = res.expert.name
+    ctx.replica = res.replica
+    if res.fallback or res.expert.name != chain[0]:
+        ctx.degraded.append("expert-fallback")
+        failed = [a for a in res.attempts if a.outcome != "ok"]
+        ctx.reason = (f"{ctx.reason}; fallback to {res.expert.name} after "
+                      f"{', '.join(f'{a.expert}:{a.outcome}' for a in failed)}")
+        gw.metrics.fallbacks.labels(ctx.policy or "-", "upstream").inc()
+    rt = ctx.rt
+    rewrite = rt is not None and rt.config.rewrite_model and not reply.stream
+    body = reply.first
+    if rewrite and reply.status == 200:
+        try:
+            obj = orjson.loads(body)
+            obj["model"] = ctx.policy
+            body = orjson.dumps(obj)
+        except orjson.JSONDecodeError:
+            pass
+    headers = ctx.headers([(b"content-type", reply.content_type.encode("latin-1"))])
+    if not reply.stream:
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        return reply.status, (_usage(body) if reply.status == 200 else (0, 0))
+    headers.append((b"cache-control", b"no-cache"))
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": True})
+    usage = _stream_usage(body) or (0, 0)
+    status = reply.status
+    try:
+        async for chunk in reply.rest:
+            got = _stream_usage(chunk)
+            if got:
+                usage = got
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except (TimeoutError, OSError, Exception) as e:  # noqa: BLE001 - any upstream break
+        if isinstance(e, asyncio.CancelledError):
+            raise
+        # After the first byte nothing is retried (the upstream may have billed): end the
+        # stream with a well-formed error event the OpenAI SDK raises on.
+        log.warning("stream from %s broke after the first byte: %s: %s", res.expert.name,
+                    type(e).__name__, e)
+        gw.metrics.upstream_errors.labels(res.expert.name, "stream_cut").inc()
+        err = {"error": {"message": f"upstream stream from {res.expert.name} ended "
+                         f"unexpectedly ({type(e).__name__})", "type": "upstream_error",
+                         "param": None, "code": "stream_interrupted"}}
+        await send({"type": "http.response.body",
+                    "body": b"data: " + orjson.dumps(err) + b"\n\n", "more_body": True})
+        status = 502
+        ctx.degraded.append("stream-cut")
+    finally:
+        reply.release()
+    await send({"type": "http.response.body", "body": b""})
+    return status, usage
+
+
+async def _ensemble(gw: Gateway, payload: dict[str, Any], d: Decision, ctx: _Ctx, send: Send,
+                    deadline: float) -> tuple[int, tuple[int, int]]:
+    """Symbolic-MoE style: k experts answer concurrently, the aggregator synthesises."""
+    experts = [t.expert for t in d.targets]
+    path = "/chat/completions" if ctx.endpoint == "chat" else "/completions"
+    sub = {k: v for k, v in payload.items() if k not in ("stream", "stream_options")}
+
+    async def one(name: str) -> tuple[str, str | None]:
+        p = dict(sub)
+        try:
+            res = await gw.dispatcher.call([name], path, p, _body_for(p, b"", ""),
+                                           stream=False, affinity=name.encode(),
+                                           deadline=deadline)
+        except UpstreamError as e:
+            log.warning("ensemble member %s failed: %s", name, e)
+            return name, None
+        if res.reply.status != 200:
+            return name, None
+        try:
+            ch = orjson.loads(res.reply.first)["choices"][0]
+            return name, (ch.get("message") or {}).get("content") or ch.get("text") or ""
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+            return name, None
+
+    answers = await asyncio.gather(*(one(e) for e in experts))
+    got = [(n, a) for n, a in answers if a]
+    if not got:
+        raise UpstreamError("every ensemble member failed", code="ensemble_failed")
+    if len(got) < len(experts):
+        ctx.degraded.append("ensemble-partial")
+    assert d.aggregator is not None
+    listing = "\n\n".join(f"[Answer {i + 1}]\n{a}" for i, (_, a) in enumerate(got))
+    agg = dict(payload)
+    if ctx.endpoint == "chat":
+        agg["messages"] = [*payload["messages"], {
+            "role": "user",
+            "content": "Several experts answered the request above. Combine their answers "
+                       "into one best answer; correct mistakes.\n\n" + listing}]
+    else:
+        agg["prompt"] = f"{_completions_text(payload)}\n\n{listing}\n\nBest combined answer:"
+    ctx.reason = f"{d.reason}; ensemble of {', '.join(n for n, _ in got)} -> {d.aggregator}"
+    res = await gw.dispatcher.call([d.aggregator], path, agg, _body_for(agg, b"", ""),
+                                   stream=bool(payload.get("stream")),
+                                   affinity=d.aggregator.encode(), deadline=deadline)
+    return await _respond(gw, res, ctx, send, [d.aggregator])

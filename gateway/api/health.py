@@ -1,0 +1,73 @@
+"""GET /healthz (alive), GET /readyz (Redis and upstreams), GET /metrics (Prometheus)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+router = APIRouter(tags=["ops"])
+
+_READY_TTL_S = 2.0
+
+
+@router.get("/healthz")
+async def healthz(request: Request) -> dict[str, Any]:
+    return {"status": "ok"}
+
+
+async def _probe(session: aiohttp.ClientSession, base: str) -> bool:
+    try:
+        async with session.get(base + "/models", timeout=aiohttp.ClientTimeout(total=1.0)) as r:
+            return r.status < 500
+    except (aiohttp.ClientError, TimeoutError):
+        return False
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> Response:
+    gw = request.app.state.gw
+    cached = getattr(gw, "_ready_cache", None)
+    if cached is not None and cached[0] > time.monotonic():
+        status, body = cached[1], cached[2]
+        return Response(body, status_code=status, media_type="application/json")
+    checks: dict[str, Any] = {"gateway": "ok" if gw.ready and not gw.draining else "down"}
+    ok = gw.ready and not gw.draining
+    if gw.redis is not None:
+        try:
+            await asyncio.wait_for(gw.redis.ping(), 0.5)
+            checks["redis"] = "ok"
+        except Exception as e:  # any failure means "not available"; serving goes on without
+            checks["redis"] = f"unavailable ({type(e).__name__}): serving without cache"
+    ups: dict[str, str] = {}
+    if gw.settings.ready_check_upstreams and gw.dispatcher.session is not None:
+        pools = [(n, p) for n, p in gw.dispatcher.pools.items()
+                 if p.expert.kind == "openai" and p.expert.parent is None]
+        res = await asyncio.gather(*(_probe(gw.dispatcher.session, r.base)
+                                     for _, p in pools for r in p.replicas))
+        i = 0
+        for n, p in pools:
+            up = sum(res[i:i + len(p.replicas)])
+            i += len(p.replicas)
+            ups[n] = f"{up}/{len(p.replicas)} replicas up"
+        if pools and not any(res):
+            ok = False
+    checks["upstreams"] = ups
+    status = 200 if ok else 503
+    body = orjson.dumps({"status": "ready" if ok else "not ready", "checks": checks})
+    gw._ready_cache = (time.monotonic() + _READY_TTL_S, status, body)
+    return Response(body, status_code=status, media_type="application/json")
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    gw = request.app.state.gw
+    if gw.routing_log is not None:
+        gw.metrics.log_queue.set(gw.routing_log.pending)
+    return Response(gw.metrics.render(), media_type=CONTENT_TYPE_LATEST)

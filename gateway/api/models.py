@@ -1,0 +1,48 @@
+"""GET /v1/models: experts, LoRA adapters (with ``parent``, as vLLM lists them) and policies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from gateway.errors import UnknownModel
+
+router = APIRouter(tags=["openai"])
+
+
+def _entries(gw: Any) -> list[dict[str, Any]]:
+    created = int(gw.started_at)
+    out: list[dict[str, Any]] = []
+    for e in gw.config.experts:
+        out.append({"id": e.name, "object": "model", "created": created,
+                    "owned_by": "expertgate", "parent": e.parent,
+                    "expertgate": {"kind": "adapter" if e.parent else "expert",
+                                   "backend": e.kind, "description": e.description,
+                                   "skills": e.skills,
+                                   "price": e.price.model_dump()}})
+    for name, rt in gw.policy_set.policies.items():
+        out.append({"id": name, "object": "model", "created": created,
+                    "owned_by": "expertgate", "parent": None,
+                    "expertgate": {"kind": "policy", "router": rt.config.router,
+                                   "version": rt.version,
+                                   "experts": list(getattr(rt.router, "experts_", [])),
+                                   "description": rt.config.description}})
+    return out
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    gw = request.app.state.gw
+    gw.auth.check(request.scope.get("headers", ()), None)
+    return {"object": "list", "data": _entries(gw)}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def get_model(model_id: str, request: Request) -> dict[str, Any]:
+    gw = request.app.state.gw
+    gw.auth.check(request.scope.get("headers", ()), None)
+    for m in _entries(gw):
+        if m["id"] == model_id:
+            return m
+    raise UnknownModel(f"The model '{model_id}' does not exist", param="model")

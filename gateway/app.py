@@ -1,0 +1,269 @@
+"""create_app(settings): the one place where the gateway's parts are wired together.
+
+The returned ASGI app is a thin raw-ASGI front: the two hot endpoints
+(``POST /v1/chat/completions`` and ``POST /v1/completions``) are handled directly by
+:mod:`gateway.api.chat`; everything else goes to a FastAPI app (models, route, feedback,
+admin, health, metrics, OpenAPI). The lifespan builds the embedder, policies, cache, upstream
+pool and log sink, and tears them down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+from gateway.api.chat import handle_generate
+from gateway.auth import Authenticator
+from gateway.cache import DecisionCache, MemoryDecisionCache, RedisDecisionCache
+from gateway.config import ConfigError, GatewayConfig, Settings, load_config
+from gateway.dispatch import Dispatcher
+from gateway.errors import GatewayError
+from gateway.logs import JsonlSink, RedisStreamSink, RoutingLog
+from gateway.metrics import Metrics
+from gateway.pipeline import Pipeline, PolicySet, build_policy_set
+from routers.embed import Embedder, make_embedder
+
+__all__ = ["Gateway", "create_app"]
+
+log = logging.getLogger("expertgate")
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+_HOT = {"/v1/chat/completions": "chat", "/v1/completions": "completions",
+        "/chat/completions": "chat", "/completions": "completions"}
+
+
+def _needs_embedder(cfg: GatewayConfig) -> bool:
+    return bool(cfg.policies)
+
+
+class Gateway:
+    """Everything a request needs, built once at start-up and kept on the app."""
+
+    def __init__(self, settings: Settings, config: GatewayConfig,
+                 embedder: Embedder | None = None) -> None:
+        self.settings = settings
+        self.config = config
+        self.metrics = Metrics()
+        self._embedder = embedder
+        self.embedder: Embedder | None = None
+        self.redis: Any = None
+        self.cache: DecisionCache = MemoryDecisionCache(settings.decision_cache_size)
+        self.dispatcher = Dispatcher(config, self.metrics)
+        self.routing_log: RoutingLog | None = None
+        self.policy_set: PolicySet
+        self.pipeline: Pipeline
+        self.auth = Authenticator(config)
+        self.started_at = time.time()
+        self.ready = False
+        self.draining = False
+        self._reload_lock = asyncio.Lock()
+        self._batcher: Any = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        s = self.settings
+        if self._embedder is None and _needs_embedder(self.config):
+            ec = self.config.embedder
+            opts = dict(ec.options)
+            if ec.kind in ("minilm", "onnx"):
+                opts.setdefault("threads", s.embed_threads)
+            self._embedder = await asyncio.to_thread(make_embedder, ec.kind, **opts)
+        self.embedder = self._embedder
+        self.policy_set = await asyncio.to_thread(build_policy_set, self.config, self.embedder)
+        if s.redis_url:
+            import redis.asyncio as aioredis
+
+            self.redis = aioredis.Redis.from_url(
+                s.redis_url, socket_timeout=s.redis_timeout_s,
+                socket_connect_timeout=s.redis_timeout_s, health_check_interval=5,
+                retry_on_timeout=False)
+            self.cache = RedisDecisionCache(self.redis, retry_s=s.redis_retry_s)
+            sink: Any = RedisStreamSink(self.redis)
+        else:
+            sink = JsonlSink(s.log_path, s.feedback_file)
+        self.routing_log = RoutingLog(sink, self.metrics, max_queue=s.log_queue_size)
+        self.routing_log.start()
+        embed_fn = None
+        if self.embedder is not None and self.config.embedder.micro_batch:
+            embed_fn = self._make_batcher()
+        self.pipeline = Pipeline(self.policy_set, self.embedder, self.cache, self.metrics,
+                                 embed_fn)
+        await self.dispatcher.start()
+        self.ready = True
+        if s.gc_freeze:
+            # start-up objects (model weights, configs) never become garbage: keep them out
+            # of every future cyclic-GC pass so collections stay short and rare.
+            gc.collect()
+            gc.freeze()
+
+    def _make_batcher(self) -> Any:
+        try:
+            from routers.batching import MicroBatcher
+        except ImportError:
+            return None
+        assert self.embedder is not None
+        self._batcher = MicroBatcher(self.embedder.embed,
+                                     max_batch=self.config.embedder.max_batch)
+        batcher = self._batcher
+
+        async def embed_one(text: str) -> Any:
+            return await batcher.embed(text)
+
+        return embed_one
+
+    async def close(self) -> None:
+        self.ready = False
+        if self.routing_log is not None:
+            await self.routing_log.close()
+        await self.dispatcher.close()
+        if self._batcher is not None:
+            res = self._batcher.close()
+            if asyncio.iscoroutine(res):
+                await res
+        self.pipeline.close()
+        await self.cache.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+    async def reload(self, config_path: Path | None = None) -> dict[str, Any]:
+        """Rebuild policies (and experts) from the config file and swap them atomically.
+
+        In-flight requests finish with the PolicySet they started with. A bad file leaves
+        the running configuration untouched and raises ConfigError.
+        """
+        path = config_path or self.settings.config
+        async with self._reload_lock:
+            if path is None:
+                cfg = self.config
+            else:
+                cfg = await asyncio.to_thread(load_config, path)
+            pset = await asyncio.to_thread(build_policy_set, cfg, self.embedder)
+            old = self.policy_set
+            if [e.model_dump() for e in cfg.experts] != [e.model_dump()
+                                                          for e in self.config.experts]:
+                new_disp = Dispatcher(cfg, self.metrics)
+                await new_disp.start()
+                old_disp = self.dispatcher
+                self.dispatcher = new_disp
+                # let in-flight calls on the old pool finish before closing its session
+                asyncio.get_running_loop().call_later(
+                    self.settings.request_deadline_s,
+                    lambda: asyncio.ensure_future(old_disp.close()))
+            self.config = cfg
+            self.auth = Authenticator(cfg)
+            self.policy_set = pset
+            self.pipeline.policies = pset
+            changed = {n: rt.version for n, rt in pset.policies.items()
+                       if n not in old.policies or old.policies[n].version != rt.version}
+            log.info("reloaded configuration: %d policies, %d changed", len(pset.policies),
+                     len(changed))
+            return {"policies": {n: rt.version for n, rt in pset.policies.items()},
+                    "changed": sorted(changed)}
+
+    # -- per request -------------------------------------------------------------------
+    def authorize(self, scope: Scope, model: str) -> str:
+        return self.auth.check(scope.get("headers", ()), model)
+
+    def log_request(self, ctx: Any, status: int, err_type: str | None, latency_ms: float,
+                    usage: tuple[int, int]) -> None:
+        if self.routing_log is None:
+            return
+        d = ctx.decision
+        expert = self.config.expert(ctx.expert) if ctx.expert else None
+        cost = 0.0
+        if expert is not None:
+            cost = (usage[0] * expert.price.input_per_1m +
+                    usage[1] * expert.price.output_per_1m) / 1e6
+        if expert is not None and usage != (0, 0):
+            self.metrics.tokens.labels(expert.name, "prompt").inc(usage[0])
+            self.metrics.tokens.labels(expert.name, "completion").inc(usage[1])
+        rec: dict[str, Any] = {
+            "request_id": ctx.request_id, "ts": time.time(), "tenant": ctx.tenant,
+            "endpoint": ctx.endpoint, "policy": ctx.policy or None,
+            "policy_version": d.policy_version if d is not None else None,
+            "text_hash": ctx.text_hash, "text": ctx.text,
+            "mode": d.mode if d is not None else "explicit",
+            "expert": ctx.expert or None, "replica": ctx.replica or None,
+            "targets": [t.expert for t in d.targets] if d is not None else None,
+            "scores": [t.to_dict()["score"] for t in d.targets] if d is not None else None,
+            "reason": ctx.reason, "guard": d.guard.to_dict() if d is not None and d.guard else None,
+            "cache": ctx.cache, "status": "ok" if status < 400 else "error",
+            "http_status": status, "error_type": err_type,
+            "fallback": "expert-fallback" in ctx.degraded or "rejected-to-fallback" in ctx.degraded,
+            "degraded": ctx.degraded or None,
+            "decision_ms": d.timings_ms.get("total") if d is not None else None,
+            "latency_ms": round(latency_ms, 3), "prompt_tokens": usage[0],
+            "completion_tokens": usage[1], "cost_usd": cost, "stream": ctx.stream,
+        }
+        self.routing_log.record(rec)
+
+
+def create_app(settings: Settings | None = None, config: GatewayConfig | None = None,
+               *, embedder: Embedder | None = None) -> Any:
+    """Build the ASGI app. ``config`` defaults to the file named by ``settings.config``."""
+    settings = settings or Settings()
+    if config is None:
+        if settings.config is None:
+            raise ConfigError("no configuration: pass --config FILE or set EXPERTGATE_CONFIG")
+        config = load_config(settings.config)
+    gw = Gateway(settings, config, embedder)
+    from gateway.api import build_api
+
+    api = build_api(gw)
+
+    async def lifespan(receive: Receive, send: Send) -> None:
+        msg = await receive()
+        assert msg["type"] == "lifespan.startup"
+        try:
+            await gw.start()
+        except (ConfigError, Exception) as e:  # report any start-up failure to the server
+            log.error("start-up failed: %s", e)
+            await send({"type": "lifespan.startup.failed", "message": str(e)})
+            return
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(
+                _reload_logged(gw)))
+        await send({"type": "lifespan.startup.complete"})
+        msg = await receive()
+        gw.draining = True
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.remove_signal_handler(signal.SIGHUP)
+        await gw.close()
+        await send({"type": "lifespan.shutdown.complete"})
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        t = scope["type"]
+        if t == "http":
+            ep = _HOT.get(scope["path"])
+            if ep is not None and scope["method"] == "POST":
+                await handle_generate(gw, scope, receive, send, ep)
+                return
+            await api(scope, receive, send)
+            return
+        if t == "lifespan":
+            await lifespan(receive, send)
+            return
+        await api(scope, receive, send)
+
+    app.gateway = gw  # type: ignore[attr-defined]
+    app.api = api  # type: ignore[attr-defined]
+    return app
+
+
+async def _reload_logged(gw: Gateway) -> None:
+    try:
+        await gw.reload()
+    except (ConfigError, GatewayError) as e:
+        log.error("reload on SIGHUP failed, keeping the running configuration: %s", e)
+

@@ -1,0 +1,179 @@
+"""``expertgate train``, ``expertgate routers list`` and ``expertgate data list|verify``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+__all__ = ["register"]
+
+TRAIN_EPILOG = """\
+which input each router takes:
+  semantic, category, skills  a routing table with a category column (skills falls back to
+                              k-means clusters without one)
+  knn, mf, classifier,        a routing table: prompt_id, prompt, model, score (0..1), cost
+  complexity, cluster         (--format long|routellm|routellm-gsm8k|llmrouter|logs)
+  lora                        a routing table whose models are LoRA adapter names; needs
+                              --param base_model=NAME (optional --param adapters='[...]')
+  guard                       a guard table text,label,split (--format guard); labels are
+                              the in-domain routes, oos/ood rows only in the test split
+
+examples:
+  expertgate train --router knn --data shared/data/routellm --format routellm \\
+      --out artifacts/knn-mmlu --param k=20 --param cost_weight=0.3
+  expertgate train --router complexity --data logs.parquet --format logs \\
+      --out artifacts/cx --param max_strong_share=0.3
+"""
+
+FORMATS = ("long", "routellm", "routellm-mmlu", "routellm-gsm8k", "llmrouter", "logs", "guard")
+
+
+def register(sub: Any, name: str) -> None:
+    if name == "train":
+        p = sub.add_parser(name, help="fit a router from a routing table and save its artifact",
+                           description="Fit a router on the train part of a routing table "
+                           "(split by prompt), print validation and test metrics, save the "
+                           "artifact.", epilog=TRAIN_EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--router", required=True, help="registered router name "
+                       "(expertgate routers list)")
+        p.add_argument("--data", required=True, help="table file or data-set folder")
+        p.add_argument("--format", default="long", choices=FORMATS, help="table format")
+        p.add_argument("--out", required=True, help="artifact folder to write")
+        p.add_argument("--param", action="append", default=[], metavar="K=V",
+                       help="router parameter; V parsed as JSON when possible (repeatable)")
+        p.add_argument("--embedder", default="minilm", choices=("minilm", "onnx", "static",
+                                                                 "hashing"))
+        p.add_argument("--embedder-path", default=None,
+                       help="model folder for --embedder static (model2vec)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--val", type=float, default=0.1, help="validation fraction")
+        p.add_argument("--test", type=float, default=0.2, help="test fraction")
+        p.add_argument("--cache-dir", default=None, help="embedding cache folder")
+        p.add_argument("--json", action="store_true", help="print metrics as JSON")
+        p.set_defaults(func=_train)
+    elif name == "routers":
+        p = sub.add_parser(name, help="router registry")
+        inner = p.add_subparsers(dest="routers_command", metavar="WHAT")
+        ls = inner.add_parser("list", help="print one registered router name per line")
+        ls.set_defaults(func=_routers_list)
+        p.set_defaults(func=_routers_list)
+    elif name == "data":
+        p = sub.add_parser(name, help="data-set registry: list and verify the shared data sets")
+        inner = p.add_subparsers(dest="data_command", metavar="WHAT")
+        ls = inner.add_parser("list", help="list the registered data sets with their sources")
+        ls.set_defaults(func=_data_list)
+        vf = inner.add_parser("verify", help="check local files against recorded sha256")
+        vf.add_argument("name", nargs="?", default=None, help="one set (default: all)")
+        vf.add_argument("--root", default=None, help="folder holding the sets "
+                        "(default: shared/data or $EXPERTGATE_DATA_DIR)")
+        vf.set_defaults(func=_data_verify)
+        p.set_defaults(func=_data_list)
+    else:  # pragma: no cover - dispatcher bug
+        raise ValueError(f"gateway.cli.train cannot register {name!r}")
+
+
+def _routers_list(args: argparse.Namespace) -> int:
+    from routers.base import registered_names
+
+    for n in registered_names():
+        print(n)
+    return 0
+
+
+def _data_list(args: argparse.Namespace) -> int:
+    from evals.datasets.registry import REGISTRY
+
+    for ds in REGISTRY:
+        size = sum(f.bytes for f in ds.files)
+        print(f"{ds.name:14s} {len(ds.files):3d} files {size / 2**20:6.1f} MiB  "
+              f"{ds.repo}@{ds.commit[:10]}  {ds.license}")
+    return 0
+
+
+def _data_verify(args: argparse.Namespace) -> int:
+    from evals.datasets.registry import names, verify
+
+    todo = [args.name] if args.name else names()
+    bad = 0
+    for n in todo:
+        try:
+            problems = verify(n, args.root)
+        except KeyError as e:
+            print(f"error: {e.args[0]}", file=sys.stderr)
+            return 2
+        print(f"{n}: {'ok' if not problems else f'{len(problems)} problem(s)'}")
+        for pr in problems:
+            print(f"  {pr}")
+        bad += len(problems)
+    return 1 if bad else 0
+
+
+def _load(path: str, fmt: str) -> Any:
+    if fmt == "guard":
+        from evals.datasets.guard import load_guard_table
+
+        return load_guard_table(path)
+    from evals.datasets.routing import load_table
+
+    return load_table(path, fmt)
+
+
+def _print_metrics(m: dict[str, Any]) -> None:
+    print(f"trained {m['router']} on {m['n_train']} prompts in {m['fit_seconds']:.1f} s "
+          f"(validation {m['n_val']}, test {m['n_test']}, seed {m['seed']})")
+    for part in ("validation", "test"):
+        r = m.get(part)
+        if not r:
+            continue
+        q = "n/a" if r.get("mean_quality") is None else f"{r['mean_quality']:.4f}"
+        c = "n/a" if r.get("mean_cost") is None else f"{r['mean_cost']:.6g}"
+        line = f"{part:10s} n={r['n']} mean quality {q}  mean cost {c}"
+        if r.get("oracle_quality") is not None:
+            line += f"  oracle {r['oracle_quality']:.4f}"
+        if "apgr" in r and r["apgr"] is not None:
+            line += f"  APGR {r['apgr']:.3f}"
+        if r.get("reject_share"):
+            line += f"  rejected {r['reject_share']:.1%}"
+        print(line)
+        share = ", ".join(f"{e} {s:.1%}" for e, s in r["share"].items())
+        print(f"{'':10s} share: {share}")
+        singles = ", ".join(f"{e} {v['quality']:.3f}" for e, v in r["single_expert"].items()
+                            if v["quality"] is not None)
+        print(f"{'':10s} single experts: {singles}")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from routers.base import RouterError
+    from routers.embed import EmbedderError, embed_cached, make_embedder, set_thread_counts
+    from routers.train import parse_params, train_router
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        params = parse_params(args.param)
+        if args.router == "guard" and args.format != "guard":
+            raise RouterError("--router guard needs --format guard (a text,label,split table)")
+        if args.format == "guard" and args.router != "guard":
+            raise RouterError("--format guard is only for --router guard")
+        table = _load(args.data, args.format)
+        print(f"loaded {len(table)} prompts x {len(table.models)} models from {args.data} "
+              f"({args.format})", file=sys.stderr)
+        set_thread_counts(torch_threads=1 if args.embedder == "minilm" else None)
+        options = {"model_path": args.embedder_path} if args.embedder_path else {}
+        embedder = make_embedder(args.embedder, **options)
+        X = embed_cached(embedder, table.prompts, args.cache_dir, progress=True)
+        result = train_router(args.router, table, X, params=params, seed=args.seed,
+                              val=args.val, test=args.test, out=args.out, embedder=embedder,
+                              embedder_name=embedder.name)
+    except (RouterError, EmbedderError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result.metrics, indent=1))
+    else:
+        _print_metrics(result.metrics)
+    print(f"saved {result.path}")
+    return 0

@@ -1,0 +1,321 @@
+"""Settings (environment, ``EXPERTGATE_*``) and the YAML file of experts and policies.
+
+``Settings`` is the one place that reads the environment. ``load_config(path)`` parses and
+validates the YAML; a bad file fails at start-up with the file, the field and why
+(:class:`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import orjson
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = [
+    "APIKeyConfig",
+    "ConfigError",
+    "EmbedderConfig",
+    "ExpertConfig",
+    "GatewayConfig",
+    "GuardConfig",
+    "PolicyConfig",
+    "RejectConfig",
+    "RouteConfig",
+    "Settings",
+    "load_config",
+]
+
+
+class ConfigError(ValueError):
+    """The configuration file is missing or invalid; the message names file, field and why."""
+
+
+class Settings(BaseSettings):
+    """Process settings from the environment (prefix ``EXPERTGATE_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="EXPERTGATE_", extra="ignore")
+
+    config: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    redis_url: str | None = None
+    #: routing-log JSONL file used when there is no Redis
+    log_path: Path = Path("runs/routing-log.jsonl")
+    #: feedback JSONL file used when there is no Redis
+    feedback_path: Path | None = None
+    max_body_bytes: int = 1_048_576
+    max_messages: int = 512
+    #: whole-request deadline (decision + upstream incl. fallbacks), seconds
+    request_deadline_s: float = 300.0
+    decision_cache_size: int = 100_000
+    embed_threads: int = 1
+    #: how long to skip Redis after it failed before trying again, seconds
+    redis_retry_s: float = 1.0
+    redis_timeout_s: float = 0.25
+    log_queue_size: int = 10_000
+    log_level: str = "info"
+    workers: int = 1
+    #: freeze start-up objects out of the cyclic GC (keeps GC pauses off the tail)
+    gc_freeze: bool = True
+    #: check upstreams in /readyz (one GET /models per replica, cached briefly)
+    ready_check_upstreams: bool = True
+
+    @property
+    def feedback_file(self) -> Path:
+        return self.feedback_path or self.log_path.with_name(self.log_path.stem + ".feedback.jsonl")
+
+
+# --------------------------------------------------------------------------- YAML schema
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class PriceConfig(_Model):
+    input_per_1m: float = Field(0.0, ge=0)
+    output_per_1m: float = Field(0.0, ge=0)
+
+
+class ExpertConfig(_Model):
+    """An upstream model: an OpenAI-compatible server (vLLM, llama.cpp, ...) or a LiteLLM
+    provider, a LoRA adapter (``parent`` = its base expert), with one or more replicas."""
+
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9._:/@-]+$")]
+    kind: Literal["openai", "litellm"] = "openai"
+    api_base: str | None = None
+    replicas: list[str] = Field(default_factory=list)
+    #: the model name sent upstream (default: the expert's name)
+    model: str | None = None
+    #: name of the environment variable holding the upstream API key (never the key itself)
+    api_key_env: str | None = None
+    price: PriceConfig = Field(default_factory=PriceConfig)
+    timeout_s: float = Field(60.0, gt=0)
+    connect_timeout_s: float = Field(3.0, gt=0)
+    max_concurrency: int = Field(256, ge=1)
+    parent: str | None = None
+    description: str = ""
+    skills: list[str] = Field(default_factory=list)
+    #: LoRA adapters resident per replica (api_base -> adapter names), for affinity
+    resident_adapters: dict[str, list[str]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _bases(self) -> ExpertConfig:
+        if self.kind == "openai" and not (self.api_base or self.replicas or self.parent):
+            raise ValueError("an openai-compatible expert needs api_base or replicas "
+                             "(or a LoRA parent whose replicas it shares)")
+        for b in [self.api_base, *self.replicas]:
+            if b is not None and not b.startswith(("http://", "https://")):
+                raise ValueError(f"api base {b!r} must start with http:// or https://")
+        return self
+
+    @property
+    def upstream_model(self) -> str:
+        return self.model or self.name
+
+    @property
+    def bases(self) -> list[str]:
+        out = list(self.replicas)
+        if self.api_base and self.api_base not in out:
+            out.insert(0, self.api_base)
+        return [b.rstrip("/") for b in out]
+
+
+class RouteConfig(_Model):
+    name: str = Field(min_length=1)
+    expert: str = Field(min_length=1)
+    examples: list[str] = Field(default_factory=list)
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _has_text(self) -> RouteConfig:
+        if not self.examples and not self.description:
+            raise ValueError(f"route {self.name!r} needs examples or a description")
+        return self
+
+
+class RejectConfig(_Model):
+    """What a rejected request gets: an error, a refusal completion, or a fallback expert."""
+
+    action: Literal["error", "refusal", "fallback"] = "error"
+    status: int = Field(400, ge=400, le=499)
+    message: str = "This request is outside what this service answers."
+    expert: str | None = None
+
+    @model_validator(mode="after")
+    def _fallback_expert(self) -> RejectConfig:
+        if self.action == "fallback" and not self.expert:
+            raise ValueError("on_reject.action 'fallback' needs on_reject.expert")
+        return self
+
+
+class GuardConfig(_Model):
+    """A guard artifact run before the policy's router (``routers.guard``)."""
+
+    artifact: Path
+    enabled: bool = True
+
+
+class PolicyConfig(_Model):
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9._:/@-]+$")]
+    router: str = "semantic"
+    params: dict[str, Any] = Field(default_factory=dict)
+    artifact: Path | None = None
+    routes: list[RouteConfig] = Field(default_factory=list)
+    guard: GuardConfig | None = None
+    on_reject: RejectConfig = Field(default_factory=RejectConfig)
+    #: experts tried after the decision's own targets, in order
+    fallback: list[str] = Field(default_factory=list)
+    #: how many of the decision's targets to try before the configured fallback chain
+    max_attempts: int = Field(3, ge=1)
+    cache_ttl_s: float = Field(3600.0, ge=0)
+    routing_text: Literal["last_user", "conversation"] = "last_user"
+    log_prompts: bool = False
+    max_tokens_cap: int | None = Field(None, ge=1)
+    #: rewrite the response's `model` field to the policy name
+    rewrite_model: bool = False
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _router_input(self) -> PolicyConfig:
+        if self.router == "semantic" and not self.routes and self.artifact is None:
+            raise ValueError("a semantic policy needs routes (or an artifact)")
+        if self.router != "semantic" and self.artifact is None:
+            raise ValueError(f"router {self.router!r} needs an artifact folder "
+                             "(train one with `expertgate train`)")
+        return self
+
+
+class EmbedderConfig(_Model):
+    kind: Literal["minilm", "onnx", "static", "hashing"] = "minilm"
+    options: dict[str, Any] = Field(default_factory=dict)
+    #: share one forward pass among requests arriving together
+    micro_batch: bool = True
+    max_batch: int = Field(32, ge=1)
+
+
+class APIKeyConfig(_Model):
+    """An API key, stored as its sha256 hex digest, with what it may use."""
+
+    name: str = Field(min_length=1)
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    policies: list[str] = Field(default_factory=lambda: ["*"])
+    experts: list[str] = Field(default_factory=lambda: ["*"])
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1)
+
+
+class GatewayConfig(_Model):
+    experts: list[ExpertConfig]
+    policies: list[PolicyConfig] = Field(default_factory=list)
+    embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
+    api_keys: list[APIKeyConfig] = Field(default_factory=list)
+    #: when true every request needs a valid key (401 otherwise)
+    require_auth: bool = False
+    source: str = ""
+    digest: str = ""
+
+    @field_validator("experts")
+    @classmethod
+    def _some_experts(cls, v: list[ExpertConfig]) -> list[ExpertConfig]:
+        if not v:
+            raise ValueError("at least one expert is needed")
+        return v
+
+    @model_validator(mode="after")
+    def _references(self) -> GatewayConfig:
+        names = [e.name for e in self.experts]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"duplicate expert name(s): {', '.join(sorted(dup))}")
+        pnames = [p.name for p in self.policies]
+        dup = {n for n in pnames if pnames.count(n) > 1}
+        if dup:
+            raise ValueError(f"duplicate policy name(s): {', '.join(sorted(dup))}")
+        clash = set(names) & set(pnames)
+        if clash:
+            raise ValueError(f"name(s) used by both an expert and a policy: "
+                             f"{', '.join(sorted(clash))}")
+        known = set(names)
+        for e in self.experts:
+            if e.parent is not None and e.parent not in known:
+                raise ValueError(f"expert {e.name!r}: parent {e.parent!r} is not an expert")
+        for p in self.policies:
+            for r in p.routes:
+                if r.expert not in known:
+                    raise ValueError(f"policy {p.name!r}: route {r.name!r} names unknown "
+                                     f"expert {r.expert!r}")
+            for f in p.fallback:
+                if f not in known:
+                    raise ValueError(f"policy {p.name!r}: fallback names unknown expert {f!r}")
+            if p.on_reject.expert is not None and p.on_reject.expert not in known:
+                raise ValueError(f"policy {p.name!r}: on_reject.expert {p.on_reject.expert!r} "
+                                 "is not an expert")
+        return self
+
+    def expert(self, name: str) -> ExpertConfig | None:
+        for e in self.experts:
+            if e.name == name:
+                return e
+        return None
+
+
+def _where(loc: tuple[Any, ...], data: Any) -> str:
+    """Turn a pydantic error location into a readable path, using names where present."""
+    parts: list[str] = []
+    node = data
+    for item in loc:
+        if isinstance(item, int) and isinstance(node, list) and 0 <= item < len(node):
+            node = node[item]
+            label = node.get("name") if isinstance(node, dict) else None
+            parts.append(f"[{item}]" + (f"({label})" if label else ""))
+        else:
+            parts.append(("." if parts else "") + str(item))
+            node = node.get(item) if isinstance(node, dict) else None
+    return "".join(parts) or "(top level)"
+
+
+def parse_config(data: Any, source: str = "<config>") -> GatewayConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping with 'experts' and "
+                          "'policies'")
+    try:
+        cfg = GatewayConfig.model_validate(data)
+    except ValidationError as e:
+        lines = [f"{source}: invalid configuration:"]
+        for err in e.errors():
+            lines.append(f"  {_where(tuple(err['loc']), data)}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from None
+    cfg.source = source
+    cfg.digest = hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS,
+                                             default=str)).hexdigest()[:16]
+    return cfg
+
+
+def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
+    """Read and validate the YAML file; relative artifact paths resolve against its folder."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read the configuration file: {e.strerror or e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{p}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+    cfg = parse_config(data, str(p))
+    base = p.resolve().parent
+    for pol in cfg.policies:
+        if pol.artifact is not None and not pol.artifact.is_absolute():
+            pol.artifact = base / pol.artifact
+        if pol.guard is not None and not pol.guard.artifact.is_absolute():
+            pol.guard.artifact = base / pol.guard.artifact
+    return cfg

@@ -1,0 +1,252 @@
+"""Upstream pool: replica choice, circuit breakers, timeouts, fallbacks and fan-out.
+
+Replica choice: two hash choices on the prompt prefix (so repeated prefixes tend to land
+where their KV cache is warm), then the less loaded of the two (power of two choices);
+replicas whose circuit is open are skipped; for a LoRA adapter, replicas where the adapter is
+resident are preferred.
+
+A call walks the decision's chain of experts: a failure before the first byte (connect error,
+timeout, 5xx, 429) moves on — first to another replica of the same expert, then to the next
+expert — within the request's deadline. A failure after the first byte is never retried (the
+upstream may already have billed); the caller ends the stream with an error event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gateway.config import ExpertConfig, GatewayConfig
+from gateway.errors import UpstreamTimeout, UpstreamUnavailable
+from gateway.metrics import Metrics
+from gateway.upstreams import UpstreamFailure, UpstreamReply, call_litellm, call_openai
+
+__all__ = ["Attempt", "CircuitBreaker", "DispatchResult", "Dispatcher", "Replica"]
+
+log = logging.getLogger("expertgate.dispatch")
+
+
+class CircuitBreaker:
+    """Closed -> open after ``threshold`` consecutive failures; after ``cooldown_s`` one
+    half-open probe is let through; its success closes the circuit, its failure re-opens it
+    with a doubled cooldown (capped)."""
+
+    def __init__(self, threshold: int = 3, cooldown_s: float = 2.0, max_cooldown_s: float = 30.0
+                 ) -> None:
+        self.threshold = threshold
+        self.base_cooldown = cooldown_s
+        self.cooldown = cooldown_s
+        self.max_cooldown = max_cooldown_s
+        self.failures = 0
+        self.open_until = 0.0
+        self.probing = False
+
+    @property
+    def state(self) -> str:
+        if self.failures < self.threshold:
+            return "closed"
+        return "half-open" if time.monotonic() >= self.open_until else "open"
+
+    def allow(self) -> bool:
+        st = self.state
+        if st == "closed":
+            return True
+        if st == "half-open" and not self.probing:
+            self.probing = True
+            return True
+        return False
+
+    def success(self) -> None:
+        self.failures = 0
+        self.probing = False
+        self.cooldown = self.base_cooldown
+
+    def failure(self) -> None:
+        was_probe = self.probing
+        self.probing = False
+        self.failures += 1
+        if self.failures >= self.threshold:
+            if was_probe:
+                self.cooldown = min(self.cooldown * 2, self.max_cooldown)
+            self.open_until = time.monotonic() + self.cooldown
+
+
+@dataclass
+class Replica:
+    base: str
+    inflight: int = 0
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+
+
+@dataclass
+class Attempt:
+    expert: str
+    replica: str
+    outcome: str  # ok | connect | timeout | status | protocol | circuit_open | client_error
+    ms: float
+    status: int | None = None
+
+
+@dataclass
+class DispatchResult:
+    expert: ExpertConfig
+    replica: str
+    reply: UpstreamReply
+    attempts: list[Attempt]
+
+    @property
+    def fallback(self) -> bool:
+        return len({a.expert for a in self.attempts}) > 1
+
+
+class ExpertPool:
+    def __init__(self, expert: ExpertConfig, bases: list[str]) -> None:
+        self.expert = expert
+        self.replicas = [Replica(b) for b in bases]
+        self.sem = asyncio.Semaphore(expert.max_concurrency)
+        self.resident: set[str] = set()
+
+    def order(self, key: bytes, adapter: str | None = None) -> list[Replica]:
+        """Replicas in the order to try them: affinity + power of two choices first."""
+        reps = self.replicas
+        if len(reps) == 1:
+            return list(reps)
+        if adapter is not None:
+            preferred = [r for r in reps if adapter in self.expert.resident_adapters.get(r.base,
+                                                                                         [])]
+            if preferred:
+                rest = [r for r in reps if r not in preferred]
+                return self._p2c(preferred, key) + rest
+        return self._p2c(reps, key)
+
+    @staticmethod
+    def _p2c(reps: list[Replica], key: bytes) -> list[Replica]:
+        if len(reps) == 1:
+            return list(reps)
+        d = hashlib.blake2b(key, digest_size=8).digest()
+        i = int.from_bytes(d[:4], "little") % len(reps)
+        j = int.from_bytes(d[4:], "little") % (len(reps) - 1)
+        j = j if j < i else j + 1
+        a, b = reps[i], reps[j]
+        first, second = (a, b) if a.inflight <= b.inflight else (b, a)
+        rest = [r for r in reps if r is not first and r is not second]
+        random.shuffle(rest)
+        return [first, second, *rest]
+
+
+class Dispatcher:
+    def __init__(self, config: GatewayConfig, metrics: Metrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.session: aiohttp.ClientSession | None = None
+        self.pools: dict[str, ExpertPool] = {}
+        for e in config.experts:
+            bases = e.bases
+            if not bases and e.parent is not None:
+                parent = config.expert(e.parent)
+                bases = parent.bases if parent is not None else []
+            self.pools[e.name] = ExpertPool(e, bases)
+        # adapters share their parent's replicas and breakers: one server, one health state
+        for e in config.experts:
+            if e.parent is not None and not e.bases and e.parent in self.pools:
+                self.pools[e.name].replicas = self.pools[e.parent].replicas
+
+    async def start(self) -> None:
+        conn = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300,
+                                    keepalive_timeout=30, enable_cleanup_closed=True)
+        self.session = aiohttp.ClientSession(connector=conn, auto_decompress=False,
+                                             json_serialize=lambda o: orjson.dumps(o).decode(),
+                                             skip_auto_headers=("User-Agent",))
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    def replica_states(self) -> dict[str, list[dict[str, Any]]]:
+        return {name: [{"base": r.base, "inflight": r.inflight, "circuit": r.breaker.state}
+                       for r in pool.replicas] for name, pool in self.pools.items()}
+
+    async def call(self, chain: Sequence[str], path: str, payload: dict[str, Any],
+                   body_for: Any, *, stream: bool, affinity: bytes, deadline: float,
+                   ) -> DispatchResult:
+        """Try the experts of ``chain`` in order; return the first reply that started.
+
+        ``body_for(expert)`` returns the request bytes for that expert (model name rewritten).
+        Raises UpstreamError subclasses when every target failed, or passes a 4xx through.
+        """
+        assert self.session is not None, "dispatcher not started"
+        attempts: list[Attempt] = []
+        last: UpstreamFailure | None = None
+        for name in chain:
+            pool = self.pools[name]
+            expert = pool.expert
+            adapter = expert.name if expert.parent is not None else None
+            body: bytes | None = None
+            tried = 0
+            for rep in pool.order(affinity, adapter):
+                if tried >= 2:  # at most two replicas per expert, then the next expert
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise UpstreamTimeout("request deadline exceeded", code="deadline_exceeded")
+                if not rep.breaker.allow():
+                    attempts.append(Attempt(name, rep.base, "circuit_open", 0.0))
+                    continue
+                tried += 1
+                if body is None and expert.kind == "openai":
+                    body = body_for(expert)
+                t0 = time.perf_counter()
+                rep.inflight += 1
+                try:
+                    async with pool.sem:
+                        if expert.kind == "openai":
+                            assert body is not None
+                            reply = await call_openai(self.session, expert, rep.base, path,
+                                                      body, stream=stream,
+                                                      timeout_s=min(expert.timeout_s, remaining))
+                        else:
+                            reply = await call_litellm(expert, rep.base, payload, stream=stream,
+                                                       timeout_s=min(expert.timeout_s, remaining))
+                except UpstreamFailure as f:
+                    ms = (time.perf_counter() - t0) * 1000
+                    rep.breaker.failure()
+                    self._breaker_metric(name, rep)
+                    self.metrics.upstream_errors.labels(name, f.kind).inc()
+                    attempts.append(Attempt(name, rep.base, f.kind, ms, f.status))
+                    log.warning("upstream %s at %s failed: %s", name, rep.base, f)
+                    if not f.retryable:
+                        return DispatchResult(expert, rep.base, UpstreamReply(
+                            f.status or 502, "application/json", f.body or b""), attempts)
+                    last = f
+                    continue
+                finally:
+                    rep.inflight -= 1
+                ms = (time.perf_counter() - t0) * 1000
+                rep.breaker.success()
+                self._breaker_metric(name, rep)
+                outcome = "ok" if reply.status < 400 else "client_error"
+                attempts.append(Attempt(name, rep.base, outcome, ms, reply.status))
+                return DispatchResult(expert, rep.base, reply, attempts)
+        if last is None:
+            raise UpstreamUnavailable(
+                "no upstream available: every replica of " + ", ".join(chain) +
+                " has an open circuit", code="circuit_open")
+        msg = f"all upstreams failed ({len(attempts)} attempt(s)); last: {last}"
+        if last.kind == "timeout":
+            raise UpstreamTimeout(msg)
+        raise UpstreamUnavailable(msg)
+
+    def _breaker_metric(self, name: str, rep: Replica) -> None:
+        self.metrics.circuit_open.labels(name, rep.base).set(
+            1.0 if rep.breaker.state == "open" else 0.0)
+

@@ -1,0 +1,148 @@
+"""The gateway's exception hierarchy, mapped once to OpenAI-shaped error JSON.
+
+Inside the gateway code raises one of these; the ASGI boundary (``gateway.app``) turns any of
+them into ``{"error": {"message", "type", "param", "code"}}`` with the status below. Anything
+else that escapes is logged with its traceback and answered as a 500 without details (a bug,
+never an expected path).
+
+    GatewayError
+    ├── RequestError (4xx: the client's fault)
+    │   ├── InvalidRequest            400 invalid_request_error
+    │   ├── AuthenticationFailed      401 authentication_error
+    │   ├── PermissionDenied          403 permission_error
+    │   ├── UnknownModel              404 model_not_found
+    │   ├── NotFound                  404 not_found
+    │   ├── PayloadTooLarge           413 request_too_large
+    │   ├── RateLimited               429 rate_limit_exceeded (with retry-after)
+    │   └── GuardRejected             400 / configured: request_rejected
+    └── UpstreamError (5xx: an expert failed and no fallback answered)
+        ├── UpstreamUnavailable       502 upstream_unavailable (refused, 5xx, circuit open)
+        ├── UpstreamTimeout           504 upstream_timeout
+        └── ServiceUnavailable        503 service_unavailable (shutting down, not ready)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "AuthenticationFailed",
+    "GatewayError",
+    "GuardRejected",
+    "InvalidRequest",
+    "NotFound",
+    "PayloadTooLarge",
+    "PermissionDenied",
+    "RateLimited",
+    "RequestError",
+    "ServiceUnavailable",
+    "UnknownModel",
+    "UpstreamError",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+    "error_body",
+]
+
+
+class GatewayError(Exception):
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = dict(headers or {})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": self.code}}
+
+    def body(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+
+class RequestError(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class InvalidRequest(RequestError):
+    pass
+
+
+class AuthenticationFailed(RequestError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(RequestError):
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
+
+
+class UnknownModel(RequestError):
+    status = 404
+    code = "model_not_found"
+
+
+class NotFound(RequestError):
+    status = 404
+    code = "not_found"
+
+
+class PayloadTooLarge(RequestError):
+    status = 413
+    code = "request_too_large"
+
+
+class RateLimited(RequestError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class GuardRejected(RequestError):
+    """The guard (OOD or unsafe) or the router refused the query."""
+
+    code = "request_rejected"
+
+    def __init__(self, message: str, *, status: int = 400, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.status = status
+
+
+class UpstreamError(GatewayError):
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+
+
+class UpstreamUnavailable(UpstreamError):
+    code = "upstream_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class ServiceUnavailable(UpstreamError):
+    status = 503
+    type = "service_unavailable"
+    code = "service_unavailable"
+
+
+def error_body(status: int, message: str, type_: str, code: str | None,
+               param: str | None = None) -> bytes:
+    return orjson.dumps({"error": {"message": message, "type": type_, "param": param,
+                                   "code": code}})

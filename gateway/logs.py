@@ -1,0 +1,273 @@
+"""Routing log: one record per request, to a Redis Stream or a JSONL file; export to Parquet.
+
+Requests never wait for the log: ``RoutingLog.record`` puts the record on a bounded queue and
+a background task writes batches. When the sink fails (Redis down) records stay queued and
+are retried; when the queue is full the oldest are dropped and counted
+(``expertgate_log_records_dropped``), so memory stays bounded through any outage.
+
+Record fields (ARCHITECTURE.md): ``request_id, ts, tenant, endpoint, policy, policy_version,
+text_hash, text`` (only where the policy allows), ``embedding_id, mode, expert, replica,
+targets, scores, reason, guard, cache, status, http_status, error_type, fallback, degraded,
+decision_ms, latency_ms, prompt_tokens, completion_tokens, cost_usd, stream``.
+Feedback records: ``request_id, score (0..1), ts, comment``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+
+from gateway.metrics import Metrics
+
+__all__ = [
+    "JsonlSink",
+    "RedisStreamSink",
+    "RoutingLog",
+    "RoutingLogSink",
+    "export_logs",
+    "read_feedback",
+    "read_records",
+]
+
+log = logging.getLogger("expertgate.logs")
+
+LOG_STREAM = "eg:log"
+FEEDBACK_STREAM = "eg:feedback"
+
+
+class RoutingLogSink(Protocol):
+    name: str
+
+    async def write(self, records: list[bytes]) -> None: ...
+
+    async def write_feedback(self, record: bytes) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class JsonlSink:
+    """Appends one JSON object per line. Appends are small and fast, so done inline."""
+
+    name = "jsonl"
+
+    def __init__(self, path: Path, feedback_path: Path) -> None:
+        self.path = Path(path)
+        self.feedback_path = Path(feedback_path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.feedback_path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = self.path.open("ab", buffering=0)
+
+    async def write(self, records: list[bytes]) -> None:
+        self._f.write(b"".join(r + b"\n" for r in records))
+
+    async def write_feedback(self, record: bytes) -> None:
+        with self.feedback_path.open("ab") as f:
+            f.write(record + b"\n")
+
+    async def close(self) -> None:
+        self._f.close()
+
+
+class RedisStreamSink:
+    """XADD to a capped stream (approximate MAXLEN) so Redis memory stays bounded too."""
+
+    name = "redis"
+
+    def __init__(self, client: Any, stream: str = LOG_STREAM,
+                 feedback_stream: str = FEEDBACK_STREAM, maxlen: int = 5_000_000) -> None:
+        self._r = client
+        self.stream = stream
+        self.feedback_stream = feedback_stream
+        self.maxlen = maxlen
+
+    async def write(self, records: list[bytes]) -> None:
+        pipe = self._r.pipeline(transaction=False)
+        for rec in records:
+            pipe.xadd(self.stream, {"r": rec}, maxlen=self.maxlen, approximate=True)
+        await pipe.execute()
+
+    async def write_feedback(self, record: bytes) -> None:
+        await self._r.xadd(self.feedback_stream, {"r": record}, maxlen=self.maxlen,
+                           approximate=True)
+
+    async def close(self) -> None:
+        return None
+
+
+class RoutingLog:
+    def __init__(self, sink: RoutingLogSink, metrics: Metrics, max_queue: int = 10_000,
+                 batch: int = 256) -> None:
+        self.sink = sink
+        self.metrics = metrics
+        self.max_queue = max_queue
+        self.batch = batch
+        self._q: collections.deque[bytes] = collections.deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.dropped = 0
+        self.written = 0
+        self.sink_ok = True
+
+    def record(self, rec: dict[str, Any]) -> None:
+        if len(self._q) >= self.max_queue:
+            self._q.popleft()
+            self.dropped += 1
+            self.metrics.log_dropped.inc()
+        self._q.append(orjson.dumps(rec, option=orjson.OPT_SERIALIZE_NUMPY))
+        self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._q)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="routing-log")
+
+    async def _flush_once(self) -> bool:
+        if not self._q:
+            return True
+        n = min(len(self._q), self.batch)
+        batch = [self._q[i] for i in range(n)]
+        try:
+            await self.sink.write(batch)
+        except Exception as e:  # a sink outage must never reach requests
+            if self.sink_ok:
+                log.warning("routing log: sink %s failed (%s: %s); buffering up to %d records",
+                            self.sink.name, type(e).__name__, e, self.max_queue)
+            self.sink_ok = False
+            return False
+        if not self.sink_ok:
+            log.info("routing log: sink %s is back", self.sink.name)
+        self.sink_ok = True
+        for _ in range(n):
+            # records dropped from the left while we awaited shift the batch; pop what remains
+            if self._q:
+                self._q.popleft()
+        self.written += n
+        self.metrics.log_queue.set(len(self._q))
+        return True
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._q:
+                ok = await self._flush_once()
+                if not ok:
+                    if self._closing:
+                        return
+                    await asyncio.sleep(0.5)
+            if self._closing:
+                return
+
+    async def add_feedback(self, request_id: str, score: float, comment: str | None) -> None:
+        rec = orjson.dumps({"request_id": request_id, "score": score, "ts": time.time(),
+                            "comment": comment})
+        await self.sink.write_feedback(rec)
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Flush what is queued (bounded in time), then stop."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+            if not self._task.done():
+                self._task.cancel()
+        if self._q:
+            log.warning("routing log: %d record(s) not written at shutdown", len(self._q))
+        await self.sink.close()
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _read_jsonl(path: Path) -> Iterable[dict[str, Any]]:
+    if not path.exists():
+        return
+    with path.open("rb") as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                try:
+                    yield orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    log.warning("skipping a malformed line in %s", path)
+
+
+def _read_stream(redis_url: str, stream: str) -> list[dict[str, Any]]:
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    out: list[dict[str, Any]] = []
+    last = "-"
+    while True:
+        chunk = r.xrange(stream, min=last, max="+", count=10_000)
+        if last != "-" and chunk:
+            chunk = chunk[1:]
+        if not chunk:
+            break
+        for _id, fields in chunk:
+            out.append(orjson.loads(fields[b"r"]))
+        last = chunk[-1][0].decode()
+    r.close()
+    return out
+
+
+def read_records(*, redis_url: str | None = None, path: Path | None = None
+                 ) -> list[dict[str, Any]]:
+    if redis_url:
+        return _read_stream(redis_url, LOG_STREAM)
+    assert path is not None
+    return list(_read_jsonl(path))
+
+
+def read_feedback(*, redis_url: str | None = None, path: Path | None = None
+                  ) -> dict[str, dict[str, Any]]:
+    """request_id -> the latest feedback record."""
+    recs = _read_stream(redis_url, FEEDBACK_STREAM) if redis_url else list(
+        _read_jsonl(path) if path is not None else [])
+    out: dict[str, dict[str, Any]] = {}
+    for r in recs:
+        if "request_id" in r:
+            out[str(r["request_id"])] = r
+    return out
+
+
+def export_logs(out: Path, *, redis_url: str | None = None, log_path: Path | None = None,
+                feedback_path: Path | None = None) -> int:
+    """Write the routing log joined with feedback (``feedback_score``) to Parquet (or JSONL
+    when ``out`` ends in .jsonl). Returns the number of records written."""
+    import pandas as pd
+
+    recs = read_records(redis_url=redis_url, path=log_path)
+    fb = read_feedback(redis_url=redis_url, path=feedback_path)
+    rows = []
+    for r in recs:
+        r = dict(r)
+        f = fb.get(str(r.get("request_id")))
+        r["feedback_score"] = None if f is None else float(f["score"])
+        for k in ("targets", "scores", "guard", "degraded"):
+            if k in r and not isinstance(r[k], str | type(None)):
+                r[k] = orjson.dumps(r[k]).decode()
+        rows.append(r)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    df = pd.DataFrame(rows)
+    if out.suffix == ".jsonl":
+        with out.open("wb") as f:
+            for r in rows:
+                f.write(orjson.dumps(r) + b"\n")
+    else:
+        df.to_parquet(out, index=False)
+    return len(rows)

@@ -1,0 +1,50 @@
+"""Prometheus metrics, one registry per app (tests build several apps in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["Metrics"]
+
+_STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064,
+                  0.128, 0.256, 0.512, 1.0, 2.0, 5.0)
+_LAT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                60.0, 120.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("expertgate_requests", "Requests answered",
+                                ["endpoint", "policy", "expert", "status"], registry=r)
+        self.decisions = Counter("expertgate_decisions", "Routing decisions",
+                                 ["policy", "expert", "mode"], registry=r)
+        self.cache = Counter("expertgate_decision_cache", "Decision cache lookups",
+                             ["result"], registry=r)
+        self.stage = Histogram("expertgate_stage_seconds", "Time per pipeline stage",
+                               ["stage"], buckets=_STAGE_BUCKETS, registry=r)
+        self.latency = Histogram("expertgate_request_seconds", "Whole request latency",
+                                 ["endpoint"], buckets=_LAT_BUCKETS, registry=r)
+        self.upstream_errors = Counter("expertgate_upstream_errors", "Upstream failures",
+                                       ["expert", "kind"], registry=r)
+        self.fallbacks = Counter("expertgate_fallbacks", "Requests served by a fallback",
+                                 ["policy", "reason"], registry=r)
+        self.degraded = Counter("expertgate_degraded",
+                                "Requests that took a degraded path",
+                                ["component"], registry=r)
+        self.rejections = Counter("expertgate_rejections", "Rejected requests",
+                                  ["policy", "reason"], registry=r)
+        self.log_dropped = Counter("expertgate_log_records_dropped",
+                                   "Routing-log records dropped (queue full)", registry=r)
+        self.log_queue = Gauge("expertgate_log_queue_depth",
+                               "Routing-log records waiting to be written", registry=r)
+        self.inflight = Gauge("expertgate_inflight_requests", "Requests in progress",
+                              registry=r)
+        self.circuit_open = Gauge("expertgate_circuit_open",
+                                  "1 while a replica's circuit breaker is open",
+                                  ["expert", "replica"], registry=r)
+        self.tokens = Counter("expertgate_tokens", "Tokens reported by upstreams",
+                              ["expert", "kind"], registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

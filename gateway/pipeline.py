@@ -1,0 +1,255 @@
+"""decide(policy, messages) -> Decision: normalise -> cache -> embed -> guard -> route.
+
+``PolicySet`` holds every policy's runtime (router, optional guard, version). It is built
+whole and swapped atomically on reload: a request keeps the PolicySet it started with, so a
+reload never drops or mixes in-flight requests. The policy version (config digest + artifact
+hashes) is part of the decision-cache key, so a new artifact never serves old decisions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from gateway.cache import CacheUnavailable, DecisionCache, decision_key
+from gateway.config import ConfigError, GatewayConfig, PolicyConfig
+from gateway.errors import InvalidRequest
+from gateway.metrics import Metrics
+from routers.base import Decision, GuardVerdict, Router, Target
+from routers.embed import Embedder
+
+__all__ = ["Pipeline", "PolicyRuntime", "PolicySet", "build_policy_set", "routing_text"]
+
+log = logging.getLogger("expertgate.pipeline")
+
+
+@dataclass
+class PolicyRuntime:
+    config: PolicyConfig
+    version: str
+    router: Router
+    guard: Router | None = None
+
+
+@dataclass
+class PolicySet:
+    config: GatewayConfig
+    policies: dict[str, PolicyRuntime]
+    loaded_at: float
+
+
+def _policy_version(pol: PolicyConfig, extra: Sequence[str]) -> str:
+    h = hashlib.sha256(orjson.dumps(pol.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS))
+    for e in extra:
+        h.update(e.encode())
+    return h.hexdigest()[:12]
+
+
+def _load_artifact(path: Any, expected: str | None, embedder: Embedder | None, where: str
+                   ) -> tuple[Router, str]:
+    from routers.artifacts import artifact_version, load_router
+    from routers.base import RouterError
+
+    try:
+        router = load_router(path, expected_type=expected)
+        version = artifact_version(path)
+    except (RouterError, OSError) as e:
+        raise ConfigError(f"{where}: cannot load artifact {path}: {e}") from None
+    emb_name = getattr(router, "embedder_", None)
+    if embedder is not None and emb_name and emb_name != embedder.name:
+        raise ConfigError(f"{where}: artifact {path} was trained with embedder {emb_name!r} "
+                          f"but the gateway embeds with {embedder.name!r}")
+    dim = getattr(router, "dim_", None)
+    if embedder is not None and dim is not None and dim != embedder.dim:
+        raise ConfigError(f"{where}: artifact {path} expects {dim}-d embeddings, the gateway's "
+                          f"embedder gives {embedder.dim}")
+    return router, version
+
+
+def build_policy_set(cfg: GatewayConfig, embedder: Embedder | None) -> PolicySet:
+    """Build every policy's router and guard (fit semantic routes, load artifacts)."""
+    from routers.base import RouterError, make_router
+    from routers.semantic import routes_to_table
+
+    out: dict[str, PolicyRuntime] = {}
+    known = {e.name for e in cfg.experts}
+    for pol in cfg.policies:
+        where = f"{cfg.source or '<config>'}: policy {pol.name!r}"
+        extra: list[str] = [embedder.name if embedder is not None else "none"]
+        if pol.artifact is not None:
+            router, v = _load_artifact(pol.artifact, pol.router, embedder, where)
+            extra.append(v)
+            if pol.params:
+                try:
+                    router.set_params(**pol.params)
+                except RouterError as e:
+                    raise ConfigError(f"{where}: {e}") from None
+        else:
+            if embedder is None:
+                raise ConfigError(f"{where}: semantic routes need an embedder")
+            try:
+                router = make_router(pol.router, **pol.params)
+                table = routes_to_table([r.model_dump() for r in pol.routes])
+                router.fit(embedder.embed(table.prompts), table)
+            except RouterError as e:
+                raise ConfigError(f"{where}: {e}") from None
+        unknown = sorted(set(getattr(router, "experts_", [])) - known)
+        if unknown:
+            raise ConfigError(f"{where}: the router names expert(s) not in the config: "
+                              f"{', '.join(unknown)}")
+        guard = None
+        if pol.guard is not None and pol.guard.enabled:
+            guard, gv = _load_artifact(pol.guard.artifact, "guard", embedder, where + " guard")
+            extra.append(gv)
+        out[pol.name] = PolicyRuntime(pol, _policy_version(pol, extra), router, guard)
+    return PolicySet(cfg, out, time.time())
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # multi-part content: keep the text parts
+        return " ".join(p.get("text", "") for p in content
+                        if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def routing_text(messages: Sequence[Any], mode: str) -> str:
+    """The text the router sees: the last user turn, or the whole conversation."""
+    if mode == "last_user":
+        for m in reversed(messages):
+            if isinstance(m, dict) and m.get("role") == "user":
+                t = _content_text(m.get("content"))
+                if t.strip():
+                    return " ".join(t.split())
+        raise InvalidRequest("no user message with text to route on", param="messages")
+    parts = [f"{m.get('role')}: {_content_text(m.get('content'))}" for m in messages
+             if isinstance(m, dict)]
+    text = " ".join(" ".join(parts).split())
+    if not text:
+        raise InvalidRequest("no text to route on", param="messages")
+    return text
+
+
+EmbedFn = Callable[[str], Awaitable[np.ndarray]]
+
+
+class Pipeline:
+    """Stateless apart from the cache, the embedder and the current PolicySet."""
+
+    def __init__(self, policies: PolicySet, embedder: Embedder | None, cache: DecisionCache,
+                 metrics: Metrics, embed_fn: EmbedFn | None = None) -> None:
+        self.policies = policies
+        self.embedder = embedder
+        self.cache = cache
+        self.metrics = metrics
+        self._executor: ThreadPoolExecutor | None = None
+        self._embed_fn = embed_fn or self._embed_in_thread
+        self._stage = metrics.stage
+        self._obs_cache = metrics.stage.labels("cache")
+        self._obs_embed = metrics.stage.labels("embed")
+        self._obs_guard = metrics.stage.labels("guard")
+        self._obs_route = metrics.stage.labels("route")
+
+    async def _embed_in_thread(self, text: str) -> np.ndarray:
+        # One dedicated thread: the forward pass runs off the event loop, one at a time.
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="embed")
+        assert self.embedder is not None
+        loop = asyncio.get_running_loop()
+        X = await loop.run_in_executor(self._executor, self.embedder.embed, [text])
+        return X[0]
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def decide(self, rt: PolicyRuntime, text: str, degraded: list[str]) -> Decision:
+        pol = rt.config
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        key = decision_key(pol.name, rt.version, text)
+        try:
+            hit = await self.cache.get(key)
+        except CacheUnavailable:
+            hit = None
+            degraded.append("cache")
+            self.metrics.degraded.labels("cache").inc()
+            self.metrics.cache.labels("unavailable").inc()
+        else:
+            self.metrics.cache.labels("hit" if hit is not None else "miss").inc()
+        t1 = time.perf_counter()
+        timings["cache"] = (t1 - t0) * 1000
+        self._obs_cache.observe(t1 - t0)
+        if hit is not None:
+            d = Decision.from_dict(hit)
+            d.cached = True
+            d.timings_ms = timings
+            return d
+        try:
+            x = await self._embed_fn(text)
+        except Exception as e:  # embedder failure degrades to the fallback chain, loudly
+            log.error("embedder failed (%s: %s); using the policy's fallback", type(e).__name__, e)
+            degraded.append("embedder")
+            self.metrics.degraded.labels("embedder").inc()
+            return self._fallback_decision(rt, f"embedder unavailable ({type(e).__name__})",
+                                           timings)
+        t2 = time.perf_counter()
+        timings["embed"] = (t2 - t1) * 1000
+        self._obs_embed.observe(t2 - t1)
+        X = x.reshape(1, -1)
+        verdict: GuardVerdict | None = None
+        if rt.guard is not None:
+            verdict = rt.guard.verdict(X, [text])[0]  # type: ignore[attr-defined]
+            t3 = time.perf_counter()
+            timings["guard"] = (t3 - t2) * 1000
+            self._obs_guard.observe(t3 - t2)
+            t2 = t3
+            if verdict.rejected:
+                d = Decision("reject", [], f"guard rejected the query ({verdict.reject_reason}: "
+                             f"score {verdict.ood_score:.3f} vs threshold "
+                             f"{verdict.threshold:.3f})" if verdict.ood_score is not None and
+                             verdict.threshold is not None else
+                             f"guard rejected the query ({verdict.reject_reason})",
+                             router="guard", guard=verdict)
+                return await self._finish(rt, d, key, timings, t0)
+        d = rt.router.decide(X, [text])[0]
+        t3 = time.perf_counter()
+        timings["route"] = (t3 - t2) * 1000
+        self._obs_route.observe(t3 - t2)
+        if verdict is not None and d.guard is None:
+            d.guard = verdict
+        return await self._finish(rt, d, key, timings, t0)
+
+    async def _finish(self, rt: PolicyRuntime, d: Decision, key: str,
+                      timings: dict[str, float], t0: float) -> Decision:
+        d.policy = rt.config.name
+        d.policy_version = rt.version
+        d.timings_ms = timings
+        timings["total"] = (time.perf_counter() - t0) * 1000
+        try:
+            await self.cache.set(key, d.to_dict(), rt.config.cache_ttl_s)
+        except CacheUnavailable:
+            pass  # already counted on the get
+        return d
+
+    def _fallback_decision(self, rt: PolicyRuntime, reason: str, timings: dict[str, float]
+                           ) -> Decision:
+        pol = rt.config
+        chain = list(pol.fallback) or ([pol.on_reject.expert] if pol.on_reject.expert else [])
+        if not chain:
+            chain = list(getattr(rt.router, "experts_", []))[:1]
+        d = Decision("chain" if len(chain) > 1 else "single",
+                     [Target(e, float("nan")) for e in chain],
+                     f"{reason}: fallback chain", policy=pol.name, policy_version=rt.version,
+                     router="fallback", timings_ms=timings)
+        return d

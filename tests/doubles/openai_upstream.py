@@ -1,0 +1,127 @@
+"""A test double of an OpenAI-compatible upstream (what vLLM or llama.cpp serve).
+
+Real HTTP on 127.0.0.1 (aiohttp), so the gateway's real client, pooling, timeouts and
+streaming are exercised; only the model is fake. The integration tier uses real llama.cpp
+servers instead. Behaviour is switchable per test: fail with a status, hang before the first
+byte, cut a stream after the first chunk. Every request received is recorded, so tests can
+prove that nothing was sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+__all__ = ["OpenAIUpstreamDouble", "free_port"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class OpenAIUpstreamDouble:
+    name: str = "double"
+    port: int = field(default_factory=free_port)
+    mode: str = "ok"  # ok | status | hang | cut | refuse_lora
+    status: int = 500
+    delay_s: float = 0.0
+    received: list[dict[str, Any]] = field(default_factory=list)
+    adapters: dict[str, str] = field(default_factory=dict)  # vLLM-style LoRA: name -> parent
+    _runner: web.AppRunner | None = None
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def start(self) -> OpenAIUpstreamDouble:
+        self._stopping.clear()
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/load_lora_adapter", self._load_lora)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _models(self, request: web.Request) -> web.Response:
+        data = [{"id": self.name, "object": "model", "parent": None}]
+        data += [{"id": a, "object": "model", "parent": p} for a, p in self.adapters.items()]
+        return web.json_response({"object": "list", "data": data})
+
+    async def _load_lora(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.adapters[body["lora_name"]] = self.name
+        return web.Response(text=f"Success: LoRA adapter '{body['lora_name']}' added")
+
+    async def _gate(self, body: dict[str, Any]) -> web.Response | None:
+        self.received.append(body)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.mode == "status":
+            return web.json_response({"error": {"message": "boom", "type": "server_error"}},
+                                     status=self.status)
+        if self.mode == "hang":
+            await self._stopping.wait()  # until stop(): never answers in a test's lifetime
+            return web.json_response({"error": {"message": "stopped"}}, status=503)
+        return None
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        early = await self._gate(body)
+        if early is not None:
+            return early
+        model = body.get("model")
+        text = f"answer from {self.name} ({model})"
+        if body.get("stream"):
+            resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+            await resp.prepare(request)
+            for i, w in enumerate(text.split(" ")):
+                ev = {"id": "chatcmpl-double", "object": "chat.completion.chunk", "created": 1,
+                      "model": model, "choices": [{"index": 0, "delta": {
+                          "content": (" " if i else "") + w}, "finish_reason": None}]}
+                await resp.write(b"data: " + orjson.dumps(ev) + b"\n\n")
+                if self.mode == "cut":
+                    # die mid-stream: abort the connection once the first chunk is out
+                    await asyncio.sleep(0.1)
+                    assert request.transport is not None
+                    request.transport.close()
+                    return resp
+            ev = {"id": "chatcmpl-double", "object": "chat.completion.chunk", "created": 1,
+                  "model": model, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+            await resp.write(b"data: " + orjson.dumps(ev) + b"\n\ndata: [DONE]\n\n")
+            await resp.write_eof()
+            return resp
+        return web.json_response({
+            "id": "chatcmpl-double", "object": "chat.completion", "created": 1, "model": model,
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": text}}],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}})
+
+    async def _completions(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        early = await self._gate(body)
+        if early is not None:
+            return early
+        return web.json_response({
+            "id": "cmpl-double", "object": "text_completion", "created": 1,
+            "model": body.get("model"),
+            "choices": [{"index": 0, "text": f" completion from {self.name}",
+                         "finish_reason": "stop", "logprobs": None}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}})
