@@ -9,6 +9,7 @@ hashes) is part of the decision-cache key, so a new artifact never serves old de
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -236,10 +237,8 @@ class Pipeline:
         d.policy_version = rt.version
         d.timings_ms = timings
         timings["total"] = (time.perf_counter() - t0) * 1000
-        try:
+        with contextlib.suppress(CacheUnavailable):  # already counted on the get
             await self.cache.set(key, d.to_dict(), rt.config.cache_ttl_s)
-        except CacheUnavailable:
-            pass  # already counted on the get
         return d
 
     def _fallback_decision(self, rt: PolicyRuntime, reason: str, timings: dict[str, float]

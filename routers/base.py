@@ -281,8 +281,8 @@ class RoutingTable:
         n = len(self)
         rng = np.random.default_rng(seed)
         perm = rng.permutation(n)
-        n_test = int(round(n * test))
-        n_val = int(round(n * val))
+        n_test = round(n * test)
+        n_val = round(n * val)
         return (np.sort(perm[n_test + n_val:]), np.sort(perm[n_test:n_test + n_val]),
                 np.sort(perm[:n_test]))
 

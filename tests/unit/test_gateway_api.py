@@ -49,7 +49,7 @@ async def test_routed_request_goes_to_chosen_expert_with_headers(ups, tmp_path: 
 
 
 async def test_repeated_prompt_hits_the_decision_cache(ups, tmp_path: Path) -> None:
-    async with gateway_client(base_config(ups[0].base, ups[1].base), tmp_path) as (c, gw):
+    async with gateway_client(base_config(ups[0].base, ups[1].base), tmp_path) as (c, _gw):
         body = chat("auto", "refactor this class please")
         r1 = await c.post("/v1/chat/completions", json=body)
         r2 = await c.post("/v1/chat/completions", json=body)
@@ -127,7 +127,7 @@ async def test_body_over_the_limit_is_413(ups, tmp_path: Path) -> None:
 async def test_fallback_when_chosen_expert_is_down(ups, tmp_path: Path) -> None:
     coder, chatter = ups
     await coder.stop()  # connection refused
-    async with gateway_client(base_config(coder.base, chatter.base), tmp_path) as (c, gw):
+    async with gateway_client(base_config(coder.base, chatter.base), tmp_path) as (c, _gw):
         r = await c.post("/v1/chat/completions", json=chat("auto", "fix this bug in my code"))
         assert r.status_code == 200
         assert r.headers["x-expertgate-expert"] == "chatter"
@@ -223,7 +223,7 @@ async def test_completions_pass_through(ups, tmp_path: Path) -> None:
 async def test_models_route_and_feedback(ups, tmp_path: Path) -> None:
     cfg = base_config(ups[0].base, ups[1].base)
     cfg["experts"].append({"name": "coder-sql", "parent": "coder"})
-    async with gateway_client(cfg, tmp_path) as (c, gw):
+    async with gateway_client(cfg, tmp_path) as (c, _gw):
         data = (await c.get("/v1/models")).json()["data"]
         ids = {m["id"]: m for m in data}
         assert {"coder", "chatter", "coder-sql", "auto"} <= set(ids)
@@ -257,7 +257,7 @@ async def test_models_route_and_feedback(ups, tmp_path: Path) -> None:
 
 async def test_routing_log_records_every_request(ups, tmp_path: Path) -> None:
     cfg = base_config(ups[0].base, ups[1].base, log_prompts=True)
-    async with gateway_client(cfg, tmp_path) as (c, gw):
+    async with gateway_client(cfg, tmp_path) as (c, _gw):
         await c.post("/v1/chat/completions", json=chat("auto", "fix this bug in my code"))
         await c.post("/v1/chat/completions", json=chat("nope", "x"))
         await c.post("/v1/chat/completions", json=chat("chatter", "x"))
