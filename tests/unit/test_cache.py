@@ -1,0 +1,37 @@
+"""The in-process decision cache (the embedded default). The Redis cache is tested against a
+real redis-server in tests/integration."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gateway.cache import MemoryDecisionCache, decision_key
+
+
+async def test_get_set_and_ttl_expiry() -> None:
+    c = MemoryDecisionCache()
+    await c.set("k", {"mode": "single"}, ttl_s=0.05)
+    assert await c.get("k") == {"mode": "single"}
+    await asyncio.sleep(0.08)
+    assert await c.get("k") is None
+    await c.set("z", {"a": 1}, ttl_s=0)  # ttl 0 means: do not cache
+    assert await c.get("z") is None
+
+
+async def test_lru_is_bounded() -> None:
+    c = MemoryDecisionCache(max_entries=3)
+    for i in range(5):
+        await c.set(f"k{i}", {"i": i}, ttl_s=60)
+    assert len(c) == 3
+    assert await c.get("k0") is None and await c.get("k4") == {"i": 4}
+    await c.get("k2")  # touch: k2 becomes most recent
+    await c.set("k5", {"i": 5}, ttl_s=60)
+    assert await c.get("k2") == {"i": 2} and await c.get("k3") is None
+
+
+def test_key_changes_with_policy_version_and_text() -> None:
+    a = decision_key("auto", "v1", "hello")
+    assert a == decision_key("auto", "v1", "hello")
+    assert a != decision_key("auto", "v2", "hello")
+    assert a != decision_key("auto", "v1", "hello!")
+    assert a != decision_key("cheap", "v1", "hello")

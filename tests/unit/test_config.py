@@ -1,0 +1,92 @@
+"""A bad config fails at start-up naming the file, the field and why."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gateway.config import ConfigError, Settings, load_config
+
+GOOD = {
+    "experts": [{"name": "a", "api_base": "http://127.0.0.1:1/v1"},
+                {"name": "b", "replicas": ["http://127.0.0.1:2/v1", "http://127.0.0.1:3/v1"]},
+                {"name": "a-lora", "parent": "a"}],
+    "policies": [{"name": "auto", "routes": [
+        {"name": "r1", "expert": "a", "examples": ["hello"]},
+        {"name": "r2", "expert": "b", "description": "anything about maths"}]}],
+}
+
+
+def _write(tmp_path: Path, data: object) -> Path:
+    p = tmp_path / "gw.yaml"
+    p.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return p
+
+
+def test_good_config_loads_with_defaults(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, GOOD))
+    assert [e.name for e in cfg.experts] == ["a", "b", "a-lora"]
+    assert cfg.expert("b").bases == ["http://127.0.0.1:2/v1", "http://127.0.0.1:3/v1"]
+    assert cfg.expert("a").upstream_model == "a"
+    pol = cfg.policies[0]
+    assert pol.router == "semantic" and pol.cache_ttl_s == 3600
+    assert pol.on_reject.action == "error"
+    assert len(cfg.digest) == 16
+
+
+@pytest.mark.parametrize("mutate,where,why", [
+    (lambda d: d["experts"][0].pop("api_base"), "experts[0](a)", "api_base or replicas"),
+    (lambda d: d["experts"][0].update(timeout_s=-1), "experts[0](a).timeout_s",
+     "greater than 0"),
+    (lambda d: d["experts"][0].update(api_base="ftp://x"), "experts[0](a)", "http://"),
+    (lambda d: d["experts"].append({"name": "a", "api_base": "http://x"}), "(top level)",
+     "duplicate expert"),
+    (lambda d: d["policies"][0]["routes"][0].update(expert="zzz"), "(top level)",
+     "unknown expert 'zzz'"),
+    (lambda d: d["policies"][0].update(fallback=["nope"]), "(top level)",
+     "fallback names unknown expert"),
+    (lambda d: d["policies"][0].update(router="knn"), "policies[0](auto)", "needs an artifact"),
+    (lambda d: d["policies"][0].update(on_reject={"action": "fallback"}),
+     "policies[0](auto).on_reject", "needs on_reject.expert"),
+    (lambda d: d["policies"][0].update(colour="blue"), "policies[0](auto).colour",
+     "Extra inputs"),
+    (lambda d: d["experts"][2].update(parent="ghost"), "(top level)", "parent 'ghost'"),
+    (lambda d: d["policies"].append({"name": "a", "routes": GOOD["policies"][0]["routes"]}),
+     "(top level)", "both an expert and a policy"),
+])
+def test_bad_config_names_file_field_and_reason(tmp_path: Path, mutate, where: str, why: str
+                                                ) -> None:
+    import copy
+
+    data = copy.deepcopy(GOOD)
+    mutate(data)
+    p = _write(tmp_path, data)
+    with pytest.raises(ConfigError) as ei:
+        load_config(p)
+    msg = str(ei.value)
+    assert str(p) in msg and where in msg and why in msg, msg
+
+
+def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"not valid YAML at line 3, column 1"):
+        load_config(_write(tmp_path, "experts:\n  - {name: a\n"))
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(_write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_relative_artifact_paths_resolve_against_the_config(tmp_path: Path) -> None:
+    data = {"experts": GOOD["experts"],
+            "policies": [{"name": "k", "router": "knn", "artifact": "arts/knn"}]}
+    cfg = load_config(_write(tmp_path, data))
+    assert cfg.policies[0].artifact == tmp_path.resolve() / "arts/knn"
+
+
+def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EXPERTGATE_REDIS_URL", "redis://127.0.0.1:6390/0")
+    monkeypatch.setenv("EXPERTGATE_MAX_BODY_BYTES", "1234")
+    s = Settings()
+    assert s.redis_url == "redis://127.0.0.1:6390/0" and s.max_body_bytes == 1234
