@@ -57,15 +57,15 @@ def _policy_version(pol: PolicyConfig, extra: Sequence[str]) -> str:
 
 def _load_artifact(path: Any, expected: str | None, embedder: Embedder | None, where: str
                    ) -> tuple[Router, str]:
-    from routers.artifacts import artifact_version, load_router
+    from routers.artifacts import artifact_version, load_router, read_manifest
     from routers.base import RouterError
 
     try:
         router = load_router(path, expected_type=expected)
         version = artifact_version(path)
+        emb_name = read_manifest(path).get("embedder")
     except (RouterError, OSError) as e:
         raise ConfigError(f"{where}: cannot load artifact {path}: {e}") from None
-    emb_name = getattr(router, "embedder_", None)
     if embedder is not None and emb_name and emb_name != embedder.name:
         raise ConfigError(f"{where}: artifact {path} was trained with embedder {emb_name!r} "
                           f"but the gateway embeds with {embedder.name!r}")
