@@ -16,37 +16,45 @@ import numpy as np
 from routers.base import RouterError, RoutingTable, register
 from routers.tradeoff import QualityRouter, shrunk_group_quality
 
-__all__ = ["CategoryRouter", "fit_category_classifier"]
+__all__ = ["CategoryRouter", "fit_category_classifier", "softmax_rows"]
 
 
-def fit_category_classifier(X: np.ndarray, labels: np.ndarray, *, C: float, seed: int
-                            ) -> object | None:
-    """Multinomial logistic regression on embeddings; None when there is one class only."""
+def fit_category_classifier(X: np.ndarray, labels: np.ndarray, n_classes: int, *, C: float,
+                            seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Multinomial logistic regression on embeddings as plain arrays: logits = X W^T + b.
+
+    Kept as arrays (not a pickled or skops estimator) so that loading is data only and
+    inference is one matrix product. One class only: all-zero weights.
+    """
     from sklearn.linear_model import LogisticRegression
 
-    if len(np.unique(labels)) < 2:
-        return None
-    clf = LogisticRegression(C=float(C), max_iter=500, random_state=int(seed))
-    clf.fit(X, labels)
-    return clf
+    W = np.zeros((n_classes, X.shape[1]))
+    b = np.zeros(n_classes)
+    classes = np.unique(labels)
+    if len(classes) < 2:
+        return W, b
+    clf = LogisticRegression(C=float(C), max_iter=500, random_state=int(seed)).fit(X, labels)
+    if len(classes) == 2:  # sklearn keeps one row for the positive class
+        W[classes[1]], b[classes[1]] = clf.coef_[0], clf.intercept_[0]
+    else:
+        W[classes], b[classes] = clf.coef_, clf.intercept_
+        missing = np.setdiff1d(np.arange(n_classes), classes)
+        b[missing] = -np.inf
+    return W, b
 
 
-def category_proba(clf: object | None, X: np.ndarray, n_classes: int) -> np.ndarray:
-    """P(category | x) over all ``n_classes`` (classes the classifier never saw get 0)."""
-    if clf is None:
-        return np.ones((X.shape[0], n_classes))
-    P = np.zeros((X.shape[0], n_classes))
-    P[:, clf.classes_] = clf.predict_proba(X)  # type: ignore[attr-defined]
-    return P
+def softmax_rows(Z: np.ndarray) -> np.ndarray:
+    Z = Z - Z.max(axis=1, keepdims=True)
+    P = np.exp(Z)
+    return P / P.sum(axis=1, keepdims=True)
 
 
 @register
 class CategoryRouter(QualityRouter):
     name = "category"
     _param_names = ("C", "prior_strength", "soft", "cost_weight", "threshold", "seed")
-    _array_attrs = ("category_quality_", "costs_")
+    _array_attrs = ("coef_", "intercept_", "category_quality_", "costs_")
     _json_attrs = ("experts_", "categories_", "dim_")
-    _skops_attrs = ("classifier_",)
 
     def __init__(self, C: float = 1.0, prior_strength: float = 5.0, soft: bool = False,
                  cost_weight: float = 0.0, threshold: float | None = None,
@@ -66,7 +74,8 @@ class CategoryRouter(QualityRouter):
             raise RouterError("category: C must be > 0")
         cats = sorted(set(table.categories))
         y = np.array([cats.index(c) for c in table.categories])
-        self.classifier_ = fit_category_classifier(X, y, C=float(self.C), seed=int(self.seed))
+        self.coef_, self.intercept_ = fit_category_classifier(X, y, len(cats), C=float(self.C),
+                                                              seed=int(self.seed))
         self.category_quality_ = shrunk_group_quality(S, y, len(cats),
                                                       float(self.prior_strength))
         self.categories_ = cats
@@ -79,8 +88,8 @@ class CategoryRouter(QualityRouter):
         """P(category | x), shape (n, n_categories)."""
         self.check_fitted()
         X = self.check_X(X)
-        P = category_proba(self.classifier_, X, len(self.categories_))
-        return P / P.sum(axis=1, keepdims=True)
+        Z = X.astype(np.float64) @ np.asarray(self.coef_).T + np.asarray(self.intercept_)
+        return softmax_rows(Z)
 
     def _quality(self, X: np.ndarray) -> np.ndarray:
         P = self.category_proba(X)

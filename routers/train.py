@@ -1,0 +1,201 @@
+"""Fit any registered router from a routing table, measure it on held-out prompts, save it.
+
+This is the library side of ``expertgate train`` (the command line, with the data-set
+loaders, lives in :mod:`gateway.cli.train`; the routers package never imports ``evals``):
+
+* :func:`parse_params` turns ``k=v`` strings into parameters (JSON values where they parse);
+* :func:`split_table` splits by prompt with a seed (train / validation / test);
+* :func:`evaluate_router` measures decisions on a held-out table: realised mean quality,
+  mean cost, share per expert, rejection share, oracle and single-expert references, and for
+  two experts an APGR-like area under the quality-vs-strong-share curve of the router's own
+  predicted advantage;
+* :func:`train_router` does fit -> evaluate -> save.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from routers.base import Router, RouterError, RoutingTable, make_router
+from routers.tradeoff import strong_weak
+
+__all__ = [
+    "TrainResult",
+    "apgr_curve",
+    "evaluate_router",
+    "parse_params",
+    "split_table",
+    "train_router",
+]
+
+
+def parse_params(items: Sequence[str] | None) -> dict[str, Any]:
+    """``["k=5", "aggregator=gpt-4", "adapters=[...]"]`` -> dict; values parsed as JSON when
+    they parse (numbers, booleans, null, lists, objects), else kept as strings."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise RouterError(f"--param expects key=value, got {item!r}")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def split_table(table: RoutingTable, *, seed: int = 0, val: float = 0.1, test: float = 0.2
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train / validation / test prompt indices (by prompt, seeded); checks the fractions."""
+    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+        raise RouterError(f"--val {val} and --test {test} must be in [0, 1) with sum < 1")
+    return table.split(seed=seed, val=val, test=test)
+
+
+def apgr_curve(adv: np.ndarray, S: np.ndarray, strong: int, weak: int, points: int = 21
+               ) -> tuple[np.ndarray, np.ndarray, float]:
+    """Quality vs share of strong calls when the top-advantage queries go to the strong expert.
+
+    Returns (shares, mean quality per share, APGR): the area under the performance-gap-
+    recovered curve, ``(q - q_weak) / (q_strong - q_weak)``, averaged over the shares (a
+    random router gets about 0.5, a perfect one close to 1). Rows missing either score are
+    left out.
+    """
+    ok = np.isfinite(S[:, strong]) & np.isfinite(S[:, weak])
+    adv, s_s, s_w = adv[ok], S[ok, strong], S[ok, weak]
+    n = len(adv)
+    shares = np.linspace(0, 1, points)
+    if n == 0:
+        return shares, np.full(points, np.nan), float("nan")
+    order = np.argsort(-adv, kind="stable")
+    qs = []
+    for sh in shares:
+        k = int(np.rint(sh * n))
+        to_strong = np.zeros(n, bool)
+        to_strong[order[:k]] = True
+        qs.append(float(np.mean(np.where(to_strong, s_s, s_w))))
+    q = np.asarray(qs)
+    gap = float(s_s.mean() - s_w.mean())
+    apgr = float(np.mean((q - s_w.mean()) / gap)) if abs(gap) > 1e-12 else float("nan")
+    return shares, q, apgr
+
+
+def evaluate_router(router: Router, X: np.ndarray, table: RoutingTable,
+                    texts: Sequence[str] | None = None) -> dict[str, Any]:
+    """Decision metrics of a fitted router on a (held-out) table."""
+    if len(table) == 0:
+        return {"n": 0}
+    texts = list(texts if texts is not None else table.prompts)
+    t0 = time.perf_counter()
+    decisions = router.decide(X, texts)
+    decide_ms = (time.perf_counter() - t0) * 1000 / len(table)
+    col = {m: j for j, m in enumerate(table.models)}
+    S, C = table.scores, table.costs
+    got_q, got_c = [], []
+    share: dict[str, int] = {}
+    rejected = 0
+    unknown = 0
+    for i, d in enumerate(decisions):
+        if d.mode == "reject" or d.expert is None:
+            rejected += 1
+            continue
+        share[d.expert] = share.get(d.expert, 0) + 1
+        j = col.get(d.expert)
+        if j is None:
+            unknown += 1
+            continue
+        got_q.append(S[i, j])
+        got_c.append(C[i, j] if np.isfinite(S[i, j]) else np.nan)
+    n = len(table)
+    q = np.asarray(got_q, dtype=np.float64)
+    c = np.asarray(got_c, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        singles = {m: {"quality": _r(np.nanmean(S[:, j])), "cost": _r(np.nanmean(
+            np.where(np.isfinite(S[:, j]), C[:, j], np.nan)))} for m, j in col.items()}
+    out: dict[str, Any] = {
+        "n": n,
+        "mean_quality": _r(np.nanmean(q)) if np.isfinite(q).any() else None,
+        "mean_cost": _r(np.nanmean(c)) if np.isfinite(c).any() else None,
+        "scored_decisions": int(np.isfinite(q).sum()),
+        "share": {e: round(k / n, 4) for e, k in sorted(share.items())},
+        "reject_share": round(rejected / n, 4),
+        "outside_table_share": round(unknown / n, 4),
+        "oracle_quality": _r(np.nanmean(np.nanmax(np.where(np.isfinite(S), S, -np.inf), axis=1)
+                                        .clip(min=0))),
+        "single_expert": singles,
+        "decide_ms_per_query": round(decide_ms, 4),
+    }
+    if len(table.models) == 2:
+        strong, weak = strong_weak(table.mean_costs())
+        out["strong"] = table.models[strong]
+        out["strong_share"] = round(share.get(table.models[strong], 0) / n, 4)
+        try:
+            Q = router.predict_quality(X, texts)
+            experts = list(router.experts_)
+            if Q.shape[1] == len(experts) and set(table.models) <= set(experts):
+                adv = (Q[:, experts.index(table.models[strong])]
+                       - Q[:, experts.index(table.models[weak])])
+                _, _, apgr = apgr_curve(adv, S, strong, weak)
+                out["apgr"] = _r(apgr)
+        except RouterError:
+            pass
+    return out
+
+
+def _r(x: float) -> float | None:
+    x = float(x)
+    return round(x, 6) if np.isfinite(x) else None
+
+
+class TrainResult:
+    """What :func:`train_router` returns: the fitted router, the metrics, the artifact path."""
+
+    def __init__(self, router: Router, metrics: dict[str, Any], path: Path | None) -> None:
+        self.router = router
+        self.metrics = metrics
+        self.path = path
+
+
+def train_router(name: str, table: RoutingTable, X: np.ndarray, *,
+                 params: Mapping[str, Any] | None = None, seed: int = 0, val: float = 0.1,
+                 test: float = 0.2, out: str | Path | None = None,
+                 embedder: Any = None, embedder_name: str | None = None) -> TrainResult:
+    """Split by prompt, fit on train, measure on validation and test, save to ``out``.
+
+    ``X`` holds one embedding per prompt of ``table``. ``embedder`` is passed to ``fit`` of
+    routers that accept it (the guard embeds its unsafe seeds with it).
+    """
+    X = np.asarray(X, dtype=np.float32)
+    if X.ndim != 2 or X.shape[0] != len(table):
+        raise RouterError(f"need one embedding per prompt: {len(table)} prompts, X {X.shape}")
+    router = make_router(name, **dict(params or {}))
+    tr, va, te = split_table(table, seed=seed, val=val, test=test)
+    if len(tr) == 0:
+        raise RouterError("no training prompts left after the split")
+    kwargs: dict[str, Any] = {}
+    if embedder is not None and "embedder" in inspect.signature(router.fit).parameters:
+        kwargs["embedder"] = embedder
+    t0 = time.perf_counter()
+    router.fit(X[tr], table.subset(tr), **kwargs)
+    fit_s = time.perf_counter() - t0
+    metrics: dict[str, Any] = {
+        "router": name, "seed": seed, "n_train": len(tr), "n_val": len(va),
+        "n_test": len(te), "fit_seconds": round(fit_s, 3), "models": list(table.models),
+    }
+    if len(va):
+        metrics["validation"] = evaluate_router(router, X[va], table.subset(va))
+    if len(te):
+        metrics["test"] = evaluate_router(router, X[te], table.subset(te))
+    path = None
+    if out is not None:
+        path = router.save(out, metrics=metrics, data_hash=table.content_hash(),
+                           embedder=embedder_name)
+    return TrainResult(router, metrics, path)

@@ -1,0 +1,162 @@
+"""Routing-table loaders and the data-set registry."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from evals.datasets import data_dir
+from evals.datasets.registry import REGISTRY, get, names, raw_url, verify
+from evals.datasets.routing import (
+    ROUTELLM_PRICES_PER_1M,
+    ROUTELLM_STRONG,
+    ROUTELLM_WEAK,
+    load_llmrouter,
+    load_logs,
+    load_long,
+    load_routellm,
+    load_table,
+)
+from routers.base import RouterError
+
+DATA = data_dir()
+needs_data = pytest.mark.skipif(not (DATA / "routellm").is_dir(),
+                                reason=f"shared data not found at {DATA}")
+
+LONG = [
+    {"prompt_id": "a", "prompt": "what is 2+2", "model": "small", "score": 1.0, "cost": 0.1,
+     "category": "math"},
+    {"prompt_id": "a", "prompt": "what is 2+2", "model": "big", "score": 1.0, "cost": 1.0,
+     "category": "math"},
+    {"prompt_id": "b", "prompt": "explain torts", "model": "big", "score": 0.8, "cost": 1.2,
+     "category": "law"},
+]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_load_long_all_file_types(tmp_path: Path, suffix: str) -> None:
+    df = pd.DataFrame(LONG)
+    p = tmp_path / f"t{suffix}"
+    {".csv": lambda: df.to_csv(p, index=False),
+     ".jsonl": lambda: df.to_json(p, orient="records", lines=True),
+     ".parquet": lambda: df.to_parquet(p)}[suffix]()
+    t = load_long(p)
+    assert t.prompt_ids == ["a", "b"] and t.models == ["big", "small"]
+    assert t.categories == ["math", "law"]
+    assert np.isnan(t.scores[1, 1])  # "small" never answered "b"
+    assert t.scores[1, 0] == pytest.approx(0.8)
+    assert load_table(p, "long").content_hash() == t.content_hash()
+
+
+def test_load_long_errors(tmp_path: Path) -> None:
+    with pytest.raises(RouterError, match="no such file"):
+        load_long(tmp_path / "missing.csv")
+    (tmp_path / "t.txt").write_text("x")
+    with pytest.raises(RouterError, match="unknown file type"):
+        load_long(tmp_path / "t.txt")
+    with pytest.raises(RouterError, match="unknown table format"):
+        load_table(tmp_path / "t.txt", "nope")
+
+
+def test_load_logs_drops_rows_without_text_or_feedback(tmp_path: Path, capsys) -> None:
+    recs = [
+        {"request_id": "1", "policy": "auto", "expert": "small", "text": "hi there",
+         "cost_usd": 0.001, "feedback_score": 1.0},
+        {"request_id": "2", "policy": "auto", "expert": "big", "text": "hi there",
+         "cost_usd": 0.01, "feedback_score": 0.5},
+        {"request_id": "3", "policy": "auto", "expert": "big", "text": None,
+         "cost_usd": 0.01, "feedback_score": 1.0},
+        {"request_id": "4", "policy": "auto", "expert": "big", "text": "prove it",
+         "cost_usd": 0.02, "feedback_score": None},
+        {"request_id": "5", "policy": "auto", "expert": "big", "text": "prove it",
+         "cost_usd": 0.02, "feedback_score": 0.0},
+    ]
+    p = tmp_path / "logs.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in recs))
+    t = load_logs(p)
+    err = capsys.readouterr().err
+    assert "dropped 1 without text and 1 more without feedback; 3 kept" in err
+    assert t.models == ["big", "small"] and t.prompts == ["hi there", "prove it"]
+    np.testing.assert_allclose(t.scores, [[0.5, 1.0], [0.0, np.nan]])
+    np.testing.assert_allclose(t.costs[0], [0.01, 0.001])
+    pd.DataFrame(recs).to_parquet(tmp_path / "logs.parquet")
+    assert load_table(tmp_path / "logs.parquet", "logs").content_hash() == t.content_hash()
+
+
+def test_load_logs_refuses_bad_exports(tmp_path: Path) -> None:
+    p = tmp_path / "l.jsonl"
+    p.write_text(json.dumps({"request_id": "1", "expert": "a", "text": "x"}))
+    with pytest.raises(RouterError, match="feedback_score"):
+        load_logs(p)
+    p.write_text(json.dumps({"request_id": "1", "expert": "a", "text": None,
+                             "feedback_score": 1}))
+    with pytest.raises(RouterError, match="no log record"):
+        load_logs(p)
+
+
+@needs_data
+def test_routellm_mmlu_and_gsm8k() -> None:
+    mmlu = load_table(DATA / "routellm", "routellm")
+    assert len(mmlu) == 14042 - 5  # contaminated prompts dropped, as RouteLLM does
+    assert sorted(mmlu.models) == sorted([ROUTELLM_STRONG, ROUTELLM_WEAK])
+    assert len(set(mmlu.categories or [])) == 57
+    s = mmlu.models.index(ROUTELLM_STRONG)
+    assert np.mean(mmlu.scores[:, s]) == pytest.approx(0.806, abs=0.002)
+    ratio = mmlu.mean_costs()[s] / mmlu.mean_costs()[1 - s]
+    expected = ROUTELLM_PRICES_PER_1M[ROUTELLM_STRONG] / ROUTELLM_PRICES_PER_1M[ROUTELLM_WEAK]
+    assert ratio == pytest.approx(expected)
+    assert len(load_routellm(DATA / "routellm", "mmlu", drop_contaminated=False)) == 14042
+    gsm = load_table(DATA / "routellm", "routellm-gsm8k")
+    assert len(gsm) == 1319 - 12
+    with pytest.raises(RouterError, match="benchmark"):
+        load_routellm(DATA / "routellm", "mt_bench")
+
+
+@needs_data
+def test_llmrouter_nq() -> None:
+    t = load_llmrouter(DATA / "llmrouter_nq")
+    assert len(t) == 500 and len(t.models) == 6
+    means = dict(zip(t.models, np.nanmean(t.scores, axis=0), strict=True))
+    assert means["google/gemma-2-27b-it"] == pytest.approx(0.457, abs=0.001)
+    cost = dict(zip(t.models, t.mean_costs(), strict=True))
+    assert cost["meta/llama-3.1-70b-instruct"] == pytest.approx(125.9, abs=0.1)
+
+
+def test_registry_records_sources() -> None:
+    assert set(names()) == {"clinc150", "banking77", "routellm", "webquestions", "hatecheck",
+                            "llmrouter_nq"}
+    for ds in REGISTRY:
+        assert ds.repo.startswith("https://github.com/") and len(ds.commit) == 40
+        assert ds.license and ds.files
+        for f in ds.files:
+            assert len(f.sha256) == 64 and f.bytes > 0
+    rl = get("routellm")
+    assert len(rl.files) == 57 + 10
+    assert raw_url(rl, rl.files[0]) == (
+        "https://raw.githubusercontent.com/lm-sys/RouteLLM/"
+        "0b64fdafe049e596a3f5657c219329f24af24198/routellm/evals/mmlu/responses/"
+        "mmlu_abstract_algebra.csv")
+    with pytest.raises(KeyError):
+        get("nope")
+
+
+@needs_data
+def test_registry_verify(tmp_path: Path) -> None:
+    assert verify("llmrouter_nq") == []
+    assert verify("banking77") == []
+    copy = tmp_path / "banking77"
+    shutil.copytree(DATA / "banking77", copy)
+    copy.chmod(0o755)
+    (copy / "categories.json").chmod(0o644)
+    (copy / "categories.json").write_text("[]")
+    (copy / "test.csv").chmod(0o644)
+    (copy / "test.csv").unlink()
+    problems = verify("banking77", tmp_path)
+    assert any("test.csv: missing" in p for p in problems)
+    assert any("categories.json" in p and "bytes" in p for p in problems)
+    assert verify("clinc150", tmp_path) == [f"clinc150: folder {tmp_path / 'clinc150'} is missing"]

@@ -1,0 +1,111 @@
+"""``expertgate train``, ``routers list`` and ``data list|verify`` from the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gateway.cli import main
+from routers.artifacts import load_router, read_manifest
+from routers.base import RouterError, registered_names
+from routers.train import apgr_curve, parse_params
+from tests.unit.test_router_contract import synthetic_table
+
+
+def _long_csv(tmp_path: Path, n: int = 60) -> Path:
+    _, table = synthetic_table(n, missing=False)
+    # the prompts carry their category so a text embedder can learn something
+    p = tmp_path / "table.csv"
+    pd.DataFrame(table.to_long()).to_csv(p, index=False)
+    return p
+
+
+def _train(tmp_path: Path, *extra: str) -> tuple[int, Path]:
+    out = tmp_path / "artifact"
+    rc = main(["train", "--data", str(_long_csv(tmp_path)), "--format", "long", "--out",
+               str(out), "--embedder", "hashing", "--cache-dir", str(tmp_path / "cache"),
+               *extra])
+    return rc, out
+
+
+def test_parse_params() -> None:
+    assert parse_params(["k=5", "cost_weight=0.5", "aggregator=gpt-4", "soft=true",
+                         "threshold=null", 'adapters=[{"name": "a"}]', "x=a=b"]) == {
+        "k": 5, "cost_weight": 0.5, "aggregator": "gpt-4", "soft": True, "threshold": None,
+        "adapters": [{"name": "a"}], "x": "a=b"}
+    with pytest.raises(RouterError):
+        parse_params(["novalue"])
+
+
+def test_train_knn_end_to_end(tmp_path: Path, capsys) -> None:
+    rc, out = _train(tmp_path, "--router", "knn", "--param", "k=5", "--param",
+                     "cost_weight=0.2", "--seed", "1")
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "validation" in text and "mean quality" in text and "share:" in text
+    m = read_manifest(out)
+    assert m["type"] == "knn" and m["params"]["k"] == 5 and m["params"]["cost_weight"] == 0.2
+    assert m["embedder"] == "hashing-512" and m["dim"] == 512 and m["data_hash"]
+    assert m["metrics"]["n_train"] + m["metrics"]["n_val"] + m["metrics"]["n_test"] == 60
+    assert 0 <= m["metrics"]["test"]["mean_quality"] <= 1
+    assert load_router(out).name == "knn"
+
+
+def test_train_json_metrics_and_complexity(tmp_path: Path, capsys) -> None:
+    rc, out = _train(tmp_path, "--router", "complexity", "--param", "max_strong_share=0.5",
+                     "--json", "--val", "0.2", "--test", "0.2")
+    assert rc == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads(printed[: printed.rindex("}") + 1])
+    assert metrics["n_val"] == 12 and metrics["validation"]["n"] == 12
+    assert load_router(out).threshold_ is not None
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--router", "no-such"], "unknown router"),
+    (["--router", "knn", "--param", "bogus=1"], "bad parameters"),
+    (["--router", "guard"], "--format guard"),
+    (["--router", "knn", "--val", "0.6", "--test", "0.5"], "sum < 1"),
+])
+def test_train_errors_exit_2(tmp_path: Path, capsys, args: list[str], message: str) -> None:
+    rc, out = _train(tmp_path, *args)
+    assert rc == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_train_help_names_inputs(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert "guard table text,label,split" in text and "adapter names" in text
+
+
+def test_routers_list(capsys) -> None:
+    assert main(["routers", "list"]) == 0
+    listed = capsys.readouterr().out.split()
+    assert listed == registered_names()
+    assert {"semantic", "category", "knn", "mf", "classifier", "complexity", "skills",
+            "cluster", "lora"} <= set(listed)
+
+
+def test_data_list_and_verify(tmp_path: Path, capsys) -> None:
+    assert main(["data", "list"]) == 0
+    assert "github.com/lm-sys/RouteLLM@0b64fdafe0" in capsys.readouterr().out
+    assert main(["data", "verify", "hatecheck", "--root", str(tmp_path)]) == 1
+    assert "folder" in capsys.readouterr().out
+    assert main(["data", "verify", "nope"]) == 2
+
+
+def test_apgr_curve_bounds() -> None:
+    rng = np.random.default_rng(0)
+    S = np.stack([rng.random(400) < 0.9, rng.random(400) < 0.6], axis=1).astype(float)
+    oracle_adv = S[:, 0] - S[:, 1]
+    _, q, apgr_oracle = apgr_curve(oracle_adv, S, 0, 1)
+    _, _, apgr_random = apgr_curve(rng.random(400), S, 0, 1)
+    assert q[0] == pytest.approx(S[:, 1].mean()) and q[-1] == pytest.approx(S[:, 0].mean())
+    assert apgr_oracle > 0.9 and 0.3 < apgr_random < 0.7
