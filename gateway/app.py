@@ -28,6 +28,7 @@ from gateway.errors import GatewayError
 from gateway.logs import JsonlSink, RedisStreamSink, RoutingLog
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, PolicySet, build_policy_set
+from gateway.ratelimit import RateLimiter
 from routers.embed import Embedder, make_embedder
 
 __all__ = ["Gateway", "create_app"]
@@ -63,6 +64,7 @@ class Gateway:
         self.policy_set: PolicySet
         self.pipeline: Pipeline
         self.auth = Authenticator(config)
+        self.ratelimiter = RateLimiter(None, self.metrics.registry)
         self.started_at = time.time()
         self.ready = False
         self.draining = False
@@ -88,6 +90,9 @@ class Gateway:
                 socket_connect_timeout=s.redis_timeout_s, health_check_interval=5,
                 retry_on_timeout=False)
             self.cache = RedisDecisionCache(self.redis, retry_s=s.redis_retry_s)
+            self.auth = Authenticator(self.config, self.redis, retry_s=s.redis_retry_s)
+            # the registry already holds the in-process limiter's metrics: swap the backend only
+            self.ratelimiter.attach_redis(self.redis)
             sink: Any = RedisStreamSink(self.redis)
         else:
             sink = JsonlSink(s.log_path, s.feedback_file)
@@ -123,6 +128,7 @@ class Gateway:
 
     async def close(self) -> None:
         self.ready = False
+        await self.ratelimiter.drain()
         if self.routing_log is not None:
             await self.routing_log.close()
         await self.dispatcher.close()
@@ -160,7 +166,7 @@ class Gateway:
                     self.settings.request_deadline_s,
                     lambda: asyncio.ensure_future(old_disp.close()))
             self.config = cfg
-            self.auth = Authenticator(cfg)
+            self.auth = Authenticator(cfg, self.redis, retry_s=self.settings.redis_retry_s)
             self.policy_set = pset
             self.pipeline.policies = pset
             changed = {n: rt.version for n, rt in pset.policies.items()

@@ -6,9 +6,16 @@ replicas whose circuit is open are skipped; for a LoRA adapter, replicas where t
 resident are preferred.
 
 A call walks the decision's chain of experts: a failure before the first byte (connect error,
-timeout, 5xx, 429) moves on — first to another replica of the same expert, then to the next
-expert — within the request's deadline. A failure after the first byte is never retried (the
-upstream may already have billed); the caller ends the stream with an error event.
+timeout, 5xx, 429) is retried on the same expert (another replica when there is one, else the
+same) after a jittered backoff, within a bounded budget (:class:`RetryPolicy`: attempts per
+expert, and no retry once ``budget_s`` of the request has gone), then moves to the next expert
+of the chain — all within the request's deadline. A failure after the first byte is never
+retried (the upstream may already have billed); the caller ends the stream with an error event.
+
+Circuit breakers count only retryable failures (a client's 4xx says nothing about the
+replica's health), and a half-open probe that never finishes (the client went away, the task
+was cancelled) releases its slot, so an expert that comes back is always used again by itself
+(the trap of Bifrost #5743: a fast path that stays degraded after one timeout).
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ from gateway.errors import UpstreamTimeout, UpstreamUnavailable
 from gateway.metrics import Metrics
 from gateway.upstreams import UpstreamFailure, UpstreamReply, call_litellm, call_openai
 
-__all__ = ["Attempt", "CircuitBreaker", "DispatchResult", "Dispatcher", "Replica"]
+__all__ = ["Attempt", "CircuitBreaker", "DispatchResult", "Dispatcher", "Replica",
+           "RetryPolicy"]
 
 log = logging.getLogger("expertgate.dispatch")
 
@@ -40,8 +48,8 @@ class CircuitBreaker:
     half-open probe is let through; its success closes the circuit, its failure re-opens it
     with a doubled cooldown (capped)."""
 
-    def __init__(self, threshold: int = 3, cooldown_s: float = 2.0, max_cooldown_s: float = 30.0
-                 ) -> None:
+    def __init__(self, threshold: int = 3, cooldown_s: float = 2.0, max_cooldown_s: float = 30.0,
+                 probe_timeout_s: float = 120.0) -> None:
         self.threshold = threshold
         self.base_cooldown = cooldown_s
         self.cooldown = cooldown_s
@@ -49,6 +57,8 @@ class CircuitBreaker:
         self.failures = 0
         self.open_until = 0.0
         self.probing = False
+        self.probe_started = 0.0
+        self.probe_timeout = probe_timeout_s
 
     @property
     def state(self) -> str:
@@ -60,10 +70,17 @@ class CircuitBreaker:
         st = self.state
         if st == "closed":
             return True
-        if st == "half-open" and not self.probing:
+        if st == "half-open" and (not self.probing or
+                                  time.monotonic() - self.probe_started > self.probe_timeout):
+            # a probe that outlived its timeout is presumed lost: let another one through
             self.probing = True
+            self.probe_started = time.monotonic()
             return True
         return False
+
+    def abandon(self) -> None:
+        """The call ended without a verdict (cancelled): free the half-open probe slot."""
+        self.probing = False
 
     def success(self) -> None:
         self.failures = 0
@@ -78,6 +95,27 @@ class CircuitBreaker:
             if was_probe:
                 self.cooldown = min(self.cooldown * 2, self.max_cooldown)
             self.open_until = time.monotonic() + self.cooldown
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How failures before the first byte are retried on the same expert.
+
+    At most ``attempts_per_expert`` tries of one expert, spread over its replicas. A replica
+    already tried is tried again only for the last expert of the chain (nothing else left) or
+    after a 429/503 (the replica asked for a retry), after a full-jitter backoff of up to
+    ``min(max_backoff_s, backoff_s * 2**n)``, and never once ``budget_s`` has passed since the
+    request's first attempt. The fallback chain is walked either way, within the request's
+    deadline.
+    """
+
+    attempts_per_expert: int = 2
+    backoff_s: float = 0.05
+    max_backoff_s: float = 1.0
+    budget_s: float = 10.0
+
+    def backoff(self, n: int) -> float:
+        return random.uniform(0.0, min(self.max_backoff_s, self.backoff_s * (2 ** n)))
 
 
 @dataclass
@@ -144,9 +182,11 @@ class ExpertPool:
 
 
 class Dispatcher:
-    def __init__(self, config: GatewayConfig, metrics: Metrics) -> None:
+    def __init__(self, config: GatewayConfig, metrics: Metrics,
+                 retry: RetryPolicy | None = None) -> None:
         self.config = config
         self.metrics = metrics
+        self.retry = retry or RetryPolicy()
         self.session: aiohttp.ClientSession | None = None
         self.pools: dict[str, ExpertPool] = {}
         for e in config.experts:
@@ -187,21 +227,41 @@ class Dispatcher:
         assert self.session is not None, "dispatcher not started"
         attempts: list[Attempt] = []
         last: UpstreamFailure | None = None
-        for name in chain:
+        retry = self.retry
+        t_first = time.monotonic()
+        for k, name in enumerate(chain):
             pool = self.pools[name]
             expert = pool.expert
             adapter = expert.name if expert.parent is not None else None
             body: bytes | None = None
+            order = pool.order(affinity, adapter)
+            is_last = k == len(chain) - 1
             tried = 0
-            for rep in pool.order(affinity, adapter):
-                if tried >= 2:  # at most two replicas per expert, then the next expert
-                    break
+            i = 0
+            while tried < retry.attempts_per_expert and i < len(order) * retry.attempts_per_expert:
+                rep = order[i % len(order)]
+                again = i >= len(order)  # every replica had its turn: this retries one
+                i += 1
+                if again:
+                    # Retry a replica already tried only when nothing else is left to try, or
+                    # when it asked for it (429/503): otherwise the fallback is the faster way
+                    # to an answer.
+                    asked = last is not None and last.status in (429, 503)
+                    if last is None or not (is_last or asked):
+                        break
+                    if time.monotonic() - t_first > retry.budget_s:
+                        break  # retry budget spent
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise UpstreamTimeout("request deadline exceeded", code="deadline_exceeded")
+                if tried > 0 and again:
+                    await asyncio.sleep(min(retry.backoff(tried - 1), max(remaining / 2, 0.0)))
+                    remaining = deadline - time.monotonic()
                 if not rep.breaker.allow():
-                    attempts.append(Attempt(name, rep.base, "circuit_open", 0.0))
+                    if not again:
+                        attempts.append(Attempt(name, rep.base, "circuit_open", 0.0))
                     continue
+                probe = rep.breaker.probing
                 tried += 1
                 if body is None and expert.kind == "openai":
                     body = body_for(expert)
@@ -219,16 +279,23 @@ class Dispatcher:
                                                        timeout_s=min(expert.timeout_s, remaining))
                 except UpstreamFailure as f:
                     ms = (time.perf_counter() - t0) * 1000
-                    rep.breaker.failure()
-                    self._breaker_metric(name, rep)
                     self.metrics.upstream_errors.labels(name, f.kind).inc()
                     attempts.append(Attempt(name, rep.base, f.kind, ms, f.status))
                     log.warning("upstream %s at %s failed: %s", name, rep.base, f)
                     if not f.retryable:
+                        # the client's error: says nothing about the replica's health
+                        rep.breaker.success()
                         return DispatchResult(expert, rep.base, UpstreamReply(
                             f.status or 502, "application/json", f.body or b""), attempts)
+                    rep.breaker.failure()
+                    self._breaker_metric(name, rep)
                     last = f
                     continue
+                except BaseException:
+                    # cancelled (client gone) or a bug: no verdict on the replica's health
+                    if probe:
+                        rep.breaker.abandon()
+                    raise
                 finally:
                     rep.inflight -= 1
                 ms = (time.perf_counter() - t0) * 1000

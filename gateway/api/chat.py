@@ -27,6 +27,7 @@ from gateway.errors import (
     UpstreamError,
 )
 from gateway.pipeline import PolicyRuntime, routing_text
+from gateway.ratelimit import Limits, RateDecision, estimate_tokens
 from routers.base import Decision
 
 if TYPE_CHECKING:
@@ -184,8 +185,9 @@ def _refusal(payload: dict[str, Any], endpoint: str, message: str, policy: str,
 class _Ctx:
     """Per-request facts gathered for headers and the routing-log record."""
 
-    __slots__ = ("cache", "decision", "degraded", "endpoint", "expert", "policy", "reason",
-                 "replica", "request_id", "rt", "stream", "t0", "tenant", "text", "text_hash")
+    __slots__ = ("cache", "decision", "degraded", "endpoint", "expert", "key_id", "policy",
+                 "rate", "reason", "replica", "request_id", "rt", "started", "stream", "t0",
+                 "tenant", "text", "text_hash")
 
     def __init__(self, request_id: str, endpoint: str, t0: float) -> None:
         self.request_id = request_id
@@ -203,6 +205,9 @@ class _Ctx:
         self.stream = False
         self.text: str | None = None
         self.text_hash: str | None = None
+        self.rate: RateDecision | None = None
+        self.key_id = ""
+        self.started = False
 
     def headers(self, extra: list[tuple[bytes, bytes]] | None = None
                 ) -> list[tuple[bytes, bytes]]:
@@ -219,6 +224,8 @@ class _Ctx:
             h.append((b"x-expertgate-reason", _hdr_value(self.reason)))
         if self.degraded:
             h.append((b"x-expertgate-degraded", ",".join(self.degraded).encode()))
+        if self.rate is not None and self.rate.allowed:
+            h.extend(self.rate.headers())
         if extra:
             h.extend(extra)
         return h
@@ -245,8 +252,13 @@ async def handle_generate(gw: Gateway, scope: Scope, receive: Receive, send: Sen
     status = 500
     err_type: str | None = None
     usage = (0, 0)
+
+    async def tracked_send(msg: MutableMapping[str, Any]) -> None:
+        ctx.started = True
+        await send(msg)
+
     try:
-        status, usage = await _generate(gw, scope, receive, send, ctx)
+        status, usage = await _generate(gw, scope, receive, tracked_send, ctx)
     except GatewayError as e:
         status, err_type = e.status, e.code
         if isinstance(e, UpstreamError):
@@ -255,7 +267,17 @@ async def handle_generate(gw: Gateway, scope: Scope, receive: Receive, send: Sen
     except asyncio.CancelledError:
         status, err_type = 499, "client_disconnected"
         raise
+    except Exception:
+        # a bug, never an expected path: log the traceback, answer an OpenAI-shaped 500
+        # without details (or let the server close a response that already started)
+        log.exception("unexpected error in %s request %s", endpoint, ctx.request_id)
+        err_type = "internal_error"
+        if ctx.started:
+            raise
+        await _send_error(send, GatewayError("internal error"), ctx)
     finally:
+        if ctx.rate is not None and ctx.rate.allowed:
+            _reconcile_later(gw, ctx, status, usage)
         gw.metrics.inflight.dec()
         lat = time.perf_counter() - t0
         gw.metrics.latency.labels(endpoint).observe(lat)
@@ -270,12 +292,21 @@ async def _generate(gw: Gateway, scope: Scope, receive: Receive, send: Send, ctx
     raw = await read_body(receive, scope, settings.max_body_bytes)
     payload = parse_payload(raw, ctx.endpoint, settings.max_messages)
     model: str = payload["model"]
-    ctx.tenant = gw.authorize(scope, model)
+    principal = await gw.auth.resolve(scope.get("headers", ()), model)
+    ctx.tenant = principal.tenant
     stream = bool(payload.get("stream", False))
     ctx.stream = stream
     pset = gw.policy_set
     rt = pset.policies.get(model)
     cfg = pset.config
+    key = principal.key
+    if key is not None and (key.requests_per_minute or key.tokens_per_minute):
+        limits = Limits(key.requests_per_minute, key.tokens_per_minute)
+        est = estimate_tokens(payload, rt.config.max_tokens_cap if rt is not None else None)
+        ctx.key_id = key.sha256[:16]
+        ctx.rate = await gw.ratelimiter.acquire(ctx.key_id, limits, est)
+        if not ctx.rate.allowed:
+            raise ctx.rate.error()
     deadline = time.monotonic() + settings.request_deadline_s
     if rt is None:
         expert = cfg.expert(model)
@@ -340,6 +371,19 @@ async def _generate(gw: Gateway, scope: Scope, receive: Receive, send: Send, ctx
     return await _respond(gw, res, ctx, send, chain)
 
 
+def _reconcile_later(gw: Gateway, ctx: _Ctx, status: int, usage: tuple[int, int]) -> None:
+    """Correct the up-front token charge with the upstream's usage, off the response path."""
+    rate = ctx.rate
+    assert rate is not None
+    if usage != (0, 0):
+        actual = usage[0] + usage[1]
+    elif status >= 400 and "stream-cut" not in ctx.degraded:
+        actual = 0  # nothing was generated: give the estimate back
+    else:
+        return  # a stream without usage, or cut: the estimate stands
+    gw.ratelimiter.reconcile_soon(ctx.key_id, rate, actual)
+
+
 def _body_for(payload: dict[str, Any], raw: bytes, requested: str
               ) -> Callable[[Any], bytes]:
     cache: dict[str, bytes] = {}
@@ -398,7 +442,7 @@ async def _respond(gw: Gateway, res: DispatchResult, ctx: _Ctx, send: Send, chai
             if got:
                 usage = got
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    except (TimeoutError, OSError, Exception) as e:  # noqa: BLE001 - any upstream break
+    except (TimeoutError, OSError, Exception) as e:
         if isinstance(e, asyncio.CancelledError):
             raise
         # After the first byte nothing is retried (the upstream may have billed): end the
