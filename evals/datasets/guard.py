@@ -1,0 +1,389 @@
+"""Guard tables and the offline guard suites (GQR-Bench protocol).
+
+A *guard table* has the columns ``text, label, split`` (ARCHITECTURE.md, "Data formats"):
+
+* ``split`` is ``train``, ``validation`` or ``test``;
+* ``label`` is an in-domain label (a route, domain or intent) or an out-of-distribution marker:
+  ``oos`` / ``ood`` / ``unsafe``, or the name of an OOD set (any label of a ``test`` row that
+  does not occur among the ``train`` labels). OOD rows are only allowed in ``test``: a guard
+  never sees an OOD example while it learns or calibrates;
+* an optional column ``kind`` (``in_domain`` | ``ood`` | ``accept``) overrides the inference
+  above; ``accept`` marks a test set that should *not* be rejected but has no in-domain label
+  (e.g. HateCheck's non-hateful cases), reported separately as false rejections.
+
+:class:`GuardData` is the parsed form: the training part as texts + labels (and as a
+:class:`~routers.base.RoutingTable` through :meth:`GuardData.train_table`), the validation
+part (in-domain only; carved from train with a seed when the file has none), the in-domain
+test part, the OOD test sets by name and the "should accept" sets by name.
+
+Suites built from ``shared/data`` (:func:`load_suite`):
+
+* ``clinc150-gqr``: CLINC150's 10 domains as routes (``data_full.json`` + ``domains.json``);
+  train/val/test from CLINC150's in-scope splits; OOD test sets ``clinc_oos`` (``oos_test``),
+  ``webquestions`` (``test.json``) and ``hatecheck_hateful`` (unsafe); HateCheck's
+  non-hateful cases as the accept set ``hatecheck_nonhateful``;
+* ``clinc150-intents``: the 150 intents + ``oos`` protocol of Larson et al. (2019): OOD test
+  set ``oos`` (``oos_test``) only; ``oos_train``/``oos_val`` are never used;
+* ``banking77``: BANKING77's 77 intents as routes (validation = 10 % of train, stratified,
+  seed 0) with the same OOD and accept sets as ``clinc150-gqr``;
+  ``banking77-domain``: the same data as one route ``banking``.
+
+GQR-Bench itself (Šléher et al. 2025, package ``gqr``, github.com/williambrach/gqr) builds its
+data from Hugging Face at run time, which cannot happen here. :func:`load_gqr_bench` reads
+that data once exported to a folder (see its doc for the assumed layout).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evals.datasets import data_dir
+from routers.base import RouterError, RoutingTable
+from routers.guard import stratified_split
+
+__all__ = [
+    "OOD_LABELS",
+    "SUITES",
+    "GuardData",
+    "GuardDataError",
+    "guard_table_from_labels",
+    "load_gqr_bench",
+    "load_guard_data",
+    "load_guard_table",
+    "load_suite",
+    "stratified_split",
+]
+
+#: labels that always mean "reject" in a guard table
+OOD_LABELS = frozenset({"oos", "ood", "unsafe", "out_of_scope", "out-of-scope"})
+
+SUITES: dict[str, str] = {
+    "clinc150-gqr": "CLINC150 10 domains as routes; OOD: CLINC oos, WebQuestions, HateCheck",
+    "clinc150-intents": "CLINC150 150 intents + oos (Larson et al. 2019 protocol)",
+    "banking77": "BANKING77 77 intents as routes; OOD: CLINC oos, WebQuestions, HateCheck",
+    "banking77-domain": "BANKING77 as one route 'banking'; same OOD sets",
+}
+
+SPLITS = ("train", "validation", "test")
+_SPLIT_ALIASES = {"train": "train", "validation": "validation", "val": "validation",
+                  "valid": "validation", "dev": "validation", "eval": "validation",
+                  "test": "test"}
+
+
+class GuardDataError(RouterError):
+    """A guard table or suite could not be read or is malformed."""
+
+
+@dataclass
+class GuardData:
+    """A guard evaluation set: in-domain train/validation/test plus named OOD test sets."""
+
+    name: str
+    train_texts: list[str]
+    train_labels: list[str]
+    val_texts: list[str]
+    val_labels: list[str]
+    test_texts: list[str]
+    test_labels: list[str]
+    ood: dict[str, list[str]] = field(default_factory=dict)
+    accept: dict[str, list[str]] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def labels(self) -> list[str]:
+        """The in-domain labels, sorted."""
+        return sorted(set(self.train_labels))
+
+    def train_table(self, routes: dict[str, str] | None = None) -> RoutingTable:
+        """The training part as a RoutingTable with ``categories`` = labels."""
+        return guard_table_from_labels(self.train_texts, self.train_labels, routes=routes,
+                                       id_prefix="train")
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "n_labels": len(self.labels),
+            "n_train": len(self.train_texts),
+            "n_validation": len(self.val_texts),
+            "n_test_in_domain": len(self.test_texts),
+            "ood_sets": {k: len(v) for k, v in self.ood.items()},
+            "accept_sets": {k: len(v) for k, v in self.accept.items()},
+            **self.meta,
+        }
+
+
+def guard_table_from_labels(texts: Sequence[str], labels: Sequence[str],
+                            routes: dict[str, str] | None = None,
+                            id_prefix: str = "row") -> RoutingTable:
+    """Texts with in-domain labels -> RoutingTable (categories = labels, one-hot scores).
+
+    Each label maps to the expert ``routes[label]`` (default: an expert named after the
+    label); the expert of a row scores 1, the others 0.
+    """
+    if len(texts) != len(labels):
+        raise GuardDataError(f"{len(texts)} texts but {len(labels)} labels")
+    if not texts:
+        raise GuardDataError("guard table has no training rows")
+    routes = routes or {}
+    expert_of = {lab: str(routes.get(lab, lab)) for lab in sorted(set(labels))}
+    experts = sorted(set(expert_of.values()))
+    col = {e: j for j, e in enumerate(experts)}
+    scores = np.zeros((len(texts), len(experts)))
+    for i, lab in enumerate(labels):
+        scores[i, col[expert_of[lab]]] = 1.0
+    ids = [f"{id_prefix}:{i}" for i in range(len(texts))]
+    return RoutingTable(ids, [str(t) for t in texts], experts, scores, np.zeros_like(scores),
+                        [str(c) for c in labels])
+
+
+# --------------------------------------------------------------------------- generic files
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    suf = path.suffix.lower()
+    if suf in (".jsonl", ".ndjson"):
+        rows = []
+        with path.open(encoding="utf-8") as f:
+            for ln, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise GuardDataError(f"{path}:{ln}: bad JSON: {e}") from None
+        return rows
+    if suf == ".json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, list):
+            raise GuardDataError(f"{path}: expected a JSON array of rows")
+        return data
+    if suf in (".csv", ".tsv"):
+        with path.open(encoding="utf-8", newline="") as f:
+            return list(csv.DictReader(f, delimiter="\t" if suf == ".tsv" else ","))
+    if suf == ".parquet":
+        import pandas as pd
+
+        return pd.read_parquet(path).to_dict("records")
+    raise GuardDataError(f"{path}: unknown guard table format {suf!r} "
+                         "(use .jsonl, .json, .csv, .tsv or .parquet)")
+
+
+def load_guard_data(path: str | Path, *, val_fraction: float = 0.1, seed: int = 0
+                    ) -> GuardData:
+    """Read a guard table file (JSONL / JSON / CSV / TSV / Parquet) into :class:`GuardData`.
+
+    Without ``validation`` rows, ``val_fraction`` of the train rows (stratified by label,
+    ``seed``) become the validation part. Rows without a ``split`` are train rows if their
+    label is in-domain. OOD rows outside ``test`` are an error.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise GuardDataError(f"guard table not found: {p}")
+    rows = _read_rows(p)
+    if not rows:
+        raise GuardDataError(f"{p}: guard table is empty")
+    missing = {"text", "label"} - set(rows[0])
+    if missing:
+        raise GuardDataError(f"{p}: guard table lacks column(s): {', '.join(sorted(missing))}")
+    parsed: list[tuple[str, str, str, str | None]] = []
+    for i, r in enumerate(rows):
+        text, label = r.get("text"), r.get("label")
+        if text is None or label is None or str(text).strip() == "":
+            raise GuardDataError(f"{p}: row {i + 1} has no text or label")
+        raw_split = str(r.get("split") or "train").strip().lower()
+        split = _SPLIT_ALIASES.get(raw_split)
+        if split is None:
+            raise GuardDataError(f"{p}: row {i + 1}: unknown split {raw_split!r}")
+        kind = r.get("kind")
+        parsed.append((str(text), str(label).strip(), split,
+                       str(kind).strip().lower() if kind not in (None, "") else None))
+
+    def is_ood(label: str, kind: str | None, in_domain: set[str]) -> bool:
+        if kind is not None:
+            if kind not in ("in_domain", "ood", "accept"):
+                raise GuardDataError(f"{p}: unknown kind {kind!r}")
+            return kind == "ood"
+        return label.lower() in OOD_LABELS or label not in in_domain
+
+    in_domain = {lab for _, lab, s, k in parsed
+                 if s == "train" and k in (None, "in_domain") and lab.lower() not in OOD_LABELS}
+    if not in_domain:
+        raise GuardDataError(f"{p}: no in-domain train rows")
+    data = GuardData(p.stem, [], [], [], [], [], [], meta={"source": str(p)})
+    for n, (text, lab, split, kind) in enumerate(parsed, 1):
+        if kind == "accept":
+            if split != "test":
+                raise GuardDataError(f"{p}: row {n}: accept rows belong to the test split")
+            data.accept.setdefault(lab, []).append(text)
+        elif is_ood(lab, kind, in_domain):
+            if split != "test":
+                raise GuardDataError(
+                    f"{p}: row {n}: OOD label {lab!r} in split {split!r}; OOD rows are "
+                    "test-only (the guard must never see OOD data)")
+            data.ood.setdefault(lab, []).append(text)
+        elif split == "train":
+            data.train_texts.append(text)
+            data.train_labels.append(lab)
+        elif split == "validation":
+            data.val_texts.append(text)
+            data.val_labels.append(lab)
+        else:
+            data.test_texts.append(text)
+            data.test_labels.append(lab)
+    if not data.val_texts and val_fraction > 0:
+        keep, held = stratified_split(data.train_labels, val_fraction, seed)
+        data.val_texts = [data.train_texts[i] for i in held]
+        data.val_labels = [data.train_labels[i] for i in held]
+        data.train_texts = [data.train_texts[i] for i in keep]
+        data.train_labels = [data.train_labels[i] for i in keep]
+        data.meta["validation"] = f"{val_fraction:g} of train, stratified, seed {seed}"
+    return data
+
+
+def load_guard_table(path: str | Path) -> RoutingTable:
+    """The train split of a guard table file as a RoutingTable (categories = labels).
+
+    This is what ``expertgate train --router guard --format guard`` fits on; the guard then
+    holds out its own validation part (param ``val_fraction``, ``seed``) to calibrate. Rows of
+    the file's validation split are *not* included (use :func:`load_guard_data` for them).
+    """
+    return load_guard_data(path, val_fraction=0.0).train_table()
+
+
+# --------------------------------------------------------------------------- GQR-Bench
+
+#: GQR-Bench's integer labels (gqr/core/dataloader.py ``label2domain``)
+GQR_LABELS = {0: "law", 1: "finance", 2: "healthcare", 3: "ood"}
+
+
+def load_gqr_bench(folder: str | Path) -> GuardData:
+    """GQR-Bench data exported from the ``gqr`` package to ``folder``.
+
+    The package returns pandas DataFrames: ``load_train_dataset()`` -> (train, eval) and
+    ``load_id_test_dataset()`` with columns ``text, domain, label`` (label 0 law, 1 finance,
+    2 healthcare), and ``load_ood_test_dataset()`` with ``text, label (3), domain ('ood'),
+    dataset`` (jigsaw, olid, hate_xplain, hate_speech_slovak, dkhate, web_questions,
+    ml_questions). Assumed layout: those frames written as ``train``, ``eval``, ``test`` and
+    ``ood_test`` with extension ``.parquet``, ``.csv`` or ``.jsonl``, e.g.
+    ``train.to_parquet(folder / "train.parquet")``. ``eval`` is the validation part.
+    """
+    root = Path(folder)
+
+    def find(stem: str) -> Path:
+        for ext in (".parquet", ".jsonl", ".csv", ".json"):
+            f = root / f"{stem}{ext}"
+            if f.is_file():
+                return f
+        raise GuardDataError(f"GQR-Bench folder {root} has no {stem}.parquet/.jsonl/.csv")
+
+    def domain_of(r: dict[str, Any]) -> str:
+        d = r.get("domain")
+        if d not in (None, ""):
+            return str(d)
+        return GQR_LABELS[int(r["label"])]
+
+    parts: dict[str, tuple[list[str], list[str]]] = {}
+    for stem in ("train", "eval", "test"):
+        rows = _read_rows(find(stem))
+        texts, labs = [], []
+        for r in rows:
+            d = domain_of(r)
+            if d == "ood":
+                raise GuardDataError(f"GQR-Bench {stem}: OOD row in an in-domain split")
+            texts.append(str(r["text"]))
+            labs.append(d)
+        parts[stem] = (texts, labs)
+    ood: dict[str, list[str]] = {}
+    for r in _read_rows(find("ood_test")):
+        if r.get("text") is None or str(r["text"]).strip() == "":
+            continue
+        ood.setdefault(str(r.get("dataset") or "ood").strip(), []).append(str(r["text"]))
+    return GuardData("gqr-bench", *parts["train"], *parts["eval"], *parts["test"], ood=ood,
+                     meta={"source": str(root), "protocol": "GQR-Bench (Šléher et al. 2025)"})
+
+
+# --------------------------------------------------------------------------- shared/data suites
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        raise GuardDataError(f"data file not found: {path} (set EXPERTGATE_DATA_DIR to the "
+                             "shared data folder)")
+    return path
+
+
+def _clinc(root: Path) -> dict[str, list[list[str]]]:
+    data: dict[str, list[list[str]]] = json.loads(
+        _need(root / "clinc150" / "data_full.json").read_text(encoding="utf-8"))
+    return data
+
+
+def _webquestions(root: Path) -> list[str]:
+    rows = json.loads(_need(root / "webquestions" / "test.json").read_text(encoding="utf-8"))
+    return [str(r["qText"]) for r in rows]
+
+
+def _hatecheck(root: Path) -> tuple[list[str], list[str]]:
+    hateful, non = [], []
+    with _need(root / "hatecheck" / "test_suite_cases.csv").open(encoding="utf-8",
+                                                                 newline="") as f:
+        for r in csv.DictReader(f):
+            text = r["test_case"].strip()
+            (hateful if r["label_gold"] == "hateful" else non).append(text)
+    return hateful, non
+
+
+def _shared_ood(root: Path, clinc: dict[str, list[list[str]]]) -> tuple[dict[str, list[str]],
+                                                                         dict[str, list[str]]]:
+    hateful, non = _hatecheck(root)
+    ood = {"clinc_oos": [t for t, _ in clinc["oos_test"]],
+           "webquestions": _webquestions(root),
+           "hatecheck_hateful": hateful}
+    return ood, {"hatecheck_nonhateful": non}
+
+
+def load_suite(name: str, root: str | Path | None = None) -> GuardData:
+    """One of :data:`SUITES`, read from the shared data folder (``data_dir()`` by default)."""
+    base = Path(root) if root is not None else data_dir()
+    if name not in SUITES:
+        raise GuardDataError(f"unknown guard suite {name!r}; known: {', '.join(SUITES)}")
+    if name.startswith("clinc150"):
+        clinc = _clinc(base)
+        if name == "clinc150-intents":
+            parts = [([t for t, _ in clinc[s]], [lab for _, lab in clinc[s]])
+                     for s in ("train", "val", "test")]
+            return GuardData(name, *parts[0], *parts[1], *parts[2],
+                             ood={"oos": [t for t, _ in clinc["oos_test"]]},
+                             meta={"protocol": "Larson et al. 2019: in-scope accuracy, OOS "
+                                   "recall; oos_train/oos_val unused"})
+        domains = json.loads(_need(base / "clinc150" / "domains.json").read_text("utf-8"))
+        dom_of = {intent: d for d, intents in domains.items() for intent in intents}
+        parts = [([t for t, _ in clinc[s]], [dom_of[lab] for _, lab in clinc[s]])
+                 for s in ("train", "val", "test")]
+        ood, accept = _shared_ood(base, clinc)
+        return GuardData(name, *parts[0], *parts[1], *parts[2], ood=ood, accept=accept,
+                         meta={"protocol": "GQR-style: 10 CLINC150 domains as routes"})
+    # banking77
+    def read(split: str) -> tuple[list[str], list[str]]:
+        with _need(base / "banking77" / f"{split}.csv").open(encoding="utf-8",
+                                                            newline="") as f:
+            rows = list(csv.DictReader(f))
+        return [r["text"] for r in rows], [r["category"] for r in rows]
+
+    tr_t, tr_l = read("train")
+    te_t, te_l = read("test")
+    keep, held = stratified_split(tr_l, 0.1, 0)
+    if name == "banking77-domain":
+        tr_l = ["banking"] * len(tr_l)
+        te_l = ["banking"] * len(te_l)
+    ood, accept = _shared_ood(base, _clinc(base))
+    return GuardData(name, [tr_t[i] for i in keep], [tr_l[i] for i in keep],
+                     [tr_t[i] for i in held], [tr_l[i] for i in held], te_t, te_l,
+                     ood=ood, accept=accept,
+                     meta={"validation": "0.1 of BANKING77 train, stratified, seed 0"})

@@ -1,0 +1,449 @@
+"""``expertgate eval guard``: guard quality in the GQR-Bench protocol, guards vs baselines.
+
+Protocol (the same for every method): fit on the train part, calibrate the rejection threshold
+on the *in-domain* validation part to ``--target-frr``, report on the test part. No method
+sees an OOD example before the test. Metrics (fractions in [0, 1]):
+
+* ``in_domain_accuracy``: in-domain test queries given the right label and not rejected;
+* ``ood_accuracy_by_set``: rejection rate of each OOD test set; ``ood_accuracy``: their
+  unweighted mean;
+* ``gqr_score``: harmonic mean of in-domain accuracy and mean OOD accuracy (GQR-Bench);
+* ``false_rejection_rate``: in-domain test queries rejected;
+* ``accept_rejection_by_set``: rejection rate of "should accept" sets (e.g. HateCheck's
+  non-hateful cases), reported apart from the OOD sets;
+* ``latency_p50_ms`` / ``latency_p99_ms``: one query at a time, embedding included, on a
+  seeded sample of test queries (``--latency-sample``); BLAS and torch on one thread;
+* for ``clinc150-intents`` also ``in_scope_accuracy`` and ``oos_recall`` (Larson et al.).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evals.datasets.guard import SUITES, GuardData, load_guard_data, load_suite
+
+__all__ = [
+    "BASELINES",
+    "GUARD_VARIANTS",
+    "Prediction",
+    "cli_register",
+    "evaluate",
+    "false_rejection_rate",
+    "gqr_score",
+    "in_domain_accuracy",
+    "latency_percentiles",
+    "ood_accuracy",
+    "run",
+]
+
+# --------------------------------------------------------------------------- metrics
+
+
+def in_domain_accuracy(pred: Sequence[str], true: Sequence[str],
+                       rejected: Sequence[bool] | np.ndarray) -> float:
+    """Share of in-domain queries with the right label that were not rejected."""
+    if len(pred) != len(true) or len(true) != len(rejected):
+        raise ValueError("pred, true and rejected must have the same length")
+    if not len(true):
+        return float("nan")
+    ok = np.asarray([p == t for p, t in zip(pred, true, strict=True)])
+    return float(np.mean(ok & ~np.asarray(rejected, bool)))
+
+
+def false_rejection_rate(rejected_in_domain: Sequence[bool] | np.ndarray) -> float:
+    """Share of in-domain queries rejected."""
+    r = np.asarray(rejected_in_domain, bool)
+    return float(r.mean()) if r.size else float("nan")
+
+
+def ood_accuracy(rejected_ood: Sequence[bool] | np.ndarray) -> float:
+    """OOD accuracy of one OOD set = its rejection rate."""
+    r = np.asarray(rejected_ood, bool)
+    return float(r.mean()) if r.size else float("nan")
+
+
+def gqr_score(id_accuracy: float, ood_accuracies: Sequence[float]) -> float:
+    """GQR-Bench score: harmonic mean of in-domain accuracy and the mean OOD accuracy."""
+    if not ood_accuracies:
+        raise ValueError("gqr_score needs at least one OOD accuracy")
+    o = float(np.mean(ood_accuracies))
+    a = float(id_accuracy)
+    return 0.0 if a + o == 0 else 2.0 * a * o / (a + o)
+
+
+def latency_percentiles(times_ms: Sequence[float]) -> dict[str, float]:
+    t = np.asarray(times_ms, dtype=np.float64)
+    if not t.size:
+        return {"latency_p50_ms": float("nan"), "latency_p99_ms": float("nan")}
+    return {"latency_p50_ms": float(np.percentile(t, 50)),
+            "latency_p99_ms": float(np.percentile(t, 99)),
+            "latency_mean_ms": float(t.mean())}
+
+
+# --------------------------------------------------------------------------- methods
+
+
+@dataclass
+class Prediction:
+    labels: list[str]
+    rejected: np.ndarray
+    unsafe: np.ndarray
+
+
+class _Method:
+    """What the evaluation runs: fit on train (+ validation for the threshold), predict."""
+
+    uses_embeddings = True
+
+    def fit(self, X: np.ndarray, texts: list[str], labels: list[str], Xv: np.ndarray,
+            val_texts: list[str], val_labels: list[str], embedder: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def predict(self, X: np.ndarray, texts: list[str]) -> Prediction:
+        raise NotImplementedError
+
+
+class _GuardMethod(_Method):
+    def __init__(self, **params: Any) -> None:
+        self.params = params
+
+    def fit(self, X: np.ndarray, texts: list[str], labels: list[str], Xv: np.ndarray,
+            val_texts: list[str], val_labels: list[str], embedder: Any) -> dict[str, Any]:
+        from evals.datasets.guard import guard_table_from_labels
+        from routers.guard import GuardRouter
+
+        self.router = GuardRouter(**self.params)
+        self.router.fit(X, guard_table_from_labels(texts, labels), validation=(Xv, val_labels),
+                        embedder=embedder if self.params.get("unsafe", True) else None)
+        r = self.router
+        return {"params": r.get_params(), "threshold": r.threshold_,
+                "validation_frr": r.val_frr_, "unsafe_layers": r.unsafe_layers_,
+                "unsafe_threshold": r.unsafe_threshold_}
+
+    def predict(self, X: np.ndarray, texts: list[str]) -> Prediction:
+        v = self.router.verdict(X, texts)
+        return Prediction([x.label or "" for x in v], np.array([x.rejected for x in v]),
+                          np.array([x.reject_reason == "unsafe" for x in v]))
+
+
+class _TfidfSvm(_Method):
+    """TF-IDF word + char n-grams, linear SVM; reject when the top margin is below a
+    threshold calibrated on the in-domain validation part."""
+
+    uses_embeddings = False
+
+    def __init__(self, target_frr: float, seed: int) -> None:
+        self.target_frr = target_frr
+        self.seed = seed
+
+    def fit(self, X: np.ndarray, texts: list[str], labels: list[str], Xv: np.ndarray,
+            val_texts: list[str], val_labels: list[str], embedder: Any) -> dict[str, Any]:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.pipeline import make_union
+        from sklearn.svm import LinearSVC
+
+        from routers.guard import calibrate_threshold
+
+        self.vec = make_union(
+            TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1),
+            TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True,
+                            min_df=2))
+        F = self.vec.fit_transform(texts)
+        self.labels = sorted(set(labels))
+        self.single = len(self.labels) < 2
+        if self.single:
+            # one label: margin = cosine similarity to the label's mean TF-IDF vector
+            c = np.asarray(F.mean(axis=0)).ravel()
+            self.centroid = c / max(np.linalg.norm(c), 1e-12)
+        else:
+            self.svm = LinearSVC(C=1.0, random_state=self.seed).fit(F, labels)
+        self.threshold = calibrate_threshold(self._ood(val_texts)[1], self.target_frr)
+        return {"threshold": self.threshold}
+
+    def _ood(self, texts: list[str]) -> tuple[list[str], np.ndarray]:
+        F = self.vec.transform(texts)
+        if self.single:
+            return [self.labels[0]] * len(texts), -np.asarray(F @ self.centroid).ravel()
+        D = self.svm.decision_function(F)
+        if D.ndim == 1:
+            D = np.stack([-D, D], axis=1)
+        best = D.argmax(axis=1)
+        return [str(self.svm.classes_[i]) for i in best], -D.max(axis=1)
+
+    def predict(self, X: np.ndarray, texts: list[str]) -> Prediction:
+        labels, s = self._ood(texts)
+        return Prediction(labels, s > self.threshold, np.zeros(len(texts), bool))
+
+
+def _guard(**kw: Any) -> Callable[[float, int], _Method]:
+    return lambda frr, seed: _GuardMethod(**kw, target_frr=frr, seed=seed)
+
+
+#: guard variants: name -> factory(target_frr, seed)
+GUARD_VARIANTS: dict[str, Callable[[float, int], _Method]] = {
+    "guard-centroid": _guard(method="centroid"),
+    "guard-knn": _guard(method="knn"),
+    "guard-mahalanobis": _guard(method="mahalanobis"),
+    "guard-msp": _guard(method="msp"),
+    "guard-energy": _guard(method="energy"),
+    "guard-knn+msp": _guard(method="knn+msp"),
+    "guard-mlp-knn": _guard(method="knn", head="mlp"),
+    "guard-mlp-mahalanobis": _guard(method="mahalanobis", head="mlp"),
+    "guard-mlp-msp": _guard(method="msp", head="mlp"),
+    "guard-mlp-energy": _guard(method="energy", head="mlp"),
+    "guard-mlp-knn+msp": _guard(method="knn+msp", head="mlp"),
+}
+BASELINES: dict[str, Callable[[float, int], _Method]] = {
+    "baseline-tfidf-svm": lambda frr, seed: _TfidfSvm(frr, seed),
+    "baseline-lr-knn": _guard(method="knn", unsafe=False),
+}
+DEFAULT_METHODS = ("baseline-tfidf-svm", "baseline-lr-knn", "guard-knn", "guard-mahalanobis",
+                   "guard-msp", "guard-mlp-knn", "guard-mlp-mahalanobis", "guard-mlp-knn+msp")
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _embed(embedder: Any, texts: list[str], progress: bool) -> np.ndarray:
+    from routers.embed import embed_cached
+
+    if not texts:
+        return np.zeros((0, embedder.dim), np.float32)
+    return embed_cached(embedder, texts, progress=progress)
+
+
+def _latency(method: _Method, embedder: Any, texts: list[str]) -> list[float]:
+    times = []
+    for i, t in enumerate([*texts[:10], *texts]):
+        t0 = time.perf_counter()
+        X = (embedder.embed([t]) if method.uses_embeddings
+             else np.zeros((1, 1), np.float32))
+        method.predict(X, [t])
+        if i >= 10:  # the first ten warm caches up
+            times.append((time.perf_counter() - t0) * 1000.0)
+    return times
+
+
+def evaluate(data: GuardData, embedder: Any, methods: Sequence[str], *,
+             target_frr: float = 0.05, seed: int = 0, latency_sample: int = 300,
+             progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every method on ``data`` and return the result dict (see module doc)."""
+    from tqdm import tqdm
+
+    known = {**GUARD_VARIANTS, **BASELINES}
+    unknown = [m for m in methods if m not in known]
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    t0 = time.perf_counter()
+    log(f"embedding {data.name} with {embedder.name} ...")
+    Xtr = _embed(embedder, data.train_texts, progress)
+    Xv = _embed(embedder, data.val_texts, progress)
+    Xte = _embed(embedder, data.test_texts, progress)
+    Xood = {k: _embed(embedder, v, progress) for k, v in data.ood.items()}
+    Xacc = {k: _embed(embedder, v, progress) for k, v in data.accept.items()}
+    embed_s = time.perf_counter() - t0
+    rng = np.random.default_rng(seed)
+    pool = [*data.test_texts, *(t for v in data.ood.values() for t in v)]
+    lat_texts = [pool[i] for i in rng.choice(len(pool), size=min(latency_sample, len(pool)),
+                                             replace=False)] if latency_sample > 0 else []
+    results: dict[str, Any] = {}
+    bar = tqdm(list(methods), desc="methods", unit="method", disable=not progress)
+    for name in bar:
+        bar.set_postfix_str(name)
+        m = known[name](target_frr, seed)
+        t1 = time.perf_counter()
+        info = m.fit(Xtr, data.train_texts, data.train_labels, Xv, data.val_texts,
+                     data.val_labels, embedder)
+        fit_s = time.perf_counter() - t1
+        p = m.predict(Xte, data.test_texts)
+        res: dict[str, Any] = {
+            "in_domain_accuracy": in_domain_accuracy(p.labels, data.test_labels, p.rejected),
+            "classifier_accuracy": float(np.mean([a == b for a, b in
+                                                  zip(p.labels, data.test_labels, strict=True)])),
+            "false_rejection_rate": false_rejection_rate(p.rejected),
+        }
+        by_set, unsafe_by_set = {}, {}
+        for k, Xo in Xood.items():
+            po = m.predict(Xo, data.ood[k])
+            by_set[k] = ood_accuracy(po.rejected)
+            unsafe_by_set[k] = float(po.unsafe.mean())
+        res["ood_accuracy_by_set"] = by_set
+        res["ood_accuracy"] = float(np.mean(list(by_set.values()))) if by_set else float("nan")
+        res["gqr_score"] = gqr_score(res["in_domain_accuracy"], list(by_set.values())) \
+            if by_set else float("nan")
+        acc_by_set = {}
+        for k, Xa in Xacc.items():
+            pa = m.predict(Xa, data.accept[k])
+            acc_by_set[k] = ood_accuracy(pa.rejected)
+            unsafe_by_set[k] = float(pa.unsafe.mean())
+        if acc_by_set:
+            res["accept_rejection_by_set"] = acc_by_set
+        res["unsafe_flag_rate_by_set"] = unsafe_by_set
+        res["unsafe_flag_rate_in_domain"] = float(p.unsafe.mean())
+        if data.name == "clinc150-intents":
+            res["in_scope_accuracy"] = res["in_domain_accuracy"]
+            res["oos_recall"] = by_set.get("oos", float("nan"))
+        with _OneBlasThread():
+            times = _latency(m, embedder, lat_texts)
+        res.update(latency_percentiles(times))
+        res["latency_includes_embedding"] = m.uses_embeddings
+        res["fit_seconds"] = fit_s
+        res["fit"] = info
+        results[name] = res
+    return {
+        "suite": data.name,
+        "data": data.summary(),
+        "embedder": embedder.name,
+        "embedder_class": type(embedder).__name__,
+        "target_frr": target_frr,
+        "seed": seed,
+        "seeds": {"method_seed": seed, "latency_sample_seed": seed},
+        "latency_sample": len(lat_texts),
+        "embedding_seconds": embed_s,
+        "methods": results,
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "cpu_count": os.cpu_count(), "processor": platform.processor()},
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join(["expertgate", *sys.argv[1:]]) if sys.argv else "",
+    }
+
+
+class _OneBlasThread:
+    """BLAS limited to one thread for the single-query latency loop (restored after)."""
+
+    def __enter__(self) -> None:
+        from threadpoolctl import threadpool_limits
+
+        self._limits = threadpool_limits(1)
+
+    def __exit__(self, *exc: object) -> None:
+        self._limits.restore_original_limits()
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _fmt(x: Any) -> str:
+    return "   -  " if x is None or (isinstance(x, float) and not np.isfinite(x)) \
+        else f"{100 * x:6.2f}"
+
+
+def format_table(result: dict[str, Any]) -> str:
+    methods = result["methods"]
+    if not methods:
+        return "(no methods)"
+    ood_sets = list(next(iter(methods.values()))["ood_accuracy_by_set"])
+    acc_sets = list(next(iter(methods.values())).get("accept_rejection_by_set", {}))
+    head = ["method", "ID acc", "FRR", *[f"OOD:{s}" for s in ood_sets], "OOD mean", "GQR",
+            *[f"rej:{s}" for s in acc_sets], "p50 ms", "p99 ms"]
+    rows = [head]
+    for name, r in methods.items():
+        rows.append([name, _fmt(r["in_domain_accuracy"]), _fmt(r["false_rejection_rate"]),
+                     *[_fmt(r["ood_accuracy_by_set"][s]) for s in ood_sets],
+                     _fmt(r["ood_accuracy"]), _fmt(r["gqr_score"]),
+                     *[_fmt(r["accept_rejection_by_set"][s]) for s in acc_sets],
+                     f"{r['latency_p50_ms']:.2f}", f"{r['latency_p99_ms']:.2f}"])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                       for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+             for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    note = (f"suite {result['suite']}, embedder {result['embedder']} "
+            f"({result['embedder_class']}), target FRR {result['target_frr']:g}, seed "
+            f"{result['seed']}; accuracies in %; latency = embed + decide, one query at a time")
+    return "\n".join([note, *lines])
+
+
+def run(args: argparse.Namespace) -> int:
+    from routers.embed import EmbedderError, make_embedder
+
+    if bool(args.suite) == bool(args.data):
+        print("give exactly one of --suite NAME or --data PATH", file=sys.stderr)
+        return 2
+    try:
+        data = load_suite(args.suite) if args.suite else load_guard_data(args.data,
+                                                                         seed=args.seed)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods \
+        else list(DEFAULT_METHODS)
+    options: dict[str, Any] = {}
+    if args.embedder in ("minilm", "onnx"):
+        options["threads"] = 1
+    if args.embedder == "static":
+        if not args.static_model:
+            print("--embedder static needs --static-model PATH", file=sys.stderr)
+            return 2
+        options["model_path"] = args.static_model
+    try:
+        embedder = make_embedder(args.embedder, **options)
+    except EmbedderError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        result = evaluate(data, embedder, methods, target_frr=args.target_frr, seed=args.seed,
+                          latency_sample=args.latency_sample, progress=not args.quiet,
+                          log=(lambda s: None) if args.quiet else
+                          (lambda s: print(s, file=sys.stderr)))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(result))
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(_clean(result), indent=1, sort_keys=True,
+                                  allow_nan=False) + "\n")
+        print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _clean(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_clean(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    return x
+
+
+def cli_register(parser: argparse.ArgumentParser) -> None:
+    """Add ``expertgate eval guard`` flags and its handler."""
+    parser.description = __doc__.splitlines()[0] if __doc__ else None
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--suite", choices=sorted(SUITES),
+                     help="a built-in suite from the shared data folder")
+    src.add_argument("--data", help="a guard table (text,label,split) as JSONL/CSV/Parquet")
+    parser.add_argument("--json", metavar="OUT", help="write the results as JSON here")
+    parser.add_argument("--methods", help="comma-separated methods; known: "
+                        + ", ".join([*BASELINES, *GUARD_VARIANTS])
+                        + f" (default: {','.join(DEFAULT_METHODS)})")
+    parser.add_argument("--target-frr", type=float, default=0.05,
+                        help="false-rejection rate the thresholds are calibrated to on the "
+                        "in-domain validation part (default 0.05)")
+    parser.add_argument("--embedder", default="minilm",
+                        choices=["minilm", "onnx", "static", "hashing"],
+                        help="embedder for the guards and the latency figures")
+    parser.add_argument("--static-model", help="model2vec folder for --embedder static")
+    parser.add_argument("--seed", type=int, default=0, help="seed of fits, splits and the "
+                        "latency sample (default 0)")
+    parser.add_argument("--latency-sample", type=int, default=300,
+                        help="queries timed one at a time per method (0: skip)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)

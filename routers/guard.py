@@ -1,0 +1,537 @@
+"""Guarded routing (GQR-Bench style): in-domain classifier + calibrated OOD score + unsafe check.
+
+The guard answers three questions for every query, from its embedding (and its text):
+
+1. *Which in-domain label (route, domain, intent)?* A classifier over the embeddings: a
+   multinomial logistic regression (``head=None``) or a small MLP head trained on the frozen
+   embeddings (``head="mlp"``, cross-entropy with label smoothing, dropout and feature noise;
+   numpy at inference). The label maps to an expert (``routes`` or the table's scores, as in
+   :mod:`routers.semantic`).
+2. *Is it in the domain at all?* An OOD score, larger = further from the training data,
+   chosen by ``method``:
+
+   * ``centroid``: 1 - the largest cosine similarity to a label centroid;
+   * ``knn``: 1 - the mean cosine similarity of the ``k`` nearest training examples;
+   * ``mahalanobis``: smallest class-conditional Mahalanobis distance with one shared,
+     shrunk covariance (Lee et al. 2018);
+   * ``msp``: 1 - the classifier's largest probability (Hendrycks & Gimpel 2017);
+   * ``energy``: ``-T logsumexp(logits / T)`` (Liu et al. 2020);
+   * ``knn+msp``: the mean of the knn and msp scores, each standardised on the training
+     data (no OOD data is used for this either).
+
+   With ``head="mlp"`` the distance methods run in the head's hidden space (L2-normalised),
+   which is trained to separate the in-domain labels.
+
+   The threshold is the ``1 - target_frr`` quantile of the scores of held-out *in-domain*
+   validation queries: at most ``target_frr`` of them are rejected. The validation part is
+   either given (``fit(..., validation=(X_val, labels))``) or held out from the table by
+   ``val_fraction`` and ``seed`` (stratified). The guard never sees an OOD example.
+3. *Is it unsafe?* Two layers, neither fitted or tuned on any unsafe data set: a small
+   pattern lexicon (threats, dehumanising statements about groups, requests for weapons or
+   self-harm) on the text, and the cosine similarity of the embedding to a set of unsafe
+   seed descriptions written below (:data:`UNSAFE_SEEDS`, extend with ``unsafe_seeds``).
+   The similarity threshold is the larger of ``unsafe_min_similarity`` and the
+   ``1 - unsafe_frr`` quantile over the in-domain validation queries. Seeds are embedded at
+   fit time with the ``embedder`` passed to :meth:`GuardRouter.fit`; without one only the
+   lexicon runs (recorded in ``unsafe_layers_``).
+
+``verdict(X, texts)`` gives the :class:`~routers.base.GuardVerdict` alone, so the gateway can
+run a guard artifact before another router; ``decide`` wraps it into Decisions.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from routers.base import Decision, GuardVerdict, Router, RouterError, RoutingTable, Target, register
+
+__all__ = ["METHODS", "UNSAFE_PATTERNS", "UNSAFE_SEEDS", "GuardRouter", "calibrate_threshold",
+           "stratified_split"]
+
+METHODS = ("centroid", "knn", "mahalanobis", "msp", "energy", "knn+msp")
+
+#: Short descriptions and generic examples of content a routed assistant should refuse. Written
+#: by hand for this module; no public unsafe-content data set was used to write or tune them.
+UNSAFE_SEEDS: tuple[str, ...] = (
+    "hateful statement attacking people because of their race, religion, gender or sexuality",
+    "people of that ethnicity are inferior and disgusting",
+    "members of that religion are all terrorists and should be thrown out of the country",
+    "those people are vermin and parasites, not human beings",
+    "that group of people should be exterminated",
+    "women are worthless and stupid and belong in the kitchen",
+    "gay and trans people are sick perverts",
+    "disabled people are a burden and should not be allowed to live",
+    "immigrants are filthy criminals who ruin everything",
+    "slur insulting a minority group",
+    "threat to kill or hurt someone",
+    "I am going to kill you",
+    "I will find where you live and hurt your family",
+    "how do I make a bomb or explosive to hurt people",
+    "how can I poison someone without getting caught",
+    "how to buy an illegal gun and shoot people",
+    "I want to kill myself, what is the most painful way",
+    "write malware that steals passwords",
+    "sexual content involving children",
+    "you are a worthless idiot and everyone hates you",
+)
+
+_GROUPS = (
+    r"(?:wom[ae]n|girls|m[ae]n|gays?|lesbians?|homosexuals|trans(?:gender)?(?: people)?|"
+    r"jews|jewish people|muslims|christians|hindus|immigrants|refugees|foreigners|"
+    r"black(?:s| people)|white(?:s| people)|asians|arabs|mexicans|africans|"
+    r"disabled(?: people)?|retards)"
+)
+#: Regular expressions (case-insensitive) for the lexicon layer.
+UNSAFE_PATTERNS: tuple[str, ...] = (
+    # dehumanising statements
+    r"\b(?:are|is)\s+(?:all\s+|just\s+|nothing but\s+)?(?:vermin|parasites?|sub-?human|scum|"
+    r"cockroaches|rats|filth|pests|a plague|a disease|animals|savages|freaks|subhumans)\b",
+    # calls for violence against people
+    r"\b(?:should|must|deserve to|ought to|need to)\s+(?:all\s+)?(?:be\s+)?(?:die|killed|"
+    r"exterminated|eradicated|wiped out|gassed|shot|hanged|lynched|beaten|raped)\b",
+    r"\b(?:kill|murder|shoot|exterminate|gas|lynch|rape)\s+(?:all|every|those|these)\b",
+    r"\bi(?:'m| am)?\s*(?:going to|gonna|will|want to)\s+(?:kill|murder|shoot|stab|rape|hurt)"
+    r"\s+(?:you|him|her|them|everyone)\b",
+    # hatred of groups
+    r"\b(?:hate|despise|detest|loathe|can't stand|cannot stand)\s+(?:all\s+)?" + _GROUPS + r"\b",
+    r"\b" + _GROUPS + r"\s+(?:are|is)\s+(?:all\s+)?(?:disgusting|inferior|worthless|evil|"
+    r"stupid|dirty|criminals|trash|garbage|pathetic|a cancer)\b",
+    # weapons, poison, self-harm
+    r"\b(?:make|build|assemble)\s+(?:a\s+)?(?:pipe\s+)?(?:bomb|explosive|nerve agent)\b",
+    r"\bpoison\s+(?:someone|somebody|my|a person|people)\b",
+    r"\b(?:kill|hurt|harm)\s+myself\b|\bsuicide method",
+)
+_UNSAFE_RE = re.compile("|".join(f"(?:{p})" for p in UNSAFE_PATTERNS), re.IGNORECASE)
+
+
+def calibrate_threshold(scores: np.ndarray, target_frr: float) -> float:
+    """The smallest threshold that rejects (score > threshold) at most ``target_frr`` of
+    ``scores`` (in-domain validation scores)."""
+    s = np.sort(np.asarray(scores, dtype=np.float64))
+    if s.size == 0:
+        raise RouterError("cannot calibrate a threshold on zero validation scores")
+    if not 0.0 <= target_frr < 1.0:
+        raise RouterError(f"target_frr must lie in [0, 1), got {target_frr}")
+    allowed = int(np.floor(target_frr * s.size + 1e-9))
+    # rejecting only scores above s[n-1-allowed] rejects at most `allowed` of them
+    return float(s[s.size - 1 - allowed])
+
+
+def stratified_split(labels: Sequence[str], fraction: float, seed: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (keep, held_out): ``fraction`` of each label held out (at least one row of
+    every label with two or more rows, never all of them), reproducible by ``seed``."""
+    rng = np.random.default_rng(seed)
+    lab = np.asarray(labels)
+    held: list[int] = []
+    if fraction > 0:
+        for c in sorted(set(lab.tolist())):
+            idx = np.flatnonzero(lab == c)
+            if idx.size < 2:
+                continue
+            k = min(max(1, round(idx.size * fraction)), idx.size - 1)
+            held.extend(rng.choice(idx, size=k, replace=False).tolist())
+    held_arr = np.sort(np.asarray(held, dtype=np.int64))
+    keep = np.setdiff1d(np.arange(lab.size), held_arr)
+    return keep, held_arr
+
+
+def _l2n(X: np.ndarray) -> np.ndarray:
+    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+
+
+def _softmax(Z: np.ndarray) -> np.ndarray:
+    Z = Z - Z.max(axis=1, keepdims=True)
+    E = np.exp(Z)
+    return E / E.sum(axis=1, keepdims=True)
+
+
+def _logsumexp(Z: np.ndarray) -> np.ndarray:
+    m = Z.max(axis=1)
+    return m + np.log(np.exp(Z - m[:, None]).sum(axis=1))
+
+
+@register
+class GuardRouter(Router):
+    """In-domain classifier + OOD threshold at a stated false-rejection rate + unsafe check."""
+
+    name = "guard"
+    version = 1
+    needs_scores = False
+    _param_names = ("method", "target_frr", "val_fraction", "seed", "routes", "head", "k",
+                    "C", "shrinkage", "temperature", "hidden", "epochs", "unsafe",
+                    "unsafe_seeds", "unsafe_frr", "unsafe_min_similarity")
+    _array_attrs = ("W_", "b_", "H1_", "h1_", "bank_", "bank_label_", "centroids_",
+                    "means_", "precision_", "score_norm_", "unsafe_seed_emb_")
+    _json_attrs = ("labels_", "label_expert_", "experts_", "dim_", "threshold_",
+                   "val_frr_", "n_val_", "calibration_", "unsafe_threshold_",
+                   "unsafe_layers_", "unsafe_val_rate_")
+
+    def __init__(self, method: str = "knn", target_frr: float = 0.05, val_fraction: float = 0.1,
+                 seed: int = 0, routes: Mapping[str, str] | None = None,
+                 head: str | None = None, k: int = 10, C: float = 10.0,
+                 shrinkage: float = 0.1, temperature: float = 1.0, hidden: int = 512,
+                 epochs: int = 30, unsafe: bool = True,
+                 unsafe_seeds: Sequence[str] | None = None, unsafe_frr: float = 0.005,
+                 unsafe_min_similarity: float = 0.6) -> None:
+        self.method = method
+        self.target_frr = target_frr
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.routes = routes
+        self.head = head
+        self.k = k
+        self.C = C
+        self.shrinkage = shrinkage
+        self.temperature = temperature
+        self.hidden = hidden
+        self.epochs = epochs
+        self.unsafe = unsafe
+        self.unsafe_seeds = unsafe_seeds
+        self.unsafe_frr = unsafe_frr
+        self.unsafe_min_similarity = unsafe_min_similarity
+
+    # ------------------------------------------------------------------ fitting
+    def _check_params(self) -> None:
+        if self.method not in METHODS:
+            raise RouterError(f"guard: unknown method {self.method!r}; use one of "
+                              f"{', '.join(METHODS)}")
+        if self.head not in (None, "mlp"):
+            raise RouterError(f"guard: unknown head {self.head!r}; use None or 'mlp'")
+        if not 0.0 <= float(self.target_frr) < 1.0:
+            raise RouterError("guard: target_frr must lie in [0, 1)")
+        if not 0.0 <= float(self.val_fraction) < 1.0:
+            raise RouterError("guard: val_fraction must lie in [0, 1)")
+        if int(self.k) < 1:
+            raise RouterError("guard: k must be at least 1")
+
+    def fit(self, X: np.ndarray, table: RoutingTable, *,
+            validation: tuple[np.ndarray, Sequence[str]] | None = None,
+            embedder: Any = None) -> GuardRouter:
+        """Learn from in-domain examples only.
+
+        ``table.categories`` are the in-domain labels. ``validation`` = (embeddings, labels)
+        of held-out in-domain queries for the threshold; without it ``val_fraction`` of the
+        table is held out (stratified, ``seed``). ``embedder`` (an
+        :class:`routers.embed.Embedder`, the one that made ``X``) embeds the unsafe seeds.
+        """
+        self._check_params()
+        X = self.check_table(X, table, min_prompts=2, need_scores=False)
+        if table.categories is None:
+            raise RouterError("guard: the table needs a label (category) per prompt")
+        labels_all = [str(c) for c in table.categories]
+        labels = sorted(set(labels_all))
+        self.labels_ = labels
+        self.label_expert_ = self._label_experts(table, labels_all, labels)
+        self.experts_ = sorted(set(self.label_expert_.values()))
+        self.dim_ = int(X.shape[1])
+        y_all = np.array([labels.index(c) for c in labels_all], dtype=np.int64)
+
+        if validation is not None:
+            Xv = self.check_X(validation[0])
+            unknown = sorted(set(map(str, validation[1])) - set(labels))
+            if unknown:
+                raise RouterError(f"guard: validation labels not in the table: {unknown[:5]}")
+            Xtr, ytr = X, y_all
+            self.calibration_ = f"given validation part ({Xv.shape[0]} in-domain queries)"
+        else:
+            keep, held = stratified_split(labels_all, float(self.val_fraction), int(self.seed))
+            if held.size == 0:
+                Xtr, ytr, Xv = X, y_all, X
+                self.calibration_ = "training data (too few rows to hold out a validation part)"
+            else:
+                Xtr, ytr, Xv = X[keep], y_all[keep], X[held]
+                self.calibration_ = (f"held-out {self.val_fraction:g} of the table, stratified, "
+                                     f"seed {self.seed} ({held.size} in-domain queries)")
+        if len(labels) < 2:
+            # one route: nothing to classify; the OOD score is the distance to its data
+            self.W_ = np.zeros((self.dim_, 1), np.float32)
+            self.b_ = np.zeros(1, np.float32)
+            self.H1_ = np.zeros((0, 0), np.float32)
+            self.h1_ = np.zeros(0, np.float32)
+        elif self.head == "mlp":
+            self._fit_mlp(Xtr, ytr, len(labels))
+        else:
+            self._fit_linear(Xtr, ytr, len(labels))
+        self._fit_distance(Xtr, ytr, len(labels))
+        self.score_norm_ = np.zeros(4, np.float32)
+        if self.method == "knn+msp":
+            self._fit_score_norm(Xtr, ytr)
+        val_scores = self.ood_scores(Xv)
+        self.threshold_ = calibrate_threshold(val_scores, float(self.target_frr))
+        self.val_frr_ = float(np.mean(val_scores > self.threshold_))
+        self.n_val_ = int(Xv.shape[0])
+        self._fit_unsafe(Xv, embedder)
+        return self
+
+    def _label_experts(self, table: RoutingTable, labels_all: list[str],
+                       labels: list[str]) -> dict[str, str]:
+        if self.routes:
+            unknown = sorted(set(self.routes) - set(labels))
+            if unknown:
+                raise RouterError(f"guard: routes name unknown label(s): {unknown[:5]}")
+            return {lab: str(self.routes.get(lab, lab)) for lab in labels}
+        scores = np.nan_to_num(table.scores, nan=0.0)
+        lab_arr = np.asarray(labels_all)
+        out: dict[str, str] = {}
+        for lab in labels:
+            if scores.shape[1] == 0:
+                out[lab] = lab
+                continue
+            mean = scores[lab_arr == lab].mean(axis=0)
+            out[lab] = table.models[int(np.argmax(mean))] if mean.max() > 0 else lab
+        return out
+
+    def _fit_linear(self, X: np.ndarray, y: np.ndarray, n_labels: int) -> None:
+        from sklearn.linear_model import LogisticRegression
+
+        lr = LogisticRegression(C=float(self.C), max_iter=300, tol=1e-3)
+        lr.fit(X, y)
+        W = np.zeros((X.shape[1], n_labels), np.float32)
+        b = np.zeros(n_labels, np.float32)
+        W[:, lr.classes_] = lr.coef_.T
+        b[lr.classes_] = lr.intercept_
+        self.W_, self.b_ = W, b
+        self.H1_ = np.zeros((0, 0), np.float32)
+        self.h1_ = np.zeros(0, np.float32)
+
+    def _fit_mlp(self, X: np.ndarray, y: np.ndarray, n_labels: int) -> None:
+        import torch
+
+        threads = torch.get_num_threads()
+        # tiny matrices: one thread is fastest and does not fight the rest of the process
+        torch.set_num_threads(1)
+        try:
+            self._train_mlp(torch, X, y, n_labels)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _train_mlp(self, torch: Any, X: np.ndarray, y: np.ndarray, n_labels: int) -> None:
+        g = torch.Generator().manual_seed(int(self.seed))
+        torch.manual_seed(int(self.seed))
+        d, h = X.shape[1], int(self.hidden)
+        lin1 = torch.nn.Linear(d, h)
+        lin2 = torch.nn.Linear(h, n_labels)
+        drop = torch.nn.Dropout(0.2)
+        params = [*lin1.parameters(), *lin2.parameters()]
+        opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=1e-2)
+        Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+        yt = torch.from_numpy(y)
+        n = Xt.shape[0]
+        bs = int(min(128, max(16, n // 8)))
+        per_epoch = (n + bs - 1) // bs
+        # small tables get more passes: at least 300 optimiser steps in all
+        epochs = max(int(self.epochs), -(-300 // per_epoch))
+        steps = epochs * per_epoch
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
+        loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+        lin1.train()
+        for _ in range(epochs):
+            perm = torch.randperm(n, generator=g)
+            for s in range(0, n, bs):
+                idx = perm[s:s + bs]
+                xb = Xt[idx]
+                xb = xb + 0.02 * torch.randn(xb.shape, generator=g)
+                z = lin2(drop(torch.relu(lin1(xb))))
+                loss = loss_fn(z, yt[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+        with torch.no_grad():
+            self.H1_ = lin1.weight.T.numpy().astype(np.float32).copy()
+            self.h1_ = lin1.bias.numpy().astype(np.float32).copy()
+            self.W_ = lin2.weight.T.numpy().astype(np.float32).copy()
+            self.b_ = lin2.bias.numpy().astype(np.float32).copy()
+
+    def _fit_distance(self, X: np.ndarray, y: np.ndarray, n_labels: int) -> None:
+        F = self.features(X)
+        cents = np.stack([F[y == c].mean(axis=0) if np.any(y == c) else np.zeros(F.shape[1])
+                          for c in range(n_labels)])
+        self.centroids_ = _l2n(cents).astype(np.float32)
+        empty = np.zeros((0, 0), np.float32)
+        self.bank_, self.bank_label_ = empty, np.zeros(0, np.int32)
+        self.means_, self.precision_ = empty, empty
+        if self.method in ("knn", "knn+msp"):
+            self.bank_ = F.astype(np.float32)
+            self.bank_label_ = y.astype(np.int32)
+        if self.method == "mahalanobis":
+            means = np.stack([F[y == c].mean(axis=0) if np.any(y == c)
+                              else np.zeros(F.shape[1]) for c in range(n_labels)])
+            R = F - means[y]
+            cov = R.T @ R / max(R.shape[0] - 1, 1)
+            a = float(self.shrinkage)
+            cov = (1 - a) * cov + a * np.trace(cov) / cov.shape[0] * np.eye(cov.shape[0])
+            self.means_ = means.astype(np.float32)
+            self.precision_ = np.linalg.inv(cov).astype(np.float32)
+
+    def _fit_score_norm(self, X: np.ndarray, y: np.ndarray) -> None:
+        # standardise each part on a training sample; the kNN part excludes the point itself
+        rng = np.random.default_rng(int(self.seed))
+        idx = rng.choice(X.shape[0], size=min(2000, X.shape[0]), replace=False)
+        F = self.features(X[idx])
+        knn = self._knn_score(F, exclude_self=True)
+        msp = 1.0 - self.predict_proba(X[idx]).max(axis=1)
+        self.score_norm_ = np.array([knn.mean(), knn.std() + 1e-6, msp.mean(),
+                                     msp.std() + 1e-6], np.float32)
+
+    def _fit_unsafe(self, Xv: np.ndarray, embedder: Any) -> None:
+        self.unsafe_layers_ = []
+        self.unsafe_seed_emb_ = np.zeros((0, self.dim_), np.float32)
+        self.unsafe_threshold_ = None
+        self.unsafe_val_rate_ = None
+        if not self.unsafe:
+            return
+        self.unsafe_layers_.append("lexicon")
+        seeds = [*UNSAFE_SEEDS, *(self.unsafe_seeds or ())]
+        if embedder is not None:
+            E = np.asarray(embedder.embed(seeds), dtype=np.float32)
+            if E.shape != (len(seeds), self.dim_):
+                raise RouterError(f"guard: the embedder gives shape {E.shape} for the unsafe "
+                                  f"seeds; the training embeddings have dimension {self.dim_}")
+            self.unsafe_seed_emb_ = _l2n(E).astype(np.float32)
+            sims = (_l2n(Xv) @ self.unsafe_seed_emb_.T).max(axis=1)
+            self.unsafe_threshold_ = max(float(self.unsafe_min_similarity),
+                                         calibrate_threshold(sims, float(self.unsafe_frr)))
+            self.unsafe_layers_.append("seed-similarity")
+            self.unsafe_val_rate_ = float(np.mean(sims > self.unsafe_threshold_))
+
+    # ------------------------------------------------------------------ scoring
+    def features(self, X: np.ndarray) -> np.ndarray:
+        """The space the distance methods work in: the embeddings, or the MLP's hidden layer
+        (L2-normalised either way)."""
+        X = np.asarray(X, dtype=np.float32)
+        if self.head == "mlp" and self.H1_.size:
+            return _l2n(np.maximum(X @ self.H1_ + self.h1_, 0.0))
+        return _l2n(X)
+
+    def logits(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float32)
+        if self.head == "mlp" and self.H1_.size:
+            X = np.maximum(X @ self.H1_ + self.h1_, 0.0)
+        return X @ self.W_ + self.b_
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Probability of each in-domain label (``labels_`` order), shape (n, n_labels)."""
+        return _softmax(self.logits(X).astype(np.float64))
+
+    def _knn_score(self, F: np.ndarray, exclude_self: bool = False) -> np.ndarray:
+        k = min(int(self.k), self.bank_.shape[0] - (1 if exclude_self else 0))
+        out = np.empty(F.shape[0], np.float64)
+        for s in range(0, F.shape[0], 1024):
+            S = F[s:s + 1024] @ self.bank_.T
+            kk = k + (1 if exclude_self else 0)
+            top = -np.partition(-S, kk - 1, axis=1)[:, :kk]
+            if exclude_self:
+                top = np.sort(top, axis=1)[:, :k]  # drop the largest (the point itself)
+            out[s:s + 1024] = 1.0 - top.mean(axis=1)
+        return out
+
+    def ood_scores(self, X: np.ndarray) -> np.ndarray:
+        """OOD score per query; larger = more out-of-distribution; reject above threshold_."""
+        X = np.asarray(X, dtype=np.float32)
+        m = self.method
+        if m in ("msp", "energy", "knn+msp") and len(self.labels_) < 2:
+            raise RouterError(f"guard: method {m!r} needs at least two labels")
+        if m == "centroid":
+            return 1.0 - (self.features(X) @ self.centroids_.T).max(axis=1).astype(np.float64)
+        if m == "knn":
+            return self._knn_score(self.features(X))
+        if m == "mahalanobis":
+            F = self.features(X).astype(np.float64)
+            P = self.precision_.astype(np.float64)
+            M = self.means_.astype(np.float64)
+            FP = F @ P
+            d = ((FP * F).sum(axis=1)[:, None] - 2.0 * FP @ M.T
+                 + ((M @ P) * M).sum(axis=1)[None, :])
+            return d.min(axis=1)
+        if m == "msp":
+            return 1.0 - self.predict_proba(X).max(axis=1)
+        if m == "energy":
+            T = float(self.temperature)
+            return -T * _logsumexp(self.logits(X).astype(np.float64) / T)
+        # knn+msp
+        mk, sk, mm, sm = (float(v) for v in self.score_norm_)
+        knn = (self._knn_score(self.features(X)) - mk) / sk
+        msp = (1.0 - self.predict_proba(X).max(axis=1) - mm) / sm
+        return 0.5 * (knn + msp)
+
+    def unsafe_scores(self, X: np.ndarray, texts: Sequence[str] | None) -> tuple[np.ndarray,
+                                                                                np.ndarray]:
+        """(score, flagged) per query: score is the seed similarity (1.0 on a lexicon hit)."""
+        n = np.asarray(X).shape[0]
+        score = np.zeros(n, np.float64)
+        flagged = np.zeros(n, bool)
+        if not self.unsafe_layers_:
+            return score, flagged
+        if self.unsafe_seed_emb_.shape[0] and self.unsafe_threshold_ is not None:
+            score = (_l2n(np.asarray(X, np.float32)) @ self.unsafe_seed_emb_.T).max(axis=1)
+            score = score.astype(np.float64)
+            flagged = score > float(self.unsafe_threshold_)
+        if texts is not None:
+            for i, t in enumerate(texts):
+                if _UNSAFE_RE.search(t):
+                    score[i] = 1.0
+                    flagged[i] = True
+        return score, flagged
+
+    # ------------------------------------------------------------------ inference
+    def verdict(self, X: np.ndarray, texts: Sequence[str] | None = None) -> list[GuardVerdict]:
+        """The guard's verdict per query (label, OOD score vs threshold, unsafe check)."""
+        self.check_fitted()
+        X = self.check_X(X, texts)
+        if X.shape[0] == 0:
+            return []
+        proba = self.predict_proba(X)
+        ood = self.ood_scores(X)
+        uscore, uflag = self.unsafe_scores(X, texts)
+        thr = float(self.threshold_)
+        out = []
+        for i in range(X.shape[0]):
+            reason = "unsafe" if uflag[i] else ("ood" if ood[i] > thr else None)
+            out.append(GuardVerdict(
+                label=self.labels_[int(np.argmax(proba[i]))], ood_score=float(ood[i]),
+                threshold=thr, rejected=reason is not None, reject_reason=reason,
+                unsafe_score=float(uscore[i]) if self.unsafe_layers_ else None))
+        return out
+
+    def decide(self, X: np.ndarray, texts: Sequence[str]) -> list[Decision]:
+        verdicts = self.verdict(X, texts)
+        if not verdicts:
+            return []
+        proba = self.predict_proba(self.check_X(X))
+        out: list[Decision] = []
+        for v, p in zip(verdicts, proba, strict=True):
+            per_expert: dict[str, float] = {}
+            for j, lab in enumerate(self.labels_):
+                e = self.label_expert_[lab]
+                per_expert[e] = per_expert.get(e, 0.0) + float(p[j])
+            targets = [Target(e, s) for e, s in
+                       sorted(per_expert.items(), key=lambda kv: (-kv[1], kv[0]))]
+            if v.rejected and v.reject_reason == "unsafe":
+                reason = (f"unsafe content (score {v.unsafe_score:.3f}"
+                          + (f" vs {self.unsafe_threshold_:.3f})"
+                             if self.unsafe_threshold_ is not None else ", lexicon)"))
+                out.append(Decision("reject", targets, reason, router=self.name, guard=v))
+            elif v.rejected:
+                out.append(Decision("reject", targets, f"out of domain: {self.method} score "
+                                    f"{v.ood_score:.4f} > threshold {v.threshold:.4f} "
+                                    f"(calibrated to {self.target_frr:.1%} false rejections)",
+                                    router=self.name, guard=v))
+            else:
+                out.append(Decision("single", targets, f"in domain: label '{v.label}' -> "
+                                    f"{targets[0].expert} (p={targets[0].score:.3f})",
+                                    router=self.name, guard=v))
+        return out
+
+    def get_params(self) -> dict[str, Any]:
+        p = super().get_params()
+        if p["routes"] is not None:
+            p["routes"] = dict(p["routes"])
+        if p["unsafe_seeds"] is not None:
+            p["unsafe_seeds"] = list(p["unsafe_seeds"])
+        return p

@@ -1,0 +1,237 @@
+"""Guard metrics against hand-computed cases, guard-table loading, and a small end-to-end run of
+``expertgate eval guard --data <generated CSV> --embedder hashing --json OUT``."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evals.datasets.guard import (
+    GuardDataError,
+    load_gqr_bench,
+    load_guard_data,
+    load_guard_table,
+    load_suite,
+)
+from evals.guard_eval import (
+    cli_register,
+    false_rejection_rate,
+    gqr_score,
+    in_domain_accuracy,
+    latency_percentiles,
+    ood_accuracy,
+)
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_gqr_score_is_the_harmonic_mean_of_id_and_mean_ood_accuracy() -> None:
+    # mean OOD = (0.8 + 0.9 + 1.0) / 3 = 0.9; 2 * 0.9 * 0.9 / 1.8 = 0.9
+    assert gqr_score(0.9, [0.8, 0.9, 1.0]) == pytest.approx(0.9)
+    # 2 * 0.6 * 1.0 / 1.6 = 0.75
+    assert gqr_score(0.6, [1.0]) == pytest.approx(0.75)
+    assert gqr_score(0.0, [0.0, 0.0]) == 0.0
+    with pytest.raises(ValueError):
+        gqr_score(0.5, [])
+
+
+def test_in_domain_accuracy_counts_rejections_as_wrong() -> None:
+    pred = ["a", "b", "a", "c"]
+    true = ["a", "b", "b", "c"]
+    rejected = [False, True, False, False]
+    # row 0 right, row 1 rejected, row 2 wrong label, row 3 right -> 2 / 4
+    assert in_domain_accuracy(pred, true, rejected) == pytest.approx(0.5)
+    assert false_rejection_rate(rejected) == pytest.approx(0.25)
+    with pytest.raises(ValueError):
+        in_domain_accuracy(pred, true[:3], rejected)
+
+
+def test_ood_accuracy_is_the_rejection_rate_of_one_set() -> None:
+    assert ood_accuracy([True, True, False, True, False]) == pytest.approx(0.6)
+    assert ood_accuracy(np.ones(7, bool)) == 1.0
+    assert np.isnan(ood_accuracy([]))
+
+
+def test_latency_percentiles() -> None:
+    p = latency_percentiles(list(range(1, 101)))
+    assert p["latency_p50_ms"] == pytest.approx(50.5)
+    assert p["latency_p99_ms"] == pytest.approx(99.01)
+
+
+# --------------------------------------------------------------------------- data
+
+
+_ROUTES = {
+    "weather": ["what is the weather in {x}", "will it rain in {x} tomorrow",
+                "how hot is it in {x} today", "is it snowing in {x}",
+                "weather forecast for {x} this weekend"],
+    "banking": ["what is the balance of my {x} account", "transfer money to my {x} account",
+                "how do i close my {x} account", "is there a fee on my {x} account",
+                "freeze my {x} account card"],
+    "music": ["play some {x} music", "put on a {x} playlist", "skip this {x} song",
+              "turn up the {x} track", "add this {x} album to my library"],
+}
+_FILL = {"weather": ["paris", "london", "tokyo", "berlin", "madrid", "rome", "oslo", "cairo"],
+         "banking": ["savings", "checking", "joint", "business", "student", "travel", "gold",
+                     "premium"],
+         "music": ["jazz", "rock", "classical", "pop", "techno", "folk", "blues", "reggae"]}
+_OOD = ["who wrote the novel war and peace", "what is the capital of australia",
+        "how many moons does jupiter have", "when did the roman empire fall",
+        "what is the boiling point of nitrogen", "who painted the mona lisa",
+        "how tall is mount everest", "what language do people speak in brazil"]
+
+
+def _write_csv(path: Path, with_validation: bool = True) -> Path:
+    rows = []
+    for label, templates in _ROUTES.items():
+        fills = _FILL[label]
+        for i, f in enumerate(fills):
+            for j, t in enumerate(templates):
+                split = ("test" if (i + j) % 4 == 0 else
+                         "validation" if with_validation and (i + j) % 4 == 1 else "train")
+                rows.append({"text": t.format(x=f), "label": label, "split": split})
+    rows += [{"text": t, "label": "webq", "split": "test"} for t in _OOD]
+    rows += [{"text": t.upper() + "?", "label": "oos", "split": "test"} for t in _OOD[:4]]
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=["text", "label", "split"])
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def test_load_guard_data_splits_and_ood_sets(tmp_path: Path) -> None:
+    d = load_guard_data(_write_csv(tmp_path / "g.csv"))
+    assert d.labels == ["banking", "music", "weather"]
+    assert set(d.ood) == {"webq", "oos"}
+    assert len(d.ood["webq"]) == 8 and len(d.ood["oos"]) == 4
+    assert len(d.train_texts) + len(d.val_texts) + len(d.test_texts) == 3 * 8 * 5
+    assert set(d.val_labels) <= set(d.labels) and set(d.test_labels) <= set(d.labels)
+    table = load_guard_table(tmp_path / "g.csv")
+    assert table.categories is not None and len(table) == len(d.train_texts)
+    assert table.models == d.labels  # a pure guard table: each label is its own expert
+    assert np.all(table.scores.sum(axis=1) == 1.0)
+
+
+def test_validation_is_carved_from_train_when_absent(tmp_path: Path) -> None:
+    p = _write_csv(tmp_path / "g.csv", with_validation=False)
+    d = load_guard_data(p, val_fraction=0.2, seed=1)
+    assert d.val_texts and "seed 1" in d.meta["validation"]
+    assert not set(d.val_texts) & set(d.train_texts)
+    # load_guard_table keeps the whole train split (the guard holds out its own part)
+    assert len(load_guard_table(p)) == len(d.train_texts) + len(d.val_texts)
+
+
+def test_ood_rows_outside_test_are_refused(tmp_path: Path) -> None:
+    p = tmp_path / "bad.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in [
+        {"text": "hello", "label": "greet", "split": "train"},
+        {"text": "bye", "label": "greet", "split": "train"},
+        {"text": "capital of peru", "label": "oos", "split": "validation"}]) + "\n")
+    with pytest.raises(GuardDataError, match="test-only"):
+        load_guard_data(p)
+    with pytest.raises(GuardDataError):
+        load_guard_data(tmp_path / "missing.csv")
+
+
+def test_accept_kind_is_reported_apart(tmp_path: Path) -> None:
+    p = tmp_path / "k.jsonl"
+    rows = [{"text": f"hello {i}", "label": "greet", "split": "train"} for i in range(6)]
+    rows += [{"text": "i love my neighbours", "label": "nonhateful", "split": "test",
+              "kind": "accept"}]
+    p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    d = load_guard_data(p)
+    assert d.accept == {"nonhateful": ["i love my neighbours"]} and not d.ood
+
+
+def test_gqr_bench_layout(tmp_path: Path) -> None:
+    for stem, rows in {
+        "train": [{"text": "can my landlord evict me", "domain": "law", "label": 0},
+                  {"text": "how do index funds work", "domain": "finance", "label": 1}],
+        "eval": [{"text": "is a verbal contract binding", "label": 0}],
+        "test": [{"text": "my knee hurts after running", "domain": "healthcare", "label": 2}],
+        "ood_test": [{"text": "who won the 1998 world cup", "label": 3, "domain": "ood",
+                      "dataset": "web_questions"},
+                     {"text": "you are an idiot", "label": 3, "domain": "ood",
+                      "dataset": "olid"}],
+    }.items():
+        (tmp_path / f"{stem}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    d = load_gqr_bench(tmp_path)
+    assert d.train_labels == ["law", "finance"] and d.val_labels == ["law"]
+    assert d.test_labels == ["healthcare"]
+    assert set(d.ood) == {"web_questions", "olid"}
+
+
+def test_shared_suites_when_present() -> None:
+    try:
+        d = load_suite("clinc150-gqr")
+    except GuardDataError as e:
+        pytest.skip(f"shared data not available: {e}")
+    assert len(d.labels) == 10 and len(d.train_texts) == 15000
+    assert {k: len(v) for k, v in d.ood.items()} == {
+        "clinc_oos": 1000, "webquestions": 2032, "hatecheck_hateful": 2563}
+    assert len(d.accept["hatecheck_nonhateful"]) == 1165
+    i = load_suite("clinc150-intents")
+    assert len(i.labels) == 150 and list(i.ood) == ["oos"] and len(i.val_texts) == 3000
+    b = load_suite("banking77")
+    assert len(b.labels) == 77 and len(b.train_texts) + len(b.val_texts) == 10003
+    assert load_suite("banking77-domain").labels == ["banking"]
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def _run_cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="expertgate eval guard")
+    cli_register(parser)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+def test_eval_guard_end_to_end_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("EXPERTGATE_CACHE", str(tmp_path / "cache"))
+    data = _write_csv(tmp_path / "g.csv")
+    out = tmp_path / "res.json"
+    methods = "baseline-tfidf-svm,baseline-lr-knn,guard-knn,guard-mahalanobis,guard-msp"
+    rc = _run_cli(["--data", str(data), "--json", str(out), "--embedder", "hashing",
+                   "--methods", methods, "--latency-sample", "20", "--quiet"])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["suite"] == "g" and res["seed"] == 0 and res["target_frr"] == 0.05
+    assert set(res["methods"]) == set(methods.split(","))
+    for r in res["methods"].values():
+        for key in ("in_domain_accuracy", "ood_accuracy", "gqr_score", "false_rejection_rate"):
+            assert 0.0 <= r[key] <= 1.0, key
+        assert set(r["ood_accuracy_by_set"]) == {"webq", "oos"}
+        assert r["ood_accuracy"] == pytest.approx(np.mean(list(r["ood_accuracy_by_set"].values())))
+        assert r["latency_p50_ms"] > 0 and r["latency_p99_ms"] >= r["latency_p50_ms"]
+    assert res["methods"]["guard-knn"]["latency_includes_embedding"] is True
+    table = capsys.readouterr().out
+    assert "guard-knn" in table and "GQR" in table
+
+
+def test_eval_guard_argument_errors(tmp_path: Path) -> None:
+    assert _run_cli([]) == 2  # neither --suite nor --data
+    data = _write_csv(tmp_path / "g.csv")
+    assert _run_cli(["--data", str(data), "--methods", "nope", "--embedder", "hashing",
+                     "--quiet"]) == 2
+
+
+def test_expertgate_cli_dispatches_to_eval_guard(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # the full `expertgate eval ...` group imports every eval module; skip until they exist
+    pytest.importorskip("evals.routing_eval")
+    pytest.importorskip("evals.report")
+    from gateway.cli import main
+
+    monkeypatch.setenv("EXPERTGATE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "r.json"
+    rc = main(["eval", "guard", "--data", str(_write_csv(tmp_path / "g.csv")), "--embedder",
+               "hashing", "--methods", "guard-centroid", "--latency-sample", "5", "--quiet",
+               "--json", str(out)])
+    assert rc == 0 and "guard-centroid" in json.loads(out.read_text())["methods"]
