@@ -1,0 +1,187 @@
+"""API keys: 401/403 as OpenAI errors, keys in Redis without restart, secrets never logged."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from evals.soak import RedisProcess
+from gateway.auth import KEY_PREFIX, hash_key
+from gateway.cli import keys as keys_cli
+from tests.doubles.openai_upstream import OpenAIUpstreamDouble
+from tests.unit.gateway_helpers import base_config, chat, gateway_client
+
+SECRET = "sk-test-7f3a9c1e2b4d-very-secret"
+PROMPT = "zebra-unicorn-password-4411 fix this bug in my code"
+
+
+@pytest.fixture
+async def ups() -> AsyncIterator[tuple[OpenAIUpstreamDouble, OpenAIUpstreamDouble]]:
+    a = await OpenAIUpstreamDouble("coder-double").start()
+    b = await OpenAIUpstreamDouble("chatter-double").start()
+    yield a, b
+    await a.stop()
+    await b.stop()
+
+
+def _cfg(ups: tuple[OpenAIUpstreamDouble, OpenAIUpstreamDouble], **key: object) -> dict:
+    cfg = base_config(ups[0].base, ups[1].base)
+    cfg["api_keys"] = [{"name": "team-a", "sha256": hash_key(SECRET), **key}]
+    return cfg
+
+
+def _err(r: httpx.Response) -> dict[str, object]:
+    body = r.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]  # type: ignore[no-any-return]
+
+
+async def test_missing_and_invalid_keys_are_401(ups, tmp_path: Path) -> None:
+    async with gateway_client(_cfg(ups), tmp_path) as (c, _):
+        r = await c.post("/v1/chat/completions", json=chat("auto", "hi"))
+        assert r.status_code == 401 and _err(r)["type"] == "authentication_error"
+        r = await c.post("/v1/chat/completions", json=chat("auto", "hi"),
+                         headers={"authorization": "Bearer sk-wrong"})
+        assert r.status_code == 401 and _err(r)["code"] == "invalid_api_key"
+        assert "sk-wrong" not in r.text
+        r = await c.get("/v1/models")
+        assert r.status_code == 401
+        r = await c.post("/v1/chat/completions", json=chat("auto", "tell me a joke"),
+                         headers={"x-api-key": SECRET})
+        assert r.status_code == 200
+    assert ups[0].received == [] and len(ups[1].received) == 1
+
+
+async def test_forbidden_policy_and_expert_are_403(ups, tmp_path: Path) -> None:
+    cfg = _cfg(ups, policies=[], experts=["chatter"])
+    auth = {"authorization": f"Bearer {SECRET}"}
+    async with gateway_client(cfg, tmp_path) as (c, _):
+        r = await c.post("/v1/chat/completions", json=chat("auto", "hi"), headers=auth)
+        assert r.status_code == 403
+        e = _err(r)
+        assert e["type"] == "permission_error" and e["param"] == "model"
+        assert "policy 'auto'" in str(e["message"])
+        r = await c.post("/v1/chat/completions", json=chat("coder", "hi"), headers=auth)
+        assert r.status_code == 403 and "model 'coder'" in str(_err(r)["message"])
+        r = await c.post("/v1/chat/completions", json=chat("chatter", "hi"), headers=auth)
+        assert r.status_code == 200
+    assert ups[0].received == []
+
+
+async def test_keys_and_prompts_never_reach_the_logs(ups, tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    coder, chatter = ups
+    await coder.stop()  # a failing upstream: the warning paths log too
+    auth = {"authorization": f"Bearer {SECRET}"}
+    async with gateway_client(_cfg(ups), tmp_path) as (c, _):
+        r = await c.post("/v1/chat/completions", json=chat("auto", PROMPT), headers=auth)
+        assert r.status_code == 200 and r.headers["x-expertgate-expert"] == "chatter"
+        chatter.mode = "status"
+        r = await c.post("/v1/chat/completions", json=chat("auto", PROMPT, stream=True),
+                         headers=auth)
+        assert r.status_code == 502
+        r = await c.post("/v1/chat/completions", json=chat("auto", PROMPT),
+                         headers={"authorization": f"Bearer {SECRET}x"})
+        assert r.status_code == 401
+        r = await c.post("/v1/route", json={"model": "auto", "text": PROMPT}, headers=auth)
+        assert r.status_code == 200
+    logged = (tmp_path / "log.jsonl").read_text()
+    assert logged.count("\n") == 3
+    assert "team-a" in logged  # the tenant is logged, by name
+    assert caplog.records, "the failing upstream should have logged warnings"
+    for text in (logged, caplog.text):
+        assert SECRET not in text and SECRET[3:20] not in text
+        assert "zebra-unicorn" not in text
+
+
+async def test_prompts_are_logged_only_where_the_policy_allows(ups, tmp_path: Path) -> None:
+    cfg = _cfg(ups)
+    cfg["policies"][0]["log_prompts"] = True
+    async with gateway_client(cfg, tmp_path) as (c, _):
+        r = await c.post("/v1/chat/completions", json=chat("auto", PROMPT),
+                         headers={"authorization": f"Bearer {SECRET}"})
+        assert r.status_code == 200
+    logged = (tmp_path / "log.jsonl").read_text()
+    assert "zebra-unicorn" in logged and SECRET not in logged
+
+
+def test_cli_hash_prints_the_sha256(capsys: pytest.CaptureFixture[str]) -> None:
+    assert keys_cli.cmd_hash(argparse.Namespace(key=SECRET, generate=False)) == 0
+    assert capsys.readouterr().out.strip() == hash_key(SECRET)
+
+
+# --------------------------------------------------------------------------- Redis keys
+
+needs_redis = pytest.mark.skipif(shutil.which("redis-server") is None,
+                                 reason="redis-server is not installed")
+
+
+@pytest.fixture
+def redis_proc() -> Iterator[RedisProcess]:
+    with RedisProcess() as r:
+        yield r
+
+
+def _add(url: str, key: str, **kw: object) -> None:
+    ns = argparse.Namespace(key=key, generate=False, redis_url=url, name="team-r",
+                            policies="*", experts="*", requests_per_minute=None,
+                            tokens_per_minute=None)
+    for k, v in kw.items():
+        setattr(ns, k, v)
+    assert keys_cli.cmd_add(ns) == 0
+
+
+@pytest.mark.integration
+@needs_redis
+async def test_redis_keys_are_added_and_revoked_without_restart(ups, tmp_path: Path,
+                                                                redis_proc: RedisProcess
+                                                                ) -> None:
+    cfg = base_config(ups[0].base, ups[1].base)
+    cfg["require_auth"] = True
+    auth = {"authorization": "Bearer sk-redis-1"}
+    async with gateway_client(cfg, tmp_path, redis_url=redis_proc.url) as (c, gw):
+        gw.auth.cache_ttl_s = 0.0  # see revocations at once (default: within 10 s)
+        gw.auth.negative_ttl_s = 0.0
+        r = await c.post("/v1/chat/completions", json=chat("auto", "hi"), headers=auth)
+        assert r.status_code == 401
+        _add(redis_proc.url, "sk-redis-1", experts="chatter", policies="")
+        r = await c.post("/v1/chat/completions", json=chat("chatter", "hi"), headers=auth)
+        assert r.status_code == 200
+        r = await c.post("/v1/chat/completions", json=chat("auto", "hi"), headers=auth)
+        assert r.status_code == 403
+        assert await gw.redis.exists(KEY_PREFIX + hash_key("sk-redis-1")) == 1
+        ns = argparse.Namespace(key="sk-redis-1", generate=False, sha256=None,
+                                redis_url=redis_proc.url)
+        assert keys_cli.cmd_revoke(ns) == 0
+        r = await c.post("/v1/chat/completions", json=chat("chatter", "hi"), headers=auth)
+        assert r.status_code == 401
+
+
+@pytest.mark.integration
+@needs_redis
+async def test_redis_key_store_down_known_keys_work_unknown_get_503(
+        ups, tmp_path: Path, redis_proc: RedisProcess) -> None:
+    cfg = base_config(ups[0].base, ups[1].base)
+    cfg["require_auth"] = True
+    _add(redis_proc.url, "sk-known")
+    async with gateway_client(cfg, tmp_path, redis_url=redis_proc.url,
+                              redis_retry_s=0.0) as (c, gw):
+        gw.auth.cache_ttl_s = 0.0
+        known = {"authorization": "Bearer sk-known"}
+        r = await c.post("/v1/chat/completions", json=chat("chatter", "hi"), headers=known)
+        assert r.status_code == 200
+        redis_proc.stop()
+        r = await c.post("/v1/chat/completions", json=chat("chatter", "hi"), headers=known)
+        assert r.status_code == 200
+        r = await c.post("/v1/chat/completions", json=chat("chatter", "hi"),
+                         headers={"authorization": "Bearer sk-never-seen"})
+        assert r.status_code == 503
+        e = _err(r)
+        assert e["code"] == "key_store_unavailable" and r.headers["retry-after"] == "1"

@@ -1,0 +1,235 @@
+"""Per-key rate limits: the sliding window in process and in Redis, and through the gateway."""
+
+from __future__ import annotations
+
+import shutil
+import types
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from evals.soak import RedisProcess
+from gateway.auth import hash_key
+from gateway.ratelimit import (
+    DEFAULT_COMPLETION_ESTIMATE,
+    WINDOW_S,
+    Limits,
+    RateLimiter,
+    estimate_tokens,
+)
+from tests.doubles.openai_upstream import OpenAIUpstreamDouble
+from tests.unit.gateway_helpers import base_config, chat, gateway_client
+
+
+class FakeClock:
+    def __init__(self, t: float = 1_000_000.25) -> None:
+        self.t = t
+
+    def time(self) -> float:
+        return self.t
+
+    def monotonic(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    c = FakeClock()
+    import gateway.ratelimit as rl
+
+    monkeypatch.setattr(rl, "time", types.SimpleNamespace(time=c.time, monotonic=c.monotonic))
+    return c
+
+
+async def test_local_requests_per_minute_refuses_the_next_with_retry_after(clock: FakeClock
+                                                                          ) -> None:
+    rl = RateLimiter()
+    lim = Limits(requests_per_minute=3)
+    got = [await rl.acquire("k", lim, 10) for _ in range(3)]
+    assert all(d.allowed and d.backend == "local" for d in got)
+    assert [dict(d.headers())[b"x-ratelimit-remaining-requests"] for d in got] == [
+        b"2", b"1", b"0"]
+    clock.t += 10
+    d = await rl.acquire("k", lim, 10)
+    assert not d.allowed and d.failed == "requests"
+    # the first three were charged 10 s ago: they leave the window in 50 s
+    assert d.retry_after_s == pytest.approx(WINDOW_S - 10, abs=1)
+    err = d.error()
+    assert err.status == 429 and err.code == "rate_limit_requests"
+    assert err.headers["retry-after"] == "50"
+    assert err.headers["x-ratelimit-limit-requests"] == "3"
+    # another key has its own budget
+    assert (await rl.acquire("other", lim, 10)).allowed
+    clock.t += 51
+    assert (await rl.acquire("k", lim, 10)).allowed
+
+
+async def test_local_window_slides_one_bucket_at_a_time(clock: FakeClock) -> None:
+    rl = RateLimiter()
+    lim = Limits(requests_per_minute=2)
+    assert (await rl.acquire("k", lim, 0)).allowed
+    clock.t += 30
+    assert (await rl.acquire("k", lim, 0)).allowed
+    clock.t += 29
+    assert not (await rl.acquire("k", lim, 0)).allowed
+    clock.t += 1.5  # the first request left the window, the second has not
+    assert (await rl.acquire("k", lim, 0)).allowed
+    assert not (await rl.acquire("k", lim, 0)).allowed
+
+
+async def test_local_tokens_per_minute_with_reconciliation(clock: FakeClock) -> None:
+    rl = RateLimiter()
+    lim = Limits(tokens_per_minute=1000)
+    ds = [await rl.acquire("k", lim, 300) for _ in range(3)]
+    assert all(d.allowed for d in ds)
+    d4 = await rl.acquire("k", lim, 300)
+    assert not d4.allowed and d4.failed == "tokens"
+    assert d4.error().code == "rate_limit_tokens"
+    # the upstream reported 50 tokens for each: 750 of the estimate comes back
+    for d in ds:
+        await rl.reconcile("k", d, 50)
+    d5 = await rl.acquire("k", lim, 300)
+    assert d5.allowed and d5.tokens_used == 450
+
+
+async def test_a_request_larger_than_the_token_budget_says_so(clock: FakeClock) -> None:
+    rl = RateLimiter()
+    d = await rl.acquire("k", Limits(tokens_per_minute=100), 500)
+    assert not d.allowed
+    assert "lower max_tokens" in d.error().message
+
+
+def test_estimate_tokens_counts_prompt_and_completion_budget() -> None:
+    body = {"messages": [{"role": "user", "content": "x" * 400},
+                         {"role": "user", "content": [{"type": "text", "text": "y" * 40}]}],
+            "max_tokens": 100}
+    assert estimate_tokens(body) == 110 + 1 + 100
+    assert estimate_tokens({"prompt": "abcd"}) == 1 + 1 + DEFAULT_COMPLETION_ESTIMATE
+    assert estimate_tokens({"prompt": ["abcd"], "max_tokens": 1000}, cap=64) == 2 + 64
+
+
+# --------------------------------------------------------------------------- Redis
+
+needs_redis = pytest.mark.skipif(shutil.which("redis-server") is None,
+                                 reason="redis-server is not installed")
+
+
+@pytest.fixture
+def redis_proc() -> Iterator[RedisProcess]:
+    with RedisProcess() as r:
+        yield r
+
+
+@pytest.fixture
+async def clients(redis_proc: RedisProcess) -> AsyncIterator[list[aioredis.Redis]]:
+    cs = [aioredis.Redis.from_url(redis_proc.url, socket_timeout=0.5,
+                                  socket_connect_timeout=0.5) for _ in range(2)]
+    yield cs
+    for c in cs:
+        await c.aclose()
+
+
+@pytest.mark.integration
+@needs_redis
+async def test_redis_budget_is_shared_by_two_limiters(clients: list[aioredis.Redis]) -> None:
+    a, b = RateLimiter(clients[0]), RateLimiter(clients[1])
+    lim = Limits(requests_per_minute=10, tokens_per_minute=10_000)
+    got = [await (a if i % 2 else b).acquire("k", lim, 100) for i in range(25)]
+    assert sum(d.allowed for d in got) == 10
+    assert {d.backend for d in got} == {"redis"}
+    refused = [d for d in got if not d.allowed]
+    assert all(d.failed == "requests" and 0 < d.retry_after_s <= WINDOW_S for d in refused)
+    assert got[9].tokens_used == 1000
+    # reconciliation lands in the same bucket: the token sum drops by the difference
+    await a.reconcile("k", got[0], 40)
+    d = await b.acquire("other", Limits(tokens_per_minute=500), 200)
+    assert d.allowed and d.tokens_used == 200
+    raw = await clients[0].hgetall("eg:rl:{k}:t")
+    assert sum(int(v) for v in raw.values()) == 1000 - 60
+
+
+@pytest.mark.integration
+@needs_redis
+async def test_redis_down_falls_back_to_local_and_recovers(redis_proc: RedisProcess,
+                                                           clients: list[aioredis.Redis]
+                                                           ) -> None:
+    from gateway.metrics import Metrics
+
+    m = Metrics()
+    rl = RateLimiter(clients[0], m.registry, retry_s=0.0)
+    lim = Limits(requests_per_minute=100)
+    assert (await rl.acquire("k", lim, 1)).backend == "redis"
+    port = redis_proc.port
+    redis_proc.stop()
+    d = await rl.acquire("k", lim, 1)
+    assert d.allowed and d.backend == "local"
+    assert dict(d.headers())[b"x-expertgate-ratelimit"] == b"local"
+    text = m.render().decode()
+    assert "expertgate_ratelimit_shared 0.0" in text
+    assert 'expertgate_ratelimit_decisions_total{backend="local",result="allowed"} 1.0' in text
+    with RedisProcess(port):
+        d = await rl.acquire("k", lim, 1)
+        assert d.allowed and d.backend == "redis"  # back by itself, no restart
+        assert "expertgate_ratelimit_shared 1.0" in m.render().decode()
+
+
+# --------------------------------------------------------------------------- gateway
+
+@pytest.fixture
+async def ups() -> AsyncIterator[tuple[OpenAIUpstreamDouble, OpenAIUpstreamDouble]]:
+    a = await OpenAIUpstreamDouble("coder-double").start()
+    b = await OpenAIUpstreamDouble("chatter-double").start()
+    yield a, b
+    await a.stop()
+    await b.stop()
+
+
+def _with_key(cfg: dict, **limits: int) -> dict:
+    cfg["api_keys"] = [{"name": "team-a", "sha256": hash_key("sk-a"), **limits}]
+    return cfg
+
+
+async def test_gateway_answers_429_with_retry_after_and_ratelimit_headers(
+        ups: tuple[OpenAIUpstreamDouble, OpenAIUpstreamDouble], tmp_path: Path) -> None:
+    cfg = _with_key(base_config(ups[0].base, ups[1].base), requests_per_minute=2)
+    auth = {"authorization": "Bearer sk-a"}
+    async with gateway_client(cfg, tmp_path) as (c, _):
+        r1 = await c.post("/v1/chat/completions", json=chat("auto", "tell me a joke"),
+                          headers=auth)
+        assert r1.status_code == 200
+        assert r1.headers["x-ratelimit-limit-requests"] == "2"
+        assert r1.headers["x-ratelimit-remaining-requests"] == "1"
+        assert r1.headers["x-expertgate-ratelimit"] == "local"
+        await c.post("/v1/chat/completions", json=chat("auto", "tell me a joke"), headers=auth)
+        r3 = await c.post("/v1/chat/completions", json=chat("auto", "tell me a joke"),
+                          headers=auth)
+        assert r3.status_code == 429
+        assert int(r3.headers["retry-after"]) >= 1
+        assert r3.headers["x-ratelimit-remaining-requests"] == "0"
+        err = r3.json()["error"]
+        assert set(err) == {"message", "type", "param", "code"}
+        assert err["type"] == "rate_limit_error" and err["code"] == "rate_limit_requests"
+    assert len(ups[1].received) == 2  # the refused request never reached an upstream
+
+
+async def test_gateway_reconciles_tokens_with_upstream_usage(
+        ups: tuple[OpenAIUpstreamDouble, OpenAIUpstreamDouble], tmp_path: Path) -> None:
+    cfg = _with_key(base_config(ups[0].base, ups[1].base), tokens_per_minute=500)
+    auth = {"authorization": "Bearer sk-a"}
+    async with gateway_client(cfg, tmp_path) as (c, gw):
+        # estimate: 14 chars / 4 + 1 + max_tokens 200 = 204; the double reports 12 tokens
+        r = await c.post("/v1/chat/completions",
+                         json=chat("chatter", "tell me a joke", max_tokens=200), headers=auth)
+        assert r.status_code == 200
+        assert r.headers["x-ratelimit-remaining-tokens"] == str(500 - 204)
+        await gw.ratelimiter.drain()
+        r = await c.post("/v1/chat/completions",
+                         json=chat("chatter", "tell me a joke", max_tokens=200), headers=auth)
+        assert r.headers["x-ratelimit-remaining-tokens"] == str(500 - 12 - 204)
+        # without reconciliation this third one (3 x 204 > 500) would be refused
+        await gw.ratelimiter.drain()
+        r = await c.post("/v1/chat/completions",
+                         json=chat("chatter", "tell me a joke", max_tokens=200), headers=auth)
+        assert r.status_code == 200
