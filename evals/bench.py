@@ -1,0 +1,28 @@
+"""Benchmarks behind ``expertgate bench``: ``overhead`` and ``router``.
+
+* ``overhead`` (:mod:`evals.bench_overhead`): added latency, throughput, CPU and memory of
+  expertgate against a direct call, a bare Python pass-through and the LiteLLM proxy, all in
+  front of one fast local upstream (:mod:`evals.upstream_stub`).
+* ``router`` (:mod:`evals.bench_router`): decision latency per router family and embedder
+  backend, decision-cache hit latency (in-memory and Redis), embedding throughput with and
+  without micro-batching.
+
+Every figure is printed with the machine it was measured on; speed targets are checked here
+(met / not met), never in unit tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["cli_register"]
+
+
+def cli_register(parser: Any) -> None:
+    """Add the ``overhead`` and ``router`` subcommands to ``expertgate bench``."""
+    from evals.bench_overhead import register_overhead
+    from evals.bench_router import register_router
+
+    sub = parser.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
+    register_overhead(sub)
+    register_router(sub)
