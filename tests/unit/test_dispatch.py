@@ -1,0 +1,276 @@
+"""Circuit breakers, retries before the first byte, recovery, deadlines and request limits."""
+
+from __future__ import annotations
+
+import asyncio
+import types
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp import web
+
+import gateway.dispatch as dispatch_mod
+from gateway.dispatch import CircuitBreaker, RetryPolicy
+from tests.doubles.openai_upstream import OpenAIUpstreamDouble
+from tests.unit.gateway_helpers import base_config, chat, gateway_client
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def monotonic(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    c = Clock()
+    monkeypatch.setattr(dispatch_mod, "time", types.SimpleNamespace(
+        monotonic=c.monotonic, perf_counter=c.monotonic))
+    return c
+
+
+def test_breaker_opens_after_threshold_and_half_opens_one_probe(clock: Clock) -> None:
+    b = CircuitBreaker(threshold=3, cooldown_s=2.0, max_cooldown_s=5.0)
+    for _ in range(2):
+        b.failure()
+        assert b.state == "closed" and b.allow()
+    b.failure()
+    assert b.state == "open" and not b.allow()
+    clock.t += 2.0
+    assert b.state == "half-open"
+    assert b.allow()          # the one probe
+    assert not b.allow()      # everyone else waits for its verdict
+    b.failure()               # the probe failed: open again, cooldown doubled
+    assert b.state == "open"
+    clock.t += 2.0
+    assert b.state == "open"
+    clock.t += 2.0
+    assert b.allow()
+    b.failure()
+    clock.t += 5.0            # doubled again, but capped at max_cooldown_s
+    assert b.allow()
+    b.success()               # the probe succeeded: closed, cooldown back to its base
+    assert b.state == "closed" and b.allow() and b.cooldown == 2.0
+
+
+def test_abandoned_or_lost_probe_frees_the_half_open_slot(clock: Clock) -> None:
+    b = CircuitBreaker(threshold=1, cooldown_s=1.0, probe_timeout_s=30.0)
+    b.failure()
+    clock.t += 1.0
+    assert b.allow() and not b.allow()
+    b.abandon()  # the probing request was cancelled: no verdict
+    assert b.allow()
+    clock.t += 31.0  # and a probe that never reports is presumed lost after its timeout
+    assert b.allow()
+
+
+# --------------------------------------------------------------------------- with upstreams
+
+
+class FlakyDouble(OpenAIUpstreamDouble):
+    """Fails the first ``fail_first`` requests with ``status``, then answers."""
+
+    fail_first: int = 0
+
+    async def _gate(self, body: dict[str, Any]) -> web.Response | None:
+        if self.fail_first > 0:
+            self.fail_first -= 1
+            self.received.append(body)
+            return web.json_response({"error": {"message": "busy"}}, status=self.status)
+        return await super()._gate(body)
+
+
+@pytest.fixture
+async def ups() -> AsyncIterator[tuple[FlakyDouble, FlakyDouble]]:
+    a = await FlakyDouble("coder-double").start()
+    b = await FlakyDouble("chatter-double").start()
+    yield a, b
+    await a.stop()
+    await b.stop()
+
+
+def _err(r: httpx.Response) -> dict[str, Any]:
+    body = r.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]  # type: ignore[no-any-return]
+
+
+async def test_transient_failure_of_the_last_expert_is_retried_with_jitter(ups, tmp_path: Path
+                                                                          ) -> None:
+    coder, _ = ups
+    coder.fail_first, coder.status = 1, 500
+    async with gateway_client(base_config(coder.base, ups[1].base), tmp_path) as (c, _gw):
+        r = await c.post("/v1/chat/completions", json=chat("coder", "x"))
+        assert r.status_code == 200
+        assert len(coder.received) == 2  # failed once, retried once, answered
+        m = (await c.get("/metrics")).text
+        assert 'expertgate_upstream_errors_total{expert="coder",kind="status"} 1.0' in m
+
+
+async def test_retry_is_bounded_in_attempts_then_502(ups, tmp_path: Path) -> None:
+    coder, _ = ups
+    coder.fail_first, coder.status = 10, 500
+    async with gateway_client(base_config(coder.base, ups[1].base), tmp_path) as (c, _):
+        r = await c.post("/v1/chat/completions", json=chat("coder", "x"))
+        assert r.status_code == 502 and _err(r)["code"] == "upstream_unavailable"
+        assert len(coder.received) == RetryPolicy().attempts_per_expert
+
+
+async def test_429_is_retried_in_place_before_the_fallback(ups, tmp_path: Path) -> None:
+    coder, chatter = ups
+    coder.fail_first, coder.status = 1, 429
+    async with gateway_client(base_config(coder.base, chatter.base), tmp_path) as (c, _):
+        r = await c.post("/v1/chat/completions", json=chat("auto", "fix this bug in my code"))
+        assert r.status_code == 200 and r.headers["x-expertgate-expert"] == "coder"
+        assert len(coder.received) == 2 and chatter.received == []
+
+
+async def test_retry_budget_spent_goes_straight_to_the_error(ups, tmp_path: Path) -> None:
+    coder, _ = ups
+    coder.fail_first, coder.status = 1, 503
+    async with gateway_client(base_config(coder.base, ups[1].base), tmp_path) as (c, gw):
+        gw.dispatcher.retry = RetryPolicy(budget_s=0.0)
+        r = await c.post("/v1/chat/completions", json=chat("coder", "x"))
+        assert r.status_code == 502
+        assert len(coder.received) == 1
+
+
+async def test_open_circuit_skips_the_replica_and_a_recovered_one_is_used_again(
+        ups, tmp_path: Path) -> None:
+    good, other = ups
+    dead = OpenAIUpstreamDouble("dead")  # never started: connection refused
+    cfg = base_config(good.base, other.base)
+    cfg["experts"][0] = {"name": "coder", "replicas": [dead.base, good.base], "timeout_s": 2}
+    async with gateway_client(cfg, tmp_path) as (c, gw):
+        pool = gw.dispatcher.pools["coder"]
+        for r in pool.replicas:
+            r.breaker.base_cooldown = r.breaker.cooldown = 0.3
+        # distinct prompts spread affinity over both replicas; every request still answers
+        for i in range(8):
+            r = await c.post("/v1/chat/completions", json=chat("coder", f"prompt {i}"))
+            assert r.status_code == 200
+        dead_rep = next(r for r in pool.replicas if r.base == dead.base)
+        assert dead_rep.breaker.state in ("open", "half-open")
+        assert dead_rep.breaker.failures == dead_rep.breaker.threshold  # then skipped
+        state = (await c.get("/admin/state")).json()["replicas"]["coder"]
+        assert {s["base"]: s["circuit"] for s in state}[good.base] == "closed"
+        # the dead replica comes back: after the cooldown a probe goes there, and it is used
+        await dead.start()
+        try:
+            await asyncio.sleep(0.35)
+            for i in range(8):
+                r = await c.post("/v1/chat/completions", json=chat("coder", f"again {i}"))
+                assert r.status_code == 200
+            assert dead_rep.breaker.state == "closed"
+            assert len(dead.received) >= 1
+        finally:
+            await dead.stop()
+
+
+async def test_expert_that_timed_out_is_used_again_by_itself(ups, tmp_path: Path) -> None:
+    """No permanent degradation after timeouts (Bifrost #5743)."""
+    coder, chatter = ups
+    coder.mode = "hang"
+    cfg = base_config(coder.base, chatter.base)
+    cfg["experts"][0]["timeout_s"] = 0.2
+    async with gateway_client(cfg, tmp_path) as (c, gw):
+        rep = gw.dispatcher.pools["coder"].replicas[0]
+        rep.breaker.base_cooldown = rep.breaker.cooldown = 0.3
+        for _ in range(3):
+            r = await c.post("/v1/chat/completions", json=chat("auto", "fix this bug in my code"))
+            assert r.status_code == 200 and r.headers["x-expertgate-expert"] == "chatter"
+        assert rep.breaker.state == "open"
+        r = await c.post("/v1/chat/completions", json=chat("auto", "fix this bug in my code"))
+        assert r.headers["x-expertgate-expert"] == "chatter"
+        assert "coder:circuit_open" in r.headers["x-expertgate-reason"]
+        coder.mode = "ok"
+        await asyncio.sleep(0.35)
+        r = await c.post("/v1/chat/completions", json=chat("auto", "fix this bug in my code"))
+        assert r.status_code == 200 and r.headers["x-expertgate-expert"] == "coder"
+        assert "x-expertgate-degraded" not in r.headers
+        assert rep.breaker.state == "closed"
+
+
+async def test_cancelled_probe_does_not_leave_the_expert_degraded(ups, tmp_path: Path) -> None:
+    coder, chatter = ups
+    coder.mode = "hang"
+    cfg = base_config(coder.base, chatter.base)
+    cfg["experts"][0]["timeout_s"] = 5
+    async with gateway_client(cfg, tmp_path) as (c, gw):
+        rep = gw.dispatcher.pools["coder"].replicas[0]
+        for _ in range(rep.breaker.threshold):
+            rep.breaker.failure()
+        rep.breaker.open_until = 0.0  # cooldown over: the next request is the probe
+        probe = asyncio.ensure_future(
+            c.post("/v1/chat/completions", json=chat("coder", "x")))
+        for _ in range(200):
+            if len(coder.received) == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert rep.breaker.probing
+        probe.cancel()  # the client went away mid-probe
+        with pytest.raises(asyncio.CancelledError):
+            await probe
+        assert not rep.breaker.probing
+        coder.mode = "ok"
+        r = await c.post("/v1/chat/completions", json=chat("coder", "x"))
+        assert r.status_code == 200 and rep.breaker.state == "closed"
+
+
+async def test_client_4xx_does_not_count_against_the_breaker(ups, tmp_path: Path) -> None:
+    coder, _ = ups
+    coder.mode, coder.status = "status", 400
+    async with gateway_client(base_config(coder.base, ups[1].base), tmp_path) as (c, gw):
+        for _ in range(5):
+            r = await c.post("/v1/chat/completions", json=chat("coder", "x"))
+            assert r.status_code == 400
+        assert gw.dispatcher.pools["coder"].replicas[0].breaker.state == "closed"
+
+
+async def test_request_deadline_bounds_the_whole_request(ups, tmp_path: Path) -> None:
+    coder, chatter = ups
+    coder.mode = chatter.mode = "hang"
+    async with gateway_client(base_config(coder.base, chatter.base), tmp_path,
+                              request_deadline_s=0.4) as (c, _):
+        r = await c.post("/v1/chat/completions", json=chat("auto", "fix this bug in my code"))
+        assert r.status_code == 504
+        assert _err(r)["code"] in ("upstream_timeout", "deadline_exceeded")
+        # the deadline, not the experts' 2 s timeouts, ended it: chatter was never reached or
+        # was given only what was left
+        assert len(coder.received) == 1 and len(chatter.received) <= 1
+
+
+@pytest.mark.parametrize("asked,sent", [(None, 16), (1000, 16), (8, 8)])
+async def test_policy_max_tokens_cap(ups, tmp_path: Path, asked: int | None, sent: int) -> None:
+    cfg = base_config(ups[0].base, ups[1].base, max_tokens_cap=16)
+    body = chat("auto", "tell me a joke")
+    if asked is not None:
+        body["max_tokens"] = asked
+    async with gateway_client(cfg, tmp_path) as (c, _):
+        r = await c.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200
+    assert ups[1].received[-1]["max_tokens"] == sent
+
+
+async def test_message_count_limit(ups, tmp_path: Path) -> None:
+    async with gateway_client(base_config(ups[0].base, ups[1].base), tmp_path,
+                              max_messages=2) as (c, _):
+        msgs = [{"role": "user", "content": "a"}] * 3
+        r = await c.post("/v1/chat/completions", json={"model": "auto", "messages": msgs})
+        assert r.status_code == 400 and _err(r)["param"] == "messages"
+        assert "too many messages" in _err(r)["message"]
+    assert ups[0].received == [] and ups[1].received == []
+
+
+async def test_body_limit_checked_before_reading_when_content_length_says_so(ups, tmp_path: Path
+                                                                             ) -> None:
+    async with gateway_client(base_config(ups[0].base, ups[1].base), tmp_path,
+                              max_body_bytes=100) as (c, _):
+        r = await c.post("/v1/chat/completions", content=b"{" + b" " * 200 + b"}",
+                         headers={"content-type": "application/json"})
+        assert r.status_code == 413 and _err(r)["code"] == "request_too_large"
