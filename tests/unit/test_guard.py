@@ -222,3 +222,13 @@ def test_save_load_round_trip_gives_the_same_decisions(tmp_path: object) -> None
     a = [d.to_dict() for d in g.decide(Xq, texts)]
     b = [d.to_dict() for d in g2.decide(Xq, texts)]
     assert a == b
+
+
+def test_knn_bank_is_capped_by_per_label_prototypes() -> None:
+    g, _, _ = _fit("knn", bank_size=30, target_frr=0.05)
+    assert g.bank_.shape == (30, DIM)  # 162 training rows -> 10 prototypes per label
+    assert sorted(np.bincount(g.bank_label_).tolist()) == [10, 10, 10]
+    assert np.allclose(np.linalg.norm(g.bank_, axis=1), 1.0, atol=1e-5)
+    assert all(v.rejected for v in g.verdict(_far()))
+    full, _, _ = _fit("knn", bank_size=None)
+    assert full.bank_.shape[0] == 162
