@@ -25,7 +25,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +47,13 @@ class LoadResult:
     p99_ms: float
     mean_ms: float
     max_ms: float
+    #: the first few non-2xx answers ("status N: body...") or socket errors, for diagnosis
+    error_samples: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d.pop("error_samples")
+        return d
 
 
 # Prompt shapes for distinct routed prompts: realistic lengths (15-30 tokens) so the embedding
@@ -192,10 +196,13 @@ def run_wrk(url: str, *, n: int, concurrency: int, body: bytes | None = None,
         raise LoadError(f"wrk did not complete {n} requests within {timeout_s:g}s "
                         f"({r['count']} done): {err[-300:]}")
     count = int(r["count"])
+    samples = [ln for ln in err.splitlines() if ln.startswith("status ")][:3]
+    if r["socket_errors"]:
+        samples.append(f"{r['socket_errors']} socket error(s) (connect/read/write/timeout)")
     return LoadResult(requests=count, errors=int(r["bad"]) + int(r["socket_errors"]),
                       elapsed_s=float(r["elapsed"]), rps=count / float(r["elapsed"]),
                       p50_ms=r["p50"] / 1e3, p90_ms=r["p90"] / 1e3, p99_ms=r["p99"] / 1e3,
-                      mean_ms=r["mean"] / 1e3, max_ms=r["max"] / 1e3)
+                      mean_ms=r["mean"] / 1e3, max_ms=r["max"] / 1e3, error_samples=samples)
 
 
 def stream_ttfb(url: str, body: bytes, n: int, timeout_s: float = 60.0,

@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from evals.bench_load import LoadError, run_wrk, stream_ttfb
-from evals.bench_proc import cpu_seconds, rss_bytes
+from evals.bench_proc import cpu_seconds, machine_info, rss_bytes
 from evals.bench_servers import (
     ROUTED_POLICY,
     Server,
@@ -106,19 +105,6 @@ def _fixed_body(model: str, text: str = "Say hello.", stream: bool = False) -> b
     return json.dumps(d, separators=(",", ":")).encode()
 
 
-def _machine() -> dict[str, Any]:
-    cpu = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(),
-            "python": platform.python_version(), "platform": platform.platform(),
-            "loadavg_start": list(os.getloadavg()),
-            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-
-
 def _single_embed_rate(embedder: str) -> dict[str, float] | None:
     """Requests/s that one-at-a-time embedding allows (1 / single-query p50)."""
     if embedder != "onnx":
@@ -140,12 +126,20 @@ def _single_embed_rate(embedder: str) -> dict[str, float] | None:
     return {"p50_ms": p50, "p99_ms": float(np.percentile(ts[20:], 99)), "rps": 1000.0 / p50}
 
 
+_ERROR_SAMPLES: dict[str, list[str]] = {}
+
+
 def _measure(t: _Target, c: int, prefix: str) -> dict[str, float]:
     pids = t.pids()
     cpu0 = cpu_seconds(pids)
     r = run_wrk(t.url, n=t.requests, concurrency=c, body=t.body, model=t.model, prefix=prefix,
                 headers=t.headers)
     cpu1 = cpu_seconds(pids)
+    if r.error_samples:
+        kept = _ERROR_SAMPLES.setdefault(t.path, [])
+        kept.extend(f"c{c}: {e[:300]}" for e in r.error_samples[: max(0, 5 - len(kept))])
+        print(f"  {t.path} c{c}: {r.errors} error(s), e.g. {r.error_samples[0][:300]}",
+              file=sys.stderr)
     row = r.to_dict()
     row["cpu_ms_per_req"] = (cpu1 - cpu0) * 1e3 / max(r.requests, 1)
     row["rss_mib"] = rss_bytes(t.pids()) / 2**20
@@ -296,7 +290,7 @@ def cmd_overhead(args: argparse.Namespace) -> int:
         print("bench overhead: need --rounds >= 1 and --requests >= the largest concurrency",
               file=sys.stderr)
         return 2
-    machine = _machine()
+    machine = machine_info()
     skipped: dict[str, str] = {}
     run_id = uuid.uuid4().hex[:8]
     with tempfile.TemporaryDirectory(prefix="expertgate-bench-") as tmpd, \
@@ -426,6 +420,7 @@ def cmd_overhead(args: argparse.Namespace) -> int:
                                            "request"},
               "paths": paths, "streams": streams, "rss_mib": rss,
               "single_embed": single, "targets": targets_out, "skipped": skipped,
+              "error_samples": dict(_ERROR_SAMPLES),
               "summary": ratio_lines}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

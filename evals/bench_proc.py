@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import platform
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["cpu_seconds", "process_tree", "rss_bytes"]
+__all__ = ["cpu_seconds", "machine_info", "process_tree", "rss_bytes"]
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -62,3 +65,17 @@ def rss_bytes(pids: Iterable[int]) -> int:
         except OSError:
             continue
     return total
+
+
+def machine_info() -> dict[str, object]:
+    """What a figure was measured on (and how busy the machine was when the run started)."""
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(),
+            "python": platform.python_version(), "platform": platform.platform(),
+            "loadavg_start": list(os.getloadavg()),
+            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

@@ -166,8 +166,9 @@ def gateway_available() -> str | None:
 def expertgate_config(stub: UpstreamStub, *, embedder: str = "onnx") -> dict[str, object]:
     """The gateway config the benchmark uses: two concrete experts and one routed policy.
 
-    The routed policy's threshold is 0 so every prompt routes (a rejection would be an
-    error in the figures, and the point is to time the decision, not the guard).
+    The routed policy's threshold is -1 (cosine's minimum) so every prompt routes, and a
+    rejection would fall back to ``stub`` anyway: the point is to time the decision, and a
+    400 would count as an error in the figures.
     """
     return {
         "experts": [
@@ -178,7 +179,8 @@ def expertgate_config(stub: UpstreamStub, *, embedder: str = "onnx") -> dict[str
         "policies": [{
             "name": ROUTED_POLICY,
             "router": "semantic",
-            "params": {"threshold": 0.0},
+            "params": {"threshold": -1.0},
+            "on_reject": {"action": "fallback", "expert": "stub"},
             "routes": [
                 {"name": "code", "expert": "stub",
                  "examples": ["fix this python function", "why does my rust code not compile",
