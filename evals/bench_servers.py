@@ -191,8 +191,9 @@ def expertgate_config(stub: UpstreamStub, *, embedder: str = "onnx") -> dict[str
             ],
             "cache_ttl_s": 3600,
         }],
-        "embedder": {"kind": embedder, "options": {"threads": 1}, "micro_batch": True,
-                     "max_batch": 32},
+        "embedder": {"kind": embedder,
+                     "options": {"threads": 1} if embedder in ("onnx", "minilm") else {},
+                     "micro_batch": True, "max_batch": 32},
     }
 
 
