@@ -226,6 +226,7 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
     from gateway.api import build_api
 
     api = build_api(gw)
+    _document_errors(api)
 
     async def lifespan(receive: Receive, send: Send) -> None:
         msg = await receive()
@@ -265,6 +266,50 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
     app.gateway = gw  # type: ignore[attr-defined]
     app.api = api  # type: ignore[attr-defined]
     return app
+
+
+_ERROR_STATUSES = ("400", "401", "403", "404", "413", "429", "502", "503", "504")
+_STREAMED = ("/v1/chat/completions", "/v1/completions")
+
+
+def _document_errors(api: Any) -> None:
+    """Make GET /openapi.json say what the gateway really answers.
+
+    Every operation can answer the OpenAI-shaped errors of gateway.errors (auth is checked on
+    all of them; a body that fails validation is a 400, never FastAPI's 422), and the two hot
+    endpoints stream ``text/event-stream`` when asked. Clients and schemathesis read this.
+    """
+    from gateway.api.protocol import ErrorResponse
+
+    generate = api.openapi
+
+    def openapi() -> dict[str, Any]:
+        doc: dict[str, Any] = generate()
+        if doc.get("x-expertgate-errors"):
+            return doc
+        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+        for name, sch in ErrorResponse.model_json_schema(
+                ref_template="#/components/schemas/{model}").get("$defs", {}).items():
+            schemas.setdefault(name, sch)
+        schemas.setdefault("ErrorResponse", {k: v for k, v in ErrorResponse.model_json_schema(
+            ref_template="#/components/schemas/{model}").items() if k != "$defs"})
+        err = {"description": "OpenAI-shaped error", "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+        for path, ops in doc.get("paths", {}).items():
+            for op in ops.values():
+                responses = op.setdefault("responses", {})
+                responses.pop("422", None)
+                for code in _ERROR_STATUSES:
+                    responses.setdefault(code, err)
+                if path == "/metrics" and "200" in responses:
+                    responses["200"]["content"] = {"text/plain": {"schema": {"type": "string"}}}
+                if path in _STREAMED and "200" in responses:
+                    responses["200"].setdefault("content", {})["text/event-stream"] = {
+                        "schema": {"type": "string"}}
+        doc["x-expertgate-errors"] = True
+        return doc
+
+    api.openapi = openapi
 
 
 async def _reload_logged(gw: Gateway) -> None:

@@ -103,7 +103,8 @@ def parse_payload(raw: bytes, endpoint: str, max_messages: int) -> dict[str, Any
             if not isinstance(m, dict):
                 raise InvalidRequest(f"messages[{i}] must be an object", param=f"messages.{i}")
             role = m.get("role")
-            if role not in _ROLES:
+            # a dict or list is unhashable: test the type before the set lookup (found by fuzz)
+            if not isinstance(role, str) or role not in _ROLES:
                 raise InvalidRequest(f"messages[{i}].role must be one of "
                                      f"{', '.join(sorted(_ROLES))}", param=f"messages.{i}.role")
             c = m.get("content")
