@@ -29,14 +29,17 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Literal
+from typing import IO, Any, Literal, Self
 
 __all__ = [
     "DEFAULT_CHAT_FORMAT",
+    "ChildServer",
+    "GatewayServer",
     "LlamaServer",
     "LocalExpertError",
     "cache_dir",
     "free_port",
+    "local_config",
     "model_path",
 ]
 
@@ -116,32 +119,33 @@ def model_path(name: ModelName | str, folder: Path | None = None) -> Path:
     raise LocalExpertError(f"unknown local model {name!r}; known: smollm2, gemma3")
 
 
-class LlamaServer:
-    """One ``llama_cpp.server`` child process serving one model under ``alias``."""
+class ChildServer:
+    """A loopback HTTP server run as a child process in its own session.
 
-    def __init__(self, alias: str, model_file: str | os.PathLike[str], port: int | None = None,
-                 n_threads: int = 1, chat_format: str | None = None, n_ctx: int = 2048,
+    Readiness is ``GET ready_path`` answering 200 within ``start_timeout_s``; its output goes
+    to ``log_path``; ``stop`` signals only the process group this object started.
+    """
+
+    kind = "server"
+    ready_path = "/"
+
+    def __init__(self, name: str, port: int | None = None,
                  log_path: str | os.PathLike[str] | None = None,
                  start_timeout_s: float = 120.0, stop_grace_s: float = 5.0,
-                 python: str | None = None) -> None:
-        self.alias = alias
-        self.model_file = Path(model_file)
+                 env: dict[str, str] | None = None) -> None:
+        self.name = name
         self.port = port if port is not None else free_port()
-        self.n_threads = n_threads
-        self.chat_format = chat_format
-        self.n_ctx = n_ctx
         self.log_path = Path(log_path) if log_path is not None else Path(
-            tempfile.gettempdir()) / f"expertgate-llama-{alias}-{self.port}.log"
+            tempfile.gettempdir()) / f"expertgate-{self.kind}-{name}-{self.port}.log"
         self.start_timeout_s = start_timeout_s
         self.stop_grace_s = stop_grace_s
-        self.python = python or sys.executable
+        self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
     @property
-    def base(self) -> str:
-        """The OpenAI-compatible base URL (``http://127.0.0.1:P/v1``)."""
-        return f"http://127.0.0.1:{self.port}/v1"
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -152,15 +156,15 @@ class LlamaServer:
         return self.proc is not None and self.proc.poll() is None
 
     def command(self) -> list[str]:
-        cmd = [self.python, "-m", "llama_cpp.server", "--model", str(self.model_file),
-               "--model_alias", self.alias, "--host", "127.0.0.1", "--port", str(self.port),
-               "--n_threads", str(self.n_threads),
-               # prompt processing would otherwise use every core (default 2 here)
-               "--n_threads_batch", str(self.n_threads),
-               "--n_ctx", str(self.n_ctx), "--verbose", "False"]
-        if self.chat_format:
-            cmd += ["--chat_format", self.chat_format]
-        return cmd
+        raise NotImplementedError
+
+    def check(self) -> None:
+        """Raise LocalExpertError when the server cannot start (before spawning it)."""
+
+    def child_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.env or {})
+        return env
 
     def log_tail(self, n: int = 2000) -> str:
         try:
@@ -168,36 +172,31 @@ class LlamaServer:
         except OSError:
             return ""
 
-    def start(self, wait: bool = True) -> LlamaServer:
+    def start(self, wait: bool = True) -> Self:
         if self.running:
             return self
-        if not self.model_file.is_file():
-            raise LocalExpertError(f"{self.alias}: model file {self.model_file} does not exist")
+        self.check()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
-        env = dict(os.environ)
-        env.setdefault("OMP_NUM_THREADS", str(self.n_threads))
         self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=env,
+                                     stdin=subprocess.DEVNULL, env=self.child_env(),
                                      start_new_session=True)
         if wait:
-            try:
-                self.wait_ready()
-            except LocalExpertError:
-                self.stop()
-                raise
+            self.wait_ready()
         return self
 
     def wait_ready(self) -> None:
-        """Poll ``GET /v1/models`` until it answers 200, the process dies or time runs out."""
+        """Poll the readiness URL until it answers 200, the process dies or time runs out.
+        On failure the process is stopped and the error carries the end of its log."""
         deadline = time.monotonic() + self.start_timeout_s
-        url = self.base + "/models"
+        url = self.url + self.ready_path
         while True:
             if self.proc is None or self.proc.poll() is not None:
                 code = None if self.proc is None else self.proc.returncode
-                raise LocalExpertError(f"{self.alias}: llama.cpp server exited (code {code}) "
-                                       f"before it was ready; log {self.log_path}:\n"
-                                       f"{self.log_tail()}")
+                tail = self.log_tail()
+                self.stop()
+                raise LocalExpertError(f"{self.kind} {self.name}: exited (code {code}) before "
+                                       f"it was ready; log {self.log_path}:\n{tail}")
             try:
                 with urllib.request.urlopen(url, timeout=2.0) as r:
                     if r.status == 200:
@@ -205,9 +204,11 @@ class LlamaServer:
             except (urllib.error.URLError, OSError, TimeoutError):
                 pass  # not listening yet
             if time.monotonic() > deadline:
-                raise LocalExpertError(f"{self.alias}: llama.cpp server not ready after "
+                tail = self.log_tail()
+                self.stop()
+                raise LocalExpertError(f"{self.kind} {self.name}: not ready after "
                                        f"{self.start_timeout_s:.0f}s on port {self.port}; log "
-                                       f"{self.log_path}:\n{self.log_tail()}")
+                                       f"{self.log_path}:\n{tail}")
             time.sleep(0.2)
 
     def stop(self) -> None:
@@ -215,7 +216,7 @@ class LlamaServer:
         proc = self.proc
         if proc is not None and proc.poll() is None:
             # the child leads its own session, so its pid is its process-group id and
-            # nothing else is ever signalled
+            # nothing but what it started is ever signalled
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
             try:
@@ -229,9 +230,134 @@ class LlamaServer:
             self._log.close()
             self._log = None
 
-    def __enter__(self) -> LlamaServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+class LlamaServer(ChildServer):
+    """One ``llama_cpp.server`` child process serving one model under ``alias``."""
+
+    kind = "llama.cpp"
+    ready_path = "/v1/models"
+
+    def __init__(self, alias: str, model_file: str | os.PathLike[str], port: int | None = None,
+                 n_threads: int = 1, chat_format: str | None = None, n_ctx: int = 2048,
+                 log_path: str | os.PathLike[str] | None = None,
+                 start_timeout_s: float = 120.0, stop_grace_s: float = 5.0,
+                 python: str | None = None) -> None:
+        super().__init__(alias, port, log_path, start_timeout_s, stop_grace_s,
+                         env={"OMP_NUM_THREADS": str(n_threads)})
+        self.alias = alias
+        self.model_file = Path(model_file)
+        self.n_threads = n_threads
+        self.chat_format = chat_format
+        self.n_ctx = n_ctx
+        self.python = python or sys.executable
+
+    @property
+    def base(self) -> str:
+        """The OpenAI-compatible base URL (``http://127.0.0.1:P/v1``)."""
+        return self.url + "/v1"
+
+    def check(self) -> None:
+        if not self.model_file.is_file():
+            raise LocalExpertError(f"{self.alias}: model file {self.model_file} does not exist")
+
+    def command(self) -> list[str]:
+        cmd = [self.python, "-m", "llama_cpp.server", "--model", str(self.model_file),
+               "--model_alias", self.alias, "--host", "127.0.0.1", "--port", str(self.port),
+               "--n_threads", str(self.n_threads),
+               # prompt processing would otherwise use every core (default 2 here)
+               "--n_threads_batch", str(self.n_threads),
+               "--n_ctx", str(self.n_ctx), "--verbose", "False"]
+        if self.chat_format:
+            cmd += ["--chat_format", self.chat_format]
+        return cmd
+
+    @classmethod
+    def for_model(cls, name: ModelName | str, port: int | None = None, **kw: Any
+                  ) -> LlamaServer:
+        """A server for ``"smollm2"`` or ``"gemma3"`` with its model file and chat format."""
+        kw.setdefault("chat_format", DEFAULT_CHAT_FORMAT.get(name))
+        return cls(name, model_path(name), port, **kw)
+
+
+class GatewayServer(ChildServer):
+    """``expertgate serve`` as a child process (what a user runs), ready on ``/healthz``.
+
+    Without ``redis_url`` it runs embedded (in-process cache, JSONL routing log at
+    ``log_path`` of the routing log, next to the server's own output by default).
+    """
+
+    kind = "gateway"
+    ready_path = "/healthz"
+
+    def __init__(self, config: str | os.PathLike[str], port: int | None = None,
+                 redis_url: str | None = None, routing_log: str | os.PathLike[str] | None = None,
+                 log_path: str | os.PathLike[str] | None = None,
+                 start_timeout_s: float = 180.0, stop_grace_s: float = 10.0,
+                 python: str | None = None, env: dict[str, str] | None = None) -> None:
+        super().__init__("gateway", port, log_path, start_timeout_s, stop_grace_s)
+        self.config = Path(config)
+        self.redis_url = redis_url
+        self.routing_log = Path(routing_log) if routing_log is not None else (
+            self.log_path.with_suffix(".routing-log.jsonl"))
+        self.python = python or sys.executable
+        self.extra_env = dict(env or {})
+
+    def command(self) -> list[str]:
+        cmd = [self.python, "-m", "gateway.cli", "serve", "--config", str(self.config),
+               "--host", "127.0.0.1", "--port", str(self.port)]
+        if self.redis_url:
+            cmd += ["--redis-url", self.redis_url]
+        return cmd
+
+    def child_env(self) -> dict[str, str]:
+        # the child must not inherit a Redis URL or config from this shell: it runs exactly
+        # what it was given
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("EXPERTGATE_REDIS_URL", "EXPERTGATE_CONFIG")}
+        env.update({"EXPERTGATE_LOG_PATH": str(self.routing_log), "HF_HUB_OFFLINE": "1",
+                    "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+        env.update(self.extra_env)
+        return env
+
+
+def local_config(src: str | os.PathLike[str], dest: str | os.PathLike[str],
+                 ports: dict[str, int]) -> Path:
+    """Copy the YAML config ``src`` to ``dest`` with each named expert's ``api_base`` (and
+    replicas) pointed at ``127.0.0.1:<ports[name]>``; relative artifact paths are made
+    absolute so the copy works from any folder. Returns ``dest``."""
+    import yaml
+
+    src_p = Path(src)
+    data = yaml.safe_load(src_p.read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("experts"), list):
+        raise LocalExpertError(f"{src_p}: not a gateway config (no experts list)")
+    seen = set()
+    for e in data["experts"]:
+        name = e.get("name") if isinstance(e, dict) else None
+        if name in ports:
+            e["api_base"] = f"http://127.0.0.1:{ports[name]}/v1"
+            e.pop("replicas", None)
+            seen.add(name)
+    missing = sorted(set(ports) - seen)
+    if missing:
+        raise LocalExpertError(f"{src_p}: no expert(s) named {', '.join(missing)}")
+    base = src_p.resolve().parent
+    for pol in data.get("policies") or []:
+        if not isinstance(pol, dict):
+            continue
+        if pol.get("artifact") and not Path(pol["artifact"]).is_absolute():
+            pol["artifact"] = str(base / pol["artifact"])
+        g = pol.get("guard")
+        if isinstance(g, dict) and g.get("artifact") and not Path(g["artifact"]).is_absolute():
+            g["artifact"] = str(base / g["artifact"])
+    out = Path(dest)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    return out
