@@ -75,7 +75,7 @@ def test_targets_are_judged() -> None:
         "litellm": {"c1": {"added_p99_ms": 30.0, "errors": 0}},
         "routed_miss": {"c1": {"added_p50_ms": 3.0, "added_p99_ms": 12.0, "errors": 1}},
     }
-    got = {t["target"]: t["met"] for t in _targets(paths, [1], None)}
+    got = {t["target"]: t["met"] for t in _targets(paths, [1], None, {"direct": {"errors": 0}})}
     assert got["passthrough added p99 / floor added p99 at c1"] is False  # 3x > 2x
     assert got["passthrough added p50 at c1 (ms)"] is True
     assert got["litellm added p99 / passthrough added p99 at c1"] is True  # 10x >= 5x
@@ -83,7 +83,7 @@ def test_targets_are_judged() -> None:
     assert got["routed_miss added p50 at c1 (ms)"] is True
     assert got["routed_miss added p99 at c1 (ms)"] is False
     assert got["routed_hit added p50 at c1 (ms)"] is None  # not measured -> n/a, not "met"
-    assert got["errors (all paths, all runs)"] is False
+    assert got["errors (all paths and streams, all runs)"] is False
 
 
 def test_distinct_prompts_differ() -> None:
