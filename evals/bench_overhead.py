@@ -242,17 +242,18 @@ def _plot(paths: dict[str, Any], concs: list[int], out: Path, title: str) -> Non
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    # one fixed colour per path in every panel (direct has no "added" curve)
+    colour = {p: f"C{i}" for i, p in enumerate(PATHS)}
     for path in PATHS:
-        if path not in paths or path == "direct":
+        if path not in paths:
             continue
         cs = [c for c in concs if f"c{c}" in paths[path]]
-        for ax, key in zip(axes[:2], ("added_p50_ms", "added_p99_ms"), strict=True):
-            ax.plot(cs, [max(paths[path][f"c{c}"][key], _MIN_ADDED_MS) for c in cs], "o-",
-                    label=path)
-    for path in PATHS:
-        if path in paths:
-            cs = [c for c in concs if f"c{c}" in paths[path]]
-            axes[2].plot(cs, [paths[path][f"c{c}"]["rps"] for c in cs], "o-", label=path)
+        if path != "direct":
+            for ax, key in zip(axes[:2], ("added_p50_ms", "added_p99_ms"), strict=True):
+                ax.plot(cs, [max(paths[path][f"c{c}"][key], _MIN_ADDED_MS) for c in cs],
+                        "o-", color=colour[path], label=path)
+        axes[2].plot(cs, [paths[path][f"c{c}"]["rps"] for c in cs], "o-",
+                     color=colour[path], label=path)
     for ax, ttl in zip(axes, ("added latency p50 (ms)", "added latency p99 (ms)",
                               "throughput (req/s)"), strict=True):
         ax.set_xscale("log", base=2)
@@ -261,7 +262,8 @@ def _plot(paths: dict[str, Any], concs: list[int], out: Path, title: str) -> Non
         ax.set_xlabel("concurrency")
         ax.set_title(ttl)
         ax.grid(True, which="both", alpha=0.3)
-    axes[2].legend(fontsize=8)
+    for ax in axes:
+        ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
