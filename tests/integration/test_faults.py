@@ -337,10 +337,17 @@ def _llama_available() -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(not _llama_available(), reason="llama-cpp-python or SmolLM2 not installed")
 async def test_faults_against_real_llama_cpp_experts(tmp_path: Path) -> None:
-    from gateway.local_experts import LlamaServer
+    from gateway.local_experts import LlamaServer, model_path
 
-    a = LlamaServer.for_model("smollm2", log_path=tmp_path / "llama-a.log")
-    b = LlamaServer.for_model("smollm2", log_path=tmp_path / "llama-b.log")
+    class QueueingLlama(LlamaServer):
+        # llama-cpp-python's default (interrupt_requests=True) ends the stream in progress
+        # whenever another request waits, which under concurrency cuts most streams mid-way;
+        # queue them instead, as a served model would
+        def command(self) -> list[str]:
+            return [*super().command(), "--interrupt_requests", "False"]
+
+    a = QueueingLlama("smollm2", model_path("smollm2"), log_path=tmp_path / "llama-a.log")
+    b = QueueingLlama("smollm2", model_path("smollm2"), log_path=tmp_path / "llama-b.log")
     await asyncio.gather(asyncio.to_thread(a.start), asyncio.to_thread(b.start))
     cfg = gateway_config(a.base, b.base, coder_timeout_s=30)
     # llama.cpp serves its alias whatever the name: send it the alias
