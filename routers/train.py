@@ -29,6 +29,7 @@ from routers.tradeoff import strong_weak
 __all__ = [
     "TrainResult",
     "apgr_curve",
+    "decision_latency",
     "evaluate_router",
     "parse_params",
     "split_table",
@@ -155,6 +156,37 @@ def _r(x: float) -> float | None:
     return round(x, 6) if np.isfinite(x) else None
 
 
+def decision_latency(router: Router, X: np.ndarray, texts: Sequence[str], *,
+                     batch_sizes: Sequence[int] = (1, 32), max_queries: int = 256,
+                     min_calls: int = 20) -> dict[str, dict[str, float]]:
+    """Router-only decision time per query (embeddings precomputed), per batch size.
+
+    Calls ``decide`` on consecutive batches of ``X`` (cycling, at least ``min_calls`` calls
+    and ``max_queries`` queries per size) and reports p50 and p99 of the time per query
+    in milliseconds, plus the mean.
+    """
+    X = np.asarray(X, dtype=np.float32)
+    n = len(X)
+    if n == 0:
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    router.decide(X[:1], list(texts[:1]))  # warm caches
+    for bs in batch_sizes:
+        calls = max(min_calls, -(-max_queries // bs))
+        per_query = []
+        for c in range(calls):
+            idx = (np.arange(bs) + c * bs) % n
+            batch_texts = [texts[i] for i in idx]
+            t0 = time.perf_counter()
+            router.decide(X[idx], batch_texts)
+            per_query.append((time.perf_counter() - t0) * 1000 / bs)
+        a = np.asarray(per_query)
+        out[f"batch_{bs}"] = {"p50_ms": round(float(np.percentile(a, 50)), 4),
+                              "p99_ms": round(float(np.percentile(a, 99)), 4),
+                              "mean_ms": round(float(a.mean()), 4), "calls": calls}
+    return out
+
+
 class TrainResult:
     """What :func:`train_router` returns: the fitted router, the metrics, the artifact path."""
 
@@ -167,11 +199,13 @@ class TrainResult:
 def train_router(name: str, table: RoutingTable, X: np.ndarray, *,
                  params: Mapping[str, Any] | None = None, seed: int = 0, val: float = 0.1,
                  test: float = 0.2, out: str | Path | None = None,
-                 embedder: Any = None, embedder_name: str | None = None) -> TrainResult:
+                 embedder: Any = None, embedder_name: str | None = None,
+                 latency: bool = False) -> TrainResult:
     """Split by prompt, fit on train, measure on validation and test, save to ``out``.
 
     ``X`` holds one embedding per prompt of ``table``. ``embedder`` is passed to ``fit`` of
-    routers that accept it (the guard embeds its unsafe seeds with it).
+    routers that accept it (the guard embeds its unsafe seeds with it). ``latency`` adds
+    :func:`decision_latency` on the test (else validation, else train) prompts.
     """
     X = np.asarray(X, dtype=np.float32)
     if X.ndim != 2 or X.shape[0] != len(table):
@@ -194,6 +228,9 @@ def train_router(name: str, table: RoutingTable, X: np.ndarray, *,
         metrics["validation"] = evaluate_router(router, X[va], table.subset(va))
     if len(te):
         metrics["test"] = evaluate_router(router, X[te], table.subset(te))
+    if latency:
+        part = te if len(te) else va if len(va) else tr
+        metrics["latency"] = decision_latency(router, X[part], [table.prompts[i] for i in part])
     path = None
     if out is not None:
         path = router.save(out, metrics=metrics, data_hash=table.content_hash(),

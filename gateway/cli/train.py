@@ -54,6 +54,8 @@ def register(sub: Any, name: str) -> None:
         p.add_argument("--test", type=float, default=0.2, help="test fraction")
         p.add_argument("--cache-dir", default=None, help="embedding cache folder")
         p.add_argument("--json", action="store_true", help="print metrics as JSON")
+        p.add_argument("--latency", action="store_true", help="also measure router-only "
+                       "decision latency per query at batch 1 and 32 (embeddings precomputed)")
         p.set_defaults(func=_train)
     elif name == "routers":
         p = sub.add_parser(name, help="router registry")
@@ -144,6 +146,9 @@ def _print_metrics(m: dict[str, Any]) -> None:
         singles = ", ".join(f"{e} {v['quality']:.3f}" for e, v in r["single_expert"].items()
                             if v["quality"] is not None)
         print(f"{'':10s} single experts: {singles}")
+    for bs, lat in (m.get("latency") or {}).items():
+        print(f"latency {bs.replace('_', ' ')}: p50 {lat['p50_ms']:.3f} ms/query, "
+              f"p99 {lat['p99_ms']:.3f} ms/query ({lat['calls']} calls)")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -167,7 +172,7 @@ def _train(args: argparse.Namespace) -> int:
         X = embed_cached(embedder, table.prompts, args.cache_dir, progress=True)
         result = train_router(args.router, table, X, params=params, seed=args.seed,
                               val=args.val, test=args.test, out=args.out, embedder=embedder,
-                              embedder_name=embedder.name)
+                              embedder_name=embedder.name, latency=args.latency)
     except (RouterError, EmbedderError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
