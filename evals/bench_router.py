@@ -62,6 +62,23 @@ def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 5) -> dict[
             "mean_ms": round(float(ts.mean()), 4), "calls": repeats}
 
 
+def _interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 5
+                 ) -> dict[str, dict[str, float]]:
+    """Like :func:`time_calls` for several functions, called in turn within each repeat."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    ts = {n: np.empty(repeats) for n in fns}
+    for i in range(repeats):
+        for n, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            ts[n][i] = (time.perf_counter() - t) * 1e3
+    return {n: {"p50_ms": round(float(np.percentile(v, 50)), 4),
+                "p99_ms": round(float(np.percentile(v, 99)), 4),
+                "mean_ms": round(float(v.mean()), 4), "calls": repeats} for n, v in ts.items()}
+
+
 _CATS = ["code", "math", "law", "medicine", "chat"]
 _MODELS = ["small-1b", "mid-8b", "large-70b", "code-7b"]
 
@@ -175,13 +192,16 @@ def bench_embedders(texts: list[str], repeats: int, skip_torch: bool, skip_stati
     built["hashing"] = HashingEmbedder(512)
     ref_name = "torch" if "torch" in built else "onnx"
     ref = built[ref_name].embed(texts[:64])
+    # backends are timed interleaved (one call of each in turn), so a burst of load from
+    # other processes hits all of them alike instead of whichever ran at that moment
+    b1 = _interleaved({n: (lambda e=e, i=iter(range(10**9)): e.embed([texts[next(i) % len(texts)]]))
+                       for n, e in built.items()}, repeats)
+    b32 = _interleaved({n: (lambda e=e: e.embed(texts[:32])) for n, e in built.items()},
+                       max(repeats // 10, 5), warmup=2)
     for name, e in built.items():
-        row: dict[str, Any] = {"dim": e.dim, "name": e.name}
-        i = iter(range(10**9))
-        row["b1"] = time_calls(lambda e=e, i=i: e.embed([texts[next(i) % len(texts)]]), repeats)
-        row["b32"] = time_calls(lambda e=e: e.embed(texts[:32]), max(repeats // 10, 5), 2)
+        row: dict[str, Any] = {"dim": e.dim, "name": e.name, "b1": b1[name], "b32": b32[name]}
         row["b32"]["per_text_ms"] = round(row["b32"]["p50_ms"] / 32, 4)
-        if e.dim == ref.shape[1] and name not in ("hashing",):
+        if e.dim == ref.shape[1] and name != "hashing":
             V = e.embed(texts[:64])
             row[f"cosine_to_{ref_name}_min"] = round(float((V * ref).sum(1).min()), 5)
             row[f"cosine_to_{ref_name}_mean"] = round(float((V * ref).sum(1).mean()), 5)
