@@ -236,7 +236,42 @@ def bench_batching(embedder: Any, texts: list[str], concurrency: int = 16,
                       "passes": b.stats.passes}
     out["speedup"] = round(out["micro_batched"]["texts_per_s"]
                            / out["one_per_pass"]["texts_per_s"], 2)
+    out["c1_dispatch"] = batcher_dispatch_cost()
     return out
+
+
+def batcher_dispatch_cost(calls: int = 400) -> dict[str, float]:
+    """What the batcher adds at concurrency 1: a trivial embed fn through MicroBatcher vs the
+    same fn through a plain one-thread executor (the least any off-loop call costs)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from routers.batching import MicroBatcher
+
+    row = np.zeros((1, 4), np.float32)
+
+    def fn(texts: list[str]) -> np.ndarray:
+        return row
+
+    async def run() -> dict[str, float]:
+        loop = asyncio.get_running_loop()
+        ex = ThreadPoolExecutor(max_workers=1)
+        b = MicroBatcher(fn)
+        plain, batched = np.empty(calls), np.empty(calls)
+        for i in range(calls):
+            t = time.perf_counter()
+            await loop.run_in_executor(ex, fn, ["x"])
+            plain[i] = time.perf_counter() - t
+            t = time.perf_counter()
+            await b.embed("x")
+            batched[i] = time.perf_counter() - t
+        await b.close()
+        ex.shutdown()
+        return {"executor_p50_us": round(float(np.percentile(plain, 50)) * 1e6, 1),
+                "batcher_p50_us": round(float(np.percentile(batched, 50)) * 1e6, 1),
+                "executor_p99_us": round(float(np.percentile(plain, 99)) * 1e6, 1),
+                "batcher_p99_us": round(float(np.percentile(batched, 99)) * 1e6, 1)}
+
+    return asyncio.run(run())
 
 
 @contextlib.contextmanager
@@ -347,6 +382,10 @@ def _print(result: dict[str, Any]) -> None:
               f"one per pass {b['one_per_pass']['texts_per_s']:.0f}/s, micro-batched "
               f"{b['micro_batched']['texts_per_s']:.0f}/s (mean batch "
               f"{b['micro_batched']['mean_batch']:.1f}): x{b['speedup']:.2f}")
+        d = b["c1_dispatch"]
+        print(f"micro-batcher at concurrency 1 (trivial embed fn): p50 {d['batcher_p50_us']:.0f} "
+              f"us vs {d['executor_p50_us']:.0f} us for a plain executor call (p99 "
+              f"{d['batcher_p99_us']:.0f} vs {d['executor_p99_us']:.0f} us)")
 
 
 def cmd_router(args: argparse.Namespace) -> int:

@@ -213,6 +213,8 @@ def test_batching_bench_batches_concurrent_callers() -> None:
     assert out["one_per_pass"]["passes"] == 64
     assert out["micro_batched"]["mean_batch"] > 1.0
     assert out["micro_batched"]["passes"] < 64
+    assert set(out["c1_dispatch"]) == {"executor_p50_us", "batcher_p50_us", "executor_p99_us",
+                                       "batcher_p99_us"}
 
 
 @needs_nginx
