@@ -300,11 +300,11 @@ async def _generate(gw: Gateway, scope: Scope, receive: Receive, send: Send, ctx
     pset = gw.policy_set
     rt = pset.policies.get(model)
     cfg = pset.config
-    key = principal.key
-    if key is not None and (key.requests_per_minute or key.tokens_per_minute):
-        limits = Limits(key.requests_per_minute, key.tokens_per_minute)
+    api_key = principal.key
+    if api_key is not None and (api_key.requests_per_minute or api_key.tokens_per_minute):
+        limits = Limits(api_key.requests_per_minute, api_key.tokens_per_minute)
         est = estimate_tokens(payload, rt.config.max_tokens_cap if rt is not None else None)
-        ctx.key_id = key.sha256[:16]
+        ctx.key_id = api_key.sha256[:16]
         ctx.rate = await gw.ratelimiter.acquire(ctx.key_id, limits, est)
         if not ctx.rate.allowed:
             raise ctx.rate.error()

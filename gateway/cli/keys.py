@@ -83,7 +83,8 @@ def cmd_add(args: argparse.Namespace) -> int:
     try:
         pipe = r.pipeline()
         pipe.delete(KEY_PREFIX + digest)  # replace, never merge with an older record
-        pipe.hset(KEY_PREFIX + digest, mapping=key_record(cfg))
+        record: dict[Any, Any] = dict(key_record(cfg))
+        pipe.hset(KEY_PREFIX + digest, mapping=record)
         pipe.execute()
     finally:
         r.close()
