@@ -7,11 +7,13 @@ perceptron). ``calibration`` ``sigmoid`` or ``isotonic`` wraps each model in a
 cross-validated calibrator (scikit-learn ``CalibratedClassifierCV``) so the probabilities can
 be compared across experts; ``none`` keeps the raw probabilities (logistic regression is
 already reasonably calibrated). An expert that always (or never) succeeded in training gets
-that constant rate. The choice uses the shared knob of :mod:`routers.tradeoff`.
+that constant rate. Optimiser non-convergence is recorded in ``fit_notes_`` (and the
+artifact) instead of raised. The choice uses the shared knob of :mod:`routers.tradeoff`.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -50,7 +52,7 @@ class ClassifierRouter(QualityRouter):
     _param_names = ("model", "C", "hidden", "calibration", "success_threshold",
                     "cost_weight", "threshold", "seed")
     _array_attrs = ("constant_", "costs_")
-    _json_attrs = ("experts_", "dim_")
+    _json_attrs = ("experts_", "dim_", "fit_notes_")
     _skops_attrs = ("models_",)
 
     def __init__(self, model: str = "logreg", C: float = 1.0, hidden: int = 64,
@@ -74,7 +76,10 @@ class ClassifierRouter(QualityRouter):
             raise RouterError(f"classifier: calibration must be one of {', '.join(CALIBRATIONS)}")
         if not float(self.C) > 0 or int(self.hidden) < 1:
             raise RouterError("classifier: C must be > 0 and hidden >= 1")
+        from sklearn.exceptions import ConvergenceWarning
+
         models: list[Any] = []
+        notes: list[str] = []
         const = np.full(S.shape[1], np.nan)
         for j in range(S.shape[1]):
             rows = np.isfinite(S[:, j])
@@ -88,9 +93,17 @@ class ClassifierRouter(QualityRouter):
             clf = make_success_classifier(self.model, C=float(self.C), hidden=int(self.hidden),
                                           calibration=self.calibration, n_pos=n_pos,
                                           n_neg=n_neg, seed=int(self.seed))
-            clf.fit(X[rows], y)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ConvergenceWarning)
+                clf.fit(X[rows], y)
+            for w in caught:
+                if issubclass(w.category, ConvergenceWarning):
+                    notes.append(f"{table.models[j]}: optimiser stopped before converging")
+                else:  # only the convergence note is recorded instead of raised
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
             models.append(clf)
         self.models_ = models
+        self.fit_notes_ = notes
         self.constant_ = const
         self.experts_ = list(table.models)
         self.costs_ = table.mean_costs()

@@ -124,15 +124,15 @@ class LoraRouter(QualityRouter):
         thr = None if self.threshold is None else float(self.threshold)
         order = preference_order(Q, np.asarray(self.costs_), cost_weight=float(self.cost_weight),
                                  threshold=thr)
+        min_sim = self.min_similarity
         out = []
         for i in range(len(X)):
             near = int(np.argmax(sims[i]))
             targets = [Target(self.adapters_[j], float(Q[i, j])) for j in order[i]]
             base = Target(self.base_model, float("nan"))
-            low = self.min_similarity is not None and sims[i, near] < float(self.min_similarity)
-            if low:
+            if min_sim is not None and sims[i, near] < float(min_sim):
                 reason = (f"lora: no adapter similar enough (best {self.adapters_[near]} "
-                          f"{sims[i, near]:.2f} < {float(self.min_similarity):.2f}); base model")
+                          f"{sims[i, near]:.2f} < {float(min_sim):.2f}); base model")
                 targets = [base, *targets]
             else:
                 reason = (f"lora: adapter {targets[0].expert} predicted quality "

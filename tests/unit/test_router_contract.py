@@ -142,3 +142,126 @@ def test_unfitted_router_refuses() -> None:
         router, X, _ = build(name)
         with pytest.raises(RouterError):
             router.decide(X[:1], ["x"])
+
+
+# --------------------------------------------------------------------------- family specifics
+
+
+def test_tradeoff_knobs() -> None:
+    from routers.tradeoff import choose, preference_order, strong_weak
+
+    Q = np.array([[0.6, 0.9], [0.8, 0.85], [0.2, 0.2]])
+    costs = np.array([0.01, 1.0])
+    assert strong_weak(costs) == (1, 0)
+    assert choose(Q, costs, cost_weight=0.0).tolist() == [1, 1, 0]  # tie -> cheaper
+    assert choose(Q, costs, cost_weight=0.2).tolist() == [1, 0, 0]
+    assert choose(Q, costs, threshold=0.1).tolist() == [1, 0, 0]
+    assert choose(Q, costs, threshold=0.5).tolist() == [0, 0, 0]
+    order = preference_order(Q, costs, cost_weight=0.2)
+    assert order[:, 0].tolist() == [1, 0, 0] and sorted(order[0].tolist()) == [0, 1]
+    three = np.array([[0.5, 0.7, 0.72]])
+    assert choose(three, np.array([1.0, 2.0, 3.0]), threshold=0.05).tolist() == [1]
+
+
+def test_knn_handles_missing_scores() -> None:
+    X, table = synthetic_table(60)
+    table.scores[:, 2] = np.nan
+    table.scores[0, 2] = 1.0  # "strong" scored once only
+    Q = make_router("knn", k=5).fit(X, table).predict_quality(X)
+    assert np.all(np.isfinite(Q))
+    with pytest.raises(RouterError, match="without any score"):
+        table.scores[:, 2] = np.nan
+        make_router("knn").fit(X, table)
+
+
+def test_category_needs_categories() -> None:
+    X, table = synthetic_table(30)
+    table.categories = None
+    with pytest.raises(RouterError, match="category"):
+        make_router("category").fit(X, table)
+
+
+def test_complexity_budget_and_quality_target() -> None:
+    X, table = synthetic_table(120, missing=False)
+    r = make_router("complexity", max_strong_share=0.2).fit(X, table)
+    assert r.calibration_["val_strong_share"] <= 0.2 + 1e-9
+    d = r.decide(X, table.prompts)
+    share = np.mean([x.expert == r.experts_[r.strong_] for x in d])
+    assert 0.0 <= share <= 0.6  # calibrated on validation; loose on the full set
+    t = make_router("complexity", max_strong_share=None, quality_target=0.0).fit(X, table)
+    assert t.calibration_["target_met"] and t.calibration_["val_strong_share"] == 0.0
+    with pytest.raises(RouterError, match="exactly one"):
+        make_router("complexity", max_strong_share=0.3, quality_target=0.8).fit(X, table)
+
+
+def test_skills_ensemble_and_aggregator() -> None:
+    X, table = synthetic_table(60)
+    r = make_router("skills", k=2, aggregator="mid").fit(X, table)
+    d = r.decide(X[:3], table.prompts[:3])
+    assert all(x.mode == "ensemble" and x.aggregator == "mid" and len(x.targets) == 2
+               for x in d)
+    single = make_router("skills", k=1, use_categories=False, n_skills=3).fit(X, table)
+    assert single.decide(X[:1], ["x"])[0].mode == "single"
+    assert single.skills_ == ["skill-0", "skill-1", "skill-2"]
+    with pytest.raises(RouterError, match="aggregator"):
+        make_router("skills", aggregator="nobody").fit(X, table)
+
+
+def test_cluster_learns_online() -> None:
+    X, table = synthetic_table(60)
+    r = make_router("cluster", n_clusters=3, prior_strength=0.0).fit(X, table)
+    before = r.predict_quality(X[:1])[0].copy()
+    c = int(r.assign(X[:1])[0])
+    cent = r.centroids_[c].copy()
+    r.partial_fit(np.repeat(X[:1], 50, axis=0), ["cheap"] * 50, [1.0] * 50)
+    after = r.predict_quality(X[:1])[0]
+    assert after[0] > before[0] or before[0] == 1.0
+    assert not np.allclose(r.centroids_[c], cent) or np.allclose(cent, X[0], atol=1e-6)
+    assert r.decide(X[:1], ["x"])[0].expert == "cheap"
+    with pytest.raises(RouterError, match="unknown expert"):
+        r.partial_fit(X[:1], ["nobody"], [1.0])
+    with pytest.raises(RouterError, match="rewards"):
+        r.partial_fit(X[:1], ["cheap"], [2.0])
+
+
+def test_lora_from_adapter_examples() -> None:
+    from routers.lora import adapters_to_table
+
+    adapters = [{"name": "sql", "examples": ["a", "b", "c"]},
+                {"name": "legal", "description": "d", "examples": ["e", "f"]}]
+    table = adapters_to_table(adapters)
+    assert table.models == ["sql", "legal"] and len(table) == 6
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(2, DIM))
+    X = np.stack([centres[0 if c == "sql" else 1] + 0.05 * rng.normal(size=DIM)
+                  for c in table.categories or []]).astype(np.float32)
+    r = make_router("lora", base_model="base", adapters=adapters, k=3,
+                    min_similarity=0.5).fit(X, table)
+    q = (centres[1] / np.linalg.norm(centres[1]))[None].astype(np.float32)
+    d = r.decide(q, ["legal question"])[0]
+    assert [t.expert for t in d.targets] == ["legal", "sql", "base"]
+    far = -q
+    assert r.decide(far, ["unrelated"])[0].targets[0].expert == "base"
+    with pytest.raises(RouterError, match="not in 'adapters'"):
+        make_router("lora", base_model="b", adapters=adapters[:1]).fit(X, table)
+    with pytest.raises(RouterError, match="base_model"):
+        make_router("lora").fit(X, table)
+
+
+@pytest.mark.parametrize("params", [{"model": "mlp", "hidden": 8},
+                                    {"calibration": "isotonic"}])
+def test_classifier_variants(params: dict[str, Any]) -> None:
+    X, table = synthetic_table(60)
+    Q = make_router("classifier", **params).fit(X, table).predict_quality(X)
+    assert Q.shape == (60, 3) and np.all((Q >= 0) & (Q <= 1))
+
+
+def test_mf_learns_a_pattern() -> None:
+    """Expert 'strong' succeeds exactly on one cluster: mf ranks it first there."""
+    X, table = synthetic_table(90, missing=False)
+    y = np.array([["math", "law", "chat"].index(c) for c in table.categories or []])
+    table.scores[:] = 0.5
+    table.scores[:, 2] = (y == 0).astype(float)
+    r = make_router("mf", epochs=150, dim=8).fit(X, table)
+    Q = r.predict_quality(X)
+    assert Q[y == 0, 2].mean() > 0.7 and Q[y != 0, 2].mean() < 0.3
