@@ -91,6 +91,7 @@ class Gateway:
                 retry_on_timeout=False)
             self.cache = RedisDecisionCache(self.redis, retry_s=s.redis_retry_s)
             self.auth = Authenticator(self.config, self.redis, retry_s=s.redis_retry_s)
+            self.auth.start()
             # the registry already holds the in-process limiter's metrics: swap the backend only
             self.ratelimiter.attach_redis(self.redis)
             sink: Any = RedisStreamSink(self.redis)
@@ -129,6 +130,7 @@ class Gateway:
     async def close(self) -> None:
         self.ready = False
         await self.ratelimiter.drain()
+        await self.auth.close()
         if self.routing_log is not None:
             await self.routing_log.close()
         await self.dispatcher.close()
@@ -166,7 +168,10 @@ class Gateway:
                     self.settings.request_deadline_s,
                     lambda: asyncio.ensure_future(old_disp.close()))
             self.config = cfg
+            old_auth = self.auth
             self.auth = Authenticator(cfg, self.redis, retry_s=self.settings.redis_retry_s)
+            self.auth.start()
+            await old_auth.close()
             self.policy_set = pset
             self.pipeline.policies = pset
             changed = {n: rt.version for n, rt in pset.policies.items()

@@ -12,10 +12,13 @@ Keys are stored as sha256 hex digests, never in clear, in two places:
                               requests_per_minute  300       (optional)
                               tokens_per_minute    100000    (optional)
 
-  ``expertgate keys add`` writes one; ``DEL eg:apikey:<sha256>`` revokes it. A key read from
-  Redis is remembered for ``cache_ttl_s`` (so a revocation takes effect within that time);
-  an unknown key is remembered as unknown for ``negative_ttl_s`` so a flood of bad keys costs
-  Redis one lookup per key per interval. Config keys win over Redis keys with the same digest.
+  ``expertgate keys add`` writes one; ``DEL eg:apikey:<sha256>`` revokes it. On the hot
+  path a key read from Redis is remembered for ``cache_ttl_s`` (so a revocation takes effect
+  within that time); an unknown key is remembered as unknown for ``negative_ttl_s`` so a
+  flood of bad keys costs Redis one lookup per key per interval. Every ``refresh_s`` a
+  background task also reads all of them (SCAN), so the other endpoints, which check keys
+  without waiting on Redis, know them too. Config keys win over Redis keys with the same
+  digest.
 
 A missing or unknown key is 401, a key that may not use the requested policy or expert is
 403. While Redis is down, keys already known keep working and a key never seen is answered
@@ -26,6 +29,8 @@ only in Redis. The raw key never appears in a log or an error message.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -99,7 +104,7 @@ def _token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
 class Authenticator:
     def __init__(self, config: GatewayConfig, redis: Any = None, *, cache_ttl_s: float = 10.0,
                  negative_ttl_s: float = 1.0, retry_s: float = 1.0,
-                 max_cached: int = 10_000) -> None:
+                 max_cached: int = 10_000, refresh_s: float = 10.0) -> None:
         self.required = config.require_auth or bool(config.api_keys)
         self._keys: dict[str, APIKeyConfig] = {k.sha256: k for k in config.api_keys}
         self._policies = {p.name for p in config.policies}
@@ -111,6 +116,52 @@ class Authenticator:
         # digest -> (expires at, record or None for "not a key")
         self._cached: OrderedDict[str, tuple[float, APIKeyConfig | None]] = OrderedDict()
         self._down_until = 0.0
+        self.refresh_s = refresh_s
+        #: every Redis key as of the last refresh (digest -> record)
+        self._redis_keys: dict[str, APIKeyConfig] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    # -- background refresh ------------------------------------------------------------
+    def start(self) -> None:
+        """Refresh the Redis keys now and every ``refresh_s`` (no-op without Redis)."""
+        if self.redis is not None and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._refresh_loop(),
+                                                                name="api-key-refresh")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def refresh(self) -> int:
+        """Read every ``eg:apikey:*`` record; revoked keys disappear. Returns the count."""
+        names = [k async for k in self.redis.scan_iter(match=KEY_PREFIX + "*", count=1000)]
+        pipe = self.redis.pipeline(transaction=False)
+        for n in names:
+            pipe.hgetall(n)
+        raws = await pipe.execute() if names else []
+        found: dict[str, APIKeyConfig] = {}
+        for n, raw in zip(names, raws, strict=True):
+            digest = (n.decode() if isinstance(n, bytes) else str(n))[len(KEY_PREFIX):]
+            if not raw:
+                continue
+            try:
+                found[digest] = _parse_record(digest, raw)
+            except ValidationError as e:
+                log.warning("API keys: Redis record %s%s... is invalid, refusing it: %s",
+                            KEY_PREFIX, digest[:8], e.errors()[0].get("msg"))
+        self._redis_keys = found
+        return len(found)
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception as e:  # Redis down: keep the last snapshot, try again later
+                log.debug("API keys: refresh failed (%s)", type(e).__name__)
+            await asyncio.sleep(self.refresh_s)
 
     # -- lookup ------------------------------------------------------------------------
     def _config_key(self, digest: str) -> APIKeyConfig | None:
@@ -130,9 +181,10 @@ class Authenticator:
         hit = self._cached.get(digest)
         if hit is not None and hit[0] > now:
             return hit[1]
+        known = hit[1] if hit is not None and hit[1] is not None else self._redis_keys.get(digest)
         if now < self._down_until:
-            if hit is not None and hit[1] is not None:
-                return hit[1]  # known key, store down: keep serving it
+            if known is not None:
+                return known  # known key, store down: keep serving it
             raise ServiceUnavailable("cannot verify the API key: the key store is unavailable",
                                      code="key_store_unavailable",
                                      headers={"retry-after": "1"})
@@ -142,8 +194,8 @@ class Authenticator:
             log.warning("API keys: Redis unavailable (%s); known keys keep working",
                         type(e).__name__)
             self._down_until = now + self.retry_s
-            if hit is not None and hit[1] is not None:
-                return hit[1]
+            if known is not None:
+                return known
             raise ServiceUnavailable("cannot verify the API key: the key store is unavailable",
                                      code="key_store_unavailable",
                                      headers={"retry-after": "1"}) from None
@@ -173,7 +225,8 @@ class Authenticator:
         cfg = self._config_key(digest)
         if cfg is None:
             hit = self._cached.get(digest)
-            cfg = hit[1] if hit is not None else None
+            fresh = hit is not None and hit[0] > time.monotonic()
+            cfg = hit[1] if hit is not None and fresh else self._redis_keys.get(digest)
         if cfg is None:
             raise AuthenticationFailed("invalid API key")
         return cfg

@@ -185,3 +185,21 @@ async def test_redis_key_store_down_known_keys_work_unknown_get_503(
         assert r.status_code == 503
         e = _err(r)
         assert e["code"] == "key_store_unavailable" and r.headers["retry-after"] == "1"
+
+
+@pytest.mark.integration
+@needs_redis
+async def test_redis_keys_reach_the_non_hot_endpoints_through_the_refresh(
+        ups, tmp_path: Path, redis_proc: RedisProcess) -> None:
+    cfg = base_config(ups[0].base, ups[1].base)
+    cfg["require_auth"] = True
+    auth = {"authorization": "Bearer sk-listing"}
+    async with gateway_client(cfg, tmp_path, redis_url=redis_proc.url) as (c, gw):
+        assert (await c.get("/v1/models", headers=auth)).status_code == 401
+        _add(redis_proc.url, "sk-listing")
+        assert await gw.auth.refresh() == 1  # what the background task does every 10 s
+        r = await c.get("/v1/models", headers=auth)
+        assert r.status_code == 200 and r.json()["object"] == "list"
+        await gw.redis.delete(KEY_PREFIX + hash_key("sk-listing"))
+        assert await gw.auth.refresh() == 0
+        assert (await c.get("/v1/models", headers=auth)).status_code == 401
