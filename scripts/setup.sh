@@ -14,6 +14,9 @@ mkdir -p "$WHEELS"
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v h2load >/dev/null 2>&1 || need_apt+=(nghttp2-client)
+# the overhead benchmark: nginx serves the fixed-answer upstream stub, wrk drives the load
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
+command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "setup: apt-get install ${need_apt[*]}"
