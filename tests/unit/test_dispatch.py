@@ -150,7 +150,9 @@ async def test_open_circuit_skips_the_replica_and_a_recovered_one_is_used_again(
         pool = gw.dispatcher.pools["coder"]
         for r in pool.replicas:
             r.breaker.base_cooldown = r.breaker.cooldown = 0.3
-        # distinct prompts spread affinity over both replicas; every request still answers
+        # explicit-expert requests share one affinity key, so the replica order is fixed and
+        # the dead replica (first for that key) is tried until its circuit opens; every
+        # request still answers, from the other replica
         for i in range(8):
             r = await c.post("/v1/chat/completions", json=chat("coder", f"prompt {i}"))
             assert r.status_code == 200
