@@ -6,6 +6,8 @@
 * ``router`` (:mod:`evals.bench_router`): decision latency per router family and embedder
   backend, decision-cache hit latency (in-memory and Redis), embedding throughput with and
   without micro-batching.
+* ``soak`` (:mod:`evals.soak`, its own module): steady load through a real gateway while RSS
+  and file descriptors are sampled.
 
 Every figure is printed with the machine it was measured on; speed targets are checked here
 (met / not met), never in unit tests.
@@ -19,10 +21,12 @@ __all__ = ["cli_register"]
 
 
 def cli_register(parser: Any) -> None:
-    """Add the ``overhead`` and ``router`` subcommands to ``expertgate bench``."""
+    """Add the ``overhead``, ``router`` and ``soak`` subcommands to ``expertgate bench``."""
     from evals.bench_overhead import register_overhead
     from evals.bench_router import register_router
+    from evals.soak import cli_register_soak
 
     sub = parser.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
     register_overhead(sub)
     register_router(sub)
+    cli_register_soak(sub)

@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def test_cli_registers_overhead_and_router_only() -> None:
+def test_cli_registers_overhead_router_and_soak() -> None:
     p = _parser()
     a = p.parse_args(["overhead", "--json", "o.json", "--plot", "o.png", "--requests", "50",
                       "--concurrency", "1,16,64", "--rounds", "2", "--skip-litellm"])
@@ -49,8 +49,10 @@ def test_cli_registers_overhead_and_router_only() -> None:
         Path("o.json"), Path("o.png"), 50, "1,16,64", 2, True)
     r = p.parse_args(["router", "--json", "r.json"])
     assert callable(r.func) and r.func is not a.func
+    s = p.parse_args(["soak"])
+    assert callable(s.func) and s.func not in (a.func, r.func)
     with pytest.raises(SystemExit):
-        p.parse_args(["soak"])
+        p.parse_args(["no-such-benchmark"])
 
 
 def test_ratio_lines_format() -> None:
