@@ -39,7 +39,7 @@ DEMO_PROMPTS: tuple[DemoPrompt, ...] = (
     DemoPrompt("auto", "Hi! How are you doing today?"),
     DemoPrompt("auto", "Complete this sentence: The moon rose over the quiet harbour and"),
     DemoPrompt("auto", "Give me two tips for staying focused while studying."),
-    DemoPrompt("auto", "Define the word nostalgia."),
+    DemoPrompt("auto", "What does a thermometer measure?"),
     DemoPrompt("auto", "Hi! How are you doing today?", note="repeat"),
     DemoPrompt("auto", "Write the opening line of a fairy tale about a brave mouse.",
                stream=True, note="stream"),
