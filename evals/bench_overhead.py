@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
+import operator
 import os
 import statistics
 import sys
@@ -214,7 +216,7 @@ def _targets(paths: dict[str, Any], concs: list[int], single: dict[str, float] |
         need = 5.0 if c == 1 else 20.0
         add(f"litellm added p99 / passthrough added p99 at c{c}",
             None if a is None or b is None else _ratio(a, b),
-            lambda v, n=need: v >= n, f">= {need:g}")
+            functools.partial(operator.le, need), f">= {need:g}")
     rps = [v for c in concs if (v := get("passthrough", c, "rps")) is not None]
     add("passthrough req/s (best concurrency, 1 worker)", max(rps) if rps else None,
         lambda v: v >= 2000, ">= 2000")
@@ -403,10 +405,12 @@ def cmd_overhead(args: argparse.Namespace) -> int:
 
     paths = _aggregate(rows)
     streams: dict[str, Any] = {}
+    direct_streams = rows.streams["direct"]
     for name, rs in rows.streams.items():
-        base = rows.streams["direct"]
-        added50 = [r["ttfb_p50_ms"] - b["ttfb_p50_ms"] for r, b in zip(rs, base, strict=True)]
-        added99 = [r["ttfb_p99_ms"] - b["ttfb_p99_ms"] for r, b in zip(rs, base, strict=True)]
+        added50 = [r["ttfb_p50_ms"] - b["ttfb_p50_ms"]
+                   for r, b in zip(rs, direct_streams, strict=True)]
+        added99 = [r["ttfb_p99_ms"] - b["ttfb_p99_ms"]
+                   for r, b in zip(rs, direct_streams, strict=True)]
         streams[name] = {"ttfb_p50_ms": round(_median(rs, "ttfb_p50_ms"), 4),
                          "ttfb_p99_ms": round(_median(rs, "ttfb_p99_ms"), 4),
                          "added_ttfb_p50_ms": round(statistics.median(added50), 4),
@@ -443,9 +447,9 @@ def cmd_overhead(args: argparse.Namespace) -> int:
               f"{single['rps']:.0f} req/s")
     for path, why in skipped.items():
         print(f"skipped {path}: {why}")
-    for t in targets_out:
-        mark = {True: "MET", False: "NOT MET", None: "n/a"}[t["met"]]
-        print(f"target {t['target']}: {t['value']} (goal {t['goal']}) {mark}")
+    for tgt in targets_out:
+        mark = {True: "MET", False: "NOT MET", None: "n/a"}[tgt["met"]]
+        print(f"target {tgt['target']}: {tgt['value']} (goal {tgt['goal']}) {mark}")
     for line in ratio_lines:
         print(line)
     return 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -128,8 +129,7 @@ def bench_families(X: np.ndarray, texts: list[str], repeats: int) -> dict[str, A
             continue
         row: dict[str, Any] = {"fit_s": round(fit_s, 3)}
         for b, reps in ((1, repeats), (32, max(repeats // 4, 10))):
-            Xb, tb = X[:b], texts[:b]
-            row[f"b{b}"] = time_calls(lambda r=r, Xb=Xb, tb=tb: r.decide(Xb, tb), reps)
+            row[f"b{b}"] = time_calls(functools.partial(r.decide, X[:b], texts[:b]), reps)
             row[f"b{b}"]["per_query_ms"] = round(row[f"b{b}"]["p50_ms"] / b, 4)
         out[name] = row
     return out
@@ -194,9 +194,12 @@ def bench_embedders(texts: list[str], repeats: int, skip_torch: bool, skip_stati
     ref = built[ref_name].embed(texts[:64])
     # backends are timed interleaved (one call of each in turn), so a burst of load from
     # other processes hits all of them alike instead of whichever ran at that moment
-    b1 = _interleaved({n: (lambda e=e, i=iter(range(10**9)): e.embed([texts[next(i) % len(texts)]]))
-                       for n, e in built.items()}, repeats)
-    b32 = _interleaved({n: (lambda e=e: e.embed(texts[:32])) for n, e in built.items()},
+    def one_at_a_time(e: Any) -> Callable[[], object]:
+        calls = iter(range(10**9))
+        return lambda: e.embed([texts[next(calls) % len(texts)]])
+
+    b1 = _interleaved({n: one_at_a_time(e) for n, e in built.items()}, repeats)
+    b32 = _interleaved({n: functools.partial(e.embed, texts[:32]) for n, e in built.items()},
                        max(repeats // 10, 5), warmup=2)
     for name, e in built.items():
         row: dict[str, Any] = {"dim": e.dim, "name": e.name, "b1": b1[name], "b32": b32[name]}
