@@ -103,7 +103,7 @@ def format_table(rows: list[DemoRow]) -> str:
     out = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)),
            "  ".join("-" * w for w in widths)]
     out += ["  ".join(c.ljust(w) for c, w in zip(ln, widths, strict=True)) for ln in lines]
-    return "\n".join(out)
+    return "\n".join(ln.rstrip() for ln in out)
 
 
 def _send(client: Any, p: DemoPrompt, max_tokens: int) -> DemoRow:
