@@ -378,10 +378,11 @@ def _reconcile_later(gw: Gateway, ctx: _Ctx, status: int, usage: tuple[int, int]
     assert rate is not None
     if usage != (0, 0):
         actual = usage[0] + usage[1]
-    elif status >= 400 and "stream-cut" not in ctx.degraded:
+    elif status >= 400 and "stream-cut" not in ctx.degraded and not (
+            ctx.stream and ctx.started):
         actual = 0  # nothing was generated: give the estimate back
     else:
-        return  # a stream without usage, or cut: the estimate stands
+        return  # a stream without usage, cut, or left by its client: the estimate stands
     gw.ratelimiter.reconcile_soon(ctx.key_id, rate, actual)
 
 
