@@ -104,11 +104,18 @@ def load_routing_table(path: str | Path, fmt: str = "long") -> RoutingTable:
 
 def embed_table(table: RoutingTable, embedder: str, cache_dir: str | Path | None = None
                 ) -> tuple[np.ndarray, str]:
-    """Embeddings of every prompt, computed once and cached by (embedder, content)."""
+    """Embeddings of every prompt, computed once and cached by (embedder, content).
+
+    The cache key is the sorted set of distinct prompts, so that loaders which order or
+    filter prompts differently (or a table's subsets) share the same cached vectors.
+    """
     from routers.embed import embed_cached, make_embedder
 
     e = make_embedder(embedder)
-    return embed_cached(e, table.prompts, cache_dir, progress=True), e.name
+    uniq = sorted(set(table.prompts))
+    U = embed_cached(e, uniq, cache_dir, progress=True)
+    pos = {t: i for i, t in enumerate(uniq)}
+    return U[[pos[t] for t in table.prompts]], e.name
 
 
 # --------------------------------------------------------------------------- one split
