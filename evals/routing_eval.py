@@ -50,6 +50,7 @@ __all__ = [
     "evaluate_predictions",
     "load_routing_table",
     "main",
+    "synthetic_table",
 ]
 
 #: families that route by label or adapter rather than trading cost for quality; a user can
@@ -72,12 +73,37 @@ class EvalError(RuntimeError):
 # --------------------------------------------------------------------------- loading
 
 
+def synthetic_table(n: int, m: int, seed: int = 0) -> RoutingTable:
+    """A synthetic n-prompt x m-model table for scale tests: 20 topics, each model with its
+    own success rate per topic, costs rising with the model index, 5 % of scores missing."""
+    rng = np.random.default_rng(seed)
+    words = [f"w{i}" for i in range(400)]
+    topics = rng.integers(0, 20, size=n)
+    topic_words = rng.choice(words, size=(20, 12))
+    prompts = [" ".join([*rng.choice(topic_words[t], 8), *rng.choice(words, 6)]) + f" #{i}"
+               for i, t in enumerate(topics)]
+    rate = rng.uniform(0.1, 0.9, size=(20, m)) * np.linspace(0.7, 1.0, m)
+    scores = (rng.uniform(size=(n, m)) < rate[topics]).astype(np.float64)
+    scores[rng.uniform(size=(n, m)) < 0.05] = np.nan
+    scores[np.isnan(scores).all(axis=1), 0] = 0.0
+    costs = np.outer(rng.uniform(0.5, 1.5, size=n), np.geomspace(1.0, 50.0, m))
+    return RoutingTable([f"s{i}" for i in range(n)], prompts, [f"model-{j}" for j in range(m)],
+                        scores, costs, [f"topic-{t}" for t in topics])
+
+
 def load_routing_table(path: str | Path, fmt: str = "long") -> RoutingTable:
     """Load a routing table through ``evals.datasets.routing`` (all formats).
 
     Long-format CSV / JSONL / Parquet is read here as well, so that the evaluation works on a
-    plain file without the data-set loaders.
+    plain file without the data-set loaders. ``synthetic:NxM`` builds
+    :func:`synthetic_table` (scale tests).
     """
+    if str(path).startswith("synthetic:"):
+        try:
+            n, m = (int(v) for v in str(path).split(":", 1)[1].lower().split("x"))
+        except ValueError:
+            raise EvalError(f"bad synthetic table spec {path!r}; use synthetic:NxM") from None
+        return synthetic_table(n, m)
     try:
         from evals.datasets import routing as loaders
     except ImportError:
@@ -445,7 +471,8 @@ def _aggregate(results: Sequence[dict[str, Any]], fit_s: float | None) -> dict[s
 
 def cli_register(parser: argparse.ArgumentParser) -> None:
     """Add the flags of ``expertgate eval routing`` and its handler."""
-    parser.add_argument("--data", required=True, help="routing table file or folder")
+    parser.add_argument("--data", required=True,
+                        help="routing table file or folder (synthetic:NxM for a scale test)")
     parser.add_argument("--format", default="long",
                         help="long | routellm | routellm-mmlu | routellm-gsm8k | llmrouter | logs")
     parser.add_argument("--routers", default=None,

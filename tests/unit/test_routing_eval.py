@@ -122,3 +122,11 @@ def test_router_without_predict_quality_is_one_operating_point(tmp_path: Path) -
     assert sem["knob"] is False
     assert len(sem["qc_curve"]["cost"]) == 1
     assert sem["curve"]["share"][0] == 0.0 and sem["curve"]["share"][-1] == 1.0
+
+
+def test_synthetic_table_spec() -> None:
+    t = RE.load_routing_table("synthetic:50x4")
+    assert len(t) == 50 and len(t.models) == 4 and t.categories is not None
+    assert np.isfinite(t.scores).any(axis=1).all()
+    with pytest.raises(RE.EvalError):
+        RE.load_routing_table("synthetic:many")
