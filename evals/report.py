@@ -38,9 +38,11 @@ def _num(v: Any, std: Any = None, digits: int = 3) -> str:
         return "-"
     if not isinstance(v, int | float):
         return str(v)
-    s = f"{v:.{digits}f}"
+    # costs in USD per query are tiny numbers: significant digits keep them readable
+    small = v != 0 and abs(v) < 0.01
+    s = f"{v:.{digits}g}" if small else f"{v:.{digits}f}"
     if isinstance(std, int | float) and std > 0:
-        s += f" ± {std:.{digits}f}"
+        s += f" ± {std:.{digits}g}" if small else f" ± {std:.{digits}f}"
     return s
 
 

@@ -554,9 +554,10 @@ def _machine() -> dict[str, Any]:
 def _fmt(v: Any, std: Any = None, pct: bool = False) -> str:
     if v is None:
         return "-"
-    s = f"{v:.3f}"
+    small = v != 0 and abs(v) < 0.01  # USD costs per query
+    s = f"{v:.3g}" if small else f"{v:.3f}"
     if std is not None and std > 0:
-        s += f" ± {std:.3f}"
+        s += f" ± {std:.3g}" if small else f" ± {std:.3f}"
     return s
 
 
