@@ -67,7 +67,8 @@ def render_routing(run: Mapping[str, Any], stem: str, out: Path,
     """The Markdown section of one routing run; writes its PNGs into ``out``."""
     table = run["table"]
     two = len(table["models"]) == 2
-    lines = [f"## Routing: `{run.get('data', stem)}`", ""]
+    lines = [f"## Routing: {stem} (`{run.get('data', '?')}`, format "
+             f"`{run.get('format', '?')}`)", ""]
     lines += [f"Command: `{run.get('command', '?')}`", "",
               f"Seeds: {run.get('seeds')}; split {run.get('split')}; embedder "
               f"{run.get('embedder', '?')}; {table['n_prompts']} prompts x "
@@ -111,7 +112,7 @@ def render_routing(run: Mapping[str, Any], stem: str, out: Path,
         ax.set_ylabel("PGR (performance gap recovered)")
         top = max((max(c["pgr"]) for c in data.values()), default=1.0)
         ax.set_ylim(-0.1, max(1.1, top + 0.05))
-        ax.set_title(f"Deferral curves: {Path(str(run.get('data', stem))).name}")
+        ax.set_title(f"Deferral curves: {stem}")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
         name = f"{stem}-deferral.png"
@@ -121,13 +122,14 @@ def render_routing(run: Mapping[str, Any], stem: str, out: Path,
         lines += [f"![deferral curves]({name})", ""]
     fig, ax = plt.subplots(figsize=(7, 5))
     data = {}
-    for name, r in [*run["routers"].items(), ("oracle", run["baselines"].get("oracle", {})),
-                    ("random", run["baselines"].get("random", {}))]:
+    for name, r in [*run["routers"].items(),
+                    *((f"{k} (baseline)", run["baselines"].get(k, {}))
+                      for k in ("oracle", "random", "category"))]:
         c = r.get("qc_curve")
         if not c or not c.get("cost"):
             continue
         hx, hy = M.upper_hull(c["cost"], c["quality"])
-        style = "--" if name in ("oracle", "random") else "-"
+        style = "--" if name.endswith("(baseline)") else "-"
         (ln,) = ax.plot(hx, hy, style, label=f"{name} (AIQ {_num(r.get('aiq'))})")
         ax.scatter(c["cost"], c["quality"], s=6, color=ln.get_color(), alpha=0.4)
         data[name] = {"cost": c["cost"], "quality": c["quality"],
@@ -141,7 +143,7 @@ def render_routing(run: Mapping[str, Any], stem: str, out: Path,
             data[model] = {"cost": b["cost"], "quality": b["quality"], "index": j}
     ax.set_xlabel("mean cost per query")
     ax.set_ylabel("mean quality")
-    ax.set_title(f"Quality vs. cost (upper hulls): {Path(str(run.get('data', stem))).name}")
+    ax.set_title(f"Quality vs. cost (upper hulls): {stem}")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     name = f"{stem}-pareto.png"
