@@ -290,7 +290,7 @@ class GuardRouter(Router):
     def _fit_linear(self, X: np.ndarray, y: np.ndarray, n_labels: int) -> None:
         from sklearn.linear_model import LogisticRegression
 
-        lr = LogisticRegression(C=float(self.C), max_iter=300, tol=1e-3)
+        lr = LogisticRegression(C=float(self.C), max_iter=1000, tol=1e-4)
         lr.fit(X, y)
         W = np.zeros((X.shape[1], n_labels), np.float32)
         b = np.zeros(n_labels, np.float32)
