@@ -330,7 +330,8 @@ def _webquestions(root: Path) -> list[str]:
 
 
 def _hatecheck(root: Path) -> tuple[list[str], list[str]]:
-    hateful, non = [], []
+    hateful: list[str] = []
+    non: list[str] = []
     with _need(root / "hatecheck" / "test_suite_cases.csv").open(encoding="utf-8",
                                                                  newline="") as f:
         for r in csv.DictReader(f):
