@@ -166,7 +166,8 @@ class GuardRouter(Router):
                     "C", "shrinkage", "temperature", "hidden", "epochs", "bank_size", "unsafe",
                     "unsafe_seeds", "unsafe_frr", "unsafe_min_similarity")
     _array_attrs = ("W_", "b_", "H1_", "h1_", "bank_", "bank_label_", "centroids_",
-                    "means_", "precision_", "score_norm_", "unsafe_seed_emb_")
+                    "means_", "precision_", "means_precision_", "means_norm_", "score_norm_",
+                    "unsafe_seed_emb_")
     _json_attrs = ("labels_", "label_expert_", "experts_", "dim_", "threshold_",
                    "val_frr_", "n_val_", "calibration_", "unsafe_threshold_",
                    "unsafe_layers_", "unsafe_val_rate_")
@@ -357,6 +358,7 @@ class GuardRouter(Router):
         empty = np.zeros((0, 0), np.float32)
         self.bank_, self.bank_label_ = empty, np.zeros(0, np.int32)
         self.means_, self.precision_ = empty, empty
+        self.means_precision_, self.means_norm_ = empty, np.zeros(0, np.float32)
         if self.method in ("knn", "knn+msp"):
             self.bank_, self.bank_label_ = self._bank(F, y, n_labels)
         if self.method == "mahalanobis":
@@ -366,8 +368,12 @@ class GuardRouter(Router):
             cov = R.T @ R / max(R.shape[0] - 1, 1)
             a = float(self.shrinkage)
             cov = (1 - a) * cov + a * np.trace(cov) / cov.shape[0] * np.eye(cov.shape[0])
+            P = np.linalg.inv(cov)
             self.means_ = means.astype(np.float32)
-            self.precision_ = np.linalg.inv(cov).astype(np.float32)
+            self.precision_ = P.astype(np.float32)
+            # per-class constants of (f - m)' P (f - m) = f'Pf - 2 (mP) f + m'Pm
+            self.means_precision_ = (means @ P).astype(np.float32)
+            self.means_norm_ = ((means @ P) * means).sum(axis=1).astype(np.float32)
 
     def _bank(self, F: np.ndarray, y: np.ndarray, n_labels: int) -> tuple[np.ndarray,
                                                                         np.ndarray]:
@@ -461,13 +467,10 @@ class GuardRouter(Router):
         if m == "knn":
             return self._knn_score(self.features(X))
         if m == "mahalanobis":
-            F = self.features(X).astype(np.float64)
-            P = self.precision_.astype(np.float64)
-            M = self.means_.astype(np.float64)
-            FP = F @ P
-            d = ((FP * F).sum(axis=1)[:, None] - 2.0 * FP @ M.T
-                 + ((M @ P) * M).sum(axis=1)[None, :])
-            return d.min(axis=1)
+            F = self.features(X)
+            d = ((F @ self.precision_) * F).sum(axis=1)[:, None] \
+                - 2.0 * F @ self.means_precision_.T + self.means_norm_[None, :]
+            return d.min(axis=1).astype(np.float64)
         if m == "msp":
             return 1.0 - self.predict_proba(X).max(axis=1)
         if m == "energy":
