@@ -246,7 +246,7 @@ def cpt(share: np.ndarray, quality: np.ndarray, q_weak: float, q_strong: float,
 
 
 def quality_cost_curve(pred: np.ndarray, scores: np.ndarray, costs: np.ndarray,
-                       lambdas: Sequence[float], knob_costs: np.ndarray | None = None
+                       lambdas: Sequence[float] | np.ndarray, knob_costs: np.ndarray | None = None
                        ) -> tuple[np.ndarray, np.ndarray]:
     """Realised (cost, quality) at each ``lambda`` of ``argmax pred - lambda * knob_cost``.
 

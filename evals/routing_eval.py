@@ -92,10 +92,8 @@ def synthetic_table(n: int, m: int, seed: int = 0) -> RoutingTable:
 
 
 def load_routing_table(path: str | Path, fmt: str = "long") -> RoutingTable:
-    """Load a routing table through ``evals.datasets.routing`` (all formats).
-
-    Long-format CSV / JSONL / Parquet is read here as well, so that the evaluation works on a
-    plain file without the data-set loaders. ``synthetic:NxM`` builds
+    """Load a routing table through ``evals.datasets.routing`` (every format it knows);
+    ``synthetic:NxM`` builds
     :func:`synthetic_table` (scale tests).
     """
     if str(path).startswith("synthetic:"):
@@ -104,28 +102,11 @@ def load_routing_table(path: str | Path, fmt: str = "long") -> RoutingTable:
         except ValueError:
             raise EvalError(f"bad synthetic table spec {path!r}; use synthetic:NxM") from None
         return synthetic_table(n, m)
-    try:
-        from evals.datasets import routing as loaders
-    except ImportError:
-        loaders = None
-    if loaders is not None and hasattr(loaders, "load_table"):
-        table = loaders.load_table(path, fmt)
-        assert isinstance(table, RoutingTable)
-        return table
-    if fmt != "long":
-        raise EvalError(f"format {fmt!r} needs evals.datasets.routing, which is not installed")
-    import pandas as pd
+    from evals.datasets.routing import load_table
 
-    p = Path(path)
-    if not p.exists():
-        raise EvalError(f"no such file: {p}")
-    if p.suffix in (".parquet", ".pq"):
-        df = pd.read_parquet(p)
-    elif p.suffix in (".jsonl", ".json"):
-        df = pd.read_json(p, lines=p.suffix == ".jsonl")
-    else:
-        df = pd.read_csv(p)
-    return RoutingTable.from_long(df)
+    if not Path(path).exists():
+        raise EvalError(f"no such file or folder: {path}")
+    return load_table(path, fmt)
 
 
 def embed_table(table: RoutingTable, embedder: str, cache_dir: str | Path | None = None
@@ -176,6 +157,7 @@ def evaluate_predictions(P_val: np.ndarray, P_test: np.ndarray, val: RoutingTabl
     Sv, Cv, St, Ct = val.scores, val.costs, test.scores, test.costs
     m = St.shape[1]
     out: dict[str, Any] = {}
+    qc_s: list[float] = []
     kc = _norm(knob_costs)
     jb_v, qb_v, _ = _best_single(Sv, Cv)
     jb_t, qb_t, cb_t = _best_single(St, Ct)
@@ -199,7 +181,7 @@ def evaluate_predictions(P_val: np.ndarray, P_test: np.ndarray, val: RoutingTabl
         levels = np.linspace(1.0, 0.0, FINE_LEVELS)
         fine_t = np.concatenate([[np.inf], np.quantile(adv_t, levels[1:])]) if adv_t.size \
             else np.array([np.inf])
-        qc_c, qc_q, qc_s = [], [], []
+        qc_c, qc_q = [], []
         for t in fine_t:
             ch = _two_expert_choices(adv_t, t, strong, w)
             q, c, _ = M.realised(ch, St2, Ct2)
@@ -221,7 +203,6 @@ def evaluate_predictions(P_val: np.ndarray, P_test: np.ndarray, val: RoutingTabl
         kv = _per_query_knob(Cv) if oracle_costs else kc
         qc_c_arr, qc_q_arr = M.quality_cost_curve(P_test, St, Ct, lams, knob_costs=kt)
         qc_c, qc_q = qc_c_arr.tolist(), qc_q_arr.tolist()
-        qc_s: list[float] = []
         _, val_q_arr = M.quality_cost_curve(P_val, Sv, Cv, lams, knob_costs=kv)
         k = _first_reaching(val_q_arr.tolist(), qb_v)
         ch = M.choose(P_test, kt, float(lams[k]), np.isfinite(St))
@@ -294,7 +275,7 @@ def _single_point(choice_t: np.ndarray, test: RoutingTable, strong: int,
         for x in (20, 50, 80):
             out[f"cpt{x}"] = M.cpt(xs, ys, qw, qs, x / 100)
         out["curve"] = {"share": xs.tolist(), "quality": ys.tolist(),
-                        "pgr": list(M.pgr(ys, qw, qs))}
+                        "pgr": np.asarray(M.pgr(ys, qw, qs)).tolist()}
     cmin, cmax = float(np.nanmin(c_single)), float(np.nanmax(c_single))
     out["aiq"] = M.aiq(np.array([c]), np.array([q]), cmin, cmax) if cmax > cmin else None
     reach = q >= qb_t - 1e-9
