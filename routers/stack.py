@@ -6,7 +6,10 @@ For each expert three base estimates of P(the expert answers well | query) are c
 * a logistic regression on a few prompt statistics that track difficulty and which no
   embedding of the text sees well: length in characters and words, count of numbers and of
   distinct numbers, sentences, percent signs, fractions, decimals, currency, questions, lines;
-* a similarity-weighted nearest-neighbour success rate (as :mod:`routers.knn`).
+* a similarity-weighted nearest-neighbour success rate (as :mod:`routers.knn`);
+* when the table has categories (two or more), the expert's per-category success rate
+  (shrunk toward its mean) mixed by a soft nearest-centroid assignment of the query to the
+  categories — queries arrive without a category, so it is inferred from the embedding.
 
 A per-expert logistic regression on the logits of the three, fitted on out-of-fold
 estimates of the training prompts (``folds``-fold), combines them into a calibrated
@@ -76,7 +79,7 @@ class StackRouter(QualityRouter):
                     "folds", "seed", "cost_weight", "threshold")
     _array_attrs = ("train_X_", "train_scores_", "prior_", "costs_", "emb_coef_", "emb_bias_",
                     "stat_mean_", "stat_scale_", "stat_coef_", "stat_bias_", "meta_coef_",
-                    "meta_bias_")
+                    "meta_bias_", "centroids_", "category_rates_")
     _json_attrs = ("experts_", "dim_")
 
     def __init__(self, C_embed: float = 0.3, C_stats: float = 1.0, C_meta: float = 1.0,
@@ -95,11 +98,33 @@ class StackRouter(QualityRouter):
         self.threshold = threshold
 
     # -- learning ----------------------------------------------------------------------
-    def _base(self, Xtr: np.ndarray, Htr: np.ndarray, s: np.ndarray, Xq: np.ndarray,
-              Hq: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, float, np.ndarray, float]]:
-        """Base estimates (nq, 3) for one expert and its fitted coefficients.
+    def _category_prior(self, C: np.ndarray, R: np.ndarray, Xq: np.ndarray) -> np.ndarray:
+        """Per-category rates R (K, m) mixed by soft nearest-centroid weights, (nq, m)."""
+        sims = Xq @ C.T
+        w = np.exp((sims - sims.max(axis=1, keepdims=True)) / float(self.temperature))
+        return (w / w.sum(axis=1, keepdims=True)) @ R
 
-        ``Htr``/``Hq`` are the prompt statistics already standardised.
+    @staticmethod
+    def _centroids(Xtr: np.ndarray, cats: np.ndarray, K: int) -> np.ndarray:
+        C = np.zeros((K, Xtr.shape[1]))
+        np.add.at(C, cats, Xtr)
+        return C / np.maximum(np.linalg.norm(C, axis=1, keepdims=True), 1e-12)
+
+    def _rates(self, s: np.ndarray, cats: np.ndarray, K: int) -> np.ndarray:
+        n = np.bincount(cats, minlength=K).astype(np.float64)
+        tot = np.bincount(cats, weights=s, minlength=K)
+        return (tot + self.prior_strength_cat * s.mean()) / (n + self.prior_strength_cat)
+
+    #: pseudo-counts shrinking a category's success rate toward the expert's mean
+    prior_strength_cat = 5.0
+
+    def _base(self, Xtr: np.ndarray, Htr: np.ndarray, s: np.ndarray, Xq: np.ndarray,
+              Hq: np.ndarray, cats: np.ndarray | None = None, K: int = 0
+              ) -> tuple[np.ndarray, tuple[np.ndarray, float, np.ndarray, float]]:
+        """Base estimates (nq, 3 or 4) for one expert and its fitted coefficients.
+
+        ``Htr``/``Hq`` are the prompt statistics already standardised; ``cats`` the training
+        prompts' category indices (None: no category component).
         """
         ce, be = _fit_lr(Xtr, s, float(self.C_embed))
         ch, bh = _fit_lr(Htr, s, float(self.C_stats))
@@ -107,8 +132,11 @@ class StackRouter(QualityRouter):
         kn = knn_quality(Xq, Xtr, s[:, None], prior, k=int(self.k),
                          temperature=float(self.temperature),
                          prior_strength=float(self.prior_strength))[:, 0]
-        Z = np.stack([_sigmoid(Xq @ ce + be), _sigmoid(Hq @ ch + bh), kn], 1)
-        return Z, (ce, be, ch, bh)
+        parts = [_sigmoid(Xq @ ce + be), _sigmoid(Hq @ ch + bh), kn]
+        if cats is not None:
+            C = self._centroids(Xtr, cats, K)
+            parts.append(self._category_prior(C, self._rates(s, cats, K)[:, None], Xq)[:, 0])
+        return np.stack(parts, 1), (ce, be, ch, bh)
 
     def fit(self, X: np.ndarray, table: RoutingTable) -> StackRouter:
         X, S = self._base_checks(X, table, min_prompts=max(4, int(self.folds)))
@@ -120,22 +148,34 @@ class StackRouter(QualityRouter):
         self.stat_scale_ = H0.std(0) + 1e-6
         H = (H0 - self.stat_mean_) / self.stat_scale_
         m = S.shape[1]
+        labels = sorted(set(table.categories)) if table.categories is not None else []
+        K = len(labels) if len(labels) >= 2 else 0
+        cat_all = np.array([labels.index(c) for c in table.categories or []]) if K else None
+        n_comp = 4 if K else 3
         rng = np.random.default_rng(int(self.seed))
         emb_c, emb_b = np.zeros((m, Xu.shape[1])), np.zeros(m)
         st_c, st_b = np.zeros((m, H.shape[1])), np.zeros(m)
-        meta_c, meta_b = np.zeros((m, 3)), np.zeros(m)
+        meta_c, meta_b = np.zeros((m, n_comp)), np.zeros(m)
+        rates = np.zeros((K, m))
         for j in range(m):
             ok = np.flatnonzero(np.isfinite(S[:, j]))
             Xa, Ha, s = Xu[ok], H[ok], S[ok, j]
             fold = rng.permutation(ok.size) % int(self.folds)
-            oof = np.zeros((ok.size, 3))
+            ca = cat_all[ok] if cat_all is not None else None
+            oof = np.zeros((ok.size, n_comp))
             for f in range(int(self.folds)):
                 te, tr = fold == f, fold != f
                 if tr.sum() < 2 or not te.any():
                     continue
-                oof[te] = self._base(Xa[tr], Ha[tr], s[tr], Xa[te], Ha[te])[0]
+                oof[te] = self._base(Xa[tr], Ha[tr], s[tr], Xa[te], Ha[te],
+                                     ca[tr] if ca is not None else None, K)[0]
             meta_c[j], meta_b[j] = _fit_lr(_logit(oof), s, float(self.C_meta))
             _, (emb_c[j], emb_b[j], st_c[j], st_b[j]) = self._base(Xa, Ha, s, Xa[:1], Ha[:1])
+            if ca is not None:
+                rates[:, j] = self._rates(s, ca, K)
+        self.centroids_ = self._centroids(Xu, cat_all, K) if cat_all is not None else \
+            np.zeros((0, Xu.shape[1]))
+        self.category_rates_ = rates
         self.emb_coef_, self.emb_bias_ = emb_c, emb_b
         self.stat_coef_, self.stat_bias_ = st_c, st_b
         self.meta_coef_, self.meta_bias_ = meta_c, meta_b
@@ -157,7 +197,10 @@ class StackRouter(QualityRouter):
                          prior_strength=float(self.prior_strength))
         pe = _sigmoid(Xu @ self.emb_coef_.T + self.emb_bias_)
         ph = _sigmoid(Hs @ self.stat_coef_.T + self.stat_bias_)
-        Z = np.stack([_logit(pe), _logit(ph), _logit(kn)], axis=2)  # (n, m, 3)
+        parts = [_logit(pe), _logit(ph), _logit(kn)]
+        if len(self.centroids_):
+            parts.append(_logit(self._category_prior(self.centroids_, self.category_rates_, Xu)))
+        Z = np.stack(parts, axis=2)  # (n, m, components)
         return _sigmoid(np.einsum("nmc,mc->nm", Z, self.meta_coef_) + self.meta_bias_)
 
     def _quality(self, X: np.ndarray) -> np.ndarray:
