@@ -68,7 +68,8 @@ class MemoryDecisionCache:
             self._d.pop(key, None)
             return None
         self._d.move_to_end(key)
-        return orjson.loads(raw)  # type: ignore[no-any-return]
+        out: dict[str, Any] = orjson.loads(raw)
+        return out
 
     async def set(self, key: str, value: dict[str, Any], ttl_s: float) -> None:
         if ttl_s <= 0:

@@ -95,7 +95,7 @@ class ExpertConfig(_Model):
     model: str | None = None
     #: name of the environment variable holding the upstream API key (never the key itself)
     api_key_env: str | None = None
-    price: PriceConfig = Field(default_factory=PriceConfig)
+    price: PriceConfig = Field(default_factory=lambda: PriceConfig.model_validate({}))
     timeout_s: float = Field(60.0, gt=0)
     connect_timeout_s: float = Field(3.0, gt=0)
     max_concurrency: int = Field(256, ge=1)
@@ -169,7 +169,7 @@ class PolicyConfig(_Model):
     artifact: Path | None = None
     routes: list[RouteConfig] = Field(default_factory=list)
     guard: GuardConfig | None = None
-    on_reject: RejectConfig = Field(default_factory=RejectConfig)
+    on_reject: RejectConfig = Field(default_factory=lambda: RejectConfig.model_validate({}))
     #: experts tried after the decision's own targets, in order
     fallback: list[str] = Field(default_factory=list)
     #: how many of the decision's targets to try before the configured fallback chain
@@ -214,7 +214,7 @@ class APIKeyConfig(_Model):
 class GatewayConfig(_Model):
     experts: list[ExpertConfig]
     policies: list[PolicyConfig] = Field(default_factory=list)
-    embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
+    embedder: EmbedderConfig = Field(default_factory=lambda: EmbedderConfig.model_validate({}))
     api_keys: list[APIKeyConfig] = Field(default_factory=list)
     #: when true every request needs a valid key (401 otherwise)
     require_auth: bool = False
@@ -293,8 +293,12 @@ def parse_config(data: Any, source: str = "<config>") -> GatewayConfig:
             lines.append(f"  {_where(tuple(err['loc']), data)}: {err['msg']}")
         raise ConfigError("\n".join(lines)) from None
     cfg.source = source
-    cfg.digest = hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS,
-                                             default=str)).hexdigest()[:16]
+    try:
+        raw = orjson.dumps(data, option=orjson.OPT_SORT_KEYS, default=str)
+    except TypeError as e:  # non-string keys, integers beyond 64 bits in free-form fields
+        raise ConfigError(f"{source}: invalid configuration: values must be JSON-like "
+                          f"(string keys, 64-bit integers): {e}") from None
+    cfg.digest = hashlib.sha256(raw).hexdigest()[:16]
     return cfg
 
 

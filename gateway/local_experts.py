@@ -273,7 +273,10 @@ class LlamaServer(ChildServer):
                "--n_threads", str(self.n_threads),
                # prompt processing would otherwise use every core (default 2 here)
                "--n_threads_batch", str(self.n_threads),
-               "--n_ctx", str(self.n_ctx), "--verbose", "False"]
+               "--n_ctx", str(self.n_ctx), "--verbose", "False",
+               # by default llama.cpp's server ends a running stream when another request
+               # arrives; a gateway in front sends concurrent requests
+               "--interrupt_requests", "False"]
         if self.chat_format:
             cmd += ["--chat_format", self.chat_format]
         return cmd

@@ -218,8 +218,8 @@ def _read_stream(redis_url: str, stream: str) -> list[dict[str, Any]]:
         if not chunk:
             break
         for _id, fields in chunk:
-            out.append(orjson.loads(fields[b"r"]))
-        last = chunk[-1][0].decode()
+            out.append(orjson.loads(fields[b"r"]))  # type: ignore[index]
+        last = chunk[-1][0].decode()  # type: ignore[union-attr]
     r.close()
     return out
 
@@ -265,9 +265,9 @@ def export_logs(out: Path, *, redis_url: str | None = None, log_path: Path | Non
     out.parent.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(rows)
     if out.suffix == ".jsonl":
-        with out.open("wb") as f:
-            for r in rows:
-                f.write(orjson.dumps(r) + b"\n")
+        with out.open("wb") as fh:
+            for row in rows:
+                fh.write(orjson.dumps(row) + b"\n")
     else:
         df.to_parquet(out, index=False)
     return len(rows)

@@ -26,6 +26,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "eval": ("gateway.cli.eval", "evaluate guards and routers on public data"),
     "bench": ("gateway.cli.bench", "benchmarks: gateway overhead, router latency, soak"),
     "data": ("gateway.cli.train", "data-set registry: list and verify the shared data sets"),
+    "keys": ("gateway.cli.keys", "API keys: hash a key, add or revoke keys in Redis"),
 }
 
 

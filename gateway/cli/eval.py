@@ -1,4 +1,4 @@
-"""``expertgate eval guard|routing|report``: each subcommand is defined beside its code in evals/."""
+"""``expertgate eval guard|routing|report``: each subcommand is defined in evals/."""
 
 from __future__ import annotations
 
