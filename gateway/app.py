@@ -196,8 +196,9 @@ class Gateway:
             cost = (usage[0] * expert.price.input_per_1m +
                     usage[1] * expert.price.output_per_1m) / 1e6
         if expert is not None and usage != (0, 0):
-            self.metrics.tokens.labels(expert.name, "prompt").inc(usage[0])
-            self.metrics.tokens.labels(expert.name, "completion").inc(usage[1])
+            m = self.metrics
+            m.child(m.tokens, expert.name, "prompt").inc(usage[0])
+            m.child(m.tokens, expert.name, "completion").inc(usage[1])
         rec: dict[str, Any] = {
             "request_id": ctx.request_id, "ts": time.time(), "tenant": ctx.tenant,
             "endpoint": ctx.endpoint, "policy": ctx.policy or None,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 __all__ = ["Metrics"]
@@ -14,6 +16,7 @@ _LAT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 
 
 class Metrics:
     def __init__(self) -> None:
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter("expertgate_requests", "Requests answered",
                                 ["endpoint", "policy", "expert", "status"], registry=r)
@@ -45,6 +48,16 @@ class Metrics:
                                   ["expert", "replica"], registry=r)
         self.tokens = Counter("expertgate_tokens", "Tokens reported by upstreams",
                               ["expert", "kind"], registry=r)
+
+    def child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, memoised: the hot path skips prometheus' lock + lookup.
+        Label values come from the config (policies, experts) and fixed sets, so the memo is
+        bounded."""
+        key = (id(metric), values)
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = metric.labels(*values)
+        return c
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

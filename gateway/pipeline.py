@@ -187,7 +187,8 @@ class Pipeline:
             self.metrics.degraded.labels("cache").inc()
             self.metrics.cache.labels("unavailable").inc()
         else:
-            self.metrics.cache.labels("hit" if hit is not None else "miss").inc()
+            m = self.metrics
+            m.child(m.cache, "hit" if hit is not None else "miss").inc()
         t1 = time.perf_counter()
         timings["cache"] = (t1 - t0) * 1000
         self._obs_cache.observe(t1 - t0)

@@ -79,7 +79,8 @@ def _headers(expert: ExpertConfig) -> dict[str, str]:
 async def _iter_rest(resp: aiohttp.ClientResponse, read_timeout: float) -> AsyncIterator[bytes]:
     try:
         while True:
-            chunk = await asyncio.wait_for(resp.content.readany(), read_timeout)
+            async with asyncio.timeout(read_timeout):
+                chunk = await resp.content.readany()
             if not chunk:
                 return
             yield chunk
@@ -94,38 +95,40 @@ async def call_openai(session: aiohttp.ClientSession, expert: ExpertConfig, base
     url = base + path
     to = aiohttp.ClientTimeout(total=None, connect=expert.connect_timeout_s,
                                sock_connect=expert.connect_timeout_s)
+    # one deadline up to the first byte (or the whole body when not streaming); a timeout
+    # context is cheaper than wait_for, which creates a task per await on Python 3.11
+    resp: aiohttp.ClientResponse | None = None
     try:
-        resp = await asyncio.wait_for(
-            session.post(url, data=body, headers=_headers(expert), timeout=to), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            resp = await session.post(url, data=body, headers=_headers(expert), timeout=to)
+            status = resp.status
+            ctype = resp.headers.get("content-type", "application/json")
+            if status >= 400 or not stream:
+                data = await resp.read()
+                resp.release()
+                if status >= 500 or status == 429:
+                    raise UpstreamFailure("status", f"{base} answered {status}", status=status,
+                                          body=data)
+                return UpstreamReply(status, ctype, data)
+            first = await resp.content.readany()
+            if not first:
+                resp.release()
+                raise UpstreamFailure("protocol", f"{base} closed the stream before any data")
     except TimeoutError:
+        if resp is not None:
+            resp.release()
+            raise UpstreamFailure("timeout", f"{base} sent no data within {timeout_s:g}s"
+                                  ) from None
         raise UpstreamFailure("timeout", f"no response from {base} within {timeout_s:g}s"
                               ) from None
     except aiohttp.ClientConnectorError as e:
         raise UpstreamFailure("connect", f"cannot connect to {base}: {e.os_error or e}"
                               ) from None
     except aiohttp.ClientError as e:
+        if resp is not None:
+            resp.release()
+            raise UpstreamFailure("protocol", f"{base}: {type(e).__name__}: {e}") from None
         raise UpstreamFailure("connect", f"{base}: {type(e).__name__}: {e}") from None
-    status = resp.status
-    ctype = resp.headers.get("content-type", "application/json")
-    try:
-        if status >= 400 or not stream:
-            data = await asyncio.wait_for(resp.read(), timeout_s)
-            resp.release()
-            if status >= 500 or status == 429:
-                raise UpstreamFailure("status", f"{base} answered {status}", status=status,
-                                      body=data)
-            return UpstreamReply(status, ctype, data)
-        first = await asyncio.wait_for(resp.content.readany(), timeout_s)
-        if not first:
-            resp.release()
-            raise UpstreamFailure("protocol", f"{base} closed the stream before any data")
-    except TimeoutError:
-        resp.release()
-        raise UpstreamFailure("timeout", f"{base} sent no data within {timeout_s:g}s"
-                              ) from None
-    except aiohttp.ClientError as e:
-        resp.release()
-        raise UpstreamFailure("protocol", f"{base}: {type(e).__name__}: {e}") from None
     return UpstreamReply(status, ctype, first, _iter_rest(resp, timeout_s), stream=True,
                          _release=resp.release)
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -40,6 +42,16 @@ log = logging.getLogger("expertgate.chat")
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+# request ids: a random per-process prefix and a counter (unique across replicas, and much
+# cheaper than uuid4 per request)
+_RID_PREFIX = os.urandom(8).hex()
+_rid_counter = itertools.count(1)
+
+
+def _next_request_id() -> str:
+    return f"{_RID_PREFIX}{next(_rid_counter):016x}"
+
 
 _ROLES = frozenset({"system", "user", "assistant", "tool", "developer", "function"})
 _JSON = b"application/json"
@@ -248,7 +260,7 @@ async def handle_generate(gw: Gateway, scope: Scope, receive: Receive, send: Sen
         if k == b"x-request-id":
             rid = v.decode("latin-1")[:128]
             break
-    ctx = _Ctx(rid or uuid.uuid4().hex, endpoint, t0)
+    ctx = _Ctx(rid or _next_request_id(), endpoint, t0)
     gw.metrics.inflight.inc()
     status = 500
     err_type: str | None = None
@@ -281,9 +293,9 @@ async def handle_generate(gw: Gateway, scope: Scope, receive: Receive, send: Sen
             _reconcile_later(gw, ctx, status, usage)
         gw.metrics.inflight.dec()
         lat = time.perf_counter() - t0
-        gw.metrics.latency.labels(endpoint).observe(lat)
-        gw.metrics.requests.labels(endpoint, ctx.policy or "-", ctx.expert or "-",
-                                   str(status)).inc()
+        m = gw.metrics
+        m.child(m.latency, endpoint).observe(lat)
+        m.child(m.requests, endpoint, ctx.policy or "-", ctx.expert or "-", str(status)).inc()
         gw.log_request(ctx, status, err_type, lat * 1000, usage)
 
 
@@ -333,7 +345,7 @@ async def _generate(gw: Gateway, scope: Scope, receive: Receive, send: Send, ctx
         ctx.decision = d
         ctx.cache = "hit" if d.cached else ("bypass" if "cache" in ctx.degraded else "miss")
         ctx.reason = d.reason
-        gw.metrics.decisions.labels(model, d.expert or "-", d.mode).inc()
+        gw.metrics.child(gw.metrics.decisions, model, d.expert or "-", d.mode).inc()
         if pol.max_tokens_cap is not None:
             key = "max_completion_tokens" if "max_completion_tokens" in payload else "max_tokens"
             if payload.get(key) is None or payload[key] > pol.max_tokens_cap:
