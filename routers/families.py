@@ -16,6 +16,7 @@ FAMILY_MODULES = (
     "routers.skills",
     "routers.cluster",
     "routers.lora",
+    "routers.stack",
 )
 
 for _m in FAMILY_MODULES:
