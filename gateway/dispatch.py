@@ -151,7 +151,9 @@ class ExpertPool:
         self.expert = expert
         self.replicas = [Replica(b) for b in bases]
         self.sem = asyncio.Semaphore(expert.max_concurrency)
-        self.resident: set[str] = set()
+        #: replica base -> LoRA adapters resident there (configured on the base expert)
+        self.resident: dict[str, set[str]] = {b.rstrip("/"): set(a) for b, a in
+                                              expert.resident_adapters.items()}
 
     def order(self, key: bytes, adapter: str | None = None) -> list[Replica]:
         """Replicas in the order to try them: affinity + power of two choices first."""
@@ -159,8 +161,7 @@ class ExpertPool:
         if len(reps) == 1:
             return list(reps)
         if adapter is not None:
-            preferred = [r for r in reps if adapter in self.expert.resident_adapters.get(r.base,
-                                                                                         [])]
+            preferred = [r for r in reps if adapter in self.resident.get(r.base, ())]
             if preferred:
                 rest = [r for r in reps if r not in preferred]
                 return self._p2c(preferred, key) + rest
@@ -199,6 +200,10 @@ class Dispatcher:
         for e in config.experts:
             if e.parent is not None and not e.bases and e.parent in self.pools:
                 self.pools[e.name].replicas = self.pools[e.parent].replicas
+                merged = dict(self.pools[e.parent].resident)
+                for b, names in self.pools[e.name].resident.items():
+                    merged[b] = merged.get(b, set()) | names
+                self.pools[e.name].resident = merged
 
     async def start(self) -> None:
         conn = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300,

@@ -276,3 +276,22 @@ async def test_body_limit_checked_before_reading_when_content_length_says_so(ups
         r = await c.post("/v1/chat/completions", content=b"{" + b" " * 200 + b"}",
                          headers={"content-type": "application/json"})
         assert r.status_code == 413 and _err(r)["code"] == "request_too_large"
+
+
+def test_lora_adapter_prefers_replicas_where_it_is_resident() -> None:
+    from gateway.config import parse_config
+    from gateway.dispatch import Dispatcher
+    from gateway.metrics import Metrics
+
+    cfg = parse_config({"experts": [
+        {"name": "base", "replicas": ["http://127.0.0.1:1/v1", "http://127.0.0.1:2/v1",
+                                      "http://127.0.0.1:3/v1"],
+         "resident_adapters": {"http://127.0.0.1:3/v1": ["sql"]}},
+        {"name": "sql", "parent": "base"}, {"name": "law", "parent": "base"}]})
+    d = Dispatcher(cfg, Metrics())
+    for i in range(20):  # whatever the prompt hashes to, the resident replica comes first
+        key = f"prompt {i}".encode()
+        assert d.pools["sql"].order(key, "sql")[0].base == "http://127.0.0.1:3/v1"
+    firsts = {d.pools["law"].order(f"p{i}".encode(), "law")[0].base for i in range(40)}
+    assert len(firsts) > 1  # no residency known: spread by affinity + load
+    assert d.pools["sql"].replicas is d.pools["base"].replicas
