@@ -35,16 +35,16 @@ bench-router: setup
 	$(PY) -m gateway.cli bench router --json runs/bench-router.json
 
 soak: setup
-	$(PY) -m gateway.cli bench soak --json runs/soak.json
+	$(PY) -m gateway.cli bench soak --out runs/soak.json
 
 eval-guard: setup
 	$(PY) -m gateway.cli eval guard --suite clinc150-gqr --json runs/eval-guard.json
 
 eval-routing: setup
-	$(PY) -m gateway.cli eval routing --data ../shared/data/routellm --format routellm-mmlu --strong gpt-4-1106-preview --json runs/eval-routing-mmlu.json
+	$(PY) -m gateway.cli eval routing --data ../shared/data/routellm --format routellm-mmlu --seeds 5 --json docs/results/runs/mmlu.json
 
 report: setup
-	$(PY) -m gateway.cli eval report --out docs/results
+	$(PY) -m gateway.cli eval report --runs docs/results/runs --out docs/results
 
 clean:
 	rm -rf .venv build *.egg-info
