@@ -88,6 +88,14 @@ class Principal:
     key: APIKeyConfig | None = None
 
 
+def _digest(headers: Iterable[tuple[bytes, bytes]]) -> str:
+    """The sha256 of the request's key; 401 when there is none."""
+    token = _token(headers)
+    if not token:
+        raise AuthenticationFailed("missing API key: send 'Authorization: Bearer <key>'")
+    return hash_key(token)
+
+
 def _token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     token = None
     for k, v in headers:
@@ -218,10 +226,7 @@ class Authenticator:
         """Config keys and Redis keys already seen (for the non-hot endpoints)."""
         if not self.required:
             return None
-        token = _token(headers)
-        if not token:
-            raise AuthenticationFailed("missing API key: send 'Authorization: Bearer <key>'")
-        digest = hash_key(token)
+        digest = _digest(headers)
         cfg = self._config_key(digest)
         if cfg is None:
             hit = self._cached.get(digest)
@@ -236,10 +241,7 @@ class Authenticator:
         """Config keys, then Redis keys (looked up and cached)."""
         if not self.required:
             return None
-        token = _token(headers)
-        if not token:
-            raise AuthenticationFailed("missing API key: send 'Authorization: Bearer <key>'")
-        digest = hash_key(token)
+        digest = _digest(headers)
         cfg = self._config_key(digest)
         if cfg is None and self.redis is not None:
             cfg = await self._redis_key(digest)

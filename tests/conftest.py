@@ -3,8 +3,23 @@
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.doubles.openai_upstream import OpenAIUpstreamDouble
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture
+async def ups() -> AsyncIterator[tuple[OpenAIUpstreamDouble, OpenAIUpstreamDouble]]:
+    """Two OpenAI-compatible upstream doubles: the coder's and the chatter's."""
+    a = await OpenAIUpstreamDouble("coder-double").start()
+    b = await OpenAIUpstreamDouble("chatter-double").start()
+    yield a, b
+    await a.stop()
+    await b.stop()

@@ -8,7 +8,6 @@ these behaviours); tests/integration/test_local_experts.py uses the real llama.c
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
@@ -17,20 +16,10 @@ import pytest
 
 from gateway.cli import main as cli_main
 from gateway.logs import FEEDBACK_STREAM, LOG_STREAM
-from tests.doubles.openai_upstream import OpenAIUpstreamDouble
 from tests.integration.conftest import RedisServer
 from tests.unit.gateway_helpers import base_config, chat, gateway_client
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def ups() -> AsyncIterator[tuple[OpenAIUpstreamDouble, OpenAIUpstreamDouble]]:
-    a = await OpenAIUpstreamDouble("coder-double").start()
-    b = await OpenAIUpstreamDouble("chatter-double").start()
-    yield a, b
-    await a.stop()
-    await b.stop()
 
 
 async def test_two_gateway_replicas_share_decisions_log_and_feedback(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -19,15 +19,6 @@ from tests.unit.gateway_helpers import base_config, chat, gateway_client
 
 SECRET = "sk-test-7f3a9c1e2b4d-very-secret"
 PROMPT = "zebra-unicorn-password-4411 fix this bug in my code"
-
-
-@pytest.fixture
-async def ups() -> AsyncIterator[tuple[OpenAIUpstreamDouble, OpenAIUpstreamDouble]]:
-    a = await OpenAIUpstreamDouble("coder-double").start()
-    b = await OpenAIUpstreamDouble("chatter-double").start()
-    yield a, b
-    await a.stop()
-    await b.stop()
 
 
 def _cfg(ups: tuple[OpenAIUpstreamDouble, OpenAIUpstreamDouble], **key: object) -> dict:

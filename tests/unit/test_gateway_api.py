@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -10,17 +9,7 @@ import openai
 import orjson
 import pytest
 
-from tests.doubles.openai_upstream import OpenAIUpstreamDouble
 from tests.unit.gateway_helpers import base_config, chat, gateway_client
-
-
-@pytest.fixture
-async def ups() -> AsyncIterator[tuple[OpenAIUpstreamDouble, OpenAIUpstreamDouble]]:
-    a = await OpenAIUpstreamDouble("coder-double").start()
-    b = await OpenAIUpstreamDouble("chatter-double").start()
-    yield a, b
-    await a.stop()
-    await b.stop()
 
 
 def _err(r: httpx.Response) -> dict[str, object]:

@@ -177,15 +177,6 @@ async def test_redis_down_falls_back_to_local_and_recovers(redis_proc: RedisProc
 
 # --------------------------------------------------------------------------- gateway
 
-@pytest.fixture
-async def ups() -> AsyncIterator[tuple[OpenAIUpstreamDouble, OpenAIUpstreamDouble]]:
-    a = await OpenAIUpstreamDouble("coder-double").start()
-    b = await OpenAIUpstreamDouble("chatter-double").start()
-    yield a, b
-    await a.stop()
-    await b.stop()
-
-
 def _with_key(cfg: dict, **limits: int) -> dict:
     cfg["api_keys"] = [{"name": "team-a", "sha256": hash_key("sk-a"), **limits}]
     return cfg
