@@ -383,11 +383,28 @@ def run(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {}
     if args.embedder in ("minilm", "onnx"):
         options["threads"] = 1
+        if args.embedder_path and args.finetune:
+            print("give --embedder-path or --finetune, not both", file=sys.stderr)
+            return 2
+        if args.embedder_path:
+            options["model_path"] = args.embedder_path
+    elif args.embedder_path or args.finetune:
+        print("--embedder-path and --finetune need --embedder minilm or onnx", file=sys.stderr)
+        return 2
     if args.embedder == "static":
         if not args.static_model:
             print("--embedder static needs --static-model PATH", file=sys.stderr)
             return 2
         options["model_path"] = args.static_model
+    finetune_meta = None
+    if args.finetune:
+        try:
+            folder, finetune_meta = finetuned_for(data, epochs=args.finetune_epochs,
+                                                  seed=args.seed, quiet=args.quiet)
+        except (OSError, ValueError) as e:
+            print(f"error: fine-tune failed: {e}", file=sys.stderr)
+            return 2
+        options["model_path"] = str(folder)
     try:
         embedder = make_embedder(args.embedder, **options)
     except EmbedderError as e:
@@ -401,6 +418,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if finetune_meta is not None:
+        result["embedder_finetune"] = {k: v for k, v in finetune_meta.items() if k != "labels"}
     print(format_table(result))
     if args.json:
         out = Path(args.json)
@@ -423,6 +442,39 @@ def _clean(x: Any) -> Any:
     return x
 
 
+def finetuned_for(data: GuardData, *, epochs: int = 2, seed: int = 0, quiet: bool = False,
+                  cache_dir: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
+    """A fine-tuned encoder for ``data``'s train split (validation only to report), made
+    once and cached under ``$EXPERTGATE_CACHE/finetuned/<train data hash>-e<epochs>-s<seed>``.
+    Test and OOD rows are never seen."""
+    from routers.embed import MiniLMEmbedder, embed_cached
+    from routers.finetune import data_hash, finetune_encoder, read_meta
+
+    if cache_dir is None:
+        base = os.environ.get("EXPERTGATE_CACHE") or os.path.join(
+            os.path.expanduser("~"), ".cache", "expertgate")
+        cache_dir = Path(base) / "finetuned"
+    key = f"{data_hash(data.train_texts, data.train_labels)[:16]}-e{epochs}-s{seed}"
+    folder = Path(cache_dir) / key
+    meta = read_meta(folder)
+    if meta is not None:
+        return folder, meta
+    say = (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    say(f"fine-tuning the encoder on {len(data.train_texts)} in-domain train rows "
+        f"({len(data.labels)} labels, {epochs} epochs) -> {folder}")
+    X0 = embed_cached(MiniLMEmbedder(threads=None), data.train_texts, progress=not quiet)
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    meta = finetune_encoder(data.train_texts, data.train_labels, tmp, epochs=epochs, seed=seed,
+                            val=(data.val_texts, data.val_labels), init_embeddings=X0, log=say)
+    if folder.exists():  # a concurrent run finished first
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        os.replace(tmp, folder)
+    return folder, meta
+
+
 def cli_register(parser: argparse.ArgumentParser) -> None:
     """Add ``expertgate eval guard`` flags and its handler."""
     parser.description = __doc__.splitlines()[0] if __doc__ else None
@@ -441,6 +493,14 @@ def cli_register(parser: argparse.ArgumentParser) -> None:
                         choices=["minilm", "onnx", "static", "hashing"],
                         help="embedder for the guards and the latency figures")
     parser.add_argument("--static-model", help="model2vec folder for --embedder static")
+    parser.add_argument("--embedder-path", help="sentence-transformers folder for --embedder "
+                        "minilm|onnx (e.g. one written by 'expertgate embedder finetune')")
+    parser.add_argument("--finetune", action="store_true",
+                        help="first fine-tune the encoder on the in-domain train split "
+                        "(large-margin cosine loss, routers/finetune.py; cached by data "
+                        "hash), then evaluate every method with it")
+    parser.add_argument("--finetune-epochs", type=int, default=2,
+                        help="epochs of --finetune (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of fits, splits and the "
                         "latency sample (default 0)")
     parser.add_argument("--latency-sample", type=int, default=300,

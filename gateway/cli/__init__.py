@@ -26,6 +26,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "eval": ("gateway.cli.eval", "evaluate guards and routers on public data"),
     "bench": ("gateway.cli.bench", "benchmarks: gateway overhead, router latency, soak"),
     "data": ("gateway.cli.train", "data-set registry: list and verify the shared data sets"),
+    "embedder": ("gateway.cli.embedder", "fine-tune the sentence encoder on in-domain data"),
     "keys": ("gateway.cli.keys", "API keys: hash a key, add or revoke keys in Redis"),
 }
 

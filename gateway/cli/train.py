@@ -48,7 +48,9 @@ def register(sub: Any, name: str) -> None:
         p.add_argument("--embedder", default="minilm", choices=("minilm", "onnx", "static",
                                                                  "hashing"))
         p.add_argument("--embedder-path", default=None,
-                       help="model folder for --embedder static (model2vec)")
+                       help="model folder: model2vec for --embedder static; a "
+                       "sentence-transformers folder (e.g. from 'expertgate embedder "
+                       "finetune') for minilm/onnx")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--val", type=float, default=0.1, help="validation fraction")
         p.add_argument("--test", type=float, default=0.2, help="test fraction")

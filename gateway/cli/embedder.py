@@ -1,0 +1,61 @@
+"""``expertgate embedder finetune``: a domain-adapted sentence encoder for guards and routers.
+
+The written folder is a sentence-transformers model; point the gateway at it with
+``embedder: {kind: onnx, options: {model_path: DIR}}`` (or ``kind: minilm``) and train the
+guard and routers with ``--embedder onnx --embedder-path DIR`` so their artifacts match.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def register(sub: Any, name: str) -> None:
+    p = sub.add_parser(name, help="embedder tools: fine-tune the encoder on in-domain data")
+    inner = p.add_subparsers(dest="embedder_command", metavar="WHAT")
+    ft = inner.add_parser("finetune", help="fine-tune all-MiniLM-L6-v2 on labelled in-domain "
+                          "queries (large-margin cosine loss) and save it",
+                          description=__doc__.splitlines()[0] if __doc__ else None)
+    src = ft.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="guard table (text,label,split) as JSONL/CSV/Parquet; "
+                     "rows of split 'train' are used, 'validation' is reported")
+    src.add_argument("--suite", help="a built-in guard suite (see 'expertgate eval guard')")
+    ft.add_argument("--out", required=True, help="folder to write the model to")
+    ft.add_argument("--epochs", type=int, default=2)
+    ft.add_argument("--batch-size", type=int, default=32)
+    ft.add_argument("--lr", type=float, default=5e-5)
+    ft.add_argument("--margin", type=float, default=0.2)
+    ft.add_argument("--scale", type=float, default=16.0)
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    ft.set_defaults(func=_finetune)
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from evals.datasets.guard import load_guard_data, load_suite
+    from routers.finetune import finetune_encoder
+
+    try:
+        data = load_suite(args.suite) if args.suite else load_guard_data(args.data,
+                                                                         seed=args.seed)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.epochs < 1 or args.batch_size < 1:
+        print("error: --epochs and --batch-size must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        meta = finetune_encoder(
+            data.train_texts, data.train_labels, args.out, epochs=args.epochs,
+            batch_size=args.batch_size, lr=args.lr, margin=args.margin, scale=args.scale,
+            seed=args.seed, threads=args.threads, val=(data.val_texts, data.val_labels),
+            log=lambda s: print(s, file=sys.stderr, flush=True))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: v for k, v in meta.items() if k != "labels"}, indent=1))
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
