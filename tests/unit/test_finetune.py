@@ -95,3 +95,17 @@ def test_eval_finetune_is_cached_by_train_data(tmp_path: Path) -> None:
     assert again == folder and meta2 == json.loads((folder / META_FILE).read_text())
     assert (folder / META_FILE).stat().st_mtime_ns == stamp  # not trained twice
     assert meta["n_rows"] == 16
+
+
+def test_onnx_backend_serves_the_fine_tuned_model(tuned: tuple[Path, dict],
+                                                  tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("EXPERTGATE_CACHE", str(tmp_path))  # the export goes to a fresh cache
+    out, _ = tuned
+    texts = ["card balance", "rules of the card game", "weather in paris"]
+    ref = MiniLMEmbedder(model_path=out, threads=1)
+    onnx = make_embedder("onnx", model_path=str(out), threads=1)
+    assert onnx.name == ref.name  # same model, same name, whichever backend
+    cos = (onnx.embed(texts) * ref.embed(texts)).sum(axis=1)
+    assert np.all(cos > 0.999), cos
