@@ -31,6 +31,8 @@ __all__ = [
     "RouterError",
     "RoutingTable",
     "Target",
+    "example_texts",
+    "examples_table",
     "get_router_class",
     "register",
     "registered_names",
@@ -291,6 +293,35 @@ class RoutingTable:
 
 
 R = TypeVar("R", bound="Router")
+
+
+
+def example_texts(entry: Mapping[str, Any]) -> list[str]:
+    """A config entry's ``examples`` plus its ``description``, as strings."""
+    texts = [str(t) for t in entry.get("examples") or []]
+    if entry.get("description"):
+        texts.append(str(entry["description"]))
+    return texts
+
+
+def examples_table(groups: Sequence[tuple[str, str, Sequence[str]]],
+                   models: Sequence[str]) -> RoutingTable:
+    """``(category, model, texts)`` groups -> a RoutingTable with one row per text, its
+    category, score 1 for ``model`` and 0 for the others, no costs."""
+    models = list(models)
+    prompts: list[str] = []
+    cats: list[str] = []
+    rows: list[np.ndarray] = []
+    for cat, model, texts in groups:
+        onehot = np.zeros(len(models))
+        onehot[models.index(model)] = 1.0
+        for t in texts:
+            prompts.append(t)
+            cats.append(cat)
+            rows.append(onehot)
+    scores = np.stack(rows)
+    ids = [f"{c}:{i}" for i, c in enumerate(cats)]
+    return RoutingTable(ids, prompts, models, scores, np.zeros_like(scores), cats)
 
 
 class Router:

@@ -22,7 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from routers.base import Decision, RouterError, RoutingTable, Target, register
+from routers.base import (
+    Decision,
+    RouterError,
+    RoutingTable,
+    Target,
+    example_texts,
+    examples_table,
+    register,
+)
 from routers.knn import knn_quality, unit_rows
 from routers.tradeoff import QualityRouter, preference_order
 
@@ -36,24 +44,13 @@ def adapters_to_table(adapters: Sequence[Mapping[str, Any]]) -> RoutingTable:
     names = [str(a.get("name") or "") for a in adapters]
     if any(not n for n in names) or len(set(names)) != len(names):
         raise RouterError("lora: every adapter needs a unique non-empty name")
-    prompts: list[str] = []
-    cats: list[str] = []
-    rows: list[np.ndarray] = []
-    for j, a in enumerate(adapters):
-        texts = [str(t) for t in a.get("examples") or []]
-        if a.get("description"):
-            texts.append(str(a["description"]))
+    groups = []
+    for name, a in zip(names, adapters, strict=True):
+        texts = example_texts(a)
         if not texts:
-            raise RouterError(f"lora: adapter {names[j]!r} has no description or examples")
-        for t in texts:
-            onehot = np.zeros(len(names))
-            onehot[j] = 1.0
-            prompts.append(t)
-            cats.append(names[j])
-            rows.append(onehot)
-    S = np.stack(rows)
-    ids = [f"{c}:{i}" for i, c in enumerate(cats)]
-    return RoutingTable(ids, prompts, names, S, np.zeros_like(S), cats)
+            raise RouterError(f"lora: adapter {name!r} has no description or examples")
+        groups.append((name, name, texts))
+    return examples_table(groups, names)
 
 
 @register

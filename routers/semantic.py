@@ -17,7 +17,17 @@ from typing import Any
 
 import numpy as np
 
-from routers.base import Decision, GuardVerdict, Router, RouterError, RoutingTable, Target, register
+from routers.base import (
+    Decision,
+    GuardVerdict,
+    Router,
+    RouterError,
+    RoutingTable,
+    Target,
+    example_texts,
+    examples_table,
+    register,
+)
 
 __all__ = ["SemanticRouter", "routes_to_table"]
 
@@ -30,24 +40,13 @@ def routes_to_table(routes: Sequence[Mapping[str, Any]]) -> RoutingTable:
     if not routes:
         raise RouterError("semantic router: no routes given")
     experts = sorted({str(r["expert"]) for r in routes})
-    prompts: list[str] = []
-    cats: list[str] = []
-    rows: list[np.ndarray] = []
+    groups = []
     for r in routes:
-        texts = [str(t) for t in r.get("examples") or []]
-        if r.get("description"):
-            texts.append(str(r["description"]))
+        texts = example_texts(r)
         if not texts:
             raise RouterError(f"semantic route {r.get('name')!r} has no examples or description")
-        onehot = np.zeros(len(experts))
-        onehot[experts.index(str(r["expert"]))] = 1.0
-        for t in texts:
-            prompts.append(t)
-            cats.append(str(r["name"]))
-            rows.append(onehot)
-    scores = np.stack(rows)
-    ids = [f"{c}:{i}" for i, c in enumerate(cats)]
-    return RoutingTable(ids, prompts, experts, scores, np.zeros_like(scores), cats)
+        groups.append((str(r["name"]), str(r["expert"]), texts))
+    return examples_table(groups, experts)
 
 
 @register
