@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     gc_freeze: bool = True
     #: check upstreams in /readyz (one GET /models per replica, cached briefly)
     ready_check_upstreams: bool = True
+    #: /readyz answers 503 when any one expert has no replica up (default: only when none is)
+    ready_require_all_experts: bool = False
 
     @property
     def feedback_file(self) -> Path:

@@ -32,8 +32,10 @@ class Metrics:
                                        ["expert", "kind"], registry=r)
         self.fallbacks = Counter("expertgate_fallbacks", "Requests served by a fallback",
                                  ["policy", "reason"], registry=r)
+        # one count per response that took a degraded path, per component named in its
+        # x-expertgate-degraded header (a response with two components counts in both)
         self.degraded = Counter("expertgate_degraded",
-                                "Requests that took a degraded path",
+                                "Responses that took a degraded path, by component",
                                 ["component"], registry=r)
         self.rejections = Counter("expertgate_rejections", "Rejected requests",
                                   ["policy", "reason"], registry=r)

@@ -183,8 +183,7 @@ class Pipeline:
             hit = await self.cache.get(key)
         except CacheUnavailable:
             hit = None
-            degraded.append("cache")
-            self.metrics.degraded.labels("cache").inc()
+            degraded.append("cache")  # counted in expertgate_degraded_total per response
             self.metrics.cache.labels("unavailable").inc()
         else:
             m = self.metrics
@@ -202,7 +201,6 @@ class Pipeline:
         except Exception as e:  # embedder failure degrades to the fallback chain, loudly
             log.error("embedder failed (%s: %s); using the policy's fallback", type(e).__name__, e)
             degraded.append("embedder")
-            self.metrics.degraded.labels("embedder").inc()
             return self._fallback_decision(rt, f"embedder unavailable ({type(e).__name__})",
                                            timings)
         t2 = time.perf_counter()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import MutableMapping
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gateway.api.chat import Receive, Scope, Send, request_id
 from gateway.errors import GatewayError, error_body
 
 if TYPE_CHECKING:
@@ -17,12 +19,47 @@ if TYPE_CHECKING:
 __all__ = ["build_api"]
 
 
+class RequestIdMiddleware:
+    """Give every response of the FastAPI part an ``x-request-id`` (the hot endpoints set
+    their own). The id is on ``request.state.request_id`` for handlers that log it. A
+    ``/v1/route`` response that failed before its handler ran (a body that is not valid)
+    still carries the ``x-expertgate-*`` set README promises."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = request_id(scope)
+        scope.setdefault("state", {})["request_id"] = rid
+        is_route = scope.get("path") == "/v1/route"
+
+        async def send_with_id(msg: MutableMapping[str, Any]) -> None:
+            if msg["type"] == "http.response.start":
+                headers = list(msg.get("headers", ()))
+                have = {k.lower() for k, _ in headers}
+                extra = [(b"x-request-id", rid.encode())]
+                if is_route and b"x-expertgate-policy" not in have:
+                    extra += [(b"x-expertgate-policy", b"none"),
+                              (b"x-expertgate-expert", b"none"),
+                              (b"x-expertgate-cache", b"none"),
+                              (b"x-expertgate-decision-ms", b"0.000"),
+                              (b"x-expertgate-reason", b"the request was not valid")]
+                msg = {**msg, "headers": headers + [h for h in extra if h[0] not in have]}
+            await send(msg)
+
+        await self.app(scope, receive, send_with_id)
+
+
 def build_api(gw: Gateway) -> FastAPI:
     from gateway.api import admin, feedback, health, models, protocol, route
 
     api = FastAPI(title="expertgate", version="0.1.0",
                   description="OpenAI-compatible LLM router and gateway")
     api.state.gw = gw
+    api.add_middleware(RequestIdMiddleware)
 
     @api.exception_handler(GatewayError)
     async def _gateway_error(request: Request, exc: GatewayError) -> Response:

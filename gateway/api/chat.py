@@ -35,7 +35,7 @@ from routers.base import Decision
 if TYPE_CHECKING:
     from gateway.app import Gateway
 
-__all__ = ["handle_generate"]
+__all__ = ["handle_generate", "request_id"]
 
 log = logging.getLogger("expertgate.chat")
 
@@ -51,6 +51,18 @@ _rid_counter = itertools.count(1)
 
 def _next_request_id() -> str:
     return f"{_RID_PREFIX}{next(_rid_counter):016x}"
+
+
+def request_id(scope: Scope) -> str:
+    """The request's id: the client's ``x-request-id`` (first 128 characters) or a new one.
+    Every endpoint answers with it in ``x-request-id``."""
+    for k, v in scope.get("headers", ()):
+        if k == b"x-request-id":
+            rid = v.decode("latin-1")[:128]
+            if rid:
+                return rid
+            break
+    return _next_request_id()
 
 
 _ROLES = frozenset({"system", "user", "assistant", "tool", "developer", "function"})
@@ -198,7 +210,7 @@ def _refusal(payload: dict[str, Any], endpoint: str, message: str, policy: str,
 class _Ctx:
     """Per-request facts gathered for headers and the routing-log record."""
 
-    __slots__ = ("cache", "decision", "degraded", "endpoint", "expert", "key_id", "policy",
+    __slots__ = ("cache", "chain", "decision", "degraded", "endpoint", "expert", "key_id", "policy",
                  "rate", "reason", "replica", "request_id", "rt", "started", "stream", "t0",
                  "tenant", "text", "text_hash")
 
@@ -215,6 +227,8 @@ class _Ctx:
         self.cache = "none"
         self.reason = ""
         self.degraded: list[str] = []
+        #: the experts the dispatcher was asked to try, in order
+        self.chain: list[str] = []
         self.stream = False
         self.text: str | None = None
         self.text_hash: str | None = None
@@ -224,17 +238,17 @@ class _Ctx:
 
     def headers(self, extra: list[tuple[bytes, bytes]] | None = None
                 ) -> list[tuple[bytes, bytes]]:
-        h = [(b"x-request-id", self.request_id.encode())]
-        if self.policy:
-            h.append((b"x-expertgate-policy", self.policy.encode()))
-        if self.expert:
-            h.append((b"x-expertgate-expert", self.expert.encode()))
-        h.append((b"x-expertgate-cache", self.cache.encode()))
+        # Every response carries the same set (README): "none" and 0 say "nothing of this
+        # kind happened" (a pass-through has no policy and took no decision time).
+        ms = 0.0
         if self.decision is not None:
             ms = self.decision.timings_ms.get("total", sum(self.decision.timings_ms.values()))
-            h.append((b"x-expertgate-decision-ms", f"{ms:.3f}".encode()))
-        if self.reason:
-            h.append((b"x-expertgate-reason", _hdr_value(self.reason)))
+        h = [(b"x-request-id", self.request_id.encode()),
+             (b"x-expertgate-policy", (self.policy or "none").encode()),
+             (b"x-expertgate-expert", (self.expert or "none").encode()),
+             (b"x-expertgate-cache", self.cache.encode()),
+             (b"x-expertgate-decision-ms", f"{ms:.3f}".encode()),
+             (b"x-expertgate-reason", _hdr_value(self.reason or "none"))]
         if self.degraded:
             h.append((b"x-expertgate-degraded", ",".join(self.degraded).encode()))
         if self.rate is not None and self.rate.allowed:
@@ -255,12 +269,7 @@ async def _send_error(send: Send, err: GatewayError, ctx: _Ctx) -> None:
 async def handle_generate(gw: Gateway, scope: Scope, receive: Receive, send: Send,
                           endpoint: str) -> None:
     t0 = time.perf_counter()
-    rid = ""
-    for k, v in scope.get("headers", ()):
-        if k == b"x-request-id":
-            rid = v.decode("latin-1")[:128]
-            break
-    ctx = _Ctx(rid or _next_request_id(), endpoint, t0)
+    ctx = _Ctx(request_id(scope), endpoint, t0)
     gw.metrics.inflight.inc()
     status = 500
     err_type: str | None = None
@@ -274,8 +283,12 @@ async def handle_generate(gw: Gateway, scope: Scope, receive: Receive, send: Sen
         status, usage = await _generate(gw, scope, receive, tracked_send, ctx)
     except GatewayError as e:
         status, err_type = e.status, e.code
-        if isinstance(e, UpstreamError):
-            ctx.reason = ctx.reason or str(e)
+        if isinstance(e, UpstreamError) and ctx.chain and ctx.policy:
+            # a routed request whose every expert failed: say so, never silently
+            ctx.degraded.append("expert-fallback" if len(ctx.chain) > 1 else "expert-failed")
+            ctx.reason = (f"{ctx.reason}; " if ctx.reason else "") + (
+                f"every expert failed ({', '.join(ctx.chain)})")
+        ctx.reason = ctx.reason or e.message
         await _send_error(send, e, ctx)
     except asyncio.CancelledError:
         status, err_type = 499, "client_disconnected"
@@ -294,6 +307,8 @@ async def handle_generate(gw: Gateway, scope: Scope, receive: Receive, send: Sen
         gw.metrics.inflight.dec()
         lat = time.perf_counter() - t0
         m = gw.metrics
+        for component in ctx.degraded:  # one count per degraded response and component
+            m.child(m.degraded, component).inc()
         m.child(m.latency, endpoint).observe(lat)
         m.child(m.requests, endpoint, ctx.policy or "-", ctx.expert or "-", str(status)).inc()
         gw.log_request(ctx, status, err_type, lat * 1000, usage)
@@ -378,6 +393,7 @@ async def _generate(gw: Gateway, scope: Scope, receive: Receive, send: Send, ctx
             if not chain:
                 raise GuardRejected("the router chose no expert", status=400)
     path = "/chat/completions" if ctx.endpoint == "chat" else "/completions"
+    ctx.chain = chain
     res = await gw.dispatcher.call(chain, path, payload, _body_for(payload, raw, model),
                                    stream=stream, affinity=affinity_text[:256].encode(),
                                    deadline=deadline)

@@ -1,4 +1,10 @@
-"""GET /healthz (alive), GET /readyz (Redis and upstreams), GET /metrics (Prometheus)."""
+"""GET /healthz (alive), GET /readyz (Redis and upstreams), GET /metrics (Prometheus).
+
+``/readyz`` reports each expert's readiness in ``checks.experts`` (``{name: {ready,
+replicas_up, replicas}}``) and the names of those with no replica up in
+``checks.experts_down``. It answers 503 when no expert is up, or, with
+``EXPERTGATE_READY_REQUIRE_ALL_EXPERTS=true``, when any one is down.
+"""
 
 from __future__ import annotations
 
@@ -46,6 +52,7 @@ async def readyz(request: Request) -> Response:
         except Exception as e:  # any failure means "not available"; serving goes on without
             checks["redis"] = f"unavailable ({type(e).__name__}): serving without cache"
     ups: dict[str, str] = {}
+    experts: dict[str, dict[str, Any]] = {}
     if gw.settings.ready_check_upstreams and gw.dispatcher.session is not None:
         pools = [(n, p) for n, p in gw.dispatcher.pools.items()
                  if p.expert.kind == "openai" and p.expert.parent is None]
@@ -56,11 +63,19 @@ async def readyz(request: Request) -> Response:
             up = sum(res[i:i + len(p.replicas)])
             i += len(p.replicas)
             ups[n] = f"{up}/{len(p.replicas)} replicas up"
-        if pools and not any(res):
+            experts[n] = {"ready": up > 0, "replicas_up": up, "replicas": len(p.replicas)}
+        down = sorted(n for n, e in experts.items() if not e["ready"])
+        # by default the gateway is ready while any expert answers (policies fall back);
+        # EXPERTGATE_READY_REQUIRE_ALL_EXPERTS=true makes one expert down mean not ready
+        if pools and (len(down) == len(pools) or (down and gw.settings.ready_require_all_experts)):
             ok = False
+        checks["experts_down"] = down
     checks["upstreams"] = ups
+    checks["experts"] = experts
     status = 200 if ok else 503
-    body = orjson.dumps({"status": "ready" if ok else "not ready", "checks": checks})
+    # 200 "degraded": serving, but some expert is down (its requests take a fallback)
+    word = ("degraded" if checks.get("experts_down") else "ready") if ok else "not ready"
+    body = orjson.dumps({"status": word, "checks": checks})
     gw._ready_cache = (time.monotonic() + _READY_TTL_S, status, body)
     return Response(body, status_code=status, media_type="application/json")
 

@@ -87,7 +87,7 @@ def test_concrete_expert_passes_through_unrouted(client: openai.OpenAI) -> None:
         messages=[{"role": "user", "content": "Hi! How are you doing today?"}])
     out = raw.parse()
     assert raw.headers["x-expertgate-expert"] == "gemma3"  # not smollm2, as auto would pick
-    assert "x-expertgate-policy" not in raw.headers
+    assert raw.headers["x-expertgate-policy"] == "none"
     assert raw.headers["x-expertgate-cache"] == "none"
     assert out.model == "gemma3"
     assert out.usage is not None and out.usage.completion_tokens > 0

@@ -41,8 +41,8 @@ def base_config(coder: str, chatter: str, **policy: Any) -> dict[str, Any]:
 @contextlib.asynccontextmanager
 async def gateway_client(cfg: dict[str, Any], tmp_path: Path, **settings: Any
                          ) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
-    s = Settings(log_path=tmp_path / "log.jsonl", ready_check_upstreams=False,
-                 gc_freeze=False, **settings)
+    s = Settings(**{"log_path": tmp_path / "log.jsonl", "ready_check_upstreams": False,
+                    "gc_freeze": False, **settings})
     app = create_app(s, parse_config(cfg, "test.yaml"), embedder=HashingEmbedder())
     gw = app.gateway
     await gw.start()

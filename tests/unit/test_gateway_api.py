@@ -68,7 +68,7 @@ async def test_explicit_expert_passes_through_and_unknown_is_404(ups, tmp_path: 
         r = await c.post("/v1/chat/completions", json=chat("chatter", "fix this bug"))
         assert r.status_code == 200
         assert r.headers["x-expertgate-expert"] == "chatter"
-        assert "x-expertgate-policy" not in r.headers
+        assert r.headers["x-expertgate-policy"] == "none"
         r = await c.post("/v1/chat/completions", json=chat("gpt-4o", "hi"))
         assert r.status_code == 404
         e = _err(r)
