@@ -35,7 +35,7 @@ from routers.base import Decision
 if TYPE_CHECKING:
     from gateway.app import Gateway
 
-__all__ = ["handle_generate", "request_id"]
+__all__ = ["handle_generate", "header_value", "request_id"]
 
 log = logging.getLogger("expertgate.chat")
 
@@ -69,9 +69,15 @@ _ROLES = frozenset({"system", "user", "assistant", "tool", "developer", "functio
 _JSON = b"application/json"
 
 
-def _hdr_value(s: str) -> bytes:
+def header_value(s: str) -> str:
+    """``s`` as a valid HTTP header value: one line, printable ASCII, at most 240 chars (a
+    reason may quote client input, e.g. an unknown model name)."""
     s = " ".join(s.split())[:240]
-    return s.encode("ascii", "replace")
+    return "".join(c if " " <= c <= "~" else "?" for c in s)
+
+
+def _hdr_value(s: str) -> bytes:
+    return header_value(s).encode()
 
 
 async def read_body(receive: Receive, scope: Scope, limit: int) -> bytes:

@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
+from gateway.api.chat import header_value
 from gateway.api.protocol import RouteRequest
 from gateway.errors import GatewayError, InvalidRequest, UnknownModel
 from gateway.pipeline import routing_text
@@ -17,14 +18,10 @@ from gateway.pipeline import routing_text
 router = APIRouter(tags=["expertgate"])
 
 
-def _hdr(s: str) -> str:
-    return " ".join(s.split())[:240].encode("ascii", "replace").decode()
-
-
 def _error_headers(policy: str, message: str) -> dict[str, str]:
     return {"x-expertgate-policy": policy, "x-expertgate-expert": "none",
             "x-expertgate-cache": "none", "x-expertgate-decision-ms": "0.000",
-            "x-expertgate-reason": _hdr(message)}
+            "x-expertgate-reason": header_value(message)}
 
 
 @router.post("/v1/route")
@@ -66,7 +63,7 @@ async def route(body: RouteRequest, request: Request, response: Response) -> dic
         "x-expertgate-policy": policy, "x-expertgate-expert": d.expert or "none",
         "x-expertgate-cache": "hit" if d.cached else ("bypass" if "cache" in degraded
                                                       else "miss"),
-        "x-expertgate-decision-ms": f"{total:.3f}", "x-expertgate-reason": _hdr(d.reason)})
+        "x-expertgate-decision-ms": f"{total:.3f}", "x-expertgate-reason": header_value(d.reason)})
     if degraded:
         response.headers["x-expertgate-degraded"] = ",".join(degraded)
     return out
