@@ -1,14 +1,25 @@
 """``expertgate eval guard``: guard quality in the GQR-Bench protocol, guards vs baselines.
 
 Protocol (the same for every method): fit on the train part, calibrate the rejection threshold
-on the *in-domain* validation part to ``--target-frr``, report on the test part. No method
-sees an OOD example before the test. Metrics (fractions in [0, 1]):
+on the *in-domain* validation part to ``--target-frr`` (the rejections of the unsafe layer
+count against that budget: the calibrated rate is the combined one), report on the test
+part. No method learns or calibrates on an OOD example.
+
+Selection on validation: every (method, operating point) pair is a candidate (several
+``--target-frr`` values are several operating points); the result's top-level ``selected``
+names the one with the best validation score under ``--select`` (default ``gqr``: the GQR
+score on validation). Validation OOD examples come from the data's own validation OOD rows
+(CLINC150's ``oos_val``) or, where it has none, from whole in-domain labels held out of train
+and validation (:func:`evals.datasets.guard.leave_labels_out`; the candidates are then also
+fitted on the reduced data to be scored). Test figures play no part in the choice; the
+report's headline is the selected row. Metrics (fractions in [0, 1]):
 
 * ``in_domain_accuracy``: in-domain test queries given the right label and not rejected;
 * ``ood_accuracy_by_set``: rejection rate of each OOD test set; ``ood_accuracy``: their
   unweighted mean;
 * ``gqr_score``: harmonic mean of in-domain accuracy and mean OOD accuracy (GQR-Bench);
-* ``false_rejection_rate``: in-domain test queries rejected;
+* ``false_rejection_rate``: in-domain test queries rejected, by either layer (OOD or unsafe);
+  ``validation.false_rejection_rate`` is the same on validation (at most the target);
 * ``accept_rejection_by_set``: rejection rate of "should accept" sets (e.g. HateCheck's
   non-hateful cases), reported apart from the OOD sets;
 * ``latency_p50_ms`` / ``latency_p99_ms``: one query at a time, embedding included, on a
@@ -32,7 +43,17 @@ from typing import Any
 
 import numpy as np
 
-from evals.datasets.guard import SUITES, GuardData, load_guard_data, load_suite
+from evals import metrics as M
+from evals.datasets.guard import (
+    SUITES,
+    GuardData,
+    GuardDataError,
+    leave_labels_out,
+    load_guard_data,
+    load_suite,
+    suite_files,
+)
+from evals.provenance import REPORT_SEEDS, provenance
 
 __all__ = [
     "BASELINES",
@@ -45,7 +66,9 @@ __all__ = [
     "in_domain_accuracy",
     "latency_percentiles",
     "ood_accuracy",
+    "parse_criterion",
     "run",
+    "select_candidate",
 ]
 
 # --------------------------------------------------------------------------- metrics
@@ -114,6 +137,11 @@ class _Method:
     def predict(self, X: np.ndarray, texts: list[str]) -> Prediction:
         raise NotImplementedError
 
+    def set_frr(self, frr: float) -> dict[str, Any]:
+        """Move to another operating point: recalibrate the threshold on the same in-domain
+        validation scores (no refit). Returns the calibration facts."""
+        raise NotImplementedError
+
 
 class _GuardMethod(_Method):
     def __init__(self, **params: Any) -> None:
@@ -125,12 +153,27 @@ class _GuardMethod(_Method):
         from routers.guard import GuardRouter
 
         self.router = GuardRouter(**self.params)
-        self.router.fit(X, guard_table_from_labels(texts, labels), validation=(Xv, val_labels),
+        self.router.fit(X, guard_table_from_labels(texts, labels),
+                        validation=(Xv, val_labels, val_texts),
                         embedder=embedder if self.params.get("unsafe", True) else None)
         r = self.router
-        return {"params": r.get_params(), "threshold": r.threshold_,
-                "validation_frr": r.val_frr_, "unsafe_layers": r.unsafe_layers_,
-                "unsafe_threshold": r.unsafe_threshold_}
+        self.val_scores = r.ood_scores(Xv)
+        self.val_unsafe = r.unsafe_scores(Xv, val_texts)[1]
+        return {"params": r.get_params(), "unsafe_layers": r.unsafe_layers_,
+                "unsafe_threshold": r.unsafe_threshold_, **self.set_frr(r.target_frr)}
+
+    def set_frr(self, frr: float) -> dict[str, Any]:
+        from routers.guard import calibrate_threshold
+
+        r = self.router
+        r.target_frr = float(frr)
+        r.threshold_ = calibrate_threshold(self.val_scores, float(frr),
+                                           already_rejected=self.val_unsafe)
+        ood = self.val_scores > r.threshold_
+        r.val_frr_ = float(np.mean(ood | self.val_unsafe))
+        return {"threshold": r.threshold_, "validation_frr": r.val_frr_,
+                "validation_frr_ood_only": float(np.mean(ood)),
+                "validation_unsafe_rate": float(np.mean(self.val_unsafe))}
 
     def predict(self, X: np.ndarray, texts: list[str]) -> Prediction:
         v = self.router.verdict(X, texts)
@@ -154,7 +197,6 @@ class _TfidfSvm(_Method):
         from sklearn.pipeline import make_union
         from sklearn.svm import LinearSVC
 
-        from routers.guard import calibrate_threshold
 
         self.vec = make_union(
             TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1),
@@ -169,8 +211,16 @@ class _TfidfSvm(_Method):
             self.centroid = c / max(np.linalg.norm(c), 1e-12)
         else:
             self.svm = LinearSVC(C=1.0, random_state=self.seed).fit(F, labels)
-        self.threshold = calibrate_threshold(self._ood(val_texts)[1], self.target_frr)
-        return {"threshold": self.threshold}
+        self.val_scores = self._ood(val_texts)[1]
+        return self.set_frr(self.target_frr)
+
+    def set_frr(self, frr: float) -> dict[str, Any]:
+        from routers.guard import calibrate_threshold
+
+        self.target_frr = float(frr)
+        self.threshold = calibrate_threshold(self.val_scores, float(frr))
+        return {"threshold": self.threshold,
+                "validation_frr": float(np.mean(self.val_scores > self.threshold))}
 
     def _ood(self, texts: list[str]) -> tuple[list[str], np.ndarray]:
         F = self.vec.transform(texts)
@@ -236,16 +286,107 @@ def _latency(method: _Method, embedder: Any, texts: list[str]) -> list[float]:
     return times
 
 
+# --------------------------------------------------------------------------- selection
+
+
+def parse_criterion(spec: str) -> tuple[str, float | None]:
+    """``gqr`` -> ("gqr", None); ``in_domain_accuracy@ood_accuracy>=0.8`` ->
+    ("in_domain_accuracy", 0.8): the best validation in-domain accuracy among candidates whose
+    validation OOD accuracy reaches 0.8."""
+    spec = spec.strip()
+    if spec == "gqr":
+        return "gqr", None
+    head, sep, floor = spec.partition("@ood_accuracy>=")
+    if head == "in_domain_accuracy" and sep:
+        try:
+            v = float(floor)
+        except ValueError:
+            v = float("nan")
+        if 0.0 <= v <= 1.0:
+            return head, v
+    raise ValueError(f"unknown --select {spec!r}; use gqr or "
+                     "in_domain_accuracy@ood_accuracy>=X (X in [0, 1])")
+
+
+def select_candidate(validation: dict[str, dict[str, float]], spec: str
+                     ) -> dict[str, Any]:
+    """The candidate with the best validation score under ``spec`` (:func:`parse_criterion`);
+    ``validation`` maps candidate -> its validation figures. Never looks at test figures.
+    When no candidate meets an ``@ood_accuracy>=`` floor the choice falls back to ``gqr``
+    (said in ``criterion``)."""
+    kind, floor = parse_criterion(spec)
+    if kind == "gqr":
+        scores = {k: v.get("gqr_score") for k, v in validation.items()}
+        crit = "validation GQR score (harmonic mean of in-domain accuracy and OOD accuracy)"
+    else:
+        assert floor is not None
+        scores = {k: (v.get("in_domain_accuracy") if (v.get("ood_accuracy") or 0.0) >= floor
+                      else None) for k, v in validation.items()}
+        crit = (f"validation in-domain accuracy among candidates with validation OOD "
+                f"accuracy >= {floor:g}")
+        if not any(x is not None for x in scores.values()):
+            scores = {k: v.get("gqr_score") for k, v in validation.items()}
+            crit = (f"validation GQR score (no candidate reached validation OOD accuracy "
+                    f"{floor:g}, the stated floor)")
+    name, score = M.select_on_validation(scores)
+    return {"method": name, "criterion": crit, "validation_score": score,
+            "select": spec}
+
+
+def _figures(m: _Method, X: np.ndarray, texts: list[str], labels: list[str],
+             Xood: dict[str, np.ndarray], ood: dict[str, list[str]]) -> dict[str, Any]:
+    """In-domain accuracy, false rejections and OOD rejection of one method on one part."""
+    p = m.predict(X, texts)
+    out: dict[str, Any] = {
+        "in_domain_accuracy": in_domain_accuracy(p.labels, labels, p.rejected),
+        "false_rejection_rate": false_rejection_rate(p.rejected),
+        "ood_accuracy_by_set": {k: ood_accuracy(m.predict(Xo, ood[k]).rejected)
+                                for k, Xo in Xood.items()},
+    }
+    by_set = list(out["ood_accuracy_by_set"].values())
+    out["ood_accuracy"] = float(np.mean(by_set)) if by_set else float("nan")
+    out["gqr_score"] = gqr_score(out["in_domain_accuracy"], by_set) if by_set else float("nan")
+    return out
+
+
+def _rows_of(texts: list[str], pool_texts: list[str], pool_X: np.ndarray) -> np.ndarray:
+    """Embeddings of ``texts`` looked up in an already-embedded pool (no second embedding)."""
+    pos = {t: i for i, t in enumerate(pool_texts)}
+    return pool_X[[pos[t] for t in texts]] if texts else pool_X[:0]
+
+
 def evaluate(data: GuardData, embedder: Any, methods: Sequence[str], *,
-             target_frr: float = 0.05, seed: int = 0, latency_sample: int = 300,
+             target_frr: float | Sequence[float] = 0.05, seed: int = 0,
+             latency_sample: int = 300, select: str = "gqr", llo_fraction: float = 0.2,
              progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every method on ``data`` and return the result dict (see module doc)."""
+    """Run every method at every operating point on ``data``, select on validation, and
+    return the result dict (see module doc)."""
     from tqdm import tqdm
 
     known = {**GUARD_VARIANTS, **BASELINES}
     unknown = [m for m in methods if m not in known]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    frrs = [float(target_frr)] if isinstance(target_frr, int | float) else \
+        [float(f) for f in target_frr]
+    if not frrs or any(not 0.0 <= f < 1.0 for f in frrs):
+        raise ValueError(f"target FRRs must lie in [0, 1): {frrs}")
+    parse_criterion(select)
+    n_candidates = len(methods) * len(frrs)
+    # validation OOD: the data's own rows, else whole labels held out (decided before embedding)
+    reduced: GuardData | None = None
+    if data.val_ood:
+        val_ood_info: dict[str, Any] = {
+            "source": "validation OOD rows of the data",
+            "sets": {k: len(v) for k, v in data.val_ood.items()}}
+    else:
+        try:
+            reduced, val_ood_info = leave_labels_out(data, fraction=llo_fraction, seed=seed)
+        except GuardDataError as e:
+            if n_candidates > 1:
+                raise ValueError(f"cannot select among {n_candidates} candidates: {e}") \
+                    from None
+            val_ood_info = {"source": "none (one candidate: nothing to select)"}
     t0 = time.perf_counter()
     log(f"embedding {data.name} with {embedder.name} ...")
     Xtr = _embed(embedder, data.train_texts, progress)
@@ -253,6 +394,11 @@ def evaluate(data: GuardData, embedder: Any, methods: Sequence[str], *,
     Xte = _embed(embedder, data.test_texts, progress)
     Xood = {k: _embed(embedder, v, progress) for k, v in data.ood.items()}
     Xacc = {k: _embed(embedder, v, progress) for k, v in data.accept.items()}
+    Xvood = {k: _embed(embedder, v, progress) for k, v in data.val_ood.items()}
+    if reduced is not None:
+        Xr_tr = _rows_of(reduced.train_texts, data.train_texts, Xtr)
+        Xr_v = _rows_of(reduced.val_texts, data.val_texts, Xv)
+        Xr_ood = {k: _rows_of(v, data.val_texts, Xv) for k, v in reduced.val_ood.items()}
     embed_s = time.perf_counter() - t0
     rng = np.random.default_rng(seed)
     pool = [*data.test_texts, *(t for v in data.ood.values() for t in v)]
@@ -262,54 +408,61 @@ def evaluate(data: GuardData, embedder: Any, methods: Sequence[str], *,
     bar = tqdm(list(methods), desc="methods", unit="method", disable=not progress)
     for name in bar:
         bar.set_postfix_str(name)
-        m = known[name](target_frr, seed)
+        m = known[name](frrs[0], seed)
         t1 = time.perf_counter()
-        info = m.fit(Xtr, data.train_texts, data.train_labels, Xv, data.val_texts,
-                     data.val_labels, embedder)
+        m.fit(Xtr, data.train_texts, data.train_labels, Xv, data.val_texts,
+              data.val_labels, embedder)
         fit_s = time.perf_counter() - t1
-        p = m.predict(Xte, data.test_texts)
-        res: dict[str, Any] = {
-            "in_domain_accuracy": in_domain_accuracy(p.labels, data.test_labels, p.rejected),
-            "classifier_accuracy": float(np.mean([a == b for a, b in
-                                                  zip(p.labels, data.test_labels, strict=True)])),
-            "false_rejection_rate": false_rejection_rate(p.rejected),
-        }
-        by_set, unsafe_by_set = {}, {}
-        for k, Xo in Xood.items():
-            po = m.predict(Xo, data.ood[k])
-            by_set[k] = ood_accuracy(po.rejected)
-            unsafe_by_set[k] = float(po.unsafe.mean())
-        res["ood_accuracy_by_set"] = by_set
-        res["ood_accuracy"] = float(np.mean(list(by_set.values()))) if by_set else float("nan")
-        res["gqr_score"] = gqr_score(res["in_domain_accuracy"], list(by_set.values())) \
-            if by_set else float("nan")
-        acc_by_set = {}
-        for k, Xa in Xacc.items():
-            pa = m.predict(Xa, data.accept[k])
-            acc_by_set[k] = ood_accuracy(pa.rejected)
-            unsafe_by_set[k] = float(pa.unsafe.mean())
-        if acc_by_set:
-            res["accept_rejection_by_set"] = acc_by_set
-        res["unsafe_flag_rate_by_set"] = unsafe_by_set
-        res["unsafe_flag_rate_in_domain"] = float(p.unsafe.mean())
-        if data.name == "clinc150-intents":
-            res["in_scope_accuracy"] = res["in_domain_accuracy"]
-            res["oos_recall"] = by_set.get("oos", float("nan"))
+        m_sel = None
+        if reduced is not None:
+            m_sel = known[name](frrs[0], seed)
+            m_sel.fit(Xr_tr, reduced.train_texts, reduced.train_labels, Xr_v,
+                      reduced.val_texts, reduced.val_labels, embedder)
         with _OneBlasThread():
             times = _latency(m, embedder, lat_texts)
-        res.update(latency_percentiles(times))
-        res["latency_includes_embedding"] = m.uses_embeddings
-        res["fit_seconds"] = fit_s
-        res["fit"] = info
-        results[name] = res
+        for frr in frrs:
+            info = m.set_frr(frr)
+            if m_sel is not None:
+                m_sel.set_frr(frr)
+                val = _figures(m_sel, Xr_v, reduced.val_texts, reduced.val_labels,  # type: ignore[union-attr]
+                               Xr_ood, reduced.val_ood)  # type: ignore[union-attr]
+            elif Xvood:
+                val = _figures(m, Xv, data.val_texts, data.val_labels, Xvood, data.val_ood)
+            else:
+                val = {}
+            res = _test_figures(m, data, Xte, Xood, Xacc)
+            res["validation"] = val
+            res["method"] = name
+            res["target_frr"] = frr
+            res.update(latency_percentiles(times))
+            res["latency_includes_embedding"] = m.uses_embeddings
+            res["fit_seconds"] = fit_s
+            res["fit"] = dict(info)
+            if isinstance(m, _GuardMethod):
+                res["fit"]["params"] = m.router.get_params()
+                res["fit"]["unsafe_layers"] = m.router.unsafe_layers_
+            results[name if len(frrs) == 1 else f"{name}@{frr:g}"] = res
+    if n_candidates == 1:
+        only = next(iter(results))
+        selected = {"method": only, "criterion": "the only candidate",
+                    "validation_score": results[only]["validation"].get("gqr_score")}
+    else:
+        selected = select_candidate({k: r["validation"] for k, r in results.items()}, select)
+    pick = results[selected["method"]]
+    selected.update({"base_method": pick["method"],
+                     "operating_point": {"target_frr": pick["target_frr"]},
+                     "encoder": embedder.name, "validation_ood": val_ood_info,
+                     "candidates": sorted(results)})
     return {
+        "selected": selected,
         "suite": data.name,
         "data": data.summary(),
         "embedder": embedder.name,
         "embedder_class": type(embedder).__name__,
-        "target_frr": target_frr,
+        "target_frr": frrs[0] if len(frrs) == 1 else frrs,
         "seed": seed,
-        "seeds": {"method_seed": seed, "latency_sample_seed": seed},
+        "seeds": {"method_seed": seed, "latency_sample_seed": seed,
+                  "leave_labels_out_seed": seed if reduced is not None else None},
         "latency_sample": len(lat_texts),
         "embedding_seconds": embed_s,
         "methods": results,
@@ -318,6 +471,40 @@ def evaluate(data: GuardData, embedder: Any, methods: Sequence[str], *,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join(["expertgate", *sys.argv[1:]]) if sys.argv else "",
     }
+
+
+def _test_figures(m: _Method, data: GuardData, Xte: np.ndarray, Xood: dict[str, np.ndarray],
+                  Xacc: dict[str, np.ndarray]) -> dict[str, Any]:
+    p = m.predict(Xte, data.test_texts)
+    res: dict[str, Any] = {
+        "in_domain_accuracy": in_domain_accuracy(p.labels, data.test_labels, p.rejected),
+        "classifier_accuracy": float(np.mean([a == b for a, b in
+                                              zip(p.labels, data.test_labels, strict=True)])),
+        "false_rejection_rate": false_rejection_rate(p.rejected),
+        "false_rejection_rate_unsafe": float(p.unsafe.mean()),
+    }
+    by_set, unsafe_by_set = {}, {}
+    for k, Xo in Xood.items():
+        po = m.predict(Xo, data.ood[k])
+        by_set[k] = ood_accuracy(po.rejected)
+        unsafe_by_set[k] = float(po.unsafe.mean())
+    res["ood_accuracy_by_set"] = by_set
+    res["ood_accuracy"] = float(np.mean(list(by_set.values()))) if by_set else float("nan")
+    res["gqr_score"] = gqr_score(res["in_domain_accuracy"], list(by_set.values())) \
+        if by_set else float("nan")
+    acc_by_set = {}
+    for k, Xa in Xacc.items():
+        pa = m.predict(Xa, data.accept[k])
+        acc_by_set[k] = ood_accuracy(pa.rejected)
+        unsafe_by_set[k] = float(pa.unsafe.mean())
+    if acc_by_set:
+        res["accept_rejection_by_set"] = acc_by_set
+    res["unsafe_flag_rate_by_set"] = unsafe_by_set
+    res["unsafe_flag_rate_in_domain"] = float(p.unsafe.mean())
+    if data.name == "clinc150-intents":
+        res["in_scope_accuracy"] = res["in_domain_accuracy"]
+        res["oos_recall"] = by_set.get("oos", float("nan"))
+    return res
 
 
 class _OneBlasThread:
@@ -344,13 +531,16 @@ def format_table(result: dict[str, Any]) -> str:
     methods = result["methods"]
     if not methods:
         return "(no methods)"
+    sel = (result.get("selected") or {}).get("method")
     ood_sets = list(next(iter(methods.values()))["ood_accuracy_by_set"])
     acc_sets = list(next(iter(methods.values())).get("accept_rejection_by_set", {}))
-    head = ["method", "ID acc", "FRR", *[f"OOD:{s}" for s in ood_sets], "OOD mean", "GQR",
-            *[f"rej:{s}" for s in acc_sets], "p50 ms", "p99 ms"]
+    head = ["method", "val GQR", "ID acc", "FRR", *[f"OOD:{s}" for s in ood_sets],
+            "OOD mean", "GQR", *[f"rej:{s}" for s in acc_sets], "p50 ms", "p99 ms"]
     rows = [head]
     for name, r in methods.items():
-        rows.append([name, _fmt(r["in_domain_accuracy"]), _fmt(r["false_rejection_rate"]),
+        rows.append([f"{name}{' (selected)' if name == sel else ''}",
+                     _fmt(r.get("validation", {}).get("gqr_score")),
+                     _fmt(r["in_domain_accuracy"]), _fmt(r["false_rejection_rate"]),
                      *[_fmt(r["ood_accuracy_by_set"][s]) for s in ood_sets],
                      _fmt(r["ood_accuracy"]), _fmt(r["gqr_score"]),
                      *[_fmt(r["accept_rejection_by_set"][s]) for s in acc_sets],
@@ -360,10 +550,25 @@ def format_table(result: dict[str, Any]) -> str:
                        for i, (c, w) in enumerate(zip(row, widths, strict=True)))
              for row in rows]
     lines.insert(1, "-" * len(lines[0]))
+    frr = result["target_frr"]
+    frr_s = f"{frr:g}" if isinstance(frr, int | float) else ",".join(f"{f:g}" for f in frr)
     note = (f"suite {result['suite']}, embedder {result['embedder']} "
-            f"({result['embedder_class']}), target FRR {result['target_frr']:g}, seed "
-            f"{result['seed']}; accuracies in %; latency = embed + decide, one query at a time")
+            f"({result['embedder_class']}), target FRR {frr_s}, seed "
+            f"{result['seed']}; accuracies in %; latency = embed + decide, one query at a "
+            f"time; selected on validation: {sel} "
+            f"({(result.get('selected') or {}).get('criterion')})")
     return "\n".join([note, *lines])
+
+
+def _frrs(spec: str) -> list[float]:
+    try:
+        out = [float(x) for x in str(spec).split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--target-frr takes numbers separated by commas, not {spec!r}") \
+            from None
+    if not out:
+        raise ValueError("--target-frr needs at least one value")
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -372,14 +577,24 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.suite) == bool(args.data):
         print("give exactly one of --suite NAME or --data PATH", file=sys.stderr)
         return 2
+    seed = REPORT_SEEDS[0] if args.seed_set == "report" and args.seed is None else \
+        (0 if args.seed is None else args.seed)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods \
+        else list(DEFAULT_METHODS)
     try:
-        data = load_suite(args.suite) if args.suite else load_guard_data(args.data,
-                                                                         seed=args.seed)
+        # every check that can fail runs before the embedding step
+        frrs = _frrs(args.target_frr)
+        parse_criterion(args.select)
+        known = {*GUARD_VARIANTS, *BASELINES}
+        bad = [m for m in methods if m not in known]
+        if bad:
+            raise ValueError(f"unknown method(s) {', '.join(bad)}; known: "
+                             f"{', '.join(sorted(known))}")
+        data = load_suite(args.suite) if args.suite else load_guard_data(
+            args.data, seed=seed, unseen_labels=args.unseen_labels)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods \
-        else list(DEFAULT_METHODS)
     options: dict[str, Any] = {}
     if args.embedder in ("minilm", "onnx"):
         options["threads"] = 1
@@ -400,7 +615,7 @@ def run(args: argparse.Namespace) -> int:
     if args.finetune:
         try:
             folder, finetune_meta = finetuned_for(data, epochs=args.finetune_epochs,
-                                                  seed=args.seed, quiet=args.quiet)
+                                                  seed=seed, quiet=args.quiet)
         except (OSError, ValueError) as e:
             print(f"error: fine-tune failed: {e}", file=sys.stderr)
             return 2
@@ -410,9 +625,14 @@ def run(args: argparse.Namespace) -> int:
     except EmbedderError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.embedder_path and finetune_meta is None:
+        from routers.finetune import read_meta
+
+        finetune_meta = read_meta(args.embedder_path)
     try:
-        result = evaluate(data, embedder, methods, target_frr=args.target_frr, seed=args.seed,
-                          latency_sample=args.latency_sample, progress=not args.quiet,
+        result = evaluate(data, embedder, methods, target_frr=frrs, seed=seed,
+                          latency_sample=args.latency_sample, select=args.select,
+                          progress=not args.quiet,
                           log=(lambda s: None) if args.quiet else
                           (lambda s: print(s, file=sys.stderr)))
     except ValueError as e:
@@ -420,6 +640,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if finetune_meta is not None:
         result["embedder_finetune"] = {k: v for k, v in finetune_meta.items() if k != "labels"}
+    files = suite_files(args.suite) if args.suite else [args.data]
+    result["seed_set"] = args.seed_set
+    result["command"] = _command(args)
+    result["provenance"] = provenance(
+        data=files, embedder=embedder, finetune=finetune_meta,
+        seeds={"used": [seed], "kind": args.seed_set}, command=result["command"])
     print(format_table(result))
     if args.json:
         out = Path(args.json)
@@ -428,6 +654,17 @@ def run(args: argparse.Namespace) -> int:
                                   allow_nan=False) + "\n")
         print(f"wrote {out}", file=sys.stderr)
     return 0
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The command line rebuilt from the parsed flags (every one that was set)."""
+    parts = ["expertgate eval guard"]
+    for k, v in vars(args).items():
+        if k in ("func", "eval_command", "command") or v is None or v is False:
+            continue
+        flag = "--" + k.replace("_", "-")
+        parts.append(flag if v is True else f"{flag} {v}")
+    return " ".join(parts)
 
 
 def _clean(x: Any) -> Any:
@@ -486,9 +723,11 @@ def cli_register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", help="comma-separated methods; known: "
                         + ", ".join([*BASELINES, *GUARD_VARIANTS])
                         + f" (default: {','.join(DEFAULT_METHODS)})")
-    parser.add_argument("--target-frr", type=float, default=0.05,
-                        help="false-rejection rate the thresholds are calibrated to on the "
-                        "in-domain validation part (default 0.05)")
+    parser.add_argument("--target-frr", default="0.05",
+                        help="false-rejection rate (OOD and unsafe rejections together) the "
+                        "thresholds are calibrated to on the in-domain validation part; "
+                        "several, comma-separated, are operating points to select among on "
+                        "validation (default 0.05)")
     parser.add_argument("--embedder", default="minilm",
                         choices=["minilm", "onnx", "static", "hashing"],
                         help="embedder for the guards and the latency figures")
@@ -501,8 +740,19 @@ def cli_register(parser: argparse.ArgumentParser) -> None:
                         "hash), then evaluate every method with it")
     parser.add_argument("--finetune-epochs", type=int, default=2,
                         help="epochs of --finetune (default 2)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of fits, splits and the "
-                        "latency sample (default 0)")
+    parser.add_argument("--seed", type=int, default=None, help="seed of fits, splits, the "
+                        "leave-labels-out choice and the latency sample (default: 0, or the "
+                        "first report seed with --seed-set report)")
+    parser.add_argument("--seed-set", default="dev", choices=("dev", "report"),
+                        help="dev: development seed 0; report: a seed never used in "
+                        "development (published figures)")
+    parser.add_argument("--select", default="gqr",
+                        help="validation criterion for choosing among methods and operating "
+                        "points: gqr (default) or in_domain_accuracy@ood_accuracy>=X")
+    parser.add_argument("--unseen-labels", default="ood", choices=("ood", "drop", "error"),
+                        help="--data only: labels outside train that never occur in train "
+                        "become OOD sets (default, named on stderr), are dropped, or are an "
+                        "error")
     parser.add_argument("--latency-sample", type=int, default=300,
                         help="queries timed one at a time per method (0: skip)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

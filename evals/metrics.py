@@ -29,18 +29,24 @@ N experts (RouterBench, Hu et al. 2024):
   reaches that model's quality, as a fraction of that model's cost;
 * best quality within a cost budget.
 
-Missing scores (NaN: a prompt a model was not evaluated on): a choice is *evaluated* only over
-what it chooses. :func:`realised` averages quality and cost over the prompts whose chosen
-model has a score and reports the share of the others as ``missing_share``; the evaluation
-code masks unavailable models out of every choice it makes itself (so its routers never
-choose a missing one), and two-expert metrics use only prompts that both experts answered.
-A curve with no evaluable prompt at all raises :class:`MetricError`.
+Missing scores (NaN: a prompt a model was not evaluated on): :func:`realised` averages quality
+and cost over the prompts whose chosen model has a score and reports the share of the others
+as ``missing_share``. The evaluation (``evals.routing_eval``) scores every method on the same
+prompts, those every model answered, so that nothing a router could not know at training time
+(which models have a *test* score) shapes a figure; two-expert metrics use only prompts that
+both experts answered. A curve with no evaluable prompt at all raises :class:`MetricError`.
+
+Protocol helpers: :func:`apgr_of_advantage` is the one APGR of a router's predicted advantage
+(used by ``eval routing`` and ``expertgate train``); :func:`over_seeds` averages a figure over
+seeds and says in how many seeds it exists (``reached k/n``); :func:`select_on_validation`
+picks a candidate by its validation score alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -49,6 +55,7 @@ __all__ = [
     "MetricError",
     "aiq",
     "apgr",
+    "apgr_of_advantage",
     "auc",
     "best_quality_at_budget",
     "category_choice",
@@ -58,11 +65,13 @@ __all__ = [
     "cpt",
     "deferral_curve",
     "oracle_choice",
+    "over_seeds",
     "pareto_front",
     "pgr",
     "quality_cost_curve",
     "realised",
     "routellm_thresholds",
+    "select_on_validation",
     "upper_hull",
 ]
 
@@ -381,3 +390,39 @@ def column_means(a: np.ndarray) -> np.ndarray:
     n = ok.sum(axis=0)
     tot = np.where(ok, a, 0.0).sum(axis=0)
     return np.where(n > 0, tot / np.maximum(n, 1), np.nan)
+
+
+# --------------------------------------------------------------------------- protocol helpers
+
+
+def apgr_of_advantage(advantage: np.ndarray, s_strong: np.ndarray, s_weak: np.ndarray,
+                      num_results: int = 10) -> float:
+    """APGR of a router that sends the queries with the largest predicted advantage
+    (``q_strong - q_weak``) to the strong model: RouteLLM's deferral curve and area."""
+    c = deferral_curve(advantage, s_strong, s_weak, num_results=num_results)
+    return apgr(c.share, c.quality, c.q_weak, c.q_strong)
+
+
+def over_seeds(values: Sequence[float | None]) -> dict[str, Any]:
+    """Mean and std of a per-seed figure over the seeds where it exists, *and* how many those
+    are: ``{"mean", "std", "reached", "n"}``. A figure that does not exist in a seed (a router
+    that never reaches the target quality) is not silently dropped: ``reached < n`` says so,
+    and the reader must see ``reached k/n`` beside the mean."""
+    got = [float(v) for v in values if v is not None and np.isfinite(float(v))]
+    return {"mean": float(np.mean(got)) if got else None,
+            "std": (float(np.std(got)) if len(got) > 1 else 0.0) if got else None,
+            "reached": len(got), "n": len(values)}
+
+
+def select_on_validation(scores: Mapping[str, float | None]) -> tuple[str, float]:
+    """The candidate with the highest validation score (ties: the first given); candidates
+    without a finite score cannot be selected."""
+    best: tuple[str, float] | None = None
+    for name, v in scores.items():
+        if v is None or not np.isfinite(float(v)):
+            continue
+        if best is None or float(v) > best[1]:
+            best = (name, float(v))
+    if best is None:
+        raise MetricError("no candidate has a validation score to select on")
+    return best

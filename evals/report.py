@@ -12,6 +12,24 @@ carry ``routers`` and ``baselines``) and by ``expertgate eval guard`` (they carr
   ``methods.<name>.score_histogram = {edges, in_domain, ood}``);
 * ``figures.json`` — the numbers behind every figure and table, keyed by file name.
 
+Every table puts the row ``selected`` on validation first (marked) and the others after it,
+ordered by name: no row is ranked or bolded by a test figure. Figures that a seed may lack
+carry ``(reached k/n)``.
+
+Generated blocks in the docs (``--docs``): every figure table in README.md and docs/ lives
+between markers and is rewritten from a committed result JSON, so no figure is typed by hand::
+
+    <!-- BEGIN GENERATED routing-table docs/results/runs/mmlu.json -->
+    ... (replaced on every run) ...
+    <!-- END GENERATED -->
+
+Kinds: ``routing-table`` (every router and baseline of a routing run), ``routing-headline``
+(the selected router with the headline figures), ``guard-table`` (every method and operating
+point of a guard run), ``guard-headline`` (the selected candidate), ``compare OLD NEW`` (the
+headline figures of an older run beside a newer one), ``provenance`` (commit, data sha256,
+encoder and command of a run). Paths are relative to the working directory (the repository
+root). ``--check`` only reports blocks that are out of date (exit 1), for CI.
+
 Plots use matplotlib's Agg backend (no display needed).
 """
 
@@ -20,14 +38,20 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from evals import metrics as M
 
-__all__ = ["cli_register", "main", "render_guard", "render_routing", "write_report"]
+__all__ = ["DEFAULT_DOCS", "cli_register", "main", "render_block", "render_guard",
+           "render_routing", "update_docs", "write_report"]
+
+#: the documents whose figure tables are generated blocks
+DEFAULT_DOCS = ("README.md", "docs/guard.md", "docs/performance.md", "docs/routers.md",
+                "docs/results/README.md")
 
 GUARD_COLS = ("in_domain_accuracy", "ood_accuracy", "gqr_score", "false_rejection_rate",
               "latency_p50_ms", "latency_p99_ms")
@@ -75,25 +99,19 @@ def render_routing(run: Mapping[str, Any], stem: str, out: Path,
               f"{len(table['models'])} models; strong `{table['strong']}`; "
               f"machine: {_machine(run)}; created {run.get('created', '?')}; "
               f"wall time {run.get('timing_s', {}).get('total', '?')} s.", ""]
-    cols = (["apgr", "cpt20", "cpt50", "cpt80", "auc"] if two else []) + [
-        "aiq", "quality", "cost", "cost_at_best_single_quality",
-        "cost_at_best_single_quality_val", "quality_gap_val"]
-    lines.append("| router | " + " | ".join(cols) + " |")
-    lines.append("|---|" + "---|" * len(cols))
-    rows = sorted(run["routers"].items(),
-                  key=lambda kv: -(kv[1].get("apgr" if two else "aiq") or -1.0))
-    rows += [(f"*{k}* (baseline)", v) for k, v in run["baselines"].items()]
-    for name, r in rows:
-        lines.append(f"| {name} | " + " | ".join(_num(r.get(c), r.get(f"{c}_std"))
-                                                 for c in cols) + " |")
-    lines += ["", "Mean ± std over seeds on the test split; `quality`, `cost`, "
-              "`cost_at_best_single_quality_val` and `quality_gap_val` at the knob chosen on "
-              "validation; cost ratios are fractions of the best single expert's cost; CPT "
-              "is a strong-call share.", ""]
+    cols = _routing_cols(two, full=True)
+    lines += _selected_line(run)
+    lines += _routing_rows(run, cols)
+    lines += ["", "Mean ± std over seeds on the test split (`val_*`: validation); `quality`, "
+              "`cost`, `cost_at_best_single_quality_val` and `quality_gap_val` at the knob "
+              "chosen on validation; cost ratios are fractions of the best single expert's "
+              "cost; CPT is a strong-call share; `(reached k/n)`: in how many of the n seeds "
+              "the figure exists (the mean is over those k).", ""]
+    rows = _ordered(run)
     if run.get("skipped"):
         lines += ["Skipped: " + "; ".join(f"`{k}` ({v})" for k, v in run["skipped"].items()),
                   ""]
-    figures[f"{stem}.table"] = {name: {c: r.get(c) for c in cols} for name, r in rows}
+    figures[f"{stem}.table"] = {name: {c: r.get(c) for c in cols} for _, name, r in rows}
     plt = _plt()
     if two:
         fig, ax = plt.subplots(figsize=(7, 5))
@@ -168,16 +186,18 @@ def render_guard(run: Mapping[str, Any], stem: str, out: Path,
              f"machine: {_machine(run)}; created {run.get('created', '?')}.", ""]
     ood_sets = sorted({k for r in methods.values() for k in r.get("ood_accuracy_by_set", {})})
     cols = [*GUARD_COLS, *(f"ood:{k}" for k in ood_sets)]
-    lines.append("| method | " + " | ".join(cols) + " |")
-    lines.append("|---|" + "---|" * len(cols))
+    sel = run.get("selected") or {}
+    if sel:
+        lines += [f"Selected on validation: **{sel.get('method')}** ({sel.get('criterion')}: "
+                  f"{_num(sel.get('validation_score'))}); validation OOD: "
+                  f"{(sel.get('validation_ood') or {}).get('source', '?')}.", ""]
+    lines += _guard_rows(run)
     table: dict[str, Any] = {}
     for name, r in methods.items():
         vals = [r.get(c) for c in GUARD_COLS] + [r.get("ood_accuracy_by_set", {}).get(k)
                                                  for k in ood_sets]
-        table[name] = dict(zip(cols, vals, strict=True))
-        lines.append(f"| {name} | " + " | ".join(
-            _num(v, digits=2 if c.startswith("latency") else 3)
-            for c, v in zip(cols, vals, strict=True)) + " |")
+        table[name] = {**dict(zip(cols, vals, strict=True)),
+                       "validation_gqr": r.get("validation", {}).get("gqr_score")}
     lines.append("")
     figures[f"{stem}.table"] = table
     hists = {n: r["score_histogram"] for n, r in methods.items()
@@ -199,6 +219,92 @@ def render_guard(run: Mapping[str, Any], stem: str, out: Path,
         figures[name] = hists
         lines += [f"![guard score histograms]({name})", ""]
     return "\n".join(lines)
+
+
+def _routing_cols(two: bool, full: bool) -> list[str]:
+    if two:
+        head = ["val_apgr", "apgr", "cpt20", "cpt50", "cpt80", "auc"] if full else \
+            ["val_apgr", "apgr", "cpt50", "cpt80"]
+    else:
+        head = ["val_aiq"]
+    return head + ["aiq", "cost_at_best_single_quality_val", "quality_gap_val",
+                   "cost_at_best_single_quality"] + (["quality", "cost"] if full else [])
+
+
+def _ordered(run: Mapping[str, Any]) -> list[tuple[str, str, Mapping[str, Any]]]:
+    """(label, name, figures): the selected router first (marked), the other routers by
+    name, then the baselines."""
+    sel = str((run.get("selected") or {}).get("method"))
+    rows: list[tuple[str, str, Mapping[str, Any]]] = []
+    if sel in run["routers"]:
+        rows.append((f"**{sel}** (selected on validation)", sel, run["routers"][sel]))
+    rows += [(k, k, v) for k, v in sorted(run["routers"].items()) if k != sel]
+    rows += [(f"*{k}* (baseline)", k, v) for k, v in run["baselines"].items()]
+    return rows
+
+
+def _cell(r: Mapping[str, Any], c: str) -> str:
+    s = _num(r.get(c), r.get(f"{c}_std"))
+    if f"{c}_reached" in r and r.get("n_seeds"):
+        s += f" (reached {r[f'{c}_reached']}/{r['n_seeds']})"
+    return s
+
+
+def _routing_rows(run: Mapping[str, Any], cols: Sequence[str],
+                  keep: Sequence[str] | None = None) -> list[str]:
+    lines = ["| router | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    sel = (run.get("selected") or {}).get("method")
+    for label, name, r in _ordered(run):
+        if keep is None or name == sel or name in keep:
+            lines.append(f"| {label} | " + " | ".join(_cell(r, c) for c in cols) + " |")
+    return lines
+
+
+def _selected_line(run: Mapping[str, Any]) -> list[str]:
+    sel = run.get("selected")
+    if not sel:
+        return ["No router could be selected (none has a validation score).", ""]
+    score = sel.get("validation_score")
+    return [f"Selected on validation: **{sel['method']}** ({sel.get('criterion')}: "
+            f"{_num(score)}). Seeds {run.get('seeds')} ({run.get('seed_set', 'dev')} seeds).",
+            ""]
+
+
+def _guard_rows(run: Mapping[str, Any]) -> list[str]:
+    """Every candidate: the selected one first (marked), the others by name."""
+    methods: Mapping[str, Any] = run["methods"]
+    sel = str((run.get("selected") or {}).get("method"))
+    first = next(iter(methods.values()))
+    ood_sets = list(first.get("ood_accuracy_by_set", {}))
+    acc_sets = list(first.get("accept_rejection_by_set", {}))
+    intents = "oos_recall" in first
+    cols = ["val GQR", "target FRR"]
+    cols += ["in-scope acc", "FRR", "OOS recall"] if intents else \
+        ["ID acc", "FRR", *ood_sets, "OOD mean"]
+    cols += ["GQR", *(f"{a} rejected" for a in acc_sets), "p50 / p99 ms"]
+    lines = ["| method | " + " | ".join(cols) + " |",
+             "|---|" + "---:|" * len(cols)]
+    names = [*([sel] if sel in methods else []), *sorted(k for k in methods if k != sel)]
+    for n in names:
+        r = methods[n]
+        pct = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731
+        vals = [_num(r.get("validation", {}).get("gqr_score")), f"{r.get('target_frr', '')}"]
+        if intents:
+            vals += [pct(r.get("in_scope_accuracy")), pct(r.get("false_rejection_rate")),
+                     pct(r.get("oos_recall"))]
+        else:
+            vals += [pct(r.get("in_domain_accuracy")), pct(r.get("false_rejection_rate")),
+                     *(pct(r["ood_accuracy_by_set"].get(k)) for k in ood_sets),
+                     pct(r.get("ood_accuracy"))]
+        vals += [_num(r.get("gqr_score")),
+                 *(pct(r.get("accept_rejection_by_set", {}).get(a)) for a in acc_sets)]
+        lat = r.get("latency_p50_ms")
+        vals.append("-" if lat is None else
+                    f"{lat:.1f} / {r.get('latency_p99_ms', float('nan')):.1f}"
+                    + ("" if r.get("latency_includes_embedding", True) else " (no embedding)"))
+        label = f"**{n}** (selected on validation)" if n == sel else n
+        lines.append(f"| {label} | " + " | ".join(vals) + " |")
+    return lines
 
 
 def _machine(run: Mapping[str, Any]) -> str:
@@ -244,6 +350,138 @@ def write_report(runs: Path, out: Path) -> tuple[Path, list[str]]:
     return report, skipped
 
 
+# --------------------------------------------------------------------------- doc blocks
+
+_BLOCK = re.compile(r"(<!-- BEGIN GENERATED (?P<spec>[^>]*?) -->\n)(?P<body>.*?)"
+                    r"(<!-- END GENERATED -->)", re.S)
+
+
+def _load(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"generated block names {path}, which does not exist")
+    run: dict[str, Any] = json.loads(p.read_text())
+    return run
+
+
+def _headline_routing(run: Mapping[str, Any]) -> dict[str, Any]:
+    sel = (run.get("selected") or {}).get("method")
+    r = run["routers"].get(sel, {})
+    two = len(run["table"]["models"]) == 2
+    keys = ["val_apgr", "apgr", "cpt50", "cpt80"] if two else \
+        ["val_aiq", "aiq", "cost_at_best_single_quality_val", "quality_gap_val",
+         "cost_at_best_single_quality"]
+    return {"method": sel, **{k: _cell(r, k) for k in keys}}
+
+
+def _headline_guard(run: Mapping[str, Any]) -> dict[str, Any]:
+    sel = (run.get("selected") or {}).get("method")
+    if sel is None:  # runs written before selection existed: no headline can be claimed
+        return {"method": "(none selected)"}
+    r = run["methods"][sel]
+    out = {"method": sel, "target FRR": r.get("target_frr", run.get("target_frr")),
+           "val GQR": _num(r.get("validation", {}).get("gqr_score")),
+           "GQR": _num(r.get("gqr_score")),
+           "ID acc %": f"{100 * r['in_domain_accuracy']:.2f}",
+           "FRR %": f"{100 * r['false_rejection_rate']:.2f}"}
+    if "oos_recall" in r:
+        out["OOS recall %"] = f"{100 * r['oos_recall']:.2f}"
+    else:
+        out["OOD mean %"] = f"{100 * r['ood_accuracy']:.2f}"
+    return out
+
+
+def _old_headline_guard(run: Mapping[str, Any]) -> dict[str, Any]:
+    """An old guard run had no selection: its best *test* GQR row was the headline."""
+    if run.get("selected"):
+        return _headline_guard(run)
+    name, r = max(run["methods"].items(), key=lambda kv: kv[1].get("gqr_score") or -1)
+    return _headline_guard({"selected": {"method": name}, "methods": {name: r}})
+
+
+def _old_headline_routing(run: Mapping[str, Any]) -> dict[str, Any]:
+    """An old routing run had no selection: the row ranked first by test APGR / AIQ."""
+    if run.get("selected"):
+        return _headline_routing(run)
+    two = len(run["table"]["models"]) == 2
+    name = max(run["routers"], key=lambda k: run["routers"][k].get("apgr" if two else "aiq")
+               or -1)
+    return _headline_routing({**run, "selected": {"method": name}})
+
+
+def render_block(spec: str) -> str:
+    """The Markdown of one generated block (see the module doc for the kinds)."""
+    kind, *args = spec.split()
+    if kind == "routing-table" and args:
+        run = _load(args[0])
+        keep = args[1].split(",") if len(args) > 1 else None
+        two = len(run["table"]["models"]) == 2
+        return "\n".join([*_selected_line(run),
+                          *_routing_rows(run, _routing_cols(two, full=False), keep)])
+    if kind == "routing-headline" and args:
+        h = _headline_routing(_load(args[0]))
+        return "| " + " | ".join(h) + " |\n|" + "---|" * len(h) + "\n| " + \
+            " | ".join(str(v) for v in h.values()) + " |"
+    if kind == "guard-table" and args:
+        run = _load(args[0])
+        sel = run.get("selected") or {}
+        return "\n".join([f"Selected on validation: **{sel.get('method')}** "
+                          f"({sel.get('criterion')}: {_num(sel.get('validation_score'))}; "
+                          f"validation OOD: {(sel.get('validation_ood') or {}).get('source')})."
+                          f" Seed {run.get('seed')} ({run.get('seed_set', 'dev')}).", "",
+                          *_guard_rows(run)])
+    if kind == "guard-headline" and args:
+        h = _headline_guard(_load(args[0]))
+        return "| " + " | ".join(h) + " |\n|" + "---|" * len(h) + "\n| " + \
+            " | ".join(str(v) for v in h.values()) + " |"
+    if kind == "compare" and len(args) == 2:
+        old, new = _load(args[0]), _load(args[1])
+        guard = "methods" in new
+        ho = (_old_headline_guard if guard else _old_headline_routing)(old)
+        hn = (_headline_guard if guard else _headline_routing)(new)
+        keys = [k for k in hn if k in ho]
+        lines = ["| | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+        lines.append(f"| before (`{args[0]}`, headline = best test row) | "
+                     + " | ".join(str(ho[k]) for k in keys) + " |")
+        lines.append(f"| now (`{args[1]}`, selected on validation) | "
+                     + " | ".join(str(hn[k]) for k in keys) + " |")
+        return "\n".join(lines)
+    if kind == "provenance" and args:
+        run = _load(args[0])
+        pv = run.get("provenance") or {}
+        git = pv.get("git") or {}
+        enc = pv.get("encoder") or {}
+        data = "; ".join(f"`{d.get('path')}` {str(d.get('sha256') or d.get('sha256_tree'))[:12]}"
+                         for d in pv.get("data", []))
+        return (f"Run `{args[0]}`: commit {str(git.get('commit'))[:10]}"
+                f"{' (dirty tree)' if git.get('dirty') else ''}; data {data or '-'}; encoder "
+                f"{enc.get('name')} (weights {str(enc.get('weights_sha256'))[:12]}); seeds "
+                f"{(pv.get('seeds') or {}).get('used')}; command `{pv.get('command')}`.")
+    raise ValueError(f"unknown generated block {spec!r}")
+
+
+def update_docs(docs: Sequence[str | Path], check: bool = False) -> list[str]:
+    """Rewrite every generated block in ``docs``; returns the blocks changed (or, with
+    ``check``, out of date) as ``file: spec``."""
+    changed: list[str] = []
+    for doc in docs:
+        p = Path(doc)
+        if not p.is_file():
+            continue
+        text = p.read_text()
+
+        def sub(m: re.Match[str], doc: Path = p) -> str:
+            body = render_block(m.group("spec").strip()) + "\n"
+            if body != m.group("body"):
+                changed.append(f"{doc}: {m.group('spec').strip()}")
+            return m.group(1) + body + m.group(4)
+
+        new = _BLOCK.sub(sub, text)
+        if new != text and not check:
+            p.write_text(new)
+    return changed
+
+
 def _jsonable(x: Any) -> Any:
     if hasattr(x, "tolist"):
         return x.tolist()
@@ -255,16 +493,25 @@ def cli_register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", default="docs/results/runs",
                         help="folder of JSON files from `eval routing` / `eval guard`")
     parser.add_argument("--out", default="docs/results", help="where report.md and PNGs go")
+    parser.add_argument("--docs", nargs="*", default=list(DEFAULT_DOCS),
+                        help="documents whose generated blocks are rewritten from the run "
+                             "JSONs they name (default: README and docs/)")
+    parser.add_argument("--check", action="store_true",
+                        help="change nothing; exit 1 if a generated block is out of date")
     parser.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     try:
-        report, skipped = write_report(Path(args.runs), Path(args.out))
+        if not args.check:
+            report, skipped = write_report(Path(args.runs), Path(args.out))
+            for s in skipped:
+                print(f"skipped {s}", file=sys.stderr)
+            print(f"wrote {report}")
+        changed = update_docs(args.docs, check=args.check)
     except (FileNotFoundError, KeyError, ValueError) as e:
         print(f"expertgate eval report: {e}", file=sys.stderr)
         return 2
-    for s in skipped:
-        print(f"skipped {s}", file=sys.stderr)
-    print(f"wrote {report}")
-    return 0
+    for c in changed:
+        print(f"{'out of date' if args.check else 'regenerated'}: {c}")
+    return 1 if args.check and changed else 0

@@ -2,9 +2,12 @@
 
 Protocol (one command, every family, several seeds):
 
-1. the table is loaded and every prompt embedded once (cached by content hash);
-2. for each seed the prompts are split train / validation / test; each router is fitted on
-   train; its cost knob is chosen on validation and everything is reported on test;
+1. the table is loaded and checked (:func:`check_table`: two models at least, prompts every
+   model answered, the strong model, the router names) *before* anything is embedded; then
+   every prompt is embedded once (cached by content hash);
+2. for each seed the prompts are split train / validation / test by normalised text
+   (duplicates never straddle parts); each router is fitted on train; its cost knob is chosen
+   on validation and everything is reported on test;
 3. a router's knob is swept without refitting through ``predict_quality`` (n, m):
    with two experts by thresholding the predicted advantage ``q_strong - q_weak`` (RouteLLM's
    quantile thresholds for APGR/CPT; a finer grid for the quality-cost curve), with N experts
@@ -17,17 +20,28 @@ Protocol (one command, every family, several seeds):
 
 Knob on validation: the cheapest setting whose validation quality reaches the best single
 expert's validation quality (the setting with the best validation quality if none does).
-``quality``/``cost`` and ``cost_at_best_single_quality_val`` are test figures at that setting.
+``quality``/``cost`` and ``cost_at_best_single_quality_val`` are test figures at that setting;
+``cost_at_best_single_quality_val`` with ``quality_gap_val`` is the headline cost figure, as
+it exists in every seed. ``cost_at_best_single_quality`` (the cheapest point of the *test*
+curve) is kept as a reference only, with ``cost_at_best_single_quality_reached`` = in how
+many of the ``n_seeds`` seeds the router reached the best single model's test quality at all.
 
-Two-expert metrics use the prompts both experts answered; with N experts a router never
-chooses a model that lacks a score for the prompt (see :mod:`evals.metrics`).
+Method selection on validation: the result's top-level ``selected`` names the router family
+with the best mean *validation* APGR (two experts) or validation AIQ (N experts) over the
+seeds; test figures play no part in it. Seeds: ``--seed-set report`` uses
+:data:`evals.provenance.REPORT_SEEDS` (never used in development; the published figures),
+``dev`` uses 0, 1, 2, ... (see :mod:`evals.provenance`).
+
+Availability: routers only know what train knows. Every method (routers, baselines, single
+models) is scored on the same validation and test prompts: those every model answered; the
+others are counted (``n_scored``) and left out, so no router is told which models have a test
+score, and every single-model baseline averages over the same prompts.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import sys
@@ -40,11 +54,13 @@ from typing import Any
 import numpy as np
 
 from evals import metrics as M
+from evals.provenance import provenance, seed_list
 from routers.base import Router, RouterError, RoutingTable, get_router_class, registered_names
 
 __all__ = [
     "DEFAULT_EXCLUDED",
     "EvalError",
+    "check_table",
     "cli_register",
     "evaluate",
     "evaluate_predictions",
@@ -63,7 +79,9 @@ FINE_LEVELS = 101
 LAMBDAS = np.concatenate([[0.0], np.geomspace(1e-3, 1e3, 160)])
 RESULT_KEYS = ("apgr", "cpt20", "cpt50", "cpt80", "auc", "aiq", "quality", "cost",
                "cost_at_best_single_quality", "cost_at_best_single_quality_val",
-               "quality_gap_val", "strong_share", "missing_share")
+               "quality_gap_val", "strong_share", "missing_share", "val_apgr", "val_aiq")
+#: figures that may not exist in a seed (target never reached): reported with ``reached k/n``
+REACH_KEYS = ("cost_at_best_single_quality", "cpt20", "cpt50", "cpt80")
 
 
 class EvalError(RuntimeError):
@@ -110,7 +128,7 @@ def load_routing_table(path: str | Path, fmt: str = "long") -> RoutingTable:
 
 
 def embed_table(table: RoutingTable, embedder: str, cache_dir: str | Path | None = None
-                ) -> tuple[np.ndarray, str]:
+                ) -> tuple[np.ndarray, Any]:
     """Embeddings of every prompt, computed once and cached by (embedder, content).
 
     The cache key is the sorted set of distinct prompts, so that loaders which order or
@@ -122,7 +140,7 @@ def embed_table(table: RoutingTable, embedder: str, cache_dir: str | Path | None
     uniq = sorted(set(table.prompts))
     U = embed_cached(e, uniq, cache_dir, progress=True)
     pos = {t: i for i, t in enumerate(uniq)}
-    return U[[pos[t] for t in table.prompts]], e.name
+    return U[[pos[t] for t in table.prompts]], e
 
 
 # --------------------------------------------------------------------------- one split
@@ -145,6 +163,18 @@ def _best_single(S: np.ndarray, C: np.ndarray) -> tuple[int, float, float]:
     return j, float(q[j]), float(c[j])
 
 
+def _cost_range(S: np.ndarray, C: np.ndarray) -> tuple[float, float]:
+    c_single = M.column_means(np.where(np.isfinite(S), C, np.nan))
+    return float(np.nanmin(c_single)), float(np.nanmax(c_single))
+
+
+def _aiq(costs: Sequence[float], quals: Sequence[float], S: np.ndarray, C: np.ndarray
+         ) -> float | None:
+    c_min, c_max = _cost_range(S, C)
+    return M.aiq(np.asarray(costs), np.asarray(quals), c_min, c_max) if c_max > c_min \
+        else None
+
+
 def evaluate_predictions(P_val: np.ndarray, P_test: np.ndarray, val: RoutingTable,
                          test: RoutingTable, *, strong: int, knob_costs: np.ndarray,
                          oracle_costs: bool = False) -> dict[str, Any]:
@@ -152,7 +182,8 @@ def evaluate_predictions(P_val: np.ndarray, P_test: np.ndarray, val: RoutingTabl
 
     ``P_val``/``P_test`` are (n, m) in the tables' model order; ``knob_costs`` (m,) are the
     per-model costs the router trades against (train means); ``oracle_costs`` makes the
-    N-expert knob use each prompt's true cost instead (the oracle knows it).
+    N-expert knob use each prompt's true cost instead (the oracle knows it). ``val_apgr`` /
+    ``val_aiq`` are the same figures on validation: what method selection may look at.
     """
     Sv, Cv, St, Ct = val.scores, val.costs, test.scores, test.costs
     m = St.shape[1]
@@ -161,8 +192,6 @@ def evaluate_predictions(P_val: np.ndarray, P_test: np.ndarray, val: RoutingTabl
     kc = _norm(knob_costs)
     jb_v, qb_v, _ = _best_single(Sv, Cv)
     jb_t, qb_t, cb_t = _best_single(St, Ct)
-    c_single = M.column_means(np.where(np.isfinite(St), Ct, np.nan))
-    c_min, c_max = float(np.nanmin(c_single)), float(np.nanmax(c_single))
     if m == 2:
         w = 1 - strong
         okv, okt = _pairwise_ok(Sv, strong, w), _pairwise_ok(St, strong, w)
@@ -171,6 +200,7 @@ def evaluate_predictions(P_val: np.ndarray, P_test: np.ndarray, val: RoutingTabl
         Sv2, Cv2, St2, Ct2 = Sv[okv], Cv[okv], St[okt], Ct[okt]
         curve = M.deferral_curve(adv_t, St2[:, strong], St2[:, w], num_results=10)
         out["apgr"] = M.apgr(curve.share, curve.quality, curve.q_weak, curve.q_strong)
+        out["val_apgr"] = M.apgr_of_advantage(adv_v, Sv2[:, strong], Sv2[:, w])
         out["auc"] = M.auc(curve.share, curve.quality)
         for x in (20, 50, 80):
             out[f"cpt{x}"] = M.cpt(curve.share, curve.quality, curve.q_weak, curve.q_strong,
@@ -191,29 +221,35 @@ def evaluate_predictions(P_val: np.ndarray, P_test: np.ndarray, val: RoutingTabl
         # knob on validation: thresholds at validation quantiles, cheapest first
         val_t = np.concatenate([[np.inf], np.quantile(adv_v, levels[1:])]) if adv_v.size \
             else np.array([np.inf])
-        val_q = [M.realised(_two_expert_choices(adv_v, t, strong, w), Sv2, Cv2)[0]
-                 for t in val_t]
+        vals = [M.realised(_two_expert_choices(adv_v, t, strong, w), Sv2, Cv2)
+                for t in val_t]
+        val_q = [v[0] for v in vals]
+        out["val_aiq"] = _aiq([v[1] for v in vals], val_q, Sv2, Cv2)
         k = _first_reaching(val_q, qb_v)
         ch = _two_expert_choices(adv_t, float(val_t[k]), strong, w)
         q, c, miss = M.realised(ch, St2, Ct2)
         out["strong_share"] = float((ch == strong).mean())
+        out["knob_setting"] = {"advantage_threshold": float(val_t[k])}
     else:
         lams = LAMBDAS[::-1]  # cheapest first
         kt = _per_query_knob(Ct) if oracle_costs else kc
         kv = _per_query_knob(Cv) if oracle_costs else kc
         qc_c_arr, qc_q_arr = M.quality_cost_curve(P_test, St, Ct, lams, knob_costs=kt)
         qc_c, qc_q = qc_c_arr.tolist(), qc_q_arr.tolist()
-        _, val_q_arr = M.quality_cost_curve(P_val, Sv, Cv, lams, knob_costs=kv)
+        val_c_arr, val_q_arr = M.quality_cost_curve(P_val, Sv, Cv, lams, knob_costs=kv)
+        out["val_aiq"] = _aiq(val_c_arr.tolist(), val_q_arr.tolist(), Sv, Cv)
         k = _first_reaching(val_q_arr.tolist(), qb_v)
-        ch = M.choose(P_test, kt, float(lams[k]), np.isfinite(St))
+        ch = M.choose(P_test, kt, float(lams[k]))
         q, c, miss = M.realised(ch, St, Ct)
-        out.update({"apgr": None, "auc": None, "cpt20": None, "cpt50": None, "cpt80": None,
-                    "strong_share": float((ch == strong).mean())})
+        out.update({"apgr": None, "val_apgr": None, "auc": None, "cpt20": None, "cpt50": None,
+                    "cpt80": None, "strong_share": float((ch == strong).mean()),
+                    "knob_setting": {"lambda": float(lams[k])}})
+    out["knob_setting"]["reaches_best_single_on_validation"] = bool(
+        val_q[k] >= qb_v - 1e-9 if m == 2 else val_q_arr[k] >= qb_v - 1e-9)
     out["qc_curve"] = {"cost": list(map(float, qc_c)), "quality": list(map(float, qc_q))}
     if qc_s:
         out["qc_curve"]["strong_share"] = qc_s
-    out["aiq"] = M.aiq(np.asarray(qc_c), np.asarray(qc_q), c_min, c_max) if c_max > c_min \
-        else None
+    out["aiq"] = _aiq(qc_c, qc_q, St, Ct)
     cab = M.cost_at_quality(np.asarray(qc_c), np.asarray(qc_q), qb_t)
     out["cost_at_best_single_quality"] = None if cab is None or cb_t <= 0 else cab / cb_t
     out["quality"], out["cost"], out["missing_share"] = q, c, miss
@@ -244,28 +280,24 @@ def _first_reaching(qualities: Sequence[float], target: float) -> int:
     return int(hit[0]) if hit.size else int(np.argmax(q))
 
 
-def _single_point(choice_t: np.ndarray, test: RoutingTable, strong: int,
-                  single_expert: bool = False) -> dict[str, Any]:
-    """Metrics of a router evaluated at its own decisions (no knob).
-
-    A single expert is a point, not a curve: its APGR/CPT are left undefined.
-    """
-    St, Ct = test.scores, test.costs
-    m = St.shape[1]
-    q, c, miss = M.realised(choice_t, St, Ct)
-    _, qb_t, cb_t = _best_single(St, Ct)
-    c_single = M.column_means(np.where(np.isfinite(St), Ct, np.nan))
+def _point(choice: np.ndarray, part: RoutingTable, strong: int,
+           single_expert: bool) -> dict[str, Any]:
+    """Metrics of one operating point (a router's own decisions) on one part."""
+    S, C = part.scores, part.costs
+    m = S.shape[1]
+    q, c, miss = M.realised(choice, S, C)
+    _, qb, cb = _best_single(S, C)
     out: dict[str, Any] = {"quality": q, "cost": c, "missing_share": miss,
-                           "strong_share": float((choice_t == strong).mean()),
+                           "strong_share": float((choice == strong).mean()),
                            "qc_curve": {"cost": [c], "quality": [q]},
                            "apgr": None, "auc": None, "cpt20": None, "cpt50": None,
                            "cpt80": None}
     if m == 2 and not single_expert:
         w = 1 - strong
-        ok = _pairwise_ok(St, strong, w)
-        share = float((choice_t[ok] == strong).mean())
-        qr = float(np.where(choice_t[ok] == strong, St[ok, strong], St[ok, w]).mean())
-        qw, qs = float(St[ok, w].mean()), float(St[ok, strong].mean())
+        ok = _pairwise_ok(S, strong, w)
+        share = float((choice[ok] == strong).mean())
+        qr = float(np.where(choice[ok] == strong, S[ok, strong], S[ok, w]).mean())
+        qw, qs = float(S[ok, w].mean()), float(S[ok, strong].mean())
         xs = np.array(sorted({0.0, share, 1.0}))
         ys = np.array([qw if x == 0.0 else qs if x == 1.0 else qr for x in xs])
         if share in (0.0, 1.0):
@@ -276,12 +308,26 @@ def _single_point(choice_t: np.ndarray, test: RoutingTable, strong: int,
             out[f"cpt{x}"] = M.cpt(xs, ys, qw, qs, x / 100)
         out["curve"] = {"share": xs.tolist(), "quality": ys.tolist(),
                         "pgr": np.asarray(M.pgr(ys, qw, qs)).tolist()}
-    cmin, cmax = float(np.nanmin(c_single)), float(np.nanmax(c_single))
-    out["aiq"] = M.aiq(np.array([c]), np.array([q]), cmin, cmax) if cmax > cmin else None
-    reach = q >= qb_t - 1e-9
-    out["cost_at_best_single_quality"] = c / cb_t if reach and cb_t > 0 else None
-    out["cost_at_best_single_quality_val"] = c / cb_t if cb_t > 0 else None
-    out["quality_gap_val"] = q - qb_t
+    out["aiq"] = _aiq([c], [q], S, C)
+    reach = q >= qb - 1e-9
+    out["cost_at_best_single_quality"] = c / cb if reach and cb > 0 else None
+    out["cost_at_best_single_quality_val"] = c / cb if cb > 0 else None
+    out["quality_gap_val"] = q - qb
+    return out
+
+
+def _single_point(choice_t: np.ndarray, test: RoutingTable, strong: int,
+                  single_expert: bool = False, choice_v: np.ndarray | None = None,
+                  val: RoutingTable | None = None) -> dict[str, Any]:
+    """Metrics of a router evaluated at its own decisions (no knob); with ``choice_v`` and
+    ``val`` also its validation APGR / AIQ (for method selection).
+
+    A single expert is a point, not a curve: its APGR/CPT are left undefined.
+    """
+    out = _point(choice_t, test, strong, single_expert)
+    if choice_v is not None and val is not None:
+        v = _point(choice_v, val, strong, single_expert)
+        out["val_apgr"], out["val_aiq"] = v["apgr"], v["aiq"]
     return out
 
 
@@ -322,36 +368,80 @@ def _default_routers(table: RoutingTable) -> list[str]:
     return [n for n in registered_names() if n not in DEFAULT_EXCLUDED]
 
 
+#: fewest prompts every model answered for a split into three non-empty parts
+MIN_SCORED_PROMPTS = 10
+
+
+def check_table(table: RoutingTable, *, strong: str | None = None,
+                routers: Sequence[str] | None = None) -> list[str]:
+    """Check a table before anything is embedded: raise :class:`EvalError` with a clear
+    message, or return notes (printed to stderr) about what the evaluation will do."""
+    notes: list[str] = []
+    if len(table.models) < 2:
+        raise EvalError(f"the table has {len(table.models)} model(s) "
+                        f"({', '.join(table.models) or 'none'}); routing needs at least two")
+    if strong is not None and strong not in table.models:
+        raise EvalError(f"--strong {strong!r} is not a model of the table: "
+                        f"{', '.join(table.models)}")
+    if routers:
+        known = set(registered_names())
+        unknown = [r for r in routers if r not in known]
+        if unknown:
+            raise EvalError(f"unknown router famil{'ies' if len(unknown) > 1 else 'y'} "
+                            f"{', '.join(unknown)}; registered: {', '.join(sorted(known))}")
+    have = np.isfinite(table.scores)
+    never = [m for j, m in enumerate(table.models) if not have[:, j].any()]
+    if never:
+        raise EvalError(f"model(s) {', '.join(never)} have no score at all")
+    full = int(have.all(axis=1).sum())
+    if full < MIN_SCORED_PROMPTS:
+        raise EvalError(f"only {full} of {len(table)} prompts have a score from every model; "
+                        f"every method is scored on those prompts, and at least "
+                        f"{MIN_SCORED_PROMPTS} are needed (fill the missing (prompt, model) "
+                        "pairs or drop the sparse models)")
+    if full < len(table):
+        per_model = ", ".join(f"{m} {int((~have[:, j]).sum())}"
+                              for j, m in enumerate(table.models) if not have[:, j].all())
+        notes.append(f"{len(table) - full} of {len(table)} prompts lack a score from some "
+                     f"model (missing per model: {per_model}); routers train on every train "
+                     f"prompt, and every method is scored on the {full} prompts every model "
+                     "answered")
+    return notes
+
+
 def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | None = None,
              strong: str | None = None, seeds: Sequence[int] = (0, 1, 2, 3, 4),
              val: float = 0.2, test: float = 0.2,
              router_params: Mapping[str, Mapping[str, Any]] | None = None,
              progress: bool = True) -> dict[str, Any]:
     """Evaluate ``routers`` and the baselines on ``table`` over ``seeds``; the result JSON."""
-    if len(table.models) < 2:
-        raise EvalError("a routing table needs at least two models")
+    check_table(table, strong=strong, routers=routers)
     if X.shape[0] != len(table):
         raise EvalError(f"{X.shape[0]} embeddings for {len(table)} prompts")
     mean_costs = table.mean_costs()
-    if strong is None:
-        s_idx = int(np.argmax(mean_costs))
-    elif strong in table.models:
-        s_idx = table.models.index(strong)
-    else:
-        raise EvalError(f"--strong {strong!r} is not a model of the table: "
-                        f"{', '.join(table.models)}")
+    s_idx = int(np.argmax(mean_costs)) if strong is None else table.models.index(strong)
     names = list(routers) if routers else _default_routers(table)
     params = dict(router_params or {})
     per_seed: dict[str, list[dict[str, Any]]] = {}
     base_seed: dict[str, list[dict[str, Any]]] = {}
     skipped: dict[str, str] = {}
     timing: dict[str, float] = {}
+    scored: list[dict[str, int]] = []
+    complete = np.isfinite(table.scores).all(axis=1)
     from tqdm import tqdm
 
     bar = tqdm(total=len(seeds) * (len(names) + 1), desc="routing eval", unit="fit",
                disable=not progress, file=sys.stderr)
     for seed in seeds:
-        tr, va, te = table.split(seed=int(seed), val=val, test=test)
+        tr, va_all, te_all = table.split(seed=int(seed), val=val, test=test)
+        # every method is scored on the same prompts: those every model answered
+        va, te = va_all[complete[va_all]], te_all[complete[te_all]]
+        if not len(va) or not len(te):
+            raise EvalError(f"seed {seed}: no validation or test prompt has a score from "
+                            "every model; use larger --val/--test shares")
+        scored.append({"seed": int(seed), "train": len(tr), "validation": len(va),
+                       "validation_dropped": len(va_all) - len(va), "test": len(te),
+                       "test_dropped": len(te_all) - len(te)})
         T, V, E = table.subset(tr), table.subset(va), table.subset(te)
         kc = T.mean_costs()
         rng = np.random.default_rng(int(seed))
@@ -361,9 +451,8 @@ def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | Non
                        False),
             # true scores, with a tiny random tie-break so equal-advantage prompts are not
             # all sent together
-            "oracle": (np.nan_to_num(V.scores) + 1e-6 * rng.uniform(size=V.scores.shape),
-                       np.nan_to_num(E.scores) + 1e-6 * rng.uniform(size=E.scores.shape),
-                       True),
+            "oracle": (V.scores + 1e-6 * rng.uniform(size=V.scores.shape),
+                       E.scores + 1e-6 * rng.uniform(size=E.scores.shape), True),
         }
         if table.categories is not None:
             Tc = T.categories or []
@@ -396,7 +485,8 @@ def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | Non
                     if "does not estimate" not in str(e):
                         raise
                     ct = _choices_from_decisions(r, X[te], E.prompts, table.models)
-                    res = _single_point(ct, E, s_idx)
+                    cv = _choices_from_decisions(r, X[va], V.prompts, table.models)
+                    res = _single_point(ct, E, s_idx, choice_v=cv, val=V)
                     res["knob"] = False
             except (RouterError, M.MetricError, ValueError) as e:
                 skipped[name] = f"{type(e).__name__}: {e}"
@@ -407,34 +497,55 @@ def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | Non
             per_seed.setdefault(name, []).append(res)
             bar.update(1)
     bar.close()
+    routers_out = {n: _aggregate(rs, timing.get(n, 0.0) / max(len(rs), 1))
+                   for n, rs in per_seed.items()}
+    two = len(table.models) == 2
+    crit = "val_apgr" if two else "val_aiq"
+    try:
+        chosen, score = M.select_on_validation({n: r[crit] for n, r in routers_out.items()})
+    except M.MetricError:
+        selected = None
+    else:
+        selected = {"method": chosen,
+                    "criterion": f"mean validation {'APGR' if two else 'AIQ'} over the seeds "
+                                 "(test figures play no part)",
+                    "validation_score": score,
+                    "cost_knob": "per seed, the cheapest setting whose validation quality "
+                                 "reaches the best single model's validation quality",
+                    "hyper_parameters": dict(params.get(chosen, {})) or "family defaults",
+                    "candidates": {n: r[crit] for n, r in routers_out.items()}}
     return {
+        "selected": selected,
         "table": {"n_prompts": len(table), "models": list(table.models),
                   "mean_costs": [float(c) for c in mean_costs],
                   "mean_scores": [float(q) for q in M.column_means(table.scores)],
                   "strong": table.models[s_idx],
                   "weak": table.models[1 - s_idx] if len(table.models) == 2 else None,
                   "content_hash": table.content_hash(),
-                  "has_categories": table.categories is not None},
+                  "has_categories": table.categories is not None,
+                  "n_scored_by_every_model": int(complete.sum())},
         "seeds": [int(s) for s in seeds],
-        "split": {"train": round(1 - val - test, 4), "val": val, "test": test},
-        "routers": {n: _aggregate(rs, timing.get(n, 0.0) / max(len(rs), 1))
-                    for n, rs in per_seed.items()},
+        "split": {"train": round(1 - val - test, 4), "val": val, "test": test,
+                  "by": "normalised prompt text (duplicates never straddle parts)"},
+        "n_scored": scored,
+        "routers": routers_out,
         "baselines": {n: _aggregate(rs, None) for n, rs in base_seed.items()},
         "skipped": skipped,
     }
 
 
 def _aggregate(results: Sequence[dict[str, Any]], fit_s: float | None) -> dict[str, Any]:
-    """Mean and std over seeds of every scalar; mean curves (point-wise, aligned by knob)."""
+    """Mean and std over seeds of every scalar, with ``<key>_reached`` (in how many of the
+    ``n_seeds`` seeds the figure exists) for the figures of :data:`REACH_KEYS`; mean curves
+    (point-wise, aligned by knob)."""
     out: dict[str, Any] = {}
     for k in RESULT_KEYS:
-        vals = [r.get(k) for r in results]
-        got = [float(v) for v in vals if v is not None and math.isfinite(float(v))]
-        out[k] = float(np.mean(got)) if got else None
-        out[f"{k}_std"] = float(np.std(got)) if len(got) > 1 else (0.0 if got else None)
-        if k.startswith(("cost_at", "cpt")):
-            # a seed where the target was never reached is left out of the mean: say how many
-            out[f"{k}_reached"] = len(got) / max(len(vals), 1)
+        agg = M.over_seeds([r.get(k) for r in results])
+        out[k], out[f"{k}_std"] = agg["mean"], agg["std"]
+        # a CPT exists only on a curve: a single model (no APGR) has none to reach
+        curve = any(r.get("apgr") is not None for r in results)
+        if k in REACH_KEYS and (curve or not k.startswith("cpt")):
+            out[f"{k}_reached"] = agg["reached"]
     for ck in ("curve", "qc_curve"):
         curves = [r[ck] for r in results if ck in r]
         if curves:
@@ -461,7 +572,10 @@ def cli_register(parser: argparse.ArgumentParser) -> None:
                              f"cost-quality family; not {', '.join(sorted(DEFAULT_EXCLUDED))})")
     parser.add_argument("--strong", default=None,
                         help="the strong model of a two-expert table (default: most expensive)")
-    parser.add_argument("--seeds", type=int, default=5, help="number of split seeds (0..N-1)")
+    parser.add_argument("--seeds", type=int, default=5, help="number of split seeds")
+    parser.add_argument("--seed-set", default="dev", choices=("dev", "report"),
+                        help="dev: seeds 0..N-1 (development); report: the first N report "
+                             "seeds, never used in development (published figures)")
     parser.add_argument("--val", type=float, default=0.2, help="validation share of prompts")
     parser.add_argument("--test", type=float, default=0.2, help="test share of prompts")
     parser.add_argument("--json", default=None, help="write the result JSON here")
@@ -478,27 +592,39 @@ def cli_register(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run the evaluation; print a summary table; write the JSON. Returns an exit code."""
-    from routers.embed import set_thread_counts
+    from routers.embed import EmbedderError, set_thread_counts
 
     # torch is imported only for the embedder that needs it (its import alone takes seconds)
     set_thread_counts(torch_threads=args.threads if args.embedder == "minilm" else None,
                       blas_threads=args.threads)
     t0 = time.perf_counter()
     try:
-        table = load_routing_table(args.data, args.format)
-        X, emb_name = embed_table(table, args.embedder, args.cache_dir)
-        t_embed = time.perf_counter() - t0
+        if not (0 < args.val < 1 and 0 < args.test < 1 and args.val + args.test < 1):
+            raise EvalError(f"--val {args.val} and --test {args.test} must be in (0, 1) with "
+                            "a sum below 1")
+        seeds = seed_list(args.seed_set, int(args.seeds))
         params = json.loads(args.params) if args.params else None
         routers = [r.strip() for r in args.routers.split(",") if r.strip()] \
             if args.routers else None
-        res = evaluate(table, X, routers=routers, strong=args.strong,
-                       seeds=list(range(int(args.seeds))), val=args.val, test=args.test,
-                       router_params=params, progress=not args.quiet)
-    except (EvalError, RouterError, M.MetricError, OSError, json.JSONDecodeError) as e:
+        table = load_routing_table(args.data, args.format)
+        # every check that can fail runs before the (minutes-long) embedding step
+        for note in check_table(table, strong=args.strong, routers=routers):
+            print(f"note: {note}", file=sys.stderr)
+        X, embedder = embed_table(table, args.embedder, args.cache_dir)
+        t_embed = time.perf_counter() - t0
+        res = evaluate(table, X, routers=routers, strong=args.strong, seeds=seeds,
+                       val=args.val, test=args.test, router_params=params,
+                       progress=not args.quiet)
+    except (EvalError, RouterError, EmbedderError, M.MetricError, OSError, ValueError) as e:
         print(f"expertgate eval routing: {e}", file=sys.stderr)
         return 2
-    res = {"data": str(args.data), "format": args.format, "embedder": emb_name,
-           "command": _command(args), **res,
+    data_paths = [] if str(args.data).startswith("synthetic:") else [args.data]
+    res = {**{"selected": res.pop("selected")},
+           "data": str(args.data), "format": args.format, "embedder": embedder.name,
+           "command": _command(args), "seed_set": args.seed_set, **res,
+           "provenance": provenance(data=data_paths, embedder=embedder,
+                                    seeds={"used": seeds, "kind": args.seed_set},
+                                    command=_command(args)),
            "timing_s": {"embed": round(t_embed, 2),
                         "total": round(time.perf_counter() - t0, 2)},
            "machine": _machine(), "created": datetime.now(UTC).isoformat(timespec="seconds")}
@@ -517,7 +643,8 @@ def _command(args: argparse.Namespace) -> str:
         parts.append(f"--routers {args.routers}")
     if args.strong:
         parts.append(f"--strong {args.strong}")
-    parts += [f"--seeds {args.seeds}", f"--embedder {args.embedder}"]
+    parts += [f"--seeds {args.seeds}", f"--seed-set {args.seed_set}",
+              f"--embedder {args.embedder}"]
     if (args.val, args.test) != (0.2, 0.2):
         parts.append(f"--val {args.val} --test {args.test}")
     if args.params:
@@ -542,18 +669,34 @@ def _fmt(v: Any, std: Any = None, pct: bool = False) -> str:
     return s
 
 
+def cell(r: Mapping[str, Any], key: str, fmt: Callable[..., str] = _fmt) -> str:
+    """One figure as text: mean ± std, and ``(reached k/n)`` for figures a seed may lack."""
+    s = fmt(r.get(key), r.get(f"{key}_std"))
+    if f"{key}_reached" in r and r.get("n_seeds"):
+        s += f" (reached {r[f'{key}_reached']}/{r['n_seeds']})"
+    return s
+
+
+def ordered_rows(res: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """Rows in report order: the selected router first (marked), the other routers by name
+    (never ranked by a test figure), then the baselines in italics."""
+    sel = (res.get("selected") or {}).get("method")
+    rows: list[tuple[str, Mapping[str, Any]]] = []
+    if sel in res["routers"]:
+        rows.append((f"{sel} (selected on validation)", res["routers"][sel]))
+    rows += [(n, r) for n, r in sorted(res["routers"].items()) if n != sel]
+    rows += [(f"*{n}*", r) for n, r in res["baselines"].items()]
+    return rows
+
+
 def summary_table(res: Mapping[str, Any], fmt: Callable[..., str] = _fmt) -> str:
     """A Markdown table of the headline figures of every router and baseline."""
     two = len(res["table"]["models"]) == 2
-    cols = (["apgr", "cpt50", "cpt80"] if two else []) + [
-        "aiq", "quality", "cost", "cost_at_best_single_quality",
-        "cost_at_best_single_quality_val"]
+    cols = (["val_apgr", "apgr", "cpt50", "cpt80"] if two else ["val_aiq"]) + [
+        "aiq", "quality", "cost", "cost_at_best_single_quality_val", "quality_gap_val",
+        "cost_at_best_single_quality"]
     head = "| router | " + " | ".join(cols) + " |"
     lines = [head, "|" + "---|" * (len(cols) + 1)]
-    rows = [(n, r) for n, r in res["routers"].items()]
-    rows.sort(key=lambda nr: -(nr[1].get("apgr" if two else "aiq") or -1))
-    rows += [(f"*{n}*", r) for n, r in res["baselines"].items()]
-    for n, r in rows:
-        cells = [fmt(r.get(c), r.get(f"{c}_std")) for c in cols]
-        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    for n, r in ordered_rows(res):
+        lines.append(f"| {n} | " + " | ".join(cell(r, c, fmt) for c in cols) + " |")
     return "\n".join(lines)

@@ -34,6 +34,7 @@ __all__ = [
     "example_texts",
     "examples_table",
     "get_router_class",
+    "normalise_text",
     "register",
     "registered_names",
 ]
@@ -279,14 +280,31 @@ class RoutingTable:
     def split(
         self, *, seed: int = 0, val: float = 0.1, test: float = 0.2
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Split prompt indices into train / validation / test, by prompt, with a seed."""
+        """Split prompt indices into train / validation / test with a seed, by *text*.
+
+        Prompts whose normalised text (:func:`normalise_text`) is the same form one group and
+        always land in the same part: a duplicate question (MMLU has 105) never sits in train
+        and test at once. Groups are shuffled and taken in turn until each part reaches its
+        share of prompts (``round(n * test)``, then ``round(n * val)``).
+        """
+        groups: dict[str, list[int]] = {}
+        for i, t in enumerate(self.prompts):
+            groups.setdefault(normalise_text(t), []).append(i)
+        members = list(groups.values())
+        order = np.random.default_rng(seed).permutation(len(members))
         n = len(self)
-        rng = np.random.default_rng(seed)
-        perm = rng.permutation(n)
-        n_test = round(n * test)
-        n_val = round(n * val)
-        return (np.sort(perm[n_test + n_val:]), np.sort(perm[n_test:n_test + n_val]),
-                np.sort(perm[:n_test]))
+        n_test, n_val = round(n * test), round(n * val)
+        parts: tuple[list[int], list[int], list[int]] = ([], [], [])
+        for g in order:
+            k = 2 if len(parts[2]) < n_test else 1 if len(parts[1]) < n_val else 0
+            parts[k].extend(members[g])
+        tr, va, te = (np.sort(np.asarray(p, dtype=np.int64)) for p in parts)
+        return tr, va, te
+
+
+def normalise_text(text: str) -> str:
+    """The form prompts are compared in for duplicates: case-folded, whitespace collapsed."""
+    return " ".join(str(text).casefold().split())
 
 
 # --------------------------------------------------------------------------- Router

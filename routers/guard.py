@@ -22,10 +22,13 @@ The guard answers three questions for every query, from its embedding (and its t
    With ``head="mlp"`` the distance methods run in the head's hidden space (L2-normalised),
    which is trained to separate the in-domain labels.
 
-   The threshold is the ``1 - target_frr`` quantile of the scores of held-out *in-domain*
-   validation queries: at most ``target_frr`` of them are rejected. The validation part is
-   either given (``fit(..., validation=(X_val, labels))``) or held out from the table by
-   ``val_fraction`` and ``seed`` (stratified). The guard never sees an OOD example.
+   The threshold is calibrated on held-out *in-domain* validation queries so that at most
+   ``target_frr`` of them are rejected **in all**: the queries the unsafe layer (3.) already
+   rejects use up part of that budget, and the OOD threshold rejects at most the rest
+   (``val_frr_`` is the combined rate). The validation part is either given
+   (``fit(..., validation=(X_val, labels[, texts]))``; without texts the lexicon cannot run
+   on it) or held out from the table by ``val_fraction`` and ``seed`` (stratified). The
+   guard never sees an OOD example.
 3. *Is it unsafe?* Two layers, neither fitted or tuned on any unsafe data set: a small
    pattern lexicon (threats, dehumanising statements about groups, requests for weapons or
    self-harm) on the text, and the cosine similarity of the embedding to a set of unsafe
@@ -108,15 +111,31 @@ UNSAFE_PATTERNS: tuple[str, ...] = (
 _UNSAFE_RE = re.compile("|".join(f"(?:{p})" for p in UNSAFE_PATTERNS), re.IGNORECASE)
 
 
-def calibrate_threshold(scores: np.ndarray, target_frr: float) -> float:
-    """The smallest threshold that rejects (score > threshold) at most ``target_frr`` of
-    ``scores`` (in-domain validation scores)."""
-    s = np.sort(np.asarray(scores, dtype=np.float64))
+def calibrate_threshold(scores: np.ndarray, target_frr: float,
+                        already_rejected: np.ndarray | None = None) -> float:
+    """The smallest threshold such that (score > threshold) *or* ``already_rejected``
+    rejects at most ``target_frr`` of the (in-domain validation) queries.
+
+    ``already_rejected`` marks queries another layer rejects anyway (the unsafe check): they
+    count against the budget ``floor(target_frr * n)``; when they exhaust it the threshold
+    rejects none of the others.
+    """
+    s = np.asarray(scores, dtype=np.float64)
     if s.size == 0:
         raise RouterError("cannot calibrate a threshold on zero validation scores")
     if not 0.0 <= target_frr < 1.0:
         raise RouterError(f"target_frr must lie in [0, 1), got {target_frr}")
     allowed = int(np.floor(target_frr * s.size + 1e-9))
+    if already_rejected is not None:
+        gone = np.asarray(already_rejected, dtype=bool)
+        if gone.shape != s.shape:
+            raise RouterError("already_rejected needs one flag per score")
+        allowed -= int(gone.sum())
+        if gone.all():
+            return float(s.max())
+        s = s[~gone]
+    s = np.sort(s)
+    allowed = min(max(allowed, 0), s.size - 1)
     # rejecting only scores above s[n-1-allowed] rejects at most `allowed` of them
     return float(s[s.size - 1 - allowed])
 
@@ -212,12 +231,13 @@ class GuardRouter(Router):
             raise RouterError("guard: k must be at least 1")
 
     def fit(self, X: np.ndarray, table: RoutingTable, *,
-            validation: tuple[np.ndarray, Sequence[str]] | None = None,
+            validation: tuple[np.ndarray, Sequence[str]]
+            | tuple[np.ndarray, Sequence[str], Sequence[str]] | None = None,
             embedder: Any = None) -> GuardRouter:
         """Learn from in-domain examples only.
 
-        ``table.categories`` are the in-domain labels. ``validation`` = (embeddings, labels)
-        of held-out in-domain queries for the threshold; without it ``val_fraction`` of the
+        ``table.categories`` are the in-domain labels. ``validation`` = (embeddings, labels[,
+        texts]) of held-out in-domain queries for the threshold; without it ``val_fraction`` of the
         table is held out (stratified, ``seed``). ``embedder`` (an
         :class:`routers.embed.Embedder`, the one that made ``X``) embeds the unsafe seeds.
         """
@@ -239,14 +259,17 @@ class GuardRouter(Router):
             if unknown:
                 raise RouterError(f"guard: validation labels not in the table: {unknown[:5]}")
             Xtr, ytr = X, y_all
+            val_texts = [str(t) for t in validation[2]] if len(validation) > 2 else None
             self.calibration_ = f"given validation part ({Xv.shape[0]} in-domain queries)"
         else:
             keep, held = stratified_split(labels_all, float(self.val_fraction), int(self.seed))
             if held.size == 0:
                 Xtr, ytr, Xv = X, y_all, X
+                val_texts = list(table.prompts)
                 self.calibration_ = "training data (too few rows to hold out a validation part)"
             else:
                 Xtr, ytr, Xv = X[keep], y_all[keep], X[held]
+                val_texts = [table.prompts[i] for i in held]
                 self.calibration_ = (f"held-out {self.val_fraction:g} of the table, stratified, "
                                      f"seed {self.seed} ({held.size} in-domain queries)")
         if len(labels) < 2:
@@ -263,11 +286,17 @@ class GuardRouter(Router):
         self.score_norm_ = np.zeros(4, np.float32)
         if self.method == "knn+msp":
             self._fit_score_norm(Xv)
-        val_scores = self.ood_scores(Xv)
-        self.threshold_ = calibrate_threshold(val_scores, float(self.target_frr))
-        self.val_frr_ = float(np.mean(val_scores > self.threshold_))
-        self.n_val_ = int(Xv.shape[0])
+        if val_texts is not None and len(val_texts) != Xv.shape[0]:
+            raise RouterError("guard: validation texts and embeddings differ in number")
         self._fit_unsafe(Xv, embedder)
+        # the unsafe layer's rejections of in-domain queries count against target_frr
+        unsafe_val = self.unsafe_scores(Xv, val_texts)[1]
+        self.unsafe_val_rate_ = float(unsafe_val.mean()) if self.unsafe_layers_ else None
+        val_scores = self.ood_scores(Xv)
+        self.threshold_ = calibrate_threshold(val_scores, float(self.target_frr),
+                                              already_rejected=unsafe_val)
+        self.val_frr_ = float(np.mean((val_scores > self.threshold_) | unsafe_val))
+        self.n_val_ = int(Xv.shape[0])
         return self
 
     def _label_experts(self, table: RoutingTable, labels_all: list[str],
@@ -426,7 +455,6 @@ class GuardRouter(Router):
             self.unsafe_threshold_ = max(float(self.unsafe_min_similarity),
                                          calibrate_threshold(sims, float(self.unsafe_frr)))
             self.unsafe_layers_.append("seed-similarity")
-            self.unsafe_val_rate_ = float(np.mean(sims > self.unsafe_threshold_))
 
     # ------------------------------------------------------------------ scoring
     def features(self, X: np.ndarray) -> np.ndarray:

@@ -4,11 +4,13 @@ This is the library side of ``expertgate train`` (the command line, with the dat
 loaders, lives in :mod:`gateway.cli.train`; the routers package never imports ``evals``):
 
 * :func:`parse_params` turns ``k=v`` strings into parameters (JSON values where they parse);
-* :func:`split_table` splits by prompt with a seed (train / validation / test);
+* :func:`split_table` splits by normalised prompt text with a seed (train / validation /
+  test; duplicates never straddle parts);
 * :func:`evaluate_router` measures decisions on a held-out table: realised mean quality,
   mean cost, share per expert, rejection share, oracle and single-expert references, and for
-  two experts an APGR-like area under the quality-vs-strong-share curve of the router's own
-  predicted advantage;
+  two experts the APGR of the router's own predicted advantage, computed by the ``apgr``
+  function the caller passes (the command passes ``evals.metrics.apgr_of_advantage``, the one
+  definition every figure uses; this package does not import ``evals``);
 * :func:`train_router` does fit -> evaluate -> save.
 """
 
@@ -18,7 +20,7 @@ import inspect
 import json
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +30,8 @@ from routers.base import Router, RouterError, RoutingTable, make_router
 from routers.tradeoff import strong_weak
 
 __all__ = [
+    "ApgrFn",
     "TrainResult",
-    "apgr_curve",
     "decision_latency",
     "evaluate_router",
     "parse_params",
@@ -62,37 +64,15 @@ def split_table(table: RoutingTable, *, seed: int = 0, val: float = 0.1, test: f
     return table.split(seed=seed, val=val, test=test)
 
 
-def apgr_curve(adv: np.ndarray, S: np.ndarray, strong: int, weak: int, points: int = 21
-               ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Quality vs share of strong calls when the top-advantage queries go to the strong expert.
-
-    Returns (shares, mean quality per share, APGR): the area under the performance-gap-
-    recovered curve, ``(q - q_weak) / (q_strong - q_weak)``, averaged over the shares (a
-    random router gets about 0.5, a perfect one close to 1). Rows missing either score are
-    left out.
-    """
-    ok = np.isfinite(S[:, strong]) & np.isfinite(S[:, weak])
-    adv, s_s, s_w = adv[ok], S[ok, strong], S[ok, weak]
-    n = len(adv)
-    shares = np.linspace(0, 1, points)
-    if n == 0:
-        return shares, np.full(points, np.nan), float("nan")
-    order = np.argsort(-adv, kind="stable")
-    qs = []
-    for sh in shares:
-        k = int(np.rint(sh * n))
-        to_strong = np.zeros(n, bool)
-        to_strong[order[:k]] = True
-        qs.append(float(np.mean(np.where(to_strong, s_s, s_w))))
-    q = np.asarray(qs)
-    gap = float(s_s.mean() - s_w.mean())
-    apgr = float(np.mean((q - s_w.mean()) / gap)) if abs(gap) > 1e-12 else float("nan")
-    return shares, q, apgr
+#: (advantage, strong model's scores, weak model's scores) -> APGR
+ApgrFn = Callable[[np.ndarray, np.ndarray, np.ndarray], float]
 
 
 def evaluate_router(router: Router, X: np.ndarray, table: RoutingTable,
-                    texts: Sequence[str] | None = None) -> dict[str, Any]:
-    """Decision metrics of a fitted router on a (held-out) table."""
+                    texts: Sequence[str] | None = None, apgr: ApgrFn | None = None
+                    ) -> dict[str, Any]:
+    """Decision metrics of a fitted router on a (held-out) table; ``apgr`` computes the APGR
+    of a two-expert router's predicted advantage over the prompts both experts answered."""
     if len(table) == 0:
         return {"n": 0}
     texts = list(texts if texts is not None else table.prompts)
@@ -140,15 +120,17 @@ def evaluate_router(router: Router, X: np.ndarray, table: RoutingTable,
         strong, weak = strong_weak(table.mean_costs())
         out["strong"] = table.models[strong]
         out["strong_share"] = round(share.get(table.models[strong], 0) / n, 4)
+    if len(table.models) == 2 and apgr is not None:
         try:
             Q = router.predict_quality(X, texts)
             experts = list(router.experts_)
             if Q.shape[1] == len(experts) and set(table.models) <= set(experts):
                 adv = (Q[:, experts.index(table.models[strong])]
                        - Q[:, experts.index(table.models[weak])])
-                _, _, apgr = apgr_curve(adv, S, strong, weak)
-                out["apgr"] = _r(apgr)
-        except RouterError:
+                ok = np.isfinite(S[:, strong]) & np.isfinite(S[:, weak])
+                out["apgr"] = _r(apgr(adv[ok], S[ok, strong], S[ok, weak]))
+        except (RouterError, ValueError):
+            # no advantage to rank by, or a degenerate part (equal qualities): no APGR
             pass
     return out
 
@@ -202,12 +184,13 @@ def train_router(name: str, table: RoutingTable, X: np.ndarray, *,
                  params: Mapping[str, Any] | None = None, seed: int = 0, val: float = 0.1,
                  test: float = 0.2, out: str | Path | None = None,
                  embedder: Any = None, embedder_name: str | None = None,
-                 latency: bool = False) -> TrainResult:
+                 latency: bool = False, apgr: ApgrFn | None = None) -> TrainResult:
     """Split by prompt, fit on train, measure on validation and test, save to ``out``.
 
     ``X`` holds one embedding per prompt of ``table``. ``embedder`` is passed to ``fit`` of
     routers that accept it (the guard embeds its unsafe seeds with it). ``latency`` adds
-    :func:`decision_latency` on the test (else validation, else train) prompts.
+    :func:`decision_latency` on the test (else validation, else train) prompts. ``apgr``
+    is passed to :func:`evaluate_router`.
     """
     X = np.asarray(X, dtype=np.float32)
     if X.ndim != 2 or X.shape[0] != len(table):
@@ -227,9 +210,9 @@ def train_router(name: str, table: RoutingTable, X: np.ndarray, *,
         "n_test": len(te), "fit_seconds": round(fit_s, 3), "models": list(table.models),
     }
     if len(va):
-        metrics["validation"] = evaluate_router(router, X[va], table.subset(va))
+        metrics["validation"] = evaluate_router(router, X[va], table.subset(va), apgr=apgr)
     if len(te):
-        metrics["test"] = evaluate_router(router, X[te], table.subset(te))
+        metrics["test"] = evaluate_router(router, X[te], table.subset(te), apgr=apgr)
     if latency:
         part = te if len(te) else va if len(va) else tr
         metrics["latency"] = decision_latency(router, X[part], [table.prompts[i] for i in part])

@@ -4,17 +4,22 @@ A *guard table* has the columns ``text, label, split`` (ARCHITECTURE.md, "Data f
 
 * ``split`` is ``train``, ``validation`` or ``test``;
 * ``label`` is an in-domain label (a route, domain or intent) or an out-of-distribution marker:
-  ``oos`` / ``ood`` / ``unsafe``, or the name of an OOD set (any label of a ``test`` row that
-  does not occur among the ``train`` labels). OOD rows are only allowed in ``test``: a guard
-  never sees an OOD example while it learns or calibrates;
+  ``oos`` / ``ood`` / ``unsafe``, or the name of an OOD set (a label of a ``test`` row that
+  does not occur among the ``train`` labels: these are named on stderr and in
+  ``meta["unseen_test_labels"]``; ``unseen_labels="drop"`` drops such rows instead, and
+  ``"error"`` refuses the file). OOD rows are allowed in ``test`` and in ``validation``,
+  never in ``train``: validation OOD rows (``val_ood``) only ever *select* a method or an
+  operating point; no guard learns or calibrates on an OOD example;
 * an optional column ``kind`` (``in_domain`` | ``ood`` | ``accept``) overrides the inference
   above; ``accept`` marks a test set that should *not* be rejected but has no in-domain label
   (e.g. HateCheck's non-hateful cases), reported separately as false rejections.
 
 :class:`GuardData` is the parsed form: the training part as texts + labels (and as a
 :class:`~routers.base.RoutingTable` through :meth:`GuardData.train_table`), the validation
-part (in-domain only; carved from train with a seed when the file has none), the in-domain
-test part, the OOD test sets by name and the "should accept" sets by name.
+part (in-domain; carved from train with a seed when the file has none), the validation OOD
+sets (``val_ood``, for selection only), the in-domain test part, the OOD test sets by name and
+the "should accept" sets by name. :func:`leave_labels_out` makes pseudo-OOD validation sets
+from whole in-domain labels when the data has no validation OOD rows.
 
 Suites built from ``shared/data`` (:func:`load_suite`):
 
@@ -23,7 +28,8 @@ Suites built from ``shared/data`` (:func:`load_suite`):
   ``webquestions`` (``test.json``) and ``hatecheck_hateful`` (unsafe); HateCheck's
   non-hateful cases as the accept set ``hatecheck_nonhateful``;
 * ``clinc150-intents``: the 150 intents + ``oos`` protocol of Larson et al. (2019): OOD test
-  set ``oos`` (``oos_test``) only; ``oos_train``/``oos_val`` are never used;
+  set ``oos`` (``oos_test``); ``oos_val`` is the validation OOD set (selection only, in both
+  CLINC150 suites); ``oos_train`` is never used;
 * ``banking77``: BANKING77's 77 intents as routes (validation = 10 % of train, stratified,
   seed 0) with the same OOD and accept sets as ``clinc150-gqr``;
   ``banking77-domain``: the same data as one route ``banking``.
@@ -37,6 +43,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,11 +61,13 @@ __all__ = [
     "GuardData",
     "GuardDataError",
     "guard_table_from_labels",
+    "leave_labels_out",
     "load_gqr_bench",
     "load_guard_data",
     "load_guard_table",
     "load_suite",
     "stratified_split",
+    "suite_files",
 ]
 
 #: labels that always mean "reject" in a guard table
@@ -95,6 +104,7 @@ class GuardData:
     ood: dict[str, list[str]] = field(default_factory=dict)
     accept: dict[str, list[str]] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    val_ood: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def labels(self) -> list[str]:
@@ -115,6 +125,7 @@ class GuardData:
             "n_test_in_domain": len(self.test_texts),
             "ood_sets": {k: len(v) for k, v in self.ood.items()},
             "accept_sets": {k: len(v) for k, v in self.accept.items()},
+            "validation_ood_sets": {k: len(v) for k, v in self.val_ood.items()},
             **self.meta,
         }
 
@@ -174,14 +185,20 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
                          "(use .jsonl, .json, .csv, .tsv or .parquet)")
 
 
-def load_guard_data(path: str | Path, *, val_fraction: float = 0.1, seed: int = 0
-                    ) -> GuardData:
+def load_guard_data(path: str | Path, *, val_fraction: float = 0.1, seed: int = 0,
+                    unseen_labels: str = "ood", log: Any = None) -> GuardData:
     """Read a guard table file (JSONL / JSON / CSV / TSV / Parquet) into :class:`GuardData`.
 
-    Without ``validation`` rows, ``val_fraction`` of the train rows (stratified by label,
-    ``seed``) become the validation part. Rows without a ``split`` are train rows if their
-    label is in-domain. OOD rows outside ``test`` are an error.
+    Without in-domain ``validation`` rows, ``val_fraction`` of the train rows (stratified by
+    label, ``seed``) become the validation part. Rows without a ``split`` are train rows if
+    their label is in-domain. OOD rows in ``train`` are an error; in ``validation`` they form
+    the validation OOD sets. Test labels that never occur in train become OOD sets
+    (``unseen_labels="ood"``, named through ``log``, default stderr), are dropped
+    (``"drop"``) or refuse the file (``"error"``).
     """
+    if unseen_labels not in ("ood", "drop", "error"):
+        raise GuardDataError(f"unseen_labels must be ood, drop or error, not {unseen_labels!r}")
+    say = log if log is not None else (lambda s: print(s, file=sys.stderr))
     p = Path(path)
     if not p.is_file():
         raise GuardDataError(f"guard table not found: {p}")
@@ -215,18 +232,35 @@ def load_guard_data(path: str | Path, *, val_fraction: float = 0.1, seed: int = 
                  if s == "train" and k in (None, "in_domain") and lab.lower() not in OOD_LABELS}
     if not in_domain:
         raise GuardDataError(f"{p}: no in-domain train rows")
-    data = GuardData(p.stem, [], [], [], [], [], [], meta={"source": str(p)})
+    unseen = sorted({lab for _, lab, s, k in parsed
+                     if k is None and s != "train" and lab not in in_domain
+                     and lab.lower() not in OOD_LABELS})
+    if unseen:
+        listed = ", ".join(repr(u) for u in unseen[:20]) + (" ..." if len(unseen) > 20 else "")
+        if unseen_labels == "error":
+            raise GuardDataError(f"{p}: label(s) {listed} occur outside train but never in "
+                                 "train; add train rows for them, mark them with a kind "
+                                 "column, or let them become OOD sets")
+        say(f"{p}: {len(unseen)} label(s) never occur in train: {listed}; "
+            + ("they become OOD sets (opt out with --unseen-labels drop|error)"
+               if unseen_labels == "ood" else "their rows are dropped"))
+    data = GuardData(p.stem, [], [], [], [], [], [],
+                     meta={"source": str(p), "unseen_test_labels": unseen,
+                           "unseen_labels": unseen_labels})
     for n, (text, lab, split, kind) in enumerate(parsed, 1):
+        if kind is None and lab in unseen and unseen_labels == "drop":
+            continue
         if kind == "accept":
             if split != "test":
                 raise GuardDataError(f"{p}: row {n}: accept rows belong to the test split")
             data.accept.setdefault(lab, []).append(text)
         elif is_ood(lab, kind, in_domain):
-            if split != "test":
+            if split == "train":
                 raise GuardDataError(
-                    f"{p}: row {n}: OOD label {lab!r} in split {split!r}; OOD rows are "
-                    "test-only (the guard must never see OOD data)")
-            data.ood.setdefault(lab, []).append(text)
+                    f"{p}: row {n}: OOD label {lab!r} in split 'train'; a guard learns from "
+                    "in-domain rows only (OOD rows belong to validation, for selection, or "
+                    "to test)")
+            (data.ood if split == "test" else data.val_ood).setdefault(lab, []).append(text)
         elif split == "train":
             data.train_texts.append(text)
             data.train_labels.append(lab)
@@ -305,7 +339,9 @@ def load_gqr_bench(folder: str | Path) -> GuardData:
             continue
         ood.setdefault(str(r.get("dataset") or "ood").strip(), []).append(str(r["text"]))
     return GuardData("gqr-bench", *parts["train"], *parts["eval"], *parts["test"], ood=ood,
-                     meta={"source": str(root), "protocol": "GQR-Bench (Šléher et al. 2025)"})
+                     meta={"source": str(root), "protocol": "GQR-Bench (Šléher et al. 2025)",
+                           "files": [str(find(s)) for s in ("train", "eval", "test",
+                                                           "ood_test")]})
 
 
 # --------------------------------------------------------------------------- shared/data suites
@@ -356,20 +392,24 @@ def load_suite(name: str, root: str | Path | None = None) -> GuardData:
         raise GuardDataError(f"unknown guard suite {name!r}; known: {', '.join(SUITES)}")
     if name.startswith("clinc150"):
         clinc = _clinc(base)
+        val_ood = {"oos_val": [t for t, _ in clinc["oos_val"]]}
         if name == "clinc150-intents":
             parts = [([t for t, _ in clinc[s]], [lab for _, lab in clinc[s]])
                      for s in ("train", "val", "test")]
             return GuardData(name, *parts[0], *parts[1], *parts[2],
                              ood={"oos": [t for t, _ in clinc["oos_test"]]},
+                             val_ood=val_ood,
                              meta={"protocol": "Larson et al. 2019: in-scope accuracy, OOS "
-                                   "recall; oos_train/oos_val unused"})
+                                   "recall; oos_val for selection only; oos_train unused"})
         domains = json.loads(_need(base / "clinc150" / "domains.json").read_text("utf-8"))
         dom_of = {intent: d for d, intents in domains.items() for intent in intents}
         parts = [([t for t, _ in clinc[s]], [dom_of[lab] for _, lab in clinc[s]])
                  for s in ("train", "val", "test")]
         ood, accept = _shared_ood(base, clinc)
         return GuardData(name, *parts[0], *parts[1], *parts[2], ood=ood, accept=accept,
-                         meta={"protocol": "GQR-style: 10 CLINC150 domains as routes"})
+                         val_ood=val_ood,
+                         meta={"protocol": "GQR-style: 10 CLINC150 domains as routes; "
+                               "oos_val for selection only"})
     # banking77
     def read(split: str) -> tuple[list[str], list[str]]:
         with _need(base / "banking77" / f"{split}.csv").open(encoding="utf-8",
@@ -388,3 +428,49 @@ def load_suite(name: str, root: str | Path | None = None) -> GuardData:
                      [tr_t[i] for i in held], [tr_l[i] for i in held], te_t, te_l,
                      ood=ood, accept=accept,
                      meta={"validation": "0.1 of BANKING77 train, stratified, seed 0"})
+
+
+def suite_files(name: str, root: str | Path | None = None) -> list[Path]:
+    """The shared-data files a suite reads (for the provenance of a result)."""
+    base = Path(root) if root is not None else data_dir()
+    shared = [base / "clinc150" / "data_full.json", base / "webquestions" / "test.json",
+              base / "hatecheck" / "test_suite_cases.csv"]
+    if name == "clinc150-intents":
+        return [base / "clinc150" / "data_full.json"]
+    if name == "clinc150-gqr":
+        return [*shared, base / "clinc150" / "domains.json"]
+    if name.startswith("banking77"):
+        return [base / "banking77" / "train.csv", base / "banking77" / "test.csv", *shared]
+    raise GuardDataError(f"unknown guard suite {name!r}; known: {', '.join(SUITES)}")
+
+
+def leave_labels_out(data: GuardData, fraction: float = 0.2, seed: int = 0
+                     ) -> tuple[GuardData, dict[str, Any]]:
+    """Pseudo-OOD for selection when the data has no validation OOD rows.
+
+    Whole in-domain labels (``fraction`` of them, at least one, seeded) are taken out of
+    train and validation; the rest is a smaller in-domain problem (its own train and
+    validation), and the held-out labels' *validation* rows are its OOD set
+    ``held_out_labels``. Test rows are never touched. Needs at least three labels (two stay
+    in-domain).
+    """
+    labels = data.labels
+    if len(labels) < 3:
+        raise GuardDataError(f"{data.name}: leave-labels-out needs at least 3 in-domain labels "
+                             f"(has {len(labels)}); give validation OOD rows instead")
+    k = min(max(1, round(len(labels) * fraction)), len(labels) - 2)
+    held = sorted(np.random.default_rng(seed).choice(labels, size=k, replace=False).tolist())
+    out = set(held)
+    tr = [(t, lab) for t, lab in zip(data.train_texts, data.train_labels, strict=True)
+          if lab not in out]
+    va = [(t, lab) for t, lab in zip(data.val_texts, data.val_labels, strict=True)
+          if lab not in out]
+    pseudo = [t for t, lab in zip(data.val_texts, data.val_labels, strict=True) if lab in out]
+    if not pseudo:
+        raise GuardDataError(f"{data.name}: the held-out labels have no validation rows")
+    reduced = GuardData(f"{data.name}[leave-labels-out]", [t for t, _ in tr],
+                        [lab for _, lab in tr], [t for t, _ in va], [lab for _, lab in va],
+                        [], [], val_ood={"held_out_labels": pseudo})
+    info = {"source": "leave-labels-out", "held_out_labels": held, "fraction": fraction,
+            "seed": seed, "n_pseudo_ood": len(pseudo)}
+    return reduced, info

@@ -5,6 +5,11 @@ per model, NaN where a model was not evaluated). Formats, by :func:`load_table` 
 
 ``long``
     CSV, JSONL or Parquet with columns ``prompt_id, prompt, model, score, cost, [category]``.
+    Checked row by row before anything is embedded (:func:`clean_long`): a missing or
+    non-numeric score, a score outside [0, 1], an empty prompt, a prompt id with two texts are
+    errors that name the rows; numeric prompt ids (``7`` and ``7.0`` alike) become strings;
+    an optional ``category`` column that is empty is dropped, and partly empty categories
+    become ``(none)``, with a note on stderr. CSV fields may hold line breaks (quoted).
 ``routellm`` / ``routellm-mmlu`` / ``routellm-gsm8k``
     RouteLLM's cached evaluations (``shared/data/routellm``): per-question correctness of
     ``gpt-4-1106-preview`` (strong) and ``mistralai/Mixtral-8x7B-Instruct-v0.1`` (weak).
@@ -39,9 +44,11 @@ from routers.base import RouterError, RoutingTable
 
 __all__ = [
     "FORMATS",
+    "MISSING_CATEGORY",
     "ROUTELLM_PRICES_PER_1M",
     "ROUTELLM_STRONG",
     "ROUTELLM_WEAK",
+    "clean_long",
     "load_llmrouter",
     "load_logs",
     "load_long",
@@ -56,6 +63,8 @@ ROUTELLM_WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 ROUTELLM_PRICES_PER_1M: dict[str, float] = {ROUTELLM_STRONG: 24.7, ROUTELLM_WEAK: 0.24}
 
 FORMATS = ("long", "routellm", "routellm-mmlu", "routellm-gsm8k", "llmrouter", "logs")
+#: the category given to prompts whose optional category cell is empty
+MISSING_CATEGORY = "(none)"
 
 
 def _need(path: Path) -> Path:
@@ -87,7 +96,96 @@ def _read_frame(path: Path) -> Any:
 def load_long(path: str | Path) -> RoutingTable:
     """Long-format table: ``prompt_id, prompt, model, score, cost, [category]``."""
     df = _read_frame(Path(path))
-    return RoutingTable.from_long(df)
+    return RoutingTable.from_long(clean_long(df, str(path)))
+
+
+def _rows(mask: Any, df: Any, cols: tuple[str, ...] = ("prompt_id", "model")) -> str:
+    """'rows 2, 5, 9 (...)': 1-based data rows (a CSV's header is line 1, so row r is line
+    r + 1), at most five, with the named columns."""
+    idx = [int(i) for i in np.flatnonzero(np.asarray(mask, dtype=bool))]
+    shown = []
+    for i in idx[:5]:
+        vals = ", ".join(f"{c}={_plain(df.iloc[i][c])!r}" for c in cols if c in df.columns)
+        shown.append(f"{i + 1} ({vals})")
+    more = f" and {len(idx) - 5} more" if len(idx) > 5 else ""
+    return f"row{'s' if len(idx) > 1 else ''} {', '.join(shown)}{more}"
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _id_text(v: Any) -> str:
+    """A prompt id as text: numbers without a spurious '.0' (7, 7.0 and '7' are one id)."""
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int | np.integer):
+        return str(int(v))
+    if isinstance(v, float | np.floating) and float(v).is_integer():
+        return str(int(v))
+    return str(v).strip()
+
+
+def clean_long(df: Any, source: str = "table") -> Any:
+    """Check and normalise a long-format frame; errors name the offending rows.
+
+    Returns a frame :meth:`RoutingTable.from_long` accepts (see the module doc for the rules).
+    """
+    import pandas as pd
+
+    if df.empty:
+        raise RouterError(f"{source}: the table has no rows")
+    missing = {"prompt", "model", "score"} - set(df.columns)
+    if missing:
+        raise RouterError(f"{source}: lacks column(s) {', '.join(sorted(missing))}; a long "
+                          "table has prompt_id, prompt, model, score, cost[, category]")
+    df = df.reset_index(drop=True).copy()
+    empty = lambda col: df[col].isna() | (df[col].astype(str).str.strip() == "")  # noqa: E731
+    bad = empty("prompt")
+    if bad.any():
+        raise RouterError(f"{source}: empty prompt in {_rows(bad, df)}")
+    bad = empty("model")
+    if bad.any():
+        raise RouterError(f"{source}: empty model name in {_rows(bad, df)}")
+    if "prompt_id" in df.columns:
+        bad = empty("prompt_id")
+        if bad.any():
+            raise RouterError(f"{source}: empty prompt_id in {_rows(bad, df)}")
+        df["prompt_id"] = [_id_text(v) for v in df["prompt_id"]]
+        texts = df.groupby("prompt_id", sort=False)["prompt"].nunique()
+        clash = texts[texts > 1]
+        if len(clash):
+            ids = ", ".join(repr(i) for i in clash.index[:5])
+            raise RouterError(f"{source}: prompt_id {ids} carr{'y' if len(clash) > 1 else 'ies'}"
+                              " more than one prompt text; one id must name one prompt")
+    score = pd.to_numeric(df["score"], errors="coerce")
+    bad = score.isna()
+    if bad.any():
+        raise RouterError(f"{source}: missing or non-numeric score in "
+                          f"{_rows(bad, df, ('prompt_id', 'model', 'score'))}")
+    bad = (score < 0) | (score > 1)
+    if bad.any():
+        raise RouterError(f"{source}: scores must lie in [0, 1]; out of range in "
+                          f"{_rows(bad, df, ('prompt_id', 'model', 'score'))} (rescale them, "
+                          "e.g. divide by the maximum possible score)")
+    df["score"] = score
+    if "cost" in df.columns:
+        cost = pd.to_numeric(df["cost"], errors="coerce")
+        bad = cost.isna() | (cost < 0)
+        if bad.any():
+            raise RouterError(f"{source}: missing, negative or non-numeric cost in "
+                              f"{_rows(bad, df, ('prompt_id', 'model', 'cost'))}")
+        df["cost"] = cost
+    if "category" in df.columns:
+        bad = empty("category")
+        if bad.all():
+            print(f"{source}: the category column is empty; ignoring it", file=sys.stderr)
+            df = df.drop(columns=["category"])
+        elif bad.any():
+            print(f"{source}: {int(bad.sum())} of {len(df)} rows have no category; they get "
+                  f"the category {MISSING_CATEGORY!r}", file=sys.stderr)
+            df["category"] = df["category"].where(~bad, MISSING_CATEGORY).astype(str)
+    return df
 
 
 def _tokens(text: str) -> int:

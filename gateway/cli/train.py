@@ -154,6 +154,7 @@ def _print_metrics(m: dict[str, Any]) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from evals.metrics import apgr_of_advantage
     from routers.base import RouterError
     from routers.embed import EmbedderError, embed_cached, make_embedder, set_thread_counts
     from routers.train import parse_params, train_router
@@ -174,7 +175,8 @@ def _train(args: argparse.Namespace) -> int:
         X = embed_cached(embedder, table.prompts, args.cache_dir, progress=True)
         result = train_router(args.router, table, X, params=params, seed=args.seed,
                               val=args.val, test=args.test, out=args.out, embedder=embedder,
-                              embedder_name=embedder.name, latency=args.latency)
+                              embedder_name=embedder.name, latency=args.latency,
+                              apgr=apgr_of_advantage)
     except (RouterError, EmbedderError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -126,13 +126,19 @@ def test_validation_is_carved_from_train_when_absent(tmp_path: Path) -> None:
     assert len(load_guard_table(p)) == len(d.train_texts) + len(d.val_texts)
 
 
-def test_ood_rows_outside_test_are_refused(tmp_path: Path) -> None:
+def test_ood_rows_in_train_are_refused_in_validation_kept_for_selection(tmp_path: Path
+                                                                       ) -> None:
     p = tmp_path / "bad.jsonl"
+    rows = [{"text": "hello", "label": "greet", "split": "train"},
+            {"text": "bye", "label": "greet", "split": "train"},
+            {"text": "capital of peru", "label": "oos", "split": "validation"}]
+    p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    d = load_guard_data(p)
+    assert d.val_ood == {"oos": ["capital of peru"]} and not d.ood
+    assert "capital of peru" not in d.train_texts + d.val_texts
     p.write_text("\n".join(json.dumps(r) for r in [
-        {"text": "hello", "label": "greet", "split": "train"},
-        {"text": "bye", "label": "greet", "split": "train"},
-        {"text": "capital of peru", "label": "oos", "split": "validation"}]) + "\n")
-    with pytest.raises(GuardDataError, match="test-only"):
+        *rows[:2], {"text": "capital of peru", "label": "oos", "split": "train"}]) + "\n")
+    with pytest.raises(GuardDataError, match="in-domain rows only"):
         load_guard_data(p)
     with pytest.raises(GuardDataError):
         load_guard_data(tmp_path / "missing.csv")

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from gateway.cli import main
 from routers.artifacts import load_router, read_manifest
 from routers.base import RouterError, registered_names
-from routers.train import apgr_curve, parse_params
+from routers.train import parse_params
 from tests.unit.test_router_contract import synthetic_table
 
 
@@ -101,11 +100,28 @@ def test_data_list_and_verify(tmp_path: Path, capsys) -> None:
     assert main(["data", "verify", "nope"]) == 2
 
 
-def test_apgr_curve_bounds() -> None:
-    rng = np.random.default_rng(0)
-    S = np.stack([rng.random(400) < 0.9, rng.random(400) < 0.6], axis=1).astype(float)
-    oracle_adv = S[:, 0] - S[:, 1]
-    _, q, apgr_oracle = apgr_curve(oracle_adv, S, 0, 1)
-    _, _, apgr_random = apgr_curve(rng.random(400), S, 0, 1)
-    assert q[0] == pytest.approx(S[:, 1].mean()) and q[-1] == pytest.approx(S[:, 0].mean())
-    assert apgr_oracle > 0.9 and 0.3 < apgr_random < 0.7
+def test_train_prints_the_one_apgr_of_evals_metrics(tmp_path: Path) -> None:
+    """`expertgate train` reports the APGR of evals.metrics (RouteLLM's 10-threshold area),
+    not a second definition: recompute it from the saved router on the same split."""
+    from evals.datasets.routing import load_table
+    from evals.metrics import apgr_of_advantage
+    from routers.embed import embed_cached, make_embedder
+
+    _, table = synthetic_table(120, models=["cheap", "dear"], missing=False)
+    csv = tmp_path / "two.csv"
+    pd.DataFrame(table.to_long()).to_csv(csv, index=False)
+    out = tmp_path / "art"
+    assert main(["train", "--data", str(csv), "--router", "knn", "--out", str(out),
+                 "--embedder", "hashing", "--cache-dir", str(tmp_path / "c"), "--seed", "3",
+                 "--test", "0.3"]) == 0
+    got = read_manifest(out)["metrics"]["test"]["apgr"]
+    t = load_table(csv)
+    X = embed_cached(make_embedder("hashing"), t.prompts, tmp_path / "c")
+    _, _, te = t.split(seed=3, val=0.1, test=0.3)
+    r = load_router(out)
+    Q = r.predict_quality(X[te], [t.prompts[i] for i in te])
+    ex = list(r.experts_)
+    s, w = t.models.index("dear"), t.models.index("cheap")  # strong = the more expensive
+    adv = Q[:, ex.index("dear")] - Q[:, ex.index("cheap")]
+    want = apgr_of_advantage(adv, t.scores[te, s], t.scores[te, w])
+    assert got == pytest.approx(want, abs=1e-6)
