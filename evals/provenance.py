@@ -60,7 +60,10 @@ def seed_list(kind: str, n: int) -> list[int]:
 
 
 def git_state(repo: str | Path = _REPO) -> dict[str, Any]:
-    """``{"commit": sha or None, "dirty": bool or None}`` of the code tree."""
+    """``{"commit", "dirty", "changed"}`` of the tree: ``dirty`` is true when a tracked file
+    that is not documentation (``*.md``, ``docs/``) differs from the commit, i.e. when the
+    code that made a figure may not be the committed code; ``changed`` lists every tracked
+    file that differs (documents included)."""
     def git(*args: str) -> str | None:
         try:
             r = subprocess.run(["git", "-C", str(repo), *args], capture_output=True,
@@ -71,8 +74,12 @@ def git_state(repo: str | Path = _REPO) -> dict[str, Any]:
 
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit.strip() if commit else None,
-            "dirty": None if status is None else bool(status.strip())}
+    if status is None:
+        return {"commit": commit.strip() if commit else None, "dirty": None, "changed": None}
+    changed = [ln[3:].split(" -> ")[-1] for ln in status.splitlines() if ln.strip()]
+    code = [f for f in changed if not (f.startswith("docs/") or f.endswith(".md"))]
+    return {"commit": commit.strip() if commit else None, "dirty": bool(code),
+            "changed": changed}
 
 
 def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:

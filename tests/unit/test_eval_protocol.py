@@ -233,6 +233,7 @@ def test_result_json_carries_selection_seeds_and_provenance(tmp_path: Path) -> N
     assert not set(pv["seeds"]["report"]) & set(DEVELOPMENT_SEEDS)
     assert pv["data"][0]["sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
     assert pv["git"]["commit"] is None or len(pv["git"]["commit"]) == 40
+    assert isinstance(pv["git"]["dirty"], bool) and isinstance(pv["git"]["changed"], list)
     assert pv["packages"]["numpy"] == np.__version__
     assert pv["encoder"]["name"] == "hashing-512"
     assert "--seed-set report" in pv["command"]
