@@ -44,7 +44,7 @@ eval-routing: setup
 	$(PY) -m gateway.cli eval routing --data ../shared/data/routellm --format routellm-mmlu --seeds 5 --json docs/results/runs/mmlu.json
 
 report: setup
-	$(PY) -m gateway.cli eval report --runs docs/results/runs --out docs/results
+	$(PY) -m gateway.cli eval report --runs docs/results/runs docs/results/guard --out docs/results
 
 clean:
 	rm -rf .venv build *.egg-info
