@@ -38,10 +38,10 @@ soak: setup
 	$(PY) -m gateway.cli bench soak --out runs/soak.json
 
 eval-guard: setup
-	$(PY) -m gateway.cli eval guard --suite clinc150-gqr --json runs/eval-guard.json
+	$(PY) -m gateway.cli eval guard --suite clinc150-gqr --embedder onnx --methods baseline-tfidf-svm,baseline-lr-knn,guard-knn,guard-mahalanobis,guard-mlp-knn+msp --target-frr 0.02,0.05 --seed-set report --latency-sample 100 --json docs/results/guard/clinc150-gqr.json
 
 eval-routing: setup
-	$(PY) -m gateway.cli eval routing --data ../shared/data/routellm --format routellm-mmlu --seeds 5 --json docs/results/runs/mmlu.json
+	$(PY) -m gateway.cli eval routing --data ../shared/data/routellm --format routellm-mmlu --seeds 5 --seed-set report --threads 2 --json docs/results/runs/mmlu.json
 
 report: setup
 	$(PY) -m gateway.cli eval report --runs docs/results/runs docs/results/guard --out docs/results
