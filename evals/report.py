@@ -246,7 +246,10 @@ def _ordered(run: Mapping[str, Any]) -> list[tuple[str, str, Mapping[str, Any]]]
 def _cell(r: Mapping[str, Any], c: str) -> str:
     s = _num(r.get(c), r.get(f"{c}_std"))
     if f"{c}_reached" in r and r.get("n_seeds"):
-        s += f" (reached {r[f'{c}_reached']}/{r['n_seeds']})"
+        k = r[f"{c}_reached"]
+        if isinstance(k, float):  # runs before issue 15 stored the share of seeds
+            k = round(k * r["n_seeds"])
+        s += f" (reached {k}/{r['n_seeds']})"
     return s
 
 
@@ -278,7 +281,7 @@ def _guard_rows(run: Mapping[str, Any]) -> list[str]:
     ood_sets = list(first.get("ood_accuracy_by_set", {}))
     acc_sets = list(first.get("accept_rejection_by_set", {}))
     intents = "oos_recall" in first
-    cols = ["val GQR", "target FRR"]
+    cols = ["val ID acc", "val OOD acc", "val GQR", "target FRR"]
     cols += ["in-scope acc", "FRR", "OOS recall"] if intents else \
         ["ID acc", "FRR", *ood_sets, "OOD mean"]
     cols += ["GQR", *(f"{a} rejected" for a in acc_sets), "p50 / p99 ms"]
@@ -288,7 +291,9 @@ def _guard_rows(run: Mapping[str, Any]) -> list[str]:
     for n in names:
         r = methods[n]
         pct = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731
-        vals = [_num(r.get("validation", {}).get("gqr_score")), f"{r.get('target_frr', '')}"]
+        v = r.get("validation", {})
+        vals = [pct(v.get("in_domain_accuracy")), pct(v.get("ood_accuracy")),
+                _num(v.get("gqr_score")), f"{r.get('target_frr', run.get('target_frr'))}"]
         if intents:
             vals += [pct(r.get("in_scope_accuracy")), pct(r.get("false_rejection_rate")),
                      pct(r.get("oos_recall"))]
@@ -399,7 +404,8 @@ def _old_headline_guard(run: Mapping[str, Any]) -> dict[str, Any]:
     if run.get("selected"):
         return _headline_guard(run)
     name, r = max(run["methods"].items(), key=lambda kv: kv[1].get("gqr_score") or -1)
-    return _headline_guard({"selected": {"method": name}, "methods": {name: r}})
+    return _headline_guard({"selected": {"method": name},
+                            "methods": {name: {"target_frr": run.get("target_frr"), **r}}})
 
 
 def _old_headline_routing(run: Mapping[str, Any]) -> dict[str, Any]:
