@@ -48,7 +48,7 @@ def test_report_renders_routing_and_guard_runs(tmp_path: Path) -> None:
     out = tmp_path / "out"
     parser = argparse.ArgumentParser()
     R.cli_register(parser)
-    args = parser.parse_args(["--runs", str(runs), "--out", str(out)])
+    args = parser.parse_args(["--runs", str(runs), "--out", str(out), "--docs"])
     assert args.func(args) == 0
     md = (out / "report.md").read_text()
     assert "expertgate eval routing --data synthetic.csv" in md
