@@ -54,6 +54,7 @@ from evals.datasets.guard import (
     suite_files,
 )
 from evals.provenance import REPORT_SEEDS, provenance
+from routers.embed import EMBEDDER_KINDS
 
 __all__ = [
     "BASELINES",
@@ -603,8 +604,12 @@ def run(args: argparse.Namespace) -> int:
             return 2
         if args.embedder_path:
             options["model_path"] = args.embedder_path
+    elif args.embedder == "distilled" and not args.finetune:
+        if args.embedder_path:
+            options["model_path"] = args.embedder_path
     elif args.embedder_path or args.finetune:
-        print("--embedder-path and --finetune need --embedder minilm or onnx", file=sys.stderr)
+        print("--embedder-path needs --embedder minilm, onnx or distilled; --finetune needs "
+              "minilm or onnx", file=sys.stderr)
         return 2
     if args.embedder == "static":
         if not args.static_model:
@@ -729,7 +734,7 @@ def cli_register(parser: argparse.ArgumentParser) -> None:
                         "several, comma-separated, are operating points to select among on "
                         "validation (default 0.05)")
     parser.add_argument("--embedder", default="minilm",
-                        choices=["minilm", "onnx", "static", "hashing"],
+                        choices=EMBEDDER_KINDS,
                         help="embedder for the guards and the latency figures")
     parser.add_argument("--static-model", help="model2vec folder for --embedder static")
     parser.add_argument("--embedder-path", help="sentence-transformers folder for --embedder "

@@ -56,6 +56,7 @@ import numpy as np
 from evals import metrics as M
 from evals.provenance import provenance, seed_list
 from routers.base import Router, RouterError, RoutingTable, get_router_class, registered_names
+from routers.embed import EMBEDDER_KINDS
 
 __all__ = [
     "DEFAULT_EXCLUDED",
@@ -472,10 +473,18 @@ def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | Non
                 continue
             t0 = time.perf_counter()
             try:
-                r = get_router_class(name)(**dict(params.get(name, {})))
-                if "seed" in r._param_names:
-                    r.set_params(seed=int(seed))
-                r.fit(X[tr], T)
+                choice = None
+                if name == "auto":  # family + parameters by cross-validation on train only
+                    from routers.auto import fit_auto
+
+                    r, sel = fit_auto(X[tr], T, seed=int(seed))
+                    choice = {"family": sel.family, "params": sel.params,
+                              "cv_score": sel.score}
+                else:
+                    r = get_router_class(name)(**dict(params.get(name, {})))
+                    if "seed" in r._param_names:
+                        r.set_params(seed=int(seed))
+                    r.fit(X[tr], T)
                 try:
                     pv = _predict(r, X[va], V.prompts, table.models)
                     pt = _predict(r, X[te], E.prompts, table.models)
@@ -494,6 +503,8 @@ def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | Non
                 bar.update(1)
                 continue
             timing[name] = timing.get(name, 0.0) + time.perf_counter() - t0
+            if choice is not None:
+                res["auto_choice"] = choice
             per_seed.setdefault(name, []).append(res)
             bar.update(1)
     bar.close()
@@ -551,6 +562,8 @@ def _aggregate(results: Sequence[dict[str, Any]], fit_s: float | None) -> dict[s
         if curves:
             out[ck] = {f: np.mean([c[f] for c in curves], axis=0).round(6).tolist()
                        for f in curves[0] if all(len(c[f]) == len(curves[0][f]) for c in curves)}
+    if any("auto_choice" in r for r in results):
+        out["auto_choices"] = [r.get("auto_choice") for r in results]
     out["knob"] = bool(results[0].get("knob", True)) if results else None
     out["n_seeds"] = len(results)
     if fit_s is not None:
@@ -568,7 +581,9 @@ def cli_register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", default="long",
                         help="long | routellm | routellm-mmlu | routellm-gsm8k | llmrouter | logs")
     parser.add_argument("--routers", default=None,
-                        help="comma-separated router families (default: every registered "
+                        help="comma-separated router families, 'auto' among them for the "
+                             "family chosen per seed by cross-validation on train (default: "
+                             "every registered "
                              f"cost-quality family; not {', '.join(sorted(DEFAULT_EXCLUDED))})")
     parser.add_argument("--strong", default=None,
                         help="the strong model of a two-expert table (default: most expensive)")
@@ -580,7 +595,7 @@ def cli_register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test", type=float, default=0.2, help="test share of prompts")
     parser.add_argument("--json", default=None, help="write the result JSON here")
     parser.add_argument("--embedder", default="minilm",
-                        choices=["minilm", "onnx", "static", "hashing"])
+                        choices=EMBEDDER_KINDS)
     parser.add_argument("--cache-dir", default=None, help="embedding cache folder")
     parser.add_argument("--params", default=None,
                         help='JSON of router parameters, e.g. \'{"knn": {"k": 30}}\'')

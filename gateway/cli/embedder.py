@@ -1,8 +1,11 @@
-"""``expertgate embedder finetune``: a domain-adapted sentence encoder for guards and routers.
+"""``expertgate embedder finetune|distill``: encoders built for guards and routers.
 
-The written folder is a sentence-transformers model; point the gateway at it with
+``finetune`` writes a domain-adapted sentence-transformers model; point the gateway at it with
 ``embedder: {kind: onnx, options: {model_path: DIR}}`` (or ``kind: minilm``) and train the
 guard and routers with ``--embedder onnx --embedder-path DIR`` so their artifacts match.
+
+``distill`` writes static token vectors distilled from MiniLM (or from a fine-tuned folder)
+for ``embedder: {kind: distilled}`` / ``--embedder distilled``: no torch at serve time.
 """
 
 from __future__ import annotations
@@ -32,6 +35,20 @@ def register(sub: Any, name: str) -> None:
     ft.add_argument("--seed", type=int, default=0)
     ft.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     ft.set_defaults(func=_finetune)
+    ds = inner.add_parser("distill", help="distil static token vectors from MiniLM (or a "
+                          "fine-tuned folder) for --embedder distilled (offline, ~1 min)")
+    ds.add_argument("--model", default=None, help="sentence-transformers folder to distil "
+                    "(default: the packaged all-MiniLM-L6-v2)")
+    ds.add_argument("--out", default=None, help="folder to write (default: the cache folder "
+                    "that --embedder distilled reads)")
+    ds.add_argument("--dim", type=int, default=256, help="PCA dimensions (default 256)")
+    ds.add_argument("--sif", type=float, default=1e-4,
+                    help="SIF coefficient of the Zipf frequency weighting (default 1e-4)")
+    ds.add_argument("--vocab-limit", type=int, default=None,
+                    help="keep only the first N vocabulary tokens (quick builds for tests)")
+    ds.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    ds.add_argument("--force", action="store_true", help="rebuild even if the cache has it")
+    ds.set_defaults(func=_distill)
 
 
 def _finetune(args: argparse.Namespace) -> int:
@@ -58,4 +75,25 @@ def _finetune(args: argparse.Namespace) -> int:
         return 2
     print(json.dumps({k: v for k, v in meta.items() if k != "labels"}, indent=1))
     print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def _distill(args: argparse.Namespace) -> int:
+    from routers.embed import EmbedderError
+    from routers.embed_static import default_static_dir, distill
+
+    say = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        out = args.out or default_static_dir(args.model, dim=args.dim, sif=args.sif,
+                                             vocab_limit=args.vocab_limit)
+        if args.out is None and not args.force and (out / "config.json").is_file():
+            say(f"already built: {out}")
+            print(out)
+            return 0
+        distill(out, args.model, dim=args.dim, sif=args.sif, vocab_limit=args.vocab_limit,
+                threads=args.threads, log=say)
+    except (EmbedderError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(out)
     return 0

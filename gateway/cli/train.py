@@ -6,7 +6,10 @@ import argparse
 import json
 import os
 import sys
+import time
 from typing import Any
+
+from routers.embed import EMBEDDER_KINDS
 
 __all__ = ["register"]
 
@@ -39,16 +42,23 @@ def register(sub: Any, name: str) -> None:
                            "artifact.", epilog=TRAIN_EPILOG,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--router", required=True, help="registered router name "
-                       "(expertgate routers list)")
+                       "(expertgate routers list), or 'auto': family and parameters chosen "
+                       "by cross-validation on the training prompts")
+        p.add_argument("--auto-embedders", default=None, metavar="KIND,KIND",
+                       help="with --router auto: also choose the embedder among these kinds "
+                       "(each embeds the whole table; default: only --embedder)")
         p.add_argument("--data", required=True, help="table file or data-set folder")
         p.add_argument("--format", default="long", choices=FORMATS, help="table format")
         p.add_argument("--out", required=True, help="artifact folder to write")
         p.add_argument("--param", action="append", default=[], metavar="K=V",
                        help="router parameter; V parsed as JSON when possible (repeatable)")
-        p.add_argument("--embedder", default="minilm", choices=("minilm", "onnx", "static",
-                                                                 "hashing"))
+        p.add_argument("--embedder", default="minilm", choices=EMBEDDER_KINDS,
+                       help="minilm (reference), onnx (same vectors, faster), distilled "
+                       "(static vectors distilled from MiniLM: ~100x faster; build once with "
+                       "'expertgate embedder distill'), static, hashing")
         p.add_argument("--embedder-path", default=None,
-                       help="model folder: model2vec for --embedder static; a "
+                       help="model folder: a distilled or model2vec folder for --embedder "
+                       "distilled/static; a "
                        "sentence-transformers folder (e.g. from 'expertgate embedder "
                        "finetune') for minilm/onnx")
         p.add_argument("--seed", type=int, default=0)
@@ -129,6 +139,13 @@ def _load(path: str, fmt: str) -> Any:
 def _print_metrics(m: dict[str, Any]) -> None:
     print(f"trained {m['router']} on {m['n_train']} prompts in {m['fit_seconds']:.1f} s "
           f"(validation {m['n_val']}, test {m['n_test']}, seed {m['seed']})")
+    if "embed_seconds" in m:
+        print(f"embedding ({m['embedder']}) {m['embed_seconds']:.1f} s; embedding + training "
+              f"{m['train_seconds_total']:.1f} s")
+    if m.get("auto"):
+        a = m["auto"]
+        print(f"auto chose {a['family']} {json.dumps(a['params'])} (cross-validation score "
+              f"{a['score']:.4f} over {len(a['candidates'])} candidates, {a['folds']} fold(s))")
     for part in ("validation", "test"):
         r = m.get(part)
         if not r:
@@ -169,20 +186,62 @@ def _train(args: argparse.Namespace) -> int:
         table = _load(args.data, args.format)
         print(f"loaded {len(table)} prompts x {len(table.models)} models from {args.data} "
               f"({args.format})", file=sys.stderr)
-        set_thread_counts(torch_threads=1 if args.embedder == "minilm" else None)
-        options = {"model_path": args.embedder_path} if args.embedder_path else {}
-        embedder = make_embedder(args.embedder, **options)
-        X = embed_cached(embedder, table.prompts, args.cache_dir, progress=True)
+        kinds = [args.embedder]
+        if args.auto_embedders:
+            if args.router != "auto":
+                raise RouterError("--auto-embedders needs --router auto")
+            kinds = [k.strip() for k in args.auto_embedders.split(",") if k.strip()]
+            bad = [k for k in kinds if k not in EMBEDDER_KINDS]
+            if bad:
+                raise EmbedderError(f"unknown embedder kind(s) {', '.join(bad)}; use "
+                                    f"{', '.join(EMBEDDER_KINDS)}")
+        set_thread_counts(torch_threads=1 if "minilm" in kinds else None)
+        t0 = time.perf_counter()
+        embedded = []
+        for kind in kinds:
+            options = ({"model_path": args.embedder_path}
+                       if args.embedder_path and kind == args.embedder else {})
+            e = make_embedder(kind, **options)
+            embedded.append((e, embed_cached(e, table.prompts, args.cache_dir, progress=True)))
+        embed_s = time.perf_counter() - t0
+        candidates = None
+        embedder, X = embedded[0]
+        if len(embedded) > 1:
+            embedder, X, candidates = _choose_embedder(embedded, table, args)
         result = train_router(args.router, table, X, params=params, seed=args.seed,
                               val=args.val, test=args.test, out=args.out, embedder=embedder,
                               embedder_name=embedder.name, latency=args.latency,
-                              apgr=apgr_of_advantage)
+                              apgr=apgr_of_advantage, auto_candidates=candidates,
+                              log=lambda s: print(s, file=sys.stderr, flush=True))
     except (RouterError, EmbedderError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    result.metrics["embedder"] = embedder.name
+    result.metrics["embed_seconds"] = round(embed_s, 3)
+    result.metrics["train_seconds_total"] = round(time.perf_counter() - t0, 3)
     if args.json:
         print(json.dumps(result.metrics, indent=1))
     else:
         _print_metrics(result.metrics)
     print(f"saved {result.path}")
     return 0
+
+
+def _choose_embedder(embedded: list[tuple[Any, Any]], table: Any, args: argparse.Namespace
+                     ) -> tuple[Any, Any, list[tuple[str, dict[str, Any]]]]:
+    """--auto-embedders: run the auto selection on the training prompts with each embedder;
+    keep the embedder (and its best candidate) with the best cross-validation score."""
+    from routers.auto import select
+    from routers.train import split_table
+
+    tr, _, _ = split_table(table, seed=args.seed, val=args.val, test=args.test)
+    best = None
+    for e, X in embedded:
+        sel = select(X[tr], table.subset(tr), seed=args.seed)
+        print(f"auto: embedder {e.name}: best {sel.family} {sel.params} score "
+              f"{sel.score:.4f}", file=sys.stderr)
+        if best is None or sel.score > best[2].score:
+            best = (e, X, sel)
+    assert best is not None
+    e, X, sel = best
+    return e, X, [(sel.family, sel.params)]
