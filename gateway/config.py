@@ -166,6 +166,8 @@ class GuardConfig(_Model):
 
 class PolicyConfig(_Model):
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9._:/@-]+$")]
+    #: a registered family, or ``auto``: whatever family the artifact holds (the choice
+    #: ``expertgate train --router auto`` made by cross-validation)
     router: str = "semantic"
     params: dict[str, Any] = Field(default_factory=dict)
     artifact: Path | None = None

@@ -87,7 +87,9 @@ def build_policy_set(cfg: GatewayConfig, embedder: Embedder | None) -> PolicySet
         where = f"{cfg.source or '<config>'}: policy {pol.name!r}"
         extra: list[str] = [embedder.name if embedder is not None else "none"]
         if pol.artifact is not None:
-            router, v = _load_artifact(pol.artifact, pol.router, embedder, where)
+            # `router: auto` serves whichever family `expertgate train --router auto` chose
+            router, v = _load_artifact(pol.artifact, None if pol.router == "auto" else pol.router,
+                                       embedder, where)
             extra.append(v)
             if pol.params:
                 try:
