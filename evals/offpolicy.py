@@ -519,6 +519,9 @@ def simulate(table: RoutingTable, X: np.ndarray, *, logging: str, candidate: str
     texts = [table.prompts[i] for i in pop]
     g0, sc0 = _greedy_and_scores(log_router, X[pop], texts, experts)
     gc, _ = _greedy_and_scores(cand_router, X[pop], texts, experts)
+    # the reward model's features: the population's principal directions, computed once
+    # (unsupervised, so sharing them across repeats leaks no outcome)
+    Zpop = _reduce(X[pop], 64)
     S, Cc = S_full[pop], np.asarray(table.costs, dtype=np.float64)[pop]
     P0 = exploration_matrix(g0, sc0, np.ones_like(S, dtype=bool), explore)
     rows_p = np.arange(len(pop))
@@ -530,7 +533,7 @@ def simulate(table: RoutingTable, X: np.ndarray, *, logging: str, candidate: str
         r_rng = np.random.default_rng([seed, rep])
         idx = r_rng.integers(0, len(pop), size=int(n_logged))
         a = sample_actions(P0[idx], r_rng)
-        data = LoggedData(experts, X[pop][idx], a, S[idx, a], Cc[idx, a], P0[idx])
+        data = LoggedData(experts, Zpop[idx], a, S[idx, a], Cc[idx, a], P0[idx])
         T = np.zeros((len(idx), len(experts)))
         T[np.arange(len(idx)), gc[idx]] = 1.0
         # the trade-off uses the population's cost scale so every repeat estimates one target
