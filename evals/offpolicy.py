@@ -315,7 +315,8 @@ def load_logged(path: str | Path, embed: Any, *, experts: Sequence[str] | None =
                 ) -> LoggedData:
     """Read an exported routing log (``expertgate logs export``: Parquet or JSONL) into
     :class:`LoggedData`. ``embed(texts) -> (n, d)`` gives the features. Records without text
-    or without feedback are dropped (counted on stderr); records logged without propensities
+    or without feedback, and those a fallback served, are dropped (counted on stderr);
+    records logged without propensities
     count as deterministic (propensity 1 for the served expert, 0 elsewhere)."""
     import pandas as pd
 
@@ -335,8 +336,13 @@ def load_logged(path: str | Path, embed: Any, *, experts: Sequence[str] | None =
     fb = pd.to_numeric(df["feedback_score"], errors="coerce")
     keep = df["text"].notna() & (df["text"].astype(str).str.strip() != "") & fb.notna() \
         & df["expert"].notna()
-    print(f"offpolicy: {len(df)} records; {int(keep.sum())} with text, expert and feedback",
+    # a fallback served another expert than the one chosen with the logged propensity
+    fallback = (df["fallback"].fillna(False).astype(bool) if "fallback" in df.columns
+                else pd.Series(False, index=df.index))
+    print(f"offpolicy: {len(df)} records; {int(keep.sum())} with text, expert and feedback; "
+          f"{int((keep & fallback).sum())} of those served by a fallback dropped",
           file=sys.stderr)
+    keep &= ~fallback
     df, fb = df[keep].reset_index(drop=True), fb[keep].to_numpy(dtype=np.float64)
     if df.empty:
         raise OffPolicyError(f"{p}: no record has text, a served expert and feedback")

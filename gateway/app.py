@@ -30,6 +30,7 @@ from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, PolicySet, build_policy_set
 from gateway.ratelimit import RateLimiter
 from routers.embed import Embedder, make_embedder
+from routers.explore import LOG_FIELDS as EXPLORE_FIELDS
 
 __all__ = ["Gateway", "create_app"]
 
@@ -217,6 +218,9 @@ class Gateway:
             "latency_ms": round(latency_ms, 3), "prompt_tokens": usage[0],
             "completion_tokens": usage[1], "cost_usd": cost, "stream": ctx.stream,
         }
+        ex = getattr(ctx, "explore", None)
+        for k in EXPLORE_FIELDS:
+            rec[k] = ex.get(k) if ex is not None else None
         self.routing_log.record(rec)
 
 

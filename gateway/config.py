@@ -22,6 +22,7 @@ __all__ = [
     "ConfigError",
     "EmbedderConfig",
     "ExpertConfig",
+    "ExploreConfig",
     "GatewayConfig",
     "GuardConfig",
     "PolicyConfig",
@@ -164,6 +165,17 @@ class GuardConfig(_Model):
     enabled: bool = True
 
 
+class ExploreConfig(_Model):
+    """Exploration budget of a policy (routers/explore.py): a share ``rate`` of requests goes
+    to an expert other than the router's choice, drawn uniformly (``epsilon``) or by the
+    router's scores (``softmax`` at ``temperature``) among the decision's candidates. Every
+    decision logs its propensities so that logs support off-policy evaluation."""
+
+    rate: float = Field(0.0, ge=0, lt=1)
+    method: Literal["epsilon", "softmax"] = "epsilon"
+    temperature: float = Field(0.1, gt=0)
+
+
 class PolicyConfig(_Model):
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9._:/@-]+$")]
     #: a registered family, or ``auto``: whatever family the artifact holds (the choice
@@ -184,6 +196,7 @@ class PolicyConfig(_Model):
     max_tokens_cap: int | None = Field(None, ge=1)
     #: rewrite the response's `model` field to the policy name
     rewrite_model: bool = False
+    explore: ExploreConfig | None = None
     description: str = ""
 
     @model_validator(mode="after")

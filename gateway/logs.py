@@ -8,7 +8,10 @@ are retried; when the queue is full the oldest are dropped and counted
 Record fields (ARCHITECTURE.md): ``request_id, ts, tenant, endpoint, policy, policy_version,
 text_hash, text`` (only where the policy allows), ``embedding_id, mode, expert, replica,
 targets, scores, reason, guard, cache, status, http_status, error_type, fallback, degraded,
-decision_ms, latency_ms, prompt_tokens, completion_tokens, cost_usd, stream``.
+decision_ms, latency_ms, prompt_tokens, completion_tokens, cost_usd, stream``, and the
+exploration fields of :mod:`routers.explore` (``propensity`` of the chosen expert,
+``action_probs`` of every candidate, ``explored``, ``greedy_expert``, ``candidates``,
+``router_version``) that off-policy evaluation and bias-corrected training read.
 Feedback records: ``request_id, score (0..1), ts, comment``.
 """
 
@@ -257,7 +260,7 @@ def export_logs(out: Path, *, redis_url: str | None = None, log_path: Path | Non
         r = dict(r)
         f = fb.get(str(r.get("request_id")))
         r["feedback_score"] = None if f is None else float(f["score"])
-        for k in ("targets", "scores", "guard", "degraded"):
+        for k in ("targets", "scores", "guard", "degraded", "action_probs", "candidates"):
             if k in r and not isinstance(r[k], str | type(None)):
                 r[k] = orjson.dumps(r[k]).decode()
         rows.append(r)

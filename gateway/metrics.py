@@ -48,6 +48,9 @@ class Metrics:
         self.circuit_open = Gauge("expertgate_circuit_open",
                                   "1 while a replica's circuit breaker is open",
                                   ["expert", "replica"], registry=r)
+        self.explored = Counter("expertgate_explored",
+                                "Requests sent to an expert other than the router's choice "
+                                "by the policy's exploration", ["policy", "expert"], registry=r)
         self.tokens = Counter("expertgate_tokens", "Tokens reported by upstreams",
                               ["expert", "kind"], registry=r)
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,7 @@ from gateway.errors import InvalidRequest
 from gateway.metrics import Metrics
 from routers.base import Decision, GuardVerdict, Router, Target
 from routers.embed import Embedder
+from routers.explore import Exploration, exploration_probs
 
 __all__ = ["Pipeline", "PolicyRuntime", "PolicySet", "build_policy_set", "routing_text"]
 
@@ -39,6 +41,7 @@ class PolicyRuntime:
     version: str
     router: Router
     guard: Router | None = None
+    explore: Exploration | None = None
 
 
 @dataclass
@@ -113,7 +116,10 @@ def build_policy_set(cfg: GatewayConfig, embedder: Embedder | None) -> PolicySet
         if pol.guard is not None and pol.guard.enabled:
             guard, gv = _load_artifact(pol.guard.artifact, "guard", embedder, where + " guard")
             extra.append(gv)
-        out[pol.name] = PolicyRuntime(pol, _policy_version(pol, extra), router, guard)
+        ex = pol.explore
+        explore = (Exploration(ex.rate, ex.method, ex.temperature)
+                   if ex is not None and ex.rate > 0 else None)
+        out[pol.name] = PolicyRuntime(pol, _policy_version(pol, extra), router, guard, explore)
     return PolicySet(cfg, out, time.time())
 
 
@@ -157,6 +163,7 @@ class Pipeline:
         self.metrics = metrics
         self._executor: ThreadPoolExecutor | None = None
         self._embed_fn = embed_fn or self._embed_in_thread
+        self._rng = random.Random()
         self._stage = metrics.stage
         self._obs_cache = metrics.stage.labels("cache")
         self._obs_embed = metrics.stage.labels("embed")
@@ -171,6 +178,45 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         X = await loop.run_in_executor(self._executor, self.embedder.embed, [text])
         return X[0]
+
+    def explore(self, rt: PolicyRuntime, d: Decision) -> tuple[Decision, dict[str, Any]]:
+        """Apply the policy's exploration to a (possibly cached) greedy decision.
+
+        Returns the decision to serve and the routing-log fields of :mod:`routers.explore`:
+        the chosen expert's propensity, every candidate's probability, whether it explored,
+        the greedy expert, the candidate set and the router version. Candidates are the
+        decision's own targets, so exploration never reaches an expert the router, the guard
+        or the policy left out; rejections and fallback decisions do not explore. A policy
+        without exploration logs propensity 1.
+        """
+        cands = [t.expert for t in d.targets]
+        greedy = d.expert
+        info: dict[str, Any] = {"router_version": rt.version, "candidates": cands,
+                                "greedy_expert": greedy, "explored": False}
+        if greedy is None or d.mode != "single" or d.router == "fallback":
+            info["propensity"] = None if greedy is None else 1.0
+            info["action_probs"] = None if greedy is None else {greedy: 1.0}
+            return d, info
+        ex = rt.explore
+        if ex is None or len(set(cands)) < 2:
+            info["propensity"] = 1.0
+            info["action_probs"] = {greedy: 1.0}
+            return d, info
+        probs = exploration_probs(greedy, {t.expert: t.score for t in d.targets},
+                                  list(dict.fromkeys(cands)), ex)
+        names = list(probs)
+        pick = self._rng.choices(names, weights=[probs[n] for n in names])[0]
+        info["propensity"] = probs[pick]
+        info["action_probs"] = probs
+        if pick != greedy:
+            info["explored"] = True
+            first = next(t for t in d.targets if t.expert == pick)
+            d = Decision(d.mode, [first, *(t for t in d.targets if t.expert != pick)],
+                         f"explored ({ex.method}, p={probs[pick]:.4f}) instead of {greedy}: "
+                         f"{d.reason}", d.policy, d.policy_version, d.router, d.aggregator,
+                         d.guard, d.timings_ms, d.cached)
+            self.metrics.child(self.metrics.explored, rt.config.name, pick).inc()
+        return d, info
 
     def close(self) -> None:
         if self._executor is not None:

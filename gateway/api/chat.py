@@ -216,7 +216,8 @@ def _refusal(payload: dict[str, Any], endpoint: str, message: str, policy: str,
 class _Ctx:
     """Per-request facts gathered for headers and the routing-log record."""
 
-    __slots__ = ("cache", "chain", "decision", "degraded", "endpoint", "expert", "key_id", "policy",
+    __slots__ = ("cache", "chain", "decision", "degraded", "endpoint", "expert", "explore",
+                 "key_id", "policy",
                  "rate", "reason", "replica", "request_id", "rt", "started", "stream", "t0",
                  "tenant", "text", "text_hash")
 
@@ -241,6 +242,8 @@ class _Ctx:
         self.rate: RateDecision | None = None
         self.key_id = ""
         self.started = False
+        #: exploration fields of the routing log (routers/explore.py LOG_FIELDS)
+        self.explore: dict[str, Any] | None = None
 
     def headers(self, extra: list[tuple[bytes, bytes]] | None = None
                 ) -> list[tuple[bytes, bytes]]:
@@ -257,6 +260,11 @@ class _Ctx:
              (b"x-expertgate-reason", _hdr_value(self.reason or "none"))]
         if self.degraded:
             h.append((b"x-expertgate-degraded", ",".join(self.degraded).encode()))
+        ex = self.explore
+        if ex is not None and ex["propensity"] is not None:
+            h.append((b"x-expertgate-propensity", f"{ex['propensity']:.6g}".encode()))
+            if ex["explored"]:
+                h.append((b"x-expertgate-explored", str(ex["greedy_expert"]).encode()))
         if self.rate is not None and self.rate.allowed:
             h.extend(self.rate.headers())
         if extra:
@@ -363,6 +371,7 @@ async def _generate(gw: Gateway, scope: Scope, receive: Receive, send: Send, ctx
             ctx.text = text
         affinity_text = text
         d = await gw.pipeline.decide(rt, text, ctx.degraded)
+        d, ctx.explore = gw.pipeline.explore(rt, d)
         ctx.decision = d
         ctx.cache = "hit" if d.cached else ("bypass" if "cache" in ctx.degraded else "miss")
         ctx.reason = d.reason

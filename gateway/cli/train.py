@@ -29,6 +29,8 @@ examples:
       --out artifacts/knn-mmlu --param k=20 --param cost_weight=0.3
   expertgate train --router complexity --data logs.parquet --format logs \\
       --out artifacts/cx --param max_strong_share=0.3
+  expertgate train --router knn --data logs.parquet --format logs --correction dr \\
+      --out artifacts/knn-from-traffic
 """
 
 FORMATS = ("long", "routellm", "routellm-mmlu", "routellm-gsm8k", "llmrouter", "logs", "guard")
@@ -61,6 +63,11 @@ def register(sub: Any, name: str) -> None:
                        "distilled/static; a "
                        "sentence-transformers folder (e.g. from 'expertgate embedder "
                        "finetune') for minilm/onnx")
+        p.add_argument("--correction", default="none", choices=("none", "ips", "dr"),
+                       help="--format logs: correct the logging router's selection bias with "
+                       "the logged propensities: ips (importance resampling) or dr (every "
+                       "expert's outcome filled by an importance-weighted, cross-fitted reward "
+                       "model); see evals/offpolicy.py")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--val", type=float, default=0.1, help="validation fraction")
         p.add_argument("--test", type=float, default=0.2, help="test fraction")
@@ -170,6 +177,23 @@ def _print_metrics(m: dict[str, Any]) -> None:
               f"p99 {lat['p99_ms']:.3f} ms/query ({lat['calls']} calls)")
 
 
+def _debiased(args: argparse.Namespace) -> Any:
+    """Logs -> a training table corrected with the logged propensities (evals/offpolicy.py);
+    the reward model of ``dr`` uses the chosen embedder's features."""
+    from evals.offpolicy import OffPolicyError, debiased_table, load_logged
+    from routers.base import RouterError
+    from routers.embed import embed_cached, make_embedder
+
+    options = {"model_path": args.embedder_path} if args.embedder_path else {}
+    embedder = make_embedder(args.embedder, **options)
+    try:
+        logged = load_logged(args.data, lambda t: embed_cached(embedder, t, args.cache_dir,
+                                                               progress=True))
+        return debiased_table(logged, args.correction, seed=args.seed)
+    except OffPolicyError as e:
+        raise RouterError(str(e)) from None
+
+
 def _train(args: argparse.Namespace) -> int:
     from evals.metrics import apgr_of_advantage
     from routers.base import RouterError
@@ -183,9 +207,15 @@ def _train(args: argparse.Namespace) -> int:
             raise RouterError("--router guard needs --format guard (a text,label,split table)")
         if args.format == "guard" and args.router != "guard":
             raise RouterError("--format guard is only for --router guard")
-        table = _load(args.data, args.format)
+        if args.correction != "none" and args.format != "logs":
+            raise RouterError("--correction needs --format logs (logged propensities)")
+        if args.correction != "none":
+            table = _debiased(args)
+        else:
+            table = _load(args.data, args.format)
         print(f"loaded {len(table)} prompts x {len(table.models)} models from {args.data} "
-              f"({args.format})", file=sys.stderr)
+              f"({args.format}{'' if args.correction == 'none' else ', ' + args.correction})",
+              file=sys.stderr)
         kinds = [args.embedder]
         if args.auto_embedders:
             if args.router != "auto":

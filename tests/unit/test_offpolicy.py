@@ -196,3 +196,32 @@ def test_load_logged_reads_an_export(tmp_path) -> None:
     assert len(data) == 2 and data.experts == ["a", "b"]
     assert data.probs.tolist() == [[0.95, 0.05], [0.0, 1.0]]
     assert data.propensity.tolist() == [0.95, 1.0]
+
+
+def test_train_from_logs_with_correction(tmp_path) -> None:
+    from gateway.cli import main
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(120):
+        code = i % 2 == 0
+        greedy = "coder" if code else "chatter"
+        other = "chatter" if code else "coder"
+        explored = rng.uniform() < 0.2
+        served = other if explored else greedy
+        rows.append({"request_id": str(i), "text": f"{'fix the bug' if code else 'tell a joke'}"
+                     f" number {i}", "expert": served,
+                     "feedback_score": float(served == ("coder" if code else "chatter")),
+                     "cost_usd": 0.001, "propensity": 0.1 if explored else 0.9,
+                     "action_probs": {greedy: 0.9, other: 0.1}, "fallback": i == 3})
+    p = tmp_path / "export.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    for corr in ("ips", "dr"):
+        out = tmp_path / f"knn-{corr}"
+        rc = main(["train", "--router", "knn", "--data", str(p), "--format", "logs",
+                   "--correction", corr, "--embedder", "hashing", "--out", str(out),
+                   "--cache-dir", str(tmp_path / "cache"), "--json"])
+        assert rc == 0 and (out / "router.json").exists()
+    rc = main(["train", "--router", "knn", "--data", str(p), "--format", "long",
+               "--correction", "dr", "--embedder", "hashing", "--out", str(tmp_path / "x")])
+    assert rc == 2
