@@ -263,10 +263,11 @@ class RoutingTable:
         )
 
     def mean_costs(self) -> np.ndarray:
-        """Per-model mean cost over the prompts where the model was evaluated."""
-        with np.errstate(invalid="ignore"):
-            c = np.nanmean(np.where(np.isfinite(self.scores), self.costs, np.nan), axis=0)
-        return np.nan_to_num(c, nan=0.0)
+        """Per-model mean cost over the prompts where the model was evaluated (0 for a model
+        evaluated on none of them, as in a small held-out part of a log table)."""
+        seen = np.isfinite(self.scores)
+        total = np.where(seen, self.costs, 0.0).sum(axis=0)
+        return total / np.maximum(seen.sum(axis=0), 1)
 
     def content_hash(self) -> str:
         h = hashlib.sha256()

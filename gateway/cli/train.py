@@ -209,10 +209,7 @@ def _train(args: argparse.Namespace) -> int:
             raise RouterError("--format guard is only for --router guard")
         if args.correction != "none" and args.format != "logs":
             raise RouterError("--correction needs --format logs (logged propensities)")
-        if args.correction != "none":
-            table = _debiased(args)
-        else:
-            table = _load(args.data, args.format)
+        table = _debiased(args) if args.correction != "none" else _load(args.data, args.format)
         print(f"loaded {len(table)} prompts x {len(table.models)} models from {args.data} "
               f"({args.format}{'' if args.correction == 'none' else ', ' + args.correction})",
               file=sys.stderr)
