@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from gateway.api.chat import handle_generate
-from gateway.auth import Authenticator
+from gateway.auth import Authenticator, RequestIds, reachable_experts
 from gateway.cache import DecisionCache, MemoryDecisionCache, RedisDecisionCache
 from gateway.config import ConfigError, GatewayConfig, Settings, load_config
 from gateway.dispatch import Dispatcher
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, PermissionDenied
 from gateway.logs import JsonlSink, RedisStreamSink, RoutingLog
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, PolicySet, build_policy_set
@@ -42,6 +42,10 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 _HOT = {"/v1/chat/completions": "chat", "/v1/completions": "completions",
         "/chat/completions": "chat", "/completions": "completions"}
+#: paths outside the API whose readers a setting names (/healthz is always open; /readyz
+#: hides its checks from callers below ``readyz_auth``, in gateway/api/health.py)
+_GATED = {"/metrics": "metrics_auth", "/docs": "docs_auth", "/redoc": "docs_auth",
+          "/openapi.json": "docs_auth", "/docs/oauth2-redirect": "docs_auth"}
 
 
 def _needs_embedder(cfg: GatewayConfig) -> bool:
@@ -65,6 +69,8 @@ class Gateway:
         self.policy_set: PolicySet
         self.pipeline: Pipeline
         self.auth = Authenticator(config)
+        self.request_ids = RequestIds()
+        self._rid_task: asyncio.Task[None] | None = None
         self.ratelimiter = RateLimiter(None, self.metrics.registry)
         self.started_at = time.time()
         self.ready = False
@@ -83,6 +89,7 @@ class Gateway:
             self._embedder = await asyncio.to_thread(make_embedder, ec.kind, **opts)
         self.embedder = self._embedder
         self.policy_set = await asyncio.to_thread(build_policy_set, self.config, self.embedder)
+        self.auth.set_reach(reachable_experts(self.policy_set.policies))
         if s.redis_url:
             import redis.asyncio as aioredis
 
@@ -91,13 +98,23 @@ class Gateway:
                 socket_connect_timeout=s.redis_timeout_s, health_check_interval=5,
                 retry_on_timeout=False)
             self.cache = RedisDecisionCache(self.redis, retry_s=s.redis_retry_s)
-            self.auth = Authenticator(self.config, self.redis, retry_s=s.redis_retry_s)
+            self.auth.redis = self.redis
+            self.auth.retry_s = s.redis_retry_s
             self.auth.start()
+            try:  # every gateway on this Redis issues and verifies the same ids
+                await self.request_ids.share_through(self.redis)
+            except Exception as e:  # Redis down at start: keep trying in the background
+                log.warning("request ids: cannot share the secret through Redis yet (%s)",
+                            type(e).__name__)
+                self._rid_task = asyncio.get_running_loop().create_task(
+                    self._share_request_ids(), name="request-id-secret")
             # the registry already holds the in-process limiter's metrics: swap the backend only
             self.ratelimiter.attach_redis(self.redis)
             sink: Any = RedisStreamSink(self.redis)
         else:
             sink = JsonlSink(s.log_path, s.feedback_file)
+            self.request_ids = RequestIds.from_file(
+                s.log_path.with_name(s.log_path.stem + ".request-ids.key"))
         self.routing_log = RoutingLog(sink, self.metrics, max_queue=s.log_queue_size)
         self.routing_log.start()
         embed_fn = None
@@ -112,6 +129,19 @@ class Gateway:
             # of every future cyclic-GC pass so collections stay short and rare.
             gc.collect()
             gc.freeze()
+
+    async def _share_request_ids(self) -> None:
+        """Adopt the request-id secret kept in Redis; until Redis answers, ids are issued
+        under this process's own secret (they verify here, not on the other gateways)."""
+        delay = 0.5
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+            try:
+                await self.request_ids.share_through(self.redis)
+                return
+            except Exception as e:  # any Redis failure: keep the local secret, retry
+                log.debug("request ids: Redis still unavailable (%s)", type(e).__name__)
 
     def _make_batcher(self) -> Any:
         try:
@@ -132,6 +162,10 @@ class Gateway:
         self.ready = False
         await self.ratelimiter.drain()
         await self.auth.close()
+        if self._rid_task is not None:
+            self._rid_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._rid_task
         if self.routing_log is not None:
             await self.routing_log.close()
         await self.dispatcher.close()
@@ -158,8 +192,8 @@ class Gateway:
                 cfg = await asyncio.to_thread(load_config, path)
             pset = await asyncio.to_thread(build_policy_set, cfg, self.embedder)
             old = self.policy_set
-            if [e.model_dump() for e in cfg.experts] != [e.model_dump()
-                                                          for e in self.config.experts]:
+            if [(e.model_dump(), e.credentials_digest) for e in cfg.experts] != [
+                    (e.model_dump(), e.credentials_digest) for e in self.config.experts]:
                 new_disp = Dispatcher(cfg, self.metrics)
                 await new_disp.start()
                 old_disp = self.dispatcher
@@ -169,10 +203,8 @@ class Gateway:
                     self.settings.request_deadline_s,
                     lambda: asyncio.ensure_future(old_disp.close()))
             self.config = cfg
-            old_auth = self.auth
-            self.auth = Authenticator(cfg, self.redis, retry_s=self.settings.redis_retry_s)
-            self.auth.start()
-            await old_auth.close()
+            # in place, between two awaits: the Redis keys it knows stay known
+            self.auth.configure(cfg, reachable_experts(pset.policies))
             self.policy_set = pset
             self.pipeline.policies = pset
             changed = {n: rt.version for n, rt in pset.policies.items()
@@ -183,9 +215,6 @@ class Gateway:
                     "changed": sorted(changed)}
 
     # -- per request -------------------------------------------------------------------
-    def authorize(self, scope: Scope, model: str) -> str:
-        return self.auth.check(scope.get("headers", ()), model)
-
     def log_request(self, ctx: Any, status: int, err_type: str | None, latency_ms: float,
                     usage: tuple[int, int]) -> None:
         if self.routing_log is None:
@@ -201,7 +230,8 @@ class Gateway:
             m.child(m.tokens, expert.name, "prompt").inc(usage[0])
             m.child(m.tokens, expert.name, "completion").inc(usage[1])
         rec: dict[str, Any] = {
-            "request_id": ctx.request_id, "ts": time.time(), "tenant": ctx.tenant,
+            "request_id": ctx.request_id, "client_request_id": ctx.client_request_id,
+            "ts": time.time(), "tenant": ctx.tenant,
             "endpoint": ctx.endpoint, "policy": ctx.policy or None,
             "policy_version": d.policy_version if d is not None else None,
             "text_hash": ctx.text_hash, "text": ctx.text,
@@ -266,6 +296,10 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
             if ep is not None and scope["method"] == "POST":
                 await handle_generate(gw, scope, receive, send, ep)
                 return
+            gate = _GATED.get(scope["path"])
+            if gate is not None and not await _gate_passed(gw, scope, send,
+                                                           getattr(settings, gate)):
+                return
             await api(scope, receive, send)
             return
         if t == "lifespan":
@@ -320,6 +354,25 @@ def _document_errors(api: Any) -> None:
         return doc
 
     api.openapi = openapi
+
+
+async def _gate_passed(gw: Gateway, scope: Scope, send: Send, level: str) -> bool:
+    """Whether the caller may read a gated path; answers the 401/403 itself when not."""
+    try:
+        if await gw.auth.allowed(scope, level):
+            return True
+        err: GatewayError = PermissionDenied(
+            f"{scope['path']} needs an admin key" + ("" if gw.auth.required else
+                                                     " (or, with no keys configured, a "
+                                                     "loopback client)"),
+            code="admin_required")
+    except GatewayError as e:
+        err = e
+    headers = [(b"content-type", b"application/json")]
+    headers.extend((k.lower().encode(), v.encode()) for k, v in err.headers.items())
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    await send({"type": "http.response.body", "body": err.body()})
+    return False
 
 
 async def _reload_logged(gw: Gateway) -> None:

@@ -7,15 +7,27 @@ validates the YAML; a bad file fails at start-up with the file, the field and wh
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import orjson
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateway.redact import redact
 
 __all__ = [
     "APIKeyConfig",
@@ -31,6 +43,10 @@ __all__ = [
     "Settings",
     "load_config",
 ]
+
+#: who may read an endpoint that is neither the API nor admin: anyone, any valid key, an admin
+Access = Literal["open", "key", "admin"]
+
 
 
 class ConfigError(ValueError):
@@ -68,6 +84,16 @@ class Settings(BaseSettings):
     ready_check_upstreams: bool = True
     #: /readyz answers 503 when any one expert has no replica up (default: only when none is)
     ready_require_all_experts: bool = False
+    #: who may read GET /metrics ("open", "key": any valid API key, "admin": an admin key;
+    #: with no keys configured "key" is open and "admin" is loopback only, as /admin/*)
+    metrics_auth: Access = "admin"
+    #: who may read GET /docs, /redoc and /openapi.json
+    docs_auth: Access = "key"
+    #: who sees the checks of GET /readyz (which name experts); everyone gets its status code
+    #: and ``{"status"}`` so probes need no key
+    readyz_auth: Access = "key"
+    #: the most bytes of request line + headers the server reads (431 beyond)
+    max_header_bytes: int = Field(default=65_536, ge=1024)
 
     @property
     def feedback_file(self) -> Path:
@@ -107,6 +133,9 @@ class ExpertConfig(_Model):
     skills: list[str] = Field(default_factory=list)
     #: LoRA adapters resident per replica (api_base -> adapter names), for affinity
     resident_adapters: dict[str, list[str]] = Field(default_factory=dict)
+    # base URL (credentials removed) -> its "Basic ..." Authorization value. Credentials
+    # written in a URL are moved here at load, so no URL the gateway prints can carry them.
+    _basic_auth: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _bases(self) -> ExpertConfig:
@@ -115,8 +144,47 @@ class ExpertConfig(_Model):
                              "(or a LoRA parent whose replicas it shares)")
         for b in [self.api_base, *self.replicas]:
             if b is not None and not b.startswith(("http://", "https://")):
-                raise ValueError(f"api base {b!r} must start with http:// or https://")
+                raise ValueError(f"api base {redact(b)!r} must start with http:// or https://")
+        if self.api_base is not None:
+            self.api_base = self._take_credentials(self.api_base)
+        self.replicas = [self._take_credentials(b) for b in self.replicas]
+        self.resident_adapters = {_strip_userinfo(b): a
+                                  for b, a in self.resident_adapters.items()}
         return self
+
+    def _take_credentials(self, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.username is None and parts.password is None:
+            return url
+        if self.api_key_env:
+            raise ValueError(
+                f"api base {redact(url)!r} carries credentials (user:password@) and "
+                f"api_key_env {self.api_key_env!r} is set: both would be the upstream's "
+                "Authorization header, so every call would fail. Keep one of them")
+        pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+        clean = _strip_userinfo(url)
+        self._basic_auth[clean.rstrip("/")] = "Basic " + base64.b64encode(
+            pair.encode()).decode()
+        return clean
+
+    def upstream_headers(self, base: str) -> dict[str, str]:
+        """The headers of a call to replica ``base``: JSON, and its credentials if any."""
+        h = {"content-type": "application/json"}
+        if self.api_key_env:
+            key = os.environ.get(self.api_key_env)
+            if key:
+                h["authorization"] = f"Bearer {key}"
+        elif self._basic_auth:
+            basic = self._basic_auth.get(base.rstrip("/"))
+            if basic is not None:
+                h["authorization"] = basic
+        return h
+
+    @property
+    def credentials_digest(self) -> str:
+        """Changes when the URL credentials change (they are not part of ``model_dump``)."""
+        return hashlib.sha256(orjson.dumps(self._basic_auth, option=orjson.OPT_SORT_KEYS)
+                              ).hexdigest()
 
     @property
     def upstream_model(self) -> str:
@@ -128,6 +196,13 @@ class ExpertConfig(_Model):
         if self.api_base and self.api_base not in out:
             out.insert(0, self.api_base)
         return [b.rstrip("/") for b in out]
+
+
+def _strip_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 class RouteConfig(_Model):
@@ -219,12 +294,19 @@ class EmbedderConfig(_Model):
 
 
 class APIKeyConfig(_Model):
-    """An API key, stored as its sha256 hex digest, with what it may use."""
+    """An API key, stored as its sha256 hex digest, with what it may use.
+
+    ``experts`` lists the concrete experts the key may call by name; left out, it is the
+    experts reachable from the key's allowed policies (targets, fallbacks, aggregators, the
+    reject fallback): ``["*"]`` opens every expert only when written. ``admin`` keys may use
+    the ``/admin/*`` endpoints (and the dashboard's admin views); tenant keys get 403 there.
+    """
 
     name: str = Field(min_length=1)
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     policies: list[str] = Field(default_factory=lambda: ["*"])
-    experts: list[str] = Field(default_factory=lambda: ["*"])
+    experts: list[str] | None = None
+    admin: bool = False
     requests_per_minute: int | None = Field(None, ge=1)
     tokens_per_minute: int | None = Field(None, ge=1)
 

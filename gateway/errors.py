@@ -27,6 +27,8 @@ from typing import Any
 
 import orjson
 
+from gateway.redact import redact
+
 __all__ = [
     "AuthenticationFailed",
     "GatewayError",
@@ -61,8 +63,9 @@ class GatewayError(Exception):
         self.headers = dict(headers or {})
 
     def to_dict(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param,
-                          "code": self.code}}
+        # a client-facing message never carries a credential, whatever built it
+        return {"error": {"message": redact(self.message), "type": self.type,
+                          "param": self.param, "code": self.code}}
 
     def body(self) -> bytes:
         return orjson.dumps(self.to_dict())

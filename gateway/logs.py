@@ -5,14 +5,16 @@ a background task writes batches. When the sink fails (Redis down) records stay 
 are retried; when the queue is full the oldest are dropped and counted
 (``expertgate_log_records_dropped``), so memory stays bounded through any outage.
 
-Record fields (ARCHITECTURE.md): ``request_id, ts, tenant, endpoint, policy, policy_version,
-text_hash, text`` (only where the policy allows), ``embedding_id, mode, expert, replica,
-targets, scores, reason, guard, cache, status, http_status, error_type, fallback, degraded,
-decision_ms, latency_ms, prompt_tokens, completion_tokens, cost_usd, stream``, and the
-exploration fields of :mod:`routers.explore` (``propensity`` of the chosen expert,
-``action_probs`` of every candidate, ``explored``, ``greedy_expert``, ``candidates``,
-``router_version``) that off-policy evaluation and bias-corrected training read.
-Feedback records: ``request_id, score (0..1), ts, comment``.
+Record fields (ARCHITECTURE.md): ``request_id, client_request_id, ts, tenant, endpoint,
+policy, policy_version, text_hash, text`` (only where the policy allows), ``embedding_id,
+mode, expert, replica, targets, scores, reason, guard, cache, status, http_status,
+error_type, fallback, degraded, decision_ms, latency_ms, prompt_tokens, completion_tokens,
+cost_usd, stream``, and the exploration fields of :mod:`routers.explore` (``propensity`` of
+the chosen expert, ``action_probs`` of every candidate, ``explored``, ``greedy_expert``,
+``candidates``, ``router_version``) that off-policy evaluation and bias-corrected training
+read. ``client_request_id`` is a client's own ``x-request-id``, kept for correlation only
+(``request_id`` is always the gateway's).
+Feedback records: ``request_id, tenant, score (0..1), ts, comment``.
 """
 
 from __future__ import annotations
@@ -173,9 +175,11 @@ class RoutingLog:
             if self._closing:
                 return
 
-    async def add_feedback(self, request_id: str, score: float, comment: str | None) -> None:
-        rec = orjson.dumps({"request_id": request_id, "score": score, "ts": time.time(),
-                            "comment": comment})
+    async def add_feedback(self, request_id: str, score: float, comment: str | None, *,
+                           tenant: str) -> None:
+        """Store a rating of ``request_id`` (the caller checked that ``tenant`` made it)."""
+        rec = orjson.dumps({"request_id": request_id, "tenant": tenant, "score": score,
+                            "ts": time.time(), "comment": comment})
         await self.sink.write_feedback(rec)
 
     async def close(self, timeout_s: float = 5.0) -> None:
@@ -248,17 +252,22 @@ def read_feedback(*, redis_url: str | None = None, path: Path | None = None
 
 
 def export_logs(out: Path, *, redis_url: str | None = None, log_path: Path | None = None,
-                feedback_path: Path | None = None) -> int:
+                feedback_path: Path | None = None, tenant: str | None = None) -> int:
     """Write the routing log joined with feedback (``feedback_score``) to Parquet (or JSONL
-    when ``out`` ends in .jsonl). Returns the number of records written."""
+    when ``out`` ends in .jsonl); only ``tenant``'s records when given. A rating joins only
+    the record of the tenant that sent it. Returns the number of records written."""
     import pandas as pd
 
     recs = read_records(redis_url=redis_url, path=log_path)
     fb = read_feedback(redis_url=redis_url, path=feedback_path)
     rows = []
     for r in recs:
+        if tenant is not None and r.get("tenant") != tenant:
+            continue
         r = dict(r)
         f = fb.get(str(r.get("request_id")))
+        if f is not None and f.get("tenant", r.get("tenant")) != r.get("tenant"):
+            f = None  # another tenant's rating (records from before feedback was checked)
         r["feedback_score"] = None if f is None else float(f["score"])
         for k in ("targets", "scores", "guard", "degraded", "action_probs", "candidates"):
             if k in r and not isinstance(r[k], str | type(None)):

@@ -67,15 +67,6 @@ class UpstreamReply:
             self._release = None
 
 
-def _headers(expert: ExpertConfig) -> dict[str, str]:
-    h = {"content-type": "application/json"}
-    if expert.api_key_env:
-        key = os.environ.get(expert.api_key_env)
-        if key:
-            h["authorization"] = f"Bearer {key}"
-    return h
-
-
 async def _iter_rest(resp: aiohttp.ClientResponse, read_timeout: float) -> AsyncIterator[bytes]:
     try:
         while True:
@@ -100,7 +91,8 @@ async def call_openai(session: aiohttp.ClientSession, expert: ExpertConfig, base
     resp: aiohttp.ClientResponse | None = None
     try:
         async with asyncio.timeout(timeout_s):
-            resp = await session.post(url, data=body, headers=_headers(expert), timeout=to)
+            resp = await session.post(url, data=body, headers=expert.upstream_headers(base),
+                                      timeout=to)
             status = resp.status
             ctype = resp.headers.get("content-type", "application/json")
             if status >= 400 or not stream:
@@ -158,6 +150,10 @@ async def call_litellm(expert: ExpertConfig, base: str | None, payload: dict[str
         kwargs["api_base"] = base
     if expert.api_key_env and os.environ.get(expert.api_key_env):
         kwargs["api_key"] = os.environ[expert.api_key_env]
+    elif base:
+        auth = expert.upstream_headers(base).get("authorization")
+        if auth is not None:  # credentials written in the api_base URL
+            kwargs["extra_headers"] = {"authorization": auth}
     kwargs["timeout"] = timeout_s
     try:
         resp = await asyncio.wait_for(litellm.acompletion(stream=stream, **kwargs), timeout_s)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import itertools
 import logging
 import os
 import time
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from gateway.auth import RequestIds
 from gateway.dispatch import DispatchResult
 from gateway.errors import (
     GatewayError,
@@ -35,7 +35,7 @@ from routers.base import Decision
 if TYPE_CHECKING:
     from gateway.app import Gateway
 
-__all__ = ["handle_generate", "header_value", "request_id"]
+__all__ = ["client_request_id", "handle_generate", "header_value", "request_id"]
 
 log = logging.getLogger("expertgate.chat")
 
@@ -43,26 +43,21 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
-# request ids: a random per-process prefix and a counter (unique across replicas, and much
-# cheaper than uuid4 per request)
-_RID_PREFIX = os.urandom(8).hex()
-_rid_counter = itertools.count(1)
-
-
-def _next_request_id() -> str:
-    return f"{_RID_PREFIX}{next(_rid_counter):016x}"
-
 
 def request_id(scope: Scope) -> str:
-    """The request's id: the client's ``x-request-id`` (first 128 characters) or a new one.
-    Every endpoint answers with it in ``x-request-id``."""
+    """A fresh id for a response of the FastAPI part (no routing-log record, so it verifies
+    for no tenant and no feedback can name it). A client's ``x-request-id`` is never the id:
+    see :func:`client_request_id`."""
+    return os.urandom(24).hex()
+
+
+def client_request_id(scope: Scope) -> str | None:
+    """The client's ``x-request-id``, kept for correlation only (logged, echoed as
+    ``x-client-request-id``): printable ASCII, at most 128 characters."""
     for k, v in scope.get("headers", ()):
         if k == b"x-request-id":
-            rid = v.decode("latin-1")[:128]
-            if rid:
-                return rid
-            break
-    return _next_request_id()
+            return header_value(v.decode("latin-1")[:128]) or None
+    return None
 
 
 _ROLES = frozenset({"system", "user", "assistant", "tool", "developer", "function"})
@@ -216,16 +211,21 @@ def _refusal(payload: dict[str, Any], endpoint: str, message: str, policy: str,
 class _Ctx:
     """Per-request facts gathered for headers and the routing-log record."""
 
-    __slots__ = ("cache", "chain", "decision", "degraded", "endpoint", "expert", "explore",
-                 "key_id", "policy",
-                 "rate", "reason", "replica", "request_id", "rt", "started", "stream", "t0",
-                 "tenant", "text", "text_hash")
+    __slots__ = ("_ids", "_nonce", "_request_id", "_tenant", "cache", "chain",
+                 "client_request_id", "decision", "degraded", "endpoint", "expert", "explore",
+                 "key_id", "policy", "rate", "reason", "replica", "rt", "started", "stream",
+                 "t0", "text", "text_hash")
 
-    def __init__(self, request_id: str, endpoint: str, t0: float) -> None:
-        self.request_id = request_id
+    def __init__(self, ids: RequestIds, client_request_id: str | None, endpoint: str,
+                 t0: float) -> None:
+        self._ids = ids
+        self._nonce = ids.nonce()
+        self._request_id = ""
+        self._tenant = "anonymous"
+        #: the client's own x-request-id: logged and echoed, never the record's id
+        self.client_request_id = client_request_id
         self.endpoint = endpoint
         self.t0 = t0
-        self.tenant = "anonymous"
         self.policy = ""
         self.rt: PolicyRuntime | None = None
         self.decision: Decision | None = None
@@ -245,6 +245,23 @@ class _Ctx:
         #: exploration fields of the routing log (routers/explore.py LOG_FIELDS)
         self.explore: dict[str, Any] | None = None
 
+    @property
+    def tenant(self) -> str:
+        return self._tenant
+
+    @tenant.setter
+    def tenant(self, name: str) -> None:
+        self._tenant = name
+        self._request_id = ""  # the id names its tenant: made once the tenant is known
+
+    @property
+    def request_id(self) -> str:
+        """The gateway's id (see :class:`gateway.auth.RequestIds`): unguessable, and only
+        the tenant that made the request can send feedback for it."""
+        if not self._request_id:
+            self._request_id = self._ids.issue(self._nonce, self._tenant)
+        return self._request_id
+
     def headers(self, extra: list[tuple[bytes, bytes]] | None = None
                 ) -> list[tuple[bytes, bytes]]:
         # Every response carries the same set (README): "none" and 0 say "nothing of this
@@ -258,6 +275,8 @@ class _Ctx:
              (b"x-expertgate-cache", self.cache.encode()),
              (b"x-expertgate-decision-ms", f"{ms:.3f}".encode()),
              (b"x-expertgate-reason", _hdr_value(self.reason or "none"))]
+        if self.client_request_id is not None:
+            h.append((b"x-client-request-id", self.client_request_id.encode()))
         if self.degraded:
             h.append((b"x-expertgate-degraded", ",".join(self.degraded).encode()))
         ex = self.explore
@@ -283,7 +302,7 @@ async def _send_error(send: Send, err: GatewayError, ctx: _Ctx) -> None:
 async def handle_generate(gw: Gateway, scope: Scope, receive: Receive, send: Send,
                           endpoint: str) -> None:
     t0 = time.perf_counter()
-    ctx = _Ctx(request_id(scope), endpoint, t0)
+    ctx = _Ctx(gw.request_ids, client_request_id(scope), endpoint, t0)
     gw.metrics.inflight.inc()
     status = 500
     err_type: str | None = None

@@ -3,7 +3,8 @@
 ``hash`` prints the digest for the config file's ``api_keys``; ``add`` and ``revoke`` write
 or delete the Redis record (layout in :mod:`gateway.auth`), which running gateways pick up
 without a restart. A key is read from ``--key``, or from stdin so it stays out of the shell
-history; ``--generate`` makes a new random key and prints it once.
+history; ``--generate`` makes a new random key and prints it once. ``add --admin`` makes an
+admin key; without ``--experts`` a key may call by name only the experts its policies reach.
 """
 
 from __future__ import annotations
@@ -27,7 +28,11 @@ def register(sub: Any, name: str) -> None:
     a.add_argument("--redis-url", required=True)
     a.add_argument("--name", required=True, help="tenant name")
     a.add_argument("--policies", default="*", help="comma-separated policies, or *")
-    a.add_argument("--experts", default="*", help="comma-separated experts, or *")
+    a.add_argument("--experts", default=None,
+                   help="comma-separated experts the key may call by name, or * for all "
+                   "(default: the experts its policies can reach)")
+    a.add_argument("--admin", action="store_true",
+                   help="an admin key: may use /admin/* (reload, state) and the admin views")
     a.add_argument("--requests-per-minute", type=int)
     a.add_argument("--tokens-per-minute", type=int)
     a.set_defaults(func=cmd_add)
@@ -73,7 +78,9 @@ def cmd_add(args: argparse.Namespace) -> int:
     try:
         cfg = APIKeyConfig(name=args.name, sha256=digest,
                            policies=[x.strip() for x in args.policies.split(",") if x.strip()],
-                           experts=[x.strip() for x in args.experts.split(",") if x.strip()],
+                           experts=None if args.experts is None else
+                           [x.strip() for x in args.experts.split(",") if x.strip()],
+                           admin=bool(getattr(args, "admin", False)),
                            requests_per_minute=args.requests_per_minute,
                            tokens_per_minute=args.tokens_per_minute)
     except ValidationError as e:
@@ -88,7 +95,8 @@ def cmd_add(args: argparse.Namespace) -> int:
         pipe.execute()
     finally:
         r.close()
-    print(f"stored {KEY_PREFIX}{digest} for tenant {args.name}")
+    role = "admin" if cfg.admin else "tenant"
+    print(f"stored {KEY_PREFIX}{digest} for {role} {args.name}")
     return 0
 
 

@@ -45,6 +45,7 @@ def register(sub: Any, name: str) -> None:
         e.add_argument("--log-path", type=Path, help="read this JSONL log (default "
                        "EXPERTGATE_LOG_PATH or runs/routing-log.jsonl)")
         e.add_argument("--feedback-path", type=Path)
+        e.add_argument("--tenant", help="export only this tenant's requests (and feedback)")
         e.set_defaults(func=cmd_logs_export)
 
 
@@ -69,8 +70,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"expertgate serve: {e}", file=sys.stderr)
         return 2
+    from gateway.httpserver import GatewayHttpProtocol
+    from gateway.redact import RedactFilter
+
+    for h in logging.getLogger().handlers:  # every line of the gateway's log, redacted
+        h.addFilter(RedactFilter())
     kw: dict[str, Any] = {"host": s.host, "port": s.port, "log_level": s.log_level.lower(),
-                          "loop": "uvloop", "http": "httptools", "access_log": False,
+                          "loop": "uvloop", "http": GatewayHttpProtocol, "access_log": False,
                           "lifespan": "on", "timeout_graceful_shutdown": 30,
                           "backlog": 4096}
     if s.workers > 1:
@@ -142,6 +148,8 @@ def cmd_logs_export(args: argparse.Namespace) -> int:
         print(f"expertgate logs export: no routing log at {log_path} (and no Redis URL)",
               file=sys.stderr)
         return 2
-    n = export_logs(args.out, redis_url=redis_url, log_path=log_path, feedback_path=fb)
-    print(f"wrote {n} record(s) to {args.out}")
+    n = export_logs(args.out, redis_url=redis_url, log_path=log_path, feedback_path=fb,
+                    tenant=args.tenant)
+    print(f"wrote {n} record(s) to {args.out}" +
+          (f" (tenant {args.tenant})" if args.tenant else ""))
     return 0

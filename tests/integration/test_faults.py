@@ -470,7 +470,7 @@ async def test_sigterm_finishes_in_flight_requests_and_flushes_the_log(tmp_path:
         assert "upstream" in r2.text
         # uvicorn re-raises the signal once its graceful shutdown is done
         assert await asyncio.to_thread(gw.wait, 40) in (0, -signal.SIGTERM)
-        recs = {r["request_id"]: r for r in map(
+        recs = {r["client_request_id"]: r for r in map(
             orjson.loads, (tmp_path / "log.jsonl").read_bytes().splitlines())}
         assert recs["inflight-plain"]["http_status"] == 200
         assert recs["inflight-plain"]["completion_tokens"] == 4

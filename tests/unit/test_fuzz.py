@@ -180,8 +180,6 @@ def test_hostile_headers_never_500(http: httpx.Client, rid: str, auth: str) -> N
                       json={"model": "chatter", "messages": [{"role": "user", "content": "x"}]})
     except (httpx.LocalProtocolError, UnicodeEncodeError):
         return  # the client refuses to send such a header: nothing reached the gateway
-    if r.status_code == 400 and r.text == "Invalid HTTP request received.":
-        return  # control characters: the HTTP parser (httptools) refused the request itself
     _check_response(r)
 
 
