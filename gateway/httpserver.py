@@ -43,6 +43,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._limit = self.max_header_bytes or _default_max_header_bytes()
         self._in_head = True
         self._head_bytes = 0
+        self._heads_done = 0
         self._discarded = -1  # >= 0 once the request was refused: bytes thrown away since
 
     def data_received(self, data: bytes) -> None:
@@ -56,9 +57,14 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             if len(data) > room:
                 head, rest = data[:room], data[room:]
                 self._head_bytes += len(head)
+                heads = self._heads_done
                 if head:
                     super().data_received(head)
-                if self._in_head and not self.transport.is_closing():
+                if self._discarded >= 0:
+                    return  # the parser refused the request
+                # no head completed within the allowance (a pipelined request's may have
+                # begun: it is counted from here)
+                if self._heads_done == heads and not self.transport.is_closing():
                     self._refuse(431, "request headers too large: the request line and "
                                  f"headers may take at most {self._limit} bytes",
                                  "request_header_fields_too_large")
@@ -71,6 +77,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._heads_done += 1
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:

@@ -3,7 +3,7 @@
 Credentials written in an expert's URL are taken out at config load (``ExpertConfig``), so the
 URLs the gateway logs, shows in ``/admin/state`` or names in errors are clean by construction;
 this is the second line: every client-facing error message (``gateway.errors``) and every log
-line of ``expertgate serve`` (:class:`RedactFilter` on the root handlers) goes through
+line of ``expertgate serve`` (:func:`configure_logging`) goes through
 :func:`redact`.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 
-__all__ = ["RedactFilter", "redact"]
+__all__ = ["RedactFilter", "configure_logging", "redact"]
 
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@'\"]*@")
 _BEARER = re.compile(r"\b([Bb]earer)\s+[A-Za-z0-9._~+/=-]{8,}")
@@ -42,3 +42,13 @@ class RedactFilter(logging.Filter):
         elif record.exc_text:
             record.exc_text = redact(record.exc_text)
         return True
+
+
+def configure_logging(level: str) -> None:
+    """The process log of ``expertgate serve`` (and of each of its workers): one line per
+    record on stderr, every line through :class:`RedactFilter`."""
+    logging.basicConfig(level=level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for h in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactFilter) for f in h.filters):
+            h.addFilter(RedactFilter())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -57,10 +56,11 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from gateway.redact import configure_logging
+
     s = _settings(args, config=args.config, host=args.host, port=args.port,
                   redis_url=args.redis_url, workers=args.workers, log_level=args.log_level)
-    logging.basicConfig(level=s.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(s.log_level)
     if s.config is None:
         print("expertgate serve: no configuration: pass --config FILE or set "
               "EXPERTGATE_CONFIG", file=sys.stderr)
@@ -71,10 +71,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"expertgate serve: {e}", file=sys.stderr)
         return 2
     from gateway.httpserver import GatewayHttpProtocol
-    from gateway.redact import RedactFilter
-
-    for h in logging.getLogger().handlers:  # every line of the gateway's log, redacted
-        h.addFilter(RedactFilter())
     kw: dict[str, Any] = {"host": s.host, "port": s.port, "log_level": s.log_level.lower(),
                           "loop": "uvloop", "http": GatewayHttpProtocol, "access_log": False,
                           "lifespan": "on", "timeout_graceful_shutdown": 30,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import socket
 from collections.abc import AsyncIterator
@@ -26,7 +27,7 @@ from evals.soak import GatewayProcess
 from gateway.app import create_app
 from gateway.auth import RequestIds, hash_key
 from gateway.config import ConfigError, Settings, parse_config
-from gateway.redact import redact
+from gateway.redact import RedactFilter, redact
 from routers.embed import HashingEmbedder
 from tests.doubles.openai_upstream import OpenAIUpstreamDouble, free_port
 from tests.unit.gateway_helpers import base_config, chat, gateway_client
@@ -272,6 +273,23 @@ def test_redact_masks_userinfo_and_bearer_tokens() -> None:
     assert PASSWORD not in out and TENANT_A not in out
     assert out == "GET http://***@h/v1 failed; Authorization: Bearer ***"
     assert redact("see http://h/a@b and bearer x") == "see http://h/a@b and bearer x"
+    # the filter of the process log: message arguments and tracebacks too
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactFilter())
+    logger = logging.getLogger("expertgate.test-redact")
+    logger.addHandler(handler)
+    try:
+        logger.warning("upstream %s failed", f"https://svc:{PASSWORD}@h/v1")
+        try:
+            raise ValueError(f"Bearer {TENANT_A}")
+        except ValueError:
+            logger.exception("boom")
+    finally:
+        logger.removeHandler(handler)
+    printed = stream.getvalue()
+    assert "https://***@h/v1" in printed and "ValueError: Bearer ***" in printed
+    assert PASSWORD not in printed and TENANT_A not in printed
 
 
 # --------------------------------------------------------------------------- 6. gated paths
@@ -305,7 +323,6 @@ def _raw_request(port: int, head: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         with contextlib.suppress(OSError):  # the server may stop reading once it refused
             s.sendall(head)
-        s.shutdown(socket.SHUT_WR)
         out = b""
         while chunk := s.recv(65536):
             out += chunk
@@ -329,8 +346,14 @@ async def test_a_one_megabyte_header_gets_431_and_nothing_leaks_in_the_log(
         assert head.startswith(b"HTTP/1.1 431"), out[:200]
         assert orjson.loads(body)["error"]["code"] == "request_header_fields_too_large"
         ok = await asyncio.to_thread(_raw_request, gw.port, b"GET /healthz HTTP/1.1\r\n"
-                                     b"host: x\r\nx-pad: " + b"p" * 8000 + b"\r\n\r\n")
+                                     b"host: x\r\nconnection: close\r\nx-pad: " +
+                                     b"p" * 8000 + b"\r\n\r\n")
         assert ok.startswith(b"HTTP/1.1 200")
+        # two pipelined requests in one write, the first head just under the cap
+        one = b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-pad: " + b"p" * 60_000 + b"\r\n\r\n"
+        two = await asyncio.to_thread(_raw_request, gw.port, one + b"GET /healthz HTTP/1.1"
+                                      b"\r\nhost: x\r\nconnection: close\r\n\r\n")
+        assert two.count(b"HTTP/1.1 200") == 2, two[:300]
         bad = await asyncio.to_thread(_raw_request, gw.port, b"GET / HTTP/1.1\r\n"
                                       b"content-length: abc\r\n\r\n")
         assert bad.startswith(b"HTTP/1.1 400") and b'"error"' in bad
