@@ -41,7 +41,7 @@ eval-guard: setup
 	$(PY) -m gateway.cli eval guard --suite clinc150-gqr --json runs/eval-guard.json
 
 eval-routing: setup
-	$(PY) -m gateway.cli eval routing --data ../shared/data/routellm --format routellm-mmlu --seeds 5 --json docs/results/runs/mmlu.json
+	$(PY) -m gateway.cli eval routing --data routellm:mmlu --seeds 5 --json docs/results/runs/mmlu.json
 
 report: setup
 	$(PY) -m gateway.cli eval report --runs docs/results/runs --out docs/results

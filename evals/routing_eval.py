@@ -110,7 +110,7 @@ def synthetic_table(n: int, m: int, seed: int = 0) -> RoutingTable:
                         scores, costs, [f"topic-{t}" for t in topics])
 
 
-def load_routing_table(path: str | Path, fmt: str = "long") -> RoutingTable:
+def load_routing_table(path: str | Path, fmt: str | None = None) -> RoutingTable:
     """Load a routing table through ``evals.datasets.routing`` (every format it knows);
     ``synthetic:NxM`` builds
     :func:`synthetic_table` (scale tests).
@@ -121,11 +121,14 @@ def load_routing_table(path: str | Path, fmt: str = "long") -> RoutingTable:
         except ValueError:
             raise EvalError(f"bad synthetic table spec {path!r}; use synthetic:NxM") from None
         return synthetic_table(n, m)
+    from evals.datasets.registry import resolve_table
     from evals.datasets.routing import load_table
 
-    if not Path(path).exists():
-        raise EvalError(f"no such file or folder: {path}")
-    return load_table(path, fmt)
+    try:  # the one --data rule: a registry name (routellm:mmlu, ...) or a path
+        where, fmt = resolve_table(path, fmt)
+    except KeyError as e:
+        raise EvalError(e.args[0]) from None
+    return load_table(where, fmt)
 
 
 def embed_table(table: RoutingTable, embedder: str, cache_dir: str | Path | None = None
@@ -577,9 +580,11 @@ def _aggregate(results: Sequence[dict[str, Any]], fit_s: float | None) -> dict[s
 def cli_register(parser: argparse.ArgumentParser) -> None:
     """Add the flags of ``expertgate eval routing`` and its handler."""
     parser.add_argument("--data", required=True,
-                        help="routing table file or folder (synthetic:NxM for a scale test)")
-    parser.add_argument("--format", default="long",
-                        help="long | routellm | routellm-mmlu | routellm-gsm8k | llmrouter | logs")
+                        help="a registry name (routellm:mmlu, routellm:gsm8k, llmrouter_nq), "
+                        "a routing table file or folder, or synthetic:NxM for a scale test")
+    parser.add_argument("--format", default=None,
+                        help="long | routellm | routellm-mmlu | routellm-gsm8k | llmrouter | logs "
+                        "(default: implied by a registry name, else long)")
     parser.add_argument("--routers", default=None,
                         help="comma-separated router families, 'auto' among them for the "
                              "family chosen per seed by cross-validation on train (default: "
@@ -618,6 +623,13 @@ def main(args: argparse.Namespace) -> int:
             raise EvalError(f"--val {args.val} and --test {args.test} must be in (0, 1) with "
                             "a sum below 1")
         seeds = seed_list(args.seed_set, int(args.seeds))
+        if args.format is None and not str(args.data).startswith("synthetic:"):
+            from evals.datasets.registry import resolve_table
+
+            try:
+                args.format = resolve_table(args.data)[1]
+            except KeyError as e:
+                raise EvalError(e.args[0]) from None
         params = json.loads(args.params) if args.params else None
         routers = [r.strip() for r in args.routers.split(",") if r.strip()] \
             if args.routers else None
@@ -633,7 +645,11 @@ def main(args: argparse.Namespace) -> int:
     except (EvalError, RouterError, EmbedderError, M.MetricError, OSError, ValueError) as e:
         print(f"expertgate eval routing: {e}", file=sys.stderr)
         return 2
-    data_paths = [] if str(args.data).startswith("synthetic:") else [args.data]
+    from evals.datasets.registry import resolve_table
+
+    # a registry name is hashed as the folder it names
+    data_paths = ([] if str(args.data).startswith("synthetic:") else
+                  [resolve_table(args.data, args.format)[0]])
     res = {**{"selected": res.pop("selected")},
            "data": str(args.data), "format": args.format, "embedder": embedder.name,
            "command": _command(args), "seed_set": args.seed_set, **res,

@@ -23,6 +23,7 @@ from gateway.api.chat import handle_generate
 from gateway.auth import Authenticator, RequestIds, reachable_experts
 from gateway.cache import DecisionCache, MemoryDecisionCache, RedisDecisionCache
 from gateway.config import ConfigError, GatewayConfig, Settings, load_config
+from gateway.dashboard import DecisionFeed
 from gateway.dispatch import Dispatcher
 from gateway.errors import GatewayError, PermissionDenied
 from gateway.logs import JsonlSink, RedisStreamSink, RoutingLog
@@ -66,6 +67,8 @@ class Gateway:
         self.cache: DecisionCache = MemoryDecisionCache(settings.decision_cache_size)
         self.dispatcher = Dispatcher(config, self.metrics)
         self.routing_log: RoutingLog | None = None
+        #: recent decisions and running totals for the dashboard (/ui)
+        self.feed = DecisionFeed(config)
         self.policy_set: PolicySet
         self.pipeline: Pipeline
         self.auth = Authenticator(config)
@@ -203,6 +206,7 @@ class Gateway:
                     self.settings.request_deadline_s,
                     lambda: asyncio.ensure_future(old_disp.close()))
             self.config = cfg
+            self.feed.reconfigure(cfg)
             # in place, between two awaits: the Redis keys it knows stay known
             self.auth.configure(cfg, reachable_experts(pset.policies))
             self.policy_set = pset
@@ -217,8 +221,6 @@ class Gateway:
     # -- per request -------------------------------------------------------------------
     def log_request(self, ctx: Any, status: int, err_type: str | None, latency_ms: float,
                     usage: tuple[int, int]) -> None:
-        if self.routing_log is None:
-            return
         d = ctx.decision
         expert = self.config.expert(ctx.expert) if ctx.expert else None
         cost = 0.0
@@ -244,14 +246,18 @@ class Gateway:
             "http_status": status, "error_type": err_type,
             "fallback": "expert-fallback" in ctx.degraded or "rejected-to-fallback" in ctx.degraded,
             "degraded": ctx.degraded or None,
-            "decision_ms": d.timings_ms.get("total") if d is not None else None,
+            # a cache hit has no "total": its decision time is the cache lookup
+            "decision_ms": (d.timings_ms.get("total", sum(d.timings_ms.values()))
+                            if d is not None else None),
             "latency_ms": round(latency_ms, 3), "prompt_tokens": usage[0],
             "completion_tokens": usage[1], "cost_usd": cost, "stream": ctx.stream,
         }
         ex = getattr(ctx, "explore", None)
         for k in EXPLORE_FIELDS:
             rec[k] = ex.get(k) if ex is not None else None
-        self.routing_log.record(rec)
+        self.feed.record(rec)
+        if self.routing_log is not None:
+            self.routing_log.record(rec)
 
 
 def create_app(settings: Settings | None = None, config: GatewayConfig | None = None,

@@ -94,6 +94,8 @@ class Settings(BaseSettings):
     readyz_auth: Access = "key"
     #: the most bytes of request line + headers the server reads (431 beyond)
     max_header_bytes: int = Field(default=65_536, ge=1024)
+    #: serve the dashboard at /ui (its data needs the admin API's credentials)
+    ui: bool = True
 
     @property
     def feedback_file(self) -> Path:
@@ -272,6 +274,9 @@ class PolicyConfig(_Model):
     #: rewrite the response's `model` field to the policy name
     rewrite_model: bool = False
     explore: ExploreConfig | None = None
+    #: a learned router's table model -> the expert serving it (``expertgate train`` prints
+    #: this map); models not listed must be expert names themselves
+    models: dict[str, str] = Field(default_factory=dict)
     description: str = ""
 
     @model_validator(mode="after")
@@ -354,6 +359,10 @@ class GatewayConfig(_Model):
             for f in p.fallback:
                 if f not in known:
                     raise ValueError(f"policy {p.name!r}: fallback names unknown expert {f!r}")
+            bad = sorted({e for e in p.models.values() if e not in known})
+            if bad:
+                raise ValueError(f"policy {p.name!r}: models maps to unknown expert(s) "
+                                 f"{', '.join(bad)}")
             if p.on_reject.expert is not None and p.on_reject.expert not in known:
                 raise ValueError(f"policy {p.name!r}: on_reject.expert {p.on_reject.expert!r} "
                                  "is not an expert")

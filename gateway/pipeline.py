@@ -108,10 +108,19 @@ def build_policy_set(cfg: GatewayConfig, embedder: Embedder | None) -> PolicySet
                 router.fit(embedder.embed(table.prompts), table)
             except RouterError as e:
                 raise ConfigError(f"{where}: {e}") from None
-        unknown = sorted(set(getattr(router, "experts_", [])) - known)
+        table_models = list(getattr(router, "experts_", []))
+        stray = sorted(set(pol.models) - set(table_models)) if table_models else []
+        if stray:
+            raise ConfigError(f"{where}: models maps {', '.join(stray)}, which the router "
+                              f"does not know (its models: {', '.join(table_models)})")
+        unknown = sorted(m for m in table_models if pol.models.get(m, m) not in known)
         if unknown:
-            raise ConfigError(f"{where}: the router names expert(s) not in the config: "
-                              f"{', '.join(unknown)}")
+            raise ConfigError(
+                f"{where}: the router names expert(s) not in the config: "
+                f"{', '.join(unknown)}. A learned router decides between the models of its "
+                f"training table: map each to one of your experts in the policy, e.g. "
+                f"models: {{{unknown[0]}: <expert name>}} (`expertgate train` writes this "
+                f"snippet to policy.yaml beside the artifact)")
         guard = None
         if pol.guard is not None and pol.guard.enabled:
             guard, gv = _load_artifact(pol.guard.artifact, "guard", embedder, where + " guard")
@@ -121,6 +130,14 @@ def build_policy_set(cfg: GatewayConfig, embedder: Embedder | None) -> PolicySet
                    if ex is not None and ex.rate > 0 else None)
         out[pol.name] = PolicyRuntime(pol, _policy_version(pol, extra), router, guard, explore)
     return PolicySet(cfg, out, time.time())
+
+
+def _to_experts(pol: PolicyConfig, d: Decision) -> None:
+    """Rename a learned router's table models to the experts the policy maps them to."""
+    m = pol.models
+    d.targets = [Target(m.get(t.expert, t.expert), t.score) for t in d.targets]
+    if d.aggregator is not None:
+        d.aggregator = m.get(d.aggregator, d.aggregator)
 
 
 def _content_text(content: Any) -> str:
@@ -271,6 +288,8 @@ class Pipeline:
                              router="guard", guard=verdict)
                 return await self._finish(rt, d, key, timings, t0)
         d = rt.router.decide(X, [text])[0]
+        if pol.models:
+            _to_experts(pol, d)
         t3 = time.perf_counter()
         timings["route"] = (t3 - t2) * 1000
         self._obs_route.observe(t3 - t2)
@@ -293,7 +312,7 @@ class Pipeline:
         pol = rt.config
         chain = list(pol.fallback) or ([pol.on_reject.expert] if pol.on_reject.expert else [])
         if not chain:
-            chain = list(getattr(rt.router, "experts_", []))[:1]
+            chain = [pol.models.get(m, m) for m in getattr(rt.router, "experts_", [])][:1]
         d = Decision("chain" if len(chain) > 1 else "single",
                      [Target(e, float("nan")) for e in chain],
                      f"{reason}: fallback chain", policy=pol.name, policy_version=rt.version,

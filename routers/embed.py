@@ -34,6 +34,7 @@ __all__ = [
     "MiniLMEmbedder",
     "StaticEmbedder",
     "embed_cached",
+    "embedding_cache_path",
     "make_embedder",
 ]
 
@@ -215,14 +216,9 @@ def make_embedder(kind: str, **options: Any) -> Embedder:
     raise EmbedderError(f"unknown embedder kind {kind!r}; use {', '.join(EMBEDDER_KINDS)}")
 
 
-def embed_cached(embedder: Embedder, texts: Sequence[str], cache_dir: str | Path | None = None,
-                 *, batch_size: int = 256, progress: bool = False) -> np.ndarray:
-    """Embed ``texts``, reusing a cached array keyed by (embedder name, content hash).
-
-    Offline evaluation and training embed the same tables again and again; the cache makes
-    the second run free. ``cache_dir`` None means ``$EXPERTGATE_CACHE/embeddings`` (default
-    ``~/.cache/expertgate/embeddings``).
-    """
+def embedding_cache_path(embedder: Embedder, texts: Sequence[str],
+                         cache_dir: str | Path | None = None) -> Path:
+    """Where :func:`embed_cached` keeps the embeddings of ``texts`` (whether or not there yet)."""
     h = hashlib.sha256(embedder.name.encode())
     for t in texts:
         h.update(t.encode("utf-8", "surrogatepass"))
@@ -232,7 +228,18 @@ def embed_cached(embedder: Embedder, texts: Sequence[str], cache_dir: str | Path
         base = os.environ.get("EXPERTGATE_CACHE") or os.path.join(
             os.path.expanduser("~"), ".cache", "expertgate")
         cache_dir = Path(base) / "embeddings"
-    path = Path(cache_dir) / f"{key}.npy"
+    return Path(cache_dir) / f"{key}.npy"
+
+
+def embed_cached(embedder: Embedder, texts: Sequence[str], cache_dir: str | Path | None = None,
+                 *, batch_size: int = 256, progress: bool = False) -> np.ndarray:
+    """Embed ``texts``, reusing a cached array keyed by (embedder name, content hash).
+
+    Offline evaluation and training embed the same tables again and again; the cache makes
+    the second run free. ``cache_dir`` None means ``$EXPERTGATE_CACHE/embeddings`` (default
+    ``~/.cache/expertgate/embeddings``).
+    """
+    path = embedding_cache_path(embedder, texts, cache_dir)
     if path.exists():
         X = np.load(path, allow_pickle=False)
         if X.shape == (len(texts), embedder.dim):

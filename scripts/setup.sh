@@ -17,6 +17,9 @@ command -v h2load >/dev/null 2>&1 || need_apt+=(nghttp2-client)
 # the overhead benchmark: nginx serves the fixed-answer upstream stub, wrk drives the load
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
 command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
+# the dashboard's browser test drives Debian's chromium through Playwright (never a
+# downloaded browser build: `playwright install` is not run)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "setup: apt-get install ${need_apt[*]}"

@@ -58,7 +58,7 @@ class RequestIdMiddleware:
 
 
 def build_api(gw: Gateway) -> FastAPI:
-    from gateway.api import admin, feedback, health, models, protocol, route
+    from gateway.api import admin, dashboard, feedback, health, models, protocol, route
 
     api = FastAPI(title="expertgate", version="0.1.0",
                   description="OpenAI-compatible LLM router and gateway")
@@ -91,6 +91,6 @@ def build_api(gw: Gateway) -> FastAPI:
                                    code), status_code=exc.status_code,
                         media_type="application/json")
 
-    for mod in (protocol, models, route, feedback, admin, health):
+    for mod in (protocol, models, route, feedback, admin, health, dashboard):
         api.include_router(mod.router)
     return api

@@ -26,7 +26,8 @@ def _entries(gw: Any) -> list[dict[str, Any]]:
                     "owned_by": "expertgate", "parent": None,
                     "expertgate": {"kind": "policy", "router": rt.config.router,
                                    "version": rt.version,
-                                   "experts": list(getattr(rt.router, "experts_", [])),
+                                   "experts": [rt.config.models.get(m, m) for m in
+                                               getattr(rt.router, "experts_", [])],
                                    "description": rt.config.description}})
     return out
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import orjson
 
-from gateway.config import ConfigError, Settings, load_config
+from gateway.config import ConfigError, GatewayConfig, Settings, load_config
 
-__all__ = ["register"]
+__all__ = ["register", "start_local_experts", "unreachable_experts"]
 
 
 def register(sub: Any, name: str) -> None:
@@ -26,6 +26,9 @@ def register(sub: Any, name: str) -> None:
                        "(default: in-process, no Redis)")
         p.add_argument("--workers", type=int, help="worker processes (default 1)")
         p.add_argument("--log-level", default=None)
+        p.add_argument("--start-experts", action="store_true",
+                       help="first start the config's local llama.cpp experts (smollm2, "
+                       "gemma3 on their 127.0.0.1 ports) and stop them when the gateway stops")
         p.set_defaults(func=cmd_serve)
     elif name == "route":
         p = sub.add_parser("route", help="print the routing Decision for a text as JSON "
@@ -54,8 +57,6 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from gateway.redact import configure_logging
 
     s = _settings(args, config=args.config, host=args.host, port=args.port,
@@ -66,11 +67,96 @@ def cmd_serve(args: argparse.Namespace) -> int:
               "EXPERTGATE_CONFIG", file=sys.stderr)
         return 2
     try:
-        load_config(s.config)  # fail fast, before forking workers
+        cfg = load_config(s.config)  # fail fast, before forking workers
     except ConfigError as e:
         print(f"expertgate serve: {e}", file=sys.stderr)
         return 2
+    started: list[Any] = []
+    try:
+        if args.start_experts:
+            from gateway.local_experts import LocalExpertError
+
+            try:
+                started = start_local_experts(cfg, Path("runs/serve"), started)
+            except LocalExpertError as e:
+                print(f"expertgate serve: {e}", file=sys.stderr)
+                return 1
+        for line in unreachable_experts(cfg):
+            print(f"expertgate serve: warning: {line}", file=sys.stderr, flush=True)
+        return _run(s)
+    finally:
+        for srv in reversed(started):
+            pid = srv.pid
+            srv.stop()
+            print(f"expertgate serve: stopped expert {srv.name} (pid {pid})", file=sys.stderr)
+
+
+def start_local_experts(cfg: GatewayConfig, work: Path, started: list[Any]) -> list[Any]:
+    """Start a llama.cpp server for each expert of ``cfg`` that is one of the local models
+    (smollm2, gemma3) on a 127.0.0.1 port; appends each to ``started`` as it starts."""
+    from urllib.parse import urlsplit
+
+    from gateway.local_experts import DEFAULT_CHAT_FORMAT, LlamaServer, LocalExpertError
+
+    todo = []
+    for e in cfg.experts:
+        if e.parent is not None or e.kind != "openai":
+            continue
+        u = urlsplit(e.bases[0])
+        if e.name not in DEFAULT_CHAT_FORMAT or u.hostname not in ("127.0.0.1", "localhost"):
+            raise LocalExpertError(
+                f"--start-experts starts only the local models "
+                f"{', '.join(DEFAULT_CHAT_FORMAT)} on 127.0.0.1; expert {e.name!r} at "
+                f"{e.bases[0]} is not one of them: start it yourself and leave out the flag")
+        todo.append(LlamaServer.for_model(e.name, port=u.port, log_path=work / f"{e.name}.log"))
+    for srv in todo:
+        srv.start(wait=False)  # all load at once; readiness is awaited below
+        started.append(srv)
+        print(f"expertgate serve: starting expert {srv.name} (llama.cpp, pid {srv.pid}) on "
+              f"{srv.base}, log {srv.log_path}", file=sys.stderr, flush=True)
+    for srv in todo:
+        srv.wait_ready()
+    return started
+
+
+def unreachable_experts(cfg: GatewayConfig, timeout_s: float = 1.0) -> list[str]:
+    """One line per expert replica that does not answer ``GET {base}/models`` now, by name.
+
+    Start-up goes on (an expert may come up later; its requests fall back meanwhile), but
+    the operator reads at once which experts the gateway cannot reach.
+    """
+    import urllib.error
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    probes = [(e.name, b) for e in cfg.experts
+              if e.kind == "openai" and e.parent is None for b in e.bases]
+
+    def probe(base: str) -> str | None:
+        try:
+            with urllib.request.urlopen(base + "/models", timeout=timeout_s) as r:
+                return None if r.status < 500 else f"it answered {r.status}"
+        except urllib.error.HTTPError as err:
+            return None if err.code < 500 else f"it answered {err.code}"
+        except (urllib.error.URLError, OSError, TimeoutError) as err:
+            why = getattr(err, "reason", err)
+            return f"{type(why).__name__}: {why}" if not isinstance(why, str) else why
+
+    if not probes:
+        return []
+    with ThreadPoolExecutor(min(16, len(probes))) as pool:
+        results = list(pool.map(probe, [b for _, b in probes]))
+    return [f"expert {name!r} is not reachable at {base} ({why}); requests for it will fail "
+            f"or take a policy's fallback until it answers"
+            for (name, base), why in zip(probes, results, strict=True) if why is not None]
+
+
+def _run(s: Settings) -> int:
+    import uvicorn
+
     from gateway.httpserver import GatewayHttpProtocol
+
+    assert s.config is not None
     kw: dict[str, Any] = {"host": s.host, "port": s.port, "log_level": s.log_level.lower(),
                           "loop": "uvloop", "http": GatewayHttpProtocol, "access_log": False,
                           "lifespan": "on", "timeout_graceful_shutdown": 30,

@@ -24,13 +24,20 @@ which input each router takes:
   guard                       a guard table text,label,split (--format guard); labels are
                               the in-domain routes, oos/ood rows only in the test split
 
+--data is a registry name (routellm:mmlu, routellm:gsm8k, llmrouter_nq; fetch it first with
+`expertgate data fetch NAME`; the format is implied) or a path (--format, default long).
+
 examples:
-  expertgate train --router knn --data shared/data/routellm --format routellm \\
-      --out artifacts/knn-mmlu --param k=20 --param cost_weight=0.3
+  expertgate data fetch routellm
+  expertgate train --router knn --data routellm:mmlu --out artifacts/knn-mmlu \\
+      --param k=20 --param cost_weight=0.3
   expertgate train --router complexity --data logs.parquet --format logs \\
       --out artifacts/cx --param max_strong_share=0.3
   expertgate train --router knn --data logs.parquet --format logs --correction dr \\
       --out artifacts/knn-from-traffic
+
+It prints a policy snippet that serves the artifact (also written to OUT/policy.yaml):
+paste it into a gateway config and map each table model to one of your experts.
 """
 
 FORMATS = ("long", "routellm", "routellm-mmlu", "routellm-gsm8k", "llmrouter", "logs", "guard")
@@ -49,8 +56,10 @@ def register(sub: Any, name: str) -> None:
         p.add_argument("--auto-embedders", default=None, metavar="KIND,KIND",
                        help="with --router auto: also choose the embedder among these kinds "
                        "(each embeds the whole table; default: only --embedder)")
-        p.add_argument("--data", required=True, help="table file or data-set folder")
-        p.add_argument("--format", default="long", choices=FORMATS, help="table format")
+        p.add_argument("--data", required=True, help="a registry name (routellm:mmlu, "
+                       "routellm:gsm8k, llmrouter_nq) or a table file or folder")
+        p.add_argument("--format", default=None, choices=FORMATS,
+                       help="table format (default: implied by a registry name, else long)")
         p.add_argument("--out", required=True, help="artifact folder to write")
         p.add_argument("--param", action="append", default=[], metavar="K=V",
                        help="router parameter; V parsed as JSON when possible (repeatable)")
@@ -83,14 +92,25 @@ def register(sub: Any, name: str) -> None:
         ls.set_defaults(func=_routers_list)
         p.set_defaults(func=_routers_list)
     elif name == "data":
-        p = sub.add_parser(name, help="data-set registry: list and verify the shared data sets")
+        p = sub.add_parser(name, help="data-set registry: list, fetch and verify the data sets")
         inner = p.add_subparsers(dest="data_command", metavar="WHAT")
         ls = inner.add_parser("list", help="list the registered data sets with their sources")
         ls.set_defaults(func=_data_list)
+        fe = inner.add_parser("fetch", help="download sets from their source repositories at "
+                              "the recorded commit, checking each file's sha256")
+        fe.add_argument("name", nargs="?", default=None, help="a registered set")
+        fe.add_argument("--all", action="store_true", help="every registered set")
+        fe.add_argument("--root", default=None, help="folder to write the sets into "
+                        "(default: $EXPERTGATE_DATA_DIR, ../shared/data beside the checkout, "
+                        "or data/ in the checkout)")
+        fe.add_argument("--source", default=None, help="raw-file host serving "
+                        "{source}/{owner}/{repo}/{commit}/{path} (default "
+                        "$EXPERTGATE_DATA_SOURCE or GitHub's raw host)")
+        fe.set_defaults(func=_data_fetch)
         vf = inner.add_parser("verify", help="check local files against recorded sha256")
         vf.add_argument("name", nargs="?", default=None, help="one set (default: all)")
         vf.add_argument("--root", default=None, help="folder holding the sets "
-                        "(default: shared/data or $EXPERTGATE_DATA_DIR)")
+                        "(default: where `data fetch` writes)")
         vf.set_defaults(func=_data_verify)
         p.set_defaults(func=_data_list)
     else:  # pragma: no cover - dispatcher bug
@@ -115,6 +135,30 @@ def _data_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_fetch(args: argparse.Namespace) -> int:
+    from evals.datasets import data_dir
+    from evals.datasets.registry import FetchError, fetch, names
+
+    if bool(args.name) == bool(args.all):
+        print("expertgate data fetch: give one set name or --all "
+              f"(sets: {', '.join(names())})", file=sys.stderr)
+        return 2
+    root = args.root or data_dir()
+    for n in names() if args.all else [args.name]:
+        try:
+            lines = fetch(n, root, source=args.source, progress=sys.stderr.isatty())
+        except KeyError as e:
+            print(f"expertgate data fetch: {e.args[0]}", file=sys.stderr)
+            return 2
+        except FetchError as e:
+            print(f"expertgate data fetch: {n}: {e}", file=sys.stderr)
+            return 1
+        for ln in lines:
+            print(ln)
+        print(f"{n}: ok in {root}/{n}")
+    return 0
+
+
 def _data_verify(args: argparse.Namespace) -> int:
     from evals.datasets.registry import names, verify
 
@@ -133,14 +177,22 @@ def _data_verify(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-def _load(path: str, fmt: str) -> Any:
+def _load(spec: str, fmt: str | None) -> tuple[Any, str]:
+    """The table and its format, from a registry name or a path (the one ``--data`` rule)."""
+    from routers.base import RouterError
+
     if fmt == "guard":
         from evals.datasets.guard import load_guard_table
 
-        return load_guard_table(path)
+        return load_guard_table(spec), fmt
+    from evals.datasets.registry import resolve_table
     from evals.datasets.routing import load_table
 
-    return load_table(path, fmt)
+    try:
+        path, fmt = resolve_table(spec, fmt)
+    except KeyError as e:
+        raise RouterError(e.args[0]) from None
+    return load_table(path, fmt), fmt
 
 
 def _print_metrics(m: dict[str, Any]) -> None:
@@ -209,9 +261,12 @@ def _train(args: argparse.Namespace) -> int:
             raise RouterError("--format guard is only for --router guard")
         if args.correction != "none" and args.format != "logs":
             raise RouterError("--correction needs --format logs (logged propensities)")
-        table = _debiased(args) if args.correction != "none" else _load(args.data, args.format)
+        if args.correction != "none":
+            table, fmt = _debiased(args), "logs"
+        else:
+            table, fmt = _load(args.data, args.format)
         print(f"loaded {len(table)} prompts x {len(table.models)} models from {args.data} "
-              f"({args.format}{'' if args.correction == 'none' else ', ' + args.correction})",
+              f"({fmt}{'' if args.correction == 'none' else ', ' + args.correction})",
               file=sys.stderr)
         kinds = [args.embedder]
         if args.auto_embedders:
@@ -229,12 +284,17 @@ def _train(args: argparse.Namespace) -> int:
             options = ({"model_path": args.embedder_path}
                        if args.embedder_path and kind == args.embedder else {})
             e = make_embedder(kind, **options)
+            _say_embedding_estimate(e, kind, table.prompts, args.cache_dir)
             embedded.append((e, embed_cached(e, table.prompts, args.cache_dir, progress=True)))
         embed_s = time.perf_counter() - t0
         candidates = None
         embedder, X = embedded[0]
         if len(embedded) > 1:
             embedder, X, candidates = _choose_embedder(embedded, table, args)
+        kind = kinds[[e for e, _ in embedded].index(embedder)]
+        options = ({"model_path": args.embedder_path}
+                   if args.embedder_path and kind == args.embedder else {})
+        print(f"fitting {args.router} ...", file=sys.stderr, flush=True)
         result = train_router(args.router, table, X, params=params, seed=args.seed,
                               val=args.val, test=args.test, out=args.out, embedder=embedder,
                               embedder_name=embedder.name, latency=args.latency,
@@ -251,6 +311,22 @@ def _train(args: argparse.Namespace) -> int:
     else:
         _print_metrics(result.metrics)
     print(f"saved {result.path}")
+    if result.path is not None and args.router != "guard":
+        import numpy as np
+
+        # the fallback is the model with the best mean score: the safe answer when the
+        # decision's own targets all fail
+        seen = np.isfinite(table.scores)
+        mean = np.where(seen, table.scores, 0.0).sum(0) / np.maximum(seen.sum(0), 1)
+        best = table.models[int(np.argmax(mean))]
+        snippet = policy_snippet(args.router, result.path, list(table.models),
+                                 kind, options, command=_command_line(args),
+                                 fallback=best)
+        (result.path / "policy.yaml").write_text(snippet)
+        out = sys.stderr if args.json else sys.stdout
+        print(f"\nserve it: a ready gateway config, also written to "
+              f"{result.path / 'policy.yaml'}:\n", file=out)
+        print(snippet, file=out)
     return 0
 
 
@@ -272,3 +348,93 @@ def _choose_embedder(embedded: list[tuple[Any, Any]], table: Any, args: argparse
     assert best is not None
     e, X, sel = best
     return e, X, [(sel.family, sel.params)]
+
+
+#: a faster embedder to suggest, by the kind in use (each a trade: speed for quality)
+_FASTER = {
+    "minilm": "--embedder hashing (no model: seconds, weaker routing), or --embedder onnx "
+              "(MiniLM on ONNX Runtime)",
+    "onnx": "--embedder hashing (no model: seconds, weaker routing)",
+}
+#: embeddings that take longer than this get a printed estimate first
+_LONG_S = 20.0
+
+
+def _say_embedding_estimate(embedder: Any, kind: str, texts: list[str],
+                            cache_dir: str | None) -> None:
+    """Before a long embedding, say how long it will take (measured on a sample of the
+    table's own prompts) and which faster embedder would do; silent when cached or short."""
+    import time
+
+    from routers.embed import embedding_cache_path
+
+    if embedding_cache_path(embedder, texts, cache_dir).exists() or len(texts) < 200:
+        return
+    step = max(1, len(texts) // 32)
+    sample = texts[::step][:32]
+    t0 = time.perf_counter()
+    embedder.embed(sample)
+    rate = len(sample) / max(time.perf_counter() - t0, 1e-6)
+    eta = len(texts) / rate
+    if eta < _LONG_S:
+        return
+    mins, secs = divmod(int(eta), 60)
+    took = f"{mins} min {secs:02d} s" if mins else f"{secs} s"
+    print(f"embedding {len(texts):,} prompts with {embedder.name}: about {took} "
+          f"({rate:.0f} prompts/s, measured on {len(sample)} of them); cached afterwards, "
+          f"so a second run skips it.", file=sys.stderr)
+    if kind in _FASTER:
+        print(f"faster: {_FASTER[kind]}; the gateway config must then use the same embedder.",
+              file=sys.stderr, flush=True)
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    return " ".join(["expertgate", *sys.argv[1:]]) if sys.argv[1:2] == ["train"] else (
+        f"expertgate train --router {args.router} --data {args.data} --out {args.out}")
+
+
+def _expert_slug(model: str) -> str:
+    """A readable expert name for a table model (``mistralai/Mixtral-8x7B-...`` -> the part
+    after the last slash, lower case, only the characters expert names allow)."""
+    import re
+
+    tail = model.rsplit("/", 1)[-1].lower()
+    return re.sub(r"[^a-z0-9._-]+", "-", tail).strip("-") or "expert"
+
+
+def policy_snippet(router: str, artifact: Any, models: list[str], embedder: str,
+                   embedder_options: dict[str, Any], *, command: str = "",
+                   fallback: str | None = None) -> str:
+    """A gateway config (YAML) that serves ``artifact``: the embedder it was trained with, one
+    expert per table model and a policy whose ``models:`` maps each table model to it."""
+    from pathlib import Path
+
+    import yaml
+
+    names: dict[str, str] = {}
+    for m in models:
+        slug, k = _expert_slug(m), 2
+        while slug in names.values():
+            slug, k = f"{_expert_slug(m)}-{k}", k + 1
+        names[m] = slug
+    doc = {
+        "embedder": {"kind": embedder, **({"options": embedder_options}
+                                          if embedder_options else {})},
+        "experts": [{"name": names[m], "api_base": f"http://127.0.0.1:{8101 + i}/v1",
+                     "model": m} for i, m in enumerate(models)],
+        "policies": [{"name": f"learned-{router}", "router": router,
+                      "artifact": str(Path(artifact).resolve()),
+                      "models": dict(names),
+                      "fallback": [names[fallback or models[0]]]}],
+    }
+    head = [
+        f"# Serves the {router} router trained by: {command}" if command else
+        f"# Serves the {router} router in {artifact}",
+        "# The router decides between its training table's models (the keys of `models:`);",
+        "# each maps to the expert that serves it. Point each expert's api_base at your",
+        "# server (or map the models to experts you already have), keep the embedder: the",
+        "# artifact only works with the one it was trained with. Then:",
+        f"#   expertgate serve --config {Path(artifact) / 'policy.yaml'}",
+    ]
+    body = yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, width=100)
+    return "\n".join(head) + "\n" + body
