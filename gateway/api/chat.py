@@ -366,6 +366,8 @@ async def _generate(gw: Gateway, scope: Scope, receive: Receive, send: Send, ctx
         est = estimate_tokens(payload, rt.config.max_tokens_cap if rt is not None else None)
         ctx.key_id = api_key.sha256[:16]
         ctx.rate = await gw.ratelimiter.acquire(ctx.key_id, limits, est)
+        if ctx.rate.backend == "local" and gw.ratelimiter.redis is not None:
+            ctx.degraded.append("ratelimit-local")  # shared limits unavailable: per replica
         if not ctx.rate.allowed:
             raise ctx.rate.error()
     deadline = time.monotonic() + settings.request_deadline_s
