@@ -137,7 +137,8 @@ def _simulate(args: argparse.Namespace) -> dict[str, Any]:
 
     fmt = args.format or _guess_format(args.simulate)
     table = load_routing_table(args.simulate, fmt)
-    X, emb = embed_table(table, args.embedder or "hashing", args.cache_dir)
+    X, embedder = embed_table(table, args.embedder or "hashing", args.cache_dir)
+    emb = getattr(embedder, "name", embedder)
     print(f"simulating from {len(table)} prompts x {len(table.models)} experts ({fmt}), "
           f"{args.repeats} repeats of {args.n} logged requests", file=sys.stderr)
     res = simulate(table, X, logging=args.logging, candidate=args.candidate,
