@@ -315,7 +315,8 @@ def load_logged(path: str | Path, embed: Any, *, experts: Sequence[str] | None =
                 ) -> LoggedData:
     """Read an exported routing log (``expertgate logs export``: Parquet or JSONL) into
     :class:`LoggedData`. ``embed(texts) -> (n, d)`` gives the features. Records without text
-    or without feedback, and those a fallback served, are dropped (counted on stderr);
+    or without feedback, those a fallback served, a canary's requests and shadow records are
+    dropped (counted on stderr);
     records logged without propensities
     count as deterministic (propensity 1 for the served expert, 0 elsewhere)."""
     import pandas as pd
@@ -343,6 +344,11 @@ def load_logged(path: str | Path, embed: Any, *, experts: Sequence[str] | None =
           f"{int((keep & fallback).sum())} of those served by a fallback dropped",
           file=sys.stderr)
     keep &= ~fallback
+    # shadow decisions and canary events are not served requests; a canary's requests were
+    # chosen by another router than the propensities of the incumbent describe
+    for col_, bad in (("endpoint", ("shadow", "canary")), ("arm", ("canary",))):
+        if col_ in df.columns:
+            keep &= ~df[col_].isin(bad)
     df, fb = df[keep].reset_index(drop=True), fb[keep].to_numpy(dtype=np.float64)
     if df.empty:
         raise OffPolicyError(f"{p}: no record has text, a served expert and feedback")
@@ -390,10 +396,10 @@ def debiased_table(data: LoggedData, method: str, *, seed: int = 0) -> RoutingTa
                proportional to ``1 / propensity``, each draw its own row: every expert's
                rows then follow the request distribution instead of the logging router's
                habits (what an expert is observed on no longer depends on the router);
-    ``dr``     one row per logged request with every expert filled: the observed outcome for
-               the served expert and, for the others, a reward model fitted with importance
-               weights ``1 / propensity`` and cross-fitting (so a row's imputations come from
-               models that never saw it).
+    ``dr``     one row per distinct logged text with every expert filled: the observed
+               outcome (mean over repeats) where the text was served by that expert, and
+               elsewhere a reward model fitted with importance weights ``1 / propensity`` and
+               cross-fitting (so a row's imputations come from models that never saw it).
     """
     n, m = len(data), len(data.experts)
     texts = data.texts or [f"request {i}" for i in range(n)]
@@ -414,13 +420,26 @@ def debiased_table(data: LoggedData, method: str, *, seed: int = 0) -> RoutingTa
         return RoutingTable([f"d{k}" for k in range(n)], [texts[i] for i in draw],
                             list(data.experts), S, Cm)
     if method == "dr":
-        S = crossfit_reward_model(data.X, data.actions, data.rewards, m, seed=seed, weights=w)
-        Cm = crossfit_reward_model(data.X, data.actions, data.costs, m, seed=seed, weights=w)
-        rows_ = np.arange(n)
-        S[rows_, data.actions] = data.rewards
-        Cm[rows_, data.actions] = data.costs
-        return RoutingTable([f"r{k}" for k in range(n)], list(texts), list(data.experts),
-                            np.clip(S, 0, 1), np.maximum(Cm, 0))
+        Q = crossfit_reward_model(data.X, data.actions, data.rewards, m, seed=seed, weights=w)
+        Qc = crossfit_reward_model(data.X, data.actions, data.costs, m, seed=seed, weights=w)
+        # one row per distinct text: observed outcomes (averaged over repeats) where the text
+        # was served by that expert, the reward model's imputation (averaged) elsewhere
+        uniq, inv = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
+        k = len(uniq)
+        obs = np.zeros((k, m))
+        np.add.at(obs, (inv, data.actions), 1.0)
+        r_sum, c_sum = np.zeros((k, m)), np.zeros((k, m))
+        np.add.at(r_sum, (inv, data.actions), data.rewards)
+        np.add.at(c_sum, (inv, data.actions), data.costs)
+        cnt = np.bincount(inv, minlength=k)[:, None].astype(np.float64)
+        q_mean, qc_mean = np.zeros((k, m)), np.zeros((k, m))
+        np.add.at(q_mean, inv, Q)
+        np.add.at(qc_mean, inv, Qc)
+        seen = obs > 0
+        S = np.where(seen, r_sum / np.maximum(obs, 1), q_mean / cnt)
+        Cm = np.where(seen, c_sum / np.maximum(obs, 1), qc_mean / cnt)
+        return RoutingTable([f"r{i}" for i in range(k)], [str(t) for t in uniq],
+                            list(data.experts), np.clip(S, 0, 1), np.maximum(Cm, 0))
     raise OffPolicyError(f"unknown correction {method!r}; use naive, ips or dr")
 
 

@@ -10,6 +10,7 @@ pool and log sink, and tears them down.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import gc
 import logging
@@ -28,7 +29,7 @@ from gateway.dispatch import Dispatcher
 from gateway.errors import GatewayError, PermissionDenied
 from gateway.logs import JsonlSink, RedisStreamSink, RoutingLog
 from gateway.metrics import Metrics
-from gateway.pipeline import Pipeline, PolicySet, build_policy_set
+from gateway.pipeline import Pipeline, PolicySet, build_policy_set, carry_canary_state
 from gateway.ratelimit import RateLimiter
 from routers.embed import Embedder, make_embedder
 from routers.explore import LOG_FIELDS as EXPLORE_FIELDS
@@ -80,6 +81,8 @@ class Gateway:
         self.draining = False
         self._reload_lock = asyncio.Lock()
         self._batcher: Any = None
+        #: request id -> (policy, arm) of recent requests beside a canary, for feedback
+        self._arms: collections.OrderedDict[str, tuple[str, str]] = collections.OrderedDict()
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -125,6 +128,8 @@ class Gateway:
             embed_fn = self._make_batcher()
         self.pipeline = Pipeline(self.policy_set, self.embedder, self.cache, self.metrics,
                                  embed_fn)
+        self.pipeline.on_shadow = self._log_shadow
+        self._canary_gauges(self.policy_set)
         await self.dispatcher.start()
         self.ready = True
         if s.gc_freeze:
@@ -209,14 +214,68 @@ class Gateway:
             self.feed.reconfigure(cfg)
             # in place, between two awaits: the Redis keys it knows stay known
             self.auth.configure(cfg, reachable_experts(pset.policies))
+            carry_canary_state(old, pset)
             self.policy_set = pset
             self.pipeline.policies = pset
+            self._canary_gauges(pset)
             changed = {n: rt.version for n, rt in pset.policies.items()
                        if n not in old.policies or old.policies[n].version != rt.version}
             log.info("reloaded configuration: %d policies, %d changed", len(pset.policies),
                      len(changed))
             return {"policies": {n: rt.version for n, rt in pset.policies.items()},
                     "changed": sorted(changed)}
+
+    # -- shadow and canary ---------------------------------------------------------------
+    def _canary_gauges(self, pset: PolicySet) -> None:
+        for name, rt in pset.policies.items():
+            c = rt.candidate
+            self.metrics.canary_active.labels(name).set(1 if c is not None and c.serving else 0)
+
+    def _log_shadow(self, crt: Any, d: Any, served: Any) -> None:
+        """A shadow candidate's decision: logged and counted, never served."""
+        agrees = d.expert == served.expert
+        self.metrics.child(self.metrics.shadow, crt.config.name,
+                           "agree" if agrees else "disagree").inc()
+        if self.routing_log is not None:
+            self.routing_log.record({
+                "ts": time.time(), "endpoint": "shadow", "policy": crt.config.name,
+                "router_version": crt.version, "mode": d.mode, "expert": d.expert,
+                "served_expert": served.expert, "agrees": agrees, "reason": d.reason,
+                "targets": [t.expert for t in d.targets], "cache": "hit" if d.cached else "miss",
+                "decision_ms": d.timings_ms.get("total")})
+
+    def observe_arm(self, ctx: Any, status: int) -> None:
+        """Count a request beside a canary; revert the canary when the test says so."""
+        rt = ctx.rt
+        cand = rt.candidate if rt is not None else None
+        if cand is None or cand.monitor is None:
+            return
+        self._arms[ctx.request_id] = (rt.config.name, ctx.arm)
+        while len(self._arms) > 100_000:
+            self._arms.popitem(last=False)
+        signal_ = cand.monitor.observe_request(ctx.arm, status >= 500)
+        if signal_ is not None:
+            self._reverted(rt.config.name, signal_, cand.monitor.reverted or "")
+
+    def observe_feedback(self, request_id: str, score: float) -> None:
+        got = self._arms.get(request_id)
+        if got is None:
+            return
+        rt = self.policy_set.policies.get(got[0])
+        cand = rt.candidate if rt is not None else None
+        if cand is None or cand.monitor is None:
+            return
+        signal_ = cand.monitor.observe_feedback(got[1], score)  # type: ignore[arg-type]
+        if signal_ is not None:
+            self._reverted(got[0], signal_, cand.monitor.reverted or "")
+
+    def _reverted(self, policy: str, signal_: str, why: str) -> None:
+        log.warning("canary of policy %s reverted automatically: %s", policy, why)
+        self.metrics.canary_reverts.labels(policy, signal_).inc()
+        self.metrics.canary_active.labels(policy).set(0)
+        if self.routing_log is not None:
+            self.routing_log.record({"ts": time.time(), "endpoint": "canary", "policy": policy,
+                                     "status": "reverted", "reason": f"{signal_}: {why}"})
 
     # -- per request -------------------------------------------------------------------
     def log_request(self, ctx: Any, status: int, err_type: str | None, latency_ms: float,
@@ -252,6 +311,7 @@ class Gateway:
             "latency_ms": round(latency_ms, 3), "prompt_tokens": usage[0],
             "completion_tokens": usage[1], "cost_usd": cost, "stream": ctx.stream,
         }
+        rec["arm"] = getattr(ctx, "arm", None)
         ex = getattr(ctx, "explore", None)
         for k in EXPLORE_FIELDS:
             rec[k] = ex.get(k) if ex is not None else None

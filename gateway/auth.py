@@ -106,8 +106,8 @@ def _parse_record(digest: str, raw: dict[Any, Any]) -> APIKeyConfig:
 
 def reachable_experts(policies: Mapping[str, Any]) -> dict[str, frozenset[str]]:
     """policy name -> every expert a request for it may reach: the router's targets, the
-    semantic routes' experts, the fallback chain, the skills aggregator and the reject
-    fallback. ``policies`` maps names to :class:`gateway.pipeline.PolicyRuntime`."""
+    semantic routes' experts, the fallback chain, the skills aggregator, the reject
+    fallback and a shadow/canary candidate's experts. ``policies`` maps names to :class:`gateway.pipeline.PolicyRuntime`."""
     out: dict[str, frozenset[str]] = {}
     for name, rt in policies.items():
         pol = rt.config
@@ -119,6 +119,9 @@ def reachable_experts(policies: Mapping[str, Any]) -> dict[str, frozenset[str]]:
             names.add(agg)
         if pol.on_reject.expert:
             names.add(pol.on_reject.expert)
+        cand = getattr(rt, "candidate", None)  # a canary serves its router's experts too
+        if cand is not None:
+            names.update(getattr(cand.runtime.router, "experts_", ()) or ())
         out[name] = frozenset(names)
     return out
 

@@ -31,6 +31,8 @@ from gateway.redact import redact
 
 __all__ = [
     "APIKeyConfig",
+    "AutoRevertConfig",
+    "CandidateConfig",
     "ConfigError",
     "EmbedderConfig",
     "ExpertConfig",
@@ -253,6 +255,38 @@ class ExploreConfig(_Model):
     temperature: float = Field(0.1, gt=0)
 
 
+class AutoRevertConfig(_Model):
+    """When a canary reverts by itself (gateway/canary.py): its error rate above, or its
+    mean feedback below, the incumbent's by more than ``margin`` under an anytime-valid
+    sequential test at level ``alpha``, once each arm has ``min_samples`` observations."""
+
+    enabled: bool = True
+    margin: float = Field(0.05, ge=0, le=1)
+    alpha: float = Field(0.05, gt=0, lt=1)
+    min_samples: int = Field(100, ge=1)
+
+
+class CandidateConfig(_Model):
+    """A candidate router run beside the policy's own: in ``shadow`` it decides on live
+    traffic off the request path and its decision is logged, never served; as a ``canary``
+    it serves ``share`` of the traffic. ``expertgate policy promote|revert`` ends it."""
+
+    router: str
+    artifact: Path | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    mode: Literal["shadow", "canary"] = "shadow"
+    share: float = Field(0.05, gt=0, lt=1)
+    auto_revert: AutoRevertConfig = Field(
+        default_factory=lambda: AutoRevertConfig.model_validate({}))
+
+    @model_validator(mode="after")
+    def _artifact(self) -> CandidateConfig:
+        if self.artifact is None:
+            raise ValueError(f"candidate router {self.router!r} needs an artifact folder "
+                             "(train one with `expertgate train`)")
+        return self
+
+
 class PolicyConfig(_Model):
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9._:/@-]+$")]
     #: a registered family, or ``auto``: whatever family the artifact holds (the choice
@@ -277,6 +311,7 @@ class PolicyConfig(_Model):
     #: a learned router's table model -> the expert serving it (``expertgate train`` prints
     #: this map); models not listed must be expert names themselves
     models: dict[str, str] = Field(default_factory=dict)
+    candidate: CandidateConfig | None = None
     description: str = ""
 
     @model_validator(mode="after")
@@ -431,4 +466,7 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
             pol.artifact = base / pol.artifact
         if pol.guard is not None and not pol.guard.artifact.is_absolute():
             pol.guard.artifact = base / pol.guard.artifact
+        cand = pol.candidate
+        if cand is not None and cand.artifact is not None and not cand.artifact.is_absolute():
+            cand.artifact = base / cand.artifact
     return cfg

@@ -51,6 +51,15 @@ class Metrics:
         self.explored = Counter("expertgate_explored",
                                 "Requests sent to an expert other than the router's choice "
                                 "by the policy's exploration", ["policy", "expert"], registry=r)
+        self.shadow = Counter("expertgate_shadow_decisions",
+                              "Decisions of a shadow candidate router (logged, not served)",
+                              ["policy", "agreement"], registry=r)
+        self.canary_active = Gauge("expertgate_canary_active",
+                                   "1 while a policy's canary serves its share of traffic",
+                                   ["policy"], registry=r)
+        self.canary_reverts = Counter("expertgate_canary_reverts",
+                                      "Canaries reverted automatically by the sequential test",
+                                      ["policy", "signal"], registry=r)
         self.tokens = Counter("expertgate_tokens", "Tokens reported by upstreams",
                               ["expert", "kind"], registry=r)
 

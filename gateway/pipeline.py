@@ -23,6 +23,7 @@ import numpy as np
 import orjson
 
 from gateway.cache import CacheUnavailable, DecisionCache, decision_key
+from gateway.canary import CanaryMonitor
 from gateway.config import ConfigError, GatewayConfig, PolicyConfig
 from gateway.errors import InvalidRequest
 from gateway.metrics import Metrics
@@ -30,7 +31,8 @@ from routers.base import Decision, GuardVerdict, Router, Target
 from routers.embed import Embedder
 from routers.explore import Exploration, exploration_probs
 
-__all__ = ["Pipeline", "PolicyRuntime", "PolicySet", "build_policy_set", "routing_text"]
+__all__ = ["CandidateRuntime", "Pipeline", "PolicyRuntime", "PolicySet", "build_policy_set",
+           "carry_canary_state", "routing_text"]
 
 log = logging.getLogger("expertgate.pipeline")
 
@@ -42,6 +44,24 @@ class PolicyRuntime:
     router: Router
     guard: Router | None = None
     explore: Exploration | None = None
+    candidate: CandidateRuntime | None = None
+
+
+@dataclass
+class CandidateRuntime:
+    """A policy's candidate router in shadow or canary mode. ``runtime`` decides with the
+    policy's guard, exploration and fallbacks but the candidate's router, under its own
+    version (its own decision-cache keys)."""
+
+    mode: str
+    share: float
+    runtime: PolicyRuntime
+    monitor: CanaryMonitor | None
+
+    @property
+    def serving(self) -> bool:
+        """A canary that has not reverted itself."""
+        return self.mode == "canary" and (self.monitor is None or self.monitor.reverted is None)
 
 
 @dataclass
@@ -128,7 +148,10 @@ def build_policy_set(cfg: GatewayConfig, embedder: Embedder | None) -> PolicySet
         ex = pol.explore
         explore = (Exploration(ex.rate, ex.method, ex.temperature)
                    if ex is not None and ex.rate > 0 else None)
-        out[pol.name] = PolicyRuntime(pol, _policy_version(pol, extra), router, guard, explore)
+        rt = PolicyRuntime(pol, _policy_version(pol, extra), router, guard, explore)
+        if pol.candidate is not None:
+            rt.candidate = _candidate(pol, rt, embedder, known, where)
+        out[pol.name] = rt
     return PolicySet(cfg, out, time.time())
 
 
@@ -138,6 +161,45 @@ def _to_experts(pol: PolicyConfig, d: Decision) -> None:
     d.targets = [Target(m.get(t.expert, t.expert), t.score) for t in d.targets]
     if d.aggregator is not None:
         d.aggregator = m.get(d.aggregator, d.aggregator)
+
+
+def _candidate(pol: PolicyConfig, rt: PolicyRuntime, embedder: Embedder | None,
+               known: set[str], where: str) -> CandidateRuntime:
+    from routers.base import RouterError
+
+    cand = pol.candidate
+    assert cand is not None and cand.artifact is not None
+    router, v = _load_artifact(cand.artifact, cand.router, embedder, where + " candidate")
+    if cand.params:
+        try:
+            router.set_params(**cand.params)
+        except RouterError as e:
+            raise ConfigError(f"{where} candidate: {e}") from None
+    # the candidate shares the policy's models map (table model -> expert)
+    unknown = sorted(m for m in getattr(router, "experts_", [])
+                     if pol.models.get(m, m) not in known)
+    if unknown:
+        raise ConfigError(f"{where} candidate: the router names expert(s) not in the config: "
+                          f"{', '.join(unknown)} (map them with the policy's models:)")
+    version = hashlib.sha256(f"{rt.version}:candidate:{v}:{cand.router}:".encode()
+                             + orjson.dumps(cand.params, option=orjson.OPT_SORT_KEYS)
+                             ).hexdigest()[:12]
+    ar = cand.auto_revert
+    monitor = (CanaryMonitor(ar.margin, ar.alpha, ar.min_samples)
+               if cand.mode == "canary" and ar.enabled else None)
+    return CandidateRuntime(cand.mode, cand.share,
+                            PolicyRuntime(pol, version, router, rt.guard, rt.explore), monitor)
+
+
+def carry_canary_state(old: PolicySet, new: PolicySet) -> None:
+    """Keep a canary's monitor (its counts, and a revert) across a reload that leaves the
+    candidate unchanged, so a reload never silently re-enables a reverted canary."""
+    for name, rt in new.policies.items():
+        prev = old.policies.get(name)
+        if (prev is not None and prev.candidate is not None and rt.candidate is not None
+                and prev.candidate.runtime.version == rt.candidate.runtime.version
+                and prev.candidate.mode == rt.candidate.mode):
+            rt.candidate.monitor = prev.candidate.monitor
 
 
 def _content_text(content: Any) -> str:
@@ -181,6 +243,9 @@ class Pipeline:
         self._executor: ThreadPoolExecutor | None = None
         self._embed_fn = embed_fn or self._embed_in_thread
         self._rng = random.Random()
+        #: called with (candidate runtime, shadow decision, served decision); set by the app
+        self.on_shadow: Callable[[PolicyRuntime, Decision, Decision], None] | None = None
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
         self._stage = metrics.stage
         self._obs_cache = metrics.stage.labels("cache")
         self._obs_embed = metrics.stage.labels("embed")
@@ -239,7 +304,39 @@ class Pipeline:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def decide(self, rt: PolicyRuntime, text: str, degraded: list[str]) -> Decision:
+    async def route(self, rt: PolicyRuntime, text: str, degraded: list[str]
+                    ) -> tuple[Decision, str | None]:
+        """The served decision and its arm: ``canary`` for the share a canary serves,
+        ``incumbent`` beside a serving canary, None without one. A shadow candidate decides
+        in a background task after this returns; its decision is only logged."""
+        cand = rt.candidate
+        if cand is not None and cand.serving:
+            if self._rng.random() < cand.share:
+                return await self.decide(cand.runtime, text, degraded), "canary"
+            return await self.decide(rt, text, degraded), "incumbent"
+        got: list[np.ndarray] = []
+        d = await self.decide(rt, text, degraded, emb_out=got)
+        if cand is not None and cand.mode == "shadow" and self.on_shadow is not None:
+            task = asyncio.get_running_loop().create_task(
+                self._shadow(cand.runtime, text, got[0] if got else None, d))
+            self._shadow_tasks.add(task)
+            task.add_done_callback(self._shadow_tasks.discard)
+        return d, None
+
+    async def _shadow(self, crt: PolicyRuntime, text: str, x: np.ndarray | None,
+                      served: Decision) -> None:
+        try:
+            d = await self.decide(crt, text, [], embedding=x)
+        except Exception as e:  # a shadow failure must never reach the served request
+            log.warning("shadow decision of policy %s failed: %s: %s", crt.config.name,
+                        type(e).__name__, e)
+            return
+        assert self.on_shadow is not None
+        self.on_shadow(crt, d, served)
+
+    async def decide(self, rt: PolicyRuntime, text: str, degraded: list[str], *,
+                     embedding: np.ndarray | None = None,
+                     emb_out: list[np.ndarray] | None = None) -> Decision:
         pol = rt.config
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -262,7 +359,9 @@ class Pipeline:
             d.timings_ms = timings
             return d
         try:
-            x = await self._embed_fn(text)
+            x = embedding if embedding is not None else await self._embed_fn(text)
+            if emb_out is not None:
+                emb_out.append(x)
         except Exception as e:  # embedder failure degrades to the fallback chain, loudly
             log.error("embedder failed (%s: %s); using the policy's fallback", type(e).__name__, e)
             degraded.append("embedder")

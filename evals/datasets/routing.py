@@ -286,6 +286,8 @@ def load_logs(path: str | Path) -> RoutingTable:
     missing = need - set(df.columns)
     if missing:
         raise RouterError(f"{path}: log export lacks column(s): {', '.join(sorted(missing))}")
+    if "endpoint" in df.columns:  # shadow decisions and canary events were never served
+        df = df[~df["endpoint"].isin(("shadow", "canary"))]
     n0 = len(df)
     no_text = df["text"].isna() | (df["text"].astype(str).str.strip() == "")
     fb = pd.to_numeric(df["feedback_score"], errors="coerce")

@@ -211,7 +211,7 @@ def _refusal(payload: dict[str, Any], endpoint: str, message: str, policy: str,
 class _Ctx:
     """Per-request facts gathered for headers and the routing-log record."""
 
-    __slots__ = ("_ids", "_nonce", "_request_id", "_tenant", "cache", "chain",
+    __slots__ = ("_ids", "_nonce", "_request_id", "_tenant", "arm", "cache", "chain",
                  "client_request_id", "decision", "degraded", "endpoint", "expert", "explore",
                  "key_id", "policy", "rate", "reason", "replica", "rt", "started", "stream",
                  "t0", "text", "text_hash")
@@ -244,6 +244,8 @@ class _Ctx:
         self.started = False
         #: exploration fields of the routing log (routers/explore.py LOG_FIELDS)
         self.explore: dict[str, Any] | None = None
+        #: "canary" or "incumbent" beside a serving canary, else None
+        self.arm: str | None = None
 
     @property
     def tenant(self) -> str:
@@ -284,6 +286,8 @@ class _Ctx:
             h.append((b"x-expertgate-propensity", f"{ex['propensity']:.6g}".encode()))
             if ex["explored"]:
                 h.append((b"x-expertgate-explored", str(ex["greedy_expert"]).encode()))
+        if self.arm is not None:
+            h.append((b"x-expertgate-arm", self.arm.encode()))
         if self.rate is not None and self.rate.allowed:
             h.extend(self.rate.headers())
         if extra:
@@ -344,6 +348,8 @@ async def handle_generate(gw: Gateway, scope: Scope, receive: Receive, send: Sen
             m.child(m.degraded, component).inc()
         m.child(m.latency, endpoint).observe(lat)
         m.child(m.requests, endpoint, ctx.policy or "-", ctx.expert or "-", str(status)).inc()
+        if ctx.arm is not None:
+            gw.observe_arm(ctx, status)
         gw.log_request(ctx, status, err_type, lat * 1000, usage)
 
 
@@ -391,8 +397,9 @@ async def _generate(gw: Gateway, scope: Scope, receive: Receive, send: Send, ctx
         if pol.log_prompts:
             ctx.text = text
         affinity_text = text
-        d = await gw.pipeline.decide(rt, text, ctx.degraded)
-        d, ctx.explore = gw.pipeline.explore(rt, d)
+        d, ctx.arm = await gw.pipeline.route(rt, text, ctx.degraded)
+        d, ctx.explore = gw.pipeline.explore(
+            rt.candidate.runtime if ctx.arm == "canary" and rt.candidate is not None else rt, d)
         ctx.decision = d
         ctx.cache = "hit" if d.cached else ("bypass" if "cache" in ctx.degraded else "miss")
         ctx.reason = d.reason

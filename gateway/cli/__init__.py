@@ -28,6 +28,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "data": ("gateway.cli.train", "data-set registry: list and verify the shared data sets"),
     "embedder": ("gateway.cli.embedder", "fine-tune the sentence encoder on in-domain data"),
     "keys": ("gateway.cli.keys", "API keys: hash a key, add or revoke keys in Redis"),
+    "policy": ("gateway.cli.policy", "promote or revert a policy's shadow/canary candidate"),
 }
 
 

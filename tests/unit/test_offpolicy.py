@@ -171,8 +171,10 @@ def test_debiased_tables_and_training_comparison() -> None:
     naive = debiased_table(data, "naive")
     assert np.isnan(naive.scores).sum() == 300  # one observed expert per prompt
     dr = debiased_table(data, "dr")
-    assert np.isfinite(dr.scores).all()
-    assert dr.scores[np.arange(300), a] == pytest.approx(data.rewards)
+    assert np.isfinite(dr.scores).all() and len(dr) == 300
+    pos = {t: i for i, t in enumerate(dr.prompts)}
+    rows = [pos[t] for t in data.texts]
+    assert dr.scores[rows, a] == pytest.approx(data.rewards)
     ips = debiased_table(data, "ips")
     assert len(ips) == 300 and np.isfinite(ips.scores).sum() == 300
     res = simulate_training(table, X, logging="knn:cost_weight=0.6", router="knn",
