@@ -653,7 +653,9 @@ def simulate_training(table: RoutingTable, X: np.ndarray, *, logging: str, route
 # --------------------------------------------------------------------------- report
 
 
-def summary_markdown(results: Sequence[Mapping[str, Any]]) -> str:
+def summary_markdown(results: Sequence[Mapping[str, Any]],
+                     estimators: Sequence[str] = (*ESTIMATORS, "naive"),
+                     training: bool = True) -> str:
     """Markdown tables of ``--simulate`` result files: off-policy estimation of mean quality
     per scenario and estimator, then bias-corrected training where the files hold it."""
     head = ("| table | logging -> candidate | explore | agree | ESS | truth | estimator | "
@@ -664,8 +666,8 @@ def summary_markdown(results: Sequence[Mapping[str, Any]]) -> str:
     for r in results:
         q = r["results"]["quality"]
         ex = r["explore"]
-        name = Path(str(r["data"])).name
-        for i, e in enumerate((*ESTIMATORS, "naive")):
+        name = r.get("format") or Path(str(r["data"])).name
+        for i, e in enumerate(estimators):
             d = q[e]
             lead = (f"| {name} | {r['logging']} -> {r['candidate']} | {ex['method']} "
                     f"{ex['rate']:g} | {r['candidate_agrees_with_logging']:.0%} | "
@@ -676,7 +678,7 @@ def summary_markdown(results: Sequence[Mapping[str, Any]]) -> str:
             lines.append(f"{lead} {e.upper() if e != 'naive' else 'naive (no weights)'} | "
                          f"{d['bias']:+.4f} | {d['mae']:.4f} | {d['within_tol']:.0%} | "
                          f"{cov} | {wid} |")
-    trained = [r for r in results if r.get("training")]
+    trained = [r for r in results if r.get("training")] if training else []
     if trained:
         lines += ["", "Router trained on the simulated biased logs, quality on the table's "
                   "test split (mean over seeds):", "",
@@ -694,7 +696,7 @@ def summary_markdown(results: Sequence[Mapping[str, Any]]) -> str:
                     s += (f" ({t[m]['minus_naive']:+.4f}, better on {t[m]['wins']}/"
                           f"{k} seeds)")
                 return s
-            lines.append(f"| {Path(str(r['data'])).name} | {r['logging']} | "
+            lines.append(f"| {r.get('format') or Path(str(r['data'])).name} | {r['logging']} | "
                          f"{r['training']['router']} | {cell('naive')} | {cell('ips')} | "
                          f"{cell('dr')} |")
     return "\n".join(lines) + "\n"

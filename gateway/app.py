@@ -83,6 +83,9 @@ class Gateway:
         self._batcher: Any = None
         #: request id -> (policy, arm) of recent requests beside a canary, for feedback
         self._arms: collections.OrderedDict[str, tuple[str, str]] = collections.OrderedDict()
+        #: request id -> (policy, text, expert) of recent answers of online policies
+        self._online: collections.OrderedDict[str, tuple[str, str, str]] = \
+            collections.OrderedDict()
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -256,6 +259,37 @@ class Gateway:
         signal_ = cand.monitor.observe_request(ctx.arm, status >= 500)
         if signal_ is not None:
             self._reverted(rt.config.name, signal_, cand.monitor.reverted or "")
+
+    def remember_online(self, ctx: Any, status: int) -> None:
+        """Keep (policy, text, served expert) of an online policy's answered request in a
+        bounded memory so that its feedback can update the router."""
+        if ctx.routed_text is None or not ctx.expert or status >= 400:
+            return
+        self._online[ctx.request_id] = (ctx.policy, ctx.routed_text, ctx.expert)
+        while len(self._online) > 100_000:
+            self._online.popitem(last=False)
+
+    async def on_feedback(self, request_id: str, score: float) -> None:
+        """Feedback beyond the log: the canary monitor, and online learning."""
+        self.observe_feedback(request_id, score)
+        got = self._online.pop(request_id, None)
+        if got is None:
+            return
+        policy, text, expert = got
+        rt = self.policy_set.policies.get(policy)
+        if rt is None or not rt.config.online or expert not in getattr(rt.router, "experts_",
+                                                                      ()):
+            return
+        from routers.base import RouterError
+
+        try:
+            x = await self.pipeline.embed(text)
+            rt.router.partial_fit(x.reshape(1, -1), [expert], [score])
+        except (RouterError, RuntimeError) as e:
+            log.warning("online update of policy %s failed: %s", policy, e)
+            return
+        rt.updates += 1
+        self.metrics.child(self.metrics.online_updates, policy).inc()
 
     def observe_feedback(self, request_id: str, score: float) -> None:
         got = self._arms.get(request_id)

@@ -312,6 +312,8 @@ class PolicyConfig(_Model):
     #: this map); models not listed must be expert names themselves
     models: dict[str, str] = Field(default_factory=dict)
     candidate: CandidateConfig | None = None
+    #: learn online from /v1/feedback (routers with partial_fit: cluster)
+    online: bool = False
     description: str = ""
 
     @model_validator(mode="after")

@@ -60,6 +60,9 @@ class Metrics:
         self.canary_reverts = Counter("expertgate_canary_reverts",
                                       "Canaries reverted automatically by the sequential test",
                                       ["policy", "signal"], registry=r)
+        self.online_updates = Counter("expertgate_online_updates",
+                                      "Router updates from /v1/feedback (online policies)",
+                                      ["policy"], registry=r)
         self.tokens = Counter("expertgate_tokens", "Tokens reported by upstreams",
                               ["expert", "kind"], registry=r)
 

@@ -45,6 +45,13 @@ class PolicyRuntime:
     guard: Router | None = None
     explore: Exploration | None = None
     candidate: CandidateRuntime | None = None
+    #: online updates applied from feedback; part of the decision-cache key so that
+    #: decisions made before an update are not served after it
+    updates: int = 0
+
+    @property
+    def cache_version(self) -> str:
+        return self.version if self.updates == 0 else f"{self.version}.{self.updates}"
 
 
 @dataclass
@@ -148,6 +155,9 @@ def build_policy_set(cfg: GatewayConfig, embedder: Embedder | None) -> PolicySet
         ex = pol.explore
         explore = (Exploration(ex.rate, ex.method, ex.temperature)
                    if ex is not None and ex.rate > 0 else None)
+        if pol.online and type(router).partial_fit is Router.partial_fit:
+            raise ConfigError(f"{where}: online: true needs a router that learns online "
+                              f"(partial_fit: cluster), not {pol.router!r}")
         rt = PolicyRuntime(pol, _policy_version(pol, extra), router, guard, explore)
         if pol.candidate is not None:
             rt.candidate = _candidate(pol, rt, embedder, known, where)
@@ -304,6 +314,10 @@ class Pipeline:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
+    async def embed(self, text: str) -> np.ndarray:
+        """One text's embedding through the same path as requests (micro-batched)."""
+        return await self._embed_fn(text)
+
     async def route(self, rt: PolicyRuntime, text: str, degraded: list[str]
                     ) -> tuple[Decision, str | None]:
         """The served decision and its arm: ``canary`` for the share a canary serves,
@@ -340,7 +354,7 @@ class Pipeline:
         pol = rt.config
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        key = decision_key(pol.name, rt.version, text)
+        key = decision_key(pol.name, rt.cache_version, text)
         try:
             hit = await self.cache.get(key)
         except CacheUnavailable:

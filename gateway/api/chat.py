@@ -213,8 +213,8 @@ class _Ctx:
 
     __slots__ = ("_ids", "_nonce", "_request_id", "_tenant", "arm", "cache", "chain",
                  "client_request_id", "decision", "degraded", "endpoint", "expert", "explore",
-                 "key_id", "policy", "rate", "reason", "replica", "rt", "started", "stream",
-                 "t0", "text", "text_hash")
+                 "key_id", "policy", "rate", "reason", "replica", "routed_text", "rt",
+                 "started", "stream", "t0", "text", "text_hash")
 
     def __init__(self, ids: RequestIds, client_request_id: str | None, endpoint: str,
                  t0: float) -> None:
@@ -246,6 +246,8 @@ class _Ctx:
         self.explore: dict[str, Any] | None = None
         #: "canary" or "incumbent" beside a serving canary, else None
         self.arm: str | None = None
+        #: the routing text of an online-learning policy (kept in memory for feedback only)
+        self.routed_text: str | None = None
 
     @property
     def tenant(self) -> str:
@@ -350,6 +352,8 @@ async def handle_generate(gw: Gateway, scope: Scope, receive: Receive, send: Sen
         m.child(m.requests, endpoint, ctx.policy or "-", ctx.expert or "-", str(status)).inc()
         if ctx.arm is not None:
             gw.observe_arm(ctx, status)
+        if ctx.routed_text is not None:
+            gw.remember_online(ctx, status)
         gw.log_request(ctx, status, err_type, lat * 1000, usage)
 
 
@@ -396,6 +400,8 @@ async def _generate(gw: Gateway, scope: Scope, receive: Receive, send: Send, ctx
                                         digest_size=16).hexdigest()
         if pol.log_prompts:
             ctx.text = text
+        if pol.online:
+            ctx.routed_text = text
         affinity_text = text
         d, ctx.arm = await gw.pipeline.route(rt, text, ctx.degraded)
         d, ctx.explore = gw.pipeline.explore(

@@ -31,6 +31,6 @@ async def feedback(body: FeedbackRequest, request: Request,
     except Exception as e:  # the store is down: say so, the client may retry
         raise ServiceUnavailable(f"feedback store unavailable ({type(e).__name__})",
                                  code="feedback_unavailable") from None
-    gw.observe_feedback(body.request_id, body.score)
+    await gw.on_feedback(body.request_id, body.score)
     return {"object": "feedback", "request_id": body.request_id, "score": body.score,
             "stored": True}

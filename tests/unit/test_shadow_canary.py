@@ -153,3 +153,46 @@ def test_policy_promote_and_revert_rewrite_the_config(tmp_path: Path, action: st
     before = path.read_text()
     assert main(["policy", action, "auto", "--config", str(path)]) == 2
     assert path.read_text() == before
+
+
+async def test_online_cluster_router_learns_from_feedback(ups, tmp_path: Path) -> None:
+    coder, chatter = ups
+    e = HashingEmbedder()
+    texts = ["tell me a joke", "fix this bug", "how are you", "refactor this", "weather"]
+    S = np.array([[1.0, 0.6]] * len(texts))
+    t = RoutingTable([f"p{i}" for i in range(len(texts))], texts, ["coder", "chatter"], S,
+                     np.zeros_like(S))
+    art = make_router("cluster", n_clusters=1).fit(e.embed(texts), t).save(
+        tmp_path / "cl", embedder=e.name)
+    cfg = base_config(coder.base, chatter.base)
+    pol = cfg["policies"][0]
+    pol.pop("routes")
+    pol.update(router="cluster", artifact=str(art), params={}, online=True)
+    async with gateway_client(cfg, tmp_path) as (c, gw):
+        served = []
+        for _ in range(8):
+            r = await c.post("/v1/chat/completions", json=chat("auto", "tell me a joke"))
+            served.append(r.headers["x-expertgate-expert"])
+            score = 0.0 if served[-1] == "coder" else 1.0  # users dislike the coder's answers
+            fb = await c.post("/v1/feedback", json={"request_id": r.headers["x-request-id"],
+                                                    "score": score})
+            assert fb.status_code == 200
+        # the coder's cluster mean falls with every 0 until the chatter's 0.6 is ahead, and
+        # the decision cache never serves the decision from before an update
+        assert served[0] == "coder" and served[-1] == "chatter"
+        k = served.index("chatter")
+        assert 3 <= k <= 6 and set(served[k:]) == {"chatter"}
+        rt = gw.policy_set.policies["auto"]
+        assert rt.updates == 8
+        assert rt.router.reward_count_.sum() == len(texts) * 2 + 8
+        metrics = (await c.get("/metrics")).text
+        assert 'expertgate_online_updates_total{policy="auto"} 8.0' in metrics
+
+
+def test_online_needs_a_router_that_learns_online(tmp_path: Path) -> None:
+    from gateway.config import ConfigError, parse_config
+    from gateway.pipeline import build_policy_set
+
+    cfg = base_config("http://127.0.0.1:9", "http://127.0.0.1:9", online=True)
+    with pytest.raises(ConfigError, match="learns online"):
+        build_policy_set(parse_config(cfg), HashingEmbedder())
