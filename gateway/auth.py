@@ -107,7 +107,8 @@ def _parse_record(digest: str, raw: dict[Any, Any]) -> APIKeyConfig:
 def reachable_experts(policies: Mapping[str, Any]) -> dict[str, frozenset[str]]:
     """policy name -> every expert a request for it may reach: the router's targets, the
     semantic routes' experts, the fallback chain, the skills aggregator, the reject
-    fallback and a shadow/canary candidate's experts. ``policies`` maps names to :class:`gateway.pipeline.PolicyRuntime`."""
+    fallback and a shadow/canary candidate's experts. ``policies`` maps names to
+    :class:`gateway.pipeline.PolicyRuntime`."""
     out: dict[str, frozenset[str]] = {}
     for name, rt in policies.items():
         pol = rt.config
