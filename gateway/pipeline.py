@@ -70,6 +70,16 @@ class CandidateRuntime:
         """A canary that has not reverted itself."""
         return self.mode == "canary" and (self.monitor is None or self.monitor.reverted is None)
 
+    def state(self) -> dict[str, Any]:
+        """What /admin/state and the dashboard show: mode, share, version, serving, and the
+        canary monitor's per-arm counts and revert reason."""
+        out: dict[str, Any] = {"mode": self.mode, "share": self.share,
+                               "version": self.runtime.version, "serving": self.serving,
+                               "reverted": None}
+        if self.monitor is not None:
+            out.update(self.monitor.snapshot())
+        return out
+
 
 @dataclass
 class PolicySet:

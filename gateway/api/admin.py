@@ -35,14 +35,5 @@ async def state(request: Request) -> dict[str, Any]:
             "policies": {n: rt.version for n, rt in gw.policy_set.policies.items()},
             "log": {"pending": gw.routing_log.pending, "dropped": gw.routing_log.dropped,
                     "sink_ok": gw.routing_log.sink_ok},
-            "canaries": {n: _candidate_state(rt.candidate)
-                         for n, rt in gw.policy_set.policies.items()
+            "canaries": {n: rt.candidate.state() for n, rt in gw.policy_set.policies.items()
                          if rt.candidate is not None}}
-
-
-def _candidate_state(c: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"mode": c.mode, "share": c.share, "version": c.runtime.version,
-                           "serving": c.serving, "reverted": None}
-    if c.monitor is not None:
-        out.update(c.monitor.snapshot())
-    return out

@@ -60,7 +60,10 @@ async def summary(request: Request, since: int = Query(0, ge=0),
                   limit: int = Query(50, ge=1, le=200)) -> dict[str, Any]:
     """Recent decisions (after sequence ``since``) with their explanation, and totals since
     start-up: traffic share and cost per expert, cost saved against the strongest expert,
-    rejections, decision-cache hit rate, degraded paths, decision time p50/p99."""
+    rejections, decision-cache hit rate, degraded paths, decision time p50/p99, and each
+    policy's shadow/canary candidate (serving, per-arm counts, automatic revert)."""
     gw = _enabled(request)
     out: dict[str, Any] = gw.feed.summary(since, limit)
+    out["candidates"] = {n: rt.candidate.state() for n, rt in gw.policy_set.policies.items()
+                         if rt.candidate is not None}
     return out

@@ -227,3 +227,58 @@ def test_train_from_logs_with_correction(tmp_path) -> None:
     rc = main(["train", "--router", "knn", "--data", str(p), "--format", "long",
                "--correction", "dr", "--embedder", "hashing", "--out", str(tmp_path / "x")])
     assert rc == 2
+
+
+def _export(tmp_path, explore: bool) -> tuple:
+    """A log export of a router that sends code to the coder, with or without exploration,
+    and a candidate artifact that always prefers the coder."""
+    from routers.base import make_router
+    from routers.embed import HashingEmbedder
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(300):
+        code = i % 2 == 0
+        greedy, other = ("coder", "chatter") if code else ("chatter", "coder")
+        served = other if explore and rng.uniform() < 0.1 else greedy
+        probs = {greedy: 0.95, other: 0.05} if explore else {greedy: 1.0}
+        rows.append({"request_id": str(i), "endpoint": "chat",
+                     "text": f"{'fix this bug' if code else 'tell me a joke'} {i}",
+                     "expert": served, "feedback_score": float(served == "coder" or not code),
+                     "cost_usd": 0.002 if served == "coder" else 0.001,
+                     "propensity": probs.get(served, 0.05) if explore else 1.0,
+                     "action_probs": probs, "candidates": ["coder", "chatter"]})
+    rows.append({"request_id": "s", "endpoint": "shadow", "text": "shadow record",
+                 "expert": "coder", "feedback_score": 1.0})
+    p = tmp_path / f"export-{explore}.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    e = HashingEmbedder()
+    texts = ["fix this bug", "tell me a joke"]
+    S = np.array([[1.0, 0.0], [1.0, 0.0]])
+    t = RoutingTable(["a", "b"], texts, ["coder", "chatter"], S, np.zeros_like(S))
+    art = make_router("knn", k=1).fit(e.embed(texts), t).save(tmp_path / "cand",
+                                                              embedder=e.name)
+    return p, art
+
+
+def test_eval_offpolicy_on_logs_estimates_or_says_no_overlap(tmp_path) -> None:
+    from gateway.cli import main
+
+    logs, art = _export(tmp_path, explore=True)
+    out = tmp_path / "ope.json"
+    rc = main(["eval", "offpolicy", "--logs", str(logs), "--router", str(art),
+               "--embedder", "hashing", "--boot", "200", "--json", str(out),
+               "--cache-dir", str(tmp_path / "c")])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["verdict"] in ("ok", "low_ess") and res["n"] == 300  # shadow record dropped
+    # the candidate sends everything to the coder, which every request rated 1: truth 1.0
+    dr = res["estimates"]["quality"]["dr"]
+    assert dr["ci_low"] <= 1.0 <= dr["ci_high"] + 1e-9 and abs(dr["value"] - 1.0) < 0.1
+    assert res["commit"] and res["data_sha256"]
+    logs, art = _export(tmp_path, explore=False)
+    rc = main(["eval", "offpolicy", "--logs", str(logs), "--router", str(art),
+               "--embedder", "hashing", "--json", str(out), "--cache-dir", str(tmp_path / "c")])
+    assert rc == 1
+    res = json.loads(out.read_text())
+    assert res["verdict"] == "no_overlap" and "coder (150 requests)" in res["message"]

@@ -119,6 +119,9 @@ async def test_canary_reverts_itself_when_its_errors_exceed_the_incumbents(
         assert 'expertgate_canary_active{policy="auto"} 0.0' in metrics
         state = (await c.get("/admin/state")).json()
         assert "error rate" in state["canaries"]["auto"]["reverted"]
+        ui = (await c.get("/ui/api/summary")).json()  # the dashboard says so too
+        assert ui["candidates"]["auto"]["serving"] is False
+        assert "error rate" in ui["candidates"]["auto"]["reverted"]
         # a reload that leaves the candidate unchanged keeps it reverted
         path = tmp_path / "gw.yaml"
         path.write_text(yaml.safe_dump(cfg))

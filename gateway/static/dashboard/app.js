@@ -97,6 +97,7 @@ function render(s) {
   $("c-rejections-sub").textContent = listing(s.rejections) || "none";
   $("c-degraded").textContent = sum(s.degraded);
   $("c-degraded-sub").textContent = listing(s.degraded) || "no fallback taken";
+  renderCandidates(s.candidates || {});
   renderExperts(s);
   renderPolicies(s.policies);
   if (s.recent.length) {
@@ -104,6 +105,22 @@ function render(s) {
     since = s.seq;
     renderDecisions();
   }
+}
+
+// shadow / canary candidates: what serves, and a canary's automatic revert (with its reason)
+function renderCandidates(cands) {
+  const names = Object.keys(cands);
+  const serving = names.filter((n) => cands[n].serving).length;
+  $("c-candidates").textContent = names.length ? `${serving} canary serving` : "–";
+  $("c-candidates-sub").textContent = names.map((n) => {
+    const c = cands[n];
+    if (c.mode === "shadow") return `${n}: shadow (logged, not served)`;
+    if (c.reverted) return `${n}: canary REVERTED (${c.reverted})`;
+    const a = c.arms || {};
+    const can = a.canary || {}, inc = a.incumbent || {};
+    return `${n}: canary ${pct(c.share)}, errors ${can.errors ?? 0}/${can.requests ?? 0} ` +
+      `vs ${inc.errors ?? 0}/${inc.requests ?? 0}`;
+  }).join("; ") || "no shadow or canary router";
 }
 
 function renderExperts(s) {
