@@ -17,15 +17,19 @@ from tests.unit.test_router_contract import synthetic_table
 
 
 def test_ridge_leave_one_out_matches_refitting() -> None:
+    """The closed-form leave-one-out prediction equals refitting without the prompt (with
+    its own centring), also with more features than prompts and a tiny ridge."""
     rng = np.random.default_rng(0)
-    F = rng.normal(size=(30, 4))
-    Y = F @ rng.normal(size=(4, 2)) + 0.3 * rng.normal(size=(30, 2))
-    F, Y = F - F.mean(0), Y - Y.mean(0)
-    _, L = ridge_path(F, Y, [0.5])
-    i = 7
-    keep = np.arange(30) != i
-    B = np.linalg.solve(F[keep].T @ F[keep] + 0.5 * np.eye(4), F[keep].T @ Y[keep])
-    np.testing.assert_allclose(L[0, i], F[i] @ B, rtol=1e-8)
+    for n, d, alpha in ((30, 4, 0.5), (12, 20, 0.01)):
+        F = rng.normal(size=(n, d))
+        Y = F @ rng.normal(size=(d, 2)) + 0.3 * rng.normal(size=(n, 2))
+        _, L = ridge_path(F - F.mean(0), Y - Y.mean(0), [alpha])
+        i = 7
+        keep = np.arange(n) != i
+        Fk, Yk = F[keep] - F[keep].mean(0), Y[keep] - Y[keep].mean(0)
+        B = np.linalg.solve(Fk.T @ Fk + alpha * np.eye(d), Fk.T @ Yk)
+        want = (F[i] - F[keep].mean(0)) @ B + Y[keep].mean(0)
+        np.testing.assert_allclose(L[0, i] + Y.mean(0), want, rtol=1e-6)
 
 
 def test_irt_learns_a_pattern_and_is_calibrated() -> None:
