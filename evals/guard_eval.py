@@ -238,6 +238,52 @@ class _TfidfSvm(_Method):
         return Prediction(labels, s > self.threshold, np.zeros(len(texts), bool))
 
 
+class _Hybrid(_Method):
+    """Dense + sparse: the guard's OOD score on the embeddings (``method``) and the TF-IDF
+    SVM's negative top margin, each standardised on the in-domain validation scores and
+    averaged; the label is the SVM's; the unsafe layers are the guard's. The threshold is
+    calibrated like every method's, on in-domain validation queries only."""
+
+    def __init__(self, target_frr: float, seed: int, method: str = "knn",
+                 head: str | None = None) -> None:
+        self.dense = _GuardMethod(method=method, head=head, target_frr=target_frr, seed=seed)
+        self.sparse = _TfidfSvm(target_frr, seed)
+        self.target_frr = target_frr
+
+    def fit(self, X: np.ndarray, texts: list[str], labels: list[str], Xv: np.ndarray,
+            val_texts: list[str], val_labels: list[str], embedder: Any) -> dict[str, Any]:
+        info = self.dense.fit(X, texts, labels, Xv, val_texts, val_labels, embedder)
+        self.sparse.fit(X, texts, labels, Xv, val_texts, val_labels, embedder)
+        d, sp = self.dense.val_scores, self.sparse.val_scores
+        self.norm = (float(d.mean()), float(d.std() + 1e-9), float(sp.mean()),
+                     float(sp.std() + 1e-9))
+        self.val_scores = self._combine(d, sp)
+        self.val_unsafe = self.dense.val_unsafe
+        return {"dense": info, "standardisation": self.norm, **self.set_frr(self.target_frr)}
+
+    def _combine(self, d: np.ndarray, sp: np.ndarray) -> np.ndarray:
+        md, sd, ms, ss = self.norm
+        return 0.5 * ((d - md) / sd + (sp - ms) / ss)
+
+    def set_frr(self, frr: float) -> dict[str, Any]:
+        from routers.guard import calibrate_threshold
+
+        self.target_frr = float(frr)
+        self.threshold = calibrate_threshold(self.val_scores, float(frr),
+                                             already_rejected=self.val_unsafe)
+        ood = self.val_scores > self.threshold
+        return {"threshold": self.threshold,
+                "validation_frr": float(np.mean(ood | self.val_unsafe)),
+                "validation_frr_ood_only": float(np.mean(ood))}
+
+    def predict(self, X: np.ndarray, texts: list[str]) -> Prediction:
+        r = self.dense.router
+        labels, sp = self.sparse._ood(texts)
+        score = self._combine(r.ood_scores(X), sp)
+        unsafe = r.unsafe_scores(X, texts)[1]
+        return Prediction(labels, (score > self.threshold) | unsafe, unsafe)
+
+
 def _guard(**kw: Any) -> Callable[[float, int], _Method]:
     return lambda frr, seed: _GuardMethod(**kw, target_frr=frr, seed=seed)
 
@@ -255,6 +301,11 @@ GUARD_VARIANTS: dict[str, Callable[[float, int], _Method]] = {
     "guard-mlp-msp": _guard(method="msp", head="mlp"),
     "guard-mlp-energy": _guard(method="energy", head="mlp"),
     "guard-mlp-knn+msp": _guard(method="knn+msp", head="mlp"),
+    "guard-hybrid-knn": lambda frr, seed: _Hybrid(frr, seed, method="knn"),
+    "guard-hybrid-msp": lambda frr, seed: _Hybrid(frr, seed, method="msp"),
+    "guard-hybrid-mlp-knn": lambda frr, seed: _Hybrid(frr, seed, method="knn", head="mlp"),
+    "guard-hybrid-mlp-knn+msp": lambda frr, seed: _Hybrid(frr, seed, method="knn+msp",
+                                                          head="mlp"),
 }
 BASELINES: dict[str, Callable[[float, int], _Method]] = {
     "baseline-tfidf-svm": lambda frr, seed: _TfidfSvm(frr, seed),
