@@ -133,6 +133,9 @@ class DecisionFeed:
             "uptime_s": round(time.time() - self.started, 1),
             "requests": self.requests, "routed": self.routed, "errors": self.errors,
             "experts": experts,
+            # answered by no expert: refusals, errors before or after routing
+            "unserved": self.requests - sum(int(r["requests"]) for r in
+                                            self.per_expert.values()),
             "cost": {"total_usd": self.cost_usd, "routed_usd": self.routed_cost_usd,
                      "strongest_expert": strong.name if strong else None,
                      "if_strongest_usd": self.strongest_cost_usd if strong else None,

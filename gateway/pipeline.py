@@ -178,6 +178,9 @@ def build_policy_set(cfg: GatewayConfig, embedder: Embedder | None) -> PolicySet
 def _to_experts(pol: PolicyConfig, d: Decision) -> None:
     """Rename a learned router's table models to the experts the policy maps them to."""
     m = pol.models
+    if d.targets and m.get(d.targets[0].expert, d.targets[0].expert) != d.targets[0].expert:
+        first = d.targets[0].expert  # the reason speaks the table's names: say who serves it
+        d.reason = f"{d.reason}; {first} is served by {m[first]}"
     d.targets = [Target(m.get(t.expert, t.expert), t.score) for t in d.targets]
     if d.aggregator is not None:
         d.aggregator = m.get(d.aggregator, d.aggregator)

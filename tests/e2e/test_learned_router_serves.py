@@ -54,6 +54,7 @@ async def test_train_then_serve_with_mapped_models_routes_and_answers(
                                  ("tell me a joke", "small-expert")):
                 d = (await c.post("/v1/route", json={"model": "learned", "text": text})).json()
                 assert d["targets"][0]["expert"] == expect, d
+                assert d["reason"].endswith(f"is served by {expect}")
                 assert {t["expert"] for t in d["targets"]} <= {"big-expert", "small-expert"}
                 r = await c.post("/v1/chat/completions", json={
                     "model": "learned", "messages": [{"role": "user", "content": text}]})

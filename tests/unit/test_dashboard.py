@@ -31,6 +31,7 @@ async def test_summary_counts_what_the_gateway_did(ups, tmp_path: Path) -> None:
 
         s = (await c.get("/ui/api/summary")).json()
         assert s["requests"] == 5 and s["routed"] == 5 and s["errors"] == 0
+        assert s["unserved"] == 1  # the refusal
         by = {e["name"]: e for e in s["experts"]}
         # chatter: 2 jokes + the fallback; coder: the bug fix (7 prompt + 5 completion tokens)
         assert by["chatter"]["requests"] == 3 and by["coder"]["requests"] == 1

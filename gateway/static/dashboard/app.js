@@ -88,11 +88,9 @@ function render(s) {
   $("c-cache").textContent = pct(s.cache.hit_rate);
   $("c-cache-sub").textContent = `${s.cache.hit} hits, ${s.cache.miss} misses` +
     (s.cache.bypass ? `, ${s.cache.bypass} bypassed` : "");
-  $("c-latency").textContent =
-    s.decision_ms.p50 === null ? "–" :
-      `${s.decision_ms.p50.toFixed(1)} / ${s.decision_ms.p99.toFixed(1)} ms`;
-  $("c-latency-sub").textContent =
-    `routing decision p50 / p99, last ${s.decision_ms.n} routed`;
+  $("c-latency").textContent = s.decision_ms.p50 === null ? "–" : "p50 " + ms(s.decision_ms.p50);
+  $("c-latency-sub").textContent = s.decision_ms.p50 === null ? "routing decision time" :
+    `p99 ${ms(s.decision_ms.p99)} · routing decision, last ${s.decision_ms.n} routed`;
   $("c-rejections").textContent = sum(s.rejections);
   $("c-rejections-sub").textContent = listing(s.rejections) || "none";
   $("c-degraded").textContent = sum(s.degraded);
@@ -136,6 +134,12 @@ function renderExperts(s) {
       el("td", { class: "num" }, e.requests),
       el("td", { class: "num" }, (e.prompt_tokens + e.completion_tokens).toLocaleString()),
       el("td", { class: "num" }, usd(e.cost_usd))));
+  }
+  if (s.unserved > 0) {
+    body.append(el("tr", { class: "muted" },
+      el("td", {}, "no expert (refusals, errors)"),
+      el("td", { class: "share" }, pct(s.unserved / s.requests)),
+      el("td", { class: "num" }, s.unserved), el("td", {}), el("td", {})));
   }
   $("experts-note").textContent = s.cost.strongest_expert ?
     `Cost saved compares what routed requests cost with what the same tokens would have cost on ` +
