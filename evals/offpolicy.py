@@ -29,7 +29,7 @@ for every expert): it replays a logging router with exploration to produce logs,
 candidate router off-policy, and compares with the candidate's true value from the table.
 :func:`simulate_training` measures bias-corrected training from such logs
 (:func:`debiased_table`) against naive training. ``expertgate eval offpolicy`` is the command
-line (:mod:`gateway.cli.offpolicy` resolves gateway policies; this module never imports the
+line (:mod:`expertgate.cli.offpolicy` resolves gateway policies; this module never imports the
 gateway).
 """
 
@@ -373,12 +373,12 @@ def load_logged(path: str | Path, embed: Any, *, experts: Sequence[str] | None =
         if isinstance(cands, str):
             cands = json.loads(cands) if cands else None
         if isinstance(cands, list | tuple | np.ndarray) and len(cands):
-            allowed[i] = [e in set(cands) for e in ex]
+            allowed[i] = [name in set(cands) for name in ex]
             allowed[i, actions[i]] = True
     for i, (prop, pr) in enumerate(probs_list):
         if pr:
-            for e, v in pr.items():
-                P[i, col[e]] = v
+            for name, v in pr.items():
+                P[i, col[name]] = v
         else:
             P[i, actions[i]] = 1.0 if prop is None else prop
     costs = pd.to_numeric(df.get("cost_usd", pd.Series(np.zeros(len(df)))),

@@ -42,7 +42,7 @@ ALPHAS = np.geomspace(0.1, 1e5, 19)
 _EM_ROUNDS = 2
 
 
-def ridge_path(F: np.ndarray, Y: np.ndarray, alphas: Sequence[float]
+def ridge_path(F: np.ndarray, Y: np.ndarray, alphas: Sequence[float] | np.ndarray
                ) -> tuple[np.ndarray, np.ndarray]:
     """Ridge coefficients and leave-one-out predictions for every alpha, in closed form.
 

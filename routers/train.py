@@ -1,7 +1,7 @@
 """Fit any registered router from a routing table, measure it on held-out prompts, save it.
 
 This is the library side of ``expertgate train`` (the command line, with the data-set
-loaders, lives in :mod:`gateway.cli.train`; the routers package never imports ``evals``):
+loaders, lives in :mod:`expertgate.cli.train`; the routers package never imports ``evals``):
 
 * :func:`parse_params` turns ``k=v`` strings into parameters (JSON values where they parse);
 * :func:`split_table` splits by normalised prompt text with a seed (train / validation /

@@ -5,7 +5,7 @@
 set -euo pipefail
 D=${1:-${EXPERTGATE_DATA_DIR:-../shared/data}}
 OUT=docs/results/offpolicy
-EG="nice -n 10 python -m gateway.cli eval offpolicy"
+EG="nice -n 10 python -m expertgate eval offpolicy"
 export OMP_NUM_THREADS=1
 mkdir -p $OUT
 $EG --simulate $D/routellm --logging knn:cost_weight=0.1 --candidate classifier:cost_weight=0.1 \
@@ -20,4 +20,4 @@ $EG --simulate $D/llmrouter_nq --logging knn:cost_weight=1.0 --candidate knn:cos
     --rate 0.05 --json $OUT/nq-quality-first-eps5.json
 $EG --simulate $D/llmrouter_nq --logging knn:cost_weight=1.0 --candidate knn:cost_weight=0 \
     --rate 0.1 --method softmax --temperature 0.1 --json $OUT/nq-quality-first-softmax10.json
-python -m gateway.cli eval offpolicy --summarise $OUT/*.json --out $OUT/summary.md
+python -m expertgate eval offpolicy --summarise $OUT/*.json --out $OUT/summary.md

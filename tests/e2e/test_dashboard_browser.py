@@ -19,7 +19,7 @@ import uvicorn
 from gateway.app import create_app
 from gateway.config import Settings, parse_config
 from routers.embed import HashingEmbedder
-from tests.doubles.openai_upstream import free_port
+from expertgate.procs import free_port
 from tests.unit.gateway_helpers import base_config, chat
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

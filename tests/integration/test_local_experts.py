@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from gateway.local_experts import GatewayServer, local_config
+from expertgate.procs import GatewayServer, local_config
 from tests.integration.conftest import LocalExperts
 
 pytestmark = pytest.mark.integration

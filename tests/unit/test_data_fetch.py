@@ -24,7 +24,7 @@ from evals.datasets.registry import (
     raw_url,
     resolve_table,
 )
-from gateway.cli import main as cli
+from expertgate.cli import main as cli
 
 
 @contextlib.contextmanager

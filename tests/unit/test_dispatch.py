@@ -13,8 +13,8 @@ import pytest
 from aiohttp import web
 
 import gateway.dispatch as dispatch_mod
+from expertgate.bench.upstream_double import OpenAIUpstreamDouble
 from gateway.dispatch import CircuitBreaker, RetryPolicy
-from tests.doubles.openai_upstream import OpenAIUpstreamDouble
 from tests.unit.gateway_helpers import base_config, chat, gateway_client
 
 

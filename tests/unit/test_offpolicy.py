@@ -201,7 +201,7 @@ def test_load_logged_reads_an_export(tmp_path) -> None:
 
 
 def test_train_from_logs_with_correction(tmp_path) -> None:
-    from gateway.cli import main
+    from expertgate.cli import main
 
     rng = np.random.default_rng(0)
     rows = []
@@ -262,7 +262,7 @@ def _export(tmp_path, explore: bool) -> tuple:
 
 
 def test_eval_offpolicy_on_logs_estimates_or_says_no_overlap(tmp_path) -> None:
-    from gateway.cli import main
+    from expertgate.cli import main
 
     logs, art = _export(tmp_path, explore=True)
     out = tmp_path / "ope.json"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.doubles.openai_upstream import OpenAIUpstreamDouble
+from expertgate.bench.upstream_double import OpenAIUpstreamDouble
 from tests.unit.gateway_helpers import base_config, chat, gateway_client
 
 

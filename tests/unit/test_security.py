@@ -23,13 +23,13 @@ import pytest
 import yaml
 from aiohttp import web
 
-from evals.soak import GatewayProcess
+from expertgate.bench.upstream_double import OpenAIUpstreamDouble
+from expertgate.procs import GatewayServer, free_port
 from gateway.app import create_app
 from gateway.auth import RequestIds, hash_key
 from gateway.config import ConfigError, Settings, parse_config
 from gateway.redact import RedactFilter, redact
 from routers.embed import HashingEmbedder
-from tests.doubles.openai_upstream import OpenAIUpstreamDouble, free_port
 from tests.unit.gateway_helpers import base_config, chat, gateway_client
 
 TENANT_A, TENANT_B, ADMIN = "sk-tenant-a-123456", "sk-tenant-b-654321", "sk-admin-abcdef"
@@ -335,8 +335,8 @@ async def test_a_one_megabyte_header_gets_431_and_nothing_leaks_in_the_log(
     cfg = base_config(ups[0].base, ups[1].base)
     cfg["experts"][1]["api_base"] = f"http://svc:{PASSWORD}@127.0.0.1:{free_port()}/v1"
     (tmp_path / "gw.yaml").write_text(yaml.safe_dump(cfg))
-    gw = GatewayProcess(tmp_path / "gw.yaml", log_path=tmp_path / "log.jsonl",
-                        output=tmp_path / "gw.out")
+    gw = GatewayServer(tmp_path / "gw.yaml", routing_log=tmp_path / "log.jsonl",
+                       log_path=tmp_path / "gw.out", check_upstreams=False)
     await asyncio.to_thread(gw.start)
     try:
         big = b"GET /v1/models HTTP/1.1\r\nhost: x\r\nauthorization: Bearer " + \

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.cli import main as cli
-from gateway.cli.serve import unreachable_experts
+from expertgate.cli import main as cli
+from expertgate.cli.serve import unreachable_experts
 from gateway.config import parse_config
-from tests.doubles.openai_upstream import free_port
+from expertgate.procs import free_port
 
 
 async def test_unreachable_experts_are_named(ups) -> None:

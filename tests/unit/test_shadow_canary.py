@@ -136,7 +136,7 @@ async def test_canary_reverts_itself_when_its_errors_exceed_the_incumbents(
 
 @pytest.mark.parametrize("action", ["promote", "revert"])
 def test_policy_promote_and_revert_rewrite_the_config(tmp_path: Path, action: str) -> None:
-    from gateway.cli import main
+    from expertgate.cli import main
     from gateway.config import load_config
 
     art = _always_coder(tmp_path / "cand")

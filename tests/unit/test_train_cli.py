@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from gateway.cli import main
+from expertgate.cli import main
 from routers.artifacts import load_router, read_manifest
 from routers.base import RouterError, registered_names
 from routers.train import parse_params
@@ -131,7 +131,7 @@ def test_a_long_embedding_is_announced_with_its_estimate_and_a_faster_embedder(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import time
 
-    from gateway.cli.train import _say_embedding_estimate
+    from expertgate.cli.train import _say_embedding_estimate
     from routers.embed import HashingEmbedder
 
     class SlowEmbedder(HashingEmbedder):

@@ -5,7 +5,7 @@ Raw ASGI (no framework) on uvicorn with uvloop and httptools, one pooled
 after start-up (its pauses otherwise dominate the p99 at concurrency 1). Whatever expertgate
 adds beyond this is the cost of its own work: parsing, validation, routing, logging.
 
-Run: ``python -m evals.bench_floor --port P --upstream http://127.0.0.1:U``.
+Run: ``python -m expertgate.bench.floor --port P --upstream http://127.0.0.1:U``.
 """
 
 from __future__ import annotations

@@ -21,14 +21,14 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["CHAT_BODY", "SSE_BODY", "StubError", "UpstreamStub", "free_port", "wait_port"]
+from expertgate.procs import LocalExpertError, free_port, wait_port
+
+__all__ = ["CHAT_BODY", "SSE_BODY", "StubError", "UpstreamStub"]
 
 MODEL = "stub"
 
@@ -57,31 +57,8 @@ MODELS_BODY = json.dumps({"object": "list", "data": [
     {"id": MODEL, "object": "model", "created": 1700000000, "owned_by": "stub"}]})
 
 
-class StubError(RuntimeError):
+class StubError(LocalExpertError):
     """The stub could not be started (nginx missing, port busy, bad config)."""
-
-
-def free_port() -> int:
-    """A currently free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout_s: float = 30.0, proc: subprocess.Popen[bytes] | None = None
-              ) -> None:
-    """Block until something accepts connections on 127.0.0.1:port (or fail)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise StubError(f"process exited with code {proc.returncode} before listening "
-                            f"on port {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise StubError(f"nothing listens on 127.0.0.1:{port} after {timeout_s:g}s")
 
 
 def _nginx_string(s: str) -> str:
@@ -160,8 +137,8 @@ class UpstreamStub:
             [self.nginx, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            wait_port(self.port, 15.0, self.proc)
-        except StubError as e:
+            wait_port(self.port, 15.0, self.proc, "nginx")
+        except LocalExpertError as e:
             err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
             self.stop()
             raise StubError(f"nginx stub did not start: {e}\n{err}") from None
@@ -171,7 +148,7 @@ class UpstreamStub:
         """The master's PID and its workers' (for CPU and RSS accounting)."""
         if self.proc is None:
             return []
-        from evals.bench_proc import process_tree
+        from expertgate.bench.proc import process_tree
 
         return process_tree(self.proc.pid)
 

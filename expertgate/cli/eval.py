@@ -1,5 +1,5 @@
 """``expertgate eval guard|routing|report|offpolicy``: subcommands defined in evals/ (offpolicy
- in gateway.cli.offpolicy, which resolves gateway policies)."""
+ in expertgate.cli.offpolicy, which resolves gateway policies)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ SUBCOMMANDS = {
     "guard": ("evals.guard_eval", "guard quality, GQR-Bench protocol"),
     "routing": ("evals.routing_eval", "cost-quality of routers (RouteLLM / RouterBench metrics)"),
     "report": ("evals.report", "Markdown + PNG report of the latest evaluation runs"),
-    "offpolicy": ("gateway.cli.offpolicy", "off-policy evaluation of a router on another "
+    "offpolicy": ("expertgate.cli.offpolicy", "off-policy evaluation of a router on another "
                   "router's logs (IPS, SNIPS, doubly robust); --simulate proves it"),
 }
 

@@ -17,18 +17,19 @@ __all__ = ["main"]
 
 # subcommand -> (module, help)
 GROUPS: dict[str, tuple[str, str]] = {
-    "serve": ("gateway.cli.serve", "run the gateway"),
-    "route": ("gateway.cli.serve", "explain the routing decision for a text (dry run)"),
-    "logs": ("gateway.cli.serve", "routing-log tools (export to Parquet)"),
-    "demo": ("gateway.cli.demo", "start two local llama.cpp experts and the gateway, send prompts"),
-    "routers": ("gateway.cli.train", "router registry"),
-    "train": ("gateway.cli.train", "fit a router from a routing table and save its artifact"),
-    "eval": ("gateway.cli.eval", "evaluate guards and routers on public data"),
-    "bench": ("gateway.cli.bench", "benchmarks: gateway overhead, router latency, soak"),
-    "data": ("gateway.cli.train", "data-set registry: list and verify the shared data sets"),
-    "embedder": ("gateway.cli.embedder", "fine-tune the sentence encoder on in-domain data"),
-    "keys": ("gateway.cli.keys", "API keys: hash a key, add or revoke keys in Redis"),
-    "policy": ("gateway.cli.policy", "promote or revert a policy's shadow/canary candidate"),
+    "serve": ("expertgate.cli.serve", "run the gateway"),
+    "route": ("expertgate.cli.serve", "explain the routing decision for a text (dry run)"),
+    "logs": ("expertgate.cli.serve", "routing-log tools (export to Parquet)"),
+    "demo": ("expertgate.cli.demo",
+             "start two local llama.cpp experts and the gateway, send prompts"),
+    "routers": ("expertgate.cli.train", "router registry"),
+    "train": ("expertgate.cli.train", "fit a router from a routing table and save its artifact"),
+    "eval": ("expertgate.cli.eval", "evaluate guards and routers on public data"),
+    "bench": ("expertgate.cli.bench", "benchmarks: gateway overhead, router latency, soak"),
+    "data": ("expertgate.cli.train", "data-set registry: list and verify the shared data sets"),
+    "embedder": ("expertgate.cli.embedder", "fine-tune the sentence encoder on in-domain data"),
+    "keys": ("expertgate.cli.keys", "API keys: hash a key, add or revoke keys in Redis"),
+    "policy": ("expertgate.cli.policy", "promote or revert a policy's shadow/canary candidate"),
 }
 
 

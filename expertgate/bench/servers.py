@@ -2,8 +2,8 @@
 
 Each is a subprocess on 127.0.0.1, started and stopped by its own PID:
 
-* ``floor`` — :mod:`evals.bench_floor`, the least a Python pass-through adds;
-* ``expertgate`` — ``python -m gateway.cli serve`` with a config written to a temp folder;
+* ``floor`` — :mod:`expertgate.bench.floor`, the least a Python pass-through adds;
+* ``expertgate`` — ``python -m expertgate serve`` with a config written to a temp folder;
 * ``litellm`` — the LiteLLM proxy (``litellm[proxy]==1.106.2``), installed on first use in
   its own venv (its pins conflict with ours), 1 worker, no database.
 """
@@ -24,8 +24,9 @@ from types import TracebackType
 
 import yaml
 
-from evals.bench_proc import process_tree
-from evals.upstream_stub import StubError, UpstreamStub, free_port, wait_port
+from expertgate.bench.proc import process_tree
+from expertgate.bench.upstream_stub import UpstreamStub
+from expertgate.procs import LocalExpertError, free_port, wait_port
 
 __all__ = [
     "LITELLM_VERSION",
@@ -113,7 +114,7 @@ def _start(name: str, cmd: list[str], port: int, workdir: Path, env: dict[str, s
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise ServerError(f"{name} is not ready at {ready_path}")
             time.sleep(0.2)
-    except (StubError, ServerError) as e:
+    except (LocalExpertError, ServerError) as e:
         srv.stop()
         raise ServerError(f"{name} did not start: {e}\n--- log tail ---\n{srv.log_tail()}"
                           ) from None
@@ -136,7 +137,7 @@ def _child_env(**extra: str) -> dict[str, str]:
 
 def start_floor(stub: UpstreamStub, workdir: Path) -> Server:
     port = free_port()
-    cmd = [sys.executable, "-m", "evals.bench_floor", "--port", str(port),
+    cmd = [sys.executable, "-m", "expertgate.bench.floor", "--port", str(port),
            "--upstream", f"http://127.0.0.1:{stub.port}"]
     log = workdir / "floor.log"
     fh = log.open("wb")
@@ -147,7 +148,7 @@ def start_floor(stub: UpstreamStub, workdir: Path) -> Server:
     try:
         # the floor has no GET endpoint: a listening port means its lifespan has run
         wait_port(port, 30.0, proc)
-    except StubError as e:
+    except LocalExpertError as e:
         srv.stop()
         raise ServerError(f"floor did not start: {e}\n{srv.log_tail()}") from None
     return srv
@@ -205,7 +206,7 @@ def start_expertgate(stub: UpstreamStub, workdir: Path, *, embedder: str = "onnx
     port = free_port()
     cfg = workdir / "expertgate.yaml"
     cfg.write_text(yaml.safe_dump(expertgate_config(stub, embedder=embedder), sort_keys=False))
-    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg),
+    cmd = [sys.executable, "-m", "expertgate", "serve", "--config", str(cfg),
            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
     if redis_url:
         cmd += ["--redis-url", redis_url]

@@ -1,4 +1,4 @@
-"""``expertgate bench overhead|router|soak``: defined in evals.bench."""
+"""``expertgate bench overhead|router|soak``: defined in expertgate.bench."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 
 def register(sub: Any, name: str) -> None:
-    from evals.bench import cli_register
+    from expertgate.bench import cli_register
 
     p = sub.add_parser(name, help="benchmarks: gateway overhead, router latency, soak")
     cli_register(p)

@@ -1,6 +1,6 @@
 """Bounded soak: steady load through a real gateway process; RSS and open fds must not grow.
 
-``expertgate bench soak --minutes 3`` (or ``python -m evals.soak --minutes 3``) starts an
+``expertgate bench soak --minutes 3`` (or ``python -m expertgate.bench.soak --minutes 3``) starts an
 OpenAI-compatible upstream (aiohttp, in this process), a real ``expertgate serve`` subprocess
 in front of it (optionally with its own ``redis-server``), and drives a steady closed-loop
 load (``--concurrency`` clients, routed and explicit requests, streaming and not, a few with
@@ -12,9 +12,8 @@ arenas fill), the verdict compares the median of the last three samples with the
 first three: RSS growth must stay under ``--max-rss-growth`` (10%) and the fd count must not
 grow. It prints the figures and writes them as JSON (``--out``).
 
-The process helpers here (:class:`RedisProcess`, :class:`GatewayProcess`) are also what the
-fault and shared-rate-limit tests use to run real processes on 127.0.0.1; they stop only the
-processes they started, by PID.
+The processes come from :mod:`expertgate.procs` and the upstream is the tests' double
+(:mod:`expertgate.bench.upstream_double`); each is stopped by the PID this run started.
 """
 
 from __future__ import annotations
@@ -23,50 +22,23 @@ import argparse
 import asyncio
 import contextlib
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import orjson
 
 __all__ = [
-    "GatewayProcess",
-    "RedisProcess",
     "cli_register_soak",
-    "free_port",
     "main",
     "proc_fds",
     "proc_rss_kib",
     "run_soak",
     "soak_config",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_port(port: int, timeout_s: float, proc: subprocess.Popen[bytes] | None = None,
-               what: str = "process") -> None:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {proc.returncode} before listening")
-        with socket.socket() as s:
-            s.settimeout(0.2)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout_s:g}s")
 
 
 def proc_rss_kib(pid: int) -> int:
@@ -82,150 +54,7 @@ def proc_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-class RedisProcess:
-    """A ``redis-server`` on a free loopback port, no persistence, stopped by its own PID."""
-
-    def __init__(self, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisProcess:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_port(self.port, 15.0, self.proc, "redis-server")
-        return self
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        """Stop the server this object started (SIGKILL for a crash, SIGTERM otherwise)."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.proc = None
-
-    def __enter__(self) -> RedisProcess:
-        return self.start()
-
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
-
-
-class GatewayProcess:
-    """``expertgate serve`` as a child process on a free loopback port."""
-
-    def __init__(self, config: Path, *, port: int | None = None, redis_url: str | None = None,
-                 log_path: Path | None = None, env: dict[str, str] | None = None,
-                 output: Path | None = None) -> None:
-        self.config = Path(config)
-        self.port = port or free_port()
-        self.redis_url = redis_url
-        self.log_path = log_path
-        self.env = dict(env or {})
-        self.output = output
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._out: Any = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def start(self, timeout_s: float = 60.0) -> GatewayProcess:
-        cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config),
-               "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"]
-        if self.redis_url:
-            cmd += ["--redis-url", self.redis_url]
-        env = dict(os.environ)
-        env.update({"EXPERTGATE_READY_CHECK_UPSTREAMS": "false", "PYTHONUNBUFFERED": "1"})
-        if self.log_path is not None:
-            env["EXPERTGATE_LOG_PATH"] = str(self.log_path)
-        env.update(self.env)
-        if self.output is not None:
-            self._out = self.output.open("ab")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self._out or subprocess.DEVNULL,
-                                     stderr=subprocess.STDOUT if self._out else
-                                     subprocess.DEVNULL)
-        _wait_port(self.port, timeout_s, self.proc, "expertgate serve")
-        return self
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def wait(self, timeout_s: float) -> int:
-        assert self.proc is not None
-        return self.proc.wait(timeout_s)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(40)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.proc = None
-        if self._out is not None:
-            self._out.close()
-            self._out = None
-
-    def __enter__(self) -> GatewayProcess:
-        return self.start()
-
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
-
-
 # --------------------------------------------------------------------------- upstream
-
-
-def _upstream_app() -> Any:
-    from aiohttp import web
-
-    async def chat(request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        model = body.get("model")
-        if body.get("stream"):
-            resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
-            await resp.prepare(request)
-            for w in ("soak", " answer"):
-                ev = {"id": "chatcmpl-soak", "object": "chat.completion.chunk", "created": 1,
-                      "model": model, "choices": [{"index": 0, "delta": {"content": w},
-                                                   "finish_reason": None}]}
-                await resp.write(b"data: " + orjson.dumps(ev) + b"\n\n")
-            await resp.write(b"data: [DONE]\n\n")
-            await resp.write_eof()
-            return resp
-        return web.json_response({
-            "id": "chatcmpl-soak", "object": "chat.completion", "created": 1, "model": model,
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": "soak answer"}}],
-            "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}})
-
-    async def models(request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "soak", "object": "model"}]})
-
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
-    app.router.add_get("/v1/models", models)
-    return app
 
 
 def soak_config(upstream: str, *, rpm: int | None = None) -> dict[str, Any]:
@@ -244,7 +73,8 @@ def soak_config(upstream: str, *, rpm: int | None = None) -> dict[str, Any]:
     if rpm is not None:
         from gateway.auth import hash_key
 
-        cfg["api_keys"] = [{"name": "soak", "sha256": hash_key("sk-soak"),
+        # every expert by name ("*"), so the unknown model of the load is a 404, not a 403
+        cfg["api_keys"] = [{"name": "soak", "sha256": hash_key("sk-soak"), "experts": ["*"],
                             "requests_per_minute": rpm}]
     return cfg
 
@@ -288,44 +118,45 @@ async def run_soak(minutes: float = 3.0, *, concurrency: int = 8, sample_s: floa
                    ) -> dict[str, Any]:
     """Run the soak; returns the samples, the counts and the verdict."""
     import yaml
-    from aiohttp import web
+
+    from expertgate.bench.upstream_double import OpenAIUpstreamDouble
+    from expertgate.procs import GatewayServer, RedisServer
 
     tmp = Path(workdir or tempfile.mkdtemp(prefix="expertgate-soak-"))
     tmp.mkdir(parents=True, exist_ok=True)
-    up_port = free_port()
-    runner = web.AppRunner(_upstream_app(), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", up_port).start()
+    up = await OpenAIUpstreamDouble("soak", record=False).start()
     cfg_path = tmp / "soak.yaml"
     # the limit is far above the load: the soak exercises the rate limiter, never trips it
-    cfg_path.write_text(yaml.safe_dump(soak_config(f"http://127.0.0.1:{up_port}/v1",
-                                                   rpm=10_000_000)))
-    redis = RedisProcess().start() if with_redis else None
-    gw = GatewayProcess(cfg_path, redis_url=redis.url if redis else None,
-                        log_path=tmp / "routing-log.jsonl", output=tmp / "gateway.out")
+    cfg_path.write_text(yaml.safe_dump(soak_config(up.base, rpm=10_000_000)))
+    redis = RedisServer(log_path=tmp / "redis.log").start() if with_redis else None
+    gw = GatewayServer(cfg_path, redis_url=redis.url if redis else None,
+                       routing_log=tmp / "routing-log.jsonl", log_path=tmp / "gateway.out",
+                       check_upstreams=False)
     samples: list[dict[str, float]] = []
     counts: dict[str, int] = {}
     t_start = time.monotonic()
     duration = minutes * 60
     try:
         gw.start()
+        assert gw.pid is not None
+        pid = gw.pid
         end = t_start + duration
         load = asyncio.ensure_future(_load(gw.url, concurrency, end, counts))
         while not load.done():
             t = time.monotonic() - t_start
-            samples.append({"t_s": round(t, 1), "rss_kib": proc_rss_kib(gw.pid),
-                            "fds": proc_fds(gw.pid), "requests": sum(counts.values())})
+            samples.append({"t_s": round(t, 1), "rss_kib": proc_rss_kib(pid),
+                            "fds": proc_fds(pid), "requests": sum(counts.values())})
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(load), sample_s)
         await load
         samples.append({"t_s": round(time.monotonic() - t_start, 1),
-                        "rss_kib": proc_rss_kib(gw.pid), "fds": proc_fds(gw.pid),
+                        "rss_kib": proc_rss_kib(pid), "fds": proc_fds(pid),
                         "requests": sum(counts.values())})
     finally:
         gw.stop()
         if redis is not None:
             redis.stop()
-        await runner.cleanup()
+        await up.stop()
     after = [s for s in samples if s["t_s"] >= warmup_frac * duration]
     if len(after) < 6:
         raise RuntimeError(f"too few samples after warm-up ({len(after)}): run longer or "
@@ -392,7 +223,7 @@ def cli_register_soak(subparsers: Any) -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    parser = argparse.ArgumentParser(prog="python -m evals.soak",
+    parser = argparse.ArgumentParser(prog="python -m expertgate.bench.soak",
                                      description=__doc__.splitlines()[0])
     _add_args(parser)
     raise SystemExit(main(parser.parse_args()))

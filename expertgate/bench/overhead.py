@@ -1,16 +1,16 @@
 """``expertgate bench overhead``: what expertgate adds to a request, against its peers.
 
-The same requests go to a fast fixed-answer upstream (:mod:`evals.upstream_stub`, nginx)
+The same requests go to a fast fixed-answer upstream (:mod:`expertgate.bench.upstream_stub`, nginx)
 
 * ``direct``       — straight to the upstream (the baseline every other path is compared to);
-* ``floor``        — through the bare raw-ASGI + aiohttp pass-through (:mod:`evals.bench_floor`);
+* ``floor``        — through the bare raw-ASGI + aiohttp pass-through (:mod:`expertgate.bench.floor`);
 * ``passthrough``  — through expertgate with a concrete expert name (no routing);
 * ``routed_miss``  — through expertgate with a routed policy, a distinct prompt every request
   (decision-cache miss: normalise, embed, route, then forward);
 * ``routed_hit``   — the same policy with one repeated prompt (decision-cache hit);
 * ``litellm``      — through the LiteLLM proxy 1.106.2 (1 worker, no database).
 
-Load comes from wrk (closed loop, one thread; see :mod:`evals.bench_load` for why not
+Load comes from wrk (closed loop, one thread; see :mod:`expertgate.bench.load` for why not
 h2load) at each concurrency, a bounded number of requests per run. Paths are interleaved in
 rounds (their order rotating each round) so machine noise hits all alike; every figure is
 taken per round as "path minus direct, same round" and the median over rounds is reported.
@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evals.bench_load import LoadError, run_wrk, stream_ttfb
-from evals.bench_proc import cpu_seconds, machine_info, rss_bytes
-from evals.bench_servers import (
+from expertgate.bench.load import LoadError, run_wrk, stream_ttfb
+from expertgate.bench.proc import cpu_seconds, machine_info, rss_bytes
+from expertgate.bench.servers import (
     ROUTED_POLICY,
     Server,
     ServerError,
@@ -45,7 +45,7 @@ from evals.bench_servers import (
     start_floor,
     start_litellm,
 )
-from evals.upstream_stub import StubError, UpstreamStub
+from expertgate.bench.upstream_stub import StubError, UpstreamStub
 from routers.embed import EMBEDDER_KINDS
 
 __all__ = ["PATHS", "cmd_overhead", "format_ratio_lines", "register_overhead"]
@@ -121,7 +121,7 @@ def _single_embed_probe(embedder: str) -> Callable[[], dict[str, float]] | None:
         return None
     import numpy as np
 
-    from evals.bench_load import distinct_prompt
+    from expertgate.bench.load import distinct_prompt
 
     e = _probe_embedder(embedder)
     calls = iter(range(10**9))
@@ -142,7 +142,7 @@ def _single_embed_probe(embedder: str) -> Callable[[], dict[str, float]] | None:
 def embed_by_length(embedder: str, repeats: int = 100) -> dict[str, Any]:
     """The gateway embedder's one-query latency per prompt length (8/40/128/512 tokens) and
     a whole decision with it (embed + the ``irt`` router), as ``bench router`` measures."""
-    from evals.bench_router import bench_lengths
+    from expertgate.bench.router import bench_lengths
 
     return bench_lengths({embedder: _probe_embedder(embedder)}, repeats)[embedder]
 

@@ -150,7 +150,7 @@ def run_demo(config: Path, *, port: int | None = None, keep_running: bool = Fals
     """Start everything, send the demo prompts, print the table; returns the exit code."""
     import openai
 
-    from gateway.local_experts import GatewayServer, LlamaServer, free_port, local_config
+    from expertgate.procs import GatewayServer, LlamaServer, free_port, local_config
 
     out = out or sys.stdout
 
@@ -227,7 +227,7 @@ def _sigterm_as_exit() -> Iterator[None]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from gateway.local_experts import LocalExpertError
+    from expertgate.procs import LocalExpertError
 
     if not args.config.is_file():
         print(f"expertgate demo: no config file {args.config}", file=sys.stderr)

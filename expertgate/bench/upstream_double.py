@@ -1,29 +1,27 @@
-"""A test double of an OpenAI-compatible upstream (what vLLM or llama.cpp serve).
+"""The double of an OpenAI-compatible upstream (what vLLM or llama.cpp serve): the one used by
+the tests and the soak.
 
 Real HTTP on 127.0.0.1 (aiohttp), so the gateway's real client, pooling, timeouts and
 streaming are exercised; only the model is fake. The integration tier uses real llama.cpp
 servers instead. Behaviour is switchable per test: fail with a status, hang before the first
 byte, cut a stream after the first chunk. Every request received is recorded, so tests can
-prove that nothing was sent twice.
+prove that nothing was sent twice (``record=False`` for long runs such as the soak).
+``start_in_thread`` runs it on its own event loop for synchronous callers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-__all__ = ["OpenAIUpstreamDouble", "free_port"]
+from expertgate.procs import free_port
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["OpenAIUpstreamDouble", "ThreadedDouble"]
 
 
 @dataclass
@@ -35,6 +33,7 @@ class OpenAIUpstreamDouble:
     delay_s: float = 0.0
     received: list[dict[str, Any]] = field(default_factory=list)
     adapters: dict[str, str] = field(default_factory=dict)  # vLLM-style LoRA: name -> parent
+    record: bool = True
     _runner: web.AppRunner | None = None
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -71,7 +70,8 @@ class OpenAIUpstreamDouble:
         return web.Response(text=f"Success: LoRA adapter '{body['lora_name']}' added")
 
     async def _gate(self, body: dict[str, Any]) -> web.Response | None:
-        self.received.append(body)
+        if self.record:
+            self.received.append(body)
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         if self.mode == "status":
@@ -125,3 +125,25 @@ class OpenAIUpstreamDouble:
             "choices": [{"index": 0, "text": f" completion from {self.name}",
                          "finish_reason": "stop", "logprobs": None}],
             "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}})
+
+
+class ThreadedDouble:
+    """An :class:`OpenAIUpstreamDouble` on its own event loop in a daemon thread, for
+    synchronous callers; ``stop`` ends both."""
+
+    def __init__(self, name: str, **kw: Any) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.double = asyncio.run_coroutine_threadsafe(
+            OpenAIUpstreamDouble(name, **kw).start(), self.loop).result(10)
+
+    @property
+    def base(self) -> str:
+        return self.double.base
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.double.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()

@@ -74,7 +74,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     started: list[Any] = []
     try:
         if args.start_experts:
-            from gateway.local_experts import LocalExpertError
+            from expertgate.procs import LocalExpertError
 
             try:
                 started = start_local_experts(cfg, Path("runs/serve"), started)
@@ -96,7 +96,7 @@ def start_local_experts(cfg: GatewayConfig, work: Path, started: list[Any]) -> l
     (smollm2, gemma3) on a 127.0.0.1 port; appends each to ``started`` as it starts."""
     from urllib.parse import urlsplit
 
-    from gateway.local_experts import DEFAULT_CHAT_FORMAT, LlamaServer, LocalExpertError
+    from expertgate.procs import DEFAULT_CHAT_FORMAT, LlamaServer, LocalExpertError
 
     todo = []
     for e in cfg.experts:

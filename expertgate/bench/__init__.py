@@ -1,12 +1,12 @@
 """Benchmarks behind ``expertgate bench``: ``overhead`` and ``router``.
 
-* ``overhead`` (:mod:`evals.bench_overhead`): added latency, throughput, CPU and memory of
+* ``overhead`` (:mod:`expertgate.bench.overhead`): added latency, throughput, CPU and memory of
   expertgate against a direct call, a bare Python pass-through and the LiteLLM proxy, all in
-  front of one fast local upstream (:mod:`evals.upstream_stub`).
-* ``router`` (:mod:`evals.bench_router`): decision latency per router family and embedder
+  front of one fast local upstream (:mod:`expertgate.bench.upstream_stub`).
+* ``router`` (:mod:`expertgate.bench.router`): decision latency per router family and embedder
   backend, decision-cache hit latency (in-memory and Redis), embedding throughput with and
   without micro-batching.
-* ``soak`` (:mod:`evals.soak`, its own module): steady load through a real gateway while RSS
+* ``soak`` (:mod:`expertgate.bench.soak`): steady load through a real gateway while RSS
   and file descriptors are sampled.
 
 Every figure is printed with the machine it was measured on; speed targets are checked here
@@ -22,9 +22,9 @@ __all__ = ["cli_register"]
 
 def cli_register(parser: Any) -> None:
     """Add the ``overhead``, ``router`` and ``soak`` subcommands to ``expertgate bench``."""
-    from evals.bench_overhead import register_overhead
-    from evals.bench_router import register_router
-    from evals.soak import cli_register_soak
+    from expertgate.bench.overhead import register_overhead
+    from expertgate.bench.router import register_router
+    from expertgate.bench.soak import cli_register_soak
 
     sub = parser.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
     register_overhead(sub)

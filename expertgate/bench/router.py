@@ -25,9 +25,7 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -112,7 +110,7 @@ _PARAMS: dict[str, dict[str, Any]] = {"lora": {"base_model": "base-llm"}}
 
 
 def _prompts(n: int) -> list[str]:
-    from evals.bench_load import distinct_prompt
+    from expertgate.bench.load import distinct_prompt
 
     return [distinct_prompt("router", i) for i in range(n)]
 
@@ -367,27 +365,10 @@ def batcher_dispatch_cost(calls: int = 400) -> dict[str, float]:
 
 @contextlib.contextmanager
 def _redis_server() -> Iterator[str]:
-    from evals.upstream_stub import free_port, wait_port
+    from expertgate.procs import RedisServer
 
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise RuntimeError("redis-server is not installed (Debian: apt-get install redis-server)")
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="expertgate-redis-") as d:
-        proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                 "--appendonly", "no", "--dir", d],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_port(port, 10.0)
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            # our own server only, by its PID
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+    with RedisServer() as srv:  # our own server only, stopped by its PID
+        yield srv.url
 
 
 def bench_cache(repeats: int, skip_redis: bool) -> dict[str, Any]:
@@ -496,7 +477,7 @@ def cmd_router(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from threadpoolctl import threadpool_limits
 
-    from evals.bench_proc import machine_info
+    from expertgate.bench.proc import machine_info
 
     machine = machine_info()
     texts = _prompts(600)

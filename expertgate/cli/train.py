@@ -114,7 +114,7 @@ def register(sub: Any, name: str) -> None:
         vf.set_defaults(func=_data_verify)
         p.set_defaults(func=_data_list)
     else:  # pragma: no cover - dispatcher bug
-        raise ValueError(f"gateway.cli.train cannot register {name!r}")
+        raise ValueError(f"expertgate.cli.train cannot register {name!r}")
 
 
 def _routers_list(args: argparse.Namespace) -> int:

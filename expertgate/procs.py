@@ -1,4 +1,5 @@
-"""Real local experts for the demo and the integration tier: llama.cpp servers on loopback.
+"""Real processes on loopback for the demo, the benchmarks and the tests: llama.cpp experts,
+``redis-server`` and ``expertgate serve``, each a child process stopped by its own PID.
 
 Two small GGUF models ship as PyPI packages:
 
@@ -9,9 +10,12 @@ Two small GGUF models ship as PyPI packages:
   once into the cache folder (``$EXPERTGATE_CACHE`` or ``~/.cache/expertgate/models``) and
   later runs reuse it.
 
-``LlamaServer`` runs ``python -m llama_cpp.server`` as a child process in its own process
-group, waits until ``GET /v1/models`` answers, writes the server's output to a log file and
-stops only the process it started (SIGTERM, then SIGKILL after a grace period).
+``ChildServer`` is the one launcher: a child process in its own process group, ready when its
+readiness check passes, its output in a log file, stopped by signalling only the group it
+started (SIGTERM, then SIGKILL after a grace period). ``LlamaServer`` runs
+``python -m llama_cpp.server`` (ready on ``GET /v1/models``), ``RedisServer`` runs
+``redis-server`` without persistence (ready on ``PING``), ``GatewayServer`` runs
+``expertgate serve`` (ready on ``GET /healthz``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -37,10 +42,12 @@ __all__ = [
     "GatewayServer",
     "LlamaServer",
     "LocalExpertError",
+    "RedisServer",
     "cache_dir",
     "free_port",
     "local_config",
     "model_path",
+    "wait_port",
 ]
 
 ModelName = Literal["smollm2", "gemma3"]
@@ -73,6 +80,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout_s: float = 30.0, proc: subprocess.Popen[bytes] | None = None,
+              what: str = "process") -> None:
+    """Block until something accepts connections on 127.0.0.1:``port``; raise
+    LocalExpertError when ``proc`` exits first or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise LocalExpertError(f"{what} exited with code {proc.returncode} before "
+                                   f"listening on port {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise LocalExpertError(f"{what}: nothing listens on 127.0.0.1:{port} after {timeout_s:g}s")
 
 
 def _smollm2_path() -> Path:
@@ -189,7 +213,7 @@ class ChildServer:
         """Poll the readiness URL until it answers 200, the process dies or time runs out.
         On failure the process is stopped and the error carries the end of its log."""
         deadline = time.monotonic() + self.start_timeout_s
-        url = self.url + self.ready_path
+        url = f"http://127.0.0.1:{self.port}{self.ready_path}"
         while True:
             if self.proc is None or self.proc.poll() is not None:
                 code = None if self.proc is None else self.proc.returncode
@@ -197,12 +221,8 @@ class ChildServer:
                 self.stop()
                 raise LocalExpertError(f"{self.kind} {self.name}: exited (code {code}) before "
                                        f"it was ready; log {self.log_path}:\n{tail}")
-            try:
-                with urllib.request.urlopen(url, timeout=2.0) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, OSError, TimeoutError):
-                pass  # not listening yet
+            if self.is_ready(url):
+                return
             if time.monotonic() > deadline:
                 tail = self.log_tail()
                 self.stop()
@@ -211,14 +231,32 @@ class ChildServer:
                                        f"{self.log_path}:\n{tail}")
             time.sleep(0.2)
 
-    def stop(self) -> None:
-        """SIGTERM this server's process group, SIGKILL after the grace period."""
+    def is_ready(self, url: str) -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=2.0) as r:
+                return bool(r.status == 200)
+        except (urllib.error.URLError, OSError, TimeoutError):
+            return False  # not listening yet
+
+    def send_signal(self, sig: int) -> None:
+        """Send ``sig`` to the server process itself (e.g. SIGTERM to test a graceful stop)."""
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout_s: float) -> int:
+        """Wait for the process to exit; its exit code."""
+        assert self.proc is not None
+        return self.proc.wait(timeout_s)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Send ``sig`` (SIGTERM; SIGKILL to simulate a crash) to this server's process group,
+        SIGKILL after the grace period."""
         proc = self.proc
         if proc is not None and proc.poll() is None:
             # the child leads its own session, so its pid is its process-group id and
             # nothing but what it started is ever signalled
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
+                os.killpg(proc.pid, sig)
             try:
                 proc.wait(self.stop_grace_s)
             except subprocess.TimeoutExpired:
@@ -289,11 +327,53 @@ class LlamaServer(ChildServer):
         return cls(name, model_path(name), port, **kw)
 
 
+class RedisServer(ChildServer):
+    """``redis-server`` in the foreground: no persistence, loopback only, ready on ``PING``.
+
+    ``start`` after ``stop`` reuses the same port, so clients see the same URL come back.
+    """
+
+    kind = "redis"
+
+    def __init__(self, port: int | None = None, log_path: str | os.PathLike[str] | None = None,
+                 binary: str | None = None) -> None:
+        super().__init__("redis", port, log_path, start_timeout_s=20.0, stop_grace_s=5.0)
+        found = binary or shutil.which("redis-server")
+        if found is None:
+            raise LocalExpertError("redis-server is not installed: apt-get install -y "
+                                   "redis-server (scripts/setup.sh does it when run as root)")
+        self.binary = found
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def command(self) -> list[str]:
+        return [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--protected-mode", "yes", "--loglevel", "warning"]
+
+    def client(self) -> Any:
+        """A synchronous ``redis.Redis`` client of this server (the caller closes it)."""
+        import redis
+
+        return redis.Redis(port=self.port, socket_timeout=2.0)
+
+    def is_ready(self, url: str) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+
 class GatewayServer(ChildServer):
     """``expertgate serve`` as a child process (what a user runs), ready on ``/healthz``.
 
     Without ``redis_url`` it runs embedded (in-process cache, JSONL routing log at
-    ``log_path`` of the routing log, next to the server's own output by default).
+    ``routing_log``, next to the server's own output ``log_path`` by default).
+    ``check_upstreams=False`` makes ``/readyz`` skip probing the upstreams (tests and
+    benchmarks whose upstreams come and go on purpose).
     """
 
     kind = "gateway"
@@ -302,8 +382,9 @@ class GatewayServer(ChildServer):
     def __init__(self, config: str | os.PathLike[str], port: int | None = None,
                  redis_url: str | None = None, routing_log: str | os.PathLike[str] | None = None,
                  log_path: str | os.PathLike[str] | None = None,
-                 start_timeout_s: float = 180.0, stop_grace_s: float = 10.0,
-                 python: str | None = None, env: dict[str, str] | None = None) -> None:
+                 start_timeout_s: float = 180.0, stop_grace_s: float = 40.0,
+                 python: str | None = None, env: dict[str, str] | None = None,
+                 check_upstreams: bool = True) -> None:
         super().__init__("gateway", port, log_path, start_timeout_s, stop_grace_s)
         self.config = Path(config)
         self.redis_url = redis_url
@@ -311,9 +392,11 @@ class GatewayServer(ChildServer):
             self.log_path.with_suffix(".routing-log.jsonl"))
         self.python = python or sys.executable
         self.extra_env = dict(env or {})
+        if not check_upstreams:
+            self.extra_env.setdefault("EXPERTGATE_READY_CHECK_UPSTREAMS", "false")
 
     def command(self) -> list[str]:
-        cmd = [self.python, "-m", "gateway.cli", "serve", "--config", str(self.config),
+        cmd = [self.python, "-m", "expertgate", "serve", "--config", str(self.config),
                "--host", "127.0.0.1", "--port", str(self.port)]
         if self.redis_url:
             cmd += ["--redis-url", self.redis_url]
