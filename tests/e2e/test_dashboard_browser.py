@@ -16,10 +16,10 @@ import httpx
 import pytest
 import uvicorn
 
+from expertgate.procs import free_port
 from gateway.app import create_app
 from gateway.config import Settings, parse_config
 from routers.embed import HashingEmbedder
-from expertgate.procs import free_port
 from tests.unit.gateway_helpers import base_config, chat
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -13,10 +13,9 @@ import httpx
 import pytest
 import yaml
 
-from expertgate.cli import main as cli
-from expertgate.procs import GatewayServer
 from expertgate.bench.upstream_double import OpenAIUpstreamDouble
-from expertgate.procs import free_port
+from expertgate.cli import main as cli
+from expertgate.procs import GatewayServer, free_port
 from tests.e2e.test_train_then_serve import write_long_table
 
 MAP = {"strong-llm": "big-expert", "mid-llm": "small-expert", "cheap-llm": "small-expert"}

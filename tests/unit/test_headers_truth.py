@@ -123,8 +123,8 @@ async def test_readyz_reports_each_expert_and_the_operator_chooses(ups, tmp_path
 
 async def test_limits_and_cache_without_their_redis_are_degraded_and_counted(
         ups, tmp_path: Path) -> None:
-    from gateway.auth import hash_key
     from expertgate.procs import free_port
+    from gateway.auth import hash_key
 
     cfg = base_config(ups[0].base, ups[1].base)
     cfg["api_keys"] = [{"name": "t", "sha256": hash_key("sk-t-1"), "requests_per_minute": 100,

@@ -10,8 +10,8 @@ import yaml
 
 from expertgate.cli import main as cli
 from expertgate.cli.serve import unreachable_experts
-from gateway.config import parse_config
 from expertgate.procs import free_port
+from gateway.config import parse_config
 
 
 async def test_unreachable_experts_are_named(ups) -> None:
