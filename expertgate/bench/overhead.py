@@ -3,7 +3,8 @@
 The same requests go to a fast fixed-answer upstream (:mod:`expertgate.bench.upstream_stub`, nginx)
 
 * ``direct``       — straight to the upstream (the baseline every other path is compared to);
-* ``floor``        — through the bare raw-ASGI + aiohttp pass-through (:mod:`expertgate.bench.floor`);
+* ``floor``        — through the bare raw-ASGI + aiohttp pass-through
+  (:mod:`expertgate.bench.floor`);
 * ``passthrough``  — through expertgate with a concrete expert name (no routing);
 * ``routed_miss``  — through expertgate with a routed policy, a distinct prompt every request
   (decision-cache miss: normalise, embed, route, then forward);

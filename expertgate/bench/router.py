@@ -24,7 +24,6 @@ import functools
 import json
 import os
 import platform
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
