@@ -145,6 +145,6 @@ def test_a_long_embedding_is_announced_with_its_estimate_and_a_faster_embedder(
     _say_embedding_estimate(SlowEmbedder(), "minilm", texts, str(tmp_path))
     err = capsys.readouterr().err
     assert "embedding 3,000 prompts with hashing-512: about" in err
-    assert "measured on 32 of them" in err and "faster: --embedder hashing" in err
+    assert "measured on 32 of them" in err and "faster: --embedder onnx" in err
     _say_embedding_estimate(SlowEmbedder(), "minilm", texts[:500], str(tmp_path))
     assert capsys.readouterr().err == ""  # ~5 s: not long, nothing said
