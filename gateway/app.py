@@ -342,7 +342,10 @@ class Gateway:
             # a cache hit has no "total": its decision time is the cache lookup
             "decision_ms": (d.timings_ms.get("total", sum(d.timings_ms.values()))
                             if d is not None else None),
-            "latency_ms": round(latency_ms, 3), "prompt_tokens": usage[0],
+            "latency_ms": round(latency_ms, 3),
+            "upstream_ms": (round(ctx.upstream_ms, 3) if getattr(ctx, "upstream_ms", None)
+                            is not None else None),
+            "prompt_tokens": usage[0],
             "completion_tokens": usage[1], "cost_usd": cost, "stream": ctx.stream,
         }
         rec["arm"] = getattr(ctx, "arm", None)

@@ -4,9 +4,10 @@ Every answered request's routing-log record (``Gateway.log_request``) also goes 
 :class:`DecisionFeed`, which keeps the last ``size`` decisions (with their explanation) and
 totals since start-up: traffic share, tokens and cost per expert, what the same tokens would
 have cost on the strongest (most expensive) expert, guard rejections, decision-cache hits,
-degraded paths by component and the routing decision time (p50/p99 of the last
-``latency_window`` routed requests: cache lookup + embedding + guard + router, the time the
-gateway adds before it calls an expert). With several worker processes each keeps its own
+degraded paths by component, and over the last ``latency_window`` routed requests the
+p50/p99 of the latency the gateway added (whole request minus the time in upstream calls, for
+non-streamed answers) and of the routing decision alone (cache lookup + embedding + guard +
+router). With several worker processes each keeps its own
 feed; ``/metrics`` is the cross-process view.
 
 The page itself is static (``gateway/static/dashboard/``: HTML, JS and CSS, no build step);
@@ -25,7 +26,7 @@ from gateway.config import ExpertConfig, GatewayConfig
 __all__ = ["DecisionFeed", "strongest_expert"]
 
 _RECENT_KEYS = ("request_id", "ts", "policy", "expert", "mode", "reason", "cache", "degraded",
-                "targets", "scores", "guard", "decision_ms", "latency_ms", "cost_usd",
+                "targets", "scores", "guard", "decision_ms", "latency_ms", "upstream_ms", "cost_usd",
                 "http_status", "error_type", "prompt_tokens", "completion_tokens", "tenant",
                 "endpoint", "stream")
 
@@ -56,6 +57,7 @@ class DecisionFeed:
         self.started = time.time()
         self._recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=size)
         self._decision_ms: collections.deque[float] = collections.deque(maxlen=latency_window)
+        self._added_ms: collections.deque[float] = collections.deque(maxlen=latency_window)
         self._seq = 0
         self.requests = 0
         self.routed = 0
@@ -96,6 +98,9 @@ class DecisionFeed:
             self.cache[str(rec.get("cache") or "none")] += 1
             if rec.get("decision_ms") is not None:
                 self._decision_ms.append(float(rec["decision_ms"]))
+            if rec.get("upstream_ms") is not None and rec.get("latency_ms") is not None:
+                self._added_ms.append(max(0.0, float(rec["latency_ms"]) -
+                                          float(rec["upstream_ms"])))
             if expert and status < 400:
                 self.routed_cost_usd += cost
                 strong = strongest_expert(self.config)
@@ -149,6 +154,9 @@ class DecisionFeed:
             "degraded": dict(self.degraded),
             "decision_ms": {"p50": _quantile(ms, 0.5), "p99": _quantile(ms, 0.99),
                             "n": len(ms)},
+            "added_ms": {"p50": _quantile(list(self._added_ms), 0.5),
+                         "p99": _quantile(list(self._added_ms), 0.99),
+                         "n": len(self._added_ms)},
             "policies": [p.name for p in self.config.policies],
             "seq": self._seq,
             "recent": recent[::-1],

@@ -8,7 +8,8 @@ are retried; when the queue is full the oldest are dropped and counted
 Record fields (ARCHITECTURE.md): ``request_id, client_request_id, ts, tenant, endpoint,
 policy, policy_version, text_hash, text`` (only where the policy allows), ``embedding_id,
 mode, expert, replica, targets, scores, reason, guard, cache, status, http_status,
-error_type, fallback, degraded, decision_ms, latency_ms, prompt_tokens, completion_tokens,
+error_type, fallback, degraded, decision_ms, latency_ms, upstream_ms, prompt_tokens,
+completion_tokens,
 cost_usd, stream``, and the exploration fields of :mod:`routers.explore` (``propensity`` of
 the chosen expert, ``action_probs`` of every candidate, ``explored``, ``greedy_expert``,
 ``candidates``, ``router_version``) that off-policy evaluation and bias-corrected training

@@ -211,10 +211,34 @@ def _refusal(payload: dict[str, Any], endpoint: str, message: str, policy: str,
 class _Ctx:
     """Per-request facts gathered for headers and the routing-log record."""
 
-    __slots__ = ("_ids", "_nonce", "_request_id", "_tenant", "arm", "cache", "chain",
-                 "client_request_id", "decision", "degraded", "endpoint", "expert", "explore",
-                 "key_id", "policy", "rate", "reason", "replica", "routed_text", "rt",
-                 "started", "stream", "t0", "text", "text_hash")
+    __slots__ = (
+        "_ids",
+        "_nonce",
+        "_request_id",
+        "_tenant",
+        "arm",
+        "cache",
+        "chain",
+        "client_request_id",
+        "decision",
+        "degraded",
+        "endpoint",
+        "expert",
+        "explore",
+        "key_id",
+        "policy",
+        "rate",
+        "reason",
+        "replica",
+        "routed_text",
+        "rt",
+        "started",
+        "stream",
+        "t0",
+        "text",
+        "text_hash",
+        "upstream_ms",
+    )
 
     def __init__(self, ids: RequestIds, client_request_id: str | None, endpoint: str,
                  t0: float) -> None:
@@ -236,6 +260,8 @@ class _Ctx:
         self.degraded: list[str] = []
         #: the experts the dispatcher was asked to try, in order
         self.chain: list[str] = []
+        #: time spent in upstream calls (all attempts) for a non-streamed answer
+        self.upstream_ms: float | None = None
         self.stream = False
         self.text: str | None = None
         self.text_hash: str | None = None
@@ -488,6 +514,8 @@ async def _respond(gw: Gateway, res: DispatchResult, ctx: _Ctx, send: Send, chai
                    ) -> tuple[int, tuple[int, int]]:
     reply = res.reply
     ctx.expert = res.expert.name
+    if not reply.stream:  # the whole answer was read within the attempts' time
+        ctx.upstream_ms = sum(a.ms for a in res.attempts)
     ctx.replica = res.replica
     if res.fallback or res.expert.name != chain[0]:
         ctx.degraded.append("expert-fallback")

@@ -46,6 +46,8 @@ async def test_summary_counts_what_the_gateway_did(ups, tmp_path: Path) -> None:
         assert s["rejections"] == {"ood": 1}
         assert s["degraded"] == {"expert-fallback": 1}
         assert s["decision_ms"]["n"] == 5 and s["decision_ms"]["p99"] >= s["decision_ms"]["p50"]
+        # added latency: the four non-streamed answers (not the refusal, which called no one)
+        assert s["added_ms"]["n"] == 4 and 0 <= s["added_ms"]["p50"] <= s["added_ms"]["p99"]
         newest = s["recent"][0]
         assert newest["text"] == "refactor this class" and newest["expert"] == "chatter"
         assert "expert-fallback" in newest["degraded"] and newest["reason"]

@@ -88,9 +88,12 @@ function render(s) {
   $("c-cache").textContent = pct(s.cache.hit_rate);
   $("c-cache-sub").textContent = `${s.cache.hit} hits, ${s.cache.miss} misses` +
     (s.cache.bypass ? `, ${s.cache.bypass} bypassed` : "");
-  $("c-latency").textContent = s.decision_ms.p50 === null ? "–" : "p50 " + ms(s.decision_ms.p50);
-  $("c-latency-sub").textContent = s.decision_ms.p50 === null ? "routing decision time" :
-    `p99 ${ms(s.decision_ms.p99)} · routing decision, last ${s.decision_ms.n} routed`;
+  const a = s.added_ms, dm = s.decision_ms;
+  $("c-latency").textContent = a.p50 === null ? "–" : "p50 " + ms(a.p50);
+  $("c-latency-sub").textContent = (a.p50 === null ? "" :
+    `p99 ${ms(a.p99)} over ${a.n} answers · `) +
+    (dm.p50 === null ? "no routing decision yet" :
+      `of which routing decision p50 ${ms(dm.p50)}, p99 ${ms(dm.p99)}`);
   $("c-rejections").textContent = sum(s.rejections);
   $("c-rejections-sub").textContent = listing(s.rejections) || "none";
   $("c-degraded").textContent = sum(s.degraded);
