@@ -59,10 +59,10 @@ from routers.base import Router, RouterError, RoutingTable, get_router_class, re
 from routers.embed import EMBEDDER_KINDS
 
 __all__ = [
-    "DEFAULT_EXCLUDED",
     "EvalError",
     "check_table",
     "cli_register",
+    "default_routers",
     "evaluate",
     "evaluate_predictions",
     "load_routing_table",
@@ -70,9 +70,6 @@ __all__ = [
     "synthetic_table",
 ]
 
-#: families that route by label or adapter rather than trading cost for quality; a user can
-#: still name them in ``--routers``
-DEFAULT_EXCLUDED = frozenset({"semantic", "guard", "lora"})
 #: strong-call shares of the fine two-expert quality-cost curve (and validation knob grid)
 FINE_LEVELS = 101
 #: λ grid (price of normalised cost) for N experts: 0, then geometric; the large end is
@@ -368,8 +365,10 @@ def _predict(router: Router, X: np.ndarray, texts: Sequence[str], models: Sequen
 # --------------------------------------------------------------------------- the sweep
 
 
-def _default_routers(table: RoutingTable) -> list[str]:
-    return [n for n in registered_names() if n not in DEFAULT_EXCLUDED]
+def default_routers() -> list[str]:
+    """The families the sweep runs by default: those that trade cost for quality (a family's
+    ``trades_cost``); label and adapter routers may still be named in ``--routers``."""
+    return [n for n in registered_names() if get_router_class(n).trades_cost]
 
 
 #: fewest prompts every model answered for a split into three non-empty parts
@@ -424,7 +423,7 @@ def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | Non
         raise EvalError(f"{X.shape[0]} embeddings for {len(table)} prompts")
     mean_costs = table.mean_costs()
     s_idx = int(np.argmax(mean_costs)) if strong is None else table.models.index(strong)
-    names = list(routers) if routers else _default_routers(table)
+    names = list(routers) if routers else default_routers()
     params = dict(router_params or {})
     per_seed: dict[str, list[dict[str, Any]]] = {}
     base_seed: dict[str, list[dict[str, Any]]] = {}
@@ -485,7 +484,7 @@ def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | Non
                               "cv_score": sel.score}
                 else:
                     r = get_router_class(name)(**dict(params.get(name, {})))
-                    if "seed" in r._param_names:
+                    if "seed" in r.param_names():
                         r.set_params(seed=int(seed))
                     r.fit(X[tr], T)
                 try:
@@ -589,7 +588,8 @@ def cli_register(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated router families, 'auto' among them for the "
                              "family chosen per seed by cross-validation on train (default: "
                              "every registered "
-                             f"cost-quality family; not {', '.join(sorted(DEFAULT_EXCLUDED))})")
+                             "cost-quality family; not "
+                             f"{', '.join(sorted({*registered_names()} - {*default_routers()}))})")
     parser.add_argument("--strong", default=None,
                         help="the strong model of a two-expert table (default: most expensive)")
     parser.add_argument("--seeds", type=int, default=5, help="number of split seeds")

@@ -117,7 +117,7 @@ def _folds(n: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
 
 def _make(family: str, params: Mapping[str, Any], seed: int) -> Router:
     r = make_router(family, **dict(params))
-    if "seed" in r._param_names and "seed" not in params:
+    if "seed" in r.param_names() and "seed" not in params:
         r.set_params(seed=int(seed))
     return r
 

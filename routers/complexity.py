@@ -41,7 +41,6 @@ def _isotonic_curve(d: np.ndarray, y: np.ndarray, grid: np.ndarray) -> np.ndarra
 @register
 class ComplexityRouter(QualityRouter):
     name = "complexity"
-    _param_names = ("max_strong_share", "quality_target", "alpha", "val_fraction", "seed")
     _array_attrs = ("coef_", "intercept_", "grid_", "curves_", "costs_")
     _json_attrs = ("experts_", "dim_", "strong_", "threshold_", "calibration_")
     n_grid = 64

@@ -179,11 +179,11 @@ class GuardRouter(Router):
     """In-domain classifier + OOD threshold at a stated false-rejection rate + unsafe check."""
 
     name = "guard"
+    trades_cost = False  # classifies in-domain labels and rejects the rest
+    train_input = ("a guard table text,label,split (--format guard); labels are the "
+                   "in-domain routes, oos/ood rows only in the test split")
     version = 1
     needs_scores = False
-    _param_names = ("method", "target_frr", "val_fraction", "seed", "routes", "head", "k",
-                    "C", "shrinkage", "temperature", "hidden", "epochs", "bank_size", "unsafe",
-                    "unsafe_seeds", "unsafe_frr", "unsafe_min_similarity")
     _array_attrs = ("W_", "b_", "H1_", "h1_", "bank_", "bank_label_", "centroids_",
                     "means_", "precision_", "means_precision_", "means_norm_", "score_norm_",
                     "unsafe_seed_emb_")

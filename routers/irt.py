@@ -86,7 +86,6 @@ def _platt(z: np.ndarray, s: np.ndarray) -> tuple[float, float]:
 @register
 class IRTRouter(QualityRouter):
     name = "irt"
-    _param_names = ("rank", "text_stats", "cost_weight", "threshold")
     _array_attrs = ("coef_", "intercept_", "feat_mean_", "stat_mean_", "stat_scale_",
                     "platt_", "alpha_", "abilities_", "costs_")
     _json_attrs = ("experts_", "dim_", "rank_")

@@ -104,10 +104,6 @@ def synthetic_table(X: np.ndarray, texts: Sequence[str], seed: int = 0) -> Any:
                         [_CATS[c] for c in y])
 
 
-# families whose constructor needs parameters a synthetic table cannot supply
-_PARAMS: dict[str, dict[str, Any]] = {"lora": {"base_model": "base-llm"}}
-
-
 def _prompts(n: int) -> list[str]:
     from expertgate.bench.load import distinct_prompt
 
@@ -115,13 +111,13 @@ def _prompts(n: int) -> list[str]:
 
 
 def bench_families(X: np.ndarray, texts: list[str], repeats: int) -> dict[str, Any]:
-    from routers.base import RouterError, make_router, registered_names
+    from routers.base import RouterError, get_router_class, make_router, registered_names
 
     table = synthetic_table(X, texts)
     out: dict[str, Any] = {}
     for name in registered_names():
         try:
-            r = make_router(name, **_PARAMS.get(name, {}))
+            r = make_router(name, **get_router_class(name).example_params)
             t = time.perf_counter()
             r.fit(X, table)
             fit_s = time.perf_counter() - t

@@ -13,17 +13,17 @@ from routers.embed import EMBEDDER_KINDS
 
 __all__ = ["register"]
 
-TRAIN_EPILOG = """\
-which input each router takes:
-  semantic, category, skills  a routing table with a category column (skills falls back to
-                              k-means clusters without one)
-  knn, mf, classifier,        a routing table: prompt_id, prompt, model, score (0..1), cost
-  complexity, cluster         (--format long|routellm|routellm-gsm8k|llmrouter|logs)
-  lora                        a routing table whose models are LoRA adapter names; needs
-                              --param base_model=NAME (optional --param adapters='[...]')
-  guard                       a guard table text,label,split (--format guard); labels are
-                              the in-domain routes, oos/ood rows only in the test split
 
+def _inputs_help() -> str:
+    """One line per registered family: what ``train`` needs for it (its ``train_input``)."""
+    from routers.base import get_router_class, registered_names
+
+    lines = ["which input each router takes:"]
+    for n in registered_names():
+        lines.append(f"  {n:<11} {get_router_class(n).train_input}")
+    return "\n".join(lines) + "\n\n"
+
+TRAIN_EPILOG = """\
 --data is a registry name (routellm:mmlu, routellm:gsm8k, llmrouter_nq; fetch it first with
 `expertgate data fetch NAME`; the format is implied) or a path (--format, default long).
 
@@ -48,7 +48,7 @@ def register(sub: Any, name: str) -> None:
         p = sub.add_parser(name, help="fit a router from a routing table and save its artifact",
                            description="Fit a router on the train part of a routing table "
                            "(split by prompt), print validation and test metrics, save the "
-                           "artifact.", epilog=TRAIN_EPILOG,
+                           "artifact.", epilog=_inputs_help() + TRAIN_EPILOG,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--router", required=True, help="registered router name "
                        "(expertgate routers list), or 'auto': family and parameters chosen "
