@@ -26,9 +26,9 @@ from gateway.config import ExpertConfig, GatewayConfig
 __all__ = ["DecisionFeed", "strongest_expert"]
 
 _RECENT_KEYS = ("request_id", "ts", "policy", "expert", "mode", "reason", "cache", "degraded",
-                "targets", "scores", "guard", "decision_ms", "latency_ms", "upstream_ms", "cost_usd",
-                "http_status", "error_type", "prompt_tokens", "completion_tokens", "tenant",
-                "endpoint", "stream")
+                "targets", "scores", "guard", "decision_ms", "latency_ms", "upstream_ms",
+                "cost_usd", "http_status", "error_type", "prompt_tokens", "completion_tokens",
+                "tenant", "endpoint", "stream")
 
 
 def _price(e: ExpertConfig) -> float:
