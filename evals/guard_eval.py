@@ -158,7 +158,7 @@ class _GuardMethod(_Method):
                         validation=(Xv, val_labels, val_texts),
                         embedder=embedder if self.params.get("unsafe", True) else None)
         r = self.router
-        self.val_scores = r.ood_scores(Xv)
+        self.val_scores = r.ood_scores(Xv, val_texts)
         self.val_unsafe = r.unsafe_scores(Xv, val_texts)[1]
         return {"params": r.get_params(), "unsafe_layers": r.unsafe_layers_,
                 "unsafe_threshold": r.unsafe_threshold_, **self.set_frr(r.target_frr)}
@@ -301,6 +301,8 @@ GUARD_VARIANTS: dict[str, Callable[[float, int], _Method]] = {
     "guard-mlp-msp": _guard(method="msp", head="mlp"),
     "guard-mlp-energy": _guard(method="energy", head="mlp"),
     "guard-mlp-knn+msp": _guard(method="knn+msp", head="mlp"),
+    "guard-lexical-knn": _guard(method="knn", lexical=True),
+    "guard-lexical-mlp-knn": _guard(method="knn", head="mlp", lexical=True),
     "guard-hybrid-knn": lambda frr, seed: _Hybrid(frr, seed, method="knn"),
     "guard-hybrid-msp": lambda frr, seed: _Hybrid(frr, seed, method="msp"),
     "guard-hybrid-mlp-knn": lambda frr, seed: _Hybrid(frr, seed, method="knn", head="mlp"),
