@@ -89,11 +89,11 @@ function render(s) {
   $("c-cache-sub").textContent = `${s.cache.hit} hits, ${s.cache.miss} misses` +
     (s.cache.bypass ? `, ${s.cache.bypass} bypassed` : "");
   const a = s.added_ms, dm = s.decision_ms;
-  $("c-latency").textContent = a.p50 === null ? "–" : "p50 " + ms(a.p50);
+  $("c-latency").textContent = a.p50 === null ? "–" : ms(a.p50);
   $("c-latency-sub").textContent = (a.p50 === null ? "" :
-    `p99 ${ms(a.p99)} over ${a.n} answers · `) +
+    `p50; p99 ${ms(a.p99)} (${a.n} answers) · `) +
     (dm.p50 === null ? "no routing decision yet" :
-      `of which routing decision p50 ${ms(dm.p50)}, p99 ${ms(dm.p99)}`);
+      `routing decision p50 ${ms(dm.p50)}, p99 ${ms(dm.p99)}`);
   $("c-rejections").textContent = sum(s.rejections);
   $("c-rejections-sub").textContent = listing(s.rejections) || "none";
   $("c-degraded").textContent = sum(s.degraded);
