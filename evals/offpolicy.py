@@ -50,6 +50,7 @@ import numpy as np
 
 from routers.base import Router, RoutingTable, make_router
 from routers.explore import Exploration, exploration_matrix, record_probs, sample_actions
+from routers.logrecord import TRAINING_COLUMNS, UNSERVED_ENDPOINTS, json_field
 
 __all__ = [
     "ESTIMATORS",
@@ -329,7 +330,7 @@ def load_logged(path: str | Path, embed: Any, *, experts: Sequence[str] | None =
             pd.read_json(p, lines=True)
     except ValueError as e:
         raise OffPolicyError(f"{p}: cannot read: {e}") from None
-    need = {"expert", "text", "feedback_score"} - set(df.columns)
+    need = set(TRAINING_COLUMNS) - {"request_id"} - set(df.columns)
     if need:
         raise OffPolicyError(f"{p}: log export lacks column(s): {', '.join(sorted(need))} "
                              "(log prompts with the policy's log_prompts: true; join feedback "
@@ -346,7 +347,7 @@ def load_logged(path: str | Path, embed: Any, *, experts: Sequence[str] | None =
     keep &= ~fallback
     # shadow decisions and canary events are not served requests; a canary's requests were
     # chosen by another router than the propensities of the incumbent describe
-    for col_, bad in (("endpoint", ("shadow", "canary")), ("arm", ("canary",))):
+    for col_, bad in (("endpoint", UNSERVED_ENDPOINTS), ("arm", ("canary",))):
         if col_ in df.columns:
             keep &= ~df[col_].isin(bad)
     df, fb = df[keep].reset_index(drop=True), fb[keep].to_numpy(dtype=np.float64)
@@ -369,9 +370,7 @@ def load_logged(path: str | Path, embed: Any, *, experts: Sequence[str] | None =
     allowed = np.ones((len(recs), len(ex)), bool)
     actions = np.array([col[str(r["expert"])] for r in recs])
     for i, rec in enumerate(recs):
-        cands = rec.get("candidates")
-        if isinstance(cands, str):
-            cands = json.loads(cands) if cands else None
+        cands = json_field(rec.get("candidates"))
         if isinstance(cands, list | tuple | np.ndarray) and len(cands):
             allowed[i] = [name in set(cands) for name in ex]
             allowed[i, actions[i]] = True

@@ -32,7 +32,7 @@ from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, PolicySet, build_policy_set, carry_canary_state
 from gateway.ratelimit import RateLimiter
 from routers.embed import Embedder, make_embedder
-from routers.explore import LOG_FIELDS as EXPLORE_FIELDS
+from routers.logrecord import CanaryEvent, RequestRecord, ShadowRecord
 
 __all__ = ["Gateway", "create_app"]
 
@@ -240,12 +240,13 @@ class Gateway:
         self.metrics.child(self.metrics.shadow, crt.config.name,
                            "agree" if agrees else "disagree").inc()
         if self.routing_log is not None:
-            self.routing_log.record({
+            shadow: ShadowRecord = {
                 "ts": time.time(), "endpoint": "shadow", "policy": crt.config.name,
                 "router_version": crt.version, "mode": d.mode, "expert": d.expert,
                 "served_expert": served.expert, "agrees": agrees, "reason": d.reason,
                 "targets": [t.expert for t in d.targets], "cache": "hit" if d.cached else "miss",
-                "decision_ms": d.timings_ms.get("total")})
+                "decision_ms": d.timings_ms.get("total")}
+            self.routing_log.record(shadow)
 
     def observe_arm(self, ctx: Any, status: int) -> None:
         """Count a request beside a canary; revert the canary when the test says so."""
@@ -308,8 +309,9 @@ class Gateway:
         self.metrics.canary_reverts.labels(policy, signal_).inc()
         self.metrics.canary_active.labels(policy).set(0)
         if self.routing_log is not None:
-            self.routing_log.record({"ts": time.time(), "endpoint": "canary", "policy": policy,
-                                     "status": "reverted", "reason": f"{signal_}: {why}"})
+            event: CanaryEvent = {"ts": time.time(), "endpoint": "canary", "policy": policy,
+                                  "status": "reverted", "reason": f"{signal_}: {why}"}
+            self.routing_log.record(event)
 
     # -- per request -------------------------------------------------------------------
     def log_request(self, ctx: Any, status: int, err_type: str | None, latency_ms: float,
@@ -324,7 +326,8 @@ class Gateway:
             m = self.metrics
             m.child(m.tokens, expert.name, "prompt").inc(usage[0])
             m.child(m.tokens, expert.name, "completion").inc(usage[1])
-        rec: dict[str, Any] = {
+        ex = getattr(ctx, "explore", None) or {}
+        rec: RequestRecord = {
             "request_id": ctx.request_id, "client_request_id": ctx.client_request_id,
             "ts": time.time(), "tenant": ctx.tenant,
             "endpoint": ctx.endpoint, "policy": ctx.policy or None,
@@ -347,11 +350,11 @@ class Gateway:
                             is not None else None),
             "prompt_tokens": usage[0],
             "completion_tokens": usage[1], "cost_usd": cost, "stream": ctx.stream,
+            "arm": getattr(ctx, "arm", None),
+            "propensity": ex.get("propensity"), "action_probs": ex.get("action_probs"),
+            "explored": ex.get("explored"), "greedy_expert": ex.get("greedy_expert"),
+            "candidates": ex.get("candidates"), "router_version": ex.get("router_version"),
         }
-        rec["arm"] = getattr(ctx, "arm", None)
-        ex = getattr(ctx, "explore", None)
-        for k in EXPLORE_FIELDS:
-            rec[k] = ex.get(k) if ex is not None else None
         self.feed.record(rec)
         if self.routing_log is not None:
             self.routing_log.record(rec)

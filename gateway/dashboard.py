@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 from gateway.config import ExpertConfig, GatewayConfig
+from routers.logrecord import RequestRecord
 
 __all__ = ["DecisionFeed", "strongest_expert"]
 
@@ -74,8 +75,8 @@ class DecisionFeed:
         """After a reload: prices and the strongest expert come from the new config."""
         self.config = config
 
-    def record(self, rec: dict[str, Any]) -> None:
-        """Count one answered request (a routing-log record)."""
+    def record(self, rec: RequestRecord) -> None:
+        """Count one answered request (its routing-log record)."""
         self._seq += 1
         self.requests += 1
         routed = bool(rec.get("policy"))
@@ -96,11 +97,11 @@ class DecisionFeed:
         if routed:
             self.routed += 1
             self.cache[str(rec.get("cache") or "none")] += 1
-            if rec.get("decision_ms") is not None:
-                self._decision_ms.append(float(rec["decision_ms"]))
-            if rec.get("upstream_ms") is not None and rec.get("latency_ms") is not None:
-                self._added_ms.append(max(0.0, float(rec["latency_ms"]) -
-                                          float(rec["upstream_ms"])))
+            decision_ms, upstream_ms = rec.get("decision_ms"), rec.get("upstream_ms")
+            if decision_ms is not None:
+                self._decision_ms.append(float(decision_ms))
+            if upstream_ms is not None and rec.get("latency_ms") is not None:
+                self._added_ms.append(max(0.0, float(rec["latency_ms"]) - float(upstream_ms)))
             if expert and status < 400:
                 self.routed_cost_usd += cost
                 strong = strongest_expert(self.config)

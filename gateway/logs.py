@@ -5,17 +5,10 @@ a background task writes batches. When the sink fails (Redis down) records stay 
 are retried; when the queue is full the oldest are dropped and counted
 (``expertgate_log_records_dropped``), so memory stays bounded through any outage.
 
-Record fields (ARCHITECTURE.md): ``request_id, client_request_id, ts, tenant, endpoint,
-policy, policy_version, text_hash, text`` (only where the policy allows), ``embedding_id,
-mode, expert, replica, targets, scores, reason, guard, cache, status, http_status,
-error_type, fallback, degraded, decision_ms, latency_ms, upstream_ms, prompt_tokens,
-completion_tokens,
-cost_usd, stream``, and the exploration fields of :mod:`routers.explore` (``propensity`` of
-the chosen expert, ``action_probs`` of every candidate, ``explored``, ``greedy_expert``,
-``candidates``, ``router_version``) that off-policy evaluation and bias-corrected training
-read. ``client_request_id`` is a client's own ``x-request-id``, kept for correlation only
-(``request_id`` is always the gateway's).
-Feedback records: ``request_id, tenant, score (0..1), ts, comment``.
+The records and their fields are typed in :mod:`routers.logrecord` (``RequestRecord``,
+``ShadowRecord``, ``CanaryEvent``, ``FeedbackRecord``; an export row is an
+``ExportedRecord``): the gateway, this export and the loaders in ``evals`` share that one
+definition.
 """
 
 from __future__ import annotations
@@ -32,6 +25,7 @@ from typing import Any, Protocol
 import orjson
 
 from gateway.metrics import Metrics
+from routers.logrecord import JSON_FIELDS, FeedbackRecord, LogRecord
 
 __all__ = [
     "JsonlSink",
@@ -123,7 +117,7 @@ class RoutingLog:
         self.written = 0
         self.sink_ok = True
 
-    def record(self, rec: dict[str, Any]) -> None:
+    def record(self, rec: LogRecord) -> None:
         if len(self._q) >= self.max_queue:
             self._q.popleft()
             self.dropped += 1
@@ -179,9 +173,9 @@ class RoutingLog:
     async def add_feedback(self, request_id: str, score: float, comment: str | None, *,
                            tenant: str) -> None:
         """Store a rating of ``request_id`` (the caller checked that ``tenant`` made it)."""
-        rec = orjson.dumps({"request_id": request_id, "tenant": tenant, "score": score,
-                            "ts": time.time(), "comment": comment})
-        await self.sink.write_feedback(rec)
+        rec: FeedbackRecord = {"request_id": request_id, "tenant": tenant, "score": score,
+                               "ts": time.time(), "comment": comment}
+        await self.sink.write_feedback(orjson.dumps(rec))
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Flush what is queued (bounded in time), then stop."""
@@ -270,7 +264,7 @@ def export_logs(out: Path, *, redis_url: str | None = None, log_path: Path | Non
         if f is not None and f.get("tenant", r.get("tenant")) != r.get("tenant"):
             f = None  # another tenant's rating (records from before feedback was checked)
         r["feedback_score"] = None if f is None else float(f["score"])
-        for k in ("targets", "scores", "guard", "degraded", "action_probs", "candidates"):
+        for k in JSON_FIELDS:
             if k in r and not isinstance(r[k], str | type(None)):
                 r[k] = orjson.dumps(r[k]).decode()
         rows.append(r)

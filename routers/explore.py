@@ -33,6 +33,7 @@ from typing import Any, Literal
 import numpy as np
 
 from routers.base import RouterError
+from routers.logrecord import json_field
 
 __all__ = [
     "LOG_FIELDS",
@@ -43,7 +44,7 @@ __all__ = [
     "sample_actions",
 ]
 
-#: the routing-log fields that carry exploration (ARCHITECTURE.md, routing log)
+#: the routing-log fields that carry exploration (typed in routers.logrecord.RequestRecord)
 LOG_FIELDS = ("propensity", "action_probs", "explored", "greedy_expert", "candidates",
               "router_version")
 
@@ -133,11 +134,7 @@ def record_probs(rec: Mapping[str, Any]) -> tuple[float | None, dict[str, float]
     """(propensity, action_probs) of a log record; None where the record predates them
     (missing, null or NaN as data frames read it)."""
     p = rec.get("propensity")
-    probs = rec.get("action_probs")
-    if isinstance(probs, str):
-        import json
-
-        probs = json.loads(probs) if probs else None
+    probs = json_field(rec.get("action_probs"))
     prop = None if p is None or not math.isfinite(float(p)) else float(p)
     if not isinstance(probs, Mapping) or not probs:
         return prop, None
