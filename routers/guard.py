@@ -188,7 +188,8 @@ class GuardRouter(Router):
     trades_cost = False  # classifies in-domain labels and rejects the rest
     train_input = ("a guard table text,label,split (--format guard); labels are the "
                    "in-domain routes, oos/ood rows only in the test split")
-    version = 1
+    #: 2: the lexical (dense + sparse) state joined the artifact
+    version = 2
     needs_scores = False
     _array_attrs = ("W_", "b_", "H1_", "h1_", "bank_", "bank_label_", "centroids_",
                     "means_", "precision_", "means_precision_", "means_norm_", "score_norm_",
