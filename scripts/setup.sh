@@ -37,7 +37,7 @@ want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 # The distilled static embedder (--embedder distilled): built once, cached under
 # $EXPERTGATE_CACHE/static (~1 min on 2 cores, offline); a no-op when it is there.
 distill() {
-  .venv/bin/python -m expertgate.cli embedder distill >/dev/null
+  .venv/bin/python -m expertgate embedder distill >/dev/null
 }
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   distill
