@@ -155,10 +155,8 @@ class Gateway:
                 log.debug("request ids: Redis still unavailable (%s)", type(e).__name__)
 
     def _make_batcher(self) -> Any:
-        try:
-            from routers.batching import MicroBatcher
-        except ImportError:
-            return None
+        from routers.batching import MicroBatcher
+
         assert self.embedder is not None
         self._batcher = MicroBatcher(self.embedder.embed,
                                      max_batch=self.config.embedder.max_batch)

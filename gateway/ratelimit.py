@@ -146,10 +146,6 @@ class Limits:
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
 
-    @property
-    def empty(self) -> bool:
-        return self.requests_per_minute is None and self.tokens_per_minute is None
-
 
 @dataclass
 class RateDecision:

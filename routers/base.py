@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
@@ -515,5 +515,3 @@ def make_router(name: str, **params: Any) -> Router:
     except TypeError as e:
         raise RouterError(f"router {name!r}: bad parameters: {e}") from None
 
-
-Factory = Callable[..., Router]

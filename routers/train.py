@@ -129,9 +129,11 @@ def evaluate_router(router: Router, X: np.ndarray, table: RoutingTable,
                        - Q[:, experts.index(table.models[weak])])
                 ok = np.isfinite(S[:, strong]) & np.isfinite(S[:, weak])
                 out["apgr"] = _r(apgr(adv[ok], S[ok, strong], S[ok, weak]))
-        except (RouterError, ValueError):
-            # no advantage to rank by, or a degenerate part (equal qualities): no APGR
-            pass
+        except (RouterError, ValueError) as e:
+            # no advantage to rank by, or a degenerate part (equal qualities): no APGR, and
+            # the metrics say why
+            out["apgr"] = None
+            out["apgr_skipped"] = str(e)
     return out
 
 
