@@ -8,6 +8,10 @@ The same requests go to a fast fixed-answer upstream (:mod:`expertgate.bench.ups
 * ``passthrough``  — through expertgate with a concrete expert name (no routing);
 * ``routed_miss``  — through expertgate with a routed policy, a distinct prompt every request
   (decision-cache miss: normalise, embed, route, then forward);
+* ``routed_explore`` — ``routed_miss`` with the policy's exploration on (rate 0.1, two
+  experts on the same upstream): what logging propensities and sampling add;
+* ``routed_shadow`` — ``routed_miss`` with a shadow candidate router (knn) deciding after
+  the served decision and logging its own: what a shadow adds to the served request;
 * ``routed_hit``   — the same policy with one repeated prompt (decision-cache hit);
 * ``litellm``      — through the LiteLLM proxy 1.106.2 (1 worker, no database).
 
@@ -38,10 +42,14 @@ from typing import Any
 from expertgate.bench.load import LoadError, run_wrk, stream_ttfb
 from expertgate.bench.proc import cpu_seconds, machine_info, rss_bytes
 from expertgate.bench.servers import (
+    EXPLORE_POLICY,
     ROUTED_POLICY,
+    SHADOW_POLICY,
     Server,
     ServerError,
+    expertgate_config,
     gateway_available,
+    shadow_artifact,
     start_expertgate,
     start_floor,
     start_litellm,
@@ -51,8 +59,10 @@ from routers.embed import EMBEDDER_KINDS
 
 __all__ = ["PATHS", "cmd_overhead", "format_ratio_lines", "register_overhead"]
 
-PATHS = ["direct", "floor", "passthrough", "routed_miss", "routed_hit", "litellm"]
-_EXPERTGATE_PATHS = {"passthrough", "routed_miss", "routed_hit"}
+PATHS = ["direct", "floor", "passthrough", "routed_miss", "routed_explore", "routed_shadow",
+         "routed_hit", "litellm"]
+_EXPERTGATE_PATHS = {"passthrough", "routed_miss", "routed_explore", "routed_shadow",
+                     "routed_hit"}
 # a floor for ratio denominators: "added" can be ~0 (or slightly negative) under noise
 _MIN_ADDED_MS = 0.01
 
@@ -151,6 +161,53 @@ def embed_by_length(embedder: str, repeats: int = 100) -> dict[str, Any]:
 _ERROR_SAMPLES: dict[str, list[str]] = {}
 
 
+def learnloop_costs(config: dict[str, Any], embedder: str, n: int = 300) -> dict[str, float]:
+    """In-process time (µs per request, median) of what exploration and a shadow add, beside
+    the decision they follow: ``Pipeline.explore`` on a decision of the exploring policy, and
+    the shadow's work (its cache lookup and router decision on the served request's
+    embedding, and its log record) — the same code the gateway runs, without the network
+    noise that dominates the end-to-end paths on a shared machine."""
+    import asyncio
+
+    import orjson
+
+    from expertgate.bench.load import distinct_prompt
+    from gateway.cache import MemoryDecisionCache
+    from gateway.config import parse_config
+    from gateway.metrics import Metrics
+    from gateway.pipeline import Pipeline, build_policy_set
+    from routers.embed import make_embedder
+
+    emb = make_embedder(embedder, **({"threads": 1} if embedder in ("onnx", "minilm") else {}))
+    pset = build_policy_set(parse_config(config, "bench"), emb)
+    pipe = Pipeline(pset, emb, MemoryDecisionCache(), Metrics())
+    ex, sh = pset.policies[EXPLORE_POLICY], pset.policies[SHADOW_POLICY]
+    assert sh.candidate is not None
+    crt = sh.candidate.runtime
+
+    async def run() -> dict[str, list[float]]:
+        t: dict[str, list[float]] = {"decide_miss": [], "explore": [], "shadow": []}
+        for i in range(n):
+            text = distinct_prompt("learnloop", i)
+            got: list[Any] = []
+            t0 = time.perf_counter()
+            d = await pipe.decide(ex, text, [], emb_out=got)
+            t1 = time.perf_counter()
+            pipe.explore(ex, d)
+            t2 = time.perf_counter()
+            sd = await pipe.decide(crt, text, [], embedding=got[0])
+            orjson.dumps({"endpoint": "shadow", "expert": sd.expert, "served_expert": d.expert,
+                          "reason": sd.reason, "targets": [x.expert for x in sd.targets]})
+            t3 = time.perf_counter()
+            for k, v in (("decide_miss", t1 - t0), ("explore", t2 - t1), ("shadow", t3 - t2)):
+                t[k].append(v * 1e6)
+        return t
+
+    t = asyncio.run(run())
+    pipe.close()
+    return {f"{k}_us_p50": round(statistics.median(v[20:]), 2) for k, v in t.items()}
+
+
 def _measure(t: _Target, c: int, prefix: str) -> dict[str, float]:
     pids = t.pids()
     cpu0 = cpu_seconds(pids)
@@ -243,6 +300,13 @@ def _targets(paths: dict[str, Any], concs: list[int], single: dict[str, float] |
             lambda v: v <= 10.0, "<= 10")
         add("routed_hit added p50 at c1 (ms)", get("routed_hit", 1, "added_p50_ms"),
             lambda v: v < 0.5, "< 0.5")
+    for c in concs:
+        base = get("routed_miss", c, "added_p50_ms")
+        for path in ("routed_explore", "routed_shadow"):
+            a = get(path, c, "added_p50_ms")
+            add(f"{path} added p50 / routed_miss added p50 at c{c}",
+                None if a is None or base is None else _ratio(a, base),
+                lambda v: v <= 1.1, "<= 1.1")
     if 16 in concs and single is not None:
         r = get("routed_miss", 16, "rps")
         add("routed_miss req/s at c16 / one-at-a-time embedding req/s",
@@ -290,11 +354,11 @@ def _plot(paths: dict[str, Any], concs: list[int], out: Path, title: str) -> Non
 
 
 def _print_table(paths: dict[str, Any], streams: dict[str, Any]) -> None:
-    print(f"{'path':<12} {'conc':>4} {'p50':>8} {'p99':>8} {'+p50':>8} {'+p90':>8} "
+    print(f"{'path':<14} {'conc':>4} {'p50':>8} {'p99':>8} {'+p50':>8} {'+p90':>8} "
           f"{'+p99':>8} {'req/s':>8} {'err':>4} {'cpu/req':>8} {'rss':>7}")
     for path in PATHS:
         for ck, v in paths.get(path, {}).items():
-            print(f"{path:<12} {ck[1:]:>4} {v['p50_ms']:8.3f} {v['p99_ms']:8.3f} "
+            print(f"{path:<14} {ck[1:]:>4} {v['p50_ms']:8.3f} {v['p99_ms']:8.3f} "
                   f"{v['added_p50_ms']:8.3f} {v['added_p90_ms']:8.3f} {v['added_p99_ms']:8.3f} "
                   f"{v['rps']:8.0f} {v['errors']:4d} {v['cpu_ms_per_req']:7.3f}m "
                   f"{v['rss_mib']:6.0f}M")
@@ -343,13 +407,19 @@ def cmd_overhead(args: argparse.Namespace) -> int:
                                        _fixed_body("stub", stream=True), {})
             why = gateway_available()
             if why is None:
-                gw = stack.enter_context(start_expertgate(stub, tmp, embedder=args.embedder))
+                shadow = shadow_artifact(tmp, args.embedder)
+                gw = stack.enter_context(start_expertgate(stub, tmp, embedder=args.embedder,
+                                                          shadow=shadow))
                 servers.append(gw)
                 url = gw.url + "/v1/chat/completions"
                 targets["passthrough"] = _Target("passthrough", url, _fixed_body("stub"),
                                                   "stub", gw.pids, n)
                 targets["routed_miss"] = _Target("routed_miss", url, None, ROUTED_POLICY,
                                                   gw.pids, miss_n)
+                targets["routed_explore"] = _Target("routed_explore", url, None,
+                                                     EXPLORE_POLICY, gw.pids, miss_n)
+                targets["routed_shadow"] = _Target("routed_shadow", url, None, SHADOW_POLICY,
+                                                    gw.pids, miss_n)
                 targets["routed_hit"] = _Target(
                     "routed_hit", url, _fixed_body(ROUTED_POLICY, "Explain the French "
                                                    "Revolution in two sentences."),
@@ -419,6 +489,10 @@ def cmd_overhead(args: argparse.Namespace) -> int:
             return 1
         rss = {s.name: round(rss_bytes(s.pids()) / 2**20, 1) for s in servers}
         rss["stub"] = round(rss_bytes(stub.pids()) / 2**20, 1)
+        costs = None
+        if "routed_shadow" in targets:  # while the shadow artifact still exists
+            costs = learnloop_costs(expertgate_config(stub, embedder=args.embedder,
+                                                      shadow=shadow), args.embedder)
 
     paths = _aggregate(rows)
     streams: dict[str, Any] = {}
@@ -448,6 +522,7 @@ def cmd_overhead(args: argparse.Namespace) -> int:
                                            "request"},
               "paths": paths, "streams": streams, "rss_mib": rss,
               "single_embed": single, "embed_by_length": by_length,
+              "learnloop_costs": costs,
               "targets": targets_out, "skipped": skipped,
               "error_samples": dict(_ERROR_SAMPLES),
               "summary": ratio_lines}
@@ -460,6 +535,10 @@ def cmd_overhead(args: argparse.Namespace) -> int:
               f"{machine['date_utc']} (shared machine: noisy; ratios within a run)")
     _print_table(paths, streams)
     print("RSS after the run (MiB): " + ", ".join(f"{k} {v:g}" for k, v in rss.items()))
+    if costs is not None:
+        print(f"in process, per request (µs, p50): decision on a cache miss "
+              f"{costs['decide_miss_us_p50']:.0f}, exploration {costs['explore_us_p50']:.1f}, "
+              f"shadow decision + record {costs['shadow_us_p50']:.1f}")
     if single is not None:
         print(f"one-at-a-time embedding: p50 {single['p50_ms']:.2f} ms -> "
               f"{single['rps']:.0f} req/s")

@@ -29,13 +29,16 @@ from expertgate.bench.upstream_stub import UpstreamStub
 from expertgate.procs import LocalExpertError, free_port, wait_port
 
 __all__ = [
+    "EXPLORE_POLICY",
     "LITELLM_VERSION",
     "ROUTED_POLICY",
+    "SHADOW_POLICY",
     "Server",
     "ServerError",
     "ensure_litellm_proxy",
     "expertgate_config",
     "gateway_available",
+    "shadow_artifact",
     "start_expertgate",
     "start_floor",
     "start_litellm",
@@ -164,20 +167,63 @@ def gateway_available() -> str | None:
     return None
 
 
-def expertgate_config(stub: UpstreamStub, *, embedder: str = "onnx") -> dict[str, object]:
-    """The gateway config the benchmark uses: two concrete experts and one routed policy.
+EXPLORE_POLICY = "auto-explore"
+SHADOW_POLICY = "auto-shadow"
+_ROUTES = [
+    {"name": "code", "expert": "stub",
+     "examples": ["fix this python function", "why does my rust code not compile",
+                  "write a sql query that joins two tables"]},
+    {"name": "general", "expert": "stub-b",
+     "examples": ["explain the french revolution", "tips for marathon training",
+                  "what is photosynthesis"]},
+]
+
+
+def shadow_artifact(workdir: Path, embedder: str) -> Path:
+    """A knn router over the routes' examples (stub vs stub-b), saved for the shadow policy."""
+    import numpy as np
+
+    from routers.base import RoutingTable, make_router
+    from routers.embed import make_embedder
+
+    e = make_embedder(embedder, **({"threads": 1} if embedder in ("onnx", "minilm") else {}))
+    texts = [t for r in _ROUTES for t in r["examples"]]
+    S = np.array([[1.0, 0.0] if r["expert"] == "stub" else [0.0, 1.0]
+                  for r in _ROUTES for _ in r["examples"]])
+    t = RoutingTable([f"e{i}" for i in range(len(texts))], texts, ["stub", "stub-b"], S,
+                     np.zeros_like(S))
+    return make_router("knn", k=3).fit(e.embed(texts), t).save(workdir / "shadow-knn",
+                                                                embedder=e.name)
+
+
+def expertgate_config(stub: UpstreamStub, *, embedder: str = "onnx",
+                      shadow: Path | None = None) -> dict[str, object]:
+    """The gateway config the benchmark uses: concrete experts and routed policies.
 
     The routed policy's threshold is -1 (cosine's minimum) so every prompt routes, and a
     rejection would fall back to ``stub`` anyway: the point is to time the decision, and a
-    400 would count as an error in the figures.
+    400 would count as an error in the figures. ``auto-explore`` and ``auto-shadow`` are the
+    same kind of policy with exploration (rate 0.1 between ``stub`` and ``stub-b``, the same
+    upstream) and with a shadow candidate router (``shadow`` artifact), so that their added
+    latency is compared with the plain policy's in one run.
     """
+    learn = {"router": "semantic", "params": {"threshold": -1.0},
+             "on_reject": {"action": "fallback", "expert": "stub"}, "routes": _ROUTES,
+             "cache_ttl_s": 3600}
+    policies: list[dict[str, object]] = [
+        {"name": EXPLORE_POLICY, **learn, "explore": {"rate": 0.1, "method": "epsilon"}}]
+    if shadow is not None:
+        policies.append({"name": SHADOW_POLICY, **learn,
+                         "candidate": {"router": "knn", "artifact": str(shadow),
+                                       "mode": "shadow"}})
     return {
         "experts": [
             {"name": "stub", "api_base": stub.base_url, "timeout_s": 30},
+            {"name": "stub-b", "api_base": stub.base_url, "model": "stub", "timeout_s": 30},
             {"name": "stub-sse", "api_base": stub.sse_base_url, "model": "stub",
              "timeout_s": 30},
         ],
-        "policies": [{
+        "policies": [*policies, {
             "name": ROUTED_POLICY,
             "router": "semantic",
             "params": {"threshold": -1.0},
@@ -199,13 +245,14 @@ def expertgate_config(stub: UpstreamStub, *, embedder: str = "onnx") -> dict[str
 
 
 def start_expertgate(stub: UpstreamStub, workdir: Path, *, embedder: str = "onnx",
-                     redis_url: str | None = None) -> Server:
+                     redis_url: str | None = None, shadow: Path | None = None) -> Server:
     why = gateway_available()
     if why is not None:
         raise ServerError(why)
     port = free_port()
     cfg = workdir / "expertgate.yaml"
-    cfg.write_text(yaml.safe_dump(expertgate_config(stub, embedder=embedder), sort_keys=False))
+    cfg.write_text(yaml.safe_dump(expertgate_config(stub, embedder=embedder, shadow=shadow),
+                                  sort_keys=False))
     cmd = [sys.executable, "-m", "expertgate", "serve", "--config", str(cfg),
            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
     if redis_url:

@@ -282,3 +282,22 @@ def test_eval_offpolicy_on_logs_estimates_or_says_no_overlap(tmp_path) -> None:
     assert rc == 1
     res = json.loads(out.read_text())
     assert res["verdict"] == "no_overlap" and "coder (150 requests)" in res["message"]
+
+
+def test_eval_offpolicy_names_a_policy_of_the_config(tmp_path) -> None:
+    import yaml
+
+    from expertgate.cli import main
+    from tests.unit.gateway_helpers import base_config
+
+    logs, _ = _export(tmp_path, explore=True)
+    cfg = base_config("http://127.0.0.1:9", "http://127.0.0.1:9")
+    path = tmp_path / "gw.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "ope.json"
+    rc = main(["eval", "offpolicy", "--logs", str(logs), "--router", "auto", "--config",
+               str(path), "--embedder", "hashing", "--boot", "100", "--json", str(out),
+               "--cache-dir", str(tmp_path / "c")])
+    assert rc == 0 and json.loads(out.read_text())["router"] == "auto"
+    assert main(["eval", "offpolicy", "--logs", str(logs), "--router", "nope", "--config",
+                 str(path), "--embedder", "hashing"]) == 2
