@@ -106,6 +106,12 @@ def format_table(rows: list[DemoRow]) -> str:
     return "\n".join(ln.rstrip() for ln in out)
 
 
+def _expert(headers: Any) -> str:
+    """The answering expert, or "" when none did (the header then says ``none``)."""
+    name = str(headers.get("x-expertgate-expert", ""))
+    return "" if name == "none" else name
+
+
 def _send(client: Any, p: DemoPrompt, max_tokens: int) -> DemoRow:
     import openai
 
@@ -119,14 +125,14 @@ def _send(client: Any, p: DemoPrompt, max_tokens: int) -> DemoRow:
         row.status = e.status_code
         row.error = f"error {e.status_code}: {e.message}"
         h = e.response.headers
-        row.expert, row.cache = h.get("x-expertgate-expert", ""), h.get("x-expertgate-cache", "")
+        row.expert, row.cache = _expert(h), h.get("x-expertgate-cache", "")
         return row
     except openai.APIError as e:
         row.error = f"{type(e).__name__}: {e}"
         return row
     h = raw.headers
     row.status = raw.status_code
-    row.expert = h.get("x-expertgate-expert", "")
+    row.expert = _expert(h)
     row.cache = h.get("x-expertgate-cache", "")
     row.degraded = h.get("x-expertgate-degraded", "")
     ms = h.get("x-expertgate-decision-ms")
