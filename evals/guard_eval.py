@@ -301,6 +301,7 @@ GUARD_VARIANTS: dict[str, Callable[[float, int], _Method]] = {
     "guard-mlp-msp": _guard(method="msp", head="mlp"),
     "guard-mlp-energy": _guard(method="energy", head="mlp"),
     "guard-mlp-knn+msp": _guard(method="knn+msp", head="mlp"),
+    "guard-auto": _guard(method="auto"),
     "guard-lexical-knn": _guard(method="knn", lexical=True),
     "guard-lexical-mlp-knn": _guard(method="knn", head="mlp", lexical=True),
     "guard-hybrid-knn": lambda frr, seed: _Hybrid(frr, seed, method="knn"),

@@ -22,6 +22,10 @@ The guard answers three questions for every query, from its embedding (and its t
    With ``head="mlp"`` the distance methods run in the head's hidden space (L2-normalised),
    which is trained to separate the in-domain labels.
 
+   ``method="auto"`` chooses the method, head and ``lexical`` among
+   :data:`routers.guard_auto.CANDIDATES` on leave-labels-out pseudo-OOD from the training
+   data (no OOD example; ``selection_`` records every candidate) and then fits that.
+
    With ``lexical=True`` a second, sparse view joins the dense one (dense + sparse): a
    linear SVM on word and character n-gram TF-IDF of the text (:mod:`routers.lexical`)
    gives the label, and its negative top margin, standardised on the in-domain validation
@@ -188,15 +192,16 @@ class GuardRouter(Router):
     trades_cost = False  # classifies in-domain labels and rejects the rest
     train_input = ("a guard table text,label,split (--format guard); labels are the "
                    "in-domain routes, oos/ood rows only in the test split")
-    #: 2: the lexical (dense + sparse) state joined the artifact
-    version = 2
+    #: 2: the lexical (dense + sparse) state joined the artifact; 3: method "auto"'s record
+    version = 3
     needs_scores = False
     _array_attrs = ("W_", "b_", "H1_", "h1_", "bank_", "bank_label_", "centroids_",
                     "means_", "precision_", "means_precision_", "means_norm_", "score_norm_",
                     "unsafe_seed_emb_", "lex_coef_", "lex_bias_", "lex_idf_", "lex_norm_")
     _json_attrs = ("labels_", "label_expert_", "experts_", "dim_", "threshold_",
                    "val_frr_", "n_val_", "calibration_", "unsafe_threshold_",
-                   "unsafe_layers_", "unsafe_val_rate_", "lex_terms_", "lex_n_words_")
+                   "unsafe_layers_", "unsafe_val_rate_", "lex_terms_", "lex_n_words_",
+                   "selection_")
 
     def __init__(self, method: str = "knn", target_frr: float = 0.05, val_fraction: float = 0.1,
                  seed: int = 0, routes: Mapping[str, str] | None = None,
@@ -226,9 +231,9 @@ class GuardRouter(Router):
 
     # ------------------------------------------------------------------ fitting
     def _check_params(self) -> None:
-        if self.method not in METHODS:
+        if self.method not in (*METHODS, "auto"):
             raise RouterError(f"guard: unknown method {self.method!r}; use one of "
-                              f"{', '.join(METHODS)}")
+                              f"{', '.join(METHODS)} or auto")
         if self.head not in (None, "mlp"):
             raise RouterError(f"guard: unknown head {self.head!r}; use None or 'mlp'")
         if not 0.0 <= float(self.target_frr) < 1.0:
@@ -269,19 +274,33 @@ class GuardRouter(Router):
             Xtr, ytr = X, y_all
             tr_texts = list(table.prompts)
             val_texts = [str(t) for t in validation[2]] if len(validation) > 2 else None
+            val_labels = [str(v) for v in validation[1]]
             self.calibration_ = f"given validation part ({Xv.shape[0]} in-domain queries)"
         else:
             keep, held = stratified_split(labels_all, float(self.val_fraction), int(self.seed))
             if held.size == 0:
                 Xtr, ytr, Xv = X, y_all, X
                 tr_texts = val_texts = list(table.prompts)
+                val_labels = labels_all
                 self.calibration_ = "training data (too few rows to hold out a validation part)"
             else:
                 Xtr, ytr, Xv = X[keep], y_all[keep], X[held]
                 tr_texts = [table.prompts[i] for i in keep]
                 val_texts = [table.prompts[i] for i in held]
+                val_labels = [labels_all[i] for i in held]
                 self.calibration_ = (f"held-out {self.val_fraction:g} of the table, stratified, "
                                      f"seed {self.seed} ({held.size} in-domain queries)")
+        self.selection_: dict[str, Any] = {}
+        if self.method == "auto":
+            if val_texts is None:
+                raise RouterError("guard: method 'auto' needs the validation texts")
+            from routers.guard_auto import select_guard
+
+            chosen, self.selection_ = select_guard(
+                self.get_params(), Xtr, [labels[i] for i in ytr], tr_texts, Xv, val_labels,
+                val_texts)
+            self.method, self.head, self.lexical = (chosen["method"], chosen["head"],
+                                                    chosen["lexical"])
         if len(labels) < 2:
             # one route: nothing to classify; the OOD score is the distance to its data
             self.W_ = np.zeros((self.dim_, 1), np.float32)

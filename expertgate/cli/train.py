@@ -268,6 +268,12 @@ def _train(args: argparse.Namespace) -> int:
         print(f"loaded {len(table)} prompts x {len(table.models)} models from {args.data} "
               f"({fmt}{'' if args.correction == 'none' else ', ' + args.correction})",
               file=sys.stderr)
+        if args.router == "guard" and "method" not in params \
+                and len(set(table.categories or [])) >= 3:
+            # the default guard: its variant chosen on leave-labels-out pseudo-OOD
+            params["method"] = "auto"
+            print("guard: method, head and lexical chosen on leave-labels-out pseudo-OOD "
+                  "(--param method=NAME fixes one)", file=sys.stderr)
         kinds = [args.embedder]
         if args.auto_embedders:
             if args.router != "auto":

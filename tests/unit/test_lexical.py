@@ -72,3 +72,19 @@ def test_lexical_guard_labels_by_words_and_saves(tmp_path: Path) -> None:
         one = RoutingTable(table.prompt_ids, table.prompts, ["a"], table.scores, table.costs,
                            ["bill"] * len(table))
         GuardRouter(lexical=True, unsafe=False).fit(X, one)
+
+
+def test_guard_auto_chooses_on_pseudo_ood(tmp_path: Path) -> None:
+    X, table = _table(10)
+    g = GuardRouter(method="auto", target_frr=0.1, unsafe=False, epochs=2, hidden=8,
+                    val_fraction=0.25).fit(X, table)
+    sel = g.selection_
+    assert len(sel["held_out_labels"]) == 1 and len(sel["candidates"]) == 5
+    best = max(sel["candidates"], key=lambda r: r["gqr"])
+    assert (g.method, g.head, g.lexical) == (best["method"], best["head"], best["lexical"])
+    assert g.get_params()["method"] != "auto"  # the artifact names what it runs
+    loaded = GuardRouter.load(g.save(tmp_path / "auto", embedder="test"))
+    assert loaded.selection_ == sel
+    with pytest.raises(RouterError, match="at least 3 labels"):
+        keep = [i for i, c in enumerate(table.categories or []) if c != "bill"]
+        GuardRouter(method="auto", unsafe=False).fit(X[keep], table.subset(keep))
