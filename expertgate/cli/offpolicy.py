@@ -28,6 +28,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 __all__ = ["cli_register"]
 
 
@@ -88,8 +90,19 @@ def _guess_format(path: str) -> str:
     return "long"
 
 
-def _command(argv: list[str]) -> str:
-    return "expertgate eval offpolicy " + " ".join(argv)
+def _command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this run, rebuilt from the parsed flags (every flag
+    whose value differs from its default, in the parser's order)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    cli_register(parser)
+    parts = ["expertgate eval offpolicy"]
+    for act in parser._actions:
+        if not act.option_strings or act.dest in ("summarise", "out"):
+            continue
+        v = getattr(args, act.dest, None)
+        if v is not None and v != act.default:
+            parts.append(f"{act.option_strings[0]} {v}")
+    return " ".join(parts)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -137,6 +150,11 @@ def _simulate(args: argparse.Namespace) -> dict[str, Any]:
 
     fmt = args.format or _guess_format(args.simulate)
     table = load_routing_table(args.simulate, fmt)
+    full = np.isfinite(table.scores).all(axis=1)
+    if not full.all():  # the truth needs every expert's score (synthetic tables leave gaps)
+        print(f"dropping {int((~full).sum())} of {len(table)} prompts without a score for "
+              "every expert", file=sys.stderr)
+        table = table.subset(np.flatnonzero(full))
     X, embedder = embed_table(table, args.embedder or "hashing", args.cache_dir)
     emb = getattr(embedder, "name", embedder)
     print(f"simulating from {len(table)} prompts x {len(table.models)} experts ({fmt}), "
@@ -147,7 +165,7 @@ def _simulate(args: argparse.Namespace) -> dict[str, Any]:
                    alpha=args.alpha, seed=args.seed, progress=True)
     out: dict[str, Any] = {"mode": "simulate", "data": args.simulate, "format": fmt,
                            "data_sha256": data_sha256(args.simulate), "embedder": emb,
-                           "commit": git_commit(), "command": _command(sys.argv[3:]),
+                           "commit": git_commit(), "command": _command(args),
                            **res}
     _print_simulation(res)
     if args.train:
@@ -234,4 +252,4 @@ def _logs(args: argparse.Namespace) -> dict[str, Any]:
             print(f"{o:8s} {cells}")
     return {"mode": "logs", "logs": args.logs, "data_sha256": data_sha256(args.logs),
             "router": args.router, "embedder": embedder.name, "commit": git_commit(),
-            "command": _command(sys.argv[3:]), **res}
+            "command": _command(args), **res}

@@ -301,3 +301,20 @@ def test_eval_offpolicy_names_a_policy_of_the_config(tmp_path) -> None:
     assert rc == 0 and json.loads(out.read_text())["router"] == "auto"
     assert main(["eval", "offpolicy", "--logs", str(logs), "--router", "nope", "--config",
                  str(path), "--embedder", "hashing"]) == 2
+
+
+def test_eval_offpolicy_simulate_command_writes_provenance(tmp_path) -> None:
+    from expertgate.cli import main
+
+    out = tmp_path / "sim.json"
+    rc = main(["eval", "offpolicy", "--simulate", "synthetic:400x2", "--repeats", "3",
+               "--n", "500", "--boot", "50", "--logging", "knn:cost_weight=0.5",
+               "--candidate", "knn:cost_weight=0", "--json", str(out),
+               "--cache-dir", str(tmp_path / "c")])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["repeats"] == 3 and res["n_logged"] == 500 and res["commit"]
+    assert "--simulate synthetic:400x2" in res["command"]
+    q = res["results"]["quality"]
+    assert set(q) == {"truth", "ips", "snips", "dr", "naive"}
+    assert 0 <= q["dr"]["coverage"] <= 1 and q["dr"]["width"] > 0
