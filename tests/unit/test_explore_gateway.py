@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 
@@ -77,3 +78,29 @@ def test_explore_config_is_validated() -> None:
     with pytest.raises(ConfigError, match=r"explore\.method"):
         parse_config(base_config("http://a", "http://b", explore={"rate": 0.1,
                                                                   "method": "greedy"}))
+
+
+async def test_exported_exploration_logs_feed_offpolicy_evaluation(ups, tmp_path: Path) -> None:
+    """Gateway with exploration -> feedback -> logs export (Parquet) -> load_logged: the
+    off-policy data carry the gateway's propensities, one row per rated request."""
+    from evals.offpolicy import load_logged
+    from gateway.logs import export_logs
+
+    coder, chatter = ups
+    cfg = base_config(coder.base, chatter.base, log_prompts=True,
+                      explore={"rate": 0.3, "method": "epsilon"})
+    async with gateway_client(cfg, tmp_path) as (c, gw):
+        gw.pipeline._rng.seed(1)
+        for i in range(30):
+            text = "fix this bug in my code" if i % 2 else "tell me a joke"
+            r = await c.post("/v1/chat/completions", json=chat("auto", f"{text} {i}"))
+            await c.post("/v1/feedback", json={"request_id": r.headers["x-request-id"],
+                                               "score": 1.0 if i % 3 else 0.0})
+        feedback_file = gw.settings.feedback_file
+    out = tmp_path / "export.parquet"
+    assert export_logs(out, log_path=tmp_path / "log.jsonl", feedback_path=feedback_file) == 30
+    data = load_logged(out, lambda t: np.zeros((len(t), 2)))
+    assert len(data) == 30 and sorted(data.experts) == ["chatter", "coder"]
+    assert np.allclose(data.probs.sum(axis=1), 1.0)
+    assert set(np.round(data.propensity, 6)) <= {0.85, 0.15}
+    assert data.allowed.all()
