@@ -70,8 +70,9 @@ def cli_register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-unsupported", type=float, default=0.01,
                         help="largest candidate share on never-explored experts still "
                         "estimated")
-    parser.add_argument("--embedder", default=None,
-                        choices=("minilm", "onnx", "static", "hashing"),
+    from routers.embed import EMBEDDER_KINDS
+
+    parser.add_argument("--embedder", default=None, choices=EMBEDDER_KINDS,
                         help="features (default: hashing for --simulate, minilm for --logs)")
     parser.add_argument("--embedder-path", default=None)
     parser.add_argument("--cache-dir", default=None, help="embedding cache folder")
