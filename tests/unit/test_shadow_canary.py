@@ -199,3 +199,27 @@ def test_online_needs_a_router_that_learns_online(tmp_path: Path) -> None:
     cfg = base_config("http://127.0.0.1:9", "http://127.0.0.1:9", online=True)
     with pytest.raises(ConfigError, match="learns online"):
         build_policy_set(parse_config(cfg), HashingEmbedder())
+
+
+async def test_canary_reverts_on_worse_feedback_through_the_api(ups, tmp_path: Path) -> None:
+    coder, chatter = ups
+    art = _always_coder(tmp_path / "cand")
+    cfg = base_config(coder.base, chatter.base,
+                      candidate={"router": "knn", "artifact": str(art), "mode": "canary",
+                                 "share": 0.5, "auto_revert": {"min_samples": 10}})
+    async with gateway_client(cfg, tmp_path) as (c, gw):
+        gw.pipeline._rng.seed(2)
+        for _ in range(300):
+            r = await c.post("/v1/chat/completions", json=chat("auto", "tell me a joke"))
+            arm = r.headers.get("x-expertgate-arm")
+            if arm is None:
+                break
+            # users rate the canary's answers (the coder's) 0, the incumbent's 1
+            await c.post("/v1/feedback", json={"request_id": r.headers["x-request-id"],
+                                               "score": 0.0 if arm == "canary" else 1.0})
+        assert arm is None  # reverted
+        metrics = (await c.get("/metrics")).text
+        assert 'expertgate_canary_reverts_total{policy="auto",signal="feedback"} 1.0' in metrics
+        snap = gw.policy_set.policies["auto"].candidate.state()
+        assert snap["arms"]["canary"]["feedback"] == 0.0
+        assert snap["arms"]["incumbent"]["feedback"] == 1.0
