@@ -70,6 +70,7 @@ async def test_dashboard_shows_a_decision_and_explains_a_prompt(ups, tmp_path: P
                 assert "code" in await row.locator(".why").inner_text()  # the route's name
                 assert await page.inner_text("#c-requests") == "1"
                 assert "vs always coder" in await page.inner_text("#c-saved-sub")
+                assert await page.inner_text("#c-saved") == "0.0%"  # coder was the choice
                 share = page.locator('#experts tr[data-expert="coder"]')
                 assert "100.0%" in await share.inner_text()
 

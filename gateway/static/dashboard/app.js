@@ -78,9 +78,9 @@ function render(s) {
   $("c-requests-sub").textContent = `${s.routed} routed, ${s.errors} errors`;
   const c = s.cost;
   if (c.strongest_expert && c.saved_usd !== null) {
-    $("c-saved").textContent = usd(c.saved_usd);
-    $("c-saved-sub").textContent =
-      `${pct(c.saved_share)} vs always ${c.strongest_expert} (${usd(c.if_strongest_usd)})`;
+    $("c-saved").textContent = pct(c.saved_share);
+    $("c-saved-sub").textContent = `${usd(c.saved_usd)} of ${usd(c.if_strongest_usd)}, ` +
+      `vs always ${c.strongest_expert}`;
   } else {
     $("c-saved").textContent = "–";
     $("c-saved-sub").textContent = "no expert has a price in the config";
