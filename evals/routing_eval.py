@@ -135,10 +135,11 @@ def embed_table(table: RoutingTable, embedder: str, cache_dir: str | Path | None
     The cache key is the sorted set of distinct prompts, so that loaders which order or
     filter prompts differently (or a table's subsets) share the same cached vectors.
     """
-    from routers.embed import embed_cached, make_embedder
+    from routers.embed import announce_embedding, embed_cached, make_embedder
 
     e = make_embedder(embedder)
     uniq = sorted(set(table.prompts))
+    announce_embedding(e, embedder, uniq, cache_dir)
     U = embed_cached(e, uniq, cache_dir, progress=True)
     pos = {t: i for i, t in enumerate(uniq)}
     return U[[pos[t] for t in table.prompts]], e

@@ -249,7 +249,13 @@ def _debiased(args: argparse.Namespace) -> Any:
 def _train(args: argparse.Namespace) -> int:
     from evals.metrics import apgr_of_advantage
     from routers.base import RouterError
-    from routers.embed import EmbedderError, embed_cached, make_embedder, set_thread_counts
+    from routers.embed import (
+        EmbedderError,
+        announce_embedding,
+        embed_cached,
+        make_embedder,
+        set_thread_counts,
+    )
     from routers.train import parse_params, train_router
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -290,7 +296,7 @@ def _train(args: argparse.Namespace) -> int:
             options = ({"model_path": args.embedder_path}
                        if args.embedder_path and kind == args.embedder else {})
             e = make_embedder(kind, **options)
-            _say_embedding_estimate(e, kind, table.prompts, args.cache_dir)
+            announce_embedding(e, kind, table.prompts, args.cache_dir)
             embedded.append((e, embed_cached(e, table.prompts, args.cache_dir, progress=True)))
         embed_s = time.perf_counter() - t0
         candidates = None
@@ -354,46 +360,6 @@ def _choose_embedder(embedded: list[tuple[Any, Any]], table: Any, args: argparse
     assert best is not None
     e, X, sel = best
     return e, X, [(sel.family, sel.params)]
-
-
-#: a faster embedder to suggest, by the kind in use. Measured on RouteLLM GSM8K prompts, one
-#: thread, the 2-core dev VM (2026-12-01): minilm 27, onnx 43, hashing ~1,100 prompts/s.
-_FASTER = {
-    "minilm": "--embedder onnx (the same MiniLM vectors on ONNX Runtime, ~1.6x faster; "
-              "artifacts serve with either), or --embedder hashing (no model, ~40x faster, "
-              "weaker routing; the gateway must then embed with hashing too)",
-    "onnx": "--embedder hashing (no model, ~25x faster, weaker routing; the gateway must then "
-            "embed with hashing too)",
-}
-#: embeddings that take longer than this get a printed estimate first
-_LONG_S = 20.0
-
-
-def _say_embedding_estimate(embedder: Any, kind: str, texts: list[str],
-                            cache_dir: str | None) -> None:
-    """Before a long embedding, say how long it will take (measured on a sample of the
-    table's own prompts) and which faster embedder would do; silent when cached or short."""
-    import time
-
-    from routers.embed import embedding_cache_path
-
-    if embedding_cache_path(embedder, texts, cache_dir).exists() or len(texts) < 200:
-        return
-    step = max(1, len(texts) // 32)
-    sample = texts[::step][:32]
-    t0 = time.perf_counter()
-    embedder.embed(sample)
-    rate = len(sample) / max(time.perf_counter() - t0, 1e-6)
-    eta = len(texts) / rate
-    if eta < _LONG_S:
-        return
-    mins, secs = divmod(int(eta), 60)
-    took = f"{mins} min {secs:02d} s" if mins else f"{secs} s"
-    print(f"embedding {len(texts):,} prompts with {embedder.name}: about {took} "
-          f"({rate:.0f} prompts/s, measured on {len(sample)} of them); cached afterwards, "
-          f"so a second run skips it.", file=sys.stderr)
-    if kind in _FASTER:
-        print(f"faster: {_FASTER[kind]}.", file=sys.stderr, flush=True)
 
 
 def _command_line(args: argparse.Namespace) -> str:

@@ -131,8 +131,7 @@ def test_a_long_embedding_is_announced_with_its_estimate_and_a_faster_embedder(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import time
 
-    from expertgate.cli.train import _say_embedding_estimate
-    from routers.embed import HashingEmbedder
+    from routers.embed import HashingEmbedder, announce_embedding
 
     class SlowEmbedder(HashingEmbedder):
         """A real embedder made slow (10 ms per text), as MiniLM is on a long table."""
@@ -142,9 +141,9 @@ def test_a_long_embedding_is_announced_with_its_estimate_and_a_faster_embedder(
             return super().embed(texts)
 
     texts = [f"prompt number {i}" for i in range(3000)]
-    _say_embedding_estimate(SlowEmbedder(), "minilm", texts, str(tmp_path))
+    assert announce_embedding(SlowEmbedder(), "minilm", texts, tmp_path) > 20
     err = capsys.readouterr().err
     assert "embedding 3,000 prompts with hashing-512: about" in err
     assert "measured on 32 of them" in err and "faster: --embedder onnx" in err
-    _say_embedding_estimate(SlowEmbedder(), "minilm", texts[:500], str(tmp_path))
+    assert announce_embedding(SlowEmbedder(), "minilm", texts[:500], tmp_path) < 20
     assert capsys.readouterr().err == ""  # ~5 s: not long, nothing said
