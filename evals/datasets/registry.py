@@ -462,7 +462,8 @@ def resolve_table(spec: str | Path, fmt: str | None = None,
     implied. Raises ``KeyError`` with what to do when neither."""
     p = Path(spec)
     if p.exists():
-        return p, fmt or "long"
+        # "routellm" alone means its MMLU part: say so, never pick a part silently
+        return p, "routellm-mmlu" if fmt == "routellm" else (fmt or "long")
     key = str(spec)
     if key in TABLES:
         set_name, implied = TABLES[key]

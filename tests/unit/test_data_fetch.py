@@ -117,6 +117,7 @@ def test_cli_fetches_registered_sets_then_train_reads_them_by_name(
     with pytest.raises(KeyError, match="not a registry table name"):
         resolve_table("routellm:nope")
     assert resolve_table(str(root / "llmrouter_nq"), "llmrouter")[1] == "llmrouter"
+    assert resolve_table(str(root), "routellm")[1] == "routellm-mmlu"  # the part, explicit
 
     art = tmp_path / "art"
     assert cli(["train", "--router", "knn", "--data", "llmrouter_nq", "--embedder", "hashing",
