@@ -18,11 +18,13 @@ import uvicorn
 
 from expertgate.procs import free_port
 from gateway.app import create_app
+from gateway.auth import hash_key
 from gateway.config import Settings, parse_config
 from routers.embed import HashingEmbedder
 from tests.unit.gateway_helpers import base_config, chat
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ADMIN = "sk-dashboard-browser-admin-51d0"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
 
@@ -37,6 +39,7 @@ async def test_dashboard_shows_a_decision_and_explains_a_prompt(ups, tmp_path: P
     from playwright.async_api import async_playwright
 
     cfg = base_config(ups[0].base, ups[1].base, log_prompts=True)
+    cfg["api_keys"] = [{"name": "ops", "sha256": hash_key(ADMIN), "admin": True}]
     s = Settings(log_path=tmp_path / "log.jsonl", ready_check_upstreams=False, gc_freeze=False)
     app = create_app(s, parse_config(cfg, "test.yaml"), embedder=HashingEmbedder())
     port = free_port()
@@ -52,7 +55,8 @@ async def test_dashboard_shows_a_decision_and_explains_a_prompt(ups, tmp_path: P
         url = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=url) as c:
             r = await c.post("/v1/chat/completions",
-                             json=chat("auto", "fix this bug in my code please"))
+                             json=chat("auto", "fix this bug in my code please"),
+                             headers={"authorization": f"Bearer {ADMIN}"})
             assert r.status_code == 200 and r.headers["x-expertgate-expert"] == "coder"
             rid = r.headers["x-request-id"]
         async with async_playwright() as pw:
@@ -63,6 +67,11 @@ async def test_dashboard_shows_a_decision_and_explains_a_prompt(ups, tmp_path: P
                 errors: list[str] = []
                 page.on("pageerror", lambda e: errors.append(str(e)))
                 await page.goto(url + "/ui")
+                # keys are configured: the page asks for the admin key before it shows data
+                await page.locator("#key-form").wait_for(state="visible", timeout=10_000)
+                assert "admin API key" in await page.inner_text("#error")
+                await page.fill("#key", ADMIN)
+                await page.click("#key-form button")
                 row = page.locator(f'#decisions tr[data-request-id="{rid}"]')
                 await row.wait_for(timeout=15_000)
                 assert await row.locator(".expert").inner_text() == "coder"

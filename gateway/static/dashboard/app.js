@@ -41,6 +41,11 @@ const sum = (o) => Object.values(o || {}).reduce((a, b) => a + b, 0);
 const listing = (o) => Object.entries(o || {}).map(([k, v]) => `${k} ${v}`).join(", ");
 
 async function poll() {
+  await refresh();
+  setTimeout(poll, POLL_MS);
+}
+
+async function refresh() {
   try {
     const r = await fetch(`/ui/api/summary?since=${since}`, { headers: headers() });
     if (r.status === 401 || r.status === 403) {
@@ -56,8 +61,6 @@ async function poll() {
     setLive(true, `live · up ${Math.round(s.uptime_s)} s`);
   } catch (e) {
     setLive(false, "gateway unreachable");
-  } finally {
-    setTimeout(poll, POLL_MS);
   }
 }
 
@@ -244,6 +247,7 @@ $("key-form").addEventListener("submit", (ev) => {
   $("key").value = "";
   $("key-form").hidden = true;
   $("error").hidden = true;
+  refresh();  // show the data now, not at the next poll
 });
 $("pg-form").addEventListener("submit", explain);
 poll();
