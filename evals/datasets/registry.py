@@ -425,7 +425,11 @@ def fetch(name: str, root: str | Path | None = None, *, source: str | None = Non
                    desc=f"fetch {ds.name}", file=sys.stderr, leave=False)
     try:
         for f, dest in todo:
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise FetchError(f"cannot write into {dest.parent}: {e.strerror or e} (set "
+                                 "EXPERTGATE_DATA_DIR or pass --root)") from None
             url = raw_url(ds, f, source)
             if url is None:
                 packaged = _COMPOSED / ds.name / f.local

@@ -82,6 +82,10 @@ def test_fetch_places_verified_files_and_refuses_wrong_bytes(tmp_path: Path) -> 
             fetch("toy", tmp_path / "data", source=base, registry=[ds])
         assert not (tmp_path / "data/toy/a.csv").exists()
         assert list((tmp_path / "data/toy").glob("*.part")) == []
+        blocked = tmp_path / "file-not-folder"
+        blocked.write_text("")
+        with pytest.raises(FetchError, match="cannot write into"):
+            fetch("toy", blocked, source=base, registry=[ds])
         (site / "example/toy" / ("0" * 40) / "data/a.csv").unlink()
         with pytest.raises(FetchError, match="HTTP 404"):
             fetch("toy", tmp_path / "data", source=base, registry=[ds])
