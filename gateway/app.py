@@ -1,9 +1,11 @@
 """create_app(settings): the one place where the gateway's parts are wired together.
 
-The returned ASGI app is a thin raw-ASGI front: the two hot endpoints
-(``POST /v1/chat/completions`` and ``POST /v1/completions``) are handled directly by
-:mod:`gateway.api.chat`; everything else goes to a FastAPI app (models, route, feedback,
-admin, health, metrics, OpenAPI). The lifespan builds the embedder, policies, cache, upstream
+The returned ASGI app is a thin raw-ASGI front: the hot endpoints
+(``POST /v1/chat/completions``, ``/v1/completions`` and ``/v1/embeddings``) are handled
+directly by :mod:`gateway.api.chat`; everything else goes to a FastAPI app (models, route,
+feedback, admin, health, metrics, OpenAPI), after its body was read here under the same
+size limit and timeout as the hot endpoints' (:func:`gateway.api.chat.read_body`), so no
+endpoint parses an unbounded body. The lifespan builds the embedder, policies, cache, upstream
 pool and log sink, and tears them down.
 """
 
@@ -20,13 +22,15 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
-from gateway.api.chat import handle_generate
+import orjson
+
+from gateway.api.chat import BodyReads, handle_generate, read_body
 from gateway.auth import Authenticator, RequestIds, reachable_experts
 from gateway.cache import DecisionCache, MemoryDecisionCache, RedisDecisionCache
 from gateway.config import ConfigError, GatewayConfig, Settings, load_config
 from gateway.dashboard import DecisionFeed
 from gateway.dispatch import Dispatcher
-from gateway.errors import GatewayError, PermissionDenied
+from gateway.errors import GatewayError, InvalidRequest, PermissionDenied
 from gateway.logs import JsonlSink, RedisStreamSink, RoutingLog
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, PolicySet, build_policy_set, carry_canary_state
@@ -43,7 +47,8 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 _HOT = {"/v1/chat/completions": "chat", "/v1/completions": "completions",
-        "/chat/completions": "chat", "/completions": "completions"}
+        "/v1/embeddings": "embeddings", "/chat/completions": "chat",
+        "/completions": "completions", "/embeddings": "embeddings"}
 #: paths outside the API whose readers a setting names (/healthz is always open; /readyz
 #: hides its checks from callers below ``readyz_auth``, in gateway/api/health.py)
 _GATED = {"/metrics": "metrics_auth", "/docs": "docs_auth", "/redoc": "docs_auth",
@@ -79,6 +84,7 @@ class Gateway:
         self.started_at = time.time()
         self.ready = False
         self.draining = False
+        self.body_reads = BodyReads()
         self._reload_lock = asyncio.Lock()
         self._batcher: Any = None
         #: request id -> (policy, arm) of recent requests beside a canary, for feedback
@@ -226,6 +232,11 @@ class Gateway:
             return {"policies": {n: rt.version for n, rt in pset.policies.items()},
                     "changed": sorted(changed)}
 
+    def begin_drain(self) -> None:
+        """The server stopped accepting: answer bodies still being read with 503 now."""
+        self.draining = True
+        self.body_reads.close()
+
     # -- shadow and canary ---------------------------------------------------------------
     def _canary_gauges(self, pset: PolicySet) -> None:
         for name, rt in pset.policies.items():
@@ -320,6 +331,8 @@ class Gateway:
         if expert is not None:
             cost = (usage[0] * expert.price.input_per_1m +
                     usage[1] * expert.price.output_per_1m) / 1e6
+        # an ensemble's members were paid for too
+        cost += getattr(ctx, "extra_cost_usd", 0.0)
         if expert is not None and usage != (0, 0):
             m = self.metrics
             m.child(m.tokens, expert.name, "prompt").inc(usage[0])
@@ -372,7 +385,7 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
     api = build_api(gw)
     _document_errors(api)
 
-    async def lifespan(receive: Receive, send: Send) -> None:
+    async def lifespan(scope_state: Scope, receive: Receive, send: Send) -> None:
         msg = await receive()
         assert msg["type"] == "lifespan.startup"
         try:
@@ -385,6 +398,10 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(
                 _reload_logged(gw)))
+        # the server's connections find the gateway here when it shuts down (begin_drain)
+        state = scope_state.get("state")
+        if isinstance(state, dict):
+            state["expertgate"] = gw
         await send({"type": "lifespan.startup.complete"})
         msg = await receive()
         gw.draining = True
@@ -404,10 +421,22 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
             if gate is not None and not await _gate_passed(gw, scope, send,
                                                            getattr(settings, gate)):
                 return
-            await api(scope, receive, send)
+            s = gw.settings
+            try:
+                raw = await read_body(receive, scope, s.max_body_bytes, s.body_timeout_s,
+                                      gw.body_reads)
+                _check_json(scope, raw)
+            except GatewayError as e:
+                headers = [(b"content-type", b"application/json")]
+                headers += [(k.lower().encode(), v.encode()) for k, v in e.headers.items()]
+                await send({"type": "http.response.start", "status": e.status,
+                            "headers": headers})
+                await send({"type": "http.response.body", "body": e.body()})
+                return
+            await api(scope, _replay(raw, receive), send)
             return
         if t == "lifespan":
-            await lifespan(receive, send)
+            await lifespan(scope, receive, send)
             return
         await api(scope, receive, send)
 
@@ -416,7 +445,36 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
     return app
 
 
-_ERROR_STATUSES = ("400", "401", "403", "404", "413", "429", "502", "503", "504")
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that hands the body already read to the app, then the client's events."""
+    sent = False
+
+    async def replay() -> MutableMapping[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def _check_json(scope: Scope, raw: bytes) -> None:
+    """A JSON body must be strict JSON (UTF-8, no lone surrogates), as on the hot path."""
+    if not raw:
+        return
+    for k, v in scope.get("headers", ()):
+        if k == b"content-type":
+            if b"json" in v.lower():
+                try:
+                    orjson.loads(raw)
+                except orjson.JSONDecodeError as e:
+                    raise InvalidRequest(f"request body is not valid JSON: {e.msg} at "
+                                         f"position {e.pos}") from None
+            return
+
+
+_ERROR_STATUSES = ("400", "401", "403", "404", "408", "413", "429", "502", "503", "504")
 _STREAMED = ("/v1/chat/completions", "/v1/completions")
 
 

@@ -68,7 +68,14 @@ class Settings(BaseSettings):
     log_path: Path = Path("runs/routing-log.jsonl")
     #: feedback JSONL file used when there is no Redis
     feedback_path: Path | None = None
+    #: the largest request body any endpoint reads (checked before reading and while reading)
     max_body_bytes: int = 1_048_576
+    #: a request's body must arrive within this many seconds of its headers (else 408)
+    body_timeout_s: float = 30.0
+    #: a connection must send a request's headers within this many seconds (else closed)
+    header_timeout_s: float = 10.0
+    #: open client connections per process; more are answered 503 and closed
+    max_connections: int = 4096
     max_messages: int = 512
     #: whole-request deadline (decision + upstream incl. fallbacks), seconds
     request_deadline_s: float = 300.0
@@ -135,6 +142,8 @@ class ExpertConfig(_Model):
     parent: str | None = None
     description: str = ""
     skills: list[str] = Field(default_factory=list)
+    #: the upstream serves POST /v1/embeddings (the gateway passes embeddings only to these)
+    embeddings: bool = False
     #: LoRA adapters resident per replica (api_base -> adapter names), for affinity
     resident_adapters: dict[str, list[str]] = Field(default_factory=dict)
     # base URL (credentials removed) -> its "Basic ..." Authorization value. Credentials

@@ -12,6 +12,7 @@ never an expected path).
     │   ├── PermissionDenied          403 permission_error
     │   ├── UnknownModel              404 model_not_found
     │   ├── NotFound                  404 not_found
+    │   ├── RequestTimeout            408 request_timeout (the body did not arrive in time)
     │   ├── PayloadTooLarge           413 request_too_large
     │   ├── RateLimited               429 rate_limit_exceeded (with retry-after)
     │   └── GuardRejected             400 / configured: request_rejected
@@ -39,6 +40,7 @@ __all__ = [
     "PermissionDenied",
     "RateLimited",
     "RequestError",
+    "RequestTimeout",
     "ServiceUnavailable",
     "UnknownModel",
     "UpstreamError",
@@ -101,6 +103,11 @@ class UnknownModel(RequestError):
 class NotFound(RequestError):
     status = 404
     code = "not_found"
+
+
+class RequestTimeout(RequestError):
+    status = 408
+    code = "request_timeout"
 
 
 class PayloadTooLarge(RequestError):

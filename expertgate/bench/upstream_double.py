@@ -4,8 +4,11 @@ the tests and the soak.
 Real HTTP on 127.0.0.1 (aiohttp), so the gateway's real client, pooling, timeouts and
 streaming are exercised; only the model is fake. The integration tier uses real llama.cpp
 servers instead. Behaviour is switchable per test: fail with a status, hang before the first
-byte, cut a stream after the first chunk. Every request received is recorded, so tests can
-prove that nothing was sent twice (``record=False`` for long runs such as the soak).
+byte, cut a stream after the first chunk, answer 200 with broken JSON (``badjson``) or a
+stream with an event that is not JSON (``badsse``; ``bad_after`` good events first), or
+fail only the requests ``reject_if`` picks with a 500, as llama.cpp does for features it
+lacks (json_schema, images). Every request received is recorded, so tests can prove that
+nothing was sent twice (``record=False`` for long runs such as the soak).
 ``start_in_thread`` runs it on its own event loop for synchronous callers.
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,9 +32,14 @@ __all__ = ["OpenAIUpstreamDouble", "ThreadedDouble"]
 class OpenAIUpstreamDouble:
     name: str = "double"
     port: int = field(default_factory=free_port)
-    mode: str = "ok"  # ok | status | hang | cut | refuse_lora
+    mode: str = "ok"  # ok | status | hang | cut | badjson | badsse | refuse_lora
     status: int = 500
     delay_s: float = 0.0
+    bad_after: int = 0
+    #: requests this picks get llama.cpp's 500 for an unsupported feature; others succeed
+    reject_if: Callable[[dict[str, Any]], bool] | None = None
+    #: send a usage event at the end of streams when asked (llama.cpp never does)
+    stream_usage: bool = True
     received: list[dict[str, Any]] = field(default_factory=list)
     adapters: dict[str, str] = field(default_factory=dict)  # vLLM-style LoRA: name -> parent
     record: bool = True
@@ -46,6 +55,7 @@ class OpenAIUpstreamDouble:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/load_lora_adapter", self._load_lora)
         self._runner = web.AppRunner(app, access_log=None)
@@ -74,6 +84,13 @@ class OpenAIUpstreamDouble:
             self.received.append(body)
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
+        if self.reject_if is not None and self.reject_if(body):
+            return web.json_response({"error": {
+                "message": "can only concatenate str (not \"list\") to str",
+                "type": "internal_server_error", "param": None, "code": None}}, status=500)
+        if self.mode == "badjson" and not body.get("stream"):
+            return web.Response(body=b'{"choices": [{"message": {"content": "trunc',
+                                content_type="application/json")
         if self.mode == "status":
             return web.json_response({"error": {"message": "boom", "type": "server_error"}},
                                      status=self.status)
@@ -96,6 +113,10 @@ class OpenAIUpstreamDouble:
                 ev = {"id": "chatcmpl-double", "object": "chat.completion.chunk", "created": 1,
                       "model": model, "choices": [{"index": 0, "delta": {
                           "content": (" " if i else "") + w}, "finish_reason": None}]}
+                if self.mode == "badsse" and i == self.bad_after:
+                    await asyncio.sleep(0.05)  # its own chunk, after the good ones
+                    await resp.write(b"data: {this is not json\n\n")
+                    continue
                 await resp.write(b"data: " + orjson.dumps(ev) + b"\n\n")
                 if self.mode == "cut":
                     # die mid-stream: abort the connection once the first chunk is out
@@ -105,7 +126,14 @@ class OpenAIUpstreamDouble:
                     return resp
             ev = {"id": "chatcmpl-double", "object": "chat.completion.chunk", "created": 1,
                   "model": model, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
-            await resp.write(b"data: " + orjson.dumps(ev) + b"\n\ndata: [DONE]\n\n")
+            await resp.write(b"data: " + orjson.dumps(ev) + b"\n\n")
+            opts = body.get("stream_options") or {}
+            if opts.get("include_usage") and self.stream_usage:
+                ev = {"id": "chatcmpl-double", "object": "chat.completion.chunk", "created": 1,
+                      "model": model, "choices": [], "usage": {
+                          "prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}}
+                await resp.write(b"data: " + orjson.dumps(ev) + b"\n\n")
+            await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()
             return resp
         return web.json_response({
@@ -125,6 +153,19 @@ class OpenAIUpstreamDouble:
             "choices": [{"index": 0, "text": f" completion from {self.name}",
                          "finish_reason": "stop", "logprobs": None}],
             "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}})
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        early = await self._gate(body)
+        if early is not None:
+            return early
+        inp = body.get("input")
+        items = inp if isinstance(inp, list) else [inp]
+        return web.json_response({
+            "object": "list", "model": body.get("model"),
+            "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, float(i)]}
+                     for i in range(len(items))],
+            "usage": {"prompt_tokens": 2 * len(items), "total_tokens": 2 * len(items)}})
 
 
 class ThreadedDouble:
