@@ -57,7 +57,7 @@ log = logging.getLogger("expertgate.dispatch")
 
 #: how long a successful probe vouches for a replica (a 500 in that time is the request's)
 REQUEST_FAULT_TTL_S = 2.0
-_PROBE_BODIES = {
+_PROBE_BODIES: dict[str, dict[str, Any]] = {
     "/chat/completions": {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1},
     "/completions": {"prompt": "hi", "max_tokens": 1},
     "/embeddings": {"input": "hi"},
@@ -311,10 +311,16 @@ class Dispatcher:
                                                        timeout_s=min(expert.timeout_s, remaining))
                 except UpstreamFailure as f:
                     ms = (time.perf_counter() - t0) * 1000
-                    if f.retryable and f.status == 500 and expert.kind == "openai" and \
-                            await self._replica_healthy(pool, rep, path, deadline):
-                        f.retryable = False
-                        f.kind = "request_error"
+                    if f.retryable and f.status == 500 and expert.kind == "openai":
+                        try:
+                            healthy = await self._replica_healthy(pool, rep, path, deadline)
+                        except asyncio.CancelledError:
+                            if probe:
+                                rep.breaker.abandon()
+                            raise
+                        if healthy:
+                            f.retryable = False
+                            f.kind = "request_error"
                     self.metrics.upstream_errors.labels(name, f.kind).inc()
                     attempts.append(Attempt(name, rep.base, f.kind, ms, f.status))
                     if not f.retryable:
@@ -347,9 +353,9 @@ class Dispatcher:
                 "no upstream available: every replica of " + ", ".join(chain) +
                 " has an open circuit", code="circuit_open")
         # expert names and outcomes only: replica addresses are in the log, never in replies
-        tried = "; ".join(f"{a.expert} {a.outcome}" + (f" {a.status}" if a.status else "")
-                          for a in attempts)
-        msg = (f"all upstreams failed ({len(attempts)} attempt(s): {tried}); last: "
+        summary = "; ".join(f"{a.expert} {a.outcome}" + (f" {a.status}" if a.status else "")
+                            for a in attempts)
+        msg = (f"all upstreams failed ({len(attempts)} attempt(s): {summary}); last: "
                f"{attempts[-1].expert if attempts else chain[-1]} {last.public}")
         if last.kind == "timeout":
             raise UpstreamTimeout(msg)

@@ -9,11 +9,22 @@ sends for a short while before closing (closing at once with unread data would r
 connection and the client might never read the 431). Memory per connection stays bounded
 whatever the client sends. Other malformed requests get an OpenAI-shaped 400 instead of
 uvicorn's plain text.
+
+Slow and idle clients are not held forever: a connection must send a request's head within
+``header_timeout_s`` (``EXPERTGATE_HEADER_TIMEOUT_S``, 10 s) of opening or of its previous
+response, else it gets an OpenAI-shaped 408 and is closed (the body has its own timeout in
+the app, ``EXPERTGATE_BODY_TIMEOUT_S``); more than ``max_connections`` open connections
+(``EXPERTGATE_MAX_CONNECTIONS``, at most half the process's file-descriptor limit, the other
+half kept for upstreams and Redis) get a 503 at once. At shutdown, the first connection told
+to finish tells the gateway (``Gateway.begin_drain``), which answers bodies still being read
+with a 503 instead of waiting for them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import resource
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -34,6 +45,19 @@ def _default_max_header_bytes() -> int:
     return Settings().max_header_bytes
 
 
+@functools.cache
+def _connection_limits() -> tuple[float, int]:
+    """(header timeout in seconds, most open client connections) from the settings."""
+    from gateway.config import Settings
+
+    s = Settings()
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    cap = s.max_connections
+    if soft != resource.RLIM_INFINITY:
+        cap = min(cap, max(soft // 2, 16))
+    return s.header_timeout_s, cap
+
+
 class GatewayHttpProtocol(HttpToolsProtocol):
     #: the cap on a request's head in bytes; ``None``: from the settings
     max_header_bytes: int | None = None
@@ -45,6 +69,48 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._heads_done = 0
         self._discarded = -1  # >= 0 once the request was refused: bytes thrown away since
+        self._header_timeout, self._max_connections = _connection_limits()
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        if len(self.connections) > self._max_connections:
+            self._refuse(503, f"too many open connections (at most {self._max_connections})",
+                         "too_many_connections")
+            return
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.cycle is None or self.cycle.response_complete:  # waiting for the next head
+            self._arm_head_timer()
+
+    def shutdown(self) -> None:
+        gw = self.app_state.get("expertgate")
+        if gw is not None:
+            gw.begin_drain()
+        super().shutdown()
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        if not self.transport.is_closing():
+            self._head_timer = self.loop.call_later(self._header_timeout, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing() or self._discarded >= 0:
+            return
+        self._refuse(408, f"no request headers within {self._header_timeout:g}s",
+                     "request_timeout")
 
     def data_received(self, data: bytes) -> None:
         if self._discarded >= 0:
@@ -76,6 +142,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         super().data_received(data)
 
     def on_headers_complete(self) -> None:
+        self._cancel_head_timer()
         self._in_head = False
         self._heads_done += 1
         super().on_headers_complete()

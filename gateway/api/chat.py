@@ -15,6 +15,7 @@ gateway and marked ``"estimated": true``: completion tokens = content events pas
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -443,6 +444,14 @@ async def handle_generate(gw: Gateway, scope: Scope, receive: Receive, send: Sen
         await _send_error(send, e, ctx)
     except asyncio.CancelledError:
         status, err_type = 499, "client_disconnected"
+        if gw.draining and not ctx.started:
+            # the server's graceful-shutdown time ran out: an OpenAI-shaped 503 the client can
+            # retry elsewhere, rather than the server's plain-text 500
+            status, err_type = 503, "shutting_down"
+            with contextlib.suppress(Exception):
+                await _send_error(send, ServiceUnavailable(
+                    "the gateway is shutting down; retry the request", code="shutting_down",
+                    headers={"connection": "close"}), ctx)
         raise
     except Exception:
         # a bug, never an expected path: log the traceback, answer an OpenAI-shaped 500

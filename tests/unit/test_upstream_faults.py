@@ -18,11 +18,11 @@ import numpy as np
 import orjson
 import pytest
 
+from expertgate.bench.upstream_double import OpenAIUpstreamDouble
 from gateway.api.chat import affinity_key
 from routers.artifacts import save_router
 from routers.base import RoutingTable, make_router
 from routers.embed import HashingEmbedder
-from tests.doubles.openai_upstream import OpenAIUpstreamDouble
 from tests.unit.gateway_helpers import base_config, chat, gateway_client
 
 
