@@ -177,8 +177,18 @@ async def call_openai(session: aiohttp.ClientSession, expert: ExpertConfig, base
     resp: aiohttp.ClientResponse | None = None
     try:
         async with asyncio.timeout(timeout_s):
-            resp = await session.post(url, data=body, headers=expert.upstream_headers(base),
-                                      timeout=to)
+            for fresh in (False, True):
+                try:
+                    resp = await session.post(url, data=body,
+                                              headers=expert.upstream_headers(base), timeout=to)
+                    break
+                except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
+                    # a pooled connection the upstream closed after its last answer (llama.cpp
+                    # does after some 500s) fails before the request reached it: send it
+                    # once more, on another connection
+                    if fresh or isinstance(e, aiohttp.ClientConnectorError):
+                        raise
+            assert resp is not None
             status = resp.status
             ctype = resp.headers.get("content-type", "application/json")
             if status >= 400 or not stream:

@@ -618,7 +618,11 @@ def _body_for(payload: dict[str, Any], raw: bytes, requested: str
                 b = raw  # nothing to rewrite: pass the client's bytes through untouched
             else:
                 payload["model"] = name
-                b = orjson.dumps(payload)
+                try:
+                    b = orjson.dumps(payload)
+                except TypeError:  # orjson writes at most 254 levels of nesting
+                    raise InvalidRequest("the request's JSON is nested too deeply to forward "
+                                         "(at most 254 levels)") from None
                 modified[0] = True
             cache[name] = b
         return b
