@@ -406,11 +406,9 @@ class Pipeline:
             self._obs_guard.observe(t3 - t2)
             t2 = t3
             if verdict.rejected:
-                d = Decision("reject", [], f"guard rejected the query ({verdict.reject_reason}: "
-                             f"score {verdict.ood_score:.3f} vs threshold "
-                             f"{verdict.threshold:.3f})" if verdict.ood_score is not None and
-                             verdict.threshold is not None else
-                             f"guard rejected the query ({verdict.reject_reason})",
+                # the score of the check that rejected it (the unsafe score for "unsafe")
+                d = Decision("reject", [], "guard rejected the query: "
+                             f"{rt.guard.reject_text(verdict)}",  # type: ignore[attr-defined]
                              router="guard", guard=verdict)
                 return await self._finish(rt, d, key, timings, t0)
         d = rt.router.decide(X, [text])[0]

@@ -403,8 +403,16 @@ class GuardRouter(Router):
         lr.fit(X, y)
         W = np.zeros((X.shape[1], n_labels), np.float32)
         b = np.zeros(n_labels, np.float32)
-        W[:, lr.classes_] = lr.coef_.T
-        b[lr.classes_] = lr.intercept_
+        if lr.coef_.shape[0] == 1 and len(lr.classes_) == 2:
+            # binary: one column for the second class's log-odds. Split it as +-1/2 per class:
+            # the softmax of the two logits is then exactly the logistic probability (copying
+            # the column into both classes made every query 0.5/0.5)
+            c0, c1 = lr.classes_
+            W[:, c0], W[:, c1] = -0.5 * lr.coef_[0], 0.5 * lr.coef_[0]
+            b[c0], b[c1] = -0.5 * lr.intercept_[0], 0.5 * lr.intercept_[0]
+        else:
+            W[:, lr.classes_] = lr.coef_.T
+            b[lr.classes_] = lr.intercept_
         self.W_, self.b_ = W, b
         self.H1_ = np.zeros((0, 0), np.float32)
         self.h1_ = np.zeros(0, np.float32)
@@ -623,6 +631,15 @@ class GuardRouter(Router):
                     flagged[i] = True
         return score, flagged
 
+    def reject_text(self, v: GuardVerdict) -> str:
+        """Why ``v`` was rejected, with the score of the check that rejected it."""
+        if v.reject_reason == "unsafe":
+            return (f"unsafe content (score {v.unsafe_score or 0.0:.3f}"
+                    + (f" vs {self.unsafe_threshold_:.3f})"
+                       if self.unsafe_threshold_ is not None else ", lexicon)"))
+        return (f"out of domain: {self.method} score {v.ood_score:.4f} > threshold "
+                f"{v.threshold:.4f} (calibrated to {self.target_frr:.1%} false rejections)")
+
     # ------------------------------------------------------------------ inference
     def verdict(self, X: np.ndarray, texts: Sequence[str] | None = None) -> list[GuardVerdict]:
         """The guard's verdict per query (label, OOD score vs threshold, unsafe check)."""
@@ -656,16 +673,9 @@ class GuardRouter(Router):
                 per_expert[e] = per_expert.get(e, 0.0) + float(p[j])
             targets = [Target(e, s) for e, s in
                        sorted(per_expert.items(), key=lambda kv: (-kv[1], kv[0]))]
-            if v.rejected and v.reject_reason == "unsafe":
-                reason = (f"unsafe content (score {v.unsafe_score:.3f}"
-                          + (f" vs {self.unsafe_threshold_:.3f})"
-                             if self.unsafe_threshold_ is not None else ", lexicon)"))
-                out.append(Decision("reject", targets, reason, router=self.name, guard=v))
-            elif v.rejected:
-                out.append(Decision("reject", targets, f"out of domain: {self.method} score "
-                                    f"{v.ood_score:.4f} > threshold {v.threshold:.4f} "
-                                    f"(calibrated to {self.target_frr:.1%} false rejections)",
-                                    router=self.name, guard=v))
+            if v.rejected:
+                out.append(Decision("reject", targets, self.reject_text(v), router=self.name,
+                                    guard=v))
             else:
                 out.append(Decision("single", targets, f"in domain: label '{v.label}' -> "
                                     f"{targets[0].expert} (p={targets[0].score:.3f})",

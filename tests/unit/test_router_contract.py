@@ -170,6 +170,11 @@ def test_category_needs_categories() -> None:
 
 def test_complexity_budget_and_quality_target() -> None:
     X, table = synthetic_table(120, missing=False)
+    # here the best model ("cheap", column 0) is also the cheapest: it answers everything
+    dominant = make_router("complexity", max_strong_share=0.2).fit(X, table)
+    assert dominant.strong_ == dominant.cheap_ == 0
+    assert {x.expert for x in dominant.decide(X, table.prompts)} == {"cheap"}
+    table.costs = table.costs[:, ::-1].copy()  # now the best model costs the most
     r = make_router("complexity", max_strong_share=0.2).fit(X, table)
     assert r.calibration_["val_strong_share"] <= 0.2 + 1e-9
     d = r.decide(X, table.prompts)
@@ -283,3 +288,22 @@ def test_every_family_declares_its_registry_facts() -> None:
         assert set(cls.example_params) <= set(cls.param_names()), name
     assert {n for n in registered_names() if not get_router_class(n).trades_cost} == {
         "semantic", "guard", "lora"}
+
+
+def test_complexity_on_n_models_follows_the_tables_quality_and_cost() -> None:
+    names = ["m0", "m1", "m2", "m3", "m4", "m5"]
+    X, table = synthetic_table(120, models=names, missing=False)
+    cost = np.array([5.0, 0.1, 3.0, 0.05, 1.0, 8.0])  # columns not in cost order
+    table.costs = np.tile(cost, (len(table), 1))
+    quality = np.array([0.6, 0.3, 0.5, 0.2, 0.4, 0.9])
+    table.scores = (np.random.default_rng(3).random(table.scores.shape) < quality).astype(float)
+    r = make_router("complexity", max_strong_share=0.3).fit(X, table)
+    assert r.experts_[r.strong_] == "m5" and r.experts_[r.cheap_] == "m3"
+    d = r.decide(X, table.prompts)
+    chosen = {x.expert for x in d}
+    assert chosen <= {"m5", "m3"} and "m3" in chosen
+    for x in d:
+        if x.expert == "m3":
+            assert "cheapest expert m3 (lowest mean cost" in x.reason
+        else:
+            assert "strongest expert m5 (best mean quality" in x.reason
