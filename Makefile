@@ -11,7 +11,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	$(PY) -m gateway.cli demo --config examples/demo-local.yaml
+	$(PY) -m expertgate demo --config examples/demo-local.yaml
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests
@@ -29,22 +29,22 @@ typecheck: setup
 	$(PY) -m mypy
 
 bench-overhead: setup
-	$(PY) -m gateway.cli bench overhead --json runs/bench-overhead.json --plot docs/img/overhead.png
+	$(PY) -m expertgate bench overhead --json runs/bench-overhead.json --plot docs/img/overhead.png
 
 bench-router: setup
-	$(PY) -m gateway.cli bench router --json runs/bench-router.json
+	$(PY) -m expertgate bench router --json runs/bench-router.json
 
 soak: setup
-	$(PY) -m gateway.cli bench soak --out runs/soak.json
+	$(PY) -m expertgate bench soak --out runs/soak.json
 
 eval-guard: setup
-	$(PY) -m gateway.cli eval guard --suite clinc150-gqr --embedder onnx --methods baseline-tfidf-svm,baseline-lr-knn,guard-knn,guard-mahalanobis,guard-mlp-knn+msp --target-frr 0.02,0.05 --seed-set report --latency-sample 100 --json docs/results/guard/clinc150-gqr.json
+	$(PY) -m expertgate eval guard --suite clinc150-gqr --embedder onnx --methods baseline-tfidf-svm,baseline-lr-knn,guard-knn,guard-mahalanobis,guard-mlp-knn+msp --target-frr 0.02,0.05 --seed-set report --latency-sample 100 --json docs/results/guard/clinc150-gqr.json
 
 eval-routing: setup
-	$(PY) -m gateway.cli eval routing --data ../shared/data/routellm --format routellm-mmlu --seeds 5 --seed-set report --threads 2 --json docs/results/runs/mmlu.json
+	$(PY) -m expertgate eval routing --data routellm:mmlu --seeds 5 --seed-set report --threads 2 --json docs/results/runs/mmlu.json
 
 report: setup
-	$(PY) -m gateway.cli eval report --runs docs/results/runs docs/results/guard --out docs/results
+	$(PY) -m expertgate eval report --runs docs/results/runs docs/results/guard --out docs/results
 
 clean:
 	rm -rf .venv build *.egg-info

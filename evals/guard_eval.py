@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -54,6 +55,7 @@ from evals.datasets.guard import (
     suite_files,
 )
 from evals.provenance import REPORT_SEEDS, provenance
+from routers.embed import EMBEDDER_KINDS
 
 __all__ = [
     "BASELINES",
@@ -157,7 +159,7 @@ class _GuardMethod(_Method):
                         validation=(Xv, val_labels, val_texts),
                         embedder=embedder if self.params.get("unsafe", True) else None)
         r = self.router
-        self.val_scores = r.ood_scores(Xv)
+        self.val_scores = r.ood_scores(Xv, val_texts)
         self.val_unsafe = r.unsafe_scores(Xv, val_texts)[1]
         return {"params": r.get_params(), "unsafe_layers": r.unsafe_layers_,
                 "unsafe_threshold": r.unsafe_threshold_, **self.set_frr(r.target_frr)}
@@ -237,6 +239,52 @@ class _TfidfSvm(_Method):
         return Prediction(labels, s > self.threshold, np.zeros(len(texts), bool))
 
 
+class _Hybrid(_Method):
+    """Dense + sparse: the guard's OOD score on the embeddings (``method``) and the TF-IDF
+    SVM's negative top margin, each standardised on the in-domain validation scores and
+    averaged; the label is the SVM's; the unsafe layers are the guard's. The threshold is
+    calibrated like every method's, on in-domain validation queries only."""
+
+    def __init__(self, target_frr: float, seed: int, method: str = "knn",
+                 head: str | None = None) -> None:
+        self.dense = _GuardMethod(method=method, head=head, target_frr=target_frr, seed=seed)
+        self.sparse = _TfidfSvm(target_frr, seed)
+        self.target_frr = target_frr
+
+    def fit(self, X: np.ndarray, texts: list[str], labels: list[str], Xv: np.ndarray,
+            val_texts: list[str], val_labels: list[str], embedder: Any) -> dict[str, Any]:
+        info = self.dense.fit(X, texts, labels, Xv, val_texts, val_labels, embedder)
+        self.sparse.fit(X, texts, labels, Xv, val_texts, val_labels, embedder)
+        d, sp = self.dense.val_scores, self.sparse.val_scores
+        self.norm = (float(d.mean()), float(d.std() + 1e-9), float(sp.mean()),
+                     float(sp.std() + 1e-9))
+        self.val_scores = self._combine(d, sp)
+        self.val_unsafe = self.dense.val_unsafe
+        return {"dense": info, "standardisation": self.norm, **self.set_frr(self.target_frr)}
+
+    def _combine(self, d: np.ndarray, sp: np.ndarray) -> np.ndarray:
+        md, sd, ms, ss = self.norm
+        return 0.5 * ((d - md) / sd + (sp - ms) / ss)
+
+    def set_frr(self, frr: float) -> dict[str, Any]:
+        from routers.guard import calibrate_threshold
+
+        self.target_frr = float(frr)
+        self.threshold = calibrate_threshold(self.val_scores, float(frr),
+                                             already_rejected=self.val_unsafe)
+        ood = self.val_scores > self.threshold
+        return {"threshold": self.threshold,
+                "validation_frr": float(np.mean(ood | self.val_unsafe)),
+                "validation_frr_ood_only": float(np.mean(ood))}
+
+    def predict(self, X: np.ndarray, texts: list[str]) -> Prediction:
+        r = self.dense.router
+        labels, sp = self.sparse._ood(texts)
+        score = self._combine(r.ood_scores(X), sp)
+        unsafe = r.unsafe_scores(X, texts)[1]
+        return Prediction(labels, (score > self.threshold) | unsafe, unsafe)
+
+
 def _guard(**kw: Any) -> Callable[[float, int], _Method]:
     return lambda frr, seed: _GuardMethod(**kw, target_frr=frr, seed=seed)
 
@@ -254,6 +302,14 @@ GUARD_VARIANTS: dict[str, Callable[[float, int], _Method]] = {
     "guard-mlp-msp": _guard(method="msp", head="mlp"),
     "guard-mlp-energy": _guard(method="energy", head="mlp"),
     "guard-mlp-knn+msp": _guard(method="knn+msp", head="mlp"),
+    "guard-auto": _guard(method="auto"),
+    "guard-lexical-knn": _guard(method="knn", lexical=True),
+    "guard-lexical-mlp-knn": _guard(method="knn", head="mlp", lexical=True),
+    "guard-hybrid-knn": lambda frr, seed: _Hybrid(frr, seed, method="knn"),
+    "guard-hybrid-msp": lambda frr, seed: _Hybrid(frr, seed, method="msp"),
+    "guard-hybrid-mlp-knn": lambda frr, seed: _Hybrid(frr, seed, method="knn", head="mlp"),
+    "guard-hybrid-mlp-knn+msp": lambda frr, seed: _Hybrid(frr, seed, method="knn+msp",
+                                                          head="mlp"),
 }
 BASELINES: dict[str, Callable[[float, int], _Method]] = {
     "baseline-tfidf-svm": lambda frr, seed: _TfidfSvm(frr, seed),
@@ -603,8 +659,12 @@ def run(args: argparse.Namespace) -> int:
             return 2
         if args.embedder_path:
             options["model_path"] = args.embedder_path
+    elif args.embedder == "distilled" and not args.finetune:
+        if args.embedder_path:
+            options["model_path"] = args.embedder_path
     elif args.embedder_path or args.finetune:
-        print("--embedder-path and --finetune need --embedder minilm or onnx", file=sys.stderr)
+        print("--embedder-path needs --embedder minilm, onnx or distilled; --finetune needs "
+              "minilm or onnx", file=sys.stderr)
         return 2
     if args.embedder == "static":
         if not args.static_model:
@@ -685,7 +745,7 @@ def finetuned_for(data: GuardData, *, epochs: int = 2, seed: int = 0, quiet: boo
     once and cached under ``$EXPERTGATE_CACHE/finetuned/<train data hash>-e<epochs>-s<seed>``.
     Test and OOD rows are never seen."""
     from routers.embed import MiniLMEmbedder, embed_cached
-    from routers.finetune import data_hash, finetune_encoder, read_meta
+    from routers.finetune import META_FILE, data_hash, finetune_encoder, read_meta
 
     if cache_dir is None:
         base = os.environ.get("EXPERTGATE_CACHE") or os.path.join(
@@ -703,6 +763,9 @@ def finetuned_for(data: GuardData, *, epochs: int = 2, seed: int = 0, quiet: boo
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
     meta = finetune_encoder(data.train_texts, data.train_labels, tmp, epochs=epochs, seed=seed,
                             val=(data.val_texts, data.val_labels), init_embeddings=X0, log=say)
+    # the command that made the model travels with it (provenance of every later result)
+    meta["command"] = "expertgate " + shlex.join(sys.argv[1:])
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
     if folder.exists():  # a concurrent run finished first
         import shutil
 
@@ -729,7 +792,7 @@ def cli_register(parser: argparse.ArgumentParser) -> None:
                         "several, comma-separated, are operating points to select among on "
                         "validation (default 0.05)")
     parser.add_argument("--embedder", default="minilm",
-                        choices=["minilm", "onnx", "static", "hashing"],
+                        choices=EMBEDDER_KINDS,
                         help="embedder for the guards and the latency figures")
     parser.add_argument("--static-model", help="model2vec folder for --embedder static")
     parser.add_argument("--embedder-path", help="sentence-transformers folder for --embedder "

@@ -27,8 +27,10 @@ Kinds: ``routing-table`` (every router and baseline of a routing run), ``routing
 (the selected router with the headline figures), ``guard-table`` (every method and operating
 point of a guard run), ``guard-headline`` (the selected candidate), ``compare OLD NEW`` (the
 headline figures of an older run beside a newer one), ``provenance`` (commit, data sha256,
-encoder and command of a run). Paths are relative to the working directory (the repository
-root). ``--check`` only reports blocks that are out of date (exit 1), for CI.
+encoder and command of a run), ``offpolicy-table FILE...`` / ``offpolicy-dr FILE...`` (the
+off-policy simulator's figures, every estimator or doubly robust only). Paths are relative
+to the working directory (the repository root). ``--check`` only reports blocks that are
+out of date (exit 1), for CI.
 
 Plots use matplotlib's Agg backend (no display needed).
 """
@@ -469,6 +471,13 @@ def render_block(spec: str) -> str:
                 f"{(pv.get('seeds') or {}).get('used')}; created {run.get('created')}"
                 + (f"; wall time {wall:.0f} s" if isinstance(wall, int | float) else "")
                 + f"; command `{pv.get('command')}`.")
+    if kind in ("offpolicy-table", "offpolicy-dr") and args:
+        from evals.offpolicy import summary_markdown
+
+        runs = [_load(a) for a in args]
+        if kind == "offpolicy-dr":
+            return summary_markdown(runs, ("dr",), training=True).rstrip("\n")
+        return summary_markdown(runs).rstrip("\n")
     raise ValueError(f"unknown generated block {spec!r}")
 
 

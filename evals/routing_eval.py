@@ -56,12 +56,13 @@ import numpy as np
 from evals import metrics as M
 from evals.provenance import provenance, seed_list
 from routers.base import Router, RouterError, RoutingTable, get_router_class, registered_names
+from routers.embed import EMBEDDER_KINDS
 
 __all__ = [
-    "DEFAULT_EXCLUDED",
     "EvalError",
     "check_table",
     "cli_register",
+    "default_routers",
     "evaluate",
     "evaluate_predictions",
     "load_routing_table",
@@ -69,9 +70,6 @@ __all__ = [
     "synthetic_table",
 ]
 
-#: families that route by label or adapter rather than trading cost for quality; a user can
-#: still name them in ``--routers``
-DEFAULT_EXCLUDED = frozenset({"semantic", "guard", "lora"})
 #: strong-call shares of the fine two-expert quality-cost curve (and validation knob grid)
 FINE_LEVELS = 101
 #: λ grid (price of normalised cost) for N experts: 0, then geometric; the large end is
@@ -109,7 +107,7 @@ def synthetic_table(n: int, m: int, seed: int = 0) -> RoutingTable:
                         scores, costs, [f"topic-{t}" for t in topics])
 
 
-def load_routing_table(path: str | Path, fmt: str = "long") -> RoutingTable:
+def load_routing_table(path: str | Path, fmt: str | None = None) -> RoutingTable:
     """Load a routing table through ``evals.datasets.routing`` (every format it knows);
     ``synthetic:NxM`` builds
     :func:`synthetic_table` (scale tests).
@@ -120,11 +118,14 @@ def load_routing_table(path: str | Path, fmt: str = "long") -> RoutingTable:
         except ValueError:
             raise EvalError(f"bad synthetic table spec {path!r}; use synthetic:NxM") from None
         return synthetic_table(n, m)
+    from evals.datasets.registry import resolve_table
     from evals.datasets.routing import load_table
 
-    if not Path(path).exists():
-        raise EvalError(f"no such file or folder: {path}")
-    return load_table(path, fmt)
+    try:  # the one --data rule: a registry name (routellm:mmlu, ...) or a path
+        where, fmt = resolve_table(path, fmt)
+    except KeyError as e:
+        raise EvalError(e.args[0]) from None
+    return load_table(where, fmt)
 
 
 def embed_table(table: RoutingTable, embedder: str, cache_dir: str | Path | None = None
@@ -134,10 +135,11 @@ def embed_table(table: RoutingTable, embedder: str, cache_dir: str | Path | None
     The cache key is the sorted set of distinct prompts, so that loaders which order or
     filter prompts differently (or a table's subsets) share the same cached vectors.
     """
-    from routers.embed import embed_cached, make_embedder
+    from routers.embed import announce_embedding, embed_cached, make_embedder
 
     e = make_embedder(embedder)
     uniq = sorted(set(table.prompts))
+    announce_embedding(e, embedder, uniq, cache_dir)
     U = embed_cached(e, uniq, cache_dir, progress=True)
     pos = {t: i for i, t in enumerate(uniq)}
     return U[[pos[t] for t in table.prompts]], e
@@ -364,8 +366,10 @@ def _predict(router: Router, X: np.ndarray, texts: Sequence[str], models: Sequen
 # --------------------------------------------------------------------------- the sweep
 
 
-def _default_routers(table: RoutingTable) -> list[str]:
-    return [n for n in registered_names() if n not in DEFAULT_EXCLUDED]
+def default_routers() -> list[str]:
+    """The families the sweep runs by default: those that trade cost for quality (a family's
+    ``trades_cost``); label and adapter routers may still be named in ``--routers``."""
+    return [n for n in registered_names() if get_router_class(n).trades_cost]
 
 
 #: fewest prompts every model answered for a split into three non-empty parts
@@ -384,7 +388,7 @@ def check_table(table: RoutingTable, *, strong: str | None = None,
         raise EvalError(f"--strong {strong!r} is not a model of the table: "
                         f"{', '.join(table.models)}")
     if routers:
-        known = set(registered_names())
+        known = {*registered_names(), "auto"}
         unknown = [r for r in routers if r not in known]
         if unknown:
             raise EvalError(f"unknown router famil{'ies' if len(unknown) > 1 else 'y'} "
@@ -420,7 +424,7 @@ def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | Non
         raise EvalError(f"{X.shape[0]} embeddings for {len(table)} prompts")
     mean_costs = table.mean_costs()
     s_idx = int(np.argmax(mean_costs)) if strong is None else table.models.index(strong)
-    names = list(routers) if routers else _default_routers(table)
+    names = list(routers) if routers else default_routers()
     params = dict(router_params or {})
     per_seed: dict[str, list[dict[str, Any]]] = {}
     base_seed: dict[str, list[dict[str, Any]]] = {}
@@ -472,10 +476,18 @@ def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | Non
                 continue
             t0 = time.perf_counter()
             try:
-                r = get_router_class(name)(**dict(params.get(name, {})))
-                if "seed" in r._param_names:
-                    r.set_params(seed=int(seed))
-                r.fit(X[tr], T)
+                choice = None
+                if name == "auto":  # family + parameters by cross-validation on train only
+                    from routers.auto import fit_auto
+
+                    r, sel = fit_auto(X[tr], T, seed=int(seed))
+                    choice = {"family": sel.family, "params": sel.params,
+                              "cv_score": sel.score}
+                else:
+                    r = get_router_class(name)(**dict(params.get(name, {})))
+                    if "seed" in r.param_names():
+                        r.set_params(seed=int(seed))
+                    r.fit(X[tr], T)
                 try:
                     pv = _predict(r, X[va], V.prompts, table.models)
                     pt = _predict(r, X[te], E.prompts, table.models)
@@ -494,6 +506,8 @@ def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | Non
                 bar.update(1)
                 continue
             timing[name] = timing.get(name, 0.0) + time.perf_counter() - t0
+            if choice is not None:
+                res["auto_choice"] = choice
             per_seed.setdefault(name, []).append(res)
             bar.update(1)
     bar.close()
@@ -551,6 +565,8 @@ def _aggregate(results: Sequence[dict[str, Any]], fit_s: float | None) -> dict[s
         if curves:
             out[ck] = {f: np.mean([c[f] for c in curves], axis=0).round(6).tolist()
                        for f in curves[0] if all(len(c[f]) == len(curves[0][f]) for c in curves)}
+    if any("auto_choice" in r for r in results):
+        out["auto_choices"] = [r.get("auto_choice") for r in results]
     out["knob"] = bool(results[0].get("knob", True)) if results else None
     out["n_seeds"] = len(results)
     if fit_s is not None:
@@ -564,12 +580,17 @@ def _aggregate(results: Sequence[dict[str, Any]], fit_s: float | None) -> dict[s
 def cli_register(parser: argparse.ArgumentParser) -> None:
     """Add the flags of ``expertgate eval routing`` and its handler."""
     parser.add_argument("--data", required=True,
-                        help="routing table file or folder (synthetic:NxM for a scale test)")
-    parser.add_argument("--format", default="long",
-                        help="long | routellm | routellm-mmlu | routellm-gsm8k | llmrouter | logs")
+                        help="a registry name (routellm:mmlu, routellm:gsm8k, llmrouter_nq), "
+                        "a routing table file or folder, or synthetic:NxM for a scale test")
+    parser.add_argument("--format", default=None,
+                        help="long | routellm | routellm-mmlu | routellm-gsm8k | llmrouter | logs "
+                        "(default: implied by a registry name, else long)")
     parser.add_argument("--routers", default=None,
-                        help="comma-separated router families (default: every registered "
-                             f"cost-quality family; not {', '.join(sorted(DEFAULT_EXCLUDED))})")
+                        help="comma-separated router families, 'auto' among them for the "
+                             "family chosen per seed by cross-validation on train (default: "
+                             "every registered "
+                             "cost-quality family; not "
+                             f"{', '.join(sorted({*registered_names()} - {*default_routers()}))})")
     parser.add_argument("--strong", default=None,
                         help="the strong model of a two-expert table (default: most expensive)")
     parser.add_argument("--seeds", type=int, default=5, help="number of split seeds")
@@ -580,7 +601,7 @@ def cli_register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test", type=float, default=0.2, help="test share of prompts")
     parser.add_argument("--json", default=None, help="write the result JSON here")
     parser.add_argument("--embedder", default="minilm",
-                        choices=["minilm", "onnx", "static", "hashing"])
+                        choices=EMBEDDER_KINDS)
     parser.add_argument("--cache-dir", default=None, help="embedding cache folder")
     parser.add_argument("--params", default=None,
                         help='JSON of router parameters, e.g. \'{"knn": {"k": 30}}\'')
@@ -603,6 +624,13 @@ def main(args: argparse.Namespace) -> int:
             raise EvalError(f"--val {args.val} and --test {args.test} must be in (0, 1) with "
                             "a sum below 1")
         seeds = seed_list(args.seed_set, int(args.seeds))
+        if args.format is None and not str(args.data).startswith("synthetic:"):
+            from evals.datasets.registry import resolve_table
+
+            try:
+                args.format = resolve_table(args.data)[1]
+            except KeyError as e:
+                raise EvalError(e.args[0]) from None
         params = json.loads(args.params) if args.params else None
         routers = [r.strip() for r in args.routers.split(",") if r.strip()] \
             if args.routers else None
@@ -618,7 +646,11 @@ def main(args: argparse.Namespace) -> int:
     except (EvalError, RouterError, EmbedderError, M.MetricError, OSError, ValueError) as e:
         print(f"expertgate eval routing: {e}", file=sys.stderr)
         return 2
-    data_paths = [] if str(args.data).startswith("synthetic:") else [args.data]
+    from evals.datasets.registry import resolve_table
+
+    # a registry name is hashed as the folder it names
+    data_paths = ([] if str(args.data).startswith("synthetic:") else
+                  [resolve_table(args.data, args.format)[0]])
     res = {**{"selected": res.pop("selected")},
            "data": str(args.data), "format": args.format, "embedder": embedder.name,
            "command": _command(args), "seed_set": args.seed_set, **res,

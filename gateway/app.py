@@ -1,15 +1,18 @@
 """create_app(settings): the one place where the gateway's parts are wired together.
 
-The returned ASGI app is a thin raw-ASGI front: the two hot endpoints
-(``POST /v1/chat/completions`` and ``POST /v1/completions``) are handled directly by
-:mod:`gateway.api.chat`; everything else goes to a FastAPI app (models, route, feedback,
-admin, health, metrics, OpenAPI). The lifespan builds the embedder, policies, cache, upstream
+The returned ASGI app is a thin raw-ASGI front: the hot endpoints
+(``POST /v1/chat/completions``, ``/v1/completions`` and ``/v1/embeddings``) are handled
+directly by :mod:`gateway.api.chat`; everything else goes to a FastAPI app (models, route,
+feedback, admin, health, metrics, OpenAPI), after its body was read here under the same
+size limit and timeout as the hot endpoints' (:func:`gateway.api.chat.read_body`), so no
+endpoint parses an unbounded body. The lifespan builds the embedder, policies, cache, upstream
 pool and log sink, and tears them down.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import gc
 import logging
@@ -19,17 +22,21 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
-from gateway.api.chat import handle_generate
-from gateway.auth import Authenticator
+import orjson
+
+from gateway.api.chat import BodyReads, handle_generate, read_body
+from gateway.auth import Authenticator, RequestIds, reachable_experts
 from gateway.cache import DecisionCache, MemoryDecisionCache, RedisDecisionCache
 from gateway.config import ConfigError, GatewayConfig, Settings, load_config
+from gateway.dashboard import DecisionFeed
 from gateway.dispatch import Dispatcher
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, InvalidRequest, PermissionDenied
 from gateway.logs import JsonlSink, RedisStreamSink, RoutingLog
 from gateway.metrics import Metrics
-from gateway.pipeline import Pipeline, PolicySet, build_policy_set
+from gateway.pipeline import Pipeline, PolicySet, build_policy_set, carry_canary_state
 from gateway.ratelimit import RateLimiter
 from routers.embed import Embedder, make_embedder
+from routers.logrecord import CanaryEvent, RequestRecord, ShadowRecord
 
 __all__ = ["Gateway", "create_app"]
 
@@ -40,7 +47,12 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 _HOT = {"/v1/chat/completions": "chat", "/v1/completions": "completions",
-        "/chat/completions": "chat", "/completions": "completions"}
+        "/v1/embeddings": "embeddings", "/chat/completions": "chat",
+        "/completions": "completions", "/embeddings": "embeddings"}
+#: paths outside the API whose readers a setting names (/healthz is always open; /readyz
+#: hides its checks from callers below ``readyz_auth``, in gateway/api/health.py)
+_GATED = {"/metrics": "metrics_auth", "/docs": "docs_auth", "/redoc": "docs_auth",
+          "/openapi.json": "docs_auth", "/docs/oauth2-redirect": "docs_auth"}
 
 
 def _needs_embedder(cfg: GatewayConfig) -> bool:
@@ -61,15 +73,25 @@ class Gateway:
         self.cache: DecisionCache = MemoryDecisionCache(settings.decision_cache_size)
         self.dispatcher = Dispatcher(config, self.metrics)
         self.routing_log: RoutingLog | None = None
+        #: recent decisions and running totals for the dashboard (/ui)
+        self.feed = DecisionFeed(config)
         self.policy_set: PolicySet
         self.pipeline: Pipeline
         self.auth = Authenticator(config)
+        self.request_ids = RequestIds()
+        self._rid_task: asyncio.Task[None] | None = None
         self.ratelimiter = RateLimiter(None, self.metrics.registry)
         self.started_at = time.time()
         self.ready = False
         self.draining = False
+        self.body_reads = BodyReads()
         self._reload_lock = asyncio.Lock()
         self._batcher: Any = None
+        #: request id -> (policy, arm) of recent requests beside a canary, for feedback
+        self._arms: collections.OrderedDict[str, tuple[str, str]] = collections.OrderedDict()
+        #: request id -> (policy, text, expert) of recent answers of online policies
+        self._online: collections.OrderedDict[str, tuple[str, str, str]] = \
+            collections.OrderedDict()
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -82,6 +104,7 @@ class Gateway:
             self._embedder = await asyncio.to_thread(make_embedder, ec.kind, **opts)
         self.embedder = self._embedder
         self.policy_set = await asyncio.to_thread(build_policy_set, self.config, self.embedder)
+        self.auth.set_reach(reachable_experts(self.policy_set.policies))
         if s.redis_url:
             import redis.asyncio as aioredis
 
@@ -90,13 +113,23 @@ class Gateway:
                 socket_connect_timeout=s.redis_timeout_s, health_check_interval=5,
                 retry_on_timeout=False)
             self.cache = RedisDecisionCache(self.redis, retry_s=s.redis_retry_s)
-            self.auth = Authenticator(self.config, self.redis, retry_s=s.redis_retry_s)
+            self.auth.redis = self.redis
+            self.auth.retry_s = s.redis_retry_s
             self.auth.start()
+            try:  # every gateway on this Redis issues and verifies the same ids
+                await self.request_ids.share_through(self.redis)
+            except Exception as e:  # Redis down at start: keep trying in the background
+                log.warning("request ids: cannot share the secret through Redis yet (%s)",
+                            type(e).__name__)
+                self._rid_task = asyncio.get_running_loop().create_task(
+                    self._share_request_ids(), name="request-id-secret")
             # the registry already holds the in-process limiter's metrics: swap the backend only
             self.ratelimiter.attach_redis(self.redis)
             sink: Any = RedisStreamSink(self.redis)
         else:
             sink = JsonlSink(s.log_path, s.feedback_file)
+            self.request_ids = RequestIds.from_file(
+                s.log_path.with_name(s.log_path.stem + ".request-ids.key"))
         self.routing_log = RoutingLog(sink, self.metrics, max_queue=s.log_queue_size)
         self.routing_log.start()
         embed_fn = None
@@ -104,6 +137,8 @@ class Gateway:
             embed_fn = self._make_batcher()
         self.pipeline = Pipeline(self.policy_set, self.embedder, self.cache, self.metrics,
                                  embed_fn)
+        self.pipeline.on_shadow = self._log_shadow
+        self._canary_gauges(self.policy_set)
         await self.dispatcher.start()
         self.ready = True
         if s.gc_freeze:
@@ -112,11 +147,22 @@ class Gateway:
             gc.collect()
             gc.freeze()
 
+    async def _share_request_ids(self) -> None:
+        """Adopt the request-id secret kept in Redis; until Redis answers, ids are issued
+        under this process's own secret (they verify here, not on the other gateways)."""
+        delay = 0.5
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+            try:
+                await self.request_ids.share_through(self.redis)
+                return
+            except Exception as e:  # any Redis failure: keep the local secret, retry
+                log.debug("request ids: Redis still unavailable (%s)", type(e).__name__)
+
     def _make_batcher(self) -> Any:
-        try:
-            from routers.batching import MicroBatcher
-        except ImportError:
-            return None
+        from routers.batching import MicroBatcher
+
         assert self.embedder is not None
         self._batcher = MicroBatcher(self.embedder.embed,
                                      max_batch=self.config.embedder.max_batch)
@@ -131,6 +177,10 @@ class Gateway:
         self.ready = False
         await self.ratelimiter.drain()
         await self.auth.close()
+        if self._rid_task is not None:
+            self._rid_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._rid_task
         if self.routing_log is not None:
             await self.routing_log.close()
         await self.dispatcher.close()
@@ -157,8 +207,8 @@ class Gateway:
                 cfg = await asyncio.to_thread(load_config, path)
             pset = await asyncio.to_thread(build_policy_set, cfg, self.embedder)
             old = self.policy_set
-            if [e.model_dump() for e in cfg.experts] != [e.model_dump()
-                                                          for e in self.config.experts]:
+            if [(e.model_dump(), e.credentials_digest) for e in cfg.experts] != [
+                    (e.model_dump(), e.credentials_digest) for e in self.config.experts]:
                 new_disp = Dispatcher(cfg, self.metrics)
                 await new_disp.start()
                 old_disp = self.dispatcher
@@ -168,12 +218,13 @@ class Gateway:
                     self.settings.request_deadline_s,
                     lambda: asyncio.ensure_future(old_disp.close()))
             self.config = cfg
-            old_auth = self.auth
-            self.auth = Authenticator(cfg, self.redis, retry_s=self.settings.redis_retry_s)
-            self.auth.start()
-            await old_auth.close()
+            self.feed.reconfigure(cfg)
+            # in place, between two awaits: the Redis keys it knows stay known
+            self.auth.configure(cfg, reachable_experts(pset.policies))
+            carry_canary_state(old, pset)
             self.policy_set = pset
             self.pipeline.policies = pset
+            self._canary_gauges(pset)
             changed = {n: rt.version for n, rt in pset.policies.items()
                        if n not in old.policies or old.policies[n].version != rt.version}
             log.info("reloaded configuration: %d policies, %d changed", len(pset.policies),
@@ -181,26 +232,115 @@ class Gateway:
             return {"policies": {n: rt.version for n, rt in pset.policies.items()},
                     "changed": sorted(changed)}
 
-    # -- per request -------------------------------------------------------------------
-    def authorize(self, scope: Scope, model: str) -> str:
-        return self.auth.check(scope.get("headers", ()), model)
+    def begin_drain(self) -> None:
+        """The server stopped accepting: answer bodies still being read with 503 now."""
+        self.draining = True
+        self.body_reads.close()
 
+    # -- shadow and canary ---------------------------------------------------------------
+    def _canary_gauges(self, pset: PolicySet) -> None:
+        for name, rt in pset.policies.items():
+            c = rt.candidate
+            self.metrics.canary_active.labels(name).set(1 if c is not None and c.serving else 0)
+
+    def _log_shadow(self, crt: Any, d: Any, served: Any) -> None:
+        """A shadow candidate's decision: logged and counted, never served."""
+        agrees = d.expert == served.expert
+        self.metrics.child(self.metrics.shadow, crt.config.name,
+                           "agree" if agrees else "disagree").inc()
+        if self.routing_log is not None:
+            shadow: ShadowRecord = {
+                "ts": time.time(), "endpoint": "shadow", "policy": crt.config.name,
+                "router_version": crt.version, "mode": d.mode, "expert": d.expert,
+                "served_expert": served.expert, "agrees": agrees, "reason": d.reason,
+                "targets": [t.expert for t in d.targets], "cache": "hit" if d.cached else "miss",
+                "decision_ms": d.timings_ms.get("total")}
+            self.routing_log.record(shadow)
+
+    def observe_arm(self, ctx: Any, status: int) -> None:
+        """Count a request beside a canary; revert the canary when the test says so."""
+        rt = ctx.rt
+        cand = rt.candidate if rt is not None else None
+        if cand is None or cand.monitor is None:
+            return
+        self._arms[ctx.request_id] = (rt.config.name, ctx.arm)
+        while len(self._arms) > 100_000:
+            self._arms.popitem(last=False)
+        signal_ = cand.monitor.observe_request(ctx.arm, status >= 500)
+        if signal_ is not None:
+            self._reverted(rt.config.name, signal_, cand.monitor.reverted or "")
+
+    def remember_online(self, ctx: Any, status: int) -> None:
+        """Keep (policy, text, served expert) of an online policy's answered request in a
+        bounded memory so that its feedback can update the router."""
+        if ctx.routed_text is None or not ctx.expert or status >= 400:
+            return
+        self._online[ctx.request_id] = (ctx.policy, ctx.routed_text, ctx.expert)
+        while len(self._online) > 100_000:
+            self._online.popitem(last=False)
+
+    async def on_feedback(self, request_id: str, score: float) -> None:
+        """Feedback beyond the log: the canary monitor, and online learning."""
+        self.observe_feedback(request_id, score)
+        got = self._online.pop(request_id, None)
+        if got is None:
+            return
+        policy, text, expert = got
+        rt = self.policy_set.policies.get(policy)
+        if rt is None or not rt.config.online or expert not in getattr(rt.router, "experts_",
+                                                                      ()):
+            return
+        from routers.base import RouterError
+
+        try:
+            x = await self.pipeline.embed(text)
+            rt.router.partial_fit(x.reshape(1, -1), [expert], [score])
+        except (RouterError, RuntimeError) as e:
+            log.warning("online update of policy %s failed: %s", policy, e)
+            return
+        rt.updates += 1
+        self.metrics.child(self.metrics.online_updates, policy).inc()
+
+    def observe_feedback(self, request_id: str, score: float) -> None:
+        got = self._arms.get(request_id)
+        if got is None:
+            return
+        rt = self.policy_set.policies.get(got[0])
+        cand = rt.candidate if rt is not None else None
+        if cand is None or cand.monitor is None:
+            return
+        signal_ = cand.monitor.observe_feedback(got[1], score)  # type: ignore[arg-type]
+        if signal_ is not None:
+            self._reverted(got[0], signal_, cand.monitor.reverted or "")
+
+    def _reverted(self, policy: str, signal_: str, why: str) -> None:
+        log.warning("canary of policy %s reverted automatically: %s", policy, why)
+        self.metrics.canary_reverts.labels(policy, signal_).inc()
+        self.metrics.canary_active.labels(policy).set(0)
+        if self.routing_log is not None:
+            event: CanaryEvent = {"ts": time.time(), "endpoint": "canary", "policy": policy,
+                                  "status": "reverted", "reason": f"{signal_}: {why}"}
+            self.routing_log.record(event)
+
+    # -- per request -------------------------------------------------------------------
     def log_request(self, ctx: Any, status: int, err_type: str | None, latency_ms: float,
                     usage: tuple[int, int]) -> None:
-        if self.routing_log is None:
-            return
         d = ctx.decision
         expert = self.config.expert(ctx.expert) if ctx.expert else None
         cost = 0.0
         if expert is not None:
             cost = (usage[0] * expert.price.input_per_1m +
                     usage[1] * expert.price.output_per_1m) / 1e6
+        # an ensemble's members were paid for too
+        cost += getattr(ctx, "extra_cost_usd", 0.0)
         if expert is not None and usage != (0, 0):
             m = self.metrics
             m.child(m.tokens, expert.name, "prompt").inc(usage[0])
             m.child(m.tokens, expert.name, "completion").inc(usage[1])
-        rec: dict[str, Any] = {
-            "request_id": ctx.request_id, "ts": time.time(), "tenant": ctx.tenant,
+        ex = getattr(ctx, "explore", None) or {}
+        rec: RequestRecord = {
+            "request_id": ctx.request_id, "client_request_id": ctx.client_request_id,
+            "ts": time.time(), "tenant": ctx.tenant,
             "endpoint": ctx.endpoint, "policy": ctx.policy or None,
             "policy_version": d.policy_version if d is not None else None,
             "text_hash": ctx.text_hash, "text": ctx.text,
@@ -213,11 +353,22 @@ class Gateway:
             "http_status": status, "error_type": err_type,
             "fallback": "expert-fallback" in ctx.degraded or "rejected-to-fallback" in ctx.degraded,
             "degraded": ctx.degraded or None,
-            "decision_ms": d.timings_ms.get("total") if d is not None else None,
-            "latency_ms": round(latency_ms, 3), "prompt_tokens": usage[0],
+            # a cache hit has no "total": its decision time is the cache lookup
+            "decision_ms": (d.timings_ms.get("total", sum(d.timings_ms.values()))
+                            if d is not None else None),
+            "latency_ms": round(latency_ms, 3),
+            "upstream_ms": (round(ctx.upstream_ms, 3) if getattr(ctx, "upstream_ms", None)
+                            is not None else None),
+            "prompt_tokens": usage[0],
             "completion_tokens": usage[1], "cost_usd": cost, "stream": ctx.stream,
+            "arm": getattr(ctx, "arm", None),
+            "propensity": ex.get("propensity"), "action_probs": ex.get("action_probs"),
+            "explored": ex.get("explored"), "greedy_expert": ex.get("greedy_expert"),
+            "candidates": ex.get("candidates"), "router_version": ex.get("router_version"),
         }
-        self.routing_log.record(rec)
+        self.feed.record(rec)
+        if self.routing_log is not None:
+            self.routing_log.record(rec)
 
 
 def create_app(settings: Settings | None = None, config: GatewayConfig | None = None,
@@ -234,7 +385,7 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
     api = build_api(gw)
     _document_errors(api)
 
-    async def lifespan(receive: Receive, send: Send) -> None:
+    async def lifespan(scope_state: Scope, receive: Receive, send: Send) -> None:
         msg = await receive()
         assert msg["type"] == "lifespan.startup"
         try:
@@ -247,6 +398,10 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(
                 _reload_logged(gw)))
+        # the server's connections find the gateway here when it shuts down (begin_drain)
+        state = scope_state.get("state")
+        if isinstance(state, dict):
+            state["expertgate"] = gw
         await send({"type": "lifespan.startup.complete"})
         msg = await receive()
         gw.draining = True
@@ -262,10 +417,26 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
             if ep is not None and scope["method"] == "POST":
                 await handle_generate(gw, scope, receive, send, ep)
                 return
-            await api(scope, receive, send)
+            gate = _GATED.get(scope["path"])
+            if gate is not None and not await _gate_passed(gw, scope, send,
+                                                           getattr(settings, gate)):
+                return
+            s = gw.settings
+            try:
+                raw = await read_body(receive, scope, s.max_body_bytes, s.body_timeout_s,
+                                      gw.body_reads)
+                _check_json(scope, raw)
+            except GatewayError as e:
+                headers = [(b"content-type", b"application/json")]
+                headers += [(k.lower().encode(), v.encode()) for k, v in e.headers.items()]
+                await send({"type": "http.response.start", "status": e.status,
+                            "headers": headers})
+                await send({"type": "http.response.body", "body": e.body()})
+                return
+            await api(scope, _replay(raw, receive), send)
             return
         if t == "lifespan":
-            await lifespan(receive, send)
+            await lifespan(scope, receive, send)
             return
         await api(scope, receive, send)
 
@@ -274,7 +445,36 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
     return app
 
 
-_ERROR_STATUSES = ("400", "401", "403", "404", "413", "429", "502", "503", "504")
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that hands the body already read to the app, then the client's events."""
+    sent = False
+
+    async def replay() -> MutableMapping[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def _check_json(scope: Scope, raw: bytes) -> None:
+    """A JSON body must be strict JSON (UTF-8, no lone surrogates), as on the hot path."""
+    if not raw:
+        return
+    for k, v in scope.get("headers", ()):
+        if k == b"content-type":
+            if b"json" in v.lower():
+                try:
+                    orjson.loads(raw)
+                except orjson.JSONDecodeError as e:
+                    raise InvalidRequest(f"request body is not valid JSON: {e.msg} at "
+                                         f"position {e.pos}") from None
+            return
+
+
+_ERROR_STATUSES = ("400", "401", "403", "404", "408", "413", "429", "502", "503", "504")
 _STREAMED = ("/v1/chat/completions", "/v1/completions")
 
 
@@ -316,6 +516,25 @@ def _document_errors(api: Any) -> None:
         return doc
 
     api.openapi = openapi
+
+
+async def _gate_passed(gw: Gateway, scope: Scope, send: Send, level: str) -> bool:
+    """Whether the caller may read a gated path; answers the 401/403 itself when not."""
+    try:
+        if await gw.auth.allowed(scope, level):
+            return True
+        err: GatewayError = PermissionDenied(
+            f"{scope['path']} needs an admin key" + ("" if gw.auth.required else
+                                                     " (or, with no keys configured, a "
+                                                     "loopback client)"),
+            code="admin_required")
+    except GatewayError as e:
+        err = e
+    headers = [(b"content-type", b"application/json")]
+    headers.extend((k.lower().encode(), v.encode()) for k, v in err.headers.items())
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    await send({"type": "http.response.body", "body": err.body()})
+    return False
 
 
 async def _reload_logged(gw: Gateway) -> None:

@@ -6,7 +6,10 @@ from typing import Any
 
 from gateway.app import create_app
 from gateway.config import Settings
+from gateway.redact import configure_logging
 
 
 def app() -> Any:
-    return create_app(Settings())
+    settings = Settings()
+    configure_logging(settings.log_level)  # a worker process: its own log, redacted too
+    return create_app(settings)

@@ -8,7 +8,8 @@ Keys are stored as sha256 hex digests, never in clear, in two places:
 
       eg:apikey:<sha256 hex>  name  <tenant name>          (required)
                               policies  "*" or "auto,cheap"  (comma-separated; default "*")
-                              experts   "*" or "coder"       (default "*")
+                              experts   "*" or "coder"       (absent: the policies' experts)
+                              admin     "1"                  (optional: an admin key)
                               requests_per_minute  300       (optional)
                               tokens_per_minute    100000    (optional)
 
@@ -16,15 +17,27 @@ Keys are stored as sha256 hex digests, never in clear, in two places:
   path a key read from Redis is remembered for ``cache_ttl_s`` (so a revocation takes effect
   within that time); an unknown key is remembered as unknown for ``negative_ttl_s`` so a
   flood of bad keys costs Redis one lookup per key per interval. Every ``refresh_s`` a
-  background task also reads all of them (SCAN), so the other endpoints, which check keys
-  without waiting on Redis, know them too. Config keys win over Redis keys with the same
-  digest.
+  background task also reads all of them (SCAN), so keys stay known while Redis is down.
+  Every endpoint looks keys up the same way (:meth:`Authenticator.resolve`). Config keys win
+  over Redis keys with the same digest.
 
 A missing or unknown key is 401, a key that may not use the requested policy or expert is
-403. While Redis is down, keys already known keep working and a key never seen is answered
-503 (it might be valid; "invalid key" would be a lie). With no keys configured and
-``require_auth`` false, requests are anonymous: set ``require_auth: true`` when the keys live
-only in Redis. The raw key never appears in a log or an error message.
+403. A key's expert allow-list, when not written, is the experts reachable from its allowed
+policies (:func:`reachable_experts`). While Redis is down, keys already known keep working
+and a key never seen is answered 503 (it might be valid; "invalid key" would be a lie). With
+no keys configured and ``require_auth`` false, requests are anonymous: set
+``require_auth: true`` when the keys live only in Redis. The raw key never appears in a log or
+an error message. A reload re-reads the config keys in place (:meth:`Authenticator.configure`):
+the Redis keys already known stay known, so no request sees a valid key refused.
+
+Roles: ``/admin/*`` (and the dashboard's admin views) need an admin key
+(:func:`require_admin`); tenant keys get 403. With no keys configured at all, admin endpoints
+answer only clients on the loopback interface. ``/metrics``, ``/docs``, ``/openapi.json`` and
+the checks of ``/readyz`` need what their setting says (:meth:`Authenticator.allowed`).
+
+Request ids (:class:`RequestIds`) are 128 random bits plus a 64-bit keyed tag of (those bits,
+tenant): unguessable, and :meth:`RequestIds.owned` tells from the id alone whether a tenant
+made the request, on any gateway sharing the secret (kept in Redis, or beside the JSONL log).
 """
 
 from __future__ import annotations
@@ -33,23 +46,29 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import ipaddress
 import logging
+import os
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from fastapi import Request
 from pydantic import ValidationError
 
 from gateway.config import APIKeyConfig, GatewayConfig
 from gateway.errors import AuthenticationFailed, PermissionDenied, ServiceUnavailable
 
-__all__ = ["KEY_PREFIX", "Authenticator", "Principal", "hash_key", "key_record"]
+__all__ = ["KEY_PREFIX", "Authenticator", "Principal", "RequestIds", "hash_key", "key_record",
+           "reachable_experts", "require_admin", "require_key"]
 
 log = logging.getLogger("expertgate.auth")
 
 KEY_PREFIX = "eg:apikey:"
+REQUEST_ID_SECRET_KEY = "eg:request-id-secret"
 
 
 def hash_key(key: str) -> str:
@@ -58,8 +77,11 @@ def hash_key(key: str) -> str:
 
 def key_record(cfg: APIKeyConfig) -> dict[str, str]:
     """The Redis hash fields for a key (the layout in this module's docstring)."""
-    rec = {"name": cfg.name, "policies": ",".join(cfg.policies),
-           "experts": ",".join(cfg.experts)}
+    rec = {"name": cfg.name, "policies": ",".join(cfg.policies)}
+    if cfg.experts is not None:
+        rec["experts"] = ",".join(cfg.experts)
+    if cfg.admin:
+        rec["admin"] = "1"
     if cfg.requests_per_minute is not None:
         rec["requests_per_minute"] = str(cfg.requests_per_minute)
     if cfg.tokens_per_minute is not None:
@@ -77,7 +99,32 @@ def _parse_record(digest: str, raw: dict[Any, Any]) -> APIKeyConfig:
     for f in ("requests_per_minute", "tokens_per_minute"):
         if rec.get(f):
             data[f] = rec[f]
+    if "admin" in rec:
+        data["admin"] = rec["admin"].strip().lower() in ("1", "true", "yes")
     return APIKeyConfig.model_validate(data)
+
+
+def reachable_experts(policies: Mapping[str, Any]) -> dict[str, frozenset[str]]:
+    """policy name -> every expert a request for it may reach: the router's targets, the
+    semantic routes' experts, the fallback chain, the skills aggregator, the reject
+    fallback and a shadow/canary candidate's experts. ``policies`` maps names to
+    :class:`gateway.pipeline.PolicyRuntime`."""
+    out: dict[str, frozenset[str]] = {}
+    for name, rt in policies.items():
+        pol = rt.config
+        names = set(getattr(rt.router, "experts_", ()) or ())
+        names.update(r.expert for r in pol.routes)
+        names.update(pol.fallback)
+        agg = getattr(rt.router, "aggregator_", None) or getattr(rt.router, "aggregator", None)
+        if isinstance(agg, str):
+            names.add(agg)
+        if pol.on_reject.expert:
+            names.add(pol.on_reject.expert)
+        cand = getattr(rt, "candidate", None)  # a canary serves its router's experts too
+        if cand is not None:
+            names.update(getattr(cand.runtime.router, "experts_", ()) or ())
+        out[name] = frozenset(names)
+    return out
 
 
 @dataclass(frozen=True)
@@ -86,6 +133,10 @@ class Principal:
 
     tenant: str
     key: APIKeyConfig | None = None
+
+    @property
+    def admin(self) -> bool:
+        return self.key is not None and self.key.admin
 
 
 def _digest(headers: Iterable[tuple[bytes, bytes]]) -> str:
@@ -113,9 +164,12 @@ class Authenticator:
     def __init__(self, config: GatewayConfig, redis: Any = None, *, cache_ttl_s: float = 10.0,
                  negative_ttl_s: float = 1.0, retry_s: float = 1.0,
                  max_cached: int = 10_000, refresh_s: float = 10.0) -> None:
-        self.required = config.require_auth or bool(config.api_keys)
-        self._keys: dict[str, APIKeyConfig] = {k.sha256: k for k in config.api_keys}
-        self._policies = {p.name for p in config.policies}
+        self.required = False
+        self._keys: dict[str, APIKeyConfig] = {}
+        self._policies: frozenset[str] = frozenset()
+        self._reach: dict[str, frozenset[str]] = {}
+        self._reach_memo: dict[tuple[str, ...], frozenset[str]] = {}
+        self.configure(config)
         self.redis = redis
         self.cache_ttl_s = cache_ttl_s
         self.negative_ttl_s = negative_ttl_s
@@ -128,6 +182,21 @@ class Authenticator:
         #: every Redis key as of the last refresh (digest -> record)
         self._redis_keys: dict[str, APIKeyConfig] = {}
         self._task: asyncio.Task[None] | None = None
+
+    def configure(self, config: GatewayConfig,
+                  reach: dict[str, frozenset[str]] | None = None) -> None:
+        """Take the config's keys and policies (at start and on reload). The Redis keys and
+        lookups already known are kept: a reload never makes a valid key fail."""
+        self.required = config.require_auth or bool(config.api_keys)
+        self._keys = {k.sha256: k for k in config.api_keys}
+        self._policies = frozenset(p.name for p in config.policies)
+        if reach is not None:
+            self.set_reach(reach)
+
+    def set_reach(self, reach: dict[str, frozenset[str]]) -> None:
+        """The experts each policy may reach (:func:`reachable_experts` of the PolicySet)."""
+        self._reach = reach
+        self._reach_memo = {}
 
     # -- background refresh ------------------------------------------------------------
     def start(self) -> None:
@@ -161,6 +230,10 @@ class Authenticator:
                 log.warning("API keys: Redis record %s%s... is invalid, refusing it: %s",
                             KEY_PREFIX, digest[:8], e.errors()[0].get("msg"))
         self._redis_keys = found
+        # the snapshot is newer than any remembered lookup that contradicts it
+        for digest, (_, rec) in list(self._cached.items()):
+            if (rec is None) == (digest in found):
+                del self._cached[digest]
         return len(found)
 
     async def _refresh_loop(self) -> None:
@@ -222,21 +295,7 @@ class Authenticator:
         return rec
 
     # -- checks ------------------------------------------------------------------------
-    def identify(self, headers: Iterable[tuple[bytes, bytes]]) -> APIKeyConfig | None:
-        """Config keys and Redis keys already seen (for the non-hot endpoints)."""
-        if not self.required:
-            return None
-        digest = _digest(headers)
-        cfg = self._config_key(digest)
-        if cfg is None:
-            hit = self._cached.get(digest)
-            fresh = hit is not None and hit[0] > time.monotonic()
-            cfg = hit[1] if hit is not None and fresh else self._redis_keys.get(digest)
-        if cfg is None:
-            raise AuthenticationFailed("invalid API key")
-        return cfg
-
-    async def identify_async(self, headers: Iterable[tuple[bytes, bytes]]
+    async def identify(self, headers: Iterable[tuple[bytes, bytes]]
                              ) -> APIKeyConfig | None:
         """Config keys, then Redis keys (looked up and cached)."""
         if not self.required:
@@ -249,28 +308,167 @@ class Authenticator:
             raise AuthenticationFailed("invalid API key")
         return cfg
 
+    def _allowed_experts(self, key: APIKeyConfig) -> frozenset[str] | tuple[str, ...]:
+        if key.experts is not None:
+            return tuple(key.experts)
+        pols = tuple(key.policies)
+        got = self._reach_memo.get(pols)
+        if got is None:
+            names = (self._reach.keys() if "*" in pols
+                     else [p for p in pols if p in self._reach])
+            got = frozenset().union(*(self._reach[p] for p in names))
+            self._reach_memo[pols] = got
+        return got
+
     def _authorize(self, key: APIKeyConfig, model: str | None) -> None:
         if model is None:
             return
-        allowed = key.policies if model in self._policies else key.experts
+        if model in self._policies:
+            allowed: Any = key.policies
+            kind = "policy"
+        else:
+            allowed = self._allowed_experts(key)
+            kind = "model"
         if "*" not in allowed and model not in allowed:
-            kind = "policy" if model in self._policies else "model"
             raise PermissionDenied(f"this API key may not use the {kind} '{model}'",
                                    param="model")
 
-    def check(self, headers: Iterable[tuple[bytes, bytes]], model: str | None) -> str:
-        """Authenticate and authorise ``model``; returns the tenant name."""
-        key = self.identify(headers)
-        if key is None:
-            return "anonymous"
-        self._authorize(key, model)
-        return key.name
-
     async def resolve(self, headers: Iterable[tuple[bytes, bytes]], model: str | None
                       ) -> Principal:
-        """The hot path's check: like :meth:`check`, with Redis keys, returning the key."""
-        key = await self.identify_async(headers)
+        """Authenticate (config keys, then Redis) and authorise ``model``."""
+        key = await self.identify(headers)
         if key is None:
             return Principal("anonymous")
         self._authorize(key, model)
         return Principal(key.name, key)
+
+    async def allowed(self, scope: Mapping[str, Any], level: str) -> bool:
+        """Whether the caller meets ``level`` ("open", "key", "admin"); raises the 401/503 of
+        a bad key only where a key is needed."""
+        if level == "open":
+            return True
+        if level == "key":
+            await self.resolve(scope.get("headers", ()), None)
+            return True
+        return (await self.admin(scope)) is not None
+
+    async def admin(self, scope: Mapping[str, Any]) -> Principal | None:
+        """The admin principal, or ``None`` for a valid non-admin key; 401 for a bad key.
+        With no keys configured only a loopback client counts as admin."""
+        if not self.required:
+            return Principal("local-admin") if _loopback(scope) else None
+        p = await self.resolve(scope.get("headers", ()), None)
+        return p if p.admin else None
+
+
+def _loopback(scope: Mapping[str, Any]) -> bool:
+    client = scope.get("client")
+    if not client:
+        return False
+    try:
+        return ipaddress.ip_address(str(client[0]).split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+async def require_key(request: Request) -> Principal:
+    """FastAPI dependency: any valid key (anonymous when no keys are configured)."""
+    auth: Authenticator = request.app.state.gw.auth
+    return await auth.resolve(request.scope.get("headers", ()), None)
+
+
+async def require_admin(request: Request) -> Principal:
+    """FastAPI dependency for every admin endpoint and admin view: an admin key (401 without a
+    valid key, 403 for a tenant key); with no keys configured, loopback clients only."""
+    auth: Authenticator = request.app.state.gw.auth
+    p = await auth.admin(request.scope)
+    if p is None:
+        if not auth.required:
+            raise PermissionDenied("admin endpoints answer only on the loopback interface "
+                                   "while no API keys are configured; configure an admin "
+                                   "key (api_keys: admin: true)", code="admin_required")
+        raise PermissionDenied("this API key is not an admin key", code="admin_required")
+    return p
+
+
+class RequestIds:
+    """Unguessable request ids that say which tenant made the request.
+
+    id = hex(16 random bytes) + hex(8-byte blake2b keyed by a secret over (those bytes,
+    tenant)). Issuing costs one ``os.urandom`` and one short keyed hash; checking ownership
+    needs no storage and works on every gateway holding the secret. Ids issued under an
+    older secret of this process still verify (the secret list only grows).
+    """
+
+    def __init__(self, secret: bytes | None = None) -> None:
+        self._secrets: list[bytes] = [secret or os.urandom(32)]
+
+    @property
+    def secret(self) -> bytes:
+        return self._secrets[0]
+
+    def adopt(self, secret: bytes) -> None:
+        """Issue with ``secret`` from now on (the shared one); keep verifying older ids."""
+        if secret not in self._secrets:
+            self._secrets.insert(0, secret)
+
+    @staticmethod
+    def _tag(secret: bytes, nonce: bytes, tenant: str) -> str:
+        return hashlib.blake2b(nonce + b"\0" + tenant.encode("utf-8", "surrogatepass"),
+                               key=secret, digest_size=8).hexdigest()
+
+    @staticmethod
+    def nonce() -> bytes:
+        return os.urandom(16)
+
+    def issue(self, nonce: bytes, tenant: str) -> str:
+        return nonce.hex() + self._tag(self._secrets[0], nonce, tenant)
+
+    def owned(self, request_id: str, tenant: str) -> bool:
+        """Whether ``request_id`` was issued (by a gateway sharing the secret) to ``tenant``."""
+        if len(request_id) != 48:
+            return False
+        try:
+            nonce = bytes.fromhex(request_id[:32])
+        except ValueError:
+            return False
+        tag = request_id[32:]
+        return any(hmac.compare_digest(self._tag(s, nonce, tenant), tag)
+                   for s in self._secrets)
+
+    async def share_through(self, redis: Any) -> None:
+        """Adopt the secret kept in Redis (made by the first gateway), so that every gateway
+        on this Redis issues and verifies the same ids."""
+        await redis.set(REQUEST_ID_SECRET_KEY, self._secrets[-1].hex(), nx=True)
+        raw = await redis.get(REQUEST_ID_SECRET_KEY)
+        self.adopt(bytes.fromhex(raw.decode() if isinstance(raw, bytes) else str(raw)))
+
+    @classmethod
+    def from_file(cls, path: Path) -> RequestIds:
+        """The secret kept in ``path`` (created 0600 on first use), so ids outlive a restart
+        and every worker of one host agrees; a process-local secret if it cannot be kept."""
+        try:
+            return cls(bytes.fromhex(path.read_text().strip()))
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as e:
+            log.warning("request ids: cannot read %s (%s); using a process-local secret",
+                        path, e)
+            return cls()
+        secret = os.urandom(32)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secret.hex())
+            try:
+                os.link(tmp, path)  # atomic: the first process to link wins
+            except FileExistsError:
+                secret = bytes.fromhex(path.read_text().strip())
+            finally:
+                tmp.unlink(missing_ok=True)
+        except (OSError, ValueError) as e:
+            log.warning("request ids: cannot keep a secret in %s (%s); ids issued now "
+                        "will not verify after a restart", path, e)
+        return cls(secret)

@@ -7,21 +7,36 @@ validates the YAML; a bad file fails at start-up with the file, the field and wh
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import orjson
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateway.redact import redact
 
 __all__ = [
     "APIKeyConfig",
+    "AutoRevertConfig",
+    "CandidateConfig",
     "ConfigError",
     "EmbedderConfig",
     "ExpertConfig",
+    "ExploreConfig",
     "GatewayConfig",
     "GuardConfig",
     "PolicyConfig",
@@ -30,6 +45,10 @@ __all__ = [
     "Settings",
     "load_config",
 ]
+
+#: who may read an endpoint that is neither the API nor admin: anyone, any valid key, an admin
+Access = Literal["open", "key", "admin"]
+
 
 
 class ConfigError(ValueError):
@@ -49,7 +68,14 @@ class Settings(BaseSettings):
     log_path: Path = Path("runs/routing-log.jsonl")
     #: feedback JSONL file used when there is no Redis
     feedback_path: Path | None = None
+    #: the largest request body any endpoint reads (checked before reading and while reading)
     max_body_bytes: int = 1_048_576
+    #: a request's body must arrive within this many seconds of its headers (else 408)
+    body_timeout_s: float = 30.0
+    #: a connection must send a request's headers within this many seconds (else closed)
+    header_timeout_s: float = 10.0
+    #: open client connections per process; more are answered 503 and closed
+    max_connections: int = 4096
     max_messages: int = 512
     #: whole-request deadline (decision + upstream incl. fallbacks), seconds
     request_deadline_s: float = 300.0
@@ -67,6 +93,18 @@ class Settings(BaseSettings):
     ready_check_upstreams: bool = True
     #: /readyz answers 503 when any one expert has no replica up (default: only when none is)
     ready_require_all_experts: bool = False
+    #: who may read GET /metrics ("open", "key": any valid API key, "admin": an admin key;
+    #: with no keys configured "key" is open and "admin" is loopback only, as /admin/*)
+    metrics_auth: Access = "admin"
+    #: who may read GET /docs, /redoc and /openapi.json
+    docs_auth: Access = "key"
+    #: who sees the checks of GET /readyz (which name experts); everyone gets its status code
+    #: and ``{"status"}`` so probes need no key
+    readyz_auth: Access = "key"
+    #: the most bytes of request line + headers the server reads (431 beyond)
+    max_header_bytes: int = Field(default=65_536, ge=1024)
+    #: serve the dashboard at /ui (its data needs the admin API's credentials)
+    ui: bool = True
 
     @property
     def feedback_file(self) -> Path:
@@ -104,8 +142,13 @@ class ExpertConfig(_Model):
     parent: str | None = None
     description: str = ""
     skills: list[str] = Field(default_factory=list)
+    #: the upstream serves POST /v1/embeddings (the gateway passes embeddings only to these)
+    embeddings: bool = False
     #: LoRA adapters resident per replica (api_base -> adapter names), for affinity
     resident_adapters: dict[str, list[str]] = Field(default_factory=dict)
+    # base URL (credentials removed) -> its "Basic ..." Authorization value. Credentials
+    # written in a URL are moved here at load, so no URL the gateway prints can carry them.
+    _basic_auth: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _bases(self) -> ExpertConfig:
@@ -114,8 +157,47 @@ class ExpertConfig(_Model):
                              "(or a LoRA parent whose replicas it shares)")
         for b in [self.api_base, *self.replicas]:
             if b is not None and not b.startswith(("http://", "https://")):
-                raise ValueError(f"api base {b!r} must start with http:// or https://")
+                raise ValueError(f"api base {redact(b)!r} must start with http:// or https://")
+        if self.api_base is not None:
+            self.api_base = self._take_credentials(self.api_base)
+        self.replicas = [self._take_credentials(b) for b in self.replicas]
+        self.resident_adapters = {_strip_userinfo(b): a
+                                  for b, a in self.resident_adapters.items()}
         return self
+
+    def _take_credentials(self, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.username is None and parts.password is None:
+            return url
+        if self.api_key_env:
+            raise ValueError(
+                f"api base {redact(url)!r} carries credentials (user:password@) and "
+                f"api_key_env {self.api_key_env!r} is set: both would be the upstream's "
+                "Authorization header, so every call would fail. Keep one of them")
+        pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+        clean = _strip_userinfo(url)
+        self._basic_auth[clean.rstrip("/")] = "Basic " + base64.b64encode(
+            pair.encode()).decode()
+        return clean
+
+    def upstream_headers(self, base: str) -> dict[str, str]:
+        """The headers of a call to replica ``base``: JSON, and its credentials if any."""
+        h = {"content-type": "application/json"}
+        if self.api_key_env:
+            key = os.environ.get(self.api_key_env)
+            if key:
+                h["authorization"] = f"Bearer {key}"
+        elif self._basic_auth:
+            basic = self._basic_auth.get(base.rstrip("/"))
+            if basic is not None:
+                h["authorization"] = basic
+        return h
+
+    @property
+    def credentials_digest(self) -> str:
+        """Changes when the URL credentials change (they are not part of ``model_dump``)."""
+        return hashlib.sha256(orjson.dumps(self._basic_auth, option=orjson.OPT_SORT_KEYS)
+                              ).hexdigest()
 
     @property
     def upstream_model(self) -> str:
@@ -127,6 +209,13 @@ class ExpertConfig(_Model):
         if self.api_base and self.api_base not in out:
             out.insert(0, self.api_base)
         return [b.rstrip("/") for b in out]
+
+
+def _strip_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 class RouteConfig(_Model):
@@ -164,8 +253,53 @@ class GuardConfig(_Model):
     enabled: bool = True
 
 
+class ExploreConfig(_Model):
+    """Exploration budget of a policy (routers/explore.py): a share ``rate`` of requests goes
+    to an expert other than the router's choice, drawn uniformly (``epsilon``) or by the
+    router's scores (``softmax`` at ``temperature``) among the decision's candidates. Every
+    decision logs its propensities so that logs support off-policy evaluation."""
+
+    rate: float = Field(0.0, ge=0, lt=1)
+    method: Literal["epsilon", "softmax"] = "epsilon"
+    temperature: float = Field(0.1, gt=0)
+
+
+class AutoRevertConfig(_Model):
+    """When a canary reverts by itself (gateway/canary.py): its error rate above, or its
+    mean feedback below, the incumbent's by more than ``margin`` under an anytime-valid
+    sequential test at level ``alpha``, once each arm has ``min_samples`` observations."""
+
+    enabled: bool = True
+    margin: float = Field(0.05, ge=0, le=1)
+    alpha: float = Field(0.05, gt=0, lt=1)
+    min_samples: int = Field(100, ge=1)
+
+
+class CandidateConfig(_Model):
+    """A candidate router run beside the policy's own: in ``shadow`` it decides on live
+    traffic off the request path and its decision is logged, never served; as a ``canary``
+    it serves ``share`` of the traffic. ``expertgate policy promote|revert`` ends it."""
+
+    router: str
+    artifact: Path | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    mode: Literal["shadow", "canary"] = "shadow"
+    share: float = Field(0.05, gt=0, lt=1)
+    auto_revert: AutoRevertConfig = Field(
+        default_factory=lambda: AutoRevertConfig.model_validate({}))
+
+    @model_validator(mode="after")
+    def _artifact(self) -> CandidateConfig:
+        if self.artifact is None:
+            raise ValueError(f"candidate router {self.router!r} needs an artifact folder "
+                             "(train one with `expertgate train`)")
+        return self
+
+
 class PolicyConfig(_Model):
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9._:/@-]+$")]
+    #: a registered family, or ``auto``: whatever family the artifact holds (the choice
+    #: ``expertgate train --router auto`` made by cross-validation)
     router: str = "semantic"
     params: dict[str, Any] = Field(default_factory=dict)
     artifact: Path | None = None
@@ -182,6 +316,13 @@ class PolicyConfig(_Model):
     max_tokens_cap: int | None = Field(None, ge=1)
     #: rewrite the response's `model` field to the policy name
     rewrite_model: bool = False
+    explore: ExploreConfig | None = None
+    #: a learned router's table model -> the expert serving it (``expertgate train`` prints
+    #: this map); models not listed must be expert names themselves
+    models: dict[str, str] = Field(default_factory=dict)
+    candidate: CandidateConfig | None = None
+    #: learn online from /v1/feedback (routers with partial_fit: cluster)
+    online: bool = False
     description: str = ""
 
     @model_validator(mode="after")
@@ -195,7 +336,8 @@ class PolicyConfig(_Model):
 
 
 class EmbedderConfig(_Model):
-    kind: Literal["minilm", "onnx", "static", "hashing"] = "minilm"
+    #: one of routers.embed.EMBEDDER_KINDS (the gateway's config module stays import-light)
+    kind: Literal["minilm", "onnx", "distilled", "static", "hashing"] = "minilm"
     options: dict[str, Any] = Field(default_factory=dict)
     #: share one forward pass among requests arriving together
     micro_batch: bool = True
@@ -203,12 +345,19 @@ class EmbedderConfig(_Model):
 
 
 class APIKeyConfig(_Model):
-    """An API key, stored as its sha256 hex digest, with what it may use."""
+    """An API key, stored as its sha256 hex digest, with what it may use.
+
+    ``experts`` lists the concrete experts the key may call by name; left out, it is the
+    experts reachable from the key's allowed policies (targets, fallbacks, aggregators, the
+    reject fallback): ``["*"]`` opens every expert only when written. ``admin`` keys may use
+    the ``/admin/*`` endpoints (and the dashboard's admin views); tenant keys get 403 there.
+    """
 
     name: str = Field(min_length=1)
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     policies: list[str] = Field(default_factory=lambda: ["*"])
-    experts: list[str] = Field(default_factory=lambda: ["*"])
+    experts: list[str] | None = None
+    admin: bool = False
     requests_per_minute: int | None = Field(None, ge=1)
     tokens_per_minute: int | None = Field(None, ge=1)
 
@@ -256,6 +405,10 @@ class GatewayConfig(_Model):
             for f in p.fallback:
                 if f not in known:
                     raise ValueError(f"policy {p.name!r}: fallback names unknown expert {f!r}")
+            bad = sorted({e for e in p.models.values() if e not in known})
+            if bad:
+                raise ValueError(f"policy {p.name!r}: models maps to unknown expert(s) "
+                                 f"{', '.join(bad)}")
             if p.on_reject.expert is not None and p.on_reject.expert not in known:
                 raise ValueError(f"policy {p.name!r}: on_reject.expert {p.on_reject.expert!r} "
                                  "is not an expert")
@@ -324,4 +477,7 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
             pol.artifact = base / pol.artifact
         if pol.guard is not None and not pol.guard.artifact.is_absolute():
             pol.guard.artifact = base / pol.guard.artifact
+        cand = pol.candidate
+        if cand is not None and cand.artifact is not None and not cand.artifact.is_absolute():
+            cand.artifact = base / cand.artifact
     return cfg

@@ -1,7 +1,9 @@
 """Upstream pool: replica choice, circuit breakers, timeouts, fallbacks and fan-out.
 
-Replica choice: two hash choices on the prompt prefix (so repeated prefixes tend to land
-where their KV cache is warm), then the less loaded of the two (power of two choices);
+Replica choice: two hash choices on the prompt prefix (the caller's affinity key: the start
+of the conversation, system prompt first, so requests sharing a long prefix tend to land
+where their KV cache is warm), then the less loaded of the two (power of two choices); with
+no key, two random choices;
 replicas whose circuit is open are skipped; for a LoRA adapter, replicas where the adapter is
 resident are preferred.
 
@@ -12,10 +14,21 @@ expert, and no retry once ``budget_s`` of the request has gone), then moves to t
 of the chain — all within the request's deadline. A failure after the first byte is never
 retried (the upstream may already have billed); the caller ends the stream with an error event.
 
-Circuit breakers count only retryable failures (a client's 4xx says nothing about the
-replica's health), and a half-open probe that never finishes (the client went away, the task
-was cancelled) releases its slot, so an expert that comes back is always used again by itself
-(the trap of Bifrost #5743: a fast path that stays degraded after one timeout).
+A failure the request itself caused is the client's answer, not the replica's health: it is
+never retried, never sent to another expert and never counted by a circuit breaker; the
+upstream's own status and error body go back to the client (in OpenAI's shape). A 4xx is
+the request's by definition. A 500 is ambiguous (llama.cpp answers 500 to a
+``json_schema`` response format, image parts, ``content: null``, a prompt list, deeply
+nested JSON): the dispatcher then sends the replica a minimal request of the same kind
+(``max_tokens: 1``); if that succeeds, the 500 was the request's. One probe runs per replica
+and path at a time, and a success stands for ``REQUEST_FAULT_TTL_S``, so a stream of bad
+requests costs at most one probe per replica every two seconds. 502/503/504, 429, timeouts,
+connection errors and a failed probe are the replica's: retried, counted, failed over.
+
+Circuit breakers count only the replica's failures, and a half-open probe that never
+finishes (the client went away, the task was cancelled) releases its slot, so an expert that
+comes back is always used again by itself (the trap of Bifrost #5743: a fast path that
+stays degraded after one timeout).
 """
 
 from __future__ import annotations
@@ -35,12 +48,20 @@ import orjson
 from gateway.config import ExpertConfig, GatewayConfig
 from gateway.errors import UpstreamTimeout, UpstreamUnavailable
 from gateway.metrics import Metrics
-from gateway.upstreams import UpstreamFailure, UpstreamReply, call_litellm, call_openai
+from gateway.upstreams import UpstreamFailure, UpstreamReply, call_litellm, call_openai, scrub
 
 __all__ = ["Attempt", "CircuitBreaker", "DispatchResult", "Dispatcher", "Replica",
            "RetryPolicy"]
 
 log = logging.getLogger("expertgate.dispatch")
+
+#: how long a successful probe vouches for a replica (a 500 in that time is the request's)
+REQUEST_FAULT_TTL_S = 2.0
+_PROBE_BODIES: dict[str, dict[str, Any]] = {
+    "/chat/completions": {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1},
+    "/completions": {"prompt": "hi", "max_tokens": 1},
+    "/embeddings": {"input": "hi"},
+}
 
 
 class CircuitBreaker:
@@ -123,13 +144,18 @@ class Replica:
     base: str
     inflight: int = 0
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+    #: path -> when a minimal request last succeeded there
+    healthy_at: dict[str, float] = field(default_factory=dict)
+    #: path -> the probe in flight (one at a time per replica and path)
+    probes: dict[str, asyncio.Future[bool]] = field(default_factory=dict)
 
 
 @dataclass
 class Attempt:
     expert: str
     replica: str
-    outcome: str  # ok | connect | timeout | status | protocol | circuit_open | client_error
+    # ok | connect | timeout | status | protocol | circuit_open | client_error | request_error
+    outcome: str
     ms: float
     status: int | None = None
 
@@ -171,7 +197,8 @@ class ExpertPool:
     def _p2c(reps: list[Replica], key: bytes) -> list[Replica]:
         if len(reps) == 1:
             return list(reps)
-        d = hashlib.blake2b(key, digest_size=8).digest()
+        # no key: two random choices (a constant key would send everything to one pair)
+        d = hashlib.blake2b(key, digest_size=8).digest() if key else random.randbytes(8)
         i = int.from_bytes(d[:4], "little") % len(reps)
         j = int.from_bytes(d[4:], "little") % (len(reps) - 1)
         j = j if j < i else j + 1
@@ -284,14 +311,26 @@ class Dispatcher:
                                                        timeout_s=min(expert.timeout_s, remaining))
                 except UpstreamFailure as f:
                     ms = (time.perf_counter() - t0) * 1000
+                    if f.retryable and f.status == 500 and expert.kind == "openai":
+                        try:
+                            healthy = await self._replica_healthy(pool, rep, path, deadline)
+                        except asyncio.CancelledError:
+                            if probe:
+                                rep.breaker.abandon()
+                            raise
+                        if healthy:
+                            f.retryable = False
+                            f.kind = "request_error"
                     self.metrics.upstream_errors.labels(name, f.kind).inc()
                     attempts.append(Attempt(name, rep.base, f.kind, ms, f.status))
-                    log.warning("upstream %s at %s failed: %s", name, rep.base, f)
                     if not f.retryable:
                         # the client's error: says nothing about the replica's health
+                        log.info("upstream %s at %s rejected the request: %s", name, rep.base, f)
                         rep.breaker.success()
                         return DispatchResult(expert, rep.base, UpstreamReply(
-                            f.status or 502, "application/json", f.body or b""), attempts)
+                            f.status or 502, "application/json",
+                            _error_body(f, expert.name, rep.base)), attempts)
+                    log.warning("upstream %s at %s failed: %s", name, rep.base, f)
                     rep.breaker.failure()
                     self._breaker_metric(name, rep)
                     last = f
@@ -313,12 +352,71 @@ class Dispatcher:
             raise UpstreamUnavailable(
                 "no upstream available: every replica of " + ", ".join(chain) +
                 " has an open circuit", code="circuit_open")
-        msg = f"all upstreams failed ({len(attempts)} attempt(s)); last: {last}"
+        # expert names and outcomes only: replica addresses are in the log, never in replies
+        summary = "; ".join(f"{a.expert} {a.outcome}" + (f" {a.status}" if a.status else "")
+                            for a in attempts)
+        msg = (f"all upstreams failed ({len(attempts)} attempt(s): {summary}); last: "
+               f"{attempts[-1].expert if attempts else chain[-1]} {last.public}")
         if last.kind == "timeout":
             raise UpstreamTimeout(msg)
+        if last.kind == "protocol":
+            raise UpstreamUnavailable(msg, code="upstream_protocol_error")
         raise UpstreamUnavailable(msg)
+
+    async def _replica_healthy(self, pool: ExpertPool, rep: Replica, path: str,
+                               deadline: float) -> bool:
+        """After a 500: does a minimal request of the same kind succeed on this replica?"""
+        if time.monotonic() - rep.healthy_at.get(path, -1e9) < REQUEST_FAULT_TTL_S:
+            return True
+        fut = rep.probes.get(path)
+        if fut is None:
+            fut = asyncio.ensure_future(self._probe(pool.expert, rep, path, deadline))
+            rep.probes[path] = fut
+            fut.add_done_callback(lambda _f: rep.probes.pop(path, None))
+        return await asyncio.shield(fut)
+
+    async def _probe(self, expert: ExpertConfig, rep: Replica, path: str, deadline: float
+                     ) -> bool:
+        assert self.session is not None
+        body = orjson.dumps({"model": expert.upstream_model,
+                             **_PROBE_BODIES.get(path, _PROBE_BODIES["/chat/completions"])})
+        timeout = max(min(expert.timeout_s, 10.0, deadline - time.monotonic()), 0.1)
+        try:
+            await call_openai(self.session, expert, rep.base, path, body, stream=False,
+                              timeout_s=timeout)
+        except UpstreamFailure as f:
+            log.warning("upstream %s at %s: the health probe after a 500 failed too (%s): "
+                        "counting it as the replica's failure", expert.name, rep.base, f)
+            return False
+        rep.healthy_at[path] = time.monotonic()
+        return True
 
     def _breaker_metric(self, name: str, rep: Replica) -> None:
         self.metrics.circuit_open.labels(name, rep.base).set(
             1.0 if rep.breaker.state == "open" else 0.0)
 
+
+
+def _error_body(f: UpstreamFailure, expert: str, base: str) -> bytes:
+    """The upstream's own error, OpenAI-shaped, without the upstream's address in it."""
+    raw = f.body or b""
+    try:
+        obj = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        obj = None
+    err = obj.get("error") if isinstance(obj, dict) else None
+    if isinstance(err, dict) and isinstance(err.get("message"), str):
+        out = {"message": err["message"], "type": err.get("type") or "upstream_error",
+               "param": err.get("param"), "code": err.get("code")}
+    elif isinstance(err, str):  # {"error": "text"} (TGI and others)
+        out = {"message": err, "type": "upstream_error", "param": None, "code": None}
+    else:
+        text = raw.decode("utf-8", "replace").strip()[:500] or f"status {f.status}"
+        out = {"message": f"{expert} could not process this request: {text}",
+               "type": "upstream_error", "param": None, "code": None}
+    host = base.split("://", 1)[-1].split("/", 1)[0]
+    for k in ("message", "param", "code"):
+        v = out[k]
+        if isinstance(v, str):
+            out[k] = scrub(v.replace(base, "<upstream>").replace(host, "<upstream>"))
+    return orjson.dumps({"error": out})

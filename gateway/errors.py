@@ -12,6 +12,7 @@ never an expected path).
     │   ├── PermissionDenied          403 permission_error
     │   ├── UnknownModel              404 model_not_found
     │   ├── NotFound                  404 not_found
+    │   ├── RequestTimeout            408 request_timeout (the body did not arrive in time)
     │   ├── PayloadTooLarge           413 request_too_large
     │   ├── RateLimited               429 rate_limit_exceeded (with retry-after)
     │   └── GuardRejected             400 / configured: request_rejected
@@ -27,6 +28,8 @@ from typing import Any
 
 import orjson
 
+from gateway.redact import redact
+
 __all__ = [
     "AuthenticationFailed",
     "GatewayError",
@@ -37,6 +40,7 @@ __all__ = [
     "PermissionDenied",
     "RateLimited",
     "RequestError",
+    "RequestTimeout",
     "ServiceUnavailable",
     "UnknownModel",
     "UpstreamError",
@@ -61,8 +65,9 @@ class GatewayError(Exception):
         self.headers = dict(headers or {})
 
     def to_dict(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param,
-                          "code": self.code}}
+        # a client-facing message never carries a credential, whatever built it
+        return {"error": {"message": redact(self.message), "type": self.type,
+                          "param": self.param, "code": self.code}}
 
     def body(self) -> bytes:
         return orjson.dumps(self.to_dict())
@@ -98,6 +103,11 @@ class UnknownModel(RequestError):
 class NotFound(RequestError):
     status = 404
     code = "not_found"
+
+
+class RequestTimeout(RequestError):
+    status = 408
+    code = "request_timeout"
 
 
 class PayloadTooLarge(RequestError):

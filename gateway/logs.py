@@ -5,11 +5,10 @@ a background task writes batches. When the sink fails (Redis down) records stay 
 are retried; when the queue is full the oldest are dropped and counted
 (``expertgate_log_records_dropped``), so memory stays bounded through any outage.
 
-Record fields (ARCHITECTURE.md): ``request_id, ts, tenant, endpoint, policy, policy_version,
-text_hash, text`` (only where the policy allows), ``embedding_id, mode, expert, replica,
-targets, scores, reason, guard, cache, status, http_status, error_type, fallback, degraded,
-decision_ms, latency_ms, prompt_tokens, completion_tokens, cost_usd, stream``.
-Feedback records: ``request_id, score (0..1), ts, comment``.
+The records and their fields are typed in :mod:`routers.logrecord` (``RequestRecord``,
+``ShadowRecord``, ``CanaryEvent``, ``FeedbackRecord``; an export row is an
+``ExportedRecord``): the gateway, this export and the loaders in ``evals`` share that one
+definition.
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ from typing import Any, Protocol
 import orjson
 
 from gateway.metrics import Metrics
+from routers.logrecord import JSON_FIELDS, FeedbackRecord, LogRecord
 
 __all__ = [
     "JsonlSink",
@@ -117,7 +117,7 @@ class RoutingLog:
         self.written = 0
         self.sink_ok = True
 
-    def record(self, rec: dict[str, Any]) -> None:
+    def record(self, rec: LogRecord) -> None:
         if len(self._q) >= self.max_queue:
             self._q.popleft()
             self.dropped += 1
@@ -170,10 +170,12 @@ class RoutingLog:
             if self._closing:
                 return
 
-    async def add_feedback(self, request_id: str, score: float, comment: str | None) -> None:
-        rec = orjson.dumps({"request_id": request_id, "score": score, "ts": time.time(),
-                            "comment": comment})
-        await self.sink.write_feedback(rec)
+    async def add_feedback(self, request_id: str, score: float, comment: str | None, *,
+                           tenant: str) -> None:
+        """Store a rating of ``request_id`` (the caller checked that ``tenant`` made it)."""
+        rec: FeedbackRecord = {"request_id": request_id, "tenant": tenant, "score": score,
+                               "ts": time.time(), "comment": comment}
+        await self.sink.write_feedback(orjson.dumps(rec))
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Flush what is queued (bounded in time), then stop."""
@@ -245,19 +247,24 @@ def read_feedback(*, redis_url: str | None = None, path: Path | None = None
 
 
 def export_logs(out: Path, *, redis_url: str | None = None, log_path: Path | None = None,
-                feedback_path: Path | None = None) -> int:
+                feedback_path: Path | None = None, tenant: str | None = None) -> int:
     """Write the routing log joined with feedback (``feedback_score``) to Parquet (or JSONL
-    when ``out`` ends in .jsonl). Returns the number of records written."""
+    when ``out`` ends in .jsonl); only ``tenant``'s records when given. A rating joins only
+    the record of the tenant that sent it. Returns the number of records written."""
     import pandas as pd
 
     recs = read_records(redis_url=redis_url, path=log_path)
     fb = read_feedback(redis_url=redis_url, path=feedback_path)
     rows = []
     for r in recs:
+        if tenant is not None and r.get("tenant") != tenant:
+            continue
         r = dict(r)
         f = fb.get(str(r.get("request_id")))
+        if f is not None and f.get("tenant", r.get("tenant")) != r.get("tenant"):
+            f = None  # another tenant's rating (records from before feedback was checked)
         r["feedback_score"] = None if f is None else float(f["score"])
-        for k in ("targets", "scores", "guard", "degraded"):
+        for k in JSON_FIELDS:
             if k in r and not isinstance(r[k], str | type(None)):
                 r[k] = orjson.dumps(r[k]).decode()
         rows.append(r)

@@ -48,6 +48,21 @@ class Metrics:
         self.circuit_open = Gauge("expertgate_circuit_open",
                                   "1 while a replica's circuit breaker is open",
                                   ["expert", "replica"], registry=r)
+        self.explored = Counter("expertgate_explored",
+                                "Requests sent to an expert other than the router's choice "
+                                "by the policy's exploration", ["policy", "expert"], registry=r)
+        self.shadow = Counter("expertgate_shadow_decisions",
+                              "Decisions of a shadow candidate router (logged, not served)",
+                              ["policy", "agreement"], registry=r)
+        self.canary_active = Gauge("expertgate_canary_active",
+                                   "1 while a policy's canary serves its share of traffic",
+                                   ["policy"], registry=r)
+        self.canary_reverts = Counter("expertgate_canary_reverts",
+                                      "Canaries reverted automatically by the sequential test",
+                                      ["policy", "signal"], registry=r)
+        self.online_updates = Counter("expertgate_online_updates",
+                                      "Router updates from /v1/feedback (online policies)",
+                                      ["policy"], registry=r)
         self.tokens = Counter("expertgate_tokens", "Tokens reported by upstreams",
                               ["expert", "kind"], registry=r)
 

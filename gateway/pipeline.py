@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,13 +23,16 @@ import numpy as np
 import orjson
 
 from gateway.cache import CacheUnavailable, DecisionCache, decision_key
+from gateway.canary import CanaryMonitor
 from gateway.config import ConfigError, GatewayConfig, PolicyConfig
 from gateway.errors import InvalidRequest
 from gateway.metrics import Metrics
 from routers.base import Decision, GuardVerdict, Router, Target
 from routers.embed import Embedder
+from routers.explore import Exploration, exploration_probs
 
-__all__ = ["Pipeline", "PolicyRuntime", "PolicySet", "build_policy_set", "routing_text"]
+__all__ = ["CandidateRuntime", "Pipeline", "PolicyRuntime", "PolicySet", "build_policy_set",
+           "carry_canary_state", "routing_text"]
 
 log = logging.getLogger("expertgate.pipeline")
 
@@ -39,6 +43,42 @@ class PolicyRuntime:
     version: str
     router: Router
     guard: Router | None = None
+    explore: Exploration | None = None
+    candidate: CandidateRuntime | None = None
+    #: online updates applied from feedback; part of the decision-cache key so that
+    #: decisions made before an update are not served after it
+    updates: int = 0
+
+    @property
+    def cache_version(self) -> str:
+        return self.version if self.updates == 0 else f"{self.version}.{self.updates}"
+
+
+@dataclass
+class CandidateRuntime:
+    """A policy's candidate router in shadow or canary mode. ``runtime`` decides with the
+    policy's guard, exploration and fallbacks but the candidate's router, under its own
+    version (its own decision-cache keys)."""
+
+    mode: str
+    share: float
+    runtime: PolicyRuntime
+    monitor: CanaryMonitor | None
+
+    @property
+    def serving(self) -> bool:
+        """A canary that has not reverted itself."""
+        return self.mode == "canary" and (self.monitor is None or self.monitor.reverted is None)
+
+    def state(self) -> dict[str, Any]:
+        """What /admin/state and the dashboard show: mode, share, version, serving, and the
+        canary monitor's per-arm counts and revert reason."""
+        out: dict[str, Any] = {"mode": self.mode, "share": self.share,
+                               "version": self.runtime.version, "serving": self.serving,
+                               "reverted": None}
+        if self.monitor is not None:
+            out.update(self.monitor.snapshot())
+        return out
 
 
 @dataclass
@@ -87,7 +127,9 @@ def build_policy_set(cfg: GatewayConfig, embedder: Embedder | None) -> PolicySet
         where = f"{cfg.source or '<config>'}: policy {pol.name!r}"
         extra: list[str] = [embedder.name if embedder is not None else "none"]
         if pol.artifact is not None:
-            router, v = _load_artifact(pol.artifact, pol.router, embedder, where)
+            # `router: auto` serves whichever family `expertgate train --router auto` chose
+            router, v = _load_artifact(pol.artifact, None if pol.router == "auto" else pol.router,
+                                       embedder, where)
             extra.append(v)
             if pol.params:
                 try:
@@ -103,16 +145,84 @@ def build_policy_set(cfg: GatewayConfig, embedder: Embedder | None) -> PolicySet
                 router.fit(embedder.embed(table.prompts), table)
             except RouterError as e:
                 raise ConfigError(f"{where}: {e}") from None
-        unknown = sorted(set(getattr(router, "experts_", [])) - known)
+        table_models = list(getattr(router, "experts_", []))
+        stray = sorted(set(pol.models) - set(table_models)) if table_models else []
+        if stray:
+            raise ConfigError(f"{where}: models maps {', '.join(stray)}, which the router "
+                              f"does not know (its models: {', '.join(table_models)})")
+        unknown = sorted(m for m in table_models if pol.models.get(m, m) not in known)
         if unknown:
-            raise ConfigError(f"{where}: the router names expert(s) not in the config: "
-                              f"{', '.join(unknown)}")
+            raise ConfigError(
+                f"{where}: the router names expert(s) not in the config: "
+                f"{', '.join(unknown)}. A learned router decides between the models of its "
+                f"training table: map each to one of your experts in the policy, e.g. "
+                f"models: {{{unknown[0]}: <expert name>}} (`expertgate train` writes this "
+                f"snippet to policy.yaml beside the artifact)")
         guard = None
         if pol.guard is not None and pol.guard.enabled:
             guard, gv = _load_artifact(pol.guard.artifact, "guard", embedder, where + " guard")
             extra.append(gv)
-        out[pol.name] = PolicyRuntime(pol, _policy_version(pol, extra), router, guard)
+        ex = pol.explore
+        explore = (Exploration(ex.rate, ex.method, ex.temperature)
+                   if ex is not None and ex.rate > 0 else None)
+        if pol.online and type(router).partial_fit is Router.partial_fit:
+            raise ConfigError(f"{where}: online: true needs a router that learns online "
+                              f"(partial_fit: cluster), not {pol.router!r}")
+        rt = PolicyRuntime(pol, _policy_version(pol, extra), router, guard, explore)
+        if pol.candidate is not None:
+            rt.candidate = _candidate(pol, rt, embedder, known, where)
+        out[pol.name] = rt
     return PolicySet(cfg, out, time.time())
+
+
+def _to_experts(pol: PolicyConfig, d: Decision) -> None:
+    """Rename a learned router's table models to the experts the policy maps them to."""
+    m = pol.models
+    if d.targets and m.get(d.targets[0].expert, d.targets[0].expert) != d.targets[0].expert:
+        first = d.targets[0].expert  # the reason speaks the table's names: say who serves it
+        d.reason = f"{d.reason}; {first} is served by {m[first]}"
+    d.targets = [Target(m.get(t.expert, t.expert), t.score) for t in d.targets]
+    if d.aggregator is not None:
+        d.aggregator = m.get(d.aggregator, d.aggregator)
+
+
+def _candidate(pol: PolicyConfig, rt: PolicyRuntime, embedder: Embedder | None,
+               known: set[str], where: str) -> CandidateRuntime:
+    from routers.base import RouterError
+
+    cand = pol.candidate
+    assert cand is not None and cand.artifact is not None
+    router, v = _load_artifact(cand.artifact, cand.router, embedder, where + " candidate")
+    if cand.params:
+        try:
+            router.set_params(**cand.params)
+        except RouterError as e:
+            raise ConfigError(f"{where} candidate: {e}") from None
+    # the candidate shares the policy's models map (table model -> expert)
+    unknown = sorted(m for m in getattr(router, "experts_", [])
+                     if pol.models.get(m, m) not in known)
+    if unknown:
+        raise ConfigError(f"{where} candidate: the router names expert(s) not in the config: "
+                          f"{', '.join(unknown)} (map them with the policy's models:)")
+    version = hashlib.sha256(f"{rt.version}:candidate:{v}:{cand.router}:".encode()
+                             + orjson.dumps(cand.params, option=orjson.OPT_SORT_KEYS)
+                             ).hexdigest()[:12]
+    ar = cand.auto_revert
+    monitor = (CanaryMonitor(ar.margin, ar.alpha, ar.min_samples)
+               if cand.mode == "canary" and ar.enabled else None)
+    return CandidateRuntime(cand.mode, cand.share,
+                            PolicyRuntime(pol, version, router, rt.guard, rt.explore), monitor)
+
+
+def carry_canary_state(old: PolicySet, new: PolicySet) -> None:
+    """Keep a canary's monitor (its counts, and a revert) across a reload that leaves the
+    candidate unchanged, so a reload never silently re-enables a reverted canary."""
+    for name, rt in new.policies.items():
+        prev = old.policies.get(name)
+        if (prev is not None and prev.candidate is not None and rt.candidate is not None
+                and prev.candidate.runtime.version == rt.candidate.runtime.version
+                and prev.candidate.mode == rt.candidate.mode):
+            rt.candidate.monitor = prev.candidate.monitor
 
 
 def _content_text(content: Any) -> str:
@@ -155,6 +265,10 @@ class Pipeline:
         self.metrics = metrics
         self._executor: ThreadPoolExecutor | None = None
         self._embed_fn = embed_fn or self._embed_in_thread
+        self._rng = random.Random()
+        #: called with (candidate runtime, shadow decision, served decision); set by the app
+        self.on_shadow: Callable[[PolicyRuntime, Decision, Decision], None] | None = None
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
         self._stage = metrics.stage
         self._obs_cache = metrics.stage.labels("cache")
         self._obs_embed = metrics.stage.labels("embed")
@@ -170,15 +284,90 @@ class Pipeline:
         X = await loop.run_in_executor(self._executor, self.embedder.embed, [text])
         return X[0]
 
+    def explore(self, rt: PolicyRuntime, d: Decision) -> tuple[Decision, dict[str, Any]]:
+        """Apply the policy's exploration to a (possibly cached) greedy decision.
+
+        Returns the decision to serve and the routing-log fields of :mod:`routers.explore`:
+        the chosen expert's propensity, every candidate's probability, whether it explored,
+        the greedy expert, the candidate set and the router version. Candidates are the
+        decision's own targets, so exploration never reaches an expert the router, the guard
+        or the policy left out; rejections and fallback decisions do not explore. A policy
+        without exploration logs propensity 1.
+        """
+        cands = [t.expert for t in d.targets]
+        greedy = d.expert
+        info: dict[str, Any] = {"router_version": rt.version, "candidates": cands,
+                                "greedy_expert": greedy, "explored": False}
+        if greedy is None or d.mode != "single" or d.router == "fallback":
+            info["propensity"] = None if greedy is None else 1.0
+            info["action_probs"] = None if greedy is None else {greedy: 1.0}
+            return d, info
+        ex = rt.explore
+        if ex is None or len(set(cands)) < 2:
+            info["propensity"] = 1.0
+            info["action_probs"] = {greedy: 1.0}
+            return d, info
+        probs = exploration_probs(greedy, {t.expert: t.score for t in d.targets},
+                                  list(dict.fromkeys(cands)), ex)
+        names = list(probs)
+        pick = self._rng.choices(names, weights=[probs[n] for n in names])[0]
+        info["propensity"] = probs[pick]
+        info["action_probs"] = probs
+        if pick != greedy:
+            info["explored"] = True
+            first = next(t for t in d.targets if t.expert == pick)
+            d = Decision(d.mode, [first, *(t for t in d.targets if t.expert != pick)],
+                         f"explored ({ex.method}, p={probs[pick]:.4f}) instead of {greedy}: "
+                         f"{d.reason}", d.policy, d.policy_version, d.router, d.aggregator,
+                         d.guard, d.timings_ms, d.cached)
+            self.metrics.child(self.metrics.explored, rt.config.name, pick).inc()
+        return d, info
+
     def close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def decide(self, rt: PolicyRuntime, text: str, degraded: list[str]) -> Decision:
+    async def embed(self, text: str) -> np.ndarray:
+        """One text's embedding through the same path as requests (micro-batched)."""
+        return await self._embed_fn(text)
+
+    async def route(self, rt: PolicyRuntime, text: str, degraded: list[str]
+                    ) -> tuple[Decision, str | None]:
+        """The served decision and its arm: ``canary`` for the share a canary serves,
+        ``incumbent`` beside a serving canary, None without one. A shadow candidate decides
+        in a background task after this returns; its decision is only logged."""
+        cand = rt.candidate
+        if cand is not None and cand.serving:
+            if self._rng.random() < cand.share:
+                return await self.decide(cand.runtime, text, degraded), "canary"
+            return await self.decide(rt, text, degraded), "incumbent"
+        got: list[np.ndarray] = []
+        d = await self.decide(rt, text, degraded, emb_out=got)
+        if cand is not None and cand.mode == "shadow" and self.on_shadow is not None:
+            task = asyncio.get_running_loop().create_task(
+                self._shadow(cand.runtime, text, got[0] if got else None, d))
+            self._shadow_tasks.add(task)
+            task.add_done_callback(self._shadow_tasks.discard)
+        return d, None
+
+    async def _shadow(self, crt: PolicyRuntime, text: str, x: np.ndarray | None,
+                      served: Decision) -> None:
+        try:
+            d = await self.decide(crt, text, [], embedding=x)
+        except Exception as e:  # a shadow failure must never reach the served request
+            log.warning("shadow decision of policy %s failed: %s: %s", crt.config.name,
+                        type(e).__name__, e)
+            return
+        assert self.on_shadow is not None
+        self.on_shadow(crt, d, served)
+
+    async def decide(self, rt: PolicyRuntime, text: str, degraded: list[str], *,
+                     embedding: np.ndarray | None = None,
+                     emb_out: list[np.ndarray] | None = None) -> Decision:
         pol = rt.config
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        key = decision_key(pol.name, rt.version, text)
+        key = decision_key(pol.name, rt.cache_version, text)
         try:
             hit = await self.cache.get(key)
         except CacheUnavailable:
@@ -197,7 +386,9 @@ class Pipeline:
             d.timings_ms = timings
             return d
         try:
-            x = await self._embed_fn(text)
+            x = embedding if embedding is not None else await self._embed_fn(text)
+            if emb_out is not None:
+                emb_out.append(x)
         except Exception as e:  # embedder failure degrades to the fallback chain, loudly
             log.error("embedder failed (%s: %s); using the policy's fallback", type(e).__name__, e)
             degraded.append("embedder")
@@ -215,14 +406,14 @@ class Pipeline:
             self._obs_guard.observe(t3 - t2)
             t2 = t3
             if verdict.rejected:
-                d = Decision("reject", [], f"guard rejected the query ({verdict.reject_reason}: "
-                             f"score {verdict.ood_score:.3f} vs threshold "
-                             f"{verdict.threshold:.3f})" if verdict.ood_score is not None and
-                             verdict.threshold is not None else
-                             f"guard rejected the query ({verdict.reject_reason})",
+                # the score of the check that rejected it (the unsafe score for "unsafe")
+                d = Decision("reject", [], "guard rejected the query: "
+                             f"{rt.guard.reject_text(verdict)}",  # type: ignore[attr-defined]
                              router="guard", guard=verdict)
                 return await self._finish(rt, d, key, timings, t0)
         d = rt.router.decide(X, [text])[0]
+        if pol.models:
+            _to_experts(pol, d)
         t3 = time.perf_counter()
         timings["route"] = (t3 - t2) * 1000
         self._obs_route.observe(t3 - t2)
@@ -245,7 +436,7 @@ class Pipeline:
         pol = rt.config
         chain = list(pol.fallback) or ([pol.on_reject.expert] if pol.on_reject.expert else [])
         if not chain:
-            chain = list(getattr(rt.router, "experts_", []))[:1]
+            chain = [pol.models.get(m, m) for m in getattr(rt.router, "experts_", [])][:1]
         d = Decision("chain" if len(chain) > 1 else "single",
                      [Target(e, float("nan")) for e in chain],
                      f"{reason}: fallback chain", policy=pol.name, policy_version=rt.version,

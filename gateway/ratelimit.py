@@ -146,10 +146,6 @@ class Limits:
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
 
-    @property
-    def empty(self) -> bool:
-        return self.requests_per_minute is None and self.tokens_per_minute is None
-
 
 @dataclass
 class RateDecision:
@@ -218,6 +214,12 @@ def estimate_tokens(payload: dict[str, Any], cap: int | None = None) -> int:
         chars += len(p)
     elif isinstance(p, list):
         chars += sum(len(x) for x in p if isinstance(x, str))
+    inp = payload.get("input")  # embeddings: no completion
+    if isinstance(inp, str):
+        return len(inp) // 4 + 1
+    if isinstance(inp, list):
+        return sum(len(x) // 4 if isinstance(x, str) else
+                   len(x) if isinstance(x, list) else 1 for x in inp) + 1
     out = payload.get("max_completion_tokens") or payload.get("max_tokens")
     if not isinstance(out, int) or isinstance(out, bool) or out < 1:
         out = DEFAULT_COMPLETION_ESTIMATE

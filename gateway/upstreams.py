@@ -8,12 +8,22 @@ lazily on first use (its import costs ~2.5 s and ~165 MB).
 Both produce an :class:`UpstreamReply`: the status, the content type, the first chunk of the
 body (already received: failures before the first byte can still fall back) and an async
 iterator over the rest.
+
+A 200 whose body is not what the protocol promises (a non-streamed body that is not a JSON
+object, an SSE ``data:`` line that is not JSON) is an upstream protocol failure, never a
+success: before the first byte it falls back like any other failure; after it,
+:class:`SSECheck` lets the caller end the stream with an error event.
+
+Messages meant for clients never carry an upstream's address (:attr:`UpstreamFailure.public`,
+:func:`scrub`); the full text, with the address, goes to the log only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,11 +34,21 @@ import orjson
 from gateway.config import ExpertConfig
 
 __all__ = [
+    "SSECheck",
     "UpstreamFailure",
+    "UpstreamProtocolError",
     "UpstreamReply",
     "call_litellm",
     "call_openai",
+    "scrub",
 ]
+
+_URL = re.compile(r"(?:https?|wss?|redis|rediss)://[^\s'\"<>]+", re.IGNORECASE)
+
+
+def scrub(text: str) -> str:
+    """``text`` without any URL in it (upstream addresses stay in the log, not in replies)."""
+    return _URL.sub("<upstream>", text)
 
 
 class UpstreamFailure(Exception):
@@ -39,12 +59,74 @@ class UpstreamFailure(Exception):
     """
 
     def __init__(self, kind: str, message: str, *, status: int | None = None,
-                 body: bytes | None = None, retryable: bool = True) -> None:
+                 body: bytes | None = None, retryable: bool = True,
+                 public: str | None = None) -> None:
         super().__init__(message)
         self.kind = kind
         self.status = status
         self.body = body
         self.retryable = retryable
+        #: what a client may read: what went wrong, without the upstream's address
+        self.public = public or (f"answered {status}" if status else scrub(message))
+
+
+class UpstreamProtocolError(Exception):
+    """An upstream broke the protocol after the first byte (an SSE line that is not JSON)."""
+
+
+class SSECheck:
+    """Checks an SSE stream line by line as it is passed through, and reads its usage.
+
+    Every ``data:`` line must be ``[DONE]`` or a JSON object; lines may span chunks. Costs
+    one orjson parse per event (microseconds), the price of never passing garbage on as a
+    success.
+    """
+
+    __slots__ = ("done", "events", "ident", "tail", "usage")
+
+    def __init__(self) -> None:
+        self.tail = b""
+        self.done = False
+        #: data events with generated content (a token count when no usage is reported)
+        self.events = 0
+        self.usage: tuple[int, int] | None = None
+        #: (id, model, object) of the first event, for an event the gateway adds
+        self.ident: tuple[str, str, str] | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        buf = self.tail + chunk if self.tail else chunk
+        lines = buf.split(b"\n")
+        self.tail = lines.pop()
+        for line in lines:
+            self._line(line.rstrip(b"\r"))
+
+    def _line(self, line: bytes) -> None:
+        if not line.startswith(b"data:"):
+            return
+        data = line[5:].strip()
+        if data == b"[DONE]":
+            self.done = True
+            return
+        try:
+            ev = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise UpstreamProtocolError(f"an SSE data line is not JSON: {data[:80]!r}"
+                                        ) from None
+        if not isinstance(ev, dict):
+            raise UpstreamProtocolError("an SSE data line is not a JSON object")
+        if self.ident is None:
+            self.ident = (str(ev.get("id") or "eg-usage"), str(ev.get("model") or ""),
+                          str(ev.get("object") or "chat.completion.chunk"))
+        u = ev.get("usage")
+        if isinstance(u, dict) and (u.get("prompt_tokens") or u.get("completion_tokens")):
+            with contextlib.suppress(TypeError, ValueError):
+                self.usage = (int(u.get("prompt_tokens") or 0),
+                              int(u.get("completion_tokens") or 0))
+        ch = ev.get("choices")
+        if isinstance(ch, list) and ch and isinstance(ch[0], dict):
+            delta = ch[0].get("delta")
+            if (isinstance(delta, dict) and delta.get("content")) or ch[0].get("text"):
+                self.events += 1
 
 
 async def _empty() -> AsyncIterator[bytes]:
@@ -60,20 +142,15 @@ class UpstreamReply:
     rest: AsyncIterator[bytes] = field(default_factory=_empty)
     stream: bool = False
     _release: Any = None
+    #: the parsed body of a non-streamed 200 (parsed once, to check it)
+    data: Any = None
+    #: the stream's checker, already fed the first chunk
+    sse: SSECheck | None = None
 
     def release(self) -> None:
         if self._release is not None:
             self._release()
             self._release = None
-
-
-def _headers(expert: ExpertConfig) -> dict[str, str]:
-    h = {"content-type": "application/json"}
-    if expert.api_key_env:
-        key = os.environ.get(expert.api_key_env)
-        if key:
-            h["authorization"] = f"Bearer {key}"
-    return h
 
 
 async def _iter_rest(resp: aiohttp.ClientResponse, read_timeout: float) -> AsyncIterator[bytes]:
@@ -100,7 +177,18 @@ async def call_openai(session: aiohttp.ClientSession, expert: ExpertConfig, base
     resp: aiohttp.ClientResponse | None = None
     try:
         async with asyncio.timeout(timeout_s):
-            resp = await session.post(url, data=body, headers=_headers(expert), timeout=to)
+            for fresh in (False, True):
+                try:
+                    resp = await session.post(url, data=body,
+                                              headers=expert.upstream_headers(base), timeout=to)
+                    break
+                except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
+                    # a pooled connection the upstream closed after its last answer (llama.cpp
+                    # does after some 500s) fails before the request reached it: send it
+                    # once more, on another connection
+                    if fresh or isinstance(e, aiohttp.ClientConnectorError):
+                        raise
+            assert resp is not None
             status = resp.status
             ctype = resp.headers.get("content-type", "application/json")
             if status >= 400 or not stream:
@@ -109,28 +197,49 @@ async def call_openai(session: aiohttp.ClientSession, expert: ExpertConfig, base
                 if status >= 500 or status == 429:
                     raise UpstreamFailure("status", f"{base} answered {status}", status=status,
                                           body=data)
-                return UpstreamReply(status, ctype, data)
+                if status != 200:
+                    return UpstreamReply(status, ctype, data)
+                try:
+                    obj = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    obj = None
+                if not isinstance(obj, dict):
+                    raise UpstreamFailure("protocol", f"{base} answered 200 with a body that is "
+                                          f"not a JSON object: {data[:80]!r}",
+                                          public="answered 200 with invalid JSON")
+                return UpstreamReply(status, ctype, data, data=obj)
             first = await resp.content.readany()
             if not first:
                 resp.release()
-                raise UpstreamFailure("protocol", f"{base} closed the stream before any data")
+                raise UpstreamFailure("protocol", f"{base} closed the stream before any data",
+                                      public="closed the stream before any data")
+            sse = SSECheck()
+            try:
+                sse.feed(first)
+            except UpstreamProtocolError as e:
+                resp.release()
+                raise UpstreamFailure("protocol", f"{base}: {e}",
+                                      public="sent a stream event that is not JSON") from None
     except TimeoutError:
+        public = f"sent no data within {timeout_s:g}s"
         if resp is not None:
             resp.release()
-            raise UpstreamFailure("timeout", f"{base} sent no data within {timeout_s:g}s"
-                                  ) from None
-        raise UpstreamFailure("timeout", f"no response from {base} within {timeout_s:g}s"
-                              ) from None
+            raise UpstreamFailure("timeout", f"{base} sent no data within {timeout_s:g}s",
+                                  public=public) from None
+        raise UpstreamFailure("timeout", f"no response from {base} within {timeout_s:g}s",
+                              public=public) from None
     except aiohttp.ClientConnectorError as e:
-        raise UpstreamFailure("connect", f"cannot connect to {base}: {e.os_error or e}"
-                              ) from None
+        raise UpstreamFailure("connect", f"cannot connect to {base}: {e.os_error or e}",
+                              public="connection failed") from None
     except aiohttp.ClientError as e:
         if resp is not None:
             resp.release()
-            raise UpstreamFailure("protocol", f"{base}: {type(e).__name__}: {e}") from None
-        raise UpstreamFailure("connect", f"{base}: {type(e).__name__}: {e}") from None
+            raise UpstreamFailure("protocol", f"{base}: {type(e).__name__}: {e}",
+                                  public=f"broke the connection ({type(e).__name__})") from None
+        raise UpstreamFailure("connect", f"{base}: {type(e).__name__}: {e}",
+                              public=f"connection failed ({type(e).__name__})") from None
     return UpstreamReply(status, ctype, first, _iter_rest(resp, timeout_s), stream=True,
-                         _release=resp.release)
+                         _release=resp.release, sse=sse)
 
 
 _litellm: Any = None
@@ -158,6 +267,10 @@ async def call_litellm(expert: ExpertConfig, base: str | None, payload: dict[str
         kwargs["api_base"] = base
     if expert.api_key_env and os.environ.get(expert.api_key_env):
         kwargs["api_key"] = os.environ[expert.api_key_env]
+    elif base:
+        auth = expert.upstream_headers(base).get("authorization")
+        if auth is not None:  # credentials written in the api_base URL
+            kwargs["extra_headers"] = {"authorization": auth}
     kwargs["timeout"] = timeout_s
     try:
         resp = await asyncio.wait_for(litellm.acompletion(stream=stream, **kwargs), timeout_s)
@@ -167,13 +280,17 @@ async def call_litellm(expert: ExpertConfig, base: str | None, payload: dict[str
     except Exception as e:  # LiteLLM maps provider errors to its own classes
         status = getattr(e, "status_code", None)
         retryable = status is None or status >= 500 or status == 429
-        body = orjson.dumps({"error": {"message": str(e)[:500], "type": "upstream_error",
+        # LiteLLM's messages may quote the provider's URL: clients get them without it
+        body = orjson.dumps({"error": {"message": scrub(str(e)[:500]), "type": "upstream_error",
                                        "param": None, "code": type(e).__name__}})
         raise UpstreamFailure("status" if status else "connect",
                               f"{expert.name}: {type(e).__name__}: {str(e)[:200]}",
-                              status=status, body=body, retryable=retryable) from None
+                              status=status, body=body, retryable=retryable,
+                              public=(f"answered {status}" if status else
+                                      f"failed ({type(e).__name__})")) from None
     if not stream:
-        return UpstreamReply(200, "application/json", orjson.dumps(resp.model_dump()))
+        obj = resp.model_dump()
+        return UpstreamReply(200, "application/json", orjson.dumps(obj), data=obj)
 
     it = resp.__aiter__()
     try:

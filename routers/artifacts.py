@@ -235,7 +235,7 @@ def load_router(path: str | Path, expected_type: str | None = None) -> Router:
         raise RouterError(f"router artifact {folder}: {rtype} version {manifest.get('version')}"
                           f" does not match this build's version {cls.version}; retrain it")
     params = manifest.get("params") or {}
-    unknown = sorted(set(params) - set(cls._param_names))
+    unknown = sorted(set(params) - set(cls.param_names()))
     if unknown:
         raise RouterError(f"router artifact {folder}: unknown parameter(s) for {rtype}: "
                           f"{', '.join(unknown)}")

@@ -15,8 +15,9 @@ offline evaluation can sweep their cost/quality knob without refitting.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
@@ -263,10 +264,11 @@ class RoutingTable:
         )
 
     def mean_costs(self) -> np.ndarray:
-        """Per-model mean cost over the prompts where the model was evaluated."""
-        with np.errstate(invalid="ignore"):
-            c = np.nanmean(np.where(np.isfinite(self.scores), self.costs, np.nan), axis=0)
-        return np.nan_to_num(c, nan=0.0)
+        """Per-model mean cost over the prompts where the model was evaluated (0 for a model
+        evaluated on none of them, as in a small held-out part of a log table)."""
+        seen = np.isfinite(self.scores)
+        total = np.where(seen, self.costs, 0.0).sum(axis=0)
+        return total / np.maximum(seen.sum(axis=0), 1)
 
     def content_hash(self) -> str:
         h = hashlib.sha256()
@@ -345,27 +347,41 @@ def examples_table(groups: Sequence[tuple[str, str, Sequence[str]]],
 class Router:
     """Base class of every router. Subclasses set ``name`` and implement ``fit``/``decide``.
 
-    ``_param_names`` lists the constructor's keyword parameters, stored verbatim as
-    attributes; ``get_params`` reads them back (artifacts store them in ``router.json``).
+    The constructor's keyword parameters are stored verbatim as attributes;
+    ``param_names()`` reads them from ``__init__``'s signature and ``get_params`` reads them
+    back (artifacts store them in ``router.json``).
     Learned state is in attributes ending in ``_``; ``_array_attrs`` names the numpy arrays
     saved to ``arrays.npz`` and ``_json_attrs`` the JSON-serialisable learned attributes.
     """
 
     name: ClassVar[str] = ""
     version: ClassVar[int] = 1
-    _param_names: ClassVar[tuple[str, ...]] = ()
     _array_attrs: ClassVar[tuple[str, ...]] = ()
     _json_attrs: ClassVar[tuple[str, ...]] = ()
     _skops_attrs: ClassVar[tuple[str, ...]] = ()
     #: whether ``fit`` needs per-model scores (False for routers that learn from categories)
     needs_scores: ClassVar[bool] = True
+    #: whether the family trades cost against quality: the offline evaluation's default set.
+    #: Label and adapter routers (semantic, guard, lora) say False; a user may still name them
+    trades_cost: ClassVar[bool] = True
+    #: constructor arguments the family cannot work without and a synthetic routing table
+    #: cannot supply; the contract tests and the router benchmark pass them
+    example_params: ClassVar[dict[str, Any]] = {}
+    #: what ``expertgate train`` needs to fit this family (one line of its help)
+    train_input: ClassVar[str] = "a routing table: prompt_id, prompt, model, score (0..1), cost"
+
+    @classmethod
+    def param_names(cls) -> tuple[str, ...]:
+        """The constructor's keyword parameters, in order (read from ``__init__``)."""
+        return _init_params(cls)
 
     def get_params(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self._param_names}
+        return {k: getattr(self, k) for k in self.param_names()}
 
     def set_params(self: R, **params: Any) -> R:
+        names = self.param_names()
         for k, v in params.items():
-            if k not in self._param_names:
+            if k not in names:
                 raise RouterError(f"{self.name}: unknown parameter {k!r}")
             setattr(self, k, v)
         return self
@@ -449,6 +465,12 @@ class Router:
         return r
 
 
+def _init_params(cls: type[Router]) -> tuple[str, ...]:
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]  # after self
+    return tuple(p.name for p in params if p.kind in kinds)
+
+
 # --------------------------------------------------------------------------- registry
 
 _REGISTRY: dict[str, type[Router]] = {}
@@ -466,7 +488,9 @@ def register(cls: type[R]) -> type[R]:
 
 def _load_families() -> None:
     # Importing the family modules registers them; done lazily so `routers.base` stays light.
-    import routers.families  # noqa: F401
+    from routers.families import load_families
+
+    load_families()
 
 
 def get_router_class(name: str) -> type[Router]:
@@ -491,5 +515,3 @@ def make_router(name: str, **params: Any) -> Router:
     except TypeError as e:
         raise RouterError(f"router {name!r}: bad parameters: {e}") from None
 
-
-Factory = Callable[..., Router]

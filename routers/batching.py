@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -94,11 +94,6 @@ class MicroBatcher:
         fut: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         queue.put_nowait((text, fut))
         return await fut
-
-    async def embed_many(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed several texts (each joins whatever pass it lands in); shape ``(n, dim)``."""
-        rows = await asyncio.gather(*(self.embed(t) for t in texts))
-        return np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
 
     async def close(self) -> None:
         """Stop accepting calls, finish every queued call, stop the worker thread."""

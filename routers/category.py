@@ -52,7 +52,7 @@ def softmax_rows(Z: np.ndarray) -> np.ndarray:
 @register
 class CategoryRouter(QualityRouter):
     name = "category"
-    _param_names = ("C", "prior_strength", "soft", "cost_weight", "threshold", "seed")
+    train_input = "a routing table with a category column"
     _array_attrs = ("coef_", "intercept_", "category_quality_", "costs_")
     _json_attrs = ("experts_", "categories_", "dim_")
 

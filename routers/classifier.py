@@ -49,8 +49,6 @@ def make_success_classifier(model: str, *, C: float, hidden: int, calibration: s
 @register
 class ClassifierRouter(QualityRouter):
     name = "classifier"
-    _param_names = ("model", "C", "hidden", "calibration", "success_threshold",
-                    "cost_weight", "threshold", "seed")
     _array_attrs = ("constant_", "costs_")
     _json_attrs = ("experts_", "dim_", "fit_notes_")
     _skops_attrs = ("models_",)

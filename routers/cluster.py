@@ -26,8 +26,6 @@ __all__ = ["ClusterRouter"]
 @register
 class ClusterRouter(QualityRouter):
     name = "cluster"
-    _param_names = ("n_clusters", "prior_strength", "learning_rate", "cost_weight",
-                    "threshold", "seed")
     _array_attrs = ("centroids_", "centroid_counts_", "reward_sum_", "reward_count_",
                     "costs_")
     _json_attrs = ("experts_", "dim_")

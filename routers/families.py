@@ -1,24 +1,24 @@
-"""Imports every router family module so that each registers itself by name."""
+"""Loads every router family: a family registers in one place, its own ``@register`` class.
+
+Every module of the ``routers`` package is imported once (all are light: heavy libraries are
+imported inside the functions that need them), so a new family needs no list to be edited:
+the registry, ``expertgate routers list``, ``expertgate train``, the contract tests, the
+router benchmark and the evaluation sweep all read it from ``routers.base.registered_names``
+and the class's own ``trades_cost``, ``example_params`` and ``train_input``.
+"""
 
 from __future__ import annotations
 
+import functools
 import importlib
-import importlib.util
+import pkgutil
 
-FAMILY_MODULES = (
-    "routers.semantic",
-    "routers.guard",
-    "routers.category",
-    "routers.knn",
-    "routers.mf",
-    "routers.classifier",
-    "routers.complexity",
-    "routers.skills",
-    "routers.cluster",
-    "routers.lora",
-    "routers.stack",
-)
+__all__ = ["load_families"]
 
-for _m in FAMILY_MODULES:
-    if importlib.util.find_spec(_m) is not None:
-        importlib.import_module(_m)
+
+@functools.cache
+def load_families() -> None:
+    import routers
+
+    for mod in pkgutil.iter_modules(routers.__path__):
+        importlib.import_module(f"routers.{mod.name}")

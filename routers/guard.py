@@ -22,6 +22,16 @@ The guard answers three questions for every query, from its embedding (and its t
    With ``head="mlp"`` the distance methods run in the head's hidden space (L2-normalised),
    which is trained to separate the in-domain labels.
 
+   ``method="auto"`` chooses the method, head and ``lexical`` among
+   :data:`routers.guard_auto.CANDIDATES` on leave-labels-out pseudo-OOD from the training
+   data (no OOD example; ``selection_`` records every candidate) and then fits that.
+
+   With ``lexical=True`` a second, sparse view joins the dense one (dense + sparse): a
+   linear SVM on word and character n-gram TF-IDF of the text (:mod:`routers.lexical`)
+   gives the label, and its negative top margin, standardised on the in-domain validation
+   queries, is averaged with the standardised dense score above. The exact words a frozen
+   encoder blurs are what separate many near-duplicate intents and out-of-scope queries.
+
    The threshold is calibrated on held-out *in-domain* validation queries so that at most
    ``target_frr`` of them are rejected **in all**: the queries the unsafe layer (3.) already
    rejects use up part of that budget, and the OOD threshold rejects at most the rest
@@ -179,17 +189,19 @@ class GuardRouter(Router):
     """In-domain classifier + OOD threshold at a stated false-rejection rate + unsafe check."""
 
     name = "guard"
-    version = 1
+    trades_cost = False  # classifies in-domain labels and rejects the rest
+    train_input = ("a guard table text,label,split (--format guard); labels are the "
+                   "in-domain routes, oos/ood rows only in the test split")
+    #: 2: the lexical (dense + sparse) state joined the artifact; 3: method "auto"'s record
+    version = 3
     needs_scores = False
-    _param_names = ("method", "target_frr", "val_fraction", "seed", "routes", "head", "k",
-                    "C", "shrinkage", "temperature", "hidden", "epochs", "bank_size", "unsafe",
-                    "unsafe_seeds", "unsafe_frr", "unsafe_min_similarity")
     _array_attrs = ("W_", "b_", "H1_", "h1_", "bank_", "bank_label_", "centroids_",
                     "means_", "precision_", "means_precision_", "means_norm_", "score_norm_",
-                    "unsafe_seed_emb_")
+                    "unsafe_seed_emb_", "lex_coef_", "lex_bias_", "lex_idf_", "lex_norm_")
     _json_attrs = ("labels_", "label_expert_", "experts_", "dim_", "threshold_",
                    "val_frr_", "n_val_", "calibration_", "unsafe_threshold_",
-                   "unsafe_layers_", "unsafe_val_rate_")
+                   "unsafe_layers_", "unsafe_val_rate_", "lex_terms_", "lex_n_words_",
+                   "selection_")
 
     def __init__(self, method: str = "knn", target_frr: float = 0.05, val_fraction: float = 0.1,
                  seed: int = 0, routes: Mapping[str, str] | None = None,
@@ -197,7 +209,7 @@ class GuardRouter(Router):
                  shrinkage: float = 0.1, temperature: float = 1.0, hidden: int = 512,
                  epochs: int = 30, bank_size: int | None = 4096, unsafe: bool = True,
                  unsafe_seeds: Sequence[str] | None = None, unsafe_frr: float = 0.005,
-                 unsafe_min_similarity: float = 0.6) -> None:
+                 unsafe_min_similarity: float = 0.6, lexical: bool = False) -> None:
         self.method = method
         self.target_frr = target_frr
         self.val_fraction = val_fraction
@@ -215,12 +227,13 @@ class GuardRouter(Router):
         self.unsafe_seeds = unsafe_seeds
         self.unsafe_frr = unsafe_frr
         self.unsafe_min_similarity = unsafe_min_similarity
+        self.lexical = lexical
 
     # ------------------------------------------------------------------ fitting
     def _check_params(self) -> None:
-        if self.method not in METHODS:
+        if self.method not in (*METHODS, "auto"):
             raise RouterError(f"guard: unknown method {self.method!r}; use one of "
-                              f"{', '.join(METHODS)}")
+                              f"{', '.join(METHODS)} or auto")
         if self.head not in (None, "mlp"):
             raise RouterError(f"guard: unknown head {self.head!r}; use None or 'mlp'")
         if not 0.0 <= float(self.target_frr) < 1.0:
@@ -259,19 +272,35 @@ class GuardRouter(Router):
             if unknown:
                 raise RouterError(f"guard: validation labels not in the table: {unknown[:5]}")
             Xtr, ytr = X, y_all
+            tr_texts = list(table.prompts)
             val_texts = [str(t) for t in validation[2]] if len(validation) > 2 else None
+            val_labels = [str(v) for v in validation[1]]
             self.calibration_ = f"given validation part ({Xv.shape[0]} in-domain queries)"
         else:
             keep, held = stratified_split(labels_all, float(self.val_fraction), int(self.seed))
             if held.size == 0:
                 Xtr, ytr, Xv = X, y_all, X
-                val_texts = list(table.prompts)
+                tr_texts = val_texts = list(table.prompts)
+                val_labels = labels_all
                 self.calibration_ = "training data (too few rows to hold out a validation part)"
             else:
                 Xtr, ytr, Xv = X[keep], y_all[keep], X[held]
+                tr_texts = [table.prompts[i] for i in keep]
                 val_texts = [table.prompts[i] for i in held]
+                val_labels = [labels_all[i] for i in held]
                 self.calibration_ = (f"held-out {self.val_fraction:g} of the table, stratified, "
                                      f"seed {self.seed} ({held.size} in-domain queries)")
+        self.selection_: dict[str, Any] = {}
+        if self.method == "auto":
+            if val_texts is None:
+                raise RouterError("guard: method 'auto' needs the validation texts")
+            from routers.guard_auto import select_guard
+
+            chosen, self.selection_ = select_guard(
+                self.get_params(), Xtr, [labels[i] for i in ytr], tr_texts, Xv, val_labels,
+                val_texts)
+            self.method, self.head, self.lexical = (chosen["method"], chosen["head"],
+                                                    chosen["lexical"])
         if len(labels) < 2:
             # one route: nothing to classify; the OOD score is the distance to its data
             self.W_ = np.zeros((self.dim_, 1), np.float32)
@@ -288,11 +317,12 @@ class GuardRouter(Router):
             self._fit_score_norm(Xv)
         if val_texts is not None and len(val_texts) != Xv.shape[0]:
             raise RouterError("guard: validation texts and embeddings differ in number")
+        self._fit_lexical(tr_texts, ytr, len(labels), Xv, val_texts)
         self._fit_unsafe(Xv, embedder)
         # the unsafe layer's rejections of in-domain queries count against target_frr
         unsafe_val = self.unsafe_scores(Xv, val_texts)[1]
         self.unsafe_val_rate_ = float(unsafe_val.mean()) if self.unsafe_layers_ else None
-        val_scores = self.ood_scores(Xv)
+        val_scores = self.ood_scores(Xv, val_texts)
         self.threshold_ = calibrate_threshold(val_scores, float(self.target_frr),
                                               already_rejected=unsafe_val)
         self.val_frr_ = float(np.mean((val_scores > self.threshold_) | unsafe_val))
@@ -317,6 +347,55 @@ class GuardRouter(Router):
             out[lab] = table.models[int(np.argmax(mean))] if mean.max() > 0 else lab
         return out
 
+    def _fit_lexical(self, texts: Sequence[str], y: np.ndarray, n_labels: int, Xv: np.ndarray,
+                     val_texts: Sequence[str] | None) -> None:
+        self.lex_terms_: list[str] = []
+        self.lex_n_words_ = 0
+        self.lex_coef_ = np.zeros((0, 0), np.float16)
+        self.lex_bias_ = np.zeros(0, np.float32)
+        self.lex_idf_ = np.zeros(0, np.float32)
+        self.lex_norm_ = np.zeros(0, np.float32)
+        if not self.lexical:
+            return
+        if n_labels < 2:
+            raise RouterError("guard: lexical=True needs at least two labels")
+        if val_texts is None:
+            raise RouterError("guard: lexical=True needs the validation texts")
+        from sklearn.svm import LinearSVC
+
+        from routers.lexical import Lexical
+
+        lex = Lexical().fit(texts)
+        svm = LinearSVC(C=1.0, random_state=int(self.seed)).fit(lex.transform(texts), y)
+        coef = np.zeros((lex.n_features, n_labels), np.float32)
+        bias = np.full(n_labels, -1e3, np.float32)  # a label absent from train never wins
+        cols = svm.classes_ if n_labels > 2 else np.array([0, 1])
+        W = svm.coef_ if n_labels > 2 else np.concatenate([-svm.coef_, svm.coef_])
+        b = svm.intercept_ if n_labels > 2 else np.array([-svm.intercept_[0],
+                                                          svm.intercept_[0]])
+        coef[:, cols], bias[cols] = W.T, b
+        self.lex_terms_, self.lex_idf_, self.lex_n_words_ = lex.state()
+        # half precision: the artifact holds one weight per n-gram and label
+        self.lex_coef_, self.lex_bias_ = coef.astype(np.float16), bias
+        self._lex = lex
+        d = self._dense_ood(Xv)
+        sp = -self.lex_margins(val_texts).max(axis=1)
+        self.lex_norm_ = np.array([d.mean(), d.std() + 1e-9, sp.mean(), sp.std() + 1e-9],
+                                  np.float32)
+
+    def lex_margins(self, texts: Sequence[str]) -> np.ndarray:
+        """The lexical SVM's margin per label (``labels_`` order), shape (n, n_labels)."""
+        lex = getattr(self, "_lex", None)
+        if lex is None:
+            from routers.lexical import Lexical
+
+            lex = self._lex = Lexical.from_state(self.lex_terms_, self.lex_idf_,
+                                                 self.lex_n_words_)
+        W = getattr(self, "_lex_W", None)
+        if W is None:  # stored in half precision; computed in single precision
+            W = self._lex_W = self.lex_coef_.astype(np.float32)
+        return np.asarray(lex.transform(texts) @ W) + self.lex_bias_
+
     def _fit_linear(self, X: np.ndarray, y: np.ndarray, n_labels: int) -> None:
         from sklearn.linear_model import LogisticRegression
 
@@ -324,8 +403,16 @@ class GuardRouter(Router):
         lr.fit(X, y)
         W = np.zeros((X.shape[1], n_labels), np.float32)
         b = np.zeros(n_labels, np.float32)
-        W[:, lr.classes_] = lr.coef_.T
-        b[lr.classes_] = lr.intercept_
+        if lr.coef_.shape[0] == 1 and len(lr.classes_) == 2:
+            # binary: one column for the second class's log-odds. Split it as +-1/2 per class:
+            # the softmax of the two logits is then exactly the logistic probability (copying
+            # the column into both classes made every query 0.5/0.5)
+            c0, c1 = lr.classes_
+            W[:, c0], W[:, c1] = -0.5 * lr.coef_[0], 0.5 * lr.coef_[0]
+            b[c0], b[c1] = -0.5 * lr.intercept_[0], 0.5 * lr.intercept_[0]
+        else:
+            W[:, lr.classes_] = lr.coef_.T
+            b[lr.classes_] = lr.intercept_
         self.W_, self.b_ = W, b
         self.H1_ = np.zeros((0, 0), np.float32)
         self.h1_ = np.zeros(0, np.float32)
@@ -471,8 +558,12 @@ class GuardRouter(Router):
             X = np.maximum(X @ self.H1_ + self.h1_, 0.0)
         return X @ self.W_ + self.b_
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """Probability of each in-domain label (``labels_`` order), shape (n, n_labels)."""
+    def predict_proba(self, X: np.ndarray, texts: Sequence[str] | None = None) -> np.ndarray:
+        """Probability of each in-domain label (``labels_`` order), shape (n, n_labels);
+        with ``lexical`` and the texts, the softmax of the lexical SVM's margins (the SVM
+        labels better than a linear model on a frozen embedding)."""
+        if self.lexical and texts is not None:
+            return _softmax(self.lex_margins(texts).astype(np.float64) * 4.0)
         return _softmax(self.logits(X).astype(np.float64))
 
     def _knn_score(self, F: np.ndarray) -> np.ndarray:
@@ -484,8 +575,19 @@ class GuardRouter(Router):
             out[s:s + 1024] = 1.0 - top.mean(axis=1)
         return out
 
-    def ood_scores(self, X: np.ndarray) -> np.ndarray:
-        """OOD score per query; larger = more out-of-distribution; reject above threshold_."""
+    def ood_scores(self, X: np.ndarray, texts: Sequence[str] | None = None) -> np.ndarray:
+        """OOD score per query; larger = more out-of-distribution; reject above threshold_.
+        A ``lexical`` guard needs the texts."""
+        d = self._dense_ood(X)
+        if not self.lexical:
+            return d
+        if texts is None:
+            raise RouterError("guard: a lexical guard needs the query texts")
+        md, sd, ms, ss = (float(v) for v in self.lex_norm_)
+        sp = -self.lex_margins(texts).max(axis=1)
+        return 0.5 * ((d - md) / sd + (sp - ms) / ss)
+
+    def _dense_ood(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float32)
         m = self.method
         if m in ("msp", "energy", "knn+msp") and len(self.labels_) < 2:
@@ -529,6 +631,15 @@ class GuardRouter(Router):
                     flagged[i] = True
         return score, flagged
 
+    def reject_text(self, v: GuardVerdict) -> str:
+        """Why ``v`` was rejected, with the score of the check that rejected it."""
+        if v.reject_reason == "unsafe":
+            return (f"unsafe content (score {v.unsafe_score or 0.0:.3f}"
+                    + (f" vs {self.unsafe_threshold_:.3f})"
+                       if self.unsafe_threshold_ is not None else ", lexicon)"))
+        return (f"out of domain: {self.method} score {v.ood_score:.4f} > threshold "
+                f"{v.threshold:.4f} (calibrated to {self.target_frr:.1%} false rejections)")
+
     # ------------------------------------------------------------------ inference
     def verdict(self, X: np.ndarray, texts: Sequence[str] | None = None) -> list[GuardVerdict]:
         """The guard's verdict per query (label, OOD score vs threshold, unsafe check)."""
@@ -536,8 +647,8 @@ class GuardRouter(Router):
         X = self.check_X(X, texts)
         if X.shape[0] == 0:
             return []
-        proba = self.predict_proba(X)
-        ood = self.ood_scores(X)
+        proba = self.predict_proba(X, texts)
+        ood = self.ood_scores(X, texts)
         uscore, uflag = self.unsafe_scores(X, texts)
         thr = float(self.threshold_)
         out = []
@@ -553,7 +664,7 @@ class GuardRouter(Router):
         verdicts = self.verdict(X, texts)
         if not verdicts:
             return []
-        proba = self.predict_proba(self.check_X(X))
+        proba = self.predict_proba(self.check_X(X), texts)
         out: list[Decision] = []
         for v, p in zip(verdicts, proba, strict=True):
             per_expert: dict[str, float] = {}
@@ -562,16 +673,9 @@ class GuardRouter(Router):
                 per_expert[e] = per_expert.get(e, 0.0) + float(p[j])
             targets = [Target(e, s) for e, s in
                        sorted(per_expert.items(), key=lambda kv: (-kv[1], kv[0]))]
-            if v.rejected and v.reject_reason == "unsafe":
-                reason = (f"unsafe content (score {v.unsafe_score:.3f}"
-                          + (f" vs {self.unsafe_threshold_:.3f})"
-                             if self.unsafe_threshold_ is not None else ", lexicon)"))
-                out.append(Decision("reject", targets, reason, router=self.name, guard=v))
-            elif v.rejected:
-                out.append(Decision("reject", targets, f"out of domain: {self.method} score "
-                                    f"{v.ood_score:.4f} > threshold {v.threshold:.4f} "
-                                    f"(calibrated to {self.target_frr:.1%} false rejections)",
-                                    router=self.name, guard=v))
+            if v.rejected:
+                out.append(Decision("reject", targets, self.reject_text(v), router=self.name,
+                                    guard=v))
             else:
                 out.append(Decision("single", targets, f"in domain: label '{v.label}' -> "
                                     f"{targets[0].expert} (p={targets[0].score:.3f})",

@@ -42,7 +42,6 @@ def knn_quality(Xq: np.ndarray, Xtrain: np.ndarray, S: np.ndarray, prior: np.nda
 @register
 class KNNRouter(QualityRouter):
     name = "knn"
-    _param_names = ("k", "temperature", "prior_strength", "cost_weight", "threshold")
     _array_attrs = ("train_X_", "train_scores_", "prior_", "costs_")
     _json_attrs = ("experts_", "dim_")
 

@@ -18,7 +18,7 @@ names the nearest, and ``min_similarity`` uses it.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -56,8 +56,10 @@ def adapters_to_table(adapters: Sequence[Mapping[str, Any]]) -> RoutingTable:
 @register
 class LoraRouter(QualityRouter):
     name = "lora"
-    _param_names = ("base_model", "adapters", "k", "temperature", "prior_strength",
-                    "min_similarity", "cost_weight", "threshold")
+    trades_cost = False  # routes among adapters of one base model
+    example_params: ClassVar[dict[str, Any]] = {"base_model": "base-llm"}
+    train_input = ("a routing table whose models are LoRA adapter names; needs "
+                   "--param base_model=NAME (optional --param adapters='[...]')")
     _array_attrs = ("train_X_", "train_scores_", "prior_", "centroids_", "costs_")
     _json_attrs = ("adapters_", "experts_", "dim_")
 

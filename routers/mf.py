@@ -30,8 +30,6 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 @register
 class MFRouter(QualityRouter):
     name = "mf"
-    _param_names = ("dim", "epochs", "lr", "weight_decay", "pairwise_weight", "batch_size",
-                    "cost_weight", "threshold", "seed")
     _array_attrs = ("W_", "V_", "w_", "b_", "costs_")
     _json_attrs = ("experts_", "dim_", "train_loss_")
 

@@ -52,7 +52,8 @@ def routes_to_table(routes: Sequence[Mapping[str, Any]]) -> RoutingTable:
 @register
 class SemanticRouter(Router):
     name = "semantic"
-    _param_names = ("threshold", "top_k", "centroid_weight")
+    trades_cost = False  # routes by label
+    train_input = "a routing table with a category column"
     _array_attrs = ("examples_", "example_route_", "centroids_")
     _json_attrs = ("routes_", "route_expert_", "experts_", "dim_")
     needs_scores = False

@@ -27,8 +27,7 @@ __all__ = ["SkillsRouter"]
 @register
 class SkillsRouter(QualityRouter):
     name = "skills"
-    _param_names = ("k", "aggregator", "n_skills", "temperature", "prior_strength",
-                    "use_categories", "cost_weight", "threshold", "seed")
+    train_input = "a routing table with a category column (else k-means clusters)"
     _array_attrs = ("centroids_", "skill_quality_", "costs_")
     _json_attrs = ("experts_", "skills_", "aggregator_", "dim_")
 

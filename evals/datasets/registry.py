@@ -6,16 +6,36 @@ path in that repository, its size and sha256, and the licence, as written in the
 its provenance note gives none). These are data on purpose: a user elsewhere fetches the same
 commit and checks the same bytes with :func:`verify`.
 
-CLI: ``expertgate data list`` and ``expertgate data verify [NAME]``.
+CLI: ``expertgate data list``, ``expertgate data fetch NAME|--all`` and
+``expertgate data verify [NAME]``. :func:`fetch` downloads each file from its source
+repository at the recorded commit (``$EXPERTGATE_DATA_SOURCE`` replaces the raw-file host, for
+a mirror or a test server), checks size and sha256 before a file is put in place, and writes
+into :func:`evals.datasets.data_dir`, where every command looks. A composed file (no source
+path) is copied from the package (``evals/datasets/composed/``).
+
+One rule names data for every command (:func:`resolve_table`): a registry name, optionally
+with a part (``routellm:mmlu``, ``routellm:gsm8k``, ``llmrouter_nq``), or a path.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["REGISTRY", "DataFile", "DataSet", "get", "names", "raw_url", "verify"]
+__all__ = ["DEFAULT_SOURCE", "REGISTRY", "TABLES", "DataFile", "DataSet", "FetchError", "fetch",
+           "get", "names", "raw_url", "resolve_table", "verify"]
+
+#: where raw files of a GitHub repository at a commit are served (``$EXPERTGATE_DATA_SOURCE``
+#: overrides it: ``{source}/{owner}/{repo}/{commit}/{path}``)
+DEFAULT_SOURCE = "https://raw.githubusercontent.com"
+_COMPOSED = Path(__file__).resolve().parent / "composed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,19 +342,149 @@ def names() -> list[str]:
     return [d.name for d in REGISTRY]
 
 
-def get(name: str) -> DataSet:
-    for d in REGISTRY:
+def get(name: str, registry: Sequence[DataSet] | None = None) -> DataSet:
+    reg = REGISTRY if registry is None else registry
+    for d in reg:
         if d.name == name:
             return d
-    raise KeyError(f"unknown data set {name!r}; known: {', '.join(names())}")
+    raise KeyError(f"unknown data set {name!r}; known: {', '.join(d.name for d in reg)}")
 
 
-def raw_url(ds: DataSet, f: DataFile) -> str | None:
-    """Download address of a file at the recorded commit (GitHub raw), or None if composed."""
+def raw_url(ds: DataSet, f: DataFile, source: str | None = None) -> str | None:
+    """Download address of a file at the recorded commit, or None if composed.
+
+    ``source`` (default ``$EXPERTGATE_DATA_SOURCE`` or :data:`DEFAULT_SOURCE`) is the host
+    serving raw files as ``{source}/{owner}/{repo}/{commit}/{path}``.
+    """
     if f.source_path is None or not ds.repo.startswith("https://github.com/"):
         return None
+    base = (source or os.environ.get("EXPERTGATE_DATA_SOURCE") or DEFAULT_SOURCE).rstrip("/")
     slug = ds.repo.removeprefix("https://github.com/").rstrip("/")
-    return f"https://raw.githubusercontent.com/{slug}/{ds.commit}/{f.source_path}"
+    return f"{base}/{slug}/{ds.commit}/{f.source_path}"
+
+
+class FetchError(RuntimeError):
+    """A file could not be downloaded, or its bytes are not the recorded ones."""
+
+
+def _download(url: str, dest: Path, f: DataFile, timeout_s: float,
+              on_bytes: Callable[[int], None]) -> None:
+    """Stream ``url`` to a temporary file beside ``dest``; move it into place only when its
+    size and sha256 are the recorded ones (a partial or wrong file is never left behind)."""
+    tmp = dest.with_name(dest.name + ".part")
+    h = hashlib.sha256()
+    size = 0
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as r, open(tmp, "wb") as out:
+            while chunk := r.read(1 << 16):
+                out.write(chunk)
+                h.update(chunk)
+                size += len(chunk)
+                on_bytes(len(chunk))
+    except urllib.error.HTTPError as e:
+        tmp.unlink(missing_ok=True)
+        raise FetchError(f"{url}: HTTP {e.code} {e.reason}") from None
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        tmp.unlink(missing_ok=True)
+        raise FetchError(f"{url}: {getattr(e, 'reason', e)}") from None
+    if size != f.bytes or h.hexdigest() != f.sha256:
+        tmp.unlink(missing_ok=True)
+        raise FetchError(f"{url}: got {size} bytes with sha256 {h.hexdigest()[:12]}..., the "
+                         f"registry records {f.bytes} bytes, {f.sha256[:12]}...: not placed")
+    os.replace(tmp, dest)
+
+
+def fetch(name: str, root: str | Path | None = None, *, source: str | None = None,
+          timeout_s: float = 60.0, progress: bool = False,
+          registry: Sequence[DataSet] | None = None) -> list[str]:
+    """Download set ``name`` into ``root/name`` (default :func:`evals.datasets.data_dir`).
+
+    Files already there with the recorded sha256 are kept. Returns one line per file
+    (``fetched``, ``kept``, ``composed``); raises :class:`FetchError` on the first file that
+    cannot be fetched or does not match (files fetched before it stay, each verified).
+    """
+    if root is None:
+        from evals.datasets import data_dir
+
+        root = data_dir()
+    ds = get(name, registry)
+    folder = Path(root) / ds.name
+    todo: list[tuple[DataFile, Path]] = []
+    lines: list[str] = []
+    for f in ds.files:
+        dest = folder / f.local
+        if dest.is_file() and dest.stat().st_size == f.bytes and _sha256(dest) == f.sha256:
+            lines.append(f"kept     {ds.name}/{f.local}")
+        else:
+            todo.append((f, dest))
+    bar = None
+    if progress and todo:
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(f.bytes for f, _ in todo), unit="B", unit_scale=True,
+                   desc=f"fetch {ds.name}", file=sys.stderr, leave=False)
+    try:
+        for f, dest in todo:
+            try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise FetchError(f"cannot write into {dest.parent}: {e.strerror or e} (set "
+                                 "EXPERTGATE_DATA_DIR or pass --root)") from None
+            url = raw_url(ds, f, source)
+            if url is None:
+                packaged = _COMPOSED / ds.name / f.local
+                if not packaged.is_file() or _sha256(packaged) != f.sha256:
+                    raise FetchError(f"{ds.name}/{f.local}: composed file, not in the package")
+                shutil.copyfile(packaged, dest)
+                lines.append(f"composed {ds.name}/{f.local}")
+            else:
+                _download(url, dest, f, timeout_s, bar.update if bar is not None else _noop)
+                lines.append(f"fetched  {ds.name}/{f.local} ({f.bytes} bytes, sha256 ok)")
+    finally:
+        if bar is not None:
+            bar.close()
+    return lines
+
+
+def _noop(n: int) -> None:
+    pass
+
+
+#: registry names usable as routing tables: name[:part] -> (set, table format)
+TABLES: dict[str, tuple[str, str]] = {
+    "routellm": ("routellm", "routellm-mmlu"),
+    "routellm:mmlu": ("routellm", "routellm-mmlu"),
+    "routellm:gsm8k": ("routellm", "routellm-gsm8k"),
+    "llmrouter_nq": ("llmrouter_nq", "llmrouter"),
+}
+
+
+def resolve_table(spec: str | Path, fmt: str | None = None,
+                  root: str | Path | None = None) -> tuple[Path, str]:
+    """The one rule for ``--data``: an existing path (format ``fmt``, default ``long``), or a
+    registry name (:data:`TABLES`: ``routellm:mmlu``...) read from the data folder, its format
+    implied. Raises ``KeyError`` with what to do when neither."""
+    p = Path(spec)
+    if p.exists():
+        # "routellm" alone means its MMLU part: say so, never pick a part silently
+        return p, "routellm-mmlu" if fmt == "routellm" else (fmt or "long")
+    key = str(spec)
+    if key in TABLES:
+        set_name, implied = TABLES[key]
+        if root is None:
+            from evals.datasets import data_dir
+
+            root = data_dir()
+        folder = Path(root) / set_name
+        if not folder.is_dir():
+            raise KeyError(f"data set {set_name!r} is not in {root}: run "
+                           f"`expertgate data fetch {set_name}` (or set EXPERTGATE_DATA_DIR)")
+        if fmt is not None and fmt != implied and not (implied.startswith("routellm")
+                                                       and fmt == "routellm"):
+            raise KeyError(f"--data {key} is a {implied} table; --format {fmt} contradicts it")
+        return folder, implied
+    raise KeyError(f"--data {key!r}: no such file or folder, and not a registry table name "
+                   f"({', '.join(TABLES)}; `expertgate data list`)")
 
 
 def _sha256(path: Path) -> str:

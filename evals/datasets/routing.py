@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from routers.base import RouterError, RoutingTable
+from routers.logrecord import TRAINING_COLUMNS, UNSERVED_ENDPOINTS
 
 __all__ = [
     "FORMATS",
@@ -282,10 +283,11 @@ def load_logs(path: str | Path) -> RoutingTable:
     import pandas as pd
 
     df = _read_frame(Path(path))
-    need = {"request_id", "expert", "text", "feedback_score"}
-    missing = need - set(df.columns)
+    missing = set(TRAINING_COLUMNS) - set(df.columns)
     if missing:
         raise RouterError(f"{path}: log export lacks column(s): {', '.join(sorted(missing))}")
+    if "endpoint" in df.columns:  # shadow decisions and canary events were never served
+        df = df[~df["endpoint"].isin(UNSERVED_ENDPOINTS)]
     n0 = len(df)
     no_text = df["text"].isna() | (df["text"].astype(str).str.strip() == "")
     fb = pd.to_numeric(df["feedback_score"], errors="coerce")

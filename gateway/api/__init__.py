@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gateway.api.chat import Receive, Scope, Send, request_id
+from gateway.api.chat import Receive, Scope, Send, client_request_id, request_id
 from gateway.errors import GatewayError, error_body
 
 if TYPE_CHECKING:
@@ -21,9 +21,10 @@ __all__ = ["build_api"]
 
 class RequestIdMiddleware:
     """Give every response of the FastAPI part an ``x-request-id`` (the hot endpoints set
-    their own). The id is on ``request.state.request_id`` for handlers that log it. A
-    ``/v1/route`` response that failed before its handler ran (a body that is not valid)
-    still carries the ``x-expertgate-*`` set README promises."""
+    their own) and echo a client's own as ``x-client-request-id``. The id is on
+    ``request.state.request_id`` for handlers that log it. A ``/v1/route`` response that
+    failed before its handler ran (a body that is not valid) still carries the
+    ``x-expertgate-*`` set README promises."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -33,6 +34,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         rid = request_id(scope)
+        client_rid = client_request_id(scope)
         scope.setdefault("state", {})["request_id"] = rid
         is_route = scope.get("path") == "/v1/route"
 
@@ -41,6 +43,8 @@ class RequestIdMiddleware:
                 headers = list(msg.get("headers", ()))
                 have = {k.lower() for k, _ in headers}
                 extra = [(b"x-request-id", rid.encode())]
+                if client_rid is not None:
+                    extra.append((b"x-client-request-id", client_rid.encode()))
                 if is_route and b"x-expertgate-policy" not in have:
                     extra += [(b"x-expertgate-policy", b"none"),
                               (b"x-expertgate-expert", b"none"),
@@ -54,7 +58,7 @@ class RequestIdMiddleware:
 
 
 def build_api(gw: Gateway) -> FastAPI:
-    from gateway.api import admin, feedback, health, models, protocol, route
+    from gateway.api import admin, dashboard, feedback, health, models, protocol, route
 
     api = FastAPI(title="expertgate", version="0.1.0",
                   description="OpenAI-compatible LLM router and gateway")
@@ -87,6 +91,6 @@ def build_api(gw: Gateway) -> FastAPI:
                                    code), status_code=exc.status_code,
                         media_type="application/json")
 
-    for mod in (protocol, models, route, feedback, admin, health):
+    for mod in (protocol, models, route, feedback, admin, health, dashboard):
         api.include_router(mod.router)
     return api

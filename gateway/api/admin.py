@@ -1,21 +1,25 @@
-"""POST /admin/reload: re-read the config and swap policies atomically (also on SIGHUP)."""
+"""The admin endpoints: every one needs an admin key (:func:`gateway.auth.require_admin`).
+
+POST /admin/reload re-reads the config and swaps policies atomically (also on SIGHUP);
+GET /admin/state shows replicas (URLs without credentials), policy versions and the log.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 
+from gateway.auth import require_admin
 from gateway.config import ConfigError
 from gateway.errors import InvalidRequest
 
-router = APIRouter(tags=["admin"])
+router = APIRouter(tags=["admin"], dependencies=[Depends(require_admin)])
 
 
 @router.post("/admin/reload")
 async def reload(request: Request) -> dict[str, Any]:
     gw = request.app.state.gw
-    gw.auth.check(request.scope.get("headers", ()), None)
     try:
         out: dict[str, Any] = await gw.reload()
     except ConfigError as e:
@@ -27,8 +31,9 @@ async def reload(request: Request) -> dict[str, Any]:
 @router.get("/admin/state")
 async def state(request: Request) -> dict[str, Any]:
     gw = request.app.state.gw
-    gw.auth.check(request.scope.get("headers", ()), None)
     return {"replicas": gw.dispatcher.replica_states(),
             "policies": {n: rt.version for n, rt in gw.policy_set.policies.items()},
             "log": {"pending": gw.routing_log.pending, "dropped": gw.routing_log.dropped,
-                    "sink_ok": gw.routing_log.sink_ok}}
+                    "sink_ok": gw.routing_log.sink_ok},
+            "canaries": {n: rt.candidate.state() for n, rt in gw.policy_set.policies.items()
+                         if rt.candidate is not None}}

@@ -1,15 +1,22 @@
-"""POST /v1/chat/completions and /v1/completions: the hot path, as raw ASGI.
+"""POST /v1/chat/completions, /v1/completions and /v1/embeddings: the hot path, raw ASGI.
 
 The body is parsed once with orjson and validated by hand (no per-request pydantic model);
-the upstream's bytes are passed through untouched. The FastAPI app only documents these
-routes (gateway/api/protocol.py holds their schemas); requests never reach it.
+the upstream's bytes are passed through untouched (a streamed reply is checked line by line
+as it passes: an SSE event that is not JSON ends the stream with an error event). The FastAPI
+app only documents these routes (gateway/api/protocol.py holds their schemas); requests
+never reach it.
+
+``stream_options.include_usage``: when the upstream ends a stream without a usage event
+(llama.cpp never sends one), the gateway adds one before ``data: [DONE]``, counted by the
+gateway and marked ``"estimated": true``: completion tokens = content events passed through
+(one token each on llama.cpp and vLLM), prompt tokens = prompt characters / 4.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
-import itertools
 import logging
 import os
 import time
@@ -19,23 +26,28 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from gateway.auth import RequestIds
 from gateway.dispatch import DispatchResult
 from gateway.errors import (
     GatewayError,
     GuardRejected,
     InvalidRequest,
     PayloadTooLarge,
+    RequestTimeout,
+    ServiceUnavailable,
     UnknownModel,
     UpstreamError,
 )
 from gateway.pipeline import PolicyRuntime, routing_text
 from gateway.ratelimit import Limits, RateDecision, estimate_tokens
+from gateway.upstreams import SSECheck, UpstreamProtocolError
 from routers.base import Decision
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
 
-__all__ = ["handle_generate", "header_value", "request_id"]
+__all__ = ["BodyReads", "client_request_id", "handle_generate", "header_value", "read_body",
+           "request_id"]
 
 log = logging.getLogger("expertgate.chat")
 
@@ -43,26 +55,21 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
-# request ids: a random per-process prefix and a counter (unique across replicas, and much
-# cheaper than uuid4 per request)
-_RID_PREFIX = os.urandom(8).hex()
-_rid_counter = itertools.count(1)
-
-
-def _next_request_id() -> str:
-    return f"{_RID_PREFIX}{next(_rid_counter):016x}"
-
 
 def request_id(scope: Scope) -> str:
-    """The request's id: the client's ``x-request-id`` (first 128 characters) or a new one.
-    Every endpoint answers with it in ``x-request-id``."""
+    """A fresh id for a response of the FastAPI part (no routing-log record, so it verifies
+    for no tenant and no feedback can name it). A client's ``x-request-id`` is never the id:
+    see :func:`client_request_id`."""
+    return os.urandom(24).hex()
+
+
+def client_request_id(scope: Scope) -> str | None:
+    """The client's ``x-request-id``, kept for correlation only (logged, echoed as
+    ``x-client-request-id``): printable ASCII, at most 128 characters."""
     for k, v in scope.get("headers", ()):
         if k == b"x-request-id":
-            rid = v.decode("latin-1")[:128]
-            if rid:
-                return rid
-            break
-    return _next_request_id()
+            return header_value(v.decode("latin-1")[:128]) or None
+    return None
 
 
 _ROLES = frozenset({"system", "user", "assistant", "tool", "developer", "function"})
@@ -80,7 +87,27 @@ def _hdr_value(s: str) -> bytes:
     return header_value(s).encode()
 
 
-async def read_body(receive: Receive, scope: Scope, limit: int) -> bytes:
+class BodyReads:
+    """Request bodies being read: a shutdown ends them at once (503) instead of waiting."""
+
+    def __init__(self) -> None:
+        self.active: set[asyncio.Timeout] = set()
+        self.closing = False
+
+    def close(self) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        now = asyncio.get_running_loop().time()
+        for t in list(self.active):
+            t.reschedule(now)
+
+
+async def read_body(receive: Receive, scope: Scope, limit: int, timeout_s: float,
+                    reads: BodyReads | None = None) -> bytes:
+    """The whole body, or an error before it is parsed: over ``limit`` bytes (413, from the
+    content-length header when there is one), not all there within ``timeout_s`` (408), or
+    the server shutting down meanwhile (503)."""
     for k, v in scope.get("headers", ()):
         if k == b"content-length":
             try:
@@ -89,22 +116,40 @@ async def read_body(receive: Receive, scope: Scope, limit: int) -> bytes:
                 raise InvalidRequest("invalid content-length header") from None
             if n > limit:
                 raise PayloadTooLarge(f"request body of {n} bytes exceeds the limit of "
-                                      f"{limit} bytes")
+                                      f"{limit} bytes", headers={"connection": "close"})
             break
     chunks: list[bytes] = []
     size = 0
-    while True:
-        msg = await receive()
-        if msg["type"] == "http.disconnect":
-            raise asyncio.CancelledError("client disconnected")
-        b = msg.get("body", b"")
-        if b:
-            size += len(b)
-            if size > limit:
-                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-            chunks.append(b)
-        if not msg.get("more_body", False):
-            break
+    try:
+        async with asyncio.timeout(timeout_s) as deadline:
+            if reads is not None:
+                if reads.closing:
+                    deadline.reschedule(asyncio.get_running_loop().time())
+                reads.active.add(deadline)
+            try:
+                while True:
+                    msg = await receive()
+                    if msg["type"] == "http.disconnect":
+                        raise asyncio.CancelledError("client disconnected")
+                    b = msg.get("body", b"")
+                    if b:
+                        size += len(b)
+                        if size > limit:
+                            raise PayloadTooLarge(f"request body exceeds the limit of {limit} "
+                                                  "bytes", headers={"connection": "close"})
+                        chunks.append(b)
+                    if not msg.get("more_body", False):
+                        break
+            finally:
+                if reads is not None:
+                    reads.active.discard(deadline)
+    except TimeoutError:
+        if reads is not None and reads.closing:
+            raise ServiceUnavailable("the gateway is shutting down; retry the request",
+                                     code="shutting_down",
+                                     headers={"connection": "close"}) from None
+        raise RequestTimeout(f"the request body did not arrive within {timeout_s:g}s",
+                             headers={"connection": "close"}) from None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
@@ -122,6 +167,18 @@ def parse_payload(raw: bytes, endpoint: str, max_messages: int) -> dict[str, Any
     if not isinstance(model, str) or not model:
         raise InvalidRequest("'model' is required and must be a non-empty string",
                              param="model")
+    if endpoint == "embeddings":
+        inp = payload.get("input")
+        if not (isinstance(inp, str) and inp) and not (
+                isinstance(inp, list) and inp and all(
+                    (isinstance(x, str | int) and not isinstance(x, bool)) or (
+                        isinstance(x, list) and all(isinstance(t, int) for t in x))
+                    for x in inp)):
+            raise InvalidRequest("'input' must be a non-empty string, array of strings, or "
+                                 "array of token arrays", param="input")
+        if payload.get("stream"):
+            raise InvalidRequest("embeddings cannot be streamed", param="stream")
+        return payload
     if endpoint == "chat":
         msgs = payload.get("messages")
         if not isinstance(msgs, list) or not msgs:
@@ -166,29 +223,45 @@ def _completions_text(payload: dict[str, Any]) -> str:
     return t
 
 
-def _usage(body: bytes) -> tuple[int, int]:
+def _usage(body: bytes, data: Any = None) -> tuple[int, int]:
     try:
-        u = orjson.loads(body).get("usage") or {}
+        obj = data if data is not None else orjson.loads(body)
+        u = obj.get("usage") or {}
         return int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0)
     except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
         return 0, 0
 
 
-def _stream_usage(chunk: bytes) -> tuple[int, int] | None:
-    # usage arrives in the last data events when the client asked for it
-    if b'"usage"' not in chunk:
-        return None
-    for line in chunk.split(b"\n"):
-        if line.startswith(b"data: {") and b'"usage"' in line:
-            got = _usage(line[6:])
-            if got != (0, 0):
-                return got
-    return None
+#: characters of the conversation's start that key replica affinity (~256 tokens)
+AFFINITY_CHARS = 1024
+
+
+def affinity_key(payload: dict[str, Any], endpoint: str) -> bytes:
+    """The start of the prompt as the model reads it: the system prompt, then the first user
+    turn (for chat). Requests sharing a long prefix (a system prompt over AFFINITY_CHARS)
+    share a key, so they meet the replica whose prefix cache holds it; a conversation keeps
+    its key turn after turn; distinct short prompts get distinct keys and spread."""
+    if endpoint == "chat":
+        parts: list[str] = []
+        for m in payload["messages"]:
+            c = m.get("content")
+            t = c if isinstance(c, str) else " ".join(
+                p.get("text", "") for p in c if isinstance(p, dict)
+                and isinstance(p.get("text"), str)) if isinstance(c, list) else ""
+            parts.append(f"{m.get('role')}\x00{t}\x00")
+            if m.get("role") == "user":
+                break
+        text = "".join(parts)
+    else:
+        v = payload.get("prompt" if endpoint == "completions" else "input")
+        first = v[0] if isinstance(v, list) and v else v
+        text = first if isinstance(first, str) else orjson.dumps(first).decode()
+    return text[:AFFINITY_CHARS].encode("utf-8", "surrogatepass")
 
 
 def _refusal(payload: dict[str, Any], endpoint: str, message: str, policy: str,
-             stream: bool) -> tuple[bytes, bytes]:
-    rid = "egrej-" + uuid.uuid4().hex[:24]
+             stream: bool, id_prefix: str = "egrej-") -> tuple[bytes, bytes]:
+    rid = id_prefix + uuid.uuid4().hex[:24]
     now = int(time.time())
     if endpoint == "chat":
         if stream:
@@ -216,15 +289,48 @@ def _refusal(payload: dict[str, Any], endpoint: str, message: str, policy: str,
 class _Ctx:
     """Per-request facts gathered for headers and the routing-log record."""
 
-    __slots__ = ("cache", "chain", "decision", "degraded", "endpoint", "expert", "key_id", "policy",
-                 "rate", "reason", "replica", "request_id", "rt", "started", "stream", "t0",
-                 "tenant", "text", "text_hash")
+    __slots__ = (
+        "_ids",
+        "_nonce",
+        "_request_id",
+        "_tenant",
+        "arm",
+        "cache",
+        "chain",
+        "client_request_id",
+        "decision",
+        "degraded",
+        "endpoint",
+        "expert",
+        "explore",
+        "extra_cost_usd",
+        "extra_tokens",
+        "key_id",
+        "members",
+        "policy",
+        "rate",
+        "reason",
+        "replica",
+        "routed_text",
+        "rt",
+        "started",
+        "stream",
+        "t0",
+        "text",
+        "text_hash",
+        "upstream_ms",
+    )
 
-    def __init__(self, request_id: str, endpoint: str, t0: float) -> None:
-        self.request_id = request_id
+    def __init__(self, ids: RequestIds, client_request_id: str | None, endpoint: str,
+                 t0: float) -> None:
+        self._ids = ids
+        self._nonce = ids.nonce()
+        self._request_id = ""
+        self._tenant = "anonymous"
+        #: the client's own x-request-id: logged and echoed, never the record's id
+        self.client_request_id = client_request_id
         self.endpoint = endpoint
         self.t0 = t0
-        self.tenant = "anonymous"
         self.policy = ""
         self.rt: PolicyRuntime | None = None
         self.decision: Decision | None = None
@@ -235,12 +341,41 @@ class _Ctx:
         self.degraded: list[str] = []
         #: the experts the dispatcher was asked to try, in order
         self.chain: list[str] = []
+        #: time spent in upstream calls (all attempts) for a non-streamed answer
+        self.upstream_ms: float | None = None
         self.stream = False
         self.text: str | None = None
         self.text_hash: str | None = None
         self.rate: RateDecision | None = None
         self.key_id = ""
         self.started = False
+        #: exploration fields of the routing log (routers/explore.py LOG_FIELDS)
+        self.explore: dict[str, Any] | None = None
+        #: "canary" or "incumbent" beside a serving canary, else None
+        self.arm: str | None = None
+        #: the routing text of an online-learning policy (kept in memory for feedback only)
+        self.routed_text: str | None = None
+        #: an ensemble's members that answered, and what their calls cost beyond the answer's
+        self.members: list[str] = []
+        self.extra_cost_usd = 0.0
+        self.extra_tokens = 0
+
+    @property
+    def tenant(self) -> str:
+        return self._tenant
+
+    @tenant.setter
+    def tenant(self, name: str) -> None:
+        self._tenant = name
+        self._request_id = ""  # the id names its tenant: made once the tenant is known
+
+    @property
+    def request_id(self) -> str:
+        """The gateway's id (see :class:`gateway.auth.RequestIds`): unguessable, and only
+        the tenant that made the request can send feedback for it."""
+        if not self._request_id:
+            self._request_id = self._ids.issue(self._nonce, self._tenant)
+        return self._request_id
 
     def headers(self, extra: list[tuple[bytes, bytes]] | None = None
                 ) -> list[tuple[bytes, bytes]]:
@@ -255,8 +390,19 @@ class _Ctx:
              (b"x-expertgate-cache", self.cache.encode()),
              (b"x-expertgate-decision-ms", f"{ms:.3f}".encode()),
              (b"x-expertgate-reason", _hdr_value(self.reason or "none"))]
+        if self.client_request_id is not None:
+            h.append((b"x-client-request-id", self.client_request_id.encode()))
         if self.degraded:
             h.append((b"x-expertgate-degraded", ",".join(self.degraded).encode()))
+        ex = self.explore
+        if ex is not None and ex["propensity"] is not None:
+            h.append((b"x-expertgate-propensity", f"{ex['propensity']:.6g}".encode()))
+            if ex["explored"]:
+                h.append((b"x-expertgate-explored", str(ex["greedy_expert"]).encode()))
+        if self.arm is not None:
+            h.append((b"x-expertgate-arm", self.arm.encode()))
+        if self.members:
+            h.append((b"x-expertgate-ensemble", ",".join(self.members).encode()))
         if self.rate is not None and self.rate.allowed:
             h.extend(self.rate.headers())
         if extra:
@@ -275,7 +421,7 @@ async def _send_error(send: Send, err: GatewayError, ctx: _Ctx) -> None:
 async def handle_generate(gw: Gateway, scope: Scope, receive: Receive, send: Send,
                           endpoint: str) -> None:
     t0 = time.perf_counter()
-    ctx = _Ctx(request_id(scope), endpoint, t0)
+    ctx = _Ctx(gw.request_ids, client_request_id(scope), endpoint, t0)
     gw.metrics.inflight.inc()
     status = 500
     err_type: str | None = None
@@ -298,6 +444,14 @@ async def handle_generate(gw: Gateway, scope: Scope, receive: Receive, send: Sen
         await _send_error(send, e, ctx)
     except asyncio.CancelledError:
         status, err_type = 499, "client_disconnected"
+        if gw.draining and not ctx.started:
+            # the server's graceful-shutdown time ran out: an OpenAI-shaped 503 the client can
+            # retry elsewhere, rather than the server's plain-text 500
+            status, err_type = 503, "shutting_down"
+            with contextlib.suppress(Exception):
+                await _send_error(send, ServiceUnavailable(
+                    "the gateway is shutting down; retry the request", code="shutting_down",
+                    headers={"connection": "close"}), ctx)
         raise
     except Exception:
         # a bug, never an expected path: log the traceback, answer an OpenAI-shaped 500
@@ -317,13 +471,18 @@ async def handle_generate(gw: Gateway, scope: Scope, receive: Receive, send: Sen
             m.child(m.degraded, component).inc()
         m.child(m.latency, endpoint).observe(lat)
         m.child(m.requests, endpoint, ctx.policy or "-", ctx.expert or "-", str(status)).inc()
+        if ctx.arm is not None:
+            gw.observe_arm(ctx, status)
+        if ctx.routed_text is not None:
+            gw.remember_online(ctx, status)
         gw.log_request(ctx, status, err_type, lat * 1000, usage)
 
 
 async def _generate(gw: Gateway, scope: Scope, receive: Receive, send: Send, ctx: _Ctx
                     ) -> tuple[int, tuple[int, int]]:
     settings = gw.settings
-    raw = await read_body(receive, scope, settings.max_body_bytes)
+    raw = await read_body(receive, scope, settings.max_body_bytes, settings.body_timeout_s,
+                          gw.body_reads)
     payload = parse_payload(raw, ctx.endpoint, settings.max_messages)
     model: str = payload["model"]
     principal = await gw.auth.resolve(scope.get("headers", ()), model)
@@ -339,10 +498,24 @@ async def _generate(gw: Gateway, scope: Scope, receive: Receive, send: Send, ctx
         est = estimate_tokens(payload, rt.config.max_tokens_cap if rt is not None else None)
         ctx.key_id = api_key.sha256[:16]
         ctx.rate = await gw.ratelimiter.acquire(ctx.key_id, limits, est)
+        if ctx.rate.backend == "local" and gw.ratelimiter.redis is not None:
+            ctx.degraded.append("ratelimit-local")  # shared limits unavailable: per replica
         if not ctx.rate.allowed:
             raise ctx.rate.error()
     deadline = time.monotonic() + settings.request_deadline_s
-    if rt is None:
+    if ctx.endpoint == "embeddings":
+        expert = cfg.expert(model)
+        if expert is None and rt is None:
+            raise UnknownModel(f"The model '{model}' does not exist: it is neither an expert "
+                               "nor a policy of this gateway (see GET /v1/models)",
+                               param="model")
+        if expert is None or not expert.embeddings:
+            raise InvalidRequest(f"'{model}' does not serve embeddings: name an expert "
+                                 "configured with 'embeddings: true'", param="model",
+                                 code="model_not_supported")
+        chain = [model]
+        ctx.reason = "explicit expert (no routing)"
+    elif rt is None:
         expert = cfg.expert(model)
         if expert is None:
             raise UnknownModel(f"The model '{model}' does not exist: it is neither an expert "
@@ -350,7 +523,6 @@ async def _generate(gw: Gateway, scope: Scope, receive: Receive, send: Send, ctx
                                param="model")
         chain = [model]
         ctx.reason = "explicit expert (no routing)"
-        affinity_text = ""
     else:
         ctx.policy = model
         ctx.rt = rt
@@ -361,16 +533,25 @@ async def _generate(gw: Gateway, scope: Scope, receive: Receive, send: Send, ctx
                                         digest_size=16).hexdigest()
         if pol.log_prompts:
             ctx.text = text
-        affinity_text = text
-        d = await gw.pipeline.decide(rt, text, ctx.degraded)
+        if pol.online:
+            ctx.routed_text = text
+        d, ctx.arm = await gw.pipeline.route(rt, text, ctx.degraded)
+        d, ctx.explore = gw.pipeline.explore(
+            rt.candidate.runtime if ctx.arm == "canary" and rt.candidate is not None else rt, d)
         ctx.decision = d
         ctx.cache = "hit" if d.cached else ("bypass" if "cache" in ctx.degraded else "miss")
         ctx.reason = d.reason
         gw.metrics.child(gw.metrics.decisions, model, d.expert or "-", d.mode).inc()
-        if pol.max_tokens_cap is not None:
-            key = "max_completion_tokens" if "max_completion_tokens" in payload else "max_tokens"
-            if payload.get(key) is None or payload[key] > pol.max_tokens_cap:
-                payload[key] = pol.max_tokens_cap
+        cap = pol.max_tokens_cap
+        if cap is not None:
+            # both names bound the completion (max_completion_tokens is the newer one, and
+            # what LangChain sends): cap each one given, or set max_tokens when neither is
+            given = [k for k in ("max_tokens", "max_completion_tokens")
+                     if payload.get(k) is not None]
+            for k in given:
+                payload[k] = min(payload[k], cap)
+            if not given:
+                payload["max_tokens"] = cap
         if d.mode == "reject":
             rej = pol.on_reject
             reason = d.guard.reject_reason if d.guard and d.guard.reject_reason else "router"
@@ -398,12 +579,16 @@ async def _generate(gw: Gateway, scope: Scope, receive: Receive, send: Send, ctx
                     chain.append(f)
             if not chain:
                 raise GuardRejected("the router chose no expert", status=400)
-    path = "/chat/completions" if ctx.endpoint == "chat" else "/completions"
+    path = _PATHS[ctx.endpoint]
     ctx.chain = chain
     res = await gw.dispatcher.call(chain, path, payload, _body_for(payload, raw, model),
-                                   stream=stream, affinity=affinity_text[:256].encode(),
+                                   stream=stream, affinity=affinity_key(payload, ctx.endpoint),
                                    deadline=deadline)
-    return await _respond(gw, res, ctx, send, chain)
+    return await _respond(gw, res, ctx, send, chain, payload)
+
+
+_PATHS = {"chat": "/chat/completions", "completions": "/completions",
+          "embeddings": "/embeddings"}
 
 
 def _reconcile_later(gw: Gateway, ctx: _Ctx, status: int, usage: tuple[int, int]) -> None:
@@ -411,7 +596,7 @@ def _reconcile_later(gw: Gateway, ctx: _Ctx, status: int, usage: tuple[int, int]
     rate = ctx.rate
     assert rate is not None
     if usage != (0, 0):
-        actual = usage[0] + usage[1]
+        actual = usage[0] + usage[1] + ctx.extra_tokens
     elif status >= 400 and "stream-cut" not in ctx.degraded and not (
             ctx.stream and ctx.started):
         actual = 0  # nothing was generated: give the estimate back
@@ -433,7 +618,11 @@ def _body_for(payload: dict[str, Any], raw: bytes, requested: str
                 b = raw  # nothing to rewrite: pass the client's bytes through untouched
             else:
                 payload["model"] = name
-                b = orjson.dumps(payload)
+                try:
+                    b = orjson.dumps(payload)
+                except TypeError:  # orjson writes at most 254 levels of nesting
+                    raise InvalidRequest("the request's JSON is nested too deeply to forward "
+                                         "(at most 254 levels)") from None
                 modified[0] = True
             cache[name] = b
         return b
@@ -441,10 +630,12 @@ def _body_for(payload: dict[str, Any], raw: bytes, requested: str
     return body_for
 
 
-async def _respond(gw: Gateway, res: DispatchResult, ctx: _Ctx, send: Send, chain: list[str]
-                   ) -> tuple[int, tuple[int, int]]:
+async def _respond(gw: Gateway, res: DispatchResult, ctx: _Ctx, send: Send, chain: list[str],
+                   payload: dict[str, Any]) -> tuple[int, tuple[int, int]]:
     reply = res.reply
     ctx.expert = res.expert.name
+    if not reply.stream:  # the whole answer was read within the attempts' time
+        ctx.upstream_ms = sum(a.ms for a in res.attempts)
     ctx.replica = res.replica
     if res.fallback or res.expert.name != chain[0]:
         ctx.degraded.append("expert-fallback")
@@ -455,58 +646,101 @@ async def _respond(gw: Gateway, res: DispatchResult, ctx: _Ctx, send: Send, chai
     rt = ctx.rt
     rewrite = rt is not None and rt.config.rewrite_model and not reply.stream
     body = reply.first
-    if rewrite and reply.status == 200:
-        try:
-            obj = orjson.loads(body)
-            obj["model"] = ctx.policy
-            body = orjson.dumps(obj)
-        except orjson.JSONDecodeError:
-            pass
+    if rewrite and reply.status == 200 and isinstance(reply.data, dict):
+        reply.data["model"] = ctx.policy
+        body = orjson.dumps(reply.data)
     headers = ctx.headers([(b"content-type", reply.content_type.encode("latin-1"))])
     if not reply.stream:
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-        return reply.status, (_usage(body) if reply.status == 200 else (0, 0))
+        return reply.status, (_usage(body, reply.data) if reply.status == 200 else (0, 0))
     headers.append((b"cache-control", b"no-cache"))
     await send({"type": "http.response.start", "status": reply.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": True})
-    usage = _stream_usage(body) or (0, 0)
+    sse = reply.sse
+    if sse is None:
+        sse = SSECheck()
+        sse.feed(body)
+    opts = payload.get("stream_options")
+    want_usage = isinstance(opts, dict) and opts.get("include_usage") is True
     status = reply.status
     try:
-        async for chunk in reply.rest:
-            got = _stream_usage(chunk)
-            if got:
-                usage = got
+        chunk: bytes | None = body  # each chunk is checked (fed) before it is sent
+        it = reply.rest.__aiter__()
+        while chunk is not None:
+            if want_usage and sse.done and sse.usage is None and b"data: [DONE]" in chunk:
+                i = chunk.index(b"data: [DONE]")
+                await send({"type": "http.response.body", "body": chunk[:i], "more_body": True})
+                sse.usage = _estimated_usage(payload, sse)
+                await send({"type": "http.response.body", "body": _usage_event(sse, payload),
+                            "more_body": True})
+                ctx.degraded.append("usage-estimated")
+                chunk = chunk[i:]
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    except (TimeoutError, OSError, Exception) as e:
+            try:
+                chunk = await it.__anext__()
+            except StopAsyncIteration:
+                chunk = None
+            else:
+                sse.feed(chunk)
+        if want_usage and sse.usage is None:  # the upstream ended without [DONE]
+            sse.usage = _estimated_usage(payload, sse)
+            await send({"type": "http.response.body", "body": _usage_event(sse, payload),
+                        "more_body": True})
+            ctx.degraded.append("usage-estimated")
+    except (TimeoutError, OSError, UpstreamProtocolError, Exception) as e:
         if isinstance(e, asyncio.CancelledError):
             raise
         # After the first byte nothing is retried (the upstream may have billed): end the
         # stream with a well-formed error event the OpenAI SDK raises on.
-        log.warning("stream from %s broke after the first byte: %s: %s", res.expert.name,
-                    type(e).__name__, e)
-        gw.metrics.upstream_errors.labels(res.expert.name, "stream_cut").inc()
-        err = {"error": {"message": f"upstream stream from {res.expert.name} ended "
-                         f"unexpectedly ({type(e).__name__})", "type": "upstream_error",
-                         "param": None, "code": "stream_interrupted"}}
+        log.warning("stream from %s at %s broke after the first byte: %s: %s",
+                    res.expert.name, res.replica, type(e).__name__, e)
+        invalid = isinstance(e, UpstreamProtocolError)
+        gw.metrics.upstream_errors.labels(res.expert.name,
+                                          "stream_invalid" if invalid else "stream_cut").inc()
+        what = "sent an event that is not JSON" if invalid else \
+            f"ended unexpectedly ({type(e).__name__})"
+        err = {"error": {"message": f"upstream stream from {res.expert.name} {what}",
+                         "type": "upstream_error", "param": None,
+                         "code": "stream_invalid" if invalid else "stream_interrupted"}}
         await send({"type": "http.response.body",
                     "body": b"data: " + orjson.dumps(err) + b"\n\n", "more_body": True})
         status = 502
-        ctx.degraded.append("stream-cut")
+        ctx.degraded.append("stream-invalid" if invalid else "stream-cut")
     finally:
         reply.release()
     await send({"type": "http.response.body", "body": b""})
-    return status, usage
+    return status, sse.usage or (0, 0)
+
+
+def _estimated_usage(payload: dict[str, Any], sse: SSECheck) -> tuple[int, int]:
+    prompt = estimate_tokens({k: payload.get(k) for k in ("messages", "prompt")}, 0) - 1
+    return max(prompt, 1), sse.events
+
+
+def _usage_event(sse: SSECheck, payload: dict[str, Any]) -> bytes:
+    assert sse.usage is not None
+    p, c = sse.usage
+    rid, model, obj = sse.ident or ("eg-usage", str(payload.get("model")),
+                                    "chat.completion.chunk")
+    ev = {"id": rid, "object": obj, "created": int(time.time()), "model": model,
+          "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c,
+                                   "total_tokens": p + c, "estimated": True}}
+    return b"data: " + orjson.dumps(ev) + b"\n\n"
 
 
 async def _ensemble(gw: Gateway, payload: dict[str, Any], d: Decision, ctx: _Ctx, send: Send,
                     deadline: float) -> tuple[int, tuple[int, int]]:
-    """Symbolic-MoE style: k experts answer concurrently, the aggregator synthesises."""
+    """Symbolic-MoE style: k experts answer concurrently, the aggregator synthesises.
+
+    Every call is paid for: the members' cost goes into the request's ``cost_usd``. When the
+    aggregator (and the policy's fallback chain after it) fails, the best member's answer is
+    the response (``x-expertgate-degraded: ensemble-unaggregated``), not an error.
+    """
     experts = [t.expert for t in d.targets]
-    path = "/chat/completions" if ctx.endpoint == "chat" else "/completions"
+    path = _PATHS[ctx.endpoint]
     sub = {k: v for k, v in payload.items() if k not in ("stream", "stream_options")}
 
-    async def one(name: str) -> tuple[str, str | None]:
+    async def one(name: str) -> tuple[str, str | None, DispatchResult | None]:
         p = dict(sub)
         try:
             res = await gw.dispatcher.call([name], path, p, _body_for(p, b"", ""),
@@ -514,23 +748,33 @@ async def _ensemble(gw: Gateway, payload: dict[str, Any], d: Decision, ctx: _Ctx
                                            deadline=deadline)
         except UpstreamError as e:
             log.warning("ensemble member %s failed: %s", name, e)
-            return name, None
+            return name, None, None
         if res.reply.status != 200:
-            return name, None
+            return name, None, None
         try:
-            ch = orjson.loads(res.reply.first)["choices"][0]
-            return name, (ch.get("message") or {}).get("content") or ch.get("text") or ""
-        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
-            return name, None
+            ch = res.reply.data["choices"][0]
+            return name, (ch.get("message") or {}).get("content") or ch.get("text") or "", res
+        except (KeyError, IndexError, TypeError, AttributeError):
+            return name, None, None
 
     answers = await asyncio.gather(*(one(e) for e in experts))
-    got = [(n, a) for n, a in answers if a]
+    for _, _, res in answers:
+        if res is not None:
+            u = _usage(res.reply.first, res.reply.data)
+            ctx.extra_cost_usd += _cost(res.expert, u)
+            ctx.extra_tokens += u[0] + u[1]
+            if u != (0, 0):
+                m = gw.metrics
+                m.child(m.tokens, res.expert.name, "prompt").inc(u[0])
+                m.child(m.tokens, res.expert.name, "completion").inc(u[1])
+    got = [(n, a, r) for n, a, r in answers if a and r is not None]
     if not got:
         raise UpstreamError("every ensemble member failed", code="ensemble_failed")
+    ctx.members = [n for n, _, _ in got]
     if len(got) < len(experts):
         ctx.degraded.append("ensemble-partial")
     assert d.aggregator is not None
-    listing = "\n\n".join(f"[Answer {i + 1}]\n{a}" for i, (_, a) in enumerate(got))
+    listing = "\n\n".join(f"[Answer {i + 1}]\n{a}" for i, (_, a, _) in enumerate(got))
     agg = dict(payload)
     if ctx.endpoint == "chat":
         agg["messages"] = [*payload["messages"], {
@@ -539,8 +783,36 @@ async def _ensemble(gw: Gateway, payload: dict[str, Any], d: Decision, ctx: _Ctx
                        "into one best answer; correct mistakes.\n\n" + listing}]
     else:
         agg["prompt"] = f"{_completions_text(payload)}\n\n{listing}\n\nBest combined answer:"
-    ctx.reason = f"{d.reason}; ensemble of {', '.join(n for n, _ in got)} -> {d.aggregator}"
-    res = await gw.dispatcher.call([d.aggregator], path, agg, _body_for(agg, b"", ""),
-                                   stream=bool(payload.get("stream")),
-                                   affinity=d.aggregator.encode(), deadline=deadline)
-    return await _respond(gw, res, ctx, send, [d.aggregator])
+    ctx.reason = f"{d.reason}; ensemble of {', '.join(ctx.members)} -> {d.aggregator}"
+    chain = [d.aggregator]
+    if ctx.rt is not None:
+        chain += [f for f in ctx.rt.config.fallback if f not in chain]
+    try:
+        res = await gw.dispatcher.call(chain, path, agg, _body_for(agg, b"", ""),
+                                       stream=bool(payload.get("stream")),
+                                       affinity=d.aggregator.encode(), deadline=deadline)
+    except UpstreamError as e:
+        # the members answered: their best answer beats an error
+        name, answer, best = got[0]
+        assert best is not None and answer is not None
+        log.warning("ensemble aggregation failed (%s); answering with %s", e, name)
+        gw.metrics.degraded.labels("ensemble-aggregator").inc()
+        ctx.degraded.append("ensemble-unaggregated")
+        ctx.reason = f"{ctx.reason} failed; answered with {name}"
+        ctx.expert, ctx.replica = name, best.replica
+        u = _usage(best.reply.first, best.reply.data)
+        ctx.extra_cost_usd -= _cost(best.expert, u)  # logged as the answer's own cost
+        ctx.extra_tokens -= u[0] + u[1]
+        if payload.get("stream"):
+            ctype, body = _refusal(payload, ctx.endpoint, answer, name, True, "egens-")
+        else:
+            ctype, body = best.reply.content_type.encode("latin-1"), best.reply.first
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": ctx.headers([(b"content-type", ctype)])})
+        await send({"type": "http.response.body", "body": body})
+        return 200, u
+    return await _respond(gw, res, ctx, send, chain, agg)
+
+
+def _cost(expert: Any, usage: tuple[int, int]) -> float:
+    return (usage[0] * expert.price.input_per_1m + usage[1] * expert.price.output_per_1m) / 1e6

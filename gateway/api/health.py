@@ -4,6 +4,9 @@
 replicas_up, replicas}}``) and the names of those with no replica up in
 ``checks.experts_down``. It answers 503 when no expert is up, or, with
 ``EXPERTGATE_READY_REQUIRE_ALL_EXPERTS=true``, when any one is down.
+
+/healthz is always open; who sees /readyz's checks and who reads /metrics is set by
+``readyz_auth`` and ``metrics_auth`` (gateway/config.py; /metrics is gated in gateway/app.py).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
+
+from gateway.errors import GatewayError
 
 router = APIRouter(tags=["ops"])
 
@@ -41,8 +46,7 @@ async def readyz(request: Request) -> Response:
     gw = request.app.state.gw
     cached = getattr(gw, "_ready_cache", None)
     if cached is not None and cached[0] > time.monotonic():
-        status, body = cached[1], cached[2]
-        return Response(body, status_code=status, media_type="application/json")
+        return await _ready_response(gw, request, cached[1], cached[2])
     checks: dict[str, Any] = {"gateway": "ok" if gw.ready and not gw.draining else "down"}
     ok = gw.ready and not gw.draining
     if gw.redis is not None:
@@ -77,6 +81,18 @@ async def readyz(request: Request) -> Response:
     word = ("degraded" if checks.get("experts_down") else "ready") if ok else "not ready"
     body = orjson.dumps({"status": word, "checks": checks})
     gw._ready_cache = (time.monotonic() + _READY_TTL_S, status, body)
+    return await _ready_response(gw, request, status, body)
+
+
+async def _ready_response(gw: Any, request: Request, status: int, body: bytes) -> Response:
+    """The checks (which name experts and Redis) only for callers ``readyz_auth`` admits;
+    everyone else, probes included, gets the status code and ``{"status"}``."""
+    try:
+        detailed = await gw.auth.allowed(request.scope, gw.settings.readyz_auth)
+    except GatewayError:
+        detailed = False
+    if not detailed:
+        body = orjson.dumps({"status": orjson.loads(body)["status"]})
     return Response(body, status_code=status, media_type="application/json")
 
 

@@ -26,7 +26,8 @@ def _entries(gw: Any) -> list[dict[str, Any]]:
                     "owned_by": "expertgate", "parent": None,
                     "expertgate": {"kind": "policy", "router": rt.config.router,
                                    "version": rt.version,
-                                   "experts": list(getattr(rt.router, "experts_", [])),
+                                   "experts": [rt.config.models.get(m, m) for m in
+                                               getattr(rt.router, "experts_", [])],
                                    "description": rt.config.description}})
     return out
 
@@ -34,14 +35,14 @@ def _entries(gw: Any) -> list[dict[str, Any]]:
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
     gw = request.app.state.gw
-    gw.auth.check(request.scope.get("headers", ()), None)
+    await gw.auth.resolve(request.scope.get("headers", ()), None)
     return {"object": "list", "data": _entries(gw)}
 
 
 @router.get("/v1/models/{model_id:path}")
 async def get_model(model_id: str, request: Request) -> dict[str, Any]:
     gw = request.app.state.gw
-    gw.auth.check(request.scope.get("headers", ()), None)
+    await gw.auth.resolve(request.scope.get("headers", ()), None)
     for m in _entries(gw):
         if m["id"] == model_id:
             return m

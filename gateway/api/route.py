@@ -29,7 +29,7 @@ async def route(body: RouteRequest, request: Request, response: Response) -> dic
     gw = request.app.state.gw
     policy = "none"
     try:
-        gw.auth.check(request.scope.get("headers", ()), body.model)
+        await gw.auth.resolve(request.scope.get("headers", ()), body.model)
         rt = gw.policy_set.policies.get(body.model)
         if rt is None:
             if gw.config.expert(body.model) is not None:

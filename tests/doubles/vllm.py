@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.doubles.openai_upstream import free_port
+from expertgate.procs import free_port
 
 __all__ = ["VLLMDouble"]
 

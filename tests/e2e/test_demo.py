@@ -27,7 +27,7 @@ def _alive(pid: int) -> bool:
 
 def test_demo_routes_to_both_experts_hits_the_cache_and_cleans_up(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "demo", "--config",
+        [sys.executable, "-m", "expertgate", "demo", "--config",
          str(ROOT / "examples" / "demo-local.yaml"), "--work-dir", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=480, check=False)
     out = proc.stdout

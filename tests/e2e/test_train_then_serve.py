@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway.cli import main as cli
+from expertgate.bench.upstream_double import OpenAIUpstreamDouble
+from expertgate.cli import main as cli
 from routers.base import registered_names
 from routers.embed import HashingEmbedder
-from tests.doubles.openai_upstream import OpenAIUpstreamDouble
 from tests.unit.gateway_helpers import chat, gateway_client
 
 TOPICS = {

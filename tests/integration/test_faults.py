@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
-import shutil
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,14 +31,12 @@ import pytest
 import yaml
 from aiohttp import web
 
-from evals.soak import GatewayProcess, RedisProcess
-from tests.doubles.openai_upstream import OpenAIUpstreamDouble
+from expertgate.bench.upstream_double import OpenAIUpstreamDouble
+from expertgate.procs import GatewayServer, LlamaServer, RedisServer
+from tests.integration.conftest import require_llama
 from tests.unit.gateway_helpers import ROUTES
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server"),
-]
+pytestmark = pytest.mark.integration
 
 SENT = 200
 CONCURRENCY = 8
@@ -223,14 +220,15 @@ async def doubles() -> AsyncIterator[tuple[RecordingDouble, RecordingDouble]]:
 
 
 async def test_faults_against_upstream_doubles_nothing_lost_nothing_duplicated(
-        doubles: tuple[RecordingDouble, RecordingDouble], tmp_path: Path) -> None:
+        doubles: tuple[RecordingDouble, RecordingDouble], redis_clean: RedisServer,
+        tmp_path: Path) -> None:
     coder, chatter = doubles
     (tmp_path / "gw.yaml").write_text(yaml.safe_dump(
         gateway_config(coder.base, chatter.base, coder_timeout_s=0.5)))
-    redis = RedisProcess().start()
-    gw = GatewayProcess(tmp_path / "gw.yaml", redis_url=redis.url,
-                        log_path=tmp_path / "log.jsonl", output=tmp_path / "gw.out",
-                        env={"EXPERTGATE_REDIS_RETRY_S": "0.2"})
+    redis = redis_clean
+    gw = GatewayServer(tmp_path / "gw.yaml", redis_url=redis.url, check_upstreams=False,
+                       routing_log=tmp_path / "log.jsonl", log_path=tmp_path / "gw.out",
+                       env={"EXPERTGATE_REDIS_RETRY_S": "0.2"})
     await asyncio.to_thread(gw.start)
     seen: dict[str, Any] = {}
     fired: set[str] = set()
@@ -315,7 +313,6 @@ async def test_faults_against_upstream_doubles_nothing_lost_nothing_duplicated(
         assert "expertgate_ratelimit" in metrics
     finally:
         await asyncio.to_thread(gw.stop)
-        redis.stop()
     text = (tmp_path / "gw.out").read_text()
     assert "Traceback" not in text, text[-3000:]
 
@@ -323,40 +320,23 @@ async def test_faults_against_upstream_doubles_nothing_lost_nothing_duplicated(
 # --------------------------------------------------------------------------- real llama.cpp
 
 
-def _llama_available() -> bool:
-    try:
-        import llama_cpp.server  # noqa: F401
-
-        from gateway.local_experts import model_path
-
-        return model_path("smollm2").is_file()
-    except Exception:  # any import or lookup failure means "not installed here"
-        return False
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _llama_available(), reason="llama-cpp-python or SmolLM2 not installed")
-async def test_faults_against_real_llama_cpp_experts(tmp_path: Path) -> None:
-    from gateway.local_experts import LlamaServer, model_path
-
-    class QueueingLlama(LlamaServer):
-        # llama-cpp-python's default (interrupt_requests=True) ends the stream in progress
-        # whenever another request waits, which under concurrency cuts most streams mid-way;
-        # queue them instead, as a served model would
-        def command(self) -> list[str]:
-            return [*super().command(), "--interrupt_requests", "False"]
-
-    a = QueueingLlama("smollm2", model_path("smollm2"), log_path=tmp_path / "llama-a.log")
-    b = QueueingLlama("smollm2", model_path("smollm2"), log_path=tmp_path / "llama-b.log")
+async def test_faults_against_real_llama_cpp_experts(redis_clean: RedisServer,
+                                                     tmp_path: Path) -> None:
+    require_llama("smollm2")
+    # LlamaServer queues concurrent requests (--interrupt_requests False), as a served model
+    # would; llama.cpp's default ends the stream in progress whenever another request waits
+    a = LlamaServer.for_model("smollm2", log_path=tmp_path / "llama-a.log")
+    b = LlamaServer.for_model("smollm2", log_path=tmp_path / "llama-b.log")
     await asyncio.gather(asyncio.to_thread(a.start), asyncio.to_thread(b.start))
     cfg = gateway_config(a.base, b.base, coder_timeout_s=30)
     # llama.cpp serves its alias whatever the name: send it the alias
     cfg["experts"][0]["model"] = cfg["experts"][1]["model"] = "smollm2"
     (tmp_path / "gw.yaml").write_text(yaml.safe_dump(cfg))
-    redis = RedisProcess().start()
-    gw = GatewayProcess(tmp_path / "gw.yaml", redis_url=redis.url,
-                        log_path=tmp_path / "log.jsonl", output=tmp_path / "gw.out",
-                        env={"EXPERTGATE_REDIS_RETRY_S": "0.2"})
+    redis = redis_clean
+    gw = GatewayServer(tmp_path / "gw.yaml", redis_url=redis.url, check_upstreams=False,
+                       routing_log=tmp_path / "log.jsonl", log_path=tmp_path / "gw.out",
+                       env={"EXPERTGATE_REDIS_RETRY_S": "0.2"})
     await asyncio.to_thread(gw.start)
     fired: set[str] = set()
     restarting: list[asyncio.Task[Any]] = []
@@ -389,7 +369,6 @@ async def test_faults_against_real_llama_cpp_experts(tmp_path: Path) -> None:
         assert r.json()["choices"][0]["message"]["content"] is not None
     finally:
         await asyncio.to_thread(gw.stop)
-        redis.stop()
         a.stop()
         b.stop()
     text = (tmp_path / "gw.out").read_text()
@@ -433,8 +412,8 @@ async def test_sigterm_finishes_in_flight_requests_and_flushes_the_log(tmp_path:
     up = await SlowDouble("slow").start()
     cfg = gateway_config(up.base, up.base, coder_timeout_s=30)
     (tmp_path / "gw.yaml").write_text(yaml.safe_dump(cfg))
-    gw = GatewayProcess(tmp_path / "gw.yaml", log_path=tmp_path / "log.jsonl",
-                        output=tmp_path / "gw.out")
+    gw = GatewayServer(tmp_path / "gw.yaml", routing_log=tmp_path / "log.jsonl",
+                       log_path=tmp_path / "gw.out", check_upstreams=False)
     await asyncio.to_thread(gw.start)
     try:
         async with httpx.AsyncClient(timeout=60) as c:
@@ -450,7 +429,7 @@ async def test_sigterm_finishes_in_flight_requests_and_flushes_the_log(tmp_path:
                 return len(up.received) == 2
 
             assert await _wait_for(both_upstream, 20)
-            gw.signal(signal.SIGTERM)
+            gw.send_signal(signal.SIGTERM)
 
             async def refused() -> bool:
                 try:
@@ -470,7 +449,7 @@ async def test_sigterm_finishes_in_flight_requests_and_flushes_the_log(tmp_path:
         assert "upstream" in r2.text
         # uvicorn re-raises the signal once its graceful shutdown is done
         assert await asyncio.to_thread(gw.wait, 40) in (0, -signal.SIGTERM)
-        recs = {r["request_id"]: r for r in map(
+        recs = {r["client_request_id"]: r for r in map(
             orjson.loads, (tmp_path / "log.jsonl").read_bytes().splitlines())}
         assert recs["inflight-plain"]["http_status"] == 200
         assert recs["inflight-plain"]["completion_tokens"] == 4

@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from gateway.local_experts import GatewayServer, local_config
+from expertgate.procs import GatewayServer, local_config
 from tests.integration.conftest import LocalExperts
 
 pytestmark = pytest.mark.integration
@@ -108,7 +108,7 @@ def test_guarded_policy_refuses_off_topic_without_calling_an_expert(client: open
                                                                     ) -> None:
     headers, answer = _ask(client, "guarded", "What's the best graphics card for gaming?")
     assert answer.startswith("Sorry, this assistant only helps with writing")
-    assert "x-expertgate-expert" not in headers
+    assert headers["x-expertgate-expert"] == "none"  # no expert was called
     assert "no route above threshold" in headers["x-expertgate-reason"]
     headers, answer = _ask(client, "guarded", "Define the word melancholy.")
     assert headers["x-expertgate-expert"] == "gemma3" and answer.strip()

@@ -1,4 +1,4 @@
-"""The process helpers behind the demo and this tier (gateway/local_experts.py): config copies
+"""The process helpers behind the demo and this tier (expertgate/procs.py): config copies
 with substituted ports, clear errors instead of hangs, and a clean child environment."""
 
 from __future__ import annotations
@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.config import load_config
-from gateway.local_experts import (
+from expertgate.procs import (
     GatewayServer,
     LlamaServer,
     LocalExpertError,
     local_config,
     model_path,
 )
+from gateway.config import load_config
 
 pytestmark = pytest.mark.integration
 

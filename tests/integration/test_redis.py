@@ -14,7 +14,7 @@ import orjson
 import pandas as pd
 import pytest
 
-from gateway.cli import main as cli_main
+from expertgate.cli import main as cli_main
 from gateway.logs import FEEDBACK_STREAM, LOG_STREAM
 from tests.integration.conftest import RedisServer
 from tests.unit.gateway_helpers import base_config, chat, gateway_client
@@ -26,7 +26,7 @@ async def test_two_gateway_replicas_share_decisions_log_and_feedback(
         redis_clean: RedisServer, ups, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cfg = base_config(ups[0].base, ups[1].base)
-    url = redis_clean.redis_url
+    url = redis_clean.url
     async with gateway_client(cfg, tmp_path / "a", redis_url=url) as (c1, gw1), \
             gateway_client(cfg, tmp_path / "b", redis_url=url) as (c2, gw2):
         assert gw1 is not gw2 and gw1.cache.name == gw2.cache.name == "redis"
@@ -71,12 +71,12 @@ async def test_two_gateway_replicas_share_decisions_log_and_feedback(
 async def test_redis_down_then_back_gateway_keeps_answering(redis_clean: RedisServer, ups,
                                                             tmp_path: Path) -> None:
     cfg = base_config(ups[0].base, ups[1].base)
-    async with gateway_client(cfg, tmp_path, redis_url=redis_clean.redis_url,
+    async with gateway_client(cfg, tmp_path, redis_url=redis_clean.url,
                               redis_retry_s=0.2) as (c, _gw):
         r = await c.post("/v1/chat/completions", json=chat("auto", "refactor this class"))
         assert r.status_code == 200 and r.headers["x-expertgate-cache"] == "miss"
 
-        redis_clean.stop()  # our own instance only: redis-cli shutdown nosave, then PID
+        redis_clean.stop()  # our own instance only, by its PID
         assert not redis_clean.running
         for text in ("refactor this class", "tell me a joke"):
             r = await c.post("/v1/chat/completions", json=chat("auto", text))

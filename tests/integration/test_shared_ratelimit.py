@@ -8,7 +8,6 @@ multiply with the number of replicas: LiteLLM #27736, #40291).
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,15 +15,12 @@ import httpx
 import pytest
 import yaml
 
-from evals.soak import GatewayProcess, RedisProcess
+from expertgate.bench.upstream_double import OpenAIUpstreamDouble
+from expertgate.procs import GatewayServer, RedisServer
 from gateway.auth import hash_key
-from tests.doubles.openai_upstream import OpenAIUpstreamDouble
 from tests.unit.gateway_helpers import base_config
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server"),
-]
+pytestmark = pytest.mark.integration
 
 BUDGET = 300
 SENT = 600
@@ -32,16 +28,15 @@ CONCURRENCY = 8
 
 
 @pytest.fixture
-async def setup(tmp_path: Path) -> AsyncIterator[tuple[list[GatewayProcess],
-                                                      OpenAIUpstreamDouble]]:
+async def setup(redis_clean: RedisServer, tmp_path: Path
+                ) -> AsyncIterator[tuple[list[GatewayServer], OpenAIUpstreamDouble]]:
     up = await OpenAIUpstreamDouble("shared").start()
     cfg = base_config(up.base, up.base)
     cfg["api_keys"] = [{"name": "tenant", "sha256": hash_key("sk-shared"),
                         "requests_per_minute": BUDGET}]
     (tmp_path / "gw.yaml").write_text(yaml.safe_dump(cfg))
-    redis = RedisProcess().start()
-    gws = [GatewayProcess(tmp_path / "gw.yaml", redis_url=redis.url,
-                          log_path=tmp_path / f"log{i}.jsonl", output=tmp_path / f"gw{i}.out")
+    gws = [GatewayServer(tmp_path / "gw.yaml", redis_url=redis_clean.url, check_upstreams=False,
+                         routing_log=tmp_path / f"log{i}.jsonl", log_path=tmp_path / f"gw{i}.out")
            for i in range(2)]
     try:
         for g in gws:
@@ -50,7 +45,6 @@ async def setup(tmp_path: Path) -> AsyncIterator[tuple[list[GatewayProcess],
     finally:
         for g in gws:
             await asyncio.to_thread(g.stop)
-        redis.stop()
         await up.stop()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,8 @@ ROUTES = [
 
 
 def base_config(coder: str, chatter: str, **policy: Any) -> dict[str, Any]:
-    pol = {"name": "auto", "routes": ROUTES, "params": {"threshold": 0.05},
+    # a copy: tests that edit their config (reload) must not change later tests' routes
+    pol = {"name": "auto", "routes": copy.deepcopy(ROUTES), "params": {"threshold": 0.05},
            "fallback": ["chatter"]}
     pol.update(policy)
     return {

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from evals.soak import RedisProcess
-from gateway.auth import KEY_PREFIX, hash_key
-from gateway.cli import keys as keys_cli
-from tests.doubles.openai_upstream import OpenAIUpstreamDouble
+from expertgate.bench.upstream_double import OpenAIUpstreamDouble
+from expertgate.cli import keys as keys_cli
+from gateway.auth import hash_key
 from tests.unit.gateway_helpers import base_config, chat, gateway_client
 
 SECRET = "sk-test-7f3a9c1e2b4d-very-secret"
@@ -106,91 +103,3 @@ async def test_prompts_are_logged_only_where_the_policy_allows(ups, tmp_path: Pa
 def test_cli_hash_prints_the_sha256(capsys: pytest.CaptureFixture[str]) -> None:
     assert keys_cli.cmd_hash(argparse.Namespace(key=SECRET, generate=False)) == 0
     assert capsys.readouterr().out.strip() == hash_key(SECRET)
-
-
-# --------------------------------------------------------------------------- Redis keys
-
-needs_redis = pytest.mark.skipif(shutil.which("redis-server") is None,
-                                 reason="redis-server is not installed")
-
-
-@pytest.fixture
-def redis_proc() -> Iterator[RedisProcess]:
-    with RedisProcess() as r:
-        yield r
-
-
-def _add(url: str, key: str, **kw: object) -> None:
-    ns = argparse.Namespace(key=key, generate=False, redis_url=url, name="team-r",
-                            policies="*", experts="*", requests_per_minute=None,
-                            tokens_per_minute=None)
-    for k, v in kw.items():
-        setattr(ns, k, v)
-    assert keys_cli.cmd_add(ns) == 0
-
-
-@pytest.mark.integration
-@needs_redis
-async def test_redis_keys_are_added_and_revoked_without_restart(ups, tmp_path: Path,
-                                                                redis_proc: RedisProcess
-                                                                ) -> None:
-    cfg = base_config(ups[0].base, ups[1].base)
-    cfg["require_auth"] = True
-    auth = {"authorization": "Bearer sk-redis-1"}
-    async with gateway_client(cfg, tmp_path, redis_url=redis_proc.url) as (c, gw):
-        gw.auth.cache_ttl_s = 0.0  # see revocations at once (default: within 10 s)
-        gw.auth.negative_ttl_s = 0.0
-        r = await c.post("/v1/chat/completions", json=chat("auto", "hi"), headers=auth)
-        assert r.status_code == 401
-        _add(redis_proc.url, "sk-redis-1", experts="chatter", policies="")
-        r = await c.post("/v1/chat/completions", json=chat("chatter", "hi"), headers=auth)
-        assert r.status_code == 200
-        r = await c.post("/v1/chat/completions", json=chat("auto", "hi"), headers=auth)
-        assert r.status_code == 403
-        assert await gw.redis.exists(KEY_PREFIX + hash_key("sk-redis-1")) == 1
-        ns = argparse.Namespace(key="sk-redis-1", generate=False, sha256=None,
-                                redis_url=redis_proc.url)
-        assert keys_cli.cmd_revoke(ns) == 0
-        r = await c.post("/v1/chat/completions", json=chat("chatter", "hi"), headers=auth)
-        assert r.status_code == 401
-
-
-@pytest.mark.integration
-@needs_redis
-async def test_redis_key_store_down_known_keys_work_unknown_get_503(
-        ups, tmp_path: Path, redis_proc: RedisProcess) -> None:
-    cfg = base_config(ups[0].base, ups[1].base)
-    cfg["require_auth"] = True
-    _add(redis_proc.url, "sk-known")
-    async with gateway_client(cfg, tmp_path, redis_url=redis_proc.url,
-                              redis_retry_s=0.0) as (c, gw):
-        gw.auth.cache_ttl_s = 0.0
-        known = {"authorization": "Bearer sk-known"}
-        r = await c.post("/v1/chat/completions", json=chat("chatter", "hi"), headers=known)
-        assert r.status_code == 200
-        redis_proc.stop()
-        r = await c.post("/v1/chat/completions", json=chat("chatter", "hi"), headers=known)
-        assert r.status_code == 200
-        r = await c.post("/v1/chat/completions", json=chat("chatter", "hi"),
-                         headers={"authorization": "Bearer sk-never-seen"})
-        assert r.status_code == 503
-        e = _err(r)
-        assert e["code"] == "key_store_unavailable" and r.headers["retry-after"] == "1"
-
-
-@pytest.mark.integration
-@needs_redis
-async def test_redis_keys_reach_the_non_hot_endpoints_through_the_refresh(
-        ups, tmp_path: Path, redis_proc: RedisProcess) -> None:
-    cfg = base_config(ups[0].base, ups[1].base)
-    cfg["require_auth"] = True
-    auth = {"authorization": "Bearer sk-listing"}
-    async with gateway_client(cfg, tmp_path, redis_url=redis_proc.url) as (c, gw):
-        assert (await c.get("/v1/models", headers=auth)).status_code == 401
-        _add(redis_proc.url, "sk-listing")
-        assert await gw.auth.refresh() == 1  # what the background task does every 10 s
-        r = await c.get("/v1/models", headers=auth)
-        assert r.status_code == 200 and r.json()["object"] == "list"
-        await gw.redis.delete(KEY_PREFIX + hash_key("sk-listing"))
-        assert await gw.auth.refresh() == 0
-        assert (await c.get("/v1/models", headers=auth)).status_code == 401

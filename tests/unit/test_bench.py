@@ -21,12 +21,12 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-from evals.bench import cli_register
-from evals.bench_load import distinct_prompt, run_wrk
-from evals.bench_overhead import _targets, format_ratio_lines
-from evals.bench_proc import cpu_seconds, process_tree, rss_bytes
-from evals.bench_router import bench_batching, synthetic_table, time_calls
-from evals.upstream_stub import CHAT_BODY, SSE_BODY, UpstreamStub
+from expertgate.bench import cli_register
+from expertgate.bench.load import distinct_prompt, run_wrk
+from expertgate.bench.overhead import _targets, format_ratio_lines
+from expertgate.bench.proc import cpu_seconds, process_tree, rss_bytes
+from expertgate.bench.router import bench_batching, synthetic_table, time_calls
+from expertgate.bench.upstream_stub import CHAT_BODY, SSE_BODY, UpstreamStub
 
 needs_nginx = pytest.mark.skipif(shutil.which("nginx") is None
                                  and not Path("/usr/sbin/nginx").exists(),
@@ -177,7 +177,7 @@ def test_stub_serves_chat_sse_and_models() -> None:
 
 @needs_nginx
 def test_floor_passes_bytes_through(tmp_path: Path) -> None:
-    from evals.bench_servers import start_floor
+    from expertgate.bench.servers import start_floor
 
     with UpstreamStub() as stub, start_floor(stub, tmp_path) as floor:
         req = urllib.request.Request(floor.url + "/v1/chat/completions", data=b"{}",
@@ -224,7 +224,7 @@ def test_batching_bench_batches_concurrent_callers() -> None:
 def test_overhead_end_to_end_small(tmp_path: Path) -> None:
     out = tmp_path / "o.json"
     png = tmp_path / "o.png"
-    cmd = [sys.executable, "-m", "gateway.cli", "bench", "overhead", "--requests", "40",
+    cmd = [sys.executable, "-m", "expertgate", "bench", "overhead", "--requests", "40",
            "--miss-requests", "8", "--stream-requests", "3", "--concurrency", "1,4",
            "--rounds", "1", "--skip-litellm", "--embedder", "hashing", "--json", str(out),
            "--plot", str(png)]

@@ -13,8 +13,8 @@ import pytest
 from aiohttp import web
 
 import gateway.dispatch as dispatch_mod
+from expertgate.bench.upstream_double import OpenAIUpstreamDouble
 from gateway.dispatch import CircuitBreaker, RetryPolicy
-from tests.doubles.openai_upstream import OpenAIUpstreamDouble
 from tests.unit.gateway_helpers import base_config, chat, gateway_client
 
 
@@ -103,7 +103,9 @@ def _err(r: httpx.Response) -> dict[str, Any]:
 async def test_transient_failure_of_the_last_expert_is_retried_with_jitter(ups, tmp_path: Path
                                                                           ) -> None:
     coder, _ = ups
-    coder.fail_first, coder.status = 1, 500
+    # a 502 is the replica's (a 500 that a probe shows to be the request's is not retried:
+    # test_request_caused_500_*)
+    coder.fail_first, coder.status = 1, 502
     async with gateway_client(base_config(coder.base, ups[1].base), tmp_path) as (c, _gw):
         r = await c.post("/v1/chat/completions", json=chat("coder", "x"))
         assert r.status_code == 200
@@ -114,7 +116,7 @@ async def test_transient_failure_of_the_last_expert_is_retried_with_jitter(ups, 
 
 async def test_retry_is_bounded_in_attempts_then_502(ups, tmp_path: Path) -> None:
     coder, _ = ups
-    coder.fail_first, coder.status = 10, 500
+    coder.fail_first, coder.status = 10, 502
     async with gateway_client(base_config(coder.base, ups[1].base), tmp_path) as (c, _):
         r = await c.post("/v1/chat/completions", json=chat("coder", "x"))
         assert r.status_code == 502 and _err(r)["code"] == "upstream_unavailable"

@@ -9,9 +9,7 @@ are bounded (``FUZZ_EXAMPLES``); ``pytest --hypothesis-show-statistics`` prints 
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,38 +27,22 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from evals.soak import GatewayProcess
-from tests.doubles.openai_upstream import OpenAIUpstreamDouble
+from expertgate.bench.upstream_double import ThreadedDouble
+from expertgate.procs import GatewayServer
 from tests.unit.gateway_helpers import base_config
 
 FUZZ_EXAMPLES = 60
 BODY_EXAMPLES = 300
 
 
-class ThreadedDouble:
-    """The upstream double on its own event loop in a thread (the tests here are sync)."""
-
-    def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.double = asyncio.run_coroutine_threadsafe(
-            OpenAIUpstreamDouble(name).start(), self.loop).result(10)
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.double.stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
 @pytest.fixture(scope="module")
 def live_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("fuzz")
     coder, chatter = ThreadedDouble("coder-double"), ThreadedDouble("chatter-double")
-    cfg = base_config(coder.double.base, chatter.double.base)
+    cfg = base_config(coder.base, chatter.base)
     (tmp / "gw.yaml").write_text(yaml.safe_dump(cfg))
-    gw = GatewayProcess(tmp / "gw.yaml", log_path=tmp / "log.jsonl", output=tmp / "gw.out")
+    gw = GatewayServer(tmp / "gw.yaml", routing_log=tmp / "log.jsonl", log_path=tmp / "gw.out",
+                       check_upstreams=False)
     try:
         gw.start()
         yield gw.url
@@ -180,8 +162,6 @@ def test_hostile_headers_never_500(http: httpx.Client, rid: str, auth: str) -> N
                       json={"model": "chatter", "messages": [{"role": "user", "content": "x"}]})
     except (httpx.LocalProtocolError, UnicodeEncodeError):
         return  # the client refuses to send such a header: nothing reached the gateway
-    if r.status_code == 400 and r.text == "Invalid HTTP request received.":
-        return  # control characters: the HTTP parser (httptools) refused the request itself
     _check_response(r)
 
 

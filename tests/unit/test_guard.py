@@ -232,3 +232,32 @@ def test_knn_bank_is_capped_by_per_label_prototypes() -> None:
     assert all(v.rejected for v in g.verdict(_far()))
     full, _, _ = _fit("knn", bank_size=None)
     assert full.bank_.shape[0] == 162
+
+
+@pytest.mark.parametrize("method", ["msp", "energy", "knn+msp"])
+def test_two_label_guard_classifies_and_scores(method: str) -> None:
+    # binary LogisticRegression keeps one coefficient column: both labels must get their own
+    X, y = _blobs(n_labels=2)
+    g = GuardRouter(method=method, unsafe=False, k=5, target_frr=0.1)
+    g.fit(X, guard_table_from_labels([f"t{i}" for i in range(len(y))], y))
+    Xi, yi = _blobs(seed=5, n_labels=2)
+    p = g.predict_proba(Xi)
+    assert np.mean(np.abs(p[:, 0] - 0.5) > 0.1) > 0.9  # confident, not 0.5/0.5
+    v = g.verdict(Xi)
+    assert np.mean([x.label == t for x, t in zip(v, yi, strict=True)]) >= 0.95
+    assert {x.label for x in v} == {"label0", "label1"}
+
+
+def test_unsafe_rejection_explains_with_the_unsafe_score() -> None:
+    emb = HashingEmbedder(dim=256)
+    texts = ["what is my account balance", "transfer money to savings",
+             "what is the weather tomorrow", "will it rain today"] * 5
+    labels = ["bank", "bank", "weather", "weather"] * 5
+    g = GuardRouter(method="centroid", target_frr=0.0)
+    g.fit(emb.embed(texts), guard_table_from_labels(texts, labels), embedder=emb)
+    q = ["those people are vermin"]
+    v = g.verdict(emb.embed(q), q)[0]
+    text = g.reject_text(v)
+    assert v.reject_reason == "unsafe" and text.startswith("unsafe content (score 1.000")
+    assert f"{v.ood_score:.3f}" not in text
+    assert g.decide(emb.embed(q), q)[0].reason == text

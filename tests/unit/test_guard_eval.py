@@ -233,7 +233,7 @@ def test_expertgate_cli_dispatches_to_eval_guard(tmp_path: Path,
     # the full `expertgate eval ...` group imports every eval module; skip until they exist
     pytest.importorskip("evals.routing_eval")
     pytest.importorskip("evals.report")
-    from gateway.cli import main
+    from expertgate.cli import main
 
     monkeypatch.setenv("EXPERTGATE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "r.json"

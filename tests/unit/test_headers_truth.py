@@ -119,3 +119,23 @@ async def test_readyz_reports_each_expert_and_the_operator_chooses(ups, tmp_path
                               ready_require_all_experts=True) as (c, _):
         r = await c.get("/readyz")
         assert r.status_code == 503 and r.json()["checks"]["experts_down"] == ["coder"]
+
+
+async def test_limits_and_cache_without_their_redis_are_degraded_and_counted(
+        ups, tmp_path: Path) -> None:
+    from expertgate.procs import free_port
+    from gateway.auth import hash_key
+
+    cfg = base_config(ups[0].base, ups[1].base)
+    cfg["api_keys"] = [{"name": "t", "sha256": hash_key("sk-t-1"), "requests_per_minute": 100,
+                        "admin": True}]
+    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens: Redis is down
+    async with gateway_client(cfg, tmp_path, redis_url=dead) as (c, _):
+        r = await c.post("/v1/chat/completions", json=chat("auto", "tell me a joke"),
+                         headers={"authorization": "Bearer sk-t-1"})
+        assert r.status_code == 200
+        assert set(r.headers["x-expertgate-degraded"].split(",")) >= {"ratelimit-local",
+                                                                      "cache"}
+        assert r.headers["x-expertgate-ratelimit"] == "local"
+        m = (await c.get("/metrics", headers={"authorization": "Bearer sk-t-1"})).text
+        assert _degraded(m, "ratelimit-local") == 1 and _degraded(m, "cache") == 1

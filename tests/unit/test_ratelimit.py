@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 import types
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
 
-from evals.soak import RedisProcess
+from expertgate.bench.upstream_double import OpenAIUpstreamDouble
 from gateway.auth import hash_key
 from gateway.ratelimit import (
     DEFAULT_COMPLETION_ESTIMATE,
@@ -19,7 +16,6 @@ from gateway.ratelimit import (
     RateLimiter,
     estimate_tokens,
 )
-from tests.doubles.openai_upstream import OpenAIUpstreamDouble
 from tests.unit.gateway_helpers import base_config, chat, gateway_client
 
 
@@ -108,71 +104,6 @@ def test_estimate_tokens_counts_prompt_and_completion_budget() -> None:
     assert estimate_tokens(body) == 110 + 1 + 100
     assert estimate_tokens({"prompt": "abcd"}) == 1 + 1 + DEFAULT_COMPLETION_ESTIMATE
     assert estimate_tokens({"prompt": ["abcd"], "max_tokens": 1000}, cap=64) == 2 + 64
-
-
-# --------------------------------------------------------------------------- Redis
-
-needs_redis = pytest.mark.skipif(shutil.which("redis-server") is None,
-                                 reason="redis-server is not installed")
-
-
-@pytest.fixture
-def redis_proc() -> Iterator[RedisProcess]:
-    with RedisProcess() as r:
-        yield r
-
-
-@pytest.fixture
-async def clients(redis_proc: RedisProcess) -> AsyncIterator[list[aioredis.Redis]]:
-    cs = [aioredis.Redis.from_url(redis_proc.url, socket_timeout=0.5,
-                                  socket_connect_timeout=0.5) for _ in range(2)]
-    yield cs
-    for c in cs:
-        await c.aclose()
-
-
-@pytest.mark.integration
-@needs_redis
-async def test_redis_budget_is_shared_by_two_limiters(clients: list[aioredis.Redis]) -> None:
-    a, b = RateLimiter(clients[0]), RateLimiter(clients[1])
-    lim = Limits(requests_per_minute=10, tokens_per_minute=10_000)
-    got = [await (a if i % 2 else b).acquire("k", lim, 100) for i in range(25)]
-    assert sum(d.allowed for d in got) == 10
-    assert {d.backend for d in got} == {"redis"}
-    refused = [d for d in got if not d.allowed]
-    assert all(d.failed == "requests" and 0 < d.retry_after_s <= WINDOW_S for d in refused)
-    assert got[9].tokens_used == 1000
-    # reconciliation lands in the same bucket: the token sum drops by the difference
-    await a.reconcile("k", got[0], 40)
-    d = await b.acquire("other", Limits(tokens_per_minute=500), 200)
-    assert d.allowed and d.tokens_used == 200
-    raw = await clients[0].hgetall("eg:rl:{k}:t")
-    assert sum(int(v) for v in raw.values()) == 1000 - 60
-
-
-@pytest.mark.integration
-@needs_redis
-async def test_redis_down_falls_back_to_local_and_recovers(redis_proc: RedisProcess,
-                                                           clients: list[aioredis.Redis]
-                                                           ) -> None:
-    from gateway.metrics import Metrics
-
-    m = Metrics()
-    rl = RateLimiter(clients[0], m.registry, retry_s=0.0)
-    lim = Limits(requests_per_minute=100)
-    assert (await rl.acquire("k", lim, 1)).backend == "redis"
-    port = redis_proc.port
-    redis_proc.stop()
-    d = await rl.acquire("k", lim, 1)
-    assert d.allowed and d.backend == "local"
-    assert dict(d.headers())[b"x-expertgate-ratelimit"] == b"local"
-    text = m.render().decode()
-    assert "expertgate_ratelimit_shared 0.0" in text
-    assert 'expertgate_ratelimit_decisions_total{backend="local",result="allowed"} 1.0' in text
-    with RedisProcess(port):
-        d = await rl.acquire("k", lim, 1)
-        assert d.allowed and d.backend == "redis"  # back by itself, no restart
-        assert "expertgate_ratelimit_shared 1.0" in m.render().decode()
 
 
 # --------------------------------------------------------------------------- gateway

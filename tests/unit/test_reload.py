@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 from pathlib import Path
 
 import yaml
 
-from tests.doubles.openai_upstream import OpenAIUpstreamDouble
+from expertgate.bench.upstream_double import OpenAIUpstreamDouble
 from tests.unit.gateway_helpers import base_config, chat, gateway_client
 
 
@@ -15,7 +16,7 @@ async def test_admin_reload_changes_routes_and_invalidates_cache(tmp_path: Path)
     a = await OpenAIUpstreamDouble("a").start()
     b = await OpenAIUpstreamDouble("b").start()
     try:
-        cfg = base_config(a.base, b.base)
+        cfg = copy.deepcopy(base_config(a.base, b.base))  # edited below: not the shared ROUTES
         path = tmp_path / "gw.yaml"
         path.write_text(yaml.safe_dump(cfg))
         async with gateway_client(cfg, tmp_path, config=path) as (c, gw):

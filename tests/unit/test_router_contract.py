@@ -1,14 +1,12 @@
 """One contract every registered router family meets (fit -> decide -> save -> load -> same).
 
 Each router is fitted on a small synthetic table (random unit-vector clusters, three
-categories, three experts of different cost, a few missing scores) built by
-``TABLE_BUILDERS`` / ``PARAMS``: to add a family that needs another kind of table or
-required parameters, add one entry there.
+categories, three experts of different cost, a few missing scores) with its class's
+``example_params``: a new family is picked up from the registry, with nothing to add here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from routers.base import (
     Router,
     RouterError,
     RoutingTable,
+    get_router_class,
     make_router,
     registered_names,
 )
@@ -50,21 +49,9 @@ def synthetic_table(n: int = 60, seed: int = 0, models: list[str] | None = None,
     return X, table
 
 
-def default_builder(n: int = 60) -> tuple[np.ndarray, RoutingTable]:
-    return synthetic_table(n)
-
-
-#: per-name table builders (default: ``default_builder``)
-TABLE_BUILDERS: dict[str, Callable[..., tuple[np.ndarray, RoutingTable]]] = {}
-#: per-name required parameters
-PARAMS: dict[str, dict[str, Any]] = {
-    "lora": {"base_model": "base-llm"},
-}
-
-
 def build(name: str, n: int = 60) -> tuple[Router, np.ndarray, RoutingTable]:
-    X, table = TABLE_BUILDERS.get(name, default_builder)(n)
-    return make_router(name, **PARAMS.get(name, {})), X, table
+    X, table = synthetic_table(n)
+    return make_router(name, **get_router_class(name).example_params), X, table
 
 
 def _same(a: list[Decision], b: list[Decision]) -> None:
@@ -183,6 +170,11 @@ def test_category_needs_categories() -> None:
 
 def test_complexity_budget_and_quality_target() -> None:
     X, table = synthetic_table(120, missing=False)
+    # here the best model ("cheap", column 0) is also the cheapest: it answers everything
+    dominant = make_router("complexity", max_strong_share=0.2).fit(X, table)
+    assert dominant.strong_ == dominant.cheap_ == 0
+    assert {x.expert for x in dominant.decide(X, table.prompts)} == {"cheap"}
+    table.costs = table.costs[:, ::-1].copy()  # now the best model costs the most
     r = make_router("complexity", max_strong_share=0.2).fit(X, table)
     assert r.calibration_["val_strong_share"] <= 0.2 + 1e-9
     d = r.decide(X, table.prompts)
@@ -265,3 +257,53 @@ def test_mf_learns_a_pattern() -> None:
     r = make_router("mf", epochs=150, dim=8).fit(X, table)
     Q = r.predict_quality(X)
     assert Q[y == 0, 2].mean() > 0.7 and Q[y != 0, 2].mean() < 0.3
+
+
+def test_parameters_are_read_from_the_constructor() -> None:
+    """No hand-kept parameter list: ``param_names`` is ``__init__``'s keyword parameters, and a
+    parameter a family adds to its constructor is saved, loaded and settable at once."""
+    from routers.knn import KNNRouter
+
+    assert KNNRouter.param_names() == ("k", "temperature", "prior_strength", "cost_weight",
+                                       "threshold")
+
+    class Wider(KNNRouter):
+        name = ""  # never registered
+
+        def __init__(self, k: int = 20, extra: float = 0.5) -> None:
+            super().__init__(k=k)
+            self.extra = extra
+
+    assert Wider.param_names() == ("k", "extra")
+    assert Wider(extra=0.25).get_params() == {"k": 20, "extra": 0.25}
+    assert Wider().set_params(extra=0.75).extra == 0.75
+    with pytest.raises(RouterError):
+        Wider().set_params(temperature=1.0)  # not a parameter of this constructor
+
+
+def test_every_family_declares_its_registry_facts() -> None:
+    for name in registered_names():
+        cls = get_router_class(name)
+        assert cls.train_input, name
+        assert set(cls.example_params) <= set(cls.param_names()), name
+    assert {n for n in registered_names() if not get_router_class(n).trades_cost} == {
+        "semantic", "guard", "lora"}
+
+
+def test_complexity_on_n_models_follows_the_tables_quality_and_cost() -> None:
+    names = ["m0", "m1", "m2", "m3", "m4", "m5"]
+    X, table = synthetic_table(120, models=names, missing=False)
+    cost = np.array([5.0, 0.1, 3.0, 0.05, 1.0, 8.0])  # columns not in cost order
+    table.costs = np.tile(cost, (len(table), 1))
+    quality = np.array([0.6, 0.3, 0.5, 0.2, 0.4, 0.9])
+    table.scores = (np.random.default_rng(3).random(table.scores.shape) < quality).astype(float)
+    r = make_router("complexity", max_strong_share=0.3).fit(X, table)
+    assert r.experts_[r.strong_] == "m5" and r.experts_[r.cheap_] == "m3"
+    d = r.decide(X, table.prompts)
+    chosen = {x.expert for x in d}
+    assert chosen <= {"m5", "m3"} and "m3" in chosen
+    for x in d:
+        if x.expert == "m3":
+            assert "cheapest expert m3 (lowest mean cost" in x.reason
+        else:
+            assert "strongest expert m5 (best mean quality" in x.reason

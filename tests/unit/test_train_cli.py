@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from gateway.cli import main
+from expertgate.cli import main
 from routers.artifacts import load_router, read_manifest
 from routers.base import RouterError, registered_names
 from routers.train import parse_params
@@ -125,3 +125,25 @@ def test_train_prints_the_one_apgr_of_evals_metrics(tmp_path: Path) -> None:
     adv = Q[:, ex.index("dear")] - Q[:, ex.index("cheap")]
     want = apgr_of_advantage(adv, t.scores[te, s], t.scores[te, w])
     assert got == pytest.approx(want, abs=1e-6)
+
+
+def test_a_long_embedding_is_announced_with_its_estimate_and_a_faster_embedder(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import time
+
+    from routers.embed import HashingEmbedder, announce_embedding
+
+    class SlowEmbedder(HashingEmbedder):
+        """A real embedder made slow (10 ms per text), as MiniLM is on a long table."""
+
+        def embed(self, texts):  # type: ignore[no-untyped-def]
+            time.sleep(0.01 * len(texts))
+            return super().embed(texts)
+
+    texts = [f"prompt number {i}" for i in range(3000)]
+    assert announce_embedding(SlowEmbedder(), "minilm", texts, tmp_path) > 20
+    err = capsys.readouterr().err
+    assert "embedding 3,000 prompts with hashing-512: about" in err
+    assert "measured on 32 of them" in err and "faster: --embedder onnx" in err
+    assert announce_embedding(SlowEmbedder(), "minilm", texts[:500], tmp_path) < 20
+    assert capsys.readouterr().err == ""  # ~5 s: not long, nothing said

@@ -1,0 +1,727 @@
+"""Off-policy evaluation: a candidate router's value estimated from another router's logs.
+
+A routing log holds, per request, the served expert ``a``, its outcome ``r`` (feedback
+quality, cost) and, with exploration (:mod:`routers.explore`), the logging policy's
+probabilities ``π0(·|x)`` over the request's candidate experts. For a candidate policy
+``π(·|x)`` (a router's choice among the same candidates) the importance weight of a record is
+``w = π(a|x) / π0(a|x)`` and
+
+* **IPS** (inverse propensity scoring) ``mean(w · r)``: unbiased, high variance;
+* **SNIPS** (self-normalised IPS) ``sum(w · r) / sum(w)``: slightly biased, lower variance;
+* **DR** (doubly robust) ``mean(Σ_a π(a|x) q̂(x, a) + w · (r − q̂(x, a)))`` with a reward
+  model ``q̂`` (one ridge regression per expert on the request features, its penalty chosen by
+  leave-one-out cross-validation) fitted on the logs with K-fold *cross-fitting*: each
+  record's ``q̂`` comes from a model that never saw it. Unbiased when the propensities are
+  right, and low variance when ``q̂`` is good.
+
+Every estimate comes with a percentile bootstrap interval (records resampled with
+replacement; the cross-fitted ``q̂`` is held fixed, as its estimation error is of lower order)
+and the effective sample size ``ESS = (Σ w)² / Σ w²``. Quality, cost and their trade-off
+``quality − λ · cost / max cost`` are estimated alike.
+
+*Overlap.* Where the candidate puts probability on an expert the logging policy could not
+have chosen for that request (``π0 = 0``: never explored there), no reweighting can recover
+its outcome. When that unsupported mass exceeds ``max_unsupported`` (default 1 %) the verdict
+is ``no_overlap`` and no estimate is given, with a message naming the experts.
+
+:func:`simulate` proves the estimators on any full-information table (every prompt scored
+for every expert): it replays a logging router with exploration to produce logs, estimates a
+candidate router off-policy, and compares with the candidate's true value from the table.
+:func:`simulate_training` measures bias-corrected training from such logs
+(:func:`debiased_table`) against naive training. ``expertgate eval offpolicy`` is the command
+line (:mod:`expertgate.cli.offpolicy` resolves gateway policies; this module never imports the
+gateway).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from routers.base import Router, RoutingTable, make_router
+from routers.explore import Exploration, exploration_matrix, record_probs, sample_actions
+from routers.logrecord import TRAINING_COLUMNS, UNSERVED_ENDPOINTS, json_field
+
+__all__ = [
+    "ESTIMATORS",
+    "LoggedData",
+    "OffPolicyError",
+    "crossfit_reward_model",
+    "debiased_table",
+    "estimate",
+    "load_logged",
+    "policy_matrix",
+    "simulate",
+    "simulate_training",
+    "summary_markdown",
+]
+
+ESTIMATORS = ("ips", "snips", "dr")
+OUTCOMES = ("quality", "cost", "tradeoff")
+
+
+class OffPolicyError(RuntimeError):
+    """The logs or the candidate cannot be evaluated (bad file, no feedback, no experts)."""
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class LoggedData:
+    """Logged requests in array form.
+
+    ``probs`` (n, m) is the logging policy's probability of each expert for each request:
+    0 for experts outside the request's candidate set (or, for records logged before
+    exploration existed, every expert but the served one, which gets its propensity 1).
+    """
+
+    experts: list[str]
+    X: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    costs: np.ndarray
+    probs: np.ndarray
+    texts: list[str] | None = None
+    #: (n, m) the experts each request could be sent to (its logged candidate set)
+    allowed: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n, m = len(self.actions), len(self.experts)
+        self.allowed = (np.ones((n, m), bool) if self.allowed is None
+                        else np.asarray(self.allowed, dtype=bool))
+        self.actions = np.asarray(self.actions, dtype=np.int64)
+        self.rewards = np.asarray(self.rewards, dtype=np.float64)
+        self.costs = np.asarray(self.costs, dtype=np.float64)
+        self.probs = np.asarray(self.probs, dtype=np.float64)
+        if self.rewards.shape != (n,) or self.costs.shape != (n,):
+            raise OffPolicyError("rewards and costs need one value per logged request")
+        if self.probs.shape != (n, m):
+            raise OffPolicyError(f"probs must have shape ({n}, {m}), got {self.probs.shape}")
+        if len(self.X) != n:
+            raise OffPolicyError(f"{len(self.X)} feature rows for {n} logged requests")
+        if n and (self.actions.min() < 0 or self.actions.max() >= m):
+            raise OffPolicyError("an action index lies outside the expert list")
+        p = self.probs[np.arange(n), self.actions]
+        if n and not (np.all(np.isfinite(p)) and p.min() > 0):
+            raise OffPolicyError("every served expert needs a logged propensity > 0")
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+    @property
+    def propensity(self) -> np.ndarray:
+        return self.probs[np.arange(len(self)), self.actions]
+
+
+def policy_matrix(router: Router, X: np.ndarray, texts: Sequence[str], experts: Sequence[str],
+                  allowed: np.ndarray | None = None) -> np.ndarray:
+    """A router's deterministic choice as a probability matrix (n, m) over ``experts``: the
+    first expert of its preference order inside the request's allowed set. A router whose
+    whole preference order lies outside ``experts`` puts its mass on a column of NaN rows'
+    own (counted as unsupported by :func:`estimate`)."""
+    experts = list(experts)
+    col = {e: j for j, e in enumerate(experts)}
+    n = len(texts)
+    ok = np.ones((n, len(experts)), bool) if allowed is None else np.asarray(allowed, bool)
+    P = np.zeros((n, len(experts) + 1))
+    for i, d in enumerate(router.decide(X, list(texts))):
+        pick = len(experts)  # "outside the logged experts"
+        for t in d.targets if d.mode != "reject" else []:
+            j = col.get(t.expert)
+            if j is not None and ok[i, j]:
+                pick = j
+                break
+        P[i, pick] = 1.0
+    return P
+
+
+# --------------------------------------------------------------------------- reward model
+
+
+def _reduce(X: np.ndarray, max_dim: int) -> np.ndarray:
+    """Top principal directions of the features (unsupervised: no outcome is used)."""
+    X = np.asarray(X, dtype=np.float64)
+    if X.shape[1] <= max_dim:
+        return X
+    Xc = X - X.mean(axis=0)
+    _, _, vt = np.linalg.svd(Xc[: min(len(Xc), 4000)], full_matrices=False)
+    return Xc @ vt[:max_dim].T
+
+
+def _ridge_loo(Z: np.ndarray, y: np.ndarray, sw: np.ndarray, alphas: np.ndarray
+               ) -> tuple[np.ndarray, float]:
+    """Weighted ridge with intercept; the penalty by exact leave-one-out error (one eigh)."""
+    s = np.sqrt(sw / sw.mean())
+    mu = np.average(Z, axis=0, weights=sw)
+    ym = float(np.average(y, weights=sw))
+    A = (Z - mu) * s[:, None]
+    b = (y - ym) * s
+    G = A.T @ A
+    ev, V = np.linalg.eigh(G)
+    Ab = A @ V
+    best, best_err = None, math.inf
+    for a in alphas:
+        inv = 1.0 / (ev + a)
+        coef_v = inv * (Ab.T @ b)
+        fit = Ab @ coef_v
+        h = np.einsum("ij,j,ij->i", Ab, inv, Ab)
+        loo = (b - fit) / np.maximum(1.0 - h, 1e-6)
+        err = float(np.mean(loo ** 2))
+        if err < best_err:
+            best, best_err = coef_v, err
+    assert best is not None
+    coef = V @ best
+    return coef, ym - float(mu @ coef)
+
+
+ALPHAS = np.logspace(-2, 4, 13)
+
+
+def crossfit_reward_model(X: np.ndarray, actions: np.ndarray, y: np.ndarray, m: int, *,
+                          folds: int = 2, seed: int = 0, weights: np.ndarray | None = None,
+                          max_dim: int = 64, min_rows: int = 5) -> np.ndarray:
+    """Out-of-fold predictions ``q̂`` (n, m): for each fold, one ridge per expert fitted on the
+    other folds' records of that expert (``weights`` optional, e.g. importance weights);
+    experts with fewer than ``min_rows`` records there predict their (or the overall) mean.
+    Predictions are clipped to the range of ``y``."""
+    Z = _reduce(X, max_dim)
+    n = len(y)
+    y = np.asarray(y, dtype=np.float64)
+    sw = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    lo, hi = (float(y.min()), float(y.max())) if n else (0.0, 1.0)
+    fold = np.random.default_rng(seed).permutation(n) % max(int(folds), 2)
+    Q = np.empty((n, m))
+    for k in range(max(int(folds), 2)):
+        te, tr = fold == k, fold != k
+        glob = float(np.average(y[tr], weights=sw[tr])) if tr.any() else 0.0
+        for a in range(m):
+            rows = tr & (actions == a)
+            if rows.sum() < min_rows:
+                Q[te, a] = float(np.average(y[rows], weights=sw[rows])) if rows.any() else glob
+                continue
+            coef, icpt = _ridge_loo(Z[rows], y[rows], sw[rows], ALPHAS)
+            Q[te, a] = Z[te] @ coef + icpt
+    return np.clip(Q, lo, hi)
+
+
+# --------------------------------------------------------------------------- estimation
+
+
+def _boot_counts(n: int, B: int, rng: np.random.Generator) -> np.ndarray:
+    idx = rng.integers(0, n, size=(B, n)) + (np.arange(B) * n)[:, None]
+    return np.bincount(idx.ravel(), minlength=B * n).reshape(B, n).astype(np.float64)
+
+
+def _summary(value: float, boots: np.ndarray, alpha: float) -> dict[str, float | None]:
+    boots = boots[np.isfinite(boots)]
+    if not np.isfinite(value) or boots.size == 0:
+        return {"value": None, "ci_low": None, "ci_high": None, "se": None}
+    lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
+    return {"value": round(float(value), 6), "ci_low": round(float(lo), 6),
+            "ci_high": round(float(hi), 6), "se": round(float(boots.std(ddof=1)), 6)}
+
+
+def estimate(data: LoggedData, target: np.ndarray, *, cost_weight: float = 0.0,
+             folds: int = 2, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
+             max_unsupported: float = 0.01, min_ess: float = 30.0,
+             q_hat: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """IPS, SNIPS and DR estimates of the candidate ``target`` (n, m[+1]) on the logs.
+
+    ``target`` rows are the candidate's probabilities over ``data.experts``; an extra last
+    column holds mass on experts outside the logs. Returns ``{"verdict", "message",
+    "overlap": {...}, "ess", "n", "estimates": {outcome: {estimator: {value, ci_low,
+    ci_high, se}}}}``; under ``no_overlap`` the estimates are None.
+    """
+    n, m = len(data), len(data.experts)
+    if n == 0:
+        raise OffPolicyError("no logged requests to evaluate on")
+    T = np.asarray(target, dtype=np.float64)
+    if T.shape not in ((n, m), (n, m + 1)):
+        raise OffPolicyError(f"target must have shape ({n}, {m}) or ({n}, {m + 1})")
+    outside = T[:, m] if T.shape[1] == m + 1 else np.zeros(n)
+    T = T[:, :m]
+    unsupported = outside + (T * (data.probs <= 0)).sum(axis=1)
+    per_expert = {e: int(np.sum((T[:, j] > 0) & (data.probs[:, j] <= 0)))
+                  for j, e in enumerate(data.experts)}
+    per_expert = {e: k for e, k in per_expert.items() if k}
+    if outside.any():
+        per_expert["(experts absent from the logs)"] = int(np.sum(outside > 0))
+    uns_share = float(unsupported.mean())
+    rows = np.arange(n)
+    w = T[rows, data.actions] / data.propensity
+    ess = float(w.sum() ** 2 / max(float((w ** 2).sum()), 1e-300))
+    overlap = {"unsupported_share": round(uns_share, 6), "unsupported_by_expert": per_expert,
+               "max_weight": round(float(w.max()), 4), "max_unsupported": max_unsupported}
+    out: dict[str, Any] = {"n": n, "ess": round(ess, 2), "overlap": overlap,
+                           "experts": list(data.experts)}
+    if uns_share > max_unsupported:
+        named = ", ".join(f"{e} ({k} requests)" for e, k in per_expert.items())
+        out["verdict"] = "no_overlap"
+        out["message"] = (
+            f"no overlap: the candidate sends {uns_share:.1%} of requests to experts the "
+            f"logging policy never explored for them ({named}); these logs cannot support an "
+            "estimate. Log with exploration (policy explore: {rate: 0.05}) and retry.")
+        out["estimates"] = {o: dict.fromkeys(ESTIMATORS) for o in OUTCOMES}
+        return out
+    if ess < min_ess:
+        out["verdict"] = "low_ess"
+        out["message"] = (f"weak overlap: effective sample size {ess:.0f} of {n} requests; "
+                          "the intervals are wide and the bootstrap may under-cover")
+    else:
+        out["verdict"] = "ok"
+        out["message"] = f"effective sample size {ess:.0f} of {n} requests"
+    cmax = float(np.max(data.costs)) if n else 0.0
+    scale = cmax if cmax > 0 else 1.0
+    if q_hat is None:
+        qr = crossfit_reward_model(data.X, data.actions, data.rewards, m, folds=folds, seed=seed)
+        qc = crossfit_reward_model(data.X, data.actions, data.costs, m, folds=folds, seed=seed)
+    else:
+        qr, qc = q_hat["quality"], q_hat["cost"]
+    ys = {"quality": (data.rewards, qr), "cost": (data.costs, qc),
+          "tradeoff": (data.rewards - cost_weight * data.costs / scale,
+                       qr - cost_weight * qc / scale)}
+    C = _boot_counts(n, int(n_boot), np.random.default_rng(seed + 1))
+    sw_b = C @ w
+    est: dict[str, Any] = {}
+    for name, (y, q) in ys.items():
+        ips_i = w * y
+        dr_i = (T * q).sum(axis=1) + w * (y - q[rows, data.actions])
+        est[name] = {
+            "ips": _summary(ips_i.mean(), C @ ips_i / n, alpha),
+            "snips": _summary(ips_i.sum() / w.sum() if w.sum() > 0 else math.nan,
+                              (C @ ips_i) / np.where(sw_b > 0, sw_b, np.nan), alpha),
+            "dr": _summary(dr_i.mean(), C @ dr_i / n, alpha),
+        }
+    out["estimates"] = est
+    out["cost_scale"] = scale
+    out["cost_weight"] = cost_weight
+    return out
+
+
+# --------------------------------------------------------------------------- logs
+
+
+def load_logged(path: str | Path, embed: Any, *, experts: Sequence[str] | None = None
+                ) -> LoggedData:
+    """Read an exported routing log (``expertgate logs export``: Parquet or JSONL) into
+    :class:`LoggedData`. ``embed(texts) -> (n, d)`` gives the features. Records without text
+    or without feedback, those a fallback served, a canary's requests and shadow records are
+    dropped (counted on stderr);
+    records logged without propensities
+    count as deterministic (propensity 1 for the served expert, 0 elsewhere)."""
+    import pandas as pd
+
+    p = Path(path)
+    if not p.exists():
+        raise OffPolicyError(f"no such log file: {p}")
+    try:
+        df = pd.read_parquet(p) if p.suffix.lower() in (".parquet", ".pq") else \
+            pd.read_json(p, lines=True)
+    except ValueError as e:
+        raise OffPolicyError(f"{p}: cannot read: {e}") from None
+    need = set(TRAINING_COLUMNS) - {"request_id"} - set(df.columns)
+    if need:
+        raise OffPolicyError(f"{p}: log export lacks column(s): {', '.join(sorted(need))} "
+                             "(log prompts with the policy's log_prompts: true; join feedback "
+                             "with `expertgate logs export`)")
+    fb = pd.to_numeric(df["feedback_score"], errors="coerce")
+    keep = df["text"].notna() & (df["text"].astype(str).str.strip() != "") & fb.notna() \
+        & df["expert"].notna()
+    # a fallback served another expert than the one chosen with the logged propensity
+    fallback = (df["fallback"].fillna(False).astype(bool) if "fallback" in df.columns
+                else pd.Series(False, index=df.index))
+    print(f"offpolicy: {len(df)} records; {int(keep.sum())} with text, expert and feedback; "
+          f"{int((keep & fallback).sum())} of those served by a fallback dropped",
+          file=sys.stderr)
+    keep &= ~fallback
+    # shadow decisions and canary events are not served requests; a canary's requests were
+    # chosen by another router than the propensities of the incumbent describe
+    for col_, bad in (("endpoint", UNSERVED_ENDPOINTS), ("arm", ("canary",))):
+        if col_ in df.columns:
+            keep &= ~df[col_].isin(bad)
+    df, fb = df[keep].reset_index(drop=True), fb[keep].to_numpy(dtype=np.float64)
+    if df.empty:
+        raise OffPolicyError(f"{p}: no record has text, a served expert and feedback")
+    if ((fb < 0) | (fb > 1)).any():
+        raise OffPolicyError(f"{p}: feedback_score must lie in [0, 1]")
+    recs = df.to_dict("records")
+    probs_list = [record_probs(r) for r in recs]
+    names = set(df["expert"].astype(str))
+    for _, pr in probs_list:
+        names |= set(pr or {})
+    ex = list(experts) if experts is not None else sorted(names)
+    col = {e: j for j, e in enumerate(ex)}
+    missing = sorted(names - set(col))
+    if missing:
+        raise OffPolicyError(f"the logs name expert(s) outside the expert list: "
+                             f"{', '.join(missing)}")
+    P = np.zeros((len(recs), len(ex)))
+    allowed = np.ones((len(recs), len(ex)), bool)
+    actions = np.array([col[str(r["expert"])] for r in recs])
+    for i, rec in enumerate(recs):
+        cands = json_field(rec.get("candidates"))
+        if isinstance(cands, list | tuple | np.ndarray) and len(cands):
+            allowed[i] = [name in set(cands) for name in ex]
+            allowed[i, actions[i]] = True
+    for i, (prop, pr) in enumerate(probs_list):
+        if pr:
+            for name, v in pr.items():
+                P[i, col[name]] = v
+        else:
+            P[i, actions[i]] = 1.0 if prop is None else prop
+    costs = pd.to_numeric(df.get("cost_usd", pd.Series(np.zeros(len(df)))),
+                          errors="coerce").fillna(0.0).to_numpy(dtype=np.float64)
+    texts = df["text"].astype(str).tolist()
+    return LoggedData(ex, np.asarray(embed(texts)), actions, fb, costs, P, texts, allowed)
+
+
+def debiased_table(data: LoggedData, method: str, *, seed: int = 0) -> RoutingTable:
+    """A training table from biased logs.
+
+    ``naive``  one row per logged text, the observed score(s), NaN for experts not served
+               (what ``train --format logs`` reads);
+    ``ips``    importance resampling: ``n`` records drawn with replacement with probability
+               proportional to ``1 / propensity``, each draw its own row: every expert's
+               rows then follow the request distribution instead of the logging router's
+               habits (what an expert is observed on no longer depends on the router);
+    ``dr``     one row per distinct logged text with every expert filled: the observed
+               outcome (mean over repeats) where the text was served by that expert, and
+               elsewhere a reward model fitted with importance weights ``1 / propensity`` and
+               cross-fitting (so a row's imputations come from models that never saw it).
+    """
+    n, m = len(data), len(data.experts)
+    texts = data.texts or [f"request {i}" for i in range(n)]
+    if method == "naive":
+        rows = [{"prompt_id": hashlib.sha256(t.encode()).hexdigest()[:16], "prompt": t,
+                 "model": data.experts[a], "score": float(r), "cost": float(c)}
+                for t, a, r, c in zip(texts, data.actions, data.rewards, data.costs,
+                                      strict=True)]
+        return RoutingTable.from_long(rows)
+    w = 1.0 / data.propensity
+    if method == "ips":
+        rng = np.random.default_rng(seed)
+        draw = rng.choice(n, size=n, replace=True, p=w / w.sum())
+        S = np.full((n, m), np.nan)
+        Cm = np.zeros((n, m))
+        S[np.arange(n), data.actions[draw]] = data.rewards[draw]
+        Cm[np.arange(n), data.actions[draw]] = data.costs[draw]
+        return RoutingTable([f"d{k}" for k in range(n)], [texts[i] for i in draw],
+                            list(data.experts), S, Cm)
+    if method == "dr":
+        Q = crossfit_reward_model(data.X, data.actions, data.rewards, m, seed=seed, weights=w)
+        Qc = crossfit_reward_model(data.X, data.actions, data.costs, m, seed=seed, weights=w)
+        # one row per distinct text: observed outcomes (averaged over repeats) where the text
+        # was served by that expert, the reward model's imputation (averaged) elsewhere
+        uniq, inv = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
+        k = len(uniq)
+        obs = np.zeros((k, m))
+        np.add.at(obs, (inv, data.actions), 1.0)
+        r_sum, c_sum = np.zeros((k, m)), np.zeros((k, m))
+        np.add.at(r_sum, (inv, data.actions), data.rewards)
+        np.add.at(c_sum, (inv, data.actions), data.costs)
+        cnt = np.bincount(inv, minlength=k)[:, None].astype(np.float64)
+        q_mean, qc_mean = np.zeros((k, m)), np.zeros((k, m))
+        np.add.at(q_mean, inv, Q)
+        np.add.at(qc_mean, inv, Qc)
+        seen = obs > 0
+        S = np.where(seen, r_sum / np.maximum(obs, 1), q_mean / cnt)
+        Cm = np.where(seen, c_sum / np.maximum(obs, 1), qc_mean / cnt)
+        return RoutingTable([f"r{i}" for i in range(k)], [str(t) for t in uniq],
+                            list(data.experts), np.clip(S, 0, 1), np.maximum(Cm, 0))
+    raise OffPolicyError(f"unknown correction {method!r}; use naive, ips or dr")
+
+
+# --------------------------------------------------------------------------- simulation
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"knn:cost_weight=0.1,k=20"`` -> ("knn", {"cost_weight": 0.1, "k": 20})."""
+    name, _, rest = spec.partition(":")
+    params: dict[str, Any] = {}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        k, sep, v = item.partition("=")
+        if not sep:
+            raise OffPolicyError(f"bad router spec {spec!r}: expected name:key=value,...")
+        try:
+            params[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            params[k.strip()] = v
+    return name.strip(), params
+
+
+def _fit(spec: str, X: np.ndarray, table: RoutingTable) -> Router:
+    name, params = parse_spec(spec)
+    return make_router(name, **params).fit(X, table)
+
+
+def _greedy_and_scores(router: Router, X: np.ndarray, texts: Sequence[str],
+                       experts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    col = {e: j for j, e in enumerate(experts)}
+    n = len(texts)
+    greedy = np.zeros(n, dtype=np.int64)
+    S = np.full((n, len(experts)), np.nan)
+    for i, d in enumerate(router.decide(X, list(texts))):
+        ts = [t for t in d.targets if t.expert in col]
+        if not ts:
+            raise OffPolicyError(f"router {router.name!r} chose no expert of the table")
+        greedy[i] = col[ts[0].expert]
+        for t in ts:
+            S[i, col[t.expert]] = t.score
+    return greedy, S
+
+
+def _aggregate(runs: list[dict[str, Any]], truth: Mapping[str, float], tol: float
+               ) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for o in OUTCOMES:
+        out[o] = {"truth": round(truth[o], 6)}
+        for e in (*ESTIMATORS, "naive"):
+            v = np.array([r[o][e]["value"] for r in runs], dtype=np.float64)
+            lo = np.array([r[o][e].get("ci_low", np.nan) for r in runs], dtype=np.float64)
+            hi = np.array([r[o][e].get("ci_high", np.nan) for r in runs], dtype=np.float64)
+            err = v - truth[o]
+            d: dict[str, Any] = {
+                "mean": _r(np.mean(v)), "bias": _r(np.mean(err)),
+                "rmse": _r(np.sqrt(np.mean(err ** 2))), "mae": _r(np.mean(np.abs(err))),
+                "within_tol": _r(np.mean(np.abs(err) <= tol))}
+            if np.isfinite(lo).all():
+                d["coverage"] = _r(np.mean((lo <= truth[o]) & (truth[o] <= hi)))
+                d["width"] = _r(np.mean(hi - lo))
+            out[o][e] = d
+    return out
+
+
+def _r(x: Any) -> float | None:
+    x = float(x)
+    return round(x, 6) if math.isfinite(x) else None
+
+
+def simulate(table: RoutingTable, X: np.ndarray, *, logging: str, candidate: str,
+             explore: Exploration, n_logged: int = 5000, repeats: int = 100,
+             cost_weight: float = 0.0, router_share: float = 0.5, folds: int = 2,
+             n_boot: int = 1000, alpha: float = 0.05, tol: float = 0.02, seed: int = 0,
+             progress: bool = False) -> dict[str, Any]:
+    """Replay ``logging`` (a router spec, e.g. ``knn:cost_weight=0.2``) with ``explore`` on a
+    full-information table and estimate ``candidate`` off-policy, ``repeats`` times.
+
+    The table's prompts are split once (seeded): ``router_share`` of them train both routers,
+    the rest are the request population. Each repeat draws ``n_logged`` requests from the
+    population (with replacement), samples the logged expert from the exploration
+    probabilities, reveals only its score and cost, and estimates the candidate's mean
+    quality, cost and trade-off. The truth is the candidate's mean over the population from
+    the full table. Reports per estimator the bias, RMSE, mean absolute error, the share of
+    repeats within ``tol`` of the truth, the coverage and mean width of the ``1 − alpha``
+    intervals; ``naive`` is the plain mean of logged outcomes where the logged expert is
+    the candidate's choice (no reweighting), for contrast.
+    """
+    S_full = np.asarray(table.scores, dtype=np.float64)
+    if not np.isfinite(S_full).all():
+        raise OffPolicyError("simulation needs a full-information table (a score for every "
+                             "prompt and expert); this one has missing scores")
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(table))
+    k = round(len(table) * router_share)
+    tr, pop = np.sort(perm[:k]), np.sort(perm[k:])
+    if len(tr) < 10 or len(pop) < 10:
+        raise OffPolicyError("table too small to split into router-training and population")
+    t0 = time.perf_counter()
+    sub = table.subset(tr)
+    log_router = _fit(logging, X[tr], sub)
+    cand_router = _fit(candidate, X[tr], sub)
+    experts = list(table.models)
+    texts = [table.prompts[i] for i in pop]
+    g0, sc0 = _greedy_and_scores(log_router, X[pop], texts, experts)
+    gc, _ = _greedy_and_scores(cand_router, X[pop], texts, experts)
+    # the reward model's features: the population's principal directions, computed once
+    # (unsupervised, so sharing them across repeats leaks no outcome)
+    Zpop = _reduce(X[pop], 64)
+    S, Cc = S_full[pop], np.asarray(table.costs, dtype=np.float64)[pop]
+    P0 = exploration_matrix(g0, sc0, np.ones_like(S, dtype=bool), explore)
+    rows_p = np.arange(len(pop))
+    scale = float(Cc.max()) if Cc.max() > 0 else 1.0
+    truth = {"quality": float(S[rows_p, gc].mean()), "cost": float(Cc[rows_p, gc].mean())}
+    truth["tradeoff"] = truth["quality"] - cost_weight * truth["cost"] / scale
+    runs = []
+    for rep in range(int(repeats)):
+        r_rng = np.random.default_rng([seed, rep])
+        idx = r_rng.integers(0, len(pop), size=int(n_logged))
+        a = sample_actions(P0[idx], r_rng)
+        data = LoggedData(experts, Zpop[idx], a, S[idx, a], Cc[idx, a], P0[idx])
+        T = np.zeros((len(idx), len(experts)))
+        T[np.arange(len(idx)), gc[idx]] = 1.0
+        # the trade-off uses the population's cost scale so every repeat estimates one target
+        data_scale = float(data.costs.max()) if data.costs.max() > 0 else 1.0
+        res = estimate(data, T, cost_weight=cost_weight * data_scale / scale, folds=folds,
+                       n_boot=n_boot, alpha=alpha, seed=int(r_rng.integers(1 << 31)),
+                       max_unsupported=1.0)
+        match = a == gc[idx]
+        ys = {"quality": data.rewards, "cost": data.costs,
+              "tradeoff": data.rewards - cost_weight * data.costs / scale}
+        row = {o: dict(res["estimates"][o]) for o in OUTCOMES}
+        for o in OUTCOMES:
+            row[o]["naive"] = {"value": float(ys[o][match].mean()) if match.any() else math.nan}
+        row["ess"] = res["ess"]
+        runs.append(row)
+        if progress and (rep + 1) % 10 == 0:
+            print(f"  repeat {rep + 1}/{repeats}", file=sys.stderr)
+    agg = _aggregate(runs, truth, tol)
+    agree = float(np.mean(g0 == gc))
+    return {
+        "experts": experts, "n_population": len(pop), "n_router_train": len(tr),
+        "n_logged": int(n_logged), "repeats": int(repeats), "logging": logging,
+        "candidate": candidate, "explore": {"rate": explore.rate, "method": explore.method,
+                                            "temperature": explore.temperature},
+        "cost_weight": cost_weight, "alpha": alpha, "tol": tol, "folds": folds,
+        "n_boot": n_boot, "seed": seed,
+        "candidate_agrees_with_logging": round(agree, 4),
+        "logging_truth_quality": round(float(S[rows_p, g0].mean()), 6),
+        "ess_mean": _r(np.mean([r["ess"] for r in runs])),
+        "results": agg, "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def simulate_training(table: RoutingTable, X: np.ndarray, *, logging: str, router: str,
+                      explore: Exploration, n_logged: int = 5000, seeds: Sequence[int] = (0,),
+                      methods: Sequence[str] = ("naive", "ips", "dr"), test: float = 0.2,
+                      router_share: float = 0.3) -> dict[str, Any]:
+    """Train ``router`` on simulated biased logs, naively and with each correction, and
+    measure each on the full table's test split (true scores of its choices).
+
+    Per seed the prompts split into logging-router training (``router_share``), traffic
+    (requests are drawn from it) and test (``test``); the logging router with ``explore``
+    produces ``n_logged`` logs; each method's table trains the same router spec.
+    """
+    S_full = np.asarray(table.scores, dtype=np.float64)
+    if not np.isfinite(S_full).all():
+        raise OffPolicyError("simulation needs a full-information table")
+    experts = list(table.models)
+    Cfull = np.asarray(table.costs, dtype=np.float64)
+    per: dict[str, list[float]] = {m: [] for m in methods}
+    per_cost: dict[str, list[float]] = {m: [] for m in methods}
+    for s in seeds:
+        rng = np.random.default_rng([7, int(s)])
+        perm = rng.permutation(len(table))
+        n_te, n_lr = round(len(table) * test), round(len(table) * router_share)
+        te, lr, traffic = perm[:n_te], perm[n_te:n_te + n_lr], perm[n_te + n_lr:]
+        log_router = _fit(logging, X[lr], table.subset(lr))
+        ttexts = [table.prompts[i] for i in traffic]
+        g0, sc0 = _greedy_and_scores(log_router, X[traffic], ttexts, experts)
+        P0 = exploration_matrix(g0, sc0, np.ones((len(traffic), len(experts)), bool), explore)
+        idx = rng.integers(0, len(traffic), size=int(n_logged))
+        a = sample_actions(P0[idx], rng)
+        ti = traffic[idx]
+        data = LoggedData(experts, X[ti], a, S_full[ti, a], Cfull[ti, a], P0[idx],
+                          [table.prompts[i] for i in ti])
+        pos = {t: i for i, t in enumerate(table.prompts)}
+        te_texts = [table.prompts[i] for i in te]
+        for meth in methods:
+            tab = debiased_table(data, meth, seed=int(s))
+            Xt = X[[pos[t] for t in tab.prompts]]
+            r = _fit(router, Xt, tab)
+            g, _ = _greedy_and_scores(r, X[te], te_texts, experts)
+            per[meth].append(float(S_full[te, g].mean()))
+            per_cost[meth].append(float(Cfull[te, g].mean()))
+    out: dict[str, Any] = {"logging": logging, "router": router, "n_logged": int(n_logged),
+                           "explore": {"rate": explore.rate, "method": explore.method,
+                                       "temperature": explore.temperature},
+                           "seeds": list(seeds), "methods": {}}
+    for meth in methods:
+        q = np.array(per[meth])
+        out["methods"][meth] = {"test_quality": _r(q.mean()),
+                                "test_quality_std": _r(q.std(ddof=1)) if len(q) > 1 else None,
+                                "test_cost": _r(np.mean(per_cost[meth])),
+                                "per_seed": [round(v, 6) for v in per[meth]]}
+        if meth != "naive" and "naive" in per:
+            d = q - np.array(per["naive"])
+            out["methods"][meth]["minus_naive"] = _r(d.mean())
+            out["methods"][meth]["wins"] = int((d > 0).sum())
+    return out
+
+
+# --------------------------------------------------------------------------- report
+
+
+def summary_markdown(results: Sequence[Mapping[str, Any]],
+                     estimators: Sequence[str] = (*ESTIMATORS, "naive"),
+                     training: bool = True) -> str:
+    """Markdown tables of ``--simulate`` result files: off-policy estimation of mean quality
+    per scenario and estimator, then bias-corrected training where the files hold it."""
+    head = ("| table | logging -> candidate | explore | agree | ESS | truth | estimator | "
+            "bias | mean abs err | within 0.02 | coverage | width |")
+    lines = ["Off-policy estimates of the candidate's mean quality "
+             "(repeats per row in the JSON; interval level 95 %):", "", head,
+             "|" + "---|" * 12]
+    for r in results:
+        q = r["results"]["quality"]
+        ex = r["explore"]
+        name = r.get("format") or Path(str(r["data"])).name
+        for i, e in enumerate(estimators):
+            d = q[e]
+            lead = (f"| {name} | {r['logging']} -> {r['candidate']} | {ex['method']} "
+                    f"{ex['rate']:g} | {r['candidate_agrees_with_logging']:.0%} | "
+                    f"{r['ess_mean']:.0f} / {r['n_logged']} | {q['truth']:.4f} |"
+                    if i == 0 else "| | | | | | |")
+            cov = "-" if "coverage" not in d else f"{d['coverage']:.2f}"
+            wid = "-" if "width" not in d else f"{d['width']:.4f}"
+            lines.append(f"{lead} {e.upper() if e != 'naive' else 'naive (no weights)'} | "
+                         f"{d['bias']:+.4f} | {d['mae']:.4f} | {d['within_tol']:.0%} | "
+                         f"{cov} | {wid} |")
+    trained = [r for r in results if r.get("training")] if training else []
+    if trained:
+        lines += ["", "Router trained on the simulated biased logs, quality on the table's "
+                  "test split (mean over seeds):", "",
+                  "| table | logging | router | naive | IPS-resampled | DR-filled |",
+                  "|---|---|---|---|---|---|"]
+        for r in trained:
+            t = r["training"]["methods"]
+
+            def cell(m: str, t: Mapping[str, Any] = t, k: int = len(r["training"]["seeds"])
+                     ) -> str:
+                if m not in t:
+                    return "-"
+                s = f"{t[m]['test_quality']:.4f}"
+                if "minus_naive" in t[m]:
+                    s += (f" ({t[m]['minus_naive']:+.4f}, better on {t[m]['wins']}/"
+                          f"{k} seeds)")
+                return s
+            lines.append(f"| {r.get('format') or Path(str(r['data'])).name} | {r['logging']} | "
+                         f"{r['training']['router']} | {cell('naive')} | {cell('ips')} | "
+                         f"{cell('dr')} |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def data_sha256(path: str | Path) -> str | None:
+    """sha256 over a data file, or over a folder's files (sorted relative paths and bytes)."""
+    p = Path(path)
+    if not p.exists():
+        return None
+    h = hashlib.sha256()
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    for f in files:
+        if p.is_dir():
+            h.update(str(f.relative_to(p)).encode() + b"\0")
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None

@@ -1,0 +1,3 @@
+from expertgate.cli import main
+
+raise SystemExit(main())

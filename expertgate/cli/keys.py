@@ -1,0 +1,115 @@
+"""``expertgate keys hash|add|revoke``: API keys are stored as sha256 digests, never in clear.
+
+``hash`` prints the digest for the config file's ``api_keys``; ``add`` and ``revoke`` write
+or delete the Redis record (layout in :mod:`gateway.auth`), which running gateways pick up
+without a restart. A key is read from ``--key``, or from stdin so it stays out of the shell
+history; ``--generate`` makes a new random key and prints it once. ``add --admin`` makes an
+admin key; without ``--experts`` a key may call by name only the experts its policies reach.
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import sys
+from typing import Any
+
+__all__ = ["cmd_add", "cmd_hash", "cmd_revoke", "register"]
+
+
+def register(sub: Any, name: str) -> None:
+    p = sub.add_parser(name, help="API keys: hash a key, add or revoke keys in Redis")
+    inner = p.add_subparsers(dest="keys_command", metavar="WHAT", required=True)
+    h = inner.add_parser("hash", help="print the sha256 digest of a key (for api_keys)")
+    _key_args(h)
+    h.set_defaults(func=cmd_hash)
+    a = inner.add_parser("add", help="store a key in Redis (no restart needed)")
+    _key_args(a)
+    a.add_argument("--redis-url", required=True)
+    a.add_argument("--name", required=True, help="tenant name")
+    a.add_argument("--policies", default="*", help="comma-separated policies, or *")
+    a.add_argument("--experts", default=None,
+                   help="comma-separated experts the key may call by name, or * for all "
+                   "(default: the experts its policies can reach)")
+    a.add_argument("--admin", action="store_true",
+                   help="an admin key: may use /admin/* (reload, state) and the admin views")
+    a.add_argument("--requests-per-minute", type=int)
+    a.add_argument("--tokens-per-minute", type=int)
+    a.set_defaults(func=cmd_add)
+    r = inner.add_parser("revoke", help="delete a key from Redis (by key or digest)")
+    _key_args(r)
+    r.add_argument("--sha256", help="the digest instead of the key")
+    r.add_argument("--redis-url", required=True)
+    r.set_defaults(func=cmd_revoke)
+
+
+def _key_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--key", help="the key (default: read one line from stdin)")
+    p.add_argument("--generate", action="store_true", help="generate a new random key")
+
+
+def _read_key(args: argparse.Namespace) -> str:
+    if getattr(args, "generate", False):
+        key = "sk-eg-" + secrets.token_urlsafe(32)
+        print(f"key (shown once): {key}", file=sys.stderr)
+        return key
+    key = args.key if args.key is not None else sys.stdin.readline()
+    key = key.strip()
+    if not key:
+        raise SystemExit("expertgate keys: empty key")
+    return key
+
+
+def cmd_hash(args: argparse.Namespace) -> int:
+    from gateway.auth import hash_key
+
+    print(hash_key(_read_key(args)))
+    return 0
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    import redis
+    from pydantic import ValidationError
+
+    from gateway.auth import KEY_PREFIX, hash_key, key_record
+    from gateway.config import APIKeyConfig
+
+    digest = hash_key(_read_key(args))
+    try:
+        cfg = APIKeyConfig(name=args.name, sha256=digest,
+                           policies=[x.strip() for x in args.policies.split(",") if x.strip()],
+                           experts=None if args.experts is None else
+                           [x.strip() for x in args.experts.split(",") if x.strip()],
+                           admin=bool(getattr(args, "admin", False)),
+                           requests_per_minute=args.requests_per_minute,
+                           tokens_per_minute=args.tokens_per_minute)
+    except ValidationError as e:
+        print(f"expertgate keys add: {e.errors()[0]['msg']}", file=sys.stderr)
+        return 2
+    r = redis.Redis.from_url(args.redis_url)
+    try:
+        pipe = r.pipeline()
+        pipe.delete(KEY_PREFIX + digest)  # replace, never merge with an older record
+        record: dict[Any, Any] = dict(key_record(cfg))
+        pipe.hset(KEY_PREFIX + digest, mapping=record)
+        pipe.execute()
+    finally:
+        r.close()
+    role = "admin" if cfg.admin else "tenant"
+    print(f"stored {KEY_PREFIX}{digest} for {role} {args.name}")
+    return 0
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    import redis
+
+    from gateway.auth import KEY_PREFIX, hash_key
+
+    digest = args.sha256 or hash_key(_read_key(args))
+    r = redis.Redis.from_url(args.redis_url)
+    try:
+        n = r.delete(KEY_PREFIX + digest)
+    finally:
+        r.close()
+    print(f"{'revoked' if n else 'no such key'}: {KEY_PREFIX}{digest}")
+    return 0 if n else 1

@@ -1,0 +1,256 @@
+"""``expertgate eval offpolicy``: judge a candidate router on another router's logs.
+
+Two modes:
+
+``--logs FILE --router ARTIFACT|POLICY``
+    an exported routing log (``expertgate logs export``) with feedback; the candidate is a
+    router artifact folder or the name of a policy in ``--config``. Prints IPS, SNIPS and
+    doubly robust estimates of the candidate's quality, cost and trade-off with bootstrap
+    intervals and the effective sample size, or a plain "no overlap" verdict.
+``--simulate TABLE``
+    proves the estimators on a full-information table (RouteLLM MMLU/GSM8K, LLMRouter NQ,
+    ``synthetic:NxM``): replays a logging router with exploration, estimates a candidate,
+    compares with the truth over ``--repeats`` repeats (coverage, width, error per estimator).
+    ``--train SPEC`` also measures bias-corrected training on the simulated logs.
+
+The estimators live in :mod:`evals.offpolicy`; this module adds what needs the gateway
+(resolving a policy by name from the YAML configuration).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["cli_register"]
+
+
+def cli_register(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--logs", default=None, help="exported routing log with feedback "
+                     "(Parquet or JSONL from `expertgate logs export`)")
+    src.add_argument("--simulate", default=None, metavar="TABLE",
+                     help="full-information routing table to simulate logs from (a data-set "
+                     "folder or file, or synthetic:NxM)")
+    src.add_argument("--summarise", nargs="+", default=None, metavar="JSON",
+                     help="write a Markdown table of --simulate result files (to --out)")
+    parser.add_argument("--out", default=None, help="--summarise: Markdown file to write")
+    parser.add_argument("--router", default=None, metavar="ARTIFACT|POLICY",
+                        help="with --logs: the candidate, a router artifact folder or a policy "
+                        "name of --config")
+    parser.add_argument("--config", default=None, help="gateway YAML (for --router POLICY)")
+    parser.add_argument("--format", default=None, help="table format for --simulate "
+                        "(default: guessed: llmrouter, routellm-mmlu, long)")
+    parser.add_argument("--logging", default="knn:cost_weight=0.3",
+                        help="--simulate: logging router spec NAME[:k=v,...]")
+    parser.add_argument("--candidate", default="knn:cost_weight=0.1",
+                        help="--simulate: candidate router spec NAME[:k=v,...]")
+    parser.add_argument("--train", default=None, metavar="SPEC",
+                        help="--simulate: also train SPEC on the simulated logs naively and "
+                        "with bias correction, measured on the table's test split")
+    parser.add_argument("--rate", type=float, default=0.1, help="--simulate: exploration rate")
+    parser.add_argument("--method", default="epsilon", choices=("epsilon", "softmax"))
+    parser.add_argument("--temperature", type=float, default=0.1)
+    parser.add_argument("--n", type=int, default=5000, help="--simulate: logged requests")
+    parser.add_argument("--repeats", type=int, default=100, help="--simulate: repeats")
+    parser.add_argument("--train-seeds", type=int, default=5, help="--train: seeds")
+    parser.add_argument("--cost-weight", type=float, default=0.0,
+                        help="λ of the trade-off quality − λ · cost / max cost")
+    parser.add_argument("--boot", type=int, default=1000, help="bootstrap resamples")
+    parser.add_argument("--folds", type=int, default=2, help="cross-fitting folds")
+    parser.add_argument("--alpha", type=float, default=0.05, help="1 − interval level")
+    parser.add_argument("--max-unsupported", type=float, default=0.01,
+                        help="largest candidate share on never-explored experts still "
+                        "estimated")
+    from routers.embed import EMBEDDER_KINDS
+
+    parser.add_argument("--embedder", default=None, choices=EMBEDDER_KINDS,
+                        help="features (default: hashing for --simulate, minilm for --logs)")
+    parser.add_argument("--embedder-path", default=None)
+    parser.add_argument("--cache-dir", default=None, help="embedding cache folder")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None, metavar="OUT", help="write the result JSON")
+    parser.set_defaults(func=main)
+
+
+def _guess_format(path: str) -> str:
+    p = Path(path)
+    low = str(p).lower()
+    if "llmrouter" in low or p.name.startswith("router_train_data"):
+        return "llmrouter"
+    if p.name == "routellm" or (p / "mmlu").is_dir():
+        return "routellm-mmlu"
+    return "long"
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this run, rebuilt from the parsed flags (every flag
+    whose value differs from its default, in the parser's order)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    cli_register(parser)
+    parts = ["expertgate eval offpolicy"]
+    for act in parser._actions:
+        if not act.option_strings or act.dest in ("summarise", "out"):
+            continue
+        v = getattr(args, act.dest, None)
+        if v is not None and v != act.default:
+            parts.append(f"{act.option_strings[0]} {v}")
+    return " ".join(parts)
+
+
+def main(args: argparse.Namespace) -> int:
+    from evals.offpolicy import OffPolicyError
+    from routers.base import RouterError
+    from routers.embed import EmbedderError, set_thread_counts
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    set_thread_counts(blas_threads=1)
+    t0 = time.perf_counter()
+    if args.summarise:
+        from evals.offpolicy import summary_markdown
+
+        md = summary_markdown([json.loads(Path(p).read_text()) for p in args.summarise])
+        if args.out:
+            Path(args.out).write_text(md)
+            print(f"wrote {args.out}", file=sys.stderr)
+        else:
+            print(md, end="")
+        return 0
+    try:
+        res = _simulate(args) if args.simulate else _logs(args)
+    except (OffPolicyError, RouterError, EmbedderError, OSError) as e:
+        print(f"expertgate eval offpolicy: {e}", file=sys.stderr)
+        return 2
+    res["seconds"] = round(time.perf_counter() - t0, 2)
+    res["created"] = datetime.now(UTC).isoformat(timespec="seconds")
+    if args.json:
+        p = Path(args.json)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(res, indent=1, allow_nan=False))
+        print(f"wrote {p}", file=sys.stderr)
+    return 0 if res.get("verdict", "ok") != "no_overlap" else 1
+
+
+def _explore(args: argparse.Namespace) -> Any:
+    from routers.explore import Exploration
+
+    return Exploration(args.rate, args.method, args.temperature)
+
+
+def _simulate(args: argparse.Namespace) -> dict[str, Any]:
+    from evals.offpolicy import data_sha256, git_commit, simulate, simulate_training
+    from evals.routing_eval import embed_table, load_routing_table
+
+    fmt = args.format or _guess_format(args.simulate)
+    table = load_routing_table(args.simulate, fmt)
+    full = np.isfinite(table.scores).all(axis=1)
+    if not full.all():  # the truth needs every expert's score (synthetic tables leave gaps)
+        print(f"dropping {int((~full).sum())} of {len(table)} prompts without a score for "
+              "every expert", file=sys.stderr)
+        table = table.subset(np.flatnonzero(full))
+    X, embedder = embed_table(table, args.embedder or "hashing", args.cache_dir)
+    emb = getattr(embedder, "name", embedder)
+    print(f"simulating from {len(table)} prompts x {len(table.models)} experts ({fmt}), "
+          f"{args.repeats} repeats of {args.n} logged requests", file=sys.stderr)
+    res = simulate(table, X, logging=args.logging, candidate=args.candidate,
+                   explore=_explore(args), n_logged=args.n, repeats=args.repeats,
+                   cost_weight=args.cost_weight, folds=args.folds, n_boot=args.boot,
+                   alpha=args.alpha, seed=args.seed, progress=True)
+    out: dict[str, Any] = {"mode": "simulate", "data": args.simulate, "format": fmt,
+                           "data_sha256": data_sha256(args.simulate), "embedder": emb,
+                           "commit": git_commit(), "command": _command(args),
+                           **res}
+    _print_simulation(res)
+    if args.train:
+        tr = simulate_training(table, X, logging=args.logging, router=args.train,
+                               explore=_explore(args), n_logged=args.n,
+                               seeds=list(range(args.train_seeds)))
+        out["training"] = tr
+        _print_training(tr)
+    return out
+
+
+def _print_simulation(res: dict[str, Any]) -> None:
+    print(f"logging {res['logging']} (explore {res['explore']['method']} "
+          f"{res['explore']['rate']:g}) -> candidate {res['candidate']}; agreement "
+          f"{res['candidate_agrees_with_logging']:.1%}; mean ESS {res['ess_mean']:.0f} of "
+          f"{res['n_logged']}")
+    for o, r in res["results"].items():
+        print(f"{o}: truth {r['truth']:.4f}")
+        for e in ("ips", "snips", "dr", "naive"):
+            d = r[e]
+            cov = "" if "coverage" not in d else (f"  coverage {d['coverage']:.2f}  width "
+                                                  f"{d['width']:.4f}")
+            print(f"  {e:6s} bias {d['bias']:+.4f}  mae {d['mae']:.4f}  within tol "
+                  f"{d['within_tol']:.2f}{cov}")
+
+
+def _print_training(tr: dict[str, Any]) -> None:
+    print(f"training {tr['router']} on {tr['n_logged']} biased logs, test quality "
+          f"(seeds {tr['seeds']}):")
+    for m, d in tr["methods"].items():
+        extra = "" if "minus_naive" not in d else (f"  vs naive {d['minus_naive']:+.4f} "
+                                                   f"(wins {d['wins']}/{len(tr['seeds'])})")
+        print(f"  {m:6s} {d['test_quality']:.4f}{extra}")
+
+
+def _candidate(args: argparse.Namespace, embedder: Any) -> Any:
+    """The candidate router: an artifact folder, or a policy of --config by name."""
+    from evals.offpolicy import OffPolicyError
+
+    if not args.router:
+        raise OffPolicyError("--logs needs --router ARTIFACT|POLICY")
+    if Path(args.router).is_dir():
+        from routers.artifacts import load_router, read_manifest
+
+        emb = read_manifest(args.router).get("embedder")
+        if emb and emb != embedder.name:
+            raise OffPolicyError(f"artifact {args.router} was trained with embedder {emb!r}; "
+                                 f"pass the matching --embedder (now {embedder.name!r})")
+        return load_router(args.router)
+    if not args.config:
+        raise OffPolicyError(f"{args.router!r} is not an artifact folder; to name a policy "
+                             "pass --config FILE")
+    from gateway.config import ConfigError, load_config
+    from gateway.pipeline import build_policy_set
+
+    try:
+        ps = build_policy_set(load_config(args.config), embedder)
+    except ConfigError as e:
+        raise OffPolicyError(str(e)) from None
+    if args.router not in ps.policies:
+        raise OffPolicyError(f"no policy {args.router!r} in {args.config} (policies: "
+                             f"{', '.join(sorted(ps.policies))})")
+    return ps.policies[args.router].router
+
+
+def _logs(args: argparse.Namespace) -> dict[str, Any]:
+    from evals.offpolicy import data_sha256, estimate, git_commit, load_logged, policy_matrix
+    from routers.embed import embed_cached, make_embedder
+
+    options = {"model_path": args.embedder_path} if args.embedder_path else {}
+    embedder = make_embedder(args.embedder or "minilm", **options)
+    router = _candidate(args, embedder)
+    data = load_logged(args.logs, lambda t: embed_cached(embedder, t, args.cache_dir))
+    # the candidate chooses among each request's logged candidate set; where it picks one
+    # the logger gave no probability, that mass is what the overlap check reports
+    T = policy_matrix(router, data.X, data.texts or [], data.experts, allowed=data.allowed)
+    res = estimate(data, T, cost_weight=args.cost_weight, folds=args.folds, n_boot=args.boot,
+                   alpha=args.alpha, seed=args.seed, max_unsupported=args.max_unsupported)
+    print(res["message"])
+    if res["verdict"] != "no_overlap":
+        for o, ests in res["estimates"].items():
+            cells = "  ".join(f"{e} {v['value']:.4f} [{v['ci_low']:.4f}, {v['ci_high']:.4f}]"
+                              for e, v in ests.items() if v and v["value"] is not None)
+            print(f"{o:8s} {cells}")
+    return {"mode": "logs", "logs": args.logs, "data_sha256": data_sha256(args.logs),
+            "router": args.router, "embedder": embedder.name, "commit": git_commit(),
+            "command": _command(args), **res}

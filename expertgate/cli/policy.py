@@ -1,0 +1,91 @@
+"""``expertgate policy promote|revert NAME --config FILE [--url URL]``.
+
+``promote`` makes a policy's candidate router (``candidate:`` in shadow or canary mode) the
+policy's router; ``revert`` drops the candidate and keeps the incumbent. The YAML file is
+rewritten atomically (a temporary file renamed over it, so a reload never reads half a file)
+and, with ``--url``, the running gateway reloads it (``POST /admin/reload``), which swaps the
+policy set atomically: in-flight requests finish on the old one. Comments in the file are not
+kept (the file is re-serialised).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["register", "rewrite"]
+
+
+def register(sub: Any, name: str) -> None:
+    p = sub.add_parser(name, help="promote or revert a policy's shadow/canary candidate")
+    inner = p.add_subparsers(dest="policy_command", metavar="WHAT")
+    for cmd, help_ in (("promote", "make the candidate the policy's router"),
+                       ("revert", "drop the candidate, keep the policy's router")):
+        sp = inner.add_parser(cmd, help=help_)
+        sp.add_argument("policy", help="policy name")
+        sp.add_argument("--config", required=True, help="the gateway's YAML file")
+        sp.add_argument("--url", default=None, help="running gateway to reload "
+                        "(e.g. http://127.0.0.1:8080)")
+        sp.add_argument("--api-key", default=os.environ.get("EXPERTGATE_API_KEY"),
+                        help="key for /admin/reload (default $EXPERTGATE_API_KEY)")
+        sp.set_defaults(func=_run, action=cmd)
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+
+def rewrite(data: dict[str, Any], policy: str, action: str) -> dict[str, Any]:
+    """The configuration with ``policy``'s candidate promoted or dropped; ValueError if the
+    policy or its candidate is missing."""
+    pols = [p for p in data.get("policies") or [] if isinstance(p, dict)
+            and p.get("name") == policy]
+    if not pols:
+        raise ValueError(f"no policy {policy!r} in the configuration")
+    pol = pols[0]
+    cand = pol.get("candidate")
+    if not cand:
+        raise ValueError(f"policy {policy!r} has no candidate to {action}")
+    del pol["candidate"]
+    if action == "promote":
+        pol["router"] = cand["router"]
+        pol["artifact"] = cand["artifact"]
+        pol["params"] = dict(cand.get("params") or {})
+        pol.pop("routes", None)
+    return data
+
+
+def _run(args: argparse.Namespace) -> int:
+    from gateway.config import ConfigError, parse_config
+
+    path = Path(args.config)
+    try:
+        data = yaml.safe_load(path.read_text())
+        new = rewrite(data, args.policy, args.action)
+        parse_config(new, str(path))  # never write a file the gateway would refuse
+    except (OSError, yaml.YAMLError, ValueError, ConfigError) as e:
+        print(f"expertgate policy {args.action}: {e}", file=sys.stderr)
+        return 2
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(new, f, sort_keys=False)
+    os.replace(tmp, path)
+    print(f"{args.action}d the candidate of policy {args.policy!r} in {path}")
+    if args.url:
+        import httpx
+
+        headers = {"authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+        try:
+            r = httpx.post(args.url.rstrip("/") + "/admin/reload", headers=headers, timeout=60)
+        except httpx.HTTPError as e:
+            print(f"reload failed ({e}); the file is written: reload with SIGHUP or "
+                  "POST /admin/reload", file=sys.stderr)
+            return 1
+        if r.status_code != 200:
+            print(f"reload answered {r.status_code}: {r.text}", file=sys.stderr)
+            return 1
+        print(f"reloaded: changed {r.json().get('changed')}")
+    return 0

@@ -1,0 +1,237 @@
+"""``expertgate serve``, ``expertgate route`` and ``expertgate logs export``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from gateway.config import ConfigError, GatewayConfig, Settings, load_config
+
+__all__ = ["register", "start_local_experts", "unreachable_experts"]
+
+
+def register(sub: Any, name: str) -> None:
+    if name == "serve":
+        p = sub.add_parser("serve", help="run the gateway")
+        p.add_argument("--config", type=Path, help="YAML file of experts and policies "
+                       "(or EXPERTGATE_CONFIG)")
+        p.add_argument("--host", help="bind address (default 127.0.0.1)")
+        p.add_argument("--port", type=int, help="port (default 8080)")
+        p.add_argument("--redis-url", help="Redis URL for the shared cache, log and limits "
+                       "(default: in-process, no Redis)")
+        p.add_argument("--workers", type=int, help="worker processes (default 1)")
+        p.add_argument("--log-level", default=None)
+        p.add_argument("--start-experts", action="store_true",
+                       help="first start the config's local llama.cpp experts (smollm2, "
+                       "gemma3 on their 127.0.0.1 ports) and stop them when the gateway stops")
+        p.set_defaults(func=cmd_serve)
+    elif name == "route":
+        p = sub.add_parser("route", help="print the routing Decision for a text as JSON "
+                           "(dry run, no upstream call)")
+        p.add_argument("--config", type=Path, required=True)
+        p.add_argument("--policy", help="policy name (default: the first policy)")
+        p.add_argument("text", nargs="+", help="the text to route")
+        p.set_defaults(func=cmd_route)
+    elif name == "logs":
+        p = sub.add_parser("logs", help="routing-log tools")
+        inner = p.add_subparsers(dest="logs_command", metavar="WHAT", required=True)
+        e = inner.add_parser("export", help="export the routing log joined with feedback to "
+                             "Parquet (or JSONL if OUT ends in .jsonl)")
+        e.add_argument("--out", type=Path, required=True)
+        e.add_argument("--redis-url", help="read the Redis Stream (default EXPERTGATE_REDIS_URL)")
+        e.add_argument("--log-path", type=Path, help="read this JSONL log (default "
+                       "EXPERTGATE_LOG_PATH or runs/routing-log.jsonl)")
+        e.add_argument("--feedback-path", type=Path)
+        e.add_argument("--tenant", help="export only this tenant's requests (and feedback)")
+        e.set_defaults(func=cmd_logs_export)
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    over = {k: v for k, v in extra.items() if v is not None}
+    return Settings(**over)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.redact import configure_logging
+
+    s = _settings(args, config=args.config, host=args.host, port=args.port,
+                  redis_url=args.redis_url, workers=args.workers, log_level=args.log_level)
+    configure_logging(s.log_level)
+    if s.config is None:
+        print("expertgate serve: no configuration: pass --config FILE or set "
+              "EXPERTGATE_CONFIG", file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(s.config)  # fail fast, before forking workers
+    except ConfigError as e:
+        print(f"expertgate serve: {e}", file=sys.stderr)
+        return 2
+    started: list[Any] = []
+    try:
+        if args.start_experts:
+            from expertgate.procs import LocalExpertError
+
+            try:
+                started = start_local_experts(cfg, Path("runs/serve"), started)
+            except LocalExpertError as e:
+                print(f"expertgate serve: {e}", file=sys.stderr)
+                return 1
+        for line in unreachable_experts(cfg):
+            print(f"expertgate serve: warning: {line}", file=sys.stderr, flush=True)
+        return _run(s)
+    finally:
+        for srv in reversed(started):
+            pid = srv.pid
+            srv.stop()
+            print(f"expertgate serve: stopped expert {srv.name} (pid {pid})", file=sys.stderr)
+
+
+def start_local_experts(cfg: GatewayConfig, work: Path, started: list[Any]) -> list[Any]:
+    """Start a llama.cpp server for each expert of ``cfg`` that is one of the local models
+    (smollm2, gemma3) on a 127.0.0.1 port; appends each to ``started`` as it starts."""
+    from urllib.parse import urlsplit
+
+    from expertgate.procs import DEFAULT_CHAT_FORMAT, LlamaServer, LocalExpertError
+
+    todo = []
+    for e in cfg.experts:
+        if e.parent is not None or e.kind != "openai":
+            continue
+        u = urlsplit(e.bases[0])
+        if e.name not in DEFAULT_CHAT_FORMAT or u.hostname not in ("127.0.0.1", "localhost"):
+            raise LocalExpertError(
+                f"--start-experts starts only the local models "
+                f"{', '.join(DEFAULT_CHAT_FORMAT)} on 127.0.0.1; expert {e.name!r} at "
+                f"{e.bases[0]} is not one of them: start it yourself and leave out the flag")
+        todo.append(LlamaServer.for_model(e.name, port=u.port, log_path=work / f"{e.name}.log"))
+    for srv in todo:
+        srv.start(wait=False)  # all load at once; readiness is awaited below
+        started.append(srv)
+        print(f"expertgate serve: starting expert {srv.name} (llama.cpp, pid {srv.pid}) on "
+              f"{srv.base}, log {srv.log_path}", file=sys.stderr, flush=True)
+    for srv in todo:
+        srv.wait_ready()
+    return started
+
+
+def unreachable_experts(cfg: GatewayConfig, timeout_s: float = 1.0) -> list[str]:
+    """One line per expert replica that does not answer ``GET {base}/models`` now, by name.
+
+    Start-up goes on (an expert may come up later; its requests fall back meanwhile), but
+    the operator reads at once which experts the gateway cannot reach.
+    """
+    import urllib.error
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    probes = [(e.name, b) for e in cfg.experts
+              if e.kind == "openai" and e.parent is None for b in e.bases]
+
+    def probe(base: str) -> str | None:
+        try:
+            with urllib.request.urlopen(base + "/models", timeout=timeout_s) as r:
+                return None if r.status < 500 else f"it answered {r.status}"
+        except urllib.error.HTTPError as err:
+            return None if err.code < 500 else f"it answered {err.code}"
+        except (urllib.error.URLError, OSError, TimeoutError) as err:
+            why = getattr(err, "reason", err)
+            return f"{type(why).__name__}: {why}" if not isinstance(why, str) else why
+
+    if not probes:
+        return []
+    with ThreadPoolExecutor(min(16, len(probes))) as pool:
+        results = list(pool.map(probe, [b for _, b in probes]))
+    return [f"expert {name!r} is not reachable at {base} ({why}); requests for it will fail "
+            f"or take a policy's fallback until it answers"
+            for (name, base), why in zip(probes, results, strict=True) if why is not None]
+
+
+def _run(s: Settings) -> int:
+    import uvicorn
+
+    from gateway.httpserver import GatewayHttpProtocol
+
+    assert s.config is not None
+    kw: dict[str, Any] = {"host": s.host, "port": s.port, "log_level": s.log_level.lower(),
+                          "loop": "uvloop", "http": GatewayHttpProtocol, "access_log": False,
+                          "lifespan": "on", "timeout_graceful_shutdown": 30,
+                          "backlog": 4096}
+    if s.workers > 1:
+        # each worker process builds its own app from the same environment
+        import os
+
+        os.environ["EXPERTGATE_CONFIG"] = str(Path(s.config).resolve())
+        if s.redis_url:
+            os.environ["EXPERTGATE_REDIS_URL"] = s.redis_url
+        uvicorn.run("gateway.asgi:app", workers=s.workers, factory=True, **kw)
+        return 0
+    from gateway.app import create_app
+
+    app = create_app(s)
+    uvicorn.run(app, **kw)
+    return 0
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    from gateway.cache import MemoryDecisionCache
+    from gateway.metrics import Metrics
+    from gateway.pipeline import Pipeline, build_policy_set
+    from routers.embed import make_embedder
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        print(f"expertgate route: {e}", file=sys.stderr)
+        return 2
+    if not cfg.policies:
+        print(f"expertgate route: {args.config} has no policies", file=sys.stderr)
+        return 2
+    name = args.policy or cfg.policies[0].name
+    emb = make_embedder(cfg.embedder.kind, **cfg.embedder.options)
+    try:
+        pset = build_policy_set(cfg, emb)
+    except ConfigError as e:
+        print(f"expertgate route: {e}", file=sys.stderr)
+        return 2
+    if name not in pset.policies:
+        print(f"expertgate route: no policy {name!r}; policies: "
+              f"{', '.join(pset.policies)}", file=sys.stderr)
+        return 2
+    text = " ".join(" ".join(args.text).split())
+    pipe = Pipeline(pset, emb, MemoryDecisionCache(), Metrics())
+
+    async def run() -> dict[str, Any]:
+        degraded: list[str] = []
+        d = await pipe.decide(pset.policies[name], text, degraded)
+        out = d.to_dict()
+        out["degraded"] = degraded
+        return out
+
+    out = asyncio.run(run())
+    pipe.close()
+    sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
+def cmd_logs_export(args: argparse.Namespace) -> int:
+    from gateway.logs import export_logs
+
+    s = Settings()
+    redis_url = args.redis_url or s.redis_url
+    log_path = args.log_path or s.log_path
+    fb = args.feedback_path or (s.feedback_file if args.log_path is None else
+                                log_path.with_name(log_path.stem + ".feedback.jsonl"))
+    if not redis_url and not Path(log_path).exists():
+        print(f"expertgate logs export: no routing log at {log_path} (and no Redis URL)",
+              file=sys.stderr)
+        return 2
+    n = export_logs(args.out, redis_url=redis_url, log_path=log_path, feedback_path=fb,
+                    tenant=args.tenant)
+    print(f"wrote {n} record(s) to {args.out}" +
+          (f" (tenant {args.tenant})" if args.tenant else ""))
+    return 0

@@ -1,0 +1,414 @@
+"""``expertgate train``, ``expertgate routers list`` and ``expertgate data list|verify``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from routers.embed import EMBEDDER_KINDS
+
+__all__ = ["register"]
+
+
+def _inputs_help() -> str:
+    """One line per registered family: what ``train`` needs for it (its ``train_input``)."""
+    from routers.base import get_router_class, registered_names
+
+    lines = ["which input each router takes:"]
+    for n in registered_names():
+        lines.append(f"  {n:<11} {get_router_class(n).train_input}")
+    return "\n".join(lines) + "\n\n"
+
+TRAIN_EPILOG = """\
+--data is a registry name (routellm:mmlu, routellm:gsm8k, llmrouter_nq; fetch it first with
+`expertgate data fetch NAME`; the format is implied) or a path (--format, default long).
+
+examples:
+  expertgate data fetch routellm
+  expertgate train --router knn --data routellm:mmlu --out artifacts/knn-mmlu \\
+      --param k=20 --param cost_weight=0.3
+  expertgate train --router complexity --data logs.parquet --format logs \\
+      --out artifacts/cx --param max_strong_share=0.3
+  expertgate train --router knn --data logs.parquet --format logs --correction dr \\
+      --out artifacts/knn-from-traffic
+
+It prints a policy snippet that serves the artifact (also written to OUT/policy.yaml):
+paste it into a gateway config and map each table model to one of your experts.
+"""
+
+FORMATS = ("long", "routellm", "routellm-mmlu", "routellm-gsm8k", "llmrouter", "logs", "guard")
+
+
+def register(sub: Any, name: str) -> None:
+    if name == "train":
+        p = sub.add_parser(name, help="fit a router from a routing table and save its artifact",
+                           description="Fit a router on the train part of a routing table "
+                           "(split by prompt), print validation and test metrics, save the "
+                           "artifact.", epilog=_inputs_help() + TRAIN_EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--router", required=True, help="registered router name "
+                       "(expertgate routers list), or 'auto': family and parameters chosen "
+                       "by cross-validation on the training prompts")
+        p.add_argument("--auto-embedders", default=None, metavar="KIND,KIND",
+                       help="with --router auto: also choose the embedder among these kinds "
+                       "(each embeds the whole table; default: only --embedder)")
+        p.add_argument("--data", required=True, help="a registry name (routellm:mmlu, "
+                       "routellm:gsm8k, llmrouter_nq) or a table file or folder")
+        p.add_argument("--format", default=None, choices=FORMATS,
+                       help="table format (default: implied by a registry name, else long)")
+        p.add_argument("--out", required=True, help="artifact folder to write")
+        p.add_argument("--param", action="append", default=[], metavar="K=V",
+                       help="router parameter; V parsed as JSON when possible (repeatable)")
+        p.add_argument("--embedder", default="minilm", choices=EMBEDDER_KINDS,
+                       help="minilm (reference), onnx (same vectors, faster), distilled "
+                       "(static vectors distilled from MiniLM: ~100x faster; build once with "
+                       "'expertgate embedder distill'), static, hashing")
+        p.add_argument("--embedder-path", default=None,
+                       help="model folder: a distilled or model2vec folder for --embedder "
+                       "distilled/static; a "
+                       "sentence-transformers folder (e.g. from 'expertgate embedder "
+                       "finetune') for minilm/onnx")
+        p.add_argument("--correction", default="none", choices=("none", "ips", "dr"),
+                       help="--format logs: correct the logging router's selection bias with "
+                       "the logged propensities: ips (importance resampling) or dr (every "
+                       "expert's outcome filled by an importance-weighted, cross-fitted reward "
+                       "model); see evals/offpolicy.py")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--val", type=float, default=0.1, help="validation fraction")
+        p.add_argument("--test", type=float, default=0.2, help="test fraction")
+        p.add_argument("--cache-dir", default=None, help="embedding cache folder")
+        p.add_argument("--json", action="store_true", help="print metrics as JSON")
+        p.add_argument("--latency", action="store_true", help="also measure router-only "
+                       "decision latency per query at batch 1 and 32 (embeddings precomputed)")
+        p.set_defaults(func=_train)
+    elif name == "routers":
+        p = sub.add_parser(name, help="router registry")
+        inner = p.add_subparsers(dest="routers_command", metavar="WHAT")
+        ls = inner.add_parser("list", help="print one registered router name per line")
+        ls.set_defaults(func=_routers_list)
+        p.set_defaults(func=_routers_list)
+    elif name == "data":
+        p = sub.add_parser(name, help="data-set registry: list, fetch and verify the data sets")
+        inner = p.add_subparsers(dest="data_command", metavar="WHAT")
+        ls = inner.add_parser("list", help="list the registered data sets with their sources")
+        ls.set_defaults(func=_data_list)
+        fe = inner.add_parser("fetch", help="download sets from their source repositories at "
+                              "the recorded commit, checking each file's sha256")
+        fe.add_argument("name", nargs="?", default=None, help="a registered set")
+        fe.add_argument("--all", action="store_true", help="every registered set")
+        fe.add_argument("--root", default=None, help="folder to write the sets into "
+                        "(default: $EXPERTGATE_DATA_DIR, ../shared/data beside the checkout, "
+                        "or data/ in the checkout)")
+        fe.add_argument("--source", default=None, help="raw-file host serving "
+                        "{source}/{owner}/{repo}/{commit}/{path} (default "
+                        "$EXPERTGATE_DATA_SOURCE or GitHub's raw host)")
+        fe.set_defaults(func=_data_fetch)
+        vf = inner.add_parser("verify", help="check local files against recorded sha256")
+        vf.add_argument("name", nargs="?", default=None, help="one set (default: all)")
+        vf.add_argument("--root", default=None, help="folder holding the sets "
+                        "(default: where `data fetch` writes)")
+        vf.set_defaults(func=_data_verify)
+        p.set_defaults(func=_data_list)
+    else:  # pragma: no cover - dispatcher bug
+        raise ValueError(f"expertgate.cli.train cannot register {name!r}")
+
+
+def _routers_list(args: argparse.Namespace) -> int:
+    from routers.base import registered_names
+
+    for n in registered_names():
+        print(n)
+    return 0
+
+
+def _data_list(args: argparse.Namespace) -> int:
+    from evals.datasets.registry import REGISTRY
+
+    for ds in REGISTRY:
+        size = sum(f.bytes for f in ds.files)
+        print(f"{ds.name:14s} {len(ds.files):3d} files {size / 2**20:6.1f} MiB  "
+              f"{ds.repo}@{ds.commit[:10]}  {ds.license}")
+    return 0
+
+
+def _data_fetch(args: argparse.Namespace) -> int:
+    from evals.datasets import data_dir
+    from evals.datasets.registry import FetchError, fetch, names
+
+    if bool(args.name) == bool(args.all):
+        print("expertgate data fetch: give one set name or --all "
+              f"(sets: {', '.join(names())})", file=sys.stderr)
+        return 2
+    root = args.root or data_dir()
+    for n in names() if args.all else [args.name]:
+        try:
+            lines = fetch(n, root, source=args.source, progress=sys.stderr.isatty())
+        except KeyError as e:
+            print(f"expertgate data fetch: {e.args[0]}", file=sys.stderr)
+            return 2
+        except FetchError as e:
+            print(f"expertgate data fetch: {n}: {e}", file=sys.stderr)
+            return 1
+        for ln in lines:
+            print(ln)
+        print(f"{n}: ok in {root}/{n}")
+    return 0
+
+
+def _data_verify(args: argparse.Namespace) -> int:
+    from evals.datasets.registry import names, verify
+
+    todo = [args.name] if args.name else names()
+    bad = 0
+    for n in todo:
+        try:
+            problems = verify(n, args.root)
+        except KeyError as e:
+            print(f"error: {e.args[0]}", file=sys.stderr)
+            return 2
+        print(f"{n}: {'ok' if not problems else f'{len(problems)} problem(s)'}")
+        for pr in problems:
+            print(f"  {pr}")
+        bad += len(problems)
+    return 1 if bad else 0
+
+
+def _load(spec: str, fmt: str | None) -> tuple[Any, str]:
+    """The table and its format, from a registry name or a path (the one ``--data`` rule)."""
+    from routers.base import RouterError
+
+    if fmt == "guard":
+        from evals.datasets.guard import load_guard_table
+
+        return load_guard_table(spec), fmt
+    from evals.datasets.registry import resolve_table
+    from evals.datasets.routing import load_table
+
+    try:
+        path, fmt = resolve_table(spec, fmt)
+    except KeyError as e:
+        raise RouterError(e.args[0]) from None
+    return load_table(path, fmt), fmt
+
+
+def _print_metrics(m: dict[str, Any]) -> None:
+    print(f"trained {m['router']} on {m['n_train']} prompts in {m['fit_seconds']:.1f} s "
+          f"(validation {m['n_val']}, test {m['n_test']}, seed {m['seed']})")
+    if "embed_seconds" in m:
+        print(f"embedding ({m['embedder']}) {m['embed_seconds']:.1f} s; embedding + training "
+              f"{m['train_seconds_total']:.1f} s")
+    if m.get("auto"):
+        a = m["auto"]
+        print(f"auto chose {a['family']} {json.dumps(a['params'])} (cross-validation score "
+              f"{a['score']:.4f} over {len(a['candidates'])} candidates, {a['folds']} fold(s))")
+    for part in ("validation", "test"):
+        r = m.get(part)
+        if not r:
+            continue
+        q = "n/a" if r.get("mean_quality") is None else f"{r['mean_quality']:.4f}"
+        c = "n/a" if r.get("mean_cost") is None else f"{r['mean_cost']:.6g}"
+        line = f"{part:10s} n={r['n']} mean quality {q}  mean cost {c}"
+        if r.get("oracle_quality") is not None:
+            line += f"  oracle {r['oracle_quality']:.4f}"
+        if "apgr" in r and r["apgr"] is not None:
+            line += f"  APGR {r['apgr']:.3f}"
+        if r.get("reject_share"):
+            line += f"  rejected {r['reject_share']:.1%}"
+        print(line)
+        share = ", ".join(f"{e} {s:.1%}" for e, s in r["share"].items())
+        print(f"{'':10s} share: {share}")
+        singles = ", ".join(f"{e} {v['quality']:.3f}" for e, v in r["single_expert"].items()
+                            if v["quality"] is not None)
+        print(f"{'':10s} single experts: {singles}")
+    for bs, lat in (m.get("latency") or {}).items():
+        print(f"latency {bs.replace('_', ' ')}: p50 {lat['p50_ms']:.3f} ms/query, "
+              f"p99 {lat['p99_ms']:.3f} ms/query ({lat['calls']} calls)")
+
+
+def _debiased(args: argparse.Namespace) -> Any:
+    """Logs -> a training table corrected with the logged propensities (evals/offpolicy.py);
+    the reward model of ``dr`` uses the chosen embedder's features."""
+    from evals.offpolicy import OffPolicyError, debiased_table, load_logged
+    from routers.base import RouterError
+    from routers.embed import embed_cached, make_embedder
+
+    options = {"model_path": args.embedder_path} if args.embedder_path else {}
+    embedder = make_embedder(args.embedder, **options)
+    try:
+        logged = load_logged(args.data, lambda t: embed_cached(embedder, t, args.cache_dir,
+                                                               progress=True))
+        return debiased_table(logged, args.correction, seed=args.seed)
+    except OffPolicyError as e:
+        raise RouterError(str(e)) from None
+
+
+def _train(args: argparse.Namespace) -> int:
+    from evals.metrics import apgr_of_advantage
+    from routers.base import RouterError
+    from routers.embed import (
+        EmbedderError,
+        announce_embedding,
+        embed_cached,
+        make_embedder,
+        set_thread_counts,
+    )
+    from routers.train import parse_params, train_router
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        params = parse_params(args.param)
+        if args.router == "guard" and args.format != "guard":
+            raise RouterError("--router guard needs --format guard (a text,label,split table)")
+        if args.format == "guard" and args.router != "guard":
+            raise RouterError("--format guard is only for --router guard")
+        if args.correction != "none" and args.format != "logs":
+            raise RouterError("--correction needs --format logs (logged propensities)")
+        if args.correction != "none":
+            table, fmt = _debiased(args), "logs"
+        else:
+            table, fmt = _load(args.data, args.format)
+        print(f"loaded {len(table)} prompts x {len(table.models)} models from {args.data} "
+              f"({fmt}{'' if args.correction == 'none' else ', ' + args.correction})",
+              file=sys.stderr)
+        if args.router == "guard" and "method" not in params \
+                and len(set(table.categories or [])) >= 3:
+            # the default guard: its variant chosen on leave-labels-out pseudo-OOD
+            params["method"] = "auto"
+            print("guard: method, head and lexical chosen on leave-labels-out pseudo-OOD "
+                  "(--param method=NAME fixes one)", file=sys.stderr)
+        kinds = [args.embedder]
+        if args.auto_embedders:
+            if args.router != "auto":
+                raise RouterError("--auto-embedders needs --router auto")
+            kinds = [k.strip() for k in args.auto_embedders.split(",") if k.strip()]
+            bad = [k for k in kinds if k not in EMBEDDER_KINDS]
+            if bad:
+                raise EmbedderError(f"unknown embedder kind(s) {', '.join(bad)}; use "
+                                    f"{', '.join(EMBEDDER_KINDS)}")
+        set_thread_counts(torch_threads=1 if "minilm" in kinds else None)
+        t0 = time.perf_counter()
+        embedded = []
+        for kind in kinds:
+            options = ({"model_path": args.embedder_path}
+                       if args.embedder_path and kind == args.embedder else {})
+            e = make_embedder(kind, **options)
+            announce_embedding(e, kind, table.prompts, args.cache_dir)
+            embedded.append((e, embed_cached(e, table.prompts, args.cache_dir, progress=True)))
+        embed_s = time.perf_counter() - t0
+        candidates = None
+        embedder, X = embedded[0]
+        if len(embedded) > 1:
+            embedder, X, candidates = _choose_embedder(embedded, table, args)
+        kind = kinds[[e for e, _ in embedded].index(embedder)]
+        options = ({"model_path": args.embedder_path}
+                   if args.embedder_path and kind == args.embedder else {})
+        print(f"fitting {args.router} ...", file=sys.stderr, flush=True)
+        result = train_router(args.router, table, X, params=params, seed=args.seed,
+                              val=args.val, test=args.test, out=args.out, embedder=embedder,
+                              embedder_name=embedder.name, latency=args.latency,
+                              apgr=apgr_of_advantage, auto_candidates=candidates,
+                              log=lambda s: print(s, file=sys.stderr, flush=True))
+    except (RouterError, EmbedderError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    result.metrics["embedder"] = embedder.name
+    result.metrics["embed_seconds"] = round(embed_s, 3)
+    result.metrics["train_seconds_total"] = round(time.perf_counter() - t0, 3)
+    if args.json:
+        print(json.dumps(result.metrics, indent=1))
+    else:
+        _print_metrics(result.metrics)
+    print(f"saved {result.path}")
+    if result.path is not None and args.router != "guard":
+        import numpy as np
+
+        # the fallback is the model with the best mean score: the safe answer when the
+        # decision's own targets all fail
+        seen = np.isfinite(table.scores)
+        mean = np.where(seen, table.scores, 0.0).sum(0) / np.maximum(seen.sum(0), 1)
+        best = table.models[int(np.argmax(mean))]
+        snippet = policy_snippet(args.router, result.path, list(table.models),
+                                 kind, options, command=_command_line(args),
+                                 fallback=best)
+        (result.path / "policy.yaml").write_text(snippet)
+        out = sys.stderr if args.json else sys.stdout
+        print(f"\nserve it: a ready gateway config, also written to "
+              f"{result.path / 'policy.yaml'}:\n", file=out)
+        print(snippet, file=out)
+    return 0
+
+
+def _choose_embedder(embedded: list[tuple[Any, Any]], table: Any, args: argparse.Namespace
+                     ) -> tuple[Any, Any, list[tuple[str, dict[str, Any]]]]:
+    """--auto-embedders: run the auto selection on the training prompts with each embedder;
+    keep the embedder (and its best candidate) with the best cross-validation score."""
+    from routers.auto import select
+    from routers.train import split_table
+
+    tr, _, _ = split_table(table, seed=args.seed, val=args.val, test=args.test)
+    best = None
+    for e, X in embedded:
+        sel = select(X[tr], table.subset(tr), seed=args.seed)
+        print(f"auto: embedder {e.name}: best {sel.family} {sel.params} score "
+              f"{sel.score:.4f}", file=sys.stderr)
+        if best is None or sel.score > best[2].score:
+            best = (e, X, sel)
+    assert best is not None
+    e, X, sel = best
+    return e, X, [(sel.family, sel.params)]
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    return " ".join(["expertgate", *sys.argv[1:]]) if sys.argv[1:2] == ["train"] else (
+        f"expertgate train --router {args.router} --data {args.data} --out {args.out}")
+
+
+def _expert_slug(model: str) -> str:
+    """A readable expert name for a table model (``mistralai/Mixtral-8x7B-...`` -> the part
+    after the last slash, lower case, only the characters expert names allow)."""
+    import re
+
+    tail = model.rsplit("/", 1)[-1].lower()
+    return re.sub(r"[^a-z0-9._-]+", "-", tail).strip("-") or "expert"
+
+
+def policy_snippet(router: str, artifact: Any, models: list[str], embedder: str,
+                   embedder_options: dict[str, Any], *, command: str = "",
+                   fallback: str | None = None) -> str:
+    """A gateway config (YAML) that serves ``artifact``: the embedder it was trained with, one
+    expert per table model and a policy whose ``models:`` maps each table model to it."""
+    from pathlib import Path
+
+    import yaml
+
+    names: dict[str, str] = {}
+    for m in models:
+        slug, k = _expert_slug(m), 2
+        while slug in names.values():
+            slug, k = f"{_expert_slug(m)}-{k}", k + 1
+        names[m] = slug
+    doc = {
+        "embedder": {"kind": embedder, **({"options": embedder_options}
+                                          if embedder_options else {})},
+        "experts": [{"name": names[m], "api_base": f"http://127.0.0.1:{8101 + i}/v1",
+                     "model": m} for i, m in enumerate(models)],
+        "policies": [{"name": f"learned-{router}", "router": router,
+                      "artifact": str(Path(artifact).resolve()),
+                      "models": dict(names),
+                      "fallback": [names[fallback or models[0]]]}],
+    }
+    head = [
+        f"# Serves the {router} router trained by: {command}" if command else
+        f"# Serves the {router} router in {artifact}",
+        "# The router decides between its training table's models (the keys of `models:`);",
+        "# each maps to the expert that serves it. Point each expert's api_base at your",
+        "# server (or map the models to experts you already have), keep the embedder: the",
+        "# artifact only works with the one it was trained with. Then:",
+        f"#   expertgate serve --config {Path(artifact) / 'policy.yaml'}",
+    ]
+    body = yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, width=100)
+    return "\n".join(head) + "\n" + body

@@ -1,0 +1,125 @@
+"""Canary monitoring: revert a candidate router by itself when it is worse than the incumbent.
+
+A policy's canary serves a stated share of traffic. For each arm (incumbent, canary) the
+monitor counts requests, errors (upstream failures: HTTP status >= 500) and feedback scores
+(``/v1/feedback``, in [0, 1]). It reverts the canary when
+
+* its error rate exceeds the incumbent's by more than ``margin``, or
+* its mean feedback falls below the incumbent's by more than ``margin``,
+
+under a *sequential* test that may be checked after every observation without inflating the
+false-revert rate: anytime-valid confidence sequences for each arm's mean from Robbins'
+normal-mixture supermartingale (see Howard et al. 2021, "Time-uniform, nonparametric,
+nonasymptotic confidence sequences"). Observations lie in [0, 1], so they are
+1/2-sub-Gaussian; with ``S_n`` the centred sum of ``n`` of them, ``V = n / 4`` and a
+N(0, 1/ρ) mixture, ``sqrt(ρ / (V + ρ)) · exp(S_n² / (2 (V + ρ)))`` is a nonnegative
+supermartingale, so by Ville's inequality
+
+    P(∃ n: |S_n| ≥ sqrt((V + ρ) · log((V + ρ) / (ρ · a²)))) ≤ a.
+
+Each arm's bound is taken at ``a = alpha / 2`` (upper for one arm, lower for the other), so
+under "the canary is at most ``margin`` worse" the probability of ever reverting is at most
+``alpha`` per signal, however long the canary runs and however often it is checked.
+``ρ`` is set so the bound is tightest near ``min_samples`` observations.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = ["CanaryMonitor", "mixture_radius"]
+
+Arm = Literal["incumbent", "canary"]
+
+
+def mixture_radius(n: int, a: float, n_opt: int = 100) -> float:
+    """Half-width of the one-sided anytime-valid bound on a [0, 1] mean after ``n``
+    observations at level ``a`` (normal mixture tuned for ``n_opt``); inf for n = 0."""
+    if n <= 0:
+        return math.inf
+    v = n / 4.0
+    # the mixture is tightest near V = rho (log factor aside): tune it for n_opt samples
+    rho = max(n_opt, 1) / 4.0
+    return math.sqrt((v + rho) * math.log((v + rho) / (rho * a * a))) / n
+
+
+@dataclass
+class _Stats:
+    n: int = 0
+    errors: int = 0
+    fb_n: int = 0
+    fb_sum: float = 0.0
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.n if self.n else math.nan
+
+    @property
+    def feedback(self) -> float:
+        return self.fb_sum / self.fb_n if self.fb_n else math.nan
+
+
+@dataclass
+class CanaryMonitor:
+    """Per-policy canary state; thread-safe (feedback may arrive from another worker thread)."""
+
+    margin: float = 0.05
+    alpha: float = 0.05
+    min_samples: int = 100
+    arms: dict[str, _Stats] = field(default_factory=lambda: {"incumbent": _Stats(),
+                                                            "canary": _Stats()})
+    reverted: str | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def observe_request(self, arm: Arm, error: bool) -> str | None:
+        with self._lock:
+            s = self.arms[arm]
+            s.n += 1
+            s.errors += int(error)
+            return self._check()
+
+    def observe_feedback(self, arm: Arm, score: float) -> str | None:
+        with self._lock:
+            s = self.arms[arm]
+            s.fb_n += 1
+            s.fb_sum += float(score)
+            return self._check()
+
+    def _worse(self, inc_n: int, inc_mean: float, can_n: int, can_mean: float,
+               higher_is_worse: bool) -> bool:
+        if min(inc_n, can_n) < self.min_samples:
+            return False
+        a = self.alpha / 2
+        r_inc = mixture_radius(inc_n, a, self.min_samples)
+        r_can = mixture_radius(can_n, a, self.min_samples)
+        if higher_is_worse:  # error rate: canary's lower bound above incumbent's upper + margin
+            return (can_mean - r_can) - (inc_mean + r_inc) > self.margin
+        return (inc_mean - r_inc) - (can_mean + r_can) > self.margin
+
+    def _check(self) -> str | None:
+        if self.reverted is not None:
+            return None
+        i, c = self.arms["incumbent"], self.arms["canary"]
+        if self._worse(i.n, i.error_rate, c.n, c.error_rate, True):
+            self.reverted = (f"error rate {c.error_rate:.3f} vs incumbent {i.error_rate:.3f} "
+                             f"(n {c.n} / {i.n}): worse by more than {self.margin:g} under the "
+                             f"anytime-valid test at alpha {self.alpha:g}")
+            return "error_rate"
+        if self._worse(i.fb_n, i.feedback, c.fb_n, c.feedback, False):
+            self.reverted = (f"feedback {c.feedback:.3f} vs incumbent {i.feedback:.3f} "
+                             f"(n {c.fb_n} / {i.fb_n}): worse by more than {self.margin:g} "
+                             f"under the anytime-valid test at alpha {self.alpha:g}")
+            return "feedback"
+        return None
+
+    def snapshot(self) -> dict[str, object]:
+        with self._lock:
+            return {"reverted": self.reverted, "margin": self.margin, "alpha": self.alpha,
+                    "arms": {k: {"requests": s.n, "errors": s.errors,
+                                 "error_rate": None if s.n == 0 else round(s.error_rate, 4),
+                                 "feedback_n": s.fb_n,
+                                 "feedback": None if s.fb_n == 0 else round(s.feedback, 4)}
+                             for k, s in self.arms.items()}}

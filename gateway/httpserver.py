@@ -1,0 +1,172 @@
+"""The HTTP/1.1 protocol ``expertgate serve`` runs: uvicorn's httptools protocol with a cap on
+the size of a request's head (request line + headers).
+
+httptools buffers a header value whole before handing it over, so a cap must act on the bytes
+fed to the parser, not on parsed headers: while a request's head is incomplete, at most
+``max_header_bytes`` (``EXPERTGATE_MAX_HEADER_BYTES``, default 64 KiB) reach the parser. A
+longer head gets an OpenAI-shaped 431; the connection then discards what the client still
+sends for a short while before closing (closing at once with unread data would reset the
+connection and the client might never read the 431). Memory per connection stays bounded
+whatever the client sends. Other malformed requests get an OpenAI-shaped 400 instead of
+uvicorn's plain text.
+
+Slow and idle clients are not held forever: a connection must send a request's head within
+``header_timeout_s`` (``EXPERTGATE_HEADER_TIMEOUT_S``, 10 s) of opening or of its previous
+response, else it gets an OpenAI-shaped 408 and is closed (the body has its own timeout in
+the app, ``EXPERTGATE_BODY_TIMEOUT_S``); more than ``max_connections`` open connections
+(``EXPERTGATE_MAX_CONNECTIONS``, at most half the process's file-descriptor limit, the other
+half kept for upstreams and Redis) get a 503 at once. At shutdown, the first connection told
+to finish tells the gateway (``Gateway.begin_drain``), which answers bodies still being read
+with a 503 instead of waiting for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import resource
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from gateway.errors import error_body
+
+__all__ = ["GatewayHttpProtocol"]
+
+#: after a 431: how long and how much the connection keeps reading (and discarding)
+_LINGER_S = 2.0
+_LINGER_BYTES = 16 * 1024 * 1024
+
+
+@functools.cache
+def _default_max_header_bytes() -> int:
+    from gateway.config import Settings
+
+    return Settings().max_header_bytes
+
+
+@functools.cache
+def _connection_limits() -> tuple[float, int]:
+    """(header timeout in seconds, most open client connections) from the settings."""
+    from gateway.config import Settings
+
+    s = Settings()
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    cap = s.max_connections
+    if soft != resource.RLIM_INFINITY:
+        cap = min(cap, max(soft // 2, 16))
+    return s.header_timeout_s, cap
+
+
+class GatewayHttpProtocol(HttpToolsProtocol):
+    #: the cap on a request's head in bytes; ``None``: from the settings
+    max_header_bytes: int | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._limit = self.max_header_bytes or _default_max_header_bytes()
+        self._in_head = True
+        self._head_bytes = 0
+        self._heads_done = 0
+        self._discarded = -1  # >= 0 once the request was refused: bytes thrown away since
+        self._header_timeout, self._max_connections = _connection_limits()
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        if len(self.connections) > self._max_connections:
+            self._refuse(503, f"too many open connections (at most {self._max_connections})",
+                         "too_many_connections")
+            return
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.cycle is None or self.cycle.response_complete:  # waiting for the next head
+            self._arm_head_timer()
+
+    def shutdown(self) -> None:
+        gw = self.app_state.get("expertgate")
+        if gw is not None:
+            gw.begin_drain()
+        super().shutdown()
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        if not self.transport.is_closing():
+            self._head_timer = self.loop.call_later(self._header_timeout, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing() or self._discarded >= 0:
+            return
+        self._refuse(408, f"no request headers within {self._header_timeout:g}s",
+                     "request_timeout")
+
+    def data_received(self, data: bytes) -> None:
+        if self._discarded >= 0:
+            self._discarded += len(data)
+            if self._discarded > _LINGER_BYTES:
+                self.transport.close()
+            return
+        if self._in_head:
+            room = self._limit - self._head_bytes
+            if len(data) > room:
+                head, rest = data[:room], data[room:]
+                self._head_bytes += len(head)
+                heads = self._heads_done
+                if head:
+                    super().data_received(head)
+                if self._discarded >= 0:
+                    return  # the parser refused the request
+                # no head completed within the allowance (a pipelined request's may have
+                # begun: it is counted from here)
+                if self._heads_done == heads and not self.transport.is_closing():
+                    self._refuse(431, "request headers too large: the request line and "
+                                 f"headers may take at most {self._limit} bytes",
+                                 "request_header_fields_too_large")
+                    return
+                if rest and not self.transport.is_closing():
+                    self.data_received(rest)
+                return
+            self._head_bytes += len(data)
+        super().data_received(data)
+
+    def on_headers_complete(self) -> None:
+        self._cancel_head_timer()
+        self._in_head = False
+        self._heads_done += 1
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_head = True
+        self._head_bytes = 0
+        super().on_message_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        self._refuse(400, f"malformed HTTP request: {msg}", "invalid_request")
+
+    def _refuse(self, status: int, message: str, code: str) -> None:
+        body = error_body(status, message, "invalid_request_error", code)
+        content = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            content.extend([name, b": ", value, b"\r\n"])
+        content.extend([b"content-type: application/json\r\n",
+                        b"content-length: " + str(len(body)).encode() + b"\r\n",
+                        b"connection: close\r\n\r\n", body])
+        self.transport.write(b"".join(content))
+        self._discarded = 0
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self.loop.call_later(_LINGER_S, self.transport.close)
+        else:
+            self.transport.close()

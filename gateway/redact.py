@@ -1,0 +1,54 @@
+"""Credentials never printed: one function that masks them in any text, and a log filter.
+
+Credentials written in an expert's URL are taken out at config load (``ExpertConfig``), so the
+URLs the gateway logs, shows in ``/admin/state`` or names in errors are clean by construction;
+this is the second line: every client-facing error message (``gateway.errors``) and every log
+line of ``expertgate serve`` (:func:`configure_logging`) goes through
+:func:`redact`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+__all__ = ["RedactFilter", "configure_logging", "redact"]
+
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@'\"]*@")
+_BEARER = re.compile(r"\b([Bb]earer)\s+[A-Za-z0-9._~+/=-]{8,}")
+
+
+def redact(text: str) -> str:
+    """``text`` with credentials masked: URL userinfo (``http://u:pw@host`` ->
+    ``http://***@host``) and bearer tokens (``Bearer sk-...`` -> ``Bearer ***``)."""
+    if "@" in text:
+        text = _USERINFO.sub(r"\1***@", text)
+    if "earer" in text:
+        text = _BEARER.sub(r"\1 ***", text)
+    return text
+
+
+class RedactFilter(logging.Filter):
+    """Masks credentials in a record's final message (installed on log handlers)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        clean = redact(msg)
+        if clean != msg:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            fmt = logging.Formatter()
+            record.exc_text = redact(fmt.formatException(record.exc_info))
+        elif record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
+
+
+def configure_logging(level: str) -> None:
+    """The process log of ``expertgate serve`` (and of each of its workers): one line per
+    record on stderr, every line through :class:`RedactFilter`."""
+    logging.basicConfig(level=level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for h in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactFilter) for f in h.filters):
+            h.addFilter(RedactFilter())

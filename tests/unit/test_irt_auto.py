@@ -1,0 +1,114 @@
+"""The shared-strength ``irt`` family and ``--router auto`` (routers.irt, routers.auto)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from routers.artifacts import read_manifest
+from routers.auto import quality_cost_score, select
+from routers.base import RouterError, RoutingTable, make_router
+from routers.irt import ridge_path
+from routers.train import train_router
+from tests.unit.test_router_contract import synthetic_table
+
+
+def test_ridge_leave_one_out_matches_refitting() -> None:
+    """The closed-form leave-one-out prediction equals refitting without the prompt (with
+    its own centring), also with more features than prompts and a tiny ridge."""
+    rng = np.random.default_rng(0)
+    for n, d, alpha in ((30, 4, 0.5), (12, 20, 0.01)):
+        F = rng.normal(size=(n, d))
+        Y = F @ rng.normal(size=(d, 2)) + 0.3 * rng.normal(size=(n, 2))
+        _, L = ridge_path(F - F.mean(0), Y - Y.mean(0), [alpha])
+        i = 7
+        keep = np.arange(n) != i
+        Fk, Yk = F[keep] - F[keep].mean(0), Y[keep] - Y[keep].mean(0)
+        B = np.linalg.solve(Fk.T @ Fk + alpha * np.eye(d), Fk.T @ Yk)
+        want = (F[i] - F[keep].mean(0)) @ B + Y[keep].mean(0)
+        np.testing.assert_allclose(L[0, i] + Y.mean(0), want, rtol=1e-6)
+
+
+def test_irt_learns_a_pattern_and_is_calibrated() -> None:
+    X, table = synthetic_table(240, missing=False)
+    y = np.array([["math", "law", "chat"].index(c) for c in table.categories or []])
+    rng = np.random.default_rng(1)
+    table.scores[:, 0] = (rng.random(240) < 0.3).astype(float)
+    table.scores[:, 1] = (rng.random(240) < 0.6).astype(float)
+    table.scores[:, 2] = (rng.random(240) < np.where(y == 0, 0.9, 0.1)).astype(float)
+    r = make_router("irt").fit(X, table)
+    Q = r.predict_quality(X, table.prompts)
+    assert Q[y == 0, 2].mean() > 0.75 and Q[y != 0, 2].mean() < 0.25
+    # calibrated: the mean predicted probability is each expert's success rate
+    np.testing.assert_allclose(Q.mean(0), table.scores.mean(0), atol=0.05)
+    low = make_router("irt", rank=1).fit(X, table)
+    assert low.abilities_.shape == (3, 1) and low.rank_ == 1
+    with pytest.raises(RouterError, match="rank"):
+        make_router("irt", rank=4).fit(X, table)
+    with pytest.raises(RouterError, match="texts"):
+        r.predict_quality(X)  # prompt statistics need the texts
+    plain = make_router("irt", text_stats=False).fit(X, table)
+    assert plain.predict_quality(X).shape == (240, 3)
+
+
+def test_irt_fills_missing_scores() -> None:
+    X, table = synthetic_table(90)
+    table.scores[:60, 2] = np.nan
+    Q = make_router("irt").fit(X, table).predict_quality(X, table.prompts)
+    assert np.all(np.isfinite(Q)) and np.all((Q >= 0) & (Q <= 1))
+
+
+def test_quality_cost_score_by_hand() -> None:
+    S = np.array([[1.0, 0.0], [0.0, 1.0]])
+    C = np.array([[0.0, 1.0], [0.0, 1.0]])
+    # perfect predictions: (cost 0.5, quality 1) and (cost 0, quality 0.5) on the sweep;
+    # budgets 0, 0.01, ..., 1: 50 of them below 0.5 reach 0.5, 51 reach 1.0
+    assert quality_cost_score(S, S, C) == pytest.approx((50 * 0.5 + 51 * 1.0) / 101)
+    # reversed predictions never do better than the cheap expert alone at low budgets
+    assert quality_cost_score(1 - S, S, C) < quality_cost_score(S, S, C)
+
+
+def test_auto_selects_on_training_prompts_only(tmp_path: Path) -> None:
+    X, table = synthetic_table(150)
+    cands = (("knn", {"k": 5}), ("irt", {"text_stats": False}))
+    sel = select(X, table, candidates=cands, seed=0)
+    assert sel.folds == 3 and len(sel.scores) == 2
+    best = max(sel.scores, key=lambda r: r["score"])
+    assert (sel.family, sel.params) == (best["family"], best["params"])
+    res = train_router("auto", table, X, seed=0, out=tmp_path / "a", auto_candidates=cands)
+    m = res.metrics
+    assert m["router"] == m["auto"]["family"] and m["auto"]["candidates"]
+    # the artifact is an ordinary artifact of the chosen family
+    assert read_manifest(tmp_path / "a")["type"] == m["router"]
+    with pytest.raises(RouterError, match="no --param"):
+        train_router("auto", table, X, params={"k": 3})
+
+
+def test_auto_reports_families_that_cannot_fit() -> None:
+    X, table = synthetic_table(40)
+    one_cat = RoutingTable(table.prompt_ids, table.prompts, table.models, table.scores,
+                           table.costs, None)
+    sel = select(X, one_cat, candidates=(("category", {}), ("knn", {"k": 3})))
+    assert sel.family == "knn"
+    assert any(r["family"] == "category" and r["score"] is None for r in sel.scores)
+    with pytest.raises(RouterError, match="no candidate"):
+        select(X, one_cat, candidates=(("category", {}),))
+    json.dumps(sel.to_dict())  # the selection report is JSON as it stands
+
+
+def test_gateway_policy_router_auto_serves_the_chosen_family(tmp_path: Path) -> None:
+    from gateway.config import parse_config
+    from gateway.pipeline import build_policy_set
+
+    X, table = synthetic_table(90)
+    res = train_router("auto", table, X, out=tmp_path / "art", embedder_name="test",
+                       auto_candidates=(("knn", {"k": 5}),))
+    cfg = parse_config({"experts": [{"name": m, "api_base": "http://127.0.0.1:9/v1"}
+                                    for m in table.models],
+                        "policies": [{"name": "auto", "router": "auto",
+                                      "artifact": str(tmp_path / "art")}]})
+    pset = build_policy_set(cfg, None)
+    assert type(pset.policies["auto"].router).name == res.metrics["router"] == "knn"

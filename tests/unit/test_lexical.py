@@ -1,0 +1,90 @@
+"""Sparse lexical features (routers.lexical) and the dense + sparse guard (lexical=True)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from routers.base import RouterError, RoutingTable
+from routers.guard import GuardRouter
+from routers.lexical import Lexical, char_ngrams, word_ngrams
+
+TEXTS = ["pay my credit card bill", "pay the phone bill", "transfer money to savings",
+         "transfer funds to my friend", "what is my balance", "check balance please"]
+
+
+def test_ngrams_by_hand() -> None:
+    assert word_ngrams("Pay my bill!") == ["pay", "my", "bill", "pay my", "my bill"]
+    assert char_ngrams("ab", 2, 3) == [" a", "ab", "b ", " ab", "ab "]
+    assert char_ngrams("a") == [" a", "a ", " a "]
+
+
+def test_tfidf_rows_and_state_round_trip() -> None:
+    lex = Lexical(min_df_chars=1).fit(TEXTS)
+    F = lex.transform([*TEXTS, "zzzz qqqq", ""]).toarray()
+    assert F.shape == (8, lex.n_features)
+    w = lex.n_words
+    # each block (words, characters) is L2-normalised on its own
+    np.testing.assert_allclose(np.linalg.norm(F[:6, :w], axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(F[:6, w:], axis=1), 1.0, rtol=1e-5)
+    assert not F[6, :w].any() and not F[7].any()  # unseen words and the empty text
+    # a word in every text has the smallest idf; "pay" (2 of 6 texts) a larger one
+    i_pay = lex.vocab["pay"]
+    assert lex.idf[i_pay] == pytest.approx(np.log(7 / 3) + 1, rel=1e-6)
+    again = Lexical.from_state(*lex.state())
+    np.testing.assert_array_equal(again.transform(TEXTS).toarray(), F[:6])
+    capped = Lexical(max_words=3, max_chars=5).fit(TEXTS)
+    assert capped.n_words == 3 and capped.n_features == 8
+
+
+def _table(n_per: int = 12) -> tuple[np.ndarray, RoutingTable]:
+    rng = np.random.default_rng(0)
+    words = {"bill": ["pay", "bill", "invoice", "card"], "transfer": ["send", "money", "wire"],
+             "balance": ["balance", "account", "left"]}
+    prompts, cats = [], []
+    for lab, ws in words.items():
+        for i in range(n_per):
+            prompts.append(" ".join(rng.choice(ws, 3)) + f" request {i}")
+            cats.append(lab)
+    X = rng.normal(size=(len(prompts), 8)).astype(np.float32)
+    table = RoutingTable([str(i) for i in range(len(prompts))], prompts, ["a"],
+                         np.ones((len(prompts), 1)), np.zeros((len(prompts), 1)), cats)
+    return X, table
+
+
+def test_lexical_guard_labels_by_words_and_saves(tmp_path: Path) -> None:
+    X, table = _table()
+    g = GuardRouter(lexical=True, target_frr=0.1, unsafe=False, val_fraction=0.25).fit(X, table)
+    texts = ["pay the card bill", "wire money", "balance left"]
+    # the embeddings here are noise: the labels come from the words
+    assert [v.label for v in g.verdict(X[:3], texts)] == ["bill", "transfer", "balance"]
+    assert g.lex_coef_.dtype == np.float16 and g.lex_terms_
+    with pytest.raises(RouterError, match="texts"):
+        g.ood_scores(X[:3])
+    path = g.save(tmp_path / "g", embedder="test")
+    loaded = GuardRouter.load(path)
+    a, b = g.verdict(X, table.prompts), loaded.verdict(X, table.prompts)
+    assert [v.label for v in a] == [v.label for v in b]
+    np.testing.assert_allclose([v.ood_score for v in a], [v.ood_score for v in b], rtol=1e-5)
+    with pytest.raises(RouterError, match="two labels"):
+        one = RoutingTable(table.prompt_ids, table.prompts, ["a"], table.scores, table.costs,
+                           ["bill"] * len(table))
+        GuardRouter(lexical=True, unsafe=False).fit(X, one)
+
+
+def test_guard_auto_chooses_on_pseudo_ood(tmp_path: Path) -> None:
+    X, table = _table(10)
+    g = GuardRouter(method="auto", target_frr=0.1, unsafe=False, epochs=2, hidden=8,
+                    val_fraction=0.25).fit(X, table)
+    sel = g.selection_
+    assert len(sel["held_out_labels"]) == 1 and len(sel["candidates"]) == 5
+    best = max(sel["candidates"], key=lambda r: r["gqr"])
+    assert (g.method, g.head, g.lexical) == (best["method"], best["head"], best["lexical"])
+    assert g.get_params()["method"] != "auto"  # the artifact names what it runs
+    loaded = GuardRouter.load(g.save(tmp_path / "auto", embedder="test"))
+    assert loaded.selection_ == sel
+    with pytest.raises(RouterError, match="at least 3 labels"):
+        keep = [i for i, c in enumerate(table.categories or []) if c != "bill"]
+        GuardRouter(method="auto", unsafe=False).fit(X[keep], table.subset(keep))

@@ -1,0 +1,320 @@
+"""Exploration probabilities and off-policy estimators against hand-computed cases; the
+no-overlap verdict; the simulator and bias-corrected training on a small synthetic table."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from evals.offpolicy import (
+    LoggedData,
+    crossfit_reward_model,
+    debiased_table,
+    estimate,
+    load_logged,
+    simulate,
+    simulate_training,
+)
+from routers.base import RouterError, RoutingTable
+from routers.explore import Exploration, exploration_matrix, exploration_probs, sample_actions
+
+
+def test_epsilon_probabilities_by_hand() -> None:
+    p = exploration_probs("b", {"a": 0.2, "b": 0.9, "c": 0.1, "d": 0.5}, ["a", "b", "c", "d"],
+                          Exploration(0.1, "epsilon"))
+    assert p == pytest.approx({"a": 0.025, "b": 0.925, "c": 0.025, "d": 0.025})
+
+
+def test_softmax_probabilities_by_hand() -> None:
+    # scores 0.9 / 0.5 at temperature 0.2: softmax = 1 / (1 + e^-2) = 0.880797
+    p = exploration_probs("x", {"x": 0.9, "y": 0.5}, ["x", "y"],
+                          Exploration(0.1, "softmax", 0.2))
+    s = 1 / (1 + np.exp(-2.0))
+    assert p["x"] == pytest.approx(0.9 + 0.1 * s)
+    assert p["y"] == pytest.approx(0.1 * (1 - s))
+
+
+def test_exploration_never_leaves_the_allowed_set() -> None:
+    allowed = np.array([[True, True, False], [False, True, True]])
+    P = exploration_matrix(np.array([0, 2]), np.zeros((2, 3)), allowed,
+                           Exploration(0.5, "epsilon"))
+    assert P[0].tolist() == pytest.approx([0.75, 0.25, 0.0])
+    assert P[1].tolist() == pytest.approx([0.0, 0.25, 0.75])
+    a = sample_actions(np.repeat(P, 2000, axis=0), np.random.default_rng(0))
+    assert not allowed.repeat(2000, axis=0)[np.arange(4000), a].__contains__(False)
+    with pytest.raises(RouterError, match="outside its allowed set"):
+        exploration_matrix(np.array([2, 2]), np.zeros((2, 3)), allowed, Exploration(0.1))
+
+
+def test_deterministic_policy_has_propensity_one() -> None:
+    P = exploration_matrix(np.array([1]), np.zeros((1, 3)), np.ones((1, 3), bool),
+                           Exploration(0.0))
+    assert P.tolist() == [[0.0, 1.0, 0.0]]
+    with pytest.raises(RouterError):
+        Exploration(1.0)
+    with pytest.raises(RouterError):
+        Exploration(0.1, "greedy")  # type: ignore[arg-type]
+
+
+def _hand_logs() -> LoggedData:
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.5, 0.5], [0.5, 0.5]])
+    return LoggedData(["cheap", "strong"], np.zeros((4, 2)), np.array([0, 1, 0, 1]),
+                      np.array([1.0, 1.0, 0.0, 0.5]), np.array([1.0, 10.0, 1.0, 10.0]), probs)
+
+
+def test_ips_snips_dr_ess_by_hand() -> None:
+    data = _hand_logs()
+    T = np.array([[0.0, 1.0]] * 4)  # candidate: always "strong"
+    # weights 0, 1/0.1, 0, 1/0.5 = 0, 10, 0, 2
+    q = {"quality": np.full((4, 2), 0.5), "cost": np.full((4, 2), 5.0)}
+    res = estimate(data, T, q_hat=q, n_boot=200, min_ess=1.0)
+    est = res["estimates"]["quality"]
+    assert est["ips"]["value"] == pytest.approx((10 * 1.0 + 2 * 0.5) / 4)
+    assert est["snips"]["value"] == pytest.approx(11 / 12, abs=1e-6)
+    # DR: 0.5 + w (r - 0.5) per record: 0.5, 5.5, 0.5, 0.5
+    assert est["dr"]["value"] == pytest.approx(7 / 4)
+    assert res["ess"] == pytest.approx(144 / 104, abs=0.01)
+    cost = res["estimates"]["cost"]
+    assert cost["ips"]["value"] == pytest.approx((10 * 10 + 2 * 10) / 4)
+    assert res["verdict"] == "ok"
+    for e in ("ips", "snips", "dr"):
+        assert est[e]["ci_low"] <= est[e]["value"] <= est[e]["ci_high"]
+
+
+def test_on_policy_logs_give_the_sample_mean_with_full_ess() -> None:
+    rng = np.random.default_rng(1)
+    n = 400
+    a = rng.integers(0, 2, n)
+    probs = np.zeros((n, 2))
+    probs[np.arange(n), a] = 1.0
+    r = rng.uniform(size=n)
+    data = LoggedData(["a", "b"], rng.normal(size=(n, 3)), a, r, np.zeros(n), probs)
+    res = estimate(data, probs, n_boot=500)
+    for e in ("ips", "snips", "dr"):
+        assert res["estimates"]["quality"][e]["value"] == pytest.approx(r.mean(), abs=1e-6)
+    assert res["ess"] == pytest.approx(n)
+    ci = res["estimates"]["quality"]["ips"]
+    half = 1.96 * r.std() / np.sqrt(n)
+    assert ci["ci_high"] - ci["ci_low"] == pytest.approx(2 * half, rel=0.2)
+
+
+def test_no_overlap_is_said_plainly() -> None:
+    n = 100
+    probs = np.zeros((n, 2))
+    probs[:, 0] = 1.0  # the deterministic logger only ever served "cheap"
+    data = LoggedData(["cheap", "strong"], np.zeros((n, 2)), np.zeros(n, int), np.ones(n),
+                      np.zeros(n), probs)
+    T = np.zeros((n, 2))
+    T[: n // 2, 1] = 1.0
+    T[n // 2:, 0] = 1.0
+    res = estimate(data, T)
+    assert res["verdict"] == "no_overlap"
+    assert "no overlap" in res["message"] and "strong (50 requests)" in res["message"]
+    assert res["estimates"]["quality"]["dr"] is None
+    assert res["overlap"]["unsupported_share"] == pytest.approx(0.5)
+
+
+def test_crossfit_reward_model_is_out_of_fold_and_fits_a_linear_truth() -> None:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, 4))
+    a = rng.integers(0, 2, 600)
+    y = np.where(a == 0, 0.5 + 0.1 * X[:, 0], 0.3 - 0.1 * X[:, 1])
+    Q = crossfit_reward_model(X, a, y, 2, folds=3)
+    truth = np.stack([0.5 + 0.1 * X[:, 0], 0.3 - 0.1 * X[:, 1]], axis=1)
+    assert np.abs(Q - truth).max() < 0.02
+    # an outlier record is predicted by models that never saw it
+    y2 = y.copy()
+    y2[0] = 100.0
+    Q2 = crossfit_reward_model(X, a, y2, 2, folds=3)
+    assert Q2[0, a[0]] < 1.0
+
+
+def _full_table(n: int = 1200, seed: int = 0) -> tuple[RoutingTable, np.ndarray]:
+    """Two experts, ten topics; the strong one wins on half the topics."""
+    rng = np.random.default_rng(seed)
+    topic = rng.integers(0, 10, n)
+    centres = rng.normal(size=(10, 8))
+    X = (centres[topic] + 0.3 * rng.normal(size=(n, 8))).astype(np.float32)
+    p_cheap = np.linspace(0.3, 0.8, 10)[topic]
+    p_strong = np.where(topic % 2 == 0, 0.9, 0.4)
+    S = np.stack([rng.uniform(size=n) < p_cheap, rng.uniform(size=n) < p_strong], 1) * 1.0
+    C = np.tile([0.1, 1.0], (n, 1))
+    t = RoutingTable([f"p{i}" for i in range(n)], [f"prompt {i} topic {topic[i]}"
+                                                   for i in range(n)],
+                     ["cheap", "strong"], S, C)
+    return t, X
+
+
+def test_simulation_dr_is_close_and_covers() -> None:
+    table, X = _full_table()
+    res = simulate(table, X, logging="knn:cost_weight=0.6", candidate="knn:cost_weight=0.0",
+                   explore=Exploration(0.1), n_logged=2000, repeats=12, n_boot=300)
+    q = res["results"]["quality"]
+    assert res["candidate_agrees_with_logging"] < 0.9  # the candidate differs from the logger
+    assert abs(q["dr"]["bias"]) < 0.02 and q["dr"]["mae"] < 0.03
+    assert q["dr"]["coverage"] >= 0.75
+    assert q["dr"]["width"] < q["ips"]["width"]
+    # the unweighted mean of matching logs is off: the logger's habits bias it
+    assert abs(q["naive"]["bias"]) > abs(q["dr"]["bias"])
+
+
+def test_debiased_tables_and_training_comparison() -> None:
+    table, X = _full_table(600)
+    rng = np.random.default_rng(0)
+    P = exploration_matrix(rng.integers(0, 2, 300), np.zeros((300, 2)), np.ones((300, 2), bool),
+                           Exploration(0.2))
+    a = sample_actions(P, rng)
+    data = LoggedData(["cheap", "strong"], X[:300], a, table.scores[np.arange(300), a],
+                      table.costs[np.arange(300), a], P, table.prompts[:300])
+    naive = debiased_table(data, "naive")
+    assert np.isnan(naive.scores).sum() == 300  # one observed expert per prompt
+    dr = debiased_table(data, "dr")
+    assert np.isfinite(dr.scores).all() and len(dr) == 300
+    pos = {t: i for i, t in enumerate(dr.prompts)}
+    rows = [pos[t] for t in data.texts]
+    assert dr.scores[rows, a] == pytest.approx(data.rewards)
+    ips = debiased_table(data, "ips")
+    assert len(ips) == 300 and np.isfinite(ips.scores).sum() == 300
+    res = simulate_training(table, X, logging="knn:cost_weight=0.6", router="knn",
+                            explore=Exploration(0.1), n_logged=500, seeds=[0])
+    assert set(res["methods"]) == {"naive", "ips", "dr"}
+    assert all(0 <= m["test_quality"] <= 1 for m in res["methods"].values())
+
+
+def test_load_logged_reads_an_export(tmp_path) -> None:
+    rows = [
+        {"request_id": "1", "text": "hello", "expert": "a", "feedback_score": 1.0,
+         "cost_usd": 0.1, "propensity": 0.95,
+         "action_probs": json.dumps({"a": 0.95, "b": 0.05}), "candidates": '["a", "b"]'},
+        {"request_id": "2", "text": "bye", "expert": "b", "feedback_score": 0.0,
+         "cost_usd": 0.2, "propensity": None, "action_probs": None, "candidates": None},
+        {"request_id": "3", "text": "no feedback", "expert": "a", "feedback_score": None},
+    ]
+    p = tmp_path / "logs.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    data = load_logged(p, lambda t: np.ones((len(t), 2)))
+    assert len(data) == 2 and data.experts == ["a", "b"]
+    assert data.probs.tolist() == [[0.95, 0.05], [0.0, 1.0]]
+    assert data.propensity.tolist() == [0.95, 1.0]
+
+
+def test_train_from_logs_with_correction(tmp_path) -> None:
+    from expertgate.cli import main
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(120):
+        code = i % 2 == 0
+        greedy = "coder" if code else "chatter"
+        other = "chatter" if code else "coder"
+        explored = rng.uniform() < 0.2
+        served = other if explored else greedy
+        rows.append({"request_id": str(i), "text": f"{'fix the bug' if code else 'tell a joke'}"
+                     f" number {i}", "expert": served,
+                     "feedback_score": float(served == ("coder" if code else "chatter")),
+                     "cost_usd": 0.001, "propensity": 0.1 if explored else 0.9,
+                     "action_probs": {greedy: 0.9, other: 0.1}, "fallback": i == 3})
+    p = tmp_path / "export.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    for corr in ("ips", "dr"):
+        out = tmp_path / f"knn-{corr}"
+        rc = main(["train", "--router", "knn", "--data", str(p), "--format", "logs",
+                   "--correction", corr, "--embedder", "hashing", "--out", str(out),
+                   "--cache-dir", str(tmp_path / "cache"), "--json"])
+        assert rc == 0 and (out / "router.json").exists()
+    rc = main(["train", "--router", "knn", "--data", str(p), "--format", "long",
+               "--correction", "dr", "--embedder", "hashing", "--out", str(tmp_path / "x")])
+    assert rc == 2
+
+
+def _export(tmp_path, explore: bool) -> tuple:
+    """A log export of a router that sends code to the coder, with or without exploration,
+    and a candidate artifact that always prefers the coder."""
+    from routers.base import make_router
+    from routers.embed import HashingEmbedder
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(300):
+        code = i % 2 == 0
+        greedy, other = ("coder", "chatter") if code else ("chatter", "coder")
+        served = other if explore and rng.uniform() < 0.1 else greedy
+        probs = {greedy: 0.95, other: 0.05} if explore else {greedy: 1.0}
+        rows.append({"request_id": str(i), "endpoint": "chat",
+                     "text": f"{'fix this bug' if code else 'tell me a joke'} {i}",
+                     "expert": served, "feedback_score": float(served == "coder" or not code),
+                     "cost_usd": 0.002 if served == "coder" else 0.001,
+                     "propensity": probs.get(served, 0.05) if explore else 1.0,
+                     "action_probs": probs, "candidates": ["coder", "chatter"]})
+    rows.append({"request_id": "s", "endpoint": "shadow", "text": "shadow record",
+                 "expert": "coder", "feedback_score": 1.0})
+    p = tmp_path / f"export-{explore}.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    e = HashingEmbedder()
+    texts = ["fix this bug", "tell me a joke"]
+    S = np.array([[1.0, 0.0], [1.0, 0.0]])
+    t = RoutingTable(["a", "b"], texts, ["coder", "chatter"], S, np.zeros_like(S))
+    art = make_router("knn", k=1).fit(e.embed(texts), t).save(tmp_path / "cand",
+                                                              embedder=e.name)
+    return p, art
+
+
+def test_eval_offpolicy_on_logs_estimates_or_says_no_overlap(tmp_path) -> None:
+    from expertgate.cli import main
+
+    logs, art = _export(tmp_path, explore=True)
+    out = tmp_path / "ope.json"
+    rc = main(["eval", "offpolicy", "--logs", str(logs), "--router", str(art),
+               "--embedder", "hashing", "--boot", "200", "--json", str(out),
+               "--cache-dir", str(tmp_path / "c")])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["verdict"] in ("ok", "low_ess") and res["n"] == 300  # shadow record dropped
+    # the candidate sends everything to the coder, which every request rated 1: truth 1.0
+    dr = res["estimates"]["quality"]["dr"]
+    assert dr["ci_low"] <= 1.0 <= dr["ci_high"] + 1e-9 and abs(dr["value"] - 1.0) < 0.1
+    assert res["commit"] and res["data_sha256"]
+    logs, art = _export(tmp_path, explore=False)
+    rc = main(["eval", "offpolicy", "--logs", str(logs), "--router", str(art),
+               "--embedder", "hashing", "--json", str(out), "--cache-dir", str(tmp_path / "c")])
+    assert rc == 1
+    res = json.loads(out.read_text())
+    assert res["verdict"] == "no_overlap" and "coder (150 requests)" in res["message"]
+
+
+def test_eval_offpolicy_names_a_policy_of_the_config(tmp_path) -> None:
+    import yaml
+
+    from expertgate.cli import main
+    from tests.unit.gateway_helpers import base_config
+
+    logs, _ = _export(tmp_path, explore=True)
+    cfg = base_config("http://127.0.0.1:9", "http://127.0.0.1:9")
+    path = tmp_path / "gw.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "ope.json"
+    rc = main(["eval", "offpolicy", "--logs", str(logs), "--router", "auto", "--config",
+               str(path), "--embedder", "hashing", "--boot", "100", "--json", str(out),
+               "--cache-dir", str(tmp_path / "c")])
+    assert rc == 0 and json.loads(out.read_text())["router"] == "auto"
+    assert main(["eval", "offpolicy", "--logs", str(logs), "--router", "nope", "--config",
+                 str(path), "--embedder", "hashing"]) == 2
+
+
+def test_eval_offpolicy_simulate_command_writes_provenance(tmp_path) -> None:
+    from expertgate.cli import main
+
+    out = tmp_path / "sim.json"
+    rc = main(["eval", "offpolicy", "--simulate", "synthetic:400x2", "--repeats", "3",
+               "--n", "500", "--boot", "50", "--logging", "knn:cost_weight=0.5",
+               "--candidate", "knn:cost_weight=0", "--json", str(out),
+               "--cache-dir", str(tmp_path / "c")])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["repeats"] == 3 and res["n_logged"] == 500 and res["commit"]
+    assert "--simulate synthetic:400x2" in res["command"]
+    q = res["results"]["quality"]
+    assert set(q) == {"truth", "ips", "snips", "dr", "naive"}
+    assert 0 <= q["dr"]["coverage"] <= 1 and q["dr"]["width"] > 0

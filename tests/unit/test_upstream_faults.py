@@ -1,0 +1,291 @@
+"""Defects of issue 19 at the gateway/upstream boundary, against upstream doubles.
+
+A request-caused 500 never trips a circuit, is never retried or failed over, and comes back
+as the upstream's own error; no client-facing text names an upstream address; a 200 with
+broken JSON (or SSE) is a protocol failure; the max_tokens cap covers max_completion_tokens;
+pass-through traffic spreads over replicas while a shared prefix keeps its replica; an
+ensemble is paid for in full, survives its aggregator, and lists its members; usage is
+reported for streams whose upstream sends none; /v1/embeddings passes through.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+
+from expertgate.bench.upstream_double import OpenAIUpstreamDouble
+from gateway.api.chat import affinity_key
+from routers.artifacts import save_router
+from routers.base import RoutingTable, make_router
+from routers.embed import HashingEmbedder
+from tests.unit.gateway_helpers import base_config, chat, gateway_client
+
+
+def _err(r: httpx.Response) -> dict[str, Any]:
+    body = r.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]  # type: ignore[no-any-return]
+
+
+def _json_schema(body: dict[str, Any]) -> bool:
+    return (body.get("response_format") or {}).get("type") == "json_schema"
+
+
+SCHEMA = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
+
+
+async def test_request_caused_500_never_opens_the_circuit_retries_or_fails_over(
+        ups, tmp_path: Path) -> None:
+    coder, chatter = ups
+    coder.reject_if = chatter.reject_if = _json_schema
+    async with gateway_client(base_config(coder.base, chatter.base), tmp_path) as (c, gw):
+        for _ in range(5):  # more than the breaker's threshold of 3
+            r = await c.post("/v1/chat/completions", json=chat(
+                "auto", "fix this bug in my code", response_format=SCHEMA))
+            # the upstream's own status and error, not a 502 from the gateway
+            assert r.status_code == 500
+            err = _err(r)
+            assert "concatenate" in err["message"] and err["type"] == "internal_server_error"
+            assert r.headers["x-expertgate-expert"] == "coder"  # no failover to chatter
+            assert "x-expertgate-degraded" not in r.headers
+        assert chatter.received == []
+        bad = [b for b in coder.received if _json_schema(b)]
+        assert len(bad) == 5  # never retried
+        probes = [b for b in coder.received if not _json_schema(b)]
+        assert 1 <= len(probes) <= 2  # one probe vouches for the replica for a while
+        assert all(r["circuit"] == "closed" for r in gw.dispatcher.replica_states()["coder"])
+        # every other client is still served
+        r = await c.post("/v1/chat/completions", json=chat("auto", "fix this bug in my code"))
+        assert r.status_code == 200 and r.headers["x-expertgate-expert"] == "coder"
+
+
+async def test_a_500_the_probe_confirms_is_the_replicas_and_fails_over(ups, tmp_path: Path
+                                                                      ) -> None:
+    coder, chatter = ups
+    coder.mode = "status"  # 500 to everything, the probe included
+    async with gateway_client(base_config(coder.base, chatter.base), tmp_path) as (c, _):
+        r = await c.post("/v1/chat/completions", json=chat("auto", "fix this bug in my code"))
+        assert r.status_code == 200 and r.headers["x-expertgate-expert"] == "chatter"
+        assert "expert-fallback" in r.headers["x-expertgate-degraded"]
+
+
+async def test_client_facing_errors_never_name_an_upstream_address(ups, tmp_path: Path
+                                                                  ) -> None:
+    coder, chatter = ups
+    coder.mode = chatter.mode = "status"
+    coder.status = chatter.status = 502
+    async with gateway_client(base_config(coder.base, chatter.base), tmp_path) as (c, _):
+        r = await c.post("/v1/chat/completions", json=chat("auto", "fix this bug in my code"))
+        assert r.status_code == 502
+        msg = _err(r)["message"]
+        assert "coder" in msg and "chatter" in msg and "502" in msg
+        for text in (msg, r.headers.get("x-expertgate-reason", "")):
+            assert "127.0.0.1" not in text and "http://" not in text
+    await coder.stop()  # refused connections
+    async with gateway_client(base_config(coder.base, chatter.base), tmp_path) as (c, _):
+        r = await c.post("/v1/chat/completions", json=chat("coder", "x"))
+        assert r.status_code == 502
+        assert "127.0.0.1" not in r.text and str(coder.port) not in r.text
+
+
+async def test_broken_json_200_is_a_protocol_failure_that_falls_back(ups, tmp_path: Path
+                                                                     ) -> None:
+    coder, chatter = ups
+    coder.mode = "badjson"
+    async with gateway_client(base_config(coder.base, chatter.base), tmp_path) as (c, _):
+        r = await c.post("/v1/chat/completions", json=chat("auto", "fix this bug in my code"))
+        assert r.status_code == 200 and r.headers["x-expertgate-expert"] == "chatter"
+        assert "expert-fallback" in r.headers["x-expertgate-degraded"]
+        assert "coder:protocol" in r.headers["x-expertgate-reason"]
+        r = await c.post("/v1/chat/completions", json=chat("coder", "x"))
+        assert r.status_code == 502 and _err(r)["code"] == "upstream_protocol_error"
+
+
+async def test_malformed_sse_line_falls_back_before_the_first_byte_and_errors_after(
+        ups, tmp_path: Path) -> None:
+    coder, chatter = ups
+    coder.mode, coder.bad_after = "badsse", 0
+    async with gateway_client(base_config(coder.base, chatter.base), tmp_path) as (c, _):
+        r = await c.post("/v1/chat/completions", json=chat(
+            "auto", "fix this bug in my code", stream=True))
+        assert r.status_code == 200 and r.headers["x-expertgate-expert"] == "chatter"
+        assert "expert-fallback" in r.headers["x-expertgate-degraded"]
+        assert r.text.rstrip().endswith("data: [DONE]")
+        coder.bad_after = 2  # two good events went out first: too late to fall back
+        r = await c.post("/v1/chat/completions", json=chat("coder", "x", stream=True))
+        events = [ln[6:] for ln in r.text.split("\n") if ln.startswith("data: ")]
+        last = orjson.loads(events[-1])
+        assert last["error"]["code"] == "stream_invalid"
+        assert "{this is not json" not in r.text  # the broken line is not passed on
+    lines = (tmp_path / "log.jsonl").read_text().splitlines()
+    rec = orjson.loads(lines[-1])
+    assert rec["status"] == "error" and "stream-invalid" in rec["degraded"]
+
+
+@pytest.mark.parametrize("sent,expect", [
+    ({"max_completion_tokens": 500}, {"max_completion_tokens": 16}),
+    ({"max_tokens": 200, "max_completion_tokens": 64}, {"max_tokens": 16,
+                                                        "max_completion_tokens": 16}),
+    ({"max_completion_tokens": 8}, {"max_completion_tokens": 8}),
+])
+async def test_max_tokens_cap_covers_max_completion_tokens(ups, tmp_path: Path,
+                                                           sent: dict[str, int],
+                                                           expect: dict[str, int]) -> None:
+    cfg = base_config(ups[0].base, ups[1].base, max_tokens_cap=16)
+    async with gateway_client(cfg, tmp_path) as (c, _):
+        r = await c.post("/v1/chat/completions", json=chat("auto", "tell me a joke", **sent))
+        assert r.status_code == 200
+    got = ups[1].received[-1]
+    assert {k: got.get(k) for k in expect} == expect
+
+
+async def test_pass_through_spreads_and_a_shared_prefix_keeps_its_replica(tmp_path: Path
+                                                                          ) -> None:
+    reps = [await OpenAIUpstreamDouble(f"r{i}").start() for i in range(3)]
+    try:
+        cfg = base_config(reps[0].base, reps[0].base)
+        cfg["experts"][0]["replicas"] = [r.base for r in reps]
+        del cfg["experts"][0]["api_base"]
+        async with gateway_client(cfg, tmp_path) as (c, _):
+            for i in range(30):
+                r = await c.post("/v1/chat/completions", json=chat("coder", f"question {i}"))
+                assert r.status_code == 200
+            counts = [len(r.received) for r in reps]
+            assert all(n >= 3 for n in counts), counts  # all three replicas used
+            for r in reps:
+                r.received.clear()
+            system = "You are a careful assistant for the Acme legal team. " * 30
+            for i in range(12):
+                body = {"model": "coder", "messages": [
+                    {"role": "system", "content": system},
+                    {"role": "user", "content": f"different question {i}"}]}
+                assert (await c.post("/v1/chat/completions", json=body)).status_code == 200
+            used = [len(r.received) for r in reps]
+            # sequential requests: the key's first choice is always the less loaded
+            assert sorted(used) == [0, 0, 12], used
+    finally:
+        for r in reps:
+            await r.stop()
+
+
+def test_affinity_key_is_the_conversation_start_system_prompt_first() -> None:
+    one = {"messages": [{"role": "system", "content": "S"},
+                        {"role": "user", "content": "first"}]}
+    two = {"messages": [*one["messages"], {"role": "assistant", "content": "a"},
+                        {"role": "user", "content": "second"}]}
+    assert affinity_key(one, "chat") == affinity_key(two, "chat")  # a conversation stays put
+    other = {"messages": [{"role": "system", "content": "S"},
+                          {"role": "user", "content": "other"}]}
+    assert affinity_key(one, "chat") != affinity_key(other, "chat")
+    assert affinity_key({"prompt": ["p1", "p2"]}, "completions") == b"p1"
+
+
+async def test_stream_usage_is_estimated_when_the_upstream_sends_none(ups, tmp_path: Path
+                                                                      ) -> None:
+    _, chatter = ups
+    chatter.stream_usage = False  # as llama.cpp
+    body = chat("chatter", "tell me a joke", stream=True,
+                stream_options={"include_usage": True})
+    async with gateway_client(base_config(ups[0].base, chatter.base), tmp_path) as (c, _):
+        r = await c.post("/v1/chat/completions", json=body)
+        events = [ln[6:] for ln in r.text.split("\n") if ln.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        usage = orjson.loads(events[-2])["usage"]
+        # "answer from chatter-double (chatter)": 4 content events
+        assert usage["completion_tokens"] == 4 and usage["estimated"] is True
+        assert usage["prompt_tokens"] >= 1
+        assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+        chatter.stream_usage = True  # an upstream that reports usage: passed through as is
+        r = await c.post("/v1/chat/completions", json=body)
+        events = [ln[6:] for ln in r.text.split("\n") if ln.startswith("data: ")]
+        usage = orjson.loads(events[-2])["usage"]
+        assert usage == {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
+        assert r.text.count('"usage"') == 1
+
+
+async def test_embeddings_pass_through_to_experts_that_serve_them(ups, tmp_path: Path
+                                                                  ) -> None:
+    coder, chatter = ups
+    cfg = base_config(coder.base, chatter.base)
+    cfg["experts"][0]["embeddings"] = True
+    async with gateway_client(cfg, tmp_path) as (c, _):
+        r = await c.post("/v1/embeddings", json={"model": "coder", "input": ["a", "b"]})
+        assert r.status_code == 200 and r.headers["x-expertgate-expert"] == "coder"
+        assert len(r.json()["data"]) == 2 and coder.received[-1]["model"] == "up-coder"
+        r = await c.post("/v1/embeddings", json={"model": "chatter", "input": "a"})
+        assert r.status_code == 400 and _err(r)["code"] == "model_not_supported"
+        r = await c.post("/v1/embeddings", json={"model": "nope", "input": "a"})
+        assert r.status_code == 404
+        r = await c.post("/v1/embeddings", json={"model": "coder", "input": []})
+        assert r.status_code == 400 and _err(r)["param"] == "input"
+    lines = (tmp_path / "log.jsonl").read_text().splitlines()
+    rec = orjson.loads(lines[0])
+    assert rec["endpoint"] == "embeddings" and rec["prompt_tokens"] == 4
+    assert rec["cost_usd"] == pytest.approx(4 * 1.0 / 1e6)
+
+
+# --------------------------------------------------------------------------- ensembles
+
+
+def _skills_artifact(path: Path) -> Path:
+    emb = HashingEmbedder()
+    prompts = [f"explain topic {i}" for i in range(24)]
+    models = ["coder", "chatter", "agg"]
+    S = np.tile([0.9, 0.8, 0.5], (24, 1))
+    table = RoutingTable([f"p{i}" for i in range(24)], prompts, models, S,
+                         np.ones((24, 3)), ["general"] * 24)
+    r = make_router("skills", k=2, aggregator="agg").fit(emb.embed(prompts), table)
+    return save_router(r, path, embedder=emb.name)
+
+
+async def _ensemble_gateway(ups: Any, agg: OpenAIUpstreamDouble, tmp_path: Path) -> Any:
+    cfg = base_config(ups[0].base, ups[1].base)
+    for e in cfg["experts"]:
+        e["price"] = {"input_per_1m": 1.0, "output_per_1m": 2.0}
+    cfg["experts"].append({"name": "agg", "api_base": agg.base, "timeout_s": 2,
+                           "price": {"input_per_1m": 10.0, "output_per_1m": 20.0}})
+    cfg["policies"] = [{"name": "panel", "router": "skills",
+                        "artifact": str(_skills_artifact(tmp_path / "skills"))}]
+    return gateway_client(cfg, tmp_path)
+
+
+async def test_ensemble_cost_counts_every_call_and_a_header_lists_members(ups, tmp_path: Path
+                                                                          ) -> None:
+    agg = await OpenAIUpstreamDouble("agg-double").start()
+    try:
+        async with await _ensemble_gateway(ups, agg, tmp_path) as (c, _):
+            r = await c.post("/v1/chat/completions", json=chat("panel", "explain topic 3"))
+            assert r.status_code == 200 and r.headers["x-expertgate-expert"] == "agg"
+            assert r.headers["x-expertgate-ensemble"] == "coder,chatter"
+        lines = (tmp_path / "log.jsonl").read_text().splitlines()
+        rec = orjson.loads(lines[-1])
+        # each double reports 7 prompt + 5 completion tokens
+        members = 2 * (7 * 1.0 + 5 * 2.0) / 1e6
+        aggregator = (7 * 10.0 + 5 * 20.0) / 1e6
+        assert rec["cost_usd"] == pytest.approx(members + aggregator)
+    finally:
+        await agg.stop()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_ensemble_answers_with_its_members_when_the_aggregator_is_down(
+        ups, tmp_path: Path, stream: bool) -> None:
+    agg = await OpenAIUpstreamDouble("agg-double").start()
+    await agg.stop()
+    async with await _ensemble_gateway(ups, agg, tmp_path) as (c, _):
+        r = await c.post("/v1/chat/completions", json=chat("panel", "explain topic 3",
+                                                           stream=stream))
+        assert r.status_code == 200
+        assert "ensemble-unaggregated" in r.headers["x-expertgate-degraded"]
+        assert r.headers["x-expertgate-expert"] == "coder"
+        assert r.headers["x-expertgate-ensemble"] == "coder,chatter"
+        assert "answer from coder-double" in r.text
+    lines = (tmp_path / "log.jsonl").read_text().splitlines()
+    rec = orjson.loads(lines[-1])
+    assert rec["cost_usd"] == pytest.approx(2 * (7 * 1.0 + 5 * 2.0) / 1e6)
+
