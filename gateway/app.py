@@ -70,7 +70,8 @@ class Gateway:
         self._embedder = embedder
         self.embedder: Embedder | None = None
         self.redis: Any = None
-        self.cache: DecisionCache = MemoryDecisionCache(settings.decision_cache_size)
+        self.cache: DecisionCache = MemoryDecisionCache(settings.decision_cache_size,
+                                                          settings.decision_cache_bytes)
         self.dispatcher = Dispatcher(config, self.metrics)
         self.routing_log: RoutingLog | None = None
         #: recent decisions and running totals for the dashboard (/ui)
@@ -107,11 +108,19 @@ class Gateway:
         self.auth.set_reach(reachable_experts(self.policy_set.policies))
         if s.redis_url:
             import redis.asyncio as aioredis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+            from redis.exceptions import ConnectionError as RedisConnectionError
 
+            # After Redis restarts, every pooled connection to the old server is dead: a
+            # connection error is retried once, at once, on a fresh connection, so each dead
+            # connection does not fail a command (and flip rate limits to local) on its way
+            # out. A timeout is not retried: a hung Redis would cost twice the timeout.
             self.redis = aioredis.Redis.from_url(
                 s.redis_url, socket_timeout=s.redis_timeout_s,
                 socket_connect_timeout=s.redis_timeout_s, health_check_interval=5,
-                retry_on_timeout=False)
+                retry_on_timeout=False,
+                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
             self.cache = RedisDecisionCache(self.redis, retry_s=s.redis_retry_s)
             self.auth.redis = self.redis
             self.auth.retry_s = s.redis_retry_s

@@ -79,7 +79,10 @@ class Settings(BaseSettings):
     max_messages: int = 512
     #: whole-request deadline (decision + upstream incl. fallbacks), seconds
     request_deadline_s: float = 300.0
+    #: the in-process decision cache's bounds (used without Redis): entries and bytes;
+    #: a single-expert decision costs ~650 bytes, so 64 MiB holds ~100,000 of them
     decision_cache_size: int = 100_000
+    decision_cache_bytes: int = 64 * 1024 * 1024
     embed_threads: int = 1
     #: how long to skip Redis after it failed before trying again, seconds
     redis_retry_s: float = 1.0

@@ -298,7 +298,12 @@ def load_logs(path: str | Path) -> RoutingTable:
           file=sys.stderr)
     df = df[keep]
     if df.empty:
-        raise RouterError(f"{path}: no log record has both text and feedback")
+        why = ("none has its prompt text: the gateway logs a prompt only for policies with "
+               "'log_prompts: true' (off by default); set it on the policies whose traffic "
+               "should train routers, then export again" if no_text.all() else
+               "the records with text have no feedback: send ratings to POST /v1/feedback")
+        raise RouterError(f"{path}: no log record has both text and feedback ({n0} "
+                          f"record(s); {why})")
     fbk = fb[keep]
     if ((fbk < 0) | (fbk > 1)).any():
         raise RouterError(f"{path}: feedback_score must lie in [0, 1]")

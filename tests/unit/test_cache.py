@@ -35,3 +35,26 @@ def test_key_changes_with_policy_version_and_text() -> None:
     assert a != decision_key("auto", "v2", "hello")
     assert a != decision_key("auto", "v1", "hello!")
     assert a != decision_key("cheap", "v1", "hello")
+
+
+async def test_memory_is_bounded_by_bytes_as_measured() -> None:
+    import tracemalloc
+
+    value = {"mode": "single", "targets": [{"expert": "smollm2", "score": 0.83}],
+             "reason": "semantic: route 'chit-chat' -> smollm2 (similarity 0.812)", "x": "y" * 200}
+    c = MemoryDecisionCache(max_entries=10**9, max_bytes=2 * 1024 * 1024)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(20_000):
+            await c.set(decision_key("auto", "v1", f"distinct prompt {i}"), value, 3600)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert c.bytes <= c.max_bytes
+    assert 2000 < len(c) < 20_000  # evicted by bytes, not by the entry cap
+    # what the process really holds stays near the bound (orjson's 4 KiB buffers made this
+    # ~40x the JSON's size before)
+    assert grown < 1.25 * c.max_bytes, grown
+    assert await c.get(decision_key("auto", "v1", "distinct prompt 19999")) == value
+    assert await c.get(decision_key("auto", "v1", "distinct prompt 0")) is None

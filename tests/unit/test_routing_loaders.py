@@ -95,8 +95,10 @@ def test_load_logs_refuses_bad_exports(tmp_path: Path) -> None:
         load_logs(p)
     p.write_text(json.dumps({"request_id": "1", "expert": "a", "text": None,
                              "feedback_score": 1}))
-    with pytest.raises(RouterError, match="no log record"):
+    with pytest.raises(RouterError, match="no log record") as ei:
         load_logs(p)
+    # every row dropped for want of text: say why, and what to change
+    assert "log_prompts: true" in str(ei.value)
 
 
 @needs_data
