@@ -54,7 +54,7 @@ from evals.datasets.guard import (
     load_suite,
     suite_files,
 )
-from evals.provenance import REPORT_SEEDS, provenance
+from evals.provenance import REPORT_SEEDS, git_state, provenance
 from routers.embed import EMBEDDER_KINDS
 
 __all__ = [
@@ -630,6 +630,7 @@ def _frrs(spec: str) -> list[float]:
 def run(args: argparse.Namespace) -> int:
     from routers.embed import EmbedderError, make_embedder
 
+    git = git_state()  # the code that runs, before anything can change the tree
     if bool(args.suite) == bool(args.data):
         print("give exactly one of --suite NAME or --data PATH", file=sys.stderr)
         return 2
@@ -705,7 +706,7 @@ def run(args: argparse.Namespace) -> int:
     result["command"] = _command(args)
     result["provenance"] = provenance(
         data=files, embedder=embedder, finetune=finetune_meta,
-        seeds={"used": [seed], "kind": args.seed_set}, command=result["command"])
+        seeds={"used": [seed], "kind": args.seed_set}, command=result["command"], git=git)
     print(format_table(result))
     if args.json:
         out = Path(args.json)

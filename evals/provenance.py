@@ -151,14 +151,15 @@ def encoder_info(embedder: Any, finetune: Mapping[str, Any] | None = None) -> di
 
 
 def provenance(*, data: Sequence[str | Path], embedder: Any = None, seeds: Mapping[str, Any],
-               command: str | None = None, finetune: Mapping[str, Any] | None = None
-               ) -> dict[str, Any]:
+               command: str | None = None, finetune: Mapping[str, Any] | None = None,
+               git: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The ``provenance`` block of a result JSON (see the module doc). ``command`` is the
     command line rebuilt from the parsed arguments (every flag that matters, in a fixed
-    order); ``argv`` is the process's own, as typed."""
+    order); ``argv`` is the process's own, as typed. ``git`` is :func:`git_state` taken when
+    the run *started* (the code that ran), else now."""
     argv = "expertgate " + shlex.join(sys.argv[1:])
     return {
-        "git": git_state(),
+        "git": dict(git) if git is not None else git_state(),
         "packages": package_versions(),
         "data": [path_sha256(d) for d in data],
         "encoder": encoder_info(embedder, finetune) if embedder is not None else None,

@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from evals import metrics as M
-from evals.provenance import provenance, seed_list
+from evals.provenance import git_state, provenance, seed_list
 from routers.base import Router, RouterError, RoutingTable, get_router_class, registered_names
 from routers.embed import EMBEDDER_KINDS
 
@@ -619,6 +619,7 @@ def main(args: argparse.Namespace) -> int:
     set_thread_counts(torch_threads=args.threads if args.embedder == "minilm" else None,
                       blas_threads=args.threads)
     t0 = time.perf_counter()
+    git = git_state()  # the code that runs, before anything can change the tree
     try:
         if not (0 < args.val < 1 and 0 < args.test < 1 and args.val + args.test < 1):
             raise EvalError(f"--val {args.val} and --test {args.test} must be in (0, 1) with "
@@ -656,7 +657,7 @@ def main(args: argparse.Namespace) -> int:
            "command": _command(args), "seed_set": args.seed_set, **res,
            "provenance": provenance(data=data_paths, embedder=embedder,
                                     seeds={"used": seeds, "kind": args.seed_set},
-                                    command=_command(args)),
+                                    command=_command(args), git=git),
            "timing_s": {"embed": round(t_embed, 2),
                         "total": round(time.perf_counter() - t0, 2)},
            "machine": _machine(), "created": datetime.now(UTC).isoformat(timespec="seconds")}
@@ -677,6 +678,8 @@ def _command(args: argparse.Namespace) -> str:
         parts.append(f"--strong {args.strong}")
     parts += [f"--seeds {args.seeds}", f"--seed-set {args.seed_set}",
               f"--embedder {args.embedder}"]
+    if args.threads != 1:
+        parts.append(f"--threads {args.threads}")
     if (args.val, args.test) != (0.2, 0.2):
         parts.append(f"--val {args.val} --test {args.test}")
     if args.params:
