@@ -672,33 +672,41 @@ def run(args: argparse.Namespace) -> int:
             print("--embedder static needs --static-model PATH", file=sys.stderr)
             return 2
         options["model_path"] = args.static_model
-    finetune_meta = None
-    if args.finetune:
-        try:
-            folder, finetune_meta = finetuned_for(data, epochs=args.finetune_epochs,
-                                                  seed=seed, quiet=args.quiet)
-        except (OSError, ValueError) as e:
-            print(f"error: fine-tune failed: {e}", file=sys.stderr)
-            return 2
-        options["model_path"] = str(folder)
     try:
-        embedder = make_embedder(args.embedder, **options)
-    except EmbedderError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.embedder_path and finetune_meta is None:
-        from routers.finetune import read_meta
-
-        finetune_meta = read_meta(args.embedder_path)
-    try:
-        result = evaluate(data, embedder, methods, target_frr=frrs, seed=seed,
-                          latency_sample=args.latency_sample, select=args.select,
-                          progress=not args.quiet,
-                          log=(lambda s: None) if args.quiet else
-                          (lambda s: print(s, file=sys.stderr)))
+        epochs = _epochs(args.finetune_epochs) if args.finetune else [0]
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    runs: list[tuple[str, Any, dict[str, Any] | None, dict[str, Any]]] = []
+    for ep in epochs:
+        opts, meta = dict(options), None
+        if ep > 0:
+            try:
+                folder, meta = finetuned_for(data, epochs=ep, seed=seed, quiet=args.quiet)
+            except (OSError, ValueError) as e:
+                print(f"error: fine-tune failed: {e}", file=sys.stderr)
+                return 2
+            opts["model_path"] = str(folder)
+        try:
+            embedder = make_embedder(args.embedder, **opts)
+        except EmbedderError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if args.embedder_path and meta is None:
+            from routers.finetune import read_meta
+
+            meta = read_meta(args.embedder_path)
+        try:
+            res = evaluate(data, embedder, methods, target_frr=frrs, seed=seed,
+                           latency_sample=args.latency_sample, select=args.select,
+                           progress=not args.quiet,
+                           log=(lambda s: None) if args.quiet else
+                           (lambda s: print(s, file=sys.stderr)))
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        runs.append(("frozen" if ep == 0 else f"finetuned-e{ep}", embedder, meta, res))
+    result, embedder, finetune_meta = _merge_encoder_variants(runs, args.select)
     if finetune_meta is not None:
         result["embedder_finetune"] = {k: v for k, v in finetune_meta.items() if k != "labels"}
     files = suite_files(args.suite) if args.suite else [args.data]
@@ -707,6 +715,10 @@ def run(args: argparse.Namespace) -> int:
     result["provenance"] = provenance(
         data=files, embedder=embedder, finetune=finetune_meta,
         seeds={"used": [seed], "kind": args.seed_set}, command=result["command"], git=git)
+    if len(runs) > 1:
+        from evals.provenance import encoder_info
+
+        result["provenance"]["encoders"] = {lab: encoder_info(e, m) for lab, e, m, _ in runs}
     print(format_table(result))
     if args.json:
         out = Path(args.json)
@@ -715,6 +727,47 @@ def run(args: argparse.Namespace) -> int:
                                   allow_nan=False) + "\n")
         print(f"wrote {out}", file=sys.stderr)
     return 0
+
+
+def _epochs(spec: str) -> list[int]:
+    """``--finetune-epochs``: one or more epoch counts; 0 stands for the frozen encoder."""
+    try:
+        out = [int(x) for x in str(spec).split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--finetune-epochs takes integers separated by commas, not "
+                         f"{spec!r}") from None
+    if not out or any(e < 0 for e in out) or len(set(out)) != len(out):
+        raise ValueError(f"--finetune-epochs needs distinct counts >= 0, got {spec!r}")
+    return out
+
+
+def _merge_encoder_variants(runs: list[tuple[str, Any, dict[str, Any] | None, dict[str, Any]]],
+                            select: str) -> tuple[dict[str, Any], Any, dict[str, Any] | None]:
+    """One result from the runs of several encoder variants (frozen, fine-tuned for N epochs):
+    every (variant, method, operating point) is a candidate, ``variant:name``, and the
+    selection is made again over all of them on validation. One run is returned as is."""
+    if len(runs) == 1:
+        _, emb, meta, res = runs[0]
+        return res, emb, meta
+    methods: dict[str, Any] = {}
+    for label, emb, _, res in runs:
+        for k, r in res["methods"].items():
+            methods[f"{label}:{k}"] = {**r, "encoder": emb.name, "encoder_variant": label}
+    # two runs or more: at least two candidates to select among
+    selected = select_candidate({k: r["validation"] for k, r in methods.items()}, select)
+    label = str(selected["method"]).split(":", 1)[0]
+    _, emb, meta, res = next(r for r in runs if r[0] == label)
+    pick = methods[selected["method"]]
+    selected.update({"base_method": pick["method"], "encoder_variant": label,
+                     "operating_point": {"target_frr": pick["target_frr"]},
+                     "encoder": emb.name,
+                     "validation_ood": res["selected"].get("validation_ood"),
+                     "candidates": sorted(methods)})
+    out = {**res, "selected": selected, "methods": methods, "embedder": emb.name,
+           "embedder_class": type(emb).__name__,
+           "encoders": {lab: e.name for lab, e, _, _ in runs},
+           "embedding_seconds": sum(r[3]["embedding_seconds"] for r in runs)}
+    return out, emb, meta
 
 
 def _command(args: argparse.Namespace) -> str:
@@ -802,8 +855,10 @@ def cli_register(parser: argparse.ArgumentParser) -> None:
                         help="first fine-tune the encoder on the in-domain train split "
                         "(large-margin cosine loss, routers/finetune.py; cached by data "
                         "hash), then evaluate every method with it")
-    parser.add_argument("--finetune-epochs", type=int, default=2,
-                        help="epochs of --finetune (default 2)")
+    parser.add_argument("--finetune-epochs", default="2",
+                        help="epochs of --finetune (default 2); several, comma-separated, are "
+                        "encoder variants to select among on validation, 0 standing for the "
+                        "frozen encoder (e.g. 0,2,3)")
     parser.add_argument("--seed", type=int, default=None, help="seed of fits, splits, the "
                         "leave-labels-out choice and the latency sample (default: 0, or the "
                         "first report seed with --seed-set report)")

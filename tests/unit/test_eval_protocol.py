@@ -260,3 +260,39 @@ def test_eval_report_regenerates_doc_blocks_from_committed_json(tmp_path: Path,
     doc.write_text("<!-- BEGIN GENERATED routing-headline nope.json -->\n<!-- END GENERATED -->\n")
     with pytest.raises(FileNotFoundError):
         R.update_docs([doc])
+
+
+# --------------------------------------------------------------------------- encoder variants
+
+
+def test_encoder_variant_is_selected_on_validation_with_method_and_operating_point() -> None:
+    from evals import guard_eval as GE
+
+    class Emb:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+    def run(val: dict[str, float], test: dict[str, float]) -> dict:
+        methods = {k: {"method": k.split("@")[0], "target_frr": float(k.split("@")[1]),
+                       "validation": {"gqr_score": v}, "gqr_score": test[k]}
+                   for k, v in val.items()}
+        return {"selected": {"validation_ood": {"source": "validation OOD rows of the data"}},
+                "methods": methods, "embedding_seconds": 1.0}
+
+    frozen = run({"guard-knn@0.05": 0.91, "guard-knn@0.02": 0.86},
+                 {"guard-knn@0.05": 0.95, "guard-knn@0.02": 0.90})
+    tuned = run({"guard-knn@0.05": 0.93, "guard-knn@0.02": 0.88},
+                {"guard-knn@0.05": 0.92, "guard-knn@0.02": 0.89})
+    out, emb, meta = GE._merge_encoder_variants(
+        [("frozen", Emb("base"), None, frozen),
+         ("finetuned-e2", Emb("base+ft"), {"epochs": 2}, tuned)], "gqr")
+    # the fine-tuned encoder wins on validation (0.93 > 0.91) although frozen is better on test
+    sel = out["selected"]
+    assert sel["method"] == "finetuned-e2:guard-knn@0.05" and sel["validation_score"] == 0.93
+    assert sel["encoder_variant"] == "finetuned-e2" and sel["encoder"] == "base+ft"
+    assert sel["operating_point"] == {"target_frr": 0.05}
+    assert emb.name == "base+ft" and meta == {"epochs": 2}
+    assert len(out["methods"]) == 4 and out["embedding_seconds"] == 2.0
+    assert GE._epochs("0,2,3") == [0, 2, 3]
+    with pytest.raises(ValueError):
+        GE._epochs("2,2")
