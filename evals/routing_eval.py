@@ -671,7 +671,9 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _command(args: argparse.Namespace) -> str:
-    parts = ["expertgate eval routing", f"--data {args.data}", f"--format {args.format}"]
+    parts = ["expertgate eval routing", f"--data {args.data}"]
+    if args.format:
+        parts.append(f"--format {args.format}")
     if args.routers:
         parts.append(f"--routers {args.routers}")
     if args.strong:
