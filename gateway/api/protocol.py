@@ -11,8 +11,8 @@ from typing import Any, Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["ChatMessage", "ChatRequest", "CompletionRequest", "ErrorResponse", "FeedbackRequest",
-           "RouteRequest", "router"]
+__all__ = ["ChatMessage", "ChatRequest", "CompletionRequest", "EmbeddingRequest",
+           "ErrorResponse", "FeedbackRequest", "RouteRequest", "router"]
 
 
 class _Open(BaseModel):
@@ -36,6 +36,11 @@ class CompletionRequest(_Open):
     prompt: str | list[str]
     stream: bool = False
     max_tokens: int | None = Field(None, ge=1)
+
+
+class EmbeddingRequest(_Open):
+    model: str = Field(min_length=1, description="an expert configured with embeddings: true")
+    input: str | list[str] | list[int] | list[list[int]]
 
 
 class ErrorBody(BaseModel):
@@ -77,4 +82,10 @@ async def chat_completions(body: ChatRequest) -> dict[str, Any]:  # pragma: no c
 @router.post("/v1/completions", tags=["openai"], responses=_ERRORS)
 async def completions(body: CompletionRequest) -> dict[str, Any]:  # pragma: no cover
     """OpenAI completions pass-through (served by the raw-ASGI hot path)."""
+    raise RuntimeError("served by gateway.api.chat")
+
+
+@router.post("/v1/embeddings", tags=["openai"], responses=_ERRORS)
+async def embeddings(body: EmbeddingRequest) -> dict[str, Any]:  # pragma: no cover
+    """OpenAI embeddings pass-through to an expert that serves them (raw-ASGI hot path)."""
     raise RuntimeError("served by gateway.api.chat")
