@@ -32,6 +32,7 @@ from gateway.redact import redact
 
 __all__ = [
     "AuthenticationFailed",
+    "DeadlineExceeded",
     "GatewayError",
     "GuardRejected",
     "InvalidRequest",
@@ -129,6 +130,13 @@ class GuardRejected(RequestError):
     def __init__(self, message: str, *, status: int = 400, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.status = status
+
+
+class DeadlineExceeded(GatewayError):
+    """The request's deadline (``request_deadline_s``) passed before it was answered."""
+
+    status = 504
+    code = "deadline_exceeded"
 
 
 class UpstreamError(GatewayError):
