@@ -29,7 +29,8 @@ point of a guard run), ``guard-headline`` (the selected candidate), ``compare OL
 headline figures of an older run beside a newer one), ``provenance`` (commit, data sha256,
 encoder and command of a run), ``offpolicy-table FILE...`` / ``offpolicy-dr FILE...`` (the
 off-policy simulator's figures, every estimator or doubly robust only), ``embedder-table FILE``
-(a ``bench router`` JSON: decision latency by prompt length and throughput per embedder).
+(a ``bench router`` JSON: decision latency by prompt length and throughput per embedder),
+``train-time FILE...`` (``expertgate train --metrics-json`` files: embedding and fit time).
 Paths are relative
 to the working directory (the repository root). ``--check`` only reports blocks that are
 out of date (exit 1), for CI.
@@ -482,6 +483,15 @@ def render_block(spec: str) -> str:
         return summary_markdown(runs).rstrip("\n")
     if kind == "embedder-table" and args:
         return _embedder_rows(_load(args[0]))
+    if kind == "train-time" and args:
+        lines = ["| file | router | embedder | prompts (train) | embedding s | fit s | "
+                 "embedding + fit + evaluation s |", "|---|---|---|---|---|---|---|"]
+        for a in args:
+            r = _load(a)
+            lines.append(f"| `{a}` | {r.get('router')} | {r.get('embedder')} | "
+                         f"{r.get('n_train')} | {_num(r.get('embed_seconds'))} | "
+                         f"{_num(r.get('fit_seconds'))} | {_num(r.get('train_seconds_total'))} |")
+        return "\n".join(lines)
     raise ValueError(f"unknown generated block {spec!r}")
 
 

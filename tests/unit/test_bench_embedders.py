@@ -53,3 +53,16 @@ def test_embedder_table_block(tmp_path: Path) -> None:
     text = render_block(f"embedder-table {f}")
     assert "decision p50 / p99 ms at 8 tokens" in text and "at 128 tokens" in text
     assert "| distilled | 0.250 / 1.500 | 0.250 / 1.500 | 2400 | 3900 |" in text
+
+
+def test_train_time_block(tmp_path: Path) -> None:
+    import json
+
+    from evals.report import render_block
+
+    f = tmp_path / "t.json"
+    f.write_text(json.dumps({"router": "irt", "embedder": "static-x", "n_train": 9826,
+                             "embed_seconds": 3.5, "fit_seconds": 1.7,
+                             "train_seconds_total": 5.5}))
+    assert f"| `{f}` | irt | static-x | 9826 | 3.500 | 1.700 | 5.500 |" in \
+        render_block(f"train-time {f}")
