@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import gc
 import json
 import os
 import platform
@@ -180,6 +181,10 @@ def bench_lengths(built: dict[str, Any], repeats: int,
     for name, e in built.items():
         X = e.embed(train)
         routers[name] = make_router("irt").fit(X, synthetic_table(X, train))
+    # as the gateway does after start-up (gc_freeze): long-lived objects out of the cyclic
+    # collector, so its pauses over them do not land in the tail
+    gc.collect()
+    gc.freeze()
     for n_tok in lengths:
         texts = length_prompts(n_tok)
         fns: dict[str, Callable[[], object]] = {}
