@@ -1,4 +1,5 @@
-"""decide(policy, messages) -> Decision: normalise -> cache -> embed -> guard -> route.
+"""Policies at run time and their decisions: ``Pipeline.decide(policy, text)`` -> Decision by
+cache -> embed -> guard -> router (the plan stage, ``gateway/request/plan.py``, calls it).
 
 ``PolicySet`` holds every policy's runtime (router, optional guard, version). It is built
 whole and swapped atomically on reload: a request keeps the PolicySet it started with, so a
