@@ -139,6 +139,11 @@ def encoder_info(embedder: Any, finetune: Mapping[str, Any] | None = None) -> di
                 h.update(_file_sha256(f).encode())
         out["weights_folder"] = str(folder)
         out["weights_sha256"] = h.hexdigest()
+    elif out["class"] == "DistilledEmbedder":
+        # static vectors distilled from an encoder: the table file and its recipe
+        out["weights_folder"] = str(embedder.path)
+        out["weights_sha256"] = _file_sha256(Path(embedder.path) / "embeddings.npz")
+        out["distilled_from"] = dict(embedder.config)
     elif out["class"] == "HashingEmbedder":
         out["weights_sha256"] = None
         out["note"] = "hashing embedder: no weights (hashed character n-grams)"

@@ -28,7 +28,10 @@ Kinds: ``routing-table`` (every router and baseline of a routing run), ``routing
 point of a guard run), ``guard-headline`` (the selected candidate), ``compare OLD NEW`` (the
 headline figures of an older run beside a newer one), ``provenance`` (commit, data sha256,
 encoder and command of a run), ``offpolicy-table FILE...`` / ``offpolicy-dr FILE...`` (the
-off-policy simulator's figures, every estimator or doubly robust only). Paths are relative
+off-policy simulator's figures, every estimator or doubly robust only), ``embedder-table FILE``
+(a ``bench router`` JSON: decision latency by prompt length and throughput per embedder),
+``train-time FILE...`` (``expertgate train --metrics-json`` files: embedding and fit time).
+Paths are relative
 to the working directory (the repository root). ``--check`` only reports blocks that are
 out of date (exit 1), for CI.
 
@@ -478,7 +481,43 @@ def render_block(spec: str) -> str:
         if kind == "offpolicy-dr":
             return summary_markdown(runs, ("dr",), training=True).rstrip("\n")
         return summary_markdown(runs).rstrip("\n")
+    if kind == "embedder-table" and args:
+        return _embedder_rows(_load(args[0]))
+    if kind == "train-time" and args:
+        lines = ["| file | router | embedder | prompts (train) | embedding s | fit s | "
+                 "embedding + fit + evaluation s |", "|---|---|---|---|---|---|---|"]
+        for a in args:
+            r = _load(a)
+            lines.append(f"| `{a}` | {r.get('router')} | {r.get('embedder')} | "
+                         f"{r.get('n_train')} | {_num(r.get('embed_seconds'))} | "
+                         f"{_num(r.get('fit_seconds'))} | {_num(r.get('train_seconds_total'))} |")
+        return "\n".join(lines)
     raise ValueError(f"unknown generated block {spec!r}")
+
+
+def _embedder_rows(run: Mapping[str, Any]) -> str:
+    """``bench router`` figures per embedder: decision p50/p99 (embed + irt) by prompt length
+    and embedding throughput at batch 64 (one thread / every core)."""
+    lengths = run.get("lengths") or {}
+    tput = run.get("throughput") or {}
+    ns = sorted({int(n) for by in lengths.values() for n in by})
+    head = ["embedder", *[f"decision p50 / p99 ms at {n} tokens" for n in ns],
+            "prompts/s (batch 64, 128 tokens): 1 thread", "all cores"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in sorted(set(lengths) | set(tput)):
+        by = lengths.get(name, {})
+        cells = [f"{_num(by[str(n)]['decision']['p50_ms'])} / "
+                 f"{_num(by[str(n)]['decision']['p99_ms'])}" if str(n) in by else "-"
+                 for n in ns]
+        t = tput.get(name, {})
+        cells += [str(round(t[k]["prompts_per_s"])) if k in t else "-"
+                  for k in ("one_thread", "all_cores")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    m = run.get("machine") or {}
+    lines.append("")
+    lines.append(f"Machine: {m.get('cpu')} ({m.get('cores')} cores), load average at start "
+                 f"{m.get('loadavg_start')}; command `{run.get('command')}`.")
+    return "\n".join(lines)
 
 
 def update_docs(docs: Sequence[str | Path], check: bool = False) -> list[str]:

@@ -1,11 +1,11 @@
 """create_app(settings): the one place where the gateway's parts are wired together.
 
-The returned ASGI app is a thin raw-ASGI front: the hot endpoints
-(``POST /v1/chat/completions``, ``/v1/completions`` and ``/v1/embeddings``) are handled
-directly by :mod:`gateway.api.chat`; everything else goes to a FastAPI app (models, route,
-feedback, admin, health, metrics, OpenAPI), after its body was read here under the same
-size limit and timeout as the hot endpoints' (:func:`gateway.api.chat.read_body`), so no
-endpoint parses an unbounded body. The lifespan builds the embedder, policies, cache, upstream
+The returned ASGI app is a thin raw-ASGI front: the POST endpoints of the API
+(``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``, ``/v1/route``,
+``/v1/feedback``) go through the request path, :mod:`gateway.request`; everything else goes
+to a FastAPI app (models, admin, health, metrics, the dashboard, OpenAPI), after any body
+was read here under the same size limit and timeout (:func:`gateway.request.read.read_other`),
+so no endpoint parses an unbounded body. The lifespan builds the embedder, policies, cache, upstream
 pool and log sink, and tears them down.
 """
 
@@ -22,21 +22,21 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from gateway.api.chat import BodyReads, handle_generate, read_body
 from gateway.auth import Authenticator, RequestIds, reachable_experts
 from gateway.cache import DecisionCache, MemoryDecisionCache, RedisDecisionCache
 from gateway.config import ConfigError, GatewayConfig, Settings, load_config
 from gateway.dashboard import DecisionFeed
 from gateway.dispatch import Dispatcher
-from gateway.errors import GatewayError, InvalidRequest, PermissionDenied
+from gateway.errors import GatewayError, PermissionDenied
 from gateway.logs import JsonlSink, RedisStreamSink, RoutingLog
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, PolicySet, build_policy_set, carry_canary_state
 from gateway.ratelimit import RateLimiter
+from gateway.request import ENDPOINTS, handle
+from gateway.request.plan import Plan
+from gateway.request.read import BodyReads, read_other
 from routers.embed import Embedder, make_embedder
-from routers.logrecord import CanaryEvent, RequestRecord, ShadowRecord
+from routers.logrecord import CanaryEvent, ShadowRecord
 
 __all__ = ["Gateway", "create_app"]
 
@@ -46,9 +46,6 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
-_HOT = {"/v1/chat/completions": "chat", "/v1/completions": "completions",
-        "/v1/embeddings": "embeddings", "/chat/completions": "chat",
-        "/completions": "completions", "/embeddings": "embeddings"}
 #: paths outside the API whose readers a setting names (/healthz is always open; /readyz
 #: hides its checks from callers below ``readyz_auth``, in gateway/api/health.py)
 _GATED = {"/metrics": "metrics_auth", "/docs": "docs_auth", "/redoc": "docs_auth",
@@ -266,25 +263,25 @@ class Gateway:
                 "decision_ms": d.timings_ms.get("total")}
             self.routing_log.record(shadow)
 
-    def observe_arm(self, ctx: Any, status: int) -> None:
+    def observe_arm(self, request_id: str, plan: Plan, status: int) -> None:
         """Count a request beside a canary; revert the canary when the test says so."""
-        rt = ctx.rt
+        rt = plan.rt
         cand = rt.candidate if rt is not None else None
-        if cand is None or cand.monitor is None:
+        if rt is None or cand is None or cand.monitor is None or plan.arm is None:
             return
-        self._arms[ctx.request_id] = (rt.config.name, ctx.arm)
+        self._arms[request_id] = (rt.config.name, plan.arm)
         while len(self._arms) > 100_000:
             self._arms.popitem(last=False)
-        signal_ = cand.monitor.observe_request(ctx.arm, status >= 500)
+        signal_ = cand.monitor.observe_request(plan.arm, status >= 500)
         if signal_ is not None:
             self._reverted(rt.config.name, signal_, cand.monitor.reverted or "")
 
-    def remember_online(self, ctx: Any, status: int) -> None:
+    def remember_online(self, request_id: str, plan: Plan, expert: str, status: int) -> None:
         """Keep (policy, text, served expert) of an online policy's answered request in a
         bounded memory so that its feedback can update the router."""
-        if ctx.routed_text is None or not ctx.expert or status >= 400:
+        if plan.text is None or not expert or status >= 400:
             return
-        self._online[ctx.request_id] = (ctx.policy, ctx.routed_text, ctx.expert)
+        self._online[request_id] = (plan.policy, plan.text, expert)
         while len(self._online) > 100_000:
             self._online.popitem(last=False)
 
@@ -331,54 +328,6 @@ class Gateway:
                                   "status": "reverted", "reason": f"{signal_}: {why}"}
             self.routing_log.record(event)
 
-    # -- per request -------------------------------------------------------------------
-    def log_request(self, ctx: Any, status: int, err_type: str | None, latency_ms: float,
-                    usage: tuple[int, int]) -> None:
-        d = ctx.decision
-        expert = self.config.expert(ctx.expert) if ctx.expert else None
-        cost = 0.0
-        if expert is not None:
-            cost = (usage[0] * expert.price.input_per_1m +
-                    usage[1] * expert.price.output_per_1m) / 1e6
-        # an ensemble's members were paid for too
-        cost += getattr(ctx, "extra_cost_usd", 0.0)
-        if expert is not None and usage != (0, 0):
-            m = self.metrics
-            m.child(m.tokens, expert.name, "prompt").inc(usage[0])
-            m.child(m.tokens, expert.name, "completion").inc(usage[1])
-        ex = getattr(ctx, "explore", None) or {}
-        rec: RequestRecord = {
-            "request_id": ctx.request_id, "client_request_id": ctx.client_request_id,
-            "ts": time.time(), "tenant": ctx.tenant,
-            "endpoint": ctx.endpoint, "policy": ctx.policy or None,
-            "policy_version": d.policy_version if d is not None else None,
-            "text_hash": ctx.text_hash, "text": ctx.text,
-            "mode": d.mode if d is not None else "explicit",
-            "expert": ctx.expert or None, "replica": ctx.replica or None,
-            "targets": [t.expert for t in d.targets] if d is not None else None,
-            "scores": [t.to_dict()["score"] for t in d.targets] if d is not None else None,
-            "reason": ctx.reason, "guard": d.guard.to_dict() if d is not None and d.guard else None,
-            "cache": ctx.cache, "status": "ok" if status < 400 else "error",
-            "http_status": status, "error_type": err_type,
-            "fallback": "expert-fallback" in ctx.degraded or "rejected-to-fallback" in ctx.degraded,
-            "degraded": ctx.degraded or None,
-            # a cache hit has no "total": its decision time is the cache lookup
-            "decision_ms": (d.timings_ms.get("total", sum(d.timings_ms.values()))
-                            if d is not None else None),
-            "latency_ms": round(latency_ms, 3),
-            "upstream_ms": (round(ctx.upstream_ms, 3) if getattr(ctx, "upstream_ms", None)
-                            is not None else None),
-            "prompt_tokens": usage[0],
-            "completion_tokens": usage[1], "cost_usd": cost, "stream": ctx.stream,
-            "arm": getattr(ctx, "arm", None),
-            "propensity": ex.get("propensity"), "action_probs": ex.get("action_probs"),
-            "explored": ex.get("explored"), "greedy_expert": ex.get("greedy_expert"),
-            "candidates": ex.get("candidates"), "router_version": ex.get("router_version"),
-        }
-        self.feed.record(rec)
-        if self.routing_log is not None:
-            self.routing_log.record(rec)
-
 
 def create_app(settings: Settings | None = None, config: GatewayConfig | None = None,
                *, embedder: Embedder | None = None) -> Any:
@@ -422,9 +371,9 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         t = scope["type"]
         if t == "http":
-            ep = _HOT.get(scope["path"])
+            ep = ENDPOINTS.get(scope["path"])
             if ep is not None and scope["method"] == "POST":
-                await handle_generate(gw, scope, receive, send, ep)
+                await handle(gw, scope, receive, send, ep)
                 return
             gate = _GATED.get(scope["path"])
             if gate is not None and not await _gate_passed(gw, scope, send,
@@ -432,9 +381,8 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
                 return
             s = gw.settings
             try:
-                raw = await read_body(receive, scope, s.max_body_bytes, s.body_timeout_s,
-                                      gw.body_reads)
-                _check_json(scope, raw)
+                raw = await read_other(receive, scope.get("headers", ()), s.max_body_bytes,
+                                       s.body_timeout_s, gw.body_reads)
             except GatewayError as e:
                 headers = [(b"content-type", b"application/json")]
                 headers += [(k.lower().encode(), v.encode()) for k, v in e.headers.items()]
@@ -466,21 +414,6 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return await receive()
 
     return replay
-
-
-def _check_json(scope: Scope, raw: bytes) -> None:
-    """A JSON body must be strict JSON (UTF-8, no lone surrogates), as on the hot path."""
-    if not raw:
-        return
-    for k, v in scope.get("headers", ()):
-        if k == b"content-type":
-            if b"json" in v.lower():
-                try:
-                    orjson.loads(raw)
-                except orjson.JSONDecodeError as e:
-                    raise InvalidRequest(f"request body is not valid JSON: {e.msg} at "
-                                         f"position {e.pos}") from None
-            return
 
 
 _ERROR_STATUSES = ("400", "401", "403", "404", "408", "413", "429", "502", "503", "504")

@@ -62,8 +62,8 @@ from pydantic import ValidationError
 from gateway.config import APIKeyConfig, GatewayConfig
 from gateway.errors import AuthenticationFailed, PermissionDenied, ServiceUnavailable
 
-__all__ = ["KEY_PREFIX", "Authenticator", "Principal", "RequestIds", "hash_key", "key_record",
-           "reachable_experts", "require_admin", "require_key"]
+__all__ = ["KEY_PREFIX", "Authenticator", "Principal", "RequestIds", "bearer_token", "hash_key",
+           "key_record", "reachable_experts", "require_admin", "require_key"]
 
 log = logging.getLogger("expertgate.auth")
 
@@ -139,22 +139,18 @@ class Principal:
         return self.key is not None and self.key.admin
 
 
-def _digest(headers: Iterable[tuple[bytes, bytes]]) -> str:
-    """The sha256 of the request's key; 401 when there is none."""
-    token = _token(headers)
-    if not token:
-        raise AuthenticationFailed("missing API key: send 'Authorization: Bearer <key>'")
-    return hash_key(token)
+def bearer_token(value: bytes) -> str | None:
+    """The key in an ``Authorization`` header value (``Bearer <key>``), else None."""
+    val = value.decode("latin-1").strip()
+    return val[7:].strip() or None if val[:7].lower() == "bearer " else None
 
 
 def _token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The request's key: ``Authorization: Bearer`` first, else ``x-api-key``."""
     token = None
     for k, v in headers:
         if k == b"authorization":
-            val = v.decode("latin-1").strip()
-            if val[:7].lower() == "bearer ":
-                token = val[7:].strip()
-            break
+            return bearer_token(v) or token or None
         if k == b"x-api-key":
             token = v.decode("latin-1").strip()
     return token or None
@@ -296,11 +292,18 @@ class Authenticator:
 
     # -- checks ------------------------------------------------------------------------
     async def identify(self, headers: Iterable[tuple[bytes, bytes]]
-                             ) -> APIKeyConfig | None:
+                       ) -> APIKeyConfig | None:
         """Config keys, then Redis keys (looked up and cached)."""
+        return await self.identify_token(_token(headers))
+
+    async def identify_token(self, token: str | None) -> APIKeyConfig | None:
+        """The key record of ``token`` (from ``Authorization: Bearer`` or ``x-api-key``):
+        config keys, then Redis keys; None when no keys are configured; 401 otherwise."""
         if not self.required:
             return None
-        digest = _digest(headers)
+        if not token:
+            raise AuthenticationFailed("missing API key: send 'Authorization: Bearer <key>'")
+        digest = hash_key(token)
         cfg = self._config_key(digest)
         if cfg is None and self.redis is not None:
             cfg = await self._redis_key(digest)
@@ -320,7 +323,8 @@ class Authenticator:
             self._reach_memo[pols] = got
         return got
 
-    def _authorize(self, key: APIKeyConfig, model: str | None) -> None:
+    def authorize(self, key: APIKeyConfig, model: str | None) -> None:
+        """403 unless ``key`` may use ``model`` (a policy or an expert)."""
         if model is None:
             return
         if model in self._policies:
@@ -339,7 +343,7 @@ class Authenticator:
         key = await self.identify(headers)
         if key is None:
             return Principal("anonymous")
-        self._authorize(key, model)
+        self.authorize(key, model)
         return Principal(key.name, key)
 
     async def allowed(self, scope: Mapping[str, Any], level: str) -> bool:

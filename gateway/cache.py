@@ -26,6 +26,7 @@ __all__ = [
     "MemoryDecisionCache",
     "RedisDecisionCache",
     "decision_key",
+    "text_hash",
 ]
 
 log = logging.getLogger("expertgate.cache")
@@ -39,9 +40,15 @@ class CacheUnavailable(Exception):
     """The cache backend could not be reached; the caller proceeds without it."""
 
 
-def decision_key(policy: str, version: str, text: str) -> str:
-    h = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
-    return f"eg:dc:{policy}:{version}:{h}"
+def text_hash(text: str) -> str:
+    """blake2b-128 of the routing text: the decision-cache key's text part and the routing
+    log's ``text_hash`` (computed once per request)."""
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+def decision_key(policy: str, version: str, hashed_text: str) -> str:
+    """The cache key of a decision: policy, policy version and :func:`text_hash`."""
+    return f"eg:dc:{policy}:{version}:{hashed_text}"
 
 
 class DecisionCache(Protocol):

@@ -125,6 +125,10 @@ class PriceConfig(_Model):
     input_per_1m: float = Field(0.0, ge=0)
     output_per_1m: float = Field(0.0, ge=0)
 
+    def cost(self, usage: tuple[int, int]) -> float:
+        """USD for (prompt tokens, completion tokens)."""
+        return (usage[0] * self.input_per_1m + usage[1] * self.output_per_1m) / 1e6
+
 
 class ExpertConfig(_Model):
     """An upstream model: an OpenAI-compatible server (vLLM, llama.cpp, ...) or a LiteLLM

@@ -1,6 +1,6 @@
 """The dashboard's numbers: recent decisions and running totals, kept in memory per process.
 
-Every answered request's routing-log record (``Gateway.log_request``) also goes to the
+Every answered request's routing-log record (``gateway/request/record.py``) also goes to the
 :class:`DecisionFeed`, which keeps the last ``size`` decisions (with their explanation) and
 totals since start-up: traffic share, tokens and cost per expert, what the same tokens would
 have cost on the strongest (most expensive) expert, guard rejections, decision-cache hits,

@@ -1,9 +1,12 @@
-"""The gateway's exception hierarchy, mapped once to OpenAI-shaped error JSON.
+"""The gateway's exception hierarchy and the one shape of its error JSON.
 
-Inside the gateway code raises one of these; the ASGI boundary (``gateway.app``) turns any of
-them into ``{"error": {"message", "type", "param", "code"}}`` with the status below. Anything
-else that escapes is logged with its traceback and answered as a 500 without details (a bug,
-never an expected path).
+Inside the gateway code raises one of these; :func:`gateway.request.respond.error_of` (the
+one error map, used by the request path and by the FastAPI part's handlers) turns any
+exception into one of them, answered as ``{"error": {"message", "type", "param", "code"}}``
+(:func:`error_body`) with the status below. Anything unexpected is logged with its traceback
+and answered as a 500 without details (a bug, never an expected path). The HTTP protocol
+(``gateway/httpserver.py``) writes the same shape for what it refuses before there is a
+request.
 
     GatewayError
     ├── RequestError (4xx: the client's fault)
@@ -16,6 +19,7 @@ never an expected path).
     │   ├── PayloadTooLarge           413 request_too_large
     │   ├── RateLimited               429 rate_limit_exceeded (with retry-after)
     │   └── GuardRejected             400 / configured: request_rejected
+    ├── DeadlineExceeded              504 deadline_exceeded (request_deadline_s passed routing)
     └── UpstreamError (5xx: an expert failed and no fallback answered)
         ├── UpstreamUnavailable       502 upstream_unavailable (refused, 5xx, circuit open)
         ├── UpstreamTimeout           504 upstream_timeout
@@ -32,6 +36,7 @@ from gateway.redact import redact
 
 __all__ = [
     "AuthenticationFailed",
+    "DeadlineExceeded",
     "GatewayError",
     "GuardRejected",
     "InvalidRequest",
@@ -64,13 +69,9 @@ class GatewayError(Exception):
             self.code = code
         self.headers = dict(headers or {})
 
-    def to_dict(self) -> dict[str, Any]:
-        # a client-facing message never carries a credential, whatever built it
-        return {"error": {"message": redact(self.message), "type": self.type,
-                          "param": self.param, "code": self.code}}
-
     def body(self) -> bytes:
-        return orjson.dumps(self.to_dict())
+        # a client-facing message never carries a credential, whatever built it
+        return error_body(self.status, redact(self.message), self.type, self.code, self.param)
 
 
 class RequestError(GatewayError):
@@ -131,6 +132,13 @@ class GuardRejected(RequestError):
         self.status = status
 
 
+class DeadlineExceeded(GatewayError):
+    """The request's deadline (``request_deadline_s``) passed before it was answered."""
+
+    status = 504
+    code = "deadline_exceeded"
+
+
 class UpstreamError(GatewayError):
     status = 502
     type = "upstream_error"
@@ -154,5 +162,6 @@ class ServiceUnavailable(UpstreamError):
 
 def error_body(status: int, message: str, type_: str, code: str | None,
                param: str | None = None) -> bytes:
+    """The OpenAI-shaped error JSON (``status`` is the response's, not part of the body)."""
     return orjson.dumps({"error": {"message": message, "type": type_, "param": param,
                                    "code": code}})

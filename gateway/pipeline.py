@@ -1,4 +1,5 @@
-"""decide(policy, messages) -> Decision: normalise -> cache -> embed -> guard -> route.
+"""Policies at run time and their decisions: ``Pipeline.decide(policy, text)`` -> Decision by
+cache -> embed -> guard -> router (the plan stage, ``gateway/request/plan.py``, calls it).
 
 ``PolicySet`` holds every policy's runtime (router, optional guard, version). It is built
 whole and swapped atomically on reload: a request keeps the PolicySet it started with, so a
@@ -17,15 +18,16 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import orjson
 
 from gateway.cache import CacheUnavailable, DecisionCache, decision_key
+from gateway.cache import text_hash as _hash
 from gateway.canary import CanaryMonitor
 from gateway.config import ConfigError, GatewayConfig, PolicyConfig
-from gateway.errors import InvalidRequest
+from gateway.errors import DeadlineExceeded, InvalidRequest
 from gateway.metrics import Metrics
 from routers.base import Decision, GuardVerdict, Router, Target
 from routers.embed import Embedder
@@ -331,18 +333,22 @@ class Pipeline:
         """One text's embedding through the same path as requests (micro-batched)."""
         return await self._embed_fn(text)
 
-    async def route(self, rt: PolicyRuntime, text: str, degraded: list[str]
-                    ) -> tuple[Decision, str | None]:
+    async def route(self, rt: PolicyRuntime, text: str, degraded: list[str], *,
+                    text_hash: str | None = None, deadline: float | None = None
+                    ) -> tuple[Decision, Literal["canary", "incumbent"] | None]:
         """The served decision and its arm: ``canary`` for the share a canary serves,
         ``incumbent`` beside a serving canary, None without one. A shadow candidate decides
         in a background task after this returns; its decision is only logged."""
         cand = rt.candidate
         if cand is not None and cand.serving:
             if self._rng.random() < cand.share:
-                return await self.decide(cand.runtime, text, degraded), "canary"
-            return await self.decide(rt, text, degraded), "incumbent"
+                return await self.decide(cand.runtime, text, degraded, text_hash=text_hash,
+                                         deadline=deadline), "canary"
+            return await self.decide(rt, text, degraded, text_hash=text_hash,
+                                     deadline=deadline), "incumbent"
         got: list[np.ndarray] = []
-        d = await self.decide(rt, text, degraded, emb_out=got)
+        d = await self.decide(rt, text, degraded, emb_out=got, text_hash=text_hash,
+                              deadline=deadline)
         if cand is not None and cand.mode == "shadow" and self.on_shadow is not None:
             task = asyncio.get_running_loop().create_task(
                 self._shadow(cand.runtime, text, got[0] if got else None, d))
@@ -363,11 +369,14 @@ class Pipeline:
 
     async def decide(self, rt: PolicyRuntime, text: str, degraded: list[str], *,
                      embedding: np.ndarray | None = None,
-                     emb_out: list[np.ndarray] | None = None) -> Decision:
+                     emb_out: list[np.ndarray] | None = None,
+                     text_hash: str | None = None, deadline: float | None = None) -> Decision:
+        """The decision for ``text`` (``text_hash``: its :func:`gateway.cache.text_hash`, when
+        the caller has it already); past ``deadline`` (``time.monotonic()``) a 504."""
         pol = rt.config
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        key = decision_key(pol.name, rt.cache_version, text)
+        key = decision_key(pol.name, rt.cache_version, text_hash or _hash(text))
         try:
             hit = await self.cache.get(key)
         except CacheUnavailable:
@@ -386,9 +395,20 @@ class Pipeline:
             d.timings_ms = timings
             return d
         try:
-            x = embedding if embedding is not None else await self._embed_fn(text)
+            if embedding is not None:
+                x = embedding
+            elif deadline is None:
+                x = await self._embed_fn(text)
+            else:
+                # the request's deadline covers the decision; a cache hit (above) needs no
+                # timer, only the embedding can take long
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    x = await self._embed_fn(text)
             if emb_out is not None:
                 emb_out.append(x)
+        except TimeoutError:
+            raise DeadlineExceeded("the request deadline passed while routing "
+                                   "(embedding the query)") from None
         except Exception as e:  # embedder failure degrades to the fallback chain, loudly
             log.error("embedder failed (%s: %s); using the policy's fallback", type(e).__name__, e)
             degraded.append("embedder")

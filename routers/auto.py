@@ -12,9 +12,11 @@ Folds: 3-fold cross-validation up to :data:`CV_MAX_PROMPTS` training prompts (sm
 need every prompt to score a candidate), one 80/20 hold-out above (large tables give a
 stable score from one split, at a third of the time).
 
-The criterion is knob-free and works for any number of experts: the area under the
-realised quality-vs-cost curve swept by the cost weight, between the cheapest and the most
-expensive single expert's cost (AIQ, RouterBench), in units of quality.
+The criterion is knob-free: with two experts the area under the deferral curve (quality as
+the strong expert's share of the prompts grows, prompts taken by predicted advantage: it
+depends on the ranking only, as APGR does); with more, the area under the realised
+quality-vs-cost curve swept by the cost weight, between the cheapest and the most expensive
+single expert's cost (AIQ, RouterBench). Both are in units of quality.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from typing import Any
 import numpy as np
 
 from routers.base import Router, RouterError, RoutingTable, make_router
+from routers.tradeoff import strong_weak
 
-__all__ = ["CANDIDATES", "Selection", "fit_auto", "quality_cost_score", "select"]
+__all__ = ["CANDIDATES", "Selection", "deferral_score", "fit_auto", "quality_cost_score",
+           "select"]
 
 #: (family, parameters) tried by ``auto``, cheapest to fit first
 CANDIDATES: tuple[tuple[str, Mapping[str, Any]], ...] = (
@@ -44,6 +48,24 @@ CANDIDATES: tuple[tuple[str, Mapping[str, Any]], ...] = (
 )
 CV_MAX_PROMPTS = 3000
 _LAMBDAS = np.concatenate([[0.0], np.geomspace(1e-3, 1e3, 80)])
+
+
+def deferral_score(Q: np.ndarray, S: np.ndarray, strong: int, weak: int,
+                   points: int = 21) -> float:
+    """Two experts: mean realised quality when the ``share`` of prompts with the largest
+    predicted advantage ``Q[:, strong] - Q[:, weak]`` go to the strong expert, over shares
+    0, 0.05, ..., 1 (the area under RouteLLM's deferral curve; it depends on the ranking
+    only, as APGR does). Prompts missing either score are left out."""
+    S = np.asarray(S, dtype=np.float64)
+    ok = np.isfinite(S[:, strong]) & np.isfinite(S[:, weak])
+    adv = (Q[:, strong] - Q[:, weak])[ok]
+    s_s, s_w = S[ok, strong], S[ok, weak]
+    if adv.size == 0:
+        return float("nan")
+    order = np.argsort(-adv, kind="stable")
+    gain = np.concatenate([[0.0], np.cumsum((s_s - s_w)[order])])
+    ks = np.rint(np.linspace(0, 1, points) * adv.size).astype(int)
+    return float(np.mean((s_w.sum() + gain[ks]) / adv.size))
 
 
 def quality_cost_score(Q: np.ndarray, S: np.ndarray, C: np.ndarray, points: int = 101) -> float:
@@ -83,7 +105,8 @@ class Selection:
     family: str
     params: dict[str, Any]
     score: float
-    criterion: str = "quality_cost_area (AIQ) on held-out training prompts"
+    criterion: str = ("held-out training prompts: area under the deferral curve (two "
+                      "experts) or under the quality-cost curve (AIQ, more experts)")
     folds: int = 1
     scores: list[dict[str, Any]] = field(default_factory=list)
 
@@ -115,6 +138,15 @@ def _folds(n: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(np.sort(perm[cut:]), np.sort(perm[:cut]))]
 
 
+def _score(Q: np.ndarray, V: RoutingTable) -> float:
+    """The selection criterion: :func:`deferral_score` with two experts (the strong one is the
+    dearer), :func:`quality_cost_score` with more."""
+    if len(V.models) == 2:
+        strong, weak = strong_weak(V.mean_costs())
+        return deferral_score(Q, V.scores, strong, weak)
+    return quality_cost_score(Q, V.scores, V.costs)
+
+
 def _make(family: str, params: Mapping[str, Any], seed: int) -> Router:
     r = make_router(family, **dict(params))
     if "seed" in r.param_names() and "seed" not in params:
@@ -141,7 +173,7 @@ def select(X: np.ndarray, table: RoutingTable, *,
                 T, V = table.subset(tr), table.subset(va)
                 r = _make(family, params, seed).fit(X[tr], T)
                 Q = _predict(r, X[va], V.prompts, table.models)
-                scores.append(quality_cost_score(Q, V.scores, V.costs))
+                scores.append(_score(Q, V))
         except RouterError as e:  # a family that cannot fit this table is left out, said so
             rows.append({"family": family, "params": dict(params), "score": None,
                          "error": str(e)})

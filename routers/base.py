@@ -18,7 +18,7 @@ import hashlib
 import inspect
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -80,10 +80,12 @@ class GuardVerdict:
     skipped: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        for k in ("ood_score", "threshold", "unsafe_score"):
-            d[k] = _finite(d[k])
-        return d
+        # by hand, not dataclasses.asdict (which deep-copies): it runs for every routed
+        # request's log record
+        return {"label": self.label, "ood_score": _finite(self.ood_score),
+                "threshold": _finite(self.threshold), "rejected": self.rejected,
+                "reject_reason": self.reject_reason, "unsafe_score": _finite(self.unsafe_score),
+                "skipped": self.skipped}
 
 
 @dataclass(slots=True)

@@ -1,11 +1,12 @@
 """The routing log's records, typed once for the three places that meet them.
 
-The gateway writes them (``Gateway.log_request`` builds a :class:`RequestRecord` per request,
-``gateway/app.py`` also the shadow and canary events), ``expertgate logs export`` joins them with
-feedback into an :class:`ExportedRecord` table (Parquet or JSONL), and the loaders read that
-table back (``evals.datasets.routing.load_logs`` for training, ``evals.offpolicy.load_logged``
-for off-policy evaluation). This module lives in ``routers``, below both ``gateway`` and
-``evals``, so neither has to import the other to agree on a field.
+The gateway writes them (``gateway/request/record.py`` builds a :class:`RequestRecord` per
+request, ``gateway/app.py`` the shadow and canary events), ``expertgate logs export`` joins
+them with feedback into an :class:`ExportedRecord` table (Parquet or JSONL), and the loaders
+read that table back (``evals.datasets.routing.load_logs`` for training,
+``evals.offpolicy.load_logged`` for off-policy evaluation). This module lives in
+``routers``, below both ``gateway`` and ``evals``, so neither has to import the other to
+agree on a field.
 
 Every record is one JSON object. ``endpoint`` says which kind it is: a served request
 (``chat``, ``completions``, ``embeddings``), a shadow decision (``shadow``) or a canary event

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from routers.embed import EMBEDDER_KINDS
@@ -82,6 +83,9 @@ def register(sub: Any, name: str) -> None:
         p.add_argument("--test", type=float, default=0.2, help="test fraction")
         p.add_argument("--cache-dir", default=None, help="embedding cache folder")
         p.add_argument("--json", action="store_true", help="print metrics as JSON")
+        p.add_argument("--metrics-json", default=None, metavar="FILE",
+                       help="also write the metrics (timings included) with provenance "
+                       "(commit, data sha256, encoder, command) to FILE")
         p.add_argument("--latency", action="store_true", help="also measure router-only "
                        "decision latency per query at batch 1 and 32 (embeddings precomputed)")
         p.set_defaults(func=_train)
@@ -322,6 +326,16 @@ def _train(args: argparse.Namespace) -> int:
         print(json.dumps(result.metrics, indent=1))
     else:
         _print_metrics(result.metrics)
+    if args.metrics_json:
+        from evals.provenance import provenance
+
+        doc = {**result.metrics, "provenance": provenance(
+            data=[args.data] if os.path.exists(args.data) else [],
+            embedder=embedder, seeds={"used": [args.seed]}, command=_command_line(args))}
+        dest = Path(args.metrics_json)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(json.dumps(doc, indent=1, allow_nan=False, default=str) + "\n")
+        print(f"wrote {dest}", file=sys.stderr)
     print(f"saved {result.path}")
     if result.path is not None and args.router != "guard":
         import numpy as np

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -10,8 +11,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gateway.api.chat import Receive, Scope, Send, client_request_id, request_id
-from gateway.errors import GatewayError, error_body
+from gateway.errors import GatewayError
+from gateway.request import Receive, Scope, Send
+from gateway.request.context import header_value
+from gateway.request.respond import error_of
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -19,12 +22,18 @@ if TYPE_CHECKING:
 __all__ = ["build_api"]
 
 
+def _client_request_id(scope: Scope) -> str | None:
+    for k, v in scope.get("headers", ()):
+        if k == b"x-request-id":
+            return header_value(v.decode("latin-1")[:128]) or None
+    return None
+
+
 class RequestIdMiddleware:
-    """Give every response of the FastAPI part an ``x-request-id`` (the hot endpoints set
-    their own) and echo a client's own as ``x-client-request-id``. The id is on
-    ``request.state.request_id`` for handlers that log it. A ``/v1/route`` response that
-    failed before its handler ran (a body that is not valid) still carries the
-    ``x-expertgate-*`` set README promises."""
+    """Give every response of the FastAPI part an ``x-request-id`` (the request path sets
+    its own) and echo a client's own as ``x-client-request-id``. The id is random: no
+    routing-log record has it, so it verifies for no tenant and no feedback can name it.
+    It is on ``request.state.request_id`` for handlers that log it."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -33,10 +42,9 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = request_id(scope)
-        client_rid = client_request_id(scope)
+        rid = os.urandom(24).hex()
+        client_rid = _client_request_id(scope)
         scope.setdefault("state", {})["request_id"] = rid
-        is_route = scope.get("path") == "/v1/route"
 
         async def send_with_id(msg: MutableMapping[str, Any]) -> None:
             if msg["type"] == "http.response.start":
@@ -45,12 +53,6 @@ class RequestIdMiddleware:
                 extra = [(b"x-request-id", rid.encode())]
                 if client_rid is not None:
                     extra.append((b"x-client-request-id", client_rid.encode()))
-                if is_route and b"x-expertgate-policy" not in have:
-                    extra += [(b"x-expertgate-policy", b"none"),
-                              (b"x-expertgate-expert", b"none"),
-                              (b"x-expertgate-cache", b"none"),
-                              (b"x-expertgate-decision-ms", b"0.000"),
-                              (b"x-expertgate-reason", b"the request was not valid")]
                 msg = {**msg, "headers": headers + [h for h in extra if h[0] not in have]}
             await send(msg)
 
@@ -58,39 +60,21 @@ class RequestIdMiddleware:
 
 
 def build_api(gw: Gateway) -> FastAPI:
-    from gateway.api import admin, dashboard, feedback, health, models, protocol, route
+    from gateway.api import admin, dashboard, health, models, protocol
 
     api = FastAPI(title="expertgate", version="0.1.0",
                   description="OpenAI-compatible LLM router and gateway")
     api.state.gw = gw
     api.add_middleware(RequestIdMiddleware)
 
-    @api.exception_handler(GatewayError)
-    async def _gateway_error(request: Request, exc: GatewayError) -> Response:
-        return Response(exc.body(), status_code=exc.status, media_type="application/json",
-                        headers=exc.headers)
+    async def _error(request: Request, exc: Exception) -> Response:
+        err = error_of(exc)  # the one error map, shared with the request path
+        return Response(err.body(), status_code=err.status, media_type="application/json",
+                        headers=err.headers)
 
-    @api.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> Response:
-        errs = exc.errors()
-        first = errs[0] if errs else {"loc": (), "msg": "invalid request"}
-        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
-        msg = f"{'.'.join(loc) + ': ' if loc else ''}{first.get('msg', 'invalid request')}"
-        ctype = request.headers.get("content-type", "")
-        if "json" not in ctype:
-            msg = (f"the request body must be JSON sent with 'Content-Type: application/json' "
-                   f"(got {ctype or 'no content type'}): {msg}")
-        return Response(error_body(400, msg, "invalid_request_error", "invalid_request",
-                                   ".".join(loc) or None),
-                        status_code=400, media_type="application/json")
+    for exc_type in (GatewayError, RequestValidationError, StarletteHTTPException):
+        api.add_exception_handler(exc_type, _error)
 
-    @api.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return Response(error_body(exc.status_code, str(exc.detail), "invalid_request_error",
-                                   code), status_code=exc.status_code,
-                        media_type="application/json")
-
-    for mod in (protocol, models, route, feedback, admin, health, dashboard):
+    for mod in (protocol, models, admin, health, dashboard):
         api.include_router(mod.router)
     return api

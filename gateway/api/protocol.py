@@ -1,41 +1,29 @@
-"""Request/response schemas for the OpenAPI document.
+"""The OpenAPI declarations of the request path's endpoints, derived from its schema.
 
-The hot endpoints are served by raw ASGI (gateway/api/chat.py) and never reach these routes;
-they are declared here so that the OpenAPI schema documents them (clients, schemathesis).
+``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``, ``/v1/route`` and
+``/v1/feedback`` are
+served by the raw-ASGI request path (:mod:`gateway.request`) and never reach these routes;
+they are declared here, with the very types the request path validates against
+(:mod:`gateway.request.schema`), so that ``/openapi.json`` documents them (clients,
+schemathesis).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any
 
-from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Body
+from pydantic import BaseModel
 
-__all__ = ["ChatMessage", "ChatRequest", "CompletionRequest", "ErrorResponse", "FeedbackRequest",
-           "RouteRequest", "router"]
+from gateway.request.schema import (
+    ChatRequest,
+    CompletionRequest,
+    EmbeddingsRequest,
+    FeedbackRequest,
+    RouteRequest,
+)
 
-
-class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-class ChatMessage(_Open):
-    role: Literal["system", "user", "assistant", "tool", "developer", "function"]
-    content: str | list[dict[str, Any]] | None = None
-
-
-class ChatRequest(_Open):
-    model: str = Field(min_length=1, description="a policy name (routed) or an expert name")
-    messages: list[ChatMessage] = Field(min_length=1)
-    stream: bool = False
-    max_tokens: int | None = Field(None, ge=1)
-
-
-class CompletionRequest(_Open):
-    model: str = Field(min_length=1)
-    prompt: str | list[str]
-    stream: bool = False
-    max_tokens: int | None = Field(None, ge=1)
+__all__ = ["ErrorResponse", "router"]
 
 
 class ErrorBody(BaseModel):
@@ -49,32 +37,44 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
-class RouteRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    model: str = Field(min_length=1, description="the policy to route with")
-    messages: list[ChatMessage] | None = None
-    text: str | None = Field(None, description="route this text instead of messages")
-
-
-class FeedbackRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    request_id: str = Field(min_length=1, max_length=128)
-    score: float = Field(ge=0.0, le=1.0, description="1 = best")
-    comment: str | None = Field(None, max_length=2000)
-
-
 router = APIRouter()
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 413, 429, 502, 503, 504)}
+    s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 408, 413, 429, 502, 503, 504)}
+_SERVED = "served by gateway.request"
 
 
 @router.post("/v1/chat/completions", tags=["openai"], responses=_ERRORS)
-async def chat_completions(body: ChatRequest) -> dict[str, Any]:  # pragma: no cover
-    """OpenAI chat completions (served by the raw-ASGI hot path)."""
-    raise RuntimeError("served by gateway.api.chat")
+async def chat_completions(body: Annotated[ChatRequest, Body()]
+                           ) -> dict[str, Any]:  # pragma: no cover
+    """OpenAI chat completions: routed when ``model`` is a policy, passed through when it
+    is an expert."""
+    raise RuntimeError(_SERVED)
 
 
 @router.post("/v1/completions", tags=["openai"], responses=_ERRORS)
-async def completions(body: CompletionRequest) -> dict[str, Any]:  # pragma: no cover
-    """OpenAI completions pass-through (served by the raw-ASGI hot path)."""
-    raise RuntimeError("served by gateway.api.chat")
+async def completions(body: Annotated[CompletionRequest, Body()]
+                      ) -> dict[str, Any]:  # pragma: no cover
+    """OpenAI completions (legacy), routed or passed through as chat completions are."""
+    raise RuntimeError(_SERVED)
+
+
+@router.post("/v1/embeddings", tags=["openai"], responses=_ERRORS)
+async def embeddings(body: Annotated[EmbeddingsRequest, Body()]
+                     ) -> dict[str, Any]:  # pragma: no cover
+    """OpenAI embeddings, passed through to an expert configured with ``embeddings: true``."""
+    raise RuntimeError(_SERVED)
+
+
+@router.post("/v1/route", tags=["expertgate"], responses=_ERRORS)
+async def route(body: Annotated[RouteRequest, Body()]) -> dict[str, Any]:  # pragma: no cover
+    """The dry run: the decision a policy takes for ``messages`` or ``text``, the action and
+    the chain a live request would use (``fallback_chain``); no upstream call. The response
+    carries the same ``x-expertgate-*`` headers as a live request."""
+    raise RuntimeError(_SERVED)
+
+
+@router.post("/v1/feedback", tags=["expertgate"], responses=_ERRORS)
+async def feedback(body: Annotated[FeedbackRequest, Body()]
+                   ) -> dict[str, Any]:  # pragma: no cover
+    """Rate an answered request (1 = best); only the tenant that made it may."""
+    raise RuntimeError(_SERVED)

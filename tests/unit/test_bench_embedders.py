@@ -35,3 +35,34 @@ def test_lengths_and_throughput_report_every_embedder() -> None:
     assert by["128"]["embed"]["p50_ms"] > by["8"]["embed"]["p50_ms"]
     tp = bench_throughput(built, batch=8, min_s=0.2)["hashing"]
     assert tp["one_thread"]["prompts_per_s"] > 0 and tp["all_cores"]["prompts"] >= 16
+
+
+def test_embedder_table_block(tmp_path: Path) -> None:
+    import json
+
+    from evals.report import render_block
+
+    row = {"embed": {"p50_ms": 0.1, "p99_ms": 0.3}, "decision": {"p50_ms": 0.25, "p99_ms": 1.5}}
+    run = {"lengths": {"distilled": {"8": row, "128": row}},
+           "throughput": {"distilled": {"one_thread": {"prompts_per_s": 2400.4},
+                                        "all_cores": {"prompts_per_s": 3900.0}}},
+           "machine": {"cpu": "x86", "cores": 2, "loadavg_start": [1.0]},
+           "command": "expertgate bench router"}
+    f = tmp_path / "bench.json"
+    f.write_text(json.dumps(run))
+    text = render_block(f"embedder-table {f}")
+    assert "decision p50 / p99 ms at 8 tokens" in text and "at 128 tokens" in text
+    assert "| distilled | 0.250 / 1.500 | 0.250 / 1.500 | 2400 | 3900 |" in text
+
+
+def test_train_time_block(tmp_path: Path) -> None:
+    import json
+
+    from evals.report import render_block
+
+    f = tmp_path / "t.json"
+    f.write_text(json.dumps({"router": "irt", "embedder": "static-x", "n_train": 9826,
+                             "embed_seconds": 3.5, "fit_seconds": 1.7,
+                             "train_seconds_total": 5.5}))
+    assert f"| `{f}` | irt | static-x | 9826 | 3.500 | 1.700 | 5.500 |" in \
+        render_block(f"train-time {f}")

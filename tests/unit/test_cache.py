@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.cache import MemoryDecisionCache, decision_key
+from gateway.cache import MemoryDecisionCache, decision_key, text_hash
 
 
 async def test_get_set_and_ttl_expiry() -> None:
@@ -30,11 +30,11 @@ async def test_lru_is_bounded() -> None:
 
 
 def test_key_changes_with_policy_version_and_text() -> None:
-    a = decision_key("auto", "v1", "hello")
-    assert a == decision_key("auto", "v1", "hello")
-    assert a != decision_key("auto", "v2", "hello")
-    assert a != decision_key("auto", "v1", "hello!")
-    assert a != decision_key("cheap", "v1", "hello")
+    a = decision_key("auto", "v1", text_hash("hello"))
+    assert a == decision_key("auto", "v1", text_hash("hello"))
+    assert a != decision_key("auto", "v2", text_hash("hello"))
+    assert a != decision_key("auto", "v1", text_hash("hello!"))
+    assert a != decision_key("cheap", "v1", text_hash("hello"))
 
 
 async def test_memory_is_bounded_by_bytes_as_measured() -> None:
@@ -47,7 +47,7 @@ async def test_memory_is_bounded_by_bytes_as_measured() -> None:
     try:
         before = tracemalloc.get_traced_memory()[0]
         for i in range(20_000):
-            await c.set(decision_key("auto", "v1", f"distinct prompt {i}"), value, 3600)
+            await c.set(decision_key("auto", "v1", text_hash(f"distinct prompt {i}")), value, 3600)
         grown = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
@@ -56,5 +56,5 @@ async def test_memory_is_bounded_by_bytes_as_measured() -> None:
     # what the process really holds stays near the bound (orjson's 4 KiB buffers made this
     # ~40x the JSON's size before)
     assert grown < 1.25 * c.max_bytes, grown
-    assert await c.get(decision_key("auto", "v1", "distinct prompt 19999")) == value
-    assert await c.get(decision_key("auto", "v1", "distinct prompt 0")) is None
+    assert await c.get(decision_key("auto", "v1", text_hash("distinct prompt 19999"))) == value
+    assert await c.get(decision_key("auto", "v1", text_hash("distinct prompt 0"))) is None

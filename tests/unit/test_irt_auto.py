@@ -112,3 +112,38 @@ def test_gateway_policy_router_auto_serves_the_chosen_family(tmp_path: Path) -> 
                                       "artifact": str(tmp_path / "art")}]})
     pset = build_policy_set(cfg, None)
     assert type(pset.policies["auto"].router).name == res.metrics["router"] == "knn"
+
+
+def test_deferral_score_by_hand() -> None:
+    from routers.auto import deferral_score
+
+    # strong wins on prompt 0 only; weak never wins; perfect ranking puts prompt 0 first
+    S = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0], [1.0, 1.0]])
+    Q = np.array([[0.9, 0.1], [0.5, 0.5], [0.5, 0.5], [0.5, 0.5]])
+    # shares 0, .25, .5, .75, 1 (points=5): quality 0.5 then 0.75 from the first quarter on
+    assert deferral_score(Q, S, 0, 1, points=5) == pytest.approx((0.5 + 4 * 0.75) / 5)
+    # the reversed ranking sends prompt 0 to the strong expert last
+    assert deferral_score(-Q, S, 0, 1, points=5) < deferral_score(Q, S, 0, 1, points=5)
+
+
+def test_train_cli_writes_metrics_with_provenance(tmp_path: Path) -> None:
+    import csv
+
+    from expertgate.cli import main
+
+    _, table = synthetic_table(60)
+    data = tmp_path / "table.csv"
+    with data.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["prompt_id", "prompt", "model", "score", "cost"])
+        for row in table.to_long():
+            w.writerow([row["prompt_id"], row["prompt"], row["model"], row["score"],
+                        row["cost"]])
+    out = tmp_path / "m.json"
+    rc = main(["train", "--router", "irt", "--data", str(data), "--embedder", "hashing",
+               "--out", str(tmp_path / "art"), "--cache-dir", str(tmp_path / "c"),
+               "--metrics-json", str(out)])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    assert doc["router"] == "irt" and doc["embed_seconds"] >= 0
+    assert doc["provenance"]["data"][0]["sha256"] and doc["provenance"]["git"]["commit"]

@@ -43,3 +43,15 @@ async def test_gateway_export_and_loader_share_one_record(ups, tmp_path: Path) -
     table = load_logs(out)
     assert sorted(table.prompts) == ["fix this bug in my code", "refactor this class",
                                      "tell me a joke"]
+
+
+def test_guard_verdict_dict_has_every_field() -> None:
+    """GuardVerdict.to_dict is written by hand (it runs per routed request): it must keep
+    every field of the dataclass, and non-finite scores become null."""
+    from dataclasses import fields
+
+    from routers.base import GuardVerdict
+
+    d = GuardVerdict(label="x", ood_score=float("nan"), threshold=0.5).to_dict()
+    assert list(d) == [f.name for f in fields(GuardVerdict)]
+    assert d["ood_score"] is None and d["threshold"] == 0.5

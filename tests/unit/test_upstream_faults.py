@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from expertgate.bench.upstream_double import OpenAIUpstreamDouble
-from gateway.api.chat import affinity_key
+from gateway.request.dispatch import affinity_key
 from routers.artifacts import save_router
 from routers.base import RoutingTable, make_router
 from routers.embed import HashingEmbedder

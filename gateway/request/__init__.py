@@ -1,0 +1,151 @@
+"""The request path: every POST endpoint of the API as stages that read top to bottom.
+
+:func:`handle` is the whole path; each stage is its own module, in request order:
+
+1. :mod:`~gateway.request.admit`    who calls, the request budget (headers, before the body)
+2. :mod:`~gateway.request.read`     the body: one size limit, one schema (:mod:`.schema`);
+                                    then ``admit_body``: the model the key may use, tokens
+3. :mod:`~gateway.request.plan`     decision, chain, reject action, body rewrite (also the
+                                    dry run ``/v1/route``)
+4. :mod:`~gateway.request.dispatch` the experts of the plan, in order (or an ensemble)
+5. :mod:`~gateway.request.respond`  headers, the answer (passed through), the error map
+6. :mod:`~gateway.request.record`   cost, metrics, the routing-log record
+
+It is raw ASGI: per-request pydantic models and Starlette request objects cost more than the
+whole pass-through budget (docs/performance.md). The FastAPI app serves the other endpoints
+and documents these (their bodies are the types of :mod:`.schema`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from gateway.errors import GatewayError, NotFound, ServiceUnavailable, UpstreamError
+from gateway.request.admit import GENERATE, admit, admit_body
+from gateway.request.context import RequestContext
+from gateway.request.dispatch import dispatch
+from gateway.request.plan import plan
+from gateway.request.read import read
+from gateway.request.record import record
+from gateway.request.respond import error_of, forward, refuse, send_error, send_json
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+__all__ = ["ENDPOINTS", "handle"]
+
+log = logging.getLogger("expertgate.request")
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+#: POST path -> endpoint
+ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions",
+             "/v1/embeddings": "embeddings", "/chat/completions": "chat",
+             "/completions": "completions", "/embeddings": "embeddings",
+             "/v1/route": "route", "/v1/feedback": "feedback"}
+
+
+async def handle(gw: Gateway, scope: Scope, receive: Receive, send: Send, endpoint: str
+                 ) -> None:
+    s = gw.settings
+    generate = endpoint in GENERATE
+    ctx = RequestContext(gw.request_ids, endpoint, s.request_deadline_s, logged=generate)
+    if generate:
+        gw.metrics.inflight.inc()
+
+    async def tracked(msg: MutableMapping[str, Any]) -> None:
+        ctx.started = True
+        await send(msg)
+
+    try:
+        await admit(gw, scope.get("headers", ()), ctx)
+        await read(receive, ctx, s.max_body_bytes, s.body_timeout_s, gw.body_reads,
+                   s.max_messages)
+        await admit_body(gw, ctx)
+        if endpoint == "feedback":
+            await send_json(tracked, ctx, await _feedback(gw, ctx))
+            return
+        p = ctx.plan = await plan(gw, endpoint, ctx.body, ctx.degraded,
+                                  deadline=ctx.deadline, serve=generate)
+        ctx.reason = p.reason
+        if endpoint == "route":
+            await send_json(tracked, ctx, _explain(ctx))
+            return
+        if p.action == "reject":
+            assert p.rejection is not None
+            raise p.rejection
+        if p.action == "refuse":
+            assert p.rt is not None
+            await refuse(tracked, ctx, p.rt.config.on_reject.message)
+            return
+        await forward(gw, tracked, ctx, await dispatch(gw, ctx))
+    except asyncio.CancelledError:
+        ctx.status, ctx.err_type = 499, "client_disconnected"
+        if gw.draining and not ctx.started:
+            # the server's graceful-shutdown time ran out: an OpenAI-shaped 503 the client can
+            # retry elsewhere, rather than the server's plain-text 500
+            ctx.status, ctx.err_type = 503, "shutting_down"
+            with contextlib.suppress(Exception):
+                await send_error(send, ctx, ServiceUnavailable(
+                    "the gateway is shutting down; retry the request", code="shutting_down",
+                    headers={"connection": "close"}))
+        raise
+    except Exception as e:
+        err = error_of(e)
+        ctx.status, ctx.err_type = err.status, err.code
+        if not isinstance(e, GatewayError):
+            # a bug, never an expected path: log the traceback, answer an OpenAI-shaped 500
+            # without details (or let the server close a response that already started)
+            log.exception("unexpected error in %s request %s", endpoint, ctx.request_id)
+            if ctx.started:
+                raise
+        elif isinstance(e, UpstreamError) and ctx.chain and ctx.policy:
+            # a routed request whose every expert failed: say so, never silently
+            ctx.degraded.append("expert-fallback" if len(ctx.chain) > 1 else "expert-failed")
+            ctx.reason = (f"{ctx.reason}; " if ctx.reason else "") + (
+                f"every expert failed ({', '.join(ctx.chain)})")
+        ctx.reason = ctx.reason or err.message
+        await send_error(send, ctx, err)
+    finally:
+        if generate:
+            gw.metrics.inflight.dec()
+            record(gw, ctx)
+        elif ctx.degraded:
+            m = gw.metrics
+            for component in ctx.degraded:
+                m.child(m.degraded, component).inc()
+
+
+def _explain(ctx: RequestContext) -> dict[str, Any]:
+    """The dry run's answer: the decision, and what a live request would do with it."""
+    p = ctx.plan
+    assert p is not None and p.decision is not None
+    out = p.decision.to_dict()
+    out["degraded"] = ctx.degraded
+    out["action"] = p.action
+    out["fallback_chain"] = p.chain
+    return out
+
+
+async def _feedback(gw: Gateway, ctx: RequestContext) -> dict[str, Any]:
+    """Store a rating; only the tenant that made the request may rate it, and an id of
+    another tenant is answered exactly like an unknown one (404), so ids cannot be probed."""
+    b = ctx.body
+    rid, score = b["request_id"], b["score"]
+    if not gw.request_ids.owned(rid, ctx.tenant):
+        raise NotFound(f"no request with id '{rid[:64]}' was made with this API key's "
+                       "tenant", param="request_id", code="request_not_found")
+    assert gw.routing_log is not None
+    try:
+        await gw.routing_log.add_feedback(rid, score, b.get("comment"), tenant=ctx.tenant)
+    except Exception as e:  # the store is down: say so, the client may retry
+        raise ServiceUnavailable(f"feedback store unavailable ({type(e).__name__})",
+                                 code="feedback_unavailable") from None
+    await gw.on_feedback(rid, score)
+    return {"object": "feedback", "request_id": rid, "score": score, "stored": True}

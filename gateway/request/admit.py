@@ -1,0 +1,81 @@
+"""Stage 1, admit: who is calling and what they may spend, decided from the headers before
+the body is read, then from the body's model and size once it is.
+
+:func:`admit` scans the request headers once (the key, the client's ``x-request-id``, the
+declared ``content-length``), authenticates the key (401 before a byte of the body is read,
+so an unauthenticated client costs no body read) and charges the key's request budget
+(429). :func:`admit_body` runs after the read stage: the key may use the model it named
+(403) and the token budget covers the request's estimate (429; the estimate needs the
+body's text and ``max_tokens``, and is reconciled with the upstream's usage afterwards).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from gateway.auth import bearer_token
+from gateway.errors import InvalidRequest
+from gateway.ratelimit import Limits, RateDecision, estimate_tokens
+from gateway.request.context import RequestContext, header_value
+from gateway.request.read import check_length
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+__all__ = ["GENERATE", "admit", "admit_body"]
+
+#: endpoints that call an expert: these spend the key's rate limits and are logged
+GENERATE = frozenset({"chat", "completions", "embeddings"})
+
+
+async def admit(gw: Gateway, headers: Iterable[tuple[bytes, bytes]], ctx: RequestContext
+                ) -> None:
+    auth: bytes | None = None
+    api_key: str | None = None
+    length = 0
+    for k, v in headers:
+        if k == b"authorization":
+            if auth is None:
+                auth = v
+        elif k == b"x-api-key":
+            api_key = v.decode("latin-1").strip() or None
+        elif k == b"x-request-id":
+            ctx.client_request_id = header_value(v.decode("latin-1")[:128]) or None
+        elif k == b"content-length":
+            try:
+                length = int(v)
+            except ValueError:
+                raise InvalidRequest("invalid content-length header") from None
+    token = (bearer_token(auth) if auth is not None else None) or api_key
+    key = await gw.auth.identify_token(token)
+    check_length(length, gw.settings.max_body_bytes)
+    if key is None:
+        return
+    ctx.key = key
+    ctx.tenant = key.name
+    ctx.key_id = key.sha256[:16]
+    if key.requests_per_minute and ctx.endpoint in GENERATE:
+        await _charge(gw, ctx, Limits(key.requests_per_minute, None), 0)
+
+
+async def admit_body(gw: Gateway, ctx: RequestContext) -> None:
+    key = ctx.key
+    if key is None:
+        return
+    model = ctx.body.get("model")
+    gw.auth.authorize(key, model if isinstance(model, str) else None)
+    if key.tokens_per_minute and ctx.endpoint in GENERATE:
+        rt = gw.policy_set.policies.get(str(model))
+        est = estimate_tokens(ctx.body, rt.config.max_tokens_cap if rt is not None else None)
+        await _charge(gw, ctx, Limits(None, key.tokens_per_minute), est)
+
+
+async def _charge(gw: Gateway, ctx: RequestContext, limits: Limits, tokens: int) -> None:
+    rate: RateDecision = await gw.ratelimiter.acquire(ctx.key_id, limits, tokens)
+    if rate.backend == "local" and gw.ratelimiter.redis is not None and \
+            "ratelimit-local" not in ctx.degraded:
+        ctx.degraded.append("ratelimit-local")  # shared limits unavailable: per replica
+    if not rate.allowed:
+        raise rate.error()
+    ctx.rates.append(rate)

@@ -1,0 +1,211 @@
+"""Stage 4, dispatch: send the request to the plan's experts and get the first answer.
+
+The dispatcher (:mod:`gateway.dispatch`: replicas, circuit breakers, retries before the
+first byte) tries the plan's chain in order. The body goes out as the client sent it when
+nothing changes; otherwise it is re-serialised once per upstream model name with the plan's
+rewrites. An ensemble plan asks its members concurrently (non-streaming) and then the
+aggregator, which may stream. What was tried and what answered is written on the context:
+the answering expert and replica, upstream time, and ``expert-fallback`` with the failed
+attempts in the reason when the first choice did not answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from gateway.dispatch import DispatchResult
+from gateway.errors import InvalidRequest, UpstreamError
+from gateway.request.context import RequestContext
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+__all__ = ["AFFINITY_CHARS", "affinity_key", "dispatch", "usage_of"]
+
+log = logging.getLogger("expertgate.dispatch")
+
+_PATHS = {"chat": "/chat/completions", "completions": "/completions",
+          "embeddings": "/embeddings"}
+#: characters of the conversation's start that key replica affinity (~256 tokens)
+AFFINITY_CHARS = 1024
+
+
+async def dispatch(gw: Gateway, ctx: RequestContext) -> DispatchResult:
+    p = ctx.plan
+    assert p is not None
+    body = ctx.body
+    if p.rewrite:
+        body.update(p.rewrite)
+    if p.action == "ensemble":
+        return await _ensemble(gw, ctx)
+    ctx.chain = p.chain
+    res = await gw.dispatcher.call(
+        p.chain, _PATHS[ctx.endpoint], body,
+        _body_for(body, b"" if p.rewrite else ctx.raw, p.model),
+        stream=ctx.stream, affinity=affinity_key(body, ctx.endpoint), deadline=ctx.deadline)
+    _answered(gw, ctx, res, p.chain)
+    return res
+
+
+def affinity_key(payload: dict[str, Any], endpoint: str) -> bytes:
+    """The start of the prompt as the model reads it: the system prompt, then the first user
+    turn (for chat). Requests sharing a long prefix (a system prompt over AFFINITY_CHARS)
+    share a key, so they meet the replica whose prefix cache holds it; a conversation keeps
+    its key turn after turn; distinct short prompts get distinct keys and spread."""
+    if endpoint == "chat":
+        parts: list[str] = []
+        for m in payload["messages"]:
+            c = m.get("content")
+            t = c if isinstance(c, str) else " ".join(
+                p.get("text", "") for p in c if isinstance(p, dict)
+                and isinstance(p.get("text"), str)) if isinstance(c, list) else ""
+            parts.append(f"{m.get('role')}\x00{t}\x00")
+            if m.get("role") == "user":
+                break
+        text = "".join(parts)
+    else:
+        v = payload.get("prompt" if endpoint == "completions" else "input")
+        first = v[0] if isinstance(v, list) and v else v
+        text = first if isinstance(first, str) else orjson.dumps(first).decode()
+    return text[:AFFINITY_CHARS].encode("utf-8", "surrogatepass")
+
+
+def _answered(gw: Gateway, ctx: RequestContext, res: DispatchResult, chain: list[str]
+              ) -> None:
+    ctx.expert = res.expert.name
+    ctx.replica = res.replica
+    if not res.reply.stream:  # the whole answer was read within the attempts' time
+        ctx.upstream_ms = sum(a.ms for a in res.attempts)
+    if res.fallback or res.expert.name != chain[0]:
+        ctx.degraded.append("expert-fallback")
+        failed = [a for a in res.attempts if a.outcome != "ok"]
+        ctx.reason = (f"{ctx.reason}; fallback to {res.expert.name} after "
+                      f"{', '.join(f'{a.expert}:{a.outcome}' for a in failed)}")
+        gw.metrics.fallbacks.labels(ctx.policy or "-", "upstream").inc()
+
+
+def _body_for(payload: dict[str, Any], raw: bytes, requested: str
+              ) -> Callable[[Any], bytes]:
+    """The request bytes for an expert: the client's own bytes when its model name is the
+    one the client sent and nothing was rewritten, else ``payload`` with the expert's model
+    name, serialised once per name."""
+    cache: dict[str, bytes] = {}
+
+    def body_for(expert: Any) -> bytes:
+        name = expert.upstream_model
+        b = cache.get(name)
+        if b is None:
+            if raw and name == requested:
+                b = raw  # nothing to rewrite: pass the client's bytes through untouched
+            else:
+                try:
+                    b = orjson.dumps({**payload, "model": name})
+                except TypeError:  # orjson writes at most 254 levels of nesting
+                    raise InvalidRequest("the request's JSON is nested too deeply to forward "
+                                         "(at most 254 levels)") from None
+            cache[name] = b
+        return b
+
+    return body_for
+
+
+def completions_text(payload: dict[str, Any]) -> str:
+    p = payload["prompt"]
+    return " ".join((p if isinstance(p, str) else " ".join(p)).split())
+
+
+async def _ensemble(gw: Gateway, ctx: RequestContext) -> DispatchResult:
+    """Symbolic-MoE style: k experts answer concurrently, the aggregator synthesises.
+
+    Every call is paid for: the members' cost goes into the request's ``cost_usd``. When the
+    aggregator (and the policy's fallback chain after it) fails, the best member's answer is
+    the response (``x-expertgate-degraded: ensemble-unaggregated``), not an error.
+    """
+    p = ctx.plan
+    assert p is not None and p.decision is not None
+    d = p.decision
+    aggregator = d.aggregator
+    assert aggregator is not None
+    path = _PATHS[ctx.endpoint]
+    payload = ctx.body
+    sub = {k: v for k, v in payload.items() if k not in ("stream", "stream_options")}
+
+    async def one(name: str) -> tuple[str, str | None, DispatchResult | None]:
+        try:
+            res = await gw.dispatcher.call([name], path, sub, _body_for(sub, b"", ""),
+                                           stream=False, affinity=name.encode(),
+                                           deadline=ctx.deadline)
+        except UpstreamError as e:
+            log.warning("ensemble member %s failed: %s", name, e)
+            return name, None, None
+        if res.reply.status != 200:
+            log.warning("ensemble member %s answered %d", name, res.reply.status)
+            return name, None, None
+        try:
+            ch = res.reply.data["choices"][0]
+            return name, (ch.get("message") or {}).get("content") or ch.get("text") or "", res
+        except (KeyError, IndexError, TypeError, AttributeError) as e:
+            log.warning("ensemble member %s answered no readable choice: %s", name, e)
+            return name, None, None
+
+    answers = await asyncio.gather(*(one(e) for e in p.chain))
+    for _, _, res in answers:
+        if res is not None:
+            u = usage_of(res.reply.data)
+            ctx.extra_cost_usd += res.expert.price.cost(u)
+            ctx.extra_tokens += u[0] + u[1]
+            if u != (0, 0):
+                m = gw.metrics
+                m.child(m.tokens, res.expert.name, "prompt").inc(u[0])
+                m.child(m.tokens, res.expert.name, "completion").inc(u[1])
+    got = [(n, a, r) for n, a, r in answers if a and r is not None]
+    if not got:
+        raise UpstreamError("every ensemble member failed", code="ensemble_failed")
+    ctx.members = [n for n, _, _ in got]
+    if len(got) < len(p.chain):
+        ctx.degraded.append("ensemble-partial")
+    listing = "\n\n".join(f"[Answer {i + 1}]\n{a}" for i, (_, a, _) in enumerate(got))
+    agg = dict(payload)
+    if ctx.endpoint == "chat":
+        agg["messages"] = [*payload["messages"], {
+            "role": "user",
+            "content": "Several experts answered the request above. Combine their answers "
+                       "into one best answer; correct mistakes.\n\n" + listing}]
+    else:
+        agg["prompt"] = f"{completions_text(payload)}\n\n{listing}\n\nBest combined answer:"
+    ctx.reason = f"{d.reason}; ensemble of {', '.join(ctx.members)} -> {aggregator}"
+    assert p.rt is not None
+    ctx.chain = [aggregator, *(f for f in p.rt.config.fallback if f != aggregator)]
+    try:
+        res = await gw.dispatcher.call(ctx.chain, path, agg, _body_for(agg, b"", ""),
+                                       stream=ctx.stream, affinity=aggregator.encode(),
+                                       deadline=ctx.deadline)
+    except UpstreamError as e:
+        # the members answered: their best answer beats an error
+        name, answer, best = got[0]
+        assert best is not None and answer is not None
+        log.warning("ensemble aggregation failed (%s); answering with %s", e, name)
+        ctx.degraded.append("ensemble-unaggregated")
+        ctx.reason = f"{ctx.reason} failed; answered with {name}"
+        u = usage_of(best.reply.data)
+        ctx.extra_cost_usd -= best.expert.price.cost(u)  # logged as the answer's own cost
+        ctx.extra_tokens -= u[0] + u[1]
+        ctx.unaggregated = answer
+        ctx.expert, ctx.replica = name, best.replica
+        return best
+    _answered(gw, ctx, res, ctx.chain)
+    return res
+
+
+def usage_of(data: Any) -> tuple[int, int]:
+    """(prompt, completion) tokens of a parsed non-streamed answer; (0, 0) without usage."""
+    try:
+        u = data.get("usage") or {}
+        return int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0)
+    except (AttributeError, TypeError, ValueError):
+        return 0, 0

@@ -1,0 +1,123 @@
+"""Stage 2, read: the body, within one size limit and one time limit, validated once.
+
+Every POST endpoint reads through here (the FastAPI part's bodies through
+:func:`read_body` too): the limit (``max_body_bytes``) holds whatever ``content-length``
+said (admit refused a declared size over it already); the whole body must arrive within
+``body_timeout_s`` of the headers (408), and a server shutting down ends the reads still
+waiting at once (503, :class:`BodyReads`). The body is parsed and checked in one pass against
+the endpoint's type in :mod:`gateway.request.schema`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+import orjson
+
+from gateway.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, ServiceUnavailable
+from gateway.request.context import RequestContext
+from gateway.request.schema import validate
+
+__all__ = ["BodyReads", "check_length", "read", "read_body", "read_other"]
+
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+
+_CLOSE = {"connection": "close"}
+
+
+class BodyReads:
+    """Request bodies being read: a shutdown ends them at once (503) instead of waiting."""
+
+    def __init__(self) -> None:
+        self.active: set[asyncio.Timeout] = set()
+        self.closing = False
+
+    def close(self) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        now = asyncio.get_running_loop().time()
+        for t in list(self.active):
+            t.reschedule(now)
+
+
+def check_length(length: int, limit: int) -> None:
+    """413 for a declared ``content-length`` over the limit, before a byte is read."""
+    if length > limit:
+        raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {limit} "
+                              "bytes", headers=_CLOSE)
+
+
+async def read_body(receive: Receive, limit: int, timeout_s: float,
+                    reads: BodyReads | None = None) -> bytes:
+    """The whole body, or an error: over ``limit`` bytes (413), not all there within
+    ``timeout_s`` (408), or the server shutting down meanwhile (503)."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout_s) as deadline:
+            if reads is not None:
+                if reads.closing:
+                    deadline.reschedule(asyncio.get_running_loop().time())
+                reads.active.add(deadline)
+            try:
+                while True:
+                    msg = await receive()
+                    if msg["type"] == "http.disconnect":
+                        raise asyncio.CancelledError("client disconnected")
+                    b = msg.get("body", b"")
+                    if b:
+                        size += len(b)
+                        if size > limit:
+                            raise PayloadTooLarge(f"request body exceeds the limit of {limit} "
+                                                  "bytes", headers=_CLOSE)
+                        chunks.append(b)
+                    if not msg.get("more_body", False):
+                        break
+            finally:
+                if reads is not None:
+                    reads.active.discard(deadline)
+    except TimeoutError:
+        if reads is not None and reads.closing:
+            raise ServiceUnavailable("the gateway is shutting down; retry the request",
+                                     code="shutting_down", headers=_CLOSE) from None
+        raise RequestTimeout(f"the request body did not arrive within {timeout_s:g}s",
+                             headers=_CLOSE) from None
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def read(receive: Receive, ctx: RequestContext, limit: int, timeout_s: float,
+               reads: BodyReads, max_messages: int) -> None:
+    ctx.raw = await read_body(receive, limit, timeout_s, reads)
+    body = validate(ctx.endpoint, ctx.raw)
+    msgs = body.get("messages")
+    if msgs is not None and len(msgs) > max_messages:
+        raise InvalidRequest(f"too many messages ({len(msgs)}; at most {max_messages})",
+                             param="messages")
+    ctx.body = body
+    ctx.stream = bool(body.get("stream", False))
+
+
+async def read_other(receive: Receive, headers: Iterable[tuple[bytes, bytes]], limit: int,
+                     timeout_s: float, reads: BodyReads) -> bytes:
+    """The body of a request for the FastAPI part, under the same limits; a JSON body must
+    be strict JSON (UTF-8, no lone surrogates), as on the request path."""
+    ctype = b""
+    for k, v in headers:
+        if k == b"content-length":
+            try:
+                check_length(int(v), limit)
+            except ValueError:
+                raise InvalidRequest("invalid content-length header") from None
+        elif k == b"content-type":
+            ctype = v.lower()
+    raw = await read_body(receive, limit, timeout_s, reads)
+    if raw and b"json" in ctype:
+        try:
+            orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            raise InvalidRequest(f"request body is not valid JSON: {e.msg} at position "
+                                 f"{e.pos}") from None
+    return raw

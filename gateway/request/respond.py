@@ -1,0 +1,250 @@
+"""Stage 5, respond: the one place that builds response headers and maps errors to answers.
+
+:func:`headers` builds the ``x-request-id`` / ``x-expertgate-*`` / ``x-ratelimit-*`` set
+every answer of the request path carries (README): ``none`` and ``0`` say "nothing of this
+kind happened" (a pass-through has no policy and took no decision time).
+:func:`error_of` maps any exception to an OpenAI-shaped :class:`GatewayError` (the gateway's
+own errors as they are, a schema failure as a 400, anything else as a 500 that hides its
+details and logs its traceback); the FastAPI part's handlers use it too.
+
+The answers: :func:`forward` passes an upstream's reply through (the bytes untouched unless
+the policy rewrites ``model``; every SSE line is checked as it passes, and a stream cut or
+broken after the first byte ends with an SSE error event; a missing usage event is estimated
+when the client asked for one), :func:`refuse` answers a policy's refusal,
+:func:`send_json` the dry run and feedback, :func:`send_error` an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from gateway.dispatch import DispatchResult
+from gateway.errors import GatewayError, InvalidRequest
+from gateway.ratelimit import estimate_tokens
+from gateway.request.context import RequestContext, header_value
+from gateway.request.dispatch import usage_of
+from gateway.upstreams import SSECheck, UpstreamProtocolError
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+__all__ = ["error_of", "forward", "headers", "refuse", "send_error", "send_json"]
+
+log = logging.getLogger("expertgate.respond")
+
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+_JSON = b"application/json"
+
+
+def headers(ctx: RequestContext, content_type: bytes = _JSON) -> list[tuple[bytes, bytes]]:
+    h = [(b"content-type", content_type), (b"x-request-id", ctx.request_id.encode())]
+    if ctx.client_request_id is not None:
+        h.append((b"x-client-request-id", ctx.client_request_id.encode()))
+    if ctx.endpoint == "feedback":
+        return h
+    p = ctx.plan
+    expert = ctx.expert or (p.first_choice if p is not None and ctx.endpoint == "route"
+                            else "")
+    h += [(b"x-expertgate-policy", (ctx.policy or "none").encode()),
+          (b"x-expertgate-expert", (expert or "none").encode()),
+          (b"x-expertgate-cache", (p.cache if p is not None else "none").encode()),
+          (b"x-expertgate-decision-ms",
+           f"{p.decision_ms if p is not None else 0.0:.3f}".encode()),
+          (b"x-expertgate-reason", header_value(ctx.reason or "none").encode())]
+    if ctx.degraded:
+        h.append((b"x-expertgate-degraded", ",".join(ctx.degraded).encode()))
+    ex = p.explore if p is not None else None
+    if ex is not None and ex["propensity"] is not None:
+        h.append((b"x-expertgate-propensity", f"{ex['propensity']:.6g}".encode()))
+        if ex["explored"]:
+            h.append((b"x-expertgate-explored", str(ex["greedy_expert"]).encode()))
+    if p is not None and p.arm is not None:
+        h.append((b"x-expertgate-arm", p.arm.encode()))
+    if ctx.members:
+        h.append((b"x-expertgate-ensemble", ",".join(ctx.members).encode()))
+    if ctx.rates:
+        seen = set()
+        for rate in reversed(ctx.rates):  # the last decision says which backend counts now
+            for k, v in rate.headers():
+                if k not in seen:
+                    seen.add(k)
+                    h.append((k, v))
+    return h
+
+
+def error_of(exc: BaseException) -> GatewayError:
+    """Any exception as the OpenAI-shaped error the client gets (the one error map)."""
+    if isinstance(exc, GatewayError):
+        return exc
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
+
+    if isinstance(exc, RequestValidationError):
+        errs = exc.errors()
+        first = errs[0] if errs else {"loc": (), "msg": "invalid request"}
+        loc = [str(x) for x in first.get("loc", ()) if x not in ("body", "query", "path")]
+        return InvalidRequest(f"{'.'.join(loc) + ': ' if loc else ''}"
+                              f"{first.get('msg', 'invalid request')}",
+                              param=".".join(loc) or None)
+    if isinstance(exc, HTTPException):
+        err = GatewayError(str(exc.detail),
+                           code={404: "not_found", 405: "method_not_allowed"}.get(
+                               exc.status_code, "http_error"))
+        err.status = exc.status_code
+        err.type = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return err
+    return GatewayError("internal error")
+
+
+async def send_error(send: Send, ctx: RequestContext, err: GatewayError) -> None:
+    h = headers(ctx)
+    h.extend((k.lower().encode(), v.encode()) for k, v in err.headers.items())
+    await send({"type": "http.response.start", "status": err.status, "headers": h})
+    await send({"type": "http.response.body", "body": err.body()})
+
+
+async def send_json(send: Send, ctx: RequestContext, obj: Any, status: int = 200) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers(ctx)})
+    await send({"type": "http.response.body", "body": orjson.dumps(obj)})
+
+
+async def refuse(send: Send, ctx: RequestContext, message: str) -> None:
+    """The policy's refusal as a normal completion (or stream) from the policy itself."""
+    ctype, body = _refusal(ctx.body, ctx.endpoint, message, ctx.policy, ctx.stream)
+    await send({"type": "http.response.start", "status": 200,
+                "headers": headers(ctx, ctype)})
+    await send({"type": "http.response.body", "body": body})
+    ctx.status = 200
+
+
+async def forward(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchResult) -> None:
+    reply = res.reply
+    p = ctx.plan
+    if ctx.unaggregated is not None and ctx.stream:
+        # an ensemble answered by its best member, as the stream the client asked for
+        ctype, body = _refusal(ctx.body, ctx.endpoint, ctx.unaggregated, ctx.expert, True,
+                               "egens-")
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": headers(ctx, ctype)})
+        await send({"type": "http.response.body", "body": body})
+        ctx.status, ctx.usage = 200, usage_of(reply.data)
+        return
+    body = reply.first
+    if p is not None and p.rt is not None and p.rt.config.rewrite_model and \
+            not reply.stream and reply.status == 200 and isinstance(reply.data, dict):
+        reply.data["model"] = p.model
+        body = orjson.dumps(reply.data)
+    h = headers(ctx, reply.content_type.encode("latin-1"))
+    ctx.status = reply.status
+    if not reply.stream:
+        await send({"type": "http.response.start", "status": reply.status, "headers": h})
+        await send({"type": "http.response.body", "body": body})
+        ctx.usage = usage_of(reply.data) if reply.status == 200 else (0, 0)
+        return
+    h.append((b"cache-control", b"no-cache"))
+    await send({"type": "http.response.start", "status": reply.status, "headers": h})
+    await _stream(gw, send, ctx, res)
+
+
+async def _stream(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchResult) -> None:
+    """The rest of a stream, each chunk checked (fed to the SSE check) before it is sent.
+    ``stream_options.include_usage``: when the upstream ends without a usage event
+    (llama.cpp never sends one), one is added before ``data: [DONE]``, marked
+    ``"estimated": true``: completion tokens = content events passed through (one token each
+    on llama.cpp and vLLM), prompt tokens = prompt characters / 4."""
+    reply = res.reply
+    sse = reply.sse
+    if sse is None:
+        sse = SSECheck()
+        sse.feed(reply.first)
+    opts = ctx.body.get("stream_options")
+    want_usage = isinstance(opts, dict) and opts.get("include_usage") is True
+    try:
+        chunk: bytes | None = reply.first
+        it = reply.rest.__aiter__()
+        while chunk is not None:
+            if want_usage and sse.done and sse.usage is None and b"data: [DONE]" in chunk:
+                i = chunk.index(b"data: [DONE]")
+                await send({"type": "http.response.body", "body": chunk[:i], "more_body": True})
+                await send({"type": "http.response.body", "body": _usage_event(ctx, sse),
+                            "more_body": True})
+                chunk = chunk[i:]
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            try:
+                chunk = await it.__anext__()
+            except StopAsyncIteration:
+                chunk = None
+            else:
+                sse.feed(chunk)
+        if want_usage and sse.usage is None:  # the upstream ended without [DONE]
+            await send({"type": "http.response.body", "body": _usage_event(ctx, sse),
+                        "more_body": True})
+    except Exception as e:  # never a cancellation: CancelledError is a BaseException
+        # After the first byte nothing is retried (the upstream may have billed): end the
+        # stream with a well-formed error event the OpenAI SDK raises on.
+        log.warning("stream from %s at %s broke after the first byte: %s: %s",
+                    res.expert.name, res.replica, type(e).__name__, e)
+        invalid = isinstance(e, UpstreamProtocolError)
+        gw.metrics.upstream_errors.labels(res.expert.name,
+                                          "stream_invalid" if invalid else "stream_cut").inc()
+        what = "sent an event that is not JSON" if invalid else \
+            f"ended unexpectedly ({type(e).__name__})"
+        err = {"error": {"message": f"upstream stream from {res.expert.name} {what}",
+                         "type": "upstream_error", "param": None,
+                         "code": "stream_invalid" if invalid else "stream_interrupted"}}
+        await send({"type": "http.response.body",
+                    "body": b"data: " + orjson.dumps(err) + b"\n\n", "more_body": True})
+        ctx.status = 502
+        ctx.degraded.append("stream-invalid" if invalid else "stream-cut")
+    finally:
+        reply.release()
+    ctx.usage = sse.usage or (0, 0)
+    await send({"type": "http.response.body", "body": b""})
+
+
+def _usage_event(ctx: RequestContext, sse: SSECheck) -> bytes:
+    """The usage event the gateway adds, counted by the gateway (see :func:`_stream`)."""
+    payload = ctx.body
+    prompt = estimate_tokens({k: payload.get(k) for k in ("messages", "prompt")}, 0) - 1
+    p, c = sse.usage = (max(prompt, 1), sse.events)
+    ctx.degraded.append("usage-estimated")
+    rid, model, obj = sse.ident or ("eg-usage", str(payload.get("model")),
+                                    "chat.completion.chunk")
+    ev = {"id": rid, "object": obj, "created": int(time.time()), "model": model,
+          "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c,
+                                   "total_tokens": p + c, "estimated": True}}
+    return b"data: " + orjson.dumps(ev) + b"\n\n"
+
+
+def _refusal(payload: dict[str, Any], endpoint: str, message: str, policy: str,
+             stream: bool, id_prefix: str = "egrej-") -> tuple[bytes, bytes]:
+    rid = id_prefix + uuid.uuid4().hex[:24]
+    now = int(time.time())
+    if endpoint == "chat":
+        if stream:
+            ev1 = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": policy,
+                   "choices": [{"index": 0, "delta": {"role": "assistant", "content": message},
+                                "finish_reason": None}]}
+            ev2 = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": policy,
+                   "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+            return (b"text/event-stream", b"data: " + orjson.dumps(ev1) + b"\n\ndata: " +
+                    orjson.dumps(ev2) + b"\n\ndata: [DONE]\n\n")
+        body = {"id": rid, "object": "chat.completion", "created": now, "model": policy,
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": message}}],
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
+        return _JSON, orjson.dumps(body)
+    body = {"id": rid, "object": "text_completion", "created": now, "model": policy,
+            "choices": [{"index": 0, "text": message, "finish_reason": "stop",
+                         "logprobs": None}],
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
+    if stream:
+        return b"text/event-stream", b"data: " + orjson.dumps(body) + b"\n\ndata: [DONE]\n\n"
+    return _JSON, orjson.dumps(body)
+

@@ -1,0 +1,138 @@
+"""The request bodies, declared once: the validator of every POST endpoint and its OpenAPI.
+
+Each body is a ``TypedDict`` with pydantic constraints. :func:`validate` parses a raw body
+with orjson (strict JSON: no lone surrogates; nesting up to orjson's limit, so a deep value
+in an unknown field still reaches the expert) and checks it once with pydantic-core (about
+two microseconds together) into a plain ``dict`` with every field the client sent, unknown
+ones included and untouched, so an OpenAI parameter this gateway does not know still reaches
+the expert. The
+FastAPI app declares the same types as the endpoints' bodies, so ``/openapi.json`` is derived
+from them; it never validates a request itself.
+
+Strict mode: ``"stream": "yes"`` or ``"max_tokens": true`` is an error, never coerced. A
+body that fails becomes an :class:`~gateway.errors.InvalidRequest` whose ``param`` is the
+path to the first bad field (``messages.0.role``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, NotRequired
+
+import orjson
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_config
+from typing_extensions import TypedDict
+
+from gateway.errors import InvalidRequest
+
+__all__ = ["BODIES", "ChatRequest", "CompletionRequest", "EmbeddingsRequest", "FeedbackRequest",
+           "RouteRequest", "validate"]
+
+_OPEN = ConfigDict(extra="allow", strict=True)
+_CLOSED = ConfigDict(extra="forbid", strict=True)
+
+Role = Literal["system", "user", "assistant", "tool", "developer", "function"]
+PositiveInt = Annotated[int, Field(ge=1)]
+Model = Annotated[str, Field(min_length=1, description="a policy name (routed) or an expert "
+                                                         "name")]
+
+
+@with_config(_OPEN)
+class ChatMessage(TypedDict):
+    role: Role
+    content: NotRequired[str | list[dict[str, Any]] | None]
+
+
+@with_config(_OPEN)
+class ChatRequest(TypedDict):
+    """OpenAI chat completions; other OpenAI fields pass through to the expert untouched."""
+
+    model: Model
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    stream: NotRequired[bool]
+    max_tokens: NotRequired[PositiveInt | None]
+    max_completion_tokens: NotRequired[PositiveInt | None]
+    n: NotRequired[PositiveInt | None]
+
+
+@with_config(_OPEN)
+class CompletionRequest(TypedDict):
+    """OpenAI (legacy) completions."""
+
+    model: Model
+    prompt: Annotated[str, Field(min_length=1)] | Annotated[
+        list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+    stream: NotRequired[bool]
+    max_tokens: NotRequired[PositiveInt | None]
+    n: NotRequired[PositiveInt | None]
+
+
+@with_config(_OPEN)
+class EmbeddingsRequest(TypedDict):
+    """OpenAI embeddings, passed through to an expert configured with ``embeddings: true``."""
+
+    model: Annotated[str, Field(min_length=1, description="an expert configured with "
+                                                          "embeddings: true")]
+    input: Annotated[str, Field(min_length=1)] | Annotated[
+        list[str | int | list[int]], Field(min_length=1)]
+    stream: NotRequired[Annotated[Literal[False], Field(description="embeddings cannot be "
+                                                                    "streamed")]]
+
+
+@with_config(_CLOSED)
+class RouteRequest(TypedDict):
+    """The dry run: the decision a policy would take for ``messages`` or ``text``."""
+
+    model: Annotated[str, Field(min_length=1, description="the policy to route with")]
+    messages: NotRequired[list[ChatMessage] | None]
+    text: NotRequired[Annotated[str | None, Field(description="route this text instead of "
+                                                              "messages")]]
+
+
+@with_config(_CLOSED)
+class FeedbackRequest(TypedDict):
+    """A rating of an answered request (only from the tenant that made it)."""
+
+    request_id: Annotated[str, Field(min_length=1, max_length=128)]
+    score: Annotated[float, Field(ge=0.0, le=1.0, description="1 = best")]
+    comment: NotRequired[Annotated[str, Field(max_length=2000)] | None]
+
+
+#: endpoint -> its body's type
+BODIES: dict[str, Any] = {"chat": ChatRequest, "completions": CompletionRequest,
+                          "embeddings": EmbeddingsRequest, "route": RouteRequest,
+                          "feedback": FeedbackRequest}
+_ADAPTERS: dict[str, TypeAdapter[Any]] = {k: TypeAdapter(v) for k, v in BODIES.items()}
+
+# pydantic names the member of a union it tried in the error's location; the client's
+# field path stops before it
+_TAGS = frozenset({"str", "int", "float", "bool", "none", "list", "dict", "typed-dict"})
+
+
+def _param(loc: tuple[Any, ...]) -> str | None:
+    parts: list[str] = []
+    for p in loc:
+        if isinstance(p, str) and (p in _TAGS or "[" in p or p.startswith(
+                ("constrained-", "function-"))):
+            break
+        parts.append(str(p))
+    return ".".join(parts) or None
+
+
+def validate(endpoint: str, raw: bytes) -> dict[str, Any]:
+    """The body of ``endpoint`` as a dict, or an InvalidRequest naming the bad field."""
+    if not raw.strip():
+        raise InvalidRequest("request body is empty; expected a JSON object")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise InvalidRequest(f"request body is not valid JSON: {e.msg} at position {e.pos}"
+                             ) from None
+    try:
+        body: dict[str, Any] = _ADAPTERS[endpoint].validate_python(obj)
+    except ValidationError as e:
+        first = e.errors(include_url=False, include_input=False)[0]
+        param = _param(tuple(first["loc"]))
+        if param is None:
+            raise InvalidRequest("request body must be a JSON object") from None
+        raise InvalidRequest(f"{param}: {first['msg']}", param=param) from None
+    return body

@@ -1,0 +1,128 @@
+"""The request path's stages (gateway/request): admission before the body, one schema for
+validation and OpenAPI, one plan for the dry run and live requests, the deadline over the
+decision, one body limit on every POST endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+from pydantic import TypeAdapter
+
+from expertgate.bench.upstream_double import OpenAIUpstreamDouble
+from gateway.app import create_app
+from gateway.auth import hash_key
+from gateway.config import Settings, parse_config
+from gateway.request.schema import ChatRequest
+from routers.embed import HashingEmbedder
+from tests.unit.gateway_helpers import base_config, chat, gateway_client
+
+Ups = tuple[OpenAIUpstreamDouble, OpenAIUpstreamDouble]
+
+
+async def test_an_unauthenticated_request_costs_no_body_read(ups: Ups, tmp_path: Path) -> None:
+    """401 from the headers alone: the ASGI receive channel (the body) is never read."""
+    cfg = base_config(ups[0].base, ups[1].base)
+    cfg["api_keys"] = [{"name": "t", "sha256": hash_key("sk-good")}]
+    app = create_app(Settings(log_path=tmp_path / "log.jsonl", ready_check_upstreams=False,
+                              gc_freeze=False), parse_config(cfg, "t.yaml"),
+                     embedder=HashingEmbedder())
+    await app.gateway.start()
+    try:
+        for auth in ([], [(b"authorization", b"Bearer sk-wrong")]):
+            reads: list[int] = []
+            sent: list[MutableMapping[str, Any]] = []
+
+            async def receive(reads: list[int] = reads) -> dict[str, Any]:
+                reads.append(1)
+                return {"type": "http.request", "body": b"x" * 65536, "more_body": True}
+
+            async def send(msg: MutableMapping[str, Any],
+                           sent: list[MutableMapping[str, Any]] = sent) -> None:
+                sent.append(msg)
+
+            scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
+                     "headers": [(b"content-length", b"1000000"), *auth], "client": None}
+            await app(scope, receive, send)
+            assert reads == []
+            assert sent[0]["status"] == 401
+            assert orjson.loads(sent[1]["body"])["error"]["type"] == "authentication_error"
+    finally:
+        await app.gateway.close()
+    assert ups[0].received == [] and ups[1].received == []
+
+
+async def test_the_dry_run_explains_the_plan_a_live_request_follows(ups: Ups,
+                                                                   tmp_path: Path) -> None:
+    # every query is rejected (threshold 0.9) and rejections go to the chatter
+    cfg = base_config(ups[0].base, ups[1].base, params={"threshold": 0.9},
+                      on_reject={"action": "fallback", "expert": "chatter"})
+    async with gateway_client(cfg, tmp_path) as (c, _):
+        dry = await c.post("/v1/route", json={"model": "auto", "text": "zebra quantum banana"})
+        plan = dry.json()
+        assert plan["mode"] == "reject" and plan["action"] == "forward"
+        assert plan["fallback_chain"] == ["chatter"]
+        assert plan["degraded"] == ["rejected-to-fallback"]
+        live = await c.post("/v1/chat/completions", json=chat("auto", "zebra quantum banana"))
+        assert live.status_code == 200
+        for h in ("x-expertgate-expert", "x-expertgate-reason", "x-expertgate-degraded"):
+            assert live.headers[h] == dry.headers[h], h
+        assert live.headers["x-expertgate-expert"] == "chatter"
+    assert len(ups[1].received) == 1 and ups[0].received == []
+
+
+async def test_a_refusing_policy_plans_no_expert(ups: Ups, tmp_path: Path) -> None:
+    cfg = base_config(ups[0].base, ups[1].base, params={"threshold": 0.9},
+                      on_reject={"action": "refusal", "message": "not here"})
+    async with gateway_client(cfg, tmp_path) as (c, _):
+        dry = (await c.post("/v1/route", json={"model": "auto", "text": "zebra"})).json()
+        assert dry["action"] == "refuse" and dry["fallback_chain"] == []
+        live = await c.post("/v1/chat/completions", json=chat("auto", "zebra"))
+        assert live.json()["choices"][0]["message"]["content"] == "not here"
+        assert live.headers["x-expertgate-expert"] == "none"
+    assert ups[0].received == [] and ups[1].received == []
+
+
+async def test_the_deadline_covers_the_decision(ups: Ups, tmp_path: Path) -> None:
+    cfg = base_config(ups[0].base, ups[1].base)
+    async with gateway_client(cfg, tmp_path, request_deadline_s=0.3) as (c, gw):
+        async def stuck_embedder(text: str) -> Any:
+            await asyncio.sleep(5)
+
+        gw.pipeline._embed_fn = stuck_embedder
+        t = time.perf_counter()
+        r = await c.post("/v1/chat/completions", json=chat("auto", "fix this bug"))
+        assert time.perf_counter() - t < 2
+        assert r.status_code == 504
+        assert r.json()["error"]["code"] == "deadline_exceeded"
+    assert ups[0].received == [] and ups[1].received == []
+
+
+async def test_one_body_limit_and_one_schema_on_every_post_endpoint(ups: Ups,
+                                                                   tmp_path: Path) -> None:
+    cfg = base_config(ups[0].base, ups[1].base)
+    async with gateway_client(cfg, tmp_path, max_body_bytes=4096) as (c, _):
+        big = {"model": "auto", "text": "x" * 8000}
+        for path, body in (("/v1/route", big), ("/v1/feedback",
+                                                {"request_id": "r", "score": 1, "comment": big})):
+            r = await c.post(path, json=body)
+            assert r.status_code == 413, path
+            assert r.json()["error"]["code"] == "request_too_large"
+        # the dry run's body is checked by the same schema, with the field named
+        r = await c.post("/v1/route", json={"model": "auto", "text": "hi", "extra": 1})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "extra"
+        assert r.headers["x-expertgate-policy"] == "none"
+        r = await c.post("/v1/route", content=b'{"model": "auto", "text": "\\ud800"}')
+        assert r.status_code == 400  # a lone surrogate never reaches the embedder
+        doc = (await c.get("/openapi.json")).json()
+    # the OpenAPI document is derived from the types the request path validates with
+    ref = doc["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"][
+        "application/json"]["schema"]["$ref"]
+    published = doc["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    own = TypeAdapter(ChatRequest).json_schema(ref_template="#/components/schemas/{model}")
+    assert published["properties"].keys() == own["properties"].keys()
+    assert published["required"] == own["required"] == ["model", "messages"]
