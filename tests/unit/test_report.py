@@ -71,3 +71,11 @@ def test_report_without_runs_fails_cleanly(tmp_path: Path) -> None:
     R.cli_register(parser)
     args = parser.parse_args(["--runs", str(tmp_path / "nothing"), "--out", str(tmp_path)])
     assert args.func(args) == 2
+
+
+def test_every_generated_figure_block_in_the_docs_is_up_to_date(monkeypatch) -> None:
+    """README and docs/ carry no hand-typed figure tables: each generated block equals what
+    `expertgate eval report` renders from the committed run JSON it names."""
+    repo = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(repo)
+    assert R.update_docs(R.DEFAULT_DOCS, check=True) == []
