@@ -293,6 +293,11 @@ def _targets(paths: dict[str, Any], concs: list[int], single: dict[str, float] |
     rps = [v for c in concs if (v := get("passthrough", c, "rps")) is not None]
     add("passthrough req/s (best concurrency, 1 worker)", max(rps) if rps else None,
         lambda v: v >= 2000, ">= 2000")
+    floor_rps = [v for c in concs if (v := get("floor", c, "rps")) is not None]
+    # issue 16: one worker's throughput against the aiohttp floor's, in the same run
+    add("passthrough req/s / floor req/s (best concurrency each)",
+        _ratio(max(rps), max(floor_rps)) if rps and floor_rps else None,
+        lambda v: v >= 0.8, ">= 0.8")
     if 1 in concs:
         add("routed_miss added p50 at c1 (ms)", get("routed_miss", 1, "added_p50_ms"),
             lambda v: v <= 4.0, "<= 4")
@@ -513,7 +518,10 @@ def cmd_overhead(args: argparse.Namespace) -> int:
     machine["loadavg_end"] = list(os.getloadavg())
     targets_out = _targets(paths, concs, single, streams)
     ratio_lines = format_ratio_lines(paths, concs)
-    result = {"benchmark": "overhead", "machine": machine, "command": " ".join(sys.argv),
+    from evals.provenance import git_state
+
+    result = {"benchmark": "overhead", "machine": machine, "git": git_state(),
+              "command": " ".join(["expertgate", *sys.argv[1:]]),
               "params": {"concurrency": concs, "rounds": args.rounds, "requests": args.requests,
                          "miss_requests": args.miss_requests,
                          "litellm_requests": args.litellm_requests,
