@@ -43,6 +43,14 @@ def strongest_expert(cfg: GatewayConfig) -> ExpertConfig | None:
     return max(priced, key=_price) if priced else None
 
 
+def _recent_item(seq: int, rec: RequestRecord) -> dict[str, Any]:
+    item: dict[str, Any] = {k: rec.get(k) for k in _RECENT_KEYS}
+    item["seq"] = seq
+    text = rec.get("text")
+    item["text"] = text[:300] if isinstance(text, str) else None
+    return item
+
+
 def _quantile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -56,7 +64,10 @@ class DecisionFeed:
                  ) -> None:
         self.config = config
         self.started = time.time()
-        self._recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=size)
+        #: (sequence number, record) of the last ``size`` requests; a record is never changed
+        #: after it is written, so it is kept as it is and projected when the page asks
+        self._recent: collections.deque[tuple[int, RequestRecord]] = collections.deque(
+            maxlen=size)
         self._decision_ms: collections.deque[float] = collections.deque(maxlen=latency_window)
         self._added_ms: collections.deque[float] = collections.deque(maxlen=latency_window)
         self._seq = 0
@@ -71,9 +82,12 @@ class DecisionFeed:
         self.degraded: collections.Counter[str] = collections.Counter()
         self.rejections: collections.Counter[str] = collections.Counter()
 
+        self._strong = strongest_expert(config)
+
     def reconfigure(self, config: GatewayConfig) -> None:
         """After a reload: prices and the strongest expert come from the new config."""
         self.config = config
+        self._strong = strongest_expert(config)
 
     def record(self, rec: RequestRecord) -> None:
         """Count one answered request (its routing-log record)."""
@@ -104,7 +118,7 @@ class DecisionFeed:
                 self._added_ms.append(max(0.0, float(rec["latency_ms"]) - float(upstream_ms)))
             if expert and status < 400:
                 self.routed_cost_usd += cost
-                strong = strongest_expert(self.config)
+                strong = self._strong
                 if strong is not None:
                     self.strongest_cost_usd += (
                         int(rec.get("prompt_tokens") or 0) * strong.price.input_per_1m +
@@ -115,11 +129,7 @@ class DecisionFeed:
         if rec.get("mode") == "reject":
             g = rec.get("guard") or {}
             self.rejections[str(g.get("reject_reason") or "router")] += 1
-        item = {k: rec.get(k) for k in _RECENT_KEYS}
-        item["seq"] = self._seq
-        text = rec.get("text")
-        item["text"] = text[:300] if isinstance(text, str) else None
-        self._recent.append(item)
+        self._recent.append((self._seq, rec))
 
     def summary(self, since: int = 0, limit: int = 50) -> dict[str, Any]:
         """The dashboard's view: totals, and the recent decisions after sequence ``since``."""
@@ -134,7 +144,8 @@ class DecisionFeed:
         hits, misses = self.cache.get("hit", 0), self.cache.get("miss", 0)
         ms = list(self._decision_ms)
         saved = (self.strongest_cost_usd - self.routed_cost_usd) if strong else None
-        recent = [r for r in self._recent if r["seq"] > since][-limit:]
+        recent = [_recent_item(seq, r) for seq, r in
+                  [x for x in self._recent if x[0] > since][-limit:]]
         return {
             "uptime_s": round(time.time() - self.started, 1),
             "requests": self.requests, "routed": self.routed, "errors": self.errors,

@@ -44,6 +44,10 @@ CANDIDATES: tuple[tuple[str, Mapping[str, Any]], ...] = (
     ("classifier", {"C": 0.3}),
     ("classifier", {"C": 1.0}),
     ("mf", {}),
+    # the per-category rule of the table's category column, the category inferred from the
+    # embedding (a router that cannot beat it on held-out prompts should route as it does;
+    # a table without categories leaves it out, said so)
+    ("category", {"soft": True}),
     ("stack", {}),
 )
 CV_MAX_PROMPTS = 3000

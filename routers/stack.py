@@ -1,17 +1,31 @@
 """Stacked router: several per-expert quality estimates combined by a learned meta-model.
 
-For each expert three base estimates of P(the expert answers well | query) are computed:
+For each expert these base estimates of P(the expert answers well | query) are computed:
 
 * a logistic regression on the prompt embedding (topic, domain);
 * a logistic regression on a few prompt statistics that track difficulty and which no
   embedding of the text sees well: length in characters and words, count of numbers and of
   distinct numbers, sentences, percent signs, fractions, decimals, currency, questions, lines;
 * a similarity-weighted nearest-neighbour success rate (as :mod:`routers.knn`);
+* with ``lexical=True`` and ``C_lexical`` set (the defaults), a logistic regression on the
+  prompt's word and character n-gram TF-IDF (:mod:`routers.lexical`): the exact words a
+  mean of static token vectors blurs (dense + sparse views of the text);
 * when the table has categories (two or more), the expert's per-category success rate
   (shrunk toward its mean) mixed by a soft nearest-centroid assignment of the query to the
   categories — queries arrive without a category, so it is inferred from the embedding.
+  With ``lexical=True`` the assignment also compares the query's word and character n-gram
+  TF-IDF (:mod:`routers.lexical`) with each category's TF-IDF centroid: a subject is named by
+  its words, which a mean of static token vectors blurs (on MMLU's 57 subjects the nearest
+  centroid finds the subject of 58% of held-out prompts from the distilled embedding, 74%
+  with both views).
 
-A per-expert logistic regression on the logits of the three, fitted on out-of-fold
+Chosen on validation (report-free development seeds, distilled embedder): the lexical views
+raised the mean validation APGR on MMLU from 0.663 to 0.683 (the per-subject rule, which
+is told each test prompt's true subject: 0.679) and on GSM8K from 0.627 to 0.634; AIQ on
+NQ 0.442 -> 0.444. Their cost is the TF-IDF fit (~20 s on 11k MMLU prompts, pure Python)
+and ~0.2 ms per query.
+
+A per-expert logistic regression on the logits of the components, fitted on out-of-fold
 estimates of the training prompts (``folds``-fold), combines them into a calibrated
 probability. Scores in [0, 1] that are not 0/1 count as soft labels (sample weights).
 Every learned part is stored as plain arrays (coefficients, scaler statistics), so the
@@ -22,6 +36,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -65,7 +80,12 @@ def _fit_lr(F: np.ndarray, s: np.ndarray, C: float) -> tuple[np.ndarray, float]:
         # one outcome only: a constant at the (smoothed) base rate
         rate = (s.sum() + 0.5) / (s.size + 1.0)
         return np.zeros(F.shape[1]), float(_logit(np.array([rate]))[0])
-    Fa = np.concatenate([F[pos], F[neg]])
+    if hasattr(F, "tocsr"):  # scipy sparse (TF-IDF rows)
+        from scipy.sparse import vstack
+
+        Fa = vstack([F[pos], F[neg]]).tocsr()
+    else:
+        Fa = np.concatenate([F[pos], F[neg]])
     ya = np.concatenate([np.ones(int(pos.sum())), np.zeros(int(neg.sum()))])
     wa = np.concatenate([s[pos], 1 - s[neg]])
     m = LogisticRegression(C=C, max_iter=1000).fit(Fa, ya, sample_weight=wa)
@@ -75,14 +95,19 @@ def _fit_lr(F: np.ndarray, s: np.ndarray, C: float) -> tuple[np.ndarray, float]:
 @register
 class StackRouter(QualityRouter):
     name = "stack"
+    #: 2: the lexical views (TF-IDF state, category centroids, per-expert coefficients)
+    version = 2
     _array_attrs = ("train_X_", "train_scores_", "prior_", "costs_", "emb_coef_", "emb_bias_",
                     "stat_mean_", "stat_scale_", "stat_coef_", "stat_bias_", "meta_coef_",
-                    "meta_bias_", "centroids_", "category_rates_")
-    _json_attrs = ("experts_", "dim_")
+                    "meta_bias_", "centroids_", "category_rates_", "lex_idf_",
+                    "lex_centroids_", "lex_coef_", "lex_bias_")
+    _json_attrs = ("experts_", "dim_", "lex_terms_", "lex_n_words_")
 
     def __init__(self, C_embed: float = 0.3, C_stats: float = 1.0, C_meta: float = 1.0,
                  k: int = 50, temperature: float = 0.05, prior_strength: float = 2.0,
-                 folds: int = 5, seed: int = 0, cost_weight: float = 0.0,
+                 folds: int = 5, seed: int = 0, lexical: bool = True,
+                 lexical_weight: float = 2.0, C_lexical: float | None = 1.0,
+                 cost_weight: float = 0.0,
                  threshold: float | None = None) -> None:
         self.C_embed = C_embed
         self.C_stats = C_stats
@@ -92,20 +117,34 @@ class StackRouter(QualityRouter):
         self.prior_strength = prior_strength
         self.folds = folds
         self.seed = seed
+        self.lexical = lexical
+        self.lexical_weight = lexical_weight
+        self.C_lexical = C_lexical
         self.cost_weight = cost_weight
         self.threshold = threshold
 
     # -- learning ----------------------------------------------------------------------
-    def _category_prior(self, C: np.ndarray, R: np.ndarray, Xq: np.ndarray) -> np.ndarray:
-        """Per-category rates R (K, m) mixed by soft nearest-centroid weights, (nq, m)."""
+    def _category_prior(self, C: np.ndarray, R: np.ndarray, Xq: np.ndarray,
+                        lex: tuple[Any, np.ndarray] | None = None) -> np.ndarray:
+        """Per-category rates R (K, m) mixed by soft nearest-centroid weights, (nq, m).
+
+        ``lex``: the queries' TF-IDF rows and the categories' TF-IDF centroids (K, V), whose
+        similarities join the dense ones with weight ``lexical_weight``."""
         sims = Xq @ C.T
+        if lex is not None:
+            sims = sims + float(self.lexical_weight) * np.asarray(lex[0] @ lex[1].T)
         w = np.exp((sims - sims.max(axis=1, keepdims=True)) / float(self.temperature))
         return (w / w.sum(axis=1, keepdims=True)) @ R
 
     @staticmethod
-    def _centroids(Xtr: np.ndarray, cats: np.ndarray, K: int) -> np.ndarray:
-        C = np.zeros((K, Xtr.shape[1]))
-        np.add.at(C, cats, Xtr)
+    def _centroids(Xtr: Any, cats: np.ndarray, K: int) -> np.ndarray:
+        """Unit-norm mean row of each category; ``Xtr`` dense or scipy sparse."""
+        from scipy.sparse import csr_matrix
+
+        onehot = csr_matrix((np.ones(len(cats)), (cats, np.arange(len(cats)))),
+                            shape=(K, len(cats)))
+        C = np.asarray((onehot @ Xtr).todense() if hasattr(Xtr, "tocsr") else onehot @ Xtr,
+                       dtype=np.float64)
         return C / np.maximum(np.linalg.norm(C, axis=1, keepdims=True), 1e-12)
 
     def _rates(self, s: np.ndarray, cats: np.ndarray, K: int) -> np.ndarray:
@@ -117,12 +156,14 @@ class StackRouter(QualityRouter):
     prior_strength_cat = 5.0
 
     def _base(self, Xtr: np.ndarray, Htr: np.ndarray, s: np.ndarray, Xq: np.ndarray,
-              Hq: np.ndarray, cats: np.ndarray | None = None, K: int = 0
-              ) -> tuple[np.ndarray, tuple[np.ndarray, float, np.ndarray, float]]:
+              Hq: np.ndarray, cats: np.ndarray | None = None, K: int = 0,
+              lex: tuple[Any, Any] | None = None
+              ) -> tuple[np.ndarray, tuple[Any, ...]]:
         """Base estimates (nq, 3 or 4) for one expert and its fitted coefficients.
 
         ``Htr``/``Hq`` are the prompt statistics already standardised; ``cats`` the training
-        prompts' category indices (None: no category component).
+        prompts' category indices (None: no category component); ``lex`` the training and
+        query prompts' TF-IDF rows (None: the category assignment is dense only).
         """
         ce, be = _fit_lr(Xtr, s, float(self.C_embed))
         ch, bh = _fit_lr(Htr, s, float(self.C_stats))
@@ -131,10 +172,16 @@ class StackRouter(QualityRouter):
                          temperature=float(self.temperature),
                          prior_strength=float(self.prior_strength))[:, 0]
         parts = [_sigmoid(Xq @ ce + be), _sigmoid(Hq @ ch + bh), kn]
+        cl, bl = np.zeros(0), 0.0
+        if lex is not None and self.C_lexical is not None:
+            cl, bl = _fit_lr(lex[0], s, float(self.C_lexical))
+            parts.append(_sigmoid(np.asarray(lex[1] @ cl).ravel() + bl))
         if cats is not None:
             C = self._centroids(Xtr, cats, K)
-            parts.append(self._category_prior(C, self._rates(s, cats, K)[:, None], Xq)[:, 0])
-        return np.stack(parts, 1), (ce, be, ch, bh)
+            lq = None if lex is None else (lex[1], self._centroids(lex[0], cats, K))
+            parts.append(self._category_prior(C, self._rates(s, cats, K)[:, None], Xq,
+                                              lq)[:, 0])
+        return np.stack(parts, 1), (ce, be, ch, bh, cl, bl)
 
     def fit(self, X: np.ndarray, table: RoutingTable) -> StackRouter:
         X, S = self._base_checks(X, table, min_prompts=max(4, int(self.folds)))
@@ -149,7 +196,26 @@ class StackRouter(QualityRouter):
         labels = sorted(set(table.categories)) if table.categories is not None else []
         K = len(labels) if len(labels) >= 2 else 0
         cat_all = np.array([labels.index(c) for c in table.categories or []]) if K else None
-        n_comp = 4 if K else 3
+        use_lr = self.lexical and self.C_lexical is not None
+        n_comp = 3 + bool(K) + use_lr
+        L = None
+        self._lex = None
+        self.lex_terms_, self.lex_n_words_ = [], 0
+        self.lex_idf_ = np.zeros(0, np.float32)
+        self.lex_centroids_ = np.zeros((0, 0), np.float32)
+        self.lex_coef_, self.lex_bias_ = np.zeros((0, 0), np.float32), np.zeros(0)
+        if self.lexical and (K or use_lr):
+            from routers.lexical import Lexical
+
+            # the vocabulary bounds the artifact: one float per term and category
+            lex = Lexical(max_words=10000, max_chars=20000).fit(table.prompts)
+            L = lex.transform(table.prompts)
+            self.lex_terms_, self.lex_idf_, self.lex_n_words_ = lex.state()
+            if K:
+                self.lex_centroids_ = self._centroids(L, cat_all, K).astype(np.float32)
+            if use_lr:
+                self.lex_coef_ = np.zeros((m, lex.n_features), np.float32)
+                self.lex_bias_ = np.zeros(m)
         rng = np.random.default_rng(int(self.seed))
         emb_c, emb_b = np.zeros((m, Xu.shape[1])), np.zeros(m)
         st_c, st_b = np.zeros((m, H.shape[1])), np.zeros(m)
@@ -160,15 +226,20 @@ class StackRouter(QualityRouter):
             Xa, Ha, s = Xu[ok], H[ok], S[ok, j]
             fold = rng.permutation(ok.size) % int(self.folds)
             ca = cat_all[ok] if cat_all is not None else None
+            La = L[ok] if L is not None else None
             oof = np.zeros((ok.size, n_comp))
             for f in range(int(self.folds)):
                 te, tr = fold == f, fold != f
                 if tr.sum() < 2 or not te.any():
                     continue
                 oof[te] = self._base(Xa[tr], Ha[tr], s[tr], Xa[te], Ha[te],
-                                     ca[tr] if ca is not None else None, K)[0]
+                                     ca[tr] if ca is not None else None, K,
+                                     None if La is None else (La[tr], La[te]))[0]
             meta_c[j], meta_b[j] = _fit_lr(_logit(oof), s, float(self.C_meta))
-            _, (emb_c[j], emb_b[j], st_c[j], st_b[j]) = self._base(Xa, Ha, s, Xa[:1], Ha[:1])
+            _, (emb_c[j], emb_b[j], st_c[j], st_b[j], cl, bl) = self._base(
+                Xa, Ha, s, Xa[:1], Ha[:1], lex=None if La is None else (La, La[:1]))
+            if use_lr:
+                self.lex_coef_[j], self.lex_bias_[j] = cl, bl
             if ca is not None:
                 rates[:, j] = self._rates(s, ca, K)
         self.centroids_ = self._centroids(Xu, cat_all, K) if cat_all is not None else \
@@ -196,8 +267,21 @@ class StackRouter(QualityRouter):
         pe = _sigmoid(Xu @ self.emb_coef_.T + self.emb_bias_)
         ph = _sigmoid(Hs @ self.stat_coef_.T + self.stat_bias_)
         parts = [_logit(pe), _logit(ph), _logit(kn)]
+        L = None
+        if len(self.lex_terms_):
+            from routers.lexical import Lexical
+
+            if getattr(self, "_lex", None) is None:
+                self._lex = Lexical.from_state(self.lex_terms_, self.lex_idf_,
+                                               self.lex_n_words_)
+            L = self._lex.transform(texts)
+        if len(self.lex_coef_):
+            parts.append(_logit(_sigmoid(np.asarray(L @ self.lex_coef_.T) + self.lex_bias_)))
         if len(self.centroids_):
-            parts.append(_logit(self._category_prior(self.centroids_, self.category_rates_, Xu)))
+            lex = None if L is None or not len(self.lex_centroids_) else \
+                (L, self.lex_centroids_)
+            parts.append(_logit(self._category_prior(self.centroids_, self.category_rates_, Xu,
+                                                     lex)))
         Z = np.stack(parts, axis=2)  # (n, m, components)
         return _sigmoid(np.einsum("nmc,mc->nm", Z, self.meta_coef_) + self.meta_bias_)
 

@@ -71,17 +71,19 @@ _TEMPLATES = ["Can you explain %s to me in simple terms? (ticket %s-%d)",
               "I am confused about %s; what should I read first? id %s.%d"]
 
 
-def distinct_prompt(prefix: str, seq: int) -> str:
-    """The prompt the Lua script generates for ``seq`` (same formula, for tests and docs)."""
-    return _TEMPLATES[seq % len(_TEMPLATES)] % (_TOPICS[seq % len(_TOPICS)], prefix, seq)
+def distinct_prompt(prefix: str, seq: int, suffix: str = "") -> str:
+    """The prompt the Lua script generates for ``seq`` (same formula, for tests and docs);
+    ``suffix`` (a fixed text making the prompt longer) follows it after a space."""
+    head = _TEMPLATES[seq % len(_TEMPLATES)] % (_TOPICS[seq % len(_TOPICS)], prefix, seq)
+    return f"{head} {suffix}" if suffix else head
 
 
 def _lua_str(s: str) -> str:
     return "[==[" + s + "]==]"
 
 
-def _script(n: int, body: bytes | None, model: str, prefix: str, extra_headers: dict[str, str]
-            ) -> str:
+def _script(n: int, body: bytes | None, model: str, prefix: str, extra_headers: dict[str, str],
+            suffix: str = "") -> str:
     hdrs = {"content-type": "application/json", **extra_headers}
     hdr_lua = ", ".join(f"[ {_lua_str(k)} ]={_lua_str(v)}" for k, v in hdrs.items())
     if body is not None:
@@ -92,10 +94,14 @@ def _script(n: int, body: bytes | None, model: str, prefix: str, extra_headers: 
         templates = ", ".join(_lua_str(t) for t in _TEMPLATES)
         head = json.dumps({"model": model, "max_tokens": 16,
                            "messages": [{"role": "user", "content": "@@"}]}).split('"@@"')
+        # the suffix goes into the JSON string as it is escaped there
+        tail = (json.dumps(" " + suffix)[1:-1] if suffix else "") + '"' + head[1]
+        if "]==]" in tail:
+            raise LoadError("the prompt suffix may not contain ']==]'")
         make_body = f"""
 local topics = {{{topics}}}
 local templates = {{{templates}}}
-local head, tail = {_lua_str(head[0] + '"')}, {_lua_str('"' + head[1])}
+local head, tail = {_lua_str(head[0] + '"')}, {_lua_str(tail)}
 local function body()
   local i = seq
   local t = string.format(templates[(i % #templates) + 1], topics[(i % #topics) + 1],
@@ -157,10 +163,11 @@ end
 
 def run_wrk(url: str, *, n: int, concurrency: int, body: bytes | None = None,
             model: str = "auto", prefix: str = "p", timeout_s: float = 120.0,
-            headers: dict[str, str] | None = None) -> LoadResult:
+            headers: dict[str, str] | None = None, suffix: str = "") -> LoadResult:
     """POST ``n`` requests to ``url`` over ``concurrency`` connections (closed loop).
 
-    ``body`` None means a distinct routed prompt per request (``model`` names the policy).
+    ``body`` None means a distinct routed prompt per request (``model`` names the policy),
+    :func:`distinct_prompt` with ``suffix``.
     """
     wrk = shutil.which("wrk")
     if wrk is None:
@@ -169,7 +176,7 @@ def run_wrk(url: str, *, n: int, concurrency: int, body: bytes | None = None,
         raise LoadError(f"need at least as many requests ({n}) as connections ({concurrency})")
     with tempfile.TemporaryDirectory(prefix="expertgate-wrk-") as d:
         script = Path(d) / "load.lua"
-        script.write_text(_script(n, body, model, prefix, headers or {}))
+        script.write_text(_script(n, body, model, prefix, headers or {}, suffix))
         cmd = [wrk, "-t1", f"-c{concurrency}", f"-d{int(timeout_s)}s",
                f"--timeout={max(int(timeout_s), 1)}s", "-s", str(script), url]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

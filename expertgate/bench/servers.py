@@ -46,7 +46,7 @@ __all__ = [
 
 LITELLM_VERSION = "1.106.2"
 ROUTED_POLICY = "auto"
-_REPO = Path(__file__).resolve().parents[1]
+_REPO = Path(__file__).resolve().parents[2]  # the repository (expertgate/bench/servers.py)
 
 
 class ServerError(RuntimeError):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -177,10 +179,21 @@ def _run(s: Settings) -> int:
     return 0
 
 
+@dataclass
+class _Planner:
+    """What gateway.request.plan needs, without a running gateway."""
+
+    policy_set: Any
+    config: GatewayConfig
+    pipeline: Any
+    metrics: Any
+
+
 def cmd_route(args: argparse.Namespace) -> int:
     from gateway.cache import MemoryDecisionCache
     from gateway.metrics import Metrics
     from gateway.pipeline import Pipeline, build_policy_set
+    from gateway.request.plan import plan
     from routers.embed import make_embedder
 
     try:
@@ -203,13 +216,20 @@ def cmd_route(args: argparse.Namespace) -> int:
               f"{', '.join(pset.policies)}", file=sys.stderr)
         return 2
     text = " ".join(" ".join(args.text).split())
-    pipe = Pipeline(pset, emb, MemoryDecisionCache(), Metrics())
+    metrics = Metrics()
+    pipe = Pipeline(pset, emb, MemoryDecisionCache(), metrics)
+    # the same plan as POST /v1/route and a live request: decision, action, chain
+    planner = _Planner(pset, cfg, pipe, metrics)
 
     async def run() -> dict[str, Any]:
         degraded: list[str] = []
-        d = await pipe.decide(pset.policies[name], text, degraded)
-        out = d.to_dict()
+        p = await plan(planner, "route", {"model": name, "text": text}, degraded,
+                       deadline=time.monotonic() + 300, serve=False)
+        assert p.decision is not None
+        out = p.decision.to_dict()
         out["degraded"] = degraded
+        out["action"] = p.action
+        out["fallback_chain"] = p.chain
         return out
 
     out = asyncio.run(run())

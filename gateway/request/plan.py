@@ -5,7 +5,8 @@
 decision's targets, then the policy's fallbacks), what a rejection does (an error, a refusal
 answer or a fallback expert), the changes to the request body (the policy's ``max_tokens``
 cap) and the facts the response headers report. Live requests
-(``gateway.request.handle``) and the dry run ``POST /v1/route`` call the same function, so
+(``gateway.request.handle``), the dry run ``POST /v1/route`` and ``expertgate route`` call
+the same function, so
 the dry run explains exactly the chain a live request would use; only a live request draws a
 canary arm, explores and runs a shadow candidate (``serve=True``).
 
@@ -16,21 +17,29 @@ The request deadline covers the decision: an embedding still running when it pas
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 from gateway.cache import text_hash
+from gateway.config import GatewayConfig
 from gateway.errors import GuardRejected, InvalidRequest, UnknownModel
-from gateway.pipeline import PolicyRuntime, routing_text
+from gateway.metrics import Metrics
+from gateway.pipeline import Pipeline, PolicyRuntime, PolicySet, routing_text
 from routers.base import Decision
 
-if TYPE_CHECKING:
-    from gateway.app import Gateway
-
-__all__ = ["Action", "Plan", "plan", "request_text"]
+__all__ = ["Action", "Plan", "Planner", "plan", "request_text"]
 
 #: forward: try ``chain`` in order; ensemble: members answer, then the aggregator;
 #: refuse: answer the policy's refusal; reject: answer the policy's error
 Action = Literal["forward", "ensemble", "refuse", "reject"]
+
+
+class Planner(Protocol):
+    """What planning needs: the gateway, or a bare set of these (``expertgate route``)."""
+
+    policy_set: PolicySet
+    config: GatewayConfig
+    pipeline: Pipeline
+    metrics: Metrics
 
 
 @dataclass(slots=True)
@@ -91,7 +100,7 @@ def request_text(endpoint: str, body: dict[str, Any], rt: PolicyRuntime) -> str:
     return routing_text(body["messages"], rt.config.routing_text)
 
 
-async def plan(gw: Gateway, endpoint: str, body: dict[str, Any], degraded: list[str], *,
+async def plan(gw: Planner, endpoint: str, body: dict[str, Any], degraded: list[str], *,
                deadline: float, serve: bool) -> Plan:
     """The plan for ``body`` (validated) on ``endpoint``; see the module doc. ``degraded``
     collects what the decision had to do without (cache, embedder)."""
@@ -158,7 +167,7 @@ async def plan(gw: Gateway, endpoint: str, body: dict[str, Any], degraded: list[
     return p
 
 
-def _reject(gw: Gateway, p: Plan, d: Decision, endpoint: str, degraded: list[str],
+def _reject(gw: Planner, p: Plan, d: Decision, endpoint: str, degraded: list[str],
             serve: bool) -> None:
     assert p.rt is not None
     rej = p.rt.config.on_reject

@@ -94,6 +94,18 @@ def test_distinct_prompts_differ() -> None:
     assert distinct_prompt("a", 7) != distinct_prompt("b", 7)
 
 
+def test_prompt_suffix_reaches_the_asked_length() -> None:
+    from expertgate.bench.overhead import prompt_suffix
+    from expertgate.bench.router import minilm_tokenizer
+
+    suffix, n = prompt_suffix(128)
+    assert abs(n - 128) <= 2
+    tok = minilm_tokenizer()
+    for i in (0, 7, 999):
+        ids = tok.encode(distinct_prompt("run1-r0-c1", i, suffix), add_special_tokens=False).ids
+        assert abs(len(ids) - 128) <= 4
+
+
 def test_proc_accounting_sees_children() -> None:
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
@@ -149,6 +161,13 @@ def test_wrk_sends_distinct_bodies_and_counts_requests() -> None:
         _Recorder.bodies = []
         r2 = run_wrk(url, n=10, concurrency=2, body=fixed)
         assert r2.requests >= 10 and set(_Recorder.bodies) == {fixed}
+        # a long-prompt suffix (quotes and a newline included) reaches the server intact
+        _Recorder.bodies = []
+        suffix = 'a "quoted" word,\nthen a second line'
+        run_wrk(url, n=8, concurrency=2, body=None, model="auto", prefix="s", suffix=suffix)
+        texts = [json.loads(b)["messages"][0]["content"] for b in _Recorder.bodies]
+        assert len(texts) >= 8
+        assert set(texts) <= {distinct_prompt("s", i, suffix) for i in range(100)}
     finally:
         srv.shutdown()
         srv.server_close()

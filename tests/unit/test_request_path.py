@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from pydantic import TypeAdapter
 
 from expertgate.bench.upstream_double import OpenAIUpstreamDouble
@@ -126,3 +127,19 @@ async def test_one_body_limit_and_one_schema_on_every_post_endpoint(ups: Ups,
     own = TypeAdapter(ChatRequest).json_schema(ref_template="#/components/schemas/{model}")
     assert published["properties"].keys() == own["properties"].keys()
     assert published["required"] == own["required"] == ["model", "messages"]
+
+
+def test_the_route_command_prints_the_same_plan(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    from expertgate.cli import main
+
+    cfg = base_config("http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1",
+                      params={"threshold": 0.9},
+                      on_reject={"action": "fallback", "expert": "chatter"})
+    (tmp_path / "gw.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["route", "--config", str(tmp_path / "gw.yaml"), "zebra quantum banana"]) == 0
+    out = orjson.loads(capsys.readouterr().out)
+    assert out["mode"] == "reject" and out["action"] == "forward"
+    assert out["fallback_chain"] == ["chatter"] and out["degraded"] == ["rejected-to-fallback"]

@@ -164,3 +164,32 @@ def test_stack_router_sweeps_in_the_evaluation(tmp_path: Path) -> None:
     res = RE.evaluate(table, X, routers=["stack"], seeds=[0], progress=False)
     assert res["routers"]["stack"]["knob"] is True, res["skipped"]
     assert res["routers"]["stack"]["apgr"] > res["baselines"]["random"]["apgr"]
+
+
+def test_stack_lexical_views_find_the_category_from_the_words(tmp_path: Path) -> None:
+    """Embeddings that carry no topic (random vectors): only the text's words say which
+    prompts are math; the lexical category view and the lexical component must use them, and
+    survive a save/load."""
+    from routers.stack import StackRouter
+
+    table = RoutingTable.from_long(pd.read_csv(_long_table(tmp_path / "t.csv", TWO, n=150,
+                                                           seed=5)))
+    X = np.random.default_rng(0).normal(size=(len(table), 16)).astype(np.float32)
+    small = table.models.index("small")
+    is_math = np.array([c == "math" for c in table.categories or []])
+
+    tr, te = np.arange(100), np.arange(100, len(table))
+    T = table.subset(tr)
+
+    def gap(r: StackRouter) -> float:  # on held-out prompts
+        P = r.predict_quality(X[te], [table.prompts[i] for i in te])
+        return float(P[~is_math[te], small].mean() - P[is_math[te], small].mean())
+
+    dense = StackRouter(folds=3, k=10, lexical=False).fit(X[tr], T)
+    lex = StackRouter(folds=3, k=10, lexical=True, C_lexical=1.0).fit(X[tr], T)
+    assert lex.lex_centroids_.shape[0] == 3 and lex.lex_coef_.shape[0] == 2
+    assert gap(lex) > 0.4 and gap(lex) > gap(dense) + 0.08
+    lex.save(tmp_path / "art")
+    back = StackRouter.load(tmp_path / "art")
+    np.testing.assert_allclose(back.predict_quality(X[:30], table.prompts[:30]),
+                               lex.predict_quality(X[:30], table.prompts[:30]), atol=1e-6)
