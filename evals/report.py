@@ -30,7 +30,9 @@ headline figures of an older run beside a newer one), ``provenance`` (commit, da
 encoder and command of a run), ``offpolicy-table FILE...`` / ``offpolicy-dr FILE...`` (the
 off-policy simulator's figures, every estimator or doubly robust only), ``embedder-table FILE``
 (a ``bench router`` JSON: decision latency by prompt length and throughput per embedder),
-``train-time FILE...`` (``expertgate train --metrics-json`` files: embedding and fit time).
+``train-time FILE...`` (``expertgate train --metrics-json`` files: embedding and fit time),
+``overhead-miss FILE...`` (``bench overhead`` JSONs: the routed cache miss's and the bare
+pass-through floor's added latency at c=1, with the prompt length of the run).
 Paths are relative
 to the working directory (the repository root). ``--check`` only reports blocks that are
 out of date (exit 1), for CI.
@@ -492,7 +494,30 @@ def render_block(spec: str) -> str:
                          f"{r.get('n_train')} | {_num(r.get('embed_seconds'))} | "
                          f"{_num(r.get('fit_seconds'))} | {_num(r.get('train_seconds_total'))} |")
         return "\n".join(lines)
+    if kind == "overhead-miss" and args:
+        return _overhead_rows(args)
     raise ValueError(f"unknown generated block {spec!r}")
+
+
+def _overhead_rows(files: Sequence[str]) -> str:
+    """Per ``bench overhead`` JSON: added p50 / p99 (ms, vs direct, same round) at c=1 of the
+    routed cache miss, the floor and the pass-through, with the run's prompt length."""
+    paths = ("routed_miss", "floor", "passthrough")
+    lines = ["| file | embedder | routed prompt tokens | rounds | "
+             + " | ".join(f"{p} added p50 / p99 ms (c=1)" for p in paths) + " |",
+             "|---|---|---|---|" + "---|" * len(paths)]
+    for a in files:
+        r = _load(a)
+        prm = r.get("params") or {}
+        toks = prm.get("prompt_tokens_sample") or "15-30 (short questions)"
+        cells = []
+        for p in paths:
+            c1 = ((r.get("paths") or {}).get(p) or {}).get("c1") or {}
+            cells.append(f"{_num(c1.get('added_p50_ms'))} / {_num(c1.get('added_p99_ms'))}"
+                         if c1 else "-")
+        lines.append(f"| `{a}` | {prm.get('embedder')} | {toks} | {prm.get('rounds')} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _embedder_rows(run: Mapping[str, Any]) -> str:

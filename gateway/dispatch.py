@@ -180,6 +180,20 @@ class ExpertPool:
         #: replica base -> LoRA adapters resident there (configured on the base expert)
         self.resident: dict[str, set[str]] = {b.rstrip("/"): set(a) for b, a in
                                               expert.resident_adapters.items()}
+        #: replica base -> the call's headers, built once (a key named by ``api_key_env`` is
+        #: read at each call instead: the environment may change)
+        self._headers: dict[str, dict[str, str]] = {}
+        self.client_timeout = aiohttp.ClientTimeout(total=None,
+                                                    connect=expert.connect_timeout_s,
+                                                    sock_connect=expert.connect_timeout_s)
+
+    def headers(self, base: str) -> dict[str, str]:
+        h = self._headers.get(base)
+        if h is None:
+            h = self.expert.upstream_headers(base)
+            if not self.expert.api_key_env:
+                self._headers[base] = h
+        return h
 
     def order(self, key: bytes, adapter: str | None = None) -> list[Replica]:
         """Replicas in the order to try them: affinity + power of two choices first."""
@@ -217,6 +231,8 @@ class Dispatcher:
         self.retry = retry or RetryPolicy()
         self.session: aiohttp.ClientSession | None = None
         self.pools: dict[str, ExpertPool] = {}
+        #: (expert, replica) -> the circuit gauge's last value: set only when it changes
+        self._circuit: dict[tuple[str, str], float] = {}
         for e in config.experts:
             bases = e.bases
             if not bases and e.parent is not None:
@@ -305,7 +321,9 @@ class Dispatcher:
                             assert body is not None
                             reply = await call_openai(self.session, expert, rep.base, path,
                                                       body, stream=stream,
-                                                      timeout_s=min(expert.timeout_s, remaining))
+                                                      timeout_s=min(expert.timeout_s, remaining),
+                                                      headers=pool.headers(rep.base),
+                                                      client_timeout=pool.client_timeout)
                         else:
                             reply = await call_litellm(expert, rep.base, payload, stream=stream,
                                                        timeout_s=min(expert.timeout_s, remaining))
@@ -392,8 +410,11 @@ class Dispatcher:
         return True
 
     def _breaker_metric(self, name: str, rep: Replica) -> None:
-        self.metrics.circuit_open.labels(name, rep.base).set(
-            1.0 if rep.breaker.state == "open" else 0.0)
+        v = 1.0 if rep.breaker.state == "open" else 0.0
+        key = (name, rep.base)
+        if self._circuit.get(key) != v:
+            self._circuit[key] = v
+            self.metrics.child(self.metrics.circuit_open, name, rep.base).set(v)
 
 
 

@@ -18,6 +18,14 @@ the app, ``EXPERTGATE_BODY_TIMEOUT_S``); more than ``max_connections`` open conn
 half kept for upstreams and Redis) get a 503 at once. At shutdown, the first connection told
 to finish tells the gateway (``Gateway.begin_drain``), which answers bodies still being read
 with a 503 instead of waiting for them.
+
+Each response goes out in one write: the status line and headers wait for the first body
+chunk (:class:`_Cycle`), and a response whose whole body comes with its head gets a
+``content-length`` instead of chunked framing. uvicorn writes the head at once, so a small
+answer took two writes, each one a loopback TCP send that the kernel processes in the
+writer's time (one of the largest per-request costs measured by ``bench overhead``). The
+head timer is armed only when a head is actually incomplete or nothing else would end an
+idle connection first (uvicorn's keep-alive timer), not once per request.
 """
 
 from __future__ import annotations
@@ -27,7 +35,11 @@ import functools
 import resource
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 from gateway.errors import error_body
 
@@ -58,6 +70,67 @@ def _connection_limits() -> tuple[float, int]:
     return s.header_timeout_s, cap
 
 
+class _Corked:
+    """A transport stand-in while one response is assembled: what uvicorn writes (and a
+    close it asks for) is kept, then sent as one write."""
+
+    __slots__ = ("close_after", "parts", "transport")
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+        self.parts: list[bytes] = []
+        self.close_after = False
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(data)
+
+    def close(self) -> None:
+        self.close_after = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+class _Cycle(RequestResponseCycle):
+    """uvicorn's request/response cycle, writing a response's head with its first body
+    chunk (see the module doc). A head never followed by a body is replaced by the next one
+    (uvicorn's own 500 after an app failed), never sent alone."""
+
+    _start: Any = None
+
+    async def send(self, message: Any) -> None:
+        start = self._start
+        if message["type"] == "http.response.start":
+            if not self.response_started and not self.disconnected and \
+                    self.scope["method"] != "HEAD":
+                self._start = message
+                return
+            self._start = None
+            await super().send(message)
+            return
+        if start is None:
+            await super().send(message)
+            return
+        self._start = None
+        if not message.get("more_body", False):
+            hs = list(start.get("headers", ()))
+            if not any(k.lower() in (b"content-length", b"transfer-encoding") for k, _ in hs):
+                hs.append((b"content-length", b"%d" % len(message.get("body", b""))))
+                start = {**start, "headers": hs}
+        transport = self.transport
+        cork = _Corked(transport)
+        self.transport = cork  # type: ignore[assignment]
+        try:
+            await super().send(start)
+            await super().send(message)
+        finally:
+            self.transport = transport
+            if cork.parts:
+                transport.write(b"".join(cork.parts))
+            if cork.close_after:
+                transport.close()
+
+
 class GatewayHttpProtocol(HttpToolsProtocol):
     #: the cap on a request's head in bytes; ``None``: from the settings
     max_header_bytes: int | None = None
@@ -71,9 +144,16 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._discarded = -1  # >= 0 once the request was refused: bytes thrown away since
         self._header_timeout, self._max_connections = _connection_limits()
         self._head_timer: asyncio.TimerHandle | None = None
+        #: when the next head must be complete (loop time): from the connection's start or
+        #: the previous response
+        self._head_deadline = 0.0
+        #: after a response, uvicorn's keep-alive timer closes an idle connection before a
+        #: head timeout would fire: the head timer is then armed only once a head has begun
+        self._idle_needs_timer = self._header_timeout < self.timeout_keep_alive
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
+        self._head_deadline = self.loop.time() + self._header_timeout
         if len(self.connections) > self._max_connections:
             self._refuse(503, f"too many open connections (at most {self._max_connections})",
                          "too_many_connections")
@@ -87,7 +167,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if self.cycle is None or self.cycle.response_complete:  # waiting for the next head
-            self._arm_head_timer()
+            self._head_deadline = self.loop.time() + self._header_timeout
+            if self._idle_needs_timer:
+                self._arm_head_timer()
 
     def shutdown(self) -> None:
         gw = self.app_state.get("expertgate")
@@ -98,7 +180,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def _arm_head_timer(self) -> None:
         self._cancel_head_timer()
         if not self.transport.is_closing():
-            self._head_timer = self.loop.call_later(self._header_timeout, self._head_timed_out)
+            self._head_timer = self.loop.call_at(self._head_deadline, self._head_timed_out)
 
     def _cancel_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -139,6 +221,12 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                     self.data_received(rest)
                 return
             self._head_bytes += len(data)
+            heads = self._heads_done
+            super().data_received(data)
+            if self._heads_done == heads and self._in_head and self._head_timer is None \
+                    and self._discarded < 0 and not self.transport.is_closing():
+                self._arm_head_timer()  # a head begun and not complete: its deadline counts
+            return
         super().data_received(data)
 
     def on_headers_complete(self) -> None:
@@ -146,6 +234,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._in_head = False
         self._heads_done += 1
         super().on_headers_complete()
+        if isinstance(self.cycle, RequestResponseCycle):
+            # its task has not run yet: the response goes out through _Cycle.send
+            self.cycle.__class__ = _Cycle
 
     def on_message_complete(self) -> None:
         self._in_head = True

@@ -1,9 +1,13 @@
 """Routing log: one record per request, to a Redis Stream or a JSONL file; export to Parquet.
 
-Requests never wait for the log: ``RoutingLog.record`` puts the record on a bounded queue and
-a background task writes batches. When the sink fails (Redis down) records stay queued and
-are retried; when the queue is full the oldest are dropped and counted
-(``expertgate_log_records_dropped``), so memory stays bounded through any outage.
+Requests never wait for the log: ``RoutingLog.record`` puts the record (the dict itself:
+records are never changed once written) on a bounded queue and a background task serialises
+and writes batches, gathering for up to ``linger_s`` after the first record so that a busy
+gateway writes once per batch rather than once per request. (A record serialised on the
+request's path kept orjson's 4 KiB output buffer while it waited in the queue.) When the sink
+fails (Redis down) records stay queued and are retried; when the queue is full the oldest are
+dropped and counted (``expertgate_log_records_dropped``), so memory stays bounded through any
+outage.
 
 The records and their fields are typed in :mod:`routers.logrecord` (``RequestRecord``,
 ``ShadowRecord``, ``CanaryEvent``, ``FeedbackRecord``; an export row is an
@@ -104,12 +108,13 @@ class RedisStreamSink:
 
 class RoutingLog:
     def __init__(self, sink: RoutingLogSink, metrics: Metrics, max_queue: int = 10_000,
-                 batch: int = 256) -> None:
+                 batch: int = 256, linger_s: float = 0.05) -> None:
         self.sink = sink
         self.metrics = metrics
         self.max_queue = max_queue
         self.batch = batch
-        self._q: collections.deque[bytes] = collections.deque()
+        self.linger_s = linger_s
+        self._q: collections.deque[LogRecord] = collections.deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -122,7 +127,7 @@ class RoutingLog:
             self._q.popleft()
             self.dropped += 1
             self.metrics.log_dropped.inc()
-        self._q.append(orjson.dumps(rec, option=orjson.OPT_SERIALIZE_NUMPY))
+        self._q.append(rec)
         self._wake.set()
 
     @property
@@ -137,9 +142,17 @@ class RoutingLog:
         if not self._q:
             return True
         n = min(len(self._q), self.batch)
-        batch = [self._q[i] for i in range(n)]
+        batch = []
+        for i in range(n):
+            try:
+                batch.append(orjson.dumps(self._q[i], option=orjson.OPT_SERIALIZE_NUMPY))
+            except TypeError as e:  # never retried forever: this record is lost, counted
+                log.error("routing log: a record cannot be serialised (%s); dropped", e)
+                self.dropped += 1
+                self.metrics.log_dropped.inc()
         try:
-            await self.sink.write(batch)
+            if batch:
+                await self.sink.write(batch)
         except Exception as e:  # a sink outage must never reach requests
             if self.sink_ok:
                 log.warning("routing log: sink %s failed (%s: %s); buffering up to %d records",
@@ -153,13 +166,15 @@ class RoutingLog:
             # records dropped from the left while we awaited shift the batch; pop what remains
             if self._q:
                 self._q.popleft()
-        self.written += n
+        self.written += len(batch)
         self.metrics.log_queue.set(len(self._q))
         return True
 
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
+            if not self._closing and len(self._q) < self.batch:
+                await asyncio.sleep(self.linger_s)  # let a batch gather: one write for it
             self._wake.clear()
             while self._q:
                 ok = await self._flush_once()

@@ -166,12 +166,16 @@ async def _iter_rest(resp: aiohttp.ClientResponse, read_timeout: float) -> Async
 
 
 async def call_openai(session: aiohttp.ClientSession, expert: ExpertConfig, base: str,
-                      path: str, body: bytes, *, stream: bool, timeout_s: float
-                      ) -> UpstreamReply:
-    """POST ``body`` to ``base + path``; returns once the first byte arrived."""
+                      path: str, body: bytes, *, stream: bool, timeout_s: float,
+                      headers: dict[str, str] | None = None,
+                      client_timeout: aiohttp.ClientTimeout | None = None) -> UpstreamReply:
+    """POST ``body`` to ``base + path``; returns once the first byte arrived. ``headers``
+    and ``client_timeout``: the expert's, when the caller keeps them built."""
     url = base + path
-    to = aiohttp.ClientTimeout(total=None, connect=expert.connect_timeout_s,
-                               sock_connect=expert.connect_timeout_s)
+    to = client_timeout or aiohttp.ClientTimeout(total=None, connect=expert.connect_timeout_s,
+                                                 sock_connect=expert.connect_timeout_s)
+    if headers is None:
+        headers = expert.upstream_headers(base)
     # one deadline up to the first byte (or the whole body when not streaming); a timeout
     # context is cheaper than wait_for, which creates a task per await on Python 3.11
     resp: aiohttp.ClientResponse | None = None
@@ -179,8 +183,7 @@ async def call_openai(session: aiohttp.ClientSession, expert: ExpertConfig, base
         async with asyncio.timeout(timeout_s):
             for fresh in (False, True):
                 try:
-                    resp = await session.post(url, data=body,
-                                              headers=expert.upstream_headers(base), timeout=to)
+                    resp = await session.post(url, data=body, headers=headers, timeout=to)
                     break
                 except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
                     # a pooled connection the upstream closed after its last answer (llama.cpp

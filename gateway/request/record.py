@@ -23,14 +23,16 @@ __all__ = ["record"]
 
 def record(gw: Gateway, ctx: RequestContext) -> None:
     lat_s = time.perf_counter() - ctx.t0
-    _reconcile(gw, ctx)
+    if ctx.rates:
+        _reconcile(gw, ctx)
     m = gw.metrics
     for component in ctx.degraded:  # one count per degraded response and component
         m.child(m.degraded, component).inc()
-    m.child(m.latency, ctx.endpoint).observe(lat_s)
-    m.child(m.requests, ctx.endpoint, ctx.policy or "-", ctx.expert or "-",
-            str(ctx.status)).inc()
     p = ctx.plan
+    policy = p.policy if p is not None else ""
+    m.child(m.latency, ctx.endpoint).observe(lat_s)
+    m.child(m.requests, ctx.endpoint, policy or "-", ctx.expert or "-",
+            _STATUS.get(ctx.status) or str(ctx.status)).inc()
     if p is not None and p.arm is not None:
         gw.observe_arm(ctx.request_id, p, ctx.status)
     if p is not None and p.rt is not None and p.rt.config.online and p.text is not None:
@@ -39,6 +41,10 @@ def record(gw: Gateway, ctx: RequestContext) -> None:
     gw.feed.record(rec)
     if gw.routing_log is not None:
         gw.routing_log.record(rec)
+
+
+#: status -> its label (str() of an int on every request otherwise)
+_STATUS = {s: str(s) for s in range(100, 600)}
 
 
 def log_record(gw: Gateway, ctx: RequestContext, latency_ms: float) -> RequestRecord:
@@ -52,37 +58,48 @@ def log_record(gw: Gateway, ctx: RequestContext, latency_ms: float) -> RequestRe
             m.child(m.tokens, expert.name, "prompt").inc(usage[0])
             m.child(m.tokens, expert.name, "completion").inc(usage[1])
     p = ctx.plan
-    d = p.decision if p is not None else None
-    ex = (p.explore if p is not None else None) or {}
+    degraded = ctx.degraded
     status = ctx.status
-    return {
+    upstream_ms = ctx.upstream_ms
+    rec: RequestRecord = {
         "request_id": ctx.request_id, "client_request_id": ctx.client_request_id,
-        "ts": time.time(), "tenant": ctx.tenant,
-        "endpoint": ctx.endpoint, "policy": ctx.policy or None,
-        "policy_version": d.policy_version if d is not None else None,
-        "text_hash": p.text_hash if p is not None else None,
-        "text": p.text if p is not None and p.rt is not None and p.rt.config.log_prompts
-        else None,
-        "mode": d.mode if d is not None else "explicit",
-        "expert": ctx.expert or None, "replica": ctx.replica or None,
-        "targets": [t.expert for t in d.targets] if d is not None else None,
-        "scores": [t.to_dict()["score"] for t in d.targets] if d is not None else None,
-        "reason": ctx.reason, "guard": d.guard.to_dict() if d is not None and d.guard else None,
-        "cache": p.cache if p is not None else "none",
-        "status": "ok" if status < 400 else "error",
-        "http_status": status, "error_type": ctx.err_type,
-        "fallback": "expert-fallback" in ctx.degraded or "rejected-to-fallback" in ctx.degraded,
-        "degraded": ctx.degraded or None,
-        "decision_ms": p.decision_ms if p is not None and d is not None else None,
+        "ts": time.time(), "tenant": ctx.tenant, "endpoint": ctx.endpoint,
+        "policy": None, "policy_version": None, "text_hash": None, "text": None,
+        "mode": "explicit", "expert": ctx.expert or None, "replica": ctx.replica or None,
+        "targets": None, "scores": None, "reason": ctx.reason, "guard": None, "cache": "none",
+        "status": "ok" if status < 400 else "error", "http_status": status,
+        "error_type": ctx.err_type,
+        "fallback": "expert-fallback" in degraded or "rejected-to-fallback" in degraded,
+        "degraded": degraded or None, "decision_ms": None,
         "latency_ms": round(latency_ms, 3),
-        "upstream_ms": round(ctx.upstream_ms, 3) if ctx.upstream_ms is not None else None,
+        "upstream_ms": round(upstream_ms, 3) if upstream_ms is not None else None,
         "prompt_tokens": usage[0], "completion_tokens": usage[1], "cost_usd": cost,
-        "stream": ctx.stream,
-        "arm": p.arm if p is not None else None,
-        "propensity": ex.get("propensity"), "action_probs": ex.get("action_probs"),
-        "explored": ex.get("explored"), "greedy_expert": ex.get("greedy_expert"),
-        "candidates": ex.get("candidates"), "router_version": ex.get("router_version"),
+        "stream": ctx.stream, "arm": None, "propensity": None, "action_probs": None,
+        "explored": None, "greedy_expert": None, "candidates": None, "router_version": None,
     }
+    if p is None:
+        return rec
+    rec["policy"] = p.policy or None
+    rec["text_hash"] = p.text_hash
+    rec["cache"] = p.cache
+    rec["arm"] = p.arm
+    if p.rt is not None and p.rt.config.log_prompts:
+        rec["text"] = p.text
+    d = p.decision
+    if d is not None:
+        targets = d.targets
+        rec["policy_version"] = d.policy_version
+        rec["mode"] = d.mode
+        rec["targets"] = [t.expert for t in targets]
+        rec["scores"] = [t.to_dict()["score"] for t in targets]
+        rec["guard"] = d.guard.to_dict() if d.guard else None
+        rec["decision_ms"] = p.decision_ms
+    ex = p.explore
+    if ex:
+        for k in ("propensity", "action_probs", "explored", "greedy_expert", "candidates",
+                  "router_version"):
+            rec[k] = ex.get(k)
+    return rec
 
 
 def _reconcile(gw: Gateway, ctx: RequestContext) -> None:

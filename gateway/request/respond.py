@@ -51,12 +51,11 @@ def headers(ctx: RequestContext, content_type: bytes = _JSON) -> list[tuple[byte
     p = ctx.plan
     expert = ctx.expert or (p.first_choice if p is not None and ctx.endpoint == "route"
                             else "")
-    h += [(b"x-expertgate-policy", (ctx.policy or "none").encode()),
-          (b"x-expertgate-expert", (expert or "none").encode()),
-          (b"x-expertgate-cache", (p.cache if p is not None else "none").encode()),
-          (b"x-expertgate-decision-ms",
-           f"{p.decision_ms if p is not None else 0.0:.3f}".encode()),
-          (b"x-expertgate-reason", header_value(ctx.reason or "none").encode())]
+    h += [(b"x-expertgate-policy", _name(p.policy if p is not None else "")),
+          (b"x-expertgate-expert", _name(expert)),
+          (b"x-expertgate-cache", _name(p.cache if p is not None else "")),
+          (b"x-expertgate-decision-ms", b"%.3f" % (p.decision_ms if p is not None else 0.0)),
+          (b"x-expertgate-reason", _reason(ctx.reason))]
     if ctx.degraded:
         h.append((b"x-expertgate-degraded", ",".join(ctx.degraded).encode()))
     ex = p.explore if p is not None else None
@@ -76,6 +75,33 @@ def headers(ctx: RequestContext, content_type: bytes = _JSON) -> list[tuple[byte
                     seen.add(k)
                     h.append((k, v))
     return h
+
+
+_NAMES: dict[str, bytes] = {}
+
+
+def _name(s: str) -> bytes:
+    """A policy, expert or cache-state name as a header value (``none`` for none); the names
+    come from the config, so the memo stays small."""
+    b = _NAMES.get(s)
+    if b is None:
+        b = _NAMES[s] = (s or "none").encode()
+    return b
+
+
+_REASONS: dict[str, bytes] = {}
+
+
+def _reason(s: str) -> bytes:
+    """The reason header; the common reasons repeat (pass-through, cache hits), so the last
+    few hundred distinct ones are kept encoded."""
+    b = _REASONS.get(s)
+    if b is None:
+        b = header_value(s or "none").encode()
+        if len(_REASONS) >= 512:
+            _REASONS.clear()
+        _REASONS[s] = b
+    return b
 
 
 def error_of(exc: BaseException) -> GatewayError:

@@ -66,3 +66,19 @@ def test_train_time_block(tmp_path: Path) -> None:
                              "train_seconds_total": 5.5}))
     assert f"| `{f}` | irt | static-x | 9826 | 3.500 | 1.700 | 5.500 |" in \
         render_block(f"train-time {f}")
+
+
+def test_overhead_miss_block(tmp_path: Path) -> None:
+    import json
+
+    from evals.report import render_block
+
+    c1 = {"added_p50_ms": 1.25, "added_p99_ms": 3.5}
+    f = tmp_path / "o.json"
+    f.write_text(json.dumps({"params": {"embedder": "distilled", "rounds": 2,
+                                        "prompt_tokens": 128, "prompt_tokens_sample": 129},
+                             "paths": {"routed_miss": {"c1": c1},
+                                       "floor": {"c1": {"added_p50_ms": 0.1,
+                                                        "added_p99_ms": 0.2}}}}))
+    assert (f"| `{f}` | distilled | 129 | 2 | 1.250 / 3.500 | 0.100 / 0.200 | - |"
+            in render_block(f"overhead-miss {f}"))
