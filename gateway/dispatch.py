@@ -230,6 +230,7 @@ class Dispatcher:
         self.metrics = metrics
         self.retry = retry or RetryPolicy()
         self.session: aiohttp.ClientSession | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.pools: dict[str, ExpertPool] = {}
         #: (expert, replica) -> the circuit gauge's last value: set only when it changes
         self._circuit: dict[tuple[str, str], float] = {}
@@ -249,6 +250,7 @@ class Dispatcher:
                 self.pools[e.name].resident = merged
 
     async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
         conn = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300,
                                     keepalive_timeout=30, enable_cleanup_closed=True)
         self.session = aiohttp.ClientSession(connector=conn, auto_decompress=False,
@@ -323,7 +325,8 @@ class Dispatcher:
                                                       body, stream=stream,
                                                       timeout_s=min(expert.timeout_s, remaining),
                                                       headers=pool.headers(rep.base),
-                                                      client_timeout=pool.client_timeout)
+                                                      client_timeout=pool.client_timeout,
+                                                      loop=self.loop)
                         else:
                             reply = await call_litellm(expert, rep.base, payload, stream=stream,
                                                        timeout_s=min(expert.timeout_s, remaining))

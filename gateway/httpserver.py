@@ -36,6 +36,8 @@ import resource
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import (
+    HEADER_RE,
+    HEADER_VALUE_RE,
     STATUS_LINE,
     HttpToolsProtocol,
     RequestResponseCycle,
@@ -113,8 +115,11 @@ class _Cycle(RequestResponseCycle):
             return
         self._start = None
         if not message.get("more_body", False):
+            if await self._send_whole(start, message.get("body", b"")):
+                return
             hs = list(start.get("headers", ()))
-            if not any(k.lower() in (b"content-length", b"transfer-encoding") for k, _ in hs):
+            if start["status"] not in _NO_BODY and \
+                    not any(k.lower() in _FRAMING for k, _ in hs):
                 hs.append((b"content-length", b"%d" % len(message.get("body", b""))))
                 start = {**start, "headers": hs}
         transport = self.transport
@@ -129,6 +134,50 @@ class _Cycle(RequestResponseCycle):
                 transport.write(b"".join(cork.parts))
             if cork.close_after:
                 transport.close()
+
+
+    async def _send_whole(self, start: Any, body: bytes) -> bool:
+        """The common answer (a head and its whole body, no framing or connection header of
+        the app's own) written here, as uvicorn's ``send`` would write it; False: anything
+        else, left to uvicorn."""
+        status = start["status"]
+        app_headers = start.get("headers", ())
+        if self.access_log or status in _NO_BODY or status not in STATUS_LINE or \
+                any(k.lower() in _FRAMING or k.lower() == b"connection"
+                    for k, _ in app_headers):
+            return False
+        hs = [*self.default_headers, *app_headers]
+        # one search over all names and one over all values: the same check as uvicorn's
+        # per header (the patterns are character classes)
+        if HEADER_RE.search(b"".join(k for k, _ in hs)) or \
+                HEADER_VALUE_RE.search(b"".join(v for _, v in hs)):
+            return False  # uvicorn raises its error
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        if self.disconnected:
+            return True
+        content = [STATUS_LINE[status]]
+        for k, v in hs:
+            content += (k.lower(), b": ", v, b"\r\n")
+        if not self.keep_alive:
+            content.append(b"connection: close\r\n")
+        content += (b"content-length: %d\r\n\r\n" % len(body), body)
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        self.chunked_encoding = False
+        self.expected_content_length = 0
+        self.transport.write(b"".join(content))
+        self.response_complete = True
+        self.message_event.set()
+        if not self.keep_alive:
+            self.transport.close()
+        self.on_response()
+        return True
+
+
+#: statuses whose responses have no body (no content-length of ours either)
+_NO_BODY = frozenset({100, 101, 102, 103, 204, 304})
+_FRAMING = (b"content-length", b"transfer-encoding")
 
 
 class GatewayHttpProtocol(HttpToolsProtocol):
