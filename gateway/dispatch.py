@@ -262,6 +262,11 @@ class Dispatcher:
             await self.session.close()
             self.session = None
 
+    def balances(self, chain: Sequence[str]) -> bool:
+        """Whether an expert of ``chain`` has replicas to choose between (by affinity)."""
+        pools = self.pools
+        return any(len(pools[n].replicas) > 1 for n in chain if n in pools)
+
     def replica_states(self) -> dict[str, list[dict[str, Any]]]:
         return {name: [{"base": r.base, "inflight": r.inflight, "circuit": r.breaker.state}
                        for r in pool.replicas] for name, pool in self.pools.items()}

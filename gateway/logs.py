@@ -108,7 +108,7 @@ class RedisStreamSink:
 
 class RoutingLog:
     def __init__(self, sink: RoutingLogSink, metrics: Metrics, max_queue: int = 10_000,
-                 batch: int = 256, linger_s: float = 0.05) -> None:
+                 batch: int = 256, linger_s: float = 0.02) -> None:
         self.sink = sink
         self.metrics = metrics
         self.max_queue = max_queue
@@ -182,6 +182,9 @@ class RoutingLog:
                     if self._closing:
                         return
                     await asyncio.sleep(0.5)
+                elif self._q:
+                    await asyncio.sleep(0)  # requests go on between batches
+
             if self._closing:
                 return
 

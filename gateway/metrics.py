@@ -45,6 +45,10 @@ class Metrics:
                                "Routing-log records waiting to be written", registry=r)
         self.inflight = Gauge("expertgate_inflight_requests", "Requests in progress",
                               registry=r)
+        #: requests in progress, read when the gauge is scraped (a plain count on the request
+        #: path instead of two locked gauge updates per request)
+        self.inflight_now = 0
+        self.inflight.set_function(lambda: self.inflight_now)
         self.circuit_open = Gauge("expertgate_circuit_open",
                                   "1 while a replica's circuit breaker is open",
                                   ["expert", "replica"], registry=r)

@@ -57,7 +57,7 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, send: Send, endpoi
     generate = endpoint in GENERATE
     ctx = RequestContext(gw.request_ids, endpoint, s.request_deadline_s, logged=generate)
     if generate:
-        gw.metrics.inflight.inc()
+        gw.metrics.inflight_now += 1
 
     async def tracked(msg: MutableMapping[str, Any]) -> None:
         ctx.started = True
@@ -114,7 +114,7 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, send: Send, endpoi
         await send_error(send, ctx, err)
     finally:
         if generate:
-            gw.metrics.inflight.dec()
+            gw.metrics.inflight_now -= 1
             record(gw, ctx)
         elif ctx.degraded:
             m = gw.metrics

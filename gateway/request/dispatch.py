@@ -44,10 +44,14 @@ async def dispatch(gw: Gateway, ctx: RequestContext) -> DispatchResult:
     if p.action == "ensemble":
         return await _ensemble(gw, ctx)
     ctx.chain = p.chain
-    res = await gw.dispatcher.call(
+    disp = gw.dispatcher
+    res = await disp.call(
         p.chain, _PATHS[ctx.endpoint], body,
         _body_for(body, b"" if p.rewrite else ctx.raw, p.model),
-        stream=ctx.stream, affinity=affinity_key(body, ctx.endpoint), deadline=ctx.deadline)
+        stream=ctx.stream,
+        # the key only orders replicas: not built when every expert of the chain has one
+        affinity=affinity_key(body, ctx.endpoint) if disp.balances(p.chain) else b"",
+        deadline=ctx.deadline)
     _answered(gw, ctx, res, p.chain)
     return res
 
@@ -79,9 +83,10 @@ def _answered(gw: Gateway, ctx: RequestContext, res: DispatchResult, chain: list
               ) -> None:
     ctx.expert = res.expert.name
     ctx.replica = res.replica
+    attempts = res.attempts
     if not res.reply.stream:  # the whole answer was read within the attempts' time
-        ctx.upstream_ms = sum(a.ms for a in res.attempts)
-    if res.fallback or res.expert.name != chain[0]:
+        ctx.upstream_ms = attempts[0].ms if len(attempts) == 1 else sum(a.ms for a in attempts)
+    if res.expert.name != chain[0] or (len(attempts) > 1 and res.fallback):
         ctx.degraded.append("expert-fallback")
         failed = [a for a in res.attempts if a.outcome != "ok"]
         ctx.reason = (f"{ctx.reason}; fallback to {res.expert.name} after "
