@@ -10,7 +10,8 @@ errors) for the given minutes. Every ``--sample-s`` seconds it reads the gateway
 After the warm-up (the first ``--warmup-frac`` of the run, where caches, pools and allocator
 arenas fill), the verdict compares the median of the last three samples with the median of the
 first three: RSS growth must stay under ``--max-rss-growth`` (10%) and the fd count must not
-grow. It prints the figures and writes them as JSON (``--out``).
+grow. It prints the figures and writes them as JSON (``--out``) with the commit, dirty flag,
+package versions and command of the run.
 
 The processes come from :mod:`expertgate.procs` and the upstream is the tests' double
 (:mod:`expertgate.bench.upstream_double`); each is stopped by the PID this run started.
@@ -22,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -182,9 +184,18 @@ async def run_soak(minutes: float = 3.0, *, concurrency: int = 8, sample_s: floa
 
 
 def main(args: argparse.Namespace) -> int:
+    from evals.provenance import git_state, package_versions
+
+    # the code that ran: the tree's state when the run starts, not when it ends
+    argv = sys.argv[1:]
+    argv = argv[argv.index("soak") + 1:] if "soak" in argv else argv
+    started = {"git": git_state(), "packages": package_versions(),
+               "command": shlex.join(["expertgate", "bench", "soak", *argv]),
+               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     res = asyncio.run(run_soak(args.minutes, concurrency=args.concurrency,
                                sample_s=args.sample_s, warmup_frac=args.warmup_frac,
                                with_redis=args.redis, max_rss_growth=args.max_rss_growth))
+    res = {**started, **res}
     print(f"soak {res['minutes']:g} min, concurrency {res['concurrency']}, "
           f"redis={'yes' if res['with_redis'] else 'no'}: {res['requests']} requests "
           f"({res['req_per_s']} req/s), outcomes {res['counts']}")
