@@ -32,7 +32,16 @@ off-policy simulator's figures, every estimator or doubly robust only), ``embedd
 (a ``bench router`` JSON: decision latency by prompt length and throughput per embedder),
 ``train-time FILE...`` (``expertgate train --metrics-json`` files: embedding and fit time),
 ``overhead-miss FILE...`` (``bench overhead`` JSONs: the routed cache miss's and the bare
-pass-through floor's added latency at c=1, with the prompt length of the run).
+pass-through floor's added latency at c=1, with the prompt length of the run),
+``overhead-table PATH [PATHS]`` (one ``bench overhead`` JSON: every path and concurrency,
+streams, in-process costs and the summary ratios; ``PATHS`` a comma list of paths to keep),
+``overhead-targets PATH`` (that run's targets, met or not), ``router-bench FILE`` (a
+``bench router`` JSON: embedders at batch 1 / 32, router families, decision cache,
+micro-batching), ``soak FILE...`` (``bench soak`` JSONs) and ``faults FILE...`` (the fault
+tests' counts, written with ``EXPERTGATE_FAULTS_JSON_DIR``). A ``PATH`` may be a folder: the
+newest ``bench overhead`` JSON in it (by its run date) is used, so a rerun that writes a new
+file there needs only ``expertgate eval report``. Every bench block names its file, commit,
+dirty flag, date, machine and command.
 Paths are relative
 to the working directory (the repository root). ``--check`` only reports blocks that are
 out of date (exit 1), for CI.
@@ -57,8 +66,8 @@ __all__ = ["DEFAULT_DOCS", "cli_register", "main", "render_block", "render_guard
            "render_routing", "update_docs", "write_report"]
 
 #: the documents whose figure tables are generated blocks
-DEFAULT_DOCS = ("README.md", "docs/guard.md", "docs/performance.md", "docs/routers.md",
-                "docs/results/README.md")
+DEFAULT_DOCS = ("README.md", "docs/guard.md", "docs/performance.md", "docs/reliability.md",
+                "docs/routers.md", "docs/results/README.md")
 
 GUARD_COLS = ("in_domain_accuracy", "ood_accuracy", "gqr_score", "false_rejection_rate",
               "latency_p50_ms", "latency_p99_ms")
@@ -496,6 +505,24 @@ def render_block(spec: str) -> str:
         return "\n".join(lines)
     if kind == "overhead-miss" and args:
         return _overhead_rows(args)
+    if kind == "overhead-table" and args:
+        path, run = _bench_run(args[0], "overhead")
+        return _overhead_table(path, run, args[1].split(",") if len(args) > 1 else None)
+    if kind == "overhead-targets" and args:
+        path, run = _bench_run(args[0], "overhead")
+        lines = [f"Targets of `{path}`:", "", "| target | goal | this run | met? |",
+                 "|---|---|---|---|"]
+        lines += [f"| {t['target']} | {t['goal']} | {_num(t.get('value'))} | "
+                  f"{'met' if t.get('met') else '**not met**'} |"
+                  for t in run.get("targets") or []]
+        return "\n".join(lines)
+    if kind == "router-bench" and args:
+        path, run = _bench_run(args[0], "router")
+        return _router_bench(path, run)
+    if kind == "soak" and args:
+        return _soak_rows(args)
+    if kind == "faults" and args:
+        return _fault_rows(args)
     raise ValueError(f"unknown generated block {spec!r}")
 
 
@@ -517,6 +544,158 @@ def _overhead_rows(files: Sequence[str]) -> str:
                          if c1 else "-")
         lines.append(f"| `{a}` | {prm.get('embedder')} | {toks} | {prm.get('rounds')} | "
                      + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _bench_run(path: str, benchmark: str) -> tuple[str, dict[str, Any]]:
+    """``path`` itself, or the newest ``benchmark`` JSON in the folder ``path``."""
+    p = Path(path)
+    if not p.is_dir():
+        return path, _load(path)
+    found = []
+    for f in sorted(p.glob("*.json")):
+        run = json.loads(f.read_text())
+        if isinstance(run, dict) and run.get("benchmark") == benchmark:
+            found.append(((run.get("machine") or {}).get("date_utc") or "", f.as_posix(), run))
+    if not found:
+        raise FileNotFoundError(f"generated block names {path}: no {benchmark} JSON in it")
+    _, name, run = max(found, key=lambda t: (t[0], t[1]))
+    return name, run
+
+
+def _source(path: str, run: Mapping[str, Any]) -> str:
+    """Where a bench figure comes from: file, commit, dirty flag, date, machine, command."""
+    git = run.get("git") or (run.get("provenance") or {}).get("git") or {}
+    m = run.get("machine")
+    if isinstance(m, Mapping):
+        load = [round(x, 1) for x in m.get("loadavg_start") or []][:1] + \
+            [round(x, 1) for x in m.get("loadavg_end") or []][:1]
+        where = (f"{m.get('date_utc')} on {m.get('cpu')} ({m.get('cores')} cores, load "
+                 f"average {' -> '.join(map(str, load)) or '?'})")
+    else:
+        where = f"{run.get('created')} on {m or '?'}"
+    commit = (f"commit {str(git['commit'])[:10]}{' (dirty tree)' if git.get('dirty') else ''}"
+              if git.get("commit") else "commit not recorded")
+    return f"Run `{path}`: {commit}; {where}; command `{run.get('command')}`."
+
+
+def _overhead_table(path: str, run: Mapping[str, Any], keep: Sequence[str] | None) -> str:
+    """Every path x concurrency of a ``bench overhead`` run (added = path - direct, same round,
+    median over rounds), then streams, in-process costs and the summary ratios."""
+    prm = run.get("params") or {}
+    paths: Mapping[str, Any] = run.get("paths") or {}
+    # explore / shadow are judged against the plain routed miss of the same run
+    ratio = keep is not None and "routed_miss" in keep and "routed_miss" in paths
+    lines = [_source(path, run), "",
+             f"Embedder {prm.get('embedder')}; {prm.get('rounds')} round(s); requests per path "
+             f"and concurrency per round: {prm.get('requests')} (routed misses "
+             f"{prm.get('miss_requests')}"
+             + (f", LiteLLM {prm.get('litellm_requests')}" if "litellm" in paths else "")
+             + "). Latencies in ms; *added* = the path's percentile minus `direct`'s in the "
+             "same round" + ("; *vs miss* = added p50 / `routed_miss`'s" if ratio else "")
+             + ".", "",
+             "| path | conc | p50 | p99 | added p50 | added p90 | added p99 | "
+             + ("vs miss | " if ratio else "") + "req/s | errors | CPU ms/req | RSS MiB |",
+             "|---|" + "---:|" * (11 if ratio else 10)]
+    for name, by in paths.items():
+        if keep is not None and name not in keep:
+            continue
+        for c, r in by.items():
+            vals = [_num(r.get(k)) for k in ("p50_ms", "p99_ms", "added_p50_ms", "added_p90_ms",
+                                              "added_p99_ms")]
+            if ratio:
+                miss = paths["routed_miss"].get(c, {}).get("added_p50_ms")
+                vals.append(f"{r['added_p50_ms'] / miss:.2f}x" if miss else "-")
+            rps = r.get("rps")
+            vals += ["-" if rps is None else f"{rps:,.0f}", str(r.get("errors")),
+                     _num(r.get("cpu_ms_per_req")), f"{r.get('rss_mib', 0):.0f}"]
+            lines.append(f"| {name} | {c.lstrip('c')} | " + " | ".join(vals) + " |")
+    streams = {k: v for k, v in (run.get("streams") or {}).items()
+               if k != "direct" and keep is None}
+    if streams:
+        lines += ["", "Streams at c=1, added time to first byte p50 / p99 (ms): " + "; ".join(
+            f"{k} {_num(v.get('added_ttfb_p50_ms'))} / {_num(v.get('added_ttfb_p99_ms'))} "
+            f"({v.get('errors')} errors)" for k, v in streams.items()) + "."]
+    costs = run.get("learnloop_costs")
+    if costs and (keep is None or "routed_explore" in keep or "routed_shadow" in keep):
+        lines += ["", f"In process (same code as the gateway, no network), p50 per request: "
+                  f"cache-miss decision {_num(costs.get('decide_miss_us_p50'), digits=1)} µs, "
+                  f"exploration {_num(costs.get('explore_us_p50'), digits=1)} µs, shadow "
+                  f"decision and log record {_num(costs.get('shadow_us_p50'), digits=1)} µs."]
+    if run.get("summary") and keep is None:
+        lines += ["", "```", *run["summary"], "```"]
+    return "\n".join(lines)
+
+
+def _router_bench(path: str, run: Mapping[str, Any]) -> str:
+    """Embedders (batch 1 and 32), router families' ``decide()``, the decision cache and
+    micro-batching of a ``bench router`` run."""
+    t = run.get("table") or {}
+    lines = [_source(path, run), "",
+             f"Fitted on a synthetic table of {t.get('prompts')} prompts "
+             f"({len(t.get('categories') or [])} categories, {len(t.get('experts') or [])} "
+             f"experts), embedded with {t.get('embedder')}; ms per call.", "",
+             "| embedder | batch 1 p50 / p99 | batch 32 p50 | per text in batch 32 | "
+             "min cosine to onnx |", "|---|---:|---:|---:|---:|"]
+    for name, e in (run.get("embedders") or {}).items():
+        if "b1" not in e:
+            lines.append(f"| {name} | skipped: {e.get('skipped', '?')} | | | |")
+            continue
+        lines.append(f"| {name} | {_num(e['b1']['p50_ms'])} / {_num(e['b1']['p99_ms'])} | "
+                     f"{_num(e['b32']['p50_ms'])} | {_num(e['b32'].get('per_text_ms'))} | "
+                     f"{_num(e.get('cosine_to_onnx_min'), digits=4)} |")
+    lines += ["", "| family | batch 1 p50 | batch 1 p99 | batch 32 p50 | per query in batch 32 |",
+              "|---|---:|---:|---:|---:|"]
+    for name, f in sorted((run.get("families") or {}).items()):
+        if "b1" not in f:
+            lines.append(f"| {name} | skipped: {f.get('skipped', '?')} | | | |")
+            continue
+        lines.append(f"| {name} | {_num(f['b1']['p50_ms'])} | {_num(f['b1']['p99_ms'])} | "
+                     f"{_num(f['b32']['p50_ms'])} | {_num(f['b32'].get('per_query_ms'))} |")
+    cache = run.get("cache") or {}
+    parts = [f"{k} " + (f"skipped ({v['skipped']})" if "skipped" in v else
+                        f"{_num(v.get('p50_ms'))} p50 / {_num(v.get('p99_ms'))} p99")
+             for k, v in cache.items()]
+    lines += ["", "Decision cache, hit (ms): " + "; ".join(parts) + "."]
+    b = run.get("batching") or {}
+    if b:
+        d = b.get("c1_dispatch") or {}
+        lines += ["", f"Micro-batching, {b.get('concurrency')} closed-loop callers, one worker "
+                  f"thread: one text per pass {b['one_per_pass']['texts_per_s']} texts/s, "
+                  f"micro-batched {b['micro_batched']['texts_per_s']} texts/s (mean batch "
+                  f"{b['micro_batched']['mean_batch']}): x{b.get('speedup')}. At concurrency 1 "
+                  f"a call through the batcher took {d.get('batcher_p50_us')} µs p50 against "
+                  f"{d.get('executor_p50_us')} µs for a plain executor call."]
+    return "\n".join(lines)
+
+
+def _soak_rows(files: Sequence[str]) -> str:
+    lines = ["| file | minutes | Redis | requests (req/s) | outcomes | RSS after warm-up -> "
+             "end MiB | fds | verdict |", "|---|---:|---|---|---|---|---|---|"]
+    for a in files:
+        r = _load(a)
+        rss0, rss1 = r["rss_kib_after_warmup"] / 1024, r["rss_kib_end"] / 1024
+        outcomes = ", ".join(f"{k} {v}" for k, v in sorted(r.get("counts", {}).items()))
+        lines.append(f"| `{a}` | {r['minutes']:g} | {'yes' if r.get('with_redis') else 'no'} | "
+                     f"{r['requests']:,} ({r['req_per_s']}) | {outcomes} | {rss0:.1f} -> "
+                     f"{rss1:.1f} ({100 * r['rss_growth']:+.2f}%) | {r['fds_after_warmup']:g} "
+                     f"-> {r['fds_end']:g} | {'PASS' if r.get('ok') else 'FAIL'} |")
+    lines += ["", *(_source(a, _load(a)) for a in files)]
+    return "\n".join(lines)
+
+
+def _fault_rows(files: Sequence[str]) -> str:
+    lines = ["| file | faults | sent (concurrency) | answered | failed cleanly | lost | "
+             "answered twice by an upstream | wall s |", "|---|---|---|---:|---|---:|---:|---:|"]
+    for a in files:
+        r = _load(a)
+        errs = ", ".join(f"{v} `{k}`" for k, v in sorted(r.get("errors", {}).items()))
+        twice = r.get("answered_twice")
+        lines.append(f"| `{a}` | {', '.join(r.get('faults') or [])} | {r['sent']} "
+                     f"({r.get('concurrency')}) | {r['answered']} | {r['failed_cleanly']}"
+                     f"{f' ({errs})' if errs else ''} | {r['lost']} | "
+                     f"{'not countable' if twice is None else twice} | {r.get('wall_s')} |")
+    lines += ["", *(_source(a, _load(a)) for a in files)]
     return "\n".join(lines)
 
 

@@ -11,6 +11,10 @@ The same load runs against real llama.cpp experts (SmolLM2) with one of them kil
 restarted; llama.cpp cannot count what it received, hence the upstream-double run for the
 duplicate check. A SIGTERM test proves the graceful shutdown: in-flight requests and streams
 finish and their log records are written.
+
+With ``EXPERTGATE_FAULTS_JSON_DIR`` set, each fault run that passes writes its counts (with the
+commit, dirty flag, package versions and command) to ``<dir>/faults-<run>.json``: the figures
+of docs/reliability.md are generated from those files by ``expertgate eval report``.
 """
 
 from __future__ import annotations
@@ -207,6 +211,34 @@ def _report(name: str, out: Outcomes) -> None:
           f"{dict(out.statuses)}; experts {dict(out.experts)}")
 
 
+def _publish(run: str, test: str, out: Outcomes, started: dict[str, Any],
+             **extra: Any) -> None:
+    """Write a passing run's counts to ``$EXPERTGATE_FAULTS_JSON_DIR/faults-<run>.json``."""
+    folder = os.environ.get("EXPERTGATE_FAULTS_JSON_DIR")
+    if not folder:
+        return
+    record = {"benchmark": "faults", "run": run, **started,
+              "command": f"EXPERTGATE_FAULTS_JSON_DIR={folder} .venv/bin/python -m pytest -q -s "
+                         f"tests/integration/test_faults.py::{test}",
+              "wall_s": round(time.monotonic() - started.pop("t0"), 1),
+              "sent": SENT, "concurrency": CONCURRENCY, "answered": out.answered,
+              "failed_cleanly": out.failed_cleanly, "errors": dict(out.errors),
+              "lost": len(out.lost), "statuses": {str(k): v for k, v in out.statuses.items()},
+              "experts": dict(out.experts), **extra}
+    path = Path(folder) / f"faults-{run}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(record, option=orjson.OPT_INDENT_2) + b"\n")
+
+
+def _started() -> dict[str, Any]:
+    """The run's provenance, taken when it starts (the code that ran)."""
+    from evals.provenance import git_state, package_versions
+
+    return {"git": git_state(), "packages": package_versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "t0": time.monotonic()}
+
+
 # --------------------------------------------------------------------------- upstream doubles
 
 
@@ -223,6 +255,7 @@ async def test_faults_against_upstream_doubles_nothing_lost_nothing_duplicated(
         doubles: tuple[RecordingDouble, RecordingDouble], redis_clean: RedisServer,
         tmp_path: Path) -> None:
     coder, chatter = doubles
+    started = _started()
     (tmp_path / "gw.yaml").write_text(yaml.safe_dump(
         gateway_config(coder.base, chatter.base, coder_timeout_s=0.5)))
     redis = redis_clean
@@ -315,6 +348,12 @@ async def test_faults_against_upstream_doubles_nothing_lost_nothing_duplicated(
         await asyncio.to_thread(gw.stop)
     text = (tmp_path / "gw.out").read_text()
     assert "Traceback" not in text, text[-3000:]
+    _publish("doubles", "test_faults_against_upstream_doubles_nothing_lost_nothing_duplicated",
+             out, started, answered_twice=sum(dup.values()),
+             faults=["stream cut", "redis SIGKILL", "hang past timeout_s", "connection refused",
+                     "redis restart", "5xx", "heal"],
+             recovered={"expert_used_again": True, "redis_ok": True,
+                        "log_dropped": st["log"]["dropped"]})
 
 
 # --------------------------------------------------------------------------- real llama.cpp
@@ -324,6 +363,7 @@ async def test_faults_against_upstream_doubles_nothing_lost_nothing_duplicated(
 async def test_faults_against_real_llama_cpp_experts(redis_clean: RedisServer,
                                                      tmp_path: Path) -> None:
     require_llama("smollm2")
+    started = _started()
     # LlamaServer queues concurrent requests (--interrupt_requests False), as a served model
     # would; llama.cpp's default ends the stream in progress whenever another request waits
     a = LlamaServer.for_model("smollm2", log_path=tmp_path / "llama-a.log")
@@ -373,6 +413,9 @@ async def test_faults_against_real_llama_cpp_experts(redis_clean: RedisServer,
         b.stop()
     text = (tmp_path / "gw.out").read_text()
     assert "Traceback" not in text, text[-3000:]
+    _publish("llama-cpp", "test_faults_against_real_llama_cpp_experts", out, started,
+             faults=["coder SIGKILL", "redis SIGKILL", "coder restart", "redis restart"],
+             recovered={"expert_used_again": True})
 
 
 # --------------------------------------------------------------------------- graceful shutdown

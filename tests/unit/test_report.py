@@ -79,3 +79,88 @@ def test_every_generated_figure_block_in_the_docs_is_up_to_date(monkeypatch) -> 
     repo = Path(__file__).resolve().parents[2]
     monkeypatch.chdir(repo)
     assert R.update_docs(R.DEFAULT_DOCS, check=True) == []
+
+
+def _overhead_run(date: str, miss: float) -> dict:
+    def row(added: float) -> dict:
+        return {"p50_ms": added + 0.01, "p99_ms": 2 * added, "added_p50_ms": added,
+                "added_p90_ms": added, "added_p99_ms": 2 * added, "rps": 1234.4,
+                "errors": 0, "cpu_ms_per_req": 0.2, "rss_mib": 90.2}
+
+    return {"benchmark": "overhead", "command": f"expertgate bench overhead # {date}",
+            "git": {"commit": "abcdef1234567", "dirty": True},
+            "machine": {"date_utc": date, "cpu": "cpu", "cores": 2, "loadavg_start": [1.0],
+                        "loadavg_end": [2.0]},
+            "params": {"embedder": "hashing", "rounds": 1, "requests": 10, "miss_requests": 5},
+            "paths": {"routed_miss": {"c1": row(miss)}, "routed_shadow": {"c1": row(1.5)}},
+            "targets": [{"target": "t", "goal": "<= 2", "value": 3.0, "met": False}],
+            "summary": ["p99 added latency, expertgate/floor: c1=1.00"]}
+
+
+def test_overhead_blocks_read_the_newest_run_of_a_folder(tmp_path: Path) -> None:
+    (tmp_path / "a.json").write_text(json.dumps(_overhead_run("2026-12-01T17:40:00Z", 0.5)))
+    (tmp_path / "b.json").write_text(json.dumps(_overhead_run("2026-12-01T16:00:00Z", 3.0)))
+    (tmp_path / "not-a-bench.json").write_text(json.dumps({"routers": {}}))
+    table = R.render_block(f"overhead-table {tmp_path}")
+    assert f"Run `{tmp_path}/a.json`: commit abcdef1234 (dirty tree)" in table
+    assert "| routed_miss | 1 | 0.510 | 1.000 | 0.500 |" in table and "1,234" in table
+    assert "c1=1.00" in table
+    # explore / shadow against the miss of the same run: 1.5 / 0.5
+    kept = R.render_block(f"overhead-table {tmp_path}/a.json routed_miss,routed_shadow")
+    assert "| routed_shadow | 1 | 1.510 | 3.000 | 1.500 | 1.500 | 3.000 | 3.00x |" in kept
+    assert "| t | <= 2 | 3.000 | **not met** |" in R.render_block(f"overhead-targets {tmp_path}")
+    with pytest.raises(FileNotFoundError):
+        R.render_block(f"overhead-table {tmp_path / 'empty'}")
+
+
+def test_soak_and_fault_blocks(tmp_path: Path) -> None:
+    soak = {"minutes": 1, "with_redis": True, "requests": 12000, "req_per_s": 200.0,
+            "counts": {"ok": 11900, "http_404": 100}, "rss_kib_after_warmup": 1024 * 80,
+            "rss_kib_end": 1024 * 82, "rss_growth": 0.025, "fds_after_warmup": 31,
+            "fds_end": 31, "ok": True, "git": {"commit": "0123456789ab", "dirty": False},
+            "machine": "2 CPU(s), linux", "created": "2026-12-01T17:00:00Z",
+            "command": "expertgate bench soak --minutes 1 --redis"}
+    faults = {"sent": 200, "concurrency": 8, "answered": 150, "failed_cleanly": 50,
+              "errors": {"circuit_open": 40, "stream_interrupted": 10}, "lost": 0,
+              "answered_twice": 0, "faults": ["cut", "refuse"], "wall_s": 12.5,
+              "git": {"commit": "0123456789ab", "dirty": False}, "command": "pytest ..."}
+    (tmp_path / "soak.json").write_text(json.dumps(soak))
+    (tmp_path / "faults.json").write_text(json.dumps(faults))
+    s = R.render_block(f"soak {tmp_path}/soak.json")
+    assert "| 1 | yes | 12,000 (200.0) | http_404 100, ok 11900 | 80.0 -> 82.0 (+2.50%) | " \
+           "31 -> 31 | PASS |" in s
+    assert "commit 0123456789;" in s and "expertgate bench soak --minutes 1 --redis" in s
+    f = R.render_block(f"faults {tmp_path}/faults.json")
+    assert "| cut, refuse | 200 (8) | 150 | 50 (40 `circuit_open`, 10 `stream_interrupted`) " \
+           "| 0 | 0 | 12.5 |" in f
+
+
+# a measured quantity: a number followed by a unit of time, rate, memory or share, or a ratio
+_MEASURE = r"\d[\d,.]*\s?(?:ms|µs|us|req/s|prompts/s|texts/s|MiB|KiB|GiB|%|×)(?![\w/])" \
+           r"|\d[\d,.]*x\b"
+
+
+def _prose(text: str) -> str:
+    """The page without generated blocks, fenced code and inline code."""
+    import re
+
+    text = re.sub(r"<!-- BEGIN GENERATED.*?<!-- END GENERATED -->", "", text, flags=re.S)
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    return re.sub(r"`[^`\n]*`", "", text)
+
+
+def test_performance_and_reliability_pages_have_no_hand_typed_measurements() -> None:
+    """Measurements live in generated blocks only. docs/reliability.md's settings (timeouts,
+    body size, backoff) are configuration, not measurements: only its figures section is
+    held to the rule; docs/performance.md is held to it as a whole."""
+    import re
+
+    repo = Path(__file__).resolve().parents[2]
+    perf = _prose((repo / "docs/performance.md").read_text())
+    rel = (repo / "docs/reliability.md").read_text()
+    figures = _prose(rel[rel.index("## Tests and figures"):])
+    for name, text in (("performance.md", perf), ("reliability.md", figures)):
+        found = [m.group(0) for m in re.finditer(_MEASURE, text)]
+        assert found == [], f"hand-typed measurements in docs/{name}: {found}"
+    # and the check sees one when there is one
+    assert re.search(_MEASURE, _prose("it took 1.25 ms, 4,341 req/s")) is not None
