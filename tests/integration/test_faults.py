@@ -217,10 +217,12 @@ def _publish(run: str, test: str, out: Outcomes, started: dict[str, Any],
     folder = os.environ.get("EXPERTGATE_FAULTS_JSON_DIR")
     if not folder:
         return
+    started = dict(started)
+    wall_s = round(time.monotonic() - started.pop("t0"), 1)
     record = {"benchmark": "faults", "run": run, **started,
               "command": f"EXPERTGATE_FAULTS_JSON_DIR={folder} .venv/bin/python -m pytest -q -s "
                          f"tests/integration/test_faults.py::{test}",
-              "wall_s": round(time.monotonic() - started.pop("t0"), 1),
+              "wall_s": wall_s,
               "sent": SENT, "concurrency": CONCURRENCY, "answered": out.answered,
               "failed_cleanly": out.failed_cleanly, "errors": dict(out.errors),
               "lost": len(out.lost), "statuses": {str(k): v for k, v in out.statuses.items()},
