@@ -238,6 +238,7 @@ def _started() -> dict[str, Any]:
 
     return {"git": git_state(), "packages": package_versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": f"{os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.1f}",
             "t0": time.monotonic()}
 
 
