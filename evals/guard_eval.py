@@ -55,6 +55,7 @@ from evals.datasets.guard import (
     suite_files,
 )
 from evals.provenance import REPORT_SEEDS, git_state, provenance
+from routers.base import RouterError
 from routers.embed import EMBEDDER_KINDS
 
 __all__ = [
@@ -660,12 +661,15 @@ def run(args: argparse.Namespace) -> int:
             return 2
         if args.embedder_path:
             options["model_path"] = args.embedder_path
-    elif args.embedder == "distilled" and not args.finetune:
+    elif args.embedder == "distilled":
+        if args.embedder_path and args.finetune:
+            print("give --embedder-path or --finetune, not both", file=sys.stderr)
+            return 2
         if args.embedder_path:
             options["model_path"] = args.embedder_path
     elif args.embedder_path or args.finetune:
-        print("--embedder-path needs --embedder minilm, onnx or distilled; --finetune needs "
-              "minilm or onnx", file=sys.stderr)
+        print("--embedder-path and --finetune need --embedder minilm, onnx or distilled",
+              file=sys.stderr)
         return 2
     if args.embedder == "static":
         if not args.static_model:
@@ -682,8 +686,9 @@ def run(args: argparse.Namespace) -> int:
         opts, meta = dict(options), None
         if ep > 0:
             try:
-                folder, meta = finetuned_for(data, epochs=ep, seed=seed, quiet=args.quiet)
-            except (OSError, ValueError) as e:
+                tune = static_tuned_for if args.embedder == "distilled" else finetuned_for
+                folder, meta = tune(data, epochs=ep, seed=seed, quiet=args.quiet)
+            except (OSError, ValueError, RouterError) as e:
                 print(f"error: fine-tune failed: {e}", file=sys.stderr)
                 return 2
             opts["model_path"] = str(folder)
@@ -829,6 +834,53 @@ def finetuned_for(data: GuardData, *, epochs: int = 2, seed: int = 0, quiet: boo
     return folder, meta
 
 
+def static_tuned_for(data: GuardData, *, epochs: int = 20, seed: int = 0, quiet: bool = False,
+                     cache_dir: str | Path | None = None, source: Any = None
+                     ) -> tuple[Path, dict[str, Any]]:
+    """The distilled static table tuned on ``data``'s in-domain train labels
+    (:func:`routers.embed_tune.tune_table`: at most ``epochs`` epochs, stopped early on the
+    validation rows' label loss), made once and cached under ``$EXPERTGATE_CACHE/
+    static-tuned/<train data hash>-<source table hash>-e<epochs>-s<seed>``. Test and OOD rows
+    are never seen. ``source``: the distilled embedder to start from (default: the default
+    build)."""
+    import numpy as np
+
+    from routers.embed_static import DistilledEmbedder
+    from routers.embed_tune import tune_table, write_tuned
+    from routers.finetune import data_hash
+
+    if cache_dir is None:
+        base = os.environ.get("EXPERTGATE_CACHE") or os.path.join(
+            os.path.expanduser("~"), ".cache", "expertgate")
+        cache_dir = Path(base) / "static-tuned"
+    emb = source if source is not None else DistilledEmbedder()
+    train_hash = data_hash(data.train_texts, data.train_labels)
+    key = f"{train_hash[:16]}-{emb.config['table_sha256_16']}-e{epochs}-s{seed}"
+    folder = Path(cache_dir) / key
+
+    def meta_of(cfg: dict[str, Any]) -> dict[str, Any]:
+        t = cfg["routing_tuned"]
+        return {"base": emb.name, "objective": "softmax over the train labels on the "
+                "normalised sum of static token vectors (routers/embed_tune.py)",
+                "epochs": t["best_epoch"], "seed": t["seed"], "lr": t["lr"],
+                "batch_size": t["batch_size"], "n_rows": t["n_train"], "n_labels": t["labels"],
+                "training_data_sha256": train_hash, "command": t.get("command")}
+
+    if (folder / "config.json").is_file():
+        return folder, meta_of(json.loads((folder / "config.json").read_text()))
+    say = (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    say(f"tuning the distilled table on {len(data.train_texts)} in-domain train rows "
+        f"({len(data.labels)} labels, at most {epochs} epochs) -> {folder}")
+    texts = list(data.train_texts) + list(data.val_texts)
+    labels = [str(x) for x in list(data.train_labels) + list(data.val_labels)]
+    n = len(data.train_texts)
+    tuned, info = tune_table(emb, texts, np.arange(n), np.arange(n, len(texts)), labels=labels,
+                             epochs=epochs, seed=seed, lr=0.01, log=say)
+    info["command"] = "expertgate " + shlex.join(sys.argv[1:])
+    cfg = write_tuned(folder, emb, tuned, info)
+    return folder, meta_of(cfg)
+
+
 def cli_register(parser: argparse.ArgumentParser) -> None:
     """Add ``expertgate eval guard`` flags and its handler."""
     parser.description = __doc__.splitlines()[0] if __doc__ else None
@@ -853,10 +905,13 @@ def cli_register(parser: argparse.ArgumentParser) -> None:
                         "minilm|onnx (e.g. one written by 'expertgate embedder finetune')")
     parser.add_argument("--finetune", action="store_true",
                         help="first fine-tune the encoder on the in-domain train split "
-                        "(large-margin cosine loss, routers/finetune.py; cached by data "
+                        "(minilm/onnx: large-margin cosine loss, routers/finetune.py; "
+                        "distilled: the static token table under a softmax over the labels, "
+                        "early-stopped on validation, routers/embed_tune.py; cached by data "
                         "hash), then evaluate every method with it")
     parser.add_argument("--finetune-epochs", default="2",
-                        help="epochs of --finetune (default 2); several, comma-separated, are "
+                        help="epochs of --finetune (default 2; for distilled the most epochs, "
+                        "stopped early); several, comma-separated, are "
                         "encoder variants to select among on validation, 0 standing for the "
                         "frozen encoder (e.g. 0,2,3)")
     parser.add_argument("--seed", type=int, default=None, help="seed of fits, splits, the "

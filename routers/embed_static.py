@@ -266,7 +266,9 @@ class DistilledEmbedder:
         self.dim = int(self._table.shape[1])
         self.path = p
         self.config = cfg
-        self.name = f"static-{cfg['source']}-{cfg['dim']}:{cfg['table_sha256_16'][:12]}"
+        # a table tuned on routing scores or labels (routers.embed_tune) is named apart
+        kind = "-tuned" if cfg.get("routing_tuned") else ""
+        self.name = f"static-{cfg['source']}-{cfg['dim']}{kind}:{cfg['table_sha256_16'][:12]}"
 
     def _ids(self, texts: Sequence[str]) -> list[np.ndarray]:
         encs = self._tok.encode_batch(list(texts), add_special_tokens=False)
