@@ -6,6 +6,11 @@ guard and routers with ``--embedder onnx --embedder-path DIR`` so their artifact
 
 ``distill`` writes static token vectors distilled from MiniLM (or from a fine-tuned folder)
 for ``embedder: {kind: distilled}`` / ``--embedder distilled``: no torch at serve time.
+
+``tune`` trains the distilled table itself on a guard's labels or a routing table's expert
+scores (and categories) — :mod:`routers.embed_tune`, early-stopped on validation — and writes
+it in the same format: ``embedder: {kind: distilled, options: {model_path: DIR}}`` and
+``--embedder distilled --embedder-path DIR`` (its name ends in ``-tuned:<hash>``).
 """
 
 from __future__ import annotations
@@ -51,6 +56,27 @@ def register(sub: Any, name: str) -> None:
     ds.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     ds.add_argument("--force", action="store_true", help="rebuild even if the cache has it")
     ds.set_defaults(func=_distill)
+    tu = inner.add_parser("tune", help="train the distilled static table on a guard's labels "
+                          "or a routing table's expert scores (CPU, seconds per epoch)")
+    tsrc = tu.add_mutually_exclusive_group(required=True)
+    tsrc.add_argument("--data", help="guard table (text,label,split): rows of split 'train' "
+                      "train, 'validation' stop the training")
+    tsrc.add_argument("--suite", help="a built-in guard suite")
+    tsrc.add_argument("--routing-data", help="a routing table (as 'expertgate train --data'):"
+                      " its train split (--seed, --val, --test as 'expertgate train') trains,"
+                      " its validation split stops the training")
+    tu.add_argument("--format", default=None, help="format of --routing-data")
+    tu.add_argument("--val", type=float, default=0.1, help="validation fraction (routing)")
+    tu.add_argument("--test", type=float, default=0.2, help="test fraction (routing)")
+    tu.add_argument("--out", required=True, help="folder to write the tuned table to")
+    tu.add_argument("--source", default=None, help="distilled folder to start from "
+                    "(default: the default build)")
+    tu.add_argument("--epochs", type=int, default=20, help="most epochs (early stopping)")
+    tu.add_argument("--patience", type=int, default=2)
+    tu.add_argument("--lr", type=float, default=None, help="step relative to the table's "
+                    "typical entry (default 0.01 for labels, 0.002 for expert scores)")
+    tu.add_argument("--seed", type=int, default=0)
+    tu.set_defaults(func=_tune)
 
 
 def _finetune(args: argparse.Namespace) -> int:
@@ -101,4 +127,50 @@ def _distill(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(out)
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from evals.routing_eval import EvalError, load_routing_table
+    from routers.base import RouterError
+    from routers.embed import EmbedderError
+    from routers.embed_static import DistilledEmbedder
+    from routers.embed_tune import tune_table, write_tuned
+
+    say = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    if args.epochs < 1 or args.patience < 1:
+        print("error: --epochs and --patience must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        emb = DistilledEmbedder(args.source)
+        if args.routing_data:
+            from routers.train import split_table
+
+            table = load_routing_table(args.routing_data, args.format)
+            tr, va, _ = split_table(table, seed=args.seed, val=args.val, test=args.test)
+            tuned, info = tune_table(emb, table.prompts, tr, va, scores=table.scores,
+                                     labels=table.categories, epochs=args.epochs,
+                                     patience=args.patience, lr=args.lr or 0.002,
+                                     seed=args.seed, log=say)
+        else:
+            from evals.datasets.guard import load_guard_data, load_suite
+
+            data = load_suite(args.suite) if args.suite else load_guard_data(args.data,
+                                                                             seed=args.seed)
+            texts = list(data.train_texts) + list(data.val_texts)
+            labels = [str(x) for x in list(data.train_labels) + list(data.val_labels)]
+            n = len(data.train_texts)
+            tuned, info = tune_table(emb, texts, np.arange(n), np.arange(n, len(texts)),
+                                     labels=labels, epochs=args.epochs, patience=args.patience,
+                                     lr=args.lr or 0.01, seed=args.seed, log=say)
+        info["command"] = "expertgate " + shlex.join(sys.argv[1:])
+        cfg = write_tuned(args.out, emb, tuned, info)
+    except (EmbedderError, EvalError, RouterError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: v for k, v in cfg["routing_tuned"].items() if k != "history"},
+                     indent=1))
+    print(f"wrote {args.out} ({DistilledEmbedder(args.out).name})", file=sys.stderr)
     return 0

@@ -105,3 +105,29 @@ def test_guard_labels_tune_once_and_are_cached(random_static: Path, tmp_path: Pa
                                     source=src)
     assert again == folder and meta2 == meta
     assert (folder / "embeddings.npz").stat().st_mtime_ns == stamp
+
+
+def test_cli_tunes_on_a_routing_table(random_static: Path, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import pandas as pd
+
+    from expertgate.cli import main
+
+    t = _table(150)
+    rows = [{"prompt_id": pid, "prompt": p, "model": mname, "score": float(t.scores[i, j]),
+             "cost": float(t.costs[i, j]), "category": (t.categories or [])[i]}
+            for i, (pid, p) in enumerate(zip(t.prompt_ids, t.prompts, strict=True))
+            for j, mname in enumerate(t.models)]
+    csv = tmp_path / "t.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    out = tmp_path / "tuned"
+    rc = main(["embedder", "tune", "--routing-data", str(csv), "--format", "long",
+               "--source", str(random_static), "--out", str(out), "--epochs", "3",
+               "--lr", "0.05"])
+    assert rc == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["experts"] == 2 and rec["labels"] == 2 and rec["watched"] == "expert"
+    assert rec["command"].startswith("expertgate ")  # the process argv, as finetune records
+    assert DistilledEmbedder(out).embed(["solve the equation"]).shape == (1, DIM)
+    assert main(["embedder", "tune", "--routing-data", str(tmp_path / "nope.csv"),
+                 "--source", str(random_static), "--out", str(out)]) == 2
