@@ -515,6 +515,15 @@ def render_block(spec: str) -> str:
         lines += [f"| {t['target']} | {t['goal']} | {_num(t.get('value'))} | "
                   f"{'met' if t.get('met') else '**not met**'} |"
                   for t in run.get("targets") or []]
+        per_round = run.get("per_round") or {}
+        if per_round:
+            concs = sorted({c for by in per_round.values() for c in by}, key=lambda c: int(c[1:]))
+            lines += ["", "Round by round (a target on p99 holds only if it holds in every "
+                      "round):", "", "| ratio | " + " | ".join(concs) + " |",
+                      "|---|" + "---|" * len(concs)]
+            lines += [f"| {name} | " + " | ".join(", ".join(f"{v:.2f}" for v in by.get(c, []))
+                                                 or "-" for c in concs) + " |"
+                      for name, by in per_round.items()]
         return "\n".join(lines)
     if kind == "router-bench" and args:
         path, run = _bench_run(args[0], "router")

@@ -508,7 +508,11 @@ def cmd_router(args: argparse.Namespace) -> int:
         cache = bench_cache(args.repeats, args.skip_redis)
         batching = bench_batching(built["onnx"], texts)
     machine["loadavg_end"] = list(os.getloadavg())
-    result = {"benchmark": "router", "machine": machine, "command": " ".join(sys.argv),
+    from evals.provenance import git_state, package_versions
+
+    result = {"benchmark": "router", "machine": machine, "git": git_state(),
+              "packages": package_versions(),
+              "command": " ".join(["expertgate", *sys.argv[1:]]),
               "python": platform.python_version(), "embedders": embedders,
               "families": families, "cache": cache, "batching": batching,
               "lengths": lengths, "throughput": throughput,

@@ -94,6 +94,7 @@ def _overhead_run(date: str, miss: float) -> dict:
             "params": {"embedder": "hashing", "rounds": 1, "requests": 10, "miss_requests": 5},
             "paths": {"routed_miss": {"c1": row(miss)}, "routed_shadow": {"c1": row(1.5)}},
             "targets": [{"target": "t", "goal": "<= 2", "value": 3.0, "met": False}],
+            "per_round": {"passthrough_floor_added_p99": {"c1": [1.5, 2.25]}},
             "summary": ["p99 added latency, expertgate/floor: c1=1.00"]}
 
 
@@ -108,7 +109,9 @@ def test_overhead_blocks_read_the_newest_run_of_a_folder(tmp_path: Path) -> None
     # explore / shadow against the miss of the same run: 1.5 / 0.5
     kept = R.render_block(f"overhead-table {tmp_path}/a.json routed_miss,routed_shadow")
     assert "| routed_shadow | 1 | 1.510 | 3.000 | 1.500 | 1.500 | 3.000 | 3.00x |" in kept
-    assert "| t | <= 2 | 3.000 | **not met** |" in R.render_block(f"overhead-targets {tmp_path}")
+    targets = R.render_block(f"overhead-targets {tmp_path}")
+    assert "| t | <= 2 | 3.000 | **not met** |" in targets
+    assert "| passthrough_floor_added_p99 | 1.50, 2.25 |" in targets
     with pytest.raises(FileNotFoundError):
         R.render_block(f"overhead-table {tmp_path / 'empty'}")
 
