@@ -29,7 +29,7 @@ typecheck: setup
 	$(PY) -m mypy
 
 bench-overhead: setup
-	$(PY) -m expertgate bench overhead --json runs/bench-overhead.json --plot docs/img/overhead.png
+	$(PY) -m expertgate bench overhead --json runs/bench-overhead.json --plot runs/bench-overhead.png
 
 bench-router: setup
 	$(PY) -m expertgate bench router --json runs/bench-router.json
