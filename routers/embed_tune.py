@@ -116,7 +116,7 @@ def tune_table(emb: DistilledEmbedder, texts: Sequence[str], train: np.ndarray,
         w = observed[r]
         bce = (F.binary_cross_entropy_with_logits(out[:, :m], target[r], reduction="none")
                * w).sum() / w.sum().clamp(min=1.0) if m else torch.zeros(())
-        ce = F.cross_entropy(out[:, m:], y_cat[r]) if K else torch.zeros(())
+        ce = F.cross_entropy(out[:, m:], y_cat[r]) if y_cat is not None else torch.zeros(())
         return bce, ce
 
     best = (float("inf"), 0, base.copy())

@@ -36,13 +36,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from routers.base import Decision, RouterError, RoutingTable, register
 from routers.knn import knn_quality, unit_rows
 from routers.tradeoff import QualityRouter
+
+if TYPE_CHECKING:
+    from routers.lexical import Lexical
 
 __all__ = ["StackRouter", "text_statistics"]
 
@@ -199,8 +202,9 @@ class StackRouter(QualityRouter):
         use_lr = self.lexical and self.C_lexical is not None
         n_comp = 3 + bool(K) + use_lr
         L = None
-        self._lex = None
-        self.lex_terms_, self.lex_n_words_ = [], 0
+        self._lex: Lexical | None = None
+        self.lex_terms_: list[str] = []
+        self.lex_n_words_ = 0
         self.lex_idf_ = np.zeros(0, np.float32)
         self.lex_centroids_ = np.zeros((0, 0), np.float32)
         self.lex_coef_, self.lex_bias_ = np.zeros((0, 0), np.float32), np.zeros(0)
@@ -211,7 +215,7 @@ class StackRouter(QualityRouter):
             lex = Lexical(max_words=10000, max_chars=20000).fit(table.prompts)
             L = lex.transform(table.prompts)
             self.lex_terms_, self.lex_idf_, self.lex_n_words_ = lex.state()
-            if K:
+            if K and cat_all is not None:
                 self.lex_centroids_ = self._centroids(L, cat_all, K).astype(np.float32)
             if use_lr:
                 self.lex_coef_ = np.zeros((m, lex.n_features), np.float32)
@@ -271,11 +275,12 @@ class StackRouter(QualityRouter):
         if len(self.lex_terms_):
             from routers.lexical import Lexical
 
-            if getattr(self, "_lex", None) is None:
-                self._lex = Lexical.from_state(self.lex_terms_, self.lex_idf_,
-                                               self.lex_n_words_)
-            L = self._lex.transform(texts)
-        if len(self.lex_coef_):
+            lexical: Lexical | None = getattr(self, "_lex", None)
+            if lexical is None:
+                lexical = self._lex = Lexical.from_state(self.lex_terms_, self.lex_idf_,
+                                                         self.lex_n_words_)
+            L = lexical.transform(texts)
+        if L is not None and len(self.lex_coef_):
             parts.append(_logit(_sigmoid(np.asarray(L @ self.lex_coef_.T) + self.lex_bias_)))
         if len(self.centroids_):
             lex = None if L is None or not len(self.lex_centroids_) else \
