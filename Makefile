@@ -23,7 +23,7 @@ test-integration: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests/integration tests/e2e
 
 lint: setup
-	$(PY) -m ruff check gateway routers evals tests
+	$(PY) -m ruff check gateway routers evals expertgate tests
 
 typecheck: setup
 	$(PY) -m mypy
