@@ -287,6 +287,27 @@ def format_ratio_lines(paths: dict[str, Any], concs: list[int]) -> list[str]:
             line("litellm/expertgate", "litellm", "passthrough")]
 
 
+def _per_round(rows: _Rows, concs: list[int]) -> dict[str, dict[str, list[float]]]:
+    """Issue 16's ratios round by round (its p99 targets hold "in three runs out of three";
+    the paths' figures are medians over rounds): added p99 passthrough/floor and
+    litellm/passthrough per concurrency, and req/s passthrough/floor."""
+
+    def ratios(num: str, den: str, key: str, c: int) -> list[float]:
+        a, b = rows.runs.get(num, {}).get(c, []), rows.runs.get(den, {}).get(c, [])
+        return [round(_ratio(x[key], y[key]), 3) for x, y in zip(a, b, strict=False)]
+
+    out: dict[str, dict[str, list[float]]] = {
+        "passthrough_floor_added_p99": {}, "litellm_passthrough_added_p99": {},
+        "passthrough_floor_rps": {}}
+    for c in concs:
+        out["passthrough_floor_added_p99"][f"c{c}"] = ratios("passthrough", "floor",
+                                                             "added_p99_ms", c)
+        out["litellm_passthrough_added_p99"][f"c{c}"] = ratios("litellm", "passthrough",
+                                                               "added_p99_ms", c)
+        out["passthrough_floor_rps"][f"c{c}"] = ratios("passthrough", "floor", "rps", c)
+    return out
+
+
 def _targets(paths: dict[str, Any], concs: list[int], single: dict[str, float] | None,
              streams: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     t: list[dict[str, Any]] = []
@@ -547,6 +568,7 @@ def cmd_overhead(args: argparse.Namespace) -> int:
     machine["loadavg_end"] = list(os.getloadavg())
     targets_out = _targets(paths, concs, single, streams)
     ratio_lines = format_ratio_lines(paths, concs)
+    per_round = _per_round(rows, concs)
     from evals.provenance import git_state
 
     result = {"benchmark": "overhead", "machine": machine, "git": git_state(),
@@ -562,7 +584,7 @@ def cmd_overhead(args: argparse.Namespace) -> int:
               "paths": paths, "streams": streams, "rss_mib": rss,
               "single_embed": single, "embed_by_length": by_length,
               "learnloop_costs": costs,
-              "targets": targets_out, "skipped": skipped,
+              "targets": targets_out, "per_round": per_round, "skipped": skipped,
               "error_samples": dict(_ERROR_SAMPLES),
               "summary": ratio_lines}
     if args.json:
