@@ -101,9 +101,10 @@ class DecisionFeed:
         cost = float(rec.get("cost_usd") or 0.0)
         self.cost_usd += cost
         if expert:
-            row = self.per_expert.setdefault(expert, {"requests": 0, "cost_usd": 0.0,
-                                                      "prompt_tokens": 0,
-                                                      "completion_tokens": 0})
+            row = self.per_expert.get(expert)
+            if row is None:  # not setdefault: its default dict would be built every time
+                row = self.per_expert[expert] = {"requests": 0, "cost_usd": 0.0,
+                                                 "prompt_tokens": 0, "completion_tokens": 0}
             row["requests"] += 1
             row["cost_usd"] += cost
             row["prompt_tokens"] += int(rec.get("prompt_tokens") or 0)
