@@ -1,13 +1,12 @@
 """Routing log: one record per request, to a Redis Stream or a JSONL file; export to Parquet.
 
-Requests never wait for the log: ``RoutingLog.record`` puts the record (the dict itself:
-records are never changed once written) on a bounded queue and a background task serialises
-and writes batches, gathering for up to ``linger_s`` after the first record so that a busy
-gateway writes once per batch rather than once per request. (A record serialised on the
-request's path kept orjson's 4 KiB output buffer while it waited in the queue.) When the sink
-fails (Redis down) records stay queued and are retried; when the queue is full the oldest are
-dropped and counted (``expertgate_log_records_dropped``), so memory stays bounded through any
-outage.
+Requests never wait for the log: ``RoutingLog.record`` serialises the record and puts it on a
+bounded queue, and a background task writes batches, gathering for up to ``linger_s`` after
+the first record so that a busy gateway writes once per batch rather than once per request.
+Queued records are copied to their exact size (orjson's output keeps a 4 KiB buffer, which
+a queue of them would hold on to). When the sink fails (Redis down) records stay queued and
+are retried; when the queue is full the oldest are dropped and counted
+(``expertgate_log_records_dropped``), so memory stays bounded through any outage.
 
 The records and their fields are typed in :mod:`routers.logrecord` (``RequestRecord``,
 ``ShadowRecord``, ``CanaryEvent``, ``FeedbackRecord``; an export row is an
@@ -114,7 +113,7 @@ class RoutingLog:
         self.max_queue = max_queue
         self.batch = batch
         self.linger_s = linger_s
-        self._q: collections.deque[LogRecord] = collections.deque()
+        self._q: collections.deque[bytes] = collections.deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -123,11 +122,18 @@ class RoutingLog:
         self.sink_ok = True
 
     def record(self, rec: LogRecord) -> None:
+        try:
+            data = bytes(memoryview(orjson.dumps(rec, option=orjson.OPT_SERIALIZE_NUMPY)))
+        except TypeError as e:  # a record the log cannot hold is lost, counted, never raised
+            log.error("routing log: a record cannot be serialised (%s); dropped", e)
+            self.dropped += 1
+            self.metrics.log_dropped.inc()
+            return
         if len(self._q) >= self.max_queue:
             self._q.popleft()
             self.dropped += 1
             self.metrics.log_dropped.inc()
-        self._q.append(rec)
+        self._q.append(data)
         self._wake.set()
 
     @property
@@ -142,17 +148,9 @@ class RoutingLog:
         if not self._q:
             return True
         n = min(len(self._q), self.batch)
-        batch = []
-        for i in range(n):
-            try:
-                batch.append(orjson.dumps(self._q[i], option=orjson.OPT_SERIALIZE_NUMPY))
-            except TypeError as e:  # never retried forever: this record is lost, counted
-                log.error("routing log: a record cannot be serialised (%s); dropped", e)
-                self.dropped += 1
-                self.metrics.log_dropped.inc()
+        batch = [self._q[i] for i in range(n)]
         try:
-            if batch:
-                await self.sink.write(batch)
+            await self.sink.write(batch)
         except Exception as e:  # a sink outage must never reach requests
             if self.sink_ok:
                 log.warning("routing log: sink %s failed (%s: %s); buffering up to %d records",
@@ -166,7 +164,7 @@ class RoutingLog:
             # records dropped from the left while we awaited shift the batch; pop what remains
             if self._q:
                 self._q.popleft()
-        self.written += len(batch)
+        self.written += n
         self.metrics.log_queue.set(len(self._q))
         return True
 

@@ -96,6 +96,24 @@ def _error(body: bytes, code: str) -> None:
     assert obj["error"]["code"] == code, obj
 
 
+def test_an_answer_goes_out_whole_and_an_idle_keep_alive_connection_still_times_out(
+        gateway: GatewayServer) -> None:
+    # the protocol writes head and body together, with a length instead of chunked framing,
+    # and arms the head timer after a response only where keep-alive would not end it first
+    s = _connect(gateway)
+    body = b'{"model": "nope", "messages": [{"role": "user", "content": "hi"}]}'
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: "
+              b"application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+    status, headers, answer = _read_response(s)
+    assert status == 404 and "transfer-encoding" not in headers
+    assert int(headers["content-length"]) == len(answer)
+    _error(answer, "model_not_found")
+    t0 = time.monotonic()
+    status, _, answer = _read_response(s)  # the connection stays open, then idles
+    assert status == 408 and time.monotonic() - t0 < HEADER_TIMEOUT_S + 3
+    _error(answer, "request_timeout")
+
+
 def test_silent_and_trickling_clients_are_timed_out(gateway: GatewayServer) -> None:
     t0 = time.monotonic()
     silent = _connect(gateway)

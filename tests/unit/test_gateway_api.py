@@ -270,3 +270,19 @@ async def test_unknown_path_and_method_are_openai_shaped(ups, tmp_path: Path) ->
         r = await c.get("/v1/chat/completions")
         assert r.status_code == 405
         assert (await c.get("/healthz")).json() == {"status": "ok"}
+
+
+async def test_routing_log_drops_and_counts_a_record_it_cannot_serialise(tmp_path: Path
+                                                                          ) -> None:
+    from gateway.logs import JsonlSink, RoutingLog
+    from gateway.metrics import Metrics
+
+    rlog = RoutingLog(JsonlSink(tmp_path / "log.jsonl", tmp_path / "fb.jsonl"), Metrics())
+    rlog.start()
+    rlog.record({"request_id": "a"})  # type: ignore[typeddict-item]
+    rlog.record({"request_id": "b", "bad": object()})  # type: ignore[typeddict-item]
+    rlog.record({"request_id": "c"})  # type: ignore[typeddict-item]
+    await rlog.close()
+    lines = [orjson.loads(x) for x in (tmp_path / "log.jsonl").read_bytes().splitlines()]
+    assert [x["request_id"] for x in lines] == ["a", "c"]
+    assert rlog.dropped == 1 and rlog.written == 2
