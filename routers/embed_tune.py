@@ -1,5 +1,5 @@
-"""A static embedder fine-tuned for routing: the distilled token table trained end to end on a
-routing table (issue 21, deliverable 1c).
+"""A static embedder fine-tuned for the job: the distilled token table trained end to end on a
+routing table's expert scores or a guard's labels (issue 21, deliverable 1c).
 
 The distilled embedder (:mod:`routers.embed_static`) embeds a text as the normalised sum of its
 tokens' vectors; those vectors were made to imitate a general-purpose sentence encoder, not to
@@ -9,16 +9,23 @@ weighting is already in its rows), the unit-norm sum as the prompt vector, and o
 one logistic head per expert (binary cross-entropy on every observed score, soft labels for
 fractional scores: multi-output regression of every expert's score) plus, when the table has
 a ``category`` column, a softmax head over the categories (weight ``category_weight``: a
-prompt's subject is strong, cheap supervision for which expert wins). Training runs on CPU
-with torch (seconds per epoch on 10k prompts), one epoch at a time, and stops when the
-expert loss on the *validation* prompts has not improved for ``patience`` epochs; the table
-of the best validation epoch is kept. Tokens that never occur in the training prompts keep
-their distilled vectors.
+prompt's subject is strong, cheap supervision for which expert wins); for a guard, the
+softmax head over its labels alone (``expertgate eval guard --embedder distilled
+--finetune``, ``expertgate embedder tune``). Training runs on CPU with torch (seconds per
+epoch on 10k prompts), one epoch at a time, and stops when the expert loss (the label loss
+without scores) on the *validation* prompts has not improved for ``patience`` epochs; the
+table of the best validation epoch is kept. Tokens that never occur in the training prompts
+keep their distilled vectors.
+
+Measured (development seeds, not a published figure): on routing tables the tuned vectors
+overfit within one or two epochs and did not raise the validation APGR of the best family
+(``stack``), so routers keep the plain distilled table; on guard suites the label-tuned
+table lifts every dense method (``docs/guard.md``).
 
 :func:`write_tuned` exports the table in the distilled npz format, so it serves without torch
 through :class:`routers.embed_static.DistilledEmbedder` (``embedder: {kind: distilled,
 options: {model_path: DIR}}``). Its ``config.json`` records the tuning (data hash, seed,
-epochs, validation losses, command) and its name carries ``-routing`` and the new table's
+epochs, validation losses, command) and its name carries ``-tuned`` and the new table's
 hash, so its vectors, caches and artifacts never mix with the distilled ones.
 """
 
