@@ -334,11 +334,14 @@ class Pipeline:
         return await self._embed_fn(text)
 
     async def route(self, rt: PolicyRuntime, text: str, degraded: list[str], *,
-                    text_hash: str | None = None, deadline: float | None = None
+                    text_hash: str | None = None, deadline: float | None = None,
+                    shadow_out: list[Callable[[], None]] | None = None
                     ) -> tuple[Decision, Literal["canary", "incumbent"] | None]:
         """The served decision and its arm: ``canary`` for the share a canary serves,
-        ``incumbent`` beside a serving canary, None without one. A shadow candidate decides
-        in a background task after this returns; its decision is only logged."""
+        ``incumbent`` beside a serving canary, None without one. A shadow candidate's
+        decision is only logged: with ``shadow_out`` the caller gets a starter to call once
+        the response is sent (so the shadow's CPU never delays the served request), without
+        it the shadow starts in a background task at once."""
         cand = rt.candidate
         if cand is not None and cand.serving:
             if self._rng.random() < cand.share:
@@ -350,10 +353,17 @@ class Pipeline:
         d = await self.decide(rt, text, degraded, emb_out=got, text_hash=text_hash,
                               deadline=deadline)
         if cand is not None and cand.mode == "shadow" and self.on_shadow is not None:
-            task = asyncio.get_running_loop().create_task(
-                self._shadow(cand.runtime, text, got[0] if got else None, d))
-            self._shadow_tasks.add(task)
-            task.add_done_callback(self._shadow_tasks.discard)
+            crt, x = cand.runtime, got[0] if got else None
+
+            def start() -> None:
+                task = asyncio.get_running_loop().create_task(self._shadow(crt, text, x, d))
+                self._shadow_tasks.add(task)
+                task.add_done_callback(self._shadow_tasks.discard)
+
+            if shadow_out is None:
+                start()
+            else:
+                shadow_out.append(start)
         return d, None
 
     async def _shadow(self, crt: PolicyRuntime, text: str, x: np.ndarray | None,

@@ -16,6 +16,7 @@ The request deadline covers the decision: an embedding still running when it pas
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -63,6 +64,9 @@ class Plan:
     rewrite: dict[str, Any] = field(default_factory=dict)
     #: the error a "reject" action answers
     rejection: GuardRejected | None = None
+    #: work that must not delay the answer (a shadow candidate's decision): started by the
+    #: record stage once the response is sent
+    after_response: list[Callable[[], None]] = field(default_factory=list)
 
     @property
     def policy(self) -> str:
@@ -133,7 +137,7 @@ async def plan(gw: Planner, endpoint: str, body: dict[str, Any], degraded: list[
     p.text_hash = text_hash(text)
     if serve:
         d, p.arm = await gw.pipeline.route(rt, text, degraded, text_hash=p.text_hash,
-                                           deadline=deadline)
+                                           deadline=deadline, shadow_out=p.after_response)
         d, p.explore = gw.pipeline.explore(
             rt.candidate.runtime if p.arm == "canary" and rt.candidate is not None else rt, d)
     else:

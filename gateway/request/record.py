@@ -41,6 +41,9 @@ def record(gw: Gateway, ctx: RequestContext) -> None:
     gw.feed.record(rec)
     if gw.routing_log is not None:
         gw.routing_log.record(rec)
+    if p is not None:
+        for start in p.after_response:
+            start()
 
 
 #: status -> its label (str() of an int on every request otherwise)

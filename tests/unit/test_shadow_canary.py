@@ -56,6 +56,35 @@ async def test_shadow_decides_and_logs_but_never_serves(ups, tmp_path: Path) -> 
     assert shadow[0]["router_version"] != gw.policy_set.policies["auto"].version
 
 
+async def test_shadow_starts_only_after_the_response_is_recorded(ups, tmp_path: Path) -> None:
+    # the shadow's decision must not take CPU from the request it shadows: it starts in the
+    # record stage, after the answer was sent and its log record written
+    coder, chatter = ups
+    art = _always_coder(tmp_path / "cand")
+    cfg = base_config(coder.base, chatter.base,
+                      candidate={"router": "knn", "artifact": str(art), "mode": "shadow"})
+    events: list[str] = []
+    async with gateway_client(cfg, tmp_path) as (c, gw):
+        assert gw.routing_log is not None
+        log_record, shadow = gw.routing_log.record, gw.pipeline._shadow
+
+        def record(rec):  # type: ignore[no-untyped-def]
+            events.append(f"log {rec['endpoint']}")
+            return log_record(rec)
+
+        async def shadow_first(*a):  # type: ignore[no-untyped-def]
+            events.append("shadow decides")
+            await shadow(*a)
+
+        gw.routing_log.record = record  # type: ignore[method-assign]
+        gw.pipeline._shadow = shadow_first  # type: ignore[method-assign]
+        for _ in range(2):
+            r = await c.post("/v1/chat/completions", json=chat("auto", "tell me a joke"))
+            assert r.status_code == 200
+            await asyncio.gather(*gw.pipeline._shadow_tasks)
+    assert events == ["log chat", "shadow decides", "log shadow"] * 2
+
+
 def test_mixture_bound_is_anytime_valid_on_null_streams() -> None:
     # a fair coin's running mean leaves the bound in far fewer than alpha of the streams
     rng = np.random.default_rng(0)
