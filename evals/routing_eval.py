@@ -482,7 +482,9 @@ def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | Non
 
                     r, sel = fit_auto(X[tr], T, seed=int(seed))
                     choice = {"family": sel.family, "params": sel.params,
-                              "cv_score": sel.score}
+                              "cv_score": sel.score, "folds": sel.folds,
+                              "best_mean": sel.best_mean, "seconds": sel.seconds,
+                              "candidates": sel.scores}
                 else:
                     r = get_router_class(name)(**dict(params.get(name, {})))
                     if "seed" in r.param_names():

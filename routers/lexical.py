@@ -28,7 +28,7 @@ import numpy as np
 if TYPE_CHECKING:
     from scipy.sparse import csr_matrix
 
-__all__ = ["Lexical", "char_ngrams", "word_ngrams"]
+__all__ = ["Lexical", "MemoLexical", "char_ngrams", "word_ngrams"]
 
 _WORD = re.compile(r"(?u)\b\w\w+\b")
 _SPACE = re.compile(r"\s+")
@@ -143,3 +143,27 @@ class Lexical:
             indptr.append(len(indices))
         return csr_matrix((np.asarray(data, np.float32), np.asarray(indices, np.int64),
                            np.asarray(indptr, np.int64)), shape=(len(texts), self.n_features))
+
+
+class MemoLexical(Lexical):
+    """A fitted :class:`Lexical` that computes each of ``texts``' rows once: many fits on
+    subsets of one table (``auto``'s cross-validation) share them. Other texts are
+    transformed as usual; :meth:`forget` drops the rows and keeps the vocabulary."""
+
+    def __init__(self, fitted: Lexical, texts: Sequence[str]) -> None:
+        super().__init__(min_df_words=fitted.min_df_words, min_df_chars=fitted.min_df_chars,
+                         max_words=fitted.max_words, max_chars=fitted.max_chars)
+        self.vocab, self.idf, self.n_words = fitted.vocab, fitted.idf, fitted.n_words
+        self._pos = {t: i for i, t in enumerate(texts)}
+        self._rows: csr_matrix | None = None
+        self._texts = list(texts)
+
+    def transform(self, texts: Sequence[str]) -> csr_matrix:
+        if not self._pos or any(t not in self._pos for t in texts):
+            return super().transform(texts)
+        if self._rows is None:
+            self._rows = super().transform(self._texts)
+        return self._rows[[self._pos[t] for t in texts]]
+
+    def forget(self) -> None:
+        self._pos, self._rows, self._texts = {}, None, []

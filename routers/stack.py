@@ -186,7 +186,23 @@ class StackRouter(QualityRouter):
                                               lq)[:, 0])
         return np.stack(parts, 1), (ce, be, ch, bh, cl, bl)
 
-    def fit(self, X: np.ndarray, table: RoutingTable) -> StackRouter:
+    @staticmethod
+    def new_lexical() -> Lexical:
+        """The (unfitted) TF-IDF views' featuriser; the vocabulary bounds the artifact: one
+        float per term and category."""
+        from routers.lexical import Lexical
+
+        return Lexical(max_words=10000, max_chars=20000)
+
+    def uses_lexical(self) -> bool:
+        """Whether :meth:`fit` may use TF-IDF views (they need categories or ``C_lexical``)."""
+        return bool(self.lexical)
+
+    def fit(self, X: np.ndarray, table: RoutingTable, *,
+            lexical: Lexical | None = None) -> StackRouter:
+        """Fit on ``table``; ``lexical``: the TF-IDF views' featuriser already fitted on the
+        table's prompts (:meth:`new_lexical`'s settings; ``auto`` fits one for all its folds),
+        which then also serves this router's queries."""
         X, S = self._base_checks(X, table, min_prompts=max(4, int(self.folds)))
         if int(self.folds) < 2 or int(self.k) < 1 or not float(self.temperature) > 0:
             raise RouterError("stack: need folds >= 2, k >= 1 and temperature > 0")
@@ -209,10 +225,8 @@ class StackRouter(QualityRouter):
         self.lex_centroids_ = np.zeros((0, 0), np.float32)
         self.lex_coef_, self.lex_bias_ = np.zeros((0, 0), np.float32), np.zeros(0)
         if self.lexical and (K or use_lr):
-            from routers.lexical import Lexical
-
-            # the vocabulary bounds the artifact: one float per term and category
-            lex = Lexical(max_words=10000, max_chars=20000).fit(table.prompts)
+            lex = lexical if lexical is not None else self.new_lexical().fit(table.prompts)
+            self._lex = lexical
             L = lex.transform(table.prompts)
             self.lex_terms_, self.lex_idf_, self.lex_n_words_ = lex.state()
             if K and cat_all is not None:

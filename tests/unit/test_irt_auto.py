@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from routers.artifacts import read_manifest
-from routers.auto import quality_cost_score, select
-from routers.base import RouterError, RoutingTable, make_router
+from routers.auto import CANDIDATES, grouped_folds, quality_cost_score, select
+from routers.base import RouterError, RoutingTable, make_router, normalise_text
 from routers.irt import ridge_path
 from routers.train import train_router
 from tests.unit.test_router_contract import synthetic_table
@@ -75,9 +75,10 @@ def test_auto_selects_on_training_prompts_only(tmp_path: Path) -> None:
     X, table = synthetic_table(150)
     cands = (("knn", {"k": 5}), ("irt", {"text_stats": False}))
     sel = select(X, table, candidates=cands, seed=0)
-    assert sel.folds == 3 and len(sel.scores) == 2
+    assert sel.folds == 5 and len(sel.scores) == 2
+    assert all(len(r["fold_scores"]) == 5 for r in sel.scores)
     best = max(sel.scores, key=lambda r: r["score"])
-    assert (sel.family, sel.params) == (best["family"], best["params"])
+    assert sel.best_mean["family"] == best["family"]
     res = train_router("auto", table, X, seed=0, out=tmp_path / "a", auto_candidates=cands)
     m = res.metrics
     assert m["router"] == m["auto"]["family"] and m["auto"]["candidates"]
@@ -147,3 +148,78 @@ def test_train_cli_writes_metrics_with_provenance(tmp_path: Path) -> None:
     doc = json.loads(out.read_text())
     assert doc["router"] == "irt" and doc["embed_seconds"] >= 0
     assert doc["provenance"]["data"][0]["sha256"] and doc["provenance"]["git"]["commit"]
+
+
+def _word_table(n: int, seed: int) -> tuple[np.ndarray, RoutingTable]:
+    """Two experts; the strong one wins exactly on prompts naming one of three words. The
+    embeddings are noise and every word has five letters, so only a family that reads the
+    words (``stack``'s TF-IDF view) can rank the prompts."""
+    rng = np.random.default_rng(seed)
+    words = ["alpha", "bravo", "delta", "gamma", "sigma", "omega", "kappa", "theta"]
+    w = rng.integers(0, len(words), n)
+    hard = w < 3
+    S = np.stack([np.where(hard, 1.0, rng.random(n) < 0.8), np.where(hard, 0.0,
+                                                                     rng.random(n) < 0.8)], 1)
+    X = rng.normal(size=(n, 16)).astype(np.float32)
+    prompts = [f"tell me about {words[j]} now {i}" for i, j in enumerate(w)]
+    return X, RoutingTable([f"p{i}" for i in range(n)], prompts, ["big", "small"],
+                           S.astype(float), np.tile([1.0, 0.1], (n, 1)), None)
+
+
+def _rule_choice(rows: list[dict]) -> dict:
+    """The one-standard-error rule recomputed from the recorded fold scores."""
+    ok = [r for r in rows if r["score"] is not None]
+    f = [np.asarray(r["fold_scores"]) for r in ok]
+    b = int(np.argmax([x.mean() for x in f]))
+    for r, x in zip(ok, f, strict=True):
+        d = f[b] - x
+        if x.mean() >= f[b].mean() - d.std(ddof=1) / np.sqrt(d.size) - 1e-9:
+            return r
+    raise AssertionError("no candidate")
+
+
+def test_auto_picks_the_clearly_best_family_in_every_seed() -> None:
+    for seed in range(5):
+        X, table = _word_table(300, seed)
+        sel = select(X, table, candidates=CANDIDATES, seed=seed)
+        assert sel.family == "stack", (seed, sel.to_dict())
+        # the record: every candidate's five fold scores; no category column: left out
+        cat = next(r for r in sel.scores if r["family"] == "category")
+        assert cat["score"] is None and "error" in cat
+        stack = next(r for r in sel.scores if r["family"] == "stack")
+        assert len(stack["fold_scores"]) == 5
+        assert stack["score"] > 0.1 + max(r["score"] for r in sel.scores
+                                         if r["score"] is not None and r is not stack)
+        assert _rule_choice(sel.scores)["family"] == sel.family
+        json.dumps(sel.to_dict())
+
+
+def test_auto_prefers_the_simpler_family_within_one_standard_error() -> None:
+    # no signal anywhere: every family ranks by chance, so unless a dearer one is ahead by
+    # more than the folds' noise the first candidate (the simplest) is kept
+    rng = np.random.default_rng(3)
+    n = 200
+    S = (rng.random((n, 2)) < 0.5).astype(float)
+    table = RoutingTable([f"p{i}" for i in range(n)], [f"question {i}" for i in range(n)],
+                         ["big", "small"], S, np.tile([1.0, 0.1], (n, 1)), None)
+    X = rng.normal(size=(n, 8)).astype(np.float32)
+    cands = (("knn", {"k": 20}), ("classifier", {"C": 1.0}), ("irt", {}))
+    sel = select(X, table, candidates=cands, seed=0)
+    assert (sel.family, sel.params) == (_rule_choice(sel.scores)["family"],
+                                        _rule_choice(sel.scores)["params"])
+    assert sel.family == "knn"
+
+
+def test_folds_are_grouped_by_normalised_text() -> None:
+    texts = [f"Question {i % 37}" if i % 3 else f"  question   {i % 37} " for i in range(300)]
+    texts += [f"unique {i}" for i in range(100)]
+    folds = grouped_folds(texts, 5, seed=1)
+    assert len(folds) == 5
+    held = np.concatenate([va for _, va in folds])
+    assert sorted(held.tolist()) == list(range(len(texts)))  # each prompt held out once
+    for tr, va in folds:
+        assert set(tr) | set(va) == set(range(len(texts))) and not set(tr) & set(va)
+        assert not {normalise_text(texts[i]) for i in tr} & {normalise_text(texts[i])
+                                                               for i in va}
+        assert 60 <= len(va) <= 100  # as even as the groups (~8 prompts each) allow
+    assert len(grouped_folds(["a", "A", " a"], 5)) == 1  # one distinct text: one group

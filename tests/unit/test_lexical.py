@@ -88,3 +88,24 @@ def test_guard_auto_chooses_on_pseudo_ood(tmp_path: Path) -> None:
     with pytest.raises(RouterError, match="at least 3 labels"):
         keep = [i for i, c in enumerate(table.categories or []) if c != "bill"]
         GuardRouter(method="auto", unsafe=False).fit(X[keep], table.subset(keep))
+
+
+def test_memo_rows_equal_transform_and_a_stack_fitted_with_them_equals_one_fitted_alone() -> None:
+    from routers.base import make_router
+    from routers.lexical import MemoLexical
+    from routers.stack import StackRouter
+    from tests.unit.test_router_contract import synthetic_table
+
+    X, table = synthetic_table(80)
+    texts = list(table.prompts)
+    memo = MemoLexical(StackRouter.new_lexical().fit(texts), texts)
+    plain = StackRouter.new_lexical().fit(texts)
+    some = [texts[5], texts[2], texts[5]]
+    assert (memo.transform(some) != plain.transform(some)).nnz == 0
+    assert (memo.transform(["never seen"]) != plain.transform(["never seen"])).nnz == 0
+    alone = make_router("stack").fit(X, table)
+    shared = make_router("stack").fit(X, table, lexical=memo)
+    memo.forget()  # the router keeps the vocabulary and transforms new queries as usual
+    q = ["law question 3", "a new query"]
+    np.testing.assert_allclose(shared.predict_quality(X[:2], q),
+                               alone.predict_quality(X[:2], q), rtol=1e-6, atol=1e-9)
