@@ -38,7 +38,9 @@ streams, in-process costs and the summary ratios; ``PATHS`` a comma list of path
 ``overhead-targets PATH`` (that run's targets, met or not), ``router-bench FILE`` (a
 ``bench router`` JSON: embedders at batch 1 / 32, router families, decision cache,
 micro-batching), ``soak FILE...`` (``bench soak`` JSONs) and ``faults FILE...`` (the fault
-tests' counts, written with ``EXPERTGATE_FAULTS_JSON_DIR``). A ``PATH`` may be a folder: the
+tests' counts, written with ``EXPERTGATE_FAULTS_JSON_DIR``), ``auto-choices FILE...``
+(routing runs with ``auto``: the family it chose in each seed, its test figure and time
+beside ``stack``'s). A ``PATH`` may be a folder: the
 newest ``bench overhead`` JSON in it (by its run date) is used, so a rerun that writes a new
 file there needs only ``expertgate eval report``. Every bench block names its file, commit,
 dirty flag, date, machine and command.
@@ -532,7 +534,34 @@ def render_block(spec: str) -> str:
         return _soak_rows(args)
     if kind == "faults" and args:
         return _fault_rows(args)
+    if kind == "auto-choices" and args:
+        return _auto_rows(args)
     raise ValueError(f"unknown generated block {spec!r}")
+
+
+def _auto_rows(files: Sequence[str]) -> str:
+    """Per routing run with ``auto``: its choice in each seed (the best-mean candidate where
+    the one-standard-error rule kept a simpler one), its test APGR (two experts) or AIQ and
+    fit time per seed beside ``stack``'s."""
+    lines = ["| file | auto's choice per seed | test figure: auto | stack | "
+             "s per seed: auto | stack |", "|---|---|---|---|---|---|"]
+    for a in files:
+        r = _load(a)
+        key = "apgr" if len(r["table"]["models"]) == 2 else "aiq"
+        auto, stack = r["routers"].get("auto") or {}, r["routers"].get("stack") or {}
+        picks = []
+        for c in auto.get("auto_choices") or []:
+            best = (c or {}).get("best_mean") or {}
+            pick = f"{c['family']}" if c else "-"
+            if best and best.get("family") != (c or {}).get("family"):
+                pick += f" (best mean {best['family']})"
+            picks.append(pick)
+        lines.append(f"| `{a}` | {', '.join(picks) or '-'} | "
+                     f"{key.upper()} {_num(auto.get(key), auto.get(f'{key}_std'))} | "
+                     f"{_num(stack.get(key), stack.get(f'{key}_std'))} | "
+                     f"{_num(auto.get('seconds_per_seed'), digits=1)} | "
+                     f"{_num(stack.get('seconds_per_seed'), digits=1)} |")
+    return "\n".join(lines)
 
 
 def _overhead_rows(files: Sequence[str]) -> str:

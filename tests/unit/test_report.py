@@ -218,3 +218,22 @@ def test_readme_and_docs_pages_have_no_hand_typed_measurements() -> None:
          "APGR of 0.71"]
     assert _hand_typed("docs/guard.md", "reaches 80 %, the 99.5 % quantile, " + " ".join(
         _NOT_MEASURED["docs/guard.md"])) == []
+
+
+def test_auto_choices_block_names_each_seeds_family(tmp_path: Path, monkeypatch) -> None:
+    rng = np.random.default_rng(0)
+    n = 120
+    scores = (rng.uniform(size=(n, 2)) < [0.8, 0.4]).astype(float)
+    table = RoutingTable([str(i) for i in range(n)], [f"q{i}" for i in range(n)],
+                         ["strong", "weak"], scores, np.tile([10.0, 1.0], (n, 1)), None)
+    X = rng.normal(size=(n, 8)).astype(np.float32)
+    res = RE.evaluate(table, X, routers=["knn", "auto"], seeds=[0], progress=False)
+    choices = res["routers"]["auto"]["auto_choices"]
+    assert len(choices) == 1 and all(len(c["candidates"]) >= 5 for c in choices)
+    assert all(len(r["fold_scores"]) == c["folds"] == 5 for c in choices
+               for r in c["candidates"] if r["score"] is not None)
+    (tmp_path / "run.json").write_text(json.dumps(res))
+    monkeypatch.chdir(tmp_path)
+    row = R.render_block("auto-choices run.json").splitlines()[2]
+    assert row.startswith("| `run.json` | " + ", ".join(c["family"] for c in choices))
+    assert "APGR" in row and row.count("|") == 7 and "| - |" in row  # no stack row in the run
