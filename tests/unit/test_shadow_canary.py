@@ -66,23 +66,49 @@ async def test_shadow_starts_only_after_the_response_is_recorded(ups, tmp_path: 
     events: list[str] = []
     async with gateway_client(cfg, tmp_path) as (c, gw):
         assert gw.routing_log is not None
-        log_record, shadow = gw.routing_log.record, gw.pipeline._shadow
+        log_record, shadow = gw.routing_log.record, gw.pipeline._shadow_batch
 
         def record(rec):  # type: ignore[no-untyped-def]
             events.append(f"log {rec['endpoint']}")
             return log_record(rec)
 
-        async def shadow_first(*a):  # type: ignore[no-untyped-def]
-            events.append("shadow decides")
-            await shadow(*a)
+        async def shadow_first(items):  # type: ignore[no-untyped-def]
+            events.append(f"shadow decides {len(items)}")
+            await shadow(items)
 
         gw.routing_log.record = record  # type: ignore[method-assign]
-        gw.pipeline._shadow = shadow_first  # type: ignore[method-assign]
+        gw.pipeline._shadow_batch = shadow_first  # type: ignore[method-assign]
         for _ in range(2):
             r = await c.post("/v1/chat/completions", json=chat("auto", "tell me a joke"))
             assert r.status_code == 200
             await asyncio.gather(*gw.pipeline._shadow_tasks)
-    assert events == ["log chat", "shadow decides", "log shadow"] * 2
+    assert events == ["log chat", "shadow decides 1", "log shadow"] * 2
+
+
+async def test_concurrent_shadow_requests_are_decided_as_one_batch(ups, tmp_path: Path
+                                                                    ) -> None:
+    coder, chatter = ups
+    art = _always_coder(tmp_path / "cand")
+    cfg = base_config(coder.base, chatter.base,
+                      candidate={"router": "knn", "artifact": str(art), "mode": "shadow"})
+    sizes: list[int] = []
+    async with gateway_client(cfg, tmp_path) as (c, gw):
+        batch = gw.pipeline._shadow_batch
+
+        async def count(items):  # type: ignore[no-untyped-def]
+            sizes.append(len(items))
+            await batch(items)
+
+        gw.pipeline._shadow_batch = count  # type: ignore[method-assign]
+        gw.pipeline.shadow_linger_s = 0.5
+        prompts = [f"tell me joke number {i}" for i in range(8)]
+        rs = await asyncio.gather(*(c.post("/v1/chat/completions", json=chat("auto", p))
+                                    for p in prompts))
+        assert all(r.status_code == 200 for r in rs)
+        await asyncio.gather(*gw.pipeline._shadow_tasks)
+    assert sizes == [8]
+    shadow = [r for r in _records(tmp_path) if r["endpoint"] == "shadow"]
+    assert len(shadow) == 8 and all(r["expert"] == "coder" for r in shadow)
 
 
 def test_mixture_bound_is_anytime_valid_on_null_streams() -> None:
