@@ -28,6 +28,7 @@ import numpy as np
 
 __all__ = [
     "EMBEDDER_KINDS",
+    "MODEL_FILES",
     "Embedder",
     "EmbedderError",
     "HashingEmbedder",
@@ -36,6 +37,7 @@ __all__ = [
     "announce_embedding",
     "embed_cached",
     "embedding_cache_path",
+    "hash_model_files",
     "make_embedder",
 ]
 
@@ -169,6 +171,26 @@ class HashingEmbedder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         return _normalise(np.stack([self._vec(t) for t in texts]))
+
+
+#: the files that identify a sentence-transformers model's weights and vocabulary
+MODEL_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json")
+
+
+def hash_model_files(h: Any, model_dir: Path, names: tuple[str, ...] = MODEL_FILES) -> None:
+    """Feed ``names`` (those present) of ``model_dir`` into the hash ``h``; a folder with none
+    of them is an :class:`EmbedderError` (a wrong path must not hash to a valid name)."""
+    found = False
+    for name in names:
+        p = model_dir / name
+        if p.is_file():
+            found = True
+            h.update(name.encode())
+            with p.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+    if not found:
+        raise EmbedderError(f"{model_dir} holds no model files ({', '.join(names)})")
 
 
 def model_name(model_dir: str | Path | None, default_dir: str | Path | None = None,

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from routers.embed import EmbedderError, model_name
+from routers.embed import MODEL_FILES, EmbedderError, hash_model_files, model_name
 
 __all__ = ["OnnxMiniLMEmbedder", "export_onnx", "onnx_cache_dir"]
 
@@ -42,7 +42,7 @@ _OPSET = 17
 # Texts are run in chunks of this many, sorted by length, so one long text does not make a
 # whole large batch pad to its length.
 _CHUNK = 32
-_HASHED_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json")
+_HASHED_FILES = MODEL_FILES
 
 
 def onnx_cache_dir() -> Path:
@@ -75,17 +75,7 @@ def _torch_version() -> str:
 
 def _model_hash(model_dir: Path) -> str:
     h = hashlib.sha256(f"{_EXPORT_RECIPE}|torch={_torch_version()}".encode())
-    found = False
-    for name in _HASHED_FILES:
-        p = model_dir / name
-        if p.is_file():
-            found = True
-            h.update(name.encode())
-            with p.open("rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-    if not found:
-        raise EmbedderError(f"{model_dir} holds no model files ({', '.join(_HASHED_FILES)})")
+    hash_model_files(h, model_dir, _HASHED_FILES)
     return h.hexdigest()[:24]
 
 

@@ -35,13 +35,13 @@ from typing import Any
 
 import numpy as np
 
-from routers.embed import EmbedderError
+from routers.embed import MODEL_FILES, EmbedderError, hash_model_files
 
 __all__ = ["DistilledEmbedder", "default_static_dir", "distill", "ensure_distilled"]
 
 #: bump when the distillation recipe changes, so older cached builds are not reused
 RECIPE = "s1-meanpool-pca-sif"
-_SOURCE_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json")
+_SOURCE_FILES = MODEL_FILES
 #: tokens beyond this many in one text are ignored (bounds the cost of a huge prompt; the
 #: mean of the first 8k tokens is already a stable summary of a text)
 MAX_TOKENS = 8192
@@ -78,17 +78,7 @@ def _source_name(mdir: Path) -> str:
 
 def _source_hash(mdir: Path) -> str:
     h = hashlib.sha256()
-    found = False
-    for name in _SOURCE_FILES:
-        p = mdir / name
-        if p.is_file():
-            found = True
-            h.update(name.encode())
-            with p.open("rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-    if not found:
-        raise EmbedderError(f"{mdir} holds no model files ({', '.join(_SOURCE_FILES)})")
+    hash_model_files(h, mdir, _SOURCE_FILES)
     return h.hexdigest()[:16]
 
 
