@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import yaml
 
@@ -169,14 +170,21 @@ def gateway_available() -> str | None:
 
 EXPLORE_POLICY = "auto-explore"
 SHADOW_POLICY = "auto-shadow"
-_ROUTES = [
-    {"name": "code", "expert": "stub",
-     "examples": ["fix this python function", "why does my rust code not compile",
-                  "write a sql query that joins two tables"]},
-    {"name": "general", "expert": "stub-b",
-     "examples": ["explain the french revolution", "tips for marathon training",
-                  "what is photosynthesis"]},
-]
+
+
+def _routes(general_expert: str) -> list[dict[str, Any]]:
+    """The bench's two semantic routes: code to ``stub``, the rest to ``general_expert``."""
+    return [
+        {"name": "code", "expert": "stub",
+         "examples": ["fix this python function", "why does my rust code not compile",
+                      "write a sql query that joins two tables"]},
+        {"name": "general", "expert": general_expert,
+         "examples": ["explain the french revolution", "tips for marathon training",
+                      "what is photosynthesis"]},
+    ]
+
+
+_ROUTES = _routes("stub-b")
 
 
 def shadow_artifact(workdir: Path, embedder: str) -> Path:
@@ -228,14 +236,7 @@ def expertgate_config(stub: UpstreamStub, *, embedder: str = "onnx",
             "router": "semantic",
             "params": {"threshold": -1.0},
             "on_reject": {"action": "fallback", "expert": "stub"},
-            "routes": [
-                {"name": "code", "expert": "stub",
-                 "examples": ["fix this python function", "why does my rust code not compile",
-                              "write a sql query that joins two tables"]},
-                {"name": "general", "expert": "stub",
-                 "examples": ["explain the french revolution", "tips for marathon training",
-                              "what is photosynthesis"]},
-            ],
+            "routes": _routes("stub"),
             "cache_ttl_s": 3600,
         }],
         "embedder": {"kind": embedder,
