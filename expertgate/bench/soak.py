@@ -7,11 +7,15 @@ load (``--concurrency`` clients, routed and explicit requests, streaming and not
 errors) for the given minutes. Every ``--sample-s`` seconds it reads the gateway's RSS
 (``VmRSS`` in ``/proc/PID/status``) and its open file descriptors (``/proc/PID/fd``).
 
-After the warm-up (the first ``--warmup-frac`` of the run, where caches, pools and allocator
-arenas fill), the verdict compares the median of the last three samples with the median of the
-first three: RSS growth must stay under ``--max-rss-growth`` (10%) and the fd count must not
-grow. It prints the figures and writes them as JSON (``--out``) with the commit, dirty flag,
-package versions and command of the run.
+Each sample also sorts the fds by kind (:func:`proc_fd_kinds`): client connections, the
+upstream and Redis pools' connections, everything else. After the warm-up (the first
+``--warmup-frac`` of the run, where caches, pools and allocator arenas fill), the verdict
+compares the median of the last three samples with the median of the first three: RSS growth
+must stay under ``--max-rss-growth`` (10%), the fds that are not pooled connections must not
+grow, and no pool may ever hold more connections than the load has clients (a pool opening
+one more connection when requests coincide is not a leak; a pool that outgrows the load is).
+It prints the figures and writes them as JSON (``--out``) with the commit, dirty flag, package
+versions and command of the run.
 
 The processes come from :mod:`expertgate.procs` and the upstream is the tests' double
 (:mod:`expertgate.bench.upstream_double`); each is stopped by the PID this run started.
@@ -36,6 +40,7 @@ import orjson
 __all__ = [
     "cli_register_soak",
     "main",
+    "proc_fd_kinds",
     "proc_fds",
     "proc_rss_kib",
     "run_soak",
@@ -54,6 +59,42 @@ def proc_rss_kib(pid: int) -> int:
 def proc_fds(pid: int) -> int:
     """Open file descriptors of ``pid`` (from /proc)."""
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _tcp_ports(pid: int) -> dict[str, tuple[int, int]]:
+    """Socket inode -> (local port, remote port) for the TCP sockets in ``pid``'s namespace."""
+    out: dict[str, tuple[int, int]] = {}
+    for name in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/net/{name}").read_text().splitlines()[1:]:
+                f = line.split()
+                out[f[9]] = (int(f[1].rsplit(":", 1)[1], 16), int(f[2].rsplit(":", 1)[1], 16))
+    return out
+
+
+def proc_fd_kinds(pid: int, *, own_port: int, pools: dict[str, int]) -> dict[str, int]:
+    """``pid``'s open fds by kind: ``clients`` (TCP connections to ``own_port``), one count per
+    pool in ``pools`` (name -> the remote port its connections go to: upstream, Redis),
+    ``listen`` (sockets listening on ``own_port``), ``other`` (everything else: files, pipes,
+    epoll, other sockets). Pools and client connections are bounded by the load's concurrency;
+    ``other`` must not grow at all."""
+    ports = _tcp_ports(pid)
+    by_remote = {port: name for name, port in pools.items()}
+    kinds = dict.fromkeys(["clients", *pools, "listen", "other"], 0)
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:  # closed between listdir and readlink
+            continue
+        local, remote = ports.get(target[8:-1], (0, -1)) if target.startswith("socket:") \
+            else (0, -1)
+        if local == own_port:
+            kinds["listen" if remote == 0 else "clients"] += 1
+        elif remote in by_remote:
+            kinds[by_remote[remote]] += 1
+        else:
+            kinds["other"] += 1
+    return kinds
 
 
 # --------------------------------------------------------------------------- upstream
@@ -143,17 +184,20 @@ async def run_soak(minutes: float = 3.0, *, concurrency: int = 8, sample_s: floa
         assert gw.pid is not None
         pid = gw.pid
         end = t_start + duration
+        pools = {"upstream": up.port, **({"redis": redis.port} if redis else {})}
+
+        def sample() -> dict[str, Any]:
+            return {"t_s": round(time.monotonic() - t_start, 1), "rss_kib": proc_rss_kib(pid),
+                    "fds": proc_fds(pid), "requests": sum(counts.values()),
+                    "fd_kinds": proc_fd_kinds(pid, own_port=gw.port, pools=pools)}
+
         load = asyncio.ensure_future(_load(gw.url, concurrency, end, counts))
         while not load.done():
-            t = time.monotonic() - t_start
-            samples.append({"t_s": round(t, 1), "rss_kib": proc_rss_kib(pid),
-                            "fds": proc_fds(pid), "requests": sum(counts.values())})
+            samples.append(sample())
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(load), sample_s)
         await load
-        samples.append({"t_s": round(time.monotonic() - t_start, 1),
-                        "rss_kib": proc_rss_kib(pid), "fds": proc_fds(pid),
-                        "requests": sum(counts.values())})
+        samples.append(sample())
     finally:
         gw.stop()
         if redis is not None:
@@ -167,6 +211,13 @@ async def run_soak(minutes: float = 3.0, *, concurrency: int = 8, sample_s: floa
     rss1 = statistics.median(s["rss_kib"] for s in after[-3:])
     fd0 = statistics.median(s["fds"] for s in after[:3])
     fd1 = statistics.median(s["fds"] for s in after[-3:])
+    # a pool that opens one more connection when requests happen to coincide is not a leak; a
+    # leak is an fd that is not a pooled connection, or a pool outgrowing the load's concurrency
+    other0 = statistics.median(s["fd_kinds"]["other"] for s in after[:3])
+    other1 = statistics.median(s["fd_kinds"]["other"] for s in after[-3:])
+    pool_names = ["clients", "upstream", *(["redis"] if with_redis else [])]
+    pool_max = {k: max(s["fd_kinds"][k] for s in samples) for k in pool_names}
+    pools_bounded = all(v <= concurrency for v in pool_max.values())
     growth = (rss1 - rss0) / rss0
     total = sum(counts.values())
     expected_errors = counts.get("http_404", 0)
@@ -175,7 +226,9 @@ async def run_soak(minutes: float = 3.0, *, concurrency: int = 8, sample_s: floa
         "requests": total, "req_per_s": round(total / duration, 1), "counts": counts,
         "rss_kib_after_warmup": rss0, "rss_kib_end": rss1,
         "rss_growth": round(growth, 4), "fds_after_warmup": fd0, "fds_end": fd1,
-        "ok": bool(growth < max_rss_growth and fd1 <= fd0 and
+        "other_fds_after_warmup": other0, "other_fds_end": other1,
+        "pooled_connections_max": pool_max, "pools_bounded": pools_bounded,
+        "ok": bool(growth < max_rss_growth and other1 <= other0 and pools_bounded and
                    counts.get("ok", 0) + expected_errors == total),
         "max_rss_growth": max_rss_growth, "samples": samples,
         "machine": f"{os.cpu_count()} CPU(s), {sys.platform}",
@@ -202,7 +255,11 @@ def main(args: argparse.Namespace) -> int:
     print(f"RSS after warm-up {res['rss_kib_after_warmup'] / 1024:.1f} MiB -> end "
           f"{res['rss_kib_end'] / 1024:.1f} MiB: growth {res['rss_growth'] * 100:+.2f}% "
           f"(limit {res['max_rss_growth'] * 100:.0f}%)")
-    print(f"open fds after warm-up {res['fds_after_warmup']:g} -> end {res['fds_end']:g}")
+    print(f"open fds after warm-up {res['fds_after_warmup']:g} -> end {res['fds_end']:g}; "
+          f"not pooled connections {res['other_fds_after_warmup']:g} -> "
+          f"{res['other_fds_end']:g} (must not grow); most pooled connections "
+          f"{res['pooled_connections_max']} (at most the concurrency, "
+          f"{res['concurrency']}, each)")
     print("PASS" if res["ok"] else "FAIL")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
