@@ -709,15 +709,23 @@ def _router_bench(path: str, run: Mapping[str, Any]) -> str:
 
 def _soak_rows(files: Sequence[str]) -> str:
     lines = ["| file | minutes | Redis | requests (req/s) | outcomes | RSS after warm-up -> "
-             "end MiB | fds | verdict |", "|---|---:|---|---|---|---|---|---|"]
+             "end MiB | fds | not pooled fds | most pooled connections (bound) | verdict |",
+             "|---|---:|---|---|---|---|---|---|---|---|"]
     for a in files:
         r = _load(a)
         rss0, rss1 = r["rss_kib_after_warmup"] / 1024, r["rss_kib_end"] / 1024
         outcomes = ", ".join(f"{k} {v}" for k, v in sorted(r.get("counts", {}).items()))
+        # runs before the fd breakdown have no pooled/other split
+        other = (f"{r['other_fds_after_warmup']:g} -> {r['other_fds_end']:g}"
+                 if "other_fds_end" in r else "-")
+        bound = r.get("pooled_connections_bound", {})
+        pooled = ", ".join(f"{k} {v} ({bound.get(k, '-')})"
+                           for k, v in r.get("pooled_connections_max", {}).items()) or "-"
         lines.append(f"| `{a}` | {r['minutes']:g} | {'yes' if r.get('with_redis') else 'no'} | "
                      f"{r['requests']:,} ({r['req_per_s']}) | {outcomes} | {rss0:.1f} -> "
                      f"{rss1:.1f} ({100 * r['rss_growth']:+.2f}%) | {r['fds_after_warmup']:g} "
-                     f"-> {r['fds_end']:g} | {'PASS' if r.get('ok') else 'FAIL'} |")
+                     f"-> {r['fds_end']:g} | {other} | {pooled} | "
+                     f"{'PASS' if r.get('ok') else 'FAIL'} |")
     lines += ["", *(_source(a, _load(a)) for a in files)]
     return "\n".join(lines)
 

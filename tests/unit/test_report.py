@@ -121,6 +121,9 @@ def test_soak_and_fault_blocks(tmp_path: Path) -> None:
             "counts": {"ok": 11900, "http_404": 100}, "rss_kib_after_warmup": 1024 * 80,
             "rss_kib_end": 1024 * 82, "rss_growth": 0.025, "fds_after_warmup": 31,
             "fds_end": 31, "ok": True, "git": {"commit": "0123456789ab", "dirty": False},
+            "other_fds_after_warmup": 13, "other_fds_end": 13,
+            "pooled_connections_max": {"clients": 8, "redis": 9},
+            "pooled_connections_bound": {"clients": 8, "redis": 18},
             "machine": "2 CPU(s), linux", "created": "2026-12-01T17:00:00Z",
             "command": "expertgate bench soak --minutes 1 --redis"}
     faults = {"sent": 200, "concurrency": 8, "answered": 150, "failed_cleanly": 50,
@@ -131,7 +134,10 @@ def test_soak_and_fault_blocks(tmp_path: Path) -> None:
     (tmp_path / "faults.json").write_text(json.dumps(faults))
     s = R.render_block(f"soak {tmp_path}/soak.json")
     assert "| 1 | yes | 12,000 (200.0) | http_404 100, ok 11900 | 80.0 -> 82.0 (+2.50%) | " \
-           "31 -> 31 | PASS |" in s
+           "31 -> 31 | 13 -> 13 | clients 8 (8), redis 9 (18) | PASS |" in s
+    old = {k: v for k, v in soak.items() if "pooled" not in k and "other" not in k}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert "| 31 -> 31 | - | - | PASS |" in R.render_block(f"soak {tmp_path}/old.json")
     assert "commit 0123456789;" in s and "expertgate bench soak --minutes 1 --redis" in s
     f = R.render_block(f"faults {tmp_path}/faults.json")
     assert "| cut, refuse | 200 (8) | 150 | 50 (40 `circuit_open`, 10 `stream_interrupted`) " \
