@@ -42,12 +42,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import orjson
 
 from gateway.config import ExpertConfig, GatewayConfig
 from gateway.errors import UpstreamTimeout, UpstreamUnavailable
 from gateway.metrics import Metrics
+from gateway.upstream_http import UpstreamHTTP
 from gateway.upstreams import UpstreamFailure, UpstreamReply, call_litellm, call_openai, scrub
 
 __all__ = ["Attempt", "CircuitBreaker", "DispatchResult", "Dispatcher", "Replica",
@@ -183,9 +183,6 @@ class ExpertPool:
         #: replica base -> the call's headers, built once (a key named by ``api_key_env`` is
         #: read at each call instead: the environment may change)
         self._headers: dict[str, dict[str, str]] = {}
-        self.client_timeout = aiohttp.ClientTimeout(total=None,
-                                                    connect=expert.connect_timeout_s,
-                                                    sock_connect=expert.connect_timeout_s)
 
     def headers(self, base: str) -> dict[str, str]:
         h = self._headers.get(base)
@@ -229,7 +226,7 @@ class Dispatcher:
         self.config = config
         self.metrics = metrics
         self.retry = retry or RetryPolicy()
-        self.session: aiohttp.ClientSession | None = None
+        self.http: UpstreamHTTP | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.pools: dict[str, ExpertPool] = {}
         #: (expert, replica) -> the circuit gauge's last value: set only when it changes
@@ -251,16 +248,12 @@ class Dispatcher:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
-        conn = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300,
-                                    keepalive_timeout=30, enable_cleanup_closed=True)
-        self.session = aiohttp.ClientSession(connector=conn, auto_decompress=False,
-                                             json_serialize=lambda o: orjson.dumps(o).decode(),
-                                             skip_auto_headers=("User-Agent",))
+        self.http = UpstreamHTTP(self.loop, keepalive_s=30.0)
 
     async def close(self) -> None:
-        if self.session is not None:
-            await self.session.close()
-            self.session = None
+        if self.http is not None:
+            await self.http.close()
+            self.http = None
 
     def balances(self, chain: Sequence[str]) -> bool:
         """Whether an expert of ``chain`` has replicas to choose between (by affinity)."""
@@ -279,7 +272,7 @@ class Dispatcher:
         ``body_for(expert)`` returns the request bytes for that expert (model name rewritten).
         Raises UpstreamError subclasses when every target failed, or passes a 4xx through.
         """
-        assert self.session is not None, "dispatcher not started"
+        assert self.http is not None, "dispatcher not started"
         attempts: list[Attempt] = []
         last: UpstreamFailure | None = None
         retry = self.retry
@@ -326,11 +319,10 @@ class Dispatcher:
                     async with pool.sem:
                         if expert.kind == "openai":
                             assert body is not None
-                            reply = await call_openai(self.session, expert, rep.base, path,
+                            reply = await call_openai(self.http, expert, rep.base, path,
                                                       body, stream=stream,
                                                       timeout_s=min(expert.timeout_s, remaining),
                                                       headers=pool.headers(rep.base),
-                                                      client_timeout=pool.client_timeout,
                                                       loop=self.loop)
                         else:
                             reply = await call_litellm(expert, rep.base, payload, stream=stream,
@@ -403,12 +395,12 @@ class Dispatcher:
 
     async def _probe(self, expert: ExpertConfig, rep: Replica, path: str, deadline: float
                      ) -> bool:
-        assert self.session is not None
+        assert self.http is not None
         body = orjson.dumps({"model": expert.upstream_model,
                              **_PROBE_BODIES.get(path, _PROBE_BODIES["/chat/completions"])})
         timeout = max(min(expert.timeout_s, 10.0, deadline - time.monotonic()), 0.1)
         try:
-            await call_openai(self.session, expert, rep.base, path, body, stream=False,
+            await call_openai(self.http, expert, rep.base, path, body, stream=False,
                               timeout_s=timeout)
         except UpstreamFailure as f:
             log.warning("upstream %s at %s: the health probe after a 500 failed too (%s): "

@@ -1,9 +1,10 @@
 """Calling one upstream replica: OpenAI-compatible pass-through or LiteLLM.
 
 OpenAI-compatible servers (vLLM, llama.cpp, TGI, ...) are called through the process's one
-pooled ``aiohttp.ClientSession``; response bytes are passed through untouched (measured here
-about 10x cheaper than httpx under concurrency). Other providers go through LiteLLM, imported
-lazily on first use (its import costs ~2.5 s and ~165 MB).
+:class:`~gateway.upstream_http.UpstreamHTTP` (pooled keep-alive HTTP/1.1 connections, a
+protocol and an httptools parser each); response bytes are passed through untouched. Other
+providers go through LiteLLM, imported lazily on first use (its import costs ~2.5 s and
+~165 MB).
 
 Both produce an :class:`UpstreamReply`: the status, the content type, the first chunk of the
 body (already received: failures before the first byte can still fall back) and an async
@@ -28,10 +29,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import orjson
 
 from gateway.config import ExpertConfig
+from gateway.upstream_http import (
+    ConnectFailed,
+    HTTPClientError,
+    InvalidResponse,
+    Response,
+    UpstreamHTTP,
+)
 
 __all__ = [
     "SSECheck",
@@ -153,12 +160,12 @@ class UpstreamReply:
             self._release = None
 
 
-async def _iter_rest(resp: aiohttp.ClientResponse, read_timeout: float,
+async def _iter_rest(resp: Response, read_timeout: float,
                      loop: asyncio.AbstractEventLoop) -> AsyncIterator[bytes]:
     try:
         while True:
             async with _Deadline(loop, read_timeout):
-                chunk = await resp.content.readany()
+                chunk = await resp.read_any()
             if not chunk:
                 return
             yield chunk
@@ -198,41 +205,26 @@ class _Deadline:
             raise TimeoutError from e
 
 
-async def call_openai(session: aiohttp.ClientSession, expert: ExpertConfig, base: str,
-                      path: str, body: bytes, *, stream: bool, timeout_s: float,
+async def call_openai(client: UpstreamHTTP, expert: ExpertConfig, base: str, path: str,
+                      body: bytes, *, stream: bool, timeout_s: float,
                       headers: dict[str, str] | None = None,
-                      client_timeout: aiohttp.ClientTimeout | None = None,
                       loop: asyncio.AbstractEventLoop | None = None) -> UpstreamReply:
-    """POST ``body`` to ``base + path``; returns once the first byte arrived. ``headers``,
-    ``client_timeout`` and ``loop``: the expert's and the running loop, when the caller keeps
-    them."""
-    url = base + path
-    to = client_timeout or aiohttp.ClientTimeout(total=None, connect=expert.connect_timeout_s,
-                                                 sock_connect=expert.connect_timeout_s)
+    """POST ``body`` to ``base + path``; returns once the first byte arrived. ``headers``
+    and ``loop``: the expert's and the running loop, when the caller keeps them."""
     if headers is None:
         headers = expert.upstream_headers(base)
     # one deadline up to the first byte (or the whole body when not streaming); a timeout
     # context is cheaper than wait_for, which creates a task per await on Python 3.11
     loop = loop or asyncio.get_running_loop()
-    resp: aiohttp.ClientResponse | None = None
+    resp: Response | None = None
     try:
         async with _Deadline(loop, timeout_s):
-            for fresh in (False, True):
-                try:
-                    resp = await session.post(url, data=body, headers=headers, timeout=to)
-                    break
-                except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
-                    # a pooled connection the upstream closed after its last answer (llama.cpp
-                    # does after some 500s) fails before the request reached it: send it
-                    # once more, on another connection
-                    if fresh or isinstance(e, aiohttp.ClientConnectorError):
-                        raise
-            assert resp is not None
+            resp = await client.request(b"POST", base, path, body, headers,
+                                        connect_timeout_s=expert.connect_timeout_s)
             status = resp.status
-            ctype = resp.headers.get("content-type", "application/json")
+            ctype = resp.content_type
             if status >= 400 or not stream:
                 data = await resp.read()
-                resp.release()
                 if status >= 500 or status == 429:
                     raise UpstreamFailure("status", f"{base} answered {status}", status=status,
                                           body=data)
@@ -247,9 +239,8 @@ async def call_openai(session: aiohttp.ClientSession, expert: ExpertConfig, base
                                           f"not a JSON object: {data[:80]!r}",
                                           public="answered 200 with invalid JSON")
                 return UpstreamReply(status, ctype, data, data=obj)
-            first = await resp.content.readany()
+            first = await resp.read_any()
             if not first:
-                resp.release()
                 raise UpstreamFailure("protocol", f"{base} closed the stream before any data",
                                       public="closed the stream before any data")
             sse = SSECheck()
@@ -267,16 +258,26 @@ async def call_openai(session: aiohttp.ClientSession, expert: ExpertConfig, base
                                   public=public) from None
         raise UpstreamFailure("timeout", f"no response from {base} within {timeout_s:g}s",
                               public=public) from None
-    except aiohttp.ClientConnectorError as e:
-        raise UpstreamFailure("connect", f"cannot connect to {base}: {e.os_error or e}",
+    except ConnectFailed as e:
+        if e.timed_out:
+            raise UpstreamFailure("timeout", f"cannot connect to {base}: {e}",
+                                  public=f"connection timed out "
+                                         f"({expert.connect_timeout_s:g}s)") from None
+        raise UpstreamFailure("connect", f"cannot connect to {base}: {e}",
                               public="connection failed") from None
-    except aiohttp.ClientError as e:
+    except HTTPClientError as e:
+        name = type(e).__name__
         if resp is not None:
             resp.release()
-            raise UpstreamFailure("protocol", f"{base}: {type(e).__name__}: {e}",
-                                  public=f"broke the connection ({type(e).__name__})") from None
-        raise UpstreamFailure("connect", f"{base}: {type(e).__name__}: {e}",
-                              public=f"connection failed ({type(e).__name__})") from None
+            raise UpstreamFailure("protocol", f"{base}: {name}: {e}",
+                                  public=f"broke the connection ({name})") from None
+        if isinstance(e, InvalidResponse):
+            raise UpstreamFailure("protocol", f"{base}: {e}",
+                                  public="answered with invalid HTTP") from None
+        raise UpstreamFailure("connect", f"{base}: {name}: {e}",
+                              public=f"connection failed ({name})") from None
+    except ValueError as e:  # an api base that is not an http(s) URL, a bad header value
+        raise UpstreamFailure("connect", f"{base}: {e}", public="is misconfigured") from None
     return UpstreamReply(status, ctype, first, _iter_rest(resp, timeout_s, loop), stream=True,
                          _release=resp.release, sse=sse)
 

@@ -15,13 +15,13 @@ import asyncio
 import time
 from typing import Any
 
-import aiohttp
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.errors import GatewayError
+from gateway.upstream_http import HTTPClientError, UpstreamHTTP
 
 router = APIRouter(tags=["ops"])
 
@@ -33,12 +33,18 @@ async def healthz(request: Request) -> dict[str, Any]:
     return {"status": "ok"}
 
 
-async def _probe(session: aiohttp.ClientSession, base: str) -> bool:
+async def _probe(http: UpstreamHTTP, base: str) -> bool:
+    r = None
     try:
-        async with session.get(base + "/models", timeout=aiohttp.ClientTimeout(total=1.0)) as r:
+        async with asyncio.timeout(1.0):
+            r = await http.request(b"GET", base, "/models", b"", {}, connect_timeout_s=1.0)
+            await r.read()
             return r.status < 500
-    except (aiohttp.ClientError, TimeoutError):
+    except (HTTPClientError, TimeoutError, ValueError):
         return False
+    finally:
+        if r is not None:
+            r.release()
 
 
 @router.get("/readyz")
@@ -57,10 +63,10 @@ async def readyz(request: Request) -> Response:
             checks["redis"] = f"unavailable ({type(e).__name__}): serving without cache"
     ups: dict[str, str] = {}
     experts: dict[str, dict[str, Any]] = {}
-    if gw.settings.ready_check_upstreams and gw.dispatcher.session is not None:
+    if gw.settings.ready_check_upstreams and gw.dispatcher.http is not None:
         pools = [(n, p) for n, p in gw.dispatcher.pools.items()
                  if p.expert.kind == "openai" and p.expert.parent is None]
-        res = await asyncio.gather(*(_probe(gw.dispatcher.session, r.base)
+        res = await asyncio.gather(*(_probe(gw.dispatcher.http, r.base)
                                      for _, p in pools for r in p.replicas))
         i = 0
         for n, p in pools:
