@@ -306,6 +306,7 @@ GUARD_VARIANTS: dict[str, Callable[[float, int], _Method]] = {
     "guard-auto": _guard(method="auto"),
     "guard-lexical-knn": _guard(method="knn", lexical=True),
     "guard-lexical-mlp-knn": _guard(method="knn", head="mlp", lexical=True),
+    "guard-fused": _guard(method="fused"),
     "guard-hybrid-knn": lambda frr, seed: _Hybrid(frr, seed, method="knn"),
     "guard-hybrid-msp": lambda frr, seed: _Hybrid(frr, seed, method="msp"),
     "guard-hybrid-mlp-knn": lambda frr, seed: _Hybrid(frr, seed, method="knn", head="mlp"),

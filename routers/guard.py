@@ -17,7 +17,14 @@ The guard answers three questions for every query, from its embedding (and its t
    * ``msp``: 1 - the classifier's largest probability (Hendrycks & Gimpel 2017);
    * ``energy``: ``-T logsumexp(logits / T)`` (Liu et al. 2020);
    * ``knn+msp``: the mean of the knn and msp scores, each standardised on the training
-     data (no OOD data is used for this either).
+     data (no OOD data is used for this either);
+   * ``fused`` (needs the texts): one linear SVM over the embedding and the word + character
+     n-gram TF-IDF of the text concatenated (:mod:`routers.lexical`; each of the three blocks
+     L2-normalised, so none dominates by scale) gives the label, and the OOD score is the
+     mean of its negative top margin and the knn score, each standardised on the in-domain
+     validation queries. One model sees both views, so the words decide where the embedding
+     blurs two labels and the embedding where a paraphrase shares no word with training;
+     separate scorers (``lexical=True``) only average their OOD scores.
 
    With ``head="mlp"`` the distance methods run in the head's hidden space (L2-normalised),
    which is trained to separate the in-domain labels.
@@ -65,6 +72,7 @@ from routers.base import Decision, GuardVerdict, Router, RouterError, RoutingTab
 __all__ = ["METHODS", "UNSAFE_PATTERNS", "UNSAFE_SEEDS", "GuardRouter", "calibrate_threshold",
            "stratified_split"]
 
+#: methods that score from the embedding alone; "fused" (embedding + text) and "auto" besides
 METHODS = ("centroid", "knn", "mahalanobis", "msp", "energy", "knn+msp")
 
 #: Short descriptions and generic examples of content a routed assistant should refuse. Written
@@ -192,7 +200,8 @@ class GuardRouter(Router):
     trades_cost = False  # classifies in-domain labels and rejects the rest
     train_input = ("a guard table text,label,split (--format guard); labels are the "
                    "in-domain routes, oos/ood rows only in the test split")
-    #: 2: the lexical (dense + sparse) state joined the artifact; 3: method "auto"'s record
+    #: 2: the lexical (dense + sparse) state joined the artifact; 3: method "auto"'s record.
+    #: Method "fused" keeps its dense weights in W_/b_ and its sparse ones in lex_*: no new state
     version = 3
     needs_scores = False
     _array_attrs = ("W_", "b_", "H1_", "h1_", "bank_", "bank_label_", "centroids_",
@@ -231,9 +240,9 @@ class GuardRouter(Router):
 
     # ------------------------------------------------------------------ fitting
     def _check_params(self) -> None:
-        if self.method not in (*METHODS, "auto"):
+        if self.method not in (*METHODS, "fused", "auto"):
             raise RouterError(f"guard: unknown method {self.method!r}; use one of "
-                              f"{', '.join(METHODS)} or auto")
+                              f"{', '.join(METHODS)}, fused or auto")
         if self.head not in (None, "mlp"):
             raise RouterError(f"guard: unknown head {self.head!r}; use None or 'mlp'")
         if not 0.0 <= float(self.target_frr) < 1.0:
@@ -242,6 +251,9 @@ class GuardRouter(Router):
             raise RouterError("guard: val_fraction must lie in [0, 1)")
         if int(self.k) < 1:
             raise RouterError("guard: k must be at least 1")
+        if self.method == "fused" and (self.head is not None or self.lexical):
+            raise RouterError("guard: method 'fused' has its own linear model over the "
+                              "embedding and the text; leave head=None and lexical=False")
 
     def fit(self, X: np.ndarray, table: RoutingTable, *,
             validation: tuple[np.ndarray, Sequence[str]]
@@ -301,7 +313,13 @@ class GuardRouter(Router):
                 val_texts)
             self.method, self.head, self.lexical = (chosen["method"], chosen["head"],
                                                     chosen["lexical"])
-        if len(labels) < 2:
+        if self.method == "fused":
+            if len(labels) < 2:
+                raise RouterError("guard: method 'fused' needs at least two labels")
+            if val_texts is None:
+                raise RouterError("guard: method 'fused' needs the validation texts")
+            self._fit_fused(Xtr, ytr, tr_texts, len(labels))
+        elif len(labels) < 2:
             # one route: nothing to classify; the OOD score is the distance to its data
             self.W_ = np.zeros((self.dim_, 1), np.float32)
             self.b_ = np.zeros(1, np.float32)
@@ -317,7 +335,13 @@ class GuardRouter(Router):
             self._fit_score_norm(Xv)
         if val_texts is not None and len(val_texts) != Xv.shape[0]:
             raise RouterError("guard: validation texts and embeddings differ in number")
-        self._fit_lexical(tr_texts, ytr, len(labels), Xv, val_texts)
+        if self.method == "fused" and val_texts is not None:
+            d = self._knn_score(self.features(Xv))
+            sp = -self.fused_margins(Xv, val_texts).max(axis=1)
+            self.lex_norm_ = np.array([d.mean(), d.std() + 1e-9, sp.mean(), sp.std() + 1e-9],
+                                      np.float32)
+        else:
+            self._fit_lexical(tr_texts, ytr, len(labels), Xv, val_texts)
         self._fit_unsafe(Xv, embedder)
         # the unsafe layer's rejections of in-domain queries count against target_frr
         unsafe_val = self.unsafe_scores(Xv, val_texts)[1]
@@ -347,9 +371,43 @@ class GuardRouter(Router):
             out[lab] = table.models[int(np.argmax(mean))] if mean.max() > 0 else lab
         return out
 
+    def _fit_fused(self, X: np.ndarray, y: np.ndarray, texts: Sequence[str],
+                   n_labels: int) -> None:
+        """One linear SVM over [embedding | word TF-IDF | char TF-IDF] (each block unit
+        length); its dense rows go to W_/b_, its sparse rows to lex_coef_ (half precision)."""
+        from scipy.sparse import csr_matrix, hstack
+        from sklearn.svm import LinearSVC
+
+        from routers.lexical import Lexical
+
+        lex = Lexical().fit(texts)
+        F = hstack([csr_matrix(_l2n(np.asarray(X, np.float32))), lex.transform(texts)]).tocsr()
+        svm = LinearSVC(C=1.0, random_state=int(self.seed)).fit(F, y)
+        coef = np.zeros((F.shape[1], n_labels), np.float32)
+        bias = np.full(n_labels, -1e3, np.float32)  # a label absent from train never wins
+        if n_labels > 2:
+            coef[:, svm.classes_], bias[svm.classes_] = svm.coef_.T, svm.intercept_
+        else:  # binary: one margin w.x + b for class 1; class 0 gets its negative
+            coef[:, 0], coef[:, 1] = -svm.coef_[0], svm.coef_[0]
+            bias[0], bias[1] = -svm.intercept_[0], svm.intercept_[0]
+        d = X.shape[1]
+        self.W_, self.b_ = coef[:d].copy(), bias
+        self.H1_ = np.zeros((0, 0), np.float32)
+        self.h1_ = np.zeros(0, np.float32)
+        self.lex_terms_, self.lex_idf_, self.lex_n_words_ = lex.state()
+        self.lex_coef_ = coef[d:].astype(np.float16)
+        self.lex_bias_ = np.zeros(n_labels, np.float32)
+        self._lex = lex
+        self._lex_W: np.ndarray | None = None  # the float32 copy, made on first use
+
+    def fused_margins(self, X: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+        """Method ``fused``: the SVM's margin per label, shape (n, n_labels)."""
+        dense = _l2n(np.asarray(X, np.float32)) @ self.W_ + self.b_
+        return dense + self.lex_margins(texts)
+
     def _fit_lexical(self, texts: Sequence[str], y: np.ndarray, n_labels: int, Xv: np.ndarray,
                      val_texts: Sequence[str] | None) -> None:
-        self.lex_terms_: list[str] = []
+        self.lex_terms_ = []
         self.lex_n_words_ = 0
         self.lex_coef_ = np.zeros((0, 0), np.float16)
         self.lex_bias_ = np.zeros(0, np.float32)
@@ -475,7 +533,7 @@ class GuardRouter(Router):
         self.bank_, self.bank_label_ = empty, np.zeros(0, np.int32)
         self.means_, self.precision_ = empty, empty
         self.means_precision_, self.means_norm_ = empty, np.zeros(0, np.float32)
-        if self.method in ("knn", "knn+msp"):
+        if self.method in ("knn", "knn+msp", "fused"):
             self.bank_, self.bank_label_ = self._bank(F, y, n_labels)
         if self.method == "mahalanobis":
             means = np.stack([F[y == c].mean(axis=0) if np.any(y == c)
@@ -562,6 +620,10 @@ class GuardRouter(Router):
         """Probability of each in-domain label (``labels_`` order), shape (n, n_labels);
         with ``lexical`` and the texts, the softmax of the lexical SVM's margins (the SVM
         labels better than a linear model on a frozen embedding)."""
+        if self.method == "fused":
+            if texts is None:
+                raise RouterError("guard: method 'fused' needs the query texts")
+            return _softmax(self.fused_margins(X, texts).astype(np.float64) * 4.0)
         if self.lexical and texts is not None:
             return _softmax(self.lex_margins(texts).astype(np.float64) * 4.0)
         return _softmax(self.logits(X).astype(np.float64))
@@ -577,7 +639,14 @@ class GuardRouter(Router):
 
     def ood_scores(self, X: np.ndarray, texts: Sequence[str] | None = None) -> np.ndarray:
         """OOD score per query; larger = more out-of-distribution; reject above threshold_.
-        A ``lexical`` guard needs the texts."""
+        A ``lexical`` or ``fused`` guard needs the texts."""
+        if self.method == "fused":
+            if texts is None:
+                raise RouterError("guard: method 'fused' needs the query texts")
+            mk, sk, mm, sm = (float(v) for v in self.lex_norm_)
+            knn = (self._knn_score(self.features(X)) - mk) / sk
+            margin = (-self.fused_margins(X, texts).max(axis=1) - mm) / sm
+            return 0.5 * (knn + margin)
         d = self._dense_ood(X)
         if not self.lexical:
             return d
@@ -594,7 +663,7 @@ class GuardRouter(Router):
             raise RouterError(f"guard: method {m!r} needs at least two labels")
         if m == "centroid":
             return 1.0 - (self.features(X) @ self.centroids_.T).max(axis=1).astype(np.float64)
-        if m == "knn":
+        if m in ("knn", "fused"):  # fused: its dense part (ood_scores adds the margin)
             return self._knn_score(self.features(X))
         if m == "mahalanobis":
             F = self.features(X)

@@ -21,13 +21,15 @@ from routers.base import RouterError, RoutingTable
 
 __all__ = ["CANDIDATES", "select_guard"]
 
-#: guard settings tried by ``method="auto"``: dense only, dense + sparse, with the MLP head
+#: guard settings tried by ``method="auto"``: dense only, dense + sparse (averaged scores, or
+#: one model over both: ``fused``), with the MLP head
 CANDIDATES: tuple[Mapping[str, Any], ...] = (
     {"method": "knn", "head": None, "lexical": False},
     {"method": "knn+msp", "head": None, "lexical": False},
     {"method": "knn", "head": None, "lexical": True},
     {"method": "knn", "head": "mlp", "lexical": False},
     {"method": "knn", "head": "mlp", "lexical": True},
+    {"method": "fused", "head": None, "lexical": False},
 )
 
 

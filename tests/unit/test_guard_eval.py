@@ -241,3 +241,22 @@ def test_expertgate_cli_dispatches_to_eval_guard(tmp_path: Path,
                "hashing", "--methods", "guard-centroid", "--latency-sample", "5", "--quiet",
                "--json", str(out)])
     assert rc == 0 and "guard-centroid" in json.loads(out.read_text())["methods"]
+
+
+def test_eval_guard_runs_the_fused_guard_and_selects_on_validation(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EXPERTGATE_CACHE", str(tmp_path / "cache"))
+    data = _write_csv(tmp_path / "g.csv")
+    out = tmp_path / "res.json"
+    rc = _run_cli(["--data", str(data), "--json", str(out), "--embedder", "hashing",
+                   "--methods", "baseline-tfidf-svm,guard-fused", "--target-frr", "0.05,0.1",
+                   "--latency-sample", "10", "--quiet"])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["methods"]["guard-fused@0.1"]["fit"]["params"]["method"] == "fused"
+    val = {k: r["validation"]["gqr_score"] for k, r in res["methods"].items()}
+    # no validation OOD rows: three labels -> one held out as pseudo-OOD; the best
+    # validation score wins (ties: the first candidate in order)
+    assert res["selected"]["validation_ood"]["source"] == "leave-labels-out"
+    assert res["selected"]["validation_score"] == max(val.values())
+    assert val[res["selected"]["method"]] == max(val.values())

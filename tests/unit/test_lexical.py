@@ -9,6 +9,7 @@ import pytest
 
 from routers.base import RouterError, RoutingTable
 from routers.guard import GuardRouter
+from routers.guard_auto import CANDIDATES
 from routers.lexical import Lexical, char_ngrams, word_ngrams
 
 TEXTS = ["pay my credit card bill", "pay the phone bill", "transfer money to savings",
@@ -79,7 +80,7 @@ def test_guard_auto_chooses_on_pseudo_ood(tmp_path: Path) -> None:
     g = GuardRouter(method="auto", target_frr=0.1, unsafe=False, epochs=2, hidden=8,
                     val_fraction=0.25).fit(X, table)
     sel = g.selection_
-    assert len(sel["held_out_labels"]) == 1 and len(sel["candidates"]) == 5
+    assert len(sel["held_out_labels"]) == 1 and len(sel["candidates"]) == len(CANDIDATES)
     best = max(sel["candidates"], key=lambda r: r["gqr"])
     assert (g.method, g.head, g.lexical) == (best["method"], best["head"], best["lexical"])
     assert g.get_params()["method"] != "auto"  # the artifact names what it runs
@@ -109,3 +110,53 @@ def test_memo_rows_equal_transform_and_a_stack_fitted_with_them_equals_one_fitte
     q = ["law question 3", "a new query"]
     np.testing.assert_allclose(shared.predict_quality(X[:2], q),
                                alone.predict_quality(X[:2], q), rtol=1e-6, atol=1e-9)
+
+
+def _worded(n_per: int = 12, seed: int = 0) -> tuple[np.ndarray, RoutingTable]:
+    """Three labels told apart by their words and by a cluster in the embedding each."""
+    X, table = _table(n_per)
+    rng = np.random.default_rng(seed)
+    labs = sorted(set(table.categories or []))
+    for i, c in enumerate(table.categories or []):
+        X[i] = 0.3 * rng.normal(size=8)
+        X[i, labs.index(c)] += 3.0
+    return X, table
+
+
+def test_fused_guard_labels_rejects_and_saves(tmp_path: Path) -> None:
+    X, table = _worded()
+    g = GuardRouter(method="fused", target_frr=0.1, unsafe=False, val_fraction=0.25,
+                    k=3).fit(X, table)
+    # one model over both views: dense rows in W_, n-gram rows in half precision
+    assert g.W_.shape == (8, 3) and g.lex_coef_.shape == (len(g.lex_terms_), 3)
+    assert g.lex_coef_.dtype == np.float16 and g.H1_.size == 0
+    texts = ["pay the card bill", "wire money", "balance left"]
+    assert [v.label for v in g.verdict(X[[0, 12, 24]], texts)] == ["bill", "transfer",
+                                                                   "balance"]
+    # a query far from every cluster with none of the training words scores above every
+    # in-domain training query and is rejected
+    far = np.zeros((1, 8), np.float32)
+    far[0, 7] = 3.0
+    s_in = g.ood_scores(X, table.prompts)
+    s_far = g.ood_scores(far, ["zzz qqq xxx"])
+    assert s_far[0] > s_in.max() and g.verdict(far, ["zzz qqq xxx"])[0].rejected
+    assert g.val_frr_ <= 0.1 + 1e-9
+    with pytest.raises(RouterError, match="texts"):
+        g.ood_scores(X[:3])
+    loaded = GuardRouter.load(g.save(tmp_path / "fused", embedder="test"))
+    np.testing.assert_allclose(loaded.ood_scores(X, table.prompts), s_in, rtol=1e-4, atol=1e-5)
+    assert [v.label for v in loaded.verdict(X, table.prompts)] == \
+        [v.label for v in g.verdict(X, table.prompts)]
+    with pytest.raises(RouterError, match="head=None"):
+        GuardRouter(method="fused", lexical=True).fit(X, table)
+
+
+def test_fused_guard_with_two_labels() -> None:
+    X, table = _worded()
+    keep = [i for i, c in enumerate(table.categories or []) if c != "balance"]
+    g = GuardRouter(method="fused", target_frr=0.1, unsafe=False, val_fraction=0.25,
+                    k=3).fit(X[keep], table.subset(keep))
+    assert [v.label for v in g.verdict(X[[0, 12]], ["pay the card bill", "wire money"])] \
+        == ["bill", "transfer"]
+    p = g.predict_proba(X[[0]], ["pay the card bill"])
+    assert p.shape == (1, 2) and p[0, 0] > 0.5
