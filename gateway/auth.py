@@ -458,6 +458,13 @@ class RequestIds:
     def issue(self, nonce: bytes, tenant: str) -> str:
         return nonce.hex() + self._tag(self._secrets[0], nonce, tenant)
 
+    def request_id(self, nonce: bytes, tenant: str | None) -> str:
+        """The one way a response's ``x-request-id`` is made: for a request that leaves a
+        routing-log record, issued (:meth:`issue`) to its ``tenant`` (feedback can name it);
+        otherwise (``tenant`` None: the dry run, feedback, the FastAPI endpoints) the bare
+        nonce, which verifies for no tenant, so no feedback can name it."""
+        return nonce.hex() if tenant is None else self.issue(nonce, tenant)
+
     def owned(self, request_id: str, tenant: str) -> bool:
         """Whether ``request_id`` was issued (by a gateway sharing the secret) to ``tenant``."""
         if len(request_id) != 48:

@@ -87,12 +87,15 @@ class CategoryRouter(QualityRouter):
     def category_proba(self, X: np.ndarray) -> np.ndarray:
         """P(category | x), shape (n, n_categories)."""
         self.check_fitted()
-        X = self.check_X(X)
+        return self._category_proba(self.check_X(X))
+
+    def _category_proba(self, X: np.ndarray) -> np.ndarray:
+        """:meth:`category_proba` of a checked X (decide checked it once)."""
         Z = X.astype(np.float64) @ np.asarray(self.coef_).T + np.asarray(self.intercept_)
         return softmax_rows(Z)
 
     def _quality(self, X: np.ndarray) -> np.ndarray:
-        P = self.category_proba(X)
+        P = self._category_proba(X)
         if not self.soft:
             hard = np.zeros_like(P)
             hard[np.arange(len(P)), P.argmax(axis=1)] = 1.0
@@ -100,7 +103,7 @@ class CategoryRouter(QualityRouter):
         return P @ np.asarray(self.category_quality_)
 
     def _explain(self, X: np.ndarray, Q: np.ndarray) -> list[str]:
-        P = self.category_proba(X)
+        P = self._category_proba(X)
         best = P.argmax(axis=1)
         return [f"category '{self.categories_[b]}' (p={P[i, b]:.2f})"
                 for i, b in enumerate(best)]

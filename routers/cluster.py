@@ -67,17 +67,21 @@ class ClusterRouter(QualityRouter):
     def assign(self, X: np.ndarray) -> np.ndarray:
         """Nearest centroid per query, (n,)."""
         self.check_fitted()
-        return np.argmax(unit_rows(self.check_X(X)) @ np.asarray(self.centroids_).T, axis=1)
+        return self._assign(self.check_X(X))
+
+    def _assign(self, X: np.ndarray) -> np.ndarray:
+        """:meth:`assign` of a checked X (decide checked it once)."""
+        return np.argmax(unit_rows(X) @ np.asarray(self.centroids_).T, axis=1)
 
     def _quality(self, X: np.ndarray) -> np.ndarray:
         rs, rc = np.asarray(self.reward_sum_), np.asarray(self.reward_count_)
         glob = rs.sum(0) / np.maximum(rc.sum(0), 1e-12)
         ps = float(self.prior_strength)
         Qc = (rs + ps * glob[None, :]) / (rc + ps) if ps > 0 else rs / np.maximum(rc, 1e-12)
-        return Qc[self.assign(X)]
+        return Qc[self._assign(X)]
 
     def _explain(self, X: np.ndarray, Q: np.ndarray) -> list[str]:
-        c = self.assign(X)
+        c = self._assign(X)
         return [f"cluster {int(ci)} ({int(self.centroid_counts_[ci])} prompts)" for ci in c]
 
     def partial_fit(self, X: np.ndarray, experts: Sequence[str],

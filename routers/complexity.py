@@ -102,14 +102,17 @@ class ComplexityRouter(QualityRouter):
     def difficulty(self, X: np.ndarray) -> np.ndarray:
         """Predicted difficulty per query (higher = harder), shape (n,)."""
         self.check_fitted()
-        X = self.check_X(X)
+        return self._difficulty(self.check_X(X))
+
+    def _difficulty(self, X: np.ndarray) -> np.ndarray:
+        """:meth:`difficulty` of a checked X (decide checked it once)."""
         return X.astype(np.float64) @ np.asarray(self.coef_) + float(self.intercept_[0])
 
     def _quality_at(self, d: np.ndarray) -> np.ndarray:
         return np.stack([np.interp(d, self.grid_, c) for c in self.curves_], axis=1)
 
     def _quality(self, X: np.ndarray) -> np.ndarray:
-        return self._quality_at(self.difficulty(X))
+        return self._quality_at(self._difficulty(X))
 
     @property
     def cheap_(self) -> int:
@@ -149,7 +152,7 @@ class ComplexityRouter(QualityRouter):
     def decide(self, X: np.ndarray, texts: Any) -> list[Decision]:
         self.check_fitted()
         X = self.check_X(X, texts)
-        d = self.difficulty(X)
+        d = self._difficulty(X)
         Q = self._quality_at(d)
         thr = float(self.threshold_)
         chosen = self._choose(d, thr, self._weak_choice(Q))

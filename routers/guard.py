@@ -713,9 +713,13 @@ class GuardRouter(Router):
     def verdict(self, X: np.ndarray, texts: Sequence[str] | None = None) -> list[GuardVerdict]:
         """The guard's verdict per query (label, OOD score vs threshold, unsafe check)."""
         self.check_fitted()
-        X = self.check_X(X, texts)
+        return self._verdict(self.check_X(X, texts), texts)[0]
+
+    def _verdict(self, X: np.ndarray, texts: Sequence[str] | None
+                 ) -> tuple[list[GuardVerdict], np.ndarray]:
+        """:meth:`verdict` of a checked X, and the label probabilities it used."""
         if X.shape[0] == 0:
-            return []
+            return [], np.zeros((0, len(self.labels_)))
         proba = self.predict_proba(X, texts)
         ood = self.ood_scores(X, texts)
         uscore, uflag = self.unsafe_scores(X, texts)
@@ -727,13 +731,13 @@ class GuardRouter(Router):
                 label=self.labels_[int(np.argmax(proba[i]))], ood_score=float(ood[i]),
                 threshold=thr, rejected=reason is not None, reject_reason=reason,
                 unsafe_score=float(uscore[i]) if self.unsafe_layers_ else None))
-        return out
+        return out, proba
 
     def decide(self, X: np.ndarray, texts: Sequence[str]) -> list[Decision]:
-        verdicts = self.verdict(X, texts)
+        self.check_fitted()
+        verdicts, proba = self._verdict(self.check_X(X, texts), texts)
         if not verdicts:
             return []
-        proba = self.predict_proba(self.check_X(X), texts)
         out: list[Decision] = []
         for v, p in zip(verdicts, proba, strict=True):
             per_expert: dict[str, float] = {}

@@ -94,7 +94,10 @@ class SemanticRouter(Router):
     def route_scores(self, X: np.ndarray) -> np.ndarray:
         """Similarity of each query to each route, shape (n, n_routes)."""
         self.check_fitted()
-        X = self.check_X(X)
+        return self._route_scores(self.check_X(X))
+
+    def _route_scores(self, X: np.ndarray) -> np.ndarray:
+        """:meth:`route_scores` of a checked X (decide checked it once)."""
         sims = X @ self.examples_.T
         n_routes = len(self.routes_)
         out = np.empty((X.shape[0], n_routes), dtype=np.float32)
@@ -108,7 +111,8 @@ class SemanticRouter(Router):
         return w * (X @ self.centroids_.T) + (1.0 - w) * out
 
     def decide(self, X: np.ndarray, texts: Sequence[str]) -> list[Decision]:
-        S = self.route_scores(self.check_X(X, texts))
+        self.check_fitted()
+        S = self._route_scores(self.check_X(X, texts))
         out: list[Decision] = []
         thr = float(self.threshold)
         for row in S:

@@ -79,18 +79,22 @@ class SkillsRouter(QualityRouter):
     def skill_profile(self, X: np.ndarray) -> np.ndarray:
         """Soft assignment of each query to the skills, rows sum to 1, (n, n_skills)."""
         self.check_fitted()
-        sims = unit_rows(self.check_X(X)) @ np.asarray(self.centroids_).T
+        return self._skill_profile(self.check_X(X))
+
+    def _skill_profile(self, X: np.ndarray) -> np.ndarray:
+        """:meth:`skill_profile` of a checked X (decide checked it once)."""
+        sims = unit_rows(X) @ np.asarray(self.centroids_).T
         z = (sims - sims.max(axis=1, keepdims=True)) / float(self.temperature)
         P = np.exp(z.astype(np.float64))
         return P / P.sum(axis=1, keepdims=True)
 
     def _quality(self, X: np.ndarray) -> np.ndarray:
-        return self.skill_profile(X) @ np.asarray(self.skill_quality_)
+        return self._skill_profile(X) @ np.asarray(self.skill_quality_)
 
     def decide(self, X: np.ndarray, texts: Sequence[str]) -> list[Decision]:
         self.check_fitted()
         X = self.check_X(X, texts)
-        P = self.skill_profile(X)
+        P = self._skill_profile(X)
         Q = np.clip(P @ np.asarray(self.skill_quality_), 0.0, 1.0)
         top = P.argmax(axis=1)
         notes = [f"skill '{self.skills_[t]}' ({P[i, t]:.2f})" for i, t in enumerate(top)]

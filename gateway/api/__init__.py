@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -31,18 +30,21 @@ def _client_request_id(scope: Scope) -> str | None:
 
 class RequestIdMiddleware:
     """Give every response of the FastAPI part an ``x-request-id`` (the request path sets
-    its own) and echo a client's own as ``x-client-request-id``. The id is random: no
-    routing-log record has it, so it verifies for no tenant and no feedback can name it.
+    its own) and echo a client's own as ``x-client-request-id``. The id comes from the
+    request path's own function (:meth:`RequestIds.request_id`) for a request without a
+    routing-log record: it verifies for no tenant, so no feedback can name it.
     It is on ``request.state.request_id`` for handlers that log it."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, gw: Gateway) -> None:
         self.app = app
+        self.gw = gw
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = os.urandom(24).hex()
+        ids = self.gw.request_ids
+        rid = ids.request_id(ids.nonce(), None)
         client_rid = _client_request_id(scope)
         scope.setdefault("state", {})["request_id"] = rid
 
@@ -65,7 +67,7 @@ def build_api(gw: Gateway) -> FastAPI:
     api = FastAPI(title="expertgate", version="0.1.0",
                   description="OpenAI-compatible LLM router and gateway")
     api.state.gw = gw
-    api.add_middleware(RequestIdMiddleware)
+    api.add_middleware(RequestIdMiddleware, gw=gw)
 
     async def _error(request: Request, exc: Exception) -> Response:
         err = error_of(exc)  # the one error map, shared with the request path

@@ -114,8 +114,8 @@ class RequestContext:
         routing-log record (the dry run, feedback) gets a random id that verifies for no
         tenant, so no feedback can name it."""
         if not self._request_id:
-            self._request_id = (self._ids.issue(self._nonce, self._tenant) if self.logged
-                                else self._nonce.hex())
+            self._request_id = self._ids.request_id(self._nonce,
+                                                    self._tenant if self.logged else None)
         return self._request_id
 
     @property

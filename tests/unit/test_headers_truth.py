@@ -139,3 +139,25 @@ async def test_limits_and_cache_without_their_redis_are_degraded_and_counted(
         assert r.headers["x-expertgate-ratelimit"] == "local"
         m = (await c.get("/metrics", headers={"authorization": "Bearer sk-t-1"})).text
         assert _degraded(m, "ratelimit-local") == 1 and _degraded(m, "cache") == 1
+
+
+async def test_ids_without_a_log_record_come_from_the_request_paths_function(
+        ups, tmp_path: Path) -> None:
+    """The FastAPI part's ids and the dry run's are made by one function
+    (``RequestIds.request_id``): the same form, and they verify for no tenant, so feedback
+    cannot name them; a logged request's id verifies for its tenant."""
+    async with gateway_client(base_config(ups[0].base, ups[1].base), tmp_path) as (c, gw):
+        unlogged = [(await c.get("/v1/models")).headers["x-request-id"],
+                    (await c.get("/nowhere")).headers["x-request-id"],
+                    (await c.post("/v1/route", json={"model": "auto", "text": "hi"})
+                     ).headers["x-request-id"]]
+        for rid in unlogged:
+            assert re.fullmatch(r"[0-9a-f]{32}", rid), rid
+            assert not gw.request_ids.owned(rid, "anonymous")
+        assert len(set(unlogged)) == 3
+        logged = (await c.post("/v1/chat/completions", json=chat("coder", "hi"))
+                  ).headers["x-request-id"]
+        assert re.fullmatch(r"[0-9a-f]{48}", logged)
+        assert gw.request_ids.owned(logged, "anonymous")
+        fb = await c.post("/v1/feedback", json={"request_id": unlogged[0], "score": 1.0})
+        assert fb.status_code == 404
