@@ -28,6 +28,7 @@ from gateway.cache import text_hash as _hash
 from gateway.canary import CanaryMonitor
 from gateway.config import ConfigError, GatewayConfig, PolicyConfig
 from gateway.errors import DeadlineExceeded, InvalidRequest
+from gateway.messages import MessageTexts
 from gateway.metrics import Metrics
 from routers.base import Decision, GuardVerdict, Router, Target
 from routers.embed import Embedder
@@ -227,26 +228,15 @@ def carry_canary_state(old: PolicySet, new: PolicySet) -> None:
             rt.candidate.monitor = prev.candidate.monitor
 
 
-def _content_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # multi-part content: keep the text parts
-        return " ".join(p.get("text", "") for p in content
-                        if isinstance(p, dict) and p.get("type") == "text")
-    return ""
-
-
-def routing_text(messages: Sequence[Any], mode: str) -> str:
-    """The text the router sees: the last user turn, or the whole conversation."""
+def routing_text(texts: MessageTexts, mode: str) -> str:
+    """The text the router sees: the last user turn, or the whole conversation (``texts``:
+    the messages' :func:`~gateway.messages.message_texts`)."""
     if mode == "last_user":
-        for m in reversed(messages):
-            if isinstance(m, dict) and m.get("role") == "user":
-                t = _content_text(m.get("content"))
-                if t.strip():
-                    return " ".join(t.split())
+        for role, t in reversed(texts):
+            if role == "user" and t.strip():
+                return " ".join(t.split())
         raise InvalidRequest("no user message with text to route on", param="messages")
-    parts = [f"{m.get('role')}: {_content_text(m.get('content'))}" for m in messages
-             if isinstance(m, dict)]
+    parts = [f"{role}: {t}" for role, t in texts if role is not None]
     text = " ".join(" ".join(parts).split())
     if not text:
         raise InvalidRequest("no text to route on", param="messages")

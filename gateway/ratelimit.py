@@ -40,6 +40,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 
 from gateway.errors import RateLimited
+from gateway.messages import MessageTexts, message_texts
 
 __all__ = [
     "DEFAULT_COMPLETION_ESTIMATE",
@@ -196,19 +197,15 @@ class RateDecision:
                            headers=headers)
 
 
-def estimate_tokens(payload: dict[str, Any], cap: int | None = None) -> int:
-    """An up-front token estimate: prompt characters / 4 plus the completion budget."""
-    chars = 0
-    msgs = payload.get("messages")
-    if isinstance(msgs, list):
-        for m in msgs:
-            c = m.get("content") if isinstance(m, dict) else None
-            if isinstance(c, str):
-                chars += len(c)
-            elif isinstance(c, list):
-                for part in c:
-                    if isinstance(part, dict) and isinstance(part.get("text"), str):
-                        chars += len(part["text"])
+def estimate_tokens(payload: dict[str, Any], cap: int | None = None,
+                    texts: MessageTexts | None = None) -> int:
+    """An up-front token estimate: prompt characters / 4 plus the completion budget.
+    ``texts``: the messages' :func:`~gateway.messages.message_texts` when the caller holds
+    them (else they are extracted here)."""
+    if texts is None:
+        msgs = payload.get("messages")
+        texts = message_texts(msgs) if isinstance(msgs, list) else []
+    chars = sum(len(t) for _, t in texts)
     p = payload.get("prompt")
     if isinstance(p, str):
         chars += len(p)

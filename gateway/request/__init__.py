@@ -72,7 +72,8 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, send: Send, endpoi
             await send_json(tracked, ctx, await _feedback(gw, ctx))
             return
         p = ctx.plan = await plan(gw, endpoint, ctx.body, ctx.degraded,
-                                  deadline=ctx.deadline, serve=generate)
+                                  deadline=ctx.deadline, serve=generate,
+                                  texts=ctx.message_texts)
         ctx.reason = p.reason
         if endpoint == "route":
             await send_json(tracked, ctx, _explain(ctx))

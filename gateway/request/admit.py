@@ -67,7 +67,8 @@ async def admit_body(gw: Gateway, ctx: RequestContext) -> None:
     gw.auth.authorize(key, model if isinstance(model, str) else None)
     if key.tokens_per_minute and ctx.endpoint in GENERATE:
         rt = gw.policy_set.policies.get(str(model))
-        est = estimate_tokens(ctx.body, rt.config.max_tokens_cap if rt is not None else None)
+        est = estimate_tokens(ctx.body, rt.config.max_tokens_cap if rt is not None else None,
+                              ctx.message_texts())
         await _charge(gw, ctx, Limits(None, key.tokens_per_minute), est)
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from gateway.messages import MessageTexts, message_texts
+
 if TYPE_CHECKING:
     from gateway.auth import RequestIds
     from gateway.config import APIKeyConfig
@@ -25,6 +27,7 @@ class RequestContext:
         "_nonce",
         "_request_id",
         "_tenant",
+        "_texts",
         "body",
         "chain",
         "client_request_id",
@@ -97,6 +100,7 @@ class RequestContext:
         self.status = 500
         self.err_type: str | None = None
         self.usage = (0, 0)
+        self._texts: MessageTexts | None = None
 
     @property
     def tenant(self) -> str:
@@ -117,6 +121,15 @@ class RequestContext:
             self._request_id = self._ids.request_id(self._nonce,
                                                     self._tenant if self.logged else None)
         return self._request_id
+
+    def message_texts(self) -> MessageTexts:
+        """(role, text) of the body's messages, extracted once for every stage that reads
+        them (:mod:`gateway.messages`); empty without messages."""
+        t = self._texts
+        if t is None:
+            msgs = self.body.get("messages")
+            t = self._texts = message_texts(msgs) if isinstance(msgs, list) else []
+        return t
 
     @property
     def policy(self) -> str:

@@ -20,6 +20,7 @@ import orjson
 
 from gateway.dispatch import DispatchResult
 from gateway.errors import InvalidRequest, UpstreamError
+from gateway.messages import MessageTexts, message_texts
 from gateway.request.context import RequestContext
 
 if TYPE_CHECKING:
@@ -50,26 +51,26 @@ async def dispatch(gw: Gateway, ctx: RequestContext) -> DispatchResult:
         _body_for(body, b"" if p.rewrite else ctx.raw, p.model),
         stream=ctx.stream,
         # the key only orders replicas: not built when every expert of the chain has one
-        affinity=affinity_key(body, ctx.endpoint) if disp.balances(p.chain) else b"",
+        affinity=affinity_key(body, ctx.endpoint, ctx.message_texts())
+        if disp.balances(p.chain) else b"",
         deadline=ctx.deadline)
     _answered(gw, ctx, res, p.chain)
     return res
 
 
-def affinity_key(payload: dict[str, Any], endpoint: str) -> bytes:
+def affinity_key(payload: dict[str, Any], endpoint: str,
+                 texts: MessageTexts | None = None) -> bytes:
     """The start of the prompt as the model reads it: the system prompt, then the first user
-    turn (for chat). Requests sharing a long prefix (a system prompt over AFFINITY_CHARS)
-    share a key, so they meet the replica whose prefix cache holds it; a conversation keeps
-    its key turn after turn; distinct short prompts get distinct keys and spread."""
+    turn (for chat; ``texts``: the messages' :func:`~gateway.messages.message_texts` when
+    the caller holds them). Requests sharing a long prefix (a system prompt over
+    AFFINITY_CHARS) share a key, so they meet the replica whose prefix cache holds it; a
+    conversation keeps its key turn after turn; distinct short prompts get distinct keys and
+    spread."""
     if endpoint == "chat":
         parts: list[str] = []
-        for m in payload["messages"]:
-            c = m.get("content")
-            t = c if isinstance(c, str) else " ".join(
-                p.get("text", "") for p in c if isinstance(p, dict)
-                and isinstance(p.get("text"), str)) if isinstance(c, list) else ""
-            parts.append(f"{m.get('role')}\x00{t}\x00")
-            if m.get("role") == "user":
+        for role, t in texts if texts is not None else message_texts(payload["messages"]):
+            parts.append(f"{role}\x00{t}\x00")
+            if role == "user":
                 break
         text = "".join(parts)
     else:

@@ -23,6 +23,7 @@ from typing import Any, Literal, Protocol
 from gateway.cache import text_hash
 from gateway.config import GatewayConfig
 from gateway.errors import GuardRejected, InvalidRequest, UnknownModel
+from gateway.messages import MessageTexts, message_texts
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, PolicyRuntime, PolicySet, routing_text
 from routers.base import Decision
@@ -85,8 +86,10 @@ class Plan:
         return d.timings_ms.get("total", sum(d.timings_ms.values()))
 
 
-def request_text(endpoint: str, body: dict[str, Any], rt: PolicyRuntime) -> str:
-    """The text a policy routes on: from ``messages`` (chat, route), ``prompt``
+def request_text(endpoint: str, body: dict[str, Any], rt: PolicyRuntime,
+                 texts: MessageTexts | None = None) -> str:
+    """The text a policy routes on: from ``messages`` (chat, route; ``texts``: their
+    :func:`~gateway.messages.message_texts` when the caller holds them), ``prompt``
     (completions) or the dry run's ``text``."""
     if body.get("text") is not None:
         text = " ".join(str(body["text"]).split())
@@ -101,13 +104,16 @@ def request_text(endpoint: str, body: dict[str, Any], rt: PolicyRuntime) -> str:
         return text
     if not body.get("messages"):
         raise InvalidRequest("give 'messages' or 'text'", param="messages")
-    return routing_text(body["messages"], rt.config.routing_text)
+    return routing_text(texts if texts is not None else message_texts(body["messages"]),
+                        rt.config.routing_text)
 
 
 async def plan(gw: Planner, endpoint: str, body: dict[str, Any], degraded: list[str], *,
-               deadline: float, serve: bool) -> Plan:
+               deadline: float, serve: bool,
+               texts: Callable[[], MessageTexts] | None = None) -> Plan:
     """The plan for ``body`` (validated) on ``endpoint``; see the module doc. ``degraded``
-    collects what the decision had to do without (cache, embedder)."""
+    collects what the decision had to do without (cache, embedder); ``texts``: the
+    messages' text as the caller extracts it once per request (called only to route)."""
     model: str = body["model"]
     rt = gw.policy_set.policies.get(model)
     if endpoint == "embeddings":
@@ -131,7 +137,7 @@ async def plan(gw: Planner, endpoint: str, body: dict[str, Any], degraded: list[
                                  "not routed", param="model")
         return Plan(model, None, chain=[model], reason="explicit expert (no routing)")
     pol = rt.config
-    text = request_text(endpoint, body, rt)
+    text = request_text(endpoint, body, rt, texts() if texts is not None else None)
     p = Plan(model, rt, text=text)
     # hashed once: the routing log's text_hash and the decision-cache key share it
     p.text_hash = text_hash(text)

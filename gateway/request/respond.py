@@ -237,7 +237,7 @@ async def _stream(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
 def _usage_event(ctx: RequestContext, sse: SSECheck) -> bytes:
     """The usage event the gateway adds, counted by the gateway (see :func:`_stream`)."""
     payload = ctx.body
-    prompt = estimate_tokens({k: payload.get(k) for k in ("messages", "prompt")}, 0) - 1
+    prompt = estimate_tokens({"prompt": payload.get("prompt")}, 0, ctx.message_texts()) - 1
     p, c = sse.usage = (max(prompt, 1), sse.events)
     ctx.degraded.append("usage-estimated")
     rid, model, obj = sse.ident or ("eg-usage", str(payload.get("model")),

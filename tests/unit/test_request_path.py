@@ -143,3 +143,40 @@ def test_the_route_command_prints_the_same_plan(tmp_path: Path,
     out = orjson.loads(capsys.readouterr().out)
     assert out["mode"] == "reject" and out["action"] == "forward"
     assert out["fallback_chain"] == ["chatter"] and out["degraded"] == ["rejected-to-fallback"]
+
+
+async def test_a_requests_messages_are_read_once_by_every_stage_that_needs_their_text(
+        ups: tuple[OpenAIUpstreamDouble, OpenAIUpstreamDouble], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A routed, streamed request of a token-limited key to an expert with two replicas,
+    whose upstream reports no usage: the token estimate, the routing text, the replica
+    affinity and the estimated usage all read the messages' text, extracted once."""
+    import gateway.messages
+
+    seen: list[Any] = []
+    real = gateway.messages.content_text
+
+    def counted(content: Any) -> str:
+        seen.append(content)
+        return real(content)
+
+    monkeypatch.setattr(gateway.messages, "content_text", counted)
+    coder, chatter = ups
+    chatter.stream_usage = False
+    cfg = base_config(coder.base, chatter.base)
+    cfg["experts"][1]["replicas"] = [chatter.base, chatter.base]
+    del cfg["experts"][1]["api_base"]
+    cfg["api_keys"] = [{"name": "team-a", "sha256": hash_key("sk-a"),
+                        "tokens_per_minute": 100_000}]
+    body = {"model": "auto", "stream": True, "stream_options": {"include_usage": True},
+            "messages": [{"role": "system", "content": "be brief"},
+                         {"role": "user", "content": [{"type": "text", "text": "a joke"}]},
+                         {"role": "assistant", "content": "why did the chicken"},
+                         {"role": "user", "content": "tell me a joke"}]}
+    async with gateway_client(cfg, tmp_path) as (c, _):
+        r = await c.post("/v1/chat/completions", json=body,
+                         headers={"authorization": "Bearer sk-a"})
+        assert r.status_code == 200 and r.headers["x-expertgate-expert"] == "chatter"
+        assert r.headers["x-ratelimit-limit-tokens"] == "100000"
+        assert '"estimated":true' in r.text  # the usage event the gateway added
+    assert len(seen) == len(body["messages"])

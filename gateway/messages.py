@@ -1,0 +1,37 @@
+"""The text of a chat request's messages, extracted in one walk per request.
+
+Four stages read the messages' text: the token estimate of a rate-limited key
+(:func:`gateway.ratelimit.estimate_tokens`), the routing text
+(:func:`gateway.pipeline.routing_text`), the replica-affinity key
+(:func:`gateway.request.dispatch.affinity_key`) and the usage a stream's answer lacked.
+Each reads :func:`message_texts`, which the request's context computes once
+(:meth:`gateway.request.context.RequestContext.message_texts`), so a long conversation is
+walked once, and every stage sees the same text of a multi-part message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["MessageTexts", "content_text", "message_texts"]
+
+#: (role, text) of each message, in order
+MessageTexts = list[tuple[Any, str]]
+
+
+def content_text(content: Any) -> str:
+    """A message's text: its string content, or the text of its parts joined by spaces
+    (image and other parts carry none)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p["text"] for p in content
+                        if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
+def message_texts(messages: Sequence[Any]) -> MessageTexts:
+    """(role, text) of each message of ``messages``."""
+    return [(m.get("role"), content_text(m.get("content"))) if isinstance(m, dict)
+            else (None, "") for m in messages]
