@@ -25,15 +25,20 @@ paired fold differences to it (the one-standard-error rule: a difference the fol
 tell from noise does not buy the dearer family).
 
 Cost: the table is embedded once by the caller and every candidate fits on rows of it;
-``stack``'s TF-IDF views are fitted once on the training prompts and each text's row is
-computed once (the vocabulary and IDF are label-free, so sharing them across folds leaks
-no score), which on MMLU's 8.4k training prompts saves ~17 s of pure-Python TF-IDF per fit.
+``stack``'s TF-IDF views are fitted once on the training prompts, every text's row computed
+in the same pass (the vocabulary and IDF are label-free, so sharing them across folds leaks
+no score). The (candidate, fold) fits run in :func:`default_jobs` forked processes that
+share those inputs, the dearest candidates first (the measured time:
+docs/results/encoder/train-mmlu-auto.json, ``auto.seconds``).
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,8 +47,8 @@ import numpy as np
 from routers.base import Router, RouterError, RoutingTable, make_router, normalise_text
 from routers.tradeoff import strong_weak
 
-__all__ = ["CANDIDATES", "K_FOLDS", "Selection", "deferral_apgr", "deferral_score", "fit_auto",
-           "grouped_folds", "quality_cost_score", "select"]
+__all__ = ["CANDIDATES", "K_FOLDS", "MAX_JOBS", "Selection", "default_jobs", "deferral_apgr",
+           "deferral_score", "fit_auto", "grouped_folds", "quality_cost_score", "select"]
 
 #: (family, parameters) tried by ``auto``, simplest and cheapest first (the order the
 #: one-standard-error rule prefers)
@@ -64,6 +69,8 @@ CANDIDATES: tuple[tuple[str, Mapping[str, Any]], ...] = (
 #: folds auto's choice scored val APGR 0.624 on GSM8K against 0.631 with 5; 10 folds chose as
 #: 5 did at twice the time; on NQ the three were within the seeds' spread (val AIQ 0.434-0.445)
 K_FOLDS = 5
+#: most worker processes for the folds (each holds its own fits; the inputs are shared)
+MAX_JOBS = 4
 _LAMBDAS = np.concatenate([[0.0], np.geomspace(1e-3, 1e3, 80)])
 
 
@@ -222,8 +229,7 @@ class _SharedViews:
         if self._lexical is None:
             from routers.lexical import MemoLexical
 
-            self._lexical = MemoLexical(StackRouter.new_lexical().fit(self.prompts),
-                                        self.prompts)
+            self._lexical = MemoLexical(StackRouter.new_lexical(), self.prompts)
         return {"lexical": self._lexical}
 
     def release(self) -> None:
@@ -232,9 +238,69 @@ class _SharedViews:
             self._lexical.forget()
 
 
+@dataclass
+class _Work:
+    """What every (candidate, fold) fit reads; forked workers inherit it."""
+
+    X: np.ndarray
+    table: RoutingTable
+    candidates: Sequence[tuple[str, Mapping[str, Any]]]
+    folds: list[tuple[np.ndarray, np.ndarray]]
+    seed: int
+    views: _SharedViews
+
+
+#: the work of the running selection, set before its worker processes are forked
+_WORK: list[_Work] = []
+
+
+def _fold_score(task: tuple[int, int]) -> tuple[int, int, float | str, float]:
+    """(candidate, fold, held-out score or the RouterError's message, seconds)."""
+    w = _WORK[-1]
+    c, f = task
+    family, params = w.candidates[c]
+    tr, va = w.folds[f]
+    t0 = time.perf_counter()
+    try:
+        r = _make(family, params, w.seed)
+        r.fit(w.X[tr], w.table.subset(tr), **w.views.fit_kwargs(r))
+        V = w.table.subset(va)
+        score: float | str = _score(_predict(r, w.X[va], V.prompts, w.table.models), V)
+    except RouterError as e:  # a family that cannot fit this table is left out, said so
+        score = str(e)
+    return c, f, score, time.perf_counter() - t0
+
+
+def default_jobs() -> int:
+    """Worker processes for the folds: the usable cores, at most :data:`MAX_JOBS`."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(MAX_JOBS, cores))
+
+
+def _run(work: _Work, jobs: int) -> list[tuple[int, int, float | str, float]]:
+    """Every (candidate, fold) fit, in ``jobs`` forked processes (in this one when 1 or
+    where fork is unavailable); dearer candidates (later in the list) start first, so the
+    cheap ones fill the gaps at the end. The scores do not depend on ``jobs``."""
+    tasks = [(c, f) for c in reversed(range(len(work.candidates)))
+             for f in range(len(work.folds))]
+    _WORK.append(work)
+    try:
+        if jobs <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+            return [_fold_score(t) for t in tasks]
+        # fork: the workers share the embeddings and TF-IDF rows with this process instead
+        # of receiving copies
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as ex:
+            return list(ex.map(_fold_score, tasks))
+    finally:
+        _WORK.pop()
+
+
 def _select(X: np.ndarray, table: RoutingTable, candidates: Sequence[tuple[str, Mapping[str,
-            Any]]], seed: int, k: int, log: Callable[[str], None], views: _SharedViews
-            ) -> Selection:
+            Any]]], seed: int, k: int, log: Callable[[str], None], views: _SharedViews,
+            jobs: int | None) -> Selection:
     X = np.asarray(X, dtype=np.float32)
     if X.shape[0] != len(table):
         raise RouterError(f"need one embedding per prompt: {len(table)} prompts, X {X.shape}")
@@ -244,27 +310,26 @@ def _select(X: np.ndarray, table: RoutingTable, candidates: Sequence[tuple[str, 
     folds = grouped_folds(table.prompts, k, seed)
     if len(folds) < 2:
         raise RouterError("auto needs at least 2 distinct training prompts to cross-validate")
+    for family, params in candidates:  # computed once here, before any worker starts
+        views.fit_kwargs(_make(family, params, seed))
+    done = _run(_Work(X, table, candidates, folds, seed, views),
+                default_jobs() if jobs is None else int(jobs))
     rows: list[dict[str, Any]] = []
     per_fold: list[np.ndarray] = []
-    for family, params in candidates:
-        t0 = time.perf_counter()
-        scores = []
-        try:
-            for tr, va in folds:
-                T, V = table.subset(tr), table.subset(va)
-                r = _make(family, params, seed)
-                r.fit(X[tr], T, **views.fit_kwargs(r))
-                scores.append(_score(_predict(r, X[va], V.prompts, table.models), V))
-        except RouterError as e:  # a family that cannot fit this table is left out, said so
+    for c, (family, params) in enumerate(candidates):
+        mine = sorted((f, s, sec) for cc, f, s, sec in done if cc == c)
+        errors = [s for _, s, _ in mine if isinstance(s, str)]
+        if errors:
             rows.append({"family": family, "params": dict(params), "score": None,
-                         "error": str(e)})
-            log(f"auto: {family} {dict(params)} skipped: {e}")
+                         "error": errors[0]})
+            log(f"auto: {family} {dict(params)} skipped: {errors[0]}")
             continue
+        scores = [float(s) for _, s, _ in mine]
         s = float(np.mean(scores))
         per_fold.append(np.asarray(scores))
         rows.append({"family": family, "params": dict(params), "score": round(s, 6),
                      "fold_scores": [round(v, 6) for v in scores],
-                     "seconds": round(time.perf_counter() - t0, 3)})
+                     "seconds": round(sum(sec for _, _, sec in mine), 3)})
         log(f"auto: {family} {dict(params)} score {s:.4f} ({rows[-1]['seconds']:.1f} s)")
     ok = [r for r in rows if r["score"] is not None]
     if not ok:
@@ -286,25 +351,27 @@ def _select(X: np.ndarray, table: RoutingTable, candidates: Sequence[tuple[str, 
 
 def select(X: np.ndarray, table: RoutingTable, *,
            candidates: Sequence[tuple[str, Mapping[str, Any]]] = CANDIDATES, seed: int = 0,
-           k: int = K_FOLDS, log: Callable[[str], None] = lambda s: None) -> Selection:
+           k: int = K_FOLDS, log: Callable[[str], None] = lambda s: None,
+           jobs: int | None = None) -> Selection:
     """Score every candidate by grouped ``k``-fold cross-validation on ``table`` (training
-    prompts only) and apply the one-standard-error rule (module doc)."""
+    prompts only) and apply the one-standard-error rule (module doc); ``jobs`` worker
+    processes fit the folds (default :func:`default_jobs`)."""
     views = _SharedViews(table.prompts)
     try:
-        return _select(X, table, candidates, seed, k, log, views)
+        return _select(X, table, candidates, seed, k, log, views, jobs)
     finally:
         views.release()
 
 
 def fit_auto(X: np.ndarray, table: RoutingTable, *,
              candidates: Sequence[tuple[str, Mapping[str, Any]]] = CANDIDATES, seed: int = 0,
-             k: int = K_FOLDS, log: Callable[[str], None] = lambda s: None
-             ) -> tuple[Router, Selection]:
+             k: int = K_FOLDS, log: Callable[[str], None] = lambda s: None,
+             jobs: int | None = None) -> tuple[Router, Selection]:
     """:func:`select`, then the chosen candidate fitted on every prompt of ``table`` (with
     the views the selection already computed)."""
     views = _SharedViews(table.prompts)
     try:
-        sel = _select(X, table, candidates, seed, k, log, views)
+        sel = _select(X, table, candidates, seed, k, log, views, jobs)
         r = _make(sel.family, sel.params, seed)
         r.fit(np.asarray(X, dtype=np.float32), table, **views.fit_kwargs(r))
         return r, sel

@@ -17,10 +17,9 @@ linear model on top has one weight per feature and label).
 from __future__ import annotations
 
 import itertools
-import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -62,108 +61,158 @@ class Lexical:
         self.min_df_chars = int(min_df_chars)
         self.max_words = int(max_words)
         self.max_chars = int(max_chars)
-        self.vocab: dict[str, int] = {}
         self.idf = np.zeros(0, np.float32)
         self.n_words = 0
+        self._set_terms([])
 
     # -- state ---------------------------------------------------------------------------
+    def _set_terms(self, terms: Sequence[str]) -> None:
+        self.vocab: dict[str, int] = {t: i for i, t in enumerate(terms)}
+        # one dictionary per block, character n-grams without their namespace prefix: a
+        # lookup per n-gram then builds no prefixed string
+        self._words = {t: i for t, i in self.vocab.items() if not t.startswith("\x00")}
+        self._chars = {t[1:]: i for t, i in self.vocab.items() if t.startswith("\x00")}
+
     @property
     def n_features(self) -> int:
         return len(self.vocab)
 
     def state(self) -> tuple[list[str], np.ndarray, int]:
         """(terms in feature order, IDF, number of word features first)."""
-        terms = [""] * len(self.vocab)
-        for t, i in self.vocab.items():
-            terms[i] = t
-        return terms, self.idf, self.n_words
+        return list(self.vocab), self.idf, self.n_words
 
     @classmethod
     def from_state(cls, terms: Sequence[str], idf: np.ndarray, n_words: int) -> Lexical:
         lex = cls()
-        lex.vocab = {t: i for i, t in enumerate(terms)}
+        lex._set_terms(terms)
         lex.idf = np.asarray(idf, dtype=np.float32)
         lex.n_words = int(n_words)
         return lex
 
     # -- learning ------------------------------------------------------------------------
     @staticmethod
-    def _top(docs: Iterable[list[str]], limit: int, min_df: int
-             ) -> tuple[list[str], list[int]]:
-        df: Counter[str] = Counter()
-        for grams in docs:
-            df.update(set(grams))
-        kept = [(t, c) for t, c in df.items() if c >= min_df]
-        # most frequent first, ties by the term itself: deterministic
-        kept.sort(key=lambda tc: (-tc[1], tc[0]))
-        kept = kept[:limit]
-        return [t for t, _ in kept], [c for _, c in kept]
+    def _top(ids: dict[str, int], df: np.ndarray, limit: int, min_df: int
+             ) -> tuple[list[str], np.ndarray]:
+        """The ``limit`` most frequent terms of ``ids`` (term -> index into ``df``) seen in
+        at least ``min_df`` texts, most frequent first, ties by the term (deterministic),
+        and their old indices."""
+        ok = np.flatnonzero(df >= min_df)
+        if ok.size > limit > 0:  # only terms as frequent as the limit-th can make the cut
+            ok = ok[df[ok] >= np.partition(df[ok], ok.size - limit)[ok.size - limit]]
+        terms = list(ids)
+        kept = sorted((-int(df[i]), terms[i], int(i)) for i in ok)[:max(limit, 0)]
+        return [t for _, t, _ in kept], np.asarray([i for _, _, i in kept], np.int64)
 
     def fit(self, texts: Sequence[str]) -> Lexical:
-        n = len(texts)
-        wt, wdf = self._top((word_ngrams(t) for t in texts), self.max_words, self.min_df_words)
-        ct, cdf = self._top((char_ngrams(t) for t in texts), self.max_chars, self.min_df_chars)
-        terms = wt + [f"\x00{t}" for t in ct]  # char n-grams live in their own namespace
-        self.vocab = {t: i for i, t in enumerate(terms)}
-        df = np.asarray(wdf + cdf, dtype=np.float64)
-        self.idf = (np.log((1.0 + n) / (1.0 + df)) + 1.0).astype(np.float32)
-        self.n_words = len(wt)
+        self.fit_transform(texts)
         return self
 
+    def fit_transform(self, texts: Sequence[str]) -> csr_matrix:
+        """:meth:`fit`, returning the texts' rows (:meth:`transform`'s) from the same pass
+        over their n-grams."""
+        n = len(texts)
+        words: dict[str, int] = {}
+        chars: dict[str, int] = {}
+        enc = _encode(texts, words, chars, grow=True)
+        wdf = np.bincount(enc[0][1], minlength=len(words))
+        cdf = np.bincount(enc[1][1], minlength=len(chars))
+        wt, wold = self._top(words, wdf, self.max_words, self.min_df_words)
+        ct, cold = self._top(chars, cdf, self.max_chars, self.min_df_chars)
+        self._set_terms(wt + [f"\x00{t}" for t in ct])  # chars in their own namespace
+        df = np.concatenate([wdf[wold], cdf[cold]]).astype(np.float64)
+        self.idf = (np.log((1.0 + n) / (1.0 + df)) + 1.0).astype(np.float32)
+        self.n_words = len(wt)
+        blocks = []
+        for (doc, old, cnt), olds, offset, size in ((enc[0], wold, 0, len(words)),
+                                                    (enc[1], cold, len(wt), len(chars))):
+            col = np.full(size, -1, np.int64)
+            col[olds] = np.arange(olds.size) + offset
+            new = col[old]
+            keep = new >= 0
+            blocks.append((doc[keep], new[keep], cnt[keep]))
+        return _rows(n, blocks, self.idf, self.n_features)
+
     # -- features ------------------------------------------------------------------------
-    def _row(self, text: str) -> tuple[list[int], list[float]]:
+    def transform(self, texts: Sequence[str]) -> csr_matrix:
+        """(n, n_features) sparse TF-IDF rows (each block L2-normalised)."""
+        return _rows(len(texts), _encode(texts, self._words, self._chars, grow=False),
+                     self.idf, self.n_features)
+
+
+def _encode(texts: Sequence[str], words: dict[str, int], chars: dict[str, int], *,
+            grow: bool) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per block (words, characters): (text index, term index, count) of every distinct
+    n-gram of each text found in the block's dictionary; ``grow``: every n-gram, added to
+    the dictionary when new (indices in order of first sight)."""
+    out = []
+    split: dict[str, tuple[str, ...]] = {}  # each distinct word's character n-grams, once
+
+    def char_grams(text: str) -> Counter[str]:
+        toks = _SPACE.sub(" ", text.lower()).split()
+        for t in toks:
+            if t not in split:
+                split[t] = tuple(char_ngrams(t))
+        return Counter(itertools.chain.from_iterable(split[t] for t in toks))
+
+    for grams, vocab in ((lambda t: Counter(word_ngrams(t)), words), (char_grams, chars)):
+        doc: list[int] = []
         idx: list[int] = []
-        val: list[float] = []
-        vocab, idf = self.vocab, self.idf
-        for grams, prefix in ((word_ngrams(text), ""), (char_ngrams(text), "\x00")):
-            counts = Counter(prefix + g for g in grams) if prefix else Counter(grams)
-            cols, ws = [], []
+        cnt: list[int] = []
+        for i, text in enumerate(texts):
+            counts = grams(text)
+            if grow:
+                idx.extend(vocab.setdefault(g, len(vocab)) for g in counts)
+                cnt.extend(counts.values())
+                doc.extend(itertools.repeat(i, len(counts)))
+                continue
             for g, c in counts.items():
                 j = vocab.get(g)
                 if j is not None:
-                    cols.append(j)
-                    ws.append((1.0 + math.log(c)) * float(idf[j]))
-            norm = math.sqrt(sum(w * w for w in ws))
-            if norm > 0:
-                idx.extend(cols)
-                val.extend(w / norm for w in ws)
-        return idx, val
+                    idx.append(j)
+                    cnt.append(c)
+                    doc.append(i)
+        out.append((np.asarray(doc, np.int64), np.asarray(idx, np.int64),
+                    np.asarray(cnt, np.float64)))
+    return out
 
-    def transform(self, texts: Sequence[str]) -> csr_matrix:
-        """(n, n_features) sparse TF-IDF rows (each block L2-normalised)."""
-        from scipy.sparse import csr_matrix
 
-        indptr = [0]
-        indices: list[int] = []
-        data: list[float] = []
-        for t in texts:
-            i, v = self._row(t)
-            indices.extend(i)
-            data.extend(v)
-            indptr.append(len(indices))
-        return csr_matrix((np.asarray(data, np.float32), np.asarray(indices, np.int64),
-                           np.asarray(indptr, np.int64)), shape=(len(texts), self.n_features))
+def _rows(n: int, blocks: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+          idf: np.ndarray, n_features: int) -> csr_matrix:
+    """CSR rows from per-block (text, column, count) triples: sublinear TF times IDF, each
+    text's block L2-normalised; a row holds its word entries, then its character ones."""
+    from scipy.sparse import csr_matrix
+
+    docs, cols, vals = [], [], []
+    for b, (doc, col, cnt) in enumerate(blocks):
+        w = (1.0 + np.log(cnt)) * idf[col].astype(np.float64)
+        norm = np.sqrt(np.bincount(doc, weights=w * w, minlength=n))
+        docs.append(doc * 2 + b)
+        cols.append(col)
+        vals.append(w / np.where(norm > 0, norm, 1.0)[doc])
+    key = np.concatenate(docs)
+    order = np.argsort(key, kind="stable")  # text by text, words first, sight order kept
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(key // 2, minlength=n))])
+    return csr_matrix((np.concatenate(vals)[order].astype(np.float32),
+                       np.concatenate(cols)[order], indptr), shape=(n, n_features))
 
 
 class MemoLexical(Lexical):
-    """A fitted :class:`Lexical` that computes each of ``texts``' rows once: many fits on
-    subsets of one table (``auto``'s cross-validation) share them. Other texts are
-    transformed as usual; :meth:`forget` drops the rows and keeps the vocabulary."""
+    """A :class:`Lexical` fitted on ``texts`` that keeps their rows (computed in the same
+    pass as the vocabulary): many fits on subsets of one table (``auto``'s cross-validation)
+    share them. Other texts are transformed as usual; :meth:`forget` drops the rows and keeps
+    the vocabulary."""
 
-    def __init__(self, fitted: Lexical, texts: Sequence[str]) -> None:
-        super().__init__(min_df_words=fitted.min_df_words, min_df_chars=fitted.min_df_chars,
-                         max_words=fitted.max_words, max_chars=fitted.max_chars)
-        self.vocab, self.idf, self.n_words = fitted.vocab, fitted.idf, fitted.n_words
-        self._pos = {t: i for i, t in enumerate(texts)}
-        self._rows: csr_matrix | None = None
+    def __init__(self, settings: Lexical, texts: Sequence[str]) -> None:
+        super().__init__(min_df_words=settings.min_df_words, min_df_chars=settings.min_df_chars,
+                         max_words=settings.max_words, max_chars=settings.max_chars)
         self._texts = list(texts)
+        self._memo: csr_matrix | None = self.fit_transform(self._texts)
+        self._pos = {t: i for i, t in enumerate(self._texts)}
 
     def transform(self, texts: Sequence[str]) -> csr_matrix:
-        if not self._pos or any(t not in self._pos for t in texts):
+        if self._memo is None or any(t not in self._pos for t in texts):
             return super().transform(texts)
-        if self._rows is None:
-            self._rows = super().transform(self._texts)
-        return self._rows[[self._pos[t] for t in texts]]
+        return self._memo[[self._pos[t] for t in texts]]
 
     def forget(self) -> None:
-        self._pos, self._rows, self._texts = {}, None, []
+        self._pos, self._memo, self._texts = {}, None, []

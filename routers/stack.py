@@ -22,8 +22,13 @@ For each expert these base estimates of P(the expert answers well | query) are c
 Chosen on validation (report-free development seeds, distilled embedder): the lexical views
 raised the mean validation APGR on MMLU from 0.663 to 0.683 (the per-subject rule, which
 is told each test prompt's true subject: 0.679) and on GSM8K from 0.627 to 0.634; AIQ on
-NQ 0.442 -> 0.444. Their cost is the TF-IDF fit (~20 s on 11k MMLU prompts, pure Python)
-and ~0.2 ms per query.
+NQ 0.442 -> 0.444. Their cost is the TF-IDF fit (~5 s on 10k MMLU prompts, pure Python)
+and ~0.2-0.4 ms per query.
+
+Experts scored on the same prompts share the out-of-fold assignment, so the parts that do
+not depend on the expert (nearest neighbours, category weights) are computed once per fold,
+and each fold's logistic regressions start from the all-prompts fit (same optimum, fewer
+solver steps).
 
 A per-expert logistic regression on the logits of the components, fitted on out-of-fold
 estimates of the training prompts (``folds``-fold), combines them into a calibrated
@@ -74,8 +79,10 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
 
 
-def _fit_lr(F: np.ndarray, s: np.ndarray, C: float) -> tuple[np.ndarray, float]:
-    """Logistic regression with soft labels ``s`` in [0, 1]; returns (coef, intercept)."""
+def _fit_lr(F: np.ndarray, s: np.ndarray, C: float, coef: np.ndarray | None = None,
+            intercept: float | None = None) -> tuple[np.ndarray, float]:
+    """Logistic regression with soft labels ``s`` in [0, 1]; returns (coef, intercept).
+    ``coef``/``intercept``: where the solver starts (a fit on related data; default zero)."""
     from sklearn.linear_model import LogisticRegression
 
     pos, neg = s > 0, s < 1
@@ -91,7 +98,10 @@ def _fit_lr(F: np.ndarray, s: np.ndarray, C: float) -> tuple[np.ndarray, float]:
         Fa = np.concatenate([F[pos], F[neg]])
     ya = np.concatenate([np.ones(int(pos.sum())), np.zeros(int(neg.sum()))])
     wa = np.concatenate([s[pos], 1 - s[neg]])
-    m = LogisticRegression(C=C, max_iter=1000).fit(Fa, ya, sample_weight=wa)
+    m = LogisticRegression(C=C, max_iter=1000, warm_start=coef is not None)
+    if coef is not None and intercept is not None:
+        m.coef_, m.intercept_ = np.asarray(coef, np.float64)[None, :], np.array([intercept])
+    m.fit(Fa, ya, sample_weight=wa)
     return m.coef_[0].astype(np.float64), float(m.intercept_[0])
 
 
@@ -127,9 +137,9 @@ class StackRouter(QualityRouter):
         self.threshold = threshold
 
     # -- learning ----------------------------------------------------------------------
-    def _category_prior(self, C: np.ndarray, R: np.ndarray, Xq: np.ndarray,
-                        lex: tuple[Any, np.ndarray] | None = None) -> np.ndarray:
-        """Per-category rates R (K, m) mixed by soft nearest-centroid weights, (nq, m).
+    def _category_weights(self, C: np.ndarray, Xq: np.ndarray,
+                          lex: tuple[Any, np.ndarray] | None = None) -> np.ndarray:
+        """Soft nearest-centroid weights of the queries over the categories, (nq, K).
 
         ``lex``: the queries' TF-IDF rows and the categories' TF-IDF centroids (K, V), whose
         similarities join the dense ones with weight ``lexical_weight``."""
@@ -137,7 +147,7 @@ class StackRouter(QualityRouter):
         if lex is not None:
             sims = sims + float(self.lexical_weight) * np.asarray(lex[0] @ lex[1].T)
         w = np.exp((sims - sims.max(axis=1, keepdims=True)) / float(self.temperature))
-        return (w / w.sum(axis=1, keepdims=True)) @ R
+        return w / w.sum(axis=1, keepdims=True)
 
     @staticmethod
     def _centroids(Xtr: Any, cats: np.ndarray, K: int) -> np.ndarray:
@@ -158,32 +168,42 @@ class StackRouter(QualityRouter):
     #: pseudo-counts shrinking a category's success rate toward the expert's mean
     prior_strength_cat = 5.0
 
-    def _base(self, Xtr: np.ndarray, Htr: np.ndarray, s: np.ndarray, Xq: np.ndarray,
-              Hq: np.ndarray, cats: np.ndarray | None = None, K: int = 0,
-              lex: tuple[Any, Any] | None = None
-              ) -> tuple[np.ndarray, tuple[Any, ...]]:
-        """Base estimates (nq, 3 or 4) for one expert and its fitted coefficients.
-
-        ``Htr``/``Hq`` are the prompt statistics already standardised; ``cats`` the training
-        prompts' category indices (None: no category component); ``lex`` the training and
-        query prompts' TF-IDF rows (None: the category assignment is dense only).
-        """
-        ce, be = _fit_lr(Xtr, s, float(self.C_embed))
-        ch, bh = _fit_lr(Htr, s, float(self.C_stats))
-        prior = np.array([s.mean()])
-        kn = knn_quality(Xq, Xtr, s[:, None], prior, k=int(self.k),
+    def _shared(self, Xtr: np.ndarray, S: np.ndarray, Xq: np.ndarray,
+                cats: np.ndarray | None, K: int, lex: tuple[Any, Any] | None
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The parts that do not depend on which expert is fitted, for experts scored on the
+        same prompts (columns of ``S``): the nearest-neighbour estimate of each, (nq, m), and
+        the queries' category weights (None: no category component)."""
+        kn = knn_quality(Xq, Xtr, S, S.mean(axis=0), k=int(self.k),
                          temperature=float(self.temperature),
-                         prior_strength=float(self.prior_strength))[:, 0]
+                         prior_strength=float(self.prior_strength))
+        if cats is None:
+            return kn, None
+        lq = None if lex is None else (lex[1], self._centroids(lex[0], cats, K))
+        return kn, self._category_weights(self._centroids(Xtr, cats, K), Xq, lq)
+
+    def _base(self, Xtr: np.ndarray, Htr: np.ndarray, s: np.ndarray, Xq: np.ndarray,
+              Hq: np.ndarray, kn: np.ndarray, catw: np.ndarray | None,
+              cats: np.ndarray | None, K: int, lex: tuple[Any, Any] | None,
+              init: tuple[Any, ...] | None = None) -> tuple[np.ndarray, tuple[Any, ...]]:
+        """Base estimates (nq, components) for one expert and its fitted coefficients.
+
+        ``Htr``/``Hq`` are the prompt statistics already standardised; ``kn`` and ``catw``
+        the expert's nearest-neighbour estimate and the queries' category weights
+        (:meth:`_shared`); ``cats`` the training prompts' category indices; ``lex`` the
+        training and query prompts' TF-IDF rows; ``init``: coefficients of a fit on more
+        prompts to start the logistic regressions from (the same optimum, fewer steps).
+        """
+        i = init or (None,) * 6
+        ce, be = _fit_lr(Xtr, s, float(self.C_embed), i[0], i[1])
+        ch, bh = _fit_lr(Htr, s, float(self.C_stats), i[2], i[3])
         parts = [_sigmoid(Xq @ ce + be), _sigmoid(Hq @ ch + bh), kn]
         cl, bl = np.zeros(0), 0.0
         if lex is not None and self.C_lexical is not None:
-            cl, bl = _fit_lr(lex[0], s, float(self.C_lexical))
+            cl, bl = _fit_lr(lex[0], s, float(self.C_lexical), i[4], i[5])
             parts.append(_sigmoid(np.asarray(lex[1] @ cl).ravel() + bl))
-        if cats is not None:
-            C = self._centroids(Xtr, cats, K)
-            lq = None if lex is None else (lex[1], self._centroids(lex[0], cats, K))
-            parts.append(self._category_prior(C, self._rates(s, cats, K)[:, None], Xq,
-                                              lq)[:, 0])
+        if catw is not None and cats is not None:
+            parts.append(catw @ self._rates(s, cats, K))
         return np.stack(parts, 1), (ce, be, ch, bh, cl, bl)
 
     @staticmethod
@@ -235,31 +255,46 @@ class StackRouter(QualityRouter):
                 self.lex_coef_ = np.zeros((m, lex.n_features), np.float32)
                 self.lex_bias_ = np.zeros(m)
         rng = np.random.default_rng(int(self.seed))
+        # one fold assignment for every expert: experts scored on the same prompts share
+        # the folds, so the parts that do not depend on the expert are computed once
+        fold_all = rng.permutation(S.shape[0]) % int(self.folds)
+        groups: dict[bytes, list[int]] = {}
+        for j in range(m):
+            groups.setdefault(np.isfinite(S[:, j]).tobytes(), []).append(j)
         emb_c, emb_b = np.zeros((m, Xu.shape[1])), np.zeros(m)
         st_c, st_b = np.zeros((m, H.shape[1])), np.zeros(m)
         meta_c, meta_b = np.zeros((m, n_comp)), np.zeros(m)
         rates = np.zeros((K, m))
-        for j in range(m):
-            ok = np.flatnonzero(np.isfinite(S[:, j]))
-            Xa, Ha, s = Xu[ok], H[ok], S[ok, j]
-            fold = rng.permutation(ok.size) % int(self.folds)
+        for experts in groups.values():
+            ok = np.flatnonzero(np.isfinite(S[:, experts[0]]))
+            Xa, Ha, Sa = Xu[ok], H[ok], S[ok][:, experts]
+            fold = fold_all[ok]
             ca = cat_all[ok] if cat_all is not None else None
             La = L[ok] if L is not None else None
-            oof = np.zeros((ok.size, n_comp))
+            full = []
+            for g, j in enumerate(experts):  # the final fit first: it starts the fold fits
+                _, coefs = self._base(Xa, Ha, Sa[:, g], Xa[:1], Ha[:1], Sa[:1, g], None,
+                                      None, K, None if La is None else (La, La[:1]))
+                full.append(coefs)
+                emb_c[j], emb_b[j], st_c[j], st_b[j], cl, bl = coefs
+                if use_lr:
+                    self.lex_coef_[j], self.lex_bias_[j] = cl, bl
+                if ca is not None:
+                    rates[:, j] = self._rates(Sa[:, g], ca, K)
+            oof = np.zeros((len(experts), ok.size, n_comp))
             for f in range(int(self.folds)):
                 te, tr = fold == f, fold != f
                 if tr.sum() < 2 or not te.any():
                     continue
-                oof[te] = self._base(Xa[tr], Ha[tr], s[tr], Xa[te], Ha[te],
-                                     ca[tr] if ca is not None else None, K,
-                                     None if La is None else (La[tr], La[te]))[0]
-            meta_c[j], meta_b[j] = _fit_lr(_logit(oof), s, float(self.C_meta))
-            _, (emb_c[j], emb_b[j], st_c[j], st_b[j], cl, bl) = self._base(
-                Xa, Ha, s, Xa[:1], Ha[:1], lex=None if La is None else (La, La[:1]))
-            if use_lr:
-                self.lex_coef_[j], self.lex_bias_[j] = cl, bl
-            if ca is not None:
-                rates[:, j] = self._rates(s, ca, K)
+                lex_f = None if La is None else (La[tr], La[te])
+                kn, catw = self._shared(Xa[tr], Sa[tr], Xa[te],
+                                        ca[tr] if ca is not None else None, K, lex_f)
+                for g in range(len(experts)):
+                    oof[g, te] = self._base(Xa[tr], Ha[tr], Sa[tr, g], Xa[te], Ha[te],
+                                            kn[:, g], catw, ca[tr] if ca is not None else None,
+                                            K, lex_f, init=full[g])[0]
+            for g, j in enumerate(experts):
+                meta_c[j], meta_b[j] = _fit_lr(_logit(oof[g]), Sa[:, g], float(self.C_meta))
         self.centroids_ = self._centroids(Xu, cat_all, K) if cat_all is not None else \
             np.zeros((0, Xu.shape[1]))
         self.category_rates_ = rates
@@ -299,8 +334,8 @@ class StackRouter(QualityRouter):
         if len(self.centroids_):
             lex = None if L is None or not len(self.lex_centroids_) else \
                 (L, self.lex_centroids_)
-            parts.append(_logit(self._category_prior(self.centroids_, self.category_rates_, Xu,
-                                                     lex)))
+            parts.append(_logit(self._category_weights(self.centroids_, Xu, lex)
+                                @ self.category_rates_))
         Z = np.stack(parts, axis=2)  # (n, m, components)
         return _sigmoid(np.einsum("nmc,mc->nm", Z, self.meta_coef_) + self.meta_bias_)
 

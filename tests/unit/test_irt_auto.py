@@ -88,6 +88,15 @@ def test_auto_selects_on_training_prompts_only(tmp_path: Path) -> None:
         train_router("auto", table, X, params={"k": 3})
 
 
+def test_auto_scores_do_not_depend_on_the_worker_count() -> None:
+    X, table = synthetic_table(120)  # a few missing scores: stack's experts in two groups
+    cands = (("knn", {"k": 5}), ("stack", {"folds": 3, "k": 10}))
+    one = select(X, table, candidates=cands, seed=1, jobs=1)
+    two = select(X, table, candidates=cands, seed=1, jobs=2)
+    assert [r["fold_scores"] for r in one.scores] == [r["fold_scores"] for r in two.scores]
+    assert (one.family, one.params, one.score) == (two.family, two.params, two.score)
+
+
 def test_auto_reports_families_that_cannot_fit() -> None:
     X, table = synthetic_table(40)
     one_cat = RoutingTable(table.prompt_ids, table.prompts, table.models, table.scores,

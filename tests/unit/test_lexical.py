@@ -99,7 +99,7 @@ def test_memo_rows_equal_transform_and_a_stack_fitted_with_them_equals_one_fitte
 
     X, table = synthetic_table(80)
     texts = list(table.prompts)
-    memo = MemoLexical(StackRouter.new_lexical().fit(texts), texts)
+    memo = MemoLexical(StackRouter.new_lexical(), texts)
     plain = StackRouter.new_lexical().fit(texts)
     some = [texts[5], texts[2], texts[5]]
     assert (memo.transform(some) != plain.transform(some)).nnz == 0
@@ -160,3 +160,16 @@ def test_fused_guard_with_two_labels() -> None:
         == ["bill", "transfer"]
     p = g.predict_proba(X[[0]], ["pay the card bill"])
     assert p.shape == (1, 2) and p[0, 0] > 0.5
+
+
+def test_fit_transform_rows_equal_fit_then_transform_and_the_cap_keeps_the_most_frequent() -> None:
+    many = [*TEXTS, *(f"pay bill number {i}" for i in range(30))]
+    lex = Lexical(max_words=6, max_chars=40)
+    rows = lex.fit_transform(many)
+    again = Lexical(max_words=6, max_chars=40).fit(many)
+    assert lex.state()[0] == again.state()[0]
+    assert (rows != again.transform(many)).nnz == 0 and rows.shape == (36, 46)
+    # the six words in most texts, ties by the word: "bill", "pay" (32 texts each) first
+    words = lex.state()[0][:lex.n_words]
+    assert words[:2] == ["bill", "pay"] and len(words) == 6
+    assert words == sorted(words, key=lambda w: (-sum(w in word_ngrams(t) for t in many), w))

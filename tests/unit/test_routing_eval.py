@@ -156,6 +156,20 @@ def test_stack_router_learns_saves_and_loads(tmp_path: Path) -> None:
         [d.expert for d in r.decide(X[:5], table.prompts[:5])]
 
 
+def test_stack_warm_started_regression_reaches_the_same_optimum() -> None:
+    from routers.stack import _fit_lr
+
+    rng = np.random.default_rng(0)
+    F = rng.normal(size=(400, 12))
+    s = (F[:, 0] - F[:, 1] + rng.normal(size=400) > 0).astype(float)
+    cold = _fit_lr(F, s, 1.0)
+    start = _fit_lr(F[:300], s[:300], 1.0)  # a fit on related data, as stack's folds use
+    warm = _fit_lr(F, s, 1.0, *start)
+    np.testing.assert_allclose(warm[0], cold[0], atol=2e-3)
+    assert warm[1] == pytest.approx(cold[1], abs=2e-3)
+    assert not np.allclose(start[0], cold[0], atol=2e-3)  # it did move from the start
+
+
 def test_stack_router_sweeps_in_the_evaluation(tmp_path: Path) -> None:
     import routers.stack  # noqa: F401  (registers "stack" until routers/families.py lists it)
 
