@@ -317,8 +317,11 @@ BASELINES: dict[str, Callable[[float, int], _Method]] = {
     "baseline-tfidf-svm": lambda frr, seed: _TfidfSvm(frr, seed),
     "baseline-lr-knn": _guard(method="knn", unsafe=False),
 }
+#: the candidates of a plain ``eval guard``: the baselines, the dense guards and the dense +
+#: sparse ones (averaged scores, or one model over both views)
 DEFAULT_METHODS = ("baseline-tfidf-svm", "baseline-lr-knn", "guard-knn", "guard-mahalanobis",
-                   "guard-msp", "guard-mlp-knn", "guard-mlp-mahalanobis", "guard-mlp-knn+msp")
+                   "guard-msp", "guard-mlp-knn", "guard-mlp-mahalanobis", "guard-mlp-knn+msp",
+                   "guard-lexical-knn", "guard-lexical-mlp-knn", "guard-fused")
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -655,8 +658,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     options: dict[str, Any] = {}
+    if args.quantize and args.embedder != "onnx":
+        print("--quantize needs --embedder onnx", file=sys.stderr)
+        return 2
     if args.embedder in ("minilm", "onnx"):
         options["threads"] = 1
+        if args.quantize:
+            options["quantize"] = True
         if args.embedder_path and args.finetune:
             print("give --embedder-path or --finetune, not both", file=sys.stderr)
             return 2
@@ -901,6 +909,10 @@ def cli_register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--embedder", default="minilm",
                         choices=EMBEDDER_KINDS,
                         help="embedder for the guards and the latency figures")
+    parser.add_argument("--quantize", action="store_true",
+                        help="--embedder onnx with dynamic int8 weights (faster per query); "
+                        "every figure, fit and latency uses the int8 vectors (cached apart "
+                        "from the fp32 ones)")
     parser.add_argument("--static-model", help="model2vec folder for --embedder static")
     parser.add_argument("--embedder-path", help="sentence-transformers folder for --embedder "
                         "minilm|onnx (e.g. one written by 'expertgate embedder finetune')")

@@ -129,6 +129,8 @@ def encoder_info(embedder: Any, finetune: Mapping[str, Any] | None = None) -> di
     out: dict[str, Any] = {"name": getattr(embedder, "name", None),
                            "class": type(embedder).__name__,
                            "dim": getattr(embedder, "dim", None)}
+    if getattr(embedder, "quantize", False):
+        out["quantized"] = "dynamic int8 weights (onnxruntime), MatMul only, per channel"
     folder = _model_folder(embedder)
     if folder is not None and folder.is_dir():
         h = hashlib.sha256()

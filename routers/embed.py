@@ -242,7 +242,10 @@ def make_embedder(kind: str, **options: Any) -> Embedder:
 def embedding_cache_path(embedder: Embedder, texts: Sequence[str],
                          cache_dir: str | Path | None = None) -> Path:
     """Where :func:`embed_cached` keeps the embeddings of ``texts`` (whether or not there yet)."""
-    h = hashlib.sha256(embedder.name.encode())
+    # int8 ONNX vectors share the model's name (they serve interchangeably) but differ a
+    # little: cached apart, so an evaluation with quantize=True scores its own vectors
+    name = embedder.name + ("|int8" if getattr(embedder, "quantize", False) else "")
+    h = hashlib.sha256(name.encode())
     for t in texts:
         h.update(t.encode("utf-8", "surrogatepass"))
         h.update(b"\x00")

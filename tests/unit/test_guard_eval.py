@@ -260,3 +260,16 @@ def test_eval_guard_runs_the_fused_guard_and_selects_on_validation(
     assert res["selected"]["validation_ood"]["source"] == "leave-labels-out"
     assert res["selected"]["validation_score"] == max(val.values())
     assert val[res["selected"]["method"]] == max(val.values())
+
+
+def test_int8_vectors_are_cached_apart_and_quantize_needs_onnx(tmp_path: Path) -> None:
+    from routers.embed import HashingEmbedder, embedding_cache_path
+
+    fp32, int8 = HashingEmbedder(dim=8), HashingEmbedder(dim=8)
+    # the attribute OnnxMiniLMEmbedder(quantize=True) has
+    int8.quantize = True  # type: ignore[attr-defined]
+    texts = ["a query", "another"]
+    assert embedding_cache_path(fp32, texts, tmp_path) != \
+        embedding_cache_path(int8, texts, tmp_path)
+    data = _write_csv(tmp_path / "g.csv")
+    assert _run_cli(["--data", str(data), "--embedder", "hashing", "--quantize", "--quiet"]) == 2
