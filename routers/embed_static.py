@@ -261,7 +261,10 @@ class DistilledEmbedder:
         self.name = f"static-{cfg['source']}-{cfg['dim']}{kind}:{cfg['table_sha256_16'][:12]}"
 
     def _ids(self, texts: Sequence[str]) -> list[np.ndarray]:
-        encs = self._tok.encode_batch(list(texts), add_special_tokens=False)
+        # one text (a request): encode it on this thread; encode_batch hands even one text to
+        # the tokenizer's worker pool and waits for it, a thread switch per request
+        encs = ([self._tok.encode(texts[0], add_special_tokens=False)] if len(texts) == 1
+                else self._tok.encode_batch(list(texts), add_special_tokens=False))
         out = []
         for e in encs:
             ids = np.asarray(e.ids, dtype=np.int64)

@@ -25,7 +25,7 @@ from expertgate.bench import cli_register
 from expertgate.bench.load import distinct_prompt, run_wrk
 from expertgate.bench.overhead import _targets, format_ratio_lines
 from expertgate.bench.proc import cpu_seconds, process_tree, rss_bytes
-from expertgate.bench.router import bench_batching, synthetic_table, time_calls
+from expertgate.bench.router import _interleaved, bench_batching, synthetic_table, time_calls
 from expertgate.bench.upstream_stub import CHAT_BODY, SSE_BODY, UpstreamStub
 
 needs_nginx = pytest.mark.skipif(shutil.which("nginx") is None
@@ -219,6 +219,25 @@ def test_time_calls_and_synthetic_table() -> None:
     table = synthetic_table(X, [f"q{i}" for i in range(50)])
     assert table.scores.shape == (50, 4) and table.categories is not None
     assert set(np.unique(table.scores)) <= {0.0, 1.0}
+
+
+def test_interleaved_gives_fast_functions_enough_calls_for_their_p99() -> None:
+    import time
+
+    calls = {"fast": 0, "slow": 0}
+
+    def fast() -> None:
+        calls["fast"] += 1
+
+    def slow() -> None:
+        calls["slow"] += 1
+        time.sleep(0.0025)  # above FAST_MS: one call per repeat
+
+    res = _interleaved({"fast": fast, "slow": slow}, repeats=10, warmup=2, min_fast_calls=95)
+    # 10 calls per repeat for the fast one (ceil(95 / 10)), warm-up calls never timed
+    assert (res["fast"]["calls"], res["slow"]["calls"]) == (100, 10)
+    assert calls == {"fast": 102, "slow": 12}
+    assert res["slow"]["p50_ms"] >= 2.5 > res["fast"]["p99_ms"]
 
 
 def test_batching_bench_batches_concurrent_callers() -> None:

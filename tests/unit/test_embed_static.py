@@ -63,6 +63,8 @@ def test_embeddings_are_unit_rows_and_keep_meaning(built: Path) -> None:
     assert X[0] @ X[1] > X[0] @ X[2] + 0.1
     # batch == one at a time
     np.testing.assert_allclose(np.concatenate([e.embed([t]) for t in texts]), X, atol=1e-6)
+    long = " ".join(["pay the bill", "river"] * 400)  # truncated alike on both paths
+    np.testing.assert_allclose(e.embed([long]), e.embed([long, "sea"])[:1], atol=1e-6)
     assert e.embed([]).shape == (0, DIM)
 
 
