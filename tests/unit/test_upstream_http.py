@@ -3,7 +3,8 @@
 Each test runs a raw TCP server on 127.0.0.1 that answers with exactly the bytes the test
 wants (content-length, chunked, split into single bytes, cut short, closed, garbage), and
 checks what the client makes of them: bodies, connection reuse, the retry of a stale pooled
-connection, timeouts through ``call_openai``, flow control for big bodies, and clean close.
+connection, timeouts through ``call_openai``, flow control for big bodies, clean close, and
+https against a local TLS server whose certificate the trust store does or does not hold.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -441,3 +444,39 @@ async def test_a_connection_not_accepted_in_time_is_a_connect_timeout() -> None:
         for s in fill:
             s.close()
         ls.close()
+
+
+async def test_https_upstreams_are_verified_against_the_system_trust_store(
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+
+    async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            head = await r.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
+            w.write(_ok(b'{"tls":true}'))
+            await w.drain()
+            await r.read()  # until the client closes
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            pass
+        finally:
+            w.close()
+
+    srv = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_ctx)
+    base = f"https://127.0.0.1:{srv.sockets[0].getsockname()[1]}/v1"
+    try:
+        untrusting = await _client()
+        with pytest.raises(ConnectFailed):  # a self-signed certificate nobody trusts
+            await _post(untrusting, base)
+        await untrusting.close()
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # now the trust store holds it
+        http = await _client()
+        assert await _post(http, base) == (200, "application/json", b'{"tls":true}')
+        await http.close()
+    finally:
+        srv.close()
