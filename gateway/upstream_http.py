@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+import weakref
 from urllib.parse import urlsplit
 
 import httptools
@@ -95,8 +96,8 @@ class Response:
     :meth:`read_any`. :meth:`release` must be called when the caller stops reading early
     (the connection is then closed); a body read to its end leaves nothing to release."""
 
-    __slots__ = ("_chunks", "_conn", "_exc", "_loop", "_paused", "_size", "_waiter", "_whole",
-                 "content_type", "done", "framed", "head", "status")
+    __slots__ = ("__weakref__", "_chunks", "_conn", "_exc", "_loop", "_paused", "_size",
+                 "_waiter", "_whole", "content_type", "done", "framed", "head", "status")
 
     def __init__(self, conn: _Conn, loop: asyncio.AbstractEventLoop) -> None:
         self._conn: _Conn | None = conn
@@ -184,11 +185,28 @@ class _Conn(asyncio.Protocol):
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.resp: Response | None = None
+        self._ref: weakref.ref[Response] | None = None
         self.closed = False
         #: answers completed on this connection (0: new, never used)
         self.used = 0
         self.idle_since = 0.0
+
+    @property
+    def resp(self) -> Response | None:
+        """The response being received. Held weakly: a caller that drops a response it did
+        not read to its end (nor release) closes the connection, instead of leaving it
+        paused mid-body forever."""
+        ref = self._ref
+        return ref() if ref is not None else None
+
+    @resp.setter
+    def resp(self, r: Response | None) -> None:
+        self._ref = None if r is None else weakref.ref(r, self._dropped)
+
+    def _dropped(self, ref: weakref.ref[Response]) -> None:
+        if self._ref is ref:
+            self._ref = None
+            self.close()
 
     # the transport's callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

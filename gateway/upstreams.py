@@ -278,6 +278,10 @@ async def call_openai(client: UpstreamHTTP, expert: ExpertConfig, base: str, pat
                               public=f"connection failed ({name})") from None
     except ValueError as e:  # an api base that is not an http(s) URL, a bad header value
         raise UpstreamFailure("connect", f"{base}: {e}", public="is misconfigured") from None
+    except asyncio.CancelledError:  # the client went away: the connection is not reusable
+        if resp is not None:
+            resp.release()
+        raise
     return UpstreamReply(status, ctype, first, _iter_rest(resp, timeout_s, loop), stream=True,
                          _release=resp.release, sse=sse)
 

@@ -174,7 +174,11 @@ async def forward(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
         ctx.usage = usage_of(reply.data) if reply.status == 200 else (0, 0)
         return
     h.append((b"cache-control", b"no-cache"))
-    await send({"type": "http.response.start", "status": reply.status, "headers": h})
+    try:
+        await send({"type": "http.response.start", "status": reply.status, "headers": h})
+    except BaseException:
+        reply.release()  # _stream releases it from here on
+        raise
     await _stream(gw, send, ctx, res)
 
 

@@ -480,3 +480,28 @@ async def test_https_upstreams_are_verified_against_the_system_trust_store(
         await http.close()
     finally:
         srv.close()
+
+
+async def test_a_stream_dropped_unread_closes_its_connection(serve) -> None:
+    async def h(req: Req, w: asyncio.StreamWriter) -> bool:
+        # an endless stream (one event every few ms) until the client goes away
+        w.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                b"transfer-encoding: chunked\r\n\r\n")
+        while True:
+            ev = b'data: {"x":1}\n\n'
+            w.write(b"%x\r\n" % len(ev) + ev + b"\r\n")
+            await w.drain()
+            await asyncio.sleep(0.005)
+
+    srv = await serve(h)
+    http = await _client()
+    r = await http.request(b"POST", srv.base, "/chat/completions", b"{}", {},
+                           connect_timeout_s=2.0)
+    assert (await r.read_any()).startswith(b"data: ")
+    del r  # neither read to its end nor released
+    for _ in range(100):
+        if srv.closed_by_client:
+            break
+        await asyncio.sleep(0.01)
+    assert srv.closed_by_client == 1
+    await http.close()
