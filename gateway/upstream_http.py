@@ -187,8 +187,6 @@ class _Conn(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self._ref: weakref.ref[Response] | None = None
         self.closed = False
-        #: answers completed on this connection (0: new, never used)
-        self.used = 0
         self.idle_since = 0.0
 
     @property
@@ -223,6 +221,7 @@ class _Conn(asyncio.Protocol):
             self.close()
 
     def eof_received(self) -> bool:
+        self.closed = True  # never taken from the pool again
         return False  # the transport closes; connection_lost finishes the response
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -295,7 +294,6 @@ class _Conn(asyncio.Protocol):
         r.done = True
         r._conn = None
         r._wake()
-        self.used += 1
         if self.parser.should_keep_alive() and not self.closed:
             if r._paused:
                 r._paused = False
