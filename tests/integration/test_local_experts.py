@@ -1,6 +1,6 @@
 """End to end through a real ``expertgate serve`` process, the OpenAI SDK as the client, and
 two real llama.cpp experts (SmolLM2-135M-Instruct and Gemma-3-270M) behind it, routed by the
-demo config (examples/demo-local.yaml, real MiniLM embedder) with free ports substituted.
+demo config (examples/demo-local.yaml, the distilled MiniLM embedder) with free ports substituted.
 """
 
 from __future__ import annotations
