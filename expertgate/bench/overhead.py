@@ -501,12 +501,16 @@ def cmd_overhead(args: argparse.Namespace) -> int:
 
         print(f"bench overhead: stub {stub.base_url}; paths {', '.join(targets)}; "
               f"concurrency {concs}; {args.rounds} round(s)", file=sys.stderr)
-        # warm-up: first requests pay lazy imports, connection set-up, first-use allocations
+        # warm-up: first requests pay lazy imports, connection set-up, first-use allocations;
+        # at the largest concurrency, so every path's connection pools already hold what the
+        # measured runs use (warmed at 16 only, the first c=64 run of each path opened its
+        # other 48 connections inside its measured window)
+        c_warm = max(concs)
         for name, t in targets.items():
-            warm = _Target(t.path, t.url, t.body, t.model, t.pids, min(t.requests, 200),
-                           t.headers, t.suffix)
+            warm = _Target(t.path, t.url, t.body, t.model, t.pids,
+                           min(t.requests, max(200, 4 * c_warm)), t.headers, t.suffix)
             try:
-                _measure(warm, min(16, max(concs)), f"warm-{run_id}")
+                _measure(warm, c_warm, f"warm-{run_id}")
             except LoadError as e:
                 print(f"bench overhead: warm-up of {name} failed: {e}", file=sys.stderr)
                 return 1
