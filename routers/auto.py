@@ -280,6 +280,14 @@ def default_jobs() -> int:
     return max(1, min(MAX_JOBS, cores))
 
 
+def _one_blas_thread() -> None:
+    """A worker's BLAS pool to one thread: ``jobs`` workers with the parent's pool size each
+    would oversubscribe the cores (spinning BLAS threads made the folds several times slower)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+
+
 def _run(work: _Work, jobs: int) -> list[tuple[int, int, float | str, float]]:
     """Every (candidate, fold) fit, in ``jobs`` forked processes (in this one when 1 or
     where fork is unavailable); dearer candidates (later in the list) start first, so the
@@ -292,7 +300,8 @@ def _run(work: _Work, jobs: int) -> list[tuple[int, int, float | str, float]]:
             return [_fold_score(t) for t in tasks]
         # fork: the workers share the embeddings and TF-IDF rows with this process instead
         # of receiving copies
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as ex:
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork"),
+                                 initializer=_one_blas_thread) as ex:
             return list(ex.map(_fold_score, tasks))
     finally:
         _WORK.pop()

@@ -97,6 +97,27 @@ def test_auto_scores_do_not_depend_on_the_worker_count() -> None:
     assert (one.family, one.params, one.score) == (two.family, two.params, two.score)
 
 
+def _blas_threads() -> int:
+    from threadpoolctl import threadpool_info
+
+    return max([p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"] or [1])
+
+
+def test_auto_workers_run_blas_on_one_thread() -> None:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    from routers.auto import _one_blas_thread
+
+    # the parent's BLAS pool as eval routing's --threads 2 sets it; the workers' stays at one
+    with threadpool_limits(2), ProcessPoolExecutor(
+            1, mp_context=multiprocessing.get_context("fork"),
+            initializer=_one_blas_thread) as ex:
+        assert ex.submit(_blas_threads).result() == 1
+
+
 def test_auto_reports_families_that_cannot_fit() -> None:
     X, table = synthetic_table(40)
     one_cat = RoutingTable(table.prompt_ids, table.prompts, table.models, table.scores,
