@@ -309,20 +309,26 @@ def test_complexity_on_n_models_follows_the_tables_quality_and_cost() -> None:
             assert "strongest expert m5 (best mean quality" in x.reason
 
 
-@pytest.mark.parametrize("name", registered_names())
-def test_a_decision_checks_its_embeddings_once(name: str) -> None:
-    """``decide`` validates X once; the public helpers it calls (scores, profiles,
-    assignments) do not check the same array again on the request path."""
-    router, X, table = build(name)
-    router.fit(X, table)
-    calls = []
+def _count_checks(router: Any) -> list[int]:
+    """Wraps ``router.check_X``; the returned list gets the row count of each call."""
+    calls: list[int] = []
     check = router.check_X
 
     def counted(X: np.ndarray, texts: Any = None) -> np.ndarray:
         calls.append(len(X))
         return check(X, texts)
 
-    router.check_X = counted  # type: ignore[method-assign]
+    router.check_X = counted
+    return calls
+
+
+@pytest.mark.parametrize("name", registered_names())
+def test_a_decision_checks_its_embeddings_once(name: str) -> None:
+    """``decide`` validates X once; the public helpers it calls (scores, profiles,
+    assignments) do not check the same array again on the request path."""
+    router, X, table = build(name)
+    router.fit(X, table)
+    calls = _count_checks(router)
     router.decide(X[:3], table.prompts[:3])
     assert calls == [3]
 
@@ -335,13 +341,6 @@ def test_predicted_quality_checks_its_embeddings_once(name: str) -> None:
         router.predict_quality(X[:2])
     except RouterError:
         pytest.skip(f"{name} does not estimate per-expert quality")
-    calls = []
-    check = router.check_X
-
-    def counted(X: np.ndarray, texts: Any = None) -> np.ndarray:
-        calls.append(len(X))
-        return check(X, texts)
-
-    router.check_X = counted  # type: ignore[method-assign]
+    calls = _count_checks(router)
     router.predict_quality(X[:3])
     assert calls == [3]
