@@ -41,7 +41,7 @@ import math
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,10 +63,17 @@ __all__ = [
     "policy_matrix",
     "simulate",
     "simulate_training",
+    "subset_logged",
     "summary_markdown",
 ]
 
-ESTIMATORS = ("ips", "snips", "dr")
+ESTIMATORS = ("ips", "snips", "dr", "sndr", "dr_clip")
+#: the clipped DR's weight cap, chosen on development-seed simulations (docs/results/offpolicy/
+#: dev-clip-*.json: the cap whose single estimates land within 0.02 most often in the worst
+#: scenario while its intervals keep 90 % coverage); never on the report seeds
+DR_CLIP = 2.0
+#: caps whose clipped DR every simulation also reports (the development runs choose from them)
+CLIP_GRID = (1.5, 2.0, 3.0, 5.0, 10.0, 20.0)
 OUTCOMES = ("quality", "cost", "tradeoff")
 
 
@@ -186,32 +193,89 @@ def _ridge_loo(Z: np.ndarray, y: np.ndarray, sw: np.ndarray, alphas: np.ndarray
 
 
 ALPHAS = np.logspace(-2, 4, 13)
+#: neighbours behind the reward model's outcome features (development seed 0, NQ: the
+#: features cut the squared error of the candidate's imputed quality from 0.15 to 0.09, NQ's
+#: traffic repeating prompts; on MMLU they change little. 20 is the only k tried)
+NEIGHBOURS = 20
+
+
+def _unit(X: np.ndarray) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float64)
+    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+
+
+def _neighbour_outcomes(U_q: np.ndarray, U_r: np.ndarray, a_r: np.ndarray, y_r: np.ndarray,
+                        m: int, k: int, *, same: bool = False, chunk: int = 1024
+                        ) -> np.ndarray:
+    """(n_q, 1 + m) mean outcome of the ``k`` most similar reference records (cosine), over
+    all records and then per served expert; ``same`` (queries = references) leaves each
+    record out of its own neighbours. An expert with fewer than two references gets the
+    overall mean. Computed in chunks of queries (memory ``chunk`` x references)."""
+    n_q, n_r = len(U_q), len(U_r)
+    F = np.empty((n_q, 1 + m))
+    glob = float(y_r.mean()) if n_r else 0.0
+    cols = [np.flatnonzero(a_r == j) for j in range(m)]
+    for s0 in range(0, n_q, chunk):
+        sim = U_q[s0:s0 + chunk] @ U_r.T
+        if same:
+            i = np.arange(s0, min(s0 + chunk, n_q))
+            sim[i - s0, i] = -np.inf
+        for j, c in enumerate((None, *cols)):
+            ref = n_r - int(same) if c is None else len(c)
+            if ref < 2:
+                F[s0:s0 + chunk, j] = glob
+                continue
+            kk = min(k, ref - 1)
+            sub = sim if c is None else sim[:, c]
+            idx = np.argpartition(-sub, kk - 1, axis=1)[:, :kk]
+            F[s0:s0 + chunk, j] = (y_r if c is None else y_r[c])[idx].mean(axis=1)
+    return F
 
 
 def crossfit_reward_model(X: np.ndarray, actions: np.ndarray, y: np.ndarray, m: int, *,
                           folds: int = 2, seed: int = 0, weights: np.ndarray | None = None,
-                          max_dim: int = 64, min_rows: int = 5) -> np.ndarray:
+                          max_dim: int = 64, min_rows: int = 5,
+                          neighbours: int = NEIGHBOURS) -> np.ndarray:
     """Out-of-fold predictions ``q̂`` (n, m): for each fold, one ridge per expert fitted on the
     other folds' records of that expert (``weights`` optional, e.g. importance weights);
     experts with fewer than ``min_rows`` records there predict their (or the overall) mean.
-    Predictions are clipped to the range of ``y``."""
+
+    Features: the top ``max_dim`` principal directions of ``X`` and, with ``neighbours``
+    k > 0, two outcome features from the training folds: the mean outcome of the k most
+    similar records (any expert: how hard the request is) and of the k most similar records
+    of the expert itself. A training record's own features leave it out; a held-out record's
+    come from the training folds only, so cross-fitting holds. Repeated prompts (real
+    traffic repeats) find each other's outcomes this way. Predictions are clipped to the
+    range of ``y``."""
     Z = _reduce(X, max_dim)
     n = len(y)
     y = np.asarray(y, dtype=np.float64)
+    actions = np.asarray(actions, dtype=np.int64)
     sw = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
     lo, hi = (float(y.min()), float(y.max())) if n else (0.0, 1.0)
     fold = np.random.default_rng(seed).permutation(n) % max(int(folds), 2)
+    U = _unit(X) if neighbours > 0 else None
     Q = np.empty((n, m))
     for k in range(max(int(folds), 2)):
-        te, tr = fold == k, fold != k
-        glob = float(np.average(y[tr], weights=sw[tr])) if tr.any() else 0.0
+        te, tr = np.flatnonzero(fold == k), np.flatnonzero(fold != k)
+        glob = float(np.average(y[tr], weights=sw[tr])) if len(tr) else 0.0
+        if U is not None and len(tr) > 2:
+            F_tr = _neighbour_outcomes(U[tr], U[tr], actions[tr], y[tr], m, neighbours,
+                                       same=True)
+            F_te = _neighbour_outcomes(U[te], U[tr], actions[tr], y[tr], m, neighbours)
+        else:
+            F_tr, F_te = np.zeros((len(tr), 1 + m)), np.zeros((len(te), 1 + m))
         for a in range(m):
-            rows = tr & (actions == a)
-            if rows.sum() < min_rows:
-                Q[te, a] = float(np.average(y[rows], weights=sw[rows])) if rows.any() else glob
+            sel = actions[tr] == a
+            rows = tr[sel]
+            if len(rows) < min_rows:
+                Q[te, a] = float(np.average(y[rows], weights=sw[rows])) if len(rows) else glob
                 continue
-            coef, icpt = _ridge_loo(Z[rows], y[rows], sw[rows], ALPHAS)
-            Q[te, a] = Z[te] @ coef + icpt
+            own = [0, 1 + a] if U is not None else []
+            A_tr = np.hstack([Z[rows], F_tr[sel][:, own]])
+            A_te = np.hstack([Z[te], F_te[:, own]])
+            coef, icpt = _ridge_loo(A_tr, y[rows], sw[rows], ALPHAS)
+            Q[te, a] = A_te @ coef + icpt
     return np.clip(Q, lo, hi)
 
 
@@ -235,8 +299,17 @@ def _summary(value: float, boots: np.ndarray, alpha: float) -> dict[str, float |
 def estimate(data: LoggedData, target: np.ndarray, *, cost_weight: float = 0.0,
              folds: int = 2, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
              max_unsupported: float = 0.01, min_ess: float = 30.0,
-             q_hat: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
-    """IPS, SNIPS and DR estimates of the candidate ``target`` (n, m[+1]) on the logs.
+             q_hat: Mapping[str, np.ndarray] | None = None, clip: float = DR_CLIP,
+             clip_grid: Sequence[float] = ()) -> dict[str, Any]:
+    """IPS, SNIPS, DR, SNDR and clipped-DR estimates of the candidate ``target`` (n, m[+1]).
+
+    * **SNDR** (self-normalised DR) ``mean(Σ_a π q̂) + Σ w (r − q̂) / Σ w``;
+    * **clipped DR** ``mean(Σ_a π q̂ + min(w, clip) · (r − q̂))``: the correction of a record
+      whose weight exceeds ``clip`` is shrunk toward the reward model's prediction. It trades
+      a bias (the reward model's error on the clipped records, scaled by ``1 − clip / w``) for
+      much less variance; ``clip`` = max weight gives DR. ``clip_grid`` adds the quality
+      estimate for each of those caps under ``out["clip_grid"]`` (the simulations that choose
+      :data:`DR_CLIP`).
 
     ``target`` rows are the candidate's probabilities over ``data.experts``; an extra last
     column holds mass on experts outside the logs. Returns ``{"verdict", "message",
@@ -293,17 +366,30 @@ def estimate(data: LoggedData, target: np.ndarray, *, cost_weight: float = 0.0,
                        qr - cost_weight * qc / scale)}
     C = _boot_counts(n, int(n_boot), np.random.default_rng(seed + 1))
     sw_b = C @ w
+    sw_safe = np.where(sw_b > 0, sw_b, np.nan)
+    ws = float(w.sum())
     est: dict[str, Any] = {}
     for name, (y, q) in ys.items():
         ips_i = w * y
-        dr_i = (T * q).sum(axis=1) + w * (y - q[rows, data.actions])
+        dm_i = (T * q).sum(axis=1)
+        res_i = y - q[rows, data.actions]
+        dr_i = dm_i + w * res_i
+        clip_i = dm_i + np.minimum(w, clip) * res_i
         est[name] = {
             "ips": _summary(ips_i.mean(), C @ ips_i / n, alpha),
-            "snips": _summary(ips_i.sum() / w.sum() if w.sum() > 0 else math.nan,
-                              (C @ ips_i) / np.where(sw_b > 0, sw_b, np.nan), alpha),
+            "snips": _summary(ips_i.sum() / ws if ws > 0 else math.nan,
+                              (C @ ips_i) / sw_safe, alpha),
             "dr": _summary(dr_i.mean(), C @ dr_i / n, alpha),
+            "sndr": _summary(dm_i.mean() + (w * res_i).sum() / ws if ws > 0 else math.nan,
+                             C @ dm_i / n + (C @ (w * res_i)) / sw_safe, alpha),
+            "dr_clip": _summary(clip_i.mean(), C @ clip_i / n, alpha),
         }
+        if name == "quality" and clip_grid:
+            out["clip_grid"] = {
+                f"{c:g}": _summary(float(np.mean(v)), C @ v / n, alpha)
+                for c in clip_grid for v in [dm_i + np.minimum(w, c) * res_i]}
     out["estimates"] = est
+    out["clip"] = clip
     out["cost_scale"] = scale
     out["cost_weight"] = cost_weight
     return out
@@ -386,19 +472,29 @@ def load_logged(path: str | Path, embed: Any, *, experts: Sequence[str] | None =
     return LoggedData(ex, np.asarray(embed(texts)), actions, fb, costs, P, texts, allowed)
 
 
-def debiased_table(data: LoggedData, method: str, *, seed: int = 0) -> RoutingTable:
+def debiased_table(data: LoggedData, method: str, *, seed: int = 0, clip: float = DR_CLIP,
+                   q_hat: Mapping[str, np.ndarray] | None = None) -> RoutingTable:
     """A training table from biased logs.
 
-    ``naive``  one row per logged text, the observed score(s), NaN for experts not served
-               (what ``train --format logs`` reads);
-    ``ips``    importance resampling: ``n`` records drawn with replacement with probability
-               proportional to ``1 / propensity``, each draw its own row: every expert's
-               rows then follow the request distribution instead of the logging router's
-               habits (what an expert is observed on no longer depends on the router);
-    ``dr``     one row per distinct logged text with every expert filled: the observed
-               outcome (mean over repeats) where the text was served by that expert, and
-               elsewhere a reward model fitted with importance weights ``1 / propensity`` and
-               cross-fitting (so a row's imputations come from models that never saw it).
+    ``naive``     one row per logged text, the observed score(s), NaN for experts not served
+                  (what ``train --format logs`` reads);
+    ``ips``       importance resampling: ``n`` records drawn with replacement with probability
+                  proportional to ``1 / propensity``, each draw its own row: every expert's
+                  rows then follow the request distribution instead of the logging router's
+                  habits (what an expert is observed on no longer depends on the router);
+    ``dr``        one row per distinct logged text with every expert filled: the observed
+                  outcome (mean over repeats) where the text was served by that expert, and
+                  elsewhere a reward model fitted with importance weights ``1 / propensity``
+                  and cross-fitting (so a row's imputations come from models that never saw
+                  it);
+    ``dr_target`` one row per distinct text, every cell the doubly robust target
+                  ``q̂(x, e) + mean over the text's records of min(1[a = e] / π0(e|x), clip)
+                  · (r − q̂(x, e))`` (unweighted cross-fitted reward model, weights capped at
+                  ``clip`` as in the clipped DR estimate), clipped to [0, 1]: an observed cell
+                  is corrected toward its outcome in proportion to how rarely the logger
+                  served it, an unobserved one keeps the reward model's value.
+
+    ``q_hat`` ({"quality", "cost"}: (n, m)) replaces the cross-fitted reward model.
     """
     n, m = len(data), len(data.experts)
     texts = data.texts or [f"request {i}" for i in range(n)]
@@ -418,28 +514,51 @@ def debiased_table(data: LoggedData, method: str, *, seed: int = 0) -> RoutingTa
         Cm[np.arange(n), data.actions[draw]] = data.costs[draw]
         return RoutingTable([f"d{k}" for k in range(n)], [texts[i] for i in draw],
                             list(data.experts), S, Cm)
+    if method not in ("dr", "dr_target"):
+        raise OffPolicyError(f"unknown correction {method!r}; use naive, ips, dr or dr_target")
+    fit_w = w if method == "dr" else None
+    if q_hat is not None:
+        Q, Qc = q_hat["quality"], q_hat["cost"]
+    else:
+        Q = crossfit_reward_model(data.X, data.actions, data.rewards, m, seed=seed,
+                                  weights=fit_w)
+        Qc = crossfit_reward_model(data.X, data.actions, data.costs, m, seed=seed,
+                                   weights=fit_w)
+    # one row per distinct text: per-text sums of outcomes, imputations and corrections
+    uniq, inv = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
+    k = len(uniq)
+    rows_ = np.arange(n)
+    cnt = np.bincount(inv, minlength=k)[:, None].astype(np.float64)
+
+    def per_text(v: np.ndarray, served_only: bool) -> np.ndarray:
+        out = np.zeros((k, m))
+        if served_only:
+            np.add.at(out, (inv, data.actions), v)
+        else:
+            np.add.at(out, inv, v)
+        return out
+
+    obs = per_text(np.ones(n), True)
+    q_mean, qc_mean = per_text(Q, False) / cnt, per_text(Qc, False) / cnt
     if method == "dr":
-        Q = crossfit_reward_model(data.X, data.actions, data.rewards, m, seed=seed, weights=w)
-        Qc = crossfit_reward_model(data.X, data.actions, data.costs, m, seed=seed, weights=w)
-        # one row per distinct text: observed outcomes (averaged over repeats) where the text
-        # was served by that expert, the reward model's imputation (averaged) elsewhere
-        uniq, inv = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
-        k = len(uniq)
-        obs = np.zeros((k, m))
-        np.add.at(obs, (inv, data.actions), 1.0)
-        r_sum, c_sum = np.zeros((k, m)), np.zeros((k, m))
-        np.add.at(r_sum, (inv, data.actions), data.rewards)
-        np.add.at(c_sum, (inv, data.actions), data.costs)
-        cnt = np.bincount(inv, minlength=k)[:, None].astype(np.float64)
-        q_mean, qc_mean = np.zeros((k, m)), np.zeros((k, m))
-        np.add.at(q_mean, inv, Q)
-        np.add.at(qc_mean, inv, Qc)
         seen = obs > 0
-        S = np.where(seen, r_sum / np.maximum(obs, 1), q_mean / cnt)
-        Cm = np.where(seen, c_sum / np.maximum(obs, 1), qc_mean / cnt)
-        return RoutingTable([f"r{i}" for i in range(k)], [str(t) for t in uniq],
-                            list(data.experts), np.clip(S, 0, 1), np.maximum(Cm, 0))
-    raise OffPolicyError(f"unknown correction {method!r}; use naive, ips or dr")
+        S = np.where(seen, per_text(data.rewards, True) / np.maximum(obs, 1), q_mean)
+        Cm = np.where(seen, per_text(data.costs, True) / np.maximum(obs, 1), qc_mean)
+    else:
+        wc = np.minimum(w, clip)
+        S = q_mean + per_text(wc * (data.rewards - Q[rows_, data.actions]), True) / cnt
+        Cm = qc_mean + per_text(wc * (data.costs - Qc[rows_, data.actions]), True) / cnt
+    return RoutingTable([f"r{i}" for i in range(k)], [str(t) for t in uniq],
+                        list(data.experts), np.clip(S, 0, 1), np.maximum(Cm, 0))
+
+
+def subset_logged(data: LoggedData, idx: np.ndarray) -> LoggedData:
+    """The records ``idx`` of ``data`` (texts and candidate sets kept)."""
+    idx = np.asarray(idx, dtype=np.int64)
+    return LoggedData(list(data.experts), data.X[idx], data.actions[idx], data.rewards[idx],
+                      data.costs[idx], data.probs[idx],
+                      [data.texts[i] for i in idx] if data.texts is not None else None,
+                      data.allowed[idx] if data.allowed is not None else None)
 
 
 # --------------------------------------------------------------------------- simulation
@@ -481,24 +600,30 @@ def _greedy_and_scores(router: Router, X: np.ndarray, texts: Sequence[str],
     return greedy, S
 
 
+def _accuracy(cells: Sequence[Mapping[str, Any]], truth: float, tol: float) -> dict[str, Any]:
+    """Bias, RMSE, mean absolute error, share within ``tol``, interval coverage and width of
+    one estimator's per-repeat results (``value`` and, where given, ``ci_low``/``ci_high``)."""
+    v = np.array([c["value"] for c in cells], dtype=np.float64)
+    lo = np.array([c.get("ci_low", np.nan) for c in cells], dtype=np.float64)
+    hi = np.array([c.get("ci_high", np.nan) for c in cells], dtype=np.float64)
+    err = v - truth
+    d: dict[str, Any] = {
+        "mean": _r(np.mean(v)), "bias": _r(np.mean(err)),
+        "rmse": _r(np.sqrt(np.mean(err ** 2))), "mae": _r(np.mean(np.abs(err))),
+        "within_tol": _r(np.mean(np.abs(err) <= tol))}
+    if np.isfinite(lo).all():
+        d["coverage"] = _r(np.mean((lo <= truth) & (truth <= hi)))
+        d["width"] = _r(np.mean(hi - lo))
+    return d
+
+
 def _aggregate(runs: list[dict[str, Any]], truth: Mapping[str, float], tol: float
                ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for o in OUTCOMES:
         out[o] = {"truth": round(truth[o], 6)}
         for e in (*ESTIMATORS, "naive"):
-            v = np.array([r[o][e]["value"] for r in runs], dtype=np.float64)
-            lo = np.array([r[o][e].get("ci_low", np.nan) for r in runs], dtype=np.float64)
-            hi = np.array([r[o][e].get("ci_high", np.nan) for r in runs], dtype=np.float64)
-            err = v - truth[o]
-            d: dict[str, Any] = {
-                "mean": _r(np.mean(v)), "bias": _r(np.mean(err)),
-                "rmse": _r(np.sqrt(np.mean(err ** 2))), "mae": _r(np.mean(np.abs(err))),
-                "within_tol": _r(np.mean(np.abs(err) <= tol))}
-            if np.isfinite(lo).all():
-                d["coverage"] = _r(np.mean((lo <= truth[o]) & (truth[o] <= hi)))
-                d["width"] = _r(np.mean(hi - lo))
-            out[o][e] = d
+            out[o][e] = _accuracy([r[o][e] for r in runs], truth[o], tol)
     return out
 
 
@@ -511,6 +636,7 @@ def simulate(table: RoutingTable, X: np.ndarray, *, logging: str, candidate: str
              explore: Exploration, n_logged: int = 5000, repeats: int = 100,
              cost_weight: float = 0.0, router_share: float = 0.5, folds: int = 2,
              n_boot: int = 1000, alpha: float = 0.05, tol: float = 0.02, seed: int = 0,
+             clip: float = DR_CLIP, clip_grid: Sequence[float] = CLIP_GRID,
              progress: bool = False) -> dict[str, Any]:
     """Replay ``logging`` (a router spec, e.g. ``knn:cost_weight=0.2``) with ``explore`` on a
     full-information table and estimate ``candidate`` off-policy, ``repeats`` times.
@@ -523,7 +649,9 @@ def simulate(table: RoutingTable, X: np.ndarray, *, logging: str, candidate: str
     the full table. Reports per estimator the bias, RMSE, mean absolute error, the share of
     repeats within ``tol`` of the truth, the coverage and mean width of the ``1 − alpha``
     intervals; ``naive`` is the plain mean of logged outcomes where the logged expert is
-    the candidate's choice (no reweighting), for contrast.
+    the candidate's choice (no reweighting), for contrast. ``clip_grid`` reports the
+    clipped DR's accuracy for each cap (``clip_grid`` key; the development runs choose
+    :data:`DR_CLIP` there).
     """
     S_full = np.asarray(table.scores, dtype=np.float64)
     if not np.isfinite(S_full).all():
@@ -564,7 +692,7 @@ def simulate(table: RoutingTable, X: np.ndarray, *, logging: str, candidate: str
         data_scale = float(data.costs.max()) if data.costs.max() > 0 else 1.0
         res = estimate(data, T, cost_weight=cost_weight * data_scale / scale, folds=folds,
                        n_boot=n_boot, alpha=alpha, seed=int(r_rng.integers(1 << 31)),
-                       max_unsupported=1.0)
+                       max_unsupported=1.0, clip=clip, clip_grid=clip_grid)
         match = a == gc[idx]
         ys = {"quality": data.rewards, "cost": data.costs,
               "tradeoff": data.rewards - cost_weight * data.costs / scale}
@@ -572,6 +700,7 @@ def simulate(table: RoutingTable, X: np.ndarray, *, logging: str, candidate: str
         for o in OUTCOMES:
             row[o]["naive"] = {"value": float(ys[o][match].mean()) if match.any() else math.nan}
         row["ess"] = res["ess"]
+        row["clip_grid"] = res.get("clip_grid", {})
         runs.append(row)
         if progress and (rep + 1) % 10 == 0:
             print(f"  repeat {rep + 1}/{repeats}", file=sys.stderr)
@@ -587,28 +716,79 @@ def simulate(table: RoutingTable, X: np.ndarray, *, logging: str, candidate: str
         "candidate_agrees_with_logging": round(agree, 4),
         "logging_truth_quality": round(float(S[rows_p, g0].mean()), 6),
         "ess_mean": _r(np.mean([r["ess"] for r in runs])),
-        "results": agg, "seconds": round(time.perf_counter() - t0, 2),
+        "clip": clip, "results": agg,
+        "clip_grid": {c: _accuracy([r["clip_grid"][c] for r in runs], truth["quality"], tol)
+                      for c in (runs[0]["clip_grid"] if runs else {})},
+        "seconds": round(time.perf_counter() - t0, 2),
     }
+
+
+CORRECTIONS = ("ips", "dr", "dr_target")
+
+
+def choose_correction(data: LoggedData, X: Callable[[Sequence[str]], np.ndarray], router: str,
+                      *, methods: Sequence[str] = CORRECTIONS, seed: int = 0,
+                      val_share: float = 0.2) -> tuple[str, dict[str, float | None]]:
+    """The bias correction for training ``router`` on ``data``, chosen on held-out logs.
+
+    The distinct texts split (seeded) into training and validation; each correction's table
+    trains ``router`` on the training part, and the validation logs judge each trained router
+    off-policy (the clipped DR estimate of its mean quality: the logs are all there is, no
+    full table). Returns the best correction and every correction's validation estimate.
+    ``X(texts)`` gives the features of texts.
+    """
+    texts = data.texts or [f"request {i}" for i in range(len(data))]
+    uniq, inv = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
+    va_text = np.random.default_rng([11, seed]).random(len(uniq)) < val_share
+    va, tr = np.flatnonzero(va_text[inv]), np.flatnonzero(~va_text[inv])
+    if len(va) < 20 or len(tr) < 20:
+        raise OffPolicyError("too few logged texts to hold some out for the choice")
+    d_tr, d_va = subset_logged(data, tr), subset_logged(data, va)
+    va_texts = [texts[i] for i in va]
+    scores: dict[str, float | None] = {}
+    for meth in methods:
+        tab = debiased_table(d_tr, meth, seed=seed)
+        r = _fit(router, X(tab.prompts), tab)
+        T = policy_matrix(r, d_va.X, va_texts, data.experts)
+        est = estimate(d_va, T, n_boot=200, seed=seed, max_unsupported=1.0)
+        scores[meth] = est["estimates"]["quality"]["dr_clip"]["value"]
+    def value(mth: str) -> float:
+        v = scores[mth]
+        return -math.inf if v is None else v
+
+    best = max(methods, key=value)
+    return best, scores
 
 
 def simulate_training(table: RoutingTable, X: np.ndarray, *, logging: str, router: str,
                       explore: Exploration, n_logged: int = 5000, seeds: Sequence[int] = (0,),
-                      methods: Sequence[str] = ("naive", "ips", "dr"), test: float = 0.2,
+                      methods: Sequence[str] = ("naive", *CORRECTIONS), test: float = 0.2,
                       router_share: float = 0.3) -> dict[str, Any]:
     """Train ``router`` on simulated biased logs, naively and with each correction, and
     measure each on the full table's test split (true scores of its choices).
 
     Per seed the prompts split into logging-router training (``router_share``), traffic
     (requests are drawn from it) and test (``test``); the logging router with ``explore``
-    produces ``n_logged`` logs; each method's table trains the same router spec.
+    produces ``n_logged`` logs; each method's table trains the same router spec. ``chosen``
+    is the correction :func:`choose_correction` picks on held-out logs (no full table), its
+    router trained on all the logs: the figure a user gets.
     """
     S_full = np.asarray(table.scores, dtype=np.float64)
     if not np.isfinite(S_full).all():
         raise OffPolicyError("simulation needs a full-information table")
     experts = list(table.models)
     Cfull = np.asarray(table.costs, dtype=np.float64)
-    per: dict[str, list[float]] = {m: [] for m in methods}
-    per_cost: dict[str, list[float]] = {m: [] for m in methods}
+    methods = list(methods)
+    corrections = [mth for mth in methods if mth != "naive"]
+    per: dict[str, list[float]] = {mth: [] for mth in (*methods, "chosen")}
+    per_cost: dict[str, list[float]] = {mth: [] for mth in (*methods, "chosen")}
+    picks: list[dict[str, Any]] = []
+    full_q: list[float] = []
+    pos = {t: i for i, t in enumerate(table.prompts)}
+
+    def feats(texts: Sequence[str]) -> np.ndarray:
+        return X[[pos[t] for t in texts]]
+
     for s in seeds:
         rng = np.random.default_rng([7, int(s)])
         perm = rng.permutation(len(table))
@@ -623,20 +803,29 @@ def simulate_training(table: RoutingTable, X: np.ndarray, *, logging: str, route
         ti = traffic[idx]
         data = LoggedData(experts, X[ti], a, S_full[ti, a], Cfull[ti, a], P0[idx],
                           [table.prompts[i] for i in ti])
-        pos = {t: i for i, t in enumerate(table.prompts)}
         te_texts = [table.prompts[i] for i in te]
         for meth in methods:
             tab = debiased_table(data, meth, seed=int(s))
-            Xt = X[[pos[t] for t in tab.prompts]]
-            r = _fit(router, Xt, tab)
+            r = _fit(router, feats(tab.prompts), tab)
             g, _ = _greedy_and_scores(r, X[te], te_texts, experts)
             per[meth].append(float(S_full[te, g].mean()))
             per_cost[meth].append(float(Cfull[te, g].mean()))
+        # the ceiling: the same router trained on the traffic's full table (no log has it)
+        r = _fit(router, X[traffic], table.subset(traffic))
+        g, _ = _greedy_and_scores(r, X[te], te_texts, experts)
+        full_q.append(float(S_full[te, g].mean()))
+        if corrections:
+            best, val = choose_correction(data, feats, router, methods=corrections, seed=int(s))
+            per["chosen"].append(per[best][-1])
+            per_cost["chosen"].append(per_cost[best][-1])
+            picks.append({"seed": int(s), "chosen": best, "validation_dr_clip": val})
     out: dict[str, Any] = {"logging": logging, "router": router, "n_logged": int(n_logged),
                            "explore": {"rate": explore.rate, "method": explore.method,
                                        "temperature": explore.temperature},
-                           "seeds": list(seeds), "methods": {}}
-    for meth in methods:
+                           "seeds": list(seeds), "methods": {}, "choices": picks,
+                           "full_information_test_quality": _r(np.mean(full_q)),
+                           "n_test": round(len(table) * test)}
+    for meth in (*methods, "chosen") if corrections else methods:
         q = np.array(per[meth])
         out["methods"][meth] = {"test_quality": _r(q.mean()),
                                 "test_quality_std": _r(q.std(ddof=1)) if len(q) > 1 else None,

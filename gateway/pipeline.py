@@ -256,6 +256,8 @@ class Pipeline:
         self.cache = cache
         self.metrics = metrics
         self._executor: ThreadPoolExecutor | None = None
+        #: a shadow candidate's batched guard and router run here, off the event loop
+        self._shadow_executor: ThreadPoolExecutor | None = None
         self._embed_fn = embed_fn or self._embed_in_thread
         self._rng = random.Random()
         #: called with (candidate runtime, shadow decision, served decision); set by the app
@@ -319,8 +321,9 @@ class Pipeline:
         return d, info
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        for ex in (self._executor, self._shadow_executor):
+            if ex is not None:
+                ex.shutdown(wait=False, cancel_futures=True)
 
     async def embed(self, text: str) -> np.ndarray:
         """One text's embedding through the same path as requests (micro-batched)."""
@@ -389,10 +392,19 @@ class Pipeline:
         for i, x in zip(missing, got, strict=True):
             xs[i] = x
         X = np.vstack([np.asarray(x).reshape(1, -1) for x in xs])
-        verdicts: list[GuardVerdict | None] = [None] * len(items)
-        if crt.guard is not None:
-            verdicts = list(crt.guard.verdict(X, texts))  # type: ignore[attr-defined]
-        decided = crt.router.decide(X, texts)
+
+        def decide() -> tuple[list[GuardVerdict | None], list[Decision]]:
+            verdicts: list[GuardVerdict | None] = [None] * len(items)
+            if crt.guard is not None:
+                verdicts = list(crt.guard.verdict(X, texts))  # type: ignore[attr-defined]
+            return verdicts, crt.router.decide(X, texts)
+
+        # in a worker thread: the guard's and router's numpy work (which releases the GIL)
+        # runs beside the event loop instead of on it, where served requests wait under load
+        if self._shadow_executor is None:
+            self._shadow_executor = ThreadPoolExecutor(1, thread_name_prefix="shadow")
+        verdicts, decided = await asyncio.get_running_loop().run_in_executor(
+            self._shadow_executor, decide)
         share_ms = (time.perf_counter() - t0) * 1000 / len(items)
         assert self.on_shadow is not None
         for (_, _, _, served), verdict, d in zip(items, verdicts, decided, strict=True):

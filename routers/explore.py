@@ -112,14 +112,30 @@ def exploration_matrix(greedy: np.ndarray, scores: np.ndarray, allowed: np.ndarr
 
 def exploration_probs(greedy: str, scores: Mapping[str, float], allowed: Sequence[str],
                       explore: Exploration) -> dict[str, float]:
-    """One request: expert -> probability over ``allowed`` (``greedy`` must be in it)."""
+    """One request: expert -> probability over ``allowed`` (``greedy`` must be in it).
+
+    The same probabilities as :func:`exploration_matrix` (tests hold them equal), in plain
+    Python: the gateway calls this on every served request, and for a handful of experts
+    numpy's per-call overhead would cost more than the arithmetic."""
     names = list(allowed)
     if greedy not in names:
         raise RouterError(f"greedy expert {greedy!r} is not among the allowed experts")
-    s = np.array([[float(scores.get(a, float("nan"))) for a in names]])
-    P = exploration_matrix(np.array([names.index(greedy)]), s, np.ones((1, len(names)), bool),
-                           explore)[0]
-    return {a: float(p) for a, p in zip(names, P, strict=True)}
+    r = explore.rate
+    if r == 0:
+        return {a: 1.0 if a == greedy else 0.0 for a in names}
+    if explore.method == "epsilon":
+        spread = [1.0 / len(names)] * len(names)
+    else:
+        raw = [float(scores.get(a, math.nan)) for a in names]
+        fin = [v for v in raw if math.isfinite(v)]
+        low = min(fin) if fin else 0.0
+        z = [(v if math.isfinite(v) else low) / explore.temperature for v in raw]
+        top = max(z)
+        e = [math.exp(v - top) for v in z]
+        tot = sum(e)
+        spread = [v / tot for v in e]
+    return {a: (1.0 - r if a == greedy else 0.0) + r * sp
+            for a, sp in zip(names, spread, strict=True)}
 
 
 def sample_actions(P: np.ndarray, rng: np.random.Generator) -> np.ndarray:

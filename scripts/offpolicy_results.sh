@@ -1,21 +1,33 @@
 #!/usr/bin/env bash
 # The off-policy simulator figures in docs/results/offpolicy (README "Improving the router
-# from traffic"). Hashing features, 100 repeats of 5,000 logged requests per scenario; about
-# 15 minutes on 2 shared cores. Usage: scripts/offpolicy_results.sh [DATA_DIR]
+# from traffic"): 100 repeats of 5,000 logged requests per scenario, distilled static
+# embeddings (one embedding per table, cached), each run under the shared heavy-run lock.
+#   scripts/offpolicy_results.sh dev [DATA_DIR]     development seed: docs/results/offpolicy/dev,
+#                                                   where the clipped DR's cap (--clip) and the
+#                                                   training correction are chosen
+#   scripts/offpolicy_results.sh report [DATA_DIR]  the report seeds: the published figures
 set -euo pipefail
-D=${1:-${EXPERTGATE_DATA_DIR:-../shared/data}}
-OUT=docs/results/offpolicy
-EG="nice -n 10 python -m expertgate eval offpolicy"
+SET=${1:?usage: scripts/offpolicy_results.sh dev|report [DATA_DIR]}
+D=${2:-${EXPERTGATE_DATA_DIR:-../shared/data}}
+# training from the logs chooses its correction on held-out logs per seed, so the development
+# run skips it
+case $SET in
+  dev) OUT=docs/results/offpolicy/dev; T1=; T2= ;;
+  report) OUT=docs/results/offpolicy; T1="--train knn:cost_weight=0.1"; T2="--train knn:cost_weight=0" ;;
+  *) echo "usage: scripts/offpolicy_results.sh dev|report [DATA_DIR]" >&2; exit 2 ;;
+esac
+LOCK=${EXPERTGATE_HEAVY_LOCK:-/work/notes/heavy.lock}
+EG="flock $LOCK nice -n 10 python -m expertgate eval offpolicy --embedder distilled --seed-set $SET"
 export OMP_NUM_THREADS=1
 mkdir -p $OUT
 $EG --simulate $D/routellm --logging knn:cost_weight=0.1 --candidate classifier:cost_weight=0.1 \
-    --rate 0.1 --train knn:cost_weight=0.1 --json $OUT/mmlu-new-family-eps10.json
+    --rate 0.1 $T1 --json $OUT/mmlu-new-family-eps10.json
 $EG --simulate $D/routellm --logging knn:cost_weight=0.1 --candidate classifier:cost_weight=0.1 \
     --rate 0.05 --json $OUT/mmlu-new-family-eps5.json
 $EG --simulate $D/routellm --logging knn:cost_weight=1.0 --candidate knn:cost_weight=0 \
     --rate 0.1 --json $OUT/mmlu-quality-first-eps10.json
 $EG --simulate $D/llmrouter_nq --logging knn:cost_weight=1.0 --candidate knn:cost_weight=0 \
-    --rate 0.1 --train knn:cost_weight=0 --json $OUT/nq-quality-first-eps10.json
+    --rate 0.1 $T2 --json $OUT/nq-quality-first-eps10.json
 $EG --simulate $D/llmrouter_nq --logging knn:cost_weight=1.0 --candidate knn:cost_weight=0 \
     --rate 0.05 --json $OUT/nq-quality-first-eps5.json
 $EG --simulate $D/llmrouter_nq --logging knn:cost_weight=1.0 --candidate knn:cost_weight=0 \

@@ -76,7 +76,16 @@ def cli_register(parser: argparse.ArgumentParser) -> None:
                         help="features (default: hashing for --simulate, minilm for --logs)")
     parser.add_argument("--embedder-path", default=None)
     parser.add_argument("--cache-dir", default=None, help="embedding cache folder")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="index into the seed set (--simulate: the split and the repeats)")
+    parser.add_argument("--seed-set", default="dev", choices=("dev", "report"),
+                        help="--simulate: development seeds (0, 1, ...: choose --clip there) "
+                        "or the report seeds (evals.provenance.REPORT_SEEDS: published figures)")
+    from evals.offpolicy import DR_CLIP
+
+    parser.add_argument("--clip", type=float, default=DR_CLIP,
+                        help="weight cap of the clipped DR estimate (chosen on development "
+                        "seeds)")
     parser.add_argument("--json", default=None, metavar="OUT", help="write the result JSON")
     parser.set_defaults(func=main)
 
@@ -147,6 +156,7 @@ def _explore(args: argparse.Namespace) -> Any:
 
 def _simulate(args: argparse.Namespace) -> dict[str, Any]:
     from evals.offpolicy import data_sha256, git_commit, simulate, simulate_training
+    from evals.provenance import seed_list
     from evals.routing_eval import embed_table, load_routing_table
 
     fmt = args.format or _guess_format(args.simulate)
@@ -163,33 +173,39 @@ def _simulate(args: argparse.Namespace) -> dict[str, Any]:
     res = simulate(table, X, logging=args.logging, candidate=args.candidate,
                    explore=_explore(args), n_logged=args.n, repeats=args.repeats,
                    cost_weight=args.cost_weight, folds=args.folds, n_boot=args.boot,
-                   alpha=args.alpha, seed=args.seed, progress=True)
+                   alpha=args.alpha, seed=seed_list(args.seed_set, args.seed + 1)[args.seed],
+                   clip=args.clip, progress=True)
     out: dict[str, Any] = {"mode": "simulate", "data": args.simulate, "format": fmt,
                            "data_sha256": data_sha256(args.simulate), "embedder": emb,
                            "commit": git_commit(), "command": _command(args),
-                           **res}
+                           "seed_set": args.seed_set, **res}
     _print_simulation(res)
     if args.train:
         tr = simulate_training(table, X, logging=args.logging, router=args.train,
                                explore=_explore(args), n_logged=args.n,
-                               seeds=list(range(args.train_seeds)))
+                               seeds=seed_list(args.seed_set, args.train_seeds))
         out["training"] = tr
         _print_training(tr)
     return out
 
 
 def _print_simulation(res: dict[str, Any]) -> None:
+    from evals.offpolicy import ESTIMATORS
+
     print(f"logging {res['logging']} (explore {res['explore']['method']} "
           f"{res['explore']['rate']:g}) -> candidate {res['candidate']}; agreement "
           f"{res['candidate_agrees_with_logging']:.1%}; mean ESS {res['ess_mean']:.0f} of "
           f"{res['n_logged']}")
-    for o, r in res["results"].items():
-        print(f"{o}: truth {r['truth']:.4f}")
-        for e in ("ips", "snips", "dr", "naive"):
-            d = r[e]
+    rows = [(o, r["truth"], [(e, r[e]) for e in (*ESTIMATORS, "naive")])
+            for o, r in res["results"].items()]
+    rows.append(("quality, clipped DR by cap", res["results"]["quality"]["truth"],
+                 [(f"clip {c}", d) for c, d in res.get("clip_grid", {}).items()]))
+    for o, truth, cells in rows:
+        print(f"{o}: truth {truth:.4f}")
+        for e, d in cells:
             cov = "" if "coverage" not in d else (f"  coverage {d['coverage']:.2f}  width "
                                                   f"{d['width']:.4f}")
-            print(f"  {e:6s} bias {d['bias']:+.4f}  mae {d['mae']:.4f}  within tol "
+            print(f"  {e:8s} bias {d['bias']:+.4f}  rmse {d['rmse']:.4f}  within tol "
                   f"{d['within_tol']:.2f}{cov}")
 
 
@@ -244,7 +260,8 @@ def _logs(args: argparse.Namespace) -> dict[str, Any]:
     # the logger gave no probability, that mass is what the overlap check reports
     T = policy_matrix(router, data.X, data.texts or [], data.experts, allowed=data.allowed)
     res = estimate(data, T, cost_weight=args.cost_weight, folds=args.folds, n_boot=args.boot,
-                   alpha=args.alpha, seed=args.seed, max_unsupported=args.max_unsupported)
+                   alpha=args.alpha, seed=args.seed, max_unsupported=args.max_unsupported,
+                   clip=args.clip)
     print(res["message"])
     if res["verdict"] != "no_overlap":
         for o, ests in res["estimates"].items():

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from evals.offpolicy import (
+    CLIP_GRID,
+    DR_CLIP,
     LoggedData,
     crossfit_reward_model,
     debiased_table,
@@ -34,6 +36,22 @@ def test_softmax_probabilities_by_hand() -> None:
     s = 1 / (1 + np.exp(-2.0))
     assert p["x"] == pytest.approx(0.9 + 0.1 * s)
     assert p["y"] == pytest.approx(0.1 * (1 - s))
+
+
+def test_single_request_probabilities_equal_the_matrix_form() -> None:
+    # the gateway's per-request path (plain Python) and the simulator's (numpy) agree,
+    # missing scores included
+    rng = np.random.default_rng(3)
+    names = ["a", "b", "c", "d"]
+    for ex in (Exploration(0.0), Exploration(0.1), Exploration(0.3, "softmax", 0.05),
+               Exploration(0.2, "softmax", 1.0)):
+        for _ in range(20):
+            s = rng.normal(size=4)
+            s[rng.random(4) < 0.25] = np.nan
+            g = int(rng.integers(0, 4))
+            p = exploration_probs(names[g], dict(zip(names, s.tolist(), strict=True)), names, ex)
+            P = exploration_matrix(np.array([g]), s[None, :], np.ones((1, 4), bool), ex)[0]
+            assert [p[n] for n in names] == pytest.approx(P.tolist(), abs=1e-12)
 
 
 def test_exploration_never_leaves_the_allowed_set() -> None:
@@ -83,6 +101,25 @@ def test_ips_snips_dr_ess_by_hand() -> None:
         assert est[e]["ci_low"] <= est[e]["value"] <= est[e]["ci_high"]
 
 
+def test_sndr_and_clipped_dr_by_hand() -> None:
+    data = _hand_logs()
+    T = np.array([[0.0, 1.0]] * 4)  # weights 0, 10, 0, 2 as above
+    q = {"quality": np.full((4, 2), 0.5), "cost": np.full((4, 2), 5.0)}
+    res = estimate(data, T, q_hat=q, n_boot=200, min_ess=1.0, clip=4.0, clip_grid=(1.0, 20.0))
+    est = res["estimates"]["quality"]
+    # residuals r - q̂ of the served experts: 0.5, 0.5, -0.5, 0.0
+    # SNDR: 0.5 + (10 * 0.5 + 2 * 0.0) / 12
+    assert est["sndr"]["value"] == pytest.approx(0.5 + 5 / 12, abs=1e-6)
+    # clipped at 4: 0.5 + (4 * 0.5 + 2 * 0.0) / 4
+    assert est["dr_clip"]["value"] == pytest.approx(1.0)
+    assert res["clip"] == 4.0
+    # cap 1: 0.5 + (0.5 + 0.0) / 4; a cap above every weight gives DR itself
+    assert res["clip_grid"]["1"]["value"] == pytest.approx(0.625)
+    assert res["clip_grid"]["20"]["value"] == pytest.approx(est["dr"]["value"])
+    for e in ("sndr", "dr_clip"):
+        assert est[e]["ci_low"] <= est[e]["value"] <= est[e]["ci_high"]
+
+
 def test_on_policy_logs_give_the_sample_mean_with_full_ess() -> None:
     rng = np.random.default_rng(1)
     n = 400
@@ -92,7 +129,7 @@ def test_on_policy_logs_give_the_sample_mean_with_full_ess() -> None:
     r = rng.uniform(size=n)
     data = LoggedData(["a", "b"], rng.normal(size=(n, 3)), a, r, np.zeros(n), probs)
     res = estimate(data, probs, n_boot=500)
-    for e in ("ips", "snips", "dr"):
+    for e in ("ips", "snips", "dr", "sndr", "dr_clip"):
         assert res["estimates"]["quality"][e]["value"] == pytest.approx(r.mean(), abs=1e-6)
     assert res["ess"] == pytest.approx(n)
     ci = res["estimates"]["quality"]["ips"]
@@ -179,8 +216,32 @@ def test_debiased_tables_and_training_comparison() -> None:
     assert len(ips) == 300 and np.isfinite(ips.scores).sum() == 300
     res = simulate_training(table, X, logging="knn:cost_weight=0.6", router="knn",
                             explore=Exploration(0.1), n_logged=500, seeds=[0])
-    assert set(res["methods"]) == {"naive", "ips", "dr"}
+    assert set(res["methods"]) == {"naive", "ips", "dr", "dr_target", "chosen"}
     assert all(0 <= m["test_quality"] <= 1 for m in res["methods"].values())
+    # the correction is chosen on held-out logs; its test figure is that correction's
+    (pick,) = res["choices"]
+    assert pick["chosen"] in ("ips", "dr", "dr_target")
+    assert set(pick["validation_dr_clip"]) == {"ips", "dr", "dr_target"}
+    chosen = res["methods"]["chosen"]["test_quality"]
+    assert chosen == res["methods"][pick["chosen"]]["test_quality"]
+    assert 0 <= res["full_information_test_quality"] <= 1
+
+
+def test_dr_targets_by_hand() -> None:
+    # text "u" served twice by e0 (propensity 0.8, weight 1.25), "v" once by e1 (0.25: 4)
+    probs = np.array([[0.8, 0.2], [0.8, 0.2], [0.75, 0.25]])
+    data = LoggedData(["e0", "e1"], np.zeros((3, 2)), np.array([0, 0, 1]),
+                      np.array([0.8, 0.8, 0.4]), np.zeros(3), probs, ["u", "u", "v"])
+    q = {"quality": np.full((3, 2), 0.5), "cost": np.zeros((3, 2))}
+    tab = debiased_table(data, "dr_target", clip=3.0, q_hat=q)
+    S = dict(zip(tab.prompts, tab.scores.tolist(), strict=True))
+    # u/e0: 0.5 + (1.25 * 0.3 + 1.25 * 0.3) / 2; v/e1: weight 4 capped at 3: 0.5 + 3 * -0.1
+    assert S["u"] == pytest.approx([0.875, 0.5])
+    assert S["v"] == pytest.approx([0.5, 0.2])
+    # imputation: observed cells keep their outcome, the others the reward model's value
+    S = dict(zip(*(lambda t: (t.prompts, t.scores.tolist()))(
+        debiased_table(data, "dr", q_hat=q)), strict=True))
+    assert S["u"] == pytest.approx([0.8, 0.5]) and S["v"] == pytest.approx([0.5, 0.4])
 
 
 def test_load_logged_reads_an_export(tmp_path) -> None:
@@ -316,5 +377,9 @@ def test_eval_offpolicy_simulate_command_writes_provenance(tmp_path) -> None:
     assert res["repeats"] == 3 and res["n_logged"] == 500 and res["commit"]
     assert "--simulate synthetic:400x2" in res["command"]
     q = res["results"]["quality"]
-    assert set(q) == {"truth", "ips", "snips", "dr", "naive"}
+    assert set(q) == {"truth", "ips", "snips", "dr", "sndr", "dr_clip", "naive"}
     assert 0 <= q["dr"]["coverage"] <= 1 and q["dr"]["width"] > 0
+    assert res["seed_set"] == "dev" and res["clip"] == DR_CLIP
+    # every cap of the grid is reported, the one in use among them
+    assert set(res["clip_grid"]) == {f"{c:g}" for c in CLIP_GRID}
+    assert res["clip_grid"][f"{DR_CLIP:g}"]["mean"] == pytest.approx(q["dr_clip"]["mean"])
