@@ -841,52 +841,85 @@ def simulate_training(table: RoutingTable, X: np.ndarray, *, logging: str, route
 # --------------------------------------------------------------------------- report
 
 
+_LABELS = {"ips": "IPS", "snips": "SNIPS", "dr": "DR", "sndr": "SNDR", "dr_clip": "clipped DR",
+           "naive": "naive (no weights)"}
+_TRAIN_COLS = (("naive", "naive"), ("ips", "IPS-resampled"), ("dr", "DR-filled"),
+               ("dr_target", "DR targets"), ("chosen", "correction chosen on held-out logs"))
+
+
+def _name(r: Mapping[str, Any]) -> str:
+    return str(r.get("format") or Path(str(r["data"])).name)
+
+
 def summary_markdown(results: Sequence[Mapping[str, Any]],
                      estimators: Sequence[str] = (*ESTIMATORS, "naive"),
-                     training: bool = True) -> str:
+                     training: bool = True, clip_grid: bool = True) -> str:
     """Markdown tables of ``--simulate`` result files: off-policy estimation of mean quality
-    per scenario and estimator, then bias-corrected training where the files hold it."""
+    per scenario and estimator, the clipped DR by cap where the files hold it, then
+    bias-corrected training where the files hold it."""
     head = ("| table | logging -> candidate | explore | agree | ESS | truth | estimator | "
-            "bias | mean abs err | within 0.02 | coverage | width |")
-    lines = ["Off-policy estimates of the candidate's mean quality "
-             "(repeats per row in the JSON; interval level 95 %):", "", head,
+            "bias | RMSE | within 0.02 | coverage | width |")
+    seeds = sorted({str(r.get("seed_set", "dev")) for r in results})
+    lines = ["Off-policy estimates of the candidate's mean quality (repeats per row in the "
+             f"JSON; interval level 95 %; seed set {', '.join(seeds)}):", "", head,
              "|" + "---|" * 12]
     for r in results:
         q = r["results"]["quality"]
         ex = r["explore"]
-        name = r.get("format") or Path(str(r["data"])).name
         for i, e in enumerate(estimators):
             d = q[e]
-            lead = (f"| {name} | {r['logging']} -> {r['candidate']} | {ex['method']} "
+            lead = (f"| {_name(r)} | {r['logging']} -> {r['candidate']} | {ex['method']} "
                     f"{ex['rate']:g} | {r['candidate_agrees_with_logging']:.0%} | "
                     f"{r['ess_mean']:.0f} / {r['n_logged']} | {q['truth']:.4f} |"
                     if i == 0 else "| | | | | | |")
             cov = "-" if "coverage" not in d else f"{d['coverage']:.2f}"
             wid = "-" if "width" not in d else f"{d['width']:.4f}"
-            lines.append(f"{lead} {e.upper() if e != 'naive' else 'naive (no weights)'} | "
-                         f"{d['bias']:+.4f} | {d['mae']:.4f} | {d['within_tol']:.0%} | "
-                         f"{cov} | {wid} |")
+            label = _LABELS.get(e, e)
+            if e == "dr_clip" and "clip" in r:
+                label += f" (cap {r['clip']:g})"
+            lines.append(f"{lead} {label} | {d['bias']:+.4f} | {d['rmse']:.4f} | "
+                         f"{d['within_tol']:.0%} | {cov} | {wid} |")
+    grids = [r for r in results if r.get("clip_grid")] if clip_grid else []
+    if grids:
+        caps = list(grids[0]["clip_grid"])
+        lines += ["", "Clipped DR by weight cap: share of repeats within 0.02 / interval "
+                  "coverage (the cap in use is chosen on the development seed):", "",
+                  "| table | explore | " + " | ".join(f"cap {c}" for c in caps) + " |",
+                  "|---|---|" + "---|" * len(caps)]
+        for r in grids:
+            g = r["clip_grid"]
+            lines.append(f"| {_name(r)} {r['candidate']} | {r['explore']['method']} "
+                         f"{r['explore']['rate']:g} | " + " | ".join(
+                             f"{g[c]['within_tol']:.0%} / {g[c]['coverage']:.2f}"
+                             if c in g else "-" for c in caps) + " |")
     trained = [r for r in results if r.get("training")] if training else []
     if trained:
         lines += ["", "Router trained on the simulated biased logs, quality on the table's "
-                  "test split (mean over seeds):", "",
-                  "| table | logging | router | naive | IPS-resampled | DR-filled |",
-                  "|---|---|---|---|---|---|"]
+                  "test split (mean over seeds; the ceiling: trained on the traffic's full "
+                  "table):", "",
+                  "| table | logging | router | test prompts | "
+                  + " | ".join(h for _, h in _TRAIN_COLS) + " | ceiling |",
+                  "|---|---|---|---|" + "---|" * (len(_TRAIN_COLS) + 1)]
         for r in trained:
-            t = r["training"]["methods"]
+            tr = r["training"]
+            t = tr["methods"]
+            k = len(tr["seeds"])
 
-            def cell(m: str, t: Mapping[str, Any] = t, k: int = len(r["training"]["seeds"])
-                     ) -> str:
+            def cell(m: str, t: Mapping[str, Any] = t, k: int = k) -> str:
                 if m not in t:
                     return "-"
-                s = f"{t[m]['test_quality']:.4f}"
+                c = f"{t[m]['test_quality']:.4f}"
                 if "minus_naive" in t[m]:
-                    s += (f" ({t[m]['minus_naive']:+.4f}, better on {t[m]['wins']}/"
-                          f"{k} seeds)")
-                return s
-            lines.append(f"| {r.get('format') or Path(str(r['data'])).name} | {r['logging']} | "
-                         f"{r['training']['router']} | {cell('naive')} | {cell('ips')} | "
-                         f"{cell('dr')} |")
+                    c += f" ({t[m]['minus_naive']:+.4f}, better on {t[m]['wins']}/{k} seeds)"
+                return c
+            picks = [c["chosen"] for c in tr.get("choices", [])]
+            chosen = cell("chosen") + (f"; picked {', '.join(picks)}" if picks else "")
+            ceil = tr.get("full_information_test_quality")
+            lines.append(f"| {_name(r)} | {r['logging']} | {tr['router']} | "
+                         f"{tr.get('n_test', '-')} | "
+                         + " | ".join(chosen if m == "chosen" else cell(m)
+                                      for m, _ in _TRAIN_COLS)
+                         + f" | {'-' if ceil is None else f'{ceil:.4f}'} |")
     return "\n".join(lines) + "\n"
 
 

@@ -28,7 +28,7 @@ Kinds: ``routing-table`` (every router and baseline of a routing run), ``routing
 point of a guard run), ``guard-headline`` (the selected candidate), ``compare OLD NEW`` (the
 headline figures of an older run beside a newer one), ``provenance`` (commit, data sha256,
 encoder and command of a run), ``offpolicy-table FILE...`` / ``offpolicy-dr FILE...`` (the
-off-policy simulator's figures, every estimator or doubly robust only), ``embedder-table FILE``
+off-policy simulator's figures, every estimator or DR and clipped DR only), ``embedder-table FILE``
 (a ``bench router`` JSON: decision latency by prompt length and throughput per embedder),
 ``train-time FILE...`` (``expertgate train --metrics-json`` files: embedding and fit time),
 ``overhead-miss FILE...`` (``bench overhead`` JSONs: the routed cache miss's and the bare
@@ -492,7 +492,8 @@ def render_block(spec: str) -> str:
 
         runs = [_load(a) for a in args]
         if kind == "offpolicy-dr":
-            return summary_markdown(runs, ("dr",), training=True).rstrip("\n")
+            return summary_markdown(runs, ("dr", "dr_clip"), training=True,
+                                    clip_grid=False).rstrip("\n")
         return summary_markdown(runs).rstrip("\n")
     if kind == "embedder-table" and args:
         return _embedder_rows(_load(args[0]))

@@ -108,6 +108,9 @@ def register_overhead(sub: Any) -> None:
                    help="comma-separated concurrency levels (default 1,16,64)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     p.add_argument("--skip-litellm", action="store_true", help="leave out the LiteLLM proxy")
+    p.add_argument("--paths", default=None,
+                   help="comma-separated paths to measure (default all: "
+                   f"{','.join(PATHS)}); direct, the baseline, is always measured")
     p.add_argument("--embedder", default="onnx", choices=EMBEDDER_KINDS,
                    help="the gateway's embedder for the routed paths (default onnx; "
                    "distilled needs 'expertgate embedder distill' once)")
@@ -432,6 +435,12 @@ def cmd_overhead(args: argparse.Namespace) -> int:
         print("bench overhead: --prompt-tokens needs 0 (short questions) or at least 32",
               file=sys.stderr)
         return 2
+    keep = None if not args.paths else {x.strip() for x in str(args.paths).split(",")
+                                        if x.strip()}
+    if keep is not None and not keep <= set(PATHS):
+        print(f"bench overhead: unknown path(s) {', '.join(sorted(keep - set(PATHS)))}; "
+              f"use {', '.join(PATHS)}", file=sys.stderr)
+        return 2
     suffix, sample_tokens = prompt_suffix(args.prompt_tokens) if args.prompt_tokens else ("", 0)
     machine = machine_info()
     skipped: dict[str, str] = {}
@@ -484,8 +493,8 @@ def cmd_overhead(args: argparse.Namespace) -> int:
                 for p in _EXPERTGATE_PATHS:
                     skipped[p] = why
                 print(f"bench overhead: skipping expertgate paths: {why}", file=sys.stderr)
-            if args.skip_litellm:
-                skipped["litellm"] = "--skip-litellm"
+            if args.skip_litellm or (keep is not None and "litellm" not in keep):
+                skipped["litellm"] = "--skip-litellm" if args.skip_litellm else "--paths"
             else:
                 lt = stack.enter_context(start_litellm(stub, tmp))
                 servers.append(lt)
@@ -498,6 +507,11 @@ def cmd_overhead(args: argparse.Namespace) -> int:
         except ServerError as e:
             print(f"bench overhead: {e}", file=sys.stderr)
             return 1
+        if keep is not None:  # a shorter run over the paths in question, in the same rounds
+            for p in set(targets) - keep - {"direct"}:
+                del targets[p]
+                stream_targets.pop(p, None)
+                skipped[p] = "--paths"
 
         print(f"bench overhead: stub {stub.base_url}; paths {', '.join(targets)}; "
               f"concurrency {concs}; {args.rounds} round(s)", file=sys.stderr)
@@ -581,6 +595,7 @@ def cmd_overhead(args: argparse.Namespace) -> int:
                          "miss_requests": args.miss_requests,
                          "litellm_requests": args.litellm_requests,
                          "stream_requests": args.stream_requests, "embedder": args.embedder,
+                         "paths": sorted(keep | {"direct"}) if keep is not None else None,
                          "prompt_tokens": args.prompt_tokens or None,
                          "prompt_tokens_sample": sample_tokens or None,
                          "load_generator": "wrk -t1 (closed loop), one Lua-built body per "

@@ -47,6 +47,11 @@ def test_cli_registers_overhead_router_and_soak() -> None:
     assert callable(a.func)
     assert (a.json, a.plot, a.requests, a.concurrency, a.rounds, a.skip_litellm) == (
         Path("o.json"), Path("o.png"), 50, "1,16,64", 2, True)
+    assert a.paths is None  # every path
+    sub = p.parse_args(["overhead", "--paths", "routed_miss,routed_explore"])
+    assert sub.paths == "routed_miss,routed_explore"
+    # an unknown path is refused before anything starts
+    assert sub.func(p.parse_args(["overhead", "--paths", "routed_miss,nope"])) == 2
     r = p.parse_args(["router", "--json", "r.json"])
     assert callable(r.func) and r.func is not a.func
     s = p.parse_args(["soak"])
