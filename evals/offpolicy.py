@@ -56,6 +56,7 @@ __all__ = [
     "ESTIMATORS",
     "LoggedData",
     "OffPolicyError",
+    "choose_clip",
     "crossfit_reward_model",
     "debiased_table",
     "estimate",
@@ -841,6 +842,26 @@ def simulate_training(table: RoutingTable, X: np.ndarray, *, logging: str, route
 # --------------------------------------------------------------------------- report
 
 
+def choose_clip(results: Sequence[Mapping[str, Any]], min_coverage: float = 0.90) -> float:
+    """The clipped DR's cap from development-seed ``--simulate`` results: among the caps
+    whose intervals cover the truth in at least ``min_coverage`` of the repeats in every
+    scenario, the one whose worst scenario has the most estimates within the tolerance
+    (ties: the larger cap, less bias); with none covering, the best worst-case coverage."""
+    if any(r.get("seed_set") != "dev" for r in results):
+        raise OffPolicyError("the cap is chosen on development-seed results only")
+    caps = sorted({c for r in results for c in r.get("clip_grid", {})}, key=float)
+    if not caps:
+        raise OffPolicyError("no clip_grid in these results")
+
+    def worst(c: str, key: str) -> float:
+        return min(float(r["clip_grid"][c][key]) for r in results)
+
+    ok = [c for c in caps if worst(c, "coverage") >= min_coverage]
+    best = (max(ok, key=lambda c: (worst(c, "within_tol"), float(c))) if ok
+            else max(caps, key=lambda c: (worst(c, "coverage"), float(c))))
+    return float(best)
+
+
 _LABELS = {"ips": "IPS", "snips": "SNIPS", "dr": "DR", "sndr": "SNDR", "dr_clip": "clipped DR",
            "naive": "naive (no weights)"}
 _TRAIN_COLS = (("naive", "naive"), ("ips", "IPS-resampled"), ("dr", "DR-filled"),
@@ -892,6 +913,10 @@ def summary_markdown(results: Sequence[Mapping[str, Any]],
                          f"{r['explore']['rate']:g} | " + " | ".join(
                              f"{g[c]['within_tol']:.0%} / {g[c]['coverage']:.2f}"
                              if c in g else "-" for c in caps) + " |")
+        if all(r.get("seed_set") == "dev" for r in grids):
+            lines += ["", f"The rule of `choose_clip` (every scenario's coverage >= 0.90, "
+                      f"then the best worst-case share within 0.02) picks cap "
+                      f"{choose_clip(grids):g}."]
     trained = [r for r in results if r.get("training")] if training else []
     if trained:
         lines += ["", "Router trained on the simulated biased logs, quality on the table's "

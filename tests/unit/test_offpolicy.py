@@ -12,6 +12,8 @@ from evals.offpolicy import (
     CLIP_GRID,
     DR_CLIP,
     LoggedData,
+    OffPolicyError,
+    choose_clip,
     crossfit_reward_model,
     debiased_table,
     estimate,
@@ -383,3 +385,24 @@ def test_eval_offpolicy_simulate_command_writes_provenance(tmp_path) -> None:
     # every cap of the grid is reported, the one in use among them
     assert set(res["clip_grid"]) == {f"{c:g}" for c in CLIP_GRID}
     assert res["clip_grid"][f"{DR_CLIP:g}"]["mean"] == pytest.approx(q["dr_clip"]["mean"])
+
+
+def test_clip_cap_is_chosen_on_development_results_only() -> None:
+    def run(seed_set: str, grid: dict[str, tuple[float, float]]) -> dict:
+        return {"seed_set": seed_set, "clip_grid": {
+            c: {"within_tol": w, "coverage": cov} for c, (w, cov) in grid.items()}}
+
+    a = run("dev", {"2": (0.95, 0.85), "5": (0.90, 0.93), "10": (0.80, 0.95)})
+    b = run("dev", {"2": (0.99, 0.99), "5": (0.92, 0.91), "10": (0.85, 0.96)})
+    # cap 2 under-covers in a; 5 has the better worst case of the covering caps
+    assert choose_clip([a, b]) == 5.0
+    with pytest.raises(OffPolicyError, match="development"):
+        choose_clip([a, run("report", {"2": (1.0, 1.0)})])
+
+
+def test_committed_cap_is_the_rule_applied_to_the_committed_development_runs() -> None:
+    from pathlib import Path
+
+    files = sorted(Path("docs/results/offpolicy/dev").glob("*.json"))
+    assert files, "docs/results/offpolicy/dev holds the development-seed simulations"
+    assert choose_clip([json.loads(f.read_text()) for f in files]) == DR_CLIP
