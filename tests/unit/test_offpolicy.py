@@ -403,6 +403,7 @@ def test_clip_cap_is_chosen_on_development_results_only() -> None:
 def test_committed_cap_is_the_rule_applied_to_the_committed_development_runs() -> None:
     from pathlib import Path
 
-    files = sorted(Path("docs/results/offpolicy/dev").glob("*.json"))
+    root = Path(__file__).resolve().parents[2]
+    files = sorted((root / "docs/results/offpolicy/dev").glob("*.json"))
     assert files, "docs/results/offpolicy/dev holds the development-seed simulations"
     assert choose_clip([json.loads(f.read_text()) for f in files]) == DR_CLIP
