@@ -297,6 +297,23 @@ def _summary(value: float, boots: np.ndarray, alpha: float) -> dict[str, float |
             "ci_high": round(float(hi), 6), "se": round(float(boots.std(ddof=1)), 6)}
 
 
+def _clipped_summary(value: float, boots: np.ndarray, dr_boots: np.ndarray, alpha: float
+                     ) -> dict[str, float | None]:
+    """The clipped DR's estimate with an interval that spans its own bootstrap interval and
+    DR's. Its own alone under-covers: with the reward model held fixed across resamples, the
+    bootstrap misses the model's fitting noise, which clipping leaves in the estimate (on the
+    development seed, 82 % coverage at cap 2 on MMLU), and it ignores the clipping bias. DR's
+    interval has neither problem, so the span covers at least as often as DR's."""
+    out = _summary(value, boots, alpha)
+    b = dr_boots[np.isfinite(dr_boots)]
+    lo, hi = out["ci_low"], out["ci_high"]
+    if lo is not None and hi is not None and b.size:
+        dlo, dhi = np.quantile(b, [alpha / 2, 1 - alpha / 2])
+        out["ci_low"], out["ci_high"] = (round(min(lo, float(dlo)), 6),
+                                         round(max(hi, float(dhi)), 6))
+    return out
+
+
 def estimate(data: LoggedData, target: np.ndarray, *, cost_weight: float = 0.0,
              folds: int = 2, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
              max_unsupported: float = 0.01, min_ess: float = 30.0,
@@ -308,7 +325,8 @@ def estimate(data: LoggedData, target: np.ndarray, *, cost_weight: float = 0.0,
     * **clipped DR** ``mean(Σ_a π q̂ + min(w, clip) · (r − q̂))``: the correction of a record
       whose weight exceeds ``clip`` is shrunk toward the reward model's prediction. It trades
       a bias (the reward model's error on the clipped records, scaled by ``1 − clip / w``) for
-      much less variance; ``clip`` = max weight gives DR. ``clip_grid`` adds the quality
+      much less variance; ``clip`` = max weight gives DR. Its interval spans its own
+      bootstrap interval and DR's (see :func:`_clipped_summary`). ``clip_grid`` adds the quality
       estimate for each of those caps under ``out["clip_grid"]`` (the simulations that choose
       :data:`DR_CLIP`).
 
@@ -383,11 +401,11 @@ def estimate(data: LoggedData, target: np.ndarray, *, cost_weight: float = 0.0,
             "dr": _summary(dr_i.mean(), C @ dr_i / n, alpha),
             "sndr": _summary(dm_i.mean() + (w * res_i).sum() / ws if ws > 0 else math.nan,
                              C @ dm_i / n + (C @ (w * res_i)) / sw_safe, alpha),
-            "dr_clip": _summary(clip_i.mean(), C @ clip_i / n, alpha),
+            "dr_clip": _clipped_summary(clip_i.mean(), C @ clip_i / n, C @ dr_i / n, alpha),
         }
         if name == "quality" and clip_grid:
             out["clip_grid"] = {
-                f"{c:g}": _summary(float(np.mean(v)), C @ v / n, alpha)
+                f"{c:g}": _clipped_summary(float(np.mean(v)), C @ v / n, C @ dr_i / n, alpha)
                 for c in clip_grid for v in [dm_i + np.minimum(w, c) * res_i]}
     out["estimates"] = est
     out["clip"] = clip

@@ -120,6 +120,9 @@ def test_sndr_and_clipped_dr_by_hand() -> None:
     assert res["clip_grid"]["20"]["value"] == pytest.approx(est["dr"]["value"])
     for e in ("sndr", "dr_clip"):
         assert est[e]["ci_low"] <= est[e]["value"] <= est[e]["ci_high"]
+    # the clipped DR's interval spans DR's (same resamples)
+    assert est["dr_clip"]["ci_low"] <= est["dr"]["ci_low"]
+    assert est["dr_clip"]["ci_high"] >= est["dr"]["ci_high"]
 
 
 def test_on_policy_logs_give_the_sample_mean_with_full_ess() -> None:
