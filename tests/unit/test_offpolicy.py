@@ -397,8 +397,12 @@ def test_clip_cap_is_chosen_on_development_results_only() -> None:
 
     a = run("dev", {"2": (0.95, 0.85), "5": (0.90, 0.93), "10": (0.80, 0.95)})
     b = run("dev", {"2": (0.99, 0.99), "5": (0.92, 0.91), "10": (0.85, 0.96)})
-    # cap 2 under-covers in a; 5 has the better worst case of the covering caps
+    # cap 2 under-covers in a; 5 meets the 90 % target in both scenarios, 10 in none
     assert choose_clip([a, b]) == 5.0
+    c = run("dev", {"2": (0.95, 0.95), "5": (0.95, 0.95), "10": (0.60, 0.95)})
+    d = run("dev", {"2": (0.50, 0.95), "5": (0.55, 0.95), "10": (0.70, 0.95)})
+    # both 2 and 5 meet it once; 5 has the better worst case
+    assert choose_clip([c, d]) == 5.0
     with pytest.raises(OffPolicyError, match="development"):
         choose_clip([a, run("report", {"2": (1.0, 1.0)})])
 
