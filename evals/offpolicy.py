@@ -53,10 +53,12 @@ from routers.explore import Exploration, exploration_matrix, record_probs, sampl
 from routers.logrecord import TRAINING_COLUMNS, UNSERVED_ENDPOINTS, json_field
 
 __all__ = [
+    "CORRECTIONS",
     "ESTIMATORS",
     "LoggedData",
     "OffPolicyError",
     "choose_clip",
+    "choose_correction",
     "crossfit_reward_model",
     "debiased_table",
     "estimate",

@@ -73,11 +73,14 @@ def register(sub: Any, name: str) -> None:
                        "distilled/static; a "
                        "sentence-transformers folder (e.g. from 'expertgate embedder "
                        "finetune') for minilm/onnx")
-        p.add_argument("--correction", default="none", choices=("none", "ips", "dr"),
+        p.add_argument("--correction", default="none",
+                       choices=("none", "ips", "dr", "dr_target", "auto"),
                        help="--format logs: correct the logging router's selection bias with "
-                       "the logged propensities: ips (importance resampling) or dr (every "
+                       "the logged propensities: ips (importance resampling), dr (every "
                        "expert's outcome filled by an importance-weighted, cross-fitted reward "
-                       "model); see evals/offpolicy.py")
+                       "model), dr_target (every cell the doubly robust pseudo-outcome, "
+                       "weights capped) or auto (the one of those three whose router scores "
+                       "best on held-out logs, off-policy); see evals/offpolicy.py")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--val", type=float, default=0.1, help="validation fraction")
         p.add_argument("--test", type=float, default=0.2, help="test fraction")
@@ -236,16 +239,25 @@ def _print_metrics(m: dict[str, Any]) -> None:
 def _debiased(args: argparse.Namespace) -> Any:
     """Logs -> a training table corrected with the logged propensities (evals/offpolicy.py);
     the reward model of ``dr`` uses the chosen embedder's features."""
-    from evals.offpolicy import OffPolicyError, debiased_table, load_logged
+    from evals.offpolicy import OffPolicyError, choose_correction, debiased_table, load_logged
     from routers.base import RouterError
     from routers.embed import embed_cached, make_embedder
 
     options = {"model_path": args.embedder_path} if args.embedder_path else {}
     embedder = make_embedder(args.embedder, **options)
+
+    def feats(texts: Any) -> Any:
+        return embed_cached(embedder, list(texts), args.cache_dir)
+
     try:
-        logged = load_logged(args.data, lambda t: embed_cached(embedder, t, args.cache_dir,
-                                                               progress=True))
-        return debiased_table(logged, args.correction, seed=args.seed)
+        logged = load_logged(args.data, feats)
+        method = args.correction
+        if method == "auto":
+            spec = args.router + (":" + ",".join(args.param) if args.param else "")
+            method, val = choose_correction(logged, feats, spec, seed=args.seed)
+            print(f"correction chosen on held-out logs: {method} (clipped DR estimates of "
+                  f"the trained router: {val})", file=sys.stderr)
+        return debiased_table(logged, method, seed=args.seed)
     except OffPolicyError as e:
         raise RouterError(str(e)) from None
 

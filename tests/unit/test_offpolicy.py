@@ -266,7 +266,7 @@ def test_load_logged_reads_an_export(tmp_path) -> None:
     assert data.propensity.tolist() == [0.95, 1.0]
 
 
-def test_train_from_logs_with_correction(tmp_path) -> None:
+def test_train_from_logs_with_correction(tmp_path, capsys) -> None:
     from expertgate.cli import main
 
     rng = np.random.default_rng(0)
@@ -284,12 +284,14 @@ def test_train_from_logs_with_correction(tmp_path) -> None:
                      "action_probs": {greedy: 0.9, other: 0.1}, "fallback": i == 3})
     p = tmp_path / "export.jsonl"
     p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    for corr in ("ips", "dr"):
+    for corr in ("ips", "dr", "dr_target", "auto"):
         out = tmp_path / f"knn-{corr}"
         rc = main(["train", "--router", "knn", "--data", str(p), "--format", "logs",
                    "--correction", corr, "--embedder", "hashing", "--out", str(out),
                    "--cache-dir", str(tmp_path / "cache"), "--json"])
         assert rc == 0 and (out / "router.json").exists()
+    # auto says which correction the held-out logs chose
+    assert "correction chosen on held-out logs: " in capsys.readouterr().err
     rc = main(["train", "--router", "knn", "--data", str(p), "--format", "long",
                "--correction", "dr", "--embedder", "hashing", "--out", str(tmp_path / "x")])
     assert rc == 2
