@@ -32,4 +32,6 @@ $EG --simulate $D/llmrouter_nq --logging knn:cost_weight=1.0 --candidate knn:cos
     --rate 0.05 --json $OUT/nq-quality-first-eps5.json
 $EG --simulate $D/llmrouter_nq --logging knn:cost_weight=1.0 --candidate knn:cost_weight=0 \
     --rate 0.1 --method softmax --temperature 0.1 --json $OUT/nq-quality-first-softmax10.json
-python -m expertgate eval offpolicy --summarise $OUT/*.json --out $OUT/summary.md
+S="mmlu-new-family-eps10 mmlu-new-family-eps5 mmlu-quality-first-eps10 nq-quality-first-eps10"
+S="$S nq-quality-first-eps5 nq-quality-first-softmax10"
+python -m expertgate eval offpolicy --out $OUT/summary.md --summarise $(for s in $S; do echo $OUT/$s.json; done)
