@@ -54,7 +54,9 @@ from routers.logrecord import TRAINING_COLUMNS, UNSERVED_ENDPOINTS, json_field
 
 __all__ = [
     "CORRECTIONS",
+    "DR_REWARD_WEIGHTS",
     "ESTIMATORS",
+    "REWARD_WEIGHTS",
     "LoggedData",
     "OffPolicyError",
     "choose_clip",
@@ -64,6 +66,7 @@ __all__ = [
     "estimate",
     "load_logged",
     "policy_matrix",
+    "reward_model_weights",
     "simulate",
     "simulate_training",
     "subset_logged",
@@ -260,7 +263,8 @@ def crossfit_reward_model(X: np.ndarray, actions: np.ndarray, y: np.ndarray, m: 
     Q = np.empty((n, m))
     for k in range(max(int(folds), 2)):
         te, tr = np.flatnonzero(fold == k), np.flatnonzero(fold != k)
-        glob = float(np.average(y[tr], weights=sw[tr])) if len(tr) else 0.0
+        glob = (float(np.average(y[tr], weights=sw[tr])) if sw[tr].sum() > 0
+                else float(y[tr].mean()) if len(tr) else 0.0)
         if U is not None and len(tr) > 2:
             F_tr = _neighbour_outcomes(U[tr], U[tr], actions[tr], y[tr], m, neighbours,
                                        same=True)
@@ -268,7 +272,8 @@ def crossfit_reward_model(X: np.ndarray, actions: np.ndarray, y: np.ndarray, m: 
         else:
             F_tr, F_te = np.zeros((len(tr), 1 + m)), np.zeros((len(te), 1 + m))
         for a in range(m):
-            sel = actions[tr] == a
+            # a zero weight (e.g. a record the candidate would not send there) drops the row
+            sel = (actions[tr] == a) & (sw[tr] > 0)
             rows = tr[sel]
             if len(rows) < min_rows:
                 Q[te, a] = float(np.average(y[rows], weights=sw[rows])) if len(rows) else glob
@@ -279,6 +284,33 @@ def crossfit_reward_model(X: np.ndarray, actions: np.ndarray, y: np.ndarray, m: 
             coef, icpt = _ridge_loo(A_tr, y[rows], sw[rows], ALPHAS)
             Q[te, a] = A_te @ coef + icpt
     return np.clip(Q, lo, hi)
+
+
+#: how the DR reward model weights the logged records it is fitted on (the names follow Open
+#: Bandit Pipeline's ``fitting_method``): ``none`` every record alike; ``ips`` ``1 / π0(a|x)``
+#: (each expert's fit targets the whole request distribution, not the requests the logging
+#: policy happens to send it); ``iw`` ``π(a|x) / π0(a|x)`` (the requests the candidate sends
+#: to that expert: where the estimate uses ``q̂``); ``mrdr`` ``π(a|x) (1 − π0(a|x)) /
+#: π0(a|x)²`` (Farajtabar et al. 2018, "More Robust Doubly Robust Off-policy Evaluation": the
+#: fit that minimises DR's variance)
+REWARD_WEIGHTS = ("none", "ips", "iw", "mrdr")
+#: the weighting :func:`estimate` uses unless told otherwise (compared on the development
+#: seeds in docs/results/offpolicy/dev/reward-weights)
+DR_REWARD_WEIGHTS = "none"
+
+
+def reward_model_weights(data: LoggedData, target: np.ndarray, kind: str) -> np.ndarray | None:
+    """Per-record fitting weights of the reward model (:data:`REWARD_WEIGHTS`) for the
+    candidate ``target`` (n, m[+1]); None for ``none``."""
+    if kind not in REWARD_WEIGHTS:
+        raise OffPolicyError(f"unknown reward_weights {kind!r}; use {', '.join(REWARD_WEIGHTS)}")
+    if kind == "none":
+        return None
+    p = data.propensity
+    if kind == "ips":
+        return 1.0 / p
+    pi = np.asarray(target, dtype=np.float64)[np.arange(len(data)), data.actions]
+    return pi / p if kind == "iw" else pi * (1.0 - p) / p ** 2
 
 
 # --------------------------------------------------------------------------- estimation
@@ -319,7 +351,8 @@ def estimate(data: LoggedData, target: np.ndarray, *, cost_weight: float = 0.0,
              folds: int = 2, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
              max_unsupported: float = 0.01, min_ess: float = 30.0,
              q_hat: Mapping[str, np.ndarray] | None = None, clip: float = DR_CLIP,
-             clip_grid: Sequence[float] = ()) -> dict[str, Any]:
+             clip_grid: Sequence[float] = (), reward_weights: str = DR_REWARD_WEIGHTS
+             ) -> dict[str, Any]:
     """IPS, SNIPS, DR, SNDR and clipped-DR estimates of the candidate ``target`` (n, m[+1]).
 
     * **SNDR** (self-normalised DR) ``mean(Σ_a π q̂) + Σ w (r − q̂) / Σ w``;
@@ -331,6 +364,9 @@ def estimate(data: LoggedData, target: np.ndarray, *, cost_weight: float = 0.0,
       estimate for each of those caps under ``out["clip_grid"]`` (the simulations that choose
       :data:`DR_CLIP`).
 
+    ``reward_weights`` (:data:`REWARD_WEIGHTS`) weights the records the cross-fitted reward
+    model is fitted on (ignored with ``q_hat``).
+
     ``target`` rows are the candidate's probabilities over ``data.experts``; an extra last
     column holds mass on experts outside the logs. Returns ``{"verdict", "message",
     "overlap": {...}, "ess", "n", "estimates": {outcome: {estimator: {value, ci_low,
@@ -339,6 +375,9 @@ def estimate(data: LoggedData, target: np.ndarray, *, cost_weight: float = 0.0,
     n, m = len(data), len(data.experts)
     if n == 0:
         raise OffPolicyError("no logged requests to evaluate on")
+    if reward_weights not in REWARD_WEIGHTS:
+        raise OffPolicyError(f"unknown reward_weights {reward_weights!r}; use "
+                             f"{', '.join(REWARD_WEIGHTS)}")
     T = np.asarray(target, dtype=np.float64)
     if T.shape not in ((n, m), (n, m + 1)):
         raise OffPolicyError(f"target must have shape ({n}, {m}) or ({n}, {m + 1})")
@@ -377,8 +416,11 @@ def estimate(data: LoggedData, target: np.ndarray, *, cost_weight: float = 0.0,
     cmax = float(np.max(data.costs)) if n else 0.0
     scale = cmax if cmax > 0 else 1.0
     if q_hat is None:
-        qr = crossfit_reward_model(data.X, data.actions, data.rewards, m, folds=folds, seed=seed)
-        qc = crossfit_reward_model(data.X, data.actions, data.costs, m, folds=folds, seed=seed)
+        fw = reward_model_weights(data, T, reward_weights)
+        qr = crossfit_reward_model(data.X, data.actions, data.rewards, m, folds=folds, seed=seed,
+                                   weights=fw)
+        qc = crossfit_reward_model(data.X, data.actions, data.costs, m, folds=folds, seed=seed,
+                                   weights=fw)
     else:
         qr, qc = q_hat["quality"], q_hat["cost"]
     ys = {"quality": (data.rewards, qr), "cost": (data.costs, qc),
@@ -410,6 +452,7 @@ def estimate(data: LoggedData, target: np.ndarray, *, cost_weight: float = 0.0,
                 for c in clip_grid for v in [dm_i + np.minimum(w, c) * res_i]}
     out["estimates"] = est
     out["clip"] = clip
+    out["reward_weights"] = reward_weights if q_hat is None else "given"
     out["cost_scale"] = scale
     out["cost_weight"] = cost_weight
     return out
@@ -657,7 +700,7 @@ def simulate(table: RoutingTable, X: np.ndarray, *, logging: str, candidate: str
              cost_weight: float = 0.0, router_share: float = 0.5, folds: int = 2,
              n_boot: int = 1000, alpha: float = 0.05, tol: float = 0.02, seed: int = 0,
              clip: float = DR_CLIP, clip_grid: Sequence[float] = CLIP_GRID,
-             progress: bool = False) -> dict[str, Any]:
+             reward_weights: str = DR_REWARD_WEIGHTS, progress: bool = False) -> dict[str, Any]:
     """Replay ``logging`` (a router spec, e.g. ``knn:cost_weight=0.2``) with ``explore`` on a
     full-information table and estimate ``candidate`` off-policy, ``repeats`` times.
 
@@ -712,7 +755,8 @@ def simulate(table: RoutingTable, X: np.ndarray, *, logging: str, candidate: str
         data_scale = float(data.costs.max()) if data.costs.max() > 0 else 1.0
         res = estimate(data, T, cost_weight=cost_weight * data_scale / scale, folds=folds,
                        n_boot=n_boot, alpha=alpha, seed=int(r_rng.integers(1 << 31)),
-                       max_unsupported=1.0, clip=clip, clip_grid=clip_grid)
+                       max_unsupported=1.0, clip=clip, clip_grid=clip_grid,
+                       reward_weights=reward_weights)
         match = a == gc[idx]
         ys = {"quality": data.rewards, "cost": data.costs,
               "tradeoff": data.rewards - cost_weight * data.costs / scale}
@@ -736,7 +780,7 @@ def simulate(table: RoutingTable, X: np.ndarray, *, logging: str, candidate: str
         "candidate_agrees_with_logging": round(agree, 4),
         "logging_truth_quality": round(float(S[rows_p, g0].mean()), 6),
         "ess_mean": _r(np.mean([r["ess"] for r in runs])),
-        "clip": clip, "results": agg,
+        "clip": clip, "reward_weights": reward_weights, "results": agg,
         "clip_grid": {c: _accuracy([r["clip_grid"][c] for r in runs], truth["quality"], tol)
                       for c in (runs[0]["clip_grid"] if runs else {})},
         "seconds": round(time.perf_counter() - t0, 2),

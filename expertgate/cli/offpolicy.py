@@ -81,11 +81,15 @@ def cli_register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed-set", default="dev", choices=("dev", "report"),
                         help="--simulate: development seeds (0, 1, ...: choose --clip there) "
                         "or the report seeds (evals.provenance.REPORT_SEEDS: published figures)")
-    from evals.offpolicy import DR_CLIP
+    from evals.offpolicy import DR_CLIP, DR_REWARD_WEIGHTS, REWARD_WEIGHTS
 
     parser.add_argument("--clip", type=float, default=DR_CLIP,
                         help="weight cap of the clipped DR estimate (chosen on development "
                         "seeds)")
+    parser.add_argument("--reward-weights", default=DR_REWARD_WEIGHTS, choices=REWARD_WEIGHTS,
+                        help="how the DR reward model weights the logged records: none, "
+                        "ips (1/propensity), iw (candidate prob./propensity) or mrdr "
+                        "(Farajtabar et al. 2018)")
     parser.add_argument("--json", default=None, metavar="OUT", help="write the result JSON")
     parser.set_defaults(func=main)
 
@@ -174,7 +178,7 @@ def _simulate(args: argparse.Namespace) -> dict[str, Any]:
                    explore=_explore(args), n_logged=args.n, repeats=args.repeats,
                    cost_weight=args.cost_weight, folds=args.folds, n_boot=args.boot,
                    alpha=args.alpha, seed=seed_list(args.seed_set, args.seed + 1)[args.seed],
-                   clip=args.clip, progress=True)
+                   clip=args.clip, reward_weights=args.reward_weights, progress=True)
     out: dict[str, Any] = {"mode": "simulate", "data": args.simulate, "format": fmt,
                            "data_sha256": data_sha256(args.simulate), "embedder": emb,
                            "commit": git_commit(), "command": _command(args),
@@ -261,7 +265,7 @@ def _logs(args: argparse.Namespace) -> dict[str, Any]:
     T = policy_matrix(router, data.X, data.texts or [], data.experts, allowed=data.allowed)
     res = estimate(data, T, cost_weight=args.cost_weight, folds=args.folds, n_boot=args.boot,
                    alpha=args.alpha, seed=args.seed, max_unsupported=args.max_unsupported,
-                   clip=args.clip)
+                   clip=args.clip, reward_weights=args.reward_weights)
     print(res["message"])
     if res["verdict"] != "no_overlap":
         for o, ests in res["estimates"].items():

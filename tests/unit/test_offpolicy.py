@@ -11,6 +11,7 @@ import pytest
 from evals.offpolicy import (
     CLIP_GRID,
     DR_CLIP,
+    DR_REWARD_WEIGHTS,
     LoggedData,
     OffPolicyError,
     choose_clip,
@@ -18,6 +19,7 @@ from evals.offpolicy import (
     debiased_table,
     estimate,
     load_logged,
+    reward_model_weights,
     simulate,
     simulate_training,
 )
@@ -171,6 +173,57 @@ def test_crossfit_reward_model_is_out_of_fold_and_fits_a_linear_truth() -> None:
     y2[0] = 100.0
     Q2 = crossfit_reward_model(X, a, y2, 2, folds=3)
     assert Q2[0, a[0]] < 1.0
+
+
+def test_reward_model_weights_by_hand() -> None:
+    data = _hand_logs()  # served cheap, strong, cheap, strong at propensities .9, .1, .5, .5
+    T = np.array([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0], [0.5, 0.5]])
+    assert reward_model_weights(data, T, "none") is None
+    p = np.array([0.9, 0.1, 0.5, 0.5])
+    assert reward_model_weights(data, T, "ips") == pytest.approx(1 / p)
+    # the candidate's probability of the served expert: 0, 1, 1, 0.5
+    pi = np.array([0.0, 1.0, 1.0, 0.5])
+    assert reward_model_weights(data, T, "iw") == pytest.approx(pi / p)
+    # MRDR: π (1 − π0) / π0²: 0, 0.9 / 0.01, 0.5 / 0.25, 0.5 · 0.5 / 0.25
+    assert reward_model_weights(data, T, "mrdr") == pytest.approx([0.0, 90.0, 2.0, 1.0])
+    with pytest.raises(OffPolicyError, match="reward_weights"):
+        reward_model_weights(data, T, "square")
+
+
+def test_weighted_reward_model_fits_the_weighted_target() -> None:
+    # no informative feature: each record's prediction is the weighted mean outcome of the
+    # other records of its expert (one fold per record); a zero weight drops a record
+    X = np.ones((5, 1))
+    a = np.array([0, 0, 0, 0, 1])
+    y = np.array([1.0, 1.0, 0.0, 0.0, 0.5])
+    w = np.array([3.0, 3.0, 1.0, 0.0, 1.0])
+    Q = crossfit_reward_model(X, a, y, 2, folds=5, weights=w, min_rows=1, neighbours=0)
+    # record 0: others of expert 0 are y 1, 0, 0 at weights 3, 1, 0 -> 3 / 4
+    # record 2: y 1, 1, 0 at weights 3, 3, 0 -> 1; record 3: 1, 1, 0 at 3, 3, 1 -> 6 / 7
+    assert Q[[0, 2, 3], 0] == pytest.approx([0.75, 1.0, 6 / 7])
+    unweighted = crossfit_reward_model(X, a, y, 2, folds=5, min_rows=1, neighbours=0)
+    assert unweighted[[0, 2, 3], 0] == pytest.approx([1 / 3, 2 / 3, 2 / 3])
+
+
+def test_estimate_records_its_reward_weighting() -> None:
+    rng = np.random.default_rng(4)
+    n = 300
+    X = rng.normal(size=(n, 3))
+    p_b = np.where(X[:, 0] > 0, 0.5, 0.1)  # the logger serves "b" more often on half the space
+    probs = np.stack([1 - p_b, p_b], axis=1)
+    a = (rng.random(n) < p_b).astype(int)
+    data = LoggedData(["a", "b"], X, a, np.clip(0.5 + 0.3 * X[:, 0] ** 2, 0, 1),
+                      np.zeros(n), probs)
+    T = np.tile([0.0, 1.0], (n, 1))
+    res = {k: estimate(data, T, n_boot=50, reward_weights=k) for k in ("none", "mrdr")}
+    assert estimate(data, T, n_boot=50)["reward_weights"] == DR_REWARD_WEIGHTS
+    assert res["mrdr"]["reward_weights"] == "mrdr"
+    # the weighting changes only the reward model: IPS is the same, DR's model part is not
+    q0, q1 = (res[k]["estimates"]["quality"] for k in ("none", "mrdr"))
+    assert q0["ips"]["value"] == q1["ips"]["value"]
+    assert q0["dr"]["value"] != q1["dr"]["value"]
+    with pytest.raises(OffPolicyError, match="reward_weights"):
+        estimate(data, T, reward_weights="square")
 
 
 def _full_table(n: int = 1200, seed: int = 0) -> tuple[RoutingTable, np.ndarray]:
@@ -378,9 +431,10 @@ def test_eval_offpolicy_simulate_command_writes_provenance(tmp_path) -> None:
     rc = main(["eval", "offpolicy", "--simulate", "synthetic:400x2", "--repeats", "3",
                "--n", "500", "--boot", "50", "--logging", "knn:cost_weight=0.5",
                "--candidate", "knn:cost_weight=0", "--json", str(out),
-               "--cache-dir", str(tmp_path / "c")])
+               "--cache-dir", str(tmp_path / "c"), "--reward-weights", "iw"])
     assert rc == 0
     res = json.loads(out.read_text())
+    assert res["reward_weights"] == "iw" and "--reward-weights iw" in res["command"]
     assert res["repeats"] == 3 and res["n_logged"] == 500 and res["commit"]
     assert "--simulate synthetic:400x2" in res["command"]
     q = res["results"]["quality"]
