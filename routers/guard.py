@@ -400,10 +400,12 @@ class GuardRouter(Router):
         self._lex = lex
         self._lex_W: np.ndarray | None = None  # the float32 copy, made on first use
 
-    def fused_margins(self, X: np.ndarray, texts: Sequence[str]) -> np.ndarray:
-        """Method ``fused``: the SVM's margin per label, shape (n, n_labels)."""
+    def fused_margins(self, X: np.ndarray, texts: Sequence[str],
+                      lex: np.ndarray | None = None) -> np.ndarray:
+        """Method ``fused``: the SVM's margin per label, shape (n, n_labels); ``lex``: the
+        texts' :meth:`lex_margins` when the caller has them already."""
         dense = _l2n(np.asarray(X, np.float32)) @ self.W_ + self.b_
-        return dense + self.lex_margins(texts)
+        return dense + (self.lex_margins(texts) if lex is None else lex)
 
     def _fit_lexical(self, texts: Sequence[str], y: np.ndarray, n_labels: int, Xv: np.ndarray,
                      val_texts: Sequence[str] | None) -> None:
@@ -452,7 +454,7 @@ class GuardRouter(Router):
         W = getattr(self, "_lex_W", None)
         if W is None:  # stored in half precision; computed in single precision
             W = self._lex_W = self.lex_coef_.astype(np.float32)
-        return np.asarray(lex.transform(texts) @ W) + self.lex_bias_
+        return lex.dot(texts, W) + self.lex_bias_
 
     def _fit_linear(self, X: np.ndarray, y: np.ndarray, n_labels: int) -> None:
         from sklearn.linear_model import LogisticRegression
@@ -616,16 +618,19 @@ class GuardRouter(Router):
             X = np.maximum(X @ self.H1_ + self.h1_, 0.0)
         return X @ self.W_ + self.b_
 
-    def predict_proba(self, X: np.ndarray, texts: Sequence[str] | None = None) -> np.ndarray:
+    def predict_proba(self, X: np.ndarray, texts: Sequence[str] | None = None, *,
+                      lex: np.ndarray | None = None) -> np.ndarray:
         """Probability of each in-domain label (``labels_`` order), shape (n, n_labels);
         with ``lexical`` and the texts, the softmax of the lexical SVM's margins (the SVM
-        labels better than a linear model on a frozen embedding)."""
+        labels better than a linear model on a frozen embedding). ``lex``: the texts'
+        :meth:`lex_margins` when the caller has them already."""
         if self.method == "fused":
             if texts is None:
                 raise RouterError("guard: method 'fused' needs the query texts")
-            return _softmax(self.fused_margins(X, texts).astype(np.float64) * 4.0)
+            return _softmax(self.fused_margins(X, texts, lex).astype(np.float64) * 4.0)
         if self.lexical and texts is not None:
-            return _softmax(self.lex_margins(texts).astype(np.float64) * 4.0)
+            lm = self.lex_margins(texts) if lex is None else lex
+            return _softmax(lm.astype(np.float64) * 4.0)
         return _softmax(self.logits(X).astype(np.float64))
 
     def _knn_score(self, F: np.ndarray) -> np.ndarray:
@@ -637,15 +642,17 @@ class GuardRouter(Router):
             out[s:s + 1024] = 1.0 - top.mean(axis=1)
         return out
 
-    def ood_scores(self, X: np.ndarray, texts: Sequence[str] | None = None) -> np.ndarray:
+    def ood_scores(self, X: np.ndarray, texts: Sequence[str] | None = None, *,
+                   lex: np.ndarray | None = None) -> np.ndarray:
         """OOD score per query; larger = more out-of-distribution; reject above threshold_.
-        A ``lexical`` or ``fused`` guard needs the texts."""
+        A ``lexical`` or ``fused`` guard needs the texts (``lex``: their
+        :meth:`lex_margins` when the caller has them already)."""
         if self.method == "fused":
             if texts is None:
                 raise RouterError("guard: method 'fused' needs the query texts")
             mk, sk, mm, sm = (float(v) for v in self.lex_norm_)
             knn = (self._knn_score(self.features(X)) - mk) / sk
-            margin = (-self.fused_margins(X, texts).max(axis=1) - mm) / sm
+            margin = (-self.fused_margins(X, texts, lex).max(axis=1) - mm) / sm
             return 0.5 * (knn + margin)
         d = self._dense_ood(X)
         if not self.lexical:
@@ -653,7 +660,7 @@ class GuardRouter(Router):
         if texts is None:
             raise RouterError("guard: a lexical guard needs the query texts")
         md, sd, ms, ss = (float(v) for v in self.lex_norm_)
-        sp = -self.lex_margins(texts).max(axis=1)
+        sp = -(self.lex_margins(texts) if lex is None else lex).max(axis=1)
         return 0.5 * ((d - md) / sd + (sp - ms) / ss)
 
     def _dense_ood(self, X: np.ndarray) -> np.ndarray:
@@ -720,8 +727,11 @@ class GuardRouter(Router):
         """:meth:`verdict` of a checked X, and the label probabilities it used."""
         if X.shape[0] == 0:
             return [], np.zeros((0, len(self.labels_)))
-        proba = self.predict_proba(X, texts)
-        ood = self.ood_scores(X, texts)
+        # the lexical SVM's margins feed both the label and the OOD score: computed once
+        lex = self.lex_margins(texts) if (self.method == "fused" or self.lexical) and \
+            texts is not None else None
+        proba = self.predict_proba(X, texts, lex=lex)
+        ood = self.ood_scores(X, texts, lex=lex)
         uscore, uflag = self.unsafe_scores(X, texts)
         thr = float(self.threshold_)
         out = []

@@ -138,6 +138,19 @@ class Lexical:
         return _rows(len(texts), _encode(texts, self._words, self._chars, grow=False),
                      self.idf, self.n_features)
 
+    def dot(self, texts: Sequence[str], W: np.ndarray) -> np.ndarray:
+        """``transform(texts) @ W`` (dense (n, k) float32). For a few texts (a request) the
+        rows' weighted sum of ``W``'s rows is taken directly: building a sparse matrix costs
+        more than the product itself."""
+        if len(texts) > _DIRECT_DOT_MAX:
+            return np.asarray(self.transform(texts) @ W, dtype=np.float32)
+        out = np.zeros((len(texts), W.shape[1]), np.float32)
+        for doc, col, val in _weights(len(texts), _encode(texts, self._words, self._chars,
+                                                          grow=False), self.idf):
+            if len(col):
+                np.add.at(out, doc, val[:, None].astype(np.float32) * W[col])
+        return out
+
 
 def _encode(texts: Sequence[str], words: dict[str, int], chars: dict[str, int], *,
             grow: bool) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -176,6 +189,22 @@ def _encode(texts: Sequence[str], words: dict[str, int], chars: dict[str, int], 
     return out
 
 
+#: up to this many texts, :meth:`Lexical.dot` skips the sparse matrix
+_DIRECT_DOT_MAX = 8
+
+
+def _weights(n: int, blocks: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+             idf: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per block, (text, column, value): sublinear TF times IDF, each text's block
+    L2-normalised."""
+    out = []
+    for doc, col, cnt in blocks:
+        w = (1.0 + np.log(cnt)) * idf[col].astype(np.float64)
+        norm = np.sqrt(np.bincount(doc, weights=w * w, minlength=n))
+        out.append((doc, col, w / np.where(norm > 0, norm, 1.0)[doc]))
+    return out
+
+
 def _rows(n: int, blocks: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
           idf: np.ndarray, n_features: int) -> csr_matrix:
     """CSR rows from per-block (text, column, count) triples: sublinear TF times IDF, each
@@ -183,12 +212,10 @@ def _rows(n: int, blocks: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
     from scipy.sparse import csr_matrix
 
     docs, cols, vals = [], [], []
-    for b, (doc, col, cnt) in enumerate(blocks):
-        w = (1.0 + np.log(cnt)) * idf[col].astype(np.float64)
-        norm = np.sqrt(np.bincount(doc, weights=w * w, minlength=n))
+    for b, (doc, col, val) in enumerate(_weights(n, blocks, idf)):
         docs.append(doc * 2 + b)
         cols.append(col)
-        vals.append(w / np.where(norm > 0, norm, 1.0)[doc])
+        vals.append(val)
     key = np.concatenate(docs)
     order = np.argsort(key, kind="stable")  # text by text, words first, sight order kept
     indptr = np.concatenate([[0], np.cumsum(np.bincount(key // 2, minlength=n))])

@@ -90,3 +90,33 @@ def test_make_embedder_builds_onnx(onnx_embedder: OnnxMiniLMEmbedder) -> None:
 def test_not_a_model_folder(tmp_path: Path) -> None:
     with pytest.raises(EmbedderError, match=r"model folder|tokenizer"):
         OnnxMiniLMEmbedder(model_dir=str(tmp_path))
+
+
+def test_the_first_layers_alone_give_the_pooled_states_of_those_layers() -> None:
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from routers.embed_onnx import _default_model_dir
+
+    e = OnnxMiniLMEmbedder(layers=2)
+    assert e.name == f"{MiniLMEmbedder.name}-L2"  # another vector space: another name
+    assert ".L2." in e.onnx_path.name
+    mdir = str(_default_model_dir())
+    tok = AutoTokenizer.from_pretrained(mdir)
+    model = AutoModel.from_pretrained(mdir).eval()
+    enc = tok(SENTENCES, padding=True, truncation=True, max_length=128, return_tensors="pt")
+    with torch.inference_mode():
+        h = model(**enc, output_hidden_states=True).hidden_states[2]  # after layer 2
+    m = enc["attention_mask"][:, :, None].float()
+    want = ((h * m).sum(1) / m.sum(1)).numpy()
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+    np.testing.assert_allclose(e.embed(SENTENCES), want, atol=1e-4)
+    # all six layers are the whole model: same graph, same name
+    full = OnnxMiniLMEmbedder(layers=6)
+    assert full.name == MiniLMEmbedder.name and full.onnx_path == export_onnx()
+
+
+@pytest.mark.parametrize("bad", [0, 7, True, 2.5])
+def test_layers_out_of_range_are_refused(bad: object) -> None:
+    with pytest.raises(EmbedderError, match="layers must be an integer from 1 to 6"):
+        OnnxMiniLMEmbedder(layers=bad)  # type: ignore[arg-type]

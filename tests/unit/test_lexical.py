@@ -173,3 +173,32 @@ def test_fit_transform_rows_equal_fit_then_transform_and_the_cap_keeps_the_most_
     words = lex.state()[0][:lex.n_words]
     assert words[:2] == ["bill", "pay"] and len(words) == 6
     assert words == sorted(words, key=lambda w: (-sum(w in word_ngrams(t) for t in many), w))
+
+
+def test_dot_equals_the_sparse_product_for_a_request_and_for_a_batch() -> None:
+    texts = ["Pay my card bill", "wire money to savings", "zzz qqq", "balance left?",
+             "pay the bill", "money money money"] * 3
+    lex = Lexical(min_df_chars=1).fit(texts)
+    W = np.random.default_rng(0).normal(size=(lex.n_features, 4)).astype(np.float32)
+    want = np.asarray(lex.transform(texts) @ W)
+    np.testing.assert_allclose(lex.dot(texts, W), want, rtol=1e-5, atol=1e-6)  # batch path
+    for i, t in enumerate(texts[:6]):  # the direct path of one request
+        np.testing.assert_allclose(lex.dot([t], W)[0], want[i], rtol=1e-5, atol=1e-6)
+    assert not lex.dot(["!!! ..."], W).any()  # no known n-gram: a zero row
+
+
+@pytest.mark.parametrize("method, lexical", [("fused", False), ("knn", True)])
+def test_a_verdict_computes_the_lexical_margins_once(method: str, lexical: bool) -> None:
+    X, table = _worded()
+    g = GuardRouter(method=method, lexical=lexical, target_frr=0.1, unsafe=False,
+                    val_fraction=0.25, k=3).fit(X, table)
+    texts = ["pay the card bill", "wire money", "zzz qqq xxx"]
+    want_ood = g.ood_scores(X[[0, 12, 30]], texts)
+    want_p = g.predict_proba(X[[0, 12, 30]], texts)
+    calls = []
+    inner = g.lex_margins
+    g.lex_margins = lambda t: calls.append(list(t)) or inner(t)  # type: ignore[method-assign]
+    v = g.verdict(X[[0, 12, 30]], texts)
+    assert calls == [texts]
+    np.testing.assert_allclose([x.ood_score for x in v], want_ood, rtol=1e-6)
+    assert [x.label for x in v] == [g.labels_[int(i)] for i in want_p.argmax(axis=1)]
