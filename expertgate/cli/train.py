@@ -73,6 +73,12 @@ def register(sub: Any, name: str) -> None:
                        "distilled/static; a "
                        "sentence-transformers folder (e.g. from 'expertgate embedder "
                        "finetune') for minilm/onnx")
+        p.add_argument("--quantize", action="store_true",
+                       help="--embedder onnx with dynamic int8 weights (written into the "
+                       "printed policy's embedder options)")
+        p.add_argument("--layers", type=int, default=None, metavar="K",
+                       help="--embedder onnx with only the encoder's first K transformer "
+                       "layers (its own vector space; written into the printed policy)")
         p.add_argument("--correction", default="none",
                        choices=("none", "ips", "dr", "dr_target", "auto"),
                        help="--format logs: correct the logging router's selection bias with "
@@ -236,6 +242,20 @@ def _print_metrics(m: dict[str, Any]) -> None:
               f"p99 {lat['p99_ms']:.3f} ms/query ({lat['calls']} calls)")
 
 
+def _embedder_options(args: argparse.Namespace, kind: str) -> dict[str, Any]:
+    """The embedder options the flags give ``kind`` (only the ``--embedder`` kind has any)."""
+    if kind != args.embedder:
+        return {}
+    options: dict[str, Any] = {}
+    if args.embedder_path:
+        options["model_path"] = args.embedder_path
+    if getattr(args, "quantize", False):
+        options["quantize"] = True
+    if getattr(args, "layers", None) is not None:
+        options["layers"] = args.layers
+    return options
+
+
 def _debiased(args: argparse.Namespace) -> Any:
     """Logs -> a training table corrected with the logged propensities (evals/offpolicy.py);
     the reward model of ``dr`` uses the chosen embedder's features."""
@@ -243,8 +263,7 @@ def _debiased(args: argparse.Namespace) -> Any:
     from routers.base import RouterError
     from routers.embed import embed_cached, make_embedder
 
-    options = {"model_path": args.embedder_path} if args.embedder_path else {}
-    embedder = make_embedder(args.embedder, **options)
+    embedder = make_embedder(args.embedder, **_embedder_options(args, args.embedder))
 
     def feats(texts: Any) -> Any:
         return embed_cached(embedder, list(texts), args.cache_dir)
@@ -305,13 +324,13 @@ def _train(args: argparse.Namespace) -> int:
             if bad:
                 raise EmbedderError(f"unknown embedder kind(s) {', '.join(bad)}; use "
                                     f"{', '.join(EMBEDDER_KINDS)}")
+        if (args.quantize or args.layers is not None) and args.embedder != "onnx":
+            raise EmbedderError("--quantize and --layers need --embedder onnx")
         set_thread_counts(torch_threads=1 if "minilm" in kinds else None)
         t0 = time.perf_counter()
         embedded = []
         for kind in kinds:
-            options = ({"model_path": args.embedder_path}
-                       if args.embedder_path and kind == args.embedder else {})
-            e = make_embedder(kind, **options)
+            e = make_embedder(kind, **_embedder_options(args, kind))
             announce_embedding(e, kind, table.prompts, args.cache_dir)
             embedded.append((e, embed_cached(e, table.prompts, args.cache_dir, progress=True)))
         embed_s = time.perf_counter() - t0
@@ -320,8 +339,7 @@ def _train(args: argparse.Namespace) -> int:
         if len(embedded) > 1:
             embedder, X, candidates = _choose_embedder(embedded, table, args)
         kind = kinds[[e for e, _ in embedded].index(embedder)]
-        options = ({"model_path": args.embedder_path}
-                   if args.embedder_path and kind == args.embedder else {})
+        options = _embedder_options(args, kind)
         print(f"fitting {args.router} ...", file=sys.stderr, flush=True)
         result = train_router(args.router, table, X, params=params, seed=args.seed,
                               val=args.val, test=args.test, out=args.out, embedder=embedder,

