@@ -61,6 +61,7 @@ __all__ = [
     "OffPolicyError",
     "choose_clip",
     "choose_correction",
+    "choose_reward_weights",
     "crossfit_reward_model",
     "debiased_table",
     "estimate",
@@ -929,6 +930,31 @@ def choose_clip(results: Sequence[Mapping[str, Any]], min_coverage: float = 0.90
                                         min(shares(c, "within_tol")), float(c))))
 
 
+def choose_reward_weights(results: Sequence[Mapping[str, Any]], min_coverage: float = 0.90,
+                          target: float = 0.90) -> str:
+    """The reward model's weighting (:data:`REWARD_WEIGHTS`) from development-seed
+    ``--simulate`` results run with each weighting on the same scenarios (the
+    ``reward_weights`` key; missing means ``none``), judged by the clipped DR: the weighting
+    with the most scenarios whose estimates land within the tolerance in at least ``target``
+    of the repeats while their intervals cover the truth in at least ``min_coverage`` of
+    them, then the lower mean RMSE over the scenarios, then ``none`` (the simplest)."""
+    if any(r.get("seed_set") != "dev" for r in results):
+        raise OffPolicyError("the weighting is chosen on development-seed results only")
+    by: dict[str, list[Mapping[str, Any]]] = {}
+    for r in results:
+        by.setdefault(str(r.get("reward_weights", "none")), []).append(
+            r["results"]["quality"]["dr_clip"])
+    if not by:
+        raise OffPolicyError("no results to choose the reward weighting from")
+
+    def met(k: str) -> int:
+        return sum(float(d["within_tol"]) >= target and float(d["coverage"]) >= min_coverage
+                   for d in by[k])
+
+    return min(by, key=lambda k: (-met(k), float(np.mean([d["rmse"] for d in by[k]])),
+                                  k != "none"))
+
+
 _LABELS = {"ips": "IPS", "snips": "SNIPS", "dr": "DR", "sndr": "SNDR", "dr_clip": "clipped DR",
            "naive": "naive (no weights)"}
 _TRAIN_COLS = (("naive", "naive"), ("ips", "IPS-resampled"), ("dr", "DR-filled"),
@@ -948,6 +974,8 @@ def summary_markdown(results: Sequence[Mapping[str, Any]],
     head = ("| table | logging -> candidate | explore | agree | ESS | truth | estimator | "
             "bias | RMSE | within 0.02 | coverage | width |")
     seeds = sorted({str(r.get("seed_set", "dev")) for r in results})
+    # results that differ in the reward model's weighting say which row is which
+    weighted = len({r.get("reward_weights", "none") for r in results}) > 1
     lines = ["Off-policy estimates of the candidate's mean quality (repeats per row in the "
              f"JSON; interval level 95 %; seed set {', '.join(seeds)}):", "", head,
              "|" + "---|" * 12]
@@ -956,7 +984,9 @@ def summary_markdown(results: Sequence[Mapping[str, Any]],
         ex = r["explore"]
         for i, e in enumerate(estimators):
             d = q[e]
-            lead = (f"| {_name(r)} | {r['logging']} -> {r['candidate']} | {ex['method']} "
+            name = (f"{_name(r)}, reward weights {r.get('reward_weights', 'none')}"
+                    if weighted else _name(r))
+            lead = (f"| {name} | {r['logging']} -> {r['candidate']} | {ex['method']} "
                     f"{ex['rate']:g} | {r['candidate_agrees_with_logging']:.0%} | "
                     f"{r['ess_mean']:.0f} / {r['n_logged']} | {q['truth']:.4f} |"
                     if i == 0 else "| | | | | | |")
@@ -976,11 +1006,17 @@ def summary_markdown(results: Sequence[Mapping[str, Any]],
                   "|---|---|" + "---|" * len(caps)]
         for r in grids:
             g = r["clip_grid"]
-            lines.append(f"| {_name(r)} {r['candidate']} | {r['explore']['method']} "
+            w = f" (reward weights {r.get('reward_weights', 'none')})" if weighted else ""
+            lines.append(f"| {_name(r)} {r['candidate']}{w} | {r['explore']['method']} "
                          f"{r['explore']['rate']:g} | " + " | ".join(
                              f"{g[c]['within_tol']:.0%} / {g[c]['coverage']:.2f}"
                              if c in g else "-" for c in caps) + " |")
-        if all(r.get("seed_set") == "dev" for r in grids):
+        if weighted and all(r.get("seed_set") == "dev" for r in results):
+            lines += ["", "The rule of `choose_reward_weights` (the most scenarios whose "
+                      "clipped DR is within 0.02 in >= 90 % of repeats with coverage >= 0.90; "
+                      "then the lower mean RMSE, unweighted on a tie) picks "
+                      f"{choose_reward_weights(results)}."]
+        elif all(r.get("seed_set") == "dev" for r in grids):
             lines += ["", "The rule of `choose_clip` (every scenario's coverage >= 0.90; "
                       "then the most scenarios within 0.02 in >= 90 % of repeats, the best "
                       f"worst case, the larger cap) picks cap {choose_clip(grids):g}."]

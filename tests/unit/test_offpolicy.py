@@ -12,9 +12,11 @@ from evals.offpolicy import (
     CLIP_GRID,
     DR_CLIP,
     DR_REWARD_WEIGHTS,
+    REWARD_WEIGHTS,
     LoggedData,
     OffPolicyError,
     choose_clip,
+    choose_reward_weights,
     crossfit_reward_model,
     debiased_table,
     estimate,
@@ -22,6 +24,7 @@ from evals.offpolicy import (
     reward_model_weights,
     simulate,
     simulate_training,
+    summary_markdown,
 )
 from routers.base import RouterError, RoutingTable
 from routers.explore import Exploration, exploration_matrix, exploration_probs, sample_actions
@@ -470,3 +473,39 @@ def test_committed_cap_is_the_rule_applied_to_the_committed_development_runs() -
     files = sorted((root / "docs/results/offpolicy/dev").glob("*.json"))
     assert files, "docs/results/offpolicy/dev holds the development-seed simulations"
     assert choose_clip([json.loads(f.read_text()) for f in files]) == DR_CLIP
+
+
+def test_reward_weighting_is_chosen_by_the_clipped_dr_on_development_results() -> None:
+    def run(w: str, within: float, rmse: float, cov: float, seed_set: str = "dev") -> dict:
+        return {"seed_set": seed_set, "reward_weights": w, "results": {"quality": {
+            "dr_clip": {"within_tol": within, "rmse": rmse, "coverage": cov}}}}
+
+    # ips meets the target in both scenarios; none in one; mrdr in one (under-covers in the
+    # other, however close its estimates)
+    runs = [run("none", 0.95, 0.010, 0.95), run("none", 0.80, 0.020, 0.95),
+            run("ips", 0.92, 0.012, 0.93), run("ips", 0.91, 0.016, 0.92),
+            run("mrdr", 0.99, 0.008, 0.85), run("mrdr", 0.99, 0.008, 0.95)]
+    assert choose_reward_weights(runs) == "ips"
+    # one scenario each: the lower mean RMSE
+    assert choose_reward_weights(runs[:2] + runs[4:]) == "mrdr"
+    # on a tie in scenarios the lower mean RMSE, and unweighted on an exact tie
+    tie = [run("none", 0.95, 0.010, 0.95), run("iw", 0.95, 0.009, 0.95)]
+    assert choose_reward_weights(tie) == "iw"
+    assert choose_reward_weights([run("iw", 0.9, 0.01, 0.95), run("none", 0.9, 0.01, 0.95)]) \
+        == "none"
+    with pytest.raises(OffPolicyError, match="development"):
+        choose_reward_weights([*tie, run("ips", 1.0, 0.0, 1.0, "report")])
+
+
+def test_committed_reward_weighting_is_the_rule_applied_to_the_committed_runs() -> None:
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    files = sorted((root / "docs/results/offpolicy/dev/reward-weights").glob("*.json"))
+    assert files, "docs/results/offpolicy/dev/reward-weights holds the weighting comparison"
+    runs = [json.loads(f.read_text()) for f in files]
+    assert {r["reward_weights"] for r in runs} == set(REWARD_WEIGHTS)
+    assert choose_reward_weights(runs) == DR_REWARD_WEIGHTS
+    # the summary names each row's weighting
+    md = summary_markdown(runs, ("dr_clip",), training=False, clip_grid=False)
+    assert all(f"reward weights {w}" in md for w in REWARD_WEIGHTS)
