@@ -700,8 +700,12 @@ def run(args: argparse.Namespace) -> int:
         opts, meta = dict(options), None
         if ep > 0:
             try:
-                tune = static_tuned_for if args.embedder == "distilled" else finetuned_for
-                folder, meta = tune(data, epochs=ep, seed=seed, quiet=args.quiet)
+                if args.embedder == "distilled":
+                    folder, meta = static_tuned_for(data, epochs=ep, seed=seed,
+                                                    quiet=args.quiet)
+                else:
+                    folder, meta = finetuned_for(data, epochs=ep, seed=seed, quiet=args.quiet,
+                                                 layers=args.layers)
             except (OSError, ValueError, RouterError) as e:
                 print(f"error: fine-tune failed: {e}", file=sys.stderr)
                 return 2
@@ -813,10 +817,12 @@ def _clean(x: Any) -> Any:
 
 
 def finetuned_for(data: GuardData, *, epochs: int = 2, seed: int = 0, quiet: bool = False,
-                  cache_dir: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
+                  cache_dir: str | Path | None = None, layers: int | None = None
+                  ) -> tuple[Path, dict[str, Any]]:
     """A fine-tuned encoder for ``data``'s train split (validation only to report), made
-    once and cached under ``$EXPERTGATE_CACHE/finetuned/<train data hash>-e<epochs>-s<seed>``.
-    Test and OOD rows are never seen."""
+    once and cached under ``$EXPERTGATE_CACHE/finetuned/<train data hash>-e<epochs>-s<seed>``
+    (``-L<K>``: cut to its first ``layers`` K layers before the fine-tune). Test and OOD rows
+    are never seen."""
     from routers.embed import MiniLMEmbedder, embed_cached
     from routers.finetune import META_FILE, data_hash, finetune_encoder, read_meta
 
@@ -824,7 +830,8 @@ def finetuned_for(data: GuardData, *, epochs: int = 2, seed: int = 0, quiet: boo
         base = os.environ.get("EXPERTGATE_CACHE") or os.path.join(
             os.path.expanduser("~"), ".cache", "expertgate")
         cache_dir = Path(base) / "finetuned"
-    key = f"{data_hash(data.train_texts, data.train_labels)[:16]}-e{epochs}-s{seed}"
+    key = f"{data_hash(data.train_texts, data.train_labels)[:16]}-e{epochs}-s{seed}" + (
+        "" if layers is None else f"-L{layers}")
     folder = Path(cache_dir) / key
     meta = read_meta(folder)
     if meta is not None:
@@ -832,10 +839,12 @@ def finetuned_for(data: GuardData, *, epochs: int = 2, seed: int = 0, quiet: boo
     say = (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     say(f"fine-tuning the encoder on {len(data.train_texts)} in-domain train rows "
         f"({len(data.labels)} labels, {epochs} epochs) -> {folder}")
-    X0 = embed_cached(MiniLMEmbedder(threads=None), data.train_texts, progress=not quiet)
+    X0 = None if layers is not None else embed_cached(MiniLMEmbedder(threads=None),
+                                                       data.train_texts, progress=not quiet)
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
     meta = finetune_encoder(data.train_texts, data.train_labels, tmp, epochs=epochs, seed=seed,
-                            val=(data.val_texts, data.val_labels), init_embeddings=X0, log=say)
+                            val=(data.val_texts, data.val_labels), init_embeddings=X0,
+                            layers=layers, log=say)
     # the command that made the model travels with it (provenance of every later result)
     meta["command"] = "expertgate " + shlex.join(sys.argv[1:])
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
@@ -921,8 +930,8 @@ def cli_register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", type=int, default=None, metavar="K",
                         help="--embedder onnx with only the encoder's first K transformer "
                         "layers (e.g. 3: half the arithmetic; a vector space of its own, "
-                        "named <model>-L<K>); with --finetune the tuned encoder is cut after "
-                        "its first K layers")
+                        "named <model>-L<K>); with --finetune the encoder is cut to its first "
+                        "K layers before the fine-tune")
     parser.add_argument("--static-model", help="model2vec folder for --embedder static")
     parser.add_argument("--embedder-path", help="sentence-transformers folder for --embedder "
                         "minilm|onnx (e.g. one written by 'expertgate embedder finetune')")

@@ -48,12 +48,14 @@ def finetune_encoder(texts: Sequence[str], labels: Sequence[str], out_dir: str |
                      lr: float = 5e-5, scale: float = 16.0, margin: float = 0.2,
                      max_seq_length: int = 32, seed: int = 0, threads: int | None = None,
                      val: tuple[Sequence[str], Sequence[str]] | None = None,
-                     init_embeddings: np.ndarray | None = None,
+                     init_embeddings: np.ndarray | None = None, layers: int | None = None,
                      log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Fine-tune the sentence encoder on (text, label) pairs and save it to ``out_dir``.
 
     ``init_embeddings`` (the base model's embeddings of ``texts``, e.g. from the embedding
-    cache) saves one pass over the data when the label weights are initialised.
+    cache) saves one pass over the data when the label weights are initialised (ignored with
+    ``layers``). ``layers`` K keeps only the encoder's first K transformer layers, before the
+    fine-tune: the saved model is a K-layer encoder (a fraction of the forward pass).
     Word embeddings stay frozen (they hold most of the parameters and barely move in a
     short fine-tune; freezing them halves the optimiser's work). Returns the metadata that
     is also written to ``out_dir/expertgate_finetune.json``.
@@ -86,6 +88,15 @@ def finetune_encoder(texts: Sequence[str], labels: Sequence[str], out_dir: str |
         saved_max_len = model.max_seq_length
         tok = model.tokenizer
         enc: Any = model[0].auto_model
+        if layers is not None:
+            n_layers = int(enc.config.num_hidden_layers)
+            if isinstance(layers, bool) or not isinstance(layers, int) \
+                    or not 1 <= layers <= n_layers:
+                raise FinetuneError(f"fine-tune: layers must be an integer from 1 to "
+                                    f"{n_layers}")
+            enc.encoder.layer = enc.encoder.layer[:layers]
+            enc.config.num_hidden_layers = layers
+            init_embeddings = None  # those were the whole encoder's
         for p in enc.embeddings.word_embeddings.parameters():
             p.requires_grad_(False)
         y = torch.tensor([names.index(x) for x in labels], dtype=torch.long)
@@ -146,6 +157,7 @@ def finetune_encoder(texts: Sequence[str], labels: Sequence[str], out_dir: str |
             "objective": "large-margin cosine (CosFace)",
             "scale": scale, "margin": margin, "epochs": epochs, "batch_size": batch_size,
             "lr": lr, "max_seq_length": max_seq_length, "seed": seed,
+            "layers": int(enc.config.num_hidden_layers),
             "n_rows": n, "n_labels": len(names), "labels": names,
             "training_data_sha256": data_hash(texts, labels),
             "seconds": round(time.perf_counter() - t0, 1),

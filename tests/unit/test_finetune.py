@@ -109,3 +109,22 @@ def test_onnx_backend_serves_the_fine_tuned_model(tuned: tuple[Path, dict],
     assert onnx.name == ref.name  # same model, same name, whichever backend
     cos = (onnx.embed(texts) * ref.embed(texts)).sum(axis=1)
     assert np.all(cos > 0.999), cos
+
+
+def test_a_layer_cut_fine_tune_saves_a_smaller_encoder_served_by_both_backends(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    texts, labels = [*BANK, *GAME], ["bank"] * len(BANK) + ["game"] * len(GAME)
+    out = tmp_path / "enc2"
+    meta = finetune_encoder(texts, labels, out, epochs=1, batch_size=8, threads=1, layers=2)
+    assert meta["layers"] == 2
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 2
+    ref = MiniLMEmbedder(model_path=out, threads=1)
+    assert ref.name.startswith("all-MiniLM-L6-v2+enc2:")
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("EXPERTGATE_CACHE", str(tmp_path / "cache"))
+    onnx = make_embedder("onnx", model_path=str(out), threads=1)
+    assert onnx.name == ref.name  # the folder is the model: no -L suffix of its own
+    cos = (onnx.embed(texts[:4]) * ref.embed(texts[:4])).sum(axis=1)
+    assert np.all(cos > 0.999), cos
+    with pytest.raises(FinetuneError, match="layers must be an integer from 1 to 6"):
+        finetune_encoder(texts, labels, tmp_path / "bad", epochs=1, layers=7)
