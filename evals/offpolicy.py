@@ -300,11 +300,15 @@ REWARD_WEIGHTS = ("none", "ips", "iw", "mrdr")
 DR_REWARD_WEIGHTS = "none"
 
 
+def _check_reward_weights(kind: str) -> None:
+    if kind not in REWARD_WEIGHTS:
+        raise OffPolicyError(f"unknown reward_weights {kind!r}; use {', '.join(REWARD_WEIGHTS)}")
+
+
 def reward_model_weights(data: LoggedData, target: np.ndarray, kind: str) -> np.ndarray | None:
     """Per-record fitting weights of the reward model (:data:`REWARD_WEIGHTS`) for the
     candidate ``target`` (n, m[+1]); None for ``none``."""
-    if kind not in REWARD_WEIGHTS:
-        raise OffPolicyError(f"unknown reward_weights {kind!r}; use {', '.join(REWARD_WEIGHTS)}")
+    _check_reward_weights(kind)
     if kind == "none":
         return None
     p = data.propensity
@@ -376,9 +380,7 @@ def estimate(data: LoggedData, target: np.ndarray, *, cost_weight: float = 0.0,
     n, m = len(data), len(data.experts)
     if n == 0:
         raise OffPolicyError("no logged requests to evaluate on")
-    if reward_weights not in REWARD_WEIGHTS:
-        raise OffPolicyError(f"unknown reward_weights {reward_weights!r}; use "
-                             f"{', '.join(REWARD_WEIGHTS)}")
+    _check_reward_weights(reward_weights)
     T = np.asarray(target, dtype=np.float64)
     if T.shape not in ((n, m), (n, m + 1)):
         raise OffPolicyError(f"target must have shape ({n}, {m}) or ({n}, {m + 1})")

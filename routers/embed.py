@@ -18,6 +18,7 @@ No embedder ever downloads anything: models come from installed packages or loca
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 from collections.abc import Sequence
@@ -211,6 +212,20 @@ def model_name(model_dir: str | Path | None, default_dir: str | Path | None = No
                 for block in iter(lambda: fh.read(1 << 20), b""):
                     h.update(block)
     return f"{base}+{p.name}:{h.hexdigest()[:12]}"
+
+
+def check_layers(model_dir: str | Path, layers: int | None) -> int | None:
+    """A transformer folder's first ``layers`` layers as the ONNX export and the fine-tune
+    use them: None for the whole encoder (None or all its layers); EmbedderError outside
+    1..the folder's ``num_hidden_layers``."""
+    if layers is None:
+        return None
+    total = int(json.loads((Path(model_dir) / "config.json").read_text())
+                .get("num_hidden_layers", 0))
+    if isinstance(layers, bool) or not isinstance(layers, int) or not 1 <= layers <= total:
+        raise EmbedderError(f"layers must be an integer from 1 to {total} (the model's "
+                            f"transformer layers), got {layers!r}")
+    return None if layers == total else layers
 
 
 def make_embedder(kind: str, **options: Any) -> Embedder:

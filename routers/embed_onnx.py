@@ -35,7 +35,13 @@ from typing import Any
 
 import numpy as np
 
-from routers.embed import MODEL_FILES, EmbedderError, hash_model_files, model_name
+from routers.embed import (
+    MODEL_FILES,
+    EmbedderError,
+    check_layers,
+    hash_model_files,
+    model_name,
+)
 
 __all__ = ["OnnxMiniLMEmbedder", "export_onnx", "onnx_cache_dir"]
 
@@ -83,21 +89,6 @@ def _model_hash(model_dir: Path) -> str:
     return h.hexdigest()[:24]
 
 
-def _num_layers(model_dir: Path) -> int:
-    return int(json.loads((model_dir / "config.json").read_text()).get("num_hidden_layers", 0))
-
-
-def _check_layers(model_dir: Path, layers: int | None) -> int | None:
-    """``layers`` as the export uses it: None for the whole encoder."""
-    if layers is None:
-        return None
-    total = _num_layers(model_dir)
-    if isinstance(layers, bool) or not isinstance(layers, int) or not 1 <= layers <= total:
-        raise EmbedderError(f"layers must be an integer from 1 to {total} (the model's "
-                            f"transformer layers), got {layers!r}")
-    return None if layers == total else layers
-
-
 def _pooling_mode(model_dir: Path) -> str:
     """``mean`` or ``cls``, from the sentence-transformers Pooling module config."""
     cfg_path = model_dir / "1_Pooling" / "config.json"
@@ -141,7 +132,7 @@ def export_onnx(model_dir: str | Path | None = None, *, quantize: bool = False,
     if not (mdir / "config.json").is_file():
         raise EmbedderError(f"{mdir} is not a transformers/sentence-transformers model folder")
     cdir = Path(cache_dir) if cache_dir is not None else onnx_cache_dir()
-    layers = _check_layers(mdir, layers)
+    layers = check_layers(mdir, layers)
     key = _model_hash(mdir) + ("" if layers is None else f".L{layers}")
     fp32 = cdir / f"{key}.onnx"
     if not fp32.is_file():
@@ -246,7 +237,7 @@ class OnnxMiniLMEmbedder:
             default: Path | None = _default_model_dir()
         except EmbedderError:
             default = None
-        self.layers = _check_layers(mdir, layers)
+        self.layers = check_layers(mdir, layers)
         self.name = model_name(mdir, default) + (
             "" if self.layers is None else f"-L{self.layers}")
         self.threads = int(threads)

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from routers.embed import EmbedderError, check_layers
+
 META_FILE = "expertgate_finetune.json"
 
 
@@ -88,12 +90,11 @@ def finetune_encoder(texts: Sequence[str], labels: Sequence[str], out_dir: str |
         saved_max_len = model.max_seq_length
         tok = model.tokenizer
         enc: Any = model[0].auto_model
+        try:
+            layers = check_layers(base, layers)
+        except EmbedderError as e:
+            raise FinetuneError(f"fine-tune: {e}") from None
         if layers is not None:
-            n_layers = int(enc.config.num_hidden_layers)
-            if isinstance(layers, bool) or not isinstance(layers, int) \
-                    or not 1 <= layers <= n_layers:
-                raise FinetuneError(f"fine-tune: layers must be an integer from 1 to "
-                                    f"{n_layers}")
             enc.encoder.layer = enc.encoder.layer[:layers]
             enc.config.num_hidden_layers = layers
             init_embeddings = None  # those were the whole encoder's

@@ -20,7 +20,8 @@ case $SET in
   weights) OUT=docs/results/offpolicy/dev/reward-weights; T1=; T2= ;;
   *) echo "usage: scripts/offpolicy_results.sh dev|report|weights [DATA_DIR]" >&2; exit 2 ;;
 esac
-LOCK=${EXPERTGATE_HEAVY_LOCK:-/work/notes/heavy.lock}
+# one heavy run at a time (EXPERTGATE_HEAVY_LOCK: a lock file shared with other jobs)
+LOCK=${EXPERTGATE_HEAVY_LOCK:-${TMPDIR:-/tmp}/expertgate-heavy.lock}
 SEEDS=$SET
 [ "$SET" = weights ] && SEEDS=dev
 EG="flock $LOCK nice -n 10 python -m expertgate eval offpolicy --embedder distilled --seed-set $SEEDS"

@@ -249,9 +249,9 @@ def _embedder_options(args: argparse.Namespace, kind: str) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if args.embedder_path:
         options["model_path"] = args.embedder_path
-    if getattr(args, "quantize", False):
+    if args.quantize:
         options["quantize"] = True
-    if getattr(args, "layers", None) is not None:
+    if args.layers is not None:
         options["layers"] = args.layers
     return options
 
@@ -302,6 +302,8 @@ def _train(args: argparse.Namespace) -> int:
             raise RouterError("--format guard is only for --router guard")
         if args.correction != "none" and args.format != "logs":
             raise RouterError("--correction needs --format logs (logged propensities)")
+        if (args.quantize or args.layers is not None) and args.embedder != "onnx":
+            raise EmbedderError("--quantize and --layers need --embedder onnx")
         if args.correction != "none":
             table, fmt = _debiased(args), "logs"
         else:
@@ -324,8 +326,6 @@ def _train(args: argparse.Namespace) -> int:
             if bad:
                 raise EmbedderError(f"unknown embedder kind(s) {', '.join(bad)}; use "
                                     f"{', '.join(EMBEDDER_KINDS)}")
-        if (args.quantize or args.layers is not None) and args.embedder != "onnx":
-            raise EmbedderError("--quantize and --layers need --embedder onnx")
         set_thread_counts(torch_threads=1 if "minilm" in kinds else None)
         t0 = time.perf_counter()
         embedded = []
