@@ -799,6 +799,8 @@ def _command(args: argparse.Namespace) -> str:
     for k, v in vars(args).items():
         if k in ("func", "eval_command", "command") or v is None or v is False:
             continue
+        if k == "finetune_epochs" and not args.finetune:
+            continue  # read only with --finetune: printing it would claim a fine-tune
         flag = "--" + k.replace("_", "-")
         parts.append(flag if v is True else f"{flag} {v}")
     return " ".join(parts)

@@ -217,6 +217,8 @@ def test_eval_guard_end_to_end_json(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         assert r["ood_accuracy"] == pytest.approx(np.mean(list(r["ood_accuracy_by_set"].values())))
         assert r["latency_p50_ms"] > 0 and r["latency_p99_ms"] >= r["latency_p50_ms"]
     assert res["methods"]["guard-knn"]["latency_includes_embedding"] is True
+    # the recorded command names only what the run read: no epochs without --finetune
+    assert "--embedder hashing" in res["command"] and "--finetune" not in res["command"]
     table = capsys.readouterr().out
     assert "guard-knn" in table and "GQR" in table
 
