@@ -11,7 +11,9 @@ Protocol (one command, every family, several seeds):
 3. a router's knob is swept without refitting through ``predict_quality`` (n, m):
    with two experts by thresholding the predicted advantage ``q_strong - q_weak`` (RouteLLM's
    quantile thresholds for APGR/CPT; a finer grid for the quality-cost curve), with N experts
-   by maximising ``q - λ · cost / max(cost)`` over a λ grid. A router without
+   by maximising ``q - λ · cost / max(cost)`` over a λ grid, ``cost`` the train mean cost of
+   each expert, or, for a router with ``cost_model="predicted"``, its own per-query cost
+   predictions (``router.predict_costs``) over its one scale. A router without
    ``predict_quality`` is evaluated at its own decisions (one operating point; with two
    experts its curve joins that point to "all weak" and "all strong", the mixes a random
    share of extra calls reaches);
@@ -89,9 +91,27 @@ class EvalError(RuntimeError):
 # --------------------------------------------------------------------------- loading
 
 
-def synthetic_table(n: int, m: int, seed: int = 0) -> RoutingTable:
+#: kinds of synthetic cost (``synthetic:NxM[:KIND]``)
+SYNTHETIC_COSTS = ("random", "length")
+
+
+def synthetic_table(n: int, m: int, seed: int = 0, costs: str = "random") -> RoutingTable:
     """A synthetic n-prompt x m-model table for scale tests: 20 topics, each model with its
-    own success rate per topic, costs rising with the model index, 5 % of scores missing."""
+    own success rate per topic, costs rising with the model index, 5 % of scores missing.
+
+    ``costs="random"``: each prompt's costs are the models' prices times one random factor
+    in [0.5, 1.5], unrelated to the prompt. ``costs="length"``: priced by tokens, as real
+    providers bill: each prompt gets a log-normal number of extra context words (median 40,
+    from 0 to 2,000; drawn as its first 14 words are, so the topic stays visible), and
+    costs ``(input tokens · price + output tokens · 3 · price) / 1000``, input tokens the
+    gateway's estimate (characters / 4) and output tokens a per-topic answer length times a
+    per-model verbosity times log-normal noise. The scores are the same as ``random``'s for
+    the same seed (the extra draws come from a second generator), so only prompts and costs
+    differ: what a per-query cost model can use.
+    """
+    if costs not in SYNTHETIC_COSTS:
+        raise EvalError(f"synthetic costs must be one of {', '.join(SYNTHETIC_COSTS)}, "
+                        f"got {costs!r}")
     rng = np.random.default_rng(seed)
     words = [f"w{i}" for i in range(400)]
     topics = rng.integers(0, 20, size=n)
@@ -102,22 +122,38 @@ def synthetic_table(n: int, m: int, seed: int = 0) -> RoutingTable:
     scores = (rng.uniform(size=(n, m)) < rate[topics]).astype(np.float64)
     scores[rng.uniform(size=(n, m)) < 0.05] = np.nan
     scores[np.isnan(scores).all(axis=1), 0] = 0.0
-    costs = np.outer(rng.uniform(0.5, 1.5, size=n), np.geomspace(1.0, 50.0, m))
+    price = np.geomspace(1.0, 50.0, m)
+    cost_arr = np.outer(rng.uniform(0.5, 1.5, size=n), price)
+    if costs == "length":
+        r2 = np.random.default_rng([seed, 1])
+        extra = np.minimum(np.rint(r2.lognormal(np.log(40.0), 1.2, size=n)), 2000).astype(int)
+        prompts = [p + " " + " ".join([*r2.choice(topic_words[t], e * 8 // 14),
+                                       *r2.choice(words, e - e * 8 // 14)])
+                   if e else p for p, t, e in zip(prompts, topics, extra, strict=True)]
+        tokens_in = np.array([len(p) // 4 + 1 for p in prompts], dtype=np.float64)
+        answer = r2.uniform(20.0, 200.0, size=20)[topics]
+        verbosity = r2.uniform(0.6, 1.6, size=m)
+        tokens_out = np.outer(answer, verbosity) * r2.lognormal(0.0, 0.5, size=(n, m))
+        cost_arr = (tokens_in[:, None] * price + 3.0 * tokens_out * price) / 1000.0
     return RoutingTable([f"s{i}" for i in range(n)], prompts, [f"model-{j}" for j in range(m)],
-                        scores, costs, [f"topic-{t}" for t in topics])
+                        scores, cost_arr, [f"topic-{t}" for t in topics])
 
 
 def load_routing_table(path: str | Path, fmt: str | None = None) -> RoutingTable:
     """Load a routing table through ``evals.datasets.routing`` (every format it knows);
-    ``synthetic:NxM`` builds
-    :func:`synthetic_table` (scale tests).
+    ``synthetic:NxM`` builds :func:`synthetic_table` (scale tests), ``synthetic:NxM:length``
+    the same with costs priced by prompt and answer length.
     """
     if str(path).startswith("synthetic:"):
+        spec = str(path).split(":")[1:]
         try:
-            n, m = (int(v) for v in str(path).split(":", 1)[1].lower().split("x"))
+            if len(spec) > 2:
+                raise ValueError
+            n, m = (int(v) for v in spec[0].lower().split("x"))
         except ValueError:
-            raise EvalError(f"bad synthetic table spec {path!r}; use synthetic:NxM") from None
-        return synthetic_table(n, m)
+            raise EvalError(f"bad synthetic table spec {path!r}; use synthetic:NxM or "
+                            "synthetic:NxM:length") from None
+        return synthetic_table(n, m, costs=spec[1] if len(spec) == 2 else "random")
     from evals.datasets.registry import resolve_table
     from evals.datasets.routing import load_table
 
@@ -179,13 +215,17 @@ def _aiq(costs: Sequence[float], quals: Sequence[float], S: np.ndarray, C: np.nd
 
 def evaluate_predictions(P_val: np.ndarray, P_test: np.ndarray, val: RoutingTable,
                          test: RoutingTable, *, strong: int, knob_costs: np.ndarray,
-                         oracle_costs: bool = False) -> dict[str, Any]:
+                         oracle_costs: bool = False,
+                         router_costs: tuple[np.ndarray, np.ndarray] | None = None
+                         ) -> dict[str, Any]:
     """Every metric of one router on one split, from its predicted qualities.
 
     ``P_val``/``P_test`` are (n, m) in the tables' model order; ``knob_costs`` (m,) are the
     per-model costs the router trades against (train means); ``oracle_costs`` makes the
-    N-expert knob use each prompt's true cost instead (the oracle knows it). ``val_apgr`` /
-    ``val_aiq`` are the same figures on validation: what method selection may look at.
+    N-expert knob use each prompt's true cost instead (the oracle knows it);
+    ``router_costs`` (validation, test), each (n, m) and already on the router's one scale,
+    are a router's own per-query cost predictions (``cost_model="predicted"``). ``val_apgr``
+    / ``val_aiq`` are the same figures on validation: what method selection may look at.
     """
     Sv, Cv, St, Ct = val.scores, val.costs, test.scores, test.costs
     m = St.shape[1]
@@ -236,6 +276,8 @@ def evaluate_predictions(P_val: np.ndarray, P_test: np.ndarray, val: RoutingTabl
         lams = LAMBDAS[::-1]  # cheapest first
         kt = _per_query_knob(Ct) if oracle_costs else kc
         kv = _per_query_knob(Cv) if oracle_costs else kc
+        if router_costs is not None:
+            kv, kt = router_costs
         qc_c_arr, qc_q_arr = M.quality_cost_curve(P_test, St, Ct, lams, knob_costs=kt)
         qc_c, qc_q = qc_c_arr.tolist(), qc_q_arr.tolist()
         val_c_arr, val_q_arr = M.quality_cost_curve(P_val, Sv, Cv, lams, knob_costs=kv)
@@ -346,6 +388,22 @@ def _choices_from_decisions(router: Router, X: np.ndarray, texts: Sequence[str],
             raise RouterError(f"router {router.name!r} chose {d.expert!r}, not in the table")
         out[i] = index[e]
     return out
+
+
+def _router_costs(router: Router, X: np.ndarray, texts: Sequence[str],
+                  models: Sequence[str]) -> np.ndarray | None:
+    """A ``cost_model="predicted"`` router's per-query costs (n, m) in the table's model
+    order, over its one cost scale (what its knob trades against); None for mean costs."""
+    if getattr(router, "cost_model", "mean") != "predicted":
+        return None
+    C = np.asarray(router.predict_costs(X, texts), dtype=np.float64)  # type: ignore[attr-defined]
+    scale = float(router.cost_scale)  # type: ignore[attr-defined]
+    col = {e: j for j, e in enumerate(router.experts_)}
+    out = np.zeros((X.shape[0], len(models)))
+    for j, mname in enumerate(models):
+        if mname in col:
+            out[:, j] = C[:, col[mname]]
+    return out / scale if scale > 0 else np.zeros_like(out)
 
 
 def _predict(router: Router, X: np.ndarray, texts: Sequence[str], models: Sequence[str]
@@ -482,6 +540,7 @@ def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | Non
 
                     r, sel = fit_auto(X[tr], T, seed=int(seed))
                     choice = {"family": sel.family, "params": sel.params,
+                              "cost_model": sel.cost_model,
                               "cv_score": sel.score, "folds": sel.folds,
                               "best_mean": sel.best_mean, "seconds": sel.seconds,
                               "candidates": sel.scores}
@@ -493,8 +552,13 @@ def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | Non
                 try:
                     pv = _predict(r, X[va], V.prompts, table.models)
                     pt = _predict(r, X[te], E.prompts, table.models)
-                    res = evaluate_predictions(pv, pt, V, E, strong=s_idx, knob_costs=kc)
+                    cv_ = _router_costs(r, X[va], V.prompts, table.models)
+                    ct_ = _router_costs(r, X[te], E.prompts, table.models)
+                    res = evaluate_predictions(
+                        pv, pt, V, E, strong=s_idx, knob_costs=kc,
+                        router_costs=None if cv_ is None or ct_ is None else (cv_, ct_))
                     res["knob"] = True
+                    res["cost_model"] = "mean" if cv_ is None else "predicted"
                 except RouterError as e:
                     if "does not estimate" not in str(e):
                         raise
@@ -569,6 +633,8 @@ def _aggregate(results: Sequence[dict[str, Any]], fit_s: float | None) -> dict[s
                        for f in curves[0] if all(len(c[f]) == len(curves[0][f]) for c in curves)}
     if any("auto_choice" in r for r in results):
         out["auto_choices"] = [r.get("auto_choice") for r in results]
+    if any("cost_model" in r for r in results):
+        out["cost_models"] = [r.get("cost_model") for r in results]
     out["knob"] = bool(results[0].get("knob", True)) if results else None
     out["n_seeds"] = len(results)
     if fit_s is not None:
@@ -583,7 +649,8 @@ def cli_register(parser: argparse.ArgumentParser) -> None:
     """Add the flags of ``expertgate eval routing`` and its handler."""
     parser.add_argument("--data", required=True,
                         help="a registry name (routellm:mmlu, routellm:gsm8k, llmrouter_nq), "
-                        "a routing table file or folder, or synthetic:NxM for a scale test")
+                        "a routing table file or folder, or synthetic:NxM for a scale test "
+                        "(synthetic:NxM:length: costs priced by prompt and answer length)")
     parser.add_argument("--format", default=None,
                         help="long | routellm | routellm-mmlu | routellm-gsm8k | llmrouter | logs "
                         "(default: implied by a registry name, else long)")

@@ -5,7 +5,10 @@ Layout of an artifact folder::
     router.json   {format: "expertgate-router", format_version: 1, type, version, params,
                    json_state, data_hash, embedder, dim, metrics, created,
                    files: {name: sha256}}
-    arrays.npz    the router's ``_array_attrs`` (loaded with ``allow_pickle=False``)
+    arrays.npz    the router's ``_array_attrs`` (loaded with ``allow_pickle=False``), and
+                  what its ``_extra_arrays()`` adds (a quality router's cost model, as
+                  ``cost_model.*``; ``_restore_arrays`` reads it back, and an artifact
+                  without one loads with ``cost_model`` "mean")
     <attr>.skops  one file per ``_skops_attrs`` entry (scikit-learn parts), loaded with an
                   explicit list of trusted types
 
@@ -121,6 +124,9 @@ def save_router(router: Router, path: str | Path, *, metrics: Mapping[str, Any] 
             if arr.dtype == object:
                 raise RouterError(f"{router.name}: array {name!r} has dtype object")
             arrays[name] = arr
+        extra = getattr(router, "_extra_arrays", None)
+        if callable(extra):  # state beside the family's own (a QualityRouter's cost model)
+            arrays.update(extra())
         np.savez(tmp / ARRAYS, allow_pickle=False, **arrays)
         files[ARRAYS] = _sha256(tmp / ARRAYS)
         if router._skops_attrs:
@@ -256,6 +262,9 @@ def load_router(path: str | Path, expected_type: str | None = None) -> Router:
         raise RouterError(f"router artifact {folder}: arrays missing: {', '.join(missing)}")
     for k in cls._array_attrs:
         setattr(router, k, arrays[k])
+    restore = getattr(router, "_restore_arrays", None)
+    if callable(restore):
+        restore(arrays)
     for k in cls._skops_attrs:
         fname = f"{k.rstrip('_')}.skops"
         if fname not in manifest["files"]:

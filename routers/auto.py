@@ -24,6 +24,14 @@ to fit and serve: :data:`CANDIDATES` is in that order) is within one standard er
 paired fold differences to it (the one-standard-error rule: a difference the folds cannot
 tell from noise does not buy the dearer family).
 
+Costs: with more than two experts each fold also fits a per-query cost model
+(:class:`routers.costmodel.CostModel`) on its training part and scores every candidate a
+second time trading against the held-out prompts' predicted costs. The chosen candidate gets
+``cost_model="predicted"`` when that beats its mean-cost score by more than one standard error
+of the paired fold differences, and keeps mean costs otherwise (``Selection.cost_model`` says
+which and why). With two experts the criterion ranks by predicted advantage, which costs
+cannot change: mean costs.
+
 Cost: the table is embedded once by the caller and every candidate fits on rows of it;
 ``stack``'s TF-IDF views are fitted once on the training prompts, every text's row computed
 in the same pass (the vocabulary and IDF are label-free, so sharing them across folds leaks
@@ -45,6 +53,7 @@ from typing import Any
 import numpy as np
 
 from routers.base import Router, RouterError, RoutingTable, make_router, normalise_text
+from routers.costmodel import CostModel
 from routers.tradeoff import strong_weak
 
 __all__ = ["CANDIDATES", "K_FOLDS", "MAX_JOBS", "Selection", "default_jobs", "deferral_apgr",
@@ -113,23 +122,26 @@ def deferral_apgr(Q: np.ndarray, S: np.ndarray, strong: int, weak: int,
     return a if not oracle - rand > 1e-12 else (a - rand) / (oracle - rand)
 
 
-def quality_cost_score(Q: np.ndarray, S: np.ndarray, C: np.ndarray, points: int = 101) -> float:
+def quality_cost_score(Q: np.ndarray, S: np.ndarray, C: np.ndarray, points: int = 101,
+                       knob_costs: np.ndarray | None = None) -> float:
     """Mean realised quality over cost budgets from the cheapest to the priciest expert.
 
     ``Q`` (n, m) predicted quality, ``S`` (n, m) true scores (NaN: missing; such a pair is
     never chosen), ``C`` (n, m) per-prompt costs. The cost weight λ sweeps the choices
-    ``argmax Q - λ c / max c``; at each budget the best quality of a sweep point within it
-    counts (the cheapest point's quality below it).
+    ``argmax Q - λ c``, ``c`` the experts' mean costs over their largest (or ``knob_costs``:
+    what the router believes, e.g. its per-query predictions over one scale); at each budget
+    the best quality of a sweep point within it counts (the cheapest point's quality below it).
     """
     S = np.asarray(S, dtype=np.float64)
     avail = np.isfinite(S)
     C = np.where(avail, np.asarray(C, dtype=np.float64), np.nan)
     mc = np.nan_to_num(np.nanmean(C, axis=0), nan=0.0)
-    c_norm = mc / mc.max() if mc.max() > 0 else mc
+    c_norm = (np.broadcast_to(mc / mc.max() if mc.max() > 0 else mc, S.shape)
+              if knob_costs is None else np.asarray(knob_costs, dtype=np.float64))
     rows = np.arange(len(S))
     cost, qual = [], []
     for lam in _LAMBDAS:
-        U = np.where(avail, Q - (lam + 1e-9) * c_norm[None, :], -np.inf)
+        U = np.where(avail, Q - (lam + 1e-9) * c_norm, -np.inf)
         ch = U.argmax(axis=1)
         cost.append(float(np.nanmean(C[rows, ch])) if np.isfinite(C[rows, ch]).any() else 0.0)
         qual.append(float(np.nanmean(S[rows, ch])))
@@ -159,11 +171,14 @@ class Selection:
     best_mean: dict[str, Any] = field(default_factory=dict)
     scores: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    #: mean or predicted per-query costs for the chosen candidate (:func:`_choose_cost_model`)
+    cost_model: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"family": self.family, "params": self.params, "score": self.score,
                 "criterion": self.criterion, "folds": self.folds, "best_mean": self.best_mean,
-                "seconds": self.seconds, "candidates": self.scores}
+                "seconds": self.seconds, "candidates": self.scores,
+                "cost_model": self.cost_model}
 
 
 def _predict(r: Router, X: np.ndarray, texts: Sequence[str], models: Sequence[str]
@@ -197,13 +212,33 @@ def grouped_folds(prompts: Sequence[str], k: int = K_FOLDS, seed: int = 0
     return [(np.flatnonzero(fold != f), np.flatnonzero(fold == f)) for f in range(k)]
 
 
-def _score(Q: np.ndarray, V: RoutingTable) -> float:
+def _score(Q: np.ndarray, V: RoutingTable, knob_costs: np.ndarray | None = None) -> float:
     """The selection criterion on one fold: :func:`deferral_apgr` with two experts (the
-    strong one is the dearer), :func:`quality_cost_score` with more."""
+    strong one is the dearer), :func:`quality_cost_score` with more (trading against
+    ``knob_costs`` when given)."""
     if len(V.models) == 2:
         strong, weak = strong_weak(V.mean_costs())
         return deferral_apgr(Q, V.scores, strong, weak)
-    return quality_cost_score(Q, V.scores, V.costs)
+    return quality_cost_score(Q, V.scores, V.costs, knob_costs=knob_costs)
+
+
+def _fold_costs(X: np.ndarray, table: RoutingTable, tr: np.ndarray, va: np.ndarray
+                ) -> np.ndarray | None:
+    """A fold's held-out per-query predicted costs over the training part's largest mean
+    cost (what a ``cost_model="predicted"`` router trades against), or None where a cost
+    model cannot change a choice: two experts (the criterion ranks by predicted advantage),
+    or no expert's cost could be modelled."""
+    if len(table.models) <= 2:
+        return None
+    T = table.subset(tr)
+    try:
+        model = CostModel.fit(X[tr], T.prompts, T.costs, T.scores)
+    except RouterError:
+        return None
+    scale = float(T.mean_costs().max())
+    if not model.fitted_.any() or scale <= 0:
+        return None
+    return model.predict(X[va], [table.prompts[i] for i in va]) / scale
 
 
 def _make(family: str, params: Mapping[str, Any], seed: int) -> Router:
@@ -248,27 +283,35 @@ class _Work:
     folds: list[tuple[np.ndarray, np.ndarray]]
     seed: int
     views: _SharedViews
+    #: per fold, the held-out prompts' predicted costs (:func:`_fold_costs`) or None
+    fold_costs: list[np.ndarray | None]
 
 
 #: the work of the running selection, set before its worker processes are forked
 _WORK: list[_Work] = []
 
 
-def _fold_score(task: tuple[int, int]) -> tuple[int, int, float | str, float]:
-    """(candidate, fold, held-out score or the RouterError's message, seconds)."""
+def _fold_score(task: tuple[int, int]
+                ) -> tuple[int, int, float | str, float | None, float]:
+    """(candidate, fold, held-out score or the RouterError's message, the score trading
+    against predicted per-query costs (None without a fold cost model), seconds)."""
     w = _WORK[-1]
     c, f = task
     family, params = w.candidates[c]
     tr, va = w.folds[f]
     t0 = time.perf_counter()
+    predicted: float | None = None
     try:
         r = _make(family, params, w.seed)
         r.fit(w.X[tr], w.table.subset(tr), **w.views.fit_kwargs(r))
         V = w.table.subset(va)
-        score: float | str = _score(_predict(r, w.X[va], V.prompts, w.table.models), V)
+        Q = _predict(r, w.X[va], V.prompts, w.table.models)
+        score: float | str = _score(Q, V)
+        if w.fold_costs[f] is not None:
+            predicted = _score(Q, V, w.fold_costs[f])
     except RouterError as e:  # a family that cannot fit this table is left out, said so
         score = str(e)
-    return c, f, score, time.perf_counter() - t0
+    return c, f, score, predicted, time.perf_counter() - t0
 
 
 def default_jobs() -> int:
@@ -288,7 +331,7 @@ def _one_blas_thread() -> None:
     threadpool_limits(1)
 
 
-def _run(work: _Work, jobs: int) -> list[tuple[int, int, float | str, float]]:
+def _run(work: _Work, jobs: int) -> list[tuple[int, int, float | str, float | None, float]]:
     """Every (candidate, fold) fit, in ``jobs`` forked processes (in this one when 1 or
     where fork is unavailable); dearer candidates (later in the list) start first, so the
     cheap ones fill the gaps at the end. The scores do not depend on ``jobs``."""
@@ -321,24 +364,33 @@ def _select(X: np.ndarray, table: RoutingTable, candidates: Sequence[tuple[str, 
         raise RouterError("auto needs at least 2 distinct training prompts to cross-validate")
     for family, params in candidates:  # computed once here, before any worker starts
         views.fit_kwargs(_make(family, params, seed))
-    done = _run(_Work(X, table, candidates, folds, seed, views),
+    fold_costs = [_fold_costs(X, table, tr, va) for tr, va in folds]
+    done = _run(_Work(X, table, candidates, folds, seed, views, fold_costs),
                 default_jobs() if jobs is None else int(jobs))
     rows: list[dict[str, Any]] = []
     per_fold: list[np.ndarray] = []
+    per_fold_pred: list[np.ndarray | None] = []
     for c, (family, params) in enumerate(candidates):
-        mine = sorted((f, s, sec) for cc, f, s, sec in done if cc == c)
-        errors = [s for _, s, _ in mine if isinstance(s, str)]
+        mine = sorted((f, s, p, sec) for cc, f, s, p, sec in done if cc == c)
+        errors = [s for _, s, _, _ in mine if isinstance(s, str)]
         if errors:
             rows.append({"family": family, "params": dict(params), "score": None,
                          "error": errors[0]})
             log(f"auto: {family} {dict(params)} skipped: {errors[0]}")
             continue
-        scores = [float(s) for _, s, _ in mine]
+        scores = [float(s) for _, s, _, _ in mine]
         s = float(np.mean(scores))
         per_fold.append(np.asarray(scores))
         rows.append({"family": family, "params": dict(params), "score": round(s, 6),
                      "fold_scores": [round(v, 6) for v in scores],
-                     "seconds": round(sum(sec for _, _, sec in mine), 3)})
+                     "seconds": round(sum(sec for _, _, _, sec in mine), 3)})
+        pred = [p for _, _, p, _ in mine]
+        if all(p is not None for p in pred):
+            arr = np.asarray(pred, dtype=np.float64)
+            rows[-1]["fold_scores_predicted_costs"] = [round(float(v), 6) for v in arr]
+            per_fold_pred.append(arr)
+        else:
+            per_fold_pred.append(None)
         log(f"auto: {family} {dict(params)} score {s:.4f} ({rows[-1]['seconds']:.1f} s)")
     ok = [r for r in rows if r["score"] is not None]
     if not ok:
@@ -351,11 +403,34 @@ def _select(X: np.ndarray, table: RoutingTable, candidates: Sequence[tuple[str, 
         row["se_to_best"] = round(float(d.std(ddof=1) / np.sqrt(d.size)), 6)
     chosen = next(i for i, row in enumerate(ok)
                   if means[i] >= means[b] - row["se_to_best"] - 1e-12)
-    return Selection(ok[chosen]["family"], ok[chosen]["params"], float(means[chosen]),
+    params = dict(ok[chosen]["params"])
+    costs = _choose_cost_model(ok[chosen]["family"], per_fold[chosen], per_fold_pred[chosen])
+    if costs["chosen"] == "predicted":
+        params["cost_model"] = "predicted"
+    log(f"auto: cost model {costs['chosen']} ({costs})")
+    return Selection(ok[chosen]["family"], params, float(means[chosen]),
                      folds=len(folds),
                      best_mean={"family": ok[b]["family"], "params": ok[b]["params"],
                                 "score": float(means[b])},
-                     scores=rows, seconds=round(time.perf_counter() - t_all, 3))
+                     scores=rows, seconds=round(time.perf_counter() - t_all, 3),
+                     cost_model=costs)
+
+
+def _choose_cost_model(family: str, mean_folds: np.ndarray, pred_folds: np.ndarray | None
+                       ) -> dict[str, Any]:
+    """``predicted`` per-query costs for the chosen candidate when its mean fold score with
+    them beats the score with mean costs by more than one standard error of the paired fold
+    differences (the one-standard-error rule again: mean costs are the simpler choice)."""
+    if pred_folds is None or "cost_model" not in make_router(family).param_names():
+        return {"chosen": "mean", "why": "no fold cost model (two experts, or no expert's "
+                "cost could be modelled)"}
+    d = pred_folds - mean_folds
+    se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("inf")
+    gain = float(d.mean())
+    return {"chosen": "predicted" if gain > se else "mean",
+            "score_mean_costs": round(float(mean_folds.mean()), 6),
+            "score_predicted_costs": round(float(pred_folds.mean()), 6),
+            "gain": round(gain, 6), "se": round(se, 6)}
 
 
 def select(X: np.ndarray, table: RoutingTable, *,

@@ -57,13 +57,14 @@ class CategoryRouter(QualityRouter):
     _json_attrs = ("experts_", "categories_", "dim_")
 
     def __init__(self, C: float = 1.0, prior_strength: float = 5.0, soft: bool = False,
-                 cost_weight: float = 0.0, threshold: float | None = None,
+                 cost_weight: float = 0.0, threshold: float | None = None, cost_model: str = "mean",
                  seed: int = 0) -> None:
         self.C = C
         self.prior_strength = prior_strength
         self.soft = soft
         self.cost_weight = cost_weight
         self.threshold = threshold
+        self.cost_model = cost_model
         self.seed = seed
 
     def fit(self, X: np.ndarray, table: RoutingTable) -> CategoryRouter:
@@ -80,7 +81,7 @@ class CategoryRouter(QualityRouter):
                                                       float(self.prior_strength))
         self.categories_ = cats
         self.experts_ = list(table.models)
-        self.costs_ = table.mean_costs()
+        self._fit_costs(X, table)
         self.dim_ = int(X.shape[1])
         return self
 

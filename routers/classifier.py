@@ -55,7 +55,7 @@ class ClassifierRouter(QualityRouter):
 
     def __init__(self, model: str = "logreg", C: float = 1.0, hidden: int = 64,
                  calibration: str = "none", success_threshold: float = 0.5,
-                 cost_weight: float = 0.0, threshold: float | None = None,
+                 cost_weight: float = 0.0, threshold: float | None = None, cost_model: str = "mean",
                  seed: int = 0) -> None:
         self.model = model
         self.C = C
@@ -64,6 +64,7 @@ class ClassifierRouter(QualityRouter):
         self.success_threshold = success_threshold
         self.cost_weight = cost_weight
         self.threshold = threshold
+        self.cost_model = cost_model
         self.seed = seed
 
     def fit(self, X: np.ndarray, table: RoutingTable) -> ClassifierRouter:
@@ -104,7 +105,7 @@ class ClassifierRouter(QualityRouter):
         self.fit_notes_ = notes
         self.constant_ = const
         self.experts_ = list(table.models)
-        self.costs_ = table.mean_costs()
+        self._fit_costs(X, table)
         self.dim_ = int(X.shape[1])
         return self
 

@@ -32,12 +32,13 @@ class ClusterRouter(QualityRouter):
 
     def __init__(self, n_clusters: int = 16, prior_strength: float = 2.0,
                  learning_rate: float | None = None, cost_weight: float = 0.0,
-                 threshold: float | None = None, seed: int = 0) -> None:
+                 threshold: float | None = None, cost_model: str = "mean", seed: int = 0) -> None:
         self.n_clusters = n_clusters
         self.prior_strength = prior_strength
         self.learning_rate = learning_rate
         self.cost_weight = cost_weight
         self.threshold = threshold
+        self.cost_model = cost_model
         self.seed = seed
 
     def fit(self, X: np.ndarray, table: RoutingTable) -> ClusterRouter:
@@ -60,7 +61,7 @@ class ClusterRouter(QualityRouter):
         self.reward_sum_ = onehot.T @ np.where(finite, S, 0.0)
         self.reward_count_ = onehot.T @ finite.astype(np.float64)
         self.experts_ = list(table.models)
-        self.costs_ = table.mean_costs()
+        self._fit_costs(X, table)
         self.dim_ = int(X.shape[1])
         return self
 

@@ -91,11 +91,13 @@ class IRTRouter(QualityRouter):
     _json_attrs = ("experts_", "dim_", "rank_")
 
     def __init__(self, rank: int | None = None, text_stats: bool = True,
-                 cost_weight: float = 0.0, threshold: float | None = None) -> None:
+                 cost_weight: float = 0.0, threshold: float | None = None,
+                 cost_model: str = "mean") -> None:
         self.rank = rank
         self.text_stats = text_stats
         self.cost_weight = cost_weight
         self.threshold = threshold
+        self.cost_model = cost_model
 
     # -- features ------------------------------------------------------------------------
     def _features(self, X: np.ndarray, texts: Sequence[str] | None) -> np.ndarray:
@@ -152,7 +154,7 @@ class IRTRouter(QualityRouter):
         self.platt_ = platt
         self.alpha_ = ALPHAS[best]
         self.experts_ = list(table.models)
-        self.costs_ = table.mean_costs()
+        self._fit_costs(X, table)
         self.dim_ = int(X.shape[1])
         return self
 
@@ -171,4 +173,5 @@ class IRTRouter(QualityRouter):
         return np.clip(self._quality_texts(X, texts), 0.0, 1.0)
 
     def decide(self, X: np.ndarray, texts: Sequence[str]) -> list[Decision]:
-        return self.decisions_from_quality(self.predict_quality(X, texts))
+        return self.decisions_from_quality(self.predict_quality(X, texts),
+                                           costs=self._decision_costs(X, texts))

@@ -46,12 +46,14 @@ class KNNRouter(QualityRouter):
     _json_attrs = ("experts_", "dim_")
 
     def __init__(self, k: int = 20, temperature: float = 0.05, prior_strength: float = 0.5,
-                 cost_weight: float = 0.0, threshold: float | None = None) -> None:
+                 cost_weight: float = 0.0, threshold: float | None = None,
+                 cost_model: str = "mean") -> None:
         self.k = k
         self.temperature = temperature
         self.prior_strength = prior_strength
         self.cost_weight = cost_weight
         self.threshold = threshold
+        self.cost_model = cost_model
 
     def fit(self, X: np.ndarray, table: RoutingTable) -> KNNRouter:
         X, S = self._base_checks(X, table)
@@ -65,7 +67,7 @@ class KNNRouter(QualityRouter):
         self.train_X_ = unit_rows(X)
         self.train_scores_ = S.astype(np.float32)
         self.prior_ = np.nanmean(S, axis=0)
-        self.costs_ = table.mean_costs()
+        self._fit_costs(X, table)
         self.dim_ = int(X.shape[1])
         return self
 

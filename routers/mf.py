@@ -36,7 +36,7 @@ class MFRouter(QualityRouter):
     def __init__(self, dim: int = 64, epochs: int = 60, lr: float = 3e-3,
                  weight_decay: float = 1e-4, pairwise_weight: float = 1.0,
                  batch_size: int = 1024, cost_weight: float = 0.0,
-                 threshold: float | None = None, seed: int = 0) -> None:
+                 threshold: float | None = None, cost_model: str = "mean", seed: int = 0) -> None:
         self.dim = dim
         self.epochs = epochs
         self.lr = lr
@@ -45,6 +45,7 @@ class MFRouter(QualityRouter):
         self.batch_size = batch_size
         self.cost_weight = cost_weight
         self.threshold = threshold
+        self.cost_model = cost_model
         self.seed = seed
 
     # -- model ---------------------------------------------------------------------------
@@ -102,7 +103,7 @@ class MFRouter(QualityRouter):
         self.W_, self.V_, self.w_, self.b_ = (params[k_] for k_ in ("W", "V", "w", "b"))
         self.train_loss_ = float(loss)
         self.experts_ = list(table.models)
-        self.costs_ = table.mean_costs()
+        self._fit_costs(X, table)
         self.dim_ = int(d)
         return self
 

@@ -34,7 +34,7 @@ class SkillsRouter(QualityRouter):
     def __init__(self, k: int = 2, aggregator: str | None = None, n_skills: int = 8,
                  temperature: float = 0.05, prior_strength: float = 5.0,
                  use_categories: bool = True, cost_weight: float = 0.0,
-                 threshold: float | None = None, seed: int = 0) -> None:
+                 threshold: float | None = None, cost_model: str = "mean", seed: int = 0) -> None:
         self.k = k
         self.aggregator = aggregator
         self.n_skills = n_skills
@@ -43,6 +43,7 @@ class SkillsRouter(QualityRouter):
         self.use_categories = use_categories
         self.cost_weight = cost_weight
         self.threshold = threshold
+        self.cost_model = cost_model
         self.seed = seed
 
     def fit(self, X: np.ndarray, table: RoutingTable) -> SkillsRouter:
@@ -70,7 +71,7 @@ class SkillsRouter(QualityRouter):
                                                    float(self.prior_strength))
         self.skills_ = skills
         self.experts_ = list(table.models)
-        self.costs_ = table.mean_costs()
+        self._fit_costs(X, table)
         glob = np.nanmean(S, axis=0)
         self.aggregator_ = self.aggregator or self.experts_[int(np.argmax(glob))]
         self.dim_ = int(X.shape[1])
@@ -98,7 +99,7 @@ class SkillsRouter(QualityRouter):
         Q = np.clip(P @ np.asarray(self.skill_quality_), 0.0, 1.0)
         top = P.argmax(axis=1)
         notes = [f"skill '{self.skills_[t]}' ({P[i, t]:.2f})" for i, t in enumerate(top)]
-        out = self.decisions_from_quality(Q, notes)
+        out = self.decisions_from_quality(Q, notes, costs=self._decision_costs(X, texts))
         k = min(int(self.k), len(self.experts_))
         if k > 1:
             for d in out:

@@ -121,7 +121,8 @@ class StackRouter(QualityRouter):
                  folds: int = 5, seed: int = 0, lexical: bool = True,
                  lexical_weight: float = 2.0, C_lexical: float | None = 1.0,
                  cost_weight: float = 0.0,
-                 threshold: float | None = None) -> None:
+                 threshold: float | None = None,
+                 cost_model: str = "mean") -> None:
         self.C_embed = C_embed
         self.C_stats = C_stats
         self.C_meta = C_meta
@@ -135,6 +136,7 @@ class StackRouter(QualityRouter):
         self.C_lexical = C_lexical
         self.cost_weight = cost_weight
         self.threshold = threshold
+        self.cost_model = cost_model
 
     # -- learning ----------------------------------------------------------------------
     def _category_weights(self, C: np.ndarray, Xq: np.ndarray,
@@ -305,7 +307,7 @@ class StackRouter(QualityRouter):
         self.train_scores_ = S.astype(np.float32)
         self.prior_ = np.nan_to_num(np.nanmean(S, axis=0), nan=0.0)
         self.experts_ = list(table.models)
-        self.costs_ = table.mean_costs()
+        self._fit_costs(X, table)
         self.dim_ = int(X.shape[1])
         return self
 
@@ -350,4 +352,5 @@ class StackRouter(QualityRouter):
         return np.clip(self._quality_texts(X, texts), 0.0, 1.0)
 
     def decide(self, X: np.ndarray, texts: Sequence[str]) -> list[Decision]:
-        return self.decisions_from_quality(self.predict_quality(X, texts))
+        return self.decisions_from_quality(self.predict_quality(X, texts),
+                                           costs=self._decision_costs(X, texts))

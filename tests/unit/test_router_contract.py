@@ -265,7 +265,7 @@ def test_parameters_are_read_from_the_constructor() -> None:
     from routers.knn import KNNRouter
 
     assert KNNRouter.param_names() == ("k", "temperature", "prior_strength", "cost_weight",
-                                       "threshold")
+                                       "threshold", "cost_model")
 
     class Wider(KNNRouter):
         name = ""  # never registered
