@@ -39,8 +39,8 @@ streams, in-process costs and the summary ratios; ``PATHS`` a comma list of path
 ``bench router`` JSON: embedders at batch 1 / 32, router families, decision cache,
 micro-batching), ``soak FILE...`` (``bench soak`` JSONs) and ``faults FILE...`` (the fault
 tests' counts, written with ``EXPERTGATE_FAULTS_JSON_DIR``), ``auto-choices FILE...``
-(routing runs with ``auto``: the family it chose in each seed, its test figure and time
-beside ``stack``'s). A ``PATH`` may be a folder: the
+(routing runs with ``auto``: the family it chose in each seed, "+ predicted costs" where it
+chose per-query costs, its test figure and time beside ``stack``'s). A ``PATH`` may be a folder: the
 newest ``bench overhead`` JSON in it (by its run date) is used, so a rerun that writes a new
 file there needs only ``expertgate eval report``. Every bench block names its file, commit,
 dirty flag, date, machine and command.
@@ -556,6 +556,8 @@ def _auto_rows(files: Sequence[str]) -> str:
             pick = f"{c['family']}" if c else "-"
             if best and best.get("family") != (c or {}).get("family"):
                 pick += f" (best mean {best['family']})"
+            if ((c or {}).get("params") or {}).get("cost_model") == "predicted":
+                pick += " + predicted costs"
             picks.append(pick)
         lines.append(f"| `{a}` | {', '.join(picks) or '-'} | "
                      f"{key.upper()} {_num(auto.get(key), auto.get(f'{key}_std'))} | "
