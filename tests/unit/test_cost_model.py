@@ -219,3 +219,30 @@ def test_synthetic_length_costs() -> None:
         RE.load_routing_table("synthetic:40x3:flat")
     with pytest.raises(RE.EvalError):
         RE.load_routing_table("synthetic:40x3:length:x")
+
+
+def test_gateway_policy_serves_predicted_costs_and_refuses_them_on_a_mean_artifact(
+        tmp_path: Path) -> None:
+    from gateway.config import ConfigError, parse_config
+    from gateway.pipeline import build_policy_set
+    from routers.train import train_router
+
+    X, table = length_table(300, seed=2)
+    train_router("irt", table, X, params={"cost_model": "predicted", "cost_weight": 0.5},
+                 out=tmp_path / "pred", embedder_name="test")
+    train_router("irt", table, X, out=tmp_path / "mean", embedder_name="test")
+    experts = [{"name": m, "api_base": "http://127.0.0.1:9/v1"} for m in table.models]
+    cfg = parse_config({"experts": experts, "policies": [
+        {"name": "p", "router": "irt", "artifact": str(tmp_path / "pred")}]})
+    router = build_policy_set(cfg, None).policies["p"].router
+    short, long_ = table.prompts.index(min(table.prompts, key=len)), \
+        table.prompts.index(max(table.prompts, key=len))
+    C = router.predict_costs(X[[short, long_]], [table.prompts[short], table.prompts[long_]])
+    assert (C[1] > 5 * C[0]).all()  # the long prompt is dearer with every expert
+    d = router.decide(X[[long_]], [table.prompts[long_]])[0]
+    assert "per-query predicted costs" in d.reason
+    bad = parse_config({"experts": experts, "policies": [
+        {"name": "m", "router": "irt", "artifact": str(tmp_path / "mean"),
+         "params": {"cost_model": "predicted"}}]})
+    with pytest.raises(ConfigError, match="fitted with mean costs"):
+        build_policy_set(bad, None)
