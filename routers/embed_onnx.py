@@ -268,6 +268,22 @@ class OnnxMiniLMEmbedder:
                                           providers=["CPUExecutionProvider"])
         self._input_names = {i.name for i in self._sess.get_inputs()}
 
+    def _run_one(self, text: str) -> np.ndarray:
+        """One text (a request): no padding, so mean pooling is the plain sum over the
+        tokens (the division by their number cancels in the normalisation); the same
+        vector as :meth:`_run` gives, up to float32 rounding, with a third of the numpy
+        calls and no batch dispatch in the tokenizer."""
+        with self._tok_lock:
+            enc = self._tok.encode(text)
+        ids = np.array([enc.ids], dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+        if "token_type_ids" in self._input_names:
+            feeds["token_type_ids"] = np.array([enc.type_ids], dtype=np.int64)
+        (hidden,) = self._sess.run(["last_hidden_state"], feeds)
+        pooled = hidden[0, 0] if self.pooling == "cls" else hidden[0].sum(axis=0)
+        return (pooled / max(float(np.linalg.norm(pooled)), 1e-12))[None, :].astype(
+            np.float32, copy=False)
+
     def _run(self, texts: list[str]) -> np.ndarray:
         with self._tok_lock:
             encs = self._tok.encode_batch(texts)
@@ -289,6 +305,8 @@ class OnnxMiniLMEmbedder:
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if len(texts) == 1:
+            return self._run_one(texts[0])
         if len(texts) <= _CHUNK:
             return self._run(texts)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))

@@ -68,12 +68,19 @@ from typing import Any
 import numpy as np
 
 from routers.base import Decision, GuardVerdict, Router, RouterError, RoutingTable, Target, register
+from routers.simsearch import Int8Bank
 
 __all__ = ["METHODS", "UNSAFE_PATTERNS", "UNSAFE_SEEDS", "GuardRouter", "calibrate_threshold",
            "stratified_split"]
 
 #: methods that score from the embedding alone; "fused" (embedding + text) and "auto" besides
 METHODS = ("centroid", "knn", "mahalanobis", "msp", "energy", "knn+msp")
+
+#: up to this many queries per call the kNN score searches the bank in two passes (int8,
+#: then float32 on the candidates); larger batches read the float32 bank once for all
+_FEW_QUERIES = 8
+#: ... when the bank has at least this many rows (a smaller one fits in the CPU cache)
+_INT8_BANK_ROWS = 1024
 
 #: Short descriptions and generic examples of content a routed assistant should refuse. Written
 #: by hand for this module; no public unsafe-content data set was used to write or tune them.
@@ -554,8 +561,9 @@ class GuardRouter(Router):
     def _bank(self, F: np.ndarray, y: np.ndarray, n_labels: int) -> tuple[np.ndarray,
                                                                         np.ndarray]:
         """The kNN memory: all training points, or per-label k-means prototypes when there
-        are more than ``bank_size`` (a bank that fits in the CPU cache keeps a single-query
-        search well under a millisecond; 15,000 x 384 floats take ~20 ms)."""
+        are more than ``bank_size`` (a bounded bank keeps a single-query search well under a
+        millisecond; 15,000 x 384 floats take ~20 ms). A single query searches it in two
+        passes, int8 then float32 (:class:`routers.simsearch.Int8Bank`)."""
         n = F.shape[0]
         if self.bank_size is None or n <= int(self.bank_size):
             return F.astype(np.float32), y.astype(np.int32)
@@ -635,12 +643,38 @@ class GuardRouter(Router):
 
     def _knn_score(self, F: np.ndarray) -> np.ndarray:
         k = min(int(self.k), self.bank_.shape[0])
+        if F.shape[0] <= _FEW_QUERIES and self.bank_.shape[0] >= _INT8_BANK_ROWS:
+            # a request: the two-pass search reads a quarter of the bank's bytes and finds
+            # the same k neighbours (routers.simsearch)
+            bank = self._int8_bank()
+            return np.array([1.0 - bank.topk_mean(f) for f in F], np.float64)
         out = np.empty(F.shape[0], np.float64)
         for s in range(0, F.shape[0], 1024):
             S = F[s:s + 1024] @ self.bank_.T
             top = -np.partition(-S, k - 1, axis=1)[:, :k]
             out[s:s + 1024] = 1.0 - top.mean(axis=1)
         return out
+
+    def _after_load(self) -> None:
+        # a loaded guard (the gateway's) makes its int8 bank now, not on the first request
+        # it serves (a fitted one makes it on its first single-query call)
+        if self.bank_.shape[0] >= _INT8_BANK_ROWS:
+            self._int8_bank()
+
+    def _int8_bank(self) -> Int8Bank:
+        """The int8 copy of ``bank_`` for single-query search, made on first use (and
+        again when the bank or ``k`` changes)."""
+        cached = getattr(self, "_bank8", None)
+        if cached is None or cached[0] is not self.bank_ or cached[1].k != \
+                min(int(self.k), self.bank_.shape[0]):
+            cached = self._bank8 = (self.bank_, Int8Bank(self.bank_, int(self.k)))
+        return cached[1]
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the int8 bank holds an onnxruntime session; it is derived state, rebuilt on use
+        state = dict(self.__dict__)
+        state.pop("_bank8", None)
+        return state
 
     def ood_scores(self, X: np.ndarray, texts: Sequence[str] | None = None, *,
                    lex: np.ndarray | None = None) -> np.ndarray:
@@ -650,10 +684,7 @@ class GuardRouter(Router):
         if self.method == "fused":
             if texts is None:
                 raise RouterError("guard: method 'fused' needs the query texts")
-            mk, sk, mm, sm = (float(v) for v in self.lex_norm_)
-            knn = (self._knn_score(self.features(X)) - mk) / sk
-            margin = (-self.fused_margins(X, texts, lex).max(axis=1) - mm) / sm
-            return 0.5 * (knn + margin)
+            return self._fused_ood(X, self.fused_margins(X, texts, lex))
         d = self._dense_ood(X)
         if not self.lexical:
             return d
@@ -662,6 +693,13 @@ class GuardRouter(Router):
         md, sd, ms, ss = (float(v) for v in self.lex_norm_)
         sp = -(self.lex_margins(texts) if lex is None else lex).max(axis=1)
         return 0.5 * ((d - md) / sd + (sp - ms) / ss)
+
+    def _fused_ood(self, X: np.ndarray, margins: np.ndarray) -> np.ndarray:
+        """Method ``fused``'s OOD score from the embeddings and their :meth:`fused_margins`."""
+        mk, sk, mm, sm = (float(v) for v in self.lex_norm_)
+        knn = (self._knn_score(self.features(X)) - mk) / sk
+        margin = (-margins.max(axis=1) - mm) / sm
+        return 0.5 * (knn + margin)
 
     def _dense_ood(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float32)
@@ -730,8 +768,14 @@ class GuardRouter(Router):
         # the lexical SVM's margins feed both the label and the OOD score: computed once
         lex = self.lex_margins(texts) if (self.method == "fused" or self.lexical) and \
             texts is not None else None
-        proba = self.predict_proba(X, texts, lex=lex)
-        ood = self.ood_scores(X, texts, lex=lex)
+        if self.method == "fused" and texts is not None:
+            # the SVM's margins give both the label and half the OOD score: computed once
+            margins = self.fused_margins(X, texts, lex)
+            proba = _softmax(margins.astype(np.float64) * 4.0)
+            ood = self._fused_ood(X, margins)
+        else:
+            proba = self.predict_proba(X, texts, lex=lex)
+            ood = self.ood_scores(X, texts, lex=lex)
         uscore, uflag = self.unsafe_scores(X, texts)
         thr = float(self.threshold_)
         out = []

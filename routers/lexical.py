@@ -68,6 +68,8 @@ class Lexical:
     # -- state ---------------------------------------------------------------------------
     def _set_terms(self, terms: Sequence[str]) -> None:
         self.vocab: dict[str, int] = {t: i for i, t in enumerate(terms)}
+        # word -> its character n-grams' columns (see :meth:`row`)
+        self._word_memo: dict[str, tuple[int, ...]] = {}
         # one dictionary per block, character n-grams without their namespace prefix: a
         # lookup per n-gram then builds no prefixed string
         self._words = {t: i for t, i in self.vocab.items() if not t.startswith("\x00")}
@@ -139,17 +141,52 @@ class Lexical:
                      self.idf, self.n_features)
 
     def dot(self, texts: Sequence[str], W: np.ndarray) -> np.ndarray:
-        """``transform(texts) @ W`` (dense (n, k) float32). For a few texts (a request) the
-        rows' weighted sum of ``W``'s rows is taken directly: building a sparse matrix costs
-        more than the product itself."""
+        """``transform(texts) @ W`` (dense (n, k) float32). For a few texts (a request) each
+        row's weighted sum of ``W``'s rows is taken directly (:meth:`row`): building a
+        sparse matrix costs more than the product itself."""
         if len(texts) > _DIRECT_DOT_MAX:
             return np.asarray(self.transform(texts) @ W, dtype=np.float32)
         out = np.zeros((len(texts), W.shape[1]), np.float32)
-        for doc, col, val in _weights(len(texts), _encode(texts, self._words, self._chars,
-                                                          grow=False), self.idf):
-            if len(col):
-                np.add.at(out, doc, val[:, None].astype(np.float32) * W[col])
+        for i, text in enumerate(texts):
+            col, val = self.row(text)
+            if col.size:
+                out[i] = val.astype(np.float32) @ W[col]
         return out
+
+    def row(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """One text's :meth:`transform` row as (columns, float64 values), words first. Each
+        distinct word's character n-gram columns are remembered (up to
+        ``_WORD_MEMO_MAX`` words): on a request path most words were seen before, and
+        cutting them into n-grams is most of the work."""
+        cols, cnts = [], []
+        for g, c in Counter(word_ngrams(text)).items():
+            j = self._words.get(g)
+            if j is not None:
+                cols.append(j)
+                cnts.append(c)
+        n_words = len(cols)
+        memo = self._word_memo
+        per_word = []
+        for t in _SPACE.sub(" ", text.lower()).split():
+            ids = memo.get(t)
+            if ids is None:
+                if len(memo) >= _WORD_MEMO_MAX:
+                    memo.clear()
+                ids = memo[t] = tuple(j for j in map(self._chars.get, char_ngrams(t))
+                                      if j is not None)
+            per_word.append(ids)
+        chars = Counter(itertools.chain.from_iterable(per_word))
+        cols.extend(chars)
+        cnts.extend(chars.values())
+        col = np.array(cols, dtype=np.int64)
+        # sublinear TF times IDF, each block L2-normalised (IDF >= 1: no zero norm)
+        val = np.log(np.array(cnts, dtype=np.float64))
+        val += 1.0
+        val *= self.idf[col]
+        for block in (val[:n_words], val[n_words:]):
+            if block.size:
+                block /= np.sqrt(block @ block)
+        return col, val
 
 
 def _encode(texts: Sequence[str], words: dict[str, int], chars: dict[str, int], *,
@@ -191,6 +228,9 @@ def _encode(texts: Sequence[str], words: dict[str, int], chars: dict[str, int], 
 
 #: up to this many texts, :meth:`Lexical.dot` skips the sparse matrix
 _DIRECT_DOT_MAX = 8
+#: distinct words whose character n-gram columns :meth:`Lexical.row` keeps (a few MB at most;
+#: emptied when full, so odd inputs cannot grow it without bound)
+_WORD_MEMO_MAX = 50000
 
 
 def _weights(n: int, blocks: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],

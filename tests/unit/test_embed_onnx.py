@@ -54,6 +54,14 @@ def test_rows_are_unit_norm_and_batch_equals_singles(onnx_embedder: OnnxMiniLMEm
     np.testing.assert_allclose(batch, singles, atol=1e-4)
 
 
+def test_one_text_takes_the_request_path_and_gives_the_batch_path_vector(
+        onnx_embedder: OnnxMiniLMEmbedder) -> None:
+    for s in [*SENTENCES, "", "word " * 300]:  # the last one is truncated to 128 tokens
+        one = onnx_embedder.embed([s])
+        assert one.shape == (1, 384) and one.dtype == np.float32
+        np.testing.assert_allclose(one, onnx_embedder._run([s]), rtol=0, atol=1e-6)
+
+
 def test_large_batches_keep_input_order(onnx_embedder: OnnxMiniLMEmbedder) -> None:
     texts = [f"question number {i} " + "word " * (i % 17) for i in range(70)]
     big = onnx_embedder.embed(texts)

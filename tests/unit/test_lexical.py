@@ -202,3 +202,23 @@ def test_a_verdict_computes_the_lexical_margins_once(method: str, lexical: bool)
     assert calls == [texts]
     np.testing.assert_allclose([x.ood_score for x in v], want_ood, rtol=1e-6)
     assert [x.label for x in v] == [g.labels_[int(i)] for i in want_p.argmax(axis=1)]
+
+
+def test_a_request_row_equals_the_transform_row_and_the_word_memo_is_bounded(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import routers.lexical as lexical_mod
+
+    texts = [*TEXTS, "PAY  my\tcard\u00a0bill bill", "balance balance balance", "zzz", ""]
+    lex = Lexical(min_df_chars=1).fit(TEXTS)
+    F = lex.transform(texts).toarray()
+    monkeypatch.setattr(lexical_mod, "_WORD_MEMO_MAX", 3)
+    for i, t in enumerate(texts):
+        col, val = lex.row(t)
+        got = np.zeros(lex.n_features)
+        np.add.at(got, col, val)
+        assert len(set(col.tolist())) == col.size  # one entry per column
+        np.testing.assert_allclose(got, F[i], rtol=1e-6, atol=1e-7)
+        assert len(lex._word_memo) <= 3  # emptied when full, never larger
+    # a remembered word gives the same row the second time
+    again = lex.row(texts[6])
+    np.testing.assert_array_equal(again[0], lex.row(texts[6])[0])
