@@ -286,6 +286,68 @@ class _Hybrid(_Method):
         return Prediction(labels, (score > self.threshold) | unsafe, unsafe)
 
 
+class _Cascade(_Method):
+    """Two stages (:class:`routers.guard_cascade.GuardCascade`): the guard on the run's
+    embedder (the front, e.g. ``--embedder distilled``) decides where it is sure; the other
+    queries are embedded by the back encoder (ONNX MiniLM, int8, first 3 layers) and take the
+    back guard's verdict. Both guards are ``lexical-mlp-knn``, each calibrated to the target
+    FRR on the in-domain validation part; the escalation rule is chosen on validation (in-domain
+    and OOD rows). Latency times the whole cascade per query."""
+
+    needs_val_ood = True
+
+    def __init__(self, target_frr: float, seed: int) -> None:
+        kw: dict[str, Any] = {"method": "knn", "head": "mlp", "lexical": True,
+                              "target_frr": target_frr, "seed": seed}
+        self.front = _GuardMethod(**kw)
+        self.back = _GuardMethod(**kw)
+        self.escalated: list[bool] = []
+        self.back_spec: dict[str, Any] = {"kind": "onnx", "quantize": True, "layers": 3,
+                                          "threads": 1}
+
+    def set_val_ood(self, X: dict[str, np.ndarray], texts: dict[str, list[str]]) -> None:
+        self.val_ood = {k: (X[k], list(texts[k])) for k in texts}
+
+    def _back_embed(self, texts: Sequence[str], idx: np.ndarray) -> np.ndarray:
+        if len(idx) <= 8:  # a request: only its escalated queries
+            return np.asarray(self.back_embedder.embed([texts[i] for i in idx]))
+        return _embed(self.back_embedder, list(texts), False)[idx]
+
+    def fit(self, X: np.ndarray, texts: list[str], labels: list[str], Xv: np.ndarray,
+            val_texts: list[str], val_labels: list[str], embedder: Any) -> dict[str, Any]:
+        from routers.embed import make_embedder
+        from routers.guard_cascade import GuardCascade
+
+        spec = dict(self.back_spec)
+        self.back_embedder = make_embedder(spec.pop("kind"), **spec)
+        Xb, Xbv = _embed(self.back_embedder, texts, False), _embed(self.back_embedder,
+                                                                   val_texts, False)
+        self.val_ood_back = {k: _embed(self.back_embedder, t, False)
+                             for k, (_, t) in self.val_ood.items()}
+        front = self.front.fit(X, texts, labels, Xv, val_texts, val_labels, embedder)
+        back = self.back.fit(Xb, texts, labels, Xbv, val_texts, val_labels,
+                             self.back_embedder)
+        self.cascade = GuardCascade(self.front.router, self.back.router)
+        self._val = (Xv, val_texts, val_labels, Xbv)
+        return {"front": front, "back": back, "back_embedder": self.back_embedder.name,
+                "back_spec": self.back_spec, "shares_lexical": self.cascade.shares_lexical,
+                "escalation": self.cascade.fit_rule(self._val, self._val_ood())}
+
+    def _val_ood(self) -> dict[str, tuple[np.ndarray, list[str], np.ndarray]]:
+        return {k: (Xf, t, self.val_ood_back[k]) for k, (Xf, t) in self.val_ood.items()}
+
+    def set_frr(self, frr: float) -> dict[str, Any]:
+        info = {"front": self.front.set_frr(frr), "back": self.back.set_frr(frr)}
+        info["escalation"] = self.cascade.fit_rule(self._val, self._val_ood())
+        return info
+
+    def predict(self, X: np.ndarray, texts: list[str]) -> Prediction:
+        v, esc = self.cascade.verdict(X, texts, self._back_embed)
+        self.escalated.extend(bool(e) for e in esc)
+        return Prediction([x.label or "" for x in v], np.array([x.rejected for x in v]),
+                          np.array([x.reject_reason == "unsafe" for x in v]))
+
+
 def _guard(**kw: Any) -> Callable[[float, int], _Method]:
     return lambda frr, seed: _GuardMethod(**kw, target_frr=frr, seed=seed)
 
@@ -307,6 +369,7 @@ GUARD_VARIANTS: dict[str, Callable[[float, int], _Method]] = {
     "guard-lexical-knn": _guard(method="knn", lexical=True),
     "guard-lexical-mlp-knn": _guard(method="knn", head="mlp", lexical=True),
     "guard-fused": _guard(method="fused"),
+    "guard-cascade": lambda frr, seed: _Cascade(frr, seed),
     "guard-hybrid-knn": lambda frr, seed: _Hybrid(frr, seed, method="knn"),
     "guard-hybrid-msp": lambda frr, seed: _Hybrid(frr, seed, method="msp"),
     "guard-hybrid-mlp-knn": lambda frr, seed: _Hybrid(frr, seed, method="knn", head="mlp"),
@@ -470,6 +533,11 @@ def evaluate(data: GuardData, embedder: Any, methods: Sequence[str], *,
     for name in bar:
         bar.set_postfix_str(name)
         m = known[name](frrs[0], seed)
+        if getattr(m, "needs_val_ood", False):
+            if not Xvood:
+                raise ValueError(f"{name} chooses its escalation rule on the data's own "
+                                 "validation OOD rows; this data has none")
+            m.set_val_ood(Xvood, data.val_ood)  # type: ignore[attr-defined]
         t1 = time.perf_counter()
         m.fit(Xtr, data.train_texts, data.train_labels, Xv, data.val_texts,
               data.val_labels, embedder)
@@ -481,6 +549,7 @@ def evaluate(data: GuardData, embedder: Any, methods: Sequence[str], *,
                       reduced.val_texts, reduced.val_labels, embedder)
         with _OneBlasThread():
             times = _latency(m, embedder, lat_texts)
+        lat_escalated = list(getattr(m, "escalated", []))[-len(times):] if times else []
         for frr in frrs:
             info = m.set_frr(frr)
             if m_sel is not None:
@@ -491,7 +560,11 @@ def evaluate(data: GuardData, embedder: Any, methods: Sequence[str], *,
                 val = _figures(m, Xv, data.val_texts, data.val_labels, Xvood, data.val_ood)
             else:
                 val = {}
+            if isinstance(m, _Cascade):
+                m.escalated.clear()
             res = _test_figures(m, data, Xte, Xood, Xacc)
+            if isinstance(m, _Cascade):
+                res["cascade"] = _cascade_figures(m.escalated, lat_escalated, times)
             res["validation"] = val
             res["method"] = name
             res["target_frr"] = frr
@@ -566,6 +639,22 @@ def _test_figures(m: _Method, data: GuardData, Xte: np.ndarray, Xood: dict[str, 
         res["in_scope_accuracy"] = res["in_domain_accuracy"]
         res["oos_recall"] = by_set.get("oos", float("nan"))
     return res
+
+
+def _cascade_figures(test_escalated: list[bool], lat_escalated: list[bool],
+                     times: list[float]) -> dict[str, Any]:
+    """How often the cascade's back stage ran (test queries, in-domain and OOD; the latency
+    sample) and the latency of each kind of query."""
+    t = np.asarray(times, np.float64)
+    e = np.asarray(lat_escalated[:len(t)], bool)
+    out: dict[str, Any] = {
+        "test_escalation_share": float(np.mean(test_escalated)) if test_escalated else None,
+        "latency_sample_escalation_share": float(e.mean()) if e.size else None}
+    for key, sel in (("front_only", ~e), ("escalated", e)):
+        if sel.any():
+            out[f"latency_{key}_p50_ms"] = float(np.percentile(t[sel], 50))
+            out[f"latency_{key}_p99_ms"] = float(np.percentile(t[sel], 99))
+    return out
 
 
 class _OneBlasThread:

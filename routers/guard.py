@@ -760,14 +760,15 @@ class GuardRouter(Router):
         self.check_fitted()
         return self._verdict(self.check_X(X, texts), texts)[0]
 
-    def _verdict(self, X: np.ndarray, texts: Sequence[str] | None
-                 ) -> tuple[list[GuardVerdict], np.ndarray]:
-        """:meth:`verdict` of a checked X, and the label probabilities it used."""
+    def _verdict(self, X: np.ndarray, texts: Sequence[str] | None,
+                 lex: np.ndarray | None = None) -> tuple[list[GuardVerdict], np.ndarray]:
+        """:meth:`verdict` of a checked X, and the label probabilities it used (``lex``: the
+        texts' :meth:`lex_margins` when the caller has them already)."""
         if X.shape[0] == 0:
             return [], np.zeros((0, len(self.labels_)))
         # the lexical SVM's margins feed both the label and the OOD score: computed once
-        lex = self.lex_margins(texts) if (self.method == "fused" or self.lexical) and \
-            texts is not None else None
+        if lex is None and (self.method == "fused" or self.lexical) and texts is not None:
+            lex = self.lex_margins(texts)
         if self.method == "fused" and texts is not None:
             # the SVM's margins give both the label and half the OOD score: computed once
             margins = self.fused_margins(X, texts, lex)

@@ -1,0 +1,165 @@
+"""A two-stage guard: a cheap front guard settles the queries it is sure of, and only the
+others are embedded again by a stronger (slower) encoder and judged by the back guard, whose
+verdict is then taken whole (label, OOD and unsafe).
+
+The front is unsure when its OOD score lies within ``band`` of its threshold (the accept /
+reject call could go either way) or when its top label's probability is below ``min_proba``
+(the label could be wrong). Both are chosen on validation by :meth:`GuardCascade.fit_rule`,
+under a latency budget: at most ``cap`` (0.4) of the in-domain validation queries and of each
+validation OOD set escalated, so the median query does not pay for the back stage; within it,
+the rule whose verdicts agree most with the back guard's alone (agreement rather than
+validation GQR: GQR on a small validation OOD set is too noisy to rank close rules).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from routers.base import GuardVerdict, RouterError
+from routers.guard import GuardRouter
+
+__all__ = ["GuardCascade", "cascade_gqr"]
+
+#: back-stage embeddings of ``texts[idx]`` (the escalated queries), given (texts, idx)
+BackEmbed = Callable[[Sequence[str], np.ndarray], np.ndarray]
+
+
+def cascade_gqr(id_ok: np.ndarray, ood_rejected: Sequence[np.ndarray]) -> float:
+    """GQR (harmonic mean of in-domain accuracy and the mean OOD rejection rate)."""
+    a = float(np.mean(id_ok)) if id_ok.size else 0.0
+    o = float(np.mean([r.mean() for r in ood_rejected])) if ood_rejected else 0.0
+    return 0.0 if a + o == 0 else 2.0 * a * o / (a + o)
+
+
+class GuardCascade:
+    """Front guard first; the back guard's verdict where the front is unsure."""
+
+    def __init__(self, front: GuardRouter, back: GuardRouter, band: float = 0.0,
+                 min_proba: float = 0.0) -> None:
+        if list(front.labels_) != list(back.labels_):
+            raise RouterError("guard cascade: the front and back guards must have the same "
+                              "labels")
+        self.front = front
+        self.back = back
+        self.band = float(band)
+        self.min_proba = float(min_proba)
+        self.selection_: dict[str, Any] = {}
+
+    @property
+    def shares_lexical(self) -> bool:
+        """Both guards hold the same lexical SVM (same train texts, labels and seed): the
+        back stage reuses the front's margins instead of computing them again."""
+        f, b = self.front, self.back
+        return bool((f.lexical or f.method == "fused") and (b.lexical or b.method == "fused")
+                    and f.lex_terms_ == b.lex_terms_
+                    and np.array_equal(f.lex_coef_, b.lex_coef_)
+                    and np.array_equal(f.lex_bias_, b.lex_bias_))
+
+    def _lex(self, texts: Sequence[str]) -> np.ndarray | None:
+        f = self.front
+        return f.lex_margins(texts) if (f.lexical or f.method == "fused") else None
+
+    def escalate(self, verdicts: Sequence[GuardVerdict], proba: np.ndarray) -> np.ndarray:
+        """Which of the front's verdicts go to the back stage."""
+        if not verdicts:
+            return np.zeros(0, bool)
+        ood = np.array([v.ood_score for v in verdicts], np.float64)
+        thr = float(self.front.threshold_)
+        return (np.abs(ood - thr) <= self.band) | (proba.max(axis=1) < self.min_proba)
+
+    def verdict(self, X: np.ndarray, texts: Sequence[str], back_embed: BackEmbed
+                ) -> tuple[list[GuardVerdict], np.ndarray]:
+        """The verdict per query and which queries the back stage decided. ``X``: the
+        front embedder's vectors; ``back_embed`` embeds only the escalated queries."""
+        texts = list(texts)
+        lex = self._lex(texts)
+        fv, proba = self.front._verdict(self.front.check_X(X, texts), texts, lex)
+        esc = self.escalate(fv, proba)
+        if not esc.any():
+            return fv, esc
+        idx = np.flatnonzero(esc)
+        sub = [texts[i] for i in idx]
+        Xb = self.back.check_X(back_embed(texts, idx), sub)
+        blex = lex[idx] if lex is not None and self.shares_lexical else None
+        bv, _ = self.back._verdict(Xb, sub, blex)
+        out = list(fv)
+        for j, i in enumerate(idx):
+            out[i] = bv[j]
+        return out, esc
+
+    def fit_rule(self, val: tuple[np.ndarray, Sequence[str], Sequence[str], np.ndarray],
+                 val_ood: Mapping[str, tuple[np.ndarray, Sequence[str], np.ndarray]], *,
+                 agree: float = 0.995, cap: float = 0.4) -> dict[str, Any]:
+        """Choose ``band`` and ``min_proba`` on validation. ``val`` = (front embeddings,
+        texts, labels, back embeddings) of the in-domain validation queries; ``val_ood``:
+        per OOD validation set, (front embeddings, texts, back embeddings).
+
+        Each part (the in-domain queries, each OOD set) counts on its own, so the rule does
+        not lean on the validation mix of in-domain and OOD queries (traffic has its own):
+        a rule's share is its largest escalation rate over the parts and its agreement its
+        smallest rate of verdicts (accept/reject and label) equal to the back guard's alone.
+        The choice: the smallest share whose agreement reaches ``agree``, among the rules
+        with share <= ``cap``; when none reaches it, the highest agreement under the cap
+        (then the smaller share). Returns (and keeps in ``selection_``) the choice and the
+        figures it was made on, validation GQR of front, back and cascade included."""
+        if not val_ood:
+            raise RouterError("guard cascade: choosing the escalation rule needs validation "
+                              "OOD queries")
+        parts = [(val[0], list(val[1]), val[3])] + [(Xf, list(t), Xb)
+                                                    for Xf, t, Xb in val_ood.values()]
+        fronts, backs = [], []
+        for Xf, t, Xb in parts:
+            lex = self._lex(t)
+            fv, proba = self.front._verdict(self.front.check_X(Xf, t), t, lex)
+            bv, _ = self.back._verdict(self.back.check_X(Xb, t), t,
+                                       lex if self.shares_lexical else None)
+            fronts.append((np.array([v.ood_score for v in fv], np.float64),
+                           proba.max(axis=1), np.array([v.rejected for v in fv]),
+                           [v.label for v in fv]))
+            backs.append((np.array([v.rejected for v in bv]), [v.label for v in bv]))
+        same = [(f[2] == b[0]) & (f[2] | np.array([x == y for x, y in
+                                                   zip(f[3], b[1], strict=True)]))
+                for f, b in zip(fronts, backs, strict=True)]
+        labels = [str(x) for x in val[2]]
+        f_ok = np.array([a == b for a, b in zip(fronts[0][3], labels, strict=True)])
+        b_ok = np.array([a == b for a, b in zip(backs[0][1], labels, strict=True)])
+        thr = float(self.front.threshold_)
+
+        def figures(band: float, pmin: float) -> tuple[float, float, float]:
+            escs = [(np.abs(f[0] - thr) <= band) | (f[1] < pmin) for f in fronts]
+            rej = [np.where(e, b[0], f[2]) for e, f, b in zip(escs, fronts, backs, strict=True)]
+            id_ok = np.where(escs[0], b_ok, f_ok) & ~rej[0]
+            share = max(float(e.mean()) for e in escs)
+            agreement = min(float(np.mean(s | e)) for s, e in zip(same, escs, strict=True))
+            return share, agreement, cascade_gqr(id_ok, rej[1:])
+
+        dist = np.abs(fronts[0][0] - thr)
+        bands = sorted({0.0, *np.quantile(dist, np.linspace(0.01, 0.6, 60)).tolist()})
+        pmins = [0.0, 0.2, 0.3, 0.4]
+        grid = [(b, p, *figures(b, p)) for b in bands for p in pmins]
+        under = [g for g in grid if g[2] <= cap]
+        close = [g for g in under if g[3] >= agree]
+        if close:
+            pick = min(close, key=lambda g: (g[2], -g[3]))
+            how = f"the smallest escalation share with agreement >= {agree:g}"
+        else:
+            pick = max(under, key=lambda g: (g[3], -g[2]))
+            how = (f"no rule reaches agreement {agree:g} escalating <= {cap:g} of each part: "
+                   "the highest agreement under the cap")
+        self.band, self.min_proba = float(pick[0]), float(pick[1])
+        names = ["in_domain", *val_ood]
+        escs = [(np.abs(f[0] - thr) <= self.band) | (f[1] < self.min_proba) for f in fronts]
+        self.selection_ = {
+            "band": self.band, "min_proba": self.min_proba, "rule": how,
+            "agreement_target": agree, "cap": cap, "grid_size": len(grid),
+            "validation_escalation_share": float(pick[2]),
+            "validation_escalation_by_part": {n: float(e.mean())
+                                              for n, e in zip(names, escs, strict=True)},
+            "validation_agreement_with_back": float(pick[3]),
+            "validation_gqr": float(pick[4]), "validation_gqr_front": figures(-1.0, 0.0)[2],
+            "validation_gqr_back": figures(np.inf, 2.0)[2],
+            "validation_queries": {n: len(p[1]) for n, p in zip(names, parts, strict=True)}}
+        return dict(self.selection_)
