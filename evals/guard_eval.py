@@ -302,8 +302,8 @@ class _Cascade(_Method):
         self.front = _GuardMethod(**kw)
         self.back = _GuardMethod(**kw)
         self.escalated: list[bool] = []
-        self.back_spec: dict[str, Any] = {"kind": "onnx", "quantize": True, "layers": 3,
-                                          "threads": 1}
+        self.back_spec: dict[str, Any] = {"kind": "onnx", "options": {
+            "quantize": True, "layers": 3, "threads": 1}}
 
     def set_val_ood(self, X: dict[str, np.ndarray], texts: dict[str, list[str]]) -> None:
         self.val_ood = {k: (X[k], list(texts[k])) for k in texts}
@@ -318,8 +318,7 @@ class _Cascade(_Method):
         from routers.embed import make_embedder
         from routers.guard_cascade import GuardCascade
 
-        spec = dict(self.back_spec)
-        self.back_embedder = make_embedder(spec.pop("kind"), **spec)
+        self.back_embedder = make_embedder(self.back_spec["kind"], **self.back_spec["options"])
         Xb, Xbv = _embed(self.back_embedder, texts, False), _embed(self.back_embedder,
                                                                    val_texts, False)
         self.val_ood_back = {k: _embed(self.back_embedder, t, False)
@@ -327,7 +326,8 @@ class _Cascade(_Method):
         front = self.front.fit(X, texts, labels, Xv, val_texts, val_labels, embedder)
         back = self.back.fit(Xb, texts, labels, Xbv, val_texts, val_labels,
                              self.back_embedder)
-        self.cascade = GuardCascade(self.front.router, self.back.router)
+        self.cascade = GuardCascade(self.front.router, self.back.router,
+                                    back_embedder=self.back_embedder, back_spec=self.back_spec)
         self._val = (Xv, val_texts, val_labels, Xbv)
         return {"front": front, "back": back, "back_embedder": self.back_embedder.name,
                 "back_spec": self.back_spec, "shares_lexical": self.cascade.shares_lexical,
@@ -342,7 +342,7 @@ class _Cascade(_Method):
         return info
 
     def predict(self, X: np.ndarray, texts: list[str]) -> Prediction:
-        v, esc = self.cascade.verdict(X, texts, self._back_embed)
+        v, esc = self.cascade.cascade_verdict(X, texts, self._back_embed)
         self.escalated.extend(bool(e) for e in esc)
         return Prediction([x.label or "" for x in v], np.array([x.rejected for x in v]),
                           np.array([x.reject_reason == "unsafe" for x in v]))
@@ -482,9 +482,12 @@ def _rows_of(texts: list[str], pool_texts: list[str], pool_X: np.ndarray) -> np.
 def evaluate(data: GuardData, embedder: Any, methods: Sequence[str], *,
              target_frr: float | Sequence[float] = 0.05, seed: int = 0,
              latency_sample: int = 300, select: str = "gqr", llo_fraction: float = 0.2,
-             progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+             progress: bool = True, log: Callable[[str], None] = print,
+             save_cascade: str | Path | None = None) -> dict[str, Any]:
     """Run every method at every operating point on ``data``, select on validation, and
-    return the result dict (see module doc)."""
+    return the result dict (see module doc). ``save_cascade``: write the fitted
+    ``guard-cascade`` there as a servable artifact (:func:`routers.guard_cascade.save_cascade`;
+    one operating point)."""
     from tqdm import tqdm
 
     known = {**GUARD_VARIANTS, **BASELINES}
@@ -496,6 +499,9 @@ def evaluate(data: GuardData, embedder: Any, methods: Sequence[str], *,
     if not frrs or any(not 0.0 <= f < 1.0 for f in frrs):
         raise ValueError(f"target FRRs must lie in [0, 1): {frrs}")
     parse_criterion(select)
+    if save_cascade is not None and ("guard-cascade" not in methods or len(frrs) != 1):
+        raise ValueError("--save-cascade needs guard-cascade among the methods and one "
+                         "--target-frr")
     n_candidates = len(methods) * len(frrs)
     # validation OOD: the data's own rows, else whole labels held out (decided before embedding)
     reduced: GuardData | None = None
@@ -576,6 +582,15 @@ def evaluate(data: GuardData, embedder: Any, methods: Sequence[str], *,
                 res["fit"]["params"] = m.router.get_params()
                 res["fit"]["unsafe_layers"] = m.router.unsafe_layers_
             results[name if len(frrs) == 1 else f"{name}@{frr:g}"] = res
+        if save_cascade is not None and isinstance(m, _Cascade):
+            from routers.guard_cascade import save_cascade as save
+
+            r = results[name]
+            save(m.cascade, save_cascade, front_embedder=embedder.name, metrics={
+                "suite": data.name, "seed": seed, "gqr_score": r["gqr_score"],
+                "latency_p50_ms": r["latency_p50_ms"], "latency_p99_ms": r["latency_p99_ms"],
+                "cascade": r["cascade"]})
+            log(f"saved the cascade guard to {save_cascade}")
     if n_candidates == 1:
         only = next(iter(results))
         selected = {"method": only, "criterion": "the only candidate",
@@ -811,7 +826,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             res = evaluate(data, embedder, methods, target_frr=frrs, seed=seed,
                            latency_sample=args.latency_sample, select=args.select,
-                           progress=not args.quiet,
+                           progress=not args.quiet, save_cascade=args.save_cascade,
                            log=(lambda s: None) if args.quiet else
                            (lambda s: print(s, file=sys.stderr)))
         except ValueError as e:
@@ -1052,5 +1067,9 @@ def cli_register(parser: argparse.ArgumentParser) -> None:
                         "error")
     parser.add_argument("--latency-sample", type=int, default=300,
                         help="queries timed one at a time per method (0: skip)")
+    parser.add_argument("--save-cascade", metavar="DIR", default=None,
+                        help="with guard-cascade among --methods: write the fitted two-stage "
+                        "guard (front guard on --embedder, back guard on ONNX int8 L3, the "
+                        "escalation rule) as an artifact the gateway's guard: can serve")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)

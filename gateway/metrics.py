@@ -69,6 +69,10 @@ class Metrics:
                                       ["policy"], registry=r)
         self.tokens = Counter("expertgate_tokens", "Tokens reported by upstreams",
                               ["expert", "kind"], registry=r)
+        self.guard_stage = Counter("expertgate_guard_stage",
+                                   "Verdicts of a two-stage guard by the stage that decided "
+                                   "(back: the front guard was unsure and the back encoder "
+                                   "ran)", ["policy", "stage"], registry=r)
 
     def child(self, metric: Any, *values: str) -> Any:
         """``metric.labels(*values)``, memoised: the hot path skips prometheus' lock + lookup.

@@ -119,6 +119,32 @@ def _load_artifact(path: Any, expected: str | None, embedder: Embedder | None, w
     return router, version
 
 
+def _load_guard(path: Any, embedder: Embedder | None, where: str) -> tuple[Any, str]:
+    """A guard artifact, or a two-stage one (routers.guard_cascade: its front guard reads the
+    gateway's embeddings, its back stage embeds the escalated queries with its own encoder)."""
+    from routers.guard_cascade import is_cascade, load_cascade, read_cascade_manifest
+
+    if not is_cascade(path):
+        return _load_artifact(path, "guard", embedder, where)
+    from routers.base import RouterError
+    from routers.embed import EmbedderError
+
+    try:
+        m = read_cascade_manifest(path)
+        if embedder is not None and m.get("front_embedder") != embedder.name:
+            raise ConfigError(f"{where}: two-stage guard {path}: its front guard was trained "
+                              f"with embedder {m.get('front_embedder')!r} but the gateway "
+                              f"embeds with {embedder.name!r}")
+        guard = load_cascade(path)
+        digest = hashlib.sha256(orjson.dumps(m, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    except (RouterError, EmbedderError, OSError) as e:
+        raise ConfigError(f"{where}: cannot load two-stage guard {path}: {e}") from None
+    if embedder is not None and guard.dim_ != embedder.dim:
+        raise ConfigError(f"{where}: two-stage guard {path} expects {guard.dim_}-d "
+                          f"embeddings, the gateway's embedder gives {embedder.dim}")
+    return guard, digest[:12]
+
+
 def build_policy_set(cfg: GatewayConfig, embedder: Embedder | None) -> PolicySet:
     """Build every policy's router and guard (fit semantic routes, load artifacts)."""
     from routers.base import RouterError, make_router
@@ -163,7 +189,7 @@ def build_policy_set(cfg: GatewayConfig, embedder: Embedder | None) -> PolicySet
                 f"snippet to policy.yaml beside the artifact)")
         guard = None
         if pol.guard is not None and pol.guard.enabled:
-            guard, gv = _load_artifact(pol.guard.artifact, "guard", embedder, where + " guard")
+            guard, gv = _load_guard(pol.guard.artifact, embedder, where + " guard")
             extra.append(gv)
         ex = pol.explore
         explore = (Exploration(ex.rate, ex.method, ex.temperature)
@@ -478,6 +504,9 @@ class Pipeline:
             t3 = time.perf_counter()
             timings["guard"] = (t3 - t2) * 1000
             self._obs_guard.observe(t3 - t2)
+            if verdict.stage is not None:  # a two-stage guard: which stage decided
+                m = self.metrics
+                m.child(m.guard_stage, pol.name, verdict.stage).inc()
             t2 = t3
             if verdict.rejected:
                 # the score of the check that rejected it (the unsafe score for "unsafe")
@@ -491,7 +520,9 @@ class Pipeline:
         t3 = time.perf_counter()
         timings["route"] = (t3 - t2) * 1000
         self._obs_route.observe(t3 - t2)
-        if verdict is not None and d.guard is None:
+        if verdict is not None and (d.guard is None or verdict.stage is not None):
+            # a router's own verdict (semantic routes') stays, unless the policy's guard is
+            # two-stage: which stage accepted the query must show in the header and the log
             d.guard = verdict
         return await self._finish(rt, d, key, timings, t0)
 

@@ -68,7 +68,9 @@ class GuardVerdict:
     ``label`` is the in-domain label (route, domain, category) the guard assigned;
     ``ood_score`` is larger for more out-of-distribution queries and is compared with
     ``threshold``; ``rejected`` with ``reject_reason`` (``ood`` | ``unsafe``) says whether the
-    query is refused; ``unsafe_score`` is the unsafe detector's score where one ran.
+    query is refused; ``unsafe_score`` is the unsafe detector's score where one ran;
+    ``stage`` says which guard of a two-stage guard (:mod:`routers.guard_cascade`) decided
+    (``front`` | ``back``; None for a single guard).
     """
 
     label: str | None = None
@@ -78,6 +80,7 @@ class GuardVerdict:
     reject_reason: str | None = None
     unsafe_score: float | None = None
     skipped: bool = False
+    stage: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         # by hand, not dataclasses.asdict (which deep-copies): it runs for every routed
@@ -85,7 +88,7 @@ class GuardVerdict:
         return {"label": self.label, "ood_score": _finite(self.ood_score),
                 "threshold": _finite(self.threshold), "rejected": self.rejected,
                 "reject_reason": self.reject_reason, "unsafe_score": _finite(self.unsafe_score),
-                "skipped": self.skipped}
+                "skipped": self.skipped, "stage": self.stage}
 
 
 @dataclass(slots=True)

@@ -13,7 +13,14 @@ validation GQR: GQR on a small validation OOD set is too noisy to rank close rul
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +28,13 @@ import numpy as np
 from routers.base import GuardVerdict, RouterError
 from routers.guard import GuardRouter
 
-__all__ = ["GuardCascade", "cascade_gqr"]
+__all__ = ["CASCADE_FILE", "GuardCascade", "cascade_gqr", "is_cascade", "load_cascade",
+           "read_cascade_manifest", "save_cascade"]
+
+#: the manifest of a cascade artifact folder (beside ``front/`` and ``back/``, each a guard
+#: artifact of :mod:`routers.artifacts`)
+CASCADE_FILE = "cascade.json"
+CASCADE_FORMAT = "expertgate-guard-cascade"
 
 #: back-stage embeddings of ``texts[idx]`` (the escalated queries), given (texts, idx)
 BackEmbed = Callable[[Sequence[str], np.ndarray], np.ndarray]
@@ -35,10 +48,18 @@ def cascade_gqr(id_ok: np.ndarray, ood_rejected: Sequence[np.ndarray]) -> float:
 
 
 class GuardCascade:
-    """Front guard first; the back guard's verdict where the front is unsure."""
+    """Front guard first; the back guard's verdict where the front is unsure.
+
+    Served like a guard (:meth:`verdict`, :meth:`reject_text`): the caller's vectors are the
+    front embedder's; ``back_embedder`` (built from ``back_spec``, ``{"kind", "options"}`` of
+    :func:`routers.embed.make_embedder`) embeds the escalated queries. Each verdict's
+    ``stage`` says which guard decided."""
+
+    name = "guard-cascade"
 
     def __init__(self, front: GuardRouter, back: GuardRouter, band: float = 0.0,
-                 min_proba: float = 0.0) -> None:
+                 min_proba: float = 0.0, back_embedder: Any = None,
+                 back_spec: Mapping[str, Any] | None = None) -> None:
         if list(front.labels_) != list(back.labels_):
             raise RouterError("guard cascade: the front and back guards must have the same "
                               "labels")
@@ -46,7 +67,24 @@ class GuardCascade:
         self.back = back
         self.band = float(band)
         self.min_proba = float(min_proba)
+        self.back_embedder = back_embedder
+        self.back_spec = dict(back_spec) if back_spec is not None else None
         self.selection_: dict[str, Any] = {}
+        self.dim_ = front.dim_
+
+    def _embed_back(self, texts: Sequence[str], idx: np.ndarray) -> np.ndarray:
+        if self.back_embedder is None:
+            raise RouterError("guard cascade: no back embedder (give back_embedder)")
+        return np.asarray(self.back_embedder.embed([texts[i] for i in idx]))
+
+    def verdict(self, X: np.ndarray, texts: Sequence[str]) -> list[GuardVerdict]:
+        """The verdict per query (the gateway's guard call); ``X``: front embeddings."""
+        return self.cascade_verdict(X, texts, self._embed_back)[0]
+
+    def reject_text(self, v: GuardVerdict) -> str:
+        """Why ``v`` was rejected, by the guard that decided it."""
+        g = self.back if v.stage == "back" else self.front
+        return f"{g.reject_text(v)} ({v.stage or 'front'} stage of a two-stage guard)"
 
     @property
     def shares_lexical(self) -> bool:
@@ -70,25 +108,34 @@ class GuardCascade:
         thr = float(self.front.threshold_)
         return (np.abs(ood - thr) <= self.band) | (proba.max(axis=1) < self.min_proba)
 
-    def verdict(self, X: np.ndarray, texts: Sequence[str], back_embed: BackEmbed
-                ) -> tuple[list[GuardVerdict], np.ndarray]:
+    def cascade_verdict(self, X: np.ndarray, texts: Sequence[str], back_embed: BackEmbed
+                        ) -> tuple[list[GuardVerdict], np.ndarray]:
         """The verdict per query and which queries the back stage decided. ``X``: the
         front embedder's vectors; ``back_embed`` embeds only the escalated queries."""
         texts = list(texts)
         lex = self._lex(texts)
         fv, proba = self.front._verdict(self.front.check_X(X, texts), texts, lex)
+        for v in fv:
+            v.stage = "front"
         esc = self.escalate(fv, proba)
         if not esc.any():
             return fv, esc
         idx = np.flatnonzero(esc)
         sub = [texts[i] for i in idx]
         Xb = self.back.check_X(back_embed(texts, idx), sub)
-        blex = lex[idx] if lex is not None and self.shares_lexical else None
+        blex = lex[idx] if lex is not None and self._shared_lex else None
         bv, _ = self.back._verdict(Xb, sub, blex)
         out = list(fv)
         for j, i in enumerate(idx):
-            out[i] = bv[j]
+            out[i] = dataclasses.replace(bv[j], stage="back")
         return out, esc
+
+    @property
+    def _shared_lex(self) -> bool:
+        cached = getattr(self, "_shared", None)
+        if cached is None or cached[0] is not self.back.lex_coef_:
+            cached = self._shared = (self.back.lex_coef_, self.shares_lexical)
+        return cached[1]
 
     def fit_rule(self, val: tuple[np.ndarray, Sequence[str], Sequence[str], np.ndarray],
                  val_ood: Mapping[str, tuple[np.ndarray, Sequence[str], np.ndarray]], *,
@@ -163,3 +210,90 @@ class GuardCascade:
             "validation_gqr_back": figures(np.inf, 2.0)[2],
             "validation_queries": {n: len(p[1]) for n, p in zip(names, parts, strict=True)}}
         return dict(self.selection_)
+
+
+def is_cascade(path: str | Path) -> bool:
+    """Whether the folder ``path`` holds a cascade artifact (:func:`save_cascade`)."""
+    return (Path(path) / CASCADE_FILE).is_file()
+
+
+def _digest(folder: Path) -> str:
+    return hashlib.sha256((folder / "router.json").read_bytes()).hexdigest()
+
+
+def save_cascade(cascade: GuardCascade, path: str | Path, *, front_embedder: str,
+                 metrics: Mapping[str, Any] | None = None) -> Path:
+    """Write ``cascade`` to the folder ``path``: ``front/`` and ``back/`` (guard artifacts,
+    each naming its embedder) and ``cascade.json`` (the escalation rule, the back embedder's
+    spec and name, the two guards' manifest digests). Written beside and moved into place."""
+    from routers.artifacts import save_router
+
+    if cascade.back_spec is None or cascade.back_embedder is None:
+        raise RouterError("guard cascade: saving needs the back embedder and its spec")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        save_router(cascade.front, tmp / "front", embedder=front_embedder)
+        save_router(cascade.back, tmp / "back", embedder=cascade.back_embedder.name)
+        manifest = {
+            "format": CASCADE_FORMAT, "format_version": 1,
+            "band": cascade.band, "min_proba": cascade.min_proba,
+            "front_embedder": front_embedder,
+            "back_embedder": {**cascade.back_spec, "name": cascade.back_embedder.name,
+                              "dim": int(cascade.back_embedder.dim)},
+            "selection": cascade.selection_, "metrics": dict(metrics or {}),
+            "files": {"front/router.json": _digest(tmp / "front"),
+                      "back/router.json": _digest(tmp / "back")}}
+        (tmp / CASCADE_FILE).write_text(json.dumps(manifest, indent=1, sort_keys=True,
+                                                   default=float) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out
+
+
+def read_cascade_manifest(path: str | Path) -> dict[str, Any]:
+    """``cascade.json`` of a cascade folder, checked (format, the guards' digests)."""
+    folder = Path(path)
+    try:
+        m = json.loads((folder / CASCADE_FILE).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RouterError(f"guard cascade {folder}: cannot read {CASCADE_FILE}: {e}") from None
+    if not isinstance(m, dict) or m.get("format") != CASCADE_FORMAT \
+            or m.get("format_version") != 1:
+        raise RouterError(f"guard cascade {folder}: {CASCADE_FILE} is not a version-1 "
+                          f"{CASCADE_FORMAT} manifest")
+    for rel, digest in (m.get("files") or {}).items():
+        sub = folder / Path(rel).parent
+        if not (sub / "router.json").is_file() or _digest(sub) != digest:
+            raise RouterError(f"guard cascade {folder}: {rel} is missing or was modified "
+                              "after saving")
+    return m
+
+
+def load_cascade(path: str | Path, *, back_embedder: Any = None) -> GuardCascade:
+    """Load a folder written by :func:`save_cascade`; the back embedder is built from its
+    recorded spec (or given) and must have the recorded name and size."""
+    from routers.artifacts import load_router
+    from routers.embed import make_embedder
+
+    folder = Path(path)
+    m = read_cascade_manifest(folder)
+    front = load_router(folder / "front", expected_type="guard")
+    back = load_router(folder / "back", expected_type="guard")
+    spec = dict(m["back_embedder"])
+    name, dim = spec.pop("name"), int(spec.pop("dim"))
+    if back_embedder is None:
+        back_embedder = make_embedder(spec["kind"], **spec.get("options", {}))
+    if back_embedder.name != name or int(back_embedder.dim) != dim:
+        raise RouterError(f"guard cascade {folder}: the back embedder is {back_embedder.name!r}"
+                          f" ({back_embedder.dim}-d), the artifact was made with {name!r} "
+                          f"({dim}-d)")
+    c = GuardCascade(front, back, m["band"], m["min_proba"],  # type: ignore[arg-type]
+                     back_embedder=back_embedder, back_spec=spec)
+    c.selection_ = dict(m.get("selection") or {})
+    return c

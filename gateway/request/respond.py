@@ -65,6 +65,9 @@ def headers(ctx: RequestContext, content_type: bytes = _JSON) -> list[tuple[byte
             h.append((b"x-expertgate-explored", str(ex["greedy_expert"]).encode()))
     if p is not None and p.arm is not None:
         h.append((b"x-expertgate-arm", p.arm.encode()))
+    g = p.decision.guard if p is not None and p.decision is not None else None
+    if g is not None and g.stage is not None:  # a two-stage guard: which stage decided
+        h.append((b"x-expertgate-guard-stage", g.stage.encode()))
     if ctx.members:
         h.append((b"x-expertgate-ensemble", ",".join(ctx.members).encode()))
     if ctx.rates:

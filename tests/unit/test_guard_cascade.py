@@ -1,0 +1,141 @@
+"""The two-stage guard (routers.guard_cascade): the back guard's verdict on the queries the
+front is unsure of and the front's elsewhere, a rule chosen on validation under its cap, the
+artifact round trip, and the gateway serving it (stage in the header, log and metrics)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evals.datasets.guard import guard_table_from_labels
+from routers.base import RouterError
+from routers.embed import HashingEmbedder
+from routers.guard import GuardRouter
+from routers.guard_cascade import GuardCascade, load_cascade, save_cascade
+from tests.unit.gateway_helpers import base_config, chat, gateway_client
+
+TRAIN = {
+    "code": ["write a python function", "fix this bug in my code", "refactor this class",
+             "why does my program crash", "sort a list in python", "unit test this method",
+             "explain this stack trace", "rename the variable in this loop"],
+    "chat": ["tell me a joke", "how are you today", "what is a good movie to watch",
+             "let's talk about the weather", "recommend a book", "what should I cook tonight",
+             "tell me a story about a dragon", "any plans for the weekend"],
+}
+VAL = {"code": ["debug my javascript function", "fix the failing unit test"],
+       "chat": ["tell me something funny", "what movie should I watch tonight"]}
+OOD = ["what is the capital of mongolia", "quantum chromodynamics lecture notes",
+       "price of copper futures", "how many moons has jupiter"]
+QUERIES = ["fix this python bug", "tell me a joke about cats", "capital of france",
+           "refactor my class please", "weather talk", "stock price of copper"]
+FRONT, BACK = HashingEmbedder(), HashingEmbedder(dim=256)
+BACK_SPEC = {"kind": "hashing", "options": {"dim": 256}}
+
+
+def _guard(emb: HashingEmbedder) -> GuardRouter:
+    texts = [t for v in TRAIN.values() for t in v]
+    labels = [k for k, v in TRAIN.items() for _ in v]
+    vt = [t for v in VAL.values() for t in v]
+    vl = [k for k, v in VAL.items() for _ in v]
+    g = GuardRouter(method="knn", k=3, lexical=True, target_frr=0.25, seed=0,
+                    routes={"code": "coder", "chat": "chatter"})
+    return g.fit(emb.embed(texts), guard_table_from_labels(texts, labels),
+                 validation=(emb.embed(vt), vl, vt), embedder=emb)
+
+
+@pytest.fixture(scope="module")
+def cascade() -> GuardCascade:
+    c = GuardCascade(_guard(FRONT), _guard(BACK), back_embedder=BACK, back_spec=BACK_SPEC)
+    # a band that sends some queries on and settles the others
+    fv = c.front.verdict(FRONT.embed(QUERIES), QUERIES)
+    dist = sorted(abs(v.ood_score - c.front.threshold_) for v in fv)  # type: ignore[operator]
+    c.band = (dist[2] + dist[3]) / 2
+    return c
+
+
+def _key(v):  # type: ignore[no-untyped-def]
+    # one query and a batch may differ in the last float32 bits
+    return (v.label, v.rejected, v.reject_reason, round(v.ood_score, 5), v.threshold)
+
+
+def test_verdict_is_the_back_guards_when_escalated_and_the_fronts_otherwise(
+        cascade: GuardCascade) -> None:
+    c = cascade
+    assert c.shares_lexical  # same train texts, labels, seed: one lexical SVM
+    got, esc = c.cascade_verdict(FRONT.embed(QUERIES), QUERIES,
+                                 lambda t, idx: BACK.embed([t[i] for i in idx]))
+    front = c.front.verdict(FRONT.embed(QUERIES), QUERIES)
+    back = c.back.verdict(BACK.embed(QUERIES), QUERIES)
+    assert 0 < esc.sum() < len(QUERIES)
+    for v, e, f, b in zip(got, esc, front, back, strict=True):
+        assert v.stage == ("back" if e else "front")
+        assert _key(v) == _key(b if e else f)
+    # the served call (its own back embedder) says the same, one query at a time too
+    assert [_key(v) for v in c.verdict(FRONT.embed(QUERIES), QUERIES)] == [_key(v) for v in got]
+    one = [c.verdict(FRONT.embed([q]), [q])[0] for q in QUERIES]
+    assert [_key(v) for v in one] == [_key(v) for v in got]
+    rej = next((v for v in got if v.rejected), None)
+    if rej is not None:
+        assert f"({rej.stage} stage of a two-stage guard)" in c.reject_text(rej)
+
+
+def test_rule_chosen_on_validation_stays_under_its_cap(cascade: GuardCascade) -> None:
+    c = GuardCascade(cascade.front, cascade.back, back_embedder=BACK, back_spec=BACK_SPEC)
+    vt = [t for v in VAL.values() for t in v]
+    vl = [k for k, v in VAL.items() for _ in v]
+    sel = c.fit_rule((FRONT.embed(vt), vt, vl, BACK.embed(vt)),
+                     {"ood": (FRONT.embed(OOD), OOD, BACK.embed(OOD))}, cap=0.5)
+    assert max(sel["validation_escalation_by_part"].values()) <= 0.5
+    assert sel["validation_escalation_share"] == max(
+        sel["validation_escalation_by_part"].values())
+    assert (c.band, c.min_proba) == (sel["band"], sel["min_proba"])
+    # everything escalated = the back guard alone: its agreement is total
+    full = c.fit_rule((FRONT.embed(vt), vt, vl, BACK.embed(vt)),
+                      {"ood": (FRONT.embed(OOD), OOD, BACK.embed(OOD))}, cap=1.0, agree=1.0)
+    assert full["validation_agreement_with_back"] == 1.0
+    with pytest.raises(RouterError, match="validation OOD"):
+        c.fit_rule((FRONT.embed(vt), vt, vl, BACK.embed(vt)), {})
+
+
+def test_artifact_round_trip(cascade: GuardCascade, tmp_path: Path) -> None:
+    pytest.importorskip("skops")
+    art = save_cascade(cascade, tmp_path / "cascade", front_embedder=FRONT.name)
+    m = json.loads((art / "cascade.json").read_text())
+    assert m["back_embedder"] == {**BACK_SPEC, "name": BACK.name, "dim": 256}
+    loaded = load_cascade(art)  # builds its back embedder from the recorded spec
+    assert loaded.back_embedder.name == BACK.name
+    X = FRONT.embed(QUERIES)
+    assert [(*_key(v), v.stage) for v in loaded.verdict(X, QUERIES)] == \
+        [(*_key(v), v.stage) for v in cascade.verdict(X, QUERIES)]
+    with pytest.raises(RouterError, match="back embedder"):
+        load_cascade(art, back_embedder=HashingEmbedder(dim=128))
+    (art / "back" / "router.json").write_text(
+        (art / "back" / "router.json").read_text().replace('"guard"', '"guard" '))
+    with pytest.raises(RouterError, match="modified"):
+        load_cascade(art)
+
+
+async def test_gateway_serves_a_two_stage_guard(ups, cascade: GuardCascade,
+                                                tmp_path: Path) -> None:
+    pytest.importorskip("skops")
+    art = save_cascade(cascade, tmp_path / "cascade", front_embedder=FRONT.name)
+    _, esc = cascade.cascade_verdict(FRONT.embed(QUERIES), QUERIES,
+                                     lambda t, idx: BACK.embed([t[i] for i in idx]))
+    cfg = base_config(ups[0].base, ups[1].base, guard={"artifact": str(art)})
+    async with gateway_client(cfg, tmp_path) as (c, _):
+        for q, e in zip(QUERIES, esc, strict=True):
+            r = await c.post("/v1/chat/completions", json=chat("auto", q))
+            assert r.status_code in (200, 400), r.text  # 400: the guard rejected it
+            assert r.headers["x-expertgate-guard-stage"] == ("back" if e else "front")
+        metrics = (await c.get("/metrics")).text
+    n_back = int(np.sum(esc))
+    assert f'expertgate_guard_stage_total{{policy="auto",stage="back"}} {float(n_back)}' \
+        in metrics
+    assert (f'expertgate_guard_stage_total{{policy="auto",stage="front"}} '
+            f'{float(len(QUERIES) - n_back)}') in metrics
+    log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert sorted(r["guard"]["stage"] for r in log if r.get("guard")) == sorted(
+        "back" if e else "front" for e in esc)
