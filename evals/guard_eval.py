@@ -329,17 +329,16 @@ class _Cascade(_Method):
         self.cascade = GuardCascade(self.front.router, self.back.router,
                                     back_embedder=self.back_embedder, back_spec=self.back_spec)
         self._val = (Xv, val_texts, val_labels, Xbv)
-        return {"front": front, "back": back, "back_embedder": self.back_embedder.name,
-                "back_spec": self.back_spec, "shares_lexical": self.cascade.shares_lexical,
-                "escalation": self.cascade.fit_rule(self._val, self._val_ood())}
+        return {**self.set_frr(self.front.router.target_frr), "front": front, "back": back}
 
     def _val_ood(self) -> dict[str, tuple[np.ndarray, list[str], np.ndarray]]:
         return {k: (Xf, t, self.val_ood_back[k]) for k, (Xf, t) in self.val_ood.items()}
 
     def set_frr(self, frr: float) -> dict[str, Any]:
-        info = {"front": self.front.set_frr(frr), "back": self.back.set_frr(frr)}
-        info["escalation"] = self.cascade.fit_rule(self._val, self._val_ood())
-        return info
+        return {"front": self.front.set_frr(frr), "back": self.back.set_frr(frr),
+                "back_embedder": self.back_embedder.name, "back_spec": self.back_spec,
+                "shares_lexical": self.cascade.shares_lexical,
+                "escalation": self.cascade.fit_rule(self._val, self._val_ood())}
 
     def predict(self, X: np.ndarray, texts: list[str]) -> Prediction:
         v, esc = self.cascade.cascade_verdict(X, texts, self._back_embed)
