@@ -25,7 +25,9 @@ between markers and is rewritten from a committed result JSON, so no figure is t
 
 Kinds: ``routing-table`` (every router and baseline of a routing run), ``routing-headline``
 (the selected router with the headline figures), ``guard-table`` (every method and operating
-point of a guard run), ``guard-headline`` (the selected candidate), ``compare OLD NEW`` (the
+point of a guard run), ``guard-headline`` (the selected candidate), ``guard-cascade`` (a
+guard run's two-stage guards: escalation rule, escalation shares, latency per stage, beside
+the run's TF-IDF + SVM baseline), ``compare OLD NEW`` (the
 headline figures of an older run beside a newer one), ``provenance`` (commit, data sha256,
 encoder and command of a run), ``offpolicy-table FILE...`` / ``offpolicy-dr FILE...`` (the
 off-policy simulator's figures, every estimator or DR and clipped DR only), ``embedder-table FILE``
@@ -330,6 +332,39 @@ def _guard_rows(run: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _cascade_rows(run: Mapping[str, Any]) -> str:
+    """The two-stage guards of a guard run (method ``guard-cascade``): the escalation rule
+    chosen on validation, how often the back stage ran, and the latency of the queries the
+    front settled and of those it escalated, beside the run's TF-IDF + SVM baseline."""
+    lines = ["| method | escalation rule (validation) | escalated: validation by part | "
+             "escalated: test / latency sample | GQR (baseline) | p50 / p99 ms (baseline) | "
+             "front only p50 / p99 ms | escalated p50 / p99 ms |",
+             "|---|---|---|---|---|---|---|---|"]
+    base = next((r for k, r in run["methods"].items()
+                 if str(r.get("method", k)) == "baseline-tfidf-svm"), None)
+    ms = lambda a, b: f"{a:.2f} / {b:.2f}" if a is not None else "-"  # noqa: E731
+    for n, r in sorted(run["methods"].items()):
+        c = r.get("cascade")
+        if c is None:
+            continue
+        e = (r.get("fit") or {}).get("escalation") or {}
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in
+                          (e.get("validation_escalation_by_part") or {}).items())
+        b_gqr = _num(base.get("gqr_score")) if base else "-"
+        b_lat = ms(base.get("latency_p50_ms"), base.get("latency_p99_ms")) if base else "-"
+        lines.append(
+            f"| {n} | band {_num(e.get('band'))}, min p {e.get('min_proba')} "
+            f"(cap {e.get('cap')}; agreement with the back guard "
+            f"{_num(e.get('validation_agreement_with_back'))}) | {parts} | "
+            f"{_num(c.get('test_escalation_share'), digits=2)} / "
+            f"{_num(c.get('latency_sample_escalation_share'), digits=2)} | "
+            f"{_num(r.get('gqr_score'))} ({b_gqr}) | "
+            f"{ms(r.get('latency_p50_ms'), r.get('latency_p99_ms'))} ({b_lat}) | "
+            f"{ms(c.get('latency_front_only_p50_ms'), c.get('latency_front_only_p99_ms'))} | "
+            f"{ms(c.get('latency_escalated_p50_ms'), c.get('latency_escalated_p99_ms'))} |")
+    return "\n".join(lines)
+
+
 def _machine(run: Mapping[str, Any]) -> str:
     m = run.get("machine") or {}
     cpus = m.get("cpus", m.get("cpu_count", "?"))
@@ -457,6 +492,8 @@ def render_block(spec: str) -> str:
                           f"validation OOD: {(sel.get('validation_ood') or {}).get('source')})."
                           f" Seed {run.get('seed')} ({run.get('seed_set', 'dev')}).", "",
                           *_guard_rows(run)])
+    if kind == "guard-cascade" and args:
+        return _cascade_rows(_load(args[0]))
     if kind == "guard-headline" and args:
         h = _headline_guard(_load(args[0]))
         return "| " + " | ".join(h) + " |\n|" + "---|" * len(h) + "\n| " + \
