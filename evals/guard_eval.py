@@ -798,6 +798,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.save_cascade and len(epochs) > 1:
+        print("--save-cascade needs one encoder variant (one --finetune-epochs value)",
+              file=sys.stderr)
+        return 2
     runs: list[tuple[str, Any, dict[str, Any] | None, dict[str, Any]]] = []
     for ep in epochs:
         opts, meta = dict(options), None

@@ -441,8 +441,8 @@ class Pipeline:
             else:
                 if crt.config.models:
                     _to_experts(crt.config, d)
-                if verdict is not None and d.guard is None:
-                    d.guard = verdict
+                if verdict is not None and (d.guard is None or verdict.stage is not None):
+                    d.guard = verdict  # as on the served path (decide)
             d.policy, d.policy_version = crt.config.name, crt.version
             d.timings_ms = {"total": share_ms}
             self.on_shadow(crt, d, served)

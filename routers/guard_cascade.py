@@ -267,7 +267,13 @@ def read_cascade_manifest(path: str | Path) -> dict[str, Any]:
             or m.get("format_version") != 1:
         raise RouterError(f"guard cascade {folder}: {CASCADE_FILE} is not a version-1 "
                           f"{CASCADE_FORMAT} manifest")
-    for rel, digest in (m.get("files") or {}).items():
+    spec = m.get("back_embedder")
+    if not isinstance(spec, dict) or not {"kind", "name", "dim"} <= set(spec) \
+            or not all(isinstance(m.get(k), int | float) for k in ("band", "min_proba")) \
+            or set(m.get("files") or {}) != {"front/router.json", "back/router.json"}:
+        raise RouterError(f"guard cascade {folder}: {CASCADE_FILE} lacks the escalation rule, "
+                          "the back embedder (kind, name, dim) or the two guards' digests")
+    for rel, digest in m["files"].items():
         sub = folder / Path(rel).parent
         if not (sub / "router.json").is_file() or _digest(sub) != digest:
             raise RouterError(f"guard cascade {folder}: {rel} is missing or was modified "

@@ -139,3 +139,36 @@ async def test_gateway_serves_a_two_stage_guard(ups, cascade: GuardCascade,
     log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert sorted(r["guard"]["stage"] for r in log if r.get("guard")) == sorted(
         "back" if e else "front" for e in esc)
+
+
+def test_a_cascade_manifest_without_its_rule_is_refused(cascade: GuardCascade,
+                                                         tmp_path: Path) -> None:
+    pytest.importorskip("skops")
+    art = save_cascade(cascade, tmp_path / "cascade", front_embedder=FRONT.name)
+    m = json.loads((art / "cascade.json").read_text())
+    del m["back_embedder"]["kind"]
+    (art / "cascade.json").write_text(json.dumps(m))
+    with pytest.raises(RouterError, match="back embedder"):
+        load_cascade(art)
+
+
+def test_report_block_gives_shares_and_latency_per_stage(tmp_path: Path) -> None:
+    from evals import report as R
+
+    base = {"method": "baseline-tfidf-svm", "gqr_score": 0.871, "latency_p50_ms": 1.65,
+            "latency_p99_ms": 2.36}
+    casc = {"method": "guard-cascade", "gqr_score": 0.915, "latency_p50_ms": 0.92,
+            "latency_p99_ms": 2.8,
+            "fit": {"escalation": {"band": 0.72, "min_proba": 0.0, "cap": 0.4,
+                                   "validation_agreement_with_back": 0.986,
+                                   "validation_escalation_by_part": {"in_domain": 0.13,
+                                                                     "oos_val": 0.37}}},
+            "cascade": {"test_escalation_share": 0.33, "latency_sample_escalation_share": 0.3,
+                        "latency_front_only_p50_ms": 0.84, "latency_front_only_p99_ms": 1.13,
+                        "latency_escalated_p50_ms": 2.3, "latency_escalated_p99_ms": 3.18}}
+    f = tmp_path / "run.json"
+    f.write_text(json.dumps({"methods": {"baseline-tfidf-svm": base, "guard-cascade": casc}}))
+    out = R.render_block(f"guard-cascade {f}")
+    assert "| guard-cascade | band 0.720, min p 0.0 (cap 0.4; agreement with the back guard " \
+           "0.986) | in_domain 0.13, oos_val 0.37 | 0.33 / 0.30 | 0.915 (0.871) | " \
+           "0.92 / 2.80 (1.65 / 2.36) | 0.84 / 1.13 | 2.30 / 3.18 |" in out
