@@ -33,6 +33,7 @@ from gateway.metrics import Metrics
 from routers.base import Decision, GuardVerdict, Router, Target
 from routers.embed import Embedder
 from routers.explore import Exploration, exploration_probs
+from routers.guard_cascade import BACK_FAILED
 
 __all__ = ["CandidateRuntime", "Pipeline", "PolicyRuntime", "PolicySet", "build_policy_set",
            "carry_canary_state", "routing_text"]
@@ -507,6 +508,8 @@ class Pipeline:
             if verdict.stage is not None:  # a two-stage guard: which stage decided
                 m = self.metrics
                 m.child(m.guard_stage, pol.name, verdict.stage).inc()
+                if verdict.stage == BACK_FAILED:  # its back stage failed (logged)
+                    degraded.append("guard-back")
             t2 = t3
             if verdict.rejected:
                 # the score of the check that rejected it (the unsafe score for "unsafe")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -28,13 +29,19 @@ import numpy as np
 from routers.base import GuardVerdict, RouterError
 from routers.guard import GuardRouter
 
-__all__ = ["CASCADE_FILE", "GuardCascade", "cascade_gqr", "is_cascade", "load_cascade",
-           "read_cascade_manifest", "save_cascade"]
+log = logging.getLogger("expertgate.guard")
+
+__all__ = ["BACK_FAILED", "CASCADE_FILE", "GuardCascade", "cascade_gqr", "is_cascade",
+           "load_cascade", "read_cascade_manifest", "save_cascade"]
 
 #: the manifest of a cascade artifact folder (beside ``front/`` and ``back/``, each a guard
 #: artifact of :mod:`routers.artifacts`)
 CASCADE_FILE = "cascade.json"
 CASCADE_FORMAT = "expertgate-guard-cascade"
+
+#: a verdict's stage when the front was unsure but the back stage failed: the front's
+#: verdict stands (a degraded path, named ``guard-back`` in the gateway's degraded header)
+BACK_FAILED = "front-fallback"
 
 #: back-stage embeddings of ``texts[idx]`` (the escalated queries), given (texts, idx)
 BackEmbed = Callable[[Sequence[str], np.ndarray], np.ndarray]
@@ -45,6 +52,11 @@ def cascade_gqr(id_ok: np.ndarray, ood_rejected: Sequence[np.ndarray]) -> float:
     a = float(np.mean(id_ok)) if id_ok.size else 0.0
     o = float(np.mean([r.mean() for r in ood_rejected])) if ood_rejected else 0.0
     return 0.0 if a + o == 0 else 2.0 * a * o / (a + o)
+
+
+def _log_back_error(e: Exception) -> None:
+    log.error("two-stage guard: the back stage failed (%s: %s); the front guard's verdicts "
+              "stand for the escalated queries", type(e).__name__, e)
 
 
 class GuardCascade:
@@ -78,8 +90,13 @@ class GuardCascade:
         return np.asarray(self.back_embedder.embed([texts[i] for i in idx]))
 
     def verdict(self, X: np.ndarray, texts: Sequence[str]) -> list[GuardVerdict]:
-        """The verdict per query (the gateway's guard call); ``X``: front embeddings."""
-        return self.cascade_verdict(X, texts, self._embed_back)[0]
+        """The verdict per query (the gateway's guard call); ``X``: front embeddings.
+
+        Should the back stage fail (its encoder or guard raising), the escalated queries
+        keep the front's verdicts with stage :data:`BACK_FAILED`, logged here; the gateway
+        names it in the response's degraded header, the routing log and /metrics."""
+        return self.cascade_verdict(X, texts, self._embed_back,
+                                    on_back_error=_log_back_error)[0]
 
     def reject_text(self, v: GuardVerdict) -> str:
         """Why ``v`` was rejected, by the guard that decided it."""
@@ -108,10 +125,13 @@ class GuardCascade:
         thr = float(self.front.threshold_)
         return (np.abs(ood - thr) <= self.band) | (proba.max(axis=1) < self.min_proba)
 
-    def cascade_verdict(self, X: np.ndarray, texts: Sequence[str], back_embed: BackEmbed
+    def cascade_verdict(self, X: np.ndarray, texts: Sequence[str], back_embed: BackEmbed,
+                        on_back_error: Callable[[Exception], None] | None = None
                         ) -> tuple[list[GuardVerdict], np.ndarray]:
-        """The verdict per query and which queries the back stage decided. ``X``: the
-        front embedder's vectors; ``back_embed`` embeds only the escalated queries."""
+        """The verdict per query and which queries were escalated. ``X``: the front
+        embedder's vectors; ``back_embed`` embeds only the escalated queries. A failing back
+        stage raises, unless ``on_back_error`` is given: it is called with the error and the
+        escalated queries keep the front's verdicts, with stage :data:`BACK_FAILED`."""
         texts = list(texts)
         lex = self._lex(texts)
         fv, proba = self.front._verdict(self.front.check_X(X, texts), texts, lex)
@@ -122,10 +142,18 @@ class GuardCascade:
             return fv, esc
         idx = np.flatnonzero(esc)
         sub = [texts[i] for i in idx]
-        Xb = self.back.check_X(back_embed(texts, idx), sub)
-        blex = lex[idx] if lex is not None and self._shared_lex else None
-        bv, _ = self.back._verdict(Xb, sub, blex)
         out = list(fv)
+        try:
+            Xb = self.back.check_X(back_embed(texts, idx), sub)
+            blex = lex[idx] if lex is not None and self._shared_lex else None
+            bv, _ = self.back._verdict(Xb, sub, blex)
+        except Exception as e:
+            if on_back_error is None:
+                raise
+            on_back_error(e)
+            for i in idx:
+                out[i] = dataclasses.replace(fv[i], stage=BACK_FAILED)
+            return out, esc
         for j, i in enumerate(idx):
             out[i] = dataclasses.replace(bv[j], stage="back")
         return out, esc

@@ -14,7 +14,7 @@ from evals.datasets.guard import guard_table_from_labels
 from routers.base import RouterError
 from routers.embed import HashingEmbedder
 from routers.guard import GuardRouter
-from routers.guard_cascade import GuardCascade, load_cascade, save_cascade
+from routers.guard_cascade import BACK_FAILED, GuardCascade, load_cascade, save_cascade
 from tests.unit.gateway_helpers import base_config, chat, gateway_client
 
 TRAIN = {
@@ -172,3 +172,49 @@ def test_report_block_gives_shares_and_latency_per_stage(tmp_path: Path) -> None
     assert "| guard-cascade | band 0.720, min p 0.0 (cap 0.4; agreement with the back guard " \
            "0.986) | in_domain 0.13, oos_val 0.37 | 0.33 / 0.30 | 0.915 (0.871) | " \
            "0.92 / 2.80 (1.65 / 2.36) | 0.84 / 1.13 | 2.30 / 3.18 |" in out
+
+
+class _FailingBackEmbedderDouble(HashingEmbedder):
+    """The back encoder failing at request time (a broken ONNX session, say)."""
+
+    def embed(self, texts):  # type: ignore[no-untyped-def, override]
+        raise RuntimeError("back encoder down")
+
+
+async def test_a_failing_back_stage_keeps_the_fronts_verdicts_and_says_so(
+        ups, cascade: GuardCascade, tmp_path: Path) -> None:
+    X = FRONT.embed(QUERIES)
+    broken = GuardCascade(cascade.front, cascade.back, band=cascade.band,
+                          back_embedder=_FailingBackEmbedderDouble(dim=256),
+                          back_spec=BACK_SPEC)
+    with pytest.raises(RuntimeError, match="back encoder down"):  # offline: it raises
+        broken.cascade_verdict(X, QUERIES, broken._embed_back)
+    got = broken.verdict(X, QUERIES)  # served: the front's verdicts, marked
+    _, esc = cascade.cascade_verdict(X, QUERIES, lambda t, idx: BACK.embed([t[i] for i in idx]))
+    front = cascade.front.verdict(X, QUERIES)
+    assert [_key(v) for v in got] == [_key(v) for v in front]
+    assert [v.stage for v in got] == [BACK_FAILED if e else "front" for e in esc]
+
+    pytest.importorskip("skops")
+    import routers.guard_cascade as gc
+
+    art = save_cascade(cascade, tmp_path / "cascade", front_embedder=FRONT.name)
+    real_load = gc.load_cascade
+
+    def load_broken(path, back_embedder=None):  # type: ignore[no-untyped-def]
+        return real_load(path, back_embedder=_FailingBackEmbedderDouble(dim=256))
+
+    q = QUERIES[int(np.flatnonzero(esc)[0])]
+    cfg = base_config(ups[0].base, ups[1].base, guard={"artifact": str(art)})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gc, "load_cascade", load_broken)
+        async with gateway_client(cfg, tmp_path) as (c, _):
+            r = await c.post("/v1/chat/completions", json=chat("auto", q))
+            assert r.status_code in (200, 400), r.text  # never a 500
+            assert r.headers["x-expertgate-guard-stage"] == BACK_FAILED
+            assert "guard-back" in r.headers["x-expertgate-degraded"].split(",")
+            metrics = (await c.get("/metrics")).text
+    assert f'expertgate_guard_stage_total{{policy="auto",stage="{BACK_FAILED}"}} 1.0' in metrics
+    assert 'expertgate_degraded_total{component="guard-back"} 1.0' in metrics
+    rec = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()][-1]
+    assert rec["guard"]["stage"] == BACK_FAILED and "guard-back" in rec["degraded"]
