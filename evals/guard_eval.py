@@ -40,7 +40,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -295,6 +295,9 @@ class _Cascade(_Method):
     and OOD rows). Latency times the whole cascade per query."""
 
     needs_val_ood = True
+    #: the back stage's encoder ({kind, options} of routers.embed.make_embedder)
+    BACK_SPEC: ClassVar[dict[str, Any]] = {"kind": "onnx", "options": {"quantize": True,
+                                                                        "layers": 3, "threads": 1}}
 
     def __init__(self, target_frr: float, seed: int) -> None:
         kw: dict[str, Any] = {"method": "knn", "head": "mlp", "lexical": True,
@@ -302,8 +305,12 @@ class _Cascade(_Method):
         self.front = _GuardMethod(**kw)
         self.back = _GuardMethod(**kw)
         self.escalated: list[bool] = []
-        self.back_spec: dict[str, Any] = {"kind": "onnx", "options": {
-            "quantize": True, "layers": 3, "threads": 1}}
+        self.back_spec: dict[str, Any] = {"kind": self.BACK_SPEC["kind"],
+                                          "options": dict(self.BACK_SPEC["options"])}
+        self.val_ood: dict[str, tuple[np.ndarray, list[str]]] = {}
+        #: data without validation OOD rows: the leave-labels-out fit whose escalation rule
+        #: (chosen with its held-out labels as OOD) this fit takes
+        self.rule_from: _Cascade | None = None
 
     def set_val_ood(self, X: dict[str, np.ndarray], texts: dict[str, list[str]]) -> None:
         self.val_ood = {k: (X[k], list(texts[k])) for k in texts}
@@ -335,10 +342,19 @@ class _Cascade(_Method):
         return {k: (Xf, t, self.val_ood_back[k]) for k, (Xf, t) in self.val_ood.items()}
 
     def set_frr(self, frr: float) -> dict[str, Any]:
-        return {"front": self.front.set_frr(frr), "back": self.back.set_frr(frr),
-                "back_embedder": self.back_embedder.name, "back_spec": self.back_spec,
-                "shares_lexical": self.cascade.shares_lexical,
-                "escalation": self.cascade.fit_rule(self._val, self._val_ood())}
+        out = {"front": self.front.set_frr(frr), "back": self.back.set_frr(frr),
+               "back_embedder": self.back_embedder.name, "back_spec": self.back_spec,
+               "shares_lexical": self.cascade.shares_lexical}
+        src = self.rule_from
+        if src is None:
+            return {**out, "escalation": self.cascade.fit_rule(self._val, self._val_ood())}
+        # the data has no validation OOD rows: the rule of the leave-labels-out fit (set to
+        # the same FRR first), the one whose validation figures select among the methods
+        self.cascade.band, self.cascade.min_proba = src.cascade.band, src.cascade.min_proba
+        return {**out, "escalation": {
+            **src.cascade.selection_,
+            "source": "chosen on the leave-labels-out fit (its held-out labels' validation "
+                      "queries as OOD); this data has no validation OOD rows"}}
 
     def predict(self, X: np.ndarray, texts: list[str]) -> Prediction:
         v, esc = self.cascade.cascade_verdict(X, texts, self._back_embed)
@@ -538,27 +554,36 @@ def evaluate(data: GuardData, embedder: Any, methods: Sequence[str], *,
     for name in bar:
         bar.set_postfix_str(name)
         m = known[name](frrs[0], seed)
+        m_sel = known[name](frrs[0], seed) if reduced is not None else None
         if getattr(m, "needs_val_ood", False):
-            if not Xvood:
-                raise ValueError(f"{name} chooses its escalation rule on the data's own "
-                                 "validation OOD rows; this data has none")
-            m.set_val_ood(Xvood, data.val_ood)  # type: ignore[attr-defined]
+            if Xvood:
+                m.set_val_ood(Xvood, data.val_ood)  # type: ignore[attr-defined]
+            elif m_sel is not None and reduced is not None:
+                # no validation OOD rows: the leave-labels-out fit chooses the rule with its
+                # held-out labels as OOD, and this fit takes it (so it is fitted first)
+                m_sel.set_val_ood(Xr_ood, reduced.val_ood)  # type: ignore[attr-defined]
+                m.rule_from = m_sel  # type: ignore[attr-defined]
+                m_sel.fit(Xr_tr, reduced.train_texts, reduced.train_labels, Xr_v,
+                          reduced.val_texts, reduced.val_labels, embedder)
+            else:
+                raise ValueError(f"{name} chooses its escalation rule on validation OOD "
+                                 "queries; this data has none and too few labels to hold "
+                                 "some out")
         t1 = time.perf_counter()
         m.fit(Xtr, data.train_texts, data.train_labels, Xv, data.val_texts,
               data.val_labels, embedder)
         fit_s = time.perf_counter() - t1
-        m_sel = None
-        if reduced is not None:
-            m_sel = known[name](frrs[0], seed)
-            m_sel.fit(Xr_tr, reduced.train_texts, reduced.train_labels, Xr_v,
-                      reduced.val_texts, reduced.val_labels, embedder)
+        if m_sel is not None and getattr(m, "rule_from", None) is None:
+            m_sel.fit(Xr_tr, reduced.train_texts, reduced.train_labels, Xr_v,  # type: ignore[union-attr]
+                      reduced.val_texts, reduced.val_labels, embedder)  # type: ignore[union-attr]
         with _OneBlasThread():
             times = _latency(m, embedder, lat_texts)
         lat_escalated = list(getattr(m, "escalated", []))[-len(times):] if times else []
         for frr in frrs:
+            if m_sel is not None:  # first: a cascade without validation OOD takes its rule
+                m_sel.set_frr(frr)
             info = m.set_frr(frr)
             if m_sel is not None:
-                m_sel.set_frr(frr)
                 val = _figures(m_sel, Xr_v, reduced.val_texts, reduced.val_labels,  # type: ignore[union-attr]
                                Xr_ood, reduced.val_ood)  # type: ignore[union-attr]
             elif Xvood:

@@ -275,3 +275,25 @@ def test_int8_vectors_are_cached_apart_and_quantize_needs_onnx(tmp_path: Path) -
         embedding_cache_path(int8, texts, tmp_path)
     data = _write_csv(tmp_path / "g.csv")
     assert _run_cli(["--data", str(data), "--embedder", "hashing", "--quantize", "--quiet"]) == 2
+
+
+def test_guard_cascade_without_validation_ood_rows_takes_the_leave_labels_out_rule(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from evals import guard_eval as G
+
+    monkeypatch.setenv("EXPERTGATE_CACHE", str(tmp_path / "cache"))
+    # a hashing back encoder: the rule's plumbing without exporting an ONNX model here
+    monkeypatch.setattr(G._Cascade, "BACK_SPEC", {"kind": "hashing", "options": {"dim": 256}})
+    data = _write_csv(tmp_path / "g.csv")  # OOD rows in test only
+    out = tmp_path / "res.json"
+    assert _run_cli(["--data", str(data), "--json", str(out), "--embedder", "hashing",
+                     "--methods", "baseline-tfidf-svm,guard-cascade", "--latency-sample", "10",
+                     "--quiet"]) == 0
+    res = json.loads(out.read_text())
+    assert res["selected"]["validation_ood"]["source"] == "leave-labels-out"
+    c = res["methods"]["guard-cascade"]
+    esc = c["fit"]["escalation"]
+    assert "leave-labels-out" in esc["source"]
+    assert esc["validation_escalation_share"] <= esc["cap"]
+    assert 0.0 <= c["validation"]["gqr_score"] <= 1.0  # selection figures of that fit
+    assert 0.0 <= c["cascade"]["test_escalation_share"] <= 1.0
