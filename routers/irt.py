@@ -30,7 +30,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from routers.base import Decision, RouterError, RoutingTable, register
+from routers.base import RouterError, RoutingTable, register
 from routers.knn import unit_rows
 from routers.stack import text_statistics
 from routers.tradeoff import QualityRouter
@@ -167,11 +167,3 @@ class IRTRouter(QualityRouter):
     def _quality(self, X: np.ndarray) -> np.ndarray:
         return self._quality_texts(X, None)
 
-    def predict_quality(self, X: np.ndarray, texts: Sequence[str] | None = None) -> np.ndarray:
-        self.check_fitted()
-        X = self.check_X(X, texts)
-        return np.clip(self._quality_texts(X, texts), 0.0, 1.0)
-
-    def decide(self, X: np.ndarray, texts: Sequence[str]) -> list[Decision]:
-        return self.decisions_from_quality(self.predict_quality(X, texts),
-                                           costs=self._decision_costs(X, texts))

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from routers.base import Decision, RouterError, RoutingTable, register
+from routers.base import RouterError, RoutingTable, register
 from routers.knn import knn_quality, unit_rows
 from routers.tradeoff import QualityRouter
 
@@ -312,7 +312,9 @@ class StackRouter(QualityRouter):
         return self
 
     # -- inference ---------------------------------------------------------------------
-    def _quality_texts(self, X: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+    def _quality_texts(self, X: np.ndarray, texts: Sequence[str] | None) -> np.ndarray:
+        if texts is None:
+            raise RouterError("stack router needs the query texts (prompt statistics)")
         Xu = unit_rows(X).astype(np.float64)
         Hs = (text_statistics(texts) - self.stat_mean_) / self.stat_scale_
         kn = knn_quality(Xu, self.train_X_, self.train_scores_.astype(np.float64),
@@ -344,13 +346,3 @@ class StackRouter(QualityRouter):
     def _quality(self, X: np.ndarray) -> np.ndarray:
         raise RouterError("stack router needs the query texts (prompt statistics)")
 
-    def predict_quality(self, X: np.ndarray, texts: Sequence[str] | None = None) -> np.ndarray:
-        self.check_fitted()
-        if texts is None:
-            raise RouterError("stack router needs the query texts (prompt statistics)")
-        X = self.check_X(X, texts)
-        return np.clip(self._quality_texts(X, texts), 0.0, 1.0)
-
-    def decide(self, X: np.ndarray, texts: Sequence[str]) -> list[Decision]:
-        return self.decisions_from_quality(self.predict_quality(X, texts),
-                                           costs=self._decision_costs(X, texts))

@@ -196,6 +196,11 @@ class QualityRouter(Router):
     def _quality(self, X: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _quality_texts(self, X: np.ndarray, texts: Sequence[str] | None) -> np.ndarray:
+        """``Q`` of the checked ``X``; families whose features also read the query texts
+        (irt, stack) override this instead of :meth:`predict_quality` and :meth:`decide`."""
+        return self._quality(X)
+
     def _explain(self, X: np.ndarray, Q: np.ndarray) -> list[str] | None:
         return None
 
@@ -241,9 +246,6 @@ class QualityRouter(Router):
         prompt's length is a feature), else the mean training costs on every row."""
         self.check_fitted()
         X = self.check_X(X, texts)
-        return self._costs(X, texts)
-
-    def _costs(self, X: np.ndarray, texts: Sequence[str] | None) -> np.ndarray:
         per_query = self._decision_costs(X, texts)
         if per_query is not None:
             return per_query
@@ -252,8 +254,8 @@ class QualityRouter(Router):
 
     def _decision_costs(self, X: np.ndarray, texts: Sequence[str] | None
                         ) -> np.ndarray | None:
-        """Per-query predicted costs (n, m) with ``cost_model="predicted"``; None with
-        ``"mean"`` (decisions then use ``costs_``)."""
+        """Per-query predicted costs (n, m) of the already checked ``X`` with
+        ``cost_model="predicted"``; None with ``"mean"`` (decisions then use ``costs_``)."""
         if check_cost_model(self.cost_model, self.name) == "mean":
             return None
         model = getattr(self, "cost_model_", None)
@@ -262,7 +264,7 @@ class QualityRouter(Router):
                               "has no cost model (fit it again)")
         if texts is None:
             raise RouterError(f"{self.name}: predicted costs need the query texts")
-        return model.predict(self.check_X(X, texts), texts)
+        return model.predict(X, texts)
 
     def _extra_arrays(self) -> dict[str, np.ndarray]:
         """Arrays an artifact stores beside ``_array_attrs``: the cost model's."""
@@ -283,13 +285,13 @@ class QualityRouter(Router):
     def predict_quality(self, X: np.ndarray, texts: Sequence[str] | None = None) -> np.ndarray:
         self.check_fitted()
         X = self.check_X(X, texts)
-        Q = np.asarray(self._quality(X), dtype=np.float64)
+        Q = np.asarray(self._quality_texts(X, texts), dtype=np.float64)
         return np.clip(Q, 0.0, 1.0)
 
     def decide(self, X: np.ndarray, texts: Sequence[str]) -> list[Decision]:
         self.check_fitted()
-        X = self.check_X(X, texts)
-        Q = np.clip(np.asarray(self._quality(X), dtype=np.float64), 0.0, 1.0)
+        X = self.check_X(X, texts)  # once: quality and per-query costs read the checked X
+        Q = np.clip(np.asarray(self._quality_texts(X, texts), dtype=np.float64), 0.0, 1.0)
         return self.decisions_from_quality(Q, self._explain(X, Q),
                                            costs=self._decision_costs(X, texts))
 

@@ -334,6 +334,18 @@ def test_a_decision_checks_its_embeddings_once(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", registered_names())
+def test_a_decision_with_predicted_costs_checks_its_embeddings_once(name: str) -> None:
+    """Per-query predicted costs read the array ``decide`` checked, not a second check."""
+    router, X, table = build(name)
+    if "cost_model" not in router.get_params():
+        pytest.skip(f"{name} trades mean costs only")
+    router.set_params(cost_model="predicted").fit(X, table)
+    calls = _count_checks(router)
+    router.decide(X[:3], table.prompts[:3])
+    assert calls == [3]
+
+
+@pytest.mark.parametrize("name", registered_names())
 def test_predicted_quality_checks_its_embeddings_once(name: str) -> None:
     router, X, table = build(name)
     router.fit(X, table)
