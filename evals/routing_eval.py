@@ -57,7 +57,14 @@ import numpy as np
 
 from evals import metrics as M
 from evals.provenance import git_state, provenance, seed_list
-from routers.base import Router, RouterError, RoutingTable, get_router_class, registered_names
+from routers.base import (
+    Router,
+    RouterError,
+    RoutingTable,
+    expert_columns,
+    get_router_class,
+    registered_names,
+)
 from routers.embed import EMBEDDER_KINDS
 
 __all__ = [
@@ -398,11 +405,7 @@ def _router_costs(router: Router, X: np.ndarray, texts: Sequence[str],
         return None
     C = np.asarray(router.predict_costs(X, texts), dtype=np.float64)  # type: ignore[attr-defined]
     scale = float(router.cost_scale)  # type: ignore[attr-defined]
-    col = {e: j for j, e in enumerate(router.experts_)}
-    out = np.zeros((X.shape[0], len(models)))
-    for j, mname in enumerate(models):
-        if mname in col:
-            out[:, j] = C[:, col[mname]]
+    out = expert_columns(C, router.experts_, models)
     return out / scale if scale > 0 else np.zeros_like(out)
 
 
@@ -413,12 +416,7 @@ def _predict(router: Router, X: np.ndarray, texts: Sequence[str], models: Sequen
     experts = list(getattr(router, "experts_", models))
     if P.shape != (X.shape[0], len(experts)):
         raise RouterError(f"router {router.name!r}: predict_quality gave shape {P.shape}")
-    out = np.zeros((X.shape[0], len(models)))
-    col = {e: j for j, e in enumerate(experts)}
-    for j, mname in enumerate(models):
-        if mname in col:
-            out[:, j] = P[:, col[mname]]
-    return np.nan_to_num(out, nan=0.0)
+    return np.nan_to_num(expert_columns(P, experts, models), nan=0.0)
 
 
 # --------------------------------------------------------------------------- the sweep

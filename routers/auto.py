@@ -52,7 +52,14 @@ from typing import Any
 
 import numpy as np
 
-from routers.base import Router, RouterError, RoutingTable, make_router, normalise_text
+from routers.base import (
+    Router,
+    RouterError,
+    RoutingTable,
+    expert_columns,
+    make_router,
+    normalise_text,
+)
 from routers.costmodel import CostModel
 from routers.tradeoff import strong_weak
 
@@ -184,12 +191,7 @@ class Selection:
 def _predict(r: Router, X: np.ndarray, texts: Sequence[str], models: Sequence[str]
              ) -> np.ndarray:
     P = np.asarray(r.predict_quality(X, list(texts)), dtype=np.float64)
-    col = {e: j for j, e in enumerate(r.experts_)}
-    out = np.zeros((len(X), len(models)))
-    for j, mname in enumerate(models):
-        if mname in col:
-            out[:, j] = P[:, col[mname]]
-    return out
+    return expert_columns(P, r.experts_, models)
 
 
 def grouped_folds(prompts: Sequence[str], k: int = K_FOLDS, seed: int = 0
@@ -399,8 +401,7 @@ def _select(X: np.ndarray, table: RoutingTable, candidates: Sequence[tuple[str, 
     means = np.array([float(np.mean(f)) for f in per_fold])
     b = int(means.argmax())  # ties go to the earlier, simpler candidate
     for row, f in zip(ok, per_fold, strict=True):
-        d = per_fold[b] - f
-        row["se_to_best"] = round(float(d.std(ddof=1) / np.sqrt(d.size)), 6)
+        row["se_to_best"] = round(_paired_se(per_fold[b] - f), 6)
     chosen = next(i for i, row in enumerate(ok)
                   if means[i] >= means[b] - row["se_to_best"] - 1e-12)
     params = dict(ok[chosen]["params"])
@@ -416,6 +417,11 @@ def _select(X: np.ndarray, table: RoutingTable, candidates: Sequence[tuple[str, 
                      cost_model=costs)
 
 
+def _paired_se(d: np.ndarray) -> float:
+    """Standard error of the mean of paired fold differences ``d`` (inf with one fold)."""
+    return float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("inf")
+
+
 def _choose_cost_model(family: str, mean_folds: np.ndarray, pred_folds: np.ndarray | None
                        ) -> dict[str, Any]:
     """``predicted`` per-query costs for the chosen candidate when its mean fold score with
@@ -425,7 +431,7 @@ def _choose_cost_model(family: str, mean_folds: np.ndarray, pred_folds: np.ndarr
         return {"chosen": "mean", "why": "no fold cost model (two experts, or no expert's "
                 "cost could be modelled)"}
     d = pred_folds - mean_folds
-    se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("inf")
+    se = _paired_se(d)
     gain = float(d.mean())
     return {"chosen": "predicted" if gain > se else "mean",
             "score_mean_costs": round(float(mean_folds.mean()), 6),

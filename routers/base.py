@@ -34,6 +34,7 @@ __all__ = [
     "Target",
     "example_texts",
     "examples_table",
+    "expert_columns",
     "get_router_class",
     "normalise_text",
     "register",
@@ -307,6 +308,18 @@ class RoutingTable:
             parts[k].extend(members[g])
         tr, va, te = (np.sort(np.asarray(p, dtype=np.int64)) for p in parts)
         return tr, va, te
+
+
+def expert_columns(P: np.ndarray, experts: Sequence[str], models: Sequence[str]
+                   ) -> np.ndarray:
+    """A router's per-expert columns ``P`` (n, len(experts)) put in a table's ``models``
+    order, (n, len(models)); a model the router does not know gets zeros."""
+    col = {e: j for j, e in enumerate(experts)}
+    out = np.zeros((P.shape[0], len(models)))
+    for j, mname in enumerate(models):
+        if mname in col:
+            out[:, j] = P[:, col[mname]]
+    return out
 
 
 def normalise_text(text: str) -> str:
