@@ -194,6 +194,12 @@ def _softmax(Z: np.ndarray) -> np.ndarray:
     return E / E.sum(axis=1, keepdims=True)
 
 
+def _margin_proba(margins: np.ndarray) -> np.ndarray:
+    """Label probabilities from a linear SVM's margins (lexical or fused): a softmax at a
+    fixed sharpness of 4 (margins of +-1 at the support vectors)."""
+    return _softmax(margins.astype(np.float64) * 4.0)
+
+
 def _logsumexp(Z: np.ndarray) -> np.ndarray:
     m = Z.max(axis=1)
     return m + np.log(np.exp(Z - m[:, None]).sum(axis=1))
@@ -635,10 +641,10 @@ class GuardRouter(Router):
         if self.method == "fused":
             if texts is None:
                 raise RouterError("guard: method 'fused' needs the query texts")
-            return _softmax(self.fused_margins(X, texts, lex).astype(np.float64) * 4.0)
+            return _margin_proba(self.fused_margins(X, texts, lex))
         if self.lexical and texts is not None:
             lm = self.lex_margins(texts) if lex is None else lex
-            return _softmax(lm.astype(np.float64) * 4.0)
+            return _margin_proba(lm)
         return _softmax(self.logits(X).astype(np.float64))
 
     def _knn_score(self, F: np.ndarray) -> np.ndarray:
@@ -755,6 +761,11 @@ class GuardRouter(Router):
                 f"{v.threshold:.4f} (calibrated to {self.target_frr:.1%} false rejections)")
 
     # ------------------------------------------------------------------ inference
+    @property
+    def reads_lexical(self) -> bool:
+        """Whether verdicts read the lexical SVM's margins (``lexical`` or method fused)."""
+        return self.method == "fused" or bool(self.lexical)
+
     def verdict(self, X: np.ndarray, texts: Sequence[str] | None = None) -> list[GuardVerdict]:
         """The guard's verdict per query (label, OOD score vs threshold, unsafe check)."""
         self.check_fitted()
@@ -767,12 +778,12 @@ class GuardRouter(Router):
         if X.shape[0] == 0:
             return [], np.zeros((0, len(self.labels_)))
         # the lexical SVM's margins feed both the label and the OOD score: computed once
-        if lex is None and (self.method == "fused" or self.lexical) and texts is not None:
+        if lex is None and self.reads_lexical and texts is not None:
             lex = self.lex_margins(texts)
         if self.method == "fused" and texts is not None:
             # the SVM's margins give both the label and half the OOD score: computed once
             margins = self.fused_margins(X, texts, lex)
-            proba = _softmax(margins.astype(np.float64) * 4.0)
+            proba = _margin_proba(margins)
             ood = self._fused_ood(X, margins)
         else:
             proba = self.predict_proba(X, texts, lex=lex)

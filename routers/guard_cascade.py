@@ -108,14 +108,14 @@ class GuardCascade:
         """Both guards hold the same lexical SVM (same train texts, labels and seed): the
         back stage reuses the front's margins instead of computing them again."""
         f, b = self.front, self.back
-        return bool((f.lexical or f.method == "fused") and (b.lexical or b.method == "fused")
+        return bool(f.reads_lexical and b.reads_lexical
                     and f.lex_terms_ == b.lex_terms_
                     and np.array_equal(f.lex_coef_, b.lex_coef_)
                     and np.array_equal(f.lex_bias_, b.lex_bias_))
 
     def _lex(self, texts: Sequence[str]) -> np.ndarray | None:
         f = self.front
-        return f.lex_margins(texts) if (f.lexical or f.method == "fused") else None
+        return f.lex_margins(texts) if f.reads_lexical else None
 
     def escalate(self, verdicts: Sequence[GuardVerdict], proba: np.ndarray) -> np.ndarray:
         """Which of the front's verdicts go to the back stage."""
@@ -190,7 +190,7 @@ class GuardCascade:
             lex = self._lex(t)
             fv, proba = self.front._verdict(self.front.check_X(Xf, t), t, lex)
             bv, _ = self.back._verdict(self.back.check_X(Xb, t), t,
-                                       lex if self.shares_lexical else None)
+                                       lex if self._shared_lex else None)
             fronts.append((np.array([v.ood_score for v in fv], np.float64),
                            proba.max(axis=1), np.array([v.rejected for v in fv]),
                            [v.label for v in fv]))
