@@ -563,19 +563,17 @@ def evaluate(data: GuardData, embedder: Any, methods: Sequence[str], *,
                 # held-out labels as OOD, and this fit takes it (so it is fitted first)
                 m_sel.set_val_ood(Xr_ood, reduced.val_ood)  # type: ignore[attr-defined]
                 m.rule_from = m_sel  # type: ignore[attr-defined]
-                m_sel.fit(Xr_tr, reduced.train_texts, reduced.train_labels, Xr_v,
-                          reduced.val_texts, reduced.val_labels, embedder)
             else:
                 raise ValueError(f"{name} chooses its escalation rule on validation OOD "
                                  "queries; this data has none and too few labels to hold "
                                  "some out")
+        if m_sel is not None and reduced is not None:  # first: a cascade may take its rule
+            m_sel.fit(Xr_tr, reduced.train_texts, reduced.train_labels, Xr_v,
+                      reduced.val_texts, reduced.val_labels, embedder)
         t1 = time.perf_counter()
         m.fit(Xtr, data.train_texts, data.train_labels, Xv, data.val_texts,
               data.val_labels, embedder)
         fit_s = time.perf_counter() - t1
-        if m_sel is not None and getattr(m, "rule_from", None) is None:
-            m_sel.fit(Xr_tr, reduced.train_texts, reduced.train_labels, Xr_v,  # type: ignore[union-attr]
-                      reduced.val_texts, reduced.val_labels, embedder)  # type: ignore[union-attr]
         with _OneBlasThread():
             times = _latency(m, embedder, lat_texts)
         lat_escalated = list(getattr(m, "escalated", []))[-len(times):] if times else []
