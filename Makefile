@@ -41,7 +41,7 @@ eval-guard: setup
 	$(PY) -m expertgate eval guard --suite clinc150-gqr --embedder onnx --finetune --finetune-epochs 0,2 --methods baseline-tfidf-svm,baseline-lr-knn,guard-knn,guard-mahalanobis,guard-mlp-knn+msp --target-frr 0.02,0.05 --seed-set report --latency-sample 100 --json docs/results/guard/clinc150-gqr.json
 
 eval-routing: setup
-	$(PY) -m expertgate eval routing --data routellm:mmlu --seeds 5 --seed-set report --threads 2 --json docs/results/runs/mmlu.json
+	$(PY) -m expertgate eval routing --data routellm:mmlu --seeds 5 --seed-set report --embedder minilm --threads 2 --json docs/results/runs/mmlu.json
 
 report: setup
 	$(PY) -m expertgate eval report --runs docs/results/runs docs/results/guard --out docs/results

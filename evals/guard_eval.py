@@ -400,6 +400,15 @@ BASELINES: dict[str, Callable[[float, int], _Method]] = {
 DEFAULT_METHODS = ("baseline-tfidf-svm", "baseline-lr-knn", "guard-knn", "guard-mahalanobis",
                    "guard-msp", "guard-mlp-knn", "guard-mlp-mahalanobis", "guard-mlp-knn+msp",
                    "guard-lexical-knn", "guard-lexical-mlp-knn", "guard-fused")
+#: front embedders cheap enough that the two-stage guard (its back stage on ONNX int8 L3)
+#: joins the default candidates: the median query keeps the front's cost
+CASCADE_FRONTS = ("distilled", "static")
+
+
+def default_methods(embedder_kind: str) -> list[str]:
+    """The candidates of a plain ``eval guard`` on ``embedder_kind``: :data:`DEFAULT_METHODS`,
+    and ``guard-cascade`` when the embedder is one of :data:`CASCADE_FRONTS`."""
+    return [*DEFAULT_METHODS, *(["guard-cascade"] if embedder_kind in CASCADE_FRONTS else [])]
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -768,7 +777,7 @@ def run(args: argparse.Namespace) -> int:
     seed = REPORT_SEEDS[0] if args.seed_set == "report" and args.seed is None else \
         (0 if args.seed is None else args.seed)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods \
-        else list(DEFAULT_METHODS)
+        else default_methods(args.embedder)
     try:
         # every check that can fail runs before the embedding step
         frrs = _frrs(args.target_frr)
@@ -1046,15 +1055,17 @@ def cli_register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="OUT", help="write the results as JSON here")
     parser.add_argument("--methods", help="comma-separated methods; known: "
                         + ", ".join([*BASELINES, *GUARD_VARIANTS])
-                        + f" (default: {','.join(DEFAULT_METHODS)})")
+                        + f" (default: {','.join(DEFAULT_METHODS)}, and guard-cascade "
+                        f"with --embedder {' or '.join(CASCADE_FRONTS)})")
     parser.add_argument("--target-frr", default="0.05",
                         help="false-rejection rate (OOD and unsafe rejections together) the "
                         "thresholds are calibrated to on the in-domain validation part; "
                         "several, comma-separated, are operating points to select among on "
                         "validation (default 0.05)")
-    parser.add_argument("--embedder", default="minilm",
+    parser.add_argument("--embedder", default="distilled",
                         choices=EMBEDDER_KINDS,
-                        help="embedder for the guards and the latency figures")
+                        help="embedder for the guards and the latency figures (default "
+                        "distilled: the request path's budget; minilm is the reference)")
     parser.add_argument("--quantize", action="store_true",
                         help="--embedder onnx with dynamic int8 weights (faster per query); "
                         "every figure, fit and latency uses the int8 vectors (cached apart "

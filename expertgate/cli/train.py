@@ -64,10 +64,12 @@ def register(sub: Any, name: str) -> None:
         p.add_argument("--out", required=True, help="artifact folder to write")
         p.add_argument("--param", action="append", default=[], metavar="K=V",
                        help="router parameter; V parsed as JSON when possible (repeatable)")
-        p.add_argument("--embedder", default="minilm", choices=EMBEDDER_KINDS,
-                       help="minilm (reference), onnx (same vectors, faster), distilled "
-                       "(static vectors distilled from MiniLM: ~100x faster; build once with "
-                       "'expertgate embedder distill'), static, hashing")
+        p.add_argument("--embedder", default="distilled", choices=EMBEDDER_KINDS,
+                       help="distilled (default: static vectors distilled from MiniLM, ~50x "
+                       "faster per prompt than MiniLM and as good for routing; 'make setup' "
+                       "builds it, else 'expertgate embedder distill' once), minilm (the "
+                       "reference), onnx (the same vectors as minilm, faster), static, "
+                       "hashing")
         p.add_argument("--embedder-path", default=None,
                        help="model folder: a distilled or model2vec folder for --embedder "
                        "distilled/static; a "

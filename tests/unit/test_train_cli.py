@@ -162,3 +162,26 @@ def test_onnx_options_reach_the_artifact_and_the_printed_policy(tmp_path: Path, 
 
     emb = yaml.safe_load((out / "policy.yaml").read_text())["embedder"]
     assert emb == {"kind": "onnx", "options": {"quantize": True, "layers": 2}}
+
+
+def test_every_cli_that_trains_or_evaluates_embeds_with_the_distilled_table_by_default(
+) -> None:
+    # the request path's embedder (about 50x cheaper per prompt than MiniLM, as good for
+    # routing), so a plain `train` artifact runs under the routed-miss budget and trains
+    # the 14k table in well under a minute; a guard run's candidates include the two-stage
+    # guard, whose front is that table
+    import argparse
+
+    from evals import guard_eval, routing_eval
+    from expertgate.cli import train
+
+    sub = argparse.ArgumentParser().add_subparsers(dest="command")
+    train.register(sub, "train")
+    p = sub.choices["train"]
+    assert p.parse_args(["--router", "knn", "--data", "x", "--out", "y"]).embedder == "distilled"
+    for mod in (routing_eval, guard_eval):
+        q = argparse.ArgumentParser()
+        mod.cli_register(q)
+        assert q.parse_args(["--data", "x"]).embedder == "distilled"
+    assert "guard-cascade" in guard_eval.default_methods("distilled")
+    assert guard_eval.default_methods("minilm") == list(guard_eval.DEFAULT_METHODS)
