@@ -27,7 +27,9 @@ Kinds: ``routing-table`` (every router and baseline of a routing run), ``routing
 (the selected router with the headline figures), ``guard-table`` (every method and operating
 point of a guard run), ``guard-headline`` (the selected candidate), ``guard-cascade`` (a
 guard run's two-stage guards: escalation rule, escalation shares, latency per stage, beside
-the run's TF-IDF + SVM baseline), ``compare OLD NEW`` (the
+the run's TF-IDF + SVM baseline), ``guard-bar FILE...`` (per guard run, the selected method
+against its TF-IDF + SVM baseline: GQR, p50 / p99, issue 21's bar met or not), ``compare OLD
+NEW`` (the
 headline figures of an older run beside a newer one), ``provenance`` (commit, data sha256,
 encoder and command of a run), ``offpolicy-table FILE...`` / ``offpolicy-dr FILE...`` (the
 off-policy simulator's figures, every estimator or DR and clipped DR only), ``embedder-table FILE``
@@ -332,6 +334,47 @@ def _guard_rows(run: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _ms_pair(p50: Any, p99: Any) -> str:
+    return "-" if p50 is None else f"{p50:.2f} / {p99:.2f}"
+
+
+def _tfidf_baseline(run: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The TF-IDF + linear SVM row of a guard run (its first, when encoder variants repeat
+    it: it reads no embedding, so every copy is the same fit)."""
+    return next((r for k, r in run["methods"].items()
+                 if str(r.get("method", k)) == "baseline-tfidf-svm"), None)
+
+
+#: issue 21's guard bar: the selected method's GQR at least this far above TF-IDF + SVM's
+GUARD_BAR = 0.03
+
+
+def _guard_bar_rows(files: Sequence[str]) -> str:
+    """Per guard run: the selected method against the same run's TF-IDF + SVM baseline, GQR
+    and latency (p50 and p99, one query at a time), and whether it clears issue 21's bar
+    (:data:`GUARD_BAR` more GQR at no more latency, read at p50 and, apart, at p99)."""
+    lines = ["| file | suite | selected on validation | GQR: selected / baseline (diff) | "
+             "p50 / p99 ms: selected | baseline | +0.03 GQR at <= baseline p50 | "
+             "... and at <= baseline p99 |", "|---|---|---|---|---|---|---|---|"]
+    for a in files:
+        run = _load(a)
+        name = str((run.get("selected") or {}).get("method"))
+        sel, base = run["methods"].get(name), _tfidf_baseline(run)
+        if sel is None or base is None:
+            raise ValueError(f"{a}: no selected method or no baseline-tfidf-svm row")
+        diff = float(sel["gqr_score"]) - float(base["gqr_score"])
+        ok = diff >= GUARD_BAR - 1e-12
+        yes = lambda met: "yes" if met else "**no**"  # noqa: E731
+        lines.append(
+            f"| `{a}` | {run.get('suite') or run.get('data', {}).get('name')} | {name} | "
+            f"{_num(sel['gqr_score'])} / {_num(base['gqr_score'])} ({diff:+.3f}) | "
+            f"{_ms_pair(sel.get('latency_p50_ms'), sel.get('latency_p99_ms'))} | "
+            f"{_ms_pair(base.get('latency_p50_ms'), base.get('latency_p99_ms'))} | "
+            f"{yes(ok and sel['latency_p50_ms'] <= base['latency_p50_ms'])} | "
+            f"{yes(ok and sel['latency_p99_ms'] <= base['latency_p99_ms'])} |")
+    return "\n".join(lines)
+
+
 def _cascade_rows(run: Mapping[str, Any]) -> str:
     """The two-stage guards of a guard run (method ``guard-cascade``): the escalation rule
     chosen on validation, how often the back stage ran, and the latency of the queries the
@@ -340,9 +383,8 @@ def _cascade_rows(run: Mapping[str, Any]) -> str:
              "escalated: test / latency sample | GQR (baseline) | p50 / p99 ms (baseline) | "
              "front only p50 / p99 ms | escalated p50 / p99 ms |",
              "|---|---|---|---|---|---|---|---|"]
-    base = next((r for k, r in run["methods"].items()
-                 if str(r.get("method", k)) == "baseline-tfidf-svm"), None)
-    ms = lambda a, b: f"{a:.2f} / {b:.2f}" if a is not None else "-"  # noqa: E731
+    base = _tfidf_baseline(run)
+    ms = _ms_pair
     for n, r in sorted(run["methods"].items()):
         c = r.get("cascade")
         if c is None:
@@ -494,6 +536,8 @@ def render_block(spec: str) -> str:
                           *_guard_rows(run)])
     if kind == "guard-cascade" and args:
         return _cascade_rows(_load(args[0]))
+    if kind == "guard-bar" and args:
+        return _guard_bar_rows(args)
     if kind == "guard-headline" and args:
         h = _headline_guard(_load(args[0]))
         return "| " + " | ".join(h) + " |\n|" + "---|" * len(h) + "\n| " + \

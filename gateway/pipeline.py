@@ -136,7 +136,7 @@ def _load_guard(path: Any, embedder: Embedder | None, where: str) -> tuple[Any, 
             raise ConfigError(f"{where}: two-stage guard {path}: its front guard was trained "
                               f"with embedder {m.get('front_embedder')!r} but the gateway "
                               f"embeds with {embedder.name!r}")
-        guard = load_cascade(path)
+        guard = load_cascade(path, manifest=m)
         digest = hashlib.sha256(orjson.dumps(m, option=orjson.OPT_SORT_KEYS)).hexdigest()
     except (RouterError, EmbedderError, OSError) as e:
         raise ConfigError(f"{where}: cannot load two-stage guard {path}: {e}") from None

@@ -309,14 +309,16 @@ def read_cascade_manifest(path: str | Path) -> dict[str, Any]:
     return m
 
 
-def load_cascade(path: str | Path, *, back_embedder: Any = None) -> GuardCascade:
+def load_cascade(path: str | Path, *, back_embedder: Any = None,
+                 manifest: Mapping[str, Any] | None = None) -> GuardCascade:
     """Load a folder written by :func:`save_cascade`; the back embedder is built from its
-    recorded spec (or given) and must have the recorded name and size."""
+    recorded spec (or given) and must have the recorded name and size. ``manifest``: the
+    folder's :func:`read_cascade_manifest`, when the caller has read (and checked) it."""
     from routers.artifacts import load_router
     from routers.embed import make_embedder
 
     folder = Path(path)
-    m = read_cascade_manifest(folder)
+    m = read_cascade_manifest(folder) if manifest is None else manifest
     front = load_router(folder / "front", expected_type="guard")
     back = load_router(folder / "back", expected_type="guard")
     spec = dict(m["back_embedder"])

@@ -201,8 +201,9 @@ async def test_a_failing_back_stage_keeps_the_fronts_verdicts_and_says_so(
     art = save_cascade(cascade, tmp_path / "cascade", front_embedder=FRONT.name)
     real_load = gc.load_cascade
 
-    def load_broken(path, back_embedder=None):  # type: ignore[no-untyped-def]
-        return real_load(path, back_embedder=_FailingBackEmbedderDouble(dim=256))
+    def load_broken(path, back_embedder=None, manifest=None):  # type: ignore[no-untyped-def]
+        return real_load(path, back_embedder=_FailingBackEmbedderDouble(dim=256),
+                         manifest=manifest)
 
     q = QUERIES[int(np.flatnonzero(esc)[0])]
     cfg = base_config(ups[0].base, ups[1].base, guard={"artifact": str(art)})

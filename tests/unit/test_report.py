@@ -242,3 +242,27 @@ def test_auto_choices_block_names_each_seeds_family(tmp_path: Path, monkeypatch)
     row = R.render_block("auto-choices run.json").splitlines()[2]
     assert row.startswith("| `run.json` | " + ", ".join(c["family"] for c in choices))
     assert "APGR" in row and row.count("|") == 7 and "| - |" in row  # no stack row in the run
+
+
+def test_guard_bar_block_reads_the_selected_method_against_the_tfidf_baseline(
+        tmp_path: Path, monkeypatch) -> None:
+    def row(gqr: float, p50: float, p99: float, method: str) -> dict:
+        return {"method": method, "gqr_score": gqr, "latency_p50_ms": p50,
+                "latency_p99_ms": p99}
+
+    run = {"suite": "s1", "selected": {"method": "frozen:guard-cascade"},
+           "methods": {"frozen:baseline-tfidf-svm": row(0.87, 1.6, 2.4, "baseline-tfidf-svm"),
+                       "frozen:guard-cascade": row(0.915, 0.9, 2.8, "guard-cascade")}}
+    (tmp_path / "a.json").write_text(json.dumps(run))
+    run["selected"] = {"method": "frozen:guard-knn"}
+    run["methods"]["frozen:guard-knn"] = row(0.89, 0.5, 0.9, "guard-knn")
+    (tmp_path / "b.json").write_text(json.dumps(run))
+    monkeypatch.chdir(tmp_path)
+    lines = R.render_block("guard-bar a.json b.json").splitlines()
+    assert lines[2] == ("| `a.json` | s1 | frozen:guard-cascade | 0.915 / 0.870 (+0.045) | "
+                        "0.90 / 2.80 | 1.60 / 2.40 | yes | **no** |")
+    assert lines[3].endswith("(+0.020) | 0.50 / 0.90 | 1.60 / 2.40 | **no** | **no** |")
+    del run["methods"]["frozen:baseline-tfidf-svm"]
+    (tmp_path / "c.json").write_text(json.dumps(run))
+    with pytest.raises(ValueError, match="baseline-tfidf-svm"):
+        R.render_block("guard-bar c.json")
