@@ -5,7 +5,7 @@ export TRANSFORMERS_OFFLINE := 1
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-unit test-integration lint typecheck bench-overhead bench-router soak eval-guard eval-routing report clean
+.PHONY: setup demo test test-unit test-integration lint typecheck bench-overhead bench-router soak eval-guard eval-guard-default eval-routing report clean
 
 setup:
 	@bash scripts/setup.sh
@@ -39,6 +39,13 @@ soak: setup
 
 eval-guard: setup
 	$(PY) -m expertgate eval guard --suite clinc150-gqr --embedder onnx --finetune --finetune-epochs 0,2 --methods baseline-tfidf-svm,baseline-lr-knn,guard-knn,guard-mahalanobis,guard-mlp-knn+msp --target-frr 0.02,0.05 --seed-set report --latency-sample 100 --json docs/results/guard/clinc150-gqr.json
+
+# the plain command on every built-in suite (its defaults: the distilled embedder, the default
+# candidates with the two-stage guard, selection by validation GQR)
+eval-guard-default: setup
+	for s in clinc150-gqr banking77 clinc150-intents banking77-domain; do \
+	  $(PY) -m expertgate eval guard --suite $$s --seed-set report --quiet \
+	    --json docs/results/guard-default/$$s.json || exit 1; done
 
 eval-routing: setup
 	$(PY) -m expertgate eval routing --data routellm:mmlu --seeds 5 --seed-set report --embedder minilm --threads 2 --json docs/results/runs/mmlu.json

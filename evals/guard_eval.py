@@ -10,9 +10,14 @@ Selection on validation: every (method, operating point) pair is a candidate (se
 names the one with the best validation score under ``--select`` (default ``gqr``: the GQR
 score on validation). Validation OOD examples come from the data's own validation OOD rows
 (CLINC150's ``oos_val``) or, where it has none, from whole in-domain labels held out of train
-and validation (:func:`evals.datasets.guard.leave_labels_out`; the candidates are then also
-fitted on the reduced data to be scored). Test figures play no part in the choice; the
-report's headline is the selected row. Metrics (fractions in [0, 1]):
+and validation (:func:`evals.datasets.guard.leave_labels_out`), or, with fewer than three
+labels, topic groups of the in-domain texts held out the same way
+(:func:`evals.datasets.guard.leave_groups_out`); the candidates are then also fitted on the
+reduced data to be scored. A default candidate that needs more labels than the data has (the
+lexical, fused and softmax-score guards need two: their margins and scores are between
+labels) is left out and named
+in the result's ``skipped``; one asked for by ``--methods`` is an error. Test figures play no
+part in the choice; the report's headline is the selected row. Metrics (fractions in [0, 1]):
 
 * ``in_domain_accuracy``: in-domain test queries given the right label and not rejected;
 * ``ood_accuracy_by_set``: rejection rate of each OOD test set; ``ood_accuracy``: their
@@ -49,9 +54,9 @@ from evals.datasets.guard import (
     SUITES,
     GuardData,
     GuardDataError,
-    leave_labels_out,
     load_guard_data,
     load_suite,
+    pseudo_ood,
     suite_files,
 )
 from evals.provenance import REPORT_SEEDS, git_state, provenance
@@ -132,6 +137,8 @@ class _Method:
     """What the evaluation runs: fit on train (+ validation for the threshold), predict."""
 
     uses_embeddings = True
+    #: in-domain labels the method needs (a margin between labels needs two)
+    min_labels = 1
 
     def fit(self, X: np.ndarray, texts: list[str], labels: list[str], Xv: np.ndarray,
             val_texts: list[str], val_labels: list[str], embedder: Any) -> dict[str, Any]:
@@ -149,6 +156,9 @@ class _Method:
 class _GuardMethod(_Method):
     def __init__(self, **params: Any) -> None:
         self.params = params
+        from routers.guard_auto import runs_on
+
+        self.min_labels = 1 if runs_on(params, 1) else 2
 
     def fit(self, X: np.ndarray, texts: list[str], labels: list[str], Xv: np.ndarray,
             val_texts: list[str], val_labels: list[str], embedder: Any) -> dict[str, Any]:
@@ -246,6 +256,8 @@ class _Hybrid(_Method):
     averaged; the label is the SVM's; the unsafe layers are the guard's. The threshold is
     calibrated like every method's, on in-domain validation queries only."""
 
+    min_labels = 2  # the SVM's top margin
+
     def __init__(self, target_frr: float, seed: int, method: str = "knn",
                  head: str | None = None) -> None:
         self.dense = _GuardMethod(method=method, head=head, target_frr=target_frr, seed=seed)
@@ -295,6 +307,7 @@ class _Cascade(_Method):
     and OOD rows). Latency times the whole cascade per query."""
 
     needs_val_ood = True
+    min_labels = 2  # both stages are lexical guards
     #: the back stage's encoder ({kind, options} of routers.embed.make_embedder)
     BACK_SPEC: ClassVar[dict[str, Any]] = {"kind": "onnx", "options": {"quantize": True,
                                                                         "layers": 3, "threads": 1}}
@@ -507,14 +520,28 @@ def evaluate(data: GuardData, embedder: Any, methods: Sequence[str], *,
              target_frr: float | Sequence[float] = 0.05, seed: int = 0,
              latency_sample: int = 300, select: str = "gqr", llo_fraction: float = 0.2,
              progress: bool = True, log: Callable[[str], None] = print,
-             save_cascade: str | Path | None = None) -> dict[str, Any]:
+             save_cascade: str | Path | None = None,
+             skip_unsupported: bool = False) -> dict[str, Any]:
     """Run every method at every operating point on ``data``, select on validation, and
     return the result dict (see module doc). ``save_cascade``: write the fitted
     ``guard-cascade`` there as a servable artifact (:func:`routers.guard_cascade.save_cascade`;
-    one operating point)."""
+    one operating point). ``skip_unsupported``: leave out (and name in ``skipped``) the
+    methods that need more in-domain labels than ``data`` has, instead of failing."""
     from tqdm import tqdm
 
     known = {**GUARD_VARIANTS, **BASELINES}
+    n_labels = len(data.labels)
+    skipped = {m: f"needs at least {k} in-domain labels; {data.name} has {n_labels}"
+               for m in methods if m in known
+               and (k := known[m](0.05, seed).min_labels) > n_labels}
+    if skipped and not skip_unsupported:
+        raise ValueError("; ".join(f"{m} {why}" for m, why in skipped.items()))
+    methods = [m for m in methods if m not in skipped]
+    if not methods:
+        raise ValueError(f"no method can run on {data.name}: " + "; ".join(
+            f"{m} {why}" for m, why in skipped.items()))
+    for m, why in skipped.items():
+        log(f"left out {m}: it {why}")
     unknown = [m for m in methods if m not in known]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(known)}")
@@ -535,7 +562,7 @@ def evaluate(data: GuardData, embedder: Any, methods: Sequence[str], *,
             "sets": {k: len(v) for k, v in data.val_ood.items()}}
     else:
         try:
-            reduced, val_ood_info = leave_labels_out(data, fraction=llo_fraction, seed=seed)
+            reduced, val_ood_info = pseudo_ood(data, fraction=llo_fraction, seed=seed)
         except GuardDataError as e:
             if n_candidates > 1:
                 raise ValueError(f"cannot select among {n_candidates} candidates: {e}") \
@@ -646,6 +673,7 @@ def evaluate(data: GuardData, embedder: Any, methods: Sequence[str], *,
         "latency_sample": len(lat_texts),
         "embedding_seconds": embed_s,
         "methods": results,
+        **({"skipped": skipped} if skipped else {}),
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "cpu_count": os.cpu_count(), "processor": platform.processor()},
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -862,6 +890,7 @@ def run(args: argparse.Namespace) -> int:
             res = evaluate(data, embedder, methods, target_frr=frrs, seed=seed,
                            latency_sample=args.latency_sample, select=args.select,
                            progress=not args.quiet, save_cascade=args.save_cascade,
+                           skip_unsupported=not args.methods,
                            log=(lambda s: None) if args.quiet else
                            (lambda s: print(s, file=sys.stderr)))
         except ValueError as e:

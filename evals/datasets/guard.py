@@ -61,11 +61,13 @@ __all__ = [
     "GuardData",
     "GuardDataError",
     "guard_table_from_labels",
+    "leave_groups_out",
     "leave_labels_out",
     "load_gqr_bench",
     "load_guard_data",
     "load_guard_table",
     "load_suite",
+    "pseudo_ood",
     "stratified_split",
     "suite_files",
 ]
@@ -474,3 +476,47 @@ def leave_labels_out(data: GuardData, fraction: float = 0.2, seed: int = 0
     info = {"source": "leave-labels-out", "held_out_labels": held, "fraction": fraction,
             "seed": seed, "n_pseudo_ood": len(pseudo)}
     return reduced, info
+
+
+def leave_groups_out(data: GuardData, fraction: float = 0.2, seed: int = 0, groups: int = 10
+                     ) -> tuple[GuardData, dict[str, Any]]:
+    """Pseudo-OOD for selection when the data has no validation OOD rows and too few labels
+    to hold whole ones out (one route, e.g. "banking"): the in-domain train and validation
+    texts are split into ``groups`` topic groups (:func:`routers.guard_auto.topic_groups`:
+    k-means on a TF-IDF, seeded), and ``fraction`` of the groups (at least one) are held out
+    like labels in :func:`leave_labels_out`: out of train and validation, their validation
+    rows the OOD set ``held_out_groups``. Near-domain pseudo-OOD, as held-out intents are;
+    test rows are never touched. Decided on the texts alone, before any embedding."""
+    from routers.guard_auto import held_out_groups, topic_groups
+
+    if len(data.val_texts) < 2 * groups:
+        raise GuardDataError(f"{data.name}: too few validation rows ({len(data.val_texts)}) to "
+                             f"hold {groups} topic groups out")
+    group = topic_groups([*data.train_texts, *data.val_texts], groups=groups, seed=seed)
+    held = held_out_groups(groups, fraction, seed)
+    out = np.isin(group, held)
+    n = len(data.train_texts)
+    tr_out, va_out = out[:n], out[n:]
+    pseudo = [t for t, o in zip(data.val_texts, va_out, strict=True) if o]
+    if not pseudo or va_out.all() or tr_out.all():
+        raise GuardDataError(f"{data.name}: the held-out topic groups leave no validation "
+                             "OOD rows or no in-domain rows")
+    keep = lambda xs, o: [x for x, h in zip(xs, o, strict=True) if not h]  # noqa: E731
+    reduced = GuardData(f"{data.name}[leave-groups-out]", keep(data.train_texts, tr_out),
+                        keep(data.train_labels, tr_out), keep(data.val_texts, va_out),
+                        keep(data.val_labels, va_out), [], [],
+                        val_ood={"held_out_groups": pseudo})
+    info = {"source": "leave-groups-out", "groups": groups, "held_out_groups": held,
+            "fraction": fraction, "seed": seed, "n_pseudo_ood": len(pseudo),
+            "why": f"{len(data.labels)} in-domain label(s): too few to hold whole labels out"}
+    return reduced, info
+
+
+def pseudo_ood(data: GuardData, fraction: float = 0.2, seed: int = 0
+               ) -> tuple[GuardData, dict[str, Any]]:
+    """Selection's pseudo-OOD for data without validation OOD rows: whole labels held out
+    (:func:`leave_labels_out`) when there are three or more, else topic groups
+    (:func:`leave_groups_out`)."""
+    if len(data.labels) >= 3:
+        return leave_labels_out(data, fraction=fraction, seed=seed)
+    return leave_groups_out(data, fraction=fraction, seed=seed)

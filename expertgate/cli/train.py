@@ -313,11 +313,14 @@ def _train(args: argparse.Namespace) -> int:
         print(f"loaded {len(table)} prompts x {len(table.models)} models from {args.data} "
               f"({fmt}{'' if args.correction == 'none' else ', ' + args.correction})",
               file=sys.stderr)
+        n_labels = len(set(table.categories or []))
         if args.router == "guard" and "method" not in params \
-                and len(set(table.categories or [])) >= 3:
-            # the default guard: its variant chosen on leave-labels-out pseudo-OOD
+                and (n_labels >= 3 or len(table) >= 100):
+            # the default guard: its variant chosen on pseudo-OOD, held-out labels, or with
+            # fewer than three labels held-out topic groups of the texts
             params["method"] = "auto"
-            print("guard: method, head and lexical chosen on leave-labels-out pseudo-OOD "
+            how = "leave-labels-out" if n_labels >= 3 else "leave-groups-out"
+            print(f"guard: method, head and lexical chosen on {how} pseudo-OOD "
                   "(--param method=NAME fixes one)", file=sys.stderr)
         kinds = [args.embedder]
         if args.auto_embedders:

@@ -19,6 +19,7 @@ from evals.datasets.guard import (
     load_suite,
 )
 from evals.guard_eval import (
+    DEFAULT_METHODS,
     cli_register,
     false_rejection_rate,
     gqr_score,
@@ -86,7 +87,7 @@ _OOD = ["who wrote the novel war and peace", "what is the capital of australia",
         "how tall is mount everest", "what language do people speak in brazil"]
 
 
-def _write_csv(path: Path, with_validation: bool = True) -> Path:
+def _write_csv(path: Path, with_validation: bool = True, one_label: bool = False) -> Path:
     rows = []
     for label, templates in _ROUTES.items():
         fills = _FILL[label]
@@ -94,7 +95,8 @@ def _write_csv(path: Path, with_validation: bool = True) -> Path:
             for j, t in enumerate(templates):
                 split = ("test" if (i + j) % 4 == 0 else
                          "validation" if with_validation and (i + j) % 4 == 1 else "train")
-                rows.append({"text": t.format(x=f), "label": label, "split": split})
+                rows.append({"text": t.format(x=f), "label": "assistant" if one_label
+                             else label, "split": split})
     rows += [{"text": t, "label": "webq", "split": "test"} for t in _OOD]
     rows += [{"text": t.upper() + "?", "label": "oos", "split": "test"} for t in _OOD[:4]]
     with path.open("w", newline="", encoding="utf-8") as fh:
@@ -297,3 +299,41 @@ def test_guard_cascade_without_validation_ood_rows_takes_the_leave_labels_out_ru
     assert esc["validation_escalation_share"] <= esc["cap"]
     assert 0.0 <= c["validation"]["gqr_score"] <= 1.0  # selection figures of that fit
     assert 0.0 <= c["cascade"]["test_escalation_share"] <= 1.0
+
+
+def test_leave_groups_out_holds_topic_groups_out_of_train_and_validation(tmp_path: Path
+                                                                       ) -> None:
+    from evals.datasets.guard import leave_groups_out, pseudo_ood
+
+    d = load_guard_data(_write_csv(tmp_path / "g.csv", one_label=True))
+    assert d.labels == ["assistant"] and not d.val_ood
+    reduced, info = pseudo_ood(d, seed=3)  # one label: topic groups, not labels
+    assert info["source"] == "leave-groups-out" and info["held_out_groups"]
+    pseudo = reduced.val_ood["held_out_groups"]
+    assert len(pseudo) == info["n_pseudo_ood"] > 0
+    # every validation row is either still in-domain or pseudo-OOD; test is untouched
+    assert sorted([*reduced.val_texts, *pseudo]) == sorted(d.val_texts)
+    assert set(reduced.train_texts) < set(d.train_texts) and not reduced.test_texts
+    assert leave_groups_out(d, seed=3)[1] == info  # seeded
+    with pytest.raises(GuardDataError, match="too few validation rows"):
+        leave_groups_out(d, groups=len(d.val_texts))
+
+
+def test_one_route_without_validation_ood_rows_selects_among_the_defaults_that_can_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _write_csv(tmp_path / "g.csv", one_label=True)
+    out = tmp_path / "res.json"
+    assert _run_cli(["--data", str(data), "--json", str(out), "--embedder", "hashing",
+                     "--latency-sample", "5", "--quiet"]) == 0
+    res = json.loads(out.read_text())
+    assert res["selected"]["validation_ood"]["source"] == "leave-groups-out"
+    # the lexical and fused guards separate labels by margins, the softmax ones by scores:
+    # with one label they sit out
+    assert set(res["skipped"]) == {"guard-lexical-knn", "guard-lexical-mlp-knn",
+                                   "guard-fused", "guard-msp", "guard-mlp-knn+msp"}
+    assert set(res["methods"]) == set(DEFAULT_METHODS) - set(res["skipped"])
+    assert all(0.0 <= r["validation"]["gqr_score"] <= 1.0 for r in res["methods"].values())
+    # asked for by name, a method that cannot run is an error that says why
+    assert _run_cli(["--data", str(data), "--embedder", "hashing", "--methods",
+                     "guard-knn,guard-fused", "--quiet"]) == 2
+    assert "guard-fused needs at least 2 in-domain labels" in capsys.readouterr().err

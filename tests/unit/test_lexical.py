@@ -86,8 +86,19 @@ def test_guard_auto_chooses_on_pseudo_ood(tmp_path: Path) -> None:
     assert g.get_params()["method"] != "auto"  # the artifact names what it runs
     loaded = GuardRouter.load(g.save(tmp_path / "auto", embedder="test"))
     assert loaded.selection_ == sel
-    with pytest.raises(RouterError, match="at least 3 labels"):
-        keep = [i for i, c in enumerate(table.categories or []) if c != "bill"]
+    # one label: topic groups of its texts are left out instead, among the settings that
+    # run on one label (no lexical, fused or softmax-score guard)
+    X1, one = _table(40)
+    one = RoutingTable(one.prompt_ids, one.prompts, ["a"], one.scores, one.costs,
+                       ["bank"] * len(one))
+    g1 = GuardRouter(method="auto", target_frr=0.1, unsafe=False, epochs=2, hidden=8,
+                     val_fraction=0.25).fit(X1, one)
+    s1 = g1.selection_
+    assert "leave-groups-out" in s1["criterion"] and s1["held_out_groups"]
+    assert {(c["method"], c["lexical"]) for c in s1["candidates"]} == {("knn", False)}
+    assert not g1.lexical and g1.method == "knn"
+    with pytest.raises(RouterError, match="too few for 10 topic groups"):
+        keep = [i for i, c in enumerate(table.categories or []) if c != "bill"][:12]
         GuardRouter(method="auto", unsafe=False).fit(X[keep], table.subset(keep))
 
 
