@@ -41,7 +41,7 @@ import platform
 import shlex
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -76,6 +76,7 @@ __all__ = [
     "ood_accuracy",
     "parse_criterion",
     "run",
+    "save_guard",
     "select_candidate",
 ]
 
@@ -521,12 +522,17 @@ def evaluate(data: GuardData, embedder: Any, methods: Sequence[str], *,
              latency_sample: int = 300, select: str = "gqr", llo_fraction: float = 0.2,
              progress: bool = True, log: Callable[[str], None] = print,
              save_cascade: str | Path | None = None,
-             skip_unsupported: bool = False) -> dict[str, Any]:
+             skip_unsupported: bool = False,
+             save_selected: str | Path | None = None) -> dict[str, Any]:
     """Run every method at every operating point on ``data``, select on validation, and
     return the result dict (see module doc). ``save_cascade``: write the fitted
     ``guard-cascade`` there as a servable artifact (:func:`routers.guard_cascade.save_cascade`;
     one operating point). ``skip_unsupported``: leave out (and name in ``skipped``) the
-    methods that need more in-domain labels than ``data`` has, instead of failing."""
+    methods that need more in-domain labels than ``data`` has, instead of failing.
+    ``save_selected``: write the selected candidate there, at its operating point, as the
+    artifact a policy's ``guard:`` serves (:func:`save_guard`); the result's
+    ``selected.saved`` says what was written, or why nothing was (a TF-IDF baseline is not a
+    gateway guard)."""
     from tqdm import tqdm
 
     known = {**GUARD_VARIANTS, **BASELINES}
@@ -586,6 +592,7 @@ def evaluate(data: GuardData, embedder: Any, methods: Sequence[str], *,
     lat_texts = [pool[i] for i in rng.choice(len(pool), size=min(latency_sample, len(pool)),
                                              replace=False)] if latency_sample > 0 else []
     results: dict[str, Any] = {}
+    fitted: dict[str, _Method] = {}  # kept only to save the selected one
     bar = tqdm(list(methods), desc="methods", unit="method", disable=not progress)
     for name in bar:
         bar.set_postfix_str(name)
@@ -640,14 +647,10 @@ def evaluate(data: GuardData, embedder: Any, methods: Sequence[str], *,
                 res["fit"]["params"] = m.router.get_params()
                 res["fit"]["unsafe_layers"] = m.router.unsafe_layers_
             results[name if len(frrs) == 1 else f"{name}@{frr:g}"] = res
+        if save_selected is not None:
+            fitted[name] = m
         if save_cascade is not None and isinstance(m, _Cascade):
-            from routers.guard_cascade import save_cascade as save
-
-            r = results[name]
-            save(m.cascade, save_cascade, front_embedder=embedder.name, metrics={
-                "suite": data.name, "seed": seed, "gqr_score": r["gqr_score"],
-                "latency_p50_ms": r["latency_p50_ms"], "latency_p99_ms": r["latency_p99_ms"],
-                "cascade": r["cascade"]})
+            save_guard(m, results[name], save_cascade, embedder.name, data.name, seed)
             log(f"saved the cascade guard to {save_cascade}")
     if n_candidates == 1:
         only = next(iter(results))
@@ -656,6 +659,13 @@ def evaluate(data: GuardData, embedder: Any, methods: Sequence[str], *,
     else:
         selected = select_candidate({k: r["validation"] for k, r in results.items()}, select)
     pick = results[selected["method"]]
+    if save_selected is not None:
+        try:
+            selected["saved"] = save_guard(fitted[pick["method"]], pick, save_selected,
+                                           embedder.name, data.name, seed)
+            log(f"saved the selected guard ({selected['method']}) to {save_selected}")
+        except ValueError as e:
+            selected["saved"] = {"path": None, "error": str(e)}
     selected.update({"base_method": pick["method"],
                      "operating_point": {"target_frr": pick["target_frr"]},
                      "encoder": embedder.name, "validation_ood": val_ood_info,
@@ -679,6 +689,34 @@ def evaluate(data: GuardData, embedder: Any, methods: Sequence[str], *,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join(["expertgate", *sys.argv[1:]]) if sys.argv else "",
     }
+
+
+def save_guard(m: _Method, result: Mapping[str, Any], path: str | Path, embedder_name: str,
+               data_name: str, seed: int) -> dict[str, Any]:
+    """Write a fitted candidate, at the operating point of its ``result`` row, as a servable
+    guard artifact: a two-stage guard's folder (:func:`routers.guard_cascade.save_cascade`)
+    or a guard router's (:func:`routers.artifacts.save_router`), each naming its embedder
+    and carrying the evaluation's figures. Raises ValueError for what the gateway cannot
+    serve (the TF-IDF baseline and the averaged dense + sparse scores of ``guard-hybrid-*``).
+    """
+    metrics = {"suite": data_name, "seed": seed, "method": result["method"],
+               "target_frr": result["target_frr"], "gqr_score": result["gqr_score"],
+               "latency_p50_ms": result.get("latency_p50_ms"),
+               "latency_p99_ms": result.get("latency_p99_ms")}
+    m.set_frr(float(result["target_frr"]))
+    if isinstance(m, _Cascade):
+        from routers.guard_cascade import save_cascade
+
+        save_cascade(m.cascade, path, front_embedder=embedder_name,
+                     metrics={**metrics, "cascade": result.get("cascade")})
+        return {"path": str(path), "format": "guard-cascade", "embedder": embedder_name}
+    if isinstance(m, _GuardMethod):
+        from routers.artifacts import save_router
+
+        save_router(m.router, path, embedder=embedder_name, metrics=metrics)
+        return {"path": str(path), "format": "guard", "embedder": embedder_name}
+    raise ValueError(f"{result['method']} is an evaluation baseline, not a gateway guard: "
+                     "nothing to serve (run again with --methods naming guards only)")
 
 
 def _test_figures(m: _Method, data: GuardData, Xte: np.ndarray, Xood: dict[str, np.ndarray],
@@ -858,10 +896,11 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.save_cascade and len(epochs) > 1:
-        print("--save-cascade needs one encoder variant (one --finetune-epochs value)",
-              file=sys.stderr)
-        return 2
+    for flag in ("save_cascade", "save_selected"):
+        if getattr(args, flag) and len(epochs) > 1:
+            print(f"--{flag.replace('_', '-')} needs one encoder variant (one "
+                  "--finetune-epochs value)", file=sys.stderr)
+            return 2
     runs: list[tuple[str, Any, dict[str, Any] | None, dict[str, Any]]] = []
     for ep in epochs:
         opts, meta = dict(options), None
@@ -891,6 +930,7 @@ def run(args: argparse.Namespace) -> int:
                            latency_sample=args.latency_sample, select=args.select,
                            progress=not args.quiet, save_cascade=args.save_cascade,
                            skip_unsupported=not args.methods,
+                           save_selected=args.save_selected,
                            log=(lambda s: None) if args.quiet else
                            (lambda s: print(s, file=sys.stderr)))
         except ValueError as e:
@@ -917,6 +957,16 @@ def run(args: argparse.Namespace) -> int:
         out.write_text(json.dumps(_clean(result), indent=1, sort_keys=True,
                                   allow_nan=False) + "\n")
         print(f"wrote {out}", file=sys.stderr)
+    saved = result["selected"].get("saved")
+    if saved is not None and saved.get("path") is None:
+        print(f"error: --save-selected wrote nothing: {saved['error']}", file=sys.stderr)
+        return 1
+    if saved is not None:
+        kind = "embedder: {kind: " + args.embedder + "}" + (
+            f" with options: {{model_path: {args.embedder_path}}}" if args.embedder_path else "")
+        print(f"saved the selected guard to {saved['path']}: serve it as a policy's "
+              f"guard: {{artifact: {saved['path']}}} with the gateway's {kind}",
+              file=sys.stderr)
     return 0
 
 
@@ -1137,5 +1187,10 @@ def cli_register(parser: argparse.ArgumentParser) -> None:
                         help="with guard-cascade among --methods: write the fitted two-stage "
                         "guard (front guard on --embedder, back guard on ONNX int8 L3, the "
                         "escalation rule) as an artifact the gateway's guard: can serve")
+    parser.add_argument("--save-selected", metavar="DIR", default=None,
+                        help="write the selected candidate (at its operating point) as the "
+                        "guard artifact a policy's guard: {artifact: DIR} serves, with the "
+                        "gateway's embedder as --embedder; one encoder variant. Exit 1 "
+                        "(results still written) when a TF-IDF baseline was selected")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)

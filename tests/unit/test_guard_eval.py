@@ -337,3 +337,37 @@ def test_one_route_without_validation_ood_rows_selects_among_the_defaults_that_c
     assert _run_cli(["--data", str(data), "--embedder", "hashing", "--methods",
                      "guard-knn,guard-fused", "--quiet"]) == 2
     assert "guard-fused needs at least 2 in-domain labels" in capsys.readouterr().err
+
+
+def test_save_selected_writes_the_guard_the_gateway_serves_at_its_operating_point(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("skops")
+    from gateway.pipeline import _load_guard
+    from routers.embed import make_embedder
+
+    monkeypatch.setenv("EXPERTGATE_CACHE", str(tmp_path / "cache"))
+    data = _write_csv(tmp_path / "g.csv")
+    out, art = tmp_path / "res.json", tmp_path / "guard"
+    assert _run_cli(["--data", str(data), "--json", str(out), "--embedder", "hashing",
+                     "--methods", "guard-knn,guard-mlp-knn", "--target-frr", "0.05,0.1",
+                     "--latency-sample", "5", "--quiet", "--save-selected", str(art)]) == 0
+    res = json.loads(out.read_text())
+    sel = res["selected"]
+    assert sel["saved"] == {"path": str(art), "format": "guard",
+                            "embedder": make_embedder("hashing").name}
+    assert f"guard: {{artifact: {art}}}" in capsys.readouterr().err
+    emb = make_embedder("hashing")
+    guard, _ = _load_guard(art, emb, "test")  # what a policy's guard: {artifact} loads
+    assert guard.target_frr == sel["operating_point"]["target_frr"]
+    # the served guard is the evaluated one: its in-domain test rejections are the run's FRR
+    d = load_guard_data(data)
+    rejected = [v.rejected for v in guard.verdict(emb.embed(d.test_texts), d.test_texts)]
+    assert np.mean(rejected) == pytest.approx(
+        res["methods"][sel["method"]]["false_rejection_rate"])
+    # a TF-IDF baseline selected: the results are written, nothing is saved, exit 1
+    assert _run_cli(["--data", str(data), "--json", str(out), "--embedder", "hashing",
+                     "--methods", "baseline-tfidf-svm", "--latency-sample", "5", "--quiet",
+                     "--save-selected", str(tmp_path / "none")]) == 1
+    assert "evaluation baseline" in json.loads(out.read_text())["selected"]["saved"]["error"]
+    assert not (tmp_path / "none").exists()
