@@ -15,9 +15,9 @@ labels, topic groups of the in-domain texts held out the same way
 (:func:`evals.datasets.guard.leave_groups_out`); the candidates are then also fitted on the
 reduced data to be scored. A default candidate that needs more labels than the data has (the
 lexical, fused and softmax-score guards need two: their margins and scores are between
-labels) is left out and named
-in the result's ``skipped``; one asked for by ``--methods`` is an error. Test figures play no
-part in the choice; the report's headline is the selected row. Metrics (fractions in [0, 1]):
+labels) is left out and named in the result's ``skipped``; one asked for by ``--methods`` is
+an error. Test figures play no part in the choice; the report's headline is the selected
+row. Metrics (fractions in [0, 1]):
 
 * ``in_domain_accuracy``: in-domain test queries given the right label and not rejected;
 * ``ood_accuracy_by_set``: rejection rate of each OOD test set; ``ood_accuracy``: their
@@ -156,9 +156,9 @@ class _Method:
 
 class _GuardMethod(_Method):
     def __init__(self, **params: Any) -> None:
-        self.params = params
         from routers.guard_auto import runs_on
 
+        self.params = params
         self.min_labels = 1 if runs_on(params, 1) else 2
 
     def fit(self, X: np.ndarray, texts: list[str], labels: list[str], Xv: np.ndarray,
