@@ -537,17 +537,17 @@ def evaluate(data: GuardData, embedder: Any, methods: Sequence[str], *,
 
     known = {**GUARD_VARIANTS, **BASELINES}
     n_labels = len(data.labels)
-    skipped = {m: f"needs at least {k} in-domain labels; {data.name} has {n_labels}"
-               for m in methods if m in known
-               and (k := known[m](0.05, seed).min_labels) > n_labels}
+    skipped = {n: f"needs at least {k} in-domain labels; {data.name} has {n_labels}"
+               for n in methods if n in known
+               and (k := known[n](0.05, seed).min_labels) > n_labels}
     if skipped and not skip_unsupported:
-        raise ValueError("; ".join(f"{m} {why}" for m, why in skipped.items()))
-    methods = [m for m in methods if m not in skipped]
+        raise ValueError("; ".join(f"{n} {why}" for n, why in skipped.items()))
+    methods = [n for n in methods if n not in skipped]
     if not methods:
         raise ValueError(f"no method can run on {data.name}: " + "; ".join(
-            f"{m} {why}" for m, why in skipped.items()))
-    for m, why in skipped.items():
-        log(f"left out {m}: it {why}")
+            f"{n} {why}" for n, why in skipped.items()))
+    for n, why in skipped.items():
+        log(f"left out {n}: it {why}")
     unknown = [m for m in methods if m not in known]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(known)}")
