@@ -334,8 +334,11 @@ def _guard_rows(run: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _ms_pair(p50: Any, p99: Any) -> str:
-    return "-" if p50 is None else f"{p50:.2f} / {p99:.2f}"
+def _ms_pair(row: Mapping[str, Any] | None, key: str = "latency") -> str:
+    """``row``'s ``{key}_p50_ms`` / ``{key}_p99_ms`` as "p50 / p99" (ms), "-" without them."""
+    if row is None or row.get(f"{key}_p50_ms") is None:
+        return "-"
+    return f"{row[f'{key}_p50_ms']:.2f} / {row[f'{key}_p99_ms']:.2f}"
 
 
 def _tfidf_baseline(run: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -363,15 +366,13 @@ def _guard_bar_rows(files: Sequence[str]) -> str:
         if sel is None or base is None:
             raise ValueError(f"{a}: no selected method or no baseline-tfidf-svm row")
         diff = float(sel["gqr_score"]) - float(base["gqr_score"])
-        ok = diff >= GUARD_BAR - 1e-12
-        yes = lambda met: "yes" if met else "**no**"  # noqa: E731
+        met = [diff >= GUARD_BAR - 1e-12 and sel[k] <= base[k]
+               for k in ("latency_p50_ms", "latency_p99_ms")]
         lines.append(
             f"| `{a}` | {run.get('suite') or run.get('data', {}).get('name')} | {name} | "
             f"{_num(sel['gqr_score'])} / {_num(base['gqr_score'])} ({diff:+.3f}) | "
-            f"{_ms_pair(sel.get('latency_p50_ms'), sel.get('latency_p99_ms'))} | "
-            f"{_ms_pair(base.get('latency_p50_ms'), base.get('latency_p99_ms'))} | "
-            f"{yes(ok and sel['latency_p50_ms'] <= base['latency_p50_ms'])} | "
-            f"{yes(ok and sel['latency_p99_ms'] <= base['latency_p99_ms'])} |")
+            f"{_ms_pair(sel)} | {_ms_pair(base)} | "
+            + " | ".join("yes" if m else "**no**" for m in met) + " |")
     return "\n".join(lines)
 
 
@@ -384,7 +385,6 @@ def _cascade_rows(run: Mapping[str, Any]) -> str:
              "front only p50 / p99 ms | escalated p50 / p99 ms |",
              "|---|---|---|---|---|---|---|---|"]
     base = _tfidf_baseline(run)
-    ms = _ms_pair
     for n, r in sorted(run["methods"].items()):
         c = r.get("cascade")
         if c is None:
@@ -393,7 +393,6 @@ def _cascade_rows(run: Mapping[str, Any]) -> str:
         parts = ", ".join(f"{k} {v:.2f}" for k, v in
                           (e.get("validation_escalation_by_part") or {}).items())
         b_gqr = _num(base.get("gqr_score")) if base else "-"
-        b_lat = ms(base.get("latency_p50_ms"), base.get("latency_p99_ms")) if base else "-"
         lines.append(
             f"| {n} | band {_num(e.get('band'))}, min p {e.get('min_proba')} "
             f"(cap {e.get('cap')}; agreement with the back guard "
@@ -401,9 +400,8 @@ def _cascade_rows(run: Mapping[str, Any]) -> str:
             f"{_num(c.get('test_escalation_share'), digits=2)} / "
             f"{_num(c.get('latency_sample_escalation_share'), digits=2)} | "
             f"{_num(r.get('gqr_score'))} ({b_gqr}) | "
-            f"{ms(r.get('latency_p50_ms'), r.get('latency_p99_ms'))} ({b_lat}) | "
-            f"{ms(c.get('latency_front_only_p50_ms'), c.get('latency_front_only_p99_ms'))} | "
-            f"{ms(c.get('latency_escalated_p50_ms'), c.get('latency_escalated_p99_ms'))} |")
+            f"{_ms_pair(r)} ({_ms_pair(base)}) | {_ms_pair(c, 'latency_front_only')} | "
+            f"{_ms_pair(c, 'latency_escalated')} |")
     return "\n".join(lines)
 
 
