@@ -962,8 +962,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: --save-selected wrote nothing: {saved['error']}", file=sys.stderr)
         return 1
     if saved is not None:
-        kind = "embedder: {kind: " + args.embedder + "}" + (
-            f" with options: {{model_path: {args.embedder_path}}}" if args.embedder_path else "")
+        # one encoder variant (checked above): the options it was built with, a fine-tuned
+        # folder's path included; the thread count is the gateway's own business
+        serve = {k: v for k, v in opts.items() if k != "threads"}
+        kind = "embedder: {kind: " + args.embedder + (
+            ", options: {" + ", ".join(f"{k}: {v}" for k, v in serve.items()) + "}"
+            if serve else "") + "}"
         print(f"saved the selected guard to {saved['path']}: serve it as a policy's "
               f"guard: {{artifact: {saved['path']}}} with the gateway's {kind}",
               file=sys.stderr)
