@@ -205,6 +205,14 @@ def build_policy_set(cfg: GatewayConfig, embedder: Embedder | None) -> PolicySet
     return PolicySet(cfg, out, time.time())
 
 
+def _attach_guard(d: Decision, verdict: GuardVerdict | None) -> None:
+    """Put the policy's guard verdict on ``d``. A router's own verdict (semantic routes')
+    stays, unless the policy's guard is two-stage: which stage accepted the query must show
+    in the header and the log."""
+    if verdict is not None and (d.guard is None or verdict.stage is not None):
+        d.guard = verdict
+
+
 def _to_experts(pol: PolicyConfig, d: Decision) -> None:
     """Rename a learned router's table models to the experts the policy maps them to."""
     m = pol.models
@@ -442,8 +450,7 @@ class Pipeline:
             else:
                 if crt.config.models:
                     _to_experts(crt.config, d)
-                if verdict is not None and (d.guard is None or verdict.stage is not None):
-                    d.guard = verdict  # as on the served path (decide)
+                _attach_guard(d, verdict)  # as on the served path (decide)
             d.policy, d.policy_version = crt.config.name, crt.version
             d.timings_ms = {"total": share_ms}
             self.on_shadow(crt, d, served)
@@ -523,10 +530,7 @@ class Pipeline:
         t3 = time.perf_counter()
         timings["route"] = (t3 - t2) * 1000
         self._obs_route.observe(t3 - t2)
-        if verdict is not None and (d.guard is None or verdict.stage is not None):
-            # a router's own verdict (semantic routes') stays, unless the policy's guard is
-            # two-stage: which stage accepted the query must show in the header and the log
-            d.guard = verdict
+        _attach_guard(d, verdict)
         return await self._finish(rt, d, key, timings, t0)
 
     async def _finish(self, rt: PolicyRuntime, d: Decision, key: str,
