@@ -28,7 +28,10 @@ Kinds: ``routing-table`` (every router and baseline of a routing run), ``routing
 point of a guard run), ``guard-headline`` (the selected candidate), ``guard-cascade`` (a
 guard run's two-stage guards: escalation rule, escalation shares, latency per stage, beside
 the run's TF-IDF + SVM baseline), ``guard-bar FILE...`` (per guard run, the selected method
-against its TF-IDF + SVM baseline: GQR, p50 / p99, issue 21's bar met or not), ``compare OLD
+against its TF-IDF + SVM baseline: GQR, p50 / p99, issue 21's bar met or not),
+``cost-models FILE...`` (per routing run and router, what ``cost_model`` gave in each seed:
+the experts traded with per-query costs and the range of every expert's cross-validated R^2
+of log cost), ``compare OLD
 NEW`` (the
 headline figures of an older run beside a newer one), ``provenance`` (commit, data sha256,
 encoder and command of a run), ``offpolicy-table FILE...`` / ``offpolicy-dr FILE...`` (the
@@ -511,6 +514,31 @@ def _old_headline_routing(run: Mapping[str, Any]) -> dict[str, Any]:
     return _headline_routing({**run, "selected": {"method": name}})
 
 
+def _span(v: Sequence[float]) -> str:
+    return f"{min(v):.2f} to {max(v):.2f}" if v else "-"
+
+
+def _cost_model_rows(files: Sequence[str]) -> str:
+    """Per routing run and router: the ``cost_model`` parameter, how many experts traded
+    per-query costs in each seed, and the range over seeds of each expert's R^2 (lowest
+    expert's and highest expert's)."""
+    lines = ["| file | router | cost_model | experts with per-query costs, per seed | "
+             "R^2 of log cost, lowest expert | highest expert |", "|---|---|---|---|---|---|"]
+    for f in files:
+        run = _load(f)
+        m = len(run["table"]["models"])
+        for name, row in run["routers"].items():
+            sums = [x for x in row.get("cost_model_summaries") or [] if x]
+            if not sums:
+                continue
+            lo = [min(x["cv_r2"].values()) for x in sums if x.get("cv_r2")]
+            hi = [max(x["cv_r2"].values()) for x in sums if x.get("cv_r2")]
+            per_seed = ", ".join(f"{len(x['predicted'])}/{m}" for x in sums)
+            lines.append(f"| `{f}` | {name} | {sums[0]['cost_model']} | {per_seed} | "
+                         f"{_span(lo)} | {_span(hi)} |")
+    return "\n".join(lines)
+
+
 def render_block(spec: str) -> str:
     """The Markdown of one generated block (see the module doc for the kinds)."""
     kind, *args = spec.split()
@@ -536,6 +564,8 @@ def render_block(spec: str) -> str:
         return _cascade_rows(_load(args[0]))
     if kind == "guard-bar" and args:
         return _guard_bar_rows(args)
+    if kind == "cost-models" and args:
+        return _cost_model_rows(args)
     if kind == "guard-headline" and args:
         h = _headline_guard(_load(args[0]))
         return "| " + " | ".join(h) + " |\n|" + "---|" * len(h) + "\n| " + \

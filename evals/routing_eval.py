@@ -12,7 +12,8 @@ Protocol (one command, every family, several seeds):
    with two experts by thresholding the predicted advantage ``q_strong - q_weak`` (RouteLLM's
    quantile thresholds for APGR/CPT; a finer grid for the quality-cost curve), with N experts
    by maximising ``q - λ · cost / max(cost)`` over a λ grid, ``cost`` the train mean cost of
-   each expert, or, for a router with ``cost_model="predicted"``, its own per-query cost
+   each expert, or, for a router that trades against a cost model (``cost_model``
+   ``"predicted"``, or ``"auto"`` where some expert's cost is predictable), its own per-query cost
    predictions (``router.predict_costs``) over its one scale. A router without
    ``predict_quality`` is evaluated at its own decisions (one operating point; with two
    experts its curve joins that point to "all weak" and "all strong", the mixes a random
@@ -399,9 +400,12 @@ def _choices_from_decisions(router: Router, X: np.ndarray, texts: Sequence[str],
 
 def _router_costs(router: Router, X: np.ndarray, texts: Sequence[str],
                   models: Sequence[str]) -> np.ndarray | None:
-    """A ``cost_model="predicted"`` router's per-query costs (n, m) in the table's model
-    order, over its one cost scale (what its knob trades against); None for mean costs."""
-    if getattr(router, "cost_model", "mean") != "predicted":
+    """The per-query costs (n, m) of a router that trades against a cost model, in the
+    table's model order, over its one cost scale (what its knob trades against); None for a
+    router that trades mean costs (``cost_model="mean"``, or ``"auto"`` where no expert's
+    cost was predictable)."""
+    if getattr(router, "cost_model", "mean") == "mean" or \
+            getattr(router, "cost_model_", None) is None:
         return None
     C = np.asarray(router.predict_costs(X, texts), dtype=np.float64)  # type: ignore[attr-defined]
     scale = float(router.cost_scale)  # type: ignore[attr-defined]
@@ -557,6 +561,8 @@ def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | Non
                         router_costs=None if cv_ is None or ct_ is None else (cv_, ct_))
                     res["knob"] = True
                     res["cost_model"] = "mean" if cv_ is None else "predicted"
+                    if hasattr(r, "cost_model_summary"):
+                        res["cost_model_summary"] = r.cost_model_summary()
                 except RouterError as e:
                     if "does not estimate" not in str(e):
                         raise
@@ -633,6 +639,8 @@ def _aggregate(results: Sequence[dict[str, Any]], fit_s: float | None) -> dict[s
         out["auto_choices"] = [r.get("auto_choice") for r in results]
     if any("cost_model" in r for r in results):
         out["cost_models"] = [r.get("cost_model") for r in results]
+    if any("cost_model_summary" in r for r in results):
+        out["cost_model_summaries"] = [r.get("cost_model_summary") for r in results]
     out["knob"] = bool(results[0].get("knob", True)) if results else None
     out["n_seeds"] = len(results)
     if fit_s is not None:

@@ -8,7 +8,7 @@ Layout of an artifact folder::
     arrays.npz    the router's ``_array_attrs`` (loaded with ``allow_pickle=False``), and
                   what its ``_extra_arrays()`` adds (a quality router's cost model, as
                   ``cost_model.*``; ``_restore_arrays`` reads it back, and an artifact
-                  without one loads with ``cost_model`` "mean")
+                  without one trades mean costs, whatever its ``cost_model``)
     <attr>.skops  one file per ``_skops_attrs`` entry (scikit-learn parts), loaded with an
                   explicit list of trusted types
 

@@ -28,7 +28,8 @@ Costs: with more than two experts each fold also fits a per-query cost model
 (:class:`routers.costmodel.CostModel`) on its training part and scores every candidate a
 second time trading against the held-out prompts' predicted costs. The chosen candidate gets
 ``cost_model="predicted"`` when that beats its mean-cost score by more than one standard error
-of the paired fold differences, and keeps mean costs otherwise (``Selection.cost_model`` says
+of the paired fold differences, and ``cost_model="mean"`` otherwise (not the families' default
+``"auto"``: the folds measured that the prediction does not pay; ``Selection.cost_model`` says
 which and why). With two experts the criterion ranks by predicted advantage, which costs
 cannot change: mean costs.
 
@@ -243,10 +244,16 @@ def _fold_costs(X: np.ndarray, table: RoutingTable, tr: np.ndarray, va: np.ndarr
     return model.predict(X[va], [table.prompts[i] for i in va]) / scale
 
 
-def _make(family: str, params: Mapping[str, Any], seed: int) -> Router:
+def _make(family: str, params: Mapping[str, Any], seed: int, *, fold: bool = False
+          ) -> Router:
+    """The candidate router; in a fold (``fold``) with mean costs, as the criterion trades
+    against the fold's own cost model (:func:`_fold_costs`), so a family's default
+    ``cost_model="auto"`` would fit a model no score reads."""
     r = make_router(family, **dict(params))
     if "seed" in r.param_names() and "seed" not in params:
         r.set_params(seed=int(seed))
+    if fold and "cost_model" in r.param_names() and "cost_model" not in params:
+        r.set_params(cost_model="mean")
     return r
 
 
@@ -304,7 +311,7 @@ def _fold_score(task: tuple[int, int]
     t0 = time.perf_counter()
     predicted: float | None = None
     try:
-        r = _make(family, params, w.seed)
+        r = _make(family, params, w.seed, fold=True)
         r.fit(w.X[tr], w.table.subset(tr), **w.views.fit_kwargs(r))
         V = w.table.subset(va)
         Q = _predict(r, w.X[va], V.prompts, w.table.models)
@@ -406,8 +413,8 @@ def _select(X: np.ndarray, table: RoutingTable, candidates: Sequence[tuple[str, 
                   if means[i] >= means[b] - row["se_to_best"] - 1e-12)
     params = dict(ok[chosen]["params"])
     costs = _choose_cost_model(ok[chosen]["family"], per_fold[chosen], per_fold_pred[chosen])
-    if costs["chosen"] == "predicted":
-        params["cost_model"] = "predicted"
+    if "cost_model" in make_router(ok[chosen]["family"]).param_names():
+        params["cost_model"] = costs["chosen"]
     log(f"auto: cost model {costs['chosen']} ({costs})")
     return Selection(ok[chosen]["family"], params, float(means[chosen]),
                      folds=len(folds),

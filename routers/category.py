@@ -57,7 +57,7 @@ class CategoryRouter(QualityRouter):
     _json_attrs = ("experts_", "categories_", "dim_")
 
     def __init__(self, C: float = 1.0, prior_strength: float = 5.0, soft: bool = False,
-                 cost_weight: float = 0.0, threshold: float | None = None, cost_model: str = "mean",
+                 cost_weight: float = 0.0, threshold: float | None = None, cost_model: str = "auto",
                  seed: int = 0) -> None:
         self.C = C
         self.prior_strength = prior_strength

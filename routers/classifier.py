@@ -55,7 +55,7 @@ class ClassifierRouter(QualityRouter):
 
     def __init__(self, model: str = "logreg", C: float = 1.0, hidden: int = 64,
                  calibration: str = "none", success_threshold: float = 0.5,
-                 cost_weight: float = 0.0, threshold: float | None = None, cost_model: str = "mean",
+                 cost_weight: float = 0.0, threshold: float | None = None, cost_model: str = "auto",
                  seed: int = 0) -> None:
         self.model = model
         self.C = C

@@ -32,7 +32,7 @@ class ClusterRouter(QualityRouter):
 
     def __init__(self, n_clusters: int = 16, prior_strength: float = 2.0,
                  learning_rate: float | None = None, cost_weight: float = 0.0,
-                 threshold: float | None = None, cost_model: str = "mean", seed: int = 0) -> None:
+                 threshold: float | None = None, cost_model: str = "auto", seed: int = 0) -> None:
         self.n_clusters = n_clusters
         self.prior_strength = prior_strength
         self.learning_rate = learning_rate

@@ -18,6 +18,17 @@ stays near 0.2 with any ``k``). Back on the cost scale the estimate is multiplie
 Duan's smearing factor (the mean of the exponentiated residuals), so that on the training
 prompts the mean prediction matches the mean cost instead of the (lower) geometric mean.
 
+``cost_model="auto"`` (every family's default) fits the same model and keeps an expert's
+prediction only where it explains enough of that expert's cost: its R^2 of log cost, from a
+:data:`CV_FOLDS`-fold cross-validation on the training prompts (``r2_``), is at least
+:data:`MIN_R2`; the other experts keep their mean cost, and a router none of whose experts
+qualify trades mean costs exactly as ``"mean"`` does. Why a gate: on a table whose costs follow
+the prompt (tokens times price, prompts of different lengths) the prediction lowers the cost at
+a given quality for every family; where they do not, a prediction is the mean plus noise. The
+cut was chosen on the development seeds' validation parts (docs/routers.md, "Per-query
+costs"): on NQ a lower cut let one or two experts through and no family's validation AIQ rose;
+0.25 is above every NQ expert on every seed and far below the length-priced synthetic table's.
+
 Robustness: only pairs with a finite score and a finite cost are used (missing cells are
 skipped); ``offset`` (a thousandth of the expert's mean cost) keeps zero costs finite on the
 log scale; an expert with fewer than :data:`MIN_ROWS` usable pairs, a zero mean cost or a
@@ -33,15 +44,20 @@ import numpy as np
 
 from routers.base import RouterError
 
-__all__ = ["COMPONENTS", "COST_MODELS", "MIN_ROWS", "CostModel", "check_cost_model",
-           "prompt_tokens"]
+__all__ = ["COMPONENTS", "COST_MODELS", "MIN_R2", "MIN_ROWS", "CostModel", "check_cost_model",
+           "fit_cost_model", "prompt_tokens"]
 
 #: the values of a router's ``cost_model`` parameter
-COST_MODELS = ("mean", "predicted")
+COST_MODELS = ("auto", "mean", "predicted")
+#: ``cost_model="auto"`` keeps an expert's prediction when its cross-validated R^2 of log cost
+#: on the training prompts reaches this; below it the expert's mean cost is used
+MIN_R2 = 0.25
 #: numbers of the embedding's principal components tried beside the token count
 COMPONENTS = (0, 4, 8, 16, 32)
 #: fewest usable (prompt, cost) pairs to fit an expert's model; fewer keep the mean cost
 MIN_ROWS = 20
+#: folds of the cross-validated R^2 that ``cost_model="auto"`` reads (:meth:`CostModel._cv_r2`)
+CV_FOLDS = 5
 #: ridge strengths tried per expert (standardised features)
 ALPHAS = np.geomspace(1e-2, 1e4, 13)
 
@@ -76,18 +92,22 @@ class CostModel:
     smear_: np.ndarray  # (m,)
     offset_: np.ndarray  # (m,)
     fitted_: np.ndarray  # (m,) bool
+    #: (m,) cross-validated R^2 of log cost on the training prompts; NaN where not modelled
+    #: (and in artifacts written before it was recorded)
+    r2_: np.ndarray | None = None
 
     _FIELDS = ("mean_", "pca_mean_", "components_", "feat_mean_", "feat_scale_", "coef_",
                "intercept_", "smear_", "offset_", "fitted_")
+    _OPTIONAL = ("r2_",)
 
     @classmethod
     def fit(cls, X: np.ndarray, texts: Sequence[str], costs: np.ndarray,
             scores: np.ndarray | None = None,
-            components: tuple[int, ...] = COMPONENTS) -> CostModel:
+            components: tuple[int, ...] = COMPONENTS, min_r2: float | None = None
+            ) -> CostModel:
         """Fit on ``X`` (n, d) embeddings, their ``texts`` and ``costs`` (n, m); pairs whose
-        ``scores`` (n, m) are NaN (the expert did not answer) are left out."""
-        from routers.irt import ridge_path
-
+        ``scores`` (n, m) are NaN (the expert did not answer) are left out. With ``min_r2``
+        an expert whose cross-validated R^2 of log cost is below it keeps its mean cost."""
         X = np.asarray(X, dtype=np.float64)
         C = np.asarray(costs, dtype=np.float64)
         if X.ndim != 2 or C.ndim != 2 or X.shape[0] != C.shape[0] or len(texts) != len(X):
@@ -102,7 +122,10 @@ class CostModel:
         mean = np.array([C[use[:, j], j].mean() if use[:, j].any() else 0.0
                          for j in range(m)])
         pca_mean = X.mean(axis=0)
-        k = max(0, min(max(components), X.shape[0] - 1, X.shape[1]))
+        # every expert's cost constant (a two-model table priced per model): nothing to model,
+        # so no principal components either
+        varies = any(np.ptp(C[use[:, j], j]) > 0 for j in range(m) if use[:, j].any())
+        k = max(0, min(max(components), X.shape[0] - 1, X.shape[1])) if varies else 0
         if k:
             # eigenvectors of the (d, d) covariance: cheaper than an SVD of (n, d) when n >> d
             Xc = X - pca_mean
@@ -118,6 +141,7 @@ class CostModel:
         icpt, smear = np.zeros(m), np.ones(m)
         offset = np.maximum(mean * 1e-3, 0.0)
         fitted = np.zeros(m, dtype=bool)
+        r2 = np.full(m, np.nan)
         for j in range(m):
             rows = use[:, j]
             if rows.sum() < MIN_ROWS or mean[j] <= 0:
@@ -126,21 +150,52 @@ class CostModel:
             if y.std() < 1e-9:
                 continue
             Zj = Z[rows]
-            zc, yc = Zj.mean(axis=0), y.mean()
-            best_err = np.inf
-            for kk in sorted({min(int(c), k) for c in components}):
-                B, loo = ridge_path(Zj[:, :1 + kk] - zc[:1 + kk], (y - yc)[:, None], ALPHAS)
-                err = ((loo[:, :, 0] - (y - yc)) ** 2).mean(axis=1)
-                a = int(np.argmin(err))
-                if err[a] < best_err - 1e-12:  # ties keep the fewer components
-                    best_err = float(err[a])
-                    coef[j] = 0.0
-                    coef[j, :1 + kk] = B[a, :, 0]
-            icpt[j] = yc - zc @ coef[j]
+            ks = sorted({min(int(c), k) for c in components})
+            coef[j], icpt[j], _ = cls._select(Zj, y, ks)
             resid = y - (Zj @ coef[j] + icpt[j])
             smear[j] = float(np.mean(np.exp(resid)))
-            fitted[j] = True
-        return cls(mean, pca_mean, comps, f_mean, f_scale, coef, icpt, smear, offset, fitted)
+            r2[j] = cls._cv_r2(Zj, y, ks)
+            fitted[j] = min_r2 is None or r2[j] >= min_r2
+        return cls(mean, pca_mean, comps, f_mean, f_scale, coef, icpt, smear, offset, fitted,
+                   r2)
+
+    @staticmethod
+    def _select(Z: np.ndarray, y: np.ndarray, ks: Sequence[int]
+                ) -> tuple[np.ndarray, float, float]:
+        """Ridge of ``y`` on the first ``1 + kk`` columns of ``Z``, ``kk`` in ``ks`` and the
+        strength in :data:`ALPHAS` chosen together by exact leave-one-out error (ties keep
+        the fewer components): (coefficients over all of ``Z``'s columns, intercept, error)."""
+        from routers.irt import ridge_path
+
+        zc, yc = Z.mean(axis=0), y.mean()
+        coef = np.zeros(Z.shape[1])
+        best_err = np.inf
+        for kk in ks:
+            B, loo = ridge_path(Z[:, :1 + kk] - zc[:1 + kk], (y - yc)[:, None], ALPHAS)
+            err = ((loo[:, :, 0] - (y - yc)) ** 2).mean(axis=1)
+            a = int(np.argmin(err))
+            if err[a] < best_err - 1e-12:
+                best_err = float(err[a])
+                coef[:] = 0.0
+                coef[:1 + kk] = B[a, :, 0]
+        return coef, float(yc - zc @ coef), best_err
+
+    @classmethod
+    def _cv_r2(cls, Z: np.ndarray, y: np.ndarray, ks: Sequence[int]) -> float:
+        """R^2 of log cost on held-out prompts: :data:`CV_FOLDS`-fold cross-validation of the
+        whole :meth:`_select` (components and strength chosen inside each fold, so the
+        figure carries no selection optimism; the leave-one-out error of the selected
+        configuration itself read 0.13-0.21 on an NQ expert whose held-out R^2 was 0.05)."""
+        n = len(y)
+        folds = np.random.default_rng(0).permutation(n) % CV_FOLDS
+        sse = 0.0
+        for f in range(CV_FOLDS):
+            tr, te = folds != f, folds == f
+            if tr.sum() < 2 or not te.any():
+                continue
+            c, b, _ = cls._select(Z[tr], y[tr], ks)
+            sse += float(((y[te] - (Z[te] @ c + b)) ** 2).sum())
+        return 1.0 - sse / (n * float(y.var()))
 
     @staticmethod
     def _raw_features(X: np.ndarray, texts: Sequence[str], pca_mean: np.ndarray,
@@ -163,12 +218,40 @@ class CostModel:
         pred = np.maximum(pred, 0.0)
         return np.where(self.fitted_[None, :], pred, self.mean_[None, :])
 
+    def summary(self, experts: Sequence[str]) -> dict[str, object]:
+        """What a training report says about the model: the experts whose cost is predicted
+        per query, and every modelled expert's cross-validated R^2 of log cost."""
+        r2 = self.r2_ if self.r2_ is not None else np.full(len(self.fitted_), np.nan)
+        return {"predicted": [e for e, f in zip(experts, self.fitted_, strict=True) if f],
+                "cv_r2": {e: round(float(v), 4) for e, v in zip(experts, r2, strict=True)
+                           if np.isfinite(v)}}
+
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return {f: np.asarray(getattr(self, f)) for f in self._FIELDS}
+        out = {f: np.asarray(getattr(self, f)) for f in self._FIELDS}
+        out.update({f: np.asarray(getattr(self, f)) for f in self._OPTIONAL
+                    if getattr(self, f) is not None})
+        return out
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> CostModel:
         missing = [f for f in cls._FIELDS if f not in arrays]
         if missing:
             raise RouterError(f"cost model: arrays missing: {', '.join(missing)}")
-        return cls(*(np.asarray(arrays[f]) for f in cls._FIELDS))
+        return cls(*(np.asarray(arrays[f]) for f in cls._FIELDS),
+                   *(np.asarray(arrays[f]) if f in arrays else None for f in cls._OPTIONAL))
+
+
+def fit_cost_model(mode: str, X: np.ndarray, texts: Sequence[str], costs: np.ndarray,
+                   scores: np.ndarray | None = None
+                   ) -> tuple[CostModel | None, CostModel | None]:
+    """(the cost model a router with ``cost_model=mode`` trades against, the model fitted):
+    None with ``"mean"``; every modelled expert with ``"predicted"``; with ``"auto"`` the
+    experts whose cross-validated R^2 reaches :data:`MIN_R2`, None when there is none (the
+    second item still says what each expert's R^2 was)."""
+    if mode == "mean":
+        return None, None
+    model = CostModel.fit(X, texts, costs, scores,
+                          min_r2=MIN_R2 if mode == "auto" else None)
+    if mode == "auto" and not model.fitted_.any():
+        return None, model
+    return model, model

@@ -92,7 +92,7 @@ class IRTRouter(QualityRouter):
 
     def __init__(self, rank: int | None = None, text_stats: bool = True,
                  cost_weight: float = 0.0, threshold: float | None = None,
-                 cost_model: str = "mean") -> None:
+                 cost_model: str = "auto") -> None:
         self.rank = rank
         self.text_stats = text_stats
         self.cost_weight = cost_weight

@@ -47,7 +47,7 @@ class KNNRouter(QualityRouter):
 
     def __init__(self, k: int = 20, temperature: float = 0.05, prior_strength: float = 0.5,
                  cost_weight: float = 0.0, threshold: float | None = None,
-                 cost_model: str = "mean") -> None:
+                 cost_model: str = "auto") -> None:
         self.k = k
         self.temperature = temperature
         self.prior_strength = prior_strength

@@ -36,7 +36,7 @@ class MFRouter(QualityRouter):
     def __init__(self, dim: int = 64, epochs: int = 60, lr: float = 3e-3,
                  weight_decay: float = 1e-4, pairwise_weight: float = 1.0,
                  batch_size: int = 1024, cost_weight: float = 0.0,
-                 threshold: float | None = None, cost_model: str = "mean", seed: int = 0) -> None:
+                 threshold: float | None = None, cost_model: str = "auto", seed: int = 0) -> None:
         self.dim = dim
         self.epochs = epochs
         self.lr = lr

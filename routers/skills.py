@@ -34,7 +34,7 @@ class SkillsRouter(QualityRouter):
     def __init__(self, k: int = 2, aggregator: str | None = None, n_skills: int = 8,
                  temperature: float = 0.05, prior_strength: float = 5.0,
                  use_categories: bool = True, cost_weight: float = 0.0,
-                 threshold: float | None = None, cost_model: str = "mean", seed: int = 0) -> None:
+                 threshold: float | None = None, cost_model: str = "auto", seed: int = 0) -> None:
         self.k = k
         self.aggregator = aggregator
         self.n_skills = n_skills

@@ -122,7 +122,7 @@ class StackRouter(QualityRouter):
                  lexical_weight: float = 2.0, C_lexical: float | None = 1.0,
                  cost_weight: float = 0.0,
                  threshold: float | None = None,
-                 cost_model: str = "mean") -> None:
+                 cost_model: str = "auto") -> None:
         self.C_embed = C_embed
         self.C_stats = C_stats
         self.C_meta = C_meta

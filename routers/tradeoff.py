@@ -6,7 +6,7 @@ with one of two knobs:
 
 * ``cost_weight`` λ >= 0 (any number of experts): maximise ``Q - λ · c / scale``, where
   ``c`` are the experts' mean costs (m,), or each query's predicted costs (n, m) with a
-  router's ``cost_model="predicted"`` (:mod:`routers.costmodel`), and ``scale`` is one
+  router's cost model (:mod:`routers.costmodel`), and ``scale`` is one
   number (by default the largest mean cost). λ = 0 picks the best predicted quality; larger
   λ buys cheaper experts. Ties go to the cheaper expert.
 * ``threshold`` t (RouteLLM style): call the strong (most expensive) expert only when its
@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 
 from routers.base import Decision, Router, RouterError, RoutingTable, Target
-from routers.costmodel import CostModel, check_cost_model
+from routers.costmodel import CostModel, check_cost_model, fit_cost_model
 
 __all__ = [
     "QualityRouter",
@@ -173,16 +173,18 @@ def shrunk_group_quality(S: np.ndarray, groups: np.ndarray, n_groups: int,
 class QualityRouter(Router):
     """Base class of routers that predict per-expert quality and choose with :func:`choose`.
 
-    Subclasses call :meth:`_fit_costs` in ``fit`` (setting ``costs_`` and, with
-    ``cost_model="predicted"``, ``cost_model_``), set ``experts_`` and ``dim_``, and
+    Subclasses call :meth:`_fit_costs` in ``fit`` (setting ``costs_`` and ``cost_model_``),
+    set ``experts_`` and ``dim_``, and
     implement ``_quality(X) -> (n, m)``; they include ``cost_weight``, ``threshold`` and
     ``cost_model`` in their parameters. ``_explain(X, Q)`` may return one short text per row
     to prefix the reason.
 
     Costs: ``cost_model="mean"`` trades quality against each expert's mean training cost;
     ``"predicted"`` against :class:`routers.costmodel.CostModel`'s estimate for the query
-    (:meth:`predict_costs`). Both are divided by one scale, the largest mean training cost
-    (:attr:`cost_scale`), so a cost weight means the same with either and on every query.
+    (:meth:`predict_costs`); ``"auto"`` (the families' default) against the estimate for the
+    experts whose cost the model explains (:func:`routers.costmodel.fit_cost_model`), the mean
+    for the others. All are divided by one scale, the largest mean training cost
+    (:attr:`cost_scale`), so a cost weight means the same with any and on every query.
     """
 
     _tradeoff_params: ClassVar[tuple[str, ...]] = ("cost_weight", "threshold", "cost_model")
@@ -228,11 +230,25 @@ class QualityRouter(Router):
 
     def _fit_costs(self, X: np.ndarray, table: RoutingTable) -> None:
         """``costs_`` (mean training cost per expert) and ``cost_model_`` (the per-query
-        model with ``cost_model="predicted"``, else None) from the training table."""
+        model, or None where decisions trade mean costs) from the training table."""
         self.costs_ = table.mean_costs()
-        self.cost_model_ = (CostModel.fit(X, table.prompts, table.costs, table.scores)
-                            if check_cost_model(self.cost_model, self.name) == "predicted"
-                            else None)
+        self.cost_model_, fitted = fit_cost_model(check_cost_model(self.cost_model, self.name),
+                                                  X, table.prompts, table.costs, table.scores)
+        # what the fit found, for the training report (not stored in an artifact)
+        self._cost_fit = fitted
+
+    def cost_model_summary(self) -> dict[str, Any]:
+        """The ``cost_model`` parameter and what it gave: the experts whose cost is predicted
+        per query (empty: mean costs) and each modelled expert's cross-validated R^2 (known
+        after a fit, and from an artifact that holds a cost model)."""
+        model = getattr(self, "cost_model_", None)
+        found = getattr(self, "_cost_fit", None) or model
+        out: dict[str, Any] = {"cost_model": self.cost_model, "predicted": [], "cv_r2": {}}
+        if found is not None:
+            out["cv_r2"] = found.summary(list(self.experts_))["cv_r2"]
+        if model is not None:
+            out["predicted"] = model.summary(list(self.experts_))["predicted"]
+        return out
 
     @property
     def cost_scale(self) -> float:
@@ -242,7 +258,7 @@ class QualityRouter(Router):
 
     def predict_costs(self, X: np.ndarray, texts: Sequence[str] | None = None) -> np.ndarray:
         """The cost of each expert for each query the router trades against, (n, m): the
-        per-query prediction with ``cost_model="predicted"`` (``texts`` required: the
+        per-query prediction where the router has a cost model (``texts`` required: the
         prompt's length is a feature), else the mean training costs on every row."""
         self.check_fitted()
         X = self.check_X(X, texts)
@@ -254,11 +270,15 @@ class QualityRouter(Router):
 
     def _decision_costs(self, X: np.ndarray, texts: Sequence[str] | None
                         ) -> np.ndarray | None:
-        """Per-query predicted costs (n, m) of the already checked ``X`` with
-        ``cost_model="predicted"``; None with ``"mean"`` (decisions then use ``costs_``)."""
-        if check_cost_model(self.cost_model, self.name) == "mean":
+        """Per-query predicted costs (n, m) of the already checked ``X`` where the router
+        trades against its cost model; None with ``"mean"``, or ``"auto"`` without a model
+        (decisions then use ``costs_``)."""
+        mode = check_cost_model(self.cost_model, self.name)
+        if mode == "mean":
             return None
         model = getattr(self, "cost_model_", None)
+        if model is None and mode == "auto":
+            return None
         if model is None:
             raise RouterError(f"{self.name}: cost_model 'predicted' but the fitted router "
                               "has no cost model (fit it again)")

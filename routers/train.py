@@ -230,6 +230,8 @@ def train_router(name: str, table: RoutingTable, X: np.ndarray, *,
     }
     if selection is not None:
         metrics["auto"] = selection
+    if hasattr(router, "cost_model_summary"):  # which experts' costs are predicted per query
+        metrics["costs"] = router.cost_model_summary()
     if len(va):
         metrics["validation"] = evaluate_router(router, X[va], table.subset(va), apgr=apgr)
     if len(te):

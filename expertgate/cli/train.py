@@ -220,6 +220,13 @@ def _print_metrics(m: dict[str, Any]) -> None:
         a = m["auto"]
         print(f"auto chose {a['family']} {json.dumps(a['params'])} (cross-validation score "
               f"{a['score']:.4f} over {len(a['candidates'])} candidates, {a['folds']} fold(s))")
+    if m.get("costs"):
+        c = m["costs"]
+        pred = c.get("predicted") or []
+        r2 = ", ".join(f"{e} {v:.2f}" for e, v in (c.get("cv_r2") or {}).items())
+        print(f"costs ({c['cost_model']}): "
+              + (f"predicted per query for {', '.join(pred)}" if pred else "mean per expert")
+              + (f" (cross-validated R^2 of log cost: {r2})" if r2 else ""))
     for part in ("validation", "test"):
         r = m.get(part)
         if not r:

@@ -45,7 +45,7 @@ def fitted() -> tuple:
     X, table = length_table(900)
     tr, te = np.arange(600), np.arange(600, 900)
     T, E = table.subset(tr), table.subset(te)
-    mean = make_router("knn", k=30).fit(X[tr], T)
+    mean = make_router("knn", k=30, cost_model="mean").fit(X[tr], T)
     pred = make_router("knn", k=30, cost_model="predicted").fit(X[tr], T)
     return X, table, T, E, tr, te, mean, pred
 
@@ -117,7 +117,9 @@ def test_artifacts_keep_the_cost_model_and_old_ones_load_as_mean(fitted, tmp_pat
     with np.load(old / "arrays.npz") as npz:
         assert not [k for k in npz.files if k.startswith("cost_model.")]
     back = load_router(old)
-    assert back.cost_model == "mean" and back.cost_model_ is None
+    # the family default ("auto") without a model: mean costs, as before
+    assert back.cost_model == "auto" and back.cost_model_ is None
+    assert RE._router_costs(back, Xe, texts, back.experts_) is None
     assert [d.expert for d in back.decide(Xe, texts)] == \
         [d.expert for d in mean.decide(Xe, texts)]
     # ... and cannot be switched to predicted costs it never learned (a gateway policy's
@@ -129,6 +131,38 @@ def test_artifacts_keep_the_cost_model_and_old_ones_load_as_mean(fitted, tmp_pat
     (old / "router.json").write_text(json.dumps(manifest))
     with pytest.raises(RouterError, match="holds no cost model"):
         load_router(old)
+
+
+def test_auto_predicts_the_experts_whose_cost_follows_the_prompt_and_only_those() -> None:
+    X, table = length_table(900, seed=1)
+    rng = np.random.default_rng(5)
+    C = table.costs.copy()
+    # the strong expert's bill no longer follows the prompt: a flat fee with noise
+    C[:, 2] = 12.0 * rng.lognormal(0, 0.5, size=len(C))
+    table = RoutingTable(table.prompt_ids, table.prompts, table.models, table.scores, C)
+    tr, te = np.arange(600), np.arange(600, 900)
+    T, E = table.subset(tr), table.subset(te)
+    auto = make_router("knn", k=30).fit(X[tr], T)  # the family default
+    assert auto.cost_model == "auto"
+    summary = auto.cost_model_summary()
+    assert summary["predicted"] == ["cheap", "mid"], summary
+    assert summary["cv_r2"]["cheap"] > 0.8 and summary["cv_r2"]["strong"] < 0.25
+    C_hat = auto.predict_costs(X[te], E.prompts)
+    assert np.ptp(C_hat[:, 2]) == 0 and C_hat[0, 2] == pytest.approx(T.mean_costs()[2])
+    assert np.corrcoef(np.log(C_hat[:, 0]), np.log(E.costs[:, 0]))[0, 1] > 0.9
+    # the offline sweep trades against what decisions trade against
+    np.testing.assert_allclose(RE._router_costs(auto, X[te], E.prompts, table.models),
+                               C_hat / auto.cost_scale)
+    # costs that follow nothing the router sees: no model, decisions exactly as mean costs
+    flat = RoutingTable(table.prompt_ids, table.prompts, table.models, table.scores,
+                        np.array([1.0, 4.0, 12.0]) * rng.lognormal(0, 0.5, size=C.shape))
+    Tf = flat.subset(tr)
+    a = make_router("knn", k=30, cost_weight=0.3).fit(X[tr], Tf)
+    m = make_router("knn", k=30, cost_weight=0.3, cost_model="mean").fit(X[tr], Tf)
+    assert a.cost_model_ is None and a.cost_model_summary()["predicted"] == []
+    assert [d.expert for d in a.decide(X[te], E.prompts)] == \
+        [d.expert for d in m.decide(X[te], E.prompts)]
+    assert "per-query" not in a.decide(X[te][:1], E.prompts[:1])[0].reason
 
 
 def test_bad_inputs_raise_router_errors(fitted) -> None:
@@ -204,7 +238,7 @@ def test_auto_chooses_predicted_costs_only_where_they_help() -> None:
                         np.tile([1.0, 4.0, 12.0], (len(table), 1)))
     r, sel = fit_auto(X, flat, candidates=(("knn", {"k": 30}),), jobs=1)
     assert sel.cost_model["chosen"] == "mean" and r.cost_model == "mean"
-    assert "cost_model" not in sel.params
+    assert sel.params["cost_model"] == "mean"  # said, not left to the family default
 
 
 def test_synthetic_length_costs() -> None:
@@ -230,7 +264,8 @@ def test_gateway_policy_serves_predicted_costs_and_refuses_them_on_a_mean_artifa
     X, table = length_table(300, seed=2)
     train_router("irt", table, X, params={"cost_model": "predicted", "cost_weight": 0.5},
                  out=tmp_path / "pred", embedder_name="test")
-    train_router("irt", table, X, out=tmp_path / "mean", embedder_name="test")
+    train_router("irt", table, X, params={"cost_model": "mean"}, out=tmp_path / "mean",
+                 embedder_name="test")
     experts = [{"name": m, "api_base": "http://127.0.0.1:9/v1"} for m in table.models]
     cfg = parse_config({"experts": experts, "policies": [
         {"name": "p", "router": "irt", "artifact": str(tmp_path / "pred")}]})

@@ -266,3 +266,23 @@ def test_guard_bar_block_reads_the_selected_method_against_the_tfidf_baseline(
     (tmp_path / "c.json").write_text(json.dumps(run))
     with pytest.raises(ValueError, match="baseline-tfidf-svm"):
         R.render_block("guard-bar c.json")
+
+
+def test_cost_models_block_says_which_experts_traded_per_query_costs(
+        tmp_path: Path, monkeypatch) -> None:
+    from routers.embed import make_embedder
+
+    # costs follow the prompt's length and its topic (which the hashing embedder sees)
+    table = RE.load_routing_table("synthetic:400x5:length")
+    X = make_embedder("hashing").embed(table.prompts)
+    res = RE.evaluate(table, X, routers=["knn", "classifier"], seeds=[0, 1], progress=False,
+                      router_params={"classifier": {"cost_model": "mean"}})
+    (tmp_path / "run.json").write_text(json.dumps(res))
+    monkeypatch.chdir(tmp_path)
+    lines = R.render_block("cost-models run.json").splitlines()
+    knn = next(ln for ln in lines if "| knn |" in ln)
+    assert knn.startswith("| `run.json` | knn | auto | 5/5, 5/5 | ")
+    low = float(knn.split("|")[5].split()[0])
+    assert low >= 0.25  # every expert cleared the cut (that is why all five are predicted)
+    assert "| classifier | mean | 0/5, 0/5 | - | - |" in next(
+        ln for ln in lines if "| classifier |" in ln)
