@@ -519,7 +519,8 @@ def _span(v: Sequence[float]) -> str:
 
 
 def _cost_model_rows(files: Sequence[str]) -> str:
-    """Per routing run and router: the ``cost_model`` parameter, how many experts traded
+    """Per routing run and router: the ``cost_model`` parameter (per seed where it differs:
+    ``auto``'s choice), how many experts traded
     per-query costs in each seed, and the range over seeds of each expert's R^2 (lowest
     expert's and highest expert's)."""
     lines = ["| file | router | cost_model | experts with per-query costs, per seed | "
@@ -534,7 +535,9 @@ def _cost_model_rows(files: Sequence[str]) -> str:
             lo = [min(x["cv_r2"].values()) for x in sums if x.get("cv_r2")]
             hi = [max(x["cv_r2"].values()) for x in sums if x.get("cv_r2")]
             per_seed = ", ".join(f"{len(x['predicted'])}/{m}" for x in sums)
-            lines.append(f"| `{f}` | {name} | {sums[0]['cost_model']} | {per_seed} | "
+            modes = [str(x["cost_model"]) for x in sums]  # auto's choice differs per seed
+            mode = modes[0] if len(set(modes)) == 1 else ", ".join(modes)
+            lines.append(f"| `{f}` | {name} | {mode} | {per_seed} | "
                          f"{_span(lo)} | {_span(hi)} |")
     return "\n".join(lines)
 
