@@ -333,11 +333,15 @@ def default_jobs() -> int:
 
 
 def _one_blas_thread() -> None:
-    """A worker's BLAS pool to one thread: ``jobs`` workers with the parent's pool size each
-    would oversubscribe the cores (spinning BLAS threads made the folds several times slower)."""
+    """A worker's BLAS pool to one thread, and one thread for a stack's fold fits: ``jobs``
+    workers with the parent's pool size each would oversubscribe the cores (spinning BLAS
+    threads made the folds several times slower)."""
     from threadpoolctl import threadpool_limits
 
+    import routers.stack
+
     threadpool_limits(1)
+    routers.stack.FIT_THREADS = 1  # the workers already fill the cores
 
 
 def _run(work: _Work, jobs: int) -> list[tuple[int, int, float | str, float | None, float]]:

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from routers.base import Router, RouterError, RoutingTable, make_router
-from routers.tradeoff import strong_weak
+from routers.base import Decision, Router, RouterError, RoutingTable, make_router
+from routers.tradeoff import QualityRouter, strong_weak
 
 __all__ = [
     "ApgrFn",
@@ -122,7 +122,9 @@ def evaluate_router(router: Router, X: np.ndarray, table: RoutingTable,
         out["strong_share"] = round(share.get(table.models[strong], 0) / n, 4)
     if len(table.models) == 2 and apgr is not None:
         try:
-            Q = router.predict_quality(X, texts)
+            Q = _decided_quality(router, decisions)
+            if Q is None:
+                Q = router.predict_quality(X, texts)
             experts = list(router.experts_)
             if Q.shape[1] == len(experts) and set(table.models) <= set(experts):
                 adv = (Q[:, experts.index(table.models[strong])]
@@ -135,6 +137,21 @@ def evaluate_router(router: Router, X: np.ndarray, table: RoutingTable,
             out["apgr"] = None
             out["apgr_skipped"] = str(e)
     return out
+
+
+def _decided_quality(router: Router, decisions: Sequence[Decision]) -> np.ndarray | None:
+    """A quality router's predicted quality, read back from its decisions (each lists every
+    expert with its ``predict_quality`` score, the full fallback chain), so the evaluation
+    does not predict every held-out prompt a second time; None for other routers."""
+    if not isinstance(router, QualityRouter):
+        return None
+    col = {e: j for j, e in enumerate(router.experts_)}
+    Q = np.full((len(decisions), len(col)), np.nan)
+    for i, d in enumerate(decisions):
+        for t in d.targets:
+            if t.expert in col:
+                Q[i, col[t.expert]] = t.score
+    return None if np.isnan(Q).any() else Q
 
 
 def _r(x: float | np.floating[Any]) -> float | None:

@@ -233,3 +233,47 @@ def test_a_request_row_equals_the_transform_row_and_the_word_memo_is_bounded(
     # a remembered word gives the same row the second time
     again = lex.row(texts[6])
     np.testing.assert_array_equal(again[0], lex.row(texts[6])[0])
+
+
+def test_the_vocabulary_pass_split_over_two_processes_equals_the_sequential_one(
+        monkeypatch) -> None:
+    import routers.lexical as L
+
+    rng = np.random.default_rng(4)
+    vocab = [f"w{i}" for i in range(300)] + ["Tax", "tax-free", "42", "café", "naïve"]
+    texts = [" ".join(rng.choice(vocab, size=rng.integers(1, 40))) for _ in range(600)]
+    texts += ["", "   ", "only-new-words here at the end"]  # terms first seen in the 2nd half
+    monkeypatch.setattr(L, "SPLIT_MIN_TEXTS", 10**9)
+    seq = L.Lexical(min_df_chars=1).fit_transform(texts)
+    seq_state = L.Lexical(min_df_chars=1).fit(texts).state()
+    monkeypatch.setattr(L, "SPLIT_MIN_TEXTS", 100)
+    lx = L.Lexical(min_df_chars=1)
+    split = lx.fit_transform(texts)
+    for a in ("data", "indices", "indptr"):
+        np.testing.assert_array_equal(getattr(split, a), getattr(seq, a))
+    assert lx.state()[0] == seq_state[0]
+    np.testing.assert_array_equal(lx.state()[1], seq_state[1])
+    words, chars = {}, {}
+    enc = L._encode_split(texts, words, chars)
+    words2, chars2 = {}, {}
+    ref = L._encode(texts, words2, chars2, grow=True)
+    assert words == words2 and chars == chars2  # the same index for every term
+    for got, want in zip(enc, ref, strict=True):
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_array_equal(g, w)
+
+
+def test_a_stack_fitted_with_its_folds_in_threads_predicts_as_one_fitted_in_one(
+        monkeypatch) -> None:
+    import routers.stack as RS
+    from routers.base import make_router
+    from tests.unit.test_router_contract import synthetic_table
+
+    X, table = synthetic_table(120)
+    monkeypatch.setattr(RS, "FIT_THREADS", 1)
+    one = make_router("stack").fit(X, table)
+    monkeypatch.setattr(RS, "FIT_THREADS", 3)
+    three = make_router("stack").fit(X, table)
+    q = list(table.prompts[:20])
+    np.testing.assert_allclose(three.predict_quality(X[:20], q),
+                               one.predict_quality(X[:20], q), rtol=1e-9, atol=1e-12)

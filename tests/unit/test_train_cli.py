@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from expertgate.cli import main
 from routers.artifacts import load_router, read_manifest
-from routers.base import RouterError, registered_names
+from routers.base import RouterError, make_router, registered_names
 from routers.train import parse_params
 from tests.unit.test_router_contract import synthetic_table
 
@@ -127,6 +128,30 @@ def test_train_prints_the_one_apgr_of_evals_metrics(tmp_path: Path) -> None:
     adv = Q[:, ex.index("dear")] - Q[:, ex.index("cheap")]
     want = apgr_of_advantage(adv, t.scores[te, s], t.scores[te, w])
     assert got == pytest.approx(want, abs=1e-6)
+
+
+def test_train_evaluation_predicts_each_held_out_prompt_once(monkeypatch) -> None:
+    """The APGR reads the quality the decisions carry (every expert's score, the fallback
+    chain) instead of predicting the part again: half the evaluation time of a stack."""
+    from evals.metrics import apgr_of_advantage
+    from routers.tradeoff import QualityRouter
+    from routers.train import evaluate_router
+
+    X, table = synthetic_table(160, models=["cheap", "dear"], missing=False)
+    r = make_router("knn", k=10).fit(X[:100], table.subset(np.arange(100)))
+    held = table.subset(np.arange(100, 160))
+    want = r.predict_quality(X[100:], held.prompts)
+    calls = []
+    real = QualityRouter.predict_quality
+    monkeypatch.setattr(QualityRouter, "predict_quality",
+                        lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    got = evaluate_router(r, X[100:], held, apgr=apgr_of_advantage)
+    assert calls == []
+    s, w = table.models.index("dear"), table.models.index("cheap")
+    ex = list(r.experts_)
+    assert got["apgr"] == pytest.approx(apgr_of_advantage(
+        want[:, ex.index("dear")] - want[:, ex.index("cheap")], held.scores[:, s],
+        held.scores[:, w]), abs=1e-6)
 
 
 def test_a_long_embedding_is_announced_with_its_estimate_and_a_faster_embedder(
