@@ -100,6 +100,9 @@ class Gateway:
             if ec.kind in ("minilm", "onnx"):
                 opts.setdefault("threads", s.embed_threads)
             self._embedder = await asyncio.to_thread(make_embedder, ec.kind, **opts)
+            if self.config.embedder_from:
+                log.info("embedder %s: the one %s was trained with (the config names none)",
+                         ec.kind, self.config.embedder_from)
         self.embedder = self._embedder
         self.policy_set = await asyncio.to_thread(build_policy_set, self.config, self.embedder)
         self.auth.set_reach(reachable_experts(self.policy_set.policies))

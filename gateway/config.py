@@ -378,6 +378,9 @@ class GatewayConfig(_Model):
     require_auth: bool = False
     source: str = ""
     digest: str = ""
+    #: where ``embedder`` came from when the config has none: the artifact whose training
+    #: record it is (:func:`resolve_embedder`); empty when written or the default
+    embedder_from: str = ""
 
     @field_validator("experts")
     @classmethod
@@ -461,6 +464,42 @@ def parse_config(data: Any, source: str = "<config>") -> GatewayConfig:
         raise ConfigError(f"{source}: invalid configuration: values must be JSON-like "
                           f"(string keys, 64-bit integers): {e}") from None
     cfg.digest = hashlib.sha256(raw).hexdigest()[:16]
+    return resolve_embedder(cfg)
+
+
+def resolve_embedder(cfg: GatewayConfig) -> GatewayConfig:
+    """A config without ``embedder:`` embeds with the embedder its routers were trained with:
+    when every policy artifact that records how to build its embedder (``embedder_spec`` in
+    its ``router.json``, written by ``expertgate train``) records the same one, that one
+    (``embedder_from`` names the artifact; the gateway logs it at start-up). Without such a
+    record, or with records that disagree, the default stays and an artifact trained with
+    another embedder is refused at start-up with both names, as before. A config that says
+    ``embedder:`` is never changed."""
+    if "embedder" in cfg.model_fields_set:
+        return cfg
+    found: dict[str, tuple[dict[str, Any], str]] = {}
+    for pol in cfg.policies:
+        for art in (pol.artifact, pol.candidate.artifact if pol.candidate else None):
+            if art is None:
+                continue
+            try:
+                manifest = orjson.loads((Path(art) / "router.json").read_bytes())
+            except (OSError, ValueError):
+                continue  # missing or unreadable: the policy's own loading says so
+            spec = manifest.get("embedder_spec") if isinstance(manifest, dict) else None
+            if isinstance(spec, dict) and isinstance(spec.get("kind"), str):
+                key = orjson.dumps(spec, option=orjson.OPT_SORT_KEYS).decode()
+                found.setdefault(key, (spec, str(art)))
+    if len(found) != 1:
+        return cfg
+    spec, where = next(iter(found.values()))
+    try:
+        emb = EmbedderConfig.model_validate({"kind": spec["kind"],
+                                             "options": spec.get("options") or {}})
+    except ValidationError:
+        return cfg
+    cfg.embedder = emb
+    cfg.embedder_from = where
     return cfg
 
 
@@ -487,4 +526,4 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
         cand = pol.candidate
         if cand is not None and cand.artifact is not None and not cand.artifact.is_absolute():
             cand.artifact = base / cand.artifact
-    return cfg
+    return resolve_embedder(cfg)  # again, now that relative artifact paths are resolved

@@ -3,7 +3,7 @@
 Layout of an artifact folder::
 
     router.json   {format: "expertgate-router", format_version: 1, type, version, params,
-                   json_state, data_hash, embedder, dim, metrics, created,
+                   json_state, data_hash, embedder, [embedder_spec], dim, metrics, created,
                    files: {name: sha256}}
     arrays.npz    the router's ``_array_attrs`` (loaded with ``allow_pickle=False``), and
                   what its ``_extra_arrays()`` adds (a quality router's cost model, as
@@ -104,8 +104,14 @@ def _jsonable(x: Any) -> Any:
 
 
 def save_router(router: Router, path: str | Path, *, metrics: Mapping[str, Any] | None = None,
-                data_hash: str | None = None, embedder: str | None = None) -> Path:
+                data_hash: str | None = None, embedder: str | None = None,
+                embedder_spec: Mapping[str, Any] | None = None) -> Path:
     """Write ``router`` (fitted) to the folder ``path`` and return the folder.
+
+    ``embedder`` is the name of the embedder the router was trained with (the gateway refuses
+    the artifact with another); ``embedder_spec`` (``{"kind": ..., "options": {...}}``, as a
+    gateway config's ``embedder:``) how to build it, so a config without ``embedder:``
+    serves the artifact with it (:func:`gateway.config.resolve_embedder`).
 
     The folder is written in a temporary sibling and moved into place, so a reader never
     sees half an artifact. An existing artifact at ``path`` is replaced.
@@ -150,6 +156,7 @@ def save_router(router: Router, path: str | Path, *, metrics: Mapping[str, Any] 
             "json_state": json_state,
             "data_hash": data_hash,
             "embedder": embedder,
+            **({"embedder_spec": _jsonable(dict(embedder_spec))} if embedder_spec else {}),
             "dim": _jsonable(getattr(router, "dim_", None)),
             "metrics": _jsonable(dict(metrics or {})),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),

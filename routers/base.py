@@ -469,10 +469,12 @@ class Router:
 
     # -- persistence -------------------------------------------------------------------
     def save(self, path: str | Path, *, metrics: Mapping[str, Any] | None = None,
-             data_hash: str | None = None, embedder: str | None = None) -> Path:
+             data_hash: str | None = None, embedder: str | None = None,
+             embedder_spec: Mapping[str, Any] | None = None) -> Path:
         from routers.artifacts import save_router
 
-        return save_router(self, path, metrics=metrics, data_hash=data_hash, embedder=embedder)
+        return save_router(self, path, metrics=metrics, data_hash=data_hash, embedder=embedder,
+                           embedder_spec=embedder_spec)
 
     @classmethod
     def load(cls: type[R], path: str | Path) -> R:

@@ -203,7 +203,8 @@ def train_router(name: str, table: RoutingTable, X: np.ndarray, *,
                  params: Mapping[str, Any] | None = None, seed: int = 0, val: float = 0.1,
                  test: float = 0.2, out: str | Path | None = None,
                  embedder: Any = None, embedder_name: str | None = None,
-                 latency: bool = False, apgr: ApgrFn | None = None,
+                 embedder_spec: Mapping[str, Any] | None = None, latency: bool = False,
+                 apgr: ApgrFn | None = None,
                  auto_candidates: Sequence[tuple[str, Mapping[str, Any]]] | None = None,
                  log: Callable[[str], None] = lambda s: None) -> TrainResult:
     """Split by prompt, fit on train, measure on validation and test, save to ``out``.
@@ -259,5 +260,5 @@ def train_router(name: str, table: RoutingTable, X: np.ndarray, *,
     path = None
     if out is not None:
         path = router.save(out, metrics=metrics, data_hash=table.content_hash(),
-                           embedder=embedder_name)
+                           embedder=embedder_name, embedder_spec=embedder_spec)
     return TrainResult(router, metrics, path)

@@ -355,7 +355,9 @@ def _train(args: argparse.Namespace) -> int:
         print(f"fitting {args.router} ...", file=sys.stderr, flush=True)
         result = train_router(args.router, table, X, params=params, seed=args.seed,
                               val=args.val, test=args.test, out=args.out, embedder=embedder,
-                              embedder_name=embedder.name, latency=args.latency,
+                              embedder_name=embedder.name,
+                              embedder_spec={"kind": kind, "options": options},
+                              latency=args.latency,
                               apgr=apgr_of_advantage, auto_candidates=candidates,
                               log=lambda s: print(s, file=sys.stderr, flush=True))
     except (RouterError, EmbedderError) as e:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,43 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("EXPERTGATE_MAX_BODY_BYTES", "1234")
     s = Settings()
     assert s.redis_url == "redis://127.0.0.1:6390/0" and s.max_body_bytes == 1234
+
+
+def test_a_config_without_embedder_embeds_with_the_one_its_artifacts_were_trained_with(
+        tmp_path: Path) -> None:
+    """`expertgate train` records how to build its embedder; a config that names none serves
+    the artifact with it instead of refusing it against the default. A config that names one
+    keeps it, and artifacts that disagree leave the default (the start-up error names both)."""
+    import pandas as pd
+
+    from expertgate.cli import main
+    from gateway.pipeline import build_policy_set
+    from routers.embed import make_embedder
+    from tests.unit.test_router_contract import synthetic_table
+
+    _, table = synthetic_table(80, models=["cheap", "dear"], missing=False)
+    csv = tmp_path / "t.csv"
+    pd.DataFrame(table.to_long()).to_csv(csv, index=False)
+    for name, emb in (("h", "hashing"), ("d", "hashing")):
+        assert main(["train", "--data", str(csv), "--router", "knn", "--out",
+                     str(tmp_path / name), "--embedder", emb,
+                     "--cache-dir", str(tmp_path / "c")]) == 0
+    experts = [{"name": m, "api_base": "http://127.0.0.1:9/v1"} for m in table.models]
+    pol = {"name": "p", "router": "knn", "artifact": "h"}
+    cfg = load_config(_write(tmp_path, {"experts": experts, "policies": [pol]}))
+    assert cfg.embedder.kind == "hashing" and cfg.embedder_from == str(tmp_path.resolve() / "h")
+    build_policy_set(cfg, make_embedder(cfg.embedder.kind, **cfg.embedder.options))
+    # said in the config: kept, and the artifact is refused with both names
+    cfg = load_config(_write(tmp_path, {"experts": experts, "policies": [pol],
+                                        "embedder": {"kind": "distilled"}}))
+    assert cfg.embedder.kind == "distilled" and cfg.embedder_from == ""
+    # two artifacts with different records: the default stays
+    manifest = tmp_path / "d" / "router.json"
+    doc = json.loads(manifest.read_text())
+    doc["embedder_spec"] = {"kind": "static", "options": {}}
+    manifest.write_text(json.dumps(doc))
+    cfg = load_config(_write(tmp_path, {"experts": experts, "policies": [
+        pol, {"name": "q", "router": "knn", "artifact": "d"}]}))
+    assert cfg.embedder.kind == "minilm" and cfg.embedder_from == ""
+    with pytest.raises(ConfigError, match="trained with embedder"):
+        build_policy_set(cfg, make_embedder("hashing", dim=7))
