@@ -469,8 +469,9 @@ def parse_config(data: Any, source: str = "<config>") -> GatewayConfig:
 
 def resolve_embedder(cfg: GatewayConfig) -> GatewayConfig:
     """A config without ``embedder:`` embeds with the embedder its routers were trained with:
-    when every policy artifact that records how to build its embedder (``embedder_spec`` in
-    its ``router.json``, written by ``expertgate train``) records the same one, that one
+    when every artifact of its policies (router, candidate, guard) that records how to build
+    its embedder (``embedder_spec`` in its ``router.json``, written by ``expertgate train``)
+    records the same one, that one
     (``embedder_from`` names the artifact; the gateway logs it at start-up). Without such a
     record, or with records that disagree, the default stays and an artifact trained with
     another embedder is refused at start-up with both names, as before. A config that says
@@ -479,7 +480,8 @@ def resolve_embedder(cfg: GatewayConfig) -> GatewayConfig:
         return cfg
     found: dict[str, tuple[dict[str, Any], str]] = {}
     for pol in cfg.policies:
-        for art in (pol.artifact, pol.candidate.artifact if pol.candidate else None):
+        for art in (pol.artifact, pol.candidate.artifact if pol.candidate else None,
+                    pol.guard.artifact if pol.guard else None):
             if art is None:
                 continue
             try:

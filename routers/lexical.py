@@ -203,10 +203,11 @@ def _encode(texts: Sequence[str], words: dict[str, int], chars: dict[str, int], 
     order of first sight; ``grow``: every n-gram, added to the dictionary when new (indices
     in order of first sight).
 
-    Each distinct word is cut into character n-grams and looked up once (its tuple of term
+    Each distinct word is cut into character n-grams and looked up once (its list of term
     indices is reused for every other occurrence); the counting is one sort of
-    (text, term) keys over the whole batch instead of a Counter of strings per text (on the
-    14k MMLU prompts the fit's pass went from ~18 s to a few)."""
+    (text, term) keys over the whole batch instead of a Counter of strings per text. On the
+    14k MMLU prompts this took the fit's pass from about 17.7 to 16.1 s here; splitting it
+    over two processes (:func:`_encode_split`) to about 10 s."""
     n = len(texts)
     lowered = [t.lower() for t in texts]
 
