@@ -332,14 +332,16 @@ def default_jobs() -> int:
     return max(1, min(MAX_JOBS, cores))
 
 
-def _one_blas_thread() -> None:
+def _one_blas_thread(parent: int) -> None:
     """A worker's BLAS pool to one thread, and one thread for a stack's fold fits: ``jobs``
     workers with the parent's pool size each would oversubscribe the cores (spinning BLAS
     threads made the folds several times slower)."""
     from threadpoolctl import threadpool_limits
 
     import routers.stack
+    from routers.workers import die_with_parent
 
+    die_with_parent(parent)  # not left behind if the parent is killed
     threadpool_limits(1)
     routers.stack.FIT_THREADS = 1  # the workers already fill the cores
 
@@ -357,7 +359,8 @@ def _run(work: _Work, jobs: int) -> list[tuple[int, int, float | str, float | No
         # fork: the workers share the embeddings and TF-IDF rows with this process instead
         # of receiving copies
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork"),
-                                 initializer=_one_blas_thread) as ex:
+                                 initializer=_one_blas_thread,
+                                 initargs=(os.getpid(),)) as ex:
             return list(ex.map(_fold_score, tasks))
     finally:
         _WORK.pop()

@@ -262,7 +262,10 @@ def _encode_split(texts: Sequence[str], words: dict[str, int], chars: dict[str, 
 
     half = n // 2
     try:
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as ex:
+        from routers.workers import die_with_parent
+
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"),
+                                 initializer=die_with_parent, initargs=(os.getpid(),)) as ex:
             later = ex.submit(_encode_part, list(texts[half:]))
             first = _encode(texts[:half], words, chars, grow=True)
             second, w2, c2 = later.result()

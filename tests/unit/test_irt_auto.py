@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -114,7 +115,7 @@ def test_auto_workers_run_blas_on_one_thread() -> None:
     # the parent's BLAS pool as eval routing's --threads 2 sets it; the workers' stays at one
     with threadpool_limits(2), ProcessPoolExecutor(
             1, mp_context=multiprocessing.get_context("fork"),
-            initializer=_one_blas_thread) as ex:
+            initializer=_one_blas_thread, initargs=(os.getpid(),)) as ex:
         assert ex.submit(_blas_threads).result() == 1
 
 
