@@ -281,3 +281,19 @@ def test_gateway_policy_serves_predicted_costs_and_refuses_them_on_a_mean_artifa
          "params": {"cost_model": "predicted"}}]})
     with pytest.raises(ConfigError, match="fitted with mean costs"):
         build_policy_set(bad, None)
+
+
+def test_experts_costed_on_the_same_prompts_share_one_regression_and_get_their_own_fit(
+        ) -> None:
+    """One multi-output ridge per group of experts with the same costed prompts gives each
+    expert what a fit of its column alone gives (components, strength and R^2 included)."""
+    X, table = length_table(700, seed=3)
+    C = table.costs.copy()
+    C[:, 2] = 12.0 * np.random.default_rng(1).lognormal(0, 0.5, size=len(C))  # flat fee
+    together = CostModel.fit(X, table.prompts, C, table.scores)
+    for j in range(3):
+        alone = CostModel.fit(X, table.prompts, C[:, [j]], table.scores[:, [j]])
+        np.testing.assert_allclose(together.coef_[j], alone.coef_[0], rtol=1e-7, atol=1e-10)
+        np.testing.assert_allclose(together.r2_[j], alone.r2_[0], rtol=1e-7, atol=1e-10)
+        np.testing.assert_allclose(together.smear_[j], alone.smear_[0], rtol=1e-9)
+    assert together.r2_[0] > 0.8 and together.r2_[2] < 0.25
