@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import threading
 from array import array
 from collections import Counter
 from collections.abc import Sequence
@@ -247,7 +248,8 @@ def _encode_split(texts: Sequence[str], words: dict[str, int], chars: dict[str, 
     The result is the sequential one exactly: a term's index is its first sight in the
     first half, or else after every first-half term in order of its first sight in the
     second, which is where the sequential pass puts it. Few texts, one usable core, no
-    ``fork``, or a process that cannot start children: sequential."""
+    ``fork``, a call from a thread other than the main one, or a process that cannot start
+    children: sequential."""
     import multiprocessing
 
     n = len(texts)
@@ -255,8 +257,11 @@ def _encode_split(texts: Sequence[str], words: dict[str, int], chars: dict[str, 
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
+    # forking from a thread other than the main one (a gateway refitting a router in a worker
+    # thread) could copy a lock another thread holds: sequential there
     if n < SPLIT_MIN_TEXTS or cores < 2 or \
-            "fork" not in multiprocessing.get_all_start_methods():
+            "fork" not in multiprocessing.get_all_start_methods() or \
+            threading.current_thread() is not threading.main_thread():
         return _encode(texts, words, chars, grow=True)
     from concurrent.futures import ProcessPoolExecutor
 

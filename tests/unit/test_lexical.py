@@ -261,6 +261,23 @@ def test_the_vocabulary_pass_split_over_two_processes_equals_the_sequential_one(
     for got, want in zip(enc, ref, strict=True):
         for g, w in zip(got, want, strict=True):
             np.testing.assert_array_equal(g, w)
+    # from a thread other than the main one (a gateway refitting in a worker thread): no fork
+    import concurrent.futures
+    import threading
+
+    class Forked(Exception):  # not an error _encode_split falls back on
+        pass
+
+    def no_fork(*a, **k):
+        raise Forked("forked from a worker thread")
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", no_fork)
+    got: list = []
+    t = threading.Thread(target=lambda: got.append(L._encode_split(texts, {}, {})))
+    t.start()
+    t.join(30)
+    for g, w in zip(got[0][1], ref[1], strict=True):
+        np.testing.assert_array_equal(g, w)
 
 
 def test_a_stack_fitted_with_its_folds_in_threads_predicts_as_one_fitted_in_one(
