@@ -281,9 +281,17 @@ class StackRouter(QualityRouter):
         self.lex_centroids_ = np.zeros((0, 0), np.float32)
         self.lex_coef_, self.lex_bias_ = np.zeros((0, 0), np.float32), np.zeros(0)
         if self.lexical and (K or use_lr):
-            lex = lexical if lexical is not None else self.new_lexical().fit(table.prompts)
+            if lexical is not None:
+                lex = lexical
+                L = lex.transform(table.prompts)
+            else:  # the vocabulary and the training rows from one pass over the texts
+                from routers.lexical import MemoLexical
+
+                memo = MemoLexical(self.new_lexical(), table.prompts)
+                L = memo.transform(table.prompts)
+                memo.forget()
+                lex = memo
             self._lex = lexical
-            L = lex.transform(table.prompts)
             self.lex_terms_, self.lex_idf_, self.lex_n_words_ = lex.state()
             if K and cat_all is not None:
                 self.lex_centroids_ = self._centroids(L, cat_all, K).astype(np.float32)
