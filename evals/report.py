@@ -29,6 +29,9 @@ point of a guard run), ``guard-headline`` (the selected candidate), ``guard-casc
 guard run's two-stage guards: escalation rule, escalation shares, latency per stage, beside
 the run's TF-IDF + SVM baseline), ``guard-bar FILE...`` (per guard run, the selected method
 against its TF-IDF + SVM baseline: GQR, p50 / p99, issue 21's bar met or not),
+``routing-bar FILE...`` (per routing run, the selected router's headline figure against
+the better of the run's simple baselines, frozen-embedding LR and kNN on mean costs: issue
+21's bar, >= 0.10 of the best single model's cost cheaper on N-model tables),
 ``cost-models FILE...`` (per routing run and router, what ``cost_model`` gave in each seed:
 the experts traded with per-query costs and the range of every expert's cross-validated R^2
 of log cost), ``compare OLD
@@ -514,6 +517,30 @@ def _old_headline_routing(run: Mapping[str, Any]) -> dict[str, Any]:
     return _headline_routing({**run, "selected": {"method": name}})
 
 
+#: issue 21's bar on N-model tables: the selected router this much (of the best single
+#: model's cost) cheaper than the best simple baseline at the best single model's quality
+ROUTING_BAR = 0.10
+
+
+def _routing_bar_rows(files: Sequence[str]) -> str:
+    """Per routing run: the selected router's ``vs_simple`` (evals.routing_eval.vs_simple)."""
+    lines = ["| file | models | selected | figure | selected | best simple baseline | margin | "
+             "bar met |", "|---|---|---|---|---|---|---|---|"]
+    for f in files:
+        run = _load(f)
+        sel = run.get("selected") or {}
+        vs = sel.get("vs_simple")
+        if not vs:
+            raise ValueError(f"{f}: no vs_simple in its selection (a run before simple "
+                             "baselines, or no finite figure)")
+        n = len(run["table"]["models"])
+        met = "-" if n == 2 else ("yes" if vs["margin"] >= ROUTING_BAR - 1e-12 else "**no**")
+        lines.append(f"| `{f}` | {n} | {sel.get('method')} | {vs['metric']} | "
+                     f"{_num(vs['selected'])} | {vs['baseline']} {_num(vs['baseline_value'])} | "
+                     f"{vs['margin']:+.3f} | {met} |")
+    return "\n".join(lines)
+
+
 def _span(v: Sequence[float]) -> str:
     return f"{min(v):.2f} to {max(v):.2f}" if v else "-"
 
@@ -569,6 +596,8 @@ def render_block(spec: str) -> str:
         return _guard_bar_rows(args)
     if kind == "cost-models" and args:
         return _cost_model_rows(args)
+    if kind == "routing-bar" and args:
+        return _routing_bar_rows(args)
     if kind == "guard-headline" and args:
         h = _headline_guard(_load(args[0]))
         return "| " + " | ".join(h) + " |\n|" + "---|" * len(h) + "\n| " + \

@@ -525,6 +525,15 @@ def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | Non
         for bname, (pv, pt, orc) in bl.items():
             base_seed.setdefault(bname, []).append(evaluate_predictions(
                 pv, pt, V, E, strong=s_idx, knob_costs=kc, oracle_costs=orc))
+        for bname, (family, kw) in SIMPLE_BASELINES.items():
+            try:  # frozen-embedding LR and kNN on mean costs: the bar a router must clear
+                sb = get_router_class(family)(**kw).fit(X[tr], T)
+                base_seed.setdefault(bname, []).append(evaluate_predictions(
+                    _predict(sb, X[va], V.prompts, table.models),
+                    _predict(sb, X[te], E.prompts, table.models), V, E, strong=s_idx,
+                    knob_costs=kc))
+            except (RouterError, M.MetricError, ValueError) as e:
+                skipped[bname] = f"{type(e).__name__}: {e}"
         for j, mname in enumerate(table.models):
             base_seed.setdefault(mname, []).append(
                 _single_point(np.full(len(E), j), E, s_idx, single_expert=True))
@@ -598,6 +607,9 @@ def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | Non
                                  "reaches the best single model's validation quality",
                     "hyper_parameters": dict(params.get(chosen, {})) or "family defaults",
                     "candidates": {n: r[crit] for n, r in routers_out.items()}}
+    baselines_out = {n: _aggregate(rs, None) for n, rs in base_seed.items()}
+    if selected is not None:
+        selected["vs_simple"] = vs_simple(routers_out[chosen], baselines_out, two)
     return {
         "selected": selected,
         "table": {"n_prompts": len(table), "models": list(table.models),
@@ -613,9 +625,40 @@ def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | Non
                   "by": "normalised prompt text (duplicates never straddle parts)"},
         "n_scored": scored,
         "routers": routers_out,
-        "baselines": {n: _aggregate(rs, None) for n, rs in base_seed.items()},
+        "baselines": baselines_out,
         "skipped": skipped,
     }
+
+
+#: the simple baselines every routing run also fits (on the run's embeddings, mean costs,
+#: family defaults): a frozen-embedding logistic regression per expert and a kNN
+SIMPLE_BASELINES: dict[str, tuple[str, dict[str, Any]]] = {
+    "simple-lr": ("classifier", {"cost_model": "mean"}),
+    "simple-knn": ("knn", {"cost_model": "mean"}),
+}
+
+
+def vs_simple(row: Mapping[str, Any], baselines: Mapping[str, Mapping[str, Any]],
+              two: bool) -> dict[str, Any] | None:
+    """The selected router's headline figure against the best simple baseline's
+    (:data:`SIMPLE_BASELINES`) of the same run: with two experts the test APGR (higher is
+    better, ``margin`` = selected - baseline), with more the test cost at the best single
+    model's quality with the knob set on validation (lower is better, ``margin`` = baseline -
+    selected, in units of the best single model's cost). None without a simple baseline."""
+    key = "apgr" if two else "cost_at_best_single_quality_val"
+    got: dict[str, float] = {}
+    for n in SIMPLE_BASELINES:
+        v = (baselines.get(n) or {}).get(key)
+        if v is not None and np.isfinite(v):
+            got[n] = float(v)
+    mine = row.get(key)
+    if not got or mine is None or not np.isfinite(mine):
+        return None
+    best = (max if two else min)(got, key=got.__getitem__)
+    margin = mine - got[best] if two else got[best] - mine
+    return {"metric": key, "selected": mine, "baseline": best, "baseline_value": got[best],
+            "margin": margin,
+            "better_is": "higher" if two else "lower"}
 
 
 def _aggregate(results: Sequence[dict[str, Any]], fit_s: float | None) -> dict[str, Any]:

@@ -286,3 +286,28 @@ def test_cost_models_block_says_which_experts_traded_per_query_costs(
     assert low >= 0.25  # every expert cleared the cut (that is why all five are predicted)
     assert "| classifier | mean | 0/5, 0/5 | - | - |" in next(
         ln for ln in lines if "| classifier |" in ln)
+
+
+def test_routing_bar_block_reads_the_selected_router_against_the_simple_baselines(
+        tmp_path: Path, monkeypatch) -> None:
+    def run(models: int, vs: dict | None) -> dict:
+        return {"table": {"models": [f"m{i}" for i in range(models)]},
+                "selected": {"method": "stack", "vs_simple": vs}}
+
+    (tmp_path / "n.json").write_text(json.dumps(run(6, {
+        "metric": "cost_at_best_single_quality_val", "selected": 0.70, "baseline": "simple-lr",
+        "baseline_value": 0.85, "margin": 0.15, "better_is": "lower"})))
+    (tmp_path / "m.json").write_text(json.dumps(run(6, {
+        "metric": "cost_at_best_single_quality_val", "selected": 0.80, "baseline": "simple-knn",
+        "baseline_value": 0.85, "margin": 0.05, "better_is": "lower"})))
+    (tmp_path / "two.json").write_text(json.dumps(run(2, {
+        "metric": "apgr", "selected": 0.68, "baseline": "simple-lr", "baseline_value": 0.66,
+        "margin": 0.02, "better_is": "higher"})))
+    (tmp_path / "old.json").write_text(json.dumps(run(6, None)))
+    monkeypatch.chdir(tmp_path)
+    lines = R.render_block("routing-bar n.json m.json two.json").splitlines()
+    assert lines[2].endswith("| simple-lr 0.850 | +0.150 | yes |")
+    assert lines[3].endswith("| +0.050 | **no** |")
+    assert lines[4].endswith("| apgr | 0.680 | simple-lr 0.660 | +0.020 | - |")
+    with pytest.raises(ValueError, match="vs_simple"):
+        R.render_block("routing-bar old.json")
