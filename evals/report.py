@@ -524,7 +524,7 @@ ROUTING_BAR = 0.10
 
 def _routing_bar_rows(files: Sequence[str]) -> str:
     """Per routing run: the selected router's ``vs_simple`` (evals.routing_eval.vs_simple)."""
-    lines = ["| file | models | selected | figure | selected | best simple baseline | margin | "
+    lines = ["| file | models | selected | figure | its value | best simple baseline | margin | "
              "bar met |", "|---|---|---|---|---|---|---|---|"]
     for f in files:
         run = _load(f)
