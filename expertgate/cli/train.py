@@ -257,7 +257,9 @@ def _embedder_options(args: argparse.Namespace, kind: str) -> dict[str, Any]:
         return {}
     options: dict[str, Any] = {}
     if args.embedder_path:
-        options["model_path"] = args.embedder_path
+        # absolute: the printed policy and the artifact's embedder_spec are read by a gateway
+        # started elsewhere
+        options["model_path"] = os.path.abspath(args.embedder_path)
     if args.quantize:
         options["quantize"] = True
     if args.layers is not None:

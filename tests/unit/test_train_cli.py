@@ -210,3 +210,18 @@ def test_every_cli_that_trains_or_evaluates_embeds_with_the_distilled_table_by_d
         assert q.parse_args(["--data", "x"]).embedder == "distilled"
     assert "guard-cascade" in guard_eval.default_methods("distilled")
     assert guard_eval.default_methods("minilm") == list(guard_eval.DEFAULT_METHODS)
+
+
+def test_a_relative_embedder_path_is_recorded_absolute(tmp_path: Path, monkeypatch) -> None:
+    """The printed policy and the artifact's embedder_spec are read by a gateway started in
+    another directory: the path they carry is absolute."""
+    import argparse
+
+    from expertgate.cli.train import _embedder_options
+
+    monkeypatch.chdir(tmp_path)
+    args = argparse.Namespace(embedder="onnx", embedder_path="models/tuned", quantize=True,
+                              layers=None)
+    opts = _embedder_options(args, "onnx")
+    assert opts == {"model_path": str(tmp_path / "models" / "tuned"), "quantize": True}
+    assert _embedder_options(args, "distilled") == {}  # only the --embedder kind has options
