@@ -5,7 +5,7 @@ export TRANSFORMERS_OFFLINE := 1
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-unit test-integration lint typecheck bench-overhead bench-router soak eval-guard eval-guard-default eval-routing report clean
+.PHONY: setup demo test test-unit test-integration lint typecheck bench-overhead bench-router soak eval-guard eval-guard-default eval-routing eval-simple-bar train-time report clean
 
 setup:
 	@bash scripts/setup.sh
@@ -49,6 +49,20 @@ eval-guard-default: setup
 
 eval-routing: setup
 	$(PY) -m expertgate eval routing --data routellm:mmlu --seeds 5 --seed-set report --embedder minilm --threads 2 --json docs/results/runs/mmlu.json
+
+# the simple-baseline bar and the default per-query cost model on the public tables
+eval-simple-bar: setup
+	$(PY) -m expertgate eval routing --data routellm:mmlu --routers knn,classifier,category,stack,irt,auto --seeds 5 --seed-set report --json docs/results/simple-bar/mmlu.json --quiet
+	$(PY) -m expertgate eval routing --data routellm:gsm8k --routers knn,classifier,mf,stack,irt,auto --seeds 5 --seed-set report --json docs/results/simple-bar/gsm8k.json --quiet
+	$(PY) -m expertgate eval routing --data llmrouter_nq --routers knn,classifier,mf,category,stack,irt,auto --seeds 5 --seed-set report --json docs/results/simple-bar/nq.json --quiet
+	$(PY) -m expertgate eval routing --data synthetic:6000x10:length --routers knn,classifier,stack,irt,auto --seeds 5 --seed-set report --embedder hashing --json docs/results/simple-bar/synthetic-6000x10-length.json --quiet
+
+# training time on the 14k MMLU table, a fresh embedding cache per family
+train-time: setup
+	for f in irt stack auto; do rm -rf build/train-time; \
+	  $(PY) -m expertgate train --router $$f --data routellm:mmlu --embedder distilled --seed 1009 \
+	    --cache-dir build/train-time/cache --out build/train-time/$$f \
+	    --metrics-json docs/results/train-time/$$f.json > /dev/null || exit 1; done
 
 report: setup
 	$(PY) -m expertgate eval report --runs docs/results/runs docs/results/guard --out docs/results

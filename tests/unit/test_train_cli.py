@@ -225,3 +225,26 @@ def test_a_relative_embedder_path_is_recorded_absolute(tmp_path: Path, monkeypat
     opts = _embedder_options(args, "onnx")
     assert opts == {"model_path": str(tmp_path / "models" / "tuned"), "quantize": True}
     assert _embedder_options(args, "distilled") == {}  # only the --embedder kind has options
+
+
+def test_the_embedding_estimate_leaves_out_the_embedders_first_load(tmp_path: Path) -> None:
+    """A fast embedder that loads its table on the first call (the distilled one) is not
+    announced as a long embedding: the estimate is timed after one warm-up text."""
+    import io
+    import time
+
+    from routers.embed import HashingEmbedder, announce_embedding
+
+    class LazyEmbedder(HashingEmbedder):
+        loaded = False
+
+        def embed(self, texts):  # type: ignore[no-untyped-def]
+            if not self.loaded:
+                time.sleep(1.0)  # the first call loads
+                self.loaded = True
+            return super().embed(texts)
+
+    out = io.StringIO()
+    eta = announce_embedding(LazyEmbedder(), "distilled", [f"q {i}" for i in range(20000)],
+                             tmp_path, out=out)
+    assert eta is not None and eta < 10 and out.getvalue() == ""
