@@ -464,7 +464,7 @@ def parse_config(data: Any, source: str = "<config>") -> GatewayConfig:
         raise ConfigError(f"{source}: invalid configuration: values must be JSON-like "
                           f"(string keys, 64-bit integers): {e}") from None
     cfg.digest = hashlib.sha256(raw).hexdigest()[:16]
-    return resolve_embedder(cfg)
+    return cfg
 
 
 def resolve_embedder(cfg: GatewayConfig) -> GatewayConfig:
@@ -475,7 +475,9 @@ def resolve_embedder(cfg: GatewayConfig) -> GatewayConfig:
     (``embedder_from`` names the artifact; the gateway logs it at start-up). Without such a
     record, or with records that disagree, the default stays and an artifact trained with
     another embedder is refused at start-up with both names, as before. A config that says
-    ``embedder:`` is never changed."""
+    ``embedder:`` is never changed. :func:`load_config` applies it once the artifact paths
+    are resolved against the config file's folder (read earlier, a relative path would name
+    a folder under the working directory)."""
     if "embedder" in cfg.model_fields_set:
         return cfg
     found: dict[str, tuple[dict[str, Any], str]] = {}
@@ -528,4 +530,4 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
         cand = pol.candidate
         if cand is not None and cand.artifact is not None and not cand.artifact.is_absolute():
             cand.artifact = base / cand.artifact
-    return resolve_embedder(cfg)  # again, now that relative artifact paths are resolved
+    return resolve_embedder(cfg)  # once artifact paths are resolved against the file

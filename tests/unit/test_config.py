@@ -131,3 +131,19 @@ def test_a_config_without_embedder_embeds_with_the_one_its_artifacts_were_traine
     assert cfg.embedder.kind == "minilm" and cfg.embedder_from == ""
     with pytest.raises(ConfigError, match="trained with embedder"):
         build_policy_set(cfg, make_embedder("hashing", dim=7))
+
+
+def test_the_embedder_record_is_read_from_the_artifact_the_config_names(
+        tmp_path: Path, monkeypatch) -> None:
+    """A relative artifact path is the config file's folder's, also for the embedder record:
+    a folder of the same name under the working directory is not read."""
+    for where, kind in ((tmp_path / "conf", "hashing"), (tmp_path / "cwd", "static")):
+        (where / "art").mkdir(parents=True)
+        (where / "art" / "router.json").write_text(json.dumps(
+            {"embedder_spec": {"kind": kind, "options": {}}}))
+    monkeypatch.chdir(tmp_path / "cwd")
+    data = {"experts": GOOD["experts"],
+            "policies": [{"name": "k", "router": "knn", "artifact": "art"}]}
+    cfg = load_config(_write(tmp_path / "conf", data))
+    assert cfg.embedder.kind == "hashing"
+    assert cfg.embedder_from == str((tmp_path / "conf" / "art").resolve())
