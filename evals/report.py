@@ -68,7 +68,7 @@ import json
 import math
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -572,6 +572,8 @@ def _cost_model_rows(files: Sequence[str]) -> str:
 def render_block(spec: str) -> str:
     """The Markdown of one generated block (see the module doc for the kinds)."""
     kind, *args = spec.split()
+    if kind in _FILE_LIST_BLOCKS and args:
+        return _FILE_LIST_BLOCKS[kind](args)
     if kind == "routing-table" and args:
         run = _load(args[0])
         keep = args[1].split(",") if len(args) > 1 else None
@@ -592,12 +594,6 @@ def render_block(spec: str) -> str:
                           *_guard_rows(run)])
     if kind == "guard-cascade" and args:
         return _cascade_rows(_load(args[0]))
-    if kind == "guard-bar" and args:
-        return _guard_bar_rows(args)
-    if kind == "cost-models" and args:
-        return _cost_model_rows(args)
-    if kind == "routing-bar" and args:
-        return _routing_bar_rows(args)
     if kind == "guard-headline" and args:
         h = _headline_guard(_load(args[0]))
         return "| " + " | ".join(h) + " |\n|" + "---|" * len(h) + "\n| " + \
@@ -647,8 +643,6 @@ def render_block(spec: str) -> str:
                          f"{r.get('n_train')} | {_num(r.get('embed_seconds'))} | "
                          f"{_num(r.get('fit_seconds'))} | {_num(r.get('train_seconds_total'))} |")
         return "\n".join(lines)
-    if kind == "overhead-miss" and args:
-        return _overhead_rows(args)
     if kind == "overhead-table" and args:
         path, run = _bench_run(args[0], "overhead")
         return _overhead_table(path, run, args[1].split(",") if len(args) > 1 else None)
@@ -672,12 +666,6 @@ def render_block(spec: str) -> str:
     if kind == "router-bench" and args:
         path, run = _bench_run(args[0], "router")
         return _router_bench(path, run)
-    if kind == "soak" and args:
-        return _soak_rows(args)
-    if kind == "faults" and args:
-        return _fault_rows(args)
-    if kind == "auto-choices" and args:
-        return _auto_rows(args)
     raise ValueError(f"unknown generated block {spec!r}")
 
 
@@ -970,3 +958,15 @@ def main(args: argparse.Namespace) -> int:
     for c in changed:
         print(f"{'out of date' if args.check else 'regenerated'}: {c}")
     return 1 if args.check and changed else 0
+
+
+#: the kinds whose rows come from a list of run files, one renderer each
+_FILE_LIST_BLOCKS: dict[str, Callable[[Sequence[str]], str]] = {
+    "guard-bar": _guard_bar_rows,
+    "cost-models": _cost_model_rows,
+    "routing-bar": _routing_bar_rows,
+    "overhead-miss": _overhead_rows,
+    "soak": _soak_rows,
+    "faults": _fault_rows,
+    "auto-choices": _auto_rows,
+}
