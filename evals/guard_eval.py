@@ -523,7 +523,8 @@ def evaluate(data: GuardData, embedder: Any, methods: Sequence[str], *,
              progress: bool = True, log: Callable[[str], None] = print,
              save_cascade: str | Path | None = None,
              skip_unsupported: bool = False,
-             save_selected: str | Path | None = None) -> dict[str, Any]:
+             save_selected: str | Path | None = None,
+             embedder_spec: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Run every method at every operating point on ``data``, select on validation, and
     return the result dict (see module doc). ``save_cascade``: write the fitted
     ``guard-cascade`` there as a servable artifact (:func:`routers.guard_cascade.save_cascade`;
@@ -532,7 +533,9 @@ def evaluate(data: GuardData, embedder: Any, methods: Sequence[str], *,
     ``save_selected``: write the selected candidate there, at its operating point, as the
     artifact a policy's ``guard:`` serves (:func:`save_guard`); the result's
     ``selected.saved`` says what was written, or why nothing was (a TF-IDF baseline is not a
-    gateway guard)."""
+    gateway guard). ``embedder_spec`` (``{"kind", "options"}``): how to build ``embedder``,
+    recorded in the saved artifacts so a gateway config without ``embedder:`` serves them
+    with it (:func:`gateway.config.resolve_embedder`)."""
     from tqdm import tqdm
 
     known = {**GUARD_VARIANTS, **BASELINES}
@@ -650,7 +653,8 @@ def evaluate(data: GuardData, embedder: Any, methods: Sequence[str], *,
         if save_selected is not None:
             fitted[name] = m
         if save_cascade is not None and isinstance(m, _Cascade):
-            save_guard(m, results[name], save_cascade, embedder.name, data.name, seed)
+            save_guard(m, results[name], save_cascade, embedder.name, data.name, seed,
+                       embedder_spec)
             log(f"saved the cascade guard to {save_cascade}")
     if n_candidates == 1:
         only = next(iter(results))
@@ -662,7 +666,7 @@ def evaluate(data: GuardData, embedder: Any, methods: Sequence[str], *,
     if save_selected is not None:
         try:
             selected["saved"] = save_guard(fitted[pick["method"]], pick, save_selected,
-                                           embedder.name, data.name, seed)
+                                           embedder.name, data.name, seed, embedder_spec)
             log(f"saved the selected guard ({selected['method']}) to {save_selected}")
         except ValueError as e:
             selected["saved"] = {"path": None, "error": str(e)}
@@ -692,10 +696,12 @@ def evaluate(data: GuardData, embedder: Any, methods: Sequence[str], *,
 
 
 def save_guard(m: _Method, result: Mapping[str, Any], path: str | Path, embedder_name: str,
-               data_name: str, seed: int) -> dict[str, Any]:
+               data_name: str, seed: int,
+               embedder_spec: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write a fitted candidate, at the operating point of its ``result`` row, as a servable
     guard artifact: a two-stage guard's folder (:func:`routers.guard_cascade.save_cascade`)
     or a guard router's (:func:`routers.artifacts.save_router`), each naming its embedder
+    (and, with ``embedder_spec``, how to build it: the front's, for a two-stage guard)
     and carrying the evaluation's figures. Raises ValueError for what the gateway cannot
     serve (the TF-IDF baseline and the averaged dense + sparse scores of ``guard-hybrid-*``).
     """
@@ -708,12 +714,14 @@ def save_guard(m: _Method, result: Mapping[str, Any], path: str | Path, embedder
         from routers.guard_cascade import save_cascade
 
         save_cascade(m.cascade, path, front_embedder=embedder_name,
+                     front_embedder_spec=embedder_spec,
                      metrics={**metrics, "cascade": result.get("cascade")})
         return {"path": str(path), "format": "guard-cascade", "embedder": embedder_name}
     if isinstance(m, _GuardMethod):
         from routers.artifacts import save_router
 
-        save_router(m.router, path, embedder=embedder_name, metrics=metrics)
+        save_router(m.router, path, embedder=embedder_name, metrics=metrics,
+                    embedder_spec=embedder_spec)
         return {"path": str(path), "format": "guard", "embedder": embedder_name}
     raise ValueError(f"{result['method']} is an evaluation baseline, not a gateway guard: "
                      "nothing to serve (run again with --methods naming guards only)")
@@ -931,6 +939,7 @@ def run(args: argparse.Namespace) -> int:
                            progress=not args.quiet, save_cascade=args.save_cascade,
                            skip_unsupported=not args.methods,
                            save_selected=args.save_selected,
+                           embedder_spec=_serving_spec(args.embedder, opts),
                            log=(lambda s: None) if args.quiet else
                            (lambda s: print(s, file=sys.stderr)))
         except ValueError as e:
@@ -963,15 +972,24 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if saved is not None:
         # one encoder variant (checked above): the options it was built with, a fine-tuned
-        # folder's path included; the thread count is the gateway's own business
-        serve = {k: v for k, v in opts.items() if k != "threads"}
+        # folder's path included
+        serve = _serving_spec(args.embedder, opts)["options"]
         kind = "embedder: {kind: " + args.embedder + (
             ", options: {" + ", ".join(f"{k}: {v}" for k, v in serve.items()) + "}"
             if serve else "") + "}"
         print(f"saved the selected guard to {saved['path']}: serve it as a policy's "
-              f"guard: {{artifact: {saved['path']}}} with the gateway's {kind}",
-              file=sys.stderr)
+              f"guard: {{artifact: {saved['path']}}} with the gateway's {kind} (recorded "
+              "in the artifact: a config without embedder: takes it)", file=sys.stderr)
     return 0
+
+
+def _serving_spec(kind: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """How a gateway builds the run's embedder (``{"kind", "options"}``, recorded in saved
+    guard artifacts): the options it was built with, paths absolute (a gateway starts
+    elsewhere); the thread count is the gateway's own business."""
+    serve = {k: os.path.abspath(v) if k == "model_path" else v
+             for k, v in options.items() if k != "threads"}
+    return {"kind": kind, "options": serve}
 
 
 def _epochs(spec: str) -> list[int]:

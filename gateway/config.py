@@ -470,7 +470,8 @@ def parse_config(data: Any, source: str = "<config>") -> GatewayConfig:
 def resolve_embedder(cfg: GatewayConfig) -> GatewayConfig:
     """A config without ``embedder:`` embeds with the embedder its routers were trained with:
     when every artifact of its policies (router, candidate, guard) that records how to build
-    its embedder (``embedder_spec`` in its ``router.json``, written by ``expertgate train``)
+    its embedder (``embedder_spec`` in its ``router.json``, a two-stage guard's in its front's;
+    written by ``expertgate train`` and by ``eval guard --save-selected/--save-cascade``)
     records the same one, that one
     (``embedder_from`` names the artifact; the gateway logs it at start-up). Without such a
     record, or with records that disagree, the default stays and an artifact trained with
@@ -486,8 +487,11 @@ def resolve_embedder(cfg: GatewayConfig) -> GatewayConfig:
                     pol.guard.artifact if pol.guard else None):
             if art is None:
                 continue
+            # a two-stage guard (routers/guard_cascade.py) is served on its front's vectors
+            rel = "front/router.json" if (Path(art) / "cascade.json").is_file() \
+                else "router.json"
             try:
-                manifest = orjson.loads((Path(art) / "router.json").read_bytes())
+                manifest = orjson.loads((Path(art) / rel).read_bytes())
             except (OSError, ValueError):
                 continue  # missing or unreadable: the policy's own loading says so
             spec = manifest.get("embedder_spec") if isinstance(manifest, dict) else None

@@ -250,10 +250,13 @@ def _digest(folder: Path) -> str:
 
 
 def save_cascade(cascade: GuardCascade, path: str | Path, *, front_embedder: str,
+                 front_embedder_spec: Mapping[str, Any] | None = None,
                  metrics: Mapping[str, Any] | None = None) -> Path:
     """Write ``cascade`` to the folder ``path``: ``front/`` and ``back/`` (guard artifacts,
-    each naming its embedder) and ``cascade.json`` (the escalation rule, the back embedder's
-    spec and name, the two guards' manifest digests). Written beside and moved into place."""
+    each naming its embedder; ``front/`` also how to build it, given ``front_embedder_spec``:
+    the gateway's embedder, which a config without ``embedder:`` takes from it) and
+    ``cascade.json`` (the escalation rule, the back embedder's spec and name, the two
+    guards' manifest digests). Written beside and moved into place."""
     from routers.artifacts import save_router
 
     if cascade.back_spec is None or cascade.back_embedder is None:
@@ -262,7 +265,8 @@ def save_cascade(cascade: GuardCascade, path: str | Path, *, front_embedder: str
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        save_router(cascade.front, tmp / "front", embedder=front_embedder)
+        save_router(cascade.front, tmp / "front", embedder=front_embedder,
+                    embedder_spec=front_embedder_spec)
         save_router(cascade.back, tmp / "back", embedder=cascade.back_embedder.name)
         manifest = {
             "format": CASCADE_FORMAT, "format_version": 1,

@@ -73,7 +73,9 @@ def cli_register(parser: argparse.ArgumentParser) -> None:
     from routers.embed import EMBEDDER_KINDS
 
     parser.add_argument("--embedder", default=None, choices=EMBEDDER_KINDS,
-                        help="features (default: hashing for --simulate, minilm for --logs)")
+                        help="features (default: hashing for --simulate; for --logs the "
+                        "embedder the candidate artifact records, or the one --config serves "
+                        "its policy with, else minilm)")
     parser.add_argument("--embedder-path", default=None)
     parser.add_argument("--cache-dir", default=None, help="embedding cache folder")
     parser.add_argument("--seed", type=int, default=0,
@@ -252,12 +254,42 @@ def _candidate(args: argparse.Namespace, embedder: Any) -> Any:
     return ps.policies[args.router].router
 
 
+def _logs_embedder(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """The candidate's embedder: ``--embedder`` when given; else the one a router
+    artifact records (``embedder_spec``, written by ``expertgate train``), or the one the
+    gateway config serves the named policy with; else minilm."""
+    from evals.offpolicy import OffPolicyError
+
+    if args.embedder:
+        return args.embedder, ({"model_path": os.path.abspath(args.embedder_path)}
+                               if args.embedder_path else {})
+    if args.router and Path(args.router).is_dir():
+        from routers.artifacts import read_manifest
+        from routers.base import RouterError
+
+        try:
+            spec = read_manifest(args.router).get("embedder_spec")
+        except (RouterError, OSError):  # unreadable: _candidate's load says why
+            spec = None
+        if isinstance(spec, dict) and isinstance(spec.get("kind"), str):
+            return spec["kind"], dict(spec.get("options") or {})
+    elif args.router and args.config:
+        from gateway.config import ConfigError, load_config
+
+        try:
+            emb = load_config(args.config).embedder
+        except ConfigError as e:
+            raise OffPolicyError(str(e)) from None
+        return emb.kind, dict(emb.options)
+    return "minilm", {}
+
+
 def _logs(args: argparse.Namespace) -> dict[str, Any]:
     from evals.offpolicy import data_sha256, estimate, git_commit, load_logged, policy_matrix
     from routers.embed import embed_cached, make_embedder
 
-    options = {"model_path": args.embedder_path} if args.embedder_path else {}
-    embedder = make_embedder(args.embedder or "minilm", **options)
+    kind, options = _logs_embedder(args)
+    embedder = make_embedder(kind, **options)
     router = _candidate(args, embedder)
     data = load_logged(args.logs, lambda t: embed_cached(embedder, t, args.cache_dir))
     # the candidate chooses among each request's logged candidate set; where it picks one

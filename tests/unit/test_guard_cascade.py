@@ -105,6 +105,7 @@ def test_artifact_round_trip(cascade: GuardCascade, tmp_path: Path) -> None:
     art = save_cascade(cascade, tmp_path / "cascade", front_embedder=FRONT.name)
     m = json.loads((art / "cascade.json").read_text())
     assert m["back_embedder"] == {**BACK_SPEC, "name": BACK.name, "dim": 256}
+    assert "embedder_spec" not in json.loads((art / "front" / "router.json").read_text())
     loaded = load_cascade(art)  # builds its back embedder from the recorded spec
     assert loaded.back_embedder.name == BACK.name
     X = FRONT.embed(QUERIES)
@@ -219,3 +220,24 @@ async def test_a_failing_back_stage_keeps_the_fronts_verdicts_and_says_so(
     assert 'expertgate_degraded_total{component="guard-back"} 1.0' in metrics
     rec = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()][-1]
     assert rec["guard"]["stage"] == BACK_FAILED and "guard-back" in rec["degraded"]
+
+
+def test_a_config_without_embedder_serves_a_two_stage_guard_on_its_fronts_embedder(
+        cascade: GuardCascade, tmp_path: Path) -> None:
+    """The gateway embeds for the front guard (the back stage builds its own encoder): a
+    config that names no embedder takes the one the front's artifact records."""
+    pytest.importorskip("skops")
+    from gateway.config import load_config
+
+    spec = {"kind": "hashing", "options": {"dim": FRONT.dim}}
+    art = save_cascade(cascade, tmp_path / "cascade", front_embedder=FRONT.name,
+                       front_embedder_spec=spec)
+    cfg = base_config("http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1",
+                      guard={"artifact": str(art)})
+    del cfg["embedder"]
+    path = tmp_path / "gw.yaml"
+    path.write_text(json.dumps(cfg))  # JSON is YAML
+    loaded = load_config(path)
+    assert loaded.embedder.kind == "hashing" and loaded.embedder.options == spec["options"]
+    assert loaded.embedder_from == str(art)
+    load_cascade(art)  # the front's record is part of the checked manifest digest

@@ -193,6 +193,13 @@ def test_shared_suites_when_present() -> None:
 # --------------------------------------------------------------------------- end to end
 
 
+def _write_yaml(path: Path, data: object) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
 def _run_cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="expertgate eval guard")
     cli_register(parser)
@@ -343,6 +350,7 @@ def test_save_selected_writes_the_guard_the_gateway_serves_at_its_operating_poin
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("skops")
+    from gateway.config import load_config
     from gateway.pipeline import _load_guard
     from routers.embed import make_embedder
 
@@ -357,6 +365,14 @@ def test_save_selected_writes_the_guard_the_gateway_serves_at_its_operating_poin
     assert sel["saved"] == {"path": str(art), "format": "guard",
                             "embedder": make_embedder("hashing").name}
     assert f"guard: {{artifact: {art}}}" in capsys.readouterr().err
+    # the artifact records how to build its embedder: a config that names none serves it
+    # with that one, not the gateway's default
+    cfg = load_config(_write_yaml(tmp_path / "gw.yaml", {
+        "experts": [{"name": "a", "api_base": "http://127.0.0.1:9/v1"}],
+        "policies": [{"name": "p", "routes": [{"name": "r", "expert": "a",
+                                                "examples": ["hello"]}],
+                      "guard": {"artifact": str(art)}}]}))
+    assert cfg.embedder.kind == "hashing" and cfg.embedder_from == str(art)
     emb = make_embedder("hashing")
     guard, _ = _load_guard(art, emb, "test")  # what a policy's guard: {artifact} loads
     assert guard.target_frr == sel["operating_point"]["target_frr"]

@@ -27,6 +27,7 @@ from evals.offpolicy import (
     summary_markdown,
 )
 from routers.base import RouterError, RoutingTable
+from routers.embed import HashingEmbedder
 from routers.explore import Exploration, exploration_matrix, exploration_probs, sample_actions
 
 
@@ -380,8 +381,8 @@ def _export(tmp_path, explore: bool) -> tuple:
     texts = ["fix this bug", "tell me a joke"]
     S = np.array([[1.0, 0.0], [1.0, 0.0]])
     t = RoutingTable(["a", "b"], texts, ["coder", "chatter"], S, np.zeros_like(S))
-    art = make_router("knn", k=1).fit(e.embed(texts), t).save(tmp_path / "cand",
-                                                              embedder=e.name)
+    art = make_router("knn", k=1).fit(e.embed(texts), t).save(
+        tmp_path / "cand", embedder=e.name, embedder_spec={"kind": "hashing", "options": {}})
     return p, art
 
 
@@ -390,11 +391,12 @@ def test_eval_offpolicy_on_logs_estimates_or_says_no_overlap(tmp_path) -> None:
 
     logs, art = _export(tmp_path, explore=True)
     out = tmp_path / "ope.json"
+    # no --embedder: the one the artifact records
     rc = main(["eval", "offpolicy", "--logs", str(logs), "--router", str(art),
-               "--embedder", "hashing", "--boot", "200", "--json", str(out),
-               "--cache-dir", str(tmp_path / "c")])
+               "--boot", "200", "--json", str(out), "--cache-dir", str(tmp_path / "c")])
     assert rc == 0
     res = json.loads(out.read_text())
+    assert res["embedder"] == HashingEmbedder().name
     assert res["verdict"] in ("ok", "low_ess") and res["n"] == 300  # shadow record dropped
     # the candidate sends everything to the coder, which every request rated 1: truth 1.0
     dr = res["estimates"]["quality"]["dr"]
@@ -419,10 +421,12 @@ def test_eval_offpolicy_names_a_policy_of_the_config(tmp_path) -> None:
     path = tmp_path / "gw.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "ope.json"
+    # no --embedder: the one the config serves its policies with
     rc = main(["eval", "offpolicy", "--logs", str(logs), "--router", "auto", "--config",
-               str(path), "--embedder", "hashing", "--boot", "100", "--json", str(out),
+               str(path), "--boot", "100", "--json", str(out),
                "--cache-dir", str(tmp_path / "c")])
-    assert rc == 0 and json.loads(out.read_text())["router"] == "auto"
+    res = json.loads(out.read_text())
+    assert rc == 0 and res["router"] == "auto" and res["embedder"] == HashingEmbedder().name
     assert main(["eval", "offpolicy", "--logs", str(logs), "--router", "nope", "--config",
                  str(path), "--embedder", "hashing"]) == 2
 
