@@ -34,7 +34,9 @@ the better of the run's simple baselines, frozen-embedding LR and kNN on mean co
 21's bar, >= 0.10 of the best single model's cost cheaper on N-model tables),
 ``cost-models FILE...`` (per routing run and router, what ``cost_model`` gave in each seed:
 the experts traded with per-query costs and the range of every expert's cross-validated R^2
-of log cost), ``compare OLD
+of log cost), ``routing-validation FILE...`` (per routing run and router, the mean
+validation score a choice between two settings is made on, with the run's ``--params``),
+``compare OLD
 NEW`` (the
 headline figures of an older run beside a newer one), ``provenance`` (commit, data sha256,
 encoder and command of a run), ``offpolicy-table FILE...`` / ``offpolicy-dr FILE...`` (the
@@ -541,6 +543,27 @@ def _routing_bar_rows(files: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def _validation_rows(files: Sequence[str]) -> str:
+    """Per routing run and router: the validation score a choice between settings is made
+    on (mean validation APGR with two experts, validation AIQ with more), the seeds, and the
+    run's ``--params`` (the setting compared)."""
+    import shlex
+
+    lines = ["| file | data | seeds | params | router | validation score (mean) |",
+             "|---|---|---|---|---|---|"]
+    for f in files:
+        run = _load(f)
+        argv = shlex.split(str(run.get("command", "")))
+        params = argv[argv.index("--params") + 1] if "--params" in argv[:-1] else "defaults"
+        two = len(run["table"]["models"]) == 2
+        key = "val_apgr" if two else "val_aiq"
+        seeds = f"{run.get('seed_set', 'dev')} {','.join(map(str, run.get('seeds', [])))}"
+        for name, row in run["routers"].items():
+            lines.append(f"| `{f}` | {run.get('data')} | {seeds} | `{params}` | {name} | "
+                         f"{key} {_num(row.get(key))} |")
+    return "\n".join(lines)
+
+
 def _span(v: Sequence[float]) -> str:
     return f"{min(v):.2f} to {max(v):.2f}" if v else "-"
 
@@ -965,6 +988,7 @@ _FILE_LIST_BLOCKS: dict[str, Callable[[Sequence[str]], str]] = {
     "guard-bar": _guard_bar_rows,
     "cost-models": _cost_model_rows,
     "routing-bar": _routing_bar_rows,
+    "routing-validation": _validation_rows,
     "overhead-miss": _overhead_rows,
     "soak": _soak_rows,
     "faults": _fault_rows,

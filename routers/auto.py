@@ -342,6 +342,10 @@ def _one_blas_thread(parent: int) -> None:
     from routers.workers import die_with_parent
 
     die_with_parent(parent)  # not left behind if the parent is killed
+    # the pools loaded now, and (read when a library loads) those loaded later: a second
+    # BLAS or an OpenMP runtime first imported by a fit kept its default pool size
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
     threadpool_limits(1)
     routers.stack.FIT_THREADS = 1  # the workers already fill the cores
 

@@ -288,6 +288,24 @@ def test_cost_models_block_says_which_experts_traded_per_query_costs(
         ln for ln in lines if "| classifier |" in ln)
 
 
+def test_routing_validation_block_reads_each_runs_validation_score_and_params(
+        tmp_path: Path, monkeypatch) -> None:
+    def run(models: int, params: str | None) -> dict:
+        cmd = "expertgate eval routing --data t --routers stack" + \
+            (f" --params '{params}'" if params else "")
+        return {"table": {"models": [f"m{i}" for i in range(models)]}, "data": "t",
+                "seeds": [0, 1], "seed_set": "dev", "command": cmd,
+                "routers": {"stack": {"val_apgr": 0.61234, "val_aiq": 0.4}}}
+
+    (tmp_path / "a.json").write_text(json.dumps(run(2, '{"stack": {"trees": false}}')))
+    (tmp_path / "b.json").write_text(json.dumps(run(6, None)))
+    monkeypatch.chdir(tmp_path)
+    lines = R.render_block("routing-validation a.json b.json").splitlines()
+    assert lines[2] == ('| `a.json` | t | dev 0,1 | `{"stack": {"trees": false}}` | stack | '
+                        'val_apgr 0.612 |')
+    assert lines[3].endswith("| `defaults` | stack | val_aiq 0.400 |")
+
+
 def test_routing_bar_block_reads_the_selected_router_against_the_simple_baselines(
         tmp_path: Path, monkeypatch) -> None:
     def run(models: int, vs: dict | None) -> dict:
