@@ -75,6 +75,27 @@ def text_statistics(texts: Sequence[str]) -> np.ndarray:
     return np.log1p(np.abs(np.asarray(rows, dtype=np.float64).reshape(len(rows), 12)))
 
 
+#: at most this many stored entries: :func:`_rows_dot` gathers the rows it needs
+_GATHER_MAX_NNZ = 20000
+
+
+def _rows_dot(L: Any, W: np.ndarray) -> np.ndarray:
+    """``L @ W.T`` for TF-IDF rows ``L`` (scipy sparse, (n, V)) and per-expert or
+    per-category weights ``W`` (k, V), as float64 (n, k). For a few queries (the request
+    path) it reads only the columns of ``W`` the rows name: scipy's product first converts
+    the whole (V, k) operand (a transposed float32 array) to a contiguous float64 copy,
+    ~0.3 ms per call for MMLU's vocabulary."""
+    L = L.tocsr()
+    if L.nnz > _GATHER_MAX_NNZ:
+        return np.asarray(L @ W.T, dtype=np.float64)
+    prod = W[:, L.indices].T.astype(np.float64) * L.data[:, None]  # (nnz, k)
+    out = np.zeros((L.shape[0], W.shape[0]))
+    full = np.flatnonzero(np.diff(L.indptr))  # rows with entries (reduceat needs them)
+    if full.size:
+        out[full] = np.add.reduceat(prod, L.indptr[full], axis=0)
+    return out
+
+
 def _logit(p: np.ndarray) -> np.ndarray:
     p = np.clip(p, 1e-4, 1 - 1e-4)
     return np.log(p / (1 - p))
@@ -191,7 +212,7 @@ class StackRouter(QualityRouter):
         similarities join the dense ones with weight ``lexical_weight``."""
         sims = Xq @ C.T
         if lex is not None:
-            sims = sims + float(self.lexical_weight) * np.asarray(lex[0] @ lex[1].T)
+            sims = sims + float(self.lexical_weight) * _rows_dot(lex[0], lex[1])
         w = np.exp((sims - sims.max(axis=1, keepdims=True)) / float(self.temperature))
         return w / w.sum(axis=1, keepdims=True)
 
@@ -448,7 +469,7 @@ class StackRouter(QualityRouter):
                                                          self.lex_n_words_)
             L = lexical.transform(texts)
         if L is not None and len(self.lex_coef_):
-            parts.append(_logit(_sigmoid(np.asarray(L @ self.lex_coef_.T) + self.lex_bias_)))
+            parts.append(_logit(_sigmoid(_rows_dot(L, self.lex_coef_) + self.lex_bias_)))
         if len(self.centroids_):
             lex = None if L is None or not len(self.lex_centroids_) else \
                 (L, self.lex_centroids_)

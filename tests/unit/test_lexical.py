@@ -294,3 +294,21 @@ def test_a_stack_fitted_with_its_folds_in_threads_predicts_as_one_fitted_in_one(
     q = list(table.prompts[:20])
     np.testing.assert_allclose(three.predict_quality(X[:20], q),
                                one.predict_quality(X[:20], q), rtol=1e-9, atol=1e-12)
+
+
+def test_the_stacks_sparse_products_equal_scipys_for_few_and_many_rows(monkeypatch) -> None:
+    """The request path's gather of the weights a query's terms name gives scipy's product
+    (empty rows included); many rows take scipy's product itself."""
+    import scipy.sparse as sp
+
+    import routers.stack as st
+
+    rng = np.random.default_rng(0)
+    W = rng.normal(size=(7, 500)).astype(np.float32)
+    rows = sp.random(5, 500, density=0.05, format="csr", random_state=1)
+    L = sp.vstack([rows[:2], sp.csr_matrix((1, 500)), rows[2:]]).tocsr()
+    ref = np.asarray(L @ W.T.astype(np.float64))
+    assert np.allclose(st._rows_dot(L, W), ref, rtol=0, atol=1e-12)
+    assert not st._rows_dot(L, W)[2].any()
+    monkeypatch.setattr(st, "_GATHER_MAX_NNZ", 3)
+    assert np.allclose(st._rows_dot(L, W), ref, rtol=0, atol=1e-12)
