@@ -267,7 +267,7 @@ class StackRouter(QualityRouter):
         (:meth:`_shared`); ``cats`` the training prompts' category indices; ``lex`` the
         training and query prompts' TF-IDF rows; ``init``: coefficients of a fit on more
         prompts to start the logistic regressions from (the same optimum, fewer steps);
-        ``trees``: the training and query prompts' tree features (:meth:`_tree_features`)
+        ``trees``: the training and query prompts' tree features (:meth:`_fit_tree_space`)
         and the boosting's seed. The last coefficient is the fitted trees (or None).
         """
         i = init or (None,) * 6
