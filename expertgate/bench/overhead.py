@@ -12,6 +12,9 @@ The same requests go to a fast fixed-answer upstream (:mod:`expertgate.bench.ups
   experts on the same upstream): what logging propensities and sampling add;
 * ``routed_shadow`` — ``routed_miss`` with a shadow candidate router (knn) deciding after
   the served decision and logging its own: what a shadow adds to the served request;
+* ``routed_learned`` — ``routed_miss``'s requests through a policy serving a trained
+  router artifact (``--artifact DIR``, e.g. the ``stack`` that ``train --router auto``
+  chose): the learned decision's share of a routed miss;
 * ``routed_hit``   — the same policy with one repeated prompt (decision-cache hit);
 * ``litellm``      — through the LiteLLM proxy 1.106.2 (1 worker, no database).
 
@@ -43,6 +46,7 @@ from expertgate.bench.load import LoadError, run_wrk, stream_ttfb
 from expertgate.bench.proc import cpu_seconds, machine_info, rss_bytes
 from expertgate.bench.servers import (
     EXPLORE_POLICY,
+    LEARNED_POLICY,
     ROUTED_POLICY,
     SHADOW_POLICY,
     Server,
@@ -60,9 +64,9 @@ from routers.embed import EMBEDDER_KINDS
 __all__ = ["PATHS", "cmd_overhead", "format_ratio_lines", "register_overhead"]
 
 PATHS = ["direct", "floor", "passthrough", "routed_miss", "routed_explore", "routed_shadow",
-         "routed_hit", "litellm"]
+         "routed_learned", "routed_hit", "litellm"]
 _EXPERTGATE_PATHS = {"passthrough", "routed_miss", "routed_explore", "routed_shadow",
-                     "routed_hit"}
+                     "routed_learned", "routed_hit"}
 # a floor for ratio denominators: "added" can be ~0 (or slightly negative) under noise
 _MIN_ADDED_MS = 0.01
 
@@ -108,6 +112,10 @@ def register_overhead(sub: Any) -> None:
                    help="comma-separated concurrency levels (default 1,16,64)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     p.add_argument("--skip-litellm", action="store_true", help="leave out the LiteLLM proxy")
+    p.add_argument("--artifact", type=Path, default=None,
+                   help="a trained router artifact (expertgate train --out; trained with "
+                   "--embedder): path routed_learned times routed_miss's requests through a "
+                   "policy that serves it")
     p.add_argument("--paths", default=None,
                    help="comma-separated paths to measure (default all: "
                    f"{','.join(PATHS)}); direct, the baseline, is always measured")
@@ -472,7 +480,8 @@ def cmd_overhead(args: argparse.Namespace) -> int:
             if why is None:
                 shadow = shadow_artifact(tmp, args.embedder)
                 gw = stack.enter_context(start_expertgate(stub, tmp, embedder=args.embedder,
-                                                          shadow=shadow))
+                                                          shadow=shadow,
+                                                          learned=args.artifact))
                 servers.append(gw)
                 url = gw.url + "/v1/chat/completions"
                 targets["passthrough"] = _Target("passthrough", url, _fixed_body("stub"),
@@ -484,6 +493,12 @@ def cmd_overhead(args: argparse.Namespace) -> int:
                                                      suffix=suffix)
                 targets["routed_shadow"] = _Target("routed_shadow", url, None, SHADOW_POLICY,
                                                     gw.pids, miss_n, suffix=suffix)
+                if args.artifact is not None:
+                    targets["routed_learned"] = _Target("routed_learned", url, None,
+                                                         LEARNED_POLICY, gw.pids, miss_n,
+                                                         suffix=suffix)
+                else:
+                    skipped["routed_learned"] = "no --artifact"
                 targets["routed_hit"] = _Target(
                     "routed_hit", url, _fixed_body(ROUTED_POLICY, "Explain the French "
                                                    "Revolution in two sentences."),

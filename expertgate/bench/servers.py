@@ -31,6 +31,7 @@ from expertgate.procs import LocalExpertError, free_port, wait_port
 
 __all__ = [
     "EXPLORE_POLICY",
+    "LEARNED_POLICY",
     "LITELLM_VERSION",
     "ROUTED_POLICY",
     "SHADOW_POLICY",
@@ -170,6 +171,7 @@ def gateway_available() -> str | None:
 
 EXPLORE_POLICY = "auto-explore"
 SHADOW_POLICY = "auto-shadow"
+LEARNED_POLICY = "auto-learned"
 
 
 def _routes(general_expert: str) -> list[dict[str, Any]]:
@@ -204,8 +206,22 @@ def shadow_artifact(workdir: Path, embedder: str) -> Path:
                                                                 embedder=e.name)
 
 
+def learned_policy(artifact: Path) -> dict[str, object]:
+    """A policy served by a trained router artifact (``expertgate train --out``): its table's
+    models mapped in turn to ``stub`` and ``stub-b`` (the same upstream), so the benchmark
+    times the learned decision on every request."""
+    from routers.artifacts import read_manifest
+
+    m = read_manifest(artifact)
+    experts = list((m.get("json_state") or {}).get("experts_") or [])
+    return {"name": LEARNED_POLICY, "router": m["type"], "artifact": str(artifact),
+            "models": {e: ("stub", "stub-b")[i % 2] for i, e in enumerate(experts)},
+            "on_reject": {"action": "fallback", "expert": "stub"}, "cache_ttl_s": 3600}
+
+
 def expertgate_config(stub: UpstreamStub, *, embedder: str = "onnx",
-                      shadow: Path | None = None) -> dict[str, object]:
+                      shadow: Path | None = None,
+                      learned: Path | None = None) -> dict[str, object]:
     """The gateway config the benchmark uses: concrete experts and routed policies.
 
     The routed policy's threshold is -1 (cosine's minimum) so every prompt routes, and a
@@ -213,7 +229,8 @@ def expertgate_config(stub: UpstreamStub, *, embedder: str = "onnx",
     400 would count as an error in the figures. ``auto-explore`` and ``auto-shadow`` are the
     same kind of policy with exploration (rate 0.1 between ``stub`` and ``stub-b``, the same
     upstream) and with a shadow candidate router (``shadow`` artifact), so that their added
-    latency is compared with the plain policy's in one run.
+    latency is compared with the plain policy's in one run. ``learned``: a trained router
+    artifact served by one more policy (:func:`learned_policy`).
     """
     learn = {"router": "semantic", "params": {"threshold": -1.0},
              "on_reject": {"action": "fallback", "expert": "stub"}, "routes": _ROUTES,
@@ -224,6 +241,8 @@ def expertgate_config(stub: UpstreamStub, *, embedder: str = "onnx",
         policies.append({"name": SHADOW_POLICY, **learn,
                          "candidate": {"router": "knn", "artifact": str(shadow),
                                        "mode": "shadow"}})
+    if learned is not None:
+        policies.append(learned_policy(learned))
     return {
         "experts": [
             {"name": "stub", "api_base": stub.base_url, "timeout_s": 30},
@@ -246,14 +265,15 @@ def expertgate_config(stub: UpstreamStub, *, embedder: str = "onnx",
 
 
 def start_expertgate(stub: UpstreamStub, workdir: Path, *, embedder: str = "onnx",
-                     redis_url: str | None = None, shadow: Path | None = None) -> Server:
+                     redis_url: str | None = None, shadow: Path | None = None,
+                     learned: Path | None = None) -> Server:
     why = gateway_available()
     if why is not None:
         raise ServerError(why)
     port = free_port()
     cfg = workdir / "expertgate.yaml"
-    cfg.write_text(yaml.safe_dump(expertgate_config(stub, embedder=embedder, shadow=shadow),
-                                  sort_keys=False))
+    cfg.write_text(yaml.safe_dump(expertgate_config(stub, embedder=embedder, shadow=shadow,
+                                                    learned=learned), sort_keys=False))
     cmd = [sys.executable, "-m", "expertgate", "serve", "--config", str(cfg),
            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
     if redis_url:

@@ -264,13 +264,41 @@ def test_batching_bench_batches_concurrent_callers() -> None:
 
 @needs_nginx
 @needs_wrk
+def test_a_learned_policy_maps_its_tables_models_onto_the_stub_upstreams(
+        tmp_path: Path) -> None:
+    from expertgate.bench.servers import LEARNED_POLICY, learned_policy
+    from gateway.config import parse_config
+    from gateway.pipeline import build_policy_set
+    from routers.base import RoutingTable, make_router
+    from routers.embed import HashingEmbedder
+
+    e = HashingEmbedder()
+    texts = ["fix this bug", "tell me a joke", "write a poem", "sum these numbers"]
+    S = np.array([[1.0, 0.0, 0.2], [0.0, 1.0, 0.5], [0.3, 0.4, 1.0], [1.0, 0.0, 0.0]])
+    t = RoutingTable(["a", "b", "c", "d"], texts, ["gpt-x", "mix-y", "small-z"], S,
+                     np.ones_like(S))
+    art = make_router("knn", k=1).fit(e.embed(texts), t).save(tmp_path / "art",
+                                                              embedder=e.name)
+    pol = learned_policy(art)
+    assert pol["name"] == LEARNED_POLICY and pol["router"] == "knn"
+    assert pol["models"] == {"gpt-x": "stub", "mix-y": "stub-b", "small-z": "stub"}
+    cfg = parse_config({"experts": [{"name": "stub", "api_base": "http://127.0.0.1:9/v1"},
+                                    {"name": "stub-b", "api_base": "http://127.0.0.1:9/v1"}],
+                        "policies": [pol]}, "bench.yaml")
+    ps = build_policy_set(cfg, e)  # the gateway serves it: the artifact and its mapping load
+    assert LEARNED_POLICY in ps.policies
+
+
 def test_overhead_end_to_end_small(tmp_path: Path) -> None:
+    from expertgate.bench.servers import shadow_artifact
+
     out = tmp_path / "o.json"
     png = tmp_path / "o.png"
+    art = shadow_artifact(tmp_path, "hashing")  # a trained knn: the routed_learned path
     cmd = [sys.executable, "-m", "expertgate", "bench", "overhead", "--requests", "40",
            "--miss-requests", "8", "--stream-requests", "3", "--concurrency", "1,4",
            "--rounds", "1", "--skip-litellm", "--embedder", "hashing", "--json", str(out),
-           "--plot", str(png)]
+           "--plot", str(png), "--artifact", str(art)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                        cwd=Path(__file__).resolve().parents[2])
     assert r.returncode == 0, r.stderr[-3000:]
@@ -284,5 +312,8 @@ def test_overhead_end_to_end_small(tmp_path: Path) -> None:
             assert row["errors"] == 0 and row["requests"] >= 40
             assert {"p50_ms", "p99_ms", "added_p50_ms", "added_p99_ms", "rps"} <= set(row)
     assert doc["paths"]["direct"]["c1"]["added_p99_ms"] == 0
+    if "routed_miss" in doc["paths"]:  # the gateway ran: the learned policy served too
+        row = doc["paths"]["routed_learned"]["c1"]
+        assert row["errors"] == 0 and row["requests"] >= 8
     assert doc["skipped"]["litellm"] == "--skip-litellm"
     assert png.stat().st_size > 10_000
