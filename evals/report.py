@@ -721,8 +721,9 @@ def _auto_rows(files: Sequence[str]) -> str:
 
 def _overhead_rows(files: Sequence[str]) -> str:
     """Per ``bench overhead`` JSON: added p50 / p99 (ms, vs direct, same round) at c=1 of the
-    routed cache miss, the floor and the pass-through, with the run's prompt length."""
-    paths = ("routed_miss", "floor", "passthrough")
+    routed cache miss (the ``semantic`` policy, and a trained artifact's with ``--artifact``),
+    the floor and the pass-through, with the run's prompt length."""
+    paths = ("routed_miss", "routed_learned", "floor", "passthrough")
     lines = ["| file | embedder | routed prompt tokens | rounds | "
              + " | ".join(f"{p} added p50 / p99 ms (c=1)" for p in paths) + " |",
              "|---|---|---|---|" + "---|" * len(paths)]
