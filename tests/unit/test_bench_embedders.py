@@ -80,5 +80,11 @@ def test_overhead_miss_block(tmp_path: Path) -> None:
                              "paths": {"routed_miss": {"c1": c1},
                                        "floor": {"c1": {"added_p50_ms": 0.1,
                                                         "added_p99_ms": 0.2}}}}))
-    assert (f"| `{f}` | distilled | 129 | 2 | 1.250 / 3.500 | 0.100 / 0.200 | - |"
+    # no learned policy in the run (no --artifact): its column says so
+    assert (f"| `{f}` | distilled | 129 | 2 | 1.250 / 3.500 | - | 0.100 / 0.200 | - |"
+            in render_block(f"overhead-miss {f}"))
+    doc = json.loads(f.read_text())
+    doc["paths"]["routed_learned"] = {"c1": {"added_p50_ms": 3.5, "added_p99_ms": 4.75}}
+    f.write_text(json.dumps(doc))
+    assert (f"| `{f}` | distilled | 129 | 2 | 1.250 / 3.500 | 3.500 / 4.750 | 0.100 / 0.200 | - |"
             in render_block(f"overhead-miss {f}"))
