@@ -144,9 +144,22 @@ class Lexical:
 
     # -- features ------------------------------------------------------------------------
     def transform(self, texts: Sequence[str]) -> csr_matrix:
-        """(n, n_features) sparse TF-IDF rows (each block L2-normalised)."""
-        return _rows(len(texts), _encode(texts, self._words, self._chars, grow=False),
-                     self.idf, self.n_features)
+        """(n, n_features) sparse TF-IDF rows (each block L2-normalised). A few texts (a
+        request) go through :meth:`row` and its word memo (the same float32 values; on MMLU
+        prompts 0.6 -> 0.2 ms a text once the memo knows their words)."""
+        if len(texts) > _DIRECT_DOT_MAX:
+            return _rows(len(texts), _encode(texts, self._words, self._chars, grow=False),
+                         self.idf, self.n_features)
+        from scipy.sparse import csr_matrix
+
+        rows = [self.row(t) for t in texts]
+        indptr = np.cumsum([0, *(c.size for c, _ in rows)])
+        cols = np.concatenate([c for c, _ in rows]) if rows else np.zeros(0, np.int64)
+        vals = np.concatenate([v for _, v in rows]) if rows else np.zeros(0)
+        m = csr_matrix((vals.astype(np.float32), cols, indptr),
+                       shape=(len(texts), self.n_features))
+        m.sort_indices()
+        return m
 
     def dot(self, texts: Sequence[str], W: np.ndarray) -> np.ndarray:
         """``transform(texts) @ W`` (dense (n, k) float32). For a few texts (a request) each

@@ -312,3 +312,21 @@ def test_the_stacks_sparse_products_equal_scipys_for_few_and_many_rows(monkeypat
     assert not st._rows_dot(L, W)[2].any()
     monkeypatch.setattr(st, "_GATHER_MAX_NNZ", 3)
     assert np.allclose(st._rows_dot(L, W), ref, rtol=0, atol=1e-12)
+
+
+def test_a_few_texts_transform_through_the_word_memo_to_the_batch_rows() -> None:
+    """A request's rows (word memo, :meth:`Lexical.row`) equal the rows the batch pass gives
+    the same texts, bit for bit, unknown words and empty texts included."""
+    from routers.lexical import Lexical
+
+    rng = np.random.default_rng(0)
+    vocab = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "theta", "kappa"]
+    train = [" ".join(rng.choice(vocab, 12)) for _ in range(60)]
+    lex = Lexical(min_df_chars=1)
+    lex.fit_transform(train)
+    few = ["alpha beta beta gamma", "", "unknown words only", "Kappa, THETA! zeta-zeta"]
+    batch = lex.transform(few + train[:10])  # more than a request: the batch pass
+    for k in range(1, len(few) + 1):
+        got = lex.transform(few[:k])
+        assert got.dtype == batch.dtype
+        assert np.array_equal(got.toarray(), batch[:k].toarray())
