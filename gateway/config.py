@@ -481,15 +481,16 @@ def resolve_embedder(cfg: GatewayConfig) -> GatewayConfig:
     a folder under the working directory)."""
     if "embedder" in cfg.model_fields_set:
         return cfg
+    from routers.guard_cascade import is_cascade
+
     found: dict[str, tuple[dict[str, Any], str]] = {}
     for pol in cfg.policies:
         for art in (pol.artifact, pol.candidate.artifact if pol.candidate else None,
                     pol.guard.artifact if pol.guard else None):
             if art is None:
                 continue
-            # a two-stage guard (routers/guard_cascade.py) is served on its front's vectors
-            rel = "front/router.json" if (Path(art) / "cascade.json").is_file() \
-                else "router.json"
+            # a two-stage guard is served on its front's vectors
+            rel = "front/router.json" if is_cascade(art) else "router.json"
             try:
                 manifest = orjson.loads((Path(art) / rel).read_bytes())
             except (OSError, ValueError):

@@ -147,7 +147,7 @@ class Lexical:
         """(n, n_features) sparse TF-IDF rows (each block L2-normalised). A few texts (a
         request) go through :meth:`row` and its word memo (the same float32 values; on MMLU
         prompts 0.6 -> 0.2 ms a text once the memo knows their words)."""
-        if len(texts) > _DIRECT_DOT_MAX:
+        if len(texts) > _ROW_PATH_MAX:
             return _rows(len(texts), _encode(texts, self._words, self._chars, grow=False),
                          self.idf, self.n_features)
         from scipy.sparse import csr_matrix
@@ -165,7 +165,7 @@ class Lexical:
         """``transform(texts) @ W`` (dense (n, k) float32). For a few texts (a request) each
         row's weighted sum of ``W``'s rows is taken directly (:meth:`row`): building a
         sparse matrix costs more than the product itself."""
-        if len(texts) > _DIRECT_DOT_MAX:
+        if len(texts) > _ROW_PATH_MAX:
             return np.asarray(self.transform(texts) @ W, dtype=np.float32)
         out = np.zeros((len(texts), W.shape[1]), np.float32)
         for i, text in enumerate(texts):
@@ -323,8 +323,10 @@ def _count(ids: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
     return uniq // size, uniq % size, cnt[order].astype(np.float64)
 
 
-#: up to this many texts, :meth:`Lexical.dot` skips the sparse matrix
-_DIRECT_DOT_MAX = 8
+#: up to this many texts (a request), :meth:`Lexical.transform` and :meth:`Lexical.dot` take
+#: each text's row from :meth:`Lexical.row` and its word memo (``dot`` then skips the sparse
+#: matrix)
+_ROW_PATH_MAX = 8
 #: distinct words whose character n-gram columns :meth:`Lexical.row` keeps (a few MB at most;
 #: emptied when full, so odd inputs cannot grow it without bound)
 _WORD_MEMO_MAX = 50000
