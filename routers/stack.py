@@ -34,9 +34,16 @@ not depend on the expert (nearest neighbours, category weights) are computed onc
 and each fold's logistic regressions start from the all-prompts fit (same optimum, fewer
 solver steps).
 
-A per-expert logistic regression on the logits of the components, fitted on out-of-fold
-estimates of the training prompts (``folds``-fold), combines them into a calibrated
-probability. Scores in [0, 1] that are not 0/1 count as soft labels (sample weights).
+A per-expert logistic regression combines them into a calibrated probability, fitted on
+out-of-fold estimates of the training prompts (``folds``-fold). It reads the logits of every
+component of every expert scored on the same prompts, not only its own (whether Mixtral gets
+a question right says something about GPT-4), and the prompt statistics (how far to trust
+each view can depend on the prompt's length). With trees and categories, the trees also read
+each expert's category success rate estimated for the prompt (cross-fitted on the training
+prompts), so they can split a subject's hard prompts from its easy ones. Chosen on the
+development seeds' validation parts, with ``shared_meta=False`` (the meta-model of version 3)
+as the comparison: ``docs/results/stack4/`` and the ``routing-validation`` block of
+docs/routers.md. Scores in [0, 1] that are not 0/1 count as soft labels (sample weights).
 Every learned part is stored as plain arrays (coefficients, scaler statistics), so the
 artifact needs neither pickle nor skops.
 """
@@ -169,21 +176,24 @@ def _usable_cores() -> int:
 class StackRouter(QualityRouter):
     name = "stack"
     #: 2: the lexical views (TF-IDF state, category centroids, per-expert coefficients);
-    #: 3: the boosted trees' view (principal components, node tables)
-    version = 3
+    #: 3: the boosted trees' view (principal components, node tables); 4: the meta-model reads
+    #: every co-scored expert's components and the prompt statistics, the trees the category
+    #: rates
+    version = 4
     _array_attrs = ("train_X_", "train_scores_", "prior_", "costs_", "emb_coef_", "emb_bias_",
                     "stat_mean_", "stat_scale_", "stat_coef_", "stat_bias_", "meta_coef_",
                     "meta_bias_", "centroids_", "category_rates_", "lex_idf_",
                     "lex_centroids_", "lex_coef_", "lex_bias_", "tree_pca_", "tree_pca_mean_",
                     "tree_feature_", "tree_threshold_", "tree_left_", "tree_right_",
                     "tree_value_", "tree_roots_", "tree_owner_", "tree_base_")
-    _json_attrs = ("experts_", "dim_", "lex_terms_", "lex_n_words_")
+    _json_attrs = ("experts_", "dim_", "lex_terms_", "lex_n_words_", "tree_category_")
 
     def __init__(self, C_embed: float = 0.3, C_stats: float = 1.0, C_meta: float = 1.0,
                  k: int = 50, temperature: float = 0.05, prior_strength: float = 2.0,
                  folds: int = 5, seed: int = 0, lexical: bool = True,
                  lexical_weight: float = 2.0, C_lexical: float | None = 1.0,
                  trees: bool = True, tree_components: int = 16,
+                 shared_meta: bool = True,
                  cost_weight: float = 0.0,
                  threshold: float | None = None,
                  cost_model: str = "auto") -> None:
@@ -200,6 +210,7 @@ class StackRouter(QualityRouter):
         self.C_lexical = C_lexical
         self.trees = trees
         self.tree_components = tree_components
+        self.shared_meta = shared_meta
         self.cost_weight = cost_weight
         self.threshold = threshold
         self.cost_model = cost_model
@@ -288,6 +299,25 @@ class StackRouter(QualityRouter):
             parts.append(_sigmoid(tree_logits(pack_trees([fitted]), trees[1])[:, 0]))
         return np.stack(parts, 1), (ce, be, ch, bh, cl, bl, fitted)
 
+    def _cross_fitted_rates(self, Xu: np.ndarray, S: np.ndarray, cats: np.ndarray, K: int
+                            ) -> np.ndarray:
+        """Each training prompt's category success rate of every expert (n, m), as a query
+        gets it (soft nearest-centroid weights of the embedding, :meth:`_category_weights`
+        without the TF-IDF), from centroids and rates of the other folds: the trees' view
+        of the category. Rates count only the prompts an expert was scored on."""
+        n, m = S.shape
+        out = np.zeros((n, m))
+        fold = np.random.default_rng((int(self.seed), 1)).permutation(n) % int(self.folds)
+        for f in range(int(self.folds)):
+            te, tr = fold == f, fold != f
+            if not te.any() or tr.sum() < 2:
+                continue
+            w = self._category_weights(self._centroids(Xu[tr], cats[tr], K), Xu[te])
+            for j in range(m):
+                ok = tr & np.isfinite(S[:, j])
+                out[te, j] = w @ self._rates(S[ok, j], cats[ok], K) if ok.any() else 0.5
+        return out
+
     def _fit_tree_space(self, Xu: np.ndarray, H: np.ndarray) -> np.ndarray | None:
         """The trees' features of the training prompts: the embedding's first
         ``tree_components`` principal components (fitted here, on every training prompt:
@@ -354,6 +384,9 @@ class StackRouter(QualityRouter):
         cat_all = np.array([labels.index(c) for c in table.categories or []]) if K else None
         use_lr = self.lexical and self.C_lexical is not None
         F = self._fit_tree_space(Xu, H)
+        self.tree_category_ = bool(F is not None and cat_all is not None and self.shared_meta)
+        if self.tree_category_ and F is not None and cat_all is not None:
+            F = np.hstack([F, _logit(self._cross_fitted_rates(Xu, S, cat_all, K))])
         n_comp = 3 + bool(K) + use_lr + (F is not None)
         L = None
         self._lex: Lexical | None = None
@@ -389,7 +422,8 @@ class StackRouter(QualityRouter):
             groups.setdefault(np.isfinite(S[:, j]).tobytes(), []).append(j)
         emb_c, emb_b = np.zeros((m, Xu.shape[1])), np.zeros(m)
         st_c, st_b = np.zeros((m, H.shape[1])), np.zeros(m)
-        meta_c, meta_b = np.zeros((m, n_comp)), np.zeros(m)
+        # the meta-model's inputs: every expert's components, then the prompt statistics
+        meta_c, meta_b = np.zeros((m, m * n_comp + H.shape[1])), np.zeros(m)
         rates = np.zeros((K, m))
         expert_trees: list[Any] = [None] * m
         for experts in groups.values():
@@ -430,8 +464,18 @@ class StackRouter(QualityRouter):
                                             K, lex_f, init=full[g], trees=trees_f)[0]
 
             _each(one_fold, range(int(self.folds)))
+            # each expert's meta-model reads the components of every expert of its group
+            # and the statistics (``shared_meta``), or its own components only
+            Z = np.hstack([_logit(oof).transpose(1, 0, 2).reshape(ok.size, -1), Ha])
+            cols = np.concatenate([np.arange(j * n_comp, (j + 1) * n_comp) for j in experts]
+                                  + [m * n_comp + np.arange(H.shape[1])])
             for g, j in enumerate(experts):
-                meta_c[j], meta_b[j] = _fit_lr(_logit(oof[g]), Sa[:, g], float(self.C_meta))
+                if self.shared_meta:
+                    meta_c[j, cols], meta_b[j] = _fit_lr(Z, Sa[:, g], float(self.C_meta))
+                else:
+                    own = np.arange(j * n_comp, (j + 1) * n_comp)
+                    meta_c[j, own], meta_b[j] = _fit_lr(_logit(oof[g]), Sa[:, g],
+                                                        float(self.C_meta))
         self.centroids_ = self._centroids(Xu, cat_all, K) if cat_all is not None else \
             np.zeros((0, Xu.shape[1]))
         self.category_rates_ = rates
@@ -480,10 +524,14 @@ class StackRouter(QualityRouter):
             from routers.trees import tree_logits
 
             F = np.hstack([(Xu - self.tree_pca_mean_) @ self.tree_pca_.T, Hs])
+            if self.tree_category_:
+                F = np.hstack([F, _logit(self._category_weights(self.centroids_, Xu)
+                                         @ self.category_rates_)])
             t, depth = self._tree_arrays()
             parts.append(_logit(_sigmoid(tree_logits(t, F, depth))))
         Z = np.stack(parts, axis=2)  # (n, m, components)
-        return _sigmoid(np.einsum("nmc,mc->nm", Z, self.meta_coef_) + self.meta_bias_)
+        Z = np.hstack([Z.reshape(Z.shape[0], -1), Hs])  # every expert's, the statistics
+        return _sigmoid(Z @ self.meta_coef_.T + self.meta_bias_)
 
     def _quality(self, X: np.ndarray) -> np.ndarray:
         raise RouterError("stack router needs the query texts (prompt statistics)")

@@ -19,14 +19,17 @@ TOPICS = {"math": "solve the equation for x and compute the integral",
 
 
 def _long_table(path: Path, models: dict[str, tuple[float, dict[str, float]]], n: int = 90,
-                seed: int = 0, missing: float = 0.0) -> Path:
-    """A long-format CSV: each model has a cost and a success rate per topic."""
+                seed: int = 0, missing: float = 0.0,
+                texts: dict[str, str] | None = None) -> Path:
+    """A long-format CSV: each model has a cost and a success rate per topic (``texts``:
+    each topic's words, default ``TOPICS``)."""
     rng = np.random.default_rng(seed)
     rows = []
-    topics = list(TOPICS)
+    texts = texts or TOPICS
+    topics = list(texts)
     for i in range(n):
         cat = topics[i % len(topics)]
-        prompt = f"{TOPICS[cat]} case {i} {rng.integers(1000)}"
+        prompt = f"{texts[cat]} case {i} {rng.integers(1000)}"
         for mname, (cost, rate) in models.items():
             if rng.uniform() < missing:
                 continue
@@ -181,13 +184,17 @@ def test_stack_router_sweeps_in_the_evaluation(tmp_path: Path) -> None:
 
 
 def test_stack_lexical_views_find_the_category_from_the_words(tmp_path: Path) -> None:
-    """Embeddings that carry no topic (random vectors): only the text's words say which
-    prompts are math; the lexical category view and the lexical component must use them, and
-    survive a save/load."""
+    """Embeddings that carry no topic (random vectors), and topics of the same length in
+    words and characters (the prompt statistics, which the stack also reads, cannot tell
+    them apart): only the text's words say which prompts are math; the lexical category view
+    and the lexical component must use them, and survive a save/load."""
     from routers.stack import StackRouter
 
+    same_shape = {"math": "solve the equation and the integral now",
+                  "law": "the court ruled on the contract dispute",
+                  "food": "bake the bread with flour butter sugars"}
     table = RoutingTable.from_long(pd.read_csv(_long_table(tmp_path / "t.csv", TWO, n=150,
-                                                           seed=5)))
+                                                           seed=5, texts=same_shape)))
     X = np.random.default_rng(0).normal(size=(len(table), 16)).astype(np.float32)
     small = table.models.index("small")
     is_math = np.array([c == "math" for c in table.categories or []])

@@ -111,6 +111,7 @@ def test_a_stack_with_or_without_trees_saves_and_loads_the_same_decisions(
     monkeypatch.setattr(StackRouter, "trees_min_prompts", 100)
     r = make_router("stack", trees=trees).fit(X, table)
     assert bool(r.tree_roots_.size) is trees
+    assert r.tree_category_ is trees  # the table has categories: the trees read their rates
     r.save(tmp_path / "s")
     loaded = get_router_class("stack").load(tmp_path / "s")
     P = r.predict_quality(X[:20], table.prompts[:20])
