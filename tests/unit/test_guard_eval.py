@@ -64,6 +64,28 @@ def test_latency_percentiles() -> None:
     assert p["latency_p99_ms"] == pytest.approx(99.01)
 
 
+def test_each_query_is_timed_with_the_fitted_objects_frozen_as_the_gateway_serves() -> None:
+    """The latency loop freezes the collector's objects as the gateway does after start-up
+    (``gc_freeze``), for every method alike, and leaves the collector as it found it."""
+    import gc
+
+    from evals.guard_eval import _latency, _Method
+
+    seen: list[int] = []
+
+    class Probe(_Method):
+        uses_embeddings = False
+
+        def predict(self, X, texts):  # type: ignore[no-untyped-def]
+            seen.append(gc.get_freeze_count())
+
+    before = gc.get_freeze_count()
+    times = _latency(Probe(), None, [f"query {i}" for i in range(15)])  # ten warm up first
+    assert len(times) == 15 and all(t >= 0 for t in times)
+    assert len(seen) == 25 and min(seen) > before
+    assert gc.get_freeze_count() == before
+
+
 # --------------------------------------------------------------------------- data
 
 
