@@ -446,6 +446,7 @@ def _latency(method: _Method, embedder: Any, texts: list[str]) -> list[float]:
     # objects (vocabularies, word memos, scikit-learn estimators) out of the cyclic
     # collector, whose passes over them would otherwise land in the tail; every method,
     # the baselines included, is timed so
+    frozen_before = gc.get_freeze_count()
     gc.collect()
     gc.freeze()
     try:
@@ -457,7 +458,8 @@ def _latency(method: _Method, embedder: Any, texts: list[str]) -> list[float]:
             if i >= 10:  # the first ten warm caches up
                 times.append((time.perf_counter() - t0) * 1000.0)
     finally:
-        gc.unfreeze()
+        if not frozen_before:  # a caller's own frozen objects stay frozen (no partial thaw)
+            gc.unfreeze()
     return times
 
 

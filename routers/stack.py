@@ -40,12 +40,15 @@ component of every expert scored on the same prompts, not only its own (whether 
 a question right says something about GPT-4), and the prompt statistics (how far to trust
 each view can depend on the prompt's length). With trees and categories, the trees also read
 each expert's category success rate estimated for the prompt (cross-fitted on the training
-prompts), so they can split a subject's hard prompts from its easy ones. Chosen on the
+prompts), so they can split a subject's hard prompts from its easy ones. Two experts scored
+right/wrong on the same prompts (a strong/weak pair) get one multinomial model of their four
+joint outcomes instead (``joint_pairs``): the two-expert knob ranks prompts by P(only the
+strong one is right) - P(only the weak one is right), which it models directly. Chosen on the
 development seeds' validation parts, with ``shared_meta=False`` (the meta-model of version 3)
-as the comparison: ``docs/results/stack4/`` and the ``routing-validation`` block of
-docs/routers.md. Scores in [0, 1] that are not 0/1 count as soft labels (sample weights).
-Every learned part is stored as plain arrays (coefficients, scaler statistics), so the
-artifact needs neither pickle nor skops.
+and ``joint_pairs=False`` as the comparisons: ``docs/results/stack4/`` and the
+``routing-validation`` block of docs/routers.md. Scores in [0, 1] that are not 0/1 count as
+soft labels (sample weights). Every learned part is stored as plain arrays (coefficients,
+scaler statistics), so the artifact needs neither pickle nor skops.
 """
 
 from __future__ import annotations
@@ -185,7 +188,8 @@ class StackRouter(QualityRouter):
                     "meta_bias_", "centroids_", "category_rates_", "lex_idf_",
                     "lex_centroids_", "lex_coef_", "lex_bias_", "tree_pca_", "tree_pca_mean_",
                     "tree_feature_", "tree_threshold_", "tree_left_", "tree_right_",
-                    "tree_value_", "tree_roots_", "tree_owner_", "tree_base_")
+                    "tree_value_", "tree_roots_", "tree_owner_", "tree_base_",
+                    "pair_experts_", "pair_coef_", "pair_bias_")
     _json_attrs = ("experts_", "dim_", "lex_terms_", "lex_n_words_", "tree_category_")
 
     def __init__(self, C_embed: float = 0.3, C_stats: float = 1.0, C_meta: float = 1.0,
@@ -193,7 +197,7 @@ class StackRouter(QualityRouter):
                  folds: int = 5, seed: int = 0, lexical: bool = True,
                  lexical_weight: float = 2.0, C_lexical: float | None = 1.0,
                  trees: bool = True, tree_components: int = 16,
-                 shared_meta: bool = True,
+                 shared_meta: bool = True, joint_pairs: bool = True,
                  cost_weight: float = 0.0,
                  threshold: float | None = None,
                  cost_model: str = "auto") -> None:
@@ -211,6 +215,7 @@ class StackRouter(QualityRouter):
         self.trees = trees
         self.tree_components = tree_components
         self.shared_meta = shared_meta
+        self.joint_pairs = joint_pairs
         self.cost_weight = cost_weight
         self.threshold = threshold
         self.cost_model = cost_model
@@ -298,6 +303,28 @@ class StackRouter(QualityRouter):
             fitted = fit_expert_trees(trees[0], s, seed=trees[2])
             parts.append(_sigmoid(tree_logits(pack_trees([fitted]), trees[1])[:, 0]))
         return np.stack(parts, 1), (ce, be, ch, bh, cl, bl, fitted)
+
+    #: the joint model of a pair needs each of its four outcomes this often in the training
+    #: prompts (else the two experts keep their own meta-models)
+    pair_min_outcome = 10
+
+    def _fit_pair(self, Z: np.ndarray, S: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Two experts scored 0/1 on the same prompts: one multinomial logistic regression
+        of their joint outcome (neither, only the second, only the first, both) on the
+        meta-model's inputs ``Z``; the two experts' probabilities are its marginals, and
+        what the two-expert knob ranks by, P(only the first) - P(only the second), is
+        modelled directly instead of as a difference of two separate fits. Coefficients
+        (4, inputs) and intercepts (4,), or None (``joint_pairs`` off, soft scores, or an
+        outcome rarer than :attr:`pair_min_outcome`)."""
+        if not (self.joint_pairs and self.shared_meta) or not np.isin(S, (0.0, 1.0)).all():
+            return None
+        y = (2 * S[:, 0] + S[:, 1]).astype(np.int64)
+        if np.bincount(y, minlength=4).min() < self.pair_min_outcome:
+            return None
+        from sklearn.linear_model import LogisticRegression
+
+        lr = LogisticRegression(C=float(self.C_meta), max_iter=2000).fit(Z, y)
+        return np.asarray(lr.coef_, np.float64), np.asarray(lr.intercept_, np.float64)
 
     def _cross_fitted_rates(self, Xu: np.ndarray, S: np.ndarray, cats: np.ndarray, K: int
                             ) -> np.ndarray:
@@ -424,6 +451,7 @@ class StackRouter(QualityRouter):
         st_c, st_b = np.zeros((m, H.shape[1])), np.zeros(m)
         # the meta-model's inputs: every expert's components, then the prompt statistics
         meta_c, meta_b = np.zeros((m, m * n_comp + H.shape[1])), np.zeros(m)
+        pairs: list[tuple[list[int], np.ndarray, np.ndarray]] = []
         rates = np.zeros((K, m))
         expert_trees: list[Any] = [None] * m
         for experts in groups.values():
@@ -476,12 +504,20 @@ class StackRouter(QualityRouter):
                     own = np.arange(j * n_comp, (j + 1) * n_comp)
                     meta_c[j, own], meta_b[j] = _fit_lr(_logit(oof[g]), Sa[:, g],
                                                         float(self.C_meta))
+            joint = self._fit_pair(Z, Sa) if len(experts) == 2 else None
+            if joint is not None:
+                W = np.zeros((4, meta_c.shape[1]))
+                W[:, cols] = joint[0]
+                pairs.append((list(experts), W, joint[1]))
         self.centroids_ = self._centroids(Xu, cat_all, K) if cat_all is not None else \
             np.zeros((0, Xu.shape[1]))
         self.category_rates_ = rates
         self.emb_coef_, self.emb_bias_ = emb_c, emb_b
         self.stat_coef_, self.stat_bias_ = st_c, st_b
         self.meta_coef_, self.meta_bias_ = meta_c, meta_b
+        self.pair_experts_ = np.array([p[0] for p in pairs], np.int64).reshape(-1, 2)
+        self.pair_coef_ = np.array([p[1] for p in pairs]).reshape(-1, 4, meta_c.shape[1])
+        self.pair_bias_ = np.array([p[2] for p in pairs]).reshape(-1, 4)
         self._set_trees(expert_trees if F is not None else [])
         self.train_X_ = Xu.astype(np.float32)
         self.train_scores_ = S.astype(np.float32)
@@ -531,7 +567,15 @@ class StackRouter(QualityRouter):
             parts.append(_logit(_sigmoid(tree_logits(t, F, depth))))
         Z = np.stack(parts, axis=2)  # (n, m, components)
         Z = np.hstack([Z.reshape(Z.shape[0], -1), Hs])  # every expert's, the statistics
-        return _sigmoid(Z @ self.meta_coef_.T + self.meta_bias_)
+        P = _sigmoid(Z @ self.meta_coef_.T + self.meta_bias_)
+        for (a, b), W, c in zip(self.pair_experts_, self.pair_coef_, self.pair_bias_,
+                                strict=True):
+            # the pair's joint outcome (a wrong/right x b wrong/right): its marginals
+            L = Z @ W.T + c
+            Q = np.exp(L - L.max(axis=1, keepdims=True))
+            Q /= Q.sum(axis=1, keepdims=True)
+            P[:, a], P[:, b] = Q[:, 2] + Q[:, 3], Q[:, 1] + Q[:, 3]
+        return P
 
     def _quality(self, X: np.ndarray) -> np.ndarray:
         raise RouterError("stack router needs the query texts (prompt statistics)")

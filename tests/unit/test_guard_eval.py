@@ -64,26 +64,36 @@ def test_latency_percentiles() -> None:
     assert p["latency_p99_ms"] == pytest.approx(99.01)
 
 
-def test_each_query_is_timed_with_the_fitted_objects_frozen_as_the_gateway_serves() -> None:
+def test_each_query_is_timed_with_the_fitted_objects_frozen_as_the_gateway_serves(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """The latency loop freezes the collector's objects as the gateway does after start-up
-    (``gc_freeze``), for every method alike, and leaves the collector as it found it."""
+    (``gc_freeze``), for every method alike, and thaws them after, unless its caller had
+    frozen objects of its own. (The collector's calls are recorded, not made: other tests'
+    servers in this process freeze objects too.)"""
     import gc
 
     from evals.guard_eval import _latency, _Method
 
-    seen: list[int] = []
+    calls: list[str] = []
+    frozen = {"count": 0}
+    monkeypatch.setattr(gc, "get_freeze_count", lambda: frozen["count"])
+    monkeypatch.setattr(gc, "collect", lambda *a: calls.append("collect") or 0)
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+    monkeypatch.setattr(gc, "unfreeze", lambda: calls.append("unfreeze"))
 
     class Probe(_Method):
         uses_embeddings = False
 
         def predict(self, X, texts):  # type: ignore[no-untyped-def]
-            seen.append(gc.get_freeze_count())
+            calls.append("predict")
 
-    before = gc.get_freeze_count()
     times = _latency(Probe(), None, [f"query {i}" for i in range(15)])  # ten warm up first
     assert len(times) == 15 and all(t >= 0 for t in times)
-    assert len(seen) == 25 and min(seen) > before
-    assert gc.get_freeze_count() == before
+    assert calls == ["collect", "freeze", *["predict"] * 25, "unfreeze"]
+    calls.clear()
+    frozen["count"] = 1000  # the caller froze its own objects: they stay frozen
+    _latency(Probe(), None, [f"query {i}" for i in range(15)])
+    assert calls == ["collect", "freeze", *["predict"] * 25]
 
 
 # --------------------------------------------------------------------------- data

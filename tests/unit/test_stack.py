@@ -40,3 +40,34 @@ def test_experts_scored_on_different_prompts_do_not_read_each_other() -> None:
     r = make_router("stack", lexical=False).fit(X, table)
     blocks, _ = _blocks(r, 3)
     assert np.array_equal(blocks, np.array([[1, 1, 0], [1, 1, 0], [0, 0, 1]], bool))
+
+
+def test_two_experts_scored_0_1_get_one_joint_model_whose_marginals_are_calibrated(
+        tmp_path) -> None:
+    """A strong/weak pair scored right/wrong on the same prompts: one multinomial model of
+    the four joint outcomes serves both experts; its marginals match the success rates,
+    and it survives a save/load."""
+    from routers.base import get_router_class
+
+    X, table = synthetic_table(600, models=["weak", "strong"], missing=False)
+    r = make_router("stack", lexical=False).fit(X, table)
+    assert r.pair_experts_.tolist() == [[0, 1]] and r.pair_coef_.shape[:2] == (1, 4)
+    P = r.predict_quality(X, table.prompts)
+    assert np.all((P > 0) & (P < 1))
+    np.testing.assert_allclose(P.mean(axis=0), table.scores.mean(axis=0), atol=0.03)
+    r.save(tmp_path / "s")
+    back = get_router_class("stack").load(tmp_path / "s")
+    assert np.array_equal(back.predict_quality(X[:40], table.prompts[:40]), P[:40])
+    # without it, each expert keeps its own meta-model, whose figures these are not
+    own = make_router("stack", lexical=False, joint_pairs=False).fit(X, table)
+    assert own.pair_experts_.size == 0
+    assert not np.allclose(own.predict_quality(X[:40], table.prompts[:40]), P[:40])
+
+
+def test_no_joint_model_for_soft_scores_or_more_than_two_experts() -> None:
+    X, table = synthetic_table(300, models=["weak", "strong"], missing=False)
+    soft = type(table)(table.prompt_ids, table.prompts, table.models,
+                       np.clip(table.scores * 0.8 + 0.1, 0, 1), table.costs, table.categories)
+    assert make_router("stack", lexical=False).fit(X, soft).pair_experts_.size == 0
+    X3, table3 = synthetic_table(300, models=["a", "b", "c"], missing=False)
+    assert make_router("stack", lexical=False).fit(X3, table3).pair_experts_.size == 0
