@@ -659,12 +659,16 @@ def render_block(spec: str) -> str:
         return _embedder_rows(_load(args[0]))
     if kind == "train-time" and args:
         lines = ["| file | router | embedder | prompts (train) | embedding s | fit s | "
-                 "embedding + fit + evaluation s |", "|---|---|---|---|---|---|---|"]
+                 "embedding + fit + evaluation s | decision ms, batch 1: p50 / p99 "
+                 "(`--latency`) |", "|---|---|---|---|---|---|---|---|"]
         for a in args:
             r = _load(a)
+            b1 = (r.get("latency") or {}).get("batch_1") or {}
+            lat = f"{_num(b1.get('p50_ms'))} / {_num(b1.get('p99_ms'))}" if b1 else "-"
             lines.append(f"| `{a}` | {r.get('router')} | {r.get('embedder')} | "
                          f"{r.get('n_train')} | {_num(r.get('embed_seconds'))} | "
-                         f"{_num(r.get('fit_seconds'))} | {_num(r.get('train_seconds_total'))} |")
+                         f"{_num(r.get('fit_seconds'))} | {_num(r.get('train_seconds_total'))} "
+                         f"| {lat} |")
         return "\n".join(lines)
     if kind == "overhead-table" and args:
         path, run = _bench_run(args[0], "overhead")

@@ -64,8 +64,15 @@ def test_train_time_block(tmp_path: Path) -> None:
     f.write_text(json.dumps({"router": "irt", "embedder": "static-x", "n_train": 9826,
                              "embed_seconds": 3.5, "fit_seconds": 1.7,
                              "train_seconds_total": 5.5}))
-    assert f"| `{f}` | irt | static-x | 9826 | 3.500 | 1.700 | 5.500 |" in \
-        render_block(f"train-time {f}")
+    g = tmp_path / "l.json"  # a run with --latency: its batch-1 decision time
+    g.write_text(json.dumps({"router": "stack", "embedder": "static-x", "n_train": 9826,
+                             "embed_seconds": 3.5, "fit_seconds": 1.7,
+                             "train_seconds_total": 5.5,
+                             "latency": {"batch_1": {"p50_ms": 1.9, "p99_ms": 2.75}}}))
+    text = render_block(f"train-time {f} {g}")
+    assert f"| `{f}` | irt | static-x | 9826 | 3.500 | 1.700 | 5.500 | - |" in text
+    assert f"| `{g}` | stack | static-x | 9826 | 3.500 | 1.700 | 5.500 | 1.900 / 2.750 |" \
+        in text
 
 
 def test_overhead_miss_block(tmp_path: Path) -> None:
