@@ -181,7 +181,7 @@ class StackRouter(QualityRouter):
     #: 2: the lexical views (TF-IDF state, category centroids, per-expert coefficients);
     #: 3: the boosted trees' view (principal components, node tables); 4: the meta-model reads
     #: every co-scored expert's components and the prompt statistics, the trees the category
-    #: rates
+    #: rates, and a 0/1 pair has one joint model (``pair_*``)
     version = 4
     _array_attrs = ("train_X_", "train_scores_", "prior_", "costs_", "emb_coef_", "emb_bias_",
                     "stat_mean_", "stat_scale_", "stat_coef_", "stat_bias_", "meta_coef_",
