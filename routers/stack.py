@@ -411,9 +411,10 @@ class StackRouter(QualityRouter):
         cat_all = np.array([labels.index(c) for c in table.categories or []]) if K else None
         use_lr = self.lexical and self.C_lexical is not None
         F = self._fit_tree_space(Xu, H)
-        self.tree_category_ = bool(F is not None and cat_all is not None and self.shared_meta)
-        if self.tree_category_ and F is not None and cat_all is not None:
+        self.tree_category_ = False
+        if F is not None and cat_all is not None and self.shared_meta:
             F = np.hstack([F, _logit(self._cross_fitted_rates(Xu, S, cat_all, K))])
+            self.tree_category_ = True
         n_comp = 3 + bool(K) + use_lr + (F is not None)
         L = None
         self._lex: Lexical | None = None
