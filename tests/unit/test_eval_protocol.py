@@ -52,6 +52,58 @@ def test_cost_knob_is_chosen_on_validation_and_read_on_test() -> None:
         pv[:, 1] - pv[:, 0], val.scores[:, 1], val.scores[:, 0]))
 
 
+def _three() -> RoutingTable:
+    """cheap (cost 1), mid (2), best (10); best is the best single model (quality 0.75)."""
+    S = np.array([[1, 0, 1], [0, 1, 1], [0, 0, 1], [0, 0, 0]], dtype=float)
+    C = np.tile([1.0, 2.0, 10.0], (4, 1))
+    return RoutingTable([f"p{i}" for i in range(4)], [f"q{i}" for i in range(4)],
+                        ["cheap", "mid", "best"], S, C)
+
+
+def test_a_router_that_cannot_reach_the_quality_on_validation_is_deployed_as_the_best_model(
+        ) -> None:
+    val, test = _three(), _three()
+    kc = np.array([1.0, 2.0, 10.0])
+    # ranks the cheap model first everywhere: every knob setting sends every prompt to it,
+    # quality 0.25 < 0.75 on validation; the knob falls back to its best setting (cost 1)
+    blind = np.tile([0.9, 0.1, 0.5], (4, 1))
+    r = RE.evaluate_predictions(blind, blind, val, test, strong=2, knob_costs=kc)
+    assert not r["knob_setting"]["reaches_best_single_on_validation"]
+    assert r["cost_at_best_single_quality_val"] == pytest.approx(0.1)  # 1 / 10
+    assert r["quality_gap_val"] == pytest.approx(-0.5)  # 0.25 - 0.75
+    # what is deployed for the best single's quality: that model itself, at its cost
+    assert r["validation_reaches_best_single"] == 0.0
+    assert r["cost_at_best_single_quality_deployed"] == pytest.approx(1.0)
+    assert r["quality_gap_deployed"] == pytest.approx(0.0)
+    # knowing the scores: prompt 0 to cheap, 1 to mid, 2 to best, 3 (nobody right) to
+    # cheap: quality 0.75 at cost (1 + 2 + 10 + 1) / 4 = 3.5 = 0.35 of the best's 10
+    sharp = val.scores.copy()
+    r = RE.evaluate_predictions(sharp, sharp, val, test, strong=2, knob_costs=kc)
+    assert r["validation_reaches_best_single"] == 1.0
+    assert r["cost_at_best_single_quality_val"] == pytest.approx(0.35)
+    assert r["cost_at_best_single_quality_deployed"] == pytest.approx(0.35)
+    assert r["quality_gap_deployed"] == pytest.approx(0.0)
+
+
+def test_the_simple_bar_is_set_by_a_baseline_at_the_quality_not_below_it() -> None:
+    def row(val_cost: float, reach: bool, deployed: float) -> dict[str, float]:
+        return {"cost_at_best_single_quality_val": val_cost,
+                "quality_gap_val": 0.0 if reach else -0.1,
+                "validation_reaches_best_single": float(reach),
+                "cost_at_best_single_quality_deployed": deployed}
+
+    mine = row(0.35, True, 0.35)
+    # the kNN is cheaper at its knob only because it falls short of the quality; the LR
+    # reaches it at 0.5: the bar is the LR's
+    base = {"simple-knn": row(0.1, False, 1.0), "simple-lr": row(0.5, True, 0.5)}
+    vs = RE.vs_simple(mine, base, two=False)
+    assert vs is not None
+    assert vs["metric"] == "cost_at_best_single_quality_deployed"
+    assert vs["baseline"] == "simple-lr" and vs["margin"] == pytest.approx(0.15)
+    assert vs["val_knob"]["baseline"]["cost_at_best_single_quality_val"] == 0.5
+    assert vs["val_knob"]["selected"]["validation_reaches_best_single"] == 1.0
+
+
 def test_select_on_validation_hand_values() -> None:
     assert M.select_on_validation({"a": 0.61, "b": 0.64, "c": None, "d": 0.64}) == ("b", 0.64)
     with pytest.raises(M.MetricError):

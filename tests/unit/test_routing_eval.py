@@ -230,7 +230,7 @@ def test_every_run_fits_the_simple_baselines_and_the_selection_says_its_margin(
     assert {"simple-lr", "simple-knn"} <= set(res["baselines"]), res["skipped"]
     vs = res["selected"]["vs_simple"]
     two = models == 2
-    key = "apgr" if two else "cost_at_best_single_quality_val"
+    key = "apgr" if two else "cost_at_best_single_quality_deployed"
     simple = {n: res["baselines"][n][key] for n in ("simple-lr", "simple-knn")}
     best = (max if two else min)(simple, key=simple.__getitem__)
     mine = res["routers"][res["selected"]["method"]][key]
