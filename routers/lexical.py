@@ -31,7 +31,7 @@ import numpy as np
 if TYPE_CHECKING:
     from scipy.sparse import csr_matrix
 
-__all__ = ["Lexical", "MemoLexical", "char_ngrams", "word_ngrams"]
+__all__ = ["Lexical", "MemoLexical", "char_ngrams", "clip_text", "word_ngrams"]
 
 _WORD = re.compile(r"(?u)\b\w\w+\b")
 _SPACE = re.compile(r"\s+")
@@ -60,15 +60,34 @@ def char_ngrams(text: str, lo: int = 2, hi: int = 5) -> list[str]:
     return out
 
 
+def clip_text(text: str, max_chars: int) -> str:
+    """``text`` when it has at most ``max_chars`` characters, else its head and its tail, a
+    half each, cut at spaces (no word is read in part) and joined by a space. A long prompt
+    (a few-shot context, a pasted document) keeps its instruction and its question, and the
+    n-grams of its middle no longer cost their time at every request and every fit."""
+    if len(text) <= max_chars:
+        return text
+    h = max_chars // 2
+    head, tail = text[:h], text[len(text) - (max_chars - h):]
+    if not text[h:h + 1].isspace() and " " in head:  # the last word continues past the cut
+        head = head[:head.rfind(" ")]
+    if not text[len(text) - len(tail) - 1:len(text) - len(tail)].isspace() and " " in tail:
+        tail = tail[tail.find(" ") + 1:]
+    return f"{head} {tail}"
+
+
 class Lexical:
     """Word + character n-gram TF-IDF with a JSON/npz-serialisable state (see module doc)."""
 
     def __init__(self, *, min_df_words: int = 1, min_df_chars: int = 2,
-                 max_words: int = 20000, max_chars: int = 40000) -> None:
+                 max_words: int = 20000, max_chars: int = 40000,
+                 max_text_chars: int | None = None) -> None:
         self.min_df_words = int(min_df_words)
         self.min_df_chars = int(min_df_chars)
         self.max_words = int(max_words)
         self.max_chars = int(max_chars)
+        #: longer texts are read as their head and tail (:func:`clip_text`); None: whole
+        self.max_text_chars = None if max_text_chars is None else int(max_text_chars)
         self.idf = np.zeros(0, np.float32)
         self.n_words = 0
         self._set_terms([])
@@ -87,13 +106,20 @@ class Lexical:
     def n_features(self) -> int:
         return len(self.vocab)
 
+    def _clip(self, texts: Sequence[str]) -> Sequence[str]:
+        m = self.max_text_chars
+        if m is None or all(len(t) <= m for t in texts):
+            return texts
+        return [clip_text(t, m) if len(t) > m else t for t in texts]
+
     def state(self) -> tuple[list[str], np.ndarray, int]:
         """(terms in feature order, IDF, number of word features first)."""
         return list(self.vocab), self.idf, self.n_words
 
     @classmethod
-    def from_state(cls, terms: Sequence[str], idf: np.ndarray, n_words: int) -> Lexical:
-        lex = cls()
+    def from_state(cls, terms: Sequence[str], idf: np.ndarray, n_words: int,
+                   max_text_chars: int | None = None) -> Lexical:
+        lex = cls(max_text_chars=max_text_chars)
         lex._set_terms(terms)
         lex.idf = np.asarray(idf, dtype=np.float32)
         lex.n_words = int(n_words)
@@ -120,6 +146,7 @@ class Lexical:
     def fit_transform(self, texts: Sequence[str]) -> csr_matrix:
         """:meth:`fit`, returning the texts' rows (:meth:`transform`'s) from the same pass
         over their n-grams."""
+        texts = self._clip(texts)
         n = len(texts)
         words: dict[str, int] = {}
         chars: dict[str, int] = {}
@@ -148,7 +175,8 @@ class Lexical:
         request) go through :meth:`row` and its word memo (the same float32 values; on MMLU
         prompts 0.6 -> 0.2 ms a text once the memo knows their words)."""
         if len(texts) > _ROW_PATH_MAX:
-            return _rows(len(texts), _encode(texts, self._words, self._chars, grow=False),
+            return _rows(len(texts), _encode(self._clip(texts), self._words, self._chars,
+                                             grow=False),
                          self.idf, self.n_features)
         from scipy.sparse import csr_matrix
 
@@ -179,6 +207,8 @@ class Lexical:
         distinct word's character n-gram columns are remembered (up to
         ``_WORD_MEMO_MAX`` words): on a request path most words were seen before, and
         cutting them into n-grams is most of the work."""
+        if self.max_text_chars is not None and len(text) > self.max_text_chars:
+            text = clip_text(text, self.max_text_chars)
         cols, cnts = [], []
         for g, c in Counter(word_ngrams(text)).items():
             j = self._words.get(g)
@@ -370,7 +400,8 @@ class MemoLexical(Lexical):
 
     def __init__(self, settings: Lexical, texts: Sequence[str]) -> None:
         super().__init__(min_df_words=settings.min_df_words, min_df_chars=settings.min_df_chars,
-                         max_words=settings.max_words, max_chars=settings.max_chars)
+                         max_words=settings.max_words, max_chars=settings.max_chars,
+                         max_text_chars=settings.max_text_chars)
         self._texts = list(texts)
         self._memo: csr_matrix | None = self.fit_transform(self._texts)
         self._pos = {t: i for i, t in enumerate(self._texts)}

@@ -181,8 +181,9 @@ class StackRouter(QualityRouter):
     #: 2: the lexical views (TF-IDF state, category centroids, per-expert coefficients);
     #: 3: the boosted trees' view (principal components, node tables); 4: the meta-model reads
     #: every co-scored expert's components and the prompt statistics, the trees the category
-    #: rates, and a 0/1 pair has one joint model (``pair_*``)
-    version = 4
+    #: rates, and a 0/1 pair has one joint model (``pair_*``); 5: the TF-IDF views read a long
+    #: prompt's head and tail (``lexical_max_chars``; the fitted cut in ``lex_max_text_chars_``)
+    version = 5
     _array_attrs = ("train_X_", "train_scores_", "prior_", "costs_", "emb_coef_", "emb_bias_",
                     "stat_mean_", "stat_scale_", "stat_coef_", "stat_bias_", "meta_coef_",
                     "meta_bias_", "centroids_", "category_rates_", "lex_idf_",
@@ -190,7 +191,8 @@ class StackRouter(QualityRouter):
                     "tree_feature_", "tree_threshold_", "tree_left_", "tree_right_",
                     "tree_value_", "tree_roots_", "tree_owner_", "tree_base_",
                     "pair_experts_", "pair_coef_", "pair_bias_")
-    _json_attrs = ("experts_", "dim_", "lex_terms_", "lex_n_words_", "tree_category_")
+    _json_attrs = ("experts_", "dim_", "lex_terms_", "lex_n_words_", "lex_max_text_chars_",
+                   "tree_category_")
 
     def __init__(self, C_embed: float = 0.3, C_stats: float = 1.0, C_meta: float = 1.0,
                  k: int = 50, temperature: float = 0.05, prior_strength: float = 2.0,
@@ -198,6 +200,7 @@ class StackRouter(QualityRouter):
                  lexical_weight: float = 2.0, C_lexical: float | None = 1.0,
                  trees: bool = True, tree_components: int = 16,
                  shared_meta: bool = True, joint_pairs: bool = True,
+                 lexical_max_chars: int | None = 2000,
                  cost_weight: float = 0.0,
                  threshold: float | None = None,
                  cost_model: str = "auto") -> None:
@@ -216,6 +219,7 @@ class StackRouter(QualityRouter):
         self.tree_components = tree_components
         self.shared_meta = shared_meta
         self.joint_pairs = joint_pairs
+        self.lexical_max_chars = lexical_max_chars
         self.cost_weight = cost_weight
         self.threshold = threshold
         self.cost_model = cost_model
@@ -381,12 +385,13 @@ class StackRouter(QualityRouter):
         return cached
 
     @staticmethod
-    def new_lexical() -> Lexical:
+    def new_lexical(max_text_chars: int | None = 2000) -> Lexical:
         """The (unfitted) TF-IDF views' featuriser; the vocabulary bounds the artifact: one
-        float per term and category."""
+        float per term and category. ``max_text_chars``: the ``lexical_max_chars`` parameter
+        (the default's)."""
         from routers.lexical import Lexical
 
-        return Lexical(max_words=10000, max_chars=20000)
+        return Lexical(max_words=10000, max_chars=20000, max_text_chars=max_text_chars)
 
     def uses_lexical(self) -> bool:
         """Whether :meth:`fit` may use TF-IDF views (they need categories or ``C_lexical``)."""
@@ -420,9 +425,16 @@ class StackRouter(QualityRouter):
         self._lex: Lexical | None = None
         self.lex_terms_: list[str] = []
         self.lex_n_words_ = 0
+        self.lex_max_text_chars_: int | None = None
         self.lex_idf_ = np.zeros(0, np.float32)
         self.lex_centroids_ = np.zeros((0, 0), np.float32)
         self.lex_coef_, self.lex_bias_ = np.zeros((0, 0), np.float32), np.zeros(0)
+        cap = self.lexical_max_chars
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 20):
+            raise RouterError("stack: lexical_max_chars must be an integer of at least 20 "
+                              f"(characters) or null (whole prompts), got {cap!r}")
+        if lexical is not None and lexical.max_text_chars != cap:
+            lexical = None  # fitted for another cut (``auto``'s shared one has the default's)
         if self.lexical and (K or use_lr):
             if lexical is not None:
                 lex = lexical
@@ -430,12 +442,13 @@ class StackRouter(QualityRouter):
             else:  # the vocabulary and the training rows from one pass over the texts
                 from routers.lexical import MemoLexical
 
-                memo = MemoLexical(self.new_lexical(), table.prompts)
+                memo = MemoLexical(self.new_lexical(cap), table.prompts)
                 L = memo.transform(table.prompts)
                 memo.forget()
                 lex = memo
             self._lex = lexical
             self.lex_terms_, self.lex_idf_, self.lex_n_words_ = lex.state()
+            self.lex_max_text_chars_ = lex.max_text_chars
             if K and cat_all is not None:
                 self.lex_centroids_ = self._centroids(L, cat_all, K).astype(np.float32)
             if use_lr:
@@ -548,7 +561,8 @@ class StackRouter(QualityRouter):
             lexical: Lexical | None = getattr(self, "_lex", None)
             if lexical is None:
                 lexical = self._lex = Lexical.from_state(self.lex_terms_, self.lex_idf_,
-                                                         self.lex_n_words_)
+                                                         self.lex_n_words_,
+                                                         self.lex_max_text_chars_)
             L = lexical.transform(texts)
         if L is not None and len(self.lex_coef_):
             parts.append(_logit(_sigmoid(_rows_dot(L, self.lex_coef_) + self.lex_bias_)))

@@ -330,3 +330,77 @@ def test_a_few_texts_transform_through_the_word_memo_to_the_batch_rows() -> None
         got = lex.transform(few[:k])
         assert got.dtype == batch.dtype
         assert np.array_equal(got.toarray(), batch[:k].toarray())
+
+
+def test_clip_text_keeps_the_head_and_the_tail_in_whole_words() -> None:
+    from routers.lexical import clip_text
+
+    assert clip_text("short text", 20) == "short text"
+    text = "alpha beta gamma delta epsilon zeta eta theta"  # 45 characters
+    # head: the first 10 characters, "alpha beta", end where a space follows; tail: the
+    # last 10, " eta theta", start after a space: both kept whole (the space dropped)
+    assert clip_text(text, 20) == "alpha beta eta theta"
+    # cuts inside words drop the parts: head "alpha be" -> "alpha", tail "ta theta" ->
+    # "theta"
+    assert clip_text(text, 16) == "alpha theta"
+    assert len(clip_text(text * 50, 300)) <= 301
+
+
+def test_a_capped_lexical_reads_a_long_texts_head_and_tail_everywhere() -> None:
+    from routers.lexical import MemoLexical, clip_text
+
+    rng = np.random.default_rng(0)
+    vocab = [f"w{i}" for i in range(60)]
+    texts = [" ".join(rng.choice(vocab, int(rng.integers(5, 200)))) for _ in range(40)]
+    cap = 120
+    capped = Lexical(max_text_chars=cap).fit(texts)
+    clipped = Lexical().fit([clip_text(t, cap) for t in texts])
+    assert capped.state()[0] == clipped.state()[0]
+    np.testing.assert_array_equal(capped.state()[1], clipped.state()[1])
+    long = [t for t in texts if len(t) > cap]
+    assert long
+    want = clipped.transform([clip_text(t, cap) for t in long])
+    # the batch path, the request path (one text: row) and dot all read the clipped text
+    assert abs(capped.transform(long) - want).max() < 1e-6
+    assert abs(capped.transform(long[:1]) - want[:1]).max() < 1e-6
+    W = rng.normal(size=(capped.n_features, 3)).astype(np.float32)
+    np.testing.assert_allclose(capped.dot(long[:1], W), want[:1] @ W, rtol=1e-5, atol=1e-5)
+    # the cap travels with the state, and a memo keeps it
+    back = Lexical.from_state(*capped.state(), max_text_chars=capped.max_text_chars)
+    assert abs(back.transform(long) - want).max() < 1e-6
+    memo = MemoLexical(capped, texts)
+    assert memo.max_text_chars == cap
+    assert abs(memo.transform(long) - want).max() < 1e-6
+
+
+def test_the_stack_reads_long_prompts_head_and_tail_and_keeps_the_cap_when_saved(
+        tmp_path: Path) -> None:
+    from routers.artifacts import load_router, save_router
+    from routers.base import make_router
+    from routers.lexical import clip_text
+    from routers.stack import StackRouter
+    from tests.unit.test_router_contract import synthetic_table
+
+    X, table = synthetic_table(80)
+    cap = StackRouter().lexical_max_chars
+    assert cap is not None
+    r = make_router("stack").fit(X, table)
+    assert r.lex_max_text_chars_ == cap
+    # a law question at both ends, a middle of other words (four times the cut)
+    long_q = "law question 3 " + "math problem 5 " * (cap // 4) + "law question 7"
+    assert len(long_q) > cap
+    lex = Lexical.from_state(r.lex_terms_, r.lex_idf_, r.lex_n_words_)  # uncapped
+    capped = Lexical.from_state(r.lex_terms_, r.lex_idf_, r.lex_n_words_, cap)
+    assert abs(capped.transform([long_q]) - lex.transform([clip_text(long_q, cap)])).max() < 1e-6
+    save_router(r, tmp_path / "stack")
+    back = load_router(tmp_path / "stack")
+    assert back.lex_max_text_chars_ == cap
+    np.testing.assert_allclose(back.predict_quality(X[:1], [long_q]),
+                               r.predict_quality(X[:1], [long_q]), rtol=1e-6, atol=1e-9)
+    # null reads whole prompts (the stack before version 5); a cut too short is refused
+    whole = make_router("stack", lexical_max_chars=None).fit(X, table)
+    assert whole.lex_max_text_chars_ is None
+    assert not np.allclose(whole.predict_quality(X[:1], [long_q]),
+                           r.predict_quality(X[:1], [long_q]))
+    with pytest.raises(RouterError, match="lexical_max_chars"):
+        make_router("stack", lexical_max_chars=5).fit(X, table)
