@@ -102,7 +102,7 @@ class EvalError(RuntimeError):
 
 
 #: kinds of synthetic cost (``synthetic:NxM[:KIND]``)
-SYNTHETIC_COSTS = ("random", "length")
+SYNTHETIC_COSTS = ("random", "length", "fewshot")
 
 
 def synthetic_table(n: int, m: int, seed: int = 0, costs: str = "random") -> RoutingTable:
@@ -117,7 +117,9 @@ def synthetic_table(n: int, m: int, seed: int = 0, costs: str = "random") -> Rou
     gateway's estimate (characters / 4) and output tokens a per-topic answer length times a
     per-model verbosity times log-normal noise. The scores are the same as ``random``'s for
     the same seed (the extra draws come from a second generator), so only prompts and costs
-    differ: what a per-query cost model can use.
+    differ: what a per-query cost model can use. ``costs="fewshot"``: ``length``'s prompts,
+    each behind five others of its topic with their answers (``Answer: B``), priced the same
+    way, as few-shot benchmark prompts are sent: long prompts, the question at the end.
     """
     if costs not in SYNTHETIC_COSTS:
         raise EvalError(f"synthetic costs must be one of {', '.join(SYNTHETIC_COSTS)}, "
@@ -134,12 +136,20 @@ def synthetic_table(n: int, m: int, seed: int = 0, costs: str = "random") -> Rou
     scores[np.isnan(scores).all(axis=1), 0] = 0.0
     price = np.geomspace(1.0, 50.0, m)
     cost_arr = np.outer(rng.uniform(0.5, 1.5, size=n), price)
-    if costs == "length":
+    if costs in ("length", "fewshot"):
         r2 = np.random.default_rng([seed, 1])
         extra = np.minimum(np.rint(r2.lognormal(np.log(40.0), 1.2, size=n)), 2000).astype(int)
         prompts = [p + " " + " ".join([*r2.choice(topic_words[t], e * 8 // 14),
                                        *r2.choice(words, e - e * 8 // 14)])
                    if e else p for p, t, e in zip(prompts, topics, extra, strict=True)]
+        if costs == "fewshot":  # five same-topic prompts with their answers before each
+            r3 = np.random.default_rng([seed, 2])
+            same = [np.flatnonzero(topics == t) for t in range(20)]
+            base = prompts
+            prompts = ["\n\n".join([*(f"{base[j]}\nAnswer: {'ABCD'[r3.integers(4)]}"
+                                        for j in r3.choice(same[t], 5)),
+                                      f"{base[i]}\nAnswer:"])
+                       for i, t in enumerate(topics)]
         tokens_in = np.array([len(p) // 4 + 1 for p in prompts], dtype=np.float64)
         answer = r2.uniform(20.0, 200.0, size=20)[topics]
         verbosity = r2.uniform(0.6, 1.6, size=m)
@@ -162,7 +172,7 @@ def load_routing_table(path: str | Path, fmt: str | None = None) -> RoutingTable
             n, m = (int(v) for v in spec[0].lower().split("x"))
         except ValueError:
             raise EvalError(f"bad synthetic table spec {path!r}; use synthetic:NxM or "
-                            "synthetic:NxM:length") from None
+                            "synthetic:NxM:length|fewshot") from None
         return synthetic_table(n, m, costs=spec[1] if len(spec) == 2 else "random")
     from evals.datasets.registry import resolve_table
     from evals.datasets.routing import load_table
@@ -734,7 +744,8 @@ def cli_register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True,
                         help="a registry name (routellm:mmlu, routellm:gsm8k, llmrouter_nq), "
                         "a routing table file or folder, or synthetic:NxM for a scale test "
-                        "(synthetic:NxM:length: costs priced by prompt and answer length)")
+                        "(synthetic:NxM:length: costs priced by prompt and answer length; "
+                        ":fewshot: the same, each prompt behind five same-topic shots)")
     parser.add_argument("--format", default=None,
                         help="long | routellm | routellm-mmlu | routellm-gsm8k | llmrouter | logs "
                         "(default: implied by a registry name, else long)")

@@ -135,6 +135,23 @@ def test_synthetic_table_spec() -> None:
         RE.load_routing_table("synthetic:many")
 
 
+def test_synthetic_fewshot_prompts_are_the_length_prompts_behind_five_same_topic_shots(
+        ) -> None:
+    length = RE.load_routing_table("synthetic:200x3:length")
+    few = RE.load_routing_table("synthetic:200x3:fewshot")
+    np.testing.assert_array_equal(np.isnan(few.scores), np.isnan(length.scores))
+    np.testing.assert_array_equal(np.nan_to_num(few.scores), np.nan_to_num(length.scores))
+    topic = dict(zip(length.prompts, length.categories or [], strict=True))
+    for p, own, cat in zip(few.prompts, length.prompts, few.categories or [], strict=True):
+        parts = p.split("\n\n")
+        assert len(parts) == 6 and parts[-1] == f"{own}\nAnswer:"
+        for shot in parts[:5]:
+            text, answer = shot.rsplit("\nAnswer: ", 1)
+            assert answer in "ABCD" and topic[text] == cat
+    # priced by their tokens: the longer prompts cost more for every model
+    assert (few.costs > length.costs).all()
+
+
 def test_stack_router_learns_saves_and_loads(tmp_path: Path) -> None:
     from routers.stack import StackRouter, text_statistics
 
