@@ -58,7 +58,9 @@ def register(sub: Any, name: str) -> None:
                        help="with --router auto: also choose the embedder among these kinds "
                        "(each embeds the whole table; default: only --embedder)")
         p.add_argument("--data", required=True, help="a registry name (routellm:mmlu, "
-                       "routellm:gsm8k, llmrouter_nq) or a table file or folder")
+                       "routellm:gsm8k, llmrouter_nq), a table file or folder, or a "
+                       "generated table as eval routing makes it (synthetic:NxM[:length|"
+                       "fewshot])")
         p.add_argument("--format", default=None, choices=FORMATS,
                        help="table format (default: implied by a registry name, else long)")
         p.add_argument("--out", required=True, help="artifact folder to write")
@@ -200,6 +202,13 @@ def _load(spec: str, fmt: str | None) -> tuple[Any, str]:
         from evals.datasets.guard import load_guard_table
 
         return load_guard_table(spec), fmt
+    if spec.startswith("synthetic:"):  # eval routing's generated tables (scale checks)
+        from evals.routing_eval import EvalError, load_routing_table
+
+        try:
+            return load_routing_table(spec), "synthetic"
+        except EvalError as e:
+            raise RouterError(str(e)) from None
     from evals.datasets.registry import resolve_table
     from evals.datasets.routing import load_table
 

@@ -55,6 +55,19 @@ def test_train_knn_end_to_end(tmp_path: Path, capsys) -> None:
     assert load_router(out).name == "knn"
 
 
+def test_train_reads_eval_routings_synthetic_tables(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "syn"
+    rc = main(["train", "--data", "synthetic:120x3:fewshot", "--router", "stack", "--out",
+               str(out), "--embedder", "hashing", "--cache-dir", str(tmp_path / "cache")])
+    assert rc == 0, capsys.readouterr().err
+    m = read_manifest(out)
+    assert m["metrics"]["n_train"] + m["metrics"]["n_val"] + m["metrics"]["n_test"] == 120
+    assert load_router(out).experts_ == ["model-0", "model-1", "model-2"]
+    assert main(["train", "--data", "synthetic:many", "--router", "knn", "--out",
+                 str(tmp_path / "bad"), "--embedder", "hashing"]) == 2
+    assert "bad synthetic table spec" in capsys.readouterr().err
+
+
 def test_train_json_metrics_and_complexity(tmp_path: Path, capsys) -> None:
     rc, out = _train(tmp_path, "--router", "complexity", "--param", "max_strong_share=0.5",
                      "--json", "--val", "0.2", "--test", "0.2")
