@@ -71,3 +71,28 @@ def test_no_joint_model_for_soft_scores_or_more_than_two_experts() -> None:
     assert make_router("stack", lexical=False).fit(X, soft).pair_experts_.size == 0
     X3, table3 = synthetic_table(300, models=["a", "b", "c"], missing=False)
     assert make_router("stack", lexical=False).fit(X3, table3).pair_experts_.size == 0
+
+
+def test_the_stack_fits_with_one_blas_thread_and_gives_the_callers_pool_back(
+        monkeypatch) -> None:
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from routers.stack import StackRouter
+
+    def blas() -> list[int]:
+        return [int(i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"]
+
+    seen: list[list[int]] = []
+    fit = StackRouter._fit
+
+    def spy(self, *args):  # type: ignore[no-untyped-def]
+        seen.append(blas())
+        return fit(self, *args)
+
+    monkeypatch.setattr(StackRouter, "_fit", spy)
+    X, table = synthetic_table(60)
+    with threadpool_limits(2, user_api="blas"):
+        before = blas()
+        make_router("stack").fit(X, table)
+        assert blas() == before
+    assert seen and seen[0] and all(n == 1 for n in seen[0])
