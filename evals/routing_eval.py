@@ -319,16 +319,8 @@ def evaluate_predictions(P_val: np.ndarray, P_test: np.ndarray, val: RoutingTabl
     out["quality"], out["cost"], out["missing_share"] = q, c, miss
     out["cost_at_best_single_quality_val"] = c / cb_t if cb_t > 0 else None
     out["quality_gap_val"] = q - qb_t
-    # what a deployer runs for the best single model's quality: the router at its validation
-    # knob when that knob reaches the quality on validation, else the best single model (the
-    # validation's): one cost figure at one quality for every method, never the cheap
-    # setting of a router that cannot get there
-    reach = bool(out["knob_setting"]["reaches_best_single_on_validation"])
-    if not reach:
-        q, c, _ = M.realised(np.full(len(St), jb_v), St, Ct)
-    out["validation_reaches_best_single"] = float(reach)
-    out["cost_at_best_single_quality_deployed"] = c / cb_t if cb_t > 0 else None
-    out["quality_gap_deployed"] = q - qb_t
+    out.update(_deployed(bool(out["knob_setting"]["reaches_best_single_on_validation"]),
+                         q, c, jb_v, test))
     out["best_single"] = {"val": int(jb_v), "test": int(jb_t), "test_quality": qb_t,
                           "test_cost": cb_t}
     return out
@@ -402,18 +394,24 @@ def _single_point(choice_t: np.ndarray, test: RoutingTable, strong: int,
     if choice_v is not None and val is not None:
         v = _point(choice_v, val, strong, single_expert)
         out["val_apgr"], out["val_aiq"] = v["apgr"], v["aiq"]
-        # as evaluate_predictions' deployed figures: the router where its decisions reach
-        # the best single model's quality on validation, else that model (validation's)
         jb_v, qb_v, _ = _best_single(val.scores, val.costs)
-        _, qb_t, cb_t = _best_single(test.scores, test.costs)
-        reach = v["quality"] >= qb_v - 1e-9
-        q, c = out["quality"], out["cost"]
-        if not reach:
-            q, c, _ = M.realised(np.full(len(test), jb_v), test.scores, test.costs)
-        out["validation_reaches_best_single"] = float(reach)
-        out["cost_at_best_single_quality_deployed"] = c / cb_t if cb_t > 0 else None
-        out["quality_gap_deployed"] = q - qb_t
+        out.update(_deployed(v["quality"] >= qb_v - 1e-9, out["quality"], out["cost"], jb_v,
+                             test))
     return out
+
+
+def _deployed(reach: bool, q: float, c: float, best_val: int, test: RoutingTable
+              ) -> dict[str, Any]:
+    """What a deployer runs for the best single model's quality: the router (its test
+    quality ``q`` and cost ``c``) when it ``reach``-es that quality on validation, else the
+    validation's best single model ``best_val``: one cost figure at one quality for every
+    method, never the cheap setting of a router that cannot get there."""
+    _, qb_t, cb_t = _best_single(test.scores, test.costs)
+    if not reach:
+        q, c, _ = M.realised(np.full(len(test), best_val), test.scores, test.costs)
+    return {"validation_reaches_best_single": float(reach),
+            "cost_at_best_single_quality_deployed": c / cb_t if cb_t > 0 else None,
+            "quality_gap_deployed": q - qb_t}
 
 
 def _choices_from_decisions(router: Router, X: np.ndarray, texts: Sequence[str],

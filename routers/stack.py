@@ -175,6 +175,10 @@ def _usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+#: the TF-IDF views' default cut of long prompts (``lexical_max_chars``, characters)
+LEXICAL_MAX_CHARS = 2000
+
+
 @register
 class StackRouter(QualityRouter):
     name = "stack"
@@ -200,7 +204,7 @@ class StackRouter(QualityRouter):
                  lexical_weight: float = 2.0, C_lexical: float | None = 1.0,
                  trees: bool = True, tree_components: int = 16,
                  shared_meta: bool = True, joint_pairs: bool = True,
-                 lexical_max_chars: int | None = 2000,
+                 lexical_max_chars: int | None = LEXICAL_MAX_CHARS,
                  cost_weight: float = 0.0,
                  threshold: float | None = None,
                  cost_model: str = "auto") -> None:
@@ -385,7 +389,7 @@ class StackRouter(QualityRouter):
         return cached
 
     @staticmethod
-    def new_lexical(max_text_chars: int | None = 2000) -> Lexical:
+    def new_lexical(max_text_chars: int | None = LEXICAL_MAX_CHARS) -> Lexical:
         """The (unfitted) TF-IDF views' featuriser; the vocabulary bounds the artifact: one
         float per term and category. ``max_text_chars``: the ``lexical_max_chars`` parameter
         (the default's)."""
@@ -417,6 +421,10 @@ class StackRouter(QualityRouter):
         X, S = self._base_checks(X, table, min_prompts=max(4, int(self.folds)))
         if int(self.folds) < 2 or int(self.k) < 1 or not float(self.temperature) > 0:
             raise RouterError("stack: need folds >= 2, k >= 1 and temperature > 0")
+        cap = self.lexical_max_chars
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 20):
+            raise RouterError("stack: lexical_max_chars must be an integer of at least 20 "
+                              f"(characters) or null (whole prompts), got {cap!r}")
         Xu = unit_rows(X).astype(np.float64)
         H0 = text_statistics(table.prompts)
         self.stat_mean_ = H0.mean(0)
@@ -441,10 +449,6 @@ class StackRouter(QualityRouter):
         self.lex_idf_ = np.zeros(0, np.float32)
         self.lex_centroids_ = np.zeros((0, 0), np.float32)
         self.lex_coef_, self.lex_bias_ = np.zeros((0, 0), np.float32), np.zeros(0)
-        cap = self.lexical_max_chars
-        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 20):
-            raise RouterError("stack: lexical_max_chars must be an integer of at least 20 "
-                              f"(characters) or null (whole prompts), got {cap!r}")
         if lexical is not None and lexical.max_text_chars != cap:
             lexical = None  # fitted for another cut (``auto``'s shared one has the default's)
         if self.lexical and (K or use_lr):
