@@ -103,6 +103,7 @@ def _load_artifact(path: Any, expected: str | None, embedder: Embedder | None, w
                    ) -> tuple[Router, str]:
     from routers.artifacts import artifact_version, load_router, read_manifest
     from routers.base import RouterError
+    from routers.embed import names_of
 
     try:
         router = load_router(path, expected_type=expected)
@@ -110,7 +111,7 @@ def _load_artifact(path: Any, expected: str | None, embedder: Embedder | None, w
         emb_name = read_manifest(path).get("embedder")
     except (RouterError, OSError) as e:
         raise ConfigError(f"{where}: cannot load artifact {path}: {e}") from None
-    if embedder is not None and emb_name and emb_name != embedder.name:
+    if embedder is not None and emb_name and emb_name not in names_of(embedder):
         raise ConfigError(f"{where}: artifact {path} was trained with embedder {emb_name!r} "
                           f"but the gateway embeds with {embedder.name!r}")
     dim = getattr(router, "dim_", None)
@@ -128,11 +129,11 @@ def _load_guard(path: Any, embedder: Embedder | None, where: str) -> tuple[Any, 
     if not is_cascade(path):
         return _load_artifact(path, "guard", embedder, where)
     from routers.base import RouterError
-    from routers.embed import EmbedderError
+    from routers.embed import EmbedderError, names_of
 
     try:
         m = read_cascade_manifest(path)
-        if embedder is not None and m.get("front_embedder") != embedder.name:
+        if embedder is not None and m.get("front_embedder") not in names_of(embedder):
             raise ConfigError(f"{where}: two-stage guard {path}: its front guard was trained "
                               f"with embedder {m.get('front_embedder')!r} but the gateway "
                               f"embeds with {embedder.name!r}")

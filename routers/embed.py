@@ -40,6 +40,7 @@ __all__ = [
     "embedding_cache_path",
     "hash_model_files",
     "make_embedder",
+    "names_of",
 ]
 
 
@@ -228,6 +229,12 @@ def check_layers(model_dir: str | Path, layers: int | None) -> int | None:
     return None if layers == total else layers
 
 
+def names_of(embedder: Embedder) -> tuple[str, ...]:
+    """The names an artifact may record for ``embedder``'s vector space: its ``name`` and
+    any ``aliases`` (a distilled build's former, bytes-derived name)."""
+    return (embedder.name, *getattr(embedder, "aliases", ()))
+
+
 def make_embedder(kind: str, **options: Any) -> Embedder:
     """Build an embedder by kind (:data:`EMBEDDER_KINDS`): ``minilm`` (torch), ``onnx``,
     ``distilled`` (static vectors distilled from MiniLM; ``model_path`` None = the default
@@ -259,7 +266,10 @@ def embedding_cache_path(embedder: Embedder, texts: Sequence[str],
     """Where :func:`embed_cached` keeps the embeddings of ``texts`` (whether or not there yet)."""
     # int8 ONNX vectors share the model's name (they serve interchangeably) but differ a
     # little: cached apart, so an evaluation with quantize=True scores its own vectors
-    name = embedder.name + ("|int8" if getattr(embedder, "quantize", False) else "")
+    # a distilled table is keyed by its bytes (``cache_id``): builds of one name on two
+    # machines differ in their last bits
+    name = getattr(embedder, "cache_id", embedder.name) + (
+        "|int8" if getattr(embedder, "quantize", False) else "")
     h = hashlib.sha256(name.encode())
     for t in texts:
         h.update(t.encode("utf-8", "surrogatepass"))

@@ -19,8 +19,11 @@ The artifact is a folder holding ``embeddings.npz`` (the float32 table), ``confi
 (recipe, source model hash, dimensions) and the encoder's ``tokenizer.json``; loading it
 needs numpy and the ``tokenizers`` library only. :func:`default_static_dir` is where the
 standard build is cached (``$EXPERTGATE_CACHE/static``, keyed by the source model's hash
-and the recipe); ``expertgate embedder distill`` builds it. The build is deterministic:
-same encoder, recipe and parameters give the same bytes.
+and the recipe); ``expertgate embedder distill`` builds it. The build is deterministic on one
+machine: same encoder, recipe and parameters give the same bytes. Another CPU can give
+other last bits (the vocabulary pass's float arithmetic), so a build is *named* by its
+inputs (:func:`build_id`) and an artifact trained on one machine serves on another; the
+embedding cache is keyed by the bytes (``cache_id``).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +40,8 @@ import numpy as np
 
 from routers.embed import MODEL_FILES, EmbedderError, hash_model_files
 
-__all__ = ["DistilledEmbedder", "default_static_dir", "distill", "ensure_distilled"]
+__all__ = ["BUILD_KEYS", "DistilledEmbedder", "build_id", "default_static_dir", "distill",
+           "ensure_distilled"]
 
 #: bump when the distillation recipe changes, so older cached builds are not reused
 RECIPE = "s1-meanpool-pca-sif"
@@ -80,6 +84,19 @@ def _source_hash(mdir: Path) -> str:
     h = hashlib.sha256()
     hash_model_files(h, mdir, _SOURCE_FILES)
     return h.hexdigest()[:16]
+
+
+#: the config keys that make a build (its inputs); :func:`build_id` hashes them
+BUILD_KEYS = ("recipe", "source", "source_sha256_16", "dim", "sif", "tokens", "vocab_size",
+              "vocab_limit")
+
+
+def build_id(cfg: Mapping[str, Any]) -> str:
+    """The name's hash of an untuned build: its recipe, source weights and parameters (the
+    same on every machine, where the table's bytes are not; ``table_sha256_16`` in its
+    config is the bytes')."""
+    doc = json.dumps({k: cfg.get(k) for k in BUILD_KEYS}, sort_keys=True)
+    return hashlib.sha256(doc.encode()).hexdigest()[:12]
 
 
 def default_static_dir(model_dir: str | Path | None = None, *, dim: int = 256,
@@ -256,9 +273,23 @@ class DistilledEmbedder:
         self.dim = int(self._table.shape[1])
         self.path = p
         self.config = cfg
-        # a table tuned on routing scores or labels (routers.embed_tune) is named apart
-        kind = "-tuned" if cfg.get("routing_tuned") else ""
-        self.name = f"static-{cfg['source']}-{cfg['dim']}{kind}:{cfg['table_sha256_16'][:12]}"
+        table_name = f"static-{cfg['source']}-{cfg['dim']}:{cfg['table_sha256_16'][:12]}"
+        if cfg.get("routing_tuned"):
+            # a table tuned on routing scores or labels (routers.embed_tune) is a file that
+            # travels with its artifacts: its bytes are its identity
+            self.name = (f"static-{cfg['source']}-{cfg['dim']}-tuned:"
+                         f"{cfg['table_sha256_16'][:12]}")
+            self.aliases: tuple[str, ...] = ()
+        else:
+            # a build is named by its inputs, not its bytes: the vocabulary pass's float
+            # arithmetic differs in the last bits from one CPU to another (the same inputs
+            # gave other table bytes on an Intel and an AMD machine), and an artifact trained
+            # on one machine must serve on another; the bytes' name (before this) stays an
+            # alias, so artifacts trained with that very build still load
+            self.name = f"static-{cfg['source']}-{cfg['dim']}:{build_id(cfg)}"
+            self.aliases = (table_name,)
+        #: the embedding cache's key (routers.embed.embed_cached): these very bytes
+        self.cache_id = table_name
 
     def _ids(self, texts: Sequence[str]) -> list[np.ndarray]:
         # one text (a request): encode it on this thread; encode_batch hands even one text to

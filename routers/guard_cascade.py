@@ -319,7 +319,7 @@ def load_cascade(path: str | Path, *, back_embedder: Any = None,
     recorded spec (or given) and must have the recorded name and size. ``manifest``: the
     folder's :func:`read_cascade_manifest`, when the caller has read (and checked) it."""
     from routers.artifacts import load_router
-    from routers.embed import make_embedder
+    from routers.embed import make_embedder, names_of
 
     folder = Path(path)
     m = read_cascade_manifest(folder) if manifest is None else manifest
@@ -329,7 +329,7 @@ def load_cascade(path: str | Path, *, back_embedder: Any = None,
     name, dim = spec.pop("name"), int(spec.pop("dim"))
     if back_embedder is None:
         back_embedder = make_embedder(spec["kind"], **spec.get("options", {}))
-    if back_embedder.name != name or int(back_embedder.dim) != dim:
+    if name not in names_of(back_embedder) or int(back_embedder.dim) != dim:
         raise RouterError(f"guard cascade {folder}: the back embedder is {back_embedder.name!r}"
                           f" ({back_embedder.dim}-d), the artifact was made with {name!r} "
                           f"({dim}-d)")

@@ -232,9 +232,10 @@ def _candidate(args: argparse.Namespace, embedder: Any) -> Any:
         raise OffPolicyError("--logs needs --router ARTIFACT|POLICY")
     if Path(args.router).is_dir():
         from routers.artifacts import load_router, read_manifest
+        from routers.embed import names_of
 
         emb = read_manifest(args.router).get("embedder")
-        if emb and emb != embedder.name:
+        if emb and emb not in names_of(embedder):
             raise OffPolicyError(f"artifact {args.router} was trained with embedder {emb!r}; "
                                  f"pass the matching --embedder (now {embedder.name!r})")
         return load_router(args.router)

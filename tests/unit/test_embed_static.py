@@ -108,3 +108,73 @@ def test_default_build_location_is_keyed_by_parameters(tmp_path: Path,
     assert a != default_static_dir(dim=128) != default_static_dir(dim=256, vocab_limit=10)
     with pytest.raises(EmbedderError, match="expertgate embedder distill"):
         DistilledEmbedder()  # not built in this cache: a clear message, no silent build
+
+
+def _other_cpu_build(built: Path, dest: Path, **cfg_changes: object) -> Path:
+    """``built`` as another machine's CPU builds it: the same inputs, the table's last bits
+    different (as the same build gave on an Intel and an AMD machine), its config's bytes
+    hash updated as :func:`distill` writes it."""
+    import hashlib
+
+    dest.mkdir()
+    for f in built.iterdir():
+        (dest / f.name).write_bytes(f.read_bytes())
+    with np.load(built / "embeddings.npz") as z:
+        table, known = z["embeddings"].copy(), z["known"]
+    table[known] = np.nextafter(table[known], np.float32(np.inf))  # one ulp up
+    np.savez(dest / "embeddings.npz", embeddings=table, known=known)
+    cfg = json.loads((built / "config.json").read_text())
+    cfg["table_sha256_16"] = hashlib.sha256(table.tobytes()).hexdigest()[:16]
+    cfg.update(cfg_changes)
+    (dest / "config.json").write_text(json.dumps(cfg))
+    return dest
+
+
+def test_a_build_is_named_by_its_inputs_not_its_last_bits(built: Path, tmp_path: Path) -> None:
+    """Two machines build the default table from the same encoder and recipe but get other
+    last bits: one name (an artifact trained on one serves on the other), two embedding
+    caches (each holds its own bytes' vectors); other inputs, another name."""
+    from routers.embed import embedding_cache_path, names_of
+
+    here, there = DistilledEmbedder(built), DistilledEmbedder(
+        _other_cpu_build(built, tmp_path / "amd"))
+    assert here.config["table_sha256_16"] != there.config["table_sha256_16"]
+    assert here.name == there.name and here.name.startswith("static-all-MiniLM-L6-v2-64:")
+    assert np.abs(here.embed(["pay my bill"]) - there.embed(["pay my bill"])).max() < 1e-5
+    texts = ["pay my bill"]
+    assert embedding_cache_path(here, texts, tmp_path) != embedding_cache_path(there, texts,
+                                                                               tmp_path)
+    # the former bytes-derived name: artifacts trained with this very build still load
+    legacy = f"static-all-MiniLM-L6-v2-64:{here.config['table_sha256_16'][:12]}"
+    assert legacy in names_of(here) and legacy not in names_of(there)
+    other = DistilledEmbedder(_other_cpu_build(built, tmp_path / "sif", sif=1e-3))
+    assert other.name != here.name
+
+
+def test_the_gateway_serves_an_artifact_built_on_another_machine(built: Path,
+                                                                  tmp_path: Path) -> None:
+    """A router trained with one machine's build loads with another machine's build of the
+    same inputs, and with the bytes-derived name artifacts recorded before; one trained with
+    a build of other inputs is refused with both names."""
+    from gateway.config import ConfigError
+    from gateway.pipeline import _load_artifact
+    from routers.artifacts import save_router
+    from routers.base import make_router
+    from tests.unit.test_router_contract import synthetic_table
+
+    trained_with = DistilledEmbedder(built)
+    serving = DistilledEmbedder(_other_cpu_build(built, tmp_path / "amd"))
+    other = DistilledEmbedder(_other_cpu_build(built, tmp_path / "sif", sif=1e-3))
+    _, table = synthetic_table(40, models=["cheap", "dear"], missing=False)
+    X = np.random.default_rng(0).normal(size=(len(table.prompts), DIM)).astype(np.float32)
+    router = make_router("knn").fit(X / np.linalg.norm(X, axis=1, keepdims=True), table)
+    legacy = f"static-all-MiniLM-L6-v2-64:{trained_with.config['table_sha256_16'][:12]}"
+    for name, recorded in (("now", trained_with.name), ("before", legacy),
+                           ("other", other.name)):
+        save_router(router, tmp_path / name, embedder=recorded)
+    for name in ("now", "before"):
+        assert _load_artifact(tmp_path / name, "knn", trained_with, name)[0].name == "knn"
+    assert _load_artifact(tmp_path / "now", "knn", serving, "now")[0].name == "knn"
+    with pytest.raises(ConfigError, match="trained with embedder") as e:
+        _load_artifact(tmp_path / "other", "knn", serving, "other")
+    assert other.name in str(e.value) and serving.name in str(e.value)
