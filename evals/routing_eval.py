@@ -745,7 +745,8 @@ def cli_register(parser: argparse.ArgumentParser) -> None:
                         "(synthetic:NxM:length: costs priced by prompt and answer length; "
                         ":fewshot: the same, each prompt behind five same-topic shots)")
     parser.add_argument("--format", default=None,
-                        help="long | routellm | routellm-mmlu | routellm-gsm8k | llmrouter | logs "
+                        help="long | wide (routerbench) | routellm | routellm-mmlu | "
+                        "routellm-gsm8k | llmrouter | logs "
                         "(default: implied by a registry name, else long)")
     parser.add_argument("--routers", default=None,
                         help="comma-separated router families, 'auto' among them for the "

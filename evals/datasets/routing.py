@@ -22,6 +22,17 @@ per model, NaN where a model was not evaluated). Formats, by :func:`load_table` 
 ``llmrouter``
     LLMRouter's NQ table (``shared/data/llmrouter_nq``): 500 queries x 6 models with score and
     cost given (the source's cost units).
+``wide`` (alias ``routerbench``)
+    One row per prompt (CSV, JSONL, JSON or Parquet), as RouterBench publishes its tables
+    (11 models, per-query costs in USD): a ``prompt`` column, for every model a score column
+    named by the model and its cost column ``<model>|total_cost`` (or ``<model>|cost``); the
+    models are the columns that have such a cost column. Optional: ``sample_id`` or
+    ``prompt_id`` (else the row number), ``eval_name`` or ``category``; other columns
+    (``<model>|model_response``, ``oracle_model_to_route_to``) are ignored. An empty score is
+    a model not evaluated on that prompt; a prompt given as a list of turns is read as the
+    turns joined by blank lines. Then checked as ``long`` is. Pickles are refused (loading
+    one runs code from the file): convert RouterBench's ``.pkl`` first, e.g.
+    ``pandas.read_pickle(src).to_parquet(dst)`` on a file you trust.
 ``logs``
     Exported gateway routing logs (Parquet or JSONL) joined with feedback: ``text`` ->
     prompt, ``expert`` -> model, ``feedback_score`` -> score, ``cost_usd`` -> cost. Rows
@@ -55,6 +66,7 @@ __all__ = [
     "load_long",
     "load_routellm",
     "load_table",
+    "load_wide",
 ]
 
 ROUTELLM_STRONG = "gpt-4-1106-preview"
@@ -63,7 +75,10 @@ ROUTELLM_WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 #: and Mixtral-8x7B at $0.24 (each a blend of the input and output list prices of the time).
 ROUTELLM_PRICES_PER_1M: dict[str, float] = {ROUTELLM_STRONG: 24.7, ROUTELLM_WEAK: 0.24}
 
-FORMATS = ("long", "routellm", "routellm-mmlu", "routellm-gsm8k", "llmrouter", "logs")
+FORMATS = ("long", "wide", "routerbench", "routellm", "routellm-mmlu", "routellm-gsm8k",
+           "llmrouter", "logs")
+#: a wide table's cost column of model ``m``: ``m`` + one of these (RouterBench's first)
+WIDE_COST_SUFFIXES = ("|total_cost", "|cost")
 #: the category given to prompts whose optional category cell is empty
 MISSING_CATEGORY = "(none)"
 
@@ -278,6 +293,54 @@ def load_llmrouter(path: str | Path) -> RoutingTable:
     return RoutingTable.from_long(pd.DataFrame(rows))
 
 
+def _turns(v: Any) -> Any:
+    """A prompt given as a list of turns (a JSON array, a Parquet list) as one text."""
+    if isinstance(v, list | tuple | np.ndarray):
+        return "\n\n".join(str(t) for t in v)
+    return v
+
+
+def load_wide(path: str | Path) -> RoutingTable:
+    """One row per prompt, a score and a ``|total_cost`` column per model (module doc)."""
+    import pandas as pd
+
+    p = Path(path)
+    if p.suffix.lower() in (".pkl", ".pickle"):
+        raise RouterError(f"{p}: pickles are not read (loading one runs code from the file); "
+                          "convert it to Parquet first, e.g. pandas.read_pickle(src)"
+                          ".to_parquet(dst), on a file you trust")
+    df = _read_frame(p)
+    if df.empty:
+        raise RouterError(f"{p}: the table has no rows")
+    if "prompt" not in df.columns:
+        raise RouterError(f"{p}: lacks a prompt column; a wide table has prompt, a score "
+                          "column per model and its cost column '<model>|total_cost'")
+    cols = {str(c) for c in df.columns}
+    models = [str(c) for c in df.columns if "|" not in str(c)
+              and any(str(c) + sfx in cols for sfx in WIDE_COST_SUFFIXES)]
+    if not models:
+        raise RouterError(f"{p}: no model columns; a wide table has, for every model, a score "
+                          "column named by the model and its cost column "
+                          "'<model>|total_cost' (or '<model>|cost')")
+    df = df.reset_index(drop=True)
+    id_col = next((c for c in ("sample_id", "prompt_id") if c in df.columns), None)
+    ids = df[id_col] if id_col else pd.Series(range(len(df)), dtype=object)
+    cat_col = next((c for c in ("eval_name", "category") if c in df.columns), None)
+    prompts = df["prompt"].map(_turns)
+    parts = []
+    for m in models:
+        cost_col = next(m + sfx for sfx in WIDE_COST_SUFFIXES if m + sfx in cols)
+        part = pd.DataFrame({"prompt_id": ids, "prompt": prompts, "model": m,
+                             "score": df[m], "cost": df[cost_col]})
+        if cat_col:
+            part["category"] = df[cat_col]
+        parts.append(part[df[m].notna()])  # an empty score: not evaluated on that prompt
+    long = pd.concat(parts, ignore_index=True)
+    if long.empty:
+        raise RouterError(f"{p}: no model has a score on any prompt")
+    return RoutingTable.from_long(clean_long(long, str(p)))
+
+
 def load_logs(path: str | Path) -> RoutingTable:
     """Exported routing logs with feedback (Parquet or JSONL); see the module doc."""
     import pandas as pd
@@ -325,6 +388,8 @@ def load_table(path: str | Path, format: str = "long") -> RoutingTable:
     """Load any routing-table format by name: one of :data:`FORMATS`."""
     if format == "long":
         return load_long(path)
+    if format in ("wide", "routerbench"):
+        return load_wide(path)
     if format in ("routellm", "routellm-mmlu"):
         return load_routellm(path, "mmlu")
     if format == "routellm-gsm8k":

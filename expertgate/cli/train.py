@@ -41,7 +41,8 @@ It prints a policy snippet that serves the artifact (also written to OUT/policy.
 paste it into a gateway config and map each table model to one of your experts.
 """
 
-FORMATS = ("long", "routellm", "routellm-mmlu", "routellm-gsm8k", "llmrouter", "logs", "guard")
+FORMATS = ("long", "wide", "routerbench", "routellm", "routellm-mmlu", "routellm-gsm8k",
+           "llmrouter", "logs", "guard")
 
 
 def register(sub: Any, name: str) -> None:

@@ -137,6 +137,32 @@ def test_csv_with_multi_line_prompts(tmp_path: Path) -> None:
                  "knn", "--quiet", "--cache-dir", str(tmp_path / "c")]) == 0
 
 
+def test_a_routerbench_table_evaluates_with_its_models_costs_and_categories(
+        tmp_path: Path) -> None:
+    """RouterBench's shape (one row per prompt, per model a score and a ``|total_cost``
+    column, ``eval_name``; responses beside them) through ``eval routing --format
+    routerbench``: its three models, the per-query costs and the category reach the run."""
+    models = ("gpt-4-1106-preview", "mistralai/mixtral-8x7b-chat", "claude-instant-v1")
+    wide = pd.DataFrame({"sample_id": [f"s{i}" for i in range(60)],
+                         "prompt": [f"question {i} about topic {i % 3}" for i in range(60)],
+                         "eval_name": [f"bench-{i % 3}" for i in range(60)]})
+    for j, m in enumerate(models):
+        wide[m] = [float((i + j) % 2) for i in range(60)]
+        wide[f"{m}|model_response"] = "an answer"
+        wide[f"{m}|total_cost"] = [10.0 / (j + 1) + 0.01 * i for i in range(60)]
+    p = tmp_path / "rb.parquet"
+    wide.to_parquet(p)
+    out = tmp_path / "r.json"
+    assert _run(["--data", str(p), "--format", "routerbench", "--embedder", "hashing",
+                 "--seeds", "1", "--routers", "knn", "--quiet", "--cache-dir",
+                 str(tmp_path / "c"), "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert sorted(res["table"]["models"]) == sorted(models)
+    assert res["table"]["has_categories"] and res["format"] == "routerbench"
+    assert res["table"]["mean_costs"][res["table"]["models"].index(models[0])] == \
+        pytest.approx(10.0 + 0.01 * 59 / 2)
+
+
 # --------------------------------------------------------------------------- guard tables
 
 

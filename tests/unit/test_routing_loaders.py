@@ -162,3 +162,69 @@ def test_registry_verify(tmp_path: Path) -> None:
     assert any("test.csv: missing" in p for p in problems)
     assert any("categories.json" in p and "bytes" in p for p in problems)
     assert verify("clinc150", tmp_path) == [f"clinc150: folder {tmp_path / 'clinc150'} is missing"]
+
+
+def _routerbench_frame() -> pd.DataFrame:
+    """LONG's prompts as RouterBench publishes a table: one row per prompt, per model a score
+    column and ``|total_cost`` / ``|model_response`` columns, ``eval_name``, the oracle."""
+    return pd.DataFrame({
+        "sample_id": ["a", "b"], "prompt": ["what is 2+2", "explain torts"],
+        "eval_name": ["math", "law"], "oracle_model_to_route_to": ["small", "big"],
+        "small": [1.0, None], "small|model_response": ["4", None],
+        "small|total_cost": [0.1, None],
+        "big": [1.0, 0.8], "big|model_response": ["4", "a civil wrong"],
+        "big|total_cost": [1.0, 1.2]})
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_load_wide_is_the_long_table_one_row_per_prompt(tmp_path: Path, suffix: str) -> None:
+    """A RouterBench-shaped file gives the same table as its long form: models found by
+    their cost columns, an empty score a model not evaluated there, eval_name the category;
+    responses and the oracle column are ignored."""
+    df = _routerbench_frame()
+    p = tmp_path / f"rb{suffix}"
+    {".csv": lambda: df.to_csv(p, index=False),
+     ".jsonl": lambda: df.to_json(p, orient="records", lines=True),
+     ".parquet": lambda: df.to_parquet(p)}[suffix]()
+    long = tmp_path / "long.csv"
+    pd.DataFrame(LONG).to_csv(long, index=False)
+    t = load_table(p, "routerbench")
+    assert t.prompt_ids == ["a", "b"] and t.models == ["big", "small"]
+    assert t.categories == ["math", "law"] and np.isnan(t.scores[1, 1])
+    assert t.costs[1, 0] == pytest.approx(1.2)
+    assert t.content_hash() == load_long(long).content_hash() == load_table(
+        p, "wide").content_hash()
+
+
+def test_load_wide_reads_turns_and_plain_columns(tmp_path: Path) -> None:
+    """Without ids or categories: the row number and no category; ``|cost`` as the cost
+    column; a prompt given as a list of turns is one text."""
+    p = tmp_path / "w.json"
+    p.write_text(json.dumps([
+        {"prompt": ["write a poem", "now shorter"], "m1": 0.5, "m1|cost": 2.0, "m2": 1,
+         "m2|cost": 3.0},
+        {"prompt": "hello", "m1": 0.0, "m1|cost": 1.0, "m2": 1, "m2|cost": 1.5}]))
+    t = load_table(p, "wide")
+    assert t.prompt_ids == ["0", "1"] and t.categories is None
+    assert t.prompts[0] == "write a poem\n\nnow shorter"
+    assert t.scores.tolist() == [[0.5, 1.0], [0.0, 1.0]] and t.costs[0, 1] == 3.0
+
+
+def test_load_wide_errors(tmp_path: Path) -> None:
+    with pytest.raises(RouterError, match="pickles are not read"):
+        load_table(tmp_path / "routerbench_0shot.pkl", "routerbench")
+    cases = [
+        (pd.DataFrame({"text": ["q"], "m": [1.0], "m|total_cost": [1.0]}), "prompt column"),
+        (pd.DataFrame({"prompt": ["q"], "m": [1.0]}), "no model columns"),
+        (pd.DataFrame({"prompt": ["q"], "m": [3.0], "m|total_cost": [1.0]}),
+         r"scores must lie in \[0, 1\]"),
+        (pd.DataFrame({"prompt": ["q"], "m": [1.0], "m|total_cost": [None]}),
+         "missing, negative or non-numeric cost"),
+        (pd.DataFrame({"prompt": ["q"], "m": [None], "m|total_cost": [None]}),
+         "no model has a score"),
+    ]
+    for i, (df, msg) in enumerate(cases):
+        p = tmp_path / f"bad{i}.parquet"
+        df.to_parquet(p)
+        with pytest.raises(RouterError, match=msg):
+            load_table(p, "wide")
