@@ -289,7 +289,7 @@ class DistilledEmbedder:
             self.name = f"static-{cfg['source']}-{cfg['dim']}:{build_id(cfg)}"
             self.aliases = (table_name,)
         #: the embedding cache's key (routers.embed.embed_cached): these very bytes
-        self.cache_id = table_name
+        self.cache_id = self.name if cfg.get("routing_tuned") else table_name
 
     def _ids(self, texts: Sequence[str]) -> list[np.ndarray]:
         # one text (a request): encode it on this thread; encode_batch hands even one text to
