@@ -340,6 +340,25 @@ def test_guard_cascade_without_validation_ood_rows_takes_the_leave_labels_out_ru
     assert 0.0 <= c["cascade"]["test_escalation_share"] <= 1.0
 
 
+def test_the_two_stage_guard_backs_with_all_six_int8_layers_unless_told(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The back encoder is int8 MiniLM with all its layers (chosen on the development seeds'
+    validation over the first three); --cascade-back-layers K keeps the first K, checked
+    against the model before anything is embedded."""
+    from evals import guard_eval as G
+
+    assert G._Cascade(0.05, 0).back_spec == {"kind": "onnx",
+                                             "options": {"quantize": True, "threads": 1}}
+    assert G._Cascade(0.05, 0, 3).back_spec["options"] == {"quantize": True, "threads": 1,
+                                                           "layers": 3}
+    assert G._Cascade.BACK_SPEC["options"] == {"quantize": True, "threads": 1}  # untouched
+    data = _write_csv(tmp_path / "g.csv")
+    assert _run_cli(["--data", str(data), "--embedder", "hashing", "--methods",
+                     "guard-cascade", "--cascade-back-layers", "9", "--quiet"]) == 2
+    assert "--cascade-back-layers: layers must be an integer from 1 to 6" in \
+        capsys.readouterr().err
+
+
 def test_leave_groups_out_holds_topic_groups_out_of_train_and_validation(tmp_path: Path
                                                                        ) -> None:
     from evals.datasets.guard import leave_groups_out, pseudo_ood
