@@ -98,6 +98,20 @@ class GuardCascade:
         return self.cascade_verdict(X, texts, self._embed_back,
                                     on_back_error=_log_back_error)[0]
 
+    def warm(self) -> bool:
+        """Embed one short text with the back encoder, so the first escalated request does
+        not pay its first run (an ONNX session's first call allocates and plans: several
+        times a warm call). A failure is logged, not raised: the request path has its own
+        fallback (:data:`BACK_FAILED`). True when the back encoder answered."""
+        try:
+            self._embed_back(["warm up"], np.zeros(1, np.intp))
+        except Exception as e:
+            log.warning("two-stage guard: the back encoder failed its warm-up (%s: %s); "
+                        "escalated queries will keep the front's verdicts while it fails",
+                        type(e).__name__, e)
+            return False
+        return True
+
     def reject_text(self, v: GuardVerdict) -> str:
         """Why ``v`` was rejected, by the guard that decided it."""
         g = self.back if v.stage == "back" else self.front
@@ -336,4 +350,5 @@ def load_cascade(path: str | Path, *, back_embedder: Any = None,
     c = GuardCascade(front, back, m["band"], m["min_proba"],  # type: ignore[arg-type]
                      back_embedder=back_embedder, back_spec=spec)
     c.selection_ = dict(m.get("selection") or {})
+    c.warm()
     return c

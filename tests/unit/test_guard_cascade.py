@@ -113,6 +113,22 @@ def test_artifact_round_trip(cascade: GuardCascade, tmp_path: Path) -> None:
         [(*_key(v), v.stage) for v in cascade.verdict(X, QUERIES)]
     with pytest.raises(RouterError, match="back embedder"):
         load_cascade(art, back_embedder=HashingEmbedder(dim=128))
+
+    class Counting(HashingEmbedder):  # the back encoder, counting its calls
+        calls = 0
+
+        def embed(self, texts):  # type: ignore[no-untyped-def]
+            Counting.calls += 1
+            if self.fail:
+                raise RuntimeError("encoder down")
+            return super().embed(texts)
+
+    Counting.fail = False  # type: ignore[attr-defined]
+    warm = load_cascade(art, back_embedder=Counting(dim=256))
+    assert Counting.calls == 1  # warmed at load: the first escalated request pays no first run
+    Counting.fail = True  # type: ignore[attr-defined]
+    assert not warm.warm()  # a failing back encoder is logged at load, not raised
+    assert load_cascade(art, back_embedder=Counting(dim=256)).back_embedder is not None
     (art / "back" / "router.json").write_text(
         (art / "back" / "router.json").read_text().replace('"guard"', '"guard" '))
     with pytest.raises(RouterError, match="modified"):
