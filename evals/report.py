@@ -36,6 +36,8 @@ the better of the run's simple baselines, frozen-embedding LR and kNN on mean co
 the experts traded with per-query costs and the range of every expert's cross-validated R^2
 of log cost), ``routing-validation FILE...`` (per routing run and router, the mean
 validation score a choice between two settings is made on, with the run's ``--params``),
+``guard-validation FILE...`` (per guard run and method, the validation GQR a choice is made
+on, with the seed and a two-stage guard's back encoder; test GQR and latency beside it),
 ``compare OLD
 NEW`` (the
 headline figures of an older run beside a newer one), ``provenance`` (commit, data sha256,
@@ -564,6 +566,29 @@ def _validation_rows(files: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def _guard_validation_rows(files: Sequence[str]) -> str:
+    """Per guard run and method: the validation GQR a choice between settings is made on,
+    with the run's seed and, for a two-stage guard, its back encoder (``fit.back_spec``);
+    the test GQR and p50 / p99 beside it, read after the choice."""
+    lines = ["| file | suite | seed | method | back encoder | validation GQR | test GQR | "
+             "p50 / p99 ms |", "|---|---|---|---|---|---|---|---|"]
+    for f in files:
+        run = _load(f)
+        seed = f"{run.get('seed_set', 'dev')} {run.get('seed')}"
+        suite = run.get("suite") or (run.get("data") or {}).get("name")
+        for name, r in sorted(run["methods"].items()):
+            spec = (r.get("fit") or {}).get("back_spec")
+            back = "-"
+            if spec:
+                o = spec.get("options") or {}
+                back = (f"{spec.get('kind')}{' int8' if o.get('quantize') else ''}, "
+                        f"{'layers ' + str(o['layers']) if o.get('layers') else 'all layers'}")
+            lines.append(f"| `{f}` | {suite} | {seed} | {name} | {back} | "
+                         f"{_num((r.get('validation') or {}).get('gqr_score'))} | "
+                         f"{_num(r.get('gqr_score'))} | {_ms_pair(r)} |")
+    return "\n".join(lines)
+
+
 def _span(v: Sequence[float]) -> str:
     return f"{min(v):.2f} to {max(v):.2f}" if v else "-"
 
@@ -994,6 +1019,7 @@ _FILE_LIST_BLOCKS: dict[str, Callable[[Sequence[str]], str]] = {
     "cost-models": _cost_model_rows,
     "routing-bar": _routing_bar_rows,
     "routing-validation": _validation_rows,
+    "guard-validation": _guard_validation_rows,
     "overhead-miss": _overhead_rows,
     "soak": _soak_rows,
     "faults": _fault_rows,

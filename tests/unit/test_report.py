@@ -306,6 +306,27 @@ def test_routing_validation_block_reads_each_runs_validation_score_and_params(
     assert lines[3].endswith("| `defaults` | stack | val_aiq 0.400 |")
 
 
+def test_guard_validation_block_reads_each_runs_validation_gqr_and_back_encoder(
+        tmp_path: Path, monkeypatch) -> None:
+    def run(layers: int | None) -> dict:
+        opts = {"quantize": True, "threads": 1, **({"layers": layers} if layers else {})}
+        return {"suite": "s1", "seed_set": "dev", "seed": 1, "methods": {
+            "guard-cascade": {"gqr_score": 0.9123, "latency_p50_ms": 0.9,
+                              "latency_p99_ms": 4.25, "validation": {"gqr_score": 0.9056},
+                              "fit": {"back_spec": {"kind": "onnx", "options": opts}}},
+            "guard-knn": {"gqr_score": 0.7, "latency_p50_ms": 0.4, "latency_p99_ms": 0.6,
+                          "validation": {"gqr_score": 0.66}, "fit": {}}}}
+
+    (tmp_path / "a.json").write_text(json.dumps(run(3)))
+    (tmp_path / "b.json").write_text(json.dumps(run(None)))
+    monkeypatch.chdir(tmp_path)
+    lines = R.render_block("guard-validation a.json b.json").splitlines()
+    assert lines[2] == ("| `a.json` | s1 | dev 1 | guard-cascade | onnx int8, layers 3 | "
+                        "0.906 | 0.912 | 0.90 / 4.25 |")
+    assert lines[3] == "| `a.json` | s1 | dev 1 | guard-knn | - | 0.660 | 0.700 | 0.40 / 0.60 |"
+    assert "| onnx int8, all layers | 0.906 |" in lines[4]
+
+
 def test_routing_bar_block_reads_the_selected_router_against_the_simple_baselines(
         tmp_path: Path, monkeypatch) -> None:
     def run(models: int, vs: dict | None) -> dict:
