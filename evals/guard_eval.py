@@ -356,6 +356,7 @@ class _Cascade(_Method):
                              self.back_embedder)
         self.cascade = GuardCascade(self.front.router, self.back.router,
                                     back_embedder=self.back_embedder, back_spec=self.back_spec)
+        self.cascade.warm()  # one query's first run, as load_cascade does for the gateway
         self._val = (Xv, val_texts, val_labels, Xbv)
         return {**self.set_frr(self.front.router.target_frr), "front": front, "back": back}
 
