@@ -481,7 +481,9 @@ async def test_sigterm_finishes_in_flight_requests_and_flushes_the_log(tmp_path:
                 try:
                     async with httpx.AsyncClient(timeout=2) as c2:
                         await c2.get(gw.url + "/healthz")
-                except httpx.ConnectError:
+                except (httpx.ConnectError, httpx.RemoteProtocolError):
+                    # refused, or accepted in the instant the listener closed and dropped
+                    # unanswered: either way not served (a CI run met the second)
                     return True
                 return False
 
