@@ -897,10 +897,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.cascade_back_layers is not None:
         from routers.embed import check_layers
-        from routers.embed_static import _source_dir
+        from routers.embed_onnx import _default_model_dir
 
-        try:  # the back encoder is the packaged MiniLM: its layer count bounds K
-            check_layers(_source_dir(None), args.cascade_back_layers)
+        try:  # the back encoder is the packaged MiniLM on ONNX: its layer count bounds K
+            check_layers(_default_model_dir(), args.cascade_back_layers)
         except EmbedderError as e:
             print(f"error: --cascade-back-layers: {e}", file=sys.stderr)
             return 2

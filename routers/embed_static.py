@@ -273,23 +273,23 @@ class DistilledEmbedder:
         self.dim = int(self._table.shape[1])
         self.path = p
         self.config = cfg
-        table_name = f"static-{cfg['source']}-{cfg['dim']}:{cfg['table_sha256_16'][:12]}"
+        base, table_hash = f"static-{cfg['source']}-{cfg['dim']}", cfg["table_sha256_16"][:12]
         if cfg.get("routing_tuned"):
             # a table tuned on routing scores or labels (routers.embed_tune) is a file that
             # travels with its artifacts: its bytes are its identity
-            self.name = (f"static-{cfg['source']}-{cfg['dim']}-tuned:"
-                         f"{cfg['table_sha256_16'][:12]}")
+            self.name = f"{base}-tuned:{table_hash}"
             self.aliases: tuple[str, ...] = ()
+            #: the embedding cache's key (routers.embed.embed_cached): these very bytes
+            self.cache_id = self.name
         else:
             # a build is named by its inputs, not its bytes: the vocabulary pass's float
             # arithmetic differs in the last bits from one CPU to another (the same inputs
             # gave other table bytes on an Intel and an AMD machine), and an artifact trained
             # on one machine must serve on another; the bytes' name (before this) stays an
-            # alias, so artifacts trained with that very build still load
-            self.name = f"static-{cfg['source']}-{cfg['dim']}:{build_id(cfg)}"
-            self.aliases = (table_name,)
-        #: the embedding cache's key (routers.embed.embed_cached): these very bytes
-        self.cache_id = self.name if cfg.get("routing_tuned") else table_name
+            # alias, so artifacts trained with that very build still load, and keys the cache
+            self.name = f"{base}:{build_id(cfg)}"
+            self.aliases = (f"{base}:{table_hash}",)
+            self.cache_id = self.aliases[0]
 
     def _ids(self, texts: Sequence[str]) -> list[np.ndarray]:
         # one text (a request): encode it on this thread; encode_batch hands even one text to
