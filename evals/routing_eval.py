@@ -184,8 +184,8 @@ def load_routing_table(path: str | Path, fmt: str | None = None) -> RoutingTable
     return load_table(where, fmt)
 
 
-def embed_table(table: RoutingTable, embedder: str, cache_dir: str | Path | None = None
-                ) -> tuple[np.ndarray, Any]:
+def embed_table(table: RoutingTable, embedder: str, cache_dir: str | Path | None = None,
+                progress: bool = True) -> tuple[np.ndarray, Any]:
     """Embeddings of every prompt, computed once and cached by (embedder, content).
 
     The cache key is the sorted set of distinct prompts, so that loaders which order or
@@ -196,7 +196,7 @@ def embed_table(table: RoutingTable, embedder: str, cache_dir: str | Path | None
     e = make_embedder(embedder)
     uniq = sorted(set(table.prompts))
     announce_embedding(e, embedder, uniq, cache_dir)
-    U = embed_cached(e, uniq, cache_dir, progress=True)
+    U = embed_cached(e, uniq, cache_dir, progress=progress)
     pos = {t: i for i, t in enumerate(uniq)}
     return U[[pos[t] for t in table.prompts]], e
 
@@ -803,7 +803,8 @@ def main(args: argparse.Namespace) -> int:
         # every check that can fail runs before the (minutes-long) embedding step
         for note in check_table(table, strong=args.strong, routers=routers):
             print(f"note: {note}", file=sys.stderr)
-        X, embedder = embed_table(table, args.embedder, args.cache_dir)
+        X, embedder = embed_table(table, args.embedder, args.cache_dir,
+                                  progress=not args.quiet)
         t_embed = time.perf_counter() - t0
         res = evaluate(table, X, routers=routers, strong=args.strong, seeds=seeds,
                        val=args.val, test=args.test, router_params=params,

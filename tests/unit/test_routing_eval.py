@@ -51,6 +51,20 @@ TWO = {"big": (10.0, {"math": 0.9, "law": 0.8, "food": 0.9}),
        "small": (1.0, {"math": 0.2, "law": 0.7, "food": 0.85})}
 
 
+def test_cli_quiet_shows_no_progress_bar(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    # enough prompts for the embedding step's bar (over one batch of 256); --quiet holds it
+    # back too, so a log of a scripted run stays readable
+    data = _long_table(tmp_path / "t.csv", TWO, n=300)
+    argv = ["--data", str(data), "--embedder", "hashing", "--seeds", "1",
+            "--routers", "category", "--cache-dir", str(tmp_path / "cache")]
+    assert _run([*argv, "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "embedding (" not in err and "batch/s" not in err, err
+    assert _run([*argv, "--cache-dir", str(tmp_path / "cache2")]) == 0
+    assert "embedding (" in capsys.readouterr().err  # the bar the flag holds back
+
+
 def test_cli_two_experts_writes_every_key(tmp_path: Path) -> None:
     data = _long_table(tmp_path / "t.csv", TWO)
     out = tmp_path / "r.json"
