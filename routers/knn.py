@@ -15,7 +15,7 @@ import numpy as np
 from routers.base import RouterError, RoutingTable, register
 from routers.tradeoff import QualityRouter
 
-__all__ = ["KNNRouter", "knn_quality", "unit_rows"]
+__all__ = ["KNNRouter", "knn_quality", "neighbour_lists", "neighbour_vote", "unit_rows"]
 
 
 def unit_rows(X: np.ndarray) -> np.ndarray:
@@ -30,6 +30,14 @@ def knn_quality(Xq: np.ndarray, Xtrain: np.ndarray, S: np.ndarray, prior: np.nda
     kk = min(int(k), Xtrain.shape[0])
     idx = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
     top = np.take_along_axis(sims, idx, axis=1).astype(np.float64)
+    return neighbour_vote(idx, top, S, prior, temperature=temperature,
+                          prior_strength=prior_strength)
+
+
+def neighbour_vote(idx: np.ndarray, top: np.ndarray, S: np.ndarray, prior: np.ndarray, *,
+                   temperature: float, prior_strength: float) -> np.ndarray:
+    """:func:`knn_quality` from each query's chosen neighbours: their rows ``idx`` (n, k) of
+    the score table ``S`` and their similarities ``top`` (n, k)."""
     w = np.exp((top - top.max(axis=1, keepdims=True)) / float(temperature))
     Sn = S[idx]  # (n, k, m)
     finite = np.isfinite(Sn)
@@ -37,6 +45,25 @@ def knn_quality(Xq: np.ndarray, Xtrain: np.ndarray, S: np.ndarray, prior: np.nda
     den = np.einsum("nk,nkm->nm", w, finite.astype(np.float64))
     # weights are relative (max 1): prior_strength counts as that many best neighbours
     return (num + prior_strength * prior[None, :]) / (den + prior_strength)
+
+
+def neighbour_lists(Xq: np.ndarray, Xtrain: np.ndarray, depth: int, chunk: int = 512
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's ``depth`` most similar training rows, most similar first: their indices
+    (n, depth) and similarities (n, depth), the similarities computed as
+    :func:`knn_quality` computes them, ``chunk`` queries at a time (bounded memory)."""
+    d = min(int(depth), Xtrain.shape[0])
+    idx = np.empty((Xq.shape[0], d), np.int64)
+    top = np.empty((Xq.shape[0], d), np.float64)
+    for s in range(0, Xq.shape[0], chunk):
+        sims = unit_rows(Xq[s:s + chunk]) @ Xtrain.T
+        part = np.argpartition(-sims, d - 1, axis=1)[:, :d] if d < sims.shape[1] else \
+            np.broadcast_to(np.arange(d), (sims.shape[0], d))
+        ps = np.take_along_axis(sims, part, axis=1)
+        order = np.argsort(-ps, axis=1, kind="stable")
+        idx[s:s + chunk] = np.take_along_axis(part, order, axis=1)
+        top[s:s + chunk] = np.take_along_axis(ps, order, axis=1)
+    return idx, top
 
 
 @register

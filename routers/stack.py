@@ -32,7 +32,9 @@ and ~0.2-0.4 ms per query.
 Experts scored on the same prompts share the out-of-fold assignment, so the parts that do
 not depend on the expert (nearest neighbours, category weights) are computed once per fold,
 and each fold's logistic regressions start from the all-prompts fit (same optimum, fewer
-solver steps).
+solver steps). Experts scored on different prompts, each on most of them (missing scores),
+share one neighbour search per fold too, filtered to each one's scored prompts
+(:meth:`StackRouter._fold_neighbours`).
 
 A per-expert logistic regression combines them into a calibrated probability, fitted on
 out-of-fold estimates of the training prompts (``folds``-fold). It reads the logits of every
@@ -61,7 +63,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from routers.base import RouterError, RoutingTable, register
-from routers.knn import knn_quality, unit_rows
+from routers.knn import knn_quality, neighbour_lists, neighbour_vote, unit_rows
 from routers.tradeoff import QualityRouter
 
 if TYPE_CHECKING:
@@ -265,18 +267,80 @@ class StackRouter(QualityRouter):
     trees_min_prompts = 2000
 
     def _shared(self, Xtr: np.ndarray, S: np.ndarray, Xq: np.ndarray,
-                cats: np.ndarray | None, K: int, lex: tuple[Any, Any] | None
-                ) -> tuple[np.ndarray, np.ndarray | None]:
+                cats: np.ndarray | None, K: int, lex: tuple[Any, Any] | None,
+                kn: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """The parts that do not depend on which expert is fitted, for experts scored on the
         same prompts (columns of ``S``): the nearest-neighbour estimate of each, (nq, m), and
-        the queries' category weights (None: no category component)."""
-        kn = knn_quality(Xq, Xtr, S, S.mean(axis=0), k=int(self.k),
-                         temperature=float(self.temperature),
-                         prior_strength=float(self.prior_strength))
+        the queries' category weights (None: no category component). ``kn``: the estimate,
+        already computed (:meth:`_fold_knn`)."""
+        if kn is None:
+            kn = knn_quality(Xq, Xtr, S, S.mean(axis=0), k=int(self.k),
+                             temperature=float(self.temperature),
+                             prior_strength=float(self.prior_strength))
         if cats is None:
             return kn, None
         lq = None if lex is None else (lex[1], self._centroids(lex[0], cats, K))
         return kn, self._category_weights(self._centroids(Xtr, cats, K), Xq, lq)
+
+    #: experts scored on different prompts (a table with missing scores) share one
+    #: neighbour search per fold when each is scored on at least this share of the training
+    #: prompts; below it (a routing log: one expert per prompt) each searches its own
+    shared_search_min_coverage = 0.5
+
+    def _fold_neighbours(self, Xu: np.ndarray, fold_all: np.ndarray, S: np.ndarray,
+                         groups: dict[bytes, list[int]]
+                         ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None:
+        """One neighbour search per fold for every group of experts (:meth:`_fold_knn`):
+        per fold, its prompts (global rows), and each one's nearest prompts of the other
+        folds, most similar first (global rows, (nq, depth)), with their similarities.
+        ``depth`` leaves room for the prompts a group's expert has no score on. None: a
+        single group (its own search is already shared), or a group too thin to share."""
+        if len(groups) < 2:
+            return None
+        cover = min(float(np.isfinite(S[:, js[0]]).mean()) for js in groups.values())
+        if cover < self.shared_search_min_coverage:
+            return None
+        depth = int(np.ceil(1.5 * int(self.k) / cover)) + 8
+        out: list[Any] = [None] * int(self.folds)
+
+        def one(f: int) -> None:
+            q, t = np.flatnonzero(fold_all == f), np.flatnonzero(fold_all != f)
+            if not q.size or not t.size:
+                out[f] = (q, np.zeros((q.size, 0), np.int64), np.zeros((q.size, 0)))
+                return
+            idx, top = neighbour_lists(Xu[q], Xu[t], depth)
+            out[f] = (q, t[idx], top)
+
+        _each(one, range(int(self.folds)))
+        return out
+
+    def _fold_knn(self, lists: tuple[np.ndarray, np.ndarray, np.ndarray], rows: np.ndarray,
+                  S: np.ndarray, finite: np.ndarray, prior: np.ndarray,
+                  exact: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """The nearest-neighbour estimate (as :func:`knn_quality`) for one fold's prompts
+        ``rows`` (global) of a group of experts, from the fold's shared search ``lists``:
+        each prompt's first ``k`` listed neighbours the group has scores on (``finite``,
+        global), voting with the group's scores ``S`` (global rows, the group's columns).
+        A prompt with fewer than ``k`` such neighbours in its list gets ``exact`` (the
+        group's own search, given the rows' positions in ``rows``)."""
+        q, nbr, top = lists
+        pos = np.searchsorted(q, rows)
+        L, T = nbr[pos], top[pos]
+        n_train = int(finite.sum()) - int(finite[rows].sum())
+        kk = min(int(self.k), n_train)
+        mask = finite[L]
+        c = np.cumsum(mask, axis=1)
+        full = c[:, -1] >= kk if L.shape[1] else np.zeros(rows.size, bool)
+        out = np.empty((rows.size, S.shape[1]))
+        if full.any():
+            take = mask[full] & (c[full] <= kk)
+            out[full] = neighbour_vote(L[full][take].reshape(-1, kk),
+                                       T[full][take].reshape(-1, kk), S, prior,
+                                       temperature=float(self.temperature),
+                                       prior_strength=float(self.prior_strength))
+        if not full.all():
+            out[~full] = exact(np.flatnonzero(~full))
+        return out
 
     def _base(self, Xtr: np.ndarray, Htr: np.ndarray, s: np.ndarray, Xq: np.ndarray,
               Hq: np.ndarray, kn: np.ndarray, catw: np.ndarray | None,
@@ -484,6 +548,7 @@ class StackRouter(QualityRouter):
         pairs: list[tuple[list[int], np.ndarray, np.ndarray]] = []
         rates = np.zeros((K, m))
         expert_trees: list[Any] = [None] * m
+        lists = self._fold_neighbours(Xu, fold_all, S, groups)
         for experts in groups.values():
             ok = np.flatnonzero(np.isfinite(S[:, experts[0]]))
             Xa, Ha, Sa = Xu[ok], H[ok], S[ok][:, experts]
@@ -508,14 +573,24 @@ class StackRouter(QualityRouter):
             def one_fold(f: int, fold: np.ndarray = fold, Xa: np.ndarray = Xa,
                          Ha: np.ndarray = Ha, Sa: np.ndarray = Sa, ca: Any = ca, La: Any = La,
                          Fa: Any = Fa, oof: np.ndarray = oof, full: list[Any] = full,
-                         n_exp: int = len(experts), seed: int = seed) -> None:
+                         n_exp: int = len(experts), seed: int = seed, ok: np.ndarray = ok,
+                         experts: list[int] = experts) -> None:
                 te, tr = fold == f, fold != f
                 if tr.sum() < 2 or not te.any():
                     return
                 lex_f = None if La is None else (La[tr], La[te])
                 trees_f = None if Fa is None else (Fa[tr], Fa[te], seed + 1 + f)
+                pre = None
+                if lists is not None:  # the fold's shared search, filtered to the group
+                    prior = Sa[tr].mean(axis=0)
+                    Xte, Xtr, Str = Xa[te], Xa[tr], Sa[tr]
+                    pre = self._fold_knn(
+                        lists[f], ok[te], S[:, experts], np.isfinite(S[:, experts[0]]), prior,
+                        lambda i: knn_quality(Xte[i], Xtr, Str, prior, k=int(self.k),
+                                              temperature=float(self.temperature),
+                                              prior_strength=float(self.prior_strength)))
                 kn, catw = self._shared(Xa[tr], Sa[tr], Xa[te],
-                                        ca[tr] if ca is not None else None, K, lex_f)
+                                        ca[tr] if ca is not None else None, K, lex_f, kn=pre)
                 for g in range(n_exp):
                     oof[g, te] = self._base(Xa[tr], Ha[tr], Sa[tr, g], Xa[te], Ha[te],
                                             kn[:, g], catw, ca[tr] if ca is not None else None,

@@ -96,3 +96,49 @@ def test_the_stack_fits_with_one_blas_thread_and_gives_the_callers_pool_back(
         make_router("stack").fit(X, table)
         assert blas() == before
     assert seen and seen[0] and all(n == 1 for n in seen[0])
+
+
+def test_one_shared_neighbour_search_per_fold_gives_each_groups_own_estimates(
+        monkeypatch) -> None:
+    """Experts scored on different prompts (5% of scores missing: every expert its own
+    group) share one neighbour search per fold; the fitted router is the one each group's
+    own search gives."""
+    import routers.stack as RS
+
+    X, table = synthetic_table(400, models=["a", "b", "c", "d"], missing=True)
+    assert len({np.isfinite(table.scores[:, j]).tobytes() for j in range(4)}) == 4
+    searches: list[int] = []
+    real = RS.neighbour_lists
+    monkeypatch.setattr(RS, "neighbour_lists",
+                        lambda *a, **kw: searches.append(1) or real(*a, **kw))
+    kw = {"lexical": False, "trees": False, "k": 20}
+    shared = make_router("stack", **kw).fit(X, table)
+    assert len(searches) == 5  # one per fold, not one per fold and expert
+    own = make_router("stack", **kw)
+    own.shared_search_min_coverage = 1.01  # every group searches its own neighbours
+    own.fit(X, table)
+    assert len(searches) == 5
+    for a in ("meta_coef_", "meta_bias_", "emb_coef_", "stat_coef_"):
+        np.testing.assert_allclose(getattr(shared, a), getattr(own, a), atol=1e-6)
+    np.testing.assert_allclose(shared.predict_quality(X[:50], table.prompts[:50]),
+                               own.predict_quality(X[:50], table.prompts[:50]), atol=1e-6)
+    # lists one longer than k: a prompt with two unscored neighbours in its list (about a
+    # quarter of them) takes the group's own search, the others the list
+    monkeypatch.setattr(RS, "neighbour_lists", lambda Xq, Xt, depth: real(Xq, Xt, 21))
+    short = make_router("stack", **kw).fit(X, table)
+    np.testing.assert_allclose(short.meta_coef_, own.meta_coef_, atol=1e-6)
+
+
+def test_a_routing_log_keeps_each_experts_own_search() -> None:
+    """One expert per prompt (a routing log's shape): no expert is scored on half of the
+    prompts, so there is no shared search to filter."""
+    X, table = synthetic_table(300, models=["a", "b", "c"], missing=False)
+    S = np.full_like(table.scores, np.nan)
+    S[np.arange(300), np.arange(300) % 3] = table.scores[np.arange(300), np.arange(300) % 3]
+    table = type(table)(table.prompt_ids, table.prompts, table.models, S, table.costs,
+                        table.categories)
+    r = make_router("stack", lexical=False, trees=False)
+    groups = {np.isfinite(S[:, j]).tobytes(): [j] for j in range(3)}
+    assert r._fold_neighbours(X.astype(np.float64), np.arange(300) % 5, S, groups) is None
+    P = r.fit(X, table).predict_quality(X[:10], table.prompts[:10])
+    assert P.shape == (10, 3) and np.all((P > 0) & (P < 1))
