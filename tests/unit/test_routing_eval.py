@@ -272,3 +272,60 @@ def test_every_run_fits_the_simple_baselines_and_the_selection_says_its_margin(
     if two:
         assert res["baselines"]["simple-lr"]["apgr"] == pytest.approx(
             res["routers"]["classifier"]["apgr"])
+
+
+def _seed_rows(cost: list[float]) -> list[dict[str, float]]:
+    return [{"val_cost_at_best_single_quality_deployed": c} for c in cost]
+
+
+def test_n_expert_selection_passes_over_a_better_curve_that_is_clearly_dearer_at_the_bar(
+        ) -> None:
+    """More than two experts: the table is judged by the cost at the best single model's
+    quality. A method whose validation cost there is clearly (beyond one paired standard
+    error over the seeds) above another's is not eligible, however good its AIQ; among the
+    eligible ones AIQ decides."""
+    per_seed = {"wide": _seed_rows([0.90, 0.92, 0.91]),   # best AIQ, dear at the bar
+                "sharp": _seed_rows([0.80, 0.81, 0.79]),  # the cheapest at the bar
+                "close": _seed_rows([0.81, 0.80, 0.80])}  # within noise of the cheapest
+    rows = {"wide": {"val_aiq": 0.70}, "sharp": {"val_aiq": 0.60}, "close": {"val_aiq": 0.65}}
+    chosen, score, figs = RE._select_n_experts(per_seed, rows, "wide")
+    assert chosen == "close" and score == 0.65
+    assert not figs["wide"]["eligible"] and figs["sharp"]["eligible"]
+    assert figs["sharp"]["minus_lowest"] == 0.0
+    assert figs["wide"]["minus_lowest"] == pytest.approx(0.11)
+
+
+def test_n_expert_selection_keeps_the_aiq_choice_where_the_seeds_cannot_tell_costs_apart(
+        ) -> None:
+    per_seed = {"a": _seed_rows([0.90, 0.80, 0.95]), "b": _seed_rows([0.85, 0.86, 0.84])}
+    rows = {"a": {"val_aiq": 0.70}, "b": {"val_aiq": 0.60}}
+    # a's paired differences to b swing both ways: within one standard error
+    assert RE._select_n_experts(per_seed, rows, "a")[0] == "a"
+    # a method without the figure in every seed (a single point that never reached it...)
+    # cannot be ranked on it: the AIQ choice stands
+    per_seed["a"] = [{"val_cost_at_best_single_quality_deployed": None}] * 3
+    assert RE._select_n_experts(per_seed, rows, "a") == ("a", 0.70, {})
+
+
+def test_selection_in_a_run_says_its_rule_and_figures(tmp_path: Path) -> None:
+    from routers.embed import make_embedder
+
+    table = RE.load_routing_table("synthetic:600x4:length")
+    X = make_embedder("hashing").embed(table.prompts)
+    res = RE.evaluate(table, X, routers=["knn", "classifier"], seeds=[0, 1, 2],
+                      progress=False)
+    sel = res["selected"]
+    assert "within one standard error" in sel["criterion"]
+    figs = sel["cost_at_best_single_quality_val"]
+    assert set(figs) == {"knn", "classifier"} and figs[sel["method"]]["eligible"]
+    for name, f in figs.items():
+        assert f["mean"] == pytest.approx(
+            res["routers"][name]["val_cost_at_best_single_quality_deployed"])
+        assert f["mean"] > 0.0  # a cost ratio (above 1 where the knob costs more)
+    # two experts: APGR decides, as before
+    two = RE.load_routing_table("synthetic:400x2")
+    res2 = RE.evaluate(two, make_embedder("hashing").embed(two.prompts), routers=["knn"],
+                       seeds=[0], progress=False)
+    assert res2["selected"]["criterion"].startswith("mean validation APGR")
+    assert "cost_at_best_single_quality_val" not in res2["selected"]
+    assert res2["routers"]["knn"]["val_cost_at_best_single_quality_deployed"] is None
