@@ -99,14 +99,19 @@ class GuardCascade:
                                     on_back_error=_log_back_error)[0]
 
     def warm(self) -> bool:
-        """Embed one short text with the back encoder, so the first escalated request does
-        not pay its first run (an ONNX session's first call allocates and plans: several
-        times a warm call). A failure is logged, not raised: the request path has its own
-        fallback (:data:`BACK_FAILED`). True when the back encoder answered."""
+        """Run the back stage once on a short text, its encoder and its guard, so the first
+        escalated request pays neither's first run: an ONNX session's first call allocates
+        and plans (several times a warm call), and a fitted back guard builds its int8
+        search bank (:class:`routers.simsearch.Int8Bank`, an onnxruntime graph: tens of
+        milliseconds) on its first single query (a loaded one builds it at load). A failure
+        is logged, not raised: the request path has its own fallback (:data:`BACK_FAILED`).
+        True when the back stage answered."""
+        text = ["warm up"]
         try:
-            self._embed_back(["warm up"], np.zeros(1, np.intp))
+            Xb = self._embed_back(text, np.zeros(1, np.intp))
+            self.back._verdict(self.back.check_X(Xb, text), text)
         except Exception as e:
-            log.warning("two-stage guard: the back encoder failed its warm-up (%s: %s); "
+            log.warning("two-stage guard: the back stage failed its warm-up (%s: %s); "
                         "escalated queries will keep the front's verdicts while it fails",
                         type(e).__name__, e)
             return False

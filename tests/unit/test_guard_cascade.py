@@ -257,3 +257,21 @@ def test_a_config_without_embedder_serves_a_two_stage_guard_on_its_fronts_embedd
     assert loaded.embedder.kind == "hashing" and loaded.embedder.options == spec["options"]
     assert loaded.embedder_from == str(art)
     load_cascade(art)  # the front's record is part of the checked manifest digest
+
+
+def test_warm_runs_the_whole_back_stage_so_a_fitted_back_guard_builds_its_int8_bank(
+        ) -> None:
+    """A back guard with a bank big enough for the int8 two-pass search builds that search
+    (an onnxruntime graph: tens of milliseconds) on its first single query; ``warm`` runs
+    the back guard as well as its encoder, so the first escalated query does not pay it (an
+    evaluation's latency sample, a gateway's first request)."""
+    words = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "theta"]
+    texts = [f"{words[i % 8]} {words[(i // 8) % 8]} item {i}" for i in range(1100)]
+    labels = ["code" if i % 2 else "chat" for i in range(1100)]
+    big = GuardRouter(method="knn", k=3, target_frr=0.25, seed=0, bank_size=None)
+    big.fit(BACK.embed(texts), guard_table_from_labels(texts, labels),
+            validation=(BACK.embed(texts[:40]), labels[:40], texts[:40]), embedder=BACK)
+    assert big.bank_.shape[0] >= 1024 and getattr(big, "_bank8", None) is None
+    c = GuardCascade(_guard(FRONT), big, back_embedder=BACK, back_spec=BACK_SPEC)
+    assert c.warm()
+    assert getattr(big, "_bank8", None) is not None  # built before any request
