@@ -52,7 +52,9 @@ streams, in-process costs and the summary ratios; ``PATHS`` a comma list of path
 ``overhead-targets PATH`` (that run's targets, met or not), ``router-bench FILE`` (a
 ``bench router`` JSON: embedders at batch 1 / 32, router families, decision cache,
 micro-batching), ``soak FILE...`` (``bench soak`` JSONs) and ``faults FILE...`` (the fault
-tests' counts, written with ``EXPERTGATE_FAULTS_JSON_DIR``), ``auto-choices FILE...``
+tests' counts, written with ``EXPERTGATE_FAULTS_JSON_DIR``), ``startup FILE...``
+(``bench startup`` JSONs: start-up time and the first decisions with and without the
+start-up warm-up), ``auto-choices FILE...``
 (routing runs with ``auto``: the family it chose in each seed, "+ predicted costs" where it
 chose per-query costs, its test figure and time beside ``stack``'s). A ``PATH`` may be a folder: the
 newest ``bench overhead`` JSON in it (by its run date) is used, so a rerun that writes a new
@@ -915,6 +917,23 @@ def _soak_rows(files: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def _startup_rows(files: Sequence[str]) -> str:
+    """``bench startup`` JSONs: per file and variant (start-up warm-up on / off), the median
+    over its fresh processes of the start-up time, the first decision, the worst of the
+    first ones and the steady p50."""
+    lines = ["| file | config | variant | start-up s | first decision ms | worst of first "
+             "decisions ms | steady p50 ms |", "|---|---|---|---:|---:|---:|---:|"]
+    for a in files:
+        r = _load(a)
+        for v, label in (("warm", "warm-up (default)"), ("cold", "no warm-up")):
+            m = r["median"][v]
+            lines.append(f"| `{a}` | `{r['config']}` | {label} | {m['start_s']:.3f} | "
+                         f"{m['first_decision_ms']:.2f} | {m['worst_of_first_ms']:.2f} "
+                         f"(first {r['first']}) | {m['steady_p50_ms']:.3f} |")
+    lines += ["", *(_source(a, _load(a)) for a in files)]
+    return "\n".join(lines)
+
+
 def _fault_rows(files: Sequence[str]) -> str:
     lines = ["| file | faults | sent (concurrency) | answered | failed cleanly | lost | "
              "answered twice by an upstream | wall s |", "|---|---|---|---:|---|---:|---:|---:|"]
@@ -1024,4 +1043,5 @@ _FILE_LIST_BLOCKS: dict[str, Callable[[Sequence[str]], str]] = {
     "soak": _soak_rows,
     "faults": _fault_rows,
     "auto-choices": _auto_rows,
+    "startup": _startup_rows,
 }

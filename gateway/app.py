@@ -149,6 +149,8 @@ class Gateway:
         self.pipeline.on_shadow = self._log_shadow
         self._canary_gauges(self.policy_set)
         await self.dispatcher.start()
+        if s.warm_up:
+            await self.pipeline.warm()
         self.ready = True
         if s.gc_freeze:
             # start-up objects (model weights, configs) never become garbage: keep them out
@@ -215,6 +217,8 @@ class Gateway:
             else:
                 cfg = await asyncio.to_thread(load_config, path)
             pset = await asyncio.to_thread(build_policy_set, cfg, self.embedder)
+            if self.settings.warm_up:  # before it serves, as at start-up
+                await self.pipeline.warm(pset)
             old = self.policy_set
             if [(e.model_dump(), e.credentials_digest) for e in cfg.experts] != [
                     (e.model_dump(), e.credentials_digest) for e in self.config.experts]:

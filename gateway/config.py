@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     workers: int = 1
     #: freeze start-up objects out of the cyclic GC (keeps GC pauses off the tail)
     gc_freeze: bool = True
+    #: decide one query per policy at start-up and before a reloaded set serves, so the
+    #: first request pays no first-use costs (``Pipeline.warm``)
+    warm_up: bool = True
     #: check upstreams in /readyz (one GET /models per replica, cached briefly)
     ready_check_upstreams: bool = True
     #: /readyz answers 503 when any one expert has no replica up (default: only when none is)

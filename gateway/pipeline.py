@@ -35,10 +35,14 @@ from routers.embed import Embedder
 from routers.explore import Exploration, exploration_probs
 from routers.guard_cascade import BACK_FAILED
 
-__all__ = ["CandidateRuntime", "Pipeline", "PolicyRuntime", "PolicySet", "build_policy_set",
-           "carry_canary_state", "routing_text"]
+__all__ = ["WARM_TEXT", "CandidateRuntime", "Pipeline", "PolicyRuntime", "PolicySet",
+           "build_policy_set", "carry_canary_state", "routing_text"]
 
 log = logging.getLogger("expertgate.pipeline")
+
+#: the query every policy decides once at start-up and before a reloaded set serves
+#: (:meth:`Pipeline.warm`)
+WARM_TEXT = "Warm-up query: how do I sort a list of numbers in Python?"
 
 
 @dataclass
@@ -317,6 +321,37 @@ class Pipeline:
         X = await loop.run_in_executor(self._executor, self.embedder.embed, [text])
         return X[0]
 
+    async def warm(self, policies: PolicySet | None = None) -> list[str]:
+        """One decision's work for every policy of ``policies`` (default: the served set) and
+        its canary or shadow candidate, before they serve: :data:`WARM_TEXT` embedded through
+        the request path (the embedding thread or the micro-batcher), then each guard's
+        verdict and router's decision on it, so the first request does not pay first-use
+        costs (lazy loads, the embedding thread's start, a router's first run: ~0.1 s for a
+        learned router's first decision against ~1 ms after it, docs/performance.md). The
+        decision cache, the routing log and the metrics are not touched. A failure is logged
+        and its policy named in the result; serving goes on, the request path keeps its own
+        fallbacks."""
+        pset = self.policies if policies is None else policies
+        if self.embedder is None or not pset.policies:
+            return []
+        try:
+            X = np.asarray(await self._embed_fn(WARM_TEXT)).reshape(1, -1)
+        except Exception as e:
+            log.warning("warm-up: the embedder failed (%s: %s); the first requests pay its "
+                        "first run", type(e).__name__, e)
+            return sorted(pset.policies)
+        failed = []
+        for name, rt in pset.policies.items():
+            runtimes = [rt] if rt.candidate is None else [rt, rt.candidate.runtime]
+            try:
+                for r in runtimes:
+                    await asyncio.to_thread(_warm_one, r, X)
+            except Exception as e:
+                log.warning("warm-up: policy %s failed its warm-up decision (%s: %s); its "
+                            "requests take the usual path", name, type(e).__name__, e)
+                failed.append(name)
+        return failed
+
     def explore(self, rt: PolicyRuntime, d: Decision) -> tuple[Decision, dict[str, Any]]:
         """Apply the policy's exploration to a (possibly cached) greedy decision.
 
@@ -555,3 +590,11 @@ class Pipeline:
                      f"{reason}: fallback chain", policy=pol.name, policy_version=rt.version,
                      router="fallback", timings_ms=timings)
         return d
+
+
+def _warm_one(rt: PolicyRuntime, X: np.ndarray) -> None:
+    """:meth:`Pipeline.warm`'s work for one runtime: its guard's verdict and its router's
+    decision on the warm-up query's embedding ``X`` (1, d)."""
+    if rt.guard is not None:
+        rt.guard.verdict(X, [WARM_TEXT])  # type: ignore[attr-defined]
+    rt.router.decide(X, [WARM_TEXT])

@@ -8,6 +8,8 @@
   without micro-batching.
 * ``soak`` (:mod:`expertgate.bench.soak`): steady load through a real gateway while RSS
   and file descriptors are sampled.
+* ``startup`` (:mod:`expertgate.bench.startup`): the first decisions after a start, with and
+  without the start-up warm-up, each in a fresh process.
 
 Every figure is printed with the machine it was measured on; speed targets are checked here
 (met / not met), never in unit tests.
@@ -21,12 +23,15 @@ __all__ = ["cli_register"]
 
 
 def cli_register(parser: Any) -> None:
-    """Add the ``overhead``, ``router`` and ``soak`` subcommands to ``expertgate bench``."""
+    """Add the ``overhead``, ``router``, ``soak`` and ``startup`` subcommands to
+    ``expertgate bench``."""
     from expertgate.bench.overhead import register_overhead
     from expertgate.bench.router import register_router
     from expertgate.bench.soak import cli_register_soak
+    from expertgate.bench.startup import cli_register_startup
 
     sub = parser.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
     register_overhead(sub)
     register_router(sub)
     cli_register_soak(sub)
+    cli_register_startup(sub)

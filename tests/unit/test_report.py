@@ -350,3 +350,20 @@ def test_routing_bar_block_reads_the_selected_router_against_the_simple_baseline
     assert lines[4].endswith("| apgr | 0.680 | simple-lr 0.660 | +0.020 | - |")
     with pytest.raises(ValueError, match="vs_simple"):
         R.render_block("routing-bar old.json")
+
+
+def test_startup_block_reads_both_variants_medians(tmp_path: Path) -> None:
+    run = {"benchmark": "startup", "config": "examples/demo-local.yaml", "first": 5,
+           "median": {"warm": {"start_s": 0.55, "first_decision_ms": 3.4,
+                               "worst_of_first_ms": 3.4, "steady_p50_ms": 1.2},
+                      "cold": {"start_s": 0.35, "first_decision_ms": 114.1,
+                               "worst_of_first_ms": 114.1, "steady_p50_ms": 1.1}},
+           "git": {"commit": "0123456789ab", "dirty": False},
+           "machine": {"date_utc": "2026-12-02", "cpu": "AMD EPYC", "cores": 2},
+           "command": "expertgate bench startup --config examples/demo-local.yaml"}
+    (tmp_path / "s.json").write_text(json.dumps(run))
+    s = R.render_block(f"startup {tmp_path}/s.json")
+    assert "| `examples/demo-local.yaml` | warm-up (default) | 0.550 | 3.40 | 3.40 (first 5) " \
+           "| 1.200 |" in s
+    assert "| no warm-up | 0.350 | 114.10 | 114.10 (first 5) | 1.100 |" in s
+    assert "commit 0123456789;" in s and "expertgate bench startup --config" in s
