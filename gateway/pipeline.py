@@ -345,7 +345,12 @@ class Pipeline:
             runtimes = [rt] if rt.candidate is None else [rt, rt.candidate.runtime]
             try:
                 for r in runtimes:
-                    await asyncio.to_thread(_warm_one, r, X)
+                    # on the event loop's thread, where requests run the guard and router
+                    # (warmed in a worker thread instead, the steady decisions after it
+                    # were slower: docs/performance.md); one decision at a time, as a
+                    # request's, so a reload's warm-up holds the loop no longer than one
+                    _warm_one(r, X)
+                    await asyncio.sleep(0)
             except Exception as e:
                 log.warning("warm-up: policy %s failed its warm-up decision (%s: %s); its "
                             "requests take the usual path", name, type(e).__name__, e)
