@@ -356,7 +356,9 @@ def _train(args: argparse.Namespace) -> int:
         for kind in kinds:
             e = make_embedder(kind, **_embedder_options(args, kind))
             announce_embedding(e, kind, table.prompts, args.cache_dir)
-            embedded.append((e, embed_cached(e, table.prompts, args.cache_dir, progress=True)))
+            # a progress bar for a person at a terminal; a log (CI, a scheduler) stays clean
+            embedded.append((e, embed_cached(e, table.prompts, args.cache_dir,
+                                             progress=sys.stderr.isatty())))
         embed_s = time.perf_counter() - t0
         candidates = None
         embedder, X = embedded[0]

@@ -261,3 +261,14 @@ def test_the_embedding_estimate_leaves_out_the_embedders_first_load(tmp_path: Pa
     eta = announce_embedding(LazyEmbedder(), "distilled", [f"q {i}" for i in range(20000)],
                              tmp_path, out=out)
     assert eta is not None and eta < 10 and out.getvalue() == ""
+
+
+def test_train_shows_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path: Path,
+                                                                   capsys) -> None:
+    # 300 prompts: more than one embedding batch, where the bar would start
+    rc = main(["train", "--data", "synthetic:300x2", "--router", "knn", "--out",
+               str(tmp_path / "a"), "--embedder", "hashing", "--cache-dir",
+               str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "batch/s" not in err and "embedding (" not in err, err
