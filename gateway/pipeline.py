@@ -321,7 +321,8 @@ class Pipeline:
         X = await loop.run_in_executor(self._executor, self.embedder.embed, [text])
         return X[0]
 
-    async def warm(self, policies: PolicySet | None = None) -> list[str]:
+    async def warm(self, policies: PolicySet | None = None, timeout_s: float = 30.0
+                   ) -> list[str]:
         """One decision's work for every policy of ``policies`` (default: the served set) and
         its canary or shadow candidate, before they serve: :data:`WARM_TEXT` embedded through
         the request path (the embedding thread or the micro-batcher), then each guard's
@@ -330,13 +331,15 @@ class Pipeline:
         learned router's first decision against ~1 ms after it, docs/performance.md). The
         decision cache, the routing log and the metrics are not touched. A failure is logged
         and its policy named in the result; serving goes on, the request path keeps its own
-        fallbacks."""
+        fallbacks. An embedding that takes longer than ``timeout_s`` (a hung encoder) ends
+        the warm-up, so the gateway still starts."""
         pset = self.policies if policies is None else policies
         if self.embedder is None or not pset.policies:
             return []
         try:
-            X = np.asarray(await self._embed_fn(WARM_TEXT)).reshape(1, -1)
-        except Exception as e:
+            async with asyncio.timeout(timeout_s):
+                X = np.asarray(await self._embed_fn(WARM_TEXT)).reshape(1, -1)
+        except Exception as e:  # TimeoutError included
             log.warning("warm-up: the embedder failed (%s: %s); the first requests pay its "
                         "first run", type(e).__name__, e)
             return sorted(pset.policies)

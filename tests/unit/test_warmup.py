@@ -136,3 +136,29 @@ def test_bench_startup_times_both_variants_each_in_a_fresh_process(tmp_path: Pat
     bad = subprocess.run([*argv[:5], "--config", str(tmp_path / "none.yaml")],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "no config file" in bad.stderr
+
+
+async def test_a_hung_embedder_ends_the_warm_up_and_the_gateway_starts(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+
+    a = await OpenAIUpstreamDouble("a").start()
+    b = await OpenAIUpstreamDouble("b").start()
+    try:
+        gw = await _started(base_config(a.base, b.base), tmp_path, HashingEmbedder(),
+                            warm_up=False)
+        try:
+            async def hung(text: str):  # type: ignore[no-untyped-def]
+                await asyncio.sleep(60)
+
+            gw.pipeline._embed_fn = hung
+            with caplog.at_level(logging.WARNING, logger="expertgate.pipeline"):
+                failed = await gw.pipeline.warm(timeout_s=0.05)
+            assert failed == ["auto"]
+            assert any("warm-up: the embedder failed (TimeoutError" in r.getMessage()
+                       for r in caplog.records)
+        finally:
+            await gw.close()
+    finally:
+        await a.stop()
+        await b.stop()
