@@ -5,7 +5,7 @@ export TRANSFORMERS_OFFLINE := 1
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-unit test-integration lint typecheck bench-overhead bench-router soak eval-guard eval-guard-default eval-routing eval-simple-bar train-time report clean
+.PHONY: setup demo test test-unit test-integration lint typecheck bench-overhead bench-router soak bench-startup eval-guard eval-guard-default eval-routing eval-simple-bar train-time report clean
 
 setup:
 	@bash scripts/setup.sh
@@ -36,6 +36,13 @@ bench-router: setup
 
 soak: setup
 	$(PY) -m expertgate bench soak --out runs/soak.json
+
+# the first decisions after a start, with and without the start-up warm-up: the README demo's
+# config and a learned stack policy as `expertgate train` writes it
+bench-startup: setup
+	$(PY) -m expertgate bench startup --config examples/demo-local.yaml --rounds 5 --json docs/results/startup/demo-local.json
+	$(PY) -m expertgate train --router stack --data routellm:gsm8k --embedder distilled --out /tmp/s13/gsm8k-stack > /dev/null
+	$(PY) -m expertgate bench startup --config /tmp/s13/gsm8k-stack/policy.yaml --rounds 5 --json docs/results/startup/stack-gsm8k.json
 
 eval-guard: setup
 	$(PY) -m expertgate eval guard --suite clinc150-gqr --embedder onnx --finetune --finetune-epochs 0,2 --methods baseline-tfidf-svm,baseline-lr-knn,guard-knn,guard-mahalanobis,guard-mlp-knn+msp --target-frr 0.02,0.05 --seed-set report --latency-sample 100 --json docs/results/guard/clinc150-gqr.json
