@@ -923,14 +923,14 @@ def _startup_rows(files: Sequence[str]) -> str:
     first ones and the steady p50."""
     lines = ["| file | config | variant | start-up s | first decision ms | worst of first "
              "decisions ms | steady p50 ms |", "|---|---|---|---:|---:|---:|---:|"]
-    for a in files:
-        r = _load(a)
+    runs = {a: _load(a) for a in files}
+    for a, r in runs.items():
         for v, label in (("warm", "warm-up (default)"), ("cold", "no warm-up")):
             m = r["median"][v]
             lines.append(f"| `{a}` | `{r['config']}` | {label} | {m['start_s']:.3f} | "
                          f"{m['first_decision_ms']:.2f} | {m['worst_of_first_ms']:.2f} "
                          f"(first {r['first']}) | {m['steady_p50_ms']:.3f} |")
-    lines += ["", *(_source(a, _load(a)) for a in files)]
+    lines += ["", *(_source(a, r) for a, r in runs.items())]
     return "\n".join(lines)
 
 

@@ -304,11 +304,8 @@ def evaluate_predictions(P_val: np.ndarray, P_test: np.ndarray, val: RoutingTabl
         val_c_arr, val_q_arr = M.quality_cost_curve(P_val, Sv, Cv, lams, knob_costs=kv)
         out["val_aiq"] = _aiq(val_c_arr.tolist(), val_q_arr.tolist(), Sv, Cv)
         k = _first_reaching(val_q_arr.tolist(), qb_v)
-        # the validation side of ``cost_at_best_single_quality_deployed`` (what selection
-        # among methods may read): the knob's validation cost, or the best single's
-        out["val_cost_at_best_single_quality_deployed"] = (
-            float(val_c_arr[k]) / cb_v if val_q_arr[k] >= qb_v - 1e-9 else 1.0) \
-            if cb_v > 0 else None
+        out["val_cost_at_best_single_quality_deployed"] = _val_deployed(
+            bool(val_q_arr[k] >= qb_v - 1e-9), float(val_c_arr[k]), cb_v)
         ch = M.choose(P_test, kt, float(lams[k]))
         q, c, miss = M.realised(ch, St, Ct)
         out.update({"apgr": None, "val_apgr": None, "auc": None, "cpt20": None, "cpt50": None,
@@ -403,9 +400,9 @@ def _single_point(choice_t: np.ndarray, test: RoutingTable, strong: int,
         jb_v, qb_v, cb_v = _best_single(val.scores, val.costs)
         reach = v["quality"] >= qb_v - 1e-9
         out.update(_deployed(reach, out["quality"], out["cost"], jb_v, test))
-        if val.scores.shape[1] > 2 and cb_v > 0:
-            out["val_cost_at_best_single_quality_deployed"] = v["cost"] / cb_v if reach \
-                else 1.0
+        if val.scores.shape[1] > 2:
+            out["val_cost_at_best_single_quality_deployed"] = _val_deployed(reach, v["cost"],
+                                                                            cb_v)
     return out
 
 
@@ -421,6 +418,15 @@ def _deployed(reach: bool, q: float, c: float, best_val: int, test: RoutingTable
     return {"validation_reaches_best_single": float(reach),
             "cost_at_best_single_quality_deployed": c / cb_t if cb_t > 0 else None,
             "quality_gap_deployed": q - qb_t}
+
+
+def _val_deployed(reach: bool, cost: float, best_cost: float) -> float | None:
+    """The validation side of ``cost_at_best_single_quality_deployed`` (what selection among
+    methods may read): the validation ``cost`` in units of the validation's best single
+    model's ``best_cost`` where the method ``reach``-es its quality, else 1 (that model)."""
+    if best_cost <= 0:
+        return None
+    return cost / best_cost if reach else 1.0
 
 
 def _choices_from_decisions(router: Router, X: np.ndarray, texts: Sequence[str],
@@ -705,10 +711,10 @@ def _select_n_experts(per_seed: Mapping[str, Sequence[Mapping[str, Any]]],
         return by_aiq, float(rows[by_aiq]["val_aiq"]), {}
     low = min(vals, key=lambda n: float(vals[n].mean()))
     out: dict[str, Any] = {}
-    for n, v in vals.items():
-        d = v - vals[low] if v.size == vals[low].size else None
-        se = float(d.std(ddof=1) / np.sqrt(d.size)) if d is not None and d.size > 1 else 0.0
-        gap = float(d.mean()) if d is not None else float("inf")
+    for n, v in vals.items():  # every method has a figure in every seed (a failed one left)
+        d = v - vals[low]
+        se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else 0.0
+        gap = float(d.mean())
         out[n] = {"mean": float(v.mean()), "minus_lowest": gap, "se": se,
                   "eligible": bool(gap <= se + 1e-12)}
     eligible = [n for n in vals if out[n]["eligible"]]

@@ -274,13 +274,19 @@ class StackRouter(QualityRouter):
         the queries' category weights (None: no category component). ``kn``: the estimate,
         already computed (:meth:`_fold_knn`)."""
         if kn is None:
-            kn = knn_quality(Xq, Xtr, S, S.mean(axis=0), k=int(self.k),
-                             temperature=float(self.temperature),
-                             prior_strength=float(self.prior_strength))
+            kn = self._knn(Xq, Xtr, S, S.mean(axis=0))
         if cats is None:
             return kn, None
         lq = None if lex is None else (lex[1], self._centroids(lex[0], cats, K))
         return kn, self._category_weights(self._centroids(Xtr, cats, K), Xq, lq)
+
+    def _knn(self, Xq: np.ndarray, Xtr: np.ndarray, S: np.ndarray, prior: np.ndarray
+             ) -> np.ndarray:
+        """:func:`routers.knn.knn_quality` with this router's ``k``, ``temperature`` and
+        ``prior_strength``."""
+        return knn_quality(Xq, Xtr, S, prior, k=int(self.k),
+                           temperature=float(self.temperature),
+                           prior_strength=float(self.prior_strength))
 
     #: experts scored on different prompts (a table with missing scores) share one
     #: neighbour search per fold when each is scored on at least this share of the training
@@ -315,19 +321,19 @@ class StackRouter(QualityRouter):
         return out
 
     def _fold_knn(self, lists: tuple[np.ndarray, np.ndarray, np.ndarray], rows: np.ndarray,
-                  S: np.ndarray, finite: np.ndarray, prior: np.ndarray,
-                  exact: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-        """The nearest-neighbour estimate (as :func:`knn_quality`) for one fold's prompts
-        ``rows`` (global) of a group of experts, from the fold's shared search ``lists``:
-        each prompt's first ``k`` listed neighbours the group has scores on (``finite``,
-        global), voting with the group's scores ``S`` (global rows, the group's columns).
-        A prompt with fewer than ``k`` such neighbours in its list gets ``exact`` (the
-        group's own search, given the rows' positions in ``rows``)."""
+                  S: np.ndarray, finite: np.ndarray, Xq: np.ndarray, Xtr: np.ndarray,
+                  Str: np.ndarray) -> np.ndarray:
+        """:meth:`_shared`'s nearest-neighbour estimate of a group of experts for one fold's
+        prompts ``rows`` (global; their vectors ``Xq``), from the fold's shared search
+        ``lists``: each prompt's first ``k`` listed neighbours the group has scores on
+        (``finite``, global), voting with the group's scores ``S`` (global rows, the group's
+        columns). A prompt with fewer than ``k`` such neighbours in its list gets the group's
+        own search over its training prompts ``Xtr`` / ``Str``."""
         q, nbr, top = lists
         pos = np.searchsorted(q, rows)
         L, T = nbr[pos], top[pos]
-        n_train = int(finite.sum()) - int(finite[rows].sum())
-        kk = min(int(self.k), n_train)
+        prior = Str.mean(axis=0)
+        kk = min(int(self.k), Xtr.shape[0])
         mask = finite[L]
         c = np.cumsum(mask, axis=1)
         full = c[:, -1] >= kk if L.shape[1] else np.zeros(rows.size, bool)
@@ -339,7 +345,7 @@ class StackRouter(QualityRouter):
                                        temperature=float(self.temperature),
                                        prior_strength=float(self.prior_strength))
         if not full.all():
-            out[~full] = exact(np.flatnonzero(~full))
+            out[~full] = self._knn(Xq[~full], Xtr, Str, prior)
         return out
 
     def _base(self, Xtr: np.ndarray, Htr: np.ndarray, s: np.ndarray, Xq: np.ndarray,
@@ -550,7 +556,8 @@ class StackRouter(QualityRouter):
         expert_trees: list[Any] = [None] * m
         lists = self._fold_neighbours(Xu, fold_all, S, groups)
         for experts in groups.values():
-            ok = np.flatnonzero(np.isfinite(S[:, experts[0]]))
+            finite = np.isfinite(S[:, experts[0]])
+            ok = np.flatnonzero(finite)
             Xa, Ha, Sa = Xu[ok], H[ok], S[ok][:, experts]
             fold = fold_all[ok]
             ca = cat_all[ok] if cat_all is not None else None
@@ -574,21 +581,14 @@ class StackRouter(QualityRouter):
                          Ha: np.ndarray = Ha, Sa: np.ndarray = Sa, ca: Any = ca, La: Any = La,
                          Fa: Any = Fa, oof: np.ndarray = oof, full: list[Any] = full,
                          n_exp: int = len(experts), seed: int = seed, ok: np.ndarray = ok,
-                         experts: list[int] = experts) -> None:
+                         Sg: np.ndarray = S[:, experts], finite: np.ndarray = finite) -> None:
                 te, tr = fold == f, fold != f
                 if tr.sum() < 2 or not te.any():
                     return
                 lex_f = None if La is None else (La[tr], La[te])
                 trees_f = None if Fa is None else (Fa[tr], Fa[te], seed + 1 + f)
-                pre = None
-                if lists is not None:  # the fold's shared search, filtered to the group
-                    prior = Sa[tr].mean(axis=0)
-                    Xte, Xtr, Str = Xa[te], Xa[tr], Sa[tr]
-                    pre = self._fold_knn(
-                        lists[f], ok[te], S[:, experts], np.isfinite(S[:, experts[0]]), prior,
-                        lambda i: knn_quality(Xte[i], Xtr, Str, prior, k=int(self.k),
-                                              temperature=float(self.temperature),
-                                              prior_strength=float(self.prior_strength)))
+                pre = None if lists is None else self._fold_knn(  # the shared search
+                    lists[f], ok[te], Sg, finite, Xa[te], Xa[tr], Sa[tr])
                 kn, catw = self._shared(Xa[tr], Sa[tr], Xa[te],
                                         ca[tr] if ca is not None else None, K, lex_f, kn=pre)
                 for g in range(n_exp):
@@ -638,10 +638,8 @@ class StackRouter(QualityRouter):
             raise RouterError("stack router needs the query texts (prompt statistics)")
         Xu = unit_rows(X).astype(np.float64)
         Hs = (text_statistics(texts) - self.stat_mean_) / self.stat_scale_
-        kn = knn_quality(Xu, self.train_X_, self.train_scores_.astype(np.float64),
-                         np.asarray(self.prior_, dtype=np.float64), k=int(self.k),
-                         temperature=float(self.temperature),
-                         prior_strength=float(self.prior_strength))
+        kn = self._knn(Xu, self.train_X_, self.train_scores_.astype(np.float64),
+                       np.asarray(self.prior_, dtype=np.float64))
         pe = _sigmoid(Xu @ self.emb_coef_.T + self.emb_bias_)
         ph = _sigmoid(Hs @ self.stat_coef_.T + self.stat_bias_)
         parts = [_logit(pe), _logit(ph), _logit(kn)]
