@@ -927,9 +927,11 @@ def _startup_rows(files: Sequence[str]) -> str:
     for a, r in runs.items():
         for v, label in (("warm", "warm-up (default)"), ("cold", "no warm-up")):
             m = r["median"][v]
+            # null: a run with --steady 0 measured no steady decisions
+            steady = "n/a" if m["steady_p50_ms"] is None else f"{m['steady_p50_ms']:.3f}"
             lines.append(f"| `{a}` | `{r['config']}` | {label} | {m['start_s']:.3f} | "
                          f"{m['first_decision_ms']:.2f} | {m['worst_of_first_ms']:.2f} "
-                         f"(first {r['first']}) | {m['steady_p50_ms']:.3f} |")
+                         f"(first {r['first']}) | {steady} |")
     lines += ["", *(_source(a, r) for a, r in runs.items())]
     return "\n".join(lines)
 

@@ -83,11 +83,12 @@ async def _measure(config: Path, policy: str | None, warm: bool, first: int, ste
                 times.append((time.perf_counter() - t) * 1000.0)
         finally:
             await gw.close()
-    st = np.array(times[first:]) if steady else np.array([np.nan])
+    # no steady decisions (--steady 0): no steady p50 (null in the JSON, not NaN)
+    steady_p50 = round(float(np.percentile(times[first:], 50)), 3) if steady else None
     return {"start_s": round(start_s, 4), "first_ms": [round(x, 3) for x in times[:first]],
             "first_decision_ms": round(times[0], 3),
             "worst_of_first_ms": round(max(times[:first]), 3),
-            "steady_p50_ms": round(float(np.nanpercentile(st, 50)), 3)}
+            "steady_p50_ms": steady_p50}
 
 
 def run_variant(config: Path, policy: str | None, warm: bool, first: int, steady: int
@@ -132,7 +133,7 @@ def cmd_startup(args: argparse.Namespace) -> int:
     machine["loadavg_end"] = list(os.getloadavg())
     from evals.provenance import git_state, package_versions
 
-    summary = {v: {k: round(float(np.median([r[k] for r in rs])), 3)
+    summary = {v: {k: _median([r[k] for r in rs])
                    for k in ("start_s", "first_decision_ms", "worst_of_first_ms",
                              "steady_p50_ms")} for v, rs in rounds.items()}
     result = {"benchmark": "startup", "machine": machine, "git": git_state(),
@@ -151,5 +152,16 @@ def cmd_startup(args: argparse.Namespace) -> int:
     for v, label in (("warm", "warm-up (default)"), ("cold", "no warm-up")):
         m = summary[v]
         print(f"| {label} | {m['start_s']:.3f} | {m['first_decision_ms']:.2f} | "
-              f"{m['worst_of_first_ms']:.2f} | {m['steady_p50_ms']:.3f} |")
+              f"{m['worst_of_first_ms']:.2f} | {_ms(m['steady_p50_ms'])} |")
     return 0
+
+
+def _median(values: list[float | None]) -> float | None:
+    """Median over the rounds; None where a figure was not measured (``--steady 0``)."""
+    if any(v is None for v in values):
+        return None
+    return round(float(np.median(values)), 3)
+
+
+def _ms(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"

@@ -162,3 +162,29 @@ async def test_a_hung_embedder_ends_the_warm_up_and_the_gateway_starts(
     finally:
         await a.stop()
         await b.stop()
+
+
+def test_bench_startup_without_steady_decisions_writes_null_not_nan(tmp_path: Path) -> None:
+    import json
+
+    from evals.report import _startup_rows
+    from expertgate.bench.startup import _median, run_variant
+
+    path = tmp_path / "gw.yaml"
+    path.write_text(yaml.safe_dump(base_config("http://127.0.0.1:9/v1",
+                                               "http://127.0.0.1:9/v1")))
+    run = run_variant(path, None, False, 1, 0)
+    assert run["steady_p50_ms"] is None and len(run["first_ms"]) == 1
+
+    def no_nan(c: str) -> float:
+        raise AssertionError(f"{c} in the JSON")
+
+    json.loads(json.dumps(run), parse_constant=no_nan)  # strict JSON: null, not NaN
+    assert _median([None, 1.0]) is None and _median([1.0, 3.0, 2.0]) == 2.0
+    res = {"config": str(path), "first": 1, "command": "expertgate bench startup",
+           "median": {v: {"start_s": 0.5, "first_decision_ms": 2.0, "worst_of_first_ms": 2.0,
+                          "steady_p50_ms": None} for v in ("warm", "cold")}}
+    f = tmp_path / "s.json"
+    f.write_text(json.dumps(res))
+    rows = _startup_rows([str(f)]).splitlines()
+    assert rows[2].endswith("| n/a |") and rows[3].endswith("| n/a |")
