@@ -158,9 +158,10 @@ def cmd_startup(args: argparse.Namespace) -> int:
 
 def _median(values: list[float | None]) -> float | None:
     """Median over the rounds; None where a figure was not measured (``--steady 0``)."""
-    if any(v is None for v in values):
+    known = [v for v in values if v is not None]
+    if len(known) < len(values):
         return None
-    return round(float(np.median(values)), 3)
+    return round(float(np.median(known)), 3)
 
 
 def _ms(v: float | None) -> str:
