@@ -305,14 +305,16 @@ class Dispatcher:
                 if tried > 0 and again:
                     await asyncio.sleep(min(retry.backoff(tried - 1), max(remaining / 2, 0.0)))
                     remaining = deadline - time.monotonic()
+                if body is None and expert.kind == "openai":
+                    # before the breaker is asked: a request that cannot be serialised (too
+                    # deeply nested) fails here without taking a half-open probe slot
+                    body = body_for(expert)
                 if not rep.breaker.allow():
                     if not again:
                         attempts.append(Attempt(name, rep.base, "circuit_open", 0.0))
                     continue
                 probe = rep.breaker.probing
                 tried += 1
-                if body is None and expert.kind == "openai":
-                    body = body_for(expert)
                 t0 = time.perf_counter()
                 rep.inflight += 1
                 try:

@@ -297,3 +297,24 @@ def test_lora_adapter_prefers_replicas_where_it_is_resident() -> None:
     firsts = {d.pools["law"].order(f"p{i}".encode(), "law")[0].base for i in range(40)}
     assert len(firsts) > 1  # no residency known: spread by affinity + load
     assert d.pools["sql"].replicas is d.pools["base"].replicas
+
+
+async def test_unforwardable_request_does_not_take_the_half_open_probe(ups, tmp_path: Path
+                                                                       ) -> None:
+    # a routed request too deeply nested to serialise with the expert's model name is a 400;
+    # it must not hold the half-open slot (that kept a recovered expert out for 120 s)
+    coder, chatter = ups
+    async with gateway_client(base_config(coder.base, chatter.base), tmp_path) as (c, gw):
+        rep = gw.dispatcher.pools["coder"].replicas[0]
+        for _ in range(rep.breaker.threshold):
+            rep.breaker.failure()
+        rep.breaker.open_until = 0.0  # cooldown over: the next request would be the probe
+        deep: Any = []
+        for _ in range(300):
+            deep = [deep]
+        r = await c.post("/v1/chat/completions",
+                         json={**chat("coder", "fix this bug in my code"), "extra": deep})
+        assert r.status_code == 400 and "nested too deeply" in r.json()["error"]["message"]
+        assert not rep.breaker.probing and not coder.received
+        r = await c.post("/v1/chat/completions", json=chat("coder", "fix this bug"))
+        assert r.status_code == 200 and rep.breaker.state == "closed"
