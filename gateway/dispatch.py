@@ -48,7 +48,13 @@ from gateway.config import ExpertConfig, GatewayConfig
 from gateway.errors import UpstreamTimeout, UpstreamUnavailable
 from gateway.metrics import Metrics
 from gateway.upstream_http import UpstreamHTTP
-from gateway.upstreams import UpstreamFailure, UpstreamReply, call_litellm, call_openai, scrub
+from gateway.upstreams import (
+    UpstreamFailure,
+    UpstreamReply,
+    call_litellm,
+    call_openai,
+    error_body,
+)
 
 __all__ = ["Attempt", "CircuitBreaker", "DispatchResult", "Dispatcher", "Replica",
            "RetryPolicy"]
@@ -349,7 +355,8 @@ class Dispatcher:
                         rep.breaker.success()
                         return DispatchResult(expert, rep.base, UpstreamReply(
                             f.status or 502, "application/json",
-                            _error_body(f, expert.name, rep.base)), attempts)
+                            error_body(f.body or b"", f.status, expert.name, rep.base)),
+                            attempts)
                     log.warning("upstream %s at %s failed: %s", name, rep.base, f)
                     rep.breaker.failure()
                     self._breaker_metric(name, rep)
@@ -417,29 +424,3 @@ class Dispatcher:
         if self._circuit.get(key) != v:
             self._circuit[key] = v
             self.metrics.child(self.metrics.circuit_open, name, rep.base).set(v)
-
-
-
-def _error_body(f: UpstreamFailure, expert: str, base: str) -> bytes:
-    """The upstream's own error, OpenAI-shaped, without the upstream's address in it."""
-    raw = f.body or b""
-    try:
-        obj = orjson.loads(raw) if raw else None
-    except orjson.JSONDecodeError:
-        obj = None
-    err = obj.get("error") if isinstance(obj, dict) else None
-    if isinstance(err, dict) and isinstance(err.get("message"), str):
-        out = {"message": err["message"], "type": err.get("type") or "upstream_error",
-               "param": err.get("param"), "code": err.get("code")}
-    elif isinstance(err, str):  # {"error": "text"} (TGI and others)
-        out = {"message": err, "type": "upstream_error", "param": None, "code": None}
-    else:
-        text = raw.decode("utf-8", "replace").strip()[:500] or f"status {f.status}"
-        out = {"message": f"{expert} could not process this request: {text}",
-               "type": "upstream_error", "param": None, "code": None}
-    host = base.split("://", 1)[-1].split("/", 1)[0]
-    for k in ("message", "param", "code"):
-        v = out[k]
-        if isinstance(v, str):
-            out[k] = scrub(v.replace(base, "<upstream>").replace(host, "<upstream>"))
-    return orjson.dumps({"error": out})

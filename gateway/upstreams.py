@@ -47,15 +47,52 @@ __all__ = [
     "UpstreamReply",
     "call_litellm",
     "call_openai",
+    "error_body",
     "scrub",
 ]
 
 _URL = re.compile(r"(?:https?|wss?|redis|rediss)://[^\s'\"<>]+", re.IGNORECASE)
+#: an IPv4 address (with a port, if any) outside a URL: an upstream's own message may name
+#: the host it runs on
+_IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?::\d{1,5})?(?![\w.])")
 
 
 def scrub(text: str) -> str:
-    """``text`` without any URL in it (upstream addresses stay in the log, not in replies)."""
-    return _URL.sub("<upstream>", text)
+    """``text`` without any URL or IPv4 address in it (upstream addresses stay in the log,
+    not in replies)."""
+    return _IPV4.sub("<upstream>", _URL.sub("<upstream>", text))
+
+
+def error_body(raw: bytes, status: int | None, expert: str, base: str) -> bytes:
+    """An upstream's error reply (``raw``, any shape: OpenAI's ``{"error": {...}}``, vLLM's
+    ``{"object": "error", "message": ...}``, ``{"error": "text"}``, plain text or HTML) as
+    the OpenAI-shaped body the client gets, without the upstream's address in it."""
+    try:
+        obj = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        obj = None
+    err = obj.get("error") if isinstance(obj, dict) else None
+    if isinstance(err, dict) and isinstance(err.get("message"), str):
+        out = {"message": err["message"], "type": err.get("type") or "upstream_error",
+               "param": err.get("param"), "code": err.get("code")}
+    elif isinstance(err, str):  # {"error": "text"} (TGI and others)
+        out = {"message": err, "type": "upstream_error", "param": None, "code": None}
+    elif isinstance(obj, dict) and isinstance(obj.get("message"), str):
+        # vLLM's ErrorResponse: {"object": "error", "message", "type", "param", "code"}
+        out = {"message": obj["message"], "type": obj.get("type") or "upstream_error",
+               "param": obj.get("param"), "code": obj.get("code")}
+    else:
+        text = raw.decode("utf-8", "replace").strip()[:500] or f"status {status}"
+        out = {"message": f"{expert} could not process this request: {text}",
+               "type": "upstream_error", "param": None, "code": None}
+    host = base.split("://", 1)[-1].split("/", 1)[0]
+    for k in ("message", "type", "param", "code"):
+        v = out[k]
+        if isinstance(v, str):
+            out[k] = scrub(v.replace(base, "<upstream>").replace(host, "<upstream>"))
+        elif k != "code" and v is not None:  # a type or param that is not text
+            out[k] = str(v)
+    return orjson.dumps({"error": out})
 
 
 class UpstreamFailure(Exception):
@@ -84,15 +121,18 @@ class UpstreamProtocolError(Exception):
 class SSECheck:
     """Checks an SSE stream line by line as it is passed through, and reads its usage.
 
-    Every ``data:`` line must be ``[DONE]`` or a JSON object; lines may span chunks. Costs
-    one orjson parse per event (microseconds), the price of never passing garbage on as a
-    success.
+    Every line must be an SSE line (a ``data``, ``event``, ``id`` or ``retry`` field, a
+    ``:`` comment or empty), so a body that is no event stream at all (an error page, a whole
+    JSON completion sent to a streamed request) fails on its first chunk; every ``data:``
+    line must be ``[DONE]`` or a JSON object; lines may span chunks. Costs one orjson parse
+    per event (microseconds), the price of never passing garbage on as a success.
     """
 
-    __slots__ = ("done", "events", "ident", "tail", "usage")
+    __slots__ = ("done", "events", "ident", "started", "tail", "usage")
 
     def __init__(self) -> None:
         self.tail = b""
+        self.started = False
         self.done = False
         #: data events with generated content (a token count when no usage is reported)
         self.events = 0
@@ -102,13 +142,28 @@ class SSECheck:
 
     def feed(self, chunk: bytes) -> None:
         buf = self.tail + chunk if self.tail else chunk
+        if not self.started and buf:
+            self.started = True
+            if buf.startswith(_BOM):  # the one place the SSE format allows one
+                buf = buf[len(_BOM):]
         lines = buf.split(b"\n")
         self.tail = lines.pop()
         for line in lines:
             self._line(line.rstrip(b"\r"))
+        t = self.tail
+        if t and not (_sse_line(t) or any(f.startswith(t) for f in _FIELDS)):
+            raise UpstreamProtocolError(f"not an event stream: {t[:80]!r}")
+
+    def finish(self) -> None:
+        """The stream ended: its last line, if unterminated, must be an SSE line too."""
+        if self.tail:
+            self._line(self.tail.rstrip(b"\r"))
+            self.tail = b""
 
     def _line(self, line: bytes) -> None:
         if not line.startswith(b"data:"):
+            if line and not _sse_line(line):
+                raise UpstreamProtocolError(f"not an event stream: {line[:80]!r}")
             return
         data = line[5:].strip()
         if data == b"[DONE]":
@@ -134,6 +189,19 @@ class SSECheck:
             delta = ch[0].get("delta")
             if (isinstance(delta, dict) and delta.get("content")) or ch[0].get("text"):
                 self.events += 1
+
+
+_BOM = b"\xef\xbb\xbf"
+#: an SSE line's field names (a line may also be a ``:`` comment or empty)
+_FIELDS = (b"data", b"event", b"id", b"retry")
+
+
+def _sse_line(line: bytes) -> bool:
+    """Whether ``line`` (non-empty) is an SSE comment or one of the SSE fields."""
+    if line[:1] == b":":
+        return True
+    name = line.split(b":", 1)[0]
+    return name in _FIELDS
 
 
 async def _empty() -> AsyncIterator[bytes]:
@@ -223,13 +291,19 @@ async def call_openai(client: UpstreamHTTP, expert: ExpertConfig, base: str, pat
                                         connect_timeout_s=expert.connect_timeout_s)
             status = resp.status
             ctype = resp.content_type
-            if status >= 400 or not stream:
+            if status != 200 or not stream:
                 data = await resp.read()
                 if status >= 500 or status == 429:
                     raise UpstreamFailure("status", f"{base} answered {status}", status=status,
                                           body=data)
                 if status != 200:
-                    return UpstreamReply(status, ctype, data)
+                    if status >= 400:  # the request's own error: OpenAI-shaped, scrubbed
+                        return UpstreamReply(status, "application/json",
+                                             error_body(data, status, expert.name, base))
+                    # a 1xx/2xx/3xx where the protocol promises 200 (a redirect of a
+                    # misconfigured base, a 204): never passed on as an answer
+                    raise UpstreamFailure("protocol", f"{base} answered {status}",
+                                          status=status, public=f"answered {status}")
                 try:
                     obj = orjson.loads(data)
                 except orjson.JSONDecodeError:
@@ -249,7 +323,8 @@ async def call_openai(client: UpstreamHTTP, expert: ExpertConfig, base: str, pat
             except UpstreamProtocolError as e:
                 resp.release()
                 raise UpstreamFailure("protocol", f"{base}: {e}",
-                                      public="sent a stream event that is not JSON") from None
+                                      public="sent a stream that is not a valid event stream"
+                                      ) from None
     except TimeoutError:
         public = f"sent no data within {timeout_s:g}s"
         if resp is not None:

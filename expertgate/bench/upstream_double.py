@@ -40,6 +40,9 @@ class OpenAIUpstreamDouble:
     reject_if: Callable[[dict[str, Any]], bool] | None = None
     #: send a usage event at the end of streams when asked (llama.cpp never does)
     stream_usage: bool = True
+    #: (status, content type, body): every chat request gets exactly this reply (an error
+    #: page, another server's error shape, a body that is not what the protocol promises)
+    raw: tuple[int, str, bytes] | None = None
     received: list[dict[str, Any]] = field(default_factory=list)
     adapters: dict[str, str] = field(default_factory=dict)  # vLLM-style LoRA: name -> parent
     record: bool = True
@@ -88,6 +91,9 @@ class OpenAIUpstreamDouble:
             return web.json_response({"error": {
                 "message": "can only concatenate str (not \"list\") to str",
                 "type": "internal_server_error", "param": None, "code": None}}, status=500)
+        if self.raw is not None:
+            status, ctype, data = self.raw
+            return web.Response(status=status, body=data, headers={"content-type": ctype})
         if self.mode == "badjson" and not body.get("stream"):
             return web.Response(body=b'{"choices": [{"message": {"content": "trunc',
                                 content_type="application/json")

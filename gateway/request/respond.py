@@ -213,6 +213,7 @@ async def _stream(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
                 chunk = await it.__anext__()
             except StopAsyncIteration:
                 chunk = None
+                sse.finish()
             else:
                 sse.feed(chunk)
         if want_usage and sse.usage is None:  # the upstream ended without [DONE]

@@ -289,3 +289,51 @@ async def test_ensemble_answers_with_its_members_when_the_aggregator_is_down(
     rec = orjson.loads(lines[-1])
     assert rec["cost_usd"] == pytest.approx(2 * (7 * 1.0 + 5 * 2.0) / 1e6)
 
+
+
+@pytest.mark.parametrize("raw,message", [
+    ((404, "text/plain", b"model not found at {base}/chat/completions (internal host "
+      b"10.0.0.5)"), "could not process this request: model not found at <upstream>"),
+    ((422, "text/html", b"<html>nope</html>"), "could not process this request: <html>nope"),
+    ((404, "application/json", b'{"object": "error", "message": "The model `x` does not '
+      b'exist.", "type": "NotFoundError", "param": null, "code": 404}'),
+     "The model `x` does not exist."),
+])
+async def test_upstream_4xx_comes_back_openai_shaped_without_its_address(
+        ups, tmp_path: Path, raw: tuple[int, str, bytes], message: str) -> None:
+    coder, chatter = ups
+    status, ctype, body = raw
+    coder.raw = (status, ctype, body.replace(b"{base}", coder.base.encode()))
+    async with gateway_client(base_config(coder.base, chatter.base), tmp_path) as (c, _):
+        for model in ("auto", "coder"):
+            r = await c.post("/v1/chat/completions", json=chat(model, "fix this bug in my code"))
+            assert r.status_code == status and r.headers["content-type"] == "application/json"
+            err = _err(r)
+            assert err["message"].startswith(message) or message in err["message"]
+            assert "127.0.0.1" not in r.text and "10.0.0.5" not in r.text
+            assert str(coder.port) not in r.text and chatter.received == []
+
+
+@pytest.mark.parametrize("raw", [
+    (200, "application/json", b"not json at all"),
+    (200, "text/event-stream", b"not json at all\n\n"),
+    (200, "application/json", b'{"id": "x", "object": "chat.completion", "choices": []}'),
+    (302, "text/html", b"moved"),
+])
+async def test_a_stream_answered_with_no_event_stream_is_a_protocol_failure(
+        ups, tmp_path: Path, raw: tuple[int, str, bytes]) -> None:
+    # a streamed request's 200 whose body is no SSE (or a JSON completion) was passed on as
+    # an empty, successful stream; a redirect was passed on as the answer
+    coder, chatter = ups
+    coder.raw = raw
+    async with gateway_client(base_config(coder.base, chatter.base), tmp_path) as (c, _):
+        r = await c.post("/v1/chat/completions", json=chat(
+            "auto", "fix this bug in my code", stream=True))
+        assert r.status_code == 200 and r.headers["x-expertgate-expert"] == "chatter"
+        assert "expert-fallback" in r.headers["x-expertgate-degraded"]
+        assert "coder:protocol" in r.headers["x-expertgate-reason"]
+        assert r.text.rstrip().endswith("data: [DONE]")
+        r = await c.post("/v1/chat/completions", json=chat("coder", "x", stream=True))
+        assert r.status_code == 502 and _err(r)["code"] == "upstream_protocol_error"
+    rec = orjson.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])
+    assert rec["status"] == "error" and rec["http_status"] == 502

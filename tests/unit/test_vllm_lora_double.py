@@ -109,11 +109,13 @@ async def test_policy_routes_among_adapters_of_one_base(vllm: VLLMDouble, tmp_pa
 async def test_adapter_loaded_at_run_time_becomes_servable(vllm: VLLMDouble, tmp_path: Path
                                                            ) -> None:
     async with gateway_client(lora_config(vllm.base), tmp_path) as (c, _):
-        # configured in the gateway but not yet loaded in vLLM: vLLM's 404 is passed through
-        # as is (a 4xx is the client's problem, never retried on another expert)
+        # configured in the gateway but not yet loaded in vLLM: vLLM's 404 comes back with
+        # its status and message, OpenAI-shaped (a 4xx is the client's problem, never
+        # retried on another expert)
         r = await c.post("/v1/chat/completions", json=chat("legal-lora", "x"))
         assert r.status_code == 404
-        assert "legal-lora" in r.json()["message"]
+        err = r.json()["error"]
+        assert "legal-lora" in err["message"] and err["type"] == "NotFoundError"
         assert len(vllm.received) == 1
         async with aiohttp.ClientSession() as s:
             async with s.post(vllm.base + "/load_lora_adapter", json={
