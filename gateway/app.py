@@ -34,7 +34,7 @@ from gateway.pipeline import Pipeline, PolicySet, build_policy_set, carry_canary
 from gateway.ratelimit import RateLimiter
 from gateway.request import ENDPOINTS, handle
 from gateway.request.plan import Plan
-from gateway.request.read import BodyReads, read_other
+from gateway.request.read import BodyReads, ClientDisconnected, read_other
 from routers.embed import Embedder, make_embedder
 from routers.logrecord import CanaryEvent, ShadowRecord
 
@@ -390,6 +390,8 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
             try:
                 raw = await read_other(receive, scope.get("headers", ()), s.max_body_bytes,
                                        s.body_timeout_s, gw.body_reads)
+            except ClientDisconnected:
+                return  # nobody left to answer
             except GatewayError as e:
                 headers = [(b"content-type", b"application/json")]
                 headers += [(k.lower().encode(), v.encode()) for k, v in e.headers.items()]

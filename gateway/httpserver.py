@@ -99,6 +99,19 @@ class _Cycle(RequestResponseCycle):
     (uvicorn's own 500 after an app failed), never sent alone."""
 
     _start: Any = None
+    #: the app's callback for a client that leaves before its answer is complete (set by
+    #: the request path, :func:`gateway.request.handle`): called once, from
+    #: ``connection_lost`` or when the connection is refused under the request
+    on_lost: Any = None
+
+    def lost(self) -> None:
+        """The connection can no longer carry this request's answer."""
+        if not self.response_complete:
+            self.disconnected = True
+            self.message_event.set()
+            cb, self.on_lost = self.on_lost, None
+            if cb is not None:
+                cb()
 
     async def send(self, message: Any) -> None:
         start = self._start
@@ -211,7 +224,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        cycle = self.cycle
         super().connection_lost(exc)
+        if isinstance(cycle, _Cycle):
+            cycle.lost()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -305,6 +321,13 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                         b"connection: close\r\n\r\n", body])
         self.transport.write(b"".join(content))
         self._discarded = 0
+        cycle = self.cycle
+        if isinstance(cycle, _Cycle):
+            # a request still being answered on this connection (the refused bytes came
+            # after its body: a content-length shorter than the body) can no longer be: as
+            # when the client goes away, its sends become no-ops instead of writes after the
+            # end of the stream, and the app hears that the client is gone
+            cycle.lost()
         if self.transport.can_write_eof():
             self.transport.write_eof()
             self.loop.call_later(_LINGER_S, self.transport.close)

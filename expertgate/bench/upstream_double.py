@@ -43,6 +43,11 @@ class OpenAIUpstreamDouble:
     #: (status, content type, body): every chat request gets exactly this reply (an error
     #: page, another server's error shape, a body that is not what the protocol promises)
     raw: tuple[int, str, bytes] | None = None
+    #: seconds between a stream's events (a long generation)
+    event_delay_s: float = 0.0
+    #: streams written to their end / abandoned by the reader (the connection went away)
+    streams_finished: int = 0
+    streams_abandoned: int = 0
     received: list[dict[str, Any]] = field(default_factory=list)
     adapters: dict[str, str] = field(default_factory=dict)  # vLLM-style LoRA: name -> parent
     record: bool = True
@@ -113,40 +118,51 @@ class OpenAIUpstreamDouble:
         model = body.get("model")
         text = f"answer from {self.name} ({model})"
         if body.get("stream"):
-            resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
-            await resp.prepare(request)
-            for i, w in enumerate(text.split(" ")):
-                ev = {"id": "chatcmpl-double", "object": "chat.completion.chunk", "created": 1,
-                      "model": model, "choices": [{"index": 0, "delta": {
-                          "content": (" " if i else "") + w}, "finish_reason": None}]}
-                if self.mode == "badsse" and i == self.bad_after:
-                    await asyncio.sleep(0.05)  # its own chunk, after the good ones
-                    await resp.write(b"data: {this is not json\n\n")
-                    continue
-                await resp.write(b"data: " + orjson.dumps(ev) + b"\n\n")
-                if self.mode == "cut":
-                    # die mid-stream: abort the connection once the first chunk is out
-                    await asyncio.sleep(0.1)
-                    assert request.transport is not None
-                    request.transport.close()
-                    return resp
-            ev = {"id": "chatcmpl-double", "object": "chat.completion.chunk", "created": 1,
-                  "model": model, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
-            await resp.write(b"data: " + orjson.dumps(ev) + b"\n\n")
-            opts = body.get("stream_options") or {}
-            if opts.get("include_usage") and self.stream_usage:
-                ev = {"id": "chatcmpl-double", "object": "chat.completion.chunk", "created": 1,
-                      "model": model, "choices": [], "usage": {
-                          "prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}}
-                await resp.write(b"data: " + orjson.dumps(ev) + b"\n\n")
-            await resp.write(b"data: [DONE]\n\n")
-            await resp.write_eof()
-            return resp
+            try:
+                return await self._stream(request, body, model, text)
+            except (ConnectionResetError, asyncio.CancelledError):
+                self.streams_abandoned += 1
+                raise
         return web.json_response({
             "id": "chatcmpl-double", "object": "chat.completion", "created": 1, "model": model,
             "choices": [{"index": 0, "finish_reason": "stop",
                          "message": {"role": "assistant", "content": text}}],
             "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}})
+
+    async def _stream(self, request: web.Request, body: dict[str, Any], model: Any, text: str
+                      ) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        for i, w in enumerate(text.split(" ")):
+            if i and self.event_delay_s:
+                await asyncio.sleep(self.event_delay_s)
+            ev = {"id": "chatcmpl-double", "object": "chat.completion.chunk", "created": 1,
+                  "model": model, "choices": [{"index": 0, "delta": {
+                      "content": (" " if i else "") + w}, "finish_reason": None}]}
+            if self.mode == "badsse" and i == self.bad_after:
+                await asyncio.sleep(0.05)  # its own chunk, after the good ones
+                await resp.write(b"data: {this is not json\n\n")
+                continue
+            await resp.write(b"data: " + orjson.dumps(ev) + b"\n\n")
+            if self.mode == "cut":
+                # die mid-stream: abort the connection once the first chunk is out
+                await asyncio.sleep(0.1)
+                assert request.transport is not None
+                request.transport.close()
+                return resp
+        ev = {"id": "chatcmpl-double", "object": "chat.completion.chunk", "created": 1,
+              "model": model, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        await resp.write(b"data: " + orjson.dumps(ev) + b"\n\n")
+        opts = body.get("stream_options") or {}
+        if opts.get("include_usage") and self.stream_usage:
+            ev = {"id": "chatcmpl-double", "object": "chat.completion.chunk", "created": 1,
+                  "model": model, "choices": [], "usage": {
+                      "prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}}
+            await resp.write(b"data: " + orjson.dumps(ev) + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        self.streams_finished += 1
+        return resp
 
     async def _completions(self, request: web.Request) -> web.Response:
         body = await request.json()

@@ -29,7 +29,7 @@ from gateway.request.admit import GENERATE, admit, admit_body
 from gateway.request.context import RequestContext
 from gateway.request.dispatch import dispatch
 from gateway.request.plan import plan
-from gateway.request.read import read
+from gateway.request.read import ClientDisconnected, read
 from gateway.request.record import record
 from gateway.request.respond import error_of, forward, refuse, send_error, send_json
 
@@ -59,14 +59,24 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, send: Send, endpoi
     if generate:
         gw.metrics.inflight_now += 1
 
-    async def tracked(msg: MutableMapping[str, Any]) -> None:
-        ctx.started = True
+    async def finishing(msg: MutableMapping[str, Any]) -> None:
+        if not msg.get("more_body", False) and msg["type"] == "http.response.body":
+            ctx.finished = True  # the watch below must not take the end for a disconnect
         await send(msg)
 
+    async def tracked(msg: MutableMapping[str, Any]) -> None:
+        ctx.started = True
+        await finishing(msg)
+
+    watch: asyncio.Task[None] | None = None
     try:
         await admit(gw, scope.get("headers", ()), ctx)
         await read(receive, ctx, s.max_body_bytes, s.body_timeout_s, gw.body_reads,
                    s.max_messages)
+        if generate:
+            # from here on the request waits for experts (seconds, minutes of a stream):
+            # a client that goes away cancels it, and the upstream call with it
+            watch = _watch_disconnect(receive, ctx)
         await admit_body(gw, ctx)
         if endpoint == "feedback":
             await send_json(tracked, ctx, await _feedback(gw, ctx))
@@ -86,8 +96,13 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, send: Send, endpoi
             await refuse(tracked, ctx, p.rt.config.on_reject.message)
             return
         await forward(gw, tracked, ctx, await dispatch(gw, ctx))
+    except ClientDisconnected:  # gone while its body was being read
+        ctx.status, ctx.err_type = 499, "client_disconnected"
     except asyncio.CancelledError:
         ctx.status, ctx.err_type = 499, "client_disconnected"
+        task = asyncio.current_task()
+        if ctx.client_gone and task is not None and task.uncancel() == 0:
+            return  # the watch's own cancellation: handled, nothing to answer
         if gw.draining and not ctx.started:
             # the server's graceful-shutdown time ran out: an OpenAI-shaped 503 the client can
             # retry elsewhere, rather than the server's plain-text 500
@@ -112,8 +127,10 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, send: Send, endpoi
             ctx.reason = (f"{ctx.reason}; " if ctx.reason else "") + (
                 f"every expert failed ({', '.join(ctx.chain)})")
         ctx.reason = ctx.reason or err.message
-        await send_error(send, ctx, err)
+        await send_error(finishing, ctx, err)
     finally:
+        if watch is not None:
+            watch.cancel()
         if generate:
             gw.metrics.inflight_now -= 1
             record(gw, ctx)
@@ -121,6 +138,36 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, send: Send, endpoi
             m = gw.metrics
             for component in ctx.degraded:
                 m.child(m.degraded, component).inc()
+
+
+def _watch_disconnect(receive: Receive, ctx: RequestContext) -> asyncio.Task[None] | None:
+    """Cancel the request's task when the client disconnects before the answer is complete
+    (``ctx.client_gone``; the request is logged 499 and its upstream call is abandoned, which
+    closes that connection). ``expertgate serve``'s server calls back when the connection is
+    lost (:class:`gateway.httpserver._Cycle`: no cost per request); under another ASGI
+    server a task waits for the ``http.disconnect`` from ``receive`` (which the server also
+    gives once the answer is complete: ``ctx.finished``) and is returned, to be cancelled."""
+    task = asyncio.current_task()
+    assert task is not None
+
+    def gone() -> None:
+        if not ctx.finished:
+            ctx.client_gone = True
+            task.cancel()
+
+    cycle = getattr(receive, "__self__", None)
+    if cycle is not None and hasattr(type(cycle), "on_lost"):
+        cycle.on_lost = gone
+        return None
+
+    async def watch() -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                gone()
+                return
+
+    return asyncio.get_running_loop().create_task(watch())
 
 
 def _explain(ctx: RequestContext) -> dict[str, Any]:

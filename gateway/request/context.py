@@ -30,6 +30,7 @@ class RequestContext:
         "_texts",
         "body",
         "chain",
+        "client_gone",
         "client_request_id",
         "deadline",
         "degraded",
@@ -38,6 +39,7 @@ class RequestContext:
         "expert",
         "extra_cost_usd",
         "extra_tokens",
+        "finished",
         "key",
         "key_id",
         "logged",
@@ -97,6 +99,11 @@ class RequestContext:
         self.degraded: list[str] = []
         #: the response's first byte went out
         self.started = False
+        #: the response's last byte is on its way (the server's disconnect event that
+        #: follows is not the client leaving)
+        self.finished = False
+        #: the client disconnected before the answer was complete
+        self.client_gone = False
         self.status = 500
         self.err_type: str | None = None
         self.usage = (0, 0)

@@ -20,11 +20,16 @@ from gateway.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, Serv
 from gateway.request.context import RequestContext
 from gateway.request.schema import validate
 
-__all__ = ["BodyReads", "check_length", "read", "read_body", "read_other"]
+__all__ = ["BodyReads", "ClientDisconnected", "check_length", "read", "read_body", "read_other"]
 
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
 _CLOSE = {"connection": "close"}
+
+
+class ClientDisconnected(Exception):
+    """The client closed the connection before its request was answered: nobody is left to
+    answer (logged as 499 ``client_disconnected``)."""
 
 
 class BodyReads:
@@ -69,7 +74,7 @@ async def read_body(receive: Receive, limit: int, timeout_s: float,
         # measurable share of a pass-through's cost)
         msg = await receive()
         if msg["type"] == "http.disconnect":
-            raise asyncio.CancelledError("client disconnected")
+            raise ClientDisconnected
         b = msg.get("body", b"")
         if len(b) > limit:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes",
@@ -88,7 +93,7 @@ async def read_body(receive: Receive, limit: int, timeout_s: float,
                 while True:
                     msg = await receive()
                     if msg["type"] == "http.disconnect":
-                        raise asyncio.CancelledError("client disconnected")
+                        raise ClientDisconnected
                     b = msg.get("body", b"")
                     if b:
                         size += len(b)
