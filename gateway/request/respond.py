@@ -198,10 +198,15 @@ async def _stream(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
         sse.feed(reply.first)
     opts = ctx.body.get("stream_options")
     want_usage = isinstance(opts, dict) and opts.get("include_usage") is True
+    p = ctx.plan
+    rw = _ModelRewrite(p.model) if p is not None and p.rt is not None and \
+        p.rt.config.rewrite_model else None
     try:
         chunk: bytes | None = reply.first
         it = reply.rest.__aiter__()
         while chunk is not None:
+            if rw is not None:
+                chunk = rw.feed(chunk)
             if want_usage and sse.done and sse.usage is None and b"data: [DONE]" in chunk:
                 i = chunk.index(b"data: [DONE]")
                 await send({"type": "http.response.body", "body": chunk[:i], "more_body": True})
@@ -216,6 +221,9 @@ async def _stream(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
                 sse.finish()
             else:
                 sse.feed(chunk)
+        if rw is not None and rw.tail:  # an unterminated last line
+            await send({"type": "http.response.body", "body": rw.feed(b"\n"),
+                        "more_body": True})
         if want_usage and sse.usage is None:  # the upstream ended without [DONE]
             await send({"type": "http.response.body", "body": _usage_event(ctx, sse),
                         "more_body": True})
@@ -242,6 +250,38 @@ async def _stream(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
     await send({"type": "http.response.body", "body": b""})
 
 
+class _ModelRewrite:
+    """A stream's events with ``model`` set to the policy's name (``rewrite_model``), as a
+    non-streamed answer gets it: whole lines only (the rest of a line waits for its next
+    chunk), each ``data:`` event re-serialised."""
+
+    __slots__ = ("model", "tail")
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.tail = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        buf = self.tail + chunk if self.tail else chunk
+        cut = buf.rfind(b"\n") + 1
+        self.tail = buf[cut:]
+        if not cut:
+            return b""
+        return b"\n".join(self._line(ln) for ln in buf[:cut - 1].split(b"\n")) + b"\n"
+
+    def _line(self, line: bytes) -> bytes:
+        if not line.startswith(b"data:"):
+            return line
+        try:
+            ev = orjson.loads(line[5:])
+        except orjson.JSONDecodeError:
+            return line  # [DONE], or an invalid line the SSE check ends the stream on
+        if not isinstance(ev, dict) or "model" not in ev:
+            return line
+        ev["model"] = self.model
+        return b"data: " + orjson.dumps(ev) + (b"\r" if line.endswith(b"\r") else b"")
+
+
 def _usage_event(ctx: RequestContext, sse: SSECheck) -> bytes:
     """The usage event the gateway adds, counted by the gateway (see :func:`_stream`)."""
     payload = ctx.body
@@ -250,6 +290,9 @@ def _usage_event(ctx: RequestContext, sse: SSECheck) -> bytes:
     ctx.degraded.append("usage-estimated")
     rid, model, obj = sse.ident or ("eg-usage", str(payload.get("model")),
                                     "chat.completion.chunk")
+    plan = ctx.plan
+    if plan is not None and plan.rt is not None and plan.rt.config.rewrite_model:
+        model = plan.model
     ev = {"id": rid, "object": obj, "created": int(time.time()), "model": model,
           "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c,
                                    "total_tokens": p + c, "estimated": True}}

@@ -337,3 +337,50 @@ async def test_a_stream_answered_with_no_event_stream_is_a_protocol_failure(
         assert r.status_code == 502 and _err(r)["code"] == "upstream_protocol_error"
     rec = orjson.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])
     assert rec["status"] == "error" and rec["http_status"] == 502
+
+
+async def test_rewrite_model_names_the_policy_in_answers_and_every_stream_event(
+        ups, tmp_path: Path) -> None:
+    coder, chatter = ups
+    cfg = base_config(coder.base, chatter.base)
+    cfg["policies"][0]["rewrite_model"] = True
+    async with gateway_client(cfg, tmp_path) as (c, _):
+        r = await c.post("/v1/chat/completions", json=chat("auto", "fix this bug in my code"))
+        assert r.status_code == 200 and r.json()["model"] == "auto"
+        assert r.headers["x-expertgate-expert"] == "coder"
+        r = await c.post("/v1/chat/completions", json=chat(
+            "auto", "fix this bug in my code", stream=True,
+            stream_options={"include_usage": True}))
+        assert r.status_code == 200
+        events = [orjson.loads(ln[6:]) for ln in r.text.split("\n")
+                  if ln.startswith("data: ") and ln != "data: [DONE]"]
+        assert len(events) >= 3 and {e["model"] for e in events} == {"auto"}
+        text = "".join(e["choices"][0]["delta"].get("content", "") for e in events
+                       if e["choices"])
+        assert text.startswith(f"answer from {coder.name} (")  # the content untouched
+        assert r.text.rstrip().endswith("data: [DONE]")
+        coder.stream_usage = False  # the usage event the gateway adds names the policy too
+        r = await c.post("/v1/chat/completions", json=chat(
+            "auto", "fix this bug in my code", stream=True,
+            stream_options={"include_usage": True}))
+        events = [orjson.loads(ln[6:]) for ln in r.text.split("\n")
+                  if ln.startswith("data: ") and ln != "data: [DONE]"]
+        assert events[-1]["usage"]["estimated"] and {e["model"] for e in events} == {"auto"}
+    cfg["policies"][0]["rewrite_model"] = False
+    async with gateway_client(cfg, tmp_path) as (c, _):  # off: the expert's own name
+        r = await c.post("/v1/chat/completions", json=chat(
+            "auto", "fix this bug in my code", stream=True))
+        events = [orjson.loads(ln[6:]) for ln in r.text.split("\n")
+                  if ln.startswith("data: ") and ln != "data: [DONE]"]
+        assert {e["model"] for e in events} == {cfg["experts"][0]["model"]}
+
+
+def test_model_rewrite_keeps_lines_whole_across_chunks() -> None:
+    from gateway.request.respond import _ModelRewrite
+
+    rw = _ModelRewrite("auto")
+    ev = b'data: {"id":"x","model":"coder","choices":[]}\r\n\r\n'
+    out = b"".join(rw.feed(ev[i:i + 7]) for i in range(0, len(ev), 7))
+    out += rw.feed(b": keep-alive\ndata: [DONE]\n\n")
+    assert out == (b'data: {"id":"x","model":"auto","choices":[]}\r\n\r\n'
+                   b": keep-alive\ndata: [DONE]\n\n") and rw.tail == b""
