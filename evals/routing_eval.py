@@ -625,7 +625,8 @@ def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | Non
                     cv = _choices_from_decisions(r, X[va], V.prompts, table.models)
                     res = _single_point(ct, E, s_idx, choice_v=cv, val=V)
                     res["knob"] = False
-            except (RouterError, M.MetricError, ValueError) as e:
+            except (RouterError, M.MetricError, ValueError, TypeError) as e:
+                # TypeError: a parameter the family does not take (--params)
                 skipped[name] = f"{type(e).__name__}: {e}"
                 per_seed.pop(name, None)
                 bar.update(1)
@@ -858,6 +859,10 @@ def main(args: argparse.Namespace) -> int:
             except KeyError as e:
                 raise EvalError(e.args[0]) from None
         params = json.loads(args.params) if args.params else None
+        if params is not None and not (isinstance(params, dict) and all(
+                isinstance(k, dict) for k in params.values())):
+            raise EvalError('--params must be a JSON object of objects: {"ROUTER": '
+                            '{"PARAM": VALUE, ...}, ...}')
         routers = [r.strip() for r in args.routers.split(",") if r.strip()] \
             if args.routers else None
         table = load_routing_table(args.data, args.format)
@@ -888,11 +893,19 @@ def main(args: argparse.Namespace) -> int:
                         "total": round(time.perf_counter() - t0, 2)},
            "machine": _machine(), "created": datetime.now(UTC).isoformat(timespec="seconds")}
     print(summary_table(res))
+    # a requested router that could not be evaluated is said, not only in the JSON
+    for name, why in res.get("skipped", {}).items():
+        print(f"expertgate eval routing: warning: {name} was not evaluated: {why}",
+              file=sys.stderr)
     if args.json:
         p = Path(args.json)
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(json.dumps(res, indent=1, allow_nan=False))
         print(f"wrote {p}", file=sys.stderr)
+    if not res.get("routers"):
+        print("expertgate eval routing: error: none of the requested routers could be "
+              "evaluated", file=sys.stderr)
+        return 1
     return 0
 
 

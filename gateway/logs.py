@@ -218,8 +218,12 @@ def _read_jsonl(path: Path) -> Iterable[dict[str, Any]]:
             line = line.strip()
             if line:
                 try:
-                    yield orjson.loads(line)
+                    rec = orjson.loads(line)
                 except orjson.JSONDecodeError:
+                    rec = None
+                if isinstance(rec, dict):
+                    yield rec
+                else:  # not JSON, or JSON that is no record (a list, a number)
                     log.warning("skipping a malformed line in %s", path)
 
 

@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -40,6 +41,7 @@ __all__ = [
     "FORMAT_VERSION",
     "TRUSTED_SKOPS_TYPES",
     "artifact_version",
+    "check_artifact_target",
     "load_router",
     "read_manifest",
     "save_router",
@@ -103,6 +105,36 @@ def _jsonable(x: Any) -> Any:
     raise RouterError(f"cannot store value of type {type(x).__name__} in router.json")
 
 
+def check_artifact_target(path: str | Path) -> Path:
+    """The folder :func:`save_router` may write: absent, or an expertgate router artifact
+    (a folder of plain files with this format's ``router.json``), which it replaces. Anything
+    else at ``path`` (a file, a folder of the user's) is refused with a RouterError rather
+    than replaced. Returns the path made absolute."""
+    out = Path(path).expanduser().absolute()
+    if out.name in ("", ".", ".."):
+        out = out.resolve()
+    if not out.exists() and not out.is_symlink():
+        if out.parent.exists() and not out.parent.is_dir():
+            raise RouterError(f"cannot write the artifact {out}: {out.parent} is not a folder")
+        return out
+    why = None
+    if out.is_symlink() or not out.is_dir():
+        why = "it is not a folder"
+    elif any(not f.is_file() or f.is_symlink() for f in out.iterdir()):
+        why = "it holds subfolders or links"
+    else:
+        try:
+            fmt = json.loads((out / MANIFEST).read_text()).get("format")
+        except (OSError, ValueError, AttributeError):
+            fmt = None
+        if fmt != FORMAT:
+            why = f"it has no expertgate {MANIFEST}"
+    if why is not None:
+        raise RouterError(f"{out} exists and is not a router artifact ({why}): it would be "
+                          "replaced; choose another output folder or remove it")
+    return out
+
+
 def save_router(router: Router, path: str | Path, *, metrics: Mapping[str, Any] | None = None,
                 data_hash: str | None = None, embedder: str | None = None,
                 embedder_spec: Mapping[str, Any] | None = None) -> Path:
@@ -114,10 +146,11 @@ def save_router(router: Router, path: str | Path, *, metrics: Mapping[str, Any] 
     serves the artifact with it (:func:`gateway.config.resolve_embedder`).
 
     The folder is written in a temporary sibling and moved into place, so a reader never
-    sees half an artifact. An existing artifact at ``path`` is replaced.
+    sees half an artifact. An existing artifact at ``path`` is replaced; anything else there
+    is refused (:func:`check_artifact_target`).
     """
     router.check_fitted()
-    out = Path(path)
+    out = check_artifact_target(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -168,9 +201,7 @@ def save_router(router: Router, path: str | Path, *, metrics: Mapping[str, Any] 
             old = out.with_name(f".{out.name}.old.{os.getpid()}")
             os.replace(out, old)
             os.replace(tmp, out)
-            for f in old.iterdir():
-                f.unlink()
-            old.rmdir()
+            shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
     finally:

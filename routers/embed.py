@@ -255,6 +255,10 @@ def make_embedder(kind: str, **options: Any) -> Embedder:
 
         return DistilledEmbedder(**options)
     if kind == "static":
+        if not options.get("model_path"):
+            raise EmbedderError("the static embedder needs a model2vec folder (config "
+                                "options: {model_path: DIR}; the CLIs' --embedder-path or "
+                                "--static-model)")
         return StaticEmbedder(**options)
     if kind == "hashing":
         return HashingEmbedder(**options)

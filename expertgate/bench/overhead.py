@@ -431,7 +431,17 @@ def _print_table(paths: dict[str, Any], streams: dict[str, Any]) -> None:
 
 
 def cmd_overhead(args: argparse.Namespace) -> int:
-    concs = sorted({int(x) for x in str(args.concurrency).split(",") if x.strip()})
+    try:
+        concs = sorted({int(x) for x in str(args.concurrency).split(",") if x.strip()})
+    except ValueError:
+        concs = []
+    if args.artifact is not None:
+        # the gateway under test runs in a scratch folder: a relative path is the caller's
+        args.artifact = args.artifact.expanduser().absolute()
+        if not args.artifact.is_dir():
+            print(f"bench overhead: --artifact {args.artifact} is not a folder",
+                  file=sys.stderr)
+            return 2
     if not concs or min(concs) < 1:
         print("bench overhead: --concurrency needs positive integers", file=sys.stderr)
         return 2

@@ -510,6 +510,9 @@ def _print(result: dict[str, Any]) -> None:
 
 def cmd_router(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.repeats < 1:
+        print("bench router: --repeats must be at least 1", file=sys.stderr)
+        return 2
     from threadpoolctl import threadpool_limits
 
     from expertgate.bench.proc import machine_info

@@ -52,8 +52,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    rc = args.func(args)
+    prog = " ".join(a for a in argv[:2] if not a.startswith("-"))
+    bad = _unwritable_outputs(args)
+    if bad:
+        print(f"expertgate {prog}: error: {bad}", file=sys.stderr)
+        return 2
+    try:
+        rc = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # an input no check foresaw: one line, not a traceback
+        if os.environ.get("EXPERTGATE_DEBUG"):
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"expertgate {prog}: error: {type(e).__name__}"
+              f"{': ' + msg[:500] if msg else ''} (EXPERTGATE_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 1
     return int(rc or 0)
+
+
+#: options that name a file or folder a command writes
+_OUTPUTS = ("json", "out", "metrics_json", "plot", "cache_dir", "save_cascade",
+            "save_selected")
+
+
+def _unwritable_outputs(args: argparse.Namespace) -> str | None:
+    """The first output path the command could not write, and why (checked before the
+    command's work, which can take minutes); None when every one is writable. A missing
+    folder on the way is created, as the command would."""
+    import tempfile
+    from pathlib import Path
+
+    for attr in _OUTPUTS:
+        value = getattr(args, attr, None)
+        if not isinstance(value, str | os.PathLike) or not str(value):
+            continue  # unset, or a flag (train --json prints JSON)
+        path = Path(value).expanduser()
+        flag = "--" + attr.replace("_", "-")
+        if path.exists() and not os.access(path, os.W_OK):
+            return f"cannot write {flag} {value}: permission denied"
+        folder = path if attr == "cache_dir" else path.absolute().parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as e:
+            return f"cannot write {flag} {value}: {e.strerror or e} ({folder})"
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

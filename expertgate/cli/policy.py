@@ -4,14 +4,16 @@
 policy's router; ``revert`` drops the candidate and keeps the incumbent. The YAML file is
 rewritten atomically (a temporary file renamed over it, so a reload never reads half a file)
 and, with ``--url``, the running gateway reloads it (``POST /admin/reload``), which swaps the
-policy set atomically: in-flight requests finish on the old one. Comments in the file are not
-kept (the file is re-serialised).
+policy set atomically: in-flight requests finish on the old one. The file keeps its
+permissions and its leading comment block; comments further in are not kept (the file is
+re-serialised).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -58,6 +60,15 @@ def rewrite(data: dict[str, Any], policy: str, action: str) -> dict[str, Any]:
     return data
 
 
+def _leading_comments(text: str) -> list[str]:
+    out = []
+    for ln in text.splitlines(keepends=True):
+        if not ln.lstrip().startswith("#") and ln.strip():
+            break
+        out.append(ln if ln.endswith("\n") else ln + "\n")
+    return out
+
+
 def _run(args: argparse.Namespace) -> int:
     from gateway.config import ConfigError, parse_config
 
@@ -69,9 +80,15 @@ def _run(args: argparse.Namespace) -> int:
     except (OSError, yaml.YAMLError, ValueError, ConfigError) as e:
         print(f"expertgate policy {args.action}: {e}", file=sys.stderr)
         return 2
+    text = path.read_text()
+    # the file's leading comment block (what train writes into policy.yaml says how it was
+    # made) is kept; comments further in are not (the YAML is re-serialised)
+    head = "".join(ln for ln in _leading_comments(text))
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
+        f.write(head)
         yaml.safe_dump(new, f, sort_keys=False)
+    os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))  # mkstemp's 0600 would lock readers out
     os.replace(tmp, path)
     print(f"{args.action}d the candidate of policy {args.policy!r} in {path}")
     if args.url:

@@ -216,6 +216,10 @@ def cmd_route(args: argparse.Namespace) -> int:
               f"{', '.join(pset.policies)}", file=sys.stderr)
         return 2
     text = " ".join(" ".join(args.text).split())
+    if not text or "\x00" in text:
+        print("expertgate route: the text to route is empty or holds a NUL character",
+              file=sys.stderr)
+        return 2
     metrics = Metrics()
     pipe = Pipeline(pset, emb, MemoryDecisionCache(), metrics)
     # the same plan as POST /v1/route and a live request: decision, action, chain

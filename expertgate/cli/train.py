@@ -316,7 +316,13 @@ def _train(args: argparse.Namespace) -> int:
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
+        if args.out is not None:  # before minutes of work: never over the user's files
+            from routers.artifacts import check_artifact_target
+
+            check_artifact_target(args.out)
         params = parse_params(args.param)
+        if args.seed < 0:
+            raise RouterError(f"--seed must be a non-negative integer, got {args.seed}")
         if args.router == "guard" and args.format != "guard":
             raise RouterError("--router guard needs --format guard (a text,label,split table)")
         if args.format == "guard" and args.router != "guard":
@@ -377,6 +383,9 @@ def _train(args: argparse.Namespace) -> int:
     except (RouterError, EmbedderError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (TypeError, ValueError) as e:  # a --param value of the wrong type (k=abc)
+        print(f"error: {type(e).__name__}: {e} (check the --param values)", file=sys.stderr)
+        return 2
     result.metrics["embedder"] = embedder.name
     result.metrics["embed_seconds"] = round(embed_s, 3)
     result.metrics["train_seconds_total"] = round(time.perf_counter() - t0, 3)
@@ -394,7 +403,8 @@ def _train(args: argparse.Namespace) -> int:
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_text(json.dumps(doc, indent=1, allow_nan=False, default=str) + "\n")
         print(f"wrote {dest}", file=sys.stderr)
-    print(f"saved {result.path}")
+    # with --json, stdout is the JSON document alone
+    print(f"saved {result.path}", file=sys.stderr if args.json else sys.stdout)
     if result.path is not None and args.router != "guard":
         import numpy as np
 
@@ -403,7 +413,11 @@ def _train(args: argparse.Namespace) -> int:
         seen = np.isfinite(table.scores)
         mean = np.where(seen, table.scores, 0.0).sum(0) / np.maximum(seen.sum(0), 1)
         best = table.models[int(np.argmax(mean))]
-        snippet = policy_snippet(args.router, result.path, list(table.models),
+        served = list(table.models)
+        base = getattr(result.router, "base_model", None) if args.router == "lora" else None
+        if isinstance(base, str) and base and base not in served:
+            served.append(base)  # the adapters' base model: the lora router's last target
+        snippet = policy_snippet(args.router, result.path, served,
                                  kind, options, command=_command_line(args),
                                  fallback=best)
         (result.path / "policy.yaml").write_text(snippet)

@@ -199,8 +199,12 @@ def test_policy_promote_and_revert_rewrite_the_config(tmp_path: Path, action: st
                       candidate={"router": "knn", "artifact": str(art), "mode": "canary",
                                  "share": 0.1})
     path = tmp_path / "gw.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path.write_text("# made by hand\n#   for the canary\n" + yaml.safe_dump(cfg))
+    path.chmod(0o644)
     assert main(["policy", action, "auto", "--config", str(path)]) == 0
+    # the gateway (maybe another user) can still read it; its header comment is kept
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert path.read_text().startswith("# made by hand\n#   for the canary\n")
     pol = load_config(path).policies[0]
     assert pol.candidate is None
     if action == "promote":

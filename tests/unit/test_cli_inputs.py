@@ -1,0 +1,111 @@
+"""Inputs a user gets wrong, through the ``expertgate`` command line (in process): a clear
+one-line error and exit code 2 (usage) or 1 (failure), never a traceback, never the user's
+files overwritten, and machine-readable output that stays machine-readable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from expertgate.cli import main
+
+TRAIN = ["train", "--router", "knn", "--data", "synthetic:300x3", "--embedder", "hashing"]
+
+
+def test_train_never_replaces_a_folder_or_file_that_is_not_an_artifact(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious")
+    (mine / "sub").mkdir()
+    assert main([*TRAIN, "--out", str(mine)]) == 2
+    assert "is not a router artifact" in capsys.readouterr().err
+    assert (mine / "notes.txt").read_text() == "precious" and (mine / "sub").is_dir()
+    f = tmp_path / "table.csv"
+    f.write_text("a,b\n")
+    assert main([*TRAIN, "--out", str(f)]) == 2 and f.read_text() == "a,b\n"
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # nothing hidden away
+    # an artifact is replaced, as before
+    art = tmp_path / "art"
+    assert main([*TRAIN, "--out", str(art)]) == 0
+    assert main([*TRAIN, "--out", str(art), "--seed", "1"]) == 0
+    assert (art / "router.json").is_file() and (art / "policy.yaml").is_file()
+
+
+def test_train_json_is_the_only_thing_on_stdout(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*TRAIN, "--out", str(tmp_path / "a"), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out)["router"] == "knn"
+
+
+@pytest.mark.parametrize("extra", [["--param", "k=abc"], ["--seed", "-1"],
+                                   ["--embedder", "static"]])
+def test_train_bad_values_are_usage_errors(tmp_path: Path, extra: list[str],
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*TRAIN, "--out", str(tmp_path / "a"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err
+    assert not (tmp_path / "a").exists()
+
+
+def test_outputs_that_cannot_be_written_fail_before_the_work(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # a file where a folder would have to be
+    for argv in ([*TRAIN, "--out", str(blocker / "art")],
+                 [*TRAIN, "--out", str(tmp_path / "a"), "--metrics-json",
+                  str(blocker / "m.json")],
+                 ["eval", "routing", "--data", "synthetic:300x3", "--embedder", "hashing",
+                  "--seeds", "1", "--routers", "knn", "--json", str(blocker / "r.json")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "cannot write" in err and str(blocker) in err
+    assert not (tmp_path / "a").exists()
+
+
+def test_eval_routing_says_which_requested_router_failed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["eval", "routing", "--data", "synthetic:300x3", "--embedder", "hashing",
+            "--seeds", "1", "--quiet"]
+    assert main([*base, "--routers", "knn,classifier", "--params",
+                 '{"knn": {"k": -5}}']) == 0
+    assert "warning: knn was not evaluated: RouterError" in capsys.readouterr().err
+    assert main([*base, "--routers", "knn", "--params", '{"knn": {"nope": 1}}']) == 1
+    err = capsys.readouterr().err
+    assert "unexpected keyword argument 'nope'" in err and "none of the requested" in err
+    assert main([*base, "--routers", "knn", "--params", "[1, 2]"]) == 2
+    assert "--params must be a JSON object of objects" in capsys.readouterr().err
+
+
+def test_route_refuses_an_empty_text_and_serves_a_trained_lora_policy(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    art = tmp_path / "lora"
+    assert main(["train", "--router", "lora", "--data", "synthetic:300x3", "--embedder",
+                 "hashing", "--out", str(art), "--param", "base_model=base"]) == 0
+    capsys.readouterr()
+    # the written policy names an expert for the base model (the router's last target)
+    assert main(["route", "--config", str(art / "policy.yaml"), "hello", "there"]) == 0
+    assert json.loads(capsys.readouterr().out)["router"] == "lora"
+    assert main(["route", "--config", str(art / "policy.yaml"), "   "]) == 2
+    assert "empty" in capsys.readouterr().err
+
+
+def test_unforeseen_failures_are_one_line(monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    def boom(args: object) -> int:
+        raise KeyError("something no check foresaw")
+
+    monkeypatch.delenv("EXPERTGATE_DEBUG", raising=False)
+    import argparse
+
+    ns = argparse.Namespace(func=boom, command="data")
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", lambda self, argv=None: ns)
+    assert main(["data", "list"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "KeyError" in err and "EXPERTGATE_DEBUG=1" in err
+    monkeypatch.setenv("EXPERTGATE_DEBUG", "1")
+    with pytest.raises(KeyError):
+        main(["data", "list"])
