@@ -456,12 +456,13 @@ def _latency(method: _Method, embedder: Any, texts: list[str]) -> list[float]:
     gc.collect()
     gc.freeze()
     try:
-        for i, t in enumerate([*texts[:10], *texts]):
+        warm = texts[:10]  # the first (up to) ten warm caches up, untimed
+        for i, t in enumerate([*warm, *texts]):
             t0 = time.perf_counter()
             X = (embedder.embed([t]) if method.uses_embeddings
                  else np.zeros((1, 1), np.float32))
             method.predict(X, [t])
-            if i >= 10:  # the first ten warm caches up
+            if i >= len(warm):
                 times.append((time.perf_counter() - t0) * 1000.0)
     finally:
         if not frozen_before:  # a caller's own frozen objects stay frozen (no partial thaw)
@@ -888,6 +889,9 @@ def run(args: argparse.Namespace) -> int:
                              f"{', '.join(sorted(known))}")
         data = load_suite(args.suite) if args.suite else load_guard_data(
             args.data, seed=seed, unseen_labels=args.unseen_labels)
+        if not data.test_texts:
+            raise ValueError(f"{args.data}: no in-domain test rows (split 'test'): the "
+                             "evaluation measures on them")
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -569,8 +569,13 @@ def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | Non
             bl["category"] = (M.category_choice(Tc, T.scores, V.categories or []),
                               M.category_choice(Tc, T.scores, E.categories or []), False)
         for bname, (pv, pt, orc) in bl.items():
-            base_seed.setdefault(bname, []).append(evaluate_predictions(
-                pv, pt, V, E, strong=s_idx, knob_costs=kc, oracle_costs=orc))
+            try:
+                base_seed.setdefault(bname, []).append(evaluate_predictions(
+                    pv, pt, V, E, strong=s_idx, knob_costs=kc, oracle_costs=orc))
+            except M.MetricError as e:  # no router can be scored on this split either
+                raise EvalError(f"seed {seed}: {e} on its validation or test part "
+                                f"({len(va)} / {len(te)} prompts): use a larger table or "
+                                "larger --val/--test shares") from None
         for bname, (family, kw) in SIMPLE_BASELINES.items():
             try:  # frozen-embedding LR and kNN on mean costs: the bar a router must clear
                 sb = get_router_class(family)(**kw).fit(X[tr], T)

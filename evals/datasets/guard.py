@@ -279,6 +279,8 @@ def load_guard_data(path: str | Path, *, val_fraction: float = 0.1, seed: int = 
         data.train_texts = [data.train_texts[i] for i in keep]
         data.train_labels = [data.train_labels[i] for i in keep]
         data.meta["validation"] = f"{val_fraction:g} of train, stratified, seed {seed}"
+    if not data.train_texts:
+        raise GuardDataError(f"{p}: no in-domain train rows: a guard learns from them")
     return data
 
 

@@ -127,6 +127,10 @@ def main(args: argparse.Namespace) -> int:
     from routers.embed import EmbedderError, set_thread_counts
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if not args.clip > 0 or not args.cost_weight >= 0:
+        print("expertgate eval offpolicy: --clip must be above 0 and --cost-weight at least 0",
+              file=sys.stderr)
+        return 2
     set_thread_counts(blas_threads=1)
     t0 = time.perf_counter()
     if args.summarise:

@@ -109,3 +109,56 @@ def test_unforeseen_failures_are_one_line(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("EXPERTGATE_DEBUG", "1")
     with pytest.raises(KeyError):
         main(["data", "list"])
+
+
+def _guard_table(path: Path, test: bool = True) -> Path:
+    rows = ["text,label,split"]
+    topics = {"bank": ["my card was declined", "transfer money to savings",
+                       "what is my balance", "freeze my debit card", "open a bank account"],
+              "travel": ["book a flight to paris", "hotel near the station",
+                         "cancel my train ticket", "rent a car in rome", "check in online"]}
+    for lab, texts in topics.items():
+        for i in range(6):
+            for t in texts:
+                rows.append(f"{t} {i},{lab},train")
+        for t in texts[:3]:
+            rows.append(f"{t} please,{lab},validation")
+            if test:
+                rows.append(f"{t} now,{lab},test")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_eval_guard_small_latency_sample_and_a_table_without_test_rows(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "g.json"
+    assert main(["eval", "guard", "--data", str(_guard_table(tmp_path / "g.csv")),
+                 "--embedder", "hashing", "--methods", "guard-knn", "--latency-sample", "5",
+                 "--json", str(out), "--quiet"]) == 0
+    m = json.loads(out.read_text())["methods"]["guard-knn"]
+    assert m["latency_p50_ms"] is not None and m["latency_p50_ms"] > 0  # was NaN below 10
+    capsys.readouterr()
+    assert main(["eval", "guard", "--data", str(_guard_table(tmp_path / "n.csv", test=False)),
+                 "--embedder", "hashing", "--methods", "guard-knn", "--quiet"]) == 2
+    assert "no in-domain test rows" in capsys.readouterr().err
+
+
+def test_eval_routing_split_without_a_quality_gap_is_a_clear_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # two models that score the same on every prompt: APGR is undefined on every split
+    rows = ["prompt,model,score,cost"]
+    for i in range(40):
+        for m, c in (("strong", 1.0), ("weak", 0.1)):
+            rows.append(f"question number {i},{m},{i % 2},{c}")
+    f = tmp_path / "t.csv"
+    f.write_text("\n".join(rows) + "\n")
+    assert main(["eval", "routing", "--data", str(f), "--format", "long", "--embedder",
+                 "hashing", "--seeds", "1", "--routers", "knn", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "seed 0:" in err and "APGR is undefined" in err and "Traceback" not in err
+
+
+def test_eval_offpolicy_refuses_meaningless_knobs(capsys: pytest.CaptureFixture[str]) -> None:
+    for flag in (["--clip", "0"], ["--clip", "-1"], ["--cost-weight", "-1"]):
+        assert main(["eval", "offpolicy", "--simulate", "synthetic:300x3", *flag]) == 2
+        assert "--clip must be above 0" in capsys.readouterr().err
