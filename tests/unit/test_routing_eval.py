@@ -322,6 +322,8 @@ def test_selection_in_a_run_says_its_rule_and_figures(tmp_path: Path) -> None:
         assert f["mean"] == pytest.approx(
             res["routers"][name]["val_cost_at_best_single_quality_deployed"])
         assert f["mean"] > 0.0  # a cost ratio (above 1 where the knob costs more)
+    assert "val_cost_at_best_single_quality_deployed" in sel[
+        "cost_at_best_single_quality_val_is"]  # the figure is named where it is listed
     # two experts: APGR decides, as before
     two = RE.load_routing_table("synthetic:400x2")
     res2 = RE.evaluate(two, make_embedder("hashing").embed(two.prompts), routers=["knn"],
