@@ -382,6 +382,15 @@ def _select(X: np.ndarray, table: RoutingTable, candidates: Sequence[tuple[str, 
     folds = grouped_folds(table.prompts, k, seed)
     if len(folds) < 2:
         raise RouterError("auto needs at least 2 distinct training prompts to cross-validate")
+    seen = np.isfinite(table.scores)
+    for j, m in enumerate(table.models):
+        if any(not seen[tr, j].any() for tr, _ in folds):
+            # every family would fail that fold: say why once, not each family's error
+            raise RouterError(
+                f"auto cross-validates in {len(folds)} folds, and model {m!r} has a score "
+                f"on {int(seen[:, j].sum())} training prompt(s): some fold's training part "
+                "has none; score it on more prompts, or train one family (--router knn, "
+                "...) instead of auto")
     for family, params in candidates:  # computed once here, before any worker starts
         views.fit_kwargs(_make(family, params, seed))
     fold_costs = [_fold_costs(X, table, tr, va) for tr, va in folds]

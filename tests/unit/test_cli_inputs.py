@@ -162,3 +162,20 @@ def test_eval_offpolicy_refuses_meaningless_knobs(capsys: pytest.CaptureFixture[
     for flag in (["--clip", "0"], ["--clip", "-1"], ["--cost-weight", "-1"]):
         assert main(["eval", "offpolicy", "--simulate", "synthetic:300x3", *flag]) == 2
         assert "--clip must be above 0" in capsys.readouterr().err
+
+
+def test_auto_says_why_a_model_scored_on_too_few_prompts_cannot_be_cross_validated(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = ["prompt_id,prompt,model,score,cost"]
+    words = ["apple", "code", "music", "sport", "poem", "history", "banana", "cherry"]
+    for i in range(40):
+        text = f"q{i} " + " ".join(words[(i * k) % 8] for k in (1, 3, 5))
+        rows += [f"{i},{text},a,{i % 2},1", f"{i},{text},b,{(i + 1) % 2},6"]
+    rows.append("0,q0 apple apple apple,c,1,3")  # model c: one score
+    f = tmp_path / "t.csv"
+    f.write_text("\n".join(rows) + "\n")
+    assert main(["train", "--router", "auto", "--data", str(f), "--format", "long",
+                 "--embedder", "hashing", "--out", str(tmp_path / "a")]) == 2
+    assert "model 'c' has a score on 1 training prompt(s)" in capsys.readouterr().err
+    assert main(["train", "--router", "knn", "--data", str(f), "--format", "long",
+                 "--embedder", "hashing", "--out", str(tmp_path / "k")]) == 0
