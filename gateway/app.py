@@ -86,7 +86,8 @@ class Gateway:
         self._reload_lock = asyncio.Lock()
         self._batcher: Any = None
         #: request id -> (policy, arm) of recent requests beside a canary, for feedback
-        self._arms: collections.OrderedDict[str, tuple[str, str]] = collections.OrderedDict()
+        #: request id -> [policy, arm, its latest rating or None] of canaried requests
+        self._arms: collections.OrderedDict[str, list[Any]] = collections.OrderedDict()
         #: request id -> (policy, text, expert) of recent answers of online policies
         self._online: collections.OrderedDict[str, tuple[str, str, str]] = \
             collections.OrderedDict()
@@ -276,7 +277,7 @@ class Gateway:
         cand = rt.candidate if rt is not None else None
         if rt is None or cand is None or cand.monitor is None or plan.arm is None:
             return
-        self._arms[request_id] = (rt.config.name, plan.arm)
+        self._arms[request_id] = [rt.config.name, plan.arm, None]
         while len(self._arms) > 100_000:
             self._arms.popitem(last=False)
         signal_ = cand.monitor.observe_request(plan.arm, status >= 500)
@@ -322,7 +323,10 @@ class Gateway:
         cand = rt.candidate if rt is not None else None
         if cand is None or cand.monitor is None:
             return
-        signal_ = cand.monitor.observe_feedback(got[1], score)  # type: ignore[arg-type]
+        # a request counts once: a new rating replaces its earlier one (as logs export
+        # keeps the latest), so rating one request over and over cannot move the canary
+        previous, got[2] = got[2], float(score)
+        signal_ = cand.monitor.observe_feedback(got[1], score, previous)
         if signal_ is not None:
             self._reverted(got[0], signal_, cand.monitor.reverted or "")
 

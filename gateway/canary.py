@@ -81,11 +81,17 @@ class CanaryMonitor:
             s.errors += int(error)
             return self._check()
 
-    def observe_feedback(self, arm: Arm, score: float) -> str | None:
+    def observe_feedback(self, arm: Arm, score: float, previous: float | None = None
+                         ) -> str | None:
+        """One request's rating; ``previous``: the same request's earlier rating, which this
+        one replaces (a request counts once, however often it is rated)."""
         with self._lock:
             s = self.arms[arm]
-            s.fb_n += 1
-            s.fb_sum += float(score)
+            if previous is None:
+                s.fb_n += 1
+                s.fb_sum += float(score)
+            else:
+                s.fb_sum += float(score) - float(previous)
             return self._check()
 
     def _worse(self, inc_n: int, inc_mean: float, can_n: int, can_mean: float,

@@ -282,3 +282,29 @@ async def test_canary_reverts_on_worse_feedback_through_the_api(ups, tmp_path: P
         snap = gw.policy_set.policies["auto"].candidate.state()
         assert snap["arms"]["canary"]["feedback"] == 0.0
         assert snap["arms"]["incumbent"]["feedback"] == 1.0
+
+
+async def test_a_request_rated_over_and_over_counts_once_for_the_canary(
+        ups, tmp_path: Path) -> None:
+    coder, chatter = ups
+    art = _always_coder(tmp_path / "cand")
+    cfg = base_config(coder.base, chatter.base,
+                      candidate={"router": "knn", "artifact": str(art), "mode": "canary",
+                                 "share": 0.5, "auto_revert": {"min_samples": 10}})
+    async with gateway_client(cfg, tmp_path) as (c, gw):
+        gw.pipeline._rng.seed(2)
+        ids: dict[str, str] = {}
+        while len(ids) < 2:  # one request answered on each arm
+            r = await c.post("/v1/chat/completions", json=chat("auto", "tell me a joke"))
+            ids.setdefault(r.headers["x-expertgate-arm"], r.headers["x-request-id"])
+        for i in range(120):  # one client rates its two requests again and again
+            for arm, score in (("canary", 0.0), ("incumbent", 1.0)):
+                r = await c.post("/v1/feedback", json={"request_id": ids[arm],
+                                                       "score": score if i else 0.5})
+                assert r.status_code == 200
+        snap = gw.policy_set.policies["auto"].candidate.state()
+        assert snap["reverted"] is None
+        assert snap["arms"]["canary"]["feedback_n"] == 1  # the latest rating, once
+        assert snap["arms"]["canary"]["feedback"] == 0.0
+        assert snap["arms"]["incumbent"]["feedback_n"] == 1
+        assert snap["arms"]["incumbent"]["feedback"] == 1.0
