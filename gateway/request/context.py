@@ -48,6 +48,7 @@ class RequestContext:
         "rates",
         "raw",
         "reason",
+        "refused",
         "replica",
         "started",
         "status",
@@ -104,6 +105,8 @@ class RequestContext:
         self.finished = False
         #: the client disconnected before the answer was complete
         self.client_gone = False
+        #: the answer is the policy's refusal, written by the gateway (no upstream call)
+        self.refused = False
         self.status = 500
         self.err_type: str | None = None
         self.usage = (0, 0)

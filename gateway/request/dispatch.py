@@ -26,7 +26,7 @@ from gateway.request.context import RequestContext
 if TYPE_CHECKING:
     from gateway.app import Gateway
 
-__all__ = ["AFFINITY_CHARS", "affinity_key", "dispatch", "usage_of"]
+__all__ = ["AFFINITY_CHARS", "affinity_key", "dispatch", "member_answer", "usage_of"]
 
 log = logging.getLogger("expertgate.dispatch")
 
@@ -141,6 +141,9 @@ async def _ensemble(gw: Gateway, ctx: RequestContext) -> DispatchResult:
     payload = ctx.body
     sub = {k: v for k, v in payload.items() if k not in ("stream", "stream_options")}
 
+    outcome: dict[str, str] = {}
+    rejected: list[DispatchResult] = []
+
     async def one(name: str) -> tuple[str, str | None, DispatchResult | None]:
         try:
             res = await gw.dispatcher.call([name], path, sub, _body_for(sub, b"", ""),
@@ -148,16 +151,19 @@ async def _ensemble(gw: Gateway, ctx: RequestContext) -> DispatchResult:
                                            deadline=ctx.deadline)
         except UpstreamError as e:
             log.warning("ensemble member %s failed: %s", name, e)
+            outcome[name] = e.code
             return name, None, None
         if res.reply.status != 200:
             log.warning("ensemble member %s answered %d", name, res.reply.status)
+            outcome[name] = str(res.reply.status)
+            rejected.append(res)  # the request's own error (a 4xx): said if all reject it
             return name, None, None
-        try:
-            ch = res.reply.data["choices"][0]
-            return name, (ch.get("message") or {}).get("content") or ch.get("text") or "", res
-        except (KeyError, IndexError, TypeError, AttributeError) as e:
-            log.warning("ensemble member %s answered no readable choice: %s", name, e)
+        text = member_answer(res.reply.data)
+        if text is None:
+            log.warning("ensemble member %s answered no readable choice", name)
+            outcome[name] = "unreadable"
             return name, None, None
+        return name, text, res
 
     answers = await asyncio.gather(*(one(e) for e in p.chain))
     for _, _, res in answers:
@@ -171,7 +177,16 @@ async def _ensemble(gw: Gateway, ctx: RequestContext) -> DispatchResult:
                 m.child(m.tokens, res.expert.name, "completion").inc(u[1])
     got = [(n, a, r) for n, a, r in answers if a and r is not None]
     if not got:
-        raise UpstreamError("every ensemble member failed", code="ensemble_failed")
+        said = ", ".join(f"{n}:{outcome.get(n, 'empty')}" for n in p.chain)
+        ctx.reason = f"{d.reason}; every ensemble member failed ({said})"
+        if rejected and len(rejected) == len(p.chain):
+            # every member refused the request itself (4xx): its own error, as a single
+            # expert's would be, not a 502 the client's SDK retries
+            first = rejected[0]
+            ctx.expert, ctx.replica = first.expert.name, first.replica
+            return first
+        ctx.degraded.append("ensemble-failed")
+        raise UpstreamError(f"every ensemble member failed ({said})", code="ensemble_failed")
     ctx.members = [n for n, _, _ in got]
     if len(got) < len(p.chain):
         ctx.degraded.append("ensemble-partial")
@@ -191,6 +206,12 @@ async def _ensemble(gw: Gateway, ctx: RequestContext) -> DispatchResult:
         res = await gw.dispatcher.call(ctx.chain, path, agg, _body_for(agg, b"", ""),
                                        stream=ctx.stream, affinity=aggregator.encode(),
                                        deadline=ctx.deadline)
+        if res.reply.status >= 400:
+            # the aggregator refused the request the gateway built (the members' answers
+            # past its context, say): not the client's error; as a failed aggregation
+            res.reply.release()
+            raise UpstreamError(f"the aggregator {res.expert.name} answered "
+                                f"{res.reply.status}")
     except UpstreamError as e:
         # the members answered: their best answer beats an error
         name, answer, best = got[0]
@@ -206,6 +227,23 @@ async def _ensemble(gw: Gateway, ctx: RequestContext) -> DispatchResult:
         return best
     _answered(gw, ctx, res, ctx.chain)
     return res
+
+
+def member_answer(data: Any) -> str | None:
+    """An ensemble member's answer as text for the aggregator: the message's content (or a
+    completion's text), or its tool calls written out (the aggregator has the request's
+    tools and makes the call itself); None when the answer has no readable choice."""
+    try:
+        ch = data["choices"][0]
+        msg = ch.get("message") or {}
+        text = msg.get("content") or ch.get("text") or ""
+        calls = msg.get("tool_calls")
+        if not text and isinstance(calls, list) and calls:
+            text = "Tool call(s): " + orjson.dumps(
+                [c.get("function", c) for c in calls if isinstance(c, dict)]).decode()
+        return str(text)
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return None
 
 
 def usage_of(data: Any) -> tuple[int, int]:

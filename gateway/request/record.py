@@ -112,9 +112,11 @@ def _reconcile(gw: Gateway, ctx: RequestContext) -> None:
         return
     if ctx.usage != (0, 0):
         actual = ctx.usage[0] + ctx.usage[1] + ctx.extra_tokens
-    elif ctx.status >= 400 and "stream-cut" not in ctx.degraded and not (
-            ctx.stream and ctx.started):
-        actual = 0  # nothing was generated: give the estimate back
+    elif ctx.refused or (ctx.status >= 400 and "stream-cut" not in ctx.degraded and not (
+            ctx.stream and ctx.started)):
+        # nothing was generated for the answer (a refusal the gateway wrote, or an error):
+        # the estimate goes back, less what an ensemble's members did generate
+        actual = ctx.extra_tokens
     else:
         return  # a stream without usage, cut, or left by its client: the estimate stands
     gw.ratelimiter.reconcile_soon(ctx.key_id, rate, actual)

@@ -150,6 +150,7 @@ async def refuse(send: Send, ctx: RequestContext, message: str) -> None:
                 "headers": headers(ctx, ctype)})
     await send({"type": "http.response.body", "body": body})
     ctx.status = 200
+    ctx.refused = True
 
 
 async def forward(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchResult) -> None:
@@ -157,8 +158,10 @@ async def forward(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
     p = ctx.plan
     if ctx.unaggregated is not None and ctx.stream:
         # an ensemble answered by its best member, as the stream the client asked for
-        ctype, body = _refusal(ctx.body, ctx.endpoint, ctx.unaggregated, ctx.expert, True,
-                               "egens-")
+        model = p.model if p is not None and p.rt is not None and \
+            p.rt.config.rewrite_model else ctx.expert
+        ctype, body = _refusal(ctx.body, ctx.endpoint, ctx.unaggregated, model, True,
+                               "egens-", usage=usage_of(reply.data))
         await send({"type": "http.response.start", "status": 200,
                     "headers": headers(ctx, ctype)})
         await send({"type": "http.response.body", "body": body})
@@ -300,9 +303,21 @@ def _usage_event(ctx: RequestContext, sse: SSECheck) -> bytes:
 
 
 def _refusal(payload: dict[str, Any], endpoint: str, message: str, policy: str,
-             stream: bool, id_prefix: str = "egrej-") -> tuple[bytes, bytes]:
+             stream: bool, id_prefix: str = "egrej-", usage: tuple[int, int] = (0, 0)
+             ) -> tuple[bytes, bytes]:
+    """An answer the gateway writes (a refusal; an ensemble's member answer when its
+    aggregation failed): a completion, or the stream of one, which ends with a usage event
+    (``usage``: the tokens behind it) when the client asked for one, as upstream streams do."""
     rid = id_prefix + uuid.uuid4().hex[:24]
     now = int(time.time())
+    opts = payload.get("stream_options")
+    tail = b""
+    if stream and isinstance(opts, dict) and opts.get("include_usage") is True:
+        obj = "chat.completion.chunk" if endpoint == "chat" else "text_completion"
+        ev = {"id": rid, "object": obj, "created": now, "model": policy, "choices": [],
+              "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1],
+                        "total_tokens": usage[0] + usage[1]}}
+        tail = b"data: " + orjson.dumps(ev) + b"\n\n"
     if endpoint == "chat":
         if stream:
             ev1 = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": policy,
@@ -311,7 +326,7 @@ def _refusal(payload: dict[str, Any], endpoint: str, message: str, policy: str,
             ev2 = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": policy,
                    "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
             return (b"text/event-stream", b"data: " + orjson.dumps(ev1) + b"\n\ndata: " +
-                    orjson.dumps(ev2) + b"\n\ndata: [DONE]\n\n")
+                    orjson.dumps(ev2) + b"\n\n" + tail + b"data: [DONE]\n\n")
         body = {"id": rid, "object": "chat.completion", "created": now, "model": policy,
                 "choices": [{"index": 0, "finish_reason": "stop",
                              "message": {"role": "assistant", "content": message}}],
@@ -322,6 +337,8 @@ def _refusal(payload: dict[str, Any], endpoint: str, message: str, policy: str,
                          "logprobs": None}],
             "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
     if stream:
-        return b"text/event-stream", b"data: " + orjson.dumps(body) + b"\n\ndata: [DONE]\n\n"
+        del body["usage"]  # in its own event, as a streamed completion's usage comes
+        return (b"text/event-stream", b"data: " + orjson.dumps(body) + b"\n\n" + tail +
+                b"data: [DONE]\n\n")
     return _JSON, orjson.dumps(body)
 

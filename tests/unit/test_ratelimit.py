@@ -155,3 +155,19 @@ async def test_gateway_reconciles_tokens_with_upstream_usage(
         r = await c.post("/v1/chat/completions",
                          json=chat("chatter", "tell me a joke", max_tokens=200), headers=auth)
         assert r.status_code == 200
+
+
+async def test_a_refusal_gives_its_token_charge_back(
+        ups: tuple[OpenAIUpstreamDouble, OpenAIUpstreamDouble], tmp_path: Path) -> None:
+    # the policy's refusal is written by the gateway: nothing was generated upstream
+    cfg = _with_key(base_config(ups[0].base, ups[1].base, params={"threshold": 0.99},
+                                on_reject={"action": "refusal", "message": "no"}),
+                    tokens_per_minute=500)
+    auth = {"authorization": "Bearer sk-a"}
+    async with gateway_client(cfg, tmp_path) as (c, gw):
+        for _ in range(4):  # 4 x 204 estimated tokens > 500: refused without the refund
+            r = await c.post("/v1/chat/completions",
+                             json=chat("auto", "zxqv wplm", max_tokens=200), headers=auth)
+            assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "no"
+            await gw.ratelimiter.drain()
+    assert ups[0].received == [] and ups[1].received == []

@@ -384,3 +384,83 @@ def test_model_rewrite_keeps_lines_whole_across_chunks() -> None:
     out += rw.feed(b": keep-alive\ndata: [DONE]\n\n")
     assert out == (b'data: {"id":"x","model":"auto","choices":[]}\r\n\r\n'
                    b": keep-alive\ndata: [DONE]\n\n") and rw.tail == b""
+
+
+TOOL_ANSWER = orjson.dumps({
+    "id": "chatcmpl-tool", "object": "chat.completion", "created": 1, "model": "m",
+    "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+        "role": "assistant", "content": None, "tool_calls": [{
+            "id": "c1", "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]}}],
+    "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}})
+
+
+async def test_ensemble_members_rejecting_the_request_or_calling_tools(ups, tmp_path: Path
+                                                                      ) -> None:
+    coder, chatter = ups
+    agg = await OpenAIUpstreamDouble("agg-double").start()
+    try:
+        async with await _ensemble_gateway(ups, agg, tmp_path) as (c, _):
+            # every member refuses the request itself: its own 400, not a 502 to retry
+            coder.raw = chatter.raw = (400, "application/json",
+                                       b'{"error": {"message": "bad tools", "type": "x"}}')
+            r = await c.post("/v1/chat/completions", json=chat("panel", "explain topic 3"))
+            assert r.status_code == 400 and _err(r)["message"] == "bad tools"
+            assert agg.received == []
+            # members that answer with tool calls: the aggregator gets them, and the tools
+            coder.raw = chatter.raw = (200, "application/json", TOOL_ANSWER)
+            tools = [{"type": "function", "function": {"name": "get_weather",
+                                                       "parameters": {"type": "object"}}}]
+            r = await c.post("/v1/chat/completions", json=chat(
+                "panel", "explain topic 3", tools=tools))
+            assert r.status_code == 200 and r.headers["x-expertgate-expert"] == "agg"
+            sent = agg.received[-1]
+            assert sent["tools"] == tools and "get_weather" in sent["messages"][-1]["content"]
+            # members down: a 502 that says what each got
+            coder.raw = chatter.raw = (503, "application/json", b'{"error": "busy"}')
+            r = await c.post("/v1/chat/completions", json=chat("panel", "explain topic 3"))
+            assert r.status_code == 502 and _err(r)["code"] == "ensemble_failed"
+            assert "ensemble-failed" in r.headers["x-expertgate-degraded"]
+            assert "coder:" in r.headers["x-expertgate-reason"]
+    finally:
+        await agg.stop()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_aggregator_refusing_its_built_request_answers_with_a_member(
+        ups, tmp_path: Path, stream: bool) -> None:
+    agg = await OpenAIUpstreamDouble("agg-double").start()
+    agg.raw = (400, "application/json", b'{"error": {"message": "context too long"}}')
+    try:
+        async with await _ensemble_gateway(ups, agg, tmp_path) as (c, _):
+            r = await c.post("/v1/chat/completions", json=chat(
+                "panel", "explain topic 3", stream=stream,
+                **({"stream_options": {"include_usage": True}} if stream else {})))
+            assert r.status_code == 200
+            assert "ensemble-unaggregated" in r.headers["x-expertgate-degraded"]
+            assert "answer from coder-double" in r.text
+            if stream:  # the usage event a client asked for, as upstream streams end
+                events = [orjson.loads(ln[6:]) for ln in r.text.split("\n")
+                          if ln.startswith("data: ") and ln != "data: [DONE]"]
+                assert events[-1]["usage"]["total_tokens"] == 12
+    finally:
+        await agg.stop()
+
+
+@pytest.mark.parametrize("endpoint", ["chat", "completions"])
+async def test_streamed_refusal_ends_with_a_usage_event(ups, tmp_path: Path, endpoint: str
+                                                        ) -> None:
+    cfg = base_config(ups[0].base, ups[1].base, params={"threshold": 0.99},
+                      on_reject={"action": "refusal", "message": "out of scope"})
+    async with gateway_client(cfg, tmp_path) as (c, _):
+        path = "/v1/chat/completions" if endpoint == "chat" else "/v1/completions"
+        body = chat("auto", "zxqv wplm", stream=True, stream_options={"include_usage": True})
+        if endpoint == "completions":
+            body = {"model": "auto", "prompt": "zxqv wplm", "stream": True,
+                    "stream_options": {"include_usage": True}}
+        r = await c.post(path, json=body)
+        assert r.status_code == 200, r.text
+        events = [orjson.loads(ln[6:]) for ln in r.text.split("\n")
+                  if ln.startswith("data: ") and ln != "data: [DONE]"]
+        assert "out of scope" in r.text and events[-1]["choices"] == []
+        assert events[-1]["usage"]["total_tokens"] == 0
