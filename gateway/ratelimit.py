@@ -180,8 +180,9 @@ class RateDecision:
 
     def error(self) -> RateLimited:
         retry = max(1, math.ceil(self.retry_after_s))
-        if self.failed == "tokens" and self.limits.tokens_per_minute is not None and (
-                self.cost > self.limits.tokens_per_minute):
+        never = self.failed == "tokens" and self.limits.tokens_per_minute is not None and (
+            self.cost > self.limits.tokens_per_minute)
+        if never:
             msg = (f"this request's token estimate ({self.cost}) exceeds the key's limit of "
                    f"{self.limits.tokens_per_minute} tokens per minute: lower max_tokens")
         elif self.failed == "tokens":
@@ -190,7 +191,8 @@ class RateDecision:
         else:
             msg = (f"rate limit reached: {self.limits.requests_per_minute} requests per "
                    f"minute; retry after {retry}s")
-        headers = {"retry-after": str(retry)}
+        # no retry-after for a request no wait admits: retrying it as is cannot succeed
+        headers = {} if never else {"retry-after": str(retry)}
         for k, v in self.headers():
             headers[k.decode()] = v.decode()
         return RateLimited(msg, code=f"rate_limit_{self.failed or 'requests'}",

@@ -133,7 +133,9 @@ def error_of(exc: BaseException) -> GatewayError:
 
 async def send_error(send: Send, ctx: RequestContext, err: GatewayError) -> None:
     h = headers(ctx)
-    h.extend((k.lower().encode(), v.encode()) for k, v in err.headers.items())
+    if err.headers:  # the error's own (a refused rate decision's) replace the request's
+        own = {k.lower().encode(): v.encode() for k, v in err.headers.items()}
+        h = [(k, v) for k, v in h if k not in own] + list(own.items())
     await send({"type": "http.response.start", "status": err.status, "headers": h})
     await send({"type": "http.response.body", "body": err.body()})
 

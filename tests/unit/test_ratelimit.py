@@ -171,3 +171,16 @@ async def test_a_refusal_gives_its_token_charge_back(
             assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "no"
             await gw.ratelimiter.drain()
     assert ups[0].received == [] and ups[1].received == []
+
+
+async def test_a_request_over_the_whole_token_budget_has_no_retry_after_and_one_header_each(
+        ups: tuple[OpenAIUpstreamDouble, OpenAIUpstreamDouble], tmp_path: Path) -> None:
+    cfg = _with_key(base_config(ups[0].base, ups[1].base), tokens_per_minute=500,
+                    requests_per_minute=100)
+    async with gateway_client(cfg, tmp_path) as (c, _):
+        r = await c.post("/v1/chat/completions", json=chat("chatter", "hi", max_tokens=10_000),
+                         headers={"authorization": "Bearer sk-a"})
+        assert r.status_code == 429 and "lower max_tokens" in r.json()["error"]["message"]
+        assert "retry-after" not in r.headers  # no wait admits it
+        names = [k for k, _ in r.headers.multi_items()]
+        assert len(names) == len(set(names)), names
