@@ -151,7 +151,10 @@ class Gateway:
         self._canary_gauges(self.policy_set)
         await self.dispatcher.start()
         if s.warm_up:
-            await self.pipeline.warm()
+            failed = await self.pipeline.warm()
+            if failed:
+                await self.close()  # what was started (the log's writer, the pools)
+                _refuse_failed(failed, "start")
         self.ready = True
         if s.gc_freeze:
             # start-up objects (model weights, configs) never become garbage: keep them out
@@ -219,7 +222,7 @@ class Gateway:
                 cfg = await asyncio.to_thread(load_config, path)
             pset = await asyncio.to_thread(build_policy_set, cfg, self.embedder)
             if self.settings.warm_up:  # before it serves, as at start-up
-                await self.pipeline.warm(pset)
+                _refuse_failed(await self.pipeline.warm(pset), "reload")
             old = self.policy_set
             if [(e.model_dump(), e.credentials_digest) for e in cfg.experts] != [
                     (e.model_dump(), e.credentials_digest) for e in self.config.experts]:
@@ -338,6 +341,16 @@ class Gateway:
             event: CanaryEvent = {"ts": time.time(), "endpoint": "canary", "policy": policy,
                                   "status": "reverted", "reason": f"{signal_}: {why}"}
             self.routing_log.record(event)
+
+
+def _refuse_failed(failed: dict[str, str], when: str) -> None:
+    """A policy whose first decision (the warm-up's) fails would fail every request (a 500
+    each, a canary that never counts its errors): the configuration is refused instead (a
+    reload keeps the running one; a start fails)."""
+    if failed:
+        raise ConfigError(f"cannot {when}: " + "; ".join(
+            f"policy {name!r} fails its first decision ({err})"
+            for name, err in sorted(failed.items())))
 
 
 def create_app(settings: Settings | None = None, config: GatewayConfig | None = None,

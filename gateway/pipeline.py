@@ -72,6 +72,10 @@ class CandidateRuntime:
     share: float
     runtime: PolicyRuntime
     monitor: CanaryMonitor | None
+    #: the candidate itself (artifact, family, parameters, mode, revert settings), whatever
+    #: the incumbent policy around it: what a reload must keep for the canary's state to
+    #: carry over
+    identity: str = ""
 
     @property
     def serving(self) -> bool:
@@ -247,24 +251,28 @@ def _candidate(pol: PolicyConfig, rt: PolicyRuntime, embedder: Embedder | None,
     if unknown:
         raise ConfigError(f"{where} candidate: the router names expert(s) not in the config: "
                           f"{', '.join(unknown)} (map them with the policy's models:)")
-    version = hashlib.sha256(f"{rt.version}:candidate:{v}:{cand.router}:".encode()
-                             + orjson.dumps(cand.params, option=orjson.OPT_SORT_KEYS)
-                             ).hexdigest()[:12]
+    own = f"{v}:{cand.router}:".encode() + orjson.dumps(cand.params,
+                                                          option=orjson.OPT_SORT_KEYS)
+    version = hashlib.sha256(f"{rt.version}:candidate:".encode() + own).hexdigest()[:12]
     ar = cand.auto_revert
     monitor = (CanaryMonitor(ar.margin, ar.alpha, ar.min_samples)
                if cand.mode == "canary" and ar.enabled else None)
+    identity = hashlib.sha256(own + f":{cand.mode}:{ar.enabled}:{ar.margin}:{ar.alpha}:"
+                              f"{ar.min_samples}".encode()).hexdigest()[:12]
     return CandidateRuntime(cand.mode, cand.share,
-                            PolicyRuntime(pol, version, router, rt.guard, rt.explore), monitor)
+                            PolicyRuntime(pol, version, router, rt.guard, rt.explore), monitor,
+                            identity)
 
 
 def carry_canary_state(old: PolicySet, new: PolicySet) -> None:
     """Keep a canary's monitor (its counts, and a revert) across a reload that leaves the
-    candidate unchanged, so a reload never silently re-enables a reverted canary."""
+    candidate unchanged (its artifact, family, parameters and mode; an edit elsewhere in the
+    policy does not count), so a reload never silently re-enables a reverted canary."""
     for name, rt in new.policies.items():
         prev = old.policies.get(name)
         if (prev is not None and prev.candidate is not None and rt.candidate is not None
-                and prev.candidate.runtime.version == rt.candidate.runtime.version
-                and prev.candidate.mode == rt.candidate.mode):
+                and prev.candidate.identity == rt.candidate.identity
+                and prev.candidate.monitor is not None and rt.candidate.monitor is not None):
             rt.candidate.monitor = prev.candidate.monitor
 
 
@@ -322,28 +330,30 @@ class Pipeline:
         return X[0]
 
     async def warm(self, policies: PolicySet | None = None, timeout_s: float = 30.0
-                   ) -> list[str]:
+                   ) -> dict[str, str]:
         """One decision's work for every policy of ``policies`` (default: the served set) and
         its canary or shadow candidate, before they serve: :data:`WARM_TEXT` embedded through
         the request path (the embedding thread or the micro-batcher), then each guard's
         verdict and router's decision on it, so the first request does not pay first-use
         costs (lazy loads, the embedding thread's start, a router's first run: ~0.1 s for a
         learned router's first decision against ~1 ms after it, docs/performance.md). The
-        decision cache, the routing log and the metrics are not touched. A failure is logged
-        and its policy named in the result; serving goes on, the request path keeps its own
-        fallbacks. An embedding that takes longer than ``timeout_s`` (a hung encoder) ends
-        the warm-up, so the gateway still starts."""
+        decision cache, the routing log and the metrics are not touched. Returns the
+        policies whose guard or router (or candidate's) failed its decision, with the error:
+        every request of theirs would fail the same way, so start-up and reload refuse them
+        (:meth:`gateway.app.Gateway.start`, ``reload``). An embedder that fails or takes
+        longer than ``timeout_s`` (a hung encoder) ends the warm-up with a warning and no
+        verdict on the policies: the request path has its own fallback for it."""
         pset = self.policies if policies is None else policies
         if self.embedder is None or not pset.policies:
-            return []
+            return {}
         try:
             async with asyncio.timeout(timeout_s):
                 X = np.asarray(await self._embed_fn(WARM_TEXT)).reshape(1, -1)
         except Exception as e:  # TimeoutError included
             log.warning("warm-up: the embedder failed (%s: %s); the first requests pay its "
                         "first run", type(e).__name__, e)
-            return sorted(pset.policies)
-        failed = []
+            return {}
+        failed: dict[str, str] = {}
         for name, rt in pset.policies.items():
             runtimes = [rt] if rt.candidate is None else [rt, rt.candidate.runtime]
             try:
@@ -355,9 +365,9 @@ class Pipeline:
                     _warm_one(r, X)
                     await asyncio.sleep(0)
             except Exception as e:
-                log.warning("warm-up: policy %s failed its warm-up decision (%s: %s); its "
-                            "requests take the usual path", name, type(e).__name__, e)
-                failed.append(name)
+                log.warning("warm-up: policy %s failed its warm-up decision (%s: %s)", name,
+                            type(e).__name__, e)
+                failed[name] = f"{type(e).__name__}: {e}"
         return failed
 
     def explore(self, rt: PolicyRuntime, d: Decision) -> tuple[Decision, dict[str, Any]]:

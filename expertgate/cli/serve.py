@@ -193,6 +193,7 @@ def cmd_route(args: argparse.Namespace) -> int:
     from gateway.cache import MemoryDecisionCache
     from gateway.metrics import Metrics
     from gateway.pipeline import Pipeline, build_policy_set
+    from gateway.request import explain
     from gateway.request.plan import plan
     from routers.embed import make_embedder
 
@@ -229,12 +230,7 @@ def cmd_route(args: argparse.Namespace) -> int:
         degraded: list[str] = []
         p = await plan(planner, "route", {"model": name, "text": text}, degraded,
                        deadline=time.monotonic() + 300, serve=False)
-        assert p.decision is not None
-        out = p.decision.to_dict()
-        out["degraded"] = degraded
-        out["action"] = p.action
-        out["fallback_chain"] = p.chain
-        return out
+        return explain(p, degraded)
 
     out = asyncio.run(run())
     pipe.close()

@@ -28,7 +28,7 @@ from gateway.errors import GatewayError, NotFound, ServiceUnavailable, UpstreamE
 from gateway.request.admit import GENERATE, admit, admit_body
 from gateway.request.context import RequestContext
 from gateway.request.dispatch import dispatch
-from gateway.request.plan import plan
+from gateway.request.plan import Plan, plan
 from gateway.request.read import ClientDisconnected, read
 from gateway.request.record import record
 from gateway.request.respond import error_of, forward, refuse, send_error, send_json
@@ -36,7 +36,7 @@ from gateway.request.respond import error_of, forward, refuse, send_error, send_
 if TYPE_CHECKING:
     from gateway.app import Gateway
 
-__all__ = ["ENDPOINTS", "handle"]
+__all__ = ["ENDPOINTS", "explain", "handle"]
 
 log = logging.getLogger("expertgate.request")
 
@@ -171,13 +171,24 @@ def _watch_disconnect(receive: Receive, ctx: RequestContext) -> asyncio.Task[Non
 
 
 def _explain(ctx: RequestContext) -> dict[str, Any]:
-    """The dry run's answer: the decision, and what a live request would do with it."""
-    p = ctx.plan
-    assert p is not None and p.decision is not None
+    assert ctx.plan is not None
+    return explain(ctx.plan, ctx.degraded)
+
+
+def explain(p: Plan, degraded: list[str]) -> dict[str, Any]:
+    """The dry run's answer (``POST /v1/route``, ``expertgate route``): the decision, and
+    what a live request would do with it."""
+    assert p.decision is not None
     out = p.decision.to_dict()
-    out["degraded"] = ctx.degraded
+    out["degraded"] = degraded
     out["action"] = p.action
     out["fallback_chain"] = p.chain
+    if p.action == "ensemble" and p.rt is not None and p.decision.aggregator:
+        # what a live request does: the members answer, then the aggregator and, should it
+        # fail, the policy's fallback experts (the same chain as gateway.request.dispatch)
+        agg = p.decision.aggregator
+        out["ensemble"] = {"members": p.chain, "aggregator": agg, "aggregation_chain": [
+            agg, *(f for f in p.rt.config.fallback if f != agg)]}
     return out
 
 

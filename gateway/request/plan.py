@@ -75,6 +75,11 @@ class Plan:
 
     @property
     def first_choice(self) -> str:
+        """The expert meant to give the answer: the chain's first, or an ensemble's
+        aggregator (its members answer it, it answers the client)."""
+        if self.action == "ensemble" and self.decision is not None and \
+                self.decision.aggregator:
+            return self.decision.aggregator
         return self.chain[0] if self.chain else ""
 
     @property

@@ -124,7 +124,8 @@ def error_of(exc: BaseException) -> GatewayError:
     if isinstance(exc, HTTPException):
         err = GatewayError(str(exc.detail),
                            code={404: "not_found", 405: "method_not_allowed"}.get(
-                               exc.status_code, "http_error"))
+                               exc.status_code, "http_error"),
+                           headers=dict(exc.headers or {}))  # a 405's Allow
         err.status = exc.status_code
         err.type = "invalid_request_error" if exc.status_code < 500 else "server_error"
         return err

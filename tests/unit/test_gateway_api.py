@@ -268,7 +268,8 @@ async def test_unknown_path_and_method_are_openai_shaped(ups, tmp_path: Path) ->
         r = await c.get("/v1/nothing")
         assert r.status_code == 404 and _err(r)["code"] == "not_found"
         r = await c.get("/v1/chat/completions")
-        assert r.status_code == 405
+        assert r.status_code == 405 and _err(r)["code"] == "method_not_allowed"
+        assert r.headers["allow"] == "POST"  # says which method would do
         assert (await c.get("/healthz")).json() == {"status": "ok"}
 
 

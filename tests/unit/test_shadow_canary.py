@@ -183,6 +183,18 @@ async def test_canary_reverts_itself_when_its_errors_exceed_the_incumbents(
         gw.settings.config = path
         assert (await c.post("/admin/reload")).status_code == 200
         assert gw.policy_set.policies["auto"].candidate.serving is False
+        # ... and so does one that edits the policy around it (its version changes)
+        old_version = gw.policy_set.policies["auto"].version
+        cfg["policies"][0]["log_prompts"] = not cfg["policies"][0].get("log_prompts", False)
+        path.write_text(yaml.safe_dump(cfg))
+        assert (await c.post("/admin/reload")).json()["changed"] == ["auto"]
+        assert gw.policy_set.policies["auto"].version != old_version
+        assert gw.policy_set.policies["auto"].candidate.serving is False
+        # a changed candidate starts afresh
+        cfg["policies"][0]["candidate"]["params"] = {"k": 3}
+        path.write_text(yaml.safe_dump(cfg))
+        assert (await c.post("/admin/reload")).status_code == 200
+        assert gw.policy_set.policies["auto"].candidate.serving is True
     events = [r for r in _records(tmp_path) if r["endpoint"] == "canary"]
     assert len(events) == 1 and events[0]["status"] == "reverted"
     routed = [r for r in _records(tmp_path) if r["endpoint"] == "chat"]

@@ -82,24 +82,33 @@ async def test_start_and_reload_run_one_decision_per_policy_and_leave_no_trace(
         await b.stop()
 
 
-async def test_a_failing_warm_up_is_logged_and_the_gateway_still_starts(
+async def test_a_policy_that_cannot_decide_is_refused_at_start_and_reload(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
         ) -> None:
-    def broken(self, X, texts):  # type: ignore[no-untyped-def]
-        raise RuntimeError("router down")
+    # every request of such a policy would answer 500 (and a canary's would never count)
+    from gateway.config import ConfigError
 
-    monkeypatch.setattr(SemanticRouter, "decide", broken)
     a = await OpenAIUpstreamDouble("a").start()
     b = await OpenAIUpstreamDouble("b").start()
     try:
-        with caplog.at_level(logging.WARNING, logger="expertgate.pipeline"):
-            gw = await _started(base_config(a.base, b.base), tmp_path, HashingEmbedder())
-        try:
-            assert gw.ready
-            assert any("warm-up" in r.getMessage() and "auto" in r.getMessage()
-                       and "router down" in r.getMessage() for r in caplog.records)
+        gw = await _started(base_config(a.base, b.base), tmp_path, HashingEmbedder())
+        try:  # a reload to a config whose router fails keeps the running one
+            old = gw.policy_set
+            path = tmp_path / "gw.yaml"
+            path.write_text(yaml.safe_dump(base_config(a.base, b.base,
+                                                       params={"threshold": "abc"})))
+            with pytest.raises(ConfigError, match="policy 'auto' fails its first decision"):
+                await gw.reload(path)
+            assert gw.policy_set is old
         finally:
             await gw.close()
+
+        def broken(self, X, texts):  # type: ignore[no-untyped-def]
+            raise RuntimeError("router down")
+
+        monkeypatch.setattr(SemanticRouter, "decide", broken)
+        with pytest.raises(ConfigError, match=r"cannot start: .*\(RuntimeError: router down"):
+            await _started(base_config(a.base, b.base), tmp_path, HashingEmbedder())
         # switched off: no warm-up decision at all
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="expertgate.pipeline"):
@@ -154,7 +163,7 @@ async def test_a_hung_embedder_ends_the_warm_up_and_the_gateway_starts(
             gw.pipeline._embed_fn = hung
             with caplog.at_level(logging.WARNING, logger="expertgate.pipeline"):
                 failed = await gw.pipeline.warm(timeout_s=0.05)
-            assert failed == ["auto"]
+            assert failed == {}  # no verdict on the policies: the embedder failed
             assert any("warm-up: the embedder failed (TimeoutError" in r.getMessage()
                        for r in caplog.records)
         finally:
