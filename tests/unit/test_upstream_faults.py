@@ -464,3 +464,19 @@ async def test_streamed_refusal_ends_with_a_usage_event(ups, tmp_path: Path, end
                   if ln.startswith("data: ") and ln != "data: [DONE]"]
         assert "out of scope" in r.text and events[-1]["choices"] == []
         assert events[-1]["usage"]["total_tokens"] == 0
+
+
+async def test_ensemble_dry_run_names_the_aggregator_a_live_request_gets(ups, tmp_path: Path
+                                                                         ) -> None:
+    agg = await OpenAIUpstreamDouble("agg-double").start()
+    try:
+        async with await _ensemble_gateway(ups, agg, tmp_path) as (c, _):
+            dry = await c.post("/v1/route", json={"model": "panel", "text": "explain topic 3"})
+            live = await c.post("/v1/chat/completions", json=chat("panel", "explain topic 3"))
+            plan = dry.json()
+            assert plan["action"] == "ensemble"
+            assert plan["ensemble"]["members"] == ["coder", "chatter"]
+            assert plan["ensemble"]["aggregation_chain"][0] == "agg"
+            assert dry.headers["x-expertgate-expert"] == live.headers["x-expertgate-expert"]
+    finally:
+        await agg.stop()
