@@ -168,6 +168,10 @@ def _run(s: Settings) -> int:
         import os
 
         os.environ["EXPERTGATE_CONFIG"] = str(Path(s.config).resolve())
+        # a worker knows it is one of several, and which process supervises them (a
+        # reload must reach them all: gateway.api.admin)
+        os.environ["EXPERTGATE_WORKERS"] = str(s.workers)
+        os.environ["EXPERTGATE_SUPERVISOR_PID"] = str(os.getpid())
         if s.redis_url:
             os.environ["EXPERTGATE_REDIS_URL"] = s.redis_url
         uvicorn.run("gateway.asgi:app", workers=s.workers, factory=True, **kw)

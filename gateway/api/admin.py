@@ -1,11 +1,15 @@
 """The admin endpoints: every one needs an admin key (:func:`gateway.auth.require_admin`).
 
-POST /admin/reload re-reads the config and swaps policies atomically (also on SIGHUP);
+POST /admin/reload re-reads the config and swaps policies atomically (also on SIGHUP); with
+several worker processes (``serve --workers N``) the one that got it checks and serves the
+file, then has the supervisor replace every worker with one built from it;
 GET /admin/state shows replicas (URLs without credentials), policy versions and the log.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -25,6 +29,16 @@ async def reload(request: Request) -> dict[str, Any]:
     except ConfigError as e:
         raise InvalidRequest(f"reload failed, the running configuration is unchanged: {e}",
                              code="config_invalid") from None
+    workers = gw.settings.workers
+    if workers > 1 and os.environ.get("EXPERTGATE_SUPERVISOR_PID") == str(os.getppid()):
+        # this worker checked the file (built and warmed its policies) and serves it; the
+        # others are separate processes: the supervisor (uvicorn's, our parent) replaces
+        # each worker by a new one built from the file, the new one in service before the
+        # old one retires, on SIGHUP
+        os.kill(os.getppid(), signal.SIGHUP)
+        out["workers"] = {"count": workers, "reload": "this worker reloaded in place; the "
+                          "supervisor is replacing every worker with one built from the "
+                          "new configuration"}
     return {"object": "reload", **out}
 
 
