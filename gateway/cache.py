@@ -149,7 +149,13 @@ class RedisDecisionCache:
             raw = await self._r.get(key)
         except Exception as e:  # redis raises many types (ConnectionError, TimeoutError, ...)
             raise self._failed(e) from e
-        return None if raw is None else orjson.loads(raw)
+        if raw is None:
+            return None
+        try:
+            out = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            out = {}  # not JSON: the pipeline finds it unusable, decides afresh, overwrites
+        return out if isinstance(out, dict) else {}
 
     async def set(self, key: str, value: dict[str, Any], ttl_s: float) -> None:
         if ttl_s <= 0:

@@ -240,7 +240,15 @@ def _read_stream(redis_url: str, stream: str) -> list[dict[str, Any]]:
         if not chunk:
             break
         for _id, fields in chunk:
-            out.append(orjson.loads(fields[b"r"]))  # type: ignore[index]
+            try:
+                rec = orjson.loads(fields.get(b"r", b""))  # type: ignore[union-attr]
+            except orjson.JSONDecodeError:
+                rec = None
+            if isinstance(rec, dict):
+                out.append(rec)
+            else:  # as a malformed line of the JSONL log: skipped, said
+                log.warning("skipping a malformed entry %s in the Redis stream %s",
+                            _id.decode() if isinstance(_id, bytes) else _id, stream)
         last = chunk[-1][0].decode()  # type: ignore[union-attr]
     r.close()
     return out

@@ -526,16 +526,24 @@ class Pipeline:
             degraded.append("cache")  # counted in expertgate_degraded_total per response
             self.metrics.cache.labels("unavailable").inc()
         else:
-            m = self.metrics
-            m.child(m.cache, "hit" if hit is not None else "miss").inc()
+            if hit is None:
+                m = self.metrics
+                m.child(m.cache, "miss").inc()
         t1 = time.perf_counter()
         timings["cache"] = (t1 - t0) * 1000
         self._obs_cache.observe(t1 - t0)
         if hit is not None:
-            d = Decision.from_dict(hit)
-            d.cached = True
-            d.timings_ms = timings
-            return d
+            d = _cached_decision(hit, self.policies.config)
+            if d is not None:
+                m = self.metrics
+                m.child(m.cache, "hit").inc()
+                d.cached = True
+                d.timings_ms = timings
+                return d
+            # an entry this code cannot use (written by another version, or damaged):
+            # decided afresh, which overwrites it; said in the log and in /metrics
+            log.warning("decision cache: ignoring an unusable entry for policy %s", pol.name)
+            self.metrics.cache.labels("invalid").inc()
         try:
             if embedding is not None:
                 x = embedding
@@ -608,6 +616,20 @@ class Pipeline:
                      f"{reason}: fallback chain", policy=pol.name, policy_version=rt.version,
                      router="fallback", timings_ms=timings)
         return d
+
+
+def _cached_decision(hit: Any, config: GatewayConfig) -> Decision | None:
+    """A decision read from the cache, or None when it is not one this configuration can
+    serve (not a decision, or naming an expert the configuration lacks)."""
+    try:
+        d = Decision.from_dict(hit)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    names = {e.name for e in config.experts}
+    if any(t.expert not in names for t in d.targets) or (
+            d.aggregator is not None and d.aggregator not in names):
+        return None
+    return d
 
 
 def _warm_one(rt: PolicyRuntime, X: np.ndarray) -> None:

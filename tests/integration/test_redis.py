@@ -108,3 +108,39 @@ async def test_redis_down_then_back_gateway_keeps_answering(redis_clean: RedisSe
         assert any(k.startswith(b"eg:dc:auto:") for k in r.scan_iter("eg:dc:*"))
     finally:
         r.close()
+
+
+async def test_unusable_shared_entries_are_skipped_never_a_500(
+        redis_clean: RedisServer, ups, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a decision-cache entry written by another version of the gateway (or damaged), and
+    # a routing-log entry that is no record: decided afresh / skipped, and said
+    cfg = base_config(ups[0].base, ups[1].base)
+    url = redis_clean.url
+    r = redis_clean.client()
+    try:
+        async with gateway_client(cfg, tmp_path, redis_url=url) as (c, _):
+            first = await c.post("/v1/chat/completions",
+                                 json=chat("auto", "fix this bug in my code"))
+            assert first.headers["x-expertgate-cache"] == "miss"
+            (key,) = [k for k in r.keys("*") if b":dc:" in k or k.startswith(b"eg:dc")]
+            bad = [b"garbage", b'{"a": 1}', b"[]", orjson.dumps({**orjson.loads(r.get(key)),
+                                                                 "expert": "nowhere",
+                                                                 "targets": [{"expert":
+                                                                              "nowhere",
+                                                                              "score": 1}]})]
+            for value in bad:
+                r.set(key, value)
+                got = await c.post("/v1/chat/completions",
+                                   json=chat("auto", "fix this bug in my code"))
+                assert got.status_code == 200 and got.headers["x-expertgate-expert"] == "coder"
+                assert got.headers["x-expertgate-cache"] == "miss", value
+            metrics = (await c.get("/metrics")).text
+            assert 'expertgate_decision_cache_total{result="invalid"} 4.0' in metrics
+        r.xadd(LOG_STREAM, {"r": b"notjson"})
+        r.xadd(LOG_STREAM, {"r": b"[1, 2]"})
+    finally:
+        r.close()
+    out = tmp_path / "export.jsonl"
+    assert cli_main(["logs", "export", "--redis-url", url, "--out", str(out)]) == 0
+    assert "wrote 5 record(s)" in capsys.readouterr().out
