@@ -220,6 +220,12 @@ class Gateway:
                 cfg = self.config
             else:
                 cfg = await asyncio.to_thread(load_config, path)
+            if cfg.embedder.model_dump() != self.config.embedder.model_dump():
+                # loaded once per process (and every artifact was checked against it): a
+                # reload that changed it would serve on with the old one, silently
+                raise ConfigError(f"{path}: the embedder changed ({self.config.embedder.kind}"
+                                  f" -> {cfg.embedder.kind}); it is loaded once per process: "
+                                  "restart the gateway to change it")
             pset = await asyncio.to_thread(build_policy_set, cfg, self.embedder)
             if self.settings.warm_up:  # before it serves, as at start-up
                 _refuse_failed(await self.pipeline.warm(pset), "reload")

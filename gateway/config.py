@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -285,6 +286,15 @@ class AutoRevertConfig(_Model):
     min_samples: int = Field(100, ge=1)
 
 
+def _finite_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Router parameters hold no NaN or infinity (YAML's .nan, .inf): a threshold of NaN
+    compares false with everything and rejects every request without saying why."""
+    bad = [k for k, v in params.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise ValueError(f"params {', '.join(map(repr, bad))} must be finite numbers")
+    return params
+
+
 class CandidateConfig(_Model):
     """A candidate router run beside the policy's own: in ``shadow`` it decides on live
     traffic off the request path and its decision is logged, never served; as a ``canary``
@@ -297,6 +307,8 @@ class CandidateConfig(_Model):
     share: float = Field(0.05, gt=0, lt=1)
     auto_revert: AutoRevertConfig = Field(
         default_factory=lambda: AutoRevertConfig.model_validate({}))
+
+    _params = field_validator("params")(_finite_params)
 
     @model_validator(mode="after")
     def _artifact(self) -> CandidateConfig:
@@ -320,7 +332,8 @@ class PolicyConfig(_Model):
     fallback: list[str] = Field(default_factory=list)
     #: how many of the decision's targets to try before the configured fallback chain
     max_attempts: int = Field(3, ge=1)
-    cache_ttl_s: float = Field(3600.0, ge=0)
+    #: at most a year: Redis refuses an expiry past its range, which read as Redis down
+    cache_ttl_s: float = Field(3600.0, ge=0, le=31_536_000, allow_inf_nan=False)
     routing_text: Literal["last_user", "conversation"] = "last_user"
     log_prompts: bool = False
     max_tokens_cap: int | None = Field(None, ge=1)
@@ -334,6 +347,8 @@ class PolicyConfig(_Model):
     #: learn online from /v1/feedback (routers with partial_fit: cluster)
     online: bool = False
     description: str = ""
+
+    _params = field_validator("params")(_finite_params)
 
     @model_validator(mode="after")
     def _router_input(self) -> PolicyConfig:

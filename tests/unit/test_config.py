@@ -54,6 +54,11 @@ def test_good_config_loads_with_defaults(tmp_path: Path) -> None:
     (lambda d: d["policies"][0].update(colour="blue"), "policies[0](auto).colour",
      "Extra inputs"),
     (lambda d: d["experts"][2].update(parent="ghost"), "(top level)", "parent 'ghost'"),
+    # Redis refuses an expiry past its range (read as Redis down); NaN rejects everything
+    (lambda d: d["policies"][0].update(cache_ttl_s=1e16), "policies[0](auto).cache_ttl_s",
+     "less than or equal"),
+    (lambda d: d["policies"][0].update(params={"threshold": float("nan")}),
+     "policies[0](auto).params", "must be finite"),
     (lambda d: d["policies"].append({"name": "a", "routes": GOOD["policies"][0]["routes"]}),
      "(top level)", "both an expert and a policy"),
 ])

@@ -42,6 +42,11 @@ async def test_admin_reload_changes_routes_and_invalidates_cache(tmp_path: Path)
             assert r.status_code == 400 and r.json()["error"]["code"] == "config_invalid"
             r3 = await c.post("/v1/chat/completions", json=body)
             assert r3.status_code == 200 and r3.headers["x-expertgate-cache"] == "hit"
+            # so does a changed embedder: loaded once per process, it needs a restart
+            cfg["embedder"] = {"kind": "static"}
+            path.write_text(yaml.safe_dump(cfg))
+            r = await c.post("/admin/reload")
+            assert r.status_code == 400 and "restart the gateway" in r.json()["error"]["message"]
     finally:
         await a.stop()
         await b.stop()
