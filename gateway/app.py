@@ -126,13 +126,15 @@ class Gateway:
             self.auth.redis = self.redis
             self.auth.retry_s = s.redis_retry_s
             self.auth.start()
+            first = self.reshare_s
             try:  # every gateway on this Redis issues and verifies the same ids
                 await self.request_ids.share_through(self.redis)
             except Exception as e:  # Redis down at start: keep trying in the background
                 log.warning("request ids: cannot share the secret through Redis yet (%s)",
                             type(e).__name__)
-                self._rid_task = asyncio.get_running_loop().create_task(
-                    self._share_request_ids(), name="request-id-secret")
+                first = 0.5
+            self._rid_task = asyncio.get_running_loop().create_task(
+                self._share_request_ids(first), name="request-id-secret")
             # the registry already holds the in-process limiter's metrics: swap the backend only
             self.ratelimiter.attach_redis(self.redis)
             sink: Any = RedisStreamSink(self.redis)
@@ -162,18 +164,27 @@ class Gateway:
             gc.collect()
             gc.freeze()
 
-    async def _share_request_ids(self) -> None:
+    #: seconds between two checks of the shared request-id secret once it is shared
+    reshare_s = 30.0
+
+    async def _share_request_ids(self, delay: float) -> None:
         """Adopt the request-id secret kept in Redis; until Redis answers, ids are issued
-        under this process's own secret (they verify here, not on the other gateways)."""
-        delay = 0.5
+        under this process's own secret (they verify here, not on the other gateways).
+        Then check it every :attr:`reshare_s`: a Redis that lost its data (restarted
+        without persistence) gets it back, and a secret another gateway wrote meanwhile is
+        adopted, so the replicas converge on one again (ids issued before still verify
+        where they were known). ``delay``: seconds to the first check."""
         while True:
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
             try:
+                before = self.request_ids.secret
                 await self.request_ids.share_through(self.redis)
-                return
-            except Exception as e:  # any Redis failure: keep the local secret, retry
-                log.debug("request ids: Redis still unavailable (%s)", type(e).__name__)
+                if self.request_ids.secret != before:
+                    log.info("request ids: adopted the secret shared in Redis")
+                delay = self.reshare_s
+            except Exception as e:  # any Redis failure: keep the secret in use, retry
+                delay = min(delay * 2, 10.0)
+                log.debug("request ids: Redis unavailable (%s)", type(e).__name__)
 
     def _make_batcher(self) -> Any:
         from routers.batching import MicroBatcher

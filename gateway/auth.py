@@ -479,8 +479,10 @@ class RequestIds:
 
     async def share_through(self, redis: Any) -> None:
         """Adopt the secret kept in Redis (made by the first gateway), so that every gateway
-        on this Redis issues and verifies the same ids."""
-        await redis.set(REQUEST_ID_SECRET_KEY, self._secrets[-1].hex(), nx=True)
+        on this Redis issues and verifies the same ids. Called again from time to time: a
+        Redis that lost its data gets the secret in use back (from the first gateway to
+        look), and a gateway that finds another one there adopts it."""
+        await redis.set(REQUEST_ID_SECRET_KEY, self._secrets[0].hex(), nx=True)
         raw = await redis.get(REQUEST_ID_SECRET_KEY)
         self.adopt(bytes.fromhex(raw.decode() if isinstance(raw, bytes) else str(raw)))
 

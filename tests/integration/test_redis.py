@@ -144,3 +144,27 @@ async def test_unusable_shared_entries_are_skipped_never_a_500(
     out = tmp_path / "export.jsonl"
     assert cli_main(["logs", "export", "--redis-url", url, "--out", str(out)]) == 0
     assert "wrote 5 record(s)" in capsys.readouterr().out
+
+
+async def test_replicas_agree_on_request_ids_again_after_redis_lost_its_data(
+        redis_clean: RedisServer, ups, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.app import Gateway
+
+    monkeypatch.setattr(Gateway, "reshare_s", 0.2)
+    cfg = base_config(ups[0].base, ups[1].base)
+    url = redis_clean.url
+
+    async with gateway_client(cfg, tmp_path / "a", redis_url=url) as (ca, _):
+        r = await ca.post("/v1/chat/completions", json=chat("auto", "fix this bug"))
+        rid = r.headers["x-request-id"]
+        redis_clean.client().flushall()  # Redis restarted without persistence
+        await asyncio.sleep(1.0)  # A's next check puts the secret in use back
+        async with gateway_client(cfg, tmp_path / "c", redis_url=url) as (cc, _):
+            await asyncio.sleep(1.0)  # a new replica adopts it
+            fb = await cc.post("/v1/feedback", json={"request_id": rid, "score": 1.0})
+            assert fb.status_code == 200, fb.text
+            r2 = await cc.post("/v1/chat/completions", json=chat("auto", "tell me a joke"))
+            fb = await ca.post("/v1/feedback", json={"request_id": r2.headers["x-request-id"],
+                                                     "score": 0.5})
+            assert fb.status_code == 200, fb.text
