@@ -468,6 +468,8 @@ class Pipeline:
             except Exception as e:  # a shadow failure must never reach served requests
                 log.warning("shadow decisions of policy %s failed: %s: %s",
                             items[0][0].config.name, type(e).__name__, e)
+                m = self.metrics  # counted per decision, beside agree/disagree
+                m.child(m.shadow, items[0][0].config.name, "failed").inc(len(items))
 
     async def _shadow_batch(self, items: list[tuple[PolicyRuntime, str, np.ndarray | None,
                                                     Decision]]) -> None:

@@ -56,6 +56,27 @@ async def test_shadow_decides_and_logs_but_never_serves(ups, tmp_path: Path) -> 
     assert shadow[0]["router_version"] != gw.policy_set.policies["auto"].version
 
 
+async def test_failing_shadow_decisions_are_counted_and_never_served(
+        ups, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    coder, chatter = ups
+    art = _always_coder(tmp_path / "cand")
+    cfg = base_config(coder.base, chatter.base,
+                      candidate={"router": "knn", "artifact": str(art), "mode": "shadow"})
+    async with gateway_client(cfg, tmp_path) as (c, gw):
+        cand = gw.policy_set.policies["auto"].candidate.runtime.router
+
+        def broken(X, texts):  # type: ignore[no-untyped-def]
+            raise RuntimeError("shadow down")
+
+        monkeypatch.setattr(cand, "decide", broken)
+        for _ in range(3):
+            r = await c.post("/v1/chat/completions", json=chat("auto", "tell me a joke"))
+            assert r.status_code == 200 and r.headers["x-expertgate-expert"] == "chatter"
+        await asyncio.gather(*gw.pipeline._shadow_tasks)
+        metrics = (await c.get("/metrics")).text
+        assert 'expertgate_shadow_decisions_total{agreement="failed",policy="auto"} 3.0' in metrics
+
+
 async def test_shadow_starts_only_after_the_response_is_recorded(ups, tmp_path: Path) -> None:
     # the shadow's decision must not take CPU from the request it shadows: it starts in the
     # record stage, after the answer was sent and its log record written
