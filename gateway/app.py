@@ -16,11 +16,14 @@ import collections
 import contextlib
 import gc
 import logging
+import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from gateway.auth import Authenticator, RequestIds, reachable_experts
 from gateway.cache import DecisionCache, MemoryDecisionCache, RedisDecisionCache
@@ -106,6 +109,7 @@ class Gateway:
                          ec.kind, self.config.embedder_from)
         self.embedder = self._embedder
         self.policy_set = await asyncio.to_thread(build_policy_set, self.config, self.embedder)
+        self._restore_reverts(self.policy_set)
         self.auth.set_reach(reachable_experts(self.policy_set.policies))
         if s.redis_url:
             import redis.asyncio as aioredis
@@ -256,6 +260,7 @@ class Gateway:
             # in place, between two awaits: the Redis keys it knows stay known
             self.auth.configure(cfg, reachable_experts(pset.policies))
             carry_canary_state(old, pset)
+            self._restore_reverts(pset)
             self.policy_set = pset
             self.pipeline.policies = pset
             self._canary_gauges(pset)
@@ -358,6 +363,62 @@ class Gateway:
             event: CanaryEvent = {"ts": time.time(), "endpoint": "canary", "policy": policy,
                                   "status": "reverted", "reason": f"{signal_}: {why}"}
             self.routing_log.record(event)
+        rt = self.policy_set.policies.get(policy)
+        if rt is not None and rt.candidate is not None:
+            try:
+                record_revert(self._reverts_path, rt.candidate.identity, policy,
+                              f"{signal_}: {why}")
+            except OSError as e:
+                log.warning("canary of policy %s: the revert could not be recorded in %s "
+                            "(%s); a restart would serve the canary again", policy,
+                            self._reverts_path, e)
+
+    @property
+    def _reverts_path(self) -> Path:
+        """Where reverted canaries are recorded, beside the routing log: the workers of one
+        ``serve --workers N`` (replaced on every reload) and a restarted process read it."""
+        p = self.settings.log_path
+        return p.with_name(p.stem + ".canary-reverts.json")
+
+    def _restore_reverts(self, pset: PolicySet) -> None:
+        """Canaries recorded as reverted (by this process before a restart, or by any worker)
+        start reverted: the candidate is the same (its identity), its verdict stands."""
+        got = read_reverts(self._reverts_path)
+        for name, rt in pset.policies.items():
+            cand = rt.candidate
+            if cand is None or cand.monitor is None or cand.monitor.reverted is not None:
+                continue
+            rec = got.get(cand.identity)
+            if rec is not None:
+                cand.monitor.reverted = f"{rec.get('reason', '')} (recorded earlier)"
+                log.info("canary of policy %s stays reverted (recorded in %s)", name,
+                         self._reverts_path)
+
+
+def read_reverts(path: Path) -> dict[str, dict[str, Any]]:
+    """Recorded canary reverts: candidate identity -> {policy, reason, ts}; {} when none."""
+    try:
+        data = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def record_revert(path: Path, identity: str, policy: str, reason: str) -> None:
+    """Add a revert to the record, under a lock (several workers may write it), atomically
+    (a reader never sees half a file)."""
+    import fcntl
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = read_reverts(path)
+        data[identity] = {"policy": policy, "reason": reason, "ts": time.time()}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "wb") as f:
+            f.write(orjson.dumps(data))
+        os.replace(tmp, path)
 
 
 def _refuse_failed(failed: dict[str, str], when: str) -> None:

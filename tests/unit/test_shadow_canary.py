@@ -315,6 +315,16 @@ async def test_canary_reverts_on_worse_feedback_through_the_api(ups, tmp_path: P
         snap = gw.policy_set.policies["auto"].candidate.state()
         assert snap["arms"]["canary"]["feedback"] == 0.0
         assert snap["arms"]["incumbent"]["feedback"] == 1.0
+    # a new process (a restart, or the workers serve --workers N replaces on a reload) reads
+    # the recorded revert: the same candidate does not serve again
+    async with gateway_client(cfg, tmp_path) as (c, gw):
+        cand = gw.policy_set.policies["auto"].candidate
+        assert cand.serving is False and "recorded earlier" in cand.state()["reverted"]
+        r = await c.post("/v1/chat/completions", json=chat("auto", "tell me a joke"))
+        assert "x-expertgate-arm" not in r.headers
+    cfg["policies"][0]["candidate"]["params"] = {"k": 3}  # another candidate: serves
+    async with gateway_client(cfg, tmp_path) as (c, gw):
+        assert gw.policy_set.policies["auto"].candidate.serving is True
 
 
 async def test_a_request_rated_over_and_over_counts_once_for_the_canary(
