@@ -163,8 +163,9 @@ async def forward(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
         # an ensemble answered by its best member, as the stream the client asked for
         model = p.model if p is not None and p.rt is not None and \
             p.rt.config.rewrite_model else ctx.expert
+        calls = _tool_calls(reply.data) if ctx.endpoint == "chat" else None
         ctype, body = _refusal(ctx.body, ctx.endpoint, ctx.unaggregated, model, True,
-                               "egens-", usage=usage_of(reply.data))
+                               "egens-", usage=usage_of(reply.data), tool_calls=calls)
         await send({"type": "http.response.start", "status": 200,
                     "headers": headers(ctx, ctype)})
         await send({"type": "http.response.body", "body": body})
@@ -305,9 +306,20 @@ def _usage_event(ctx: RequestContext, sse: SSECheck) -> bytes:
     return b"data: " + orjson.dumps(ev) + b"\n\n"
 
 
+def _tool_calls(data: Any) -> list[dict[str, Any]] | None:
+    """The tool calls of a non-streamed chat answer, if it made any."""
+    try:
+        calls = data["choices"][0]["message"].get("tool_calls")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return None
+    if not isinstance(calls, list):
+        return None
+    return [c for c in calls if isinstance(c, dict)] or None
+
+
 def _refusal(payload: dict[str, Any], endpoint: str, message: str, policy: str,
-             stream: bool, id_prefix: str = "egrej-", usage: tuple[int, int] = (0, 0)
-             ) -> tuple[bytes, bytes]:
+             stream: bool, id_prefix: str = "egrej-", usage: tuple[int, int] = (0, 0),
+             tool_calls: list[dict[str, Any]] | None = None) -> tuple[bytes, bytes]:
     """An answer the gateway writes (a refusal; an ensemble's member answer when its
     aggregation failed): a completion, or the stream of one, which ends with a usage event
     (``usage``: the tokens behind it) when the client asked for one, as upstream streams do."""
@@ -323,11 +335,16 @@ def _refusal(payload: dict[str, Any], endpoint: str, message: str, policy: str,
         tail = b"data: " + orjson.dumps(ev) + b"\n\n"
     if endpoint == "chat":
         if stream:
+            # an answer that is tool calls streams as tool calls (each with its index), as an
+            # upstream's stream does, not as their text
+            delta: dict[str, Any] = {"role": "assistant", "content": message} \
+                if not tool_calls else {"role": "assistant", "content": None, "tool_calls": [
+                    {"index": i, **c} for i, c in enumerate(tool_calls)]}
             ev1 = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": policy,
-                   "choices": [{"index": 0, "delta": {"role": "assistant", "content": message},
-                                "finish_reason": None}]}
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
             ev2 = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": policy,
-                   "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+                   "choices": [{"index": 0, "delta": {},
+                                "finish_reason": "tool_calls" if tool_calls else "stop"}]}
             return (b"text/event-stream", b"data: " + orjson.dumps(ev1) + b"\n\ndata: " +
                     orjson.dumps(ev2) + b"\n\n" + tail + b"data: [DONE]\n\n")
         body = {"id": rid, "object": "chat.completion", "created": now, "model": policy,

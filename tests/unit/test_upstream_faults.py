@@ -480,3 +480,24 @@ async def test_ensemble_dry_run_names_the_aggregator_a_live_request_gets(ups, tm
             assert dry.headers["x-expertgate-expert"] == live.headers["x-expertgate-expert"]
     finally:
         await agg.stop()
+
+
+async def test_unaggregated_tool_call_answer_streams_as_tool_calls(ups, tmp_path: Path) -> None:
+    coder, chatter = ups
+    coder.raw = chatter.raw = (200, "application/json", TOOL_ANSWER)
+    agg = await OpenAIUpstreamDouble("agg-double").start()
+    agg.raw = (400, "application/json", b'{"error": {"message": "context too long"}}')
+    try:
+        async with await _ensemble_gateway(ups, agg, tmp_path) as (c, _):
+            r = await c.post("/v1/chat/completions", json=chat(
+                "panel", "explain topic 3", stream=True,
+                tools=[{"type": "function", "function": {"name": "get_weather"}}]))
+            assert "ensemble-unaggregated" in r.headers["x-expertgate-degraded"]
+            events = [orjson.loads(ln[6:]) for ln in r.text.split("\n")
+                      if ln.startswith("data: ") and ln != "data: [DONE]"]
+            delta = events[0]["choices"][0]["delta"]
+            assert delta["tool_calls"][0]["function"]["name"] == "get_weather"
+            assert delta["tool_calls"][0]["index"] == 0 and not delta.get("content")
+            assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    finally:
+        await agg.stop()
