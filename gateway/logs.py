@@ -274,6 +274,46 @@ def read_feedback(*, redis_url: str | None = None, path: Path | None = None
     return out
 
 
+def _field_types() -> dict[str, tuple[type, ...]]:
+    """Python types each field of a routing-log record may hold (from
+    :class:`routers.logrecord.RequestRecord`'s annotations; a float field takes an int)."""
+    import types
+    import typing
+
+    from routers.logrecord import RequestRecord
+
+    def kinds(t: Any) -> tuple[type, ...]:
+        origin = typing.get_origin(t)
+        if origin in (typing.Union, types.UnionType):
+            return tuple(k for a in typing.get_args(t) for k in kinds(a))
+        if origin is typing.Literal:
+            return tuple({type(a) for a in typing.get_args(t)})
+        if t is type(None):
+            return (type(None),)
+        if t is float:
+            return (float, int)
+        base = origin or t
+        return (base,) if isinstance(base, type) else (object,)
+
+    return {k: kinds(t) for k, t in typing.get_type_hints(RequestRecord).items()}
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] | None = None
+
+
+def _mistyped(rec: dict[str, Any]) -> str | None:
+    """The first field of ``rec`` whose value has a type the record's schema does not allow
+    (a damaged or foreign entry), or None."""
+    global _FIELD_TYPES
+    if _FIELD_TYPES is None:
+        _FIELD_TYPES = _field_types()
+    for k, v in rec.items():
+        allowed = _FIELD_TYPES.get(k)
+        if allowed is not None and object not in allowed and not isinstance(v, allowed):
+            return k
+    return None
+
+
 def export_logs(out: Path, *, redis_url: str | None = None, log_path: Path | None = None,
                 feedback_path: Path | None = None, tenant: str | None = None) -> int:
     """Write the routing log joined with feedback (``feedback_score``) to Parquet (or JSONL
@@ -286,6 +326,10 @@ def export_logs(out: Path, *, redis_url: str | None = None, log_path: Path | Non
     rows = []
     for r in recs:
         if tenant is not None and r.get("tenant") != tenant:
+            continue
+        bad = _mistyped(r)
+        if bad:  # one such record would make the whole Parquet table fail
+            log.warning("skipping a routing-log record whose %s has the wrong type", bad)
             continue
         r = dict(r)
         f = fb.get(str(r.get("request_id")))

@@ -139,9 +139,10 @@ async def test_unusable_shared_entries_are_skipped_never_a_500(
             assert 'expertgate_decision_cache_total{result="invalid"} 4.0' in metrics
         r.xadd(LOG_STREAM, {"r": b"notjson"})
         r.xadd(LOG_STREAM, {"r": b"[1, 2]"})
+        r.xadd(LOG_STREAM, {"r": b'{"request_id": 5, "ts": "abc"}'})  # record-shaped, mistyped
     finally:
         r.close()
-    out = tmp_path / "export.jsonl"
+    out = tmp_path / "export.parquet"  # Parquet: one mistyped record failed the whole table
     assert cli_main(["logs", "export", "--redis-url", url, "--out", str(out)]) == 0
     assert "wrote 5 record(s)" in capsys.readouterr().out
 
