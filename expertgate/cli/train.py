@@ -237,12 +237,19 @@ def _print_metrics(m: dict[str, Any]) -> None:
         print(f"costs ({c['cost_model']}): "
               + (f"predicted per query for {', '.join(pred)}" if pred else "mean per expert")
               + (f" (cross-validated R^2 of log cost: {r2})" if r2 else ""))
+    partial = False
     for part in ("validation", "test"):
         r = m.get(part)
         if not r:
             continue
+        partial = partial or (r.get("scored_decisions") or r["n"]) < r["n"]
         q = "n/a" if r.get("mean_quality") is None else f"{r['mean_quality']:.4f}"
         c = "n/a" if r.get("mean_cost") is None else f"{r['mean_cost']:.6g}"
+        k = r.get("scored_decisions")
+        if k is not None and k < r["n"]:
+            # a routing log scores one expert per prompt: only where the router picks the
+            # logged expert is its choice scored, a biased figure (eval offpolicy estimates)
+            q += f" (over the {k}/{r['n']} decisions whose expert has a score)"
         line = f"{part:10s} n={r['n']} mean quality {q}  mean cost {c}"
         if r.get("oracle_quality") is not None:
             line += f"  oracle {r['oracle_quality']:.4f}"
@@ -256,6 +263,11 @@ def _print_metrics(m: dict[str, Any]) -> None:
         singles = ", ".join(f"{e} {v['quality']:.3f}" for e, v in r["single_expert"].items()
                             if v["quality"] is not None)
         print(f"{'':10s} single experts: {singles}")
+    if partial:
+        print("note: the table scores one expert per prompt (a routing log): a mean quality "
+              "counts only the prompts where the router picks a scored expert, which biases "
+              "it (the 'oracle' is over the scored experts too); `expertgate eval offpolicy` "
+              "estimates a router's quality from logs without that bias")
     for bs, lat in (m.get("latency") or {}).items():
         print(f"latency {bs.replace('_', ' ')}: p50 {lat['p50_ms']:.3f} ms/query, "
               f"p99 {lat['p99_ms']:.3f} ms/query ({lat['calls']} calls)")

@@ -179,3 +179,20 @@ def test_auto_says_why_a_model_scored_on_too_few_prompts_cannot_be_cross_validat
     assert "model 'c' has a score on 1 training prompt(s)" in capsys.readouterr().err
     assert main(["train", "--router", "knn", "--data", str(f), "--format", "long",
                  "--embedder", "hashing", "--out", str(tmp_path / "k")]) == 0
+
+
+def test_train_on_one_score_per_prompt_says_its_mean_quality_is_partial(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # a routing log's shape: one scored expert per prompt; the decisions the router makes
+    # for another expert have no score, so the mean quality covers only part of them
+    rows = ["prompt_id,prompt,model,score,cost"]
+    words = ["apple", "code", "music", "sport", "poem", "history", "banana", "cherry"]
+    for i in range(120):
+        text = f"q{i} " + " ".join(words[(i * k) % 8] for k in (1, 3, 5))
+        rows.append(f"{i},{text},{'ab'[i % 2]},{(i // 2) % 2},{1 + 5 * (i % 2)}")
+    f = tmp_path / "t.csv"
+    f.write_text("\n".join(rows) + "\n")
+    assert main(["train", "--router", "knn", "--data", str(f), "--format", "long",
+                 "--embedder", "hashing", "--out", str(tmp_path / "k")]) == 0
+    out = capsys.readouterr().out
+    assert "decisions whose expert has a score)" in out and "eval offpolicy" in out
