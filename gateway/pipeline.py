@@ -570,6 +570,11 @@ class Pipeline:
         timings["embed"] = (t2 - t1) * 1000
         self._obs_embed.observe(t2 - t1)
         X = x.reshape(1, -1)
+        if not X.any():
+            # the embedder knew none of the text's tokens (a script its vocabulary lacks, a
+            # word past its length limit): guard and router see nothing but their priors;
+            # said, never silent (the header, the log, expertgate_degraded_total)
+            degraded.append("embedding-empty")
         verdict: GuardVerdict | None = None
         if rt.guard is not None:
             verdict = rt.guard.verdict(X, [text])[0]  # type: ignore[attr-defined]

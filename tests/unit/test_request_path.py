@@ -180,3 +180,34 @@ async def test_a_requests_messages_are_read_once_by_every_stage_that_needs_their
         assert r.headers["x-ratelimit-limit-tokens"] == "100000"
         assert '"estimated":true' in r.text  # the usage event the gateway added
     assert len(seen) == len(body["messages"])
+
+
+async def test_a_text_the_embedder_cannot_read_is_said_not_silent(
+        ups: Ups, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the distilled embedder gives a zero vector for a text none of whose tokens it knows
+    # (Thai, a word past its length limit): the decision rests on priors only
+    import numpy as np
+
+    real = HashingEmbedder.embed
+
+    def embed(self: HashingEmbedder, texts: list[str]) -> np.ndarray:
+        X = real(self, texts)
+        X[[i for i, t in enumerate(texts) if "ผม" in t]] = 0.0
+        return X
+
+    monkeypatch.setattr(HashingEmbedder, "embed", embed)
+    async with gateway_client(base_config(ups[0].base, ups[1].base), tmp_path) as (c, _):
+        r = await c.post("/v1/chat/completions", json=chat("auto", "ผมอยากทราบวิธีการ"))
+        # like no route: this policy rejects it (400), saying why it could not tell
+        assert r.status_code == 400 and _ok_error(r)
+        assert "embedding-empty" in r.headers["x-expertgate-degraded"]
+        ok = await c.post("/v1/chat/completions", json=chat("auto", "tell me a joke"))
+        assert "x-expertgate-degraded" not in ok.headers
+        metrics = (await c.get("/metrics")).text
+        assert 'expertgate_degraded_total{component="embedding-empty"} 1.0' in metrics
+    rec = orjson.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])
+    assert rec["degraded"] == ["embedding-empty"]
+
+
+def _ok_error(r: Any) -> bool:
+    return set(r.json()["error"]) == {"message", "type", "param", "code"}
