@@ -510,7 +510,6 @@ class StackRouter(QualityRouter):
         if F is not None and cat_all is not None and self.shared_meta:
             F = np.hstack([F, _logit(self._cross_fitted_rates(Xu, S, cat_all, K))])
             self.tree_category_ = True
-        n_comp = 3 + bool(K) + use_lr + (F is not None)
         L = None
         self._lex: Lexical | None = None
         self.lex_terms_: list[str] = []
@@ -535,11 +534,14 @@ class StackRouter(QualityRouter):
             self._lex = lexical
             self.lex_terms_, self.lex_idf_, self.lex_n_words_ = lex.state()
             self.lex_max_text_chars_ = lex.max_text_chars
-            if K and cat_all is not None:
+            if not lex.n_features:  # no prompt has a word: no lexical view to learn
+                use_lr, L = False, None
+            elif K and cat_all is not None:
                 self.lex_centroids_ = self._centroids(L, cat_all, K).astype(np.float32)
             if use_lr:
                 self.lex_coef_ = np.zeros((m, lex.n_features), np.float32)
                 self.lex_bias_ = np.zeros(m)
+        n_comp = 3 + bool(K) + use_lr + (F is not None)
         rng = np.random.default_rng(int(self.seed))
         # one fold assignment for every expert: experts scored on the same prompts share
         # the folds, so the parts that do not depend on the expert are computed once

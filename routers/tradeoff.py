@@ -305,12 +305,16 @@ class QualityRouter(Router):
     def predict_quality(self, X: np.ndarray, texts: Sequence[str] | None = None) -> np.ndarray:
         self.check_fitted()
         X = self.check_X(X, texts)
+        if not len(X):  # an empty batch (some estimators refuse zero rows)
+            return np.zeros((0, len(self.experts_)))
         Q = np.asarray(self._quality_texts(X, texts), dtype=np.float64)
         return np.clip(Q, 0.0, 1.0)
 
     def decide(self, X: np.ndarray, texts: Sequence[str]) -> list[Decision]:
         self.check_fitted()
         X = self.check_X(X, texts)  # once: quality and per-query costs read the checked X
+        if not len(X):
+            return []
         Q = np.clip(np.asarray(self._quality_texts(X, texts), dtype=np.float64), 0.0, 1.0)
         return self.decisions_from_quality(Q, self._explain(X, Q),
                                            costs=self._decision_costs(X, texts))

@@ -122,6 +122,13 @@ def test_input_validation(name: str) -> None:
         router.decide(np.ones((2, DIM + 1), np.float32), ["a", "b"])
     with pytest.raises(RouterError):  # texts and embeddings disagree
         router.decide(X[:2], ["only one"])
+    assert router.decide(X[:0], []) == []  # an empty batch decides nothing, every family
+    try:
+        Q0 = router.predict_quality(X[:0], [])
+    except RouterError:
+        pass  # a family that estimates no quality
+    else:
+        assert Q0.shape[0] == 0
 
 
 def test_unfitted_router_refuses() -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from routers.base import make_router
+from routers.base import RoutingTable, make_router
+from routers.stack import StackRouter
 from tests.unit.test_router_contract import synthetic_table
 
 
@@ -142,3 +143,16 @@ def test_a_routing_log_keeps_each_experts_own_search() -> None:
     assert r._fold_neighbours(X.astype(np.float64), np.arange(300) % 5, S, groups) is None
     P = r.fit(X, table).predict_quality(X[:10], table.prompts[:10])
     assert P.shape == (10, 3) and np.all((P > 0) & (P < 1))
+
+
+def test_prompts_without_a_word_leave_out_the_lexical_view() -> None:
+    # no prompt has a token for TF-IDF: the stack fits on its other views (it failed with
+    # scikit-learn's "0 feature(s)")
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(160, 16)).astype(np.float32)
+    S = (rng.random((160, 2)) > 0.5).astype(float)
+    t = RoutingTable([f"p{i}" for i in range(160)], [""] * 160, ["a", "b"], S,
+                     np.array([[1.0, 5.0]] * 160))
+    r = StackRouter().fit(X, t)
+    assert len(r.lex_terms_) == 0 and r.lex_coef_.size == 0
+    assert len(r.decide(X[:3], ["", "a word", ""])) == 3
