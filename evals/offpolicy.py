@@ -380,6 +380,12 @@ def estimate(data: LoggedData, target: np.ndarray, *, cost_weight: float = 0.0,
     n, m = len(data), len(data.experts)
     if n == 0:
         raise OffPolicyError("no logged requests to evaluate on")
+    if n < 2 * int(folds):
+        # the reward model is cross-fitted in ``folds`` folds and the intervals bootstrapped:
+        # from fewer requests an estimate (and a zero-width "interval") means nothing
+        raise OffPolicyError(f"{n} logged request(s) with a rating: an estimate needs at "
+                             f"least {2 * int(folds)} (two per cross-fitting fold, --folds "
+                             f"{folds})")
     _check_reward_weights(reward_weights)
     T = np.asarray(target, dtype=np.float64)
     if T.shape not in ((n, m), (n, m + 1)):

@@ -513,3 +513,12 @@ def test_committed_reward_weighting_is_the_rule_applied_to_the_committed_runs() 
     # the summary names each row's weighting
     md = summary_markdown(runs, ("dr_clip",), training=False, clip_grid=False)
     assert all(f"reward weights {w}" in md for w in REWARD_WEIGHTS)
+
+
+def test_too_few_rated_requests_give_no_estimate() -> None:
+    # one rated request gave "dr 0.9000 [0.9000, 0.9000]": a zero-width interval from nothing
+    probs = np.array([[0.5, 0.5]])
+    data = LoggedData(["cheap", "strong"], np.zeros((1, 2)), np.zeros(1, int), np.ones(1),
+                      np.zeros(1), probs)
+    with pytest.raises(OffPolicyError, match="an estimate needs at least 4"):
+        estimate(data, np.array([[1.0, 0.0]]))
