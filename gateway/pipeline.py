@@ -99,6 +99,10 @@ class PolicySet:
     policies: dict[str, PolicyRuntime]
     loaded_at: float
 
+    def __post_init__(self) -> None:
+        #: the configuration's expert names (what a cached decision may name)
+        self.expert_names = frozenset(e.name for e in self.config.experts)
+
 
 def _policy_version(pol: PolicyConfig, extra: Sequence[str]) -> str:
     h = hashlib.sha256(orjson.dumps(pol.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS))
@@ -535,7 +539,7 @@ class Pipeline:
         timings["cache"] = (t1 - t0) * 1000
         self._obs_cache.observe(t1 - t0)
         if hit is not None:
-            d = _cached_decision(hit, self.policies.config)
+            d = _cached_decision(hit, self.policies.expert_names)
             if d is not None:
                 m = self.metrics
                 m.child(m.cache, "hit").inc()
@@ -625,14 +629,13 @@ class Pipeline:
         return d
 
 
-def _cached_decision(hit: Any, config: GatewayConfig) -> Decision | None:
+def _cached_decision(hit: Any, names: frozenset[str]) -> Decision | None:
     """A decision read from the cache, or None when it is not one this configuration can
     serve (not a decision, or naming an expert the configuration lacks)."""
     try:
         d = Decision.from_dict(hit)
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
-    names = {e.name for e in config.experts}
     if any(t.expert not in names for t in d.targets) or (
             d.aggregator is not None and d.aggregator not in names):
         return None

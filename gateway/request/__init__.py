@@ -66,7 +66,9 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, send: Send, endpoi
 
     async def tracked(msg: MutableMapping[str, Any]) -> None:
         ctx.started = True
-        await finishing(msg)
+        if msg["type"] == "http.response.body" and not msg.get("more_body", False):
+            ctx.finished = True
+        await send(msg)
 
     watch: asyncio.Task[None] | None = None
     try:
