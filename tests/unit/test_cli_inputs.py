@@ -166,14 +166,10 @@ def test_eval_offpolicy_refuses_meaningless_knobs(capsys: pytest.CaptureFixture[
 
 def test_auto_says_why_a_model_scored_on_too_few_prompts_cannot_be_cross_validated(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rows = ["prompt_id,prompt,model,score,cost"]
-    words = ["apple", "code", "music", "sport", "poem", "history", "banana", "cherry"]
-    for i in range(40):
-        text = f"q{i} " + " ".join(words[(i * k) % 8] for k in (1, 3, 5))
-        rows += [f"{i},{text},a,{i % 2},1", f"{i},{text},b,{(i + 1) % 2},6"]
+    rows = [f"{i},{_prompt(i)},a,{i % 2},1\n{i},{_prompt(i)},b,{(i + 1) % 2},6"
+            for i in range(40)]
     rows.append("0,q0 apple apple apple,c,1,3")  # model c: one score
-    f = tmp_path / "t.csv"
-    f.write_text("\n".join(rows) + "\n")
+    f = _long_table(tmp_path, rows)
     assert main(["train", "--router", "auto", "--data", str(f), "--format", "long",
                  "--embedder", "hashing", "--out", str(tmp_path / "a")]) == 2
     assert "model 'c' has a score on 1 training prompt(s)" in capsys.readouterr().err
@@ -185,14 +181,23 @@ def test_train_on_one_score_per_prompt_says_its_mean_quality_is_partial(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # a routing log's shape: one scored expert per prompt; the decisions the router makes
     # for another expert have no score, so the mean quality covers only part of them
-    rows = ["prompt_id,prompt,model,score,cost"]
-    words = ["apple", "code", "music", "sport", "poem", "history", "banana", "cherry"]
-    for i in range(120):
-        text = f"q{i} " + " ".join(words[(i * k) % 8] for k in (1, 3, 5))
-        rows.append(f"{i},{text},{'ab'[i % 2]},{(i // 2) % 2},{1 + 5 * (i % 2)}")
-    f = tmp_path / "t.csv"
-    f.write_text("\n".join(rows) + "\n")
+    f = _long_table(tmp_path, [f"{i},{_prompt(i)},{'ab'[i % 2]},{(i // 2) % 2},"
+                               f"{1 + 5 * (i % 2)}" for i in range(120)])
     assert main(["train", "--router", "knn", "--data", str(f), "--format", "long",
                  "--embedder", "hashing", "--out", str(tmp_path / "k")]) == 0
     out = capsys.readouterr().out
     assert "decisions whose expert has a score)" in out and "eval offpolicy" in out
+
+
+_WORDS = ["apple", "code", "music", "sport", "poem", "history", "banana", "cherry"]
+
+
+def _prompt(i: int) -> str:
+    return f"q{i} " + " ".join(_WORDS[(i * k) % 8] for k in (1, 3, 5))
+
+
+def _long_table(tmp_path: Path, rows: list[str]) -> Path:
+    """A long-format routing table (prompt_id,prompt,model,score,cost) of ``rows``."""
+    f = tmp_path / "t.csv"
+    f.write_text("\n".join(["prompt_id,prompt,model,score,cost", *rows]) + "\n")
+    return f

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -293,12 +294,18 @@ def test_online_needs_a_router_that_learns_online(tmp_path: Path) -> None:
         build_policy_set(parse_config(cfg), HashingEmbedder())
 
 
+def _canary_config(coder: str, chatter: str, tmp_path: Path) -> dict[str, Any]:
+    """The policy with an always-coder knn canary on half the traffic (reverting from ten
+    samples per arm)."""
+    art = _always_coder(tmp_path / "cand")
+    return base_config(coder, chatter,
+                       candidate={"router": "knn", "artifact": str(art), "mode": "canary",
+                                  "share": 0.5, "auto_revert": {"min_samples": 10}})
+
+
 async def test_canary_reverts_on_worse_feedback_through_the_api(ups, tmp_path: Path) -> None:
     coder, chatter = ups
-    art = _always_coder(tmp_path / "cand")
-    cfg = base_config(coder.base, chatter.base,
-                      candidate={"router": "knn", "artifact": str(art), "mode": "canary",
-                                 "share": 0.5, "auto_revert": {"min_samples": 10}})
+    cfg = _canary_config(coder.base, chatter.base, tmp_path)
     async with gateway_client(cfg, tmp_path) as (c, gw):
         gw.pipeline._rng.seed(2)
         for _ in range(300):
@@ -330,10 +337,7 @@ async def test_canary_reverts_on_worse_feedback_through_the_api(ups, tmp_path: P
 async def test_a_request_rated_over_and_over_counts_once_for_the_canary(
         ups, tmp_path: Path) -> None:
     coder, chatter = ups
-    art = _always_coder(tmp_path / "cand")
-    cfg = base_config(coder.base, chatter.base,
-                      candidate={"router": "knn", "artifact": str(art), "mode": "canary",
-                                 "share": 0.5, "auto_revert": {"min_samples": 10}})
+    cfg = _canary_config(coder.base, chatter.base, tmp_path)
     async with gateway_client(cfg, tmp_path) as (c, gw):
         gw.pipeline._rng.seed(2)
         ids: dict[str, str] = {}
