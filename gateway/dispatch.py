@@ -38,7 +38,7 @@ import hashlib
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -272,10 +272,12 @@ class Dispatcher:
 
     async def call(self, chain: Sequence[str], path: str, payload: dict[str, Any],
                    body_for: Any, *, stream: bool, affinity: bytes, deadline: float,
-                   ) -> DispatchResult:
+                   on_try: Callable[[str, str], None] | None = None) -> DispatchResult:
         """Try the experts of ``chain`` in order; return the first reply that started.
 
-        ``body_for(expert)`` returns the request bytes for that expert (model name rewritten).
+        ``body_for(expert)`` returns the request bytes for that expert (model name rewritten);
+        ``on_try(expert, replica)``, when given, is told of each attempt as it starts (what a
+        request cancelled mid-call was waiting for).
         Raises UpstreamError subclasses when every target failed, or passes a 4xx through.
         """
         assert self.http is not None, "dispatcher not started"
@@ -321,6 +323,8 @@ class Dispatcher:
                     continue
                 probe = rep.breaker.probing
                 tried += 1
+                if on_try is not None:
+                    on_try(name, rep.base)
                 t0 = time.perf_counter()
                 rep.inflight += 1
                 try:

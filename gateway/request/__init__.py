@@ -102,6 +102,9 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, send: Send, endpoi
         ctx.status, ctx.err_type = 499, "client_disconnected"
     except asyncio.CancelledError:
         ctx.status, ctx.err_type = 499, "client_disconnected"
+        if not ctx.expert and ctx.trying is not None:
+            # gone while an expert was working on it: the log names that expert
+            ctx.expert, ctx.replica = ctx.trying
         task = asyncio.current_task()
         if ctx.client_gone and task is not None and task.uncancel() == 0:
             return  # the watch's own cancellation: handled, nothing to answer

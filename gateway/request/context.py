@@ -54,6 +54,7 @@ class RequestContext:
         "status",
         "stream",
         "t0",
+        "trying",
         "unaggregated",
         "upstream_ms",
         "usage",
@@ -88,6 +89,8 @@ class RequestContext:
         self.expert = ""
         self.replica = ""
         self.chain: list[str] = []
+        #: the (expert, replica) of the upstream attempt under way, or last made
+        self.trying: tuple[str, str] | None = None
         #: time spent in upstream calls (all attempts) for a non-streamed answer
         self.upstream_ms: float | None = None
         #: an ensemble's members that answered, what their calls cost beyond the answer's,
@@ -111,6 +114,10 @@ class RequestContext:
         self.err_type: str | None = None
         self.usage = (0, 0)
         self._texts: MessageTexts | None = None
+
+    def attempting(self, expert: str, replica: str) -> None:
+        """The dispatcher's ``on_try``: an upstream attempt starts."""
+        self.trying = (expert, replica)
 
     @property
     def tenant(self) -> str:

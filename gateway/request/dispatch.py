@@ -53,7 +53,7 @@ async def dispatch(gw: Gateway, ctx: RequestContext) -> DispatchResult:
         # the key only orders replicas: not built when every expert of the chain has one
         affinity=affinity_key(body, ctx.endpoint, ctx.message_texts())
         if disp.balances(p.chain) else b"",
-        deadline=ctx.deadline)
+        deadline=ctx.deadline, on_try=ctx.attempting)
     _answered(gw, ctx, res, p.chain)
     return res
 
@@ -205,7 +205,7 @@ async def _ensemble(gw: Gateway, ctx: RequestContext) -> DispatchResult:
     try:
         res = await gw.dispatcher.call(ctx.chain, path, agg, _body_for(agg, b"", ""),
                                        stream=ctx.stream, affinity=aggregator.encode(),
-                                       deadline=ctx.deadline)
+                                       deadline=ctx.deadline, on_try=ctx.attempting)
         if res.reply.status >= 400:
             # the aggregator refused the request the gateway built (the members' answers
             # past its context, say): not the client's error; as a failed aggregation

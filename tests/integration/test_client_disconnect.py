@@ -80,6 +80,8 @@ def test_a_client_that_leaves_cancels_its_request(served: tuple[GatewayServer, T
     s.close()
     recs = _records(gw, 2)
     assert recs[1]["http_status"] == 499 and recs[1]["latency_ms"] < 1500
+    # both name the expert that was working on them (the second had no answer yet)
+    assert rec["expert"] == recs[1]["expert"] == "coder"
     # the gateway's own log has no traceback for either (a client leaving is not an error)
     out = gw.log_path.read_text()
     assert "Traceback" not in out and "Exception in ASGI application" not in out
@@ -103,6 +105,7 @@ def test_clients_that_break_the_framing_leave_no_traceback(
     s.close()
     (rec,) = _records(gw, 1)
     assert rec["http_status"] == 499 and rec["error_type"] == "client_disconnected"
+    assert rec["expert"] is None  # never routed
     # a content-length shorter than the body: the rest is a second, malformed request
     s = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
     s.sendall(head % 10 + body)
