@@ -37,6 +37,7 @@ row. Metrics (fractions in [0, 1]):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -547,7 +548,8 @@ def evaluate(data: GuardData, embedder: Any, methods: Sequence[str], *,
              skip_unsupported: bool = False,
              save_selected: str | Path | None = None,
              embedder_spec: Mapping[str, Any] | None = None,
-             cascade_back_layers: int | None = None) -> dict[str, Any]:
+             cascade_back_layers: int | None = None,
+             typos: float | None = None) -> dict[str, Any]:
     """Run every method at every operating point on ``data``, select on validation, and
     return the result dict (see module doc). ``save_cascade``: write the fitted
     ``guard-cascade`` there as a servable artifact (:func:`routers.guard_cascade.save_cascade`;
@@ -559,7 +561,10 @@ def evaluate(data: GuardData, embedder: Any, methods: Sequence[str], *,
     gateway guard). ``embedder_spec`` (``{"kind", "options"}``): how to build ``embedder``,
     recorded in the saved artifacts so a gateway config without ``embedder:`` serves them
     with it (:func:`gateway.config.resolve_embedder`). ``cascade_back_layers``: the
-    two-stage guard's back encoder keeps only its first K layers (None: all)."""
+    two-stage guard's back encoder keeps only its first K layers (None: all). ``typos``:
+    each method is also read on the test sets with that share of their words misspelt
+    (:mod:`evals.perturb`, seeded by ``seed``): its row's ``typos`` (a test reading only;
+    selection never sees it)."""
     from tqdm import tqdm
 
     known = {**GUARD_VARIANTS, **BASELINES}
@@ -585,6 +590,8 @@ def evaluate(data: GuardData, embedder: Any, methods: Sequence[str], *,
     if not frrs or any(not 0.0 <= f < 1.0 for f in frrs):
         raise ValueError(f"target FRRs must lie in [0, 1): {frrs}")
     parse_criterion(select)
+    if typos is not None and not 0.0 < typos <= 1.0:
+        raise ValueError(f"the typo rate must lie in (0, 1]: {typos}")
     if save_cascade is not None and ("guard-cascade" not in methods or len(frrs) != 1):
         raise ValueError("--save-cascade needs guard-cascade among the methods and one "
                          "--target-frr")
@@ -615,6 +622,19 @@ def evaluate(data: GuardData, embedder: Any, methods: Sequence[str], *,
         Xr_tr = _rows_of(reduced.train_texts, data.train_texts, Xtr)
         Xr_v = _rows_of(reduced.val_texts, data.val_texts, Xv)
         Xr_ood = {k: _rows_of(v, data.val_texts, Xv) for k, v in reduced.val_ood.items()}
+    typo_view: tuple[GuardData, np.ndarray, dict[str, np.ndarray],
+                     dict[str, np.ndarray]] | None = None
+    if typos is not None:
+        from evals.perturb import typos_all
+
+        dt = dataclasses.replace(
+            data, test_texts=typos_all(data.test_texts, typos, seed),
+            ood={k: typos_all(v, typos, seed) for k, v in data.ood.items()},
+            accept={k: typos_all(v, typos, seed) for k, v in data.accept.items()})
+        log(f"embedding {data.name}'s test sets with typos ({typos:g} of the words) ...")
+        typo_view = (dt, _embed(embedder, dt.test_texts, progress),
+                     {k: _embed(embedder, v, progress) for k, v in dt.ood.items()},
+                     {k: _embed(embedder, v, progress) for k, v in dt.accept.items()})
     embed_s = time.perf_counter() - t0
     rng = np.random.default_rng(seed)
     pool = [*data.test_texts, *(t for v in data.ood.values() for t in v)]
@@ -665,6 +685,8 @@ def evaluate(data: GuardData, embedder: Any, methods: Sequence[str], *,
             res = _test_figures(m, data, Xte, Xood, Xacc)
             if isinstance(m, _Cascade):
                 res["cascade"] = _cascade_figures(m.escalated, lat_escalated, times)
+            if typo_view is not None:
+                res["typos"] = _typo_figures(m, data, Xte, typo_view, typos or 0.0, seed)
             res["validation"] = val
             res["method"] = name
             res["target_frr"] = frr
@@ -787,6 +809,29 @@ def _test_figures(m: _Method, data: GuardData, Xte: np.ndarray, Xood: dict[str, 
     return res
 
 
+def _typo_figures(m: _Method, data: GuardData, Xte: np.ndarray,
+                  view: tuple[GuardData, np.ndarray, dict[str, np.ndarray],
+                              dict[str, np.ndarray]], rate: float, seed: int
+                  ) -> dict[str, Any]:
+    """The test figures of ``m`` on the misspelt test sets of ``view``, and how often an
+    in-domain test query keeps its outcome (the same label, or rejected both times)."""
+    dt, Xte_t, Xood_t, Xacc_t = view
+    r = _test_figures(m, dt, Xte_t, Xood_t, Xacc_t)
+    keep = ("in_domain_accuracy", "false_rejection_rate", "ood_accuracy",
+            "ood_accuracy_by_set", "gqr_score", "accept_rejection_by_set")
+    out: dict[str, Any] = {k: r[k] for k in keep if k in r}
+    pc, pt = m.predict(Xte, data.test_texts), m.predict(Xte_t, dt.test_texts)
+    same = [(bool(rc) and bool(rt)) or (not rc and not rt and lc == lt) for lc, rc, lt, rt
+            in zip(pc.labels, pc.rejected, pt.labels, pt.rejected, strict=True)]
+    words = [(a, b) for t, u in zip(data.test_texts, dt.test_texts, strict=True)
+             for a, b in zip(t.split(), u.split(), strict=False)]
+    out.update({"rate": rate, "seed": seed,
+                "in_domain_same_outcome": float(np.mean(same)) if same else float("nan"),
+                "test_words_misspelt": float(np.mean([a != b for a, b in words]))
+                if words else 0.0})
+    return out
+
+
 def _cascade_figures(test_escalated: list[bool], lat_escalated: list[bool],
                      times: list[float]) -> dict[str, Any]:
     """How often the cascade's back stage ran (test queries, in-domain and OOD; the latency
@@ -832,6 +877,9 @@ def format_table(result: dict[str, Any]) -> str:
     acc_sets = list(next(iter(methods.values())).get("accept_rejection_by_set", {}))
     head = ["method", "val GQR", "ID acc", "FRR", *[f"OOD:{s}" for s in ood_sets],
             "OOD mean", "GQR", *[f"rej:{s}" for s in acc_sets], "p50 ms", "p99 ms"]
+    typo = all("typos" in r for r in methods.values())
+    if typo:
+        head += ["ID acc typos", "GQR typos", "same typos"]
     rows = [head]
     for name, r in methods.items():
         rows.append([f"{name}{' (selected)' if name == sel else ''}",
@@ -841,6 +889,10 @@ def format_table(result: dict[str, Any]) -> str:
                      _fmt(r["ood_accuracy"]), _fmt(r["gqr_score"]),
                      *[_fmt(r["accept_rejection_by_set"][s]) for s in acc_sets],
                      f"{r['latency_p50_ms']:.2f}", f"{r['latency_p99_ms']:.2f}"])
+        if typo:
+            t = r["typos"]
+            rows[-1] += [_fmt(t["in_domain_accuracy"]), _fmt(t["gqr_score"]),
+                         _fmt(t["in_domain_same_outcome"])]
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                        for i, (c, w) in enumerate(zip(row, widths, strict=True)))
@@ -853,6 +905,11 @@ def format_table(result: dict[str, Any]) -> str:
             f"{result['seed']}; accuracies in %; latency = embed + decide, one query at a "
             f"time; selected on validation: {sel} "
             f"({(result.get('selected') or {}).get('criterion')})")
+    if typo:
+        t = next(iter(methods.values()))["typos"]
+        note += (f"; typos: the test sets with {100 * t['rate']:g}% of their long words "
+                 f"misspelt ({100 * t['test_words_misspelt']:.1f}% of all words), 'same' = "
+                 "in-domain test queries whose outcome did not change")
     return "\n".join([note, *lines])
 
 
@@ -979,6 +1036,7 @@ def run(args: argparse.Namespace) -> int:
                            save_selected=args.save_selected,
                            embedder_spec=_serving_spec(args.embedder, opts),
                            cascade_back_layers=args.cascade_back_layers,
+                           typos=args.typos,
                            log=(lambda s: None) if args.quiet else
                            (lambda s: print(s, file=sys.stderr)))
         except ValueError as e:
@@ -1248,6 +1306,10 @@ def cli_register(parser: argparse.ArgumentParser) -> None:
                         help="with guard-cascade among --methods: write the fitted two-stage "
                         "guard (front guard on --embedder, back guard on ONNX int8 MiniLM, the "
                         "escalation rule) as an artifact the gateway's guard: can serve")
+    parser.add_argument("--typos", type=float, default=None, metavar="RATE",
+                        help="also read every method on the test sets with this share of "
+                        "their words (four letters or more) misspelt by one keyboard slip "
+                        "(evals.perturb; seeded): each row's 'typos' (never used to select)")
     parser.add_argument("--cascade-back-layers", type=int, default=None, metavar="K",
                         help="the two-stage guard's back encoder keeps its first K of "
                         "MiniLM's six layers (default: all six)")

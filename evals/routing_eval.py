@@ -192,14 +192,22 @@ def embed_table(table: RoutingTable, embedder: str, cache_dir: str | Path | None
     The cache key is the sorted set of distinct prompts, so that loaders which order or
     filter prompts differently (or a table's subsets) share the same cached vectors.
     """
-    from routers.embed import announce_embedding, embed_cached, make_embedder
+    from routers.embed import make_embedder
 
     e = make_embedder(embedder)
-    uniq = sorted(set(table.prompts))
-    announce_embedding(e, embedder, uniq, cache_dir)
+    return embed_texts(e, embedder, table.prompts, cache_dir, progress), e
+
+
+def embed_texts(e: Any, kind: str, texts: Sequence[str], cache_dir: str | Path | None = None,
+                progress: bool = True) -> np.ndarray:
+    """The rows of ``texts`` embedded by ``e``, each distinct text once, cached."""
+    from routers.embed import announce_embedding, embed_cached
+
+    uniq = sorted(set(texts))
+    announce_embedding(e, kind, uniq, cache_dir)
     U = embed_cached(e, uniq, cache_dir, progress=progress)
     pos = {t: i for i, t in enumerate(uniq)}
-    return U[[pos[t] for t in table.prompts]], e
+    return U[[pos[t] for t in texts]]
 
 
 # --------------------------------------------------------------------------- one split
@@ -327,6 +335,41 @@ def evaluate_predictions(P_val: np.ndarray, P_test: np.ndarray, val: RoutingTabl
     out["best_single"] = {"val": int(jb_v), "test": int(jb_t), "test_quality": qb_t,
                           "test_cost": cb_t}
     return out
+
+
+#: the figures a ``typos`` reading keeps (test side, at the clean validation's knob)
+TYPO_KEYS = ("apgr", "aiq", "quality", "cost", "cost_at_best_single_quality_deployed",
+             "quality_gap_deployed")
+
+
+def _typo_keep(res: Mapping[str, Any], rate: float, same: float) -> dict[str, Any]:
+    return {**{k: res.get(k) for k in TYPO_KEYS}, "rate": rate, "same_choice": same}
+
+
+def _typo_reading(r: Router, res: Mapping[str, Any], pv: np.ndarray, pt: np.ndarray,
+                  cv: np.ndarray | None, ct: np.ndarray | None, V: RoutingTable,
+                  E: RoutingTable, te: np.ndarray, typos: tuple[float, list[str], np.ndarray],
+                  strong: int, kc: np.ndarray, models: Sequence[str]) -> dict[str, Any]:
+    """A router's test figures on the misspelt test prompts, its knob set on the clean
+    validation (the deployed setting), and the share of test prompts whose choice at that
+    knob did not change."""
+    rate, texts_t, X_t = typos
+    tt = [texts_t[i] for i in te]
+    ptt = _predict(r, X_t[te], tt, models)
+    ctt = _router_costs(r, X_t[te], tt, models) if cv is not None else None
+    rt = evaluate_predictions(pv, ptt, V, E, strong=strong, knob_costs=kc,
+                              router_costs=None if cv is None or ctt is None else (cv, ctt))
+    knob = res["knob_setting"]
+    if "advantage_threshold" in knob:
+        w = 1 - strong
+        thr = float(knob["advantage_threshold"])
+        a = _two_expert_choices(pt[:, strong] - pt[:, w], thr, strong, w)
+        b = _two_expert_choices(ptt[:, strong] - ptt[:, w], thr, strong, w)
+    else:
+        lam = float(knob["lambda"])
+        a = M.choose(pt, _norm(kc) if ct is None else ct, lam)
+        b = M.choose(ptt, _norm(kc) if ctt is None else ctt, lam)
+    return _typo_keep(rt, rate, float(np.mean(a == b)))
 
 
 def _norm(costs: np.ndarray) -> np.ndarray:
@@ -523,8 +566,13 @@ def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | Non
              strong: str | None = None, seeds: Sequence[int] = (0, 1, 2, 3, 4),
              val: float = 0.2, test: float = 0.2,
              router_params: Mapping[str, Mapping[str, Any]] | None = None,
-             progress: bool = True) -> dict[str, Any]:
-    """Evaluate ``routers`` and the baselines on ``table`` over ``seeds``; the result JSON."""
+             progress: bool = True,
+             typos: tuple[float, list[str], np.ndarray] | None = None) -> dict[str, Any]:
+    """Evaluate ``routers`` and the baselines on ``table`` over ``seeds``; the result JSON.
+
+    ``typos`` (rate, the table's prompts misspelt by :func:`evals.perturb.typos_all`, their
+    embeddings): every router and simple baseline is also read on the misspelt test prompts
+    at the knob chosen on clean validation (its row's ``typos``; never used to select)."""
     check_table(table, strong=strong, routers=routers)
     if X.shape[0] != len(table):
         raise EvalError(f"{X.shape[0]} embeddings for {len(table)} prompts")
@@ -579,10 +627,13 @@ def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | Non
         for bname, (family, kw) in SIMPLE_BASELINES.items():
             try:  # frozen-embedding LR and kNN on mean costs: the bar a router must clear
                 sb = get_router_class(family)(**kw).fit(X[tr], T)
-                base_seed.setdefault(bname, []).append(evaluate_predictions(
-                    _predict(sb, X[va], V.prompts, table.models),
-                    _predict(sb, X[te], E.prompts, table.models), V, E, strong=s_idx,
-                    knob_costs=kc))
+                sv = _predict(sb, X[va], V.prompts, table.models)
+                st = _predict(sb, X[te], E.prompts, table.models)
+                sres = evaluate_predictions(sv, st, V, E, strong=s_idx, knob_costs=kc)
+                if typos is not None:
+                    sres["typos"] = _typo_reading(sb, sres, sv, st, None, None, V, E, te,
+                                                  typos, s_idx, kc, table.models)
+                base_seed.setdefault(bname, []).append(sres)
             except (RouterError, M.MetricError, ValueError) as e:
                 skipped[bname] = f"{type(e).__name__}: {e}"
         for j, mname in enumerate(table.models):
@@ -621,6 +672,9 @@ def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | Non
                         router_costs=None if cv_ is None or ct_ is None else (cv_, ct_))
                     res["knob"] = True
                     res["cost_model"] = "mean" if cv_ is None else "predicted"
+                    if typos is not None:
+                        res["typos"] = _typo_reading(r, res, pv, pt, cv_, ct_, V, E, te,
+                                                     typos, s_idx, kc, table.models)
                     if hasattr(r, "cost_model_summary"):
                         res["cost_model_summary"] = r.cost_model_summary()
                 except RouterError as e:
@@ -630,6 +684,12 @@ def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | Non
                     cv = _choices_from_decisions(r, X[va], V.prompts, table.models)
                     res = _single_point(ct, E, s_idx, choice_v=cv, val=V)
                     res["knob"] = False
+                    if typos is not None:
+                        rate, texts_t, X_t = typos
+                        ctt = _choices_from_decisions(r, X_t[te], [texts_t[i] for i in te],
+                                                      table.models)
+                        res["typos"] = _typo_keep(_single_point(ctt, E, s_idx), rate,
+                                                  float(np.mean(ct == ctt)))
             except (RouterError, M.MetricError, ValueError, TypeError) as e:
                 # TypeError: a parameter the family does not take (--params)
                 skipped[name] = f"{type(e).__name__}: {e}"
@@ -793,6 +853,12 @@ def _aggregate(results: Sequence[dict[str, Any]], fit_s: float | None) -> dict[s
         if curves:
             out[ck] = {f: np.mean([c[f] for c in curves], axis=0).round(6).tolist()
                        for f in curves[0] if all(len(c[f]) == len(curves[0][f]) for c in curves)}
+    typo = [r["typos"] for r in results if "typos" in r]
+    if typo:
+        out["typos"] = {"rate": typo[0]["rate"]}
+        for k in (*TYPO_KEYS, "same_choice"):
+            agg = M.over_seeds([t.get(k) for t in typo])
+            out["typos"][k], out["typos"][f"{k}_std"] = agg["mean"], agg["std"]
     if any("auto_choice" in r for r in results):
         out["auto_choices"] = [r.get("auto_choice") for r in results]
     if any("cost_model" in r for r in results):
@@ -843,6 +909,12 @@ def cli_register(parser: argparse.ArgumentParser) -> None:
                         help='JSON of router parameters, e.g. \'{"knn": {"k": 30}}\'')
     parser.add_argument("--threads", type=int, default=1,
                         help="BLAS/torch threads (the machine is shared: default 1)")
+    parser.add_argument("--typos", type=float, default=None, metavar="RATE",
+                        help="also read every router and simple baseline on the test prompts "
+                        "with this share of their words (four letters or more) misspelt by "
+                        "one keyboard slip (evals.perturb, seeded by the first seed), at the "
+                        "knob chosen on clean validation: each row's 'typos' (never used to "
+                        "select)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=main)
 
@@ -879,12 +951,28 @@ def main(args: argparse.Namespace) -> int:
         # every check that can fail runs before the (minutes-long) embedding step
         for note in check_table(table, strong=args.strong, routers=routers):
             print(f"note: {note}", file=sys.stderr)
+        if args.typos is not None and not 0 < args.typos <= 1:
+            raise EvalError(f"--typos {args.typos}: a share of words in (0, 1]")
         X, embedder = embed_table(table, args.embedder, args.cache_dir,
                                   progress=not args.quiet)
+        typos = None
+        if args.typos is not None:
+            from evals.perturb import typos_all
+
+            texts_t = typos_all(table.prompts, args.typos, seeds[0])
+            typos = (float(args.typos), texts_t,
+                     embed_texts(embedder, args.embedder, texts_t, args.cache_dir,
+                                 progress=not args.quiet))
         t_embed = time.perf_counter() - t0
         res = evaluate(table, X, routers=routers, strong=args.strong, seeds=seeds,
                        val=args.val, test=args.test, router_params=params,
-                       progress=not args.quiet)
+                       progress=not args.quiet, typos=typos)
+        if typos is not None:
+            res["typos"] = {"rate": args.typos, "seed": seeds[0],
+                            "prompts_changed": float(np.mean([
+                                a != b for a, b in zip(table.prompts, typos[1], strict=True)])),
+                            "how": "evals.perturb.typos: each word of four letters or more "
+                                   "misspelt with this probability by one keyboard slip"}
     except (EvalError, RouterError, EmbedderError, M.MetricError, OSError, ValueError) as e:
         print(f"expertgate eval routing: {e}", file=sys.stderr)
         return 2
@@ -935,6 +1023,8 @@ def _command(args: argparse.Namespace) -> str:
         parts.append(f"--val {args.val} --test {args.test}")
     if args.params:
         parts.append(f"--params '{args.params}'")
+    if getattr(args, "typos", None) is not None:
+        parts.append(f"--typos {args.typos:g}")
     if args.json:
         parts.append(f"--json {args.json}")
     return " ".join(parts)

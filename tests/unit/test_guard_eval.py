@@ -438,3 +438,33 @@ def test_save_selected_writes_the_guard_the_gateway_serves_at_its_operating_poin
                      "--save-selected", str(tmp_path / "none")]) == 1
     assert "evaluation baseline" in json.loads(out.read_text())["selected"]["saved"]["error"]
     assert not (tmp_path / "none").exists()
+
+
+def test_typos_read_every_method_on_misspelt_test_sets_and_never_select(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("EXPERTGATE_CACHE", str(tmp_path / "cache"))
+    data = _write_csv(tmp_path / "g.csv")
+    methods = "baseline-tfidf-svm,guard-knn,guard-fused"
+    common = ["--data", str(data), "--embedder", "hashing", "--methods", methods,
+              "--latency-sample", "5", "--quiet"]
+    assert _run_cli([*common, "--json", str(tmp_path / "clean.json")]) == 0
+    capsys.readouterr()
+    assert _run_cli([*common, "--typos", "0.3", "--json", str(tmp_path / "typos.json")]) == 0
+    assert "GQR typos" in capsys.readouterr().out
+    clean = json.loads((tmp_path / "clean.json").read_text())
+    res = json.loads((tmp_path / "typos.json").read_text())
+    # a test reading only: the selection and the clean figures are those of the clean run
+    assert res["selected"]["method"] == clean["selected"]["method"]
+    for name, r in res["methods"].items():
+        c = clean["methods"][name]
+        assert r["gqr_score"] == c["gqr_score"] and r["validation"] == c["validation"]
+        t = r["typos"]
+        assert t["rate"] == 0.3 and 0.0 < t["test_words_misspelt"] < 0.3
+        for key in ("in_domain_accuracy", "gqr_score", "in_domain_same_outcome"):
+            assert 0.0 <= t[key] <= 1.0, key
+        assert set(t["ood_accuracy_by_set"]) == set(c["ood_accuracy_by_set"])
+    # hashed character n-grams change with the spelling: some outcome changes somewhere
+    assert min(r["typos"]["in_domain_same_outcome"] for r in res["methods"].values()) < 1.0
+    for bad in ("0", "1.5"):
+        assert _run_cli([*common, "--typos", bad]) == 2

@@ -331,3 +331,32 @@ def test_selection_in_a_run_says_its_rule_and_figures(tmp_path: Path) -> None:
     assert res2["selected"]["criterion"].startswith("mean validation APGR")
     assert "cost_at_best_single_quality_val" not in res2["selected"]
     assert res2["routers"]["knn"]["val_cost_at_best_single_quality_deployed"] is None
+
+
+@pytest.mark.parametrize("models", [TWO, {**TWO, "mid": (4.0, {"math": 0.8, "law": 0.3,
+                                                                "food": 0.5})}])
+def test_typos_read_routers_on_misspelt_test_prompts_and_never_select(
+        tmp_path: Path, models: dict[str, tuple[float, dict[str, float]]]) -> None:
+    data = _long_table(tmp_path / "t.csv", models, n=150, seed=5)
+    argv = ["--data", str(data), "--embedder", "hashing", "--seeds", "2", "--quiet",
+            "--routers", "knn,classifier,semantic", "--cache-dir", str(tmp_path / "cache")]
+    assert _run([*argv, "--json", str(tmp_path / "clean.json")]) == 0
+    assert _run([*argv, "--typos", "0.5", "--json", str(tmp_path / "typos.json")]) == 0
+    clean = json.loads((tmp_path / "clean.json").read_text())
+    res = json.loads((tmp_path / "typos.json").read_text())
+    assert res["typos"]["rate"] == 0.5 and res["typos"]["seed"] == 0
+    assert 0.5 < res["typos"]["prompts_changed"] <= 1.0 and "--typos 0.5" in res["command"]
+    # a reading only: the selection and every clean figure are the clean run's
+    assert res["selected"]["method"] == clean["selected"]["method"]
+    rows = {**res["routers"], **{k: v for k, v in res["baselines"].items()
+                                 if k.startswith("simple-")}}
+    assert set(rows) >= {"knn", "classifier", "semantic", "simple-lr", "simple-knn"}
+    for name, r in rows.items():
+        c = {**clean["routers"], **clean["baselines"]}[name]
+        assert r["aiq"] == c["aiq"] and r.get("val_aiq") == c.get("val_aiq"), name
+        t = r["typos"]
+        assert t["rate"] == 0.5 and 0.0 <= t["same_choice"] <= 1.0, name
+        assert 0.0 <= t["aiq"] <= 1.0 and (t["apgr"] is None) == (len(models) > 2), name
+    # hashed character n-grams move with the spelling: some choice changes somewhere
+    assert min(r["typos"]["same_choice"] for r in rows.values()) < 1.0
+    assert _run([*argv, "--typos", "0"]) == 2
