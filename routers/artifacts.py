@@ -245,15 +245,25 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def artifact_version(path: str | Path) -> str:
-    """A short content hash of an artifact (router.json, which lists every file's sha256).
+#: manifest entries that describe a training run rather than the router it produced (its
+#: wall-clock creation time, the metrics with their timings): left out of the version, so the
+#: same data, seed and parameters give the same version however long training took
+_UNVERSIONED = frozenset({"created", "metrics"})
 
-    The gateway uses it as the policy version in its decision-cache key, so a retrained
-    router never serves decisions cached for the previous one.
+
+def artifact_version(path: str | Path) -> str:
+    """A short content hash of an artifact: its manifest without :data:`_UNVERSIONED`
+    (the type, parameters, JSON state, data hash, embedder and every file's sha256).
+
+    The gateway uses it as the policy version in its decision-cache key (and logs it as the
+    router version), so a retrained router never serves decisions cached for the previous
+    one, and a re-run that reproduces the same router keeps its version.
     """
     folder = Path(path)
-    read_manifest(folder)
-    return hashlib.sha256((folder / MANIFEST).read_bytes()).hexdigest()[:12]
+    manifest = read_manifest(folder)
+    content = {k: v for k, v in manifest.items() if k not in _UNVERSIONED}
+    blob = json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def _load_skops(fp: Path) -> Any:

@@ -125,3 +125,23 @@ def test_refuses_untrusted_skops_type(tmp_path: Path) -> None:
 def test_unfitted_router_cannot_be_saved(tmp_path: Path) -> None:
     with pytest.raises(RouterError, match="not fitted"):
         save_router(make_router("knn"), tmp_path / "x")
+
+
+def test_version_follows_content_not_timings(fitted_knn, tmp_path: Path) -> None:
+    """Report h3 D11: a re-run with the same seed wrote identical arrays but another version,
+    because router.json's creation time and timing metrics were hashed."""
+    router, _, _ = fitted_knn
+    a = save_router(router, tmp_path / "a", metrics={"fit_seconds": 0.1}, data_hash="h1",
+                    embedder="hashing-16")
+    b = save_router(router, tmp_path / "b", metrics={"fit_seconds": 0.7}, data_hash="h1",
+                    embedder="hashing-16")
+    _edit_manifest(b, created="2001-01-01T00:00:00+00:00")
+    v = artifact_version(a)
+    assert v == artifact_version(b)
+    assert len(v) == 12 and int(v, 16) >= 0
+    # what the router is made of still changes it
+    c = save_router(router, tmp_path / "c", metrics={"fit_seconds": 0.1}, data_hash="h2",
+                    embedder="hashing-16")
+    assert artifact_version(c) != v
+    _edit_manifest(b, params={**router.get_params(), "k": 2})
+    assert artifact_version(b) != v
