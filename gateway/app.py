@@ -473,11 +473,14 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         t = scope["type"]
         if t == "http":
-            ep = ENDPOINTS.get(scope["path"])
+            path = scope["path"]
+            ep = ENDPOINTS.get(path)
+            if ep is None and path[-1:] == "/":
+                ep = ENDPOINTS.get(path.rstrip("/"))  # POST /v1/chat/completions/
             if ep is not None and scope["method"] == "POST":
                 await handle(gw, scope, receive, send, ep)
                 return
-            gate = _GATED.get(scope["path"])
+            gate = _GATED.get(path)
             if gate is not None and not await _gate_passed(gw, scope, send,
                                                            getattr(settings, gate)):
                 return

@@ -48,6 +48,7 @@ __all__ = [
     "RequestTimeout",
     "ServiceUnavailable",
     "UnknownModel",
+    "UnsupportedMediaType",
     "UpstreamError",
     "UpstreamTimeout",
     "UpstreamUnavailable",
@@ -114,6 +115,11 @@ class RequestTimeout(RequestError):
 class PayloadTooLarge(RequestError):
     status = 413
     code = "request_too_large"
+
+
+class UnsupportedMediaType(RequestError):
+    status = 415
+    code = "unsupported_content_encoding"
 
 
 class RateLimited(RequestError):

@@ -64,7 +64,9 @@ class RequestIdMiddleware:
 def build_api(gw: Gateway) -> FastAPI:
     from gateway.api import admin, dashboard, health, models, protocol
 
-    api = FastAPI(title="expertgate", version="0.1.0",
+    # no redirects: a client that adds a slash (POST /v1/chat/completions/) reaches the
+    # endpoint itself (gateway.app), any other path an OpenAI-shaped 404, never a bare 307
+    api = FastAPI(title="expertgate", version="0.1.0", redirect_slashes=False,
                   description="OpenAI-compatible LLM router and gateway")
     api.state.gw = gw
     api.add_middleware(RequestIdMiddleware, gw=gw)

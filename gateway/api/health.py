@@ -28,7 +28,9 @@ router = APIRouter(tags=["ops"])
 _READY_TTL_S = 2.0
 
 
+# HEAD as well as GET: load balancers and uptime checks probe with HEAD
 @router.get("/healthz")
+@router.head("/healthz", include_in_schema=False)
 async def healthz(request: Request) -> dict[str, Any]:
     return {"status": "ok"}
 
@@ -48,6 +50,7 @@ async def _probe(http: UpstreamHTTP, base: str) -> bool:
 
 
 @router.get("/readyz")
+@router.head("/readyz", include_in_schema=False)
 async def readyz(request: Request) -> Response:
     gw = request.app.state.gw
     cached = getattr(gw, "_ready_cache", None)
@@ -103,6 +106,7 @@ async def _ready_response(gw: Any, request: Request, status: int, body: bytes) -
 
 
 @router.get("/metrics")
+@router.head("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
     gw = request.app.state.gw
     if gw.routing_log is not None:

@@ -33,6 +33,7 @@ def _entries(gw: Any) -> list[dict[str, Any]]:
 
 
 @router.get("/v1/models")
+@router.head("/v1/models", include_in_schema=False)
 async def list_models(request: Request) -> dict[str, Any]:
     gw = request.app.state.gw
     await gw.auth.resolve(request.scope.get("headers", ()), None)
@@ -40,6 +41,7 @@ async def list_models(request: Request) -> dict[str, Any]:
 
 
 @router.get("/v1/models/{model_id:path}")
+@router.head("/v1/models/{model_id:path}", include_in_schema=False)
 async def get_model(model_id: str, request: Request) -> dict[str, Any]:
     gw = request.app.state.gw
     await gw.auth.resolve(request.scope.get("headers", ()), None)

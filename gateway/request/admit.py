@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from gateway.auth import bearer_token
-from gateway.errors import InvalidRequest
+from gateway.errors import InvalidRequest, UnsupportedMediaType
 from gateway.ratelimit import Limits, RateDecision, estimate_tokens
 from gateway.request.context import RequestContext, header_value
 from gateway.request.read import check_length
@@ -47,6 +47,11 @@ async def admit(gw: Gateway, headers: Iterable[tuple[bytes, bytes]], ctx: Reques
                 length = int(v)
             except ValueError:
                 raise InvalidRequest("invalid content-length header") from None
+        elif k == b"content-encoding" and v.strip().lower() not in (b"", b"identity"):
+            # a compressed body read as JSON fails with a baffling parse error: say why
+            raise UnsupportedMediaType(
+                f"unsupported content-encoding {v.decode('latin-1')[:32]!r}: send the "
+                "request body uncompressed")
     token = (bearer_token(auth) if auth is not None else None) or api_key
     key = await gw.auth.identify_token(token)
     check_length(length, gw.settings.max_body_bytes)

@@ -71,6 +71,25 @@ async def test_a_bad_content_length_is_an_openai_shaped_400(ups, tmp_path: Path,
         assert "content-length" in _is_error(body)["message"]
 
 
+@pytest.mark.parametrize("path", ["/v1/route", "/v1/chat/completions", "/v1/completions"])
+async def test_a_compressed_body_is_a_415_that_says_so(ups, tmp_path: Path, path: str) -> None:
+    import gzip
+
+    body = gzip.compress(orjson.dumps({"model": "auto", "text": "hello", "messages": [
+        {"role": "user", "content": "hello"}]}))
+    async with gateway_client(base_config(ups[0].base, ups[1].base), tmp_path) as (c, _):
+        r = await c.post(path, content=body, headers={"content-type": "application/json",
+                                                      "content-encoding": "gzip"})
+        assert r.status_code == 415
+        assert "content-encoding 'gzip'" in _is_error(r.content,
+                                                      "unsupported_content_encoding")["message"]
+        # identity is no encoding at all
+        r = await c.post("/v1/route", json={"model": "auto", "text": "hello"},
+                         headers={"content-encoding": "identity"})
+        assert r.status_code == 200
+    assert not ups[0].received and not ups[1].received  # nothing forwarded
+
+
 async def test_a_lone_surrogate_is_a_400_on_route_as_on_chat(ups, tmp_path: Path) -> None:
     raw = b'{"model": "auto", "text": "fix this bug \\ud800 in my code"}'
     async with gateway_client(base_config(ups[0].base, ups[1].base), tmp_path) as (c, _):
