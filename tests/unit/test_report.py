@@ -367,3 +367,30 @@ def test_startup_block_reads_both_variants_medians(tmp_path: Path) -> None:
            "| 1.200 |" in s
     assert "| no warm-up | 0.350 | 114.10 | 114.10 (first 5) | 1.100 |" in s
     assert "commit 0123456789;" in s and "expertgate bench startup --config" in s
+
+
+def test_a_run_with_wrongly_typed_fields_is_skipped_and_named(tmp_path: Path, capsys) -> None:
+    """Report h3 D10: a valid routing run whose ``routers`` was a list (or a router's figures
+    a string) aborted the whole report with an AttributeError naming no file."""
+    good = _routing_run(False)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "good.json").write_text(json.dumps(good))
+    (runs / "list.json").write_text(json.dumps({**good, "routers": [1, 2]}))
+    (runs / "strval.json").write_text(json.dumps({**good, "routers": {"knn": "x"}}))
+    (runs / "deep.json").write_text(json.dumps({**good, "timing_s": "slow"}))
+    (runs / "guard.json").write_text(json.dumps({**GUARD, "methods": {"knn": [0.9]}}))
+    out = tmp_path / "out"
+    parser = argparse.ArgumentParser()
+    R.cli_register(parser)
+    args = parser.parse_args(["--runs", str(runs), "--out", str(out), "--docs"])
+    assert args.func(args) == 0
+    err = capsys.readouterr().err
+    assert "skipped list.json: routers is not an object" in err
+    assert "skipped strval.json: routers: knn not an object" in err
+    assert "skipped deep.json: a routing run" in err and "AttributeError" in err
+    assert "skipped guard.json: methods: knn not an object" in err
+    md = (out / "report.md").read_text()
+    assert "from 1 run file(s)" in md and "## Routing: good" in md
+    figs = json.loads((out / "figures.json").read_text())
+    assert "good.table" in figs and "deep.table" not in figs
