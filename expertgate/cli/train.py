@@ -242,11 +242,15 @@ def _print_metrics(m: dict[str, Any]) -> None:
         r = m.get(part)
         if not r:
             continue
-        partial = partial or (r.get("scored_decisions") or r["n"]) < r["n"]
+        # the decisions that name an expert of the table: a rejection (reported as one) or
+        # an expert outside the table has no score in any table, complete or not
+        decided = r["n"] - round((r.get("reject_share") or 0) * r["n"]) \
+            - round((r.get("outside_table_share") or 0) * r["n"])
+        k = r.get("scored_decisions")
+        partial = partial or (k is not None and k < decided)
         q = "n/a" if r.get("mean_quality") is None else f"{r['mean_quality']:.4f}"
         c = "n/a" if r.get("mean_cost") is None else f"{r['mean_cost']:.6g}"
-        k = r.get("scored_decisions")
-        if k is not None and k < r["n"]:
+        if k is not None and k < decided:
             # a routing log scores one expert per prompt: only where the router picks the
             # logged expert is its choice scored, a biased figure (eval offpolicy estimates)
             q += f" (over the {k}/{r['n']} decisions whose expert has a score)"

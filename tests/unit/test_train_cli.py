@@ -272,3 +272,23 @@ def test_train_shows_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path: Pat
     err = capsys.readouterr().err
     assert rc == 0, err
     assert "batch/s" not in err and "embedding (" not in err, err
+
+
+def test_rejections_on_a_complete_table_are_no_routing_log(capsys) -> None:
+    """Report h3 D9: a router that rejected 2 of 12 prompts of a complete table was told
+    its table scores one expert per prompt (a routing log)."""
+    from expertgate.cli.train import _print_metrics
+
+    part = {"n": 12, "mean_quality": 0.3, "mean_cost": 1.0, "scored_decisions": 10,
+            "reject_share": 0.1667, "outside_table_share": 0.0, "share": {"a": 0.8333},
+            "single_expert": {"a": {"quality": 0.3, "cost": 1.0}}}
+    m = {"router": "semantic", "n_train": 40, "fit_seconds": 0.1, "n_val": 12, "n_test": 12,
+         "seed": 0, "validation": part, "test": part}
+    _print_metrics(m)
+    out = capsys.readouterr().out
+    assert "rejected 16.7%" in out
+    assert "routing log" not in out and "decisions whose expert has a score" not in out
+    # a decision for an unscored expert still reads as partial
+    _print_metrics({**m, "test": {**part, "scored_decisions": 9}})
+    out = capsys.readouterr().out
+    assert "(over the 9/12 decisions whose expert has a score)" in out and "routing log" in out
