@@ -549,7 +549,8 @@ def evaluate(data: GuardData, embedder: Any, methods: Sequence[str], *,
              save_selected: str | Path | None = None,
              embedder_spec: Mapping[str, Any] | None = None,
              cascade_back_layers: int | None = None,
-             typos: float | None = None) -> dict[str, Any]:
+             typos: float | None = None,
+             augment_typos: float | None = None) -> dict[str, Any]:
     """Run every method at every operating point on ``data``, select on validation, and
     return the result dict (see module doc). ``save_cascade``: write the fitted
     ``guard-cascade`` there as a servable artifact (:func:`routers.guard_cascade.save_cascade`;
@@ -564,7 +565,9 @@ def evaluate(data: GuardData, embedder: Any, methods: Sequence[str], *,
     two-stage guard's back encoder keeps only its first K layers (None: all). ``typos``:
     each method is also read on the test sets with that share of their words misspelt
     (:mod:`evals.perturb`, seeded by ``seed``): its row's ``typos`` (a test reading only;
-    selection never sees it)."""
+    selection never sees it), and ``validation.typos`` the same on validation.
+    ``augment_typos``: the training part gets a misspelt copy of each of its queries (that
+    share of their words slipped, seeded apart from the readings) with the same label."""
     from tqdm import tqdm
 
     known = {**GUARD_VARIANTS, **BASELINES}
@@ -590,8 +593,19 @@ def evaluate(data: GuardData, embedder: Any, methods: Sequence[str], *,
     if not frrs or any(not 0.0 <= f < 1.0 for f in frrs):
         raise ValueError(f"target FRRs must lie in [0, 1): {frrs}")
     parse_criterion(select)
-    if typos is not None and not 0.0 < typos <= 1.0:
-        raise ValueError(f"the typo rate must lie in (0, 1]: {typos}")
+    for what, rate in (("typo", typos), ("typo augmentation", augment_typos)):
+        if rate is not None and not 0.0 < rate <= 1.0:
+            raise ValueError(f"the {what} rate must lie in (0, 1]: {rate}")
+    augmented = 0
+    if augment_typos is not None:
+        from evals.perturb import typos_all
+
+        slipped = typos_all(data.train_texts, augment_typos, seed + AUGMENT_SEED_OFFSET)
+        new = [(t, lab) for t, u, lab in zip(slipped, data.train_texts, data.train_labels,
+                                             strict=True) if t != u]
+        augmented = len(new)
+        data = dataclasses.replace(data, train_texts=[*data.train_texts, *(t for t, _ in new)],
+                                   train_labels=[*data.train_labels, *(lab for _, lab in new)])
     if save_cascade is not None and ("guard-cascade" not in methods or len(frrs) != 1):
         raise ValueError("--save-cascade needs guard-cascade among the methods and one "
                          "--target-frr")
@@ -635,6 +649,12 @@ def evaluate(data: GuardData, embedder: Any, methods: Sequence[str], *,
         typo_view = (dt, _embed(embedder, dt.test_texts, progress),
                      {k: _embed(embedder, v, progress) for k, v in dt.ood.items()},
                      {k: _embed(embedder, v, progress) for k, v in dt.accept.items()})
+        # validation, misspelt the same way: what a choice about robustness may read
+        val_t = {t: u for t, u in zip(data.val_texts, typos_all(data.val_texts, typos, seed),
+                                      strict=True)}
+        vood_t = {k: typos_all(v, typos, seed) for k, v in data.val_ood.items()}
+        Xv_t = _embed(embedder, [val_t[t] for t in data.val_texts], progress)
+        Xvood_t = {k: _embed(embedder, v, progress) for k, v in vood_t.items()}
     embed_s = time.perf_counter() - t0
     rng = np.random.default_rng(seed)
     pool = [*data.test_texts, *(t for v in data.ood.values() for t in v)]
@@ -676,8 +696,20 @@ def evaluate(data: GuardData, embedder: Any, methods: Sequence[str], *,
             if m_sel is not None:
                 val = _figures(m_sel, Xr_v, reduced.val_texts, reduced.val_labels,  # type: ignore[union-attr]
                                Xr_ood, reduced.val_ood)  # type: ignore[union-attr]
+                if typo_view is not None:
+                    assert reduced is not None
+                    rv = [val_t[t] for t in reduced.val_texts]
+                    rood = {k: [val_t[t] for t in v] for k, v in reduced.val_ood.items()}
+                    val["typos"] = _figures(
+                        m_sel, _rows_of(rv, [val_t[t] for t in data.val_texts], Xv_t), rv,
+                        reduced.val_labels, {k: _rows_of(v, [val_t[t] for t in
+                                                             data.val_texts], Xv_t)
+                                             for k, v in rood.items()}, rood)
             elif Xvood:
                 val = _figures(m, Xv, data.val_texts, data.val_labels, Xvood, data.val_ood)
+                if typo_view is not None:
+                    vt = [val_t[t] for t in data.val_texts]
+                    val["typos"] = _figures(m, Xv_t, vt, data.val_labels, Xvood_t, vood_t)
             else:
                 val = {}
             if isinstance(m, _Cascade):
@@ -730,6 +762,9 @@ def evaluate(data: GuardData, embedder: Any, methods: Sequence[str], *,
         "embedder_class": type(embedder).__name__,
         "target_frr": frrs[0] if len(frrs) == 1 else frrs,
         "seed": seed,
+        **({"augment_typos": {"rate": augment_typos, "added_train_queries": augmented,
+                              "seed": seed + AUGMENT_SEED_OFFSET}}
+           if augment_typos is not None else {}),
         "seeds": {"method_seed": seed, "latency_sample_seed": seed,
                   "leave_labels_out_seed": seed if reduced is not None else None},
         "latency_sample": len(lat_texts),
@@ -807,6 +842,11 @@ def _test_figures(m: _Method, data: GuardData, Xte: np.ndarray, Xood: dict[str, 
         res["in_scope_accuracy"] = res["in_domain_accuracy"]
         res["oos_recall"] = by_set.get("oos", float("nan"))
     return res
+
+
+#: the seed of the training part's misspelt copies is the run's seed plus this (the test and
+#: validation readings use the run's seed: other slips on other texts either way)
+AUGMENT_SEED_OFFSET = 7919
 
 
 def _typo_figures(m: _Method, data: GuardData, Xte: np.ndarray,
@@ -1036,7 +1076,7 @@ def run(args: argparse.Namespace) -> int:
                            save_selected=args.save_selected,
                            embedder_spec=_serving_spec(args.embedder, opts),
                            cascade_back_layers=args.cascade_back_layers,
-                           typos=args.typos,
+                           typos=args.typos, augment_typos=args.augment_typos,
                            log=(lambda s: None) if args.quiet else
                            (lambda s: print(s, file=sys.stderr)))
         except ValueError as e:
@@ -1310,6 +1350,9 @@ def cli_register(parser: argparse.ArgumentParser) -> None:
                         help="also read every method on the test sets with this share of "
                         "their words (four letters or more) misspelt by one keyboard slip "
                         "(evals.perturb; seeded): each row's 'typos' (never used to select)")
+    parser.add_argument("--augment-typos", type=float, default=None, metavar="RATE",
+                        help="train on each training query and a misspelt copy of it (this "
+                        "share of its long words slipped; evals.perturb), the same label")
     parser.add_argument("--cascade-back-layers", type=int, default=None, metavar="K",
                         help="the two-stage guard's back encoder keeps its first K of "
                         "MiniLM's six layers (default: all six)")

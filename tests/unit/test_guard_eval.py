@@ -458,13 +458,37 @@ def test_typos_read_every_method_on_misspelt_test_sets_and_never_select(
     assert res["selected"]["method"] == clean["selected"]["method"]
     for name, r in res["methods"].items():
         c = clean["methods"][name]
-        assert r["gqr_score"] == c["gqr_score"] and r["validation"] == c["validation"]
+        assert r["gqr_score"] == c["gqr_score"]
+        assert {k: v for k, v in r["validation"].items() if k != "typos"} == c["validation"]
         t = r["typos"]
         assert t["rate"] == 0.3 and 0.0 < t["test_words_misspelt"] < 0.3
         for key in ("in_domain_accuracy", "gqr_score", "in_domain_same_outcome"):
             assert 0.0 <= t[key] <= 1.0, key
         assert set(t["ood_accuracy_by_set"]) == set(c["ood_accuracy_by_set"])
+        # the same reading on validation (leave-labels-out here), for choices about it
+        assert 0.0 <= r["validation"]["typos"]["gqr_score"] <= 1.0
     # hashed character n-grams change with the spelling: some outcome changes somewhere
     assert min(r["typos"]["in_domain_same_outcome"] for r in res["methods"].values()) < 1.0
     for bad in ("0", "1.5"):
         assert _run_cli([*common, "--typos", bad]) == 2
+
+
+def test_augment_typos_trains_on_a_misspelt_copy_of_each_query(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EXPERTGATE_CACHE", str(tmp_path / "cache"))
+    data = _write_csv(tmp_path / "g.csv")
+    common = ["--data", str(data), "--embedder", "hashing", "--methods", "guard-knn",
+              "--latency-sample", "5", "--quiet"]
+    assert _run_cli([*common, "--json", str(tmp_path / "clean.json")]) == 0
+    assert _run_cli([*common, "--augment-typos", "0.5", "--json",
+                     str(tmp_path / "aug.json")]) == 0
+    clean = json.loads((tmp_path / "clean.json").read_text())
+    res = json.loads((tmp_path / "aug.json").read_text())
+    aug = res["augment_typos"]
+    n = clean["data"]["n_train"]
+    # every query with a long word gets a copy (a copy without a slip is no copy)
+    assert 0 < aug["added_train_queries"] <= n and aug["rate"] == 0.5
+    assert res["data"]["n_train"] == n + aug["added_train_queries"]
+    assert res["data"]["n_test_in_domain"] == clean["data"]["n_test_in_domain"]  # untouched
+    assert "--augment-typos 0.5" in res["command"]
+    assert _run_cli([*common, "--augment-typos", "2"]) == 2
