@@ -24,7 +24,14 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from gateway.errors import GatewayError, NotFound, ServiceUnavailable, UpstreamError
+from gateway.errors import (
+    GatewayError,
+    GuardRejected,
+    NotFound,
+    RequestError,
+    ServiceUnavailable,
+    UpstreamError,
+)
 from gateway.request.admit import GENERATE, admit, admit_body
 from gateway.request.context import RequestContext
 from gateway.request.dispatch import dispatch
@@ -120,6 +127,12 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, send: Send, endpoi
     except Exception as e:
         err = error_of(e)
         ctx.status, ctx.err_type = err.status, err.code
+        if ctx.plan is None and endpoint != "feedback":
+            # a policy's request that failed while it was planned (no text to route on):
+            # the headers, the log and the metrics still name the policy it asked for
+            m = ctx.body.get("model")
+            if isinstance(m, str) and (rt := gw.policy_set.policies.get(m)) is not None:
+                ctx.plan = Plan(m, rt)
         if not isinstance(e, GatewayError):
             # a bug, never an expected path: log the traceback, answer an OpenAI-shaped 500
             # without details (or let the server close a response that already started)
@@ -131,6 +144,9 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, send: Send, endpoi
             ctx.degraded.append("expert-fallback" if len(ctx.chain) > 1 else "expert-failed")
             ctx.reason = (f"{ctx.reason}; " if ctx.reason else "") + (
                 f"every expert failed ({', '.join(ctx.chain)})")
+        if ctx.reason and isinstance(e, RequestError) and not isinstance(e, GuardRejected):
+            # refused after the routing decision (too deep to forward): the reason says both
+            ctx.reason = f"{ctx.reason}; refused: {err.message}"
         ctx.reason = ctx.reason or err.message
         await send_error(finishing, ctx, err)
     finally:

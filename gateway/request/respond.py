@@ -178,6 +178,8 @@ async def forward(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
         body = orjson.dumps(reply.data)
     h = headers(ctx, reply.content_type.encode("latin-1"))
     ctx.status = reply.status
+    if reply.status >= 400:
+        ctx.err_type = upstream_error_code(body, reply.status)
     if not reply.stream:
         await send({"type": "http.response.start", "status": reply.status, "headers": h})
         await send({"type": "http.response.body", "body": body})
@@ -190,6 +192,21 @@ async def forward(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
         reply.release()  # _stream releases it from here on
         raise
     await _stream(gw, send, ctx, res)
+
+
+def upstream_error_code(body: bytes, status: int) -> str:
+    """What the log calls an expert's own error answer (a 4xx passed through): its OpenAI
+    error ``code`` or ``type``, else ``upstream_<status>``."""
+    try:
+        err = orjson.loads(body).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        err = None
+    if isinstance(err, dict):
+        for k in ("code", "type"):
+            v = err.get(k)
+            if isinstance(v, str) and v:
+                return v[:64]
+    return f"upstream_{status}"
 
 
 async def _stream(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchResult) -> None:

@@ -211,3 +211,29 @@ async def test_a_text_the_embedder_cannot_read_is_said_not_silent(
 
 def _ok_error(r: Any) -> bool:
     return set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+async def test_a_policy_request_refused_while_planned_is_logged_under_its_policy(
+        ups: Ups, tmp_path: Path) -> None:
+    coder, chatter = ups
+    async with gateway_client(base_config(coder.base, chatter.base), tmp_path) as (c, _):
+        # nothing to route on: an image-only conversation, a system-only one
+        for messages in ([{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}],
+                         [{"role": "system", "content": "be brief"}]):
+            r = await c.post("/v1/chat/completions", json={"model": "auto",
+                                                           "messages": messages})
+            assert r.status_code == 400 and r.headers["x-expertgate-policy"] == "auto"
+        # refused after the decision (too deep to forward): the reason says both
+        deep: Any = []
+        for _ in range(300):
+            deep = [deep]
+        r = await c.post("/v1/chat/completions",
+                         json={**chat("auto", "fix this bug in my code"), "extra": deep})
+        assert r.status_code == 400
+        reason = r.headers["x-expertgate-reason"]
+        assert "refused: " in reason and "nested too deeply" in reason
+        assert reason.index("refused: ") > 0  # after the routing decision's own reason
+    recs = [orjson.loads(ln) for ln in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["policy"] for r in recs] == ["auto"] * 3
+    assert all(r["http_status"] == 400 for r in recs) and not coder.received

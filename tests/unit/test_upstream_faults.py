@@ -304,6 +304,7 @@ async def test_upstream_4xx_comes_back_openai_shaped_without_its_address(
     coder, chatter = ups
     status, ctype, body = raw
     coder.raw = (status, ctype, body.replace(b"{base}", coder.base.encode()))
+    errs = []
     async with gateway_client(base_config(coder.base, chatter.base), tmp_path) as (c, _):
         for model in ("auto", "coder"):
             r = await c.post("/v1/chat/completions", json=chat(model, "fix this bug in my code"))
@@ -312,6 +313,13 @@ async def test_upstream_4xx_comes_back_openai_shaped_without_its_address(
             assert err["message"].startswith(message) or message in err["message"]
             assert "127.0.0.1" not in r.text and "10.0.0.5" not in r.text
             assert str(coder.port) not in r.text and chatter.received == []
+            errs.append(err)
+    # the log says what kind of error the expert answered (it said null)
+    recs = [orjson.loads(ln) for ln in (tmp_path / "log.jsonl").read_text().splitlines()]
+    for rec, err in zip(recs, errs, strict=True):
+        assert rec["http_status"] == status and rec["status"] == "error"
+        code = err["code"] if isinstance(err["code"], str) and err["code"] else err["type"]
+        assert rec["error_type"] == code
 
 
 @pytest.mark.parametrize("raw", [
