@@ -338,7 +338,8 @@ class Dispatcher:
                                                       loop=self.loop)
                         else:
                             reply = await call_litellm(expert, rep.base, payload, stream=stream,
-                                                       timeout_s=min(expert.timeout_s, remaining))
+                                                       timeout_s=min(expert.timeout_s, remaining),
+                                                       path=path)
                 except UpstreamFailure as f:
                     ms = (time.perf_counter() - t0) * 1000
                     if f.retryable and f.status == 500 and expert.kind == "openai":

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import re
 from collections.abc import AsyncIterator
@@ -48,6 +49,7 @@ __all__ = [
     "call_litellm",
     "call_openai",
     "error_body",
+    "litellm_kwargs",
     "scrub",
 ]
 
@@ -376,12 +378,154 @@ def _get_litellm() -> Any:
     return _litellm
 
 
-async def call_litellm(expert: ExpertConfig, base: str | None, payload: dict[str, Any], *,
-                       stream: bool, timeout_s: float) -> UpstreamReply:
-    """Call a provider through LiteLLM and re-encode its answer as OpenAI JSON / SSE."""
+# What a client's request fields become in a LiteLLM call (``call_litellm``).
+#
+# LiteLLM takes one flat list of keyword arguments that mixes the OpenAI request fields it
+# maps onto each provider's own (dropping those a provider lacks: ``drop_params``) with its
+# own configuration (``api_base``, ``api_key``, ``timeout``, ``extra_headers``, ``metadata``
+# for its logging callbacks, ``mock_response``, ``aws_*`` credentials, ...). A client's
+# fields must never set the latter, and an OpenAI field that shares a name with one of them
+# (``metadata``) must still reach the provider. So:
+#
+# - the OpenAI fields LiteLLM names for the endpoint (below) are passed as its arguments,
+#   and mapped per provider;
+# - ``user``: LiteLLM drops it on chat requests to an OpenAI-compatible server whose model
+#   is not in OpenAI's own catalogue (every vLLM / llama.cpp model), whatever
+#   ``drop_params`` says; it is passed as an argument where LiteLLM forwards or maps it
+#   (Anthropic: ``metadata.user_id``; text completions and embeddings), else as below;
+# - every other field (``metadata``, ``user`` above, fields LiteLLM does not know), on a
+#   provider that speaks OpenAI's protocol (``_EXTRA_BODY_PROVIDERS``), goes in
+#   ``extra_body``: LiteLLM neither reads nor drops it, and the provider receives it as
+#   the client sent it, as an ``openai`` expert would;
+# - on other providers ``extra_body`` is no pass-through (Anthropic's body would get an
+#   ``extra_body`` key), so there a field LiteLLM does not know is passed as an argument,
+#   which LiteLLM forwards into the provider's request, unless LiteLLM would read it as its
+#   own configuration (``_litellm_own``): those are dropped (the client's ``metadata``
+#   among them; a provider's own field of that shape, say Anthropic's ``metadata``, cannot
+#   be set by a client through LiteLLM).
+_CHAT_PARAMS = frozenset({
+    "messages", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "max_tokens",
+    "max_completion_tokens", "n", "presence_penalty", "response_format", "seed", "stop",
+    "stream_options", "temperature", "top_p", "tools", "tool_choice", "parallel_tool_calls",
+    "functions", "function_call", "modalities", "prediction", "audio", "reasoning_effort",
+    "verbosity", "web_search_options", "service_tier", "store", "safety_identifier",
+    "prompt_cache_key", "prompt_cache_retention"})
+#: ``litellm.text_completion``'s named parameters
+_COMPLETION_PARAMS = frozenset({
+    "prompt", "best_of", "echo", "frequency_penalty", "logit_bias", "logprobs", "max_tokens",
+    "n", "presence_penalty", "stop", "stream_options", "suffix", "temperature", "top_p",
+    "user"})
+#: ``litellm.embedding``'s
+_EMBEDDING_PARAMS = frozenset({"input", "dimensions", "encoding_format", "user"})
+_PARAMS = {"/chat/completions": _CHAT_PARAMS, "/completions": _COMPLETION_PARAMS,
+           "/embeddings": _EMBEDDING_PARAMS}
+#: providers LiteLLM calls with OpenAI's protocol, merging ``extra_body`` into the request
+#: (checked for chat, text completions and embeddings on LiteLLM 1.106.2)
+_EXTRA_BODY_PROVIDERS = frozenset({"openai", "hosted_vllm", "text-completion-openai"})
+#: LiteLLM configuration its own ``is_litellm_owned_kwarg`` does not list (transport,
+#: clients, credentials read from keyword arguments)
+_LITELLM_CONFIG = frozenset({
+    "base_url", "timeout", "request_timeout", "extra_headers", "extra_body", "extra_query",
+    "organization", "default_headers", "deployment_id", "drop_params", "additional_drop_params",
+    "max_retries", "api_type", "azure", "azure_ad_token", "azure_ad_token_provider",
+    "shared_session", "client", "http_client"})
+_LITELLM_CONFIG_PREFIXES = ("aws_", "vertex_", "azure_", "watsonx_", "litellm_")
+
+
+def _litellm_own(name: str) -> bool:
+    """Whether LiteLLM would read a keyword argument ``name`` as its own configuration."""
+    from litellm.types.utils import is_litellm_owned_kwarg
+
+    return (name in _LITELLM_CONFIG or name.startswith(_LITELLM_CONFIG_PREFIXES)
+            or is_litellm_owned_kwarg(name))
+
+
+@functools.lru_cache(maxsize=256)
+def _provider(model: str, base: str | None) -> tuple[str, bool]:
+    """(LiteLLM's provider for ``model``, whether LiteLLM forwards ``user`` on chat)."""
     litellm = _get_litellm()
-    kwargs = {k: v for k, v in payload.items() if k not in ("model", "stream")}
+    try:
+        bare, provider, _, _ = litellm.get_llm_provider(model=model, api_base=base)
+        params = litellm.get_supported_openai_params(model=bare,
+                                                     custom_llm_provider=provider) or []
+    except Exception:  # an unknown provider: LiteLLM's own call says so, with its message
+        return "", True
+    return str(provider), "user" in params
+
+
+def litellm_kwargs(expert: ExpertConfig, base: str | None, path: str,
+                   payload: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of the LiteLLM call for a client's request to ``path`` (see the
+    comment above ``_CHAT_PARAMS``), without the expert's address, key and timeout."""
+    named = _PARAMS.get(path, _CHAT_PARAMS)
+    provider, user_named = _provider(expert.upstream_model, base)
+    if path == "/chat/completions" and user_named:
+        named = named | {"user"}
+    wire = provider in _EXTRA_BODY_PROVIDERS
+    kwargs: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for k, v in payload.items():
+        if k in ("model", "stream"):
+            continue
+        if k in named:
+            kwargs[k] = v
+        elif wire:
+            extra[k] = v
+        elif not _litellm_own(k):
+            kwargs[k] = v
+    if extra:
+        kwargs["extra_body"] = extra
     kwargs["model"] = expert.upstream_model
+    return kwargs
+
+
+def _litellm_failure(expert: ExpertConfig, e: Exception, timeout_s: float) -> UpstreamFailure:
+    """A LiteLLM call's exception as the failure the dispatcher classifies."""
+    if isinstance(e, TimeoutError):
+        return UpstreamFailure("timeout", f"{expert.name}: no answer within {timeout_s:g}s")
+    # LiteLLM maps provider errors to its own classes, with the provider's status
+    status = getattr(e, "status_code", None)
+    if not isinstance(status, int):
+        status = None
+    retryable = status is None or status >= 500 or status == 429
+    # LiteLLM's messages may quote the provider's URL: clients get them without it
+    body = orjson.dumps({"error": {"message": scrub(str(e)[:500]), "type": "upstream_error",
+                                   "param": None, "code": type(e).__name__}})
+    return UpstreamFailure("status" if status else "connect",
+                           f"{expert.name}: {type(e).__name__}: {str(e)[:200]}",
+                           status=status, body=body, retryable=retryable,
+                           public=(f"answered {status}" if status else
+                                   f"failed ({type(e).__name__})"))
+
+
+def _text_chunk(obj: dict[str, Any]) -> dict[str, Any]:
+    """A LiteLLM text-completion stream chunk as OpenAI streams it: no zero ``usage`` on
+    every event (LiteLLM's placeholder when the client did not ask for usage), ``text`` a
+    string, and the usage event with no choices."""
+    u = obj.get("usage")
+    if u is None or (isinstance(u, dict) and not any(
+            u.get(k) for k in ("prompt_tokens", "completion_tokens", "total_tokens"))):
+        obj.pop("usage", None)
+    elif all(isinstance(c, dict) and not c.get("text") and c.get("finish_reason") is None
+             for c in obj.get("choices") or []):
+        obj["choices"] = []
+    for c in obj.get("choices") or []:
+        if isinstance(c, dict):
+            c.pop("reasoning_content", None)
+            if c.get("text") is None:
+                c["text"] = ""
+    return obj
+
+
+async def call_litellm(expert: ExpertConfig, base: str | None, payload: dict[str, Any], *,
+                       stream: bool, timeout_s: float,
+                       path: str = "/chat/completions") -> UpstreamReply:
+    """Call a provider through LiteLLM and re-encode its answer as OpenAI JSON / SSE: a chat
+    completion (``litellm.acompletion``), a text completion (``/completions``:
+    ``litellm.atext_completion``, streamed as OpenAI streams it) or a list of embeddings
+    (``/embeddings``: ``litellm.aembedding``, never streamed), usage included."""
+    litellm = _get_litellm()
+    kwargs = litellm_kwargs(expert, base, path, payload)
     if base:
         kwargs["api_base"] = base
     if expert.api_key_env and os.environ.get(expert.api_key_env):
@@ -391,37 +535,38 @@ async def call_litellm(expert: ExpertConfig, base: str | None, payload: dict[str
         if auth is not None:  # credentials written in the api_base URL
             kwargs["extra_headers"] = {"authorization": auth}
     kwargs["timeout"] = timeout_s
+    if path == "/embeddings":
+        stream = False
+        call = litellm.aembedding(**kwargs)
+    elif path == "/completions":
+        call = litellm.atext_completion(stream=stream, **kwargs)
+    else:
+        call = litellm.acompletion(stream=stream, **kwargs)
     try:
-        resp = await asyncio.wait_for(litellm.acompletion(stream=stream, **kwargs), timeout_s)
-    except TimeoutError:
-        raise UpstreamFailure("timeout", f"{expert.name}: no answer within {timeout_s:g}s"
-                              ) from None
-    except Exception as e:  # LiteLLM maps provider errors to its own classes
-        status = getattr(e, "status_code", None)
-        retryable = status is None or status >= 500 or status == 429
-        # LiteLLM's messages may quote the provider's URL: clients get them without it
-        body = orjson.dumps({"error": {"message": scrub(str(e)[:500]), "type": "upstream_error",
-                                       "param": None, "code": type(e).__name__}})
-        raise UpstreamFailure("status" if status else "connect",
-                              f"{expert.name}: {type(e).__name__}: {str(e)[:200]}",
-                              status=status, body=body, retryable=retryable,
-                              public=(f"answered {status}" if status else
-                                      f"failed ({type(e).__name__})")) from None
+        resp = await asyncio.wait_for(call, timeout_s)
+    except Exception as e:
+        raise _litellm_failure(expert, e, timeout_s) from None
     if not stream:
         obj = resp.model_dump()
         return UpstreamReply(200, "application/json", orjson.dumps(obj), data=obj)
+
+    def event(chunk: Any) -> bytes:
+        obj = chunk.model_dump()
+        if path == "/completions":
+            obj = _text_chunk(obj)
+        return b"data: " + orjson.dumps(obj) + b"\n\n"
 
     it = resp.__aiter__()
     try:
         first_chunk = await asyncio.wait_for(it.__anext__(), timeout_s)
     except StopAsyncIteration:
         return UpstreamReply(200, "text/event-stream", b"data: [DONE]\n\n", stream=True)
+    except Exception as e:  # the provider failed before its first event: may fall back
+        raise _litellm_failure(expert, e, timeout_s) from None
 
     async def rest() -> AsyncIterator[bytes]:
         async for ch in it:
-            yield b"data: " + orjson.dumps(ch.model_dump()) + b"\n\n"
+            yield event(ch)
         yield b"data: [DONE]\n\n"
 
-    return UpstreamReply(200, "text/event-stream",
-                         b"data: " + orjson.dumps(first_chunk.model_dump()) + b"\n\n",
-                         rest(), stream=True)
+    return UpstreamReply(200, "text/event-stream", event(first_chunk), rest(), stream=True)
