@@ -208,11 +208,16 @@ def estimate_tokens(payload: dict[str, Any], cap: int | None = None,
         msgs = payload.get("messages")
         texts = message_texts(msgs) if isinstance(msgs, list) else []
     chars = sum(len(t) for _, t in texts)
+    tokens = 0  # a prompt of token ids counts itself
     p = payload.get("prompt")
     if isinstance(p, str):
         chars += len(p)
     elif isinstance(p, list):
-        chars += sum(len(x) for x in p if isinstance(x, str))
+        for x in p:
+            if isinstance(x, str):
+                chars += len(x)
+            else:
+                tokens += len(x) if isinstance(x, list) else 1
     inp = payload.get("input")  # embeddings: no completion
     if isinstance(inp, str):
         return len(inp) // 4 + 1
@@ -224,7 +229,7 @@ def estimate_tokens(payload: dict[str, Any], cap: int | None = None,
         out = DEFAULT_COMPLETION_ESTIMATE
     if cap is not None:
         out = min(out, cap)
-    return chars // 4 + 1 + out
+    return chars // 4 + tokens + 1 + out
 
 
 class _LocalWindow:

@@ -103,6 +103,9 @@ def request_text(endpoint: str, body: dict[str, Any], rt: PolicyRuntime,
         return text
     if endpoint == "completions":
         p = body["prompt"]
+        if not isinstance(p, str) and not isinstance(p[0], str):
+            raise InvalidRequest("'prompt' is token ids: a policy routes on text; send text, "
+                                 "or name an expert to send token ids", param="prompt")
         text = " ".join((p if isinstance(p, str) else " ".join(p)).split())
         if not text:
             raise InvalidRequest("'prompt' has no text to route on", param="prompt")

@@ -32,6 +32,7 @@ _CLOSED = ConfigDict(extra="forbid", strict=True)
 
 Role = Literal["system", "user", "assistant", "tool", "developer", "function"]
 PositiveInt = Annotated[int, Field(ge=1)]
+TokenId = Annotated[int, Field(ge=0)]
 Model = Annotated[str, Field(min_length=1, description="a policy name (routed) or an expert "
                                                          "name")]
 
@@ -59,8 +60,12 @@ class CompletionRequest(TypedDict):
     """OpenAI (legacy) completions."""
 
     model: Model
+    #: text, texts, token ids or lists of token ids, as OpenAI and vLLM take it (token ids
+    #: only for an expert: a policy routes on text)
     prompt: Annotated[str, Field(min_length=1)] | Annotated[
-        list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+        list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | Annotated[
+        list[TokenId], Field(min_length=1)] | Annotated[
+        list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1)]
     stream: NotRequired[bool]
     max_tokens: NotRequired[PositiveInt | None]
     n: NotRequired[PositiveInt | None]
@@ -113,9 +118,17 @@ def _param(loc: tuple[Any, ...]) -> str | None:
     for p in loc:
         if isinstance(p, str) and (p in _TAGS or "[" in p or p.startswith(
                 ("constrained-", "function-"))):
-            break
+            continue  # a union member's name: not a field of the client's body
         parts.append(str(p))
     return ".".join(parts) or None
+
+
+def _rank(err: Any) -> tuple[bool, int]:
+    """Which of a union field's errors to report: one about the value the client sent
+    (an empty list, an empty item) before one saying it is not some other type, and the
+    deepest among equals (``content.0`` is not an object, rather than: not a string)."""
+    t = str(err["type"])
+    return t.endswith("_type") or t == "none_required", -len(err["loc"])
 
 
 def validate(endpoint: str, raw: bytes) -> dict[str, Any]:
@@ -130,7 +143,7 @@ def validate(endpoint: str, raw: bytes) -> dict[str, Any]:
     try:
         body: dict[str, Any] = _ADAPTERS[endpoint].validate_python(obj)
     except ValidationError as e:
-        first = e.errors(include_url=False, include_input=False)[0]
+        first = min(e.errors(include_url=False, include_input=False), key=_rank)
         param = _param(tuple(first["loc"]))
         if param is None:
             raise InvalidRequest("request body must be a JSON object") from None

@@ -184,3 +184,12 @@ async def test_a_request_over_the_whole_token_budget_has_no_retry_after_and_one_
         assert "retry-after" not in r.headers  # no wait admits it
         names = [k for k, _ in r.headers.multi_items()]
         assert len(names) == len(set(names)), names
+
+
+def test_a_token_id_prompt_counts_its_tokens() -> None:
+    from gateway.ratelimit import DEFAULT_COMPLETION_ESTIMATE
+
+    assert estimate_tokens({"prompt": [[1, 2], [3]], "max_tokens": 10}) == 3 + 1 + 10
+    assert estimate_tokens({"prompt": [5, 6, 7, 8]}) == 4 + 1 + DEFAULT_COMPLETION_ESTIMATE
+    # text beside: characters / 4, as before
+    assert estimate_tokens({"prompt": ["abcdefgh"], "max_tokens": 1}) == 2 + 1 + 1

@@ -237,3 +237,42 @@ async def test_a_policy_request_refused_while_planned_is_logged_under_its_policy
     recs = [orjson.loads(ln) for ln in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["policy"] for r in recs] == ["auto"] * 3
     assert all(r["http_status"] == 400 for r in recs) and not coder.received
+
+
+async def test_token_id_prompts_reach_an_expert_and_a_policy_says_it_routes_on_text(
+        ups: Ups, tmp_path: Path) -> None:
+    coder, chatter = ups
+    async with gateway_client(base_config(coder.base, chatter.base), tmp_path) as (c, _):
+        for prompt in ([1, 2, 3], [[1, 2], [3]]):
+            r = await c.post("/v1/completions", json={"model": "coder", "prompt": prompt,
+                                                      "max_tokens": 4})
+            assert r.status_code == 200, r.text
+            assert coder.received[-1]["prompt"] == prompt  # as the client sent it
+        n = len(coder.received)
+        r = await c.post("/v1/completions", json={"model": "auto", "prompt": [1, 2, 3]})
+        assert r.status_code == 400
+        err = r.json()["error"]
+        assert err["param"] == "prompt" and "token ids" in err["message"]
+        for bad in ([1, "a"], [[]], [-1], []):
+            r = await c.post("/v1/completions", json={"model": "coder", "prompt": bad})
+            assert r.status_code == 400 and r.json()["error"]["param"] in (
+                "prompt", "prompt.0"), bad
+        assert len(coder.received) == n and not chatter.received  # nothing else forwarded
+
+
+@pytest.mark.parametrize(("endpoint", "body", "param", "says"), [
+    # each named the str member of the union: "Input should be a valid string"
+    ("chat", {"messages": [{"role": "user", "content": ["hi"]}]}, "messages.0.content.0",
+     "valid dictionary"),
+    ("completions", {"prompt": ["", "x"]}, "prompt.0", "at least 1 character"),
+    ("embeddings", {"input": []}, "input", "at least 1 item"),
+    ("completions", {"prompt": [[]]}, "prompt.0", "at least 1 item"),
+])
+def test_a_union_fields_error_says_what_is_wrong_with_the_value_sent(
+        endpoint: str, body: dict[str, Any], param: str, says: str) -> None:
+    from gateway.errors import InvalidRequest
+    from gateway.request.schema import validate
+
+    with pytest.raises(InvalidRequest) as e:
+        validate(endpoint, orjson.dumps({"model": "m", **body}))
+    assert e.value.param == param and says in e.value.message
