@@ -50,7 +50,15 @@ import numpy as np
 
 from routers.base import Router, RoutingTable, make_router
 from routers.explore import Exploration, exploration_matrix, record_probs, sample_actions
-from routers.logrecord import TRAINING_COLUMNS, UNSERVED_ENDPOINTS, json_field
+from routers.logrecord import (
+    NO_POLICY,
+    TRAINING_COLUMNS,
+    UNSERVED_ENDPOINTS,
+    json_field,
+    policy_groups,
+    policy_label,
+    policy_mix_warning,
+)
 
 __all__ = [
     "CORRECTIONS",
@@ -108,6 +116,8 @@ class LoggedData:
     texts: list[str] | None = None
     #: (n, m) the experts each request could be sent to (its logged candidate set)
     allowed: np.ndarray | None = None
+    #: the gateway policy that logged each request (:func:`routers.logrecord.policy_label`)
+    policies: list[str] | None = None
 
     def __post_init__(self) -> None:
         n, m = len(self.actions), len(self.experts)
@@ -123,6 +133,8 @@ class LoggedData:
             raise OffPolicyError(f"probs must have shape ({n}, {m}), got {self.probs.shape}")
         if len(self.X) != n:
             raise OffPolicyError(f"{len(self.X)} feature rows for {n} logged requests")
+        if self.policies is not None and len(self.policies) != n:
+            raise OffPolicyError(f"{len(self.policies)} policies for {n} logged requests")
         if n and (self.actions.min() < 0 or self.actions.max() >= m):
             raise OffPolicyError("an action index lies outside the expert list")
         p = self.probs[np.arange(n), self.actions]
@@ -253,16 +265,18 @@ def crossfit_reward_model(X: np.ndarray, actions: np.ndarray, y: np.ndarray, m: 
     come from the training folds only, so cross-fitting holds. Repeated prompts (real
     traffic repeats) find each other's outcomes this way. Predictions are clipped to the
     range of ``y``."""
+    if not int(folds) >= 2:
+        raise OffPolicyError(f"cross-fitting needs at least 2 folds (got {folds})")
     Z = _reduce(X, max_dim)
     n = len(y)
     y = np.asarray(y, dtype=np.float64)
     actions = np.asarray(actions, dtype=np.int64)
     sw = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
     lo, hi = (float(y.min()), float(y.max())) if n else (0.0, 1.0)
-    fold = np.random.default_rng(seed).permutation(n) % max(int(folds), 2)
+    fold = np.random.default_rng(seed).permutation(n) % int(folds)
     U = _unit(X) if neighbours > 0 else None
     Q = np.empty((n, m))
-    for k in range(max(int(folds), 2)):
+    for k in range(int(folds)):
         te, tr = np.flatnonzero(fold == k), np.flatnonzero(fold != k)
         glob = (float(np.average(y[tr], weights=sw[tr])) if sw[tr].sum() > 0
                 else float(y[tr].mean()) if len(tr) else 0.0)
@@ -326,13 +340,36 @@ def _boot_counts(n: int, B: int, rng: np.random.Generator) -> np.ndarray:
     return np.bincount(idx.ravel(), minlength=B * n).reshape(B, n).astype(np.float64)
 
 
+def _sig(x: float) -> float:
+    """``x`` to six significant digits (a cost of 3e-7 USD keeps its digits; an absolute
+    number of decimals would round it to 0)."""
+    return float(f"{float(x):.6g}")
+
+
 def _summary(value: float, boots: np.ndarray, alpha: float) -> dict[str, float | None]:
     boots = boots[np.isfinite(boots)]
     if not np.isfinite(value) or boots.size == 0:
         return {"value": None, "ci_low": None, "ci_high": None, "se": None}
     lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
-    return {"value": round(float(value), 6), "ci_low": round(float(lo), 6),
-            "ci_high": round(float(hi), 6), "se": round(float(boots.std(ddof=1)), 6)}
+    return {"value": _sig(value), "ci_low": _sig(lo), "ci_high": _sig(hi),
+            "se": _sig(boots.std(ddof=1))}
+
+
+def _bounded(d: dict[str, Any], lo: float, hi: float) -> dict[str, Any]:
+    """A :func:`_summary` with its estimate and interval bounds clipped to the outcome's range
+    ``[lo, hi]`` (IPS and DR can leave it: weights above 1 scale an outcome past its largest
+    value); ``clipped`` says whether that changed any of them, and ``unclipped`` then holds
+    the raw figures. The standard error is kept."""
+    raw = {k: d.get(k) for k in ("value", "ci_low", "ci_high")}
+    changed = False
+    for k, v in raw.items():
+        if v is not None and not lo <= v <= hi:
+            d[k] = _sig(min(max(v, lo), hi))
+            changed = True
+    d["clipped"] = changed
+    if changed:
+        d["unclipped"] = raw
+    return d
 
 
 def _clipped_summary(value: float, boots: np.ndarray, dr_boots: np.ndarray, alpha: float
@@ -347,9 +384,65 @@ def _clipped_summary(value: float, boots: np.ndarray, dr_boots: np.ndarray, alph
     lo, hi = out["ci_low"], out["ci_high"]
     if lo is not None and hi is not None and b.size:
         dlo, dhi = np.quantile(b, [alpha / 2, 1 - alpha / 2])
-        out["ci_low"], out["ci_high"] = (round(min(lo, float(dlo)), 6),
-                                         round(max(hi, float(dhi)), 6))
+        out["ci_low"], out["ci_high"] = _sig(min(lo, float(dlo))), _sig(max(hi, float(dhi)))
     return out
+
+
+def _outcome_ranges(data: LoggedData, lam: float) -> dict[str, tuple[float, float]]:
+    """The range each outcome's mean can lie in: quality [0, 1] (the feedback scale; widened
+    to the logged rewards where a table scores on another scale), cost the logged costs'
+    range (the reward model's predictions are clipped to it too), and the trade-off
+    ``quality − lam · cost`` the range those two give it."""
+    r = data.rewards
+    q_lo, q_hi = (min(0.0, float(r.min())), max(1.0, float(r.max()))) if len(r) else (0.0, 1.0)
+    c_lo, c_hi = (float(data.costs.min()), float(data.costs.max())) if len(r) else (0.0, 0.0)
+    ends = (q_lo - lam * c_hi, q_lo - lam * c_lo, q_hi - lam * c_hi, q_hi - lam * c_lo)
+    return {"quality": (q_lo, q_hi), "cost": (c_lo, c_hi),
+            "tradeoff": (min(ends), max(ends))}
+
+
+def _logging_policy(data: LoggedData) -> str:
+    names = sorted(set(data.policies or []))
+    return (f"logging policy {names[0]!r}" if len(names) == 1 and names[0] != NO_POLICY
+            else "logging policies" if len(names) > 1 else "logging policy")
+
+
+def _overlap_advice(data: LoggedData, lacking: np.ndarray) -> str:
+    """What to do about a ``no_overlap`` verdict: which policy's records lack support, and
+    whether that policy explores at all (a policy that explores needs more logs or a higher
+    rate; one that does not needs exploration; a mix of policies needs ``--policy``)."""
+    explore = "exploration (policy explore: {rate: 0.05})"
+    if not data.policies:
+        return f"Log with {explore} and retry."
+    pols = np.asarray(data.policies, dtype=object)
+    groups = policy_groups(data.policies)
+    # a policy explores when some of its records spread probability over several experts
+    spread = (data.probs > 0).sum(axis=1) > 1
+    parts, silent = [], []
+    for q in groups:
+        mine = pols == q
+        k = int((lacking & mine).sum())
+        if not k:
+            continue
+        how = "explored" if spread[mine].any() else "logged without exploration"
+        parts.append(f"{q} ({k} of {int(mine.sum())}, {how})")
+        if not spread[mine].any():
+            silent.append(q)
+    text = "The requests without support come from " + ", ".join(parts) + "."
+    if len(groups) > 1:
+        text += (" The log mixes policies (" + ", ".join(
+            f"{q} {sum(v.values())}" for q, v in groups.items()) + "): pass --policy NAME to "
+                 "estimate on one policy's records.")
+    if silent:
+        named = ", ".join(q for q in silent if q != NO_POLICY)
+        if named:
+            text += f" Log {named} with {explore} and retry."
+        if NO_POLICY in silent:
+            text += f" Requests without a policy ({NO_POLICY}) named their expert."
+    elif parts:
+        text += (" Its exploration never reached those experts for those requests: log more "
+                 "requests or raise its explore rate.")
+    return text
 
 
 def estimate(data: LoggedData, target: np.ndarray, *, cost_weight: float = 0.0,
@@ -375,9 +468,18 @@ def estimate(data: LoggedData, target: np.ndarray, *, cost_weight: float = 0.0,
     ``target`` rows are the candidate's probabilities over ``data.experts``; an extra last
     column holds mass on experts outside the logs. Returns ``{"verdict", "message",
     "overlap": {...}, "ess", "n", "estimates": {outcome: {estimator: {value, ci_low,
-    ci_high, se}}}}``; under ``no_overlap`` the estimates are None.
+    ci_high, se, clipped}}}, "outcome_range", "clipped_to_range"}``; under ``no_overlap``
+    the estimates are None. Each estimate and interval bound is clipped to its outcome's
+    range (:func:`_outcome_ranges`: quality [0, 1]), ``clipped`` saying where that changed it
+    (``clipped_to_range`` lists them): an IPS or DR estimate of a mean rating above 1 says
+    only that the sample is small or the weights large. Figures keep six significant digits.
     """
     n, m = len(data), len(data.experts)
+    if not (int(n_boot) >= 2 and 0 < alpha < 1 and int(folds) >= 2
+            and 0 <= max_unsupported <= 1):
+        raise OffPolicyError(f"n_boot must be at least 2 (got {n_boot}), alpha in (0, 1) (got "
+                             f"{alpha}), folds at least 2 (got {folds}) and max_unsupported "
+                             f"in [0, 1] (got {max_unsupported})")
     if n == 0:
         raise OffPolicyError("no logged requests to evaluate on")
     if n < 2 * int(folds):
@@ -406,13 +508,17 @@ def estimate(data: LoggedData, target: np.ndarray, *, cost_weight: float = 0.0,
                "max_weight": round(float(w.max()), 4), "max_unsupported": max_unsupported}
     out: dict[str, Any] = {"n": n, "ess": round(ess, 2), "overlap": overlap,
                            "experts": list(data.experts)}
+    if data.policies is not None:
+        pols = np.asarray(data.policies, dtype=object)
+        overlap["unsupported_by_policy"] = {q: int(np.sum((unsupported > 0) & (pols == q)))
+                                            for q in sorted(set(data.policies))}
     if uns_share > max_unsupported:
         named = ", ".join(f"{e} ({k} requests)" for e, k in per_expert.items())
         out["verdict"] = "no_overlap"
         out["message"] = (
             f"no overlap: the candidate sends {uns_share:.1%} of requests to experts the "
-            f"logging policy never explored for them ({named}); these logs cannot support an "
-            "estimate. Log with exploration (policy explore: {rate: 0.05}) and retry.")
+            f"{_logging_policy(data)} never explored for them ({named}); these logs cannot "
+            f"support an estimate. {_overlap_advice(data, unsupported > 0)}")
         out["estimates"] = {o: dict.fromkeys(ESTIMATORS) for o in OUTCOMES}
         return out
     if ess < min_ess:
@@ -435,6 +541,7 @@ def estimate(data: LoggedData, target: np.ndarray, *, cost_weight: float = 0.0,
     ys = {"quality": (data.rewards, qr), "cost": (data.costs, qc),
           "tradeoff": (data.rewards - cost_weight * data.costs / scale,
                        qr - cost_weight * qc / scale)}
+    bounds = _outcome_ranges(data, cost_weight / scale)
     C = _boot_counts(n, int(n_boot), np.random.default_rng(seed + 1))
     sw_b = C @ w
     sw_safe = np.where(sw_b > 0, sw_b, np.nan)
@@ -455,11 +562,18 @@ def estimate(data: LoggedData, target: np.ndarray, *, cost_weight: float = 0.0,
                              C @ dm_i / n + (C @ (w * res_i)) / sw_safe, alpha),
             "dr_clip": _clipped_summary(clip_i.mean(), C @ clip_i / n, C @ dr_i / n, alpha),
         }
+        lo, hi = bounds[name]
+        for e in est[name]:
+            _bounded(est[name][e], lo, hi)
         if name == "quality" and clip_grid:
             out["clip_grid"] = {
-                f"{c:g}": _clipped_summary(float(np.mean(v)), C @ v / n, C @ dr_i / n, alpha)
+                f"{c:g}": _bounded(_clipped_summary(float(np.mean(v)), C @ v / n, C @ dr_i / n,
+                                                    alpha), lo, hi)
                 for c in clip_grid for v in [dm_i + np.minimum(w, c) * res_i]}
     out["estimates"] = est
+    out["outcome_range"] = {o: [_sig(lo), _sig(hi)] for o, (lo, hi) in bounds.items()}
+    out["clipped_to_range"] = [f"{o} {e}" for o, ests in est.items()
+                               for e, d in ests.items() if d["clipped"]]
     out["clip"] = clip
     out["reward_weights"] = reward_weights if q_hat is None else "given"
     out["cost_scale"] = scale
@@ -470,13 +584,14 @@ def estimate(data: LoggedData, target: np.ndarray, *, cost_weight: float = 0.0,
 # --------------------------------------------------------------------------- logs
 
 
-def load_logged(path: str | Path, embed: Any, *, experts: Sequence[str] | None = None
-                ) -> LoggedData:
+def load_logged(path: str | Path, embed: Any, *, experts: Sequence[str] | None = None,
+                policy: str | None = None) -> LoggedData:
     """Read an exported routing log (``expertgate logs export``: Parquet or JSONL) into
     :class:`LoggedData`. ``embed(texts) -> (n, d)`` gives the features. Records without text
-    or without feedback, those a fallback served, a canary's requests and shadow records are
-    dropped (counted on stderr);
-    records logged without propensities
+    or without feedback, failed requests no expert served, those a fallback served, a
+    canary's requests and shadow records are dropped (counted on stderr); with ``policy``
+    only that policy's records are read, without one a log that mixes policies (or router
+    versions) is said so with a count per policy. Records logged without propensities
     count as deterministic (propensity 1 for the served expert, 0 elsewhere)."""
     import pandas as pd
 
@@ -493,9 +608,21 @@ def load_logged(path: str | Path, embed: Any, *, experts: Sequence[str] | None =
         raise OffPolicyError(f"{p}: log export lacks column(s): {', '.join(sorted(need))} "
                              "(log prompts with the policy's log_prompts: true; join feedback "
                              "with `expertgate logs export`)")
+    if policy is not None:
+        pol = df["policy"] if "policy" in df.columns else pd.Series(None, index=df.index)
+        if not (pol == policy).any():
+            held = policy_groups(pol)
+            raise OffPolicyError(f"{p}: no record of policy {policy!r} (records by policy: "
+                                 + ", ".join(f"{k} {sum(v.values())}"
+                                             for k, v in held.items()) + ")")
+        print(f"offpolicy: {int((pol == policy).sum())} of {len(df)} records from policy "
+              f"{policy!r}", file=sys.stderr)
+        df = df[pol == policy].reset_index(drop=True)
     fb = pd.to_numeric(df["feedback_score"], errors="coerce")
     keep = df["text"].notna() & (df["text"].astype(str).str.strip() != "") & fb.notna() \
         & df["expert"].notna()
+    if "status" in df.columns:  # a rated request that failed: no expert's outcome
+        keep &= df["status"].isna() | (df["status"] == "ok")
     # a fallback served another expert than the one chosen with the logged propensity
     fallback = (df["fallback"].fillna(False).astype(bool) if "fallback" in df.columns
                 else pd.Series(False, index=df.index))
@@ -511,6 +638,12 @@ def load_logged(path: str | Path, embed: Any, *, experts: Sequence[str] | None =
     df, fb = df[keep].reset_index(drop=True), fb[keep].to_numpy(dtype=np.float64)
     if df.empty:
         raise OffPolicyError(f"{p}: no record has text, a served expert and feedback")
+    pols = [policy_label(v) for v in (df["policy"] if "policy" in df.columns
+                                      else [None] * len(df))]
+    mix = policy_mix_warning(policy_groups(
+        pols, df["router_version"] if "router_version" in df.columns else None))
+    if mix:
+        print(f"offpolicy: {mix}", file=sys.stderr)
     if ((fb < 0) | (fb > 1)).any():
         raise OffPolicyError(f"{p}: feedback_score must lie in [0, 1]")
     recs = df.to_dict("records")
@@ -541,7 +674,8 @@ def load_logged(path: str | Path, embed: Any, *, experts: Sequence[str] | None =
     costs = pd.to_numeric(df.get("cost_usd", pd.Series(np.zeros(len(df)))),
                           errors="coerce").fillna(0.0).to_numpy(dtype=np.float64)
     texts = df["text"].astype(str).tolist()
-    return LoggedData(ex, np.asarray(embed(texts)), actions, fb, costs, P, texts, allowed)
+    return LoggedData(ex, np.asarray(embed(texts)), actions, fb, costs, P, texts, allowed,
+                      pols)
 
 
 def debiased_table(data: LoggedData, method: str, *, seed: int = 0, clip: float = DR_CLIP,
@@ -630,7 +764,8 @@ def subset_logged(data: LoggedData, idx: np.ndarray) -> LoggedData:
     return LoggedData(list(data.experts), data.X[idx], data.actions[idx], data.rewards[idx],
                       data.costs[idx], data.probs[idx],
                       [data.texts[i] for i in idx] if data.texts is not None else None,
-                      data.allowed[idx] if data.allowed is not None else None)
+                      data.allowed[idx] if data.allowed is not None else None,
+                      [data.policies[i] for i in idx] if data.policies is not None else None)
 
 
 # --------------------------------------------------------------------------- simulation

@@ -15,11 +15,14 @@ Every record is one JSON object. ``endpoint`` says which kind it is: a served re
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Iterable
 from typing import Any, Literal, TypedDict
 
 __all__ = [
     "JSON_FIELDS",
+    "NO_POLICY",
     "REQUEST_FIELDS",
     "TRAINING_COLUMNS",
     "UNSERVED_ENDPOINTS",
@@ -30,6 +33,9 @@ __all__ = [
     "RequestRecord",
     "ShadowRecord",
     "json_field",
+    "policy_groups",
+    "policy_label",
+    "policy_mix_warning",
 ]
 
 
@@ -148,3 +154,47 @@ def json_field(value: Any) -> Any:
     if isinstance(value, str):
         return json.loads(value) if value else None
     return value
+
+
+#: how a record without a policy (a request that named its expert) is labelled in counts
+NO_POLICY = "(no policy)"
+
+
+def policy_label(value: Any) -> str:
+    """A record's ``policy`` as counted: the name, or :data:`NO_POLICY`."""
+    return value if isinstance(value, str) and value else NO_POLICY
+
+
+def policy_groups(policies: Iterable[Any], versions: Iterable[Any] | None = None
+                  ) -> dict[str, dict[str, int]]:
+    """Record counts by policy and, within one, by ``router_version`` ("-" for none)."""
+    out: dict[str, dict[str, int]] = {}
+    vs = versions if versions is not None else itertools.repeat(None)
+    for p, v in zip(policies, vs, strict=False):
+        ver = v if isinstance(v, str) and v else "-"
+        by = out.setdefault(policy_label(p), {})
+        by[ver] = by.get(ver, 0) + 1
+    return out
+
+
+def _counted(groups: dict[str, dict[str, int]]) -> str:
+    parts = []
+    for p, by in sorted(groups.items(), key=lambda kv: -sum(kv[1].values())):
+        part = f"{p} {sum(by.values())}"
+        if len(by) > 1:
+            part += " (router versions " + ", ".join(f"{v} {k}" for v, k in by.items()) + ")"
+        parts.append(part)
+    return "; ".join(parts)
+
+
+def policy_mix_warning(groups: dict[str, dict[str, int]]) -> str | None:
+    """A warning when the records come from several policies (each chose its experts its own
+    way; training or evaluating on the mix describes none of them) or from several router
+    versions of one policy (retrained while logging); None for one of each."""
+    if len(groups) > 1:
+        return (f"warning: the records mix {len(groups)} policies ({_counted(groups)}); pass "
+                "--policy NAME to use one policy's records")
+    if groups and len(next(iter(groups.values()))) > 1:
+        return (f"note: the records come from several router versions ({_counted(groups)}): "
+                "the policy's router changed while logging")
+    return None

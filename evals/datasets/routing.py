@@ -36,8 +36,11 @@ per model, NaN where a model was not evaluated). Formats, by :func:`load_table` 
 ``logs``
     Exported gateway routing logs (Parquet or JSONL) joined with feedback: ``text`` ->
     prompt, ``expert`` -> model, ``feedback_score`` -> score, ``cost_usd`` -> cost. Rows
-    without text or without feedback are dropped, with a count printed to stderr. Records of
-    the same text are one prompt (scores of repeated (text, expert) pairs are averaged).
+    without text or without feedback, and rated requests that no expert served (``expert``
+    null or ``status`` not ``ok``), are dropped, with a count printed to stderr. A log that
+    mixes policies (or router versions) is said so with a count per policy; ``policy=``
+    (``train --policy``) keeps one policy's records. Records of the same text are one prompt
+    (scores of repeated (text, expert) pairs are averaged).
 """
 
 from __future__ import annotations
@@ -52,7 +55,12 @@ from typing import Any
 import numpy as np
 
 from routers.base import RouterError, RoutingTable
-from routers.logrecord import TRAINING_COLUMNS, UNSERVED_ENDPOINTS
+from routers.logrecord import (
+    TRAINING_COLUMNS,
+    UNSERVED_ENDPOINTS,
+    policy_groups,
+    policy_mix_warning,
+)
 
 __all__ = [
     "FORMATS",
@@ -341,8 +349,9 @@ def load_wide(path: str | Path) -> RoutingTable:
     return RoutingTable.from_long(clean_long(long, str(p)))
 
 
-def load_logs(path: str | Path) -> RoutingTable:
-    """Exported routing logs with feedback (Parquet or JSONL); see the module doc."""
+def load_logs(path: str | Path, *, policy: str | None = None) -> RoutingTable:
+    """Exported routing logs with feedback (Parquet or JSONL); see the module doc. With
+    ``policy``, only the records that policy routed."""
     import pandas as pd
 
     df = _read_frame(Path(path))
@@ -351,22 +360,38 @@ def load_logs(path: str | Path) -> RoutingTable:
         raise RouterError(f"{path}: log export lacks column(s): {', '.join(sorted(missing))}")
     if "endpoint" in df.columns:  # shadow decisions and canary events were never served
         df = df[~df["endpoint"].isin(UNSERVED_ENDPOINTS)]
+    df = _policy_records(df, policy, path)
     n0 = len(df)
     no_text = df["text"].isna() | (df["text"].astype(str).str.strip() == "")
     fb = pd.to_numeric(df["feedback_score"], errors="coerce")
     no_fb = fb.isna()
-    keep = ~no_text & ~no_fb
-    print(f"logs: {n0} records; dropped {int(no_text.sum())} without text and "
-          f"{int((no_fb & ~no_text).sum())} more without feedback; {int(keep.sum())} kept",
-          file=sys.stderr)
+    # a request no expert served (every expert failed: status error, expert null) can still
+    # be rated; its rating scores no expert
+    failed = df["expert"].isna()
+    if "status" in df.columns:
+        failed |= df["status"].notna() & (df["status"] != "ok")
+    keep = ~no_text & ~no_fb & ~failed
+    n_failed = int((failed & ~no_fb & ~no_text).sum())
+    print(f"logs: {n0} records; dropped {int(no_text.sum())} without text"
+          + (", " if n_failed else " and ")
+          + f"{int((no_fb & ~no_text).sum())} more without feedback"
+          + (f" and {n_failed} rated failed request(s) that no expert served"
+             if n_failed else "") + f"; {int(keep.sum())} kept", file=sys.stderr)
     df = df[keep]
     if df.empty:
         why = ("none has its prompt text: the gateway logs a prompt only for policies with "
                "'log_prompts: true' (off by default); set it on the policies whose traffic "
                "should train routers, then export again" if no_text.all() else
+               "the rated records with text are failed requests that no expert served"
+               if (~no_text & ~no_fb).any() else
                "the records with text have no feedback: send ratings to POST /v1/feedback")
         raise RouterError(f"{path}: no log record has both text and feedback ({n0} "
                           f"record(s); {why})")
+    mix = policy_mix_warning(policy_groups(
+        df["policy"] if "policy" in df.columns else [None] * len(df),
+        df["router_version"] if "router_version" in df.columns else None))
+    if mix:
+        print(f"logs: {mix}", file=sys.stderr)
     fbk = fb[keep]
     if ((fbk < 0) | (fbk > 1)).any():
         raise RouterError(f"{path}: feedback_score must lie in [0, 1]")
@@ -384,8 +409,28 @@ def load_logs(path: str | Path) -> RoutingTable:
     return RoutingTable.from_long(long)
 
 
-def load_table(path: str | Path, format: str = "long") -> RoutingTable:
-    """Load any routing-table format by name: one of :data:`FORMATS`."""
+def _policy_records(df: Any, policy: str | None, path: str | Path) -> Any:
+    """The records ``policy`` routed (all of them without one); a policy the log does not
+    hold is an error naming the policies it does."""
+    if policy is None:
+        return df
+    pol = df["policy"] if "policy" in df.columns else None
+    if pol is None or not (pol == policy).any():
+        held = policy_groups(pol if pol is not None else [None] * len(df))
+        raise RouterError(f"{path}: no record of policy {policy!r} (records by policy: "
+                          + ", ".join(f"{p} {sum(v.values())}" for p, v in held.items())
+                          + ")")
+    print(f"logs: {int((pol == policy).sum())} of {len(df)} records from policy {policy!r}",
+          file=sys.stderr)
+    return df[pol == policy]
+
+
+def load_table(path: str | Path, format: str = "long", *, policy: str | None = None
+               ) -> RoutingTable:
+    """Load any routing-table format by name: one of :data:`FORMATS`; ``policy`` keeps one
+    policy's records of a ``logs`` table."""
+    if policy is not None and format != "logs":
+        raise RouterError("a policy selects records of routing logs only (--format logs)")
     if format == "long":
         return load_long(path)
     if format in ("wide", "routerbench"):
@@ -397,5 +442,5 @@ def load_table(path: str | Path, format: str = "long") -> RoutingTable:
     if format == "llmrouter":
         return load_llmrouter(path)
     if format == "logs":
-        return load_logs(path)
+        return load_logs(path, policy=policy)
     raise RouterError(f"unknown table format {format!r}; use one of {', '.join(FORMATS)}")

@@ -33,6 +33,11 @@ import numpy as np
 __all__ = ["cli_register"]
 
 
+#: the fewest bootstrap resamples behind an interval: below it the 2.5 % and 97.5 %
+#: percentiles rest on one or two resamples each (1000, the default, for published figures)
+MIN_BOOT = 50
+
+
 def cli_register(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--logs", default=None, help="exported routing log with feedback "
@@ -47,6 +52,10 @@ def cli_register(parser: argparse.ArgumentParser) -> None:
                         help="with --logs: the candidate, a router artifact folder or a policy "
                         "name of --config")
     parser.add_argument("--config", default=None, help="gateway YAML (for --router POLICY)")
+    parser.add_argument("--policy", default=None, metavar="NAME",
+                        help="with --logs: estimate on the records this gateway policy logged "
+                        "(default: the policy --router names with --config, else every "
+                        "record, with a warning when the log mixes policies)")
     parser.add_argument("--format", default=None, help="table format for --simulate "
                         "(default: guessed: llmrouter, routellm-mmlu, long)")
     parser.add_argument("--logging", default="knn:cost_weight=0.3",
@@ -64,12 +73,14 @@ def cli_register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-seeds", type=int, default=5, help="--train: seeds")
     parser.add_argument("--cost-weight", type=float, default=0.0,
                         help="λ of the trade-off quality − λ · cost / max cost")
-    parser.add_argument("--boot", type=int, default=1000, help="bootstrap resamples")
-    parser.add_argument("--folds", type=int, default=2, help="cross-fitting folds")
-    parser.add_argument("--alpha", type=float, default=0.05, help="1 − interval level")
+    parser.add_argument("--boot", type=int, default=1000,
+                        help=f"bootstrap resamples (at least {MIN_BOOT})")
+    parser.add_argument("--folds", type=int, default=2, help="cross-fitting folds (at least 2)")
+    parser.add_argument("--alpha", type=float, default=0.05,
+                        help="1 − interval level, in (0, 1)")
     parser.add_argument("--max-unsupported", type=float, default=0.01,
                         help="largest candidate share on never-explored experts still "
-                        "estimated")
+                        "estimated, in [0, 1]")
     from routers.embed import EMBEDDER_KINDS
 
     parser.add_argument("--embedder", default=None, choices=EMBEDDER_KINDS,
@@ -121,6 +132,20 @@ def _command(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
+def _range_problem(args: argparse.Namespace) -> str | None:
+    """The first of --boot, --alpha, --folds, --max-unsupported outside its range (NaN
+    included), as a one-line usage error; None when all are fine."""
+    if not args.boot >= MIN_BOOT:
+        return f"--boot must be at least {MIN_BOOT} bootstrap resamples (got {args.boot})"
+    if not 0 < args.alpha < 1:
+        return f"--alpha must lie in (0, 1), e.g. 0.05 for 95 % intervals (got {args.alpha})"
+    if not args.folds >= 2:
+        return f"--folds must be at least 2 cross-fitting folds (got {args.folds})"
+    if not 0 <= args.max_unsupported <= 1:
+        return f"--max-unsupported must lie in [0, 1] (got {args.max_unsupported})"
+    return None
+
+
 def main(args: argparse.Namespace) -> int:
     from evals.offpolicy import OffPolicyError
     from routers.base import RouterError
@@ -130,6 +155,10 @@ def main(args: argparse.Namespace) -> int:
     if not args.clip > 0 or not args.cost_weight >= 0:
         print("expertgate eval offpolicy: --clip must be above 0 and --cost-weight at least 0",
               file=sys.stderr)
+        return 2
+    bad = _range_problem(args)
+    if bad:
+        print(f"expertgate eval offpolicy: {bad}", file=sys.stderr)
         return 2
     set_thread_counts(blas_threads=1)
     t0 = time.perf_counter()
@@ -289,6 +318,30 @@ def _logs_embedder(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     return "minilm", {}
 
 
+def _log_policy(args: argparse.Namespace) -> str | None:
+    """The policy whose records are read: ``--policy``; else, for ``--router POLICY
+    --config``, that policy when the log holds records of it (a candidate policy new to the
+    log is judged on all of them, with the mix warned about); else None (every record)."""
+    if args.policy is not None or not (args.config and args.router
+                                       and not Path(args.router).is_dir()):
+        return args.policy
+    import pandas as pd
+
+    p = Path(args.logs)
+    try:
+        df = pd.read_parquet(p, columns=["policy"]) if p.suffix.lower() in (".parquet", ".pq") \
+            else pd.read_json(p, lines=True)
+    except (ValueError, KeyError, OSError):
+        return None  # no policy column or an unreadable file: load_logged says what it can
+    if "policy" in df.columns and (df["policy"] == args.router).any():
+        print(f"offpolicy: reading the records of policy {args.router!r} (--policy NAME "
+              "chooses others)", file=sys.stderr)
+        return str(args.router)
+    print(f"offpolicy: the log holds no record of policy {args.router!r}: estimating on "
+          "every record", file=sys.stderr)
+    return None
+
+
 def _logs(args: argparse.Namespace) -> dict[str, Any]:
     from evals.offpolicy import data_sha256, estimate, git_commit, load_logged, policy_matrix
     from routers.embed import embed_cached, make_embedder
@@ -296,7 +349,9 @@ def _logs(args: argparse.Namespace) -> dict[str, Any]:
     kind, options = _logs_embedder(args)
     embedder = make_embedder(kind, **options)
     router = _candidate(args, embedder)
-    data = load_logged(args.logs, lambda t: embed_cached(embedder, t, args.cache_dir))
+    policy = _log_policy(args)
+    data = load_logged(args.logs, lambda t: embed_cached(embedder, t, args.cache_dir),
+                       policy=policy)
     # the candidate chooses among each request's logged candidate set; where it picks one
     # the logger gave no probability, that mass is what the overlap check reports
     T = policy_matrix(router, data.X, data.texts or [], data.experts, allowed=data.allowed)
@@ -306,9 +361,20 @@ def _logs(args: argparse.Namespace) -> dict[str, Any]:
     print(res["message"])
     if res["verdict"] != "no_overlap":
         for o, ests in res["estimates"].items():
-            cells = "  ".join(f"{e} {v['value']:.4f} [{v['ci_low']:.4f}, {v['ci_high']:.4f}]"
+            # a cost in significant digits: 1e-4 USD per request printed to 4 decimals is
+            # the same 0.0001 for every estimator
+            f = ".4g" if o == "cost" else ".4f"
+            cells = "  ".join(f"{e} {v['value']:{f}} [{v['ci_low']:{f}}, {v['ci_high']:{f}}]"
+                              + ("*" if v.get("clipped") else "")
                               for e, v in ests.items() if v and v["value"] is not None)
             print(f"{o:8s} {cells}")
+        if res.get("clipped_to_range"):
+            rng = res["outcome_range"]
+            print("note: * an estimate or interval bound fell outside its outcome's range "
+                  "and was clipped to it (" + ", ".join(
+                      f"{o} [{lo:.4g}, {hi:.4g}]" for o, (lo, hi) in rng.items()
+                      if any(c.startswith(o + " ") for c in res["clipped_to_range"]))
+                  + "): few requests or large importance weights; read it as a bound")
     return {"mode": "logs", "logs": args.logs, "data_sha256": data_sha256(args.logs),
-            "router": args.router, "embedder": embedder.name, "commit": git_commit(),
-            "command": _command(args), **res}
+            "router": args.router, "policy": policy, "embedder": embedder.name,
+            "commit": git_commit(), "command": _command(args), **res}

@@ -92,6 +92,9 @@ def register(sub: Any, name: str) -> None:
                        "model), dr_target (every cell the doubly robust pseudo-outcome, "
                        "weights capped) or auto (the one of those three whose router scores "
                        "best on held-out logs, off-policy); see evals/offpolicy.py")
+        p.add_argument("--policy", default=None, metavar="NAME",
+                       help="--format logs: train on the records of this gateway policy only "
+                       "(a log of several policies mixes the ways each chose its experts)")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--val", type=float, default=0.1, help="validation fraction")
         p.add_argument("--test", type=float, default=0.2, help="test fraction")
@@ -195,8 +198,9 @@ def _data_verify(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-def _load(spec: str, fmt: str | None) -> tuple[Any, str]:
-    """The table and its format, from a registry name or a path (the one ``--data`` rule)."""
+def _load(spec: str, fmt: str | None, policy: str | None = None) -> tuple[Any, str]:
+    """The table and its format, from a registry name or a path (the one ``--data`` rule);
+    ``policy`` keeps one policy's records of routing logs."""
     from routers.base import RouterError
 
     if fmt == "guard":
@@ -217,7 +221,7 @@ def _load(spec: str, fmt: str | None) -> tuple[Any, str]:
         path, fmt = resolve_table(spec, fmt)
     except KeyError as e:
         raise RouterError(e.args[0]) from None
-    return load_table(path, fmt), fmt
+    return load_table(path, fmt, policy=policy), fmt
 
 
 def _print_metrics(m: dict[str, Any]) -> None:
@@ -306,7 +310,7 @@ def _debiased(args: argparse.Namespace) -> Any:
         return embed_cached(embedder, list(texts), args.cache_dir)
 
     try:
-        logged = load_logged(args.data, feats)
+        logged = load_logged(args.data, feats, policy=args.policy)
         method = args.correction
         if method == "auto":
             spec = args.router + (":" + ",".join(args.param) if args.param else "")
@@ -331,6 +335,7 @@ def _train(args: argparse.Namespace) -> int:
     from routers.train import parse_params, train_router
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    stage = "check"
     try:
         if args.out is not None:  # before minutes of work: never over the user's files
             from routers.artifacts import check_artifact_target
@@ -345,15 +350,19 @@ def _train(args: argparse.Namespace) -> int:
             raise RouterError("--format guard is only for --router guard")
         if args.correction != "none" and args.format != "logs":
             raise RouterError("--correction needs --format logs (logged propensities)")
+        if args.policy is not None and args.format != "logs":
+            raise RouterError("--policy needs --format logs (it selects a policy's records)")
         if (args.quantize or args.layers is not None) and args.embedder != "onnx":
             raise EmbedderError("--quantize and --layers need --embedder onnx")
+        stage = "load"  # a TypeError/ValueError before fitting is the data's, not --param's
         if args.correction != "none":
             table, fmt = _debiased(args), "logs"
         else:
-            table, fmt = _load(args.data, args.format)
+            table, fmt = _load(args.data, args.format, args.policy)
         print(f"loaded {len(table)} prompts x {len(table.models)} models from {args.data} "
               f"({fmt}{'' if args.correction == 'none' else ', ' + args.correction})",
               file=sys.stderr)
+        stage = "embed"
         n_labels = len(set(table.categories or []))
         if args.router == "guard" and "method" not in params \
                 and (n_labels >= 3 or len(table) >= 100):
@@ -389,6 +398,7 @@ def _train(args: argparse.Namespace) -> int:
         kind = kinds[[e for e, _ in embedded].index(embedder)]
         options = _embedder_options(args, kind)
         print(f"fitting {args.router} ...", file=sys.stderr, flush=True)
+        stage = "fit"
         result = train_router(args.router, table, X, params=params, seed=args.seed,
                               val=args.val, test=args.test, out=args.out, embedder=embedder,
                               embedder_name=embedder.name,
@@ -400,7 +410,15 @@ def _train(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (TypeError, ValueError) as e:  # a --param value of the wrong type (k=abc)
-        print(f"error: {type(e).__name__}: {e} (check the --param values)", file=sys.stderr)
+        if stage == "load" and not (args.correction == "auto" and args.param):
+            why = f"while reading {args.data}: a problem with the table's values"
+        elif stage == "embed":
+            why = f"while embedding the prompts of {args.data}"
+        elif args.param:
+            why = "check the --param values"
+        else:
+            why = f"while fitting on {args.data}: a problem with the table's values"
+        print(f"error: {type(e).__name__}: {e} ({why})", file=sys.stderr)
         return 2
     result.metrics["embedder"] = embedder.name
     result.metrics["embed_seconds"] = round(embed_s, 3)

@@ -97,13 +97,20 @@ def test_ips_snips_dr_ess_by_hand() -> None:
     q = {"quality": np.full((4, 2), 0.5), "cost": np.full((4, 2), 5.0)}
     res = estimate(data, T, q_hat=q, n_boot=200, min_ess=1.0)
     est = res["estimates"]["quality"]
-    assert est["ips"]["value"] == pytest.approx((10 * 1.0 + 2 * 0.5) / 4)
+    # four records with weights up to 10 put IPS and DR above the rating scale's top: the
+    # figures are clipped to [0, 1] and the raw ones kept beside them
+    assert est["ips"]["unclipped"]["value"] == pytest.approx((10 * 1.0 + 2 * 0.5) / 4)
+    assert est["ips"]["value"] == 1.0 and est["ips"]["clipped"]
     assert est["snips"]["value"] == pytest.approx(11 / 12, abs=1e-6)
+    assert not est["snips"]["clipped"] and "unclipped" not in est["snips"]
     # DR: 0.5 + w (r - 0.5) per record: 0.5, 5.5, 0.5, 0.5
-    assert est["dr"]["value"] == pytest.approx(7 / 4)
+    assert est["dr"]["unclipped"]["value"] == pytest.approx(7 / 4)
     assert res["ess"] == pytest.approx(144 / 104, abs=0.01)
     cost = res["estimates"]["cost"]
-    assert cost["ips"]["value"] == pytest.approx((10 * 10 + 2 * 10) / 4)
+    # the logged costs span [1, 10]
+    assert cost["ips"]["unclipped"]["value"] == pytest.approx((10 * 10 + 2 * 10) / 4)
+    assert cost["ips"]["value"] == 10.0 and res["outcome_range"]["cost"] == [1.0, 10.0]
+    assert "quality ips" in res["clipped_to_range"] and "cost ips" in res["clipped_to_range"]
     assert res["verdict"] == "ok"
     for e in ("ips", "snips", "dr"):
         assert est[e]["ci_low"] <= est[e]["value"] <= est[e]["ci_high"]
@@ -522,3 +529,145 @@ def test_too_few_rated_requests_give_no_estimate() -> None:
                       np.zeros(1), probs)
     with pytest.raises(OffPolicyError, match="an estimate needs at least 4"):
         estimate(data, np.array([[1.0, 0.0]]))
+
+
+def _rated_export(tmp_path, rows: list[dict]) -> tuple:
+    """An export of ``rows`` (request_id, text, expert, ... filled in) and a candidate
+    artifact that always prefers expert ``a`` (hashing features)."""
+    from routers.base import make_router
+    from routers.embed import HashingEmbedder
+
+    full = [{"request_id": str(i), "endpoint": "chat", "status": "ok", "text": f"question {i}",
+             "candidates": ["a", "b"], **r} for i, r in enumerate(rows)]
+    p = tmp_path / "export.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in full) + "\n")
+    e = HashingEmbedder()
+    texts = ["question one", "question two"]
+    S = np.array([[1.0, 0.0], [1.0, 0.0]])
+    t = RoutingTable(["x", "y"], texts, ["a", "b"], S, np.zeros_like(S))
+    art = make_router("knn", k=1).fit(e.embed(texts), t).save(
+        tmp_path / "cand", embedder=e.name, embedder_spec={"kind": "hashing", "options": {}})
+    return p, art
+
+
+def test_offpolicy_estimates_stay_in_the_rating_range(tmp_path, capsys) -> None:
+    """Report h3 D1: every rating 1.0, and IPS read 1.0385 (small logs: up to 1.25), with
+    interval bounds above 1 and no note. D7: costs printed to 4 decimals all read 0.0001
+    and the JSON rounded a cost of 3e-7 USD to 0."""
+    from expertgate.cli import main
+
+    # 8 of 10 requests served by a, each with propensity 0.5; every rating 1: IPS of
+    # "always a" = 8 * 2 / 10 = 1.6
+    rows = [{"expert": "a" if i < 8 else "b", "feedback_score": 1.0,
+             "cost_usd": 3.2e-7 if i < 8 else 1.1e-7, "propensity": 0.5,
+             "action_probs": {"a": 0.5, "b": 0.5}} for i in range(10)]
+    logs, art = _rated_export(tmp_path, rows)
+    out = tmp_path / "ope.json"
+    assert main(["eval", "offpolicy", "--logs", str(logs), "--router", str(art),
+                 "--boot", "200", "--json", str(out), "--cache-dir", str(tmp_path / "c")]) == 0
+    printed = capsys.readouterr().out
+    res = json.loads(out.read_text())
+    q = res["estimates"]["quality"]
+    for e, d in q.items():
+        assert 0.0 <= d["ci_low"] <= d["value"] <= d["ci_high"] <= 1.0, e
+    assert q["ips"]["value"] == 1.0 and q["ips"]["clipped"] is True
+    assert q["ips"]["unclipped"]["value"] == pytest.approx(1.6)
+    assert q["snips"]["clipped"] is False
+    assert "quality ips" in res["clipped_to_range"] and res["outcome_range"]["quality"] == [0, 1]
+    assert "ips 1.0000 [" in printed and "clipped to it (quality [0, 1]" in printed
+    # the cost, six significant digits in the JSON and four printed: 8 * 2 * 3.2e-7 / 10
+    c = res["estimates"]["cost"]
+    assert c["ips"]["unclipped"]["value"] == pytest.approx(5.12e-7, rel=1e-5)
+    assert c["ips"]["value"] == pytest.approx(3.2e-7)  # the logged costs' largest
+    assert c["snips"]["value"] == pytest.approx(3.2e-7, rel=1e-5)
+    assert "snips 3.2e-07 [" in printed and "0.0000" not in printed.split("cost", 1)[1]
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--boot", "0", "--boot must be at least 50"),
+    ("--boot", "1", "--boot must be at least 50"),
+    ("--alpha", "1.5", "--alpha must lie in (0, 1)"),
+    ("--alpha", "0", "--alpha must lie in (0, 1)"),
+    ("--alpha", "nan", "--alpha must lie in (0, 1)"),
+    ("--folds", "0", "--folds must be at least 2"),
+    ("--folds", "1", "--folds must be at least 2"),
+    ("--max-unsupported", "-1", "--max-unsupported must lie in [0, 1]"),
+    ("--max-unsupported", "nan", "--max-unsupported must lie in [0, 1]"),
+])
+def test_offpolicy_range_checks(tmp_path, capsys, flag: str, value: str, message: str) -> None:
+    """Report h3 D6: --boot 0 gave a JSON verdict "ok" with every estimate null, --boot 1 a
+    zero-width interval excluding the estimate, --alpha 1.5 low > high, --folds 0 silently 2,
+    --alpha nan a numpy traceback message."""
+    from expertgate.cli import main
+
+    assert main(["eval", "offpolicy", "--logs", str(tmp_path / "none.jsonl"), "--router",
+                 str(tmp_path), flag, value]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(OffPolicyError, match="folds at least 2"):
+        estimate(_hand_logs(), np.array([[0.0, 1.0]] * 4), folds=1)
+    with pytest.raises(OffPolicyError, match="at least 2 folds"):
+        crossfit_reward_model(np.zeros((4, 2)), np.zeros(4, int), np.ones(4), 2, folds=0)
+
+
+def _two_policies(tmp_path) -> tuple:
+    """Policy "learned" explores between a and b; policy "sem" never explores and always
+    serves b; the candidate always prefers a."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for i in range(120):
+        if i % 3:
+            served = "a" if rng.uniform() < 0.7 else "b"
+            rows.append({"policy": "learned", "router_version": "v1", "expert": served,
+                         "feedback_score": float(served == "a"), "cost_usd": 0.001,
+                         "propensity": 0.7 if served == "a" else 0.3,
+                         "action_probs": {"a": 0.7, "b": 0.3}})
+        else:
+            rows.append({"policy": "sem", "router_version": "s1", "expert": "b",
+                         "feedback_score": 0.0, "cost_usd": 0.001, "propensity": 1.0,
+                         "action_probs": {"b": 1.0}})
+    return _rated_export(tmp_path, rows)
+
+
+def test_offpolicy_separates_policies_and_names_the_one_without_support(tmp_path,
+                                                                         capsys) -> None:
+    """Report h3 D8: a log of an exploring and a non-exploring policy gave "no overlap ... Log
+    with exploration" though one policy explored, and naming the policy did not filter."""
+    import yaml
+
+    from expertgate.cli import main
+    from tests.unit.gateway_helpers import base_config
+
+    logs, art = _two_policies(tmp_path)
+    out = tmp_path / "ope.json"
+    base = ["eval", "offpolicy", "--logs", str(logs), "--boot", "100", "--json", str(out),
+            "--cache-dir", str(tmp_path / "c")]
+    assert main([*base, "--router", str(art)]) == 1
+    cap = capsys.readouterr()
+    assert "warning: the records mix 2 policies (learned 80; sem 40)" in cap.err
+    res = json.loads(out.read_text())
+    assert res["verdict"] == "no_overlap"
+    assert res["overlap"]["unsupported_by_policy"] == {"learned": 0, "sem": 40}
+    assert "come from sem (40 of 40, logged without exploration)" in res["message"]
+    assert "pass --policy NAME" in res["message"] and "Log sem with exploration" in res["message"]
+    assert main([*base, "--router", str(art), "--policy", "learned"]) == 0
+    res = json.loads(out.read_text())
+    assert res["n"] == 80 and res["policy"] == "learned" and res["verdict"] in ("ok", "low_ess")
+    assert "80 of 120 records from policy 'learned'" in capsys.readouterr().err
+    assert main([*base, "--router", str(art), "--policy", "nope"]) == 2
+    assert "no record of policy 'nope'" in capsys.readouterr().err
+    # --router POLICY --config: that policy's records by default
+    cfg = base_config("http://127.0.0.1:9", "http://127.0.0.1:9")
+    cfg["experts"] = [{**cfg["experts"][0], "name": "a"}, {**cfg["experts"][1], "name": "b"}]
+    cfg["policies"] = [{"name": "learned", "router": "knn", "artifact": str(art),
+                        "fallback": ["a"]}]
+    path = tmp_path / "gw.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main([*base, "--router", "learned", "--config", str(path)]) == 0
+    assert json.loads(out.read_text())["n"] == 80
+    assert "reading the records of policy 'learned'" in capsys.readouterr().err
+    # the library: a single non-exploring policy is told to explore, by name
+    data = LoggedData(["a", "b"], np.zeros((4, 2)), np.ones(4, int), np.zeros(4), np.zeros(4),
+                      np.array([[0.0, 1.0]] * 4), policies=["sem"] * 4)
+    msg = estimate(data, np.array([[1.0, 0.0]] * 4), n_boot=50)["message"]
+    assert "logging policy 'sem' never explored" in msg and "Log sem with exploration" in msg

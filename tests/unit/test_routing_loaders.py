@@ -228,3 +228,58 @@ def test_load_wide_errors(tmp_path: Path) -> None:
         df.to_parquet(p)
         with pytest.raises(RouterError, match=msg):
             load_table(p, "wide")
+
+
+def _policy_logs(tmp_path: Path) -> Path:
+    """Two policies' rated records, one rated request that every expert failed (expert null,
+    status error) and one whose status says it failed although an expert is named."""
+    recs = [{"request_id": str(i), "policy": "learned" if i < 6 else "sem",
+             "router_version": "v1" if i < 4 else "v2", "status": "ok",
+             "expert": "ab"[i % 2], "text": f"question {i}", "cost_usd": 0.001,
+             "feedback_score": 0.5} for i in range(9)]
+    recs.append({"request_id": "x", "policy": "learned", "router_version": "v2",
+                 "status": "error", "expert": None, "text": "all down", "cost_usd": 0.0,
+                 "feedback_score": 0.0})
+    recs.append({"request_id": "y", "policy": "learned", "router_version": "v2",
+                 "status": "error", "expert": "a", "text": "half down", "cost_usd": 0.0,
+                 "feedback_score": 0.0})
+    p = tmp_path / "mixed.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    return p
+
+
+def test_load_logs_drops_rated_failures_and_counts_them(tmp_path: Path, capsys) -> None:
+    """Report h3 D2: a rated request no expert served became a NaN model, and training died
+    with a TypeError blaming --param."""
+    p = _policy_logs(tmp_path)
+    t = load_logs(p)
+    err = capsys.readouterr().err
+    assert "2 rated failed request(s) that no expert served; 9 kept" in err
+    assert t.models == ["a", "b"] and "all down" not in t.prompts
+    pd.read_json(p, lines=True).to_parquet(tmp_path / "mixed.parquet")
+    assert load_logs(tmp_path / "mixed.parquet").content_hash() == t.content_hash()
+    # only failures rated: the error says so
+    only = tmp_path / "failed.jsonl"
+    only.write_text(p.read_text().splitlines()[-2] + "\n")
+    with pytest.raises(RouterError, match="no expert served"):
+        load_logs(only)
+
+
+def test_load_logs_selects_a_policy_and_warns_about_a_mix(tmp_path: Path, capsys) -> None:
+    """Report h3 D8: a log of two policies was merged without a word."""
+    p = _policy_logs(tmp_path)
+    load_logs(p)
+    err = capsys.readouterr().err
+    assert "warning: the records mix 2 policies (learned 6 (router versions v1 4, v2 2); " \
+           "sem 3); pass --policy NAME" in err
+    t = load_logs(p, policy="sem")
+    err = capsys.readouterr().err
+    assert "3 of 11 records from policy 'sem'" in err and "warning" not in err
+    assert t.prompts == ["question 6", "question 7", "question 8"]
+    load_logs(p, policy="learned")
+    assert "note: the records come from several router versions" in capsys.readouterr().err
+    with pytest.raises(RouterError, match=r"no record of policy 'nope' \(records by policy: "
+                                          r"learned 8, sem 3\)"):
+        load_logs(p, policy="nope")
+    with pytest.raises(RouterError, match="routing logs only"):
+        load_table(p, "long", policy="sem")

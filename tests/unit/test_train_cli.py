@@ -292,3 +292,66 @@ def test_rejections_on_a_complete_table_are_no_routing_log(capsys) -> None:
     _print_metrics({**m, "test": {**part, "scored_decisions": 9}})
     out = capsys.readouterr().out
     assert "(over the 9/12 decisions whose expert has a score)" in out and "routing log" in out
+
+
+def _rated_log(tmp_path: Path) -> Path:
+    """A routing-log export of two policies, 40 rated requests each, plus rated failures
+    (every expert failed: expert null, status error)."""
+    recs = []
+    for i in range(80):
+        code = i % 2 == 0
+        recs.append({"request_id": str(i), "policy": "learned" if i < 40 else "sem",
+                     "router_version": "v1", "status": "ok",
+                     "text": f"{'fix the bug' if code else 'tell a joke'} number {i}",
+                     "expert": "coder" if (i // 2) % 2 else "chatter",
+                     "feedback_score": float(code == bool((i // 2) % 2)), "cost_usd": 0.001})
+    for i in range(3):
+        recs.append({"request_id": f"f{i}", "policy": "learned", "router_version": "v1",
+                     "status": "error", "expert": None, "text": f"fix the bug again {i}",
+                     "feedback_score": 0.0, "cost_usd": 0.0})
+    p = tmp_path / "export.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    return p
+
+
+def test_train_from_logs_with_rated_failures_and_a_policy(tmp_path: Path, capsys) -> None:
+    """Report h3 D2: one rated request that no expert served made `train --format logs` die
+    with "TypeError ... (check the --param values)". D8: --policy keeps one policy."""
+    from expertgate.cli import main
+
+    p = _rated_log(tmp_path)
+    base = ["train", "--router", "knn", "--data", str(p), "--format", "logs", "--embedder",
+            "hashing", "--cache-dir", str(tmp_path / "c")]
+    assert main([*base, "--out", str(tmp_path / "all")]) == 0
+    err = capsys.readouterr().err
+    assert "3 rated failed request(s) that no expert served; 80 kept" in err
+    assert "warning: the records mix 2 policies (learned 40; sem 40)" in err
+    assert main([*base, "--out", str(tmp_path / "sem"), "--policy", "sem"]) == 0
+    err = capsys.readouterr().err
+    assert "40 of 83 records from policy 'sem'" in err and "loaded 40 prompts" in err
+    assert "warning" not in err
+    # the bias corrections read the same records
+    assert main([*base, "--out", str(tmp_path / "ips"), "--policy", "learned",
+                 "--correction", "ips"]) == 0
+    assert "43 records; 40 with text, expert and feedback" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "x"), "--policy", "nope"]) == 2
+    assert "no record of policy 'nope'" in capsys.readouterr().err
+    assert main(["train", "--router", "knn", "--data", "synthetic:50x2", "--embedder",
+                 "hashing", "--out", str(tmp_path / "y"), "--policy", "sem"]) == 2
+    assert "--policy needs --format logs" in capsys.readouterr().err
+
+
+def test_a_data_error_does_not_blame_param(tmp_path: Path, capsys, monkeypatch) -> None:
+    """Report h3 D2: a TypeError from the table was reported as "(check the --param
+    values)" though no --param was given."""
+    import expertgate.cli.train as T
+    from expertgate.cli import main
+
+    def bad_table(*a, **k):
+        raise TypeError("'<' not supported between instances of 'float' and 'str'")
+
+    monkeypatch.setattr(T, "_load", bad_table)
+    assert main(["train", "--router", "knn", "--data", "t.csv", "--embedder", "hashing",
+                 "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "while reading t.csv" in err and "--param" not in err
