@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["MessageTexts", "content_text", "message_texts"]
+__all__ = ["MessageTexts", "answers_asked", "content_text", "message_texts"]
 
 #: (role, text) of each message, in order
 MessageTexts = list[tuple[Any, str]]
@@ -35,3 +35,15 @@ def message_texts(messages: Sequence[Any]) -> MessageTexts:
     """(role, text) of each message of ``messages``."""
     return [(m.get("role"), content_text(m.get("content"))) if isinstance(m, dict)
             else (None, "") for m in messages]
+
+
+def answers_asked(payload: dict[str, Any], endpoint: str) -> int:
+    """How many choices an answer to ``payload`` has: ``n`` per prompt (completions take a
+    batch of prompts: texts, or lists of token ids)."""
+    n = payload.get("n")
+    k = n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
+    if endpoint == "completions":
+        p = payload.get("prompt")
+        if isinstance(p, list) and p and not isinstance(p[0], int):
+            k *= len(p)
+    return k

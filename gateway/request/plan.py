@@ -23,7 +23,7 @@ from typing import Any, Literal, Protocol
 from gateway.cache import text_hash
 from gateway.config import GatewayConfig
 from gateway.errors import GuardRejected, InvalidRequest, UnknownModel
-from gateway.messages import MessageTexts, message_texts
+from gateway.messages import MessageTexts, answers_asked, message_texts
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, PolicyRuntime, PolicySet, routing_text
 from routers.base import Decision
@@ -174,10 +174,15 @@ async def plan(gw: Planner, endpoint: str, body: dict[str, Any], degraded: list[
             p.rewrite["max_tokens"] = cap
     if d.mode == "reject":
         _reject(gw, p, d, endpoint, degraded, serve)
-    elif d.mode == "ensemble" and d.aggregator and len(d.targets) > 1:
+    elif d.mode == "ensemble" and d.aggregator and len(d.targets) > 1 and \
+            answers_asked(body, endpoint) == 1:
         p.action = "ensemble"
         p.chain = [t.expert for t in d.targets]
     else:
+        if d.mode == "ensemble" and d.aggregator and len(d.targets) > 1:
+            # one aggregated answer cannot stand for a batch of prompts or n choices: the
+            # first member answers them all, as a routed request would
+            p.reason = f"{p.reason}; not ensembled: {answers_asked(body, endpoint)} answers asked"
         p.chain = [t.expert for t in d.targets[:pol.max_attempts]]
         p.chain += [f for f in pol.fallback if f not in p.chain]
         if not p.chain:

@@ -26,6 +26,7 @@ import orjson
 
 from gateway.dispatch import DispatchResult
 from gateway.errors import GatewayError, InvalidRequest
+from gateway.messages import answers_asked
 from gateway.ratelimit import estimate_tokens
 from gateway.request.context import RequestContext, header_value
 from gateway.request.dispatch import usage_of
@@ -342,6 +343,7 @@ def _refusal(payload: dict[str, Any], endpoint: str, message: str, policy: str,
     (``usage``: the tokens behind it) when the client asked for one, as upstream streams do."""
     rid = id_prefix + uuid.uuid4().hex[:24]
     now = int(time.time())
+    k = answers_asked(payload, endpoint)  # one choice per prompt and per n, as upstreams do
     opts = payload.get("stream_options")
     tail = b""
     if stream and isinstance(opts, dict) and opts.get("include_usage") is True:
@@ -358,20 +360,23 @@ def _refusal(payload: dict[str, Any], endpoint: str, message: str, policy: str,
                 if not tool_calls else {"role": "assistant", "content": None, "tool_calls": [
                     {"index": i, **c} for i, c in enumerate(tool_calls)]}
             ev1 = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": policy,
-                   "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+                   "choices": [{"index": i, "delta": delta, "finish_reason": None}
+                               for i in range(k)]}
             ev2 = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": policy,
-                   "choices": [{"index": 0, "delta": {},
-                                "finish_reason": "tool_calls" if tool_calls else "stop"}]}
+                   "choices": [{"index": i, "delta": {},
+                                "finish_reason": "tool_calls" if tool_calls else "stop"}
+                               for i in range(k)]}
             return (b"text/event-stream", b"data: " + orjson.dumps(ev1) + b"\n\ndata: " +
                     orjson.dumps(ev2) + b"\n\n" + tail + b"data: [DONE]\n\n")
         body = {"id": rid, "object": "chat.completion", "created": now, "model": policy,
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": message}}],
+                "choices": [{"index": i, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": message}}
+                            for i in range(k)],
                 "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
         return _JSON, orjson.dumps(body)
     body = {"id": rid, "object": "text_completion", "created": now, "model": policy,
-            "choices": [{"index": 0, "text": message, "finish_reason": "stop",
-                         "logprobs": None}],
+            "choices": [{"index": i, "text": message, "finish_reason": "stop",
+                         "logprobs": None} for i in range(k)],
             "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
     if stream:
         del body["usage"]  # in its own event, as a streamed completion's usage comes

@@ -193,6 +193,16 @@ async def test_rejection_answers_as_configured(ups, tmp_path: Path, action: str)
         elif action == "refusal":
             assert r.status_code == 200
             assert r.json()["choices"][0]["message"]["content"] == "Only code and chat here."
+            # one choice per answer asked, as an expert's answer would have (it wrote one)
+            r = await c.post("/v1/chat/completions", json={**chat("auto", "zxqv wplm"), "n": 3})
+            assert [ch["index"] for ch in r.json()["choices"]] == [0, 1, 2]
+            r = await c.post("/v1/completions", json={"model": "auto", "n": 2,
+                                                      "prompt": ["zxqv wplm", "qqq zzz"]})
+            assert [ch["index"] for ch in r.json()["choices"]] == [0, 1, 2, 3]
+            r = await c.post("/v1/chat/completions", json={**chat("auto", "zxqv wplm",
+                                                                  stream=True), "n": 2})
+            first = orjson.loads(r.text.split("data: ")[1])
+            assert [ch["index"] for ch in first["choices"]] == [0, 1]
             assert ups[0].received == [] and ups[1].received == []
         else:
             assert r.status_code == 200

@@ -272,6 +272,26 @@ async def test_ensemble_cost_counts_every_call_and_a_header_lists_members(ups, t
         await agg.stop()
 
 
+async def test_an_ensemble_policy_asked_for_several_answers_forwards_to_its_first_member(
+        ups, tmp_path: Path) -> None:
+    # one aggregated answer cannot stand for n choices or a batch of prompts (the client got
+    # one choice for two prompts): the first member answers them all, as routed
+    agg = await OpenAIUpstreamDouble("agg-double").start()
+    try:
+        async with await _ensemble_gateway(ups, agg, tmp_path) as (c, _):
+            for path, body in (("/v1/chat/completions", {**chat("panel", "explain topic 3"),
+                                                         "n": 2}),
+                               ("/v1/completions", {"model": "panel", "prompt": [
+                                   "explain topic 3", "explain topic 4"]})):
+                r = await c.post(path, json=body)
+                assert r.status_code == 200 and r.headers["x-expertgate-expert"] == "coder"
+                assert "x-expertgate-ensemble" not in r.headers
+                assert "not ensembled: 2 answers asked" in r.headers["x-expertgate-reason"]
+        assert not agg.received and not ups[1].received and len(ups[0].received) == 2
+    finally:
+        await agg.stop()
+
+
 @pytest.mark.parametrize("stream", [False, True])
 async def test_ensemble_answers_with_its_members_when_the_aggregator_is_down(
         ups, tmp_path: Path, stream: bool) -> None:
