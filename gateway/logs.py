@@ -19,9 +19,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import gzip
 import logging
+import math
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,11 +34,14 @@ from gateway.metrics import Metrics
 from routers.logrecord import JSON_FIELDS, FeedbackRecord, LogRecord
 
 __all__ = [
+    "ExportStats",
     "JsonlSink",
     "RedisStreamSink",
     "RoutingLog",
     "RoutingLogSink",
     "export_logs",
+    "export_routing_log",
+    "feedback_path_for",
     "read_feedback",
     "read_records",
 ]
@@ -210,21 +216,50 @@ class RoutingLog:
 # --------------------------------------------------------------------------- export
 
 
-def _read_jsonl(path: Path) -> Iterable[dict[str, Any]]:
+def feedback_path_for(log_path: Path) -> Path:
+    """The feedback file the gateway writes beside the log ``log_path``
+    (:attr:`gateway.config.Settings.feedback_file`: ``<stem>.feedback.jsonl``), for the live
+    log or a rotated or compressed copy of it: a ``.gz`` suffix and a rotation number
+    (``routing-log.1.jsonl``, ``routing-log.jsonl.1``) come off first. The gateway rotates
+    neither file (an outside tool does), and ratings keep arriving in the one named after the
+    live log, even for requests in a rotated copy: ``routing-log.1.jsonl`` and
+    ``routing-log.jsonl.gz`` read ``routing-log.feedback.jsonl``."""
+    log_path = Path(log_path)
+    first, *rest = log_path.name.split(".")
+    live = ".".join([first, *(x for x in rest if x.lower() != "gz" and not x.isdigit())])
+    return log_path.with_name(Path(live).stem + ".feedback.jsonl")
+
+
+def _read_jsonl(path: Path, skipped: collections.Counter[str] | None = None
+                ) -> Iterable[dict[str, Any]]:
+    """The records of a JSONL file (gzip-compressed when it ends in ``.gz``). Lines that are
+    not a JSON object are skipped, counted in ``skipped[str(path)]`` and warned about once."""
     if not path.exists():
         return
-    with path.open("rb") as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                try:
-                    rec = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    rec = None
-                if isinstance(rec, dict):
-                    yield rec
-                else:  # not JSON, or JSON that is no record (a list, a number)
-                    log.warning("skipping a malformed line in %s", path)
+    bad, first = 0, 0
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
+    with opener(path, "rb") as f:
+        try:
+            for no, line in enumerate(f, 1):
+                line = line.strip()
+                if line:
+                    try:
+                        rec = orjson.loads(line)
+                    except orjson.JSONDecodeError:
+                        rec = None
+                    if isinstance(rec, dict):
+                        yield rec
+                    else:  # not JSON, or JSON that is no record (a list, a number)
+                        bad += 1
+                        first = first or no
+        except EOFError:  # a compressed log cut short (still being written): keep what came
+            bad += 1
+            first = first or -1
+    if bad:
+        log.warning("skipped %d malformed line(s) in %s (%s)", bad, path,
+                    "a truncated end" if first < 0 else f"the first is line {first}")
+        if skipped is not None:
+            skipped[str(path)] += bad
 
 
 def _read_stream(redis_url: str, stream: str) -> list[dict[str, Any]]:
@@ -262,15 +297,37 @@ def read_records(*, redis_url: str | None = None, path: Path | None = None
     return list(_read_jsonl(path))
 
 
-def read_feedback(*, redis_url: str | None = None, path: Path | None = None
+def _rating_problem(r: dict[str, Any]) -> str | None:
+    """Why a feedback record cannot be joined (no request id; a score that is missing, not a
+    number, not finite or outside [0, 1], the range ``POST /v1/feedback`` accepts), or None."""
+    if r.get("request_id") is None:
+        return "no request_id"
+    v = r.get("score")
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return f"score {v!r} is not a number"
+    if not (math.isfinite(v) and 0 <= v <= 1):
+        return f"score {v!r} is outside [0, 1]"
+    return None
+
+
+def read_feedback(*, redis_url: str | None = None, path: Path | None = None,
+                  skipped: collections.Counter[str] | None = None
                   ) -> dict[str, dict[str, Any]]:
-    """request_id -> the latest feedback record."""
+    """request_id -> the latest valid feedback record. A rating that cannot be joined
+    (:func:`_rating_problem`) is skipped with a warning naming its request id, and counted in
+    ``skipped["ratings"]``; malformed lines in ``skipped[str(path)]``."""
     recs = _read_stream(redis_url, FEEDBACK_STREAM) if redis_url else list(
-        _read_jsonl(path) if path is not None else [])
+        _read_jsonl(path, skipped) if path is not None else [])
     out: dict[str, dict[str, Any]] = {}
     for r in recs:
-        if "request_id" in r:
-            out[str(r["request_id"])] = r
+        why = _rating_problem(r)
+        if why:
+            log.warning("skipping a rating of request %s in %s: %s", r.get("request_id"),
+                        path or FEEDBACK_STREAM, why)
+            if skipped is not None:
+                skipped["ratings"] += 1
+            continue
+        out[str(r["request_id"])] = r
     return out
 
 
@@ -314,15 +371,61 @@ def _mistyped(rec: dict[str, Any]) -> str | None:
     return None
 
 
+@dataclass
+class ExportStats:
+    """What :func:`export_routing_log` read, joined and left out."""
+
+    #: records written
+    written: int = 0
+    #: valid ratings read (one per request id: the latest)
+    ratings: int = 0
+    #: ratings joined to a written record
+    joined: int = 0
+    #: valid ratings that match no written record (a request in another log file, an unknown
+    #: id, another tenant's record); with ``tenant``, only that tenant's ratings count
+    unmatched: int = 0
+    #: ratings skipped: no request id, a score null, not a number or outside [0, 1]
+    bad_ratings: int = 0
+    #: lines of the log that are no JSON object (a truncated last line, damage)
+    malformed_lines: int = 0
+    #: lines of the feedback file that are no JSON object
+    malformed_feedback_lines: int = 0
+    #: record-shaped entries whose fields have the wrong types
+    mistyped: int = 0
+    #: the feedback file, when it does not exist (no record can have a rating)
+    feedback_missing: Path | None = None
+
+
 def export_logs(out: Path, *, redis_url: str | None = None, log_path: Path | None = None,
                 feedback_path: Path | None = None, tenant: str | None = None) -> int:
+    """:func:`export_routing_log`, returning the number of records written."""
+    return export_routing_log(out, redis_url=redis_url, log_path=log_path,
+                              feedback_path=feedback_path, tenant=tenant).written
+
+
+def export_routing_log(out: Path, *, redis_url: str | None = None,
+                       log_path: Path | None = None, feedback_path: Path | None = None,
+                       tenant: str | None = None) -> ExportStats:
     """Write the routing log joined with feedback (``feedback_score``) to Parquet (or JSONL
     when ``out`` ends in .jsonl); only ``tenant``'s records when given. A rating joins only
-    the record of the tenant that sent it. Returns the number of records written."""
+    the record of the tenant that sent it. A log ending in ``.gz`` is read through gzip.
+    Nothing is written when no record is left. Returns the counts (:class:`ExportStats`)."""
     import pandas as pd
 
-    recs = read_records(redis_url=redis_url, path=log_path)
-    fb = read_feedback(redis_url=redis_url, path=feedback_path)
+    st = ExportStats()
+    skipped: collections.Counter[str] = collections.Counter()
+    recs = (read_records(redis_url=redis_url) if redis_url else
+            list(_read_jsonl(Path(log_path), skipped)) if log_path is not None else [])
+    if not redis_url and feedback_path is not None and not Path(feedback_path).exists():
+        st.feedback_missing = Path(feedback_path)
+    fb = read_feedback(redis_url=redis_url, path=None if redis_url else feedback_path,
+                       skipped=skipped)
+    st.ratings, st.bad_ratings = len(fb), skipped["ratings"]
+    st.malformed_lines = skipped[str(log_path)] if log_path is not None and not redis_url \
+        else 0
+    st.malformed_feedback_lines = (skipped[str(feedback_path)]
+                                   if feedback_path is not None and not redis_url else 0)
+    used: set[str] = set()
     rows = []
     for r in recs:
         if tenant is not None and r.get("tenant") != tenant:
@@ -330,16 +433,26 @@ def export_logs(out: Path, *, redis_url: str | None = None, log_path: Path | Non
         bad = _mistyped(r)
         if bad:  # one such record would make the whole Parquet table fail
             log.warning("skipping a routing-log record whose %s has the wrong type", bad)
+            st.mistyped += 1
             continue
         r = dict(r)
-        f = fb.get(str(r.get("request_id")))
+        rid = str(r.get("request_id"))
+        f = fb.get(rid)
         if f is not None and f.get("tenant", r.get("tenant")) != r.get("tenant"):
             f = None  # another tenant's rating (records from before feedback was checked)
+        if f is not None:
+            used.add(rid)
         r["feedback_score"] = None if f is None else float(f["score"])
         for k in JSON_FIELDS:
             if k in r and not isinstance(r[k], str | type(None)):
                 r[k] = orjson.dumps(r[k]).decode()
         rows.append(r)
+    st.joined = len(used)
+    st.unmatched = sum(1 for rid, f in fb.items() if rid not in used
+                       and (tenant is None or f.get("tenant") in (tenant, None)))
+    st.written = len(rows)
+    if not rows:
+        return st
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(rows)
@@ -349,4 +462,4 @@ def export_logs(out: Path, *, redis_url: str | None = None, log_path: Path | Non
                 fh.write(orjson.dumps(row) + b"\n")
     else:
         df.to_parquet(out, index=False)
-    return len(rows)
+    return st

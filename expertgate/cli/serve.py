@@ -243,19 +243,46 @@ def cmd_route(args: argparse.Namespace) -> int:
 
 
 def cmd_logs_export(args: argparse.Namespace) -> int:
-    from gateway.logs import export_logs
+    from gateway.logs import export_routing_log, feedback_path_for
 
     s = Settings()
     redis_url = args.redis_url or s.redis_url
     log_path = args.log_path or s.log_path
+    # a rotated or compressed log (routing-log.1.jsonl, routing-log.jsonl.gz) reads the
+    # feedback file of the live log, where the gateway writes every rating
     fb = args.feedback_path or (s.feedback_file if args.log_path is None else
-                                log_path.with_name(log_path.stem + ".feedback.jsonl"))
+                                feedback_path_for(log_path))
     if not redis_url and not Path(log_path).exists():
         print(f"expertgate logs export: no routing log at {log_path} (and no Redis URL)",
               file=sys.stderr)
         return 2
-    n = export_logs(args.out, redis_url=redis_url, log_path=log_path, feedback_path=fb,
-                    tenant=args.tenant)
-    print(f"wrote {n} record(s) to {args.out}" +
+    try:
+        st = export_routing_log(args.out, redis_url=redis_url, log_path=log_path,
+                                feedback_path=fb, tenant=args.tenant)
+    except (OSError, EOFError) as e:  # e.g. a .gz file that is not gzip
+        print(f"expertgate logs export: cannot read {log_path}: {e}", file=sys.stderr)
+        return 2
+    skipped = [f"{k} {what}" for k, what in (
+        (st.malformed_lines, "malformed log line(s)"),
+        (st.mistyped, "record(s) with wrongly typed fields"),
+        (st.bad_ratings, "invalid rating(s) (no request id, or a score null, not a number "
+                         "or outside [0, 1])"),
+        (st.malformed_feedback_lines, "malformed feedback line(s)")) if k]
+    source = "the Redis stream" if redis_url else str(log_path)
+    if st.written == 0:
+        print(f"expertgate logs export: no record to write from {source}"
+              + (f" for tenant {args.tenant}" if args.tenant else "")
+              + (f"; skipped {'; '.join(skipped)}" if skipped else "")
+              + f"; {args.out} not written", file=sys.stderr)
+        return 1
+    print(f"wrote {st.written} record(s) to {args.out}" +
           (f" (tenant {args.tenant})" if args.tenant else ""))
+    if st.feedback_missing is not None:
+        print(f"feedback: no feedback file at {st.feedback_missing}: no record has a rating "
+              "(--feedback-path FILE names the file the gateway wrote ratings to)")
+    else:
+        print(f"feedback: {st.joined} rating(s) joined; {st.unmatched} rating(s) match no "
+              "exported record (requests in another log file, or unknown ids)")
+    if skipped:
+        print(f"skipped {'; '.join(skipped)}")
     return 0
