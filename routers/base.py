@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 import numpy as np
 
 __all__ = [
+    "MIN_EXPERT_SCORES",
     "Decision",
     "GuardVerdict",
     "Mode",
@@ -39,6 +40,7 @@ __all__ = [
     "normalise_text",
     "register",
     "registered_names",
+    "without_thin_models",
 ]
 
 Mode = Literal["single", "chain", "ensemble", "reject"]
@@ -308,6 +310,30 @@ class RoutingTable:
             parts[k].extend(members[g])
         tr, va, te = (np.sort(np.asarray(p, dtype=np.int64)) for p in parts)
         return tr, va, te
+
+
+#: a model scored on fewer training prompts than this, and on fewer than a quarter as many as
+#: the best-scored model, is left out of a fitted router (:func:`without_thin_models`)
+MIN_EXPERT_SCORES = 10
+
+
+def without_thin_models(table: RoutingTable, min_scores: int = MIN_EXPERT_SCORES
+                        ) -> tuple[RoutingTable, dict[str, int]]:
+    """``table`` without the models too thinly scored to learn anything about (a new expert
+    explored once in the logs): their few scores would stand for every prompt (its one good
+    rating made every family send it all the traffic). Returns the table and the left-out
+    models with their score counts; a table whose models are all thin is returned whole (the
+    families' own checks speak for it)."""
+    counts = np.isfinite(table.scores).sum(axis=0)
+    top = int(counts.max()) if counts.size else 0
+    thin = {m: int(c) for m, c in zip(table.models, counts, strict=True)
+            if c < min_scores and c < 0.25 * top}
+    keep = [j for j, m in enumerate(table.models) if m not in thin]
+    if not thin or len(keep) < 2:
+        return table, {}
+    return RoutingTable(list(table.prompt_ids), list(table.prompts),
+                        [table.models[j] for j in keep], table.scores[:, keep],
+                        table.costs[:, keep], table.categories), thin
 
 
 def expert_columns(P: np.ndarray, experts: Sequence[str], models: Sequence[str]

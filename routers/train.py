@@ -26,7 +26,15 @@ from typing import Any
 
 import numpy as np
 
-from routers.base import Decision, Router, RouterError, RoutingTable, make_router
+from routers.base import (
+    MIN_EXPERT_SCORES,
+    Decision,
+    Router,
+    RouterError,
+    RoutingTable,
+    make_router,
+    without_thin_models,
+)
 from routers.tradeoff import QualityRouter, strong_weak
 
 __all__ = [
@@ -225,13 +233,18 @@ def train_router(name: str, table: RoutingTable, X: np.ndarray, *,
     if len(tr) == 0:
         raise RouterError("no training prompts left after the split")
     selection = None
+    fit_table, thin = without_thin_models(table.subset(tr))
+    if thin:
+        log("note: left out of the router (too few scored training prompts to learn from; "
+            "log more of their answers, e.g. with exploration, and retrain): " +
+            ", ".join(f"{m} ({c})" for m, c in thin.items()))
     t0 = time.perf_counter()
     if name == "auto":
         from routers.auto import CANDIDATES, fit_auto
 
         if params:
             raise RouterError("--router auto takes no --param: it chooses the parameters")
-        router, sel = fit_auto(X[tr], table.subset(tr), seed=seed,
+        router, sel = fit_auto(X[tr], fit_table, seed=seed,
                                candidates=auto_candidates or CANDIDATES, log=log)
         selection = sel.to_dict()
         name = sel.family
@@ -240,12 +253,15 @@ def train_router(name: str, table: RoutingTable, X: np.ndarray, *,
         kwargs: dict[str, Any] = {}
         if embedder is not None and "embedder" in inspect.signature(router.fit).parameters:
             kwargs["embedder"] = embedder
-        router.fit(X[tr], table.subset(tr), **kwargs)
+        router.fit(X[tr], fit_table, **kwargs)
     fit_s = time.perf_counter() - t0
     metrics: dict[str, Any] = {
         "router": name, "seed": seed, "n_train": len(tr), "n_val": len(va),
         "n_test": len(te), "fit_seconds": round(fit_s, 3), "models": list(table.models),
     }
+    if thin:
+        metrics["left_out_models"] = {"scored_training_prompts": thin,
+                                      "min_scores": MIN_EXPERT_SCORES}
     if selection is not None:
         metrics["auto"] = selection
     if hasattr(router, "cost_model_summary"):  # which experts' costs are predicted per query

@@ -355,3 +355,30 @@ def test_a_data_error_does_not_blame_param(tmp_path: Path, capsys, monkeypatch) 
                  "--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err
     assert "while reading t.csv" in err and "--param" not in err
+
+
+@pytest.mark.parametrize("family", ["knn", "classifier", "mf", "category", "irt", "stack"])
+def test_a_model_scored_on_one_prompt_is_left_out_not_sent_everything(family: str) -> None:
+    # a new expert explored once in the logs, rated 1.0: its one score stood for every prompt
+    # and most families sent it all the traffic
+    from routers.base import RoutingTable, without_thin_models
+    from routers.train import train_router
+
+    X, t = synthetic_table(300)
+    S = np.column_stack([t.scores, np.full(len(t), np.nan)])
+    S[0, -1] = 1.0
+    C = np.column_stack([t.costs, np.full(len(t), 0.01)])
+    table = RoutingTable(t.prompt_ids, t.prompts, [*t.models, "delta"], S, C, t.categories)
+    for seed in (0, 1, 2):  # its one row lands in train, or in validation / test
+        said: list[str] = []
+        res = train_router(family, table, X, seed=seed, val=0.1, test=0.2, log=said.append)
+        left = res.metrics["left_out_models"]["scored_training_prompts"]
+        # in train (one score) or not (none: the families' "model without any score" error)
+        assert set(left) == {"delta"} and left["delta"] in (0, 1)
+        assert any("left out of the router" in s and f"delta ({left['delta']})" in s
+                   for s in said)
+        assert "delta" not in getattr(res.router, "experts_", ["delta"])
+    assert all(d.expert != "delta" for d in res.router.decide(X[:100], t.prompts[:100]))
+    # a table whose models are all thinly scored is left whole
+    tiny = RoutingTable(t.prompt_ids[:8], t.prompts[:8], t.models, t.scores[:8], t.costs[:8])
+    assert without_thin_models(tiny) == (tiny, {})
