@@ -38,6 +38,8 @@ of log cost), ``routing-validation FILE...`` (per routing run and router, the me
 validation score a choice between two settings is made on, with the run's ``--params``),
 ``guard-validation FILE...`` (per guard run and method, the validation GQR a choice is made
 on, with the seed and a two-stage guard's back encoder; test GQR and latency beside it),
+``guard-typos FILE...`` / ``routing-typos FILE...`` (runs read with ``--typos``: clean and
+misspelt figures side by side, and how many outcomes / choices held),
 ``compare OLD
 NEW`` (the
 headline figures of an older run beside a newer one), ``provenance`` (commit, data sha256,
@@ -385,6 +387,59 @@ def _guard_bar_rows(files: Sequence[str]) -> str:
             f"{_num(sel['gqr_score'])} / {_num(base['gqr_score'])} ({diff:+.3f}) | "
             f"{_ms_pair(sel)} | {_ms_pair(base)} | "
             + " | ".join("yes" if m else "**no**" for m in met) + " |")
+    return "\n".join(lines)
+
+
+def _guard_typo_rows(files: Sequence[str]) -> str:
+    """Per guard run read with ``--typos``: the selected method and the TF-IDF + SVM
+    baseline, GQR and in-domain accuracy on the clean and on the misspelt test sets, and the
+    share of in-domain test queries whose outcome did not change (``--augment-typos``: the
+    rate its training part was augmented with)."""
+    lines = ["| file | suite | typos (augmented) | method | val GQR clean / typos | "
+             "GQR clean / typos | ID acc clean / typos | same outcome |",
+             "|---|---|---|---|---|---|---|---|"]
+    for a in files:
+        run = _load(a)
+        name = str((run.get("selected") or {}).get("method"))
+        sel, base = run["methods"].get(name), _tfidf_baseline(run)
+        if sel is None or "typos" not in sel:
+            raise ValueError(f"{a}: no selected method read with --typos")
+        aug = (run.get("augment_typos") or {}).get("rate")
+        for label, r in ((f"{name} (selected)", sel), ("baseline-tfidf-svm", base)):
+            if r is None:
+                continue
+            t, v = r["typos"], r.get("validation") or {}
+            lines.append(
+                f"| `{a}` | {run.get('suite')} | {t['rate']:g} ({aug if aug else 'no'}) | "
+                f"{label} | {_num(v.get('gqr_score'))} / "
+                f"{_num((v.get('typos') or {}).get('gqr_score'))} | "
+                f"{_num(r['gqr_score'])} / {_num(t['gqr_score'])} | "
+                f"{_num(r['in_domain_accuracy'])} / {_num(t['in_domain_accuracy'])} | "
+                f"{_num(t['in_domain_same_outcome'])} |")
+    return "\n".join(lines)
+
+
+def _routing_typo_rows(files: Sequence[str]) -> str:
+    """Per routing run read with ``--typos``: each router's and simple baseline's headline
+    figure (APGR with two experts, AIQ with more) on the clean and on the misspelt test
+    prompts at the clean validation's knob, and the share of prompts whose choice held."""
+    lines = ["| file | typos | router | figure | clean | typos | same choice |",
+             "|---|---|---|---|---|---|---|"]
+    for a in files:
+        run = _load(a)
+        two = len(run["table"]["models"]) == 2
+        key = "apgr" if two else "aiq"
+        rows = {**run["routers"], **{k: v for k, v in run["baselines"].items()
+                                     if k.startswith("simple-")}}
+        sel = (run.get("selected") or {}).get("method")
+        for n, r in rows.items():
+            t = r.get("typos")
+            if t is None:
+                continue
+            lines.append(
+                f"| `{a}` | {t['rate']:g} | {n}{' (selected)' if n == sel else ''} | "
+                f"{key.upper()} | {_num(r.get(key), r.get(f'{key}_std'))} | "
+                f"{_num(t.get(key), t.get(f'{key}_std'))} | {_num(t.get('same_choice'))} |")
     return "\n".join(lines)
 
 
@@ -1075,6 +1130,8 @@ def main(args: argparse.Namespace) -> int:
 #: the kinds whose rows come from a list of run files, one renderer each
 _FILE_LIST_BLOCKS: dict[str, Callable[[Sequence[str]], str]] = {
     "guard-bar": _guard_bar_rows,
+    "guard-typos": _guard_typo_rows,
+    "routing-typos": _routing_typo_rows,
     "cost-models": _cost_model_rows,
     "routing-bar": _routing_bar_rows,
     "routing-validation": _validation_rows,

@@ -394,3 +394,36 @@ def test_a_run_with_wrongly_typed_fields_is_skipped_and_named(tmp_path: Path, ca
     assert "from 1 run file(s)" in md and "## Routing: good" in md
     figs = json.loads((out / "figures.json").read_text())
     assert "good.table" in figs and "deep.table" not in figs
+
+
+def test_typo_blocks_read_clean_and_misspelt_figures_side_by_side(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    def grow(gqr: float, tg: float, vg: float, vt: float) -> dict:
+        return {"method": "m", "gqr_score": gqr, "in_domain_accuracy": 0.9,
+                "validation": {"gqr_score": vg, "typos": {"gqr_score": vt}},
+                "typos": {"rate": 0.2, "gqr_score": tg, "in_domain_accuracy": 0.8,
+                          "in_domain_same_outcome": 0.88}}
+
+    g = {"suite": "s1", "selected": {"method": "guard-cascade"},
+         "augment_typos": {"rate": 0.2},
+         "methods": {"guard-cascade": grow(0.93, 0.9, 0.92, 0.91),
+                     "baseline-tfidf-svm": {**grow(0.87, 0.85, 0.86, 0.84),
+                                            "method": "baseline-tfidf-svm"}}}
+    (tmp_path / "g.json").write_text(json.dumps(g))
+    r = {"table": {"models": ["a", "b"]}, "selected": {"method": "stack"},
+         "routers": {"stack": {"apgr": 0.69, "apgr_std": 0.01, "typos": {
+             "rate": 0.2, "apgr": 0.66, "apgr_std": 0.02, "same_choice": 0.9}}},
+         "baselines": {"simple-lr": {"apgr": 0.65, "typos": {"rate": 0.2, "apgr": 0.6,
+                                                             "same_choice": 0.8}},
+                       "oracle": {"apgr": 1.0}}}
+    (tmp_path / "r.json").write_text(json.dumps(r))
+    monkeypatch.chdir(tmp_path)
+    lines = R.render_block("guard-typos g.json").splitlines()
+    assert lines[2] == ("| `g.json` | s1 | 0.2 (0.2) | guard-cascade (selected) | "
+                        "0.920 / 0.910 | 0.930 / 0.900 | 0.900 / 0.800 | 0.880 |")
+    assert "| baseline-tfidf-svm | 0.860 / 0.840 | 0.870 / 0.850 |" in lines[3]
+    lines = R.render_block("routing-typos r.json").splitlines()
+    assert lines[2] == "| `r.json` | 0.2 | stack (selected) | APGR | 0.690 ± 0.010 | " \
+                       "0.660 ± 0.020 | 0.900 |"
+    assert lines[3].startswith("| `r.json` | 0.2 | simple-lr | APGR | 0.650 | 0.600 |")
+    assert len(lines) == 4  # the oracle has no typo reading
