@@ -164,15 +164,18 @@ def test_eval_offpolicy_refuses_meaningless_knobs(capsys: pytest.CaptureFixture[
         assert "--clip must be above 0" in capsys.readouterr().err
 
 
-def test_auto_says_why_a_model_scored_on_too_few_prompts_cannot_be_cross_validated(
+def test_a_model_scored_on_too_few_prompts_is_left_out_and_said(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # auto could not cross-validate it (a clear error, before); now it is left out of every
+    # family's fit, named with its count
     rows = [f"{i},{_prompt(i)},a,{i % 2},1\n{i},{_prompt(i)},b,{(i + 1) % 2},6"
             for i in range(40)]
     rows.append("0,q0 apple apple apple,c,1,3")  # model c: one score
     f = _long_table(tmp_path, rows)
     assert main(["train", "--router", "auto", "--data", str(f), "--format", "long",
-                 "--embedder", "hashing", "--out", str(tmp_path / "a")]) == 2
-    assert "model 'c' has a score on 1 training prompt(s)" in capsys.readouterr().err
+                 "--embedder", "hashing", "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert "left out of the router" in err and ("c (1)" in err or "c (0)" in err)
     assert main(["train", "--router", "knn", "--data", str(f), "--format", "long",
                  "--embedder", "hashing", "--out", str(tmp_path / "k")]) == 0
 

@@ -479,7 +479,9 @@ def test_augment_typos_trains_on_a_misspelt_copy_of_each_query(
     data = _write_csv(tmp_path / "g.csv")
     common = ["--data", str(data), "--embedder", "hashing", "--methods", "guard-knn",
               "--latency-sample", "5", "--quiet"]
-    assert _run_cli([*common, "--json", str(tmp_path / "clean.json")]) == 0
+    assert _run_cli([*common, "--augment-typos", "0", "--json",
+                     str(tmp_path / "clean.json")]) == 0
+    assert "augment_typos" not in json.loads((tmp_path / "clean.json").read_text())
     assert _run_cli([*common, "--augment-typos", "0.5", "--json",
                      str(tmp_path / "aug.json")]) == 0
     clean = json.loads((tmp_path / "clean.json").read_text())
@@ -492,3 +494,6 @@ def test_augment_typos_trains_on_a_misspelt_copy_of_each_query(
     assert res["data"]["n_test_in_domain"] == clean["data"]["n_test_in_domain"]  # untouched
     assert "--augment-typos 0.5" in res["command"]
     assert _run_cli([*common, "--augment-typos", "2"]) == 2
+    # the default: a copy with a fifth of the long words slipped
+    assert _run_cli([*common, "--json", str(tmp_path / "default.json")]) == 0
+    assert json.loads((tmp_path / "default.json").read_text())["augment_typos"]["rate"] == 0.2
