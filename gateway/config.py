@@ -44,12 +44,30 @@ __all__ = [
     "RejectConfig",
     "RouteConfig",
     "Settings",
+    "StrictLoader",
     "load_config",
+    "load_yaml",
+    "settings_errors",
 ]
 
 #: who may read an endpoint that is neither the API nor admin: anyone, any valid key, an admin
 Access = Literal["open", "key", "admin"]
 
+
+
+_LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+
+
+def settings_errors(err: ValidationError) -> list[str]:
+    """One line per invalid ``EXPERTGATE_*`` variable of a :class:`Settings` validation
+    error: the variable, the value's problem (pydantic's first line names neither)."""
+    out = []
+    for e in err.errors():
+        field = str(e["loc"][0]) if e["loc"] else "?"
+        out.append(f"EXPERTGATE_{field.upper()}: {e['msg']}"
+                   + (f" (got {e['input']!r})" if isinstance(e.get("input"), str | int | float)
+                      else ""))
+    return out
 
 
 class ConfigError(ValueError):
@@ -63,34 +81,34 @@ class Settings(BaseSettings):
 
     config: Path | None = None
     host: str = "127.0.0.1"
-    port: int = 8080
+    port: int = Field(default=8080, ge=0, le=65535)
     redis_url: str | None = None
     #: routing-log JSONL file used when there is no Redis
     log_path: Path = Path("runs/routing-log.jsonl")
     #: feedback JSONL file used when there is no Redis
     feedback_path: Path | None = None
     #: the largest request body any endpoint reads (checked before reading and while reading)
-    max_body_bytes: int = 1_048_576
+    max_body_bytes: int = Field(default=1_048_576, ge=1)
     #: a request's body must arrive within this many seconds of its headers (else 408)
-    body_timeout_s: float = 30.0
+    body_timeout_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
     #: a connection must send a request's headers within this many seconds (else closed)
-    header_timeout_s: float = 10.0
+    header_timeout_s: float = Field(default=10.0, gt=0, allow_inf_nan=False)
     #: open client connections per process; more are answered 503 and closed
-    max_connections: int = 4096
-    max_messages: int = 512
+    max_connections: int = Field(default=4096, ge=1)
+    max_messages: int = Field(default=512, ge=1)
     #: whole-request deadline (decision + upstream incl. fallbacks), seconds
-    request_deadline_s: float = 300.0
+    request_deadline_s: float = Field(default=300.0, gt=0, allow_inf_nan=False)
     #: the in-process decision cache's bounds (used without Redis): entries and bytes;
     #: a single-expert decision costs ~650 bytes, so 64 MiB holds ~100,000 of them
-    decision_cache_size: int = 100_000
-    decision_cache_bytes: int = 64 * 1024 * 1024
-    embed_threads: int = 1
+    decision_cache_size: int = Field(default=100_000, ge=1)
+    decision_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    embed_threads: int = Field(default=1, ge=1)
     #: how long to skip Redis after it failed before trying again, seconds
-    redis_retry_s: float = 1.0
-    redis_timeout_s: float = 0.25
-    log_queue_size: int = 10_000
+    redis_retry_s: float = Field(default=1.0, ge=0, allow_inf_nan=False)
+    redis_timeout_s: float = Field(default=0.25, gt=0, allow_inf_nan=False)
+    log_queue_size: int = Field(default=10_000, ge=1)
     log_level: str = "info"
-    workers: int = 1
+    workers: int = Field(default=1, ge=1)
     #: freeze start-up objects out of the cyclic GC (keeps GC pauses off the tail)
     gc_freeze: bool = True
     #: decide one query per policy at start-up and before a reloaded set serves, so the
@@ -112,6 +130,14 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(default=65_536, ge=1024)
     #: serve the dashboard at /ui (its data needs the admin API's credentials)
     ui: bool = True
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, v: str) -> str:
+        if v.strip().upper() not in _LOG_LEVELS:
+            raise ValueError(f"unknown log level {v!r}; use one of "
+                             f"{', '.join(lv.lower() for lv in _LOG_LEVELS)}")
+        return v.strip()
 
     @property
     def feedback_file(self) -> Path:
@@ -166,9 +192,12 @@ class ExpertConfig(_Model):
         if self.kind == "openai" and not (self.api_base or self.replicas or self.parent):
             raise ValueError("an openai-compatible expert needs api_base or replicas "
                              "(or a LoRA parent whose replicas it shares)")
-        for b in [self.api_base, *self.replicas]:
-            if b is not None and not b.startswith(("http://", "https://")):
-                raise ValueError(f"api base {redact(b)!r} must start with http:// or https://")
+        fields = [("api_base", self.api_base)] if self.api_base is not None else []
+        fields += [(f"replicas[{i}]", b) for i, b in enumerate(self.replicas)]
+        for key, b in fields:
+            why = _url_problem(b)
+            if why is not None:
+                raise ValueError(f"{key}: {why}")
         if self.api_base is not None:
             self.api_base = self._take_credentials(self.api_base)
         self.replicas = [self._take_credentials(b) for b in self.replicas]
@@ -220,6 +249,31 @@ class ExpertConfig(_Model):
         if self.api_base and self.api_base not in out:
             out.insert(0, self.api_base)
         return [b.rstrip("/") for b in out]
+
+
+def _url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be an expert's base URL (None when it can): an http(s) scheme, a
+    host, a numeric port in 1..65535. The message never repeats a password: a user:password
+    whose password holds an unencoded '/' ends the host at that '/', so the rest of the
+    password would show as the path (and in every log line and /admin/state)."""
+    if not url.startswith(("http://", "https://")):
+        return f"api base {redact(url)!r} must start with http:// or https://"
+    parts = urlsplit(url)
+    if "@" in url[len(parts.scheme) + 3 + len(parts.netloc):]:
+        return ("invalid URL: '@' after the host. If the URL carries user:password@, "
+                "percent-encode the password's special characters: '/' as %2F, '@' as %40, "
+                "':' as %3A (or give the key with api_key_env)")
+    if not parts.hostname:
+        return f"invalid URL {redact(url)!r}: no host"
+    try:
+        port = parts.port
+    except ValueError:
+        raw = parts.netloc.rsplit("@", 1)[-1].rsplit("]", 1)[-1].partition(":")[2]
+        return (f"invalid URL {redact(url)!r}: the port {raw!r} is not a number in "
+                "1..65535")
+    if port == 0:
+        return f"invalid URL {redact(url)!r}: the port must lie in 1..65535"
+    return None
 
 
 def _strip_userinfo(url: str) -> str:
@@ -295,6 +349,16 @@ def _finite_params(params: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
+def _known_family(router: str) -> None:
+    """``router`` names a registered family (or ``auto``)."""
+    from routers.base import registered_names
+
+    known = registered_names()
+    if router != "auto" and router not in known:
+        raise ValueError(f"unknown router family {router!r}; known: "
+                         f"{', '.join(sorted(known))}, auto")
+
+
 class CandidateConfig(_Model):
     """A candidate router run beside the policy's own: in ``shadow`` it decides on live
     traffic off the request path and its decision is logged, never served; as a ``canary``
@@ -312,6 +376,7 @@ class CandidateConfig(_Model):
 
     @model_validator(mode="after")
     def _artifact(self) -> CandidateConfig:
+        _known_family(self.router)
         if self.artifact is None:
             raise ValueError(f"candidate router {self.router!r} needs an artifact folder "
                              "(train one with `expertgate train`)")
@@ -354,6 +419,7 @@ class PolicyConfig(_Model):
     def _router_input(self) -> PolicyConfig:
         if self.router == "semantic" and not self.routes and self.artifact is None:
             raise ValueError("a semantic policy needs routes (or an artifact)")
+        _known_family(self.router)
         if self.router != "semantic" and self.artifact is None:
             raise ValueError(f"router {self.router!r} needs an artifact folder "
                              "(train one with `expertgate train`)")
@@ -422,9 +488,30 @@ class GatewayConfig(_Model):
             raise ValueError(f"name(s) used by both an expert and a policy: "
                              f"{', '.join(sorted(clash))}")
         known = set(names)
-        for e in self.experts:
-            if e.parent is not None and e.parent not in known:
+        by_name = {e.name: e for e in self.experts}
+        for i, e in enumerate(self.experts):
+            if e.parent is None:
+                continue
+            where = f"experts[{i}]({e.name}).parent"
+            if e.parent not in known:
                 raise ValueError(f"expert {e.name!r}: parent {e.parent!r} is not an expert")
+            if e.parent == e.name:
+                raise ValueError(f"{where}: an adapter cannot be its own parent; its parent "
+                                 "must be an expert with api_base/replicas")
+            chain, cur = [e.name], by_name[e.parent]
+            while cur.parent is not None and cur.name not in chain:
+                chain.append(cur.name)
+                cur = by_name.get(cur.parent, cur)
+                if cur.parent is not None and cur.parent not in known:
+                    break
+            if cur.name in chain:
+                raise ValueError(f"{where}: the parents form a cycle "
+                                 f"({' -> '.join([*chain, cur.name])}); an adapter's parent "
+                                 "must be an expert with api_base/replicas")
+            if not e.bases and not by_name[e.parent].bases:
+                raise ValueError(f"{where}: {e.parent!r} has no api_base or replicas of its "
+                                 "own (it is an adapter too): an adapter's parent must be an "
+                                 "expert with api_base/replicas")
         for p in self.policies:
             for r in p.routes:
                 if r.expert not in known:
@@ -440,6 +527,22 @@ class GatewayConfig(_Model):
             if p.on_reject.expert is not None and p.on_reject.expert not in known:
                 raise ValueError(f"policy {p.name!r}: on_reject.expert {p.on_reject.expert!r} "
                                  "is not an expert")
+        seen: dict[str, str] = {}
+        policies = set(pnames)
+        for i, k in enumerate(self.api_keys):
+            label = f"api_keys[{i}]({k.name})"
+            if k.sha256 in seen:
+                raise ValueError(f"{label}.sha256: same key as {seen[k.sha256]}: each key "
+                                 "must be listed once (the last one would silently win)")
+            seen[k.sha256] = label
+            bad = [n for n in k.policies if n != "*" and n not in policies]
+            if bad:
+                raise ValueError(f"{label}.policies: no policy named {', '.join(map(repr, bad))}"
+                                 f" (policies: {', '.join(pnames) or 'none'})")
+            bad = [n for n in (k.experts or []) if n != "*" and n not in known]
+            if bad:
+                raise ValueError(f"{label}.experts: no expert named {', '.join(map(repr, bad))}"
+                                 f" (experts: {', '.join(names)})")
         return self
 
     def expert(self, name: str) -> ExpertConfig | None:
@@ -530,15 +633,101 @@ def resolve_embedder(cfg: GatewayConfig) -> GatewayConfig:
     return cfg
 
 
+#: the most nodes a config may expand to through YAML aliases (``*anchor``): a few aliases
+#: of aliases ("billion laughs") would otherwise expand to billions of values when the
+#: configuration is validated and digested
+MAX_ALIAS_NODES = 100_000
+
+
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key repeated in one mapping (PyYAML keeps the last
+    one silently: a second ``experts:`` list would replace the first, ``admin: false`` then
+    ``admin: true`` would make an admin key), and a document whose aliases expand to more
+    than :data:`MAX_ALIAS_NODES` nodes. Merge keys (``<<: *anchor``) may still be overridden."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[tuple[str, str], Any] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or \
+                    key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            k = (key_node.tag, key_node.value)
+            if k in first:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"duplicate key {key_node.value!r} (first at line "
+                    f"{first[k].line + 1})", key_node.start_mark)
+            first[k] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+    def get_single_data(self) -> Any:
+        node = self.get_single_node()
+        if node is None:
+            return None
+        if self.anchors or _has_alias(node):
+            _check_expansion(node)
+        return self.construct_document(node)
+
+
+def _has_alias(node: yaml.Node) -> bool:
+    seen: set[int] = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if id(n) in seen:
+            return True  # a node reached twice is an alias
+        seen.add(id(n))
+        if isinstance(n, yaml.SequenceNode):
+            stack.extend(n.value)
+        elif isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                stack.extend((k, v))
+    return False
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a document whose aliases expand to more than MAX_ALIAS_NODES nodes."""
+    size: dict[int, int] = {}
+
+    def count(n: yaml.Node, depth: int) -> int:
+        if id(n) in size:
+            return size[id(n)]
+        if depth > 200:
+            raise yaml.constructor.ConstructorError(
+                None, None, "the document nests too deep (recursive aliases?)", n.start_mark)
+        size[id(n)] = 1  # a recursive alias counts once; the construction refuses it later
+        total = 1
+        if isinstance(n, yaml.SequenceNode):
+            total += sum(count(c, depth + 1) for c in n.value)
+        elif isinstance(n, yaml.MappingNode):
+            total += sum(count(k, depth + 1) + count(v, depth + 1) for k, v in n.value)
+        if total > MAX_ALIAS_NODES:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"aliases (*anchor) expand to more than {MAX_ALIAS_NODES:,} "
+                "values; a configuration needs far fewer", n.start_mark)
+        size[id(n)] = total
+        return total
+
+    count(root, 0)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text with :class:`StrictLoader` (the loader every config read uses)."""
+    return yaml.load(text, Loader=StrictLoader)
+
+
 def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
     """Read and validate the YAML file; relative artifact paths resolve against its folder."""
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{p}: cannot read the configuration file: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}: {e.reason}); a "
+                          "configuration file is UTF-8 YAML") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

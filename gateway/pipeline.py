@@ -176,14 +176,18 @@ def build_policy_set(cfg: GatewayConfig, embedder: Embedder | None) -> PolicySet
             extra.append(v)
             if pol.params:
                 try:
-                    router.set_params(**pol.params)
+                    router.set_params(**pol.params)  # range-checked (Router.check_params)
                 except RouterError as e:
-                    raise ConfigError(f"{where}: {e}") from None
+                    raise ConfigError(f"{where}: params: {e}") from None
         else:
             if embedder is None:
                 raise ConfigError(f"{where}: semantic routes need an embedder")
             try:
                 router = make_router(pol.router, **pol.params)
+                router.check_params()
+            except RouterError as e:
+                raise ConfigError(f"{where}: params: {e}") from None
+            try:
                 table = routes_to_table([r.model_dump() for r in pol.routes])
                 router.fit(embedder.embed(table.prompts), table)
             except RouterError as e:
@@ -248,7 +252,7 @@ def _candidate(pol: PolicyConfig, rt: PolicyRuntime, embedder: Embedder | None,
         try:
             router.set_params(**cand.params)
         except RouterError as e:
-            raise ConfigError(f"{where} candidate: {e}") from None
+            raise ConfigError(f"{where} candidate: params: {e}") from None
     # the candidate shares the policy's models map (table model -> expert)
     unknown = sorted(m for m in getattr(router, "experts_", [])
                      if pol.models.get(m, m) not in known)

@@ -29,6 +29,7 @@ __all__ = [
     "Decision",
     "GuardVerdict",
     "Mode",
+    "Num",
     "Router",
     "RouterError",
     "RoutingTable",
@@ -388,6 +389,44 @@ def examples_table(groups: Sequence[tuple[str, str, Sequence[str]]],
     return RoutingTable(ids, prompts, models, scores, np.zeros_like(scores), cats)
 
 
+@dataclass(frozen=True)
+class Num:
+    """The range of a numeric router parameter (:attr:`Router.param_ranges`): ``integer``
+    or any real number, bounds ``lo``/``hi`` (open with ``lo_open``/``hi_open``), and
+    whether None is allowed. Booleans and strings are never numbers."""
+
+    lo: float | None = None
+    hi: float | None = None
+    integer: bool = False
+    lo_open: bool = False
+    hi_open: bool = False
+    none_ok: bool = False
+
+    def problem(self, value: Any) -> str | None:
+        if value is None:
+            return None if self.none_ok else "must be set"
+        kind = "an integer" if self.integer else "a number"
+        ok_type = isinstance(value, int | np.integer) if self.integer else \
+            isinstance(value, int | float | np.integer | np.floating)
+        if isinstance(value, bool | np.bool_) or not ok_type or not math.isfinite(value):
+            return f"must be {kind}{self._range()}"
+        if (self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo)) \
+                or (self.hi is not None and
+                    (value >= self.hi if self.hi_open else value > self.hi)):
+            return f"must be {kind}{self._range()}"
+        return None
+
+    def _range(self) -> str:
+        if self.lo is not None and self.hi is not None:
+            return (f" in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}"
+                    f"{')' if self.hi_open else ']'}")
+        if self.lo is not None:
+            return f" {'>' if self.lo_open else '>='} {self.lo:g}"
+        if self.hi is not None:
+            return f" {'<' if self.hi_open else '<='} {self.hi:g}"
+        return ""
+
+
 class Router:
     """Base class of every router. Subclasses set ``name`` and implement ``fit``/``decide``.
 
@@ -414,6 +453,10 @@ class Router:
     #: what ``expertgate train`` needs to fit this family (one line of its help)
     train_input: ClassVar[str] = "a routing table: prompt_id, prompt, model, score (0..1), cost"
 
+    #: the ranges of the family's numeric parameters, checked by :meth:`check_params` (a
+    #: subclass lists its own; those of its bases apply too)
+    param_ranges: ClassVar[dict[str, Num]] = {}
+
     @classmethod
     def param_names(cls) -> tuple[str, ...]:
         """The constructor's keyword parameters, in order (read from ``__init__``)."""
@@ -423,12 +466,37 @@ class Router:
         return {k: getattr(self, k) for k in self.param_names()}
 
     def set_params(self: R, **params: Any) -> R:
+        """Set parameters by name, then :meth:`check_params` (a failed check restores the
+        old values): a gateway policy's ``params:`` on a loaded artifact, which never runs
+        ``fit``'s checks, is refused here with the key and the valid range."""
         names = self.param_names()
-        for k, v in params.items():
+        for k in params:
             if k not in names:
                 raise RouterError(f"{self.name}: unknown parameter {k!r}")
+        old = {k: getattr(self, k) for k in params if hasattr(self, k)}
+        for k, v in params.items():
             setattr(self, k, v)
+        try:
+            self.check_params()
+        except RouterError:
+            for k, v in old.items():
+                setattr(self, k, v)
+            raise
         return self
+
+    def check_params(self) -> None:
+        """Raise :class:`RouterError` naming the first parameter outside its range
+        (:attr:`param_ranges` of the class and its bases); only constructor parameters
+        are checked."""
+        rules: dict[str, Num] = {}
+        for klass in reversed(type(self).__mro__):
+            rules.update(vars(klass).get("param_ranges", {}))
+        names = self.param_names()
+        for k in names:
+            if k in rules:
+                why = rules[k].problem(getattr(self, k, None))
+                if why is not None:
+                    raise RouterError(f"{self.name}: {k} {why}, got {getattr(self, k, None)!r}")
 
     # -- learning ----------------------------------------------------------------------
     def fit(self: R, X: np.ndarray, table: RoutingTable) -> R:  # pragma: no cover - abstract

@@ -11,9 +11,11 @@ the most probable category (smoother when categories overlap).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
-from routers.base import RouterError, RoutingTable, register
+from routers.base import Num, RouterError, RoutingTable, register
 from routers.tradeoff import QualityRouter, shrunk_group_quality
 
 __all__ = ["CategoryRouter", "fit_category_classifier", "softmax_rows"]
@@ -55,6 +57,11 @@ class CategoryRouter(QualityRouter):
     train_input = "a routing table with a category column"
     _array_attrs = ("coef_", "intercept_", "category_quality_", "costs_")
     _json_attrs = ("experts_", "categories_", "dim_")
+
+    param_ranges: ClassVar[dict[str, Num]] = {
+        "C": Num(0, lo_open=True),
+        "prior_strength": Num(0),
+    }
 
     def __init__(self, C: float = 1.0, prior_strength: float = 5.0, soft: bool = False,
                  cost_weight: float = 0.0, threshold: float | None = None, cost_model: str = "auto",

@@ -14,11 +14,11 @@ artifact) instead of raised. The choice uses the shared knob of :mod:`routers.tr
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from routers.base import RouterError, RoutingTable, register
+from routers.base import Num, RouterError, RoutingTable, register
 from routers.tradeoff import QualityRouter
 
 __all__ = ["ClassifierRouter", "make_success_classifier"]
@@ -52,6 +52,12 @@ class ClassifierRouter(QualityRouter):
     _array_attrs = ("constant_", "costs_")
     _json_attrs = ("experts_", "dim_", "fit_notes_")
     _skops_attrs = ("models_",)
+
+    param_ranges: ClassVar[dict[str, Num]] = {
+        "C": Num(0, lo_open=True),
+        "hidden": Num(1, integer=True),
+        "success_threshold": Num(0, 1),
+    }
 
     def __init__(self, model: str = "logreg", C: float = 1.0, hidden: int = 64,
                  calibration: str = "none", success_threshold: float = 0.5,

@@ -13,10 +13,11 @@ is the cluster's mean reward per expert, shrunk toward the expert's overall mean
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 
-from routers.base import RouterError, RoutingTable, register
+from routers.base import Num, RouterError, RoutingTable, register
 from routers.knn import unit_rows
 from routers.tradeoff import QualityRouter
 
@@ -29,6 +30,12 @@ class ClusterRouter(QualityRouter):
     _array_attrs = ("centroids_", "centroid_counts_", "reward_sum_", "reward_count_",
                     "costs_")
     _json_attrs = ("experts_", "dim_")
+
+    param_ranges: ClassVar[dict[str, Num]] = {
+        "n_clusters": Num(1, integer=True),
+        "prior_strength": Num(0),
+        "learning_rate": Num(0, 1, lo_open=True, none_ok=True),
+    }
 
     def __init__(self, n_clusters: int = 16, prior_strength: float = 2.0,
                  learning_rate: float | None = None, cost_weight: float = 0.0,

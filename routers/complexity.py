@@ -20,11 +20,11 @@ the artifact, so the gateway applies the budget calibrated at training time.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from routers.base import Decision, RouterError, RoutingTable, Target, register
+from routers.base import Decision, Num, RouterError, RoutingTable, Target, register
 from routers.tradeoff import QualityRouter
 
 __all__ = ["ComplexityRouter"]
@@ -46,6 +46,13 @@ class ComplexityRouter(QualityRouter):
     _array_attrs = ("coef_", "intercept_", "grid_", "curves_", "costs_")
     _json_attrs = ("experts_", "dim_", "strong_", "threshold_", "calibration_")
     n_grid = 64
+
+    param_ranges: ClassVar[dict[str, Num]] = {
+        "max_strong_share": Num(0, 1, none_ok=True),
+        "quality_target": Num(0, 1, none_ok=True),
+        "alpha": Num(0, lo_open=True),
+        "val_fraction": Num(0, 1, lo_open=True, hi_open=True),
+    }
 
     def __init__(self, max_strong_share: float | None = 0.3,
                  quality_target: float | None = None, alpha: float = 1.0,

@@ -27,10 +27,11 @@ predicted qualities are therefore probabilities on every table, so the shared co
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 
-from routers.base import RouterError, RoutingTable, register
+from routers.base import Num, RouterError, RoutingTable, register
 from routers.knn import unit_rows
 from routers.stack import text_statistics
 from routers.tradeoff import QualityRouter
@@ -89,6 +90,10 @@ class IRTRouter(QualityRouter):
     _array_attrs = ("coef_", "intercept_", "feat_mean_", "stat_mean_", "stat_scale_",
                     "platt_", "alpha_", "abilities_", "costs_")
     _json_attrs = ("experts_", "dim_", "rank_")
+
+    param_ranges: ClassVar[dict[str, Num]] = {
+        "rank": Num(1, integer=True, none_ok=True),
+    }
 
     def __init__(self, rank: int | None = None, text_stats: bool = True,
                  cost_weight: float = 0.0, threshold: float | None = None,

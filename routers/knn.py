@@ -10,9 +10,11 @@ shared knob of :mod:`routers.tradeoff`.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
-from routers.base import RouterError, RoutingTable, register
+from routers.base import Num, RouterError, RoutingTable, register
 from routers.tradeoff import QualityRouter
 
 __all__ = ["KNNRouter", "knn_quality", "neighbour_lists", "neighbour_vote", "unit_rows"]
@@ -71,6 +73,11 @@ class KNNRouter(QualityRouter):
     name = "knn"
     _array_attrs = ("train_X_", "train_scores_", "prior_", "costs_")
     _json_attrs = ("experts_", "dim_")
+    param_ranges: ClassVar[dict[str, Num]] = {
+        "k": Num(1, integer=True),
+        "temperature": Num(0, lo_open=True),
+        "prior_strength": Num(0),
+    }
 
     def __init__(self, k: int = 20, temperature: float = 0.05, prior_strength: float = 0.5,
                  cost_weight: float = 0.0, threshold: float | None = None,

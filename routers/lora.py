@@ -24,6 +24,7 @@ import numpy as np
 
 from routers.base import (
     Decision,
+    Num,
     RouterError,
     RoutingTable,
     Target,
@@ -62,6 +63,13 @@ class LoraRouter(QualityRouter):
                    "--param base_model=NAME (optional --param adapters='[...]')")
     _array_attrs = ("train_X_", "train_scores_", "prior_", "centroids_", "costs_")
     _json_attrs = ("adapters_", "experts_", "dim_")
+
+    param_ranges: ClassVar[dict[str, Num]] = {
+        "k": Num(1, integer=True),
+        "temperature": Num(0, lo_open=True),
+        "prior_strength": Num(0),
+        "min_similarity": Num(-1, 1, none_ok=True),
+    }
 
     def __init__(self, base_model: str = "", adapters: list[dict[str, Any]] | None = None,
                  k: int = 10, temperature: float = 0.05, prior_strength: float = 0.5,

@@ -15,9 +15,11 @@ expert's predicted advantage for the RouteLLM behaviour).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
-from routers.base import RouterError, RoutingTable, register
+from routers.base import Num, RouterError, RoutingTable, register
 from routers.tradeoff import QualityRouter
 
 __all__ = ["MFRouter"]
@@ -32,6 +34,14 @@ class MFRouter(QualityRouter):
     name = "mf"
     _array_attrs = ("W_", "V_", "w_", "b_", "costs_")
     _json_attrs = ("experts_", "dim_", "train_loss_")
+
+    param_ranges: ClassVar[dict[str, Num]] = {
+        "dim": Num(1, integer=True),
+        "epochs": Num(1, integer=True),
+        "batch_size": Num(1, integer=True),
+        "lr": Num(0, lo_open=True),
+        "weight_decay": Num(0),
+    }
 
     def __init__(self, dim: int = 64, epochs: int = 60, lr: float = 3e-3,
                  weight_decay: float = 1e-4, pairwise_weight: float = 1.0,

@@ -13,13 +13,14 @@ a reload, not a retraining (cf. vLLM Semantic Router #310).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from routers.base import (
     Decision,
     GuardVerdict,
+    Num,
     Router,
     RouterError,
     RoutingTable,
@@ -57,6 +58,11 @@ class SemanticRouter(Router):
     _array_attrs = ("examples_", "example_route_", "centroids_")
     _json_attrs = ("routes_", "route_expert_", "experts_", "dim_")
     needs_scores = False
+    param_ranges: ClassVar[dict[str, Num]] = {
+        "threshold": Num(-1, 1),
+        "top_k": Num(1, integer=True),
+        "centroid_weight": Num(0, 1),
+    }
 
     def __init__(self, threshold: float = 0.45, top_k: int = 3,
                  centroid_weight: float = 0.5) -> None:

@@ -14,10 +14,11 @@ all of them); a single decision lists every expert, best first, as the fallback 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 
-from routers.base import Decision, RouterError, RoutingTable, register
+from routers.base import Decision, Num, RouterError, RoutingTable, register
 from routers.knn import unit_rows
 from routers.tradeoff import QualityRouter, shrunk_group_quality
 
@@ -30,6 +31,13 @@ class SkillsRouter(QualityRouter):
     train_input = "a routing table with a category column (else k-means clusters)"
     _array_attrs = ("centroids_", "skill_quality_", "costs_")
     _json_attrs = ("experts_", "skills_", "aggregator_", "dim_")
+
+    param_ranges: ClassVar[dict[str, Num]] = {
+        "k": Num(1, integer=True),
+        "n_skills": Num(1, integer=True),
+        "temperature": Num(0, lo_open=True),
+        "prior_strength": Num(0),
+    }
 
     def __init__(self, k: int = 2, aggregator: str | None = None, n_skills: int = 8,
                  temperature: float = 0.05, prior_strength: float = 5.0,

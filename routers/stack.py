@@ -58,11 +58,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from routers.base import RouterError, RoutingTable, register
+from routers.base import Num, RouterError, RoutingTable, register
 from routers.knn import knn_quality, neighbour_lists, neighbour_vote, unit_rows
 from routers.tradeoff import QualityRouter
 
@@ -199,6 +199,13 @@ class StackRouter(QualityRouter):
                     "pair_experts_", "pair_coef_", "pair_bias_")
     _json_attrs = ("experts_", "dim_", "lex_terms_", "lex_n_words_", "lex_max_text_chars_",
                    "tree_category_")
+
+    param_ranges: ClassVar[dict[str, Num]] = {
+        "k": Num(1, integer=True),
+        "temperature": Num(0, lo_open=True),
+        "prior_strength": Num(0),
+        "folds": Num(2, integer=True),
+    }
 
     def __init__(self, C_embed: float = 0.3, C_stats: float = 1.0, C_meta: float = 1.0,
                  k: int = 50, temperature: float = 0.05, prior_strength: float = 2.0,

@@ -31,7 +31,7 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
-from routers.base import Decision, Router, RouterError, RoutingTable, Target
+from routers.base import Decision, Num, Router, RouterError, RoutingTable, Target
 from routers.costmodel import CostModel, check_cost_model, fit_cost_model
 
 __all__ = [
@@ -188,6 +188,12 @@ class QualityRouter(Router):
     """
 
     _tradeoff_params: ClassVar[tuple[str, ...]] = ("cost_weight", "threshold", "cost_model")
+    #: ``threshold``: the cheapest expert within this much predicted quality (0..1) of the
+    #: best; ``cost_weight``: quality given up per unit of normalised cost
+    param_ranges: ClassVar[dict[str, Num]] = {
+        "cost_weight": Num(0),
+        "threshold": Num(0, 1, none_ok=True),
+    }
     cost_weight: float
     threshold: float | None
     #: families without a ``cost_model`` parameter (complexity, lora) trade mean costs
@@ -214,6 +220,11 @@ class QualityRouter(Router):
         check_cost_model(self.cost_model, self.name)
         S = validate_scores(table, name=self.name)
         return X, S
+
+    def check_params(self) -> None:
+        super().check_params()
+        if "cost_model" in self.param_names():
+            check_cost_model(self.cost_model, self.name)
 
     def set_params(self, **params: Any) -> Self:
         """Router.set_params; a fitted router can switch to ``cost_model="predicted"`` only

@@ -97,7 +97,8 @@ async def test_a_policy_that_cannot_decide_is_refused_at_start_and_reload(
             path = tmp_path / "gw.yaml"
             path.write_text(yaml.safe_dump(base_config(a.base, b.base,
                                                        params={"threshold": "abc"})))
-            with pytest.raises(ConfigError, match="policy 'auto' fails its first decision"):
+            # a non-number threshold is refused when the policy is built (before warm-up)
+            with pytest.raises(ConfigError, match="policy 'auto': params: semantic: threshold"):
                 await gw.reload(path)
             assert gw.policy_set is old
         finally:
