@@ -79,6 +79,8 @@ class Gateway:
         self.policy_set: PolicySet
         self.pipeline: Pipeline
         self.auth = Authenticator(config)
+        if settings.host:  # a Host naming the listen address names this machine
+            self.auth.local_hosts |= {settings.host.strip("[]").lower()}
         self.request_ids = RequestIds()
         self._rid_task: asyncio.Task[None] | None = None
         self.ratelimiter = RateLimiter(None, self.metrics.registry)
@@ -227,7 +229,9 @@ class Gateway:
         """Rebuild policies (and experts) from the config file and swap them atomically.
 
         In-flight requests finish with the PolicySet they started with. A bad file leaves
-        the running configuration untouched and raises ConfigError.
+        the running configuration untouched and raises ConfigError; any other exception
+        (a bug) is raised as it is, for the callers to answer and log (``POST
+        /admin/reload``, SIGHUP).
         """
         path = config_path or self.settings.config
         async with self._reload_lock:
@@ -587,8 +591,13 @@ async def _gate_passed(gw: Gateway, scope: Scope, send: Send, level: str) -> boo
 
 
 async def _reload_logged(gw: Gateway) -> None:
+    """The reload of SIGHUP: its task's only reader, so every failure is logged here (never
+    asyncio's "Task exception was never retrieved")."""
     try:
         await gw.reload()
     except (ConfigError, GatewayError) as e:
         log.error("reload on SIGHUP failed, keeping the running configuration: %s", e)
+    except Exception as e:  # a bug, or a failure no check foresaw: the same line, and why
+        log.error("reload on SIGHUP of %s failed, keeping the running configuration: %s: %s",
+                  gw.settings.config, type(e).__name__, e, exc_info=True)
 

@@ -22,17 +22,23 @@ Keys are stored as sha256 hex digests, never in clear, in two places:
   over Redis keys with the same digest.
 
 A missing or unknown key is 401, a key that may not use the requested policy or expert is
-403. A key's expert allow-list, when not written, is the experts reachable from its allowed
-policies (:func:`reachable_experts`). While Redis is down, keys already known keep working
-and a key never seen is answered 503 (it might be valid; "invalid key" would be a lie). With
-no keys configured and ``require_auth`` false, requests are anonymous: set
-``require_auth: true`` when the keys live only in Redis. The raw key never appears in a log or
-an error message. A reload re-reads the config keys in place (:meth:`Authenticator.configure`):
-the Redis keys already known stay known, so no request sees a valid key refused.
+403 (a model that is neither is left to the request path's 404, whatever the key). A key's
+expert allow-list, when not written, is the experts reachable from its allowed policies
+(:func:`reachable_experts`). While Redis is down, keys already known keep working and a key
+never seen is answered 503 (it might be valid; "invalid key" would be a lie). With no keys
+configured and ``require_auth`` false, requests are anonymous: set ``require_auth: true``
+when the keys live only in Redis. The raw key never appears in a log or an error message. A
+reload re-reads the config keys in place (:meth:`Authenticator.configure`): the Redis keys
+already known stay known, so no request sees a valid key refused.
 
 Roles: ``/admin/*`` (and the dashboard's admin views) need an admin key
 (:func:`require_admin`); tenant keys get 403. With no keys configured at all, admin endpoints
-answer only clients on the loopback interface. ``/metrics``, ``/docs``, ``/openapi.json`` and
+answer only clients on the loopback interface, and only requests a browser page on another
+site cannot have made (:meth:`Authenticator.local_request`): the ``Host`` must name this
+machine (a loopback name or address, the host name, the address listened on), so a DNS
+rebinding page (``attacker.example`` resolved to 127.0.0.1) is refused, and an ``Origin``
+(or ``Sec-Fetch-Site: cross-site``) from another site is refused, so a cross-site form or
+``fetch`` cannot reload the configuration. ``/metrics``, ``/docs``, ``/openapi.json`` and
 the checks of ``/readyz`` need what their setting says (:meth:`Authenticator.allowed`).
 
 Request ids (:class:`RequestIds`) are 128 random bits plus a 64-bit keyed tag of (those bits,
@@ -49,6 +55,7 @@ import hmac
 import ipaddress
 import logging
 import os
+import socket
 import threading
 import time
 from collections import OrderedDict
@@ -64,7 +71,7 @@ from gateway.config import APIKeyConfig, GatewayConfig
 from gateway.errors import AuthenticationFailed, PermissionDenied, ServiceUnavailable
 
 __all__ = ["KEY_PREFIX", "Authenticator", "Principal", "RequestIds", "bearer_token", "hash_key",
-           "key_record", "reachable_experts", "require_admin", "require_key"]
+           "key_record", "reachable_experts", "request_token", "require_admin", "require_key"]
 
 log = logging.getLogger("expertgate.auth")
 
@@ -146,15 +153,49 @@ def bearer_token(value: bytes) -> str | None:
     return val[7:].strip() or None if val[:7].lower() == "bearer " else None
 
 
+def request_token(authorization: bytes | None, api_key: str | None) -> str | None:
+    """The request's key from its first ``Authorization`` header and its ``x-api-key``: the
+    bearer token if the former is one, else the latter (a ``Basic`` header, say from a
+    proxy, never hides an ``x-api-key``). Every endpoint picks the key this way."""
+    return (bearer_token(authorization) if authorization is not None else None) or api_key
+
+
 def _token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
-    """The request's key: ``Authorization: Bearer`` first, else ``x-api-key``."""
-    token = None
+    """The request's key (:func:`request_token`), wherever its headers come in the list."""
+    auth: bytes | None = None
+    api_key: str | None = None
     for k, v in headers:
         if k == b"authorization":
-            return bearer_token(v) or token or None
-        if k == b"x-api-key":
-            token = v.decode("latin-1").strip()
-    return token or None
+            if auth is None:
+                auth = v
+        elif k == b"x-api-key":
+            api_key = v.decode("latin-1").strip() or None
+    return request_token(auth, api_key)
+
+
+def _host_name(value: str) -> str:
+    """The host of a ``Host`` header or of an origin's authority, without port or brackets,
+    lower case (``[::1]:8080`` -> ``::1``)."""
+    v = value.strip().lower()
+    if v.startswith("["):
+        return v[1:].split("]", 1)[0]
+    if v.count(":") == 1:
+        v = v.split(":", 1)[0]
+    return v.rstrip(".")
+
+
+def _local_name(host: str, extra: frozenset[str]) -> bool:
+    """Whether ``host`` (from :func:`_host_name`) names this machine: ``localhost`` (and
+    ``*.localhost``, which browsers resolve to loopback themselves), a loopback address, an
+    unspecified one, or one of ``extra`` (the host name, the configured listen address, the
+    address the request came in on)."""
+    if host in extra or host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return False
+    return ip.is_loopback or ip.is_unspecified
 
 
 class Authenticator:
@@ -164,6 +205,11 @@ class Authenticator:
         self.required = False
         self._keys: dict[str, APIKeyConfig] = {}
         self._policies: frozenset[str] = frozenset()
+        self._experts: frozenset[str] = frozenset()
+        #: besides loopback names and addresses, the ``Host`` names that mean this machine
+        #: for the keyless loopback admin (:meth:`local_request`); the app adds its
+        #: configured listen address
+        self.local_hosts: frozenset[str] = _machine_names()
         self._reach: dict[str, frozenset[str]] = {}
         self._reach_memo: dict[tuple[str, ...], frozenset[str]] = {}
         self.configure(config)
@@ -187,6 +233,7 @@ class Authenticator:
         self.required = config.require_auth or bool(config.api_keys)
         self._keys = {k.sha256: k for k in config.api_keys}
         self._policies = frozenset(p.name for p in config.policies)
+        self._experts = frozenset(e.name for e in config.experts)
         if reach is not None:
             self.set_reach(reach)
 
@@ -324,17 +371,24 @@ class Authenticator:
             self._reach_memo[pols] = got
         return got
 
+    def may_use(self, key: APIKeyConfig | None, model: str) -> bool:
+        """Whether ``key`` (None: anonymous, no keys configured) may use ``model``, a
+        policy or an expert of the configuration (what ``GET /v1/models`` lists to it)."""
+        if key is None:
+            return True
+        allowed: Any = key.policies if model in self._policies else self._allowed_experts(key)
+        return "*" in allowed or model in allowed
+
     def authorize(self, key: APIKeyConfig, model: str | None) -> None:
-        """403 unless ``key`` may use ``model`` (a policy or an expert)."""
+        """403 unless ``key`` may use ``model`` (a policy or an expert). A name that is
+        neither passes: the request path answers it 404 ``model_not_found``, as it does for
+        every key (an unknown model is a 404, whatever the key's allow-lists)."""
         if model is None:
             return
-        if model in self._policies:
-            allowed: Any = key.policies
-            kind = "policy"
-        else:
-            allowed = self._allowed_experts(key)
-            kind = "model"
-        if "*" not in allowed and model not in allowed:
+        if model not in self._policies and model not in self._experts:
+            return
+        if not self.may_use(key, model):
+            kind = "policy" if model in self._policies else "model"
             raise PermissionDenied(f"this API key may not use the {kind} '{model}'",
                                    param="model")
 
@@ -359,11 +413,67 @@ class Authenticator:
 
     async def admin(self, scope: Mapping[str, Any]) -> Principal | None:
         """The admin principal, or ``None`` for a valid non-admin key; 401 for a bad key.
-        With no keys configured only a loopback client counts as admin."""
+        With no keys configured only a loopback client counts as admin, and only for a
+        request no other site's page made (:meth:`local_request`: 403 otherwise)."""
         if not self.required:
-            return Principal("local-admin") if _loopback(scope) else None
+            if not _loopback(scope):
+                return None
+            self.local_request(scope)
+            return Principal("local-admin")
         p = await self.resolve(scope.get("headers", ()), None)
         return p if p.admin else None
+
+    def local_request(self, scope: Mapping[str, Any]) -> None:
+        """403 unless a loopback client's request is one this machine's own user made, not a
+        browser page of another site: trusting the peer address alone lets a DNS-rebinding
+        page (its name resolved to 127.0.0.1; the browser sends ``Host: attacker.example``)
+        read the admin views, and any page POST a "simple" cross-site request.
+
+        The ``Host`` must name this machine (:func:`_local_name`; the address the request
+        came in on counts); an ``Origin``, when sent, must name it too (``null``, a sandboxed
+        or ``file:`` page, does not); ``Sec-Fetch-Site: cross-site`` is refused. Tools
+        (curl, scripts) send a local ``Host`` and no ``Origin``."""
+        extra = self.local_hosts
+        server = scope.get("server")
+        if server and server[0]:
+            extra = extra | {_host_name(str(server[0]))}
+        host = origin = site = None
+        for k, v in scope.get("headers", ()):
+            if k == b"host":
+                host = v.decode("latin-1")
+            elif k == b"origin":
+                origin = v.decode("latin-1")
+            elif k == b"sec-fetch-site":
+                site = v.decode("latin-1").strip().lower()
+        if host is not None and not _local_name(_host_name(host), extra):
+            raise PermissionDenied(
+                f"the Host header {_host_name(host)[:64]!r} does not name this machine: with no "
+                "API keys configured, admin endpoints answer only requests to a loopback "
+                "name or address (a DNS-rebinding guard); configure an admin key "
+                "(api_keys: admin: true) to reach them under another name",
+                code="untrusted_host")
+        cross = site == "cross-site"
+        if origin is not None:
+            o = origin.strip().lower()
+            authority = o.split("://", 1)[1] if "://" in o else ""
+            cross = cross or not authority or not _local_name(
+                _host_name(authority.split("/", 1)[0]), extra)
+        if cross:
+            raise PermissionDenied(
+                "a cross-site request (its Origin is another site's page): with no API keys "
+                "configured, admin endpoints refuse requests a browser page of another site "
+                "made; configure an admin key (api_keys: admin: true) for remote tools",
+                code="cross_site_request")
+
+
+def _machine_names() -> frozenset[str]:
+    """This machine's host names (lower case): ``Host`` values that name it."""
+    names = set()
+    with contextlib.suppress(OSError):
+        name = socket.gethostname().lower()
+        if name:
+            names.update({name, name.split(".", 1)[0]})
+    return frozenset(names)
 
 
 def _loopback(scope: Mapping[str, Any]) -> bool:

@@ -24,6 +24,9 @@ nested JSON): the dispatcher then sends the replica a minimal request of the sam
 and path at a time, and a success stands for ``REQUEST_FAULT_TTL_S``, so a stream of bad
 requests costs at most one probe per replica every two seconds. 502/503/504, 429, timeouts,
 connection errors and a failed probe are the replica's: retried, counted, failed over.
+A 401/403 is the upstream refusing the gateway's own credentials (``kind`` ``auth``): the
+expert's failure, counted and failed over, never retried on the same replica, and answered
+``502 upstream_auth_failed`` when nothing else answers (never as the client's 401).
 
 Circuit breakers count only the replica's failures, and a half-open probe that never
 finishes (the client went away, the task was cancelled) releases its slot, so an expert that
@@ -53,6 +56,7 @@ from gateway.upstreams import (
     UpstreamReply,
     call_litellm,
     call_openai,
+    credentials,
     error_body,
 )
 
@@ -303,7 +307,8 @@ class Dispatcher:
                     # when it asked for it (429/503): otherwise the fallback is the faster way
                     # to an answer.
                     asked = last is not None and last.status in (429, 503)
-                    if last is None or not (is_last or asked):
+                    # a replica that refused the gateway's credentials refuses them again
+                    if last is None or last.kind == "auth" or not (is_last or asked):
                         break
                     if time.monotonic() - t_first > retry.budget_s:
                         break  # retry budget spent
@@ -360,7 +365,8 @@ class Dispatcher:
                         rep.breaker.success()
                         return DispatchResult(expert, rep.base, UpstreamReply(
                             f.status or 502, "application/json",
-                            error_body(f.body or b"", f.status, expert.name, rep.base)),
+                            error_body(f.body or b"", f.status, expert.name, rep.base,
+                                       credentials(pool.headers(rep.base)))),
                             attempts)
                     log.warning("upstream %s at %s failed: %s", name, rep.base, f)
                     rep.breaker.failure()
@@ -393,6 +399,8 @@ class Dispatcher:
             raise UpstreamTimeout(msg)
         if last.kind == "protocol":
             raise UpstreamUnavailable(msg, code="upstream_protocol_error")
+        if last.kind == "auth":  # the gateway's credentials, not the client's key
+            raise UpstreamUnavailable(msg, code="upstream_auth_failed")
         raise UpstreamUnavailable(msg)
 
     async def _replica_healthy(self, pool: ExpertPool, rep: Replica, path: str,

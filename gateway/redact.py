@@ -9,22 +9,45 @@ line of ``expertgate serve`` (:func:`configure_logging`) goes through
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import re
 
 __all__ = ["RedactFilter", "configure_logging", "redact"]
 
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@'\"]*@")
+#: URL userinfo: everything before the host's last ``@`` (a password may hold an unencoded
+#: ``@``), or, when the userinfo is ``user:password`` and the password holds an unencoded
+#: ``/``, ``?`` or ``#`` (invalid, but common in generated secrets, and a URL parser then
+#: reads the password as the path), everything up to the ``@`` after it
+_USERINFO = re.compile(
+    r"(?i)\b([a-z][a-z0-9+.-]*://)(?:[^/?#\s'\"<>]*@|[^/?#\s@'\":<>]+:[^\s@'\"<>]*@)")
 _BEARER = re.compile(r"\b([Bb]earer)\s+[A-Za-z0-9._~+/=-]{8,}")
+#: ``Basic <base64 of user:password>`` (the scheme in any case); masked only when the token
+#: decodes to ``user:password``, so prose ("basic question") is left alone
+_BASIC = re.compile(r"(?i)\b(basic)(\s+)([A-Za-z0-9+/]{4,}={0,2})(?![A-Za-z0-9+/=])")
+
+
+def _basic(m: re.Match[str]) -> str:
+    token = m.group(3)
+    try:
+        raw = base64.b64decode(token + "=" * (-len(token) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return m.group(0)
+    return f"{m.group(1)}{m.group(2)}***" if b":" in raw else m.group(0)
 
 
 def redact(text: str) -> str:
     """``text`` with credentials masked: URL userinfo (``http://u:pw@host`` ->
-    ``http://***@host``) and bearer tokens (``Bearer sk-...`` -> ``Bearer ***``)."""
+    ``http://***@host``, also when the password holds an unencoded ``/`` or ``@``), bearer
+    tokens (``Bearer sk-...`` -> ``Bearer ***``) and HTTP Basic credentials
+    (``Basic dTpwdw==`` -> ``Basic ***``)."""
     if "@" in text:
         text = _USERINFO.sub(r"\1***@", text)
     if "earer" in text:
         text = _BEARER.sub(r"\1 ***", text)
+    if "asic" in text or "ASIC" in text:
+        text = _BASIC.sub(_basic, text)
     return text
 
 

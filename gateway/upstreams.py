@@ -16,23 +16,31 @@ success: before the first byte it falls back like any other failure; after it,
 :class:`SSECheck` lets the caller end the stream with an error event.
 
 Messages meant for clients never carry an upstream's address (:attr:`UpstreamFailure.public`,
-:func:`scrub`); the full text, with the address, goes to the log only.
+:func:`scrub`); the full text, with the address, goes to the log only. Nor do they carry the
+gateway's own credentials for an upstream: an error body that echoes them (``Incorrect API
+key provided: Bearer sk-...``) has them masked (:func:`error_body`), and an upstream's 401
+or 403, which is about those credentials and not the client's key, never reaches the client
+as such: it is the expert's failure (``kind`` ``auth``), failed over like a 5xx, and
+answered ``502 upstream_auth_failed`` when nothing else answers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import functools
 import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from gateway.config import ExpertConfig
+from gateway.redact import redact
 from gateway.upstream_http import (
     ConnectFailed,
     HTTPClientError,
@@ -48,6 +56,7 @@ __all__ = [
     "UpstreamReply",
     "call_litellm",
     "call_openai",
+    "credentials",
     "error_body",
     "litellm_kwargs",
     "scrub",
@@ -65,10 +74,41 @@ def scrub(text: str) -> str:
     return _IPV4.sub("<upstream>", _URL.sub("<upstream>", text))
 
 
-def error_body(raw: bytes, status: int | None, expert: str, base: str) -> bytes:
+def credentials(headers: Mapping[str, str]) -> tuple[str, ...]:
+    """The secrets in the headers of a call to an upstream (``headers``: the expert's
+    :meth:`~gateway.config.ExpertConfig.upstream_headers`), as an upstream might echo them
+    back: the whole ``Authorization`` value, its token, and for ``Basic`` the decoded
+    ``user:password`` and the password. Longest first (masked in that order)."""
+    auth = headers.get("authorization")
+    if not auth:
+        return ()
+    out = {auth}
+    scheme, _, token = auth.strip().partition(" ")
+    token = token.strip()
+    if token:
+        out.add(token)
+    if scheme.lower() == "basic" and token:
+        try:
+            plain = base64.b64decode(token, validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            plain = ""
+        if plain:
+            out.add(plain)
+            pw = plain.partition(":")[2]
+            if len(pw) >= 4:  # shorter: masking it would garble the text for nothing
+                out.add(pw)
+    return tuple(sorted(out, key=len, reverse=True))
+
+
+def error_body(raw: bytes, status: int | None, expert: str, base: str,
+               secrets: Iterable[str] = ()) -> bytes:
     """An upstream's error reply (``raw``, any shape: OpenAI's ``{"error": {...}}``, vLLM's
     ``{"object": "error", "message": ...}``, ``{"error": "text"}``, plain text or HTML) as
-    the OpenAI-shaped body the client gets, without the upstream's address in it."""
+    the OpenAI-shaped body the client gets, without the upstream's address in it, and
+    without the gateway's credentials: ``secrets`` (:func:`credentials` of the call's
+    headers) and anything :func:`gateway.redact.redact` recognises (bearer tokens, Basic
+    credentials, URL userinfo) are masked."""
+    secrets = tuple(secrets)
     try:
         obj = orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError:
@@ -91,17 +131,22 @@ def error_body(raw: bytes, status: int | None, expert: str, base: str) -> bytes:
     for k in ("message", "type", "param", "code"):
         v = out[k]
         if isinstance(v, str):
-            out[k] = scrub(v.replace(base, "<upstream>").replace(host, "<upstream>"))
+            for secret in secrets:
+                v = v.replace(secret, "***")
+            # redact before scrub: scrub would eat a URL's userinfo with the URL, but not a
+            # "Basic <token>" after it
+            out[k] = scrub(redact(v.replace(base, "<upstream>").replace(host, "<upstream>")))
         elif k != "code" and v is not None:  # a type or param that is not text
             out[k] = str(v)
     return orjson.dumps({"error": out})
 
 
 class UpstreamFailure(Exception):
-    """A failure before the first byte; ``kind`` in connect|timeout|status|protocol.
+    """A failure before the first byte; ``kind`` in connect|timeout|status|protocol|auth.
 
     ``retryable`` says whether another replica or the fallback chain should be tried (connect
-    errors, timeouts, 5xx, 429); a 4xx other than 429 is the client's error and is passed on.
+    errors, timeouts, 5xx, 429, and 401/403: ``auth``, the upstream refused the gateway's
+    own credentials); any other 4xx is the client's error and is passed on.
     """
 
     def __init__(self, kind: str, message: str, *, status: int | None = None,
@@ -298,10 +343,13 @@ async def call_openai(client: UpstreamHTTP, expert: ExpertConfig, base: str, pat
                 if status >= 500 or status == 429:
                     raise UpstreamFailure("status", f"{base} answered {status}", status=status,
                                           body=data)
+                if status in (401, 403):
+                    raise auth_failure(expert, status, data, headers)
                 if status != 200:
                     if status >= 400:  # the request's own error: OpenAI-shaped, scrubbed
                         return UpstreamReply(status, "application/json",
-                                             error_body(data, status, expert.name, base))
+                                             error_body(data, status, expert.name, base,
+                                                        credentials(headers)))
                     # a 1xx/2xx/3xx where the protocol promises 200 (a redirect of a
                     # misconfigured base, a 204): never passed on as an answer
                     raise UpstreamFailure("protocol", f"{base} answered {status}",
@@ -361,6 +409,24 @@ async def call_openai(client: UpstreamHTTP, expert: ExpertConfig, base: str, pat
         raise
     return UpstreamReply(status, ctype, first, _iter_rest(resp, timeout_s, loop), stream=True,
                          _release=resp.release, sse=sse)
+
+
+def auth_failure(expert: ExpertConfig, status: int, raw: bytes,
+                 headers: Mapping[str, str] | None = None) -> UpstreamFailure:
+    """An upstream's 401/403: it refused the gateway's own credentials for ``expert`` (its
+    ``api_key_env`` key, or those in its URL), which is the expert's failure, not the
+    client's. The upstream's text (which may quote those credentials) goes to the log only,
+    masked; the client reads which expert and the status."""
+    text = raw.decode("utf-8", "replace").strip()[:300]
+    for secret in credentials(headers or {}):
+        text = text.replace(secret, "***")
+    how = (f"the key in ${expert.api_key_env}" if expert.api_key_env
+           else "the credentials in its api_base" if headers and "authorization" in headers
+           else "its credentials (none are configured)")
+    return UpstreamFailure(
+        "auth", f"{expert.name} answered {status}: the upstream refused the gateway's "
+        f"credentials (check {how}): {redact(text)}", status=status,
+        public=f"refused the gateway's credentials ({status})")
 
 
 _litellm: Any = None
@@ -479,7 +545,8 @@ def litellm_kwargs(expert: ExpertConfig, base: str | None, path: str,
     return kwargs
 
 
-def _litellm_failure(expert: ExpertConfig, e: Exception, timeout_s: float) -> UpstreamFailure:
+def _litellm_failure(expert: ExpertConfig, e: Exception, timeout_s: float,
+                     base: str | None = None) -> UpstreamFailure:
     """A LiteLLM call's exception as the failure the dispatcher classifies."""
     if isinstance(e, TimeoutError):
         return UpstreamFailure("timeout", f"{expert.name}: no answer within {timeout_s:g}s")
@@ -487,9 +554,17 @@ def _litellm_failure(expert: ExpertConfig, e: Exception, timeout_s: float) -> Up
     status = getattr(e, "status_code", None)
     if not isinstance(status, int):
         status = None
+    headers = expert.upstream_headers(base) if base else {}
+    if expert.api_key_env and os.environ.get(expert.api_key_env):
+        headers = {"authorization": f"Bearer {os.environ[expert.api_key_env]}"}
+    if status in (401, 403):  # the provider refused the gateway's key, not the client's
+        return auth_failure(expert, status, str(e).encode(), headers)
     retryable = status is None or status >= 500 or status == 429
-    # LiteLLM's messages may quote the provider's URL: clients get them without it
-    body = orjson.dumps({"error": {"message": scrub(str(e)[:500]), "type": "upstream_error",
+    # LiteLLM's messages may quote the provider's URL or the key: clients get neither
+    text = str(e)[:500]
+    for secret in credentials(headers):
+        text = text.replace(secret, "***")
+    body = orjson.dumps({"error": {"message": scrub(redact(text)), "type": "upstream_error",
                                    "param": None, "code": type(e).__name__}})
     return UpstreamFailure("status" if status else "connect",
                            f"{expert.name}: {type(e).__name__}: {str(e)[:200]}",
@@ -545,7 +620,7 @@ async def call_litellm(expert: ExpertConfig, base: str | None, payload: dict[str
     try:
         resp = await asyncio.wait_for(call, timeout_s)
     except Exception as e:
-        raise _litellm_failure(expert, e, timeout_s) from None
+        raise _litellm_failure(expert, e, timeout_s, base) from None
     if not stream:
         obj = resp.model_dump()
         return UpstreamReply(200, "application/json", orjson.dumps(obj), data=obj)
@@ -562,7 +637,7 @@ async def call_litellm(expert: ExpertConfig, base: str | None, payload: dict[str
     except StopAsyncIteration:
         return UpstreamReply(200, "text/event-stream", b"data: [DONE]\n\n", stream=True)
     except Exception as e:  # the provider failed before its first event: may fall back
-        raise _litellm_failure(expert, e, timeout_s) from None
+        raise _litellm_failure(expert, e, timeout_s, base) from None
 
     async def rest() -> AsyncIterator[bytes]:
         async for ch in it:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     from gateway.app import Gateway
 
 __all__ = ["build_api"]
+
+log = logging.getLogger("expertgate.api")
 
 
 def _client_request_id(scope: Scope) -> str | None:
@@ -78,6 +81,14 @@ def build_api(gw: Gateway) -> FastAPI:
 
     for exc_type in (GatewayError, RequestValidationError, StarletteHTTPException):
         api.add_exception_handler(exc_type, _error)
+
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        # a bug: logged with its traceback, answered as the request path answers one (an
+        # OpenAI-shaped 500 without details), never Starlette's plain-text page
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return await _error(request, exc)
+
+    api.add_exception_handler(Exception, _unexpected)
 
     for mod in (protocol, models, admin, health, dashboard):
         api.include_router(mod.router)

@@ -8,6 +8,7 @@ GET /admin/state shows replicas (URLs without credentials), policy versions and 
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from typing import Any
@@ -16,7 +17,9 @@ from fastapi import APIRouter, Depends, Request
 
 from gateway.auth import require_admin
 from gateway.config import ConfigError
-from gateway.errors import InvalidRequest
+from gateway.errors import GatewayError, InvalidRequest
+
+log = logging.getLogger("expertgate.admin")
 
 router = APIRouter(tags=["admin"], dependencies=[Depends(require_admin)])
 
@@ -29,6 +32,15 @@ async def reload(request: Request) -> dict[str, Any]:
     except ConfigError as e:
         raise InvalidRequest(f"reload failed, the running configuration is unchanged: {e}",
                              code="config_invalid") from None
+    except GatewayError:
+        raise
+    except Exception as e:  # a failure no check foresaw: still an answer that says why
+        log.error("reload of %s failed, keeping the running configuration", gw.settings.config,
+                  exc_info=True)
+        err = GatewayError(f"reload failed, the running configuration is unchanged: "
+                           f"{gw.settings.config}: {type(e).__name__}: {e}",
+                           code="reload_failed")
+        raise err from None
     workers = gw.settings.workers
     if workers > 1 and os.environ.get("EXPERTGATE_SUPERVISOR_PID") == str(os.getppid()):
         # this worker checked the file (built and warmed its policies) and serves it; the

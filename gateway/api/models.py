@@ -1,4 +1,8 @@
-"""GET /v1/models: experts, LoRA adapters (with ``parent``, as vLLM lists them) and policies."""
+"""GET /v1/models: experts, LoRA adapters (with ``parent``, as vLLM lists them) and policies.
+
+A key sees only the models it may use (:meth:`gateway.auth.Authenticator.may_use`: its
+policies, and the experts of its allow-list); another one's id is a 404 to it, as an unknown
+one is. Without keys configured every model is listed."""
 
 from __future__ import annotations
 
@@ -6,15 +10,19 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from gateway.config import APIKeyConfig
 from gateway.errors import UnknownModel
 
 router = APIRouter(tags=["openai"])
 
 
-def _entries(gw: Any) -> list[dict[str, Any]]:
+def _entries(gw: Any, key: APIKeyConfig | None) -> list[dict[str, Any]]:
     created = int(gw.started_at)
+    may_use = gw.auth.may_use
     out: list[dict[str, Any]] = []
     for e in gw.config.experts:
+        if not may_use(key, e.name):
+            continue
         out.append({"id": e.name, "object": "model", "created": created,
                     "owned_by": "expertgate", "parent": e.parent,
                     "expertgate": {"kind": "adapter" if e.parent else "expert",
@@ -22,6 +30,8 @@ def _entries(gw: Any) -> list[dict[str, Any]]:
                                    "skills": e.skills,
                                    "price": e.price.model_dump()}})
     for name, rt in gw.policy_set.policies.items():
+        if not may_use(key, name):
+            continue
         out.append({"id": name, "object": "model", "created": created,
                     "owned_by": "expertgate", "parent": None,
                     "expertgate": {"kind": "policy", "router": rt.config.router,
@@ -36,16 +46,16 @@ def _entries(gw: Any) -> list[dict[str, Any]]:
 @router.head("/v1/models", include_in_schema=False)
 async def list_models(request: Request) -> dict[str, Any]:
     gw = request.app.state.gw
-    await gw.auth.resolve(request.scope.get("headers", ()), None)
-    return {"object": "list", "data": _entries(gw)}
+    caller = await gw.auth.resolve(request.scope.get("headers", ()), None)
+    return {"object": "list", "data": _entries(gw, caller.key)}
 
 
 @router.get("/v1/models/{model_id:path}")
 @router.head("/v1/models/{model_id:path}", include_in_schema=False)
 async def get_model(model_id: str, request: Request) -> dict[str, Any]:
     gw = request.app.state.gw
-    await gw.auth.resolve(request.scope.get("headers", ()), None)
-    for m in _entries(gw):
+    caller = await gw.auth.resolve(request.scope.get("headers", ()), None)
+    for m in _entries(gw, caller.key):
         if m["id"] == model_id:
             return m
     raise UnknownModel(f"The model '{model_id}' does not exist", param="model")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from gateway.auth import bearer_token
+from gateway.auth import request_token
 from gateway.errors import InvalidRequest, UnsupportedMediaType
 from gateway.ratelimit import Limits, RateDecision, estimate_tokens
 from gateway.request.context import RequestContext, header_value
@@ -52,7 +52,7 @@ async def admit(gw: Gateway, headers: Iterable[tuple[bytes, bytes]], ctx: Reques
             raise UnsupportedMediaType(
                 f"unsupported content-encoding {v.decode('latin-1')[:32]!r}: send the "
                 "request body uncompressed")
-    token = (bearer_token(auth) if auth is not None else None) or api_key
+    token = request_token(auth, api_key)  # as every other endpoint picks it
     key = await gw.auth.identify_token(token)
     check_length(length, gw.settings.max_body_bytes)
     if key is None:
