@@ -420,8 +420,10 @@ def local_config(src: str | os.PathLike[str], dest: str | os.PathLike[str],
     absolute so the copy works from any folder. Returns ``dest``."""
     import yaml
 
+    from gateway.config import load_yaml
+
     src_p = Path(src)
-    data = yaml.safe_load(src_p.read_text())
+    data = load_yaml(src_p.read_text(encoding="utf-8"))
     if not isinstance(data, dict) or not isinstance(data.get("experts"), list):
         raise LocalExpertError(f"{src_p}: not a gateway config (no experts list)")
     seen = set()

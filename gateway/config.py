@@ -45,8 +45,10 @@ __all__ = [
     "RouteConfig",
     "Settings",
     "StrictLoader",
+    "auth_problem",
     "load_config",
     "load_yaml",
+    "missing_credentials",
     "settings_errors",
 ]
 
@@ -58,13 +60,15 @@ Access = Literal["open", "key", "admin"]
 _LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 
 
-def settings_errors(err: ValidationError) -> list[str]:
+def settings_errors(err: ValidationError, flags: dict[str, str] | None = None) -> list[str]:
     """One line per invalid ``EXPERTGATE_*`` variable of a :class:`Settings` validation
-    error: the variable, the value's problem (pydantic's first line names neither)."""
+    error: the variable, the value's problem (pydantic's first line names neither).
+    ``flags`` maps a field given on the command line to its option, named instead."""
     out = []
     for e in err.errors():
         field = str(e["loc"][0]) if e["loc"] else "?"
-        out.append(f"EXPERTGATE_{field.upper()}: {e['msg']}"
+        name = (flags or {}).get(field, f"EXPERTGATE_{field.upper()}")
+        out.append(f"{name}: {e['msg']}"
                    + (f" (got {e['input']!r})" if isinstance(e.get("input"), str | int | float)
                       else ""))
     return out
@@ -550,6 +554,27 @@ class GatewayConfig(_Model):
             if e.name == name:
                 return e
         return None
+
+
+def missing_credentials(cfg: GatewayConfig) -> list[str]:
+    """One line per expert whose ``api_key_env`` names a variable that is not set (or
+    empty): the gateway would call that upstream without credentials. A warning, not an
+    error: a config may list a hosted expert that a local set-up never calls, and its
+    requests fail over to a policy's fallback (the upstream answers 401)."""
+    return [f"experts[{i}]({e.name}).api_key_env: the variable {e.api_key_env} is not set: "
+            f"calls to {e.name!r} go without credentials until it is (and a restart)"
+            for i, e in enumerate(cfg.experts)
+            if e.api_key_env and not os.environ.get(e.api_key_env)]
+
+
+def auth_problem(cfg: GatewayConfig, redis_url: str | None) -> str | None:
+    """Why nobody could call the gateway: ``require_auth: true`` with no ``api_keys`` and
+    no Redis to hold keys (``expertgate keys add``); None when someone can."""
+    if cfg.require_auth and not cfg.api_keys and not redis_url:
+        return (f"{cfg.source}: require_auth: true, but there are no api_keys and no Redis "
+                "(--redis-url, for keys added with `expertgate keys add`): every request, "
+                "admin included, would be refused. Add api_keys, or a Redis URL")
+    return None
 
 
 def _where(loc: tuple[Any, ...], data: Any) -> str:

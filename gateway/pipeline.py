@@ -36,7 +36,7 @@ from routers.explore import Exploration, exploration_probs
 from routers.guard_cascade import BACK_FAILED
 
 __all__ = ["WARM_TEXT", "CandidateRuntime", "Pipeline", "PolicyRuntime", "PolicySet",
-           "build_policy_set", "carry_canary_state", "routing_text"]
+           "build_embedder", "build_policy_set", "carry_canary_state", "routing_text"]
 
 log = logging.getLogger("expertgate.pipeline")
 
@@ -157,6 +157,22 @@ def _load_guard(path: Any, embedder: Embedder | None, where: str) -> tuple[Any, 
         raise ConfigError(f"{where}: two-stage guard {path} expects {guard.dim_}-d "
                           f"embeddings, the gateway's embedder gives {embedder.dim}")
     return guard, digest[:12]
+
+
+def build_embedder(cfg: GatewayConfig, threads: int = 1) -> Embedder:
+    """The config's embedder, as the gateway builds it (``threads`` for the encoder
+    kinds); a bad ``embedder.options`` is a :class:`ConfigError` naming the file and key."""
+    from routers.embed import EmbedderError, make_embedder
+
+    ec = cfg.embedder
+    opts = dict(ec.options)
+    if ec.kind in ("minilm", "onnx"):
+        opts.setdefault("threads", threads)
+    try:
+        return make_embedder(ec.kind, **opts)
+    except (TypeError, ValueError, EmbedderError, OSError) as e:
+        raise ConfigError(f"{cfg.source or '<config>'}: embedder.options (kind {ec.kind}): "
+                          f"{e}") from None
 
 
 def build_policy_set(cfg: GatewayConfig, embedder: Embedder | None) -> PolicySet:

@@ -67,6 +67,10 @@ def cmd_hash(args: argparse.Namespace) -> int:
     return 0
 
 
+#: APIKeyConfig field -> the option of `keys add` that sets it
+_OPTION = {"sha256": "--key"}
+
+
 def cmd_add(args: argparse.Namespace) -> int:
     import redis
     from pydantic import ValidationError
@@ -84,7 +88,10 @@ def cmd_add(args: argparse.Namespace) -> int:
                            requests_per_minute=args.requests_per_minute,
                            tokens_per_minute=args.tokens_per_minute)
     except ValidationError as e:
-        print(f"expertgate keys add: {e.errors()[0]['msg']}", file=sys.stderr)
+        for err in e.errors():
+            field = str(err["loc"][0]) if err["loc"] else ""
+            opt = _OPTION.get(field, "--" + field.replace("_", "-"))
+            print(f"expertgate keys add: {opt}: {err['msg']}", file=sys.stderr)
         return 2
     r = redis.Redis.from_url(args.redis_url)
     try:

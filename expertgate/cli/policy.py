@@ -70,11 +70,11 @@ def _leading_comments(text: str) -> list[str]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from gateway.config import ConfigError, parse_config
+    from gateway.config import ConfigError, load_yaml, parse_config
 
     path = Path(args.config)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text(encoding="utf-8"))
         new = rewrite(data, args.policy, args.action)
         parse_config(new, str(path))  # never write a file the gateway would refuse
     except (OSError, yaml.YAMLError, ValueError, ConfigError) as e:

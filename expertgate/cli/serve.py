@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 import time
 from dataclasses import dataclass
@@ -59,10 +60,24 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """Exit codes: 0 a clean stop; 2 the settings, the config or the gateway's start-up
+    (embedder, artifacts, policies, a worker that failed to start) is at fault; 1 another
+    failure (--start-experts could not start an expert)."""
+    from pydantic import ValidationError
+
+    from gateway.config import auth_problem, missing_credentials, settings_errors
     from gateway.redact import configure_logging
 
-    s = _settings(args, config=args.config, host=args.host, port=args.port,
-                  redis_url=args.redis_url, workers=args.workers, log_level=args.log_level)
+    flags = {"config": "--config", "host": "--host", "port": "--port",
+             "redis_url": "--redis-url", "workers": "--workers", "log_level": "--log-level"}
+    given = {k: getattr(args, k) for k in flags}
+    try:
+        s = _settings(args, **given)
+    except ValidationError as e:
+        for line in settings_errors(e, {k: f for k, f in flags.items()
+                                        if given[k] is not None}):
+            print(f"expertgate serve: {line}", file=sys.stderr)
+        return 2
     configure_logging(s.log_level)
     if s.config is None:
         print("expertgate serve: no configuration: pass --config FILE or set "
@@ -70,6 +85,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     try:
         cfg = load_config(s.config)  # fail fast, before forking workers
+        problem = auth_problem(cfg, s.redis_url)
+        if problem:
+            raise ConfigError(problem)
+    except ConfigError as e:
+        print(f"expertgate serve: {e}", file=sys.stderr)
+        return 2
+    for line in missing_credentials(cfg):
+        print(f"expertgate serve: warning: {line}", file=sys.stderr, flush=True)
+    try:  # the embedder and every policy, once, before any server or worker starts
+        embedder = _preflight(cfg, s)
     except ConfigError as e:
         print(f"expertgate serve: {e}", file=sys.stderr)
         return 2
@@ -85,7 +110,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 return 1
         for line in unreachable_experts(cfg):
             print(f"expertgate serve: warning: {line}", file=sys.stderr, flush=True)
-        return _run(s)
+        return _run(s, cfg, embedder)
     finally:
         for srv in reversed(started):
             pid = srv.pid
@@ -140,7 +165,7 @@ def unreachable_experts(cfg: GatewayConfig, timeout_s: float = 1.0) -> list[str]
                 return None if r.status < 500 else f"it answered {r.status}"
         except urllib.error.HTTPError as err:
             return None if err.code < 500 else f"it answered {err.code}"
-        except (urllib.error.URLError, OSError, TimeoutError) as err:
+        except (urllib.error.URLError, OSError, TimeoutError, ValueError) as err:
             why = getattr(err, "reason", err)
             return f"{type(why).__name__}: {why}" if not isinstance(why, str) else why
 
@@ -153,7 +178,28 @@ def unreachable_experts(cfg: GatewayConfig, timeout_s: float = 1.0) -> list[str]
             for (name, base), why in zip(probes, results, strict=True) if why is not None]
 
 
-def _run(s: Settings) -> int:
+def _preflight(cfg: GatewayConfig, s: Settings) -> Any:
+    """Build the embedder and the policy set as a worker will (artifacts, router params),
+    so that a failure is one line and exit 2 here, not a lifespan failure in every worker;
+    returns the embedder (a single-worker server reuses it)."""
+    from gateway.pipeline import build_embedder, build_policy_set
+
+    embedder = build_embedder(cfg, s.embed_threads) if cfg.policies else None
+    build_policy_set(cfg, embedder)
+    return embedder
+
+
+class _LifespanEcho(logging.Filter):
+    """Drops uvicorn's copy of the lifespan's start-up failure: the gateway logged it
+    already ("start-up failed: ..."), uvicorn would print it again."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and
+                    record.pathname.replace("\\", "/").endswith("lifespan/on.py") and
+                    record.getMessage() != "Application startup failed. Exiting.")
+
+
+def _run(s: Settings, cfg: GatewayConfig | None = None, embedder: Any = None) -> int:
     import uvicorn
 
     from gateway.httpserver import GatewayHttpProtocol
@@ -174,12 +220,41 @@ def _run(s: Settings) -> int:
         os.environ["EXPERTGATE_SUPERVISOR_PID"] = str(os.getpid())
         if s.redis_url:
             os.environ["EXPERTGATE_REDIS_URL"] = s.redis_url
-        uvicorn.run("gateway.asgi:app", workers=s.workers, factory=True, **kw)
+        from uvicorn.supervisors.multiprocess import Multiprocess
+
+        class Supervisor(Multiprocess):
+            """Remembers that it stopped because a worker failed to start (uvicorn's
+            ``run`` returns as from a clean stop, and the command would exit 0)."""
+
+            child_failed = False
+
+            def keep_subprocess_alive(self) -> None:
+                stopping = self.should_exit.is_set()
+                super().keep_subprocess_alive()
+                if not stopping and self.should_exit.is_set():
+                    self.child_failed = True  # only a worker's start-up failure sets it
+
+        config = uvicorn.Config("gateway.asgi:app", workers=s.workers, factory=True, **kw)
+        sup = Supervisor(config, sockets=[config.bind_socket()])
+        sup.run()  # SIGINT/SIGTERM: a clean stop (the supervisor handles them)
+        if sup.child_failed:
+            print("expertgate serve: a worker failed to start (its log above says why); "
+                  "stopped", file=sys.stderr)
+            return 2
         return 0
     from gateway.app import create_app
 
-    app = create_app(s)
-    uvicorn.run(app, **kw)
+    app = create_app(s, cfg, embedder=embedder)
+    echo = _LifespanEcho()
+    logging.getLogger("uvicorn.error").addFilter(echo)
+    try:
+        uvicorn.run(app, **kw)
+    except SystemExit as e:
+        if e.code == 3:  # uvicorn's start-up failure: the lifespan logged why
+            return 2
+        raise
+    finally:
+        logging.getLogger("uvicorn.error").removeFilter(echo)
     return 0
 
 
