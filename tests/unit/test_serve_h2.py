@@ -113,3 +113,15 @@ def test_a_worker_start_up_failure_exits_2_and_says_why_once(tmp_path: Path,
         assert p.stderr.count("Redis URL must specify") == 1, p.stderr
     else:
         assert "a worker failed to start" in p.stderr
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["--name", ""], "--name: "),
+    (["--name", "t", "--requests-per-minute", "0"], "--requests-per-minute: "),
+    (["--name", "t", "--tokens-per-minute", "-1"], "--tokens-per-minute: "),
+])
+def test_keys_add_errors_name_the_option(capsys: pytest.CaptureFixture[str],
+                                         argv: list[str], option: str) -> None:
+    rc = cli(["keys", "add", "--redis-url", f"redis://127.0.0.1:{free_port()}/0",
+              "--key", "sk-test", *argv])
+    assert rc == 2 and f"expertgate keys add: {option}" in capsys.readouterr().err
