@@ -402,3 +402,27 @@ async def test_a_basic_header_before_x_api_key_does_not_hide_the_key(ups,
         r = await c.get("/admin/state", headers=[("authorization", f"Bearer {TENANT}"),
                                                  ("x-api-key", ADMIN)])
         assert r.status_code == 403
+
+
+def test_a_litellm_provider_refusing_the_key_is_an_auth_failure(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.config import ExpertConfig
+    from gateway.upstreams import _litellm_failure
+
+    monkeypatch.setenv("EG_H2_UPSTREAM_KEY", UPSTREAM_KEY)
+    expert = ExpertConfig(name="hosted", kind="litellm", model="openai/gpt-4o-mini",
+                          api_key_env="EG_H2_UPSTREAM_KEY")
+
+    class AuthenticationError(Exception):
+        status_code = 401
+
+    class BadRequestError(Exception):
+        status_code = 400
+
+    f = _litellm_failure(expert, AuthenticationError(f"Incorrect API key provided: "
+                                                     f"{UPSTREAM_KEY}"), 5.0)
+    assert f.kind == "auth" and f.retryable and f.status == 401
+    assert UPSTREAM_KEY not in str(f) and UPSTREAM_KEY not in f.public
+    f = _litellm_failure(expert, BadRequestError(f"bad request with key {UPSTREAM_KEY}"), 5.0)
+    assert f.kind == "status" and not f.retryable and f.body is not None
+    assert UPSTREAM_KEY not in f.body.decode()
