@@ -410,8 +410,9 @@ def test_a_litellm_provider_refusing_the_key_is_an_auth_failure(
     from gateway.upstreams import _litellm_failure
 
     monkeypatch.setenv("EG_H2_UPSTREAM_KEY", UPSTREAM_KEY)
-    expert = ExpertConfig(name="hosted", kind="litellm", model="openai/gpt-4o-mini",
-                          api_key_env="EG_H2_UPSTREAM_KEY")
+    expert = ExpertConfig.model_validate({"name": "hosted", "kind": "litellm",
+                                          "model": "openai/gpt-4o-mini",
+                                          "api_key_env": "EG_H2_UPSTREAM_KEY"})
 
     class AuthenticationError(Exception):
         status_code = 401
