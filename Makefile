@@ -51,7 +51,7 @@ eval-guard: setup
 # candidates with the two-stage guard, selection by validation GQR)
 eval-guard-default: setup
 	for s in clinc150-gqr banking77 clinc150-intents banking77-domain; do \
-	  $(PY) -m expertgate eval guard --suite $$s --seed-set report --quiet \
+	  $(PY) -m expertgate eval guard --suite $$s --seed-set report --typos 0.2 --quiet \
 	    --json docs/results/guard-default/$$s.json || exit 1; done
 
 eval-routing: setup
