@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from gateway.aio import stop_task
 from gateway.auth import Authenticator, RequestIds, reachable_experts
 from gateway.cache import DecisionCache, MemoryDecisionCache, RedisDecisionCache
 from gateway.config import ConfigError, GatewayConfig, Settings, load_config
@@ -209,10 +210,7 @@ class Gateway:
         self.ready = False
         await self.ratelimiter.drain()
         await self.auth.close()
-        if self._rid_task is not None:
-            self._rid_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._rid_task
+        await stop_task(self._rid_task)
         if self.routing_log is not None:
             await self.routing_log.close()
         await self.dispatcher.close()

@@ -67,6 +67,7 @@ from typing import Any
 from fastapi import Request
 from pydantic import ValidationError
 
+from gateway.aio import stop_task
 from gateway.config import APIKeyConfig, GatewayConfig
 from gateway.errors import AuthenticationFailed, PermissionDenied, ServiceUnavailable
 
@@ -250,11 +251,8 @@ class Authenticator:
                                                                 name="api-key-refresh")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
     async def refresh(self) -> int:
         """Read every ``eg:apikey:*`` record; revoked keys disappear. Returns the count."""
