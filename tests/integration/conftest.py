@@ -13,15 +13,26 @@ says what to install.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
-from expertgate.procs import LlamaServer, LocalExpertError, RedisServer, model_path
+from expertgate.bench.upstream_double import ThreadedDouble
+from expertgate.procs import (
+    GatewayServer,
+    LlamaServer,
+    LocalExpertError,
+    RedisServer,
+    model_path,
+)
 
-__all__ = ["LocalExperts", "RedisServer", "require_llama", "require_redis"]
+__all__ = ["LocalExperts", "RedisServer", "require_llama", "require_redis", "serve_coder"]
 
 
 def _missing(what: str) -> None:
@@ -106,3 +117,21 @@ def llama_experts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalExp
     finally:
         for s in servers.values():
             s.stop()
+
+
+@contextlib.contextmanager
+def serve_coder(tmp_path: Path, **double: Any) -> Iterator[tuple[GatewayServer, ThreadedDouble]]:
+    """A real ``expertgate serve`` on a free loopback port in front of one upstream double
+    (``coder``; ``double``: the double's options), its routing log beside it; both stopped
+    by the PIDs started here."""
+    up = ThreadedDouble("coder", **double)
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(yaml.safe_dump({"experts": [{"name": "coder", "api_base": up.base}]}))
+    gw = GatewayServer(cfg, log_path=tmp_path / "gw.log", routing_log=tmp_path / "log.jsonl",
+                       check_upstreams=False)
+    gw.start()
+    try:
+        yield gw, up
+    finally:
+        gw.stop()
+        up.stop()

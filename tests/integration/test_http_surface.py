@@ -12,27 +12,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from expertgate.bench.upstream_double import ThreadedDouble
 from expertgate.procs import GatewayServer
+from tests.integration.conftest import serve_coder
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[GatewayServer, ThreadedDouble]]:
-    up = ThreadedDouble("coder")
-    cfg = tmp_path / "gw.yaml"
-    cfg.write_text(yaml.safe_dump({"experts": [{"name": "coder", "api_base": up.base}]}))
-    gw = GatewayServer(cfg, log_path=tmp_path / "gw.log", routing_log=tmp_path / "log.jsonl",
-                       check_upstreams=False)
-    gw.start()
-    try:
-        yield gw, up
-    finally:
-        gw.stop()
-        up.stop()
+    with serve_coder(tmp_path) as both:
+        yield both
 
 
 def _read_response(s: socket.socket) -> tuple[bytes, bytes]:

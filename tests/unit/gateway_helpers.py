@@ -41,7 +41,8 @@ def base_config(coder: str, chatter: str, **policy: Any) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def gateway_client(cfg: dict[str, Any], tmp_path: Path, **settings: Any
+async def gateway_client(cfg: dict[str, Any], tmp_path: Path, *, base_url: str = "http://gw",
+                         raise_app_exceptions: bool = True, **settings: Any
                          ) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
     s = Settings(**{"log_path": tmp_path / "log.jsonl", "ready_check_upstreams": False,
                     "gc_freeze": False, **settings})
@@ -49,8 +50,8 @@ async def gateway_client(cfg: dict[str, Any], tmp_path: Path, **settings: Any
     gw = app.gateway
     await gw.start()
     try:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
+        async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
             yield client, gw
     finally:
         await gw.close()

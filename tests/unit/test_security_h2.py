@@ -23,12 +23,10 @@ import yaml
 from aiohttp import web
 
 from expertgate.procs import free_port
-from gateway.app import _reload_logged, create_app
+from gateway.app import _reload_logged
 from gateway.auth import hash_key
-from gateway.config import Settings, parse_config
 from gateway.redact import redact
 from gateway.upstreams import credentials, error_body
-from routers.embed import HashingEmbedder
 from tests.unit.gateway_helpers import ROUTES, base_config, chat, gateway_client
 
 TENANT, ADMIN = "sk-h2-tenant-123456", "sk-h2-admin-abcdef"
@@ -198,22 +196,11 @@ async def test_a_4xx_passed_through_is_redacted_of_the_gateways_key(
 # --------------------------------------------------------------------------- D13 loopback
 
 
-@contextlib.asynccontextmanager
-async def _keyless(ups: Any, tmp_path: Path, base_url: str = "http://127.0.0.1:8080",
-                   raise_app_exceptions: bool = True, **settings: Any
-                   ) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
-    cfg = base_config(ups[0].base, ups[1].base)
-    s = Settings(**{"log_path": tmp_path / "log.jsonl", "ready_check_upstreams": False,
-                    "gc_freeze": False, **settings})
-    app = create_app(s, parse_config(cfg, "test.yaml"), embedder=HashingEmbedder())
-    gw = app.gateway
-    await gw.start()
-    try:
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
-        async with httpx.AsyncClient(transport=transport, base_url=base_url) as c:
-            yield c, gw
-    finally:
-        await gw.close()
+def _keyless(ups: Any, tmp_path: Path, base_url: str = "http://127.0.0.1:8080",
+             raise_app_exceptions: bool = True, **settings: Any) -> Any:
+    """A gateway without API keys (loopback admin), called as from ``base_url``."""
+    return gateway_client(base_config(ups[0].base, ups[1].base), tmp_path, base_url=base_url,
+                          raise_app_exceptions=raise_app_exceptions, **settings)
 
 
 _ADMIN_VIEWS = (("GET", "/admin/state"), ("POST", "/admin/reload"), ("GET", "/metrics"),
