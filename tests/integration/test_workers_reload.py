@@ -28,6 +28,21 @@ def _experts(client: httpx.Client, n: int) -> set[str]:
     return got
 
 
+def _workers(supervisor: int) -> set[int]:
+    """The supervisor's worker processes (multiprocessing's spawned children, not its
+    resource tracker)."""
+    out = set()
+    for tid in Path(f"/proc/{supervisor}/task").iterdir():
+        for pid in (tid / "children").read_text().split():
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue  # gone meanwhile
+            if b"spawn_main" in cmd:
+                out.add(int(pid))
+    return out
+
+
 def test_one_reload_reaches_every_worker(tmp_path: Path) -> None:
     coder, chatter = ThreadedDouble("coder"), ThreadedDouble("chatter")
     cfg = base_config(coder.base, chatter.base)
@@ -39,13 +54,24 @@ def test_one_reload_reaches_every_worker(tmp_path: Path) -> None:
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{gw.port}", timeout=30) as c:
             assert _experts(c, 12) == {"chatter"}
+            assert gw.pid is not None
+            before = _workers(gw.pid)
+            assert len(before) == 2
             for route in cfg["policies"][0]["routes"]:  # jokes now go to the coder
                 route["expert"] = "coder"
             path.write_text(yaml.safe_dump(cfg))
             r = c.post("/admin/reload")
             assert r.status_code == 200 and r.json()["workers"]["count"] == 2
+            # the supervisor replaces the workers in turn: wait until both are new (a
+            # sample of answers could all come from the first one replaced)
             end = time.monotonic() + 60
-            while time.monotonic() < end:  # the supervisor replaces the workers in turn
+            while time.monotonic() < end:
+                now = _workers(gw.pid)
+                if len(now) == 2 and not now & before:
+                    break
+                time.sleep(0.2)
+            assert not _workers(gw.pid) & before
+            while time.monotonic() < end:  # and the second is serving
                 if _experts(c, 12) == {"coder"}:
                     break
                 time.sleep(0.5)
