@@ -100,6 +100,14 @@ def credentials(headers: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(sorted(out, key=len, reverse=True))
 
 
+def _mask(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with each of ``secrets`` (longest first, as :func:`credentials` gives them)
+    replaced by ``***``."""
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
 def error_body(raw: bytes, status: int | None, expert: str, base: str,
                secrets: Iterable[str] = ()) -> bytes:
     """An upstream's error reply (``raw``, any shape: OpenAI's ``{"error": {...}}``, vLLM's
@@ -131,8 +139,7 @@ def error_body(raw: bytes, status: int | None, expert: str, base: str,
     for k in ("message", "type", "param", "code"):
         v = out[k]
         if isinstance(v, str):
-            for secret in secrets:
-                v = v.replace(secret, "***")
+            v = _mask(v, secrets)
             # redact before scrub: scrub would eat a URL's userinfo with the URL, but not a
             # "Basic <token>" after it
             out[k] = scrub(redact(v.replace(base, "<upstream>").replace(host, "<upstream>")))
@@ -417,9 +424,7 @@ def auth_failure(expert: ExpertConfig, status: int, raw: bytes,
     ``api_key_env`` key, or those in its URL), which is the expert's failure, not the
     client's. The upstream's text (which may quote those credentials) goes to the log only,
     masked; the client reads which expert and the status."""
-    text = raw.decode("utf-8", "replace").strip()[:300]
-    for secret in credentials(headers or {}):
-        text = text.replace(secret, "***")
+    text = _mask(raw.decode("utf-8", "replace").strip()[:300], credentials(headers or {}))
     how = (f"the key in ${expert.api_key_env}" if expert.api_key_env
            else "the credentials in its api_base" if headers and "authorization" in headers
            else "its credentials (none are configured)")

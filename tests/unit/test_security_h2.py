@@ -10,9 +10,7 @@ every key, ``/v1/models`` lists what the caller may use, and GET endpoints find 
 from __future__ import annotations
 
 import base64
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +20,12 @@ import pytest
 import yaml
 from aiohttp import web
 
-from expertgate.procs import free_port
 from gateway.app import _reload_logged
 from gateway.auth import hash_key
 from gateway.redact import redact
 from gateway.upstreams import credentials, error_body
 from tests.unit.gateway_helpers import ROUTES, base_config, chat, gateway_client
+from tests.unit.test_security import _BasicAuthDouble
 
 TENANT, ADMIN = "sk-h2-tenant-123456", "sk-h2-admin-abcdef"
 UPSTREAM_KEY = "sk-upstream-PRIVATE-0123456789"
@@ -84,15 +82,13 @@ def test_error_body_masks_the_credentials_the_gateway_sent() -> None:
     assert PASSWORD not in text and basic not in text
 
 
-class _EchoAuthDouble:
+class _EchoAuthDouble(_BasicAuthDouble):
     """An upstream that refuses every key, quoting the Authorization it received (as some
     servers do), or answers ``status`` with the same text."""
 
     def __init__(self, status: int = 401) -> None:
-        self.port = free_port()
+        super().__init__()
         self.status = status
-        self.seen: list[str | None] = []
-        self._runner: web.AppRunner | None = None
 
     async def _chat(self, request: web.Request) -> web.Response:
         auth = request.headers.get("authorization")
@@ -101,18 +97,6 @@ class _EchoAuthDouble:
         return web.json_response({"error": {"message": f"Incorrect API key provided: {auth}; "
                                             f"key {token}", "code": "invalid_api_key"}},
                                  status=self.status)
-
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[_EchoAuthDouble]:
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._chat)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        try:
-            yield self
-        finally:
-            await self._runner.cleanup()
 
 
 def _auth_cfg(port: int, chatter: str) -> dict[str, Any]:
