@@ -28,7 +28,14 @@ import orjson
 from gateway.aio import stop_task
 from gateway.auth import Authenticator, RequestIds, reachable_experts
 from gateway.cache import DecisionCache, MemoryDecisionCache, RedisDecisionCache
-from gateway.config import ConfigError, GatewayConfig, Settings, load_config
+from gateway.config import (
+    ConfigError,
+    GatewayConfig,
+    Settings,
+    auth_problem,
+    load_config,
+    missing_credentials,
+)
 from gateway.dashboard import DecisionFeed
 from gateway.dispatch import Dispatcher
 from gateway.errors import GatewayError, PermissionDenied
@@ -101,6 +108,11 @@ class Gateway:
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
+        # also a worker that a supervisor starts on SIGHUP (serve --workers N): refused, it
+        # leaves the running workers in place
+        problem = auth_problem(self.config, s.redis_url)
+        if problem:
+            raise ConfigError(problem)
         if self._embedder is None and _needs_embedder(self.config):
             ec = self.config.embedder
             opts = dict(ec.options)
@@ -229,14 +241,33 @@ class Gateway:
         In-flight requests finish with the PolicySet they started with. A bad file leaves
         the running configuration untouched and raises ConfigError; any other exception
         (a bug) is raised as it is, for the callers to answer and log (``POST
-        /admin/reload``, SIGHUP).
+        /admin/reload``, SIGHUP). Either way the failure is counted
+        (``expertgate_config_reloads{result="failed"}``).
         """
+        try:
+            out = await self._reload(config_path)
+        except BaseException:
+            self.metrics.child(self.metrics.reloads, "failed").inc()
+            raise
+        self.metrics.child(self.metrics.reloads, "ok").inc()
+        return out
+
+    async def _reload(self, config_path: Path | None) -> dict[str, Any]:
         path = config_path or self.settings.config
         async with self._reload_lock:
             if path is None:
                 cfg = self.config
             else:
                 cfg = await asyncio.to_thread(load_config, path)
+            # the checks of `expertgate serve` before it starts: a config nobody could call
+            # is refused (here it would also lock out the admin key that could reload it
+            # back); an unset api_key_env is a warning there, so it is one here, in the answer
+            problem = auth_problem(cfg, self.settings.redis_url)
+            if problem:
+                raise ConfigError(problem)
+            warnings = missing_credentials(cfg)
+            for line in warnings:
+                log.warning("reload: %s", line)
             if cfg.embedder.model_dump() != self.config.embedder.model_dump():
                 # loaded once per process (and every artifact was checked against it): a
                 # reload that changed it would serve on with the old one, silently
@@ -271,7 +302,7 @@ class Gateway:
             log.info("reloaded configuration: %d policies, %d changed", len(pset.policies),
                      len(changed))
             return {"policies": {n: rt.version for n, rt in pset.policies.items()},
-                    "changed": sorted(changed)}
+                    "changed": sorted(changed), "warnings": warnings}
 
     def begin_drain(self) -> None:
         """The server stopped accepting: answer bodies still being read with 503 now."""

@@ -73,6 +73,12 @@ class Metrics:
                                    "Verdicts of a two-stage guard by the stage that decided "
                                    "(back: the front guard was unsure and the back encoder "
                                    "ran)", ["policy", "stage"], registry=r)
+        # POST /admin/reload and SIGHUP alike; a failed one kept the running configuration
+        self.reloads = Counter("expertgate_config_reloads",
+                               "Configuration reloads by result (failed: the running "
+                               "configuration was kept)", ["result"], registry=r)
+        for result in ("ok", "failed"):  # both series from the start: a rate needs a zero
+            self.reloads.labels(result)
 
     def child(self, metric: Any, *values: str) -> Any:
         """``metric.labels(*values)``, memoised: the hot path skips prometheus' lock + lookup.

@@ -6,9 +6,13 @@ import asyncio
 import copy
 from pathlib import Path
 
+import pytest
 import yaml
 
 from expertgate.bench.upstream_double import OpenAIUpstreamDouble
+from gateway.app import create_app
+from gateway.config import ConfigError, Settings, parse_config
+from routers.embed import HashingEmbedder
 from tests.unit.gateway_helpers import base_config, chat, gateway_client
 
 
@@ -50,3 +54,57 @@ async def test_admin_reload_changes_routes_and_invalidates_cache(tmp_path: Path)
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_reload_refuses_a_config_nobody_could_call(tmp_path: Path) -> None:
+    """`expertgate serve` refuses require_auth with no keys (and no Redis) at start; a reload
+    (POST /admin/reload, SIGHUP: both call Gateway.reload) refuses it too, keeps the running
+    configuration, says why and counts the failure. An unset api_key_env is a warning at
+    start and in the reload's answer."""
+    a = await OpenAIUpstreamDouble("a").start()
+    b = await OpenAIUpstreamDouble("b").start()
+    try:
+        cfg = copy.deepcopy(base_config(a.base, b.base))
+        path = tmp_path / "gw.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        async with gateway_client(cfg, tmp_path, config=path) as (c, gw):
+            body = chat("auto", "tell me a joke")
+            assert (await c.post("/v1/chat/completions", json=body)).status_code == 200
+            locked = {**cfg, "require_auth": True}
+            path.write_text(yaml.safe_dump(locked))
+            r = await c.post("/admin/reload")
+            assert r.status_code == 400 and r.json()["error"]["code"] == "config_invalid"
+            msg = r.json()["error"]["message"]
+            assert "running configuration is unchanged" in msg
+            assert "require_auth: true" in msg and "no api_keys" in msg
+            with pytest.raises(ConfigError, match="require_auth"):  # the SIGHUP path
+                await gw.reload()
+            assert not gw.config.require_auth
+            assert (await c.post("/v1/chat/completions", json=body)).status_code == 200
+            metrics = (await c.get("/metrics")).text
+            assert 'expertgate_config_reloads_total{result="failed"} 2.0' in metrics
+            assert 'expertgate_config_reloads_total{result="ok"} 0.0' in metrics
+            # an unset api_key_env: served, and named in the answer
+            cfg["experts"][0]["api_key_env"] = "EXPERTGATE_TEST_UNSET_KEY_VAR"
+            path.write_text(yaml.safe_dump(cfg))
+            r = await c.post("/admin/reload")
+            assert r.status_code == 200
+            [warning] = r.json()["warnings"]
+            assert "EXPERTGATE_TEST_UNSET_KEY_VAR is not set" in warning
+            metrics = (await c.get("/metrics")).text
+            assert 'expertgate_config_reloads_total{result="ok"} 1.0' in metrics
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_a_worker_refuses_to_start_with_a_config_nobody_could_call(tmp_path: Path
+                                                                         ) -> None:
+    """serve --workers N: a SIGHUP to the supervisor starts new workers from the file, past
+    serve's own check; a worker that refuses to start leaves the running ones serving."""
+    cfg = {**base_config("http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1"),
+           "require_auth": True}
+    s = Settings(log_path=tmp_path / "log.jsonl", gc_freeze=False)
+    app = create_app(s, parse_config(cfg, "test.yaml"), embedder=HashingEmbedder())
+    with pytest.raises(ConfigError, match="require_auth"):
+        await app.gateway.start()
