@@ -45,6 +45,9 @@ class OpenAIUpstreamDouble:
     raw: tuple[int, str, bytes] | None = None
     #: seconds between a stream's events (a long generation)
     event_delay_s: float = 0.0
+    #: seconds between a stream's ``data: [DONE]`` and the end of its body (an upstream slow
+    #: to close its stream, or one that keeps it open)
+    after_done_s: float = 0.0
     #: streams written to their end / abandoned by the reader (the connection went away)
     streams_finished: int = 0
     streams_abandoned: int = 0
@@ -160,6 +163,8 @@ class OpenAIUpstreamDouble:
                       "prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}}
             await resp.write(b"data: " + orjson.dumps(ev) + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
+        if self.after_done_s:
+            await asyncio.sleep(self.after_done_s)
         await resp.write_eof()
         self.streams_finished += 1
         return resp

@@ -16,10 +16,11 @@ when the client asked for one), :func:`refuse` answers a policy's refusal,
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -239,6 +240,12 @@ async def _stream(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
                             "more_body": True})
                 chunk = chunk[i:]
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if sse.done:
+                # the client has the whole answer: the OpenAI SDK closes the connection on
+                # [DONE], so the gateway's end of the body must not wait for the upstream's
+                # (and a client gone from here on is no disconnect: ctx.finished)
+                ctx.finished = True
+                break
             try:
                 chunk = await it.__anext__()
             except StopAsyncIteration:
@@ -246,6 +253,11 @@ async def _stream(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
                 sse.finish()
             else:
                 sse.feed(chunk)
+        if sse.done:
+            ctx.usage = sse.usage or (0, 0)
+            await send({"type": "http.response.body", "body": b""})
+            await _drain(it)
+            return
         if rw is not None and rw.tail:  # an unterminated last line
             await send({"type": "http.response.body", "body": rw.feed(b"\n"),
                         "more_body": True})
@@ -273,6 +285,22 @@ async def _stream(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
         reply.release()
     ctx.usage = sse.usage or (0, 0)
     await send({"type": "http.response.body", "body": b""})
+
+
+#: how long an upstream that sent ``[DONE]`` gets to end its body (so its connection is
+#: kept for the next call) before the connection is closed instead
+_AFTER_DONE_S = 1.0
+
+
+async def _drain(it: AsyncIterator[bytes]) -> None:
+    """Read what an upstream sends after ``[DONE]`` (its body's end), to nobody: the answer
+    is complete, so nothing read or failing here changes it."""
+    try:
+        async with asyncio.timeout(_AFTER_DONE_S):
+            async for _ in it:
+                pass
+    except Exception as e:  # a timeout, a cut: the connection is closed on release
+        log.debug("upstream body after [DONE] not read to its end: %s", type(e).__name__)
 
 
 class _ModelRewrite:

@@ -113,3 +113,36 @@ def test_clients_that_break_the_framing_leave_no_traceback(
     time.sleep(0.3)
     out = gw.log_path.read_text()
     assert "Traceback" not in out and "Exception in ASGI application" not in out, out[-3000:]
+
+
+def test_a_stream_read_to_done_is_an_answer_not_a_disconnect(tmp_path: Path) -> None:
+    # the OpenAI SDK closes the connection as soon as it reads data: [DONE]; an upstream
+    # that ends its body a moment after [DONE] (or keeps it open) made the gateway wait for
+    # that end before its own, so the SDK's close landed first: a stream the client read
+    # whole was logged and counted 499 client_disconnected, with no tokens
+    import httpx
+    import openai
+
+    with serve_coder(tmp_path, after_done_s=0.5) as (gw, _):
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{gw.port}/v1", api_key="unused",
+                               max_retries=0)
+        chunks = list(client.chat.completions.create(
+            model="coder", messages=[{"role": "user", "content": "hi"}], stream=True,
+            stream_options={"include_usage": True}))
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
+        (rec,) = _records(gw, 1)
+        assert rec["http_status"] == 200 and rec["error_type"] is None, rec
+        assert (rec["prompt_tokens"], rec["completion_tokens"]) == (7, 5)
+        # a client that reads the body to its end has it when [DONE] is out, not when the
+        # upstream closes its own
+        t0 = time.monotonic()
+        with httpx.stream("POST", f"http://127.0.0.1:{gw.port}/v1/chat/completions", json={
+                "model": "coder", "stream": True,
+                "messages": [{"role": "user", "content": "hi"}]}) as r:
+            body = r.read()
+        assert time.monotonic() - t0 < 0.4
+        assert body.rstrip().endswith(b"data: [DONE]") and b"error" not in body
+        recs = _records(gw, 2)
+        assert recs[1]["http_status"] == 200 and recs[1]["degraded"] is None, recs[1]
+        metrics = httpx.get(f"http://127.0.0.1:{gw.port}/metrics").text
+        assert 'status="499"' not in metrics
