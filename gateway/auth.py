@@ -69,7 +69,13 @@ from pydantic import ValidationError
 
 from gateway.aio import stop_task
 from gateway.config import APIKeyConfig, GatewayConfig
-from gateway.errors import AuthenticationFailed, PermissionDenied, ServiceUnavailable
+from gateway.errors import (
+    AuthenticationFailed,
+    ModelNotPermitted,
+    PermissionDenied,
+    ServiceUnavailable,
+    UnknownModel,
+)
 
 __all__ = ["KEY_PREFIX", "Authenticator", "Principal", "RequestIds", "bearer_token", "hash_key",
            "key_record", "reachable_experts", "request_token", "require_admin", "require_key"]
@@ -378,17 +384,16 @@ class Authenticator:
         return "*" in allowed or model in allowed
 
     def authorize(self, key: APIKeyConfig, model: str | None) -> None:
-        """403 unless ``key`` may use ``model`` (a policy or an expert). A name that is
-        neither passes: the request path answers it 404 ``model_not_found``, as it does for
-        every key (an unknown model is a 404, whatever the key's allow-lists)."""
+        """404 ``model_not_found`` unless ``model`` is a policy or an expert that ``key`` may
+        use. A model outside the key's allow-lists gets the very answer of one that does not
+        exist (:class:`~gateway.errors.ModelNotPermitted`), at the same point of the request
+        (before the token budget is charged), so the key cannot tell the two apart."""
         if model is None:
             return
         if model not in self._policies and model not in self._experts:
-            return
+            raise UnknownModel.named(model)
         if not self.may_use(key, model):
-            kind = "policy" if model in self._policies else "model"
-            raise PermissionDenied(f"this API key may not use the {kind} '{model}'",
-                                   param="model")
+            raise ModelNotPermitted.named(model)
 
     async def resolve(self, headers: Iterable[tuple[bytes, bytes]], model: str | None
                       ) -> Principal:

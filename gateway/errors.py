@@ -14,6 +14,7 @@ request.
     │   ├── AuthenticationFailed      401 authentication_error
     │   ├── PermissionDenied          403 permission_error
     │   ├── UnknownModel              404 model_not_found
+    │   │   └── ModelNotPermitted     404 model_not_found (a model the key may not use)
     │   ├── NotFound                  404 not_found
     │   ├── RequestTimeout            408 request_timeout (the body did not arrive in time)
     │   ├── PayloadTooLarge           413 request_too_large
@@ -40,6 +41,7 @@ __all__ = [
     "GatewayError",
     "GuardRejected",
     "InvalidRequest",
+    "ModelNotPermitted",
     "NotFound",
     "PayloadTooLarge",
     "PermissionDenied",
@@ -60,6 +62,8 @@ class GatewayError(Exception):
     status: int = 500
     type: str = "server_error"
     code: str | None = "internal_error"
+    #: what the routing log's ``error_type`` records when it differs from ``code``
+    log_code: str | None = None
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
                  headers: dict[str, str] | None = None) -> None:
@@ -100,6 +104,22 @@ class PermissionDenied(RequestError):
 class UnknownModel(RequestError):
     status = 404
     code = "model_not_found"
+
+    @classmethod
+    def named(cls, model: str) -> UnknownModel:
+        """The one answer for a model the caller cannot use, in OpenAI's words: whether it
+        does not exist or the caller's key may not use it reads the same."""
+        return cls(f"The model `{model}` does not exist or you do not have access to it "
+                   "(GET /v1/models lists the models you may use)", param="model")
+
+
+class ModelNotPermitted(UnknownModel):
+    """A policy or expert that exists but is outside the key's allow-lists: answered exactly
+    as a model that does not exist (:meth:`UnknownModel.named`: status, body, headers), so
+    that a restricted key cannot tell another tenant's experts from missing names, as
+    OpenAI answers both. Only the routing log (``error_type``) tells them apart."""
+
+    log_code = "model_not_permitted"
 
 
 class NotFound(RequestError):

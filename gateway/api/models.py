@@ -1,8 +1,9 @@
 """GET /v1/models: experts, LoRA adapters (with ``parent``, as vLLM lists them) and policies.
 
 A key sees only the models it may use (:meth:`gateway.auth.Authenticator.may_use`: its
-policies, and the experts of its allow-list); another one's id is a 404 to it, as an unknown
-one is. Without keys configured every model is listed."""
+policies, and the experts of its allow-list); another one's id is a 404 to it, the very
+answer of an unknown one (:meth:`gateway.errors.UnknownModel.named`). Without keys
+configured every model is listed."""
 
 from __future__ import annotations
 
@@ -58,4 +59,4 @@ async def get_model(model_id: str, request: Request) -> dict[str, Any]:
     for m in _entries(gw, caller.key):
         if m["id"] == model_id:
             return m
-    raise UnknownModel(f"The model '{model_id}' does not exist", param="model")
+    raise UnknownModel.named(model_id)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.errors import (
     GatewayError,
     GuardRejected,
+    ModelNotPermitted,
     NotFound,
     RequestError,
     ServiceUnavailable,
@@ -126,10 +127,12 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, send: Send, endpoi
         raise
     except Exception as e:
         err = error_of(e)
-        ctx.status, ctx.err_type = err.status, err.code
-        if ctx.plan is None and endpoint != "feedback":
+        ctx.status, ctx.err_type = err.status, err.log_code or err.code
+        if ctx.plan is None and endpoint != "feedback" and \
+                not isinstance(e, ModelNotPermitted):
             # a policy's request that failed while it was planned (no text to route on):
-            # the headers, the log and the metrics still name the policy it asked for
+            # the headers, the log and the metrics still name the policy it asked for (not
+            # one the key may not use: its headers would tell that it exists)
             m = ctx.body.get("model")
             if isinstance(m, str) and (rt := gw.policy_set.policies.get(m)) is not None:
                 ctx.plan = Plan(m, rt)

@@ -4,9 +4,10 @@ the body is read, then from the body's model and size once it is.
 :func:`admit` scans the request headers once (the key, the client's ``x-request-id``, the
 declared ``content-length``), authenticates the key (401 before a byte of the body is read,
 so an unauthenticated client costs no body read) and charges the key's request budget
-(429). :func:`admit_body` runs after the read stage: the key may use the model it named
-(403) and the token budget covers the request's estimate (429; the estimate needs the
-body's text and ``max_tokens``, and is reconciled with the upstream's usage afterwards).
+(429). :func:`admit_body` runs after the read stage: the model the key named exists and is
+one it may use (404 ``model_not_found`` either way, alike) and the token budget covers
+the request's estimate (429; the estimate needs the body's text and ``max_tokens``, and is
+reconciled with the upstream's usage afterwards).
 """
 
 from __future__ import annotations

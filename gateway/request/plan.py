@@ -127,9 +127,7 @@ async def plan(gw: Planner, endpoint: str, body: dict[str, Any], degraded: list[
     if endpoint == "embeddings":
         expert = gw.config.expert(model)
         if expert is None and rt is None:
-            raise UnknownModel(f"The model '{model}' does not exist: it is neither an expert "
-                               "nor a policy of this gateway (see GET /v1/models)",
-                               param="model")
+            raise UnknownModel.named(model)
         if expert is None or not expert.embeddings:
             raise InvalidRequest(f"'{model}' does not serve embeddings: name an expert "
                                  "configured with 'embeddings: true'", param="model",
@@ -137,9 +135,7 @@ async def plan(gw: Planner, endpoint: str, body: dict[str, Any], degraded: list[
         return Plan(model, None, chain=[model], reason="explicit expert (no routing)")
     if rt is None:
         if gw.config.expert(model) is None:
-            raise UnknownModel(f"The model '{model}' does not exist: it is neither an expert "
-                               "nor a policy of this gateway (see GET /v1/models)",
-                               param="model")
+            raise UnknownModel.named(model)
         if endpoint == "route":
             raise InvalidRequest(f"'{model}' is an expert, not a policy: requests for it are "
                                  "not routed", param="model")

@@ -1,4 +1,4 @@
-"""API keys: 401/403 as OpenAI errors, keys in Redis without restart, secrets never logged."""
+"""API keys: 401/404 as OpenAI errors, keys in Redis without restart, secrets never logged."""
 
 from __future__ import annotations
 
@@ -46,17 +46,19 @@ async def test_missing_and_invalid_keys_are_401(ups, tmp_path: Path) -> None:
     assert ups[0].received == [] and len(ups[1].received) == 1
 
 
-async def test_forbidden_policy_and_expert_are_403(ups, tmp_path: Path) -> None:
+async def test_forbidden_policy_and_expert_are_404_as_missing_ones(ups, tmp_path: Path
+                                                                    ) -> None:
     cfg = _cfg(ups, policies=[], experts=["chatter"])
     auth = {"authorization": f"Bearer {SECRET}"}
     async with gateway_client(cfg, tmp_path) as (c, _):
         r = await c.post("/v1/chat/completions", json=chat("auto", "hi"), headers=auth)
-        assert r.status_code == 403
+        assert r.status_code == 404
         e = _err(r)
-        assert e["type"] == "permission_error" and e["param"] == "model"
-        assert "policy 'auto'" in str(e["message"])
+        assert e["type"] == "invalid_request_error" and e["param"] == "model"
+        assert e["code"] == "model_not_found" and "model `auto` does not exist" in str(
+            e["message"])
         r = await c.post("/v1/chat/completions", json=chat("coder", "hi"), headers=auth)
-        assert r.status_code == 403 and "model 'coder'" in str(_err(r)["message"])
+        assert r.status_code == 404 and "model `coder`" in str(_err(r)["message"])
         r = await c.post("/v1/chat/completions", json=chat("chatter", "hi"), headers=auth)
         assert r.status_code == 200
     assert ups[0].received == []

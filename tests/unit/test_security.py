@@ -113,9 +113,9 @@ async def test_expert_allow_list_defaults_to_the_policies_reach(ups, tmp_path: P
             r = await c.post("/v1/chat/completions", json=chat(expert, "hi"), headers=a)
             assert r.status_code == 200, expert
         r = await c.post("/v1/chat/completions", json=chat("secret", "hi"), headers=a)
-        assert r.status_code == 403 and "model 'secret'" in _err(r)["message"]
+        assert r.status_code == 404 and "model `secret`" in _err(r)["message"]
         r = await c.post("/v1/chat/completions", json=chat("vault", "hi"), headers=a)
-        assert r.status_code == 403 and "policy 'vault'" in _err(r)["message"]
+        assert r.status_code == 404 and "model `vault`" in _err(r)["message"]
         # an admin key with every policy reaches every policy's experts
         r = await c.post("/v1/chat/completions", json=chat("secret", "hi"),
                          headers=_auth(ADMIN))

@@ -331,14 +331,74 @@ async def test_an_unknown_model_is_a_404_for_a_restricted_key(ups, tmp_path: Pat
                              headers=_auth(key))
             assert r.status_code == 404, (key, r.text)
             assert _err(r)["code"] == "model_not_found"
-        # a model that exists but is outside the key's allow-lists stays a 403
+        # a model that exists but is outside the key's allow-lists reads the same
         for model in ("secret", "vault"):
             r = await c.post("/v1/chat/completions", json=chat(model, "hi"),
                              headers=_auth(TENANT))
-            assert r.status_code == 403, (model, r.text)
+            assert r.status_code == 404, (model, r.text)
+            assert _err(r)["code"] == "model_not_found"
         r = await c.post("/v1/route", json={"model": "nosuch", "text": "hi"},
                          headers=_auth(TENANT))
         assert r.status_code == 404
+
+
+#: a request naming MODEL on each endpoint that takes a model
+_NAMING = (("/v1/chat/completions", chat("MODEL", "fix this bug in my code")),
+           ("/v1/completions", {"model": "MODEL", "prompt": "fix this bug"}),
+           ("/v1/embeddings", {"model": "MODEL", "input": "fix this bug"}),
+           ("/v1/route", {"model": "MODEL", "text": "fix this bug in my code"}))
+
+#: headers whose values differ from one request to the next whatever the model (and the
+#: length, which follows the name's)
+_PER_REQUEST = frozenset({"x-request-id", "x-ratelimit-remaining-requests",
+                          "x-ratelimit-reset-requests", "x-ratelimit-remaining-tokens",
+                          "x-ratelimit-reset-tokens", "content-length"})
+
+
+async def test_a_hidden_model_reads_exactly_as_a_missing_one(ups, tmp_path: Path) -> None:
+    """OpenAI answers a model the key may not use as one that does not exist (404
+    ``model_not_found``, "does not exist or you do not have access to it"); so does the
+    gateway, on every endpoint that names a model and on GET /v1/models/{id}: the same
+    status, body (apart from the name) and headers, so a restricted key cannot tell another
+    tenant's expert or policy from a missing name. Only the routing log tells them apart."""
+    cfg = _keys_cfg(ups)
+    cfg["api_keys"][0].update(requests_per_minute=1000, tokens_per_minute=1_000_000)
+    async with gateway_client(cfg, tmp_path) as (c, _):
+        for path, body in _NAMING:
+            got = {}
+            for model in ("nosuch", "secret", "vault"):
+                req = orjson.loads(orjson.dumps(body).replace(b"MODEL", model.encode()))
+                got[model] = await c.post(path, json=req, headers=_auth(TENANT))
+            missing = got["nosuch"]
+            assert missing.status_code == 404, (path, missing.text)
+            assert _err(missing) == {
+                "message": "The model `nosuch` does not exist or you do not have access to "
+                           "it (GET /v1/models lists the models you may use)",
+                "type": "invalid_request_error", "param": "model", "code": "model_not_found"}
+            for hidden in ("secret", "vault"):
+                r = got[hidden]
+                assert r.status_code == 404, (path, hidden, r.text)
+                assert r.content.replace(hidden.encode(), b"nosuch") == missing.content
+                assert set(r.headers) == set(missing.headers)  # the token budget's too
+                assert {k: v.replace(hidden, "nosuch") for k, v in r.headers.items()
+                        if k not in _PER_REQUEST} == \
+                    {k: v for k, v in missing.headers.items() if k not in _PER_REQUEST}
+        for method in ("GET", "HEAD"):
+            missing = await c.request(method, "/v1/models/nosuch", headers=_auth(TENANT))
+            assert missing.status_code == 404
+            for hidden in ("secret", "vault"):
+                r = await c.request(method, f"/v1/models/{hidden}", headers=_auth(TENANT))
+                assert r.status_code == 404
+                assert r.content.replace(hidden.encode(), b"nosuch") == missing.content
+                assert {k: v for k, v in r.headers.items() if k not in _PER_REQUEST} == \
+                    {k: v for k, v in missing.headers.items() if k not in _PER_REQUEST}
+        r = await c.get("/v1/models/nosuch", headers=_auth(TENANT))
+        assert b"does not exist or you do not have access to it" in r.content
+    generated = [orjson.loads(x) for x in (tmp_path / "log.jsonl").read_bytes().splitlines()]
+    assert [(x["endpoint"], x["error_type"]) for x in generated] == [
+        (e, code) for e in ("chat", "completions", "embeddings")
+        for code in ("model_not_found", "model_not_permitted", "model_not_permitted")]
+    assert all(x["http_status"] == 404 and x["policy"] is None for x in generated)
 
 
 async def test_models_lists_only_what_the_key_may_use(ups, tmp_path: Path) -> None:
