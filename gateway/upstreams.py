@@ -182,7 +182,7 @@ class SSECheck:
     per event (microseconds), the price of never passing garbage on as a success.
     """
 
-    __slots__ = ("done", "events", "ident", "started", "tail", "usage")
+    __slots__ = ("done", "error", "events", "ident", "started", "tail", "usage")
 
     def __init__(self) -> None:
         self.tail = b""
@@ -193,6 +193,9 @@ class SSECheck:
         self.usage: tuple[int, int] | None = None
         #: (id, model, object) of the first event, for an event the gateway adds
         self.ident: tuple[str, str, str] | None = None
+        #: the code (or type) of the first error event the upstream sent within the stream
+        #: (vLLM's, when generation fails after the first token), passed on as it came
+        self.error: str | None = None
 
     def feed(self, chunk: bytes) -> None:
         buf = self.tail + chunk if self.tail else chunk
@@ -230,6 +233,9 @@ class SSECheck:
                                         ) from None
         if not isinstance(ev, dict):
             raise UpstreamProtocolError("an SSE data line is not a JSON object")
+        if self.error is None and _error_event(ev):
+            self.error = _error_code(ev)
+            return
         if self.ident is None:
             self.ident = (str(ev.get("id") or "eg-usage"), str(ev.get("model") or ""),
                           str(ev.get("object") or "chat.completion.chunk"))
@@ -243,6 +249,22 @@ class SSECheck:
             delta = ch[0].get("delta")
             if (isinstance(delta, dict) and delta.get("content")) or ch[0].get("text"):
                 self.events += 1
+
+
+def _error_event(ev: dict[str, Any]) -> bool:
+    """Whether a stream's event is an error (OpenAI's ``{"error": {...}}``, which the OpenAI
+    SDK raises on, or vLLM's ``{"object": "error", ...}``), not a chunk."""
+    return bool(ev.get("error")) or ev.get("object") == "error"
+
+
+def _error_code(ev: dict[str, Any]) -> str:
+    err = ev.get("error")
+    src = err if isinstance(err, dict) else ev
+    for k in ("code", "type"):
+        v = src.get(k)
+        if isinstance(v, str) and v:
+            return v[:64]
+    return "upstream_stream_error"
 
 
 _BOM = b"\xef\xbb\xbf"

@@ -233,7 +233,8 @@ async def _stream(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
         while chunk is not None:
             if rw is not None:
                 chunk = rw.feed(chunk)
-            if want_usage and sse.done and sse.usage is None and b"data: [DONE]" in chunk:
+            if want_usage and sse.done and sse.usage is None and sse.error is None and \
+                    b"data: [DONE]" in chunk:
                 i = chunk.index(b"data: [DONE]")
                 await send({"type": "http.response.body", "body": chunk[:i], "more_body": True})
                 await send({"type": "http.response.body", "body": _usage_event(ctx, sse),
@@ -253,6 +254,8 @@ async def _stream(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
                 sse.finish()
             else:
                 sse.feed(chunk)
+        if sse.error is not None:
+            _failed_midway(gw, ctx, res, sse.error)
         if sse.done:
             ctx.usage = sse.usage or (0, 0)
             await send({"type": "http.response.body", "body": b""})
@@ -261,7 +264,7 @@ async def _stream(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
         if rw is not None and rw.tail:  # an unterminated last line
             await send({"type": "http.response.body", "body": rw.feed(b"\n"),
                         "more_body": True})
-        if want_usage and sse.usage is None:  # the upstream ended without [DONE]
+        if want_usage and sse.usage is None and sse.error is None:  # ended without [DONE]
             await send({"type": "http.response.body", "body": _usage_event(ctx, sse),
                         "more_body": True})
     except Exception as e:  # never a cancellation: CancelledError is a BaseException
@@ -274,17 +277,27 @@ async def _stream(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
                                           "stream_invalid" if invalid else "stream_cut").inc()
         what = "sent an event that is not JSON" if invalid else \
             f"ended unexpectedly ({type(e).__name__})"
+        code = "stream_invalid" if invalid else "stream_interrupted"
         err = {"error": {"message": f"upstream stream from {res.expert.name} {what}",
-                         "type": "upstream_error", "param": None,
-                         "code": "stream_invalid" if invalid else "stream_interrupted"}}
+                         "type": "upstream_error", "param": None, "code": code}}
         await send({"type": "http.response.body",
                     "body": b"data: " + orjson.dumps(err) + b"\n\n", "more_body": True})
-        ctx.status = 502
+        ctx.status, ctx.err_type = 502, code
         ctx.degraded.append("stream-invalid" if invalid else "stream-cut")
     finally:
         reply.release()
     ctx.usage = sse.usage or (0, 0)
     await send({"type": "http.response.body", "body": b""})
+
+
+def _failed_midway(gw: Gateway, ctx: RequestContext, res: DispatchResult, code: str) -> None:
+    """The upstream reported an error within its stream (passed on to the client as it came,
+    which the OpenAI SDK raises on): the request failed, though its status line said 200."""
+    log.warning("stream from %s at %s reported an error after the first byte: %s",
+                res.expert.name, res.replica, code)
+    gw.metrics.upstream_errors.labels(res.expert.name, "stream_error").inc()
+    ctx.status, ctx.err_type = 502, code
+    ctx.degraded.append("stream-error")
 
 
 #: how long an upstream that sent ``[DONE]`` gets to end its body (so its connection is

@@ -175,6 +175,53 @@ async def test_stream_cut_midway_ends_with_error_event_and_no_retry(ups, tmp_pat
         last = orjson.loads(events[-1])
         assert last["error"]["code"] == "stream_interrupted"
         assert len(coder.received) == 1 and chatter.received == []
+    (rec,) = [orjson.loads(x) for x in (tmp_path / "log.jsonl").read_bytes().splitlines()]
+    # the log says how it failed (error_type was null)
+    assert (rec["http_status"], rec["error_type"]) == (502, "stream_interrupted")
+    assert rec["degraded"] == ["stream-cut"]
+
+
+@pytest.mark.parametrize("error", [
+    {"error": {"message": "CUDA out of memory", "type": "InternalServerError", "param": None,
+               "code": 500}},  # vLLM's streaming error (its code is the status)
+    {"object": "error", "message": "engine dead", "type": "EngineDeadError", "param": None,
+     "code": 500}])  # vLLM's older ErrorResponse shape
+async def test_an_error_event_within_a_stream_is_a_failed_request(
+        ups, tmp_path: Path, error: dict[str, object]) -> None:
+    # an upstream whose generation fails after its first token says so in an error event
+    # (the OpenAI SDK raises on it) and ends the stream: it was logged and counted as a
+    # 200 that succeeded, with an estimated usage event added after the error
+    coder, chatter = ups
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "up-coder",
+             "choices": [{"index": 0, "delta": {"content": "Hel"}, "finish_reason": None}]}
+    body = (b"data: " + orjson.dumps(chunk) + b"\n\ndata: " + orjson.dumps(error) +
+            b"\n\ndata: [DONE]\n\n")
+    coder.raw = (200, "text/event-stream", body)
+    async with gateway_client(base_config(coder.base, chatter.base), tmp_path) as (c, _):
+        r = await c.post("/v1/chat/completions", json=chat(
+            "coder", "x", stream=True, stream_options={"include_usage": True}))
+        assert r.status_code == 200
+        assert r.content == body  # passed on as the upstream sent it, nothing added
+        if "error" in error:  # the SDK raises on OpenAI's shape (and yields vLLM's older one)
+            client = openai.AsyncOpenAI(base_url="http://gw/v1", api_key="unused",
+                                        http_client=c, max_retries=0)
+            with pytest.raises(openai.APIError, match="CUDA out of memory"):
+                async for _ in await client.chat.completions.create(
+                        model="coder", stream=True, messages=[{"role": "user", "content": "x"}]):
+                    pass
+        else:
+            await c.post("/v1/chat/completions", json=chat("coder", "x", stream=True))
+        metrics = (await c.get("/metrics")).text
+    assert 'expertgate_upstream_errors_total{expert="coder",kind="stream_error"} 2.0' in metrics
+    assert 'status="200"' not in metrics.split("expertgate_requests_total", 1)[1].split(
+        "# HELP", 1)[0]
+    recs = [orjson.loads(x) for x in (tmp_path / "log.jsonl").read_bytes().splitlines()]
+    assert [(x["http_status"], x["status"], x["degraded"]) for x in recs] == [
+        (502, "error", ["stream-error"])] * 2
+    # its code when that is text, else its type (vLLM's code is the status, a number)
+    assert recs[0]["error_type"] == ("InternalServerError" if "error" in error
+                                     else "EngineDeadError")
+    assert chatter.received == []  # after the first byte: never sent elsewhere
 
 
 @pytest.mark.parametrize("action", ["error", "refusal", "fallback"])
