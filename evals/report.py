@@ -304,9 +304,29 @@ def _selected_line(run: Mapping[str, Any]) -> list[str]:
     if not sel:
         return ["No router could be selected (none has a validation score).", ""]
     score = sel.get("validation_score")
-    return [f"Selected on validation: **{sel['method']}** ({sel.get('criterion')}: "
-            f"{_num(score)}). Seeds {run.get('seeds')} ({run.get('seed_set', 'dev')} seeds).",
-            ""]
+    line = (f"Selected on validation: **{sel['method']}** ({sel.get('criterion')}: "
+            f"{_num(score)}). Seeds {run.get('seeds')} ({run.get('seed_set', 'dev')} seeds).")
+    line += _refit_sentence(run)
+    return [line, ""]
+
+
+def _refit_sentence(run: Mapping[str, Any]) -> str:
+    """What ``selected.refit`` says (evals.routing_eval._refit_reading), in one sentence."""
+    ref = (run.get("selected") or {}).get("refit")
+    if not ref:
+        return ""
+    lc = ref.get("learning_curve")
+    curve = "" if not lc else (f" (validation score {_num(lc['val_fraction'])} fitted on "
+                               f"{lc['fraction']:g} of train, {_num(lc['val_full'])} on all "
+                               "of it)")
+    if not ref.get("applied"):
+        why = ref.get("why") or ("--refit never" if ref.get("mode") == "never" else
+                                 "its learning curve on validation has levelled off")
+        return f" Not refitted on train + validation: {why}{curve}."
+    key = "apgr" if len(run["table"]["models"]) == 2 else "aiq"
+    return (f" Refitted on train + validation ({ref.get('mode')}{curve}), read on test at the "
+            f"knob its train fit set: {key.upper()} {_cell(ref.get('test') or {}, key)}; the "
+            "rows below are fitted on train.")
 
 
 def _guard_rows(run: Mapping[str, Any]) -> list[str]:
@@ -577,7 +597,12 @@ def _headline_routing(run: Mapping[str, Any]) -> dict[str, Any]:
     keys = ["val_apgr", "apgr", "cpt50", "cpt80"] if two else \
         ["val_aiq", "aiq", "cost_at_best_single_quality_val", "quality_gap_val",
          "cost_at_best_single_quality"]
-    return {"method": sel, **{k: _cell(r, k) for k in keys}}
+    out = {"method": sel, **{k: _cell(r, k) for k in keys}}
+    ref = (run.get("selected") or {}).get("refit") or {}
+    if ref.get("applied"):
+        main = "apgr" if two else "aiq"
+        out[f"{main} (train + validation)"] = _cell(ref.get("test") or {}, main)
+    return out
 
 
 def _headline_guard(run: Mapping[str, Any]) -> dict[str, Any]:
@@ -623,8 +648,8 @@ ROUTING_BAR = 0.10
 
 def _routing_bar_rows(files: Sequence[str]) -> str:
     """Per routing run: the selected router's ``vs_simple`` (evals.routing_eval.vs_simple)."""
-    lines = ["| file | models | selected | figure | its value | best simple baseline | margin | "
-             "bar met |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| file | models | selected | fitted on | figure | its value | best simple baseline "
+             "| margin | bar met |", "|---|---|---|---|---|---|---|---|---|"]
     for f in files:
         run = _load(f)
         sel = run.get("selected") or {}
@@ -634,7 +659,8 @@ def _routing_bar_rows(files: Sequence[str]) -> str:
                              "baselines, or no finite figure)")
         n = len(run["table"]["models"])
         met = "-" if n == 2 else ("yes" if vs["margin"] >= ROUTING_BAR - 1e-12 else "**no**")
-        lines.append(f"| `{f}` | {n} | {sel.get('method')} | {vs['metric']} | "
+        fitted = str(vs.get("fitted_on", "train")).replace("+", " + ")
+        lines.append(f"| `{f}` | {n} | {sel.get('method')} | {fitted} | {vs['metric']} | "
                      f"{_num(vs['selected'])} | {vs['baseline']} {_num(vs['baseline_value'])} | "
                      f"{vs['margin']:+.3f} | {met} |")
     return "\n".join(lines)

@@ -50,6 +50,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -567,8 +568,14 @@ def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | Non
              val: float = 0.2, test: float = 0.2,
              router_params: Mapping[str, Mapping[str, Any]] | None = None,
              progress: bool = True,
-             typos: tuple[float, list[str], np.ndarray] | None = None) -> dict[str, Any]:
+             typos: tuple[float, list[str], np.ndarray] | None = None,
+             refit: str = "auto") -> dict[str, Any]:
     """Evaluate ``routers`` and the baselines on ``table`` over ``seeds``; the result JSON.
+
+    ``refit`` (``auto``, ``always``, ``never``): whether the selected method and the simple
+    baselines it is compared with are also fitted on train + validation for the headline
+    reading (``selected.refit``, ``selected.vs_simple``); ``auto`` decides by the learning
+    curve on validation (:func:`_refit_reading`).
 
     ``typos`` (rate, the table's prompts misspelt by :func:`evals.perturb.typos_all`, their
     embeddings): every router and simple baseline is also read on the misspelt test prompts
@@ -586,6 +593,11 @@ def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | Non
     timing: dict[str, float] = {}
     scored: list[dict[str, int]] = []
     complete = np.isfinite(table.scores).all(axis=1)
+    if refit not in REFIT_MODES:
+        raise EvalError(f"refit {refit!r}: one of {', '.join(REFIT_MODES)}")
+    # per seed: the split, and each method's validation side (for the refit reading)
+    splits: list[_Split] = []
+    val_side: dict[str, list[Any]] = {}
     from tqdm import tqdm
 
     bar = tqdm(total=len(seeds) * (len(names) + 1), desc="routing eval", unit="fit",
@@ -602,6 +614,7 @@ def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | Non
                        "test_dropped": len(te_all) - len(te)})
         T, V, E = table.subset(tr), table.subset(va), table.subset(te)
         kc = T.mean_costs()
+        splits.append(_Split(int(seed), tr, va, te, T, V, E, kc))
         rng = np.random.default_rng(int(seed))
         # baselines -----------------------------------------------------------------
         bl: dict[str, tuple[np.ndarray, np.ndarray, bool]] = {
@@ -630,6 +643,7 @@ def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | Non
                 sv = _predict(sb, X[va], V.prompts, table.models)
                 st = _predict(sb, X[te], E.prompts, table.models)
                 sres = evaluate_predictions(sv, st, V, E, strong=s_idx, knob_costs=kc)
+                val_side.setdefault(bname, []).append((sv, None))
                 if typos is not None:
                     sres["typos"] = _typo_reading(sb, sres, sv, st, None, None, V, E, te,
                                                   typos, s_idx, kc, table.models)
@@ -647,21 +661,7 @@ def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | Non
                 continue
             t0 = time.perf_counter()
             try:
-                choice = None
-                if name == "auto":  # family + parameters by cross-validation on train only
-                    from routers.auto import fit_auto
-
-                    r, sel = fit_auto(X[tr], T, seed=int(seed))
-                    choice = {"family": sel.family, "params": sel.params,
-                              "cost_model": sel.cost_model,
-                              "cv_score": sel.score, "folds": sel.folds,
-                              "best_mean": sel.best_mean, "seconds": sel.seconds,
-                              "candidates": sel.scores}
-                else:
-                    r = get_router_class(name)(**dict(params.get(name, {})))
-                    if "seed" in r.param_names():
-                        r.set_params(seed=int(seed))
-                    r.fit(X[tr], T)
+                r, choice = _fit_named(name, X[tr], T, int(seed), params)
                 try:
                     pv = _predict(r, X[va], V.prompts, table.models)
                     pt = _predict(r, X[te], E.prompts, table.models)
@@ -672,6 +672,7 @@ def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | Non
                         router_costs=None if cv_ is None or ct_ is None else (cv_, ct_))
                     res["knob"] = True
                     res["cost_model"] = "mean" if cv_ is None else "predicted"
+                    side: Any = (pv, cv_)
                     if typos is not None:
                         res["typos"] = _typo_reading(r, res, pv, pt, cv_, ct_, V, E, te,
                                                      typos, s_idx, kc, table.models)
@@ -684,6 +685,7 @@ def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | Non
                     cv = _choices_from_decisions(r, X[va], V.prompts, table.models)
                     res = _single_point(ct, E, s_idx, choice_v=cv, val=V)
                     res["knob"] = False
+                    side = cv
                     if typos is not None:
                         rate, texts_t, X_t = typos
                         ctt = _choices_from_decisions(r, X_t[te], [texts_t[i] for i in te],
@@ -694,12 +696,14 @@ def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | Non
                 # TypeError: a parameter the family does not take (--params)
                 skipped[name] = f"{type(e).__name__}: {e}"
                 per_seed.pop(name, None)
+                val_side.pop(name, None)
                 bar.update(1)
                 continue
             timing[name] = timing.get(name, 0.0) + time.perf_counter() - t0
             if choice is not None:
                 res["auto_choice"] = choice
             per_seed.setdefault(name, []).append(res)
+            val_side.setdefault(name, []).append(side)
             bar.update(1)
     bar.close()
     routers_out = {n: _aggregate(rs, timing.get(n, 0.0) / max(len(rs), 1))
@@ -734,7 +738,18 @@ def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | Non
                 "quality, in units of that model's cost; 1 where the knob does not reach it)")
     baselines_out = {n: _aggregate(rs, None) for n, rs in base_seed.items()}
     if selected is not None:
-        selected["vs_simple"] = vs_simple(routers_out[chosen], baselines_out, two)
+        vs = vs_simple(routers_out[chosen], baselines_out, two)
+        if vs is not None:
+            vs["fitted_on"] = "train"
+        selected["vs_simple"] = vs
+        if len(val_side.get(chosen, ())) == len(splits):
+            reading = _refit_reading(chosen, refit, X, table, splits, val_side, per_seed,
+                                     params, s_idx, two, progress)
+            selected["refit"] = reading
+            if reading["applied"] and reading.get("vs_simple") is not None:
+                selected["vs_simple"] = reading.pop("vs_simple")
+            else:
+                reading.pop("vs_simple", None)
     return {
         "selected": selected,
         "table": {"n_prompts": len(table), "models": list(table.models),
@@ -753,6 +768,149 @@ def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | Non
         "baselines": baselines_out,
         "skipped": skipped,
     }
+
+
+@dataclass(frozen=True)
+class _Split:
+    """One seed's split: the indices of its parts, the parts, the train mean costs."""
+
+    seed: int
+    tr: np.ndarray
+    va: np.ndarray
+    te: np.ndarray
+    T: RoutingTable
+    V: RoutingTable
+    E: RoutingTable
+    kc: np.ndarray
+
+
+def _fit_named(name: str, X: np.ndarray, T: RoutingTable, seed: int,
+               params: Mapping[str, Mapping[str, Any]]) -> tuple[Router, dict[str, Any] | None]:
+    """Fit the router ``name`` (``auto``: family and parameters by cross-validation on ``T``
+    alone) with ``params``' settings and the seed; the router and auto's choice."""
+    if name == "auto":
+        from routers.auto import fit_auto
+
+        r, sel = fit_auto(X, T, seed=seed)
+        return r, {"family": sel.family, "params": sel.params, "cost_model": sel.cost_model,
+                   "cv_score": sel.score, "folds": sel.folds, "best_mean": sel.best_mean,
+                   "seconds": sel.seconds, "candidates": sel.scores}
+    r = get_router_class(name)(**dict(params.get(name, {})))
+    if "seed" in r.param_names():
+        r.set_params(seed=seed)
+    r.fit(X, T)
+    return r, None
+
+
+#: ``--refit``: decide by the learning curve on validation, always, never
+REFIT_MODES = ("auto", "always", "never")
+#: the share of train the learning-curve check fits on
+REFIT_FRACTION = 0.5
+#: the figures ``selected.refit.test`` keeps (mean and std over the seeds)
+REFIT_KEYS = ("apgr", "aiq", "quality", "cost", "cost_at_best_single_quality_val",
+              "quality_gap_val", "cost_at_best_single_quality_deployed",
+              "quality_gap_deployed", "validation_reaches_best_single")
+
+
+def _reading(r: Router, side: Any, X: np.ndarray, sp: _Split, table: RoutingTable,
+             s_idx: int, on: str) -> dict[str, Any]:
+    """A fitted router's figures with the knob set on validation: ``side`` is what the
+    method's train-only fit gave on validation (its predictions and costs, or its choices for
+    a router without a knob). ``on`` "test": the router read on test at that knob; "val": the
+    router's own validation figures (``val_apgr`` / ``val_aiq``)."""
+    part, rows = (sp.E, sp.te) if on == "test" else (sp.V, sp.va)
+    if isinstance(side, tuple):
+        pv, cv_ = side
+        p = _predict(r, X[rows], part.prompts, table.models)
+        c = _router_costs(r, X[rows], part.prompts, table.models) if cv_ is not None else None
+        if on == "val":
+            pv, cv_ = p, c
+        return evaluate_predictions(pv, p, sp.V, part, strong=s_idx, knob_costs=sp.kc,
+                                    router_costs=None if cv_ is None or c is None
+                                    else (cv_, c))
+    ch = _choices_from_decisions(r, X[rows], part.prompts, table.models)
+    return _single_point(ch, part, s_idx, choice_v=side if on == "test" else ch, val=sp.V)
+
+
+def _refit_reading(chosen: str, mode: str, X: np.ndarray, table: RoutingTable,
+                   splits: Sequence[_Split], val_side: Mapping[str, Sequence[Any]],
+                   per_seed: Mapping[str, Sequence[Mapping[str, Any]]],
+                   params: Mapping[str, Mapping[str, Any]], s_idx: int, two: bool,
+                   progress: bool) -> dict[str, Any]:
+    """The selected method fitted on train + validation, read on test at the knob its
+    train-only fit set on validation (``selected.refit``): what a user deploys, since
+    ``expertgate train`` fits on every labelled prompt it is given.
+
+    Whether to refit is decided on validation alone (``mode`` "auto"): per seed the method is
+    also fitted on a random :data:`REFIT_FRACTION` of train and read on validation; when the
+    mean validation score (the selection criterion, APGR or AIQ) of the full train fit is
+    above that of the half, the method still gains from more prompts at this size, so the
+    validation prompts are added to its training set. The simple baselines are refitted the
+    same way whenever the method is, so ``vs_simple`` compares like with like. Test plays no
+    part in the decision."""
+    crit = "val_apgr" if two else "val_aiq"
+    out: dict[str, Any] = {
+        "mode": mode, "method": chosen,
+        "rule": f"auto: refit on train + validation when the mean validation {crit[4:].upper()}"
+                f" of the train fit is above that of a fit on {REFIT_FRACTION:g} of train "
+                "(the learning curve still rises); the knob stays where the train fit set it "
+                "on validation; the simple baselines are refitted with it"}
+    full = [r.get(crit) for r in per_seed[chosen]]
+    if mode == "auto":
+        from tqdm import tqdm
+
+        sub_scores: list[float] = []
+        for i, sp in enumerate(tqdm(splits, desc="refit check", unit="seed",
+                                    disable=not progress, file=sys.stderr)):
+            rng = np.random.default_rng(1_000_003 + sp.seed)
+            sub = np.sort(rng.choice(sp.tr, max(2, round(REFIT_FRACTION * len(sp.tr))),
+                                     replace=False))
+            try:
+                r, _ = _fit_named(chosen, X[sub], table.subset(sub), sp.seed, params)
+                v = _reading(r, val_side[chosen][i], X, sp, table, s_idx,
+                             "val").get(crit)
+            except (RouterError, M.MetricError, ValueError, TypeError) as e:
+                out.update(applied=False, why=f"the fit on {REFIT_FRACTION:g} of train failed "
+                                              f"({type(e).__name__}: {e})")
+                return out
+            sub_scores.append(np.nan if v is None else float(v))
+        a, b = np.asarray(sub_scores, dtype=float), np.asarray(
+            [np.nan if v is None else float(v) for v in full], dtype=float)
+        if not (np.isfinite(a).all() and np.isfinite(b).all()):
+            out.update(applied=False, why="a validation score is missing")
+            return out
+        out["learning_curve"] = {"fraction": REFIT_FRACTION, "val_fraction": float(a.mean()),
+                                 "val_full": float(b.mean()),
+                                 "gain": float(b.mean() - a.mean()),
+                                 "per_seed": [[float(x), float(y)] for x, y in zip(a, b,
+                                                                                   strict=True)]}
+        applied = bool(b.mean() > a.mean())
+    else:
+        applied = mode == "always"
+    out["applied"] = applied
+    if not applied:
+        return out
+    rows: list[dict[str, Any]] = []
+    base: dict[str, list[dict[str, Any]]] = {}
+    for i, sp in enumerate(splits):
+        idx = np.concatenate([sp.tr, sp.va])
+        TV = table.subset(idx)
+        r, _ = _fit_named(chosen, X[idx], TV, sp.seed, params)
+        rows.append(_reading(r, val_side[chosen][i], X, sp, table, s_idx, "test"))
+        for bname, (family, kw) in SIMPLE_BASELINES.items():
+            if len(val_side.get(bname, ())) == len(splits):
+                sb = get_router_class(family)(**kw).fit(X[idx], TV)
+                base.setdefault(bname, []).append(
+                    _reading(sb, val_side[bname][i], X, sp, table, s_idx, "test"))
+    row = _aggregate(rows, None)
+    out["test"] = {}
+    for k in REFIT_KEYS:
+        out["test"][k], out["test"][f"{k}_std"] = row.get(k), row.get(f"{k}_std")
+    vs = vs_simple(row, {n: _aggregate(v, None) for n, v in base.items()}, two)
+    if vs is not None:
+        vs["fitted_on"] = "train+validation"
+    out["vs_simple"] = vs
+    return out
 
 
 def _select_n_experts(per_seed: Mapping[str, Sequence[Mapping[str, Any]]],
@@ -909,6 +1067,12 @@ def cli_register(parser: argparse.ArgumentParser) -> None:
                         help='JSON of router parameters, e.g. \'{"knn": {"k": 30}}\'')
     parser.add_argument("--threads", type=int, default=1,
                         help="BLAS/torch threads (the machine is shared: default 1)")
+    parser.add_argument("--refit", default="auto", choices=REFIT_MODES,
+                        help="fit the selected method (and the simple baselines beside it) "
+                        "on train + validation for the headline reading (selected.refit, "
+                        "selected.vs_simple): auto = when its learning curve on validation "
+                        "still rises (a fit on half of train scores below the full train "
+                        "fit); the knob stays where the train fit set it on validation")
     parser.add_argument("--typos", type=float, default=None, metavar="RATE",
                         help="also read every router and simple baseline on the test prompts "
                         "with this share of their words (four letters or more) misspelt by "
@@ -966,7 +1130,8 @@ def main(args: argparse.Namespace) -> int:
         t_embed = time.perf_counter() - t0
         res = evaluate(table, X, routers=routers, strong=args.strong, seeds=seeds,
                        val=args.val, test=args.test, router_params=params,
-                       progress=not args.quiet, typos=typos)
+                       progress=not args.quiet, typos=typos,
+                       refit=getattr(args, "refit", "auto"))
         if typos is not None:
             res["typos"] = {"rate": args.typos, "seed": seeds[0],
                             "prompts_changed": float(np.mean([
@@ -1025,6 +1190,8 @@ def _command(args: argparse.Namespace) -> str:
         parts.append(f"--params '{args.params}'")
     if getattr(args, "typos", None) is not None:
         parts.append(f"--typos {args.typos:g}")
+    if getattr(args, "refit", "auto") != "auto":
+        parts.append(f"--refit {args.refit}")
     if args.json:
         parts.append(f"--json {args.json}")
     return " ".join(parts)

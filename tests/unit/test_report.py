@@ -341,13 +341,14 @@ def test_routing_bar_block_reads_the_selected_router_against_the_simple_baseline
         "baseline_value": 0.85, "margin": 0.05, "better_is": "lower"})))
     (tmp_path / "two.json").write_text(json.dumps(run(2, {
         "metric": "apgr", "selected": 0.68, "baseline": "simple-lr", "baseline_value": 0.66,
-        "margin": 0.02, "better_is": "higher"})))
+        "margin": 0.02, "better_is": "higher", "fitted_on": "train+validation"})))
     (tmp_path / "old.json").write_text(json.dumps(run(6, None)))
     monkeypatch.chdir(tmp_path)
     lines = R.render_block("routing-bar n.json m.json two.json").splitlines()
     assert lines[2].endswith("| simple-lr 0.850 | +0.150 | yes |")
     assert lines[3].endswith("| +0.050 | **no** |")
-    assert lines[4].endswith("| apgr | 0.680 | simple-lr 0.660 | +0.020 | - |")
+    assert lines[4].endswith("| train + validation | apgr | 0.680 | simple-lr 0.660 | +0.020 | - |")
+    assert "| stack | train | cost_at" in lines[2]  # a run before refit readings: train
     with pytest.raises(ValueError, match="vs_simple"):
         R.render_block("routing-bar old.json")
 

@@ -75,7 +75,13 @@ def test_cli_two_experts_writes_every_key(tmp_path: Path) -> None:
     res = json.loads(out.read_text())
     assert res["seeds"] == [0, 1]
     assert res["table"]["strong"] == "big" and res["table"]["weak"] == "small"
-    assert "expertgate eval routing" in res["command"]
+    assert "expertgate eval routing" in res["command"] and "--refit" not in res["command"]
+    assert res["selected"]["refit"]["mode"] == "auto"
+    assert _run(["--data", str(data), "--embedder", "hashing", "--seeds", "1",
+                 "--routers", "knn", "--json", str(out), "--quiet", "--refit", "never",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    never = json.loads(out.read_text())
+    assert "--refit never" in never["command"] and not never["selected"]["refit"]["applied"]
     assert set(res["baselines"]) >= {"random", "oracle", "category", "big", "small"}
     assert res["routers"], res["skipped"]
     keys = {"apgr", "cpt20", "cpt50", "cpt80", "auc", "aiq", "quality", "cost",
@@ -257,9 +263,11 @@ def test_every_run_fits_the_simple_baselines_and_the_selection_says_its_margin(
 
     table = RE.load_routing_table(f"synthetic:500x{models}:length")
     X = make_embedder("hashing").embed(table.prompts)
-    res = RE.evaluate(table, X, routers=["knn", "classifier"], seeds=[0, 1], progress=False)
+    res = RE.evaluate(table, X, routers=["knn", "classifier"], seeds=[0, 1], progress=False,
+                      refit="never")
     assert {"simple-lr", "simple-knn"} <= set(res["baselines"]), res["skipped"]
     vs = res["selected"]["vs_simple"]
+    assert vs["fitted_on"] == "train" and not res["selected"]["refit"]["applied"]
     two = models == 2
     key = "apgr" if two else "cost_at_best_single_quality_deployed"
     simple = {n: res["baselines"][n][key] for n in ("simple-lr", "simple-knn")}
@@ -272,6 +280,63 @@ def test_every_run_fits_the_simple_baselines_and_the_selection_says_its_margin(
     if two:
         assert res["baselines"]["simple-lr"]["apgr"] == pytest.approx(
             res["routers"]["classifier"]["apgr"])
+
+
+def test_refit_reading_fits_the_selection_and_the_baselines_on_train_and_validation() -> None:
+    """``always``: the selected method and both simple baselines are refitted on train +
+    validation and read on test at the knob the train fit set; the headline compares those."""
+    from routers.embed import make_embedder
+
+    table = RE.load_routing_table("synthetic:400x2")
+    X = make_embedder("hashing").embed(table.prompts)
+    res = RE.evaluate(table, X, routers=["classifier"], seeds=[0, 1], progress=False,
+                      refit="always")
+    sel, ref = res["selected"], res["selected"]["refit"]
+    assert ref["applied"] and ref["mode"] == "always" and ref["method"] == "classifier"
+    vs = sel["vs_simple"]
+    assert vs["fitted_on"] == "train+validation" and vs["selected"] == ref["test"]["apgr"]
+    # more prompts: not the train-only figure
+    assert ref["test"]["apgr"] != pytest.approx(res["routers"]["classifier"]["apgr"], abs=1e-12)
+    # the simple LR is the classifier on mean costs (two experts: the same APGR), refitted the
+    # same way: it can tie the refitted selection, never beat it by being fitted on less
+    assert vs["margin"] <= 1e-12
+    if vs["baseline"] == "simple-lr":
+        assert vs["margin"] == pytest.approx(0.0, abs=1e-12)
+    assert {"apgr", "apgr_std", "aiq", "cost_at_best_single_quality_deployed"} <= set(ref["test"])
+    never = RE.evaluate(table, X, routers=["classifier"], seeds=[0, 1], progress=False,
+                        refit="never")
+    assert not never["selected"]["refit"]["applied"] and "test" not in never["selected"]["refit"]
+    assert never["selected"]["vs_simple"]["selected"] == never["routers"]["classifier"]["apgr"]
+    with pytest.raises(RE.EvalError, match="refit"):
+        RE.evaluate(table, X, routers=["classifier"], seeds=[0], progress=False, refit="yes")
+
+
+@pytest.mark.parametrize("models", [2, 4])
+def test_refit_is_decided_by_the_learning_curve_on_validation_never_by_test(models: int) -> None:
+    from routers.embed import make_embedder
+
+    table = RE.load_routing_table(f"synthetic:500x{models}:length")
+    X = make_embedder("hashing").embed(table.prompts)
+    res = RE.evaluate(table, X, routers=["knn", "classifier"], seeds=[0], progress=False)
+    sel = res["selected"]
+    ref = sel["refit"]
+    crit = "val_apgr" if models == 2 else "val_aiq"
+    lc = ref["learning_curve"]
+    assert ref["mode"] == "auto" and lc["fraction"] == RE.REFIT_FRACTION
+    assert lc["val_full"] == pytest.approx(res["routers"][sel["method"]][crit])
+    assert ref["applied"] == (lc["val_full"] > lc["val_fraction"])
+    assert sel["vs_simple"]["fitted_on"] == ("train+validation" if ref["applied"] else "train")
+    # scramble every test score: the decision and the figures it rests on do not move
+    _, _, te = table.split(seed=0, val=0.2, test=0.2)
+    rng = np.random.default_rng(7)
+    scores = table.scores.copy()
+    scores[te] = rng.permutation(scores[te])
+    other = RoutingTable(table.prompt_ids, table.prompts, table.models, scores, table.costs,
+                         table.categories)
+    res2 = RE.evaluate(other, X, routers=["knn", "classifier"], seeds=[0], progress=False)
+    assert res2["selected"]["method"] == sel["method"]
+    assert res2["selected"]["refit"]["learning_curve"] == lc
+    assert res2["selected"]["refit"]["applied"] == ref["applied"]
 
 
 def _seed_rows(cost: list[float]) -> list[dict[str, float]]:
