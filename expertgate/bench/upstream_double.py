@@ -48,6 +48,9 @@ class OpenAIUpstreamDouble:
     #: seconds between a stream's ``data: [DONE]`` and the end of its body (an upstream slow
     #: to close its stream, or one that keeps it open)
     after_done_s: float = 0.0
+    #: write ``data: [DONE]``, its line end and its blank line in three pieces (what a
+    #: reader may get when they cross TCP segments)
+    split_done: bool = False
     #: streams written to their end / abandoned by the reader (the connection went away)
     streams_finished: int = 0
     streams_abandoned: int = 0
@@ -162,7 +165,12 @@ class OpenAIUpstreamDouble:
                   "model": model, "choices": [], "usage": {
                       "prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}}
             await resp.write(b"data: " + orjson.dumps(ev) + b"\n\n")
-        await resp.write(b"data: [DONE]\n\n")
+        if self.split_done:
+            for piece in (b"data: [DO", b"NE]\n", b"\n"):
+                await resp.write(piece)
+                await asyncio.sleep(0.05)
+        else:
+            await resp.write(b"data: [DONE]\n\n")
         if self.after_done_s:
             await asyncio.sleep(self.after_done_s)
         await resp.write_eof()

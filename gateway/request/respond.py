@@ -227,12 +227,20 @@ async def _stream(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
     p = ctx.plan
     rw = _ModelRewrite(p.model) if p is not None and p.rt is not None and \
         p.rt.config.rewrite_model else None
+    held = b""  # (usage wanted, no rewrite) an unterminated last line, sent with its rest
+    last = b""  # the end of what was sent
     try:
         chunk: bytes | None = reply.first
         it = reply.rest.__aiter__()
         while chunk is not None:
             if rw is not None:
                 chunk = rw.feed(chunk)
+            elif want_usage:
+                # whole lines only: a [DONE] split across reads still gets the usage event
+                # before it
+                buf = held + chunk if held else chunk
+                cut = buf.rfind(b"\n") + 1
+                chunk, held = buf[:cut], buf[cut:]
             if want_usage and sse.done and sse.usage is None and sse.error is None and \
                     b"data: [DONE]" in chunk:
                 i = chunk.index(b"data: [DONE]")
@@ -240,11 +248,16 @@ async def _stream(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
                 await send({"type": "http.response.body", "body": _usage_event(ctx, sse),
                             "more_body": True})
                 chunk = chunk[i:]
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if chunk:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                last = chunk[-16:] if len(chunk) >= 16 else (last + chunk)[-16:]
             if sse.done:
                 # the client has the whole answer: the OpenAI SDK closes the connection on
                 # [DONE], so the gateway's end of the body must not wait for the upstream's
                 # (and a client gone from here on is no disconnect: ctx.finished)
+                if _open_event(last):  # [DONE]'s blank line has not come yet: end it
+                    await send({"type": "http.response.body", "body": b"\n",
+                                "more_body": True})
                 ctx.finished = True
                 break
             try:
@@ -264,6 +277,8 @@ async def _stream(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
         if rw is not None and rw.tail:  # an unterminated last line
             await send({"type": "http.response.body", "body": rw.feed(b"\n"),
                         "more_body": True})
+        if held:
+            await send({"type": "http.response.body", "body": held, "more_body": True})
         if want_usage and sse.usage is None and sse.error is None:  # ended without [DONE]
             await send({"type": "http.response.body", "body": _usage_event(ctx, sse),
                         "more_body": True})
@@ -298,6 +313,14 @@ def _failed_midway(gw: Gateway, ctx: RequestContext, res: DispatchResult, code: 
     gw.metrics.upstream_errors.labels(res.expert.name, "stream_error").inc()
     ctx.status, ctx.err_type = 502, code
     ctx.degraded.append("stream-error")
+
+
+def _open_event(sent: bytes) -> bool:
+    """Whether ``sent`` (the end of what was sent) ends with the ``data: [DONE]`` line but
+    not the blank line that ends its event (an SSE client dispatches an event on that blank
+    line)."""
+    body = sent.rstrip(b"\r\n")
+    return body.endswith(b"[DONE]") and sent[len(body):] in (b"\n", b"\r\n", b"\r")
 
 
 #: how long an upstream that sent ``[DONE]`` gets to end its body (so its connection is

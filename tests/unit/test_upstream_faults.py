@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import openai
 import orjson
 import pytest
 
@@ -206,6 +207,31 @@ async def test_stream_usage_is_estimated_when_the_upstream_sends_none(ups, tmp_p
         usage = orjson.loads(events[-2])["usage"]
         assert usage == {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
         assert r.text.count('"usage"') == 1
+
+
+async def test_a_done_split_across_reads_still_gets_the_usage_event_before_it(
+        ups, tmp_path: Path) -> None:
+    # "data: [DO" + "NE]\n" + "\n" in three reads: the estimated usage event went after
+    # [DONE] (which the OpenAI SDK never reads past), and the client never got [DONE]'s
+    # blank line once the gateway ended its body at [DONE]
+    _, chatter = ups
+    chatter.stream_usage = False  # as llama.cpp
+    chatter.split_done = True
+    async with gateway_client(base_config(ups[0].base, chatter.base), tmp_path) as (c, _):
+        r = await c.post("/v1/chat/completions", json=chat(
+            "chatter", "tell me a joke", stream=True, stream_options={"include_usage": True}))
+        assert r.text.endswith("\n\ndata: [DONE]\n\n")
+        events = [ln[6:] for ln in r.text.split("\n") if ln.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        assert orjson.loads(events[-2])["usage"]["completion_tokens"] == 4
+        client = openai.AsyncOpenAI(base_url="http://gw/v1", api_key="unused", http_client=c,
+                                    max_retries=0)
+        chunks = [ch async for ch in await client.chat.completions.create(
+            model="chatter", stream=True, stream_options={"include_usage": True},
+            messages=[{"role": "user", "content": "tell me a joke"}])]
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
+        r = await c.post("/v1/chat/completions", json=chat("chatter", "hi", stream=True))
+        assert r.text.endswith("\n\ndata: [DONE]\n\n") and '"usage"' not in r.text
 
 
 async def test_embeddings_pass_through_to_experts_that_serve_them(ups, tmp_path: Path
