@@ -401,6 +401,13 @@ class Dispatcher:
             raise UpstreamUnavailable(msg, code="upstream_protocol_error")
         if last.kind == "auth":  # the gateway's credentials, not the client's key
             raise UpstreamUnavailable(msg, code="upstream_auth_failed")
+        if last.status == 429:
+            # the last expert asked for time: the client gets the same answer and the same
+            # wait (its SDK honours retry-after), not a 502 it retries at once
+            err = UpstreamUnavailable(msg, code="upstream_rate_limited", headers={
+                "retry-after": last.retry_after} if last.retry_after else None)
+            err.status = 429
+            raise err
         raise UpstreamUnavailable(msg)
 
     async def _replica_healthy(self, pool: ExpertPool, rep: Replica, path: str,

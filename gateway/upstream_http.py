@@ -97,7 +97,8 @@ class Response:
     (the connection is then closed); a body read to its end leaves nothing to release."""
 
     __slots__ = ("__weakref__", "_chunks", "_conn", "_exc", "_loop", "_paused", "_size",
-                 "_waiter", "_whole", "content_type", "done", "framed", "head", "status")
+                 "_waiter", "_whole", "content_type", "done", "framed", "head",
+                 "retry_after", "status")
 
     def __init__(self, conn: _Conn, loop: asyncio.AbstractEventLoop) -> None:
         self._conn: _Conn | None = conn
@@ -115,6 +116,8 @@ class Response:
         self.framed = False
         self.status = 0
         self.content_type = "application/json"
+        #: the ``retry-after`` header of the answer (a 429's or 503's), if any
+        self.retry_after: str | None = None
 
     async def _wait(self) -> None:
         w = self._waiter = self._loop.create_future()
@@ -259,6 +262,8 @@ class _Conn(asyncio.Protocol):
             r.content_type = value.decode("latin-1")
         elif n == b"content-length" or n == b"transfer-encoding":
             r.framed = True
+        elif n == b"retry-after":
+            r.retry_after = value.decode("latin-1")[:64]
 
     def on_headers_complete(self) -> None:
         r = self.resp

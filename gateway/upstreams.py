@@ -158,11 +158,13 @@ class UpstreamFailure(Exception):
 
     def __init__(self, kind: str, message: str, *, status: int | None = None,
                  body: bytes | None = None, retryable: bool = True,
-                 public: str | None = None) -> None:
+                 public: str | None = None, retry_after: str | None = None) -> None:
         super().__init__(message)
         self.kind = kind
         self.status = status
         self.body = body
+        #: the upstream's ``retry-after`` (a 429's): passed on when it is the last word
+        self.retry_after = retry_after
         self.retryable = retryable
         #: what a client may read: what went wrong, without the upstream's address
         self.public = public or (f"answered {status}" if status else scrub(message))
@@ -371,7 +373,7 @@ async def call_openai(client: UpstreamHTTP, expert: ExpertConfig, base: str, pat
                 data = await resp.read()
                 if status >= 500 or status == 429:
                     raise UpstreamFailure("status", f"{base} answered {status}", status=status,
-                                          body=data)
+                                          body=data, retry_after=resp.retry_after)
                 if status in (401, 403):
                     raise auth_failure(expert, status, data, headers)
                 if status != 200:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from aiohttp import web
 
@@ -76,12 +77,16 @@ class FlakyDouble(OpenAIUpstreamDouble):
     """Fails the first ``fail_first`` requests with ``status``, then answers."""
 
     fail_first: int = 0
+    #: the failures' retry-after header, if any
+    retry_after: str | None = None
 
     async def _gate(self, body: dict[str, Any]) -> web.Response | None:
         if self.fail_first > 0:
             self.fail_first -= 1
             self.received.append(body)
-            return web.json_response({"error": {"message": "busy"}}, status=self.status)
+            return web.json_response({"error": {"message": "busy"}}, status=self.status,
+                                     headers={"retry-after": self.retry_after}
+                                     if self.retry_after else None)
         return await super()._gate(body)
 
 
@@ -130,6 +135,32 @@ async def test_429_is_retried_in_place_before_the_fallback(ups, tmp_path: Path) 
         r = await c.post("/v1/chat/completions", json=chat("auto", "fix this bug in my code"))
         assert r.status_code == 200 and r.headers["x-expertgate-expert"] == "coder"
         assert len(coder.received) == 2 and chatter.received == []
+
+
+async def test_an_expert_that_stays_rate_limited_answers_429_with_its_retry_after(
+        ups, tmp_path: Path) -> None:
+    # an upstream's 429 with retry-after came back as a 502 upstream_unavailable without it:
+    # the client's SDK retried at once (its 5xx backoff) instead of waiting as asked
+    coder, chatter = ups
+    coder.fail_first, coder.status, coder.retry_after = 10, 429, "7"
+    async with gateway_client(base_config(coder.base, chatter.base), tmp_path) as (c, _):
+        client = openai.AsyncOpenAI(base_url="http://gw/v1", api_key="unused", http_client=c,
+                                    max_retries=0)
+        with pytest.raises(openai.RateLimitError) as e:
+            await client.chat.completions.create(
+                model="coder", messages=[{"role": "user", "content": "x"}])
+        assert e.value.response.headers["retry-after"] == "7"
+        assert e.value.code == "upstream_rate_limited"
+        assert "x-expertgate-expert" in e.value.response.headers
+        # routed: the fallback answers when it can (a 429 is the expert's failure) ...
+        r = await c.post("/v1/chat/completions", json=chat("auto", "fix this bug in my code"))
+        assert r.status_code == 200 and r.headers["x-expertgate-expert"] == "chatter"
+        # ... and when the last expert of the chain is rate limited too, 429 it is
+        chatter.fail_first, chatter.status = 10, 429
+        r = await c.post("/v1/chat/completions", json=chat("auto", "fix this bug in my code"))
+        assert r.status_code == 429 and _err(r)["code"] == "upstream_rate_limited"
+        assert "retry-after" not in r.headers  # chatter said no time: none is made up
+        assert r.headers["x-expertgate-degraded"] == "expert-fallback"
 
 
 async def test_retry_budget_spent_goes_straight_to_the_error(ups, tmp_path: Path) -> None:
