@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from gateway import exactjson
 from gateway.dispatch import DispatchResult
 from gateway.errors import InvalidRequest, UpstreamError
 from gateway.messages import MessageTexts, message_texts
@@ -109,11 +110,11 @@ def _body_for(payload: dict[str, Any], raw: bytes, requested: str
             if raw and name == requested:
                 b = raw  # nothing to rewrite: pass the client's bytes through untouched
             else:
-                try:
-                    b = orjson.dumps({**payload, "model": name})
-                except TypeError:  # orjson writes at most 254 levels of nesting
-                    raise InvalidRequest("the request's JSON is nested too deeply to forward "
-                                         "(at most 254 levels)") from None
+                try:  # integers beyond 64 bits go out exactly as the client wrote them
+                    b = exactjson.dumps({**payload, "model": name})
+                except (TypeError, ValueError, RecursionError):
+                    raise InvalidRequest("the request's JSON is nested too deeply to "
+                                         "forward (at most 254 levels)") from None
             cache[name] = b
         return b
 

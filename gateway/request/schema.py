@@ -2,7 +2,8 @@
 
 Each body is a ``TypedDict`` with pydantic constraints. :func:`validate` parses a raw body
 with orjson (strict JSON: no lone surrogates; nesting up to orjson's limit, so a deep value
-in an unknown field still reaches the expert) and checks it once with pydantic-core (about
+in an unknown field still reaches the expert; integers beyond 64 bits kept exact,
+:mod:`gateway.exactjson`) and checks it once with pydantic-core (about
 two microseconds together) into a plain ``dict`` with every field the client sent, unknown
 ones included and untouched, so an OpenAI parameter this gateway does not know still reaches
 the expert. The
@@ -22,6 +23,7 @@ import orjson
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_config
 from typing_extensions import TypedDict
 
+from gateway import exactjson
 from gateway.errors import InvalidRequest
 
 __all__ = ["BODIES", "ChatRequest", "CompletionRequest", "EmbeddingsRequest", "FeedbackRequest",
@@ -31,8 +33,13 @@ _OPEN = ConfigDict(extra="allow", strict=True)
 _CLOSED = ConfigDict(extra="forbid", strict=True)
 
 Role = Literal["system", "user", "assistant", "tool", "developer", "function"]
-PositiveInt = Annotated[int, Field(ge=1)]
-TokenId = Annotated[int, Field(ge=0)]
+#: the integers the gateway reads itself (budgets, choices, token ids) fit in 64 bits, as
+#: upstreams take them; a wider one is a 400 naming the field, never a float or a 500
+#: (integers of fields the gateway does not read pass through exact, whatever their size)
+_INT64_MAX = 2**63 - 1
+PositiveInt = Annotated[int, Field(ge=1, le=_INT64_MAX)]
+TokenId = Annotated[int, Field(ge=0, le=_INT64_MAX)]
+Int64 = Annotated[int, Field(ge=-_INT64_MAX - 1, le=_INT64_MAX)]
 Model = Annotated[str, Field(min_length=1, description="a policy name (routed) or an expert "
                                                          "name")]
 
@@ -78,7 +85,7 @@ class EmbeddingsRequest(TypedDict):
     model: Annotated[str, Field(min_length=1, description="an expert configured with "
                                                           "embeddings: true")]
     input: Annotated[str, Field(min_length=1)] | Annotated[
-        list[str | int | list[int]], Field(min_length=1)]
+        list[str | Int64 | list[Int64]], Field(min_length=1)]
     stream: NotRequired[Annotated[Literal[False], Field(description="embeddings cannot be "
                                                                     "streamed")]]
 
@@ -136,10 +143,12 @@ def validate(endpoint: str, raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         raise InvalidRequest("request body is empty; expected a JSON object")
     try:
-        obj = orjson.loads(raw)
+        obj = exactjson.loads(raw)
     except orjson.JSONDecodeError as e:
         raise InvalidRequest(f"request body is not valid JSON: {e.msg} at position {e.pos}"
                              ) from None
+    except (ValueError, RecursionError) as e:  # the exact re-parse of a very wide integer
+        raise InvalidRequest(f"request body cannot be read exactly: {e}") from None
     try:
         body: dict[str, Any] = _ADAPTERS[endpoint].validate_python(obj)
     except ValidationError as e:

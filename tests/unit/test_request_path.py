@@ -276,3 +276,80 @@ def test_a_union_fields_error_says_what_is_wrong_with_the_value_sent(
     with pytest.raises(InvalidRequest) as e:
         validate(endpoint, orjson.dumps({"model": "m", **body}))
     assert e.value.param == param and says in e.value.message
+
+
+#: integers orjson reads as floats (beyond 2**64 - 1, below -2**63), and the edges it keeps
+_WIDE = 123456789012345678901234567890
+_BODY = (b'{"model": "auto", "messages": [{"role": "user", "content": "fix this bug in my '
+         b'code"}], "seed": 123456789012345678901234567890, "temperature": 0.5, "metadata": '
+         b'{"trace": [18446744073709551616, -9223372036854775809, 18446744073709551615, '
+         b'-9223372036854775808, 1e19, 1.5]}, "tools": [{"type": "function", "function": '
+         b'{"name": "f", "parameters": {"type": "object", "properties": {"n": {"type": '
+         b'"integer", "maximum": 340282366920938463463374607431768211456}}}}}]}')
+
+
+async def test_integers_beyond_64_bits_reach_the_expert_exactly(ups: Ups, tmp_path: Path
+                                                               ) -> None:
+    """A routed request is re-serialised with the expert's model name; its integers go out
+    as the client wrote them (orjson alone would send 1.2345678901234568e+29); a field the
+    gateway reads itself (max_tokens, n, token ids) is a 400 naming it when it does not fit
+    in 64 bits."""
+    coder, chatter = ups
+    async with gateway_client(base_config(coder.base, chatter.base), tmp_path) as (c, _):
+        r = await c.post("/v1/chat/completions", content=_BODY,
+                         headers={"content-type": "application/json"})
+        assert r.status_code == 200, r.text
+        assert r.headers["x-expertgate-expert"] == "coder"
+        got = coder.received[-1]  # read by the double with the standard library: exact
+        assert got["model"] == "up-coder"  # re-serialised, not the client's bytes
+        assert got["seed"] == _WIDE and type(got["seed"]) is int
+        assert got["metadata"] == {"trace": [2**64, -(2**63) - 1, 2**64 - 1, -(2**63),
+                                             1e19, 1.5]}
+        assert [type(x) for x in got["metadata"]["trace"]] == [int] * 4 + [float] * 2
+        assert got["tools"][0]["function"]["parameters"]["properties"]["n"]["maximum"] == \
+            2**128
+        assert got["temperature"] == 0.5
+        n = len(coder.received)
+        for endpoint, body, param in (
+                ("chat", chat("auto", "fix this bug", max_tokens=2**64), "max_tokens"),
+                ("chat", chat("auto", "fix this bug", n=_WIDE), "n"),
+                ("completions", {"model": "coder", "prompt": [1, 2**64]}, "prompt"),
+                ("embeddings", {"model": "coder", "input": [[1, -(2**63) - 1]]}, "input")):
+            r = await c.post(f"/v1/{endpoint.replace('chat', 'chat/completions')}",
+                             json=body)
+            assert r.status_code == 400, (endpoint, r.text)
+            err = r.json()["error"]
+            assert err["param"].startswith(param), err
+            assert "than or equal to" in err["message"] and "922337203685477580" in \
+                err["message"], err
+        assert len(coder.received) == n and not chatter.received
+
+
+def test_exact_json_takes_the_fallback_only_for_wide_numbers(monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    from gateway import exactjson
+
+    calls: list[str] = []
+    real_loads, real_dumps = exactjson.json.loads, exactjson.json.dumps
+    monkeypatch.setattr(exactjson.json, "loads", lambda *a, **k: calls.append("loads")
+                        or real_loads(*a, **k))
+    monkeypatch.setattr(exactjson.json, "dumps", lambda *a, **k: calls.append("dumps")
+                        or real_dumps(*a, **k))
+    common = orjson.dumps({"model": "auto", "seed": 2**64 - 1, "low": -(2**63), "t": 0.7,
+                           "messages": [{"role": "user", "content": "9" * 40}]})
+    assert exactjson.loads(common) == orjson.loads(common)
+    assert exactjson.dumps(orjson.loads(common)) == common
+    long = orjson.dumps({"messages": [{"role": "user", "content": "9" * 40 + "x" * 70_000}],
+                         "t": 1.5})  # walked, not scanned: long text costs nothing more
+    assert len(long) > exactjson.SCAN_BYTES and exactjson.loads(long) == orjson.loads(long)
+    assert calls == []  # the common body: orjson alone, both ways
+    obj = exactjson.loads(_BODY)
+    assert obj["seed"] == _WIDE and exactjson.loads(exactjson.dumps(obj)) == obj
+    assert calls == ["loads", "dumps", "loads"]  # exact re-parse, write, re-parse
+    wide_long = _BODY[:-1] + b', "pad": "' + b"x" * 70_000 + b'"}'
+    assert exactjson.loads(wide_long)["seed"] == _WIDE
+    deep: Any = []
+    for _ in range(300):
+        deep = [deep]
+    with pytest.raises(TypeError):  # orjson's own limit stays the limit
+        exactjson.dumps(deep)
