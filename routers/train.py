@@ -214,8 +214,14 @@ def train_router(name: str, table: RoutingTable, X: np.ndarray, *,
                  embedder_spec: Mapping[str, Any] | None = None, latency: bool = False,
                  apgr: ApgrFn | None = None,
                  auto_candidates: Sequence[tuple[str, Mapping[str, Any]]] | None = None,
+                 refit: bool = False,
                  log: Callable[[str], None] = lambda s: None) -> TrainResult:
     """Split by prompt, fit on train, measure on validation and test, save to ``out``.
+
+    ``refit``: after the measurement, fit the same family with the same parameters (auto's
+    choice included) again on every prompt of the table and save that router: what a user
+    deploys, with the figures of the train fit under ``validation`` / ``test`` and the refit
+    recorded under ``refit`` (the figures describe a router fitted on fewer prompts).
 
     ``name`` ``auto`` chooses the family and parameters by cross-validation on the training
     prompts (:mod:`routers.auto`; ``auto_candidates`` narrows the candidates) and records the
@@ -270,6 +276,21 @@ def train_router(name: str, table: RoutingTable, X: np.ndarray, *,
         metrics["validation"] = evaluate_router(router, X[va], table.subset(va), apgr=apgr)
     if len(te):
         metrics["test"] = evaluate_router(router, X[te], table.subset(te), apgr=apgr)
+    if refit and (len(va) or len(te)):
+        all_table, thin_all = without_thin_models(table)
+        t1 = time.perf_counter()
+        router = type(router)(**router.get_params())
+        kwargs = {}
+        if embedder is not None and "embedder" in inspect.signature(router.fit).parameters:
+            kwargs["embedder"] = embedder
+        router.fit(X, all_table, **kwargs)
+        metrics["refit"] = {
+            "n_prompts": len(table), "fit_seconds": round(time.perf_counter() - t1, 3),
+            "family": name, "params": json.loads(json.dumps(router.get_params(), default=str)),
+            "note": "the saved router is this fit on every prompt (train, validation and "
+                    "test); the validation and test figures are the train fit's"}
+        if thin_all:
+            metrics["refit"]["left_out_models"] = thin_all
     if latency:
         part = te if len(te) else va if len(va) else tr
         metrics["latency"] = decision_latency(router, X[part], [table.prompts[i] for i in part])

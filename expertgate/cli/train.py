@@ -103,6 +103,10 @@ def register(sub: Any, name: str) -> None:
         p.add_argument("--metrics-json", default=None, metavar="FILE",
                        help="also write the metrics (timings included) with provenance "
                        "(commit, data sha256, encoder, command) to FILE")
+        p.add_argument("--refit", action="store_true",
+                       help="after measuring on the validation and test parts, fit the same "
+                       "family and parameters on every prompt and save that router (the "
+                       "figures printed are the train fit's)")
         p.add_argument("--latency", action="store_true", help="also measure router-only "
                        "decision latency per query at batch 1 and 32 (embeddings precomputed)")
         p.set_defaults(func=_train)
@@ -276,6 +280,10 @@ def _print_metrics(m: dict[str, Any]) -> None:
               "counts only the prompts where the router picks a scored expert, which biases "
               "it (the 'oracle' is over the scored experts too); `expertgate eval offpolicy` "
               "estimates a router's quality from logs without that bias")
+    if m.get("refit"):
+        print(f"refitted on all {m['refit']['n_prompts']} prompts in "
+              f"{m['refit']['fit_seconds']:.1f} s: the saved router (the figures above are the "
+              "train fit's)")
     for bs, lat in (m.get("latency") or {}).items():
         print(f"latency {bs.replace('_', ' ')}: p50 {lat['p50_ms']:.3f} ms/query, "
               f"p99 {lat['p99_ms']:.3f} ms/query ({lat['calls']} calls)")
@@ -403,7 +411,7 @@ def _train(args: argparse.Namespace) -> int:
                               val=args.val, test=args.test, out=args.out, embedder=embedder,
                               embedder_name=embedder.name,
                               embedder_spec={"kind": kind, "options": options},
-                              latency=args.latency,
+                              latency=args.latency, refit=args.refit,
                               apgr=apgr_of_advantage, auto_candidates=candidates,
                               log=lambda s: print(s, file=sys.stderr, flush=True))
     except (RouterError, EmbedderError) as e:

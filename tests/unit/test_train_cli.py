@@ -55,6 +55,23 @@ def test_train_knn_end_to_end(tmp_path: Path, capsys) -> None:
     assert load_router(out).name == "knn"
 
 
+def test_train_refit_saves_the_router_fitted_on_every_prompt(tmp_path: Path, capsys) -> None:
+    """--refit: the figures are the train fit's (held-out parts), the saved router is the
+    same family and parameters fitted on all 60 prompts; without it, on train alone."""
+    rc, out = _train(tmp_path, "--router", "knn", "--param", "k=5", "--refit")
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    m = read_manifest(out)["metrics"]
+    assert m["refit"]["n_prompts"] == 60 and m["refit"]["params"]["k"] == 5
+    assert m["n_train"] < 60 and m["test"]["n"] == m["n_test"] > 0
+    assert "refitted on all 60 prompts" in text
+    assert load_router(out).train_X_.shape[0] == 60
+    (tmp_path / "plain").mkdir()
+    rc, plain = _train(tmp_path / "plain", "--router", "knn", "--param", "k=5")
+    assert rc == 0 and "refit" not in read_manifest(plain)["metrics"]
+    assert load_router(plain).train_X_.shape[0] == m["n_train"]
+
+
 def test_train_reads_eval_routings_synthetic_tables(tmp_path: Path, capsys) -> None:
     out = tmp_path / "syn"
     rc = main(["train", "--data", "synthetic:120x3:fewshot", "--router", "stack", "--out",
