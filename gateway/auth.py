@@ -122,22 +122,27 @@ def _parse_record(digest: str, raw: dict[Any, Any]) -> APIKeyConfig:
 def reachable_experts(policies: Mapping[str, Any]) -> dict[str, frozenset[str]]:
     """policy name -> every expert a request for it may reach: the router's targets, the
     semantic routes' experts, the fallback chain, the skills aggregator, the reject
-    fallback and a shadow/canary candidate's experts. ``policies`` maps names to
+    fallback and a shadow/canary candidate's experts (a learned router's table models as
+    the experts the policy's ``models`` maps them to). ``policies`` maps names to
     :class:`gateway.pipeline.PolicyRuntime`."""
     out: dict[str, frozenset[str]] = {}
     for name, rt in policies.items():
         pol = rt.config
-        names = set(getattr(rt.router, "experts_", ()) or ())
-        names.update(r.expert for r in pol.routes)
-        names.update(pol.fallback)
+        # a learned router names its table's models: the policy's ``models`` map says which
+        # expert serves each (the decision's targets are renamed so before anything is served)
+        served = pol.models
+        table = list(getattr(rt.router, "experts_", ()) or ())
         agg = getattr(rt.router, "aggregator_", None) or getattr(rt.router, "aggregator", None)
         if isinstance(agg, str):
-            names.add(agg)
-        if pol.on_reject.expert:
-            names.add(pol.on_reject.expert)
+            table.append(agg)
         cand = getattr(rt, "candidate", None)  # a canary serves its router's experts too
         if cand is not None:
-            names.update(getattr(cand.runtime.router, "experts_", ()) or ())
+            table += getattr(cand.runtime.router, "experts_", ()) or ()
+        names = {served.get(m, m) for m in table}
+        names.update(r.expert for r in pol.routes)
+        names.update(pol.fallback)
+        if pol.on_reject.expert:
+            names.add(pol.on_reject.expert)
         out[name] = frozenset(names)
     return out
 

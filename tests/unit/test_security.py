@@ -127,6 +127,39 @@ async def test_expert_allow_list_defaults_to_the_policies_reach(ups, tmp_path: P
         assert r.status_code == 200
 
 
+async def test_a_learned_policys_reach_is_the_experts_its_models_map_names(
+        ups, tmp_path: Path) -> None:
+    # a learned router decides between its table's models; the policy's models map says
+    # which expert serves each. The key's default allow-list is those experts (it listed the
+    # table names: the mapped experts were 404 to the key, and an expert that merely shares
+    # a table model's name, which the policy never reaches, was open to it)
+    import numpy as np
+
+    from routers.artifacts import save_router
+    from routers.base import RoutingTable, make_router
+
+    emb = HashingEmbedder()
+    prompts = ["fix this bug", "tell me a joke", "refactor this class", "how are you"]
+    table = RoutingTable([f"p{i}" for i in range(4)], prompts, ["coder", "big-model"],
+                         np.array([[1.0, 0.5], [0.2, 0.9], [1.0, 0.5], [0.2, 0.9]]),
+                         np.ones((4, 2)))
+    art = save_router(make_router("knn", k=2).fit(emb.embed(prompts), table),
+                      tmp_path / "knn", embedder=emb.name)
+    cfg = _cfg(ups)
+    cfg["policies"].append({"name": "learned", "router": "knn", "artifact": str(art),
+                            "models": {"coder": "chatter", "big-model": "secret"}})
+    cfg["api_keys"][0]["policies"] = ["learned"]
+    async with gateway_client(cfg, tmp_path) as (c, _):
+        a = _auth(TENANT_A)
+        for expert in ("chatter", "secret"):
+            r = await c.post("/v1/chat/completions", json=chat(expert, "hi"), headers=a)
+            assert r.status_code == 200, expert
+        r = await c.post("/v1/chat/completions", json=chat("coder", "hi"), headers=a)
+        assert r.status_code == 404 and "model `coder`" in _err(r)["message"]
+        r = await c.get("/v1/models", headers=a)
+        assert sorted(m["id"] for m in r.json()["data"]) == ["chatter", "learned", "secret"]
+
+
 # --------------------------------------------------------------------------- 2. ids, feedback
 
 
