@@ -287,6 +287,8 @@ class Dispatcher:
         assert self.http is not None, "dispatcher not started"
         attempts: list[Attempt] = []
         last: UpstreamFailure | None = None
+        #: the expert and replica of the last 404: its answer, when nothing else answers
+        missing: tuple[ExpertConfig, str] | None = None
         retry = self.retry
         t_first = time.monotonic()
         for k, name in enumerate(chain):
@@ -307,8 +309,10 @@ class Dispatcher:
                     # when it asked for it (429/503): otherwise the fallback is the faster way
                     # to an answer.
                     asked = last is not None and last.status in (429, 503)
-                    # a replica that refused the gateway's credentials refuses them again
-                    if last is None or last.kind == "auth" or not (is_last or asked):
+                    # a replica that refused the gateway's credentials refuses them again,
+                    # and one without the model (404) still lacks it
+                    if last is None or last.kind in ("auth", "not_found") or \
+                            not (is_last or asked):
                         break
                     if time.monotonic() - t_first > retry.budget_s:
                         break  # retry budget spent
@@ -359,6 +363,16 @@ class Dispatcher:
                             f.kind = "request_error"
                     self.metrics.upstream_errors.labels(name, f.kind).inc()
                     attempts.append(Attempt(name, rep.base, f.kind, ms, f.status))
+                    if f.kind == "not_found":
+                        # the replica answered: it is up, it lacks this model (an adapter
+                        # not loaded there). Never a breaker failure: adapters share their
+                        # parent's breaker, and one missing adapter must not cut the others
+                        log.warning("upstream %s at %s: model %s not found there", name,
+                                    rep.base, expert.upstream_model)
+                        rep.breaker.success()
+                        self._breaker_metric(name, rep)
+                        last, missing = f, (expert, rep.base)
+                        continue
                     if not f.retryable:
                         # the client's error: says nothing about the replica's health
                         log.info("upstream %s at %s rejected the request: %s", name, rep.base, f)
@@ -390,6 +404,11 @@ class Dispatcher:
             raise UpstreamUnavailable(
                 "no upstream available: every replica of " + ", ".join(chain) +
                 " has an open circuit", code="circuit_open")
+        if last.kind == "not_found" and missing is not None:
+            # the last expert tried lacks its model: its own 404 answer, as an expert named
+            # by the client that is not on its server always answered (nothing retried it)
+            return DispatchResult(missing[0], missing[1], UpstreamReply(
+                404, "application/json", last.body or b""), attempts)
         # expert names and outcomes only: replica addresses are in the log, never in replies
         summary = "; ".join(f"{a.expert} {a.outcome}" + (f" {a.status}" if a.status else "")
                             for a in attempts)

@@ -149,11 +149,14 @@ def error_body(raw: bytes, status: int | None, expert: str, base: str,
 
 
 class UpstreamFailure(Exception):
-    """A failure before the first byte; ``kind`` in connect|timeout|status|protocol|auth.
+    """A failure before the first byte; ``kind`` in
+    connect|timeout|status|protocol|auth|not_found.
 
     ``retryable`` says whether another replica or the fallback chain should be tried (connect
-    errors, timeouts, 5xx, 429, and 401/403: ``auth``, the upstream refused the gateway's
-    own credentials); any other 4xx is the client's error and is passed on.
+    errors, timeouts, 5xx, 429, 401/403: ``auth``, the upstream refused the gateway's own
+    credentials, and 404: ``not_found``, the expert's model or LoRA adapter is not on that
+    replica; its ``body`` is the upstream's error, OpenAI-shaped and scrubbed); any other 4xx
+    is the client's error and is passed on.
     """
 
     def __init__(self, kind: str, message: str, *, status: int | None = None,
@@ -376,6 +379,13 @@ async def call_openai(client: UpstreamHTTP, expert: ExpertConfig, base: str, pat
                                           body=data, retry_after=resp.retry_after)
                 if status in (401, 403):
                     raise auth_failure(expert, status, data, headers)
+                if status == 404:
+                    # the expert's model (a LoRA adapter not loaded there, a wrong base path)
+                    # is not on this replica: its failure, not the client's request's
+                    raise UpstreamFailure("not_found", f"{base} answered 404", status=404,
+                                          body=error_body(data, status, expert.name, base,
+                                                          credentials(headers)),
+                                          public="answered 404 (model not found)")
                 if status != 200:
                     if status >= 400:  # the request's own error: OpenAI-shaped, scrubbed
                         return UpstreamReply(status, "application/json",
@@ -588,14 +598,14 @@ def _litellm_failure(expert: ExpertConfig, e: Exception, timeout_s: float,
         headers = {"authorization": f"Bearer {os.environ[expert.api_key_env]}"}
     if status in (401, 403):  # the provider refused the gateway's key, not the client's
         return auth_failure(expert, status, str(e).encode(), headers)
-    retryable = status is None or status >= 500 or status == 429
+    retryable = status is None or status >= 500 or status in (404, 429)
     # LiteLLM's messages may quote the provider's URL or the key: clients get neither
     text = str(e)[:500]
     for secret in credentials(headers):
         text = text.replace(secret, "***")
     body = orjson.dumps({"error": {"message": scrub(redact(text)), "type": "upstream_error",
                                    "param": None, "code": type(e).__name__}})
-    return UpstreamFailure("status" if status else "connect",
+    return UpstreamFailure("not_found" if status == 404 else "status" if status else "connect",
                            f"{expert.name}: {type(e).__name__}: {str(e)[:200]}",
                            status=status, body=body, retryable=retryable,
                            public=(f"answered {status}" if status else

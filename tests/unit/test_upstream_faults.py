@@ -351,8 +351,12 @@ async def test_upstream_4xx_comes_back_openai_shaped_without_its_address(
     status, ctype, body = raw
     coder.raw = (status, ctype, body.replace(b"{base}", coder.base.encode()))
     errs = []
+    # a 404 says the expert's model is not on its server, not that the request is wrong: a
+    # routed request goes on to the policy's fallback (test_vllm_lora_double), so here only
+    # the expert named by the client answers it; other 4xx are the request's for both
+    models = ("coder",) if status == 404 else ("auto", "coder")
     async with gateway_client(base_config(coder.base, chatter.base), tmp_path) as (c, _):
-        for model in ("auto", "coder"):
+        for model in models:
             r = await c.post("/v1/chat/completions", json=chat(model, "fix this bug in my code"))
             assert r.status_code == status and r.headers["content-type"] == "application/json"
             err = _err(r)

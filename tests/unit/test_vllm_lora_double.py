@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import openai
+import orjson
 import pytest
 
 from tests.doubles.vllm import VLLMDouble
@@ -110,8 +111,8 @@ async def test_adapter_loaded_at_run_time_becomes_servable(vllm: VLLMDouble, tmp
                                                            ) -> None:
     async with gateway_client(lora_config(vllm.base), tmp_path) as (c, _):
         # configured in the gateway but not yet loaded in vLLM: vLLM's 404 comes back with
-        # its status and message, OpenAI-shaped (a 4xx is the client's problem, never
-        # retried on another expert)
+        # its status and message, OpenAI-shaped (the client named this expert: nothing
+        # else to try, and its one replica is not asked twice)
         r = await c.post("/v1/chat/completions", json=chat("legal-lora", "x"))
         assert r.status_code == 404
         err = r.json()["error"]
@@ -149,3 +150,66 @@ async def test_runtime_lora_endpoints_absent_without_the_vllm_flag() -> None:
         assert d.lora_modules == {}
     finally:
         await d.stop()
+
+
+async def test_a_routed_adapter_missing_on_the_server_falls_back_to_the_base_model(
+        vllm: VLLMDouble, tmp_path: Path) -> None:
+    # the policy chose legal-lora, configured but not loaded in vLLM: vLLM's 404 says the
+    # model is not on that server (the expert's failure, not the request's), so the decision's
+    # chain goes on to the base model. It was passed to the client as 404 "The model
+    # `legal-lora` does not exist" for a policy that exists, with no fallback tried
+    cfg = lora_config(vllm.base)
+    cfg["policies"][0]["max_attempts"] = 1  # the chosen adapter, then the policy's fallback
+    async with gateway_client(cfg, tmp_path) as (c, gw):
+        client = openai.AsyncOpenAI(base_url="http://gw/v1", api_key="unused", http_client=c,
+                                    max_retries=0)
+        for stream in (False, True):
+            raw = await client.chat.completions.with_raw_response.create(
+                model="lora-auto", stream=stream,
+                messages=[{"role": "user", "content": "summarise this contract clause"}])
+            assert raw.status_code == 200
+            h = raw.headers
+            assert h["x-expertgate-expert"] == "llama-base"
+            assert h["x-expertgate-degraded"] == "expert-fallback"
+            assert "fallback to llama-base after legal-lora:not_found" in \
+                h["x-expertgate-reason"]
+            assert [b["model"] for b in vllm.received[-2:]] == ["legal-lora", BASE_MODEL]
+        # a missing adapter is no failure of the server its parent shares: after many 404s
+        # the base model and the other adapter still answer (no circuit opened)
+        for _ in range(8):
+            r = await c.post("/v1/chat/completions", json=chat("legal-lora", "x"))
+            assert r.status_code == 404  # named by the client: the server's own answer
+            assert r.json()["error"]["type"] == "NotFoundError"
+        r = await c.post("/v1/chat/completions", json=chat("sql-lora", "x"))
+        assert r.status_code == 200
+        assert all(rep["circuit"] == "closed"
+                   for rep in gw.dispatcher.replica_states()["llama-base"])
+        m = (await c.get("/metrics")).text
+        assert 'expertgate_upstream_errors_total{expert="legal-lora",kind="not_found"} 10.0' \
+            in m
+    recs = [orjson.loads(ln) for ln in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [(r["expert"], r["http_status"], r["fallback"]) for r in recs[:2]] == [
+        ("llama-base", 200, True)] * 2
+
+
+async def test_an_adapter_loaded_on_one_replica_only_is_served_by_that_replica(
+        tmp_path: Path) -> None:
+    # runtime-loaded adapters arrive on replicas one by one: the replica without it answers
+    # 404, the next replica of the same expert serves it
+    a = await VLLMDouble(BASE_MODEL).start()
+    b = await VLLMDouble(BASE_MODEL, {"sql-lora": "/adapters/sql-lora"}).start()
+    try:
+        cfg = lora_config(a.base)
+        cfg["experts"][0] = {"name": "llama-base", "replicas": [a.base, b.base],
+                             "model": BASE_MODEL, "timeout_s": 2}
+        async with gateway_client(cfg, tmp_path) as (c, _):
+            for _ in range(4):  # whichever replica affinity picks first
+                r = await c.post("/v1/chat/completions", json=chat("sql-lora", "x"))
+                assert r.status_code == 200
+                assert r.json()["choices"][0]["message"]["content"] == \
+                    "answer from adapter sql-lora"
+                assert r.headers["x-expertgate-expert"] == "sql-lora"
+        assert len(b.received) == 4
+    finally:
+        await a.stop()
+        await b.stop()
