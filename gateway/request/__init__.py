@@ -91,6 +91,10 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, send: Send, endpoi
         if endpoint == "feedback":
             await send_json(tracked, ctx, await _feedback(gw, ctx))
             return
+        # read with the policy set that plan() reads before its first await: a reload that
+        # lands while the request is planned (embedding) must not leave its decision with a
+        # pool that lacks the experts it names (a removed or renamed expert: a 500)
+        ctx.dispatcher = gw.dispatcher
         p = ctx.plan = await plan(gw, endpoint, ctx.body, ctx.degraded,
                                   deadline=ctx.deadline, serve=generate,
                                   texts=ctx.message_texts)

@@ -15,6 +15,7 @@ from gateway.messages import MessageTexts, message_texts
 if TYPE_CHECKING:
     from gateway.auth import RequestIds
     from gateway.config import APIKeyConfig
+    from gateway.dispatch import Dispatcher
     from gateway.ratelimit import RateDecision
     from gateway.request.plan import Plan
 
@@ -34,6 +35,7 @@ class RequestContext:
         "client_request_id",
         "deadline",
         "degraded",
+        "dispatcher",
         "endpoint",
         "err_type",
         "expert",
@@ -83,6 +85,9 @@ class RequestContext:
         self.body: dict[str, Any] = {}
         self.stream = False
         self.plan: Plan | None = None
+        #: the upstream pool of the configuration the request was planned with (a reload
+        #: swaps both together; the request keeps the experts its plan names)
+        self.dispatcher: Dispatcher | None = None
         #: why the request went where it went (x-expertgate-reason, the log)
         self.reason = ""
         #: the expert that answered, its replica, the experts the dispatcher was asked to try

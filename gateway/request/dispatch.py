@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from gateway import exactjson
-from gateway.dispatch import DispatchResult
+from gateway.dispatch import Dispatcher, DispatchResult
 from gateway.errors import InvalidRequest, UpstreamError
 from gateway.messages import MessageTexts, message_texts
 from gateway.request.context import RequestContext
@@ -46,7 +46,7 @@ async def dispatch(gw: Gateway, ctx: RequestContext) -> DispatchResult:
     if p.action == "ensemble":
         return await _ensemble(gw, ctx)
     ctx.chain = p.chain
-    disp = gw.dispatcher
+    disp = _dispatcher(gw, ctx)
     res = await disp.call(
         p.chain, _PATHS[ctx.endpoint], body,
         _body_for(body, b"" if p.rewrite else ctx.raw, p.model),
@@ -57,6 +57,11 @@ async def dispatch(gw: Gateway, ctx: RequestContext) -> DispatchResult:
         deadline=ctx.deadline, on_try=ctx.attempting)
     _answered(gw, ctx, res, p.chain)
     return res
+
+
+def _dispatcher(gw: Gateway, ctx: RequestContext) -> Dispatcher:
+    """The pool of the configuration the request was planned with (see ``handle``)."""
+    return ctx.dispatcher if ctx.dispatcher is not None else gw.dispatcher
 
 
 def affinity_key(payload: dict[str, Any], endpoint: str,
@@ -140,6 +145,7 @@ async def _ensemble(gw: Gateway, ctx: RequestContext) -> DispatchResult:
     assert aggregator is not None
     path = _PATHS[ctx.endpoint]
     payload = ctx.body
+    disp = _dispatcher(gw, ctx)
     sub = {k: v for k, v in payload.items() if k not in ("stream", "stream_options")}
 
     outcome: dict[str, str] = {}
@@ -147,7 +153,7 @@ async def _ensemble(gw: Gateway, ctx: RequestContext) -> DispatchResult:
 
     async def one(name: str) -> tuple[str, str | None, DispatchResult | None]:
         try:
-            res = await gw.dispatcher.call([name], path, sub, _body_for(sub, b"", ""),
+            res = await disp.call([name], path, sub, _body_for(sub, b"", ""),
                                            stream=False, affinity=name.encode(),
                                            deadline=ctx.deadline)
         except UpstreamError as e:
@@ -204,7 +210,7 @@ async def _ensemble(gw: Gateway, ctx: RequestContext) -> DispatchResult:
     assert p.rt is not None
     ctx.chain = [aggregator, *(f for f in p.rt.config.fallback if f != aggregator)]
     try:
-        res = await gw.dispatcher.call(ctx.chain, path, agg, _body_for(agg, b"", ""),
+        res = await disp.call(ctx.chain, path, agg, _body_for(agg, b"", ""),
                                        stream=ctx.stream, affinity=aggregator.encode(),
                                        deadline=ctx.deadline, on_try=ctx.attempting)
         if res.reply.status >= 400:

@@ -52,7 +52,9 @@ _STATUS = {s: str(s) for s in range(100, 600)}
 
 def log_record(gw: Gateway, ctx: RequestContext, latency_ms: float) -> RequestRecord:
     usage = ctx.usage
-    expert = gw.config.expert(ctx.expert) if ctx.expert else None
+    # the prices of the configuration that served it (a reload may have renamed it since)
+    cfg = ctx.dispatcher.config if ctx.dispatcher is not None else gw.config
+    expert = cfg.expert(ctx.expert) if ctx.expert else None
     cost = ctx.extra_cost_usd  # an ensemble's members were paid for too
     if expert is not None:
         cost += expert.price.cost(usage)

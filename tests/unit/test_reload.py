@@ -6,6 +6,7 @@ import asyncio
 import copy
 from pathlib import Path
 
+import orjson
 import pytest
 import yaml
 
@@ -108,3 +109,53 @@ async def test_a_worker_refuses_to_start_with_a_config_nobody_could_call(tmp_pat
     app = create_app(s, parse_config(cfg, "test.yaml"), embedder=HashingEmbedder())
     with pytest.raises(ConfigError, match="require_auth"):
         await app.gateway.start()
+
+
+async def test_a_request_planned_before_a_reload_that_renames_its_expert_is_served(
+        tmp_path: Path) -> None:
+    """A reload that lands while a request is being planned (its query embedding) swaps the
+    policies and the upstream pool together; the request keeps the PolicySet it started with,
+    so its decision names the old expert. It was dispatched through the new pool, which has
+    no such expert: a 500 internal_error (KeyError) for a request that had every right to an
+    answer. It now keeps the pool (and prices) of the configuration it was planned with."""
+    a = await OpenAIUpstreamDouble("a").start()
+    b = await OpenAIUpstreamDouble("b").start()
+    try:
+        cfg = copy.deepcopy(base_config(a.base, b.base))
+        cfg["policies"][0]["cache_ttl_s"] = 0
+        path = tmp_path / "gw.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        async with gateway_client(cfg, tmp_path, config=path) as (c, gw):
+            entered, release = asyncio.Event(), asyncio.Event()
+            embed = gw.pipeline._embed_fn
+
+            async def held(text: str) -> object:
+                if text == "fix this bug in my code":  # the request's, not the warm-up's
+                    entered.set()
+                    await release.wait()
+                return await embed(text)
+
+            gw.pipeline._embed_fn = held
+            req = asyncio.create_task(c.post("/v1/chat/completions",
+                                             json=chat("auto", "fix this bug in my code")))
+            await entered.wait()
+            # the coder expert is renamed (same server), and its route follows it
+            new = copy.deepcopy(cfg)
+            new["experts"][0]["name"] = "coder-v2"
+            new["policies"][0]["routes"][0]["expert"] = "coder-v2"
+            path.write_text(yaml.safe_dump(new))
+            r = await c.post("/admin/reload")
+            assert r.status_code == 200 and "coder" not in gw.dispatcher.pools
+            release.set()
+            r = await req
+            assert r.status_code == 200, r.text
+            assert r.headers["x-expertgate-expert"] == "coder"
+            assert r.json()["choices"][0]["message"]["content"] == "answer from a (up-coder)"
+            r = await c.post("/v1/chat/completions", json=chat("auto", "fix this bug in my code"))
+            assert r.headers["x-expertgate-expert"] == "coder-v2"
+        recs = [orjson.loads(ln) for ln in (tmp_path / "log.jsonl").read_text().splitlines()]
+        assert recs[0]["expert"] == "coder" and recs[0]["http_status"] == 200
+        assert recs[0]["cost_usd"] == pytest.approx((7 * 1.0 + 5 * 2.0) / 1e6)
+    finally:
+        await a.stop()
+        await b.stop()
