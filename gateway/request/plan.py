@@ -95,8 +95,10 @@ def request_text(endpoint: str, body: dict[str, Any], rt: PolicyRuntime,
                  texts: MessageTexts | None = None) -> str:
     """The text a policy routes on: from ``messages`` (chat, route; ``texts``: their
     :func:`~gateway.messages.message_texts` when the caller holds them), ``prompt``
-    (completions) or the dry run's ``text``."""
-    if body.get("text") is not None:
+    (completions) or the dry run's ``text``. Only the dry run reads ``text``: in a chat or
+    completions body it is an unknown field, passed to the expert like any other, and it
+    must never be what the guard and the router judge instead of what the expert reads."""
+    if endpoint == "route" and body.get("text") is not None:
         text = " ".join(str(body["text"]).split())
         if not text:
             raise InvalidRequest("'text' is empty", param="text")

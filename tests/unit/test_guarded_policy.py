@@ -34,3 +34,39 @@ async def test_unsafe_rejection_reason_gives_the_unsafe_score(ups, tmp_path: Pat
         r = await c.post("/v1/chat/completions", json=chat("auto", "those people are vermin"))
         assert r.status_code == 400 and "unsafe content (score 1.000" in r.json()[
             "error"]["message"]
+
+
+async def test_a_text_field_in_a_chat_body_does_not_replace_what_the_guard_reads(
+        ups, tmp_path: Path) -> None:
+    # the dry run's `text` field was read on every endpoint: a chat or completions body
+    # carrying "text": "<something in domain>" was guarded and routed on that text while the
+    # expert got the out-of-domain messages (the guard bypassed by one extra field)
+    pytest.importorskip("skops")
+    emb = HashingEmbedder()
+    texts = ["fix this bug in my code", "refactor this class", "tell me a joke",
+             "how are you today"] * 5
+    labels = ["code", "code", "chat", "chat"] * 5
+    g = GuardRouter(method="centroid", target_frr=0.0, routes={"code": "coder",
+                                                                "chat": "chatter"})
+    g.fit(emb.embed(texts), guard_table_from_labels(texts, labels), embedder=emb)
+    art = save_router(g, tmp_path / "guard", embedder=emb.name)
+    cfg = base_config(ups[0].base, ups[1].base, guard={"artifact": str(art)},
+                      on_reject={"action": "error", "status": 403, "message": "Out of scope."})
+    ood = "quantum chromodynamics of gluons"
+    async with gateway_client(cfg, tmp_path) as (c, _):
+        for path, body in (("/v1/chat/completions", {**chat("auto", ood),
+                                                     "text": "tell me a joke"}),
+                           ("/v1/completions", {"model": "auto", "prompt": ood,
+                                                "text": "tell me a joke"})):
+            r = await c.post(path, json=body)
+            assert r.status_code == 403, (path, r.text)
+            assert r.json()["error"]["code"] == "request_rejected"
+            assert r.headers["x-expertgate-expert"] == "none"
+        assert ups[0].received == [] and ups[1].received == []
+        # an in-domain request keeps its unknown field on the way to the expert
+        r = await c.post("/v1/chat/completions", json={**chat("auto", "tell me a joke"),
+                                                       "text": ood})
+        assert r.status_code == 200 and ups[1].received[-1]["text"] == ood
+        # the dry run still routes on its `text`
+        r = await c.post("/v1/route", json={"model": "auto", "text": ood})
+        assert r.json()["mode"] == "reject"
