@@ -190,6 +190,9 @@ class ExpertPool:
         #: replica base -> LoRA adapters resident there (configured on the base expert)
         self.resident: dict[str, set[str]] = {b.rstrip("/"): set(a) for b, a in
                                               expert.resident_adapters.items()}
+        #: the expert whose server the replicas are, and so whose credentials every call
+        #: carries: the expert itself, or a LoRA adapter's parent (set by the Dispatcher)
+        self.server = expert
         #: replica base -> the call's headers, built once (a key named by ``api_key_env`` is
         #: read at each call instead: the environment may change)
         self._headers: dict[str, dict[str, str]] = {}
@@ -197,8 +200,8 @@ class ExpertPool:
     def headers(self, base: str) -> dict[str, str]:
         h = self._headers.get(base)
         if h is None:
-            h = self.expert.upstream_headers(base)
-            if not self.expert.api_key_env:
+            h = self.server.upstream_headers(base)
+            if not self.server.api_key_env:
                 self._headers[base] = h
         return h
 
@@ -251,6 +254,9 @@ class Dispatcher:
         for e in config.experts:
             if e.parent is not None and not e.bases and e.parent in self.pools:
                 self.pools[e.name].replicas = self.pools[e.parent].replicas
+                # ... and its credentials (api_key_env, URL user:password): vLLM started with
+                # --api-key refuses an adapter's call that lacks them (401)
+                self.pools[e.name].server = self.pools[e.parent].server
                 merged = dict(self.pools[e.parent].resident)
                 for b, names in self.pools[e.name].resident.items():
                     merged[b] = merged.get(b, set()) | names
@@ -436,20 +442,21 @@ class Dispatcher:
             return True
         fut = rep.probes.get(path)
         if fut is None:
-            fut = asyncio.ensure_future(self._probe(pool.expert, rep, path, deadline))
+            fut = asyncio.ensure_future(self._probe(pool, rep, path, deadline))
             rep.probes[path] = fut
             fut.add_done_callback(lambda _f: rep.probes.pop(path, None))
         return await asyncio.shield(fut)
 
-    async def _probe(self, expert: ExpertConfig, rep: Replica, path: str, deadline: float
+    async def _probe(self, pool: ExpertPool, rep: Replica, path: str, deadline: float
                      ) -> bool:
         assert self.http is not None
+        expert = pool.expert
         body = orjson.dumps({"model": expert.upstream_model,
                              **_PROBE_BODIES.get(path, _PROBE_BODIES["/chat/completions"])})
         timeout = max(min(expert.timeout_s, 10.0, deadline - time.monotonic()), 0.1)
         try:
             await call_openai(self.http, expert, rep.base, path, body, stream=False,
-                              timeout_s=timeout)
+                              timeout_s=timeout, headers=pool.headers(rep.base))
         except UpstreamFailure as f:
             log.warning("upstream %s at %s: the health probe after a 500 failed too (%s): "
                         "counting it as the replica's failure", expert.name, rep.base, f)

@@ -11,6 +11,9 @@ It follows vLLM's documented API, not its engine:
 - ``POST /v1/chat/completions`` and ``/v1/completions`` with ``model`` = the base model or an
   adapter name; any other name is a 404 ``NotFoundError`` in vLLM's error shape.
 
+- ``api_key`` (``vllm serve --api-key KEY``): every ``/v1`` request needs ``Authorization:
+  Bearer KEY``, else 401 ``{"error": "Unauthorized"}``.
+
 The "answer" says which model or adapter produced it, so tests can prove where a request
 went; every request is recorded in ``received``.
 """
@@ -43,6 +46,7 @@ class VLLMDouble:
     lora_modules: dict[str, str] = field(default_factory=dict)
     allow_runtime_lora: bool = True
     max_model_len: int = 8192
+    api_key: str | None = None
     port: int = field(default_factory=free_port)
     received: list[dict[str, Any]] = field(default_factory=list)
     _runner: web.AppRunner | None = None
@@ -52,7 +56,7 @@ class VLLMDouble:
         return f"http://127.0.0.1:{self.port}/v1"
 
     async def start(self) -> VLLMDouble:
-        app = web.Application()
+        app = web.Application(middlewares=[self._auth])
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
@@ -69,6 +73,14 @@ class VLLMDouble:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if self.api_key is not None and request.path.startswith("/v1") and \
+                request.headers.get("authorization") != f"Bearer {self.api_key}":
+            return web.json_response({"error": "Unauthorized"}, status=401)
+        resp: web.StreamResponse = await handler(request)
+        return resp
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response(status=200)

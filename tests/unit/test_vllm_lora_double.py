@@ -213,3 +213,29 @@ async def test_an_adapter_loaded_on_one_replica_only_is_served_by_that_replica(
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_adapter_calls_carry_their_parent_servers_credentials(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # vLLM started with --api-key: the base expert names the key (api_key_env); its adapters
+    # are served by the same server and must send the same key. They sent none (the
+    # adapter's own, empty, credentials): every adapter call was a 401, failed over to the
+    # base model (routed) or answered 502 upstream_auth_failed (named)
+    monkeypatch.setenv("VLLM_KEY", "sk-vllm-secret")
+    d = await VLLMDouble(BASE_MODEL, {"sql-lora": "/adapters/sql-lora"},
+                         api_key="sk-vllm-secret").start()
+    try:
+        cfg = lora_config(d.base)
+        cfg["experts"][0]["api_key_env"] = "VLLM_KEY"
+        async with gateway_client(cfg, tmp_path) as (c, _):
+            r = await c.post("/v1/chat/completions", json=chat("sql-lora", "x"))
+            assert r.status_code == 200, r.text
+            assert r.json()["choices"][0]["message"]["content"] == \
+                "answer from adapter sql-lora"
+            r = await c.post("/v1/chat/completions",
+                             json=chat("lora-auto", "write a sql query to count rows"))
+            assert r.status_code == 200
+            assert r.headers["x-expertgate-expert"] == "sql-lora"
+            assert "x-expertgate-degraded" not in r.headers
+    finally:
+        await d.stop()
