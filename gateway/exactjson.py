@@ -6,6 +6,8 @@ the expert ``1.2345678901234568e+29``. :func:`loads` parses with orjson (which a
 that the JSON is strict) and re-parses with the standard library, whose integers are exact,
 only when the result holds a float as large as such an integer; :func:`dumps` writes with
 orjson and falls back to the standard library only when orjson refused such an integer.
+:func:`exact` is the check on its own, for a body orjson already parsed (an upstream's
+answer, parsed once to check it, re-serialised only when the gateway rewrites it).
 
 Finding such a float costs the common body little: an integer orjson cannot keep has at
 least 19 digits in a row, so a body up to :data:`SCAN_BYTES` is first scanned for one in C
@@ -20,7 +22,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["dumps", "loads"]
+__all__ = ["dumps", "exact", "loads"]
 
 #: orjson turns an integer into a float above 2**64 - 1 and below -2**63; a float literal
 #: this large (rare in a request) only costs the exact re-parse, which reads it the same way
@@ -70,7 +72,13 @@ def loads(raw: bytes) -> Any:
     what orjson refuses (an integer of more than 308 digits reads as an infinite float
     there, so it is refused too) and ValueError for an integer longer than Python converts
     (``sys.get_int_max_str_digits``)."""
-    obj = orjson.loads(raw)
+    return exact(raw, orjson.loads(raw))
+
+
+def exact(raw: bytes, obj: Any) -> Any:
+    """``obj`` (``orjson.loads(raw)``), or ``raw`` re-parsed with the standard library where
+    ``obj`` may hold an integer orjson read as a float: the same values, every integer
+    exact. Raises ValueError as :func:`loads` does."""
     if len(raw) <= SCAN_BYTES and _RUN not in raw.translate(_DIGITS):
         return obj
     if _has_wide_float(obj):

@@ -39,6 +39,7 @@ from typing import Any
 
 import orjson
 
+from gateway import exactjson
 from gateway.config import ExpertConfig
 from gateway.redact import redact
 from gateway.upstream_http import (
@@ -661,14 +662,14 @@ async def call_litellm(expert: ExpertConfig, base: str | None, payload: dict[str
     except Exception as e:
         raise _litellm_failure(expert, e, timeout_s, base) from None
     if not stream:
-        obj = resp.model_dump()
-        return UpstreamReply(200, "application/json", orjson.dumps(obj), data=obj)
+        obj = resp.model_dump()  # its integers exact (LiteLLM reads JSON with json)
+        return UpstreamReply(200, "application/json", exactjson.dumps(obj), data=obj)
 
     def event(chunk: Any) -> bytes:
         obj = chunk.model_dump()
         if path == "/completions":
             obj = _text_chunk(obj)
-        return b"data: " + orjson.dumps(obj) + b"\n\n"
+        return b"data: " + exactjson.dumps(obj) + b"\n\n"
 
     it = resp.__aiter__()
     try:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from gateway import exactjson
 from gateway.dispatch import DispatchResult
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.messages import answers_asked
@@ -176,8 +177,11 @@ async def forward(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
     body = reply.first
     if p is not None and p.rt is not None and p.rt.config.rewrite_model and \
             not reply.stream and reply.status == 200 and isinstance(reply.data, dict):
+        # the upstream's numbers go back as it wrote them (orjson alone would turn an
+        # integer beyond 64 bits into a float, or refuse to write it)
+        reply.data = exactjson.exact(body, reply.data)
         reply.data["model"] = p.model
-        body = orjson.dumps(reply.data)
+        body = exactjson.dumps(reply.data)
     h = headers(ctx, reply.content_type.encode("latin-1"))
     ctx.status = reply.status
     if reply.status >= 400:
@@ -362,13 +366,13 @@ class _ModelRewrite:
         if not line.startswith(b"data:"):
             return line
         try:
-            ev = orjson.loads(line[5:])
-        except orjson.JSONDecodeError:
+            ev = exactjson.loads(line[5:])
+        except ValueError:  # orjson's JSONDecodeError among them
             return line  # [DONE], or an invalid line the SSE check ends the stream on
         if not isinstance(ev, dict) or "model" not in ev:
             return line
         ev["model"] = self.model
-        return b"data: " + orjson.dumps(ev) + (b"\r" if line.endswith(b"\r") else b"")
+        return b"data: " + exactjson.dumps(ev) + (b"\r" if line.endswith(b"\r") else b"")
 
 
 def _usage_event(ctx: RequestContext, sse: SSECheck) -> bytes:

@@ -353,3 +353,79 @@ def test_exact_json_takes_the_fallback_only_for_wide_numbers(monkeypatch: pytest
         deep = [deep]
     with pytest.raises(TypeError):  # orjson's own limit stays the limit
         exactjson.dumps(deep)
+
+
+#: an upstream's answer with integers orjson cannot keep, in fields the gateway never reads
+_ANSWER = (b'{"id": "chatcmpl-wide", "object": "chat.completion", "created": 1, "model": '
+           b'"up-coder", "trace_id": 123456789012345678901234567890, "choices": [{"index": 0, '
+           b'"finish_reason": "stop", "message": {"role": "assistant", "content": "ok"}}], '
+           b'"usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12, '
+           b'"cost_nano": 18446744073709551616, "low": -9223372036854775809, "t": 0.5}}')
+_EVENT = (b'{"id": "chatcmpl-wide", "object": "chat.completion.chunk", "created": 1, '
+          b'"model": "up-coder", "trace_id": 123456789012345678901234567890, "choices": '
+          b'[{"index": 0, "delta": {"content": "ok"}, "finish_reason": null}]}')
+
+
+async def test_integers_beyond_64_bits_reach_the_client_exactly(ups: Ups, tmp_path: Path
+                                                               ) -> None:
+    """An answer re-serialised to name the policy (``rewrite_model``), whole or streamed,
+    keeps the upstream's integers as it wrote them (orjson alone made them floats)."""
+    import json
+
+    coder, chatter = ups
+    cfg = base_config(coder.base, chatter.base, rewrite_model=True)
+    async with gateway_client(cfg, tmp_path) as (c, _):
+        coder.raw = (200, "application/json", _ANSWER)
+        r = await c.post("/v1/chat/completions", json=chat("auto", "fix this bug in my code"))
+        assert r.status_code == 200, r.text
+        assert r.headers["x-expertgate-expert"] == "coder"
+        got = json.loads(r.content)  # the standard library: exact
+        assert got["model"] == "auto"  # re-serialised, not the upstream's bytes
+        want = json.loads(_ANSWER)
+        assert got == {**want, "model": "auto"}
+        assert got["trace_id"] == _WIDE and type(got["trace_id"]) is int
+        assert got["usage"]["cost_nano"] == 2**64 and got["usage"]["low"] == -(2**63) - 1
+        assert got["usage"]["t"] == 0.5
+        coder.raw = (200, "text/event-stream",
+                     b"data: " + _EVENT + b"\n\ndata: " + _EVENT + b"\r\n\r\ndata: [DONE]\n\n")
+        r = await c.post("/v1/chat/completions", json=chat(
+            "auto", "fix this bug in my code", stream=True))
+        assert r.status_code == 200, r.text
+        events = [json.loads(ln[6:]) for ln in r.text.splitlines()
+                  if ln.startswith("data: ") and ln != "data: [DONE]"]
+        assert events == [{**json.loads(_EVENT), "model": "auto"}] * 2
+        assert r.text.rstrip().endswith("data: [DONE]")
+    assert not chatter.received
+
+
+async def test_a_litellm_answer_keeps_integers_beyond_64_bits(monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    """LiteLLM's objects hold the provider's integers exactly; orjson could not write them
+    (a 500), whole or streamed."""
+    import json
+    from types import SimpleNamespace
+
+    from gateway import upstreams
+    from gateway.config import ExpertConfig
+
+    answer = json.loads(_ANSWER)
+
+    class Dumped:
+        def model_dump(self) -> dict[str, Any]:
+            return answer
+
+    async def acompletion(stream: bool = False, **kw: Any) -> Any:
+        if not stream:
+            return Dumped()
+
+        async def events() -> Any:
+            yield Dumped()
+        return events()
+
+    monkeypatch.setattr(upstreams, "_litellm", SimpleNamespace(acompletion=acompletion))
+    expert = ExpertConfig(name="p", kind="litellm", model="openai/gpt-4o-mini")
+    payload = chat("p", "hi")
+    reply = await upstreams.call_litellm(expert, None, payload, stream=False, timeout_s=5)
+    assert json.loads(reply.first) == answer and reply.data["trace_id"] == _WIDE
+    reply = await upstreams.call_litellm(expert, None, payload, stream=True, timeout_s=5)
+    assert json.loads(reply.first.removeprefix(b"data: ")) == answer
