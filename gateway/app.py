@@ -28,6 +28,8 @@ import orjson
 from gateway.aio import stop_task
 from gateway.auth import Authenticator, RequestIds, reachable_experts
 from gateway.cache import DecisionCache, MemoryDecisionCache, RedisDecisionCache
+from gateway.canary import CanaryMonitor
+from gateway.canary_sync import CanarySync, FlushResult
 from gateway.config import (
     ConfigError,
     GatewayConfig,
@@ -104,6 +106,12 @@ class Gateway:
         #: request id -> (policy, text, expert) of recent answers of online policies
         self._online: collections.OrderedDict[str, tuple[str, str, str]] = \
             collections.OrderedDict()
+        #: canary counts and reverts shared through Redis (None without Redis)
+        self._canary_sync: CanarySync | None = None
+        self._canary_task: asyncio.Task[None] | None = None
+        self._canary_wake = asyncio.Event()
+        #: the reverts file as last read (mtime), for the workers of one machine
+        self._reverts_seen = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -156,6 +164,7 @@ class Gateway:
                 self._share_request_ids(first), name="request-id-secret")
             # the registry already holds the in-process limiter's metrics: swap the backend only
             self.ratelimiter.attach_redis(self.redis)
+            self._canary_sync = CanarySync(self.redis)
             sink: Any = RedisStreamSink(self.redis)
         else:
             sink = JsonlSink(s.log_path, s.feedback_file)
@@ -170,6 +179,11 @@ class Gateway:
                                  embed_fn)
         self.pipeline.on_shadow = self._log_shadow
         self._canary_gauges(self.policy_set)
+        if self._canary_sync is not None or s.workers > 1:
+            # before serving: a canary another process reverted must not serve here
+            await self._canary_exchange()
+            self._canary_task = asyncio.get_running_loop().create_task(
+                self._sync_canaries(), name="canary-sync")
         await self.dispatcher.start()
         if s.warm_up:
             failed = await self.pipeline.warm()
@@ -223,6 +237,9 @@ class Gateway:
         await self.ratelimiter.drain()
         await self.auth.close()
         await stop_task(self._rid_task)
+        await stop_task(self._canary_task)
+        if self._canary_task is not None:  # what this process counted since the last one
+            await self._canary_exchange()
         if self.routing_log is not None:
             await self.routing_log.close()
         await self.dispatcher.close()
@@ -297,6 +314,7 @@ class Gateway:
             self.policy_set = pset
             self.pipeline.policies = pset
             self._canary_gauges(pset)
+            self._canary_wake.set()  # a new canary reads the shared state at once
             changed = {n: rt.version for n, rt in pset.policies.items()
                        if n not in old.policies or old.policies[n].version != rt.version}
             log.info("reloaded configuration: %d policies, %d changed", len(pset.policies),
@@ -311,9 +329,109 @@ class Gateway:
 
     # -- shadow and canary ---------------------------------------------------------------
     def _canary_gauges(self, pset: PolicySet) -> None:
+        sync = self._canary_sync
         for name, rt in pset.policies.items():
             c = rt.candidate
             self.metrics.canary_active.labels(name).set(1 if c is not None and c.serving else 0)
+            m = c.monitor if c is not None else None
+            if m is not None:
+                m.shared = sync is not None
+                m.degraded = sync is not None and not sync.available
+                self.metrics.canary_shared.labels(name).set(
+                    1 if m.shared and not m.degraded else 0)
+
+    def _canary_monitors(self) -> list[tuple[str, CanaryMonitor]]:
+        return [(name, rt.candidate.monitor) for name, rt in self.policy_set.policies.items()
+                if rt.candidate is not None and rt.candidate.monitor is not None]
+
+    async def _sync_canaries(self) -> None:
+        """Exchange canary counts and reverts with the other processes every
+        ``canary_sync_s``, and at once after a revert here or a reload."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._canary_wake.wait(), self.settings.canary_sync_s)
+            self._canary_wake.clear()
+            await self._canary_exchange()
+
+    async def _canary_exchange(self) -> None:
+        sync = self._canary_sync
+        mons = self._canary_monitors()
+        if sync is None:  # no Redis: the reverts other workers recorded in the file
+            self._poll_reverts(mons)
+            return
+        if not mons and sync.idle:
+            return
+        try:
+            results = await sync.flush([m for _, m in mons])
+        except Exception as e:  # redis raises many types; any of them means "down"
+            if sync.available:
+                log.warning("canary monitoring: Redis unavailable (%s); each process tests "
+                            "its canaries on the counts it last read plus its own since, "
+                            "and a revert elsewhere reaches it only once Redis is back",
+                            type(e).__name__)
+            sync.available = False
+            for name, m in mons:
+                m.degraded = True
+                self.metrics.canary_shared.labels(name).set(0)
+                if m.reverted is not None and m.origin == "this process" and not m.logged:
+                    # its record waits for Redis; the log says so now
+                    self._log_revert(policy=name, signal_=str((m.record or {}).get("signal")),
+                                     why=m.reverted, ts=time.time())
+                    m.logged = True
+            return
+        if not sync.available:
+            log.warning("canary monitoring: Redis is back; canaries are tested on the counts "
+                        "of all processes again")
+        sync.available = True
+        for name, m in mons:
+            m.degraded = False
+            self.metrics.canary_shared.labels(name).set(1)
+        names = {id(m): name for name, m in mons}
+        for r in results:
+            self._after_flush(names[id(r.monitor)], r)
+
+    def _after_flush(self, policy: str, r: FlushResult) -> None:
+        m, rec = r.monitor, r.record
+        token = self._canary_sync.token if self._canary_sync is not None else None
+        if rec is not None and rec.get("by") != token:  # decided elsewhere: its verdict
+            if m.adopt(rec, "another process") or r.signal is not None:
+                self._adopted(policy, m, rec)
+            return
+        if r.signal is not None:  # the totals of all processes revert it, here first
+            self._reverted(policy, r.signal, m.reverted or "")
+        elif rec is not None and not m.logged:  # recorded as decided here: the one event
+            self._log_revert(policy, str(rec.get("signal", "")), str(rec.get("reason")),
+                             float(rec.get("ts", time.time())))
+            m.logged = True
+
+    def _poll_reverts(self, mons: list[tuple[str, CanaryMonitor]]) -> None:
+        """Without Redis, the workers of one ``serve --workers N`` share reverts through the
+        reverts file (their counts stay their own)."""
+        try:
+            mtime = self._reverts_path.stat().st_mtime
+        except OSError:
+            return
+        if mtime == self._reverts_seen:
+            return
+        self._reverts_seen = mtime
+        got = read_reverts(self._reverts_path)
+        for name, rt in self.policy_set.policies.items():
+            c = rt.candidate
+            m = c.monitor if c is not None else None
+            rec = got.get(c.identity) if c is not None else None
+            if m is not None and rec is not None and m.reverted is None:
+                m.adopt(rec, "another process")
+                self._adopted(name, m, rec)
+
+    def _adopted(self, policy: str, m: CanaryMonitor, rec: dict[str, Any]) -> None:
+        """A revert another process decided, honoured here: said as a local one is (the
+        routing-log event is the deciding process's)."""
+        signal_ = str(rec.get("signal") or "unknown")
+        log.warning("canary of policy %s reverted by another gateway process: %s", policy,
+                    rec.get("reason"))
+        self.metrics.canary_reverts.labels(policy, signal_).inc()
+        self.metrics.canary_active.labels(policy).set(0)
+        self._record_revert_file(policy, signal_, str(rec.get("reason", "")))
 
     def _log_shadow(self, crt: Any, d: Any, served: Any) -> None:
         """A shadow candidate's decision: logged and counted, never served."""
@@ -338,6 +456,8 @@ class Gateway:
         self._arms[request_id] = [rt.config.name, plan.arm, None]
         while len(self._arms) > 100_000:
             self._arms.popitem(last=False)
+        if self._canary_sync is not None and cand.monitor.shared:
+            self._canary_sync.note_request(cand.monitor, request_id, plan.arm)
         signal_ = cand.monitor.observe_request(plan.arm, status >= 500)
         if signal_ is not None:
             self._reverted(rt.config.name, signal_, cand.monitor.reverted or "")
@@ -374,6 +494,11 @@ class Gateway:
         self.metrics.child(self.metrics.online_updates, policy).inc()
 
     def observe_feedback(self, request_id: str, score: float) -> None:
+        if self._canary_sync is not None and self._canary_task is not None and \
+                self._canary_monitors():
+            # the request may have been answered by another process: Redis knows its arm
+            # and earlier rating (its count there is exact, at the next exchange)
+            self._canary_sync.note_feedback(request_id, score)
         got = self._arms.get(request_id)
         if got is None:
             return
@@ -389,18 +514,35 @@ class Gateway:
             self._reverted(got[0], signal_, cand.monitor.reverted or "")
 
     def _reverted(self, policy: str, signal_: str, why: str) -> None:
+        """This process's test reverted the canary: it stops serving here at once; with
+        Redis, the revert is recorded for every process at the next exchange (woken now),
+        and its routing-log event is written by the process whose record stands."""
         log.warning("canary of policy %s reverted automatically: %s", policy, why)
         self.metrics.canary_reverts.labels(policy, signal_).inc()
         self.metrics.canary_active.labels(policy).set(0)
+        rt = self.policy_set.policies.get(policy)
+        m = rt.candidate.monitor if rt is not None and rt.candidate is not None else None
+        if m is not None and m.shared and not m.degraded:
+            self._canary_wake.set()
+        else:
+            self._log_revert(policy, signal_, why, time.time())
+            if m is not None:
+                m.logged = True
+        self._record_revert_file(policy, signal_, f"{signal_}: {why}")
+
+    def _log_revert(self, policy: str, signal_: str, why: str, ts: float) -> None:
         if self.routing_log is not None:
-            event: CanaryEvent = {"ts": time.time(), "endpoint": "canary", "policy": policy,
-                                  "status": "reverted", "reason": f"{signal_}: {why}"}
+            reason = why if why.startswith(f"{signal_}: ") else f"{signal_}: {why}"
+            event: CanaryEvent = {"ts": ts, "endpoint": "canary", "policy": policy,
+                                  "status": "reverted", "reason": reason}
             self.routing_log.record(event)
+
+    def _record_revert_file(self, policy: str, signal_: str, reason: str) -> None:
         rt = self.policy_set.policies.get(policy)
         if rt is not None and rt.candidate is not None:
             try:
-                record_revert(self._reverts_path, rt.candidate.identity, policy,
-                              f"{signal_}: {why}")
+                record_revert(self._reverts_path, rt.candidate.identity, policy, reason,
+                              signal_)
             except OSError as e:
                 log.warning("canary of policy %s: the revert could not be recorded in %s "
                             "(%s); a restart would serve the canary again", policy,
@@ -423,7 +565,8 @@ class Gateway:
                 continue
             rec = got.get(cand.identity)
             if rec is not None:
-                cand.monitor.reverted = f"{rec.get('reason', '')} (recorded earlier)"
+                cand.monitor.adopt({**rec, "reason": f"{rec.get('reason', '')} (recorded "
+                                    "earlier)", "by": "file"}, "recorded earlier")
                 log.info("canary of policy %s stays reverted (recorded in %s)", name,
                          self._reverts_path)
 
@@ -437,7 +580,8 @@ def read_reverts(path: Path) -> dict[str, dict[str, Any]]:
     return data if isinstance(data, dict) else {}
 
 
-def record_revert(path: Path, identity: str, policy: str, reason: str) -> None:
+def record_revert(path: Path, identity: str, policy: str, reason: str,
+                  signal_: str | None = None) -> None:
     """Add a revert to the record, under a lock (several workers may write it), atomically
     (a reader never sees half a file)."""
     import fcntl
@@ -447,7 +591,10 @@ def record_revert(path: Path, identity: str, policy: str, reason: str) -> None:
     with open(path.with_name(path.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         data = read_reverts(path)
-        data[identity] = {"policy": policy, "reason": reason, "ts": time.time()}
+        if identity in data:  # recorded once: the first verdict and its time stand
+            return
+        data[identity] = {"policy": policy, "signal": signal_, "reason": reason,
+                          "ts": time.time()}
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         with os.fdopen(fd, "wb") as f:
             f.write(orjson.dumps(data))

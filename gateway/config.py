@@ -110,6 +110,10 @@ class Settings(BaseSettings):
     #: how long to skip Redis after it failed before trying again, seconds
     redis_retry_s: float = Field(default=1.0, ge=0, allow_inf_nan=False)
     redis_timeout_s: float = Field(default=0.25, gt=0, allow_inf_nan=False)
+    #: seconds between two exchanges of canary counts and reverts with the other processes
+    #: (Redis, or the reverts file of ``serve --workers N``): the longest a revert decided
+    #: elsewhere takes to stop this process's canary (gateway/canary_sync.py)
+    canary_sync_s: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     log_queue_size: int = Field(default=10_000, ge=1)
     log_level: str = "info"
     workers: int = Field(default=1, ge=1)

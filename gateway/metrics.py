@@ -64,6 +64,10 @@ class Metrics:
         self.canary_reverts = Counter("expertgate_canary_reverts",
                                       "Canaries reverted automatically by the sequential test",
                                       ["policy", "signal"], registry=r)
+        self.canary_shared = Gauge("expertgate_canary_shared",
+                                   "1 while a policy's canary is tested on the counts of all "
+                                   "processes (Redis), 0 while on this process's own",
+                                   ["policy"], registry=r)
         self.online_updates = Counter("expertgate_online_updates",
                                       "Router updates from /v1/feedback (online policies)",
                                       ["policy"], registry=r)

@@ -283,6 +283,8 @@ def _candidate(pol: PolicyConfig, rt: PolicyRuntime, embedder: Embedder | None,
                if cand.mode == "canary" and ar.enabled else None)
     identity = hashlib.sha256(own + f":{cand.mode}:{ar.enabled}:{ar.margin}:{ar.alpha}:"
                               f"{ar.min_samples}".encode()).hexdigest()[:12]
+    if monitor is not None:  # its shared counts and revert (gateway/canary_sync.py)
+        monitor.key = hashlib.sha256(f"{pol.name}\0{identity}".encode()).hexdigest()[:16]
     return CandidateRuntime(cand.mode, cand.share,
                             PolicyRuntime(pol, version, router, rt.guard, rt.explore), monitor,
                             identity)
@@ -453,6 +455,8 @@ class Pipeline:
         it the shadow starts in a background task at once."""
         cand = rt.candidate
         if cand is not None and cand.serving:
+            if cand.monitor is not None and cand.monitor.degraded:
+                degraded.append("canary-local")  # its test reads this process's counts only
             if self._rng.random() < cand.share:
                 return await self.decide(cand.runtime, text, degraded, text_hash=text_hash,
                                          deadline=deadline), "canary"

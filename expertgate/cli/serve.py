@@ -93,6 +93,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     for line in missing_credentials(cfg):
         print(f"expertgate serve: warning: {line}", file=sys.stderr, flush=True)
+    for line in per_process_canaries(cfg, s):
+        print(f"expertgate serve: warning: {line}", file=sys.stderr, flush=True)
     try:  # the embedder and every policy, once, before any server or worker starts
         embedder = _preflight(cfg, s)
     except ConfigError as e:
@@ -116,6 +118,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
             pid = srv.pid
             srv.stop()
             print(f"expertgate serve: stopped expert {srv.name} (pid {pid})", file=sys.stderr)
+
+
+def per_process_canaries(cfg: GatewayConfig, s: Settings) -> list[str]:
+    """One line per auto-reverting canary that several workers would test apart: without
+    Redis each worker counts only the requests and ratings it receives (gateway/canary.py);
+    their reverts still reach each other (the reverts file, every ``canary_sync_s``)."""
+    if s.workers <= 1 or s.redis_url:
+        return []
+    return [f"policy {p.name!r}: its canary is tested per worker process (--workers "
+            f"{s.workers} without Redis): each worker counts only its own share of the "
+            f"requests and ratings, so a bad canary is detected later; a revert by one "
+            f"worker reaches the others within canary_sync_s ({s.canary_sync_s:g}s). Set "
+            f"--redis-url to test it on the counts of all workers"
+            for p in cfg.policies
+            if p.candidate is not None and p.candidate.mode == "canary"
+            and p.candidate.auto_revert.enabled]
 
 
 def start_local_experts(cfg: GatewayConfig, work: Path, started: list[Any]) -> list[Any]:

@@ -1,0 +1,222 @@
+"""One canary test for the whole deployment: per-arm counts and the revert shared in Redis.
+
+Every process (``serve --workers N`` workers, gateway replicas on one Redis) counts its own
+requests and ratings in its :class:`~gateway.canary.CanaryMonitor` and, every
+``canary_sync_s`` (at once after a revert), sends what it observed since and reads back the
+totals in one script call (:meth:`CanarySync.flush`): no Redis round trip on the request
+path. The test then runs on the totals plus what the process observed since, so a canary
+reverts on the evidence of all processes, and a revert decided anywhere is recorded once
+(``SET NX``: its reason, signal, time and the process that decided it) and honoured by every
+process at its next flush. Key layout (one ``{canary}`` hash tag: one Redis Cluster slot, so
+one script may touch them all)::
+
+    eg:{canary}:<key>:counts     hash: i:n i:e i:fn i:fs c:n c:e c:fn c:fs
+                                 (arm: requests, errors, ratings, sum of ratings)
+    eg:{canary}:<key>:reverted   the revert record (JSON)
+    eg:{canary}:req:<bucket>     request id -> "<key>|<arm>[|<rating>|<its time>]", one hash per
+                                 BUCKET_S of arrival, kept FEEDBACK_WINDOW_S
+
+``<key>`` names the policy and the candidate's identity (artifact, family, parameters,
+revert settings): a reload that changes the candidate starts fresh counts. A rating may
+reach another process than the one that answered: the script finds the request's canary and
+arm in the request buckets, and a request counts once however often (and wherever) it is
+rated. A rating whose request is not there yet (its process has not flushed) is tried again
+at the next few flushes.
+
+Redis unavailable: nothing is lost or blocks a request; the observations wait (bounded) and
+the test runs on the totals last read plus this process's observations (``counts: local``
+in ``/admin/state``, ``x-expertgate-degraded: canary-local``, ``expertgate_canary_shared``
+0, a warning), until a flush succeeds again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway.canary import CanaryMonitor, _Stats
+
+__all__ = ["BUCKET_S", "FEEDBACK_WINDOW_S", "CanarySync", "FlushResult", "counts_key"]
+
+log = logging.getLogger("expertgate.canary")
+
+PREFIX = "eg:{canary}:"
+#: arrival-time buckets of the request -> arm map
+BUCKET_S = 600
+#: how long after its answer a request's rating still counts for the canary
+FEEDBACK_WINDOW_S = 3600
+_BUCKETS = FEEDBACK_WINDOW_S // BUCKET_S + 1
+#: counts and revert records expire this long after the last process that runs the canary
+STATE_TTL_S = 30 * 86400
+#: flushes a rating of a request that no process has shared yet is tried at
+FEEDBACK_TRIES = 5
+MAX_PENDING_REQUESTS = 100_000
+MAX_PENDING_FEEDBACK = 10_000
+
+_ARM_CODE = {"incumbent": "i", "canary": "c"}
+
+# KEYS: the request buckets, newest first (ARGV[1] of them), then per canary its counts and
+# revert keys. ARGV[2]: JSON {arms: [[rid, "key|a"]...], fb: [[rid, score]...],
+# canaries: [[i_n, i_e, c_n, c_e, revert JSON or ""]...], bucket_ttl, state_ttl, prefix}.
+# A request's rating replaces an earlier one (by the time each was received, wherever).
+# Returns: the ratings whose request is in no bucket, then per canary its counts (HGETALL)
+# and its revert record ("" when none).
+_FLUSH = """
+local nb = tonumber(ARGV[1])
+local p = cjson.decode(ARGV[2])
+for _, a in ipairs(p.arms) do redis.call('HSET', KEYS[1], a[1], a[2]) end
+if #p.arms > 0 then redis.call('PEXPIRE', KEYS[1], p.bucket_ttl) end
+local unknown = {}
+for _, f in ipairs(p.fb) do
+  local rid, score = f[1], tonumber(f[2])
+  local found = nil
+  for b = 1, nb do
+    local v = redis.call('HGET', KEYS[b], rid)
+    if v then found = {b, v} break end
+  end
+  if found then
+    local part = {}
+    for x in string.gmatch(found[2], '[^|]+') do part[#part + 1] = x end
+    local key, arm, prev, prev_ts = part[1], part[2], part[3], tonumber(part[4] or '0')
+    local ck = p.prefix .. key .. ':counts'
+    if prev == nil or prev_ts <= tonumber(f[3]) then
+      redis.call('HSET', KEYS[found[1]], rid, key .. '|' .. arm .. '|' .. f[2] .. '|' .. f[3])
+      if prev == nil then
+        redis.call('HINCRBY', ck, arm .. ':fn', 1)
+        redis.call('HINCRBYFLOAT', ck, arm .. ':fs', f[2])
+      else
+        redis.call('HINCRBYFLOAT', ck, arm .. ':fs', score - tonumber(prev))
+      end
+      redis.call('PEXPIRE', ck, p.state_ttl)
+    end
+  else
+    unknown[#unknown + 1] = rid
+  end
+end
+local counts = {}
+local reverts = {}
+for i, c in ipairs(p.canaries) do
+  local ck, rk = KEYS[nb + 2 * i - 1], KEYS[nb + 2 * i]
+  if c[1] ~= 0 then redis.call('HINCRBY', ck, 'i:n', c[1]) end
+  if c[2] ~= 0 then redis.call('HINCRBY', ck, 'i:e', c[2]) end
+  if c[3] ~= 0 then redis.call('HINCRBY', ck, 'c:n', c[3]) end
+  if c[4] ~= 0 then redis.call('HINCRBY', ck, 'c:e', c[4]) end
+  if c[5] ~= '' then redis.call('SET', rk, c[5], 'NX') end
+  redis.call('PEXPIRE', ck, p.state_ttl)
+  redis.call('PEXPIRE', rk, p.state_ttl)
+  counts[i] = redis.call('HGETALL', ck)
+  reverts[i] = redis.call('GET', rk) or ''
+end
+return {unknown, counts, reverts}
+"""
+
+
+def counts_key(key: str) -> str:
+    return f"{PREFIX}{key}:counts"
+
+
+def _totals(flat: Sequence[Any]) -> dict[str, _Stats]:
+    """HGETALL of a counts hash -> per-arm totals."""
+    got = {(k.decode() if isinstance(k, bytes) else str(k)): v
+           for k, v in zip(flat[::2], flat[1::2], strict=True)}
+    out: dict[str, _Stats] = {}
+    for arm, a in _ARM_CODE.items():
+        out[arm] = _Stats(int(got.get(f"{a}:n", 0)), int(got.get(f"{a}:e", 0)),
+                          int(got.get(f"{a}:fn", 0)), float(got.get(f"{a}:fs", 0.0)))
+    return out
+
+
+@dataclass
+class FlushResult:
+    """One canary after a flush: ``signal`` when the shared totals revert it here,
+    ``record`` the revert recorded in Redis (None when none)."""
+
+    monitor: CanaryMonitor
+    signal: str | None
+    record: dict[str, Any] | None
+
+
+class CanarySync:
+    """What this process has to tell Redis about its canaries, and the call that does it."""
+
+    def __init__(self, redis: Any) -> None:
+        self.redis = redis
+        #: this process, in the revert records it writes
+        self.token = os.urandom(8).hex()
+        self.available = True
+        self._script = redis.register_script(_FLUSH)
+        self._requests: list[list[str]] = []
+        #: (request id, rating, when it was received, flushes that did not find it)
+        self._feedback: list[tuple[str, float, float, int]] = []
+        #: observations dropped while Redis was unavailable (the bounds above)
+        self.dropped = 0
+
+    def note_request(self, monitor: CanaryMonitor, request_id: str, arm: str) -> None:
+        """A request answered beside ``monitor``'s canary (its counts are in the monitor):
+        remember its arm for ratings that reach another process."""
+        self._requests.append([request_id, f"{monitor.key}|{_ARM_CODE[arm]}"])
+        if len(self._requests) > MAX_PENDING_REQUESTS:
+            del self._requests[:len(self._requests) - MAX_PENDING_REQUESTS]
+            self.dropped += 1
+
+    def note_feedback(self, request_id: str, score: float) -> None:
+        """A rating of a request that may have been beside a canary, in any process."""
+        self._feedback.append((request_id, float(score), time.time(), 0))
+        if len(self._feedback) > MAX_PENDING_FEEDBACK:
+            del self._feedback[:len(self._feedback) - MAX_PENDING_FEEDBACK]
+            self.dropped += 1
+
+    @property
+    def idle(self) -> bool:
+        return not self._requests and not self._feedback
+
+    async def flush(self, monitors: Sequence[CanaryMonitor]) -> list[FlushResult]:
+        """Add what was observed here to the shared counts, record this process's reverts,
+        and read every canary's totals and revert back: one script call. Raises what Redis
+        raised (nothing is lost: the observations wait for the next call)."""
+        requests, self._requests = self._requests, []
+        feedback, self._feedback = self._feedback, []
+        taken = [m.take_pending() for m in monitors]
+        bucket = int(time.time() // BUCKET_S)
+        keys = [f"{PREFIX}req:{bucket - i}" for i in range(_BUCKETS)]
+        canaries = []
+        for m, t in zip(monitors, taken, strict=True):
+            keys += [counts_key(m.key), f"{PREFIX}{m.key}:reverted"]
+            rec = m.record if m.reverted is not None and m.record is not None else None
+            if rec is not None and "by" not in rec:
+                rec = m.record = {**rec, "by": self.token}
+            canaries.append([t["incumbent"].n, t["incumbent"].errors, t["canary"].n,
+                             t["canary"].errors, orjson.dumps(rec).decode() if rec else ""])
+        payload = {"arms": requests, "fb": [[rid, repr(s), repr(ts)] for rid, s, ts, _ in feedback],
+                   "canaries": canaries, "bucket_ttl": (FEEDBACK_WINDOW_S + BUCKET_S) * 1000,
+                   "state_ttl": STATE_TTL_S * 1000, "prefix": PREFIX}
+        try:
+            unknown, counts, reverts = await self._script(
+                keys=keys, args=[_BUCKETS, orjson.dumps(payload).decode()])
+        except BaseException:
+            self._requests[:0] = requests
+            self._feedback[:0] = feedback
+            for m, t in zip(monitors, taken, strict=True):
+                m.restore_pending(t)
+            raise
+        missing = {r.decode() if isinstance(r, bytes) else str(r) for r in unknown}
+        self._feedback[:0] = [(rid, s, ts, n + 1) for rid, s, ts, n in feedback
+                              if rid in missing and n + 1 < FEEDBACK_TRIES]
+        out = []
+        for m, flat, raw in zip(monitors, counts, reverts, strict=True):
+            signal = m.absorb(_totals(flat))
+            record = None
+            if raw:
+                try:
+                    got = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    got = None
+                record = got if isinstance(got, dict) else None
+            out.append(FlushResult(m, signal, record))
+        return out
