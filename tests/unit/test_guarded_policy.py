@@ -14,7 +14,8 @@ from routers.guard import GuardRouter
 from tests.unit.gateway_helpers import base_config, chat, gateway_client
 
 
-async def test_unsafe_rejection_reason_gives_the_unsafe_score(ups, tmp_path: Path) -> None:
+def _code_chat_guard(tmp_path: Path) -> Path:
+    """A centroid guard over "code" and "chat" queries (hashing embedder), saved."""
     pytest.importorskip("skops")
     emb = HashingEmbedder()
     texts = ["fix this bug in my code", "refactor this class", "tell me a joke",
@@ -23,7 +24,11 @@ async def test_unsafe_rejection_reason_gives_the_unsafe_score(ups, tmp_path: Pat
     g = GuardRouter(method="centroid", target_frr=0.0, routes={"code": "coder",
                                                                 "chat": "chatter"})
     g.fit(emb.embed(texts), guard_table_from_labels(texts, labels), embedder=emb)
-    art = save_router(g, tmp_path / "guard", embedder=emb.name)
+    return save_router(g, tmp_path / "guard", embedder=emb.name)
+
+
+async def test_unsafe_rejection_reason_gives_the_unsafe_score(ups, tmp_path: Path) -> None:
+    art = _code_chat_guard(tmp_path)
     cfg = base_config(ups[0].base, ups[1].base, guard={"artifact": str(art)})
     async with gateway_client(cfg, tmp_path) as (c, _):
         r = await c.post("/v1/route", json={"model": "auto", "text": "those people are vermin"})
@@ -41,15 +46,7 @@ async def test_a_text_field_in_a_chat_body_does_not_replace_what_the_guard_reads
     # the dry run's `text` field was read on every endpoint: a chat or completions body
     # carrying "text": "<something in domain>" was guarded and routed on that text while the
     # expert got the out-of-domain messages (the guard bypassed by one extra field)
-    pytest.importorskip("skops")
-    emb = HashingEmbedder()
-    texts = ["fix this bug in my code", "refactor this class", "tell me a joke",
-             "how are you today"] * 5
-    labels = ["code", "code", "chat", "chat"] * 5
-    g = GuardRouter(method="centroid", target_frr=0.0, routes={"code": "coder",
-                                                                "chat": "chatter"})
-    g.fit(emb.embed(texts), guard_table_from_labels(texts, labels), embedder=emb)
-    art = save_router(g, tmp_path / "guard", embedder=emb.name)
+    art = _code_chat_guard(tmp_path)
     cfg = base_config(ups[0].base, ups[1].base, guard={"artifact": str(art)},
                       on_reject={"action": "error", "status": 403, "message": "Out of scope."})
     ood = "quantum chromodynamics of gluons"
