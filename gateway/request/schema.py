@@ -40,6 +40,12 @@ _INT64_MAX = 2**63 - 1
 PositiveInt = Annotated[int, Field(ge=1, le=_INT64_MAX)]
 TokenId = Annotated[int, Field(ge=0, le=_INT64_MAX)]
 Int64 = Annotated[int, Field(ge=-_INT64_MAX - 1, le=_INT64_MAX)]
+#: OpenAI's caps on the choices asked (``n``) and on a completion's candidates
+#: (``best_of``, at least ``n``): a refusal writes ``n`` choices itself, so an unbounded ``n``
+#: would be the gateway's memory, and no upstream serves more
+MAX_N, MAX_BEST_OF = 128, 20
+Choices = Annotated[int, Field(ge=1, le=MAX_N)]
+BestOf = Annotated[int, Field(ge=1, le=MAX_BEST_OF)]
 Model = Annotated[str, Field(min_length=1, description="a policy name (routed) or an expert "
                                                          "name")]
 
@@ -59,7 +65,7 @@ class ChatRequest(TypedDict):
     stream: NotRequired[bool]
     max_tokens: NotRequired[PositiveInt | None]
     max_completion_tokens: NotRequired[PositiveInt | None]
-    n: NotRequired[PositiveInt | None]
+    n: NotRequired[Choices | None]
 
 
 @with_config(_OPEN)
@@ -75,7 +81,8 @@ class CompletionRequest(TypedDict):
         list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1)]
     stream: NotRequired[bool]
     max_tokens: NotRequired[PositiveInt | None]
-    n: NotRequired[PositiveInt | None]
+    n: NotRequired[Choices | None]
+    best_of: NotRequired[BestOf | None]
 
 
 @with_config(_OPEN)
@@ -157,4 +164,9 @@ def validate(endpoint: str, raw: bytes) -> dict[str, Any]:
         if param is None:
             raise InvalidRequest("request body must be a JSON object") from None
         raise InvalidRequest(f"{param}: {first['msg']}", param=param) from None
+    if endpoint == "completions":
+        n, best_of = body.get("n"), body.get("best_of")
+        if n is not None and best_of is not None and best_of < n:
+            raise InvalidRequest(f"best_of: must be at least n ({best_of} < {n}): n of the "
+                                 "best_of candidates are returned", param="best_of")
     return body

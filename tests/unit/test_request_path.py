@@ -278,6 +278,56 @@ def test_a_union_fields_error_says_what_is_wrong_with_the_value_sent(
     assert e.value.param == param and says in e.value.message
 
 
+@pytest.mark.parametrize(("endpoint", "fields", "param", "says"), [
+    ("chat", {"n": 129}, "n", "less than or equal to 128"),
+    ("chat", {"n": 100_000_000}, "n", "less than or equal to 128"),
+    ("chat", {"n": 0}, "n", "greater than or equal to 1"),
+    ("completions", {"n": 129}, "n", "less than or equal to 128"),
+    ("completions", {"best_of": 21}, "best_of", "less than or equal to 20"),
+    ("completions", {"n": 3, "best_of": 2}, "best_of", "at least n (2 < 3)"),
+])
+def test_n_and_best_of_are_bounded_as_openai_bounds_them(
+        endpoint: str, fields: dict[str, Any], param: str, says: str) -> None:
+    from gateway.errors import InvalidRequest
+    from gateway.request.schema import validate
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]} \
+        if endpoint == "chat" else {"model": "m", "prompt": "hi"}
+    with pytest.raises(InvalidRequest) as e:
+        validate(endpoint, orjson.dumps({**body, **fields}))
+    assert e.value.param == param and says in e.value.message
+    assert e.value.status == 400 and e.value.type == "invalid_request_error"
+
+
+async def test_a_huge_n_is_refused_before_routing(ups: Ups, tmp_path: Path) -> None:
+    """A refusing policy writes one choice per ``n``: ``n: 100000000`` was that many choices
+    in the gateway's memory; any ``n`` over OpenAI's 128 is now a 400 naming
+    ``n`` before any decision or upstream call (129 here: without the bound this test fails
+    on its answer, not by exhausting memory). The caps themselves pass."""
+    coder, chatter = ups
+    cfg = base_config(coder.base, chatter.base, params={"threshold": 0.9},
+                      on_reject={"action": "refusal", "message": "not here"})
+    async with gateway_client(cfg, tmp_path) as (c, _):
+        for path, body in (
+                ("chat/completions", chat("auto", "zebra", n=129)),
+                ("chat/completions", chat("coder", "zebra", n=2**64)),
+                ("completions", {"model": "auto", "prompt": "zebra", "n": 129}),
+                ("completions", {"model": "coder", "prompt": "zebra", "n": 2, "best_of": 1})):
+            r = await c.post(f"/v1/{path}", json=body)
+            assert r.status_code == 400, (path, r.text)
+            err = r.json()["error"]
+            assert err["type"] == "invalid_request_error", err
+            assert err["param"] == ("best_of" if "best_of" in body else "n"), err
+            assert r.headers["x-expertgate-policy"] == "none"  # nothing was planned
+        r = await c.post("/v1/chat/completions", json=chat("auto", "zebra", n=128))
+        assert r.status_code == 200 and len(r.json()["choices"]) == 128
+        r = await c.post("/v1/completions", json={"model": "coder", "prompt": "zebra",
+                                                  "n": 2, "best_of": 20})
+        assert r.status_code == 200, r.text
+    assert coder.received == [{"model": "up-coder", "prompt": "zebra", "n": 2, "best_of": 20}]
+    assert not chatter.received
+
+
 #: integers orjson reads as floats (beyond 2**64 - 1, below -2**63), and the edges it keeps
 _WIDE = 123456789012345678901234567890
 _BODY = (b'{"model": "auto", "messages": [{"role": "user", "content": "fix this bug in my '
@@ -292,8 +342,8 @@ async def test_integers_beyond_64_bits_reach_the_expert_exactly(ups: Ups, tmp_pa
                                                                ) -> None:
     """A routed request is re-serialised with the expert's model name; its integers go out
     as the client wrote them (orjson alone would send 1.2345678901234568e+29); a field the
-    gateway reads itself (max_tokens, n, token ids) is a 400 naming it when it does not fit
-    in 64 bits."""
+    gateway reads itself (max_tokens, token ids) is a 400 naming it when it does not fit in
+    64 bits (``n`` has a narrower bound: test_n_and_best_of_are_bounded_as_openai_bounds_them)."""
     coder, chatter = ups
     async with gateway_client(base_config(coder.base, chatter.base), tmp_path) as (c, _):
         r = await c.post("/v1/chat/completions", content=_BODY,
@@ -312,7 +362,6 @@ async def test_integers_beyond_64_bits_reach_the_expert_exactly(ups: Ups, tmp_pa
         n = len(coder.received)
         for endpoint, body, param in (
                 ("chat", chat("auto", "fix this bug", max_tokens=2**64), "max_tokens"),
-                ("chat", chat("auto", "fix this bug", n=_WIDE), "n"),
                 ("completions", {"model": "coder", "prompt": [1, 2**64]}, "prompt"),
                 ("embeddings", {"model": "coder", "input": [[1, -(2**63) - 1]]}, "input")):
             r = await c.post(f"/v1/{endpoint.replace('chat', 'chat/completions')}",
