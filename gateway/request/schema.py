@@ -44,6 +44,11 @@ Int64 = Annotated[int, Field(ge=-_INT64_MAX - 1, le=_INT64_MAX)]
 #: (``best_of``, at least ``n``): a refusal writes ``n`` choices itself, so an unbounded ``n``
 #: would be the gateway's memory, and no upstream serves more
 MAX_N, MAX_BEST_OF = 128, 20
+#: OpenAI's cap on a batch (a completion's list of prompts, an embeddings input list): a
+#: refusal writes ``n`` choices per prompt itself, so a megabyte of one-letter prompts was
+#: 250,000 x ``n`` choices in the gateway's memory. A single prompt given as token ids is
+#: one prompt, not a batch: its length is the expert's context, not bounded here
+MAX_BATCH = 2048
 Choices = Annotated[int, Field(ge=1, le=MAX_N)]
 BestOf = Annotated[int, Field(ge=1, le=MAX_BEST_OF)]
 Model = Annotated[str, Field(min_length=1, description="a policy name (routed) or an expert "
@@ -76,9 +81,10 @@ class CompletionRequest(TypedDict):
     #: text, texts, token ids or lists of token ids, as OpenAI and vLLM take it (token ids
     #: only for an expert: a policy routes on text)
     prompt: Annotated[str, Field(min_length=1)] | Annotated[
-        list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | Annotated[
-        list[TokenId], Field(min_length=1)] | Annotated[
-        list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1)]
+        list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=MAX_BATCH)
+    ] | Annotated[list[TokenId], Field(min_length=1)] | Annotated[
+        list[Annotated[list[TokenId], Field(min_length=1)]],
+        Field(min_length=1, max_length=MAX_BATCH)]
     stream: NotRequired[bool]
     max_tokens: NotRequired[PositiveInt | None]
     n: NotRequired[Choices | None]
@@ -91,8 +97,10 @@ class EmbeddingsRequest(TypedDict):
 
     model: Annotated[str, Field(min_length=1, description="an expert configured with "
                                                           "embeddings: true")]
-    input: Annotated[str, Field(min_length=1)] | Annotated[
-        list[str | Int64 | list[Int64]], Field(min_length=1)]
+    #: a text, one input as token ids (unbounded: the expert's context bounds it), or a batch
+    #: of at most MAX_BATCH texts or token-id lists
+    input: Annotated[str, Field(min_length=1)] | Annotated[list[Int64], Field(min_length=1)] | \
+        Annotated[list[str | Int64 | list[Int64]], Field(min_length=1, max_length=MAX_BATCH)]
     stream: NotRequired[Annotated[Literal[False], Field(description="embeddings cannot be "
                                                                     "streamed")]]
 
@@ -145,6 +153,21 @@ def _rank(err: Any) -> tuple[bool, int]:
     return t.endswith("_type") or t == "none_required", -len(err["loc"])
 
 
+_BATCHES = {"completions": ("prompt", "prompts"), "embeddings": ("input", "inputs")}
+
+
+def _bound_batch(endpoint: str, obj: Any) -> None:
+    """The schema's MAX_BATCH, checked before pydantic: a long batch fails every member of
+    the field's union, and pydantic would first write an error per item and per member
+    (a megabyte of one-letter prompts: half a million), then say so in its own words."""
+    field, what = _BATCHES.get(endpoint, ("", ""))
+    items = obj.get(field) if field and isinstance(obj, dict) else None
+    if isinstance(items, list) and len(items) > MAX_BATCH and not all(
+            isinstance(x, int) and not isinstance(x, bool) for x in items):
+        raise InvalidRequest(f"{field}: at most {MAX_BATCH} {what} in one request, got "
+                             f"{len(items)}; send them in several requests", param=field)
+
+
 def validate(endpoint: str, raw: bytes) -> dict[str, Any]:
     """The body of ``endpoint`` as a dict, or an InvalidRequest naming the bad field."""
     if not raw.strip():
@@ -156,6 +179,7 @@ def validate(endpoint: str, raw: bytes) -> dict[str, Any]:
                              ) from None
     except (ValueError, RecursionError) as e:  # the exact re-parse of a very wide integer
         raise InvalidRequest(f"request body cannot be read exactly: {e}") from None
+    _bound_batch(endpoint, obj)
     try:
         body: dict[str, Any] = _ADAPTERS[endpoint].validate_python(obj)
     except ValidationError as e:

@@ -285,14 +285,23 @@ def test_a_union_fields_error_says_what_is_wrong_with_the_value_sent(
     ("completions", {"n": 129}, "n", "less than or equal to 128"),
     ("completions", {"best_of": 21}, "best_of", "less than or equal to 20"),
     ("completions", {"n": 3, "best_of": 2}, "best_of", "at least n (2 < 3)"),
+    ("completions", {"prompt": ["a"] * 2049}, "prompt", "at most 2048 prompts in one request"),
+    ("completions", {"prompt": ["a"] * 250_000}, "prompt", "at most 2048 prompts"),
+    ("completions", {"prompt": [[1]] * 2049}, "prompt", "at most 2048 prompts"),
+    ("embeddings", {"input": ["a"] * 2049}, "input", "at most 2048 inputs in one request"),
+    ("embeddings", {"input": [[1]] * 2049}, "input", "at most 2048 inputs"),
+    ("embeddings", {"input": [1] * 2048 + ["a"]}, "input", "at most 2048 inputs"),
 ])
 def test_n_and_best_of_are_bounded_as_openai_bounds_them(
         endpoint: str, fields: dict[str, Any], param: str, says: str) -> None:
+    """... and so is a batch (a completion's prompts, an embeddings input list): 2048 items,
+    OpenAI's limit for an embeddings input array."""
     from gateway.errors import InvalidRequest
     from gateway.request.schema import validate
 
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]} \
-        if endpoint == "chat" else {"model": "m", "prompt": "hi"}
+        if endpoint == "chat" else {"model": "m", "prompt": "hi"} \
+        if endpoint == "completions" else {"model": "m", "input": "hi"}
     with pytest.raises(InvalidRequest) as e:
         validate(endpoint, orjson.dumps({**body, **fields}))
     assert e.value.param == param and says in e.value.message
@@ -326,6 +335,45 @@ async def test_a_huge_n_is_refused_before_routing(ups: Ups, tmp_path: Path) -> N
         assert r.status_code == 200, r.text
     assert coder.received == [{"model": "up-coder", "prompt": "zebra", "n": 2, "best_of": 20}]
     assert not chatter.received
+
+
+def test_a_batch_at_openais_limit_passes_and_one_token_id_prompt_is_not_a_batch() -> None:
+    from gateway.request.schema import validate
+
+    for endpoint, field, value in (
+            ("completions", "prompt", ["a"] * 2048), ("completions", "prompt", [[1]] * 2048),
+            ("completions", "prompt", [1] * 5000), ("embeddings", "input", ["a"] * 2048),
+            ("embeddings", "input", [[1, 2]] * 2048), ("embeddings", "input", [1] * 5000)):
+        assert validate(endpoint, orjson.dumps({"model": "m", field: value}))[field] == value
+
+
+async def test_a_huge_prompt_batch_is_refused_before_routing(ups: Ups, tmp_path: Path) -> None:
+    """A refusing policy writes ``n`` choices per prompt itself: a megabyte of one-letter
+    prompts (250,000) with ``n: 128`` was 32 million choices in the gateway's memory. Over
+    2048 prompts (or embeddings inputs) is now a 400 naming the field before any decision or
+    upstream call (2049 here: without the bound this test fails on its answer, not by
+    exhausting memory); 2048 passes."""
+    coder, chatter = ups
+    cfg = base_config(coder.base, chatter.base, params={"threshold": 0.9},
+                      on_reject={"action": "refusal", "message": "not here"})
+    cfg["experts"][0]["embeddings"] = True
+    async with gateway_client(cfg, tmp_path) as (c, _):
+        for path, body, param in (
+                ("completions", {"model": "auto", "prompt": ["zebra"] * 2049}, "prompt"),
+                ("completions", {"model": "coder", "prompt": [[7]] * 2049}, "prompt"),
+                ("embeddings", {"model": "coder", "input": ["zebra"] * 2049}, "input")):
+            r = await c.post(f"/v1/{path}", json=body)
+            assert r.status_code == 400, (path, r.text)
+            err = r.json()["error"]
+            assert err == {"message": f"{param}: at most 2048 {param}s in one request, got "
+                                      "2049; send them in several requests",
+                           "type": "invalid_request_error", "param": param,
+                           "code": err["code"]}, err
+            assert r.headers["x-expertgate-policy"] == "none"  # nothing was planned
+        r = await c.post("/v1/completions", json={"model": "auto", "prompt": ["zebra"] * 2048,
+                                                  "n": 2})
+        assert r.status_code == 200 and len(r.json()["choices"]) == 4096, r.text
+    assert not coder.received and not chatter.received
 
 
 #: integers orjson reads as floats (beyond 2**64 - 1, below -2**63), and the edges it keeps
