@@ -25,6 +25,16 @@ _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=
           ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
 #: the page's own files, fixed at import: nothing else under /ui is ever read from disk
 _FILES = {p.name: p for p in STATIC.iterdir() if p.suffix in _TYPES} if STATIC.is_dir() else {}
+#: the page runs only its own script and style and talks only to this gateway, so a prompt
+#: or a reason that ever reached the page as HTML could still not run or load anything; no
+#: other site may frame it (a framed dashboard could be clicked through by the framing page),
+#: nor learn its address from a Referer; no file is read as another type than it is served
+SECURITY_HEADERS = {
+    "content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+                               "img-src 'self'; connect-src 'self'; form-action 'none'; "
+                               "base-uri 'none'; frame-ancestors 'none'",
+    "x-frame-options": "DENY", "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer"}
 
 
 def _enabled(request: Request) -> Any:
@@ -37,7 +47,7 @@ def _enabled(request: Request) -> Any:
 @router.get("/ui", include_in_schema=False)
 async def page(request: Request) -> Response:
     _enabled(request)
-    return RedirectResponse("/ui/", status_code=307)
+    return RedirectResponse("/ui/", status_code=307, headers=SECURITY_HEADERS)
 
 
 @router.get("/ui/", include_in_schema=False)
@@ -52,17 +62,19 @@ async def static(request: Request, name: str) -> Response:
     if path is None:
         raise NotFound(f"no dashboard file {name!r}")
     return FileResponse(path, media_type=_TYPES[path.suffix],
-                        headers={"cache-control": "no-cache"})
+                        headers={"cache-control": "no-cache", **SECURITY_HEADERS})
 
 
 @router.get("/ui/api/summary", dependencies=[Depends(require_admin)])
-async def summary(request: Request, since: int = Query(0, ge=0),
+async def summary(request: Request, response: Response, since: int = Query(0, ge=0),
                   limit: int = Query(50, ge=1, le=200)) -> dict[str, Any]:
     """Recent decisions (after sequence ``since``) with their explanation, and totals since
     start-up: traffic share and cost per expert, cost saved against the strongest expert,
     rejections, decision-cache hit rate, degraded paths, decision time p50/p99, and each
     policy's shadow/canary candidate (serving, per-arm counts, automatic revert)."""
     gw = _enabled(request)
+    # prompts (with log_prompts) and tenants' names: never kept by a browser or a proxy
+    response.headers.update({"cache-control": "no-store", **SECURITY_HEADERS})
     out: dict[str, Any] = gw.feed.summary(since, limit)
     out["candidates"] = {n: rt.candidate.state() for n, rt in gw.policy_set.policies.items()
                          if rt.candidate is not None}

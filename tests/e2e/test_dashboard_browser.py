@@ -25,6 +25,7 @@ from tests.unit.gateway_helpers import base_config, chat
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ADMIN = "sk-dashboard-browser-admin-51d0"
+XSS = 'fix my code <img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
 
@@ -59,6 +60,10 @@ async def test_dashboard_shows_a_decision_and_explains_a_prompt(ups, tmp_path: P
                              headers={"authorization": f"Bearer {ADMIN}"})
             assert r.status_code == 200 and r.headers["x-expertgate-expert"] == "coder"
             rid = r.headers["x-request-id"]
+            # a prompt that would run if the page ever wrote it as HTML
+            r = await c.post("/v1/chat/completions", json=chat("auto", XSS),
+                             headers={"authorization": f"Bearer {ADMIN}"})
+            xss_rid = r.headers["x-request-id"]
         async with async_playwright() as pw:
             browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS,
                                                headless=True)
@@ -66,6 +71,11 @@ async def test_dashboard_shows_a_decision_and_explains_a_prompt(ups, tmp_path: P
                 page = await browser.new_page(viewport={"width": 1360, "height": 900})
                 errors: list[str] = []
                 page.on("pageerror", lambda e: errors.append(str(e)))
+                # its Content-Security-Policy blocks nothing of its own (a violation is a
+                # console message naming it), and no dialog ever opens
+                page.on("console", lambda m: "Content Security Policy" in m.text
+                        and errors.append(m.text))
+                page.on("dialog", lambda d: errors.append(f"dialog: {d.message}"))
                 await page.goto(url + "/ui")
                 # keys are configured: the page asks for the admin key before it shows data
                 await page.locator("#key-form").wait_for(state="visible", timeout=10_000)
@@ -77,7 +87,10 @@ async def test_dashboard_shows_a_decision_and_explains_a_prompt(ups, tmp_path: P
                 assert await row.locator(".expert").inner_text() == "coder"
                 assert "fix this bug in my code please" in await row.inner_text()
                 assert "code" in await row.locator(".why").inner_text()  # the route's name
-                assert await page.inner_text("#c-requests") == "1"
+                xss_row = page.locator(f'#decisions tr[data-request-id="{xss_rid}"]')
+                assert XSS in await xss_row.locator(".prompt").inner_text()  # shown as text
+                assert await page.evaluate("window.pwned") is None
+                assert await page.inner_text("#c-requests") == "2"
                 assert "vs always coder" in await page.inner_text("#c-saved-sub")
                 assert await page.inner_text("#c-saved") == "0.0%"  # coder was the choice
                 share = page.locator('#experts tr[data-expert="coder"]')

@@ -75,3 +75,37 @@ async def test_summary_needs_the_admin_credentials_and_can_be_turned_off(ups, tm
         for path in ("/ui", "/ui/", "/ui/static/app.js", "/ui/api/summary"):
             r = await c.get(path, headers={"authorization": f"Bearer {SECRET}"})
             assert r.status_code == 404, path
+
+
+async def test_the_dashboard_runs_only_its_own_code_and_is_never_framed(ups, tmp_path: Path
+                                                                        ) -> None:
+    """The page had no Content-Security-Policy, no frame protection and no nosniff, and the
+    summary (prompts with log_prompts, tenants' names) could be cached: any page could frame
+    the dashboard and click it through, and one slip from textContent to innerHTML in
+    app.js would have run a client's prompt as script. Every /ui answer now carries the
+    policy; the summary is never stored; app.js never writes HTML, and the page holds no
+    inline script, style or handler the policy would block."""
+    import re
+
+    from gateway.api.dashboard import STATIC
+
+    cfg = base_config(ups[0].base, ups[1].base, log_prompts=True)
+    cfg["api_keys"] = [{"name": "ops", "sha256": hash_key(SECRET), "admin": True}]
+    async with gateway_client(cfg, tmp_path) as (c, _):
+        for path in ("/ui", "/ui/", "/ui/static/app.js", "/ui/static/style.css",
+                     "/ui/api/summary"):
+            r = await c.get(path, headers={"authorization": f"Bearer {SECRET}"})
+            assert r.status_code in (200, 307), path
+            csp = {d.split()[0]: d.split()[1:] for d in
+                   r.headers["content-security-policy"].split("; ")}
+            assert csp["default-src"] == ["'none'"] and csp["script-src"] == ["'self'"], path
+            assert csp["frame-ancestors"] == ["'none'"] and csp["connect-src"] == ["'self'"]
+            assert r.headers["x-frame-options"] == "DENY", path
+            assert r.headers["x-content-type-options"] == "nosniff", path
+            assert r.headers["referrer-policy"] == "no-referrer", path
+        assert r.headers["cache-control"] == "no-store"  # the summary
+    js = (STATIC / "app.js").read_text()
+    assert not re.search(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|\beval\(|"
+                         r"new Function|setAttribute\(\s*[\"']on", js)
+    html = (STATIC / "index.html").read_text()
+    assert not re.search(r"<script(?![^>]*\bsrc=)|<style|\sstyle=|\son\w+=", html)
