@@ -396,11 +396,10 @@ class GatewayServer(ChildServer):
             self.extra_env.setdefault("EXPERTGATE_READY_CHECK_UPSTREAMS", "false")
 
     def command(self) -> list[str]:
-        cmd = [self.python, "-m", "expertgate", "serve", "--config", str(self.config),
-               "--host", "127.0.0.1", "--port", str(self.port)]
-        if self.redis_url:
-            cmd += ["--redis-url", self.redis_url]
-        return cmd
+        # the Redis URL (it may hold a password) goes in the environment, not the command
+        # line every user of the machine can read (ps, /proc/PID/cmdline)
+        return [self.python, "-m", "expertgate", "serve", "--config", str(self.config),
+                "--host", "127.0.0.1", "--port", str(self.port)]
 
     def child_env(self) -> dict[str, str]:
         # the child must not inherit a Redis URL or config from this shell: it runs exactly
@@ -409,6 +408,8 @@ class GatewayServer(ChildServer):
                if k not in ("EXPERTGATE_REDIS_URL", "EXPERTGATE_CONFIG")}
         env.update({"EXPERTGATE_LOG_PATH": str(self.routing_log), "HF_HUB_OFFLINE": "1",
                     "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+        if self.redis_url:
+            env["EXPERTGATE_REDIS_URL"] = self.redis_url
         env.update(self.extra_env)
         return env
 

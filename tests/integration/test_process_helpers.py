@@ -83,6 +83,9 @@ def test_gateway_child_runs_only_what_it_was_given(tmp_path: Path,
     assert "EXPERTGATE_REDIS_URL" not in env and "EXPERTGATE_CONFIG" not in env
     assert env["EXPERTGATE_LOG_PATH"] == str(tmp_path / "log.jsonl")
     assert "--redis-url" not in gw.command()
-    with_redis = GatewayServer(tmp_path / "c.yaml", redis_url="redis://127.0.0.1:1/0")
-    cmd = with_redis.command()
-    assert cmd[cmd.index("--redis-url") + 1] == "redis://127.0.0.1:1/0"
+    # the given Redis URL reaches the child through its environment: a password in it must
+    # not be on the command line every user of the machine reads (ps, /proc/PID/cmdline)
+    url = "redis://:s3cret-pass@127.0.0.1:1/0"
+    with_redis = GatewayServer(tmp_path / "c.yaml", redis_url=url)
+    assert with_redis.child_env()["EXPERTGATE_REDIS_URL"] == url
+    assert not any("s3cret" in part for part in with_redis.command())
