@@ -26,7 +26,8 @@ def register(sub: Any, name: str) -> None:
         p.add_argument("--host", help="bind address (default 127.0.0.1)")
         p.add_argument("--port", type=int, help="port (default 8080)")
         p.add_argument("--redis-url", help="Redis URL for the shared cache, log and limits "
-                       "(default: in-process, no Redis)")
+                       "(default: in-process, no Redis); a URL with a password is better "
+                       "given as EXPERTGATE_REDIS_URL, which ps does not show")
         p.add_argument("--workers", type=int, help="worker processes (default 1)")
         p.add_argument("--log-level", default=None)
         p.add_argument("--start-experts", action="store_true",
