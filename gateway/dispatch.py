@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -407,9 +408,15 @@ class Dispatcher:
                 attempts.append(Attempt(name, rep.base, outcome, ms, reply.status))
                 return DispatchResult(expert, rep.base, reply, attempts)
         if last is None:
+            # the client's SDK honours retry-after: the wait until the first circuit of the
+            # chain lets a probe through, not an immediate retry into open circuits
+            now = time.monotonic()
+            wait = min((rep.breaker.open_until - now for name in chain
+                        for rep in self.pools[name].replicas), default=0.0)
             raise UpstreamUnavailable(
                 "no upstream available: every replica of " + ", ".join(chain) +
-                " has an open circuit", code="circuit_open")
+                " has an open circuit", code="circuit_open",
+                headers={"retry-after": str(max(1, math.ceil(wait)))})
         if last.kind == "not_found" and missing is not None:
             # the last expert tried lacks its model: its own 404 answer, as an expert named
             # by the client that is not on its server always answered (nothing retried it)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import types
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -229,6 +230,24 @@ async def test_expert_that_timed_out_is_used_again_by_itself(ups, tmp_path: Path
         assert r.status_code == 200 and r.headers["x-expertgate-expert"] == "coder"
         assert "x-expertgate-degraded" not in r.headers
         assert rep.breaker.state == "closed"
+
+
+async def test_every_circuit_open_answers_with_the_wait_until_a_probe(
+        ups, tmp_path: Path) -> None:
+    """The client's SDK honours retry-after: a named expert whose every replica has an open
+    circuit says how long until one lets a probe through, instead of a bare 502 the SDK
+    retries at once into the same open circuit."""
+    coder, chatter = ups
+    cfg = base_config(coder.base, chatter.base)
+    async with gateway_client(cfg, tmp_path) as (c, gw):
+        rep = gw.dispatcher.pools["coder"].replicas[0]
+        for _ in range(rep.breaker.threshold):
+            rep.breaker.failure()
+        rep.breaker.open_until = time.monotonic() + 7.2
+        r = await c.post("/v1/chat/completions", json=chat("coder", "x"))
+        assert r.status_code == 502 and r.json()["error"]["code"] == "circuit_open"
+        assert r.headers["retry-after"] == "8"
+        assert not coder.received
 
 
 async def test_cancelled_probe_does_not_leave_the_expert_degraded(ups, tmp_path: Path) -> None:
