@@ -417,6 +417,15 @@ async def call_openai(client: UpstreamHTTP, expert: ExpertConfig, base: str, pat
                 raise UpstreamFailure("protocol", f"{base}: {e}",
                                       public="sent a stream that is not a valid event stream"
                                       ) from None
+            if sse.error is not None and not sse.events:
+                # an error event before any token (vLLM's when generation fails at once):
+                # nothing has reached the client yet, so it is the replica's failure and
+                # the request goes to the next replica or expert like any other
+                resp.release()
+                raise UpstreamFailure("protocol", f"{base} sent an error event before any "
+                                      f"token ({sse.error})",
+                                      public=f"sent an error event before any token "
+                                             f"({scrub(sse.error)})")
     except TimeoutError:
         public = f"sent no data within {timeout_s:g}s"
         if resp is not None:

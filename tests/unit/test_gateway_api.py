@@ -224,6 +224,29 @@ async def test_an_error_event_within_a_stream_is_a_failed_request(
     assert chatter.received == []  # after the first byte: never sent elsewhere
 
 
+async def test_an_error_event_before_any_token_falls_back_like_a_failure(
+        ups, tmp_path: Path) -> None:
+    # vLLM answers 200 and then an error event when generation fails at once: nothing has
+    # reached the client, so the next expert of the decision's chain answers instead of the
+    # client getting a stream that is only an error
+    coder, chatter = ups
+    err = {"error": {"message": "CUDA out of memory", "type": "InternalServerError",
+                     "code": 500}}
+    coder.raw = (200, "text/event-stream",
+                 b"data: " + orjson.dumps(err) + b"\n\ndata: [DONE]\n\n")
+    async with gateway_client(base_config(coder.base, chatter.base), tmp_path) as (c, _):
+        r = await c.post("/v1/chat/completions", json=chat(
+            "auto", "fix this bug in my code", stream=True))
+        assert r.status_code == 200 and r.headers["x-expertgate-expert"] == "chatter"
+        assert "coder:protocol" in r.headers["x-expertgate-reason"]
+        assert b"CUDA" not in r.content and r.content.rstrip().endswith(b"data: [DONE]")
+        assert len(chatter.received) == 1
+        # a named expert with no other replica: a clean 502, never a 200 that is an error
+        r = await c.post("/v1/chat/completions", json=chat("coder", "x", stream=True))
+        assert r.status_code == 502
+        assert "error event before any token" in r.json()["error"]["message"]
+
+
 @pytest.mark.parametrize("action", ["error", "refusal", "fallback"])
 async def test_rejection_answers_as_configured(ups, tmp_path: Path, action: str) -> None:
     on_reject = {"action": action, "message": "Only code and chat here."}
