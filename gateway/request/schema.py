@@ -193,4 +193,9 @@ def validate(endpoint: str, raw: bytes) -> dict[str, Any]:
         if n is not None and best_of is not None and best_of < n:
             raise InvalidRequest(f"best_of: must be at least n ({best_of} < {n}): n of the "
                                  "best_of candidates are returned", param="best_of")
+        if best_of is not None and best_of > 1 and body.get("stream") is True:
+            # OpenAI: best_of candidates are generated server-side and "cannot be streamed"
+            raise InvalidRequest("best_of: cannot be used with stream (the best of the "
+                                 "candidates is known only when all are done)",
+                                 param="best_of")
     return body

@@ -285,6 +285,7 @@ def test_a_union_fields_error_says_what_is_wrong_with_the_value_sent(
     ("completions", {"n": 129}, "n", "less than or equal to 128"),
     ("completions", {"best_of": 21}, "best_of", "less than or equal to 20"),
     ("completions", {"n": 3, "best_of": 2}, "best_of", "at least n (2 < 3)"),
+    ("completions", {"best_of": 2, "stream": True}, "best_of", "cannot be used with stream"),
     ("completions", {"prompt": ["a"] * 2049}, "prompt", "at most 2048 prompts in one request"),
     ("completions", {"prompt": ["a"] * 250_000}, "prompt", "at most 2048 prompts"),
     ("completions", {"prompt": [[1]] * 2049}, "prompt", "at most 2048 prompts"),
