@@ -75,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 #: options that name a file or folder a command writes
 _OUTPUTS = ("json", "out", "metrics_json", "plot", "cache_dir", "save_cascade",
             "save_selected")
+#: those of them that name a file (a folder there could only fail after the work)
+_FILE_OUTPUTS = ("json", "metrics_json", "plot")
 
 
 def _unwritable_outputs(args: argparse.Namespace) -> str | None:
@@ -90,6 +92,8 @@ def _unwritable_outputs(args: argparse.Namespace) -> str | None:
             continue  # unset, or a flag (train --json prints JSON)
         path = Path(value).expanduser()
         flag = "--" + attr.replace("_", "-")
+        if attr in _FILE_OUTPUTS and path.is_dir():
+            return f"cannot write {flag} {value}: it is a folder; name a file in it"
         if path.exists() and not os.access(path, os.W_OK):
             return f"cannot write {flag} {value}: permission denied"
         folder = path if attr == "cache_dir" else path.absolute().parent

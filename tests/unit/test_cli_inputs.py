@@ -66,6 +66,32 @@ def test_outputs_that_cannot_be_written_fail_before_the_work(
     assert not (tmp_path / "a").exists()
 
 
+def test_a_json_output_that_is_a_folder_fails_before_the_work(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # --json DIR passed the writability check (DIR's parent is writable), ran the whole
+    # evaluation, then failed writing with IsADirectoryError (exit 1)
+    from evals import guard_eval as GE
+    from evals import routing_eval as RE
+
+    def no_work(*a: object, **k: object) -> None:
+        raise AssertionError("the work started with an output that cannot be written")
+
+    monkeypatch.setattr(RE, "embed_table", no_work)
+    monkeypatch.setattr(GE, "load_guard_data", no_work)
+    folder = str(tmp_path)
+    for argv in (["eval", "routing", "--data", "synthetic:300x3", "--embedder", "hashing",
+                  "--seeds", "1", "--routers", "knn", "--quiet", "--json", folder],
+                 ["eval", "guard", "--data", str(_guard_table(tmp_path / "g.csv")),
+                  "--embedder", "hashing", "--methods", "guard-knn", "--quiet",
+                  "--json", folder],
+                 [*TRAIN, "--out", str(tmp_path / "a"), "--metrics-json", folder]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "it is a folder" in err and folder in err and err.count("\n") == 1
+    assert not (tmp_path / "a").exists()
+
+
 def test_eval_routing_says_which_requested_router_failed(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     base = ["eval", "routing", "--data", "synthetic:300x3", "--embedder", "hashing",
