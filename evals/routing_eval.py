@@ -563,6 +563,33 @@ def check_table(table: RoutingTable, *, strong: str | None = None,
     return notes
 
 
+def parse_params(text: str | None, routers: Sequence[str] | None = None
+                 ) -> dict[str, dict[str, Any]] | None:
+    """``--params``: a JSON object of parameter objects keyed by router family. A key that
+    names no family of the run is an error (its settings would be dropped silently: a typo
+    such as ``"stak"`` read as a tuned run); so is ``auto``, which chooses its own."""
+    if not text:
+        return None
+    shape = '{"ROUTER": {"PARAM": VALUE, ...}, ...}'
+    try:
+        params = json.loads(text)
+    except ValueError as e:
+        raise EvalError(f"--params is not JSON ({e}); it is a JSON object of objects: "
+                        f"{shape}") from None
+    if not (isinstance(params, dict) and all(isinstance(v, dict) for v in params.values())):
+        raise EvalError(f"--params must be a JSON object of objects: {shape}")
+    run = list(routers) if routers else default_routers()
+    if "auto" in params:
+        raise EvalError("--params: auto takes no parameters (it chooses the family and its "
+                        "parameters by cross-validation); name the family instead")
+    stray = [k for k in params if k not in run]
+    if stray:
+        raise EvalError(f"--params names {', '.join(repr(k) for k in stray)}, not among the "
+                        f"routers this run evaluates ({', '.join(run)}); its settings would "
+                        "be ignored")
+    return params
+
+
 def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | None = None,
              strong: str | None = None, seeds: Sequence[int] = (0, 1, 2, 3, 4),
              val: float = 0.2, test: float = 0.2,
@@ -1104,13 +1131,9 @@ def main(args: argparse.Namespace) -> int:
                 args.format = resolve_table(args.data)[1]
             except KeyError as e:
                 raise EvalError(e.args[0]) from None
-        params = json.loads(args.params) if args.params else None
-        if params is not None and not (isinstance(params, dict) and all(
-                isinstance(k, dict) for k in params.values())):
-            raise EvalError('--params must be a JSON object of objects: {"ROUTER": '
-                            '{"PARAM": VALUE, ...}, ...}')
         routers = [r.strip() for r in args.routers.split(",") if r.strip()] \
             if args.routers else None
+        params = parse_params(args.params, routers)
         table = load_routing_table(args.data, args.format)
         # every check that can fail runs before the (minutes-long) embedding step
         for note in check_table(table, strong=args.strong, routers=routers):

@@ -106,6 +106,30 @@ def test_eval_routing_says_which_requested_router_failed(
     assert "--params must be a JSON object of objects" in capsys.readouterr().err
 
 
+def test_eval_routing_params_for_no_router_of_the_run_are_refused_before_embedding(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # a misspelt family ('knnn') was ignored: the run printed default-parameter figures and
+    # exited 0 as if the settings had been applied; text that is not JSON was answered with
+    # the bare decoder message, naming no option
+    from evals import routing_eval as RE
+
+    def no_embedding(*a: object, **k: object) -> None:
+        raise AssertionError("embedding started with --params that cannot apply")
+
+    monkeypatch.setattr(RE, "embed_table", no_embedding)
+    base = ["eval", "routing", "--data", "synthetic:300x3", "--embedder", "hashing",
+            "--seeds", "1", "--quiet", "--routers", "knn"]
+    for params, says in (('{"knnn": {"k": 5}}', "--params names 'knnn', not among the "
+                          "routers this run evaluates (knn)"),
+                         ('{"stack": {"trees": false}}', "'stack', not among"),
+                         ('{"auto": {}}', "auto takes no parameters"),
+                         ("k=5", "--params is not JSON")):
+        assert main([*base, "--params", params]) == 2
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1 and "Traceback" not in err
+    assert RE.parse_params('{"stack": {"trees": false}}', None) == {"stack": {"trees": False}}
+
+
 def test_route_refuses_an_empty_text_and_serves_a_trained_lora_policy(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     art = tmp_path / "lora"
