@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -253,6 +254,16 @@ def _run(s: Settings, cfg: GatewayConfig | None = None, embedder: Any = None) ->
                 if not stopping and self.should_exit.is_set():
                     self.child_failed = True  # only a worker's start-up failure sets it
 
+            def terminate_all(self) -> None:
+                # the supervisor's own copy of the listening socket kept it listening after
+                # the workers closed theirs: the kernel went on accepting connections that
+                # no worker would take, which hung until the supervisor exited and were
+                # then reset; closed first, the socket closes with the workers' copies and
+                # new clients are refused while the workers drain
+                for sock in self.sockets:
+                    sock.close()
+                super().terminate_all()
+
         config = uvicorn.Config("gateway.asgi:app", workers=s.workers, factory=True, **kw)
         sup = Supervisor(config, sockets=[config.bind_socket()])
         sup.run()  # SIGINT/SIGTERM: a clean stop (the supervisor handles them)
@@ -266,15 +277,31 @@ def _run(s: Settings, cfg: GatewayConfig | None = None, embedder: Any = None) ->
     app = create_app(s, cfg, embedder=embedder)
     echo = _LifespanEcho()
     logging.getLogger("uvicorn.error").addFilter(echo)
+    # uvicorn drains on SIGINT/SIGTERM, then raises the signal again into the handler it
+    # found: under the default one SIGTERM killed the process there (exit status 143, and
+    # the experts --start-experts started were never stopped); this one makes it a return
+    handlers = {sig: signal.signal(sig, _stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         uvicorn.run(app, **kw)
+    except _Stopped:
+        pass
     except SystemExit as e:
         if e.code == 3:  # uvicorn's start-up failure: the lifespan logged why
             return 2
         raise
     finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
         logging.getLogger("uvicorn.error").removeFilter(echo)
     return 0
+
+
+class _Stopped(Exception):
+    """A SIGINT or SIGTERM once uvicorn's graceful shutdown is done (or before it ran)."""
+
+
+def _stopped(signum: int, frame: Any) -> None:
+    raise _Stopped(signum)
 
 
 @dataclass
