@@ -22,6 +22,7 @@ import contextlib
 import gzip
 import logging
 import math
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -63,7 +64,14 @@ class RoutingLogSink(Protocol):
 
 
 class JsonlSink:
-    """Appends one JSON object per line. Appends are small and fast, so done inline."""
+    """Appends one JSON object per line. Appends are small and fast, so done inline.
+
+    The file may be moved or removed under the running gateway (logrotate's default
+    ``create`` mode renames it and expects the program to write a new one): before each
+    batch the path is compared with the open file, and when it names another file or none
+    a new one is opened there, so records never go on into the renamed copy or vanish into
+    a deleted inode (one ``stat`` per batch; what Python's ``WatchedFileHandler`` does).
+    """
 
     name = "jsonl"
 
@@ -72,9 +80,29 @@ class JsonlSink:
         self.feedback_path = Path(feedback_path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.feedback_path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = self.path.open("ab", buffering=0)
+        self._f = self._open()
+
+    def _open(self) -> Any:
+        f = self.path.open("ab", buffering=0)
+        st = os.fstat(f.fileno())
+        self._id = (st.st_dev, st.st_ino)
+        return f
+
+    def _reopen_if_moved(self) -> None:
+        try:
+            st = os.stat(self.path)
+            same = (st.st_dev, st.st_ino) == self._id
+        except FileNotFoundError:
+            same = False
+        if not same:
+            f = self._open()  # an error here leaves the old file in place; the batch waits
+            self._f.close()
+            self._f = f
+            log.info("routing log: %s was moved or removed; writing to a new file there",
+                     self.path)
 
     async def write(self, records: list[bytes]) -> None:
+        self._reopen_if_moved()
         self._f.write(b"".join(r + b"\n" for r in records))
 
     async def write_feedback(self, record: bytes) -> None:
