@@ -547,6 +547,19 @@ def check_table(table: RoutingTable, *, strong: str | None = None,
     never = [m for j, m in enumerate(table.models) if not have[:, j].any()]
     if never:
         raise EvalError(f"model(s) {', '.join(never)} have no score at all")
+    costs = table.mean_costs()
+    if np.ptp(costs) <= 1e-12 * max(1.0, float(np.max(np.abs(costs)))):
+        same = f"every model has the same mean cost ({float(costs[0]):g}"
+        same += ", as a table without a cost column has)" if costs[0] == 0 else ")"
+        if len(table.models) > 2:
+            raise EvalError(f"{same}: with more than two models every figure trades quality "
+                            "against cost (AIQ, the cost at the best single model's quality), "
+                            "so none can be computed and no router selected; give each model "
+                            "its cost per prompt (the cost column)")
+        if strong is None:
+            notes.append(f"{same}: the strong model, by default the dearer one, is "
+                         f"{table.models[int(np.argmax(costs))]!r} only by the table's order "
+                         "(name it with --strong)")
     full = int(have.all(axis=1).sum())
     if full < MIN_SCORED_PROMPTS:
         raise EvalError(f"only {full} of {len(table)} prompts have a score from every model; "

@@ -117,6 +117,36 @@ def test_one_model_table_fails_before_embedding(tmp_path: Path, no_embedding: No
     assert "1 model(s) (only); routing needs at least two" in capsys.readouterr().err
 
 
+def test_models_of_one_cost_fail_before_embedding_with_more_than_two(
+        tmp_path: Path, no_embedding: None, capsys: pytest.CaptureFixture[str]) -> None:
+    # three models and no cost column (or the same cost everywhere): every figure of an
+    # N-model run needs a cost axis, and the run printed a table of dashes, selected nothing
+    # and exited 0
+    models = ("big", "mid", "small")
+    no_cost = [{k: v for k, v in r.items() if k != "cost"} for r in _rows(models=models)]
+    same = [{**r, "cost": 2.5} for r in _rows(models=models)]
+    for rows, says in ((no_cost, "(0, as a table without a cost column has)"),
+                       (same, "(2.5)")):
+        assert _run(["--data", str(_csv(tmp_path / "t.csv", rows)), "--embedder",
+                     "hashing", "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert f"every model has the same mean cost {says}" in err and "no router" in err
+        assert err.count("\n") == 1
+
+
+def test_two_models_of_one_cost_say_which_is_taken_as_strong(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [{**r, "cost": 1.0, "score": float(r["model"] == "big" or r["score"])}
+            for r in _rows(40)]
+    out = tmp_path / "r.json"
+    assert _run(["--data", str(_csv(tmp_path / "t.csv", rows)), "--embedder", "hashing",
+                 "--seeds", "1", "--routers", "knn", "--quiet", "--cache-dir",
+                 str(tmp_path / "c"), "--json", str(out)]) == 0
+    strong = json.loads(out.read_text())["table"]["strong"]
+    assert f"the strong model, by default the dearer one, is {strong!r} only by the " \
+           "table's order (name it with --strong)" in capsys.readouterr().err
+
+
 def test_bad_router_name_and_bad_strong_fail_before_embedding(
         tmp_path: Path, no_embedding: None, capsys: pytest.CaptureFixture[str]) -> None:
     data = _csv(tmp_path / "t.csv", _rows())
