@@ -6,10 +6,11 @@ per model, NaN where a model was not evaluated). Formats, by :func:`load_table` 
 ``long``
     CSV, JSONL or Parquet with columns ``prompt_id, prompt, model, score, cost, [category]``.
     Checked row by row before anything is embedded (:func:`clean_long`): a missing or
-    non-numeric score, a score outside [0, 1], an empty prompt, a prompt id with two texts are
-    errors that name the rows; numeric prompt ids (``7`` and ``7.0`` alike) become strings;
-    an optional ``category`` column that is empty is dropped, and partly empty categories
-    become ``(none)``, with a note on stderr. CSV fields may hold line breaks (quoted).
+    non-numeric score, a score outside [0, 1], a missing, negative, infinite or non-numeric
+    cost, an empty prompt, a prompt id with two texts are errors that name the rows; numeric
+    prompt ids (``7`` and ``7.0`` alike) become strings; an optional ``category`` column that
+    is empty is dropped, and partly empty categories become ``(none)``, with a note on stderr.
+    CSV fields may hold line breaks (quoted).
 ``routellm`` / ``routellm-mmlu`` / ``routellm-gsm8k``
     RouteLLM's cached evaluations (``shared/data/routellm``): per-question correctness of
     ``gpt-4-1106-preview`` (strong) and ``mistralai/Mixtral-8x7B-Instruct-v0.1`` (weak).
@@ -195,9 +196,9 @@ def clean_long(df: Any, source: str = "table") -> Any:
     df["score"] = score
     if "cost" in df.columns:
         cost = pd.to_numeric(df["cost"], errors="coerce")
-        bad = cost.isna() | (cost < 0)
+        bad = cost.isna() | (cost < 0) | np.isinf(cost)
         if bad.any():
-            raise RouterError(f"{source}: missing, negative or non-numeric cost in "
+            raise RouterError(f"{source}: missing, negative, infinite or non-numeric cost in "
                               f"{_rows(bad, df, ('prompt_id', 'model', 'cost'))}")
         df["cost"] = cost
     if "category" in df.columns:

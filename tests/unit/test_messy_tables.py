@@ -94,6 +94,17 @@ def test_scores_outside_0_1_name_the_rows(tmp_path: Path) -> None:
         load_long(_csv(tmp_path / "t.csv", rows))
 
 
+def test_an_infinite_cost_names_its_row(tmp_path: Path) -> None:
+    # 'inf' (a spreadsheet's overflow, a division by a zero token count) passed the check and
+    # the run stopped later with "costs must be finite ... use a larger table", naming neither
+    # the row nor the real cause
+    rows = _rows(3)
+    rows[3]["cost"] = float("inf")
+    with pytest.raises(RouterError, match=r"infinite or non-numeric cost in row 4 "
+                                          r"\(prompt_id='p1', model='small', cost=inf\)"):
+        load_long(_csv(tmp_path / "t.csv", rows))
+
+
 def test_missing_pairs_are_announced_and_scored_on_complete_prompts(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rows = [r for r in _rows(40) if not (r["model"] == "small" and r["prompt_id"] in

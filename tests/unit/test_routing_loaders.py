@@ -219,7 +219,7 @@ def test_load_wide_errors(tmp_path: Path) -> None:
         (pd.DataFrame({"prompt": ["q"], "m": [3.0], "m|total_cost": [1.0]}),
          r"scores must lie in \[0, 1\]"),
         (pd.DataFrame({"prompt": ["q"], "m": [1.0], "m|total_cost": [None]}),
-         "missing, negative or non-numeric cost"),
+         "missing, negative, infinite or non-numeric cost"),
         (pd.DataFrame({"prompt": ["q"], "m": [None], "m|total_cost": [None]}),
          "no model has a score"),
     ]
