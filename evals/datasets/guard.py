@@ -213,8 +213,10 @@ def load_guard_data(path: str | Path, *, val_fraction: float = 0.1, seed: int = 
     parsed: list[tuple[str, str, str, str | None]] = []
     for i, r in enumerate(rows):
         text, label = r.get("text"), r.get("label")
-        if text is None or label is None or str(text).strip() == "":
-            raise GuardDataError(f"{p}: row {i + 1} has no text or label")
+        for col, v in (("text", text), ("label", label)):
+            # an empty CSV cell is "", a Parquet or JSON gap None or NaN: none is a label
+            if v is None or (isinstance(v, float) and v != v) or str(v).strip() == "":
+                raise GuardDataError(f"{p}: row {i + 1} has no {col}")
         raw_split = str(r.get("split") or "train").strip().lower()
         split = _SPLIT_ALIASES.get(raw_split)
         if split is None:

@@ -151,6 +151,25 @@ def test_load_guard_data_splits_and_ood_sets(tmp_path: Path) -> None:
     assert np.all(table.scores.sum(axis=1) == 1.0)
 
 
+def test_a_row_without_a_label_is_an_error_not_a_label(tmp_path: Path) -> None:
+    # an empty CSV label cell was read as the label '': one more in-domain label ('' among
+    # the labels, n_labels one higher), trained and scored without a word
+    import pandas as pd
+
+    df = pd.read_csv(_write_csv(tmp_path / "g.csv"))
+    df.loc[4, "label"] = float("nan")  # an empty cell in the CSV
+    df.to_csv(tmp_path / "h.csv", index=False)
+    df.to_json(tmp_path / "h.jsonl", orient="records", lines=True)
+    df.to_parquet(tmp_path / "h.parquet")
+    for f in ("h.csv", "h.jsonl", "h.parquet"):
+        with pytest.raises(GuardDataError, match=rf"{f}: row 5 has no label"):
+            load_guard_data(tmp_path / f)
+    df.loc[4, "label"], df.loc[6, "text"] = "music", "  "
+    df.to_parquet(tmp_path / "h.parquet")
+    with pytest.raises(GuardDataError, match=r"row 7 has no text"):
+        load_guard_data(tmp_path / "h.parquet")
+
+
 def test_validation_is_carved_from_train_when_absent(tmp_path: Path) -> None:
     p = _write_csv(tmp_path / "g.csv", with_validation=False)
     d = load_guard_data(p, val_fraction=0.2, seed=1)
