@@ -92,6 +92,9 @@ def _finetune(args: argparse.Namespace) -> int:
     if args.epochs < 1 or args.batch_size < 1:
         print("error: --epochs and --batch-size must be at least 1", file=sys.stderr)
         return 2
+    if not args.lr > 0:
+        print(f"error: --lr must be above 0, not {args.lr:g}", file=sys.stderr)
+        return 2
     try:
         meta = finetune_encoder(
             data.train_texts, data.train_labels, args.out, epochs=args.epochs,
@@ -142,6 +145,10 @@ def _tune(args: argparse.Namespace) -> int:
     say = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     if args.epochs < 1 or args.patience < 1:
         print("error: --epochs and --patience must be at least 1", file=sys.stderr)
+        return 2
+    # 0 read as "unset" (the default step, silently); below 0 climbed the loss
+    if args.lr is not None and not args.lr > 0:
+        print(f"error: --lr must be above 0, not {args.lr:g}", file=sys.stderr)
         return 2
     try:
         emb = DistilledEmbedder(args.source)

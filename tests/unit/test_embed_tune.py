@@ -131,3 +131,25 @@ def test_cli_tunes_on_a_routing_table(random_static: Path, tmp_path: Path,
     assert DistilledEmbedder(out).embed(["solve the equation"]).shape == (1, DIM)
     assert main(["embedder", "tune", "--routing-data", str(tmp_path / "nope.csv"),
                  "--source", str(random_static), "--out", str(out)]) == 2
+
+
+def test_cli_refuses_a_step_that_is_not_above_zero(random_static: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    # --lr 0 was read as unset (the default step, under a name that says tuned with 0);
+    # --lr -1 climbed the loss (validation loss 7.6 against 0.5) and wrote the table, exit 0
+    from expertgate.cli import main
+
+    data = tmp_path / "g.csv"
+    data.write_text("text,label,split\n" + "".join(
+        f"{w} question {i},{w},{'validation' if i % 4 == 0 else 'train'}\n"
+        for w in ("bank", "travel") for i in range(12)))
+    for lr in ("0", "-1"):
+        out = tmp_path / f"tuned{lr}"
+        assert main(["embedder", "tune", "--data", str(data), "--source", str(random_static),
+                     "--out", str(out), "--epochs", "1", "--lr", lr]) == 2
+        assert f"--lr must be above 0, not {lr}" in capsys.readouterr().err
+        assert not out.exists()
+    assert main(["embedder", "finetune", "--data", str(data), "--out", str(tmp_path / "ft"),
+                 "--lr", "0"]) == 2
+    assert "--lr must be above 0, not 0" in capsys.readouterr().err
+    assert not (tmp_path / "ft").exists()
