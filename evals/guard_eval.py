@@ -914,6 +914,11 @@ def _fmt(x: Any) -> str:
         else f"{100 * x:6.2f}"
 
 
+def _ms(x: Any) -> str:
+    """A latency cell: '-' where none was timed (--latency-sample 0), never 'nan'."""
+    return "-" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.2f}"
+
+
 def format_table(result: dict[str, Any]) -> str:
     methods = result["methods"]
     if not methods:
@@ -934,7 +939,7 @@ def format_table(result: dict[str, Any]) -> str:
                      *[_fmt(r["ood_accuracy_by_set"][s]) for s in ood_sets],
                      _fmt(r["ood_accuracy"]), _fmt(r["gqr_score"]),
                      *[_fmt(r["accept_rejection_by_set"][s]) for s in acc_sets],
-                     f"{r['latency_p50_ms']:.2f}", f"{r['latency_p99_ms']:.2f}"])
+                     *[_ms(r[k]) for k in ("latency_p50_ms", "latency_p99_ms")]])
         if typo:
             t = r["typos"]
             rows[-1] += [_fmt(t["in_domain_accuracy"]), _fmt(t["gqr_score"]),
@@ -985,6 +990,9 @@ def run(args: argparse.Namespace) -> int:
         # every check that can fail runs before the embedding step
         frrs = _frrs(args.target_frr)
         parse_criterion(args.select)
+        if args.latency_sample < 0:
+            raise ValueError(f"--latency-sample {args.latency_sample}: a number of queries "
+                             "(0: no latency figures)")
         known = {*GUARD_VARIANTS, *BASELINES}
         bad = [m for m in methods if m not in known]
         if bad:

@@ -193,6 +193,21 @@ def test_eval_guard_small_latency_sample_and_a_table_without_test_rows(
     assert "no in-domain test rows" in capsys.readouterr().err
 
 
+def test_eval_guard_latency_sample_below_zero_is_refused_and_none_timed_reads_dash(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # -1 ran, timed nothing and printed 'nan' for p50 / p99, exit 0; 0 (documented: skip)
+    # printed 'nan' too
+    base = ["eval", "guard", "--data", str(_guard_table(tmp_path / "g.csv")), "--embedder",
+            "hashing", "--methods", "guard-knn", "--quiet"]
+    assert main([*base, "--latency-sample", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "--latency-sample -1: a number of queries" in err and err.count("\n") == 1
+    assert main([*base, "--latency-sample", "0"]) == 0
+    row = next(ln for ln in capsys.readouterr().out.splitlines()
+               if ln.startswith("guard-knn"))
+    assert "nan" not in row and row.split()[-2:] == ["-", "-"]
+
+
 def test_eval_routing_split_without_a_quality_gap_is_a_clear_error(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # two models that score the same on every prompt: APGR is undefined on every split
