@@ -9,7 +9,8 @@ per model, NaN where a model was not evaluated). Formats, by :func:`load_table` 
     non-numeric score, a score outside [0, 1], a missing, negative, infinite or non-numeric
     cost, an empty prompt, a prompt id with two texts are errors that name the rows; numeric
     prompt ids (``7`` and ``7.0`` alike) become strings; an optional ``category`` column that
-    is empty is dropped, and partly empty categories become ``(none)``, with a note on stderr.
+    is empty is dropped, and partly empty categories become ``(none)``, with a note on stderr;
+    rows repeating a (prompt, model) pair are averaged into one cell, with a note on stderr.
     CSV fields may hold line breaks (quoted).
 ``routellm`` / ``routellm-mmlu`` / ``routellm-gsm8k``
     RouteLLM's cached evaluations (``shared/data/routellm``): per-question correctness of
@@ -201,6 +202,14 @@ def clean_long(df: Any, source: str = "table") -> Any:
             raise RouterError(f"{source}: missing, negative, infinite or non-numeric cost in "
                               f"{_rows(bad, df, ('prompt_id', 'model', 'cost'))}")
         df["cost"] = cost
+    key = df["prompt_id"] if "prompt_id" in df.columns else df["prompt"].astype(str)
+    dup = pd.DataFrame({"k": key, "m": df["model"]}).duplicated(keep=False)
+    if dup.any():
+        # two runs of one model on a prompt (a table concatenated twice, a rerun): the
+        # table keeps one cell per pair, their mean
+        print(f"{source}: {int(dup.sum())} rows repeat a (prompt, model) pair "
+              f"({_rows(dup, df)}); each pair's scores and costs are averaged",
+              file=sys.stderr)
     if "category" in df.columns:
         bad = empty("category")
         if bad.all():

@@ -94,6 +94,20 @@ def test_scores_outside_0_1_name_the_rows(tmp_path: Path) -> None:
         load_long(_csv(tmp_path / "t.csv", rows))
 
 
+def test_repeated_prompt_model_pairs_are_said_and_averaged(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # a table concatenated with a rerun of one model: the pairs were averaged without a word
+    rows = _rows(4)
+    rerun = [{**r, "score": 1.0 - r["score"]} for r in rows if r["model"] == "big"]
+    t = load_long(_csv(tmp_path / "t.csv", rows + rerun))
+    err = capsys.readouterr().err
+    assert "8 rows repeat a (prompt, model) pair (rows 1 (prompt_id='p0', model='big')" in err
+    assert "averaged" in err
+    assert t.scores[:, t.models.index("big")].tolist() == [0.5] * 4
+    load_long(_csv(tmp_path / "u.csv", rows))
+    assert "repeat" not in capsys.readouterr().err
+
+
 def test_an_infinite_cost_names_its_row(tmp_path: Path) -> None:
     # 'inf' (a spreadsheet's overflow, a division by a zero token count) passed the check and
     # the run stopped later with "costs must be finite ... use a larger table", naming neither
