@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     prog = " ".join(a for a in argv[:2] if not a.startswith("-"))
-    bad = _unwritable_outputs(args)
+    bad = _out_of_range(args) or _unwritable_outputs(args)
     if bad:
         print(f"expertgate {prog}: error: {bad}", file=sys.stderr)
         return 2
@@ -70,6 +70,15 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     return int(rc or 0)
+
+
+def _out_of_range(args: argparse.Namespace) -> str | None:
+    """The first count option out of its range, said naming the flag (checked here, once,
+    for every command that has it, before the command's work)."""
+    threads = getattr(args, "threads", None)
+    if isinstance(threads, int) and threads < 1:
+        return f"--threads must be at least 1, not {threads}"
+    return None
 
 
 #: options that name a file or folder a command writes

@@ -269,3 +269,26 @@ def _long_table(tmp_path: Path, rows: list[str]) -> Path:
     f = tmp_path / "t.csv"
     f.write_text("\n".join(["prompt_id,prompt,model,score,cost", *rows]) + "\n")
     return f
+
+
+def test_threads_below_one_are_refused_before_the_work(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # eval routing --threads 0 (or -1) ran the whole evaluation, exit 0, as if 1 were given
+    from evals import routing_eval as RE
+
+    def no_work(*a: object, **k: object) -> None:
+        raise AssertionError("the work started with --threads below 1")
+
+    monkeypatch.setattr(RE, "embed_table", no_work)
+    guard = str(_guard_table(tmp_path / "g.csv"))
+    for n in ("0", "-1"):
+        for argv in (["eval", "routing", "--data", "synthetic:300x3", "--embedder", "hashing",
+                      "--seeds", "1", "--routers", "knn", "--quiet"],
+                     ["embedder", "finetune", "--data", guard, "--out", str(tmp_path / "f")],
+                     ["embedder", "distill", "--out", str(tmp_path / "d")],
+                     ["demo", "--work-dir", str(tmp_path / "w")]):
+            assert main([*argv, "--threads", n]) == 2
+            err = capsys.readouterr().err
+            assert f"--threads must be at least 1, not {n}" in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.csv"]
