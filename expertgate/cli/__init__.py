@@ -78,6 +78,9 @@ def _out_of_range(args: argparse.Namespace) -> str | None:
     threads = getattr(args, "threads", None)
     if isinstance(threads, int) and threads < 1:
         return f"--threads must be at least 1, not {threads}"
+    seed = getattr(args, "seed", None)
+    if isinstance(seed, int) and seed < 0:
+        return f"--seed must be a non-negative integer, not {seed}"
     return None
 
 

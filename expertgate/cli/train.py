@@ -350,8 +350,6 @@ def _train(args: argparse.Namespace) -> int:
 
             check_artifact_target(args.out)
         params = parse_params(args.param)
-        if args.seed < 0:
-            raise RouterError(f"--seed must be a non-negative integer, got {args.seed}")
         if args.router == "guard" and args.format != "guard":
             raise RouterError("--router guard needs --format guard (a text,label,split table)")
         if args.format == "guard" and args.router != "guard":

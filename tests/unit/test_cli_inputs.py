@@ -292,3 +292,22 @@ def test_threads_below_one_are_refused_before_the_work(
             err = capsys.readouterr().err
             assert f"--threads must be at least 1, not {n}" in err and err.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.csv"]
+
+
+def test_a_negative_seed_is_refused_naming_the_flag(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # eval guard / embedder tune said 'error: expected non-negative integer' (which input?),
+    # embedder finetune trained and wrote the model, eval offpolicy said 'need at least one
+    # seed'
+    guard = str(_guard_table(tmp_path / "g.csv"))
+    for argv in (["eval", "guard", "--data", guard, "--embedder", "hashing", "--methods",
+                  "guard-knn", "--quiet"],
+                 ["embedder", "tune", "--data", guard, "--out", str(tmp_path / "t")],
+                 ["embedder", "finetune", "--data", guard, "--out", str(tmp_path / "f")],
+                 ["eval", "offpolicy", "--simulate", "synthetic:300x3"],
+                 [*TRAIN, "--out", str(tmp_path / "a")]):
+        assert main([*argv, "--seed", "-1"]) == 2
+        err = capsys.readouterr().err
+        assert "--seed must be a non-negative integer, not -1" in err
+        assert err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.csv"]
