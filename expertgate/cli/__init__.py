@@ -89,6 +89,9 @@ _OUTPUTS = ("json", "out", "metrics_json", "plot", "cache_dir", "save_cascade",
             "save_selected")
 #: those of them that name a file (a folder there could only fail after the work)
 _FILE_OUTPUTS = ("json", "metrics_json", "plot")
+#: those that name a folder (a file there could only fail after the work); a command whose
+#: ``--out`` is a folder says so with ``set_defaults(out_is_folder=True)``
+_FOLDER_OUTPUTS = ("cache_dir", "save_cascade", "save_selected")
 
 
 def _unwritable_outputs(args: argparse.Namespace) -> str | None:
@@ -106,6 +109,10 @@ def _unwritable_outputs(args: argparse.Namespace) -> str | None:
         flag = "--" + attr.replace("_", "-")
         if attr in _FILE_OUTPUTS and path.is_dir():
             return f"cannot write {flag} {value}: it is a folder; name a file in it"
+        is_folder = attr in _FOLDER_OUTPUTS or (attr == "out"
+                                                and getattr(args, "out_is_folder", False))
+        if is_folder and path.exists() and not path.is_dir():
+            return f"cannot write {flag} {value}: it is a file; name a folder"
         if path.exists() and not os.access(path, os.W_OK):
             return f"cannot write {flag} {value}: permission denied"
         folder = path if attr == "cache_dir" else path.absolute().parent

@@ -41,7 +41,7 @@ def register(sub: Any, name: str) -> None:
     ft.add_argument("--scale", type=float, default=16.0)
     ft.add_argument("--seed", type=int, default=0)
     ft.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
-    ft.set_defaults(func=_finetune)
+    ft.set_defaults(func=_finetune, out_is_folder=True)
     ds = inner.add_parser("distill", help="distil static token vectors from MiniLM (or a "
                           "fine-tuned folder) for --embedder distilled (offline, ~1 min)")
     ds.add_argument("--model", default=None, help="sentence-transformers folder to distil "
@@ -55,7 +55,7 @@ def register(sub: Any, name: str) -> None:
                     help="keep only the first N vocabulary tokens (quick builds for tests)")
     ds.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     ds.add_argument("--force", action="store_true", help="rebuild even if the cache has it")
-    ds.set_defaults(func=_distill)
+    ds.set_defaults(func=_distill, out_is_folder=True)
     tu = inner.add_parser("tune", help="train the distilled static table on a guard's labels "
                           "or a routing table's expert scores (CPU, seconds per epoch)")
     tsrc = tu.add_mutually_exclusive_group(required=True)
@@ -76,7 +76,7 @@ def register(sub: Any, name: str) -> None:
     tu.add_argument("--lr", type=float, default=None, help="step relative to the table's "
                     "typical entry (default 0.01 for labels, 0.002 for expert scores)")
     tu.add_argument("--seed", type=int, default=0)
-    tu.set_defaults(func=_tune)
+    tu.set_defaults(func=_tune, out_is_folder=True)
 
 
 def _finetune(args: argparse.Namespace) -> int:

@@ -311,3 +311,31 @@ def test_a_negative_seed_is_refused_naming_the_flag(
         assert "--seed must be a non-negative integer, not -1" in err
         assert err.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.csv"]
+
+
+def test_a_folder_output_that_is_a_file_fails_before_the_work(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # eval guard --save-selected FILE and embedder tune --out FILE ran the whole evaluation
+    # or training, then failed writing the folder
+    import routers.embed_tune as ET
+    from evals import guard_eval as GE
+
+    def no_work(*a: object, **k: object) -> None:
+        raise AssertionError("the work started with an output that cannot be written")
+
+    monkeypatch.setattr(GE, "load_guard_data", no_work)
+    monkeypatch.setattr(ET, "tune_table", no_work)
+    guard = str(_guard_table(tmp_path / "g.csv"))
+    f = tmp_path / "file"
+    f.write_text("mine")
+    for argv in (["eval", "guard", "--data", guard, "--embedder", "hashing", "--methods",
+                  "guard-knn", "--quiet", "--save-selected", str(f)],
+                 ["eval", "guard", "--data", guard, "--embedder", "hashing", "--methods",
+                  "guard-knn", "--quiet", "--save-cascade", str(f)],
+                 ["embedder", "tune", "--data", guard, "--out", str(f)],
+                 ["embedder", "finetune", "--data", guard, "--out", str(f)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"{f}: it is a file; name a folder" in err and err.count("\n") == 1
+    assert f.read_text() == "mine"
