@@ -429,3 +429,30 @@ def test_typo_blocks_read_clean_and_misspelt_figures_side_by_side(tmp_path: Path
                        "0.660 ± 0.020 | 0.900 |"
     assert lines[3].startswith("| `r.json` | 0.2 | simple-lr | APGR | 0.650 | 0.600 |")
     assert len(lines) == 4  # the oracle has no typo reading
+
+
+def test_no_valid_run_and_a_missing_doc_are_errors_not_an_empty_report(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # every run file invalid: an empty report.md was written, exit 0; a --docs file that does
+    # not exist was passed over without a word
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "bad.json").write_text("{not json")
+    (runs / "other.json").write_text(json.dumps({"hello": 1}))
+    out = tmp_path / "out"
+    parser = argparse.ArgumentParser()
+    R.cli_register(parser)
+    assert R.main(parser.parse_args(["--runs", str(runs), "--out", str(out), "--docs"])) == 2
+    err = capsys.readouterr().err
+    assert "none of the 2 JSON file(s)" in err and "bad.json" in err and "nothing written" in err
+    assert err.count("\n") == 1 and not out.exists()
+    (runs / "good.json").write_text(json.dumps(GUARD))
+    missing = tmp_path / "nope.md"
+    assert R.main(parser.parse_args(["--runs", str(runs), "--out", str(out),
+                                     "--docs", str(missing)])) == 2
+    err = capsys.readouterr().err
+    assert f"--docs {missing}: no such file" in err and err.count("\n") == 1
+    assert not out.exists()
+    assert R.main(parser.parse_args(["--runs", str(runs), "--out", str(out), "--docs"])) == 0
+    assert "skipped bad.json" in capsys.readouterr().err  # a mix: warned per file, as before
+    assert "from 1 run file(s)" in (out / "report.md").read_text()
