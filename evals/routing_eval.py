@@ -537,6 +537,11 @@ def check_table(table: RoutingTable, *, strong: str | None = None,
     if strong is not None and strong not in table.models:
         raise EvalError(f"--strong {strong!r} is not a model of the table: "
                         f"{', '.join(table.models)}")
+    if strong is not None and len(table.models) > 2:
+        notes.append(f"--strong {strong!r}: with {len(table.models)} models no figure depends "
+                     "on it (APGR, CPT and AUC are two-model figures; AIQ and the cost at the "
+                     "best single model's quality read N models); it only names the model "
+                     "whose call share the result reports as strong_share")
     if routers:
         known = {*registered_names(), "auto"}
         unknown = [r for r in routers if r not in known]
@@ -1091,7 +1096,8 @@ def cli_register(parser: argparse.ArgumentParser) -> None:
                              "cost-quality family; not "
                              f"{', '.join(sorted({*registered_names()} - {*default_routers()}))})")
     parser.add_argument("--strong", default=None,
-                        help="the strong model of a two-expert table (default: most expensive)")
+                        help="the strong model of a two-expert table (default: most expensive);"
+                        " with more models it only names the model strong_share counts")
     parser.add_argument("--seeds", type=int, default=5, help="number of split seeds")
     parser.add_argument("--seed-set", default="dev", choices=("dev", "report"),
                         help="dev: seeds 0..N-1 (development); report: the first N report "

@@ -339,3 +339,13 @@ def test_a_folder_output_that_is_a_file_fails_before_the_work(
         err = capsys.readouterr().err
         assert f"{f}: it is a file; name a folder" in err and err.count("\n") == 1
     assert f.read_text() == "mine"
+
+
+def test_strong_on_a_table_of_more_than_two_models_says_what_it_does(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # --strong on a three-model table changed no figure of the printed table, without a word
+    assert main(["eval", "routing", "--data", "synthetic:300x3", "--embedder", "hashing",
+                 "--seeds", "1", "--routers", "knn", "--quiet", "--strong", "model-1"]) == 0
+    err = capsys.readouterr().err
+    assert "note: --strong 'model-1': with 3 models no figure depends on it" in err
+    assert "strong_share" in err
