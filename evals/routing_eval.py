@@ -578,6 +578,18 @@ def check_table(table: RoutingTable, *, strong: str | None = None,
                      f"model (missing per model: {per_model}); routers train on every train "
                      f"prompt, and every method is scored on the {full} prompts every model "
                      "answered")
+    if len(table.models) == 2:
+        # APGR / CPT measure the recovered share of the strong-minus-weak gap: a strong model
+        # that scores lower makes that gap negative and the figures read backwards
+        s = int(np.argmax(costs)) if strong is None else table.models.index(strong)
+        both = have.all(axis=1)
+        qs, qw = (float(table.scores[both, j].mean()) for j in (s, 1 - s))
+        if qs < qw:
+            notes.append(f"the strong model {table.models[s]!r} ("
+                         f"{'--strong' if strong else 'the dearer one'}) scores lower than "
+                         f"{table.models[1 - s]!r} on the table ({qs:.3f} against {qw:.3f}): "
+                         "APGR and CPT measure the gap between them and read backwards; "
+                         f"--strong {table.models[1 - s]} names the better one")
     return notes
 
 

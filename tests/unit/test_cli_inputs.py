@@ -349,3 +349,24 @@ def test_strong_on_a_table_of_more_than_two_models_says_what_it_does(
     err = capsys.readouterr().err
     assert "note: --strong 'model-1': with 3 models no figure depends on it" in err
     assert "strong_share" in err
+
+
+def test_a_strong_model_that_scores_lower_is_said_before_the_embedding() -> None:
+    # the dearer model scored lower than the cheaper one: APGR came out negative (or any
+    # value) with no word that the strong-minus-weak gap it reads was negative
+    import numpy as np
+
+    from evals import routing_eval as RE
+    from routers.base import RoutingTable
+
+    n = 40
+    scores = np.column_stack([np.tile([1.0, 0.0], n // 2), np.ones(n)])
+    costs = np.tile([10.0, 1.0], (n, 1))
+    table = RoutingTable([str(i) for i in range(n)], [f"q{i}" for i in range(n)],
+                         ["dear", "cheap"], scores, costs)
+    notes = RE.check_table(table)
+    assert any("the strong model 'dear' (the dearer one) scores lower than 'cheap'" in s
+               and "(0.500 against 1.000)" in s and "--strong cheap" in s for s in notes)
+    assert not any("scores lower" in s for s in RE.check_table(table, strong="cheap"))
+    assert any("'dear' (--strong) scores lower" in s
+               for s in RE.check_table(table, strong="dear"))
