@@ -66,6 +66,11 @@ def test_outputs_that_cannot_be_written_fail_before_the_work(
     assert not (tmp_path / "a").exists()
 
 
+def _no_work(*a: object, **k: object) -> None:
+    """Patched over the first long step: the input should have been refused before it."""
+    raise AssertionError("the work started before the bad input was refused")
+
+
 def test_a_json_output_that_is_a_folder_fails_before_the_work(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -74,11 +79,8 @@ def test_a_json_output_that_is_a_folder_fails_before_the_work(
     from evals import guard_eval as GE
     from evals import routing_eval as RE
 
-    def no_work(*a: object, **k: object) -> None:
-        raise AssertionError("the work started with an output that cannot be written")
-
-    monkeypatch.setattr(RE, "embed_table", no_work)
-    monkeypatch.setattr(GE, "load_guard_data", no_work)
+    monkeypatch.setattr(RE, "embed_table", _no_work)
+    monkeypatch.setattr(GE, "load_guard_data", _no_work)
     folder = str(tmp_path)
     for argv in (["eval", "routing", "--data", "synthetic:300x3", "--embedder", "hashing",
                   "--seeds", "1", "--routers", "knn", "--quiet", "--json", folder],
@@ -277,10 +279,7 @@ def test_threads_below_one_are_refused_before_the_work(
     # eval routing --threads 0 (or -1) ran the whole evaluation, exit 0, as if 1 were given
     from evals import routing_eval as RE
 
-    def no_work(*a: object, **k: object) -> None:
-        raise AssertionError("the work started with --threads below 1")
-
-    monkeypatch.setattr(RE, "embed_table", no_work)
+    monkeypatch.setattr(RE, "embed_table", _no_work)
     guard = str(_guard_table(tmp_path / "g.csv"))
     for n in ("0", "-1"):
         for argv in (["eval", "routing", "--data", "synthetic:300x3", "--embedder", "hashing",
@@ -321,11 +320,8 @@ def test_a_folder_output_that_is_a_file_fails_before_the_work(
     import routers.embed_tune as ET
     from evals import guard_eval as GE
 
-    def no_work(*a: object, **k: object) -> None:
-        raise AssertionError("the work started with an output that cannot be written")
-
-    monkeypatch.setattr(GE, "load_guard_data", no_work)
-    monkeypatch.setattr(ET, "tune_table", no_work)
+    monkeypatch.setattr(GE, "load_guard_data", _no_work)
+    monkeypatch.setattr(ET, "tune_table", _no_work)
     guard = str(_guard_table(tmp_path / "g.csv"))
     f = tmp_path / "file"
     f.write_text("mine")
