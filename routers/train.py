@@ -207,6 +207,15 @@ class TrainResult:
         self.path = path
 
 
+def _fit(router: Any, X: np.ndarray, table: RoutingTable, embedder: Any) -> Any:
+    """``router.fit(X, table)``, with ``embedder`` for the routers whose fit takes one."""
+    if embedder is not None and "embedder" in inspect.signature(router.fit).parameters:
+        router.fit(X, table, embedder=embedder)
+    else:
+        router.fit(X, table)
+    return router
+
+
 def train_router(name: str, table: RoutingTable, X: np.ndarray, *,
                  params: Mapping[str, Any] | None = None, seed: int = 0, val: float = 0.1,
                  test: float = 0.2, out: str | Path | None = None,
@@ -255,11 +264,7 @@ def train_router(name: str, table: RoutingTable, X: np.ndarray, *,
         selection = sel.to_dict()
         name = sel.family
     else:
-        router = make_router(name, **dict(params or {}))
-        kwargs: dict[str, Any] = {}
-        if embedder is not None and "embedder" in inspect.signature(router.fit).parameters:
-            kwargs["embedder"] = embedder
-        router.fit(X[tr], fit_table, **kwargs)
+        router = _fit(make_router(name, **dict(params or {})), X[tr], fit_table, embedder)
     fit_s = time.perf_counter() - t0
     metrics: dict[str, Any] = {
         "router": name, "seed": seed, "n_train": len(tr), "n_val": len(va),
@@ -279,11 +284,7 @@ def train_router(name: str, table: RoutingTable, X: np.ndarray, *,
     if refit and (len(va) or len(te)):
         all_table, thin_all = without_thin_models(table)
         t1 = time.perf_counter()
-        router = type(router)(**router.get_params())
-        kwargs = {}
-        if embedder is not None and "embedder" in inspect.signature(router.fit).parameters:
-            kwargs["embedder"] = embedder
-        router.fit(X, all_table, **kwargs)
+        router = _fit(type(router)(**router.get_params()), X, all_table, embedder)
         metrics["refit"] = {
             "n_prompts": len(table), "fit_seconds": round(time.perf_counter() - t1, 3),
             "family": name, "params": json.loads(json.dumps(router.get_params(), default=str)),
