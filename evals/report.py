@@ -1148,6 +1148,11 @@ def main(args: argparse.Namespace) -> int:
     if missing:
         print(f"expertgate eval report: --docs {missing[0]}: no such file", file=sys.stderr)
         return 2
+    # a misspelt folder beside a good one was passed over (its runs silently not reported)
+    gone = [r for r in args.runs if not Path(r).is_dir()]
+    if gone and not args.check:
+        print(f"expertgate eval report: --runs {gone[0]}: no such folder", file=sys.stderr)
+        return 2
     docs = DEFAULT_DOCS if args.docs is None else args.docs
     try:
         if not args.check:

@@ -456,3 +456,24 @@ def test_no_valid_run_and_a_missing_doc_are_errors_not_an_empty_report(
     assert R.main(parser.parse_args(["--runs", str(runs), "--out", str(out), "--docs"])) == 0
     assert "skipped bad.json" in capsys.readouterr().err  # a mix: warned per file, as before
     assert "from 1 run file(s)" in (out / "report.md").read_text()
+
+
+def test_a_missing_runs_folder_is_named_even_when_another_has_runs(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # `--runs good typo` rendered good's runs and passed over the misspelt folder silently
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "good.json").write_text(json.dumps(GUARD))
+    typo = tmp_path / "rnus"
+    out = tmp_path / "out"
+    parser = argparse.ArgumentParser()
+    R.cli_register(parser)
+    assert R.main(parser.parse_args(["--runs", str(runs), str(typo), "--out", str(out),
+                                     "--docs"])) == 2
+    err = capsys.readouterr().err
+    assert f"--runs {typo}: no such folder" in err and err.count("\n") == 1
+    assert not out.exists()
+    (tmp_path / "file.json").write_text("{}")
+    assert R.main(parser.parse_args(["--runs", str(runs), str(tmp_path / "file.json"),
+                                     "--out", str(out), "--docs"])) == 2
+    assert "no such folder" in capsys.readouterr().err and not out.exists()
