@@ -7,7 +7,9 @@
 The Redis cache never fails a request: on a Redis error it reports itself unavailable (the
 request proceeds uncached, the response and the log say so) and skips Redis for
 ``retry_s`` so a dead Redis costs one timeout per interval, not one per request; it comes
-back by itself when Redis does.
+back by itself when Redis does. The process log hears of an outage once when it starts, then
+at most once per ``remind_s`` (how long, how many lookups went uncached), and once when it
+ends; the responses, the routing log and /metrics say it for every request.
 """
 
 from __future__ import annotations
@@ -126,29 +128,53 @@ class MemoryDecisionCache:
 class RedisDecisionCache:
     name = "redis"
 
-    def __init__(self, client: Any, retry_s: float = 1.0) -> None:
+    def __init__(self, client: Any, retry_s: float = 1.0, remind_s: float = 60.0) -> None:
         self._r = client
         self.retry_s = retry_s
+        #: while Redis stays down, the warning is repeated at most this often
+        self.remind_s = remind_s
         self._down_until = 0.0
+        #: when the outage began (None while Redis answers), the last warning about it, and
+        #: the lookups that went uncached since it began
+        self._down_since: float | None = None
+        self._warned_at = 0.0
+        self.skipped = 0
 
     @property
     def available(self) -> bool:
         return time.monotonic() >= self._down_until
 
-    def _failed(self, e: Exception) -> CacheUnavailable:
-        if self.available:
-            log.warning("decision cache: Redis unavailable (%s); skipping it for %.1fs",
-                        type(e).__name__, self.retry_s)
-        self._down_until = time.monotonic() + self.retry_s
+    def _failed(self, e: Exception, lookup: bool) -> CacheUnavailable:
+        now = time.monotonic()
+        self.skipped += int(lookup)
+        if self._down_since is None:
+            self._down_since = self._warned_at = now
+            log.warning("decision cache: Redis unavailable (%s); requests go uncached, "
+                        "retrying every %.1fs", type(e).__name__, self.retry_s)
+        elif now - self._warned_at >= self.remind_s:
+            self._warned_at = now
+            log.warning("decision cache: Redis still unavailable (%s) after %.0fs; "
+                        "%d lookup(s) skipped", type(e).__name__, now - self._down_since,
+                        self.skipped)
+        self._down_until = now + self.retry_s
         return CacheUnavailable(str(e))
+
+    def _answered(self) -> None:
+        if self._down_since is not None:
+            log.info("decision cache: Redis recovered after %.1fs (%d lookup(s) skipped)",
+                     time.monotonic() - self._down_since, self.skipped)
+            self._down_since = None
+            self.skipped = 0
 
     async def get(self, key: str) -> dict[str, Any] | None:
         if not self.available:
+            self.skipped += 1
             raise CacheUnavailable("redis marked down")
         try:
             raw = await self._r.get(key)
         except Exception as e:  # redis raises many types (ConnectionError, TimeoutError, ...)
-            raise self._failed(e) from e
+            raise self._failed(e, lookup=True) from e
+        self._answered()
         if raw is None:
             return None
         try:
@@ -165,7 +191,8 @@ class RedisDecisionCache:
         try:
             await self._r.set(key, orjson.dumps(value), px=max(int(ttl_s * 1000), 1))
         except Exception as e:
-            raise self._failed(e) from e
+            raise self._failed(e, lookup=False) from e
+        self._answered()
 
     async def close(self) -> None:
         return None
