@@ -449,9 +449,15 @@ def _train(args: argparse.Namespace) -> int:
         import numpy as np
 
         # the fallback is the model with the best mean score: the safe answer when the
-        # decision's own targets all fail
+        # decision's own targets all fail. A model left out of the router for too few
+        # scores is no candidate: its few ratings are no mean to trust
+        m = result.metrics
+        left = set((m["refit"].get("left_out_models") or {}) if m.get("refit") else
+                   (m.get("left_out_models") or {}).get("scored_training_prompts") or {})
         seen = np.isfinite(table.scores)
         mean = np.where(seen, table.scores, 0.0).sum(0) / np.maximum(seen.sum(0), 1)
+        mean[[i for i, name in enumerate(table.models) if name in left
+              and len(left) < len(table.models)]] = -np.inf
         best = table.models[int(np.argmax(mean))]
         served = list(table.models)
         base = getattr(result.router, "base_model", None) if args.router == "lora" else None

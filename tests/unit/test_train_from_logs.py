@@ -1,0 +1,75 @@
+"""Training routers from the gateway's routing logs, as an engineer does it: logs written the
+way the gateway writes them, ``expertgate logs export``, ``expertgate train --format logs``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from expertgate.cli import main
+
+_TOPICS = {"code": ["fix this bug", "refactor the class", "write a python function",
+                    "debug the stack trace", "optimise the sql query"],
+           "chat": ["tell me a joke", "how are you", "recommend a movie", "plan my weekend",
+                    "favourite colour"]}
+
+
+def _record(i: int, text: str, expert: str, **kw: object) -> dict:
+    """A served request as the gateway logs it (the fields training reads, and a few more)."""
+    return {"request_id": f"req-{i}", "client_request_id": None, "ts": 1.0e9 + i,
+            "tenant": "t", "endpoint": "chat", "policy": "auto", "policy_version": "v1",
+            "text": text, "mode": "single", "expert": expert, "targets": [expert],
+            "status": "ok", "http_status": 200, "fallback": False, "cost_usd": 1e-5,
+            "propensity": 1.0, "action_probs": {expert: 1.0}, "router_version": "v1", **kw}
+
+
+def _log(n: int, experts: tuple[str, ...] = ("coder", "chatter")) -> tuple[list, list]:
+    """``n`` requests over both topics, each served by one of ``experts`` and rated 1 when the
+    expert suits the topic; every fifth is unrated."""
+    recs, ratings = [], []
+    for i in range(n):
+        cat = "code" if i % 2 else "chat"
+        text = f"{_TOPICS[cat][i % 5]} {i}"
+        e = experts[(i // 2) % len(experts)]
+        recs.append(_record(i, text, e))
+        if i % 5:
+            ratings.append({"request_id": f"req-{i}", "tenant": "t", "ts": 2.0e9 + i,
+                            "score": float((cat == "code") == (e == "coder")),
+                            "comment": None})
+    return recs, ratings
+
+
+def _write(path: Path, items: list) -> Path:
+    path.write_text("".join(json.dumps(x) + "\n" for x in items))
+    return path
+
+
+def _export(tmp_path: Path, recs: list, ratings: list) -> Path:
+    log = _write(tmp_path / "routing-log.jsonl", recs)
+    _write(tmp_path / "routing-log.feedback.jsonl", ratings)
+    out = tmp_path / "export.jsonl"
+    assert main(["logs", "export", "--log-path", str(log), "--out", str(out)]) == 0
+    return out
+
+
+def test_the_fallback_is_never_a_model_left_out_for_too_few_scores(tmp_path: Path) -> None:
+    # a new expert explored on four requests, rated 1 on each: left out of the router (its
+    # four scores would stand for every prompt), but the printed policy made it the fallback,
+    # the expert that answers whenever the router's choices fail, since its mean was best
+    recs, ratings = _log(200)
+    for i in range(4):
+        recs.append(_record(1000 + i, f"tell me a story {i}", "newbie"))
+        ratings.append({"request_id": f"req-{1000 + i}", "tenant": "t", "ts": 3.0e9,
+                        "score": 1.0, "comment": None})
+    data = _export(tmp_path, recs, ratings)
+    for extra in ([], ["--refit"]):
+        out = tmp_path / f"art{len(extra)}"
+        assert main(["train", "--router", "knn", "--data", str(data), "--format", "logs",
+                     "--embedder", "hashing", "--out", str(out), *extra]) == 0
+        manifest = json.loads((out / "router.json").read_text())
+        key = manifest["metrics"].get("refit", manifest["metrics"])
+        assert "newbie" in json.dumps(key["left_out_models"])
+        policy = yaml.safe_load((out / "policy.yaml").read_text())["policies"][0]
+        assert policy["fallback"] != ["newbie"], policy["fallback"]
