@@ -58,6 +58,8 @@ from routers.logrecord import (
     policy_groups,
     policy_label,
     policy_mix_warning,
+    repeated_requests,
+    repeated_requests_note,
 )
 
 __all__ = [
@@ -589,7 +591,8 @@ def load_logged(path: str | Path, embed: Any, *, experts: Sequence[str] | None =
     """Read an exported routing log (``expertgate logs export``: Parquet or JSONL) into
     :class:`LoggedData`. ``embed(texts) -> (n, d)`` gives the features. Records without text
     or without feedback, failed requests no expert served, those a fallback served, a
-    canary's requests and shadow records are dropped (counted on stderr); with ``policy``
+    canary's requests and shadow records are dropped (counted on stderr), and so is a record
+    repeating an earlier one's ``request_id`` (the same request logged twice); with ``policy``
     only that policy's records are read, without one a log that mixes policies (or router
     versions) is said so with a count per policy. Records logged without propensities
     count as deterministic (propensity 1 for the served expert, 0 elsewhere)."""
@@ -618,6 +621,11 @@ def load_logged(path: str | Path, embed: Any, *, experts: Sequence[str] | None =
         print(f"offpolicy: {int((pol == policy).sum())} of {len(df)} records from policy "
               f"{policy!r}", file=sys.stderr)
         df = df[pol == policy].reset_index(drop=True)
+    if "request_id" in df.columns:
+        again = np.asarray(repeated_requests(df["request_id"]), dtype=bool)
+        if again.any():
+            print(f"offpolicy: {repeated_requests_note(int(again.sum()))}", file=sys.stderr)
+            df = df[~again].reset_index(drop=True)
     fb = pd.to_numeric(df["feedback_score"], errors="coerce")
     keep = df["text"].notna() & (df["text"].astype(str).str.strip() != "") & fb.notna() \
         & df["expert"].notna()

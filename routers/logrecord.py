@@ -36,6 +36,8 @@ __all__ = [
     "policy_groups",
     "policy_label",
     "policy_mix_warning",
+    "repeated_requests",
+    "repeated_requests_note",
 ]
 
 
@@ -198,3 +200,26 @@ def policy_mix_warning(groups: dict[str, dict[str, int]]) -> str | None:
         return (f"note: the records come from several router versions ({_counted(groups)}): "
                 "the policy's router changed while logging")
     return None
+
+
+def repeated_requests(request_ids: Iterable[Any]) -> list[bool]:
+    """True for each record whose request id an earlier record already had: the same request
+    logged again (a sink that failed after writing part of a batch gets the whole batch again,
+    overlapping copies of a log). The gateway gives every request its own id, so such a record
+    is a copy; a loader counts the request once. Records without an id (shadow decisions,
+    canary events) repeat nothing."""
+    seen: set[str] = set()
+    out = []
+    for rid in request_ids:
+        key = rid if isinstance(rid, str) and rid else None
+        out.append(key is not None and key in seen)
+        if key is not None:
+            seen.add(key)
+    return out
+
+
+def repeated_requests_note(n: int) -> str:
+    """What a loader says when it leaves out ``n`` repeated records."""
+    return (f"{n} record(s) repeat the request id of an earlier one (the same request logged "
+            "twice: a batch the log wrote again after a sink failure, or overlapping log "
+            "files); each request is counted once")

@@ -41,8 +41,10 @@ per model, NaN where a model was not evaluated). Formats, by :func:`load_table` 
     without text or without feedback, and rated requests that no expert served (``expert``
     null or ``status`` not ``ok``), are dropped, with a count printed to stderr. A log that
     mixes policies (or router versions) is said so with a count per policy; ``policy=``
-    (``train --policy``) keeps one policy's records. Records of the same text are one prompt
-    (scores of repeated (text, expert) pairs are averaged).
+    (``train --policy``) keeps one policy's records. A record repeating the ``request_id`` of
+    an earlier one (the same request logged twice) is left out, with a count on stderr.
+    Records of the same text are one prompt (scores of repeated (text, expert) pairs are
+    averaged).
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ from routers.logrecord import (
     UNSERVED_ENDPOINTS,
     policy_groups,
     policy_mix_warning,
+    repeated_requests,
+    repeated_requests_note,
 )
 
 __all__ = [
@@ -371,6 +375,10 @@ def load_logs(path: str | Path, *, policy: str | None = None) -> RoutingTable:
     if "endpoint" in df.columns:  # shadow decisions and canary events were never served
         df = df[~df["endpoint"].isin(UNSERVED_ENDPOINTS)]
     df = _policy_records(df, policy, path)
+    again = np.asarray(repeated_requests(df["request_id"]), dtype=bool)
+    if again.any():
+        print(f"logs: {repeated_requests_note(int(again.sum()))}", file=sys.stderr)
+        df = df[~again]
     n0 = len(df)
     no_text = df["text"].isna() | (df["text"].astype(str).str.strip() == "")
     fb = pd.to_numeric(df["feedback_score"], errors="coerce")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import pytest
 import yaml
 
 from expertgate.cli import main
@@ -73,3 +75,41 @@ def test_the_fallback_is_never_a_model_left_out_for_too_few_scores(tmp_path: Pat
         assert "newbie" in json.dumps(key["left_out_models"])
         policy = yaml.safe_load((out / "policy.yaml").read_text())["policies"][0]
         assert policy["fallback"] != ["newbie"], policy["fallback"]
+
+
+def test_a_request_logged_twice_counts_once(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    # a sink that failed after writing part of a batch writes the batch again (the routing
+    # log retries it): the same request, same id, twice in the log. Training averaged the
+    # copy in as another rating (a text served by coder twice, rated 1 and 0, read 2/3 when
+    # the first request was written twice) and off-policy evaluation counted it twice
+    from evals.datasets.routing import load_logs
+    from evals.offpolicy import load_logged
+
+    recs, ratings = [], []
+    for i in range(30):
+        for j, (text, e, s) in enumerate(((f"fix bug {i}", "coder", 1.0),
+                                          (f"fix bug {i}", "coder", 0.0),
+                                          (f"joke {i}", "chatter", 1.0),
+                                          (f"joke {i}", "coder", 0.0))):
+            recs.append(_record(4 * i + j, text, e))
+            ratings.append({"request_id": f"req-{4 * i + j}", "tenant": "t", "ts": 2.0e9,
+                            "score": s, "comment": None})
+    once = _export(tmp_path, recs, ratings)
+    (tmp_path / "once").mkdir()
+    once = once.rename(tmp_path / "once" / "export.jsonl")
+    twice = _export(tmp_path, recs + recs[:40:4], ratings)
+    capsys.readouterr()
+    table = load_logs(twice)
+    err = capsys.readouterr().err
+    assert "10 record(s) repeat the request id of an earlier one" in err
+    assert table.scores[table.prompts.index("fix bug 0"), table.models.index("coder")] == 0.5
+    ref = load_logs(once)
+    assert np.array_equal(table.scores, ref.scores, equal_nan=True)
+
+    def feats(texts: list[str]) -> np.ndarray:
+        return np.zeros((len(texts), 2))
+
+    assert len(load_logged(twice, feats).actions) == len(load_logged(once, feats).actions) \
+        == 120
+    assert "10 record(s) repeat the request id" in capsys.readouterr().err
