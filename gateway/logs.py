@@ -6,7 +6,9 @@ the first record so that a busy gateway writes once per batch rather than once p
 Queued records are copied to their exact size (orjson's output keeps a 4 KiB buffer, which
 a queue of them would hold on to). When the sink fails (Redis down) records stay queued and
 are retried; when the queue is full the oldest are dropped and counted
-(``expertgate_log_records_dropped``), so memory stays bounded through any outage.
+(``expertgate_log_records_dropped``), so memory stays bounded through any outage. At
+shutdown the writer keeps trying for the drain timeout (a sink back within it loses
+nothing); what it could not write by then is counted there too and said in one line.
 
 The records and their fields are typed in :mod:`routers.logrecord` (``RequestRecord``,
 ``ShadowRecord``, ``CanaryEvent``, ``FeedbackRecord``; an export row is an
@@ -151,6 +153,8 @@ class RoutingLog:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        #: set by close(): a writer waiting to retry a failed sink tries again sooner
+        self._closed = asyncio.Event()
         self.dropped = 0
         self.written = 0
         self.sink_ok = True
@@ -160,15 +164,20 @@ class RoutingLog:
             data = bytes(memoryview(orjson.dumps(rec, option=orjson.OPT_SERIALIZE_NUMPY)))
         except TypeError as e:  # a record the log cannot hold is lost, counted, never raised
             log.error("routing log: a record cannot be serialised (%s); dropped", e)
-            self.dropped += 1
-            self.metrics.log_dropped.inc()
+            self._drop(1)
+            return
+        if self._closing and (self._task is None or self._task.done()):
+            self._drop(1)  # the writer has stopped: nothing would ever write it
             return
         if len(self._q) >= self.max_queue:
             self._q.popleft()
-            self.dropped += 1
-            self.metrics.log_dropped.inc()
+            self._drop(1)
         self._q.append(data)
         self._wake.set()
+
+    def _drop(self, n: int) -> None:
+        self.dropped += n
+        self.metrics.log_dropped.inc(n)
 
     @property
     def pending(self) -> int:
@@ -211,9 +220,11 @@ class RoutingLog:
             while self._q:
                 ok = await self._flush_once()
                 if not ok:
-                    if self._closing:
-                        return
-                    await asyncio.sleep(0.5)
+                    if self._closing:  # tried again every 0.1 s until close() gives up
+                        await asyncio.sleep(0.1)
+                    else:  # every 0.5 s, or at once when close() begins
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._closed.wait(), 0.5)
                 elif self._q:
                     await asyncio.sleep(0)  # requests go on between batches
 
@@ -228,16 +239,24 @@ class RoutingLog:
         await self.sink.write_feedback(orjson.dumps(rec))
 
     async def close(self, timeout_s: float = 5.0) -> None:
-        """Flush what is queued (bounded in time), then stop."""
+        """Flush what is queued, trying a failing sink again until ``timeout_s``, then
+        stop; the records left are counted as dropped and said in one line."""
         self._closing = True
         self._wake.set()
+        self._closed.set()
         if self._task is not None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+            await asyncio.wait({self._task}, timeout=timeout_s)
             if not self._task.done():
-                self._task.cancel()
-        if self._q:
-            log.warning("routing log: %d record(s) not written at shutdown", len(self._q))
+                self._task.cancel()  # a write in progress (a stalled Redis) ends here
+                await asyncio.wait({self._task}, timeout=1.0)
+        lost = len(self._q)
+        if lost:
+            self._q.clear()
+            self._drop(lost)
+            self.metrics.log_queue.set(0)
+            log.warning("routing log: %d record(s) lost at shutdown: sink %s did not take "
+                        "them within %.1fs (counted in expertgate_log_records_dropped_total)",
+                        lost, self.sink.name, timeout_s)
         await self.sink.close()
 
 

@@ -40,7 +40,8 @@ class Metrics:
         self.rejections = Counter("expertgate_rejections", "Rejected requests",
                                   ["policy", "reason"], registry=r)
         self.log_dropped = Counter("expertgate_log_records_dropped",
-                                   "Routing-log records dropped (queue full)", registry=r)
+                                   "Routing-log records dropped (queue full, not "
+                                   "serialisable, or not written by shutdown)", registry=r)
         self.log_queue = Gauge("expertgate_log_queue_depth",
                                "Routing-log records waiting to be written", registry=r)
         self.inflight = Gauge("expertgate_inflight_requests", "Requests in progress",
