@@ -35,8 +35,9 @@ from routers.embed import Embedder
 from routers.explore import Exploration, exploration_probs
 from routers.guard_cascade import BACK_FAILED
 
-__all__ = ["WARM_TEXT", "CandidateRuntime", "Pipeline", "PolicyRuntime", "PolicySet",
-           "build_embedder", "build_policy_set", "carry_canary_state", "routing_text"]
+__all__ = ["ROUTING_HEAD_CHARS", "ROUTING_TAIL_CHARS", "WARM_TEXT", "CandidateRuntime",
+           "Pipeline", "PolicyRuntime", "PolicySet", "bounded_text", "build_embedder",
+           "build_policy_set", "carry_canary_state", "routing_text"]
 
 log = logging.getLogger("expertgate.pipeline")
 
@@ -302,16 +303,39 @@ def carry_canary_state(old: PolicySet, new: PolicySet) -> None:
             rt.candidate.monitor = prev.candidate.monitor
 
 
+#: a long routing text keeps its first and last characters only: its start (the
+#: instruction, a conversation's system prompt) and its end (the question after a pasted
+#: document, the latest turns). The embedders read little more (MiniLM 128 tokens), but
+#: they tokenise all they get: a megabyte's prompt took 1.5 s of MiniLM (0.5 s of the
+#: distilled embedder) on the one embedding thread that every other decision waits for.
+#: The expert always gets the whole request; the routing log's ``text`` is this text
+ROUTING_HEAD_CHARS, ROUTING_TAIL_CHARS = 6144, 2048
+#: a text first cut to this many characters (each end 4x its share) before its whitespace
+#: is collapsed, which costs ~20 ms a megabyte
+_RAW_HEAD, _RAW_TAIL = 4 * ROUTING_HEAD_CHARS, 4 * ROUTING_TAIL_CHARS
+
+
+def bounded_text(text: str) -> str:
+    """``text`` with its whitespace runs collapsed to single spaces and, when longer than
+    :data:`ROUTING_HEAD_CHARS` + :data:`ROUTING_TAIL_CHARS`, only its head and tail, joined
+    by a space: what a policy routes on, whatever the prompt's length."""
+    if len(text) > _RAW_HEAD + _RAW_TAIL:
+        text = f"{text[:_RAW_HEAD]} {text[-_RAW_TAIL:]}"
+    text = " ".join(text.split())
+    if len(text) > ROUTING_HEAD_CHARS + 1 + ROUTING_TAIL_CHARS:
+        text = f"{text[:ROUTING_HEAD_CHARS]} {text[-ROUTING_TAIL_CHARS:]}"
+    return text
+
+
 def routing_text(texts: MessageTexts, mode: str) -> str:
     """The text the router sees: the last user turn, or the whole conversation (``texts``:
-    the messages' :func:`~gateway.messages.message_texts`)."""
+    the messages' :func:`~gateway.messages.message_texts`), :func:`bounded_text`."""
     if mode == "last_user":
         for role, t in reversed(texts):
-            if role == "user" and t.strip():
-                return " ".join(t.split())
+            if role == "user" and (text := bounded_text(t)):
+                return text
         raise InvalidRequest("no user message with text to route on", param="messages")
-    parts = [f"{role}: {t}" for role, t in texts if role is not None]
-    text = " ".join(" ".join(parts).split())
+    text = bounded_text(" ".join(f"{role}: {t}" for role, t in texts if role is not None))
     if not text:
         raise InvalidRequest("no text to route on", param="messages")
     return text

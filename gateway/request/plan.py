@@ -25,7 +25,13 @@ from gateway.config import GatewayConfig
 from gateway.errors import GuardRejected, InvalidRequest, UnknownModel
 from gateway.messages import MessageTexts, answers_asked, message_texts
 from gateway.metrics import Metrics
-from gateway.pipeline import Pipeline, PolicyRuntime, PolicySet, routing_text
+from gateway.pipeline import (
+    Pipeline,
+    PolicyRuntime,
+    PolicySet,
+    bounded_text,
+    routing_text,
+)
 from routers.base import Decision
 
 __all__ = ["Action", "Plan", "Planner", "plan", "request_text"]
@@ -93,13 +99,14 @@ class Plan:
 
 def request_text(endpoint: str, body: dict[str, Any], rt: PolicyRuntime,
                  texts: MessageTexts | None = None) -> str:
-    """The text a policy routes on: from ``messages`` (chat, route; ``texts``: their
+    """The text a policy routes on (:func:`~gateway.pipeline.bounded_text`: a long one's
+    head and tail): from ``messages`` (chat, route; ``texts``: their
     :func:`~gateway.messages.message_texts` when the caller holds them), ``prompt``
     (completions) or the dry run's ``text``. Only the dry run reads ``text``: in a chat or
     completions body it is an unknown field, passed to the expert like any other, and it
     must never be what the guard and the router judge instead of what the expert reads."""
     if endpoint == "route" and body.get("text") is not None:
-        text = " ".join(str(body["text"]).split())
+        text = bounded_text(str(body["text"]))
         if not text:
             raise InvalidRequest("'text' is empty", param="text")
         return text
@@ -108,7 +115,7 @@ def request_text(endpoint: str, body: dict[str, Any], rt: PolicyRuntime,
         if not isinstance(p, str) and not isinstance(p[0], str):
             raise InvalidRequest("'prompt' is token ids: a policy routes on text; send text, "
                                  "or name an expert to send token ids", param="prompt")
-        text = " ".join((p if isinstance(p, str) else " ".join(p)).split())
+        text = bounded_text(p if isinstance(p, str) else " ".join(p))
         if not text:
             raise InvalidRequest("'prompt' has no text to route on", param="prompt")
         return text
