@@ -437,8 +437,8 @@ def _train(args: argparse.Namespace) -> int:
         from evals.provenance import provenance
 
         doc = {**result.metrics, "provenance": provenance(
-            data=[args.data] if os.path.exists(args.data) else [],
-            embedder=embedder, seeds={"used": [args.seed]}, command=_command_line(args))}
+            data=_data_paths(args), embedder=embedder, seeds={"used": [args.seed]},
+            command=_command_line(args))}
         dest = Path(args.metrics_json)
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_text(json.dumps(doc, indent=1, allow_nan=False, default=str) + "\n")
@@ -492,6 +492,21 @@ def _choose_embedder(embedded: list[tuple[Any, Any]], table: Any, args: argparse
     assert best is not None
     e, X, sel = best
     return e, X, [(sel.family, sel.params)]
+
+
+def _data_paths(args: argparse.Namespace) -> list[str | Path]:
+    """The files ``--data`` read, for the provenance's sha256: the path itself, or the folder
+    a registry name reads (a generated table has none)."""
+    if os.path.exists(args.data):
+        return [args.data]
+    if args.format == "guard" or args.data.startswith("synthetic:"):
+        return []
+    from evals.datasets.registry import resolve_table
+
+    try:
+        return [resolve_table(args.data, args.format)[0]]
+    except KeyError:
+        return []
 
 
 def _command_line(args: argparse.Namespace) -> str:

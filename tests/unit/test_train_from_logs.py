@@ -113,3 +113,26 @@ def test_a_request_logged_twice_counts_once(tmp_path: Path,
     assert len(load_logged(twice, feats).actions) == len(load_logged(once, feats).actions) \
         == 120
     assert "10 record(s) repeat the request id" in capsys.readouterr().err
+
+
+def test_metrics_json_hashes_the_data_a_registry_name_reads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # --metrics-json promises the data's sha256 in its provenance; with --data a registry
+    # name (llmrouter_nq, routellm:mmlu: the common case) it recorded "data": [], so a run on
+    # a changed local copy could not be told from one on the published files
+    from evals.provenance import path_sha256
+
+    folder = tmp_path / "data" / "llmrouter_nq"
+    folder.mkdir(parents=True)
+    rows = [{"q_id": i, "query": f"{_TOPICS['code' if i % 2 else 'chat'][i % 5]} {i}",
+             "source": "nq", "llm_name_list": ["a", "b"],
+             "perf_list": [float(i % 2), float(i % 3 == 0)], "cost_list": [1.0, 3.0]}
+            for i in range(60)]
+    (folder / "router_train_data_nq.json").write_text(json.dumps(rows))
+    monkeypatch.setenv("EXPERTGATE_DATA_DIR", str(tmp_path / "data"))
+    metrics = tmp_path / "m.json"
+    assert main(["train", "--router", "knn", "--data", "llmrouter_nq", "--embedder",
+                 "hashing", "--out", str(tmp_path / "art"), "--metrics-json",
+                 str(metrics)]) == 0
+    data = json.loads(metrics.read_text())["provenance"]["data"]
+    assert data == [path_sha256(folder)]
