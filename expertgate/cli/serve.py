@@ -265,7 +265,13 @@ def _run(s: Settings, cfg: GatewayConfig | None = None, embedder: Any = None) ->
                 super().terminate_all()
 
         config = uvicorn.Config("gateway.asgi:app", workers=s.workers, factory=True, **kw)
-        sup = Supervisor(config, sockets=[config.bind_socket()])
+        try:
+            sock = config.bind_socket()
+        except SystemExit:  # uvicorn logged the OSError (errno only) and exits 3
+            print(f"expertgate serve: cannot listen on {s.host}:{s.port} (the error above "
+                  "says why)", file=sys.stderr)
+            return 2
+        sup = Supervisor(config, sockets=[sock])
         sup.run()  # SIGINT/SIGTERM: a clean stop (the supervisor handles them)
         if sup.child_failed:
             print("expertgate serve: a worker failed to start (its log above says why); "
