@@ -146,8 +146,8 @@ def save_router(router: Router, path: str | Path, *, metrics: Mapping[str, Any] 
     serves the artifact with it (:func:`gateway.config.resolve_embedder`).
 
     The folder is written in a temporary sibling and moved into place, so a reader never
-    sees half an artifact. An existing artifact at ``path`` is replaced; anything else there
-    is refused (:func:`check_artifact_target`).
+    sees half an artifact. An existing artifact at ``path`` is replaced (put back if the new
+    one cannot be moved in); anything else there is refused (:func:`check_artifact_target`).
     """
     router.check_fitted()
     out = check_artifact_target(path)
@@ -198,9 +198,15 @@ def save_router(router: Router, path: str | Path, *, metrics: Mapping[str, Any] 
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True,
                                                allow_nan=False) + "\n")
         if out.exists():
-            old = out.with_name(f".{out.name}.old.{os.getpid()}")
+            # aside under a fresh name (an empty folder the rename may replace): a folder
+            # left by a save that was killed here never blocks this one
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
             os.replace(out, old)
-            os.replace(tmp, out)
+            try:
+                os.replace(tmp, out)
+            except BaseException:
+                os.replace(old, out)  # the earlier artifact stays where it is served from
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
