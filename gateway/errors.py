@@ -18,6 +18,7 @@ request.
     │   ├── NotFound                  404 not_found
     │   ├── RequestTimeout            408 request_timeout (the body did not arrive in time)
     │   ├── PayloadTooLarge           413 request_too_large
+    │   ├── UnsupportedMediaType      415 unsupported_content_encoding / unsupported_media_type
     │   ├── RateLimited               429 rate_limit_exceeded (with retry-after)
     │   └── GuardRejected             400 / configured: request_rejected
     ├── DeadlineExceeded              504 deadline_exceeded (request_deadline_s passed routing)

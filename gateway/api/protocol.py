@@ -39,7 +39,7 @@ class ErrorResponse(BaseModel):
 
 router = APIRouter()
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 408, 413, 429, 502, 503, 504)}
+    s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 408, 413, 415, 429, 502, 503, 504)}
 _SERVED = "served by gateway.request"
 
 

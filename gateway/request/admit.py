@@ -3,11 +3,12 @@ the body is read, then from the body's model and size once it is.
 
 :func:`admit` scans the request headers once (the key, the client's ``x-request-id``, the
 declared ``content-length``), authenticates the key (401 before a byte of the body is read,
-so an unauthenticated client costs no body read) and charges the key's request budget
-(429). :func:`admit_body` runs after the read stage: the model the key named exists and is
-one it may use (404 ``model_not_found`` either way, alike) and the token budget covers
-the request's estimate (429; the estimate needs the body's text and ``max_tokens``, and is
-reconciled with the upstream's usage afterwards).
+so an unauthenticated client costs no body read), refuses a body declared as anything but
+JSON (415) and charges the key's request budget (429). :func:`admit_body` runs after the
+read stage: the model the key named exists and is one it may use (404 ``model_not_found``
+either way, alike) and the token budget covers the request's estimate (429; the estimate
+needs the body's text and ``max_tokens``, and is reconciled with the upstream's usage
+afterwards).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ async def admit(gw: Gateway, headers: Iterable[tuple[bytes, bytes]], ctx: Reques
                 ) -> None:
     auth: bytes | None = None
     api_key: str | None = None
+    ctype = b""
     length = 0
     for k, v in headers:
         if k == b"authorization":
@@ -48,6 +50,8 @@ async def admit(gw: Gateway, headers: Iterable[tuple[bytes, bytes]], ctx: Reques
                 length = int(v)
             except ValueError:
                 raise InvalidRequest("invalid content-length header") from None
+        elif k == b"content-type":
+            ctype = v
         elif k == b"content-encoding" and v.strip().lower() not in (b"", b"identity"):
             # a compressed body read as JSON fails with a baffling parse error: say why
             raise UnsupportedMediaType(
@@ -56,6 +60,11 @@ async def admit(gw: Gateway, headers: Iterable[tuple[bytes, bytes]], ctx: Reques
     token = request_token(auth, api_key)  # as every other endpoint picks it
     key = await gw.auth.identify_token(token)
     check_length(length, gw.settings.max_body_bytes)
+    if ctype and not _json_media(ctype):
+        media = ctype.split(b";", 1)[0].strip().decode("latin-1")[:64]
+        raise UnsupportedMediaType(
+            f"unsupported content-type {media!r}: the request body is JSON, send it with "
+            "content-type: application/json", code="unsupported_media_type")
     if key is None:
         return
     ctx.key = key
@@ -63,6 +72,16 @@ async def admit(gw: Gateway, headers: Iterable[tuple[bytes, bytes]], ctx: Reques
     ctx.key_id = key.sha256[:16]
     if key.requests_per_minute and ctx.endpoint in GENERATE:
         await _charge(gw, ctx, Limits(key.requests_per_minute, None), 0)
+
+
+def _json_media(ctype: bytes) -> bool:
+    """Whether a content-type names JSON (``application/json``, ``application/*+json``, any
+    parameters). Any other is refused, as vLLM's server refuses it, rather than read as JSON:
+    text/plain and forms are what another site's page may send a local gateway without a
+    CORS preflight."""
+    media = ctype.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or (media.startswith(b"application/")
+                                           and media.endswith(b"+json"))
 
 
 async def admit_body(gw: Gateway, ctx: RequestContext) -> None:

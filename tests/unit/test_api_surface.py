@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
 from expertgate.bench.upstream_double import OpenAIUpstreamDouble
@@ -59,3 +60,31 @@ async def test_a_very_long_prompt_routes_on_a_bounded_head_and_tail(
             assert text.startswith(("START", "user: START"))
             assert text.endswith(("END", "a batch", "route"))
         assert seen[4].startswith("system: SYSTEM rules") and seen[4].endswith("LAST question")
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/route", "/v1/feedback"])
+async def test_a_body_declared_as_another_media_type_is_a_415(ups: Ups, tmp_path: Path,
+                                                                path: str) -> None:
+    """What vLLM's FastAPI server refuses (422), and what a browser page may send another
+    site without asking it first (a CORS "simple" request: text/plain, a form): a body
+    declared as anything but JSON is a 415 naming the type, before any routing or upstream
+    call. No content-type at all is read as JSON (scripts that forget the header), as
+    vLLM reads it."""
+    body = chat("auto", "tell me a joke") if path != "/v1/feedback" else {
+        "request_id": "x", "score": 1.0}
+    raw = orjson.dumps(body)
+    async with gateway_client(base_config(ups[0].base, ups[1].base), tmp_path) as (c, _):
+        for ctype in ("text/plain", "text/plain;charset=UTF-8",
+                      "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+            r = await c.post(path, content=raw, headers={"content-type": ctype})
+            assert r.status_code == 415, (ctype, r.text)
+            err = r.json()["error"]
+            assert err["code"] == "unsupported_media_type" and ctype.split(";")[0] in \
+                err["message"] and "application/json" in err["message"]
+        assert not ups[0].received and not ups[1].received
+        ok = 404 if path == "/v1/feedback" else 200  # an unknown request id: read as JSON
+        for json_type in ("application/json", "Application/JSON; charset=utf-8",
+                          "application/merge+json", None):
+            headers = {"content-type": json_type} if json_type else {}
+            r = await c.post(path, content=raw, headers=headers)
+            assert r.status_code == ok, (json_type, r.text)
