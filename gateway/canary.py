@@ -100,6 +100,9 @@ class CanaryMonitor:
     degraded: bool = False
     #: observations not yet added to the shared counts (shared only)
     pending: dict[str, _Stats] = field(default_factory=_fresh)
+    #: the shared totals last read (shared only): what puts them back in a Redis that lost
+    #: them (gateway/canary_sync.py)
+    read: dict[str, _Stats] = field(default_factory=_fresh)
     #: the revert as recorded for every process: policy, signal, reason, ts, by
     record: dict[str, Any] | None = None
     #: where the revert was decided: "this process", "another process", "recorded earlier"
@@ -144,11 +147,20 @@ class CanaryMonitor:
         """The shared totals just read (they include what was taken to send them): the test
         reads them plus what was observed since; returns the signal when that reverts."""
         with self._lock:
-            self.arms = _fresh()
+            self.arms, self.read = _fresh(), _fresh()
             for arm in self.arms:
+                self.read[arm].add(totals.get(arm, _Stats()))
                 self.arms[arm].add(totals.get(arm, _Stats()))
                 self.arms[arm].add(self.pending[arm])
             return self._check()
+
+    def last_read(self) -> dict[str, _Stats]:
+        """A copy of the shared totals last read."""
+        with self._lock:
+            out = _fresh()
+            for arm, s in self.read.items():
+                out[arm].add(s)
+            return out
 
     def adopt(self, record: dict[str, Any], origin: str) -> bool:
         """A revert decided elsewhere (another process, or an earlier run); False when this

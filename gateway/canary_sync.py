@@ -27,6 +27,15 @@ Redis unavailable: nothing is lost or blocks a request; the observations wait (b
 the test runs on the totals last read plus this process's observations (``counts: local``
 in ``/admin/state``, ``x-expertgate-degraded: canary-local``, ``expertgate_canary_shared``
 0, a warning), until a flush succeeds again.
+
+Redis lost the counts (restarted without persistence, flushed): each flush sends the totals
+its process last read, and the script puts them back when the counts hash is missing, before
+adding anything, so the first process to flush restores them (a warning says so) and the
+others only add theirs: the test goes on with its evidence rather than starting over once per
+restart (each fresh start is another chance at ``alpha`` of a false revert, and delays the
+revert of a bad candidate by ``min_samples`` requests). What other processes had added after
+that process's last read is lost (at most ``canary_sync_s`` of their traffic), as are the
+request buckets: a rating of a request answered before the loss no longer counts.
 """
 
 from __future__ import annotations
@@ -63,13 +72,24 @@ _ARM_CODE = {"incumbent": "i", "canary": "c"}
 
 # KEYS: the request buckets, newest first (ARGV[1] of them), then per canary its counts and
 # revert keys. ARGV[2]: JSON {arms: [[rid, "key|a"]...], fb: [[rid, score]...],
-# canaries: [[i_n, i_e, c_n, c_e, revert JSON or ""]...], bucket_ttl, state_ttl, prefix}.
-# A request's rating replaces an earlier one (by the time each was received, wherever).
-# Returns: the ratings whose request is in no bucket, then per canary its counts (HGETALL)
-# and its revert record ("" when none).
+# canaries: [[i_n, i_e, c_n, c_e, revert JSON or "", seed]...], bucket_ttl, state_ttl,
+# prefix}; seed: the totals this process last read, as a flat HSET field/value list ([] when
+# none), written only where the counts hash is missing (Redis lost it), before anything adds
+# to it. A request's rating replaces an earlier one (by the time each was received,
+# wherever). Returns: the ratings whose request is in no bucket, then per canary its counts
+# (HGETALL), its revert record ("" when none) and 1 where this call restored its counts.
 _FLUSH = """
 local nb = tonumber(ARGV[1])
 local p = cjson.decode(ARGV[2])
+local restored = {}
+for i, c in ipairs(p.canaries) do
+  local ck = KEYS[nb + 2 * i - 1]
+  restored[i] = 0
+  if #c[6] > 0 and redis.call('EXISTS', ck) == 0 then
+    redis.call('HSET', ck, unpack(c[6]))
+    restored[i] = 1
+  end
+end
 for _, a in ipairs(p.arms) do redis.call('HSET', KEYS[1], a[1], a[2]) end
 if #p.arms > 0 then redis.call('PEXPIRE', KEYS[1], p.bucket_ttl) end
 local unknown = {}
@@ -113,7 +133,7 @@ for i, c in ipairs(p.canaries) do
   counts[i] = redis.call('HGETALL', ck)
   reverts[i] = redis.call('GET', rk) or ''
 end
-return {unknown, counts, reverts}
+return {unknown, counts, reverts, restored}
 """
 
 
@@ -132,14 +152,28 @@ def _totals(flat: Sequence[Any]) -> dict[str, _Stats]:
     return out
 
 
+def _seed(read: dict[str, _Stats]) -> list[str]:
+    """Totals last read -> the HSET field/value list that puts them back ([] when none)."""
+    if not any(s.n or s.fb_n for s in read.values()):
+        return []
+    out: list[str] = []
+    for arm, a in _ARM_CODE.items():
+        s = read[arm]
+        out += [f"{a}:n", str(s.n), f"{a}:e", str(s.errors), f"{a}:fn", str(s.fb_n),
+                f"{a}:fs", repr(s.fb_sum)]
+    return out
+
+
 @dataclass
 class FlushResult:
     """One canary after a flush: ``signal`` when the shared totals revert it here,
-    ``record`` the revert recorded in Redis (None when none)."""
+    ``record`` the revert recorded in Redis (None when none), ``restored`` when Redis had
+    lost its counts and this flush put back the totals this process last read."""
 
     monitor: CanaryMonitor
     signal: str | None
     record: dict[str, Any] | None
+    restored: bool = False
 
 
 class CanarySync:
@@ -192,12 +226,13 @@ class CanarySync:
             if rec is not None and "by" not in rec:
                 rec = m.record = {**rec, "by": self.token}
             canaries.append([t["incumbent"].n, t["incumbent"].errors, t["canary"].n,
-                             t["canary"].errors, orjson.dumps(rec).decode() if rec else ""])
+                             t["canary"].errors, orjson.dumps(rec).decode() if rec else "",
+                             _seed(m.last_read())])
         payload = {"arms": requests, "fb": [[rid, repr(s), repr(ts)] for rid, s, ts, _ in feedback],
                    "canaries": canaries, "bucket_ttl": (FEEDBACK_WINDOW_S + BUCKET_S) * 1000,
                    "state_ttl": STATE_TTL_S * 1000, "prefix": PREFIX}
         try:
-            unknown, counts, reverts = await self._script(
+            unknown, counts, reverts, restored = await self._script(
                 keys=keys, args=[_BUCKETS, orjson.dumps(payload).decode()])
         except BaseException:
             self._requests[:0] = requests
@@ -209,7 +244,13 @@ class CanarySync:
         self._feedback[:0] = [(rid, s, ts, n + 1) for rid, s, ts, n in feedback
                               if rid in missing and n + 1 < FEEDBACK_TRIES]
         out = []
-        for m, flat, raw in zip(monitors, counts, reverts, strict=True):
+        for m, flat, raw, back in zip(monitors, counts, reverts, restored, strict=True):
+            if back:
+                read = m.last_read()
+                log.warning("canary %s: Redis had lost the shared counts (restarted without "
+                            "persistence?); restored the totals this process last read "
+                            "(incumbent %d, canary %d requests), so the test goes on with them",
+                            m.key, read["incumbent"].n, read["canary"].n)
             signal = m.absorb(_totals(flat))
             record = None
             if raw:
@@ -218,5 +259,5 @@ class CanarySync:
                 except orjson.JSONDecodeError:
                     got = None
                 record = got if isinstance(got, dict) else None
-            out.append(FlushResult(m, signal, record))
+            out.append(FlushResult(m, signal, record, bool(back)))
         return out
