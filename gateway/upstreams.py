@@ -7,8 +7,9 @@ providers go through LiteLLM, imported lazily on first use (its import costs ~2.
 ~165 MB).
 
 Both produce an :class:`UpstreamReply`: the status, the content type, the first chunk of the
-body (already received: failures before the first byte can still fall back) and an async
-iterator over the rest.
+body (already received: failures before it can still fall back; for an OpenAI-compatible
+stream, everything up to its first token, see :func:`_hold`) and an async iterator over the
+rest.
 
 A 200 whose body is not what the protocol promises (a non-streamed body that is not a JSON
 object, an SSE ``data:`` line that is not JSON) is an upstream protocol failure, never a
@@ -188,7 +189,7 @@ class SSECheck:
     per event (microseconds), the price of never passing garbage on as a success.
     """
 
-    __slots__ = ("done", "error", "events", "ident", "started", "tail", "usage")
+    __slots__ = ("done", "error", "events", "ident", "started", "tail", "token", "usage")
 
     def __init__(self) -> None:
         self.tail = b""
@@ -202,6 +203,9 @@ class SSECheck:
         #: the code (or type) of the first error event the upstream sent within the stream
         #: (vLLM's, when generation fails after the first token), passed on as it came
         self.error: str | None = None
+        #: whether a token has come: a choice with content, a tool call, text or a finish
+        #: (not a role-only delta: vLLM sends one before generation can still fail)
+        self.token = False
 
     def feed(self, chunk: bytes) -> None:
         buf = self.tail + chunk if self.tail else chunk
@@ -255,6 +259,21 @@ class SSECheck:
             delta = ch[0].get("delta")
             if (isinstance(delta, dict) and delta.get("content")) or ch[0].get("text"):
                 self.events += 1
+                self.token = True
+            elif not self.token:
+                self.token = any(_is_token(c) for c in ch)
+
+
+def _is_token(choice: Any) -> bool:
+    """Whether a stream's choice carries anything generated: content, a tool call, reasoning,
+    a completion's text or a finish reason; a delta with only the role (vLLM's first chunk,
+    ``content: ""`` beside it) does not."""
+    if not isinstance(choice, dict):
+        return False
+    if choice.get("text") or choice.get("finish_reason"):
+        return True
+    delta = choice.get("delta")
+    return isinstance(delta, dict) and any(v for k, v in delta.items() if k != "role")
 
 
 def _error_event(ev: dict[str, Any]) -> bool:
@@ -323,6 +342,44 @@ async def _iter_rest(resp: Response, read_timeout: float,
         resp.release()
 
 
+#: what a stream may send before its first token, held back from the client so that a failure
+#: there can still fall back (vLLM's role chunk, keep-alive comments): past either bound the
+#: stream is committed and passed on as it comes
+HOLD_READS = 16
+HOLD_BYTES = 16 * 1024
+
+
+async def _hold(resp: Response, sse: SSECheck, first: bytes, base: str, read_timeout: float,
+                loop: asyncio.AbstractEventLoop) -> bytes:
+    """Read on until ``sse`` has seen a token, the end (``[DONE]``) or an error event, within
+    the bounds above; returns everything read, ``first`` included, as the stream's first
+    chunk. Each read gets ``read_timeout``, as every read of the stream's rest does. A stream
+    that ends, stalls or breaks here has sent the client nothing: the replica's failure."""
+    held = [first]
+    size = len(first)
+    while len(held) < HOLD_READS and size < HOLD_BYTES:
+        try:
+            async with _Deadline(loop, read_timeout):
+                more = await resp.read_any()
+        except TimeoutError:
+            resp.release()
+            raise UpstreamFailure("timeout", f"{base} sent no token within {read_timeout:g}s",
+                                  public=f"sent no token within {read_timeout:g}s") from None
+        if not more:
+            sse.finish()
+            if sse.done or sse.token or sse.error is not None:
+                break
+            resp.release()
+            raise UpstreamFailure("protocol", f"{base} ended the stream before any token",
+                                  public="ended the stream before any token")
+        sse.feed(more)
+        held.append(more)
+        size += len(more)
+        if sse.token or sse.done or sse.error is not None:
+            break
+    return b"".join(held)
+
+
 class _Deadline:
     """``asyncio.timeout(delay)`` for the call path, given the loop: on Python 3.11 each
     ``get_running_loop()`` is a ``getpid()`` system call, and ``asyncio.timeout`` makes three
@@ -359,8 +416,9 @@ async def call_openai(client: UpstreamHTTP, expert: ExpertConfig, base: str, pat
                       body: bytes, *, stream: bool, timeout_s: float,
                       headers: dict[str, str] | None = None,
                       loop: asyncio.AbstractEventLoop | None = None) -> UpstreamReply:
-    """POST ``body`` to ``base + path``; returns once the first byte arrived. ``headers``
-    and ``loop``: the expert's and the running loop, when the caller keeps them."""
+    """POST ``body`` to ``base + path``; returns once the first byte arrived (a stream: its
+    first token, its end or the hold's bounds, :func:`_hold`). ``headers`` and ``loop``: the
+    expert's and the running loop, when the caller keeps them."""
     if headers is None:
         headers = expert.upstream_headers(base)
     # one deadline up to the first byte (or the whole body when not streaming); a timeout
@@ -406,26 +464,29 @@ async def call_openai(client: UpstreamHTTP, expert: ExpertConfig, base: str, pat
                                           public="answered 200 with invalid JSON")
                 return UpstreamReply(status, ctype, data, data=obj)
             first = await resp.read_any()
-            if not first:
-                raise UpstreamFailure("protocol", f"{base} closed the stream before any data",
-                                      public="closed the stream before any data")
-            sse = SSECheck()
-            try:
-                sse.feed(first)
-            except UpstreamProtocolError as e:
-                resp.release()
-                raise UpstreamFailure("protocol", f"{base}: {e}",
-                                      public="sent a stream that is not a valid event stream"
-                                      ) from None
-            if sse.error is not None and not sse.events:
-                # an error event before any token (vLLM's when generation fails at once):
-                # nothing has reached the client yet, so it is the replica's failure and
-                # the request goes to the next replica or expert like any other
-                resp.release()
-                raise UpstreamFailure("protocol", f"{base} sent an error event before any "
-                                      f"token ({sse.error})",
-                                      public=f"sent an error event before any token "
-                                             f"({scrub(sse.error)})")
+        if not first:
+            raise UpstreamFailure("protocol", f"{base} closed the stream before any data",
+                                  public="closed the stream before any data")
+        sse = SSECheck()
+        try:
+            sse.feed(first)
+            if not (sse.token or sse.done or sse.error is not None):
+                first = await _hold(resp, sse, first, base, timeout_s, loop)
+        except UpstreamProtocolError as e:
+            resp.release()
+            raise UpstreamFailure("protocol", f"{base}: {e}",
+                                  public="sent a stream that is not a valid event stream"
+                                  ) from None
+        if sse.error is not None and not sse.token:
+            # an error event before any token (vLLM's when generation fails at once, after
+            # its role chunk or in the same read): nothing has reached the client yet, so
+            # it is the replica's failure and the request goes to the next replica or
+            # expert like any other
+            resp.release()
+            raise UpstreamFailure("protocol", f"{base} sent an error event before any "
+                                  f"token ({sse.error})",
+                                  public=f"sent an error event before any token "
+                                         f"({scrub(sse.error)})")
     except TimeoutError:
         public = f"sent no data within {timeout_s:g}s"
         if resp is not None:

@@ -293,10 +293,15 @@ async def test_refused_connection_is_a_connect_failure() -> None:
     await http.close()
 
 
+#: a stream's event with a token (before one, a stall is a failure that falls back:
+#: tests/unit/test_stream_failover.py)
+_TOKEN = b'data: {"choices":[{"index":0,"delta":{"content":"a"}}]}\n\n'
+
+
 async def test_timeouts_close_the_connection_and_keep_their_kinds(serve) -> None:
     async def h(req: Req, w: asyncio.StreamWriter) -> bool:
         if req.body == b"stall-stream":
-            w.write(_chunked([b'data: {"i":0}\n\n'])[:-5])  # one event, then silence
+            w.write(_chunked([_TOKEN])[:-5])  # one token, then silence
             await asyncio.sleep(10)
         elif req.body == b"stall":
             await asyncio.sleep(10)
@@ -311,7 +316,7 @@ async def test_timeouts_close_the_connection_and_keep_their_kinds(serve) -> None
     assert e.value.kind == "timeout" and e.value.public == "sent no data within 0.2s"
     reply = await call_openai(http, EXPERT, srv.base, "/chat/completions", b"stall-stream",
                               stream=True, timeout_s=0.2)
-    assert reply.first == b'data: {"i":0}\n\n'
+    assert reply.first == _TOKEN
     with pytest.raises(TimeoutError):
         await reply.rest.__anext__()  # the read timeout between events
     reply.release()
