@@ -98,9 +98,12 @@ class EmbeddingsRequest(TypedDict):
     model: Annotated[str, Field(min_length=1, description="an expert configured with "
                                                           "embeddings: true")]
     #: a text, one input as token ids (unbounded: the expert's context bounds it), or a batch
-    #: of at most MAX_BATCH texts or token-id lists
+    #: of at most MAX_BATCH texts or token-id lists, none empty, as OpenAI and vLLM take it
     input: Annotated[str, Field(min_length=1)] | Annotated[list[Int64], Field(min_length=1)] | \
-        Annotated[list[str | Int64 | list[Int64]], Field(min_length=1, max_length=MAX_BATCH)]
+        Annotated[list[Annotated[str, Field(min_length=1)]],
+                  Field(min_length=1, max_length=MAX_BATCH)] | \
+        Annotated[list[Annotated[list[Int64], Field(min_length=1)]],
+                  Field(min_length=1, max_length=MAX_BATCH)]
     stream: NotRequired[Annotated[Literal[False], Field(description="embeddings cannot be "
                                                                     "streamed")]]
 

@@ -88,3 +88,27 @@ async def test_a_body_declared_as_another_media_type_is_a_415(ups: Ups, tmp_path
             headers = {"content-type": json_type} if json_type else {}
             r = await c.post(path, content=raw, headers=headers)
             assert r.status_code == ok, (json_type, r.text)
+
+
+async def test_an_embeddings_batch_is_checked_as_a_completions_batch(ups: Ups,
+                                                                     tmp_path: Path) -> None:
+    """OpenAI and vLLM take ``input`` as a text, texts, token ids or lists of token ids; an
+    empty text is refused alone ("") and must be in a batch too, as a completions prompt's
+    is, and a batch mixing texts and token ids is none of these: 400s naming the item,
+    never forwarded."""
+    cfg = base_config(ups[0].base, ups[1].base)
+    cfg["experts"].append({"name": "emb", "api_base": ups[0].base, "embeddings": True})
+    async with gateway_client(cfg, tmp_path) as (c, _):
+        for bad, param in (([""], "input.0"), (["a", ""], "input.1"), ([[]], "input.0"),
+                           ([[1], []], "input.1"), (["a", 1], "input."), ([[1], "a"], "input."),
+                           ([1, [2]], "input.")):
+            r = await c.post("/v1/embeddings", json={"model": "emb", "input": bad})
+            assert r.status_code == 400, (bad, r.text)
+            err = r.json()["error"]
+            assert err["param"].startswith(param) and err["type"] == "invalid_request_error", (
+                bad, err)
+        assert not ups[0].received
+        for good in ("a", ["a", "b"], [1, 2], [[1], [2, 3]]):
+            r = await c.post("/v1/embeddings", json={"model": "emb", "input": good})
+            assert r.status_code == 200, (good, r.text)
+            assert ups[0].received[-1]["input"] == good
