@@ -258,11 +258,10 @@ def _print_training(tr: dict[str, Any]) -> None:
 
 
 def _candidate(args: argparse.Namespace, embedder: Any) -> Any:
-    """The candidate router: an artifact folder, or a policy of --config by name."""
+    """The candidate router: an artifact folder, or a policy of --config by name (the flags
+    checked by :func:`_check_logs_flags`)."""
     from evals.offpolicy import OffPolicyError
 
-    if not args.router:
-        raise OffPolicyError("--logs needs --router ARTIFACT|POLICY")
     if Path(args.router).is_dir():
         from routers.artifacts import load_router, read_manifest
         from routers.embed import names_of
@@ -272,9 +271,6 @@ def _candidate(args: argparse.Namespace, embedder: Any) -> Any:
             raise OffPolicyError(f"artifact {args.router} was trained with embedder {emb!r}; "
                                  f"pass the matching --embedder (now {embedder.name!r})")
         return load_router(args.router)
-    if not args.config:
-        raise OffPolicyError(f"{args.router!r} is not an artifact folder; to name a policy "
-                             "pass --config FILE")
     from gateway.config import ConfigError, load_config
     from gateway.pipeline import build_policy_set
 
@@ -342,10 +338,25 @@ def _log_policy(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _check_logs_flags(args: argparse.Namespace) -> None:
+    """What the flags of ``--logs`` decide alone, said before an embedder is built (MiniLM
+    takes seconds to load)."""
+    from evals.offpolicy import OffPolicyError
+
+    if not args.router:
+        raise OffPolicyError("--logs needs --router ARTIFACT|POLICY")
+    if not Path(args.router).is_dir() and not args.config:
+        raise OffPolicyError(f"{args.router!r} is not an artifact folder; to name a policy "
+                             "pass --config FILE")
+    if not Path(args.logs).exists():
+        raise OffPolicyError(f"no such log file: {args.logs}")
+
+
 def _logs(args: argparse.Namespace) -> dict[str, Any]:
     from evals.offpolicy import data_sha256, estimate, git_commit, load_logged, policy_matrix
     from routers.embed import embed_cached, make_embedder
 
+    _check_logs_flags(args)
     kind, options = _logs_embedder(args)
     embedder = make_embedder(kind, **options)
     router = _candidate(args, embedder)

@@ -136,3 +136,33 @@ def test_metrics_json_hashes_the_data_a_registry_name_reads(
                  str(metrics)]) == 0
     data = json.loads(metrics.read_text())["provenance"]["data"]
     assert data == [path_sha256(folder)]
+
+
+@pytest.mark.parametrize("argv,message", [
+    ([], "--logs needs --router ARTIFACT|POLICY"),
+    (["--router", "no-such-folder"], "'no-such-folder' is not an artifact folder"),
+    (["--router", "{art}", "--logs", "{missing}"], "no such log file"),
+])
+def test_eval_offpolicy_flag_errors_come_before_the_embedder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        argv: list[str], message: str) -> None:
+    # a forgotten --router (or a --router naming nothing) loaded MiniLM's weights (seconds,
+    # torch) before the one-line error the flags alone decide
+    import routers.embed
+
+    def no_embedder(*a: object, **k: object) -> None:
+        raise AssertionError("an embedder was built before the flags were checked")
+
+    monkeypatch.setattr(routers.embed, "make_embedder", no_embedder)
+    recs, ratings = _log(40)
+    data = _export(tmp_path, recs, ratings)
+    art = tmp_path / "art"
+    art.mkdir()
+    (art / "router.json").write_text("{}")
+    argv = [a.format(art=art, missing=tmp_path / "missing.parquet") for a in argv]
+    if "--logs" not in argv:
+        argv += ["--logs", str(data)]
+    capsys.readouterr()
+    assert main(["eval", "offpolicy", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
