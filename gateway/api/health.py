@@ -7,6 +7,12 @@ replicas_up, replicas}}``) and the names of those with no replica up in
 
 /healthz is always open; who sees /readyz's checks and who reads /metrics is set by
 ``readyz_auth`` and ``metrics_auth`` (gateway/config.py; /metrics is gated in gateway/app.py).
+
+The checks (a Redis PING, a ``GET /models`` per replica) are kept for :data:`READY_TTL_S`,
+and probes that arrive while they run wait for that one round, so however many load
+balancers probe, Redis and each replica see at most one check per ``READY_TTL_S``. A change
+shows within ``READY_TTL_S`` plus the checks' timeouts; the gateway's own state (starting,
+draining) is read on every probe, so a draining gateway is not ready at once.
 """
 
 from __future__ import annotations
@@ -25,7 +31,10 @@ from gateway.upstream_http import HTTPClientError, UpstreamHTTP
 
 router = APIRouter(tags=["ops"])
 
-_READY_TTL_S = 2.0
+#: how long one round of /readyz checks answers probes
+READY_TTL_S = 2.0
+#: a Redis that does not answer PING within this is reported unavailable
+REDIS_PING_TIMEOUT_S = 0.5
 
 
 # HEAD as well as GET: load balancers and uptime checks probe with HEAD
@@ -53,14 +62,27 @@ async def _probe(http: UpstreamHTTP, base: str) -> bool:
 @router.head("/readyz", include_in_schema=False)
 async def readyz(request: Request) -> Response:
     gw = request.app.state.gw
+    if not gw.ready or gw.draining:  # no I/O, never cached: a load balancer stops at once
+        body = orjson.dumps({"status": "not ready", "checks": {"gateway": "down"}})
+        return await _ready_response(gw, request, 503, body)
     cached = getattr(gw, "_ready_cache", None)
     if cached is not None and cached[0] > time.monotonic():
         return await _ready_response(gw, request, cached[1], cached[2])
-    checks: dict[str, Any] = {"gateway": "ok" if gw.ready and not gw.draining else "down"}
-    ok = gw.ready and not gw.draining
+    task = getattr(gw, "_ready_task", None)
+    if task is None or task.done():
+        task = gw._ready_task = asyncio.ensure_future(_checks(gw))
+    # shared by the probes that wait for it: one that goes away does not cancel it
+    status, body = await asyncio.shield(task)
+    return await _ready_response(gw, request, status, body)
+
+
+async def _checks(gw: Any) -> tuple[int, bytes]:
+    """One round of checks; kept on the gateway for READY_TTL_S."""
+    checks: dict[str, Any] = {"gateway": "ok"}
+    ok = True
     if gw.redis is not None:
         try:
-            await asyncio.wait_for(gw.redis.ping(), 0.5)
+            await asyncio.wait_for(gw.redis.ping(), REDIS_PING_TIMEOUT_S)
             checks["redis"] = "ok"
         except Exception as e:  # any failure means "not available"; serving goes on without
             checks["redis"] = f"unavailable ({type(e).__name__}): serving without cache"
@@ -89,8 +111,8 @@ async def readyz(request: Request) -> Response:
     # 200 "degraded": serving, but some expert is down (its requests take a fallback)
     word = ("degraded" if checks.get("experts_down") else "ready") if ok else "not ready"
     body = orjson.dumps({"status": word, "checks": checks})
-    gw._ready_cache = (time.monotonic() + _READY_TTL_S, status, body)
-    return await _ready_response(gw, request, status, body)
+    gw._ready_cache = (time.monotonic() + READY_TTL_S, status, body)
+    return status, body
 
 
 async def _ready_response(gw: Any, request: Request, status: int, body: bytes) -> Response:
