@@ -67,7 +67,8 @@ class ChatRequest(TypedDict):
 
     model: Model
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    stream: NotRequired[bool]
+    #: OpenAI's "boolean or null": null is not streamed, as vLLM reads it
+    stream: NotRequired[bool | None]
     max_tokens: NotRequired[PositiveInt | None]
     max_completion_tokens: NotRequired[PositiveInt | None]
     n: NotRequired[Choices | None]
@@ -85,7 +86,7 @@ class CompletionRequest(TypedDict):
     ] | Annotated[list[TokenId], Field(min_length=1)] | Annotated[
         list[Annotated[list[TokenId], Field(min_length=1)]],
         Field(min_length=1, max_length=MAX_BATCH)]
-    stream: NotRequired[bool]
+    stream: NotRequired[bool | None]
     max_tokens: NotRequired[PositiveInt | None]
     n: NotRequired[Choices | None]
     best_of: NotRequired[BestOf | None]

@@ -112,3 +112,18 @@ async def test_an_embeddings_batch_is_checked_as_a_completions_batch(ups: Ups,
             r = await c.post("/v1/embeddings", json={"model": "emb", "input": good})
             assert r.status_code == 200, (good, r.text)
             assert ups[0].received[-1]["input"] == good
+
+
+async def test_null_stream_is_not_streaming_as_openai_and_vllm_read_it(ups: Ups,
+                                                                       tmp_path: Path) -> None:
+    """OpenAI documents ``stream`` as "boolean or null" and vLLM defaults a null one to
+    false; a client that writes every optional field (``"stream": null``) got a 400."""
+    async with gateway_client(base_config(ups[0].base, ups[1].base), tmp_path) as (c, _):
+        for path, body in (("/v1/chat/completions", chat("auto", "tell me a joke")),
+                           ("/v1/chat/completions", chat("coder", "hi")),
+                           ("/v1/completions", {"model": "auto", "prompt": "tell me a joke"})):
+            r = await c.post(path, json={**body, "stream": None})
+            assert r.status_code == 200, (path, r.text)
+            assert r.headers["content-type"].startswith("application/json")
+        r = await c.post("/v1/chat/completions", json={**chat("coder", "hi"), "stream": "yes"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "stream"
