@@ -47,7 +47,8 @@ def register(sub: Any, name: str) -> None:
         inner = p.add_subparsers(dest="logs_command", metavar="WHAT", required=True)
         e = inner.add_parser("export", help="export the routing log joined with feedback to "
                              "Parquet (or JSONL if OUT ends in .jsonl)")
-        e.add_argument("--out", type=Path, required=True)
+        e.add_argument("--out", type=Path, required=True,
+                       help="the export: a .parquet (or .pq) or .jsonl file")
         e.add_argument("--redis-url", help="read the Redis Stream (default EXPERTGATE_REDIS_URL)")
         e.add_argument("--log-path", type=Path, help="read this JSONL log (default "
                        "EXPERTGATE_LOG_PATH or runs/routing-log.jsonl)")
@@ -369,9 +370,26 @@ def cmd_route(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_target_problem(out: Path) -> str | None:
+    """Why ``--out`` cannot take an export, or None. The export is JSONL for a name ending in
+    ``.jsonl`` and Parquet otherwise, and its readers (``train --format logs``, ``eval
+    offpolicy``) tell the two apart by the same suffix: Parquet under any other name (a
+    ``.csv``, a ``.json``) is a file nothing reads back."""
+    if out.is_dir():
+        return f"cannot write --out {out}: it is a folder; name a file in it"
+    if out.suffix != ".jsonl" and out.suffix.lower() not in (".parquet", ".pq"):
+        return (f"--out {out}: name a .parquet or .jsonl file (the export's format, which "
+                "train --format logs and eval offpolicy read by that suffix)")
+    return None
+
+
 def cmd_logs_export(args: argparse.Namespace) -> int:
     from gateway.logs import export_routing_log, feedback_path_for
 
+    bad = _export_target_problem(args.out)
+    if bad:
+        print(f"expertgate logs export: error: {bad}", file=sys.stderr)
+        return 2
     s = Settings()
     redis_url = args.redis_url or s.redis_url
     log_path = args.log_path or s.log_path

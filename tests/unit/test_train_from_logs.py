@@ -166,3 +166,33 @@ def test_eval_offpolicy_flag_errors_come_before_the_embedder(
     assert main(["eval", "offpolicy", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name,message", [
+    ("export.csv", "--out export.csv: name a .parquet or .jsonl file"),
+    ("export.json", "--out export.json: name a .parquet or .jsonl file"),
+    ("export", "--out export: name a .parquet or .jsonl file"),
+    ("export.JSONL", "--out export.JSONL: name a .parquet or .jsonl file"),
+    ("folder", "cannot write --out folder: it is a folder; name a file in it"),
+])
+def test_logs_export_out_names_a_file_the_loaders_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        name: str, message: str) -> None:
+    # any name but .jsonl got Parquet bytes: export.csv / export.json were then read by
+    # train --format logs as CSV / JSON ("'utf-8' codec can't decode byte 0x80"); a folder
+    # was reported as "cannot read routing-log.jsonl: ... Is a directory", blaming the log
+    recs, ratings = _log(20)
+    log = _write(tmp_path / "routing-log.jsonl", recs)
+    _write(tmp_path / "routing-log.feedback.jsonl", ratings)
+    (tmp_path / "folder").mkdir()
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["logs", "export", "--log-path", str(log), "--out", name]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "folder", "routing-log.feedback.jsonl", "routing-log.jsonl"]
+    for ok in ("e.parquet", "e.PQ", "e.jsonl"):
+        assert main(["logs", "export", "--log-path", str(log), "--out", ok]) == 0
+        assert main(["train", "--router", "knn", "--data", ok, "--format", "logs",
+                     "--embedder", "hashing", "--out", f"art-{ok}"]) == 0
