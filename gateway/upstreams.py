@@ -195,7 +195,8 @@ class SSECheck:
         self.tail = b""
         self.started = False
         self.done = False
-        #: data events with generated content (a token count when no usage is reported)
+        #: generated pieces (content, tool-call arguments, reasoning, a completion's text),
+        #: one per choice and event: a token count when no usage is reported
         self.events = 0
         self.usage: tuple[int, int] | None = None
         #: (id, model, object) of the first event, for an event the gateway adds
@@ -255,25 +256,24 @@ class SSECheck:
                 self.usage = (int(u.get("prompt_tokens") or 0),
                               int(u.get("completion_tokens") or 0))
         ch = ev.get("choices")
-        if isinstance(ch, list) and ch and isinstance(ch[0], dict):
-            delta = ch[0].get("delta")
-            if (isinstance(delta, dict) and delta.get("content")) or ch[0].get("text"):
-                self.events += 1
-                self.token = True
-            elif not self.token:
-                self.token = any(_is_token(c) for c in ch)
+        if isinstance(ch, list):
+            for c in ch:
+                if not isinstance(c, dict):
+                    continue
+                delta = c.get("delta")
+                if (isinstance(delta, dict) and (delta.get("content") or _generated(delta))
+                        ) or c.get("text"):
+                    self.events += 1
+                    self.token = True
+                elif c.get("finish_reason"):
+                    self.token = True
 
 
-def _is_token(choice: Any) -> bool:
-    """Whether a stream's choice carries anything generated: content, a tool call, reasoning,
-    a completion's text or a finish reason; a delta with only the role (vLLM's first chunk,
-    ``content: ""`` beside it) does not."""
-    if not isinstance(choice, dict):
-        return False
-    if choice.get("text") or choice.get("finish_reason"):
-        return True
-    delta = choice.get("delta")
-    return isinstance(delta, dict) and any(v for k, v in delta.items() if k != "role")
+def _generated(delta: dict[str, Any]) -> bool:
+    """Whether a chat delta without content carries something generated (a tool call's
+    arguments, reasoning, a refusal); a delta with only the role (vLLM's first chunk, with
+    ``content: ""``) does not."""
+    return any(v for k, v in delta.items() if k != "role" and k != "content")
 
 
 def _error_event(ev: dict[str, Any]) -> bool:

@@ -219,8 +219,9 @@ async def _stream(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
     """The rest of a stream, each chunk checked (fed to the SSE check) before it is sent.
     ``stream_options.include_usage``: when the upstream ends without a usage event
     (llama.cpp never sends one), one is added before ``data: [DONE]``, marked
-    ``"estimated": true``: completion tokens = content events passed through (one token each
-    on llama.cpp and vLLM), prompt tokens = prompt characters / 4."""
+    ``"estimated": true``: completion tokens = generated pieces passed through (content,
+    tool-call arguments, reasoning; per choice and event: one token each on llama.cpp and
+    vLLM), prompt tokens = prompt characters / 4."""
     reply = res.reply
     sse = reply.sse
     if sse is None:
