@@ -371,7 +371,12 @@ def load_logs(path: str | Path, *, policy: str | None = None) -> RoutingTable:
     df = _read_frame(Path(path))
     missing = set(TRAINING_COLUMNS) - set(df.columns)
     if missing:
-        raise RouterError(f"{path}: log export lacks column(s): {', '.join(sorted(missing))}")
+        hint = (" (the gateway's routing log itself? Its ratings are in the feedback file "
+                f"beside it: join them with `expertgate logs export --log-path {path} --out "
+                "FILE.parquet` and train on FILE.parquet)"
+                if missing == {"feedback_score"} else "")
+        raise RouterError(f"{path}: log export lacks column(s): {', '.join(sorted(missing))}"
+                          + hint)
     if "endpoint" in df.columns:  # shadow decisions and canary events were never served
         df = df[~df["endpoint"].isin(UNSERVED_ENDPOINTS)]
     df = _policy_records(df, policy, path)

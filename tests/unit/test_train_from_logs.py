@@ -196,3 +196,16 @@ def test_logs_export_out_names_a_file_the_loaders_read(
         assert main(["logs", "export", "--log-path", str(log), "--out", ok]) == 0
         assert main(["train", "--router", "knn", "--data", ok, "--format", "logs",
                      "--embedder", "hashing", "--out", f"art-{ok}"]) == 0
+
+
+def test_training_on_the_raw_routing_log_says_to_export_it_first(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # the gateway's own log file has no ratings (they are in the feedback file beside it);
+    # train said only "log export lacks column(s): feedback_score"
+    recs, _ = _log(20)
+    log = _write(tmp_path / "routing-log.jsonl", recs)
+    assert main(["train", "--router", "knn", "--data", str(log), "--format", "logs",
+                 "--embedder", "hashing", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "lacks column(s): feedback_score" in err
+    assert "expertgate logs export --log-path" in err and err.count("\n") == 1
