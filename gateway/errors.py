@@ -106,10 +106,16 @@ class UnknownModel(RequestError):
     status = 404
     code = "model_not_found"
 
+    #: how much of a model name the answer quotes: the client's text, in the answer and in
+    #: every routing-log record of the request (a half-megabyte name was a log line that size)
+    QUOTED = 200
+
     @classmethod
     def named(cls, model: str) -> UnknownModel:
         """The one answer for a model the caller cannot use, in OpenAI's words: whether it
         does not exist or the caller's key may not use it reads the same."""
+        if len(model) > cls.QUOTED:
+            model = f"{model[:cls.QUOTED]}... ({len(model)} characters)"
         return cls(f"The model `{model}` does not exist or you do not have access to it "
                    "(GET /v1/models lists the models you may use)", param="model")
 

@@ -127,3 +127,20 @@ async def test_null_stream_is_not_streaming_as_openai_and_vllm_read_it(ups: Ups,
             assert r.headers["content-type"].startswith("application/json")
         r = await c.post("/v1/chat/completions", json={**chat("coder", "hi"), "stream": "yes"})
         assert r.status_code == 400 and r.json()["error"]["param"] == "stream"
+
+
+async def test_a_huge_unknown_model_name_is_not_echoed_whole(ups: Ups, tmp_path: Path) -> None:
+    """The 404 for a model that does not exist quotes its name; a name of half a megabyte
+    was quoted whole in the answer and in every routing-log record (its ``reason``), one
+    log line per request the size of the request. The name is shortened, its start kept."""
+    name = "gpt-" + "x" * 500_000
+    async with gateway_client(base_config(ups[0].base, ups[1].base), tmp_path) as (c, _):
+        r = await c.post("/v1/chat/completions", json=chat(name, "hi"))
+        assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+        assert len(r.content) < 2000 and "`gpt-xxx" in r.json()["error"]["message"]
+        r = await c.get("/v1/models/" + name[:5000])
+        assert r.status_code == 404 and len(r.content) < 2000
+        ok = await c.post("/v1/chat/completions", json=chat("nope", "hi"))
+        assert "`nope`" in ok.json()["error"]["message"]  # a short name is quoted whole
+    lines = (tmp_path / "log.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and all(len(line) < 4000 for line in lines)
