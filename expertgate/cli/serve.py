@@ -18,6 +18,12 @@ from gateway.config import ConfigError, GatewayConfig, Settings, load_config
 
 __all__ = ["register", "start_local_experts", "unreachable_experts"]
 
+log = logging.getLogger("expertgate.serve")
+
+#: how long a reload (SIGHUP, /admin/reload with --workers N) waits for each new worker to
+#: be ready before it keeps the old one: imports, the embedder, the policies and the warm-up
+WORKER_START_S = 180.0
+
 
 def register(sub: Any, name: str) -> None:
     if name == "serve":
@@ -241,13 +247,52 @@ def _run(s: Settings, cfg: GatewayConfig | None = None, embedder: Any = None) ->
         os.environ["EXPERTGATE_SUPERVISOR_PID"] = str(os.getpid())
         if s.redis_url:
             os.environ["EXPERTGATE_REDIS_URL"] = s.redis_url
-        from uvicorn.supervisors.multiprocess import Multiprocess
+        from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
         class Supervisor(Multiprocess):
             """Remembers that it stopped because a worker failed to start (uvicorn's
-            ``run`` returns as from a clean stop, and the command would exit 0)."""
+            ``run`` returns as from a clean stop, and the command would exit 0), and waits
+            long enough for a reload's new workers."""
 
             child_failed = False
+
+            def restart_all(self) -> None:
+                # uvicorn's own waits timeout_worker_healthcheck (5 s) for each new worker,
+                # then keeps the old one: a worker that loads MiniLM and warms its policies
+                # up takes longer, so after a 200 from /admin/reload a worker went on
+                # serving the old file (a revoked key still answered there). Each new
+                # worker now has WORKER_START_S; a stop asked meanwhile ends the wait.
+                for idx, old in enumerate(self.processes):
+                    if self._stopping():
+                        return
+                    new = Process(self.config, self.sockets)
+                    new.start()
+                    if not self._ready(new):
+                        new.kill()
+                        new.join()
+                        if not self._stopping():
+                            log.error("reload: new worker [%s] did not start within %gs (its "
+                                      "log above says why); keeping worker [%s] and those "
+                                      "not yet replaced: they serve the previous "
+                                      "configuration", new.pid, WORKER_START_S, old.pid)
+                        return
+                    old.terminate()
+                    old.join()
+                    self.processes[idx] = new
+
+            def _stopping(self) -> bool:
+                return self.should_exit.is_set() or any(
+                    sig in self.signal_queue for sig in (signal.SIGINT, signal.SIGTERM))
+
+            def _ready(self, new: Process) -> bool:
+                deadline = time.monotonic() + WORKER_START_S
+                while time.monotonic() < deadline and not self._stopping():
+                    if not new.process.is_alive():
+                        return False
+                    if new.is_ready(timeout=1):
+                        return True
+                    time.sleep(0.1)
+                return False
 
             def keep_subprocess_alive(self) -> None:
                 stopping = self.should_exit.is_set()

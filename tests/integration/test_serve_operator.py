@@ -8,13 +8,18 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
-from expertgate.procs import free_port
+from expertgate.bench.upstream_double import ThreadedDouble
+from expertgate.procs import GatewayServer, free_port
+from tests.integration.test_workers_reload import _workers
+from tests.unit.gateway_helpers import base_config, chat
 
 pytestmark = pytest.mark.integration
 
@@ -55,3 +60,54 @@ def test_a_port_in_use_is_one_line_and_exit_2_with_any_worker_count(tmp_path: Pa
     assert "Traceback" not in p.stderr, p.stderr
     # which address, not only errno 98
     assert str(port) in p.stderr and "address already in use" in p.stderr.lower(), p.stderr
+
+
+def test_a_reload_waits_for_workers_slower_to_start_than_uvicorns_5s(tmp_path: Path) -> None:
+    # a worker that builds MiniLM (the compose file's embedder) and warms every policy up
+    # takes more than uvicorn's 5 s worker healthcheck on a busy machine: the supervisor
+    # gave up on it, kept the old worker, and after a 200 from /admin/reload one worker
+    # served the old file (a revoked key still answered on it). A sitecustomize makes every
+    # worker started after the marker exists take 7 s, deterministically.
+    site = tmp_path / "site"
+    site.mkdir()
+    marker = tmp_path / "slow"
+    (site / "sitecustomize.py").write_text(
+        "import os, time\n"
+        f"if os.path.exists({str(marker)!r}):\n"
+        "    time.sleep(7)\n")
+    coder, chatter = ThreadedDouble("coder"), ThreadedDouble("chatter")
+    cfg = base_config(coder.base, chatter.base)
+    path = tmp_path / "gw.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    log = tmp_path / "gw.log"
+    pythonpath = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    gw = GatewayServer(path, log_path=log, routing_log=tmp_path / "log.jsonl",
+                       check_upstreams=False,
+                       env={"EXPERTGATE_WORKERS": "2", "PYTHONPATH": pythonpath})
+    gw.start()
+    try:
+        assert gw.pid is not None
+        before = _workers(gw.pid)
+        assert len(before) == 2
+        marker.touch()
+        for route in cfg["policies"][0]["routes"]:  # jokes now go to the coder
+            route["expert"] = "coder"
+        path.write_text(yaml.safe_dump(cfg))
+        with httpx.Client(base_url=f"http://127.0.0.1:{gw.port}", timeout=30) as c:
+            assert c.post("/admin/reload").status_code == 200
+            end = time.monotonic() + 90
+            while _workers(gw.pid) & before and time.monotonic() < end:
+                time.sleep(0.5)
+            assert not _workers(gw.pid) & before, log.read_text()
+            got = set()
+            for _ in range(12):  # a new connection each: the kernel spreads them
+                r = c.post("/v1/chat/completions", json=chat("auto", "tell me a joke"),
+                           headers={"connection": "close"})
+                assert r.status_code == 200
+                got.add(r.headers["x-expertgate-expert"])
+            assert got == {"coder"}
+        assert "not ready in time" not in log.read_text()
+    finally:
+        gw.stop()
+        coder.stop()
+        chatter.stop()
