@@ -240,7 +240,8 @@ def _run(s: Settings, cfg: GatewayConfig | None = None, embedder: Any = None) ->
         # each worker process builds its own app from the same environment
         import os
 
-        os.environ["EXPERTGATE_CONFIG"] = str(Path(s.config).resolve())
+        config_path = Path(s.config).resolve()
+        os.environ["EXPERTGATE_CONFIG"] = str(config_path)
         # a worker knows it is one of several, and which process supervises them (a
         # reload must reach them all: gateway.api.admin)
         os.environ["EXPERTGATE_WORKERS"] = str(s.workers)
@@ -249,12 +250,28 @@ def _run(s: Settings, cfg: GatewayConfig | None = None, embedder: Any = None) ->
             os.environ["EXPERTGATE_REDIS_URL"] = s.redis_url
         from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
+        from gateway.config import auth_problem
+
         class Supervisor(Multiprocess):
             """Remembers that it stopped because a worker failed to start (uvicorn's
             ``run`` returns as from a clean stop, and the command would exit 0), and waits
             long enough for a reload's new workers."""
 
             child_failed = False
+
+            def handle_hup(self) -> None:
+                # a file that does not load would fail every new worker (a traceback each
+                # and uvicorn's "not ready in time"): checked here first, as at start-up,
+                # the running workers kept (/admin/reload checked it in its worker already)
+                try:
+                    checked = load_config(config_path)
+                    problem = auth_problem(checked, s.redis_url)
+                    if problem:
+                        raise ConfigError(problem)
+                except ConfigError as e:
+                    log.error("reload on SIGHUP failed, keeping the running workers: %s", e)
+                    return
+                super().handle_hup()
 
             def restart_all(self) -> None:
                 # uvicorn's own waits timeout_worker_healthcheck (5 s) for each new worker,

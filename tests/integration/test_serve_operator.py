@@ -5,6 +5,7 @@ documented exit code, and a refused reload leaves the running workers serving.""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -62,6 +63,49 @@ def test_a_port_in_use_is_one_line_and_exit_2_with_any_worker_count(tmp_path: Pa
     assert str(port) in p.stderr and "address already in use" in p.stderr.lower(), p.stderr
 
 
+def test_sighup_to_the_supervisor_with_a_bad_config_keeps_the_workers(tmp_path: Path) -> None:
+    coder, chatter = ThreadedDouble("coder"), ThreadedDouble("chatter")
+    cfg = base_config(coder.base, chatter.base)
+    path = tmp_path / "gw.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    log = tmp_path / "gw.log"
+    gw = GatewayServer(path, log_path=log, routing_log=tmp_path / "log.jsonl",
+                       check_upstreams=False, env={"EXPERTGATE_WORKERS": "2"})
+    gw.start()
+    try:
+        assert gw.pid is not None
+        before = _workers(gw.pid)
+        assert len(before) == 2
+        bad = base_config(coder.base, chatter.base)
+        bad["experts"][0]["timeout_s"] = -1
+        path.write_text(yaml.safe_dump(bad))
+        os.kill(gw.pid, signal.SIGHUP)
+        end = time.monotonic() + 30
+        while "timeout_s" not in log.read_text() and time.monotonic() < end:
+            time.sleep(0.2)
+        time.sleep(1)  # anything the refusal would still write
+        text = log.read_text()
+        assert "experts[0](coder).timeout_s" in text, text  # named, as at start-up
+        assert "Traceback" not in text, text
+        assert "not ready in time" not in text, text  # the supervisor's misleading guess
+        assert _workers(gw.pid) == before  # no worker replaced, none started for nothing
+        with httpx.Client(base_url=f"http://127.0.0.1:{gw.port}", timeout=30) as c:
+            for _ in range(6):
+                r = c.post("/v1/chat/completions", json=chat("auto", "tell me a joke"),
+                           headers={"connection": "close"})
+                assert r.status_code == 200
+        # the file fixed: the next SIGHUP replaces both workers
+        path.write_text(yaml.safe_dump(cfg))
+        os.kill(gw.pid, signal.SIGHUP)
+        while _workers(gw.pid) & before and time.monotonic() < end + 60:
+            time.sleep(0.2)
+        assert not _workers(gw.pid) & before
+    finally:
+        gw.stop()
+        coder.stop()
+        chatter.stop()
+
+
 def test_a_reload_waits_for_workers_slower_to_start_than_uvicorns_5s(tmp_path: Path) -> None:
     # a worker that builds MiniLM (the compose file's embedder) and warms every policy up
     # takes more than uvicorn's 5 s worker healthcheck on a busy machine: the supervisor
@@ -111,3 +155,17 @@ def test_a_reload_waits_for_workers_slower_to_start_than_uvicorns_5s(tmp_path: P
         gw.stop()
         coder.stop()
         chatter.stop()
+
+
+def test_a_worker_whose_config_no_longer_loads_says_so_in_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # the file changed between the supervisor's check and a new worker's start
+    from gateway import asgi
+
+    bad = _config(tmp_path)
+    bad.write_text(bad.read_text().replace("name: a\n", "name: a\n  timeout_s: -1\n", 1))
+    monkeypatch.setenv("EXPERTGATE_CONFIG", str(bad))
+    with pytest.raises(SystemExit) as exc:
+        asgi.app()
+    assert exc.value.code == 3  # uvicorn's STARTUP_FAILURE: the supervisor stops retrying
+    assert "start-up failed" in caplog.text and "timeout_s" in caplog.text
