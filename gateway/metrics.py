@@ -95,5 +95,21 @@ class Metrics:
             c = self._children[key] = metric.labels(*values)
         return c
 
+    def sync_circuits(self, open_now: dict[tuple[str, str], bool]) -> None:
+        """Make ``expertgate_circuit_open`` describe exactly the replicas of ``open_now``
+        ((expert, replica) -> open), read when /metrics is scraped: a replica a reload
+        removed (or one an old dispatcher's late call set) loses its series rather than
+        keeping its last value for ever."""
+        g = self.circuit_open
+        for (expert, replica), is_open in open_now.items():
+            self.child(g, expert, replica).set(1.0 if is_open else 0.0)
+        for fam in g.collect():
+            for sample in fam.samples:
+                key = (sample.labels["expert"], sample.labels["replica"])
+                if key not in open_now:
+                    g.remove(*key)
+                    # the memo would hand out the removed child, which nothing renders
+                    self._children.pop((id(g), key), None)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -133,4 +133,10 @@ async def metrics(request: Request) -> Response:
     gw = request.app.state.gw
     if gw.routing_log is not None:
         gw.metrics.log_queue.set(gw.routing_log.pending)
+    # the running configuration's replicas, as their breakers are now: 1 from the opening
+    # until a probe closes it (half-open included), as gateway/dispatch.py sets it when a
+    # call changes it
+    gw.metrics.sync_circuits({(name, r.base): r.breaker.state != "closed"
+                              for name, pool in gw.dispatcher.pools.items()
+                              for r in pool.replicas})
     return Response(gw.metrics.render(), media_type=CONTENT_TYPE_LATEST)
