@@ -232,7 +232,7 @@ async def _stream(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
     p = ctx.plan
     rw = _ModelRewrite(p.model) if p is not None and p.rt is not None and \
         p.rt.config.rewrite_model else None
-    held = b""  # (usage wanted, no rewrite) an unterminated last line, sent with its rest
+    held = b""  # (no rewrite) an unterminated last line, sent with its rest
     last = b""  # the end of what was sent
     try:
         chunk: bytes | None = reply.first
@@ -240,9 +240,10 @@ async def _stream(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
         while chunk is not None:
             if rw is not None:
                 chunk = rw.feed(chunk)
-            elif want_usage:
+            else:
                 # whole lines only: a [DONE] split across reads still gets the usage event
-                # before it
+                # before it, and an error event never lands inside a line the upstream cut.
+                # No copy when the chunk ends a line (nearly always): both slices are free
                 buf = held + chunk if held else chunk
                 cut = buf.rfind(b"\n") + 1
                 chunk, held = buf[:cut], buf[cut:]
@@ -268,8 +269,12 @@ async def _stream(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
             try:
                 chunk = await it.__anext__()
             except StopAsyncIteration:
-                chunk = None
-                sse.finish()
+                if sse.tail:  # the body ended within a line: that line ends here
+                    chunk = b"\n"
+                    sse.feed(chunk)
+                else:
+                    chunk = None
+                    sse.finish()
             else:
                 sse.feed(chunk)
         if sse.error is not None:
@@ -279,14 +284,9 @@ async def _stream(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
             await send({"type": "http.response.body", "body": b""})
             await _drain(it)
             return
-        if rw is not None and rw.tail:  # an unterminated last line
-            await send({"type": "http.response.body", "body": rw.feed(b"\n"),
-                        "more_body": True})
-        if held:
-            await send({"type": "http.response.body", "body": held, "more_body": True})
         if want_usage and sse.usage is None and sse.error is None:  # ended without [DONE]
-            await send({"type": "http.response.body", "body": _usage_event(ctx, sse),
-                        "more_body": True})
+            await send({"type": "http.response.body",
+                        "body": _end_event(last) + _usage_event(ctx, sse), "more_body": True})
     except Exception as e:  # never a cancellation: CancelledError is a BaseException
         # After the first byte nothing is retried (the upstream may have billed): end the
         # stream with a well-formed error event the OpenAI SDK raises on.
@@ -301,7 +301,8 @@ async def _stream(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
         err = {"error": {"message": f"upstream stream from {res.expert.name} {what}",
                          "type": "upstream_error", "param": None, "code": code}}
         await send({"type": "http.response.body",
-                    "body": b"data: " + orjson.dumps(err) + b"\n\n", "more_body": True})
+                    "body": _end_event(last) + b"data: " + orjson.dumps(err) + b"\n\n",
+                    "more_body": True})
         ctx.status, ctx.err_type = 502, code
         ctx.degraded.append("stream-invalid" if invalid else "stream-cut")
     finally:
@@ -318,6 +319,13 @@ def _failed_midway(gw: Gateway, ctx: RequestContext, res: DispatchResult, code: 
     gw.metrics.upstream_errors.labels(res.expert.name, "stream_error").inc()
     ctx.status, ctx.err_type = 502, code
     ctx.degraded.append("stream-error")
+
+
+def _end_event(sent: bytes) -> bytes:
+    """What ends the event ``sent`` (the end of what was sent, whole lines) is within, so that
+    an event the gateway adds is an event of its own: the blank line an SSE client dispatches
+    on, or nothing when the last event has ended."""
+    return b"\n" if sent and not sent.endswith((b"\n\n", b"\n\r\n")) else b""
 
 
 def _open_event(sent: bytes) -> bool:
