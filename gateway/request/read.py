@@ -118,11 +118,7 @@ async def read_body(receive: Receive, limit: int, timeout_s: float,
 async def read(receive: Receive, ctx: RequestContext, limit: int, timeout_s: float,
                reads: BodyReads, max_messages: int) -> None:
     ctx.raw = await read_body(receive, limit, timeout_s, reads)
-    body = validate(ctx.endpoint, ctx.raw)
-    msgs = body.get("messages")
-    if msgs is not None and len(msgs) > max_messages:
-        raise InvalidRequest(f"too many messages ({len(msgs)}; at most {max_messages})",
-                             param="messages")
+    body = validate(ctx.endpoint, ctx.raw, max_messages)
     ctx.body = body
     ctx.stream = bool(body.get("stream", False))
 

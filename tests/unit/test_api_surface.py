@@ -4,6 +4,7 @@ untouched."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,9 @@ import orjson
 import pytest
 
 from expertgate.bench.upstream_double import OpenAIUpstreamDouble
+from gateway.errors import InvalidRequest
 from gateway.pipeline import ROUTING_HEAD_CHARS, ROUTING_TAIL_CHARS
+from gateway.request.schema import validate
 from routers.embed import HashingEmbedder
 from tests.unit.gateway_helpers import base_config, chat, gateway_client
 
@@ -144,3 +147,25 @@ async def test_a_huge_unknown_model_name_is_not_echoed_whole(ups: Ups, tmp_path:
         assert "`nope`" in ok.json()["error"]["message"]  # a short name is quoted whole
     lines = (tmp_path / "log.jsonl").read_text().splitlines()
     assert len(lines) == 2 and all(len(line) < 4000 for line in lines)
+
+
+@pytest.mark.parametrize("endpoint,body", [
+    ("chat", {"model": "auto", "messages": [1] * 400_000}),
+    ("chat", {"model": "auto", "messages": [{}] * 100_000}),
+    ("chat", {"model": "auto", "messages": [{"role": "user", "content": [1] * 400_000}]}),
+    ("route", {"model": "auto", "messages": [1] * 400_000}),
+    ("completions", {"model": "auto", "prompt": [1] * 400_000 + [[1]]}),
+    ("embeddings", {"model": "emb", "input": [[1]] + [[]] * 2047}),
+])
+def test_a_body_of_many_bad_items_is_refused_as_fast_as_one(endpoint: str,
+                                                             body: dict[str, object]) -> None:
+    """A megabyte of bad list items (``"messages": [1, 1, ...]``) took pydantic 3 s of the
+    event loop's time, every other request waiting, to write an error per item and report
+    the first: lists stop at their first bad item."""
+    raw = orjson.dumps(body)
+    t0 = time.perf_counter()
+    with pytest.raises(InvalidRequest) as e:
+        validate(endpoint, raw, max_messages=512)
+    assert time.perf_counter() - t0 < 0.25, e.value.message
+    assert e.value.param is not None and e.value.param.split(".")[0] in (
+        "messages", "prompt", "input")
