@@ -48,7 +48,8 @@ async def test_a_redis_that_goes_down_shows_within_the_bound_and_readiness_holds
                 seen = time.monotonic() - t0
                 break
             await asyncio.sleep(0.05)
-        assert seen is not None and seen <= READY_TTL_S + REDIS_PING_TIMEOUT_S + 0.5, seen
+        # the documented bound, plus scheduling slack on a busy machine
+        assert seen is not None and seen <= READY_TTL_S + REDIS_PING_TIMEOUT_S + 1.0, seen
         assert "unavailable" in r.json()["checks"]["redis"]
         redis_clean.start()
 
