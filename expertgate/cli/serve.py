@@ -30,13 +30,17 @@ def register(sub: Any, name: str) -> None:
         p = sub.add_parser("serve", help="run the gateway")
         p.add_argument("--config", type=Path, help="YAML file of experts and policies "
                        "(or EXPERTGATE_CONFIG)")
-        p.add_argument("--host", help="bind address (default 127.0.0.1)")
-        p.add_argument("--port", type=int, help="port (default 8080)")
+        p.add_argument("--host", help="bind address (or EXPERTGATE_HOST; default 127.0.0.1, "
+                       "0.0.0.0 in the Docker image)")
+        p.add_argument("--port", type=int, help="port (or EXPERTGATE_PORT; default 8080)")
         p.add_argument("--redis-url", help="Redis URL for the shared cache, log and limits "
                        "(default: in-process, no Redis); a URL with a password is better "
                        "given as EXPERTGATE_REDIS_URL, which ps does not show")
-        p.add_argument("--workers", type=int, help="worker processes (default 1)")
-        p.add_argument("--log-level", default=None)
+        p.add_argument("--workers", type=int, help="worker processes (or EXPERTGATE_WORKERS; "
+                       "default 1); SIGHUP to this process replaces them all with workers "
+                       "built from the config file")
+        p.add_argument("--log-level", default=None, help="critical, error, warning, info or "
+                       "debug (or EXPERTGATE_LOG_LEVEL; default info)")
         p.add_argument("--start-experts", action="store_true",
                        help="first start the config's local llama.cpp experts (smollm2, "
                        "gemma3 on their 127.0.0.1 ports) and stop them when the gateway stops")
