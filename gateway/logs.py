@@ -26,7 +26,8 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterable
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -277,10 +278,11 @@ def feedback_path_for(log_path: Path) -> Path:
     return log_path.with_name(Path(live).stem + ".feedback.jsonl")
 
 
-def _read_jsonl(path: Path, skipped: collections.Counter[str] | None = None
-                ) -> Iterable[dict[str, Any]]:
-    """The records of a JSONL file (gzip-compressed when it ends in ``.gz``). Lines that are
-    not a JSON object are skipped, counted in ``skipped[str(path)]`` and warned about once."""
+def _read_jsonl(path: Path, skipped: collections.Counter[str] | None = None, *,
+                warn: bool = True) -> Iterator[dict[str, Any]]:
+    """The records of a JSONL file (gzip-compressed when it ends in ``.gz``), one at a time.
+    Lines that are not a JSON object are skipped, counted in ``skipped[str(path)]`` and
+    warned about once (unless ``warn`` is false)."""
     if not path.exists():
         return
     bad, first = 0, 0
@@ -303,17 +305,23 @@ def _read_jsonl(path: Path, skipped: collections.Counter[str] | None = None
             bad += 1
             first = first or -1
     if bad:
-        log.warning("skipped %d malformed line(s) in %s (%s)", bad, path,
-                    "a truncated end" if first < 0 else f"the first is line {first}")
+        if warn:
+            log.warning("skipped %d malformed line(s) in %s (%s)", bad, path,
+                        "a truncated end" if first < 0 else f"the first is line {first}")
         if skipped is not None:
             skipped[str(path)] += bad
 
 
 def _read_stream(redis_url: str, stream: str) -> list[dict[str, Any]]:
+    return list(_iter_stream(redis_url, stream))
+
+
+def _iter_stream(redis_url: str, stream: str, *, warn: bool = True
+                 ) -> Iterator[dict[str, Any]]:
+    """The records of a Redis stream, read 10,000 entries at a time."""
     import redis
 
     r = redis.Redis.from_url(redis_url)
-    out: list[dict[str, Any]] = []
     last = "-"
     while True:
         chunk = r.xrange(stream, min=last, max="+", count=10_000)
@@ -327,13 +335,12 @@ def _read_stream(redis_url: str, stream: str) -> list[dict[str, Any]]:
             except orjson.JSONDecodeError:
                 rec = None
             if isinstance(rec, dict):
-                out.append(rec)
-            else:  # as a malformed line of the JSONL log: skipped, said
+                yield rec
+            elif warn:  # as a malformed line of the JSONL log: skipped, said
                 log.warning("skipping a malformed entry %s in the Redis stream %s",
                             _id.decode() if isinstance(_id, bytes) else _id, stream)
         last = chunk[-1][0].decode()  # type: ignore[union-attr]
     r.close()
-    return out
 
 
 def read_records(*, redis_url: str | None = None, path: Path | None = None
@@ -405,16 +412,23 @@ def _field_types() -> dict[str, tuple[type, ...]]:
 _FIELD_TYPES: dict[str, tuple[type, ...]] | None = None
 
 
-def _mistyped(rec: dict[str, Any]) -> str | None:
-    """The first field of ``rec`` whose value has a type the record's schema does not allow
-    (a damaged or foreign entry), or None."""
+def _field_types_known() -> dict[str, tuple[type, ...]]:
+    """:func:`_field_types`, worked out once."""
     global _FIELD_TYPES
     if _FIELD_TYPES is None:
         _FIELD_TYPES = _field_types()
+    return _FIELD_TYPES
+
+
+def _mistyped(rec: dict[str, Any]) -> str | None:
+    """The first field of ``rec`` whose value has a type the record's schema does not allow
+    (a damaged or foreign entry), or None."""
+    known = _field_types_known()
     for k, v in rec.items():
-        allowed = _FIELD_TYPES.get(k)
-        if allowed is not None and object not in allowed and not isinstance(v, allowed):
-            return k
+        allowed = known.get(k)
+        if allowed is not None and object not in allowed and (
+                not isinstance(v, allowed) or (isinstance(v, bool) and bool not in allowed)):
+            return k  # (a bool is an int to isinstance, not to a Parquet integer column)
     return None
 
 
@@ -450,63 +464,166 @@ def export_logs(out: Path, *, redis_url: str | None = None, log_path: Path | Non
                               feedback_path=feedback_path, tenant=tenant).written
 
 
+#: rows an export holds before it writes them (with the ratings, its memory bound)
+EXPORT_CHUNK_ROWS = 10_000
+
+
+def _arrow_type(kinds: set[type]) -> Any:
+    """The Parquet column type for values of these Python types (None aside): a mix that no
+    one type holds is JSON text."""
+    import pyarrow as pa
+
+    kinds = kinds - {type(None)}
+    if kinds <= {str}:
+        return pa.string()
+    if kinds == {bool}:
+        return pa.bool_()
+    if kinds <= {int}:
+        return pa.int64()
+    if kinds <= {int, float}:
+        return pa.float64()
+    return None  # JSON text
+
+
+class _ParquetChunks:
+    """Writes an export's rows to Parquet one chunk at a time, with the columns (in the order
+    first met) and types found by a first pass over the same records: a record's typed fields
+    take their annotated type, other fields the type their values share."""
+
+    def __init__(self, path: Path, columns: dict[str, set[type]]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        known = _field_types_known()
+        fields, self.as_json = [], set()
+        for k, seen in columns.items():
+            t = pa.string() if k in JSON_FIELDS else _arrow_type(
+                set(known[k]) if k in known and object not in known[k] else seen)
+            if t is None:
+                t = pa.string()
+                self.as_json.add(k)
+            fields.append(pa.field(k, t))
+        self.schema = pa.schema(fields)
+        self._writer = pq.ParquetWriter(path, self.schema)
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        import pyarrow as pa
+
+        for r in rows:
+            for k in self.as_json:
+                v = r.get(k)
+                if v is not None and not isinstance(v, str):
+                    r[k] = orjson.dumps(v).decode()
+        self._writer.write_table(pa.Table.from_pylist(rows, schema=self.schema))
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class _JsonlChunks:
+    def __init__(self, path: Path) -> None:
+        self._f = path.open("wb")
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        self._f.write(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+
+    def close(self) -> None:
+        self._f.close()
+
+
 def export_routing_log(out: Path, *, redis_url: str | None = None,
                        log_path: Path | None = None, feedback_path: Path | None = None,
                        tenant: str | None = None) -> ExportStats:
     """Write the routing log joined with feedback (``feedback_score``) to Parquet (or JSONL
     when ``out`` ends in .jsonl); only ``tenant``'s records when given. A rating joins only
     the record of the tenant that sent it. A log ending in ``.gz`` is read through gzip.
-    Nothing is written when no record is left. Returns the counts (:class:`ExportStats`)."""
-    import pandas as pd
+    Nothing is written when no record is left. Returns the counts (:class:`ExportStats`).
 
+    The log is streamed: records are read, joined and written :data:`EXPORT_CHUNK_ROWS` at a
+    time (Parquet reads the log twice, first for its columns), so memory holds the ratings
+    and one chunk whatever the log's size. The export is written beside ``out`` and moved
+    into place when complete: a crash midway never leaves half an export under its name."""
     st = ExportStats()
     skipped: collections.Counter[str] = collections.Counter()
-    recs = (read_records(redis_url=redis_url) if redis_url else
-            list(_read_jsonl(Path(log_path), skipped)) if log_path is not None else [])
+
+    def records(warn: bool = True) -> Iterator[dict[str, Any]]:
+        if redis_url:
+            yield from _iter_stream(redis_url, LOG_STREAM, warn=warn)
+        elif log_path is not None:
+            yield from _read_jsonl(Path(log_path), skipped if warn else None, warn=warn)
+
+    def exportable(r: dict[str, Any], warn: bool = True) -> bool:
+        if tenant is not None and r.get("tenant") != tenant:
+            return False
+        bad = _mistyped(r)
+        if bad:  # one such record would make the whole Parquet table fail
+            if warn:
+                log.warning("skipping a routing-log record whose %s has the wrong type", bad)
+                st.mistyped += 1
+            return False
+        return True
+
     if not redis_url and feedback_path is not None and not Path(feedback_path).exists():
         st.feedback_missing = Path(feedback_path)
     fb = read_feedback(redis_url=redis_url, path=None if redis_url else feedback_path,
                        skipped=skipped)
     st.ratings, st.bad_ratings = len(fb), skipped["ratings"]
+    out = Path(out)
+    jsonl = out.suffix == ".jsonl"
+    columns: dict[str, set[type]] = {}
+    if not jsonl:  # Parquet's columns and their types, before the first chunk is written
+        for r in records(warn=False):
+            if exportable(r, warn=False):
+                for k, v in r.items():
+                    columns.setdefault(k, set()).add(type(v))
+        columns["feedback_score"] = {float}
+    used: set[str] = set()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # created as the export itself would be (mkstemp's would be private to its owner)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:12]}.tmp")
+    tmp.open("xb").close()
+    sink: _ParquetChunks | _JsonlChunks | None = None
+    rows: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        nonlocal sink
+        if sink is None:
+            sink = _JsonlChunks(tmp) if jsonl else _ParquetChunks(tmp, columns)
+        sink.write(rows)
+        st.written += len(rows)
+        rows.clear()
+
+    try:
+        for r in records():
+            if not exportable(r):
+                continue
+            rid = str(r.get("request_id"))
+            f = fb.get(rid)
+            if f is not None and f.get("tenant", r.get("tenant")) != r.get("tenant"):
+                f = None  # another tenant's rating (records from before feedback was checked)
+            if f is not None:
+                used.add(rid)
+            r["feedback_score"] = None if f is None else float(f["score"])
+            for k in JSON_FIELDS:
+                if k in r and not isinstance(r[k], str | type(None)):
+                    r[k] = orjson.dumps(r[k]).decode()
+            rows.append(r)
+            if len(rows) >= EXPORT_CHUNK_ROWS:
+                flush()
+        if rows:
+            flush()
+        if sink is not None:
+            sink.close()
+            os.replace(tmp, out)
+    finally:
+        if sink is not None:
+            sink.close()  # a second close is a no-op
+        tmp.unlink(missing_ok=True)
     st.malformed_lines = skipped[str(log_path)] if log_path is not None and not redis_url \
         else 0
     st.malformed_feedback_lines = (skipped[str(feedback_path)]
                                    if feedback_path is not None and not redis_url else 0)
-    used: set[str] = set()
-    rows = []
-    for r in recs:
-        if tenant is not None and r.get("tenant") != tenant:
-            continue
-        bad = _mistyped(r)
-        if bad:  # one such record would make the whole Parquet table fail
-            log.warning("skipping a routing-log record whose %s has the wrong type", bad)
-            st.mistyped += 1
-            continue
-        r = dict(r)
-        rid = str(r.get("request_id"))
-        f = fb.get(rid)
-        if f is not None and f.get("tenant", r.get("tenant")) != r.get("tenant"):
-            f = None  # another tenant's rating (records from before feedback was checked)
-        if f is not None:
-            used.add(rid)
-        r["feedback_score"] = None if f is None else float(f["score"])
-        for k in JSON_FIELDS:
-            if k in r and not isinstance(r[k], str | type(None)):
-                r[k] = orjson.dumps(r[k]).decode()
-        rows.append(r)
     st.joined = len(used)
     st.unmatched = sum(1 for rid, f in fb.items() if rid not in used
                        and (tenant is None or f.get("tenant") in (tenant, None)))
-    st.written = len(rows)
-    if not rows:
-        return st
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    df = pd.DataFrame(rows)
-    if out.suffix == ".jsonl":
-        with out.open("wb") as fh:
-            for row in rows:
-                fh.write(orjson.dumps(row) + b"\n")
-    else:
-        df.to_parquet(out, index=False)
     return st
