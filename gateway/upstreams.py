@@ -742,11 +742,19 @@ async def call_litellm(expert: ExpertConfig, base: str | None, payload: dict[str
         return b"data: " + exactjson.dumps(obj) + b"\n\n"
 
     it = resp.__aiter__()
+    # what comes before the first token (a role-only chunk) is held, as for OpenAI-compatible
+    # experts (_hold): the provider failing there may still fall back
+    held: list[bytes] = []
+    check = SSECheck()
     try:
-        first_chunk = await asyncio.wait_for(it.__anext__(), timeout_s)
+        while not check.token and len(held) < HOLD_READS:
+            ev = event(await asyncio.wait_for(it.__anext__(), timeout_s))
+            check.feed(ev)
+            held.append(ev)
     except StopAsyncIteration:
-        return UpstreamReply(200, "text/event-stream", b"data: [DONE]\n\n", stream=True)
-    except Exception as e:  # the provider failed before its first event: may fall back
+        return UpstreamReply(200, "text/event-stream", b"".join(held) + b"data: [DONE]\n\n",
+                             stream=True)
+    except Exception as e:  # the provider failed before its first token: may fall back
         raise _litellm_failure(expert, e, timeout_s, base) from None
 
     async def rest() -> AsyncIterator[bytes]:
@@ -754,4 +762,4 @@ async def call_litellm(expert: ExpertConfig, base: str | None, payload: dict[str
             yield event(ch)
         yield b"data: [DONE]\n\n"
 
-    return UpstreamReply(200, "text/event-stream", event(first_chunk), rest(), stream=True)
+    return UpstreamReply(200, "text/event-stream", b"".join(held), rest(), stream=True)

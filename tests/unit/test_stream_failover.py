@@ -262,3 +262,29 @@ async def test_a_client_gone_before_the_first_token_is_no_failure_of_the_replica
         metrics = (await c.get("/metrics")).text
     assert 'expertgate_upstream_errors_total{expert="coder"' not in metrics
     assert chatter.received == []
+
+
+async def test_a_litellm_expert_that_fails_after_its_role_chunk_falls_back(
+        scripted: ScriptedSSE, ups: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+        ) -> None:
+    # the same for a ``kind: litellm`` expert over an OpenAI-compatible server: LiteLLM
+    # yields the role chunk, then raises on the error event
+    _, chatter = ups
+    monkeypatch.setenv("EG_TEST_LITE_KEY", "sk-lite-test")
+    cfg = base_config(scripted.base, chatter.base)
+    cfg["experts"][0].update(kind="litellm", model="openai/up-coder",
+                             api_key_env="EG_TEST_LITE_KEY")
+    async with gateway_client(cfg, tmp_path) as (c, _):
+        scripted.script = [ROLE, PAUSE, ERROR, DONE]
+        r = await c.post("/v1/chat/completions", json=chat("auto", ROUTED, stream=True))
+        assert r.status_code == 200 and r.headers["x-expertgate-expert"] == "chatter"
+        assert "coder:status" in r.headers["x-expertgate-reason"]
+        assert b"CUDA" not in r.content and r.content.rstrip().endswith(DONE.rstrip())
+        # after a token: as before, the stream ends with the gateway's error event
+        scripted.script = [ROLE, PAUSE, chunk({"content": "Hel"}), PAUSE, ERROR, DONE]
+        r = await c.post("/v1/chat/completions", json=chat("auto", ROUTED, stream=True))
+        assert r.status_code == 200 and r.headers["x-expertgate-expert"] == "coder"
+        events = [orjson.loads(ln[6:]) for ln in r.text.split("\n")
+                  if ln.startswith("data: {")]
+        assert [e["choices"][0]["delta"].get("content") for e in events[:2]] == ["", "Hel"]
+        assert events[-1]["error"]["code"] == "stream_interrupted"
