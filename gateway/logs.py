@@ -27,7 +27,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,6 +40,7 @@ from routers.logrecord import JSON_FIELDS, FeedbackRecord, LogRecord
 __all__ = [
     "ExportStats",
     "JsonlSink",
+    "LogReadError",
     "RedisStreamSink",
     "RoutingLog",
     "RoutingLogSink",
@@ -457,8 +458,10 @@ class ExportStats:
     feedback_missing: Path | None = None
 
 
-def export_logs(out: Path, *, redis_url: str | None = None, log_path: Path | None = None,
-                feedback_path: Path | None = None, tenant: str | None = None) -> int:
+def export_logs(out: Path, *, redis_url: str | None = None,
+                log_path: Path | Sequence[Path] | None = None,
+                feedback_path: Path | Sequence[Path] | None = None,
+                tenant: str | None = None) -> int:
     """:func:`export_routing_log`, returning the number of records written."""
     return export_routing_log(out, redis_url=redis_url, log_path=log_path,
                               feedback_path=feedback_path, tenant=tenant).written
@@ -531,13 +534,21 @@ class _JsonlChunks:
         self._f.close()
 
 
+class LogReadError(OSError):
+    """A routing-log file that cannot be read (its message names the file)."""
+
+
 def export_routing_log(out: Path, *, redis_url: str | None = None,
-                       log_path: Path | None = None, feedback_path: Path | None = None,
+                       log_path: Path | Sequence[Path] | None = None,
+                       feedback_path: Path | Sequence[Path] | None = None,
                        tenant: str | None = None) -> ExportStats:
     """Write the routing log joined with feedback (``feedback_score``) to Parquet (or JSONL
     when ``out`` ends in .jsonl); only ``tenant``'s records when given. A rating joins only
     the record of the tenant that sent it. A log ending in ``.gz`` is read through gzip.
-    Nothing is written when no record is left. Returns the counts (:class:`ExportStats`).
+    ``log_path`` may list several files (a live log and its rotated copies: their records in
+    that order, one export), ``feedback_path`` several feedback files (a request's rating is
+    the one read last). Nothing is written when no record is left. Returns the counts
+    (:class:`ExportStats`); a log file that cannot be read raises :class:`LogReadError`.
 
     The log is streamed: records are read, joined and written :data:`EXPORT_CHUNK_ROWS` at a
     time (Parquet reads the log twice, first for its columns), so memory holds the ratings
@@ -546,11 +557,20 @@ def export_routing_log(out: Path, *, redis_url: str | None = None,
     st = ExportStats()
     skipped: collections.Counter[str] = collections.Counter()
 
+    paths = [] if log_path is None else [Path(log_path)] if isinstance(log_path, str | Path) \
+        else [Path(x) for x in log_path]
+    fpaths = [] if feedback_path is None else [Path(feedback_path)] if isinstance(
+        feedback_path, str | Path) else list(dict.fromkeys(Path(x) for x in feedback_path))
+
     def records(warn: bool = True) -> Iterator[dict[str, Any]]:
         if redis_url:
             yield from _iter_stream(redis_url, LOG_STREAM, warn=warn)
-        elif log_path is not None:
-            yield from _read_jsonl(Path(log_path), skipped if warn else None, warn=warn)
+            return
+        for path in paths:
+            try:
+                yield from _read_jsonl(path, skipped if warn else None, warn=warn)
+            except OSError as e:  # e.g. a .gz file that is not gzip
+                raise LogReadError(f"cannot read {path}: {e}") from e
 
     def exportable(r: dict[str, Any], warn: bool = True) -> bool:
         if tenant is not None and r.get("tenant") != tenant:
@@ -563,10 +583,14 @@ def export_routing_log(out: Path, *, redis_url: str | None = None,
             return False
         return True
 
-    if not redis_url and feedback_path is not None and not Path(feedback_path).exists():
-        st.feedback_missing = Path(feedback_path)
-    fb = read_feedback(redis_url=redis_url, path=None if redis_url else feedback_path,
-                       skipped=skipped)
+    if not redis_url and fpaths and not any(f.exists() for f in fpaths):
+        st.feedback_missing = fpaths[0]
+    if redis_url:
+        fb = read_feedback(redis_url=redis_url, skipped=skipped)
+    else:
+        fb = {}
+        for fpath in fpaths:
+            fb.update(read_feedback(path=fpath, skipped=skipped))
     st.ratings, st.bad_ratings = len(fb), skipped["ratings"]
     out = Path(out)
     jsonl = out.suffix == ".jsonl"
@@ -619,10 +643,8 @@ def export_routing_log(out: Path, *, redis_url: str | None = None,
         if sink is not None:
             sink.close()  # a second close is a no-op
         tmp.unlink(missing_ok=True)
-    st.malformed_lines = skipped[str(log_path)] if log_path is not None and not redis_url \
-        else 0
-    st.malformed_feedback_lines = (skipped[str(feedback_path)]
-                                   if feedback_path is not None and not redis_url else 0)
+    st.malformed_lines = 0 if redis_url else sum(skipped[str(x)] for x in paths)
+    st.malformed_feedback_lines = 0 if redis_url else sum(skipped[str(x)] for x in fpaths)
     st.joined = len(used)
     st.unmatched = sum(1 for rid, f in fb.items() if rid not in used
                        and (tenant is None or f.get("tenant") in (tenant, None)))

@@ -60,8 +60,10 @@ def register(sub: Any, name: str) -> None:
         e.add_argument("--out", type=Path, required=True,
                        help="the export: a .parquet (or .pq) or .jsonl file")
         e.add_argument("--redis-url", help="read the Redis Stream (default EXPERTGATE_REDIS_URL)")
-        e.add_argument("--log-path", type=Path, help="read this JSONL log (default "
-                       "EXPERTGATE_LOG_PATH or runs/routing-log.jsonl)")
+        e.add_argument("--log-path", type=Path, nargs="+", action="extend", metavar="LOG",
+                       help="read this JSONL log (default EXPERTGATE_LOG_PATH or "
+                       "runs/routing-log.jsonl); several (a live log and its rotated or "
+                       "compressed copies, e.g. runs/routing-log.jsonl*) make one export")
         e.add_argument("--feedback-path", type=Path)
         e.add_argument("--tenant", help="export only this tenant's requests (and feedback)")
         e.set_defaults(func=cmd_logs_export)
@@ -458,20 +460,23 @@ def cmd_logs_export(args: argparse.Namespace) -> int:
         return 2
     s = Settings()
     redis_url = args.redis_url or s.redis_url
-    log_path = args.log_path or s.log_path
+    log_paths = [Path(x) for x in args.log_path or [s.log_path]]
     # a rotated or compressed log (routing-log.1.jsonl, routing-log.jsonl.gz) reads the
     # feedback file of the live log, where the gateway writes every rating
-    fb = args.feedback_path or (s.feedback_file if args.log_path is None else
-                                feedback_path_for(log_path))
-    if not redis_url and not Path(log_path).exists():
-        print(f"expertgate logs export: no routing log at {log_path} (and no Redis URL)",
-              file=sys.stderr)
-        return 2
+    fb = [args.feedback_path] if args.feedback_path else [s.feedback_file] \
+        if args.log_path is None else list(dict.fromkeys(map(feedback_path_for, log_paths)))
+    for lp in [] if redis_url else log_paths:
+        why = ("no routing log at {} (and no Redis URL)" if not lp.exists() else
+               "{} is the feedback file (ratings), not a routing log"
+               if lp.name.endswith(".feedback.jsonl") else None)
+        if why:
+            print(f"expertgate logs export: {why.format(lp)}", file=sys.stderr)
+            return 2
     try:
-        st = export_routing_log(args.out, redis_url=redis_url, log_path=log_path,
+        st = export_routing_log(args.out, redis_url=redis_url, log_path=log_paths,
                                 feedback_path=fb, tenant=args.tenant)
-    except (OSError, EOFError) as e:  # e.g. a .gz file that is not gzip
-        print(f"expertgate logs export: cannot read {log_path}: {e}", file=sys.stderr)
+    except (OSError, EOFError) as e:  # a .gz that is no gzip: LogReadError names the file
+        print(f"expertgate logs export: {e}", file=sys.stderr)
         return 2
     skipped = [f"{k} {what}" for k, what in (
         (st.malformed_lines, "malformed log line(s)"),
@@ -479,7 +484,7 @@ def cmd_logs_export(args: argparse.Namespace) -> int:
         (st.bad_ratings, "invalid rating(s) (no request id, or a score null, not a number "
                          "or outside [0, 1])"),
         (st.malformed_feedback_lines, "malformed feedback line(s)")) if k]
-    source = "the Redis stream" if redis_url else str(log_path)
+    source = "the Redis stream" if redis_url else ", ".join(map(str, log_paths))
     if st.written == 0:
         print(f"expertgate logs export: no record to write from {source}"
               + (f" for tenant {args.tenant}" if args.tenant else "")

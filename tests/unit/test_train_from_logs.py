@@ -209,3 +209,36 @@ def test_training_on_the_raw_routing_log_says_to_export_it_first(
     err = capsys.readouterr().err
     assert "lacks column(s): feedback_score" in err
     assert "expertgate logs export --log-path" in err and err.count("\n") == 1
+
+
+def test_several_days_of_rotated_logs_export_into_one_training_table(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # --log-path took one file: a week of rotated logs (routing-log.jsonl.2.gz, .1 and the
+    # live one) gave seven exports, and train --data reads one table, so training on more
+    # than a day meant concatenating exports by hand
+    import gzip
+
+    recs, ratings = _log(90)
+    days = [recs[:30], recs[30:60], recs[60:]]
+    gz = tmp_path / "routing-log.jsonl.2.gz"
+    gz.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in days[0]).encode()))
+    _write(tmp_path / "routing-log.jsonl.1", days[1] + days[0][-3:])  # copytruncate overlap
+    live = _write(tmp_path / "routing-log.jsonl", days[2])
+    _write(tmp_path / "routing-log.feedback.jsonl", ratings)
+    out = tmp_path / "week.parquet"
+    capsys.readouterr()
+    assert main(["logs", "export", "--log-path", str(gz), str(tmp_path / "routing-log.jsonl.1"),
+                 "--log-path", str(live), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 93 record(s)" in printed and f"{len(ratings)} rating(s) joined" in printed
+    assert main(["train", "--router", "knn", "--data", str(out), "--format", "logs",
+                 "--embedder", "hashing", "--out", str(tmp_path / "art")]) == 0
+    err = capsys.readouterr().err
+    assert f"{len(ratings)} kept" in err and "3 record(s) repeat the request id" in err
+    # a glob that also matches the feedback file (routing-log*) names it, before any work
+    assert main(["logs", "export", "--log-path", str(live),
+                 str(tmp_path / "routing-log.feedback.jsonl"), "--out",
+                 str(tmp_path / "x.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert "routing-log.feedback.jsonl is the feedback file" in err and err.count("\n") == 1
+    assert not (tmp_path / "x.parquet").exists()
