@@ -4,16 +4,20 @@ untouched."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from expertgate.bench.upstream_double import OpenAIUpstreamDouble
 from gateway.errors import InvalidRequest
 from gateway.pipeline import ROUTING_HEAD_CHARS, ROUTING_TAIL_CHARS
+from gateway.redact import redact
 from gateway.request.schema import validate
 from routers.embed import HashingEmbedder
 from tests.unit.gateway_helpers import base_config, chat, gateway_client
@@ -169,3 +173,39 @@ def test_a_body_of_many_bad_items_is_refused_as_fast_as_one(endpoint: str,
     assert time.perf_counter() - t0 < 0.25, e.value.message
     assert e.value.param is not None and e.value.param.split(".")[0] in (
         "messages", "prompt", "input")
+
+
+#: redact's URL-userinfo pattern as it was (one regex): the reference its linear scan must
+#: agree with, on inputs short enough for the regex's quadratic time
+_USERINFO_REGEX = re.compile(
+    r"(?i)\b([a-z][a-z0-9+.-]*://)(?:[^/?#\s'\"<>]*@|[^/?#\s@'\":<>]+:[^\s@'\"<>]*@)")
+
+
+@given(st.text(alphabet="aB1_.+-:/@?# \n'\"<>é", max_size=40))
+@settings(max_examples=3000, deadline=None)
+def test_redact_masks_userinfo_exactly_as_its_regex_did(text: str) -> None:
+    assert redact(text) == _USERINFO_REGEX.sub(r"\1***@", text)
+
+
+@pytest.mark.parametrize("text", [
+    "a." * 500_000 + "@", "a-" * 500_000 + "@", "a://x:" * 170_000 + "<@",
+    "a://b" * 200_000 + " @", "x://" * 250_000 + "@", "Bearer " * 150_000,
+    "basic " * 150_000 + "@",
+])
+def test_redact_takes_linear_time(text: str) -> None:
+    """redact reads every error message and log line, some quoting a client (a JSON key of
+    the dry run's body) or an upstream: its URL pattern was quadratic (32 KB of ``a.a.a.``
+    before an ``@``: 4 s; a megabyte: hours of the event loop)."""
+    t0 = time.perf_counter()
+    redact(text)
+    assert time.perf_counter() - t0 < 1.0
+
+
+async def test_a_dry_run_with_a_huge_unknown_key_is_answered_at_once(ups: Ups,
+                                                                      tmp_path: Path) -> None:
+    key = "a." * 200_000 + "@"
+    async with gateway_client(base_config(ups[0].base, ups[1].base), tmp_path) as (c, _):
+        t0 = time.perf_counter()
+        r = await c.post("/v1/route", json={"model": "auto", "text": "hi", key: 1})
+        assert r.status_code == 400 and time.perf_counter() - t0 < 2.0
+        assert r.json()["error"]["message"].endswith("Extra inputs are not permitted")
