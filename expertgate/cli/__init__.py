@@ -81,6 +81,10 @@ def _out_of_range(args: argparse.Namespace) -> str | None:
     seed = getattr(args, "seed", None)
     if isinstance(seed, int) and seed < 0:
         return f"--seed must be a non-negative integer, not {seed}"
+    for attr in ("seeds", "train_seeds"):  # counts of seeds (eval routing, eval offpolicy)
+        n = getattr(args, attr, None)
+        if isinstance(n, int) and not isinstance(n, bool) and n < 1:
+            return f"--{attr.replace('_', '-')} must be at least 1, not {n}"
     return None
 
 

@@ -242,3 +242,27 @@ def test_several_days_of_rotated_logs_export_into_one_training_table(
     err = capsys.readouterr().err
     assert "routing-log.feedback.jsonl is the feedback file" in err and err.count("\n") == 1
     assert not (tmp_path / "x.parquet").exists()
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["eval", "routing", "--data", "synthetic:300x3", "--embedder", "hashing", "--quiet"],
+     "--seeds"),
+    (["eval", "offpolicy", "--simulate", "synthetic:300x3", "--train", "knn"],
+     "--train-seeds"),
+])
+@pytest.mark.parametrize("n", ["0", "-2"])
+def test_a_seed_count_below_one_is_refused_naming_the_flag(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        argv: list[str], flag: str, n: str) -> None:
+    # eval routing --seeds 0 and eval offpolicy --train-seeds 0 loaded the table, then said
+    # 'need at least one seed' (which flag?)
+    from evals import routing_eval
+
+    def no_work(*a: object, **k: object) -> None:
+        raise AssertionError("the work started before the bad input was refused")
+
+    monkeypatch.setattr(routing_eval, "load_routing_table", no_work)
+    capsys.readouterr()
+    assert main([*argv, flag, n]) == 2
+    err = capsys.readouterr().err
+    assert f"{flag} must be at least 1, not {n}" in err and err.count("\n") == 1
