@@ -39,7 +39,6 @@ Role = Literal["system", "user", "assistant", "tool", "developer", "function"]
 _INT64_MAX = 2**63 - 1
 PositiveInt = Annotated[int, Field(ge=1, le=_INT64_MAX)]
 TokenId = Annotated[int, Field(ge=0, le=_INT64_MAX)]
-Int64 = Annotated[int, Field(ge=-_INT64_MAX - 1, le=_INT64_MAX)]
 #: OpenAI's caps on the choices asked (``n``) and on a completion's candidates
 #: (``best_of``, at least ``n``): a refusal writes ``n`` choices itself, so an unbounded ``n``
 #: would be the gateway's memory, and no upstream serves more
@@ -103,11 +102,12 @@ class EmbeddingsRequest(TypedDict):
     model: Annotated[str, Field(min_length=1, description="an expert configured with "
                                                           "embeddings: true")]
     #: a text, one input as token ids (unbounded: the expert's context bounds it), or a batch
-    #: of at most MAX_BATCH texts or token-id lists, none empty, as OpenAI and vLLM take it
+    #: of at most MAX_BATCH texts or token-id lists, none empty, as OpenAI and vLLM take it;
+    #: a token id indexes the expert's vocabulary: never negative, as a completion's
     input: Annotated[str, Field(min_length=1)] | Annotated[
-        list[Int64], Field(min_length=1), _FAST] | Annotated[
+        list[TokenId], Field(min_length=1), _FAST] | Annotated[
         list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=MAX_BATCH),
-        _FAST] | Annotated[list[Annotated[list[Int64], Field(min_length=1), _FAST]],
+        _FAST] | Annotated[list[Annotated[list[TokenId], Field(min_length=1), _FAST]],
                            Field(min_length=1, max_length=MAX_BATCH), _FAST]
     stream: NotRequired[Annotated[Literal[False], Field(description="embeddings cannot be "
                                                                     "streamed")]]

@@ -101,14 +101,15 @@ async def test_an_embeddings_batch_is_checked_as_a_completions_batch(ups: Ups,
                                                                      tmp_path: Path) -> None:
     """OpenAI and vLLM take ``input`` as a text, texts, token ids or lists of token ids; an
     empty text is refused alone ("") and must be in a batch too, as a completions prompt's
-    is, and a batch mixing texts and token ids is none of these: 400s naming the item,
-    never forwarded."""
+    is, a batch mixing texts and token ids is none of these, and a token id is never
+    negative (an index into the expert's vocabulary: -1 reads another row, or fails on the
+    accelerator): 400s naming the item, never forwarded."""
     cfg = base_config(ups[0].base, ups[1].base)
     cfg["experts"].append({"name": "emb", "api_base": ups[0].base, "embeddings": True})
     async with gateway_client(cfg, tmp_path) as (c, _):
         for bad, param in (([""], "input.0"), (["a", ""], "input.1"), ([[]], "input.0"),
                            ([[1], []], "input.1"), (["a", 1], "input."), ([[1], "a"], "input."),
-                           ([1, [2]], "input.")):
+                           ([1, [2]], "input."), ([1, -1], "input.1"), ([[1], [-2]], "input.1.0")):
             r = await c.post("/v1/embeddings", json={"model": "emb", "input": bad})
             assert r.status_code == 400, (bad, r.text)
             err = r.json()["error"]
