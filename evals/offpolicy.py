@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from evals.datasets.routing import ENSEMBLE_NOTE
 from routers.base import Router, RoutingTable, make_router
 from routers.explore import Exploration, exploration_matrix, record_probs, sample_actions
 from routers.logrecord import (
@@ -591,7 +592,8 @@ def load_logged(path: str | Path, embed: Any, *, experts: Sequence[str] | None =
     """Read an exported routing log (``expertgate logs export``: Parquet or JSONL) into
     :class:`LoggedData`. ``embed(texts) -> (n, d)`` gives the features. Records without text
     or without feedback, failed requests no expert served, those a fallback served, a
-    canary's requests and shadow records are dropped (counted on stderr), and so is a record
+    canary's requests, ensemble answers (the rating of several experts' combined answer) and
+    shadow records are dropped (counted on stderr), and so is a record
     repeating an earlier one's ``request_id`` (the same request logged twice); with ``policy``
     only that policy's records are read, without one a log that mixes policies (or router
     versions) is said so with a count per policy. Records logged without propensities
@@ -634,10 +636,15 @@ def load_logged(path: str | Path, embed: Any, *, experts: Sequence[str] | None =
     # a fallback served another expert than the one chosen with the logged propensity
     fallback = (df["fallback"].fillna(False).astype(bool) if "fallback" in df.columns
                 else pd.Series(False, index=df.index))
+    # an ensemble's answer combines several experts' (the record names its aggregator): its
+    # rating is no outcome of the one expert the propensities describe
+    ensemble = (df["mode"] == "ensemble" if "mode" in df.columns
+                else pd.Series(False, index=df.index))
+    n_ens = int((keep & ensemble & ~fallback).sum())
     print(f"offpolicy: {len(df)} records; {int(keep.sum())} with text, expert and feedback; "
-          f"{int((keep & fallback).sum())} of those served by a fallback dropped",
-          file=sys.stderr)
-    keep &= ~fallback
+          f"{int((keep & fallback).sum())} of those served by a fallback dropped"
+          + (f"; {n_ens} {ENSEMBLE_NOTE} dropped" if n_ens else ""), file=sys.stderr)
+    keep &= ~fallback & ~ensemble
     # shadow decisions and canary events are not served requests; a canary's requests were
     # chosen by another router than the propensities of the incumbent describe
     for col_, bad in (("endpoint", UNSERVED_ENDPOINTS), ("arm", ("canary",))):

@@ -39,7 +39,9 @@ per model, NaN where a model was not evaluated). Formats, by :func:`load_table` 
     Exported gateway routing logs (Parquet or JSONL) joined with feedback: ``text`` ->
     prompt, ``expert`` -> model, ``feedback_score`` -> score, ``cost_usd`` -> cost. Rows
     without text or without feedback, and rated requests that no expert served (``expert``
-    null or ``status`` not ``ok``), are dropped, with a count printed to stderr. A log that
+    null or ``status`` not ``ok``) and ensemble answers (``mode`` ``ensemble``: a rating of
+    several experts' combined answer, the record naming the aggregator and costing them all),
+    are dropped, with a count printed to stderr. A log that
     mixes policies (or router versions) is said so with a count per policy; ``policy=``
     (``train --policy``) keeps one policy's records. A record repeating the ``request_id`` of
     an earlier one (the same request logged twice) is left out, with a count on stderr.
@@ -393,20 +395,27 @@ def load_logs(path: str | Path, *, policy: str | None = None) -> RoutingTable:
     failed = df["expert"].isna()
     if "status" in df.columns:
         failed |= df["status"].notna() & (df["status"] != "ok")
-    keep = ~no_text & ~no_fb & ~failed
-    n_failed = int((failed & ~no_fb & ~no_text).sum())
-    print(f"logs: {n0} records; dropped {int(no_text.sum())} without text"
-          + (", " if n_failed else " and ")
-          + f"{int((no_fb & ~no_text).sum())} more without feedback"
-          + (f" and {n_failed} rated failed request(s) that no expert served"
-             if n_failed else "") + f"; {int(keep.sum())} kept", file=sys.stderr)
+    # an ensemble's answer combines several experts' (the record names its aggregator and
+    # costs them all): its rating is no one expert's score
+    ensemble = (df["mode"] == "ensemble") if "mode" in df.columns else no_fb & False
+    keep = ~no_text & ~no_fb & ~failed & ~ensemble
+    rated = ~no_fb & ~no_text
+    n_failed = int((failed & rated).sum())
+    n_ensemble = int((ensemble & ~failed & rated).sum())
+    more = [f"{n} {what}" for n, what in (
+        (n_failed, "rated failed request(s) that no expert served"),
+        (n_ensemble, ENSEMBLE_NOTE)) if n]
+    parts = [f"{int(no_text.sum())} without text",
+             f"{int((no_fb & ~no_text).sum())} more without feedback", *more]
+    print(f"logs: {n0} records; dropped " + ", ".join(parts[:-1]) + f" and {parts[-1]}"
+          + f"; {int(keep.sum())} kept", file=sys.stderr)
     df = df[keep]
     if df.empty:
         why = ("none has its prompt text: the gateway logs a prompt only for policies with "
                "'log_prompts: true' (off by default); set it on the policies whose traffic "
                "should train routers, then export again" if no_text.all() else
-               "the rated records with text are failed requests that no expert served"
-               if (~no_text & ~no_fb).any() else
+               "the rated records with text are ensemble answers or failed requests that no "
+               "expert served" if rated.any() else
                "the records with text have no feedback: send ratings to POST /v1/feedback")
         raise RouterError(f"{path}: no log record has both text and feedback ({n0} "
                           f"record(s); {why})")
@@ -430,6 +439,11 @@ def load_logs(path: str | Path, *, policy: str | None = None) -> RoutingTable:
         else np.zeros(len(df)),
     })
     return RoutingTable.from_long(long)
+
+
+#: how a loader counts the rated ensemble answers it leaves out
+ENSEMBLE_NOTE = ("rated ensemble answer(s) (several experts' combined answer: no one "
+                 "expert's score or cost)")
 
 
 def _policy_records(df: Any, policy: str | None, path: str | Path) -> Any:

@@ -266,3 +266,30 @@ def test_a_seed_count_below_one_is_refused_naming_the_flag(
     assert main([*argv, flag, n]) == 2
     err = capsys.readouterr().err
     assert f"{flag} must be at least 1, not {n}" in err and err.count("\n") == 1
+
+
+def test_a_rated_ensemble_answer_is_no_score_of_its_aggregator(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # a policy answering in mode ensemble (skills with k=2) logs the aggregator as the
+    # expert and every member's cost as the request's cost: training read the rating of the
+    # combined answer as the aggregator's own, at the price of the whole ensemble (12x the
+    # aggregator's cost in a probe), and eval offpolicy as the aggregator's outcome
+    from evals.datasets.routing import load_logs
+    from evals.offpolicy import load_logged
+
+    recs, ratings = _log(60)
+    for i in range(40):  # ensembles of coder + chatter, chatter aggregating, always rated 1
+        recs.append(_record(500 + i, f"tell me a joke {500 + i}", "chatter", mode="ensemble",
+                            targets=["coder", "chatter"], cost_usd=1.0))
+        ratings.append({"request_id": f"req-{500 + i}", "tenant": "t", "ts": 3.0e9,
+                        "score": 1.0, "comment": None})
+    data = _export(tmp_path, recs, ratings)
+    capsys.readouterr()
+    table = load_logs(data)
+    err = capsys.readouterr().err
+    assert "40 rated ensemble answer(s)" in err
+    assert not any(p.startswith("tell me a joke 5") for p in table.prompts)
+    assert np.nanmax(table.costs) < 1.0
+    logged = load_logged(data, lambda t: np.zeros((len(t), 2)))
+    assert len(logged.actions) == len(table.prompts)
+    assert "40 rated ensemble answer(s)" in capsys.readouterr().err
