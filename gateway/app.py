@@ -98,6 +98,7 @@ class Gateway:
         self.ready = False
         self.draining = False
         self.body_reads = BodyReads()
+        self._drain_scheduled = False
         self._reload_lock = asyncio.Lock()
         self._batcher: Any = None
         #: request id -> (policy, arm) of recent requests beside a canary, for feedback
@@ -322,10 +323,16 @@ class Gateway:
             return {"policies": {n: rt.version for n, rt in pset.policies.items()},
                     "changed": sorted(changed), "warnings": warnings}
 
-    def begin_drain(self) -> None:
-        """The server stopped accepting: answer bodies still being read with 503 now."""
+    def begin_drain(self, grace_s: float = 0.0) -> None:
+        """The server stopped accepting: not ready from now on; bodies still being read
+        ``grace_s`` later are answered 503 then, so a slow client does not hold the
+        shutdown (the grace lets a body already on its way arrive)."""
         self.draining = True
-        self.body_reads.close()
+        if grace_s <= 0:
+            self.body_reads.close()
+        elif not self._drain_scheduled:
+            self._drain_scheduled = True
+            asyncio.get_running_loop().call_later(grace_s, self.body_reads.close)
 
     # -- shadow and canary ---------------------------------------------------------------
     def _canary_gauges(self, pset: PolicySet) -> None:

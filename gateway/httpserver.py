@@ -17,7 +17,9 @@ the app, ``EXPERTGATE_BODY_TIMEOUT_S``); more than ``max_connections`` open conn
 (``EXPERTGATE_MAX_CONNECTIONS``, at most half the process's file-descriptor limit, the other
 half kept for upstreams and Redis) get a 503 at once. At shutdown, the first connection told
 to finish tells the gateway (``Gateway.begin_drain``), which answers bodies still being read
-with a 503 instead of waiting for them.
+``_IDLE_DRAIN_S`` later with a 503 instead of waiting for them; a connection idle between
+requests stays open that long for one more request (a pooled client may be sending it), then
+closes.
 
 Each response goes out in one write: the status line and headers wait for the first body
 chunk (:class:`_Cycle`), and a response whose whole body comes with its head gets a
@@ -50,6 +52,8 @@ __all__ = ["GatewayHttpProtocol"]
 #: after a 431: how long and how much the connection keeps reading (and discarding)
 _LINGER_S = 2.0
 _LINGER_BYTES = 16 * 1024 * 1024
+#: at shutdown: how long a connection idle between requests stays open for one more request
+_IDLE_DRAIN_S = 1.0
 
 
 @functools.cache
@@ -212,6 +216,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         #: after a response, uvicorn's keep-alive timer closes an idle connection before a
         #: head timeout would fire: the head timer is then armed only once a head has begun
         self._idle_needs_timer = self._header_timeout < self.timeout_keep_alive
+        #: the server is shutting down: the next request is this connection's last
+        self._draining = False
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
@@ -239,8 +245,21 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def shutdown(self) -> None:
         gw = self.app_state.get("expertgate")
         if gw is not None:
-            gw.begin_drain()
+            gw.begin_drain(_IDLE_DRAIN_S)
+        if self.cycle is None or self.cycle.response_complete:
+            # idle between requests: a client may be sending its next one right now (a
+            # pooled connection; each worker a reload retires shuts down so). Closed at
+            # once, that request met a reset and the client could not tell whether it ran;
+            # it is answered, with connection: close, if it comes within _IDLE_DRAIN_S
+            self._draining = True
+            self.loop.call_later(_IDLE_DRAIN_S, self._close_if_idle)
+            return
         super().shutdown()
+
+    def _close_if_idle(self) -> None:
+        if (self.cycle is None or self.cycle.response_complete) and \
+                not self.transport.is_closing():
+            self.transport.close()
 
     def _arm_head_timer(self) -> None:
         self._cancel_head_timer()
@@ -302,6 +321,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if isinstance(self.cycle, RequestResponseCycle):
             # its task has not run yet: the response goes out through _Cycle.send
             self.cycle.__class__ = _Cycle
+            if self._draining:
+                self.cycle.keep_alive = False  # the last request of this connection
 
     def on_message_complete(self) -> None:
         self._in_head = True
