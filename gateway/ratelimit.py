@@ -401,6 +401,24 @@ class RateLimiter:
         if wins is not None and decision.bucket in wins[1].buckets:
             wins[1].add(decision.bucket, delta)
 
+    async def refund(self, ident: str, decision: RateDecision) -> None:
+        """Give back the request an admitted ``decision`` charged: the request was refused
+        afterwards on its token budget (checked once its body is read) and never served."""
+        if not decision.allowed or not decision.limits.requests_per_minute:
+            return
+        if decision.backend == "redis":
+            if self.backend != "redis":
+                return  # the charge is in Redis, which is down: it expires there by itself
+            try:
+                await self._reconcile(keys=[f"eg:rl:{{{ident}}}:r"],
+                                      args=[decision.bucket, -1, WINDOW_S])
+            except Exception as e:  # same as acquire: Redis down is not the request's fault
+                self._redis_failed(e)
+            return
+        wins = self._local.get(ident)
+        if wins is not None and decision.bucket in wins[0].buckets:
+            wins[0].add(decision.bucket, -1)
+
     def reconcile_soon(self, ident: str, decision: RateDecision, actual_tokens: int) -> None:
         """:meth:`reconcile` in a background task, off the response path."""
         task = asyncio.get_running_loop().create_task(

@@ -103,5 +103,10 @@ async def _charge(gw: Gateway, ctx: RequestContext, limits: Limits, tokens: int)
             "ratelimit-local" not in ctx.degraded:
         ctx.degraded.append("ratelimit-local")  # shared limits unavailable: per replica
     if not rate.allowed:
+        if limits.tokens_per_minute is not None:
+            # refused on tokens once the body was read: the request charged before it was
+            # never served, so it costs none of the key's requests_per_minute
+            for charged in ctx.rates:
+                await gw.ratelimiter.refund(ctx.key_id, charged)
         raise rate.error()
     ctx.rates.append(rate)
