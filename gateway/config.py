@@ -425,6 +425,14 @@ class PolicyConfig(_Model):
 
     @model_validator(mode="after")
     def _router_input(self) -> PolicyConfig:
+        first: dict[str, int] = {}
+        for j, r in enumerate(self.routes):
+            if r.name in first:
+                # the semantic router keeps one route per name: the other's examples would
+                # be routed to the first one's expert, without a word
+                raise ValueError(f"routes[{j}]({r.name}).name: the same name as "
+                                 f"routes[{first[r.name]}]; each route needs its own name")
+            first[r.name] = j
         if self.router == "semantic" and not self.routes and self.artifact is None:
             raise ValueError("a semantic policy needs routes (or an artifact)")
         _known_family(self.router)
