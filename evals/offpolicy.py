@@ -48,8 +48,8 @@ from typing import Any
 
 import numpy as np
 
-from evals.datasets.routing import ENSEMBLE_NOTE
-from routers.base import Router, RoutingTable, make_router
+from evals.datasets.routing import ENSEMBLE_NOTE, read_log_export
+from routers.base import Router, RouterError, RoutingTable, make_router
 from routers.explore import Exploration, exploration_matrix, record_probs, sample_actions
 from routers.logrecord import (
     NO_POLICY,
@@ -604,10 +604,9 @@ def load_logged(path: str | Path, embed: Any, *, experts: Sequence[str] | None =
     if not p.exists():
         raise OffPolicyError(f"no such log file: {p}")
     try:
-        df = pd.read_parquet(p) if p.suffix.lower() in (".parquet", ".pq") else \
-            pd.read_json(p, lines=True)
-    except ValueError as e:
-        raise OffPolicyError(f"{p}: cannot read: {e}") from None
+        df = read_log_export(p)
+    except RouterError as e:
+        raise OffPolicyError(str(e)) from None
     need = set(TRAINING_COLUMNS) - {"request_id"} - set(df.columns)
     if need:
         raise OffPolicyError(f"{p}: log export lacks column(s): {', '.join(sorted(need))} "

@@ -83,6 +83,7 @@ __all__ = [
     "load_routellm",
     "load_table",
     "load_wide",
+    "read_log_export",
 ]
 
 ROUTELLM_STRONG = "gpt-4-1106-preview"
@@ -365,12 +366,45 @@ def load_wide(path: str | Path) -> RoutingTable:
     return RoutingTable.from_long(clean_long(long, str(p)))
 
 
+#: the columns of a log export that training and off-policy evaluation read
+LOG_COLUMNS = (*TRAINING_COLUMNS, "endpoint", "policy", "router_version", "status", "mode",
+               "cost_usd", "fallback", "arm", "candidates", "action_probs", "propensity")
+#: JSONL rows parsed at a time by :func:`read_log_export`
+EXPORT_READ_ROWS = 20_000
+
+
+def read_log_export(path: str | Path, columns: tuple[str, ...] = LOG_COLUMNS) -> Any:
+    """The ``columns`` (those it has) of a log export, Parquet or JSONL: only what the loaders
+    use is held (an export carries 37 columns), and JSONL is parsed
+    :data:`EXPORT_READ_ROWS` lines at a time, its strings kept as written (pandas would turn
+    an all-digit column, an expert named ``007``, into numbers)."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    p = _need(Path(path))
+    suffix = p.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            have = set(pq.read_schema(p).names)
+            return pd.read_parquet(p, columns=[c for c in columns if c in have])
+        if suffix == ".jsonl":
+            parts = [chunk[[c for c in columns if c in chunk.columns]]
+                     for chunk in pd.read_json(p, lines=True, dtype=False,
+                                               chunksize=EXPORT_READ_ROWS)]
+            return (pd.concat(parts, ignore_index=True) if parts else
+                    pd.DataFrame(columns=list(columns)))
+    except (ValueError, OSError) as e:
+        raise RouterError(f"{p}: cannot read: {e}") from None
+    df = _read_frame(p)  # a table of the same columns made otherwise (CSV, JSON)
+    return df[[c for c in columns if c in df.columns]]
+
+
 def load_logs(path: str | Path, *, policy: str | None = None) -> RoutingTable:
     """Exported routing logs with feedback (Parquet or JSONL); see the module doc. With
     ``policy``, only the records that policy routed."""
     import pandas as pd
 
-    df = _read_frame(Path(path))
+    df = read_log_export(path)
     missing = set(TRAINING_COLUMNS) - set(df.columns)
     if missing:
         hint = (" (the gateway's routing log itself? Its ratings are in the feedback file "

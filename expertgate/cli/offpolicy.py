@@ -321,14 +321,13 @@ def _log_policy(args: argparse.Namespace) -> str | None:
     if args.policy is not None or not (args.config and args.router
                                        and not Path(args.router).is_dir()):
         return args.policy
-    import pandas as pd
+    from evals.datasets.routing import read_log_export
+    from routers.base import RouterError
 
-    p = Path(args.logs)
     try:
-        df = pd.read_parquet(p, columns=["policy"]) if p.suffix.lower() in (".parquet", ".pq") \
-            else pd.read_json(p, lines=True)
-    except (ValueError, KeyError, OSError):
-        return None  # no policy column or an unreadable file: load_logged says what it can
+        df = read_log_export(args.logs, ("policy",))
+    except RouterError:
+        return None  # an unreadable file: load_logged says what it can
     if "policy" in df.columns and (df["policy"] == args.router).any():
         print(f"offpolicy: reading the records of policy {args.router!r} (--policy NAME "
               "chooses others)", file=sys.stderr)

@@ -6,6 +6,7 @@ import json
 import tracemalloc
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -23,7 +24,7 @@ def _big_log(tmp_path: Path, n: int) -> tuple[Path, Path]:
                    "targets": ["a", "b"], "scores": [0.5, 0.25],
                    "guard": {"label": "x", "ood_score": 0.1}, "status": "ok",
                    "http_status": 200, "cost_usd": 1e-5, "fallback": False,
-                   "action_probs": {"a": 1.0}, "propensity": 1.0}
+                   "action_probs": {"ab"[i % 2]: 1.0}, "propensity": 1.0}
             if i % 1000 == 7:  # a shadow decision: other fields, no request id
                 rec = {"ts": 1.0 + i, "endpoint": "shadow", "policy": "auto",
                        "router_version": "v2", "mode": "single", "expert": "b",
@@ -108,3 +109,28 @@ def test_a_bool_in_a_number_field_is_a_mistyped_record_not_a_failed_export(
                             "expert": "a", "text": "x"}) + "\n")
     st = export_routing_log(tmp_path / "e.parquet", log_path=log, feedback_path=fb)
     assert (st.written, st.mistyped) == (30, 1)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_training_reads_a_large_export_in_bounded_memory(
+        tmp_path: Path, suffix: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # load_logs read every column of the export at once (pandas.read_json of the whole
+    # file: 690 MB peak to train on a 63 MB JSONL export), though training needs a few
+    from evals.datasets import routing
+    from evals.offpolicy import load_logged
+
+    monkeypatch.setattr(routing, "EXPORT_READ_ROWS", 500)
+    log, fb = _big_log(tmp_path, 6000)
+    out = tmp_path / f"export{suffix}"
+    export_routing_log(out, log_path=log, feedback_path=fb)
+    tracemalloc.start()
+    try:
+        table = routing.load_logs(out)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(table.prompts) == 2000 - 2  # the rated requests (two shadow rows replaced two)
+    if suffix == ".jsonl":  # was 10x the file (Parquet's own buffers are not traced)
+        assert peak < out.stat().st_size * 2, peak
+    assert len(load_logged(out, lambda t: np.zeros((len(t), 2))).actions) == 1998
