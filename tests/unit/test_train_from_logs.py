@@ -293,3 +293,14 @@ def test_a_rated_ensemble_answer_is_no_score_of_its_aggregator(
     logged = load_logged(data, lambda t: np.zeros((len(t), 2)))
     assert len(logged.actions) == len(table.prompts)
     assert "40 rated ensemble answer(s)" in capsys.readouterr().err
+
+
+def test_an_all_digit_expert_name_is_read_as_written(tmp_path: Path) -> None:
+    # pandas.read_json turned the JSONL export's expert column into numbers: '007' became 7,
+    # a model no gateway expert is called
+    from evals.datasets.routing import load_logs
+
+    recs = [_record(i, f"question {i}", ["007", "42"][i % 2]) for i in range(20)]
+    ratings = [{"request_id": f"req-{i}", "tenant": "t", "ts": 2.0e9, "score": 1.0,
+                "comment": None} for i in range(20)]
+    assert load_logs(_export(tmp_path, recs, ratings)).models == ["007", "42"]
