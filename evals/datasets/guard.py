@@ -160,6 +160,21 @@ def guard_table_from_labels(texts: Sequence[str], labels: Sequence[str],
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
+    try:
+        return _read_rows_utf8(path)
+    except UnicodeDecodeError as first:
+        data = path.read_bytes()
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as e:  # where in the file (the first error is in a chunk)
+            line = data.count(b"\n", 0, e.start) + 1
+            raise GuardDataError(f"{path}: line {line} is not UTF-8 (byte "
+                                 f"{data[e.start:e.start + 1]!r}); save the table as UTF-8"
+                                 ) from None
+        raise first
+
+
+def _read_rows_utf8(path: Path) -> list[dict[str, Any]]:
     suf = path.suffix.lower()
     if suf in (".jsonl", ".ndjson"):
         rows = []
