@@ -103,13 +103,19 @@ class Metrics:
         g = self.circuit_open
         for (expert, replica), is_open in open_now.items():
             self.child(g, expert, replica).set(1.0 if is_open else 0.0)
-        for fam in g.collect():
+        self.keep_only(g, set(open_now))
+
+    def keep_only(self, metric: Any, keep: set[tuple[str, ...]]) -> None:
+        """Remove ``metric``'s series whose label values are not in ``keep`` (what a reload
+        took away: a policy, a replica), so none keeps its last value for ever."""
+        names = metric._labelnames  # prometheus_client keeps them only there
+        for fam in metric.collect():
             for sample in fam.samples:
-                key = (sample.labels["expert"], sample.labels["replica"])
-                if key not in open_now:
-                    g.remove(*key)
+                key = tuple(sample.labels[n] for n in names)
+                if key not in keep:
+                    metric.remove(*key)
                     # the memo would hand out the removed child, which nothing renders
-                    self._children.pop((id(g), key), None)
+                    self._children.pop((id(metric), key), None)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -139,4 +139,10 @@ async def metrics(request: Request) -> Response:
     gw.metrics.sync_circuits({(name, r.base): r.breaker.state != "closed"
                               for name, pool in gw.dispatcher.pools.items()
                               for r in pool.replicas})
+    # the canary gauges of policies (and candidates) the running configuration still has
+    policies = gw.policy_set.policies
+    gw.metrics.keep_only(gw.metrics.canary_active, {(n,) for n in policies})
+    gw.metrics.keep_only(gw.metrics.canary_shared, {
+        (n,) for n, rt in policies.items()
+        if rt.candidate is not None and rt.candidate.monitor is not None})
     return Response(gw.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -74,3 +74,23 @@ async def test_a_reload_that_drops_a_replica_drops_its_circuit_gauge(ups, tmp_pa
             assert old in (await c.get("/metrics")).text
     finally:
         await failing.stop()
+
+
+async def test_a_reload_that_drops_a_canary_policy_drops_its_canary_gauges(ups, tmp_path: Path
+                                                                           ) -> None:
+    from tests.unit.test_shadow_canary import _always_coder
+
+    art = _always_coder(tmp_path / "cand")
+    cfg = base_config(ups[0].base, ups[1].base,
+                      candidate={"router": "knn", "artifact": str(art), "mode": "canary",
+                                 "share": 0.5})
+    async with gateway_client(cfg, tmp_path) as (c, gw):
+        assert 'expertgate_canary_active{policy="auto"} 1.0' in (await c.get("/metrics")).text
+        cfg2 = base_config(ups[0].base, ups[1].base, name="auto2")  # renamed, no candidate
+        path = tmp_path / "gw.yaml"
+        path.write_text(yaml.safe_dump(cfg2))
+        await gw.reload(path)
+        series = _series((await c.get("/metrics")).text)
+        # no canary serves any more: nothing may say one does
+        assert series.get("expertgate_canary_active", set()) <= {(("policy", "auto2"),)}
+        assert series.get("expertgate_canary_shared", set()) == set()
