@@ -25,7 +25,7 @@ def register(sub: Any, name: str) -> None:
     h.set_defaults(func=cmd_hash)
     a = inner.add_parser("add", help="store a key in Redis (no restart needed)")
     _key_args(a)
-    a.add_argument("--redis-url", required=True)
+    a.add_argument("--redis-url", help=_REDIS_URL_HELP)
     a.add_argument("--name", required=True, help="tenant name")
     a.add_argument("--policies", default="*", help="comma-separated policies, or *")
     a.add_argument("--experts", default=None,
@@ -39,8 +39,23 @@ def register(sub: Any, name: str) -> None:
     r = inner.add_parser("revoke", help="delete a key from Redis (by key or digest)")
     _key_args(r)
     r.add_argument("--sha256", help="the digest instead of the key")
-    r.add_argument("--redis-url", required=True)
+    r.add_argument("--redis-url", help=_REDIS_URL_HELP)
     r.set_defaults(func=cmd_revoke)
+
+
+_REDIS_URL_HELP = ("the gateways' Redis (default EXPERTGATE_REDIS_URL, better for a URL with "
+                   "a password: ps shows the command line)")
+
+
+def _redis_url(args: argparse.Namespace, command: str) -> str | None:
+    """``--redis-url``, else EXPERTGATE_REDIS_URL; None (and a line saying so) without."""
+    from gateway.config import Settings
+
+    url = args.redis_url or Settings().redis_url
+    if not url:
+        print(f"expertgate keys {command}: no Redis URL: pass --redis-url URL or set "
+              "EXPERTGATE_REDIS_URL", file=sys.stderr)
+    return url
 
 
 def _key_args(p: argparse.ArgumentParser) -> None:
@@ -78,6 +93,9 @@ def cmd_add(args: argparse.Namespace) -> int:
     from gateway.auth import KEY_PREFIX, hash_key, key_record
     from gateway.config import APIKeyConfig
 
+    url = _redis_url(args, "add")
+    if url is None:
+        return 2
     digest = hash_key(_read_key(args))
     try:
         cfg = APIKeyConfig(name=args.name, sha256=digest,
@@ -93,7 +111,7 @@ def cmd_add(args: argparse.Namespace) -> int:
             opt = _OPTION.get(field, "--" + field.replace("_", "-"))
             print(f"expertgate keys add: {opt}: {err['msg']}", file=sys.stderr)
         return 2
-    r = redis.Redis.from_url(args.redis_url)
+    r = redis.Redis.from_url(url)
     try:
         pipe = r.pipeline()
         pipe.delete(KEY_PREFIX + digest)  # replace, never merge with an older record
@@ -112,8 +130,11 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
     from gateway.auth import KEY_PREFIX, hash_key
 
+    url = _redis_url(args, "revoke")
+    if url is None:
+        return 2
     digest = args.sha256 or hash_key(_read_key(args))
-    r = redis.Redis.from_url(args.redis_url)
+    r = redis.Redis.from_url(url)
     try:
         n = r.delete(KEY_PREFIX + digest)
     finally:
