@@ -108,7 +108,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     for line in missing_credentials(cfg):
         print(f"expertgate serve: warning: {line}", file=sys.stderr, flush=True)
-    for line in per_process_canaries(cfg, s):
+    for line in per_process_canaries(cfg, s) + per_process_limits(cfg, s):
         print(f"expertgate serve: warning: {line}", file=sys.stderr, flush=True)
     try:  # the embedder and every policy, once, before any server or worker starts
         embedder = _preflight(cfg, s)
@@ -149,6 +149,23 @@ def per_process_canaries(cfg: GatewayConfig, s: Settings) -> list[str]:
             for p in cfg.policies
             if p.candidate is not None and p.candidate.mode == "canary"
             and p.candidate.auto_revert.enabled]
+
+
+def per_process_limits(cfg: GatewayConfig, s: Settings) -> list[str]:
+    """One line per config key with a rate limit that several workers would enforce apart:
+    without Redis each worker process limits on its own (gateway/ratelimit.py), so the key
+    gets up to ``workers`` times its budget."""
+    if s.workers <= 1 or s.redis_url:
+        return []
+    out = []
+    for i, k in enumerate(cfg.api_keys):
+        limits = [n for n, v in (("requests_per_minute", k.requests_per_minute),
+                                 ("tokens_per_minute", k.tokens_per_minute)) if v]
+        if limits:
+            out.append(f"api_keys[{i}]({k.name}): its {' and '.join(limits)} is enforced per "
+                       f"worker process (--workers {s.workers} without Redis): up to "
+                       f"{s.workers} x the budget. Set --redis-url to share one budget")
+    return out
 
 
 def start_local_experts(cfg: GatewayConfig, work: Path, started: list[Any]) -> list[Any]:
