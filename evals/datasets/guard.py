@@ -289,6 +289,7 @@ def load_guard_data(path: str | Path, *, val_fraction: float = 0.1, seed: int = 
         else:
             data.test_texts.append(text)
             data.test_labels.append(lab)
+    _say_seen_test_rows(data, p, say)
     if not data.val_texts and val_fraction > 0:
         keep, held = stratified_split(data.train_labels, val_fraction, seed)
         data.val_texts = [data.train_texts[i] for i in held]
@@ -299,6 +300,23 @@ def load_guard_data(path: str | Path, *, val_fraction: float = 0.1, seed: int = 
     if not data.train_texts:
         raise GuardDataError(f"{p}: no in-domain train rows: a guard learns from them")
     return data
+
+
+def _say_seen_test_rows(data: GuardData, path: Path, say: Any) -> None:
+    """A note when test rows repeat a training text (case and spaces aside): queries the
+    guard has seen, which the test figures count as new ones."""
+    def norm(t: str) -> str:
+        return " ".join(t.lower().split())
+
+    seen = {norm(t) for t in data.train_texts}
+    ood = [t for v in data.ood.values() for t in v]
+    n_id = sum(norm(t) in seen for t in data.test_texts)
+    n_ood = sum(norm(t) in seen for t in ood)
+    if n_id or n_ood:
+        say(f"note: {path}: {n_id} of {len(data.test_texts)} in-domain test rows and {n_ood} "
+            f"of {len(ood)} OOD test rows repeat a training text (case and spaces aside): the "
+            "test figures count them as unseen queries; drop them from the test split for a "
+            "measure on new queries")
 
 
 def load_guard_table(path: str | Path) -> RoutingTable:

@@ -31,3 +31,23 @@ def test_a_guard_table_that_is_not_utf8_is_named_with_its_line(
         err = capsys.readouterr().err
         line = 22 if suffix == ".csv" else 21
         assert f"{f}: line {line} is not UTF-8" in err and err.count("\n") == 1, err
+
+
+def test_test_rows_that_repeat_a_training_text_are_said(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # a test row that repeats a training text (after case and spaces) is a query the guard
+    # has seen: the test figures counted it as unseen without a word
+    from evals.datasets.guard import load_guard_data
+
+    lines = ["text,label,split"]
+    for i in range(30):
+        lines += [f"solve equation {i},math,train", f"tell joke {i},chat,train"]
+    lines += ["Solve  equation 3,math,test", "tell joke 4,chat,test", "a new sum,math,test",
+              "TELL JOKE 5,oos,test", "volcanoes,oos,test"]
+    f = tmp_path / "g.csv"
+    f.write_text("\n".join(lines) + "\n")
+    data = load_guard_data(f)
+    err = capsys.readouterr().err
+    assert ("2 of 3 in-domain test rows and 1 of 2 OOD test rows repeat a training text"
+            in err)
+    assert len(data.test_texts) == 3  # said, not dropped: the file is the user's
