@@ -311,10 +311,13 @@ def _run(s: Settings, cfg: GatewayConfig | None = None, embedder: Any = None) ->
                         new.kill()
                         new.join()
                         if not self._stopping():
-                            log.error("reload: new worker [%s] did not start within %gs (its "
-                                      "log above says why); keeping worker [%s] and those "
-                                      "not yet replaced: they serve the previous "
-                                      "configuration", new.pid, WORKER_START_S, old.pid)
+                            why = (f"exited (status {new.exitcode})"
+                                   if new.exitcode is not None and new.exitcode >= 0 else
+                                   f"was not ready within {WORKER_START_S:g}s")
+                            log.error("reload: new worker [%s] %s (its log above says why); "
+                                      "keeping worker [%s] and those not yet replaced: they "
+                                      "serve the previous configuration", new.pid, why,
+                                      old.pid)
                         return
                     old.terminate()
                     old.join()

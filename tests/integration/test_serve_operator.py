@@ -94,6 +94,18 @@ def test_sighup_to_the_supervisor_with_a_bad_config_keeps_the_workers(tmp_path: 
                 r = c.post("/v1/chat/completions", json=chat("auto", "tell me a joke"),
                            headers={"connection": "close"})
                 assert r.status_code == 200
+        # a file that loads but fails a worker's start-up (a policy's missing artifact):
+        # the new worker exits, said in one line, and the running workers stay
+        unbuildable = base_config(coder.base, chatter.base)
+        unbuildable["policies"].append({"name": "learned", "router": "knn",
+                                        "artifact": str(tmp_path / "missing")})
+        path.write_text(yaml.safe_dump(unbuildable))
+        os.kill(gw.pid, signal.SIGHUP)
+        while "keeping worker" not in log.read_text() and time.monotonic() < end + 30:
+            time.sleep(0.2)
+        text = log.read_text()
+        assert "exited (status 3)" in text and "Traceback" not in text, text
+        assert _workers(gw.pid) == before
         # the file fixed: the next SIGHUP replaces both workers
         path.write_text(yaml.safe_dump(cfg))
         os.kill(gw.pid, signal.SIGHUP)
