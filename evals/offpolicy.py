@@ -49,7 +49,13 @@ from typing import Any
 import numpy as np
 
 from evals.datasets.routing import ENSEMBLE_NOTE, read_log_export
-from routers.base import Router, RouterError, RoutingTable, make_router
+from routers.base import (
+    MIN_EXPERT_SCORES,
+    Router,
+    RouterError,
+    RoutingTable,
+    make_router,
+)
 from routers.explore import Exploration, exploration_matrix, record_probs, sample_actions
 from routers.logrecord import (
     NO_POLICY,
@@ -714,7 +720,9 @@ def debiased_table(data: LoggedData, method: str, *, seed: int = 0, clip: float 
                   is corrected toward its outcome in proportion to how rarely the logger
                   served it, an unobserved one keeps the reward model's value.
 
-    ``q_hat`` ({"quality", "cost"}: (n, m)) replaces the cross-fitted reward model.
+    ``q_hat`` ({"quality", "cost"}: (n, m)) replaces the cross-fitted reward model. With
+    ``dr`` and ``dr_target``, an expert observed on too few texts (the routers' thin-model
+    rule, :func:`routers.base.without_thin_models`) keeps only its observed cells.
     """
     n, m = len(data), len(data.experts)
     texts = data.texts or [f"request {i}" for i in range(n)]
@@ -768,6 +776,18 @@ def debiased_table(data: LoggedData, method: str, *, seed: int = 0, clip: float 
         wc = np.minimum(w, clip)
         S = q_mean + per_text(wc * (data.rewards - Q[rows_, data.actions]), True) / cnt
         Cm = qc_mean + per_text(wc * (data.costs - Qc[rows_, data.actions]), True) / cnt
+    # an expert observed on too few texts (explored a few times) keeps only what was
+    # observed: a reward model's guesses on every prompt would make it look fully scored,
+    # and its few outcomes stand for all of them (the routers' thin-model rule then leaves
+    # it out, as it does without a correction)
+    seen = obs > 0
+    counts = seen.sum(axis=0)
+    thin = (counts < MIN_EXPERT_SCORES) & (counts < 0.25 * counts.max())
+    if thin.any() and (~thin).sum() >= 2:
+        observed = per_text(data.rewards, True) / np.maximum(obs, 1)
+        observed_cost = per_text(data.costs, True) / np.maximum(obs, 1)
+        S[:, thin] = np.where(seen[:, thin], observed[:, thin], np.nan)
+        Cm[:, thin] = np.where(seen[:, thin], observed_cost[:, thin], np.nan)
     return RoutingTable([f"r{i}" for i in range(k)], [str(t) for t in uniq],
                         list(data.experts), np.clip(S, 0, 1), np.maximum(Cm, 0))
 

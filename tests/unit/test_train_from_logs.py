@@ -304,3 +304,32 @@ def test_an_all_digit_expert_name_is_read_as_written(tmp_path: Path) -> None:
     ratings = [{"request_id": f"req-{i}", "tenant": "t", "ts": 2.0e9, "score": 1.0,
                 "comment": None} for i in range(20)]
     assert load_logs(_export(tmp_path, recs, ratings)).models == ["007", "42"]
+
+
+@pytest.mark.parametrize("correction", ["dr", "dr_target"])
+def test_a_doubly_robust_table_does_not_fill_in_an_expert_explored_a_few_times(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], correction: str) -> None:
+    # --correction dr / dr_target fill every expert's column with a reward model: a new
+    # expert explored on four requests (all rated 1) got a predicted 1.0 on every prompt, so
+    # the thin-model rule never saw it thin and knn sent it 100% of the traffic
+    recs, ratings = [], []
+    for i in range(240):
+        cat = "code" if i % 2 else "chat"
+        e = ("coder", "chatter")[(i // 2) % 2]
+        newbie = i < 4
+        probs = {"coder": 0.475, "chatter": 0.475, "newbie": 0.05}
+        e = "newbie" if newbie else e
+        recs.append(_record(i, f"{_TOPICS[cat][i % 5]} {i}", e, action_probs=probs,
+                            propensity=probs[e], candidates=list(probs)))
+        ratings.append({"request_id": f"req-{i}", "tenant": "t", "ts": 2.0e9 + i,
+                        "score": 1.0 if newbie else float((cat == "code") == (e == "coder")),
+                        "comment": None})
+    data = _export(tmp_path, recs, ratings)
+    out = tmp_path / "art"
+    capsys.readouterr()
+    assert main(["train", "--router", "knn", "--data", str(data), "--format", "logs",
+                 "--correction", correction, "--embedder", "hashing", "--out", str(out),
+                 "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert "newbie" in metrics["left_out_models"]["scored_training_prompts"]
+    assert metrics["test"]["share"].get("newbie", 0.0) == 0.0
