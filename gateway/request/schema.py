@@ -162,6 +162,10 @@ def _rank(err: Any) -> tuple[bool, int]:
 
 
 _BATCHES = {"completions": ("prompt", "prompts"), "embeddings": ("input", "inputs")}
+#: the fields of the closed bodies, whose other keys are checked before pydantic, which
+#: writes an error per unknown key first (80,000 keys: 0.7 s of the event loop)
+_FIELDS = {endpoint: frozenset(t.__required_keys__ | t.__optional_keys__)
+           for endpoint, t in (("route", RouteRequest), ("feedback", FeedbackRequest))}
 
 
 def _bound_batch(endpoint: str, obj: Any) -> None:
@@ -189,6 +193,10 @@ def validate(endpoint: str, raw: bytes, max_messages: int | None = None) -> dict
     except (ValueError, RecursionError) as e:  # the exact re-parse of a very wide integer
         raise InvalidRequest(f"request body cannot be read exactly: {e}") from None
     _bound_batch(endpoint, obj)
+    fields = _FIELDS.get(endpoint)
+    if fields is not None and isinstance(obj, dict) and not fields.issuperset(obj):
+        extra = next(k for k in obj if k not in fields)
+        raise InvalidRequest(f"{extra}: Extra inputs are not permitted", param=extra)
     if max_messages is not None and isinstance(obj, dict):
         msgs = obj.get("messages")
         if isinstance(msgs, list) and len(msgs) > max_messages:

@@ -161,19 +161,22 @@ async def test_a_huge_unknown_model_name_is_not_echoed_whole(ups: Ups, tmp_path:
     ("route", {"model": "auto", "messages": [1] * 400_000}),
     ("completions", {"model": "auto", "prompt": [1] * 400_000 + [[1]]}),
     ("embeddings", {"model": "emb", "input": [[1]] + [[]] * 2047}),
+    ("route", {"model": "auto", "text": "x", **{f"k{i}": 1 for i in range(80_000)}}),
+    ("feedback", {"request_id": "x", "score": 1.0, **{f"k{i}": 1 for i in range(80_000)}}),
 ])
 def test_a_body_of_many_bad_items_is_refused_as_fast_as_one(endpoint: str,
                                                              body: dict[str, object]) -> None:
     """A megabyte of bad list items (``"messages": [1, 1, ...]``) took pydantic 3 s of the
     event loop's time, every other request waiting, to write an error per item and report
-    the first: lists stop at their first bad item."""
+    the first: lists stop at their first bad item. The same for the unknown keys of a
+    closed body (the dry run's, feedback's): 0.7 s for 80,000 of them."""
     raw = orjson.dumps(body)
     t0 = time.perf_counter()
     with pytest.raises(InvalidRequest) as e:
         validate(endpoint, raw, max_messages=512)
     assert time.perf_counter() - t0 < 0.25, e.value.message
     assert e.value.param is not None and e.value.param.split(".")[0] in (
-        "messages", "prompt", "input")
+        "messages", "prompt", "input", "k0")
 
 
 #: redact's URL-userinfo pattern as it was (one regex): the reference its linear scan must
