@@ -28,6 +28,12 @@ A 401/403 is the upstream refusing the gateway's own credentials (``kind`` ``aut
 expert's failure, counted and failed over, never retried on the same replica, and answered
 ``502 upstream_auth_failed`` when nothing else answers (never as the client's 401).
 
+A call holds its replica (the in-flight count the choice above reads) and one of its expert's
+``max_concurrency`` slots (:class:`Lease`) until its answer ends: a non-streamed call until
+it returns, a stream until its reader releases it, whatever ended it (``[DONE]``, a cut, an
+error event, the client leaving, the writer failing, the shutdown). A request that finds
+every slot taken waits for one, within its deadline.
+
 Circuit breakers count only the replica's failures, and a half-open probe that never
 finishes (the client went away, the task was cancelled) releases its slot, so an expert that
 comes back is always used again by itself (the trap of Bifrost #5743: a fast path that
@@ -61,7 +67,7 @@ from gateway.upstreams import (
     error_body,
 )
 
-__all__ = ["Attempt", "CircuitBreaker", "DispatchResult", "Dispatcher", "Replica",
+__all__ = ["Attempt", "CircuitBreaker", "DispatchResult", "Dispatcher", "Lease", "Replica",
            "RetryPolicy"]
 
 log = logging.getLogger("expertgate.dispatch")
@@ -188,6 +194,8 @@ class ExpertPool:
         self.expert = expert
         self.replicas = [Replica(b) for b in bases]
         self.sem = asyncio.Semaphore(expert.max_concurrency)
+        #: slots of ``sem`` held: calls in progress, streams until their end
+        self.busy = 0
         #: replica base -> LoRA adapters resident there (configured on the base expert)
         self.resident: dict[str, set[str]] = {b.rstrip("/"): set(a) for b, a in
                                               expert.resident_adapters.items()}
@@ -234,6 +242,79 @@ class ExpertPool:
         return [first, second, *rest]
 
 
+class Lease:
+    """One call's hold on its replica (``inflight``, which the replica choice reads) and on
+    one of its expert's ``max_concurrency`` slots, from before the call until its answer
+    ends. A non-streamed call's is released when the call returns; a stream's goes with its
+    :class:`UpstreamReply` and is released by the reader (``reply.ended()`` at ``[DONE]``,
+    ``reply.release()`` in the response writer's ``finally``), so a stream counts for as
+    long as the upstream works on it. :meth:`release` is idempotent; a lease dropped
+    unreleased (a reader that never released its reply: a bug) is released when collected,
+    with a warning, so that a slot can never stay taken for ever."""
+
+    __slots__ = ("loop", "pool", "rep", "slot")
+
+    def __init__(self, pool: ExpertPool, rep: Replica, loop: asyncio.AbstractEventLoop
+                 ) -> None:
+        self.pool = pool
+        self.rep: Replica | None = rep
+        self.loop = loop
+        self.slot = False
+        rep.inflight += 1
+
+    async def acquire(self, deadline: float) -> bool:
+        """Take one of the expert's slots, waiting until ``deadline`` (time.monotonic())
+        when all are taken; True when it waited."""
+        pool = self.pool
+        waited = pool.sem.locked()
+        if waited:
+            try:
+                async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+                    await pool.sem.acquire()
+            except TimeoutError:
+                raise UpstreamTimeout(
+                    f"request deadline exceeded while waiting for one of "
+                    f"{pool.expert.name}'s {pool.expert.max_concurrency} concurrency slots",
+                    code="deadline_exceeded") from None
+        else:
+            await pool.sem.acquire()  # a free slot: taken without suspending
+        self.slot = True
+        pool.busy += 1
+        return waited
+
+    def free_slot(self) -> None:
+        if self.slot:
+            self.slot = False
+            self.pool.busy -= 1
+            self.pool.sem.release()
+
+    def release(self) -> None:
+        rep = self.rep
+        if rep is not None:
+            self.rep = None
+            self.free_slot()
+            rep.inflight -= 1
+
+    def __del__(self) -> None:
+        if self.rep is None:
+            return
+        log.warning("a call to %s at %s was released by no reader: giving its slot back",
+                    self.pool.expert.name, self.rep.base)
+        # at the loop's next turn, not inside whatever the collector interrupted (possibly
+        # the semaphore's own bookkeeping, possibly on another thread)
+        pool, rep, slot = self.pool, self.rep, self.slot
+        self.rep = None
+        if not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(_give_back, pool, rep, slot)
+
+
+def _give_back(pool: ExpertPool, rep: Replica, slot: bool) -> None:
+    rep.inflight -= 1
+    if slot:
+        pool.busy -= 1
+        pool.sem.release()
+
+
 class Dispatcher:
     def __init__(self, config: GatewayConfig, metrics: Metrics,
                  retry: RetryPolicy | None = None) -> None:
@@ -266,6 +347,9 @@ class Dispatcher:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.http = UpstreamHTTP(self.loop, keepalive_s=30.0)
+        # started when it goes into service (at start-up, or a reload's new pool): /metrics
+        # reads the running pool's slots
+        self.metrics.upstream_inflight_source = self.slots_in_use
 
     async def close(self) -> None:
         if self.http is not None:
@@ -276,6 +360,10 @@ class Dispatcher:
         """Whether an expert of ``chain`` has replicas to choose between (by affinity)."""
         pools = self.pools
         return any(len(pools[n].replicas) > 1 for n in chain if n in pools)
+
+    def slots_in_use(self) -> list[tuple[str, int]]:
+        """(expert, calls holding one of its ``max_concurrency`` slots) for each expert."""
+        return [(name, pool.busy) for name, pool in self.pools.items()]
 
     def replica_states(self) -> dict[str, list[dict[str, Any]]]:
         return {name: [{"base": r.base, "inflight": r.inflight, "circuit": r.breaker.state}
@@ -291,7 +379,8 @@ class Dispatcher:
         request cancelled mid-call was waiting for).
         Raises UpstreamError subclasses when every target failed, or passes a 4xx through.
         """
-        assert self.http is not None, "dispatcher not started"
+        assert self.http is not None and self.loop is not None, "dispatcher not started"
+        loop = self.loop
         attempts: list[Attempt] = []
         last: UpstreamFailure | None = None
         #: the expert and replica of the last 404: its answer, when nothing else answers
@@ -342,21 +431,28 @@ class Dispatcher:
                 if on_try is not None:
                     on_try(name, rep.base)
                 t0 = time.perf_counter()
-                rep.inflight += 1
+                lease = Lease(pool, rep, loop)
+                kept = False
                 try:
-                    async with pool.sem:
-                        if expert.kind == "openai":
-                            assert body is not None
-                            reply = await call_openai(self.http, expert, rep.base, path,
-                                                      body, stream=stream,
-                                                      timeout_s=min(expert.timeout_s, remaining),
-                                                      headers=pool.headers(rep.base),
-                                                      loop=self.loop)
-                        else:
-                            reply = await call_litellm(expert, rep.base, payload, stream=stream,
-                                                       timeout_s=min(expert.timeout_s, remaining),
-                                                       path=path)
+                    if await lease.acquire(deadline):
+                        remaining = deadline - time.monotonic()
+                    if expert.kind == "openai":
+                        assert body is not None
+                        reply = await call_openai(self.http, expert, rep.base, path,
+                                                  body, stream=stream,
+                                                  timeout_s=min(expert.timeout_s, remaining),
+                                                  headers=pool.headers(rep.base),
+                                                  loop=self.loop)
+                    else:
+                        reply = await call_litellm(expert, rep.base, payload, stream=stream,
+                                                   timeout_s=min(expert.timeout_s, remaining),
+                                                   path=path)
+                    if reply.stream:
+                        # the stream's reader holds it from here on, to the stream's end
+                        reply.hold(lease)
+                        kept = True
                 except UpstreamFailure as f:
+                    lease.free_slot()  # the replica stays counted while a probe asks it
                     ms = (time.perf_counter() - t0) * 1000
                     if f.retryable and f.status == 500 and expert.kind == "openai":
                         try:
@@ -400,7 +496,8 @@ class Dispatcher:
                         rep.breaker.abandon()
                     raise
                 finally:
-                    rep.inflight -= 1
+                    if not kept:
+                        lease.release()
                 ms = (time.perf_counter() - t0) * 1000
                 rep.breaker.success()
                 self._breaker_metric(name, rep)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 
 __all__ = ["Metrics"]
 
@@ -84,6 +86,11 @@ class Metrics:
                                "configuration was kept)", ["result"], registry=r)
         for result in ("ok", "failed"):  # both series from the start: a rate needs a zero
             self.reloads.labels(result)
+        #: (expert, calls holding one of its max_concurrency slots) of the running
+        #: configuration's pool, read when /metrics is scraped (set by the dispatcher when
+        #: it goes into service): no gauge update on the request path
+        self.upstream_inflight_source: Callable[[], list[tuple[str, int]]] | None = None
+        r.register(_UpstreamInflight(self))
 
     def child(self, metric: Any, *values: str) -> Any:
         """``metric.labels(*values)``, memoised: the hot path skips prometheus' lock + lookup.
@@ -119,3 +126,22 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _UpstreamInflight:
+    """``expertgate_upstream_inflight{expert}``: calls to an expert in progress, a stream
+    until its end (what the expert's ``max_concurrency`` bounds; requests waiting for a
+    slot are not counted)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        g = GaugeMetricFamily("expertgate_upstream_inflight",
+                              "Calls to an expert in progress (a stream until its end), "
+                              "each holding one of its max_concurrency slots",
+                              labels=["expert"])
+        source = self.metrics.upstream_inflight_source
+        for expert, n in source() if source is not None else ():
+            g.add_metric([expert], n)
+        yield g

@@ -318,15 +318,34 @@ class UpstreamReply:
     rest: AsyncIterator[bytes] = field(default_factory=_empty)
     stream: bool = False
     _release: Any = None
+    _lease: Any = None
     #: the parsed body of a non-streamed 200 (parsed once, to check it)
     data: Any = None
     #: the stream's checker, already fed the first chunk
     sse: SSECheck | None = None
 
+    def hold(self, lease: Any) -> None:
+        """Keep the call's :class:`gateway.dispatch.Lease` (its replica's in-flight count, its
+        expert's concurrency slot) until the stream ends: :meth:`ended` or :meth:`release`."""
+        self._lease = lease
+
+    def ended(self) -> None:
+        """The upstream's answer is complete (``[DONE]``): its replica and slot are free,
+        though the rest of its body may still be read (its connection kept). Idempotent."""
+        lease = self._lease
+        if lease is not None:
+            self._lease = None
+            lease.release()
+
     def release(self) -> None:
-        if self._release is not None:
-            self._release()
-            self._release = None
+        """Done with the reply, however it ended: its connection (closed unless its body was
+        read to the end) and its lease. Idempotent."""
+        try:
+            if self._release is not None:
+                self._release()
+                self._release = None
+        finally:
+            self.ended()
 
 
 async def _iter_rest(resp: Response, read_timeout: float,

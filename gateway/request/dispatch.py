@@ -59,6 +59,17 @@ async def dispatch(gw: Gateway, ctx: RequestContext) -> DispatchResult:
     return res
 
 
+def _answered(gw: Gateway, ctx: RequestContext, res: DispatchResult, chain: list[str]
+              ) -> None:
+    """Write what answered on the context; a failure here (a bug) releases the reply, which
+    no writer will read (a stream's slot with it)."""
+    try:
+        _note_answer(gw, ctx, res, chain)
+    except BaseException:
+        res.reply.release()
+        raise
+
+
 def _dispatcher(gw: Gateway, ctx: RequestContext) -> Dispatcher:
     """The pool of the configuration the request was planned with (see ``handle``)."""
     return ctx.dispatcher if ctx.dispatcher is not None else gw.dispatcher
@@ -86,8 +97,8 @@ def affinity_key(payload: dict[str, Any], endpoint: str,
     return text[:AFFINITY_CHARS].encode("utf-8", "surrogatepass")
 
 
-def _answered(gw: Gateway, ctx: RequestContext, res: DispatchResult, chain: list[str]
-              ) -> None:
+def _note_answer(gw: Gateway, ctx: RequestContext, res: DispatchResult, chain: list[str]
+                 ) -> None:
     ctx.expert = res.expert.name
     ctx.replica = res.replica
     attempts = res.attempts

@@ -160,6 +160,16 @@ async def refuse(send: Send, ctx: RequestContext, message: str) -> None:
 
 
 async def forward(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchResult) -> None:
+    """Pass ``res`` on to the client. However this ends (the whole answer sent, the client
+    gone, the writer failing, a cancellation before the first byte), the reply is released:
+    its connection, and for a stream its replica's in-flight count and its expert's slot."""
+    try:
+        await _forward(gw, send, ctx, res)
+    finally:
+        res.reply.release()
+
+
+async def _forward(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchResult) -> None:
     reply = res.reply
     p = ctx.plan
     if ctx.unaggregated is not None and ctx.stream:
@@ -192,11 +202,7 @@ async def forward(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
         ctx.usage = usage_of(reply.data) if reply.status == 200 else (0, 0)
         return
     h.append((b"cache-control", b"no-cache"))
-    try:
-        await send({"type": "http.response.start", "status": reply.status, "headers": h})
-    except BaseException:
-        reply.release()  # _stream releases it from here on
-        raise
+    await send({"type": "http.response.start", "status": reply.status, "headers": h})
     await _stream(gw, send, ctx, res)
 
 
@@ -258,6 +264,9 @@ async def _stream(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 last = chunk[-16:] if len(chunk) >= 16 else (last + chunk)[-16:]
             if sse.done:
+                # the upstream's work is over: its replica and slot are free now, though
+                # the rest of its body is still read below (to keep its connection)
+                reply.ended()
                 # the client has the whole answer: the OpenAI SDK closes the connection on
                 # [DONE], so the gateway's end of the body must not wait for the upstream's
                 # (and a client gone from here on is no disconnect: ctx.finished)
