@@ -64,7 +64,11 @@ def register(sub: Any, name: str) -> None:
                        help="read this JSONL log (default EXPERTGATE_LOG_PATH or "
                        "runs/routing-log.jsonl); several (a live log and its rotated or "
                        "compressed copies, e.g. runs/routing-log.jsonl*) make one export")
-        e.add_argument("--feedback-path", type=Path)
+        e.add_argument("--feedback-path", type=Path, nargs="+", action="extend",
+                       metavar="FEEDBACK",
+                       help="the ratings to join (default: the feedback file beside the live "
+                       "log, <stem>.feedback.jsonl); several (its rotated copies too) are "
+                       "read in order, a request's last rating counting")
         e.add_argument("--tenant", help="export only this tenant's requests (and feedback)")
         e.set_defaults(func=cmd_logs_export)
 
@@ -471,6 +475,24 @@ def _export_target_problem(out: Path) -> str | None:
     return None
 
 
+def _unread_rotated_feedback(read: list[Path]) -> list[tuple[Path, Path]]:
+    """Rotated copies (``NAME.1``, ``NAME.2.gz``, ...) beside the feedback files ``read`` that
+    were not read themselves: a logrotate rule for ``*.jsonl`` rotates the feedback file too,
+    and the ratings in its copies would be lost without a word."""
+    import re
+
+    given = {f.resolve() for f in read}
+    out = []
+    for live in read:
+        if not live.parent.is_dir():
+            continue
+        pattern = re.compile(re.escape(live.name) + r"[.-]\d+(\.gz)?$")
+        for f in sorted(live.parent.iterdir()):
+            if pattern.match(f.name) and f.resolve() not in given:
+                out.append((f, live))
+    return out
+
+
 def cmd_logs_export(args: argparse.Namespace) -> int:
     from gateway.logs import export_routing_log, feedback_path_for
 
@@ -483,7 +505,7 @@ def cmd_logs_export(args: argparse.Namespace) -> int:
     log_paths = [Path(x) for x in args.log_path or [s.log_path]]
     # a rotated or compressed log (routing-log.1.jsonl, routing-log.jsonl.gz) reads the
     # feedback file of the live log, where the gateway writes every rating
-    fb = [args.feedback_path] if args.feedback_path else [s.feedback_file] \
+    fb = list(args.feedback_path) if args.feedback_path else [s.feedback_file] \
         if args.log_path is None else list(dict.fromkeys(map(feedback_path_for, log_paths)))
     for lp in [] if redis_url else log_paths:
         why = ("no routing log at {} (and no Redis URL)" if not lp.exists() else
@@ -519,6 +541,10 @@ def cmd_logs_export(args: argparse.Namespace) -> int:
     else:
         print(f"feedback: {st.joined} rating(s) joined; {st.unmatched} rating(s) match no "
               "exported record (requests in another log file, or unknown ids)")
+    if not redis_url:
+        for rotated, live in _unread_rotated_feedback(fb):
+            print(f"note: {rotated} looks like a rotated copy of {live}: its ratings were not "
+                  "read (--feedback-path ROTATED LIVE reads both)")
     if skipped:
         print(f"skipped {'; '.join(skipped)}")
     return 0

@@ -333,3 +333,24 @@ def test_a_doubly_robust_table_does_not_fill_in_an_expert_explored_a_few_times(
     metrics = json.loads(capsys.readouterr().out)
     assert "newbie" in metrics["left_out_models"]["scored_training_prompts"]
     assert metrics["test"]["share"].get("newbie", 0.0) == 0.0
+
+
+def test_ratings_in_a_rotated_feedback_file_are_joined_when_named_and_said_when_not(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # logrotate's usual '*.jsonl' rotates the feedback file beside the log; the ratings in
+    # routing-log.feedback.jsonl.1 were never read and their requests were dropped from
+    # training as unrated, without a word
+    recs, ratings = _log(40)
+    log = _write(tmp_path / "routing-log.jsonl", recs)
+    live = _write(tmp_path / "routing-log.feedback.jsonl", ratings[len(ratings) // 2:])
+    old = _write(tmp_path / "routing-log.feedback.jsonl.1", ratings[:len(ratings) // 2])
+    out = tmp_path / "e.parquet"
+    capsys.readouterr()
+    assert main(["logs", "export", "--log-path", str(log), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"{len(ratings) - len(ratings) // 2} rating(s) joined" in printed
+    assert f"{old} looks like a rotated copy of {live}" in printed
+    assert main(["logs", "export", "--log-path", str(log), "--out", str(out),
+                 "--feedback-path", str(old), str(live)]) == 0
+    printed = capsys.readouterr().out
+    assert f"{len(ratings)} rating(s) joined" in printed and "rotated copy" not in printed
