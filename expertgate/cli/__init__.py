@@ -81,10 +81,24 @@ def _out_of_range(args: argparse.Namespace) -> str | None:
     seed = getattr(args, "seed", None)
     if isinstance(seed, int) and seed < 0:
         return f"--seed must be a non-negative integer, not {seed}"
-    for attr in ("seeds", "train_seeds"):  # counts of seeds (eval routing, eval offpolicy)
+    for attr in ("seeds", "train_seeds", "layers"):  # counts (seeds; encoder layers)
         n = getattr(args, attr, None)
         if isinstance(n, int) and not isinstance(n, bool) and n < 1:
             return f"--{attr.replace('_', '-')} must be at least 1, not {n}"
+    typos = getattr(args, "typos", None)
+    if isinstance(typos, float) and not 0.0 < typos <= 1.0:
+        return f"--typos must lie in (0, 1] (a share of words), not {typos}"
+    augment = getattr(args, "augment_typos", None)
+    if isinstance(augment, float) and not 0.0 <= augment <= 1.0:
+        return f"--augment-typos must lie in [0, 1] (0: no augmentation), not {augment}"
+    frr = getattr(args, "target_frr", None)
+    if isinstance(frr, str):
+        try:
+            bad = any(not 0.0 <= float(f) < 1.0 for f in frr.split(",") if f.strip())
+        except ValueError:
+            bad = False  # not numbers: the command's own parser says so
+        if bad:
+            return f"--target-frr takes rates in [0, 1), comma-separated, not {frr!r}"
     return None
 
 

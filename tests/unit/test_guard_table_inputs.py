@@ -51,3 +51,42 @@ def test_test_rows_that_repeat_a_training_text_are_said(
     assert ("2 of 3 in-domain test rows and 1 of 2 OOD test rows repeat a training text"
             in err)
     assert len(data.test_texts) == 3  # said, not dropped: the file is the user's
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--typos", "2"], "--typos must lie in (0, 1] (a share of words), not 2.0"),
+    (["--typos", "0"], "--typos must lie in (0, 1] (a share of words), not 0.0"),
+    (["--augment-typos", "-1"],
+     "--augment-typos must lie in [0, 1] (0: no augmentation), not -1.0"),
+    (["--target-frr", "0.05,2"],
+     "--target-frr takes rates in [0, 1), comma-separated, not '0.05,2'"),
+    (["--layers", "0", "--embedder", "onnx"], "--layers must be at least 1, not 0"),
+])
+def test_eval_guard_rates_out_of_range_name_their_flag_before_the_data(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        argv: list[str], message: str) -> None:
+    # the table was read (and embedded) first, then 'the typo rate must lie in (0, 1]',
+    # 'the typo augmentation rate ...' (though 0 is documented and taken: no augmentation),
+    # 'target FRRs must lie in [0, 1)', 'layers must be an integer from 1 to 6': no flag named
+    from evals import guard_eval
+
+    def no_work(*a: object, **k: object) -> None:
+        raise AssertionError("the work started before the bad input was refused")
+
+    monkeypatch.setattr(guard_eval, "load_guard_data", no_work)
+    capsys.readouterr()
+    assert main(["eval", "guard", "--data", str(tmp_path / "g.csv"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+
+
+def test_eval_routing_typos_out_of_range_name_the_flag_before_the_table(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from evals import routing_eval
+
+    def no_work(*a: object, **k: object) -> None:
+        raise AssertionError("the work started before the bad input was refused")
+
+    monkeypatch.setattr(routing_eval, "load_routing_table", no_work)
+    assert main(["eval", "routing", "--data", "synthetic:300x3", "--typos", "-1"]) == 2
+    assert "--typos must lie in (0, 1]" in capsys.readouterr().err
