@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -155,8 +156,21 @@ class Settings(BaseSettings):
 # --------------------------------------------------------------------------- YAML schema
 
 
+_NUMBERS = (int, float, int | None, float | None)
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, v: Any, info: ValidationInfo) -> Any:
+        # pydantic reads true as 1: `requests_per_minute: yes` (YAML 1.1's true) was a limit
+        # of one request a minute, `timeout_s: true` a 1 s timeout
+        if isinstance(v, bool) and info.field_name is not None and \
+                cls.model_fields[info.field_name].annotation in _NUMBERS:
+            raise ValueError(f"a number is needed, not true/false ({str(v).lower()})")
+        return v
 
 
 class PriceConfig(_Model):
