@@ -91,6 +91,10 @@ def _out_of_range(args: argparse.Namespace) -> str | None:
     augment = getattr(args, "augment_typos", None)
     if isinstance(augment, float) and not 0.0 <= augment <= 1.0:
         return f"--augment-typos must lie in [0, 1] (0: no augmentation), not {augment}"
+    routers = getattr(args, "routers", None)
+    if isinstance(routers, str) and not any(r.strip() for r in routers.split(",")):
+        return (f"--routers names no router ({routers!r}); give a comma-separated list of "
+                "families (expertgate routers list), or leave the flag out for all of them")
     frr = getattr(args, "target_frr", None)
     if isinstance(frr, str):
         try:

@@ -90,3 +90,19 @@ def test_eval_routing_typos_out_of_range_name_the_flag_before_the_table(
     monkeypatch.setattr(routing_eval, "load_routing_table", no_work)
     assert main(["eval", "routing", "--data", "synthetic:300x3", "--typos", "-1"]) == 2
     assert "--typos must lie in (0, 1]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", [",", "", " , "])
+def test_eval_routing_routers_naming_none_is_refused(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        value: str) -> None:
+    # --routers "" (an empty shell variable) or "," evaluated every family: the full run
+    # (minutes on MMLU) instead of the few routers asked for
+    from evals import routing_eval
+
+    def no_work(*a: object, **k: object) -> None:
+        raise AssertionError("the work started before the bad input was refused")
+
+    monkeypatch.setattr(routing_eval, "load_routing_table", no_work)
+    assert main(["eval", "routing", "--data", "synthetic:300x3", "--routers", value]) == 2
+    assert "--routers names no router" in capsys.readouterr().err
