@@ -453,6 +453,12 @@ def load_logs(path: str | Path, *, policy: str | None = None) -> RoutingTable:
                "the records with text have no feedback: send ratings to POST /v1/feedback")
         raise RouterError(f"{path}: no log record has both text and feedback ({n0} "
                           f"record(s); {why})")
+    served = sorted(df["expert"].astype(str).unique())
+    if len(served) < 2:
+        raise RouterError(f"{path}: every rated record was served by {served[0]!r}: a router "
+                          "learns to choose between experts from rated answers of each; let "
+                          "the policy explore (explore: {rate: 0.05}) so the logs hold others' "
+                          "answers, then export again")
     mix = policy_mix_warning(policy_groups(
         df["policy"] if "policy" in df.columns else [None] * len(df),
         df["router_version"] if "router_version" in df.columns else None))

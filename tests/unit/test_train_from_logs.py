@@ -354,3 +354,25 @@ def test_ratings_in_a_rotated_feedback_file_are_joined_when_named_and_said_when_
                  "--feedback-path", str(old), str(live)]) == 0
     printed = capsys.readouterr().out
     assert f"{len(ratings)} rating(s) joined" in printed and "rotated copy" not in printed
+
+
+def test_logs_of_one_expert_say_to_explore_before_the_embedding(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # a policy that never explored logs one expert's answers only: train embedded the prompts,
+    # then said 'routing table has 1 model(s)'; --router auto listed that once per candidate
+    import routers.embed
+
+    recs, ratings = _log(40, experts=("coder",))
+    data = _export(tmp_path, recs, ratings)
+
+    def no_embedding(*a: object, **k: object) -> None:
+        raise AssertionError("embedded before saying the logs cannot train a router")
+
+    monkeypatch.setattr(routers.embed, "embed_cached", no_embedding)
+    capsys.readouterr()
+    for router in ("knn", "auto"):
+        assert main(["train", "--router", router, "--data", str(data), "--format", "logs",
+                     "--embedder", "hashing", "--out", str(tmp_path / "a")]) == 2
+        err = capsys.readouterr().err
+        assert "every rated record was served by 'coder'" in err and "explore" in err
