@@ -975,12 +975,18 @@ def _frrs(spec: str) -> list[float]:
     return out
 
 
+#: ``--finetune-epochs`` when not given
+FINETUNE_EPOCHS = "2"
+#: the prefix of every one-line error of ``expertgate eval guard``
+_ME = "expertgate eval guard: "
+
+
 def run(args: argparse.Namespace) -> int:
     from routers.embed import EmbedderError, make_embedder
 
     git = git_state()  # the code that runs, before anything can change the tree
     if bool(args.suite) == bool(args.data):
-        print("give exactly one of --suite NAME or --data PATH", file=sys.stderr)
+        print(_ME + "give exactly one of --suite NAME or --data PATH", file=sys.stderr)
         return 2
     seed = REPORT_SEEDS[0] if args.seed_set == "report" and args.seed is None else \
         (0 if args.seed is None else args.seed)
@@ -1004,11 +1010,11 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.data}: no in-domain test rows (split 'test'): the "
                              "evaluation measures on them")
     except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{_ME}{e}", file=sys.stderr)
         return 2
     options: dict[str, Any] = {}
     if args.quantize and args.embedder != "onnx":
-        print("--quantize needs --embedder onnx", file=sys.stderr)
+        print(_ME + "--quantize needs --embedder onnx", file=sys.stderr)
         return 2
     if args.cascade_back_layers is not None:
         from routers.embed import check_layers
@@ -1017,10 +1023,10 @@ def run(args: argparse.Namespace) -> int:
         try:  # the back encoder is the packaged MiniLM on ONNX: its layer count bounds K
             check_layers(_default_model_dir(), args.cascade_back_layers)
         except EmbedderError as e:
-            print(f"error: --cascade-back-layers: {e}", file=sys.stderr)
+            print(f"{_ME}--cascade-back-layers: {e}", file=sys.stderr)
             return 2
     if args.layers is not None and args.embedder != "onnx":
-        print("--layers needs --embedder onnx", file=sys.stderr)
+        print(_ME + "--layers needs --embedder onnx", file=sys.stderr)
         return 2
     if args.embedder in ("minilm", "onnx"):
         options["threads"] = 1
@@ -1029,33 +1035,37 @@ def run(args: argparse.Namespace) -> int:
         if args.layers is not None:
             options["layers"] = args.layers
         if args.embedder_path and args.finetune:
-            print("give --embedder-path or --finetune, not both", file=sys.stderr)
+            print(_ME + "give --embedder-path or --finetune, not both", file=sys.stderr)
             return 2
         if args.embedder_path:
             options["model_path"] = args.embedder_path
     elif args.embedder == "distilled":
         if args.embedder_path and args.finetune:
-            print("give --embedder-path or --finetune, not both", file=sys.stderr)
+            print(_ME + "give --embedder-path or --finetune, not both", file=sys.stderr)
             return 2
         if args.embedder_path:
             options["model_path"] = args.embedder_path
     elif args.embedder_path or args.finetune:
-        print("--embedder-path and --finetune need --embedder minilm, onnx or distilled",
+        print(_ME + "--embedder-path and --finetune need --embedder minilm, onnx or distilled",
               file=sys.stderr)
         return 2
     if args.embedder == "static":
         if not args.static_model:
-            print("--embedder static needs --static-model PATH", file=sys.stderr)
+            print(_ME + "--embedder static needs --static-model PATH", file=sys.stderr)
             return 2
         options["model_path"] = args.static_model
+    if args.finetune_epochs is not None and not args.finetune:
+        # read only with --finetune: without it the run was a frozen one, exit 0, no word
+        print(f"{_ME}--finetune-epochs needs --finetune", file=sys.stderr)
+        return 2
     try:
-        epochs = _epochs(args.finetune_epochs) if args.finetune else [0]
+        epochs = _epochs(args.finetune_epochs or FINETUNE_EPOCHS) if args.finetune else [0]
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{_ME}{e}", file=sys.stderr)
         return 2
     for flag in ("save_cascade", "save_selected"):
         if getattr(args, flag) and len(epochs) > 1:
-            print(f"--{flag.replace('_', '-')} needs one encoder variant (one "
+            print(f"{_ME}--{flag.replace('_', '-')} needs one encoder variant (one "
                   "--finetune-epochs value)", file=sys.stderr)
             return 2
     runs: list[tuple[str, Any, dict[str, Any] | None, dict[str, Any]]] = []
@@ -1070,13 +1080,13 @@ def run(args: argparse.Namespace) -> int:
                     folder, meta = finetuned_for(data, epochs=ep, seed=seed, quiet=args.quiet,
                                                  layers=args.layers)
             except (OSError, ValueError, RouterError) as e:
-                print(f"error: fine-tune failed: {e}", file=sys.stderr)
+                print(f"{_ME}fine-tune failed: {e}", file=sys.stderr)
                 return 2
             opts["model_path"] = str(folder)
         try:
             embedder = make_embedder(args.embedder, **opts)
         except EmbedderError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"{_ME}{e}", file=sys.stderr)
             return 2
         if args.embedder_path and meta is None:
             from routers.finetune import read_meta
@@ -1094,7 +1104,7 @@ def run(args: argparse.Namespace) -> int:
                            log=(lambda s: None) if args.quiet else
                            (lambda s: print(s, file=sys.stderr)))
         except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"{_ME}{e}", file=sys.stderr)
             return 2
         runs.append(("frozen" if ep == 0 else f"finetuned-e{ep}", embedder, meta, res))
     result, embedder, finetune_meta = _merge_encoder_variants(runs, args.select)
@@ -1119,7 +1129,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {out}", file=sys.stderr)
     saved = result["selected"].get("saved")
     if saved is not None and saved.get("path") is None:
-        print(f"error: --save-selected wrote nothing: {saved['error']}", file=sys.stderr)
+        print(f"{_ME}--save-selected wrote nothing: {saved['error']}", file=sys.stderr)
         return 1
     if saved is not None:
         # one encoder variant (checked above): the options it was built with, a fine-tuned
@@ -1336,7 +1346,7 @@ def cli_register(parser: argparse.ArgumentParser) -> None:
                         "distilled: the static token table under a softmax over the labels, "
                         "early-stopped on validation, routers/embed_tune.py; cached by data "
                         "hash), then evaluate every method with it")
-    parser.add_argument("--finetune-epochs", default="2",
+    parser.add_argument("--finetune-epochs", default=None,
                         help="epochs of --finetune (default 2; for distilled the most epochs, "
                         "stopped early); several, comma-separated, are "
                         "encoder variants to select among on validation, 0 standing for the "
