@@ -28,6 +28,10 @@ answer took two writes, each one a loopback TCP send that the kernel processes i
 writer's time (one of the largest per-request costs measured by ``bench overhead``). The
 head timer is armed only when a head is actually incomplete or nothing else would end an
 idle connection first (uvicorn's keep-alive timer), not once per request.
+
+An HTTP/1.0 client never gets chunked framing, which its version does not have: a stream's
+body goes out as it comes and the connection's close ends it (a whole answer has its
+``content-length``; a 1.0 connection is never kept alive).
 """
 
 from __future__ import annotations
@@ -117,7 +121,16 @@ class _Cycle(RequestResponseCycle):
             if cb is not None:
                 cb()
 
+    #: an HTTP/1.0 response whose length is unknown at its head (a stream): no chunked
+    #: framing, which a 1.0 peer does not know (RFC 9112 section 6.1, formerly RFC 7230
+    #: section 3.3.1: it would read the chunk-size lines as part of the event stream); the
+    #: body goes out as it comes and the connection's close ends it
+    _unframed = False
+
     async def send(self, message: Any) -> None:
+        if self._unframed and message["type"] == "http.response.body":
+            await self._send_unframed(message)
+            return
         start = self._start
         if message["type"] == "http.response.start":
             if not self.response_started and not self.disconnected and \
@@ -139,12 +152,22 @@ class _Cycle(RequestResponseCycle):
                     not any(k.lower() in _FRAMING for k, _ in hs):
                 hs.append((b"content-length", b"%d" % len(message.get("body", b""))))
                 start = {**start, "headers": hs}
+        elif self.scope["http_version"] == "1.0" and start["status"] not in _NO_BODY and \
+                not any(k.lower() in _FRAMING for k, _ in start.get("headers", ())):
+            # uvicorn adds chunked framing to a head without a length unless told it has
+            # one; a 1.0 connection is never kept alive, so its close delimits the body
+            self.chunked_encoding = False
+            self.keep_alive = False
+            self._unframed = True
         transport = self.transport
         cork = _Corked(transport)
         self.transport = cork  # type: ignore[assignment]
         try:
             await super().send(start)
-            await super().send(message)
+            if self._unframed:
+                await self._send_unframed(message)
+            else:
+                await super().send(message)
         finally:
             self.transport = transport
             if cork.parts:
@@ -152,6 +175,21 @@ class _Cycle(RequestResponseCycle):
             if cork.close_after:
                 transport.close()
 
+
+    async def _send_unframed(self, message: Any) -> None:
+        """A body part of an unframed response, written as it is; the last one closes the
+        connection, which is what tells the client the body is complete."""
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        if self.disconnected or self.response_complete:
+            return
+        if body := message.get("body", b""):
+            self.transport.write(body)
+        if not message.get("more_body", False):
+            self.response_complete = True
+            self.message_event.set()
+            self.transport.close()
+            self.on_response()
 
     async def _send_whole(self, start: Any, body: bytes) -> bool:
         """The common answer (a head and its whole body, no framing or connection header of
