@@ -47,6 +47,7 @@ __all__ = [
     "Limits",
     "RateDecision",
     "RateLimiter",
+    "estimate_prompt_tokens",
     "estimate_tokens",
 ]
 
@@ -178,32 +179,43 @@ class RateDecision:
                   (b"x-ratelimit-reset-tokens", f"{self.reset_tokens_s:.3f}s".encode())]
         return h
 
-    def error(self) -> RateLimited:
+    def error(self, prompt_tokens: int | None = None) -> RateLimited:
+        """The refusal. ``prompt_tokens``: the prompt's part of the request's estimate, to say
+        which part is too large when no wait can admit the request."""
         retry = max(1, math.ceil(self.retry_after_s))
-        never = self.failed == "tokens" and self.limits.tokens_per_minute is not None and (
-            self.cost > self.limits.tokens_per_minute)
-        if never:
-            msg = (f"this request's token estimate ({self.cost}) exceeds the key's limit of "
-                   f"{self.limits.tokens_per_minute} tokens per minute: lower max_tokens")
+        tpm = self.limits.tokens_per_minute
+        never = self.failed == "tokens" and tpm is not None and self.cost > tpm
+        if never and tpm is not None:
+            # OpenAI's words for a request larger than the TPM limit (also a 429 there), then
+            # which part of it is: retrying or waiting cannot help
+            msg = (f"Request too large for this key on tokens per min (TPM): Limit {tpm}, "
+                   f"Requested {self.cost}. ")
+            if prompt_tokens is not None and prompt_tokens > tpm:
+                msg += (f"The request's prompt alone (estimated {prompt_tokens} tokens) "
+                        f"exceeds the key's per-minute token limit of {tpm}, so it can never "
+                        "be admitted: shorten the prompt.")
+            else:
+                msg += ("The prompt's estimate plus the completion budget exceed the key's "
+                        f"per-minute token limit of {tpm}, so the request can never be "
+                        "admitted as it is: lower max_tokens (when the request sends none, "
+                        f"{DEFAULT_COMPLETION_ESTIMATE} are counted).")
         elif self.failed == "tokens":
-            msg = (f"rate limit reached: {self.limits.tokens_per_minute} tokens per minute; "
-                   f"retry after {retry}s")
+            msg = (f"rate limit reached: {tpm} tokens per minute; retry after {retry}s")
         else:
             msg = (f"rate limit reached: {self.limits.requests_per_minute} requests per "
                    f"minute; retry after {retry}s")
-        # no retry-after for a request no wait admits: retrying it as is cannot succeed
-        headers = {} if never else {"retry-after": str(retry)}
+        # a request no wait admits: no retry-after, and x-should-retry: false, which the
+        # OpenAI SDKs obey before their own rule (they retry every 429, with or without a
+        # retry-after)
+        headers = {"x-should-retry": "false"} if never else {"retry-after": str(retry)}
         for k, v in self.headers():
             headers[k.decode()] = v.decode()
         return RateLimited(msg, code=f"rate_limit_{self.failed or 'requests'}",
                            headers=headers)
 
 
-def estimate_tokens(payload: dict[str, Any], cap: int | None = None,
-                    texts: MessageTexts | None = None) -> int:
-    """An up-front token estimate: prompt characters / 4 plus the completion budget.
-    ``texts``: the messages' :func:`~gateway.messages.message_texts` when the caller holds
-    them (else they are extracted here)."""
+def estimate_prompt_tokens(payload: dict[str, Any], texts: MessageTexts | None = None) -> int:
+    """The prompt's part of :func:`estimate_tokens` (an embedding request's whole estimate)."""
     if texts is None:
         msgs = payload.get("messages")
         texts = message_texts(msgs) if isinstance(msgs, list) else []
@@ -224,12 +236,23 @@ def estimate_tokens(payload: dict[str, Any], cap: int | None = None,
     if isinstance(inp, list):
         return sum(len(x) // 4 if isinstance(x, str) else
                    len(x) if isinstance(x, list) else 1 for x in inp) + 1
+    return chars // 4 + tokens + 1
+
+
+def estimate_tokens(payload: dict[str, Any], cap: int | None = None,
+                    texts: MessageTexts | None = None) -> int:
+    """An up-front token estimate: prompt characters / 4 plus the completion budget.
+    ``texts``: the messages' :func:`~gateway.messages.message_texts` when the caller holds
+    them (else they are extracted here)."""
+    prompt = estimate_prompt_tokens(payload, texts)
+    if "input" in payload and isinstance(payload["input"], (str, list)):
+        return prompt  # embeddings: no completion
     out = payload.get("max_completion_tokens") or payload.get("max_tokens")
     if not isinstance(out, int) or isinstance(out, bool) or out < 1:
         out = DEFAULT_COMPLETION_ESTIMATE
     if cap is not None:
         out = min(out, cap)
-    return chars // 4 + tokens + 1 + out
+    return prompt + out
 
 
 class _LocalWindow:
@@ -289,7 +312,9 @@ class RateLimiter:
                                       ["backend", "result"], registry=registry)
             self._redis_up = Gauge("expertgate_ratelimit_shared",
                                    "1 while rate limits are shared through Redis, 0 while "
-                                   "each replica limits on its own", registry=registry)
+                                   "each replica limits on its own", registry=registry,
+                                   # with serve --workers N: each worker's, with its pid
+                                   multiprocess_mode="liveall")
         self.attach_redis(redis)
 
     def attach_redis(self, redis: Any) -> None:

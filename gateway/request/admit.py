@@ -13,12 +13,12 @@ afterwards).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from gateway.auth import request_token
 from gateway.errors import InvalidRequest, UnsupportedMediaType
-from gateway.ratelimit import Limits, RateDecision, estimate_tokens
+from gateway.ratelimit import Limits, RateDecision, estimate_prompt_tokens, estimate_tokens
 from gateway.request.context import RequestContext, header_value
 from gateway.request.read import check_length
 
@@ -92,12 +92,17 @@ async def admit_body(gw: Gateway, ctx: RequestContext) -> None:
     gw.auth.authorize(key, model if isinstance(model, str) else None)
     if key.tokens_per_minute and ctx.endpoint in GENERATE:
         rt = gw.policy_set.policies.get(str(model))
+        texts = ctx.message_texts()
         est = estimate_tokens(ctx.body, rt.config.max_tokens_cap if rt is not None else None,
-                              ctx.message_texts())
-        await _charge(gw, ctx, Limits(None, key.tokens_per_minute), est)
+                              texts)
+        await _charge(gw, ctx, Limits(None, key.tokens_per_minute), est,
+                      lambda: estimate_prompt_tokens(ctx.body, texts))
 
 
-async def _charge(gw: Gateway, ctx: RequestContext, limits: Limits, tokens: int) -> None:
+async def _charge(gw: Gateway, ctx: RequestContext, limits: Limits, tokens: int,
+                  prompt_tokens: Callable[[], int] | None = None) -> None:
+    """Charge the key; ``prompt_tokens``: the prompt's part of ``tokens``, counted only for a
+    refusal's message."""
     rate: RateDecision = await gw.ratelimiter.acquire(ctx.key_id, limits, tokens)
     if rate.backend == "local" and gw.ratelimiter.redis is not None and \
             "ratelimit-local" not in ctx.degraded:
@@ -108,5 +113,5 @@ async def _charge(gw: Gateway, ctx: RequestContext, limits: Limits, tokens: int)
             # never served, so it costs none of the key's requests_per_minute
             for charged in ctx.rates:
                 await gw.ratelimiter.refund(ctx.key_id, charged)
-        raise rate.error()
+        raise rate.error(prompt_tokens() if prompt_tokens is not None else None)
     ctx.rates.append(rate)

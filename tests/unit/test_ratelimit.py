@@ -193,3 +193,39 @@ def test_a_token_id_prompt_counts_its_tokens() -> None:
     assert estimate_tokens({"prompt": [5, 6, 7, 8]}) == 4 + 1 + DEFAULT_COMPLETION_ESTIMATE
     # text beside: characters / 4, as before
     assert estimate_tokens({"prompt": ["abcdefgh"], "max_tokens": 1}) == 2 + 1 + 1
+
+
+async def test_a_prompt_alone_over_the_token_budget_says_so_and_invites_no_retry(
+        ups: tuple[OpenAIUpstreamDouble, OpenAIUpstreamDouble], tmp_path: Path) -> None:
+    # 750,000 characters (about 187,500 tokens), no max_tokens: no max_tokens would fit it
+    cfg = _with_key(base_config(ups[0].base, ups[1].base), tokens_per_minute=100_000)
+    async with gateway_client(cfg, tmp_path) as (c, _):
+        r = await c.post("/v1/chat/completions", json=chat("chatter", "x" * 750_000),
+                         headers={"authorization": "Bearer sk-a"})
+    assert r.status_code == 429, r.text
+    err = r.json()["error"]
+    assert err["code"] == "rate_limit_tokens" and err["type"] == "rate_limit_error"
+    msg = err["message"]
+    # OpenAI's wording for a request larger than the TPM limit, then what is too large
+    assert msg.startswith("Request too large for this key on tokens per min (TPM): "
+                          "Limit 100000, Requested "), msg
+    assert "prompt alone (estimated 187501 tokens)" in msg and "can never be admitted" in msg
+    assert "max_tokens" not in msg, msg
+    # nothing invites a retry that cannot succeed: the OpenAI SDK obeys x-should-retry
+    # before it looks at the 429 (it retries a 429 without retry-after too)
+    assert "retry-after" not in r.headers
+    assert r.headers["x-should-retry"] == "false"
+    assert ups[0].received == [] and ups[1].received == []
+
+
+async def test_a_completion_budget_over_the_token_budget_says_to_lower_max_tokens(
+        clock: FakeClock) -> None:
+    rl = RateLimiter()
+    d = await rl.acquire("k", Limits(tokens_per_minute=100), 500)
+    e = d.error(prompt_tokens=2)
+    assert "Limit 100, Requested 500" in e.message and "lower max_tokens" in e.message
+    assert "prompt alone" not in e.message and e.headers["x-should-retry"] == "false"
+    # a request that a wait admits is still retried, after its retry-after
+    await rl.acquire("k2", Limits(tokens_per_minute=100), 80)
+    busy = (await rl.acquire("k2", Limits(tokens_per_minute=100), 80)).error(prompt_tokens=1)
+    assert "retry-after" in busy.headers and "x-should-retry" not in busy.headers
