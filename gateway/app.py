@@ -42,7 +42,7 @@ from gateway.dashboard import DecisionFeed
 from gateway.dispatch import Dispatcher
 from gateway.errors import GatewayError, PermissionDenied
 from gateway.logs import JsonlSink, RedisStreamSink, RoutingLog
-from gateway.metrics import Metrics
+from gateway.metrics import make_metrics
 from gateway.pipeline import Pipeline, PolicySet, build_policy_set, carry_canary_state
 from gateway.ratelimit import RateLimiter
 from gateway.request import ENDPOINTS, handle
@@ -76,7 +76,7 @@ class Gateway:
                  embedder: Embedder | None = None) -> None:
         self.settings = settings
         self.config = config
-        self.metrics = Metrics()
+        self.metrics = make_metrics()
         self._embedder = embedder
         self.embedder: Embedder | None = None
         self.redis: Any = None

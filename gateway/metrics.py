@@ -1,14 +1,25 @@
-"""Prometheus metrics, one registry per app (tests build several apps in one process)."""
+"""Prometheus metrics, one registry per app (tests build several apps in one process).
+
+With ``serve --workers N`` the supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` before the
+workers import prometheus_client, which then keeps every value in a file per process there;
+``make_metrics`` sees it and /metrics adds up the files of every worker (counters and
+histograms of the workers a reload retired included, so a counter never goes down). Each
+gauge says how its workers' values combine (``multiprocess_mode``, ignored in one process):
+docs/reliability.md, "Metrics with several workers".
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import values as _values
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "make_metrics"]
 
 _STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064,
                   0.128, 0.256, 0.512, 1.0, 2.0, 5.0)
@@ -44,17 +55,23 @@ class Metrics:
         self.log_dropped = Counter("expertgate_log_records_dropped",
                                    "Routing-log records dropped (queue full, not "
                                    "serialisable, or not written by shutdown)", registry=r)
+        # set when a worker answers a scrape: per worker (a pid label), the others' as of
+        # the last scrape they answered
         self.log_queue = Gauge("expertgate_log_queue_depth",
-                               "Routing-log records waiting to be written", registry=r)
+                               "Routing-log records waiting to be written", registry=r,
+                               multiprocess_mode="liveall")
         self.inflight = Gauge("expertgate_inflight_requests", "Requests in progress",
-                              registry=r)
+                              registry=r, multiprocess_mode="livesum")
         #: requests in progress, read when the gauge is scraped (a plain count on the request
         #: path instead of two locked gauge updates per request)
         self.inflight_now = 0
         self.inflight.set_function(lambda: self.inflight_now)
+        # each worker has its own breakers, its own canary state and its own limiter backend:
+        # per worker (a pid label), the series of a worker that exits removed with it
         self.circuit_open = Gauge("expertgate_circuit_open",
                                   "1 while a replica's circuit breaker is open",
-                                  ["expert", "replica"], registry=r)
+                                  ["expert", "replica"], registry=r,
+                                  multiprocess_mode="liveall")
         self.explored = Counter("expertgate_explored",
                                 "Requests sent to an expert other than the router's choice "
                                 "by the policy's exploration", ["policy", "expert"], registry=r)
@@ -63,14 +80,14 @@ class Metrics:
                               ["policy", "agreement"], registry=r)
         self.canary_active = Gauge("expertgate_canary_active",
                                    "1 while a policy's canary serves its share of traffic",
-                                   ["policy"], registry=r)
+                                   ["policy"], registry=r, multiprocess_mode="liveall")
         self.canary_reverts = Counter("expertgate_canary_reverts",
                                       "Canaries reverted automatically by the sequential test",
                                       ["policy", "signal"], registry=r)
         self.canary_shared = Gauge("expertgate_canary_shared",
                                    "1 while a policy's canary is tested on the counts of all "
                                    "processes (Redis), 0 while on this process's own",
-                                   ["policy"], registry=r)
+                                   ["policy"], registry=r, multiprocess_mode="liveall")
         self.online_updates = Counter("expertgate_online_updates",
                                       "Router updates from /v1/feedback (online policies)",
                                       ["policy"], registry=r)
@@ -128,20 +145,58 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+class MultiProcessMetrics(Metrics):
+    """``Metrics`` of one worker of several: values in prometheus_client's files per process,
+    rendered added up over the workers. In-flight requests are written to this worker's file
+    as they change (each worker's count, summed over the live ones); the other gauges as in
+    ``Metrics``, each with its ``multiprocess_mode``."""
+
+    def __init__(self) -> None:
+        self._inflight_now = 0
+        super().__init__()
+        view = self.view = CollectorRegistry(auto_describe=True)
+        MultiProcessCollector(view)  # reads PROMETHEUS_MULTIPROC_DIR, as the values do
+        # computed at scrape time in the answering worker only: its own, with its pid
+        view.register(_UpstreamInflight(self, pid=str(os.getpid())))
+
+    @property
+    def inflight_now(self) -> int:
+        return self._inflight_now
+
+    @inflight_now.setter
+    def inflight_now(self, n: int) -> None:
+        self._inflight_now = n
+        self.inflight.set(n)  # a scrape answered by another worker reads it from the file
+
+    def render(self) -> bytes:
+        return generate_latest(self.view)
+
+
+def make_metrics() -> Metrics:
+    """``MultiProcessMetrics`` when prometheus_client keeps its values in files per process
+    (it was imported with ``PROMETHEUS_MULTIPROC_DIR`` set: ``serve --workers N``), else
+    ``Metrics``: one process renders its own registry, as it always did."""
+    if getattr(_values.ValueClass, "_multiprocess", False):
+        return MultiProcessMetrics()
+    return Metrics()
+
+
 class _UpstreamInflight:
     """``expertgate_upstream_inflight{expert}``: calls to an expert in progress, a stream
     until its end (what the expert's ``max_concurrency`` bounds; requests waiting for a
-    slot are not counted)."""
+    slot are not counted). With several workers, the answering worker's own, labelled with
+    its ``pid`` (each worker has its own slots)."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, pid: str | None = None) -> None:
         self.metrics = metrics
+        self.pid = pid
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         g = GaugeMetricFamily("expertgate_upstream_inflight",
                               "Calls to an expert in progress (a stream until its end), "
                               "each holding one of its max_concurrency slots",
-                              labels=["expert"])
+                              labels=["expert"] if self.pid is None else ["expert", "pid"])
         source = self.metrics.upstream_inflight_source
         for expert, n in source() if source is not None else ():
-            g.add_metric([expert], n)
+            g.add_metric([expert] if self.pid is None else [expert, self.pid], n)
         yield g

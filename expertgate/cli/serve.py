@@ -275,7 +275,23 @@ def _run(s: Settings, cfg: GatewayConfig | None = None, embedder: Any = None) ->
         os.environ["EXPERTGATE_SUPERVISOR_PID"] = str(os.getpid())
         if s.redis_url:
             os.environ["EXPERTGATE_REDIS_URL"] = s.redis_url
+        import shutil
+        import tempfile
+
+        from prometheus_client.multiprocess import mark_process_dead
         from uvicorn.supervisors.multiprocess import Multiprocess, Process
+
+        # /metrics adds up every worker's values: prometheus_client's multiprocess mode, a
+        # file per worker in a directory of this supervisor's own (mode 0700, fresh: files
+        # of another run would be added in), set before a worker imports prometheus_client
+        metrics_dir = tempfile.mkdtemp(prefix="expertgate-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+
+        def worker_gone(pid: int | None) -> None:
+            # its live gauges (in flight, breakers...) leave the view; its counters and
+            # histograms stay in it, so a counter never goes down when a worker is replaced
+            if pid is not None:
+                mark_process_dead(pid, metrics_dir)
 
         from gateway.config import auth_problem
 
@@ -314,6 +330,7 @@ def _run(s: Settings, cfg: GatewayConfig | None = None, embedder: Any = None) ->
                     if not self._ready(new):
                         new.kill()
                         new.join()
+                        worker_gone(new.pid)
                         if not self._stopping():
                             why = (f"exited (status {new.exitcode})"
                                    if new.exitcode is not None and new.exitcode >= 0 else
@@ -325,6 +342,7 @@ def _run(s: Settings, cfg: GatewayConfig | None = None, embedder: Any = None) ->
                         return
                     old.terminate()
                     old.join()
+                    worker_gone(old.pid)
                     self.processes[idx] = new
 
             def _stopping(self) -> bool:
@@ -343,7 +361,10 @@ def _run(s: Settings, cfg: GatewayConfig | None = None, embedder: Any = None) ->
 
             def keep_subprocess_alive(self) -> None:
                 stopping = self.should_exit.is_set()
+                before = {p.pid for p in self.processes}
                 super().keep_subprocess_alive()
+                for pid in before - {p.pid for p in self.processes}:
+                    worker_gone(pid)  # uvicorn replaced a worker that died
                 if not stopping and self.should_exit.is_set():
                     self.child_failed = True  # only a worker's start-up failure sets it
 
@@ -359,13 +380,16 @@ def _run(s: Settings, cfg: GatewayConfig | None = None, embedder: Any = None) ->
 
         config = uvicorn.Config("gateway.asgi:app", workers=s.workers, factory=True, **kw)
         try:
-            sock = config.bind_socket()
-        except SystemExit:  # uvicorn logged the OSError (errno only) and exits 3
-            print(f"expertgate serve: cannot listen on {s.host}:{s.port} (the error above "
-                  "says why)", file=sys.stderr)
-            return 2
-        sup = Supervisor(config, sockets=[sock])
-        sup.run()  # SIGINT/SIGTERM: a clean stop (the supervisor handles them)
+            try:
+                sock = config.bind_socket()
+            except SystemExit:  # uvicorn logged the OSError (errno only) and exits 3
+                print(f"expertgate serve: cannot listen on {s.host}:{s.port} (the error "
+                      "above says why)", file=sys.stderr)
+                return 2
+            sup = Supervisor(config, sockets=[sock])
+            sup.run()  # SIGINT/SIGTERM: a clean stop (the supervisor handles them)
+        finally:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         if sup.child_failed:
             print("expertgate serve: a worker failed to start (its log above says why); "
                   "stopped", file=sys.stderr)
