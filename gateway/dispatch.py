@@ -9,10 +9,11 @@ resident are preferred.
 
 A call walks the decision's chain of experts: a failure before the first byte (connect error,
 timeout, 5xx, 429) is retried on the same expert (another replica when there is one, else the
-same) after a jittered backoff, within a bounded budget (:class:`RetryPolicy`: attempts per
-expert, and no retry once ``budget_s`` of the request has gone), then moves to the next expert
-of the chain — all within the request's deadline. A failure after the first byte is never
-retried (the upstream may already have billed); the caller ends the stream with an error event.
+same; after a protocol failure, a 401/403 or a 404 only another replica) after a jittered
+backoff, within a bounded budget (:class:`RetryPolicy`: attempts per expert, and no retry
+once ``budget_s`` of the request has gone), then moves to the next expert of the chain — all
+within the request's deadline. A failure after the first byte is never retried (the upstream
+may already have billed); the caller ends the stream with an error event.
 
 A failure the request itself caused is the client's answer, not the replica's health: it is
 never retried, never sent to another expert and never counted by a circuit breaker; the
@@ -141,7 +142,8 @@ class RetryPolicy:
 
     At most ``attempts_per_expert`` tries of one expert, spread over its replicas. A replica
     already tried is tried again only for the last expert of the chain (nothing else left) or
-    after a 429/503 (the replica asked for a retry), after a full-jitter backoff of up to
+    after a 429/503 (the replica asked for a retry), never after it refused the gateway's
+    credentials, lacked the model or broke the protocol, after a full-jitter backoff of up to
     ``min(max_backoff_s, backoff_s * 2**n)``, and never once ``budget_s`` has passed since the
     request's first attempt. The fallback chain is walked either way, within the request's
     deadline.
@@ -406,8 +408,10 @@ class Dispatcher:
                     # to an answer.
                     asked = last is not None and last.status in (429, 503)
                     # a replica that refused the gateway's credentials refuses them again,
-                    # and one without the model (404) still lacks it
-                    if last is None or last.kind in ("auth", "not_found") or \
+                    # one without the model (404) still lacks it, and one that answered
+                    # what the protocol does not allow (no event stream, not JSON, an error
+                    # event) received the request, may have billed it and answers it alike
+                    if last is None or last.kind in ("auth", "not_found", "protocol") or \
                             not (is_last or asked):
                         break
                     if time.monotonic() - t_first > retry.budget_s:
