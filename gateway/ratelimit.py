@@ -411,38 +411,31 @@ class RateLimiter:
     async def reconcile(self, ident: str, decision: RateDecision, actual_tokens: int) -> None:
         """Correct the up-front token charge with what the upstream reported."""
         delta = int(actual_tokens) - decision.cost
-        if not decision.allowed or delta == 0 or not decision.limits.tokens_per_minute:
-            return
+        if decision.allowed and delta and decision.limits.tokens_per_minute:
+            await self._adjust(ident, decision, 1, delta)
+
+    async def refund(self, ident: str, decision: RateDecision) -> None:
+        """Give back the request an admitted ``decision`` charged: the request was refused
+        afterwards on its token budget (checked once its body is read) and never served."""
+        if decision.allowed and decision.limits.requests_per_minute:
+            await self._adjust(ident, decision, 0, -1)
+
+    async def _adjust(self, ident: str, decision: RateDecision, window: int, delta: int
+                      ) -> None:
+        """Add ``delta`` to the bucket ``decision`` charged in window ``window`` (0 requests,
+        1 tokens), where the charge was made: Redis or this process."""
         if decision.backend == "redis":
             if self.backend != "redis":
                 return  # the charge is in Redis, which is down: it expires there by itself
             try:
-                await self._reconcile(keys=[f"eg:rl:{{{ident}}}:t"],
+                await self._reconcile(keys=[f"eg:rl:{{{ident}}}:{'rt'[window]}"],
                                       args=[decision.bucket, delta, WINDOW_S])
             except Exception as e:  # same as acquire: Redis down is not the request's fault
                 self._redis_failed(e)
             return
         wins = self._local.get(ident)
-        if wins is not None and decision.bucket in wins[1].buckets:
-            wins[1].add(decision.bucket, delta)
-
-    async def refund(self, ident: str, decision: RateDecision) -> None:
-        """Give back the request an admitted ``decision`` charged: the request was refused
-        afterwards on its token budget (checked once its body is read) and never served."""
-        if not decision.allowed or not decision.limits.requests_per_minute:
-            return
-        if decision.backend == "redis":
-            if self.backend != "redis":
-                return  # the charge is in Redis, which is down: it expires there by itself
-            try:
-                await self._reconcile(keys=[f"eg:rl:{{{ident}}}:r"],
-                                      args=[decision.bucket, -1, WINDOW_S])
-            except Exception as e:  # same as acquire: Redis down is not the request's fault
-                self._redis_failed(e)
-            return
-        wins = self._local.get(ident)
-        if wins is not None and decision.bucket in wins[0].buckets:
-            wins[0].add(decision.bucket, -1)
+        if wins is not None and decision.bucket in wins[window].buckets:
+            wins[window].add(decision.bucket, delta)
 
     def reconcile_soon(self, ident: str, decision: RateDecision, actual_tokens: int) -> None:
         """:meth:`reconcile` in a background task, off the response path."""
