@@ -32,6 +32,7 @@ import base64
 import binascii
 import contextlib
 import functools
+import logging
 import os
 import re
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -63,6 +64,8 @@ __all__ = [
     "litellm_kwargs",
     "scrub",
 ]
+
+log = logging.getLogger("expertgate.upstreams")
 
 _URL = re.compile(r"(?:https?|wss?|redis|rediss)://[^\s'\"<>]+", re.IGNORECASE)
 #: an IPv4 address (with a port, if any) outside a URL: an upstream's own message may name
@@ -774,11 +777,52 @@ async def call_litellm(expert: ExpertConfig, base: str | None, payload: dict[str
         return UpstreamReply(200, "text/event-stream", b"".join(held) + b"data: [DONE]\n\n",
                              stream=True)
     except Exception as e:  # the provider failed before its first token: may fall back
+        _close_soon(resp)
         raise _litellm_failure(expert, e, timeout_s, base) from None
 
+    ended = False
+
     async def rest() -> AsyncIterator[bytes]:
+        nonlocal ended
         async for ch in it:
             yield event(ch)
+        ended = True
         yield b"data: [DONE]\n\n"
 
-    return UpstreamReply(200, "text/event-stream", b"".join(held), rest(), stream=True)
+    def release() -> None:
+        # a stream given up before its end is closed, so that the provider's connection is
+        # (an openai expert's reply closes its own): a cancellation within LiteLLM's read
+        # closes it already (httpx does), a writer that failed or a client that left while
+        # its write waited did not, and the provider generated on for nobody
+        if not ended:
+            _close_soon(resp)
+
+    return UpstreamReply(200, "text/event-stream", b"".join(held), rest(), stream=True,
+                         _release=release)
+
+
+#: closes of LiteLLM streams in progress (the loop keeps a task only weakly)
+_CLOSING: set[asyncio.Task[None]] = set()
+
+
+def _close_soon(stream: Any) -> None:
+    """Close LiteLLM's ``stream`` (``CustomStreamWrapper.aclose``: the provider's response,
+    and so its connection) in a task of its own: :meth:`UpstreamReply.release` is
+    synchronous, and is called where the reader gave the stream up, in a cancelled task
+    among others."""
+    aclose = getattr(stream, "aclose", None)
+    if aclose is None:
+        return
+    try:
+        task = asyncio.get_running_loop().create_task(_aclose(aclose))
+    except RuntimeError:  # no loop running (a reply collected after it stopped)
+        return
+    _CLOSING.add(task)
+    task.add_done_callback(_CLOSING.discard)
+
+
+async def _aclose(aclose: Any) -> None:
+    try:
+        await aclose()
+    except Exception as e:  # closing is all that is left to do: it cannot fail the request
+        log.debug("a LiteLLM stream did not close cleanly: %s: %s", type(e).__name__, e)
