@@ -32,6 +32,7 @@ from gateway.messages import answers_asked
 from gateway.ratelimit import estimate_tokens
 from gateway.request.context import RequestContext, header_value
 from gateway.request.dispatch import usage_of
+from gateway.request.read import ClientDisconnected
 from gateway.upstreams import SSECheck, UpstreamProtocolError
 
 if TYPE_CHECKING:
@@ -162,11 +163,30 @@ async def refuse(send: Send, ctx: RequestContext, message: str) -> None:
 async def forward(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchResult) -> None:
     """Pass ``res`` on to the client. However this ends (the whole answer sent, the client
     gone, the writer failing, a cancellation before the first byte), the reply is released:
-    its connection, and for a stream its replica's in-flight count and its expert's slot."""
+    its connection (a LiteLLM stream: closed), and for a stream its replica's in-flight count
+    and its expert's slot.
+
+    A write to the client that fails (an ASGI server's ``send`` raises once the connection
+    is closed) is the client's disconnect: logged 499 ``client_disconnected``, never an
+    upstream failure, and nothing more is written; once the client has the whole answer
+    (``ctx.finished``: ``[DONE]`` went out) the answer stands."""
     try:
         await _forward(gw, send, ctx, res)
+    except ClientDisconnected:
+        if not ctx.finished:
+            log.debug("request %s: the client's connection failed under a write",
+                      ctx.request_id)
+            ctx.status, ctx.err_type = 499, "client_disconnected"
     finally:
         res.reply.release()
+
+
+async def _write(send: Send, msg: MutableMapping[str, Any]) -> None:
+    """``send(msg)``, a failure of which is the client's (:class:`ClientDisconnected`)."""
+    try:
+        await send(msg)
+    except Exception as e:
+        raise ClientDisconnected(f"{type(e).__name__}: {e}") from e
 
 
 async def _forward(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchResult) -> None:
@@ -179,10 +199,10 @@ async def _forward(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRe
         calls = _tool_calls(reply.data) if ctx.endpoint == "chat" else None
         ctype, body = _refusal(ctx.body, ctx.endpoint, ctx.unaggregated, model, True,
                                "egens-", usage=usage_of(reply.data), tool_calls=calls)
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": headers(ctx, ctype)})
-        await send({"type": "http.response.body", "body": body})
         ctx.status, ctx.usage = 200, usage_of(reply.data)
+        await _write(send, {"type": "http.response.start", "status": 200,
+                            "headers": headers(ctx, ctype)})
+        await _write(send, {"type": "http.response.body", "body": body})
         return
     body = reply.first
     if p is not None and p.rt is not None and p.rt.config.rewrite_model and \
@@ -197,12 +217,15 @@ async def _forward(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRe
     if reply.status >= 400:
         ctx.err_type = upstream_error_code(body, reply.status)
     if not reply.stream:
-        await send({"type": "http.response.start", "status": reply.status, "headers": h})
-        await send({"type": "http.response.body", "body": body})
         ctx.usage = usage_of(reply.data) if reply.status == 200 else (0, 0)
+        try:  # inline, not _write: this is every non-streamed answer's path
+            await send({"type": "http.response.start", "status": reply.status, "headers": h})
+            await send({"type": "http.response.body", "body": body})
+        except Exception as e:
+            raise ClientDisconnected(f"{type(e).__name__}: {e}") from e
         return
     h.append((b"cache-control", b"no-cache"))
-    await send({"type": "http.response.start", "status": reply.status, "headers": h})
+    await _write(send, {"type": "http.response.start", "status": reply.status, "headers": h})
     await _stream(gw, send, ctx, res)
 
 
@@ -227,7 +250,11 @@ async def _stream(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
     (llama.cpp never sends one), one is added before ``data: [DONE]``, marked
     ``"estimated": true``: completion tokens = generated pieces passed through (content,
     tool-call arguments, reasoning; per choice and event: one token each on llama.cpp and
-    vLLM), prompt tokens = prompt characters / 4."""
+    vLLM), prompt tokens = prompt characters / 4.
+
+    Whose failure: what reading the upstream raises (a cut, a stall, an event that is not
+    JSON) is the upstream's, and the stream ends with an error event; what writing to the
+    client raises is the client's (:class:`ClientDisconnected`, see :func:`forward`)."""
     reply = res.reply
     sse = reply.sse
     if sse is None:
@@ -256,12 +283,17 @@ async def _stream(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
             if want_usage and sse.done and sse.usage is None and sse.error is None and \
                     b"data: [DONE]" in chunk:
                 i = chunk.index(b"data: [DONE]")
-                await send({"type": "http.response.body", "body": chunk[:i], "more_body": True})
-                await send({"type": "http.response.body", "body": _usage_event(ctx, sse),
-                            "more_body": True})
+                await _write(send, {"type": "http.response.body", "body": chunk[:i],
+                                    "more_body": True})
+                await _write(send, {"type": "http.response.body",
+                                    "body": _usage_event(ctx, sse), "more_body": True})
                 chunk = chunk[i:]
             if chunk:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                try:  # inline, not _write: once per chunk
+                    await send({"type": "http.response.body", "body": chunk,
+                                "more_body": True})
+                except Exception as e:
+                    raise ClientDisconnected(f"{type(e).__name__}: {e}") from e
                 last = chunk[-16:] if len(chunk) >= 16 else (last + chunk)[-16:]
             if sse.done:
                 # the upstream's work is over: its replica and slot are free now, though
@@ -271,8 +303,8 @@ async def _stream(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
                 # [DONE], so the gateway's end of the body must not wait for the upstream's
                 # (and a client gone from here on is no disconnect: ctx.finished)
                 if _open_event(last):  # [DONE]'s blank line has not come yet: end it
-                    await send({"type": "http.response.body", "body": b"\n",
-                                "more_body": True})
+                    await _write(send, {"type": "http.response.body", "body": b"\n",
+                                        "more_body": True})
                 ctx.finished = True
                 break
             try:
@@ -290,15 +322,19 @@ async def _stream(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
             _failed_midway(gw, ctx, res, sse.error)
         if sse.done:
             ctx.usage = sse.usage or (0, 0)
-            await send({"type": "http.response.body", "body": b""})
+            await _write(send, {"type": "http.response.body", "body": b""})
             await _drain(it)
             return
         if want_usage and sse.usage is None and sse.error is None:  # ended without [DONE]
-            await send({"type": "http.response.body",
-                        "body": _end_event(last) + _usage_event(ctx, sse), "more_body": True})
+            await _write(send, {"type": "http.response.body",
+                                "body": _end_event(last) + _usage_event(ctx, sse),
+                                "more_body": True})
+    except ClientDisconnected:
+        raise
     except Exception as e:  # never a cancellation: CancelledError is a BaseException
         # After the first byte nothing is retried (the upstream may have billed): end the
         # stream with a well-formed error event the OpenAI SDK raises on.
+        reply.release()  # before the writes, which a slow client may hold up
         log.warning("stream from %s at %s broke after the first byte: %s: %s",
                     res.expert.name, res.replica, type(e).__name__, e)
         invalid = isinstance(e, UpstreamProtocolError)
@@ -307,17 +343,24 @@ async def _stream(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
         what = "sent an event that is not JSON" if invalid else \
             f"ended unexpectedly ({type(e).__name__})"
         code = "stream_invalid" if invalid else "stream_interrupted"
-        err = {"error": {"message": f"upstream stream from {res.expert.name} {what}",
-                         "type": "upstream_error", "param": None, "code": code}}
-        await send({"type": "http.response.body",
-                    "body": _end_event(last) + b"data: " + orjson.dumps(err) + b"\n\n",
-                    "more_body": True})
         ctx.status, ctx.err_type = 502, code
         ctx.degraded.append("stream-invalid" if invalid else "stream-cut")
+        ctx.usage = sse.usage or (0, 0)
+        err = {"error": {"message": f"upstream stream from {res.expert.name} {what}",
+                         "type": "upstream_error", "param": None, "code": code}}
+        try:
+            await send({"type": "http.response.body", "more_body": True,
+                        "body": _end_event(last) + b"data: " + orjson.dumps(err) + b"\n\n"})
+            await send({"type": "http.response.body", "body": b""})
+        except Exception as write_error:
+            # the client is gone as well: the upstream's failure, first, stays the answer's
+            log.debug("request %s: the client's connection failed under the error event: "
+                      "%s", ctx.request_id, type(write_error).__name__)
+        return
     finally:
         reply.release()
     ctx.usage = sse.usage or (0, 0)
-    await send({"type": "http.response.body", "body": b""})
+    await _write(send, {"type": "http.response.body", "body": b""})
 
 
 def _failed_midway(gw: Gateway, ctx: RequestContext, res: DispatchResult, code: str) -> None:
