@@ -155,7 +155,10 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, send: Send, endpoi
             # refused after the routing decision (too deep to forward): the reason says both
             ctx.reason = f"{ctx.reason}; refused: {err.message}"
         ctx.reason = ctx.reason or err.message
-        await send_error(finishing, ctx, err)
+        try:
+            await send_error(finishing, ctx, err)
+        except ClientDisconnected:  # gone before its error could be written
+            ctx.status, ctx.err_type = 499, "client_disconnected"
     finally:
         if watch is not None:
             watch.cancel()

@@ -141,21 +141,22 @@ async def send_error(send: Send, ctx: RequestContext, err: GatewayError) -> None
     if err.headers:  # the error's own (a refused rate decision's) replace the request's
         own = {k.lower().encode(): v.encode() for k, v in err.headers.items()}
         h = [(k, v) for k, v in h if k not in own] + list(own.items())
-    await send({"type": "http.response.start", "status": err.status, "headers": h})
-    await send({"type": "http.response.body", "body": err.body()})
+    await _write(send, {"type": "http.response.start", "status": err.status, "headers": h})
+    await _write(send, {"type": "http.response.body", "body": err.body()})
 
 
 async def send_json(send: Send, ctx: RequestContext, obj: Any, status: int = 200) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": headers(ctx)})
-    await send({"type": "http.response.body", "body": orjson.dumps(obj)})
+    await _write(send, {"type": "http.response.start", "status": status,
+                        "headers": headers(ctx)})
+    await _write(send, {"type": "http.response.body", "body": orjson.dumps(obj)})
 
 
 async def refuse(send: Send, ctx: RequestContext, message: str) -> None:
     """The policy's refusal as a normal completion (or stream) from the policy itself."""
     ctype, body = _refusal(ctx.body, ctx.endpoint, message, ctx.policy, ctx.stream)
-    await send({"type": "http.response.start", "status": 200,
-                "headers": headers(ctx, ctype)})
-    await send({"type": "http.response.body", "body": body})
+    await _write(send, {"type": "http.response.start", "status": 200,
+                        "headers": headers(ctx, ctype)})
+    await _write(send, {"type": "http.response.body", "body": body})
     ctx.status = 200
     ctx.refused = True
 

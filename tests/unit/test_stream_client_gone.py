@@ -90,8 +90,10 @@ class Client:
     the client disconnects (``http.disconnect``), ``leave_s`` later."""
 
     def __init__(self, app: Any, body: dict[str, Any], *, fail_on: str | int | None = None,
-                 block_on: int | None = None, leave_s: float = 0.2) -> None:
+                 block_on: int | None = None, leave_s: float = 0.2,
+                 path: str = "/v1/chat/completions") -> None:
         self.app = app
+        self.path = path
         self.raw = orjson.dumps(body)
         self.fail_on = fail_on
         self.block_on = block_on
@@ -140,7 +142,7 @@ class Client:
         self.gone.set()
 
     async def run(self) -> None:
-        scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
+        scope = {"type": "http", "method": "POST", "path": self.path,
                  "headers": [(b"content-type", b"application/json")], "query_string": b"",
                  "root_path": "", "scheme": "http", "http_version": "1.1",
                  "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1)}
@@ -281,3 +283,35 @@ async def test_a_writer_that_fails_after_done_leaves_a_complete_answer(
     (rec,) = await records(app, tmp_path)
     assert (rec["http_status"], rec["error_type"]) == (200, None)
 
+
+
+@pytest.mark.parametrize("fail_on", ["start", 1])
+@pytest.mark.parametrize("case", ["error", "dry-run", "refusal"])
+async def test_a_client_gone_before_a_gateway_answer_is_a_499_not_a_500(
+        scripted: ScriptedSSE, ups: Any, app_for: Any, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture, case: str, fail_on: str | int) -> None:
+    # the gateway's own answers (an error, the dry run's JSON, a policy's refusal) were
+    # written with the server's send unguarded: a client gone under the write was an
+    # unexpected error (logged 500 internal_error with a traceback, raised to the server)
+    cfg = config(scripted, ups[1].base)
+    cfg["policies"].append({"name": "strict", "routes": cfg["policies"][0]["routes"],
+                            "params": {"threshold": 0.99},
+                            "on_reject": {"action": "refusal", "message": "no"}})
+    path = "/v1/chat/completions"
+    body: dict[str, Any] = chat("auto", "write a python function to parse json")
+    if case == "error":
+        body["model"] = "no-such-model"
+    elif case == "dry-run":
+        path, body = "/v1/route", {"model": "auto", "text": "write a python function"}
+    else:
+        body = chat("strict", "zebra migration")
+    app = await app_for(cfg)
+    caplog.set_level(logging.DEBUG)
+    c = Client(app, body, fail_on=fail_on, path=path)
+    await c.run()  # nothing raised to the server
+    assert c.failed and c.after_failure == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    if case == "dry-run":
+        return  # the dry run writes no routing-log record
+    rec = (await records(app, tmp_path))[-1]
+    assert (rec["http_status"], rec["error_type"]) == (499, "client_disconnected"), rec
