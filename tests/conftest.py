@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from expertgate.bench.upstream_double import OpenAIUpstreamDouble
+from tests.doubles.sse_script import ScriptedSSE
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -23,3 +24,11 @@ async def ups() -> AsyncIterator[tuple[OpenAIUpstreamDouble, OpenAIUpstreamDoubl
     yield a, b
     await a.stop()
     await b.stop()
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[ScriptedSSE]:
+    """An upstream double that plays a test's SSE script (``scripted.script``)."""
+    s = await ScriptedSSE().start()
+    yield s
+    await s.stop()

@@ -48,13 +48,6 @@ SLOW = [TOKEN, *([0.1, MORE] * 50), FINISH, DONE]
 
 
 @pytest.fixture
-async def scripted() -> AsyncIterator[ScriptedSSE]:
-    s = await ScriptedSSE().start()
-    yield s
-    await s.stop()
-
-
-@pytest.fixture
 async def app_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Any]:
     monkeypatch.setenv(KEY_ENV, "sk-lite-test")
     apps: list[Any] = []

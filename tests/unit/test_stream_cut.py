@@ -5,7 +5,6 @@ gateway's APIError)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +17,6 @@ from tests.unit.gateway_helpers import base_config, gateway_client
 
 ROLE = chunk({"role": "assistant", "content": ""})
 TOKEN = chunk({"content": "Hel"})
-
-
-@pytest.fixture
-async def scripted() -> AsyncIterator[ScriptedSSE]:
-    s = await ScriptedSSE().start()
-    yield s
-    await s.stop()
 
 
 @pytest.mark.parametrize("half,end,code", [

@@ -10,7 +10,6 @@ replica's failure exactly as one in the first read does. Upstreams are scripted 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +30,6 @@ DONE = b"data: [DONE]\n\n"
 #: long enough that the gateway reads the role chunk on its own first
 PAUSE = 0.15
 ROUTED = "fix this bug in my code"  # routed to the coder, the chatter its fallback
-
-
-@pytest.fixture
-async def scripted() -> AsyncIterator[ScriptedSSE]:
-    s = await ScriptedSSE().start()
-    yield s
-    await s.stop()
 
 
 def _records(path: Path) -> list[dict[str, Any]]:

@@ -38,13 +38,6 @@ ERROR = event({"error": {"message": "CUDA out of memory", "type": "InternalServe
 
 
 @pytest.fixture
-async def scripted() -> AsyncIterator[ScriptedSSE]:
-    s = await ScriptedSSE().start()
-    yield s
-    await s.stop()
-
-
-@pytest.fixture
 async def slow() -> AsyncIterator[tuple[OpenAIUpstreamDouble, OpenAIUpstreamDouble]]:
     """Two doubles whose streams take ~0.9 s (four events, 0.3 s apart)."""
     a = await OpenAIUpstreamDouble("a-double", event_delay_s=0.3).start()

@@ -4,13 +4,11 @@ content, in every choice of an event (``n`` > 1), as upstreams count completion 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import openai
 import orjson
-import pytest
 
 from tests.doubles.sse_script import ScriptedSSE, chunk, event
 from tests.unit.gateway_helpers import base_config, gateway_client
@@ -18,13 +16,6 @@ from tests.unit.gateway_helpers import base_config, gateway_client
 DONE = b"data: [DONE]\n\n"
 TOOLS = [{"type": "function", "function": {
     "name": "run", "parameters": {"type": "object", "properties": {"x": {"type": "integer"}}}}}]
-
-
-@pytest.fixture
-async def scripted() -> AsyncIterator[ScriptedSSE]:
-    s = await ScriptedSSE().start()
-    yield s
-    await s.stop()
 
 
 def _call(d: dict[str, Any]) -> bytes:
