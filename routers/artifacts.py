@@ -222,10 +222,14 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     """Read and check ``router.json`` of an artifact folder (format, files, checksums)."""
     folder = Path(path)
     mpath = folder / MANIFEST
+    if not folder.exists():
+        raise RouterError(f"router artifact {folder} does not exist")
     if not folder.is_dir():
-        raise RouterError(f"router artifact {folder} is not a folder")
-    if not mpath.exists():
-        raise RouterError(f"router artifact {folder} has no {MANIFEST}")
+        raise RouterError(f"router artifact {folder} is a file, not a folder (an artifact is "
+                          f"the folder that holds {MANIFEST})")
+    if not mpath.is_file():
+        raise RouterError(f"router artifact {folder} has no {MANIFEST} (not a router "
+                          "artifact folder)")
     try:
         manifest = json.loads(mpath.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
