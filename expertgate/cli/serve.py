@@ -253,6 +253,20 @@ class _LifespanEcho(logging.Filter):
                     record.getMessage() != "Application startup failed. Exiting.")
 
 
+def _worker_log_config() -> dict[str, Any]:
+    """uvicorn's logging configuration with :class:`_LifespanEcho` on ``uvicorn.error``:
+    what a worker process (``--workers N``) applies when it starts, so the filter the
+    single process adds by hand applies in every worker too."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    conf = copy.deepcopy(LOGGING_CONFIG)
+    conf.setdefault("filters", {})["lifespan_echo"] = {"()": f"{__name__}._LifespanEcho"}
+    conf["loggers"]["uvicorn.error"]["filters"] = ["lifespan_echo"]
+    return conf
+
+
 def _run(s: Settings, cfg: GatewayConfig | None = None, embedder: Any = None) -> int:
     import uvicorn
 
@@ -378,7 +392,11 @@ def _run(s: Settings, cfg: GatewayConfig | None = None, embedder: Any = None) ->
                     sock.close()
                 super().terminate_all()
 
-        config = uvicorn.Config("gateway.asgi:app", workers=s.workers, factory=True, **kw)
+        # each worker configures its logging from log_config (uvicorn's own, plus the
+        # filter that drops its echo of a start-up failure: a worker that fails to start,
+        # on a reload, said it twice)
+        config = uvicorn.Config("gateway.asgi:app", workers=s.workers, factory=True,
+                                log_config=_worker_log_config(), **kw)
         try:
             try:
                 sock = config.bind_socket()
