@@ -19,7 +19,7 @@ request.
     │   ├── RequestTimeout            408 request_timeout (the body did not arrive in time)
     │   ├── PayloadTooLarge           413 request_too_large
     │   ├── UnsupportedMediaType      415 unsupported_content_encoding / unsupported_media_type
-    │   ├── RateLimited               429 rate_limit_exceeded (with retry-after)
+    │   ├── RateLimited               429 rate_limit_requests / rate_limit_tokens (see the class)
     │   └── GuardRejected             400 / configured: request_rejected
     ├── DeadlineExceeded              504 deadline_exceeded (request_deadline_s passed routing)
     └── UpstreamError (5xx: an expert failed and no fallback answered)
@@ -150,6 +150,10 @@ class UnsupportedMediaType(RequestError):
 
 
 class RateLimited(RequestError):
+    """A key's rate limit refused the request (:mod:`gateway.ratelimit`). A request that a
+    wait would admit carries ``retry-after``; one no wait admits (larger than the key's
+    per-minute token limit) carries none, and ``x-should-retry: false`` instead."""
+
     status = 429
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
