@@ -33,7 +33,12 @@ A call holds its replica (the in-flight count the choice above reads) and one of
 ``max_concurrency`` slots (:class:`Lease`) until its answer ends: a non-streamed call until
 it returns, a stream until its reader releases it, whatever ended it (``[DONE]``, a cut, an
 error event, the client leaving, the writer failing, the shutdown). A request that finds
-every slot taken waits for one, within its deadline.
+every slot taken waits for one, within its deadline. A LoRA adapter served by its parent's
+server takes one of the parent's slots (the server's capacity is the parent's: its limit
+holds across the adapters and the base model together), and one of its own as well when
+its ``max_concurrency`` is set explicitly. The wait for a slot is the gateway's queueing,
+not upstream time: an :class:`Attempt`'s ``ms`` starts once the slots are held, and the
+wait is its ``queue_ms``.
 
 Circuit breakers count only the replica's failures, and a half-open probe that never
 finishes (the client went away, the task was cancelled) releases its slot, so an expert that
@@ -175,8 +180,11 @@ class Attempt:
     replica: str
     # ok | connect | timeout | status | protocol | circuit_open | client_error | request_error
     outcome: str
+    #: upstream time: from the call's start, once its concurrency slots were held
     ms: float
     status: int | None = None
+    #: the wait for a concurrency slot before the call (the gateway's queueing)
+    queue_ms: float = 0.0
 
 
 @dataclass
@@ -196,8 +204,12 @@ class ExpertPool:
         self.expert = expert
         self.replicas = [Replica(b) for b in bases]
         self.sem = asyncio.Semaphore(expert.max_concurrency)
-        #: slots of ``sem`` held: calls in progress, streams until their end
+        #: calls to this expert holding their slots: in progress, streams until their end
         self.busy = 0
+        #: the pools whose slots a call takes, in order: its own; for a LoRA adapter on its
+        #: parent's server, its parent's (the server's limit), after its own only where its
+        #: ``max_concurrency`` was set explicitly (set by the Dispatcher)
+        self.gates: list[ExpertPool] = [self]
         #: replica base -> LoRA adapters resident there (configured on the base expert)
         self.resident: dict[str, set[str]] = {b.rstrip("/"): set(a) for b, a in
                                               expert.resident_adapters.items()}
@@ -254,41 +266,52 @@ class Lease:
     unreleased (a reader that never released its reply: a bug) is released when collected,
     with a warning, so that a slot can never stay taken for ever."""
 
-    __slots__ = ("loop", "pool", "rep", "slot")
+    __slots__ = ("held", "loop", "pool", "rep")
 
     def __init__(self, pool: ExpertPool, rep: Replica, loop: asyncio.AbstractEventLoop
                  ) -> None:
         self.pool = pool
         self.rep: Replica | None = rep
         self.loop = loop
-        self.slot = False
+        #: the semaphores (of ``pool.gates``) one of whose slots this call holds
+        self.held: tuple[asyncio.Semaphore, ...] = ()
         rep.inflight += 1
 
     async def acquire(self, deadline: float) -> bool:
-        """Take one of the expert's slots, waiting until ``deadline`` (time.monotonic())
-        when all are taken; True when it waited."""
-        pool = self.pool
-        waited = pool.sem.locked()
-        if waited:
-            try:
-                async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
-                    await pool.sem.acquire()
-            except TimeoutError:
-                raise UpstreamTimeout(
-                    f"request deadline exceeded while waiting for one of "
-                    f"{pool.expert.name}'s {pool.expert.max_concurrency} concurrency slots",
-                    code="deadline_exceeded") from None
-        else:
-            await pool.sem.acquire()  # a free slot: taken without suspending
-        self.slot = True
-        pool.busy += 1
+        """Take a slot of each of ``pool.gates`` (the expert's; an adapter's parent's),
+        waiting until ``deadline`` (time.monotonic()) when all are taken; True when it
+        waited. On a timeout or a cancellation no slot stays taken."""
+        waited = False
+        try:
+            for gate in self.pool.gates:
+                if gate.sem.locked():
+                    waited = True
+                    try:
+                        async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+                            await gate.sem.acquire()
+                    except TimeoutError:
+                        raise UpstreamTimeout(
+                            f"request deadline exceeded while waiting for one of "
+                            f"{gate.expert.name}'s {gate.expert.max_concurrency} concurrency "
+                            "slots", code="deadline_exceeded") from None
+                else:
+                    await gate.sem.acquire()  # a free slot: taken without suspending
+                self.held = (*self.held, gate.sem)
+        except BaseException:
+            held, self.held = self.held, ()
+            for sem in held:
+                sem.release()
+            raise
+        self.pool.busy += 1
         return waited
 
     def free_slot(self) -> None:
-        if self.slot:
-            self.slot = False
+        held = self.held
+        if held:
+            self.held = ()
             self.pool.busy -= 1
-            self.pool.sem.release()
+            for sem in held:
+                sem.release()
 
     def release(self) -> None:
         rep = self.rep
@@ -304,17 +327,18 @@ class Lease:
                     self.pool.expert.name, self.rep.base)
         # at the loop's next turn, not inside whatever the collector interrupted (possibly
         # the semaphore's own bookkeeping, possibly on another thread)
-        pool, rep, slot = self.pool, self.rep, self.slot
+        pool, rep, held = self.pool, self.rep, self.held
         self.rep = None
         if not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(_give_back, pool, rep, slot)
+            self.loop.call_soon_threadsafe(_give_back, pool, rep, held)
 
 
-def _give_back(pool: ExpertPool, rep: Replica, slot: bool) -> None:
+def _give_back(pool: ExpertPool, rep: Replica, held: tuple[asyncio.Semaphore, ...]) -> None:
     rep.inflight -= 1
-    if slot:
+    if held:
         pool.busy -= 1
-        pool.sem.release()
+        for sem in held:
+            sem.release()
 
 
 class Dispatcher:
@@ -345,6 +369,11 @@ class Dispatcher:
                 for b, names in self.pools[e.name].resident.items():
                     merged[b] = merged.get(b, set()) | names
                 self.pools[e.name].resident = merged
+                # ... and its capacity: the parent's slots bound the server's calls, the
+                # adapter's own only where it set max_concurrency itself (not the default)
+                own = "max_concurrency" in e.model_fields_set
+                self.pools[e.name].gates = [*([self.pools[e.name]] if own else []),
+                                            self.pools[e.parent]]
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -435,11 +464,14 @@ class Dispatcher:
                 if on_try is not None:
                     on_try(name, rep.base)
                 t0 = time.perf_counter()
+                queue_ms = 0.0
                 lease = Lease(pool, rep, loop)
                 kept = False
                 try:
                     if await lease.acquire(deadline):
                         remaining = deadline - time.monotonic()
+                        t1 = time.perf_counter()  # the wait for a slot is not upstream time
+                        queue_ms, t0 = (t1 - t0) * 1000, t1
                     if expert.kind == "openai":
                         assert body is not None
                         reply = await call_openai(self.http, expert, rep.base, path,
@@ -469,7 +501,7 @@ class Dispatcher:
                             f.retryable = False
                             f.kind = "request_error"
                     self.metrics.upstream_errors.labels(name, f.kind).inc()
-                    attempts.append(Attempt(name, rep.base, f.kind, ms, f.status))
+                    attempts.append(Attempt(name, rep.base, f.kind, ms, f.status, queue_ms))
                     if f.kind == "not_found":
                         # the replica answered: it is up, it lacks this model (an adapter
                         # not loaded there). Never a breaker failure: adapters share their
@@ -506,7 +538,7 @@ class Dispatcher:
                 rep.breaker.success()
                 self._breaker_metric(name, rep)
                 outcome = "ok" if reply.status < 400 else "client_error"
-                attempts.append(Attempt(name, rep.base, outcome, ms, reply.status))
+                attempts.append(Attempt(name, rep.base, outcome, ms, reply.status, queue_ms))
                 return DispatchResult(expert, rep.base, reply, attempts)
         if last is None:
             # the client's SDK honours retry-after: the wait until the first circuit of the

@@ -47,6 +47,7 @@ class RequestContext:
         "logged",
         "members",
         "plan",
+        "queue_ms",
         "rates",
         "raw",
         "reason",
@@ -98,6 +99,9 @@ class RequestContext:
         self.trying: tuple[str, str] | None = None
         #: time spent in upstream calls (all attempts) for a non-streamed answer
         self.upstream_ms: float | None = None
+        #: time the attempts waited for a concurrency slot (the gateway's queueing, not in
+        #: ``upstream_ms``); None when no attempt answered
+        self.queue_ms: float | None = None
         #: an ensemble's members that answered, what their calls cost beyond the answer's,
         #: and the best member's answer when the aggregation failed
         self.members: list[str] = []

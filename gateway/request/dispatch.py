@@ -5,7 +5,8 @@ first byte) tries the plan's chain in order. The body goes out as the client sen
 nothing changes; otherwise it is re-serialised once per upstream model name with the plan's
 rewrites. An ensemble plan asks its members concurrently (non-streaming) and then the
 aggregator, which may stream. What was tried and what answered is written on the context:
-the answering expert and replica, upstream time, and ``expert-fallback`` with the failed
+the answering expert and replica, upstream time and the wait for concurrency slots (the
+gateway's queueing, not upstream time), and ``expert-fallback`` with the failed
 attempts in the reason when the first choice did not answer.
 """
 
@@ -102,8 +103,14 @@ def _note_answer(gw: Gateway, ctx: RequestContext, res: DispatchResult, chain: l
     ctx.expert = res.expert.name
     ctx.replica = res.replica
     attempts = res.attempts
+    if len(attempts) == 1:
+        a = attempts[0]
+        upstream_ms, ctx.queue_ms = a.ms, a.queue_ms
+    else:
+        upstream_ms = sum(a.ms for a in attempts)
+        ctx.queue_ms = sum(a.queue_ms for a in attempts)
     if not res.reply.stream:  # the whole answer was read within the attempts' time
-        ctx.upstream_ms = attempts[0].ms if len(attempts) == 1 else sum(a.ms for a in attempts)
+        ctx.upstream_ms = upstream_ms
     if res.expert.name != chain[0] or (len(attempts) > 1 and res.fallback):
         ctx.degraded.append("expert-fallback")
         failed = [a for a in res.attempts if a.outcome != "ok"]

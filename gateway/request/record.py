@@ -31,6 +31,8 @@ def record(gw: Gateway, ctx: RequestContext) -> None:
     p = ctx.plan
     policy = p.policy if p is not None else ""
     m.child(m.latency, ctx.endpoint).observe(lat_s)
+    if ctx.queue_ms is not None:  # the wait for an upstream concurrency slot
+        m.child(m.stage, "queue").observe(ctx.queue_ms / 1000)
     m.child(m.requests, ctx.endpoint, policy or "-", ctx.expert or "-",
             _STATUS.get(ctx.status) or str(ctx.status)).inc()
     if p is not None and p.arm is not None:
