@@ -75,6 +75,8 @@ class RequestRecord(TypedDict):
     decision_ms: float | None
     latency_ms: float
     upstream_ms: float | None
+    #: time spent waiting for the expert's concurrency slots (not upstream time)
+    queue_ms: float | None
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float

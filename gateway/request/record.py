@@ -80,6 +80,7 @@ def log_record(gw: Gateway, ctx: RequestContext, latency_ms: float) -> RequestRe
         "degraded": degraded or None, "decision_ms": None,
         "latency_ms": round(latency_ms, 3),
         "upstream_ms": round(upstream_ms, 3) if upstream_ms is not None else None,
+        "queue_ms": round(ctx.queue_ms, 3) if ctx.queue_ms is not None else None,
         "prompt_tokens": usage[0], "completion_tokens": usage[1], "cost_usd": cost,
         "stream": ctx.stream, "arm": None, "propensity": None, "action_probs": None,
         "explored": None, "greedy_expert": None, "candidates": None, "router_version": None,

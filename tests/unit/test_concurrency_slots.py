@@ -168,4 +168,8 @@ async def test_the_wait_for_a_slot_is_queueing_not_upstream_time(tmp_path: Path)
     second_rec = max(recs, key=lambda r: r["latency_ms"])
     # the second waited for the first's call: the gateway's added latency says so
     assert second_rec["latency_ms"] - second_rec["upstream_ms"] > (delay - 0.05) * 1000 - 50
+    # and the record names the wait: queue_ms, beside upstream_ms
+    first_rec = min(recs, key=lambda r: r["latency_ms"])
+    assert first_rec["queue_ms"] < 50
+    assert (delay - 0.1) * 1000 < second_rec["queue_ms"] < (delay + 0.25) * 1000
     assert (delay - 0.05) - 0.05 < queued < delay + 0.25
