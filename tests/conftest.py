@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,3 +34,27 @@ async def scripted() -> AsyncIterator[ScriptedSSE]:
     s = await ScriptedSSE().start()
     yield s
     await s.stop()
+
+
+@pytest.fixture
+async def app_for(tmp_path: Path) -> AsyncIterator[Any]:
+    """``app_for(cfg, **settings)``: a started raw ASGI app on the hashing embedder, closed at
+    the test's end; its routing log is ``tmp_path/log.jsonl`` (later apps: ``logN.jsonl``)."""
+    from gateway.app import create_app
+    from gateway.config import Settings, parse_config
+    from routers.embed import HashingEmbedder
+
+    apps: list[Any] = []
+
+    async def build(cfg: dict[str, Any], **settings: Any) -> Any:
+        log = tmp_path / (f"log{len(apps)}.jsonl" if apps else "log.jsonl")
+        s = Settings(**{"log_path": log, "ready_check_upstreams": False, "gc_freeze": False,
+                        **settings})
+        app = create_app(s, parse_config(cfg, "test.yaml"), embedder=HashingEmbedder())
+        await app.gateway.start()
+        apps.append(app)
+        return app
+
+    yield build
+    for app in apps:
+        await app.gateway.close()

@@ -21,16 +21,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from gateway.app import create_app
-from gateway.config import Settings, parse_config
-from routers.embed import HashingEmbedder
 from tests.doubles.sse_script import ScriptedSSE, chunk
 from tests.unit.gateway_helpers import base_config, chat
 
@@ -47,22 +43,9 @@ DONE = b"data: [DONE]\n\n"
 SLOW = [TOKEN, *([0.1, MORE] * 50), FINISH, DONE]
 
 
-@pytest.fixture
-async def app_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Any]:
+@pytest.fixture(autouse=True)
+def _lite_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(KEY_ENV, "sk-lite-test")
-    apps: list[Any] = []
-
-    async def build(cfg: dict[str, Any]) -> Any:
-        s = Settings(log_path=tmp_path / "log.jsonl", ready_check_upstreams=False,
-                     gc_freeze=False)
-        app = create_app(s, parse_config(cfg, "test.yaml"), embedder=HashingEmbedder())
-        await app.gateway.start()
-        apps.append(app)
-        return app
-
-    yield build
-    for app in apps:
-        await app.gateway.close()
 
 
 def config(scripted: ScriptedSSE, chatter: str) -> dict[str, Any]:

@@ -16,16 +16,12 @@ import gc
 import logging
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
 from expertgate.bench.upstream_double import OpenAIUpstreamDouble
-from gateway.app import create_app
-from gateway.config import Settings, parse_config
-from routers.embed import HashingEmbedder
 from tests.doubles.sse_script import ScriptedSSE, chunk, event
 from tests.unit.gateway_helpers import base_config, chat
 
@@ -45,24 +41,6 @@ async def slow() -> AsyncIterator[tuple[OpenAIUpstreamDouble, OpenAIUpstreamDoub
     yield a, b
     await a.stop()
     await b.stop()
-
-
-@pytest.fixture
-async def app_for(tmp_path: Path) -> AsyncIterator[Any]:
-    """``app_for(cfg, **settings)``: a started raw ASGI app, closed at the test's end."""
-    apps: list[Any] = []
-
-    async def build(cfg: dict[str, Any], **settings: Any) -> Any:
-        s = Settings(**{"log_path": tmp_path / f"log{len(apps)}.jsonl",
-                        "ready_check_upstreams": False, "gc_freeze": False, **settings})
-        app = create_app(s, parse_config(cfg, "test.yaml"), embedder=HashingEmbedder())
-        await app.gateway.start()
-        apps.append(app)
-        return app
-
-    yield build
-    for app in apps:
-        await app.gateway.close()
 
 
 class Client:
