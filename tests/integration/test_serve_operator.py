@@ -103,8 +103,12 @@ def test_sighup_to_the_supervisor_with_a_bad_config_keeps_the_workers(tmp_path: 
         os.kill(gw.pid, signal.SIGHUP)
         while "keeping worker" not in log.read_text() and time.monotonic() < end + 30:
             time.sleep(0.2)
+        time.sleep(0.5)  # an echo of the failure would follow it
         text = log.read_text()
         assert "exited (status 3)" in text and "Traceback" not in text, text
+        said = [ln for ln in text.splitlines() if "does not exist" in ln]
+        assert len(said) == 1, text  # the gateway's line, without uvicorn's echo of it
+        assert str(tmp_path / "missing") in said[0], text
         assert _workers(gw.pid) == before
         # the file fixed: the next SIGHUP replaces both workers
         path.write_text(yaml.safe_dump(cfg))
