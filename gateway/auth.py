@@ -77,8 +77,9 @@ from gateway.errors import (
     UnknownModel,
 )
 
-__all__ = ["KEY_PREFIX", "Authenticator", "Principal", "RequestIds", "bearer_token", "hash_key",
-           "key_record", "reachable_experts", "request_token", "require_admin", "require_key"]
+__all__ = ["KEY_HEADERS", "KEY_PREFIX", "Authenticator", "Principal", "RequestIds",
+           "bearer_token", "hash_key", "key_record", "reachable_experts", "request_token",
+           "require_admin", "require_key"]
 
 log = logging.getLogger("expertgate.auth")
 
@@ -165,10 +166,16 @@ def bearer_token(value: bytes) -> str | None:
     return val[7:].strip() or None if val[:7].lower() == "bearer " else None
 
 
+#: the headers that carry a key by themselves: ``x-api-key`` (Anthropic-style clients) and
+#: ``api-key`` (the Azure OpenAI SDK, as LiteLLM's proxy accepts it)
+KEY_HEADERS = frozenset({b"x-api-key", b"api-key"})
+
+
 def request_token(authorization: bytes | None, api_key: str | None) -> str | None:
-    """The request's key from its first ``Authorization`` header and its ``x-api-key``: the
-    bearer token if the former is one, else the latter (a ``Basic`` header, say from a
-    proxy, never hides an ``x-api-key``). Every endpoint picks the key this way."""
+    """The request's key from its first ``Authorization`` header and its ``x-api-key`` or
+    ``api-key`` (:data:`KEY_HEADERS`): the bearer token if the former is one, else the
+    latter (a ``Basic`` header, say from a proxy, never hides an ``x-api-key``). Every
+    endpoint picks the key this way."""
     return (bearer_token(authorization) if authorization is not None else None) or api_key
 
 
@@ -180,7 +187,7 @@ def _token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
         if k == b"authorization":
             if auth is None:
                 auth = v
-        elif k == b"x-api-key":
+        elif k in KEY_HEADERS and api_key is None:
             api_key = v.decode("latin-1").strip() or None
     return request_token(auth, api_key)
 
@@ -359,7 +366,8 @@ class Authenticator:
         if not self.required:
             return None
         if not token:
-            raise AuthenticationFailed("missing API key: send 'Authorization: Bearer <key>'")
+            raise AuthenticationFailed(
+                "missing API key: send 'Authorization: Bearer <key>' (or 'api-key: <key>')")
         digest = hash_key(token)
         cfg = self._config_key(digest)
         if cfg is None and self.redis is not None:

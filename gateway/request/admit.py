@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from gateway.auth import request_token
+from gateway.auth import KEY_HEADERS, request_token
 from gateway.errors import InvalidRequest, UnsupportedMediaType
 from gateway.ratelimit import Limits, RateDecision, estimate_prompt_tokens, estimate_tokens
 from gateway.request.context import RequestContext, header_value
@@ -41,7 +41,7 @@ async def admit(gw: Gateway, headers: Iterable[tuple[bytes, bytes]], ctx: Reques
         if k == b"authorization":
             if auth is None:
                 auth = v
-        elif k == b"x-api-key":
+        elif k in KEY_HEADERS and api_key is None:
             api_key = v.decode("latin-1").strip() or None
         elif k == b"x-request-id":
             ctx.client_request_id = header_value(v.decode("latin-1")[:128]) or None
