@@ -18,18 +18,51 @@ import asyncio
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import orjson
 from aiohttp import web
 
 from expertgate.procs import free_port
 
-__all__ = ["OpenAIUpstreamDouble", "ThreadedDouble"]
+__all__ = ["LocalSite", "OpenAIUpstreamDouble", "ThreadedDouble"]
+
+
+class LocalSite:
+    """An aiohttp application served on 127.0.0.1:``port``: what every upstream double shares.
+
+    Subclasses are dataclasses with ``port``, ``_runner`` (None) and ``_stopping`` (an
+    :class:`asyncio.Event`) fields and build their routes in :meth:`_app`; :meth:`stop` sets
+    ``_stopping`` first, so a handler waiting on it (a hung stream) ends before the cleanup.
+    """
+
+    port: int
+    _runner: web.AppRunner | None
+    _stopping: asyncio.Event
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def _app(self) -> web.Application:
+        raise NotImplementedError
+
+    async def start(self) -> Self:
+        self._stopping.clear()
+        self._runner = web.AppRunner(self._app(), access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
 
 
 @dataclass
-class OpenAIUpstreamDouble:
+class OpenAIUpstreamDouble(LocalSite):
     name: str = "double"
     port: int = field(default_factory=free_port)
     mode: str = "ok"  # ok | status | hang | cut | badjson | badsse | refuse_lora
@@ -60,28 +93,14 @@ class OpenAIUpstreamDouble:
     _runner: web.AppRunner | None = None
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    async def start(self) -> OpenAIUpstreamDouble:
-        self._stopping.clear()
+    def _app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/load_lora_adapter", self._load_lora)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        return self
-
-    async def stop(self) -> None:
-        self._stopping.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        return app
 
     async def _models(self, request: web.Request) -> web.Response:
         data = [{"id": self.name, "object": "model", "parent": None}]

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from expertgate.bench.upstream_double import LocalSite
 from expertgate.procs import free_port
 
 __all__ = ["ScriptedSSE", "chunk", "completion_chunk", "event"]
@@ -51,7 +52,7 @@ def completion_chunk(text: str, *, finish: str | None = None) -> bytes:
 
 
 @dataclass
-class ScriptedSSE:
+class ScriptedSSE(LocalSite):
     script: list[Step] = field(default_factory=list)
     port: int = field(default_factory=free_port)
     received: list[dict[str, Any]] = field(default_factory=list)
@@ -61,24 +62,11 @@ class ScriptedSSE:
     _runner: web.AppRunner | None = None
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    async def start(self) -> ScriptedSSE:
+    def _app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._play)
         app.router.add_post("/v1/completions", self._play)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        return self
-
-    async def stop(self) -> None:
-        self._stopping.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        return app
 
     async def _play(self, request: web.Request) -> web.StreamResponse:
         self.received.append(await request.json())

@@ -20,6 +20,7 @@ went; every request is recorded in ``received``.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from expertgate.bench.upstream_double import LocalSite
 from expertgate.procs import free_port
 
 __all__ = ["VLLMDouble"]
@@ -39,7 +41,7 @@ def _error(message: str, type_: str, status: int) -> web.Response:
 
 
 @dataclass
-class VLLMDouble:
+class VLLMDouble(LocalSite):
     """``vllm serve BASE --enable-lora --lora-modules name=path ...``, as seen over HTTP."""
 
     base_model: str = "meta-llama/Llama-3.1-8B-Instruct"
@@ -50,12 +52,9 @@ class VLLMDouble:
     port: int = field(default_factory=free_port)
     received: list[dict[str, Any]] = field(default_factory=list)
     _runner: web.AppRunner | None = None
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    async def start(self) -> VLLMDouble:
+    def _app(self) -> web.Application:
         app = web.Application(middlewares=[self._auth])
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/chat/completions", self._chat)
@@ -64,15 +63,7 @@ class VLLMDouble:
         if self.allow_runtime_lora:
             app.router.add_post("/v1/load_lora_adapter", self._load)
             app.router.add_post("/v1/unload_lora_adapter", self._unload)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        return app
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
