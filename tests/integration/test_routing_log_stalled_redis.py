@@ -9,22 +9,16 @@ import asyncio
 import os
 import signal
 import time
-from typing import cast
 
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.logs import LOG_STREAM, RedisStreamSink, RoutingLog
+from gateway.logs import LOG_STREAM, RedisStreamSink
 from gateway.metrics import Metrics
-from routers.logrecord import RequestRecord
 from tests.integration.conftest import RedisServer
+from tests.unit.test_routing_log_shutdown import _rec, started_log
 
 pytestmark = pytest.mark.integration
-
-
-def _rec(request_id: str) -> RequestRecord:
-    """A record carrying only its id (the log takes any JSON object)."""
-    return cast(RequestRecord, {"request_id": request_id})
 
 
 async def test_a_stalled_redis_at_shutdown_costs_the_timeout_and_the_records_are_counted(
@@ -32,18 +26,11 @@ async def test_a_stalled_redis_at_shutdown_costs_the_timeout_and_the_records_are
     client = aioredis.Redis.from_url(redis_clean.url, socket_timeout=10,
                                      socket_connect_timeout=10)
     m = Metrics()
-    rlog = RoutingLog(RedisStreamSink(client), m, linger_s=0.0)
-    rlog.start()
     pid = redis_clean.pid
     assert pid is not None
     stopped = False
     try:
-        rlog.record(_rec("before"))
-        for _ in range(100):
-            if rlog.written:
-                break
-            await asyncio.sleep(0.01)
-        assert rlog.written == 1
+        rlog = await started_log(RedisStreamSink(client), m)
         os.kill(pid, signal.SIGSTOP)
         stopped = True
         for i in range(4):

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -40,10 +40,9 @@ def _block(path: Path) -> Path:
     return moved
 
 
-async def _logged(tmp_path: Path, n: int) -> tuple[RoutingLog, Metrics, Path]:
-    m = Metrics()
-    path = tmp_path / "log.jsonl"
-    rlog = RoutingLog(JsonlSink(path, tmp_path / "fb.jsonl"), m, linger_s=0.0)
+async def started_log(sink: Any, m: Metrics) -> RoutingLog:
+    """A started routing log on ``sink`` whose first record is written (the sink works)."""
+    rlog = RoutingLog(sink, m, linger_s=0.0)
     rlog.start()
     rlog.record(_rec("first"))
     for _ in range(100):
@@ -51,6 +50,13 @@ async def _logged(tmp_path: Path, n: int) -> tuple[RoutingLog, Metrics, Path]:
             break
         await asyncio.sleep(0.01)
     assert rlog.written == 1
+    return rlog
+
+
+async def _logged(tmp_path: Path, n: int) -> tuple[RoutingLog, Metrics, Path]:
+    m = Metrics()
+    path = tmp_path / "log.jsonl"
+    rlog = await started_log(JsonlSink(path, tmp_path / "fb.jsonl"), m)
     _block(path)
     for i in range(n):
         rlog.record(_rec(f"r{i}"))
