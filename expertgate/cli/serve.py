@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import signal
 import sys
 import time
@@ -16,13 +17,68 @@ import orjson
 
 from gateway.config import ConfigError, GatewayConfig, Settings, load_config
 
-__all__ = ["register", "start_local_experts", "unreachable_experts"]
+__all__ = ["METRICS_DIR_PREFIX", "register", "remove_stale_metrics_dirs", "start_local_experts",
+           "unreachable_experts"]
 
 log = logging.getLogger("expertgate.serve")
 
 #: how long a reload (SIGHUP, /admin/reload with --workers N) waits for each new worker to
 #: be ready before it keeps the old one: imports, the embedder, the policies and the warm-up
 WORKER_START_S = 180.0
+
+
+#: the prefix of a supervisor's prometheus_client directory (``serve --workers N``), which
+#: mkdtemp names ``expertgate-metrics-<the supervisor's pid>-<random>``
+METRICS_DIR_PREFIX = "expertgate-metrics-"
+_METRICS_DIR = re.compile(re.escape(METRICS_DIR_PREFIX) + r"([0-9]{1,10})-[a-z0-9_]+")
+
+
+def remove_stale_metrics_dirs(tmp: Path) -> list[Path]:
+    """Remove the metrics directories in ``tmp`` left by supervisors that are gone (killed
+    with SIGKILL: their own ``finally`` never ran) and return them. Only directories of this
+    user named as :data:`METRICS_DIR_PREFIX` names them (never a link, nor a folder of the
+    older ``expertgate-metrics-<random>`` naming, whose owner cannot be told), and only when
+    their pid is not a running process (a pid reused since is a folder left for later)."""
+    import os
+    import shutil
+    import stat
+
+    removed: list[Path] = []
+    try:
+        entries = list(tmp.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _METRICS_DIR.fullmatch(entry.name)
+        if m is None:
+            continue
+        try:
+            st = entry.lstat()
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or \
+                _running(int(m.group(1))):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        log.info("removed %s, the metrics directory of a supervisor that is gone", entry)
+        removed.append(entry)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` names a process (any user's); pid 0 and numbers no pid can be count
+    as running: nothing to remove."""
+    import os
+
+    if pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 def register(sub: Any, name: str) -> None:
@@ -298,7 +354,10 @@ def _run(s: Settings, cfg: GatewayConfig | None = None, embedder: Any = None) ->
         # /metrics adds up every worker's values: prometheus_client's multiprocess mode, a
         # file per worker in a directory of this supervisor's own (mode 0700, fresh: files
         # of another run would be added in), set before a worker imports prometheus_client
-        metrics_dir = tempfile.mkdtemp(prefix="expertgate-metrics-")
+        # named after this supervisor's pid: a supervisor killed with SIGKILL never removes
+        # its own, the next start removes those whose supervisor is gone
+        remove_stale_metrics_dirs(Path(tempfile.gettempdir()))
+        metrics_dir = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
 
         def worker_gone(pid: int | None) -> None:
