@@ -22,7 +22,8 @@ and the effective sample size ``ESS = (Σ w)² / Σ w²``. Quality, cost and the
 *Overlap.* Where the candidate puts probability on an expert the logging policy could not
 have chosen for that request (``π0 = 0``: never explored there), no reweighting can recover
 its outcome. When that unsupported mass exceeds ``max_unsupported`` (default 1 %) the verdict
-is ``no_overlap`` and no estimate is given, with a message naming the experts.
+is ``no_overlap`` and no estimate is given, with a message naming the experts. So is it when
+the logs hold no request served by the candidate's choice at all (ESS 0: every weight zero).
 
 :func:`simulate` proves the estimators on any full-information table (every prompt scored
 for every expert): it replays a logging router with exploration to produce logs, estimates a
@@ -528,6 +529,18 @@ def estimate(data: LoggedData, target: np.ndarray, *, cost_weight: float = 0.0,
             f"no overlap: the candidate sends {uns_share:.1%} of requests to experts the "
             f"{_logging_policy(data)} never explored for them ({named}); these logs cannot "
             f"support an estimate. {_overlap_advice(data, unsupported > 0)}")
+        out["estimates"] = {o: dict.fromkeys(ESTIMATORS) for o in OUTCOMES}
+        return out
+    if not np.any(w > 0):
+        # the logger could have served the candidate's choices but served none of them: an
+        # IPS of 0 with a zero-width interval, and a DR that is the reward model's guess for
+        # experts it never saw, would look like estimates
+        picks = ", ".join(e for j, e in enumerate(data.experts) if np.any(T[:, j] > 0))
+        out["verdict"] = "no_overlap"
+        out["message"] = (
+            f"no overlap: the expert the candidate chooses ({picks}) served none of the {n} "
+            f"logged requests (effective sample size 0); these logs cannot support an "
+            f"estimate. Explore more (a larger explore rate, or more traffic) and export again")
         out["estimates"] = {o: dict.fromkeys(ESTIMATORS) for o in OUTCOMES}
         return out
     if ess < min_ess:
