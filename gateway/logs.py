@@ -121,9 +121,14 @@ class RedisStreamSink:
     """XADD to a capped stream (approximate MAXLEN) so Redis memory stays bounded too."""
 
     name = "redis"
+    #: a record is ~1.3 KB in the stream (prompts not logged), so ~0.6 GB at the cap: under
+    #: half of docker-compose.yml's `--maxmemory 2gb`. The stream cannot be evicted
+    #: (volatile-lru), so a larger one evicted the rate-limit windows, then made Redis
+    #: refuse writes (tests/integration/test_redis_memory_budget.py)
+    DEFAULT_MAXLEN = 500_000
 
     def __init__(self, client: Any, stream: str = LOG_STREAM,
-                 feedback_stream: str = FEEDBACK_STREAM, maxlen: int = 5_000_000) -> None:
+                 feedback_stream: str = FEEDBACK_STREAM, maxlen: int = DEFAULT_MAXLEN) -> None:
         self._r = client
         self.stream = stream
         self.feedback_stream = feedback_stream
