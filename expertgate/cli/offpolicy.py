@@ -187,6 +187,14 @@ def main(args: argparse.Namespace) -> int:
     return 0 if res.get("verdict", "ok") != "no_overlap" else 1
 
 
+def _git(commit: str | None) -> dict[str, Any]:
+    """The commit and whether the tree's code differed from it (``dirty``, as in every other
+    result's provenance: the figure may not come from the committed code)."""
+    from evals.provenance import git_state
+
+    return {"commit": commit, "dirty": git_state()["dirty"]}
+
+
 def _explore(args: argparse.Namespace) -> Any:
     from routers.explore import Exploration
 
@@ -216,7 +224,7 @@ def _simulate(args: argparse.Namespace) -> dict[str, Any]:
                    clip=args.clip, reward_weights=args.reward_weights, progress=True)
     out: dict[str, Any] = {"mode": "simulate", "data": args.simulate, "format": fmt,
                            "data_sha256": data_sha256(args.simulate), "embedder": emb,
-                           "commit": git_commit(), "command": _command(args),
+                           **_git(git_commit()), "command": _command(args),
                            "seed_set": args.seed_set, **res}
     _print_simulation(res)
     if args.train:
@@ -387,4 +395,4 @@ def _logs(args: argparse.Namespace) -> dict[str, Any]:
                   + "): few requests or large importance weights; read it as a bound")
     return {"mode": "logs", "logs": args.logs, "data_sha256": data_sha256(args.logs),
             "router": args.router, "policy": policy, "embedder": embedder.name,
-            "commit": git_commit(), "command": _command(args), **res}
+            **_git(git_commit()), "command": _command(args), **res}

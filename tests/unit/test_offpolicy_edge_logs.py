@@ -61,3 +61,20 @@ def test_a_candidate_whose_choices_were_never_served_gets_no_estimate(tmp_path) 
     data = LoggedData(["a", "b"], np.zeros((8, 2)), np.zeros(8, int), np.ones(8), np.zeros(8),
                       np.tile([0.9, 0.1], (8, 1)))
     assert estimate(data, np.tile([0.0, 1.0], (8, 1)), n_boot=20)["verdict"] == "no_overlap"
+
+
+def test_offpolicy_json_records_whether_the_tree_was_dirty(tmp_path) -> None:
+    """The result JSON had the commit but not the dirty flag (the code that made the figure
+    may not be the committed code), unlike eval routing's and train's provenance."""
+    from evals.provenance import git_state
+    from expertgate.cli import main
+
+    rows = _rows(20) + [{**r, "request_id": f"b{i}", "expert": "b", "propensity": 0.1}
+                        for i, r in enumerate(_rows(20))]
+    out = tmp_path / "ope.json"
+    rc = main(["eval", "offpolicy", "--logs", str(_write(tmp_path, rows)), "--router",
+               str(_candidate(tmp_path, "a")), "--boot", "50", "--json", str(out),
+               "--cache-dir", str(tmp_path / "c")])
+    res = json.loads(out.read_text())
+    assert rc == 0 and res["commit"] and res["data_sha256"] and res["command"]
+    assert res["dirty"] == git_state()["dirty"] and isinstance(res["dirty"], bool)
