@@ -738,6 +738,14 @@ def debiased_table(data: LoggedData, method: str, *, seed: int = 0, clip: float 
     rule, :func:`routers.base.without_thin_models`) keeps only its observed cells.
     """
     n, m = len(data), len(data.experts)
+    served = sorted({data.experts[a] for a in data.actions})
+    if len(served) == 1:
+        # a correction would fill every other expert's column from a reward model that never
+        # saw one of its outcomes (the naive table of these logs is refused alike)
+        raise OffPolicyError(f"every rated record was served by {served[0]!r}: a router "
+                             "learns to choose between experts from rated answers of each; "
+                             "let the policy explore (explore: {rate: 0.05}) so the logs hold "
+                             "others' answers, then export again")
     texts = data.texts or [f"request {i}" for i in range(n)]
     if method == "naive":
         rows = [{"prompt_id": hashlib.sha256(t.encode()).hexdigest()[:16], "prompt": t,

@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
-from evals.offpolicy import LoggedData, estimate
+from evals.offpolicy import LoggedData, OffPolicyError, debiased_table, estimate, load_logged
 from routers.base import RoutingTable
 
 
@@ -78,3 +79,23 @@ def test_offpolicy_json_records_whether_the_tree_was_dirty(tmp_path) -> None:
     res = json.loads(out.read_text())
     assert rc == 0 and res["commit"] and res["data_sha256"] and res["command"]
     assert res["dirty"] == git_state()["dirty"] and isinstance(res["dirty"], bool)
+
+
+@pytest.mark.parametrize("method", ["ips", "dr", "dr_target"])
+def test_a_correction_needs_two_served_experts(tmp_path, method: str) -> None:
+    """Every rated request served by a: with --correction dr the router was trained anyway,
+    b's column filled by a reward model that never saw one of b's outcomes (validation APGR
+    -8.2 on the gateway's own log); without a correction the same logs are refused."""
+    data = load_logged(_write(tmp_path, _rows(40)), lambda t: np.ones((len(t), 3)))
+    with pytest.raises(OffPolicyError, match="every rated record was served by 'a'"):
+        debiased_table(data, method)
+
+
+def test_train_with_a_correction_refuses_logs_of_one_served_expert(tmp_path, capsys) -> None:
+    from expertgate.cli import main
+
+    rc = main(["train", "--router", "knn", "--data", str(_write(tmp_path, _rows(40))),
+               "--format", "logs", "--correction", "dr", "--embedder", "hashing",
+               "--out", str(tmp_path / "art"), "--cache-dir", str(tmp_path / "c")])
+    assert rc == 2 and not (tmp_path / "art").exists()
+    assert "every rated record was served by 'a'" in capsys.readouterr().err
