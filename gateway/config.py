@@ -11,6 +11,7 @@ import base64
 import hashlib
 import math
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -157,6 +158,7 @@ class Settings(BaseSettings):
 
 
 _NUMBERS = (int, float, int | None, float | None)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class _Model(BaseModel):
@@ -208,6 +210,17 @@ class ExpertConfig(_Model):
     # base URL (credentials removed) -> its "Basic ..." Authorization value. Credentials
     # written in a URL are moved here at load, so no URL the gateway prints can carry them.
     _basic_auth: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _variable_name(cls, v: str | None) -> str | None:
+        # the key itself written here was logged at every start-up ("the variable sk-... is
+        # not set"): the message never repeats the value
+        if v is not None and not _ENV_NAME.fullmatch(v):
+            raise ValueError("must be the name of an environment variable (letters, digits "
+                             "and _, not starting with a digit) that holds the upstream's key, "
+                             "never the key itself")
+        return v
 
     @model_validator(mode="after")
     def _bases(self) -> ExpertConfig:
