@@ -301,6 +301,9 @@ class Gateway:
                 new_disp = Dispatcher(cfg, self.metrics)
                 await new_disp.start()
                 old_disp = self.dispatcher
+                # the calls in flight there keep their experts' slots: the new pool's limit
+                # counts them (it admitted a full max_concurrency of its own beside them)
+                new_disp.keep_slots(old_disp)
                 self.dispatcher = new_disp
                 # let in-flight calls on the old pool finish before closing its session
                 asyncio.get_running_loop().call_later(

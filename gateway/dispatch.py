@@ -38,7 +38,9 @@ server takes one of the parent's slots (the server's capacity is the parent's: i
 holds across the adapters and the base model together), and one of its own as well when
 its ``max_concurrency`` is set explicitly. The wait for a slot is the gateway's queueing,
 not upstream time: an :class:`Attempt`'s ``ms`` starts once the slots are held, and the
-wait is its ``queue_ms``.
+wait is its ``queue_ms``. The slots (:class:`Slots`) outlive a reload for an expert it keeps
+(same name, same server): the calls still in flight on the replaced pool count against the
+new pool's limit, so a reload never lets an expert see more than its ``max_concurrency``.
 
 Circuit breakers count only the replica's failures, and a half-open probe that never
 finishes (the client went away, the task was cancelled) releases its slot, so an expert that
@@ -49,6 +51,8 @@ stays degraded after one timeout).
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import hashlib
 import logging
 import math
@@ -74,7 +78,7 @@ from gateway.upstreams import (
 )
 
 __all__ = ["Attempt", "CircuitBreaker", "DispatchResult", "Dispatcher", "Lease", "Replica",
-           "RetryPolicy"]
+           "RetryPolicy", "Slots"]
 
 log = logging.getLogger("expertgate.dispatch")
 
@@ -199,13 +203,70 @@ class DispatchResult:
         return len({a.expert for a in self.attempts}) > 1
 
 
+class Slots:
+    """An expert's ``max_concurrency`` slots: a first-come-first-served semaphore whose
+    limit can change. One expert's slots are shared by the pools of successive
+    configurations while a reload keeps the expert (same name, same server,
+    :meth:`Dispatcher.keep_slots`): the calls still in flight on a replaced pool (it drains
+    until the request deadline) hold their slots here, so they count against the new pool's
+    limit. A lowered limit admits no new call until fewer calls than it hold a slot."""
+
+    __slots__ = ("_waiters", "busy", "limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        #: slots held (on a parent's, its adapters' calls as well)
+        self.used = 0
+        #: this expert's own calls holding their slots: in progress, streams until their end
+        self.busy = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def locked(self) -> bool:
+        """Whether an acquire would wait (a free slot goes to the calls already waiting)."""
+        return self.used >= self.limit or bool(self._waiters)
+
+    async def acquire(self) -> None:
+        if not self.locked():
+            self.used += 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled():
+                self.release()  # given a slot as it was cancelled: the next waiter's
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(fut)
+                self._wake()
+            raise
+
+    def release(self) -> None:
+        self.used -= 1
+        self._wake()
+
+    def resize(self, limit: int) -> None:
+        """A new ``max_concurrency``: it applies to the next admissions, the slots held
+        count against it."""
+        self.limit = limit
+        self._wake()
+
+    def _wake(self) -> None:
+        waiters = self._waiters
+        while waiters and self.used < self.limit:
+            fut = waiters.popleft()
+            if not fut.done():
+                self.used += 1
+                fut.set_result(None)
+
+
 class ExpertPool:
     def __init__(self, expert: ExpertConfig, bases: list[str]) -> None:
         self.expert = expert
         self.replicas = [Replica(b) for b in bases]
-        self.sem = asyncio.Semaphore(expert.max_concurrency)
-        #: calls to this expert holding their slots: in progress, streams until their end
-        self.busy = 0
+        #: its ``max_concurrency`` slots, kept across reloads (:meth:`Dispatcher.keep_slots`)
+        self.slots = Slots(expert.max_concurrency)
         #: the pools whose slots a call takes, in order: its own; for a LoRA adapter on its
         #: parent's server, its parent's (the server's limit), after its own only where its
         #: ``max_concurrency`` was set explicitly (set by the Dispatcher)
@@ -219,6 +280,11 @@ class ExpertPool:
         #: replica base -> the call's headers, built once (a key named by ``api_key_env`` is
         #: read at each call instead: the environment may change)
         self._headers: dict[str, dict[str, str]] = {}
+
+    @property
+    def busy(self) -> int:
+        """Calls to this expert holding their slots: in progress, streams until their end."""
+        return self.slots.busy
 
     def headers(self, base: str) -> dict[str, str]:
         h = self._headers.get(base)
@@ -273,8 +339,8 @@ class Lease:
         self.pool = pool
         self.rep: Replica | None = rep
         self.loop = loop
-        #: the semaphores (of ``pool.gates``) one of whose slots this call holds
-        self.held: tuple[asyncio.Semaphore, ...] = ()
+        #: the slots (of ``pool.gates``) one of which this call holds
+        self.held: tuple[Slots, ...] = ()
         rep.inflight += 1
 
     async def acquire(self, deadline: float) -> bool:
@@ -284,34 +350,35 @@ class Lease:
         waited = False
         try:
             for gate in self.pool.gates:
-                if gate.sem.locked():
+                slots = gate.slots
+                if slots.locked():
                     waited = True
                     try:
                         async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
-                            await gate.sem.acquire()
+                            await slots.acquire()
                     except TimeoutError:
                         raise UpstreamTimeout(
                             f"request deadline exceeded while waiting for one of "
-                            f"{gate.expert.name}'s {gate.expert.max_concurrency} concurrency "
+                            f"{gate.expert.name}'s {slots.limit} concurrency "
                             "slots", code="deadline_exceeded") from None
                 else:
-                    await gate.sem.acquire()  # a free slot: taken without suspending
-                self.held = (*self.held, gate.sem)
+                    await slots.acquire()  # a free slot: taken without suspending
+                self.held = (*self.held, slots)
         except BaseException:
             held, self.held = self.held, ()
-            for sem in held:
-                sem.release()
+            for slots in held:
+                slots.release()
             raise
-        self.pool.busy += 1
+        self.pool.slots.busy += 1
         return waited
 
     def free_slot(self) -> None:
         held = self.held
         if held:
             self.held = ()
-            self.pool.busy -= 1
-            for sem in held:
-                sem.release()
+            self.pool.slots.busy -= 1
+            for slots in held:
+                slots.release()
 
     def release(self) -> None:
         rep = self.rep
@@ -333,12 +400,12 @@ class Lease:
             self.loop.call_soon_threadsafe(_give_back, pool, rep, held)
 
 
-def _give_back(pool: ExpertPool, rep: Replica, held: tuple[asyncio.Semaphore, ...]) -> None:
+def _give_back(pool: ExpertPool, rep: Replica, held: tuple[Slots, ...]) -> None:
     rep.inflight -= 1
     if held:
-        pool.busy -= 1
-        for sem in held:
-            sem.release()
+        pool.slots.busy -= 1
+        for slots in held:
+            slots.release()
 
 
 class Dispatcher:
@@ -386,6 +453,22 @@ class Dispatcher:
         if self.http is not None:
             await self.http.close()
             self.http = None
+
+    def keep_slots(self, old: Dispatcher) -> None:
+        """Take over the concurrency slots of the experts that ``old`` (the pool a reload
+        replaces) also has on the same server (name and replica URLs), each with this
+        configuration's ``max_concurrency``: the calls in flight there keep counting against
+        the limit, instead of the new pool admitting a full limit of its own beside them
+        (twice the limit at the server until the old pool drained). A LoRA adapter's calls
+        take its parent's slots, so they are kept with the parent's. Call it once this pool
+        is started, just before it goes into service: from then the old pool's waiters are
+        admitted under the new limit too."""
+        for name, pool in self.pools.items():
+            was = old.pools.get(name)
+            if was is not None and [r.base for r in was.replicas] == [
+                    r.base for r in pool.replicas]:
+                was.slots.resize(pool.expert.max_concurrency)
+                pool.slots = was.slots
 
     def balances(self, chain: Sequence[str]) -> bool:
         """Whether an expert of ``chain`` has replicas to choose between (by affinity)."""

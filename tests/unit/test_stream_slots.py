@@ -108,7 +108,7 @@ def held(gw: Any) -> dict[str, Any]:
     """Every expert's concurrency slots in use and its replicas' in-flight counts."""
     out: dict[str, Any] = {}
     for name, pool in gw.dispatcher.pools.items():
-        out[name] = (pool.expert.max_concurrency - pool.sem._value,
+        out[name] = (pool.slots.used,
                      [r.inflight for r in pool.replicas])
     return out
 

@@ -1,0 +1,136 @@
+"""A SIGHUP reload of a real ``expertgate serve`` keeps its experts' concurrency slots: the
+calls in flight on the replaced pool count against the new pool's ``max_concurrency``, so the
+upstream never sees more than the limit at once (it saw twice as many until the old pool
+drained). The upstream is a counting server on 127.0.0.1 that holds every call until the
+test lets them go. Bounded: four requests, a reload, a few seconds."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from expertgate.procs import GatewayServer
+
+pytestmark = pytest.mark.integration
+
+
+class HoldingUpstream:
+    """An OpenAI-compatible chat server that holds each call until :attr:`go` is set (at
+    most 20 s) and records the most calls it had in progress at once."""
+
+    def __init__(self) -> None:
+        self.go = threading.Event()
+        self.lock = threading.Lock()
+        self.now = 0
+        self.peak = 0
+        up = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                with up.lock:
+                    up.now += 1
+                    up.peak = max(up.peak, up.now)
+                try:
+                    up.go.wait(20)
+                finally:
+                    with up.lock:
+                        up.now -= 1
+                out = json.dumps({
+                    "id": "x", "object": "chat.completion", "created": 0,
+                    "model": body["model"],
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": "ok"}}],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1,
+                              "total_tokens": 2}}).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def stop(self) -> None:
+        self.go.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def upstream() -> Iterator[HoldingUpstream]:
+    up = HoldingUpstream()
+    yield up
+    up.stop()
+
+
+def _until(cond: Any, what: str, timeout_s: float = 10.0) -> None:
+    end = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < end, f"not within {timeout_s}s: {what}"
+        time.sleep(0.02)
+
+
+def _reloads_ok(port: int) -> float:
+    for line in httpx.get(f"http://127.0.0.1:{port}/metrics").text.splitlines():
+        if line.startswith('expertgate_config_reloads_total{result="ok"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_a_sighup_reload_keeps_the_experts_slots(tmp_path: Path,
+                                                  upstream: HoldingUpstream) -> None:
+    expert = {"name": "coder", "api_base": upstream.base, "max_concurrency": 2,
+              "timeout_s": 30}
+    path = tmp_path / "gw.yaml"
+    path.write_text(yaml.safe_dump({"experts": [expert]}))
+    gw = GatewayServer(path, log_path=tmp_path / "gw.log", routing_log=tmp_path / "log.jsonl",
+                       check_upstreams=False)
+    gw.start()
+    try:
+        url = f"http://127.0.0.1:{gw.port}/v1/chat/completions"
+        body = {"model": "coder", "messages": [{"role": "user", "content": "hi"}]}
+        with ThreadPoolExecutor(4) as pool:
+            def send() -> Future[httpx.Response]:
+                return pool.submit(httpx.post, url, json=body, timeout=30)
+
+            try:
+                first = [send() for _ in range(2)]
+                _until(lambda: upstream.now == 2, "two calls at the upstream")
+                path.write_text(yaml.safe_dump({"experts": [{**expert,
+                                                             "description": "reloaded"}]}))
+                gw.send_signal(signal.SIGHUP)
+                _until(lambda: _reloads_ok(gw.port) == 1, "the reload")
+                later = [send() for _ in range(2)]
+                time.sleep(0.5)  # time for them to reach the upstream, were slots free
+                assert upstream.now == 2
+            finally:
+                upstream.go.set()
+            codes = [f.result(30).status_code for f in (*first, *later)]
+        assert codes == [200] * 4
+        assert upstream.peak == 2  # 4 before: the reloaded pool had slots of its own
+    finally:
+        gw.stop()
