@@ -36,6 +36,7 @@ gateway).
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import math
@@ -704,6 +705,16 @@ def load_logged(path: str | Path, embed: Any, *, experts: Sequence[str] | None =
                 P[i, col[name]] = v
         else:
             P[i, actions[i]] = 1.0 if prop is None else prop
+    unlogged = P[np.arange(len(recs)), actions] <= 0
+    if unlogged.any():
+        # LoggedData refuses these too, without saying which records: name them
+        held = collections.Counter(ex[a] for a in actions[unlogged])
+        raise OffPolicyError(
+            f"{p}: {int(unlogged.sum())} record(s) name a served expert that their own logged "
+            "action_probs give no probability: " + ", ".join(
+                f"{e!r} ({k} record{'s' if k > 1 else ''})" for e, k in held.most_common())
+            + "; an expert renamed since, or edited logs? The importance weights need the "
+            "probability with which the served expert was chosen")
     costs = pd.to_numeric(df.get("cost_usd", pd.Series(np.zeros(len(df)))),
                           errors="coerce").fillna(0.0).to_numpy(dtype=np.float64)
     texts = df["text"].astype(str).tolist()

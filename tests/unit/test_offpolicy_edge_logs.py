@@ -99,3 +99,13 @@ def test_train_with_a_correction_refuses_logs_of_one_served_expert(tmp_path, cap
                "--out", str(tmp_path / "art"), "--cache-dir", str(tmp_path / "c")])
     assert rc == 2 and not (tmp_path / "art").exists()
     assert "every rated record was served by 'a'" in capsys.readouterr().err
+
+
+def test_a_served_expert_its_record_gives_no_probability_is_named(tmp_path) -> None:
+    """Records served by 'ghost' whose action_probs name only a and b (an expert renamed in
+    the config, edited logs) failed with 'every served expert needs a logged propensity > 0',
+    naming neither the expert nor how many records."""
+    rows = _rows(10) + [{**r, "request_id": f"g{i}", "expert": "ghost"}
+                        for i, r in enumerate(_rows(6))]
+    with pytest.raises(OffPolicyError, match=r"'ghost' \(6 records?\)"):
+        load_logged(_write(tmp_path, rows), lambda t: np.ones((len(t), 3)))
