@@ -708,11 +708,11 @@ def load_logged(path: str | Path, embed: Any, *, experts: Sequence[str] | None =
     unlogged = P[np.arange(len(recs)), actions] <= 0
     if unlogged.any():
         # LoggedData refuses these too, without saying which records: name them
-        held = collections.Counter(ex[a] for a in actions[unlogged])
+        by_expert = collections.Counter(ex[a] for a in actions[unlogged])
         raise OffPolicyError(
             f"{p}: {int(unlogged.sum())} record(s) name a served expert that their own logged "
             "action_probs give no probability: " + ", ".join(
-                f"{e!r} ({k} record{'s' if k > 1 else ''})" for e, k in held.most_common())
+                f"{e!r} ({k} record{'s' if k > 1 else ''})" for e, k in by_expert.most_common())
             + "; an expert renamed since, or edited logs? The importance weights need the "
             "probability with which the served expert was chosen")
     costs = pd.to_numeric(df.get("cost_usd", pd.Series(np.zeros(len(df)))),
