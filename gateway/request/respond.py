@@ -44,6 +44,8 @@ log = logging.getLogger("expertgate.respond")
 
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 _JSON = b"application/json"
+#: the statuses below 500 that the OpenAI SDKs retry (they retry every 5xx too)
+_SDK_RETRIES = frozenset({408, 409, 429})
 
 
 def headers(ctx: RequestContext, content_type: bytes = _JSON) -> list[tuple[bytes, bytes]]:
@@ -217,6 +219,11 @@ async def _forward(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRe
     ctx.status = reply.status
     if reply.status >= 400:
         ctx.err_type = upstream_error_code(body, reply.status)
+        if reply.status in _SDK_RETRIES or reply.status >= 500:
+            # an expert's error answer reaches the client only when it is the request's
+            # own (dispatch retried and failed over everything else): the OpenAI SDKs
+            # retry a 5xx (408, 409, 429) unless told not to, the same request again
+            h.append((b"x-should-retry", b"false"))
     if not reply.stream:
         ctx.usage = usage_of(reply.data) if reply.status == 200 else (0, 0)
         try:  # inline, not _write: this is every non-streamed answer's path

@@ -59,3 +59,34 @@ async def test_an_azure_style_api_key_header_is_accepted(ups, tmp_path: Path) ->
         r = await c.post("/v1/chat/completions", json=chat("auto", "hi"))
         assert r.status_code == 401
         assert "api-key" in r.json()["error"]["message"]
+
+
+async def test_an_upstream_error_passed_through_is_not_retried_by_the_sdk(ups, tmp_path: Path
+                                                                           ) -> None:
+    # llama.cpp answers a feature it lacks (a json_schema response format) with a 500; the
+    # gateway passes it on as the request's own error, not retried, not failed over. The
+    # OpenAI SDK retries any 5xx unless told not to: the same request would reach the
+    # expert again and again
+    coder = ups[0]
+    coder.reject_if = lambda body: "response_format" in body
+    async with gateway_client(base_config(coder.base, ups[1].base), tmp_path) as (c, _):
+        async with httpx.AsyncClient(transport=c._transport) as http:
+            sdk = openai.AsyncOpenAI(base_url="http://gw/v1", api_key="unused",
+                                     http_client=http, max_retries=1)
+            coder.received.clear()
+            try:
+                await sdk.chat.completions.create(
+                    model="coder", messages=[{"role": "user", "content": "hi"}],
+                    response_format={"type": "json_schema", "json_schema": {
+                        "name": "x", "schema": {"type": "object"}}})
+            except openai.InternalServerError as e:
+                assert e.response.headers["x-should-retry"] == "false"
+            else:
+                raise AssertionError("the upstream's 500 was not passed on")
+        asked = [b for b in coder.received if "response_format" in b]
+        assert len(asked) == 1, asked
+        # the gateway's own 5xx (every expert failed) stays retryable for the SDK
+        coder.reject_if = None
+        await coder.stop()
+        r = await c.post("/v1/chat/completions", json=chat("coder", "hi"))
+        assert r.status_code == 502 and "x-should-retry" not in r.headers
