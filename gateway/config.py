@@ -159,6 +159,8 @@ class Settings(BaseSettings):
 
 _NUMBERS = (int, float, int | None, float | None)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: a shell / docker compose variable reference: ${NAME}, ${NAME:-default}, ...
+_ENV_REF = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?:[:?+=-][^}]*)?\}")
 
 
 class _Model(BaseModel):
@@ -291,6 +293,11 @@ def _url_problem(url: str) -> str | None:
     host, a numeric port in 1..65535. The message never repeats a password: a user:password
     whose password holds an unencoded '/' ends the host at that '/', so the rest of the
     password would show as the path (and in every log line and /admin/state)."""
+    ref = _ENV_REF.search(redact(url))
+    if ref is not None:
+        return (f"{ref.group(0)} is not expanded: the configuration file is read as written, "
+                "without environment variables; write the URL, or expand the file before "
+                "(envsubst < gw.template.yaml > gw.yaml)")
     if not url.startswith(("http://", "https://")):
         return f"api base {redact(url)!r} must start with http:// or https://"
     parts = urlsplit(url)

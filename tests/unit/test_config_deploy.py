@@ -37,3 +37,22 @@ def test_a_variable_name_is_accepted() -> None:
     assert missing_credentials(cfg) == [
         "experts[0](hosted).api_key_env: the variable OPENAI_API_KEY_2 is not set: calls to "
         "'hosted' go without credentials until it is (and a restart)"]
+
+
+@pytest.mark.parametrize("url, var", [
+    ("http://${VLLM_HOST}:8000/v1", "${VLLM_HOST}"),
+    ("${VLLM_URL}", "${VLLM_URL}"),
+    ("http://vllm:${VLLM_PORT:-8000}/v1", "${VLLM_PORT:-8000}"),
+    ("http://u:s3cret@${HOST}/v1", "${HOST}"),
+])
+def test_an_environment_variable_in_an_expert_url_is_refused_as_not_expanded(
+        url: str, var: str) -> None:
+    # the file is not expanded (as docker compose expands its own): 'http://${VLLM_HOST}:8000'
+    # was accepted with the host '${vllm_host}', and every call to the expert failed to
+    # resolve it; '${VLLM_URL}' was refused as "must start with http://"
+    for where in ("api_base", "replicas"):
+        with pytest.raises(ConfigError) as e:
+            parse_config(_cfg(**{where: url if where == "api_base" else [url]}), "gw.yaml")
+        msg = str(e.value)
+        assert "experts[0](hosted)" in msg and var in msg, msg
+        assert "not expanded" in msg and "s3cret" not in msg, msg
