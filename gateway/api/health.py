@@ -2,7 +2,8 @@
 
 ``/readyz`` reports each expert's readiness in ``checks.experts`` (``{name: {ready,
 replicas_up, replicas}}``) and the names of those with no replica up in
-``checks.experts_down``. It answers 503 when no expert is up, or, with
+``checks.experts_down``; its status is ``degraded`` (still 200) while an expert or Redis is
+down. It answers 503 when no expert is up, or, with
 ``EXPERTGATE_READY_REQUIRE_ALL_EXPERTS=true``, when any one is down.
 
 /healthz is always open; who sees /readyz's checks and who reads /metrics is set by
@@ -27,6 +28,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.errors import GatewayError
+from gateway.redact import redact
 from gateway.upstream_http import HTTPClientError, UpstreamHTTP
 
 router = APIRouter(tags=["ops"])
@@ -80,12 +82,18 @@ async def _checks(gw: Any) -> tuple[int, bytes]:
     """One round of checks; kept on the gateway for READY_TTL_S."""
     checks: dict[str, Any] = {"gateway": "ok"}
     ok = True
+    redis_down = False
     if gw.redis is not None:
         try:
             await asyncio.wait_for(gw.redis.ping(), REDIS_PING_TIMEOUT_S)
             checks["redis"] = "ok"
         except Exception as e:  # any failure means "not available"; serving goes on without
-            checks["redis"] = f"unavailable ({type(e).__name__}): serving without cache"
+            redis_down = True
+            # its message tells a Redis briefly away from one that refuses the gateway (a
+            # database index it lacks, a wrong password), which waiting will not heal
+            why = redact(str(e))[:200] or "no answer"
+            checks["redis"] = (f"unavailable ({type(e).__name__}: {why}): serving without "
+                               "the shared cache, limits and log")
     ups: dict[str, str] = {}
     experts: dict[str, dict[str, Any]] = {}
     if gw.settings.ready_check_upstreams and gw.dispatcher.http is not None:
@@ -108,8 +116,10 @@ async def _checks(gw: Any) -> tuple[int, bytes]:
     checks["upstreams"] = ups
     checks["experts"] = experts
     status = 200 if ok else 503
-    # 200 "degraded": serving, but some expert is down (its requests take a fallback)
-    word = ("degraded" if checks.get("experts_down") else "ready") if ok else "not ready"
+    # 200 "degraded": serving, but some expert is down (its requests take a fallback) or
+    # Redis is (every request is uncached, limited per process)
+    word = (("degraded" if checks.get("experts_down") or redis_down else "ready") if ok
+            else "not ready")
     body = orjson.dumps({"status": word, "checks": checks})
     gw._ready_cache = (time.monotonic() + READY_TTL_S, status, body)
     return status, body
