@@ -43,6 +43,8 @@ def register(sub: Any, name: str) -> None:
 def rewrite(data: dict[str, Any], policy: str, action: str) -> dict[str, Any]:
     """The configuration with ``policy``'s candidate promoted or dropped; ValueError if the
     policy or its candidate is missing."""
+    if not isinstance(data, dict):
+        raise ValueError("the file is not a mapping of experts and policies")
     pols = [p for p in data.get("policies") or [] if isinstance(p, dict)
             and p.get("name") == policy]
     if not pols:
@@ -51,6 +53,14 @@ def rewrite(data: dict[str, Any], policy: str, action: str) -> dict[str, Any]:
     cand = pol.get("candidate")
     if not cand:
         raise ValueError(f"policy {policy!r} has no candidate to {action}")
+    if action == "promote":
+        # what a promotion copies must be there (a revert of a broken candidate is a fix)
+        if not isinstance(cand, dict):
+            raise ValueError(f"the candidate of policy {policy!r} is not a mapping "
+                             "(router, artifact, mode, ...)")
+        for key in ("router", "artifact"):
+            if not cand.get(key):
+                raise ValueError(f"the candidate of policy {policy!r} has no {key}")
     del pol["candidate"]
     if action == "promote":
         pol["router"] = cand["router"]
