@@ -75,6 +75,23 @@ class ChatRequest(TypedDict):
     max_tokens: NotRequired[PositiveInt | None]
     max_completion_tokens: NotRequired[PositiveInt | None]
     n: NotRequired[Choices | None]
+    # OpenAI's types for the fields every expert reads: a string temperature is a 400 naming
+    # the field here, not an expert's 500 (llama.cpp's, with its traceback); values are the
+    # expert's to bound (vLLM takes what OpenAI does not)
+    temperature: NotRequired[float | None]
+    top_p: NotRequired[float | None]
+    presence_penalty: NotRequired[float | None]
+    frequency_penalty: NotRequired[float | None]
+    seed: NotRequired[int | None]
+    stop: NotRequired[str | Annotated[list[str], _FAST] | None]
+    user: NotRequired[str | None]
+    logprobs: NotRequired[bool | None]
+    top_logprobs: NotRequired[int | None]
+    stream_options: NotRequired[dict[str, Any] | None]
+    tools: NotRequired[Annotated[list[dict[str, Any]], _FAST] | None]
+    tool_choice: NotRequired[str | dict[str, Any] | None]
+    parallel_tool_calls: NotRequired[bool | None]
+    response_format: NotRequired[dict[str, Any] | None]
 
 
 @with_config(_OPEN)
@@ -93,6 +110,18 @@ class CompletionRequest(TypedDict):
     max_tokens: NotRequired[PositiveInt | None]
     n: NotRequired[Choices | None]
     best_of: NotRequired[BestOf | None]
+    temperature: NotRequired[float | None]
+    top_p: NotRequired[float | None]
+    presence_penalty: NotRequired[float | None]
+    frequency_penalty: NotRequired[float | None]
+    seed: NotRequired[int | None]
+    stop: NotRequired[str | Annotated[list[str], _FAST] | None]
+    user: NotRequired[str | None]
+    #: a completion's logprobs is how many (a chat's is a boolean)
+    logprobs: NotRequired[int | None]
+    echo: NotRequired[bool | None]
+    suffix: NotRequired[str | None]
+    stream_options: NotRequired[dict[str, Any] | None]
 
 
 @with_config(_OPEN)
@@ -210,6 +239,8 @@ def validate(endpoint: str, raw: bytes, max_messages: int | None = None) -> dict
         if param is None:
             raise InvalidRequest("request body must be a JSON object") from None
         raise InvalidRequest(f"{param}: {first['msg']}", param=param) from None
+    if endpoint in ("chat", "completions"):
+        _coherent(endpoint, body)
     if endpoint == "completions":
         n, best_of = body.get("n"), body.get("best_of")
         if n is not None and best_of is not None and best_of < n:
@@ -221,3 +252,21 @@ def validate(endpoint: str, raw: bytes, max_messages: int | None = None) -> dict
                                  "candidates is known only when all are done)",
                                  param="best_of")
     return body
+
+
+def _coherent(endpoint: str, body: dict[str, Any]) -> None:
+    """The rules between fields that OpenAI and vLLM both enforce with a 400 (an expert
+    that does not, llama.cpp, ignored the field: a client saw no error and got something
+    else than it asked)."""
+    if body.get("stream_options") and body.get("stream") is not True:
+        raise InvalidRequest("stream_options: only allowed when stream is true",
+                             param="stream_options")
+    if endpoint != "chat":
+        return
+    choice = body.get("tool_choice")
+    if choice is not None and choice != "none" and body.get("tools") is None:
+        raise InvalidRequest("tool_choice: only allowed when tools are given", param="tool_choice")
+    top = body.get("top_logprobs")
+    if top is not None and top > 0 and not body.get("logprobs"):
+        raise InvalidRequest("top_logprobs: logprobs must be true when top_logprobs is given",
+                             param="top_logprobs")

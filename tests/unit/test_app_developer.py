@@ -90,3 +90,68 @@ async def test_an_upstream_error_passed_through_is_not_retried_by_the_sdk(ups, t
         await coder.stop()
         r = await c.post("/v1/chat/completions", json=chat("coder", "hi"))
         assert r.status_code == 502 and "x-should-retry" not in r.headers
+
+
+async def test_mistakes_in_openai_fields_are_400s_naming_the_field(ups, tmp_path: Path
+                                                                    ) -> None:
+    # what OpenAI (and vLLM) answer with a 400 reached the expert: llama.cpp answered a
+    # string temperature with a 500 and its traceback, and ignored stream_options without
+    # a stream, tool_choice without tools, top_logprobs without logprobs
+    coder = ups[0]
+    msgs = [{"role": "user", "content": "hi"}]
+    bad = {
+        "temperature": {"temperature": "hot"},
+        "top_p": {"top_p": [1]},
+        "seed": {"seed": 1.5},
+        "stop": {"stop": ["\\n", 3]},
+        "user": {"user": 42},
+        "logprobs": {"logprobs": "yes"},
+        "stream_options": {"stream_options": {"include_usage": True}},
+        "tool_choice": {"tool_choice": "required"},
+        "top_logprobs": {"top_logprobs": 2},
+        "tools": {"tools": {"type": "function"}},
+        "response_format": {"response_format": "json"},
+    }
+    async with gateway_client(base_config(coder.base, ups[1].base), tmp_path) as (c, _):
+        async with httpx.AsyncClient(transport=c._transport) as http:
+            sdk = openai.AsyncOpenAI(base_url="http://gw/v1", api_key="unused",
+                                     http_client=http, max_retries=0)
+            coder.received.clear()
+            for param, extra in bad.items():
+                try:
+                    await sdk.chat.completions.create(model="coder", messages=msgs,
+                                                      extra_body=extra)
+                except openai.BadRequestError as e:
+                    err = e.body
+                    assert isinstance(err, dict), err
+                    assert err["param"].split(".")[0] == param, (param, err)
+                    assert err["type"] == "invalid_request_error"
+                else:
+                    raise AssertionError(f"{param}: {extra} was accepted")
+            r = await c.post("/v1/completions", json={"model": "coder", "prompt": "x",
+                                                      "logprobs": True})
+            assert r.status_code == 400 and r.json()["error"]["param"] == "logprobs"
+            r = await c.post("/v1/completions", json={"model": "coder", "prompt": "x",
+                                                      "stream_options": {"include_usage": True}})
+            assert r.status_code == 400 and r.json()["error"]["param"] == "stream_options"
+            assert coder.received == []
+            # what OpenAI accepts still passes, as the client wrote it
+            ok = await sdk.chat.completions.create(
+                model="coder", messages=msgs, temperature=1, top_p=0.5, seed=7, stop="\\n",
+                user="u1", logprobs=True, top_logprobs=2, tool_choice="none",
+                stream_options=None, parallel_tool_calls=False,
+                response_format={"type": "json_object"})
+            assert ok.choices
+            s = await sdk.chat.completions.create(model="coder", messages=msgs, stream=True,
+                                                  stream_options={"include_usage": True})
+            assert [e async for e in s][-1].usage is not None
+            r = await c.post("/v1/chat/completions", json=chat(
+                "coder", "hi", tool_choice="auto", tools=[{"type": "function", "function": {
+                    "name": "f", "parameters": {"type": "object"}}}], top_logprobs=0,
+                stream_options={}))
+            assert r.status_code == 200, r.text
+            r = await c.post("/v1/completions", json={"model": "coder", "prompt": "x",
+                                                      "logprobs": 2, "echo": False})
+            assert r.status_code == 200, r.text
+        assert len(coder.received) == 4
+        assert coder.received[0]["seed"] == 7 and coder.received[0]["stop"] == "\\n"
