@@ -5,6 +5,8 @@ or delete the Redis record (layout in :mod:`gateway.auth`), which running gatewa
 without a restart. A key is read from ``--key``, or from stdin so it stays out of the shell
 history; ``--generate`` makes a new random key and prints it once. ``add --admin`` makes an
 admin key; without ``--experts`` a key may call by name only the experts its policies reach.
+``add`` checks ``--policies`` and ``--experts`` against the gateways' configuration
+(``--config`` or EXPERTGATE_CONFIG) before it stores anything.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ def register(sub: Any, name: str) -> None:
     a = inner.add_parser("add", help="store a key in Redis (no restart needed)")
     _key_args(a)
     a.add_argument("--redis-url", help=_REDIS_URL_HELP)
+    a.add_argument("--config", help="the gateways' configuration file (default "
+                   "EXPERTGATE_CONFIG): --policies and --experts must name what it has")
     a.add_argument("--name", required=True, help="tenant name")
     a.add_argument("--policies", default="*", help="comma-separated policies, or *")
     a.add_argument("--experts", default=None,
@@ -111,6 +115,8 @@ def cmd_add(args: argparse.Namespace) -> int:
             opt = _OPTION.get(field, "--" + field.replace("_", "-"))
             print(f"expertgate keys add: {opt}: {err['msg']}", file=sys.stderr)
         return 2
+    if not _names_known(cfg, args):
+        return 2
     r = redis.Redis.from_url(url)
     try:
         pipe = r.pipeline()
@@ -123,6 +129,38 @@ def cmd_add(args: argparse.Namespace) -> int:
     role = "admin" if cfg.admin else "tenant"
     print(f"stored {KEY_PREFIX}{digest} for {role} {args.name}")
     return 0
+
+
+def _names_known(key: Any, args: argparse.Namespace) -> bool:
+    """The key's policies and experts exist in the gateways' configuration (``--config``,
+    else EXPERTGATE_CONFIG); one line per unknown option. A key naming a policy the gateways
+    lack is stored as any other, and each of its requests is a 404 ``model_not_found``.
+    Without a configuration the names cannot be checked, and a line says so."""
+    from gateway.config import ConfigError, Settings, load_config
+
+    path = getattr(args, "config", None) or Settings().config
+    if not path:
+        print("expertgate keys add: --policies and --experts not checked against the "
+              "gateways' configuration (pass --config FILE or set EXPERTGATE_CONFIG)",
+              file=sys.stderr)
+        return True
+    try:
+        cfg = load_config(path)
+    except ConfigError as e:
+        print(f"expertgate keys add: --config: {e}", file=sys.stderr)
+        return False
+    policies = [p.name for p in cfg.policies]
+    experts = [e.name for e in cfg.experts]
+    ok = True
+    for opt, names, known, what, whats in (
+            ("--policies", key.policies, policies, "policy", "policies"),
+            ("--experts", key.experts or [], experts, "expert", "experts")):
+        bad = [n for n in names if n != "*" and n not in known]
+        if bad:
+            ok = False
+            print(f"expertgate keys add: {opt}: no {what} named {', '.join(map(repr, bad))} "
+                  f"in {path} ({whats}: {', '.join(known) or 'none'})", file=sys.stderr)
+    return ok
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
