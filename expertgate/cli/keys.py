@@ -41,7 +41,7 @@ def register(sub: Any, name: str) -> None:
     a.add_argument("--tokens-per-minute", type=int)
     a.set_defaults(func=cmd_add)
     r = inner.add_parser("revoke", help="delete a key from Redis (by key or digest)")
-    _key_args(r)
+    _key_args(r, generate=False)  # a new random key is never one to revoke
     r.add_argument("--sha256", help="the digest instead of the key")
     r.add_argument("--redis-url", help=_REDIS_URL_HELP)
     r.set_defaults(func=cmd_revoke)
@@ -62,9 +62,10 @@ def _redis_url(args: argparse.Namespace, command: str) -> str | None:
     return url
 
 
-def _key_args(p: argparse.ArgumentParser) -> None:
+def _key_args(p: argparse.ArgumentParser, *, generate: bool = True) -> None:
     p.add_argument("--key", help="the key (default: read one line from stdin)")
-    p.add_argument("--generate", action="store_true", help="generate a new random key")
+    if generate:
+        p.add_argument("--generate", action="store_true", help="generate a new random key")
 
 
 def _read_key(args: argparse.Namespace) -> str:
