@@ -22,11 +22,13 @@ wrong format or type or version, checksum mismatch, unknown parameter, missing s
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -173,7 +175,7 @@ def save_router(router: Router, path: str | Path, *, metrics: Mapping[str, Any] 
 
             for name in router._skops_attrs:
                 fname = f"{name.rstrip('_')}.skops"
-                sio.dump(getattr(router, name), tmp / fname)
+                (tmp / fname).write_bytes(_canonical_skops(sio.dumps(getattr(router, name))))
                 files[fname] = _sha256(tmp / fname)
         json_state = {k: _jsonable(getattr(router, k)) for k in router._json_attrs
                       if hasattr(router, k)}
@@ -216,6 +218,46 @@ def save_router(router: Router, path: str | Path, *, metrics: Mapping[str, Any] 
                 f.unlink()
             tmp.rmdir()
     return out
+
+
+def _canonical_skops(raw: bytes) -> bytes:
+    """A skops file whose bytes follow its content only. skops names each object by its
+    ``id()`` (``__id__`` in the schema, ``<id>.npy`` members) and stamps every member with the
+    time: two identical fits gave two files, so two versions of one router. Here the ids become
+    ordinals in schema order (from 1: skops memoises only a truthy id), member files are
+    named after them, and every member gets one fixed timestamp."""
+    ids: dict[int, int] = {}
+    names: dict[str, str] = {}
+
+    def canon(node: Any) -> Any:
+        if isinstance(node, list):
+            return [canon(v) for v in node]
+        if not isinstance(node, dict):
+            return node
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            if k == "__id__" and isinstance(v, int) and not isinstance(v, bool):
+                out[k] = ids.setdefault(v, len(ids) + 1)
+            elif k == "file" and isinstance(v, str):
+                out[k] = names.setdefault(v, f"{len(names) + 1}{Path(v).suffix}")
+            else:
+                out[k] = canon(v)
+        return out
+
+    with zipfile.ZipFile(io.BytesIO(raw)) as zin:
+        schema = canon(json.loads(zin.read("schema.json")))
+        members = {new: zin.read(old) for old, new in names.items()}
+        unnamed = set(zin.namelist()) - set(names) - {"schema.json"}
+    if unnamed:  # a member the schema does not name: keep skops' own bytes
+        return raw
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zout:
+        for fname, data in [("schema.json", json.dumps(schema, indent=2).encode()),
+                            *sorted(members.items())]:
+            info = zipfile.ZipInfo(fname, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            zout.writestr(info, data)
+    return buf.getvalue()
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
