@@ -565,7 +565,7 @@ class Dispatcher:
                     else:
                         reply = await call_litellm(expert, rep.base, payload, stream=stream,
                                                    timeout_s=min(expert.timeout_s, remaining),
-                                                   path=path)
+                                                   path=path, loop=loop)
                     if reply.stream:
                         # the stream's reader holds it from here on, to the stream's end
                         reply.hold(lease)

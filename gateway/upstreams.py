@@ -680,8 +680,10 @@ def litellm_kwargs(expert: ExpertConfig, base: str | None, path: str,
 def _litellm_failure(expert: ExpertConfig, e: Exception, timeout_s: float,
                      base: str | None = None) -> UpstreamFailure:
     """A LiteLLM call's exception as the failure the dispatcher classifies."""
-    if isinstance(e, TimeoutError):
-        return UpstreamFailure("timeout", f"{expert.name}: no answer within {timeout_s:g}s")
+    if isinstance(e, TimeoutError | _get_litellm().Timeout):
+        # the gateway's deadline, or LiteLLM's own (its 408 is no fault of the request)
+        return UpstreamFailure("timeout", f"{expert.name}: no answer within {timeout_s:g}s",
+                               public=f"sent no data within {timeout_s:g}s")
     # LiteLLM maps provider errors to its own classes, with the provider's status
     status = getattr(e, "status_code", None)
     if not isinstance(status, int):
@@ -724,14 +726,25 @@ def _text_chunk(obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
+#: how much longer than the gateway's own deadlines LiteLLM's ``timeout`` is: a backstop, so
+#: that a stall is cut by the gateway's deadline (and failed over, or its stream ended, as an
+#: ``openai`` expert's is) rather than by a LiteLLM error that races it
+LITELLM_TIMEOUT_SLACK_S = 1.0
+
+
 async def call_litellm(expert: ExpertConfig, base: str | None, payload: dict[str, Any], *,
-                       stream: bool, timeout_s: float,
-                       path: str = "/chat/completions") -> UpstreamReply:
+                       stream: bool, timeout_s: float, path: str = "/chat/completions",
+                       loop: asyncio.AbstractEventLoop | None = None) -> UpstreamReply:
     """Call a provider through LiteLLM and re-encode its answer as OpenAI JSON / SSE: a chat
     completion (``litellm.acompletion``), a text completion (``/completions``:
     ``litellm.atext_completion``, streamed as OpenAI streams it) or a list of embeddings
-    (``/embeddings``: ``litellm.aembedding``, never streamed), usage included."""
+    (``/embeddings``: ``litellm.aembedding``, never streamed), usage included.
+
+    The gateway's deadlines are those of :func:`call_openai`: ``timeout_s`` up to the
+    answer (a stream's response), then ``timeout_s`` for each read of a stream, before its
+    first token (a stall there fails over) and after it (a stall ends the stream)."""
     litellm = _get_litellm()
+    loop = loop or asyncio.get_running_loop()
     kwargs = litellm_kwargs(expert, base, path, payload)
     if base:
         kwargs["api_base"] = base
@@ -741,7 +754,7 @@ async def call_litellm(expert: ExpertConfig, base: str | None, payload: dict[str
         auth = expert.upstream_headers(base).get("authorization")
         if auth is not None:  # credentials written in the api_base URL
             kwargs["extra_headers"] = {"authorization": auth}
-    kwargs["timeout"] = timeout_s
+    kwargs["timeout"] = timeout_s + LITELLM_TIMEOUT_SLACK_S
     if path == "/embeddings":
         stream = False
         call = litellm.aembedding(**kwargs)
@@ -770,12 +783,20 @@ async def call_litellm(expert: ExpertConfig, base: str | None, payload: dict[str
     check = SSECheck()
     try:
         while not check.token and len(held) < HOLD_READS:
-            ev = event(await asyncio.wait_for(it.__anext__(), timeout_s))
+            async with _Deadline(loop, timeout_s):
+                ch = await it.__anext__()
+            ev = event(ch)
             check.feed(ev)
             held.append(ev)
     except StopAsyncIteration:
         return UpstreamReply(200, "text/event-stream", b"".join(held) + b"data: [DONE]\n\n",
                              stream=True)
+    except TimeoutError:  # a stall before the first token: as _hold's, it may fall back
+        _close_soon(resp)
+        what = "token" if held else "data"
+        raise UpstreamFailure("timeout", f"{base or expert.name} sent no {what} within "
+                              f"{timeout_s:g}s", public=f"sent no {what} within "
+                                                        f"{timeout_s:g}s") from None
     except Exception as e:  # the provider failed before its first token: may fall back
         _close_soon(resp)
         raise _litellm_failure(expert, e, timeout_s, base) from None
@@ -784,7 +805,12 @@ async def call_litellm(expert: ExpertConfig, base: str | None, payload: dict[str
 
     async def rest() -> AsyncIterator[bytes]:
         nonlocal ended
-        async for ch in it:
+        while True:
+            try:  # each read within timeout_s, as _iter_rest's: a stall ends the stream
+                async with _Deadline(loop, timeout_s):
+                    ch = await it.__anext__()
+            except StopAsyncIteration:
+                break
             yield event(ch)
         ended = True
         yield b"data: [DONE]\n\n"
