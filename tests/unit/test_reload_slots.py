@@ -9,11 +9,12 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from expertgate.bench.upstream_double import OpenAIUpstreamDouble
 from gateway.config import parse_config
-from gateway.dispatch import Dispatcher
+from gateway.dispatch import Dispatcher, Slots
 from gateway.metrics import Metrics
 from tests.unit.gateway_helpers import chat, gateway_client
 from tests.unit.test_concurrency_slots import CountingDouble, counting
@@ -151,3 +152,38 @@ def test_slots_are_kept_only_for_the_same_expert_on_the_same_server() -> None:
     assert moved.pools["base"].slots is not old.pools["base"].slots
     assert moved.pools["sql"].slots is not old.pools["sql"].slots
     assert moved.pools["other"].slots is old.pools["other"].slots
+
+
+async def test_a_slot_given_to_a_waiter_cancelled_meanwhile_goes_to_the_next() -> None:
+    slots = Slots(1)
+    await slots.acquire()
+    first = asyncio.ensure_future(slots.acquire())
+    second = asyncio.ensure_future(slots.acquire())
+    await asyncio.sleep(0)
+    slots.release()  # the slot is the first waiter's from here ...
+    first.cancel()  # ... which is cancelled before it runs: the slot passes on
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await asyncio.wait_for(second, 1)
+    assert slots.used == 1
+    third = asyncio.ensure_future(slots.acquire())
+    await asyncio.sleep(0)
+    third.cancel()  # cancelled while waiting: it took nothing
+    with pytest.raises(asyncio.CancelledError):
+        await third
+    slots.release()
+    assert slots.used == 0 and not slots.locked()
+
+
+async def test_a_lowered_limit_waits_for_the_held_slots_to_fall_below_it() -> None:
+    slots = Slots(3)
+    for _ in range(3):
+        await slots.acquire()
+    slots.resize(2)
+    waiter = asyncio.ensure_future(slots.acquire())
+    slots.release()  # 2 held: still not below 2
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    slots.release()  # 1 held: one more may go
+    await asyncio.wait_for(waiter, 1)
+    assert slots.used == 2
