@@ -566,6 +566,10 @@ def check_table(table: RoutingTable, *, strong: str | None = None,
                          f"{table.models[int(np.argmax(costs))]!r} only by the table's order "
                          "(name it with --strong)")
     full = int(have.all(axis=1).sum())
+    if full < MIN_SCORED_PROMPTS and full == len(table):
+        raise EvalError(f"the table has {len(table)} prompt(s), every one scored by every "
+                        f"model; an evaluation needs at least {MIN_SCORED_PROMPTS} (they "
+                        "split into train, validation and test): add prompts")
     if full < MIN_SCORED_PROMPTS:
         raise EvalError(f"only {full} of {len(table)} prompts have a score from every model; "
                         f"every method is scored on those prompts, and at least "

@@ -1,0 +1,36 @@
+"""``expertgate eval routing`` on tables too small to evaluate: the message says what is
+wrong with this table, not what is wrong with another."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from evals import routing_eval as RE
+
+
+def _run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    RE.cli_register(parser)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_a_complete_table_of_too_few_prompts_asks_for_prompts(tmp_path: Path, capsys,
+                                                              n: int) -> None:
+    """A one-prompt table scored by both models said 'only 1 of 1 prompts have a score from
+    every model' and advised filling missing pairs or dropping sparse models: none was
+    missing."""
+    rows = [{"prompt_id": f"p{i}", "prompt": f"prompt {i} ünïcödé", "model": m,
+             "score": 1.0 if m == "big" else 0.0, "cost": c}
+            for i in range(n) for m, c in (("big", 1.0), ("small", 0.1))]
+    data = tmp_path / "t.csv"
+    pd.DataFrame(rows).to_csv(data, index=False)
+    assert _run(["--data", str(data), "--embedder", "hashing", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"the table has {n} prompt(s), every one scored by every model" in err
+    assert "add prompts" in err and "missing" not in err
