@@ -329,7 +329,10 @@ async def _stream(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
         if sse.error is not None:
             _failed_midway(gw, ctx, res, sse.error)
         if sse.done:
-            ctx.usage = sse.usage or (0, 0)
+            # a whole answer without a usage event (llama.cpp's, none asked): the routing
+            # log, the cost and the token budget's reconciliation count the estimate, as
+            # they do when the client asked for one; none was logged, 0 tokens
+            ctx.usage = sse.usage or (_estimate(ctx, sse) if sse.error is None else (0, 0))
             await _write(send, {"type": "http.response.body", "body": b""})
             await _drain(it)
             return
@@ -444,12 +447,19 @@ class _ModelRewrite:
         return b"data: " + exactjson.dumps(ev) + (b"\r" if line.endswith(b"\r") else b"")
 
 
+def _estimate(ctx: RequestContext, sse: SSECheck) -> tuple[int, int]:
+    """The stream's usage counted by the gateway (see :func:`_stream`), noted as such in
+    the routing log (``usage-estimated``)."""
+    prompt = estimate_tokens({"prompt": ctx.body.get("prompt")}, 0, ctx.message_texts()) - 1
+    usage = sse.usage = (max(prompt, 1), sse.events)
+    ctx.degraded.append("usage-estimated")
+    return usage
+
+
 def _usage_event(ctx: RequestContext, sse: SSECheck) -> bytes:
     """The usage event the gateway adds, counted by the gateway (see :func:`_stream`)."""
     payload = ctx.body
-    prompt = estimate_tokens({"prompt": payload.get("prompt")}, 0, ctx.message_texts()) - 1
-    p, c = sse.usage = (max(prompt, 1), sse.events)
-    ctx.degraded.append("usage-estimated")
+    p, c = _estimate(ctx, sse)
     rid, model, obj = sse.ident or ("eg-usage", str(payload.get("model")),
                                     "chat.completion.chunk")
     plan = ctx.plan
