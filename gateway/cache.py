@@ -22,12 +22,15 @@ from typing import Any, Protocol
 
 import orjson
 
+from gateway.redact import redact
+
 __all__ = [
     "CacheUnavailable",
     "DecisionCache",
     "MemoryDecisionCache",
     "RedisDecisionCache",
     "decision_key",
+    "redis_error",
     "text_hash",
 ]
 
@@ -125,6 +128,14 @@ class MemoryDecisionCache:
         self.bytes = 0
 
 
+def redis_error(e: BaseException) -> str:
+    """``Type: message`` of a Redis failure, credentials masked: the message tells a Redis
+    briefly away (``Connection refused``) from one refusing the gateway (``OOM command not
+    allowed``, ``DB index is out of range``, a wrong password), which waiting does not heal."""
+    msg = redact(str(e))[:200]
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
 class RedisDecisionCache:
     name = "redis"
 
@@ -150,11 +161,11 @@ class RedisDecisionCache:
         if self._down_since is None:
             self._down_since = self._warned_at = now
             log.warning("decision cache: Redis unavailable (%s); requests go uncached, "
-                        "retrying every %.1fs", type(e).__name__, self.retry_s)
+                        "retrying every %.1fs", redis_error(e), self.retry_s)
         elif now - self._warned_at >= self.remind_s:
             self._warned_at = now
             log.warning("decision cache: Redis still unavailable (%s) after %.0fs; "
-                        "%d lookup(s) skipped", type(e).__name__, now - self._down_since,
+                        "%d lookup(s) skipped", redis_error(e), now - self._down_since,
                         self.skipped)
         self._down_until = now + self.retry_s
         return CacheUnavailable(str(e))

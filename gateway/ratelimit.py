@@ -39,6 +39,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
+from gateway.cache import redis_error
 from gateway.errors import RateLimited
 from gateway.messages import MessageTexts, message_texts
 
@@ -336,7 +337,7 @@ class RateLimiter:
     def _redis_failed(self, e: Exception) -> None:
         if self._redis_ok:
             log.warning("rate limits: Redis unavailable (%s); limiting in process (per "
-                        "replica) and retrying Redis every %.1fs", type(e).__name__,
+                        "replica) and retrying Redis every %.1fs", redis_error(e),
                         self.retry_s)
         self._redis_ok = False
         self._down_until = time.monotonic() + self.retry_s

@@ -27,8 +27,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from gateway.cache import redis_error
 from gateway.errors import GatewayError
-from gateway.redact import redact
 from gateway.upstream_http import HTTPClientError, UpstreamHTTP
 
 router = APIRouter(tags=["ops"])
@@ -91,9 +91,8 @@ async def _checks(gw: Any) -> tuple[int, bytes]:
             redis_down = True
             # its message tells a Redis briefly away from one that refuses the gateway (a
             # database index it lacks, a wrong password), which waiting will not heal
-            why = redact(str(e))[:200] or "no answer"
-            checks["redis"] = (f"unavailable ({type(e).__name__}: {why}): serving without "
-                               "the shared cache, limits and log")
+            checks["redis"] = (f"unavailable ({redis_error(e)}): serving without the "
+                               "shared cache, limits and log")
     ups: dict[str, str] = {}
     experts: dict[str, dict[str, Any]] = {}
     if gw.settings.ready_check_upstreams and gw.dispatcher.http is not None:

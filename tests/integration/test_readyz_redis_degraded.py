@@ -11,14 +11,16 @@ own message, since it will not heal by waiting.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from pathlib import Path
 
 import pytest
 
 from gateway.api.health import READY_TTL_S, REDIS_PING_TIMEOUT_S
+from gateway.auth import hash_key
 from tests.integration.conftest import RedisServer
-from tests.unit.gateway_helpers import base_config, gateway_client
+from tests.unit.gateway_helpers import base_config, chat, gateway_client
 
 pytestmark = pytest.mark.integration
 
@@ -61,3 +63,26 @@ async def test_a_redis_that_refuses_the_gateway_is_named_by_its_message(
         assert body["status"] == "degraded", body
         # it said "unavailable (ResponseError)", the same as a Redis briefly away
         assert "DB index is out of range" in str(body["checks"]["redis"]), body
+
+
+async def test_the_process_log_names_why_redis_refuses_the_cache_and_the_limits(
+        redis_clean: RedisServer, ups, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the warnings said "Redis unavailable (ResponseError)": the same words for a Redis
+    # restarting, one out of memory (compose's --maxmemory) and a URL naming a database
+    # that does not exist
+    cfg = base_config(ups[0].base, ups[1].base)
+    cfg["api_keys"] = [{"name": "team-a", "sha256": hash_key("sk-team-a"),
+                        "requests_per_minute": 100}]
+    url = redis_clean.url.rsplit("/", 1)[0] + "/99"
+    caplog.set_level(logging.WARNING)
+    async with gateway_client(cfg, tmp_path, redis_url=url) as (c, _gw):
+        r = await c.post("/v1/chat/completions", json=chat("auto", "fix this bug in my code"),
+                         headers={"authorization": "Bearer sk-team-a"})
+        assert r.status_code == 200, r.text
+        assert {"cache", "ratelimit-local"} <= set(r.headers["x-expertgate-degraded"].split(","))
+    lines = [m for m in caplog.messages if "Redis unavailable" in m]
+    assert any(m.startswith("decision cache:") and "DB index is out of range" in m
+               for m in lines), lines
+    assert any(m.startswith("rate limits:") and "DB index is out of range" in m
+               for m in lines), lines
