@@ -304,6 +304,9 @@ class Gateway:
                 # the calls in flight there keep their experts' slots: the new pool's limit
                 # counts them (it admitted a full max_concurrency of its own beside them)
                 new_disp.keep_slots(old_disp)
+                # ... and its replicas their in-flight counts (the replica choice sees the
+                # streams running there) and their breakers (an open circuit stays open)
+                new_disp.keep_replicas(old_disp)
                 self.dispatcher = new_disp
                 # let in-flight calls on the old pool finish before closing its session
                 asyncio.get_running_loop().call_later(

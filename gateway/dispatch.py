@@ -41,6 +41,8 @@ not upstream time: an :class:`Attempt`'s ``ms`` starts once the slots are held, 
 wait is its ``queue_ms``. The slots (:class:`Slots`) outlive a reload for an expert it keeps
 (same name, same server): the calls still in flight on the replaced pool count against the
 new pool's limit, so a reload never lets an expert see more than its ``max_concurrency``.
+A replica the reload keeps (same expert, same URL) is the same :class:`Replica`, in-flight
+count and circuit breaker included (:meth:`Dispatcher.keep_replicas`).
 
 Circuit breakers count only the replica's failures, and a half-open probe that never
 finishes (the client went away, the task was cancelled) releases its slot, so an expert that
@@ -469,6 +471,27 @@ class Dispatcher:
                     r.base for r in pool.replicas]:
                 was.slots.resize(pool.expert.max_concurrency)
                 pool.slots = was.slots
+
+    def keep_replicas(self, old: Dispatcher) -> None:
+        """Take over the replicas that ``old`` (the pool a reload replaces) has for the same
+        expert at the same URL, the objects themselves: their in-flight counts, which the
+        calls and streams still running on the old pool give back, so that the replica
+        choice sees them, and their circuit breakers (an open circuit stays open, a
+        half-open one keeps its probe, whose verdict lands here). A replica that is new, or
+        an expert's moved to another URL, starts fresh. A LoRA adapter on its parent's
+        replicas keeps them with the parent's. Call it before this pool goes into
+        service; the calls it then makes cost no more than before."""
+        pools = self.pools
+        for name, pool in pools.items():
+            parent = pool.expert.parent
+            if parent is not None and parent in pools and pool.replicas is pools[parent].replicas:
+                continue  # kept with its parent's (the list is the parent's)
+            was = old.pools.get(name)
+            if was is None:
+                continue
+            kept = {r.base: r for r in was.replicas}
+            # in place: the adapters' pools share this list
+            pool.replicas[:] = [kept.pop(r.base, r) for r in pool.replicas]
 
     def balances(self, chain: Sequence[str]) -> bool:
         """Whether an expert of ``chain`` has replicas to choose between (by affinity)."""

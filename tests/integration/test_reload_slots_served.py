@@ -2,7 +2,9 @@
 calls in flight on the replaced pool count against the new pool's ``max_concurrency``, so the
 upstream never sees more than the limit at once (it saw twice as many until the old pool
 drained). The upstream is a counting server on 127.0.0.1 that holds every call until the
-test lets them go. Bounded: four requests, a reload, a few seconds."""
+test lets them go. It keeps a replica's circuit breaker too: a dead replica (a port nothing
+listens on) whose circuit opened gets no call after the reload. Bounded: a few requests and a
+reload per test, a few seconds."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import httpx
 import pytest
 import yaml
 
-from expertgate.procs import GatewayServer
+from expertgate.procs import GatewayServer, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -132,5 +134,32 @@ def test_a_sighup_reload_keeps_the_experts_slots(tmp_path: Path,
             codes = [f.result(30).status_code for f in (*first, *later)]
         assert codes == [200] * 4
         assert upstream.peak == 2  # 4 before: the reloaded pool had slots of its own
+    finally:
+        gw.stop()
+
+
+def test_a_sighup_reload_keeps_a_dead_replicas_open_circuit(tmp_path: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/v1"  # refuses connections
+    expert = {"name": "coder", "api_base": dead, "timeout_s": 5}
+    path = tmp_path / "gw.yaml"
+    path.write_text(yaml.safe_dump({"experts": [expert]}))
+    gw = GatewayServer(path, log_path=tmp_path / "gw.log", routing_log=tmp_path / "log.jsonl",
+                       check_upstreams=False)
+    gw.start()
+    try:
+        url = f"http://127.0.0.1:{gw.port}/v1/chat/completions"
+        body = {"model": "coder", "messages": [{"role": "user", "content": "hi"}]}
+
+        def code() -> str:
+            r = httpx.post(url, json=body, timeout=30)
+            assert r.status_code == 502
+            return str(r.json()["error"]["code"])
+
+        codes = [code() for _ in range(2)]  # two tries each: the third failure opens it
+        assert codes[0] != "circuit_open"
+        path.write_text(yaml.safe_dump({"experts": [{**expert, "description": "reloaded"}]}))
+        gw.send_signal(signal.SIGHUP)
+        _until(lambda: _reloads_ok(gw.port) == 1, "the reload")
+        assert code() == "circuit_open"  # not tried again: a fresh breaker would have
     finally:
         gw.stop()

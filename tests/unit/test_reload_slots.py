@@ -1,11 +1,15 @@
 """A reload keeps an expert's concurrency slots: the calls still in flight on the old pool
 count against the limit of the new one, so a reload never lets an expert see more than its
 ``max_concurrency`` calls at once (it used to allow twice as many until the old pool
-drained). Bounded: a dozen requests against an upstream double on 127.0.0.1."""
+drained). It keeps a replica's in-flight count and circuit breaker too (same expert, same
+URL): the replica choice sees the streams still running on the old pool, and a dead
+replica's open circuit is not forgotten. Bounded: a dozen requests against upstream doubles
+on 127.0.0.1."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +18,11 @@ import yaml
 
 from expertgate.bench.upstream_double import OpenAIUpstreamDouble
 from gateway.config import parse_config
-from gateway.dispatch import Dispatcher, Slots
+from gateway.dispatch import Dispatcher, Lease, Slots
 from gateway.metrics import Metrics
 from tests.unit.gateway_helpers import chat, gateway_client
 from tests.unit.test_concurrency_slots import CountingDouble, counting
-from tests.unit.test_stream_slots import Client
+from tests.unit.test_stream_slots import Client, held, nothing_held
 
 
 def _config(base: str, *adapters: dict[str, Any], description: str = "",
@@ -187,3 +191,112 @@ async def test_a_lowered_limit_waits_for_the_held_slots_to_fall_below_it() -> No
     slots.release()  # 1 held: one more may go
     await asyncio.wait_for(waiter, 1)
     assert slots.used == 2
+
+
+# ------------------------------------------------------------------ replicas
+
+
+def _replicas_disp(base: list[str], other: str = "http://127.0.0.1:3/v1",
+                   other_name: str = "other") -> Dispatcher:
+    return Dispatcher(parse_config({"experts": [
+        {"name": "base", "replicas": base},
+        {"name": "sql", "parent": "base"},
+        {"name": other_name, "api_base": other}]}), Metrics())
+
+
+def _open(disp: Dispatcher, name: str, i: int) -> None:
+    breaker = disp.pools[name].replicas[i].breaker
+    for _ in range(breaker.threshold):
+        breaker.failure()
+
+
+async def test_a_kept_replica_keeps_its_in_flight_count_and_its_breaker() -> None:
+    loop = asyncio.get_running_loop()
+    u1, u2, u4 = (f"http://127.0.0.1:{p}/v1" for p in (1, 2, 4))
+    old = _replicas_disp([u1, u2])
+    running = Lease(old.pools["base"], old.pools["base"].replicas[1], loop)  # a call at u2
+    _open(old, "base", 1)
+    _open(old, "base", 0)
+    _open(old, "other", 0)
+    # u2 kept (now first), u1 gone, u4 new; "other" kept; the same server renamed is not
+    new = _replicas_disp([u2, u4])
+    new.keep_replicas(old)
+    kept, fresh = new.pools["base"].replicas
+    assert (kept.base, kept.inflight, kept.breaker.state) == (u2, 1, "open")
+    assert (fresh.base, fresh.inflight, fresh.breaker.state) == (u4, 0, "closed")
+    # the adapter still shares its parent's replicas, the kept one included
+    assert new.pools["sql"].replicas is new.pools["base"].replicas
+    assert new.pools["other"].replicas[0].breaker.state == "open"
+    running.release()  # the old pool's call ends: the new pool's count follows
+    assert kept.inflight == 0
+    old.pools["base"].replicas[1].breaker.success()  # ... and so does its late verdict
+    assert kept.breaker.state == "closed"
+    renamed = _replicas_disp([u2, u4], other_name="another")
+    renamed.keep_replicas(old)
+    assert renamed.pools["another"].replicas[0].breaker.state == "closed"
+    moved = _replicas_disp([u2, u4], other="http://127.0.0.1:5/v1")
+    moved.keep_replicas(old)
+    assert moved.pools["other"].replicas[0].breaker.state == "closed"
+
+
+def test_a_half_open_breaker_stays_half_open_with_its_probe_out() -> None:
+    u1 = "http://127.0.0.1:1/v1"
+    old = _replicas_disp([u1])
+    _open(old, "base", 0)
+    breaker = old.pools["base"].replicas[0].breaker
+    breaker.open_until = time.monotonic() - 0.1  # cooldown over
+    assert breaker.allow()  # the half-open probe, in flight on the old pool
+    new = _replicas_disp([u1])
+    new.keep_replicas(old)
+    rep = new.pools["base"].replicas[0]
+    assert rep.breaker.state == "half-open"
+    assert not rep.breaker.allow()  # one probe at a time: the old pool's is still out
+    breaker.failure()  # the probe failed: open again, with a doubled cooldown
+    assert rep.breaker.state == "open" and rep.breaker.cooldown == 2 * rep.breaker.base_cooldown
+
+
+async def test_a_dead_replicas_open_circuit_survives_a_reload(tmp_path: Path) -> None:
+    dead = await OpenAIUpstreamDouble("dead", mode="status", status=503).start()
+    try:
+        async with gateway_client(_config(dead.base), tmp_path) as (c, gw):
+            for _ in range(2):  # two tries each (503 asks for a retry): the circuit opens
+                r = await c.post("/v1/chat/completions", json=chat("base", "x"))
+                assert r.status_code == 502
+            assert gw.dispatcher.replica_states()["base"][0]["circuit"] == "open"
+            tried = len(dead.received)
+            await _reload(gw, tmp_path / "gw.yaml", _config(dead.base, description="reloaded"))
+            assert gw.dispatcher.replica_states()["base"][0]["circuit"] == "open"
+            r = await c.post("/v1/chat/completions", json=chat("base", "x"))
+            assert r.status_code == 502 and r.json()["error"]["code"] == "circuit_open"
+            assert len(dead.received) == tried  # the dead replica got no traffic
+    finally:
+        await dead.stop()
+
+
+async def test_the_replica_choice_after_a_reload_sees_the_streams_in_flight(
+        app_for: Any, tmp_path: Path) -> None:
+    a = await OpenAIUpstreamDouble("a-double", event_delay_s=0.3).start()
+    b = await OpenAIUpstreamDouble("b-double", event_delay_s=0.3).start()
+    try:
+        cfg = {**_config(a.base), "experts": [{"name": "base", "replicas": [a.base, b.base],
+                                               "timeout_s": 5}]}
+        app = await app_for(cfg)
+        gw = app.gateway
+        # the same prompt: the same pair of replicas by affinity, the less loaded first
+        long = Client(app, chat("base", "story", stream=True))
+        t1 = asyncio.ensure_future(long.run())
+        await asyncio.wait_for(long.started.wait(), 5)
+        busy, idle = (a, b) if a.received else (b, a)
+        cfg["experts"][0]["description"] = "reloaded"
+        await _reload(gw, tmp_path / "gw.yaml", cfg)
+        assert held(gw)["base"] == (1, [1 if busy is a else 0, 1 if busy is b else 0])
+        r = Client(app, chat("base", "story"))
+        await asyncio.wait_for(r.run(), 5)
+        assert r.status == 200
+        assert len(busy.received) == 1 and len(idle.received) == 1
+        await asyncio.wait_for(t1, 5)
+        assert long.status == 200
+        assert held(gw) == nothing_held(gw)
+    finally:
+        await a.stop()
+        await b.stop()
