@@ -87,7 +87,9 @@ def cli_register(parser: argparse.ArgumentParser) -> None:
                         help="features (default: hashing for --simulate; for --logs the "
                         "embedder the candidate artifact records, or the one --config serves "
                         "its policy with, else minilm)")
-    parser.add_argument("--embedder-path", default=None)
+    parser.add_argument("--embedder-path", default=None,
+                        help="--logs with --embedder: that embedder's model folder (a "
+                        "distilled or tuned table, a sentence-transformers folder)")
     parser.add_argument("--cache-dir", default=None, help="embedding cache folder")
     parser.add_argument("--seed", type=int, default=0,
                         help="index into the seed set (--simulate: the split and the repeats)")
@@ -143,6 +145,10 @@ def _range_problem(args: argparse.Namespace) -> str | None:
         return f"--folds must be at least 2 cross-fitting folds (got {args.folds})"
     if not 0 <= args.max_unsupported <= 1:
         return f"--max-unsupported must lie in [0, 1] (got {args.max_unsupported})"
+    if args.embedder_path and (args.simulate or args.embedder in (None, "hashing")):
+        # it was read only beside --embedder with --logs: anywhere else it was dropped
+        return ("--embedder-path needs --logs and the --embedder whose model folder it is "
+                "(distilled, static, minilm or onnx)")
     return None
 
 

@@ -360,6 +360,9 @@ def _train(args: argparse.Namespace) -> int:
             raise RouterError("--policy needs --format logs (it selects a policy's records)")
         if (args.quantize or args.layers is not None) and args.embedder != "onnx":
             raise EmbedderError("--quantize and --layers need --embedder onnx")
+        if args.embedder_path and args.embedder == "hashing":
+            raise EmbedderError("--embedder-path needs --embedder distilled, static, minilm "
+                                "or onnx (the hashing embedder has no model folder)")
         stage = "load"  # a TypeError/ValueError before fitting is the data's, not --param's
         if args.correction != "none":
             table, fmt = _debiased(args), "logs"
