@@ -64,6 +64,24 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
+#: what a path the gateway does not serve is told: OpenAI's words (``Invalid URL (POST
+#: /v1/responses)``), then what it does serve
+_SERVED = ("this gateway serves POST /v1/chat/completions, /v1/completions, /v1/embeddings, "
+           "/v1/route, /v1/feedback and GET /v1/models")
+
+
+def _no_route(request: Request, status: int, allow: str | None) -> str:
+    """The message of a 404 for a path no endpoint serves, or of a 405 for a method the
+    path does not take (Starlette's own: ``Not Found``, ``Method Not Allowed``)."""
+    path = request.url.path
+    if len(path) > 200:
+        path = f"{path[:200]}..."
+    where = f"{request.method} {path}"
+    if status == 405 and allow:
+        return f"Invalid method ({where}): {path} takes {allow}"
+    return f"Invalid URL ({where}): {_SERVED}"
+
+
 def build_api(gw: Gateway) -> FastAPI:
     from gateway.api import admin, dashboard, health, models, protocol
 
@@ -76,6 +94,9 @@ def build_api(gw: Gateway) -> FastAPI:
 
     async def _error(request: Request, exc: Exception) -> Response:
         err = error_of(exc)  # the one error map, shared with the request path
+        if isinstance(exc, StarletteHTTPException) and exc.status_code in (404, 405):
+            allow = next((v for k, v in err.headers.items() if k.lower() == "allow"), None)
+            err.message = _no_route(request, exc.status_code, allow)
         return Response(err.body(), status_code=err.status, media_type="application/json",
                         headers=err.headers)
 

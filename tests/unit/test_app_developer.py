@@ -155,3 +155,30 @@ async def test_mistakes_in_openai_fields_are_400s_naming_the_field(ups, tmp_path
             assert r.status_code == 200, r.text
         assert len(coder.received) == 4
         assert coder.received[0]["seed"] == 7 and coder.received[0]["stop"] == "\\n"
+
+
+async def test_a_path_the_gateway_does_not_serve_says_which_and_what_it_serves(
+        ups, tmp_path: Path) -> None:
+    async with gateway_client(base_config(ups[0].base, ups[1].base), tmp_path) as (c, _):
+        async with httpx.AsyncClient(transport=c._transport) as http:
+            sdk = openai.AsyncOpenAI(base_url="http://gw/v1", api_key="unused",
+                                     http_client=http, max_retries=0)
+            try:  # the Responses API: not served here
+                await sdk.responses.create(model="auto", input="hi")
+            except openai.NotFoundError as e:
+                err = e.body
+                assert isinstance(err, dict), err
+                assert err["message"].startswith("Invalid URL (POST /v1/responses): ")
+                assert "/v1/chat/completions" in err["message"]
+                assert err["type"] == "invalid_request_error" and err["code"] == "not_found"
+            else:
+                raise AssertionError("/v1/responses answered")
+        r = await c.get("/v1/chat/completions")
+        assert r.status_code == 405 and r.headers["allow"] == "POST"
+        assert r.json()["error"]["message"] == (
+            "Invalid method (GET /v1/chat/completions): /v1/chat/completions takes POST")
+        r = await c.get("/v1/" + "x" * 5000)
+        assert r.status_code == 404 and len(r.json()["error"]["message"]) < 500
+        # a handler's own 404 keeps its words
+        r = await c.get("/v1/models/nope")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
