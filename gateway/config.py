@@ -638,6 +638,16 @@ def _where(loc: tuple[Any, ...], data: Any) -> str:
     return "".join(parts) or "(top level)"
 
 
+#: TLS options other gateways take per model (LiteLLM's ssl_verify, ...): the gateway has
+#: none, and its refusal says what to do instead
+_TLS_FIELDS = frozenset({"ssl_verify", "verify_ssl", "verify", "ssl", "tls", "insecure",
+                         "tls_verify", "ca_bundle", "ca_cert", "ca_file", "cafile",
+                         "ssl_ca_cert"})
+_TLS_HINT = (" (https experts are checked against the system's trusted CAs, and the check "
+             "cannot be turned off: to trust an internal CA, set SSL_CERT_FILE=/path/ca.pem "
+             "in the gateway's environment)")
+
+
 def parse_config(data: Any, source: str = "<config>") -> GatewayConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping with 'experts' and "
@@ -647,7 +657,10 @@ def parse_config(data: Any, source: str = "<config>") -> GatewayConfig:
     except ValidationError as e:
         lines = [f"{source}: invalid configuration:"]
         for err in e.errors():
-            lines.append(f"  {_where(tuple(err['loc']), data)}: {err['msg']}")
+            loc = tuple(err["loc"])
+            hint = _TLS_HINT if (err["type"] == "extra_forbidden" and loc[:1] == ("experts",)
+                                 and str(loc[-1]).lower() in _TLS_FIELDS) else ""
+            lines.append(f"  {_where(loc, data)}: {err['msg']}{hint}")
         raise ConfigError("\n".join(lines)) from None
     cfg.source = source
     try:
