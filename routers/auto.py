@@ -425,6 +425,16 @@ def _select(X: np.ndarray, table: RoutingTable, candidates: Sequence[tuple[str, 
     if not ok:
         raise RouterError("auto: no candidate router could be fitted on this table: "
                           + "; ".join(f"{r['family']}: {r.get('error')}" for r in rows))
+    if not any(np.isfinite(np.mean(f)) for f in per_fold):
+        # the score reads every model's outcome on each held-out prompt: a table with none
+        # such (a routing log: one served expert per prompt) leaves nothing to compare
+        full = int(seen.all(axis=1).sum())
+        raise RouterError(
+            f"auto: no candidate could be scored in cross-validation: the score needs held-out "
+            f"prompts scored by every model, and {full} of {len(table)} training prompts are "
+            "(a routing log scores only the expert that served each prompt); train on the "
+            "logs with --correction dr or dr_target (every expert's outcome filled), or one "
+            "family (--router knn, ...)")
     means = np.array([float(np.mean(f)) for f in per_fold])
     b = int(means.argmax())  # ties go to the earlier, simpler candidate
     for row, f in zip(ok, per_fold, strict=True):
