@@ -570,6 +570,12 @@ def check_table(table: RoutingTable, *, strong: str | None = None,
         raise EvalError(f"the table has {len(table)} prompt(s), every one scored by every "
                         f"model; an evaluation needs at least {MIN_SCORED_PROMPTS} (they "
                         "split into train, validation and test): add prompts")
+    if full < MIN_SCORED_PROMPTS and (have.sum(axis=1) <= 1).all():
+        raise EvalError(f"every one of the {len(table)} prompts is scored for one model only "
+                        "(as in a routing log: the expert that served it); eval routing "
+                        "compares methods on prompts every model answered. Judge a router "
+                        "on logs with `expertgate eval offpolicy --logs FILE --router "
+                        "ARTIFACT`")
     if full < MIN_SCORED_PROMPTS:
         raise EvalError(f"only {full} of {len(table)} prompts have a score from every model; "
                         f"every method is scored on those prompts, and at least "

@@ -34,3 +34,20 @@ def test_a_complete_table_of_too_few_prompts_asks_for_prompts(tmp_path: Path, ca
     err = capsys.readouterr().err
     assert f"the table has {n} prompt(s), every one scored by every model" in err
     assert "add prompts" in err and "missing" not in err
+
+
+def test_a_routing_log_points_at_off_policy_evaluation(tmp_path: Path, capsys) -> None:
+    """A log export (one served expert scored per prompt) got 'only 0 of 40 prompts have a
+    score from every model ... fill the missing (prompt, model) pairs or drop the sparse
+    models': advice no log can follow."""
+    import json
+
+    recs = [{"request_id": f"r{i}", "endpoint": "chat", "status": "ok", "text": f"prompt {i}",
+             "expert": ("big", "small")[i % 2], "feedback_score": float(i % 3 == 0),
+             "cost_usd": 1e-5} for i in range(40)]
+    logs = tmp_path / "export.jsonl"
+    logs.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert _run(["--data", str(logs), "--format", "logs", "--embedder", "hashing",
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "scored for one model only" in err and "expertgate eval offpolicy" in err
