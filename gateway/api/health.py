@@ -1,7 +1,8 @@
 """GET /healthz (alive), GET /readyz (Redis and upstreams), GET /metrics (Prometheus).
 
 ``/readyz`` reports each expert's readiness in ``checks.experts`` (``{name: {ready,
-replicas_up, replicas}}``) and the names of those with no replica up in
+replicas_up, replicas}}``; a LoRA adapter is up on a replica of its parent whose model list
+names it) and the names of those with no replica up in
 ``checks.experts_down``; its status is ``degraded`` (still 200) while an expert or Redis is
 down. It answers 503 when no expert is up, or, with
 ``EXPERTGATE_READY_REQUIRE_ALL_EXPERTS=true``, when any one is down.
@@ -28,6 +29,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.cache import redis_error
+from gateway.config import ExpertConfig
 from gateway.errors import GatewayError
 from gateway.upstream_http import HTTPClientError, UpstreamHTTP
 
@@ -46,18 +48,37 @@ async def healthz(request: Request) -> dict[str, Any]:
     return {"status": "ok"}
 
 
-async def _probe(http: UpstreamHTTP, base: str) -> bool:
+async def _probe(http: UpstreamHTTP, base: str, headers: dict[str, str]
+                 ) -> tuple[bool, frozenset[str] | None]:
+    """Whether replica ``base`` answers ``GET /models``, and the model ids it lists (None
+    when the list cannot be read: an error status, not the OpenAI shape)."""
     r = None
     try:
         async with asyncio.timeout(1.0):
-            r = await http.request(b"GET", base, "/models", b"", {}, connect_timeout_s=1.0)
-            await r.read()
-            return r.status < 500
+            r = await http.request(b"GET", base, "/models", b"", headers, connect_timeout_s=1.0)
+            raw = await r.read()
+            return r.status < 500, _model_ids(raw) if r.status == 200 else None
     except (HTTPClientError, TimeoutError, ValueError):
-        return False
+        return False, None
     finally:
         if r is not None:
             r.release()
+
+
+def _serves(expert: ExpertConfig, answers: bool, models: frozenset[str] | None) -> bool:
+    """A replica that answers serves a base expert; an adapter, when the replica's model
+    list names it or cannot be read."""
+    if not answers:
+        return False
+    return expert.parent is None or models is None or expert.upstream_model in models
+
+
+def _model_ids(raw: bytes) -> frozenset[str] | None:
+    try:
+        data = orjson.loads(raw).get("data")
+        return frozenset(m["id"] for m in data if isinstance(m.get("id"), str))
+    except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError):
+        return None
 
 
 @router.get("/readyz")
@@ -96,14 +117,21 @@ async def _checks(gw: Any) -> tuple[int, bytes]:
     ups: dict[str, str] = {}
     experts: dict[str, dict[str, Any]] = {}
     if gw.settings.ready_check_upstreams and gw.dispatcher.http is not None:
-        pools = [(n, p) for n, p in gw.dispatcher.pools.items()
-                 if p.expert.kind == "openai" and p.expert.parent is None]
-        res = await asyncio.gather(*(_probe(gw.dispatcher.http, r.base)
-                                     for _, p in pools for r in p.replicas))
-        i = 0
+        # base models first, then LoRA adapters (parent:), which share their parent's
+        # replicas: each replica is asked once, with its base expert's credentials, and an
+        # adapter is up on a replica that lists it (vLLM lists loaded adapters in /models)
+        pools = sorted(((n, p) for n, p in gw.dispatcher.pools.items()
+                        if p.expert.kind == "openai"),
+                       key=lambda np: np[1].expert.parent is not None)
+        headers: dict[str, dict[str, str]] = {}
+        for _, p in pools:
+            for r in p.replicas:
+                headers.setdefault(r.base, p.expert.upstream_headers(r.base))
+        bases = list(headers)
+        found = dict(zip(bases, await asyncio.gather(
+            *(_probe(gw.dispatcher.http, b, headers[b]) for b in bases)), strict=True))
         for n, p in pools:
-            up = sum(res[i:i + len(p.replicas)])
-            i += len(p.replicas)
+            up = sum(_serves(p.expert, *found[r.base]) for r in p.replicas)
             ups[n] = f"{up}/{len(p.replicas)} replicas up"
             experts[n] = {"ready": up > 0, "replicas_up": up, "replicas": len(p.replicas)}
         down = sorted(n for n, e in experts.items() if not e["ready"])
