@@ -468,7 +468,8 @@ def _train(args: argparse.Namespace) -> int:
             served.append(base)  # the adapters' base model: the lora router's last target
         snippet = policy_snippet(args.router, result.path, served,
                                  kind, options, command=_command_line(args),
-                                 fallback=best)
+                                 fallback=best, lora_base=base if isinstance(base, str)
+                                 and base else None)
         (result.path / "policy.yaml").write_text(snippet)
         out = sys.stderr if args.json else sys.stdout
         print(f"\nserve it: a ready gateway config, also written to "
@@ -528,9 +529,11 @@ def _expert_slug(model: str) -> str:
 
 def policy_snippet(router: str, artifact: Any, models: list[str], embedder: str,
                    embedder_options: dict[str, Any], *, command: str = "",
-                   fallback: str | None = None) -> str:
+                   fallback: str | None = None, lora_base: str | None = None) -> str:
     """A gateway config (YAML) that serves ``artifact``: the embedder it was trained with, one
-    expert per table model and a policy whose ``models:`` maps each table model to it."""
+    expert per table model and a policy whose ``models:`` maps each table model to it. With
+    ``lora_base`` (the lora router's base model) every other model is a LoRA adapter of that
+    expert (``parent:``): they share its server, and its concurrency slots."""
     from pathlib import Path
 
     import yaml
@@ -544,7 +547,9 @@ def policy_snippet(router: str, artifact: Any, models: list[str], embedder: str,
     doc = {
         "embedder": {"kind": embedder, **({"options": embedder_options}
                                           if embedder_options else {})},
-        "experts": [{"name": names[m], "api_base": f"http://127.0.0.1:{8101 + i}/v1",
+        "experts": [{"name": names[m], "parent": names[lora_base], "model": m}
+                    if lora_base in names and m != lora_base else
+                    {"name": names[m], "api_base": f"http://127.0.0.1:{8101 + i}/v1",
                      "model": m} for i, m in enumerate(models)],
         "policies": [{"name": f"learned-{router}", "router": router,
                       "artifact": str(Path(artifact).resolve()),
@@ -557,7 +562,11 @@ def policy_snippet(router: str, artifact: Any, models: list[str], embedder: str,
         "# The router decides between its training table's models (the keys of `models:`);",
         "# each maps to the expert that serves it. Point each expert's api_base at your",
         "# server (or map the models to experts you already have), keep the embedder: the",
-        "# artifact only works with the one it was trained with. Then:",
+        *(["# artifact only works with the one it was trained with. The adapters are LoRA",
+           "# adapters of the base model's expert (`parent:`): its api_base is the server",
+           "# (vLLM with --enable-lora) that holds them all. Then:"]
+          if lora_base in names else
+          ["# artifact only works with the one it was trained with. Then:"]),
         f"#   expertgate serve --config {Path(artifact) / 'policy.yaml'}",
     ]
     body = yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, width=100)
