@@ -37,6 +37,8 @@ def register(sub: Any, name: str) -> None:
                    "(default: the experts its policies can reach)")
     a.add_argument("--admin", action="store_true",
                    help="an admin key: may use /admin/* (reload, state) and the admin views")
+    a.add_argument("--replace", action="store_true",
+                   help="store the key even when Redis holds it for another tenant")
     a.add_argument("--requests-per-minute", type=int)
     a.add_argument("--tokens-per-minute", type=int)
     a.set_defaults(func=cmd_add)
@@ -120,6 +122,15 @@ def cmd_add(args: argparse.Namespace) -> int:
         return 2
     r = redis.Redis.from_url(url)
     try:
+        old = r.hget(KEY_PREFIX + digest, "name")
+        old_name = old.decode(errors="replace") if isinstance(old, bytes) else old
+        if old_name is not None and old_name != cfg.name and \
+                not getattr(args, "replace", False):
+            # the same key given for another tenant (a pasted key) would move the old
+            # tenant's key, limits and policies to the new name
+            print(f"expertgate keys add: this key is stored for tenant {old_name!r}, not "
+                  f"{cfg.name!r}: pass --replace to hand it over", file=sys.stderr)
+            return 2
         pipe = r.pipeline()
         pipe.delete(KEY_PREFIX + digest)  # replace, never merge with an older record
         record: dict[Any, Any] = dict(key_record(cfg))
@@ -128,7 +139,8 @@ def cmd_add(args: argparse.Namespace) -> int:
     finally:
         r.close()
     role = "admin" if cfg.admin else "tenant"
-    print(f"stored {KEY_PREFIX}{digest} for {role} {args.name}")
+    verb = "stored" if old_name is None else f"replaced (was {old_name!r})"
+    print(f"{verb} {KEY_PREFIX}{digest} for {role} {args.name}")
     return 0
 
 

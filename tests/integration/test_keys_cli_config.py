@@ -73,3 +73,29 @@ def test_keys_add_without_a_config_says_names_are_unchecked(
                 "--key", "sk-team-a", "--policies", "auto"]) == 0
     assert _stored(redis_clean, "sk-team-a")
     assert "not checked" in capsys.readouterr().err
+
+
+def test_keys_add_does_not_hand_another_tenants_key_over_silently(
+        redis_clean: RedisServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # `keys add` deleted and rewrote the record of any key: the same key given for another
+    # tenant (a pasted key, a reused --key) moved team-a's key, its limits and its policies
+    # to team-b, and team-a's requests were logged and limited as team-b's
+    cfg = str(_config(tmp_path))
+    base = ["keys", "add", "--redis-url", redis_clean.url, "--config", cfg, "--key", "sk-1"]
+    assert cli([*base, "--name", "team-a", "--requests-per-minute", "10"]) == 0
+    capsys.readouterr()
+    assert cli([*base, "--name", "team-b"]) == 2
+    err = capsys.readouterr().err
+    assert "team-a" in err and "--replace" in err, err
+    r = redis_clean.client()
+    try:
+        rec = r.hgetall(KEY_PREFIX + hash_key("sk-1"))
+        assert rec[b"name"] == b"team-a" and rec[b"requests_per_minute"] == b"10", rec
+        # the same tenant's record is updated in place of the old one (new limits), and says so
+        assert cli([*base, "--name", "team-a", "--requests-per-minute", "20"]) == 0
+        assert "replaced" in capsys.readouterr().out
+        assert r.hget(KEY_PREFIX + hash_key("sk-1"), "requests_per_minute") == b"20"
+        assert cli([*base, "--name", "team-b", "--replace"]) == 0
+        assert r.hget(KEY_PREFIX + hash_key("sk-1"), "name") == b"team-b"
+    finally:
+        r.close()
