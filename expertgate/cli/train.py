@@ -276,7 +276,8 @@ def _print_metrics(m: dict[str, Any]) -> None:
                             if v["quality"] is not None)
         print(f"{'':10s} single experts: {singles}")
     if partial:
-        print("note: the table scores one expert per prompt (a routing log): a mean quality "
+        print("note: the table does not score every expert on every prompt (a routing log "
+              "scores only the one that served it; other tables have gaps): a mean quality "
               "counts only the prompts where the router picks a scored expert, which biases "
               "it (the 'oracle' is over the scored experts too); `expertgate eval offpolicy` "
               "estimates a router's quality from logs without that bias")
