@@ -57,3 +57,32 @@ def test_the_nginx_image_supports_resolve() -> None:
     version = tuple(int(x) for x in m.groups(default="0"))
     # a bare 1.27 tag may be an image pulled before 1.27.3, which refuses "resolve"
     assert version >= (1, 28, 0) or (version >= (1, 27, 3) and m.group(3)), image
+
+
+def _gateway_keep_alive_s() -> float:
+    """How long the gateway keeps an idle client connection: ``timeout_keep_alive`` of the
+    uvicorn configuration ``expertgate serve`` builds, else uvicorn's default."""
+    import inspect
+
+    import uvicorn
+
+    serve = (ROOT / "expertgate" / "cli" / "serve.py").read_text()
+    m = re.search(r'"timeout_keep_alive":\s*(\d+(?:\.\d+)?)', serve)
+    if m is not None:
+        return float(m.group(1))
+    default = inspect.signature(uvicorn.Config.__init__).parameters["timeout_keep_alive"]
+    return float(default.default)
+
+
+def test_the_load_balancer_drops_idle_connections_before_the_gateway_does() -> None:
+    # nginx keeps idle connections to an upstream for keepalive_timeout (60 s by default),
+    # the gateway closes them after its keep-alive (5 s): a request nginx sends on one just
+    # as the gateway closes it fails, and nginx does not retry a POST on another replica
+    # (non-idempotent), so the client got a 502 that no replica produced
+    upstream = _block(re.sub(r"#[^\n]*", "", _block(CONF, "http")), "upstream expertgate")
+    given = [s for s in _statements(upstream) if s[0] == "keepalive_timeout"]
+    assert given, "nginx's default upstream keepalive_timeout is 60s"
+    m = re.fullmatch(r"(\d+)(ms|s)?", given[0][1])
+    assert m is not None, given
+    seconds = int(m.group(1)) / (1000 if m.group(2) == "ms" else 1)
+    assert seconds < _gateway_keep_alive_s(), (seconds, _gateway_keep_alive_s())
