@@ -86,3 +86,21 @@ def test_the_load_balancer_drops_idle_connections_before_the_gateway_does() -> N
     assert m is not None, given
     seconds = int(m.group(1)) / (1000 if m.group(2) == "ms" else 1)
     assert seconds < _gateway_keep_alive_s(), (seconds, _gateway_keep_alive_s())
+
+
+def test_the_load_balancer_waits_longer_than_the_gateways_deadline() -> None:
+    # with proxy_read_timeout equal to the gateway's whole-request deadline (300 s), nginx,
+    # which started waiting first, gave up first: the client got nginx's HTML 504 instead of
+    # the gateway's OpenAI-shaped deadline error, and the routing log said otherwise
+    from gateway.config import Settings
+
+    deadline = Settings.model_fields["request_deadline_s"].default
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    env = compose["services"]["gateway"].get("environment", {})
+    deadline = float(env.get("EXPERTGATE_REQUEST_DEADLINE_S", deadline))
+    location = re.sub(r"#[^\n]*", "", _block(CONF, "location /"))
+    given = [s for s in _statements(location) if s[0] == "proxy_read_timeout"]
+    assert given, given
+    m = re.fullmatch(r"(\d+)s?", given[0][1])
+    assert m is not None, given
+    assert int(m.group(1)) >= deadline + 5, (given, deadline)
