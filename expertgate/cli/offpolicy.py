@@ -295,7 +295,27 @@ def _candidate(args: argparse.Namespace, embedder: Any) -> Any:
     if args.router not in ps.policies:
         raise OffPolicyError(f"no policy {args.router!r} in {args.config} (policies: "
                              f"{', '.join(sorted(ps.policies))})")
-    return ps.policies[args.router].router
+    rt = ps.policies[args.router]
+    models = dict(rt.config.models)
+    return _ServedNames(rt.router, models) if models else rt.router
+
+
+class _ServedNames:
+    """A policy's learned router speaking its experts' names: the gateway renames the
+    router's table models through the policy's ``models:`` after each decision (the logs
+    name the experts), so the candidate's choices must be read the same way."""
+
+    def __init__(self, router: Any, models: dict[str, str]) -> None:
+        self.router, self.models = router, models
+
+    def decide(self, X: Any, texts: Any) -> list[Any]:
+        from routers.base import Target
+
+        out = self.router.decide(X, texts)
+        for d in out:
+            d.targets = [Target(self.models.get(t.expert, t.expert), t.score)
+                         for t in d.targets]
+        return list(out)
 
 
 def _logs_embedder(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:

@@ -109,3 +109,38 @@ def test_a_served_expert_its_record_gives_no_probability_is_named(tmp_path) -> N
                         for i, r in enumerate(_rows(6))]
     with pytest.raises(OffPolicyError, match=r"'ghost' \(6 records?\)"):
         load_logged(_write(tmp_path, rows), lambda t: np.ones((len(t), 3)))
+
+
+def test_a_policy_by_name_is_judged_in_its_experts_names(tmp_path) -> None:
+    """eval offpolicy --router POLICY --config: a learned router whose table models the
+    policy maps to its experts (models: {m-a: a, m-b: b}, as `expertgate train` writes) was
+    judged in the table's names, none of which the logs hold: 'no overlap ... (experts absent
+    from the logs)' on logs that explored both experts."""
+    import yaml
+
+    from expertgate.cli import main
+    from routers.base import make_router
+    from routers.embed import HashingEmbedder
+
+    e = HashingEmbedder()
+    texts = ["question one", "question two"]
+    S = np.array([[1.0, 0.0], [1.0, 0.0]])
+    t = RoutingTable(["x", "y"], texts, ["m-a", "m-b"], S, np.zeros_like(S))
+    art = make_router("knn", k=1).fit(e.embed(texts), t).save(
+        tmp_path / "art", embedder=e.name, embedder_spec={"kind": "hashing", "options": {}})
+    cfg = {"embedder": {"kind": "hashing"},
+           "experts": [{"name": "a", "api_base": "http://127.0.0.1:9/v1"},
+                       {"name": "b", "api_base": "http://127.0.0.1:9/v1"}],
+           "policies": [{"name": "learned", "router": "knn", "artifact": str(art),
+                         "models": {"m-a": "a", "m-b": "b"}, "fallback": ["a"]}]}
+    path = tmp_path / "gw.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    rows = _rows(30) + [{**r, "request_id": f"b{i}", "expert": "b", "propensity": 0.1}
+                        for i, r in enumerate(_rows(10))]
+    out = tmp_path / "ope.json"
+    rc = main(["eval", "offpolicy", "--logs", str(_write(tmp_path, rows)), "--router",
+               "learned", "--config", str(path), "--boot", "50", "--json", str(out),
+               "--cache-dir", str(tmp_path / "c")])
+    res = json.loads(out.read_text())
+    assert rc == 0 and res["verdict"] != "no_overlap", res["message"]
+    assert res["overlap"]["unsupported_share"] == 0
