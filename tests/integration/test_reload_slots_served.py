@@ -8,6 +8,7 @@ reload per test, a few seconds."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import threading
@@ -103,29 +104,45 @@ def _reloads_ok(port: int) -> float:
     return 0.0
 
 
-def test_a_sighup_reload_keeps_the_experts_slots(tmp_path: Path,
-                                                  upstream: HoldingUpstream) -> None:
-    expert = {"name": "coder", "api_base": upstream.base, "max_concurrency": 2,
-              "timeout_s": 30}
+@contextlib.contextmanager
+def _serving(tmp_path: Path, expert: dict[str, Any]) -> Iterator[tuple[GatewayServer, Path]]:
+    """``expertgate serve`` of one expert on 127.0.0.1, and its config file (to rewrite
+    before a SIGHUP); stopped at the end."""
     path = tmp_path / "gw.yaml"
     path.write_text(yaml.safe_dump({"experts": [expert]}))
     gw = GatewayServer(path, log_path=tmp_path / "gw.log", routing_log=tmp_path / "log.jsonl",
                        check_upstreams=False)
     gw.start()
     try:
+        yield gw, path
+    finally:
+        gw.stop()
+
+
+def _reload(gw: GatewayServer, path: Path, expert: dict[str, Any]) -> None:
+    """SIGHUP with ``expert`` changed (its description): a new upstream pool serves."""
+    path.write_text(yaml.safe_dump({"experts": [{**expert, "description": "reloaded"}]}))
+    gw.send_signal(signal.SIGHUP)
+    _until(lambda: _reloads_ok(gw.port) == 1, "the reload")
+
+
+BODY = {"model": "coder", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_a_sighup_reload_keeps_the_experts_slots(tmp_path: Path,
+                                                  upstream: HoldingUpstream) -> None:
+    expert = {"name": "coder", "api_base": upstream.base, "max_concurrency": 2,
+              "timeout_s": 30}
+    with _serving(tmp_path, expert) as (gw, path):
         url = f"http://127.0.0.1:{gw.port}/v1/chat/completions"
-        body = {"model": "coder", "messages": [{"role": "user", "content": "hi"}]}
         with ThreadPoolExecutor(4) as pool:
             def send() -> Future[httpx.Response]:
-                return pool.submit(httpx.post, url, json=body, timeout=30)
+                return pool.submit(httpx.post, url, json=BODY, timeout=30)
 
             try:
                 first = [send() for _ in range(2)]
                 _until(lambda: upstream.now == 2, "two calls at the upstream")
-                path.write_text(yaml.safe_dump({"experts": [{**expert,
-                                                             "description": "reloaded"}]}))
-                gw.send_signal(signal.SIGHUP)
-                _until(lambda: _reloads_ok(gw.port) == 1, "the reload")
+                _reload(gw, path, expert)
                 later = [send() for _ in range(2)]
                 time.sleep(0.5)  # time for them to reach the upstream, were slots free
                 assert upstream.now == 2
@@ -134,32 +151,20 @@ def test_a_sighup_reload_keeps_the_experts_slots(tmp_path: Path,
             codes = [f.result(30).status_code for f in (*first, *later)]
         assert codes == [200] * 4
         assert upstream.peak == 2  # 4 before: the reloaded pool had slots of its own
-    finally:
-        gw.stop()
 
 
 def test_a_sighup_reload_keeps_a_dead_replicas_open_circuit(tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{free_port()}/v1"  # refuses connections
     expert = {"name": "coder", "api_base": dead, "timeout_s": 5}
-    path = tmp_path / "gw.yaml"
-    path.write_text(yaml.safe_dump({"experts": [expert]}))
-    gw = GatewayServer(path, log_path=tmp_path / "gw.log", routing_log=tmp_path / "log.jsonl",
-                       check_upstreams=False)
-    gw.start()
-    try:
+    with _serving(tmp_path, expert) as (gw, path):
         url = f"http://127.0.0.1:{gw.port}/v1/chat/completions"
-        body = {"model": "coder", "messages": [{"role": "user", "content": "hi"}]}
 
         def code() -> str:
-            r = httpx.post(url, json=body, timeout=30)
+            r = httpx.post(url, json=BODY, timeout=30)
             assert r.status_code == 502
             return str(r.json()["error"]["code"])
 
         codes = [code() for _ in range(2)]  # two tries each: the third failure opens it
         assert codes[0] != "circuit_open"
-        path.write_text(yaml.safe_dump({"experts": [{**expert, "description": "reloaded"}]}))
-        gw.send_signal(signal.SIGHUP)
-        _until(lambda: _reloads_ok(gw.port) == 1, "the reload")
+        _reload(gw, path, expert)
         assert code() == "circuit_open"  # not tried again: a fresh breaker would have
-    finally:
-        gw.stop()

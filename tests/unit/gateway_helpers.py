@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 from collections.abc import AsyncIterator
@@ -9,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 
 from gateway.app import create_app
 from gateway.config import Settings, parse_config
+from gateway.dispatch import CircuitBreaker
 from routers.embed import HashingEmbedder
 
 ROUTES = [
@@ -40,6 +43,13 @@ def base_config(coder: str, chatter: str, **policy: Any) -> dict[str, Any]:
     }
 
 
+def coder_cfg(coder: str, chatter: str, **expert: Any) -> dict[str, Any]:
+    """:func:`base_config` with ``expert`` set on its first expert (``coder``)."""
+    cfg = base_config(coder, chatter)
+    cfg["experts"][0].update(expert)
+    return cfg
+
+
 @contextlib.asynccontextmanager
 async def gateway_client(cfg: dict[str, Any], tmp_path: Path, *, base_url: str = "http://gw",
                          raise_app_exceptions: bool = True, **settings: Any
@@ -59,3 +69,54 @@ async def gateway_client(cfg: dict[str, Any], tmp_path: Path, *, base_url: str =
 
 def chat(model: str, text: str, **kw: Any) -> dict[str, Any]:
     return {"model": model, "messages": [{"role": "user", "content": text}], **kw}
+
+
+def sse_data(text: str) -> list[Any]:
+    """A stream's ``data:`` events, parsed, without the final ``[DONE]``."""
+    return [orjson.loads(ln[6:]) for ln in text.split("\n")
+            if ln.startswith("data: ") and ln != "data: [DONE]"]
+
+
+def open_circuit(breaker: CircuitBreaker) -> None:
+    """Open ``breaker``: as many consecutive failures as its threshold."""
+    for _ in range(breaker.threshold):
+        breaker.failure()
+
+
+class AsgiRequest:
+    """One POST through a raw ASGI app, no HTTP client between, so that a test plays the
+    client's side: ``receive`` hands the body over once, then says the client disconnected
+    when ``gone`` is set; a subclass's ``send`` gets the response's messages (and may
+    raise, or block, as a server's writer to a lost client does)."""
+
+    def __init__(self, app: Any, body: dict[str, Any], *,
+                 path: str = "/v1/chat/completions") -> None:
+        self.app = app
+        self.path = path
+        self.raw = orjson.dumps(body)
+        self.read = False
+        self.gone = asyncio.Event()
+        self.status: int | None = None
+        #: the response's body messages
+        self.chunks: list[bytes] = []
+
+    async def receive(self) -> dict[str, Any]:
+        if not self.read:
+            self.read = True
+            return {"type": "http.request", "body": self.raw, "more_body": False}
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, msg: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        scope = {"type": "http", "method": "POST", "path": self.path,
+                 "headers": [(b"content-type", b"application/json")], "query_string": b"",
+                 "root_path": "", "scheme": "http", "http_version": "1.1",
+                 "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1)}
+        await self.app(scope, self.receive, self.send)
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(self.chunks)

@@ -17,7 +17,7 @@ from aiohttp import web
 import gateway.dispatch as dispatch_mod
 from expertgate.bench.upstream_double import OpenAIUpstreamDouble
 from gateway.dispatch import CircuitBreaker, RetryPolicy
-from tests.unit.gateway_helpers import base_config, chat, gateway_client
+from tests.unit.gateway_helpers import base_config, chat, coder_cfg, gateway_client, open_circuit
 
 
 class Clock:
@@ -212,8 +212,7 @@ async def test_expert_that_timed_out_is_used_again_by_itself(ups, tmp_path: Path
     """No permanent degradation after timeouts (Bifrost #5743)."""
     coder, chatter = ups
     coder.mode = "hang"
-    cfg = base_config(coder.base, chatter.base)
-    cfg["experts"][0]["timeout_s"] = 0.2
+    cfg = coder_cfg(coder.base, chatter.base, timeout_s=0.2)
     async with gateway_client(cfg, tmp_path) as (c, gw):
         rep = gw.dispatcher.pools["coder"].replicas[0]
         rep.breaker.base_cooldown = rep.breaker.cooldown = 0.3
@@ -241,8 +240,7 @@ async def test_every_circuit_open_answers_with_the_wait_until_a_probe(
     cfg = base_config(coder.base, chatter.base)
     async with gateway_client(cfg, tmp_path) as (c, gw):
         rep = gw.dispatcher.pools["coder"].replicas[0]
-        for _ in range(rep.breaker.threshold):
-            rep.breaker.failure()
+        open_circuit(rep.breaker)
         rep.breaker.open_until = time.monotonic() + 7.2
         r = await c.post("/v1/chat/completions", json=chat("coder", "x"))
         assert r.status_code == 502 and r.json()["error"]["code"] == "circuit_open"
@@ -253,12 +251,10 @@ async def test_every_circuit_open_answers_with_the_wait_until_a_probe(
 async def test_cancelled_probe_does_not_leave_the_expert_degraded(ups, tmp_path: Path) -> None:
     coder, chatter = ups
     coder.mode = "hang"
-    cfg = base_config(coder.base, chatter.base)
-    cfg["experts"][0]["timeout_s"] = 5
+    cfg = coder_cfg(coder.base, chatter.base, timeout_s=5)
     async with gateway_client(cfg, tmp_path) as (c, gw):
         rep = gw.dispatcher.pools["coder"].replicas[0]
-        for _ in range(rep.breaker.threshold):
-            rep.breaker.failure()
+        open_circuit(rep.breaker)
         rep.breaker.open_until = 0.0  # cooldown over: the next request is the probe
         probe = asyncio.ensure_future(
             c.post("/v1/chat/completions", json=chat("coder", "x")))
@@ -356,8 +352,7 @@ async def test_unforwardable_request_does_not_take_the_half_open_probe(ups, tmp_
     coder, chatter = ups
     async with gateway_client(base_config(coder.base, chatter.base), tmp_path) as (c, gw):
         rep = gw.dispatcher.pools["coder"].replicas[0]
-        for _ in range(rep.breaker.threshold):
-            rep.breaker.failure()
+        open_circuit(rep.breaker)
         rep.breaker.open_until = 0.0  # cooldown over: the next request would be the probe
         deep: Any = []
         for _ in range(300):

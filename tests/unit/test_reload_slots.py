@@ -20,9 +20,9 @@ from expertgate.bench.upstream_double import OpenAIUpstreamDouble
 from gateway.config import parse_config
 from gateway.dispatch import Dispatcher, Lease, Slots
 from gateway.metrics import Metrics
-from tests.unit.gateway_helpers import chat, gateway_client
+from tests.unit.gateway_helpers import chat, gateway_client, open_circuit
 from tests.unit.test_concurrency_slots import CountingDouble, counting
-from tests.unit.test_stream_slots import Client, held, nothing_held
+from tests.unit.test_stream_slots import Client, held, nothing_held, start
 
 
 def _config(base: str, *adapters: dict[str, Any], description: str = "",
@@ -121,8 +121,7 @@ async def test_a_stream_in_flight_across_a_reload_keeps_its_slot(app_for: Any,
         app = await app_for(cfg)
         gw = app.gateway
         long = Client(app, chat("base", "story", stream=True))
-        t1 = asyncio.ensure_future(long.run())
-        await asyncio.wait_for(long.started.wait(), 5)
+        (t1,) = await start(long)
         await _reload(gw, tmp_path / "gw.yaml", _config(up.base, max_concurrency=1,
                                                         description="reloaded"))
         late = Client(app, chat("base", "another", stream=True))
@@ -205,9 +204,7 @@ def _replicas_disp(base: list[str], other: str = "http://127.0.0.1:3/v1",
 
 
 def _open(disp: Dispatcher, name: str, i: int) -> None:
-    breaker = disp.pools[name].replicas[i].breaker
-    for _ in range(breaker.threshold):
-        breaker.failure()
+    open_circuit(disp.pools[name].replicas[i].breaker)
 
 
 async def test_a_kept_replica_keeps_its_in_flight_count_and_its_breaker() -> None:
@@ -284,8 +281,7 @@ async def test_the_replica_choice_after_a_reload_sees_the_streams_in_flight(
         gw = app.gateway
         # the same prompt: the same pair of replicas by affinity, the less loaded first
         long = Client(app, chat("base", "story", stream=True))
-        t1 = asyncio.ensure_future(long.run())
-        await asyncio.wait_for(long.started.wait(), 5)
+        (t1,) = await start(long)
         busy, idle = (a, b) if a.received else (b, a)
         cfg["experts"][0]["description"] = "reloaded"
         await _reload(gw, tmp_path / "gw.yaml", cfg)

@@ -28,7 +28,7 @@ import orjson
 import pytest
 
 from tests.doubles.sse_script import ScriptedSSE, chunk
-from tests.unit.gateway_helpers import base_config, chat
+from tests.unit.gateway_helpers import AsgiRequest, chat, coder_cfg
 
 #: pydantic warns (once per process) when LiteLLM's streaming builds a schema of its
 #: TypedDicts with ``ReadOnly`` items; pytest turns warnings into errors
@@ -50,15 +50,14 @@ def _lite_key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def config(scripted: ScriptedSSE, chatter: str) -> dict[str, Any]:
     """``coder``: an openai expert, ``lite``: a litellm one, both streaming ``scripted``."""
-    cfg = base_config(scripted.base, chatter)
-    cfg["experts"][0]["timeout_s"] = 10
+    cfg = coder_cfg(scripted.base, chatter, timeout_s=10)
     cfg["experts"].append({"name": "lite", "kind": "litellm", "model": "openai/litemodel",
                            "api_base": scripted.base, "api_key_env": KEY_ENV,
                            "timeout_s": 10})
     return cfg
 
 
-class Client:
+class Client(AsgiRequest):
     """One request through the raw ASGI app. The server's ``send`` raises ``OSError`` on
     message ``fail_on`` (``"start"``, the n-th body message, or ``"end"``: the body's last
     message), or blocks on body message
@@ -68,28 +67,15 @@ class Client:
     def __init__(self, app: Any, body: dict[str, Any], *, fail_on: str | int | None = None,
                  block_on: int | None = None, leave_s: float = 0.2,
                  path: str = "/v1/chat/completions") -> None:
-        self.app = app
-        self.path = path
-        self.raw = orjson.dumps(body)
+        super().__init__(app, body, path=path)
         self.fail_on = fail_on
         self.block_on = block_on
         self.leave_s = leave_s
-        self.read = False
-        self.gone = asyncio.Event()
-        self.status: int | None = None
-        self.chunks: list[bytes] = []
         #: body messages the app tried to send after the writer failed
         self.after_failure = 0
         self.failed = False
         #: when the writer failed, or the client left (time.monotonic())
         self.left_at: float | None = None
-
-    async def receive(self) -> dict[str, Any]:
-        if not self.read:
-            self.read = True
-            return {"type": "http.request", "body": self.raw, "more_body": False}
-        await self.gone.wait()
-        return {"type": "http.disconnect"}
 
     async def send(self, msg: dict[str, Any]) -> None:
         if self.failed:
@@ -116,17 +102,6 @@ class Client:
     def leave(self) -> None:
         self.left_at = time.monotonic()
         self.gone.set()
-
-    async def run(self) -> None:
-        scope = {"type": "http", "method": "POST", "path": self.path,
-                 "headers": [(b"content-type", b"application/json")], "query_string": b"",
-                 "root_path": "", "scheme": "http", "http_version": "1.1",
-                 "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1)}
-        await self.app(scope, self.receive, self.send)
-
-    @property
-    def body(self) -> bytes:
-        return b"".join(self.chunks)
 
 
 async def closed_by_gateway(scripted: ScriptedSSE, since: float, within_s: float) -> float:

@@ -22,8 +22,9 @@ import orjson
 import pytest
 
 from expertgate.bench.upstream_double import OpenAIUpstreamDouble
+from gateway.dispatch import DispatchResult
 from tests.doubles.sse_script import ScriptedSSE, chunk, event
-from tests.unit.gateway_helpers import base_config, chat
+from tests.unit.gateway_helpers import AsgiRequest, base_config, chat, coder_cfg
 
 TOKEN = chunk({"content": "Hel"})
 MORE = chunk({"content": "lo"})
@@ -43,33 +44,21 @@ async def slow() -> AsyncIterator[tuple[OpenAIUpstreamDouble, OpenAIUpstreamDoub
     await b.stop()
 
 
-class Client:
+class Client(AsgiRequest):
     """One request through the raw ASGI app. ``leave_after``: the client disconnects once it
     has that many body chunks (0: as soon as the upstream has the request); ``fail_on``:
     the server's ``send`` raises on that message (``start``, or the n-th body chunk)."""
 
     def __init__(self, app: Any, body: dict[str, Any], *, leave_after: int | None = None,
                  fail_on: str | int | None = None) -> None:
-        self.app = app
-        self.raw = orjson.dumps(body)
+        super().__init__(app, body)
         self.leave_after = leave_after
         self.fail_on = fail_on
-        self.gone = asyncio.Event()
-        self.read = False
-        self.status: int | None = None
-        self.chunks: list[bytes] = []
         self.started = asyncio.Event()
         self.ended = False
         #: what the gateway held while the client had the first body chunk / the end
         self.held_at_first: dict[str, Any] | None = None
         self.held_at_end: dict[str, Any] | None = None
-
-    async def receive(self) -> dict[str, Any]:
-        if not self.read:
-            self.read = True
-            return {"type": "http.request", "body": self.raw, "more_body": False}
-        await self.gone.wait()
-        return {"type": "http.disconnect"}
 
     async def send(self, msg: dict[str, Any]) -> None:
         gw = self.app.gateway
@@ -91,17 +80,16 @@ class Client:
             self.gone.set()
 
     async def run(self) -> None:
-        scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
-                 "headers": [(b"content-type", b"application/json")], "query_string": b"",
-                 "root_path": "", "scheme": "http", "http_version": "1.1",
-                 "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1)}
         # the connection this client's server lost: the server's own business
         with contextlib.suppress(OSError):
-            await self.app(scope, self.receive, self.send)
+            await super().run()
 
-    @property
-    def body(self) -> bytes:
-        return b"".join(self.chunks)
+
+async def start(*clients: Client) -> list[asyncio.Task[None]]:
+    """Run ``clients`` until each has its first body chunk (bounded: 5 s); their tasks."""
+    tasks = [asyncio.ensure_future(c.run()) for c in clients]
+    await asyncio.wait_for(asyncio.gather(*(c.started.wait() for c in clients)), 5)
+    return tasks
 
 
 def held(gw: Any) -> dict[str, Any]:
@@ -115,12 +103,6 @@ def held(gw: Any) -> dict[str, Any]:
 
 def nothing_held(gw: Any) -> dict[str, Any]:
     return {name: (0, [0] * len(pool.replicas)) for name, pool in gw.dispatcher.pools.items()}
-
-
-def coder_cfg(coder: str, chatter: str, **expert: Any) -> dict[str, Any]:
-    cfg = base_config(coder, chatter)
-    cfg["experts"][0].update(expert)
-    return cfg
 
 
 def _metric(text: str, name: str, expert: str) -> float:
@@ -143,8 +125,7 @@ async def test_a_stream_holds_its_slot_so_a_third_request_waits_as_a_call_would(
     app = await app_for(coder_cfg(up.base, chatter.base, max_concurrency=2))
     gw = app.gateway
     first = [Client(app, chat("coder", f"story {i}", stream=True)) for i in range(2)]
-    tasks = [asyncio.ensure_future(c.run()) for c in first]
-    await asyncio.wait_for(asyncio.gather(*(c.started.wait() for c in first)), 5)
+    tasks = await start(*first)
     assert held(gw)["coder"] == (2, [2])
     third = Client(app, chat("coder", "story 3", stream=third_streams))
     t3 = asyncio.ensure_future(third.run())
@@ -166,8 +147,7 @@ async def test_a_request_waiting_for_a_slot_past_its_deadline_is_a_504(
                         request_deadline_s=0.4)
     gw = app.gateway
     long = Client(app, chat("coder", "story", stream=True))
-    t1 = asyncio.ensure_future(long.run())
-    await asyncio.wait_for(long.started.wait(), 5)
+    (t1,) = await start(long)
     late = Client(app, chat("coder", "another", stream=third_streams))
     loop = asyncio.get_running_loop()
     t0 = loop.time()
@@ -195,8 +175,7 @@ async def test_the_next_request_goes_to_the_replica_without_a_stream(
         gw = app.gateway
         # the same prompt: the same pair of replicas by affinity, the less loaded first
         long = Client(app, chat("coder", "write a python function", stream=True))
-        t1 = asyncio.ensure_future(long.run())
-        await asyncio.wait_for(long.started.wait(), 5)
+        (t1,) = await start(long)
         busy, idle = (a, b) if a.received else (b, a)
         assert len(busy.received) == 1 and not idle.received
         nxt = Client(app, chat("coder", "write a python function", stream=second_streams))
@@ -229,8 +208,7 @@ async def test_every_way_a_stream_ends_gives_its_slot_back_once(
         scripted: ScriptedSSE, ups: Any, app_for: Any, ending: str) -> None:
     script, opts = ENDINGS[ending]
     scripted.script = script
-    _, chatter = ups
-    app = await app_for(coder_cfg(scripted.base, chatter.base, max_concurrency=4))
+    app = await scripted_app(scripted, ups, app_for)
     gw = app.gateway
     for i in range(3):
         c = Client(app, chat("coder", f"x{i}", stream=True), **opts)
@@ -259,12 +237,10 @@ async def test_a_stream_cut_short_by_the_shutdown_gives_its_slot_back(
         scripted: ScriptedSSE, ups: Any, app_for: Any) -> None:
     # the server's graceful shutdown ran out: it cancels the requests still streaming
     scripted.script = [TOKEN, "hang"]
-    _, chatter = ups
-    app = await app_for(coder_cfg(scripted.base, chatter.base, max_concurrency=4))
+    app = await scripted_app(scripted, ups, app_for)
     gw = app.gateway
     clients = [Client(app, chat("coder", f"x{i}", stream=True)) for i in range(3)]
-    tasks = [asyncio.ensure_future(c.run()) for c in clients]
-    await asyncio.wait_for(asyncio.gather(*(c.started.wait() for c in clients)), 5)
+    tasks = await start(*clients)
     assert held(gw)["coder"] == (3, [3])
     assert _metric(await _metrics(app), "expertgate_upstream_inflight", "coder") == 3.0
     for t in tasks:
@@ -279,12 +255,9 @@ async def test_a_stream_reply_nobody_reads_is_given_back_when_dropped(
     # the last guard: a reply dropped without release (a bug on the caller's side) still
     # gives its slot back, and says so
     scripted.script = [TOKEN, 0.2, FINISH, DONE]
-    _, chatter = ups
-    app = await app_for(coder_cfg(scripted.base, chatter.base, max_concurrency=4))
+    app = await scripted_app(scripted, ups, app_for)
     gw = app.gateway
-    res = await gw.dispatcher.call(["coder"], "/chat/completions", {}, lambda e: orjson.dumps(
-        chat("up-coder", "x", stream=True)), stream=True, affinity=b"",
-        deadline=time.monotonic() + 60)
+    res = await stream_call(gw)
     assert held(gw)["coder"] == (1, [1])
     with caplog.at_level(logging.WARNING, "expertgate.dispatch"):
         del res
@@ -296,17 +269,27 @@ async def test_a_stream_reply_nobody_reads_is_given_back_when_dropped(
 
 async def test_release_is_idempotent(scripted: ScriptedSSE, ups: Any, app_for: Any) -> None:
     scripted.script = [TOKEN, 0.1, FINISH, DONE]
-    _, chatter = ups
-    app = await app_for(coder_cfg(scripted.base, chatter.base, max_concurrency=4))
+    app = await scripted_app(scripted, ups, app_for)
     gw = app.gateway
-    res = await gw.dispatcher.call(["coder"], "/chat/completions", {}, lambda e: orjson.dumps(
-        chat("up-coder", "x", stream=True)), stream=True, affinity=b"",
-        deadline=time.monotonic() + 60)
+    res = await stream_call(gw)
     res.reply.ended()
     res.reply.release()
     res.reply.release()
     res.reply.ended()
     assert held(gw) == nothing_held(gw)
+
+
+async def scripted_app(scripted: ScriptedSSE, ups: Any, app_for: Any) -> Any:
+    """A gateway app whose ``coder`` (4 slots) streams ``scripted``'s script."""
+    return await app_for(coder_cfg(scripted.base, ups[1].base, max_concurrency=4))
+
+
+async def stream_call(gw: Any) -> DispatchResult:
+    """A streamed call to ``coder`` straight through the dispatcher: its reply is the
+    caller's to release."""
+    return await gw.dispatcher.call(["coder"], "/chat/completions", {}, lambda e: orjson.dumps(
+        chat("up-coder", "x", stream=True)), stream=True, affinity=b"",
+        deadline=time.monotonic() + 60)
 
 
 async def _metrics(app: Any) -> str:

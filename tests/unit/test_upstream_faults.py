@@ -10,6 +10,8 @@ reported for streams whose upstream sends none; /v1/embeddings passes through.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from gateway.request.dispatch import affinity_key
 from routers.artifacts import save_router
 from routers.base import RoutingTable, make_router
 from routers.embed import HashingEmbedder
-from tests.unit.gateway_helpers import base_config, chat, gateway_client
+from tests.unit.gateway_helpers import base_config, chat, gateway_client, sse_data
 
 
 def _err(r: httpx.Response) -> dict[str, Any]:
@@ -280,42 +282,47 @@ async def _ensemble_gateway(ups: Any, agg: OpenAIUpstreamDouble, tmp_path: Path)
     return gateway_client(cfg, tmp_path)
 
 
+@contextlib.asynccontextmanager
+async def _ensemble(ups: Any, tmp_path: Path, **agg: Any
+                    ) -> AsyncIterator[tuple[httpx.AsyncClient, OpenAIUpstreamDouble]]:
+    """The ensemble gateway's client and its aggregator, a double (``agg``: its settings)
+    stopped after the gateway."""
+    aggregator = await OpenAIUpstreamDouble("agg-double", **agg).start()
+    try:
+        async with await _ensemble_gateway(ups, aggregator, tmp_path) as (c, _):
+            yield c, aggregator
+    finally:
+        await aggregator.stop()
+
+
 async def test_ensemble_cost_counts_every_call_and_a_header_lists_members(ups, tmp_path: Path
                                                                           ) -> None:
-    agg = await OpenAIUpstreamDouble("agg-double").start()
-    try:
-        async with await _ensemble_gateway(ups, agg, tmp_path) as (c, _):
-            r = await c.post("/v1/chat/completions", json=chat("panel", "explain topic 3"))
-            assert r.status_code == 200 and r.headers["x-expertgate-expert"] == "agg"
-            assert r.headers["x-expertgate-ensemble"] == "coder,chatter"
-        lines = (tmp_path / "log.jsonl").read_text().splitlines()
-        rec = orjson.loads(lines[-1])
-        # each double reports 7 prompt + 5 completion tokens
-        members = 2 * (7 * 1.0 + 5 * 2.0) / 1e6
-        aggregator = (7 * 10.0 + 5 * 20.0) / 1e6
-        assert rec["cost_usd"] == pytest.approx(members + aggregator)
-    finally:
-        await agg.stop()
+    async with _ensemble(ups, tmp_path) as (c, _):
+        r = await c.post("/v1/chat/completions", json=chat("panel", "explain topic 3"))
+        assert r.status_code == 200 and r.headers["x-expertgate-expert"] == "agg"
+        assert r.headers["x-expertgate-ensemble"] == "coder,chatter"
+    lines = (tmp_path / "log.jsonl").read_text().splitlines()
+    rec = orjson.loads(lines[-1])
+    # each double reports 7 prompt + 5 completion tokens
+    members = 2 * (7 * 1.0 + 5 * 2.0) / 1e6
+    aggregator = (7 * 10.0 + 5 * 20.0) / 1e6
+    assert rec["cost_usd"] == pytest.approx(members + aggregator)
 
 
 async def test_an_ensemble_policy_asked_for_several_answers_forwards_to_its_first_member(
         ups, tmp_path: Path) -> None:
     # one aggregated answer cannot stand for n choices or a batch of prompts (the client got
     # one choice for two prompts): the first member answers them all, as routed
-    agg = await OpenAIUpstreamDouble("agg-double").start()
-    try:
-        async with await _ensemble_gateway(ups, agg, tmp_path) as (c, _):
-            for path, body in (("/v1/chat/completions", {**chat("panel", "explain topic 3"),
-                                                         "n": 2}),
-                               ("/v1/completions", {"model": "panel", "prompt": [
-                                   "explain topic 3", "explain topic 4"]})):
-                r = await c.post(path, json=body)
-                assert r.status_code == 200 and r.headers["x-expertgate-expert"] == "coder"
-                assert "x-expertgate-ensemble" not in r.headers
-                assert "not ensembled: 2 answers asked" in r.headers["x-expertgate-reason"]
-        assert not agg.received and not ups[1].received and len(ups[0].received) == 2
-    finally:
-        await agg.stop()
+    async with _ensemble(ups, tmp_path) as (c, agg):
+        for path, body in (("/v1/chat/completions", {**chat("panel", "explain topic 3"),
+                                                     "n": 2}),
+                           ("/v1/completions", {"model": "panel", "prompt": [
+                               "explain topic 3", "explain topic 4"]})):
+            r = await c.post(path, json=body)
+            assert r.status_code == 200 and r.headers["x-expertgate-expert"] == "coder"
+            assert "x-expertgate-ensemble" not in r.headers
+            assert "not ensembled: 2 answers asked" in r.headers["x-expertgate-reason"]
+    assert not agg.received and not ups[1].received and len(ups[0].received) == 2
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -410,8 +417,7 @@ async def test_rewrite_model_names_the_policy_in_answers_and_every_stream_event(
             "auto", "fix this bug in my code", stream=True,
             stream_options={"include_usage": True}))
         assert r.status_code == 200
-        events = [orjson.loads(ln[6:]) for ln in r.text.split("\n")
-                  if ln.startswith("data: ") and ln != "data: [DONE]"]
+        events = sse_data(r.text)
         assert len(events) >= 3 and {e["model"] for e in events} == {"auto"}
         text = "".join(e["choices"][0]["delta"].get("content", "") for e in events
                        if e["choices"])
@@ -421,15 +427,13 @@ async def test_rewrite_model_names_the_policy_in_answers_and_every_stream_event(
         r = await c.post("/v1/chat/completions", json=chat(
             "auto", "fix this bug in my code", stream=True,
             stream_options={"include_usage": True}))
-        events = [orjson.loads(ln[6:]) for ln in r.text.split("\n")
-                  if ln.startswith("data: ") and ln != "data: [DONE]"]
+        events = sse_data(r.text)
         assert events[-1]["usage"]["estimated"] and {e["model"] for e in events} == {"auto"}
     cfg["policies"][0]["rewrite_model"] = False
     async with gateway_client(cfg, tmp_path) as (c, _):  # off: the expert's own name
         r = await c.post("/v1/chat/completions", json=chat(
             "auto", "fix this bug in my code", stream=True))
-        events = [orjson.loads(ln[6:]) for ln in r.text.split("\n")
-                  if ln.startswith("data: ") and ln != "data: [DONE]"]
+        events = sse_data(r.text)
         assert {e["model"] for e in events} == {cfg["experts"][0]["model"]}
 
 
@@ -444,6 +448,8 @@ def test_model_rewrite_keeps_lines_whole_across_chunks() -> None:
                    b": keep-alive\ndata: [DONE]\n\n") and rw.tail == b""
 
 
+#: an aggregator's refusal of the request it was built (the members' answers too long)
+TOO_LONG = (400, "application/json", b'{"error": {"message": "context too long"}}')
 TOOL_ANSWER = orjson.dumps({
     "id": "chatcmpl-tool", "object": "chat.completion", "created": 1, "model": "m",
     "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
@@ -456,53 +462,43 @@ TOOL_ANSWER = orjson.dumps({
 async def test_ensemble_members_rejecting_the_request_or_calling_tools(ups, tmp_path: Path
                                                                       ) -> None:
     coder, chatter = ups
-    agg = await OpenAIUpstreamDouble("agg-double").start()
-    try:
-        async with await _ensemble_gateway(ups, agg, tmp_path) as (c, _):
-            # every member refuses the request itself: its own 400, not a 502 to retry
-            coder.raw = chatter.raw = (400, "application/json",
-                                       b'{"error": {"message": "bad tools", "type": "x"}}')
-            r = await c.post("/v1/chat/completions", json=chat("panel", "explain topic 3"))
-            assert r.status_code == 400 and _err(r)["message"] == "bad tools"
-            assert agg.received == []
-            # members that answer with tool calls: the aggregator gets them, and the tools
-            coder.raw = chatter.raw = (200, "application/json", TOOL_ANSWER)
-            tools = [{"type": "function", "function": {"name": "get_weather",
-                                                       "parameters": {"type": "object"}}}]
-            r = await c.post("/v1/chat/completions", json=chat(
-                "panel", "explain topic 3", tools=tools))
-            assert r.status_code == 200 and r.headers["x-expertgate-expert"] == "agg"
-            sent = agg.received[-1]
-            assert sent["tools"] == tools and "get_weather" in sent["messages"][-1]["content"]
-            # members down: a 502 that says what each got
-            coder.raw = chatter.raw = (503, "application/json", b'{"error": "busy"}')
-            r = await c.post("/v1/chat/completions", json=chat("panel", "explain topic 3"))
-            assert r.status_code == 502 and _err(r)["code"] == "ensemble_failed"
-            assert "ensemble-failed" in r.headers["x-expertgate-degraded"]
-            assert "coder:" in r.headers["x-expertgate-reason"]
-    finally:
-        await agg.stop()
+    async with _ensemble(ups, tmp_path) as (c, agg):
+        # every member refuses the request itself: its own 400, not a 502 to retry
+        coder.raw = chatter.raw = (400, "application/json",
+                                   b'{"error": {"message": "bad tools", "type": "x"}}')
+        r = await c.post("/v1/chat/completions", json=chat("panel", "explain topic 3"))
+        assert r.status_code == 400 and _err(r)["message"] == "bad tools"
+        assert agg.received == []
+        # members that answer with tool calls: the aggregator gets them, and the tools
+        coder.raw = chatter.raw = (200, "application/json", TOOL_ANSWER)
+        tools = [{"type": "function", "function": {"name": "get_weather",
+                                                   "parameters": {"type": "object"}}}]
+        r = await c.post("/v1/chat/completions", json=chat(
+            "panel", "explain topic 3", tools=tools))
+        assert r.status_code == 200 and r.headers["x-expertgate-expert"] == "agg"
+        sent = agg.received[-1]
+        assert sent["tools"] == tools and "get_weather" in sent["messages"][-1]["content"]
+        # members down: a 502 that says what each got
+        coder.raw = chatter.raw = (503, "application/json", b'{"error": "busy"}')
+        r = await c.post("/v1/chat/completions", json=chat("panel", "explain topic 3"))
+        assert r.status_code == 502 and _err(r)["code"] == "ensemble_failed"
+        assert "ensemble-failed" in r.headers["x-expertgate-degraded"]
+        assert "coder:" in r.headers["x-expertgate-reason"]
 
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_aggregator_refusing_its_built_request_answers_with_a_member(
         ups, tmp_path: Path, stream: bool) -> None:
-    agg = await OpenAIUpstreamDouble("agg-double").start()
-    agg.raw = (400, "application/json", b'{"error": {"message": "context too long"}}')
-    try:
-        async with await _ensemble_gateway(ups, agg, tmp_path) as (c, _):
-            r = await c.post("/v1/chat/completions", json=chat(
-                "panel", "explain topic 3", stream=stream,
-                **({"stream_options": {"include_usage": True}} if stream else {})))
-            assert r.status_code == 200
-            assert "ensemble-unaggregated" in r.headers["x-expertgate-degraded"]
-            assert "answer from coder-double" in r.text
-            if stream:  # the usage event a client asked for, as upstream streams end
-                events = [orjson.loads(ln[6:]) for ln in r.text.split("\n")
-                          if ln.startswith("data: ") and ln != "data: [DONE]"]
-                assert events[-1]["usage"]["total_tokens"] == 12
-    finally:
-        await agg.stop()
+    async with _ensemble(ups, tmp_path, raw=TOO_LONG) as (c, _):
+        r = await c.post("/v1/chat/completions", json=chat(
+            "panel", "explain topic 3", stream=stream,
+            **({"stream_options": {"include_usage": True}} if stream else {})))
+        assert r.status_code == 200
+        assert "ensemble-unaggregated" in r.headers["x-expertgate-degraded"]
+        assert "answer from coder-double" in r.text
+        if stream:  # the usage event a client asked for, as upstream streams end
+            events = sse_data(r.text)
+            assert events[-1]["usage"]["total_tokens"] == 12
 
 
 @pytest.mark.parametrize("endpoint", ["chat", "completions"])
@@ -518,44 +514,33 @@ async def test_streamed_refusal_ends_with_a_usage_event(ups, tmp_path: Path, end
                     "stream_options": {"include_usage": True}}
         r = await c.post(path, json=body)
         assert r.status_code == 200, r.text
-        events = [orjson.loads(ln[6:]) for ln in r.text.split("\n")
-                  if ln.startswith("data: ") and ln != "data: [DONE]"]
+        events = sse_data(r.text)
         assert "out of scope" in r.text and events[-1]["choices"] == []
         assert events[-1]["usage"]["total_tokens"] == 0
 
 
 async def test_ensemble_dry_run_names_the_aggregator_a_live_request_gets(ups, tmp_path: Path
                                                                          ) -> None:
-    agg = await OpenAIUpstreamDouble("agg-double").start()
-    try:
-        async with await _ensemble_gateway(ups, agg, tmp_path) as (c, _):
-            dry = await c.post("/v1/route", json={"model": "panel", "text": "explain topic 3"})
-            live = await c.post("/v1/chat/completions", json=chat("panel", "explain topic 3"))
-            plan = dry.json()
-            assert plan["action"] == "ensemble"
-            assert plan["ensemble"]["members"] == ["coder", "chatter"]
-            assert plan["ensemble"]["aggregation_chain"][0] == "agg"
-            assert dry.headers["x-expertgate-expert"] == live.headers["x-expertgate-expert"]
-    finally:
-        await agg.stop()
+    async with _ensemble(ups, tmp_path) as (c, _):
+        dry = await c.post("/v1/route", json={"model": "panel", "text": "explain topic 3"})
+        live = await c.post("/v1/chat/completions", json=chat("panel", "explain topic 3"))
+        plan = dry.json()
+        assert plan["action"] == "ensemble"
+        assert plan["ensemble"]["members"] == ["coder", "chatter"]
+        assert plan["ensemble"]["aggregation_chain"][0] == "agg"
+        assert dry.headers["x-expertgate-expert"] == live.headers["x-expertgate-expert"]
 
 
 async def test_unaggregated_tool_call_answer_streams_as_tool_calls(ups, tmp_path: Path) -> None:
     coder, chatter = ups
     coder.raw = chatter.raw = (200, "application/json", TOOL_ANSWER)
-    agg = await OpenAIUpstreamDouble("agg-double").start()
-    agg.raw = (400, "application/json", b'{"error": {"message": "context too long"}}')
-    try:
-        async with await _ensemble_gateway(ups, agg, tmp_path) as (c, _):
-            r = await c.post("/v1/chat/completions", json=chat(
-                "panel", "explain topic 3", stream=True,
-                tools=[{"type": "function", "function": {"name": "get_weather"}}]))
-            assert "ensemble-unaggregated" in r.headers["x-expertgate-degraded"]
-            events = [orjson.loads(ln[6:]) for ln in r.text.split("\n")
-                      if ln.startswith("data: ") and ln != "data: [DONE]"]
-            delta = events[0]["choices"][0]["delta"]
-            assert delta["tool_calls"][0]["function"]["name"] == "get_weather"
-            assert delta["tool_calls"][0]["index"] == 0 and not delta.get("content")
-            assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
-    finally:
-        await agg.stop()
+    async with _ensemble(ups, tmp_path, raw=TOO_LONG) as (c, _):
+        r = await c.post("/v1/chat/completions", json=chat(
+            "panel", "explain topic 3", stream=True,
+            tools=[{"type": "function", "function": {"name": "get_weather"}}]))
+        assert "ensemble-unaggregated" in r.headers["x-expertgate-degraded"]
+        events = sse_data(r.text)
+        delta = events[0]["choices"][0]["delta"]
+        assert delta["tool_calls"][0]["function"]["name"] == "get_weather"
+        assert delta["tool_calls"][0]["index"] == 0 and not delta.get("content")
+        assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
