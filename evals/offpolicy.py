@@ -163,9 +163,11 @@ class LoggedData:
 def policy_matrix(router: Router, X: np.ndarray, texts: Sequence[str], experts: Sequence[str],
                   allowed: np.ndarray | None = None) -> np.ndarray:
     """A router's deterministic choice as a probability matrix (n, m) over ``experts``: the
-    first expert of its preference order inside the request's allowed set. A router whose
-    whole preference order lies outside ``experts`` puts its mass on a column of NaN rows'
-    own (counted as unsupported by :func:`estimate`)."""
+    first expert of its preference order inside the request's allowed set (the gateway skips
+    an expert that was no candidate of the request). A choice of an expert the logs do not
+    know at all, before any allowed one (a new expert, or a table model no ``models:`` maps
+    to an expert), and a preference order with no allowed expert, put the mass on an extra
+    last column (counted as unsupported by :func:`estimate`): the logs say nothing of it."""
     experts = list(experts)
     col = {e: j for j, e in enumerate(experts)}
     n = len(texts)
@@ -175,7 +177,9 @@ def policy_matrix(router: Router, X: np.ndarray, texts: Sequence[str], experts: 
         pick = len(experts)  # "outside the logged experts"
         for t in d.targets if d.mode != "reject" else []:
             j = col.get(t.expert)
-            if j is not None and ok[i, j]:
+            if j is None:
+                break
+            if ok[i, j]:
                 pick = j
                 break
         P[i, pick] = 1.0

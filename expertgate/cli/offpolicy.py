@@ -307,6 +307,7 @@ class _ServedNames:
 
     def __init__(self, router: Any, models: dict[str, str]) -> None:
         self.router, self.models = router, models
+        self.experts_ = [models.get(m, m) for m in getattr(router, "experts_", [])]
 
     def decide(self, X: Any, texts: Any) -> list[Any]:
         from routers.base import Target
@@ -399,6 +400,12 @@ def _logs(args: argparse.Namespace) -> dict[str, Any]:
     # the candidate chooses among each request's logged candidate set; where it picks one
     # the logger gave no probability, that mass is what the overlap check reports
     T = policy_matrix(router, data.X, data.texts or [], data.experts, allowed=data.allowed)
+    strangers = sorted(set(getattr(router, "experts_", [])) - set(data.experts))
+    if strangers:
+        print(f"offpolicy: the candidate's model(s) {', '.join(map(repr, strangers))} are no "
+              "expert of these logs: a request it sends there has no logged outcome (a "
+              "learned router's table models are mapped to experts by a policy's models:; "
+              "judge that policy with --router POLICY --config FILE)", file=sys.stderr)
     res = estimate(data, T, cost_weight=args.cost_weight, folds=args.folds, n_boot=args.boot,
                    alpha=args.alpha, seed=args.seed, max_unsupported=args.max_unsupported,
                    clip=args.clip, reward_weights=args.reward_weights)

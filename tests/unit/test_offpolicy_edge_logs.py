@@ -144,3 +144,28 @@ def test_a_policy_by_name_is_judged_in_its_experts_names(tmp_path) -> None:
     res = json.loads(out.read_text())
     assert rc == 0 and res["verdict"] != "no_overlap", res["message"]
     assert res["overlap"]["unsupported_share"] == 0
+
+
+def test_a_candidate_choosing_an_expert_the_logs_never_name_is_no_overlap(tmp_path,
+                                                                          capsys) -> None:
+    """An artifact trained on other names (here 'c', which the logs never hold, preferred
+    everywhere) was silently judged on its second choice: an estimate of a router that would
+    send every request elsewhere, exit 0, against the README ('no overlap', exit 1)."""
+    from expertgate.cli import main
+    from routers.base import make_router
+    from routers.embed import HashingEmbedder
+
+    e = HashingEmbedder()
+    texts = ["question one", "question two"]
+    S = np.array([[0.0, 1.0], [0.0, 1.0]])
+    t = RoutingTable(["x", "y"], texts, ["a", "c"], S, np.zeros_like(S))
+    art = make_router("knn", k=1).fit(e.embed(texts), t).save(
+        tmp_path / "art", embedder=e.name, embedder_spec={"kind": "hashing", "options": {}})
+    rows = _rows(30) + [{**r, "request_id": f"b{i}", "expert": "b", "propensity": 0.1}
+                        for i, r in enumerate(_rows(10))]
+    out = tmp_path / "ope.json"
+    rc = main(["eval", "offpolicy", "--logs", str(_write(tmp_path, rows)), "--router",
+               str(art), "--boot", "50", "--json", str(out), "--cache-dir", str(tmp_path / "c")])
+    res = json.loads(out.read_text())
+    assert rc == 1 and res["verdict"] == "no_overlap"
+    assert "model(s) 'c' are no expert of these logs" in capsys.readouterr().err
