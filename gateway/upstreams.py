@@ -113,6 +113,42 @@ def _mask(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
+#: a stack frame's line (``  File "/path/app.py", line 376, in create``) or a traceback's
+#: heading; the frame's source and ``^^^`` lines are indented deeper than it
+_FRAME = re.compile(r'\s*File "[^"\n]*", line \d+')
+_TRACE_HEADINGS = ("Traceback (most recent call last):",
+                   "During handling of the above exception, another exception occurred:",
+                   "The above exception was the direct cause of the following exception:")
+
+
+def _untraced(text: str) -> str:
+    """``text`` without the stack traces in it: llama-cpp-python writes its frames into a
+    500's message (``File ".../llama_cpp/server/app.py", line 376, in ...``), and a Python
+    server's plain-text 500 may be a whole traceback. The frames, their source lines and the
+    traceback headings go; the rest stays: the exception's own lines (``ValueError: ...``,
+    a validation error's list)."""
+    if 'File "' not in text and "Traceback (" not in text:
+        return text
+    out: list[str] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        i += 1
+        if _FRAME.match(line):
+            indent = len(line) - len(line.lstrip())
+            while i < len(lines) and lines[i].strip() and \
+                    len(lines[i]) - len(lines[i].lstrip()) > indent:
+                i += 1
+            continue
+        for heading in _TRACE_HEADINGS:
+            if heading in line:
+                line = line.replace(heading, "")
+        if line.strip() or (out and out[-1].strip()):
+            out.append(line.rstrip())
+    return "\n".join(out).strip()
+
+
 def error_body(raw: bytes, status: int | None, expert: str, base: str,
                secrets: Iterable[str] = ()) -> bytes:
     """An upstream's error reply (``raw``, any shape: OpenAI's ``{"error": {...}}``, vLLM's
@@ -137,9 +173,11 @@ def error_body(raw: bytes, status: int | None, expert: str, base: str,
         out = {"message": obj["message"], "type": obj.get("type") or "upstream_error",
                "param": obj.get("param"), "code": obj.get("code")}
     else:
-        text = raw.decode("utf-8", "replace").strip()[:500] or f"status {status}"
+        text = _untraced(raw.decode("utf-8", "replace")).strip()[:500] or f"status {status}"
         out = {"message": f"{expert} could not process this request: {text}",
                "type": "upstream_error", "param": None, "code": None}
+    # no stack trace of the upstream's reaches a client (the message keeps the error itself)
+    out["message"] = _untraced(out["message"])
     host = base.split("://", 1)[-1].split("/", 1)[0]
     for k in ("message", "type", "param", "code"):
         v = out[k]
