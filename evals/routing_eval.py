@@ -65,6 +65,7 @@ from routers.base import (
     RoutingTable,
     expert_columns,
     get_router_class,
+    make_router,
     registered_names,
 )
 from routers.embed import EMBEDDER_KINDS
@@ -627,6 +628,17 @@ def parse_params(text: str | None, routers: Sequence[str] | None = None
         raise EvalError(f"--params names {', '.join(repr(k) for k in stray)}, not among the "
                         f"routers this run evaluates ({', '.join(run)}); its settings would "
                         "be ignored")
+    for family, values in params.items():
+        # said before the table is embedded, not as the family's skip after every baseline
+        known = get_router_class(family).param_names()
+        bad = [k for k in values if k not in known]
+        if bad:
+            raise EvalError(f"--params {family}: no parameter {', '.join(map(repr, bad))} "
+                            f"(its parameters: {', '.join(known)})")
+        try:
+            make_router(family, **values).check_params()
+        except (RouterError, TypeError, ValueError) as e:
+            raise EvalError(f"--params {family}: {e}") from None
     return params
 
 

@@ -51,3 +51,28 @@ def test_a_routing_log_points_at_off_policy_evaluation(tmp_path: Path, capsys) -
                  "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "scored for one model only" in err and "expertgate eval offpolicy" in err
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ('{"knn": {"zzz": 3}}', "--params knn: no parameter 'zzz' (its parameters: "),
+    ('{"knn": {"k": 0}}', "--params knn: knn: k must be an integer >= 1"),
+])
+def test_a_bad_router_parameter_is_refused_before_embedding(tmp_path: Path, capsys,
+                                                            monkeypatch, params: str,
+                                                            message: str) -> None:
+    """An unknown or out-of-range parameter ran the whole evaluation (embedding, every
+    baseline), printed the table, then 'knn was not evaluated' and exit 1, with a result JSON
+    of no router written."""
+    def boom(*a: object, **k: object) -> None:
+        raise AssertionError("embedding started with a bad --params")
+
+    monkeypatch.setattr(RE, "embed_table", boom)
+    rows = [{"prompt_id": f"p{i}", "prompt": f"prompt {i}", "model": m,
+             "score": float((i + j) % 2), "cost": c}
+            for i in range(30) for j, (m, c) in enumerate((("big", 1.0), ("small", 0.1)))]
+    data = tmp_path / "t.csv"
+    pd.DataFrame(rows).to_csv(data, index=False)
+    out = tmp_path / "r.json"
+    assert _run(["--data", str(data), "--routers", "knn", "--params", params, "--embedder",
+                 "hashing", "--quiet", "--json", str(out)]) == 2
+    assert message in capsys.readouterr().err and not out.exists()
