@@ -165,6 +165,9 @@ class RoutingLog:
         self.dropped = 0
         self.written = 0
         self.sink_ok = True
+        #: ``dropped`` when the sink last failed: what the outage cost is said at recovery
+        self._dropped_at_failure = 0
+        self._warned_drop = False
 
     def record(self, rec: LogRecord) -> None:
         try:
@@ -179,6 +182,11 @@ class RoutingLog:
         if len(self._q) >= self.max_queue:
             self._q.popleft()
             self._drop(1)
+            if not self._warned_drop:  # once per outage: the recovery line says how many
+                self._warned_drop = True
+                log.warning("routing log: %d records waiting for sink %s; dropping the "
+                            "oldest (counted in expertgate_log_records_dropped_total)",
+                            self.max_queue, self.sink.name)
         self._q.append(data)
         self._wake.set()
 
@@ -205,10 +213,16 @@ class RoutingLog:
             if self.sink_ok:
                 log.warning("routing log: sink %s failed (%s: %s); buffering up to %d records",
                             self.sink.name, type(e).__name__, e, self.max_queue)
+                self._dropped_at_failure = self.dropped
             self.sink_ok = False
             return False
         if not self.sink_ok:
-            log.info("routing log: sink %s is back", self.sink.name)
+            lost = self.dropped - self._dropped_at_failure
+            if lost:
+                log.warning("routing log: sink %s is back; %d record(s) dropped meanwhile",
+                            self.sink.name, lost)
+            else:
+                log.info("routing log: sink %s is back", self.sink.name)
         self.sink_ok = True
         for _ in range(n):
             # records dropped from the left while we awaited shift the batch; pop what remains
@@ -216,6 +230,8 @@ class RoutingLog:
                 self._q.popleft()
         self.written += n
         self.metrics.log_queue.set(len(self._q))
+        if not self._q:
+            self._warned_drop = False  # caught up: the next overflow is news again
         return True
 
     async def _run(self) -> None:
