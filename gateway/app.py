@@ -2,7 +2,8 @@
 
 The returned ASGI app is a thin raw-ASGI front: the POST endpoints of the API
 (``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``, ``/v1/route``,
-``/v1/feedback``) go through the request path, :mod:`gateway.request`; everything else goes
+``/v1/feedback``, and their aliases: docs/api.md) go through the request path,
+:mod:`gateway.request`; everything else goes
 to a FastAPI app (models, admin, health, metrics, the dashboard, OpenAPI), after any body
 was read here under the same size limit and timeout (:func:`gateway.request.read.read_other`),
 so no endpoint parses an unbounded body. The lifespan builds the embedder, policies, cache, upstream
@@ -45,7 +46,7 @@ from gateway.logs import JsonlSink, RedisStreamSink, RoutingLog
 from gateway.metrics import make_metrics
 from gateway.pipeline import Pipeline, PolicySet, build_policy_set, carry_canary_state
 from gateway.ratelimit import RateLimiter
-from gateway.request import ENDPOINTS, handle
+from gateway.request import ENDPOINTS, azure_route, handle
 from gateway.request.plan import Plan
 from gateway.request.read import BodyReads, ClientDisconnected, read_other
 from routers.embed import Embedder, make_embedder
@@ -668,11 +669,20 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
         if t == "http":
             path = scope["path"]
             ep = ENDPOINTS.get(path)
-            if ep is None and path[-1:] == "/":
-                ep = ENDPOINTS.get(path.rstrip("/"))  # POST /v1/chat/completions/
-            if ep is not None and scope["method"] == "POST":
+            post = scope["method"] == "POST"
+            if ep is not None and post:
                 await handle(gw, scope, receive, send, ep)
                 return
+            # the aliases, looked up only once the /v1 paths missed (nothing more on those)
+            if post:
+                ep = ENDPOINTS.get(path.rstrip("/"))  # POST /v1/chat/completions/
+                if ep is not None:
+                    await handle(gw, scope, receive, send, ep)
+                    return
+                azure = azure_route(path)
+                if azure is not None:  # /openai/deployments/{model}/chat/completions
+                    await handle(gw, scope, receive, send, *azure)
+                    return
             gate = _GATED.get(path)
             if gate is not None and not await _gate_passed(gw, scope, send,
                                                            getattr(settings, gate)):

@@ -1,4 +1,5 @@
 """GET /v1/models: experts, LoRA adapters (with ``parent``, as vLLM lists them) and policies.
+``GET /openai/models`` is the same list, where the Azure OpenAI SDK asks for it.
 
 A key sees only the models it may use (:meth:`gateway.auth.Authenticator.may_use`: its
 policies, and the experts of its allow-list); another one's id is a 404 to it, the very
@@ -45,6 +46,9 @@ def _entries(gw: Any, key: APIKeyConfig | None) -> list[dict[str, Any]]:
 
 @router.get("/v1/models")
 @router.head("/v1/models", include_in_schema=False)
+# the Azure OpenAI SDK given ``azure_endpoint`` lists models at /openai/models?api-version=
+@router.get("/openai/models", include_in_schema=False)
+@router.head("/openai/models", include_in_schema=False)
 async def list_models(request: Request) -> dict[str, Any]:
     gw = request.app.state.gw
     caller = await gw.auth.resolve(request.scope.get("headers", ()), None)
@@ -53,6 +57,8 @@ async def list_models(request: Request) -> dict[str, Any]:
 
 @router.get("/v1/models/{model_id:path}")
 @router.head("/v1/models/{model_id:path}", include_in_schema=False)
+@router.get("/openai/models/{model_id:path}", include_in_schema=False)
+@router.head("/openai/models/{model_id:path}", include_in_schema=False)
 async def get_model(model_id: str, request: Request) -> dict[str, Any]:
     gw = request.app.state.gw
     caller = await gw.auth.resolve(request.scope.get("headers", ()), None)

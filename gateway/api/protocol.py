@@ -5,7 +5,8 @@
 served by the raw-ASGI request path (:mod:`gateway.request`) and never reach these routes;
 they are declared here, with the very types the request path validates against
 (:mod:`gateway.request.schema`), so that ``/openapi.json`` documents them (clients,
-schemathesis).
+schemathesis). Their aliases (unversioned, Azure OpenAI's deployment paths: docs/api.md) are
+not declared: an Azure body need not name a model, which these bodies require.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ from gateway.request.respond import error_of, forward, refuse, send_error, send_
 if TYPE_CHECKING:
     from gateway.app import Gateway
 
-__all__ = ["ENDPOINTS", "explain", "handle"]
+__all__ = ["ENDPOINTS", "azure_route", "explain", "handle"]
 
 log = logging.getLogger("expertgate.request")
 
@@ -58,9 +58,36 @@ ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions",
              "/completions": "completions", "/embeddings": "embeddings",
              "/v1/route": "route", "/v1/feedback": "feedback"}
 
+#: Azure OpenAI's paths of the generation endpoints: ``{prefix}/deployments/{deployment}`` +
+#: one of these, the deployment being the model (:func:`azure_route`); the longest first,
+#: so that ``.../chat/completions`` is chat, not the completions of a deployment ``.../chat``
+_AZURE_ENDPOINTS = (("/chat/completions", "chat"), ("/completions", "completions"),
+                    ("/embeddings", "embeddings"))
+#: where the SDK puts ``/deployments/``: ``azure_endpoint`` + ``/openai``, or the client's
+#: ``base_url`` (the gateway's root, or the ``/v1`` an OpenAI client is given)
+_AZURE_PREFIXES = ("/openai/deployments/", "/deployments/", "/v1/deployments/")
 
-async def handle(gw: Gateway, scope: Scope, receive: Receive, send: Send, endpoint: str
-                 ) -> None:
+
+def azure_route(path: str) -> tuple[str, str] | None:
+    """The endpoint and the model of an Azure OpenAI deployment path
+    (``/openai/deployments/{deployment}/chat/completions``), or None. A deployment may hold
+    a slash (``org/model``): the SDK writes the model into the path as it is."""
+    for prefix in _AZURE_PREFIXES:
+        if path.startswith(prefix):
+            rest = path[len(prefix):].rstrip("/")
+            for suffix, endpoint in _AZURE_ENDPOINTS:
+                if rest.endswith(suffix):
+                    deployment = rest[:-len(suffix)]
+                    if deployment and "//" not in f"/{deployment}/":  # no empty segment
+                        return endpoint, deployment
+            return None
+    return None
+
+
+async def handle(gw: Gateway, scope: Scope, receive: Receive, send: Send, endpoint: str,
+                 model: str | None = None) -> None:
+    """One request of ``endpoint``; ``model``: the model its path names (an Azure deployment
+    path, :func:`azure_route`), in place of the body's."""
     s = gw.settings
     generate = endpoint in GENERATE
     ctx = RequestContext(gw.request_ids, endpoint, s.request_deadline_s, logged=generate)
@@ -82,7 +109,7 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, send: Send, endpoi
     try:
         await admit(gw, scope.get("headers", ()), ctx)
         await read(receive, ctx, s.max_body_bytes, s.body_timeout_s, gw.body_reads,
-                   s.max_messages)
+                   s.max_messages, model)
         if generate:
             # from here on the request waits for experts (seconds, minutes of a stream):
             # a client that goes away cancels it, and the upstream call with it

@@ -116,9 +116,14 @@ async def read_body(receive: Receive, limit: int, timeout_s: float,
 
 
 async def read(receive: Receive, ctx: RequestContext, limit: int, timeout_s: float,
-               reads: BodyReads, max_messages: int) -> None:
+               reads: BodyReads, max_messages: int, model: str | None = None) -> None:
+    """``model``: the model the path names (an Azure deployment path), which replaces the
+    body's; the body then goes to the expert re-serialised, never as the client's bytes,
+    which may name another model or none."""
     ctx.raw = await read_body(receive, limit, timeout_s, reads)
-    body = validate(ctx.endpoint, ctx.raw, max_messages)
+    body = validate(ctx.endpoint, ctx.raw, max_messages, model)
+    if model is not None:
+        ctx.raw = b""
     ctx.body = body
     ctx.stream = bool(body.get("stream", False))
 

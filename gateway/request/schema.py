@@ -209,9 +209,12 @@ def _bound_batch(endpoint: str, obj: Any) -> None:
                              f"{len(items)}; send them in several requests", param=field)
 
 
-def validate(endpoint: str, raw: bytes, max_messages: int | None = None) -> dict[str, Any]:
+def validate(endpoint: str, raw: bytes, max_messages: int | None = None,
+             model: str | None = None) -> dict[str, Any]:
     """The body of ``endpoint`` as a dict, or an InvalidRequest naming the bad field (or
-    saying that ``messages`` holds more than ``max_messages``, counted before pydantic)."""
+    saying that ``messages`` holds more than ``max_messages``, counted before pydantic).
+    ``model``: the one the path names (an Azure deployment), which takes the place of the
+    body's, as Azure ignores a ``model`` in the body."""
     if not raw.strip():
         raise InvalidRequest("request body is empty; expected a JSON object")
     try:
@@ -221,6 +224,8 @@ def validate(endpoint: str, raw: bytes, max_messages: int | None = None) -> dict
                              ) from None
     except (ValueError, RecursionError) as e:  # the exact re-parse of a very wide integer
         raise InvalidRequest(f"request body cannot be read exactly: {e}") from None
+    if model is not None and isinstance(obj, dict):
+        obj["model"] = model
     _bound_batch(endpoint, obj)
     fields = _FIELDS.get(endpoint)
     if fields is not None and isinstance(obj, dict) and not fields.issuperset(obj):
