@@ -30,6 +30,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.dialect import Dialect
 from gateway.redact import redact
 
 __all__ = [
@@ -159,6 +160,8 @@ class Settings(BaseSettings):
 
 _NUMBERS = (int, float, int | None, float | None)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: an OpenAI endpoint path at the end of a URL given as an expert's base
+_ENDPOINT = re.compile(r"(.*?)/(?:chat/completions|completions|embeddings|models)/?$")
 #: a shell / docker compose variable reference: ${NAME}, ${NAME:-default}, ...
 _ENV_REF = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?:[:?+=-][^}]*)?\}")
 
@@ -209,6 +212,9 @@ class ExpertConfig(_Model):
     embeddings: bool = False
     #: LoRA adapters resident per replica (api_base -> adapter names), for affinity
     resident_adapters: dict[str, list[str]] = Field(default_factory=dict)
+    #: the request dialect of its server (gateway/dialect.py): openai sends the body as the
+    #: client wrote it; llama-cpp-python rewrites what llama-cpp-python's server cannot read
+    dialect: Dialect = "openai"
     # base URL (credentials removed) -> its "Basic ..." Authorization value. Credentials
     # written in a URL are moved here at load, so no URL the gateway prints can carry them.
     _basic_auth: dict[str, str] = PrivateAttr(default_factory=dict)
@@ -226,6 +232,9 @@ class ExpertConfig(_Model):
 
     @model_validator(mode="after")
     def _bases(self) -> ExpertConfig:
+        if self.kind == "litellm" and self.dialect != "openai":
+            raise ValueError("dialect applies to kind: openai experts (LiteLLM adapts the "
+                             "request to its provider itself)")
         if self.kind == "openai" and not (self.api_base or self.replicas or self.parent):
             raise ValueError("an openai-compatible expert needs api_base or replicas "
                              "(or a LoRA parent whose replicas it shares)")
@@ -238,6 +247,14 @@ class ExpertConfig(_Model):
         if self.api_base is not None:
             self.api_base = self._take_credentials(self.api_base)
         self.replicas = [self._take_credentials(b) for b in self.replicas]
+        seen: set[str] = set()
+        # api_base and a replica may name one server: it is used once (bases)
+        for key, b in [(f"replicas[{i}]", b) for i, b in enumerate(self.replicas)]:
+            if b.rstrip("/") in seen:
+                raise ValueError(f"{key}: {b.rstrip('/')!r} is listed more than once: one "
+                                 "server would count as several replicas (a retry on "
+                                 "'another' replica reaches it again)")
+            seen.add(b.rstrip("/"))
         self.resident_adapters = {_strip_userinfo(b): a
                                   for b, a in self.resident_adapters.items()}
         return self
@@ -282,10 +299,10 @@ class ExpertConfig(_Model):
 
     @property
     def bases(self) -> list[str]:
-        out = list(self.replicas)
-        if self.api_base and self.api_base not in out:
-            out.insert(0, self.api_base)
-        return [b.rstrip("/") for b in out]
+        out = [b.rstrip("/") for b in self.replicas]
+        if self.api_base and self.api_base.rstrip("/") not in out:
+            out.insert(0, self.api_base.rstrip("/"))
+        return out
 
 
 def _url_problem(url: str) -> str | None:
@@ -315,6 +332,11 @@ def _url_problem(url: str) -> str | None:
                 "1..65535")
     if port == 0:
         return f"invalid URL {redact(url)!r}: the port must lie in 1..65535"
+    endpoint = _ENDPOINT.search(parts.path)
+    if endpoint is not None:
+        return (f"{redact(url)!r} is an endpoint, not the API's base: write the URL up to "
+                f"{endpoint.group(1)!r} (the base, as http://host:8000/v1); the gateway adds "
+                "/chat/completions and the other paths itself")
     return None
 
 

@@ -56,3 +56,41 @@ def test_an_environment_variable_in_an_expert_url_is_refused_as_not_expanded(
         msg = str(e.value)
         assert "experts[0](hosted)" in msg and var in msg, msg
         assert "not expanded" in msg and "s3cret" not in msg, msg
+
+
+@pytest.mark.parametrize("expert", [
+    {"replicas": ["http://10.0.0.5:8000/v1", "http://10.0.0.6:8000/v1",
+                  "http://10.0.0.5:8000/v1/"]},
+    {"replicas": ["http://10.0.0.5:8000/v1", "http://10.0.0.5:8000/v1"]},
+])
+def test_a_replica_listed_twice_is_refused(expert: dict[str, Any]) -> None:
+    # one server listed twice (a copy-paste) was two replicas: twice the share of traffic,
+    # a retry "on another replica" sent to the same server, /readyz counting "2/2 replicas
+    # up" for one, and two circuit breakers reporting into one metric series
+    cfg = _cfg()
+    cfg["experts"][0].pop("api_base")
+    cfg["experts"][0].update(expert)
+    with pytest.raises(ConfigError) as e:
+        parse_config(cfg, "gw.yaml")
+    msg = str(e.value)
+    assert "experts[0](hosted)" in msg and "http://10.0.0.5:8000/v1" in msg, msg
+    assert "more than once" in msg, msg
+
+
+def test_api_base_repeated_in_replicas_is_one_replica() -> None:
+    # api_base and replicas may both name a server; with a trailing '/' on one of them it
+    # was two replicas of one server
+    cfg = _cfg(api_base="http://10.0.0.5:8000/v1", replicas=["http://10.0.0.5:8000/v1/"])
+    assert parse_config(cfg, "gw.yaml").experts[0].bases == ["http://10.0.0.5:8000/v1"]
+
+
+@pytest.mark.parametrize("url", ["http://vllm:8000/v1/chat/completions",
+                                 "http://vllm:8000/v1/completions/",
+                                 "https://api.example.com/v1/embeddings"])
+def test_an_endpoint_url_for_api_base_is_refused(url: str) -> None:
+    # the endpoint pasted for the base: every call went to .../chat/completions/chat/completions
+    # (404) and the expert failed over on every request
+    with pytest.raises(ConfigError) as e:
+        parse_config(_cfg(api_base=url), "gw.yaml")
+    msg = str(e.value)
+    assert "experts[0](hosted)" in msg and "base" in msg and "/v1" in msg, msg
