@@ -134,6 +134,35 @@ def _command(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
+#: flags only one mode reads: given to the other they were dropped without a word
+_SIMULATE_ONLY = ("format", "logging", "candidate", "train", "rate", "method", "temperature",
+                  "n", "repeats", "train_seeds", "seed_set")
+_LOGS_ONLY = ("router", "config", "policy", "max_unsupported")
+
+
+def _mode_problem(args: argparse.Namespace) -> str | None:
+    """A flag of the other mode (--simulate's with --logs, --logs' with --simulate, --out
+    without --summarise), as a one-line usage error; None when every flag given is read."""
+    parser = argparse.ArgumentParser(add_help=False)
+    cli_register(parser)
+    flag = {a.dest: a for a in parser._actions if a.option_strings}
+
+    def given(dests: tuple[str, ...]) -> list[str]:
+        return [flag[d].option_strings[0] for d in dests
+                if getattr(args, d, None) is not None
+                and getattr(args, d) != flag[d].default]
+
+    if args.out is not None and not args.summarise:
+        return "--out is the Markdown file of --summarise (--json OUT writes a run's result)"
+    mode, other = (("--logs", given(_SIMULATE_ONLY)) if args.logs else
+                   ("--simulate", given(_LOGS_ONLY)) if args.simulate else (None, []))
+    if mode and other:
+        owner = "--simulate" if mode == "--logs" else "--logs"
+        return (f"{', '.join(other)} appl{'ies' if len(other) == 1 else 'y'} to {owner} "
+                f"only, not {mode}")
+    return None
+
+
 def _range_problem(args: argparse.Namespace) -> str | None:
     """The first of --boot, --alpha, --folds, --max-unsupported outside its range (NaN
     included), as a one-line usage error; None when all are fine."""
@@ -162,7 +191,7 @@ def main(args: argparse.Namespace) -> int:
         print("expertgate eval offpolicy: --clip must be above 0 and --cost-weight at least 0",
               file=sys.stderr)
         return 2
-    bad = _range_problem(args)
+    bad = _mode_problem(args) or _range_problem(args)
     if bad:
         print(f"expertgate eval offpolicy: {bad}", file=sys.stderr)
         return 2
