@@ -18,6 +18,7 @@ import contextlib
 import gc
 import logging
 import os
+import re
 import signal
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -60,6 +61,8 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
+#: a run of slashes in a request's path (``//v1/chat/completions``), read as one
+_SLASHES = re.compile(r"/{2,}")
 #: paths outside the API whose readers a setting names (/healthz is always open; /readyz
 #: hides its checks from callers below ``readyz_auth``, in gateway/api/health.py)
 _GATED = {"/metrics": "metrics_auth", "/docs": "docs_auth", "/redoc": "docs_auth",
@@ -674,6 +677,10 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
                 await handle(gw, scope, receive, send, ep)
                 return
             # the aliases, looked up only once the /v1 paths missed (nothing more on those)
+            if "//" in path:
+                # a client's trailing-slash base URL + "/v1/...": merged as nginx does by
+                # default (merge_slashes), before the gated paths are looked up
+                path = scope["path"] = _SLASHES.sub("/", path)
             if post:
                 ep = ENDPOINTS.get(path.rstrip("/"))  # POST /v1/chat/completions/
                 if ep is not None:

@@ -155,6 +155,28 @@ async def test_the_deployment_takes_the_place_of_the_bodys_model(ups: Any,
         assert not coder.received
 
 
+async def test_a_double_slash_reaches_the_endpoint(ups: Any, tmp_path: Path) -> None:
+    """``base_url + "/v1/chat/completions"`` with a base URL ending in a slash: merged, as
+    nginx does by default (merge_slashes), before any path is looked up, so a gated path
+    stays gated."""
+    async with _azure(ups, tmp_path) as (_, c):
+        # a full URL: httpx reads "//v1/..." alone as a host ("v1") and a path
+        for path in ("//v1/chat/completions", "/v1//chat/completions",
+                     "//openai/deployments/auto/chat/completions",
+                     "/openai//deployments/auto//chat/completions/"):
+            r = await c.post(f"http://gw{path}", json=chat("auto", "tell me a joke"),
+                             headers={"api-key": TENANT})
+            assert r.status_code == 200, (path, r.text)
+        assert r.request.url.raw_path == b"/openai//deployments/auto//chat/completions/"
+        r = await c.get("http://gw//v1/models", headers={"api-key": TENANT})
+        assert r.status_code == 200 and "auto" in [m["id"] for m in r.json()["data"]]
+        r = await c.get("http://gw//metrics", headers={"api-key": TENANT})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "admin_required"
+        assert (await c.get("http://gw//metrics")).status_code == 401
+        # a GET of a POST endpoint is still told which method it takes
+        assert (await c.get("http://gw//v1/chat/completions")).status_code == 405
+
+
 def test_the_path_map() -> None:
     assert azure_route("/openai/deployments/d/chat/completions") == ("chat", "d")
     assert azure_route("/deployments/d/completions") == ("completions", "d")
