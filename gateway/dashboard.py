@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import math
+import os
 import time
 from typing import Any
 
@@ -148,6 +149,8 @@ class DecisionFeed:
         recent = [_recent_item(seq, r) for seq, r in
                   [x for x in self._recent if x[0] > since][-limit:]]
         return {
+            # each worker of `serve --workers N` keeps its own feed: the pid tells them apart
+            "process": {"pid": os.getpid()},
             "uptime_s": round(time.time() - self.started, 1),
             "requests": self.requests, "routed": self.routed, "errors": self.errors,
             "experts": experts,

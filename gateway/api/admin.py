@@ -3,7 +3,9 @@
 POST /admin/reload re-reads the config and swaps policies atomically (also on SIGHUP); with
 several worker processes (``serve --workers N``) the one that got it checks and serves the
 file, then has the supervisor replace every worker with one built from it;
-GET /admin/state shows replicas (URLs without credentials), policy versions and the log.
+GET /admin/state shows replicas (URLs without credentials), policy versions, the log and
+canaries, as the answering process sees them (``process``: its pid, and whether it is one of
+several workers, each with its own view).
 """
 
 from __future__ import annotations
@@ -57,7 +59,11 @@ async def reload(request: Request) -> dict[str, Any]:
 @router.get("/admin/state")
 async def state(request: Request) -> dict[str, Any]:
     gw = request.app.state.gw
-    return {"replicas": gw.dispatcher.replica_states(),
+    workers = gw.settings.workers
+    # with several workers each keeps its own view, and any one of them answers
+    return {"process": {"pid": os.getpid(), "workers": workers,
+                        "scope": "this worker process" if workers > 1 else "the gateway"},
+            "replicas": gw.dispatcher.replica_states(),
             "policies": {n: rt.version for n, rt in gw.policy_set.policies.items()},
             "log": {"pending": gw.routing_log.pending, "dropped": gw.routing_log.dropped,
                     "sink_ok": gw.routing_log.sink_ok},
