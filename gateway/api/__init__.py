@@ -67,7 +67,8 @@ class RequestIdMiddleware:
 #: what a path the gateway does not serve is told: OpenAI's words (``Invalid URL (POST
 #: /v1/responses)``), then what it does serve
 _SERVED = ("this gateway serves POST /v1/chat/completions, /v1/completions, /v1/embeddings, "
-           "/v1/route, /v1/feedback and GET /v1/models")
+           "/v1/route, /v1/feedback and GET /v1/models (and Azure OpenAI's "
+           "/openai/deployments/{deployment}/... paths)")
 
 
 def _no_route(request: Request, status: int, allow: str | None) -> str:
