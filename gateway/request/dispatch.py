@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from gateway import exactjson
+from gateway.dialect import adapt
 from gateway.dispatch import Dispatcher, DispatchResult
 from gateway.errors import InvalidRequest, UpstreamError
 from gateway.messages import MessageTexts, message_texts
@@ -123,25 +124,35 @@ def _body_for(payload: dict[str, Any], raw: bytes, requested: str
               ) -> Callable[[Any], bytes]:
     """The request bytes for an expert: the client's own bytes when its model name is the
     one the client sent and nothing was rewritten, else ``payload`` with the expert's model
-    name, serialised once per name."""
+    name, serialised once per name; an expert whose server speaks another dialect than
+    OpenAI's gets ``payload`` adapted to it (:func:`gateway.dialect.adapt`: a 400 for what
+    it cannot serve), once per name and dialect."""
     cache: dict[str, bytes] = {}
+    adapted: dict[tuple[str, str], bytes] = {}
 
     def body_for(expert: Any) -> bytes:
         name = expert.upstream_model
+        if expert.dialect != "openai":
+            key = (name, expert.dialect)
+            b = adapted.get(key)
+            if b is None:
+                b = adapted[key] = _dumps(adapt(payload, expert.dialect, expert.name), name)
+            return b
         b = cache.get(name)
         if b is None:
-            if raw and name == requested:
-                b = raw  # nothing to rewrite: pass the client's bytes through untouched
-            else:
-                try:  # integers beyond 64 bits go out exactly as the client wrote them
-                    b = exactjson.dumps({**payload, "model": name})
-                except (TypeError, ValueError, RecursionError):
-                    raise InvalidRequest("the request's JSON is nested too deeply to "
-                                         "forward (at most 254 levels)") from None
-            cache[name] = b
+            # nothing to rewrite: the client's bytes pass through untouched
+            b = cache[name] = raw if raw and name == requested else _dumps(payload, name)
         return b
 
     return body_for
+
+
+def _dumps(payload: dict[str, Any], name: str) -> bytes:
+    try:  # integers beyond 64 bits go out exactly as the client wrote them
+        return exactjson.dumps({**payload, "model": name})
+    except (TypeError, ValueError, RecursionError):
+        raise InvalidRequest("the request's JSON is nested too deeply to "
+                             "forward (at most 254 levels)") from None
 
 
 def completions_text(payload: dict[str, Any]) -> str:

@@ -1,0 +1,139 @@
+"""Per-expert request dialects: the body an OpenAI-compatible expert's server can read.
+
+Clients send what OpenAI's API takes; not every "OpenAI-compatible" server takes all of it.
+An expert's ``dialect`` (:class:`gateway.config.ExpertConfig`) names its server's, and
+:func:`adapt` rewrites a request body for it, as LiteLLM does per provider
+(``map_developer_role_to_system_role``, content lists to strings, ``max_completion_tokens``
+to ``max_tokens``). It runs once per request and expert, where the dispatch stage builds the
+bytes for that expert (:func:`gateway.request.dispatch.body_for`); ``openai``, the default,
+sends the body as the client wrote it.
+
+``llama-cpp-python`` (its OpenAI server, ``python -m llama_cpp.server``, 0.3) answered a 500
+to requests every OpenAI client sends, and ignored some fields silently; the rewrite:
+
+- ``developer`` messages become ``system`` ones (it knows four roles);
+- a content-part array of text parts becomes one string, the parts joined by newlines, as
+  vLLM gives a chat template a text-only message; any other part (an image, audio, a file)
+  is a 400 naming it: such an expert reads text only;
+- ``content: null`` (an assistant turn with ``tool_calls``, the second turn of every tool
+  loop) becomes ``""``: it takes a string or no content, never null;
+- ``response_format: {"type": "json_schema", "json_schema": {"schema": S}}`` becomes its own
+  ``{"type": "json_object", "schema": S}`` (a grammar built from ``S``);
+- ``max_completion_tokens`` becomes ``max_tokens``, which it reads (the newer name was
+  ignored, so a policy's ``max_tokens_cap`` on it did not bind); given both, the newer one
+  counts, as vLLM reads them;
+- ``n`` above 1 is a 400: it answered one choice silently. Serving ``n`` would be ``n``
+  calls, each a slot of a server that generates one answer at a time per model: the client
+  asking for them itself is as fast and says what it costs;
+- a completion's list ``prompt`` of one text becomes that text; a batch of texts or token ids
+  is a 400 (it answered a 500 with an empty message).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+from gateway.errors import InvalidRequest
+
+__all__ = ["DIALECTS", "Dialect", "adapt"]
+
+#: the request dialects an OpenAI-compatible expert's server may speak
+Dialect = Literal["openai", "llama-cpp-python"]
+
+Adapter = Callable[[dict[str, Any], str], dict[str, Any]]
+
+
+def adapt(payload: dict[str, Any], dialect: str, expert: str) -> dict[str, Any]:
+    """``payload`` (a validated request body) as the server of ``expert``, speaking
+    ``dialect``, reads it: ``payload`` itself for ``openai``, else a copy (``payload`` is
+    never changed: the chain's other experts get it as it is). Raises
+    :class:`~gateway.errors.InvalidRequest` (400, naming the field) for what the dialect
+    cannot carry."""
+    if dialect == "openai":
+        return payload
+    return DIALECTS[dialect](payload, expert)
+
+
+def _unsupported(expert: str, what: str, param: str) -> InvalidRequest:
+    return InvalidRequest(f"{what}: the expert '{expert}' (a llama-cpp-python server) cannot "
+                          "serve it", param=param, code="unsupported_parameter")
+
+
+def _llama_cpp_python(payload: dict[str, Any], expert: str) -> dict[str, Any]:
+    out = dict(payload)
+    n = payload.get("n")
+    if isinstance(n, int) and n > 1:
+        raise _unsupported(expert, f"'n' is {n}; it answers one choice per request (send "
+                           f"{n} requests for {n} answers)", "n")
+    messages = payload.get("messages")
+    if isinstance(messages, list):
+        out["messages"] = _messages(messages, expert)
+    if "prompt" in payload:
+        out["prompt"] = _prompt(payload["prompt"], expert)
+    if "max_completion_tokens" in payload:
+        newer = out.pop("max_completion_tokens")
+        if newer is not None:
+            out["max_tokens"] = newer
+    rf = payload.get("response_format")
+    if isinstance(rf, dict) and rf.get("type") == "json_schema":
+        out["response_format"] = _json_schema(rf)
+    return out
+
+
+def _messages(messages: list[Any], expert: str) -> list[Any]:
+    out = messages
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            continue  # the schema admits only objects: nothing to adapt in anything else
+        role, content = m.get("role"), m.get("content")
+        new_role = "system" if role == "developer" else role
+        if isinstance(content, list):
+            new_content: Any = _joined(content, f"messages.{i}.content", expert)
+        elif content is None and "content" in m:
+            new_content = ""
+        else:
+            new_content = content
+        if new_role is role and new_content is content:
+            continue
+        if out is messages:
+            out = list(messages)  # copied at the first message that changes
+        out[i] = {**m, "role": new_role, "content": new_content}
+    return out
+
+
+def _joined(parts: list[Any], param: str, expert: str) -> str:
+    texts: list[str] = []
+    for j, p in enumerate(parts):
+        kind = p.get("type") if isinstance(p, dict) else None
+        text = p.get("text") if isinstance(p, dict) else None
+        if kind != "text" or not isinstance(text, str):
+            what = f"a '{kind}' part" if isinstance(kind, str) else "a part that is not text"
+            raise _unsupported(expert, f"{param}.{j} is {what}; it reads text parts only",
+                               f"{param}.{j}")
+        texts.append(text)
+    return "\n".join(texts)
+
+
+def _prompt(prompt: Any, expert: str) -> Any:
+    if not isinstance(prompt, list):
+        return prompt
+    if len(prompt) == 1 and isinstance(prompt[0], str):
+        return prompt[0]
+    what = ("'prompt' is token ids" if prompt and not isinstance(prompt[0], str)
+            else f"'prompt' is a batch of {len(prompt)} texts")
+    raise _unsupported(expert, f"{what}; it takes one text prompt per request", "prompt")
+
+
+def _json_schema(rf: dict[str, Any]) -> dict[str, Any]:
+    spec = rf.get("json_schema")
+    if not isinstance(spec, dict):
+        raise InvalidRequest("'response_format.json_schema' must be an object with the "
+                             "schema in 'schema'", param="response_format.json_schema")
+    schema = spec.get("schema")
+    return {"type": "json_object"} if schema is None else {"type": "json_object",
+                                                           "schema": schema}
+
+
+#: dialect name -> its adapter (``openai`` sends the body as it is)
+DIALECTS: dict[str, Adapter] = {"llama-cpp-python": _llama_cpp_python}
