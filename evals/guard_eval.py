@@ -1016,6 +1016,16 @@ def run(args: argparse.Namespace) -> int:
     if args.quantize and args.embedder != "onnx":
         print(_ME + "--quantize needs --embedder onnx", file=sys.stderr)
         return 2
+    # flags read only in one setting: elsewhere the run went on without them, exit 0
+    unread = ("--static-model needs --embedder static" if args.static_model
+              and args.embedder != "static" else
+              "--cascade-back-layers needs guard-cascade among the methods"
+              if args.cascade_back_layers is not None and "guard-cascade" not in methods else
+              "--unseen-labels applies to --data only (a built-in suite's labels are fixed)"
+              if args.suite and args.unseen_labels != "ood" else None)
+    if unread:
+        print(_ME + unread, file=sys.stderr)
+        return 2
     if args.cascade_back_layers is not None:
         from routers.embed import check_layers
         from routers.embed_onnx import _default_model_dir
