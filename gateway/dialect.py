@@ -5,8 +5,8 @@ An expert's ``dialect`` (:class:`gateway.config.ExpertConfig`) names its server'
 :func:`adapt` rewrites a request body for it, as LiteLLM does per provider
 (``map_developer_role_to_system_role``, content lists to strings, ``max_completion_tokens``
 to ``max_tokens``). It runs once per request and expert, where the dispatch stage builds the
-bytes for that expert (:func:`gateway.request.dispatch.body_for`); ``openai``, the default,
-sends the body as the client wrote it.
+bytes for that expert (``_body_for`` in :mod:`gateway.request.dispatch`); ``openai``, the
+default, sends the body as the client wrote it.
 
 ``llama-cpp-python`` (its OpenAI server, ``python -m llama_cpp.server``, 0.3) answered a 500
 to requests every OpenAI client sends, and ignored some fields silently; the rewrite:
@@ -27,6 +27,9 @@ to requests every OpenAI client sends, and ignored some fields silently; the rew
   asking for them itself is as fast and says what it costs;
 - a completion's list ``prompt`` of one text becomes that text; a batch of texts or token ids
   is a 400 (it answered a 500 with an empty message).
+
+A completion's ``best_of`` is left as sent: it is ignored there (one sample, not the best of
+several), but the answer has the shape the client asked for.
 """
 
 from __future__ import annotations

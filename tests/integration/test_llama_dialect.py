@@ -116,6 +116,19 @@ def test_max_completion_tokens_binds(client: openai.OpenAI) -> None:
                                          max_completion_tokens=5, temperature=0.0)
     assert out.usage is not None and out.usage.completion_tokens <= 5
     assert out.choices[0].finish_reason == "length"
+    # the demo's auto policy caps both names at 64: the cap now binds on llama.cpp too
+    routed = client.chat.completions.create(
+        model="auto", messages=[{"role": "user", "content": "Give me ten tips for a good "
+                                 "night's sleep, each explained in a paragraph."}],
+        max_completion_tokens=4000, temperature=0.0)
+    assert routed.usage is not None and routed.usage.completion_tokens <= 64
+
+
+def test_a_stream_is_adapted_too(client: openai.OpenAI) -> None:
+    chunks = _chat(client, [{"role": "developer", "content": "Be brief."},
+                            {"role": "user", "content": [{"type": "text", "text": "Hi!"}]}],
+                   stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
 
 
 def test_more_than_one_choice_is_a_400(client: openai.OpenAI) -> None:
