@@ -106,6 +106,7 @@ def _finetune(args: argparse.Namespace) -> int:
         return 2
     # the command that made the model travels with it (provenance of every later result)
     meta["command"] = "expertgate " + shlex.join(sys.argv[1:])
+    meta["git"] = _git()
     (Path(args.out) / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
     print(json.dumps({k: v for k, v in meta.items() if k != "labels"}, indent=1))
     print(f"wrote {args.out}", file=sys.stderr)
@@ -131,6 +132,32 @@ def _distill(args: argparse.Namespace) -> int:
         return 2
     print(out)
     return 0
+
+
+def _git() -> dict[str, Any]:
+    """The commit and whether the tree's code differed from it: a model made by uncommitted
+    code says so, as every result's provenance does."""
+    from evals.provenance import git_state
+
+    return {k: v for k, v in git_state().items() if k in ("commit", "dirty")}
+
+
+def _data_hashes(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """sha256 of what ``embedder tune`` trained on: the --data or --routing-data file or
+    folder (a registry name: the folder it reads); a built-in suite is named by the command."""
+    from evals.provenance import path_sha256
+
+    src = args.routing_data or args.data
+    if not src or str(src).startswith("synthetic:"):
+        return []
+    if args.routing_data and not Path(src).exists():
+        from evals.datasets.registry import resolve_table
+
+        try:
+            src = str(resolve_table(src, args.format)[0])
+        except KeyError:
+            return []
+    return [path_sha256(src)]
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -173,6 +200,8 @@ def _tune(args: argparse.Namespace) -> int:
                                      labels=labels, epochs=args.epochs, patience=args.patience,
                                      lr=args.lr or 0.01, seed=args.seed, log=say)
         info["command"] = "expertgate " + shlex.join(sys.argv[1:])
+        info["data"] = _data_hashes(args)
+        info["git"] = _git()
         cfg = write_tuned(args.out, emb, tuned, info)
     except (EmbedderError, EvalError, RouterError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
