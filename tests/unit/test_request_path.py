@@ -164,7 +164,8 @@ async def test_a_requests_messages_are_read_once_by_every_stage_that_needs_their
     coder, chatter = ups
     chatter.stream_usage = False
     cfg = base_config(coder.base, chatter.base)
-    cfg["experts"][1]["replicas"] = [chatter.base, chatter.base]
+    twin = await OpenAIUpstreamDouble(chatter.name, stream_usage=False).start()
+    cfg["experts"][1]["replicas"] = [chatter.base, twin.base]
     del cfg["experts"][1]["api_base"]
     cfg["api_keys"] = [{"name": "team-a", "sha256": hash_key("sk-a"),
                         "tokens_per_minute": 100_000}]
@@ -173,12 +174,15 @@ async def test_a_requests_messages_are_read_once_by_every_stage_that_needs_their
                          {"role": "user", "content": [{"type": "text", "text": "a joke"}]},
                          {"role": "assistant", "content": "why did the chicken"},
                          {"role": "user", "content": "tell me a joke"}]}
-    async with gateway_client(cfg, tmp_path) as (c, _):
-        r = await c.post("/v1/chat/completions", json=body,
-                         headers={"authorization": "Bearer sk-a"})
-        assert r.status_code == 200 and r.headers["x-expertgate-expert"] == "chatter"
-        assert r.headers["x-ratelimit-limit-tokens"] == "100000"
-        assert '"estimated":true' in r.text  # the usage event the gateway added
+    try:
+        async with gateway_client(cfg, tmp_path) as (c, _):
+            r = await c.post("/v1/chat/completions", json=body,
+                             headers={"authorization": "Bearer sk-a"})
+            assert r.status_code == 200 and r.headers["x-expertgate-expert"] == "chatter"
+            assert r.headers["x-ratelimit-limit-tokens"] == "100000"
+            assert '"estimated":true' in r.text  # the usage event the gateway added
+    finally:
+        await twin.stop()
     assert len(seen) == len(body["messages"])
 
 
