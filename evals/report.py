@@ -1128,12 +1128,15 @@ def _jsonable(x: Any) -> Any:
     raise TypeError(f"not JSON-serialisable: {type(x).__name__}")
 
 
+RUNS_DEFAULT = ["docs/results/runs", "docs/results/guard"]
+OUT_DEFAULT = "docs/results"
+
+
 def cli_register(parser: argparse.ArgumentParser) -> None:
     """Add the flags of ``expertgate eval report`` and its handler."""
-    parser.add_argument("--runs", nargs="+", default=["docs/results/runs",
-                                                      "docs/results/guard"],
+    parser.add_argument("--runs", nargs="+", default=list(RUNS_DEFAULT),
                         help="folders of JSON files from `eval routing` / `eval guard`")
-    parser.add_argument("--out", default="docs/results", help="where report.md and PNGs go")
+    parser.add_argument("--out", default=OUT_DEFAULT, help="where report.md and PNGs go")
     parser.add_argument("--docs", nargs="*", default=None,
                         help="documents whose generated blocks are rewritten from the run "
                              "JSONs they name (default: README and docs/)")
@@ -1152,6 +1155,12 @@ def main(args: argparse.Namespace) -> int:
     gone = [r for r in args.runs if not Path(r).is_dir()]
     if gone and not args.check:
         print(f"expertgate eval report: --runs {gone[0]}: no such folder", file=sys.stderr)
+        return 2
+    if args.check and (args.runs != RUNS_DEFAULT or args.out != OUT_DEFAULT):
+        # --check reads only the documents' blocks and the run files each names
+        print("expertgate eval report: --check compares the generated blocks of --docs with "
+              "the run JSONs each block names; --runs and --out are not read with it",
+              file=sys.stderr)
         return 2
     docs = DEFAULT_DOCS if args.docs is None else args.docs
     try:
