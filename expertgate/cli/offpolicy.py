@@ -174,6 +174,12 @@ def _range_problem(args: argparse.Namespace) -> str | None:
         return f"--folds must be at least 2 cross-fitting folds (got {args.folds})"
     if not 0 <= args.max_unsupported <= 1:
         return f"--max-unsupported must lie in [0, 1] (got {args.max_unsupported})"
+    if args.simulate and args.repeats < 1:
+        return f"--repeats must be at least 1 (got {args.repeats})"
+    if args.simulate and args.folds >= 2 and args.n < 2 * args.folds:
+        # 0 ended in a numpy ValueError; 1..3 are refused by the estimator, said here alike
+        return (f"--n must be at least {2 * args.folds} logged requests (two per "
+                f"cross-fitting fold, --folds {args.folds}; got {args.n})")
     if args.embedder_path and (args.simulate or args.embedder in (None, "hashing")):
         # it was read only beside --embedder with --logs: anywhere else it was dropped
         return ("--embedder-path needs --logs and the --embedder whose model folder it is "

@@ -27,3 +27,17 @@ def test_offpolicy_refuses_the_other_modes_flags(tmp_path: Path, capsys, extra: 
 
     assert main(["eval", "offpolicy", *extra]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--n", "0"], "--n must be at least 4 logged requests"),
+    (["--repeats", "0"], "--repeats must be at least 1"),
+])
+def test_simulate_refuses_no_requests_or_no_repeats(capsys, extra: list[str],
+                                                     message: str) -> None:
+    """--n 0 ended in 'error: ValueError: zero-size array to reduction operation maximum',
+    --repeats 0 in 'error: TypeError: unsupported format string passed to NoneType'."""
+    from expertgate.cli import main
+
+    assert main(["eval", "offpolicy", "--simulate", "synthetic:100x2", *extra]) == 2
+    assert message in capsys.readouterr().err
