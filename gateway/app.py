@@ -31,7 +31,7 @@ from gateway.aio import stop_task
 from gateway.auth import Authenticator, RequestIds, reachable_experts
 from gateway.cache import DecisionCache, MemoryDecisionCache, RedisDecisionCache
 from gateway.canary import CanaryMonitor
-from gateway.canary_sync import CanarySync, FlushResult
+from gateway.canary_sync import CanarySync, FlushResult, read_ended
 from gateway.config import (
     ConfigError,
     GatewayConfig,
@@ -117,6 +117,10 @@ class Gateway:
         self._canary_wake = asyncio.Event()
         #: the reverts file as last read (mtime), for the workers of one machine
         self._reverts_seen = 0.0
+        #: (policy, candidate identity) -> the record of an operator's promote / revert
+        #: read from Redis: that candidate never runs here again (gateway/canary_sync.py)
+        self._ended: dict[tuple[str, str], dict[str, Any]] = {}
+        self._ended_reload: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -243,6 +247,7 @@ class Gateway:
         await self.auth.close()
         await stop_task(self._rid_task)
         await stop_task(self._canary_task)
+        await stop_task(self._ended_reload)
         if self._canary_task is not None:  # what this process counted since the last one
             await self._canary_exchange()
         if self.routing_log is not None:
@@ -322,6 +327,7 @@ class Gateway:
             self.auth.configure(cfg, reachable_experts(pset.policies))
             carry_canary_state(old, pset)
             self._restore_reverts(pset)
+            self._drop_ended(pset, reloaded=True)
             self.policy_set = pset
             self.pipeline.policies = pset
             self._canary_gauges(pset)
@@ -372,6 +378,8 @@ class Gateway:
 
     async def _canary_exchange(self) -> None:
         sync = self._canary_sync
+        if sync is not None:
+            await self._check_ended()
         mons = self._canary_monitors()
         if sync is None:  # no Redis: the reverts other workers recorded in the file
             self._poll_reverts(mons)
@@ -406,6 +414,59 @@ class Gateway:
         names = {id(m): name for name, m in mons}
         for r in results:
             self._after_flush(names[id(r.monitor)], r)
+
+    async def _check_ended(self) -> None:
+        """Read the operator's end records of this process's candidates (``expertgate
+        policy promote|revert`` on any gateway of this Redis); drop those ended and re-read
+        the configuration file, which may hold the promotion."""
+        pairs = [(name, rt.candidate.identity) for name, rt in self.policy_set.policies.items()
+                 if rt.candidate is not None]
+        try:
+            got = await read_ended(self.redis, pairs)
+        except Exception as e:  # Redis down: the canary exchange says so, once
+            log.debug("candidate end records: Redis unavailable (%s)", type(e).__name__)
+            return
+        fresh = {k: v for k, v in got.items() if k not in self._ended}
+        if not fresh:
+            return
+        self._ended.update(fresh)
+        # at start-up the file was just read: nothing to read again
+        self._drop_ended(self.policy_set, reloaded=not self.ready)
+        if self.ready and self.settings.config is not None and (
+                self._ended_reload is None or self._ended_reload.done()):
+            self._ended_reload = asyncio.get_running_loop().create_task(
+                self._reload_after_end(), name="reload-after-end")
+
+    async def _reload_after_end(self) -> None:
+        try:
+            await self.reload()
+        except Exception as e:  # a broken file: the candidate stays dropped all the same
+            log.warning("re-reading %s after a candidate's end failed (%s); the ended "
+                        "candidate stays off here", self.settings.config, e)
+
+    def _drop_ended(self, pset: PolicySet, reloaded: bool) -> None:
+        """Take out of ``pset`` every candidate an operator ended: it neither serves nor
+        shadows here, whatever this process's configuration file says."""
+        for name, rt in pset.policies.items():
+            c = rt.candidate
+            rec = self._ended.get((name, c.identity)) if c is not None else None
+            if rec is None:
+                continue
+            rt.candidate = None
+            self.metrics.canary_active.labels(name).set(0)
+            action = str(rec.get("action", "end"))
+            if not reloaded:
+                log.warning("policy %s: its %s candidate was %s by `expertgate policy %s` "
+                            "on another gateway (recorded in Redis); it stops here, and the "
+                            "configuration file is read again", name,
+                            getattr(c, "mode", ""), "promoted" if action == "promote"
+                            else "reverted", action)
+            else:
+                log.warning("policy %s: this gateway's configuration file (%s) still names "
+                            "the candidate `expertgate policy %s` ended; it stays off here"
+                            "%s; update the file", name, self.settings.config, action,
+                            " and the policy's router serves, not the promoted one"
+                            if action == "promote" else "")
 
     def _after_flush(self, policy: str, r: FlushResult) -> None:
         m, rec = r.monitor, r.record

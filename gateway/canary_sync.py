@@ -36,10 +36,18 @@ restart (each fresh start is another chance at ``alpha`` of a false revert, and 
 revert of a bad candidate by ``min_samples`` requests). What other processes had added after
 that process's last read is lost (at most ``canary_sync_s`` of their traffic), as are the
 request buckets: a rating of a request answered before the loss no longer counts.
+
+An operator's end of a candidate (``expertgate policy promote|revert``, shadow or canary)
+is recorded for every gateway too: ``eg:{canary}:ended:<key>`` (JSON: policy, action,
+candidate identity, time), ``<key>`` as above but for any candidate, not only a canary with
+``auto_revert``. Every process reads the records of its candidates at each exchange (one
+``MGET`` per ``canary_sync_s``, none on the request path), drops a candidate so ended and
+re-reads its configuration file (:meth:`gateway.app.Gateway._apply_ended`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -51,7 +59,8 @@ import orjson
 
 from gateway.canary import CanaryMonitor, _Stats
 
-__all__ = ["BUCKET_S", "FEEDBACK_WINDOW_S", "CanarySync", "FlushResult", "counts_key"]
+__all__ = ["BUCKET_S", "FEEDBACK_WINDOW_S", "CanarySync", "FlushResult", "candidate_identity",
+           "candidate_key", "counts_key", "ended_key", "read_ended", "record_end"]
 
 log = logging.getLogger("expertgate.canary")
 
@@ -139,6 +148,56 @@ return {unknown, counts, reverts, restored}
 
 def counts_key(key: str) -> str:
     return f"{PREFIX}{key}:counts"
+
+
+def candidate_identity(cand: Any, version: str) -> str:
+    """A candidate's identity as :func:`gateway.pipeline._candidate` computes it, from its
+    configuration (``CandidateConfig``) and its artifact's version
+    (:func:`routers.artifacts.artifact_version`): what ``expertgate policy`` names in the
+    record it leaves for every gateway (``tests/unit/test_policy_end_record.py`` holds the
+    two formulas together)."""
+    own = f"{version}:{cand.router}:".encode() + orjson.dumps(cand.params,
+                                                              option=orjson.OPT_SORT_KEYS)
+    ar = cand.auto_revert
+    return hashlib.sha256(own + f":{cand.mode}:{ar.enabled}:{ar.margin}:{ar.alpha}:"
+                          f"{ar.min_samples}".encode()).hexdigest()[:12]
+
+
+def candidate_key(policy: str, identity: str) -> str:
+    """The shared state's name for ``policy``'s candidate (a canary monitor's ``key``)."""
+    return hashlib.sha256(f"{policy}\0{identity}".encode()).hexdigest()[:16]
+
+
+def ended_key(policy: str, identity: str) -> str:
+    return f"{PREFIX}ended:{candidate_key(policy, identity)}"
+
+
+def record_end(redis: Any, policy: str, identity: str, action: str) -> dict[str, Any]:
+    """Record (synchronous client) that an operator ended ``policy``'s candidate; returns
+    the record."""
+    rec = {"policy": policy, "identity": identity, "action": action, "ts": time.time(),
+           "by": f"expertgate policy {action}"}
+    redis.set(ended_key(policy, identity), orjson.dumps(rec), ex=STATE_TTL_S)
+    return rec
+
+
+async def read_ended(redis: Any, candidates: Sequence[tuple[str, str]]
+                     ) -> dict[tuple[str, str], dict[str, Any]]:
+    """The end records of ``candidates`` ((policy, identity) pairs): one MGET; raises what
+    Redis raised."""
+    if not candidates:
+        return {}
+    raw = await redis.mget([ended_key(p, i) for p, i in candidates])
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for pair, v in zip(candidates, raw, strict=True):
+        if not v:
+            continue
+        try:
+            got = orjson.loads(v)
+        except orjson.JSONDecodeError:
+            got = None
+        out[pair] = got if isinstance(got, dict) else {"policy": pair[0], "action": "end"}
+    return out
 
 
 def _totals(flat: Sequence[Any]) -> dict[str, _Stats]:

@@ -1,4 +1,4 @@
-"""``expertgate policy promote|revert NAME --config FILE [--url URL]``.
+"""``expertgate policy promote|revert NAME --config FILE [--url URL] [--redis-url URL]``.
 
 ``promote`` makes a policy's candidate router (``candidate:`` in shadow or canary mode) the
 policy's router; ``revert`` drops the candidate and keeps the incumbent. The YAML file is
@@ -7,6 +7,15 @@ and, with ``--url``, the running gateway reloads it (``POST /admin/reload``), wh
 policy set atomically: in-flight requests finish on the old one. The file keeps its
 permissions and its leading comment block; comments further in are not kept (the file is
 re-serialised).
+
+Gateways sharing one Redis (several ``serve`` processes, replicas) are each told, whichever
+of them ``--url`` names and whether they are up: with a Redis URL (``--redis-url``, else
+``EXPERTGATE_REDIS_URL``) the end of the candidate is recorded there
+(:func:`gateway.canary_sync.record_end`), and every gateway on that Redis drops the candidate
+within its canary sync interval (``EXPERTGATE_CANARY_SYNC_S``, 1 s) and reads its
+configuration file again; one that is down reads the record when it starts. A gateway whose
+own file still names the candidate keeps it off (and, for a promotion, serves the policy's
+router until its file is updated).
 """
 
 from __future__ import annotations
@@ -36,6 +45,10 @@ def register(sub: Any, name: str) -> None:
                         "(e.g. http://127.0.0.1:8080)")
         sp.add_argument("--api-key", default=os.environ.get("EXPERTGATE_API_KEY"),
                         help="key for /admin/reload (default $EXPERTGATE_API_KEY)")
+        sp.add_argument("--redis-url", default=None,
+                        help="the gateways' Redis, where the end is recorded for every gateway "
+                        "on it (default EXPERTGATE_REDIS_URL; better for a URL with a "
+                        "password: ps shows the command line)")
         sp.set_defaults(func=_run, action=cmd)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
@@ -79,14 +92,62 @@ def _leading_comments(text: str) -> list[str]:
     return out
 
 
+_PAST = {"promote": "promoted", "revert": "reverted"}
+
+
+def _identity(path: Path, policy: str) -> str:
+    """The running candidate's identity (as the gateways compute it), from the file as it
+    is before the rewrite; ValueError when its artifact cannot be read."""
+    from gateway.canary_sync import candidate_identity
+    from gateway.config import load_config
+    from routers.artifacts import artifact_version
+
+    cfg = load_config(path)  # artifact paths resolved against the file's folder
+    pol = next(p for p in cfg.policies if p.name == policy)
+    cand = pol.candidate
+    assert cand is not None and cand.artifact is not None  # rewrite() checked
+    try:
+        version = artifact_version(cand.artifact)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read the candidate's artifact {cand.artifact}: {e}") from None
+    return candidate_identity(cand, version)
+
+
+def _record(url: str, policy: str, identity: str, action: str) -> str | None:
+    """Record the end in Redis; None, or why it failed."""
+    import redis
+
+    from gateway.canary_sync import record_end
+    from gateway.redact import redact
+
+    r = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        record_end(r, policy, identity, action)
+    except redis.RedisError as e:
+        return f"{redact(url)}: {type(e).__name__}: {redact(str(e))}"
+    finally:
+        r.close()
+    return None
+
+
 def _run(args: argparse.Namespace) -> int:
-    from gateway.config import ConfigError, load_yaml, parse_config
+    from gateway.config import ConfigError, Settings, load_yaml, parse_config
 
     path = Path(args.config)
+    redis_url = args.redis_url or Settings().redis_url
+    identity = None
     try:
         data = load_yaml(path.read_text(encoding="utf-8"))
         new = rewrite(data, args.policy, args.action)
         parse_config(new, str(path))  # never write a file the gateway would refuse
+        if redis_url:
+            try:
+                identity = _identity(path, args.policy)
+            except ValueError as e:  # a revert of a broken candidate still goes ahead
+                if args.action == "promote":
+                    raise
+                print(f"expertgate policy revert: {e}; the revert is not recorded in Redis: "
+                      "reload every gateway", file=sys.stderr)
     except (OSError, yaml.YAMLError, ValueError, ConfigError) as e:
         print(f"expertgate policy {args.action}: {e}", file=sys.stderr)
         return 2
@@ -100,7 +161,21 @@ def _run(args: argparse.Namespace) -> int:
         yaml.safe_dump(new, f, sort_keys=False)
     os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))  # mkstemp's 0600 would lock readers out
     os.replace(tmp, path)
-    print(f"{args.action}d the candidate of policy {args.policy!r} in {path}")
+    print(f"{_PAST[args.action]} the candidate of policy {args.policy!r} in {path}")
+    rc = 0
+    if identity is not None and redis_url:
+        why = _record(redis_url, args.policy, identity, args.action)
+        if why is None:
+            print("recorded in Redis: every gateway on it drops the candidate within its "
+                  "canary sync interval (EXPERTGATE_CANARY_SYNC_S) and reads its "
+                  "configuration file again")
+        else:
+            print(f"recording the end in Redis failed ({why}); the file is written: reload "
+                  "every gateway (SIGHUP or POST /admin/reload)", file=sys.stderr)
+            rc = 1
+    elif not redis_url:
+        print("no Redis URL (--redis-url, EXPERTGATE_REDIS_URL): other gateways learn of "
+              "this only when reloaded", file=sys.stderr)
     if args.url:
         import httpx
 
@@ -115,4 +190,4 @@ def _run(args: argparse.Namespace) -> int:
             print(f"reload answered {r.status_code}: {r.text}", file=sys.stderr)
             return 1
         print(f"reloaded: changed {r.json().get('changed')}")
-    return 0
+    return rc
