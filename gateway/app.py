@@ -47,6 +47,7 @@ from gateway.logs import JsonlSink, RedisStreamSink, RoutingLog
 from gateway.metrics import make_metrics
 from gateway.pipeline import Pipeline, PolicySet, build_policy_set, carry_canary_state
 from gateway.ratelimit import RateLimiter
+from gateway.redact import redact
 from gateway.request import ENDPOINTS, azure_route, handle
 from gateway.request.plan import Plan
 from gateway.request.read import BodyReads, ClientDisconnected, read_other
@@ -166,8 +167,15 @@ class Gateway:
             try:  # every gateway on this Redis issues and verifies the same ids
                 await self.request_ids.share_through(self.redis)
             except Exception as e:  # Redis down at start: keep trying in the background
-                log.warning("request ids: cannot share the secret through Redis yet (%s)",
-                            type(e).__name__)
+                # the first Redis call of a start: the one line that names it and says what
+                # this gateway does meanwhile (each part says when it recovers)
+                log.warning("Redis %s is unavailable at start-up (%s: %s); serving without it "
+                            "and retrying in the background: decision cache skipped, rate "
+                            "limits per process, API keys kept in Redis refused (503 "
+                            "key_store_unavailable), routing log buffered in memory (up to %d "
+                            "records), canaries tested on this process's counts, request ids "
+                            "verified by this gateway only", redact(s.redis_url),
+                            type(e).__name__, redact(str(e)), s.log_queue_size)
                 first = 0.5
             self._rid_task = asyncio.get_running_loop().create_task(
                 self._share_request_ids(first), name="request-id-secret")
