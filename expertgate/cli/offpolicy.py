@@ -236,6 +236,19 @@ def _git(commit: str | None) -> dict[str, Any]:
     return {"commit": commit, "dirty": git_state()["dirty"]}
 
 
+def _data_path(spec: str, fmt: str | None) -> str:
+    """The file or folder a table spec reads: a registry name (``llmrouter_nq``) is hashed as
+    the folder it names, as train and eval routing do; a path (or synthetic:NxM) as given."""
+    if Path(spec).exists() or spec.startswith("synthetic:"):
+        return spec
+    from evals.datasets.registry import resolve_table
+
+    try:
+        return str(resolve_table(spec, fmt)[0])
+    except KeyError:
+        return spec
+
+
 def _explore(args: argparse.Namespace) -> Any:
     from routers.explore import Exploration
 
@@ -264,7 +277,8 @@ def _simulate(args: argparse.Namespace) -> dict[str, Any]:
                    alpha=args.alpha, seed=seed_list(args.seed_set, args.seed + 1)[args.seed],
                    clip=args.clip, reward_weights=args.reward_weights, progress=True)
     out: dict[str, Any] = {"mode": "simulate", "data": args.simulate, "format": fmt,
-                           "data_sha256": data_sha256(args.simulate), "embedder": emb,
+                           "data_sha256": data_sha256(_data_path(args.simulate, fmt)),
+                           "embedder": emb,
                            **_git(git_commit()), "command": _command(args),
                            "seed_set": args.seed_set, **res}
     _print_simulation(res)

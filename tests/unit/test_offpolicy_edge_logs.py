@@ -6,6 +6,7 @@ result JSON."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -169,3 +170,24 @@ def test_a_candidate_choosing_an_expert_the_logs_never_name_is_no_overlap(tmp_pa
     res = json.loads(out.read_text())
     assert rc == 1 and res["verdict"] == "no_overlap"
     assert "model(s) 'c' are no expert of these logs" in capsys.readouterr().err
+
+
+
+def test_a_simulation_from_a_registry_name_hashes_its_data(tmp_path, monkeypatch) -> None:
+    """--simulate llmrouter_nq wrote data_sha256 null: the name was hashed as a path, which
+    does not exist; train and eval routing hash the folder a registry name reads."""
+    from evals.datasets import registry
+    from evals.offpolicy import data_sha256
+    from expertgate.cli import main
+
+    shared = Path("/work/shared/data")
+    if not (shared / "llmrouter_nq").is_dir():
+        pytest.skip("the shared llmrouter_nq data set is not on this machine")
+    monkeypatch.setenv("EXPERTGATE_DATA_DIR", str(shared))
+    out = tmp_path / "sim.json"
+    assert main(["eval", "offpolicy", "--simulate", "llmrouter_nq", "--repeats", "1", "--n",
+                 "40", "--boot", "50", "--json", str(out), "--cache-dir",
+                 str(tmp_path / "c")]) == 0
+    res = json.loads(out.read_text())
+    want = data_sha256(registry.resolve_table("llmrouter_nq")[0])
+    assert res["data"] == "llmrouter_nq" and want is not None and res["data_sha256"] == want
