@@ -17,8 +17,8 @@ import orjson
 
 from gateway.config import ConfigError, GatewayConfig, Settings, load_config
 
-__all__ = ["METRICS_DIR_PREFIX", "register", "remove_stale_metrics_dirs", "start_local_experts",
-           "unreachable_experts"]
+__all__ = ["METRICS_DIR_PREFIX", "check", "register", "remove_stale_metrics_dirs",
+           "start_local_experts", "unreachable_experts"]
 
 log = logging.getLogger("expertgate.serve")
 
@@ -100,6 +100,11 @@ def register(sub: Any, name: str) -> None:
         p.add_argument("--start-experts", action="store_true",
                        help="first start the config's local llama.cpp experts (smollm2, "
                        "gemma3 on their 127.0.0.1 ports) and stop them when the gateway stops")
+        p.add_argument("--check", action="store_true",
+                       help="run the start-up checks (config, embedder, artifacts, guards, "
+                       "one warm-up decision per policy) and exit: 0 it would start, 2 it "
+                       "would not (one line per problem); binds no port, calls no expert "
+                       "beyond GET /models, whose answer is shown as information")
         p.set_defaults(func=cmd_serve)
     elif name == "route":
         p = sub.add_parser("route", help="print the routing Decision for a text as JSON "
@@ -137,7 +142,8 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Exit codes: 0 a clean stop; 2 the settings, the config or the gateway's start-up
     (embedder, artifacts, policies, a worker that failed to start) is at fault; 1 another
-    failure (--start-experts could not start an expert)."""
+    failure (--start-experts could not start an expert). With --check: 0 it would start, 2
+    it would not (:func:`check`)."""
     from pydantic import ValidationError
 
     from gateway.config import auth_problem, missing_credentials, settings_errors
@@ -158,6 +164,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("expertgate serve: no configuration: pass --config FILE or set "
               "EXPERTGATE_CONFIG", file=sys.stderr)
         return 2
+    if args.check:
+        return check(s)
     try:
         cfg = load_config(s.config)  # fail fast, before forking workers
         problem = auth_problem(cfg, s.redis_url)
@@ -193,6 +201,129 @@ def cmd_serve(args: argparse.Namespace) -> int:
             pid = srv.pid
             srv.stop()
             print(f"expertgate serve: stopped expert {srv.name} (pid {pid})", file=sys.stderr)
+
+
+def check(s: Settings) -> int:
+    """``serve --check``: what start-up checks, without binding a port. Problems (what would
+    stop the start) go to stderr, one line each, and make the exit 2; what a start would only
+    warn about, and which experts and Redis answer now, is information (stdout)."""
+    from gateway.config import auth_problem, missing_credentials
+
+    assert s.config is not None
+    say = "expertgate serve --check:"
+    problems: list[str] = []
+
+    def problem(text: str) -> None:
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        if len(lines) > 1 and lines[0].endswith(":"):  # "FILE: invalid configuration:" + one
+            lines = [f"{lines[0]} {ln}" for ln in lines[1:]]  # line per field: each whole
+        for line in lines:
+            problems.append(line)
+            print(f"{say} problem: {line}", file=sys.stderr, flush=True)
+
+    def info(text: str) -> None:
+        print(f"{say} {text}", flush=True)
+
+    try:
+        cfg = load_config(s.config)
+    except ConfigError as e:
+        problem(str(e))
+        print(f"{say} {len(problems)} problem(s): the gateway would not start", file=sys.stderr)
+        return 2
+    info(f"config {s.config}: {len(cfg.experts)} expert(s), {len(cfg.policies)} policy(ies)")
+    why = auth_problem(cfg, s.redis_url)
+    if why:
+        problem(why)
+    for line in (missing_credentials(cfg) + per_process_canaries(cfg, s)
+                 + per_process_limits(cfg, s)):
+        info(f"warning: {line}")
+    embedder = _check_embedder(cfg, s, problem, info)
+    if embedder is not False:
+        _check_policies(cfg, embedder, problem, info)
+    if s.redis_url:
+        info(_redis_reachability(s.redis_url))
+    down = unreachable_experts(cfg)
+    for line in down:
+        info(f"information: {line}")
+    probed = sum(len(e.bases) for e in cfg.experts if e.kind == "openai" and e.parent is None)
+    info(f"information: {probed - len(down)} of {probed} expert replica(s) answer GET /models")
+    if problems:
+        print(f"{say} {len(problems)} problem(s): the gateway would not start", file=sys.stderr)
+        return 2
+    info("ok: the gateway would start with this configuration")
+    return 0
+
+
+def _check_embedder(cfg: GatewayConfig, s: Settings, problem: Any, info: Any) -> Any:
+    """The embedder as start-up builds it, and one embedding; False when it fails."""
+    from gateway.pipeline import WARM_TEXT, build_embedder
+
+    if not cfg.policies:
+        return None
+    kind = cfg.embedder.kind
+    try:
+        embedder = build_embedder(cfg, s.embed_threads)
+        embedder.embed([WARM_TEXT])
+    except ConfigError as e:
+        problem(str(e))
+        return False
+    except Exception as e:  # an encoder's own errors (files, runtime): one line, not a trace
+        problem(f"embedder {kind}: {type(e).__name__}: {e}")
+        return False
+    info(f"embedder {kind}: loaded ({embedder.dim}-d)")
+    return embedder
+
+
+def _check_policies(cfg: GatewayConfig, embedder: Any, problem: Any, info: Any) -> None:
+    """Every policy built (artifacts, guards, candidates) and one warm-up decision each; a
+    policy set that fails is built again one policy at a time, so each broken policy is
+    named."""
+    from gateway.cache import MemoryDecisionCache
+    from gateway.metrics import Metrics
+    from gateway.pipeline import Pipeline, build_policy_set
+
+    try:
+        pset = build_policy_set(cfg, embedder)
+    except ConfigError as e:
+        named = 0
+        for pol in cfg.policies:
+            try:
+                build_policy_set(cfg.model_copy(update={"policies": [pol]}), embedder)
+            except ConfigError as one:
+                problem(str(one))
+                named += 1
+        if not named:  # a problem of the set, not of one policy
+            problem(str(e))
+        return
+    pipeline = Pipeline(pset, embedder, MemoryDecisionCache(), Metrics())
+    try:
+        failed = asyncio.run(pipeline.warm())
+    finally:
+        pipeline.close()
+    for name, rt in pset.policies.items():
+        if name in failed:
+            problem(f"policy {name!r} fails its first decision ({failed[name]})")
+        else:
+            cand = f", {rt.candidate.mode} candidate" if rt.candidate is not None else ""
+            info(f"policy {name!r}: built and decided the warm-up query (router "
+                 f"{rt.config.router}{cand})")
+
+
+def _redis_reachability(url: str) -> str:
+    """Whether Redis answers PING now: information (the gateway starts without it)."""
+    import redis
+
+    from gateway.redact import redact
+
+    r = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        r.ping()
+    except redis.RedisError as e:
+        return (f"information: Redis {redact(url)} does not answer ({type(e).__name__}: "
+                f"{redact(str(e))}); the gateway would start and serve without it")
+    finally:
+        r.close()
+    return f"information: Redis {redact(url)} answers"
 
 
 def per_process_canaries(cfg: GatewayConfig, s: Settings) -> list[str]:
