@@ -83,6 +83,34 @@ def rewrite(data: dict[str, Any], policy: str, action: str) -> dict[str, Any]:
     return data
 
 
+def _check_models(cfg: Any, policy: str) -> None:
+    """The promoted router decides between its table's models and the policy's ``models:``
+    maps them to experts: a map written for the incumbent's table (or none, where the
+    candidate's models are no experts) is refused by the gateway at load, so it is refused
+    here before the file is written. ValueError naming the models."""
+    from routers.artifacts import load_router
+    from routers.base import RouterError
+
+    pol = next(p for p in cfg.policies if p.name == policy)
+    try:
+        table = list(getattr(load_router(pol.artifact), "experts_", []))
+    except (RouterError, OSError) as e:
+        raise ValueError(f"cannot load the candidate's artifact {pol.artifact}: {e}") from None
+    if not table:
+        return
+    experts = {e.name for e in cfg.experts}
+    stray = sorted(set(pol.models) - set(table))
+    unknown = sorted(m for m in table if pol.models.get(m, m) not in experts)
+    if stray or unknown:
+        raise ValueError(
+            f"policy {policy!r}: the candidate's router decides between "
+            f"{', '.join(table)}; " + "; ".join(
+                ([f"models: maps {', '.join(stray)}, which it does not know"] if stray
+                 else []) + ([f"{', '.join(unknown)} map(s) to no expert"] if unknown
+                             else []))
+            + ": edit the policy's models: for the candidate, then promote")
+
+
 def _leading_comments(text: str) -> list[str]:
     out = []
     for ln in text.splitlines(keepends=True):
@@ -139,7 +167,9 @@ def _run(args: argparse.Namespace) -> int:
     try:
         data = load_yaml(path.read_text(encoding="utf-8"))
         new = rewrite(data, args.policy, args.action)
-        parse_config(new, str(path))  # never write a file the gateway would refuse
+        cfg = parse_config(new, str(path))  # never write a file the gateway would refuse
+        if args.action == "promote":
+            _check_models(cfg, args.policy)
         if redis_url:
             try:
                 identity = _identity(path, args.policy)

@@ -33,3 +33,46 @@ def test_promote_of_a_config_it_cannot_rewrite_says_why(tmp_path: Path, capsys,
     err = capsys.readouterr().err
     assert message in err and "Error" not in err
     assert path.read_text() == text
+
+
+def _knn(tmp_path: Path, name: str, models: list[str]) -> Path:
+    import numpy as np
+
+    from routers.base import RoutingTable, make_router
+    from routers.embed import HashingEmbedder
+
+    e = HashingEmbedder()
+    texts = ["fix this bug", "tell me a joke"]
+    S = np.array([[1.0, 0.0], [0.0, 1.0]])
+    t = RoutingTable(["x", "y"], texts, models, S, np.zeros_like(S))
+    return make_router("knn", k=1).fit(e.embed(texts), t).save(
+        tmp_path / name, embedder=e.name, embedder_spec={"kind": "hashing", "options": {}})
+
+
+def test_promote_refuses_a_models_map_the_candidate_does_not_read(tmp_path: Path,
+                                                                   capsys) -> None:
+    """The incumbent's models: {m-a: coder, m-b: chatter} stayed on the policy when a
+    candidate trained on the experts' own names was promoted: the file was written and every
+    gateway then refused it ('models maps m-a, m-b, which the router does not know')."""
+    import yaml
+
+    from expertgate.cli import main
+
+    inc = _knn(tmp_path, "inc", ["m-a", "m-b"])
+    cand = _knn(tmp_path, "cand", ["coder", "chatter"])
+    cfg = {"embedder": {"kind": "hashing"},
+           "experts": [{"name": "coder", "api_base": "http://127.0.0.1:9/v1"},
+                       {"name": "chatter", "api_base": "http://127.0.0.1:9/v1"}],
+           "policies": [{"name": "p", "router": "knn", "artifact": str(inc),
+                         "models": {"m-a": "coder", "m-b": "chatter"}, "fallback": ["coder"],
+                         "candidate": {"router": "knn", "artifact": str(cand)}}]}
+    path = tmp_path / "gw.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    before = path.read_text()
+    assert main(["policy", "promote", "p", "--config", str(path)]) == 2
+    assert "models: maps m-a, m-b, which it does not know" in capsys.readouterr().err
+    assert path.read_text() == before
+    # with the map written for the candidate (none needed here) the promotion goes ahead
+    del cfg["policies"][0]["models"]
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["policy", "promote", "p", "--config", str(path)]) == 0
