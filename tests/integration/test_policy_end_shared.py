@@ -98,3 +98,45 @@ def test_a_revert_through_one_gateway_stops_the_canary_on_every_gateway_of_its_r
             g.stop()
         coder.stop()
         chatter.stop()
+
+
+async def test_a_promotion_reaches_a_gateway_on_the_same_file_and_a_shadow_ends_too(
+        redis_clean: RedisServer, ups, tmp_path: Path, capsys) -> None:
+    """In-process gateways on one real Redis, no --url: a promotion recorded there makes a
+    gateway that reads the same file serve the promoted router (it reads the file again);
+    a reverted shadow stops on a gateway whose own file still names it."""
+    import asyncio
+
+    from expertgate.cli import main
+    from tests.unit.gateway_helpers import gateway_client
+
+    art = _always_coder(tmp_path / "cand")
+    canary = base_config(ups[0].base, ups[1].base, candidate={
+        "router": "knn", "artifact": str(art), "mode": "canary", "share": 0.5})
+    shadow = base_config(ups[0].base, ups[1].base, candidate={
+        "router": "knn", "artifact": str(art), "mode": "shadow"})
+    shared, own = tmp_path / "shared.yaml", tmp_path / "own.yaml"
+    shared.write_text(yaml.safe_dump(canary))
+    own.write_text(yaml.safe_dump(shadow))
+    kw = {"redis_url": redis_clean.url, "canary_sync_s": 60}  # exchanges by hand
+    async with gateway_client(canary, tmp_path / "a", config=shared, **kw) as (c1, gw1), \
+            gateway_client(shadow, tmp_path / "b", config=own, **kw) as (_, gw2):
+        assert main(["policy", "promote", "auto", "--config", str(shared),
+                     "--redis-url", redis_clean.url]) == 0
+        assert "promoted the candidate of policy 'auto'" in capsys.readouterr().out
+        await gw1._canary_exchange()
+        assert gw1.policy_set.policies["auto"].candidate is None  # at once
+        await asyncio.wait_for(gw1._ended_reload, 30)  # then the file, read again
+        assert gw1.policy_set.policies["auto"].config.router == "knn"
+        r = await c1.post("/v1/chat/completions", json=chat("auto", "tell me a joke"))
+        # the promoted router's choice (the incumbent's is chatter)
+        assert r.headers["x-expertgate-expert"] == "coder"
+        assert "x-expertgate-arm" not in r.headers
+
+        assert main(["policy", "revert", "auto", "--config", str(own),
+                     "--redis-url", redis_clean.url]) == 0
+        own.write_text(yaml.safe_dump(shadow))  # gw2's file still names the shadow
+        await gw2._canary_exchange()
+        assert gw2.policy_set.policies["auto"].candidate is None
+        await asyncio.wait_for(gw2._ended_reload, 30)
+        assert gw2.policy_set.policies["auto"].candidate is None  # the reload kept it off
