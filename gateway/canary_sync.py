@@ -151,11 +151,10 @@ def counts_key(key: str) -> str:
 
 
 def candidate_identity(cand: Any, version: str) -> str:
-    """A candidate's identity as :func:`gateway.pipeline._candidate` computes it, from its
-    configuration (``CandidateConfig``) and its artifact's version
-    (:func:`routers.artifacts.artifact_version`): what ``expertgate policy`` names in the
-    record it leaves for every gateway (``tests/unit/test_policy_end_record.py`` holds the
-    two formulas together)."""
+    """A candidate's identity, from its configuration (``CandidateConfig``) and its
+    artifact's version (:func:`routers.artifacts.artifact_version`): what the gateway
+    (:func:`gateway.pipeline._candidate`) and ``expertgate policy`` (the record it leaves for
+    every gateway) both name it by."""
     own = f"{version}:{cand.router}:".encode() + orjson.dumps(cand.params,
                                                               option=orjson.OPT_SORT_KEYS)
     ar = cand.auto_revert

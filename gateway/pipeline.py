@@ -26,6 +26,7 @@ import orjson
 from gateway.cache import CacheUnavailable, DecisionCache, decision_key
 from gateway.cache import text_hash as _hash
 from gateway.canary import CanaryMonitor
+from gateway.canary_sync import candidate_identity, candidate_key
 from gateway.config import ConfigError, GatewayConfig, PolicyConfig
 from gateway.errors import DeadlineExceeded, InvalidRequest
 from gateway.messages import MessageTexts
@@ -282,10 +283,10 @@ def _candidate(pol: PolicyConfig, rt: PolicyRuntime, embedder: Embedder | None,
     ar = cand.auto_revert
     monitor = (CanaryMonitor(ar.margin, ar.alpha, ar.min_samples)
                if cand.mode == "canary" and ar.enabled else None)
-    identity = hashlib.sha256(own + f":{cand.mode}:{ar.enabled}:{ar.margin}:{ar.alpha}:"
-                              f"{ar.min_samples}".encode()).hexdigest()[:12]
-    if monitor is not None:  # its shared counts and revert (gateway/canary_sync.py)
-        monitor.key = hashlib.sha256(f"{pol.name}\0{identity}".encode()).hexdigest()[:16]
+    # the names `expertgate policy` gives the candidate in Redis (gateway/canary_sync.py)
+    identity = candidate_identity(cand, v)
+    if monitor is not None:  # its shared counts and revert
+        monitor.key = candidate_key(pol.name, identity)
     return CandidateRuntime(cand.mode, cand.share,
                             PolicyRuntime(pol, version, router, rt.guard, rt.explore), monitor,
                             identity)
