@@ -83,7 +83,7 @@ def rewrite(data: dict[str, Any], policy: str, action: str) -> dict[str, Any]:
     return data
 
 
-def _check_models(cfg: Any, policy: str) -> None:
+def _check_models(cfg: Any, policy: str, folder: Path) -> None:
     """The promoted router decides between its table's models and the policy's ``models:``
     maps them to experts: a map written for the incumbent's table (or none, where the
     candidate's models are no experts) is refused by the gateway at load, so it is refused
@@ -92,8 +92,10 @@ def _check_models(cfg: Any, policy: str) -> None:
     from routers.base import RouterError
 
     pol = next(p for p in cfg.policies if p.name == policy)
+    # a relative path names a folder beside the config file, as the gateway reads it
+    art = pol.artifact if pol.artifact.is_absolute() else folder / pol.artifact
     try:
-        table = list(getattr(load_router(pol.artifact), "experts_", []))
+        table = list(getattr(load_router(art), "experts_", []))
     except (RouterError, OSError) as e:
         raise ValueError(f"cannot load the candidate's artifact {pol.artifact}: {e}") from None
     if not table:
@@ -169,7 +171,7 @@ def _run(args: argparse.Namespace) -> int:
         new = rewrite(data, args.policy, args.action)
         cfg = parse_config(new, str(path))  # never write a file the gateway would refuse
         if args.action == "promote":
-            _check_models(cfg, args.policy)
+            _check_models(cfg, args.policy, path.resolve().parent)
         if redis_url:
             try:
                 identity = _identity(path, args.policy)

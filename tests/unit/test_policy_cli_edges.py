@@ -76,3 +76,30 @@ def test_promote_refuses_a_models_map_the_candidate_does_not_read(tmp_path: Path
     del cfg["policies"][0]["models"]
     path.write_text(yaml.safe_dump(cfg))
     assert main(["policy", "promote", "p", "--config", str(path)]) == 0
+
+
+def test_promote_reads_a_relative_artifact_from_the_configs_folder(
+        tmp_path: Path, monkeypatch, capsys) -> None:
+    """The gateway resolves a relative artifact path against the config file's folder; the
+    promotion's check of the candidate's models read it against the working directory, so a
+    promote run from elsewhere said 'cannot load the candidate's artifact'."""
+    import yaml
+
+    from expertgate.cli import main
+
+    _knn(tmp_path, "inc", ["coder", "chatter"])
+    _knn(tmp_path, "cand", ["coder", "chatter"])
+    cfg = {"embedder": {"kind": "hashing"},
+           "experts": [{"name": "coder", "api_base": "http://127.0.0.1:9/v1"},
+                       {"name": "chatter", "api_base": "http://127.0.0.1:9/v1"}],
+           "policies": [{"name": "p", "router": "knn", "artifact": "inc",
+                         "fallback": ["coder"],
+                         "candidate": {"router": "knn", "artifact": "cand"}}]}
+    path = tmp_path / "gw.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["policy", "promote", "p", "--config", str(path)]) == 0, \
+        capsys.readouterr().err
+    assert yaml.safe_load(path.read_text())["policies"][0]["artifact"] == "cand"
