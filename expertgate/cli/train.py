@@ -528,6 +528,22 @@ def _expert_slug(model: str) -> str:
     return re.sub(r"[^a-z0-9._-]+", "-", tail).strip("-") or "expert"
 
 
+#: the ports of the demo's llama.cpp experts (examples/demo-local.yaml: smollm2 on 8101,
+#: gemma3 on 8102), which the snippet's first two experts point at: served as printed, they
+#: reach llama-cpp-python's server, which answers a 500 to what it cannot read unless the
+#: expert declares its dialect (gateway/dialect.py). An expert on any other port is a
+#: server the snippet does not know: it keeps the default dialect.
+DEMO_LLAMA_PORTS = (8101, 8102)
+
+
+def _snippet_expert(name: str, port: int, model: str) -> dict[str, Any]:
+    expert: dict[str, Any] = {"name": name, "api_base": f"http://127.0.0.1:{port}/v1",
+                              "model": model}
+    if port in DEMO_LLAMA_PORTS:
+        expert["dialect"] = "llama-cpp-python"
+    return expert
+
+
 def policy_snippet(router: str, artifact: Any, models: list[str], embedder: str,
                    embedder_options: dict[str, Any], *, command: str = "",
                    fallback: str | None = None, lora_base: str | None = None) -> str:
@@ -550,8 +566,8 @@ def policy_snippet(router: str, artifact: Any, models: list[str], embedder: str,
                                           if embedder_options else {})},
         "experts": [{"name": names[m], "parent": names[lora_base], "model": m}
                     if lora_base in names and m != lora_base else
-                    {"name": names[m], "api_base": f"http://127.0.0.1:{8101 + i}/v1",
-                     "model": m} for i, m in enumerate(models)],
+                    _snippet_expert(names[m], DEMO_LLAMA_PORTS[0] + i, m)
+                    for i, m in enumerate(models)],
         "policies": [{"name": f"learned-{router}", "router": router,
                       "artifact": str(Path(artifact).resolve()),
                       "models": dict(names),
@@ -569,6 +585,9 @@ def policy_snippet(router: str, artifact: Any, models: list[str], embedder: str,
           if lora_base in names else
           ["# artifact only works with the one it was trained with. Then:"]),
         f"#   expertgate serve --config {Path(artifact) / 'policy.yaml'}",
+        *(["# Ports 8101/8102 are the demo's llama.cpp servers (examples/demo-local.yaml), so",
+           "# the experts there say `dialect: llama-cpp-python`; drop it for another server."]
+          if any("dialect" in e for e in doc["experts"]) else []),
     ]
     body = yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, width=100)
     return "\n".join(head) + "\n" + body
