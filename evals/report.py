@@ -93,17 +93,23 @@ GUARD_COLS = ("in_domain_accuracy", "ood_accuracy", "gqr_score", "false_rejectio
               "latency_p50_ms", "latency_p99_ms")
 
 
-def _num(v: Any, std: Any = None, digits: int = 3) -> str:
+def figure(v: Any, std: Any = None, digits: int = 3) -> str:
+    """A figure (and its spread over the seeds) as the tables print it, on screen and in the
+    generated blocks of README and docs/."""
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "-"
     if not isinstance(v, int | float):
         return str(v)
+    if abs(v) < 1e-12:  # rounding noise of a difference of equal figures (-2.2e-16 is 0)
+        v = 0.0
     # costs in USD per query are tiny numbers: significant digits keep them readable
     small = v != 0 and abs(v) < 0.01
     s = f"{v:.{digits}g}" if small else f"{v:.{digits}f}"
-    if isinstance(std, int | float) and std > 0:
+    if isinstance(std, int | float) and std > 1e-12:
         s += f" ± {std:.{digits}g}" if small else f" ± {std:.{digits}f}"
     return s
+
+
 
 
 def _plt() -> Any:
@@ -160,7 +166,7 @@ def render_routing(run: Mapping[str, Any], stem: str, out: Path,
                 continue
             style = "--" if name in ("random", "oracle", "category") else "-"
             ax.plot(c["share"], c["pgr"], style, marker=".",
-                    label=f"{name} (APGR {_num(r.get('apgr'))})")
+                    label=f"{name} (APGR {figure(r.get('apgr'))})")
             data[name] = c
         ax.set_xlabel("strong-model call share")
         ax.set_ylabel("PGR (performance gap recovered)")
@@ -184,7 +190,7 @@ def render_routing(run: Mapping[str, Any], stem: str, out: Path,
             continue
         hx, hy = M.upper_hull(c["cost"], c["quality"])
         style = "--" if name.endswith("(baseline)") else "-"
-        (ln,) = ax.plot(hx, hy, style, label=f"{name} (AIQ {_num(r.get('aiq'))})")
+        (ln,) = ax.plot(hx, hy, style, label=f"{name} (AIQ {figure(r.get('aiq'))})")
         ax.scatter(c["cost"], c["quality"], s=6, color=ln.get_color(), alpha=0.4)
         data[name] = {"cost": c["cost"], "quality": c["quality"],
                       "hull_cost": hx.tolist(), "hull_quality": hy.tolist()}
@@ -225,7 +231,7 @@ def render_guard(run: Mapping[str, Any], stem: str, out: Path,
     sel = run.get("selected") or {}
     if sel:
         lines += [f"Selected on validation: **{sel.get('method')}** ({sel.get('criterion')}: "
-                  f"{_num(sel.get('validation_score'))}); validation OOD: "
+                  f"{figure(sel.get('validation_score'))}); validation OOD: "
                   f"{(sel.get('validation_ood') or {}).get('source', '?')}.", ""]
     lines += _guard_rows(run)
     table: dict[str, Any] = {}
@@ -280,7 +286,7 @@ def _ordered(run: Mapping[str, Any]) -> list[tuple[str, str, Mapping[str, Any]]]
 
 
 def _cell(r: Mapping[str, Any], c: str) -> str:
-    s = _num(r.get(c), r.get(f"{c}_std"))
+    s = figure(r.get(c), r.get(f"{c}_std"))
     if f"{c}_reached" in r and r.get("n_seeds"):
         k = r[f"{c}_reached"]
         if isinstance(k, float):  # runs before issue 15 stored the share of seeds
@@ -305,7 +311,7 @@ def _selected_line(run: Mapping[str, Any]) -> list[str]:
         return ["No router could be selected (none has a validation score).", ""]
     score = sel.get("validation_score")
     line = (f"Selected on validation: **{sel['method']}** ({sel.get('criterion')}: "
-            f"{_num(score)}). Seeds {run.get('seeds')} ({run.get('seed_set', 'dev')} seeds).")
+            f"{figure(score)}). Seeds {run.get('seeds')} ({run.get('seed_set', 'dev')} seeds).")
     line += _refit_sentence(run)
     return [line, ""]
 
@@ -316,8 +322,8 @@ def _refit_sentence(run: Mapping[str, Any]) -> str:
     if not ref:
         return ""
     lc = ref.get("learning_curve")
-    curve = "" if not lc else (f" (validation score {_num(lc['val_fraction'])} fitted on "
-                               f"{lc['fraction']:g} of train, {_num(lc['val_full'])} on all "
+    curve = "" if not lc else (f" (validation score {figure(lc['val_fraction'])} fitted on "
+                               f"{lc['fraction']:g} of train, {figure(lc['val_full'])} on all "
                                "of it)")
     if not ref.get("applied"):
         why = ref.get("why") or ("--refit never" if ref.get("mode") == "never" else
@@ -349,7 +355,7 @@ def _guard_rows(run: Mapping[str, Any]) -> list[str]:
         pct = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731
         v = r.get("validation", {})
         vals = [pct(v.get("in_domain_accuracy")), pct(v.get("ood_accuracy")),
-                _num(v.get("gqr_score")), f"{r.get('target_frr', run.get('target_frr'))}"]
+                figure(v.get("gqr_score")), f"{r.get('target_frr', run.get('target_frr'))}"]
         if intents:
             vals += [pct(r.get("in_scope_accuracy")), pct(r.get("false_rejection_rate")),
                      pct(r.get("oos_recall"))]
@@ -357,7 +363,7 @@ def _guard_rows(run: Mapping[str, Any]) -> list[str]:
             vals += [pct(r.get("in_domain_accuracy")), pct(r.get("false_rejection_rate")),
                      *(pct(r["ood_accuracy_by_set"].get(k)) for k in ood_sets),
                      pct(r.get("ood_accuracy"))]
-        vals += [_num(r.get("gqr_score")),
+        vals += [figure(r.get("gqr_score")),
                  *(pct(r.get("accept_rejection_by_set", {}).get(a)) for a in acc_sets)]
         lat = r.get("latency_p50_ms")
         vals.append("-" if lat is None else
@@ -404,7 +410,7 @@ def _guard_bar_rows(files: Sequence[str]) -> str:
                for k in ("latency_p50_ms", "latency_p99_ms")]
         lines.append(
             f"| `{a}` | {run.get('suite') or run.get('data', {}).get('name')} | {name} | "
-            f"{_num(sel['gqr_score'])} / {_num(base['gqr_score'])} ({diff:+.3f}) | "
+            f"{figure(sel['gqr_score'])} / {figure(base['gqr_score'])} ({diff:+.3f}) | "
             f"{_ms_pair(sel)} | {_ms_pair(base)} | "
             + " | ".join("yes" if m else "**no**" for m in met) + " |")
     return "\n".join(lines)
@@ -431,11 +437,11 @@ def _guard_typo_rows(files: Sequence[str]) -> str:
             t, v = r["typos"], r.get("validation") or {}
             lines.append(
                 f"| `{a}` | {run.get('suite')} | {t['rate']:g} ({aug if aug else 'no'}) | "
-                f"{label} | {_num(v.get('gqr_score'))} / "
-                f"{_num((v.get('typos') or {}).get('gqr_score'))} | "
-                f"{_num(r['gqr_score'])} / {_num(t['gqr_score'])} | "
-                f"{_num(r['in_domain_accuracy'])} / {_num(t['in_domain_accuracy'])} | "
-                f"{_num(t['in_domain_same_outcome'])} |")
+                f"{label} | {figure(v.get('gqr_score'))} / "
+                f"{figure((v.get('typos') or {}).get('gqr_score'))} | "
+                f"{figure(r['gqr_score'])} / {figure(t['gqr_score'])} | "
+                f"{figure(r['in_domain_accuracy'])} / {figure(t['in_domain_accuracy'])} | "
+                f"{figure(t['in_domain_same_outcome'])} |")
     return "\n".join(lines)
 
 
@@ -458,8 +464,8 @@ def _routing_typo_rows(files: Sequence[str]) -> str:
                 continue
             lines.append(
                 f"| `{a}` | {t['rate']:g} | {n}{' (selected)' if n == sel else ''} | "
-                f"{key.upper()} | {_num(r.get(key), r.get(f'{key}_std'))} | "
-                f"{_num(t.get(key), t.get(f'{key}_std'))} | {_num(t.get('same_choice'))} |")
+                f"{key.upper()} | {figure(r.get(key), r.get(f'{key}_std'))} | "
+                f"{figure(t.get(key), t.get(f'{key}_std'))} | {figure(t.get('same_choice'))} |")
     return "\n".join(lines)
 
 
@@ -479,14 +485,14 @@ def _cascade_rows(run: Mapping[str, Any]) -> str:
         e = (r.get("fit") or {}).get("escalation") or {}
         parts = ", ".join(f"{k} {v:.2f}" for k, v in
                           (e.get("validation_escalation_by_part") or {}).items())
-        b_gqr = _num(base.get("gqr_score")) if base else "-"
+        b_gqr = figure(base.get("gqr_score")) if base else "-"
         lines.append(
-            f"| {n} | band {_num(e.get('band'))}, min p {e.get('min_proba')} "
+            f"| {n} | band {figure(e.get('band'))}, min p {e.get('min_proba')} "
             f"(cap {e.get('cap')}; agreement with the back guard "
-            f"{_num(e.get('validation_agreement_with_back'))}) | {parts} | "
-            f"{_num(c.get('test_escalation_share'), digits=2)} / "
-            f"{_num(c.get('latency_sample_escalation_share'), digits=2)} | "
-            f"{_num(r.get('gqr_score'))} ({b_gqr}) | "
+            f"{figure(e.get('validation_agreement_with_back'))}) | {parts} | "
+            f"{figure(c.get('test_escalation_share'), digits=2)} / "
+            f"{figure(c.get('latency_sample_escalation_share'), digits=2)} | "
+            f"{figure(r.get('gqr_score'))} ({b_gqr}) | "
             f"{_ms_pair(r)} ({_ms_pair(base)}) | {_ms_pair(c, 'latency_front_only')} | "
             f"{_ms_pair(c, 'latency_escalated')} |")
     return "\n".join(lines)
@@ -616,8 +622,8 @@ def _headline_guard(run: Mapping[str, Any]) -> dict[str, Any]:
         return {"method": "(none selected)"}
     r = run["methods"][sel]
     out = {"method": sel, "target FRR": r.get("target_frr", run.get("target_frr")),
-           "val GQR": _num(r.get("validation", {}).get("gqr_score")),
-           "GQR": _num(r.get("gqr_score")),
+           "val GQR": figure(r.get("validation", {}).get("gqr_score")),
+           "GQR": figure(r.get("gqr_score")),
            "ID acc %": f"{100 * r['in_domain_accuracy']:.2f}",
            "FRR %": f"{100 * r['false_rejection_rate']:.2f}"}
     if "oos_recall" in r:
@@ -666,7 +672,8 @@ def _routing_bar_rows(files: Sequence[str]) -> str:
         met = "-" if n == 2 else ("yes" if vs["margin"] >= ROUTING_BAR - 1e-12 else "**no**")
         fitted = str(vs.get("fitted_on", "train")).replace("+", " + ")
         lines.append(f"| `{f}` | {n} | {sel.get('method')} | {fitted} | {vs['metric']} | "
-                     f"{_num(vs['selected'])} | {vs['baseline']} {_num(vs['baseline_value'])} | "
+                     f"{figure(vs['selected'])} | "
+                     f"{vs['baseline']} {figure(vs['baseline_value'])} | "
                      f"{vs['margin']:+.3f} | {met} |")
     return "\n".join(lines)
 
@@ -688,7 +695,7 @@ def _validation_rows(files: Sequence[str]) -> str:
         seeds = f"{run.get('seed_set', 'dev')} {','.join(map(str, run.get('seeds', [])))}"
         for name, row in run["routers"].items():
             lines.append(f"| `{f}` | {run.get('data')} | {seeds} | `{params}` | {name} | "
-                         f"{key} {_num(row.get(key))} |")
+                         f"{key} {figure(row.get(key))} |")
     return "\n".join(lines)
 
 
@@ -710,8 +717,8 @@ def _guard_validation_rows(files: Sequence[str]) -> str:
                 back = (f"{spec.get('kind')}{' int8' if o.get('quantize') else ''}, "
                         f"{'layers ' + str(o['layers']) if o.get('layers') else 'all layers'}")
             lines.append(f"| `{f}` | {suite} | {seed} | {name} | {back} | "
-                         f"{_num((r.get('validation') or {}).get('gqr_score'))} | "
-                         f"{_num(r.get('gqr_score'))} | {_ms_pair(r)} |")
+                         f"{figure((r.get('validation') or {}).get('gqr_score'))} | "
+                         f"{figure(r.get('gqr_score'))} | {_ms_pair(r)} |")
     return "\n".join(lines)
 
 
@@ -762,7 +769,7 @@ def render_block(spec: str) -> str:
         run = _load(args[0])
         sel = run.get("selected") or {}
         return "\n".join([f"Selected on validation: **{sel.get('method')}** "
-                          f"({sel.get('criterion')}: {_num(sel.get('validation_score'))}; "
+                          f"({sel.get('criterion')}: {figure(sel.get('validation_score'))}; "
                           f"validation OOD: {(sel.get('validation_ood') or {}).get('source')})."
                           f" Seed {run.get('seed')} ({run.get('seed_set', 'dev')}).", "",
                           *_guard_rows(run)])
@@ -815,10 +822,10 @@ def render_block(spec: str) -> str:
         for a in args:
             r = _load(a)
             b1 = (r.get("latency") or {}).get("batch_1") or {}
-            lat = f"{_num(b1.get('p50_ms'))} / {_num(b1.get('p99_ms'))}" if b1 else "-"
+            lat = f"{figure(b1.get('p50_ms'))} / {figure(b1.get('p99_ms'))}" if b1 else "-"
             lines.append(f"| `{a}` | {r.get('router')} | {r.get('embedder')} | "
-                         f"{r.get('n_train')} | {_num(r.get('embed_seconds'))} | "
-                         f"{_num(r.get('fit_seconds'))} | {_num(r.get('train_seconds_total'))} "
+                         f"{r.get('n_train')} | {figure(r.get('embed_seconds'))} | "
+                         f"{figure(r.get('fit_seconds'))} | {figure(r.get('train_seconds_total'))} "
                          f"| {lat} |")
         return "\n".join(lines)
     if kind == "overhead-table" and args:
@@ -828,7 +835,7 @@ def render_block(spec: str) -> str:
         path, run = _bench_run(args[0], "overhead")
         lines = [f"Targets of `{path}`:", "", "| target | goal | this run | met? |",
                  "|---|---|---|---|"]
-        lines += [f"| {t['target']} | {t['goal']} | {_num(t.get('value'))} | "
+        lines += [f"| {t['target']} | {t['goal']} | {figure(t.get('value'))} | "
                   f"{'met' if t.get('met') else '**not met**'} |"
                   for t in run.get("targets") or []]
         per_round = run.get("per_round") or {}
@@ -867,10 +874,10 @@ def _auto_rows(files: Sequence[str]) -> str:
                 pick += " + predicted costs"
             picks.append(pick)
         lines.append(f"| `{a}` | {', '.join(picks) or '-'} | "
-                     f"{key.upper()} {_num(auto.get(key), auto.get(f'{key}_std'))} | "
-                     f"{_num(stack.get(key), stack.get(f'{key}_std'))} | "
-                     f"{_num(auto.get('seconds_per_seed'), digits=1)} | "
-                     f"{_num(stack.get('seconds_per_seed'), digits=1)} |")
+                     f"{key.upper()} {figure(auto.get(key), auto.get(f'{key}_std'))} | "
+                     f"{figure(stack.get(key), stack.get(f'{key}_std'))} | "
+                     f"{figure(auto.get('seconds_per_seed'), digits=1)} | "
+                     f"{figure(stack.get('seconds_per_seed'), digits=1)} |")
     return "\n".join(lines)
 
 
@@ -889,7 +896,7 @@ def _overhead_rows(files: Sequence[str]) -> str:
         cells = []
         for p in paths:
             c1 = ((r.get("paths") or {}).get(p) or {}).get("c1") or {}
-            cells.append(f"{_num(c1.get('added_p50_ms'))} / {_num(c1.get('added_p99_ms'))}"
+            cells.append(f"{figure(c1.get('added_p50_ms'))} / {figure(c1.get('added_p99_ms'))}"
                          if c1 else "-")
         lines.append(f"| `{a}` | {prm.get('embedder')} | {toks} | {prm.get('rounds')} | "
                      + " | ".join(cells) + " |")
@@ -950,27 +957,27 @@ def _overhead_table(path: str, run: Mapping[str, Any], keep: Sequence[str] | Non
         if keep is not None and name not in keep:
             continue
         for c, r in by.items():
-            vals = [_num(r.get(k)) for k in ("p50_ms", "p99_ms", "added_p50_ms", "added_p90_ms",
+            vals = [figure(r.get(k)) for k in ("p50_ms", "p99_ms", "added_p50_ms", "added_p90_ms",
                                               "added_p99_ms")]
             if ratio:
                 miss = paths["routed_miss"].get(c, {}).get("added_p50_ms")
                 vals.append(f"{r['added_p50_ms'] / miss:.2f}x" if miss else "-")
             rps = r.get("rps")
             vals += ["-" if rps is None else f"{rps:,.0f}", str(r.get("errors")),
-                     _num(r.get("cpu_ms_per_req")), f"{r.get('rss_mib', 0):.0f}"]
+                     figure(r.get("cpu_ms_per_req")), f"{r.get('rss_mib', 0):.0f}"]
             lines.append(f"| {name} | {c.lstrip('c')} | " + " | ".join(vals) + " |")
     streams = {k: v for k, v in (run.get("streams") or {}).items()
                if k != "direct" and keep is None}
     if streams:
         lines += ["", "Streams at c=1, added time to first byte p50 / p99 (ms): " + "; ".join(
-            f"{k} {_num(v.get('added_ttfb_p50_ms'))} / {_num(v.get('added_ttfb_p99_ms'))} "
+            f"{k} {figure(v.get('added_ttfb_p50_ms'))} / {figure(v.get('added_ttfb_p99_ms'))} "
             f"({v.get('errors')} errors)" for k, v in streams.items()) + "."]
     costs = run.get("learnloop_costs")
     if costs and (keep is None or "routed_explore" in keep or "routed_shadow" in keep):
         lines += ["", f"In process (same code as the gateway, no network), p50 per request: "
-                  f"cache-miss decision {_num(costs.get('decide_miss_us_p50'), digits=1)} µs, "
-                  f"exploration {_num(costs.get('explore_us_p50'), digits=1)} µs, shadow "
-                  f"decision and log record {_num(costs.get('shadow_us_p50'), digits=1)} µs."]
+                  f"cache-miss decision {figure(costs.get('decide_miss_us_p50'), digits=1)} µs, "
+                  f"exploration {figure(costs.get('explore_us_p50'), digits=1)} µs, shadow "
+                  f"decision and log record {figure(costs.get('shadow_us_p50'), digits=1)} µs."]
     if run.get("summary") and keep is None:
         lines += ["", "```", *run["summary"], "```"]
     return "\n".join(lines)
@@ -990,20 +997,20 @@ def _router_bench(path: str, run: Mapping[str, Any]) -> str:
         if "b1" not in e:
             lines.append(f"| {name} | skipped: {e.get('skipped', '?')} | | | |")
             continue
-        lines.append(f"| {name} | {_num(e['b1']['p50_ms'])} / {_num(e['b1']['p99_ms'])} | "
-                     f"{_num(e['b32']['p50_ms'])} | {_num(e['b32'].get('per_text_ms'))} | "
-                     f"{_num(e.get('cosine_to_onnx_min'), digits=4)} |")
+        lines.append(f"| {name} | {figure(e['b1']['p50_ms'])} / {figure(e['b1']['p99_ms'])} | "
+                     f"{figure(e['b32']['p50_ms'])} | {figure(e['b32'].get('per_text_ms'))} | "
+                     f"{figure(e.get('cosine_to_onnx_min'), digits=4)} |")
     lines += ["", "| family | batch 1 p50 | batch 1 p99 | batch 32 p50 | per query in batch 32 |",
               "|---|---:|---:|---:|---:|"]
     for name, f in sorted((run.get("families") or {}).items()):
         if "b1" not in f:
             lines.append(f"| {name} | skipped: {f.get('skipped', '?')} | | | |")
             continue
-        lines.append(f"| {name} | {_num(f['b1']['p50_ms'])} | {_num(f['b1']['p99_ms'])} | "
-                     f"{_num(f['b32']['p50_ms'])} | {_num(f['b32'].get('per_query_ms'))} |")
+        lines.append(f"| {name} | {figure(f['b1']['p50_ms'])} | {figure(f['b1']['p99_ms'])} | "
+                     f"{figure(f['b32']['p50_ms'])} | {figure(f['b32'].get('per_query_ms'))} |")
     cache = run.get("cache") or {}
     parts = [f"{k} " + (f"skipped ({v['skipped']})" if "skipped" in v else
-                        f"{_num(v.get('p50_ms'))} p50 / {_num(v.get('p99_ms'))} p99")
+                        f"{figure(v.get('p50_ms'))} p50 / {figure(v.get('p99_ms'))} p99")
              for k, v in cache.items()]
     lines += ["", "Decision cache, hit (ms): " + "; ".join(parts) + "."]
     b = run.get("batching") or {}
@@ -1086,8 +1093,8 @@ def _embedder_rows(run: Mapping[str, Any]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in sorted(set(lengths) | set(tput)):
         by = lengths.get(name, {})
-        cells = [f"{_num(by[str(n)]['decision']['p50_ms'])} / "
-                 f"{_num(by[str(n)]['decision']['p99_ms'])}" if str(n) in by else "-"
+        cells = [f"{figure(by[str(n)]['decision']['p50_ms'])} / "
+                 f"{figure(by[str(n)]['decision']['p99_ms'])}" if str(n) in by else "-"
                  for n in ns]
         t = tput.get(name, {})
         cells += [str(round(t[k]["prompts_per_s"])) if k in t else "-"

@@ -59,6 +59,7 @@ import numpy as np
 
 from evals import metrics as M
 from evals.provenance import git_state, provenance, seed_list
+from evals.report import figure
 from routers.base import (
     Router,
     RouterError,
@@ -1278,17 +1279,7 @@ def _machine() -> dict[str, Any]:
             "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()}
 
 
-def _fmt(v: Any, std: Any = None, pct: bool = False) -> str:
-    if v is None:
-        return "-"
-    small = v != 0 and abs(v) < 0.01  # USD costs per query
-    s = f"{v:.3g}" if small else f"{v:.3f}"
-    if std is not None and std > 0:
-        s += f" ± {std:.3g}" if small else f" ± {std:.3f}"
-    return s
-
-
-def cell(r: Mapping[str, Any], key: str, fmt: Callable[..., str] = _fmt) -> str:
+def cell(r: Mapping[str, Any], key: str, fmt: Callable[..., str] = figure) -> str:
     """One figure as text: mean ± std, and ``(reached k/n)`` for figures a seed may lack."""
     s = fmt(r.get(key), r.get(f"{key}_std"))
     if f"{key}_reached" in r and r.get("n_seeds"):
@@ -1308,7 +1299,7 @@ def ordered_rows(res: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
     return rows
 
 
-def summary_table(res: Mapping[str, Any], fmt: Callable[..., str] = _fmt) -> str:
+def summary_table(res: Mapping[str, Any], fmt: Callable[..., str] = figure) -> str:
     """A Markdown table of the headline figures of every router and baseline."""
     two = len(res["table"]["models"]) == 2
     cols = (["val_apgr", "apgr", "cpt50", "cpt80"] if two else ["val_aiq"]) + [
