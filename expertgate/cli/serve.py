@@ -739,6 +739,14 @@ def cmd_logs_export(args: argparse.Namespace) -> int:
     # feedback file of the live log, where the gateway writes every rating
     fb = list(args.feedback_path) if args.feedback_path else [s.feedback_file] \
         if args.log_path is None else list(dict.fromkeys(map(feedback_path_for, log_paths)))
+    # a feedback file the user names is one they mean to read: a missing one (a typo, a
+    # rotated copy already gone) is a usage error, not a silently smaller join; only the
+    # default file may be absent (a gateway that has received no rating yet)
+    missing = [f for f in args.feedback_path or [] if not f.exists()]
+    if missing:
+        print(f"expertgate logs export: --feedback-path: no such file: "
+              f"{', '.join(map(str, missing))}", file=sys.stderr)
+        return 2
     for lp in [] if redis_url else log_paths:
         why = ("no routing log at {} (and no Redis URL)" if not lp.exists() else
                "{} is the feedback file (ratings), not a routing log"
