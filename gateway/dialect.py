@@ -28,6 +28,10 @@ to requests every OpenAI client sends, and ignored some fields silently; the rew
 - a completion's list ``prompt`` of one text becomes that text; a batch of texts or token ids
   is a 400 (it answered a 500 with an empty message).
 
+What a dialect cannot carry is an :class:`~gateway.errors.UnsupportedByExpert`: the
+dispatcher then tries the chain's next expert (an ensemble, its other members), and the 400
+reaches the client only when no expert of the chain can serve the request.
+
 A completion's ``best_of`` is left as sent: it is ignored there (one sample, not the best of
 several), but the answer has the shape the client asked for.
 """
@@ -37,7 +41,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
-from gateway.errors import InvalidRequest
+from gateway.errors import InvalidRequest, UnsupportedByExpert
 
 __all__ = ["DIALECTS", "Dialect", "adapt"]
 
@@ -58,9 +62,9 @@ def adapt(payload: dict[str, Any], dialect: str, expert: str) -> dict[str, Any]:
     return DIALECTS[dialect](payload, expert)
 
 
-def _unsupported(expert: str, what: str, param: str) -> InvalidRequest:
-    return InvalidRequest(f"{what}: the expert '{expert}' (a llama-cpp-python server) cannot "
-                          "serve it", param=param, code="unsupported_parameter")
+def _unsupported(expert: str, what: str, param: str) -> UnsupportedByExpert:
+    return UnsupportedByExpert(f"{what}: the expert '{expert}' (a llama-cpp-python server) "
+                               "cannot serve it", param=param)
 
 
 def _llama_cpp_python(payload: dict[str, Any], expert: str) -> dict[str, Any]:

@@ -67,7 +67,7 @@ from typing import Any
 import orjson
 
 from gateway.config import ExpertConfig, GatewayConfig
-from gateway.errors import UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import UnsupportedByExpert, UpstreamTimeout, UpstreamUnavailable
 from gateway.metrics import Metrics
 from gateway.upstream_http import UpstreamHTTP
 from gateway.upstreams import (
@@ -185,6 +185,7 @@ class Attempt:
     expert: str
     replica: str
     # ok | connect | timeout | status | protocol | circuit_open | client_error | request_error
+    # | unsupported (the expert's dialect cannot carry the request: not sent)
     outcome: str
     #: upstream time: from the call's start, once its concurrency slots were held
     ms: float
@@ -522,6 +523,9 @@ class Dispatcher:
         last: UpstreamFailure | None = None
         #: the expert and replica of the last 404: its answer, when nothing else answers
         missing: tuple[ExpertConfig, str] | None = None
+        #: the first expert's refusal of what its dialect cannot carry (an image part to a
+        #: llama.cpp server): the answer when no later expert of the chain can serve it
+        unsupported: UnsupportedByExpert | None = None
         retry = self.retry
         t_first = time.monotonic()
         for k, name in enumerate(chain):
@@ -560,7 +564,14 @@ class Dispatcher:
                 if body is None and expert.kind == "openai":
                     # before the breaker is asked: a request that cannot be serialised (too
                     # deeply nested) fails here without taking a half-open probe slot
-                    body = body_for(expert)
+                    try:
+                        body = body_for(expert)
+                    except UnsupportedByExpert as e:
+                        # this expert's server cannot read it; the chain's next may (a
+                        # fallback serving images): a fallback, nothing sent, no breaker
+                        attempts.append(Attempt(name, "", "unsupported", 0.0, 400))
+                        unsupported = unsupported or e
+                        break
                 if not rep.breaker.allow():
                     if not again:
                         attempts.append(Attempt(name, rep.base, "circuit_open", 0.0))
@@ -646,6 +657,9 @@ class Dispatcher:
                 outcome = "ok" if reply.status < 400 else "client_error"
                 attempts.append(Attempt(name, rep.base, outcome, ms, reply.status, queue_ms))
                 return DispatchResult(expert, rep.base, reply, attempts)
+        if last is None and unsupported is not None and all(
+                a.outcome == "unsupported" for a in attempts):
+            raise unsupported
         if last is None:
             # the client's SDK honours retry-after: the wait until the first circuit of the
             # chain lets a probe through, not an immediate retry into open circuits

@@ -51,6 +51,7 @@ __all__ = [
     "RequestTimeout",
     "ServiceUnavailable",
     "UnknownModel",
+    "UnsupportedByExpert",
     "UnsupportedMediaType",
     "UpstreamError",
     "UpstreamTimeout",
@@ -88,6 +89,13 @@ class RequestError(GatewayError):
 
 class InvalidRequest(RequestError):
     pass
+
+
+class UnsupportedByExpert(InvalidRequest):
+    """A request one expert's server cannot carry (its dialect, :mod:`gateway.dialect`): a
+    400 when no other expert of the chain can serve it; the dispatcher tries the next one."""
+
+    code = "unsupported_parameter"
 
 
 class AuthenticationFailed(RequestError):

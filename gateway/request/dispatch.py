@@ -22,7 +22,7 @@ import orjson
 from gateway import exactjson
 from gateway.dialect import adapt
 from gateway.dispatch import Dispatcher, DispatchResult
-from gateway.errors import InvalidRequest, UpstreamError
+from gateway.errors import InvalidRequest, UnsupportedByExpert, UpstreamError
 from gateway.messages import MessageTexts, message_texts
 from gateway.request.context import RequestContext
 
@@ -179,6 +179,8 @@ async def _ensemble(gw: Gateway, ctx: RequestContext) -> DispatchResult:
 
     outcome: dict[str, str] = {}
     rejected: list[DispatchResult] = []
+    #: members whose dialect cannot carry the request (nothing sent): the others answer
+    unsupported: list[UnsupportedByExpert] = []
 
     async def one(name: str) -> tuple[str, str | None, DispatchResult | None]:
         try:
@@ -188,6 +190,10 @@ async def _ensemble(gw: Gateway, ctx: RequestContext) -> DispatchResult:
         except UpstreamError as e:
             log.warning("ensemble member %s failed: %s", name, e)
             outcome[name] = e.code
+            return name, None, None
+        except UnsupportedByExpert as e:
+            outcome[name] = "unsupported"
+            unsupported.append(e)
             return name, None, None
         if res.reply.status != 200:
             log.warning("ensemble member %s answered %d", name, res.reply.status)
@@ -215,12 +221,14 @@ async def _ensemble(gw: Gateway, ctx: RequestContext) -> DispatchResult:
     if not got:
         said = ", ".join(f"{n}:{outcome.get(n, 'empty')}" for n in p.chain)
         ctx.reason = f"{d.reason}; every ensemble member failed ({said})"
-        if rejected and len(rejected) == len(p.chain):
+        if rejected and len(rejected) + len(unsupported) == len(p.chain):
             # every member refused the request itself (4xx): its own error, as a single
             # expert's would be, not a 502 the client's SDK retries
             first = rejected[0]
             ctx.expert, ctx.replica = first.expert.name, first.replica
             return first
+        if len(unsupported) == len(p.chain):
+            raise unsupported[0]
         ctx.degraded.append("ensemble-failed")
         raise UpstreamError(f"every ensemble member failed ({said})", code="ensemble_failed")
     ctx.members = [n for n, _, _ in got]
@@ -248,8 +256,9 @@ async def _ensemble(gw: Gateway, ctx: RequestContext) -> DispatchResult:
             res.reply.release()
             raise UpstreamError(f"the aggregator {res.expert.name} answered "
                                 f"{res.reply.status}")
-    except UpstreamError as e:
-        # the members answered: their best answer beats an error
+    except (UpstreamError, UnsupportedByExpert) as e:
+        # the members answered: their best answer beats an error (or an aggregator that
+        # cannot read the request, an image part to a llama.cpp server)
         name, answer, best = got[0]
         assert best is not None and answer is not None
         log.warning("ensemble aggregation failed (%s); answering with %s", e, name)
