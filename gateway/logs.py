@@ -343,26 +343,29 @@ def _iter_stream(redis_url: str, stream: str, *, warn: bool = True
     """The records of a Redis stream, read 10,000 entries at a time."""
     import redis
 
-    r = redis.Redis.from_url(redis_url)
+    # bounded: an unreachable host is an error in seconds, not after the kernel's retries
+    r = redis.Redis.from_url(redis_url, socket_connect_timeout=5)
     last = "-"
-    while True:
-        chunk = r.xrange(stream, min=last, max="+", count=10_000)
-        if last != "-" and chunk:
-            chunk = chunk[1:]
-        if not chunk:
-            break
-        for _id, fields in chunk:
-            try:
-                rec = orjson.loads(fields.get(b"r", b""))  # type: ignore[union-attr]
-            except orjson.JSONDecodeError:
-                rec = None
-            if isinstance(rec, dict):
-                yield rec
-            elif warn:  # as a malformed line of the JSONL log: skipped, said
-                log.warning("skipping a malformed entry %s in the Redis stream %s",
-                            _id.decode() if isinstance(_id, bytes) else _id, stream)
-        last = chunk[-1][0].decode()  # type: ignore[union-attr]
-    r.close()
+    try:
+        while True:
+            chunk = r.xrange(stream, min=last, max="+", count=10_000)
+            if last != "-" and chunk:
+                chunk = chunk[1:]
+            if not chunk:
+                break
+            for _id, fields in chunk:
+                try:
+                    rec = orjson.loads(fields.get(b"r", b""))  # type: ignore[union-attr]
+                except orjson.JSONDecodeError:
+                    rec = None
+                if isinstance(rec, dict):
+                    yield rec
+                elif warn:  # as a malformed line of the JSONL log: skipped, said
+                    log.warning("skipping a malformed entry %s in the Redis stream %s",
+                                _id.decode() if isinstance(_id, bytes) else _id, stream)
+            last = chunk[-1][0].decode()  # type: ignore[union-attr]
+    finally:
+        r.close()
 
 
 def read_records(*, redis_url: str | None = None, path: Path | None = None

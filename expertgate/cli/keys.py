@@ -97,6 +97,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     import redis
     from pydantic import ValidationError
 
+    from expertgate.cli._redis import redis_failure
     from gateway.auth import KEY_PREFIX, hash_key, key_record
     from gateway.config import APIKeyConfig
 
@@ -136,6 +137,9 @@ def cmd_add(args: argparse.Namespace) -> int:
         record: dict[Any, Any] = dict(key_record(cfg))
         pipe.hset(KEY_PREFIX + digest, mapping=record)
         pipe.execute()
+    except redis.RedisError as e:  # the environment's, as a bad --redis-url: exit 2
+        print(redis_failure("keys add", url, e, "the key is not stored"), file=sys.stderr)
+        return 2
     finally:
         r.close()
     role = "admin" if cfg.admin else "tenant"
@@ -179,6 +183,7 @@ def _names_known(key: Any, args: argparse.Namespace) -> bool:
 def cmd_revoke(args: argparse.Namespace) -> int:
     import redis
 
+    from expertgate.cli._redis import redis_failure
     from gateway.auth import KEY_PREFIX, hash_key
 
     url = _redis_url(args, "revoke")
@@ -188,6 +193,9 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     r = redis.Redis.from_url(url)
     try:
         n = r.delete(KEY_PREFIX + digest)
+    except redis.RedisError as e:
+        print(redis_failure("keys revoke", url, e, "the key is not revoked"), file=sys.stderr)
+        return 2
     finally:
         r.close()
     print(f"{'revoked' if n else 'no such key'}: {KEY_PREFIX}{digest}")

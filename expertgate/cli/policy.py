@@ -144,17 +144,20 @@ def _identity(path: Path, policy: str) -> str:
 
 
 def _record(url: str, policy: str, identity: str, action: str) -> str | None:
-    """Record the end in Redis; None, or why it failed."""
+    """Record the end in Redis; None, or the line that says which Redis failed and why.
+    The file is written by then: exit 1 (as a failed reload), not 2 (nothing done)."""
     import redis
 
+    from expertgate.cli._redis import redis_failure
     from gateway.canary_sync import record_end
-    from gateway.redact import redact
 
     r = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
     try:
         record_end(r, policy, identity, action)
     except redis.RedisError as e:
-        return f"{redact(url)}: {type(e).__name__}: {redact(str(e))}"
+        return redis_failure(f"policy {action}", url, e, "the end is not recorded there; "
+                             "the file is written: reload every gateway (SIGHUP or POST "
+                             "/admin/reload)")
     finally:
         r.close()
     return None
@@ -202,8 +205,7 @@ def _run(args: argparse.Namespace) -> int:
                   "canary sync interval (EXPERTGATE_CANARY_SYNC_S) and reads its "
                   "configuration file again")
         else:
-            print(f"recording the end in Redis failed ({why}); the file is written: reload "
-                  "every gateway (SIGHUP or POST /admin/reload)", file=sys.stderr)
+            print(why, file=sys.stderr)
             rc = 1
     elif not redis_url:
         print("no Redis URL (--redis-url, EXPERTGATE_REDIS_URL): other gateways learn of "

@@ -726,6 +726,9 @@ def _unread_rotated_feedback(read: list[Path]) -> list[tuple[Path, Path]]:
 
 
 def cmd_logs_export(args: argparse.Namespace) -> int:
+    import redis
+
+    from expertgate.cli._redis import redis_failure
     from gateway.logs import export_routing_log, feedback_path_for
 
     bad = _export_target_problem(args.out)
@@ -759,6 +762,10 @@ def cmd_logs_export(args: argparse.Namespace) -> int:
                                 feedback_path=fb, tenant=args.tenant)
     except (OSError, EOFError) as e:  # a .gz that is no gzip: LogReadError names the file
         print(f"expertgate logs export: {e}", file=sys.stderr)
+        return 2
+    except redis.RedisError as e:  # the environment's, as a log file that cannot be read
+        print(redis_failure("logs export", str(redis_url), e, f"{args.out} not written"),
+              file=sys.stderr)
         return 2
     skipped = [f"{k} {what}" for k, what in (
         (st.malformed_lines, "malformed log line(s)"),
