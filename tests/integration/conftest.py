@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 import yaml
 
@@ -119,6 +120,16 @@ def llama_experts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalExp
             s.stop()
 
 
+@pytest.fixture(scope="module")
+def client(gateway: GatewayServer) -> Iterator[openai.OpenAI]:
+    """The OpenAI SDK in front of the module's own ``gateway`` fixture (a real ``serve``),
+    without retries: a test sees each answer as the gateway gave it."""
+    c = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", timeout=120.0,
+                      max_retries=0)
+    yield c
+    c.close()
+
+
 @contextlib.contextmanager
 def serve_coder(tmp_path: Path, **double: Any) -> Iterator[tuple[GatewayServer, ThreadedDouble]]:
     """A real ``expertgate serve`` on a free loopback port in front of one upstream double
@@ -127,11 +138,9 @@ def serve_coder(tmp_path: Path, **double: Any) -> Iterator[tuple[GatewayServer, 
     up = ThreadedDouble("coder", **double)
     cfg = tmp_path / "gw.yaml"
     cfg.write_text(yaml.safe_dump({"experts": [{"name": "coder", "api_base": up.base}]}))
-    gw = GatewayServer(cfg, log_path=tmp_path / "gw.log", routing_log=tmp_path / "log.jsonl",
-                       check_upstreams=False)
-    gw.start()
     try:
-        yield gw, up
+        with GatewayServer(cfg, log_path=tmp_path / "gw.log", routing_log=tmp_path / "log.jsonl",
+                           check_upstreams=False) as gw:
+            yield gw, up
     finally:
-        gw.stop()
         up.stop()

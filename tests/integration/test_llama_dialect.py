@@ -46,18 +46,8 @@ def gateway(llama_experts: LocalExperts, tmp_path_factory: pytest.TempPathFactor
     data["experts"].append({"name": "smollm2-raw", "model": "smollm2", "timeout_s": 60,
                             "api_base": f"http://127.0.0.1:{llama_experts.ports['smollm2']}/v1"})
     cfg.write_text(yaml.safe_dump(data), encoding="utf-8")
-    gw = GatewayServer(cfg, log_path=work / "gateway.log", routing_log=work / "log.jsonl")
-    gw.start()
-    yield gw
-    gw.stop()
-
-
-@pytest.fixture(scope="module")
-def client(gateway: GatewayServer) -> Iterator[openai.OpenAI]:
-    c = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", timeout=120.0,
-                      max_retries=0)
-    yield c
-    c.close()
+    with GatewayServer(cfg, log_path=work / "gateway.log", routing_log=work / "log.jsonl") as gw:
+        yield gw
 
 
 def _chat(client: openai.OpenAI, messages: list[Any], model: str = "smollm2",

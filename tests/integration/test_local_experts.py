@@ -26,18 +26,8 @@ def gateway(llama_experts: LocalExperts, tmp_path_factory: pytest.TempPathFactor
             ) -> Iterator[GatewayServer]:
     work = tmp_path_factory.mktemp("gateway")
     cfg = local_config(DEMO_CONFIG, work / "demo.yaml", llama_experts.ports)
-    gw = GatewayServer(cfg, log_path=work / "gateway.log", routing_log=work / "log.jsonl")
-    gw.start()
-    yield gw
-    gw.stop()
-
-
-@pytest.fixture(scope="module")
-def client(gateway: GatewayServer) -> Iterator[openai.OpenAI]:
-    c = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", timeout=120.0,
-                      max_retries=0)
-    yield c
-    c.close()
+    with GatewayServer(cfg, log_path=work / "gateway.log", routing_log=work / "log.jsonl") as gw:
+        yield gw
 
 
 def _ask(client: openai.OpenAI, model: str, text: str, stream: bool = False

@@ -110,13 +110,9 @@ def _serving(tmp_path: Path, expert: dict[str, Any]) -> Iterator[tuple[GatewaySe
     before a SIGHUP); stopped at the end."""
     path = tmp_path / "gw.yaml"
     path.write_text(yaml.safe_dump({"experts": [expert]}))
-    gw = GatewayServer(path, log_path=tmp_path / "gw.log", routing_log=tmp_path / "log.jsonl",
-                       check_upstreams=False)
-    gw.start()
-    try:
+    with GatewayServer(path, log_path=tmp_path / "gw.log", routing_log=tmp_path / "log.jsonl",
+                       check_upstreams=False) as gw:
         yield gw, path
-    finally:
-        gw.stop()
 
 
 def _reload(gw: GatewayServer, path: Path, expert: dict[str, Any]) -> None:
