@@ -4,7 +4,7 @@ Layout of an artifact folder::
 
     router.json   {format: "expertgate-router", format_version: 1, type, version, params,
                    json_state, data_hash, embedder, [embedder_spec], dim, metrics, created,
-                   files: {name: sha256}}
+                   [provenance], files: {name: sha256}}
     arrays.npz    the router's ``_array_attrs`` (loaded with ``allow_pickle=False``), and
                   what its ``_extra_arrays()`` adds (a quality router's cost model, as
                   ``cost_model.*``; ``_restore_arrays`` reads it back, and an artifact
@@ -139,13 +139,17 @@ def check_artifact_target(path: str | Path) -> Path:
 
 def save_router(router: Router, path: str | Path, *, metrics: Mapping[str, Any] | None = None,
                 data_hash: str | None = None, embedder: str | None = None,
-                embedder_spec: Mapping[str, Any] | None = None) -> Path:
+                embedder_spec: Mapping[str, Any] | None = None,
+                provenance: Mapping[str, Any] | None = None) -> Path:
     """Write ``router`` (fitted) to the folder ``path`` and return the folder.
 
     ``embedder`` is the name of the embedder the router was trained with (the gateway refuses
     the artifact with another); ``embedder_spec`` (``{"kind": ..., "options": {...}}``, as a
     gateway config's ``embedder:``) how to build it, so a config without ``embedder:``
-    serves the artifact with it (:func:`gateway.config.resolve_embedder`).
+    serves the artifact with it (:func:`gateway.config.resolve_embedder`). ``provenance``
+    (what ``expertgate train`` knows of the run: commit, dirty tree, command line, data
+    sha256; :func:`evals.provenance.provenance`) is recorded as it is, and left out of the
+    version (:func:`artifact_version`) as the metrics are.
 
     The folder is written in a temporary sibling and moved into place, so a reader never
     sees half an artifact. An existing artifact at ``path`` is replaced (put back if the new
@@ -195,6 +199,7 @@ def save_router(router: Router, path: str | Path, *, metrics: Mapping[str, Any] 
             "dim": _jsonable(getattr(router, "dim_", None)),
             "metrics": _jsonable(dict(metrics or {})),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            **({"provenance": _jsonable(dict(provenance))} if provenance else {}),
             "files": files,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True,
@@ -298,9 +303,10 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 
 
 #: manifest entries that describe a training run rather than the router it produced (its
-#: wall-clock creation time, the metrics with their timings): left out of the version, so the
-#: same data, seed and parameters give the same version however long training took
-_UNVERSIONED = frozenset({"created", "metrics"})
+#: wall-clock creation time, the metrics with their timings, the provenance: the commit, the
+#: command line, where the data lay): left out of the version, so the same data, seed and
+#: parameters give the same version however long training took, and whoever ran it how
+_UNVERSIONED = frozenset({"created", "metrics", "provenance"})
 
 
 def artifact_version(path: str | Path) -> str:

@@ -223,7 +223,7 @@ def train_router(name: str, table: RoutingTable, X: np.ndarray, *,
                  embedder_spec: Mapping[str, Any] | None = None, latency: bool = False,
                  apgr: ApgrFn | None = None,
                  auto_candidates: Sequence[tuple[str, Mapping[str, Any]]] | None = None,
-                 refit: bool = False,
+                 refit: bool = False, provenance: Mapping[str, Any] | None = None,
                  log: Callable[[str], None] = lambda s: None) -> TrainResult:
     """Split by prompt, fit on train, measure on validation and test, save to ``out``.
 
@@ -239,7 +239,8 @@ def train_router(name: str, table: RoutingTable, X: np.ndarray, *,
     ``X`` holds one embedding per prompt of ``table``. ``embedder`` is passed to ``fit`` of
     routers that accept it (the guard embeds its unsafe seeds with it). ``latency`` adds
     :func:`decision_latency` on the test (else validation, else train) prompts. ``apgr``
-    is passed to :func:`evaluate_router`.
+    is passed to :func:`evaluate_router`. ``provenance`` (the commit, the command line, the
+    data's sha256) goes into the artifact's ``router.json``, outside its version.
     """
     X = np.asarray(X, dtype=np.float32)
     if X.ndim != 2 or X.shape[0] != len(table):
@@ -297,6 +298,9 @@ def train_router(name: str, table: RoutingTable, X: np.ndarray, *,
         metrics["latency"] = decision_latency(router, X[part], [table.prompts[i] for i in part])
     path = None
     if out is not None:
-        path = router.save(out, metrics=metrics, data_hash=table.content_hash(),
-                           embedder=embedder_name, embedder_spec=embedder_spec)
+        from routers.artifacts import save_router
+
+        path = save_router(router, out, metrics=metrics, data_hash=table.content_hash(),
+                           embedder=embedder_name, embedder_spec=embedder_spec,
+                           provenance=provenance)
     return TrainResult(router, metrics, path)

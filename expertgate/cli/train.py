@@ -333,6 +333,7 @@ def _debiased(args: argparse.Namespace) -> Any:
 
 def _train(args: argparse.Namespace) -> int:
     from evals.metrics import apgr_of_advantage
+    from evals.provenance import git_state, provenance
     from routers.base import RouterError
     from routers.embed import (
         EmbedderError,
@@ -344,6 +345,7 @@ def _train(args: argparse.Namespace) -> int:
     from routers.train import parse_params, train_router
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    git = git_state()  # the code that runs, before minutes in which the tree may change
     stage = "check"
     try:
         if args.out is not None:  # before minutes of work: never over the user's files
@@ -407,6 +409,10 @@ def _train(args: argparse.Namespace) -> int:
             embedder, X, candidates = _choose_embedder(embedded, table, args)
         kind = kinds[[e for e, _ in embedded].index(embedder)]
         options = _embedder_options(args, kind)
+        # what made the artifact, in its router.json (outside its version) and --metrics-json
+        prov = json.loads(json.dumps(provenance(
+            data=_data_paths(args), embedder=embedder, seeds={"used": [args.seed]},
+            command=_command_line(args), git=git), default=str))
         print(f"fitting {args.router} ...", file=sys.stderr, flush=True)
         stage = "fit"
         result = train_router(args.router, table, X, params=params, seed=args.seed,
@@ -415,6 +421,7 @@ def _train(args: argparse.Namespace) -> int:
                               embedder_spec={"kind": kind, "options": options},
                               latency=args.latency, refit=args.refit,
                               apgr=apgr_of_advantage, auto_candidates=candidates,
+                              provenance=prov,
                               log=lambda s: print(s, file=sys.stderr, flush=True))
     except (RouterError, EmbedderError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -438,11 +445,7 @@ def _train(args: argparse.Namespace) -> int:
     else:
         _print_metrics(result.metrics)
     if args.metrics_json:
-        from evals.provenance import provenance
-
-        doc = {**result.metrics, "provenance": provenance(
-            data=_data_paths(args), embedder=embedder, seeds={"used": [args.seed]},
-            command=_command_line(args))}
+        doc = {**result.metrics, "provenance": prov}
         dest = Path(args.metrics_json)
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_text(json.dumps(doc, indent=1, allow_nan=False, default=str) + "\n")
