@@ -64,6 +64,10 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 #: a run of slashes in a request's path (``//v1/chat/completions``), read as one
 _SLASHES = re.compile(r"/{2,}")
+#: an Azure deployment path without its deployment (the SDK given an empty model): merging
+#: its slashes would read ``/deployments//chat/completions`` as the completions of a
+#: deployment named ``chat``
+_NO_DEPLOYMENT = re.compile(r"/deployments//")
 #: paths outside the API whose readers a setting names (/healthz is always open; /readyz
 #: hides its checks from callers below ``readyz_auth``, in gateway/api/health.py)
 _GATED = {"/metrics": "metrics_auth", "/docs": "docs_auth", "/redoc": "docs_auth",
@@ -746,16 +750,18 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
                 await handle(gw, scope, receive, send, ep)
                 return
             # the aliases, looked up only once the /v1 paths missed (nothing more on those)
+            deployed = True
             if "//" in path:
                 # a client's trailing-slash base URL + "/v1/...": merged as nginx does by
                 # default (merge_slashes), before the gated paths are looked up
+                deployed = _NO_DEPLOYMENT.search(path) is None
                 path = scope["path"] = _SLASHES.sub("/", path)
             if post:
                 ep = ENDPOINTS.get(path.rstrip("/"))  # POST /v1/chat/completions/
                 if ep is not None:
                     await handle(gw, scope, receive, send, ep)
                     return
-                azure = azure_route(path)
+                azure = azure_route(path) if deployed else None
                 if azure is not None:  # /openai/deployments/{model}/chat/completions
                     await handle(gw, scope, receive, send, *azure)
                     return
