@@ -51,7 +51,8 @@ async def dispatch(gw: Gateway, ctx: RequestContext) -> DispatchResult:
     disp = _dispatcher(gw, ctx)
     res = await disp.call(
         p.chain, _PATHS[ctx.endpoint], body,
-        _body_for(body, b"" if p.rewrite else ctx.raw, p.model),
+        _body_for(body, b"" if p.rewrite else ctx.raw, p.model,
+                  ask_usage=ctx.stream and not wants_usage(body)),
         stream=ctx.stream,
         # the key only orders replicas: not built when every expert of the chain has one
         affinity=affinity_key(body, ctx.endpoint, ctx.message_texts())
@@ -120,15 +121,39 @@ def _note_answer(gw: Gateway, ctx: RequestContext, res: DispatchResult, chain: l
         gw.metrics.fallbacks.labels(ctx.policy or "-", "upstream").inc()
 
 
-def _body_for(payload: dict[str, Any], raw: bytes, requested: str
+def wants_usage(body: dict[str, Any]) -> bool:
+    """The client asked for a stream's usage event (``stream_options.include_usage``)."""
+    opts = body.get("stream_options")
+    return isinstance(opts, dict) and opts.get("include_usage") is True
+
+
+#: what a stream's request gains when its client asked for no usage event: the upstream's
+#: own usage counts in the log, the cost and the token budget (the event is taken out of the
+#: client's stream again, gateway/request/respond.py)
+_ASK_USAGE = b'{"stream_options":{"include_usage":true},'
+
+
+def _body_for(payload: dict[str, Any], raw: bytes, requested: str, *, ask_usage: bool = False
               ) -> Callable[[Any], bytes]:
     """The request bytes for an expert: the client's own bytes when its model name is the
     one the client sent and nothing was rewritten, else ``payload`` with the expert's model
     name, serialised once per name; an expert whose server speaks another dialect than
     OpenAI's gets ``payload`` adapted to it (:func:`gateway.dialect.adapt`: a 400 for what
-    it cannot serve), once per name and dialect."""
+    it cannot serve), once per name and dialect. ``ask_usage`` (a stream whose client asked
+    for no usage event): an OpenAI-dialect expert is asked for its usage event, the client's
+    bytes behind ``stream_options`` (no re-serialisation) unless the client's body has
+    ``stream_options`` of its own; a llama-cpp-python server sends none, so is not asked."""
     cache: dict[str, bytes] = {}
     adapted: dict[tuple[str, str], bytes] = {}
+    client = payload  # as the client sent it: what another dialect is adapted from
+    if ask_usage:
+        opts = payload.get("stream_options")
+        payload = {**payload, "stream_options": {**(opts if isinstance(opts, dict) else {}),
+                                                 "include_usage": True}}
+        if "stream_options" in client:  # the client's own (include_usage false, null)
+            raw = b""
+        elif raw:
+            raw = _ASK_USAGE + raw.lstrip()[1:]  # a validated body: an object with a model
 
     def body_for(expert: Any) -> bytes:
         name = expert.upstream_model
@@ -136,7 +161,7 @@ def _body_for(payload: dict[str, Any], raw: bytes, requested: str
             key = (name, expert.dialect)
             b = adapted.get(key)
             if b is None:
-                b = adapted[key] = _dumps(adapt(payload, expert.dialect, expert.name), name)
+                b = adapted[key] = _dumps(adapt(client, expert.dialect, expert.name), name)
             return b
         b = cache.get(name)
         if b is None:

@@ -31,7 +31,7 @@ from gateway.errors import GatewayError, InvalidRequest
 from gateway.messages import answers_asked
 from gateway.ratelimit import estimate_tokens
 from gateway.request.context import RequestContext, header_value
-from gateway.request.dispatch import usage_of
+from gateway.request.dispatch import usage_of, wants_usage
 from gateway.request.read import ClientDisconnected
 from gateway.upstreams import SSECheck, UpstreamProtocolError
 
@@ -268,8 +268,11 @@ async def _stream(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
     if sse is None:
         sse = SSECheck()
         sse.feed(reply.first)
-    opts = ctx.body.get("stream_options")
-    want_usage = isinstance(opts, dict) and opts.get("include_usage") is True
+    want_usage = wants_usage(ctx.body)
+    # an OpenAI-dialect expert was asked for its usage event though the client was not
+    # (gateway/request/dispatch.py): it counts, and is taken out of the client's stream
+    unasked = not want_usage and res.expert.kind == "openai" and \
+        res.expert.dialect == "openai"
     p = ctx.plan
     rw = _ModelRewrite(p.model) if p is not None and p.rt is not None and \
         p.rt.config.rewrite_model else None
@@ -288,6 +291,9 @@ async def _stream(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
                 buf = held + chunk if held else chunk
                 cut = buf.rfind(b"\n") + 1
                 chunk, held = buf[:cut], buf[cut:]
+            if unasked and sse.usage is not None:
+                chunk, found = _without_usage_event(chunk)
+                unasked = not found
             if want_usage and sse.done and sse.usage is None and sse.error is None and \
                     b"data: [DONE]" in chunk:
                 i = chunk.index(b"data: [DONE]")
@@ -447,6 +453,26 @@ class _ModelRewrite:
         return b"data: " + exactjson.dumps(ev) + (b"\r" if line.endswith(b"\r") else b"")
 
 
+def _without_usage_event(chunk: bytes) -> tuple[bytes, bool]:
+    """``chunk`` without the usage event (``"choices":[]`` and ``"usage":{``, with its
+    blank line), and whether it held one: what a client that asked for none must not get."""
+    i = chunk.find(b'"choices":[]')
+    if i < 0:
+        i = chunk.find(b'"choices": []')
+        if i < 0:
+            return chunk, False
+    start = chunk.rfind(b"\n", 0, i) + 1
+    end = chunk.find(b"\n", i) + 1  # the event's line (the chunk holds whole lines)
+    if end == 0 or b'"usage":' not in chunk[start:end] or \
+            not chunk.startswith(b"data:", start):
+        return chunk, False
+    for blank in (b"\n", b"\r\n"):  # and the blank line that ends the event
+        if chunk.startswith(blank, end):
+            end += len(blank)
+            break
+    return chunk[:start] + chunk[end:], True
+
+
 def _estimate(ctx: RequestContext, sse: SSECheck) -> tuple[int, int]:
     """The stream's usage counted by the gateway (see :func:`_stream`), noted as such in
     the routing log (``usage-estimated``)."""
@@ -491,9 +517,8 @@ def _refusal(payload: dict[str, Any], endpoint: str, message: str, policy: str,
     rid = id_prefix + uuid.uuid4().hex[:24]
     now = int(time.time())
     k = answers_asked(payload, endpoint)  # one choice per prompt and per n, as upstreams do
-    opts = payload.get("stream_options")
     tail = b""
-    if stream and isinstance(opts, dict) and opts.get("include_usage") is True:
+    if stream and wants_usage(payload):
         obj = "chat.completion.chunk" if endpoint == "chat" else "text_completion"
         ev = {"id": rid, "object": obj, "created": now, "model": policy, "choices": [],
               "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1],
