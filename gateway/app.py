@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 
 from gateway.aio import stop_task
+from gateway.api import no_route
 from gateway.auth import Authenticator, RequestIds, reachable_experts
 from gateway.cache import DecisionCache, MemoryDecisionCache, RedisDecisionCache
 from gateway.canary import CanaryMonitor
@@ -765,6 +766,13 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
                 if azure is not None:  # /openai/deployments/{model}/chat/completions
                     await handle(gw, scope, receive, send, *azure)
                     return
+            elif ENDPOINTS.get(path.rstrip("/")) is not None or (
+                    deployed and azure_route(path) is not None):
+                # a POST endpoint the FastAPI part does not declare (/chat/completions, the
+                # Azure paths): a 405 saying so, as GET /v1/chat/completions gets, not a 404
+                # naming these very paths among those served
+                await _method_not_allowed(scope, send, path)
+                return
             gate = _GATED.get(path)
             if gate is not None and not await _gate_passed(gw, scope, send,
                                                            getattr(settings, gate)):
@@ -792,6 +800,15 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
     app.gateway = gw  # type: ignore[attr-defined]
     app.api = api  # type: ignore[attr-defined]
     return app
+
+
+async def _method_not_allowed(scope: Scope, send: Send, path: str) -> None:
+    err = GatewayError(no_route(scope["method"], path, 405, "POST"),
+                       code="method_not_allowed", headers={"allow": "POST"})
+    err.status, err.type = 405, "invalid_request_error"
+    await send({"type": "http.response.start", "status": 405, "headers": [
+        (b"content-type", b"application/json"), (b"allow", b"POST")]})
+    await send({"type": "http.response.body", "body": err.body()})
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

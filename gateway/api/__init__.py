@@ -19,7 +19,7 @@ from gateway.request.respond import error_of
 if TYPE_CHECKING:
     from gateway.app import Gateway
 
-__all__ = ["build_api"]
+__all__ = ["build_api", "no_route"]
 
 log = logging.getLogger("expertgate.api")
 
@@ -74,10 +74,14 @@ _SERVED = ("this gateway serves POST /v1/chat/completions, /v1/completions, /v1/
 def _no_route(request: Request, status: int, allow: str | None) -> str:
     """The message of a 404 for a path no endpoint serves, or of a 405 for a method the
     path does not take (Starlette's own: ``Not Found``, ``Method Not Allowed``)."""
-    path = request.url.path
+    return no_route(request.method, request.url.path, status, allow)
+
+
+def no_route(method: str, path: str, status: int, allow: str | None) -> str:
+    """:func:`_no_route`'s message for ``method`` and ``path``."""
     if len(path) > 200:
         path = f"{path[:200]}..."
-    where = f"{request.method} {path}"
+    where = f"{method} {path}"
     if status == 405 and allow:
         return f"Invalid method ({where}): {path} takes {allow}"
     return f"Invalid URL ({where}): {_SERVED}"

@@ -25,3 +25,27 @@ async def test_an_azure_path_without_its_deployment_is_not_another_endpoint(
         r = await c.post("http://gw//openai/deployments/auto//chat/completions",
                          json=chat("auto", "tell me a joke"))
         assert r.status_code == 200, r.text
+
+
+async def test_a_post_endpoints_alias_read_with_another_method_is_a_405(ups: Any,
+                                                                        tmp_path: Path) -> None:
+    # GET /v1/chat/completions was a 405 naming POST, but the same GET of the Azure path or
+    # of /chat/completions was a 404 'Invalid URL' listing the Azure paths as served
+    coder, chatter = ups
+    async with gateway_client(base_config(coder.base, chatter.base), tmp_path) as (c, _):
+        for method, path in (("GET", "/v1/chat/completions"), ("GET", "/chat/completions"),
+                             ("GET", "/openai/deployments/auto/chat/completions"),
+                             ("PUT", "/deployments/auto/embeddings/"),
+                             ("GET", "//openai/deployments/auto/completions")):
+            r = await c.request(method, f"http://gw{path}")
+            assert r.status_code == 405, (path, r.text)
+            assert r.headers["allow"] == "POST"
+            err = r.json()["error"]
+            assert err["code"] == "method_not_allowed"
+            assert err["message"].startswith(f"Invalid method ({method} /"), err
+            assert err["message"].endswith("takes POST")
+        # what is no endpoint stays a 404
+        for path in ("/openai/deployments/auto", "/openai/deployments//chat/completions",
+                     "/v1/responses"):
+            assert (await c.get(f"http://gw{path}")).status_code == 404, path
+        assert (await c.get("http://gw/v1/models")).status_code == 200
