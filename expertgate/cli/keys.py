@@ -19,6 +19,10 @@ from typing import Any
 __all__ = ["cmd_add", "cmd_hash", "cmd_revoke", "register"]
 
 
+#: a Redis that drops packets answers within these, not after the OS's ~2 min connect timeout
+REDIS_TIMEOUTS = {"socket_connect_timeout": 5.0, "socket_timeout": 10.0}
+
+
 def register(sub: Any, name: str) -> None:
     p = sub.add_parser(name, help="API keys: hash a key, add or revoke keys in Redis")
     inner = p.add_subparsers(dest="keys_command", metavar="WHAT", required=True)
@@ -121,7 +125,7 @@ def cmd_add(args: argparse.Namespace) -> int:
         return 2
     if not _names_known(cfg, args):
         return 2
-    r = redis.Redis.from_url(url)
+    r = redis.Redis.from_url(url, **REDIS_TIMEOUTS)
     try:
         old = r.hget(KEY_PREFIX + digest, "name")
         old_name = old.decode(errors="replace") if isinstance(old, bytes) else old
@@ -190,7 +194,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     if url is None:
         return 2
     digest = args.sha256 or hash_key(_read_key(args))
-    r = redis.Redis.from_url(url)
+    r = redis.Redis.from_url(url, **REDIS_TIMEOUTS)
     try:
         n = r.delete(KEY_PREFIX + digest)
     except redis.RedisError as e:

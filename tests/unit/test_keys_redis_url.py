@@ -13,10 +13,12 @@ from expertgate.cli import main as cli
 
 class _Redis:
     urls: ClassVar[list[str]] = []
+    options: ClassVar[list[dict[str, Any]]] = []
 
     @classmethod
-    def from_url(cls, url: str) -> _Redis:
+    def from_url(cls, url: str, **kw: Any) -> _Redis:
         cls.urls.append(url)
+        cls.options.append(kw)
         return cls()
 
     def pipeline(self) -> _Redis:
@@ -43,6 +45,7 @@ def fake_redis(monkeypatch: pytest.MonkeyPatch) -> type[_Redis]:
     import redis
 
     _Redis.urls = []
+    _Redis.options = []
     monkeypatch.setattr(redis, "Redis", _Redis)
     return _Redis
 
@@ -55,6 +58,9 @@ def test_keys_take_the_redis_url_from_the_environment(
     assert fake_redis.urls == ["redis://:secret@127.0.0.1:6390/0"]
     assert cli(["keys", *command, "--key", "sk-1", "--redis-url", "redis://other:1/0"]) == 0
     assert fake_redis.urls[-1] == "redis://other:1/0"  # the option still wins
+    # bounded: a Redis that drops packets is an error in seconds, not after ~2 minutes
+    assert all(o["socket_connect_timeout"] <= 10 and o["socket_timeout"] <= 30
+               for o in fake_redis.options)
 
 
 @pytest.mark.parametrize("command", [["add", "--name", "t"], ["revoke"]])
