@@ -736,7 +736,14 @@ def cmd_logs_export(args: argparse.Namespace) -> int:
         print(f"expertgate logs export: error: {bad}", file=sys.stderr)
         return 2
     s = Settings()
-    redis_url = args.redis_url or s.redis_url
+    files = args.log_path or args.feedback_path
+    if args.redis_url and files:
+        print("expertgate logs export: --redis-url reads the routing log and the ratings from "
+              "Redis; --log-path and --feedback-path read files: give one or the other",
+              file=sys.stderr)
+        return 2
+    # files the user names are what they mean to export, whatever the shell's Redis URL
+    redis_url = args.redis_url or (None if files else s.redis_url)
     log_paths = [Path(x) for x in args.log_path or [s.log_path]]
     # a rotated or compressed log (routing-log.1.jsonl, routing-log.jsonl.gz) reads the
     # feedback file of the live log, where the gateway writes every rating

@@ -44,3 +44,24 @@ def test_a_named_feedback_file_that_does_not_exist_is_a_usage_error(tmp_path: Pa
     live.unlink()  # the default file, not named: a gateway with no rating yet
     assert main(["logs", "export", "--log-path", str(log), "--out", str(out)]) == 0
     assert "no feedback file at" in capsys.readouterr().out
+
+
+def test_files_named_beside_a_redis_url_are_not_dropped_silently(
+        tmp_path: Path, capsys, monkeypatch) -> None:
+    """With a Redis URL the export reads the log and the ratings from Redis: --log-path and
+    --feedback-path were accepted and never read. Named with --redis-url they are a usage
+    error; named while the URL comes only from EXPERTGATE_REDIS_URL (the operator's shell),
+    the files the user names are read."""
+    log = _write(tmp_path / "routing-log.jsonl",
+                 [{"request_id": "r0", "tenant": "t", "ts": 1.0, "endpoint": "chat",
+                   "policy": "auto", "expert": "a", "status": "ok"}])
+    out = tmp_path / "out.jsonl"
+    unreachable = "redis://127.0.0.1:1/0"
+    assert main(["logs", "export", "--redis-url", unreachable, "--log-path", str(log),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--log-path" in err and "--redis-url" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+    monkeypatch.setenv("EXPERTGATE_REDIS_URL", unreachable)
+    assert main(["logs", "export", "--log-path", str(log), "--out", str(out)]) == 0
+    assert "wrote 1 record(s)" in capsys.readouterr().out
