@@ -118,7 +118,10 @@ def _note_answer(gw: Gateway, ctx: RequestContext, res: DispatchResult, chain: l
         failed = [a for a in res.attempts if a.outcome != "ok"]
         ctx.reason = (f"{ctx.reason}; fallback to {res.expert.name} after "
                       f"{', '.join(f'{a.expert}:{a.outcome}' for a in failed)}")
-        gw.metrics.fallbacks.labels(ctx.policy or "-", "upstream").inc()
+        # an expert passed over for what its dialect cannot carry is no upstream's failure
+        why = "unsupported" if failed and all(a.outcome == "unsupported" for a in failed) \
+            else "upstream"
+        gw.metrics.fallbacks.labels(ctx.policy or "-", why).inc()
 
 
 def wants_usage(body: dict[str, Any]) -> bool:

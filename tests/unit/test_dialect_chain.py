@@ -31,7 +31,7 @@ async def test_a_fallback_serves_what_the_first_experts_dialect_cannot(ups, tmp_
     coder, chatter = ups
     # 'a joke' routes to chatter, a llama.cpp server; coder (openai) is its fallback
     async with gateway_client(_chain_config(ups, "chatter", ["chatter", "coder"]),
-                              tmp_path) as (c, _):
+                              tmp_path) as (c, gw):
         r = await c.post("/v1/chat/completions", json={"model": "auto", "messages": [IMAGE]})
         assert r.status_code == 200, r.text
         assert r.headers["x-expertgate-expert"] == "coder"
@@ -39,6 +39,10 @@ async def test_a_fallback_serves_what_the_first_experts_dialect_cannot(ups, tmp_
         assert "chatter:unsupported" in r.headers["x-expertgate-reason"]
         assert chatter.received == []  # nothing was sent to the server that cannot read it
         assert coder.received[-1]["messages"] == [IMAGE]  # the fallback got it as sent
+        # counted as a fallback for the dialect, not as an upstream's failure
+        fallbacks = gw.metrics.fallbacks
+        assert fallbacks.labels("auto", "unsupported")._value.get() == 1
+        assert fallbacks.labels("auto", "upstream")._value.get() == 0
     rec = orjson.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])
     assert rec["expert"] == "coder" and rec["status"] == "ok"
 
