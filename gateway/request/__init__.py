@@ -24,6 +24,7 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
+from gateway.dialect import adapt
 from gateway.errors import (
     GatewayError,
     GuardRejected,
@@ -31,6 +32,7 @@ from gateway.errors import (
     NotFound,
     RequestError,
     ServiceUnavailable,
+    UnsupportedByExpert,
     UpstreamError,
 )
 from gateway.request.admit import GENERATE, admit, admit_body
@@ -127,7 +129,7 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, send: Send, endpoi
                                   texts=ctx.message_texts)
         ctx.reason = p.reason
         if endpoint == "route":
-            await send_json(tracked, ctx, _explain(ctx))
+            await send_json(tracked, ctx, _explain(gw, ctx))
             return
         if p.action == "reject":
             assert p.rejection is not None
@@ -228,9 +230,36 @@ def _watch_disconnect(receive: Receive, ctx: RequestContext) -> asyncio.Task[Non
     return asyncio.get_running_loop().create_task(watch())
 
 
-def _explain(ctx: RequestContext) -> dict[str, Any]:
+def _explain(gw: Gateway, ctx: RequestContext) -> dict[str, Any]:
     assert ctx.plan is not None
-    return explain(ctx.plan, ctx.degraded)
+    out = explain(ctx.plan, ctx.degraded)
+    passed = passed_over(gw, ctx.plan, ctx.body)
+    if passed:
+        out["unsupported"] = passed
+    return out
+
+
+def passed_over(gw: Gateway, p: Plan, body: dict[str, Any]) -> dict[str, str]:
+    """The experts of the dry run's chains whose dialect cannot carry its ``messages`` (an
+    image part to a llama.cpp expert), each with the 400 it would give: a live request with
+    those messages passes them over for the chain's next expert (gateway.dispatch)."""
+    messages = body.get("messages")
+    if not messages:
+        return {}
+    names = list(p.chain)
+    ensemble = p.action == "ensemble" and p.rt is not None and p.decision is not None
+    if ensemble and p.decision is not None and p.decision.aggregator and p.rt is not None:
+        names += [p.decision.aggregator, *p.rt.config.fallback]
+    out: dict[str, str] = {}
+    for name in dict.fromkeys(names):
+        expert = gw.config.expert(name)
+        if expert is None or expert.dialect == "openai":
+            continue
+        try:
+            adapt({"model": name, "messages": messages}, expert.dialect, name)
+        except UnsupportedByExpert as e:
+            out[name] = e.message
+    return out
 
 
 def explain(p: Plan, degraded: list[str]) -> dict[str, Any]:

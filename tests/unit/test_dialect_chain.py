@@ -137,3 +137,20 @@ async def test_an_ensemble_no_member_can_read_is_the_dialects_400(ups, tmp_path:
             assert r.json()["error"]["code"] == "unsupported_parameter"
     finally:
         await agg.stop()
+
+
+async def test_the_dry_run_names_the_experts_a_live_request_passes_over(ups, tmp_path: Path
+                                                                       ) -> None:
+    # /v1/route said chatter first for an image request a live request serves with coder
+    async with gateway_client(_chain_config(ups, "chatter", ["chatter", "coder"]),
+                              tmp_path) as (c, _):
+        r = await c.post("/v1/route", json={"model": "auto", "messages": [IMAGE]})
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["fallback_chain"][0] == "chatter"
+        assert list(out["unsupported"]) == ["chatter"]
+        assert "image_url" in out["unsupported"]["chatter"]
+        r = await c.post("/v1/route", json={"model": "auto", "messages": [
+            {"role": "developer", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "tell me a joke"}]}]})
+        assert "unsupported" not in r.json()  # what the dialect rewrites, it carries
