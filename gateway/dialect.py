@@ -114,6 +114,10 @@ def _joined(parts: list[Any], param: str, expert: str) -> str:
     for j, p in enumerate(parts):
         kind = p.get("type") if isinstance(p, dict) else None
         text = p.get("text") if isinstance(p, dict) else None
+        if kind == "text" and not isinstance(text, str):
+            # the client's mistake, which every expert refuses: no reason to try another
+            raise InvalidRequest(f"{param}.{j}.text: a text part's 'text' must be a string",
+                                 param=f"{param}.{j}.text")
         if kind != "text" or not isinstance(text, str):
             what = f"a '{kind}' part" if isinstance(kind, str) else "a part that is not text"
             raise _unsupported(expert, f"{param}.{j} is {what}; it reads text parts only",

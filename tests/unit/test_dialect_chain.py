@@ -154,3 +154,18 @@ async def test_the_dry_run_names_the_experts_a_live_request_passes_over(ups, tmp
             {"role": "developer", "content": "be brief"},
             {"role": "user", "content": [{"type": "text", "text": "tell me a joke"}]}]})
         assert "unsupported" not in r.json()  # what the dialect rewrites, it carries
+
+
+async def test_a_text_part_without_text_is_the_clients_400_not_the_experts(ups, tmp_path: Path
+                                                                          ) -> None:
+    # it was 'messages.0.content.0 is a 'text' part; it reads text parts only' (so the chain
+    # went on past the llama.cpp expert): every expert refuses it, it says what is wrong
+    async with gateway_client(_chain_config(ups, "chatter", ["chatter"]), tmp_path
+                              ) as (c, _):
+        r = await c.post("/v1/chat/completions", json={"model": "chatter", "messages": [
+            {"role": "user", "content": [{"type": "text", "text": None}]}]})
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert err["param"] == "messages.0.content.0.text"
+        assert err["code"] == "invalid_request"
+        assert "must be a string" in err["message"]
