@@ -459,17 +459,18 @@ class Dispatcher:
 
     def keep_slots(self, old: Dispatcher) -> None:
         """Take over the concurrency slots of the experts that ``old`` (the pool a reload
-        replaces) also has on the same server (name and replica URLs), each with this
-        configuration's ``max_concurrency``: the calls in flight there keep counting against
-        the limit, instead of the new pool admitting a full limit of its own beside them
-        (twice the limit at the server until the old pool drained). A LoRA adapter's calls
-        take its parent's slots, so they are kept with the parent's. Call it once this pool
-        is started, just before it goes into service: from then the old pool's waiters are
-        admitted under the new limit too."""
+        replaces) also has on the same servers (name and replica URLs, in any order), each
+        with this configuration's ``max_concurrency``: the calls in flight there keep
+        counting against the limit, instead of the new pool admitting a full limit of its
+        own beside them (twice the limit at the server until the old pool drained). A LoRA
+        adapter's calls take its parent's slots, so they are kept with the parent's. Call it
+        once this pool is started, just before it goes into service: from then the old
+        pool's waiters are admitted under the new limit too."""
         for name, pool in self.pools.items():
             was = old.pools.get(name)
-            if was is not None and [r.base for r in was.replicas] == [
-                    r.base for r in pool.replicas]:
+            # the same servers, in whatever order the file now lists them
+            if was is not None and sorted(r.base for r in was.replicas) == sorted(
+                    r.base for r in pool.replicas):
                 was.slots.resize(pool.expert.max_concurrency)
                 pool.slots = was.slots
 

@@ -49,3 +49,25 @@ async def test_a_post_endpoints_alias_read_with_another_method_is_a_405(ups: Any
                      "/v1/responses"):
             assert (await c.get(f"http://gw{path}")).status_code == 404, path
         assert (await c.get("http://gw/v1/models")).status_code == 200
+
+
+def test_a_reload_that_lists_an_experts_replicas_in_another_order_keeps_its_slots() -> None:
+    # 41a1acb compared the replica lists in order: [a, b] reloaded as [b, a] (the same two
+    # servers) got fresh slots beside the calls in flight, twice max_concurrency at them
+    from gateway.config import parse_config
+    from gateway.dispatch import Dispatcher
+    from gateway.metrics import Metrics
+
+    a, b, c = (f"http://127.0.0.1:{p}/v1" for p in (1, 2, 3))
+
+    def disp(*replicas: str) -> Dispatcher:
+        return Dispatcher(parse_config({"experts": [
+            {"name": "x", "replicas": list(replicas), "max_concurrency": 2}]}), Metrics())
+
+    old = disp(a, b)
+    swapped = disp(b, a)
+    swapped.keep_slots(old)
+    assert swapped.pools["x"].slots is old.pools["x"].slots
+    other = disp(a, c)  # another server: its own capacity
+    other.keep_slots(old)
+    assert other.pools["x"].slots is not old.pools["x"].slots
