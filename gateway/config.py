@@ -584,6 +584,13 @@ class GatewayConfig(_Model):
                 raise ValueError(f"{where}: {e.parent!r} has no api_base or replicas of its "
                                  "own (it is an adapter too): an adapter's parent must be an "
                                  "expert with api_base/replicas")
+            if not e.bases:  # served by its parent's server: it speaks that server's dialect
+                own = by_name[e.parent].dialect
+                if "dialect" in e.model_fields_set and e.dialect != own:
+                    raise ValueError(f"experts[{i}]({e.name}).dialect: {e.dialect!r}, but the "
+                                     f"adapter is served by its parent's server, which speaks "
+                                     f"{own!r} (leave dialect out: it is the parent's)")
+                e.dialect = own
         for p in self.policies:
             for r in p.routes:
                 if r.expert not in known:
