@@ -49,6 +49,9 @@ def _entries(gw: Any, key: APIKeyConfig | None) -> list[dict[str, Any]]:
 # the Azure OpenAI SDK given ``azure_endpoint`` lists models at /openai/models?api-version=
 @router.get("/openai/models", include_in_schema=False)
 @router.head("/openai/models", include_in_schema=False)
+# a client whose base URL has no /v1 (as POST /chat/completions serves it)
+@router.get("/models", include_in_schema=False)
+@router.head("/models", include_in_schema=False)
 async def list_models(request: Request) -> dict[str, Any]:
     gw = request.app.state.gw
     caller = await gw.auth.resolve(request.scope.get("headers", ()), None)
@@ -60,6 +63,8 @@ async def list_models(request: Request) -> dict[str, Any]:
 @router.get("/openai/models/{model_id:path}", include_in_schema=False)
 @router.head("/openai/models/{model_id:path}", include_in_schema=False)
 async def get_model(model_id: str, request: Request) -> dict[str, Any]:
+    if not model_id.strip("/"):  # /v1/models/ (a base URL's trailing slash): the list
+        return await list_models(request)
     gw = request.app.state.gw
     caller = await gw.auth.resolve(request.scope.get("headers", ()), None)
     for m in _entries(gw, caller.key):

@@ -213,3 +213,16 @@ async def test_a_dry_run_with_a_huge_unknown_key_is_answered_at_once(ups: Ups,
         r = await c.post("/v1/route", json={"model": "auto", "text": "hi", key: 1})
         assert r.status_code == 400 and time.perf_counter() - t0 < 2.0
         assert r.json()["error"]["message"].endswith("Extra inputs are not permitted")
+
+
+async def test_the_model_list_answers_under_every_base_url_shape(ups: Ups,
+                                                                 tmp_path: Path) -> None:
+    # a base URL without /v1 (POST /chat/completions is served there) or ending in a slash
+    # ('/v1/models/') listed nothing: a 404 Not Found, and "model '' does not exist"
+    async with gateway_client(base_config(ups[0].base, ups[1].base), tmp_path) as (c, _):
+        want = (await c.get("/v1/models")).json()
+        assert {m["id"] for m in want["data"]} >= {"coder", "chatter"}
+        for path in ("/models", "/v1/models/"):
+            r = await c.get(path)
+            assert r.status_code == 200 and r.json() == want, path
+        assert (await c.get("/v1/models/coder")).json()["id"] == "coder"
