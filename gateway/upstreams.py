@@ -733,7 +733,7 @@ def _litellm_failure(expert: ExpertConfig, e: Exception, timeout_s: float,
         return auth_failure(expert, status, str(e).encode(), headers)
     retryable = status is None or status >= 500 or status in (404, 429)
     # LiteLLM's messages may quote the provider's URL or the key: clients get neither
-    text = str(e)[:500]
+    text = _untraced(str(e))[:500]  # a provider's stack frames reach no client either
     for secret in credentials(headers):
         text = text.replace(secret, "***")
     body = orjson.dumps({"error": {"message": scrub(redact(text)), "type": "upstream_error",

@@ -67,3 +67,23 @@ def test_a_chained_traceback_keeps_each_exception_line() -> None:
 def test_a_message_without_a_traceback_is_unchanged() -> None:
     text = "This model's maximum context length is 2048 tokens.\n  Reduce the prompt."
     assert _message(orjson.dumps({"error": {"message": text}}), 400) == text
+
+
+def test_a_litellm_providers_traceback_reaches_no_client() -> None:
+    # LiteLLM quotes the provider's answer in its exception: the same frames, in another path
+    from gateway.config import ExpertConfig
+    from gateway.upstreams import _litellm_failure
+
+    class ProviderError(Exception):
+        status_code = 500
+
+    msg = ('OpenAIException - Traceback (most recent call last):\n'
+           '  File "/srv/llama_cpp/server/app.py", line 376, in create\n'
+           '    raise ValueError(x)\n'
+           "ValueError: can only concatenate str (not \"list\") to str")
+    expert = ExpertConfig(name="lit", kind="litellm", model="openai/x")
+    f = _litellm_failure(expert, ProviderError(msg), 5.0)
+    assert f.body is not None
+    text = orjson.loads(f.body)["error"]["message"]
+    assert "File " not in text and "line 376" not in text and "raise ValueError" not in text
+    assert "can only concatenate str" in text
