@@ -1,4 +1,5 @@
-"""``expertgate eval guard``'s flag errors: one line, named, before any work."""
+"""``expertgate eval guard``'s flag errors: one line, named, before any work; flags read only in
+one setting were accepted elsewhere and the run went on without them (exit 0, no word)."""
 
 from __future__ import annotations
 
@@ -48,3 +49,29 @@ def test_every_flag_error_names_the_command(tmp_path: Path, capsys: pytest.Captu
     err = capsys.readouterr().err
     assert err.startswith("expertgate eval guard: ") and says in err, err
     assert err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--static-model", "DIR"], "--static-model needs --embedder static"),
+    (["--methods", "guard-knn", "--cascade-back-layers", "3"],
+     "--cascade-back-layers needs guard-cascade among the methods"),
+])
+def test_a_flag_the_run_would_not_read_is_refused(tmp_path: Path, capsys, argv: list[str],
+                                                  says: str) -> None:
+    out = tmp_path / "r.json"
+    argv = [str(tmp_path) if a == "DIR" else a for a in argv]
+    assert main(["eval", "guard", "--data", str(_table(tmp_path)), "--embedder", "hashing",
+                 *argv, "--json", str(out)]) == 2
+    assert capsys.readouterr().err == f"expertgate eval guard: {says}\n"
+    assert not out.exists()
+
+
+def test_unseen_labels_with_a_suite_is_refused(tmp_path: Path, capsys, monkeypatch) -> None:
+    from evals import guard_eval as GE
+    from evals.datasets.guard import load_guard_data
+
+    # a suite built from a small table (no shared data read): --unseen-labels is a --data flag
+    monkeypatch.setattr(GE, "load_suite", lambda name: load_guard_data(_table(tmp_path)))
+    assert main(["eval", "guard", "--suite", "banking77", "--embedder", "hashing",
+                 "--unseen-labels", "drop"]) == 2
+    assert "--unseen-labels applies to --data only" in capsys.readouterr().err
