@@ -120,3 +120,19 @@ class AsgiRequest:
     @property
     def body(self) -> bytes:
         return b"".join(self.chunks)
+
+
+def knn_artifact(path: Path, models: list[str], scores: list[list[float]],
+                 texts: tuple[str, str] = ("question one", "question two")) -> Path:
+    """A one-neighbour router on the hashing embedder, fitted on two prompts (``scores``: per
+    prompt, one per model; costs zero) and saved at ``path``: the smallest real artifact a
+    CLI or a policy can load."""
+    import numpy as np
+
+    from routers.base import RoutingTable, make_router
+
+    e = HashingEmbedder()
+    S = np.asarray(scores, dtype=float)
+    t = RoutingTable(["x", "y"], list(texts), list(models), S, np.zeros_like(S))
+    return make_router("knn", k=1).fit(e.embed(list(texts)), t).save(
+        path, embedder=e.name, embedder_spec={"kind": "hashing", "options": {}})

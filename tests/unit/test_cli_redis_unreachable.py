@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from expertgate.cli import main
+from tests.unit.gateway_helpers import knn_artifact
 
 
 @pytest.fixture
@@ -56,21 +57,12 @@ def test_policy_revert_names_an_unreachable_redis(dead_redis_url: str, tmp_path:
                                                   capsys) -> None:
     """The file is written before Redis is asked: exit 1 (as a failed reload), the line
     saying the end is not recorded and what to do."""
-    import numpy as np
     import yaml
 
-    from routers.base import RoutingTable, make_router
-    from routers.embed import HashingEmbedder
 
-    e = HashingEmbedder()
-    texts = ["fix this bug", "tell me a joke"]
-    S = np.array([[1.0, 0.0], [0.0, 1.0]])
-    arts = {}
-    for name in ("inc", "cand"):
-        t = RoutingTable(["x", "y"], texts, ["coder", "chatter"], S, np.zeros_like(S))
-        arts[name] = str(make_router("knn", k=1).fit(e.embed(texts), t).save(
-            tmp_path / name, embedder=e.name,
-            embedder_spec={"kind": "hashing", "options": {}}))
+    arts = {name: str(knn_artifact(tmp_path / name, ["coder", "chatter"],
+                                   [[1.0, 0.0], [0.0, 1.0]], ("fix this bug", "tell me a joke")))
+            for name in ("inc", "cand")}
     cfg = {"embedder": {"kind": "hashing"},
            "experts": [{"name": "coder", "api_base": "http://127.0.0.1:9/v1"},
                        {"name": "chatter", "api_base": "http://127.0.0.1:9/v1"}],

@@ -29,6 +29,7 @@ from evals.offpolicy import (
 from routers.base import RouterError, RoutingTable
 from routers.embed import HashingEmbedder
 from routers.explore import Exploration, exploration_matrix, exploration_probs, sample_actions
+from tests.unit.gateway_helpers import knn_artifact
 
 
 def test_epsilon_probabilities_by_hand() -> None:
@@ -364,8 +365,6 @@ def test_train_from_logs_with_correction(tmp_path, capsys) -> None:
 def _export(tmp_path, explore: bool) -> tuple:
     """A log export of a router that sends code to the coder, with or without exploration,
     and a candidate artifact that always prefers the coder."""
-    from routers.base import make_router
-    from routers.embed import HashingEmbedder
 
     rng = np.random.default_rng(0)
     rows = []
@@ -384,12 +383,8 @@ def _export(tmp_path, explore: bool) -> tuple:
                  "expert": "coder", "feedback_score": 1.0})
     p = tmp_path / f"export-{explore}.jsonl"
     p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    e = HashingEmbedder()
-    texts = ["fix this bug", "tell me a joke"]
-    S = np.array([[1.0, 0.0], [1.0, 0.0]])
-    t = RoutingTable(["a", "b"], texts, ["coder", "chatter"], S, np.zeros_like(S))
-    art = make_router("knn", k=1).fit(e.embed(texts), t).save(
-        tmp_path / "cand", embedder=e.name, embedder_spec={"kind": "hashing", "options": {}})
+    art = knn_artifact(tmp_path / "cand", ["coder", "chatter"], [[1.0, 0.0], [1.0, 0.0]],
+                       ("fix this bug", "tell me a joke"))
     return p, art
 
 
@@ -534,19 +529,12 @@ def test_too_few_rated_requests_give_no_estimate() -> None:
 def _rated_export(tmp_path, rows: list[dict]) -> tuple:
     """An export of ``rows`` (request_id, text, expert, ... filled in) and a candidate
     artifact that always prefers expert ``a`` (hashing features)."""
-    from routers.base import make_router
-    from routers.embed import HashingEmbedder
 
     full = [{"request_id": str(i), "endpoint": "chat", "status": "ok", "text": f"question {i}",
              "candidates": ["a", "b"], **r} for i, r in enumerate(rows)]
     p = tmp_path / "export.jsonl"
     p.write_text("\n".join(json.dumps(r) for r in full) + "\n")
-    e = HashingEmbedder()
-    texts = ["question one", "question two"]
-    S = np.array([[1.0, 0.0], [1.0, 0.0]])
-    t = RoutingTable(["x", "y"], texts, ["a", "b"], S, np.zeros_like(S))
-    art = make_router("knn", k=1).fit(e.embed(texts), t).save(
-        tmp_path / "cand", embedder=e.name, embedder_spec={"kind": "hashing", "options": {}})
+    art = knn_artifact(tmp_path / "cand", ["a", "b"], [[1.0, 0.0], [1.0, 0.0]])
     return p, art
 
 

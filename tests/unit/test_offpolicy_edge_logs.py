@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from evals.offpolicy import LoggedData, OffPolicyError, debiased_table, estimate, load_logged
-from routers.base import RoutingTable
+from tests.unit.gateway_helpers import knn_artifact
 
 
 def _rows(n: int, served: str = "a", probs: dict | None = None) -> list[dict]:
@@ -31,16 +31,8 @@ def _write(tmp_path, rows: list[dict]):
 
 def _candidate(tmp_path, prefer: str):
     """A knn artifact (hashing features) that always prefers expert ``prefer`` of a, b."""
-    from routers.base import make_router
-    from routers.embed import HashingEmbedder
-
-    e = HashingEmbedder()
-    texts = ["question one", "question two"]
-    S = np.array([[1.0, 0.0], [1.0, 0.0]]) if prefer == "a" else np.array([[0.0, 1.0]] * 2)
-    t = RoutingTable(["x", "y"], texts, ["a", "b"], S, np.zeros_like(S))
-    return make_router("knn", k=1).fit(e.embed(texts), t).save(
-        tmp_path / f"cand-{prefer}", embedder=e.name,
-        embedder_spec={"kind": "hashing", "options": {}})
+    row = [1.0, 0.0] if prefer == "a" else [0.0, 1.0]
+    return knn_artifact(tmp_path / f"cand-{prefer}", ["a", "b"], [row, row])
 
 
 def test_a_candidate_whose_choices_were_never_served_gets_no_estimate(tmp_path) -> None:
@@ -120,15 +112,8 @@ def test_a_policy_by_name_is_judged_in_its_experts_names(tmp_path) -> None:
     import yaml
 
     from expertgate.cli import main
-    from routers.base import make_router
-    from routers.embed import HashingEmbedder
 
-    e = HashingEmbedder()
-    texts = ["question one", "question two"]
-    S = np.array([[1.0, 0.0], [1.0, 0.0]])
-    t = RoutingTable(["x", "y"], texts, ["m-a", "m-b"], S, np.zeros_like(S))
-    art = make_router("knn", k=1).fit(e.embed(texts), t).save(
-        tmp_path / "art", embedder=e.name, embedder_spec={"kind": "hashing", "options": {}})
+    art = knn_artifact(tmp_path / "art", ["m-a", "m-b"], [[1.0, 0.0], [1.0, 0.0]])
     cfg = {"embedder": {"kind": "hashing"},
            "experts": [{"name": "a", "api_base": "http://127.0.0.1:9/v1"},
                        {"name": "b", "api_base": "http://127.0.0.1:9/v1"}],
@@ -153,15 +138,8 @@ def test_a_candidate_choosing_an_expert_the_logs_never_name_is_no_overlap(tmp_pa
     everywhere) was silently judged on its second choice: an estimate of a router that would
     send every request elsewhere, exit 0, against the README ('no overlap', exit 1)."""
     from expertgate.cli import main
-    from routers.base import make_router
-    from routers.embed import HashingEmbedder
 
-    e = HashingEmbedder()
-    texts = ["question one", "question two"]
-    S = np.array([[0.0, 1.0], [0.0, 1.0]])
-    t = RoutingTable(["x", "y"], texts, ["a", "c"], S, np.zeros_like(S))
-    art = make_router("knn", k=1).fit(e.embed(texts), t).save(
-        tmp_path / "art", embedder=e.name, embedder_spec={"kind": "hashing", "options": {}})
+    art = knn_artifact(tmp_path / "art", ["a", "c"], [[0.0, 1.0], [0.0, 1.0]])
     rows = _rows(30) + [{**r, "request_id": f"b{i}", "expert": "b", "propensity": 0.1}
                         for i, r in enumerate(_rows(10))]
     out = tmp_path / "ope.json"

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.gateway_helpers import knn_artifact
+
 TEXTS = {
     # a candidate with no artifact (hand-edited): was "error: KeyError: 'artifact'", exit 1
     "no artifact": ("policies:\n- name: p\n  router: semantic\n  candidate: {router: knn}\n",
@@ -36,17 +38,8 @@ def test_promote_of_a_config_it_cannot_rewrite_says_why(tmp_path: Path, capsys,
 
 
 def _knn(tmp_path: Path, name: str, models: list[str]) -> Path:
-    import numpy as np
-
-    from routers.base import RoutingTable, make_router
-    from routers.embed import HashingEmbedder
-
-    e = HashingEmbedder()
-    texts = ["fix this bug", "tell me a joke"]
-    S = np.array([[1.0, 0.0], [0.0, 1.0]])
-    t = RoutingTable(["x", "y"], texts, models, S, np.zeros_like(S))
-    return make_router("knn", k=1).fit(e.embed(texts), t).save(
-        tmp_path / name, embedder=e.name, embedder_spec={"kind": "hashing", "options": {}})
+    return knn_artifact(tmp_path / name, models, [[1.0, 0.0], [0.0, 1.0]],
+                        ("fix this bug", "tell me a joke"))
 
 
 def test_promote_refuses_a_models_map_the_candidate_does_not_read(tmp_path: Path,
