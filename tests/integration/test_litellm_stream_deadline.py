@@ -16,6 +16,7 @@ import pytest
 
 from tests.doubles.sse_script import ScriptedSSE, chunk
 from tests.unit.gateway_helpers import base_config, chat, gateway_client
+from tests.unit.test_stream_failover import _upstream_lines
 
 pytestmark = [pytest.mark.integration,
               # pydantic warns (once per process) when LiteLLM's streaming builds a schema
@@ -31,14 +32,6 @@ ROUTED = "fix this bug in my code"  # routed to the coder, the chatter its fallb
 _VOLATILE_HEADERS = {"x-request-id", "x-expertgate-decision-ms", "date", "content-length"}
 _VOLATILE_FIELDS = {"request_id", "ts", "latency_ms", "upstream_ms", "decision_ms",
                     "ttft_ms", "duration_ms", "queue_ms"}
-
-
-def _upstream_lines(metrics: str) -> list[str]:
-    return sorted(ln for ln in metrics.splitlines()
-                  if ln.startswith(("expertgate_upstream_errors_total",
-                                    "expertgate_fallbacks_total",
-                                    "expertgate_degraded_total",
-                                    "expertgate_requests_total")))
 
 
 async def _stream(kind: str, scripted: ScriptedSSE, chatter: Any, tmp: Path,

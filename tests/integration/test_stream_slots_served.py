@@ -5,27 +5,17 @@ leaves mid-stream or leaves before the first byte. Bounded: six requests, a few 
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
 import httpx
-import orjson
 import pytest
 
 from expertgate.procs import GatewayServer
 from tests.integration.conftest import serve_coder
+from tests.integration.test_client_disconnect import _send
 
 pytestmark = pytest.mark.integration
-
-
-def _send(gw: GatewayServer) -> socket.socket:
-    body = orjson.dumps({"model": "coder", "stream": True,
-                         "messages": [{"role": "user", "content": "write a long story"}]})
-    s = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
-    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\n"
-              b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
-    return s
 
 
 def _inflight(gw: GatewayServer) -> float:
@@ -46,7 +36,7 @@ def _settles_at(gw: GatewayServer, want: float, timeout_s: float = 5.0) -> None:
 def test_streams_give_their_slots_back_however_the_client_ends_them(tmp_path: Path) -> None:
     with serve_coder(tmp_path, event_delay_s=0.3) as (gw, up):
         # two streams in progress (first event received, ~1 s to go): both counted
-        socks = [_send(gw) for _ in range(2)]
+        socks = [_send(gw, True) for _ in range(2)]
         for s in socks:
             assert b" 200 " in s.recv(4096).split(b"\r\n", 1)[0]
         assert _inflight(gw) == 2
@@ -55,7 +45,7 @@ def test_streams_give_their_slots_back_however_the_client_ends_them(tmp_path: Pa
         _settles_at(gw, 0)
         # gone before the first byte: the upstream takes 0.6 s to answer
         up.double.delay_s = 0.6
-        s = _send(gw)
+        s = _send(gw, True)
         time.sleep(0.2)
         assert _inflight(gw) == 1
         s.close()
