@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from expertgate.bench.upstream_double import OpenAIUpstreamDouble
 from gateway.config import ConfigError, load_config
 from gateway.pipeline import build_policy_set
 from routers.artifacts import load_router, read_manifest
@@ -70,26 +70,21 @@ def test_a_policy_artifact_error_at_start_up(tmp_path: Path, given: str, says: s
 
 
 async def test_a_reload_naming_a_missing_artifact_is_400_config_invalid(
-        tmp_path: Path) -> None:
-    a = await OpenAIUpstreamDouble("a").start()
-    b = await OpenAIUpstreamDouble("b").start()
-    try:
-        cfg = copy.deepcopy(base_config(a.base, b.base))
-        path = tmp_path / "gw.yaml"
-        path.write_text(yaml.safe_dump(cfg))
-        async with gateway_client(cfg, tmp_path, config=path) as (c, gw):
-            before = gw.policy_set
-            bad = copy.deepcopy(cfg)
-            bad["policies"].append({"name": "learned", "router": "knn",
-                                    "artifact": "no/such/artifact"})
-            path.write_text(yaml.safe_dump(bad))
-            r = await c.post("/admin/reload")
-            assert r.status_code == 400, r.text
-            err = r.json()["error"]
-            assert err["code"] == "config_invalid"
-            assert "does not exist" in err["message"], err
-            assert str(tmp_path / "no/such/artifact") in err["message"], err
-            assert gw.policy_set is before
-    finally:
-        await a.stop()
-        await b.stop()
+        ups: Any, tmp_path: Path) -> None:
+    a, b = ups
+    cfg = copy.deepcopy(base_config(a.base, b.base))
+    path = tmp_path / "gw.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    async with gateway_client(cfg, tmp_path, config=path) as (c, gw):
+        before = gw.policy_set
+        bad = copy.deepcopy(cfg)
+        bad["policies"].append({"name": "learned", "router": "knn",
+                                "artifact": "no/such/artifact"})
+        path.write_text(yaml.safe_dump(bad))
+        r = await c.post("/admin/reload")
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert err["code"] == "config_invalid"
+        assert "does not exist" in err["message"], err
+        assert str(tmp_path / "no/such/artifact") in err["message"], err
+        assert gw.policy_set is before
