@@ -460,6 +460,14 @@ def _overlap_advice(data: LoggedData, lacking: np.ndarray) -> str:
     return text
 
 
+def _no_overlap(out: dict[str, Any], why: str) -> dict[str, Any]:
+    """``out`` as the verdict that these logs support no estimate (no number, ``why``)."""
+    out["verdict"] = "no_overlap"
+    out["message"] = f"no overlap: {why}"
+    out["estimates"] = {o: dict.fromkeys(ESTIMATORS) for o in OUTCOMES}
+    return out
+
+
 def estimate(data: LoggedData, target: np.ndarray, *, cost_weight: float = 0.0,
              folds: int = 2, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
              max_unsupported: float = 0.01, min_ess: float = 30.0,
@@ -529,25 +537,19 @@ def estimate(data: LoggedData, target: np.ndarray, *, cost_weight: float = 0.0,
                                             for q in sorted(set(data.policies))}
     if uns_share > max_unsupported:
         named = ", ".join(f"{e} ({k} requests)" for e, k in per_expert.items())
-        out["verdict"] = "no_overlap"
-        out["message"] = (
-            f"no overlap: the candidate sends {uns_share:.1%} of requests to experts the "
+        return _no_overlap(
+            out, f"the candidate sends {uns_share:.1%} of requests to experts the "
             f"{_logging_policy(data)} never explored for them ({named}); these logs cannot "
             f"support an estimate. {_overlap_advice(data, unsupported > 0)}")
-        out["estimates"] = {o: dict.fromkeys(ESTIMATORS) for o in OUTCOMES}
-        return out
     if not np.any(w > 0):
         # the logger could have served the candidate's choices but served none of them: an
         # IPS of 0 with a zero-width interval, and a DR that is the reward model's guess for
         # experts it never saw, would look like estimates
         picks = ", ".join(e for j, e in enumerate(data.experts) if np.any(T[:, j] > 0))
-        out["verdict"] = "no_overlap"
-        out["message"] = (
-            f"no overlap: the expert the candidate chooses ({picks}) served none of the {n} "
+        return _no_overlap(
+            out, f"the expert the candidate chooses ({picks}) served none of the {n} "
             f"logged requests (effective sample size 0); these logs cannot support an "
             f"estimate. Explore more (a larger explore rate, or more traffic) and export again")
-        out["estimates"] = {o: dict.fromkeys(ESTIMATORS) for o in OUTCOMES}
-        return out
     if ess < min_ess:
         out["verdict"] = "low_ess"
         out["message"] = (f"weak overlap: effective sample size {ess:.0f} of {n} requests; "
