@@ -171,6 +171,10 @@ class RedisDecisionCache:
         return CacheUnavailable(str(e))
 
     def _answered(self) -> None:
+        # Redis answered: it is up, whatever a lookup in flight beside this one met (a
+        # burst's connect timeout); skipping it on until retry_s ran out sent requests
+        # uncached ('x-expertgate-degraded: cache') after the log said it had recovered
+        self._down_until = 0.0
         if self._down_since is not None:
             log.info("decision cache: Redis recovered after %.1fs (%d lookup(s) skipped)",
                      time.monotonic() - self._down_since, self.skipped)
