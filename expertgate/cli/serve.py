@@ -176,7 +176,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     for line in missing_credentials(cfg):
         print(f"expertgate serve: warning: {line}", file=sys.stderr, flush=True)
-    for line in per_process_canaries(cfg, s) + per_process_limits(cfg, s):
+    for line in (per_process_canaries(cfg, s) + per_process_limits(cfg, s)
+                 + unchecked_keys(cfg, s)):
         print(f"expertgate serve: warning: {line}", file=sys.stderr, flush=True)
     try:  # the embedder and every policy, once, before any server or worker starts
         embedder = _preflight(cfg, s)
@@ -235,7 +236,7 @@ def check(s: Settings) -> int:
     if why:
         problem(why)
     for line in (missing_credentials(cfg) + per_process_canaries(cfg, s)
-                 + per_process_limits(cfg, s)):
+                 + per_process_limits(cfg, s) + unchecked_keys(cfg, s)):
         info(f"warning: {line}")
     embedder = _check_embedder(cfg, s, problem, info)
     if embedder is not False:
@@ -356,6 +357,59 @@ def per_process_limits(cfg: GatewayConfig, s: Settings) -> list[str]:
             out.append(f"api_keys[{i}]({k.name}): its {' and '.join(limits)} is enforced per "
                        f"worker process (--workers {s.workers} without Redis): up to "
                        f"{s.workers} x the budget. Set --redis-url to share one budget")
+    return out
+
+
+def _loopback_host(host: str) -> bool:
+    """Whether ``host`` (``--host``) binds only this machine's loopback interface."""
+    import ipaddress
+
+    h = host.strip().strip("[]").lower()
+    if h == "localhost" or h.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(h.split("%")[0]).is_loopback
+    except ValueError:
+        return False  # a host name: whatever it resolves to, maybe another interface
+
+
+def _redis_holds_keys(url: str) -> bool:
+    """Whether the Redis at ``url`` holds an API key record (``expertgate keys add``);
+    False when it does not answer within a second (its outage is reported elsewhere)."""
+    import redis
+
+    from gateway.auth import KEY_PREFIX
+
+    r = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        return next(iter(r.scan_iter(match=KEY_PREFIX + "*", count=1000)), None) is not None
+    except redis.RedisError:
+        return False
+    finally:
+        r.close()
+
+
+def unchecked_keys(cfg: GatewayConfig, s: Settings) -> list[str]:
+    """Why a gateway that checks no API key (no ``api_keys``, ``require_auth: false``)
+    may be open to more than its operator thinks: it listens beyond loopback (every client
+    that reaches the port calls every policy and expert), or its Redis holds keys added
+    with ``expertgate keys add``, which it then never asks for."""
+    if cfg.require_auth or cfg.api_keys:
+        return []
+    out = []
+    if not _loopback_host(s.host):
+        out.append(f"listening on {s.host}:{s.port} without API keys ({cfg.source} has no "
+                   "api_keys and require_auth is false): every client that reaches this "
+                   "port may call every policy and expert. Add api_keys, or set "
+                   "require_auth: true with keys in Redis (expertgate keys add), or "
+                   "listen on 127.0.0.1")
+    if s.redis_url and _redis_holds_keys(s.redis_url):
+        from gateway.redact import redact
+
+        out.append(f"Redis {redact(s.redis_url)} holds API keys (expertgate keys add), but "
+                   f"they are not checked: {cfg.source} has no api_keys and require_auth is "
+                   "false, so every request is served without a key. Set require_auth: true "
+                   "to require them")
     return out
 
 
