@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import math
 import os
+import secrets
 import time
 from typing import Any
 
@@ -65,6 +66,9 @@ class DecisionFeed:
                  ) -> None:
         self.config = config
         self.started = time.time()
+        #: names this feed (this process, this start): a page's ``since`` counts another
+        #: feed's decisions after a restart or from another worker of ``--workers N``
+        self.feed_id = f"{os.getpid()}-{secrets.token_hex(6)}"
         #: (sequence number, record) of the last ``size`` requests; a record is never changed
         #: after it is written, so it is kept as it is and projected when the page asks
         self._recent: collections.deque[tuple[int, RequestRecord]] = collections.deque(
@@ -133,8 +137,13 @@ class DecisionFeed:
             self.rejections[str(g.get("reject_reason") or "router")] += 1
         self._recent.append((self._seq, rec))
 
-    def summary(self, since: int = 0, limit: int = 50) -> dict[str, Any]:
-        """The dashboard's view: totals, and the recent decisions after sequence ``since``."""
+    def summary(self, since: int = 0, limit: int = 50, feed: str | None = None
+                ) -> dict[str, Any]:
+        """The dashboard's view: totals, and the recent decisions after sequence ``since``
+        of feed ``feed`` (this one when None); a ``since`` of another feed (a gateway
+        restarted since, another worker) means nothing here: the last ``limit`` are sent."""
+        if feed is not None and feed != self.feed_id:
+            since = 0
         strong = strongest_expert(self.config)
         experts = []
         for e in self.config.experts:
@@ -151,6 +160,7 @@ class DecisionFeed:
         return {
             # each worker of `serve --workers N` keeps its own feed: the pid tells them apart
             "process": {"pid": os.getpid()},
+            "feed": self.feed_id,
             "uptime_s": round(time.time() - self.started, 1),
             "requests": self.requests, "routed": self.routed, "errors": self.errors,
             "experts": experts,

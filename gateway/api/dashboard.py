@@ -67,15 +67,18 @@ async def static(request: Request, name: str) -> Response:
 
 @router.get("/ui/api/summary", dependencies=[Depends(require_admin)])
 async def summary(request: Request, response: Response, since: int = Query(0, ge=0),
-                  limit: int = Query(50, ge=1, le=200)) -> dict[str, Any]:
+                  limit: int = Query(50, ge=1, le=200),
+                  feed: str | None = Query(None, max_length=64)) -> dict[str, Any]:
     """Recent decisions (after sequence ``since``) with their explanation, and totals since
     start-up: traffic share and cost per expert, cost saved against the strongest expert,
     rejections, decision-cache hit rate, degraded paths, decision time p50/p99, and each
-    policy's shadow/canary candidate (serving, per-arm counts, automatic revert)."""
+    policy's shadow/canary candidate (serving, per-arm counts, automatic revert).
+    ``feed`` names the feed ``since`` counts in (the summary's ``feed``): another one (the
+    gateway restarted, another worker answered) gets the latest decisions, not none."""
     gw = _enabled(request)
     # prompts (with log_prompts) and tenants' names: never kept by a browser or a proxy
     response.headers.update({"cache-control": "no-store", **SECURITY_HEADERS})
-    out: dict[str, Any] = gw.feed.summary(since, limit)
+    out: dict[str, Any] = gw.feed.summary(since, limit, feed)
     out["candidates"] = {n: rt.candidate.state() for n, rt in gw.policy_set.policies.items()
                          if rt.candidate is not None}
     return out

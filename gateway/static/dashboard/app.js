@@ -6,6 +6,7 @@
 const KEY_ITEM = "expertgate.adminKey";
 const POLL_MS = 2000;
 let since = 0;
+let feed = "";  // the feed `since` counts in: a restarted gateway or another worker has its own
 let decisions = [];  // newest first, at most MAX_ROWS
 const MAX_ROWS = 100;
 let policiesShown = "";
@@ -47,7 +48,8 @@ async function poll() {
 
 async function refresh() {
   try {
-    const r = await fetch(`/ui/api/summary?since=${since}`, { headers: headers() });
+    const q = `since=${since}` + (feed ? `&feed=${encodeURIComponent(feed)}` : "");
+    const r = await fetch(`/ui/api/summary?${q}`, { headers: headers() });
     if (r.status === 401 || r.status === 403) {
       $("key-form").hidden = false;
       showError("The dashboard needs the admin API key: enter it above.");
@@ -104,9 +106,13 @@ function render(s) {
   renderCandidates(s.candidates || {});
   renderExperts(s);
   renderPolicies(s.policies);
-  if (s.recent.length) {
-    decisions = s.recent.concat(decisions).slice(0, MAX_ROWS);
-    since = s.seq;
+  since = s.seq;
+  feed = s.feed || "";
+  // another feed's decisions (another worker, a restarted gateway) may repeat rows already
+  // shown or be older than them: one row per request, newest first
+  const fresh = s.recent.filter((d) => !decisions.some((o) => o.request_id === d.request_id));
+  if (fresh.length) {
+    decisions = fresh.concat(decisions).sort((a, b) => b.ts - a.ts).slice(0, MAX_ROWS);
     renderDecisions();
   }
 }
