@@ -472,6 +472,11 @@ class _Deadline:
             raise TimeoutError from e
 
 
+#: the list a 200 answer of each path carries (OpenAI's response objects)
+_ANSWER_LIST = {"/chat/completions": "choices", "/completions": "choices",
+                "/embeddings": "data"}
+
+
 async def call_openai(client: UpstreamHTTP, expert: ExpertConfig, base: str, path: str,
                       body: bytes, *, stream: bool, timeout_s: float,
                       headers: dict[str, str] | None = None,
@@ -522,6 +527,13 @@ async def call_openai(client: UpstreamHTTP, expert: ExpertConfig, base: str, pat
                     raise UpstreamFailure("protocol", f"{base} answered 200 with a body that is "
                                           f"not a JSON object: {data[:80]!r}",
                                           public="answered 200 with invalid JSON")
+                need = _ANSWER_LIST.get(path)
+                if need is not None and not isinstance(obj.get(need), list):
+                    # a JSON object that is no answer (a proxy's error with status 200): the
+                    # client's SDK would find no choices; the next replica or expert may answer
+                    raise UpstreamFailure("protocol", f"{base} answered 200 without a {need!r} "
+                                          f"list: {data[:80]!r}",
+                                          public=f"answered 200 without '{need}'")
                 return UpstreamReply(status, ctype, data, data=obj)
             first = await resp.read_any()
         if not first:
