@@ -6,7 +6,7 @@ rewritten atomically (a temporary file renamed over it, so a reload never reads 
 and, with ``--url``, the running gateway reloads it (``POST /admin/reload``), which swaps the
 policy set atomically: in-flight requests finish on the old one. The file keeps its
 permissions and its leading comment block; comments further in are not kept (the file is
-re-serialised).
+re-serialised). A config path that is a symlink is rewritten at its target, the link kept.
 
 Gateways sharing one Redis (several ``serve`` processes, replicas) are each told, whichever
 of them ``--url`` names and whether they are up: with a Redis URL (``--redis-url``, else
@@ -190,12 +190,16 @@ def _run(args: argparse.Namespace) -> int:
     # the file's leading comment block (what train writes into policy.yaml says how it was
     # made) is kept; comments further in are not (the YAML is re-serialised)
     head = "".join(ln for ln in _leading_comments(text))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # a config reached through a symlink (a deploy folder, a checkout) is rewritten where it
+    # is: renaming over the link would leave the real file with the candidate and the link
+    # a copy that nothing else reads
+    real = path.resolve()
+    fd, tmp = tempfile.mkstemp(dir=real.parent, prefix=f".{real.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         f.write(head)
         yaml.safe_dump(new, f, sort_keys=False)
-    os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))  # mkstemp's 0600 would lock readers out
-    os.replace(tmp, path)
+    os.chmod(tmp, stat.S_IMODE(real.stat().st_mode))  # mkstemp's 0600 would lock readers out
+    os.replace(tmp, real)
     print(f"{_PAST[args.action]} the candidate of policy {args.policy!r} in {path}")
     rc = 0
     if identity is not None and redis_url:
