@@ -537,6 +537,17 @@ def _expert_slug(model: str) -> str:
 #: expert declares its dialect (gateway/dialect.py). An expert on any other port is a
 #: server the snippet does not know: it keeps the default dialect.
 DEMO_LLAMA_PORTS = (8101, 8102)
+#: the demo's experts by name: a table of the demo's own routing log names them, and each
+#: must reach its own server (llama.cpp answers whatever model name it is sent)
+DEMO_EXPERT_PORTS = {"smollm2": 8101, "gemma3": 8102}
+
+
+def _snippet_ports(names: list[str]) -> list[int]:
+    """One port per expert: a demo expert's own, the others the next free ones from 8101."""
+    taken = {DEMO_EXPERT_PORTS[n] for n in names if n in DEMO_EXPERT_PORTS}
+    free = (p for p in range(DEMO_LLAMA_PORTS[0], DEMO_LLAMA_PORTS[0] + 2 * len(names) + 2)
+            if p not in taken)
+    return [DEMO_EXPERT_PORTS[n] if n in DEMO_EXPERT_PORTS else next(free) for n in names]
 
 
 def _snippet_expert(name: str, port: int, model: str) -> dict[str, Any]:
@@ -564,12 +575,13 @@ def policy_snippet(router: str, artifact: Any, models: list[str], embedder: str,
         while slug in names.values():
             slug, k = f"{_expert_slug(m)}-{k}", k + 1
         names[m] = slug
+    ports = _snippet_ports([names[m] for m in models])
     doc = {
         "embedder": {"kind": embedder, **({"options": embedder_options}
                                           if embedder_options else {})},
         "experts": [{"name": names[m], "parent": names[lora_base], "model": m}
                     if lora_base in names and m != lora_base else
-                    _snippet_expert(names[m], DEMO_LLAMA_PORTS[0] + i, m)
+                    _snippet_expert(names[m], ports[i], m)
                     for i, m in enumerate(models)],
         "policies": [{"name": f"learned-{router}", "router": router,
                       "artifact": str(Path(artifact).resolve()),
