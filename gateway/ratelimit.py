@@ -16,7 +16,8 @@ dimension, fields = epoch second, values = count::
 The ``{...}`` hash tag keeps both on one Redis Cluster slot. Each hash expires 61 s after its
 last write, so idle keys cost nothing.
 
-Tokens are charged up front from an estimate (prompt characters / 4 + ``max_tokens``) and
+Tokens are charged up front from an estimate (prompt characters / 4 + ``max_tokens`` per
+completion asked for: ``n``, ``best_of``, each prompt of a batch) and
 reconciled after the response with the upstream's ``usage`` (the difference is added to the
 same one-second bucket, so the window stays consistent).
 
@@ -199,7 +200,8 @@ class RateDecision:
                 msg += ("The prompt's estimate plus the completion budget exceed the key's "
                         f"per-minute token limit of {tpm}, so the request can never be "
                         "admitted as it is: lower max_tokens (when the request sends none, "
-                        f"{DEFAULT_COMPLETION_ESTIMATE} are counted).")
+                        f"{DEFAULT_COMPLETION_ESTIMATE} are counted; it counts once per "
+                        "completion: n, best_of, each prompt of a batch).")
         elif self.failed == "tokens":
             msg = (f"rate limit reached: {tpm} tokens per minute; retry after {retry}s")
         else:
@@ -253,7 +255,23 @@ def estimate_tokens(payload: dict[str, Any], cap: int | None = None,
         out = DEFAULT_COMPLETION_ESTIMATE
     if cap is not None:
         out = min(out, cap)
-    return prompt + out
+    return prompt + out * _completions(payload)
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 1 else 1
+
+
+def _completions(payload: dict[str, Any]) -> int:
+    """How many completions the request asks for, each up to its completion budget, as
+    OpenAI counts them: ``n`` (``best_of`` when larger: a completion generates that many)
+    per prompt of a batch (a list of texts or of token-id lists; one list of token ids is
+    one prompt). ``n: 100`` was charged as one completion: a key's TPM bought 100 times it."""
+    n = max(_count(payload.get("n")), _count(payload.get("best_of")))
+    p = payload.get("prompt")
+    if isinstance(p, list) and p and isinstance(p[0], (str, list)):
+        n *= len(p)
+    return n
 
 
 class _LocalWindow:

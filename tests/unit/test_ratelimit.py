@@ -189,7 +189,8 @@ async def test_a_request_over_the_whole_token_budget_has_no_retry_after_and_one_
 def test_a_token_id_prompt_counts_its_tokens() -> None:
     from gateway.ratelimit import DEFAULT_COMPLETION_ESTIMATE
 
-    assert estimate_tokens({"prompt": [[1, 2], [3]], "max_tokens": 10}) == 3 + 1 + 10
+    # two prompts of token ids: a batch, the completion budget once per prompt
+    assert estimate_tokens({"prompt": [[1, 2], [3]], "max_tokens": 10}) == 3 + 1 + 2 * 10
     assert estimate_tokens({"prompt": [5, 6, 7, 8]}) == 4 + 1 + DEFAULT_COMPLETION_ESTIMATE
     # text beside: characters / 4, as before
     assert estimate_tokens({"prompt": ["abcdefgh"], "max_tokens": 1}) == 2 + 1 + 1
