@@ -334,6 +334,10 @@ async def _stream(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
                 sse.feed(chunk)
         if sse.error is not None:
             _failed_midway(gw, ctx, res, sse.error)
+        elif not sse.done:
+            # the body ended without [DONE] (a close-delimited server that died, a proxy
+            # ending the body on its own timeout): the answer was cut, whatever HTTP says
+            raise StreamEndedEarly("ended without data: [DONE]")
         if sse.done:
             # a whole answer without a usage event (llama.cpp's, none asked): the routing
             # log, the cost and the token budget's reconciliation count the estimate, as
@@ -342,10 +346,6 @@ async def _stream(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
             await _write(send, {"type": "http.response.body", "body": b""})
             await _drain(it)
             return
-        if want_usage and sse.usage is None and sse.error is None:  # ended without [DONE]
-            await _write(send, {"type": "http.response.body",
-                                "body": _end_event(last) + _usage_event(ctx, sse),
-                                "more_body": True})
     except ClientDisconnected:
         raise
     except Exception as e:  # never a cancellation: CancelledError is a BaseException
@@ -357,8 +357,8 @@ async def _stream(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
         invalid = isinstance(e, UpstreamProtocolError)
         gw.metrics.upstream_errors.labels(res.expert.name,
                                           "stream_invalid" if invalid else "stream_cut").inc()
-        what = "sent an event that is not JSON" if invalid else \
-            f"ended unexpectedly ({type(e).__name__})"
+        what = "sent an event that is not JSON" if invalid else str(e) if isinstance(
+            e, StreamEndedEarly) else f"ended unexpectedly ({type(e).__name__})"
         code = "stream_invalid" if invalid else "stream_interrupted"
         ctx.status, ctx.err_type = 502, code
         ctx.degraded.append("stream-invalid" if invalid else "stream-cut")
@@ -378,6 +378,11 @@ async def _stream(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
         reply.release()
     ctx.usage = sse.usage or (0, 0)
     await _write(send, {"type": "http.response.body", "body": b""})
+
+
+class StreamEndedEarly(Exception):
+    """An upstream's stream body ended before ``data: [DONE]`` (and without an error
+    event): a cut, though the HTTP body itself ended cleanly."""
 
 
 def _failed_midway(gw: Gateway, ctx: RequestContext, res: DispatchResult, code: str) -> None:
