@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from evals.datasets.routing import ENSEMBLE_NOTE, read_log_export
+from evals.datasets.routing import ENSEMBLE_NOTE, log_costs, read_log_export
 from routers.base import (
     MIN_EXPERT_SCORES,
     Router,
@@ -721,8 +721,10 @@ def load_logged(path: str | Path, embed: Any, *, experts: Sequence[str] | None =
                 f"{e!r} ({k} record{'s' if k > 1 else ''})" for e, k in by_expert.most_common())
             + "; an expert renamed since, or edited logs? The importance weights need the "
             "probability with which the served expert was chosen")
-    costs = pd.to_numeric(df.get("cost_usd", pd.Series(np.zeros(len(df)))),
-                          errors="coerce").fillna(0.0).to_numpy(dtype=np.float64)
+    try:
+        costs = log_costs(df, p)
+    except RouterError as e:
+        raise OffPolicyError(str(e)) from None
     texts = df["text"].astype(str).tolist()
     return LoggedData(ex, np.asarray(embed(texts)), actions, fb, costs, P, texts, allowed,
                       pols)

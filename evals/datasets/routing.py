@@ -37,7 +37,8 @@ per model, NaN where a model was not evaluated). Formats, by :func:`load_table` 
     ``pandas.read_pickle(src).to_parquet(dst)`` on a file you trust.
 ``logs``
     Exported gateway routing logs (Parquet or JSONL) joined with feedback: ``text`` ->
-    prompt, ``expert`` -> model, ``feedback_score`` -> score, ``cost_usd`` -> cost. Rows
+    prompt, ``expert`` -> model, ``feedback_score`` -> score, ``cost_usd`` -> cost (0 where
+    none was logged; an infinite or negative cost is an error, :func:`log_costs`). Rows
     without text or without feedback, and rated requests that no expert served (``expert``
     null or ``status`` not ``ok``) and ensemble answers (``mode`` ``ensemble``: a rating of
     several experts' combined answer, the record naming the aggregator and costing them all),
@@ -83,6 +84,7 @@ __all__ = [
     "load_routellm",
     "load_table",
     "load_wide",
+    "log_costs",
     "read_log_export",
 ]
 
@@ -468,17 +470,35 @@ def load_logs(path: str | Path, *, policy: str | None = None) -> RoutingTable:
     if ((fbk < 0) | (fbk > 1)).any():
         raise RouterError(f"{path}: feedback_score must lie in [0, 1]")
     texts = df["text"].astype(str)
-    cost = (pd.to_numeric(df["cost_usd"], errors="coerce").fillna(0.0)
-            if "cost_usd" in df.columns else 0.0)
     long = pd.DataFrame({
         "prompt_id": [hashlib.sha256(t.encode()).hexdigest()[:16] for t in texts],
         "prompt": texts.to_numpy(),
         "model": df["expert"].astype(str).to_numpy(),
         "score": fbk.to_numpy(dtype=np.float64),
-        "cost": np.asarray(cost, dtype=np.float64) if not np.isscalar(cost)
-        else np.zeros(len(df)),
+        "cost": log_costs(df, path),
     })
     return RoutingTable.from_long(long)
+
+
+def log_costs(df: Any, path: str | Path) -> np.ndarray:
+    """The ``cost_usd`` of the log records ``df`` (0 where none was logged: an expert
+    without a price); an infinite or negative cost (logs edited, or merged from another
+    tool) is an error naming the records, as a feedback_score outside [0, 1] is: the
+    reward models and the routers' cost knob read it as a price."""
+    import pandas as pd
+
+    if "cost_usd" not in df.columns:
+        return np.zeros(len(df))
+    cost = pd.to_numeric(df["cost_usd"], errors="coerce").fillna(0.0).to_numpy(
+        dtype=np.float64)
+    bad = ~np.isfinite(cost) | (cost < 0)
+    if bad.any():
+        first = (f", the first request_id {df['request_id'].astype(str).to_numpy()[bad][0]}"
+                 if "request_id" in df.columns else "")
+        values = ", ".join(f"{v:g}" for v in sorted(set(cost[bad].tolist()))[:3])
+        raise RouterError(f"{path}: cost_usd must be a finite number >= 0; "
+                          f"{int(bad.sum())} record(s) have {values}{first}")
+    return cost
 
 
 #: how a loader counts the rated ensemble answers it leaves out
