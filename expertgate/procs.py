@@ -47,6 +47,7 @@ __all__ = [
     "free_port",
     "local_config",
     "model_path",
+    "port_in_use",
     "wait_port",
 ]
 
@@ -80,6 +81,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def port_in_use(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:``port`` now."""
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def wait_port(port: int, timeout_s: float = 30.0, proc: subprocess.Popen[bytes] | None = None,
@@ -199,6 +207,11 @@ class ChildServer:
     def start(self, wait: bool = True) -> Self:
         if self.running:
             return self
+        if port_in_use(self.port):
+            # readiness is polled on this port: another process's answer there would be
+            # taken for this server's, and every request then sent to that process
+            raise LocalExpertError(f"{self.kind} {self.name}: port {self.port} is already in "
+                                   f"use by another process; stop it or pick another port")
         self.check()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")

@@ -232,11 +232,30 @@ def _sigterm_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
+def _bad_option(args: argparse.Namespace) -> str | None:
+    """What makes the demo fail whatever the experts do. A port in use was the worst: the
+    gateway could not bind it, and the other process there answered the demo's prompts."""
+    from expertgate.procs import port_in_use
+
+    if args.max_tokens < 1:
+        return f"--max-tokens must be at least 1, not {args.max_tokens}"
+    if args.port is not None and not 0 <= args.port <= 65535:
+        return f"--port must be between 0 (a free one) and 65535, not {args.port}"
+    if args.port and port_in_use(args.port):
+        return (f"--port {args.port}: port {args.port} is already in use by another process "
+                "(leave out --port for a free one)")
+    return None
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from expertgate.procs import LocalExpertError
 
     if not args.config.is_file():
         print(f"expertgate demo: no config file {args.config}", file=sys.stderr)
+        return 2
+    bad = _bad_option(args)
+    if bad:  # said before the experts load, not after
+        print(f"expertgate demo: {bad}", file=sys.stderr)
         return 2
     try:
         with _sigterm_as_exit():
