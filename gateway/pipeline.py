@@ -251,10 +251,16 @@ def _attach_guard(d: Decision, verdict: GuardVerdict | None) -> None:
 def _to_experts(pol: PolicyConfig, d: Decision) -> None:
     """Rename a learned router's table models to the experts the policy maps them to."""
     m = pol.models
-    if d.targets and m.get(d.targets[0].expert, d.targets[0].expert) != d.targets[0].expert:
+    if d.mode != "reject" and d.targets and \
+            m.get(d.targets[0].expert, d.targets[0].expert) != d.targets[0].expert:
         first = d.targets[0].expert  # the reason speaks the table's names: say who serves it
         d.reason = f"{d.reason}; {first} is served by {m[first]}"
-    d.targets = [Target(m.get(t.expert, t.expert), t.score) for t in d.targets]
+    # several table models (a guard's labels) may map to one expert: it keeps its best
+    # place, once, so a failed expert is not tried again further down the chain
+    served: dict[str, Target] = {}
+    for t in d.targets:
+        served.setdefault(m.get(t.expert, t.expert), Target(m.get(t.expert, t.expert), t.score))
+    d.targets = list(served.values())
     if d.aggregator is not None:
         d.aggregator = m.get(d.aggregator, d.aggregator)
 
