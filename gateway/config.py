@@ -317,11 +317,24 @@ def _url_problem(url: str) -> str | None:
                 "(envsubst < gw.template.yaml > gw.yaml)")
     if not url.startswith(("http://", "https://")):
         return f"api base {redact(url)!r} must start with http:// or https://"
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        # a line break went into the request line sent upstream (a header of its own there)
+        return ("invalid URL: it holds whitespace or a control character (a line break, a "
+                "tab, a space): percent-encode it (a space as %20)")
     parts = urlsplit(url)
     if "@" in url[len(parts.scheme) + 3 + len(parts.netloc):]:
         return ("invalid URL: '@' after the host. If the URL carries user:password@, "
                 "percent-encode the password's special characters: '/' as %2F, '@' as %40, "
                 "':' as %3A (or give the key with api_key_env)")
+    if "?" in url or "#" in url:
+        # the gateway appends /chat/completions and the other paths to the base: a query
+        # was dropped from every call (an api-key there never sent), yet shown in
+        # /admin/state and the logs; the message does not repeat it
+        base = redact(url.split("?", 1)[0].split("#", 1)[0])
+        return (f"invalid URL: {base!r} is followed by a query (?...) or fragment (#...), "
+                "which an API base cannot have: no call would carry it (the gateway appends "
+                "/chat/completions and the other paths to the base); give the upstream's "
+                "key with api_key_env")
     if not parts.hostname:
         return f"invalid URL {redact(url)!r}: no host"
     try:
