@@ -711,6 +711,7 @@ def load_logged(path: str | Path, embed: Any, *, experts: Sequence[str] | None =
                 P[i, col[name]] = v
         else:
             P[i, actions[i]] = 1.0 if prop is None else prop
+    _check_distributions(P, [pr is not None for _, pr in probs_list], df, p)
     unlogged = P[np.arange(len(recs)), actions] <= 0
     if unlogged.any():
         # LoggedData refuses these too, without saying which records: name them
@@ -728,6 +729,32 @@ def load_logged(path: str | Path, embed: Any, *, experts: Sequence[str] | None =
     texts = df["text"].astype(str).tolist()
     return LoggedData(ex, np.asarray(embed(texts)), actions, fb, costs, P, texts, allowed,
                       pols)
+
+
+#: how far a record's logged action_probs may sum from 1 (the gateway writes them unrounded)
+PROBS_SUM_TOL = 1e-3
+
+
+def _check_distributions(P: np.ndarray, has_probs: Sequence[bool], df: Any,
+                         path: Path) -> None:
+    """Each record's logged probabilities are one: finite, in [0, 1] and, where the record
+    has action_probs, summing to 1. Percentages (a log from another tool) or an edited cell
+    would otherwise scale every importance weight and print a wrong estimate as a good one."""
+    full = np.asarray(has_probs, dtype=bool)
+    with np.errstate(invalid="ignore"):
+        bad = (~np.isfinite(P) | (P < 0) | (P > 1 + 1e-9)).any(axis=1)
+        bad |= full & (np.abs(np.nan_to_num(P, nan=np.inf).sum(axis=1) - 1) > PROBS_SUM_TOL)
+    if not bad.any():
+        return
+    i = int(np.flatnonzero(bad)[0])
+    rid = df["request_id"].iloc[i] if "request_id" in df.columns else None
+    what = ("action_probs must be probabilities (finite, in [0, 1], summing to 1)"
+            if full[i] else "propensity must be a probability in [0, 1]")
+    got = df["action_probs"].iloc[i] if full[i] else df["propensity"].iloc[i]
+    got = got if isinstance(got, str) else json.dumps(got, default=str)
+    raise OffPolicyError(f"{path}: {what}; {int(bad.sum())} record(s) are not, the first "
+                         + (f"request_id {rid} " if rid is not None else "")
+                         + f"logged {got[:120]}")
 
 
 def debiased_table(data: LoggedData, method: str, *, seed: int = 0, clip: float = DR_CLIP,

@@ -148,10 +148,18 @@ def sample_actions(P: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def record_probs(rec: Mapping[str, Any]) -> tuple[float | None, dict[str, float] | None]:
     """(propensity, action_probs) of a log record; None where the record predates them
-    (missing, null or NaN as data frames read it)."""
+    (missing, null or NaN as data frames read it). An action_probs value that is no number
+    (null: a NaN written to JSON and read back) is NaN, for the reader to refuse."""
     p = rec.get("propensity")
     probs = json_field(rec.get("action_probs"))
     prop = None if p is None or not math.isfinite(float(p)) else float(p)
     if not isinstance(probs, Mapping) or not probs:
         return prop, None
-    return prop, {str(k): float(v) for k, v in probs.items()}
+    return prop, {str(k): _number(v) for k, v in probs.items()}
+
+
+def _number(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
