@@ -49,6 +49,7 @@ __all__ = [
     "Settings",
     "StrictLoader",
     "auth_problem",
+    "env_key",
     "load_config",
     "load_yaml",
     "missing_credentials",
@@ -278,7 +279,7 @@ class ExpertConfig(_Model):
         """The headers of a call to replica ``base``: JSON, and its credentials if any."""
         h = {"content-type": "application/json"}
         if self.api_key_env:
-            key = os.environ.get(self.api_key_env)
+            key = env_key(self.api_key_env)
             if key:
                 h["authorization"] = f"Bearer {key}"
         elif self._basic_auth:
@@ -644,15 +645,40 @@ class GatewayConfig(_Model):
         return None
 
 
+def env_key(name: str) -> str:
+    """The upstream key in environment variable ``name``, without the whitespace around it:
+    a key read from a file (a Kubernetes secret, ``echo KEY > file``) ends with a line
+    break, which made every call's ``Authorization`` header invalid (the expert failed as
+    misconfigured); ``""`` when the variable is not set."""
+    return os.environ.get(name, "").strip()
+
+
+def _bad_key(key: str) -> bool:
+    return any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in key)
+
+
 def missing_credentials(cfg: GatewayConfig) -> list[str]:
     """One line per expert whose ``api_key_env`` names a variable that is not set (or
     empty): the gateway would call that upstream without credentials. A warning, not an
     error: a config may list a hosted expert that a local set-up never calls, and its
-    requests fail over to a policy's fallback (the upstream answers 401)."""
-    return [f"experts[{i}]({e.name}).api_key_env: the variable {e.api_key_env} is not set: "
-            f"calls to {e.name!r} go without credentials until it is (and a restart)"
-            for i, e in enumerate(cfg.experts)
-            if e.api_key_env and not os.environ.get(e.api_key_env)]
+    requests fail over to a policy's fallback (the upstream answers 401). Also one line per
+    variable whose key holds whitespace or a control character inside it (never the key):
+    no header can carry it, so every call to that expert fails."""
+    out = []
+    for i, e in enumerate(cfg.experts):
+        if not e.api_key_env:
+            continue
+        key = env_key(e.api_key_env)
+        if not key:
+            out.append(f"experts[{i}]({e.name}).api_key_env: the variable {e.api_key_env} is "
+                       f"not set: calls to {e.name!r} go without credentials until it is (and "
+                       "a restart)")
+        elif _bad_key(key):
+            out.append(f"experts[{i}]({e.name}).api_key_env: the variable {e.api_key_env} "
+                       "holds whitespace or a control character inside the key: no header "
+                       f"can carry it, so every call to {e.name!r} fails until it is fixed "
+                       "(and a restart)")
+    return out
 
 
 def auth_problem(cfg: GatewayConfig, redis_url: str | None) -> str | None:
