@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 
 from gateway.aio import stop_task
+from gateway.api import _client_request_id as client_request_id
 from gateway.api import no_route
 from gateway.auth import Authenticator, RequestIds, reachable_experts
 from gateway.cache import DecisionCache, MemoryDecisionCache, RedisDecisionCache
@@ -771,7 +772,7 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
                 # a POST endpoint the FastAPI part does not declare (/chat/completions, the
                 # Azure paths): a 405 saying so, as GET /v1/chat/completions gets, not a 404
                 # naming these very paths among those served
-                await _method_not_allowed(scope, send, path)
+                await _method_not_allowed(gw, scope, send, path)
                 return
             gate = _GATED.get(path)
             if gate is not None and not await _gate_passed(gw, scope, send,
@@ -784,11 +785,7 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
             except ClientDisconnected:
                 return  # nobody left to answer
             except GatewayError as e:
-                headers = [(b"content-type", b"application/json")]
-                headers += [(k.lower().encode(), v.encode()) for k, v in e.headers.items()]
-                await send({"type": "http.response.start", "status": e.status,
-                            "headers": headers})
-                await send({"type": "http.response.body", "body": e.body()})
+                await _send_error(gw, scope, send, e)
                 return
             await api(scope, _replay(raw, receive), send)
             return
@@ -802,12 +799,35 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
     return app
 
 
-async def _method_not_allowed(scope: Scope, send: Send, path: str) -> None:
+async def _method_not_allowed(gw: Gateway, scope: Scope, send: Send, path: str) -> None:
     err = GatewayError(no_route(scope["method"], path, 405, "POST"),
                        code="method_not_allowed", headers={"allow": "POST"})
     err.status, err.type = 405, "invalid_request_error"
-    await send({"type": "http.response.start", "status": 405, "headers": [
-        (b"content-type", b"application/json"), (b"allow", b"POST")]})
+    # an answer of a request-path endpoint: its x-expertgate-* set, as an error before
+    # routing gives it
+    await _send_error(gw, scope, send, err, _NOT_ROUTED)
+
+
+#: the x-expertgate-* set of an answer given before any routing
+_NOT_ROUTED = [(b"x-expertgate-policy", b"none"), (b"x-expertgate-expert", b"none"),
+               (b"x-expertgate-cache", b"none"), (b"x-expertgate-decision-ms", b"0.000"),
+               (b"x-expertgate-reason", b"method not allowed")]
+
+
+async def _send_error(gw: Gateway, scope: Scope, send: Send, err: GatewayError,
+                      extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    """``err`` answered by this front itself (before FastAPI or the request path), with the
+    x-request-id every response carries (and the client's own as x-client-request-id), as
+    :class:`gateway.api.RequestIdMiddleware` gives FastAPI's answers."""
+    ids = gw.request_ids
+    headers = [(b"content-type", b"application/json"),
+               (b"x-request-id", ids.request_id(ids.nonce(), None).encode())]
+    client_rid = client_request_id(scope)
+    if client_rid is not None:
+        headers.append((b"x-client-request-id", client_rid.encode()))
+    headers += extra or []
+    headers += [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
     await send({"type": "http.response.body", "body": err.body()})
 
 
@@ -881,10 +901,7 @@ async def _gate_passed(gw: Gateway, scope: Scope, send: Send, level: str) -> boo
             code="admin_required")
     except GatewayError as e:
         err = e
-    headers = [(b"content-type", b"application/json")]
-    headers.extend((k.lower().encode(), v.encode()) for k, v in err.headers.items())
-    await send({"type": "http.response.start", "status": err.status, "headers": headers})
-    await send({"type": "http.response.body", "body": err.body()})
+    await _send_error(gw, scope, send, err)
     return False
 
 
