@@ -107,7 +107,8 @@ def register_overhead(sub: Any) -> None:
     p.add_argument("--litellm-requests", type=int, default=400,
                    help="requests per run for litellm (~100 req/s; default 400)")
     p.add_argument("--stream-requests", type=int, default=100,
-                   help="streamed requests per path and round for time to first byte")
+                   help="streamed requests per path and round for time to first byte "
+                   "(default 100)")
     p.add_argument("--concurrency", default="1,16,64",
                    help="comma-separated concurrency levels (default 1,16,64)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
@@ -448,6 +449,10 @@ def cmd_overhead(args: argparse.Namespace) -> int:
     if args.rounds < 1 or args.requests < max(concs):
         print("bench overhead: need --rounds >= 1 and --requests >= the largest concurrency",
               file=sys.stderr)
+        return 2
+    if args.stream_requests < 1:  # its percentiles come last: a run of minutes, then lost
+        print(f"bench overhead: --stream-requests must be at least 1, not "
+              f"{args.stream_requests}", file=sys.stderr)
         return 2
     if args.prompt_tokens and args.prompt_tokens < 32:
         print("bench overhead: --prompt-tokens needs 0 (short questions) or at least 32",
