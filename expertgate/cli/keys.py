@@ -173,6 +173,15 @@ def _names_known(key: Any, args: argparse.Namespace) -> bool:
     policies = [p.name for p in cfg.policies]
     experts = [e.name for e in cfg.experts]
     ok = True
+    for i, k in enumerate(cfg.api_keys):
+        if k.sha256 == key.sha256:
+            # the gateways take a config key's record over Redis's: this one would be stored
+            # and reported, and never used (an --admin here left a tenant key a tenant key)
+            ok = False
+            print(f"expertgate keys add: this key is already in {path} as api_keys[{i}]"
+                  f"({k.name}), and a config key's record wins over Redis's: the record "
+                  "stored here would never be used. Edit it in the file (and reload), or add "
+                  "another key", file=sys.stderr)
     for opt, names, known, what, whats in (
             ("--policies", key.policies, policies, "policy", "policies"),
             ("--experts", key.experts or [], experts, "expert", "experts")):

@@ -1,0 +1,41 @@
+"""``expertgate keys add --config FILE`` for a key the file already lists: the gateways take
+a config key's record over Redis's, so the record was stored, reported ("stored ... for admin
+ops") and never used: an operator who made a tenant's key an admin key this way still had a
+tenant key. The command refuses it before storing anything, naming the entry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from expertgate.cli import main as cli
+from expertgate.procs import free_port
+from gateway.auth import hash_key
+
+
+def _config(tmp_path: Path) -> Path:
+    p = tmp_path / "gw.yaml"
+    p.write_text(yaml.safe_dump({
+        "embedder": {"kind": "hashing"},
+        "experts": [{"name": "coder", "api_base": "http://127.0.0.1:9/v1"}],
+        "policies": [{"name": "auto", "routes": [
+            {"name": "r", "expert": "coder", "examples": ["write python code"]}]}],
+        "api_keys": [{"name": "team-a", "sha256": hash_key("sk-team-a"),
+                      "policies": ["auto"]}],
+    }))
+    return p
+
+
+def test_keys_add_refuses_a_key_the_config_already_has(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    cfg = _config(tmp_path)
+    # no Redis answers there: the refusal comes before any Redis call
+    rc = cli(["keys", "add", "--redis-url", f"redis://127.0.0.1:{free_port()}/0",
+              "--config", str(cfg), "--name", "ops", "--admin", "--key", "sk-team-a"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert f"already in {cfg} as api_keys[0](team-a)" in err
+    assert "never be used" in err and "sk-team-a" not in err
