@@ -623,8 +623,21 @@ class Pipeline:
         except Exception as e:  # embedder failure degrades to the fallback chain, loudly
             log.error("embedder failed (%s: %s); using the policy's fallback", type(e).__name__, e)
             degraded.append("embedder")
-            return self._fallback_decision(rt, f"embedder unavailable ({type(e).__name__})",
-                                           timings)
+            why = f"embedder unavailable ({type(e).__name__})"
+            if rt.guard is None:
+                return self._fallback_decision(rt, why, timings)
+            # the guard's text checks need no embedding: what they refuse stays refused
+            tv = rt.guard.text_verdict([text])[0]  # type: ignore[attr-defined]
+            if tv.rejected:
+                d = Decision("reject", [], "guard rejected the query: "
+                             f"{rt.guard.reject_text(tv)}",  # type: ignore[attr-defined]
+                             router="guard", guard=tv, policy=pol.name,
+                             policy_version=rt.version, timings_ms=timings)
+            else:
+                d = self._fallback_decision(rt, f"{why}; the guard read the text only",
+                                            timings)
+                d.guard = tv
+            return d  # not cached: the guard's other checks did not run
         t2 = time.perf_counter()
         timings["embed"] = (t2 - t1) * 1000
         self._obs_embed.observe(t2 - t1)

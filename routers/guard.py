@@ -760,6 +760,21 @@ class GuardRouter(Router):
         return (f"out of domain: {self.method} score {v.ood_score:.4f} > threshold "
                 f"{v.threshold:.4f} (calibrated to {self.target_frr:.1%} false rejections)")
 
+    def text_verdict(self, texts: Sequence[str]) -> list[GuardVerdict]:
+        """The verdict per query from the checks that read the text alone (the unsafe
+        lexicon), for when no embedding can be had (the gateway's embedder failing): every
+        verdict is ``skipped`` (the embedding's checks did not run); a lexicon hit rejects
+        it as ``unsafe``, as :meth:`verdict` would."""
+        self.check_fitted()
+        lexicon = "lexicon" in self.unsafe_layers_
+        out = []
+        for t in texts:
+            hit = lexicon and _UNSAFE_RE.search(t) is not None
+            out.append(GuardVerdict(rejected=hit, reject_reason="unsafe" if hit else None,
+                                    unsafe_score=(1.0 if hit else None) if lexicon else None,
+                                    skipped=True))
+        return out
+
     # ------------------------------------------------------------------ inference
     @property
     def reads_lexical(self) -> bool:

@@ -98,6 +98,10 @@ class GuardCascade:
         return self.cascade_verdict(X, texts, self._embed_back,
                                     on_back_error=_log_back_error)[0]
 
+    def text_verdict(self, texts: Sequence[str]) -> list[GuardVerdict]:
+        """The front guard's :meth:`GuardRouter.text_verdict` (no embedding at hand)."""
+        return self.front.text_verdict(texts)
+
     def warm(self) -> bool:
         """Run the back stage once on a short text, its encoder and its guard, so the first
         escalated request pays neither's first run: an ONNX session's first call allocates
