@@ -624,13 +624,16 @@ class Pipeline:
             log.error("embedder failed (%s: %s); using the policy's fallback", type(e).__name__, e)
             degraded.append("embedder")
             why = f"embedder unavailable ({type(e).__name__})"
-            if rt.guard is None:
+            # the guard's text checks need no embedding: what they refuse stays refused (the
+            # policy's guard, or its router when that is a guard artifact)
+            guard: Any = rt.guard if rt.guard is not None else (
+                rt.router if hasattr(rt.router, "text_verdict") else None)
+            if guard is None:
                 return self._fallback_decision(rt, why, timings)
-            # the guard's text checks need no embedding: what they refuse stays refused
-            tv = rt.guard.text_verdict([text])[0]  # type: ignore[attr-defined]
+            tv = guard.text_verdict([text])[0]
             if tv.rejected:
                 d = Decision("reject", [], "guard rejected the query: "
-                             f"{rt.guard.reject_text(tv)}",  # type: ignore[attr-defined]
+                             f"{guard.reject_text(tv)}",
                              router="guard", guard=tv, policy=pol.name,
                              policy_version=rt.version, timings_ms=timings)
             else:

@@ -44,3 +44,18 @@ async def test_an_unsafe_request_is_refused_while_the_embedder_is_down(
     recs = [orjson.loads(ln) for ln in (tmp_path / "log.jsonl").read_bytes().splitlines()]
     assert [(r["http_status"], r["guard"]["skipped"], r["guard"]["reject_reason"])
             for r in recs] == [(403, True, "unsafe"), (200, True, None)]
+
+
+async def test_a_policy_served_by_a_guard_router_keeps_its_text_check(
+        ups, tmp_path: Path) -> None:
+    # the same for a policy whose router is the guard artifact itself (router: guard)
+    from tests.unit.test_guard_policy_models import _config
+
+    async with gateway_client(_config(ups, tmp_path), tmp_path) as (c, gw):
+        gw.pipeline._embed_fn = _down
+        r = await c.post("/v1/chat/completions", json=chat("auto", "those people are vermin"))
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == \
+            "Out of scope."
+        assert r.headers["x-expertgate-expert"] == "none"
+        assert r.headers["x-expertgate-degraded"] == "embedder"
+        assert ups[0].received == [] and ups[1].received == []
