@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import os
 import shlex
 import statistics
@@ -218,7 +219,7 @@ async def run_soak(minutes: float = 3.0, *, concurrency: int = 8, sample_s: floa
             redis.stop()
         await up.stop()
     after = [s for s in samples if s["t_s"] >= warmup_frac * duration]
-    if len(after) < 6:
+    if len(after) < MIN_SAMPLES:
         raise RuntimeError(f"too few samples after warm-up ({len(after)}): run longer or "
                            "sample more often")
     rss0 = statistics.median(s["rss_kib"] for s in after[:3])
@@ -251,8 +252,39 @@ async def run_soak(minutes: float = 3.0, *, concurrency: int = 8, sample_s: floa
     return out
 
 
+#: samples after the warm-up that the verdict compares (the medians of the first and last 3)
+MIN_SAMPLES = 6
+
+
+def bad_options(args: argparse.Namespace) -> str | None:
+    """Why these options cannot give a verdict, or None: said before the soak starts, not
+    after minutes of load."""
+    if args.minutes <= 0:
+        return f"--minutes must be more than 0, not {args.minutes:g}"
+    if args.concurrency < 1:
+        return f"--concurrency must be at least 1, not {args.concurrency}"
+    if args.sample_s <= 0:
+        return f"--sample-s must be more than 0, not {args.sample_s:g}"
+    if not 0.0 <= args.warmup_frac < 1.0:
+        return f"--warmup-frac must lie in [0, 1), not {args.warmup_frac:g}"
+    if args.max_rss_growth < 0:
+        return f"--max-rss-growth must be at least 0, not {args.max_rss_growth:g}"
+    kept_s = args.minutes * 60 * (1 - args.warmup_frac)
+    if kept_s / args.sample_s < MIN_SAMPLES:
+        shortest = math.ceil(MIN_SAMPLES * args.sample_s / (60 * (1 - args.warmup_frac)) * 100)
+        return (f"the verdict takes {MIN_SAMPLES} samples after the warm-up: with --sample-s "
+                f"{args.sample_s:g} and --warmup-frac {args.warmup_frac:g} that needs at least "
+                f"--minutes {shortest / 100:g} (or a shorter --sample-s)")
+    return None
+
+
 def main(args: argparse.Namespace) -> int:
     from evals.provenance import git_state, package_versions
+
+    bad = bad_options(args)
+    if bad:
+        print(f"bench soak: {bad}", file=sys.stderr)
+        return 2
 
     # the code that ran: the tree's state when the run starts, not when it ends
     argv = sys.argv[1:]
