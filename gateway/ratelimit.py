@@ -363,6 +363,9 @@ class RateLimiter:
             self._redis_up.set(0.0)
 
     def _redis_back(self) -> None:
+        # Redis answered: shared limits from now on, whatever a check in flight beside this
+        # one met (a burst's connect timeout); not per process until retry_s ran out
+        self._down_until = 0.0
         if not self._redis_ok:
             log.warning("rate limits: Redis is back; limits are shared again")
         self._redis_ok = True

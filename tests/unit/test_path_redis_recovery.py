@@ -1,13 +1,16 @@
-"""The Redis decision cache's outage state under concurrent lookups (request path)."""
+"""The Redis outage state of the decision cache and the rate limiter under concurrent
+calls (request path): one call that timed out beside one Redis answered."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import pytest
 
 from gateway.cache import CacheUnavailable, RedisDecisionCache
+from gateway.ratelimit import Limits, RateLimiter
 
 
 class _Client:
@@ -61,3 +64,43 @@ async def test_redis_still_down_is_skipped_for_retry_s() -> None:
     assert cache.skipped == 2
 
 
+
+
+class _ScriptClient:
+    """A Redis client stand-in for the rate limiter's scripts: the acquire of key ``slow``
+    waits for ``release``, of key ``bad`` times out, any other is admitted."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.calls: list[str] = []
+
+    def register_script(self, source: str) -> Any:
+        async def run(keys: list[str], args: list[Any]) -> list[int]:
+            ident = keys[0].split("{", 1)[1].split("}", 1)[0]
+            self.calls.append(ident)
+            if ident == "slow":
+                await self.release.wait()
+            if ident == "bad":
+                raise TimeoutError("Timeout reading from 127.0.0.1:6379")
+            return [1, 0, 1, 0, 0, 0, 0, 1]
+        return run
+
+
+async def test_limits_are_shared_again_once_redis_answered(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # The same burst for the rate limiter: one check timed out, one in flight beside it was
+    # answered and the log said "limits are shared again", yet every key was limited per
+    # process (x-expertgate-degraded: ratelimit-local) until retry_s ran out.
+    client = _ScriptClient()
+    rl = RateLimiter(client, retry_s=3600.0)
+    limits = Limits(100, None)
+    slow = asyncio.create_task(rl.acquire("slow", limits, 0))
+    await asyncio.sleep(0)
+    assert (await rl.acquire("bad", limits, 0)).backend == "local"
+    client.release.set()
+    with caplog.at_level(logging.WARNING, "expertgate.ratelimit"):
+        assert (await slow).backend == "redis"
+    assert "Redis is back" in caplog.text
+    assert rl.backend == "redis"
+    assert (await rl.acquire("next", limits, 0)).backend == "redis"
+    assert client.calls == ["slow", "bad", "next"]
