@@ -402,7 +402,8 @@ def unchecked_keys(cfg: GatewayConfig, s: Settings) -> list[str]:
                    "api_keys and require_auth is false): every client that reaches this "
                    "port may call every policy and expert. Add api_keys, or set "
                    "require_auth: true with keys in Redis (expertgate keys add), or "
-                   "listen on 127.0.0.1")
+                   "listen on 127.0.0.1 (in a container: publish the port on 127.0.0.1 "
+                   "only)")
     if s.redis_url and _redis_holds_keys(s.redis_url):
         from gateway.redact import redact
 
