@@ -340,6 +340,7 @@ class Authenticator:
             raise ServiceUnavailable("cannot verify the API key: the key store is unavailable",
                                      code="key_store_unavailable",
                                      headers={"retry-after": "1"}) from None
+        self._down_until = 0.0  # the store answered, whatever a lookup beside this one met
         if not raw:
             self._remember(digest, None, self.negative_ttl_s)
             return None

@@ -4,12 +4,14 @@ calls (request path): one call that timed out beside one Redis answered."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from typing import Any
 
 import pytest
 
 from gateway.cache import CacheUnavailable, RedisDecisionCache
+from gateway.errors import ServiceUnavailable
 from gateway.ratelimit import Limits, RateLimiter
 
 
@@ -104,3 +106,45 @@ async def test_limits_are_shared_again_once_redis_answered(
     assert rl.backend == "redis"
     assert (await rl.acquire("next", limits, 0)).backend == "redis"
     assert client.calls == ["slow", "bad", "next"]
+
+
+class _KeyStore:
+    """A Redis client stand-in for the API key store: the record of digest ``slow`` comes
+    once ``release`` is set, of ``bad`` times out; every digest is a key."""
+
+    def __init__(self, slow: str, bad: str) -> None:
+        self.release = asyncio.Event()
+        self.slow, self.bad = slow, bad
+        self.calls: list[str] = []
+
+    async def hgetall(self, key: str) -> dict[bytes, bytes]:
+        digest = key.rsplit(":", 1)[1]
+        self.calls.append(digest)
+        if digest == self.slow:
+            await self.release.wait()
+        if digest == self.bad:
+            raise TimeoutError("Timeout reading from 127.0.0.1:6379")
+        return {b"name": b"tenant-" + digest[:4].encode()}
+
+
+async def test_a_new_key_is_verified_once_the_key_store_answered() -> None:
+    # One key lookup timed out in a burst while another was answered: a key not yet seen
+    # by this process got 503 key_store_unavailable (its client's SDK retries) until
+    # retry_s ran out, though the store was answering.
+    from gateway.auth import Authenticator
+    from gateway.config import parse_config
+
+    cfg = parse_config({"experts": [{"name": "e", "api_base": "http://127.0.0.1:9/v1"}],
+                        "require_auth": True}, "t.yaml")
+    digest = {k: hashlib.sha256(k.encode()).hexdigest() for k in ("slow", "bad", "new")}
+    store = _KeyStore(digest["slow"], digest["bad"])
+    auth = Authenticator(cfg, store, retry_s=3600.0)
+    slow = asyncio.create_task(auth.identify_token("slow"))
+    await asyncio.sleep(0)
+    with pytest.raises(ServiceUnavailable):
+        await auth.identify_token("bad")
+    store.release.set()
+    assert (await slow) is not None
+    key = await auth.identify_token("new")
+    assert key is not None and key.sha256 == digest["new"]
+    assert store.calls == [digest["slow"], digest["bad"], digest["new"]]
