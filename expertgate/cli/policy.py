@@ -228,4 +228,12 @@ def _run(args: argparse.Namespace) -> int:
             print(f"reload answered {r.status_code}: {r.text}", file=sys.stderr)
             return 1
         print(f"reloaded: changed {r.json().get('changed')}")
+        served = r.json().get("config")
+        if served and Path(served) != path.resolve():
+            # it reloaded its own file, which still names the candidate: the promotion or
+            # revert is not what it serves (a copy of the file was rewritten)
+            print(f"the gateway at {args.url} serves {served}, not {path.resolve()}: its "
+                  "own file still names the candidate. Run this command with --config "
+                  f"{served} (on its host), then reload it", file=sys.stderr)
+            return 1
     return rc

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -53,7 +54,10 @@ async def reload(request: Request) -> dict[str, Any]:
         out["workers"] = {"count": workers, "reload": "this worker reloaded in place; the "
                           "supervisor is replacing every worker with one built from the "
                           "new configuration"}
-    return {"object": "reload", **out}
+    # the file it read (absolute): `expertgate policy promote --url` checks it is the one it
+    # rewrote, not another copy
+    cfg = gw.settings.config
+    return {"object": "reload", "config": str(Path(cfg).resolve()) if cfg else None, **out}
 
 
 @router.get("/admin/state")
