@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -339,9 +340,15 @@ def embed_cached(embedder: Embedder, texts: Sequence[str], cache_dir: str | Path
     """
     path = embedding_cache_path(embedder, texts, cache_dir)
     if path.exists():
-        X = np.load(path, allow_pickle=False)
-        if X.shape == (len(texts), embedder.dim):
-            return X
+        try:
+            X = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            # a copy cut short, a full disk: a miss, rewritten below, never the embeddings
+            print(f"note: embedding cache file {path} is unreadable ({e}); embedding again",
+                  file=sys.stderr)
+        else:
+            if X.shape == (len(texts), embedder.dim):
+                return X
     chunks = []
     rng = range(0, len(texts), batch_size)
     if progress and len(texts) > batch_size:
