@@ -1,0 +1,100 @@
+"""The docs name commands, flags, files and tests; each must exist, so a renamed flag or a
+moved test cannot leave a reader a command that fails or a reference that leads nowhere.
+And README's "Command line" lists every subcommand the CLI has."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
+        ROOT / "examples" / "README.md"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    from expertgate.cli import GROUPS
+
+    parser = argparse.ArgumentParser(prog="expertgate")
+    sub = parser.add_subparsers(dest="command")
+    for name, (module, _) in GROUPS.items():
+        importlib.import_module(module).register(sub, name)
+    return parser
+
+
+def _subcommands(p: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for a in p._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            return dict(a.choices)
+    return {}
+
+
+def _flags(p: argparse.ArgumentParser) -> set[str]:
+    return {o for a in p._actions for o in a.option_strings}
+
+
+def _invocations() -> list[tuple[str, str]]:
+    """(document, the rest of a line) after each ``expertgate `` in the docs and the
+    Makefile, with backslash-continued lines joined."""
+    out = []
+    for doc in [*DOCS, ROOT / "Makefile"]:
+        text = doc.read_text().replace("\\\n", " ")
+        out += [(doc.name, m.group(1)) for m in re.finditer(r"expertgate ([a-z][^\n`]*)", text)]
+    return out
+
+
+def test_every_flag_the_docs_give_a_command_exists() -> None:
+    parser = _parser()
+    groups = _subcommands(parser)
+    wrong = []
+    checked = 0
+    for doc, line in _invocations():
+        words = line.split()
+        if words[0] not in groups:
+            continue  # prose: "expertgate sits between ..."
+        p = groups[words[0]]
+        inner = _subcommands(p)
+        if inner:
+            what = words[1] if len(words) > 1 else ""
+            if what.split("|")[0] not in inner:
+                continue  # a usage line listing alternatives, e.g. "data list | fetch"
+            p = inner[what.split("|")[0]]
+        # a flag after " | " or "# " belongs to another command or to a comment
+        args = re.split(r" \| |\s#\s", line)[0]
+        for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", args):
+            checked += 1
+            if flag not in _flags(p):
+                wrong.append(f"{doc}: expertgate {' '.join(words[:2])}: no {flag}")
+    assert checked > 100
+    assert not wrong, "\n".join(wrong)
+
+
+def test_every_file_and_test_the_docs_name_exists() -> None:
+    ref = re.compile(r"(?<![\w/.-])((?:tests|gateway|routers|evals|expertgate|scripts|docker)"
+                     r"/[\w/.-]*\.(?:py|sh|conf|yaml|yml))(?:::(\w+))?")
+    missing = []
+    for doc in [*DOCS, *sorted((ROOT / "docs" / "results").glob("*.md"))]:
+        for m in ref.finditer(doc.read_text()):
+            path = ROOT / m.group(1)
+            if not path.exists():
+                missing.append(f"{doc.name}: {m.group(1)}")
+            elif m.group(2) and not re.search(rf"def {m.group(2)}\w*\(|class {m.group(2)}\b",
+                                              path.read_text()):
+                missing.append(f"{doc.name}: {m.group(0)}")
+    assert not missing, "\n".join(missing)
+
+
+def test_the_readmes_command_line_lists_every_subcommand() -> None:
+    block = (ROOT / "README.md").read_text().split("## Command line", 1)[1].split("```")[1]
+    absent = []
+    for name, p in _subcommands(_parser()).items():
+        inner = _subcommands(p)
+        for what in inner or [""]:
+            # the word after the command, after a " | " or in an "a|b" alternative
+            pattern = rf"^expertgate {name}\b" + (rf" (?:[^#\n]*? \| )?(?:\w+\|)*{what}\b"
+                                                   if what else "")
+            if not re.search(pattern, block, re.M):
+                absent.append(f"expertgate {name} {what}".strip())
+    assert not absent, f"README's Command line does not list {absent}"
