@@ -22,6 +22,9 @@ to requests every OpenAI client sends, and ignored some fields silently; the rew
 - ``max_completion_tokens`` becomes ``max_tokens``, which it reads (the newer name was
   ignored, so a policy's ``max_tokens_cap`` on it did not bind); given both, the newer one
   counts, as vLLM reads them;
+- ``tool_choice: "required"`` becomes the choice naming the request's one tool (it forces
+  a call only for a named tool, and read ``required`` as ``auto``: text where the client
+  asked for a call); with several tools it is a 400;
 - ``n`` above 1 is a 400: it answered one choice silently. Serving ``n`` would be ``n``
   calls, each a slot of a server that generates one answer at a time per model: the client
   asking for them itself is as fast and says what it costs;
@@ -85,7 +88,20 @@ def _llama_cpp_python(payload: dict[str, Any], expert: str) -> dict[str, Any]:
     rf = payload.get("response_format")
     if isinstance(rf, dict) and rf.get("type") == "json_schema":
         out["response_format"] = _json_schema(rf)
+    if payload.get("tool_choice") == "required":
+        out["tool_choice"] = _required_tool(payload.get("tools"), expert)
     return out
+
+
+def _required_tool(tools: Any, expert: str) -> dict[str, Any]:
+    """``tool_choice: "required"`` as the server forces a call: only a choice naming the
+    tool does (a grammar from its parameters); ``required`` it reads as ``auto``."""
+    names = [t["function"].get("name") for t in tools or []
+             if isinstance(t, dict) and isinstance(t.get("function"), dict)]
+    if len(names) == 1 and len(tools) == 1 and isinstance(names[0], str):
+        return {"type": "function", "function": {"name": names[0]}}
+    raise _unsupported(expert, f"'tool_choice' is 'required' with {len(tools or [])} tools; "
+                       "it forces a call only to a tool named in 'tool_choice'", "tool_choice")
 
 
 def _messages(messages: list[Any], expert: str) -> list[Any]:
