@@ -42,7 +42,7 @@ from typing import Any
 import orjson
 
 from gateway import exactjson
-from gateway.config import ExpertConfig
+from gateway.config import ExpertConfig, env_key
 from gateway.redact import redact
 from gateway.upstream_http import (
     ConnectFailed,
@@ -739,8 +739,8 @@ def _litellm_failure(expert: ExpertConfig, e: Exception, timeout_s: float,
     if not isinstance(status, int):
         status = None
     headers = expert.upstream_headers(base) if base else {}
-    if expert.api_key_env and os.environ.get(expert.api_key_env):
-        headers = {"authorization": f"Bearer {os.environ[expert.api_key_env]}"}
+    if expert.api_key_env and env_key(expert.api_key_env):
+        headers = {"authorization": f"Bearer {env_key(expert.api_key_env)}"}
     if status in (401, 403):  # the provider refused the gateway's key, not the client's
         return auth_failure(expert, status, str(e).encode(), headers)
     retryable = status is None or status >= 500 or status in (404, 429)
@@ -798,8 +798,9 @@ async def call_litellm(expert: ExpertConfig, base: str | None, payload: dict[str
     kwargs = litellm_kwargs(expert, base, path, payload)
     if base:
         kwargs["api_base"] = base
-    if expert.api_key_env and os.environ.get(expert.api_key_env):
-        kwargs["api_key"] = os.environ[expert.api_key_env]
+    if expert.api_key_env and env_key(expert.api_key_env):
+        # as the OpenAI-compatible path sends it: without a key file's line break
+        kwargs["api_key"] = env_key(expert.api_key_env)
     elif base:
         auth = expert.upstream_headers(base).get("authorization")
         if auth is not None:  # credentials written in the api_base URL

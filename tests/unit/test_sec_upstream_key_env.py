@@ -50,3 +50,19 @@ def test_a_key_of_whitespace_only_is_not_set(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv(VAR, " \n")
     lines = missing_credentials(parse_config(_cfg(9), "gw.yaml"))
     assert len(lines) == 1 and f"the variable {VAR} is not set" in lines[0]
+
+
+async def test_a_litellm_expert_gets_the_key_without_its_line_break(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # LiteLLM's own call read the variable as it is: its key kept the line break
+    monkeypatch.setenv(VAR, "sk-up-123\n")
+    up = _BasicAuthDouble()
+    async with up.running():
+        cfg = {"embedder": {"kind": "hashing", "micro_batch": False},
+               "experts": [{"name": "lite", "kind": "litellm", "model": "openai/m",
+                            "api_base": f"http://127.0.0.1:{up.port}/v1", "timeout_s": 5,
+                            "api_key_env": VAR}]}
+        async with gateway_client(cfg, tmp_path) as (c, _):
+            r = await c.post("/v1/chat/completions", json=chat("lite", "hi"))
+            assert r.status_code == 200, r.text
+    assert up.seen == ["Bearer sk-up-123"]
