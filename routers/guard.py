@@ -63,11 +63,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from routers.base import Decision, GuardVerdict, Router, RouterError, RoutingTable, Target, register
+from routers.base import (
+    Decision,
+    GuardVerdict,
+    Num,
+    Router,
+    RouterError,
+    RoutingTable,
+    Target,
+    register,
+)
 from routers.simsearch import Int8Bank
 
 __all__ = ["METHODS", "UNSAFE_PATTERNS", "UNSAFE_SEEDS", "GuardRouter", "calibrate_threshold",
@@ -225,6 +234,15 @@ class GuardRouter(Router):
                    "unsafe_layers_", "unsafe_val_rate_", "lex_terms_", "lex_n_words_",
                    "selection_")
 
+    param_ranges: ClassVar[dict[str, Num]] = {
+        "target_frr": Num(0, 1, hi_open=True), "val_fraction": Num(0, 1, hi_open=True),
+        "seed": Num(0, integer=True), "k": Num(1, integer=True), "C": Num(0, lo_open=True),
+        "shrinkage": Num(0, 1), "temperature": Num(0, lo_open=True),
+        "hidden": Num(1, integer=True), "epochs": Num(1, integer=True),
+        "bank_size": Num(1, integer=True, none_ok=True), "unsafe_frr": Num(0, 1, hi_open=True),
+        "unsafe_min_similarity": Num(-1, 1),
+    }
+
     def __init__(self, method: str = "knn", target_frr: float = 0.05, val_fraction: float = 0.1,
                  seed: int = 0, routes: Mapping[str, str] | None = None,
                  head: str | None = None, k: int = 10, C: float = 10.0,
@@ -251,8 +269,33 @@ class GuardRouter(Router):
         self.unsafe_min_similarity = unsafe_min_similarity
         self.lexical = lexical
 
+    def check_params(self) -> None:
+        super().check_params()
+        seeds = self.unsafe_seeds
+        if seeds is not None and (isinstance(seeds, str) or not all(
+                isinstance(t, str) for t in seeds)):
+            raise RouterError("guard: unsafe_seeds must be a list of texts (one seed "
+                              f"description each), got {seeds!r}")
+
+    def set_params(self, **params: Any) -> GuardRouter:
+        """As :meth:`Router.set_params`, but a fitted guard (an artifact a policy serves)
+        refuses any change: its classifier, scores and threshold were fitted and calibrated
+        with the values it holds, and nothing it keeps could recalibrate them."""
+        if getattr(self, "threshold_", None) is not None:
+            changed = [k for k, v in params.items()
+                       if k in self.param_names() and getattr(self, k, None) != v]
+            if changed:
+                raise RouterError(
+                    f"guard: {', '.join(changed)} cannot change on a fitted guard (it was "
+                    "fitted and its threshold calibrated with "
+                    + ", ".join(f"{k}={getattr(self, k, None)!r}" for k in changed)
+                    + "): train it again with the new values (expertgate train --router "
+                    "guard --param K=V, or expertgate eval guard --save-selected)")
+        return super().set_params(**params)
+
     # ------------------------------------------------------------------ fitting
     def _check_params(self) -> None:
+        self.check_params()
         if self.method not in (*METHODS, "fused", "auto"):
             raise RouterError(f"guard: unknown method {self.method!r}; use one of "
                               f"{', '.join(METHODS)}, fused or auto")
