@@ -889,7 +889,12 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
 
 def _fit(spec: str, X: np.ndarray, table: RoutingTable) -> Router:
     name, params = parse_spec(spec)
-    return make_router(name, **params).fit(X, table)
+    try:
+        return make_router(name, **params).fit(X, table)
+    except RouterError:
+        raise
+    except (TypeError, ValueError) as e:  # a value of the wrong type (k=abc)
+        raise OffPolicyError(f"router spec {spec!r}: {type(e).__name__}: {e}") from None
 
 
 def _greedy_and_scores(router: Router, X: np.ndarray, texts: Sequence[str],

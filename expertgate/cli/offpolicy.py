@@ -206,7 +206,11 @@ def main(args: argparse.Namespace) -> int:
     if args.summarise:
         from evals.offpolicy import summary_markdown
 
-        md = summary_markdown([json.loads(Path(p).read_text()) for p in args.summarise])
+        try:
+            md = summary_markdown([_simulation_result(p) for p in args.summarise])
+        except OffPolicyError as e:
+            print(f"expertgate eval offpolicy: {e}", file=sys.stderr)
+            return 2
         if args.out:
             Path(args.out).write_text(md)
             print(f"wrote {args.out}", file=sys.stderr)
@@ -226,6 +230,30 @@ def main(args: argparse.Namespace) -> int:
         p.write_text(json.dumps(res, indent=1, allow_nan=False))
         print(f"wrote {p}", file=sys.stderr)
     return 0 if res.get("verdict", "ok") != "no_overlap" else 1
+
+
+def _simulation_result(path: str) -> dict[str, Any]:
+    """A ``--simulate --json`` result file, for --summarise; anything else is an
+    :class:`~evals.offpolicy.OffPolicyError` naming the file."""
+    from evals.offpolicy import OffPolicyError
+
+    try:
+        doc = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise OffPolicyError(f"--summarise {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise OffPolicyError(f"--summarise {path}: cannot read it: {e}") from None
+    except json.JSONDecodeError as e:
+        raise OffPolicyError(f"--summarise {path}: not JSON ({e})") from None
+    need = ("results", "explore", "logging", "candidate", "n_logged", "ess_mean")
+    if not isinstance(doc, dict) or doc.get("mode") != "simulate" \
+            or any(k not in doc for k in need):
+        mode = doc.get("mode") if isinstance(doc, dict) else None
+        raise OffPolicyError(f"--summarise {path}: not the result of --simulate (written by "
+                             "`expertgate eval offpolicy --simulate TABLE --json FILE`"
+                             + (f"; this one is of --{mode}" if mode and mode != "simulate"
+                                else "") + ")")
+    return doc
 
 
 def _git(commit: str | None) -> dict[str, Any]:

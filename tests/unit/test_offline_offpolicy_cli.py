@@ -1,0 +1,53 @@
+"""``expertgate eval offpolicy`` given what a user mistypes: a --summarise file that is
+missing, not JSON, or the result of a --logs run (not of --simulate), and a router spec whose
+value has the wrong type. Each ended in 'error: FileNotFoundError / JSONDecodeError / KeyError /
+ValueError: invalid literal for int()' with exit 1, the crash path; each is now the usage
+error it is (exit 2) naming the file or the spec."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from expertgate.cli import main
+
+
+def _table(tmp_path: Path) -> Path:
+    p = tmp_path / "t.csv"
+    p.write_text("prompt_id,prompt,model,score,cost\n" + "".join(
+        f'{i},"question {i} about {"maths" if i % 2 else "poems"}",a,{i % 2},0.1\n'
+        f'{i},"question {i} about {"maths" if i % 2 else "poems"}",b,{(i + 1) % 2},0.01\n'
+        for i in range(40)))
+    return p
+
+
+@pytest.mark.parametrize("content,says", [
+    (None, "no such file"),
+    ("not json\n", "not JSON"),
+    (json.dumps({"mode": "logs", "estimates": {}}), "not the result of --simulate"),
+    (json.dumps({"mode": "simulate"}), "not the result of --simulate"),
+])
+def test_summarise_names_the_file_it_cannot_read(tmp_path: Path, capsys, content: str | None,
+                                                 says: str) -> None:
+    src = tmp_path / "res.json"
+    if content is not None:
+        src.write_text(content)
+    rc = main(["eval", "offpolicy", "--summarise", str(src), "--out",
+               str(tmp_path / "s.md")])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert str(src) in err and says in err and "Error:" not in err
+    assert not (tmp_path / "s.md").exists()
+
+
+@pytest.mark.parametrize("flag", ["--candidate", "--logging"])
+def test_a_router_spec_of_the_wrong_type_is_a_usage_error(tmp_path: Path, capsys,
+                                                          flag: str) -> None:
+    rc = main(["eval", "offpolicy", "--simulate", str(_table(tmp_path)), "--embedder",
+               "hashing", "--n", "40", "--repeats", "1", "--boot", "50", flag, "knn:k=abc",
+               "--cache-dir", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "knn:k=abc" in err and "invalid literal" in err
