@@ -73,3 +73,15 @@ def test_learned_local_passes_serve_check_with_the_artifact_its_header_trains(
     rc, err = _check(config, capsys)
     assert rc == 0, err
     assert "policy 'learned': built and decided the warm-up query" in err
+
+
+def test_the_readmes_configuration_example_passes_serve_check(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Copied as shown, it was refused: its LoRA adapter's parent and its fallback named
+    experts the example did not have."""
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    block = readme.split("## Configuration", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    config = tmp_path / "gw.yaml"
+    config.write_text(block)
+    rc, said = _check(config, capsys)
+    assert rc == 0, said
