@@ -1151,6 +1151,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"saved the selected guard to {saved['path']}: serve it as a policy's "
               f"guard: {{artifact: {saved['path']}}} with the gateway's {kind} (recorded "
               "in the artifact: a config without embedder: takes it)", file=sys.stderr)
+        picked = result["selected"]["base_method"]
+        row = result["methods"].get(result["selected"]["method"], {})
+        if not row.get("fit", {}).get("unsafe_layers", [True]):
+            print(f"{_ME}note: the saved guard ({picked}) has no unsafe check: it refuses "
+                  "unsafe queries only when they are out of domain (the guard-* methods "
+                  "have one; leave baseline-lr-knn out of --methods to select among them)",
+                  file=sys.stderr)
     return 0
 
 
