@@ -994,6 +994,9 @@ def run(args: argparse.Namespace) -> int:
         else default_methods(args.embedder)
     try:
         # every check that can fail runs before the embedding step
+        if args.methods and not methods:
+            raise ValueError(f"--methods names no method ({args.methods!r}); give "
+                             "comma-separated names, or leave it out for the defaults")
         frrs = _frrs(args.target_frr)
         parse_criterion(args.select)
         if args.latency_sample < 0:
