@@ -31,10 +31,11 @@ per model, NaN where a model was not evaluated). Formats, by :func:`load_table` 
     models are the columns that have such a cost column. Optional: ``sample_id`` or
     ``prompt_id`` (else the row number), ``eval_name`` or ``category``; other columns
     (``<model>|model_response``, ``oracle_model_to_route_to``) are ignored. An empty score is
-    a model not evaluated on that prompt; a prompt given as a list of turns is read as the
-    turns joined by blank lines. Then checked as ``long`` is. Pickles are refused (loading
-    one runs code from the file): convert RouterBench's ``.pkl`` first, e.g.
-    ``pandas.read_pickle(src).to_parquet(dst)`` on a file you trust.
+    a model not evaluated on that prompt (a model with none is left out, named on stderr); a
+    prompt given as a list of turns is read as the turns joined by blank lines. Then checked
+    as ``long`` is. Pickles are refused (loading one runs code from the file): convert
+    RouterBench's ``.pkl`` first, e.g. ``pandas.read_pickle(src).to_parquet(dst)`` on a file
+    you trust.
 ``logs``
     Exported gateway routing logs (Parquet or JSONL) joined with feedback: ``text`` ->
     prompt, ``expert`` -> model, ``feedback_score`` -> score, ``cost_usd`` -> cost (0 where
@@ -365,6 +366,10 @@ def load_wide(path: str | Path) -> RoutingTable:
     long = pd.concat(parts, ignore_index=True)
     if long.empty:
         raise RouterError(f"{p}: no model has a score on any prompt")
+    unscored = [m for m in models if not df[m].notna().any()]
+    if unscored:  # nothing to learn about them: left out, never silently
+        print(f"{p}: left out model(s) with no score on any prompt: "
+              + ", ".join(map(repr, unscored)), file=sys.stderr)
     return RoutingTable.from_long(clean_long(long, str(p)))
 
 
