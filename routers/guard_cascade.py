@@ -351,7 +351,14 @@ def load_cascade(path: str | Path, *, back_embedder: Any = None,
     spec = dict(m["back_embedder"])
     name, dim = spec.pop("name"), int(spec.pop("dim"))
     if back_embedder is None:
-        back_embedder = make_embedder(spec["kind"], **spec.get("options", {}))
+        opts = spec.get("options") or {}
+        try:
+            if not isinstance(opts, dict):
+                raise TypeError(f"options must be a mapping, got {opts!r}")
+            back_embedder = make_embedder(spec["kind"], **opts)
+        except (TypeError, ValueError) as e:  # a hand-edited cascade.json
+            raise RouterError(f"guard cascade {folder}: cannot build the back embedder "
+                              f"{spec['kind']!r} from {CASCADE_FILE}: {e}") from None
     if name not in names_of(back_embedder) or int(back_embedder.dim) != dim:
         raise RouterError(f"guard cascade {folder}: the back embedder is {back_embedder.name!r}"
                           f" ({back_embedder.dim}-d), the artifact was made with {name!r} "

@@ -1,0 +1,29 @@
+"""A two-stage guard artifact whose ``cascade.json`` was edited by hand: the gateway refuses
+it with a ConfigError naming the file, never a traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError
+from gateway.pipeline import _load_guard
+from routers.guard_cascade import GuardCascade, save_cascade
+from tests.unit.test_guard_cascade import BACK, BACK_SPEC, FRONT, _guard
+
+
+@pytest.mark.parametrize("options", [{"dimension": 256}, ["dim", 256], {"dim": "wide"}])
+def test_bad_back_embedder_options_are_a_config_error(options: object,
+                                                      tmp_path: Path) -> None:
+    # a misspelt option of the back embedder escaped as a TypeError: `serve` stopped with a
+    # traceback instead of the one-line error every other bad artifact gets
+    pytest.importorskip("skops")
+    c = GuardCascade(_guard(FRONT), _guard(BACK), back_embedder=BACK, back_spec=BACK_SPEC)
+    art = save_cascade(c, tmp_path / "cascade", front_embedder=FRONT.name)
+    m = json.loads((art / "cascade.json").read_text())
+    m["back_embedder"]["options"] = options
+    (art / "cascade.json").write_text(json.dumps(m))
+    with pytest.raises(ConfigError, match="cannot load two-stage guard .*back embedder"):
+        _load_guard(art, FRONT, "policy 'p' guard")
