@@ -25,5 +25,5 @@ def test_bad_back_embedder_options_are_a_config_error(options: object,
     m = json.loads((art / "cascade.json").read_text())
     m["back_embedder"]["options"] = options
     (art / "cascade.json").write_text(json.dumps(m))
-    with pytest.raises(ConfigError, match="cannot load two-stage guard .*back embedder"):
+    with pytest.raises(ConfigError, match=r"cannot load two-stage guard .*back embedder"):
         _load_guard(art, FRONT, "policy 'p' guard")
