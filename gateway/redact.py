@@ -14,7 +14,7 @@ import binascii
 import logging
 import re
 
-__all__ = ["RedactFilter", "configure_logging", "redact"]
+__all__ = ["QUIET_LOGGERS", "RedactFilter", "configure_logging", "redact"]
 
 #: URL userinfo: everything before the host's last ``@`` (a password may hold an unencoded
 #: ``@``), or, when the userinfo is ``user:password`` and the password holds an unencoded
@@ -113,11 +113,24 @@ class RedactFilter(logging.Filter):
         return True
 
 
+#: libraries the upstream calls go through whose DEBUG (and, for LiteLLM, INFO) records dump
+#: each request: its messages (the prompt, whatever ``log_prompts`` says) and options;
+#: LiteLLM also writes them through its own handler, past :class:`RedactFilter`
+QUIET_LOGGERS = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "openai", "httpx", "httpcore")
+
+
 def configure_logging(level: str) -> None:
     """The process log of ``expertgate serve`` (and of each of its workers): one line per
-    record on stderr, every line through :class:`RedactFilter`."""
+    record on stderr, every line through :class:`RedactFilter`. ``level`` is the gateway's
+    own; the libraries of :data:`QUIET_LOGGERS` log warnings and errors only, so a
+    ``--log-level debug`` never writes a prompt (nor LiteLLM's two lines per call at
+    ``info``)."""
     logging.basicConfig(level=level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for h in logging.getLogger().handlers:
         if not any(isinstance(f, RedactFilter) for f in h.filters):
             h.addFilter(RedactFilter())
+    own = logging.getLevelName(level.upper())
+    floor = max(logging.WARNING, own) if isinstance(own, int) else logging.WARNING
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(floor)
