@@ -153,7 +153,8 @@ class RetryPolicy:
 
     At most ``attempts_per_expert`` tries of one expert, spread over its replicas. A replica
     already tried is tried again only for the last expert of the chain (nothing else left) or
-    after a 429/503 (the replica asked for a retry), never after it refused the gateway's
+    after a 429/503 (the replica asked for a retry; with a ``retry-after`` it is waited, and
+    one longer than ``max_backoff_s`` is no retry here), never after it refused the gateway's
     credentials, lacked the model or broke the protocol, after a full-jitter backoff of up to
     ``min(max_backoff_s, backoff_s * 2**n)``, and never once ``budget_s`` has passed since the
     request's first attempt. The fallback chain is walked either way, within the request's
@@ -167,6 +168,18 @@ class RetryPolicy:
 
     def backoff(self, n: int) -> float:
         return random.uniform(0.0, min(self.max_backoff_s, self.backoff_s * (2 ** n)))
+
+
+def retry_after_s(value: str | None) -> float:
+    """The seconds of a ``retry-after`` header (0 when absent or not a number of seconds:
+    an HTTP date is rare from model servers, and read as no wait, as before)."""
+    if not value:
+        return 0.0
+    try:
+        s = float(value)
+    except ValueError:
+        return 0.0
+    return s if math.isfinite(s) and s > 0 else 0.0
 
 
 @dataclass
@@ -528,6 +541,8 @@ class Dispatcher:
         #: llama.cpp server): the answer when no later expert of the chain can serve it
         unsupported: UnsupportedByExpert | None = None
         retry = self.retry
+        #: the seconds the last failed replica asked to wait (its retry-after)
+        wait_asked = 0.0
         t_first = time.monotonic()
         for k, name in enumerate(chain):
             pool = self.pools[name]
@@ -554,13 +569,19 @@ class Dispatcher:
                     if last is None or last.kind in ("auth", "not_found", "protocol") or \
                             not (is_last or asked):
                         break
+                    if asked and wait_asked > retry.max_backoff_s:
+                        # it asked for more time than a retry here waits: a retry at once
+                        # is refused again (one more call against its limit); the fallback,
+                        # or its own answer and retry-after, goes to the client now
+                        break
                     if time.monotonic() - t_first > retry.budget_s:
                         break  # retry budget spent
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise UpstreamTimeout("request deadline exceeded", code="deadline_exceeded")
                 if tried > 0 and again:
-                    await asyncio.sleep(min(retry.backoff(tried - 1), max(remaining / 2, 0.0)))
+                    await asyncio.sleep(min(max(retry.backoff(tried - 1), wait_asked),
+                                            max(remaining / 2, 0.0)))
                     remaining = deadline - time.monotonic()
                 if body is None and expert.kind == "openai":
                     # before the breaker is asked: a request that cannot be serialised (too
@@ -643,6 +664,7 @@ class Dispatcher:
                     rep.breaker.failure()
                     self._breaker_metric(name, rep)
                     last = f
+                    wait_asked = retry_after_s(f.retry_after)
                     continue
                 except BaseException:
                     # cancelled (client gone) or a bug: no verdict on the replica's health
