@@ -21,7 +21,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-__all__ = ["DEMO_PROMPTS", "DemoPrompt", "DemoRow", "format_table", "register", "run_demo"]
+__all__ = ["DEMO_PROMPTS", "DemoPrompt", "DemoRow", "demo_prompts", "format_table", "register",
+           "run_demo"]
 
 LOCAL_MODELS = ("smollm2", "gemma3")
 
@@ -45,6 +46,27 @@ DEMO_PROMPTS: tuple[DemoPrompt, ...] = (
                stream=True, note="stream"),
     DemoPrompt("guarded", "What's the best graphics card for gaming?", note="off-topic"),
 )
+
+
+def demo_prompts(config: Path) -> tuple[list[str], tuple[DemoPrompt, ...]]:
+    """The config's policies, and the demo's prompts sent to them: a prompt keeps its policy
+    when the config has it (demo-local.yaml has both), else goes to the config's first one
+    (learned-local.yaml serves one policy, ``learned``): never to a policy the gateway would
+    answer with a 404."""
+    from dataclasses import replace
+
+    from gateway.config import load_yaml
+
+    data = load_yaml(config.read_text(encoding="utf-8"))
+    pols = data.get("policies") if isinstance(data, dict) else None
+    names = [p["name"] for p in pols or []
+             if isinstance(p, dict) and isinstance(p.get("name"), str)]
+    if not names:
+        from expertgate.procs import LocalExpertError
+
+        raise LocalExpertError(f"{config}: no policies: the demo's prompts are routed by one")
+    return names, tuple(p if p.policy in names else replace(p, policy=names[0])
+                        for p in DEMO_PROMPTS)
 
 
 @dataclass
@@ -164,6 +186,7 @@ def run_demo(config: Path, *, port: int | None = None, keep_running: bool = Fals
         print(msg, file=out, flush=True)
 
     t_start = time.perf_counter()
+    policies, prompts = demo_prompts(config)
     work = work_dir
     work.mkdir(parents=True, exist_ok=True)
     for old in ("smollm2.log", "gemma3.log", "gateway.log", "routing-log.jsonl"):
@@ -176,6 +199,10 @@ def run_demo(config: Path, *, port: int | None = None, keep_running: bool = Fals
     started: list[Any] = []
     try:
         say(f"expertgate demo: config {config} (copy with free ports: {cfg})")
+        moved = sorted({p.policy for p in DEMO_PROMPTS} - set(policies))
+        if moved:
+            say(f"  no polic{'ies' if len(moved) > 1 else 'y'} {', '.join(moved)} in {config}: "
+                f"those prompts go to {policies[0]!r}")
         for m, s in experts.items():
             s.start(wait=False)  # both load at once; readiness is awaited below
             started.append(s)
@@ -188,11 +215,11 @@ def run_demo(config: Path, *, port: int | None = None, keep_running: bool = Fals
         say(f"  starting gateway on {gw.url} (pid {gw.pid}, log {gw.log_path})")
         gw.wait_ready()
         t_ready = time.perf_counter() - t_start
-        say(f"  gateway ready after {t_ready:.1f}s; sending {len(DEMO_PROMPTS)} prompts "
+        say(f"  gateway ready after {t_ready:.1f}s; sending {len(prompts)} prompts "
             f"(max_tokens {max_tokens})\n")
         client = openai.OpenAI(base_url=gw.url + "/v1", api_key="unused", timeout=180.0,
                                max_retries=0)
-        rows = [_send(client, p, max_tokens) for p in DEMO_PROMPTS]
+        rows = [_send(client, p, max_tokens) for p in prompts]
         say(format_table(rows))
         answered = {r.expert for r in rows if r.expert and r.status == 200 and r.answer.strip()}
         repeat = [r for r in rows if r.prompt.note == "repeat"]
@@ -205,8 +232,8 @@ def run_demo(config: Path, *, port: int | None = None, keep_running: bool = Fals
         say(f"routing log (JSONL, with cost_usd per request): {gw.routing_log}")
         say(f"total {time.perf_counter() - t_start:.1f}s (start-up {t_ready:.1f}s)")
         if keep_running:
-            say(f"\nkeep running: gateway {gw.url}/v1 (policies auto, guarded; experts "
-                f"smollm2, gemma3). Ctrl-C stops everything.")
+            say(f"\nkeep running: gateway {gw.url}/v1 (policies {', '.join(policies)}; "
+                f"experts smollm2, gemma3). Ctrl-C stops everything.")
             with contextlib.suppress(KeyboardInterrupt):
                 while all(s.running for s in started):
                     time.sleep(1.0)
