@@ -541,8 +541,6 @@ class Dispatcher:
         #: llama.cpp server): the answer when no later expert of the chain can serve it
         unsupported: UnsupportedByExpert | None = None
         retry = self.retry
-        #: the seconds the last failed replica asked to wait (its retry-after)
-        wait_asked = 0.0
         t_first = time.monotonic()
         for k, name in enumerate(chain):
             pool = self.pools[name]
@@ -557,6 +555,7 @@ class Dispatcher:
                 rep = order[i % len(order)]
                 again = i >= len(order)  # every replica had its turn: this retries one
                 i += 1
+                wait_asked = 0.0  # the seconds the replica asked to wait (its retry-after)
                 if again:
                     # Retry a replica already tried only when nothing else is left to try, or
                     # when it asked for it (429/503): otherwise the fallback is the faster way
@@ -569,7 +568,8 @@ class Dispatcher:
                     if last is None or last.kind in ("auth", "not_found", "protocol") or \
                             not (is_last or asked):
                         break
-                    if asked and wait_asked > retry.max_backoff_s:
+                    wait_asked = retry_after_s(last.retry_after) if asked else 0.0
+                    if wait_asked > retry.max_backoff_s:
                         # it asked for more time than a retry here waits: a retry at once
                         # is refused again (one more call against its limit); the fallback,
                         # or its own answer and retry-after, goes to the client now
@@ -664,7 +664,6 @@ class Dispatcher:
                     rep.breaker.failure()
                     self._breaker_metric(name, rep)
                     last = f
-                    wait_asked = retry_after_s(f.retry_after)
                     continue
                 except BaseException:
                     # cancelled (client gone) or a bug: no verdict on the replica's health
