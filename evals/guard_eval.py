@@ -57,6 +57,7 @@ from evals.datasets.guard import (
     SUITES,
     GuardData,
     GuardDataError,
+    load_gqr_bench,
     load_guard_data,
     load_suite,
     pseudo_ood,
@@ -1007,8 +1008,15 @@ def run(args: argparse.Namespace) -> int:
         if bad:
             raise ValueError(f"unknown method(s) {', '.join(bad)}; known: "
                              f"{', '.join(sorted(known))}")
-        data = load_suite(args.suite) if args.suite else load_guard_data(
-            args.data, seed=seed, unseen_labels=args.unseen_labels)
+        if args.suite:
+            data = load_suite(args.suite)
+        elif Path(args.data).is_dir():  # a GQR-Bench export (docs/guard.md, Data)
+            if args.unseen_labels != "ood":
+                raise ValueError("--unseen-labels applies to a guard table, not a GQR-Bench "
+                                 "folder (its splits and labels are fixed)")
+            data = load_gqr_bench(args.data)
+        else:
+            data = load_guard_data(args.data, seed=seed, unseen_labels=args.unseen_labels)
         if not data.test_texts:
             raise ValueError(f"{args.data}: no in-domain test rows (split 'test'): the "
                              "evaluation measures on them")
@@ -1123,7 +1131,7 @@ def run(args: argparse.Namespace) -> int:
     result, embedder, finetune_meta = _merge_encoder_variants(runs, args.select)
     if finetune_meta is not None:
         result["embedder_finetune"] = {k: v for k, v in finetune_meta.items() if k != "labels"}
-    files = suite_files(args.suite) if args.suite else [args.data]
+    files = suite_files(args.suite) if args.suite else data.meta.get("files", [args.data])
     result["seed_set"] = args.seed_set
     result["command"] = _command(args)
     result["provenance"] = provenance(
@@ -1333,7 +1341,8 @@ def cli_register(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--suite", choices=sorted(SUITES),
                      help="a built-in suite from the shared data folder")
-    src.add_argument("--data", help="a guard table (text,label,split) as JSONL/CSV/Parquet")
+    src.add_argument("--data", help="a guard table (text,label,split) as JSONL/CSV/Parquet, "
+                     "or a folder holding a GQR-Bench export (train, eval, test, ood_test)")
     parser.add_argument("--json", metavar="OUT", help="write the results as JSON here")
     parser.add_argument("--methods", help="comma-separated methods; known: "
                         + ", ".join([*BASELINES, *GUARD_VARIANTS])
