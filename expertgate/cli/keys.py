@@ -50,6 +50,9 @@ def register(sub: Any, name: str) -> None:
     _key_args(r, generate=False)  # a new random key is never one to revoke
     r.add_argument("--sha256", help="the digest instead of the key")
     r.add_argument("--redis-url", help=_REDIS_URL_HELP)
+    r.add_argument("--config", help="the gateways' configuration file (default "
+                   "EXPERTGATE_CONFIG): a key it lists stays valid whatever Redis holds, "
+                   "and revoke says so")
     r.set_defaults(func=cmd_revoke)
 
 
@@ -212,4 +215,30 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     finally:
         r.close()
     print(f"{'revoked' if n else 'no such key'}: {KEY_PREFIX}{digest}")
+    listed = _config_entry(digest, args)
+    if listed is not None:
+        # "no such key" read as "already revoked": the key went on working
+        print(f"expertgate keys revoke: this key is in {listed}: the gateways take it from "
+              "there, so it stays valid until it is removed from the file and the gateways "
+              "reloaded", file=sys.stderr)
+        return 1
     return 0 if n else 1
+
+
+def _config_entry(digest: str, args: argparse.Namespace) -> str | None:
+    """``FILE as api_keys[i](name)`` when the gateways' configuration (``--config``, else
+    EXPERTGATE_CONFIG) lists the key ``digest``; None when it does not, or cannot be read."""
+    from gateway.config import ConfigError, Settings, load_config
+
+    path = getattr(args, "config", None) or Settings().config
+    if not path:
+        return None
+    try:
+        cfg = load_config(path)
+    except ConfigError as e:
+        print(f"expertgate keys revoke: --config: {e}", file=sys.stderr)
+        return None
+    for i, k in enumerate(cfg.api_keys):
+        if k.sha256 == digest:
+            return f"{path} as api_keys[{i}]({k.name})"
+    return None

@@ -1,0 +1,42 @@
+"""``expertgate keys revoke`` of a key the gateways' configuration lists: it answered "no such
+key" (Redis holds none), which an operator read as "already revoked", and the key went on
+working. With the configuration (``--config`` or EXPERTGATE_CONFIG) it says the key stays
+valid until it is removed from the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from expertgate.cli import main as cli
+from gateway.auth import KEY_PREFIX, hash_key
+from tests.integration.conftest import RedisServer
+
+pytestmark = pytest.mark.integration
+
+
+def test_revoking_a_key_the_config_lists_says_it_stays_valid(
+        redis_clean: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "experts": [{"name": "coder", "api_base": "http://127.0.0.1:9/v1"}],
+        "api_keys": [{"name": "team-a", "sha256": hash_key("sk-in-config")}]}))
+    rc = cli(["keys", "revoke", "--redis-url", redis_clean.url, "--config", str(cfg),
+              "--key", "sk-in-config"])
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert "no such key" in captured.out
+    assert f"this key is in {cfg} as api_keys[0](team-a)" in captured.err
+    assert "stays valid" in captured.err and "sk-in-config" not in captured.err
+
+    # a Redis key the config does not list: revoked, exit 0, nothing more said
+    r = redis_clean.client()
+    r.hset(KEY_PREFIX + hash_key("sk-in-redis"), mapping={"name": "team-b"})
+    r.close()
+    monkeypatch.setenv("EXPERTGATE_CONFIG", str(cfg))
+    rc = cli(["keys", "revoke", "--redis-url", redis_clean.url, "--key", "sk-in-redis"])
+    captured = capsys.readouterr()
+    assert rc == 0 and "revoked" in captured.out and captured.err == ""
