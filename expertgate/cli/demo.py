@@ -145,7 +145,9 @@ def _send(client: Any, p: DemoPrompt, max_tokens: int) -> DemoRow:
         raw = client.chat.completions.with_raw_response.create(stream=p.stream, **kw)
     except openai.APIStatusError as e:
         row.status = e.status_code
-        row.error = f"error {e.status_code}: {e.message}"
+        # the gateway's OpenAI-shaped message (the SDK's own starts with the body's repr)
+        body = e.body.get("message") if isinstance(e.body, dict) else None
+        row.error = f"error {e.status_code}: {body if isinstance(body, str) else e.message}"
         h = e.response.headers
         row.expert, row.cache = _expert(h), h.get("x-expertgate-cache", "")
         return row
