@@ -12,12 +12,15 @@ admin key; without ``--experts`` a key may call by name only the experts its pol
 from __future__ import annotations
 
 import argparse
+import re
 import secrets
 import sys
 from typing import Any
 
 __all__ = ["cmd_add", "cmd_hash", "cmd_revoke", "register"]
 
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 #: a Redis that drops packets answers within these, not after the OS's ~2 min connect timeout
 REDIS_TIMEOUTS = {"socket_connect_timeout": 5.0, "socket_timeout": 10.0}
@@ -205,7 +208,15 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     url = _redis_url(args, "revoke")
     if url is None:
         return 2
-    digest = args.sha256 or hash_key(_read_key(args))
+    if args.sha256:
+        # as printed by other tools: upper case (PowerShell, certutil), a trailing line
+        digest = args.sha256.strip().lower()
+        if not _HEX64.fullmatch(digest):
+            print("expertgate keys revoke: --sha256: not a sha256 digest (64 hex digits); "
+                  "nothing revoked", file=sys.stderr)
+            return 2
+    else:
+        digest = hash_key(_read_key(args))
     r = redis.Redis.from_url(url, **REDIS_TIMEOUTS)
     try:
         n = r.delete(KEY_PREFIX + digest)

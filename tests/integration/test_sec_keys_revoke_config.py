@@ -40,3 +40,14 @@ def test_revoking_a_key_the_config_lists_says_it_stays_valid(
     rc = cli(["keys", "revoke", "--redis-url", redis_clean.url, "--key", "sk-in-redis"])
     captured = capsys.readouterr()
     assert rc == 0 and "revoked" in captured.out and captured.err == ""
+
+
+def test_revoke_takes_an_upper_case_digest(redis_clean: RedisServer,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    digest = hash_key("sk-upper")
+    r = redis_clean.client()
+    r.hset(KEY_PREFIX + digest, mapping={"name": "team-c"})
+    r.close()
+    rc = cli(["keys", "revoke", "--redis-url", redis_clean.url, "--sha256",
+              digest.upper() + "\n"])
+    assert rc == 0 and f"revoked: {KEY_PREFIX}{digest}" in capsys.readouterr().out

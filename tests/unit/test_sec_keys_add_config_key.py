@@ -39,3 +39,12 @@ def test_keys_add_refuses_a_key_the_config_already_has(tmp_path: Path,
     assert rc == 2, err
     assert f"already in {cfg} as api_keys[0](team-a)" in err
     assert "never be used" in err and "sk-team-a" not in err
+
+
+def test_keys_revoke_refuses_a_digest_that_is_not_one(capsys: pytest.CaptureFixture[str]
+                                                      ) -> None:
+    # it deleted eg:apikey:<whatever was typed> (nothing) and said "no such key"
+    rc = cli(["keys", "revoke", "--redis-url", f"redis://127.0.0.1:{free_port()}/0",
+              "--sha256", "sk-team-a"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--sha256: not a sha256 digest (64 hex digits)" in err
