@@ -42,7 +42,8 @@ def register(sub: Any, name: str) -> None:
         sp.add_argument("policy", help="policy name")
         sp.add_argument("--config", required=True, help="the gateway's YAML file")
         sp.add_argument("--url", default=None, help="running gateway to reload "
-                        "(e.g. http://127.0.0.1:8080)")
+                        "(e.g. http://127.0.0.1:8080; a client's base URL ending in /v1 "
+                        "names it too)")
         sp.add_argument("--api-key", default=os.environ.get("EXPERTGATE_API_KEY"),
                         help="key for /admin/reload (default $EXPERTGATE_API_KEY)")
         sp.add_argument("--redis-url", default=None,
@@ -218,8 +219,11 @@ def _run(args: argparse.Namespace) -> int:
         import httpx
 
         headers = {"authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+        base = args.url.rstrip("/")
+        # an OpenAI client's base URL (http://host:8080/v1) names the same gateway
+        base = base[:-3] if base.endswith("/v1") else base
         try:
-            r = httpx.post(args.url.rstrip("/") + "/admin/reload", headers=headers, timeout=60)
+            r = httpx.post(base + "/admin/reload", headers=headers, timeout=60)
         except httpx.HTTPError as e:
             print(f"reload failed ({e}); the file is written: reload with SIGHUP or "
                   "POST /admin/reload", file=sys.stderr)

@@ -1,7 +1,8 @@
 """``expertgate policy promote --config FILE --url URL`` where the gateway at URL serves
 another file than FILE (a checkout's copy, another path): the gateway reloaded its own,
 unchanged file, the command printed "reloaded" and exited 0, and the canary went on
-serving. The reload answer names the file it read; the command compares and says so."""
+serving. The reload answer names the file it read; the command compares and says so. A
+``--url`` given as an OpenAI client's base URL (``.../v1``) reaches the same gateway."""
 
 from __future__ import annotations
 
@@ -40,7 +41,9 @@ async def test_promote_against_a_gateway_on_another_file_fails_naming_it(
         err = capsys.readouterr().err
         assert rc == 1, err
         assert f"serves {served.resolve()}, not {copy.resolve()}" in err
-        # the right file: promoted and reloaded, exit 0
+        # the right file: promoted and reloaded, exit 0; --url an OpenAI client's base URL
+        # (it was POST /v1/admin/reload: a 404 after the file was written)
+        args[args.index(gw.url)] = gw.url + "/v1/"
         rc = await asyncio.to_thread(main, [*args, "--config", str(served)])
         out = capsys.readouterr()
         assert rc == 0, out.err
