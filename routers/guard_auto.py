@@ -103,12 +103,18 @@ def select_guard(params: Mapping[str, Any], X: np.ndarray, labels: Sequence[str]
                             "labels for in-domain accuracy and the threshold)",
                "held_out_labels": held}
     else:
+        if len(texts) + len(val_texts) < 2 * GROUPS:
+            raise RouterError(
+                f"guard: method 'auto' chooses on held-out labels (3 or more) or held-out "
+                f"topic groups of the texts ({2 * GROUPS} texts or more); this table has "
+                f"{len(labs)} label(s) and {len(texts) + len(val_texts)} texts: name a "
+                "method instead (--param method=knn)")
         group = topic_groups([*texts, *val_texts], seed=seed)
         held_g = held_out_groups(GROUPS, fraction, seed)
         tr, va = ~np.isin(group[:len(texts)], held_g), ~np.isin(group[len(texts):], held_g)
         if tr.all() or va.all() or not va.any():
             raise RouterError("guard: the held-out topic groups leave no validation rows in "
-                              "or out of domain; name a method instead")
+                              "or out of domain; name a method instead (--param method=knn)")
         candidates = [c for c in candidates if runs_on(c, len(labs))]
         how = {"criterion": f"GQR on leave-groups-out pseudo-OOD ({len(labs)} label(s): "
                             f"{len(held_g)} of {GROUPS} topic groups of the in-domain texts "
