@@ -98,3 +98,11 @@ def test_the_readmes_command_line_lists_every_subcommand() -> None:
             if not re.search(pattern, block, re.M):
                 absent.append(f"expertgate {name} {what}".strip())
     assert not absent, f"README's Command line does not list {absent}"
+
+
+def test_every_make_target_the_docs_name_exists() -> None:
+    targets = set(re.findall(r"^([a-z][\w-]*):", (ROOT / "Makefile").read_text(), re.M))
+    named = {m for doc in DOCS for m in re.findall(r"`make ([a-z][\w-]*)", doc.read_text())}
+    named |= {"demo", "test"}  # README's opening block
+    assert named, "no make target found in the docs"
+    assert named <= targets, f"no such make target: {sorted(named - targets)}"
