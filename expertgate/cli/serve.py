@@ -812,6 +812,13 @@ def cmd_logs_export(args: argparse.Namespace) -> int:
         print(f"expertgate logs export: --feedback-path: no such file: "
               f"{', '.join(map(str, missing))}", file=sys.stderr)
         return 2
+    read = [] if redis_url else [*log_paths, *fb]
+    if any(args.out.resolve() == f.resolve() for f in read):
+        # replaced by the export (renamed over it): a live gateway's records went on into
+        # the old file, unlinked, and its ratings or log were gone
+        print(f"expertgate logs export: --out {args.out} is a file the export reads (the "
+              "routing log or its ratings): name another file", file=sys.stderr)
+        return 2
     for lp in [] if redis_url else log_paths:
         why = ("no routing log at {} (and no Redis URL)" if not lp.exists() else
                "{} is the feedback file (ratings), not a routing log"
