@@ -509,7 +509,7 @@ def _predict(router: Router, X: np.ndarray, texts: Sequence[str], models: Sequen
              ) -> np.ndarray:
     """``predict_quality`` with its columns put in the table's model order."""
     P = np.asarray(router.predict_quality(X, texts), dtype=np.float64)
-    experts = list(getattr(router, "experts_", models))
+    experts = router.quality_experts() if hasattr(router, "experts_") else list(models)
     if P.shape != (X.shape[0], len(experts)):
         raise RouterError(f"router {router.name!r}: predict_quality gave shape {P.shape}")
     return np.nan_to_num(expert_columns(P, experts, models), nan=0.0)

@@ -511,12 +511,18 @@ class Router:
         raise NotImplementedError
 
     def predict_quality(self, X: np.ndarray, texts: Sequence[str] | None = None) -> np.ndarray:
-        """Estimated quality in [0, 1] of each expert for each query, shape (n, n_experts).
+        """Estimated quality in [0, 1] of each expert it scores for each query, shape
+        (n, len(:meth:`quality_experts`)).
 
         Only routers that estimate per-expert quality implement it; offline evaluation uses
         it to sweep the cost/quality trade-off.
         """
         raise RouterError(f"router {self.name!r} does not estimate per-expert quality")
+
+    def quality_experts(self) -> list[str]:
+        """The experts :meth:`predict_quality`'s columns follow: ``experts_``, but for a
+        family whose decisions also name an expert it does not score (lora's base model)."""
+        return list(self.experts_)
 
     #: fitted routers set ``experts_``: the expert names their decisions can name
     experts_: list[str]

@@ -123,6 +123,10 @@ class LoraRouter(QualityRouter):
         """Quality of each adapter, (n, n_adapters); columns follow ``adapters_``."""
         return super().predict_quality(X, texts)
 
+    def quality_experts(self) -> list[str]:
+        """The adapters: the base model, the decisions' last target, has no score."""
+        return list(self.adapters_)
+
     def decide(self, X: np.ndarray, texts: Sequence[str]) -> list[Decision]:
         self.check_fitted()
         X = self.check_X(X, texts)

@@ -133,7 +133,7 @@ def evaluate_router(router: Router, X: np.ndarray, table: RoutingTable,
             Q = _decided_quality(router, decisions)
             if Q is None:
                 Q = router.predict_quality(X, texts)
-            experts = list(router.experts_)
+            experts = router.quality_experts()
             if Q.shape[1] == len(experts) and set(table.models) <= set(experts):
                 adv = (Q[:, experts.index(table.models[strong])]
                        - Q[:, experts.index(table.models[weak])])
@@ -153,7 +153,7 @@ def _decided_quality(router: Router, decisions: Sequence[Decision]) -> np.ndarra
     does not predict every held-out prompt a second time; None for other routers."""
     if not isinstance(router, QualityRouter):
         return None
-    col = {e: j for j, e in enumerate(router.experts_)}
+    col = {e: j for j, e in enumerate(router.quality_experts())}
     Q = np.full((len(decisions), len(col)), np.nan)
     for i, d in enumerate(decisions):
         for t in d.targets:
