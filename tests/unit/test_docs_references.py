@@ -106,3 +106,20 @@ def test_every_make_target_the_docs_name_exists() -> None:
     named |= {"demo", "test"}  # README's opening block
     assert named, "no make target found in the docs"
     assert named <= targets, f"no such make target: {sorted(named - targets)}"
+
+
+def test_every_environment_variable_the_docs_name_is_read() -> None:
+    """A setting of gateway/config.py (``EXPERTGATE_`` + its field) or a name the code,
+    the compose file or a test reads by name."""
+    from gateway.config import Settings
+
+    fields = {name.upper() for name in Settings.model_fields}
+    code = "\n".join(p.read_text() for d in ("gateway", "routers", "evals", "expertgate",
+                                            "tests")
+                     for p in (ROOT / d).rglob("*.py") if p.name != Path(__file__).name)
+    code += (ROOT / "docker-compose.yml").read_text()
+    named = {v for doc in DOCS for v in re.findall(r"EXPERTGATE_([A-Z0-9_]+)", doc.read_text())}
+    assert len(named) > 10
+    unread = sorted(v for v in named if v not in fields and f"EXPERTGATE_{v}" not in code
+                    and not v.endswith("_"))
+    assert not unread, f"the docs name EXPERTGATE_{unread} that nothing reads"
