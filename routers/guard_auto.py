@@ -106,9 +106,9 @@ def select_guard(params: Mapping[str, Any], X: np.ndarray, labels: Sequence[str]
         if len(texts) + len(val_texts) < 2 * GROUPS:
             raise RouterError(
                 f"guard: method 'auto' chooses on held-out labels (3 or more) or held-out "
-                f"topic groups of the texts ({2 * GROUPS} texts or more); this table has "
-                f"{len(labs)} label(s) and {len(texts) + len(val_texts)} texts: name a "
-                "method instead (--param method=knn)")
+                f"topic groups of the texts; this table has {len(labs)} label(s), and its "
+                f"{len(texts) + len(val_texts)} texts are too few for {GROUPS} topic groups "
+                f"({2 * GROUPS} or more): name a method instead (--param method=knn)")
         group = topic_groups([*texts, *val_texts], seed=seed)
         held_g = held_out_groups(GROUPS, fraction, seed)
         tr, va = ~np.isin(group[:len(texts)], held_g), ~np.isin(group[len(texts):], held_g)
