@@ -1056,7 +1056,11 @@ def choose_correction(data: LoggedData, X: Callable[[Sequence[str]], np.ndarray]
     va_text = np.random.default_rng([11, seed]).random(len(uniq)) < val_share
     va, tr = np.flatnonzero(va_text[inv]), np.flatnonzero(~va_text[inv])
     if len(va) < 20 or len(tr) < 20:
-        raise OffPolicyError("too few logged texts to hold some out for the choice")
+        raise OffPolicyError(
+            f"--correction auto: too few logs to choose on held-out ones: {len(va)} of "
+            f"{len(data)} rated requests held out and {len(tr)} to train on, it needs at least "
+            "20 of each; log more rated requests, or name the correction (--correction dr, "
+            "ips or dr_target)")
     d_tr, d_va = subset_logged(data, tr), subset_logged(data, va)
     va_texts = [texts[i] for i in va]
     scores: dict[str, float | None] = {}
