@@ -63,10 +63,16 @@ def test_every_flag_the_docs_give_a_command_exists() -> None:
             p = inner[what.split("|")[0]]
         # a flag after " | " or "# " belongs to another command or to a comment
         args = re.split(r" \| |\s#\s", line)[0]
-        for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", args):
+        flag_re = r"(?<![\w-])(--[a-z][a-z0-9-]*)(?:[ =]([\w.-]+(?:\|[\w.-]+)+))?"
+        for flag, value in re.findall(flag_re, args):
             checked += 1
             if flag not in _flags(p):
                 wrong.append(f"{doc}: expertgate {' '.join(words[:2])}: no {flag}")
+                continue
+            choices = next(a.choices for a in p._actions if flag in a.option_strings)
+            if value and choices is not None:  # "--format a|b|c": each one a choice
+                wrong += [f"{doc}: expertgate {' '.join(words[:2])} {flag}: no choice {v!r}"
+                          for v in value.split("|") if v not in choices]
     assert checked > 100
     assert not wrong, "\n".join(wrong)
 
