@@ -707,7 +707,9 @@ class Dispatcher:
         if last.kind == "protocol":
             raise UpstreamUnavailable(msg, code="upstream_protocol_error")
         if last.kind == "auth":  # the gateway's credentials, not the client's key
-            raise UpstreamUnavailable(msg, code="upstream_auth_failed")
+            # which no retry mends: the OpenAI SDK is told not to send it again
+            raise UpstreamUnavailable(msg, code="upstream_auth_failed",
+                                      headers={"x-should-retry": "false"})
         if last.status == 429:
             # the last expert asked for time: the client gets the same answer and the same
             # wait (its SDK honours retry-after), not a 502 it retries at once
