@@ -129,3 +129,25 @@ def test_every_environment_variable_the_docs_name_is_read() -> None:
     unread = sorted(v for v in named if v not in fields and f"EXPERTGATE_{v}" not in code
                     and not v.endswith("_"))
     assert not unread, f"the docs name EXPERTGATE_{unread} that nothing reads"
+
+
+def _anchors(doc: Path) -> set[str]:
+    """GitHub's anchors of a Markdown file's headings."""
+    heads = re.findall(r"^#+ (.*)$", doc.read_text(), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in heads}
+
+
+def test_every_relative_link_between_the_docs_leads_somewhere() -> None:
+    broken = []
+    for doc in [*DOCS, *sorted((ROOT / "docs" / "results").glob("*.md"))]:
+        for href in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
+            if href.startswith(("http://", "https://", "mailto:")) or not re.search(
+                    r"[./#]", href):
+                continue  # a web page, or prose such as experts[i](name)
+            path, _, anchor = href.partition("#")
+            target = (doc.parent / path) if path else doc
+            if not target.exists():
+                broken.append(f"{doc.name}: {href}")
+            elif anchor and target.suffix == ".md" and anchor not in _anchors(target):
+                broken.append(f"{doc.name}: {href} (no such heading)")
+    assert not broken, "\n".join(broken)
