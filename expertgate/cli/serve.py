@@ -380,10 +380,13 @@ def _redis_holds_keys(url: str) -> bool:
 
     from gateway.auth import KEY_PREFIX
 
-    r = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        r = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+    except ValueError:  # a URL redis cannot read: the gateway's own start says so
+        return False
     try:
         return next(iter(r.scan_iter(match=KEY_PREFIX + "*", count=1000)), None) is not None
-    except redis.RedisError:
+    except (redis.RedisError, OSError, ValueError):
         return False
     finally:
         r.close()

@@ -57,3 +57,10 @@ def test_serve_check_prints_the_warning(tmp_path: Path,
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "warning: listening on 0.0.0.0:8123 without API keys" in out
+
+
+def test_a_redis_url_redis_cannot_read_is_left_to_the_start_to_report() -> None:
+    # from_url's ValueError ended `serve` with "error: ValueError" before the start could
+    # say which setting was wrong (test_serve_h2's worker start-up failure)
+    cfg = parse_config(_cfg(), "gw.yaml")
+    assert unchecked_keys(cfg, Settings(redis_url="nosuch://127.0.0.1:1/0")) == []
