@@ -8,10 +8,12 @@ validates the YAML; a bad file fails at start-up with the file, the field and wh
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import math
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -868,11 +870,35 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=StrictLoader)
 
 
+#: the largest configuration file read (semantic routes' examples included, far beyond any)
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+
+
+def _read_config(p: Path) -> str:
+    """The file's text: a regular file of at most :data:`MAX_CONFIG_BYTES`. A path that
+    reached a device or a pipe (a symlink to ``/dev/zero``, a FIFO) read without end, or
+    never returned, holding the reload lock: every later reload waited behind it, and
+    ``/dev/zero`` grew the gateway's memory until it was killed."""
+    fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO without a writer: no wait
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+        if not stat.S_ISREG(mode):
+            raise ConfigError(f"{p}: not a regular file (a device, a pipe or a socket): "
+                              "a configuration file is a YAML file")
+        raw = f.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{p}: larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB: not a "
+                          "configuration file")
+    return raw.decode("utf-8")
+
+
 def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
     """Read and validate the YAML file; relative artifact paths resolve against its folder."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = _read_config(p)
     except OSError as e:
         raise ConfigError(f"{p}: cannot read the configuration file: {e.strerror or e}") from None
     except UnicodeDecodeError as e:
