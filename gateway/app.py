@@ -804,8 +804,9 @@ async def _method_not_allowed(gw: Gateway, scope: Scope, send: Send, path: str) 
                        code="method_not_allowed", headers={"allow": "POST"})
     err.status, err.type = 405, "invalid_request_error"
     # an answer of a request-path endpoint: its x-expertgate-* set, as an error before
-    # routing gives it
-    await _send_error(gw, scope, send, err, _NOT_ROUTED)
+    # routing gives it (feedback's answers carry none)
+    feedback = ENDPOINTS.get(path.rstrip("/")) == "feedback"
+    await _send_error(gw, scope, send, err, None if feedback else _NOT_ROUTED)
 
 
 #: the x-expertgate-* set of an answer given before any routing

@@ -29,6 +29,9 @@ async def test_a_405_of_a_post_endpoint_carries_the_request_id_and_routing_heade
             assert r.headers["x-expertgate-expert"] == "none"
             assert r.headers["x-expertgate-cache"] == "none"
             assert r.headers["x-expertgate-decision-ms"] == "0.000"
+        r = await c.get("/v1/feedback")  # its answers carry no routing headers
+        assert r.status_code == 405 and _ID.match(r.headers["x-request-id"])
+        assert not any(k.startswith("x-expertgate-") for k in r.headers)
     assert coder.received == [] and chatter.received == []
 
 
