@@ -7,10 +7,12 @@ per model, NaN where a model was not evaluated). Formats, by :func:`load_table` 
     CSV, JSONL or Parquet with columns ``prompt_id, prompt, model, score, cost, [category]``.
     Checked row by row before anything is embedded (:func:`clean_long`): a missing or
     non-numeric score, a score outside [0, 1], a missing, negative, infinite or non-numeric
-    cost, an empty prompt, a prompt id with two texts are errors that name the rows; numeric
-    prompt ids (``7`` and ``7.0`` alike) become strings; an optional ``category`` column that
-    is empty is dropped, and partly empty categories become ``(none)``, with a note on stderr;
-    rows repeating a (prompt, model) pair are averaged into one cell, with a note on stderr.
+    cost, an empty prompt, a prompt id with two texts or two categories are errors that name
+    the rows; numeric prompt ids and categories (``7`` and ``7.0`` alike) become strings; an
+    optional ``category`` column that is empty is dropped, a prompt's empty category cells
+    take the one its other rows give, and prompts without any become ``(none)``, with a note
+    on stderr; rows repeating a (prompt, model) pair are averaged into one cell, with a note
+    on stderr.
     CSV fields may hold line breaks (quoted).
 ``routellm`` / ``routellm-mmlu`` / ``routellm-gsm8k``
     RouteLLM's cached evaluations (``shared/data/routellm``): per-question correctness of
@@ -224,11 +226,25 @@ def clean_long(df: Any, source: str = "table") -> Any:
         bad = empty("category")
         if bad.all():
             print(f"{source}: the category column is empty; ignoring it", file=sys.stderr)
-            df = df.drop(columns=["category"])
-        elif bad.any():
-            print(f"{source}: {int(bad.sum())} of {len(df)} rows have no category; they get "
+            return df.drop(columns=["category"])
+        # read as written (1, not the 1.0 of a column pandas made floats by an empty cell)
+        cat = pd.Series([None if b else _id_text(v) for v, b in zip(df["category"], bad,
+                                                                     strict=True)],
+                        index=df.index, dtype=object)
+        per = cat.groupby(key, sort=False).nunique()
+        clash = per[per > 1]
+        if len(clash):
+            ids = ", ".join(repr(i) for i in clash.index[:5])
+            what = "prompt_id" if "prompt_id" in df.columns else "prompt"
+            raise RouterError(f"{source}: {what} {ids} carr{'y' if len(clash) > 1 else 'ies'}"
+                              " more than one category; one prompt has one category")
+        # a prompt's rows that leave it empty take the category its other rows give
+        cat = cat.groupby(key, sort=False).transform("first")
+        still = cat.isna()
+        if still.any():
+            print(f"{source}: {int(still.sum())} of {len(df)} rows have no category; they get "
                   f"the category {MISSING_CATEGORY!r}", file=sys.stderr)
-            df["category"] = df["category"].where(~bad, MISSING_CATEGORY).astype(str)
+        df["category"] = cat.where(~still, MISSING_CATEGORY).astype(str)
     return df
 
 
