@@ -85,7 +85,16 @@ def _read_key(args: argparse.Namespace) -> str:
         key = "sk-eg-" + secrets.token_urlsafe(32)
         print(f"key (shown once): {key}", file=sys.stderr)
         return key
-    key = args.key if args.key is not None else sys.stdin.readline()
+    if args.key is not None:
+        key = args.key
+    elif sys.stdin.isatty():
+        # a terminal: it waited for a line without a word (the command looked hung), and a
+        # typed key stayed on the screen and in the scrollback
+        import getpass
+
+        key = getpass.getpass("API key (not shown; Enter to finish): ")
+    else:
+        key = sys.stdin.readline()
     key = key.strip()
     if not key:
         raise SystemExit("expertgate keys: empty key")

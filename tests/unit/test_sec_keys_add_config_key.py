@@ -48,3 +48,26 @@ def test_keys_revoke_refuses_a_digest_that_is_not_one(capsys: pytest.CaptureFixt
               "--sha256", "sk-team-a"])
     err = capsys.readouterr().err
     assert rc == 2 and "--sha256: not a sha256 digest (64 hex digits)" in err
+
+
+def test_keys_hash_on_a_terminal_asks_for_the_key_without_showing_it(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # it waited on readline() without a prompt (the command looked hung), echoing the key
+    import getpass
+    import io
+
+    asked: list[str] = []
+
+    class _Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    def fake_getpass(prompt: str = "") -> str:
+        asked.append(prompt)
+        return "sk-typed-1\n"
+
+    monkeypatch.setattr("sys.stdin", _Tty(""))
+    monkeypatch.setattr(getpass, "getpass", fake_getpass)
+    assert cli(["keys", "hash"]) == 0
+    assert asked and "not shown" in asked[0]
+    assert capsys.readouterr().out.strip() == hash_key("sk-typed-1")
