@@ -268,11 +268,18 @@ def load_routellm(path: str | Path, benchmark: str = "mmlu", *,
     """RouteLLM's MMLU or GSM8K correctness table; ``path`` is the ``routellm`` folder."""
     import pandas as pd
 
-    root = Path(path)
-    if root.is_file():
-        root = root.parent.parent if root.parent.name == "responses" else root.parent
+    given = _need(Path(path))
+    root = given
+    if root.is_file():  # a file in the folder (mmlu/responses/mmlu_x.csv, gsm8k/...csv)
+        root = next((d for d in list(given.parents)[:3] if (d / benchmark).is_dir()),
+                    given.parent)
     if (root / "routellm").is_dir() and not (root / "mmlu").is_dir():
         root = root / "routellm"
+    if benchmark in ("mmlu", "gsm8k") and not (root / benchmark).is_dir():
+        raise RouterError(f"{given}: not RouteLLM's data folder (it has no {benchmark}/ "
+                          "folder); --format routellm and routellm-gsm8k read the folder "
+                          "`expertgate data fetch routellm` writes, or a file in it (--format "
+                          "long reads a table of your own)")
     models = (ROUTELLM_WEAK, ROUTELLM_STRONG)
     rows: list[dict[str, Any]] = []
     if benchmark == "mmlu":
