@@ -995,6 +995,11 @@ def run(args: argparse.Namespace) -> int:
         else default_methods(args.embedder)
     try:
         # every check that can fail runs before the embedding step
+        for target in (args.save_selected, args.save_cascade):
+            if target:  # a folder of the user's is refused before the run, never replaced
+                from routers.guard_cascade import check_guard_target
+
+                check_guard_target(target)
         if args.methods and not methods:
             raise ValueError(f"--methods names no method ({args.methods!r}); give "
                              "comma-separated names, or leave it out for the defaults")

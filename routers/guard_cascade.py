@@ -272,6 +272,29 @@ def _digest(folder: Path) -> str:
     return hashlib.sha256((folder / "router.json").read_bytes()).hexdigest()
 
 
+def check_guard_target(path: str | Path) -> Path:
+    """The folder a guard artifact (a two-stage guard's, or a single guard's) may be written
+    to: absent, or such an artifact already, which the save replaces. Anything else there
+    (a file, a folder of the user's) is refused with a RouterError rather than removed.
+    Returns the path made absolute."""
+    from routers.artifacts import check_artifact_target
+
+    out = Path(path).expanduser().absolute()
+    if out.is_dir() and not out.is_symlink() and is_cascade(out):
+        extra = sorted(f.name for f in out.iterdir()
+                       if f.name not in (CASCADE_FILE, "front", "back"))
+        if not extra:
+            return out
+        why = f"it holds {', '.join(extra[:3])} beside a two-stage guard"
+    else:
+        try:
+            return check_artifact_target(out)
+        except RouterError:
+            why = "it is neither absent nor a guard artifact"
+    raise RouterError(f"{out} exists and is not a guard artifact ({why}): it would be "
+                      "replaced; choose another output folder or remove it")
+
+
 def save_cascade(cascade: GuardCascade, path: str | Path, *, front_embedder: str,
                  front_embedder_spec: Mapping[str, Any] | None = None,
                  metrics: Mapping[str, Any] | None = None) -> Path:
@@ -284,7 +307,7 @@ def save_cascade(cascade: GuardCascade, path: str | Path, *, front_embedder: str
 
     if cascade.back_spec is None or cascade.back_embedder is None:
         raise RouterError("guard cascade: saving needs the back embedder and its spec")
-    out = Path(path)
+    out = check_guard_target(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

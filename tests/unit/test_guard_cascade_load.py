@@ -10,6 +10,7 @@ import pytest
 
 from gateway.config import ConfigError
 from gateway.pipeline import _load_guard
+from routers.base import RouterError
 from routers.guard_cascade import GuardCascade, save_cascade
 from tests.unit.test_guard_cascade import BACK, BACK_SPEC, FRONT, _guard
 
@@ -27,3 +28,22 @@ def test_bad_back_embedder_options_are_a_config_error(options: object,
     (art / "cascade.json").write_text(json.dumps(m))
     with pytest.raises(ConfigError, match=r"cannot load two-stage guard .*back embedder"):
         _load_guard(art, FRONT, "policy 'p' guard")
+
+
+def test_saving_over_a_users_folder_is_refused_and_keeps_it(tmp_path: Path) -> None:
+    # save_cascade removed whatever folder it was given (shutil.rmtree): `eval guard
+    # --save-cascade ~/models` (or --save-selected, when the two-stage guard is selected)
+    # deleted the user's folder with everything in it
+    pytest.importorskip("skops")
+    c = GuardCascade(_guard(FRONT), _guard(BACK), back_embedder=BACK, back_spec=BACK_SPEC)
+    mine = tmp_path / "models"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(RouterError, match="is not a guard artifact"):
+        save_cascade(c, mine, front_embedder=FRONT.name)
+    assert (mine / "notes.txt").read_text() == "keep me"
+    # an earlier two-stage guard there is replaced, as is a single guard's folder
+    art = save_cascade(c, tmp_path / "g", front_embedder=FRONT.name)
+    assert save_cascade(c, art, front_embedder=FRONT.name) == art
+    single = _guard(FRONT).save(tmp_path / "single", embedder=FRONT.name)
+    assert (save_cascade(c, single, front_embedder=FRONT.name) / "cascade.json").is_file()

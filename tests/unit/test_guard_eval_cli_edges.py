@@ -18,3 +18,20 @@ def test_a_methods_list_naming_no_method_is_refused(
     assert _run_cli(["--data", str(data), "--embedder", "hashing", "--methods", spec,
                      "--quiet"]) == 2
     assert "--methods names no method" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--save-selected", "--save-cascade"])
+def test_a_save_folder_of_the_users_is_refused_before_the_run(
+        flag: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # a folder that is not a guard artifact was found out only after the whole evaluation
+    # (and a two-stage guard's save removed it)
+    data = _write_csv(tmp_path / "g.csv")
+    mine = tmp_path / "models"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    assert _run_cli(["--data", str(data), "--embedder", "hashing", "--methods",
+                     "guard-knn,guard-cascade", flag, str(mine), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a guard artifact" in err and "choose another output folder" in err
+    assert "embedding" not in err.lower()
+    assert (mine / "notes.txt").read_text() == "keep me"
