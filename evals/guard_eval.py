@@ -42,6 +42,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -803,7 +804,10 @@ def save_guard(m: _Method, result: Mapping[str, Any], path: str | Path, embedder
         return {"path": str(path), "format": "guard-cascade", "embedder": embedder_name}
     if isinstance(m, _GuardMethod):
         from routers.artifacts import save_router
+        from routers.guard_cascade import check_guard_target, is_cascade
 
+        if is_cascade(check_guard_target(path)):  # an earlier run's two-stage guard
+            shutil.rmtree(path)
         save_router(m.router, path, embedder=embedder_name, metrics=metrics,
                     embedder_spec=embedder_spec)
         return {"path": str(path), "format": "guard", "embedder": embedder_name}

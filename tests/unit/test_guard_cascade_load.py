@@ -47,3 +47,23 @@ def test_saving_over_a_users_folder_is_refused_and_keeps_it(tmp_path: Path) -> N
     assert save_cascade(c, art, front_embedder=FRONT.name) == art
     single = _guard(FRONT).save(tmp_path / "single", embedder=FRONT.name)
     assert (save_cascade(c, single, front_embedder=FRONT.name) / "cascade.json").is_file()
+
+
+def test_a_single_guard_saved_over_an_earlier_two_stage_one_replaces_it(
+        tmp_path: Path) -> None:
+    # eval guard --save-selected DIR where an earlier run had saved its two-stage guard: the
+    # pre-run check let it through, then the single guard's save refused the folder after
+    # the whole evaluation ("it holds subfolders")
+    pytest.importorskip("skops")
+    from evals.guard_eval import _GuardMethod, save_guard
+
+    c = GuardCascade(_guard(FRONT), _guard(BACK), back_embedder=BACK, back_spec=BACK_SPEC)
+    art = save_cascade(c, tmp_path / "g", front_embedder=FRONT.name)
+    m = _GuardMethod()
+    m.router = _guard(FRONT)
+    m.val_scores = m.router.ood_scores(FRONT.embed(["fix my code"]), ["fix my code"])
+    m.val_unsafe = m.val_scores < -1
+    saved = save_guard(m, {"method": "guard-knn", "target_frr": 0.25, "gqr_score": 0.5}, art,
+                       FRONT.name, "t", 0)
+    assert saved["format"] == "guard" and (art / "router.json").is_file()
+    assert not (art / "cascade.json").exists()
