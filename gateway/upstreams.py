@@ -528,9 +528,11 @@ async def call_openai(client: UpstreamHTTP, expert: ExpertConfig, base: str, pat
                                           f"not a JSON object: {data[:80]!r}",
                                           public="answered 200 with invalid JSON")
                 need = _ANSWER_LIST.get(path)
-                if need is not None and not isinstance(obj.get(need), list):
+                got = obj.get(need) if need is not None else None
+                if need is not None and not (isinstance(got, list) and (got or need == "data")):
                     # a JSON object that is no answer (a proxy's error with status 200): the
                     # client's SDK would find no choices; the next replica or expert may answer
+                    # (an empty 'choices' answers nothing either: choices[0] fails)
                     raise UpstreamFailure("protocol", f"{base} answered 200 without a {need!r} "
                                           f"list: {data[:80]!r}",
                                           public=f"answered 200 without '{need}'")

@@ -18,6 +18,7 @@ from tests.unit.gateway_helpers import base_config, chat, gateway_client
     b'{"error": {"message": "model overloaded", "type": "server_error"}}',  # a 200 error
     b'{"object": "chat.completion", "choices": null}',
     b'{"foo": 1}',
+    b'{"object": "chat.completion", "choices": []}',  # no answer either: choices[0] fails
 ])
 async def test_a_200_json_object_that_is_no_answer_fails_over(
         ups, tmp_path: Path, endpoint: str, body: dict[str, object], needs: str,
