@@ -48,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             mod.register(sub, name)
         else:
             sub.add_parser(name, help=help_)
+    _plain_help(parser)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
@@ -70,6 +71,19 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     return int(rc or 0)
+
+
+def _plain_help(parser: argparse.ArgumentParser) -> None:
+    """--help pages show the modules' docstrings, written for Sphinx: their ``name``
+    markup is shown as name."""
+    if parser.description:
+        parser.description = parser.description.replace("``", "")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _plain_help(sub)
+            for choice in action._choices_actions:
+                choice.help = choice.help.replace("``", "") if choice.help else choice.help
 
 
 def _out_of_range(args: argparse.Namespace) -> str | None:

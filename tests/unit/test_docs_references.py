@@ -9,6 +9,8 @@ import importlib
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
         ROOT / "examples" / "README.md"]
@@ -151,3 +153,24 @@ def test_every_relative_link_between_the_docs_leads_somewhere() -> None:
             elif anchor and target.suffix == ".md" and anchor not in _anchors(target):
                 broken.append(f"{doc.name}: {href} (no such heading)")
     assert not broken, "\n".join(broken)
+
+
+def test_no_help_page_shows_docstring_markup(capsys: pytest.CaptureFixture[str]) -> None:
+    """`expertgate --help` opened with "The ``expertgate`` command line."; eval guard's and
+    embedder finetune's pages showed their module docstrings' markup too."""
+    from expertgate.cli import main
+
+    pages = [[]]
+    for name, p in _subcommands(_parser()).items():
+        pages.append([name])
+        pages += [[name, what] for what in _subcommands(p)]
+    shown = []
+    for page in pages:
+        with pytest.raises(SystemExit):
+            main([*page, "--help"])
+        text = capsys.readouterr().out
+        assert "usage: expertgate" in text
+        if "``" in text:
+            shown.append(" ".join(page) or "(top)")
+    assert len(pages) > 20
+    assert not shown, f"--help shows ``markup`` on: {shown}"
