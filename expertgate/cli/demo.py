@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import time
@@ -273,6 +274,12 @@ def _bad_option(args: argparse.Namespace) -> str | None:
     if args.port and port_in_use(args.port):
         return (f"--port {args.port}: port {args.port} is already in use by another process "
                 "(leave out --port for a free one)")
+    try:
+        args.work_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return f"cannot use --work-dir {args.work_dir}: {e.strerror or e}"
+    if not os.access(args.work_dir, os.W_OK):
+        return f"cannot use --work-dir {args.work_dir}: permission denied"
     return None
 
 

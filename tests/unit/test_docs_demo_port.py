@@ -81,3 +81,16 @@ def test_a_child_server_refuses_a_port_another_process_listens_on(
     llama = LlamaServer.for_model("smollm2", port=busy_port, log_path=tmp_path / "s.log")
     with pytest.raises(LocalExpertError, match="already in use"):
         llama.start(wait=False)
+
+
+def test_demo_with_a_work_dir_it_cannot_write_starts_nothing(
+        no_children: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """It was "error: FileNotFoundError: [Errno 2] No such file or directory: ..."."""
+    from expertgate.cli import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    rc = main(["demo", "--config", str(EXAMPLES / "demo-local.yaml"), "--work-dir",
+               str(blocker / "demo")])
+    assert rc == 2
+    assert f"cannot use --work-dir {blocker / 'demo'}" in capsys.readouterr().err
