@@ -651,8 +651,16 @@ class Pipeline:
             # said, never silent (the header, the log, expertgate_degraded_total)
             degraded.append("embedding-empty")
         verdict: GuardVerdict | None = None
+        cache = True
         if rt.guard is not None:
-            verdict = rt.guard.verdict(X, [text])[0]  # type: ignore[attr-defined]
+            try:
+                verdict = rt.guard.verdict(X, [text])[0]  # type: ignore[attr-defined]
+            except Exception as e:  # a broken guard degrades, loudly, to its text check
+                log.error("guard of policy %s failed (%s: %s); its text check only",
+                          pol.name, type(e).__name__, e)
+                degraded.append("guard-failed")
+                verdict = rt.guard.text_verdict([text])[0]  # type: ignore[attr-defined]
+                cache = False  # the guard's own checks did not run
             t3 = time.perf_counter()
             timings["guard"] = (t3 - t2) * 1000
             self._obs_guard.observe(t3 - t2)
@@ -667,24 +675,36 @@ class Pipeline:
                 d = Decision("reject", [], "guard rejected the query: "
                              f"{rt.guard.reject_text(verdict)}",  # type: ignore[attr-defined]
                              router="guard", guard=verdict)
-                return await self._finish(rt, d, key, timings, t0)
-        d = rt.router.decide(X, [text])[0]
+                return await self._finish(rt, d, key, timings, t0, cache=cache)
+        try:
+            d = rt.router.decide(X, [text])[0]
+        except Exception as e:  # a broken router degrades to the fallback chain, loudly
+            log.error("router of policy %s failed (%s: %s); using the policy's fallback",
+                      pol.name, type(e).__name__, e)
+            degraded.append("router-failed")
+            d = self._fallback_decision(rt, f"router failed ({type(e).__name__})", timings)
+            d.guard = verdict
+            return d
         if pol.models:
             _to_experts(pol, d)
         t3 = time.perf_counter()
         timings["route"] = (t3 - t2) * 1000
         self._obs_route.observe(t3 - t2)
-        _attach_guard(d, verdict)
-        return await self._finish(rt, d, key, timings, t0)
+        if cache:
+            _attach_guard(d, verdict)
+        else:  # the failed guard's verdict (skipped) shows, whatever the router's own
+            d.guard = verdict
+        return await self._finish(rt, d, key, timings, t0, cache=cache)
 
     async def _finish(self, rt: PolicyRuntime, d: Decision, key: str,
-                      timings: dict[str, float], t0: float) -> Decision:
+                      timings: dict[str, float], t0: float, *, cache: bool = True) -> Decision:
         d.policy = rt.config.name
         d.policy_version = rt.version
         d.timings_ms = timings
         timings["total"] = (time.perf_counter() - t0) * 1000
-        with contextlib.suppress(CacheUnavailable):  # already counted on the get
-            await self.cache.set(key, d.to_dict(), rt.config.cache_ttl_s)
+        if cache:
+            with contextlib.suppress(CacheUnavailable):  # already counted on the get
+                await self.cache.set(key, d.to_dict(), rt.config.cache_ttl_s)
         return d
 
     def _fallback_decision(self, rt: PolicyRuntime, reason: str, timings: dict[str, float]
