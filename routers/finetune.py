@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -72,6 +73,12 @@ def finetune_encoder(texts: Sequence[str], labels: Sequence[str], out_dir: str |
     names = sorted(set(labels))
     if len(names) < 2:
         raise FinetuneError("fine-tune: need at least two labels")
+    # a NaN or infinite setting trains every weight to NaN, saved as a model of NaN vectors
+    for what, v, ok in (("lr", lr, lr > 0), ("scale", scale, scale > 0),
+                        ("margin", margin, margin >= 0)):
+        if not (math.isfinite(v) and ok):
+            raise FinetuneError(f"fine-tune: --{what} must be a finite number "
+                                f"{'at least' if what == 'margin' else 'above'} 0, not {v:g}")
     base_name = "all-MiniLM-L6-v2" if base is None else os.path.basename(
         str(base).rstrip("/"))
     if base is None:
@@ -151,6 +158,13 @@ def finetune_encoder(texts: Sequence[str], labels: Sequence[str], out_dir: str |
                         f"({time.perf_counter() - t0:.0f} s)")
             say(f"fine-tune: epoch {ep + 1}/{epochs} mean loss {total / n:.4f}")
         enc.eval()
+        with torch.no_grad():
+            probe = model.encode(texts[:8], convert_to_numpy=True)
+        if not (np.isfinite(probe).all()
+                and all(bool(torch.isfinite(t).all()) for t in (*enc.parameters(), head))):
+            raise FinetuneError(f"fine-tune: the weights or embeddings are not finite after "
+                                f"training (last loss {lv:g}): the steps overflowed them; "
+                                f"nothing was saved. Lower --lr (was {lr:g})")
         meta: dict[str, Any] = {
             "kind": "expertgate-finetuned-embedder",
             "version": 1,
