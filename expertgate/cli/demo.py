@@ -237,9 +237,8 @@ def run_demo(config: Path, *, port: int | None = None, keep_running: bool = Fals
         if keep_running:
             say(f"\nkeep running: gateway {gw.url}/v1 (policies {', '.join(policies)}; "
                 f"experts smollm2, gemma3). Ctrl-C stops everything.")
-            with contextlib.suppress(KeyboardInterrupt):
-                while all(s.running for s in started):
-                    time.sleep(1.0)
+            if not _keep_running(started, say):
+                return 1
         return 0 if ok_experts and ok_cache else 1
     finally:
         names = [f"{s.name} (pid {s.pid})" for s in started]
@@ -247,6 +246,20 @@ def run_demo(config: Path, *, port: int | None = None, keep_running: bool = Fals
             s.stop()
         if names:
             say("stopped: " + ", ".join(names))
+
+
+def _keep_running(started: list[Any], say: Any, poll_s: float = 1.0) -> bool:
+    """Wait for Ctrl-C (True) or for one of the servers to exit by itself (False, said: the
+    demo then stops the others and exits 1, not 0 as after a Ctrl-C)."""
+    with contextlib.suppress(KeyboardInterrupt):
+        while all(s.running for s in started):
+            time.sleep(poll_s)
+        gone = [s for s in started if not s.running]
+        code = gone[0].proc.returncode if gone[0].proc is not None else None
+        say(f"\n{gone[0].name} (pid {gone[0].pid}) exited by itself (code {code}); stopping "
+            f"the rest")
+        return False
+    return True
 
 
 @contextlib.contextmanager
