@@ -300,7 +300,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from expertgate.procs import LocalExpertError
 
     if not args.config.is_file():
-        print(f"expertgate demo: no config file {args.config}", file=sys.stderr)
+        print(f"expertgate demo: no config file {args.config}"
+              + ("" if args.config.is_absolute() else f" in {Path.cwd()} (run it from the "
+                 "checkout, or pass --config FILE)"), file=sys.stderr)
         return 2
     bad = _bad_option(args)
     if bad:  # said before the experts load, not after

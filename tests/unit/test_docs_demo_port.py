@@ -94,3 +94,15 @@ def test_demo_with_a_work_dir_it_cannot_write_starts_nothing(
                str(blocker / "demo")])
     assert rc == 2
     assert f"cannot use --work-dir {blocker / 'demo'}" in capsys.readouterr().err
+
+
+def test_demo_outside_the_checkout_says_where_it_looked(
+        no_children: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from expertgate.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo"]) == 2
+    err = capsys.readouterr().err
+    assert f"no config file examples/demo-local.yaml in {tmp_path}" in err
+    assert "pass --config FILE" in err
