@@ -41,6 +41,7 @@ from gateway.config import (
     auth_problem,
     load_config,
     missing_credentials,
+    open_to_network,
 )
 from gateway.dashboard import DecisionFeed
 from gateway.dispatch import Dispatcher
@@ -306,7 +307,8 @@ class Gateway:
             problem = auth_problem(cfg, self.settings.redis_url)
             if problem:
                 raise ConfigError(problem)
-            warnings = missing_credentials(cfg)
+            warnings = missing_credentials(cfg) + open_to_network(
+                cfg, self.settings.host, self.settings.port)
             for line in warnings:
                 log.warning("reload: %s", line)
             if cfg.embedder.model_dump() != self.config.embedder.model_dump():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import errno
 import hashlib
+import ipaddress
 import math
 import os
 import re
@@ -55,6 +56,7 @@ __all__ = [
     "load_config",
     "load_yaml",
     "missing_credentials",
+    "open_to_network",
     "settings_errors",
 ]
 
@@ -681,6 +683,31 @@ def missing_credentials(cfg: GatewayConfig) -> list[str]:
                        f"can carry it, so every call to {e.name!r} fails until it is fixed "
                        "(and a restart)")
     return out
+
+
+def _loopback_host(host: str) -> bool:
+    """Whether ``host`` (``--host``) binds only this machine's loopback interface."""
+    h = host.strip().strip("[]").lower()
+    if h == "localhost" or h.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(h.split("%")[0]).is_loopback
+    except ValueError:
+        return False  # a host name: whatever it resolves to, maybe another interface
+
+
+def open_to_network(cfg: GatewayConfig, host: str, port: int) -> list[str]:
+    """One line when a gateway that checks no API key (no ``api_keys``, ``require_auth``
+    false) listens beyond loopback: every client that reaches the port may call every
+    policy and expert. Said at start (``serve``, ``serve --check``) and in a reload's
+    ``warnings`` (a reload that drops the keys opens a running gateway)."""
+    if cfg.require_auth or cfg.api_keys or _loopback_host(host):
+        return []
+    return [f"listening on {host}:{port} without API keys ({cfg.source} has no api_keys "
+            "and require_auth is false): every client that reaches this port may call "
+            "every policy and expert. Add api_keys, or set require_auth: true with keys in "
+            "Redis (expertgate keys add), or listen on 127.0.0.1 (in a container: publish "
+            "the port on 127.0.0.1 only)"]
 
 
 def auth_problem(cfg: GatewayConfig, redis_url: str | None) -> str | None:

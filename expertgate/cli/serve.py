@@ -360,19 +360,6 @@ def per_process_limits(cfg: GatewayConfig, s: Settings) -> list[str]:
     return out
 
 
-def _loopback_host(host: str) -> bool:
-    """Whether ``host`` (``--host``) binds only this machine's loopback interface."""
-    import ipaddress
-
-    h = host.strip().strip("[]").lower()
-    if h == "localhost" or h.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(h.split("%")[0]).is_loopback
-    except ValueError:
-        return False  # a host name: whatever it resolves to, maybe another interface
-
-
 def _redis_holds_keys(url: str) -> bool:
     """Whether the Redis at ``url`` holds an API key record (``expertgate keys add``);
     False when it does not answer within a second (its outage is reported elsewhere)."""
@@ -397,16 +384,11 @@ def unchecked_keys(cfg: GatewayConfig, s: Settings) -> list[str]:
     may be open to more than its operator thinks: it listens beyond loopback (every client
     that reaches the port calls every policy and expert), or its Redis holds keys added
     with ``expertgate keys add``, which it then never asks for."""
+    from gateway.config import open_to_network
+
     if cfg.require_auth or cfg.api_keys:
         return []
-    out = []
-    if not _loopback_host(s.host):
-        out.append(f"listening on {s.host}:{s.port} without API keys ({cfg.source} has no "
-                   "api_keys and require_auth is false): every client that reaches this "
-                   "port may call every policy and expert. Add api_keys, or set "
-                   "require_auth: true with keys in Redis (expertgate keys add), or "
-                   "listen on 127.0.0.1 (in a container: publish the port on 127.0.0.1 "
-                   "only)")
+    out = open_to_network(cfg, s.host, s.port)
     if s.redis_url and _redis_holds_keys(s.redis_url):
         from gateway.redact import redact
 

@@ -64,3 +64,25 @@ def test_a_redis_url_redis_cannot_read_is_left_to_the_start_to_report() -> None:
     # say which setting was wrong (test_serve_h2's worker start-up failure)
     cfg = parse_config(_cfg(), "gw.yaml")
     assert unchecked_keys(cfg, Settings(redis_url="nosuch://127.0.0.1:1/0")) == []
+
+
+async def test_a_reload_that_drops_the_keys_of_a_public_gateway_warns(ups, tmp_path: Path
+                                                                      ) -> None:
+    """A reload to a file without api_keys opened a gateway listening beyond loopback to
+    every client, and its answer said nothing: the line is in the reload's warnings."""
+    from gateway.auth import hash_key
+    from tests.unit.gateway_helpers import base_config, gateway_client
+
+    cfg = base_config(ups[0].base, ups[1].base)
+    cfg["api_keys"] = [{"name": "ops", "sha256": hash_key("sk-ops-1"), "admin": True}]
+    path = tmp_path / "gw.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    async with gateway_client(cfg, tmp_path, config=path, host="0.0.0.0", port=8080) as (c, _):
+        r = await c.post("/admin/reload", headers={"authorization": "Bearer sk-ops-1"})
+        assert r.status_code == 200 and r.json()["warnings"] == []
+        del cfg["api_keys"]
+        path.write_text(yaml.safe_dump(cfg))
+        r = await c.post("/admin/reload", headers={"authorization": "Bearer sk-ops-1"})
+        assert r.status_code == 200, r.text
+        (line,) = r.json()["warnings"]
+        assert "listening on 0.0.0.0:8080 without API keys" in line
