@@ -371,6 +371,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._refuse(400, f"malformed HTTP request: {msg}", "invalid_request")
 
     def _refuse(self, status: int, message: str, code: str) -> None:
+        gw = self.app_state.get("expertgate")
+        if gw is not None:  # counted: no request counter sees these answers
+            gw.metrics.child(gw.metrics.http_refused, str(status), code).inc()
         body = error_body(status, message, "invalid_request_error", code)
         content = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:

@@ -50,6 +50,12 @@ class Metrics:
         self.degraded = Counter("expertgate_degraded",
                                 "Responses that took a degraded path, by component",
                                 ["component"], registry=r)
+        # the HTTP layer's own answers before there is a request (connection cap, a head
+        # too large, too slow or malformed): no request counter sees them
+        self.http_refused = Counter("expertgate_http_refused",
+                                    "Connections refused by the HTTP layer before a request "
+                                    "(503 over the connection cap, 431, 408, 400)",
+                                    ["status", "code"], registry=r)
         self.rejections = Counter("expertgate_rejections", "Rejected requests",
                                   ["policy", "reason"], registry=r)
         self.log_dropped = Counter("expertgate_log_records_dropped",
