@@ -242,9 +242,10 @@ def build_policy_set(cfg: GatewayConfig, embedder: Embedder | None) -> PolicySet
 
 def _attach_guard(d: Decision, verdict: GuardVerdict | None) -> None:
     """Put the policy's guard verdict on ``d``. A router's own verdict (semantic routes')
-    stays, unless the policy's guard is two-stage: which stage accepted the query must show
-    in the header and the log."""
-    if verdict is not None and (d.guard is None or verdict.stage is not None):
+    stays only when it explains the router's own rejection: the guard's (its scores, its
+    threshold, which stage of a two-stage guard accepted the query) is what the header and
+    the log must show for a query it let through."""
+    if verdict is not None and (d.guard is None or d.mode != "reject"):
         d.guard = verdict
 
 
