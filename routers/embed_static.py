@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -174,8 +175,8 @@ def distill(out: str | Path, model_dir: str | Path | None = None, *, dim: int = 
     """
     if int(dim) < 2:
         raise EmbedderError("dim must be at least 2")
-    if not float(sif) > 0:
-        raise EmbedderError("sif must be > 0")
+    if not (math.isfinite(float(sif)) and float(sif) > 0):  # inf: a table of NaN vectors
+        raise EmbedderError(f"sif must be a finite number > 0, not {float(sif):g}")
     mdir = _source_dir(model_dir)
     if not (mdir / "tokenizer.json").is_file() or not (mdir / "config.json").is_file():
         raise EmbedderError(f"{mdir} is not a transformers model folder with a fast "

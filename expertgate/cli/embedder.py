@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -173,9 +174,11 @@ def _tune(args: argparse.Namespace) -> int:
     if args.epochs < 1 or args.patience < 1:
         print("error: --epochs and --patience must be at least 1", file=sys.stderr)
         return 2
-    # 0 read as "unset" (the default step, silently); below 0 climbed the loss
-    if args.lr is not None and not args.lr > 0:
-        print(f"error: --lr must be above 0, not {args.lr:g}", file=sys.stderr)
+    # 0 read as "unset" (the default step, silently); below 0 climbed the loss; inf made
+    # every validation loss NaN
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        print(f"error: --lr must be {'above 0' if not args.lr > 0 else 'finite'}, "
+              f"not {args.lr:g}", file=sys.stderr)
         return 2
     try:
         emb = DistilledEmbedder(args.source)
