@@ -308,7 +308,7 @@ class Gateway:
             if problem:
                 raise ConfigError(problem)
             warnings = missing_credentials(cfg) + open_to_network(
-                cfg, self.settings.host, self.settings.port)
+                cfg, self.settings.host, self.settings.port) + self.auth.unchecked(cfg)
             for line in warnings:
                 log.warning("reload: %s", line)
             if cfg.embedder.model_dump() != self.config.embedder.model_dump():

@@ -261,6 +261,17 @@ class Authenticator:
         self._reach = reach
         self._reach_memo = {}
 
+    def unchecked(self, config: GatewayConfig) -> list[str]:
+        """One line when ``config`` checks no key (no ``api_keys``, ``require_auth`` false)
+        while the Redis keys last read hold some (``expertgate keys add``): a reload to such
+        a file served every request without a key, and said nothing."""
+        if config.require_auth or config.api_keys or not self._redis_keys:
+            return []
+        return [f"Redis holds {len(self._redis_keys)} API key(s) (expertgate keys add), but "
+                f"they are not checked: {config.source} has no api_keys and require_auth is "
+                "false, so every request is served without a key. Set require_auth: true "
+                "to require them"]
+
     # -- background refresh ------------------------------------------------------------
     def start(self) -> None:
         """Refresh the Redis keys now and every ``refresh_s`` (no-op without Redis)."""
