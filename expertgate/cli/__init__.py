@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _plain_help(parser)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
-        parser.print_help()
+        _named_help(parser, argv).print_help()  # `expertgate eval`: eval's commands
         return 2
     prog = " ".join(a for a in argv[:2] if not a.startswith("-"))
     bad = _out_of_range(args) or _unwritable_outputs(args)
@@ -71,6 +71,18 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     return int(rc or 0)
+
+
+def _named_help(parser: argparse.ArgumentParser,
+                argv: list[str]) -> argparse.ArgumentParser:
+    """The parser of the deepest command ``argv`` names."""
+    for word in argv:
+        subs = next((a.choices for a in parser._actions
+                     if isinstance(a, argparse._SubParsersAction)), {})
+        if word not in subs:
+            break
+        parser = subs[word]
+    return parser
 
 
 def _plain_help(parser: argparse.ArgumentParser) -> None:

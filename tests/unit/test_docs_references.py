@@ -174,3 +174,15 @@ def test_no_help_page_shows_docstring_markup(capsys: pytest.CaptureFixture[str])
             shown.append(" ".join(page) or "(top)")
     assert len(pages) > 20
     assert not shown, f"--help shows ``markup`` on: {shown}"
+
+
+@pytest.mark.parametrize(("group", "lists"), [("eval", "offpolicy"), ("embedder", "distill")])
+def test_a_group_without_its_command_shows_its_own_commands(
+        group: str, lists: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`expertgate eval` printed the top-level help, which does not list eval's commands."""
+    from expertgate.cli import main
+
+    assert main([group]) == 2
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: expertgate {group} ")
+    assert lists in out
