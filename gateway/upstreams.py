@@ -477,6 +477,20 @@ _ANSWER_LIST = {"/chat/completions": "choices", "/completions": "choices",
                 "/embeddings": "data"}
 
 
+def _check_answer(path: str, obj: dict[str, Any], where: str, data: bytes) -> None:
+    """Raise a protocol failure unless ``obj`` (a 200's JSON object) is an answer of
+    ``path``: a JSON object that is none (a proxy's error sent with 200) left the client's
+    SDK without choices, and the next replica or expert may answer. An empty ``choices``
+    answers nothing either (``choices[0]`` fails)."""
+    need = _ANSWER_LIST.get(path)
+    if need is None:
+        return
+    got = obj.get(need)
+    if not (isinstance(got, list) and (got or need == "data")):
+        raise UpstreamFailure("protocol", f"{where} answered 200 without a {need!r} list: "
+                              f"{data[:80]!r}", public=f"answered 200 without '{need}'")
+
+
 async def call_openai(client: UpstreamHTTP, expert: ExpertConfig, base: str, path: str,
                       body: bytes, *, stream: bool, timeout_s: float,
                       headers: dict[str, str] | None = None,
@@ -527,15 +541,7 @@ async def call_openai(client: UpstreamHTTP, expert: ExpertConfig, base: str, pat
                     raise UpstreamFailure("protocol", f"{base} answered 200 with a body that is "
                                           f"not a JSON object: {data[:80]!r}",
                                           public="answered 200 with invalid JSON")
-                need = _ANSWER_LIST.get(path)
-                got = obj.get(need) if need is not None else None
-                if need is not None and not (isinstance(got, list) and (got or need == "data")):
-                    # a JSON object that is no answer (a proxy's error with status 200): the
-                    # client's SDK would find no choices; the next replica or expert may answer
-                    # (an empty 'choices' answers nothing either: choices[0] fails)
-                    raise UpstreamFailure("protocol", f"{base} answered 200 without a {need!r} "
-                                          f"list: {data[:80]!r}",
-                                          public=f"answered 200 without '{need}'")
+                _check_answer(path, obj, base, data)
                 return UpstreamReply(status, ctype, data, data=obj)
             first = await resp.read_any()
         if not first:
@@ -821,7 +827,9 @@ async def call_litellm(expert: ExpertConfig, base: str | None, payload: dict[str
         raise _litellm_failure(expert, e, timeout_s, base) from None
     if not stream:
         obj = resp.model_dump()  # its integers exact (LiteLLM reads JSON with json)
-        return UpstreamReply(200, "application/json", exactjson.dumps(obj), data=obj)
+        raw = exactjson.dumps(obj)
+        _check_answer(path, obj, base or expert.name, raw)  # as an openai expert's
+        return UpstreamReply(200, "application/json", raw, data=obj)
 
     def event(chunk: Any) -> bytes:
         obj = chunk.model_dump()

@@ -58,3 +58,31 @@ async def test_an_embeddings_200_without_data_is_a_protocol_failure(
         coder.raw = None
         ok = await c.post("/v1/embeddings", json={"model": "coder", "input": "hi"})
         assert ok.status_code == 200 and isinstance(ok.json()["data"], list)
+
+
+async def test_a_litellm_experts_answer_without_choices_fails_over(
+        ups, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # LiteLLM turned an OpenAI-compatible provider's '{"choices": []}' into a 200 answer
+    # without choices, passed to the client as an openai expert's no longer is
+    from expertgate.bench.upstream_double import OpenAIUpstreamDouble
+
+    monkeypatch.setenv("EG_TEST_LITE_KEY", "sk-lite-test")
+    coder, chatter = ups
+    lite = await OpenAIUpstreamDouble("lite-double").start()
+    try:
+        lite.raw = (200, "application/json", b'{"object": "chat.completion", "choices": []}')
+        cfg = base_config(coder.base, chatter.base)
+        cfg["experts"].append({"name": "lite", "kind": "litellm", "model": "openai/m",
+                               "api_base": lite.base, "api_key_env": "EG_TEST_LITE_KEY",
+                               "timeout_s": 5})
+        cfg["policies"][0]["fallback"] = ["lite", "chatter"]
+        cfg["policies"][0]["routes"][0]["expert"] = "lite"
+        async with gateway_client(cfg, tmp_path) as (c, _):
+            r = await c.post("/v1/chat/completions", json=chat("lite", "x"))
+            assert r.status_code == 502, r.text
+            assert r.json()["error"]["code"] == "upstream_protocol_error"
+            r = await c.post("/v1/chat/completions", json=chat("auto", "fix this bug in my code"))
+            assert r.status_code == 200 and r.headers["x-expertgate-expert"] == "chatter"
+            assert "lite:protocol" in r.headers["x-expertgate-reason"]
+    finally:
+        await lite.stop()
