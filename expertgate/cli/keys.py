@@ -143,7 +143,10 @@ def cmd_add(args: argparse.Namespace) -> int:
     r = redis.Redis.from_url(url, **REDIS_TIMEOUTS)
     try:
         old = r.hget(KEY_PREFIX + digest, "name")
+        old_admin = r.hget(KEY_PREFIX + digest, "admin") if old is not None else None
         old_name = old.decode(errors="replace") if isinstance(old, bytes) else old
+        was_admin = (old_admin.decode(errors="replace") if isinstance(old_admin, bytes)
+                     else str(old_admin or "")).strip().lower() in ("1", "true", "yes")
         if old_name is not None and old_name != cfg.name and \
                 not getattr(args, "replace", False):
             # the same key given for another tenant (a pasted key) would move the old
@@ -163,6 +166,10 @@ def cmd_add(args: argparse.Namespace) -> int:
         r.close()
     role = "admin" if cfg.admin else "tenant"
     verb = "stored" if old_name is None else f"replaced (was {old_name!r})"
+    if was_admin and not cfg.admin:
+        # re-added to change a limit, --admin forgotten: the operator's own key lost /admin
+        print("expertgate keys add: note: this key was an admin key and is a tenant key now "
+              "(pass --admin to keep /admin/* and the dashboard)", file=sys.stderr)
     print(f"{verb} {KEY_PREFIX}{digest} for {role} {args.name}")
     return 0
 

@@ -51,3 +51,17 @@ def test_revoke_takes_an_upper_case_digest(redis_clean: RedisServer,
     rc = cli(["keys", "revoke", "--redis-url", redis_clean.url, "--sha256",
               digest.upper() + "\n"])
     assert rc == 0 and f"revoked: {KEY_PREFIX}{digest}" in capsys.readouterr().out
+
+
+def test_re_adding_an_admin_key_without_admin_says_it_is_a_tenant_key_now(
+        redis_clean: RedisServer, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["keys", "add", "--redis-url", redis_clean.url, "--name", "ops",
+            "--key", "sk-ops-admin"]
+    assert cli([*base, "--admin"]) == 0
+    assert "note:" not in capsys.readouterr().err
+    # re-added to set a limit, --admin forgotten: the key was demoted without a word
+    assert cli([*base, "--requests-per-minute", "100"]) == 0
+    err = capsys.readouterr().err
+    assert "was an admin key and is a tenant key now" in err and "--admin" in err
+    assert cli([*base, "--admin"]) == 0
+    assert "note:" not in capsys.readouterr().err
