@@ -122,6 +122,9 @@ _GROUPS = (
     r"black(?:s| people)|white(?:s| people)|asians|arabs|mexicans|africans|"
     r"disabled(?: people)?|retards)"
 )
+#: people as the object of a call to violence: the groups, or people in general
+_PEOPLE = (r"(?:" + _GROUPS + r"|people|persons|humans|folks|kids|children|babies|cops|"
+           r"police(?:men)?|politicians|them|everyone|everybody)")
 #: Regular expressions (case-insensitive) for the lexicon layer.
 UNSAFE_PATTERNS: tuple[str, ...] = (
     # dehumanising statements
@@ -130,7 +133,9 @@ UNSAFE_PATTERNS: tuple[str, ...] = (
     # calls for violence against people
     r"\b(?:should|must|deserve to|ought to|need to)\s+(?:all\s+)?(?:be\s+)?(?:die|killed|"
     r"exterminated|eradicated|wiped out|gassed|shot|hanged|lynched|beaten|raped)\b",
-    r"\b(?:kill|murder|shoot|exterminate|gas|lynch|rape)\s+(?:all|every|those|these)\b",
+    # ... whose object is people ("kill all python processes" is a shell question)
+    r"\b(?:kill|murder|shoot|exterminate|gas|lynch|rape)\s+(?:all|every|those|these)\s+"
+    r"(?:one\s+)?(?:of\s+)?(?:the\s+|those\s+|these\s+)?(?:[a-z-]+\s+)?" + _PEOPLE + r"\b",
     r"\bi(?:'m| am)?\s*(?:going to|gonna|will|want to)\s+(?:kill|murder|shoot|stab|rape|hurt)"
     r"\s+(?:you|him|her|them|everyone)\b",
     # hatred of groups
