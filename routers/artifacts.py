@@ -156,6 +156,11 @@ def save_router(router: Router, path: str | Path, *, metrics: Mapping[str, Any] 
     one cannot be moved in); anything else there is refused (:func:`check_artifact_target`).
     """
     router.check_fitted()
+    params = router.get_params()
+    bad = [k for k, v in params.items() if _jsonable(v) is None and v is not None]
+    if bad:  # NaN / infinity: stored as null, the artifact would not reload as trained
+        got = ", ".join(f"{k}={params[k]!r}" for k in sorted(bad))
+        raise RouterError(f"{router.name}: parameters must be finite to be saved, got {got}")
     out = check_artifact_target(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -61,7 +62,22 @@ def parse_params(items: Sequence[str] | None) -> dict[str, Any]:
             out[key] = json.loads(raw)
         except json.JSONDecodeError:
             out[key] = raw
+        if not _finite(out[key]):
+            # JSON's NaN/Infinity: a router.json stores them as null, so the artifact would
+            # not reload as trained (the gateway's decisions then fail on every request)
+            raise RouterError(f"--param {key}={raw}: parameters must be finite numbers")
     return out
+
+
+def _finite(v: Any) -> bool:
+    """No NaN or infinity in ``v`` (a number, or a list / object of them)."""
+    if isinstance(v, float):
+        return math.isfinite(v)
+    if isinstance(v, list):
+        return all(_finite(x) for x in v)
+    if isinstance(v, dict):
+        return all(_finite(x) for x in v.values())
+    return True
 
 
 def split_table(table: RoutingTable, *, seed: int = 0, val: float = 0.1, test: float = 0.2
