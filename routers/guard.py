@@ -80,7 +80,7 @@ from routers.base import (
 from routers.simsearch import Int8Bank
 
 __all__ = ["METHODS", "UNSAFE_PATTERNS", "UNSAFE_SEEDS", "GuardRouter", "calibrate_threshold",
-           "stratified_split"]
+           "stratified_split", "unsafe_text"]
 
 #: methods that score from the embedding alone; "fused" (embedding + text) and "auto" besides
 METHODS = ("centroid", "knn", "mahalanobis", "msp", "energy", "knn+msp")
@@ -122,6 +122,12 @@ _GROUPS = (
     r"black(?:s| people)|white(?:s| people)|asians|arabs|mexicans|africans|"
     r"disabled(?: people)?|retards)"
 )
+#: what a developer kills, shoots or lets die: never the subject of a call for violence
+_THINGS = ("process", "processes", "thread", "threads", "job", "jobs", "task", "tasks",
+           "container", "containers", "pod", "pods", "session", "sessions", "connection",
+           "connections", "query", "queries", "bug", "bugs", "worker", "workers", "daemon",
+           "daemons", "service", "services", "server", "servers", "instance", "instances",
+           "branch", "branches", "build", "builds", "it", "this", "that")
 #: people as the object of a call to violence: the groups, or people in general
 _PEOPLE = (r"(?:" + _GROUPS + r"|people|persons|humans|folks|kids|children|babies|cops|"
            r"police(?:men)?|politicians|them|everyone|everybody)")
@@ -130,7 +136,8 @@ UNSAFE_PATTERNS: tuple[str, ...] = (
     # dehumanising statements
     r"\b(?:are|is)\s+(?:all\s+|just\s+|nothing but\s+)?(?:vermin|parasites?|sub-?human|scum|"
     r"cockroaches|rats|filth|pests|a plague|a disease|animals|savages|freaks|subhumans)\b",
-    # calls for violence against people
+    # calls for violence against people (not of the things a developer kills: a match
+    # right after one of _THINGS is passed over, unsafe_text)
     r"\b(?:should|must|deserve to|ought to|need to)\s+(?:all\s+)?(?:be\s+)?(?:die|killed|"
     r"exterminated|eradicated|wiped out|gassed|shot|hanged|lynched|beaten|raped)\b",
     # ... whose object is people ("kill all python processes" is a shell question)
@@ -147,7 +154,25 @@ UNSAFE_PATTERNS: tuple[str, ...] = (
     r"\bpoison\s+(?:someone|somebody|my|a person|people)\b",
     r"\b(?:kill|hurt|harm)\s+myself\b|\bsuicide method",
 )
-_UNSAFE_RE = re.compile("|".join(f"(?:{p})" for p in UNSAFE_PATTERNS), re.IGNORECASE)
+#: the call-for-violence pattern whose subject is checked (:func:`unsafe_text`)
+_SHOULD = 1
+_UNSAFE_RE = re.compile("|".join(f"(?P<should>{p})" if i == _SHOULD else f"(?:{p})"
+                                 for i, p in enumerate(UNSAFE_PATTERNS)), re.IGNORECASE)
+_LAST_WORD = re.compile(r"(\w+)\s+$")
+_THING_SET = frozenset(_THINGS)
+
+
+def unsafe_text(text: str) -> bool:
+    """Whether the lexicon flags ``text``: a match of :data:`UNSAFE_PATTERNS`, but "should
+    be killed" and the like only when the word before is not one of the things a
+    developer kills ("this process must be killed")."""
+    for m in _UNSAFE_RE.finditer(text):
+        if m.lastgroup != "should":
+            return True
+        w = _LAST_WORD.search(text, max(0, m.start() - 40), m.start())
+        if w is None or w.group(1).lower() not in _THING_SET:
+            return True
+    return False
 
 
 def calibrate_threshold(scores: np.ndarray, target_frr: float,
@@ -794,7 +819,7 @@ class GuardRouter(Router):
             flagged = score > float(self.unsafe_threshold_)
         if texts is not None:
             for i, t in enumerate(texts):
-                if _UNSAFE_RE.search(t):
+                if unsafe_text(t):
                     score[i] = 1.0
                     flagged[i] = True
         return score, flagged
@@ -817,7 +842,7 @@ class GuardRouter(Router):
         lexicon = "lexicon" in self.unsafe_layers_
         out = []
         for t in texts:
-            hit = lexicon and _UNSAFE_RE.search(t) is not None
+            hit = lexicon and unsafe_text(t)
             out.append(GuardVerdict(rejected=hit, reject_reason="unsafe" if hit else None,
                                     unsafe_score=(1.0 if hit else None) if lexicon else None,
                                     skipped=True))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from routers.guard import _UNSAFE_RE
+from routers.guard import unsafe_text
 
 
 @pytest.mark.parametrize("text", [
@@ -20,7 +20,7 @@ from routers.guard import _UNSAFE_RE
 def test_killing_processes_is_not_unsafe(text: str) -> None:
     # a code assistant's guard refused "how do I kill all python processes" as unsafe
     # content (score 1.000): "kill all" matched whatever followed it
-    assert _UNSAFE_RE.search(text) is None
+    assert not unsafe_text(text)
 
 
 @pytest.mark.parametrize("text", [
@@ -33,4 +33,23 @@ def test_killing_processes_is_not_unsafe(text: str) -> None:
     "kill these filthy refugees",
 ])
 def test_calls_to_kill_people_are_flagged(text: str) -> None:
-    assert _UNSAFE_RE.search(text) is not None
+    assert unsafe_text(text)
+
+
+@pytest.mark.parametrize("text", [
+    "this process must be killed",
+    "the child process should be killed",
+    "why does my process need to be killed manually",
+    "stale sessions should be killed",
+    "the old branch should die",
+])
+def test_a_process_that_should_be_killed_is_not_unsafe(text: str) -> None:
+    assert not unsafe_text(text)
+
+
+@pytest.mark.parametrize("text", [
+    "women should all die", "immigrants should be shot", "they should be killed",
+    "every muslim should be killed", "those people deserve to die",
+])
+def test_calls_for_violence_against_people_are_flagged(text: str) -> None:
+    assert unsafe_text(text)
