@@ -91,6 +91,18 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def _header_digest(token: str) -> str:
+    """The digest of a key read from a header, which every endpoint decodes as latin-1: of
+    the bytes the client sent. ``hash_key`` of that text re-encoded a UTF-8 key's bytes
+    (``sk-clé``: ``c3 a9`` read as two characters) into other bytes, so a key with a
+    character outside ASCII, stored by ``keys hash``/``keys add`` (UTF-8), never matched."""
+    try:
+        raw = token.encode("latin-1")
+    except UnicodeEncodeError:  # not from a header: the text as hash_key reads it
+        raw = token.encode()
+    return hashlib.sha256(raw).hexdigest()
+
+
 def key_record(cfg: APIKeyConfig) -> dict[str, str]:
     """The Redis hash fields for a key (the layout in this module's docstring)."""
     rec = {"name": cfg.name, "policies": ",".join(cfg.policies)}
@@ -380,7 +392,7 @@ class Authenticator:
         if not token:
             raise AuthenticationFailed(
                 "missing API key: send 'Authorization: Bearer <key>' (or 'api-key: <key>')")
-        digest = hash_key(token)
+        digest = _header_digest(token)
         cfg = self._config_key(digest)
         if cfg is None and self.redis is not None:
             cfg = await self._redis_key(digest)
