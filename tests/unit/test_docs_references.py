@@ -63,10 +63,16 @@ def test_every_flag_the_docs_give_a_command_exists() -> None:
             if what.split("|")[0] not in inner:
                 continue  # a usage line listing alternatives, e.g. "data list | fetch"
             p = inner[what.split("|")[0]]
-        # a flag after " | " or "# " belongs to another command or to a comment
-        args = re.split(r" \| |\s#\s", line)[0]
+        # a flag after "# " belongs to a comment; after " | " to the command that part
+        # names when it names one ("data list | fetch NAME|--all"), else to this one
+        parts = []
+        for part in re.split(r"\s#\s", line)[0].split(" | "):
+            first = part.split()[0] if part.split() else ""
+            if first in inner:
+                p = inner[first]
+            parts.append((p, part))
         flag_re = r"(?<![\w-])(--[a-z][a-z0-9-]*)(?:[ =]([\w.-]+(?:\|[\w.-]+)+))?"
-        for flag, value in re.findall(flag_re, args):
+        for p, flag, value in [(p, *f) for p, part in parts for f in re.findall(flag_re, part)]:
             checked += 1
             if flag not in _flags(p):
                 wrong.append(f"{doc}: expertgate {' '.join(words[:2])}: no {flag}")
