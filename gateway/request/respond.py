@@ -215,6 +215,11 @@ async def _forward(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRe
         reply.data = exactjson.exact(body, reply.data)
         reply.data["model"] = p.model
         body = exactjson.dumps(reply.data)
+    if not reply.stream and reply.status == 200 and ctx.endpoint in ("chat", "completions") \
+            and not _reports_usage(reply.data):
+        # a whole answer without usage (a proxy, an older server): counted as a stream
+        # without one is (the log, the cost, the token reconciliation), and said
+        ctx.usage = _answer_estimate(ctx, reply.data)
     h = headers(ctx, reply.content_type.encode("latin-1"))
     ctx.status = reply.status
     if reply.status >= 400:
@@ -225,7 +230,8 @@ async def _forward(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRe
             # retry a 5xx (408, 409, 429) unless told not to, the same request again
             h.append((b"x-should-retry", b"false"))
     if not reply.stream:
-        ctx.usage = usage_of(reply.data) if reply.status == 200 else (0, 0)
+        if "usage-estimated" not in ctx.degraded:
+            ctx.usage = usage_of(reply.data) if reply.status == 200 else (0, 0)
         try:  # inline, not _write: this is every non-streamed answer's path
             await send({"type": "http.response.start", "status": reply.status, "headers": h})
             await send({"type": "http.response.body", "body": body})
@@ -478,13 +484,45 @@ def _without_usage_event(chunk: bytes) -> tuple[bytes, bool]:
     return chunk[:start] + chunk[end:], True
 
 
+def _prompt_estimate(ctx: RequestContext) -> int:
+    return max(estimate_tokens({"prompt": ctx.body.get("prompt")}, 0,
+                               ctx.message_texts()) - 1, 1)
+
+
 def _estimate(ctx: RequestContext, sse: SSECheck) -> tuple[int, int]:
     """The stream's usage counted by the gateway (see :func:`_stream`), noted as such in
     the routing log (``usage-estimated``)."""
-    prompt = estimate_tokens({"prompt": ctx.body.get("prompt")}, 0, ctx.message_texts()) - 1
-    usage = sse.usage = (max(prompt, 1), sse.events)
+    usage = sse.usage = (_prompt_estimate(ctx), sse.events)
     ctx.degraded.append("usage-estimated")
     return usage
+
+
+def _reports_usage(data: Any) -> bool:
+    """Whether a whole answer reports its usage (as a stream's usage event counts: some
+    tokens said)."""
+    u = data.get("usage") if isinstance(data, dict) else None
+    return isinstance(u, dict) and bool(u.get("prompt_tokens") or u.get("completion_tokens"))
+
+
+def _answer_estimate(ctx: RequestContext, data: Any) -> tuple[int, int]:
+    """A whole answer's usage counted by the gateway when the upstream reports none:
+    prompt characters / 4 (as for a stream), generated characters / 4 (content, reasoning,
+    tool-call arguments, a completion's text; at least 1 per choice); ``usage-estimated``."""
+    generated = 0
+    choices = data.get("choices") if isinstance(data, dict) else None
+    for ch in choices if isinstance(choices, list) else []:
+        if not isinstance(ch, dict):
+            continue
+        m = ch.get("message")
+        msg: dict[str, Any] = m if isinstance(m, dict) else {}
+        parts = [ch.get("text"), msg.get("content"), msg.get("reasoning_content")]
+        for call in msg.get("tool_calls") or []:
+            if isinstance(call, dict) and isinstance(call.get("function"), dict):
+                parts.append(call["function"].get("arguments"))
+        chars = sum(len(x) for x in parts if isinstance(x, str))
+        generated += max(-(-chars // 4), 1)
+    ctx.degraded.append("usage-estimated")
+    return _prompt_estimate(ctx), generated
 
 
 def _usage_event(ctx: RequestContext, sse: SSECheck) -> bytes:
