@@ -281,7 +281,9 @@ def train_router(name: str, table: RoutingTable, X: np.ndarray, *,
         selection = sel.to_dict()
         name = sel.family
     else:
-        router = _fit(make_router(name, **dict(params or {})), X[tr], fit_table, embedder)
+        router = make_router(name, **dict(params or {}))
+        router.check_params()
+        router = _fit(router, X[tr], fit_table, embedder)
     fit_s = time.perf_counter() - t0
     metrics: dict[str, Any] = {
         "router": name, "seed": seed, "n_train": len(tr), "n_val": len(va),

@@ -353,6 +353,10 @@ def _train(args: argparse.Namespace) -> int:
 
             check_artifact_target(args.out)
         params = parse_params(args.param)
+        if args.router != "auto":  # the ranges a gateway policy's params: are held to
+            from routers.base import make_router
+
+            make_router(args.router, **params).check_params()
         if args.router == "guard" and args.format != "guard":
             raise RouterError("--router guard needs --format guard (a text,label,split table)")
         if args.format == "guard" and args.router != "guard":
