@@ -717,7 +717,10 @@ class Dispatcher:
                 "retry-after": last.retry_after} if last.retry_after else None)
             err.status = 429
             raise err
-        raise UpstreamUnavailable(msg)
+        # a 503 that said how long (a server loading its model): the SDK waits that long
+        # before it retries the 502, instead of its own half second
+        raise UpstreamUnavailable(msg, headers={"retry-after": last.retry_after}
+                                  if last.status == 503 and last.retry_after else None)
 
     async def _replica_healthy(self, pool: ExpertPool, rep: Replica, path: str,
                                deadline: float) -> bool:

@@ -40,3 +40,17 @@ async def test_a_short_retry_after_is_still_retried_in_place(
         r = await c.post("/v1/chat/completions", json=chat("auto", "fix this bug in my code"))
         assert r.status_code == 200 and r.headers["x-expertgate-expert"] == "coder"
         assert len(coder.received) == 2 and chatter.received == []
+
+
+async def test_a_503s_retry_after_reaches_the_client(
+        ups: tuple[FlakyDouble, FlakyDouble], tmp_path: Path) -> None:  # noqa: F811
+    # an expert answering 503 'retry-after: 7' (a server loading its model, overloaded) came
+    # back as a 502 without it: the OpenAI SDK retried after its own 0.5 s, refused again
+    coder, chatter = ups
+    coder.fail_first, coder.status, coder.retry_after = 10, 503, "7"
+    async with gateway_client(base_config(coder.base, chatter.base), tmp_path) as (c, _):
+        r = await c.post("/v1/chat/completions", json=chat("coder", "x"))
+        assert r.status_code == 502 and r.headers["retry-after"] == "7"
+        coder.retry_after = None
+        r = await c.post("/v1/chat/completions", json=chat("coder", "x"))
+        assert r.status_code == 502 and "retry-after" not in r.headers
