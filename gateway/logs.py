@@ -67,6 +67,13 @@ class RoutingLogSink(Protocol):
     async def close(self) -> None: ...
 
 
+def _owner_only(path: Path) -> int:
+    """An append descriptor of ``path``, created readable by its owner only when it does not
+    exist: with ``log_prompts`` the routing log holds every prompt, and the umask (often 022)
+    would make it world-readable; a file that exists keeps its mode (logrotate's ``create``)."""
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+
 class JsonlSink:
     """Appends one JSON object per line. Appends are small and fast, so done inline.
 
@@ -87,7 +94,7 @@ class JsonlSink:
         self._f = self._open()
 
     def _open(self) -> Any:
-        f = self.path.open("ab", buffering=0)
+        f = open(_owner_only(self.path), "ab", buffering=0)  # noqa: SIM115 (kept open)
         st = os.fstat(f.fileno())
         self._id = (st.st_dev, st.st_ino)
         return f
@@ -110,7 +117,7 @@ class JsonlSink:
         self._f.write(b"".join(r + b"\n" for r in records))
 
     async def write_feedback(self, record: bytes) -> None:
-        with self.feedback_path.open("ab") as f:
+        with open(_owner_only(self.feedback_path), "ab") as f:
             f.write(record + b"\n")
 
     async def close(self) -> None:
