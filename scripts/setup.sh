@@ -47,8 +47,12 @@ fi
 
 $VPIP install -q --upgrade pip wheel
 # torch first, exactly this CPU build (a range would pull several GB of CUDA packages, and so
-# would a plain torch==2.13.0: PyPI's Linux wheel is the CUDA build), as docker/Dockerfile.
-$VPIP install -q --extra-index-url https://download.pytorch.org/whl/cpu torch==2.13.0+cpu
+# would a plain torch==2.13.0: PyPI's Linux wheel is the CUDA build), as docker/Dockerfile:
+# a +cpu wheel pip already finds (find-links, a local mirror) without asking another index,
+# else PyTorch's CPU index
+if ! $VPIP install -q torch==2.13.0+cpu 2>/dev/null; then
+  $VPIP install -q --extra-index-url https://download.pytorch.org/whl/cpu torch==2.13.0+cpu
+fi
 
 LLAMA=llama-cpp-python==0.3.36
 if ! ls "$WHEELS"/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1; then
