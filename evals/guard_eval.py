@@ -993,6 +993,11 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.suite) == bool(args.data):
         print(_ME + "give exactly one of --suite NAME or --data PATH", file=sys.stderr)
         return 2
+    if args.seed_set == "report" and args.seed is not None and args.seed not in REPORT_SEEDS:
+        print(f"{_ME}--seed {args.seed} is not a report seed ({', '.join(map(str, REPORT_SEEDS))}"
+              "): a result made with it would be recorded as a report run; drop --seed-set "
+              "report, or give one of them", file=sys.stderr)
+        return 2
     seed = REPORT_SEEDS[0] if args.seed_set == "report" and args.seed is None else \
         (0 if args.seed is None else args.seed)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods \

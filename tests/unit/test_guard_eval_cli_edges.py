@@ -35,3 +35,17 @@ def test_a_save_folder_of_the_users_is_refused_before_the_run(
     assert "is not a guard artifact" in err and "choose another output folder" in err
     assert "embedding" not in err.lower()
     assert (mine / "notes.txt").read_text() == "keep me"
+
+
+def test_a_seed_outside_the_report_seeds_is_not_called_a_report_seed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # --seed-set report --seed 0 ran on the development seed and wrote a JSON whose
+    # provenance said kind "report" (a report renders it "Seed 0 (report)")
+    from evals.provenance import REPORT_SEEDS
+
+    data = _write_csv(tmp_path / "g.csv")
+    common = ["--data", str(data), "--embedder", "hashing", "--methods", "guard-knn",
+              "--latency-sample", "0", "--quiet", "--seed-set", "report"]
+    assert _run_cli([*common, "--seed", "0"]) == 2
+    assert "--seed 0 is not a report seed" in capsys.readouterr().err
+    assert _run_cli([*common, "--seed", str(REPORT_SEEDS[1])]) == 0
