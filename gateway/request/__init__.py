@@ -256,7 +256,8 @@ def passed_over(gw: Gateway, p: Plan, body: dict[str, Any]) -> dict[str, str]:
         if expert is None or expert.dialect == "openai":
             continue
         try:
-            adapt({"model": name, "messages": messages}, expert.dialect, name)
+            # the body a live request would send (its n, tools, ... too), as that expert
+            adapt({**body, "model": name}, expert.dialect, name)
         except UnsupportedByExpert as e:
             out[name] = e.message
     return out
@@ -267,6 +268,7 @@ def explain(p: Plan, degraded: list[str]) -> dict[str, Any]:
     what a live request would do with it."""
     assert p.decision is not None
     out = p.decision.to_dict()
+    out["reason"] = p.reason  # the live request's (and this answer's) x-expertgate-reason
     out["degraded"] = degraded
     out["action"] = p.action
     out["fallback_chain"] = p.chain

@@ -65,11 +65,10 @@ class ChatMessage(TypedDict):
 
 
 @with_config(_OPEN)
-class ChatRequest(TypedDict):
-    """OpenAI chat completions; other OpenAI fields pass through to the expert untouched."""
+class ChatOptions(TypedDict):
+    """The OpenAI chat fields the gateway types (a chat body's, and a dry run's that sends
+    the same body); other OpenAI fields pass through to the expert untouched."""
 
-    model: Model
-    messages: Annotated[list[ChatMessage], Field(min_length=1), _FAST]
     #: OpenAI's "boolean or null": null is not streamed, as vLLM reads it
     stream: NotRequired[bool | None]
     max_tokens: NotRequired[PositiveInt | None]
@@ -92,6 +91,14 @@ class ChatRequest(TypedDict):
     tool_choice: NotRequired[str | dict[str, Any] | None]
     parallel_tool_calls: NotRequired[bool | None]
     response_format: NotRequired[dict[str, Any] | None]
+
+
+@with_config(_OPEN)
+class ChatRequest(ChatOptions):
+    """OpenAI chat completions; other OpenAI fields pass through to the expert untouched."""
+
+    model: Model
+    messages: Annotated[list[ChatMessage], Field(min_length=1), _FAST]
 
 
 @with_config(_OPEN)
@@ -142,9 +149,12 @@ class EmbeddingsRequest(TypedDict):
                                                                     "streamed")]]
 
 
-@with_config(_CLOSED)
-class RouteRequest(TypedDict):
-    """The dry run: the decision a policy would take for ``messages`` or ``text``."""
+@with_config(_OPEN)
+class RouteRequest(ChatOptions):
+    """The dry run: the decision a policy would take for ``messages`` or ``text``. It takes
+    the chat body a live request would send (its OpenAI fields checked as the chat
+    endpoint checks them, then ignored but for ``n``, which decides whether an ensemble
+    answers), so that the same body explains the same decision."""
 
     model: Annotated[str, Field(min_length=1, description="the policy to route with")]
     messages: NotRequired[Annotated[list[ChatMessage], _FAST] | None]
@@ -194,7 +204,7 @@ _BATCHES = {"completions": ("prompt", "prompts"), "embeddings": ("input", "input
 #: the fields of the closed bodies, whose other keys are checked before pydantic, which
 #: writes an error per unknown key first (80,000 keys: 0.7 s of the event loop)
 _FIELDS = {endpoint: frozenset(t.__required_keys__ | t.__optional_keys__)
-           for endpoint, t in (("route", RouteRequest), ("feedback", FeedbackRequest))}
+           for endpoint, t in (("feedback", FeedbackRequest),)}
 
 
 def _bound_batch(endpoint: str, obj: Any) -> None:
@@ -244,8 +254,8 @@ def validate(endpoint: str, raw: bytes, max_messages: int | None = None,
         if param is None:
             raise InvalidRequest("request body must be a JSON object") from None
         raise InvalidRequest(f"{param}: {first['msg']}", param=param) from None
-    if endpoint in ("chat", "completions"):
-        _coherent(endpoint, body)
+    if endpoint in ("chat", "completions", "route"):
+        _coherent("chat" if endpoint == "route" else endpoint, body)
     if endpoint == "completions":
         n, best_of = body.get("n"), body.get("best_of")
         if n is not None and best_of is not None and best_of < n:

@@ -161,7 +161,8 @@ async def test_a_huge_unknown_model_name_is_not_echoed_whole(ups: Ups, tmp_path:
     ("route", {"model": "auto", "messages": [1] * 400_000}),
     ("completions", {"model": "auto", "prompt": [1] * 400_000 + [[1]]}),
     ("embeddings", {"model": "emb", "input": [[1]] + [[]] * 2047}),
-    ("route", {"model": "auto", "text": "x", **{f"k{i}": 1 for i in range(80_000)}}),
+    # the dry run takes a chat body's other fields, as the chat endpoint does
+    ("route", {"model": "auto", "messages": [1], **{f"k{i}": 1 for i in range(80_000)}}),
     ("feedback", {"request_id": "x", "score": 1.0, **{f"k{i}": 1 for i in range(80_000)}}),
 ])
 def test_a_body_of_many_bad_items_is_refused_as_fast_as_one(endpoint: str,
@@ -210,7 +211,8 @@ async def test_a_dry_run_with_a_huge_unknown_key_is_answered_at_once(ups: Ups,
     key = "a." * 200_000 + "@"
     async with gateway_client(base_config(ups[0].base, ups[1].base), tmp_path) as (c, _):
         t0 = time.perf_counter()
-        r = await c.post("/v1/route", json={"model": "auto", "text": "hi", key: 1})
+        # the dry run takes a chat body's fields; the feedback body is closed
+        r = await c.post("/v1/feedback", json={"request_id": "x", "score": 1, key: 1})
         assert r.status_code == 400 and time.perf_counter() - t0 < 2.0
         assert r.json()["error"]["message"].endswith("Extra inputs are not permitted")
 
