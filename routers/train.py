@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import re
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -283,7 +284,18 @@ def train_router(name: str, table: RoutingTable, X: np.ndarray, *,
     else:
         router = make_router(name, **dict(params or {}))
         router.check_params()
-        router = _fit(router, X[tr], fit_table, embedder)
+        try:
+            router = _fit(router, X[tr], fit_table, embedder)
+        except RouterError as e:
+            need = re.search(r"prompt\(s\); need at least (\d+)$", str(e))
+            if need is None or len(tr) == len(table):
+                raise
+            # the family's count is the training part's, not the user's table's
+            raise RouterError(
+                f"{e} in the training part ({len(tr)} of the table's {len(table)} prompts; "
+                f"--val {val:g} and --test {test:g} hold out the rest): add prompts"
+                + (", or --val 0 --test 0 to train on them all (no held-out figures)"
+                   if len(table) >= int(need.group(1)) else "")) from None
     fit_s = time.perf_counter() - t0
     metrics: dict[str, Any] = {
         "router": name, "seed": seed, "n_train": len(tr), "n_val": len(va),
