@@ -977,7 +977,7 @@ def _frrs(spec: str) -> list[float]:
             from None
     if not out:
         raise ValueError("--target-frr needs at least one value")
-    return out
+    return list(dict.fromkeys(out))  # an operating point given twice is one
 
 
 #: ``--finetune-epochs`` when not given
@@ -1000,8 +1000,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     seed = REPORT_SEEDS[0] if args.seed_set == "report" and args.seed is None else \
         (0 if args.seed is None else args.seed)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods \
-        else default_methods(args.embedder)
+    # a name given twice runs once
+    methods = list(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip())) \
+        if args.methods else default_methods(args.embedder)
     try:
         # every check that can fail runs before the embedding step
         for target in (args.save_selected, args.save_cascade):

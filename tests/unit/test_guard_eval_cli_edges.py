@@ -49,3 +49,19 @@ def test_a_seed_outside_the_report_seeds_is_not_called_a_report_seed(
     assert _run_cli([*common, "--seed", "0"]) == 2
     assert "--seed 0 is not a report seed" in capsys.readouterr().err
     assert _run_cli([*common, "--seed", str(REPORT_SEEDS[1])]) == 0
+
+
+def test_a_method_or_operating_point_named_twice_runs_once(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # "--methods guard-knn,guard-knn --target-frr 0.05,0.05" fitted the method twice and
+    # wrote target_frr [0.05, 0.05] with the rows named guard-knn@0.05
+    import json
+
+    data = _write_csv(tmp_path / "g.csv")
+    out = tmp_path / "r.json"
+    assert _run_cli(["--data", str(data), "--embedder", "hashing", "--methods",
+                     "guard-knn,guard-knn", "--target-frr", "0.05,0.05", "--latency-sample",
+                     "0", "--quiet", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert list(res["methods"]) == ["guard-knn"] and res["target_frr"] == 0.05
+    assert res["selected"]["criterion"] == "the only candidate"
