@@ -124,6 +124,19 @@ class JsonlSink:
         self._f.close()
 
 
+#: how far before a failed write the retry looks for its records in the stream (the
+#: stream's ids come from the Redis server's clock, not this process's)
+_CLOCK_SKEW_S = 5.0
+
+
+def _request_id(record: bytes) -> Any:
+    try:
+        rec = orjson.loads(record)
+    except orjson.JSONDecodeError:
+        return None
+    return rec.get("request_id") if isinstance(rec, dict) else None
+
+
 class RedisStreamSink:
     """XADD to a capped stream (approximate MAXLEN) so Redis memory stays bounded too."""
 
@@ -140,12 +153,42 @@ class RedisStreamSink:
         self.stream = stream
         self.feedback_stream = feedback_stream
         self.maxlen = maxlen
+        #: when a write that failed was sent (time.time()): Redis may have run it and only
+        #: its reply was lost (a stall past the socket timeout), so the next write first
+        #: leaves out the records already in the stream since then
+        self._unsure_since: float | None = None
 
     async def write(self, records: list[bytes]) -> None:
+        t0 = time.time()
+        if self._unsure_since is not None:
+            records = await self._unwritten(records, self._unsure_since)
         pipe = self._r.pipeline(transaction=False)
         for rec in records:
             pipe.xadd(self.stream, {"r": rec}, maxlen=self.maxlen, approximate=True)
-        await pipe.execute()
+        try:
+            if records:
+                await pipe.execute()
+        except BaseException:
+            if self._unsure_since is None:
+                self._unsure_since = t0
+            raise
+        self._unsure_since = None
+
+    async def _unwritten(self, records: list[bytes], since: float) -> list[bytes]:
+        """``records`` less those whose request id is in the stream since ``since`` (less
+        :data:`_CLOCK_SKEW_S`: the stream's ids are the Redis server's clock)."""
+        ids: set[Any] = set()
+        start = f"{max(int((since - _CLOCK_SKEW_S) * 1000), 0)}-0"
+        while True:
+            chunk = await self._r.xrange(self.stream, min=start, max="+", count=1000)
+            for _id, fields in chunk:
+                ids.add(_request_id(fields.get(b"r", b"")))
+            if len(chunk) < 1000:
+                break
+            last = chunk[-1][0]
+            start = "(" + (last.decode() if isinstance(last, bytes) else str(last))
+        ids.discard(None)
+        return [r for r in records if _request_id(r) not in ids]
 
     async def write_feedback(self, record: bytes) -> None:
         await self._r.xadd(self.feedback_stream, {"r": record}, maxlen=self.maxlen,
