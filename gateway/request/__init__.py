@@ -126,7 +126,7 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, send: Send, endpoi
         ctx.dispatcher = gw.dispatcher
         p = ctx.plan = await plan(gw, endpoint, ctx.body, ctx.degraded,
                                   deadline=ctx.deadline, serve=generate,
-                                  texts=ctx.message_texts)
+                                  texts=ctx.message_texts, tenant=ctx.tenant)
         ctx.reason = p.reason
         if endpoint == "route":
             await send_json(tracked, ctx, _explain(gw, ctx))

@@ -127,10 +127,12 @@ def request_text(endpoint: str, body: dict[str, Any], rt: PolicyRuntime,
 
 async def plan(gw: Planner, endpoint: str, body: dict[str, Any], degraded: list[str], *,
                deadline: float, serve: bool,
-               texts: Callable[[], MessageTexts] | None = None) -> Plan:
+               texts: Callable[[], MessageTexts] | None = None,
+               tenant: str | None = None) -> Plan:
     """The plan for ``body`` (validated) on ``endpoint``; see the module doc. ``degraded``
     collects what the decision had to do without (cache, embedder); ``texts``: the
-    messages' text as the caller extracts it once per request (called only to route)."""
+    messages' text as the caller extracts it once per request (called only to route);
+    ``tenant``: the caller's, whose own decisions alone its requests may find cached."""
     model: str = body["model"]
     rt = gw.policy_set.policies.get(model)
     if endpoint == "embeddings":
@@ -154,13 +156,16 @@ async def plan(gw: Planner, endpoint: str, body: dict[str, Any], degraded: list[
     p = Plan(model, rt, text=text)
     # hashed once: the routing log's text_hash and the decision-cache key share it
     p.text_hash = text_hash(text)
+    # a tenant's decisions are cached for it alone: a hit (its header, its decision time)
+    # would tell one tenant the exact prompt another sent within the cache's TTL
+    cache_hash = p.text_hash if tenant is None else text_hash(f"{tenant}\0{p.text_hash}")
     if serve:
-        d, p.arm = await gw.pipeline.route(rt, text, degraded, text_hash=p.text_hash,
+        d, p.arm = await gw.pipeline.route(rt, text, degraded, text_hash=cache_hash,
                                            deadline=deadline, shadow_out=p.after_response)
         d, p.explore = gw.pipeline.explore(
             rt.candidate.runtime if p.arm == "canary" and rt.candidate is not None else rt, d)
     else:
-        d = await gw.pipeline.decide(rt, text, degraded, text_hash=p.text_hash,
+        d = await gw.pipeline.decide(rt, text, degraded, text_hash=cache_hash,
                                      deadline=deadline)
     p.decision = d
     p.cache = "hit" if d.cached else ("bypass" if "cache" in degraded else "miss")
