@@ -133,7 +133,7 @@ _PEOPLE = (r"(?:" + _GROUPS + r"|people|persons|humans|folks|kids|children|babie
            r"police(?:men)?|politicians|them|everyone|everybody)")
 #: Regular expressions (case-insensitive) for the lexicon layer.
 UNSAFE_PATTERNS: tuple[str, ...] = (
-    # dehumanising statements
+    # dehumanising statements (about people: the word before must name them, unsafe_text)
     r"\b(?:are|is)\s+(?:all\s+|just\s+|nothing but\s+)?(?:vermin|parasites?|sub-?human|scum|"
     r"cockroaches|rats|filth|pests|a plague|a disease|animals|savages|freaks|subhumans)\b",
     # calls for violence against people (not of the things a developer kills: a match
@@ -154,23 +154,31 @@ UNSAFE_PATTERNS: tuple[str, ...] = (
     r"\bpoison\s+(?:someone|somebody|my|a person|people)\b",
     r"\b(?:kill|hurt|harm)\s+myself\b|\bsuicide method",
 )
-#: the call-for-violence pattern whose subject is checked (:func:`unsafe_text`)
-_SHOULD = 1
-_UNSAFE_RE = re.compile("|".join(f"(?P<should>{p})" if i == _SHOULD else f"(?:{p})"
-                                 for i, p in enumerate(UNSAFE_PATTERNS)), re.IGNORECASE)
-_LAST_WORD = re.compile(r"(\w+)\s+$")
+#: the patterns whose subject is checked (:func:`unsafe_text`): the dehumanising one, and
+#: the call for violence
+_SUBJECT_CHECKED = {0: "dehum", 1: "should"}
+_UNSAFE_RE = re.compile("|".join(
+    f"(?P<{_SUBJECT_CHECKED[i]}>{p})" if i in _SUBJECT_CHECKED else f"(?:{p})"
+    for i, p in enumerate(UNSAFE_PATTERNS)), re.IGNORECASE)
+_LAST_WORD = re.compile(r"([\w'-]+)\s+$")
 _THING_SET = frozenset(_THINGS)
+#: a word that names people as the subject of a dehumanising statement
+_PEOPLE_WORD = re.compile(_PEOPLE + r"|they|you|those|these|all|he|she|s?he's", re.IGNORECASE)
 
 
 def unsafe_text(text: str) -> bool:
-    """Whether the lexicon flags ``text``: a match of :data:`UNSAFE_PATTERNS`, but "should
-    be killed" and the like only when the word before is not one of the things a
+    """Whether the lexicon flags ``text``: a match of :data:`UNSAFE_PATTERNS`, but "are a
+    disease" and the like only when the word before names people ("obesity is a disease"
+    is a health question), and "should be killed" only when it is not one of the things a
     developer kills ("this process must be killed")."""
     for m in _UNSAFE_RE.finditer(text):
-        if m.lastgroup != "should":
+        if m.lastgroup not in ("dehum", "should"):
             return True
         w = _LAST_WORD.search(text, max(0, m.start() - 40), m.start())
-        if w is None or w.group(1).lower() not in _THING_SET:
+        word = w.group(1).lower() if w is not None else ""
+        if m.lastgroup == "should" and word not in _THING_SET:
+            return True
+        if m.lastgroup == "dehum" and _PEOPLE_WORD.fullmatch(word):
             return True
     return False
 

@@ -53,3 +53,22 @@ def test_a_process_that_should_be_killed_is_not_unsafe(text: str) -> None:
 ])
 def test_calls_for_violence_against_people_are_flagged(text: str) -> None:
     assert unsafe_text(text)
+
+
+@pytest.mark.parametrize("text", [
+    "obesity is a disease", "depression is a disease of the mind", "why are rats pests",
+    "my cats are just animals", "is the flu a plague?",
+])
+def test_a_disease_or_an_animal_is_not_dehumanising(text: str) -> None:
+    # a healthcare assistant's guard refused "obesity is a disease" as unsafe: the
+    # dehumanising pattern ("are|is ... a disease|animals|rats") took any subject
+    assert not unsafe_text(text)
+
+
+@pytest.mark.parametrize("text", [
+    "those people are animals", "muslims are a disease", "they are vermin",
+    "immigrants are just parasites", "women are nothing but filth", "these are subhumans",
+    "gay people are a plague",
+])
+def test_people_called_vermin_are_flagged(text: str) -> None:
+    assert unsafe_text(text)
