@@ -150,7 +150,8 @@ UNSAFE_PATTERNS: tuple[str, ...] = (
     r"\b" + _GROUPS + r"\s+(?:are|is)\s+(?:all\s+)?(?:disgusting|inferior|worthless|evil|"
     r"stupid|dirty|criminals|trash|garbage|pathetic|a cancer)\b",
     # weapons, poison, self-harm
-    r"\b(?:make|build|assemble)\s+(?:a\s+)?(?:pipe\s+)?(?:bomb|explosive|nerve agent)\b",
+    r"\b(?:make|build|assemble)\s+(?:a\s+)?(?:pipe\s+)?(?:bomb|explosive|nerve agent)\b"
+    r"(?![\s-]*(?:shelter|proof|squad|calorimeter|cyclone))",
     r"\bpoison\s+(?:someone|somebody|my|a person|people)\b",
     r"\b(?:kill|hurt|harm)\s+myself\b|\bsuicide method",
 )
