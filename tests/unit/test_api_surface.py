@@ -172,10 +172,13 @@ def test_a_body_of_many_bad_items_is_refused_as_fast_as_one(endpoint: str,
     the first: lists stop at their first bad item. The same for the unknown keys of a
     closed body (the dry run's, feedback's): 0.7 s for 80,000 of them."""
     raw = orjson.dumps(body)
-    t0 = time.perf_counter()
-    with pytest.raises(InvalidRequest) as e:
-        validate(endpoint, raw, max_messages=512)
-    assert time.perf_counter() - t0 < 0.25, e.value.message
+    took = []
+    for _ in range(3):  # the fastest of three: another process's burst is not the code's
+        t0 = time.perf_counter()
+        with pytest.raises(InvalidRequest) as e:
+            validate(endpoint, raw, max_messages=512)
+        took.append(time.perf_counter() - t0)
+    assert min(took) < 0.25, e.value.message
     assert e.value.param is not None and e.value.param.split(".")[0] in (
         "messages", "prompt", "input", "k0")
 
@@ -201,9 +204,12 @@ def test_redact_takes_linear_time(text: str) -> None:
     """redact reads every error message and log line, some quoting a client (a JSON key of
     the dry run's body) or an upstream: its URL pattern was quadratic (32 KB of ``a.a.a.``
     before an ``@``: 4 s; a megabyte: hours of the event loop)."""
-    t0 = time.perf_counter()
-    redact(text)
-    assert time.perf_counter() - t0 < 1.0
+    took = []
+    for _ in range(3):  # the fastest of three: another process's burst is not the code's
+        t0 = time.perf_counter()
+        redact(text)
+        took.append(time.perf_counter() - t0)
+    assert min(took) < 1.0
 
 
 async def test_a_dry_run_with_a_huge_unknown_key_is_answered_at_once(ups: Ups,
