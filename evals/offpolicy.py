@@ -649,7 +649,10 @@ def load_logged(path: str | Path, embed: Any, *, experts: Sequence[str] | None =
               f"{policy!r}", file=sys.stderr)
         df = df[pol == policy].reset_index(drop=True)
     if "request_id" in df.columns:
-        again = np.asarray(repeated_requests(df["request_id"]), dtype=bool)
+        rids = df["request_id"]
+        if "endpoint" in df.columns:  # a shadow record names the request it shadows: no copy
+            rids = rids.where(~df["endpoint"].isin(UNSERVED_ENDPOINTS), None)
+        again = np.asarray(repeated_requests(rids), dtype=bool)
         if again.any():
             print(f"offpolicy: {repeated_requests_note(int(again.sum()))}", file=sys.stderr)
             df = df[~again].reset_index(drop=True)

@@ -527,13 +527,16 @@ class Gateway:
         self.metrics.canary_active.labels(policy).set(0)
         self._record_revert_file(policy, signal_, str(rec.get("reason", "")))
 
-    def _log_shadow(self, crt: Any, d: Any, served: Any) -> None:
-        """A shadow candidate's decision: logged and counted, never served."""
+    def _log_shadow(self, crt: Any, d: Any, served: Any, of: dict[str, Any]) -> None:
+        """A shadow candidate's decision: logged and counted, never served; its record names
+        the request it shadows (``of``: request_id, tenant, text_hash)."""
         agrees = d.expert == served.expert
         self.metrics.child(self.metrics.shadow, crt.config.name,
                            "agree" if agrees else "disagree").inc()
         if self.routing_log is not None:
             shadow: ShadowRecord = {
+                "request_id": of.get("request_id"), "tenant": of.get("tenant"),
+                "text_hash": of.get("text_hash"),
                 "ts": time.time(), "endpoint": "shadow", "policy": crt.config.name,
                 "router_version": crt.version, "mode": d.mode, "expert": d.expert,
                 "served_expert": served.expert, "agrees": agrees, "reason": d.reason,

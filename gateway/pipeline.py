@@ -37,8 +37,8 @@ from routers.explore import Exploration, exploration_probs
 from routers.guard_cascade import BACK_FAILED
 
 __all__ = ["ROUTING_HEAD_CHARS", "ROUTING_TAIL_CHARS", "WARM_TEXT", "CandidateRuntime",
-           "Pipeline", "PolicyRuntime", "PolicySet", "bounded_text", "build_embedder",
-           "build_policy_set", "carry_canary_state", "routing_text"]
+           "Pipeline", "PolicyRuntime", "PolicySet", "ShadowOf", "bounded_text",
+           "build_embedder", "build_policy_set", "carry_canary_state", "routing_text"]
 
 log = logging.getLogger("expertgate.pipeline")
 
@@ -350,6 +350,10 @@ def routing_text(texts: MessageTexts, mode: str) -> str:
 
 
 EmbedFn = Callable[[str], Awaitable[np.ndarray]]
+#: the served request a shadow decision shadows, as its log record names it (request_id,
+#: tenant, text_hash): the shadow's record repeats them, so that the two (and the request's
+#: rating) join
+ShadowOf = dict[str, Any]
 
 
 class Pipeline:
@@ -366,10 +370,13 @@ class Pipeline:
         self._shadow_executor: ThreadPoolExecutor | None = None
         self._embed_fn = embed_fn or self._embed_in_thread
         self._rng = random.Random()
-        #: called with (candidate runtime, shadow decision, served decision); set by the app
-        self.on_shadow: Callable[[PolicyRuntime, Decision, Decision], None] | None = None
+        #: called with (candidate runtime, shadow decision, served decision, the served
+        #: request's log fields: request_id, tenant, text_hash); set by the app
+        self.on_shadow: Callable[[PolicyRuntime, Decision, Decision, ShadowOf], None] | None \
+            = None
         self._shadow_tasks: set[asyncio.Task[None]] = set()
-        self._shadow_queue: list[tuple[PolicyRuntime, str, np.ndarray | None, Decision]] = []
+        self._shadow_queue: list[tuple[PolicyRuntime, str, np.ndarray | None, Decision,
+                                       ShadowOf]] = []
         #: how long shadow requests gather before they are decided as one batch
         self.shadow_linger_s = 0.02
         self._stage = metrics.stage
@@ -478,13 +485,14 @@ class Pipeline:
 
     async def route(self, rt: PolicyRuntime, text: str, degraded: list[str], *,
                     text_hash: str | None = None, deadline: float | None = None,
-                    shadow_out: list[Callable[[], None]] | None = None
+                    shadow_out: list[Callable[[ShadowOf], None]] | None = None
                     ) -> tuple[Decision, Literal["canary", "incumbent"] | None]:
         """The served decision and its arm: ``canary`` for the share a canary serves,
         ``incumbent`` beside a serving canary, None without one. A shadow candidate's
         decision is only logged: with ``shadow_out`` the caller gets a starter to call once
         the response is sent (so the shadow's CPU never delays the served request), without
-        it the shadow starts in a background task at once."""
+        it the shadow starts in a background task at once. The starter takes the served
+        request's log fields, which the shadow's record repeats so the two join."""
         cand = rt.candidate
         if cand is not None and cand.serving:
             if cand.monitor is not None and cand.monitor.degraded:
@@ -500,8 +508,8 @@ class Pipeline:
         if cand is not None and cand.mode == "shadow" and self.on_shadow is not None:
             crt, x = cand.runtime, got[0] if got else None
 
-            def start() -> None:
-                self._shadow_queue.append((crt, text, x, d))
+            def start(of: ShadowOf | None = None) -> None:
+                self._shadow_queue.append((crt, text, x, d, of or {}))
                 if not self._shadow_tasks:
                     task = asyncio.get_running_loop().create_task(self._shadow_flush())
                     self._shadow_tasks.add(task)
@@ -519,7 +527,8 @@ class Pipeline:
         the shadow's share of the event loop (which the served requests need) small."""
         await asyncio.sleep(self.shadow_linger_s)
         queue, self._shadow_queue = self._shadow_queue, []
-        groups: dict[int, list[tuple[PolicyRuntime, str, np.ndarray | None, Decision]]] = {}
+        groups: dict[int, list[tuple[PolicyRuntime, str, np.ndarray | None, Decision,
+                                     ShadowOf]]] = {}
         for item in queue:
             groups.setdefault(id(item[0]), []).append(item)
         for items in groups.values():
@@ -532,9 +541,9 @@ class Pipeline:
                 m.child(m.shadow, items[0][0].config.name, "failed").inc(len(items))
 
     async def _shadow_batch(self, items: list[tuple[PolicyRuntime, str, np.ndarray | None,
-                                                    Decision]]) -> None:
+                                                    Decision, ShadowOf]]) -> None:
         crt = items[0][0]
-        texts = [t for _, t, _, _ in items]
+        texts = [it[1] for it in items]
         t0 = time.perf_counter()
         # a served decision from the cache computed no embedding: embed those (micro-batched)
         missing = [i for i, it in enumerate(items) if it[2] is None]
@@ -558,7 +567,7 @@ class Pipeline:
             self._shadow_executor, decide)
         share_ms = (time.perf_counter() - t0) * 1000 / len(items)
         assert self.on_shadow is not None
-        for (_, _, _, served), verdict, d in zip(items, verdicts, decided, strict=True):
+        for (_, _, _, served, of), verdict, d in zip(items, verdicts, decided, strict=True):
             if verdict is not None and verdict.rejected:
                 d = Decision("reject", [], "guard rejected the query: "
                              f"{crt.guard.reject_text(verdict)}",  # type: ignore[union-attr]
@@ -569,7 +578,7 @@ class Pipeline:
                 _attach_guard(d, verdict)  # as on the served path (decide)
             d.policy, d.policy_version = crt.config.name, crt.version
             d.timings_ms = {"total": share_ms}
-            self.on_shadow(crt, d, served)
+            self.on_shadow(crt, d, served, of)
 
     async def decide(self, rt: PolicyRuntime, text: str, degraded: list[str], *,
                      embedding: np.ndarray | None = None,

@@ -93,8 +93,12 @@ class RequestRecord(TypedDict):
 
 
 class ShadowRecord(TypedDict):
-    """A shadow candidate's decision for a request: logged and counted, never served."""
+    """A shadow candidate's decision for a request: logged and counted, never served. The
+    request it shadows is the one of the same ``request_id`` (and tenant, text_hash)."""
 
+    request_id: str | None
+    tenant: str | None
+    text_hash: str | None
     ts: float
     endpoint: Literal["shadow"]
     policy: str
@@ -208,8 +212,9 @@ def repeated_requests(request_ids: Iterable[Any]) -> list[bool]:
     """True for each record whose request id an earlier record already had: the same request
     logged again (a sink that failed after writing part of a batch gets the whole batch again,
     overlapping copies of a log). The gateway gives every request its own id, so such a record
-    is a copy; a loader counts the request once. Records without an id (shadow decisions,
-    canary events) repeat nothing."""
+    is a copy; a loader counts the request once. Records without an id repeat nothing: a
+    loader passes None for records that were never served (canary events, and shadow
+    decisions, which carry the id of the request they shadow)."""
     seen: set[str] = set()
     out = []
     for rid in request_ids:

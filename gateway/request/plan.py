@@ -29,6 +29,7 @@ from gateway.pipeline import (
     Pipeline,
     PolicyRuntime,
     PolicySet,
+    ShadowOf,
     bounded_text,
     routing_text,
 )
@@ -73,7 +74,7 @@ class Plan:
     rejection: GuardRejected | None = None
     #: work that must not delay the answer (a shadow candidate's decision): started by the
     #: record stage once the response is sent
-    after_response: list[Callable[[], None]] = field(default_factory=list)
+    after_response: list[Callable[[ShadowOf], None]] = field(default_factory=list)
 
     @property
     def policy(self) -> str:

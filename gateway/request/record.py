@@ -44,8 +44,9 @@ def record(gw: Gateway, ctx: RequestContext) -> None:
     if gw.routing_log is not None:
         gw.routing_log.record(rec)
     if p is not None:
-        for start in p.after_response:
-            start()
+        for start in p.after_response:  # the shadow's record names the request it shadows
+            start({"request_id": ctx.request_id, "tenant": ctx.tenant,
+                   "text_hash": p.text_hash})
 
 
 #: status -> its label (str() of an int on every request otherwise)
