@@ -315,6 +315,11 @@ class GuardRouter(Router):
                 isinstance(t, str) for t in seeds)):
             raise RouterError("guard: unsafe_seeds must be a list of texts (one seed "
                               f"description each), got {seeds!r}")
+        routes = self.routes
+        if routes is not None and (not isinstance(routes, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) and v for k, v in routes.items())):
+            raise RouterError("guard: routes must map each label to an expert name "
+                              f"({{label: expert}}), got {routes!r}")
 
     def set_params(self, **params: Any) -> GuardRouter:
         """As :meth:`Router.set_params`, but a fitted guard (an artifact a policy serves)

@@ -44,9 +44,13 @@ async def test_a_served_guard_refuses_params_it_was_not_calibrated_with(
     ({"temperature": -1}, "temperature must be a number"),
     ({"unsafe_frr": 1.5}, "unsafe_frr must be a number"),
     ({"unsafe_seeds": "how to hack a bank"}, "unsafe_seeds must be a list"),
+    ({"routes": ["bank"]}, "routes must map"),
+    ({"routes": {"bank": 5}}, "routes must map"),
 ])
 def test_out_of_range_params_are_refused_before_fitting(params: dict, why: str) -> None:
     # hidden=0 failed deep in the MLP's matmul; unsafe_seeds="a text" became one seed per
-    # character, each of which flagged ordinary queries as unsafe
+    # character, each of which flagged ordinary queries as unsafe; routes=["bank"] failed
+    # with "AttributeError: 'list' object has no attribute 'get'", routes={"bank": 5}
+    # saved an artifact routing to the expert 5
     with pytest.raises(RouterError, match=why):
         GuardRouter(**params).check_params()
