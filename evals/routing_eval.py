@@ -163,6 +163,10 @@ def synthetic_table(n: int, m: int, seed: int = 0, costs: str = "random") -> Rou
                         scores, cost_arr, [f"topic-{t}" for t in topics])
 
 
+#: the largest generated table (N prompts x M models): scale tests use 36,000 x 11
+MAX_SYNTHETIC_CELLS = 10_000_000
+
+
 def load_routing_table(path: str | Path, fmt: str | None = None) -> RoutingTable:
     """Load a routing table through ``evals.datasets.routing`` (every format it knows);
     ``synthetic:NxM`` builds :func:`synthetic_table` (scale tests), ``synthetic:NxM:length``
@@ -177,6 +181,10 @@ def load_routing_table(path: str | Path, fmt: str | None = None) -> RoutingTable
         except ValueError:
             raise EvalError(f"bad synthetic table spec {path!r}; use synthetic:NxM or "
                             "synthetic:NxM:length|fewshot") from None
+        if n < 1 or m < 1 or n * m > MAX_SYNTHETIC_CELLS:
+            # a mistyped size (an extra zero or three) would build until memory ran out
+            raise EvalError(f"synthetic table spec {path!r}: N prompts and M models must be "
+                            f"at least 1 and N x M at most {MAX_SYNTHETIC_CELLS:,} cells")
         return synthetic_table(n, m, costs=spec[1] if len(spec) == 2 else "random")
     from evals.datasets.registry import resolve_table
     from evals.datasets.routing import load_table

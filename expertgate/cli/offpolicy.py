@@ -217,9 +217,11 @@ def main(args: argparse.Namespace) -> int:
         else:
             print(md, end="")
         return 0
+    from evals.routing_eval import EvalError
+
     try:
         res = _simulate(args) if args.simulate else _logs(args)
-    except (OffPolicyError, RouterError, EmbedderError, OSError) as e:
+    except (OffPolicyError, RouterError, EmbedderError, EvalError, OSError) as e:
         print(f"expertgate eval offpolicy: {e}", file=sys.stderr)
         return 2
     res["seconds"] = round(time.perf_counter() - t0, 2)
