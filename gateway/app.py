@@ -265,6 +265,7 @@ class Gateway:
         await stop_task(self._ended_reload)
         if self._canary_task is not None:  # what this process counted since the last one
             await self._canary_exchange()
+        await self.pipeline.finish_shadow()  # their records, before the log closes
         if self.routing_log is not None:
             await self.routing_log.close()
         await self.dispatcher.close()

@@ -524,21 +524,41 @@ class Pipeline:
     async def _shadow_flush(self) -> None:
         """Decide every queued shadow request in batches, one batch per candidate. A router
         decides a batch of 32 for about the price of two single decisions, so batching keeps
-        the shadow's share of the event loop (which the served requests need) small."""
-        await asyncio.sleep(self.shadow_linger_s)
-        queue, self._shadow_queue = self._shadow_queue, []
-        groups: dict[int, list[tuple[PolicyRuntime, str, np.ndarray | None, Decision,
-                                     ShadowOf]]] = {}
-        for item in queue:
-            groups.setdefault(id(item[0]), []).append(item)
-        for items in groups.values():
-            try:
-                await self._shadow_batch(items)
-            except Exception as e:  # a shadow failure must never reach served requests
-                log.warning("shadow decisions of policy %s failed: %s: %s",
-                            items[0][0].config.name, type(e).__name__, e)
-                m = self.metrics  # counted per decision, beside agree/disagree
-                m.child(m.shadow, items[0][0].config.name, "failed").inc(len(items))
+        the shadow's share of the event loop (which the served requests need) small.
+        Requests queued while a batch is decided are this task's next batch: no new task is
+        started for them, and they must not wait for another request to be decided."""
+        while True:
+            await asyncio.sleep(self.shadow_linger_s)
+            queue, self._shadow_queue = self._shadow_queue, []
+            if not queue:
+                # out of the set now, not in a done callback later: a request queued in
+                # between would find this task there and start none
+                task = asyncio.current_task()
+                if task is not None:
+                    self._shadow_tasks.discard(task)
+                return
+            groups: dict[int, list[tuple[PolicyRuntime, str, np.ndarray | None, Decision,
+                                         ShadowOf]]] = {}
+            for item in queue:
+                groups.setdefault(id(item[0]), []).append(item)
+            for items in groups.values():
+                try:
+                    await self._shadow_batch(items)
+                except Exception as e:  # a shadow failure must never reach served requests
+                    log.warning("shadow decisions of policy %s failed: %s: %s",
+                                items[0][0].config.name, type(e).__name__, e)
+                    m = self.metrics  # counted per decision, beside agree/disagree
+                    m.child(m.shadow, items[0][0].config.name, "failed").inc(len(items))
+
+    async def finish_shadow(self, timeout_s: float = 5.0) -> None:
+        """Decide (and log) the shadow requests still queued, for at most ``timeout_s``: a
+        gateway that stops (a deploy, a worker replaced after a reload) must not drop the
+        last ones."""
+        if not self._shadow_tasks:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await asyncio.gather(*self._shadow_tasks, return_exceptions=True)
 
     async def _shadow_batch(self, items: list[tuple[PolicyRuntime, str, np.ndarray | None,
                                                     Decision, ShadowOf]]) -> None:
