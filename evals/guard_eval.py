@@ -1246,7 +1246,8 @@ def _command(args: argparse.Namespace) -> str:
         if k == "finetune_epochs" and not args.finetune:
             continue  # read only with --finetune: printing it would claim a fine-tune
         flag = "--" + k.replace("_", "-")
-        parts.append(flag if v is True else f"{flag} {v}")
+        # quoted for a shell: a criterion's '>=' or a path's space must survive a paste
+        parts.append(flag if v is True else f"{flag} {shlex.quote(str(v))}")
     return " ".join(parts)
 
 

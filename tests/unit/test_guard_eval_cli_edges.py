@@ -65,3 +65,23 @@ def test_a_method_or_operating_point_named_twice_runs_once(
     res = json.loads(out.read_text())
     assert list(res["methods"]) == ["guard-knn"] and res["target_frr"] == 0.05
     assert res["selected"]["criterion"] == "the only candidate"
+
+
+def test_the_recorded_command_runs_as_it_is_written(tmp_path: Path) -> None:
+    # the result's command wrote "--select in_domain_accuracy@ood_accuracy>=0.5" unquoted:
+    # pasted into a shell, '>' redirected and the rerun selected with another criterion
+    # (or failed); a path with a space split in two
+    import json
+    import shlex
+
+    folder = tmp_path / "my data"
+    folder.mkdir()
+    data = _write_csv(folder / "g.csv")
+    out = tmp_path / "r.json"
+    crit = "in_domain_accuracy@ood_accuracy>=0.5"
+    assert _run_cli(["--data", str(data), "--embedder", "hashing", "--methods", "guard-knn",
+                     "--latency-sample", "0", "--quiet", "--select", crit,
+                     "--json", str(out)]) == 0
+    argv = shlex.split(json.loads(out.read_text())["command"])
+    assert argv[argv.index("--select") + 1] == crit
+    assert argv[argv.index("--data") + 1] == str(data)
