@@ -138,7 +138,8 @@ _OUTPUTS = ("json", "out", "metrics_json", "plot", "cache_dir", "save_cascade",
 #: those of them that name a file (a folder there could only fail after the work)
 _FILE_OUTPUTS = ("json", "metrics_json", "plot")
 #: those that name a folder (a file there could only fail after the work); a command whose
-#: ``--out`` is a folder says so with ``set_defaults(out_is_folder=True)``
+#: ``--out`` is a folder says so with ``set_defaults(out_is_folder=True)``, one whose
+#: ``--out`` is a file with ``set_defaults(out_is_file=True)``
 _FOLDER_OUTPUTS = ("cache_dir", "save_cascade", "save_selected")
 
 
@@ -155,7 +156,8 @@ def _unwritable_outputs(args: argparse.Namespace) -> str | None:
             continue  # unset, or a flag (train --json prints JSON)
         path = Path(value).expanduser()
         flag = "--" + attr.replace("_", "-")
-        if attr in _FILE_OUTPUTS and path.is_dir():
+        if (attr in _FILE_OUTPUTS or (attr == "out" and getattr(args, "out_is_file", False))) \
+                and path.is_dir():
             return f"cannot write {flag} {value}: it is a folder; name a file in it"
         is_folder = attr in _FOLDER_OUTPUTS or (attr == "out"
                                                 and getattr(args, "out_is_folder", False))

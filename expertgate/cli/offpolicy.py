@@ -106,7 +106,7 @@ def cli_register(parser: argparse.ArgumentParser) -> None:
                         "ips (1/propensity), iw (candidate prob./propensity) or mrdr "
                         "(Farajtabar et al. 2018)")
     parser.add_argument("--json", default=None, metavar="OUT", help="write the result JSON")
-    parser.set_defaults(func=main)
+    parser.set_defaults(func=main, out_is_file=True)  # --out: the Markdown of --summarise
 
 
 def _guess_format(path: str) -> str:

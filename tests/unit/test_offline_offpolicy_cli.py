@@ -51,3 +51,15 @@ def test_a_router_spec_of_the_wrong_type_is_a_usage_error(tmp_path: Path, capsys
     err = capsys.readouterr().err
     assert rc == 2, err
     assert "knn:k=abc" in err and "invalid literal" in err
+
+
+def test_summarise_out_naming_a_folder_is_refused_before_reading(tmp_path: Path,
+                                                                 capsys) -> None:
+    """--out is the Markdown file: a folder there ended in 'IsADirectoryError' (exit 1)."""
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    rc = main(["eval", "offpolicy", "--summarise", str(tmp_path / "missing.json"), "--out",
+               str(folder)])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "--out" in err and "it is a folder" in err
