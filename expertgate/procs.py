@@ -20,6 +20,7 @@ started (SIGTERM, then SIGKILL after a grace period). ``LlamaServer`` runs
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib.util
 import os
@@ -29,9 +30,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Literal, Self
@@ -48,6 +51,10 @@ __all__ = [
     "local_config",
     "model_path",
     "port_in_use",
+    "stop_children_on_exit",
+    "stop_live_children",
+    "track_child",
+    "untrack_child",
     "wait_port",
 ]
 
@@ -65,6 +72,60 @@ DEFAULT_CHAT_FORMAT: dict[str, str | None] = {"smollm2": None, "gemma3": "snoozy
 
 class LocalExpertError(RuntimeError):
     """A local expert could not be found, started or reached."""
+
+
+#: the children this process started and has not stopped yet (pid -> the starter's pid, how
+#: to stop it): what an exit path no ``finally`` covers (a readiness wait interrupted,
+#: SIGTERM) must stop. A forked worker inherits the table but never stops its parent's children
+_LIVE: dict[int, tuple[int, Callable[[], None]]] = {}
+_AT_EXIT: list[bool] = []
+
+
+def track_child(pid: int, stop: Callable[[], None]) -> None:
+    """Remember a started child until :func:`untrack_child`; stopped at the latest when this
+    interpreter exits (atexit, and SystemExit from :func:`stop_children_on_exit`)."""
+    _LIVE[pid] = (os.getpid(), stop)
+    if not _AT_EXIT:
+        atexit.register(stop_live_children)
+        _AT_EXIT.append(True)
+
+
+def untrack_child(pid: int) -> None:
+    _LIVE.pop(pid, None)
+
+
+def stop_live_children() -> None:
+    """Stop every tracked child still running, each by its own stop (its own PID/group)."""
+    me = os.getpid()
+    for pid, (owner, stop) in list(_LIVE.items()):
+        if owner == me:
+            with contextlib.suppress(Exception):
+                stop()
+        _LIVE.pop(pid, None)
+
+
+@contextlib.contextmanager
+def stop_children_on_exit() -> Iterator[None]:
+    """Run a command that starts child servers so that every way out stops them: an
+    exception or Ctrl-C (KeyboardInterrupt) unwinds through here, and SIGTERM / SIGHUP
+    (whose default would end this process at once, children left running with parent PID 1)
+    become SystemExit(128 + signal) so every ``finally`` runs; then any child still tracked
+    is stopped."""
+    def _exit(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():  # signal.signal's rule
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            previous[sig] = signal.signal(sig, _exit)
+    try:
+        yield
+    finally:
+        try:
+            stop_live_children()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 def cache_dir(env: dict[str, str] | None = None) -> Path:
@@ -218,8 +279,13 @@ class ChildServer:
         self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, env=self.child_env(),
                                      start_new_session=True)
+        track_child(self.proc.pid, self.stop)
         if wait:
-            self.wait_ready()
+            try:
+                self.wait_ready()
+            except BaseException:
+                self.stop()  # Ctrl-C or a signal during the wait: the child goes too
+                raise
         return self
 
     def wait_ready(self) -> None:
@@ -276,6 +342,8 @@ class ChildServer:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(self.stop_grace_s)
+        if proc is not None:
+            untrack_child(proc.pid)
         self.proc = None
         if self._log is not None:
             self._log.close()

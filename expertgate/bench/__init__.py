@@ -17,6 +17,8 @@ Every figure is printed with the machine it was measured on; speed targets are c
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["cli_register"]
@@ -35,3 +37,20 @@ def cli_register(parser: Any) -> None:
     register_router(sub)
     cli_register_soak(sub)
     cli_register_startup(sub)
+    for p in sub.choices.values():
+        func = p.get_default("func")
+        if func is not None:
+            p.set_defaults(func=_stopping_children(func))
+
+
+def _stopping_children(func: Callable[[argparse.Namespace], int]
+                       ) -> Callable[[argparse.Namespace], int]:
+    """A benchmark whose every exit (an error, Ctrl-C, SIGTERM, SIGHUP) stops the servers it
+    started (gateways, the floor, upstream doubles, redis), each by its own PID."""
+    def run(args: argparse.Namespace) -> int:
+        from expertgate.procs import stop_children_on_exit
+
+        with stop_children_on_exit():
+            return func(args)
+
+    return run

@@ -27,7 +27,7 @@ import yaml
 
 from expertgate.bench.proc import process_tree
 from expertgate.bench.upstream_stub import UpstreamStub
-from expertgate.procs import LocalExpertError, free_port, wait_port
+from expertgate.procs import LocalExpertError, free_port, track_child, untrack_child, wait_port
 
 __all__ = [
     "EXPLORE_POLICY",
@@ -65,6 +65,7 @@ class Server:
         self.port = port
         self.log = log
         self.tmp = tmp
+        track_child(proc.pid, self.stop)
         #: headers every request to this server needs (the LiteLLM proxy's key)
         self.headers: dict[str, str] = {}
 
@@ -89,6 +90,7 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        untrack_child(self.proc.pid)
 
     def __enter__(self) -> Server:
         return self
@@ -123,6 +125,9 @@ def _start(name: str, cmd: list[str], port: int, workdir: Path, env: dict[str, s
         srv.stop()
         raise ServerError(f"{name} did not start: {e}\n--- log tail ---\n{srv.log_tail()}"
                           ) from None
+    except BaseException:
+        srv.stop()  # Ctrl-C, a signal or a bug during the wait: the child must not outlive it
+        raise
     return srv
 
 
@@ -156,6 +161,9 @@ def start_floor(stub: UpstreamStub, workdir: Path) -> Server:
     except LocalExpertError as e:
         srv.stop()
         raise ServerError(f"floor did not start: {e}\n{srv.log_tail()}") from None
+    except BaseException:
+        srv.stop()
+        raise
     return srv
 
 

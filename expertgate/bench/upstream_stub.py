@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
-from expertgate.procs import LocalExpertError, free_port, wait_port
+from expertgate.procs import LocalExpertError, free_port, track_child, untrack_child, wait_port
 
 __all__ = ["CHAT_BODY", "SSE_BODY", "StubError", "UpstreamStub"]
 
@@ -136,12 +136,16 @@ class UpstreamStub:
         self.proc = subprocess.Popen(
             [self.nginx, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        track_child(self.proc.pid, self.stop)
         try:
             wait_port(self.port, 15.0, self.proc, "nginx")
         except LocalExpertError as e:
             err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
             self.stop()
             raise StubError(f"nginx stub did not start: {e}\n{err}") from None
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def pids(self) -> list[int]:
@@ -161,6 +165,8 @@ class UpstreamStub:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        if self.proc is not None:
+            untrack_child(self.proc.pid)
         if self.proc is not None and self.proc.stderr is not None:
             self.proc.stderr.close()
         self.proc = None
