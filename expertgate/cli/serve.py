@@ -179,6 +179,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for line in (per_process_canaries(cfg, s) + per_process_limits(cfg, s)
                  + unchecked_keys(cfg, s)):
         print(f"expertgate serve: warning: {line}", file=sys.stderr, flush=True)
+    busy = _listen_problem(s.host, s.port)
+    if busy:  # before the embedder loads and --start-experts starts anything
+        print(f"expertgate serve: {busy}", file=sys.stderr)
+        return 2
     try:  # the embedder and every policy, once, before any server or worker starts
         embedder = _preflight(cfg, s)
     except ConfigError as e:
@@ -397,6 +401,30 @@ def unchecked_keys(cfg: GatewayConfig, s: Settings) -> list[str]:
                    "false, so every request is served without a key. Set require_auth: true "
                    "to require them")
     return out
+
+
+def _listen_problem(host: str, port: int) -> str | None:
+    """Why the gateway could not listen on ``host:port`` (as uvicorn binds: SO_REUSEADDR),
+    or None. A name that does not resolve is left to uvicorn's own error."""
+    import socket
+
+    if port == 0:
+        return None
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except OSError:
+        return None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+        except OSError as e:
+            why = (e.strerror or str(e)).lower()
+            return (f"cannot listen on {host}:{port}: [Errno {e.errno}] {why}; stop what "
+                    f"holds it or pick another --port")
+    return None
 
 
 def start_local_experts(cfg: GatewayConfig, work: Path, started: list[Any]) -> list[Any]:
