@@ -675,10 +675,12 @@ class Pipeline:
         timings["embed"] = (t2 - t1) * 1000
         self._obs_embed.observe(t2 - t1)
         X = x.reshape(1, -1)
-        if not X.any():
-            # the embedder knew none of the text's tokens (a script its vocabulary lacks, a
-            # word past its length limit): guard and router see nothing but their priors;
-            # said, never silent (the header, the log, expertgate_degraded_total)
+        # the embedder knew none of the text's tokens (a script its vocabulary lacks, a word
+        # past its length limit): guard and router see nothing but their priors; said, never
+        # silent (the header, the log, expertgate_degraded_total), so never cached either: a
+        # hit would serve it again without a word
+        readable = bool(X.any())
+        if not readable:
             degraded.append("embedding-empty")
         verdict: GuardVerdict | None = None
         cache = True
@@ -705,7 +707,8 @@ class Pipeline:
                 d = Decision("reject", [], "guard rejected the query: "
                              f"{rt.guard.reject_text(verdict)}",  # type: ignore[attr-defined]
                              router="guard", guard=verdict)
-                return await self._finish(rt, d, key, timings, t0, cache=cache)
+                return await self._finish(rt, d, key, timings, t0,
+                                          cache=cache and readable)
         try:
             d = rt.router.decide(X, [text])[0]
         except Exception as e:  # a broken router degrades to the fallback chain, loudly
@@ -724,7 +727,7 @@ class Pipeline:
             _attach_guard(d, verdict)
         else:  # the failed guard's verdict (skipped) shows, whatever the router's own
             d.guard = verdict
-        return await self._finish(rt, d, key, timings, t0, cache=cache)
+        return await self._finish(rt, d, key, timings, t0, cache=cache and readable)
 
     async def _finish(self, rt: PolicyRuntime, d: Decision, key: str,
                       timings: dict[str, float], t0: float, *, cache: bool = True) -> Decision:
