@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -160,7 +160,13 @@ class LoggedData:
         return self.probs[np.arange(len(self)), self.actions]
 
 
-def policy_matrix(router: Router, X: np.ndarray, texts: Sequence[str], experts: Sequence[str],
+class Decides(Protocol):
+    """What :func:`policy_matrix` reads of a candidate: its decisions."""
+
+    def decide(self, X: np.ndarray, texts: Sequence[str]) -> Sequence[Any]: ...
+
+
+def policy_matrix(router: Decides, X: np.ndarray, texts: Sequence[str], experts: Sequence[str],
                   allowed: np.ndarray | None = None) -> np.ndarray:
     """A router's deterministic choice as a probability matrix (n, m) over ``experts``: the
     first expert of its preference order inside the request's allowed set (the gateway skips

@@ -24,6 +24,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -350,6 +351,19 @@ def _print_training(tr: dict[str, Any]) -> None:
         print(f"  {m:6s} {d['test_quality']:.4f}{extra}")
 
 
+class _Rejections:
+    """A candidate router that counts the decisions that reject (name no expert)."""
+
+    def __init__(self, router: Any) -> None:
+        self.router = router
+        self.rejected = 0
+
+    def decide(self, X: Any, texts: Sequence[str]) -> list[Any]:
+        decisions = list(self.router.decide(X, texts))
+        self.rejected += sum(d.mode == "reject" for d in decisions)
+        return decisions
+
+
 def _candidate(args: argparse.Namespace, embedder: Any) -> Any:
     """The candidate router: an artifact folder, or a policy of --config by name (the flags
     checked by :func:`_check_logs_flags`)."""
@@ -478,7 +492,8 @@ def _logs(args: argparse.Namespace) -> dict[str, Any]:
                        policy=policy)
     # the candidate chooses among each request's logged candidate set; where it picks one
     # the logger gave no probability, that mass is what the overlap check reports
-    T = policy_matrix(router, data.X, data.texts or [], data.experts, allowed=data.allowed)
+    counting = _Rejections(router)
+    T = policy_matrix(counting, data.X, data.texts or [], data.experts, allowed=data.allowed)
     strangers = sorted(set(getattr(router, "experts_", [])) - set(data.experts))
     if strangers:
         print(f"offpolicy: the candidate's model(s) {', '.join(map(repr, strangers))} are no "
@@ -488,6 +503,13 @@ def _logs(args: argparse.Namespace) -> dict[str, Any]:
     res = estimate(data, T, cost_weight=args.cost_weight, folds=args.folds, n_boot=args.boot,
                    alpha=args.alpha, seed=args.seed, max_unsupported=args.max_unsupported,
                    clip=args.clip, reward_weights=args.reward_weights)
+    res["rejected"] = counting.rejected
+    if counting.rejected:
+        # policy_matrix counts them with the experts absent from the logs: say what they are
+        print(f"offpolicy: the candidate rejects {counting.rejected} of the {len(data)} "
+              "requests (it names no expert for them: a guard, a threshold); the logs hold "
+              "no outcome of its reject action, so they count as unsupported "
+              "('(experts absent from the logs)')", file=sys.stderr)
     print(res["message"])
     if res["verdict"] != "no_overlap":
         for o, ests in res["estimates"].items():
