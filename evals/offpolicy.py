@@ -899,7 +899,9 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
 def _fit(spec: str, X: np.ndarray, table: RoutingTable) -> Router:
     name, params = parse_spec(spec)
     try:
-        return make_router(name, **params).fit(X, table)
+        router = make_router(name, **params)
+        router.check_params()  # the ranges a policy's params: and train --param are held to
+        return router.fit(X, table)
     except RouterError:
         raise
     except (TypeError, ValueError) as e:  # a value of the wrong type (k=abc)
