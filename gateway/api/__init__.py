@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.errors import GatewayError
@@ -87,6 +88,23 @@ def no_route(method: str, path: str, status: int, allow: str | None) -> str:
     return f"Invalid URL ({where}): {_SERVED}"
 
 
+_METHOD_ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed(request: Request) -> str | None:
+    """Every method some endpoint serves at this request's path (a path served as GET and
+    HEAD is two routes: a 405 named only the first one's, ``/v1/models takes HEAD``)."""
+    path = request.scope.get("path", "")
+    methods: set[str] = set()
+    for pattern, route_methods in request.app.state.route_methods:
+        if pattern.match(path):
+            methods |= route_methods
+    if not methods:
+        return None
+    rank = {m: i for i, m in enumerate(_METHOD_ORDER)}
+    return ", ".join(sorted(methods, key=lambda m: (rank.get(m, len(rank)), m)))
+
+
 def build_api(gw: Gateway) -> FastAPI:
     from gateway.api import admin, dashboard, health, models, protocol
 
@@ -101,6 +119,9 @@ def build_api(gw: Gateway) -> FastAPI:
         err = error_of(exc)  # the one error map, shared with the request path
         if isinstance(exc, StarletteHTTPException) and exc.status_code in (404, 405):
             allow = next((v for k, v in err.headers.items() if k.lower() == "allow"), None)
+            if exc.status_code == 405:  # Starlette names one route's methods: the path's all
+                err.headers = {k: v for k, v in err.headers.items() if k.lower() != "allow"}
+                allow = err.headers["allow"] = _allowed(request) or allow or ""
             err.message = _no_route(request, exc.status_code, allow)
         return Response(err.body(), status_code=err.status, media_type="application/json",
                         headers=err.headers)
@@ -118,4 +139,7 @@ def build_api(gw: Gateway) -> FastAPI:
 
     for mod in (protocol, models, admin, health, dashboard):
         api.include_router(mod.router)
+    api.state.route_methods = [(r.path_regex, set(r.methods or ()))
+                               for mod in (protocol, models, admin, health, dashboard)
+                               for r in mod.router.routes if isinstance(r, APIRoute)]
     return api
