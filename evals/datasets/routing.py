@@ -332,16 +332,30 @@ def load_llmrouter(path: str | Path) -> RoutingTable:
         data = json.loads(_need(p).read_text())
     except json.JSONDecodeError as e:
         raise RouterError(f"{p}: not valid JSON: {e}") from None
+    need = ("query", "llm_name_list", "perf_list", "cost_list")
+    if not isinstance(data, list):
+        raise RouterError(f"{p}: an LLMRouter table is a JSON array of queries (objects with "
+                          f"{', '.join(need)}); this file holds a {type(data).__name__}")
     rows = []
-    for rec in data:
+    for i, rec in enumerate(data):
+        if not isinstance(rec, dict):
+            raise RouterError(f"{p}: entry {i} is not an object with {', '.join(need)}")
+        lacks = [k for k in need if k not in rec]
+        if lacks:
+            raise RouterError(f"{p}: entry {i} lacks {', '.join(lacks)}")
         names, perf, cost = rec["llm_name_list"], rec["perf_list"], rec["cost_list"]
-        if not len(names) == len(perf) == len(cost):
-            raise RouterError(f"{p}: q_id {rec.get('q_id')}: lists differ in length")
-        for m, s, c in zip(names, perf, cost, strict=True):
-            rows.append({"prompt_id": f"nq/{rec['q_id']}", "prompt": rec["query"],
-                         "model": m, "score": float(s), "cost": float(c),
-                         "category": str(rec.get("source") or "nq")})
-    return RoutingTable.from_long(pd.DataFrame(rows))
+        if not all(isinstance(v, list) for v in (names, perf, cost)) \
+                or not len(names) == len(perf) == len(cost):
+            raise RouterError(f"{p}: entry {i}: llm_name_list, perf_list and cost_list must be "
+                              "lists of one length (a model, its score, its cost)")
+        qid = rec.get("q_id", i)
+        for m, sc, c in zip(names, perf, cost, strict=True):
+            rows.append({"prompt_id": f"nq/{qid}", "prompt": rec["query"], "model": m,
+                         "score": sc, "cost": c, "category": str(rec.get("source") or "nq")})
+    if not rows:
+        raise RouterError(f"{p}: the table has no rows")
+    # the long format's checks: scores in [0, 1], costs finite and >= 0, named by row
+    return RoutingTable.from_long(clean_long(pd.DataFrame(rows), str(p)))
 
 
 def _turns(v: Any) -> Any:
