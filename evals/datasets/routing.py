@@ -290,7 +290,7 @@ def load_routellm(path: str | Path, benchmark: str = "mmlu", *,
         skip = _contaminated(folder) if drop_contaminated else set()
         for f in files:
             subject = f.stem.removeprefix("mmlu_")
-            df = pd.read_csv(f)
+            df = _routellm_csv(f, 3)
             for i, rec in enumerate(df.itertuples(index=False)):
                 prompt = str(rec[0])
                 if prompt.strip() in skip:
@@ -303,7 +303,7 @@ def load_routellm(path: str | Path, benchmark: str = "mmlu", *,
                                  "category": subject})
     elif benchmark == "gsm8k":
         folder = _need(root / "gsm8k")
-        df = pd.read_csv(_need(folder / "gsm8k_responses.csv"))
+        df = _routellm_csv(_need(folder / "gsm8k_responses.csv"), 3, ("prompt", *models))
         skip = _contaminated(folder) if drop_contaminated else set()
         for i, rec in enumerate(df.to_dict("records")):
             prompt = str(rec["prompt"])
@@ -319,6 +319,23 @@ def load_routellm(path: str | Path, benchmark: str = "mmlu", *,
     else:
         raise RouterError(f"unknown RouteLLM benchmark {benchmark!r}; use mmlu or gsm8k")
     return RoutingTable.from_long(pd.DataFrame(rows))
+
+
+def _routellm_csv(path: Path, min_columns: int, columns: tuple[str, ...] = ()) -> Any:
+    """One of RouteLLM's CSVs: a prompt column, then each model's correctness (and, in
+    GSM8K's, their responses); anything else is an error naming the file."""
+    import pandas as pd
+
+    shape = (f"prompt, {ROUTELLM_WEAK}, {ROUTELLM_STRONG} (each model's correctness)")
+    try:
+        df = pd.read_csv(path)
+    except (ValueError, OSError) as e:  # pandas' EmptyDataError and ParserError among them
+        raise RouterError(f"{path}: not a RouteLLM CSV ({e}); it has columns {shape}") from None
+    lacks = [c for c in columns if c not in df.columns]
+    if lacks or len(df.columns) < min_columns:
+        raise RouterError(f"{path}: not a RouteLLM CSV (columns: "
+                          f"{', '.join(map(str, df.columns))}); it has columns {shape}")
+    return df
 
 
 def load_llmrouter(path: str | Path) -> RoutingTable:
