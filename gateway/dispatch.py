@@ -523,12 +523,15 @@ class Dispatcher:
 
     async def call(self, chain: Sequence[str], path: str, payload: dict[str, Any],
                    body_for: Any, *, stream: bool, affinity: bytes, deadline: float,
-                   on_try: Callable[[str, str], None] | None = None) -> DispatchResult:
+                   on_try: Callable[[str, str], None] | None = None,
+                   parents: bool = False) -> DispatchResult:
         """Try the experts of ``chain`` in order; return the first reply that started.
 
         ``body_for(expert)`` returns the request bytes for that expert (model name rewritten);
         ``on_try(expert, replica)``, when given, is told of each attempt as it starts (what a
-        request cancelled mid-call was waiting for).
+        request cancelled mid-call was waiting for). ``parents`` (a routed request): a LoRA
+        adapter that no replica has loaded (404) is followed by its base model, before the
+        rest of the chain, whose next target may be an adapter for another task.
         Raises UpstreamError subclasses when every target failed, or passes a 4xx through.
         """
         assert self.http is not None and self.loop is not None, "dispatcher not started"
@@ -542,13 +545,14 @@ class Dispatcher:
         unsupported: UnsupportedByExpert | None = None
         retry = self.retry
         t_first = time.monotonic()
-        for k, name in enumerate(chain):
+        todo = list(chain)  # the experts to try, in order (``parents``: with a base model)
+        for k, name in enumerate(todo):  # (todo grows only after position k)
             pool = self.pools[name]
             expert = pool.expert
             adapter = expert.name if expert.parent is not None else None
             body: bytes | None = None
             order = pool.order(affinity, adapter)
-            is_last = k == len(chain) - 1
+            is_last = k == len(todo) - 1
             tried = 0
             i = 0
             while tried < retry.attempts_per_expert and i < len(order) * retry.attempts_per_expert:
@@ -679,6 +683,12 @@ class Dispatcher:
                 outcome = "ok" if reply.status < 400 else "client_error"
                 attempts.append(Attempt(name, rep.base, outcome, ms, reply.status, queue_ms))
                 return DispatchResult(expert, rep.base, reply, attempts)
+            parent = expert.parent
+            if parents and parent is not None and missing is not None and missing[0] is expert and \
+                    parent in self.pools and parent not in todo[:k + 1]:
+                if parent in todo:
+                    todo.remove(parent)
+                todo.insert(k + 1, parent)
         if last is None and unsupported is not None and all(
                 a.outcome == "unsupported" for a in attempts):
             raise unsupported

@@ -57,7 +57,7 @@ async def dispatch(gw: Gateway, ctx: RequestContext) -> DispatchResult:
         # the key only orders replicas: not built when every expert of the chain has one
         affinity=affinity_key(body, ctx.endpoint, ctx.message_texts())
         if disp.balances(p.chain) else b"",
-        deadline=ctx.deadline, on_try=ctx.attempting)
+        deadline=ctx.deadline, on_try=ctx.attempting, parents=p.rt is not None)
     _answered(gw, ctx, res, p.chain)
     return res
 
