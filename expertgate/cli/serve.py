@@ -565,6 +565,22 @@ def _run(s: Settings, cfg: GatewayConfig | None = None, embedder: Any = None) ->
             if pid is not None:
                 mark_process_dead(pid, metrics_dir)
 
+        def count_reload(result: str) -> None:
+            # a SIGHUP reload replaces the workers (whose counters start at zero): counted
+            # here, in the supervisor's own file of the directory /metrics adds up. One a
+            # worker's POST /admin/reload sent was counted by that worker (its marker)
+            markers = sorted(Path(metrics_dir).glob(f"{RELOAD_COUNTED_PREFIX}*"))
+            if markers:
+                markers[0].unlink(missing_ok=True)
+                return
+            from prometheus_client.values import MultiProcessValue
+
+            MultiProcessValue()("counter", "expertgate_config_reloads",
+                                "expertgate_config_reloads_total", ("result",), (result,),
+                                "Configuration reloads by result (failed: the running "
+                                "configuration was kept)").inc(1)
+
+        from gateway.api.admin import RELOAD_COUNTED_PREFIX
         from gateway.config import auth_problem
 
         class Supervisor(Multiprocess):
@@ -585,10 +601,12 @@ def _run(s: Settings, cfg: GatewayConfig | None = None, embedder: Any = None) ->
                         raise ConfigError(problem)
                 except ConfigError as e:
                     log.error("reload on SIGHUP failed, keeping the running workers: %s", e)
+                    count_reload("failed")
                     return
-                super().handle_hup()
+                log.info("Received SIGHUP, restarting processes.")
+                count_reload("ok" if self.restart_all() else "failed")
 
-            def restart_all(self) -> None:
+            def restart_all(self) -> bool:  # type: ignore[override]
                 # uvicorn's own waits timeout_worker_healthcheck (5 s) for each new worker,
                 # then keeps the old one: a worker that loads MiniLM and warms its policies
                 # up takes longer, so after a 200 from /admin/reload a worker went on
@@ -596,7 +614,7 @@ def _run(s: Settings, cfg: GatewayConfig | None = None, embedder: Any = None) ->
                 # worker now has WORKER_START_S; a stop asked meanwhile ends the wait.
                 for idx, old in enumerate(self.processes):
                     if self._stopping():
-                        return
+                        return False
                     new = Process(self.config, self.sockets)
                     new.start()
                     if not self._ready(new):
@@ -611,11 +629,12 @@ def _run(s: Settings, cfg: GatewayConfig | None = None, embedder: Any = None) ->
                                       "keeping worker [%s] and those not yet replaced: they "
                                       "serve the previous configuration", new.pid, why,
                                       old.pid)
-                        return
+                        return False
                     old.terminate()
                     old.join()
                     worker_gone(old.pid)
                     self.processes[idx] = new
+                return True
 
             def _stopping(self) -> bool:
                 return self.should_exit.is_set() or any(

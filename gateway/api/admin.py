@@ -10,9 +10,11 @@ several workers, each with its own view).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,10 @@ from gateway.errors import GatewayError, InvalidRequest
 log = logging.getLogger("expertgate.admin")
 
 router = APIRouter(tags=["admin"], dependencies=[Depends(require_admin)])
+
+#: a file a worker leaves in the metrics directory before it SIGHUPs the supervisor: this
+#: reload is counted (by the worker), the supervisor's SIGHUP must not count it again
+RELOAD_COUNTED_PREFIX = "reload-counted-"
 
 
 @router.post("/admin/reload")
@@ -50,6 +56,11 @@ async def reload(request: Request) -> dict[str, Any]:
         # others are separate processes: the supervisor (uvicorn's, our parent) replaces
         # each worker by a new one built from the file, the new one in service before the
         # old one retires, on SIGHUP
+        metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if metrics_dir:
+            with contextlib.suppress(OSError):
+                Path(metrics_dir, f"{RELOAD_COUNTED_PREFIX}{os.getpid()}-{time.time_ns()}"
+                     ).touch()
         os.kill(os.getppid(), signal.SIGHUP)
         out["workers"] = {"count": workers, "reload": "this worker reloaded in place; the "
                           "supervisor is replacing every worker with one built from the "
