@@ -187,7 +187,10 @@ def _read_rows_utf8(path: Path) -> list[dict[str, Any]]:
                         raise GuardDataError(f"{path}:{ln}: bad JSON: {e}") from None
         return rows
     if suf == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise GuardDataError(f"{path}: not JSON: {e}") from None
         if not isinstance(data, list):
             raise GuardDataError(f"{path}: expected a JSON array of rows")
         return data
@@ -222,6 +225,10 @@ def load_guard_data(path: str | Path, *, val_fraction: float = 0.1, seed: int = 
     rows = _read_rows(p)
     if not rows:
         raise GuardDataError(f"{p}: guard table is empty")
+    odd = next((i for i, r in enumerate(rows) if not isinstance(r, dict)), None)
+    if odd is not None:
+        raise GuardDataError(f"{p}: row {odd + 1} is not an object with text and label "
+                             f"(it is {json.dumps(rows[odd], default=str)[:60]})")
     missing = {"text", "label"} - set(rows[0])
     if missing:
         raise GuardDataError(f"{p}: guard table lacks column(s): {', '.join(sorted(missing))}")
