@@ -678,9 +678,9 @@ class Pipeline:
         # the embedder knew none of the text's tokens (a script its vocabulary lacks, a word
         # past its length limit): guard and router see nothing but their priors; said, never
         # silent (the header, the log, expertgate_degraded_total), so never cached either: a
-        # hit would serve it again without a word
-        readable = bool(X.any())
-        if not readable:
+        # hit would serve it again without a word (as a two-stage guard's front-only verdict)
+        cacheable = bool(X.any())
+        if not cacheable:
             degraded.append("embedding-empty")
         verdict: GuardVerdict | None = None
         cache = True
@@ -701,6 +701,7 @@ class Pipeline:
                 m.child(m.guard_stage, pol.name, verdict.stage).inc()
                 if verdict.stage == BACK_FAILED:  # its back stage failed (logged)
                     degraded.append("guard-back")
+                    cacheable = False
             t2 = t3
             if verdict.rejected:
                 # the score of the check that rejected it (the unsafe score for "unsafe")
@@ -708,7 +709,7 @@ class Pipeline:
                              f"{rt.guard.reject_text(verdict)}",  # type: ignore[attr-defined]
                              router="guard", guard=verdict)
                 return await self._finish(rt, d, key, timings, t0,
-                                          cache=cache and readable)
+                                          cache=cache and cacheable)
         try:
             d = rt.router.decide(X, [text])[0]
         except Exception as e:  # a broken router degrades to the fallback chain, loudly
@@ -727,7 +728,7 @@ class Pipeline:
             _attach_guard(d, verdict)
         else:  # the failed guard's verdict (skipped) shows, whatever the router's own
             d.guard = verdict
-        return await self._finish(rt, d, key, timings, t0, cache=cache and readable)
+        return await self._finish(rt, d, key, timings, t0, cache=cache and cacheable)
 
     async def _finish(self, rt: PolicyRuntime, d: Decision, key: str,
                       timings: dict[str, float], t0: float, *, cache: bool = True) -> Decision:
