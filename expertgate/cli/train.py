@@ -378,6 +378,7 @@ def _train(args: argparse.Namespace) -> int:
         print(f"loaded {len(table)} prompts x {len(table.models)} models from {args.data} "
               f"({fmt}{'' if args.correction == 'none' else ', ' + args.correction})",
               file=sys.stderr)
+        _note_free_cost_weight(table, params)
         stage = "embed"
         n_labels = len(set(table.categories or []))
         if args.router == "guard" and "method" not in params \
@@ -484,6 +485,22 @@ def _train(args: argparse.Namespace) -> int:
               f"{result.path / 'policy.yaml'}:\n", file=out)
         print(snippet, file=out)
     return 0
+
+
+def _note_free_cost_weight(table: Any, params: dict[str, Any]) -> None:
+    """A cost_weight over a table whose experts all cost the same (logs of experts without a
+    price in the gateway config: cost_usd 0) trades nothing: say so, never silently."""
+    import numpy as np
+
+    w = params.get("cost_weight")
+    if not isinstance(w, int | float) or isinstance(w, bool) or not w > 0:
+        return
+    costs = np.asarray(table.mean_costs(), dtype=np.float64)
+    if costs.size and np.ptp(costs) == 0:
+        print(f"note: --param cost_weight={w:g} trades nothing here: every expert costs the "
+              f"same ({costs[0]:g} on average; routing logs of experts without a price in "
+              "the gateway config log cost_usd 0): the router learns quality alone",
+              file=sys.stderr)
 
 
 def _choose_embedder(embedded: list[tuple[Any, Any]], table: Any, args: argparse.Namespace
