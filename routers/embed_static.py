@@ -41,8 +41,8 @@ import numpy as np
 
 from routers.embed import MODEL_FILES, EmbedderError, hash_model_files
 
-__all__ = ["BUILD_KEYS", "DistilledEmbedder", "build_id", "default_static_dir", "distill",
-           "ensure_distilled"]
+__all__ = ["BUILD_KEYS", "DistilledEmbedder", "build_id", "check_table_target",
+           "default_static_dir", "distill", "ensure_distilled"]
 
 #: bump when the distillation recipe changes, so older cached builds are not reused
 RECIPE = "s1-meanpool-pca-sif"
@@ -164,6 +164,29 @@ def _pca(E: np.ndarray, dim: int) -> np.ndarray:
     return E @ V
 
 
+#: the files of a distilled (or tuned) table folder: what distill and tune may replace
+TABLE_FILES = frozenset({"config.json", "embeddings.npz", "tokenizer.json"})
+
+
+def check_table_target(path: str | Path) -> Path:
+    """The folder :func:`distill` (or ``embedder tune``) may write: absent, empty, or a
+    distilled table (only :data:`TABLE_FILES`), which it replaces whole. Anything else (a
+    file, a folder of the user's) is refused with an EmbedderError rather than deleted."""
+    out = Path(path)
+    if not out.exists() and not out.is_symlink():
+        return out
+    if out.is_symlink() or not out.is_dir():
+        why = "it is not a folder"
+    else:
+        other = sorted(f.name for f in out.iterdir()
+                       if f.name not in TABLE_FILES or not f.is_file() or f.is_symlink())
+        if not other:
+            return out
+        why = f"it holds {', '.join(other[:3])}{', ...' if len(other) > 3 else ''}"
+    raise EmbedderError(f"{out} exists and is not a distilled embedder folder ({why}): it "
+                        "would be replaced; choose another output folder or remove it")
+
+
 def distill(out: str | Path, model_dir: str | Path | None = None, *, dim: int = 256,
             sif: float = 1e-4, vocab_limit: int | None = None, batch_size: int = 512,
             threads: int | None = None, log: Callable[[str], None] = lambda s: None
@@ -177,6 +200,7 @@ def distill(out: str | Path, model_dir: str | Path | None = None, *, dim: int = 
         raise EmbedderError("dim must be at least 2")
     if not (math.isfinite(float(sif)) and float(sif) > 0):  # inf: a table of NaN vectors
         raise EmbedderError(f"sif must be a finite number > 0, not {float(sif):g}")
+    check_table_target(out)  # before minutes of work, and never over the user's files
     mdir = _source_dir(model_dir)
     if not (mdir / "tokenizer.json").is_file() or not (mdir / "config.json").is_file():
         raise EmbedderError(f"{mdir} is not a transformers model folder with a fast "

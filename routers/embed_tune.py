@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from routers.base import RouterError
-from routers.embed_static import DistilledEmbedder
+from routers.embed_static import DistilledEmbedder, check_table_target
 
 __all__ = ["tune_table", "write_tuned"]
 
@@ -164,6 +164,7 @@ def write_tuned(out: str | Path, emb: DistilledEmbedder, tuned: np.ndarray,
                 info: dict[str, Any]) -> dict[str, Any]:
     """Write ``tuned`` as a distilled-format folder (npz + config + tokenizer); the config is
     the source's with the tuning record under ``routing_tuned`` and the new table's hash."""
+    check_table_target(out)
     cfg = dict(emb.config)
     cfg["table_sha256_16"] = hashlib.sha256(tuned.tobytes()).hexdigest()[:16]
     cfg["routing_tuned"] = {"from_table_sha256_16": emb.config.get("table_sha256_16"), **info}

@@ -181,6 +181,9 @@ def _tune(args: argparse.Namespace) -> int:
               f"not {args.lr:g}", file=sys.stderr)
         return 2
     try:
+        from routers.embed_static import check_table_target
+
+        check_table_target(args.out)  # before the training: never over the user's files
         emb = DistilledEmbedder(args.source)
         if args.routing_data:
             from routers.train import split_table
