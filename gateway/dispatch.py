@@ -569,8 +569,8 @@ class Dispatcher:
                     # one without the model (404) still lacks it, and one that answered
                     # what the protocol does not allow (no event stream, not JSON, an error
                     # event) received the request, may have billed it and answers it alike
-                    if last is None or last.kind in ("auth", "not_found", "protocol") or \
-                            not (is_last or asked):
+                    if last is None or last.kind in ("auth", "not_found", "protocol",
+                                                     "too_large") or not (is_last or asked):
                         break
                     wait_asked = retry_after_s(last.retry_after) if asked else 0.0
                     if wait_asked > retry.max_backoff_s:
@@ -714,7 +714,7 @@ class Dispatcher:
                f"{attempts[-1].expert if attempts else chain[-1]} {last.public}")
         if last.kind == "timeout":
             raise UpstreamTimeout(msg)
-        if last.kind == "protocol":
+        if last.kind in ("protocol", "too_large"):
             raise UpstreamUnavailable(msg, code="upstream_protocol_error")
         if last.kind == "auth":  # the gateway's credentials, not the client's key
             # which no retry mends: the OpenAI SDK is told not to send it again

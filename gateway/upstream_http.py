@@ -40,7 +40,8 @@ from urllib.parse import urlsplit
 import httptools
 
 __all__ = ["ConnectFailed", "HTTPClientError", "InvalidResponse", "Response",
-           "ResponseIncomplete", "ServerDisconnected", "Target", "UpstreamHTTP"]
+           "ResponseIncomplete", "ResponseTooLarge", "ServerDisconnected", "Target",
+           "UpstreamHTTP"]
 
 #: unread response bytes above which a connection stops reading until its reader catches up
 _HIGH_WATER = 256 * 1024
@@ -66,6 +67,11 @@ class ServerDisconnected(HTTPClientError):
 
 class ResponseIncomplete(HTTPClientError):
     """The upstream closed the connection within the response's body."""
+
+
+class ResponseTooLarge(HTTPClientError):
+    """A body read whole (:meth:`Response.read`) grew past its limit: the connection is
+    closed, never held in memory to its end."""
 
 
 class InvalidResponse(HTTPClientError):
@@ -96,8 +102,8 @@ class Response:
     :meth:`read_any`. :meth:`release` must be called when the caller stops reading early
     (the connection is then closed); a body read to its end leaves nothing to release."""
 
-    __slots__ = ("__weakref__", "_chunks", "_conn", "_exc", "_loop", "_paused", "_size",
-                 "_waiter", "_whole", "content_type", "done", "framed", "head",
+    __slots__ = ("__weakref__", "_chunks", "_conn", "_exc", "_limit", "_loop", "_paused",
+                 "_size", "_waiter", "_whole", "content_type", "done", "framed", "head",
                  "retry_after", "status")
 
     def __init__(self, conn: _Conn, loop: asyncio.AbstractEventLoop) -> None:
@@ -108,6 +114,8 @@ class Response:
         self._paused = False
         #: the whole body is wanted at once (read): never pause for it
         self._whole = False
+        #: the most body bytes :meth:`read` takes (None: no limit)
+        self._limit: int | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._exc: HTTPClientError | None = None
         self.head = False
@@ -137,9 +145,13 @@ class Response:
             self._conn = None
             self._wake()
 
-    async def read(self) -> bytes:
-        """The whole (rest of the) body."""
+    async def read(self, limit: int | None = None) -> bytes:
+        """The whole (rest of the) body; ResponseTooLarge (the connection closed) once more
+        than ``limit`` bytes of it arrived."""
         self._whole = True
+        self._limit = limit
+        if limit is not None and self._size > limit and self._conn is not None:
+            self._conn.too_large(self)
         while not self.done:
             if self._exc is not None:
                 raise self._exc
@@ -284,12 +296,23 @@ class _Conn(asyncio.Protocol):
             return
         r._chunks.append(body)
         r._size += len(body)
+        if r._limit is not None and r._size > r._limit:
+            self.too_large(r)
+            return
         if r._size > _HIGH_WATER and not r._paused and not r._whole and \
                 self.transport is not None:
             r._paused = True
             self.transport.pause_reading()
         if len(r._chunks) == 1:
             r._wake()
+
+    def too_large(self, r: Response) -> None:
+        """Stop reading ``r``'s body past its limit: the bytes go, the connection closes."""
+        self.resp = None  # what the parser still has of this data is not read
+        r._chunks.clear()
+        r._size = 0
+        r._fail(ResponseTooLarge(f"the response body is over {r._limit} bytes"))
+        self.close()
 
     def on_message_complete(self) -> None:
         r = self.resp

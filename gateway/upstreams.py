@@ -49,6 +49,7 @@ from gateway.upstream_http import (
     HTTPClientError,
     InvalidResponse,
     Response,
+    ResponseTooLarge,
     UpstreamHTTP,
 )
 
@@ -193,7 +194,8 @@ def error_body(raw: bytes, status: int | None, expert: str, base: str,
 
 class UpstreamFailure(Exception):
     """A failure before the first byte; ``kind`` in
-    connect|timeout|status|protocol|auth|not_found.
+    connect|timeout|status|protocol|too_large|auth|not_found (too_large: a body or SSE line
+    over MAX_UPSTREAM_BODY_BYTES / MAX_SSE_LINE_BYTES, handled as ``protocol``).
 
     ``retryable`` says whether another replica or the fallback chain should be tried (connect
     errors, timeouts, 5xx, 429, 401/403: ``auth``, the upstream refused the gateway's own
@@ -216,6 +218,19 @@ class UpstreamFailure(Exception):
         self.public = public or (f"answered {status}" if status else scrub(message))
 
 
+#: the largest whole (non-streamed) answer read from an upstream, and the longest line of an
+#: event stream: an upstream that sends an endless body or line fails (the next replica or
+#: expert answers, else a 502 ``upstream_protocol_error``) instead of filling memory. Far
+#: above any chat answer (a 128k-token completion is ~1 MiB of JSON)
+MAX_UPSTREAM_BODY_BYTES = 64 * 1024 * 1024
+MAX_SSE_LINE_BYTES = 8 * 1024 * 1024
+
+
+def size_text(n: int) -> str:
+    """``n`` bytes as a message says it (``64 MiB``)."""
+    return f"{n // (1024 * 1024)} MiB" if n % (1024 * 1024) == 0 else f"{n} bytes"
+
+
 class UpstreamProtocolError(Exception):
     """An upstream broke the protocol after the first byte (an SSE line that is not JSON)."""
 
@@ -230,10 +245,13 @@ class SSECheck:
     per event (microseconds), the price of never passing garbage on as a success.
     """
 
-    __slots__ = ("done", "error", "events", "ident", "started", "tail", "token", "usage")
+    __slots__ = ("done", "error", "events", "ident", "started", "tail", "token", "too_long",
+                 "usage")
 
     def __init__(self) -> None:
         self.tail = b""
+        #: a line grew past MAX_SSE_LINE_BYTES (an endless line: never buffered whole)
+        self.too_long = False
         self.started = False
         self.done = False
         #: generated pieces (content, tool-call arguments, reasoning, a completion's text),
@@ -260,6 +278,10 @@ class SSECheck:
         for line in lines:
             self._line(line.rstrip(b"\r"))
         t = self.tail
+        if len(t) > MAX_SSE_LINE_BYTES:
+            self.tail = b""
+            self.too_long = True
+            raise UpstreamProtocolError(f"an SSE line over {size_text(MAX_SSE_LINE_BYTES)}")
         if t and not (_sse_line(t) or any(f.startswith(t) for f in _FIELDS)):
             raise UpstreamProtocolError(f"not an event stream: {t[:80]!r}")
 
@@ -511,7 +533,7 @@ async def call_openai(client: UpstreamHTTP, expert: ExpertConfig, base: str, pat
             status = resp.status
             ctype = resp.content_type
             if status != 200 or not stream:
-                data = await resp.read()
+                data = await resp.read(MAX_UPSTREAM_BODY_BYTES)
                 if status >= 500 or status == 429:
                     raise UpstreamFailure("status", f"{base} answered {status}", status=status,
                                           body=data, retry_after=resp.retry_after)
@@ -554,6 +576,9 @@ async def call_openai(client: UpstreamHTTP, expert: ExpertConfig, base: str, pat
                 first = await _hold(resp, sse, first, base, timeout_s, loop)
         except UpstreamProtocolError as e:
             resp.release()
+            if sse.too_long:
+                raise UpstreamFailure("too_large", f"{base}: {e}", public=f"sent {e}"
+                                      ) from None
             raise UpstreamFailure("protocol", f"{base}: {e}",
                                   public="sent a stream that is not a valid event stream"
                                   ) from None
@@ -582,6 +607,12 @@ async def call_openai(client: UpstreamHTTP, expert: ExpertConfig, base: str, pat
                                          f"({expert.connect_timeout_s:g}s)") from None
         raise UpstreamFailure("connect", f"cannot connect to {base}: {e}",
                               public="connection failed") from None
+    except ResponseTooLarge:
+        if resp is not None:
+            resp.release()
+        over = size_text(MAX_UPSTREAM_BODY_BYTES)
+        raise UpstreamFailure("too_large", f"{base} answered with a body over {over}",
+                              public=f"answered with a body over {over}") from None
     except HTTPClientError as e:
         name = type(e).__name__
         if resp is not None:

@@ -361,10 +361,12 @@ async def _stream(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
         log.warning("stream from %s at %s broke after the first byte: %s: %s",
                     res.expert.name, res.replica, type(e).__name__, e)
         invalid = isinstance(e, UpstreamProtocolError)
-        gw.metrics.upstream_errors.labels(res.expert.name,
-                                          "stream_invalid" if invalid else "stream_cut").inc()
-        what = "sent an event that is not JSON" if invalid else str(e) if isinstance(
-            e, StreamEndedEarly) else f"ended unexpectedly ({type(e).__name__})"
+        gw.metrics.upstream_errors.labels(
+            res.expert.name, "too_large" if sse.too_long else
+            "stream_invalid" if invalid else "stream_cut").inc()
+        what = f"sent {e}" if sse.too_long else "sent an event that is not JSON" if invalid \
+            else str(e) if isinstance(e, StreamEndedEarly) else \
+            f"ended unexpectedly ({type(e).__name__})"
         code = "stream_invalid" if invalid else "stream_interrupted"
         ctx.status, ctx.err_type = 502, code
         ctx.degraded.append("stream-invalid" if invalid else "stream-cut")
