@@ -46,6 +46,25 @@ def data_hash(texts: Sequence[str], labels: Sequence[str]) -> str:
     return h.hexdigest()
 
 
+def check_finetune_target(path: str | Path) -> Path:
+    """The folder :func:`finetune_encoder` may write: absent, empty, or an earlier fine-tune
+    (its :data:`META_FILE`), whose files it overwrites. A folder of the user's is refused
+    rather than written into (the model's README.md, config.json... over the user's own)."""
+    out = Path(path)
+    if not out.exists() and not out.is_symlink():
+        return out
+    if out.is_symlink() or not out.is_dir():
+        why = "it is not a folder"
+    else:
+        names = sorted(f.name for f in out.iterdir())
+        if not names or META_FILE in names:
+            return out
+        why = f"it holds {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
+    raise FinetuneError(f"{out} exists and is not a fine-tuned model folder ({why}): the "
+                        "model's files would be written into it; choose another output "
+                        "folder or remove it")
+
+
 def finetune_encoder(texts: Sequence[str], labels: Sequence[str], out_dir: str | Path, *,
                      base: str | Path | None = None, epochs: int = 2, batch_size: int = 32,
                      lr: float = 5e-5, scale: float = 16.0, margin: float = 0.2,
@@ -73,6 +92,7 @@ def finetune_encoder(texts: Sequence[str], labels: Sequence[str], out_dir: str |
     names = sorted(set(labels))
     if len(names) < 2:
         raise FinetuneError("fine-tune: need at least two labels")
+    check_finetune_target(out_dir)  # before the model loads
     # a NaN or infinite setting trains every weight to NaN, saved as a model of NaN vectors
     for what, v, ok in (("lr", lr, lr > 0), ("scale", scale, scale > 0),
                         ("margin", margin, margin >= 0)):
