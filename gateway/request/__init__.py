@@ -272,6 +272,10 @@ def explain(p: Plan, degraded: list[str]) -> dict[str, Any]:
     out["degraded"] = degraded
     out["action"] = p.action
     out["fallback_chain"] = p.chain
+    if p.canary is not None and p.rt is not None and p.rt.candidate is not None:
+        # a live request takes the canary's decision instead, for its share of the traffic
+        # (x-expertgate-arm: canary): the dry run says which it would be
+        out["canary"] = {"share": p.rt.candidate.share, "decision": p.canary.to_dict()}
     if p.action == "ensemble" and p.rt is not None and p.decision.aggregator:
         # what a live request does: the members answer, then the aggregator and, should it
         # fail, the policy's fallback experts (the same chain as gateway.request.dispatch)

@@ -72,6 +72,9 @@ class Plan:
     rewrite: dict[str, Any] = field(default_factory=dict)
     #: the error a "reject" action answers
     rejection: GuardRejected | None = None
+    #: the dry run beside a serving canary: the candidate's decision, which a live request
+    #: takes for the canary's share of the traffic
+    canary: Decision | None = None
     #: work that must not delay the answer (a shadow candidate's decision): started by the
     #: record stage once the response is sent
     after_response: list[Callable[[ShadowOf], None]] = field(default_factory=list)
@@ -168,6 +171,9 @@ async def plan(gw: Planner, endpoint: str, body: dict[str, Any], degraded: list[
     else:
         d = await gw.pipeline.decide(rt, text, degraded, text_hash=cache_hash,
                                      deadline=deadline)
+        if rt.candidate is not None and rt.candidate.serving:
+            p.canary = await gw.pipeline.decide(rt.candidate.runtime, text, [],
+                                                text_hash=cache_hash, deadline=deadline)
     p.decision = d
     p.cache = "hit" if d.cached else ("bypass" if "cache" in degraded else "miss")
     p.reason = d.reason
