@@ -29,7 +29,7 @@ async def test_a_missing_adapter_is_followed_by_its_base_model(
         assert r.headers["x-expertgate-degraded"] == "expert-fallback"
         assert "fallback to llama-base after legal-lora:not_found" in \
             r.headers["x-expertgate-reason"]
-        assert '"model":"%s"' % BASE_MODEL in r.text.replace(" ", "")
+        assert f'"model":"{BASE_MODEL}"' in r.text.replace(" ", "")
         assert [b["model"] for b in vllm.received] == ["legal-lora", BASE_MODEL]
         # named by the client, the adapter is the server's own 404: never another model
         r = await c.post("/v1/chat/completions", json=chat("legal-lora", "x"))
