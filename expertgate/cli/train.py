@@ -393,7 +393,12 @@ def _train(args: argparse.Namespace) -> int:
         if args.auto_embedders:
             if args.router != "auto":
                 raise RouterError("--auto-embedders needs --router auto")
-            kinds = [k.strip() for k in args.auto_embedders.split(",") if k.strip()]
+            # each kind once: a repeat would embed the whole table again to tie with itself
+            kinds = list(dict.fromkeys(k.strip() for k in args.auto_embedders.split(",")
+                                       if k.strip()))
+            if not kinds:
+                raise EmbedderError(f"--auto-embedders {args.auto_embedders!r} names no "
+                                    f"embedder kind; use some of {', '.join(EMBEDDER_KINDS)}")
             bad = [k for k in kinds if k not in EMBEDDER_KINDS]
             if bad:
                 raise EmbedderError(f"unknown embedder kind(s) {', '.join(bad)}; use "
