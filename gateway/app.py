@@ -38,6 +38,7 @@ from gateway.config import (
     ConfigError,
     GatewayConfig,
     Settings,
+    _loopback_host,
     auth_problem,
     load_config,
     missing_credentials,
@@ -103,6 +104,9 @@ class Gateway:
         self.auth = Authenticator(config)
         if settings.host:  # a Host naming the listen address names this machine
             self.auth.local_hosts |= {settings.host.strip("[]").lower()}
+        #: refuse a keyless gateway's requests under a Host that does not name this
+        #: machine (DNS rebinding): only where it listens on loopback (Settings.host_check)
+        self.host_check = settings.host_check and _loopback_host(settings.host)
         self.request_ids = RequestIds()
         self._rid_task: asyncio.Task[None] | None = None
         self.ratelimiter = RateLimiter(None, self.metrics.registry)
@@ -752,6 +756,10 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
         t = scope["type"]
         if t == "http":
             path = scope["path"]
+            if gw.host_check and not gw.auth.required and \
+                    not gw.auth.host_named(scope, gw.settings.allowed_hosts):
+                await _untrusted_host(gw, scope, send, path)
+                return
             ep = ENDPOINTS.get(path)
             post = scope["method"] == "POST"
             if ep is not None and post:
@@ -803,6 +811,18 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
     app.gateway = gw  # type: ignore[attr-defined]
     app.api = api  # type: ignore[attr-defined]
     return app
+
+
+async def _untrusted_host(gw: Gateway, scope: Scope, send: Send, path: str) -> None:
+    host = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"host"), "")
+    err = PermissionDenied(
+        f"the Host header {host.strip()[:64]!r} does not name this machine: a gateway with no "
+        "API keys listening on loopback answers only requests to a loopback name or address "
+        "(a DNS-rebinding guard); add the name to EXPERTGATE_ALLOWED_HOSTS (a reverse "
+        "proxy's) or configure API keys", code="untrusted_host")
+    extra = None if ENDPOINTS.get(path.rstrip("/")) is None else [
+        *_NOT_ROUTED[:-1], (b"x-expertgate-reason", b"untrusted host")]
+    await _send_error(gw, scope, send, err, extra)
 
 
 async def _method_not_allowed(gw: Gateway, scope: Scope, send: Send, path: str) -> None:

@@ -463,6 +463,19 @@ class Authenticator:
         p = await self.resolve(scope.get("headers", ()), None)
         return p if p.admin else None
 
+    def host_named(self, scope: Mapping[str, Any], allowed: str = "") -> bool:
+        """Whether the request's ``Host`` (if any) names this machine (as
+        :meth:`local_request` takes it) or one of ``allowed`` (comma-separated; ``*``: any)."""
+        names = {_host_name(h) for h in allowed.split(",") if h.strip()}
+        if "*" in names:
+            return True
+        # (the address the request came in on is loopback, where this check applies)
+        extra = frozenset(self.local_hosts | names)
+        for k, v in scope.get("headers", ()):
+            if k == b"host":
+                return _local_name(_host_name(v.decode("latin-1")), extra)
+        return True  # HTTP/1.0 without a Host: no browser page sends that
+
     def local_request(self, scope: Mapping[str, Any]) -> None:
         """403 unless a loopback client's request is one this machine's own user made, not a
         browser page of another site: trusting the peer address alone lets a DNS-rebinding

@@ -94,6 +94,13 @@ class Settings(BaseSettings):
     config: Path | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    #: a gateway that checks no API key and listens on loopback answers only requests whose
+    #: ``Host`` names this machine (a DNS-rebinding guard: a web page's own name resolved to
+    #: 127.0.0.1). ``expertgate serve`` turns it on; docs/security.md
+    host_check: bool = False
+    #: more ``Host`` names such a gateway answers (comma-separated: a reverse proxy's public
+    #: name when it passes the client's Host on); ``*`` answers any
+    allowed_hosts: str = ""
     redis_url: str | None = None
     #: routing-log JSONL file used when there is no Redis
     log_path: Path = Path("runs/routing-log.jsonl")

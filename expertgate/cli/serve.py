@@ -152,6 +152,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     flags = {"config": "--config", "host": "--host", "port": "--port",
              "redis_url": "--redis-url", "workers": "--workers", "log_level": "--log-level"}
     given = {k: getattr(args, k) for k in flags}
+    # the DNS-rebinding guard of a keyless loopback gateway (docs/security.md): on unless the
+    # environment says otherwise; in the environment, so --workers N's workers have it too
+    import os
+
+    os.environ.setdefault("EXPERTGATE_HOST_CHECK", "true")
     try:
         s = _settings(args, **given)
     except ValidationError as e:
