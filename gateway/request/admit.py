@@ -29,6 +29,9 @@ __all__ = ["GENERATE", "admit", "admit_body"]
 
 #: endpoints that call an expert: these spend the key's rate limits and are logged
 GENERATE = frozenset({"chat", "completions", "embeddings"})
+#: the endpoints a key's requests_per_minute counts: also the dry run, which embeds the
+#: query on the embedding thread every tenant's decisions share, as a live request does
+REQUESTS = GENERATE | {"route"}
 
 
 async def admit(gw: Gateway, headers: Iterable[tuple[bytes, bytes]], ctx: RequestContext
@@ -70,7 +73,7 @@ async def admit(gw: Gateway, headers: Iterable[tuple[bytes, bytes]], ctx: Reques
     ctx.key = key
     ctx.tenant = key.name
     ctx.key_id = key.sha256[:16]
-    if key.requests_per_minute and ctx.endpoint in GENERATE:
+    if key.requests_per_minute and ctx.endpoint in REQUESTS:
         await _charge(gw, ctx, Limits(key.requests_per_minute, None), 0)
 
 
