@@ -192,7 +192,7 @@ class Selection:
 def _predict(r: Router, X: np.ndarray, texts: Sequence[str], models: Sequence[str]
              ) -> np.ndarray:
     P = np.asarray(r.predict_quality(X, list(texts)), dtype=np.float64)
-    return expert_columns(P, r.experts_, models)
+    return expert_columns(P, r.quality_experts(), models)
 
 
 def grouped_folds(prompts: Sequence[str], k: int = K_FOLDS, seed: int = 0
