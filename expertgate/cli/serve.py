@@ -415,16 +415,14 @@ def _listen_problem(host: str, port: int) -> str | None:
 
     if port == 0:
         return None
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)
-    except OSError:
-        return None
-    family, kind, proto, _, addr = infos[0]
-    with socket.socket(family, kind, proto) as sock:
+    # the family as uvicorn picks it (``localhost`` is bound as IPv4 there)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind(addr)
+            sock.bind((host.strip("[]"), port))
+        except socket.gaierror:
+            return None
         except OSError as e:
             why = (e.strerror or str(e)).lower()
             return (f"cannot listen on {host}:{port}: [Errno {e.errno}] {why}; stop what "
