@@ -102,7 +102,7 @@ def test_an_answer_goes_out_whole_and_an_idle_keep_alive_connection_still_times_
     # and arms the head timer after a response only where keep-alive would not end it first
     s = _connect(gateway)
     body = b'{"model": "nope", "messages": [{"role": "user", "content": "hi"}]}'
-    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: "
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\ncontent-type: "
               b"application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
     status, headers, answer = _read_response(s)
     assert status == 404 and "transfer-encoding" not in headers
@@ -124,7 +124,7 @@ def test_silent_and_trickling_clients_are_timed_out(gateway: GatewayServer) -> N
     # headers one byte at a time: the head deadline does not restart with each byte
     slow = _connect(gateway)
     t0 = time.monotonic()
-    head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nx-slow: " + b"a" * 40
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\nx-slow: " + b"a" * 40
     for b in head:
         try:
             slow.send(bytes([b]))
@@ -139,7 +139,7 @@ def test_silent_and_trickling_clients_are_timed_out(gateway: GatewayServer) -> N
 
     # complete headers, then the body one byte at a time
     body_slow = _connect(gateway)
-    body_slow.send(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+    body_slow.send(b"POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\n"
                    b"content-type: application/json\r\ncontent-length: 200\r\n\r\n")
     t0 = time.monotonic()
     for b in b'{"model": "smollm2", "messages": [':
@@ -173,7 +173,7 @@ def test_connections_over_the_cap_get_503_and_bad_content_length_an_openai_400(
             s.close()
     time.sleep(0.3)
     s = _connect(gateway)
-    s.send(b"POST /v1/route HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+    s.send(b"POST /v1/route HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n"
            b"content-length: abc\r\n\r\n{}")
     status, headers, body = _read_response(s)
     assert status == 400 and headers["content-type"] == "application/json"
@@ -189,7 +189,7 @@ def test_sigterm_answers_a_body_still_arriving_with_503_and_exits_promptly(
     gw.start()
     try:
         s = _connect(gw)
-        s.send(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+        s.send(b"POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\n"
                b"content-type: application/json\r\ncontent-length: 200\r\n\r\n{\"model\"")
         time.sleep(0.3)
         t0 = time.monotonic()
