@@ -22,7 +22,7 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -214,6 +214,21 @@ def model_name(model_dir: str | Path | None, default_dir: str | Path | None = No
                 for block in iter(lambda: fh.read(1 << 20), b""):
                     h.update(block)
     return f"{base}+{p.name}:{h.hexdigest()[:12]}"
+
+
+def output_refusal(out: Path, foreign: Callable[[list[Path]], list[str]]) -> str | None:
+    """Why an embedder command may not write the folder ``out`` (None: it may): absent, or a
+    folder of whose entries ``foreign`` names none (the files of an earlier run of the same
+    command). Shared by ``embedder distill``/``tune`` and ``embedder finetune``, which
+    refuse a file or a folder of the user's rather than delete or write over it."""
+    if not out.exists() and not out.is_symlink():
+        return None
+    if out.is_symlink() or not out.is_dir():
+        return "it is not a folder"
+    names = foreign(sorted(out.iterdir()))
+    if not names:
+        return None
+    return f"it holds {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
 
 
 def check_layers(model_dir: str | Path, layers: int | None) -> int | None:

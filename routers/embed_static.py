@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from routers.embed import MODEL_FILES, EmbedderError, hash_model_files
+from routers.embed import MODEL_FILES, EmbedderError, hash_model_files, output_refusal
 
 __all__ = ["BUILD_KEYS", "DistilledEmbedder", "build_id", "check_table_target",
            "default_static_dir", "distill", "ensure_distilled"]
@@ -173,16 +173,11 @@ def check_table_target(path: str | Path) -> Path:
     distilled table (only :data:`TABLE_FILES`), which it replaces whole. Anything else (a
     file, a folder of the user's) is refused with an EmbedderError rather than deleted."""
     out = Path(path)
-    if not out.exists() and not out.is_symlink():
+    why = output_refusal(out, lambda entries: [
+        f.name for f in entries if f.name not in TABLE_FILES or not f.is_file()
+        or f.is_symlink()])
+    if why is None:
         return out
-    if out.is_symlink() or not out.is_dir():
-        why = "it is not a folder"
-    else:
-        other = sorted(f.name for f in out.iterdir()
-                       if f.name not in TABLE_FILES or not f.is_file() or f.is_symlink())
-        if not other:
-            return out
-        why = f"it holds {', '.join(other[:3])}{', ...' if len(other) > 3 else ''}"
     raise EmbedderError(f"{out} exists and is not a distilled embedder folder ({why}): it "
                         "would be replaced; choose another output folder or remove it")
 

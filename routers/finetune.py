@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from routers.embed import EmbedderError, check_layers
+from routers.embed import EmbedderError, check_layers, output_refusal
 
 META_FILE = "expertgate_finetune.json"
 
@@ -51,15 +51,10 @@ def check_finetune_target(path: str | Path) -> Path:
     (its :data:`META_FILE`), whose files it overwrites. A folder of the user's is refused
     rather than written into (the model's README.md, config.json... over the user's own)."""
     out = Path(path)
-    if not out.exists() and not out.is_symlink():
+    why = output_refusal(out, lambda entries: [] if not entries or any(
+        f.name == META_FILE for f in entries) else [f.name for f in entries])
+    if why is None:
         return out
-    if out.is_symlink() or not out.is_dir():
-        why = "it is not a folder"
-    else:
-        names = sorted(f.name for f in out.iterdir())
-        if not names or META_FILE in names:
-            return out
-        why = f"it holds {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
     raise FinetuneError(f"{out} exists and is not a fine-tuned model folder ({why}): the "
                         "model's files would be written into it; choose another output "
                         "folder or remove it")
