@@ -382,6 +382,29 @@ def _turns(v: Any) -> Any:
     return v
 
 
+def _check_wide_cells(df: Any, model: str, cost_col: str, id_col: str | None, p: Path
+                      ) -> None:
+    """A model's scored cells, checked where the file holds them: the errors name the file's
+    data rows and columns (the long table :func:`clean_long` checks stacks the models, so its
+    row numbers are not the file's)."""
+    import pandas as pd
+
+    cols = (id_col,) if id_col else ()
+    scored = df[model].notna()
+    score = pd.to_numeric(df[model], errors="coerce")
+    bad = scored & (score.isna() | (score < 0) | (score > 1))
+    if bad.any():
+        raise RouterError(f"{p}: score column {model!r}: non-numeric or outside [0, 1] in "
+                          f"{_rows(bad, df, (*cols, model))}; scores must lie in [0, 1] "
+                          "(rescale them, e.g. divide by the maximum possible score)")
+    cost = pd.to_numeric(df[cost_col], errors="coerce")
+    bad = scored & (cost.isna() | (cost < 0) | np.isinf(cost))
+    if bad.any():
+        raise RouterError(f"{p}: cost column {cost_col!r}: missing, negative, infinite or "
+                          f"non-numeric cost where {model!r} has a score, in "
+                          f"{_rows(bad, df, (*cols, cost_col))}")
+
+
 def load_wide(path: str | Path) -> RoutingTable:
     """One row per prompt, a score and a ``|total_cost`` column per model (module doc)."""
     import pandas as pd
@@ -412,6 +435,7 @@ def load_wide(path: str | Path) -> RoutingTable:
     parts = []
     for m in models:
         cost_col = next(m + sfx for sfx in WIDE_COST_SUFFIXES if m + sfx in cols)
+        _check_wide_cells(df, m, cost_col, id_col, p)
         part = pd.DataFrame({"prompt_id": ids, "prompt": prompts, "model": m,
                              "score": df[m], "cost": df[cost_col]})
         if cat_col:
