@@ -88,6 +88,10 @@ METHODS = ("centroid", "knn", "mahalanobis", "msp", "energy", "knn+msp")
 #: up to this many queries per call the kNN score searches the bank in two passes (int8,
 #: then float32 on the candidates); larger batches read the float32 bank once for all
 _FEW_QUERIES = 8
+#: a label's bank prototypes come from full k-means up to this many (rows x prototypes); above
+#: it (one or a few labels over thousands of rows: 4,096 prototypes of 20,000 rows took many
+#: minutes per fit on 2 cores) from mini-batch k-means with random initialisation (seconds)
+FULL_KMEANS_MAX_WORK = 2_000_000
 #: ... when the bank has at least this many rows (a smaller one fits in the CPU cache)
 _INT8_BANK_ROWS = 1024
 
@@ -660,7 +664,7 @@ class GuardRouter(Router):
         n = F.shape[0]
         if self.bank_size is None or n <= int(self.bank_size):
             return F.astype(np.float32), y.astype(np.int32)
-        from sklearn.cluster import KMeans
+        from sklearn.cluster import KMeans, MiniBatchKMeans
 
         protos, plabels = [], []
         for c in range(n_labels):
@@ -668,6 +672,10 @@ class GuardRouter(Router):
             m = min(Fc.shape[0], max(1, round(int(self.bank_size) * Fc.shape[0] / n)))
             if m >= Fc.shape[0]:
                 P = Fc
+            elif m * Fc.shape[0] > FULL_KMEANS_MAX_WORK:
+                mbk = MiniBatchKMeans(n_clusters=m, init="random", n_init=1, max_iter=30,
+                                      batch_size=max(1024, m), random_state=int(self.seed))
+                P = mbk.fit(Fc).cluster_centers_
             else:
                 km = KMeans(n_clusters=m, n_init=1, max_iter=50, random_state=int(self.seed))
                 P = km.fit(Fc).cluster_centers_
