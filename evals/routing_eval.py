@@ -830,6 +830,8 @@ def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | Non
         if vs is not None:
             vs["fitted_on"] = "train"
         selected["vs_simple"] = vs
+        selected["per_seed"] = _selected_per_seed(per_seed[chosen], base_seed, vs, splits,
+                                                  two)
         if len(val_side.get(chosen, ())) == len(splits):
             reading = _refit_reading(chosen, refit, X, table, splits, val_side, per_seed,
                                      params, s_idx, two, progress)
@@ -1037,6 +1039,35 @@ def _select_n_experts(per_seed: Mapping[str, Sequence[Mapping[str, Any]]],
     eligible = [n for n in vals if out[n]["eligible"]]
     chosen = max(eligible, key=lambda n: (float(rows[n]["val_aiq"]), n == by_aiq))
     return chosen, float(rows[chosen]["val_aiq"]), out
+
+
+def _selected_per_seed(rows: Sequence[Mapping[str, Any]],
+                       base_seed: Mapping[str, Sequence[Mapping[str, Any]]],
+                       vs: Mapping[str, Any] | None, splits: Sequence[_Split], two: bool
+                       ) -> list[dict[str, Any]]:
+    """``selected.per_seed``: per seed, the selected method's validation score (what selected
+    it) and its test figures (train fit), beside the best simple baseline's headline figure
+    (``vs_simple``'s baseline), so the seeds behind a mean and a margin can be read."""
+    crit = "val_apgr" if two else "val_aiq"
+    keys = (("apgr", "aiq") if two else ("aiq",)) + (
+        "quality", "cost", "cost_at_best_single_quality_deployed", "quality_gap_deployed")
+    base_name = None if vs is None else str(vs["baseline"])
+    base_rows = list(base_seed.get(base_name, ())) if base_name else []
+
+    def num(v: Any) -> float | None:  # the result JSON is written without NaN
+        return None if v is None or not np.isfinite(v) else float(v)
+
+    out: list[dict[str, Any]] = []
+    for i, (sp, r) in enumerate(zip(splits, rows, strict=False)):
+        row: dict[str, Any] = {"seed": sp.seed, "fitted_on": "train",
+                               "validation_criterion": crit,
+                               "validation_score": num(r.get(crit))}
+        row.update({k: num(r.get(k)) for k in keys})
+        if base_name is not None and vs is not None and i < len(base_rows):
+            row["baseline"] = {"name": base_name,
+                               str(vs["metric"]): num(base_rows[i].get(str(vs["metric"])))}
+        out.append(row)
+    return out
 
 
 #: the simple baselines every routing run also fits (on the run's embeddings, mean costs,
