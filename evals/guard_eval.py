@@ -1144,6 +1144,9 @@ def run(args: argparse.Namespace) -> int:
             return 2
         runs.append(("frozen" if ep == 0 else f"finetuned-e{ep}", embedder, meta, res))
     result, embedder, finetune_meta = _merge_encoder_variants(runs, args.select)
+    beside = baseline_beside(result)
+    if beside is not None:
+        result["selected"]["baseline"] = beside
     if finetune_meta is not None:
         result["embedder_finetune"] = {k: v for k, v in finetune_meta.items() if k != "labels"}
     files = suite_files(args.suite) if args.suite else data.meta.get("files", [args.data])
@@ -1235,6 +1238,30 @@ def _merge_encoder_variants(runs: list[tuple[str, Any, dict[str, Any] | None, di
            "encoders": {lab: e.name for lab, e, _, _ in runs},
            "embedding_seconds": sum(r[3]["embedding_seconds"] for r in runs)}
     return out, emb, meta
+
+
+def baseline_beside(result: dict[str, Any]) -> dict[str, Any] | None:
+    """The TF-IDF + SVM baseline's row beside the selected one (``selected.baseline``): at
+    the selected operating point (and encoder variant, where there are several), its
+    validation GQR next to the selected one's and both test GQRs. A reading only: the choice
+    was made before, on validation; None when the baseline was not among the methods."""
+    sel = result["selected"]
+    pick = result["methods"][sel["method"]]
+    rows = {k: r for k, r in result["methods"].items() if r.get("method") == "baseline-tfidf-svm"
+            and r.get("target_frr") == pick.get("target_frr")}
+    if not rows:
+        return None
+    same = [k for k, r in rows.items() if r.get("encoder_variant") == pick.get("encoder_variant")]
+    name = (same or sorted(rows))[0]
+    base = rows[name]
+    v_sel = pick.get("validation", {}).get("gqr_score")
+    v_base = base.get("validation", {}).get("gqr_score")
+    return {"method": name, "validation_gqr_score": v_base,
+            "selected_validation_gqr_score": v_sel,
+            "validation_gqr_diff": (v_sel - v_base if v_sel is not None and v_base is not None
+                                    else None),
+            "test_gqr_score": base.get("gqr_score"),
+            "selected_test_gqr_score": pick.get("gqr_score")}
 
 
 def _command(args: argparse.Namespace) -> str:
