@@ -153,10 +153,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
              "redis_url": "--redis-url", "workers": "--workers", "log_level": "--log-level"}
     given = {k: getattr(args, k) for k in flags}
     # the DNS-rebinding guard of a keyless loopback gateway (docs/security.md): on unless the
-    # environment says otherwise; in the environment, so --workers N's workers have it too
+    # environment says otherwise. A setting of this command's, not written into os.environ
+    # (a process that runs the command in-process, a test, would keep it for every later
+    # gateway it builds); --workers N hands it to its workers with the rest of their settings
     import os
 
-    os.environ.setdefault("EXPERTGATE_HOST_CHECK", "true")
+    if "EXPERTGATE_HOST_CHECK" not in os.environ:
+        given["host_check"] = True
     try:
         s = _settings(args, **given)
     except ValidationError as e:
@@ -545,6 +548,7 @@ def _run(s: Settings, cfg: GatewayConfig | None = None, embedder: Any = None) ->
         # reload must reach them all: gateway.api.admin)
         os.environ["EXPERTGATE_WORKERS"] = str(s.workers)
         os.environ["EXPERTGATE_SUPERVISOR_PID"] = str(os.getpid())
+        os.environ["EXPERTGATE_HOST_CHECK"] = "true" if s.host_check else "false"
         if s.redis_url:
             os.environ["EXPERTGATE_REDIS_URL"] = s.redis_url
         import shutil

@@ -91,3 +91,27 @@ def test_an_invalid_file_names_each_error(tmp_path: Path,
     assert all(f"{path}: invalid configuration: " in ln for ln in problems)
     assert any("rooter" in ln for ln in problems) and any("api_base" in ln for ln in problems)
     assert err.splitlines()[-1] == f"{SAY} 2 problem(s): the gateway would not start"
+
+
+def test_the_host_check_default_stays_a_setting_of_the_command(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """serve turns the DNS-rebinding guard on (docs/security.md) through the settings it
+    builds, not by writing EXPERTGATE_HOST_CHECK into os.environ: a process that runs the
+    command in-process (these tests, an embedding tool) kept it for every gateway it built
+    afterwards, so every later in-process gateway answered its clients' Host 403."""
+    import expertgate.cli.serve as serve
+
+    monkeypatch.delenv("EXPERTGATE_HOST_CHECK", raising=False)
+    seen: list[bool] = []
+    real = serve.check
+    monkeypatch.setattr(serve, "check", lambda s: seen.append(s.host_check) or real(s))
+    assert _check(_write(tmp_path, base_config("http://127.0.0.1:9", "http://127.0.0.1:9"))) \
+        == 0
+    assert seen == [True]
+    import os
+
+    assert "EXPERTGATE_HOST_CHECK" not in os.environ
+    monkeypatch.setenv("EXPERTGATE_HOST_CHECK", "false")  # the environment still decides
+    assert _check(_write(tmp_path, base_config("http://127.0.0.1:9", "http://127.0.0.1:9"))) \
+        == 0
+    assert seen == [True, False]
