@@ -1000,7 +1000,20 @@ def _refit_reading(chosen: str, mode: str, X: np.ndarray, table: RoutingTable,
     if vs is not None:
         vs["fitted_on"] = "train+validation"
     out["vs_simple"] = vs
+    # the seeds behind the refitted headline (selected.per_seed holds the train fit's)
+    out["test"]["per_seed"] = [
+        {"seed": sp.seed, "fitted_on": "train+validation",
+         **{k: _finite_or_none(r.get(k)) for k in REFIT_KEYS},
+         **({} if vs is None else {"baseline": {
+             "name": vs["baseline"],
+             vs["metric"]: _finite_or_none(base[vs["baseline"]][i].get(vs["metric"]))}})}
+        for i, (sp, r) in enumerate(zip(splits, rows, strict=True))]
     return out
+
+
+def _finite_or_none(v: Any) -> float | None:
+    """A figure for the result JSON, which is written without NaN: None where missing."""
+    return None if v is None or not np.isfinite(v) else float(v)
 
 
 def _select_n_experts(per_seed: Mapping[str, Sequence[Mapping[str, Any]]],
@@ -1053,10 +1066,7 @@ def _selected_per_seed(rows: Sequence[Mapping[str, Any]],
         "quality", "cost", "cost_at_best_single_quality_deployed", "quality_gap_deployed")
     base_name = None if vs is None else str(vs["baseline"])
     base_rows = list(base_seed.get(base_name, ())) if base_name else []
-
-    def num(v: Any) -> float | None:  # the result JSON is written without NaN
-        return None if v is None or not np.isfinite(v) else float(v)
-
+    num = _finite_or_none
     out: list[dict[str, Any]] = []
     for i, (sp, r) in enumerate(zip(splits, rows, strict=False)):
         row: dict[str, Any] = {"seed": sp.seed, "fitted_on": "train",

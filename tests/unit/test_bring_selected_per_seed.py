@@ -33,3 +33,19 @@ def test_selected_lists_every_seeds_figures(models: int) -> None:
         res["baselines"][base][key])
     assert all(r["baseline"]["name"] == base and r["fitted_on"] == "train" for r in rows)
     assert all(r["validation_criterion"] == crit for r in rows)
+
+
+def test_a_refitted_headline_lists_its_seeds_too() -> None:
+    from routers.embed import make_embedder
+
+    table = RE.load_routing_table("synthetic:300x2")
+    X = make_embedder("hashing").embed(table.prompts)
+    res = RE.evaluate(table, X, routers=["classifier"], seeds=[0, 1], progress=False,
+                      refit="always")
+    ref, vs = res["selected"]["refit"], res["selected"]["vs_simple"]
+    rows = ref["test"]["per_seed"]
+    assert [r["seed"] for r in rows] == [0, 1]
+    assert all(r["fitted_on"] == "train+validation" for r in rows)
+    assert sum(r["apgr"] for r in rows) / 2 == pytest.approx(vs["selected"])
+    assert sum(r["baseline"]["apgr"] for r in rows) / 2 == pytest.approx(vs["baseline_value"])
+    assert all(r["baseline"]["name"] == vs["baseline"] for r in rows)
