@@ -515,9 +515,23 @@ def select_candidate(validation: dict[str, dict[str, float]], spec: str
             scores = {k: v.get("gqr_score") for k, v in validation.items()}
             crit = (f"validation GQR score (no candidate reached validation OOD accuracy "
                     f"{floor:g}, the stated floor)")
+    # ties (small validation sets score many candidates 1.0) go to what the gateway can serve
+    # best: a guard (an unsafe check), then baseline-lr-knn (none), then the evaluation-only
+    # TF-IDF and hybrid ones, which the default order put first
+    scores = dict(sorted(scores.items(), key=lambda kv: _TIE_RANK.get(_base_name(kv[0]), 0)))
     name, score = M.select_on_validation(scores)
     return {"method": name, "criterion": crit, "validation_score": score,
             "select": spec}
+
+
+#: tie-break of :func:`select_candidate` (lower first; a guard-* method is 0)
+_TIE_RANK = {"baseline-lr-knn": 1, "baseline-tfidf-svm": 2, "guard-hybrid-knn": 2,
+             "guard-hybrid-msp": 2, "guard-hybrid-mlp-knn": 2, "guard-hybrid-mlp-knn+msp": 2}
+
+
+def _base_name(candidate: str) -> str:
+    """``frozen:guard-knn@0.05`` -> ``guard-knn``: the method of a candidate's name."""
+    return candidate.rsplit(":", 1)[-1].split("@", 1)[0]
 
 
 def _figures(m: _Method, X: np.ndarray, texts: list[str], labels: list[str],
