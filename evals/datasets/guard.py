@@ -362,20 +362,31 @@ def load_gqr_bench(folder: str | Path) -> GuardData:
                 return f
         raise GuardDataError(f"GQR-Bench folder {root} has no {stem}.parquet/.jsonl/.csv")
 
-    def domain_of(r: dict[str, Any]) -> str:
+    def domain_of(r: dict[str, Any], where: str) -> str:
         d = r.get("domain")
         if d not in (None, ""):
             return str(d)
-        return GQR_LABELS[int(r["label"])]
+        lab = r.get("label")
+        try:
+            return GQR_LABELS[int(lab)]  # type: ignore[arg-type]
+        except (KeyError, TypeError, ValueError):
+            raise GuardDataError(
+                f"{where} has no domain and label {lab!r}: GQR-Bench's labels are "
+                + ", ".join(f"{k} ({v})" for k, v in GQR_LABELS.items())
+                + "; give a 'domain' column for other domains") from None
 
     parts: dict[str, tuple[list[str], list[str]]] = {}
     for stem in ("train", "eval", "test"):
-        rows = _read_rows(find(stem))
+        f = find(stem)
+        rows = _read_rows(f)
         texts, labs = [], []
-        for r in rows:
-            d = domain_of(r)
+        for i, r in enumerate(rows, 1):
+            where = f"{f}: row {i}"
+            d = domain_of(r, where)
             if d == "ood":
                 raise GuardDataError(f"GQR-Bench {stem}: OOD row in an in-domain split")
+            if r.get("text") is None or str(r["text"]).strip() == "":
+                raise GuardDataError(f"{where} has no text")
             texts.append(str(r["text"]))
             labs.append(d)
         parts[stem] = (texts, labs)
