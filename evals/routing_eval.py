@@ -982,7 +982,11 @@ def _refit_reading(chosen: str, mode: str, X: np.ndarray, table: RoutingTable,
         return out
     rows: list[dict[str, Any]] = []
     base: dict[str, list[dict[str, Any]]] = {}
-    for i, sp in enumerate(splits):
+    from tqdm import tqdm
+
+    # as long as a seed's fits of the method and the baselines: never a silent stretch
+    for i, sp in enumerate(tqdm(splits, desc="refit on train + validation", unit="seed",
+                                disable=not progress, file=sys.stderr)):
         idx = np.concatenate([sp.tr, sp.va])
         TV = table.subset(idx)
         r, _ = _fit_named(chosen, X[idx], TV, sp.seed, params)
