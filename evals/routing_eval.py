@@ -532,6 +532,24 @@ def default_routers() -> list[str]:
     return [n for n in registered_names() if get_router_class(n).trades_cost]
 
 
+#: default families that learn from the table's category column (cannot fit without one)
+CATEGORY_FAMILIES = ("category",)
+
+
+def left_out_by_default(table: RoutingTable) -> dict[str, str]:
+    """Default families the table cannot run, with why (none named in ``--routers``)."""
+    if table.categories is not None:
+        return {}
+    return {n: "the table has no category column (eval_name or category), which this "
+               "family learns from" for n in default_routers() if n in CATEGORY_FAMILIES}
+
+
+def default_routers_for(table: RoutingTable) -> list[str]:
+    """:func:`default_routers` less those the table cannot run (:func:`left_out_by_default`)."""
+    out = left_out_by_default(table)
+    return [n for n in default_routers() if n not in out]
+
+
 #: fewest prompts every model answered for a split into three non-empty parts
 MIN_SCORED_PROMPTS = 10
 
@@ -552,6 +570,9 @@ def check_table(table: RoutingTable, *, strong: str | None = None,
                      "on it (APGR, CPT and AUC are two-model figures; AIQ and the cost at the "
                      "best single model's quality read N models); it only names the model "
                      "whose call share the result reports as strong_share")
+    if not routers:
+        for name, why in left_out_by_default(table).items():
+            notes.append(f"{name} is left out of the default routers: {why}")
     if routers:
         known = {*registered_names(), "auto"}
         unknown = [r for r in routers if r not in known]
@@ -673,7 +694,8 @@ def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | Non
         raise EvalError(f"{X.shape[0]} embeddings for {len(table)} prompts")
     mean_costs = table.mean_costs()
     s_idx = int(np.argmax(mean_costs)) if strong is None else table.models.index(strong)
-    names = list(routers) if routers else default_routers()
+    left_out = {} if routers else left_out_by_default(table)
+    names = list(routers) if routers else default_routers_for(table)
     params = dict(router_params or {})
     per_seed: dict[str, list[dict[str, Any]]] = {}
     base_seed: dict[str, list[dict[str, Any]]] = {}
@@ -857,6 +879,7 @@ def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | Non
         "routers": routers_out,
         "baselines": baselines_out,
         "skipped": skipped,
+        "left_out": left_out,
     }
 
 
@@ -1182,7 +1205,8 @@ def cli_register(parser: argparse.ArgumentParser) -> None:
                              "family chosen per seed by cross-validation on train (default: "
                              "every registered "
                              "cost-quality family; not "
-                             f"{', '.join(sorted({*registered_names()} - {*default_routers()}))})")
+                             f"{', '.join(sorted({*registered_names()} - {*default_routers()}))}"
+                             f"; {', '.join(CATEGORY_FAMILIES)} only on a table with categories)")
     parser.add_argument("--strong", default=None,
                         help="the strong model of a two-expert table (default: most expensive);"
                         " with more models it only names the model strong_share counts")
