@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -30,6 +32,27 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
         "--disable-component-update", "--disable-sync"]
 
 
+@asynccontextmanager
+async def served_gateway(cfg: dict[str, Any], log: Path, port: int) -> Any:
+    """A gateway of ``cfg`` served by uvicorn on 127.0.0.1:``port`` (hashing embedder, the
+    routing log at ``log``); yields its URL, stops it on the way out."""
+    s = Settings(log_path=log, ready_check_upstreams=False, gc_freeze=False)
+    app = create_app(s, parse_config(cfg, "test.yaml"), embedder=HashingEmbedder())
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on",
+                                           log_level="warning"))
+    serving = asyncio.create_task(server.serve())
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            await asyncio.sleep(0.05)
+        assert server.started
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await serving
+
+
 
 async def test_dashboard_shows_a_decision_and_explains_a_prompt(ups, tmp_path: Path) -> None:
     if not os.path.exists(CHROMIUM):
@@ -41,19 +64,7 @@ async def test_dashboard_shows_a_decision_and_explains_a_prompt(ups, tmp_path: P
 
     cfg = base_config(ups[0].base, ups[1].base, log_prompts=True)
     cfg["api_keys"] = [{"name": "ops", "sha256": hash_key(ADMIN), "admin": True}]
-    s = Settings(log_path=tmp_path / "log.jsonl", ready_check_upstreams=False, gc_freeze=False)
-    app = create_app(s, parse_config(cfg, "test.yaml"), embedder=HashingEmbedder())
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on",
-                                           log_level="warning"))
-    serving = asyncio.create_task(server.serve())
-    try:
-        for _ in range(200):
-            if server.started:
-                break
-            await asyncio.sleep(0.05)
-        assert server.started
-        url = f"http://127.0.0.1:{port}"
+    async with served_gateway(cfg, tmp_path / "log.jsonl", free_port()) as url:
         async with httpx.AsyncClient(base_url=url) as c:
             r = await c.post("/v1/chat/completions",
                              json=chat("auto", "fix this bug in my code please"),
@@ -112,6 +123,3 @@ async def test_dashboard_shows_a_decision_and_explains_a_prompt(ups, tmp_path: P
                 await browser.close()
         # the playground is a dry run: nothing reached an expert for it
         assert len(ups[1].received) == 0
-    finally:
-        server.should_exit = True
-        await serving

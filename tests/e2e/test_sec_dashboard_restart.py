@@ -6,44 +6,18 @@ decisions appear at the next poll, beside the earlier rows."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from expertgate.procs import free_port
-from gateway.app import create_app
 from gateway.auth import hash_key
-from gateway.config import Settings, parse_config
-from routers.embed import HashingEmbedder
-from tests.e2e.test_dashboard_browser import ARGS, CHROMIUM
+from tests.e2e.test_dashboard_browser import ARGS, CHROMIUM, served_gateway
 from tests.unit.gateway_helpers import base_config, chat
 
 ADMIN = "sk-dashboard-restart-admin-0c4d"
-
-
-@asynccontextmanager
-async def _gateway(cfg: dict[str, Any], log: Path, port: int) -> Any:
-    s = Settings(log_path=log, ready_check_upstreams=False, gc_freeze=False)
-    app = create_app(s, parse_config(cfg, "test.yaml"), embedder=HashingEmbedder())
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on",
-                                           log_level="warning"))
-    serving = asyncio.create_task(server.serve())
-    try:
-        for _ in range(200):
-            if server.started:
-                break
-            await asyncio.sleep(0.05)
-        assert server.started
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await serving
 
 
 async def _ask(url: str, text: str) -> str:
@@ -69,7 +43,7 @@ async def test_the_open_dashboard_shows_decisions_after_a_restart(ups, tmp_path:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         try:
             page = await browser.new_page()
-            async with _gateway(cfg, tmp_path / "a.jsonl", port) as url:
+            async with served_gateway(cfg, tmp_path / "a.jsonl", port) as url:
                 # three decisions before the restart: the page's since reaches 3
                 first = [await _ask(url, t) for t in
                          ("tell me a joke", "fix this bug in my code", "how are you today")]
@@ -81,7 +55,7 @@ async def test_the_open_dashboard_shows_decisions_after_a_restart(ups, tmp_path:
                     await page.locator(f'#decisions tr[data-request-id="{rid}"]').wait_for(
                         timeout=15_000)
             # the same address, a new process: its first decision is number 1
-            async with _gateway(cfg, tmp_path / "b.jsonl", port) as url:
+            async with served_gateway(cfg, tmp_path / "b.jsonl", port) as url:
                 after = await _ask(url, "tell me a joke")
                 await page.locator(f'#decisions tr[data-request-id="{after}"]').wait_for(
                     timeout=15_000)

@@ -13,7 +13,8 @@ import routers.embed
 from expertgate.cli import main
 
 
-def _table(tmp_path: Path) -> Path:
+def maths_poems_table(tmp_path: Path) -> Path:
+    """A two-expert table of 40 prompts, half about maths (expert a right), half poems (b)."""
     p = tmp_path / "t.csv"
     p.write_text("prompt_id,prompt,model,score,cost\n" + "".join(
         f'{i},"question {i} about {"maths" if i % 2 else "poems"}",a,{i % 2},0.1\n'
@@ -24,7 +25,7 @@ def _table(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("kinds", [",,", " , "])
 def test_a_list_naming_no_kind_is_a_usage_error(tmp_path: Path, capsys, kinds: str) -> None:
-    rc = main(["train", "--router", "auto", "--data", str(_table(tmp_path)), "--out",
+    rc = main(["train", "--router", "auto", "--data", str(maths_poems_table(tmp_path)), "--out",
                str(tmp_path / "a"), "--auto-embedders", kinds])
     err = capsys.readouterr().err
     assert rc == 2, err
@@ -40,7 +41,7 @@ def test_a_kind_named_twice_is_embedded_once(tmp_path: Path, monkeypatch) -> Non
         return real(e, texts, *a, **k)
 
     monkeypatch.setattr(routers.embed, "embed_cached", counting)
-    assert main(["train", "--router", "auto", "--data", str(_table(tmp_path)), "--out",
+    assert main(["train", "--router", "auto", "--data", str(maths_poems_table(tmp_path)), "--out",
                  str(tmp_path / "a"), "--embedder", "hashing", "--auto-embedders",
                  "hashing,hashing", "--cache-dir", str(tmp_path / "c")]) == 0
     assert calls == ["hashing-512"]

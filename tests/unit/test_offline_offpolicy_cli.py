@@ -12,15 +12,7 @@ from pathlib import Path
 import pytest
 
 from expertgate.cli import main
-
-
-def _table(tmp_path: Path) -> Path:
-    p = tmp_path / "t.csv"
-    p.write_text("prompt_id,prompt,model,score,cost\n" + "".join(
-        f'{i},"question {i} about {"maths" if i % 2 else "poems"}",a,{i % 2},0.1\n'
-        f'{i},"question {i} about {"maths" if i % 2 else "poems"}",b,{(i + 1) % 2},0.01\n'
-        for i in range(40)))
-    return p
+from tests.unit.test_offline_auto_embedders import maths_poems_table
 
 
 @pytest.mark.parametrize("content,says", [
@@ -45,7 +37,7 @@ def test_summarise_names_the_file_it_cannot_read(tmp_path: Path, capsys, content
 @pytest.mark.parametrize("flag", ["--candidate", "--logging"])
 def test_a_router_spec_of_the_wrong_type_is_a_usage_error(tmp_path: Path, capsys,
                                                           flag: str) -> None:
-    rc = main(["eval", "offpolicy", "--simulate", str(_table(tmp_path)), "--embedder",
+    rc = main(["eval", "offpolicy", "--simulate", str(maths_poems_table(tmp_path)), "--embedder",
                "hashing", "--n", "40", "--repeats", "1", "--boot", "50", flag, "knn:k=abc",
                "--cache-dir", str(tmp_path / "c")])
     err = capsys.readouterr().err
@@ -71,7 +63,7 @@ def test_a_router_spec_outside_the_familys_range_is_refused(tmp_path: Path, caps
                                                             spec: str) -> None:
     """The ranges a gateway policy's params: and train --param are held to (they simulated
     a router no policy could serve, with exit 0)."""
-    rc = main(["eval", "offpolicy", "--simulate", str(_table(tmp_path)), "--embedder",
+    rc = main(["eval", "offpolicy", "--simulate", str(maths_poems_table(tmp_path)), "--embedder",
                "hashing", "--n", "40", "--repeats", "1", "--boot", "50", "--candidate", spec,
                "--cache-dir", str(tmp_path / "c")])
     err = capsys.readouterr().err

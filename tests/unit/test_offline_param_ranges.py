@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import routers.embed
-from expertgate.cli import main
+from tests.unit.test_offline_param_values import assert_train_refuses
 
 
 @pytest.mark.parametrize("family,param", [("classifier", "success_threshold=2"),
@@ -23,12 +23,4 @@ def test_train_checks_the_families_ranges_before_embedding(tmp_path: Path, capsy
         raise AssertionError("embedding started with a parameter out of range")
 
     monkeypatch.setattr(routers.embed, "embed_cached", no_embedding)
-    data = tmp_path / "t.csv"
-    data.write_text("prompt_id,prompt,model,score,cost\n" + "".join(
-        f'{i},"question {i}",a,{i % 2},0.1\n{i},"question {i}",b,{(i + 1) % 2},0.01\n'
-        for i in range(30)))
-    rc = main(["train", "--router", family, "--data", str(data), "--embedder", "hashing",
-               "--out", str(tmp_path / "a"), "--param", param])
-    err = capsys.readouterr().err
-    assert rc == 2, err
-    assert param.split("=")[0] in err and not (tmp_path / "a").exists()
+    assert_train_refuses(tmp_path, capsys, family, param)

@@ -34,6 +34,13 @@ def test_parse_params_keeps_finite_values() -> None:
                                           ("mf", "lr=Infinity")])
 def test_train_refuses_an_infinite_param(tmp_path: Path, capsys, family: str,
                                          param: str) -> None:
+    assert_train_refuses(tmp_path, capsys, family, param)
+
+
+def assert_train_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[str], family: str,
+                         param: str) -> None:
+    """``train --router family --param param`` on a small two-expert table: exit 2 naming the
+    parameter, no artifact written."""
     data = tmp_path / "t.csv"
     data.write_text("prompt_id,prompt,model,score,cost\n" + "".join(
         f'{i},"question {i}",a,{i % 2},0.1\n{i},"question {i}",b,{(i + 1) % 2},0.01\n'
