@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -213,6 +214,13 @@ def _host_name(value: str) -> str:
     if v.count(":") == 1:
         v = v.split(":", 1)[0]
     return v.rstrip(".")
+
+
+@functools.lru_cache(maxsize=8)
+def _allowed_names(allowed: str) -> frozenset[str]:
+    """The host names of an ``EXPERTGATE_ALLOWED_HOSTS`` value (comma-separated), parsed
+    once per value rather than at every request."""
+    return frozenset(_host_name(h) for h in allowed.split(",") if h.strip())
 
 
 def _local_name(host: str, extra: frozenset[str]) -> bool:
@@ -466,11 +474,11 @@ class Authenticator:
     def host_named(self, scope: Mapping[str, Any], allowed: str = "") -> bool:
         """Whether the request's ``Host`` (if any) names this machine (as
         :meth:`local_request` takes it) or one of ``allowed`` (comma-separated; ``*``: any)."""
-        names = {_host_name(h) for h in allowed.split(",") if h.strip()}
+        names = _allowed_names(allowed)
         if "*" in names:
             return True
         # (the address the request came in on is loopback, where this check applies)
-        extra = frozenset(self.local_hosts | names)
+        extra = self.local_hosts | names
         for k, v in scope.get("headers", ()):
             if k == b"host":
                 return _local_name(_host_name(v.decode("latin-1")), extra)
