@@ -1,0 +1,91 @@
+"""The stack's fit made faster and leaner must fit the same router: for fixed seeds its
+predicted qualities on held-out prompts equal (rtol 1e-6) those of the implementation before
+the speed work, saved in ``s20_stack_reference.npz`` beside this file.
+
+The reference was written by ``python -m tests.unit.test_s20_stack_speed --write`` at commit
+2bd65f2 (routers/stack.py before the speed work). Three tables cover the fit's paths: experts
+each with missing scores and categories (one group per expert, the shared neighbour search
+per fold, the trees reading the category rates, TF-IDF category centroids); a 0/1
+strong/weak pair scored on every prompt (one group, the joint model of the pair); a routing
+log with soft scores (one expert per prompt: each expert its own neighbour search, soft
+labels as sample weights).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evals.routing_eval import synthetic_table
+from routers.base import RoutingTable
+from routers.stack import StackRouter
+
+REFERENCE = Path(__file__).with_name("s20_stack_reference.npz")
+#: the trees' view needs this many training prompts here (the default's 2,000 would make the
+#: test tables slow to fit)
+TREES_MIN = 400
+
+
+def _embed(table: RoutingTable, seed: int, dim: int = 24) -> np.ndarray:
+    """Topic directions plus noise: an embedding that carries the table's topics."""
+    rng = np.random.default_rng(seed)
+    labels = sorted(set(table.categories or ["t"]))
+    centre = rng.normal(size=(len(labels), dim))
+    topic = [labels.index(c) for c in (table.categories or ["t"] * len(table.prompts))]
+    return (centre[topic] + 0.8 * rng.normal(size=(len(topic), dim))).astype(np.float32)
+
+
+def _tables() -> dict[str, tuple[np.ndarray, RoutingTable, RoutingTable, np.ndarray]]:
+    """name -> (train embeddings, train table, test table, test embeddings)."""
+    out = {}
+    t = synthetic_table(1100, 6, seed=5, costs="length")  # 5 % of each expert's scores missing
+    X = _embed(t, 5)
+    out["missing"] = (X[:900], t.subset(np.arange(900)), t.subset(np.arange(900, 1100)),
+                      X[900:])
+    p = synthetic_table(900, 2, seed=6, costs="length")
+    S = np.nan_to_num(p.scores, nan=0.0)  # a strong/weak pair scored on every prompt
+    p = RoutingTable(p.prompt_ids, p.prompts, p.models, S, p.costs, None)
+    X = _embed(p, 6)
+    out["pair"] = (X[:700], p.subset(np.arange(700)), p.subset(np.arange(700, 900)), X[700:])
+    g = synthetic_table(1200, 3, seed=7, costs="length")
+    rng = np.random.default_rng(7)
+    soft = np.clip(np.nan_to_num(g.scores, nan=0.5) * 0.8 + rng.uniform(0, 0.2, g.scores.shape),
+                   0, 1)
+    one = rng.integers(0, 3, size=len(g.prompts))  # a routing log: one expert per prompt
+    S = np.full_like(soft, np.nan)
+    S[np.arange(len(one)), one] = soft[np.arange(len(one)), one]
+    g = RoutingTable(g.prompt_ids, g.prompts, g.models, S, g.costs, g.categories)
+    X = _embed(g, 7)
+    out["log"] = (X[:1000], g.subset(np.arange(1000)), g.subset(np.arange(1000, 1200)),
+                  X[1000:])
+    return out
+
+
+def _predictions() -> dict[str, np.ndarray]:
+    got = {}
+    for name, (X, table, test, Xt) in _tables().items():
+        r = StackRouter(seed=11, k=20).fit(X, table)
+        got[name] = r.predict_quality(Xt, test.prompts)
+    return got
+
+
+def test_the_faster_fit_predicts_what_the_reference_fit_predicted(monkeypatch) -> None:
+    monkeypatch.setattr(StackRouter, "trees_min_prompts", TREES_MIN)
+    ref = np.load(REFERENCE, allow_pickle=False)
+    got = _predictions()
+    assert sorted(got) == sorted(ref.files)
+    for name, P in got.items():
+        assert P.shape == ref[name].shape, name
+        np.testing.assert_allclose(P, ref[name], rtol=1e-6, atol=0, err_msg=name)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--write"]:
+        raise SystemExit("usage: python -m tests.unit.test_s20_stack_speed --write")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(StackRouter, "trees_min_prompts", TREES_MIN)
+        np.savez_compressed(REFERENCE, **_predictions())
+    print(f"wrote {REFERENCE}")
