@@ -15,7 +15,12 @@ import argparse
 import re
 import secrets
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from gateway.config import GatewayConfig
 
 __all__ = ["cmd_add", "cmd_hash", "cmd_revoke", "register"]
 
@@ -179,18 +184,13 @@ def _names_known(key: Any, args: argparse.Namespace) -> bool:
     else EXPERTGATE_CONFIG); one line per unknown option. A key naming a policy the gateways
     lack is stored as any other, and each of its requests is a 404 ``model_not_found``.
     Without a configuration the names cannot be checked, and a line says so."""
-    from gateway.config import ConfigError, Settings, load_config
-
-    path = getattr(args, "config", None) or Settings().config
-    if not path:
+    path, cfg = _gateway_config(args, "add")
+    if path is None:
         print("expertgate keys add: --policies and --experts not checked against the "
               "gateways' configuration (pass --config FILE or set EXPERTGATE_CONFIG)",
               file=sys.stderr)
         return True
-    try:
-        cfg = load_config(path)
-    except ConfigError as e:
-        print(f"expertgate keys add: --config: {e}", file=sys.stderr)
+    if cfg is None:
         return False
     policies = [p.name for p in cfg.policies]
     experts = [e.name for e in cfg.experts]
@@ -255,17 +255,27 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 def _config_entry(digest: str, args: argparse.Namespace) -> str | None:
     """``FILE as api_keys[i](name)`` when the gateways' configuration (``--config``, else
     EXPERTGATE_CONFIG) lists the key ``digest``; None when it does not, or cannot be read."""
-    from gateway.config import ConfigError, Settings, load_config
-
-    path = getattr(args, "config", None) or Settings().config
-    if not path:
-        return None
-    try:
-        cfg = load_config(path)
-    except ConfigError as e:
-        print(f"expertgate keys revoke: --config: {e}", file=sys.stderr)
+    path, cfg = _gateway_config(args, "revoke")
+    if cfg is None:
         return None
     for i, k in enumerate(cfg.api_keys):
         if k.sha256 == digest:
             return f"{path} as api_keys[{i}]({k.name})"
     return None
+
+
+def _gateway_config(args: argparse.Namespace,
+                    command: str) -> tuple[str | Path | None, GatewayConfig | None]:
+    """``(path, config)`` of the gateways' configuration (``--config``, else
+    EXPERTGATE_CONFIG): ``(None, None)`` when neither names one; ``(path, None)`` when it
+    does not load, after a line that says why."""
+    from gateway.config import ConfigError, Settings, load_config
+
+    path = getattr(args, "config", None) or Settings().config
+    if not path:
+        return None, None
+    try:
+        return path, load_config(path)
+    except ConfigError as e:
+        print(f"expertgate keys {command}: --config: {e}", file=sys.stderr)
+        return path, None
