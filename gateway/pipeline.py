@@ -34,10 +34,11 @@ from gateway.metrics import Metrics
 from routers.base import Decision, GuardVerdict, Router, Target
 from routers.embed import Embedder
 from routers.explore import Exploration, exploration_probs
+from routers.guard import UNSAFE_CHUNK, unsafe_text
 from routers.guard_cascade import BACK_FAILED
 
 __all__ = ["ROUTING_HEAD_CHARS", "ROUTING_TAIL_CHARS", "WARM_TEXT", "CandidateRuntime",
-           "Pipeline", "PolicyRuntime", "PolicySet", "ShadowOf", "bounded_text",
+           "Pipeline", "PolicyRuntime", "PolicySet", "RoutedText", "ShadowOf", "bounded_text",
            "build_embedder", "build_policy_set", "carry_canary_state", "routing_text"]
 
 log = logging.getLogger("expertgate.pipeline")
@@ -240,6 +241,14 @@ def build_policy_set(cfg: GatewayConfig, embedder: Embedder | None) -> PolicySet
     return PolicySet(cfg, out, time.time())
 
 
+def _text_guard(rt: PolicyRuntime) -> Any:
+    """What reads a policy's request text for unsafe content: its guard, or its router when
+    that is a guard artifact (``router: guard``); None for an unguarded policy."""
+    if rt.guard is not None:
+        return rt.guard
+    return rt.router if hasattr(rt.router, "text_verdict") else None
+
+
 def _attach_guard(d: Decision, verdict: GuardVerdict | None) -> None:
     """Put the policy's guard verdict on ``d``. A router's own verdict (semantic routes')
     stays only when it explains the router's own rejection: the guard's (its scores, its
@@ -323,27 +332,69 @@ ROUTING_HEAD_CHARS, ROUTING_TAIL_CHARS = 6144, 2048
 _RAW_HEAD, _RAW_TAIL = 4 * ROUTING_HEAD_CHARS, 4 * ROUTING_TAIL_CHARS
 
 
-def bounded_text(text: str) -> str:
+class RoutedText(str):
+    """The text a policy routes on (the string: :func:`bounded_text`), carrying ``whole``:
+    the request text its guard's unsafe lexicon must read when that is more than the
+    string (a long prompt's middle, the earlier user turns), and ``scope``, which names it
+    (``the whole text``, ``every user turn``, ``the whole conversation``).
+
+    The embedder and the guard's other checks read the bounded string (their cost grows
+    with the text); the lexicon is a regular expression, so it reads everything the expert
+    will answer (:meth:`Pipeline.decide`, before the decision cache: a cached decision was
+    made on the bounded string, which requests with different middles share). The first
+    decision drops ``whole`` (the request's plan keeps this string for the routing log,
+    whose queue must not hold megabytes a record) and keeps the lexicon's answer in
+    ``flagged`` for a second decision on the same text (the dry run's canary)."""
+
+    whole: str
+    scope: str
+    #: len(whole), kept for the rejection's reason once ``whole`` is dropped
+    chars: int
+    #: the lexicon's answer on ``whole``, once read; None before
+    flagged: bool | None
+
+    def __new__(cls, text: str, whole: str, scope: str) -> RoutedText:
+        self = super().__new__(cls, text)
+        self.whole = whole
+        self.scope = scope
+        self.chars = len(whole)
+        self.flagged = None
+        return self
+
+
+def bounded_text(text: str, scope: str = "the whole text") -> str:
     """``text`` with its whitespace runs collapsed to single spaces and, when longer than
     :data:`ROUTING_HEAD_CHARS` + :data:`ROUTING_TAIL_CHARS`, only its head and tail, joined
-    by a space: what a policy routes on, whatever the prompt's length."""
+    by a space: what a policy routes on, whatever the prompt's length. A text cut so is a
+    :class:`RoutedText` whose ``whole`` is ``text`` (named ``scope``)."""
+    raw = text
     if len(text) > _RAW_HEAD + _RAW_TAIL:
         text = f"{text[:_RAW_HEAD]} {text[-_RAW_TAIL:]}"
     text = " ".join(text.split())
     if len(text) > ROUTING_HEAD_CHARS + 1 + ROUTING_TAIL_CHARS:
-        text = f"{text[:ROUTING_HEAD_CHARS]} {text[-ROUTING_TAIL_CHARS:]}"
+        return RoutedText(f"{text[:ROUTING_HEAD_CHARS]} {text[-ROUTING_TAIL_CHARS:]}", raw,
+                          scope)
     return text
 
 
 def routing_text(texts: MessageTexts, mode: str) -> str:
     """The text the router sees: the last user turn, or the whole conversation (``texts``:
-    the messages' :func:`~gateway.messages.message_texts`), :func:`bounded_text`."""
+    the messages' :func:`~gateway.messages.message_texts`), :func:`bounded_text`.
+
+    What the guard's unsafe lexicon reads besides (:class:`RoutedText`): all of it, and in
+    ``last_user`` mode every user turn, since the expert answers the last turn in the light
+    of the earlier ones ("how do I make a pipe bomb", then "go on"). Not the system message
+    (the operator's own instructions may name what to refuse) nor the assistant's turns."""
     if mode == "last_user":
-        for role, t in reversed(texts):
-            if role == "user" and (text := bounded_text(t)):
-                return text
-        raise InvalidRequest("no user message with text to route on", param="messages")
-    text = bounded_text(" ".join(f"{role}: {t}" for role, t in texts if role is not None))
+        users = [t for role, t in texts if role == "user" and t and not t.isspace()]
+        if not users:
+            raise InvalidRequest("no user message with text to route on", param="messages")
+        text = bounded_text(users[-1])
+        if len(users) > 1:
+            return RoutedText(text, "\n".join(users), "every user turn")
+        return text
+    text = bounded_text(" ".join(f"{role}: {t}" for role, t in texts if role is not None),
+                        "the whole conversation")
     if not text:
         raise InvalidRequest("no text to route on", param="messages")
     return text
@@ -384,6 +435,10 @@ class Pipeline:
         self._obs_embed = metrics.stage.labels("embed")
         self._obs_guard = metrics.stage.labels("guard")
         self._obs_route = metrics.stage.labels("route")
+        #: the unsafe lexicon on a request's whole text (RoutedText.whole)
+        self._obs_scan = metrics.stage.labels("unsafe-scan")
+        #: a long whole text is scanned here, off the event loop (UNSAFE_CHUNK)
+        self._scan_executor: ThreadPoolExecutor | None = None
 
     async def _embed_in_thread(self, text: str) -> np.ndarray:
         # One dedicated thread: the forward pass runs off the event loop, one at a time.
@@ -475,7 +530,7 @@ class Pipeline:
         return d, info
 
     def close(self) -> None:
-        for ex in (self._executor, self._shadow_executor):
+        for ex in (self._executor, self._shadow_executor, self._scan_executor):
             if ex is not None:
                 ex.shutdown(wait=False, cancel_futures=True)
 
@@ -507,6 +562,7 @@ class Pipeline:
                               deadline=deadline)
         if cand is not None and cand.mode == "shadow" and self.on_shadow is not None:
             crt, x = cand.runtime, got[0] if got else None
+            text = str(text)  # the bounded text only (not a RoutedText's whole) waits
 
             def start(of: ShadowOf | None = None) -> None:
                 self._shadow_queue.append((crt, text, x, d, of or {}))
@@ -605,10 +661,16 @@ class Pipeline:
                      emb_out: list[np.ndarray] | None = None,
                      text_hash: str | None = None, deadline: float | None = None) -> Decision:
         """The decision for ``text`` (``text_hash``: its :func:`gateway.cache.text_hash`, when
-        the caller has it already); past ``deadline`` (``time.monotonic()``) a 504."""
+        the caller has it already); past ``deadline`` (``time.monotonic()``) a 504. A
+        :class:`RoutedText`'s ``whole`` is read by the guard's unsafe lexicon first."""
         pol = rt.config
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
+        if isinstance(text, RoutedText):
+            rejected = await self._scan_whole(rt, text, timings, t0)
+            text = str(text)
+            if rejected is not None:
+                return rejected
         key = decision_key(pol.name, rt.cache_version, text_hash or _hash(text))
         try:
             hit = await self.cache.get(key)
@@ -656,8 +718,7 @@ class Pipeline:
             why = f"embedder unavailable ({type(e).__name__})"
             # the guard's text checks need no embedding: what they refuse stays refused (the
             # policy's guard, or its router when that is a guard artifact)
-            guard: Any = rt.guard if rt.guard is not None else (
-                rt.router if hasattr(rt.router, "text_verdict") else None)
+            guard: Any = _text_guard(rt)
             if guard is None:
                 return self._fallback_decision(rt, why, timings)
             tv = guard.text_verdict([text])[0]
@@ -729,6 +790,40 @@ class Pipeline:
         else:  # the failed guard's verdict (skipped) shows, whatever the router's own
             d.guard = verdict
         return await self._finish(rt, d, key, timings, t0, cache=cache and cacheable)
+
+    async def _scan_whole(self, rt: PolicyRuntime, text: RoutedText,
+                          timings: dict[str, float], t0: float) -> Decision | None:
+        """The policy's guard's unsafe lexicon on ``text.whole``: a rejection (never
+        cached: its key is the bounded text's, which a request with a harmless middle
+        shares), or None. A long text is scanned in a worker thread, chunk by chunk
+        (:func:`routers.guard.unsafe_text`), so the event loop waits one chunk at most; the
+        time is ``expertgate_stage_seconds{stage="unsafe-scan"}``. ``whole`` is dropped
+        here whatever the policy (see :class:`RoutedText`)."""
+        whole, text.whole = text.whole, ""
+        guard = _text_guard(rt)
+        if guard is None or "lexicon" not in guard.unsafe_layers_:
+            return None
+        if text.flagged is None:
+            if len(whole) <= UNSAFE_CHUNK:
+                text.flagged = unsafe_text(whole)
+            else:
+                if self._scan_executor is None:
+                    self._scan_executor = ThreadPoolExecutor(
+                        1, thread_name_prefix="unsafe-scan")
+                text.flagged = await asyncio.get_running_loop().run_in_executor(
+                    self._scan_executor, unsafe_text, whole)
+            self._obs_scan.observe(time.perf_counter() - t0)
+        dt = time.perf_counter() - t0
+        if not text.flagged:
+            return None
+        timings["guard"] = timings["total"] = dt * 1000
+        # the label and OOD checks did not run (skipped): unsafe takes precedence anyway
+        v = GuardVerdict(rejected=True, reject_reason="unsafe", unsafe_score=1.0,
+                         skipped=True)
+        return Decision("reject", [], "guard rejected the query: unsafe content (score "
+                        f"1.000, lexicon on {text.scope}: {text.chars:,} characters, of which "
+                        f"the router reads {len(text):,})", rt.config.name, rt.version,
+                        router="guard", guard=v, timings_ms=timings)
 
     async def _finish(self, rt: PolicyRuntime, d: Decision, key: str,
                       timings: dict[str, float], t0: float, *, cache: bool = True) -> Decision:

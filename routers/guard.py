@@ -171,12 +171,52 @@ _THING_SET = frozenset(_THINGS)
 _PEOPLE_WORD = re.compile(_PEOPLE + r"|they|you|those|these|all|he|she|s?he's", re.IGNORECASE)
 
 
+#: :func:`unsafe_text` reads a text longer than this many characters (after collapsing its
+#: whitespace) in chunks of this size: the regular expression costs 0.5 to 1 s a megabyte
+#: of prose on one core (docs/guard.md), and between chunks a thread that scans gives the
+#: interpreter back, so the gateway's event loop waits one chunk (a few milliseconds), not
+#: the whole scan
+UNSAFE_CHUNK = 8192
+#: consecutive chunks overlap by this many characters: a phrase of up to
+#: ``UNSAFE_OVERLAP - _END_MARGIN`` characters (every pattern's match is far shorter) lies
+#: whole in one chunk, however the chunks fall
+UNSAFE_OVERLAP = 512
+#: a match this close to a chunk's end (not the text's) is left to the next chunk: a cut
+#: there could end a word early ("bomb" of "bombshell") or hide what a pattern's
+#: look-ahead must not see ("bomb shelter")
+_END_MARGIN = 64
+
+
 def unsafe_text(text: str) -> bool:
     """Whether the lexicon flags ``text``: a match of :data:`UNSAFE_PATTERNS`, but "are a
     disease" and the like only when the word before names people ("obesity is a disease"
     is a health question), and "should be killed" only when it is not one of the things a
-    developer kills ("this process must be killed")."""
-    for m in _UNSAFE_RE.finditer(text):
+    developer kills ("this process must be killed").
+
+    All of ``text`` is read, whatever its length: a long one with its whitespace collapsed,
+    in overlapping chunks (:data:`UNSAFE_CHUNK`, :data:`UNSAFE_OVERLAP`), so a phrase
+    across a chunk boundary is found as in one pass."""
+    if len(text) <= UNSAFE_CHUNK + UNSAFE_OVERLAP:
+        return _unsafe_span(text, 0, len(text))
+    text = " ".join(text.split())
+    n = len(text)
+    for lo in range(0, n, UNSAFE_CHUNK):
+        hi = min(n, lo + UNSAFE_CHUNK + UNSAFE_OVERLAP)
+        if _unsafe_span(text, lo, hi):
+            return True
+        if hi == n:
+            break
+    return False
+
+
+def _unsafe_span(text: str, lo: int, hi: int) -> bool:
+    """:func:`unsafe_text` on ``text[lo:hi]``, read in place: the look-back before a match
+    and ``\\b`` at ``lo`` see the characters before ``lo``; a match near ``hi`` counts only
+    at the text's end (the next chunk reads it whole)."""
+    last = hi >= len(text)
+    for m in _UNSAFE_RE.finditer(text, lo, hi):
+        if not last and m.end() > hi - _END_MARGIN:
+            continue
         if m.lastgroup not in ("dehum", "should"):
             return True
         w = _LAST_WORD.search(text, max(0, m.start() - 40), m.start())

@@ -1,0 +1,133 @@
+"""What a served guard's unsafe lexicon reads: the whole request, not the routed text's
+head and tail; every user turn in ``last_user`` mode."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import orjson
+
+from gateway.pipeline import RoutedText, routing_text
+from routers.guard import UNSAFE_CHUNK, UNSAFE_OVERLAP, _unsafe_span, unsafe_text
+from tests.unit.gateway_helpers import base_config, chat, gateway_client
+from tests.unit.test_guard_fails import _metric
+from tests.unit.test_guarded_policy import _code_chat_guard
+
+#: in domain for the code/chat guard; 10,000 characters of it on each side of the phrase
+PAD = "fix this bug in my code and refactor this class " * 209
+UNSAFE = "those people are vermin"
+
+
+def _records(tmp_path: Path) -> list[dict]:
+    return [orjson.loads(ln) for ln in (tmp_path / "log.jsonl").read_bytes().splitlines()]
+
+
+# --------------------------------------------------------------------------- the lexicon
+
+
+def test_a_phrase_anywhere_in_a_long_text_is_found_across_chunk_boundaries() -> None:
+    assert len(PAD) >= 10_000
+    assert unsafe_text(f"{PAD}{UNSAFE}. {PAD}")
+    # the phrase at every offset around the first chunk boundaries, whitespace runs in it
+    filler = "please review my pull request today " * 1000
+    for phrase in (UNSAFE, "how do I make a\n\n  pipe bomb", "I am going to kill you"):
+        for k in (1, 2):
+            for back in range(0, 60, 3):
+                at = k * UNSAFE_CHUNK - back
+                text = f"{filler[:at]} {phrase} {filler[at:]}"
+                assert unsafe_text(text), (phrase, at)
+
+
+def test_the_chunks_keep_the_exceptions_a_single_pass_makes() -> None:
+    # what a developer kills, and a bomb shelter, cut at a chunk's end, are not flagged
+    filler = "please review my pull request today " * 1000
+    for phrase in ("this process must be killed", "we should build a bomb shelter",
+                   "obesity is a disease"):
+        for k in (1, 2):
+            for back in range(0, UNSAFE_OVERLAP, 7):
+                at = k * UNSAFE_CHUNK - back
+                assert not unsafe_text(f"{filler[:at]} {phrase} {filler[at:]}"), (phrase, at)
+
+
+def test_chunked_and_single_pass_agree_on_long_texts() -> None:
+    rng = random.Random(7)
+    words = ("the", "people", "are", "vermin", "kill", "all", "those", "immigrants", "process",
+             "must", "be", "killed", "make", "a", "bomb", "shelter", "i", "will", "hurt", "you",
+             "hate", "women", "code", "review", "should", "die", "\n", "  ")
+    for _ in range(30):
+        text = " ".join(rng.choice(words) for _ in range(rng.randint(4000, 12000)))
+        flat = " ".join(text.split())
+        assert unsafe_text(text) == _unsafe_span(flat, 0, len(flat))
+
+
+# --------------------------------------------------------------------------- what it reads
+
+
+def test_routing_text_carries_what_the_lexicon_reads() -> None:
+    turns = [("system", "Never explain how to make a bomb."), ("user", "how do I make a bomb"),
+             ("assistant", "I can't help with that."), ("user", "go on, step by step")]
+    t = routing_text(turns, "last_user")
+    assert t == "go on, step by step" and isinstance(t, RoutedText)
+    assert "make a bomb" in t.whole and "Never explain" not in t.whole
+    assert t.scope == "every user turn"
+    # one short user turn: the routed text is all there is
+    assert type(routing_text([("user", "hello there")], "last_user")) is str
+    long = routing_text([("user", f"{PAD}{UNSAFE} {PAD}")], "last_user")
+    assert isinstance(long, RoutedText) and UNSAFE not in long and UNSAFE in long.whole
+    conv = routing_text([("system", PAD), ("user", f"{UNSAFE} {PAD}")], "conversation")
+    assert isinstance(conv, RoutedText) and conv.scope == "the whole conversation"
+
+
+async def test_unsafe_text_in_the_middle_of_a_long_prompt_is_rejected(
+        ups, tmp_path: Path) -> None:
+    # the guard read the routed text (the first 6,144 and last 2,048 characters): the same
+    # phrase 10,000 characters in went to the expert
+    cfg = base_config(ups[0].base, ups[1].base,
+                      guard={"artifact": str(_code_chat_guard(tmp_path))},
+                      on_reject={"action": "error", "status": 403, "message": "Refused."})
+    async with gateway_client(cfg, tmp_path) as (c, _):
+        # a harmless long prompt with the same head and tail is decided (and cached) first
+        harmless = f"{PAD}the weather is nice. {PAD}"
+        r = await c.post("/v1/chat/completions", json=chat("auto", harmless))
+        assert r.status_code == 200, r.text
+        r = await c.post("/v1/chat/completions", json=chat("auto", harmless))
+        assert r.headers["x-expertgate-cache"] == "hit"
+        bad = f"{PAD}{UNSAFE}. {PAD}"
+        r = await c.post("/v1/chat/completions", json=chat("auto", bad))
+        assert r.status_code == 403, r.text
+        assert "lexicon on the whole text" in r.json()["error"]["message"]
+        assert r.headers["x-expertgate-expert"] == "none"
+        r = await c.post("/v1/completions", json={"model": "auto", "prompt": bad})
+        assert r.status_code == 403, r.text
+        d = (await c.post("/v1/route", json={"model": "auto", "text": bad})).json()
+        assert d["mode"] == "reject" and d["guard"]["reject_reason"] == "unsafe"
+        assert d["guard"]["unsafe_score"] == 1.0 and d["guard"]["skipped"] is True
+        sent = [b["messages"][0]["content"] for b in ups[0].received + ups[1].received]
+        assert sent == [harmless, harmless]  # no unsafe prompt reached an expert
+        m = (await c.get("/metrics")).text
+        assert _metric(m, 'expertgate_rejections_total{policy="auto",reason="unsafe"}') == 2
+        assert _metric(m, 'expertgate_stage_seconds_count{stage="unsafe-scan"}') >= 4
+    recs = _records(tmp_path)
+    assert [r["http_status"] for r in recs] == [200, 200, 403, 403]
+    assert recs[2]["guard"]["reject_reason"] == "unsafe"
+
+
+async def test_an_earlier_user_turn_is_read_not_the_system_message(ups, tmp_path: Path) -> None:
+    cfg = base_config(ups[0].base, ups[1].base,
+                      guard={"artifact": str(_code_chat_guard(tmp_path))},
+                      on_reject={"action": "error", "status": 403, "message": "Refused."})
+    async with gateway_client(cfg, tmp_path) as (c, _):
+        msgs = [{"role": "user", "content": "I will find where you live. I am going to kill "
+                 "you"}, {"role": "assistant", "content": "That is not ok."},
+                {"role": "user", "content": "tell me a joke"}]
+        r = await c.post("/v1/chat/completions", json={"model": "auto", "messages": msgs})
+        assert r.status_code == 403, r.text
+        assert "lexicon on every user turn" in r.json()["error"]["message"]
+        # the operator's instructions naming what to refuse, an assistant turn quoting it
+        msgs = [{"role": "system", "content": "Refuse anyone who asks how to make a bomb."},
+                {"role": "user", "content": "tell me a joke"},
+                {"role": "assistant", "content": "Nobody will learn how to make a bomb here."},
+                {"role": "user", "content": "how are you today"}]
+        r = await c.post("/v1/chat/completions", json={"model": "auto", "messages": msgs})
+        assert r.status_code == 200, r.text
