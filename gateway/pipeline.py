@@ -133,6 +133,8 @@ def _load_artifact(path: Any, expected: str | None, embedder: Embedder | None, w
     if embedder is not None and dim is not None and dim != embedder.dim:
         raise ConfigError(f"{where}: artifact {path} expects {dim}-d embeddings, the gateway's "
                           f"embedder gives {embedder.dim}")
+    if hasattr(router, "serve_lexicon"):  # a guard artifact: a policy's guard: or router: guard
+        _serve_lexicon(router, where)
     return router, version
 
 
@@ -159,6 +161,7 @@ def _load_guard(path: Any, embedder: Embedder | None, where: str) -> tuple[Any, 
     if embedder is not None and guard.dim_ != embedder.dim:
         raise ConfigError(f"{where}: two-stage guard {path} expects {guard.dim_}-d "
                           f"embeddings, the gateway's embedder gives {embedder.dim}")
+    _serve_lexicon(guard, where)
     return guard, digest[:12]
 
 
@@ -239,6 +242,17 @@ def build_policy_set(cfg: GatewayConfig, embedder: Embedder | None) -> PolicySet
             rt.candidate = _candidate(pol, rt, embedder, known, where)
         out[pol.name] = rt
     return PolicySet(cfg, out, time.time())
+
+
+def _serve_lexicon(guard: Any, where: str) -> None:
+    """Every guard the gateway serves runs the unsafe lexicon (``serve_lexicon``), on the
+    whole request (:meth:`Pipeline.decide`); which unsafe layers run is logged at load."""
+    if guard.serve_lexicon():
+        log.warning("%s: the guard artifact was fitted without an unsafe check (unsafe=False, "
+                    "e.g. eval guard's baseline-lr-knn): the gateway runs the unsafe lexicon "
+                    "for it; its seed-similarity layer needs a refit with unsafe=True and "
+                    "the embedder", where)
+    log.info("%s: unsafe layers: %s", where, ", ".join(guard.unsafe_layers_))
 
 
 def _text_guard(rt: PolicyRuntime) -> Any:

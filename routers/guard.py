@@ -910,6 +910,21 @@ class GuardRouter(Router):
                                     skipped=True))
         return out
 
+    def serve_lexicon(self) -> bool:
+        """Make the unsafe lexicon run on this guard's verdicts when it was fitted without
+        an unsafe check (``unsafe=False``: ``expertgate eval guard``'s ``baseline-lr-knn``,
+        which a tie or its score can select and ``--save-selected`` saves): a served guard
+        that never flags unsafe text would let any in-domain-sounding request through. The
+        lexicon needs nothing fitted; the seed-similarity layer needs the seeds embedded and
+        a threshold calibrated at fit time, so it is not added. The OOD threshold was
+        calibrated without the lexicon's rejections (it rejects few in-domain queries).
+        True when the lexicon was added (``unsafe_layers_`` says so from then on)."""
+        self.check_fitted()
+        if "lexicon" in self.unsafe_layers_:
+            return False
+        self.unsafe_layers_ = ["lexicon", *self.unsafe_layers_]
+        return True
+
     # ------------------------------------------------------------------ inference
     @property
     def reads_lexical(self) -> bool:

@@ -98,6 +98,19 @@ class GuardCascade:
         return self.cascade_verdict(X, texts, self._embed_back,
                                     on_back_error=_log_back_error)[0]
 
+    @property
+    def unsafe_layers_(self) -> list[str]:
+        """The unsafe layers that run: the front guard's (the back guard's verdict, taken
+        whole for an escalated query, runs its own: :meth:`serve_lexicon` gives both the
+        lexicon)."""
+        return list(self.front.unsafe_layers_)
+
+    def serve_lexicon(self) -> bool:
+        """:meth:`GuardRouter.serve_lexicon` on both guards (the back stage's verdict
+        replaces the front's); True when either had no lexicon."""
+        added = self.front.serve_lexicon()
+        return self.back.serve_lexicon() or added
+
     def text_verdict(self, texts: Sequence[str]) -> list[GuardVerdict]:
         """The front guard's :meth:`GuardRouter.text_verdict` (no embedding at hand)."""
         return self.front.text_verdict(texts)

@@ -1,15 +1,21 @@
 """What a served guard's unsafe lexicon reads: the whole request, not the routed text's
-head and tail; every user turn in ``last_user`` mode."""
+head and tail; every user turn in ``last_user`` mode; and a guard fitted without an unsafe
+check (``unsafe=False``, eval guard's ``baseline-lr-knn``) still runs the lexicon."""
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 
 import orjson
+import pytest
 
+from evals.datasets.guard import guard_table_from_labels
 from gateway.pipeline import RoutedText, routing_text
-from routers.guard import UNSAFE_CHUNK, UNSAFE_OVERLAP, _unsafe_span, unsafe_text
+from routers.artifacts import save_router
+from routers.embed import HashingEmbedder
+from routers.guard import UNSAFE_CHUNK, UNSAFE_OVERLAP, GuardRouter, _unsafe_span, unsafe_text
 from tests.unit.gateway_helpers import base_config, chat, gateway_client
 from tests.unit.test_guard_fails import _metric
 from tests.unit.test_guarded_policy import _code_chat_guard
@@ -17,6 +23,20 @@ from tests.unit.test_guarded_policy import _code_chat_guard
 #: in domain for the code/chat guard; 10,000 characters of it on each side of the phrase
 PAD = "fix this bug in my code and refactor this class " * 209
 UNSAFE = "those people are vermin"
+
+
+def _lexicon_only_guard(tmp_path: Path) -> Path:
+    """The code/chat guard fitted as eval guard's baseline-lr-knn is: no unsafe check."""
+    pytest.importorskip("skops")
+    emb = HashingEmbedder()
+    texts = ["fix this bug in my code", "refactor this class", "tell me a joke",
+             "how are you today"] * 5
+    labels = ["code", "code", "chat", "chat"] * 5
+    g = GuardRouter(method="knn", target_frr=0.0, unsafe=False,
+                    routes={"code": "coder", "chat": "chatter"})
+    g.fit(emb.embed(texts), guard_table_from_labels(texts, labels), embedder=emb)
+    assert g.unsafe_layers_ == []
+    return save_router(g, tmp_path / "guard-no-unsafe", embedder=emb.name)
 
 
 def _records(tmp_path: Path) -> list[dict]:
@@ -131,3 +151,66 @@ async def test_an_earlier_user_turn_is_read_not_the_system_message(ups, tmp_path
                 {"role": "user", "content": "how are you today"}]
         r = await c.post("/v1/chat/completions", json={"model": "auto", "messages": msgs})
         assert r.status_code == 200, r.text
+
+
+# --------------------------------------------------------------------------- unsafe=False
+
+
+async def test_a_guard_fitted_without_an_unsafe_check_still_runs_the_lexicon(
+        ups, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # a guard selected as baseline-lr-knn and saved by eval guard --save-selected never
+    # flagged unsafe text: "those people are vermin" in domain-sounding words went through
+    art = _lexicon_only_guard(tmp_path)
+    cfg = base_config(ups[0].base, ups[1].base, guard={"artifact": str(art)},
+                      on_reject={"action": "error", "status": 403, "message": "Refused."})
+    caplog.set_level(logging.INFO, "expertgate.pipeline")
+    async with gateway_client(cfg, tmp_path) as (c, gw):
+        assert "fitted without an unsafe check" in caplog.text
+        assert "unsafe layers: lexicon" in caplog.text
+        assert gw.pipeline.policies.policies["auto"].guard.unsafe_layers_ == ["lexicon"]
+        q = "fix this bug in my code, those people are vermin"
+        r = await c.post("/v1/chat/completions", json=chat("auto", q))
+        assert r.status_code == 403, r.text
+        assert "unsafe content (score 1.000, lexicon)" in r.json()["error"]["message"]
+        r = await c.post("/v1/chat/completions", json=chat("auto", "fix this bug in my code"))
+        assert r.status_code == 200, r.text
+    recs = _records(tmp_path)
+    assert recs[0]["guard"]["reject_reason"] == "unsafe"
+    assert recs[1]["guard"]["unsafe_score"] == 0.0  # the lexicon ran and passed it
+
+
+async def test_a_guard_artifact_as_the_router_runs_the_lexicon_too(
+        ups, tmp_path: Path) -> None:
+    art = _lexicon_only_guard(tmp_path)
+    cfg = base_config(ups[0].base, ups[1].base, router="guard", artifact=str(art),
+                      on_reject={"action": "error", "status": 403, "message": "Refused."})
+    cfg["policies"][0].pop("routes")
+    cfg["policies"][0].pop("params")
+    async with gateway_client(cfg, tmp_path) as (c, _):
+        r = await c.post("/v1/chat/completions",
+                         json=chat("auto", "fix this bug in my code, those people are vermin"))
+        assert r.status_code == 403, r.text
+        r = await c.post("/v1/chat/completions", json=chat("auto", f"{PAD}{UNSAFE} {PAD}"))
+        assert r.status_code == 403, r.text
+
+
+def test_both_stages_of_a_two_stage_guard_get_the_lexicon() -> None:
+    from routers.guard_cascade import GuardCascade
+    from tests.unit.test_guard_cascade import BACK, BACK_SPEC, FRONT, TRAIN
+
+    texts = [t for v in TRAIN.values() for t in v]
+    labels = [k for k, v in TRAIN.items() for _ in v]
+
+    def fit(emb: HashingEmbedder) -> GuardRouter:
+        g = GuardRouter(method="knn", k=3, unsafe=False, target_frr=0.25)
+        return g.fit(emb.embed(texts), guard_table_from_labels(texts, labels), embedder=emb)
+
+    # band infinite: every query is escalated, and the back guard's verdict is taken whole
+    c = GuardCascade(fit(FRONT), fit(BACK), band=float("inf"), back_embedder=BACK,
+                     back_spec=BACK_SPEC)
+    q = ["fix this bug in my code, those people are vermin"]
+    assert not c.verdict(FRONT.embed(q), q)[0].rejected
+    assert c.serve_lexicon() and not c.serve_lexicon()  # added once
+    assert c.unsafe_layers_ == ["lexicon"] and c.back.unsafe_layers_ == ["lexicon"]
+    v = c.verdict(FRONT.embed(q), q)[0]
+    assert v.stage == "back" and v.rejected and v.reject_reason == "unsafe"
