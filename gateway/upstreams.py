@@ -49,6 +49,7 @@ from gateway.upstream_http import (
     HTTPClientError,
     InvalidResponse,
     Response,
+    ResponseIncomplete,
     ResponseTooLarge,
     UpstreamHTTP,
 )
@@ -869,6 +870,8 @@ async def call_litellm(expert: ExpertConfig, base: str | None, payload: dict[str
         return b"data: " + exactjson.dumps(obj) + b"\n\n"
 
     it = resp.__aiter__()
+    wrapper: Any = None
+    where = base or expert.name
     # what comes before the first token (a role-only chunk) is held, as for OpenAI-compatible
     # experts (_hold): the provider failing there may still fall back
     held: list[bytes] = []
@@ -877,12 +880,19 @@ async def call_litellm(expert: ExpertConfig, base: str | None, payload: dict[str
         while not check.token and len(held) < HOLD_READS:
             async with _Deadline(loop, timeout_s):
                 ch = await it.__anext__()
+            wrapper = wrapper or _stream_wrapper(resp)
+            if _invented_end(wrapper):
+                raise StopAsyncIteration  # the provider's stream ended with no finish
             ev = event(ch)
             check.feed(ev)
             held.append(ev)
     except StopAsyncIteration:
-        return UpstreamReply(200, "text/event-stream", b"".join(held) + b"data: [DONE]\n\n",
-                             stream=True)
+        # ended before any token (LiteLLM's own finish is no token): as _hold's, a protocol
+        # failure that may fall back, never a 200 stream with nothing in it
+        _close_soon(resp)
+        what = "ended the stream before any token" if held else \
+            "closed the stream before any data"
+        raise UpstreamFailure("protocol", f"{where} {what}", public=what) from None
     except TimeoutError:  # a stall before the first token: as _hold's, it may fall back
         _close_soon(resp)
         what = "token" if held else "data"
@@ -891,18 +901,33 @@ async def call_litellm(expert: ExpertConfig, base: str | None, payload: dict[str
                                                         f"{timeout_s:g}s") from None
     except Exception as e:  # the provider failed before its first token: may fall back
         _close_soon(resp)
+        if _dropped(e):  # its connection broke within the body: as call_openai says it
+            raise UpstreamFailure("protocol", f"{where}: ResponseIncomplete: {e}",
+                                  public="broke the connection (ResponseIncomplete)"
+                                  ) from None
         raise _litellm_failure(expert, e, timeout_s, base) from None
 
     ended = False
 
     async def rest() -> AsyncIterator[bytes]:
-        nonlocal ended
+        nonlocal ended, wrapper
         while True:
             try:  # each read within timeout_s, as _iter_rest's: a stall ends the stream
                 async with _Deadline(loop, timeout_s):
                     ch = await it.__anext__()
             except StopAsyncIteration:
                 break
+            except Exception as e:
+                if _dropped(e):  # the reader ends the stream as after an openai expert's cut
+                    raise ResponseIncomplete(f"{where}: the provider's connection broke "
+                                             f"within the stream: {e}") from None
+                raise
+            wrapper = wrapper or _stream_wrapper(resp)
+            if _invented_end(wrapper):
+                # the provider's stream ended with no finish reason (cut): LiteLLM's made-up
+                # finish is not passed on, nor a [DONE]: the reader reports the cut as it does
+                # an openai expert's stream that ends without [DONE]
+                return
             yield event(ch)
         ended = True
         yield b"data: [DONE]\n\n"
@@ -917,6 +942,61 @@ async def call_litellm(expert: ExpertConfig, base: str | None, payload: dict[str
 
     return UpstreamReply(200, "text/event-stream", b"".join(held), rest(), stream=True,
                          _release=release)
+
+
+def _stream_wrapper(stream: Any) -> Any:
+    """LiteLLM's ``CustomStreamWrapper`` behind a stream ``call_litellm`` got, which knows
+    whether the provider finished: the stream itself (chat), or for a text completion the
+    one its ``TextCompletionStreamWrapper`` reads through async generators (found in their
+    frames once the first chunk was read; None before, or for a stream of another kind:
+    nothing is then known of its end)."""
+    todo = [stream]
+    for _ in range(8):  # LiteLLM 1.106.2: 3 steps for a text completion
+        if not todo:
+            break
+        o = todo.pop(0)
+        if hasattr(o, "sent_last_chunk"):
+            return o
+        inner = getattr(o, "completion_stream", None)
+        if inner is not None:
+            todo.append(inner)
+        frame = getattr(o, "ag_frame", None)  # None once the generator has ended
+        if frame is not None:
+            todo += [v for v in frame.f_locals.values()
+                     if hasattr(v, "sent_last_chunk") or hasattr(v, "ag_frame")]
+    return None
+
+
+def _invented_end(wrapper: Any) -> bool:
+    """Whether the chunk LiteLLM's stream (``wrapper``, :func:`_stream_wrapper`) just gave is
+    LiteLLM's own end of a provider stream that ended without a finish reason: LiteLLM then
+    adds a last chunk with ``finish_reason: stop`` (``finish_reason_handler``), so a stream
+    that was cut (its body ended early, no finish on any chunk) would read as a whole answer.
+    LiteLLM marks that chunk ``sent_last_chunk`` without a ``received_finish_reason`` (or an
+    ``intermittent_finish_reason``: a provider's finish given mid-stream), checked on
+    LiteLLM 1.106.2 (``tests/integration/test_s20_litellm_stream_cut.py``)."""
+    return wrapper is not None and getattr(wrapper, "sent_last_chunk", False) is True and \
+        getattr(wrapper, "received_finish_reason", None) is None and \
+        getattr(wrapper, "intermittent_finish_reason", None) is None
+
+
+def _dropped(e: BaseException) -> bool:
+    """Whether a LiteLLM stream's error is its provider's connection breaking within the
+    body (LiteLLM's ``APIConnectionError``, wrapped in its ``MidStreamFallbackError`` when
+    read from a chat stream, and mapped once more by a text completion's), not an error the
+    provider reported."""
+    conn = _get_litellm().APIConnectionError
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [e]
+    while todo:
+        x = todo.pop()
+        if x is None or id(x) in seen:
+            continue
+        if isinstance(x, conn):
+            return True
+        seen.add(id(x))
+        todo += [getattr(x, "original_exception", None), x.__cause__, x.__context__]
+    return False
 
 
 #: closes of LiteLLM streams in progress (the loop keeps a task only weakly)
