@@ -37,6 +37,13 @@ reaches the client only when no expert of the chain can serve the request.
 
 A completion's ``best_of`` is left as sent: it is ignored there (one sample, not the best of
 several), but the answer has the shape the client asked for.
+
+The answers need one fix too (:func:`stream_fix`): a streamed tool call repeats its ``id``,
+``type`` and ``function.name`` (and a ``function_call`` twin with the name) in every delta,
+where OpenAI sends them in the call's first delta only; every client that accumulates a
+stream (the OpenAI SDK's ``chat.completions.stream``, LangChain) concatenates what comes
+again, and the call came out named ``get_weatherget_weather...``. The deltas after a call's
+first carry its ``index`` and ``arguments`` only, as OpenAI's do.
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ from typing import Any, Literal
 
 from gateway.errors import InvalidRequest, UnsupportedByExpert
 
-__all__ = ["DIALECTS", "Dialect", "adapt"]
+__all__ = ["DIALECTS", "Dialect", "ToolDeltas", "adapt", "stream_fix"]
 
 #: the request dialects an OpenAI-compatible expert's server may speak
 Dialect = Literal["openai", "llama-cpp-python"]
@@ -164,3 +171,60 @@ def _json_schema(rf: dict[str, Any]) -> dict[str, Any]:
 
 #: dialect name -> its adapter (``openai`` sends the body as it is)
 DIALECTS: dict[str, Adapter] = {"llama-cpp-python": _llama_cpp_python}
+
+
+class ToolDeltas:
+    """One stream's tool-call deltas as OpenAI streams them (see the module doc): the
+    ``id``, ``type`` and ``name`` of a call (per choice and call index) and the ``name`` of a
+    choice's ``function_call`` are kept in their first delta and taken out of later ones."""
+
+    __slots__ = ("_seen",)
+
+    def __init__(self) -> None:
+        self._seen: set[tuple[Any, Any]] = set()
+
+    @staticmethod
+    def concerns(line: bytes) -> bool:
+        """Whether an SSE ``data:`` line may hold a named call (the rest pass unparsed: a
+        ``"name"`` within generated text is escaped, ``\\"name\\"``)."""
+        return b'"name"' in line
+
+    def fix(self, ev: dict[str, Any]) -> bool:
+        """Fix the event ``ev`` in place; whether it changed."""
+        changed = False
+        choices = ev.get("choices")
+        for ch in choices if isinstance(choices, list) else ():
+            delta = ch.get("delta") if isinstance(ch, dict) else None
+            if not isinstance(delta, dict):
+                continue
+            i = ch.get("index")
+            calls = delta.get("tool_calls")
+            for call in calls if isinstance(calls, list) else ():
+                if isinstance(call, dict):
+                    changed |= self._once(call, (i, call.get("index")), ("id", "type"))
+            fc = delta.get("function_call")
+            if isinstance(fc, dict):
+                changed |= self._once(fc, (i, "function_call"), ())
+        return changed
+
+    def _once(self, call: dict[str, Any], key: tuple[Any, Any], fields: tuple[str, ...]
+              ) -> bool:
+        fn = call.get("function") if fields else call
+        if key not in self._seen:
+            self._seen.add(key)
+            return False
+        changed = False
+        for k in fields:
+            if k in call:
+                del call[k]
+                changed = True
+        if isinstance(fn, dict) and "name" in fn:
+            del fn["name"]
+            changed = True
+        return changed
+
+
+def stream_fix(dialect: str) -> ToolDeltas | None:
+    """What a stream from a server speaking ``dialect`` needs fixed on its way to the
+    client (a fresh one per stream), or None: ``openai``'s bytes pass untouched."""
+    return ToolDeltas() if dialect == "llama-cpp-python" else None

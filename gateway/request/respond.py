@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from gateway import exactjson
+from gateway.dialect import ToolDeltas, stream_fix
 from gateway.dispatch import DispatchResult
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.messages import answers_asked
@@ -280,8 +281,10 @@ async def _stream(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRes
     unasked = not want_usage and res.expert.kind == "openai" and \
         res.expert.dialect == "openai"
     p = ctx.plan
-    rw = _ModelRewrite(p.model) if p is not None and p.rt is not None and \
-        p.rt.config.rewrite_model else None
+    model = p.model if p is not None and p.rt is not None and p.rt.config.rewrite_model \
+        else None
+    fix = stream_fix(res.expert.dialect) if ctx.endpoint == "chat" else None
+    rw = _EventRewrite(model, fix) if model is not None or fix is not None else None
     held = b""  # (no rewrite) an unterminated last line, sent with its rest
     last = b""  # the end of what was sent
     try:
@@ -434,15 +437,18 @@ async def _drain(it: AsyncIterator[bytes]) -> None:
         log.debug("upstream body after [DONE] not read to its end: %s", type(e).__name__)
 
 
-class _ModelRewrite:
-    """A stream's events with ``model`` set to the policy's name (``rewrite_model``), as a
-    non-streamed answer gets it: whole lines only (the rest of a line waits for its next
-    chunk), each ``data:`` event re-serialised."""
+class _EventRewrite:
+    """A stream's events rewritten on their way: ``model`` set to the policy's name
+    (``rewrite_model``, as a non-streamed answer gets it), and what the expert's dialect
+    needs fixed (:func:`gateway.dialect.stream_fix`). Whole lines only (the rest of a line
+    waits for its next chunk); an event that changes is re-serialised, the others pass as
+    they came."""
 
-    __slots__ = ("model", "tail")
+    __slots__ = ("fix", "model", "tail")
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str | None, fix: ToolDeltas | None = None) -> None:
         self.model = model
+        self.fix = fix
         self.tail = b""
 
     def feed(self, chunk: bytes) -> bytes:
@@ -456,14 +462,26 @@ class _ModelRewrite:
     def _line(self, line: bytes) -> bytes:
         if not line.startswith(b"data:"):
             return line
+        fix = self.fix
+        if self.model is None and (fix is None or not fix.concerns(line)):
+            return line
         try:
             ev = exactjson.loads(line[5:])
         except ValueError:  # orjson's JSONDecodeError among them
             return line  # [DONE], or an invalid line the SSE check ends the stream on
-        if not isinstance(ev, dict) or "model" not in ev:
+        if not isinstance(ev, dict):
             return line
-        ev["model"] = self.model
+        changed = fix is not None and fix.fix(ev)
+        if self.model is not None and "model" in ev:
+            ev["model"] = self.model
+            changed = True
+        if not changed:
+            return line
         return b"data: " + exactjson.dumps(ev) + (b"\r" if line.endswith(b"\r") else b"")
+
+
+#: its former name, which tests/unit/test_upstream_faults.py imports
+_ModelRewrite = _EventRewrite
 
 
 def _without_usage_event(chunk: bytes) -> tuple[bytes, bool]:
