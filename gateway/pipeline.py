@@ -34,7 +34,7 @@ from gateway.metrics import Metrics
 from routers.base import Decision, GuardVerdict, Router, Target
 from routers.embed import Embedder
 from routers.explore import Exploration, exploration_probs
-from routers.guard import UNSAFE_CHUNK, unsafe_text
+from routers.guard import unsafe_text
 from routers.guard_cascade import BACK_FAILED
 
 __all__ = ["ROUTING_HEAD_CHARS", "ROUTING_TAIL_CHARS", "WARM_TEXT", "CandidateRuntime",
@@ -414,6 +414,11 @@ def routing_text(texts: MessageTexts, mode: str) -> str:
     return text
 
 
+#: a request's whole text (RoutedText.whole) up to this long is scanned on the event loop
+#: (a millisecond or two); a longer one in a worker thread, so other requests wait one
+#: chunk of it at most (routers.guard.UNSAFE_CHUNK)
+_SCAN_INLINE_CHARS = 2048
+
 EmbedFn = Callable[[str], Awaitable[np.ndarray]]
 #: the served request a shadow decision shadows, as its log record names it (request_id,
 #: tenant, text_hash): the shadow's record repeats them, so that the two (and the request's
@@ -681,7 +686,7 @@ class Pipeline:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         if isinstance(text, RoutedText):
-            rejected = await self._scan_whole(rt, text, timings, t0)
+            rejected = await self._scan_whole(rt, text, timings, t0, deadline)
             text = str(text)
             if rejected is not None:
                 return rejected
@@ -806,26 +811,35 @@ class Pipeline:
         return await self._finish(rt, d, key, timings, t0, cache=cache and cacheable)
 
     async def _scan_whole(self, rt: PolicyRuntime, text: RoutedText,
-                          timings: dict[str, float], t0: float) -> Decision | None:
+                          timings: dict[str, float], t0: float,
+                          deadline: float | None = None) -> Decision | None:
         """The policy's guard's unsafe lexicon on ``text.whole``: a rejection (never
         cached: its key is the bounded text's, which a request with a harmless middle
         shares), or None. A long text is scanned in a worker thread, chunk by chunk
         (:func:`routers.guard.unsafe_text`), so the event loop waits one chunk at most; the
-        time is ``expertgate_stage_seconds{stage="unsafe-scan"}``. ``whole`` is dropped
-        here whatever the policy (see :class:`RoutedText`)."""
+        time is ``expertgate_stage_seconds{stage="unsafe-scan"}``; past ``deadline`` a 504
+        (the request's deadline covers the decision). ``whole`` is dropped here whatever
+        the policy (see :class:`RoutedText`)."""
         whole, text.whole = text.whole, ""
         guard = _text_guard(rt)
         if guard is None or "lexicon" not in guard.unsafe_layers_:
             return None
         if text.flagged is None:
-            if len(whole) <= UNSAFE_CHUNK:
+            if len(whole) <= _SCAN_INLINE_CHARS:
                 text.flagged = unsafe_text(whole)
             else:
                 if self._scan_executor is None:
                     self._scan_executor = ThreadPoolExecutor(
                         1, thread_name_prefix="unsafe-scan")
-                text.flagged = await asyncio.get_running_loop().run_in_executor(
-                    self._scan_executor, unsafe_text, whole)
+                scan = asyncio.get_running_loop().run_in_executor(self._scan_executor,
+                                                                  unsafe_text, whole)
+                try:
+                    async with asyncio.timeout(None if deadline is None else
+                                               max(0.0, deadline - time.monotonic())):
+                        text.flagged = await scan
+                except TimeoutError:
+                    raise DeadlineExceeded("the request deadline passed while routing "
+                                           "(the guard reading the whole text)") from None
             self._obs_scan.observe(time.perf_counter() - t0)
         dt = time.perf_counter() - t0
         if not text.flagged:

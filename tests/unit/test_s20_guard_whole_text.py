@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from pathlib import Path
 
 import orjson
 import pytest
 
 from evals.datasets.guard import guard_table_from_labels
+from gateway.errors import DeadlineExceeded
 from gateway.pipeline import RoutedText, routing_text
 from routers.artifacts import save_router
 from routers.embed import HashingEmbedder
@@ -151,6 +153,24 @@ async def test_an_earlier_user_turn_is_read_not_the_system_message(ups, tmp_path
                 {"role": "user", "content": "how are you today"}]
         r = await c.post("/v1/chat/completions", json={"model": "auto", "messages": msgs})
         assert r.status_code == 200, r.text
+
+
+async def test_the_whole_text_is_read_once_within_the_deadline(ups, tmp_path: Path) -> None:
+    cfg = base_config(ups[0].base, ups[1].base,
+                      guard={"artifact": str(_code_chat_guard(tmp_path))})
+    async with gateway_client(cfg, tmp_path) as (_, gw):
+        p = gw.pipeline
+        rt = p.policies.policies["auto"]
+        # a deadline already past while the long text is scanned: a 504, never a pass
+        late = routing_text([("user", f"{PAD}{UNSAFE} {PAD}")], "last_user")
+        with pytest.raises(DeadlineExceeded):
+            await p.decide(rt, late, [], deadline=time.monotonic())
+        text = routing_text([("user", f"{PAD}{UNSAFE} {PAD}")], "last_user")
+        d = await p.decide(rt, text, [])
+        assert d.mode == "reject" and "of which the router reads 8,193" in d.reason
+        # the request's plan keeps the string for the routing log: not the megabyte behind it
+        assert text.whole == "" and text.flagged is True
+        assert (await p.decide(rt, text, [])).mode == "reject"  # the dry run's canary
 
 
 # --------------------------------------------------------------------------- unsafe=False
