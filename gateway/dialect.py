@@ -29,7 +29,10 @@ to requests every OpenAI client sends, and ignored some fields silently; the rew
   calls, each a slot of a server that generates one answer at a time per model: the client
   asking for them itself is as fast and says what it costs;
 - a completion's list ``prompt`` of one text becomes that text; a batch of texts or token ids
-  is a 400 (it answered a 500 with an empty message).
+  is a 400 (it answered a 500 with an empty message);
+- a chat's ``logprobs: true`` without ``top_logprobs`` gets ``top_logprobs: 0``: it computes
+  them only when ``top_logprobs`` is given, and answered ``"logprobs": null`` otherwise (each
+  token's ``top_logprobs`` then lists the token itself, where OpenAI's list is empty).
 
 What a dialect cannot carry is an :class:`~gateway.errors.UnsupportedByExpert`: the
 dispatcher then tries the chain's next expert (an ensemble, its other members), and the 400
@@ -97,6 +100,8 @@ def _llama_cpp_python(payload: dict[str, Any], expert: str) -> dict[str, Any]:
         out["response_format"] = _json_schema(rf)
     if payload.get("tool_choice") == "required":
         out["tool_choice"] = _required_tool(payload.get("tools"), expert)
+    if payload.get("logprobs") is True and payload.get("top_logprobs") is None:
+        out["top_logprobs"] = 0  # a chat's logprobs are computed only when it is given
     return out
 
 
