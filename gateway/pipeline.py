@@ -37,7 +37,8 @@ from routers.explore import Exploration, exploration_probs
 from routers.guard import unsafe_text
 from routers.guard_cascade import BACK_FAILED
 
-__all__ = ["ROUTING_HEAD_CHARS", "ROUTING_TAIL_CHARS", "WARM_TEXT", "CandidateRuntime",
+__all__ = ["LEXICON_ONLY", "ROUTING_HEAD_CHARS", "ROUTING_TAIL_CHARS", "WARM_TEXT",
+           "CandidateRuntime",
            "Pipeline", "PolicyRuntime", "PolicySet", "RoutedText", "ShadowOf", "bounded_text",
            "build_embedder", "build_policy_set", "carry_canary_state", "routing_text"]
 
@@ -250,9 +251,12 @@ def _serve_lexicon(guard: Any, where: str) -> None:
     if guard.serve_lexicon():
         log.warning("%s: the guard artifact was fitted without an unsafe check (unsafe=False, "
                     "e.g. eval guard's baseline-lr-knn): the gateway runs the unsafe lexicon "
-                    "for it; its seed-similarity layer needs a refit with unsafe=True and "
-                    "the embedder", where)
+                    "for it (each response says x-expertgate-degraded: %s); its "
+                    "seed-similarity layer needs a refit with unsafe=True and the embedder",
+                    where, LEXICON_ONLY)
     log.info("%s: unsafe layers: %s", where, ", ".join(guard.unsafe_layers_))
+    # every response of its policy says so too (x-expertgate-degraded, the routing log's
+    # degraded, expertgate_degraded_total): Pipeline.decide, LEXICON_ONLY
 
 
 def _text_guard(rt: PolicyRuntime) -> Any:
@@ -414,6 +418,10 @@ def routing_text(texts: MessageTexts, mode: str) -> str:
     return text
 
 
+#: the degraded component of every response of a policy whose guard artifact was fitted
+#: without an unsafe check: the unsafe lexicon the gateway added is its only one
+#: (:func:`_serve_lexicon`)
+LEXICON_ONLY = "guard-unsafe-lexicon-only"
 #: a request's whole text (RoutedText.whole) up to this long is scanned on the event loop
 #: (a millisecond or two); a longer one in a worker thread, so other requests wait one
 #: chunk of it at most (routers.guard.UNSAFE_CHUNK)
@@ -685,6 +693,9 @@ class Pipeline:
         pol = rt.config
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
+        if getattr(_text_guard(rt), "lexicon_served", False):
+            # its artifact has no unsafe check: the gateway's lexicon is all there is
+            degraded.append(LEXICON_ONLY)
         if isinstance(text, RoutedText):
             rejected = await self._scan_whole(rt, text, timings, t0, deadline)
             text = str(text)

@@ -918,11 +918,13 @@ class GuardRouter(Router):
         lexicon needs nothing fitted; the seed-similarity layer needs the seeds embedded and
         a threshold calibrated at fit time, so it is not added. The OOD threshold was
         calibrated without the lexicon's rejections (it rejects few in-domain queries).
-        True when the lexicon was added (``unsafe_layers_`` says so from then on)."""
+        True when the lexicon was added (``unsafe_layers_`` says so from then on, and
+        ``lexicon_served``: the gateway names it in each response's degraded header)."""
         self.check_fitted()
         if "lexicon" in self.unsafe_layers_:
             return False
         self.unsafe_layers_ = ["lexicon", *self.unsafe_layers_]
+        self.lexicon_served = True
         return True
 
     # ------------------------------------------------------------------ inference

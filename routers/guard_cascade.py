@@ -111,6 +111,13 @@ class GuardCascade:
         added = self.front.serve_lexicon()
         return self.back.serve_lexicon() or added
 
+    @property
+    def lexicon_served(self) -> bool:
+        """Whether :meth:`serve_lexicon` gave either guard the lexicon it was fitted
+        without."""
+        return bool(getattr(self.front, "lexicon_served", False)
+                    or getattr(self.back, "lexicon_served", False))
+
     def text_verdict(self, texts: Sequence[str]) -> list[GuardVerdict]:
         """The front guard's :meth:`GuardRouter.text_verdict` (no embedding at hand)."""
         return self.front.text_verdict(texts)

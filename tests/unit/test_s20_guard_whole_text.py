@@ -113,6 +113,7 @@ async def test_unsafe_text_in_the_middle_of_a_long_prompt_is_rejected(
         harmless = f"{PAD}the weather is nice. {PAD}"
         r = await c.post("/v1/chat/completions", json=chat("auto", harmless))
         assert r.status_code == 200, r.text
+        assert "x-expertgate-degraded" not in r.headers  # both unsafe layers ran
         r = await c.post("/v1/chat/completions", json=chat("auto", harmless))
         assert r.headers["x-expertgate-cache"] == "hit"
         bad = f"{PAD}{UNSAFE}. {PAD}"
@@ -192,11 +193,18 @@ async def test_a_guard_fitted_without_an_unsafe_check_still_runs_the_lexicon(
         r = await c.post("/v1/chat/completions", json=chat("auto", q))
         assert r.status_code == 403, r.text
         assert "unsafe content (score 1.000, lexicon)" in r.json()["error"]["message"]
-        r = await c.post("/v1/chat/completions", json=chat("auto", "fix this bug in my code"))
-        assert r.status_code == 200, r.text
+        for _ in range(2):  # the cache hit says it too
+            r = await c.post("/v1/chat/completions",
+                             json=chat("auto", "fix this bug in my code"))
+            assert r.status_code == 200, r.text
+            assert r.headers["x-expertgate-degraded"] == "guard-unsafe-lexicon-only"
+        m = (await c.get("/metrics")).text
+        assert _metric(m, 'expertgate_degraded_total{component="guard-unsafe-lexicon-only"}') \
+            == 3
     recs = _records(tmp_path)
     assert recs[0]["guard"]["reject_reason"] == "unsafe"
     assert recs[1]["guard"]["unsafe_score"] == 0.0  # the lexicon ran and passed it
+    assert [r["degraded"] for r in recs] == [["guard-unsafe-lexicon-only"]] * 3
 
 
 async def test_a_guard_artifact_as_the_router_runs_the_lexicon_too(
@@ -230,7 +238,9 @@ def test_both_stages_of_a_two_stage_guard_get_the_lexicon() -> None:
                      back_spec=BACK_SPEC)
     q = ["fix this bug in my code, those people are vermin"]
     assert not c.verdict(FRONT.embed(q), q)[0].rejected
+    assert not c.lexicon_served
     assert c.serve_lexicon() and not c.serve_lexicon()  # added once
+    assert c.lexicon_served
     assert c.unsafe_layers_ == ["lexicon"] and c.back.unsafe_layers_ == ["lexicon"]
     v = c.verdict(FRONT.embed(q), q)[0]
     assert v.stage == "back" and v.rejected and v.reject_reason == "unsafe"
