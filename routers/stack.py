@@ -488,6 +488,10 @@ class StackRouter(QualityRouter):
         makes thousands of tiny BLAS calls, and a pool of threads woken for each made a
         library call several times slower (an 11-expert meta-model fit: 3.0 s with the
         default pool of two threads, 0.2 s with one)."""
+        # the solvers run on scipy's own OpenBLAS, which threadpoolctl limits only once it is
+        # loaded: a process whose first solver is this fit's (a CLI) kept its pool of threads
+        import sklearn.ensemble
+        import sklearn.linear_model  # noqa: F401
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(1, user_api="blas"):

@@ -13,6 +13,8 @@ labels as sample weights).
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -80,6 +82,45 @@ def test_the_faster_fit_predicts_what_the_reference_fit_predicted(monkeypatch) -
     for name, P in got.items():
         assert P.shape == ref[name].shape, name
         np.testing.assert_allclose(P, ref[name], rtol=1e-6, atol=0, err_msg=name)
+
+
+#: run in a fresh interpreter: scikit-learn and scipy's solvers not yet loaded, as in a CLI
+_SOLVER_THREADS = """
+from threadpoolctl import threadpool_info
+import routers.stack
+from routers.stack import StackRouter
+from tests.unit.test_router_contract import synthetic_table
+
+seen = []
+fit_lr = routers.stack._fit_lr
+
+def spy(*args, **kwargs):
+    seen.append(sorted((i["filepath"].rsplit("/", 1)[-1], i["num_threads"])
+                       for i in threadpool_info() if i["user_api"] == "blas"))
+    return fit_lr(*args, **kwargs)
+
+routers.stack._fit_lr = spy
+routers.stack.FIT_THREADS = 1
+X, table = synthetic_table(200)
+StackRouter(lexical=False, trees=False).fit(X, table)
+print(repr(seen))
+"""
+
+
+def test_the_solvers_blas_runs_one_thread_even_when_the_fit_loads_it() -> None:
+    """scikit-learn's logistic regression runs on scipy's own OpenBLAS, which a process
+    (a CLI) loads at the stack's first fit. The fit's one-BLAS-thread limit was set before
+    that library was loaded, so it did not cover it: every solver step woke a pool of threads
+    (the final and the meta-model fits, and every fit with ``FIT_THREADS`` 1, several times
+    slower on two cores)."""
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-c", _SOLVER_THREADS], env=env, text=True,
+                         capture_output=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[2], check=True)
+    seen = eval(out.stdout.strip().splitlines()[-1])  # a list of lists of (name, threads)
+    assert seen and all(libs for libs in seen)
+    assert any("scipy_openblas" in name for name, _ in seen[0])
+    assert all(n == 1 for libs in seen for _, n in libs), seen
 
 
 if __name__ == "__main__":
