@@ -354,7 +354,8 @@ class RoutedText(str):
     """The text a policy routes on (the string: :func:`bounded_text`), carrying ``whole``:
     the request text its guard's unsafe lexicon must read when that is more than the
     string (a long prompt's middle, the earlier user turns), and ``scope``, which names it
-    (``the whole text``, ``every user turn``, ``the whole conversation``).
+    (``the whole text``, ``the earlier user turns``, ``every user turn``, ``the whole
+    conversation``).
 
     The embedder and the guard's other checks read the bounded string (their cost grows
     with the text); the lexicon is a regular expression, so it reads everything the expert
@@ -408,8 +409,10 @@ def routing_text(texts: MessageTexts, mode: str) -> str:
         if not users:
             raise InvalidRequest("no user message with text to route on", param="messages")
         text = bounded_text(users[-1])
-        if len(users) > 1:
+        if len(users) > 1 and isinstance(text, RoutedText):  # the last turn was cut too
             return RoutedText(text, "\n".join(users), "every user turn")
+        if len(users) > 1:  # the guard's verdict reads the last turn (label, scores) itself
+            return RoutedText(text, "\n".join(users[:-1]), "the earlier user turns")
         return text
     text = bounded_text(" ".join(f"{role}: {t}" for role, t in texts if role is not None),
                         "the whole conversation")
@@ -860,8 +863,8 @@ class Pipeline:
         v = GuardVerdict(rejected=True, reject_reason="unsafe", unsafe_score=1.0,
                          skipped=True)
         return Decision("reject", [], "guard rejected the query: unsafe content (score "
-                        f"1.000, lexicon on {text.scope}: {text.chars:,} characters, of which "
-                        f"the router reads {len(text):,})", rt.config.name, rt.version,
+                        f"1.000, lexicon on {text.scope}: {text.chars:,} characters; the "
+                        f"router reads {len(text):,})", rt.config.name, rt.version,
                         router="guard", guard=v, timings_ms=timings)
 
     async def _finish(self, rt: PolicyRuntime, d: Decision, key: str,

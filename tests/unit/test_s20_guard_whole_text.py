@@ -92,7 +92,10 @@ def test_routing_text_carries_what_the_lexicon_reads() -> None:
     t = routing_text(turns, "last_user")
     assert t == "go on, step by step" and isinstance(t, RoutedText)
     assert "make a bomb" in t.whole and "Never explain" not in t.whole
-    assert t.scope == "every user turn"
+    assert t.scope == "the earlier user turns"
+    cut = routing_text([*turns, ("user", f"{PAD}{UNSAFE} {PAD}")], "last_user")
+    assert isinstance(cut, RoutedText) and cut.scope == "every user turn"
+    assert "make a bomb" in cut.whole and UNSAFE in cut.whole
     # one short user turn: the routed text is all there is
     assert type(routing_text([("user", "hello there")], "last_user")) is str
     long = routing_text([("user", f"{PAD}{UNSAFE} {PAD}")], "last_user")
@@ -146,7 +149,12 @@ async def test_an_earlier_user_turn_is_read_not_the_system_message(ups, tmp_path
                 {"role": "user", "content": "tell me a joke"}]
         r = await c.post("/v1/chat/completions", json={"model": "auto", "messages": msgs})
         assert r.status_code == 403, r.text
-        assert "lexicon on every user turn" in r.json()["error"]["message"]
+        assert "lexicon on the earlier user turns" in r.json()["error"]["message"]
+        # an unsafe last turn is the guard's verdict as before (label, scores)
+        msgs[-1]["content"] = "those people are vermin"
+        msgs[0]["content"] = "tell me a joke"
+        d = (await c.post("/v1/route", json={"model": "auto", "messages": msgs})).json()
+        assert d["guard"]["reject_reason"] == "unsafe" and d["guard"]["label"] is not None
         # the operator's instructions naming what to refuse, an assistant turn quoting it
         msgs = [{"role": "system", "content": "Refuse anyone who asks how to make a bomb."},
                 {"role": "user", "content": "tell me a joke"},
@@ -168,7 +176,7 @@ async def test_the_whole_text_is_read_once_within_the_deadline(ups, tmp_path: Pa
             await p.decide(rt, late, [], deadline=time.monotonic())
         text = routing_text([("user", f"{PAD}{UNSAFE} {PAD}")], "last_user")
         d = await p.decide(rt, text, [])
-        assert d.mode == "reject" and "of which the router reads 8,193" in d.reason
+        assert d.mode == "reject" and "characters; the router reads 8,193)" in d.reason
         # the request's plan keeps the string for the routing log: not the megabyte behind it
         assert text.whole == "" and text.flagged is True
         assert (await p.decide(rt, text, [])).mode == "reject"  # the dry run's canary
