@@ -57,6 +57,7 @@ __all__ = [
     "load_yaml",
     "missing_credentials",
     "open_to_network",
+    "redis_url_problem",
     "settings_errors",
 ]
 
@@ -76,10 +77,28 @@ def settings_errors(err: ValidationError, flags: dict[str, str] | None = None) -
     for e in err.errors():
         field = str(e["loc"][0]) if e["loc"] else "?"
         name = (flags or {}).get(field, f"EXPERTGATE_{field.upper()}")
-        out.append(f"{name}: {e['msg']}"
-                   + (f" (got {e['input']!r})" if isinstance(e.get("input"), str | int | float)
+        value = e.get("input")
+        # a Redis URL's password is not repeated; pydantic's "Value error, " says nothing
+        out.append(f"{name}: {e['msg'].removeprefix('Value error, ')}"
+                   + (f" (got {redact(repr(value))})" if isinstance(value, str | int | float)
                       else ""))
     return out
+
+
+def redis_url_problem(url: str) -> str | None:
+    """Why redis-py cannot connect with ``url`` (None when it can): a scheme other than
+    redis://, rediss:// or unix:// (``http://...``, ``localhost:6379``), a port that is no
+    number, an option it cannot read. Said where the URL is given, before any work: it
+    surfaced as ``ValueError`` from the first connection, in a command's crash path or
+    after a gateway had loaded everything. The message never repeats the URL (a password)."""
+    from redis.connection import parse_url
+
+    try:
+        parse_url(url)
+    except ValueError as e:
+        return (f"not a Redis URL: {redact(str(e))} (e.g. redis://127.0.0.1:6379/0, "
+                "rediss://:PASSWORD@HOST:6380/0, unix:///run/redis.sock)")
+    return None
 
 
 class ConfigError(ValueError):
@@ -153,6 +172,16 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(default=65_536, ge=1024)
     #: serve the dashboard at /ui (its data needs the admin API's credentials)
     ui: bool = True
+
+    @field_validator("redis_url")
+    @classmethod
+    def _readable_redis_url(cls, v: str | None) -> str | None:
+        if not v:
+            return None  # EXPERTGATE_REDIS_URL= : no Redis, as when it is not set
+        why = redis_url_problem(v)
+        if why is not None:
+            raise ValueError(why)
+        return v
 
     @field_validator("log_level")
     @classmethod

@@ -65,12 +65,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # an input no check foresaw: one line, not a traceback
         if os.environ.get("EXPERTGATE_DEBUG"):
             raise
+        settings = _settings_problems(e, args)
+        if settings:
+            for line in settings:
+                print(f"expertgate {prog}: {line}", file=sys.stderr)
+            return 2
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         print(f"expertgate {prog}: error: {type(e).__name__}"
               f"{': ' + msg[:500] if msg else ''} (EXPERTGATE_DEBUG=1 shows the traceback)",
               file=sys.stderr)
         return 1
     return int(rc or 0)
+
+
+def _settings_problems(error: Exception, args: argparse.Namespace) -> list[str]:
+    """One line per invalid setting when ``error`` is the gateway's settings refusing the
+    environment (an ``EXPERTGATE_*`` variable, or an option the command passed on): the
+    variable or option, and why. A command that reads a setting (keys, policy, logs export
+    read the Redis URL) ended in ``error: ValidationError: 1 validation error for
+    Settings``, naming neither, over a variable set for another command. Empty for any
+    other error."""
+    from pydantic import ValidationError
+
+    if not isinstance(error, ValidationError) or error.title != "Settings":
+        return []
+    from gateway.config import settings_errors
+
+    fields = {str(err["loc"][0]) for err in error.errors() if err["loc"]}
+    flags = {f: "--" + f.replace("_", "-") for f in fields
+             if getattr(args, f, None) is not None}
+    return settings_errors(error, flags)
 
 
 def _named_help(parser: argparse.ArgumentParser,

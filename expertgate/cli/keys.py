@@ -69,9 +69,13 @@ _REDIS_URL_HELP = ("the gateways' Redis (default EXPERTGATE_REDIS_URL, better fo
 
 
 def _redis_url(args: argparse.Namespace, command: str) -> str | None:
-    """``--redis-url``, else EXPERTGATE_REDIS_URL; None (and a line saying so) without."""
+    """``--redis-url``, else EXPERTGATE_REDIS_URL; None (and a line saying so) without, or
+    when the URL cannot be read."""
+    from expertgate.cli._redis import bad_redis_url
     from gateway.config import Settings
 
+    if bad_redis_url(f"keys {command}", args.redis_url):
+        return None
     url = args.redis_url or Settings().redis_url
     if not url:
         print(f"expertgate keys {command}: no Redis URL: pass --redis-url URL or set "

@@ -165,9 +165,12 @@ def _record(url: str, policy: str, identity: str, action: str) -> str | None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from expertgate.cli._redis import bad_redis_url
     from gateway.config import ConfigError, Settings, load_yaml, parse_config
 
     path = Path(args.config)
+    if bad_redis_url(f"policy {args.action}", args.redis_url):
+        return 2  # before the file is written: the end could not be recorded there
     redis_url = args.redis_url or Settings().redis_url
     identity = None
     try:

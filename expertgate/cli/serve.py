@@ -822,9 +822,11 @@ def _unread_rotated_feedback(read: list[Path]) -> list[tuple[Path, Path]]:
 def cmd_logs_export(args: argparse.Namespace) -> int:
     import redis
 
-    from expertgate.cli._redis import redis_failure
+    from expertgate.cli._redis import bad_redis_url, redis_failure
     from gateway.logs import export_routing_log, feedback_path_for
 
+    if bad_redis_url("logs export", args.redis_url):
+        return 2
     bad = _export_target_problem(args.out)
     if bad:
         print(f"expertgate logs export: error: {bad}", file=sys.stderr)

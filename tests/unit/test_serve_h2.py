@@ -95,7 +95,7 @@ def test_an_unset_api_key_env_is_a_start_up_warning(tmp_path: Path,
 
 
 def _serve_proc(path: Path, *extra: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    full = {**os.environ, **env, "EXPERTGATE_LOG_PATH": str(path.parent / "log.jsonl")}
+    full = {**os.environ, "EXPERTGATE_LOG_PATH": str(path.parent / "log.jsonl"), **env}
     return subprocess.run(
         [sys.executable, "-c", "import sys; from expertgate.cli import main; sys.exit(main())",
          "serve", "--config", str(path), "--port", str(free_port()), *extra],
@@ -105,14 +105,21 @@ def _serve_proc(path: Path, *extra: str, env: dict[str, str]) -> subprocess.Comp
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_worker_start_up_failure_exits_2_and_says_why_once(tmp_path: Path,
                                                              workers: str) -> None:
-    # a Redis URL with a wrong scheme fails in the gateway's start-up (after the config)
+    # a routing log below a file fails in the gateway's start-up (after the config)
+    (tmp_path / "a-file").write_text("")
+    p = _serve_proc(_cfg(tmp_path), "--workers", workers,
+                    env={"EXPERTGATE_LOG_PATH": str(tmp_path / "a-file" / "log.jsonl")})
+    assert p.returncode == 2, p.stderr
+    if workers == "1":
+        assert p.stderr.count("start-up failed") == 1 and "a-file" in p.stderr, p.stderr
+    else:
+        assert "a worker failed to start" in p.stderr
+    # a Redis URL with a wrong scheme is refused before any worker starts
     p = _serve_proc(_cfg(tmp_path), "--workers", workers,
                     env={"EXPERTGATE_REDIS_URL": "nosuch://127.0.0.1:1/0"})
     assert p.returncode == 2, p.stderr
-    if workers == "1":
-        assert p.stderr.count("Redis URL must specify") == 1, p.stderr
-    else:
-        assert "a worker failed to start" in p.stderr
+    assert p.stderr.count("EXPERTGATE_REDIS_URL: not a Redis URL") == 1, p.stderr
+    assert "worker" not in p.stderr, p.stderr
 
 
 @pytest.mark.parametrize("argv, option", [
