@@ -13,6 +13,14 @@ Finding such a float costs the common body little: an integer orjson cannot keep
 least 19 digits in a row, so a body up to :data:`SCAN_BYTES` is first scanned for one in C
 (about a nanosecond a byte; most bodies end there); a longer body (long prompts, images in
 base64) is walked instead, which costs per value, not per byte of text.
+
+:func:`duplicate_key` finds a key written twice in one object, which orjson (like the
+standard library) reads as its last value while other parsers keep the first: a gateway that
+checks one reading and forwards the bytes lets the expert answer the other. It counts
+instead of re-parsing: every key is followed by exactly one colon, and no other colon of a
+JSON text stands outside a string, so a text whose colons number the keys of its reading
+plus the colons in that reading's strings dropped no key; only a text that fails the count
+(or writes a colon as ``\\u003a``) is read again pair by pair to name the key.
 """
 
 from __future__ import annotations
@@ -20,9 +28,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
 import orjson
 
-__all__ = ["dumps", "exact", "loads"]
+__all__ = ["dumps", "duplicate_key", "exact", "loads"]
 
 #: orjson turns an integer into a float above 2**64 - 1 and below -2**63; a float literal
 #: this large (rare in a request) only costs the exact re-parse, which reads it the same way
@@ -100,3 +109,110 @@ def dumps(obj: Any) -> bytes:
             raise
         return json.dumps(obj, ensure_ascii=False, separators=(",", ":"),
                           allow_nan=False).encode("utf-8")
+
+
+#: containers larger than this are counted by orjson in C, not value by value
+_LARGE = 16
+_COLON, _BACKSLASH = 0x3A, 0x5C
+
+
+def _colons(obj: Any) -> tuple[int, int]:
+    """The colons of ``obj`` written as JSON: one per key, and those in its strings (keys
+    included). Raises orjson's TypeError where a large container cannot be written (an
+    integer beyond 64 bits, nesting deeper than orjson writes)."""
+    t = type(obj)
+    if t is str:
+        return 0, obj.count(":")
+    if t is not dict and t is not list:
+        return 0, 0
+    keys = text = 0
+    stack = [obj]
+    pop, push = stack.pop, stack.append
+    while stack:
+        node = pop()
+        if len(node) > _LARGE:  # keys and text together: at least one colon in text
+            text += orjson.dumps(node).count(b":")  # orjson never escapes a colon
+            continue
+        if type(node) is dict:
+            keys += len(node)
+            for k, v in node.items():
+                if ":" in k:
+                    text += k.count(":")
+                t = type(v)
+                if t is str:
+                    text += v.count(":")
+                elif t is dict or t is list:
+                    push(v)
+        else:
+            for v in node:
+                t = type(v)
+                if t is str:
+                    text += v.count(":")
+                elif t is dict or t is list:
+                    push(v)
+    return keys, text
+
+
+def _raw_colons(raw: bytes) -> int:
+    if len(raw) <= SCAN_BYTES:
+        return raw.count(b":")
+    return int(np.count_nonzero(np.frombuffer(raw, np.uint8) == _COLON))
+
+
+def _escaped_colon(raw: bytes) -> bool:
+    """Whether ``raw`` may write a colon as an escape (``\\u003a``)."""
+    if len(raw) <= SCAN_BYTES:
+        return b"\\u003" in raw
+    a = np.frombuffer(raw, np.uint8)
+    at = np.flatnonzero(a[:-5] == _BACKSLASH)
+    return bool(np.any((a[at + 1] == 0x75) & (a[at + 2] == 0x30) & (a[at + 3] == 0x30)
+                       & (a[at + 4] == 0x33)))
+
+
+class _Twice(dict[str, Any]):
+    """An object of the pair-by-pair reading that holds ``key`` twice."""
+
+    key: str
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    d = dict(pairs)
+    if len(d) == len(pairs):
+        return d
+    seen: set[str] = set()
+    for k, _ in pairs:
+        if k in seen:
+            break
+        seen.add(k)
+    twice = _Twice(d)
+    twice.key = k
+    return twice
+
+
+def duplicate_key(raw: bytes, obj: Any) -> tuple[str, ...] | None:
+    """The path (``("messages", "0", "content")``) of the first key ``raw`` writes twice in
+    one object, or None; ``obj`` is ``raw`` as :func:`loads` read it. Raises RecursionError
+    where ``raw`` must be read again and nests deeper than the standard library reads."""
+    try:
+        keys, text = _colons(obj)
+    except TypeError:
+        pass  # too wide or too deep for orjson to write: read pair by pair
+    else:
+        # a key dropped takes its colon with it, so the text has more than its reading,
+        # unless a colon the reading keeps was written as an escape (none without a colon
+        # in the reading's strings)
+        if _raw_colons(raw) == keys + text and not (text and _escaped_colon(raw)):
+            return None
+    # orjson accepted ``raw`` (strict JSON, valid UTF-8): the standard library reads the
+    # same values
+    tree = json.loads(raw, object_pairs_hook=_pairs)
+    stack: list[tuple[Any, tuple[str, ...]]] = [(tree, ())]
+    while stack:  # in document order: the first object holding a key twice
+        node, path = stack.pop()
+        if type(node) is _Twice:
+            return (*path, node.key)
+        items = node.items() if isinstance(node, dict) else enumerate(node) \
+            if isinstance(node, list) else ()
+        stack.extend(reversed([(v, (*path, str(k))) for k, v in items
+                               if isinstance(v, (dict, list))]))
+    return None

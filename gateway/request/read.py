@@ -18,7 +18,7 @@ import orjson
 
 from gateway.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, ServiceUnavailable
 from gateway.request.context import RequestContext
-from gateway.request.schema import validate
+from gateway.request.schema import refuse_duplicates, validate
 
 __all__ = ["BodyReads", "ClientDisconnected", "check_length", "read", "read_body", "read_other"]
 
@@ -131,7 +131,8 @@ async def read(receive: Receive, ctx: RequestContext, limit: int, timeout_s: flo
 async def read_other(receive: Receive, headers: Iterable[tuple[bytes, bytes]], limit: int,
                      timeout_s: float, reads: BodyReads) -> bytes:
     """The body of a request for the FastAPI part, under the same limits; a JSON body must
-    be strict JSON (UTF-8, no lone surrogates), as on the request path."""
+    be strict JSON (UTF-8, no lone surrogates, no key twice in an object), as on the
+    request path."""
     ctype = b""
     for k, v in headers:
         if k == b"content-length":
@@ -144,8 +145,9 @@ async def read_other(receive: Receive, headers: Iterable[tuple[bytes, bytes]], l
     raw = await read_body(receive, limit, timeout_s, reads)
     if raw and b"json" in ctype:
         try:
-            orjson.loads(raw)
+            obj = orjson.loads(raw)
         except orjson.JSONDecodeError as e:
             raise InvalidRequest(f"request body is not valid JSON: {e.msg} at position "
                                  f"{e.pos}") from None
+        refuse_duplicates(raw, obj)
     return raw

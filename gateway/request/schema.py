@@ -27,7 +27,7 @@ from gateway import exactjson
 from gateway.errors import InvalidRequest
 
 __all__ = ["BODIES", "ChatRequest", "CompletionRequest", "EmbeddingsRequest", "FeedbackRequest",
-           "RouteRequest", "validate"]
+           "RouteRequest", "refuse_duplicates", "validate"]
 
 _OPEN = ConfigDict(extra="allow", strict=True)
 _CLOSED = ConfigDict(extra="forbid", strict=True)
@@ -234,6 +234,7 @@ def validate(endpoint: str, raw: bytes, max_messages: int | None = None,
                              ) from None
     except (ValueError, RecursionError) as e:  # the exact re-parse of a very wide integer
         raise InvalidRequest(f"request body cannot be read exactly: {e}") from None
+    refuse_duplicates(raw, obj)
     if model is not None and isinstance(obj, dict):
         obj["model"] = model
     _bound_batch(endpoint, obj)
@@ -267,6 +268,23 @@ def validate(endpoint: str, raw: bytes, max_messages: int | None = None,
                                  "candidates is known only when all are done)",
                                  param="best_of")
     return body
+
+
+def refuse_duplicates(raw: bytes, obj: Any) -> None:
+    """A 400 naming a key ``raw`` writes twice in one object (``obj``: its reading). orjson
+    keeps the last value, other parsers the first: the gateway would check one ``messages``
+    (or ``model``) while the client's bytes, forwarded as they came, could make the expert
+    answer the other."""
+    try:
+        path = exactjson.duplicate_key(raw, obj)
+    except RecursionError:
+        raise InvalidRequest("request body is nested too deeply to check its keys") from None
+    if path is not None:
+        param = ".".join(path)
+        raise InvalidRequest(
+            f"{param[:200]}: duplicate key {path[-1][:64]!r} in the request body's JSON; write "
+            "each key once per object (JSON parsers disagree on which of two values counts)",
+            param=param)
 
 
 def _coherent(endpoint: str, body: dict[str, Any]) -> None:

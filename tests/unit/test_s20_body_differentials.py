@@ -1,0 +1,200 @@
+"""The body the gateway checks is the body the expert gets: a JSON key written twice in one
+object is refused (parsers disagree on which value counts: the gateway read the last
+``messages`` while it forwarded the client's bytes, which a first-key parser reads as the
+other one), and every malformed or hostile body is a 4xx naming what is wrong, never a 500,
+or reaches the expert exactly as the gateway read it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+
+from expertgate.bench.upstream_double import OpenAIUpstreamDouble
+from gateway import exactjson
+from tests.unit.gateway_helpers import base_config, gateway_client
+
+
+@dataclass
+class RawDouble(OpenAIUpstreamDouble):
+    """An upstream double that also keeps the bytes of every request, as sent."""
+
+    bodies: list[bytes] = field(default_factory=list)
+
+    def _app(self) -> web.Application:
+        app = web.Application()
+        for path, handler in (("/v1/chat/completions", self._chat),
+                              ("/v1/completions", self._completions),
+                              ("/v1/embeddings", self._embeddings)):
+            app.router.add_post(path, self._keeping(handler))
+        return app
+
+    def _keeping(self, handler: Any) -> Any:
+        async def keep(request: web.Request) -> web.StreamResponse:
+            self.bodies.append(await request.read())
+            return await handler(request)
+        return keep
+
+
+@pytest.fixture
+async def raw_ups() -> Any:
+    a = await RawDouble("coder-double").start()
+    b = await RawDouble("chatter-double").start()
+    yield a, b
+    await a.stop()
+    await b.stop()
+
+
+def _first_key_wins(raw: bytes) -> Any:
+    """How a parser that keeps a key's first value reads ``raw``."""
+    def first(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        d: dict[str, Any] = {}
+        for k, v in pairs:
+            d.setdefault(k, v)
+        return d
+    return json.loads(raw, object_pairs_hook=first)
+
+
+def _error(r: Any) -> dict[str, Any]:
+    assert 400 <= r.status_code < 500, (r.status_code, r.text)
+    obj = r.json()
+    assert set(obj) == {"error"} and set(obj["error"]) == {"message", "type", "param", "code"}
+    assert "Traceback" not in r.text
+    return obj["error"]  # type: ignore[no-any-return]
+
+
+_HEADERS = {"content-type": "application/json"}
+
+#: (body, the duplicated key's path): "chatter" is an expert whose upstream model is its own
+#: name, so a request naming it passes the client's bytes through untouched
+DUPLICATES = [
+    (b'{"model": "chatter", "messages": [{"role": "user", "content": "What is the capital '
+     b'of France?"}], "messages": [{"role": "user", "content": "hello"}]}', "messages"),
+    (b'{"model": "chatter", "messages": [{"role": "user", "content": "hi"}], '
+     b'"model": "coder"}', "model"),
+    (b'{"model": "chatter", "messages": [{"role": "user", "content": "first", '
+     b'"content": "second"}]}', "messages.0.content"),
+    # the same key once decoded: "mess\\u0061ges" is "messages"
+    (b'{"model": "chatter", "messages": [{"role": "user", "content": "a"}], '
+     b'"mess\\u0061ges": [{"role": "user", "content": "b"}]}', "messages"),
+    # deep in a field the gateway does not read, beside colons and an escaped colon
+    (b'{"model": "chatter", "messages": [{"role": "user", "content": "a: b \\u003a"}], '
+     b'"metadata": {"x": [{"k:": 1, "k:": 2}]}}', "metadata.x.0.k:"),
+]
+
+
+@pytest.mark.parametrize(("raw", "path"), DUPLICATES)
+async def test_a_key_written_twice_is_a_400_naming_it_and_nothing_is_forwarded(
+        raw_ups: Any, tmp_path: Path, raw: bytes, path: str) -> None:
+    coder, chatter = raw_ups
+    # what the defect was: the gateway's reading and a first-key parser's differ
+    assert orjson.loads(raw) != _first_key_wins(raw)
+    async with gateway_client(base_config(coder.base, chatter.base), tmp_path) as (c, _):
+        r = await c.post("/v1/chat/completions", content=raw, headers=_HEADERS)
+        err = _error(r)
+        assert r.status_code == 400 and err["type"] == "invalid_request_error"
+        assert err["param"] == path and "duplicate key" in err["message"]
+        assert repr(path.rsplit(".", 1)[-1]).strip("'") in err["message"]
+    assert coder.bodies == [] and chatter.bodies == []
+
+
+@pytest.mark.parametrize("path", ["/v1/route", "/v1/completions", "/v1/embeddings",
+                                  "/v1/feedback"])
+async def test_every_endpoint_refuses_a_duplicate_key(ups: Any, tmp_path: Path, path: str
+                                                      ) -> None:
+    raw = (b'{"model": "auto", "text": "hi", "prompt": "hi", "input": "hi", '
+           b'"request_id": "r", "score": 1, "model": "chatter"}')
+    async with gateway_client(base_config(ups[0].base, ups[1].base), tmp_path) as (c, _):
+        r = await c.post(path, content=raw, headers=_HEADERS)
+        err = _error(r)
+        assert r.status_code == 400 and err["param"] == "model", err
+        assert "duplicate key 'model'" in err["message"]
+
+
+async def test_a_duplicate_key_in_an_admin_body_is_a_400(ups: Any, tmp_path: Path) -> None:
+    """The FastAPI part's bodies (``/admin/*``) are read through the same check."""
+    async with gateway_client(base_config(ups[0].base, ups[1].base), tmp_path) as (c, _):
+        r = await c.post("/admin/reload", content=b'{"path": "a", "path": "b"}',
+                         headers=_HEADERS)
+        err = _error(r)
+        assert r.status_code == 400 and err["param"] == "path" and "duplicate" in err["message"]
+
+
+#: bodies without a key written twice, each of which takes a different path through the
+#: check: colons in strings and keys, an escaped colon, the same key in sibling objects,
+#: an integer beyond 64 bits, a long list, an object of many keys
+UNIQUE = [
+    {"model": "chatter", "messages": [{"role": "system", "content": "Note: be brief"},
+                                      {"role": "user", "content": "a: b"}]},
+    {"model": "chatter", "messages": [{"role": "user", "content": "time 12:30 \\u003a"}]},
+    {"model": "chatter", "messages": [{"role": "user", "content": "x"}], "seed": 2**70},
+    {"model": "chatter", "messages": [{"role": "user", "content": "x"}],
+     "logit_bias": {str(i): 1 for i in range(100)}, "stop": [f"s:{i}" for i in range(40)]},
+    {"model": "chatter", "messages": [{"role": "user", "content": "x"}],
+     "metadata": {"a:b": {"a:b": [{"a": 1}, {"a": 2}]}}},
+]
+
+
+@pytest.mark.parametrize("body", UNIQUE)
+async def test_a_body_without_duplicates_passes_byte_for_byte(raw_ups: Any, tmp_path: Path,
+                                                              body: dict[str, Any]) -> None:
+    coder, chatter = raw_ups
+    raw = json.dumps(body).encode()  # the standard library's spacing: not orjson's bytes
+    raw = raw.replace(b"\\\\u003a", b"\\u003a")  # the escape itself, not its text
+    async with gateway_client(base_config(coder.base, chatter.base), tmp_path) as (c, _):
+        r = await c.post("/v1/chat/completions", content=raw, headers=_HEADERS)
+        assert r.status_code == 200, r.text
+    assert chatter.bodies == [raw]
+
+
+def test_the_check_agrees_with_a_pair_by_pair_reading() -> None:
+    """The fast count and the re-parse agree on every shape (unit level, no server)."""
+    cases = [(b"{}", None), (b"[]", None), (b'"a:b"', None), (b'{"a":1,"b":{"a":2}}', None),
+             (b'{"a":1,"a":1}', "a"), (b'[{"a":1},{"b":[{"c":1,"c":2}]}]', "1.b.0.c"),
+             (b'{"a":"\\u003a","b":1,"b":2}', "b"), (b'{"a" : 1 , "a" : 2}', "a"),
+             (b'{"x":"\\u003a\\u003a","a":1,"a":2}', "a"),
+             (b'{"l":[' + b",".join([b'{"k":1}'] * 40) + b'],"l":0}', "l"),
+             (b'{"l":[' + b",".join([b'{"k":1,"k":2}'] * 40) + b"]}", "l.0.k")]
+    # over exactjson.SCAN_BYTES, where the text is counted with numpy
+    long = b'{"p":"' + b"x: " * 30_000
+    cases += [(long + b'"}', None), (long + b'\\u003a","a":1}', None),
+              (long + b'\\u003a","a":1,"a":2}', "a"), (long + b'","a":1,"a":2}', "a"),
+              (long + b'\\\\u003a","a":1,"a":2}', "a")]
+    for raw, want in cases:
+        path = exactjson.duplicate_key(raw, exactjson.loads(raw))
+        assert (path if path is None else ".".join(path)) == want, raw
+
+
+def measure() -> None:
+    """What the check costs beside orjson's parse (the figures in docs/security.md):
+    ``.venv/bin/python -m tests.unit.test_s20_body_differentials``."""
+    import timeit
+
+    def chat(text: str, n: int = 1) -> bytes:
+        return orjson.dumps({"model": "auto", "temperature": 0.2, "max_tokens": 100, "messages": [
+            {"role": "system", "content": "Note: be brief."},
+            *[{"role": "user", "content": text}] * n]})
+
+    bodies = {"4 KB chat": chat("Hello: world. " * 285),
+              "1 MB one prompt": chat("Hello: world. " * 74_000),
+              "1 MB of 9000 messages": chat("Hello: world. " * 8, 9000),
+              "1 MB of token ids": orjson.dumps({"model": "x", "prompt": list(range(140_000))})}
+    for name, raw in bodies.items():
+        obj = orjson.loads(raw)
+        n = max(20, int(4e7 // len(raw)))
+
+        def best(f: Any, n: int = n) -> float:
+            return min(timeit.repeat(f, number=n, repeat=9)) / n * 1e6
+        check = best(lambda: exactjson.duplicate_key(raw, obj))  # noqa: B023
+        parse = best(lambda: orjson.loads(raw))  # noqa: B023
+        print(f"{name:22s} {len(raw):9,d} B: duplicate_key {check:8.1f} us, orjson.loads "
+              f"{parse:8.1f} us")
+
+
+if __name__ == "__main__":
+    measure()
