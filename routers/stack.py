@@ -170,6 +170,56 @@ def _each(fn: Callable[[int], None], items: Sequence[int]) -> None:
             pass
 
 
+def _each_group(groups: int, folds: int, final: Callable[[int], None],
+                fold: Callable[[int, int], None], meta: Callable[[int], None]) -> None:
+    """Per group of experts: ``final(g)``, then ``fold(g, f)`` for every fold (they start
+    from the final fit's coefficients), then ``meta(g)`` (it reads every fold's estimates).
+    In :data:`FIT_THREADS` threads with one BLAS thread each, all groups' steps in one pool:
+    a group's folds start as soon as its final fit is done and its meta-model as soon as its
+    last fold is, while the other threads go on with other groups' steps (a pool per group
+    left a core idle during each group's final fit and the last of its five folds). Each
+    step writes only its own group's (and fold's) results, so the order does not change
+    them."""
+    threads = FIT_THREADS if FIT_THREADS is not None else _usable_cores()
+    threads = max(1, min(int(threads), groups * folds))
+    if threads == 1:
+        for g in range(groups):
+            final(g)
+            for f in range(folds):
+                fold(g, f)
+            meta(g)
+        return
+    from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+    from threadpoolctl import threadpool_limits
+
+    left = [folds] * groups
+    with threadpool_limits(1), ThreadPoolExecutor(threads) as ex:
+        step: dict[Future[None], tuple[str, int]] = {ex.submit(final, g): ("final", g)
+                                                      for g in range(groups)}
+        pending = set(step)
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fu in done:
+                    fu.result()  # a step's error ends the fit
+                    what, g = step.pop(fu)
+                    nxt: list[Future[None]] = []
+                    if what == "final":
+                        nxt = [ex.submit(fold, g, f) for f in range(folds)]
+                        step.update((n, ("fold", g)) for n in nxt)
+                    elif what == "fold":
+                        left[g] -= 1
+                        if not left[g]:
+                            nxt = [ex.submit(meta, g)]
+                            step[nxt[0]] = ("meta", g)
+                    pending.update(nxt)
+        except BaseException:
+            for fu in pending:  # queued steps do not run after an error
+                fu.cancel()
+            raise
+
+
 def _usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -564,52 +614,63 @@ class StackRouter(QualityRouter):
         st_c, st_b = np.zeros((m, H.shape[1])), np.zeros(m)
         # the meta-model's inputs: every expert's components, then the prompt statistics
         meta_c, meta_b = np.zeros((m, m * n_comp + H.shape[1])), np.zeros(m)
-        pairs: list[tuple[list[int], np.ndarray, np.ndarray]] = []
         rates = np.zeros((K, m))
         expert_trees: list[Any] = [None] * m
         lists = self._fold_neighbours(Xu, fold_all, S, groups)
-        for experts in groups.values():
-            finite = np.isfinite(S[:, experts[0]])
-            ok = np.flatnonzero(finite)
+        group_list = list(groups.values())
+        oks = [np.flatnonzero(np.isfinite(S[:, js[0]])) for js in group_list]
+        fulls: list[list[Any]] = [[] for _ in group_list]
+        oofs = [np.zeros((len(js), ok.size, n_comp)) for js, ok in zip(group_list, oks,
+                                                                       strict=True)]
+        group_pairs: list[tuple[list[int], np.ndarray, np.ndarray] | None] = \
+            [None] * len(group_list)
+        seed = int(self.seed)
+
+        def final(gi: int) -> None:
+            """The group's fits on all its prompts (they start the fold fits)."""
+            experts, ok = group_list[gi], oks[gi]
             Xa, Ha, Sa = Xu[ok], H[ok], S[ok][:, experts]
-            fold = fold_all[ok]
             ca = cat_all[ok] if cat_all is not None else None
             La = L[ok] if L is not None else None
             Fa = F[ok] if F is not None else None
-            seed = int(self.seed)
-            full = []
-            for g, j in enumerate(experts):  # the final fit first: it starts the fold fits
+            for g, j in enumerate(experts):
                 _, coefs = self._base(Xa, Ha, Sa[:, g], Xa[:1], Ha[:1], Sa[:1, g], None,
                                       None, K, None if La is None else (La, La[:1]),
                                       trees=None if Fa is None else (Fa, Fa[:1], seed))
-                full.append(coefs)
+                fulls[gi].append(coefs)
                 emb_c[j], emb_b[j], st_c[j], st_b[j], cl, bl, expert_trees[j] = coefs
                 if use_lr:
                     self.lex_coef_[j], self.lex_bias_[j] = cl, bl
                 if ca is not None:
                     rates[:, j] = self._rates(Sa[:, g], ca, K)
-            oof = np.zeros((len(experts), ok.size, n_comp))
 
-            def one_fold(f: int, fold: np.ndarray = fold, Xa: np.ndarray = Xa,
-                         Ha: np.ndarray = Ha, Sa: np.ndarray = Sa, ca: Any = ca, La: Any = La,
-                         Fa: Any = Fa, oof: np.ndarray = oof, full: list[Any] = full,
-                         n_exp: int = len(experts), seed: int = seed, ok: np.ndarray = ok,
-                         Sg: np.ndarray = S[:, experts], finite: np.ndarray = finite) -> None:
-                te, tr = fold == f, fold != f
-                if tr.sum() < 2 or not te.any():
-                    return
-                lex_f = None if La is None else (La[tr], La[te])
-                trees_f = None if Fa is None else (Fa[tr], Fa[te], seed + 1 + f)
-                pre = None if lists is None else self._fold_knn(  # the shared search
-                    lists[f], ok[te], Sg, finite, Xa[te], Xa[tr], Sa[tr])
-                kn, catw = self._shared(Xa[tr], Sa[tr], Xa[te],
-                                        ca[tr] if ca is not None else None, K, lex_f, kn=pre)
-                for g in range(n_exp):
-                    oof[g, te] = self._base(Xa[tr], Ha[tr], Sa[tr, g], Xa[te], Ha[te],
-                                            kn[:, g], catw, ca[tr] if ca is not None else None,
-                                            K, lex_f, init=full[g], trees=trees_f)[0]
+        def one_fold(gi: int, f: int) -> None:
+            """The group's out-of-fold estimates of fold ``f``'s prompts (its rows of the
+            group's ``oofs``). Rows are taken from the whole table (``ok[tr]``: the same rows
+            as the group's rows' ``[tr]``), so no group's copy of the table stays alive."""
+            experts, ok = group_list[gi], oks[gi]
+            fold = fold_all[ok]
+            te, tr = fold == f, fold != f
+            if tr.sum() < 2 or not te.any():
+                return
+            rtr, rte = ok[tr], ok[te]
+            Xtr, Xte, Str = Xu[rtr], Xu[rte], S[rtr][:, experts]
+            ctr = cat_all[rtr] if cat_all is not None else None
+            lex_f = None if L is None else (L[rtr], L[rte])
+            trees_f = None if F is None else (F[rtr], F[rte], seed + 1 + f)
+            pre = None if lists is None else self._fold_knn(  # the shared search
+                lists[f], rte, S[:, experts], np.isfinite(S[:, experts[0]]), Xte, Xtr, Str)
+            kn, catw = self._shared(Xtr, Str, Xte, ctr, K, lex_f, kn=pre)
+            Htr, Hte = H[rtr], H[rte]
+            for g in range(len(experts)):
+                oofs[gi][g, te] = self._base(Xtr, Htr, Str[:, g].copy(), Xte, Hte, kn[:, g],
+                                             catw, ctr, K, lex_f, init=fulls[gi][g],
+                                             trees=trees_f)[0]
 
-            _each(one_fold, range(int(self.folds)))
+        def meta(gi: int) -> None:
+            """The group's meta-models, on its out-of-fold estimates (every fold done)."""
+            experts, ok, oof = group_list[gi], oks[gi], oofs[gi]
+            Ha, Sa = H[ok], S[ok][:, experts]
             # each expert's meta-model reads the components of every expert of its group
             # and the statistics (``shared_meta``), or its own components only
             Z = np.hstack([_logit(oof).transpose(1, 0, 2).reshape(ok.size, -1), Ha])
@@ -626,7 +687,11 @@ class StackRouter(QualityRouter):
             if joint is not None:
                 W = np.zeros((4, meta_c.shape[1]))
                 W[:, cols] = joint[0]
-                pairs.append((list(experts), W, joint[1]))
+                group_pairs[gi] = (list(experts), W, joint[1])
+
+        _each_group(len(group_list), int(self.folds), final, one_fold, meta)
+        pairs: list[tuple[list[int], np.ndarray, np.ndarray]] = \
+            [p for p in group_pairs if p is not None]
         self.centroids_ = self._centroids(Xu, cat_all, K) if cat_all is not None else \
             np.zeros((0, Xu.shape[1]))
         self.category_rates_ = rates

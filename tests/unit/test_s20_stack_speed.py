@@ -84,6 +84,30 @@ def test_the_faster_fit_predicts_what_the_reference_fit_predicted(monkeypatch) -
         np.testing.assert_allclose(P, ref[name], rtol=1e-6, atol=0, err_msg=name)
 
 
+def test_an_error_in_one_groups_step_ends_the_fit_with_that_error(monkeypatch) -> None:
+    """Every group's steps share one pool of threads: a failing fold fit is raised to the
+    caller (not lost in a thread), and the fit does not hang."""
+    import routers.stack
+    from tests.unit.test_router_contract import synthetic_table as small_table
+
+    monkeypatch.setattr(routers.stack, "FIT_THREADS", 2)
+    base = StackRouter._base
+
+    def failing(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if kwargs.get("init") is not None:  # a fold's fit (the final fits have no init)
+            raise MemoryError("fold fit failed")
+        return base(self, *args, **kwargs)
+
+    monkeypatch.setattr(StackRouter, "_base", failing)
+    X, table = small_table(120, models=["a", "b", "c"])
+    S = table.scores.copy()
+    S[::4, 2] = np.nan  # two groups of experts
+    table = RoutingTable(table.prompt_ids, table.prompts, table.models, S, table.costs,
+                         table.categories)
+    with pytest.raises(MemoryError, match="fold fit failed"):
+        StackRouter(lexical=False, trees=False).fit(X, table)
+
+
 #: run in a fresh interpreter: scikit-learn and scipy's solvers not yet loaded, as in a CLI
 _SOLVER_THREADS = """
 from threadpoolctl import threadpool_info
