@@ -380,6 +380,10 @@ class RoutedText(str):
         self.flagged = None
         return self
 
+    def __reduce__(self) -> tuple[type[str], tuple[str]]:
+        # a copy or a pickle (anything that leaves this request) is the bounded text alone
+        return (str, (str(self),))
+
 
 def bounded_text(text: str, scope: str = "the whole text") -> str:
     """``text`` with its whitespace runs collapsed to single spaces and, when longer than

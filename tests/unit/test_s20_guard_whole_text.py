@@ -4,7 +4,9 @@ check (``unsafe=False``, eval guard's ``baseline-lr-knn``) still runs the lexico
 
 from __future__ import annotations
 
+import copy
 import logging
+import pickle
 import random
 import time
 from pathlib import Path
@@ -93,6 +95,8 @@ def test_routing_text_carries_what_the_lexicon_reads() -> None:
     assert t == "go on, step by step" and isinstance(t, RoutedText)
     assert "make a bomb" in t.whole and "Never explain" not in t.whole
     assert t.scope == "the earlier user turns"
+    # a copy or a pickle of it is the routed text alone (it never carries the whole along)
+    assert type(pickle.loads(pickle.dumps(t))) is str and copy.deepcopy(t) == t
     cut = routing_text([*turns, ("user", f"{PAD}{UNSAFE} {PAD}")], "last_user")
     assert isinstance(cut, RoutedText) and cut.scope == "every user turn"
     assert "make a bomb" in cut.whole and UNSAFE in cut.whole
