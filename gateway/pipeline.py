@@ -134,8 +134,8 @@ def _load_artifact(path: Any, expected: str | None, embedder: Embedder | None, w
     if embedder is not None and dim is not None and dim != embedder.dim:
         raise ConfigError(f"{where}: artifact {path} expects {dim}-d embeddings, the gateway's "
                           f"embedder gives {embedder.dim}")
-    if hasattr(router, "serve_lexicon"):  # a guard artifact: a policy's guard: or router: guard
-        _serve_lexicon(router, where)
+    if hasattr(router, "serve_lexicon") and _serve_lexicon(router, where):
+        version += "+lexicon"  # a guard artifact (guard:, router: guard) given the lexicon
     return router, version
 
 
@@ -162,8 +162,7 @@ def _load_guard(path: Any, embedder: Embedder | None, where: str) -> tuple[Any, 
     if embedder is not None and guard.dim_ != embedder.dim:
         raise ConfigError(f"{where}: two-stage guard {path} expects {guard.dim_}-d "
                           f"embeddings, the gateway's embedder gives {embedder.dim}")
-    _serve_lexicon(guard, where)
-    return guard, digest[:12]
+    return guard, digest[:12] + ("+lexicon" if _serve_lexicon(guard, where) else "")
 
 
 def build_embedder(cfg: GatewayConfig, threads: int = 1) -> Embedder:
@@ -245,10 +244,13 @@ def build_policy_set(cfg: GatewayConfig, embedder: Embedder | None) -> PolicySet
     return PolicySet(cfg, out, time.time())
 
 
-def _serve_lexicon(guard: Any, where: str) -> None:
+def _serve_lexicon(guard: Any, where: str) -> bool:
     """Every guard the gateway serves runs the unsafe lexicon (``serve_lexicon``), on the
-    whole request (:meth:`Pipeline.decide`); which unsafe layers run is logged at load."""
-    if guard.serve_lexicon():
+    whole request (:meth:`Pipeline.decide`); which unsafe layers run is logged at load. True
+    when the lexicon was added: the policy version (the decision-cache key) then changes,
+    so no decision cached by a gateway that served the guard without it is served again."""
+    added = bool(guard.serve_lexicon())
+    if added:
         log.warning("%s: the guard artifact was fitted without an unsafe check (unsafe=False, "
                     "e.g. eval guard's baseline-lr-knn): the gateway runs the unsafe lexicon "
                     "for it (each response says x-expertgate-degraded: %s); its "
@@ -257,6 +259,7 @@ def _serve_lexicon(guard: Any, where: str) -> None:
     log.info("%s: unsafe layers: %s", where, ", ".join(guard.unsafe_layers_))
     # every response of its policy says so too (x-expertgate-degraded, the routing log's
     # degraded, expertgate_degraded_total): Pipeline.decide, LEXICON_ONLY
+    return added
 
 
 def _text_guard(rt: PolicyRuntime) -> Any:

@@ -219,6 +219,18 @@ async def test_a_guard_fitted_without_an_unsafe_check_still_runs_the_lexicon(
     assert [r["degraded"] for r in recs] == [["guard-unsafe-lexicon-only"]] * 3
 
 
+def test_the_policy_version_changes_when_the_gateway_adds_the_lexicon(tmp_path: Path) -> None:
+    # decisions a gateway cached while it served the guard without an unsafe check (Redis
+    # keeps them for their TTL across an upgrade) must not be served by one that runs it
+    from gateway.pipeline import _load_guard
+    from routers.artifacts import artifact_version
+
+    art = _lexicon_only_guard(tmp_path)
+    assert _load_guard(art, None, "t")[1] == artifact_version(art) + "+lexicon"
+    full = _code_chat_guard(tmp_path)
+    assert _load_guard(full, None, "t")[1] == artifact_version(full)
+
+
 async def test_a_guard_artifact_as_the_router_runs_the_lexicon_too(
         ups, tmp_path: Path) -> None:
     art = _lexicon_only_guard(tmp_path)
