@@ -12,9 +12,10 @@ default, sends the body as the client wrote it.
 to requests every OpenAI client sends, and ignored some fields silently; the rewrite:
 
 - ``developer`` messages become ``system`` ones (it knows four roles);
-- a content-part array of text parts becomes one string, the parts joined by newlines, as
-  vLLM gives a chat template a text-only message; any other part (an image, audio, a file)
-  is a 400 naming it: such an expert reads text only;
+- a content-part array of text parts (and an assistant turn's ``refusal`` parts, its text
+  as OpenAI and vLLM read it) becomes one string, the parts joined by newlines, as vLLM
+  gives a chat template a text-only message; any other part (an image, audio, a file) is a
+  400 naming it: such an expert reads text only;
 - ``content: null`` (an assistant turn with ``tool_calls``, the second turn of every tool
   loop) becomes ``""``: it takes a string or no content, never null;
 - ``response_format: {"type": "json_schema", "json_schema": {"schema": S}}`` becomes its own
@@ -137,19 +138,25 @@ def _messages(messages: list[Any], expert: str) -> list[Any]:
     return out
 
 
+#: the content parts that are text, and the field that holds it (an assistant turn's
+#: ``refusal`` part is its text, as OpenAI and vLLM read it)
+_TEXT_PARTS = {"text": "text", "refusal": "refusal"}
+
+
 def _joined(parts: list[Any], param: str, expert: str) -> str:
     texts: list[str] = []
     for j, p in enumerate(parts):
         kind = p.get("type") if isinstance(p, dict) else None
-        text = p.get("text") if isinstance(p, dict) else None
-        if kind == "text" and not isinstance(text, str):
-            # the client's mistake, which every expert refuses: no reason to try another
-            raise InvalidRequest(f"{param}.{j}.text: a text part's 'text' must be a string",
-                                 param=f"{param}.{j}.text")
-        if kind != "text" or not isinstance(text, str):
+        key = _TEXT_PARTS.get(kind) if isinstance(kind, str) else None
+        if key is None:
             what = f"a '{kind}' part" if isinstance(kind, str) else "a part that is not text"
             raise _unsupported(expert, f"{param}.{j} is {what}; it reads text parts only",
                                f"{param}.{j}")
+        text = p.get(key)
+        if not isinstance(text, str):
+            # the client's mistake, which every expert refuses: no reason to try another
+            raise InvalidRequest(f"{param}.{j}.{key}: a {kind} part's '{key}' must be a "
+                                 "string", param=f"{param}.{j}.{key}")
         texts.append(text)
     return "\n".join(texts)
 
