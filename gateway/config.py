@@ -579,6 +579,16 @@ class APIKeyConfig(_Model):
     tokens_per_minute: int | None = Field(None, ge=1)
 
 
+class _References(ValueError):
+    """The names a configuration uses that refer to nothing it has, one line each, every
+    line starting with the field that holds the name (:func:`parse_config` prints them as
+    its other problems; pydantic alone placed them at "(top level)")."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
 class GatewayConfig(_Model):
     experts: list[ExpertConfig]
     policies: list[PolicyConfig] = Field(default_factory=list)
@@ -601,29 +611,41 @@ class GatewayConfig(_Model):
 
     @model_validator(mode="after")
     def _references(self) -> GatewayConfig:
+        """Every name the file uses refers to something it has; each problem is said at the
+        field that holds the name (:class:`_References`), all of them at once."""
+        out: list[str] = []
         names = [e.name for e in self.experts]
-        dup = {n for n in names if names.count(n) > 1}
-        if dup:
-            raise ValueError(f"duplicate expert name(s): {', '.join(sorted(dup))}")
         pnames = [p.name for p in self.policies]
-        dup = {n for n in pnames if pnames.count(n) > 1}
-        if dup:
-            raise ValueError(f"duplicate policy name(s): {', '.join(sorted(dup))}")
-        clash = set(names) & set(pnames)
-        if clash:
-            raise ValueError(f"name(s) used by both an expert and a policy: "
-                             f"{', '.join(sorted(clash))}")
+        for what, label, listed in (("expert", "experts", names),
+                                    ("policy", "policies", pnames)):
+            for j, n in enumerate(listed):
+                i = listed.index(n)
+                if i != j:
+                    out.append(f"{label}[{j}]({n}).name: the same name as {label}[{i}]; each "
+                               f"{what} needs its own")
+        for j, n in enumerate(pnames):
+            if n in names:
+                out.append(f"policies[{j}]({n}).name: the name of experts[{names.index(n)}] "
+                           "too: a request's model would name both; rename one")
         known = set(names)
+        listed_experts = f"(experts: {', '.join(names)})"
+
+        def unknown(where: str, name: str) -> None:
+            if name not in known:
+                out.append(f"{where}: no expert named {name!r} {listed_experts}")
+
         by_name = {e.name: e for e in self.experts}
         for i, e in enumerate(self.experts):
             if e.parent is None:
                 continue
             where = f"experts[{i}]({e.name}).parent"
             if e.parent not in known:
-                raise ValueError(f"expert {e.name!r}: parent {e.parent!r} is not an expert")
+                unknown(where, e.parent)
+                continue
             if e.parent == e.name:
-                raise ValueError(f"{where}: an adapter cannot be its own parent; its parent "
-                                 "must be an expert with api_base/replicas")
+                out.append(f"{where}: an adapter cannot be its own parent; its parent must be "
+                           "an expert with api_base/replicas")
+                continue
             chain, cur = [e.name], by_name[e.parent]
             while cur.parent is not None and cur.name not in chain:
                 chain.append(cur.name)
@@ -631,51 +653,51 @@ class GatewayConfig(_Model):
                 if cur.parent is not None and cur.parent not in known:
                     break
             if cur.name in chain:
-                raise ValueError(f"{where}: the parents form a cycle "
-                                 f"({' -> '.join([*chain, cur.name])}); an adapter's parent "
-                                 "must be an expert with api_base/replicas")
+                out.append(f"{where}: the parents form a cycle "
+                           f"({' -> '.join([*chain, cur.name])}); an adapter's parent "
+                           "must be an expert with api_base/replicas")
+                continue
             if not e.bases and not by_name[e.parent].bases:
-                raise ValueError(f"{where}: {e.parent!r} has no api_base or replicas of its "
-                                 "own (it is an adapter too): an adapter's parent must be an "
-                                 "expert with api_base/replicas")
+                out.append(f"{where}: {e.parent!r} has no api_base or replicas of its own (it "
+                           "is an adapter too): an adapter's parent must be an expert with "
+                           "api_base/replicas")
+                continue
             if not e.bases:  # served by its parent's server: it speaks that server's dialect
                 own = by_name[e.parent].dialect
                 if "dialect" in e.model_fields_set and e.dialect != own:
-                    raise ValueError(f"experts[{i}]({e.name}).dialect: {e.dialect!r}, but the "
-                                     f"adapter is served by its parent's server, which speaks "
-                                     f"{own!r} (leave dialect out: it is the parent's)")
+                    out.append(f"experts[{i}]({e.name}).dialect: {e.dialect!r}, but the "
+                               f"adapter is served by its parent's server, which speaks "
+                               f"{own!r} (leave dialect out: it is the parent's)")
+                    continue
                 e.dialect = own
-        for p in self.policies:
-            for r in p.routes:
-                if r.expert not in known:
-                    raise ValueError(f"policy {p.name!r}: route {r.name!r} names unknown "
-                                     f"expert {r.expert!r}")
-            for f in p.fallback:
-                if f not in known:
-                    raise ValueError(f"policy {p.name!r}: fallback names unknown expert {f!r}")
-            bad = sorted({e for e in p.models.values() if e not in known})
-            if bad:
-                raise ValueError(f"policy {p.name!r}: models maps to unknown expert(s) "
-                                 f"{', '.join(bad)}")
-            if p.on_reject.expert is not None and p.on_reject.expert not in known:
-                raise ValueError(f"policy {p.name!r}: on_reject.expert {p.on_reject.expert!r} "
-                                 "is not an expert")
+        for i, p in enumerate(self.policies):
+            at = f"policies[{i}]({p.name})"
+            for j, r in enumerate(p.routes):
+                unknown(f"{at}.routes[{j}]({r.name}).expert", r.expert)
+            for j, f in enumerate(p.fallback):
+                unknown(f"{at}.fallback[{j}]", f)
+            for m, ex in p.models.items():
+                unknown(f"{at}.models.{m}", ex)
+            if p.on_reject.expert is not None:
+                unknown(f"{at}.on_reject.expert", p.on_reject.expert)
         seen: dict[str, str] = {}
         policies = set(pnames)
         for i, k in enumerate(self.api_keys):
             label = f"api_keys[{i}]({k.name})"
             if k.sha256 in seen:
-                raise ValueError(f"{label}.sha256: same key as {seen[k.sha256]}: each key "
-                                 "must be listed once (the last one would silently win)")
-            seen[k.sha256] = label
+                out.append(f"{label}.sha256: same key as {seen[k.sha256]}: each key must be "
+                           "listed once (the last one would silently win)")
+            seen.setdefault(k.sha256, label)
             bad = [n for n in k.policies if n != "*" and n not in policies]
             if bad:
-                raise ValueError(f"{label}.policies: no policy named {', '.join(map(repr, bad))}"
-                                 f" (policies: {', '.join(pnames) or 'none'})")
+                out.append(f"{label}.policies: no policy named {', '.join(map(repr, bad))}"
+                           f" (policies: {', '.join(pnames) or 'none'})")
             bad = [n for n in (k.experts or []) if n != "*" and n not in known]
             if bad:
-                raise ValueError(f"{label}.experts: no expert named {', '.join(map(repr, bad))}"
-                                 f" (experts: {', '.join(names)})")
+                out.append(f"{label}.experts: no expert named {', '.join(map(repr, bad))}"
+                           f" (experts: {', '.join(names)})")
+        if out:
+            raise _References(out)
         return self
 
     def expert(self, name: str) -> ExpertConfig | None:
@@ -790,10 +812,15 @@ def parse_config(data: Any, source: str = "<config>") -> GatewayConfig:
     except ValidationError as e:
         lines = [f"{source}: invalid configuration:"]
         for err in e.errors():
+            cause = (err.get("ctx") or {}).get("error")
+            if isinstance(cause, _References):
+                lines += [f"  {line}" for line in cause.problems]
+                continue
             loc = tuple(err["loc"])
             hint = _TLS_HINT if (err["type"] == "extra_forbidden" and loc[:1] == ("experts",)
                                  and str(loc[-1]).lower() in _TLS_FIELDS) else ""
-            lines.append(f"  {_where(loc, data)}: {err['msg']}{hint}")
+            msg = err["msg"].removeprefix("Value error, ")  # pydantic's, saying nothing
+            lines.append(f"  {_where(loc, data)}: {msg}{hint}")
         raise ConfigError("\n".join(lines)) from None
     cfg.source = source
     try:
