@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from gateway import exactjson
 from gateway.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, ServiceUnavailable
 from gateway.request.context import RequestContext
 from gateway.request.schema import refuse_duplicates, validate
@@ -115,14 +116,35 @@ async def read_body(receive: Receive, limit: int, timeout_s: float,
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+#: every byte but those that open an array or an object
+_NOT_OPENING = bytes(b for b in range(256) if b not in b"[{")
+
+
+def _forwardable(raw: bytes, body: Any) -> bool:
+    """Whether ``body`` can be written again (:func:`gateway.exactjson.dumps`: at most 254
+    levels deep), as a routed body is. orjson reads deeper (1024 levels), but a deeper body
+    could reach an expert only as the client's bytes, which a Python expert reads only to its
+    recursion limit (a 500 there, counted against the expert); when it cannot, the body is
+    not passed through, and the dispatch stage refuses it as it refuses a routed one (400).
+    Fewer than 255 brackets in the whole text (most bodies) need no more look."""
+    if len(raw.translate(None, _NOT_OPENING)) < 255:
+        return True
+    try:
+        exactjson.dumps(body)
+    except (TypeError, ValueError, RecursionError):
+        return False
+    return True
+
+
 async def read(receive: Receive, ctx: RequestContext, limit: int, timeout_s: float,
                reads: BodyReads, max_messages: int, model: str | None = None) -> None:
     """``model``: the model the path names (an Azure deployment path), which replaces the
     body's; the body then goes to the expert re-serialised, never as the client's bytes,
-    which may name another model or none."""
+    which may name another model or none. A body too deep to write again is never passed
+    through either (:func:`_forwardable`)."""
     ctx.raw = await read_body(receive, limit, timeout_s, reads)
     body = validate(ctx.endpoint, ctx.raw, max_messages, model)
-    if model is not None:
+    if model is not None or not _forwardable(ctx.raw, body):
         ctx.raw = b""
     ctx.body = body
     ctx.stream = bool(body.get("stream", False))

@@ -1,9 +1,9 @@
 """The request bodies, declared once: the validator of every POST endpoint and its OpenAPI.
 
 Each body is a ``TypedDict`` with pydantic constraints. :func:`validate` parses a raw body
-with orjson (strict JSON: no lone surrogates; nesting up to orjson's limit, so a deep value
-in an unknown field still reaches the expert; integers beyond 64 bits kept exact,
-:mod:`gateway.exactjson`) and checks it once with pydantic-core (about
+with orjson (strict JSON: no lone surrogates, no key twice in one object; nesting up to
+orjson's limit here, though only 254 levels are forwarded, :mod:`gateway.request.read`;
+integers beyond 64 bits kept exact, :mod:`gateway.exactjson`) and checks it once with pydantic-core (about
 two microseconds together) into a plain ``dict`` with every field the client sent, unknown
 ones included and untouched, so an OpenAI parameter this gateway does not know still reaches
 the expert. The

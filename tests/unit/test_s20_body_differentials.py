@@ -198,3 +198,34 @@ def measure() -> None:
 
 if __name__ == "__main__":
     measure()
+
+
+def _nested(depth: int) -> bytes:
+    return b"[" * depth + b"1" + b"]" * depth
+
+
+@pytest.mark.parametrize("depth", [300, 1000])
+async def test_a_body_too_deep_to_forward_is_a_400_whoever_it_names(
+        raw_ups: Any, tmp_path: Path, depth: int) -> None:
+    """orjson reads 1024 levels and writes 254: a routed body deeper than that was a 400
+    while the same body naming an expert went out as the client's bytes, which a Python
+    expert reads only to its recursion limit (a 500 there, the client's fault counted
+    against the expert). Both are the same 400 now, and nothing reaches the expert."""
+    coder, chatter = raw_ups
+    raw = (b'{"model": "%s", "messages": [{"role": "user", "content": "fix this bug in my '
+           b'code"}], "extra": ' + _nested(depth) + b"}")
+    async with gateway_client(base_config(coder.base, chatter.base), tmp_path,
+                              raise_app_exceptions=False) as (c, gw):
+        for model in (b"chatter", b"auto"):
+            r = await c.post("/v1/chat/completions", content=raw.replace(b"%s", model),
+                             headers=_HEADERS)
+            err = _error(r)
+            assert r.status_code == 400 and "nested too deeply" in err["message"], err
+        breaker = gw.dispatcher.pools["chatter"].replicas[0].breaker
+        assert breaker.state == "closed"
+        # brackets in strings are text: a body of many of them still passes untouched
+        text = (b'{"model": "chatter", "messages": [{"role": "user", "content": "'
+                + b"[{" * 400 + b'"}]}')
+        r = await c.post("/v1/chat/completions", content=text, headers=_HEADERS)
+        assert r.status_code == 200, r.text
+    assert coder.bodies == [] and chatter.bodies == [text]
