@@ -3,12 +3,12 @@
 Each body is a ``TypedDict`` with pydantic constraints. :func:`validate` parses a raw body
 with orjson (strict JSON: no lone surrogates, no key twice in one object; nesting up to
 orjson's limit here, though only 254 levels are forwarded, :mod:`gateway.request.read`;
-integers beyond 64 bits kept exact, :mod:`gateway.exactjson`) and checks it once with pydantic-core (about
-two microseconds together) into a plain ``dict`` with every field the client sent, unknown
-ones included and untouched, so an OpenAI parameter this gateway does not know still reaches
-the expert. The
-FastAPI app declares the same types as the endpoints' bodies, so ``/openapi.json`` is derived
-from them; it never validates a request itself.
+integers beyond 64 bits kept exact, :mod:`gateway.exactjson`) and checks it once with
+pydantic-core (about two microseconds together) into a plain ``dict`` with every field the
+client sent, unknown ones included and untouched, so an OpenAI parameter this gateway does
+not know still reaches the expert. The FastAPI app declares the same types as the
+endpoints' bodies, so ``/openapi.json`` is derived from them; it never validates a request
+itself.
 
 Strict mode: ``"stream": "yes"`` or ``"max_tokens": true`` is an error, never coerced. A
 body that fails becomes an :class:`~gateway.errors.InvalidRequest` whose ``param`` is the
