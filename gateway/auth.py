@@ -78,13 +78,17 @@ from gateway.errors import (
     UnknownModel,
 )
 
-__all__ = ["KEY_HEADERS", "KEY_PREFIX", "Authenticator", "Principal", "RequestIds",
+__all__ = ["KEY_CACHE_S", "KEY_HEADERS", "KEY_PREFIX", "Authenticator", "Principal", "RequestIds",
            "bearer_token", "hash_key", "key_record", "reachable_experts", "request_token",
            "require_admin", "require_key"]
 
 log = logging.getLogger("expertgate.auth")
 
 KEY_PREFIX = "eg:apikey:"
+#: how long a gateway remembers a Redis key's record it has read, and between two reads of
+#: all of them: the longest a revocation (or a changed record) takes to reach it
+#: (``expertgate keys revoke`` and ``add`` say so)
+KEY_CACHE_S = 10.0
 REQUEST_ID_SECRET_KEY = "eg:request-id-secret"
 
 
@@ -238,9 +242,10 @@ def _local_name(host: str, extra: frozenset[str]) -> bool:
 
 
 class Authenticator:
-    def __init__(self, config: GatewayConfig, redis: Any = None, *, cache_ttl_s: float = 10.0,
-                 negative_ttl_s: float = 1.0, retry_s: float = 1.0,
-                 max_cached: int = 10_000, refresh_s: float = 10.0) -> None:
+    def __init__(self, config: GatewayConfig, redis: Any = None, *,
+                 cache_ttl_s: float = KEY_CACHE_S, negative_ttl_s: float = 1.0,
+                 retry_s: float = 1.0, max_cached: int = 10_000,
+                 refresh_s: float = KEY_CACHE_S) -> None:
         self.required = False
         self._keys: dict[str, APIKeyConfig] = {}
         self._policies: frozenset[str] = frozenset()

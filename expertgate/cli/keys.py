@@ -126,7 +126,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from expertgate.cli._redis import redis_failure
-    from gateway.auth import KEY_PREFIX, hash_key, key_record
+    from gateway.auth import KEY_CACHE_S, KEY_PREFIX, hash_key, key_record
     from gateway.config import APIKeyConfig
 
     url = _redis_url(args, "add")
@@ -180,6 +180,9 @@ def cmd_add(args: argparse.Namespace) -> int:
         print("expertgate keys add: note: this key was an admin key and is a tenant key now "
               "(pass --admin to keep /admin/* and the dashboard)", file=sys.stderr)
     print(f"{verb} {KEY_PREFIX}{digest} for {role} {args.name}")
+    if old_name is not None:
+        # a gateway that has seen the key keeps its old record (limits, admin) that long
+        print(f"running gateways use the new record within {KEY_CACHE_S:g} s")
     return 0
 
 
@@ -223,7 +226,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     import redis
 
     from expertgate.cli._redis import redis_failure
-    from gateway.auth import KEY_PREFIX, hash_key
+    from gateway.auth import KEY_CACHE_S, KEY_PREFIX, hash_key
 
     url = _redis_url(args, "revoke")
     if url is None:
@@ -246,6 +249,11 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     finally:
         r.close()
     print(f"{'revoked' if n else 'no such key'}: {KEY_PREFIX}{digest}")
+    if n:
+        # a gateway that has seen the key remembers it that long: tried at once, it still
+        # answered, and the revocation looked broken
+        print(f"running gateways refuse it within {KEY_CACHE_S:g} s (a gateway that cannot "
+              "reach Redis keeps the keys it knows until it can)")
     listed = _config_entry(digest, args)
     if listed is not None:
         # "no such key" read as "already revoked": the key went on working
