@@ -19,7 +19,7 @@ import orjson
 from gateway import exactjson
 from gateway.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, ServiceUnavailable
 from gateway.request.context import RequestContext
-from gateway.request.schema import refuse_duplicates, validate
+from gateway.request.schema import not_json, refuse_duplicates, validate
 
 __all__ = ["BodyReads", "ClientDisconnected", "check_length", "read", "read_body", "read_other"]
 
@@ -169,7 +169,6 @@ async def read_other(receive: Receive, headers: Iterable[tuple[bytes, bytes]], l
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError as e:
-            raise InvalidRequest(f"request body is not valid JSON: {e.msg} at position "
-                                 f"{e.pos}") from None
+            raise not_json(raw, e) from None
         refuse_duplicates(raw, obj)
     return raw

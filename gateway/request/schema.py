@@ -27,7 +27,7 @@ from gateway import exactjson
 from gateway.errors import InvalidRequest
 
 __all__ = ["BODIES", "ChatRequest", "CompletionRequest", "EmbeddingsRequest", "FeedbackRequest",
-           "RouteRequest", "refuse_duplicates", "validate"]
+           "RouteRequest", "not_json", "refuse_duplicates", "validate"]
 
 _OPEN = ConfigDict(extra="allow", strict=True)
 _CLOSED = ConfigDict(extra="forbid", strict=True)
@@ -230,8 +230,7 @@ def validate(endpoint: str, raw: bytes, max_messages: int | None = None,
     try:
         obj = exactjson.loads(raw)
     except orjson.JSONDecodeError as e:
-        raise InvalidRequest(f"request body is not valid JSON: {e.msg} at position {e.pos}"
-                             ) from None
+        raise not_json(raw, e) from None
     except (ValueError, RecursionError) as e:  # the exact re-parse of a very wide integer
         raise InvalidRequest(f"request body cannot be read exactly: {e}") from None
     refuse_duplicates(raw, obj)
@@ -268,6 +267,19 @@ def validate(endpoint: str, raw: bytes, max_messages: int | None = None,
                                  "candidates is known only when all are done)",
                                  param="best_of")
     return body
+
+
+def not_json(raw: bytes, e: orjson.JSONDecodeError) -> InvalidRequest:
+    """The 400 for a body orjson refused. orjson says "str is not valid UTF-8: surrogates not
+    allowed at position 0" of any text that is not UTF-8 (Latin-1, UTF-16): the first byte
+    that is not UTF-8 is named instead."""
+    if "UTF-8" in e.msg and "BOM" not in e.msg:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as u:
+            return InvalidRequest(f"request body is not valid UTF-8 (byte 0x{raw[u.start]:02x} "
+                                  f"at position {u.start}): send the JSON encoded as UTF-8")
+    return InvalidRequest(f"request body is not valid JSON: {e.msg} at position {e.pos}")
 
 
 def refuse_duplicates(raw: bytes, obj: Any) -> None:

@@ -229,3 +229,20 @@ async def test_a_body_too_deep_to_forward_is_a_400_whoever_it_names(
         r = await c.post("/v1/chat/completions", content=text, headers=_HEADERS)
         assert r.status_code == 200, r.text
     assert coder.bodies == [] and chatter.bodies == [text]
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/admin/reload"])
+async def test_a_body_not_in_utf8_is_a_400_naming_the_first_bad_byte(
+        ups: Any, tmp_path: Path, path: str) -> None:
+    """orjson said "str is not valid UTF-8: surrogates not allowed at position 0" of any such
+    body: a Latin-1 "café" (no surrogate, not at 0) read as a bug in the client's JSON."""
+    latin1 = '{"model": "chatter", "messages": [{"role": "user", "content": "café"}]}'
+    async with gateway_client(base_config(ups[0].base, ups[1].base), tmp_path) as (c, _):
+        for raw, at in ((latin1.encode("latin-1"), latin1.index("é")),
+                        (latin1.encode("utf-16"), 0)):
+            r = await c.post(path, content=raw, headers=_HEADERS)
+            err = _error(r)
+            assert r.status_code == 400 and "not valid UTF-8" in err["message"], err
+            assert f"byte 0x{raw[at]:02x} at position {at}" in err["message"], err
+            assert "surrogates" not in err["message"]
+    assert ups[1].received == []
