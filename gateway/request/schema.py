@@ -289,8 +289,9 @@ def refuse_duplicates(raw: bytes, obj: Any) -> None:
     answer the other."""
     try:
         path = exactjson.duplicate_key(raw, obj)
-    except RecursionError:
-        raise InvalidRequest("request body is nested too deeply to check its keys") from None
+    except RecursionError:  # deeper than the dispatch stage forwards anyway: its words
+        raise InvalidRequest("the request's JSON is nested too deeply to forward (at most "
+                             "254 levels)") from None
     if path is not None:
         param = ".".join(path)
         raise InvalidRequest(

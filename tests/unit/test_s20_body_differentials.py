@@ -246,3 +246,15 @@ async def test_a_body_not_in_utf8_is_a_400_naming_the_first_bad_byte(
             assert f"byte 0x{raw[at]:02x} at position {at}" in err["message"], err
             assert "surrogates" not in err["message"]
     assert ups[1].received == []
+
+
+async def test_a_body_too_deep_to_reread_is_the_same_400(ups: Any, tmp_path: Path) -> None:
+    """A body the duplicate check must read again pair by pair (here: a colon written as an
+    escape) deeper than the standard library reads: the 400 of a body too deep to forward."""
+    raw = (b'{"model": "chatter", "messages": [{"role": "user", "content": "hi"}], "x": '
+           + b"[" * 1020 + b'"\\u003a"' + b"]" * 1020 + b"}")
+    async with gateway_client(base_config(ups[0].base, ups[1].base), tmp_path) as (c, _):
+        r = await c.post("/v1/chat/completions", content=raw, headers=_HEADERS)
+        err = _error(r)
+        assert r.status_code == 400 and "nested too deeply to forward" in err["message"]
+    assert ups[1].received == []
