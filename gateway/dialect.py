@@ -47,7 +47,9 @@ The answers need one fix too (:func:`stream_fix`): a streamed tool call repeats 
 where OpenAI sends them in the call's first delta only; every client that accumulates a
 stream (the OpenAI SDK's ``chat.completions.stream``, LangChain) concatenates what comes
 again, and the call came out named ``get_weatherget_weather...``. The deltas after a call's
-first carry its ``index`` and ``arguments`` only, as OpenAI's do.
+first carry its ``index`` and ``arguments`` only, as OpenAI's do. And a tool call cut by
+``max_tokens`` finished ``tool_calls`` as a whole one does, streamed or not (its arguments
+half a JSON object): it finishes ``length``, as OpenAI says it (:func:`fix_answer`).
 """
 
 from __future__ import annotations
@@ -55,9 +57,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
+import orjson
+
 from gateway.errors import InvalidRequest, UnsupportedByExpert
 
-__all__ = ["DIALECTS", "Dialect", "ToolDeltas", "adapt", "stream_fix"]
+__all__ = ["DIALECTS", "Dialect", "ToolDeltas", "adapt", "fix_answer", "stream_fix"]
 
 #: the request dialects an OpenAI-compatible expert's server may speak
 Dialect = Literal["openai", "llama-cpp-python"]
@@ -188,18 +192,23 @@ DIALECTS: dict[str, Adapter] = {"llama-cpp-python": _llama_cpp_python}
 class ToolDeltas:
     """One stream's tool-call deltas as OpenAI streams them (see the module doc): the
     ``id``, ``type`` and ``name`` of a call (per choice and call index) and the ``name`` of a
-    choice's ``function_call`` are kept in their first delta and taken out of later ones."""
+    choice's ``function_call`` are kept in their first delta and taken out of later ones;
+    a choice that finishes ``tool_calls`` with arguments that are no whole JSON value was
+    cut (:func:`fix_answer`): it finishes ``length``."""
 
-    __slots__ = ("_seen",)
+    __slots__ = ("_args", "_seen")
 
     def __init__(self) -> None:
         self._seen: set[tuple[Any, Any]] = set()
+        #: (choice index, call index) -> the call's arguments so far
+        self._args: dict[tuple[Any, Any], list[str]] = {}
 
     @staticmethod
     def concerns(line: bytes) -> bool:
-        """Whether an SSE ``data:`` line may hold a named call (the rest pass unparsed: a
-        ``"name"`` within generated text is escaped, ``\\"name\\"``)."""
-        return b'"name"' in line
+        """Whether an SSE ``data:`` line may hold a named call or a tool-call finish (the
+        rest pass unparsed: a ``"name"`` within generated text is escaped,
+        ``\\"name\\"``)."""
+        return b'"name"' in line or b'"tool_calls"' in line
 
     def fix(self, ev: dict[str, Any]) -> bool:
         """Fix the event ``ev`` in place; whether it changed."""
@@ -213,10 +222,19 @@ class ToolDeltas:
             calls = delta.get("tool_calls")
             for call in calls if isinstance(calls, list) else ():
                 if isinstance(call, dict):
-                    changed |= self._once(call, (i, call.get("index")), ("id", "type"))
+                    key = (i, call.get("index"))
+                    changed |= self._once(call, key, ("id", "type"))
+                    fn = call.get("function")
+                    args = fn.get("arguments") if isinstance(fn, dict) else None
+                    if isinstance(args, str):
+                        self._args.setdefault(key, []).append(args)
             fc = delta.get("function_call")
             if isinstance(fc, dict):
                 changed |= self._once(fc, (i, "function_call"), ())
+            if ch.get("finish_reason") == "tool_calls" and any(
+                    _cut("".join(a)) for k, a in self._args.items() if k[0] == i):
+                ch["finish_reason"] = "length"
+                changed = True
         return changed
 
     def _once(self, call: dict[str, Any], key: tuple[Any, Any], fields: tuple[str, ...]
@@ -234,6 +252,37 @@ class ToolDeltas:
             del fn["name"]
             changed = True
         return changed
+
+
+def _cut(arguments: str) -> bool:
+    """Whether a call's arguments, generated under the grammar of its parameters (a whole
+    JSON value unless the generation stopped early), were cut short."""
+    try:
+        orjson.loads(arguments)
+    except orjson.JSONDecodeError:
+        return True
+    return False
+
+
+def fix_answer(data: Any, dialect: str) -> bool:
+    """Fix a whole chat answer (parsed) of a server speaking ``dialect`` in place; whether
+    it changed: a llama-cpp-python choice that finishes ``tool_calls`` with a call whose
+    arguments are no whole JSON value was cut by ``max_tokens``: it finishes ``length``."""
+    if dialect != "llama-cpp-python" or not isinstance(data, dict):
+        return False
+    changed = False
+    choices = data.get("choices")
+    for ch in choices if isinstance(choices, list) else ():
+        if not isinstance(ch, dict) or ch.get("finish_reason") != "tool_calls":
+            continue
+        msg = ch.get("message")
+        calls = msg.get("tool_calls") if isinstance(msg, dict) else None
+        if any(isinstance(c, dict) and isinstance(c.get("function"), dict) and
+               isinstance(c["function"].get("arguments"), str) and
+               _cut(c["function"]["arguments"]) for c in calls or ()):
+            ch["finish_reason"] = "length"
+            changed = True
+    return changed
 
 
 def stream_fix(dialect: str) -> ToolDeltas | None:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from gateway import exactjson
-from gateway.dialect import ToolDeltas, stream_fix
+from gateway.dialect import ToolDeltas, fix_answer, stream_fix
 from gateway.dispatch import DispatchResult
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.messages import answers_asked
@@ -209,13 +209,21 @@ async def _forward(gw: Gateway, send: Send, ctx: RequestContext, res: DispatchRe
         await _write(send, {"type": "http.response.body", "body": body})
         return
     body = reply.first
-    if p is not None and p.rt is not None and p.rt.config.rewrite_model and \
-            not reply.stream and reply.status == 200 and isinstance(reply.data, dict):
-        # the upstream's numbers go back as it wrote them (orjson alone would turn an
-        # integer beyond 64 bits into a float, or refuse to write it)
-        reply.data = exactjson.exact(body, reply.data)
-        reply.data["model"] = p.model
-        body = exactjson.dumps(reply.data)
+    if not reply.stream and reply.status == 200 and isinstance(reply.data, dict):
+        rewrite = p is not None and p.rt is not None and p.rt.config.rewrite_model
+        # what the expert's dialect says wrong (a llama-cpp-python tool call cut short)
+        fixed = ctx.endpoint == "chat" and fix_answer(reply.data, res.expert.dialect)
+        if rewrite or fixed:
+            # the upstream's numbers go back as it wrote them (orjson alone would turn an
+            # integer beyond 64 bits into a float, or refuse to write it)
+            data = exactjson.exact(body, reply.data)
+            if fixed and data is not reply.data:  # re-read from its bytes: fixed again
+                fix_answer(data, res.expert.dialect)
+            reply.data = data
+            if rewrite:
+                assert p is not None
+                data["model"] = p.model
+            body = exactjson.dumps(data)
     if not reply.stream and reply.status == 200 and ctx.endpoint in ("chat", "completions") \
             and not _reports_usage(reply.data):
         # a whole answer without usage (a proxy, an older server): counted as a stream

@@ -2,8 +2,8 @@
 ``expertgate serve`` of the demo config to its real llama.cpp experts: what the answer must
 be to be right, complete and OpenAI-shaped where llama-cpp-python's own was not (a streamed
 tool call the SDK accumulated into a name repeated per delta; ``logprobs: true`` answered
-null), and twenty concurrent streams, none lost, none duplicated, each ending with
-``[DONE]``.
+null; a tool call cut by ``max_tokens`` said ``tool_calls``, not ``length``), and twenty
+concurrent streams, none lost, none duplicated, each ending with ``[DONE]``.
 """
 
 from __future__ import annotations
@@ -100,3 +100,19 @@ async def test_twenty_parallel_streams_each_complete_once(gateway: GatewayServer
         assert sum(1 for e in events if e["choices"] and e["choices"][0].get("finish_reason")
                    ) == 1
     assert len({events[0]["id"] for _, _, events, _ in got}) == 20
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_tool_call_cut_by_max_tokens_finishes_with_length(client: openai.OpenAI,
+                                                            stream: bool) -> None:
+    kw: dict[str, Any] = {"model": "smollm2", "messages": WEATHER, "tools": TOOLS,
+                          "max_tokens": 3, "temperature": 0.0,
+                          "tool_choice": {"type": "function",
+                                          "function": {"name": "get_weather"}}}
+    if stream:
+        finishes = [ch.choices[0].finish_reason
+                    for ch in client.chat.completions.create(stream=True, **kw)
+                    if ch.choices and ch.choices[0].finish_reason]
+    else:
+        finishes = [client.chat.completions.create(**kw).choices[0].finish_reason]
+    assert finishes == ["length"]
