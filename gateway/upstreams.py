@@ -767,10 +767,94 @@ def litellm_kwargs(expert: ExpertConfig, base: str | None, path: str,
     return kwargs
 
 
+def _chain(e: BaseException) -> list[BaseException]:
+    """``e`` and what it was raised from or while handling (LiteLLM keeps the provider's
+    exception in ``original_exception`` or as the context of its own), outermost first."""
+    out: list[BaseException] = []
+    todo: list[BaseException | None] = [e]
+    while todo and len(out) < 16:
+        x = todo.pop(0)
+        if x is None or any(x is y for y in out):
+            continue
+        out.append(x)
+        todo += [getattr(x, "original_exception", None), x.__cause__, x.__context__]
+    return out
+
+
+def _transport_error(chain: list[BaseException]) -> BaseException | None:
+    """The connection's own failure in a LiteLLM exception's chain (refused, reset, closed
+    within the body: httpx's transport errors, which LiteLLM's clients raise, or an OS
+    error), if any: no status or body of the provider's is behind it."""
+    import httpx
+
+    for x in chain:
+        if isinstance(x, httpx.TransportError | OSError) and \
+                not isinstance(x, httpx.TimeoutException | TimeoutError):
+            return x
+    return None
+
+
+def _provider_status(chain: list[BaseException]) -> int | None:
+    """The status the provider answered with, as the OpenAI SDK or httpx raised on it (the
+    innermost), in a LiteLLM exception's chain: LiteLLM's own class and ``status_code`` may
+    say otherwise (a 503 whose message reads like a rate limit becomes its 429)."""
+    import httpx
+    import openai
+
+    for x in reversed(chain):
+        got: Any = None
+        if isinstance(x, httpx.HTTPStatusError):
+            got = x.response.status_code
+        elif isinstance(x, openai.APIStatusError) and type(x).__module__.startswith("openai"):
+            got = x.status_code
+        if isinstance(got, int):
+            return got
+    return None
+
+
+def _provider_answered(e: BaseException, chain: list[BaseException]) -> bool:
+    """Whether a LiteLLM exception carries a status the provider answered with (LiteLLM read
+    the provider's response headers, or the OpenAI SDK or httpx raised on its status), rather
+    than LiteLLM's own 500 for a 200 it could not read (not JSON, no ``choices``)."""
+    return getattr(e, "litellm_response_headers", None) is not None or \
+        _provider_status(chain) is not None
+
+
+#: what LiteLLM 1.106.2 says when it cannot read a provider's 200 as an answer (its OpenAI
+#: provider): a body that is not JSON (an HTML page the OpenAI SDK hands over as text), JSON
+#: cut short, JSON without ``choices``
+_UNREADABLE = ("empty or invalid response", "object has no attribute 'model_dump'")
+_NO_ANSWER = ("provider returned 'choices'",)
+
+
+def _unreadable(chain: list[BaseException]) -> str | None:
+    """What a 200 LiteLLM could not read was, as :func:`call_openai` says it (``invalid``
+    JSON, or JSON ``without`` the answer's list), or None when LiteLLM's 500 says nothing of
+    the kind (a provider's own 500: its status)."""
+    import json
+
+    for x in chain:
+        text = str(x).lower()
+        if isinstance(x, json.JSONDecodeError) or any(m in text for m in _UNREADABLE):
+            return "invalid"
+        if any(m in text for m in _NO_ANSWER):
+            return "without"
+    return None
+
+
 def _litellm_failure(expert: ExpertConfig, e: Exception, timeout_s: float,
-                     base: str | None = None) -> UpstreamFailure:
-    """A LiteLLM call's exception as the failure the dispatcher classifies."""
-    if isinstance(e, TimeoutError | _get_litellm().Timeout):
+                     base: str | None = None, path: str = "/chat/completions"
+                     ) -> UpstreamFailure:
+    """A LiteLLM call's exception as the failure the dispatcher classifies, as
+    :func:`call_openai` classifies the same reply of an OpenAI-compatible server: a
+    timeout, a connection that failed (``connect``), a 200 LiteLLM could not read as an
+    answer (``protocol``: LiteLLM says 500), the provider's status (with its
+    ``retry-after``)."""
+    import httpx
+
+    chain = _chain(e)
+    if isinstance(e, TimeoutError | _get_litellm().Timeout) or any(
+            isinstance(x, httpx.TimeoutException) for x in chain):
         # the gateway's deadline, or LiteLLM's own (its 408 is no fault of the request)
         return UpstreamFailure("timeout", f"{expert.name}: no answer within {timeout_s:g}s",
                                public=f"sent no data within {timeout_s:g}s")
@@ -778,11 +862,26 @@ def _litellm_failure(expert: ExpertConfig, e: Exception, timeout_s: float,
     status = getattr(e, "status_code", None)
     if not isinstance(status, int):
         status = None
+    status = _provider_status(chain) or status
     headers = expert.upstream_headers(base) if base else {}
     if expert.api_key_env and env_key(expert.api_key_env):
         headers = {"authorization": f"Bearer {env_key(expert.api_key_env)}"}
+    where = base or expert.name
     if status in (401, 403):  # the provider refused the gateway's key, not the client's
         return auth_failure(expert, status, str(e).encode(), headers)
+    cause = _transport_error(chain)
+    if cause is not None:  # LiteLLM says 500 for a connection refused
+        return UpstreamFailure("connect", f"cannot connect to {where}: "
+                               f"{type(cause).__name__}: {cause}", public="connection failed")
+    unread = _unreadable(chain) if status == 500 and not _provider_answered(e, chain) \
+        else None
+    if unread is not None:
+        # a 200 LiteLLM could not read as an answer: what call_openai calls a protocol
+        # failure (the replica answered, may have billed, and answers alike: not retried)
+        public = "answered 200 with invalid JSON" if unread == "invalid" else \
+            f"answered 200 without '{_ANSWER_LIST.get(path, 'choices')}'"
+        return UpstreamFailure("protocol", f"{where} {public}: {type(e).__name__}: "
+                               f"{str(e)[:200]}", public=public)
     retryable = status is None or status >= 500 or status in (404, 429)
     # LiteLLM's messages may quote the provider's URL or the key: clients get neither
     text = _untraced(str(e))[:500]  # a provider's stack frames reach no client either
@@ -790,11 +889,28 @@ def _litellm_failure(expert: ExpertConfig, e: Exception, timeout_s: float,
         text = text.replace(secret, "***")
     body = orjson.dumps({"error": {"message": scrub(redact(text)), "type": "upstream_error",
                                    "param": None, "code": type(e).__name__}})
+    retry_after = None
+    if status in (429, 503):
+        got = getattr(e, "litellm_response_headers", None)
+        with contextlib.suppress(AttributeError, TypeError):
+            retry_after = got.get("retry-after") if got is not None else None
     return UpstreamFailure("not_found" if status == 404 else "status" if status else "connect",
                            f"{expert.name}: {type(e).__name__}: {str(e)[:200]}",
                            status=status, body=body, retryable=retryable,
-                           public=(f"answered {status}" if status else
+                           retry_after=retry_after if isinstance(retry_after, str) else None,
+                           public=("answered 404 (model not found)" if status == 404 else
+                                   f"answered {status}" if status else
                                    f"failed ({type(e).__name__})"))
+
+
+def _invented_choices(obj: dict[str, Any]) -> bool:
+    """Whether a text completion LiteLLM gave is one it made up for a 200 without
+    ``choices`` (a proxy's error sent with 200): LiteLLM 1.106.2 then answers one choice
+    with no text and no finish reason, which an upstream's answer never has."""
+    ch = obj.get("choices")
+    return isinstance(ch, list) and bool(ch) and all(
+        isinstance(c, dict) and c.get("text") is None and c.get("finish_reason") is None
+        for c in ch)
 
 
 def _text_chunk(obj: dict[str, Any]) -> dict[str, Any]:
@@ -846,6 +962,11 @@ async def call_litellm(expert: ExpertConfig, base: str | None, payload: dict[str
         if auth is not None:  # credentials written in the api_base URL
             kwargs["extra_headers"] = {"authorization": auth}
     kwargs["timeout"] = timeout_s + LITELLM_TIMEOUT_SLACK_S
+    # the gateway retries (RetryPolicy: other replicas, the fallback chain, a 429's wait
+    # within its cap), never LiteLLM's client behind it: the OpenAI SDK's own two retries of
+    # a 429 or a 5xx hid the status, slept for its retry-after past the expert's timeout and
+    # tripled the calls the provider got
+    kwargs["max_retries"] = 0
     if path == "/embeddings":
         stream = False
         call = litellm.aembedding(**kwargs)
@@ -856,11 +977,20 @@ async def call_litellm(expert: ExpertConfig, base: str | None, payload: dict[str
     try:
         resp = await asyncio.wait_for(call, timeout_s)
     except Exception as e:
-        raise _litellm_failure(expert, e, timeout_s, base) from None
+        f = _litellm_failure(expert, e, timeout_s, base, path)
+        if not f.retryable and f.status is not None and f.body is not None:
+            # the request's own error (a 4xx): its answer, as call_openai passes it on, not
+            # the expert's failure (no upstream error counted, no breaker verdict)
+            return UpstreamReply(f.status, "application/json", f.body)
+        raise f from None
     if not stream:
         obj = resp.model_dump()  # its integers exact (LiteLLM reads JSON with json)
         raw = exactjson.dumps(obj)
         _check_answer(path, obj, base or expert.name, raw)  # as an openai expert's
+        if path == "/completions" and _invented_choices(obj):
+            raise UpstreamFailure("protocol", f"{base or expert.name} answered 200 without a "
+                                  f"'choices' list (LiteLLM made one up)",
+                                  public="answered 200 without 'choices'")
         return UpstreamReply(200, "application/json", raw, data=obj)
 
     def event(chunk: Any) -> bytes:
@@ -982,21 +1112,10 @@ def _invented_end(wrapper: Any) -> bool:
 
 def _dropped(e: BaseException) -> bool:
     """Whether a LiteLLM stream's error is its provider's connection breaking within the
-    body (LiteLLM's ``APIConnectionError``, wrapped in its ``MidStreamFallbackError`` when
-    read from a chat stream, and mapped once more by a text completion's), not an error the
-    provider reported."""
-    conn = _get_litellm().APIConnectionError
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [e]
-    while todo:
-        x = todo.pop()
-        if x is None or id(x) in seen:
-            continue
-        if isinstance(x, conn):
-            return True
-        seen.add(id(x))
-        todo += [getattr(x, "original_exception", None), x.__cause__, x.__context__]
-    return False
+    body (a transport error behind LiteLLM's ``APIConnectionError``, itself in its
+    ``MidStreamFallbackError`` when read from a chat stream), not an error the provider
+    reported (an error event, which LiteLLM also calls an ``APIConnectionError``)."""
+    return _transport_error(_chain(e)) is not None
 
 
 #: closes of LiteLLM streams in progress (the loop keeps a task only weakly)
