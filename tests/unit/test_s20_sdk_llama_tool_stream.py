@@ -116,3 +116,18 @@ async def test_an_openai_dialect_experts_stream_passes_untouched(
     sent = b"".join(LLAMA_TOOL_STREAM)
     body = r.content
     assert body[:len(sent) - len(b"data: [DONE]\r\n\r\n")] == sent[:-len(b"data: [DONE]\r\n\r\n")]
+
+
+async def test_a_policy_that_rewrites_model_fixes_the_deltas_too(
+        scripted: ScriptedSSE, ups: Any, tmp_path: Path) -> None:
+    scripted.script = list(LLAMA_TOOL_STREAM)
+    async with gateway_client(_cfg(scripted, ups[1].base, rewrite_model=True), tmp_path
+                              ) as (c, _):
+        r = await c.post("/v1/chat/completions", json={
+            "model": "auto", "stream": True, "tools": TOOLS, "tool_choice": "required",
+            "messages": [{"role": "user", "content": "fix this bug in my code"}]})
+    events = _events(r.text)
+    assert {ev["model"] for ev in events} == {"auto"}
+    names = [c["function"].get("name") for ev in events if ev["choices"]
+             for c in ev["choices"][0]["delta"].get("tool_calls") or []]
+    assert names == ["get_weather", None, None, None, None]
