@@ -37,7 +37,9 @@ def register(sub: Any, name: str) -> None:
     h = inner.add_parser("hash", help="print the sha256 digest of a key (for api_keys)")
     _key_args(h)
     h.set_defaults(func=cmd_hash)
-    a = inner.add_parser("add", help="store a key in Redis (no restart needed)")
+    a = inner.add_parser("add", help="store a key in Redis (no restart needed)",
+                         description="store an API key in Redis, where every gateway on it "
+                         "finds it without a restart (only its sha256 digest is stored)")
     _key_args(a)
     a.add_argument("--redis-url", help=_REDIS_URL_HELP)
     a.add_argument("--config", help="the gateways' configuration file (default "
@@ -51,8 +53,12 @@ def register(sub: Any, name: str) -> None:
                    help="an admin key: may use /admin/* (reload, state) and the admin views")
     a.add_argument("--replace", action="store_true",
                    help="store the key even when Redis holds it for another tenant")
-    a.add_argument("--requests-per-minute", type=int)
-    a.add_argument("--tokens-per-minute", type=int)
+    a.add_argument("--requests-per-minute", type=int, metavar="N",
+                   help="requests a minute this key may make, counted across every gateway "
+                   "on this Redis (default: no limit)")
+    a.add_argument("--tokens-per-minute", type=int, metavar="N",
+                   help="tokens a minute (prompt estimate + max_tokens, settled with the "
+                   "upstream's usage), counted likewise (default: no limit)")
     a.set_defaults(func=cmd_add)
     r = inner.add_parser("revoke", help="delete a key from Redis (by key or digest)")
     _key_args(r, generate=False)  # a new random key is never one to revoke
@@ -89,31 +95,40 @@ def _key_args(p: argparse.ArgumentParser, *, generate: bool = True) -> None:
         p.add_argument("--generate", action="store_true", help="generate a new random key")
 
 
-def _read_key(args: argparse.Namespace) -> str:
+def _read_key(args: argparse.Namespace) -> str | None:
+    """The key (``--generate``, ``--key``, else a line of stdin, asked for without echo on
+    a terminal); None, after a line naming the command and where it looked, when empty: a
+    usage error (exit 2), never a digest of nothing."""
     if getattr(args, "generate", False):
         key = "sk-eg-" + secrets.token_urlsafe(32)
         print(f"key (shown once): {key}", file=sys.stderr)
         return key
     if args.key is not None:
-        key = args.key
+        key, where = args.key, "--key is empty"
     elif sys.stdin.isatty():
         # a terminal: it waited for a line without a word (the command looked hung), and a
         # typed key stayed on the screen and in the scrollback
         import getpass
 
         key = getpass.getpass("API key (not shown; Enter to finish): ")
+        where = "nothing was typed"
     else:
-        key = sys.stdin.readline()
+        key, where = sys.stdin.readline(), "stdin gave an empty line (or none)"
     key = key.strip()
     if not key:
-        raise SystemExit("expertgate keys: empty key")
+        print(f"expertgate keys {args.keys_command}: no key: {where}; pass --key KEY, "
+              "one line on stdin, or --generate", file=sys.stderr)
+        return None
     return key
 
 
 def cmd_hash(args: argparse.Namespace) -> int:
     from gateway.auth import hash_key
 
-    print(hash_key(_read_key(args)))
+    key = _read_key(args)
+    if key is None:
+        return 2
+    print(hash_key(key))
     return 0
 
 
@@ -132,7 +147,10 @@ def cmd_add(args: argparse.Namespace) -> int:
     url = _redis_url(args, "add")
     if url is None:
         return 2
-    digest = hash_key(_read_key(args))
+    key = _read_key(args)
+    if key is None:
+        return 2
+    digest = hash_key(key)
     try:
         cfg = APIKeyConfig(name=args.name, sha256=digest,
                            policies=[x.strip() for x in args.policies.split(",") if x.strip()],
@@ -239,7 +257,10 @@ def cmd_revoke(args: argparse.Namespace) -> int:
                   "nothing revoked", file=sys.stderr)
             return 2
     else:
-        digest = hash_key(_read_key(args))
+        key = _read_key(args)
+        if key is None:
+            return 2
+        digest = hash_key(key)
     r = redis.Redis.from_url(url, **REDIS_TIMEOUTS)
     try:
         n = r.delete(KEY_PREFIX + digest)
