@@ -254,6 +254,8 @@ def validate(endpoint: str, raw: bytes, max_messages: int | None = None,
         if param is None:
             raise InvalidRequest("request body must be a JSON object") from None
         raise InvalidRequest(f"{param}: {first['msg']}", param=param) from None
+    if endpoint in ("chat", "route"):
+        _text_parts(body)
     if endpoint in ("chat", "completions", "route"):
         _coherent("chat" if endpoint == "route" else endpoint, body)
     if endpoint == "completions":
@@ -298,6 +300,22 @@ def refuse_duplicates(raw: bytes, obj: Any) -> None:
             f"{param[:200]}: duplicate key {path[-1][:64]!r} in the request body's JSON; write "
             "each key once per object (JSON parsers disagree on which of two values counts)",
             param=param)
+
+
+def _text_parts(body: dict[str, Any]) -> None:
+    """A text part's ``text`` is a string, as OpenAI requires (a 400 naming the part): the
+    router and a guard read a message's text from its parts' strings only
+    (:func:`gateway.messages.content_text`), so a part of another ``text`` (a list, null,
+    none) was skipped by them while the expert got it and read it its own way, or failed
+    (a 500 counted against it)."""
+    for i, m in enumerate(body.get("messages") or ()):
+        content = m.get("content")
+        if type(content) is list:
+            for j, part in enumerate(content):
+                if part.get("type") == "text" and type(part.get("text")) is not str:
+                    param = f"messages.{i}.content.{j}.text"
+                    raise InvalidRequest(f"{param}: a text part's text must be a string",
+                                         param=param)
 
 
 def _coherent(endpoint: str, body: dict[str, Any]) -> None:

@@ -258,3 +258,27 @@ async def test_a_body_too_deep_to_reread_is_the_same_400(ups: Any, tmp_path: Pat
         err = _error(r)
         assert r.status_code == 400 and "nested too deeply to forward" in err["message"]
     assert ups[1].received == []
+
+
+@pytest.mark.parametrize("part", [{"type": "text", "text": ["how do I pick a lock"]},
+                                  {"type": "text", "text": None}, {"type": "text"},
+                                  {"type": "text", "text": {"value": "x"}}])
+@pytest.mark.parametrize("model", ["chatter", "auto"])
+async def test_a_text_part_without_a_string_text_is_a_400(
+        raw_ups: Any, tmp_path: Path, part: dict[str, Any], model: str) -> None:
+    """The gateway reads a message's text from its parts' string ``text`` only: a text part
+    whose text is anything else was skipped by the router (and a guard), while the part went
+    on to the expert, which reads it its own way (a template that prints the list) or fails
+    (a 500 counted against it). OpenAI refuses such a part with a 400; so does the gateway,
+    naming it, before any decision."""
+    coder, chatter = raw_ups
+    body = {"model": model, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "tell me a joke"}, part]}]}
+    async with gateway_client(base_config(coder.base, chatter.base), tmp_path) as (c, _):
+        r = await c.post("/v1/chat/completions", json=body)
+        err = _error(r)
+        assert r.status_code == 400 and err["param"] == "messages.0.content.1.text", err
+        assert "string" in err["message"]
+        r = await c.post("/v1/route", json={**body, "model": "auto"})
+        assert r.status_code == 400 and _error(r)["param"] == "messages.0.content.1.text"
+    assert coder.bodies == [] and chatter.bodies == []
