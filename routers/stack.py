@@ -129,12 +129,10 @@ def _fit_lr(F: np.ndarray, s: np.ndarray, C: float, coef: np.ndarray | None = No
         # one outcome only: a constant at the (smoothed) base rate
         rate = (s.sum() + 0.5) / (s.size + 1.0)
         return np.zeros(F.shape[1]), float(_logit(np.array([rate]))[0])
-    if hasattr(F, "tocsr"):  # scipy sparse (TF-IDF rows)
-        from scipy.sparse import vstack
-
-        Fa = vstack([F[pos], F[neg]]).tocsr()
-    else:
-        Fa = np.concatenate([F[pos], F[neg]])
+    # the positive copies, then the negative ones, taken in one pass (a stack of two row
+    # selections copied the rows twice: a fifth of a TF-IDF fit's time on 15,000 prompts)
+    rows = np.concatenate([np.flatnonzero(pos), np.flatnonzero(neg)])
+    Fa = F.tocsr()[rows] if hasattr(F, "tocsr") else F[rows]
     ya = np.concatenate([np.ones(int(pos.sum())), np.zeros(int(neg.sum()))])
     wa = np.concatenate([s[pos], 1 - s[neg]])
     m = LogisticRegression(C=C, max_iter=1000, warm_start=coef is not None)
