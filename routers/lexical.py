@@ -261,23 +261,40 @@ def _encode(texts: Sequence[str], words: dict[str, int], chars: dict[str, int], 
         return [j for j in map(vocab.get, grams) if j is not None]
 
     split: dict[str, list[int]] = {}  # each distinct word's character n-gram indices, once
-    flat_w: array[int] = array("q")
-    flat_c: array[int] = array("q")
-    len_w = np.zeros(n, np.int64)
-    len_c = np.zeros(n, np.int64)
-    for i, low in enumerate(lowered):
-        ids = lookup(words, _word_ngrams_lower(low))
-        flat_w.extend(ids)
-        len_w[i] = len(ids)
-        start = len(flat_c)
-        for t in _SPACE.sub(" ", low).split():
-            got = split.get(t)
-            if got is None:
-                got = split[t] = lookup(chars, char_ngrams(t))
-            flat_c.extend(got)
-        len_c[i] = len(flat_c) - start
-    return [_count(np.frombuffer(flat, np.int64) if len(flat) else np.zeros(0, np.int64),
-                   lens) for flat, lens in ((flat_w, len_w), (flat_c, len_c))]
+    parts: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = []
+    for lo in range(0, n, _COUNT_CHUNK):
+        # counted a chunk of texts at a time: the texts' n-gram indices (each occurrence, a
+        # few thousand per long prompt) and the sort that counts them never exist for the
+        # whole batch at once (several GB on tens of thousands of long prompts)
+        hi = min(n, lo + _COUNT_CHUNK)
+        flat_w: array[int] = array("q")
+        flat_c: array[int] = array("q")
+        len_w = np.zeros(hi - lo, np.int64)
+        len_c = np.zeros(hi - lo, np.int64)
+        for i, low in enumerate(lowered[lo:hi]):
+            ids = lookup(words, _word_ngrams_lower(low))
+            flat_w.extend(ids)
+            len_w[i] = len(ids)
+            start = len(flat_c)
+            for t in _SPACE.sub(" ", low).split():
+                got = split.get(t)
+                if got is None:
+                    got = split[t] = lookup(chars, char_ngrams(t))
+                flat_c.extend(got)
+            len_c[i] = len(flat_c) - start
+        counted = [_count(np.frombuffer(flat, np.int64) if len(flat) else
+                          np.zeros(0, np.int64), lens)
+                   for flat, lens in ((flat_w, len_w), (flat_c, len_c))]
+        parts.append([(doc + lo, term, cnt) for doc, term, cnt in counted])
+    if not parts:
+        return [_count(np.zeros(0, np.int64), np.zeros(0, np.int64)) for _ in range(2)]
+    return [(np.concatenate([p[b][0] for p in parts]), np.concatenate([p[b][1] for p in parts]),
+             np.concatenate([p[b][2] for p in parts])) for b in range(2)]
+
+
+#: texts counted at once by :func:`_encode` (bounds its memory; the result does not depend
+#: on it)
+_COUNT_CHUNK = 2000
 
 
 #: fewest texts for which :func:`_encode_split` cuts the vocabulary pass in two processes
