@@ -1035,6 +1035,10 @@ async def call_litellm(expert: ExpertConfig, base: str | None, payload: dict[str
             raise UpstreamFailure("protocol", f"{where}: ResponseIncomplete: {e}",
                                   public="broke the connection (ResponseIncomplete)"
                                   ) from None
+        if _not_json(e):  # an event that is not JSON: as call_openai says it
+            raise UpstreamFailure("protocol", f"{where}: an SSE data line is not JSON: {e}",
+                                  public="sent a stream that is not a valid event stream"
+                                  ) from None
         raise _litellm_failure(expert, e, timeout_s, base) from None
 
     ended = False
@@ -1051,6 +1055,9 @@ async def call_litellm(expert: ExpertConfig, base: str | None, payload: dict[str
                 if _dropped(e):  # the reader ends the stream as after an openai expert's cut
                     raise ResponseIncomplete(f"{where}: the provider's connection broke "
                                              f"within the stream: {e}") from None
+                if _not_json(e):  # ... and as after its event that is not JSON
+                    raise UpstreamProtocolError(f"an SSE data line is not JSON ({where}: "
+                                                f"{type(e).__name__})") from None
                 raise
             wrapper = wrapper or _stream_wrapper(resp)
             if _invented_end(wrapper):
@@ -1116,6 +1123,14 @@ def _dropped(e: BaseException) -> bool:
     ``MidStreamFallbackError`` when read from a chat stream), not an error the provider
     reported (an error event, which LiteLLM also calls an ``APIConnectionError``)."""
     return _transport_error(_chain(e)) is not None
+
+
+def _not_json(e: BaseException) -> bool:
+    """Whether a LiteLLM stream's error is an event of the provider's that is not JSON (the
+    OpenAI SDK's ``JSONDecodeError``, which LiteLLM calls an ``APIConnectionError``)."""
+    import json
+
+    return any(isinstance(x, json.JSONDecodeError) for x in _chain(e))
 
 
 #: closes of LiteLLM streams in progress (the loop keeps a task only weakly)

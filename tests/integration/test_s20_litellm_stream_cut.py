@@ -144,6 +144,36 @@ async def test_a_named_litellm_expert_cut_before_its_first_token_answers_as_http
     _same(http, lite)
 
 
+NOT_JSON = b"data: {nope\n\n"
+
+
+async def test_a_litellm_event_that_is_not_json_ends_the_stream_as_http(
+        scripted: ScriptedSSE, ups: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+        ) -> None:
+    # after a token: the stream_invalid event (it was 'ended unexpectedly
+    # (MidStreamFallbackError)', counted as a cut)
+    monkeypatch.setenv(KEY_ENV, "sk-lite-test")
+    http, lite = await _both(scripted, ups[1], tmp_path,
+                             [ROLE, PAUSE, TOKEN, PAUSE, NOT_JSON, DONE])
+    assert http["events"][-1]["code"] == "stream_invalid"
+    assert http["record"]["degraded"] == ["stream-invalid"]
+    assert 'expertgate_upstream_errors_total{expert="coder",kind="stream_invalid"} 1.0' in \
+        http["metrics"]
+    _same(http, lite)
+
+
+@pytest.mark.parametrize("model", ["auto", "coder"])
+async def test_a_litellm_event_that_is_not_json_before_a_token_fails_over_as_http(
+        scripted: ScriptedSSE, ups: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        model: str) -> None:
+    monkeypatch.setenv(KEY_ENV, "sk-lite-test")
+    http, lite = await _both(scripted, ups[1], tmp_path, [ROLE, PAUSE, NOT_JSON, DONE],
+                             model=model)
+    assert 'expertgate_upstream_errors_total{expert="coder",kind="protocol"} 1.0' in \
+        http["metrics"]
+    _same(http, lite)
+
+
 async def test_a_whole_litellm_stream_is_still_an_answer(
         scripted: ScriptedSSE, ups: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         ) -> None:
