@@ -45,7 +45,9 @@ def register(sub: Any, name: str) -> None:
                         "(e.g. http://127.0.0.1:8080; a client's base URL ending in /v1 "
                         "names it too)")
         sp.add_argument("--api-key", default=os.environ.get("EXPERTGATE_API_KEY"),
-                        help="key for /admin/reload (default $EXPERTGATE_API_KEY)")
+                        help="an admin key for --url's /admin/reload, when the gateway has "
+                        "API keys (default EXPERTGATE_API_KEY, better: ps shows the command "
+                        "line)")
         sp.add_argument("--redis-url", default=None,
                         help="the gateways' Redis, where the end is recorded for every gateway "
                         "on it (default EXPERTGATE_REDIS_URL; better for a URL with a "
@@ -164,6 +166,15 @@ def _record(url: str, policy: str, identity: str, action: str) -> str | None:
     return None
 
 
+def _error_message(r: Any) -> str:
+    """The message of an OpenAI-shaped error answer, else its text (shortened)."""
+    try:
+        msg = r.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        msg = None
+    return str(msg) if msg else " ".join(r.text.split())[:300]
+
+
 def _run(args: argparse.Namespace) -> int:
     from expertgate.cli._redis import bad_redis_url
     from gateway.config import ConfigError, Settings, load_yaml, parse_config
@@ -232,7 +243,12 @@ def _run(args: argparse.Namespace) -> int:
                   "POST /admin/reload", file=sys.stderr)
             return 1
         if r.status_code != 200:
-            print(f"reload answered {r.status_code}: {r.text}", file=sys.stderr)
+            # the raw JSON said neither what to do nor that the file was written already
+            hint = (" (an admin key is needed: --api-key KEY or EXPERTGATE_API_KEY)"
+                    if r.status_code in (401, 403) else "")
+            print(f"expertgate policy {args.action}: the reload at {base} answered "
+                  f"{r.status_code}: {_error_message(r)}{hint}; the file is written: reload "
+                  "with SIGHUP or POST /admin/reload", file=sys.stderr)
             return 1
         print(f"reloaded: changed {r.json().get('changed')}")
         served = r.json().get("config")
