@@ -31,6 +31,10 @@ to requests every OpenAI client sends, and ignored some fields silently; the rew
   asking for them itself is as fast and says what it costs;
 - a completion's list ``prompt`` of one text becomes that text; a batch of texts or token ids
   is a 400 (it answered a 500 with an empty message);
+- the client's mistakes it answered with a 500 (a ``response_format`` type it does not know,
+  a ``tool`` message without ``tool_call_id``, a ``logit_bias`` key that is no token id) are
+  the 400 OpenAI and vLLM answer, naming the field (an ``InvalidRequest``: no expert serves
+  them, so no other is tried);
 - a chat's ``logprobs: true`` without ``top_logprobs`` gets ``top_logprobs: 0``: it computes
   them only when ``top_logprobs`` is given, and answered ``"logprobs": null`` otherwise (each
   token's ``top_logprobs`` then lists the token itself, where OpenAI's list is empty).
@@ -101,13 +105,30 @@ def _llama_cpp_python(payload: dict[str, Any], expert: str) -> dict[str, Any]:
         if newer is not None:
             out["max_tokens"] = newer
     rf = payload.get("response_format")
-    if isinstance(rf, dict) and rf.get("type") == "json_schema":
-        out["response_format"] = _json_schema(rf)
+    if isinstance(rf, dict):
+        kind = rf.get("type")
+        if kind == "json_schema":
+            out["response_format"] = _json_schema(rf)
+        elif kind not in ("text", "json_object"):
+            raise InvalidRequest(f"response_format.type: {kind!r} is none of 'text', "
+                                 "'json_object', 'json_schema'", param="response_format.type")
+    if payload.get("logit_bias") is not None:
+        _check_bias(payload["logit_bias"])
     if payload.get("tool_choice") == "required":
         out["tool_choice"] = _required_tool(payload.get("tools"), expert)
     if payload.get("logprobs") is True and payload.get("top_logprobs") is None:
         out["top_logprobs"] = 0  # a chat's logprobs are computed only when it is given
     return out
+
+
+def _check_bias(bias: Any) -> None:
+    """``logit_bias``: token ids (as strings, JSON's keys) to numbers, as OpenAI takes it."""
+    ok = isinstance(bias, dict) and all(
+        k.lstrip("-").isdigit() and isinstance(v, (int, float)) and not isinstance(v, bool)
+        for k, v in bias.items())
+    if not ok:
+        raise InvalidRequest("logit_bias: an object of token ids (as strings) to biases "
+                             "(numbers), e.g. {\"1234\": -100}", param="logit_bias")
 
 
 def _required_tool(tools: Any, expert: str) -> dict[str, Any]:
@@ -127,6 +148,9 @@ def _messages(messages: list[Any], expert: str) -> list[Any]:
         if not isinstance(m, dict):
             continue  # the schema admits only objects: nothing to adapt in anything else
         role, content = m.get("role"), m.get("content")
+        if role == "tool" and not isinstance(m.get("tool_call_id"), str):
+            raise InvalidRequest(f"messages.{i}.tool_call_id: a tool message names the call "
+                                 "it answers (a string)", param=f"messages.{i}.tool_call_id")
         new_role = "system" if role == "developer" else role
         if isinstance(content, list):
             new_content: Any = _joined(content, f"messages.{i}.content", expert)

@@ -116,3 +116,17 @@ def test_a_tool_call_cut_by_max_tokens_finishes_with_length(client: openai.OpenA
     else:
         finishes = [client.chat.completions.create(**kw).choices[0].finish_reason]
     assert finishes == ["length"]
+
+
+@pytest.mark.parametrize(("fields", "param"), [
+    ({"response_format": {"type": "xml"}}, "response_format.type"),
+    ({"messages": [*WEATHER, {"role": "tool", "content": "18C"}]}, "messages.1.tool_call_id"),
+    ({"logit_bias": {"abc": 5}}, "logit_bias"),
+])
+def test_the_clients_own_mistake_is_a_400_not_the_experts_500(
+        client: openai.OpenAI, fields: dict[str, Any], param: str) -> None:
+    kw: dict[str, Any] = {"model": "auto", "messages": WEATHER, "max_tokens": 2, **fields}
+    with pytest.raises(openai.BadRequestError) as ei:
+        client.chat.completions.create(**kw)
+    assert ei.value.status_code == 400
+    assert isinstance(ei.value.body, dict) and ei.value.body["param"] == param
