@@ -967,6 +967,15 @@ async def call_litellm(expert: ExpertConfig, base: str | None, payload: dict[str
     # a 429 or a 5xx hid the status, slept for its retry-after past the expert's timeout and
     # tripled the calls the provider got
     kwargs["max_retries"] = 0
+    opts = payload.get("stream_options")
+    #: the client asked for no usage event: the provider is asked for one all the same, as
+    #: an openai expert is (gateway/request/dispatch.py), so that its own figures count in
+    #: the log, the cost and the token budget; the event is kept from the client's stream
+    unasked = stream and path == "/chat/completions" and not (
+        isinstance(opts, dict) and opts.get("include_usage") is True)
+    if unasked:
+        kwargs["stream_options"] = {**(opts if isinstance(opts, dict) else {}),
+                                    "include_usage": True}
     if path == "/embeddings":
         stream = False
         call = litellm.aembedding(**kwargs)
@@ -993,19 +1002,35 @@ async def call_litellm(expert: ExpertConfig, base: str | None, payload: dict[str
                                   public="answered 200 without 'choices'")
         return UpstreamReply(200, "application/json", raw, data=obj)
 
-    def event(chunk: Any) -> bytes:
-        obj = chunk.model_dump()
-        if path == "/completions":
-            obj = _text_chunk(obj)
-        return b"data: " + exactjson.dumps(obj) + b"\n\n"
-
     it = resp.__aiter__()
     wrapper: Any = None
     where = base or expert.name
     # what comes before the first token (a role-only chunk) is held, as for OpenAI-compatible
-    # experts (_hold): the provider failing there may still fall back
+    # experts (_hold): the provider failing there may still fall back. The check goes with
+    # the reply: the reader feeds it the rest, and reads its usage
     held: list[bytes] = []
     check = SSECheck()
+
+    def event(chunk: Any) -> bytes:
+        """A LiteLLM chunk as the SSE event the client gets (b"" for none)."""
+        obj = chunk.model_dump()
+        if path == "/completions":
+            obj = _text_chunk(obj)
+        elif _usage_only(obj):
+            if not _usage_reported(wrapper):
+                # LiteLLM's own count of a provider that sent none: not the provider's
+                # figures; the gateway's estimate counts, said as such, as for an openai
+                # expert that sent none
+                return b""
+            obj["choices"] = []  # OpenAI's usage event: no choices (LiteLLM's has an empty one)
+            if unasked:  # the provider's figures count; the client asked for no event
+                u = obj["usage"]
+                with contextlib.suppress(TypeError, ValueError):
+                    check.usage = (int(u.get("prompt_tokens") or 0),
+                                   int(u.get("completion_tokens") or 0))
+                return b""
+        return b"data: " + exactjson.dumps(obj) + b"\n\n"
+
     try:
         while not check.token and len(held) < HOLD_READS:
             async with _Deadline(loop, timeout_s):
@@ -1014,8 +1039,9 @@ async def call_litellm(expert: ExpertConfig, base: str | None, payload: dict[str
             if _invented_end(wrapper):
                 raise StopAsyncIteration  # the provider's stream ended with no finish
             ev = event(ch)
-            check.feed(ev)
-            held.append(ev)
+            if ev:
+                check.feed(ev)
+                held.append(ev)
     except StopAsyncIteration:
         # ended before any token (LiteLLM's own finish is no token): as _hold's, a protocol
         # failure that may fall back, never a 200 stream with nothing in it
@@ -1065,7 +1091,9 @@ async def call_litellm(expert: ExpertConfig, base: str | None, payload: dict[str
                 # finish is not passed on, nor a [DONE]: the reader reports the cut as it does
                 # an openai expert's stream that ends without [DONE]
                 return
-            yield event(ch)
+            ev = event(ch)
+            if ev:
+                yield ev
         ended = True
         yield b"data: [DONE]\n\n"
 
@@ -1078,7 +1106,30 @@ async def call_litellm(expert: ExpertConfig, base: str | None, payload: dict[str
             _close_soon(resp)
 
     return UpstreamReply(200, "text/event-stream", b"".join(held), rest(), stream=True,
-                         _release=release)
+                         _release=release, sse=check)
+
+
+def _usage_only(obj: dict[str, Any]) -> bool:
+    """Whether a LiteLLM chat chunk is its usage event: usage, and no choice with anything
+    in it (LiteLLM gives it one choice with an empty delta)."""
+    if not obj.get("usage"):
+        return False
+    for c in obj.get("choices") or []:
+        if not isinstance(c, dict) or c.get("finish_reason") is not None:
+            return False
+        delta = c.get("delta")
+        if isinstance(delta, dict) and any(v for v in delta.values()):
+            return False
+    return True
+
+
+def _usage_reported(wrapper: Any) -> bool:
+    """Whether the provider sent the usage LiteLLM's stream (``wrapper``) ends with: LiteLLM
+    keeps each chunk it read, the provider's usage event among them, and counts the tokens
+    itself when there is none (unknown stream: taken as the provider's)."""
+    if wrapper is None:
+        return True
+    return any(getattr(c, "usage", None) is not None for c in getattr(wrapper, "chunks", ()))
 
 
 def _stream_wrapper(stream: Any) -> Any:
