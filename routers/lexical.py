@@ -160,13 +160,14 @@ class Lexical:
         self.idf = (np.log((1.0 + n) / (1.0 + df)) + 1.0).astype(np.float32)
         self.n_words = len(wt)
         blocks = []
-        for (doc, old, cnt), olds, offset, size in ((enc[0], wold, 0, len(words)),
-                                                    (enc[1], cold, len(wt), len(chars))):
+        for olds, offset, size in ((wold, 0, len(words)), (cold, len(wt), len(chars))):
+            doc, old, cnt = enc.pop(0)  # each block's whole encoding freed once it is cut
             col = np.full(size, -1, np.int64)
             col[olds] = np.arange(olds.size) + offset
             new = col[old]
             keep = new >= 0
             blocks.append((doc[keep], new[keep], cnt[keep]))
+            del doc, old, cnt, new, keep
         return _rows(n, blocks, self.idf, self.n_features)
 
     # -- features ------------------------------------------------------------------------
@@ -391,22 +392,26 @@ def _weights(n: int, blocks: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]
     return out
 
 
-def _rows(n: int, blocks: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+def _rows(n: int, blocks: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
           idf: np.ndarray, n_features: int) -> csr_matrix:
     """CSR rows from per-block (text, column, count) triples: sublinear TF times IDF, each
-    text's block L2-normalised; a row holds its word entries, then its character ones."""
+    text's block L2-normalised; a row holds its word entries, then its character ones.
+    ``blocks`` is emptied (each temporary is freed as soon as it is used: on tens of
+    thousands of long prompts each is a hundred MB or more)."""
     from scipy.sparse import csr_matrix
 
-    docs, cols, vals = [], [], []
-    for b, (doc, col, val) in enumerate(_weights(n, blocks, idf)):
-        docs.append(doc * 2 + b)
-        cols.append(col)
-        vals.append(val)
-    key = np.concatenate(docs)
+    weighted = _weights(n, blocks, idf)
+    blocks.clear()
+    key = np.concatenate([doc * 2 + b for b, (doc, _, _) in enumerate(weighted)])
     order = np.argsort(key, kind="stable")  # text by text, words first, sight order kept
     indptr = np.concatenate([[0], np.cumsum(np.bincount(key // 2, minlength=n))])
-    return csr_matrix((np.concatenate(vals)[order].astype(np.float32),
-                       np.concatenate(cols)[order], indptr), shape=(n, n_features))
+    del key
+    data = np.concatenate([val for _, _, val in weighted])[order].astype(np.float32)
+    cols = [col for _, col, _ in weighted]
+    weighted.clear()
+    indices = np.concatenate(cols)[order]
+    del cols
+    return csr_matrix((data, indices, indptr), shape=(n, n_features))
 
 
 class MemoLexical(Lexical):
