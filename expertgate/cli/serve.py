@@ -17,8 +17,8 @@ import orjson
 
 from gateway.config import ConfigError, GatewayConfig, Settings, load_config
 
-__all__ = ["METRICS_DIR_PREFIX", "check", "register", "remove_stale_metrics_dirs",
-           "start_local_experts", "unreachable_experts"]
+__all__ = ["METRICS_DIR_PREFIX", "check", "log_folder_problem", "register",
+           "remove_stale_metrics_dirs", "start_local_experts", "unreachable_experts"]
 
 log = logging.getLogger("expertgate.serve")
 
@@ -187,7 +187,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for line in (per_process_canaries(cfg, s) + per_process_limits(cfg, s)
                  + unchecked_keys(cfg, s)):
         print(f"expertgate serve: warning: {line}", file=sys.stderr, flush=True)
-    busy = _listen_problem(s.host, s.port)
+    busy = _listen_problem(s.host, s.port) or log_folder_problem(s)
     if busy:  # before the embedder loads and --start-experts starts anything
         print(f"expertgate serve: {busy}", file=sys.stderr)
         return 2
@@ -244,9 +244,9 @@ def check(s: Settings) -> int:
         print(f"{say} {len(problems)} problem(s): the gateway would not start", file=sys.stderr)
         return 2
     info(f"config {s.config}: {len(cfg.experts)} expert(s), {len(cfg.policies)} policy(ies)")
-    why = auth_problem(cfg, s.redis_url)
-    if why:
-        problem(why)
+    for why in (auth_problem(cfg, s.redis_url), log_folder_problem(s)):
+        if why:
+            problem(why)
     for line in (missing_credentials(cfg) + per_process_canaries(cfg, s)
                  + per_process_limits(cfg, s) + unchecked_keys(cfg, s)):
         info(f"warning: {line}")
@@ -409,6 +409,39 @@ def unchecked_keys(cfg: GatewayConfig, s: Settings) -> list[str]:
                    "false, so every request is served without a key. Set require_auth: true "
                    "to require them")
     return out
+
+
+def log_folder_problem(s: Settings) -> str | None:
+    """Why a gateway without Redis could not write beside its routing log (the log, its
+    ratings, the request-id secret, canary reverts), naming the variable; None when it can,
+    or with Redis (they live there). The folder is made, as the start makes it. Found only
+    at start-up, it came after the embedder and every policy had loaded, as ``start-up
+    failed: [Errno 17] File exists: ...`` naming no setting. Nothing is created (``serve
+    --check`` leaves no trace): the nearest folder that exists must be one this process can
+    write in. A file that is no file there (a directory named as the log) is still left to
+    the start."""
+    import errno
+    import os
+    import tempfile
+
+    if s.redis_url:
+        return None
+    for path, variable in ((s.log_path, "EXPERTGATE_LOG_PATH"),
+                           (s.feedback_file, "EXPERTGATE_FEEDBACK_PATH" if s.feedback_path
+                            else "EXPERTGATE_LOG_PATH")):
+        folder = path.absolute().parent
+        try:
+            while not os.path.lexists(folder) and folder != folder.parent:
+                folder = folder.parent  # made by the start, below the first that exists
+            if not folder.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, f"{folder} is not a folder")
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as e:
+            return (f"{variable}: cannot write {path}: its folder {folder} cannot be made "
+                    f"or written ({e.strerror or e}); name a writable file, or give a Redis "
+                    "URL (the log then goes to Redis)")
+    return None
 
 
 def _listen_problem(host: str, port: int) -> str | None:

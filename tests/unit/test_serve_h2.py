@@ -105,13 +105,14 @@ def _serve_proc(path: Path, *extra: str, env: dict[str, str]) -> subprocess.Comp
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_worker_start_up_failure_exits_2_and_says_why_once(tmp_path: Path,
                                                              workers: str) -> None:
-    # a routing log below a file fails in the gateway's start-up (after the config)
-    (tmp_path / "a-file").write_text("")
+    # a routing log that is a folder fails in the gateway's start-up (after the config;
+    # a folder that cannot be written is refused before: test_s20_serve_log_folder)
+    (tmp_path / "log-folder").mkdir()
     p = _serve_proc(_cfg(tmp_path), "--workers", workers,
-                    env={"EXPERTGATE_LOG_PATH": str(tmp_path / "a-file" / "log.jsonl")})
+                    env={"EXPERTGATE_LOG_PATH": str(tmp_path / "log-folder")})
     assert p.returncode == 2, p.stderr
     if workers == "1":
-        assert p.stderr.count("start-up failed") == 1 and "a-file" in p.stderr, p.stderr
+        assert p.stderr.count("start-up failed") == 1 and "log-folder" in p.stderr, p.stderr
     else:
         assert "a worker failed to start" in p.stderr
     # a Redis URL with a wrong scheme is refused before any worker starts
