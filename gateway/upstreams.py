@@ -662,6 +662,10 @@ def _get_litellm() -> Any:
 
         litellm.telemetry = False
         litellm.drop_params = True
+        # LiteLLM prints a banner to stdout (ANSI colours, "Give Feedback / Get Help", its
+        # issue tracker) on every provider error it maps: the server's log gets the
+        # gateway's own line of each failure instead
+        litellm.suppress_debug_info = True
         _litellm = litellm
     return _litellm
 

@@ -224,3 +224,16 @@ async def test_a_refused_connection_is_a_connect_failure_as_http(
         in http["metrics"]
     for k in http:
         assert lite[k] == http[k], k
+
+
+async def test_a_provider_error_prints_no_litellm_banner(
+        ups: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    # LiteLLM printed "Give Feedback / Get Help: https://github.com/BerriAI/litellm/..." in
+    # ANSI colours to the server's stdout on every error it mapped
+    monkeypatch.setenv(KEY_ENV, "sk-lite-test")
+    base = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    got = await _play("litellm", base, ups[1], tmp_path / "lite", "coder", [])
+    assert got["status"] == 502
+    out, err = capfd.readouterr()
+    assert "Give Feedback" not in out + err and "\033[1;31m" not in out + err
