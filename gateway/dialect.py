@@ -17,7 +17,13 @@ to requests every OpenAI client sends, and ignored some fields silently; the rew
   gives a chat template a text-only message; any other part (an image, audio, a file) is a
   400 naming it: such an expert reads text only;
 - ``content: null`` (an assistant turn with ``tool_calls``, the second turn of every tool
-  loop) becomes ``""``: it takes a string or no content, never null;
+  loop), or an assistant turn without ``content``, becomes ``""``: it takes a string or no
+  content, never null, and its chat template failed on a turn without one;
+- a field set to ``null`` (the default, in OpenAI's API) is left out: it answered a 500 for
+  ``temperature: null``;
+- a function tool without ``parameters`` takes none (``{"type": "object", "properties":
+  {}}``: it required them); a tool that is not a function (OpenAI's ``custom``) is a 400
+  naming it;
 - ``response_format: {"type": "json_schema", "json_schema": {"schema": S}}`` becomes its own
   ``{"type": "json_object", "schema": S}`` (a grammar built from ``S``);
 - ``max_completion_tokens`` becomes ``max_tokens``, which it reads (the newer name was
@@ -32,7 +38,8 @@ to requests every OpenAI client sends, and ignored some fields silently; the rew
 - a completion's list ``prompt`` of one text becomes that text; a batch of texts or token ids
   is a 400 (it answered a 500 with an empty message);
 - the client's mistakes it answered with a 500 (a ``response_format`` type it does not know,
-  a ``tool`` message without ``tool_call_id``, a ``logit_bias`` key that is no token id) are
+  a ``tool`` message without ``tool_call_id``, a ``logit_bias`` key that is no token id, a
+  user message without ``content``, tool-call ``arguments`` that are not a string) are
   the 400 OpenAI and vLLM answer, naming the field (an ``InvalidRequest``: no expert serves
   them, so no other is tried);
 - a chat's ``logprobs: true`` without ``top_logprobs`` gets ``top_logprobs: 0``: it computes
@@ -90,7 +97,8 @@ def _unsupported(expert: str, what: str, param: str) -> UnsupportedByExpert:
 
 
 def _llama_cpp_python(payload: dict[str, Any], expert: str) -> dict[str, Any]:
-    out = dict(payload)
+    # null is the default in OpenAI's API; its server took some nulls for numbers (500)
+    out = {k: v for k, v in payload.items() if v is not None}
     n = payload.get("n")
     if isinstance(n, int) and n > 1:
         raise _unsupported(expert, f"'n' is {n}; it answers one choice per request (send "
@@ -100,10 +108,12 @@ def _llama_cpp_python(payload: dict[str, Any], expert: str) -> dict[str, Any]:
         out["messages"] = _messages(messages, expert)
     if "prompt" in payload:
         out["prompt"] = _prompt(payload["prompt"], expert)
-    if "max_completion_tokens" in payload:
-        newer = out.pop("max_completion_tokens")
-        if newer is not None:
-            out["max_tokens"] = newer
+    newer = out.pop("max_completion_tokens", None)
+    if newer is not None:
+        out["max_tokens"] = newer
+    tools = payload.get("tools")
+    if isinstance(tools, list):
+        out["tools"] = _tools(tools, expert)
     rf = payload.get("response_format")
     if isinstance(rf, dict):
         kind = rf.get("type")
@@ -118,6 +128,29 @@ def _llama_cpp_python(payload: dict[str, Any], expert: str) -> dict[str, Any]:
         out["tool_choice"] = _required_tool(payload.get("tools"), expert)
     if payload.get("logprobs") is True and payload.get("top_logprobs") is None:
         out["top_logprobs"] = 0  # a chat's logprobs are computed only when it is given
+    return out
+
+
+#: a function's parameters when it has none (OpenAI's default; the server requires them)
+_NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
+
+
+def _tools(tools: list[Any], expert: str) -> list[Any]:
+    """Function tools only (it reads no other kind); a function without ``parameters``
+    takes none, as OpenAI reads it."""
+    out = tools
+    for j, t in enumerate(tools):
+        if not isinstance(t, dict):
+            continue
+        kind = t.get("type")
+        if kind != "function":
+            raise _unsupported(expert, f"tools.{j} is a {kind!r} tool; it calls functions "
+                               "only", f"tools.{j}.type")
+        fn = t.get("function")
+        if isinstance(fn, dict) and fn.get("parameters") is None:
+            if out is tools:
+                out = list(tools)
+            out[j] = {**t, "function": {**fn, "parameters": _NO_PARAMETERS}}
     return out
 
 
@@ -151,11 +184,17 @@ def _messages(messages: list[Any], expert: str) -> list[Any]:
         if role == "tool" and not isinstance(m.get("tool_call_id"), str):
             raise InvalidRequest(f"messages.{i}.tool_call_id: a tool message names the call "
                                  "it answers (a string)", param=f"messages.{i}.tool_call_id")
+        if "content" not in m and role != "assistant":
+            # an assistant turn may be its tool calls alone; any other turn is its content
+            raise InvalidRequest(f"messages.{i}.content: a {role} message needs content",
+                                 param=f"messages.{i}.content")
+        if role == "assistant":
+            _check_calls(m.get("tool_calls"), f"messages.{i}.tool_calls")
         new_role = "system" if role == "developer" else role
         if isinstance(content, list):
             new_content: Any = _joined(content, f"messages.{i}.content", expert)
-        elif content is None and "content" in m:
-            new_content = ""
+        elif content is None:
+            new_content = ""  # its template reads a string: null or none failed it
         else:
             new_content = content
         if new_role is role and new_content is content:
@@ -164,6 +203,16 @@ def _messages(messages: list[Any], expert: str) -> list[Any]:
             out = list(messages)  # copied at the first message that changes
         out[i] = {**m, "role": new_role, "content": new_content}
     return out
+
+
+def _check_calls(calls: Any, param: str) -> None:
+    """An assistant turn's tool calls: each call's ``arguments`` a string (OpenAI's 400)."""
+    for j, c in enumerate(calls if isinstance(calls, list) else ()):
+        fn = c.get("function") if isinstance(c, dict) else None
+        if isinstance(fn, dict) and not isinstance(fn.get("arguments"), str):
+            raise InvalidRequest(f"{param}.{j}.function.arguments: a tool call's arguments "
+                                 "are a string (JSON text)",
+                                 param=f"{param}.{j}.function.arguments")
 
 
 #: the content parts that are text, and the field that holds it (an assistant turn's

@@ -130,3 +130,23 @@ def test_the_clients_own_mistake_is_a_400_not_the_experts_500(
         client.chat.completions.create(**kw)
     assert ei.value.status_code == 400
     assert isinstance(ei.value.body, dict) and ei.value.body["param"] == param
+
+
+CALLED = [*WEATHER, {"role": "assistant", "tool_calls": [{
+    "id": "call_1", "type": "function",
+    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "18C and sunny"}]
+
+
+@pytest.mark.parametrize("fields", [
+    {"temperature": None, "top_p": None, "seed": None, "stop": None},
+    {"tools": [{"type": "function", "function": {"name": "now"}}],
+     "tool_choice": {"type": "function", "function": {"name": "now"}}},
+    {"messages": CALLED, "tools": TOOLS},
+], ids=["nulls", "function-without-parameters", "assistant-turn-without-content"])
+def test_a_valid_request_its_server_failed_on_is_answered(client: openai.OpenAI,
+                                                          fields: dict[str, Any]) -> None:
+    kw: dict[str, Any] = {"model": "smollm2", "messages": WEATHER, "max_tokens": 3, **fields}
+    choice = client.chat.completions.create(**kw).choices[0]
+    assert choice.finish_reason in ("stop", "length", "tool_calls")
+    assert choice.message.content or choice.message.tool_calls

@@ -36,7 +36,7 @@ async def test_logprobs_alone_asks_the_llama_expert_for_them(ups: Any, tmp_path:
     ({"logprobs": True, "top_logprobs": 3}, {"logprobs": True, "top_logprobs": 3}),
     ({"logprobs": True, "top_logprobs": None}, {"logprobs": True, "top_logprobs": 0}),
     ({"logprobs": False}, {"logprobs": False}),
-    ({"logprobs": None}, {"logprobs": None}),
+    ({"logprobs": None}, {}),  # null: the default, left out
     ({}, {}),
 ])
 def test_only_logprobs_without_top_logprobs_changes(asked: dict[str, Any],
