@@ -1069,7 +1069,7 @@ async def call_litellm(expert: ExpertConfig, base: str | None, payload: dict[str
             raise UpstreamFailure("protocol", f"{where}: an SSE data line is not JSON: {e}",
                                   public="sent a stream that is not a valid event stream"
                                   ) from None
-        raise _litellm_failure(expert, e, timeout_s, base) from None
+        raise _litellm_failure(expert, e, timeout_s, base, path) from None
 
     ended = False
 
