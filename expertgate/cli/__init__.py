@@ -60,9 +60,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         rc = args.func(args)
+        sys.stdout.flush()  # a closed pipe met here, not in the interpreter's exit
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # an input no check foresaw: one line, not a traceback
+        if isinstance(e, BrokenPipeError) and _stdout_closed():
+            return _reader_gone()
         if os.environ.get("EXPERTGATE_DEBUG"):
             raise
         settings = _settings_problems(e, args)
@@ -76,6 +79,36 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     return int(rc or 0)
+
+
+#: the status of a process a closed pipe ends (128 + SIGPIPE), as ``yes | head`` gives
+CLOSED_PIPE = 141
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (a socket's BrokenPipeError, a
+    benchmark's upstream, is another matter, said as any error)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no real stdout (a test's capture)
+        return False
+
+
+def _reader_gone() -> int:
+    """The reader of stdout went away (``expertgate routers list | head -3``): stop quietly,
+    as Unix tools do, rather than in the crash path (``error: BrokenPipeError``). What is
+    still buffered goes to /dev/null, so the interpreter's exit does not complain."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real stdout (a test's capture): nothing to redirect
+        pass
+    return CLOSED_PIPE
 
 
 def _settings_problems(error: Exception, args: argparse.Namespace) -> list[str]:
