@@ -975,7 +975,7 @@ async def call_litellm(expert: ExpertConfig, base: str | None, payload: dict[str
     #: the client asked for no usage event: the provider is asked for one all the same, as
     #: an openai expert is (gateway/request/dispatch.py), so that its own figures count in
     #: the log, the cost and the token budget; the event is kept from the client's stream
-    unasked = stream and path == "/chat/completions" and not (
+    unasked = stream and path in ("/chat/completions", "/completions") and not (
         isinstance(opts, dict) and opts.get("include_usage") is True)
     if unasked:
         kwargs["stream_options"] = {**(opts if isinstance(opts, dict) else {}),
@@ -1019,8 +1019,11 @@ async def call_litellm(expert: ExpertConfig, base: str | None, payload: dict[str
         """A LiteLLM chunk as the SSE event the client gets (b"" for none)."""
         obj = chunk.model_dump()
         if path == "/completions":
-            obj = _text_chunk(obj)
-        elif _usage_only(obj):
+            obj = _text_chunk(obj)  # its usage event has no choices
+            usage = bool(obj.get("usage")) and not obj.get("choices")
+        else:
+            usage = _usage_only(obj)
+        if usage:
             if not _usage_reported(wrapper):
                 # LiteLLM's own count of a provider that sent none: not the provider's
                 # figures; the gateway's estimate counts, said as such, as for an openai

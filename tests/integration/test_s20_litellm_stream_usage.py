@@ -21,6 +21,7 @@ import orjson
 import pytest
 
 from expertgate.bench.upstream_double import OpenAIUpstreamDouble
+from tests.doubles.sse_script import ScriptedSSE, completion_chunk, event
 from tests.unit.gateway_helpers import base_config, chat, gateway_client
 
 pytestmark = [pytest.mark.integration,
@@ -75,5 +76,47 @@ async def test_a_litellm_streams_usage_counts_as_an_openai_experts(
     assert len(http["usage_events"]) == (1 if ask else 0)
     if ask:
         assert http["usage_events"][0][0] == []  # OpenAI's usage event has no choices
+    for k in http:
+        assert lite[k] == http[k], k
+
+
+USAGE = event({"id": "cmpl-s", "object": "text_completion", "created": 1, "model": "up-coder",
+               "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 5,
+                                        "total_tokens": 12}})
+
+
+async def _play_completion(kind: str, scripted: ScriptedSSE, chatter: Any, tmp: Path,
+                           ask: bool) -> dict[str, Any]:
+    tmp.mkdir()
+    cfg = base_config(scripted.base, chatter.base)
+    cfg["experts"][0]["timeout_s"] = 5
+    if kind == "litellm":
+        cfg["experts"][0].update(kind="litellm", model="openai/up-coder", api_key_env=KEY_ENV)
+    body = {"model": "coder", "prompt": "hi", "stream": True,
+            **({"stream_options": {"include_usage": True}} if ask else {})}
+    async with gateway_client(cfg, tmp) as (c, _):
+        r = await asyncio.wait_for(c.post("/v1/completions", json=body), 10)
+    (rec,) = [orjson.loads(x) for x in (tmp / "log.jsonl").read_bytes().splitlines()]
+    events = [orjson.loads(ln[6:]) for ln in r.text.split("\n") if ln.startswith("data: {")]
+    return {"record": {k: rec.get(k) for k in ("prompt_tokens", "completion_tokens",
+                                                "cost_usd", "degraded", "http_status")},
+            "usage_events": [(e["choices"], {k: e["usage"].get(k) for k in (
+                "prompt_tokens", "completion_tokens", "total_tokens", "estimated")})
+                for e in events if e.get("usage")],
+            "text": "".join(c.get("text") or "" for e in events for c in e["choices"])}
+
+
+@pytest.mark.parametrize("sends", [True, False], ids=["sends-usage", "no-usage"])
+@pytest.mark.parametrize("ask", [True, False], ids=["asked", "unasked"])
+async def test_a_litellm_completion_streams_usage_counts_as_an_openai_experts(
+        scripted: ScriptedSSE, ups: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        sends: bool, ask: bool) -> None:
+    monkeypatch.setenv(KEY_ENV, "sk-lite-test")
+    scripted.script = [completion_chunk("Hel"), 0.1, completion_chunk("lo", finish="stop"),
+                       *([USAGE] if sends else []), b"data: [DONE]\n\n"]
+    http = await _play_completion("openai", scripted, ups[1], tmp_path / "http", ask)
+    lite = await _play_completion("litellm", scripted, ups[1], tmp_path / "lite", ask)
+    assert http["text"] == "Hello"
+    assert http["record"]["degraded"] == (None if sends else ["usage-estimated"])
     for k in http:
         assert lite[k] == http[k], k
