@@ -21,13 +21,16 @@ MessageTexts = list[tuple[Any, str]]
 
 
 def content_text(content: Any) -> str:
-    """A message's text: its string content, or the text of its parts joined by spaces
-    (image and other parts carry none)."""
+    """A message's text: its string content, or the text of its ``text`` parts joined by
+    spaces. Only a part whose ``type`` is ``text`` counts: an ``image_url`` (or any other)
+    part with a ``text`` key beside its own fields carries text the expert never reads, and
+    a guard reading it could be swayed by padding the expert ignores."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
         return " ".join(p["text"] for p in content
-                        if isinstance(p, dict) and isinstance(p.get("text"), str))
+                        if isinstance(p, dict) and p.get("type") == "text"
+                        and isinstance(p.get("text"), str))
     return ""
 
 
