@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.doubles.sse_script import ScriptedSSE, chunk, completion_chunk
+from tests.doubles.sse_script import ScriptedSSE, chunk, completion_chunk, event
 from tests.unit.gateway_helpers import base_config, chat, gateway_client
 from tests.unit.test_stream_failover import _upstream_lines
 
@@ -201,3 +201,22 @@ async def test_a_litellm_completions_stream_cut_ends_as_http(
     assert lite["events"][-1] == http["events"][-1]
     assert lite["record"] == http["record"]
     assert lite["metrics"] == http["metrics"]
+
+
+async def test_vllms_error_object_after_a_token_is_no_whole_litellm_answer(
+        scripted: ScriptedSSE, ups: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+        ) -> None:
+    # vLLM's older error event ({"object": "error", ...}) when generation dies: LiteLLM
+    # drops it and ends the stream with its made-up finish, so the client got a 200 answer
+    # that just stopped. It is a failed stream now (an openai expert passes the event on:
+    # stream-error with its type; LiteLLM keeps nothing of it, so here it reads as a cut)
+    monkeypatch.setenv(KEY_ENV, "sk-lite-test")
+    dead = event({"object": "error", "message": "engine dead", "type": "EngineDeadError",
+                  "param": None, "code": 500})
+    lite = await _play("litellm", scripted, ups[1], tmp_path / "lite",
+                       [ROLE, PAUSE, TOKEN, PAUSE, dead, DONE])
+    assert lite["events"][:2] == [[""], ["Hel"]]
+    assert lite["events"][-1]["code"] == "stream_interrupted"
+    assert not lite["done"]
+    assert lite["record"]["http_status"] == 502
+    assert lite["record"]["degraded"] == ["stream-cut"]
