@@ -488,9 +488,6 @@ class _EventRewrite:
         return b"data: " + exactjson.dumps(ev) + (b"\r" if line.endswith(b"\r") else b"")
 
 
-#: its former name, which tests/unit/test_upstream_faults.py imports
-_ModelRewrite = _EventRewrite
-
 
 def _without_usage_event(chunk: bytes) -> tuple[bytes, bool]:
     """``chunk`` without the usage event (``"choices":[]`` and ``"usage":{``, with its

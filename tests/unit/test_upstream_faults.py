@@ -438,9 +438,9 @@ async def test_rewrite_model_names_the_policy_in_answers_and_every_stream_event(
 
 
 def test_model_rewrite_keeps_lines_whole_across_chunks() -> None:
-    from gateway.request.respond import _ModelRewrite
+    from gateway.request.respond import _EventRewrite
 
-    rw = _ModelRewrite("auto")
+    rw = _EventRewrite("auto")
     ev = b'data: {"id":"x","model":"coder","choices":[]}\r\n\r\n'
     out = b"".join(rw.feed(ev[i:i + 7]) for i in range(0, len(ev), 7))
     out += rw.feed(b": keep-alive\ndata: [DONE]\n\n")
