@@ -57,6 +57,7 @@ __all__ = [
     "load_yaml",
     "missing_credentials",
     "open_to_network",
+    "read_config_text",
     "redis_url_problem",
     "settings_errors",
 ]
@@ -964,7 +965,7 @@ def load_yaml(text: str) -> Any:
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
 
 
-def _read_config(p: Path) -> str:
+def read_config_text(p: Path) -> str:
     """The file's text: a regular file of at most :data:`MAX_CONFIG_BYTES`. A path that
     reached a device or a pipe (a symlink to ``/dev/zero``, a FIFO) read without end, or
     never returned, holding the reload lock: every later reload waited behind it, and
@@ -988,7 +989,7 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
     """Read and validate the YAML file; relative artifact paths resolve against its folder."""
     p = Path(path)
     try:
-        text = _read_config(p)
+        text = read_config_text(p)
     except OSError as e:
         raise ConfigError(f"{p}: cannot read the configuration file: {e.strerror or e}") from None
     except UnicodeDecodeError as e:

@@ -177,7 +177,7 @@ def _error_message(r: Any) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     from expertgate.cli._redis import bad_redis_url
-    from gateway.config import ConfigError, Settings, load_yaml, parse_config
+    from gateway.config import ConfigError, Settings, load_yaml, parse_config, read_config_text
 
     path = Path(args.config)
     if bad_redis_url(f"policy {args.action}", args.redis_url):
@@ -185,7 +185,9 @@ def _run(args: argparse.Namespace) -> int:
     redis_url = args.redis_url or Settings().redis_url
     identity = None
     try:
-        data = load_yaml(path.read_text(encoding="utf-8"))
+        # as the gateway reads it: a FIFO or /dev/zero is refused, not read without end
+        text = read_config_text(path)
+        data = load_yaml(text)
         new = rewrite(data, args.policy, args.action)
         cfg = parse_config(new, str(path))  # never write a file the gateway would refuse
         if args.action == "promote":
@@ -201,7 +203,6 @@ def _run(args: argparse.Namespace) -> int:
     except (OSError, yaml.YAMLError, ValueError, ConfigError) as e:
         print(f"expertgate policy {args.action}: {e}", file=sys.stderr)
         return 2
-    text = path.read_text()
     # the file's leading comment block (what train writes into policy.yaml says how it was
     # made) is kept; comments further in are not (the YAML is re-serialised)
     head = "".join(ln for ln in _leading_comments(text))
