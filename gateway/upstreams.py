@@ -514,6 +514,32 @@ def _check_answer(path: str, obj: dict[str, Any], where: str, data: bytes) -> No
                               f"{data[:80]!r}", public=f"answered 200 without '{need}'")
 
 
+async def _why_empty(client: UpstreamHTTP, expert: ExpertConfig, base: str, path: str,
+                     body: bytes, timeout_s: float, headers: dict[str, str],
+                     loop: asyncio.AbstractEventLoop) -> UpstreamReply:
+    """A llama-cpp-python server answers a streamed request it refuses (a prompt over its
+    context, a ``tool_choice`` naming no tool) with 200 and an empty event stream, its error
+    in its own log only. Asked once more without streaming, it says which: its 4xx is the
+    request's own error, passed on; its 500 is judged as any 500 (the dispatcher asks
+    whether the replica is healthy). A replica that answers now, or fails otherwise, closed
+    the stream for its own reasons: a protocol failure, as before."""
+    again = exactjson.loads(body)
+    again["stream"] = False
+    again.pop("stream_options", None)
+    try:
+        reply = await call_openai(client, expert, base, path, exactjson.dumps(again),
+                                  stream=False, timeout_s=timeout_s, headers=headers,
+                                  loop=loop)
+    except UpstreamFailure as f:
+        if f.kind == "status" and f.status == 500:
+            raise
+        reply = None
+    if reply is not None and reply.status >= 400:
+        return reply
+    raise UpstreamFailure("protocol", f"{base} closed the stream before any data",
+                          public="closed the stream before any data")
+
+
 async def call_openai(client: UpstreamHTTP, expert: ExpertConfig, base: str, path: str,
                       body: bytes, *, stream: bool, timeout_s: float,
                       headers: dict[str, str] | None = None,
@@ -568,6 +594,9 @@ async def call_openai(client: UpstreamHTTP, expert: ExpertConfig, base: str, pat
                 return UpstreamReply(status, ctype, data, data=obj)
             first = await resp.read_any()
         if not first:
+            if expert.dialect == "llama-cpp-python":
+                return await _why_empty(client, expert, base, path, body, timeout_s,
+                                        headers, loop)
             raise UpstreamFailure("protocol", f"{base} closed the stream before any data",
                                   public="closed the stream before any data")
         sse = SSECheck()

@@ -9,9 +9,9 @@ opened the expert's circuit for every other client (seen against the demo's real
 experts). The same request not streamed is llama-cpp-python's 400
 ``context_length_exceeded``, passed on as the request's own error.
 
-The fix belongs to gateway/upstreams.py (``call_openai``: for a ``llama-cpp-python``
-expert, an empty stream is asked once more without streaming, and its 4xx passed on; its
-500 judged as any 500), owned by another change: xfail (strict) until then.
+gateway/upstreams.py (``call_openai``, ``_why_empty``): for a ``llama-cpp-python`` expert,
+an empty stream is asked once more without streaming, and its 4xx passed on; its 500 is
+judged as any 500; anything else is the protocol failure it was.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ class RefusingLlama(LocalSite):
 
     port: int = field(default_factory=free_port)
     streamed: int = 0
+    #: what it answers the same request not streamed: 400 (its refusal), 500, or 200
+    unstreamed: int = 400
     _runner: web.AppRunner | None = None
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -52,6 +54,13 @@ class RefusingLlama(LocalSite):
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         if not body.get("stream"):
+            if self.unstreamed == 200:
+                return web.json_response({
+                    "id": "x", "object": "chat.completion", "model": "m", "choices": [{
+                        "index": 0, "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": "hi"}}]})
+            if self.unstreamed == 500:
+                return web.json_response({"error": {"message": "boom"}}, status=500)
             return web.json_response(TOO_LONG, status=400)
         self.streamed += 1
         resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
@@ -60,8 +69,6 @@ class RefusingLlama(LocalSite):
         return resp
 
 
-@pytest.mark.xfail(strict=True, reason="gateway/upstreams.py: an empty llama-cpp-python "
-                   "stream is a 502 and a replica failure (see the module doc)")
 async def test_a_refused_stream_is_the_experts_400_and_opens_no_circuit(
         ups: Any, tmp_path: Path) -> None:
     llama = await RefusingLlama().start()
@@ -80,3 +87,26 @@ async def test_a_refused_stream_is_the_experts_400_and_opens_no_circuit(
         await llama.stop()
     assert llama.streamed == 8
     assert [rep["circuit"] for rep in state["replicas"]["coder"]] == ["closed"]
+
+
+@pytest.mark.parametrize("unstreamed", [200, 500])
+async def test_an_empty_stream_not_explained_by_a_4xx_is_still_a_failure(
+        ups: Any, tmp_path: Path, unstreamed: int) -> None:
+    """Asked again, a replica that answers (it closed the stream for its own reasons) or
+    fails with a 500 is a failure of the replica, as before: never a 200 stream built from
+    nothing, never its 4xx."""
+    llama = await RefusingLlama(unstreamed=unstreamed).start()
+    try:
+        cfg = coder_cfg(llama.base, ups[1].base, dialect="llama-cpp-python")
+        async with gateway_client(cfg, tmp_path) as (c, _):
+            r = await c.post("/v1/chat/completions", json={
+                "model": "coder", "stream": True,
+                "messages": [{"role": "user", "content": "hello"}]})
+    finally:
+        await llama.stop()
+    assert llama.streamed >= 1
+    assert r.status_code == 502, r.text
+    err = r.json()["error"]
+    assert err["code"] == ("upstream_protocol_error" if unstreamed == 200
+                           else "upstream_unavailable")
+    assert "coder" in err["message"]
