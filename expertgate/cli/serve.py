@@ -18,7 +18,8 @@ import orjson
 from gateway.config import ConfigError, GatewayConfig, Settings, load_config
 
 __all__ = ["METRICS_DIR_PREFIX", "check", "log_folder_problem", "register",
-           "remove_stale_metrics_dirs", "start_local_experts", "unreachable_experts"]
+           "remove_stale_metrics_dirs", "start_local_experts", "start_summary",
+           "unreachable_experts"]
 
 log = logging.getLogger("expertgate.serve")
 
@@ -208,6 +209,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 return 1
         for line in unreachable_experts(cfg):
             print(f"expertgate serve: warning: {line}", file=sys.stderr, flush=True)
+        print(f"expertgate serve: {start_summary(cfg, s)}", file=sys.stderr, flush=True)
         return _run(s, cfg, embedder)
     finally:
         for srv in reversed(started):
@@ -409,6 +411,28 @@ def unchecked_keys(cfg: GatewayConfig, s: Settings) -> list[str]:
                    "false, so every request is served without a key. Set require_auth: true "
                    "to require them")
     return out
+
+
+def start_summary(cfg: GatewayConfig, s: Settings) -> str:
+    """The line ``serve`` prints as it starts: the file, the experts and policies, the
+    embedder, where the decision cache, rate limits and routing log live, and who may call.
+    Without it, a Redis URL set under a wrong name left a fleet limiting and logging per
+    process without a word."""
+    from gateway.redact import redact
+
+    policies = ", ".join(f"{p.name} ({p.router})" for p in cfg.policies) or "none"
+    emb = cfg.embedder.kind + (f" (from {cfg.embedder_from})" if cfg.embedder_from else "")
+    state = (f"in Redis {redact(s.redis_url)}" if s.redis_url else
+             "in this process (no Redis URL: --redis-url or EXPERTGATE_REDIS_URL; log "
+             f"{s.log_path})")
+    keys = (f"{len(cfg.api_keys)} in the file" if cfg.api_keys else "none in the file")
+    if s.redis_url and (cfg.api_keys or cfg.require_auth):
+        keys += ", and any in Redis"
+    elif not cfg.api_keys and not cfg.require_auth:
+        keys = "none, every client is served"
+    return (f"serving {cfg.source}: {len(cfg.experts)} expert(s), policies {policies}; "
+            f"embedder {emb}; decision cache, rate limits and routing log {state}; "
+            f"API keys: {keys}")
 
 
 def log_folder_problem(s: Settings) -> str | None:
