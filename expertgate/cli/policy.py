@@ -251,8 +251,16 @@ def _run(args: argparse.Namespace) -> int:
                   f"{r.status_code}: {_error_message(r)}{hint}; the file is written: reload "
                   "with SIGHUP or POST /admin/reload", file=sys.stderr)
             return 1
-        print(f"reloaded: changed {r.json().get('changed')}")
+        changed = r.json().get("changed")
         served = r.json().get("config")
+        note = ""
+        if (rc == 0 and identity is not None and args.policy not in (changed or [])
+                and (not served or Path(served) == path.resolve())):
+            # "changed []" read as "the promotion did nothing": the gateway had re-read the
+            # file when it met the end recorded in Redis, before this reload
+            note = (f" (policy {args.policy!r} was already served from the rewritten file: "
+                    "the end recorded in Redis reached the gateway first)")
+        print(f"reloaded: changed {changed}{note}")
         if served and Path(served) != path.resolve():
             # it reloaded its own file, which still names the candidate: the promotion or
             # revert is not what it serves (a copy of the file was rewritten)
