@@ -922,6 +922,12 @@ def _litellm_failure(expert: ExpertConfig, e: Exception, timeout_s: float,
         text = text.replace(secret, "***")
     body = orjson.dumps({"error": {"message": scrub(redact(text)), "type": "upstream_error",
                                    "param": None, "code": type(e).__name__}})
+    given = _provider_error(chain)
+    if given is not None and status is not None:
+        # the provider's own error (its type, param and code: context_length_exceeded,
+        # invalid_request_error), as an openai expert's reaches the client (error_body)
+        body = error_body(orjson.dumps({"error": given}), status, expert.name, base or "",
+                          credentials(headers))
     retry_after = None
     if status in (429, 503):
         got = getattr(e, "litellm_response_headers", None)
@@ -934,6 +940,17 @@ def _litellm_failure(expert: ExpertConfig, e: Exception, timeout_s: float,
                            public=("answered 404 (model not found)" if status == 404 else
                                    f"answered {status}" if status else
                                    f"failed ({type(e).__name__})"))
+
+
+def _provider_error(chain: Iterable[BaseException]) -> dict[str, Any] | None:
+    """The provider's OpenAI-shaped error object, as the OpenAI SDK inside LiteLLM read it
+    (an ``openai.APIStatusError``'s ``body``: the reply's ``error`` object), when it has a
+    string ``message``; None otherwise (LiteLLM's own errors, a provider of another shape)."""
+    for x in chain:
+        body = getattr(x, "body", None)
+        if isinstance(body, dict) and isinstance(body.get("message"), str):
+            return body
+    return None
 
 
 def _invented_choices(obj: dict[str, Any]) -> bool:

@@ -185,7 +185,7 @@ async def test_the_requests_own_400_is_its_answer_not_the_experts_failure(
         fixed: FixedReplyDouble, ups: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         model: str) -> None:
     # passed on after one call, not counted as the expert's error (an openai expert's is
-    # not); its body keeps LiteLLM's shape (tests/unit/test_litellm_experts.py)
+    # not), with the provider's own error object (its type, param and code)
     monkeypatch.setenv(KEY_ENV, "sk-lite-test")
     fixed.reply = (400, J, orjson.dumps({"error": {
         "message": "bad thing", "type": "invalid_request_error", "param": "messages",
@@ -194,7 +194,8 @@ async def test_the_requests_own_400_is_its_answer_not_the_experts_failure(
            for kind in ("openai", "litellm")}
     http, lite = got["openai"], got["litellm"]
     assert http["status"] == lite["status"] == 400
-    assert "bad thing" in lite["error"]["message"]
+    assert lite["error"] == http["error"]
+    assert lite["error"]["code"] == "bad" and lite["error"]["param"] == "messages"
     for k in ("headers", "metrics", "calls"):
         assert lite[k] == http[k], k
     assert not [m for m in lite["metrics"] if m.startswith("expertgate_upstream_errors")]
