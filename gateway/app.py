@@ -478,8 +478,8 @@ class Gateway:
             action = str(rec.get("action", "end"))
             if not reloaded:
                 log.warning("policy %s: its %s candidate was %s by `expertgate policy %s` "
-                            "on another gateway (recorded in Redis); it stops here, and the "
-                            "configuration file is read again", name,
+                            "(recorded in Redis); it stops here, and the configuration file "
+                            "is read again", name,
                             getattr(c, "mode", ""), "promoted" if action == "promote"
                             else "reverted", action)
             else:
