@@ -257,6 +257,7 @@ def check(s: Settings) -> int:
         _check_policies(cfg, embedder, problem, info)
     if s.redis_url:
         info(_redis_reachability(s.redis_url))
+    info(f"information: {start_summary(cfg, s)}")  # what the start would say
     down = unreachable_experts(cfg)
     for line in down:
         info(f"information: {line}")

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from expertgate.cli.serve import start_summary
@@ -70,3 +71,14 @@ def test_serve_says_it_when_it_starts(tmp_path: Path) -> None:
         proc.wait(30)
     assert any("expertgate serve: serving " in ln and "policies auto (semantic)" in ln
                and "in this process" in ln for ln in seen), seen
+
+
+def test_serve_check_says_it_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from expertgate.cli import main as cli
+
+    monkeypatch.delenv("EXPERTGATE_REDIS_URL", raising=False)
+    monkeypatch.setenv("EXPERTGATE_LOG_PATH", str(tmp_path / "log.jsonl"))
+    assert cli(["serve", "--config", str(_config(tmp_path)), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "information: serving " in out and "in this process" in out, out
