@@ -804,6 +804,24 @@ _TLS_HINT = (" (https experts are checked against the system's trusted CAs, and 
              "in the gateway's environment)")
 
 
+#: what an entry of each section holds, for an entry written as a plain value (a key pasted
+#: under api_keys: the value itself is never repeated)
+_ENTRY = {
+    "APIKeyConfig": "an API key entry is {name, sha256, ...} where sha256 is the key's digest "
+                    "(expertgate keys hash), never the key itself",
+    "ExpertConfig": "an expert is {name, api_base or replicas, ...}",
+    "PolicyConfig": "a policy is {name, router, routes or artifact, ...}",
+    "RouteConfig": "a route is {name, expert, examples or description}",
+    "RejectConfig": "on_reject is {action, message, ...}",
+    "GuardConfig": "guard is {artifact}",
+    "EmbedderConfig": "embedder is {kind, options}",
+    "PriceConfig": "price is {input_per_1m, output_per_1m}",
+    "ExploreConfig": "explore is {rate, method, temperature}",
+    "CandidateConfig": "candidate is {router, artifact, mode, ...}",
+    "AutoRevertConfig": "auto_revert is {margin, alpha, min_samples}",
+}
+
+
 def parse_config(data: Any, source: str = "<config>") -> GatewayConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping with 'experts' and "
@@ -821,6 +839,11 @@ def parse_config(data: Any, source: str = "<config>") -> GatewayConfig:
             hint = _TLS_HINT if (err["type"] == "extra_forbidden" and loc[:1] == ("experts",)
                                  and str(loc[-1]).lower() in _TLS_FIELDS) else ""
             msg = err["msg"].removeprefix("Value error, ")  # pydantic's, saying nothing
+            if err["type"] == "model_type":  # named a class the operator never wrote
+                found = {str: "a string", int: "a number", float: "a number", bool:
+                         "true/false", list: "a list"}.get(type(err["input"]), "a plain value")
+                what = _ENTRY.get(str((err.get("ctx") or {}).get("class_name")), "")
+                msg = f"a mapping is needed, not {found}" + (f": {what}" if what else "")
             lines.append(f"  {_where(loc, data)}: {msg}{hint}")
         raise ConfigError("\n".join(lines)) from None
     cfg.source = source
