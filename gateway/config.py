@@ -202,6 +202,7 @@ class Settings(BaseSettings):
 
 _NUMBERS = (int, float, int | None, float | None)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 #: an OpenAI endpoint path at the end of a URL given as an expert's base
 _ENDPOINT = re.compile(r"(.*?)/(?:chat/completions|completions|embeddings|models)/?$")
 #: a shell / docker compose variable reference: ${NAME}, ${NAME:-default}, ...
@@ -578,6 +579,17 @@ class APIKeyConfig(_Model):
     admin: bool = False
     requests_per_minute: int | None = Field(None, ge=1)
     tokens_per_minute: int | None = Field(None, ge=1)
+
+    @field_validator("sha256", mode="before")
+    @classmethod
+    def _digest(cls, v: Any) -> Any:
+        # a digest another tool printed in upper case (as `keys revoke --sha256` takes it),
+        # or with a line end; anything else is said without repeating it (a pasted key)
+        d = v.strip().lower() if isinstance(v, str) else None
+        if d is None or not _HEX64.fullmatch(d):
+            raise ValueError("the key's sha256 digest is needed, 64 hex digits (expertgate "
+                             "keys hash prints it), never the key itself")
+        return d
 
 
 class _References(ValueError):
