@@ -188,7 +188,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for line in (per_process_canaries(cfg, s) + per_process_limits(cfg, s)
                  + unchecked_keys(cfg, s)):
         print(f"expertgate serve: warning: {line}", file=sys.stderr, flush=True)
-    busy = _listen_problem(s.host, s.port) or log_folder_problem(s)
+    busy = ((local_experts_problem(cfg) if args.start_experts else None)
+            or _listen_problem(s.host, s.port) or log_folder_problem(s))
     if busy:  # before the embedder loads and --start-experts starts anything
         print(f"expertgate serve: {busy}", file=sys.stderr)
         return 2
@@ -491,23 +492,41 @@ def _listen_problem(host: str, port: int) -> str | None:
     return None
 
 
+def local_experts_problem(cfg: GatewayConfig) -> str | None:
+    """Why ``--start-experts`` cannot serve ``cfg`` (an expert that is not one of the local
+    models on 127.0.0.1), or None: a flag that does not fit the file, said before anything
+    loads (exit 2), not after the embedder and every policy (exit 1)."""
+    from urllib.parse import urlsplit
+
+    from expertgate.procs import DEFAULT_CHAT_FORMAT
+
+    for e in cfg.experts:
+        if e.parent is not None or e.kind != "openai":
+            continue
+        if e.name not in DEFAULT_CHAT_FORMAT or \
+                urlsplit(e.bases[0]).hostname not in ("127.0.0.1", "localhost"):
+            return (f"--start-experts starts only the local models "
+                    f"{', '.join(DEFAULT_CHAT_FORMAT)} on 127.0.0.1; expert {e.name!r} at "
+                    f"{e.bases[0]} is not one of them: start it yourself and leave out the "
+                    "flag")
+    return None
+
+
 def start_local_experts(cfg: GatewayConfig, work: Path, started: list[Any]) -> list[Any]:
     """Start a llama.cpp server for each expert of ``cfg`` that is one of the local models
     (smollm2, gemma3) on a 127.0.0.1 port; appends each to ``started`` as it starts."""
     from urllib.parse import urlsplit
 
-    from expertgate.procs import DEFAULT_CHAT_FORMAT, LlamaServer, LocalExpertError
+    from expertgate.procs import LlamaServer, LocalExpertError
 
+    why = local_experts_problem(cfg)
+    if why is not None:
+        raise LocalExpertError(why)
     todo = []
     for e in cfg.experts:
         if e.parent is not None or e.kind != "openai":
             continue
         u = urlsplit(e.bases[0])
-        if e.name not in DEFAULT_CHAT_FORMAT or u.hostname not in ("127.0.0.1", "localhost"):
-            raise LocalExpertError(
-                f"--start-experts starts only the local models "
-                f"{', '.join(DEFAULT_CHAT_FORMAT)} on 127.0.0.1; expert {e.name!r} at "
-                f"{e.bases[0]} is not one of them: start it yourself and leave out the flag")
         todo.append(LlamaServer.for_model(e.name, port=u.port, log_path=work / f"{e.name}.log"))
     for srv in todo:
         srv.start(wait=False)  # all load at once; readiness is awaited below
