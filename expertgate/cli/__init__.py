@@ -124,9 +124,12 @@ def _settings_problems(error: Exception, args: argparse.Namespace) -> list[str]:
         return []
     from gateway.config import settings_errors
 
-    fields = {str(err["loc"][0]) for err in error.errors() if err["loc"]}
-    flags = {f: "--" + f.replace("_", "-") for f in fields
-             if getattr(args, f, None) is not None}
+    # an option is named only when its value is the one refused: a command that read the
+    # settings for another field (keys add: the config path) met the variable's value
+    flags = {str(err["loc"][0]): "--" + str(err["loc"][0]).replace("_", "-")
+             for err in error.errors() if err["loc"]
+             and getattr(args, str(err["loc"][0]), None) is not None
+             and str(getattr(args, str(err["loc"][0]))) == str(err.get("input"))}
     return settings_errors(error, flags)
 
 

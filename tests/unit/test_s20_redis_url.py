@@ -118,3 +118,16 @@ def test_serve_names_a_bad_redis_url_before_it_loads_anything(
         err = capsys.readouterr().err
         assert f"expertgate serve: {name}: " in err and "not a Redis URL" in err, err
         assert "embedder" not in err and "ValueError" not in err, err
+
+
+def test_a_bad_variable_beside_a_good_flag_is_named_as_the_variable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # keys add reads EXPERTGATE_CONFIG through the settings, which refuse the variable's URL
+    # even when --redis-url gave a good one: the variable is at fault, not the flag
+    monkeypatch.setenv("EXPERTGATE_REDIS_URL", "localhost:6379")
+    monkeypatch.delenv("EXPERTGATE_CONFIG", raising=False)
+    assert cli(["keys", "add", "--name", "t", "--key", "k",
+                "--redis-url", "redis://127.0.0.1:9/0"]) == 2
+    err = capsys.readouterr().err
+    assert "EXPERTGATE_REDIS_URL: not a Redis URL" in err and "--redis-url" not in err, err
