@@ -151,9 +151,16 @@ def cmd_add(args: argparse.Namespace) -> int:
     if key is None:
         return 2
     digest = hash_key(key)
+    policies = [x.strip() for x in args.policies.split(",") if x.strip()]
+    if not policies and args.experts is None and not getattr(args, "admin", False):
+        # `--policies "$POLICIES"` with the variable unset: a key that may use nothing
+        print(f"expertgate keys add: --policies names no policy ({args.policies!r}): give "
+              "a comma-separated list, or '*' for all (the default); a key for experts by "
+              "name only names them with --experts, an admin-only key takes --admin",
+              file=sys.stderr)
+        return 2
     try:
-        cfg = APIKeyConfig(name=args.name, sha256=digest,
-                           policies=[x.strip() for x in args.policies.split(",") if x.strip()],
+        cfg = APIKeyConfig(name=args.name, sha256=digest, policies=policies,
                            experts=None if args.experts is None else
                            [x.strip() for x in args.experts.split(",") if x.strip()],
                            admin=bool(getattr(args, "admin", False)),

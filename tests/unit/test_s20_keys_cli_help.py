@@ -41,3 +41,30 @@ def test_an_empty_key_is_a_usage_error_naming_the_command(
     assert cli(argv) == 2
     err = capsys.readouterr().err
     assert f"expertgate keys {argv[1]}: no key: {where}" in err, err
+
+
+@pytest.mark.parametrize("value", ["", " , "])
+def test_an_empty_policies_list_is_refused_unless_experts_are_named(
+        value: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # `--policies "$POLICIES"` with the variable unset stored a key that may use nothing:
+    # every request with it a 404, nothing said
+    monkeypatch.delenv("EXPERTGATE_CONFIG", raising=False)
+    argv = ["keys", "add", "--redis-url", "redis://127.0.0.1:9/0", "--name", "t",
+            "--key", "sk-t", "--policies", value]
+    assert cli(argv) == 2
+    err = capsys.readouterr().err
+    assert "expertgate keys add: --policies names no policy" in err, err
+    assert "'*' for all" in err, err
+
+
+@pytest.mark.parametrize("extra", [["--experts", "coder"], ["--admin"]])
+def test_no_policies_with_experts_or_admin_is_a_key_of_its_own(
+        extra: list[str], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # experts by name only, or /admin only: passed on to Redis (unreachable here)
+    monkeypatch.delenv("EXPERTGATE_CONFIG", raising=False)
+    assert cli(["keys", "add", "--redis-url", "redis://127.0.0.1:9/0", "--name", "t",
+                "--key", "sk-t", "--policies", "", *extra]) == 2
+    err = capsys.readouterr().err
+    assert "names no policy" not in err and "the key is not stored" in err, err
