@@ -629,9 +629,23 @@ def registered_names() -> list[str]:
 
 
 def make_router(name: str, **params: Any) -> Router:
+    """A ``name`` router built with ``params``; a parameter it does not take is a
+    RouterError naming it and the ones it takes (Python's own words named the class's
+    ``__init__``, which no config or CLI user wrote)."""
     cls = get_router_class(name)
+    sig = inspect.signature(cls.__init__).parameters.values()
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig):
+        known = _init_params(cls)
+        if unknown := sorted(set(params) - set(known)):
+            import difflib
+
+            hints = [f"{u!r} (did you mean {close[0]!r}?)"
+                     if (close := difflib.get_close_matches(u, known, n=1)) else repr(u)
+                     for u in unknown]
+            raise RouterError(f"router {name!r}: bad parameters: unknown "
+                              f"parameter{'s' if len(unknown) > 1 else ''} {', '.join(hints)}"
+                              f" (known: {', '.join(known)})")
     try:
         return cls(**params)
     except TypeError as e:
         raise RouterError(f"router {name!r}: bad parameters: {e}") from None
-
