@@ -72,8 +72,13 @@ def _normalise(X: np.ndarray) -> np.ndarray:
 
 
 def set_thread_counts(torch_threads: int | None = None, blas_threads: int | None = 1) -> None:
-    """Pin torch and BLAS thread pools (unrestricted pools ruin tail latency on small CPUs)."""
+    """Pin torch and BLAS thread pools (unrestricted pools ruin tail latency on small CPUs).
+
+    A limit covers the BLAS libraries loaded when it is set: scipy's own OpenBLAS (what
+    scikit-learn's solvers run on; numpy's is another copy) is loaded first, or it would
+    keep a thread per core for every router fitted after (the CLIs)."""
     if blas_threads is not None:
+        import scipy.linalg  # noqa: F401  (loads scipy's BLAS so that the limit covers it)
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(blas_threads)
