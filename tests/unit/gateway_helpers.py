@@ -27,6 +27,24 @@ ROUTES = [
 ]
 
 
+def semantic_config_file(tmp_path: Path, policy: dict[str, Any] | None = None,
+                         **top: Any) -> Path:
+    """``tmp_path/gw.yaml``: the smallest config a CLI loads (the hashing embedder, one
+    expert at an address nothing answers, one semantic policy ``auto``), with ``policy``'s
+    keys added to the policy (a ``candidate``) and ``top``'s to the file (``api_keys``)."""
+    import yaml
+
+    p = tmp_path / "gw.yaml"
+    p.write_text(yaml.safe_dump({
+        "embedder": {"kind": "hashing"},
+        "experts": [{"name": "coder", "api_base": "http://127.0.0.1:9/v1"}],
+        "policies": [{"name": "auto", "routes": [
+            {"name": "r", "expert": "coder", "examples": ["write python code"]}],
+            **(policy or {})}],
+        **top}))
+    return p
+
+
 def base_config(coder: str, chatter: str, **policy: Any) -> dict[str, Any]:
     # a copy: tests that edit their config (reload) must not change later tests' routes
     pol = {"name": "auto", "routes": copy.deepcopy(ROUTES), "params": {"threshold": 0.05},

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from expertgate.cli import main as cli
+from tests.unit.gateway_helpers import semantic_config_file
 
 
 class _Refusing(BaseHTTPRequestHandler):
@@ -52,14 +53,8 @@ def gateway_url() -> Iterator[str]:
 
 
 def _config(tmp_path: Path) -> Path:
-    p = tmp_path / "gw.yaml"
-    p.write_text(yaml.safe_dump({
-        "embedder": {"kind": "hashing"},
-        "experts": [{"name": "coder", "api_base": "http://127.0.0.1:9/v1"}],
-        "policies": [{"name": "auto", "routes": [
-            {"name": "r", "expert": "coder", "examples": ["write python code"]}],
-            "candidate": {"router": "knn", "artifact": "art", "mode": "shadow"}}]}))
-    return p
+    return semantic_config_file(tmp_path, {"candidate": {"router": "knn", "artifact": "art",
+                                                         "mode": "shadow"}})
 
 
 @pytest.mark.parametrize("key, status, said", [

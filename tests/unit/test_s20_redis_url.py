@@ -13,11 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 from pydantic import ValidationError
 
 from expertgate.cli import main as cli
 from gateway.config import Settings, settings_errors
+from tests.unit.gateway_helpers import semantic_config_file
 
 BAD = ["http://127.0.0.1:6379/0", "localhost:6379", "redis://:s3cret@127.0.0.1:abc/0"]
 
@@ -43,14 +43,8 @@ def test_an_empty_redis_url_is_no_redis(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def _config(tmp_path: Path) -> Path:
-    p = tmp_path / "gw.yaml"
-    p.write_text(yaml.safe_dump({
-        "embedder": {"kind": "hashing"},
-        "experts": [{"name": "coder", "api_base": "http://127.0.0.1:9/v1"}],
-        "policies": [{"name": "auto", "routes": [
-            {"name": "r", "expert": "coder", "examples": ["write python code"]}],
-            "candidate": {"router": "knn", "artifact": "art", "mode": "shadow"}}]}))
-    return p
+    return semantic_config_file(tmp_path, {"candidate": {"router": "knn", "artifact": "art",
+                                                         "mode": "shadow"}})
 
 
 def _commands(cfg: Path, out: Path) -> list[list[str]]:

@@ -13,22 +13,16 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from expertgate.cli import main as cli
 from expertgate.procs import free_port
+from tests.unit.gateway_helpers import semantic_config_file
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _config(tmp_path: Path) -> Path:
-    p = tmp_path / "gw.yaml"
-    p.write_text(yaml.safe_dump({
-        "embedder": {"kind": "hashing"},
-        "experts": [{"name": "coder", "api_base": "http://127.0.0.1:9/v1"}],
-        "policies": [{"name": "auto", "routes": [
-            {"name": "r", "expert": "coder", "examples": ["write python code"]}]}]}))
-    return p
+    return semantic_config_file(tmp_path)
 
 
 @pytest.mark.parametrize("variable", ["EXPERTGATE_LOG_PATH", "EXPERTGATE_FEEDBACK_PATH"])

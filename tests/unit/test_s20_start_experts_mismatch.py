@@ -8,20 +8,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 from expertgate.cli import main as cli
+from tests.unit.gateway_helpers import semantic_config_file
 
 
 def test_a_config_start_experts_cannot_serve_is_a_usage_error(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    p = tmp_path / "gw.yaml"
-    p.write_text(yaml.safe_dump({
-        "embedder": {"kind": "hashing"},
-        "experts": [{"name": "coder", "api_base": "http://127.0.0.1:9/v1"}],
-        "policies": [{"name": "auto", "routes": [
-            {"name": "r", "expert": "coder", "examples": ["write python code"]}]}]}))
+    p = semantic_config_file(tmp_path)
     monkeypatch.setenv("EXPERTGATE_LOG_PATH", str(tmp_path / "log.jsonl"))
     monkeypatch.delenv("EXPERTGATE_REDIS_URL", raising=False)
     rc = cli(["serve", "--config", str(p), "--start-experts", "--port", "0"])

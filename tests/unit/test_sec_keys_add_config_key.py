@@ -8,24 +8,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 from expertgate.cli import main as cli
 from expertgate.procs import free_port
 from gateway.auth import hash_key
+from tests.unit.gateway_helpers import semantic_config_file
 
 
 def _config(tmp_path: Path) -> Path:
-    p = tmp_path / "gw.yaml"
-    p.write_text(yaml.safe_dump({
-        "embedder": {"kind": "hashing"},
-        "experts": [{"name": "coder", "api_base": "http://127.0.0.1:9/v1"}],
-        "policies": [{"name": "auto", "routes": [
-            {"name": "r", "expert": "coder", "examples": ["write python code"]}]}],
-        "api_keys": [{"name": "team-a", "sha256": hash_key("sk-team-a"),
-                      "policies": ["auto"]}],
-    }))
-    return p
+    return semantic_config_file(tmp_path, api_keys=[
+        {"name": "team-a", "sha256": hash_key("sk-team-a"), "policies": ["auto"]}])
 
 
 def test_keys_add_refuses_a_key_the_config_already_has(tmp_path: Path,
