@@ -488,7 +488,6 @@ class _EventRewrite:
         return b"data: " + exactjson.dumps(ev) + (b"\r" if line.endswith(b"\r") else b"")
 
 
-
 def _without_usage_event(chunk: bytes) -> tuple[bytes, bool]:
     """``chunk`` without the usage event (``"choices":[]`` and ``"usage":{``, with its
     blank line), and whether it held one: what a client that asked for none must not get."""
