@@ -1118,6 +1118,12 @@ async def call_litellm(expert: ExpertConfig, base: str | None, payload: dict[str
             raise UpstreamFailure("protocol", f"{where}: an SSE data line is not JSON: {e}",
                                   public="sent a stream that is not a valid event stream"
                                   ) from None
+        if (err := _event_error(e)) is not None:  # as call_openai's: the replica's failure
+            code = _error_code({"error": err})
+            raise UpstreamFailure("protocol", f"{where} sent an error event before any "
+                                  f"token ({code})",
+                                  public=f"sent an error event before any token "
+                                         f"({scrub(code)})") from None
         raise _litellm_failure(expert, e, timeout_s, base, path) from None
 
     ended = False
@@ -1137,6 +1143,13 @@ async def call_litellm(expert: ExpertConfig, base: str | None, payload: dict[str
                 if _not_json(e):  # ... and as after its event that is not JSON
                     raise UpstreamProtocolError(f"an SSE data line is not JSON ({where}: "
                                                 f"{type(e).__name__})") from None
+                if (err := _event_error(e)) is not None:
+                    # the provider's error event, passed on as an openai expert's is (the
+                    # reader logs it as the stream's error); LiteLLM read no further
+                    ended = True
+                    yield b"data: " + exactjson.dumps({"error": err}) + b"\n\n"
+                    yield b"data: [DONE]\n\n"
+                    return
                 raise
             wrapper = wrapper or _stream_wrapper(resp)
             if _invented_end(wrapper):
@@ -1227,6 +1240,20 @@ def _dropped(e: BaseException) -> bool:
     ``MidStreamFallbackError`` when read from a chat stream), not an error the provider
     reported (an error event, which LiteLLM also calls an ``APIConnectionError``)."""
     return _transport_error(_chain(e)) is not None
+
+
+def _event_error(e: BaseException) -> dict[str, Any] | None:
+    """The provider's error event (``data: {"error": {...}}``) behind a LiteLLM stream's
+    error: the OpenAI SDK inside LiteLLM raises it as a plain ``openai.APIError`` whose
+    ``body`` is the event's error object (LiteLLM then calls it an ``APIConnectionError``);
+    None for any other error."""
+    import openai
+
+    for x in _chain(e):
+        body = getattr(x, "body", None)
+        if type(x) is openai.APIError and isinstance(body, dict):
+            return body
+    return None
 
 
 def _not_json(e: BaseException) -> bool:

@@ -220,3 +220,36 @@ async def test_vllms_error_object_after_a_token_is_no_whole_litellm_answer(
     assert not lite["done"]
     assert lite["record"]["http_status"] == 502
     assert lite["record"]["degraded"] == ["stream-cut"]
+
+
+#: OpenAI's error event (vLLM's since 0.6 when generation fails): the OpenAI SDK inside
+#: LiteLLM raises it as an APIError, which LiteLLM calls an APIConnectionError
+OOM = event({"error": {"message": "CUDA out of memory", "type": "InternalServerError",
+                       "param": None, "code": 500}})
+
+
+async def test_a_litellm_error_event_after_a_token_is_passed_on_as_http(
+        scripted: ScriptedSSE, ups: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+        ) -> None:
+    # it was the gateway's stream_interrupted, logged as a cut; an openai expert's error event
+    # reaches the client as the provider wrote it, logged 502 stream-error
+    monkeypatch.setenv(KEY_ENV, "sk-lite-test")
+    http, lite = await _both(scripted, ups[1], tmp_path, [ROLE, PAUSE, TOKEN, PAUSE, OOM, DONE])
+    assert http["events"][:2] == [[""], ["Hel"]]
+    assert http["events"][-1]["message"] == "CUDA out of memory"
+    assert http["record"]["http_status"] == 502
+    assert http["record"]["degraded"] == ["stream-error"]
+    _same(http, lite)
+
+
+@pytest.mark.parametrize("model", ["auto", "coder"])
+async def test_a_litellm_error_event_before_a_token_fails_over_as_http(
+        scripted: ScriptedSSE, ups: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        model: str) -> None:
+    # it was 'coder:status' (a 500 retried as the replica's status failure); an openai
+    # expert's is the replica's protocol failure, named by the event's code
+    monkeypatch.setenv(KEY_ENV, "sk-lite-test")
+    http, lite = await _both(scripted, ups[1], tmp_path, [ROLE, PAUSE, OOM, DONE], model=model)
+    assert 'expertgate_upstream_errors_total{expert="coder",kind="protocol"} 1.0' in \
+        http["metrics"]
+    _same(http, lite)

@@ -275,13 +275,17 @@ async def test_a_litellm_expert_that_fails_after_its_role_chunk_falls_back(
         scripted.script = [ROLE, PAUSE, ERROR, DONE]
         r = await c.post("/v1/chat/completions", json=chat("auto", ROUTED, stream=True))
         assert r.status_code == 200 and r.headers["x-expertgate-expert"] == "chatter"
-        assert "coder:status" in r.headers["x-expertgate-reason"]
+        # as an openai expert's error event before any token: the replica's protocol failure
+        assert "coder:protocol" in r.headers["x-expertgate-reason"]
         assert b"CUDA" not in r.content and r.content.rstrip().endswith(DONE.rstrip())
-        # after a token: as before, the stream ends with the gateway's error event
+        # after a token: the provider's error event is passed on, as an openai expert's is
         scripted.script = [ROLE, PAUSE, chunk({"content": "Hel"}), PAUSE, ERROR, DONE]
         r = await c.post("/v1/chat/completions", json=chat("auto", ROUTED, stream=True))
         assert r.status_code == 200 and r.headers["x-expertgate-expert"] == "coder"
         events = [orjson.loads(ln[6:]) for ln in r.text.split("\n")
                   if ln.startswith("data: {")]
         assert [e["choices"][0]["delta"].get("content") for e in events[:2]] == ["", "Hel"]
-        assert events[-1]["error"]["code"] == "stream_interrupted"
+        assert events[-1]["error"]["message"] == "CUDA out of memory"
+        assert r.text.rstrip().endswith("data: [DONE]")
+    assert [(x["http_status"], x["degraded"]) for x in _records(tmp_path / "log.jsonl")
+            ][-1] == (502, ["stream-error"])
