@@ -182,6 +182,52 @@ def check_table_target(path: str | Path) -> Path:
                         "would be replaced; choose another output folder or remove it")
 
 
+#: the weights files transformers loads an encoder from (one of them, or its sharded index)
+_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+            "pytorch_model.bin.index.json")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise EmbedderError(f"{path} is not UTF-8: not a transformers model file") from None
+    except json.JSONDecodeError as e:
+        raise EmbedderError(f"{path} is not JSON ({e.msg}, line {e.lineno}): not a "
+                            "transformers model file") from None
+
+
+def _read_source(mdir: Path) -> tuple[dict[str, Any], int | None]:
+    """The encoder folder ``mdir`` read as the vocabulary pass will load it: its
+    tokenizer.json and its hidden size (None when its config does not say), or an
+    EmbedderError naming what is wrong, before the pass (a minute) starts. A distilled
+    folder, a folder without weights or an unreadable file otherwise failed inside
+    transformers, after the tokenizer was read."""
+    if not (mdir / "tokenizer.json").is_file() or not (mdir / "config.json").is_file():
+        raise EmbedderError(f"{mdir} is not a transformers model folder with a fast "
+                            "tokenizer (config.json and tokenizer.json)")
+    cfg = _read_json(mdir / "config.json")
+    if not isinstance(cfg, dict):
+        raise EmbedderError(f"{mdir / 'config.json'} is not JSON of a model's settings "
+                            "(an object): not a transformers model file")
+    if "recipe" in cfg and (mdir / "embeddings.npz").is_file():
+        raise EmbedderError(f"{mdir} is a distilled embedder (written by 'expertgate embedder "
+                            "distill'), not an encoder: distil from the sentence-transformers "
+                            "folder it came from, or serve it as it is (--embedder distilled "
+                            "--embedder-path)")
+    if not cfg.get("model_type"):
+        raise EmbedderError(f"{mdir / 'config.json'} has no model_type: not a transformers "
+                            "encoder's config")
+    if not any((mdir / w).is_file() for w in _WEIGHTS):
+        raise EmbedderError(f"{mdir} holds no weights (model.safetensors or "
+                            "pytorch_model.bin): not an encoder to distil")
+    tj = _read_json(mdir / "tokenizer.json")
+    if not isinstance(tj, dict):
+        raise EmbedderError(f"{mdir}: only WordPiece tokenizers are supported")
+    hidden = cfg.get("hidden_size")
+    return tj, hidden if isinstance(hidden, int) and not isinstance(hidden, bool) else None
+
+
 def distill(out: str | Path, model_dir: str | Path | None = None, *, dim: int = 256,
             sif: float = 1e-4, vocab_limit: int | None = None, batch_size: int = 512,
             threads: int | None = None, log: Callable[[str], None] = lambda s: None
@@ -192,24 +238,29 @@ def distill(out: str | Path, model_dir: str | Path | None = None, *, dim: int = 
     tests: tokens outside it are ignored when embedding). Returns the written config.
     """
     if int(dim) < 2:
-        raise EmbedderError("dim must be at least 2")
+        raise EmbedderError(f"dim must be at least 2, not {dim}")
+    if vocab_limit is not None and int(vocab_limit) < 1:  # -5: every token but the last 5
+        raise EmbedderError(f"vocab_limit must be at least 1, not {vocab_limit}")
     if not (math.isfinite(float(sif)) and float(sif) > 0):  # inf: a table of NaN vectors
         raise EmbedderError(f"sif must be a finite number > 0, not {float(sif):g}")
     check_table_target(out)  # before minutes of work, and never over the user's files
     mdir = _source_dir(model_dir)
-    if not (mdir / "tokenizer.json").is_file() or not (mdir / "config.json").is_file():
-        raise EmbedderError(f"{mdir} is not a transformers model folder with a fast "
-                            "tokenizer (config.json and tokenizer.json)")
-    tj = json.loads((mdir / "tokenizer.json").read_text())
+    tj, hidden = _read_source(mdir)
     model = tj.get("model", {})
     if model.get("type") != "WordPiece" or not isinstance(model.get("vocab"), dict):
         raise EmbedderError(f"{mdir}: only WordPiece tokenizers are supported")
+    if hidden is not None and int(dim) > hidden:  # PCA gives at most the encoder's width
+        raise EmbedderError(f"dim {dim} is more than the {hidden} dimensions of the encoder "
+                            f"{mdir}: choose at most {hidden}")
     specials = {t["content"] for t in tj.get("added_tokens", [])}
     pairs = _ordinary_tokens(model["vocab"], specials)
     if vocab_limit is not None:
         pairs = pairs[:int(vocab_limit)]
     if len(pairs) < int(dim):
-        raise EmbedderError(f"{len(pairs)} tokens cannot give {dim} PCA dimensions")
+        raise EmbedderError(
+            (f"vocab_limit {vocab_limit} keeps {len(pairs)} tokens" if vocab_limit is not None
+             else f"{mdir} has {len(pairs)} ordinary tokens")
+            + f": too few for dim {dim} (PCA needs at least as many tokens as dimensions)")
     ids = [i for _, i in pairs]
     log(f"distilling {_source_name(mdir)}: {len(ids)} tokens -> {dim} dims")
     H = _vocab_pass(mdir, ids, batch_size=int(batch_size), threads=threads, log=log)

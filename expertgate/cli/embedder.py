@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -119,6 +120,14 @@ def _distill(args: argparse.Namespace) -> int:
     from routers.embed_static import default_static_dir, distill
 
     say = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    # before the cache folder's name is made of them: -5 tokens or 0 dimensions name no build
+    if args.dim < 2:
+        print(f"error: --dim must be at least 2, not {args.dim}", file=sys.stderr)
+        return 2
+    if args.vocab_limit is not None and args.vocab_limit < 1:
+        print(f"error: --vocab-limit must be at least 1, not {args.vocab_limit}",
+              file=sys.stderr)
+        return 2
     try:
         out = args.out or default_static_dir(args.model, dim=args.dim, sif=args.sif,
                                              vocab_limit=args.vocab_limit)
@@ -128,8 +137,12 @@ def _distill(args: argparse.Namespace) -> int:
             return 0
         distill(out, args.model, dim=args.dim, sif=args.sif, vocab_limit=args.vocab_limit,
                 threads=args.threads, log=say)
-    except (EmbedderError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (EmbedderError, OSError, ValueError) as e:  # ValueError: transformers' refusal
+        # the library names its parameters (dim 500); the user typed flags (--dim 500)
+        msg = re.sub(r"(?<![\w-])(dim|sif|vocab_limit) (?=[-\d])",
+                     lambda m: "--" + m.group(1).replace("_", "-") + " ",
+                     (str(e).strip().splitlines() or [type(e).__name__])[0])
+        print(f"error: {msg}", file=sys.stderr)
         return 2
     print(out)
     return 0

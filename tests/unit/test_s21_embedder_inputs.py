@@ -1,0 +1,108 @@
+"""``expertgate embedder distill`` as its users meet it: a wrong source folder, a --dim or
+--vocab-limit the encoder cannot give, each a one-line error and exit 2 before the
+vocabulary pass (the minute of work), never a traceback or a silently smaller build."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import routers.embed_static as ES
+from expertgate.cli import main
+
+
+def _no_work(*a: object, **k: object) -> None:
+    raise AssertionError("the vocabulary pass started before the bad input was refused")
+
+
+@pytest.fixture
+def no_pass(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(ES, "_vocab_pass", _no_work)
+    monkeypatch.setenv("EXPERTGATE_CACHE", str(tmp_path / "cache"))
+
+
+def _packaged() -> Path:
+    return ES._source_dir(None)
+
+
+def _folder(tmp_path: Path, name: str, config: bytes | None, tokenizer: bytes | None,
+            weights: bool = True) -> Path:
+    d = tmp_path / name
+    d.mkdir()
+    if config is not None:
+        (d / "config.json").write_bytes(config)
+    if tokenizer is not None:
+        (d / "tokenizer.json").write_bytes(tokenizer)
+    if weights:
+        (d / "model.safetensors").write_bytes(b"weights")
+    return d
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], *says: str) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "Traceback" not in err and "EXPERTGATE_DEBUG" not in err, err
+    for s in says:
+        assert s in err, err
+    return err
+
+
+def test_a_source_folder_distill_cannot_read_is_named_before_the_work(
+        tmp_path: Path, no_pass: None, capsys: pytest.CaptureFixture[str]) -> None:
+    # a tokenizer.json not UTF-8 or not JSON ended in 'error: UnicodeDecodeError' /
+    # 'JSONDecodeError' (exit 1); a folder without weights, or a distilled folder given as
+    # the encoder, loaded the tokenizer and failed inside transformers ('ValueError:
+    # Unrecognized model in ...', exit 1)
+    wordpiece = (_packaged() / "tokenizer.json").read_bytes()
+    bert = (_packaged() / "config.json").read_bytes()
+    built = tmp_path / "built"
+    built.mkdir()  # a table written by 'embedder distill': its config names a recipe
+    (built / "config.json").write_text(json.dumps({"recipe": ES.RECIPE, "dim": 8}))
+    (built / "tokenizer.json").write_bytes(wordpiece)
+    (built / "embeddings.npz").write_bytes(b"")
+    cases = [
+        (_folder(tmp_path, "latin1", bert, b"\xff\xfe{"), "tokenizer.json is not UTF-8"),
+        (_folder(tmp_path, "broken", bert, b"{not json"), "tokenizer.json is not JSON"),
+        (_folder(tmp_path, "cfgjson", b"{bad", wordpiece), "config.json is not JSON"),
+        (_folder(tmp_path, "cfglist", b"[1]", wordpiece), "config.json is not JSON"),
+        (_folder(tmp_path, "notype", b"{}", wordpiece), "no model_type"),
+        (_folder(tmp_path, "noweights", bert, wordpiece, weights=False),
+         "no weights (model.safetensors or pytorch_model.bin)"),
+        (built, "is a distilled embedder (written by 'expertgate embedder distill')"),
+    ]
+    for src, says in cases:
+        for out in (["--out", str(tmp_path / "out")], []):  # the cache folder, too
+            assert main(["embedder", "distill", "--model", str(src), "--dim", "8",
+                         "--vocab-limit", "50", *out]) == 2
+            _one_line_error(capsys, str(src), says)
+    assert not (tmp_path / "out").exists()
+
+
+def test_dimensions_and_vocabulary_limits_the_encoder_cannot_give_are_refused(
+        tmp_path: Path, no_pass: None, capsys: pytest.CaptureFixture[str]) -> None:
+    # --dim 500 built a 384-dimension table (the encoder's width) under a cache name saying
+    # d500, exit 0; --vocab-limit -5 distilled every token but the last five
+    out = ["--out", str(tmp_path / "out")]
+    assert main(["embedder", "distill", "--dim", "500", *out]) == 2
+    _one_line_error(capsys, "--dim 500", "384")
+    for n in ("0", "-5"):
+        assert main(["embedder", "distill", "--vocab-limit", n, "--dim", "8", *out]) == 2
+        _one_line_error(capsys, f"--vocab-limit must be at least 1, not {n}")
+    for n in ("0", "1", "-1"):
+        assert main(["embedder", "distill", "--dim", n, *out]) == 2
+        _one_line_error(capsys, f"--dim must be at least 2, not {n}")
+    assert main(["embedder", "distill", "--dim", "8", "--vocab-limit", "5", *out]) == 2
+    _one_line_error(capsys, "--vocab-limit 5 keeps 5 tokens", "--dim 8")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_distill_of_a_copied_encoder_folder_still_reaches_the_work(
+        tmp_path: Path, no_pass: None) -> None:
+    # the checks read the source as transformers will: a real encoder folder passes them
+    src = tmp_path / "copy"
+    shutil.copytree(_packaged(), src)
+    with pytest.raises(AssertionError, match="vocabulary pass started"):
+        ES.distill(tmp_path / "out", src, dim=384, vocab_limit=400)
