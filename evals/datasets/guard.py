@@ -174,11 +174,42 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
         raise first
 
 
+#: the guard table's columns: a header's spaces, capitals and byte-order mark aside
+COLUMNS = ("text", "label", "split", "kind")
+#: the longest CSV field read (the csv module's default, 131,072 characters, refused a
+#: pasted document as a text: the embedders bound what they read of it)
+_MAX_CSV_FIELD = 1 << 30
+
+
+def _csv_rows(path: Path, delimiter: str) -> list[dict[str, Any]]:
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, _MAX_CSV_FIELD))
+    # utf-8-sig: a spreadsheet's "CSV UTF-8" begins with a byte-order mark, which would
+    # otherwise be part of the first column's name
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        try:
+            return list(reader)
+        except csv.Error as e:
+            raise GuardDataError(f"{path}: line {reader.line_num}: {e}") from None
+        finally:
+            csv.field_size_limit(limit)
+
+
+def _named_columns(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with a header's ``" Label"`` or ``"Text"`` read as the column it names."""
+    out = {}
+    for k, v in row.items():
+        name = k.strip().lower() if isinstance(k, str) else k
+        out[name if name in COLUMNS and name not in row else k] = v
+    return out
+
+
 def _read_rows_utf8(path: Path) -> list[dict[str, Any]]:
     suf = path.suffix.lower()
     if suf in (".jsonl", ".ndjson"):
         rows = []
-        with path.open(encoding="utf-8") as f:
+        with path.open(encoding="utf-8-sig") as f:
             for ln, line in enumerate(f, 1):
                 if line.strip():
                     try:
@@ -188,15 +219,14 @@ def _read_rows_utf8(path: Path) -> list[dict[str, Any]]:
         return rows
     if suf == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
         except json.JSONDecodeError as e:
             raise GuardDataError(f"{path}: not JSON: {e}") from None
         if not isinstance(data, list):
             raise GuardDataError(f"{path}: expected a JSON array of rows")
         return data
     if suf in (".csv", ".tsv"):
-        with path.open(encoding="utf-8", newline="") as f:
-            return list(csv.DictReader(f, delimiter="\t" if suf == ".tsv" else ","))
+        return _csv_rows(path, "\t" if suf == ".tsv" else ",")
     if suf == ".parquet":
         import pandas as pd
 
@@ -229,13 +259,20 @@ def load_guard_data(path: str | Path, *, val_fraction: float = 0.1, seed: int = 
     if odd is not None:
         raise GuardDataError(f"{p}: row {odd + 1} is not an object with text and label "
                              f"(it is {json.dumps(rows[odd], default=str)[:60]})")
+    rows = [_named_columns(r) for r in rows]
     missing = {"text", "label"} - set(rows[0])
     if missing:
-        raise GuardDataError(f"{p}: guard table lacks column(s): {', '.join(sorted(missing))}")
+        found = ", ".join(repr(str(k)) for k in list(rows[0])[:6])
+        raise GuardDataError(f"{p}: guard table lacks column(s): {', '.join(sorted(missing))} "
+                             f"(its columns: {found or 'none'})")
     parsed: list[tuple[str, str, str, str | None]] = []
     for i, r in enumerate(rows):
         text, label = r.get("text"), r.get("label")
         for col, v in (("text", text), ("label", label)):
+            if isinstance(v, list | dict):  # JSON: str() would make "['a', 'b']" a text
+                raise GuardDataError(f"{p}: row {i + 1}: {col} is "
+                                     f"{'a list' if isinstance(v, list) else 'an object'}, "
+                                     "not a string")
             # an empty CSV cell is "", a Parquet or JSON gap None or NaN: none is a label
             if v is None or (isinstance(v, float) and v != v) or str(v).strip() == "":
                 raise GuardDataError(f"{p}: row {i + 1} has no {col}")

@@ -1,0 +1,103 @@
+"""A user's own guard table (``expertgate eval guard --data``) as spreadsheets and scripts
+write it: a UTF-8 byte-order mark, spaces or capitals in the header, a long text, a field
+that is a list. Each reads as the table it is, or fails with one line naming the row or
+the header it found (exit 2), never ``lacks column(s): text`` over a file that has it."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from evals.datasets.guard import GuardDataError, load_guard_data
+from expertgate.cli import main
+
+ROWS = [(f"{t} {i}", lab, "train") for lab, ts in
+        {"bank": ["my card was declined", "transfer money", "what is my balance"],
+         "travel": ["book a flight", "hotel near the station", "cancel my train"]}.items()
+        for t in ts for i in range(4)]
+ROWS += [("my card was declined now", "bank", "test"), ("book a flight now", "travel", "test"),
+         ("who won the match", "oos", "test"),
+         ("transfer money please", "bank", "validation"),
+         ("book a flight please", "travel", "validation")]
+
+
+def _csv(path: Path, header: list[str], rows: list[tuple[str, ...]] = ROWS,
+         encoding: str = "utf-8", delimiter: str = ",") -> Path:
+    with path.open("w", newline="", encoding=encoding) as f:
+        w = csv.writer(f, delimiter=delimiter)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def _quiet(s: str) -> None:
+    pass
+
+
+def test_a_byte_order_mark_spaces_and_capitals_in_the_header_read_as_the_columns(
+        tmp_path: Path) -> None:
+    # Excel's 'CSV UTF-8' starts with a byte-order mark: 'guard table lacks column(s):
+    # text' over a file whose first column is text; 'text, label, split' (a space after
+    # each comma) lacked 'label'; a JSONL file saved with the mark: 'bad JSON: Unexpected
+    # UTF-8 BOM' on line 1
+    plain = load_guard_data(_csv(tmp_path / "plain.csv", ["text", "label", "split"]), log=_quiet)
+    files = [_csv(tmp_path / "bom.csv", ["text", "label", "split"], encoding="utf-8-sig"),
+             _csv(tmp_path / "spaced.csv", ["text", " label", " split "]),
+             _csv(tmp_path / "caps.csv", ["Text", "Label", "Split"]),
+             _csv(tmp_path / "bom.tsv", ["text", "label", "split"], encoding="utf-8-sig",
+                  delimiter="\t")]
+    jl = tmp_path / "bom.jsonl"
+    jl.write_text("".join(json.dumps({"text": t, "label": lab, "split": s}) + "\n"
+                          for t, lab, s in ROWS), encoding="utf-8-sig")
+    files.append(jl)
+    for f in files:
+        d = load_guard_data(f, log=_quiet)
+        assert (d.train_texts, d.train_labels, d.test_texts, d.ood) == (
+            plain.train_texts, plain.train_labels, plain.test_texts, plain.ood), f
+
+
+def test_a_header_without_the_columns_says_what_it_found(tmp_path: Path) -> None:
+    # 'text;label;split' (a semicolon-separated export) said only 'lacks column(s): label,
+    # text', as if the file had no header
+    f = _csv(tmp_path / "semi.csv", ["text", "label", "split"], delimiter=";")
+    with pytest.raises(GuardDataError, match=r"lacks column\(s\): label, text \(its columns: "
+                       r"'text;label;split'\)"):
+        load_guard_data(f, log=_quiet)
+
+
+def test_a_long_text_in_a_csv_is_read(tmp_path: Path) -> None:
+    # a text over 131,072 characters (a pasted document) ended in 'error: Error: field
+    # larger than field limit (131072)', exit 1, whatever the rest of the table
+    long = "word " * 40_000
+    before = csv.field_size_limit()
+    d = load_guard_data(_csv(tmp_path / "long.csv", ["text", "label", "split"],
+                             [*ROWS, (long, "bank", "test")]), log=_quiet)
+    assert d.test_texts[-1] == long
+    assert csv.field_size_limit() == before  # the csv module's limit is left as it was
+
+
+@pytest.mark.parametrize("row, says", [
+    ({"text": ["a", "b"], "label": "bank", "split": "test"}, "row 1: text is a list"),
+    ({"text": "a b", "label": {"x": 1}, "split": "test"}, "row 1: label is an object"),
+])
+def test_a_text_or_label_that_is_no_string_is_named(row: dict[str, object], says: str,
+                                                    tmp_path: Path) -> None:
+    # a JSONL text ["a", "b"] became the text "['a', 'b']"; with no train row the table
+    # was then refused for another reason ('no in-domain test rows')
+    f = tmp_path / "t.jsonl"
+    f.write_text(json.dumps(row) + "\n" + "".join(
+        json.dumps({"text": t, "label": lab, "split": s}) + "\n" for t, lab, s in ROWS))
+    with pytest.raises(GuardDataError, match=says):
+        load_guard_data(f, log=_quiet)
+
+
+def test_eval_guard_reads_a_spreadsheet_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("EXPERTGATE_CACHE", str(tmp_path / "cache"))
+    f = _csv(tmp_path / "export.csv", ["Text", "Label", "Split"], encoding="utf-8-sig")
+    assert main(["eval", "guard", "--data", str(f), "--embedder", "hashing", "--methods",
+                 "guard-knn", "--latency-sample", "0", "--quiet"]) == 0
+    assert "guard-knn (selected)" in capsys.readouterr().out
