@@ -30,7 +30,10 @@ per model, NaN where a model was not evaluated). Formats, by :func:`load_table` 
     One row per prompt (CSV, JSONL, JSON or Parquet), as RouterBench publishes its tables
     (11 models, per-query costs in USD): a ``prompt`` column, for every model a score column
     named by the model and its cost column ``<model>|total_cost`` (or ``<model>|cost``); the
-    models are the columns that have such a cost column. Optional: ``sample_id`` or
+    models are the columns that have such a cost column; a column of scores (numbers in
+    [0, 1], or with a ``<model>|model_response`` beside it) without its cost column, or a
+    cost column without its score column, is an error naming them (that model would be left
+    out unseen). Optional: ``sample_id`` or
     ``prompt_id`` (else the row number), ``eval_name`` or ``category``; other columns
     (``<model>|model_response``, ``oracle_model_to_route_to``) are ignored. An empty score is
     a model not evaluated on that prompt (a model with none is left out, named on stderr); a
@@ -405,6 +408,46 @@ def _check_wide_cells(df: Any, model: str, cost_col: str, id_col: str | None, p:
                           f"{_rows(bad, df, (*cols, cost_col))}")
 
 
+#: a wide table's columns that are never a model's scores (RouterBench's and ours)
+WIDE_META_COLUMNS = ("prompt", "sample_id", "prompt_id", "eval_name", "category",
+                     "oracle_model_to_route_to")
+
+
+def _unpaired_model_columns(df: Any, models: list[str]) -> str:
+    """What is wrong with the columns that are half a model: a cost column without its score
+    column, or a column of scores (numbers in [0, 1], or with a ``|model_response`` beside
+    it) without its cost column; '' when none is. Each would be left out of the models
+    silently (a model is its score column beside its cost column)."""
+    import pandas as pd
+
+    cols = [str(c) for c in df.columns]
+    have = set(cols)
+    cost_only = [c for c in cols for sfx in WIDE_COST_SUFFIXES
+                 if c.endswith(sfx) and c[:-len(sfx)] not in have]
+    score_only = []
+    for c, col in zip(cols, df.columns, strict=True):
+        if "|" in c or c in models or c in WIDE_META_COLUMNS or c.startswith("Unnamed:"):
+            continue
+        vals = df[col].dropna()
+        num = pd.to_numeric(vals, errors="coerce")
+        if c + "|model_response" in have or (len(vals) and num.notna().all()
+                                              and bool(((num >= 0) & (num <= 1)).all())):
+            score_only.append(c)
+    parts = []
+    if score_only:
+        names = ", ".join(repr(c) for c in score_only)
+        costs = ", ".join(repr(c + WIDE_COST_SUFFIXES[0]) for c in score_only)
+        parts.append(f"column{'s' if len(score_only) > 1 else ''} {names} "
+                     f"hold{'' if len(score_only) > 1 else 's'} scores but no cost column "
+                     f"({costs}): give every model its cost column (0 for a free model), or "
+                     "drop the columns that are not models")
+    for c in cost_only:
+        m = next(c[:-len(sfx)] for sfx in WIDE_COST_SUFFIXES if c.endswith(sfx))
+        parts.append(f"cost column {c!r} has no score column {m!r} (name the score column "
+                     "exactly as the model in its cost column)")
+    return "; ".join(parts)
+
+
 def load_wide(path: str | Path) -> RoutingTable:
     """One row per prompt, a score and a ``|total_cost`` column per model (module doc)."""
     import pandas as pd
@@ -423,10 +466,14 @@ def load_wide(path: str | Path) -> RoutingTable:
     cols = {str(c) for c in df.columns}
     models = [str(c) for c in df.columns if "|" not in str(c)
               and any(str(c) + sfx in cols for sfx in WIDE_COST_SUFFIXES)]
+    unpaired = _unpaired_model_columns(df, models)
     if not models:
         raise RouterError(f"{p}: no model columns; a wide table has, for every model, a score "
                           "column named by the model and its cost column "
-                          "'<model>|total_cost' (or '<model>|cost')")
+                          "'<model>|total_cost' (or '<model>|cost')"
+                          + (f" ({unpaired})" if unpaired else ""))
+    if unpaired:  # a model with half its columns would be left out unseen
+        raise RouterError(f"{p}: {unpaired}")
     df = df.reset_index(drop=True)
     id_col = next((c for c in ("sample_id", "prompt_id") if c in df.columns), None)
     ids = df[id_col] if id_col else pd.Series(range(len(df)), dtype=object)
