@@ -44,11 +44,12 @@ per model, NaN where a model was not evaluated). Formats, by :func:`load_table` 
 ``logs``
     Exported gateway routing logs (Parquet or JSONL) joined with feedback: ``text`` ->
     prompt, ``expert`` -> model, ``feedback_score`` -> score, ``cost_usd`` -> cost (0 where
-    none was logged; an infinite or negative cost is an error, :func:`log_costs`). Rows
-    without text or without feedback, and rated requests that no expert served (``expert``
-    null or ``status`` not ``ok``) and ensemble answers (``mode`` ``ensemble``: a rating of
-    several experts' combined answer, the record naming the aggregator and costing them all),
-    are dropped, with a count printed to stderr. A log that
+    none was logged; an infinite, negative or non-numeric cost is an error, :func:`log_costs`;
+    so is a ``feedback_score`` written as words or outside [0, 1]). Rows without text or
+    without feedback, and rated requests that no expert served (``expert`` null or empty, or
+    ``status`` not ``ok``) and ensemble answers (``mode`` ``ensemble``: a rating of several
+    experts' combined answer, the record naming the aggregator and costing them all), are
+    dropped, with a count printed to stderr. A log that
     mixes policies (or router versions) is said so with a count per policy; ``policy=``
     (``train --policy``) keeps one policy's records. A record repeating the ``request_id`` of
     an earlier one (the same request logged twice) is left out, with a count on stderr.
@@ -555,10 +556,14 @@ def load_logs(path: str | Path, *, policy: str | None = None) -> RoutingTable:
     n0 = len(df)
     no_text = df["text"].isna() | (df["text"].astype(str).str.strip() == "")
     fb = pd.to_numeric(df["feedback_score"], errors="coerce")
+    words = (fb.isna() & _given(df["feedback_score"])).to_numpy()
+    if words.any():  # a rating written as words ('true', 'good') is no missing rating
+        raise RouterError(f"{path}: feedback_score must be a number in [0, 1] (1 the best "
+                          f"answer); {_bad_records(df, words, df['feedback_score'])}")
     no_fb = fb.isna()
     # a request no expert served (every expert failed: status error, expert null) can still
     # be rated; its rating scores no expert
-    failed = df["expert"].isna()
+    failed = ~_given(df["expert"])  # null, or an empty name a merged export wrote
     if "status" in df.columns:
         failed |= df["status"].notna() & (df["status"] != "ok")
     # an ensemble's answer combines several experts' (the record names its aggregator and
@@ -597,8 +602,10 @@ def load_logs(path: str | Path, *, policy: str | None = None) -> RoutingTable:
     if mix:
         print(f"logs: {mix}", file=sys.stderr)
     fbk = fb[keep]
-    if ((fbk < 0) | (fbk > 1)).any():
-        raise RouterError(f"{path}: feedback_score must lie in [0, 1]")
+    out = ((fbk < 0) | (fbk > 1)).to_numpy()
+    if out.any():
+        raise RouterError(f"{path}: feedback_score must lie in [0, 1]; "
+                          f"{_bad_records(df, out, fbk.to_numpy(dtype=np.float64))}")
     texts = df["text"].astype(str)
     long = pd.DataFrame({
         "prompt_id": [hashlib.sha256(t.encode()).hexdigest()[:16] for t in texts],
@@ -619,16 +626,37 @@ def log_costs(df: Any, path: str | Path) -> np.ndarray:
 
     if "cost_usd" not in df.columns:
         return np.zeros(len(df))
-    cost = pd.to_numeric(df["cost_usd"], errors="coerce").fillna(0.0).to_numpy(
-        dtype=np.float64)
+    raw = df["cost_usd"]
+    num = pd.to_numeric(raw, errors="coerce")
+    # a cost written as text ('abc', '$0.01') is no missing cost: read as 0 it made a dear
+    # expert free
+    words = (num.isna() & _given(raw)).to_numpy()
+    if words.any():
+        raise RouterError(f"{path}: cost_usd must be a number (USD); "
+                          f"{_bad_records(df, words, raw)}")
+    cost = num.fillna(0.0).to_numpy(dtype=np.float64)
     bad = ~np.isfinite(cost) | (cost < 0)
     if bad.any():
-        first = (f", the first request_id {df['request_id'].astype(str).to_numpy()[bad][0]}"
-                 if "request_id" in df.columns else "")
-        values = ", ".join(f"{v:g}" for v in sorted(set(cost[bad].tolist()))[:3])
         raise RouterError(f"{path}: cost_usd must be a finite number >= 0; "
-                          f"{int(bad.sum())} record(s) have {values}{first}")
+                          f"{_bad_records(df, bad, cost)}")
     return cost
+
+
+def _given(values: Any) -> Any:
+    """Where a log column holds a value (not null, not an empty or blank string)."""
+    return values.notna() & (values.astype(str).str.strip() != "")
+
+
+def _bad_records(df: Any, bad: Any, values: Any) -> str:
+    """'3 record(s) have 'abc', -1, the first request_id r7': a count, up to three of the
+    values as written and the first record's request_id, for a log value's error."""
+    bad = np.asarray(bad, dtype=bool)
+    vals = list(dict.fromkeys(
+        (f"{v:g}" if isinstance(v, float) else repr(v))
+        for v in np.asarray(values, dtype=object)[bad].tolist()))
+    first = (f", the first request_id {df['request_id'].astype(str).to_numpy()[bad][0]}"
+             if "request_id" in df.columns else "")
+    return f"{int(bad.sum())} record(s) have {', '.join(vals[:3])}{first}"
 
 
 #: how a loader counts the rated ensemble answers it leaves out
