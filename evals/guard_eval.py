@@ -1191,16 +1191,22 @@ def run(args: argparse.Namespace) -> int:
         kind = "embedder: {kind: " + args.embedder + (
             ", options: {" + ", ".join(f"{k}: {v}" for k, v in serve.items()) + "}"
             if serve else "") + "}"
-        print(f"saved the selected guard to {saved['path']}: serve it as a policy's "
-              f"guard: {{artifact: {saved['path']}}} with the gateway's {kind} (recorded "
+        # absolute: a config file reads a relative artifact path from its own folder
+        where = os.path.abspath(saved["path"])
+        print(f"saved the selected guard to {where}: serve it as a policy's "
+              f"guard: {{artifact: {where}}} with the gateway's {kind} (recorded "
               "in the artifact: a config without embedder: takes it)", file=sys.stderr)
         picked = result["selected"]["base_method"]
         row = result["methods"].get(result["selected"]["method"], {})
         if not row.get("fit", {}).get("unsafe_layers", [True]):
-            print(f"{_ME}note: the saved guard ({picked}) has no unsafe check: it refuses "
-                  "unsafe queries only when they are out of domain (the guard-* methods "
-                  "have one; leave baseline-lr-knn out of --methods to select among them)",
-                  file=sys.stderr)
+            # what the gateway does with it (gateway/pipeline.py LEXICON_ONLY), said before
+            # the first response says it
+            print(f"{_ME}note: the saved guard ({picked}) has no unsafe check of its own: a "
+                  "gateway serving it runs only its unsafe lexicon for it (no seed "
+                  "similarity) and marks every response of the policy "
+                  "x-expertgate-degraded: guard-unsafe-lexicon-only (and the routing log "
+                  "and /metrics); the guard-* methods have their own unsafe check: leave "
+                  "baseline-lr-knn out of --methods to select among them", file=sys.stderr)
     return 0
 
 
