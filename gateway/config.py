@@ -173,6 +173,12 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(default=65_536, ge=1024)
     #: serve the dashboard at /ui (its data needs the admin API's credentials)
     ui: bool = True
+    #: which media URLs in chat message parts (image_url, audio_url, video_url, file) an
+    #: expert may be sent to fetch: "public" (data: URIs and http(s) URLs of public hosts),
+    #: "data-only", or "any" (no check). gateway/request/media.py, docs/security.md
+    media_urls: Literal["public", "data-only", "any"] = "public"
+    #: when set (comma-separated hosts and *.suffixes), the only hosts "public" allows
+    media_allowed_domains: str = ""
 
     @field_validator("redis_url")
     @classmethod
@@ -183,6 +189,13 @@ class Settings(BaseSettings):
         if why is not None:
             raise ValueError(why)
         return v
+
+    @field_validator("media_allowed_domains")
+    @classmethod
+    def _media_domains(cls, v: str) -> str:
+        from gateway.request.media import parse_domains
+
+        return ",".join(parse_domains(v))
 
     @field_validator("log_level")
     @classmethod

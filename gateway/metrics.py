@@ -58,6 +58,12 @@ class Metrics:
                                     ["status", "code"], registry=r)
         self.rejections = Counter("expertgate_rejections", "Rejected requests",
                                   ["policy", "reason"], registry=r)
+        # a request (chat, embeddings, dry run) whose message named a media URL the
+        # media_urls setting does not let an expert fetch (gateway/request/media.py)
+        self.media_refused = Counter("expertgate_media_urls_refused",
+                                     "Requests refused for a media URL in a message part, "
+                                     "by why (loopback, private, link-local, scheme, ...)",
+                                     ["reason"], registry=r)
         self.log_dropped = Counter("expertgate_log_records_dropped",
                                    "Routing-log records dropped (queue full, not "
                                    "serialisable, or not written by shutdown)", registry=r)

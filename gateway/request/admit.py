@@ -6,7 +6,9 @@ declared ``content-length``), authenticates the key (401 before a byte of the bo
 so an unauthenticated client costs no body read), refuses a body declared as anything but
 JSON (415) and charges the key's request budget (429). :func:`admit_body` runs after the
 read stage: the model the key named exists and is one it may use (404 ``model_not_found``
-either way, alike) and the token budget covers the request's estimate (429; the estimate
+either way, alike), every media URL of the messages is one the gateway's ``media_urls``
+setting lets an expert fetch (400 ``media_url_not_allowed``, :mod:`.media`; before any
+token is charged), and the token budget covers the request's estimate (429; the estimate
 needs the body's text and ``max_tokens``, and is reconciled with the upstream's usage
 afterwards).
 """
@@ -20,15 +22,19 @@ from gateway.auth import KEY_HEADERS, request_token
 from gateway.errors import InvalidRequest, UnsupportedMediaType
 from gateway.ratelimit import Limits, RateDecision, estimate_prompt_tokens, estimate_tokens
 from gateway.request.context import RequestContext, header_value
+from gateway.request.media import MediaRefused, check_messages, media_policy
 from gateway.request.read import check_length
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
 
-__all__ = ["GENERATE", "admit", "admit_body"]
+__all__ = ["GENERATE", "MEDIA", "admit", "admit_body"]
 
 #: endpoints that call an expert: these spend the key's rate limits and are logged
 GENERATE = frozenset({"chat", "completions", "embeddings"})
+#: the endpoints whose ``messages`` may name media URLs (:mod:`.media`): chat, vLLM's
+#: chat-style embeddings, and the dry run, which refuses what the live request would
+MEDIA = frozenset({"chat", "embeddings", "route"})
 #: the endpoints a key's requests_per_minute counts: also the dry run, which embeds the
 #: query on the embedding thread every tenant's decisions share, as a live request does
 REQUESTS = GENERATE | {"route"}
@@ -89,10 +95,19 @@ def _json_media(ctype: bytes) -> bool:
 
 async def admit_body(gw: Gateway, ctx: RequestContext) -> None:
     key = ctx.key
+    if key is not None:
+        model = ctx.body.get("model")
+        gw.auth.authorize(key, model if isinstance(model, str) else None)
+    s = gw.settings
+    if s.media_urls != "any" and ctx.endpoint in MEDIA:
+        try:
+            check_messages(ctx.body.get("messages"),
+                           media_policy(s.media_urls, s.media_allowed_domains))
+        except MediaRefused as e:
+            gw.metrics.child(gw.metrics.media_refused, e.reason).inc()
+            raise
     if key is None:
         return
-    model = ctx.body.get("model")
-    gw.auth.authorize(key, model if isinstance(model, str) else None)
     if key.tokens_per_minute and ctx.endpoint in GENERATE:
         rt = gw.policy_set.policies.get(str(model))
         texts = ctx.message_texts()
