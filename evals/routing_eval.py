@@ -67,6 +67,7 @@ from routers.base import (
     expert_columns,
     get_router_class,
     make_router,
+    normalise_text,
     registered_names,
 )
 from routers.embed import EMBEDDER_KINDS
@@ -612,6 +613,14 @@ def check_table(table: RoutingTable, *, strong: str | None = None,
                         f"every method is scored on those prompts, and at least "
                         f"{MIN_SCORED_PROMPTS} are needed (fill the missing (prompt, model) "
                         "pairs or drop the sparse models)")
+    texts = len({normalise_text(table.prompts[i]) for i in np.flatnonzero(have.all(axis=1))})
+    if texts < 3:
+        raise EvalError(f"the {full} prompts every model answered hold {texts} distinct "
+                        f"text{'s' if texts > 1 else ''} (prompts that read the same, case "
+                        "and spacing aside, are one group of the split, so that a duplicate "
+                        "never sits in train and test at once): the split into train, "
+                        "validation and test needs at least three; give each prompt its own "
+                        "text")
     if full < len(table):
         per_model = ", ".join(f"{m} {int((~have[:, j]).sum())}"
                               for j, m in enumerate(table.models) if not have[:, j].all())

@@ -35,6 +35,7 @@ from routers.base import (
     RouterError,
     RoutingTable,
     make_router,
+    normalise_text,
     without_thin_models,
 )
 from routers.tradeoff import QualityRouter, strong_weak
@@ -42,8 +43,10 @@ from routers.tradeoff import QualityRouter, strong_weak
 __all__ = [
     "ApgrFn",
     "TrainResult",
+    "check_split",
     "decision_latency",
     "evaluate_router",
+    "no_training_prompts",
     "parse_params",
     "split_table",
     "train_router",
@@ -81,12 +84,32 @@ def _finite(v: Any) -> bool:
     return True
 
 
+def check_split(val: float, test: float) -> None:
+    """The validation and test shares :func:`split_table` takes (checked before any work)."""
+    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+        raise RouterError(f"--val {val:g} and --test {test:g} must be in [0, 1) with sum < 1")
+
+
 def split_table(table: RoutingTable, *, seed: int = 0, val: float = 0.1, test: float = 0.2
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Train / validation / test prompt indices (by prompt, seeded); checks the fractions."""
-    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
-        raise RouterError(f"--val {val} and --test {test} must be in [0, 1) with sum < 1")
+    check_split(val, test)
     return table.split(seed=seed, val=val, test=test)
+
+
+def no_training_prompts(table: RoutingTable, val: float, test: float) -> str:
+    """Why a split left no training prompt: the shares, or a table of too few distinct texts
+    (the split keeps prompts that read the same in one part)."""
+    texts = len({normalise_text(t) for t in table.prompts})
+    if texts < 3:
+        return (f"no training prompts left after the split: the table's {len(table)} prompts "
+                f"hold {texts} distinct text{'s' if texts > 1 else ''} (prompts that read the "
+                "same, case and spacing aside, stay in one part of the split so that a "
+                "duplicate never sits in train and test at once); give each prompt its own "
+                "text")
+    return (f"no training prompts left after the split: --val {val:g} and --test {test:g} "
+            f"hold out all {len(table)} prompts; lower them (--val 0 --test 0 trains on every "
+            "prompt, with no held-out figures)")
 
 
 #: (advantage, strong model's scores, weak model's scores) -> APGR
@@ -264,7 +287,7 @@ def train_router(name: str, table: RoutingTable, X: np.ndarray, *,
         raise RouterError(f"need one embedding per prompt: {len(table)} prompts, X {X.shape}")
     tr, va, te = split_table(table, seed=seed, val=val, test=test)
     if len(tr) == 0:
-        raise RouterError("no training prompts left after the split")
+        raise RouterError(no_training_prompts(table, val, test))
     selection = None
     fit_table, thin = without_thin_models(table.subset(tr))
     if thin:

@@ -334,7 +334,7 @@ def _debiased(args: argparse.Namespace) -> Any:
 def _train(args: argparse.Namespace) -> int:
     from evals.metrics import apgr_of_advantage
     from evals.provenance import git_state, provenance
-    from routers.base import RouterError
+    from routers.base import RouterError, RoutingTable
     from routers.embed import (
         EmbedderError,
         announce_embedding,
@@ -342,7 +342,13 @@ def _train(args: argparse.Namespace) -> int:
         make_embedder,
         set_thread_counts,
     )
-    from routers.train import parse_params, train_router
+    from routers.train import (
+        check_split,
+        no_training_prompts,
+        parse_params,
+        split_table,
+        train_router,
+    )
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     git = git_state()  # the code that runs, before minutes in which the tree may change
@@ -352,6 +358,7 @@ def _train(args: argparse.Namespace) -> int:
             from routers.artifacts import check_artifact_target
 
             check_artifact_target(args.out)
+        check_split(args.val, args.test)  # before the table is read and embedded
         params = parse_params(args.param)
         if args.router != "auto":  # the ranges a gateway policy's params: are held to
             from routers.base import make_router
@@ -379,6 +386,9 @@ def _train(args: argparse.Namespace) -> int:
               f"({fmt}{'' if args.correction == 'none' else ', ' + args.correction})",
               file=sys.stderr)
         _note_free_cost_weight(table, params)
+        if isinstance(table, RoutingTable) and not len(
+                split_table(table, seed=args.seed, val=args.val, test=args.test)[0]):
+            raise RouterError(no_training_prompts(table, args.val, args.test))
         stage = "embed"
         n_labels = len(set(table.categories or []))
         if args.router == "guard" and "method" not in params \
