@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from expertgate.bench.load import LoadError, run_wrk, stream_ttfb
+from expertgate.bench.load import LoadError, distinct_prompt, run_wrk, stream_ttfb
 from expertgate.bench.proc import cpu_seconds, machine_info, rss_bytes
 from expertgate.bench.servers import (
     EXPLORE_POLICY,
@@ -431,6 +431,35 @@ def _print_table(paths: dict[str, Any], streams: dict[str, Any]) -> None:
                   f"errors {v['errors']}")
 
 
+#: file descriptors a server under test and the load generator use beside their
+#: connections (listening sockets, logs, the upstream pool, libraries)
+_FDS_BESIDE = 256
+
+
+def _open_files_limit() -> int | None:
+    """The soft limit of open files this process (and so wrk and the servers it starts)
+    may hold; None when unlimited or unknown."""
+    import resource
+
+    try:
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (OSError, ValueError):
+        return None
+    return None if soft == resource.RLIM_INFINITY or soft < 0 else int(soft)
+
+
+def _gateway_body_limit() -> int:
+    """The body limit of the gateway under test: it starts with this environment."""
+    from pydantic import ValidationError
+
+    from gateway.config import Settings
+
+    try:
+        return int(Settings().max_body_bytes)
+    except ValidationError:  # another setting refused: the gateway says so when it starts
+        return int(Settings.model_fields["max_body_bytes"].default)
+
+
 def cmd_overhead(args: argparse.Namespace) -> int:
     try:
         concs = sorted({int(x) for x in str(args.concurrency).split(",") if x.strip()})
@@ -454,9 +483,27 @@ def cmd_overhead(args: argparse.Namespace) -> int:
         print(f"bench overhead: --stream-requests must be at least 1, not "
               f"{args.stream_requests}", file=sys.stderr)
         return 2
+    for flag, n in (("--miss-requests", args.miss_requests),
+                    ("--litellm-requests", args.litellm_requests)):
+        if n < 1:  # was replaced by the largest concurrency, and recorded as given
+            print(f"bench overhead: {flag} must be at least 1, not {n}", file=sys.stderr)
+            return 2
+    fds = _open_files_limit()
+    if fds is not None and max(concs) + _FDS_BESIDE > fds:
+        print(f"bench overhead: --concurrency {max(concs)} needs as many connections open in "
+              f"the load generator and in the server under test, and this shell allows "
+              f"{fds} open files (ulimit -n): raise it or give at most "
+              f"{max(fds - _FDS_BESIDE, 1)}", file=sys.stderr)
+        return 2
     if args.prompt_tokens and args.prompt_tokens < 32:
         print("bench overhead: --prompt-tokens needs 0 (short questions) or at least 32",
               file=sys.stderr)
+        return 2
+    limit = _gateway_body_limit()
+    if args.prompt_tokens > limit:  # a token is at least a byte: no need to build it
+        print(f"bench overhead: --prompt-tokens {args.prompt_tokens} makes requests over the "
+              f"gateway's body limit (max_body_bytes {limit}): every routed request would "
+              "be refused", file=sys.stderr)
         return 2
     keep = None if not args.paths else {x.strip() for x in str(args.paths).split(",")
                                         if x.strip()}
@@ -465,6 +512,13 @@ def cmd_overhead(args: argparse.Namespace) -> int:
               f"use {', '.join(PATHS)}", file=sys.stderr)
         return 2
     suffix, sample_tokens = prompt_suffix(args.prompt_tokens) if args.prompt_tokens else ("", 0)
+    size = len(_fixed_body(ROUTED_POLICY, distinct_prompt("run0000-r0-c1", 10**6, suffix)))
+    if size > limit:
+        print(f"bench overhead: --prompt-tokens {args.prompt_tokens} makes request bodies of "
+              f"{size} bytes, over the gateway's body limit (max_body_bytes {limit}): every "
+              "routed request would be refused; give fewer tokens or raise "
+              "EXPERTGATE_MAX_BODY_BYTES", file=sys.stderr)
+        return 2
     machine = machine_info()
     skipped: dict[str, str] = {}
     run_id = uuid.uuid4().hex[:8]

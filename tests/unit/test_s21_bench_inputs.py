@@ -1,0 +1,60 @@
+"""``expertgate bench overhead`` with counts it cannot honour: one line naming the flag,
+exit 2, before any server starts (a run takes minutes on the 2-core box), never a run whose
+figures are not the ones asked for."""
+
+from __future__ import annotations
+
+import resource
+from typing import Any
+
+import pytest
+
+from expertgate.cli import main
+
+BASE = ["bench", "overhead", "--skip-litellm", "--embedder", "hashing"]
+
+
+@pytest.fixture(autouse=True)
+def _nothing_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    import expertgate.bench.overhead as overhead
+
+    def refuse(*a: Any, **k: Any) -> None:
+        raise AssertionError("the benchmark started its upstream")
+
+    monkeypatch.setattr(overhead, "UpstreamStub", refuse)
+
+
+def _one_line(capsys: pytest.CaptureFixture[str], says: str) -> None:
+    err = capsys.readouterr().err
+    assert says in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("flag", ["--miss-requests", "--litellm-requests"])
+@pytest.mark.parametrize("n", ["0", "-5"])
+def test_request_counts_below_one_are_refused(flag: str, n: str,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    # --miss-requests -5 ran the benchmark with the largest concurrency's count instead,
+    # and its JSON recorded miss_requests: -5 beside figures of 64 requests
+    assert main([*BASE, flag, n]) == 2
+    _one_line(capsys, f"{flag} must be at least 1, not {n}")
+
+
+def test_a_prompt_longer_than_the_gateways_body_limit_is_refused(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # --prompt-tokens 1000000 built a 5 MB prompt: every routed request was the gateway's
+    # 413, counted as the path's errors after minutes of load
+    assert main([*BASE, "--prompt-tokens", "2000000"]) == 2
+    _one_line(capsys, "--prompt-tokens 2000000")
+    monkeypatch.setenv("EXPERTGATE_MAX_BODY_BYTES", "2000")  # the gateway's, inherited
+    assert main([*BASE, "--prompt-tokens", "1000"]) == 2
+    _one_line(capsys, "over the gateway's body limit (max_body_bytes 2000)")
+
+
+def test_more_connections_than_open_files_are_refused(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # --concurrency 5000 under 'ulimit -n 1024': wrk and the server under test ran out of
+    # file descriptors mid-run; the figures were socket errors
+    monkeypatch.setattr(resource, "getrlimit", lambda what: (1024, 4096))
+    assert main([*BASE, "--concurrency", "1,5000", "--requests", "5000"]) == 2
+    err = capsys.readouterr().err
+    assert "--concurrency 5000" in err and "1024 open files" in err and err.count("\n") == 1
