@@ -22,7 +22,7 @@ from gateway.auth import KEY_HEADERS, request_token
 from gateway.errors import InvalidRequest, UnsupportedMediaType
 from gateway.ratelimit import Limits, RateDecision, estimate_prompt_tokens, estimate_tokens
 from gateway.request.context import RequestContext, header_value
-from gateway.request.media import MediaRefused, check_messages, media_policy
+from gateway.request.media import MediaRefused, check_messages
 from gateway.request.read import check_length
 
 if TYPE_CHECKING:
@@ -101,8 +101,7 @@ async def admit_body(gw: Gateway, ctx: RequestContext) -> None:
     s = gw.settings
     if s.media_urls != "any" and ctx.endpoint in MEDIA:
         try:
-            check_messages(ctx.body.get("messages"),
-                           media_policy(s.media_urls, s.media_allowed_domains))
+            check_messages(ctx.body.get("messages"), s.media_urls, s.media_allowed_domains)
         except MediaRefused as e:
             gw.metrics.child(gw.metrics.media_refused, e.reason).inc()
             raise

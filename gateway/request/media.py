@@ -134,17 +134,19 @@ def media_policy(mode: str, domains: str) -> MediaPolicy:
                        tuple(e[1:] for e in entries if e.startswith("*.")))
 
 
-def check_messages(messages: Any, policy: MediaPolicy) -> None:
+def check_messages(messages: Any, mode: str, domains: str = "") -> None:
     """A :class:`MediaRefused` for the first media URL of ``messages`` (a body's, as the
-    client sent it) that ``policy`` does not allow. A message whose content is a string
-    (most requests) costs one type check."""
-    if policy.mode == "any" or type(messages) is not list:
+    client sent it) that the settings ``media_urls`` (``mode``) and
+    ``media_allowed_domains`` (``domains``) do not allow. A body whose messages have no
+    parts (most requests) costs a type check per message."""
+    if mode == "any" or type(messages) is not list:
         return
     for m in messages:
         if type(m) is dict and type(m.get("content")) is list:
             break
     else:
         return  # no message has parts: nothing can name a URL
+    policy = media_policy(mode, domains)
     for i, m in enumerate(messages):
         content = m.get("content") if type(m) is dict else None
         if type(content) is not list:
@@ -223,7 +225,10 @@ def classify(url: str, policy: MediaPolicy) -> tuple[str, str] | None:
     if policy.mode == "any":
         return None
     # the scheme from the URL's head: a data: URI can be megabytes, read no further
-    m = _SCHEME.match(url[:64].lstrip(_C0_SPACE).translate(_TAB_NL))
+    head = url[:64].lstrip(_C0_SPACE)
+    if "\t" in head or "\n" in head or "\r" in head:
+        head = head.translate(_TAB_NL)
+    m = _SCHEME.match(head)
     if m is None:
         return "scheme", "has no scheme (an http(s) URL or a data: URI is expected)"
     scheme = m.group(1).lower()
