@@ -107,8 +107,9 @@ def cmd_startup(args: argparse.Namespace) -> int:
                           args.steady)
         args.out.write_text(json.dumps(res))
         return 0
-    if not args.config.is_file():
-        print(f"expertgate bench startup: no config file {args.config}", file=sys.stderr)
+    bad = _config_problem(args.config, args.policy)
+    if bad:
+        print(f"expertgate bench startup: {bad}", file=sys.stderr)
         return 2
     from expertgate.bench.proc import machine_info
 
@@ -154,6 +155,27 @@ def cmd_startup(args: argparse.Namespace) -> int:
         print(f"| {label} | {m['start_s']:.3f} | {m['first_decision_ms']:.2f} | "
               f"{m['worst_of_first_ms']:.2f} | {_ms(m['steady_p50_ms'])} |")
     return 0
+
+
+def _config_problem(config: Path, policy: str | None) -> str | None:
+    """Why the measured processes could not run ``config`` (each would fail alike, after
+    starting): not a file, not a config, no such policy; None when they can."""
+    from gateway.config import ConfigError, load_config
+
+    if config.is_dir():
+        return f"{config} is a folder; --config names the gateway's YAML file"
+    if not config.is_file():
+        return f"no config file {config}"
+    try:
+        cfg = load_config(config)
+    except ConfigError as e:
+        return (str(e).strip().splitlines() or [type(e).__name__])[0]
+    names = [p.name for p in cfg.policies]
+    if not names:
+        return f"{config} has no policy to route with (policies: is empty)"
+    if policy is not None and policy not in names:
+        return f"no policy {policy!r} in {config} (it has {', '.join(names)})"
+    return None
 
 
 def _median(values: list[float | None]) -> float | None:
