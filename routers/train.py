@@ -238,6 +238,20 @@ def decision_latency(router: Router, X: np.ndarray, texts: Sequence[str], *,
     return out
 
 
+def _too_few_to_train(error: str, need: int, n_train: int, table: RoutingTable, val: float,
+                      test: float, auto: bool = False) -> str:
+    """A family's (or auto's) minimum of prompts, said of the training part, not the user's
+    table, with what to do."""
+    if n_train == len(table):
+        return error + ": add prompts" + (", or train one family (--router knn, ...)"
+                                          if auto else "")
+    return (f"{error} in the training part ({n_train} of the table's {len(table)} prompts; "
+            f"--val {val:g} and --test {test:g} hold out the rest): add prompts"
+            + (", or --val 0 --test 0 to train on them all (no held-out figures)"
+               if len(table) >= need else "")
+            + (", or train one family (--router knn, ...)" if auto else ""))
+
+
 class TrainResult:
     """What :func:`train_router` returns: the fitted router, the metrics, the artifact path."""
 
@@ -300,8 +314,15 @@ def train_router(name: str, table: RoutingTable, X: np.ndarray, *,
 
         if params:
             raise RouterError("--router auto takes no --param: it chooses the parameters")
-        router, sel = fit_auto(X[tr], fit_table, seed=seed,
-                               candidates=auto_candidates or CANDIDATES, log=log)
+        try:
+            router, sel = fit_auto(X[tr], fit_table, seed=seed,
+                                   candidates=auto_candidates or CANDIDATES, log=log)
+        except RouterError as e:
+            need = re.search(r"^auto needs at least (\d+) training prompts", str(e))
+            if need is None:
+                raise
+            raise RouterError(_too_few_to_train(str(e), int(need.group(1)), len(tr), table,
+                                                val, test, auto=True)) from None
         selection = sel.to_dict()
         name = sel.family
     else:
@@ -313,12 +334,8 @@ def train_router(name: str, table: RoutingTable, X: np.ndarray, *,
             need = re.search(r"prompt\(s\); need at least (\d+)$", str(e))
             if need is None or len(tr) == len(table):
                 raise
-            # the family's count is the training part's, not the user's table's
-            raise RouterError(
-                f"{e} in the training part ({len(tr)} of the table's {len(table)} prompts; "
-                f"--val {val:g} and --test {test:g} hold out the rest): add prompts"
-                + (", or --val 0 --test 0 to train on them all (no held-out figures)"
-                   if len(table) >= int(need.group(1)) else "")) from None
+            raise RouterError(_too_few_to_train(str(e), int(need.group(1)), len(tr), table,
+                                                val, test)) from None
     fit_s = time.perf_counter() - t0
     metrics: dict[str, Any] = {
         "router": name, "seed": seed, "n_train": len(tr), "n_val": len(va),
