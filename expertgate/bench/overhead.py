@@ -43,7 +43,13 @@ from pathlib import Path
 from typing import Any
 
 from expertgate.bench.load import LoadError, distinct_prompt, run_wrk, stream_ttfb
-from expertgate.bench.proc import cpu_seconds, machine_info, rss_bytes
+from expertgate.bench.proc import (
+    FDS_BESIDE,
+    cpu_seconds,
+    machine_info,
+    open_files_limit,
+    rss_bytes,
+)
 from expertgate.bench.servers import (
     EXPLORE_POLICY,
     LEARNED_POLICY,
@@ -431,23 +437,6 @@ def _print_table(paths: dict[str, Any], streams: dict[str, Any]) -> None:
                   f"errors {v['errors']}")
 
 
-#: file descriptors a server under test and the load generator use beside their
-#: connections (listening sockets, logs, the upstream pool, libraries)
-_FDS_BESIDE = 256
-
-
-def _open_files_limit() -> int | None:
-    """The soft limit of open files this process (and so wrk and the servers it starts)
-    may hold; None when unlimited or unknown."""
-    import resource
-
-    try:
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    except (OSError, ValueError):
-        return None
-    return None if soft == resource.RLIM_INFINITY or soft < 0 else int(soft)
-
-
 def _gateway_body_limit() -> int:
     """The body limit of the gateway under test: it starts with this environment."""
     from pydantic import ValidationError
@@ -488,12 +477,12 @@ def cmd_overhead(args: argparse.Namespace) -> int:
         if n < 1:  # was replaced by the largest concurrency, and recorded as given
             print(f"bench overhead: {flag} must be at least 1, not {n}", file=sys.stderr)
             return 2
-    fds = _open_files_limit()
-    if fds is not None and max(concs) + _FDS_BESIDE > fds:
+    fds = open_files_limit()
+    if fds is not None and max(concs) + FDS_BESIDE > fds:
         print(f"bench overhead: --concurrency {max(concs)} needs as many connections open in "
               f"the load generator and in the server under test, and this shell allows "
               f"{fds} open files (ulimit -n): raise it or give at most "
-              f"{max(fds - _FDS_BESIDE, 1)}", file=sys.stderr)
+              f"{max(fds - FDS_BESIDE, 1)}", file=sys.stderr)
         return 2
     if args.prompt_tokens and args.prompt_tokens < 32:
         print("bench overhead: --prompt-tokens needs 0 (short questions) or at least 32",

@@ -9,9 +9,28 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["cpu_seconds", "machine_info", "process_tree", "rss_bytes"]
+__all__ = ["FDS_BESIDE", "cpu_seconds", "machine_info", "open_files_limit", "process_tree",
+           "rss_bytes"]
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+#: file descriptors a server under test and the load generator use beside their
+#: connections (listening sockets, logs, pools, libraries)
+FDS_BESIDE = 256
+
+
+def open_files_limit() -> int | None:
+    """The soft limit of open files this process (and so the load generator and the servers
+    it starts) may hold; None when unlimited or unknown. A benchmark whose connections need
+    more is refused before it starts, not run into socket errors."""
+    import resource
+
+    try:
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (OSError, ValueError):
+        return None
+    return None if soft == resource.RLIM_INFINITY or soft < 0 else int(soft)
 
 
 def _stat_fields(pid: int) -> list[str] | None:

@@ -259,10 +259,24 @@ MIN_SAMPLES = 6
 def bad_options(args: argparse.Namespace) -> str | None:
     """Why these options cannot give a verdict, or None: said before the soak starts, not
     after minutes of load."""
+    for flag, v in (("--minutes", args.minutes), ("--sample-s", args.sample_s),
+                    ("--warmup-frac", args.warmup_frac),
+                    ("--max-rss-growth", args.max_rss_growth)):
+        if not math.isfinite(v):  # nan passed every comparison below; inf never ended
+            return f"{flag} must be a finite number, not {v:g}"
     if args.minutes <= 0:
         return f"--minutes must be more than 0, not {args.minutes:g}"
     if args.concurrency < 1:
         return f"--concurrency must be at least 1, not {args.concurrency}"
+    from expertgate.bench.proc import FDS_BESIDE, open_files_limit
+
+    fds = open_files_limit()
+    # each client's connection is open in this process and in the gateway, which holds as
+    # many to the upstream
+    if fds is not None and 2 * args.concurrency + FDS_BESIDE > fds:
+        return (f"--concurrency {args.concurrency} needs about {2 * args.concurrency} open "
+                f"connections, and this shell allows {fds} open files (ulimit -n): raise it "
+                f"or give at most {max((fds - FDS_BESIDE) // 2, 1)}")
     if args.sample_s <= 0:
         return f"--sample-s must be more than 0, not {args.sample_s:g}"
     if not 0.0 <= args.warmup_frac < 1.0:

@@ -58,3 +58,36 @@ def test_more_connections_than_open_files_are_refused(
     assert main([*BASE, "--concurrency", "1,5000", "--requests", "5000"]) == 2
     err = capsys.readouterr().err
     assert "--concurrency 5000" in err and "1024 open files" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("flag, value", [("--minutes", "nan"), ("--minutes", "inf"),
+                                         ("--sample-s", "nan"), ("--sample-s", "inf"),
+                                         ("--warmup-frac", "nan"),
+                                         ("--max-rss-growth", "nan"),
+                                         ("--max-rss-growth", "inf")])
+def test_soak_values_that_are_no_finite_number_are_refused(
+        flag: str, value: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # --minutes nan passed every check (nan <= 0 is false) and started the gateway; inf
+    # soaked for ever; --max-rss-growth nan judged no growth too much
+    import expertgate.bench.soak as soak
+
+    def refuse(*a: Any, **k: Any) -> None:
+        raise AssertionError("the soak started")
+
+    monkeypatch.setattr(soak, "run_soak", refuse)
+    assert main(["bench", "soak", flag, value, "--out", "-"]) == 2
+    _one_line(capsys, f"{flag} must be a finite number")
+
+
+def test_soak_clients_beyond_the_open_files_limit_are_refused(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import expertgate.bench.soak as soak
+
+    def refuse(*a: Any, **k: Any) -> None:
+        raise AssertionError("the soak started")
+
+    monkeypatch.setattr(soak, "run_soak", refuse)
+    monkeypatch.setattr(resource, "getrlimit", lambda what: (1024, 4096))
+    assert main(["bench", "soak", "--concurrency", "1000", "--out", "-"]) == 2
+    _one_line(capsys, "--concurrency 1000")
