@@ -13,7 +13,9 @@ per model, NaN where a model was not evaluated). Formats, by :func:`load_table` 
     take the one its other rows give, and prompts without any become ``(none)``, with a note
     on stderr; rows repeating a (prompt, model) pair are averaged into one cell, with a note
     on stderr.
-    CSV fields may hold line breaks (quoted).
+    CSV fields may hold line breaks and commas (quoted); rows one field longer than the
+    header (a comma left unquoted in every prompt: pandas would read the first field as an
+    index and shift the rest) are an error, as is a file that is not UTF-8 (its line named).
 ``routellm`` / ``routellm-mmlu`` / ``routellm-gsm8k``
     RouteLLM's cached evaluations (``shared/data/routellm``): per-question correctness of
     ``gpt-4-1106-preview`` (strong) and ``mistralai/Mixtral-8x7B-Instruct-v0.1`` (weak).
@@ -128,11 +130,40 @@ def _read_frame(path: Path) -> Any:
         if suffix == ".json":
             return pd.DataFrame(json.loads(path.read_text()))
         if suffix in (".csv", ".tsv"):
-            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+            df = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+            if not isinstance(df.index, pd.RangeIndex):
+                # every row one field longer than the header: pandas takes the first field
+                # as an index, and each column then reads its left neighbour's field
+                raise RouterError(
+                    f"{path}: the header names {len(df.columns)} columns but the rows hold "
+                    f"{len(df.columns) + df.index.nlevels} fields (an unquoted "
+                    f"{'tab' if suffix == '.tsv' else 'comma'} in a text, as in "
+                    f"{_plain(df.index[0])!r} of the first row?): quote every field that "
+                    'holds one ("Hello, world"), as a CSV writer does')
+            return df
+    except UnicodeDecodeError as e:
+        raise RouterError(_not_utf8(path, e)) from None
     except ValueError as e:
         raise RouterError(f"{path}: cannot read: {e}") from None
     raise RouterError(f"{path}: unknown file type {suffix!r} (use .csv, .jsonl, .json or "
                       ".parquet)")
+
+
+def _not_utf8(path: Path, e: UnicodeDecodeError) -> str:
+    """A table file that is not UTF-8 (Latin-1 from a spreadsheet, UTF-16): the line of its
+    first such byte, and how to convert it (the decoder's own position is a buffer's)."""
+    data = path.read_bytes()
+    where = ""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as u:
+        line = data.count(b"\n", 0, u.start) + 1
+        where = f" (line {line} holds byte 0x{data[u.start:u.start + 1].hex()})"
+    enc, what = (("utf-16", "UTF-16") if data[:2] in (b"\xff\xfe", b"\xfe\xff") else
+                 ("latin1", "Latin-1"))
+    return (f"{path}: not UTF-8 text{where}; save it as UTF-8, e.g. `iconv -f {enc} -t "
+            f"utf-8 {path.name} > utf8-{path.name}` for {what} (a spreadsheet's 'CSV UTF-8' "
+            f"export writes UTF-8; the reader said: {e.reason})")
 
 
 def load_long(path: str | Path) -> RoutingTable:
@@ -526,6 +557,8 @@ def read_log_export(path: str | Path, columns: tuple[str, ...] = LOG_COLUMNS) ->
                                                chunksize=EXPORT_READ_ROWS)]
             return (pd.concat(parts, ignore_index=True) if parts else
                     pd.DataFrame(columns=list(columns)))
+    except UnicodeDecodeError as e:
+        raise RouterError(_not_utf8(p, e)) from None
     except (ValueError, OSError) as e:
         raise RouterError(f"{p}: cannot read: {e}") from None
     df = _read_frame(p)  # a table of the same columns made otherwise (CSV, JSON)
