@@ -174,6 +174,10 @@ def _data_hashes(args: argparse.Namespace) -> list[dict[str, Any]]:
     return [path_sha256(src)]
 
 
+#: the largest --lr of ``embedder tune``: far beyond any useful step, below float32's range
+_MAX_LR = 1e30
+
+
 def _tune(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -192,6 +196,11 @@ def _tune(args: argparse.Namespace) -> int:
     if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
         print(f"error: --lr must be {'above 0' if not args.lr > 0 else 'finite'}, "
               f"not {args.lr:g}", file=sys.stderr)
+        return 2
+    # the table and its steps are float32: 1e300 overflowed in the first step (exit 1)
+    if args.lr is not None and args.lr > _MAX_LR:
+        print(f"error: --lr must be at most {_MAX_LR:g} (a step relative to the table's "
+              f"typical entry; the table is float32), not {args.lr:g}", file=sys.stderr)
         return 2
     try:
         from routers.embed_static import check_table_target

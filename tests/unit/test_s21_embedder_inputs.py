@@ -106,3 +106,19 @@ def test_a_distill_of_a_copied_encoder_folder_still_reaches_the_work(
     shutil.copytree(_packaged(), src)
     with pytest.raises(AssertionError, match="vocabulary pass started"):
         ES.distill(tmp_path / "out", src, dim=384, vocab_limit=400)
+
+
+def test_tune_a_step_beyond_the_tables_float32_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # --lr 1e300 (finite in Python) loaded the table and the data, then ended in 'error:
+    # RuntimeError: value cannot be converted to type float without overflow', exit 1
+    import routers.embed_tune as ET
+
+    monkeypatch.setattr(ET, "tune_table", _no_work)
+    data = tmp_path / "g.csv"
+    data.write_text("text,label\nhello there,a\nbook a flight,b\n")
+    assert main(["embedder", "tune", "--data", str(data), "--out", str(tmp_path / "t"),
+                 "--lr", "1e300"]) == 2
+    _one_line_error(capsys, "--lr must be at most", "not 1e+300")
+    assert not (tmp_path / "t").exists()
