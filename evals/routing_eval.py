@@ -753,6 +753,14 @@ def evaluate(table: RoutingTable, X: np.ndarray, *, routers: Sequence[str] | Non
                 base_seed.setdefault(bname, []).append(evaluate_predictions(
                     pv, pt, V, E, strong=s_idx, knob_costs=kc, oracle_costs=orc))
             except M.MetricError as e:  # no router can be scored on this split either
+                full = table.scores[complete]
+                if len(table.models) == 2 and np.array_equal(full[:, 0], full[:, 1]):
+                    # no split of this table has a gap: the split advice cannot help
+                    raise EvalError(
+                        f"seed {seed}: {e}: {table.models[0]!r} and {table.models[1]!r} "
+                        f"score the same on every prompt both answered ({int(complete.sum())}"
+                        "), so there is nothing to route between them (APGR and CPT measure "
+                        "the share of the gap between them a router recovers)") from None
                 raise EvalError(f"seed {seed}: {e} on its validation or test part "
                                 f"({len(va)} / {len(te)} prompts): use a larger table or "
                                 "larger --val/--test shares") from None
