@@ -13,6 +13,8 @@ per model, NaN where a model was not evaluated). Formats, by :func:`load_table` 
     take the one its other rows give, and prompts without any become ``(none)``, with a note
     on stderr; rows repeating a (prompt, model) pair are averaged into one cell, with a note
     on stderr.
+    A JSON prompt given as a list of texts is its turns joined by blank lines; another list
+    or object in a prompt, prompt id, model or category is an error naming the rows.
     CSV fields may hold line breaks and commas (quoted); rows one field longer than the
     header (a comma left unquoted in every prompt: pandas would read the first field as an
     index and shift the rest) are an error, as is a file that is not UTF-8 (its line named).
@@ -213,6 +215,7 @@ def clean_long(df: Any, source: str = "table") -> Any:
         raise RouterError(f"{source}: lacks column(s) {', '.join(sorted(missing))}; a long "
                           "table has prompt_id, prompt, model, score, cost[, category]")
     df = df.reset_index(drop=True).copy()
+    _check_plain_cells(df, source)
     empty = lambda col: df[col].isna() | (df[col].astype(str).str.strip() == "")  # noqa: E731
     bad = empty("prompt")
     if bad.any():
@@ -281,6 +284,31 @@ def clean_long(df: Any, source: str = "table") -> Any:
                   f"the category {MISSING_CATEGORY!r}", file=sys.stderr)
         df["category"] = cat.where(~still, MISSING_CATEGORY).astype(str)
     return df
+
+
+def _container(v: Any) -> bool:
+    return isinstance(v, list | tuple | dict | set | np.ndarray)
+
+
+def _check_plain_cells(df: Any, source: str) -> None:
+    """Cells of a JSON table that are lists or objects: a prompt given as a list of texts is
+    its turns joined by blank lines (as a wide table's); any other list or object in the
+    prompt, its id, the model or the category is an error naming the rows (pandas would fail
+    on it with 'unhashable type', or an id ``["x"]`` become the prompt id "['x']")."""
+    if df["prompt"].map(_container).any():
+        df["prompt"] = [_turns(v) if isinstance(v, list | tuple | np.ndarray)
+                        and all(isinstance(t, str) for t in v) else v for v in df["prompt"]]
+    for col, what in (("prompt", "a text (or a list of texts: its turns)"),
+                      ("prompt_id", "a text or a number"), ("model", "a text"),
+                      ("category", "a text or a number")):
+        if col not in df.columns:
+            continue
+        bad = df[col].map(_container)
+        if bad.any():
+            kinds = " or ".join(sorted({type(v).__name__ for v in df[col][bad]}))
+            named = ("prompt_id", "model") if col == "prompt" else (col,)
+            raise RouterError(f"{source}: {col} must be {what}, not {kinds}, in "
+                              f"{_rows(bad, df, named)}")
 
 
 def _tokens(text: str) -> int:
