@@ -1118,6 +1118,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"{_ME}--{flag.replace('_', '-')} needs one encoder variant (one "
                   "--finetune-epochs value)", file=sys.stderr)
             return 2
+    if not data.ood:  # the table's '-' columns, said where they come from
+        print(f"{_ME}note: {args.data or args.suite} has no OOD test rows: OOD accuracy and "
+              "the GQR score are not measured ('-'); add rows of split test labelled oos "
+              "(or an OOD set's name) to measure them", file=sys.stderr)
     runs: list[tuple[str, Any, dict[str, Any] | None, dict[str, Any]]] = []
     for ep in epochs:
         opts, meta = dict(options), None

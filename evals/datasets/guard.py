@@ -379,7 +379,7 @@ def load_guard_table(path: str | Path) -> RoutingTable:
 GQR_LABELS = {0: "law", 1: "finance", 2: "healthcare", 3: "ood"}
 
 
-def load_gqr_bench(folder: str | Path) -> GuardData:
+def load_gqr_bench(folder: str | Path, *, log: Any = None) -> GuardData:
     """GQR-Bench data exported from the ``gqr`` package to ``folder``.
 
     The package returns pandas DataFrames: ``load_train_dataset()`` -> (train, eval) and
@@ -389,7 +389,9 @@ def load_gqr_bench(folder: str | Path) -> GuardData:
     ml_questions). Assumed layout: those frames written as ``train``, ``eval``, ``test`` and
     ``ood_test`` with extension ``.parquet``, ``.csv`` or ``.jsonl``, e.g.
     ``train.to_parquet(folder / "train.parquet")``. ``eval`` is the validation part.
+    OOD rows without a text are left out, and counted through ``log`` (default stderr).
     """
+    say = log if log is not None else (lambda s: print(s, file=sys.stderr))
     root = Path(folder)
 
     def find(stem: str) -> Path:
@@ -428,10 +430,15 @@ def load_gqr_bench(folder: str | Path) -> GuardData:
             labs.append(d)
         parts[stem] = (texts, labs)
     ood: dict[str, list[str]] = {}
-    for r in _read_rows(find("ood_test")):
+    blank = 0
+    ood_file = find("ood_test")
+    for r in _read_rows(ood_file):
         if r.get("text") is None or str(r["text"]).strip() == "":
+            blank += 1
             continue
         ood.setdefault(str(r.get("dataset") or "ood").strip(), []).append(str(r["text"]))
+    if blank:
+        say(f"note: {blank} rows of {ood_file} have no text: left out of the OOD sets")
     return GuardData("gqr-bench", *parts["train"], *parts["eval"], *parts["test"], ood=ood,
                      meta={"source": str(root), "protocol": "GQR-Bench (Šléher et al. 2025)",
                            "files": [str(find(s)) for s in ("train", "eval", "test",

@@ -101,3 +101,41 @@ def test_eval_guard_reads_a_spreadsheet_export(tmp_path: Path, monkeypatch: pyte
     assert main(["eval", "guard", "--data", str(f), "--embedder", "hashing", "--methods",
                  "guard-knn", "--latency-sample", "0", "--quiet"]) == 0
     assert "guard-knn (selected)" in capsys.readouterr().out
+
+
+def test_a_table_without_ood_test_rows_says_what_is_not_measured(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # the run printed '-' for OOD mean and GQR, exit 0, with no word why: a user's own
+    # suite without OOD rows (or a GQR-Bench export whose ood_test is empty) measures only
+    # the in-domain half
+    monkeypatch.setenv("EXPERTGATE_CACHE", str(tmp_path / "cache"))
+    f = _csv(tmp_path / "in.csv", ["text", "label", "split"],
+             [r for r in ROWS if r[1] != "oos"])
+    assert main(["eval", "guard", "--data", str(f), "--embedder", "hashing", "--methods",
+                 "guard-knn", "--latency-sample", "0", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "no OOD test rows" in err and "GQR" in err and "oos" in err
+    assert main(["eval", "guard", "--data", str(_csv(tmp_path / "g.csv", ["text", "label",
+                                                                          "split"])),
+                 "--embedder", "hashing", "--methods", "guard-knn", "--latency-sample", "0",
+                 "--quiet"]) == 0
+    assert "no OOD test rows" not in capsys.readouterr().err
+
+
+def test_gqr_ood_rows_without_text_are_counted_not_dropped_silently(tmp_path: Path) -> None:
+    from evals.datasets.guard import load_gqr_bench
+
+    def write(name: str, rows: list[dict[str, object]]) -> None:
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    for stem in ("train", "eval", "test"):
+        write(f"{stem}.jsonl", [{"text": f"law {stem} {i}", "label": i % 2} for i in range(6)])
+    write("ood_test.jsonl", [{"text": "pizza", "label": 3, "dataset": "web_questions"},
+                             {"text": " ", "label": 3, "dataset": "jigsaw"},
+                             {"text": None, "label": 3, "dataset": "jigsaw"}])
+    said: list[str] = []
+    d = load_gqr_bench(tmp_path, log=said.append)
+    assert d.ood == {"web_questions": ["pizza"]}
+    assert len(said) == 1 and "2 rows of" in said[0] and "ood_test.jsonl" in said[0] \
+        and "no text" in said[0]
