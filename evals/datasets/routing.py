@@ -15,6 +15,8 @@ per model, NaN where a model was not evaluated). Formats, by :func:`load_table` 
     on stderr.
     A JSON prompt given as a list of texts is its turns joined by blank lines; another list
     or object in a prompt, prompt id, model or category is an error naming the rows.
+    Spaces after a CSV's commas are not part of the fields (``a, "b, c"`` is ``a`` and
+    ``b, c``), and a model name's surrounding spaces are not part of the name.
     CSV fields may hold line breaks and commas (quoted); rows one field longer than the
     header (a comma left unquoted in every prompt: pandas would read the first field as an
     index and shift the rest) are an error, as is a file that is not UTF-8 (its line named).
@@ -132,7 +134,13 @@ def _read_frame(path: Path) -> Any:
         if suffix == ".json":
             return pd.DataFrame(json.loads(path.read_text()))
         if suffix in (".csv", ".tsv"):
-            df = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+            # skipinitialspace: a table typed as 'a, "b, c", d' has its columns and quoted
+            # texts without the space (else ' prompt' is no prompt column)
+            df = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",",
+                             skipinitialspace=True)
+            names = [c.strip() if isinstance(c, str) else c for c in df.columns]
+            if len(set(names)) == len(names):  # never two columns of one name
+                df.columns = names
             if not isinstance(df.index, pd.RangeIndex):
                 # every row one field longer than the header: pandas takes the first field
                 # as an index, and each column then reads its left neighbour's field
@@ -223,6 +231,8 @@ def clean_long(df: Any, source: str = "table") -> Any:
     bad = empty("model")
     if bad.any():
         raise RouterError(f"{source}: empty model name in {_rows(bad, df)}")
+    # 'big ' on some rows is the model 'big', not a model of its own
+    df["model"] = [v.strip() if isinstance(v, str) else v for v in df["model"]]
     if "prompt_id" in df.columns:
         bad = empty("prompt_id")
         if bad.any():
@@ -528,6 +538,10 @@ def load_wide(path: str | Path) -> RoutingTable:
               and any(str(c) + sfx in cols for sfx in WIDE_COST_SUFFIXES)]
     unpaired = _unpaired_model_columns(df, models)
     if not models:
+        if {"model", "score"} <= cols:
+            raise RouterError(f"{p}: no model columns, and the table looks like a long table "
+                              "(one row per prompt and model, with model and score columns): "
+                              "read it with --format long")
         raise RouterError(f"{p}: no model columns; a wide table has, for every model, a score "
                           "column named by the model and its cost column "
                           "'<model>|total_cost' (or '<model>|cost')"
