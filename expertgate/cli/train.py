@@ -360,6 +360,8 @@ def _train(args: argparse.Namespace) -> int:
             check_artifact_target(args.out)
         check_split(args.val, args.test)  # before the table is read and embedded
         params = parse_params(args.param)
+        if args.router == "auto" and params:
+            raise RouterError("--router auto takes no --param: it chooses the parameters")
         if args.router != "auto":  # the ranges a gateway policy's params: are held to
             from routers.base import make_router
 
@@ -389,6 +391,12 @@ def _train(args: argparse.Namespace) -> int:
         if isinstance(table, RoutingTable) and not len(
                 split_table(table, seed=args.seed, val=args.val, test=args.test)[0]):
             raise RouterError(no_training_prompts(table, args.val, args.test))
+        if isinstance(table, RoutingTable) and table.categories is None \
+                and _learns_from_categories(args.router):
+            raise RouterError(f"--router {args.router} learns from the table's category "
+                              f"column, and {args.data} has none: add one (long: category; "
+                              "wide: eval_name or category), or train a family that learns "
+                              "from the scores (--router knn, ...)")
         stage = "embed"
         n_labels = len(set(table.categories or []))
         if args.router == "guard" and "method" not in params \
@@ -500,6 +508,15 @@ def _train(args: argparse.Namespace) -> int:
               f"{result.path / 'policy.yaml'}:\n", file=out)
         print(snippet, file=out)
     return 0
+
+
+def _learns_from_categories(name: str) -> bool:
+    """Whether family ``name`` fits on a table's categories (its ``train_input``, the one
+    description ``train --help`` prints, says so)."""
+    from routers.base import get_router_class, registered_names
+
+    return name in registered_names() and "category column" in get_router_class(
+        name).train_input
 
 
 def _note_free_cost_weight(table: Any, params: dict[str, Any]) -> None:

@@ -1,0 +1,50 @@
+"""``train`` inputs that can never fit, refused before the prompts are embedded (minutes on
+a large table with the minilm embedder), not after: ``--router auto --param k=3`` ('auto
+takes no --param') and ``--router category`` (or ``semantic``) on a table without a category
+column ('category router needs a 'category' column')."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from expertgate.cli import main
+
+
+def _table(tmp_path: Path) -> Path:
+    p = tmp_path / "t.csv"
+    p.write_text("prompt_id,prompt,model,score,cost\n" + "".join(
+        f'p{i},"question {i}",{m},{float((i + j) % 2)},{c}\n'
+        for i in range(30) for j, (m, c) in enumerate((("small", 0.1), ("big", 1.0)))))
+    return p
+
+
+@pytest.fixture
+def no_embedding(monkeypatch: pytest.MonkeyPatch) -> None:
+    import routers.embed
+
+    def refuse(*a: object, **k: object) -> None:
+        raise AssertionError("the prompts were embedded before the input was refused")
+
+    monkeypatch.setattr(routers.embed, "embed_cached", refuse)
+
+
+def test_auto_with_a_param_is_refused_first(tmp_path: Path, no_embedding: None,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--router", "auto", "--param", "k=3", "--data",
+                 str(tmp_path / "absent.csv"), "--embedder", "hashing", "--out",
+                 str(tmp_path / "art")]) == 2
+    err = capsys.readouterr().err
+    assert "--router auto takes no --param" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("family", ["category", "semantic"])
+def test_a_category_family_on_a_table_without_categories(
+        tmp_path: Path, family: str, no_embedding: None,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--router", family, "--data", str(_table(tmp_path)),
+                 "--embedder", "hashing", "--out", str(tmp_path / "art")]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"--router {family}" in line and "category column" in line
+    assert not (tmp_path / "art").exists()
