@@ -187,14 +187,14 @@ _WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.j
             "pytorch_model.bin.index.json")
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path, what: str = "a transformers model file") -> Any:
     try:
         return json.loads(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError:
-        raise EmbedderError(f"{path} is not UTF-8: not a transformers model file") from None
+        raise EmbedderError(f"{path} is not UTF-8: not {what}") from None
     except json.JSONDecodeError as e:
-        raise EmbedderError(f"{path} is not JSON ({e.msg}, line {e.lineno}): not a "
-                            "transformers model file") from None
+        raise EmbedderError(f"{path} is not JSON ({e.msg}, line {e.lineno}): not "
+                            f"{what}") from None
 
 
 def _read_source(mdir: Path) -> tuple[dict[str, Any], int | None]:
@@ -304,6 +304,46 @@ def ensure_distilled(model_dir: str | Path | None = None, *, dim: int = 256, sif
     return dest
 
 
+def _read_table(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The table and its known-token mask, or an EmbedderError naming the file (a damaged
+    folder failed on numpy's or zipfile's words, exit 1, or at serve start)."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):  # np.load would read it as a pickle, and say so
+        raise EmbedderError(f"{path} is not a .npz archive: not a distilled table; rebuild "
+                            "it")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            table = np.ascontiguousarray(z["embeddings"], dtype=np.float32)
+            known = np.asarray(z["known"], dtype=bool)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
+        raise EmbedderError(f"{path} is not a distilled table (arrays embeddings and known): "
+                            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                            "; rebuild it") from None
+    if table.ndim != 2 or known.shape != (table.shape[0],):
+        raise EmbedderError(f"{path}: embeddings {table.shape} and known {known.shape} do not "
+                            "match; rebuild it")
+    return table, known
+
+
+def _read_tokenizer(path: Path, rows: int) -> Any:
+    """The folder's tokenizer, checked against the table: an id beyond its rows failed
+    every request later (an IndexError per text)."""
+    from tokenizers import Tokenizer
+
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a bare Exception
+        raise EmbedderError(f"{path} is not a tokenizer the tokenizers library reads: "
+                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                            ) from None
+    if tok.get_vocab_size(with_added_tokens=False) > rows:
+        raise EmbedderError(f"{path} has {tok.get_vocab_size(with_added_tokens=False)} token "
+                            f"ids, the table {rows} rows: they come from different models; "
+                            "rebuild the folder")
+    return tok
+
+
 class DistilledEmbedder:
     """Embeds with a table written by :func:`distill`: mean of token vectors, L2-normalised.
 
@@ -329,16 +369,19 @@ class DistilledEmbedder:
         if not cfg_path.is_file() or not (p / "embeddings.npz").is_file():
             raise EmbedderError(f"{p} is not a distilled static embedder (config.json, "
                                 "embeddings.npz, tokenizer.json)")
-        cfg = json.loads(cfg_path.read_text())
+        cfg = _read_json(cfg_path, "a distilled embedder's config; rebuild it")
+        if not isinstance(cfg, dict):
+            raise EmbedderError(f"{cfg_path} is not a distilled embedder's config (a JSON "
+                                "object)")
         if cfg.get("recipe") != RECIPE:
             raise EmbedderError(f"{p} was built with recipe {cfg.get('recipe')!r}; this "
                                 f"version reads {RECIPE!r}: rebuild it")
-        from tokenizers import Tokenizer
-
-        with np.load(p / "embeddings.npz", allow_pickle=False) as z:
-            self._table = np.ascontiguousarray(z["embeddings"], dtype=np.float32)
-            self._known = np.asarray(z["known"], dtype=bool)
-        self._tok = Tokenizer.from_file(str(p / "tokenizer.json"))
+        lacking = [k for k in ("source", "dim", "table_sha256_16") if k not in cfg]
+        if lacking:
+            raise EmbedderError(f"{cfg_path} lacks {', '.join(lacking)}: not written by "
+                                "'expertgate embedder distill' or tune; rebuild it")
+        self._table, self._known = _read_table(p / "embeddings.npz")
+        self._tok = _read_tokenizer(p / "tokenizer.json", len(self._table))
         self._tok.no_padding()
         self._tok.enable_truncation(MAX_TOKENS)
         self.dim = int(self._table.shape[1])

@@ -122,3 +122,67 @@ def test_tune_a_step_beyond_the_tables_float32_is_refused(
                  "--lr", "1e300"]) == 2
     _one_line_error(capsys, "--lr must be at most", "not 1e+300")
     assert not (tmp_path / "t").exists()
+
+
+def _table_folder(tmp_path: Path, name: str = "table") -> Path:
+    """A distilled table folder as 'embedder distill' writes it, made by hand (4 dims)."""
+    import hashlib
+
+    import numpy as np
+
+    d = tmp_path / name
+    d.mkdir()
+    shutil.copyfile(_packaged() / "tokenizer.json", d / "tokenizer.json")
+    vocab = json.loads((d / "tokenizer.json").read_text())["model"]["vocab"]
+    n = max(vocab.values()) + 1
+    table = np.random.default_rng(0).normal(size=(n, 4)).astype(np.float32)
+    known = np.ones(n, dtype=bool)
+    np.savez(d / "embeddings.npz", embeddings=table, known=known)
+    (d / "config.json").write_text(json.dumps({
+        "recipe": ES.RECIPE, "source": "all-MiniLM-L6-v2", "source_sha256_16": "0" * 16,
+        "dim": 4, "sif": 1e-4, "tokens": n, "vocab_size": n, "vocab_limit": None,
+        "table_sha256_16": hashlib.sha256(table.tobytes()).hexdigest()[:16]}))
+    return d
+
+
+def test_a_damaged_distilled_folder_is_an_embedder_error_naming_the_file(
+        tmp_path: Path) -> None:
+    # eval guard --embedder distilled --embedder-path DIR, route and serve with such a
+    # folder ended in 'error: JSONDecodeError', 'ValueError: This file contains pickled
+    # (object) data', 'Exception: expected `,`', 'KeyError: table_sha256_16' (exit 1); a
+    # tokenizer with more ids than the table has rows loaded, then failed every request
+    # on an IndexError
+    from routers.embed import EmbedderError
+
+    good = _table_folder(tmp_path)
+    ES.DistilledEmbedder(good).embed(["hello there"])  # the hand-made folder is a table
+
+    def damaged(name: str, file: str, data: bytes | None = None, **cfg: object) -> Path:
+        d = _table_folder(tmp_path, name)
+        if data is not None:
+            (d / file).write_bytes(data)
+        if cfg:
+            c = json.loads((d / "config.json").read_text())
+            c.update(cfg)
+            (d / "config.json").write_text(json.dumps({k: v for k, v in c.items()
+                                                       if v != "DROP"}))
+        return d
+
+    cases = [
+        (damaged("cfg", "config.json", b"{bad"), "config.json is not JSON"),
+        (damaged("npz", "embeddings.npz", b"not a zip"), "embeddings.npz is not a .npz archive"),
+        (damaged("tok", "tokenizer.json", b'{"x": 1}'), "tokenizer.json"),
+        (damaged("key", "config.json", table_sha256_16="DROP"), "table_sha256_16"),
+    ]
+    import numpy as np
+
+    small = damaged("small", "config.json")
+    np.savez(small / "embeddings.npz", embeddings=np.zeros((100, 4), np.float32),
+             known=np.ones(100, dtype=bool))
+    cases.append((small, "100 rows"))
+    for folder, says in cases:
+        with pytest.raises(EmbedderError) as e:
+            ES.DistilledEmbedder(folder)
+        msg = str(e.value)
+        assert str(folder) in msg and says in msg, msg
+        assert "\n" not in msg
