@@ -7,12 +7,12 @@ per model, NaN where a model was not evaluated). Formats, by :func:`load_table` 
     CSV, JSONL or Parquet with columns ``prompt_id, prompt, model, score, cost, [category]``.
     Checked row by row before anything is embedded (:func:`clean_long`): a missing or
     non-numeric score, a score outside [0, 1], a missing, negative, infinite or non-numeric
-    cost, an empty prompt, a prompt id with two texts or two categories are errors that name
-    the rows; numeric prompt ids and categories (``7`` and ``7.0`` alike) become strings; an
-    optional ``category`` column that is empty is dropped, a prompt's empty category cells
-    take the one its other rows give, and prompts without any become ``(none)``, with a note
-    on stderr; rows repeating a (prompt, model) pair are averaged into one cell, with a note
-    on stderr.
+    cost or one above :data:`MAX_COST`, an empty prompt, a prompt id with two texts or two
+    categories are errors that name the rows; numeric prompt ids and categories (``7`` and
+    ``7.0`` alike) become strings; an optional ``category`` column that is empty is dropped,
+    a prompt's empty category cells take the one its other rows give, and prompts without any
+    become ``(none)``, with a note on stderr; rows repeating a (prompt, model) pair are
+    averaged into one cell, with a note on stderr.
     A JSON prompt given as a list of texts is its turns joined by blank lines; another list
     or object in a prompt, prompt id, model or category is an error naming the rows.
     Spaces after a CSV's commas are not part of the fields (``a, "b, c"`` is ``a`` and
@@ -86,6 +86,7 @@ from routers.logrecord import (
 
 __all__ = [
     "FORMATS",
+    "MAX_COST",
     "MISSING_CATEGORY",
     "ROUTELLM_PRICES_PER_1M",
     "ROUTELLM_STRONG",
@@ -113,6 +114,9 @@ FORMATS = ("long", "wide", "routerbench", "routellm", "routellm-mmlu", "routellm
 WIDE_COST_SUFFIXES = ("|total_cost", "|cost")
 #: the category given to prompts whose optional category cell is empty
 MISSING_CATEGORY = "(none)"
+#: the largest cost per query a table may hold (USD or tokens): far above any price or
+#: token count, and far below where the evaluation's sums of squares overflow to infinity
+MAX_COST = 1e15
 
 
 def _need(path: Path) -> Path:
@@ -261,6 +265,10 @@ def clean_long(df: Any, source: str = "table") -> Any:
         if bad.any():
             raise RouterError(f"{source}: missing, negative, infinite or non-numeric cost in "
                               f"{_rows(bad, df, ('prompt_id', 'model', 'cost'))}")
+        bad = cost > MAX_COST
+        if bad.any():
+            raise RouterError(f"{source}: {_too_dear()} in "
+                              f"{_rows(bad, df, ('prompt_id', 'model', 'cost'))}")
         df["cost"] = cost
     key = df["prompt_id"] if "prompt_id" in df.columns else df["prompt"].astype(str)
     dup = pd.DataFrame({"k": key, "m": df["model"]}).duplicated(keep=False)
@@ -319,6 +327,11 @@ def _check_plain_cells(df: Any, source: str) -> None:
             named = ("prompt_id", "model") if col == "prompt" else (col,)
             raise RouterError(f"{source}: {col} must be {what}, not {kinds}, in "
                               f"{_rows(bad, df, named)}")
+
+
+def _too_dear() -> str:
+    return (f"cost above {MAX_COST:g} per query (a price in USD or a count of tokens never "
+            "is; another column pasted as the cost?)")
 
 
 def _tokens(text: str) -> int:
@@ -475,6 +488,10 @@ def _check_wide_cells(df: Any, model: str, cost_col: str, id_col: str | None, p:
     if bad.any():
         raise RouterError(f"{p}: cost column {cost_col!r}: missing, negative, infinite or "
                           f"non-numeric cost where {model!r} has a score, in "
+                          f"{_rows(bad, df, (*cols, cost_col))}")
+    bad = scored & (cost > MAX_COST)
+    if bad.any():
+        raise RouterError(f"{p}: cost column {cost_col!r}: {_too_dear()} in "
                           f"{_rows(bad, df, (*cols, cost_col))}")
 
 
@@ -714,6 +731,9 @@ def log_costs(df: Any, path: str | Path) -> np.ndarray:
     if bad.any():
         raise RouterError(f"{path}: cost_usd must be a finite number >= 0; "
                           f"{_bad_records(df, bad, cost)}")
+    bad = cost > MAX_COST
+    if bad.any():
+        raise RouterError(f"{path}: cost_usd: {_too_dear()}; {_bad_records(df, bad, cost)}")
     return cost
 
 
