@@ -24,6 +24,10 @@ anywhere (:func:`check_messages`, from :func:`gateway.request.admit.admit_body`)
 
 ``media_allowed_domains`` (exact hosts and ``*.suffix``), when set, is the only set of hosts
 ``public`` allows, as vLLM's flag: it narrows ``public``, never opens what it refuses.
+
+A plain URL (a DNS name) or a data: URI is allowed at a glance; at most
+:data:`MAX_FULL_READS` URLs of a request may need the full reading, which costs about 20
+times as much, so that a megabyte of parts holds the event loop no longer than its parse.
 """
 
 from __future__ import annotations
