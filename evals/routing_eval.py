@@ -628,6 +628,19 @@ def check_table(table: RoutingTable, *, strong: str | None = None,
                      f"model (missing per model: {per_model}); routers train on every train "
                      f"prompt, and every method is scored on the {full} prompts every model "
                      "answered")
+    complete = have.all(axis=1)
+    S = table.scores[complete]
+    top = [j for j in range(len(table.models))
+           if (S[:, j] >= S.max(axis=1)).all() and costs[j] <= costs.min()]
+    if top:
+        # nothing to route: every method can only match it, and the figures in units of the
+        # best single model's cost are undefined when it is free
+        notes.append(f"{table.models[top[0]]!r} scores at least as well as every other model "
+                     f"on every prompt they all answered and costs the least "
+                     f"({float(costs[top[0]]):g} on average): no router can beat calling it "
+                     "alone, so every method's figures read as that model's or worse"
+                     + (" (and the costs in units of its cost are undefined: it is free)"
+                        if costs[top[0]] == 0 else ""))
     if len(table.models) == 2:
         # APGR / CPT measure the recovered share of the strong-minus-weak gap: a strong model
         # that scores lower makes that gap negative and the figures read backwards
