@@ -624,6 +624,22 @@ def read_log_export(path: str | Path, columns: tuple[str, ...] = LOG_COLUMNS) ->
     return df[[c for c in columns if c in df.columns]]
 
 
+def _first_columns(path: str | Path) -> set[str]:
+    """The columns of a log file as its schema or first JSON line names them (for a hint;
+    empty when it cannot tell)."""
+    p = Path(path)
+    try:
+        if p.suffix.lower() in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            return set(pq.read_schema(p).names)
+        with open(p, encoding="utf-8") as f:
+            first = json.loads(f.readline() or "{}")
+        return set(first) if isinstance(first, dict) else set()
+    except (OSError, ValueError):
+        return set()
+
+
 def load_logs(path: str | Path, *, policy: str | None = None) -> RoutingTable:
     """Exported routing logs with feedback (Parquet or JSONL); see the module doc. With
     ``policy``, only the records that policy routed."""
@@ -636,6 +652,14 @@ def load_logs(path: str | Path, *, policy: str | None = None) -> RoutingTable:
                 f"beside it: join them with `expertgate logs export --log-path {path} --out "
                 "FILE.parquet` and train on FILE.parquet)"
                 if missing == {"feedback_score"} else "")
+        if {"text", "expert"} & missing and {"request_id", "score"} <= _first_columns(path):
+            name = Path(path).name
+            log = Path(path).with_name(name.removesuffix(".feedback.jsonl") + ".jsonl"
+                                       if name.endswith(".feedback.jsonl") else "LOG.jsonl")
+            hint = (" (the gateway's feedback file? It holds the ratings alone, by "
+                    "request_id: join them with the requests of the routing log beside it, "
+                    f"`expertgate logs export --log-path {log} --out FILE.parquet`, and train "
+                    "on FILE.parquet)")
         raise RouterError(f"{path}: log export lacks column(s): {', '.join(sorted(missing))}"
                           + hint)
     if "endpoint" in df.columns:  # shadow decisions and canary events were never served
