@@ -62,6 +62,8 @@ run a guard artifact before another router; ``decide`` wraps it into Decisions.
 from __future__ import annotations
 
 import re
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -172,10 +174,9 @@ _PEOPLE_WORD = re.compile(_PEOPLE + r"|they|you|those|these|all|he|she|s?he's", 
 
 
 #: :func:`unsafe_text` reads a text longer than this many characters (after collapsing its
-#: whitespace) in chunks of this size: the regular expression costs 0.5 to 1 s a megabyte
-#: of prose on one core (docs/guard.md), and between chunks a thread that scans gives the
-#: interpreter back, so the gateway's event loop waits one chunk (a few milliseconds), not
-#: the whole scan
+#: whitespace) in chunks of this size: between chunks a thread that scans gives the
+#: interpreter back (the gateway's event loop waits one chunk, a few milliseconds, not the
+#: whole scan) and checks whether it should stop (``deadline``, ``stop``)
 UNSAFE_CHUNK = 8192
 #: consecutive chunks overlap by this many characters: a phrase of up to
 #: ``UNSAFE_OVERLAP - _END_MARGIN`` characters (every pattern's match is far shorter) lies
@@ -186,8 +187,57 @@ UNSAFE_OVERLAP = 512
 #: look-ahead must not see ("bomb shelter")
 _END_MARGIN = 64
 
+#: Every match of :data:`UNSAFE_PATTERNS` holds one of its pattern's anchors, lower case, where
+#: a word starts, at most ``back`` characters after the match's start once the text's
+#: whitespace is collapsed: ``(back, anchors)`` per pattern, in order. The regular expression
+#: costs about 0.5 s a megabyte of prose on one core; finding these words about 0.05 s, and
+#: the expression then runs only where a match can start (:func:`_match_starts`).
+#: A pattern edited must keep its line true: tests/unit/test_s21_guard_lexicon_prefilter.py
+#: draws matches of every pattern and strips the anchors out of them.
+_ANCHORS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    # (are|is) (nothing but )?...
+    (16, ("vermin", "parasite", "sub-human", "subhuman", "scum", "cockroaches", "rats",
+          "filth", "pests", "a plague", "a disease", "animals", "savages", "freaks")),
+    # (deserve to) (all )?(be )?...
+    (18, ("die", "killed", "exterminated", "eradicated", "wiped out", "gassed", "shot",
+          "hanged", "lynched", "beaten", "raped")),
+    (0, ("kill", "murder", "shoot", "exterminate", "gas", "lynch", "rape")),
+    # i( am) ?(going to) ...
+    (14, ("kill", "murder", "shoot", "stab", "rape", "hurt")),
+    (0, ("hate", "despise", "detest", "loathe", "can't stand", "cannot stand")),
+    # (transgender people) (are) (all )?...
+    (27, ("disgusting", "inferior", "worthless", "evil", "stupid", "dirty", "criminals",
+          "trash", "garbage", "pathetic", "a cancer")),
+    # (assemble) (a )?(pipe )?...
+    (16, ("bomb", "explosive", "nerve agent")),
+    (0, ("poison",)),
+    # (kill) myself, suicide method
+    (5, ("myself", "suicide method")),
+)
+#: each anchor, with the most characters a match can start before it; one that begins with
+#: another ("killed", "kill") is found as that one
+_ANCHOR_BACK: dict[str, int] = {}
+for _back, _words in _ANCHORS:
+    for _w in _words:
+        _w = min((v for _, ws in _ANCHORS for v in ws if _w.startswith(v)), key=len)
+        _ANCHOR_BACK[_w] = max(_back, _ANCHOR_BACK.get(_w, 0))
+del _back, _words, _w
+#: characters that ``re.IGNORECASE`` takes for an ASCII letter and ``str.lower`` does not
+#: turn into it (the Kelvin sign it does: "k"); "İ".lower() is two characters
+_FOLD = (("\u0130", "i"), ("\u0131", "i"), ("\u017f", "s"))
+#: a chunk is read whole (as without the anchors) when more than this share of its
+#: positions would be tried one by one: a match tried at one position costs about what
+#: reading 1.6 characters does
+_DENSE_STARTS = 0.25
 
-def unsafe_text(text: str) -> bool:
+
+class UnsafeScanStopped(TimeoutError):
+    """:func:`unsafe_text` stopped before it read the whole text: its ``deadline`` passed or
+    its ``stop`` event was set (the request it scanned for timed out or went away)."""
+
+
+def unsafe_text(text: str, *, deadline: float | None = None,
+                stop: threading.Event | None = None) -> bool:
     """Whether the lexicon flags ``text``: a match of :data:`UNSAFE_PATTERNS`, but "are a
     disease" and the like only when the word before names people ("obesity is a disease"
     is a health question), and "should be killed" only when it is not one of the things a
@@ -195,17 +245,93 @@ def unsafe_text(text: str) -> bool:
 
     All of ``text`` is read, whatever its length: a long one with its whitespace collapsed,
     in overlapping chunks (:data:`UNSAFE_CHUNK`, :data:`UNSAFE_OVERLAP`), so a phrase
-    across a chunk boundary is found as in one pass."""
+    across a chunk boundary is found as in one pass. The expression runs only where one of
+    the patterns' anchor words allows a match to start (:data:`_ANCHORS`); the verdict is
+    the one reading every character gives.
+
+    Past ``deadline`` (``time.monotonic()``) or once ``stop`` is set, a long text's scan
+    raises :class:`UnsafeScanStopped` before its next chunk (a short text is one chunk)."""
     if len(text) <= UNSAFE_CHUNK + UNSAFE_OVERLAP:
+        f = _fold(text)
+        if not any(a in f for a in _ANCHOR_BACK):
+            return False
         return _unsafe_span(text, 0, len(text))
+
     text = " ".join(text.split())
     n = len(text)
     for lo in range(0, n, UNSAFE_CHUNK):
+        if ((deadline is not None and time.monotonic() >= deadline)
+                or (stop is not None and stop.is_set())):
+            raise UnsafeScanStopped(f"the unsafe scan stopped after {lo:,} of {n:,} "
+                                    "characters")
         hi = min(n, lo + UNSAFE_CHUNK + UNSAFE_OVERLAP)
-        if _unsafe_span(text, lo, hi):
+        starts = _match_starts(text, lo, hi)
+        if starts is None:
+            flagged = _unsafe_span(text, lo, hi)
+        else:
+            flagged = bool(starts) and _unsafe_starts(text, lo, hi, starts)
+        if flagged:
             return True
         if hi == n:
             break
+    return False
+
+
+def _fold(text: str) -> str:
+    """``text`` lower-cased, of the same length, each character that ``re.IGNORECASE``
+    matches with an ASCII letter turned into that letter: where an anchor matches in
+    ``text``, it lies, lower case, at the same place of the folded text."""
+    for c, ascii_letter in _FOLD:
+        if c in text:
+            text = text.replace(c, ascii_letter)
+    return text.lower()
+
+
+def _match_starts(text: str, lo: int, hi: int) -> list[tuple[int, int]] | None:
+    """Where a match of the lexicon in ``text[lo:hi]`` (whitespace collapsed) can start:
+    sorted, disjoint, inclusive ``(first, last)`` ranges, one before each anchor that
+    starts a word; None when they would cover more than :data:`_DENSE_STARTS` of it."""
+    f = _fold(text[lo:hi])
+    budget = _DENSE_STARTS * (hi - lo)
+    ranges = []
+    for a, back in _ANCHOR_BACK.items():
+        at = f.find(a)
+        while at >= 0:
+            p = lo + at
+            # a pattern's anchor follows a space, a word boundary or the text's start
+            if p == 0 or not (text[p - 1].isalnum() or text[p - 1] == "_"):
+                ranges.append((max(lo, p - back), p))
+                budget -= back + 1
+                if budget < 0:
+                    return None
+            at = f.find(a, at + 1)
+    ranges.sort()
+    merged: list[tuple[int, int]] = []
+    for first, last in ranges:
+        if merged and first <= merged[-1][1] + 1:
+            if last > merged[-1][1]:
+                merged[-1] = (merged[-1][0], last)
+        else:
+            merged.append((first, last))
+    return merged
+
+
+def _unsafe_starts(text: str, lo: int, hi: int, spans: Sequence[tuple[int, int]]) -> bool:
+    """:func:`_unsafe_span` tried only at the positions of ``spans``: every position where
+    a match can start. A match's end moves the next try past it, as ``finditer`` does, so
+    the matches tried are the ones :func:`_unsafe_span` sees."""
+    last = hi >= len(text)
+    at = lo
+    for first, final in spans:
+        for p in range(max(first, at), min(final, hi - 1) + 1):
+            if p < at:
+                continue
+            m = _UNSAFE_RE.match(text, p, hi)
+            if m is None:
+                continue
+            if _flags(text, m, hi, last):
+                return True
+            at = m.end()
     return False
 
 
@@ -214,18 +340,21 @@ def _unsafe_span(text: str, lo: int, hi: int) -> bool:
     and ``\\b`` at ``lo`` see the characters before ``lo``; a match near ``hi`` counts only
     at the text's end (the next chunk reads it whole)."""
     last = hi >= len(text)
-    for m in _UNSAFE_RE.finditer(text, lo, hi):
-        if not last and m.end() > hi - _END_MARGIN:
-            continue
-        if m.lastgroup not in ("dehum", "should"):
-            return True
-        w = _LAST_WORD.search(text, max(0, m.start() - 40), m.start())
-        word = w.group(1).lower() if w is not None else ""
-        if m.lastgroup == "should" and word not in _THING_SET:
-            return True
-        if m.lastgroup == "dehum" and _PEOPLE_WORD.fullmatch(word):
-            return True
-    return False
+    return any(_flags(text, m, hi, last) for m in _UNSAFE_RE.finditer(text, lo, hi))
+
+
+def _flags(text: str, m: re.Match[str], hi: int, last: bool) -> bool:
+    """Whether the match ``m`` of a chunk ending at ``hi`` (``last``: the text's end)
+    flags the text."""
+    if not last and m.end() > hi - _END_MARGIN:
+        return False
+    if m.lastgroup not in ("dehum", "should"):
+        return True
+    w = _LAST_WORD.search(text, max(0, m.start() - 40), m.start())
+    word = w.group(1).lower() if w is not None else ""
+    if m.lastgroup == "should":
+        return word not in _THING_SET
+    return _PEOPLE_WORD.fullmatch(word) is not None
 
 
 def calibrate_threshold(scores: np.ndarray, target_frr: float,
