@@ -33,6 +33,7 @@ __all__ = [
     "MODEL_FILES",
     "Embedder",
     "EmbedderError",
+    "EmbedderOptionError",
     "HashingEmbedder",
     "MiniLMEmbedder",
     "StaticEmbedder",
@@ -47,6 +48,12 @@ __all__ = [
 
 class EmbedderError(RuntimeError):
     """An embedder could not be built or could not embed."""
+
+
+class EmbedderOptionError(EmbedderError, ValueError):
+    """An option an embedder kind does not take, or a value it cannot use: an
+    EmbedderError, and a ValueError for the callers that read a bad option as one (a
+    hand-edited artifact's spec, which the constructor's TypeError reached before)."""
 
 
 #: every ``kind`` :func:`make_embedder` accepts (config ``embedder.kind`` and ``--embedder``)
@@ -120,7 +127,11 @@ class MiniLMEmbedder:
 
             torch.set_num_threads(threads)
         self.model_path = str(model_path)
-        self._model = SentenceTransformer(self.model_path, device=device)
+        try:
+            self._model = SentenceTransformer(self.model_path, device=device)
+        except (OSError, ValueError) as e:  # transformers' words, naming no option
+            raise EmbedderError(f"{self.model_path} is not a sentence-transformers model "
+                                f"folder: {_first_line(e)}") from None
         self._model.max_seq_length = max_seq_length
         self._lock = threading.Lock()
 
@@ -148,7 +159,11 @@ class StaticEmbedder:
         p = Path(model_path)
         if not p.exists():
             raise EmbedderError(f"static embedding model not found at {p}")
-        self._model = StaticModel.from_pretrained(str(p))
+        try:
+            self._model = StaticModel.from_pretrained(str(p))
+        except (OSError, ValueError) as e:
+            raise EmbedderError(f"{p} is not a model2vec model folder: {_first_line(e)}"
+                                ) from None
         self.dim = int(self._model.dim)
         self.name = f"model2vec:{p.name}"
 
@@ -162,6 +177,10 @@ class HashingEmbedder:
     """Hashed character 3-5-gram TF features, signed, L2-normalised. Deterministic, no model."""
 
     def __init__(self, dim: int = 512) -> None:
+        # 0 failed every embedding on a modulo by zero, -3 on numpy, 1.5 ran as 1
+        if isinstance(dim, bool) or not isinstance(dim, int | np.integer) or dim < 1:
+            raise EmbedderOptionError(f"the hashing embedder's dim must be an integer of "
+                                      f"at least 1, not {dim!r}")
         self.dim = int(dim)
         self.name = f"hashing-{self.dim}"
 
@@ -256,12 +275,35 @@ def names_of(embedder: Embedder) -> tuple[str, ...]:
     return (embedder.name, *getattr(embedder, "aliases", ()))
 
 
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def _check_options(kind: str, cls: Any, options: dict[str, Any],
+                   spelled: dict[str, str] | None = None) -> None:
+    """An option ``cls`` does not take, named with those it does (the constructor's
+    TypeError named a class the config never mentions); ``spelled``: a parameter's name as
+    the config spells it."""
+    import inspect
+
+    params = inspect.signature(cls).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = [k for k in options if k not in params]
+    if unknown:
+        takes = ", ".join((spelled or {}).get(k, k) for k in params) or "no options"
+        raise EmbedderOptionError(f"embedder kind {kind!r} takes no option "
+                                  f"{', '.join(repr(k) for k in unknown)} (it takes {takes})")
+
+
 def make_embedder(kind: str, **options: Any) -> Embedder:
     """Build an embedder by kind (:data:`EMBEDDER_KINDS`): ``minilm`` (torch), ``onnx``,
     ``distilled`` (static vectors distilled from MiniLM; ``model_path`` None = the default
     build), ``static`` (a model2vec folder, or a folder written by ``expertgate embedder
     distill``), ``hashing``."""
     if kind in ("minilm", "torch", "sentence-transformers"):
+        _check_options(kind, MiniLMEmbedder, options)
         return MiniLMEmbedder(**options)
     if kind == "onnx":
         from routers.embed_onnx import OnnxMiniLMEmbedder
@@ -269,19 +311,23 @@ def make_embedder(kind: str, **options: Any) -> Embedder:
         if "model_path" in options:  # one spelling for every model-folder embedder
             options = dict(options)
             options["model_dir"] = options.pop("model_path")
+        _check_options(kind, OnnxMiniLMEmbedder, options, {"model_dir": "model_path"})
         return OnnxMiniLMEmbedder(**options)
     if kind == "distilled" or (kind == "static" and options.get("model_path") is not None
                                and (Path(options["model_path"]) / "embeddings.npz").is_file()):
         from routers.embed_static import DistilledEmbedder
 
+        _check_options(kind, DistilledEmbedder, options)
         return DistilledEmbedder(**options)
     if kind == "static":
         if not options.get("model_path"):
             raise EmbedderError("the static embedder needs a model2vec folder (config "
                                 "options: {model_path: DIR}; the CLIs' --embedder-path or "
                                 "--static-model)")
+        _check_options(kind, StaticEmbedder, options)
         return StaticEmbedder(**options)
     if kind == "hashing":
+        _check_options(kind, HashingEmbedder, options)
         return HashingEmbedder(**options)
     raise EmbedderError(f"unknown embedder kind {kind!r}; use {', '.join(EMBEDDER_KINDS)}")
 

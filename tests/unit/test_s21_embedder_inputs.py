@@ -186,3 +186,48 @@ def test_a_damaged_distilled_folder_is_an_embedder_error_naming_the_file(
         msg = str(e.value)
         assert str(folder) in msg and says in msg, msg
         assert "\n" not in msg
+
+
+@pytest.mark.parametrize("dim", [0, -3, 1.5, "abc", True])
+def test_a_hashing_dimension_that_is_no_positive_integer_is_refused(dim: object) -> None:
+    # embedder: {kind: hashing, options: {dim: 0}} built the embedder, then every embedding
+    # failed on 'ZeroDivisionError: integer modulo by zero' (-3: 'negative dimensions are
+    # not allowed'; 1.5 ran as 1 dimension, silently)
+    from routers.embed import EmbedderError, make_embedder
+
+    with pytest.raises(EmbedderError, match=r"hashing embedder's dim must be an integer of "
+                       r"at least 1, not"):
+        make_embedder("hashing", dim=dim)
+    assert make_embedder("hashing", dim=64).dim == 64
+
+
+def test_an_option_an_embedder_kind_does_not_take_names_the_ones_it_does() -> None:
+    # 'TypeError: HashingEmbedder.__init__() got an unexpected keyword argument' named a
+    # class the config never mentions
+    from routers.embed import EmbedderError, make_embedder
+
+    with pytest.raises(EmbedderError, match=r"embedder kind 'hashing' takes no option "
+                       r"'bogus' \(it takes dim\)"):
+        make_embedder("hashing", bogus=1)
+    with pytest.raises(EmbedderError, match=r"'distilled' takes no option 'modelpath' "
+                       r"\(it takes model_path, build, threads\)"):
+        make_embedder("distilled", modelpath="x")
+
+
+def test_encoder_folders_that_are_not_models_are_embedder_errors(tmp_path: Path) -> None:
+    # --embedder minilm --embedder-path DIR with a config but no weights: 'ValueError:
+    # Unrecognized model in DIR' (exit 1); --embedder static --static-model DIR not a
+    # model2vec folder: 'ValueError: Could not find expected model files'
+    from routers.embed import EmbedderError, make_embedder
+
+    bert = (_packaged() / "config.json").read_bytes()
+    noweights = _folder(tmp_path, "noweights", bert,
+                        (_packaged() / "tokenizer.json").read_bytes(), weights=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    pytest.importorskip("sentence_transformers")
+    with pytest.raises(EmbedderError, match="noweights is not a sentence-transformers model"):
+        make_embedder("minilm", model_path=str(noweights))
+    pytest.importorskip("model2vec")
+    with pytest.raises(EmbedderError, match="empty is not a model2vec model folder"):
+        make_embedder("static", model_path=str(empty))
