@@ -590,7 +590,9 @@ def leave_groups_out(data: GuardData, fraction: float = 0.2, seed: int = 0, grou
 
     if len(data.val_texts) < 2 * groups:
         raise GuardDataError(f"{data.name}: too few validation rows ({len(data.val_texts)}) to "
-                             f"hold {groups} topic groups out")
+                             f"hold {groups} topic groups out (at least {2 * groups}); give "
+                             "validation rows labelled oos to select on, more in-domain "
+                             "validation rows, or one method with --methods")
     group = topic_groups([*data.train_texts, *data.val_texts], groups=groups, seed=seed)
     held = held_out_groups(groups, fraction, seed)
     out = np.isin(group, held)

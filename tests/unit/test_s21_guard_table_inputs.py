@@ -139,3 +139,18 @@ def test_gqr_ood_rows_without_text_are_counted_not_dropped_silently(tmp_path: Pa
     assert d.ood == {"web_questions": ["pizza"]}
     assert len(said) == 1 and "2 rows of" in said[0] and "ood_test.jsonl" in said[0] \
         and "no text" in said[0]
+
+
+def test_one_label_too_small_to_select_on_says_what_to_give(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # 'cannot select among 6 candidates: one: too few validation rows (3) to hold 10 topic
+    # groups out': a user with a one-label suite was not told what would let it run
+    monkeypatch.setenv("EXPERTGATE_CACHE", str(tmp_path / "cache"))
+    f = _csv(tmp_path / "one.csv", ["text", "label", "split"],
+             [r for r in ROWS if r[1] != "travel"])
+    assert main(["eval", "guard", "--data", str(f), "--embedder", "hashing",
+                 "--latency-sample", "0", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "too few validation rows" in err
+    assert "validation rows labelled oos" in err and "--methods" in err
