@@ -4,7 +4,8 @@
 
 1. :mod:`~gateway.request.admit`    who calls, the request budget (headers, before the body)
 2. :mod:`~gateway.request.read`     the body: one size limit, one schema (:mod:`.schema`);
-                                    then ``admit_body``: the model the key may use, tokens
+                                    then ``admit_body``: the model the key may use,
+                                    media URLs (:mod:`.media`), tokens
 3. :mod:`~gateway.request.plan`     decision, chain, reject action, body rewrite (also the
                                     dry run ``/v1/route``)
 4. :mod:`~gateway.request.dispatch` the experts of the plan, in order (or an ensemble)
