@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -852,15 +854,21 @@ class Pipeline:
                 if self._scan_executor is None:
                     self._scan_executor = ThreadPoolExecutor(
                         1, thread_name_prefix="unsafe-scan")
-                scan = asyncio.get_running_loop().run_in_executor(self._scan_executor,
-                                                                  unsafe_text, whole)
+                # the thread stops within a chunk once the request is answered (504) or
+                # gone (cancelled): it would otherwise read on, the next long text waiting
+                stop = threading.Event()
+                scan = asyncio.get_running_loop().run_in_executor(
+                    self._scan_executor,
+                    functools.partial(unsafe_text, whole, deadline=deadline, stop=stop))
                 try:
                     async with asyncio.timeout(None if deadline is None else
                                                max(0.0, deadline - time.monotonic())):
                         text.flagged = await scan
-                except TimeoutError:
+                except TimeoutError:  # asyncio's, or the scan's own (UnsafeScanStopped)
                     raise DeadlineExceeded("the request deadline passed while routing "
                                            "(the guard reading the whole text)") from None
+                finally:
+                    stop.set()
             self._obs_scan.observe(time.perf_counter() - t0)
         dt = time.perf_counter() - t0
         if not text.flagged:
