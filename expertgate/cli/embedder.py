@@ -207,6 +207,9 @@ def _tune(args: argparse.Namespace) -> int:
 
         check_table_target(args.out)  # before the training: never over the user's files
         emb = DistilledEmbedder(args.source)
+        if Path(args.out).resolve() == emb.path.resolve():
+            raise ValueError(f"--out {args.out} is the table it starts from (--source): the "
+                             "tuned table would replace it; name another folder")
         if args.routing_data:
             from routers.train import split_table
 

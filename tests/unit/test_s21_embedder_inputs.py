@@ -231,3 +231,23 @@ def test_encoder_folders_that_are_not_models_are_embedder_errors(tmp_path: Path)
     pytest.importorskip("model2vec")
     with pytest.raises(EmbedderError, match="empty is not a model2vec model folder"):
         make_embedder("static", model_path=str(empty))
+
+
+def test_tune_refuses_to_write_over_the_table_it_starts_from(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # --out equal to --source (a distilled folder, which --out may replace) trained, then
+    # replaced the source table with the tuned one: the untuned table, and every artifact
+    # trained on it, gone
+    import routers.embed_tune as ET
+
+    monkeypatch.setattr(ET, "tune_table", _no_work)
+    src = _table_folder(tmp_path)
+    before = (src / "embeddings.npz").read_bytes()
+    data = tmp_path / "g.csv"
+    data.write_text("text,label\nhello there,a\nbook a flight,b\n")
+    for out in (str(src), str(src) + "/", str(tmp_path / "x" / ".." / "table")):
+        assert main(["embedder", "tune", "--data", str(data), "--source", str(src),
+                     "--out", out]) == 2
+        _one_line_error(capsys, "--out", "--source", "another folder")
+    assert (src / "embeddings.npz").read_bytes() == before
