@@ -1281,6 +1281,10 @@ def main(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     git = git_state()  # the code that runs, before anything can change the tree
     try:
+        if args.json and os.path.exists(args.json) and os.path.exists(args.data) \
+                and os.path.samefile(args.json, args.data):
+            raise EvalError(f"--json {args.json} is the --data table: the result would be "
+                            "written over it; name another file")
         if not (0 < args.val < 1 and 0 < args.test < 1 and args.val + args.test < 1):
             raise EvalError(f"--val {args.val} and --test {args.test} must be in (0, 1) with "
                             "a sum below 1")

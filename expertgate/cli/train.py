@@ -354,6 +354,7 @@ def _train(args: argparse.Namespace) -> int:
     git = git_state()  # the code that runs, before minutes in which the tree may change
     stage = "check"
     try:
+        _check_outputs_apart(args)
         if args.out is not None:  # before minutes of work: never over the user's files
             from routers.artifacts import check_artifact_target
 
@@ -508,6 +509,31 @@ def _train(args: argparse.Namespace) -> int:
               f"{result.path / 'policy.yaml'}:\n", file=out)
         print(snippet, file=out)
     return 0
+
+
+def _same_file(a: str, b: str) -> bool:
+    return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+
+
+def _check_outputs_apart(args: argparse.Namespace) -> None:
+    """--metrics-json never over the table it reads, nor in the artifact folder (which the
+    save replaces whole: a file there is lost at the next train into it, and one named as
+    the artifact's own, router.json, breaks the artifact)."""
+    from routers.base import RouterError
+
+    m = args.metrics_json
+    if not m:
+        return
+    if _same_file(m, args.data):
+        raise RouterError(f"--metrics-json {m} is the --data table: the metrics would be "
+                          "written over it; name another file")
+    if args.out is not None:
+        out, where = os.path.realpath(args.out), os.path.realpath(m)
+        if where == out or where.startswith(out.rstrip(os.sep) + os.sep):
+            raise RouterError(f"--metrics-json {m} is inside the --out folder {args.out}, "
+                              "which the artifact replaces whole (the router's metrics are in "
+                              "its router.json): write it beside, e.g. "
+                              f"{args.out.rstrip('/' + os.sep)}.metrics.json")
 
 
 def _learns_from_categories(name: str) -> bool:

@@ -1,0 +1,77 @@
+"""An output flag naming the input: ``eval routing --data t.csv --json t.csv`` (tab-completion
+picks the one file there) ran the evaluation and wrote its result over the user's routing
+table, exit 0; ``train --metrics-json`` did the same to the table, and ``--metrics-json
+OUT/router.json`` wrote the metrics over the artifact it had just saved (the artifact no
+longer loads, the next train into OUT is refused). Each is now refused before the work,
+naming the flag, and the files are left as they were."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from expertgate.cli import main
+
+
+def _table(tmp_path: Path) -> Path:
+    p = tmp_path / "t.csv"
+    p.write_text("prompt_id,prompt,model,score,cost\n" + "".join(
+        f'p{i},"question {i}",{m},{float((i + j) % 2)},{c}\n'
+        for i in range(30) for j, (m, c) in enumerate((("small", 0.1), ("big", 1.0)))))
+    return p
+
+
+@pytest.fixture
+def no_embedding(monkeypatch: pytest.MonkeyPatch) -> None:
+    import routers.embed
+    from evals import routing_eval as RE
+
+    def refuse(*a: object, **k: object) -> None:
+        raise AssertionError("the work started with an output over the input")
+
+    monkeypatch.setattr(RE, "embed_table", refuse)
+    monkeypatch.setattr(routers.embed, "embed_cached", refuse)
+
+
+def test_eval_routing_json_over_its_data(tmp_path: Path, no_embedding: None,
+                                         monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    p = _table(tmp_path)
+    before = p.read_text()
+    monkeypatch.chdir(tmp_path)  # the same file by another spelling
+    assert main(["eval", "routing", "--data", str(p), "--json", "./t.csv", "--embedder",
+                 "hashing", "--seeds", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--json" in err and "--data" in err and err.count("\n") == 1
+    assert p.read_text() == before
+
+
+def test_train_metrics_json_over_its_data(tmp_path: Path, no_embedding: None,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    p = _table(tmp_path)
+    before = p.read_text()
+    assert main(["train", "--router", "knn", "--data", str(p), "--embedder", "hashing",
+                 "--out", str(tmp_path / "art"), "--metrics-json", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert "--metrics-json" in err and "--data" in err
+    assert p.read_text() == before and not (tmp_path / "art").exists()
+
+
+def test_train_metrics_json_inside_the_artifact(tmp_path: Path, no_embedding: None,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    art = tmp_path / "art"
+    assert main(["train", "--router", "knn", "--data", str(_table(tmp_path)), "--embedder",
+                 "hashing", "--out", str(art), "--metrics-json",
+                 os.path.join(str(art), "router.json")]) == 2
+    err = capsys.readouterr().err
+    assert "--metrics-json" in err and "--out" in err
+    assert not (art / "router.json").exists()
+
+
+def test_a_metrics_file_beside_the_artifact_is_written(tmp_path: Path) -> None:
+    assert main(["train", "--router", "knn", "--data", str(_table(tmp_path)), "--embedder",
+                 "hashing", "--out", str(tmp_path / "art"), "--metrics-json",
+                 str(tmp_path / "art.metrics.json")]) == 0
+    assert (tmp_path / "art.metrics.json").is_file()
