@@ -158,9 +158,28 @@ def _read_frame(path: Path) -> Any:
     except UnicodeDecodeError as e:
         raise RouterError(_not_utf8(path, e)) from None
     except ValueError as e:
-        raise RouterError(f"{path}: cannot read: {e}") from None
+        raise RouterError(_unreadable(path, e)) from None
     raise RouterError(f"{path}: unknown file type {suffix!r} (use .csv, .jsonl, .json or "
                       ".parquet)")
+
+
+def _unreadable(path: Path, e: Exception) -> str:
+    """Why a table file could not be read; for JSONL the first line that is not a JSON
+    object (pandas' own message gives a character offset into the file)."""
+    if path.suffix.lower() == ".jsonl":
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for k, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    ok = isinstance(json.loads(line), dict)
+                except ValueError:
+                    ok = False
+                if not ok:
+                    return (f"{path}: line {k} is not a JSON object (cut short, or edited?): "
+                            f"{line.strip()[:60]!r}; a JSONL table holds one object per line, "
+                            f"and the {k - 1} line(s) before it read")
+    return f"{path}: cannot read: {e}"
 
 
 def _not_utf8(path: Path, e: UnicodeDecodeError) -> str:
@@ -619,7 +638,7 @@ def read_log_export(path: str | Path, columns: tuple[str, ...] = LOG_COLUMNS) ->
     except UnicodeDecodeError as e:
         raise RouterError(_not_utf8(p, e)) from None
     except (ValueError, OSError) as e:
-        raise RouterError(f"{p}: cannot read: {e}") from None
+        raise RouterError(_unreadable(p, e)) from None
     df = _read_frame(p)  # a table of the same columns made otherwise (CSV, JSON)
     return df[[c for c in columns if c in df.columns]]
 
