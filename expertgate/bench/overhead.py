@@ -449,6 +449,25 @@ def _gateway_body_limit() -> int:
         return int(Settings.model_fields["max_body_bytes"].default)
 
 
+def _artifact_problem(artifact: Path, embedder: str) -> str | None:
+    """Why the gateway under test could not serve ``artifact`` with the ``embedder`` kind
+    (it would fail its start, after the upstream and the floor started); None when it
+    may. The kind is compared where the artifact records how to build its embedder."""
+    from routers.artifacts import read_manifest
+    from routers.base import RouterError
+
+    try:
+        m = read_manifest(artifact)
+    except RouterError as e:
+        return str(e)
+    spec = m.get("embedder_spec")
+    kind = spec.get("kind") if isinstance(spec, dict) else None
+    if kind and kind != embedder:
+        return (f"{artifact} was trained with the {kind} embedder and the gateway under test "
+                f"embeds with {embedder}: give --embedder {kind}")
+    return None
+
+
 def cmd_overhead(args: argparse.Namespace) -> int:
     try:
         concs = sorted({int(x) for x in str(args.concurrency).split(",") if x.strip()})
@@ -460,6 +479,10 @@ def cmd_overhead(args: argparse.Namespace) -> int:
         if not args.artifact.is_dir():
             print(f"bench overhead: --artifact {args.artifact} is not a folder",
                   file=sys.stderr)
+            return 2
+        bad = _artifact_problem(args.artifact, args.embedder)
+        if bad:
+            print(f"bench overhead: --artifact {bad}", file=sys.stderr)
             return 2
     if not concs or min(concs) < 1:
         print("bench overhead: --concurrency needs positive integers", file=sys.stderr)

@@ -5,6 +5,7 @@ figures are not the ones asked for."""
 from __future__ import annotations
 
 import resource
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -91,3 +92,29 @@ def test_soak_clients_beyond_the_open_files_limit_are_refused(
     monkeypatch.setattr(resource, "getrlimit", lambda what: (1024, 4096))
     assert main(["bench", "soak", "--concurrency", "1000", "--out", "-"]) == 2
     _one_line(capsys, "--concurrency 1000")
+
+
+def test_an_artifact_the_gateway_cannot_serve_is_refused_before_the_upstream(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # --artifact FOLDER without router.json started the upstream stub and the floor, then
+    # ended in 'error: RouterError: ...' (exit 1); one trained with --embedder hashing,
+    # benchmarked with the default onnx gateway, failed the gateway's start
+    import numpy as np
+
+    from routers.artifacts import save_router
+    from routers.base import RoutingTable, make_router
+    from routers.embed import HashingEmbedder
+
+    folder = tmp_path / "notart"
+    folder.mkdir()
+    assert main([*BASE, "--artifact", str(folder)]) == 2
+    _one_line(capsys, "has no router.json")
+    e = HashingEmbedder()
+    texts = ["write python code", "tell me a joke", "fix this bug", "how are you"]
+    S = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    r = make_router("knn", k=1).fit(e.embed(texts), RoutingTable(
+        [f"p{i}" for i in range(4)], texts, ["a", "b"], S, np.zeros_like(S)))
+    art = save_router(r, tmp_path / "art", embedder=e.name,
+                      embedder_spec={"kind": "hashing", "options": {}})
+    assert main(["bench", "overhead", "--skip-litellm", "--artifact", str(art)]) == 2
+    _one_line(capsys, "--embedder hashing")
