@@ -385,19 +385,22 @@ def _bench() -> None:  # pragma: no cover - run by hand
         "prose, one word in 30 an anchor, 1,000,000 characters":
             " ".join(rng.choice(harmless) if rng.random() < 1 / 30 else rng.choice(prose)
                      for _ in range(200_000))[:1_000_000],
+        # about the worst: each chunk is read whole, after its anchors were looked for
+        "'kill' every sixth word, 1,000,000 characters":
+            ("kill " + "review " * 5) * 25_000,
     }
     for name, text in texts.items():
         best = {}
         for f in (reference_unsafe_text, unsafe_text):
             ts = []
-            for _ in range(3):
+            for _ in range(5):
                 t0 = time.perf_counter()
                 verdict = f(text)
                 ts.append(time.perf_counter() - t0)
             best[f.__name__] = (min(ts), verdict)
         (old, v0), (new, v1) = best.values()
         assert v0 is v1
-        print(f"{name}: before {old:.3f} s, now {new:.3f} s ({old / new:.1f}x), "
+        print(f"{name}: before {old:.3f} s, now {new:.3f} s (now/before {new / old:.2f}), "
               f"verdict {v1}")
 
 
