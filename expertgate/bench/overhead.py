@@ -487,6 +487,12 @@ def cmd_overhead(args: argparse.Namespace) -> int:
     if not concs or min(concs) < 1:
         print("bench overhead: --concurrency needs positive integers", file=sys.stderr)
         return 2
+    import shutil
+
+    if shutil.which("wrk") is None:  # else said by the first warm-up, the servers started
+        print("bench overhead: wrk is not installed (Debian: apt-get install wrk): it "
+              "generates the load", file=sys.stderr)
+        return 2
     if args.rounds < 1 or args.requests < max(concs):
         print("bench overhead: need --rounds >= 1 and --requests >= the largest concurrency",
               file=sys.stderr)

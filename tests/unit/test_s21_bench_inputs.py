@@ -118,3 +118,16 @@ def test_an_artifact_the_gateway_cannot_serve_is_refused_before_the_upstream(
                       embedder_spec={"kind": "hashing", "options": {}})
     assert main(["bench", "overhead", "--skip-litellm", "--artifact", str(art)]) == 2
     _one_line(capsys, "--embedder hashing")
+
+
+def test_no_load_generator_is_said_before_the_servers_start(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # without wrk the upstream, the floor and the gateway started, then the first warm-up
+    # said 'wrk is not installed' (exit 1)
+    import shutil
+
+    real = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "wrk"
+                        else real(name, *a, **k))
+    assert main(BASE) == 2
+    _one_line(capsys, "wrk is not installed")
