@@ -59,19 +59,21 @@ async def test_a_scan_past_its_request_deadline_stops_within_one_chunk(
         rt = p.policies.policies["auto"]
         text = routing_text([("user", LONG)], "last_user")
         assert len(" ".join(LONG.split())) > 13 * guard.UNSAFE_CHUNK
-        # the deadline passes while the thread reads the second chunk: a 504, as before
+        # the deadline passes while the thread reads the second chunk (it is held there
+        # until then): a 504, as before
         with pytest.raises(DeadlineExceeded) as e:
-            await p.decide(rt, text, [], deadline=time.monotonic() + 0.3)
+            await p.decide(rt, text, [], deadline=time.monotonic() + 0.5)
         assert e.value.status == 504
-        assert held.holding.is_set()
         held.release.set()
         await _scan_thread_idle(gw)
-        # ... and the thread stopped before the third, not after the fourteenth
-        assert held.read == [0, guard.UNSAFE_CHUNK]
+        # ... and the thread stopped before the third chunk, not after the fourteenth (on a
+        # machine too slow to reach the second within 0.5 s, before that)
+        assert held.read == [0, guard.UNSAFE_CHUNK][: len(held.read)]
+        read = len(held.read)
         # the thread is free: the next long request is read whole, and rejected
         d = await p.decide(rt, routing_text([("user", LONG)], "last_user"), [])
         assert d.mode == "reject" and d.guard is not None and d.guard.reject_reason == "unsafe"
-        assert len(held.read) == 2 + 14
+        assert len(held.read) == read + 14
 
 
 async def test_a_scan_whose_request_went_away_stops_within_one_chunk(
