@@ -4,7 +4,8 @@ every character gave (the implementation before the prefilter is kept below, ver
 the reference). Texts written for this test from the patterns' own words; no unsafe data
 set was used.
 
-``python -m tests.unit.test_s21_guard_lexicon_prefilter`` prints the speed-up."""
+``python -m tests.unit.test_s21_guard_lexicon_prefilter`` (from the repository root, the data
+sets in ../shared/data) prints the speed-up."""
 
 from __future__ import annotations
 
@@ -369,7 +370,7 @@ def _bench() -> None:  # pragma: no cover - run by hand
     import glob
 
     parts, total = [], 0
-    for path in sorted(glob.glob("/work/shared/data/routellm/mmlu/responses/*.csv")):
+    for path in sorted(glob.glob("../shared/data/routellm/mmlu/responses/*.csv")):
         with open(path, encoding="utf-8") as fh:
             parts.append(fh.read())
         total += len(parts[-1])
