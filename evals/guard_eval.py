@@ -1184,6 +1184,13 @@ def run(args: argparse.Namespace) -> int:
         out.write_text(json.dumps(_clean(result), indent=1, sort_keys=True,
                                   allow_nan=False) + "\n")
         print(f"wrote {out}", file=sys.stderr)
+    if args.save_cascade and "guard-cascade" in result["methods"]:
+        # said whatever --quiet (the run's progress line that named it is silenced)
+        where = os.path.abspath(args.save_cascade)
+        print(f"saved the two-stage guard to {where}: serve it as a policy's guard: "
+              f"{{artifact: {where}}} with the gateway's {_embedder_yaml(args.embedder, opts)}"
+              " for its front stage (its back stage's encoder is recorded in it)",
+              file=sys.stderr)
     saved = result["selected"].get("saved")
     if saved is not None and saved.get("path") is None:
         print(f"{_ME}--save-selected wrote nothing: {saved['error']}", file=sys.stderr)
@@ -1191,10 +1198,7 @@ def run(args: argparse.Namespace) -> int:
     if saved is not None:
         # one encoder variant (checked above): the options it was built with, a fine-tuned
         # folder's path included
-        serve = _serving_spec(args.embedder, opts)["options"]
-        kind = "embedder: {kind: " + args.embedder + (
-            ", options: {" + ", ".join(f"{k}: {v}" for k, v in serve.items()) + "}"
-            if serve else "") + "}"
+        kind = _embedder_yaml(args.embedder, opts)
         # absolute: a config file reads a relative artifact path from its own folder
         where = os.path.abspath(saved["path"])
         print(f"saved the selected guard to {where}: serve it as a policy's "
@@ -1212,6 +1216,14 @@ def run(args: argparse.Namespace) -> int:
                   "and /metrics); the guard-* methods have their own unsafe check: leave "
                   "baseline-lr-knn out of --methods to select among them", file=sys.stderr)
     return 0
+
+
+def _embedder_yaml(kind: str, options: Mapping[str, Any]) -> str:
+    """The gateway config's ``embedder:`` line that builds the run's embedder."""
+    serve = _serving_spec(kind, options)["options"]
+    return "embedder: {kind: " + kind + (
+        ", options: {" + ", ".join(f"{k}: {v}" for k, v in serve.items()) + "}"
+        if serve else "") + "}"
 
 
 def _serving_spec(kind: str, options: Mapping[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ def _table(path: Path) -> Path:
     rows += [(f"{t} now", lab, "test") for lab, ts in (("coder", CODE), ("chatter", CHAT))
              for t in ts[:3]]
     rows += [(t, "oos", "test") for t in ("capital of peru", "tallest mountain on earth")]
+    rows += [(t, "oos", "validation") for t in ("weather in paris", "who won the cup")]
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["text", "label", "split"])
@@ -64,3 +65,26 @@ async def test_a_saved_guard_without_an_unsafe_layer_is_served_as_the_save_said(
         r = await c.post("/v1/chat/completions",
                          json=chat("auto", "fix this bug in my code, those people are vermin"))
         assert r.status_code == 403 and "lexicon" in r.json()["error"]["message"], r.text
+
+
+def test_a_saved_two_stage_guard_is_said_with_how_to_serve_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # --save-cascade DIR --quiet wrote the folder without a word (the progress line that
+    # named it is silenced by --quiet), where --save-selected says where and how to serve
+    pytest.importorskip("skops")
+    from evals import guard_eval as G
+
+    monkeypatch.setenv("EXPERTGATE_CACHE", str(tmp_path / "cache"))
+    # a hashing back encoder: the save's plumbing without exporting an ONNX model here
+    monkeypatch.setattr(G._Cascade, "BACK_SPEC", {"kind": "hashing", "options": {"dim": 256}})
+    monkeypatch.chdir(tmp_path)
+    _table(tmp_path / "g.csv")
+    assert main(["eval", "guard", "--data", "g.csv", "--embedder", "hashing", "--methods",
+                 "guard-knn,guard-cascade", "--latency-sample", "0", "--quiet",
+                 "--save-cascade", "two"]) == 0
+    err = capsys.readouterr().err
+    art = tmp_path / "two"
+    assert (art / "cascade.json").is_file()
+    assert f"saved the two-stage guard to {art}" in err
+    assert f"guard: {{artifact: {art}}}" in err and "embedder: {kind: hashing}" in err
