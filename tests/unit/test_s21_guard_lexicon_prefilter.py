@@ -366,9 +366,23 @@ def test_a_stopped_scan_ends_within_one_chunk(monkeypatch: pytest.MonkeyPatch) -
 # ----------------------------------------------------------------------------- the figures
 
 
-def _bench() -> None:  # pragma: no cover - run by hand
+def _bench(argv: list[str] | None = None) -> None:  # pragma: no cover - run by hand
+    """Time the scan before (the reference above) and now on four texts, best of 5; with
+    ``--json PATH`` also write the figures with the commit, machine, data checksum and
+    command (docs/results/guard-scan/)."""
+    import argparse
     import glob
+    import json
+    import sys
+    from pathlib import Path
 
+    from evals.provenance import git_state, path_sha256
+    from expertgate.bench.proc import machine_info
+
+    ap = argparse.ArgumentParser(prog="python -m tests.unit.test_s21_guard_lexicon_prefilter")
+    ap.add_argument("--json", help="write the figures here")
+    args = ap.parse_args(argv)
+    git = git_state()
     parts, total = [], 0
     for path in sorted(glob.glob("../shared/data/routellm/mmlu/responses/*.csv")):
         with open(path, encoding="utf-8") as fh:
@@ -390,6 +404,7 @@ def _bench() -> None:  # pragma: no cover - run by hand
         "'kill' every sixth word, 1,000,000 characters":
             ("kill " + "review " * 5) * 25_000,
     }
+    rows = []
     for name, text in texts.items():
         best = {}
         for f in (reference_unsafe_text, unsafe_text):
@@ -403,6 +418,17 @@ def _bench() -> None:  # pragma: no cover - run by hand
         assert v0 is v1
         print(f"{name}: before {old:.3f} s, now {new:.3f} s (now/before {new / old:.2f}), "
               f"verdict {v1}")
+        rows.append({"text": name, "characters": len(text), "before_s": old, "now_s": new,
+                     "now_over_before": new / old, "verdict": v1})
+    if args.json:
+        out = {"benchmark": "guard-lexicon-scan", "git": git, "machine": machine_info(),
+               "command": "python -m tests.unit.test_s21_guard_lexicon_prefilter "
+                          + " ".join(sys.argv[1:] if argv is None else argv),
+               "data": path_sha256("../shared/data/routellm/mmlu/responses"),
+               "repeats": 5, "statistic": "best of 5, seconds, one thread", "rows": rows}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":  # pragma: no cover
