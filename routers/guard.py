@@ -81,8 +81,8 @@ from routers.base import (
 )
 from routers.simsearch import Int8Bank
 
-__all__ = ["METHODS", "UNSAFE_PATTERNS", "UNSAFE_SEEDS", "GuardRouter", "calibrate_threshold",
-           "stratified_split", "unsafe_text"]
+__all__ = ["METHODS", "UNSAFE_PATTERNS", "UNSAFE_SEEDS", "GuardRouter", "UnsafeScanStopped",
+           "calibrate_threshold", "stratified_split", "unsafe_text"]
 
 #: methods that score from the embedding alone; "fused" (embedding + text) and "auto" besides
 METHODS = ("centroid", "knn", "mahalanobis", "msp", "energy", "knn+msp")
