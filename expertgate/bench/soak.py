@@ -340,7 +340,7 @@ def _add_args(p: argparse.ArgumentParser) -> None:
                    help="start a redis-server and run the gateway with --redis-url")
     p.add_argument("--out", type=Path, default=Path("runs/soak.json"),
                    help="JSON result (default runs/soak.json)")
-    p.set_defaults(func=main)
+    p.set_defaults(func=main, out_is_file=True)  # the JSON file: a folder fails at the end
 
 
 def cli_register_soak(subparsers: Any) -> None:

@@ -131,3 +131,18 @@ def test_no_load_generator_is_said_before_the_servers_start(
                         else real(name, *a, **k))
     assert main(BASE) == 2
     _one_line(capsys, "wrk is not installed")
+
+
+def test_soak_out_naming_a_folder_is_refused_before_the_soak(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # --out DIR soaked for the whole --minutes, printed PASS, then failed writing the JSON
+    # (IsADirectoryError, exit 1): the run's figures lost
+    import expertgate.bench.soak as soak
+
+    def refuse(*a: Any, **k: Any) -> None:
+        raise AssertionError("the soak started")
+
+    monkeypatch.setattr(soak, "run_soak", refuse)
+    assert main(["bench", "soak", "--out", str(tmp_path)]) == 2
+    _one_line(capsys, "it is a folder; name a file in it")
