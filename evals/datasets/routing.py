@@ -4,7 +4,8 @@ Every loader returns the wide table of :mod:`routers.base` (one row per prompt, 
 per model, NaN where a model was not evaluated). Formats, by :func:`load_table` name:
 
 ``long``
-    CSV, JSONL or Parquet with columns ``prompt_id, prompt, model, score, cost, [category]``.
+    CSV, JSONL or Parquet with columns ``prompt_id, prompt, model, score, cost, [category]``
+    (RouterBench's ``eval_name`` is the category when there is no ``category`` column).
     Checked row by row before anything is embedded (:func:`clean_long`): a missing or
     non-numeric score, a score outside [0, 1], a missing, negative, infinite or non-numeric
     cost or one above :data:`MAX_COST`, an empty prompt, a prompt id with two texts or two
@@ -246,6 +247,8 @@ def clean_long(df: Any, source: str = "table") -> Any:
         raise RouterError(f"{source}: lacks column(s) {', '.join(sorted(missing))}; a long "
                           "table has prompt_id, prompt, model, score, cost[, category]")
     df = df.reset_index(drop=True).copy()
+    if "category" not in df.columns and "eval_name" in df.columns:
+        df = df.rename(columns={"eval_name": "category"})  # RouterBench's name, as in wide
     _check_plain_cells(df, source)
     empty = lambda col: df[col].isna() | (df[col].astype(str).str.strip() == "")  # noqa: E731
     bad = empty("prompt")
