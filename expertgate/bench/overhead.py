@@ -487,6 +487,15 @@ def cmd_overhead(args: argparse.Namespace) -> int:
     if not concs or min(concs) < 1:
         print("bench overhead: --concurrency needs positive integers", file=sys.stderr)
         return 2
+    if args.plot is not None and args.plot.suffix:
+        from matplotlib.backend_bases import FigureCanvasBase
+
+        kinds = FigureCanvasBase.get_supported_filetypes()
+        if args.plot.suffix[1:].lower() not in kinds:  # else savefig fails after the run
+            print(f"bench overhead: --plot {args.plot}: matplotlib writes no "
+                  f"{args.plot.suffix} files; name a .png (or {', '.join(sorted(kinds))})",
+                  file=sys.stderr)
+            return 2
     import shutil
 
     if shutil.which("wrk") is None:  # else said by the first warm-up, the servers started

@@ -146,3 +146,13 @@ def test_soak_out_naming_a_folder_is_refused_before_the_soak(
     monkeypatch.setattr(soak, "run_soak", refuse)
     assert main(["bench", "soak", "--out", str(tmp_path)]) == 2
     _one_line(capsys, "it is a folder; name a file in it")
+
+
+def test_a_plot_file_matplotlib_cannot_write_is_refused_before_the_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # --plot figures.txt ran the benchmark, wrote the JSON, then failed in savefig ('Format
+    # 'txt' is not supported', exit 1) before the table was printed
+    assert main([*BASE, "--plot", str(tmp_path / "figures.txt")]) == 2
+    _one_line(capsys, "--plot")
+    assert main([*BASE, "--plot", str(tmp_path / "figures.txt")]) == 2
+    assert "png" in capsys.readouterr().err
