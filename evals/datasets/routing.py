@@ -14,8 +14,9 @@ per model, NaN where a model was not evaluated). Formats, by :func:`load_table` 
     a prompt's empty category cells take the one its other rows give, and prompts without any
     become ``(none)``, with a note on stderr; rows repeating a (prompt, model) pair are
     averaged into one cell, with a note on stderr.
-    A JSON prompt given as a list of texts is its turns joined by blank lines; another list
-    or object in a prompt, prompt id, model or category is an error naming the rows.
+    A JSON prompt given as a list of texts or chat messages (``{"role", "content"}``) is its
+    turns joined by blank lines; another list or object in a prompt, prompt id, model or
+    category is an error naming the rows.
     Spaces after a CSV's commas are not part of the fields (``a, "b, c"`` is ``a`` and
     ``b, c``), and a model name's surrounding spaces are not part of the name.
     CSV fields may hold line breaks and commas (quoted); rows one field longer than the
@@ -44,10 +45,10 @@ per model, NaN where a model was not evaluated). Formats, by :func:`load_table` 
     ``prompt_id`` (else the row number), ``eval_name`` or ``category``; other columns
     (``<model>|model_response``, ``oracle_model_to_route_to``) are ignored. An empty score is
     a model not evaluated on that prompt (a model with none is left out, named on stderr); a
-    prompt given as a list of turns is read as the turns joined by blank lines. Then checked
-    as ``long`` is. Pickles are refused (loading one runs code from the file): convert
-    RouterBench's ``.pkl`` first, e.g. ``pandas.read_pickle(src).to_parquet(dst)`` on a file
-    you trust.
+    prompt given as a list of turns (texts or chat messages) is read as the turns' texts
+    joined by blank lines. Then checked as ``long`` is. Pickles are refused (loading one runs
+    code from the file): convert RouterBench's ``.pkl`` first, e.g.
+    ``pandas.read_pickle(src).to_parquet(dst)`` on a file you trust.
 ``logs``
     Exported gateway routing logs (Parquet or JSONL) joined with feedback: ``text`` ->
     prompt, ``expert`` -> model, ``feedback_score`` -> score, ``cost_usd`` -> cost (0 where
@@ -345,9 +346,9 @@ def _check_plain_cells(df: Any, source: str) -> None:
     prompt, its id, the model or the category is an error naming the rows (pandas would fail
     on it with 'unhashable type', or an id ``["x"]`` become the prompt id "['x']")."""
     if _containers(df["prompt"]) is not None:
-        df["prompt"] = [_turns(v) if isinstance(v, list | tuple | np.ndarray)
-                        and all(isinstance(t, str) for t in v) else v for v in df["prompt"]]
-    for col, what in (("prompt", "a text (or a list of texts: its turns)"),
+        df["prompt"] = [_turns(v) for v in df["prompt"]]
+    for col, what in (("prompt", "a text (or a list of turns: texts or chat messages with a "
+                                 "text content)"),
                       ("prompt_id", "a text or a number"), ("model", "a text"),
                       ("category", "a text or a number")):
         if col not in df.columns:
@@ -492,10 +493,23 @@ def load_llmrouter(path: str | Path) -> RoutingTable:
     return RoutingTable.from_long(clean_long(pd.DataFrame(rows), str(p)))
 
 
+def _turn_text(t: Any) -> str | None:
+    """A turn's text: the turn itself, or a chat message's ``content`` (None for neither)."""
+    if isinstance(t, str):
+        return t
+    if isinstance(t, dict) and isinstance(t.get("content"), str):
+        return str(t["content"])
+    return None
+
+
 def _turns(v: Any) -> Any:
-    """A prompt given as a list of turns (a JSON array, a Parquet list) as one text."""
+    """A prompt given as a list of turns (a JSON array, a Parquet list) or of chat messages
+    (``{"role": ..., "content": TEXT}``) as one text, the turns joined by blank lines; left
+    as it is when a turn has no text (the long table's check names it)."""
     if isinstance(v, list | tuple | np.ndarray):
-        return "\n\n".join(str(t) for t in v)
+        texts = [_turn_text(t) for t in v]
+        if all(x is not None for x in texts):
+            return "\n\n".join(x for x in texts if x is not None)
     return v
 
 
