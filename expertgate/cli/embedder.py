@@ -68,8 +68,10 @@ def register(sub: Any, name: str) -> None:
                       " its train split (--seed, --val, --test as 'expertgate train') trains,"
                       " its validation split stops the training")
     tu.add_argument("--format", default=None, help="format of --routing-data")
-    tu.add_argument("--val", type=float, default=0.1, help="validation fraction (routing)")
-    tu.add_argument("--test", type=float, default=0.2, help="test fraction (routing)")
+    tu.add_argument("--val", type=float, default=None,
+                    help="validation fraction of --routing-data (default 0.1)")
+    tu.add_argument("--test", type=float, default=None,
+                    help="test fraction of --routing-data (default 0.2)")
     tu.add_argument("--out", required=True, help="folder to write the tuned table to")
     tu.add_argument("--source", default=None, help="distilled folder to start from "
                     "(default: the default build)")
@@ -188,6 +190,13 @@ def _tune(args: argparse.Namespace) -> int:
     from routers.embed_tune import tune_table, write_tuned
 
     say = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    if not args.routing_data:  # a guard table keeps its own split: the flag was dropped
+        given = next((f for f in ("format", "val", "test") if getattr(args, f) is not None),
+                     None)
+        if given:
+            print(f"error: --{given} applies to --routing-data only (a guard table's "
+                  "validation rows are its split 'validation')", file=sys.stderr)
+            return 2
     if args.epochs < 1 or args.patience < 1:
         print("error: --epochs and --patience must be at least 1", file=sys.stderr)
         return 2
@@ -214,7 +223,9 @@ def _tune(args: argparse.Namespace) -> int:
             from routers.train import split_table
 
             table = load_routing_table(args.routing_data, args.format)
-            tr, va, _ = split_table(table, seed=args.seed, val=args.val, test=args.test)
+            tr, va, _ = split_table(table, seed=args.seed,
+                                    val=0.1 if args.val is None else args.val,
+                                    test=0.2 if args.test is None else args.test)
             tuned, info = tune_table(emb, table.prompts, tr, va, scores=table.scores,
                                      labels=table.categories, epochs=args.epochs,
                                      patience=args.patience, lr=args.lr or 0.002,

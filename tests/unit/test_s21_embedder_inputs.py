@@ -272,3 +272,20 @@ def test_encoder_options_out_of_range_are_refused_when_built(
 
     with pytest.raises(EmbedderOptionError, match=re.escape(says)):
         make_embedder(kind, **{option: value})
+
+
+@pytest.mark.parametrize("flag, value", [("--val", "0.3"), ("--test", "0.1"),
+                                         ("--format", "routellm")])
+def test_tune_routing_flags_with_a_guard_table_are_refused(
+        flag: str, value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # --data g.csv --val 0.3 trained with the table's own validation split, exit 0: the
+    # flag, read only with --routing-data, was dropped without a word
+    import routers.embed_tune as ET
+
+    monkeypatch.setattr(ET, "tune_table", _no_work)
+    data = tmp_path / "g.csv"
+    data.write_text("text,label\nhello there,a\nbook a flight,b\n")
+    assert main(["embedder", "tune", "--data", str(data), "--out", str(tmp_path / "t"),
+                 flag, value]) == 2
+    _one_line_error(capsys, f"{flag} applies to --routing-data only")
