@@ -1049,6 +1049,11 @@ def run(args: argparse.Namespace) -> int:
         if not data.test_texts:
             raise ValueError(f"{args.data}: no in-domain test rows (split 'test'): the "
                              "evaluation measures on them")
+        if not data.val_texts:  # else said after the embedding, in calibration's words
+            raise ValueError(f"{args.data}: no in-domain validation rows: the file has none "
+                             "and its train rows are too few per label to hold some out; "
+                             "the thresholds are calibrated on them: add rows of split "
+                             "validation")
     except (OSError, ValueError) as e:
         print(f"{_ME}{e}", file=sys.stderr)
         return 2

@@ -154,3 +154,27 @@ def test_one_label_too_small_to_select_on_says_what_to_give(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "too few validation rows" in err
     assert "validation rows labelled oos" in err and "--methods" in err
+
+
+def test_a_table_with_no_validation_rows_to_calibrate_on_is_refused_before_the_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # one train row per label and no validation split: nothing to carve 10 % from; the run
+    # embedded everything, then said 'cannot calibrate a threshold on zero validation
+    # scores' (or, with the default methods, 'the held-out labels have no validation rows')
+    from evals import guard_eval as GE
+
+    def no_work(*a: object, **k: object) -> None:
+        raise AssertionError("the evaluation started")
+
+    monkeypatch.setattr(GE, "evaluate", no_work)
+    rows = [(f"question {i} about topic {i}", f"lab{i}", "train") for i in range(12)]
+    rows += [(f"question {i} again", f"lab{i}", "test") for i in range(12)]
+    rows += [("what is the weather", "oos", "test")]
+    f = _csv(tmp_path / "uniq.csv", ["text", "label", "split"], rows)
+    for methods in (["--methods", "guard-knn"], []):
+        assert main(["eval", "guard", "--data", str(f), "--embedder", "hashing",
+                     "--latency-sample", "0", "--quiet", *methods]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "no in-domain validation rows" in err
+        assert "split validation" in err
