@@ -656,6 +656,26 @@ def check_table(table: RoutingTable, *, strong: str | None = None,
     return notes
 
 
+#: fewer prompts than this in the validation or test part (those every model answered) is
+#: said: a method is selected on the one and read on the other
+MIN_PART_PROMPTS = 5
+
+
+def _thin_parts(table: RoutingTable, seed: int, val: float, test: float) -> str:
+    """A note when the first seed's validation or test part holds fewer than
+    :data:`MIN_PART_PROMPTS` prompts every model answered ('' otherwise)."""
+    _, va, te = table.split(seed=seed, val=val, test=test)
+    complete = np.isfinite(table.scores).all(axis=1)
+    v, t = int(complete[va].sum()), int(complete[te].sum())
+    if min(v, t) >= MIN_PART_PROMPTS:
+        return ""
+    return (f"the validation part holds {v} prompt{'' if v == 1 else 's'} and the test part "
+            f"holds {t} prompt{'' if t == 1 else 's'} every model answered (seed {seed}: "
+            f"--val {val:g} and --test {test:g} of {len(table)} prompts): the selection rests "
+            "on the one and every figure on the other; larger shares or a larger table "
+            "steady them")
+
+
 def parse_params(text: str | None, routers: Sequence[str] | None = None
                  ) -> dict[str, dict[str, Any]] | None:
     """``--params``: a JSON object of parameter objects keyed by router family. A key that
@@ -1303,6 +1323,9 @@ def main(args: argparse.Namespace) -> int:
         # every check that can fail runs before the (minutes-long) embedding step
         for note in check_table(table, strong=args.strong, routers=routers):
             print(f"note: {note}", file=sys.stderr)
+        thin = _thin_parts(table, seeds[0], args.val, args.test)
+        if thin:
+            print(f"note: {thin}", file=sys.stderr)
         if args.typos is not None and not 0 < args.typos <= 1:
             raise EvalError(f"--typos {args.typos}: a share of words in (0, 1]")
         X, embedder = embed_table(table, args.embedder, args.cache_dir,
