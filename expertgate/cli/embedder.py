@@ -215,10 +215,8 @@ def _tune(args: argparse.Namespace) -> int:
         from routers.embed_static import check_table_target
 
         check_table_target(args.out)  # before the training: never over the user's files
-        emb = DistilledEmbedder(args.source)
-        if Path(args.out).resolve() == emb.path.resolve():
-            raise ValueError(f"--out {args.out} is the table it starts from (--source): the "
-                             "tuned table would replace it; name another folder")
+        # the data first: a wrong --suite or path is said before the table is asked for
+        # (which may not be built yet: a minute's distillation, for nothing)
         if args.routing_data:
             from routers.train import split_table
 
@@ -226,15 +224,21 @@ def _tune(args: argparse.Namespace) -> int:
             tr, va, _ = split_table(table, seed=args.seed,
                                     val=0.1 if args.val is None else args.val,
                                     test=0.2 if args.test is None else args.test)
-            tuned, info = tune_table(emb, table.prompts, tr, va, scores=table.scores,
-                                     labels=table.categories, epochs=args.epochs,
-                                     patience=args.patience, lr=args.lr or 0.002,
-                                     seed=args.seed, log=say)
         else:
             from evals.datasets.guard import load_guard_data, load_suite
 
             data = load_suite(args.suite) if args.suite else load_guard_data(args.data,
                                                                              seed=args.seed)
+        emb = DistilledEmbedder(args.source)
+        if Path(args.out).resolve() == emb.path.resolve():
+            raise ValueError(f"--out {args.out} is the table it starts from (--source): the "
+                             "tuned table would replace it; name another folder")
+        if args.routing_data:
+            tuned, info = tune_table(emb, table.prompts, tr, va, scores=table.scores,
+                                     labels=table.categories, epochs=args.epochs,
+                                     patience=args.patience, lr=args.lr or 0.002,
+                                     seed=args.seed, log=say)
+        else:
             texts = list(data.train_texts) + list(data.val_texts)
             labels = [str(x) for x in list(data.train_labels) + list(data.val_labels)]
             n = len(data.train_texts)

@@ -289,3 +289,17 @@ def test_tune_routing_flags_with_a_guard_table_are_refused(
     assert main(["embedder", "tune", "--data", str(data), "--out", str(tmp_path / "t"),
                  flag, value]) == 2
     _one_line_error(capsys, f"{flag} applies to --routing-data only")
+
+
+def test_tune_names_a_wrong_data_source_before_the_missing_default_table(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # --suite nope (or a missing --data / --routing-data) said 'the distilled static
+    # embedder is not built yet; run expertgate embedder distill': a minute's build, after
+    # which the command said the suite does not exist
+    monkeypatch.setenv("EXPERTGATE_CACHE", str(tmp_path / "cache"))  # no default build
+    for src in (["--suite", "nope"], ["--data", str(tmp_path / "missing.csv")],
+                ["--routing-data", str(tmp_path / "missing.csv")]):
+        assert main(["embedder", "tune", *src, "--out", str(tmp_path / "t")]) == 2
+        err = _one_line_error(capsys)
+        assert "not built yet" not in err and ("nope" in err or "missing.csv" in err), err
