@@ -275,7 +275,8 @@ def clean_long(df: Any, source: str = "table") -> Any:
     bad = score.isna()
     if bad.any():
         raise RouterError(f"{source}: missing or non-numeric score in "
-                          f"{_rows(bad, df, ('prompt_id', 'model', 'score'))}")
+                          f"{_rows(bad, df, ('prompt_id', 'model', 'score'))}"
+                          + _verdict_hint(df["score"][bad]))
     bad = (score < 0) | (score > 1)
     if bad.any():
         raise RouterError(f"{source}: scores must lie in [0, 1]; out of range in "
@@ -359,6 +360,18 @@ def _check_plain_cells(df: Any, source: str) -> None:
             named = ("prompt_id", "model") if col == "prompt" else (col,)
             raise RouterError(f"{source}: {col} must be {what}, not {kinds}, in "
                               f"{_rows(bad, df, named)}")
+
+
+#: scores a person or a spreadsheet writes as words
+VERDICT_WORDS = frozenset({"true", "false", "yes", "no", "correct", "incorrect", "wrong",
+                           "right", "pass", "fail"})
+
+
+def _verdict_hint(values: Any) -> str:
+    """What to write for a score given as a verdict word ('' for other bad scores)."""
+    if any(str(v).strip().lower() in VERDICT_WORDS for v in values):
+        return " (a verdict written as a word: write 1 for a right answer and 0 for a wrong one)"
+    return ""
 
 
 def _too_dear() -> str:
@@ -527,7 +540,8 @@ def _check_wide_cells(df: Any, model: str, cost_col: str, id_col: str | None, p:
     if bad.any():
         raise RouterError(f"{p}: score column {model!r}: non-numeric or outside [0, 1] in "
                           f"{_rows(bad, df, (*cols, model))}; scores must lie in [0, 1] "
-                          "(rescale them, e.g. divide by the maximum possible score)")
+                          "(rescale them, e.g. divide by the maximum possible score)"
+                          + _verdict_hint(df[model][bad]))
     cost = pd.to_numeric(df[cost_col], errors="coerce")
     bad = scored & (cost.isna() | (cost < 0) | np.isinf(cost))
     if bad.any():
