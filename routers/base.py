@@ -193,7 +193,12 @@ class RoutingTable:
             raise RouterError("categories must have one label per prompt")
         finite = self.scores[np.isfinite(self.scores)]
         if finite.size and (finite.min() < -1e-9 or finite.max() > 1 + 1e-9):
-            raise RouterError("scores must lie in [0, 1]")
+            with np.errstate(invalid="ignore"):
+                out = np.argwhere((self.scores < -1e-9) | (self.scores > 1 + 1e-9))
+            i, j = (int(v) for v in out[0])
+            raise RouterError(f"scores must lie in [0, 1]; {len(out)} cell(s) do not, the "
+                              f"first prompt {self.prompt_ids[i]!r}, model "
+                              f"{self.models[j]!r}: {self.scores[i, j]:g}")
 
     def __len__(self) -> int:
         return len(self.prompts)
