@@ -234,6 +234,10 @@ def _id_text(v: Any) -> str:
     return str(v).strip()
 
 
+#: the columns a long table's rows are read from
+LONG_COLUMNS = ("prompt_id", "prompt", "model", "score", "cost", "category")
+
+
 def clean_long(df: Any, source: str = "table") -> Any:
     """Check and normalise a long-format frame; errors name the offending rows.
 
@@ -245,8 +249,15 @@ def clean_long(df: Any, source: str = "table") -> Any:
         raise RouterError(f"{source}: the table has no rows")
     missing = {"prompt", "model", "score"} - set(df.columns)
     if missing:
+        cased = sorted(str(c) for c in df.columns if str(c).strip().lower() in missing)
+        hint = (f" (the table has {', '.join(map(repr, cased))}: column names are lower case)"
+                if cased else "")
         raise RouterError(f"{source}: lacks column(s) {', '.join(sorted(missing))}; a long "
-                          "table has prompt_id, prompt, model, score, cost[, category]")
+                          "table has prompt_id, prompt, model, score, cost[, category]" + hint)
+    twice = [c for c in LONG_COLUMNS if f"{c}.1" in df.columns]
+    if twice:  # a CSV header naming a column twice: pandas keeps the second as 'score.1'
+        raise RouterError(f"{source}: the header names {', '.join(map(repr, twice))} more "
+                          "than once; keep one column of each name")
     df = df.reset_index(drop=True).copy()
     if "category" not in df.columns and "eval_name" in df.columns:
         df = df.rename(columns={"eval_name": "category"})  # RouterBench's name, as in wide
