@@ -449,6 +449,23 @@ def _gateway_body_limit() -> int:
         return int(Settings.model_fields["max_body_bytes"].default)
 
 
+def _embedder_problem(kind: str) -> str | None:
+    """Why the gateway under test could not build the ``kind`` embedder (said after the
+    upstream and the floor started, exit 1, before); None when it can."""
+    if kind == "static":
+        return ("--embedder static needs a model2vec folder, which bench overhead has no "
+                "flag for; use --embedder distilled (the project's static vectors)")
+    if kind == "distilled":
+        from routers.embed import EmbedderError
+        from routers.embed_static import DistilledEmbedder
+
+        try:
+            DistilledEmbedder()
+        except EmbedderError as e:
+            return str(e)
+    return None
+
+
 def _artifact_problem(artifact: Path, embedder: str) -> str | None:
     """Why the gateway under test could not serve ``artifact`` with the ``embedder`` kind
     (it would fail its start, after the upstream and the floor started); None when it
@@ -486,6 +503,10 @@ def cmd_overhead(args: argparse.Namespace) -> int:
             return 2
     if not concs or min(concs) < 1:
         print("bench overhead: --concurrency needs positive integers", file=sys.stderr)
+        return 2
+    bad = _embedder_problem(args.embedder)
+    if bad:
+        print(f"bench overhead: {bad}", file=sys.stderr)
         return 2
     if args.plot is not None and args.plot.suffix:
         from matplotlib.backend_bases import FigureCanvasBase

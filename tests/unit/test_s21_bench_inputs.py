@@ -156,3 +156,16 @@ def test_a_plot_file_matplotlib_cannot_write_is_refused_before_the_run(
     _one_line(capsys, "--plot")
     assert main([*BASE, "--plot", str(tmp_path / "figures.txt")]) == 2
     assert "png" in capsys.readouterr().err
+
+
+def test_an_embedder_the_gateway_under_test_cannot_build_is_refused_before_the_upstream(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # --embedder distilled without the default build started the upstream stub and the
+    # floor, then ended in 'error: EmbedderError: ... not built yet' (exit 1); --embedder
+    # static, offered by --help, can never run (no flag names its model2vec folder)
+    monkeypatch.setenv("EXPERTGATE_CACHE", str(tmp_path / "cache"))  # no default build
+    assert main(["bench", "overhead", "--skip-litellm", "--embedder", "distilled"]) == 2
+    _one_line(capsys, "expertgate embedder distill")
+    assert main(["bench", "overhead", "--skip-litellm", "--embedder", "static"]) == 2
+    _one_line(capsys, "--embedder static")
