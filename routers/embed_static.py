@@ -182,6 +182,20 @@ def check_table_target(path: str | Path) -> Path:
                         "would be replaced; choose another output folder or remove it")
 
 
+def _refuse_tuned(out: Path) -> None:
+    """A table ``embedder tune`` trained is not distill's to replace (a rebuild of the same
+    untuned table is): the training, and the match of the artifacts made with it, would
+    be lost."""
+    try:
+        cfg = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(cfg, dict) and cfg.get("routing_tuned"):
+        raise EmbedderError(f"{out} holds a tuned table (written by 'expertgate embedder "
+                            "tune'): distilling there would replace it; choose another "
+                            "output folder or remove it")
+
+
 #: the weights files transformers loads an encoder from (one of them, or its sharded index)
 _WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
             "pytorch_model.bin.index.json")
@@ -244,6 +258,7 @@ def distill(out: str | Path, model_dir: str | Path | None = None, *, dim: int = 
     if not (math.isfinite(float(sif)) and float(sif) > 0):  # inf: a table of NaN vectors
         raise EmbedderError(f"sif must be a finite number > 0, not {float(sif):g}")
     check_table_target(out)  # before minutes of work, and never over the user's files
+    _refuse_tuned(Path(out))
     mdir = _source_dir(model_dir)
     tj, hidden = _read_source(mdir)
     model = tj.get("model", {})

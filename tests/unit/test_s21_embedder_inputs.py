@@ -303,3 +303,22 @@ def test_tune_names_a_wrong_data_source_before_the_missing_default_table(
         assert main(["embedder", "tune", *src, "--out", str(tmp_path / "t")]) == 2
         err = _one_line_error(capsys)
         assert "not built yet" not in err and ("nope" in err or "missing.csv" in err), err
+
+
+def test_distill_does_not_replace_a_tuned_table(
+        tmp_path: Path, no_pass: None, capsys: pytest.CaptureFixture[str]) -> None:
+    # distill --out T, T a table written by 'embedder tune' (its config says routing_tuned),
+    # replaced the trained table with an untuned one: the training, and the match of every
+    # artifact trained with it, gone
+    tuned = _table_folder(tmp_path, "tuned")
+    cfg = json.loads((tuned / "config.json").read_text())
+    cfg["routing_tuned"] = {"epochs_run": 3}
+    (tuned / "config.json").write_text(json.dumps(cfg))
+    before = (tuned / "embeddings.npz").read_bytes()
+    assert main(["embedder", "distill", "--out", str(tuned), "--dim", "8",
+                 "--vocab-limit", "50"]) == 2
+    _one_line_error(capsys, str(tuned), "tuned table", "another output folder")
+    assert (tuned / "embeddings.npz").read_bytes() == before
+    # an untuned build there is the command's own output: rebuilt (the pass is reached)
+    with pytest.raises(AssertionError, match="vocabulary pass started"):
+        ES.distill(_table_folder(tmp_path, "plain"), dim=8, vocab_limit=50)
