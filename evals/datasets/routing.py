@@ -38,10 +38,11 @@ per model, NaN where a model was not evaluated). Formats, by :func:`load_table` 
     One row per prompt (CSV, JSONL, JSON or Parquet), as RouterBench publishes its tables
     (11 models, per-query costs in USD): a ``prompt`` column, for every model a score column
     named by the model and its cost column ``<model>|total_cost`` (or ``<model>|cost``); the
-    models are the columns that have such a cost column; a column of scores (numbers in
-    [0, 1], or with a ``<model>|model_response`` beside it) without its cost column, or a
-    cost column without its score column, is an error naming them (that model would be left
-    out unseen). Optional: ``sample_id`` or
+    models are the columns that have such a cost column; a score column with a
+    ``<model>|model_response`` beside it but no cost column, or a cost column without its
+    score column, is an error naming them (that model would be left out unseen); another
+    column of numbers in [0, 1] without a cost column is named in a note on stderr and read
+    as no model. Optional: ``sample_id`` or
     ``prompt_id`` (else the row number), ``eval_name`` or ``category``; other columns
     (``<model>|model_response``, ``oracle_model_to_route_to``) are ignored. An empty score is
     a model not evaluated on that prompt (a model with none is left out, named on stderr); a
@@ -570,39 +571,52 @@ WIDE_META_COLUMNS = ("prompt", "sample_id", "prompt_id", "eval_name", "category"
                      "oracle_model_to_route_to")
 
 
-def _unpaired_model_columns(df: Any, models: list[str]) -> str:
-    """What is wrong with the columns that are half a model: a cost column without its score
-    column, or a column of scores (numbers in [0, 1], or with a ``|model_response`` beside
-    it) without its cost column; '' when none is. Each would be left out of the models
-    silently (a model is its score column beside its cost column)."""
+def _unpaired_model_columns(df: Any, models: list[str]) -> tuple[str, str]:
+    """The columns that are half a model, as (error, note); '' when none is. Certainly a
+    model (the error): a cost column without its score column, or a score column with a
+    ``|model_response`` beside it but no cost column. Perhaps a model (the note, said on
+    stderr, the table still read: another tool's extra column of numbers in [0, 1], a
+    difficulty or a flag, must not stop a table that is otherwise whole): any other column of
+    numbers in [0, 1] without a cost column. Each would otherwise be left out unseen (a model
+    is its score column beside its cost column)."""
     import pandas as pd
 
     cols = [str(c) for c in df.columns]
     have = set(cols)
     cost_only = [c for c in cols for sfx in WIDE_COST_SUFFIXES
                  if c.endswith(sfx) and c[:-len(sfx)] not in have]
-    score_only = []
+    answered, numeric = [], []
     for c, col in zip(cols, df.columns, strict=True):
         if "|" in c or c in models or c in WIDE_META_COLUMNS or c.startswith("Unnamed:"):
             continue
+        if c + "|model_response" in have:
+            answered.append(c)
+            continue
         vals = df[col].dropna()
         num = pd.to_numeric(vals, errors="coerce")
-        if c + "|model_response" in have or (len(vals) and num.notna().all()
-                                              and bool(((num >= 0) & (num <= 1)).all())):
-            score_only.append(c)
+        if len(vals) and num.notna().all() and bool(((num >= 0) & (num <= 1)).all()):
+            numeric.append(c)
+
+    def scores_without_costs(names: list[str], what: str) -> str:
+        costs = ", ".join(repr(c + WIDE_COST_SUFFIXES[0]) for c in names)
+        return (f"column{'s' if len(names) > 1 else ''} {', '.join(map(repr, names))} "
+                f"{what} but no cost column ({costs}): give every model its cost column (0 "
+                "for a free model)")
+
     parts = []
-    if score_only:
-        names = ", ".join(repr(c) for c in score_only)
-        costs = ", ".join(repr(c + WIDE_COST_SUFFIXES[0]) for c in score_only)
-        parts.append(f"column{'s' if len(score_only) > 1 else ''} {names} "
-                     f"hold{'' if len(score_only) > 1 else 's'} scores but no cost column "
-                     f"({costs}): give every model its cost column (0 for a free model), or "
-                     "drop the columns that are not models")
+    if answered:
+        parts.append(scores_without_costs(
+            answered, "hold" + ("" if len(answered) > 1 else "s") + " a model's answers"))
     for c in cost_only:
         m = next(c[:-len(sfx)] for sfx in WIDE_COST_SUFFIXES if c.endswith(sfx))
         parts.append(f"cost column {c!r} has no score column {m!r} (name the score column "
                      "exactly as the model in its cost column)")
-    return "; ".join(parts)
+    note = ""
+    if numeric:
+        note = (scores_without_costs(numeric, "hold" + ("" if len(numeric) > 1 else "s")
+                                     + " numbers in [0, 1] like scores")
+                + "; read as no model (drop the column to silence this note)")
+    return "; ".join(parts), note
 
 
 def load_wide(path: str | Path) -> RoutingTable:
@@ -623,8 +637,9 @@ def load_wide(path: str | Path) -> RoutingTable:
     cols = {str(c) for c in df.columns}
     models = [str(c) for c in df.columns if "|" not in str(c)
               and any(str(c) + sfx in cols for sfx in WIDE_COST_SUFFIXES)]
-    unpaired = _unpaired_model_columns(df, models)
+    unpaired, maybe = _unpaired_model_columns(df, models)
     if not models:
+        unpaired = "; ".join(x for x in (unpaired, maybe) if x)
         if {"model", "score"} <= cols:
             raise RouterError(f"{p}: no model columns, and the table looks like a long table "
                               "(one row per prompt and model, with model and score columns): "
@@ -635,6 +650,8 @@ def load_wide(path: str | Path) -> RoutingTable:
                           + (f" ({unpaired})" if unpaired else ""))
     if unpaired:  # a model with half its columns would be left out unseen
         raise RouterError(f"{p}: {unpaired}")
+    if maybe:
+        print(f"{p}: note: {maybe}", file=sys.stderr)
     df = df.reset_index(drop=True)
     id_col = next((c for c in ("sample_id", "prompt_id") if c in df.columns), None)
     ids = df[id_col] if id_col else pd.Series(range(len(df)), dtype=object)
