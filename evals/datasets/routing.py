@@ -21,7 +21,8 @@ per model, NaN where a model was not evaluated). Formats, by :func:`load_table` 
     ``b, c``), and a model name's surrounding spaces are not part of the name.
     CSV fields may hold line breaks and commas (quoted); rows one field longer than the
     header (a comma left unquoted in every prompt: pandas would read the first field as an
-    index and shift the rest) are an error, as is a file that is not UTF-8 (its line named).
+    index and shift the rest) are an error, unless that field is empty on every row (a
+    delimiter ending each row, as a spreadsheet exports: read as no field), as is a file that is not UTF-8 (its line named).
 ``routellm`` / ``routellm-mmlu`` / ``routellm-gsm8k``
     RouteLLM's cached evaluations (``shared/data/routellm``): per-question correctness of
     ``gpt-4-1106-preview`` (strong) and ``mistralai/Mixtral-8x7B-Instruct-v0.1`` (weak).
@@ -143,8 +144,13 @@ def _read_frame(path: Path) -> Any:
         if suffix in (".csv", ".tsv"):
             # skipinitialspace: a table typed as 'a, "b, c", d' has its columns and quoted
             # texts without the space (else ' prompt' is no prompt column)
-            df = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",",
-                             skipinitialspace=True)
+            sep = "\t" if suffix == ".tsv" else ","
+            df = pd.read_csv(path, sep=sep, skipinitialspace=True)
+            if (not isinstance(df.index, pd.RangeIndex) and df.index.nlevels == 1
+                    and len(df.columns) and df.iloc[:, -1].isna().all()):
+                # a delimiter at the end of every row but the header's (a spreadsheet's
+                # export): the extra field is empty, not a shifted column
+                df = pd.read_csv(path, sep=sep, skipinitialspace=True, index_col=False)
             names = [c.strip() if isinstance(c, str) else c for c in df.columns]
             if len(set(names)) == len(names):  # never two columns of one name
                 df.columns = names

@@ -76,3 +76,18 @@ def test_the_command_says_it_in_one_line(tmp_path: Path,
     err = capsys.readouterr().err
     assert "not UTF-8" in err and "line 1" in err and err.count("\n") == 1
     assert "iconv -f utf-16" in err  # its byte-order mark says what it is
+
+
+def test_a_delimiter_ending_every_row_but_the_header_is_read_as_an_empty_field(
+        tmp_path: Path) -> None:
+    # a spreadsheet's export: 'hello,a,1,0.1,' under 'prompt,model,score,cost'; pandas alone
+    # would take the prompts as the index and shift every column left
+    from evals.datasets.routing import load_long
+
+    p = tmp_path / "t.csv"
+    p.write_text("prompt_id,prompt,model,score,cost\n" + "".join(
+        f"q{i},question {i},{m},{(i + j) % 2},{0.1 * (j + 1)},\n"
+        for i in range(6) for j, m in enumerate(("a", "b"))))
+    t = load_long(p)
+    assert t.models == ["a", "b"] and len(t.prompts) == 6
+    assert t.prompts[0] == "question 0"
