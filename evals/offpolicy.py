@@ -50,7 +50,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from evals.datasets.routing import ENSEMBLE_NOTE, log_costs, read_log_export
+from evals.datasets.routing import (
+    ENSEMBLE_NOTE,
+    given,
+    log_costs,
+    log_ratings,
+    read_log_export,
+)
 from routers.base import (
     MIN_EXPERT_SCORES,
     Router,
@@ -662,9 +668,12 @@ def load_logged(path: str | Path, embed: Any, *, experts: Sequence[str] | None =
         if again.any():
             print(f"offpolicy: {repeated_requests_note(int(again.sum()))}", file=sys.stderr)
             df = df[~again].reset_index(drop=True)
-    fb = pd.to_numeric(df["feedback_score"], errors="coerce")
-    keep = df["text"].notna() & (df["text"].astype(str).str.strip() != "") & fb.notna() \
-        & df["expert"].notna()
+    try:  # a rating written as words is no missing rating
+        fb = log_ratings(df, p)
+    except RouterError as e:
+        raise OffPolicyError(str(e)) from None
+    # an empty expert name (a merged export's) is a request no expert served, as null is
+    keep = given(df["text"]) & fb.notna() & given(df["expert"])
     if "status" in df.columns:  # a rated request that failed: no expert's outcome
         keep &= df["status"].isna() | (df["status"] == "ok")
     # a fallback served another expert than the one chosen with the logged propensity

@@ -22,7 +22,8 @@ per model, NaN where a model was not evaluated). Formats, by :func:`load_table` 
     CSV fields may hold line breaks and commas (quoted); rows one field longer than the
     header (a comma left unquoted in every prompt: pandas would read the first field as an
     index and shift the rest) are an error, unless that field is empty on every row (a
-    delimiter ending each row, as a spreadsheet exports: read as no field), as is a file that is not UTF-8 (its line named).
+    delimiter ending each row, as a spreadsheet exports: read as no field), as is a file
+    that is not UTF-8 (its line named).
 ``routellm`` / ``routellm-mmlu`` / ``routellm-gsm8k``
     RouteLLM's cached evaluations (``shared/data/routellm``): per-question correctness of
     ``gpt-4-1106-preview`` (strong) and ``mistralai/Mixtral-8x7B-Instruct-v0.1`` (weak).
@@ -96,6 +97,7 @@ __all__ = [
     "ROUTELLM_STRONG",
     "ROUTELLM_WEAK",
     "clean_long",
+    "given",
     "load_llmrouter",
     "load_logs",
     "load_long",
@@ -103,6 +105,7 @@ __all__ = [
     "load_table",
     "load_wide",
     "log_costs",
+    "log_ratings",
     "read_log_export",
 ]
 
@@ -764,15 +767,11 @@ def load_logs(path: str | Path, *, policy: str | None = None) -> RoutingTable:
         df = df[~again]
     n0 = len(df)
     no_text = df["text"].isna() | (df["text"].astype(str).str.strip() == "")
-    fb = pd.to_numeric(df["feedback_score"], errors="coerce")
-    words = (fb.isna() & _given(df["feedback_score"])).to_numpy()
-    if words.any():  # a rating written as words ('true', 'good') is no missing rating
-        raise RouterError(f"{path}: feedback_score must be a number in [0, 1] (1 the best "
-                          f"answer); {_bad_records(df, words, df['feedback_score'])}")
+    fb = log_ratings(df, path)
     no_fb = fb.isna()
     # a request no expert served (every expert failed: status error, expert null) can still
     # be rated; its rating scores no expert
-    failed = ~_given(df["expert"])  # null, or an empty name a merged export wrote
+    failed = ~given(df["expert"])  # null, or an empty name a merged export wrote
     if "status" in df.columns:
         failed |= df["status"].notna() & (df["status"] != "ok")
     # an ensemble's answer combines several experts' (the record names its aggregator and
@@ -839,7 +838,7 @@ def log_costs(df: Any, path: str | Path) -> np.ndarray:
     num = pd.to_numeric(raw, errors="coerce")
     # a cost written as text ('abc', '$0.01') is no missing cost: read as 0 it made a dear
     # expert free
-    words = (num.isna() & _given(raw)).to_numpy()
+    words = (num.isna() & given(raw)).to_numpy()
     if words.any():
         raise RouterError(f"{path}: cost_usd must be a number (USD); "
                           f"{_bad_records(df, words, raw)}")
@@ -854,7 +853,21 @@ def log_costs(df: Any, path: str | Path) -> np.ndarray:
     return cost
 
 
-def _given(values: Any) -> Any:
+def log_ratings(df: Any, path: str | Path) -> Any:
+    """The ``feedback_score`` of the log records ``df`` as numbers (NaN where none was
+    given); a rating written as words ('true', 'good') is no missing rating but an error
+    naming the records."""
+    import pandas as pd
+
+    fb = pd.to_numeric(df["feedback_score"], errors="coerce")
+    words = (fb.isna() & given(df["feedback_score"])).to_numpy()
+    if words.any():
+        raise RouterError(f"{path}: feedback_score must be a number in [0, 1] (1 the best "
+                          f"answer); {_bad_records(df, words, df['feedback_score'])}")
+    return fb
+
+
+def given(values: Any) -> Any:
     """Where a log column holds a value (not null, not an empty or blank string)."""
     return values.notna() & (values.astype(str).str.strip() != "")
 

@@ -85,3 +85,21 @@ def test_train_ends_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[
     err = capsys.readouterr().err
     assert "error:" in err and "cost_usd" in err and "Traceback" not in err
     assert not (tmp_path / "art").exists()
+
+
+def test_the_off_policy_loader_reads_the_same_values_the_same_way(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # `train --correction` and `eval offpolicy` read the export through evals.offpolicy:
+    # ratings written as words were dropped as unrated there, and an empty expert became a
+    # model named ''
+    from evals.offpolicy import OffPolicyError, load_logged
+    from routers.embed import HashingEmbedder
+
+    p = _logs(tmp_path, {i: {"feedback_score": "true" if i % 2 else "false"}
+                         for i in range(6)})
+    with pytest.raises(OffPolicyError, match=r"feedback_score must be a number.*6 record"):
+        load_logged(p, HashingEmbedder().embed)
+    data = load_logged(_logs(tmp_path, {i: {"expert": ""} for i in range(4)}
+                             | {5: {"expert": "  "}}), HashingEmbedder().embed)
+    assert "" not in data.experts and "  " not in data.experts
+    assert len(data.rewards) == 35
