@@ -1183,6 +1183,10 @@ def run(args: argparse.Namespace) -> int:
 
         result["provenance"]["encoders"] = {lab: encoder_info(e, m) for lab, e, m, _ in runs}
     print(format_table(result))
+    if result.get("skipped") and args.quiet:  # else the run's progress said it
+        why = sorted(set(result["skipped"].values()))
+        print(f"{_ME}note: left out {', '.join(result['skipped'])}: "
+              f"{'; '.join(w.removeprefix('it ') for w in why)}", file=sys.stderr)
     if args.json:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -178,3 +178,20 @@ def test_a_table_with_no_validation_rows_to_calibrate_on_is_refused_before_the_r
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "no in-domain validation rows" in err
         assert "split validation" in err
+
+
+def test_default_methods_left_out_for_one_label_are_said_under_quiet(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # a one-label suite ran the default methods minus the five that need two labels; the
+    # line saying so is progress output, silenced by --quiet: the table just lacked them
+    monkeypatch.setenv("EXPERTGATE_CACHE", str(tmp_path / "cache"))
+    rows = [r for r in ROWS if r[1] != "travel"]
+    rows += [("weather in rome", "oos", "validation"), ("tell me a joke", "oos", "validation")]
+    f = _csv(tmp_path / "one.csv", ["text", "label", "split"], rows)
+    assert main(["eval", "guard", "--data", str(f), "--embedder", "hashing",
+                 "--latency-sample", "0", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    note = next((ln for ln in err.splitlines() if "left out" in ln), "")
+    assert "guard-msp" in note and "guard-fused" in note
+    assert "needs at least 2 in-domain labels" in note
