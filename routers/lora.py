@@ -84,6 +84,15 @@ class LoraRouter(QualityRouter):
         self.cost_weight = cost_weight
         self.threshold = threshold
 
+    def check_params(self) -> None:
+        """The ranges, and the base model every decision falls back to: without it the
+        router cannot fit, said before any prompt is embedded (``train``, ``eval routing``
+        check parameters first)."""
+        super().check_params()
+        if not isinstance(self.base_model, str) or not self.base_model.strip():
+            raise RouterError("lora: base_model (the adapters' base model) is required: "
+                              "--param base_model=NAME")
+
     def fit(self, X: np.ndarray, table: RoutingTable) -> LoraRouter:
         X, S = self._base_checks(X, table, min_prompts=2)
         if not self.base_model:
