@@ -819,10 +819,9 @@ class _Planner:
 def cmd_route(args: argparse.Namespace) -> int:
     from gateway.cache import MemoryDecisionCache
     from gateway.metrics import Metrics
-    from gateway.pipeline import Pipeline, build_policy_set
+    from gateway.pipeline import Pipeline, build_embedder, build_policy_set
     from gateway.request import explain
     from gateway.request.plan import plan
-    from routers.embed import make_embedder
 
     try:
         cfg = load_config(args.config)
@@ -833,8 +832,8 @@ def cmd_route(args: argparse.Namespace) -> int:
         print(f"expertgate route: {args.config} has no policies", file=sys.stderr)
         return 2
     name = args.policy or cfg.policies[0].name
-    emb = make_embedder(cfg.embedder.kind, **cfg.embedder.options)
-    try:
+    try:  # a bad embedder.options is the config's error, as serve says it
+        emb = build_embedder(cfg)
         pset = build_policy_set(cfg, emb)
     except ConfigError as e:
         print(f"expertgate route: {e}", file=sys.stderr)
