@@ -45,6 +45,7 @@ __all__ = [
     "artifact_version",
     "check_artifact_target",
     "load_router",
+    "not_an_artifact",
     "read_manifest",
     "save_router",
 ]
@@ -107,6 +108,20 @@ def _jsonable(x: Any) -> Any:
     raise RouterError(f"cannot store value of type {type(x).__name__} in router.json")
 
 
+def not_an_artifact(out: Path) -> str | None:
+    """Why the existing path ``out`` is no router artifact a save may replace ("it is not a
+    folder", "it holds subfolders or links", "it has no expertgate router.json"), or None."""
+    if out.is_symlink() or not out.is_dir():
+        return "it is not a folder"
+    if any(not f.is_file() or f.is_symlink() for f in out.iterdir()):
+        return "it holds subfolders or links"
+    try:
+        fmt = json.loads((out / MANIFEST).read_text()).get("format")
+    except (OSError, ValueError, AttributeError):
+        fmt = None
+    return None if fmt == FORMAT else f"it has no expertgate {MANIFEST}"
+
+
 def check_artifact_target(path: str | Path) -> Path:
     """The folder :func:`save_router` may write: absent, or an expertgate router artifact
     (a folder of plain files with this format's ``router.json``), which it replaces. Anything
@@ -119,18 +134,7 @@ def check_artifact_target(path: str | Path) -> Path:
         if out.parent.exists() and not out.parent.is_dir():
             raise RouterError(f"cannot write the artifact {out}: {out.parent} is not a folder")
         return out
-    why = None
-    if out.is_symlink() or not out.is_dir():
-        why = "it is not a folder"
-    elif any(not f.is_file() or f.is_symlink() for f in out.iterdir()):
-        why = "it holds subfolders or links"
-    else:
-        try:
-            fmt = json.loads((out / MANIFEST).read_text()).get("format")
-        except (OSError, ValueError, AttributeError):
-            fmt = None
-        if fmt != FORMAT:
-            why = f"it has no expertgate {MANIFEST}"
+    why = not_an_artifact(out)
     if why is not None:
         raise RouterError(f"{out} exists and is not a router artifact ({why}): it would be "
                           "replaced; choose another output folder or remove it")

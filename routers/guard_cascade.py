@@ -297,7 +297,7 @@ def check_guard_target(path: str | Path) -> Path:
     to: absent, or such an artifact already, which the save replaces. Anything else there
     (a file, a folder of the user's) is refused with a RouterError rather than removed.
     Returns the path made absolute."""
-    from routers.artifacts import check_artifact_target
+    from routers.artifacts import check_artifact_target, not_an_artifact
 
     out = Path(path).expanduser().absolute()
     if out.is_dir() and not out.is_symlink() and is_cascade(out):
@@ -310,7 +310,9 @@ def check_guard_target(path: str | Path) -> Path:
         try:
             return check_artifact_target(out)
         except RouterError:
-            why = "it is neither absent nor a guard artifact"
+            if not out.exists() and not out.is_symlink():
+                raise  # a parent that is no folder, in check_artifact_target's words
+            why = not_an_artifact(out) or "it is neither absent nor a guard artifact"
     raise RouterError(f"{out} exists and is not a guard artifact ({why}): it would be "
                       "replaced; choose another output folder or remove it")
 
