@@ -6,12 +6,15 @@ import asyncio
 import contextlib
 import copy
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
+from aiohttp import web
 
+from expertgate.bench.upstream_double import OpenAIUpstreamDouble
 from gateway.app import create_app
 from gateway.config import Settings, parse_config
 from gateway.dispatch import CircuitBreaker
@@ -154,3 +157,36 @@ def knn_artifact(path: Path, models: list[str], scores: list[list[float]],
     t = RoutingTable(["x", "y"], list(texts), list(models), S, np.zeros_like(S))
     return make_router("knn", k=1).fit(e.embed(list(texts)), t).save(
         path, embedder=e.name, embedder_spec={"kind": "hashing", "options": {}})
+
+
+@dataclass
+class RawDouble(OpenAIUpstreamDouble):
+    """An upstream double that also keeps the bytes of every request, as sent."""
+
+    bodies: list[bytes] = field(default_factory=list)
+
+    def _app(self) -> web.Application:
+        app = web.Application()
+        for path, handler in (("/v1/chat/completions", self._chat),
+                              ("/v1/completions", self._completions),
+                              ("/v1/embeddings", self._embeddings)):
+            app.router.add_post(path, self._keeping(handler))
+        return app
+
+    def _keeping(self, handler: Any) -> Any:
+        async def keep(request: web.Request) -> web.StreamResponse:
+            self.bodies.append(await request.read())
+            return await handler(request)
+        return keep
+
+
+async def raw_doubles() -> AsyncIterator[tuple[RawDouble, RawDouble]]:
+    """Two started :class:`RawDouble` upstreams (coder, chatter), stopped after (a fixture's
+    body: ``yield from`` it in an async fixture)."""
+    a = await RawDouble("coder-double").start()
+    b = await RawDouble("chatter-double").start()
+    try:
+        yield a, b
+    finally:
+        await a.stop()
+        await b.stop()

@@ -7,47 +7,20 @@ or reaches the expert exactly as the gateway read it."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from aiohttp import web
 
-from expertgate.bench.upstream_double import OpenAIUpstreamDouble
 from gateway import exactjson
-from tests.unit.gateway_helpers import base_config, gateway_client
-
-
-@dataclass
-class RawDouble(OpenAIUpstreamDouble):
-    """An upstream double that also keeps the bytes of every request, as sent."""
-
-    bodies: list[bytes] = field(default_factory=list)
-
-    def _app(self) -> web.Application:
-        app = web.Application()
-        for path, handler in (("/v1/chat/completions", self._chat),
-                              ("/v1/completions", self._completions),
-                              ("/v1/embeddings", self._embeddings)):
-            app.router.add_post(path, self._keeping(handler))
-        return app
-
-    def _keeping(self, handler: Any) -> Any:
-        async def keep(request: web.Request) -> web.StreamResponse:
-            self.bodies.append(await request.read())
-            return await handler(request)
-        return keep
+from tests.unit.gateway_helpers import base_config, gateway_client, raw_doubles
 
 
 @pytest.fixture
 async def raw_ups() -> Any:
-    a = await RawDouble("coder-double").start()
-    b = await RawDouble("chatter-double").start()
-    yield a, b
-    await a.stop()
-    await b.stop()
+    async for pair in raw_doubles():
+        yield pair
 
 
 def _first_key_wins(raw: bytes) -> Any:

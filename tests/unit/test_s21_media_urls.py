@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import time
 import timeit
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from aiohttp import web
 
-from expertgate.bench.upstream_double import OpenAIUpstreamDouble
 from gateway.config import Settings
 from gateway.request.media import (
     MAX_FULL_READS,
@@ -32,7 +29,7 @@ from gateway.request.media import (
     classify,
     media_policy,
 )
-from tests.unit.gateway_helpers import base_config, gateway_client
+from tests.unit.gateway_helpers import base_config, gateway_client, raw_doubles
 
 PUBLIC = MediaPolicy()
 
@@ -349,33 +346,10 @@ def test_a_megabyte_of_parts_is_checked_in_bounded_time(part: Any) -> None:
 # --------------------------------------------------------------- through the HTTP front
 
 
-@dataclass
-class RawDouble(OpenAIUpstreamDouble):
-    """An upstream double that also keeps the bytes of every request, as sent."""
-
-    bodies: list[bytes] = field(default_factory=list)
-
-    def _app(self) -> web.Application:
-        app = web.Application()
-        for path, handler in (("/v1/chat/completions", self._chat),
-                              ("/v1/embeddings", self._embeddings)):
-            app.router.add_post(path, self._keeping(handler))
-        return app
-
-    def _keeping(self, handler: Any) -> Any:
-        async def keep(request: web.Request) -> web.StreamResponse:
-            self.bodies.append(await request.read())
-            return await handler(request)
-        return keep
-
-
 @pytest.fixture
 async def raw_ups() -> Any:
-    a = await RawDouble("coder-double").start()
-    b = await RawDouble("chatter-double").start()
-    yield a, b
-    await a.stop()
-    await b.stop()
+    async for pair in raw_doubles():
+        yield pair
 
 
 _HEADERS = {"content-type": "application/json"}
