@@ -29,6 +29,20 @@ async def ups() -> AsyncIterator[tuple[OpenAIUpstreamDouble, OpenAIUpstreamDoubl
 
 
 @pytest.fixture
+def no_embedding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any embedding of a table's prompts (train's ``embed_cached``, eval routing's
+    ``embed_table``) fails the test: for checks that must refuse an input first."""
+    import routers.embed
+    from evals import routing_eval
+
+    def refuse(*a: object, **k: object) -> None:
+        raise AssertionError("the prompts were embedded before the input was refused")
+
+    monkeypatch.setattr(routing_eval, "embed_table", refuse)
+    monkeypatch.setattr(routers.embed, "embed_cached", refuse)
+
+
+@pytest.fixture
 async def scripted() -> AsyncIterator[ScriptedSSE]:
     """An upstream double that plays a test's SSE script (``scripted.script``)."""
     s = await ScriptedSSE().start()

@@ -23,16 +23,6 @@ def _table(tmp_path: Path) -> Path:
     return p
 
 
-@pytest.fixture
-def no_embedding(monkeypatch: pytest.MonkeyPatch) -> None:
-    import routers.embed
-    from evals import routing_eval as RE
-
-    def refuse(*a: object, **k: object) -> None:
-        raise AssertionError("the work started with an output over the input")
-
-    monkeypatch.setattr(RE, "embed_table", refuse)
-    monkeypatch.setattr(routers.embed, "embed_cached", refuse)
 
 
 def test_eval_routing_json_over_its_data(tmp_path: Path, no_embedding: None,

@@ -33,16 +33,6 @@ def _table(tmp_path: Path, n: int = 40, same: bool = False) -> Path:
     return p
 
 
-@pytest.fixture
-def no_embedding(monkeypatch: pytest.MonkeyPatch) -> None:
-    import routers.embed
-    from evals import routing_eval as RE
-
-    def refuse(*a: object, **k: object) -> None:
-        raise AssertionError("the prompts were embedded before the input was refused")
-
-    monkeypatch.setattr(RE, "embed_table", refuse)
-    monkeypatch.setattr(routers.embed, "embed_cached", refuse)
 
 
 @pytest.mark.parametrize("flags", [["--test", "0.99"], ["--val", "0.6", "--test", "0.6"],

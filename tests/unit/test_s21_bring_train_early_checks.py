@@ -20,14 +20,6 @@ def _table(tmp_path: Path) -> Path:
     return p
 
 
-@pytest.fixture
-def no_embedding(monkeypatch: pytest.MonkeyPatch) -> None:
-    import routers.embed
-
-    def refuse(*a: object, **k: object) -> None:
-        raise AssertionError("the prompts were embedded before the input was refused")
-
-    monkeypatch.setattr(routers.embed, "embed_cached", refuse)
 
 
 def test_auto_with_a_param_is_refused_first(tmp_path: Path, no_embedding: None,
