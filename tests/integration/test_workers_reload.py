@@ -30,16 +30,24 @@ def _experts(client: httpx.Client, n: int) -> set[str]:
 
 def _workers(supervisor: int) -> set[int]:
     """The supervisor's worker processes (multiprocessing's spawned children, not its
-    resource tracker)."""
+    resource tracker): every process whose parent, in its ``/proc/PID/stat``, is the
+    supervisor (``/proc/PID/task/TID/children`` is documented as unreliable while the
+    tasks run, and once listed none of two live workers under load)."""
     out = set()
-    for tid in Path(f"/proc/{supervisor}/task").iterdir():
-        for pid in (tid / "children").read_text().split():
-            try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue  # gone meanwhile
-            if b"spawn_main" in cmd:
-                out.add(int(pid))
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            # pid (comm) state ppid ...: comm may hold spaces and parentheses
+            ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+            if ppid != supervisor:
+                continue
+            cmd = (d / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        if b"spawn_main" in cmd:
+            out.add(int(d.name))
     return out
 
 
