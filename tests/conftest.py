@@ -29,6 +29,17 @@ async def ups() -> AsyncIterator[tuple[OpenAIUpstreamDouble, OpenAIUpstreamDoubl
 
 
 @pytest.fixture
+def small_long_table(tmp_path: Path) -> Path:
+    """``tmp_path/t.csv``: a long routing table of 30 prompts, models ``small`` (cost 0.1)
+    and ``big`` (1.0), each right on every other prompt."""
+    p = tmp_path / "t.csv"
+    p.write_text("prompt_id,prompt,model,score,cost\n" + "".join(
+        f'p{i},"question {i}",{m},{float((i + j) % 2)},{c}\n'
+        for i in range(30) for j, (m, c) in enumerate((("small", 0.1), ("big", 1.0)))))
+    return p
+
+
+@pytest.fixture
 def no_embedding(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any embedding of a table's prompts (train's ``embed_cached``, eval routing's
     ``embed_table``) fails the test: for checks that must refuse an input first."""

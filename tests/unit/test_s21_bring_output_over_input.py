@@ -15,20 +15,10 @@ import pytest
 from expertgate.cli import main
 
 
-def _table(tmp_path: Path) -> Path:
-    p = tmp_path / "t.csv"
-    p.write_text("prompt_id,prompt,model,score,cost\n" + "".join(
-        f'p{i},"question {i}",{m},{float((i + j) % 2)},{c}\n'
-        for i in range(30) for j, (m, c) in enumerate((("small", 0.1), ("big", 1.0)))))
-    return p
-
-
-
-
-def test_eval_routing_json_over_its_data(tmp_path: Path, no_embedding: None,
-                                         monkeypatch: pytest.MonkeyPatch,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
-    p = _table(tmp_path)
+def test_eval_routing_json_over_its_data(
+        tmp_path: Path, small_long_table: Path, no_embedding: None,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    p = small_long_table
     before = p.read_text()
     monkeypatch.chdir(tmp_path)  # the same file by another spelling
     assert main(["eval", "routing", "--data", str(p), "--json", "./t.csv", "--embedder",
@@ -38,9 +28,10 @@ def test_eval_routing_json_over_its_data(tmp_path: Path, no_embedding: None,
     assert p.read_text() == before
 
 
-def test_train_metrics_json_over_its_data(tmp_path: Path, no_embedding: None,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
-    p = _table(tmp_path)
+def test_train_metrics_json_over_its_data(
+        tmp_path: Path, small_long_table: Path, no_embedding: None,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    p = small_long_table
     before = p.read_text()
     assert main(["train", "--router", "knn", "--data", str(p), "--embedder", "hashing",
                  "--out", str(tmp_path / "art"), "--metrics-json", str(p)]) == 2
@@ -49,10 +40,11 @@ def test_train_metrics_json_over_its_data(tmp_path: Path, no_embedding: None,
     assert p.read_text() == before and not (tmp_path / "art").exists()
 
 
-def test_train_metrics_json_inside_the_artifact(tmp_path: Path, no_embedding: None,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_train_metrics_json_inside_the_artifact(
+        tmp_path: Path, small_long_table: Path, no_embedding: None,
+        capsys: pytest.CaptureFixture[str]) -> None:
     art = tmp_path / "art"
-    assert main(["train", "--router", "knn", "--data", str(_table(tmp_path)), "--embedder",
+    assert main(["train", "--router", "knn", "--data", str(small_long_table), "--embedder",
                  "hashing", "--out", str(art), "--metrics-json",
                  os.path.join(str(art), "router.json")]) == 2
     err = capsys.readouterr().err
@@ -60,8 +52,9 @@ def test_train_metrics_json_inside_the_artifact(tmp_path: Path, no_embedding: No
     assert not (art / "router.json").exists()
 
 
-def test_a_metrics_file_beside_the_artifact_is_written(tmp_path: Path) -> None:
-    assert main(["train", "--router", "knn", "--data", str(_table(tmp_path)), "--embedder",
+def test_a_metrics_file_beside_the_artifact_is_written(
+        tmp_path: Path, small_long_table: Path) -> None:
+    assert main(["train", "--router", "knn", "--data", str(small_long_table), "--embedder",
                  "hashing", "--out", str(tmp_path / "art"), "--metrics-json",
                  str(tmp_path / "art.metrics.json")]) == 0
     assert (tmp_path / "art.metrics.json").is_file()

@@ -33,8 +33,6 @@ def _table(tmp_path: Path, n: int = 40, same: bool = False) -> Path:
     return p
 
 
-
-
 @pytest.mark.parametrize("flags", [["--test", "0.99"], ["--val", "0.6", "--test", "0.6"],
                                    ["--val", "-0.1"], ["--val", "nan"]])
 def test_train_refuses_split_shares_before_loading(tmp_path: Path, flags: list[str],

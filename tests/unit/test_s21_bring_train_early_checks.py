@@ -12,16 +12,6 @@ import pytest
 from expertgate.cli import main
 
 
-def _table(tmp_path: Path) -> Path:
-    p = tmp_path / "t.csv"
-    p.write_text("prompt_id,prompt,model,score,cost\n" + "".join(
-        f'p{i},"question {i}",{m},{float((i + j) % 2)},{c}\n'
-        for i in range(30) for j, (m, c) in enumerate((("small", 0.1), ("big", 1.0)))))
-    return p
-
-
-
-
 def test_auto_with_a_param_is_refused_first(tmp_path: Path, no_embedding: None,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--router", "auto", "--param", "k=3", "--data",
@@ -33,9 +23,9 @@ def test_auto_with_a_param_is_refused_first(tmp_path: Path, no_embedding: None,
 
 @pytest.mark.parametrize("family", ["category", "semantic"])
 def test_a_category_family_on_a_table_without_categories(
-        tmp_path: Path, family: str, no_embedding: None,
+        tmp_path: Path, small_long_table: Path, family: str, no_embedding: None,
         capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["train", "--router", family, "--data", str(_table(tmp_path)),
+    assert main(["train", "--router", family, "--data", str(small_long_table),
                  "--embedder", "hashing", "--out", str(tmp_path / "art")]) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"--router {family}" in line and "category column" in line
