@@ -11,6 +11,7 @@ import httpx
 import pytest
 import yaml
 
+from expertgate.bench.proc import process_tree
 from expertgate.bench.upstream_double import ThreadedDouble
 from expertgate.procs import GatewayServer
 from tests.unit.gateway_helpers import base_config, chat
@@ -30,24 +31,17 @@ def _experts(client: httpx.Client, n: int) -> set[str]:
 
 def _workers(supervisor: int) -> set[int]:
     """The supervisor's worker processes (multiprocessing's spawned children, not its
-    resource tracker): every process whose parent, in its ``/proc/PID/stat``, is the
-    supervisor (``/proc/PID/task/TID/children`` is documented as unreliable while the
-    tasks run, and once listed none of two live workers under load)."""
+    resource tracker), found by parent pid (:func:`expertgate.bench.proc.process_tree`):
+    ``/proc/PID/task/TID/children`` is documented as unreliable while the tasks run, and
+    once listed none of two live workers under load."""
     out = set()
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
+    for pid in process_tree(supervisor):
         try:
-            stat = (d / "stat").read_text()
-            # pid (comm) state ppid ...: comm may hold spaces and parentheses
-            ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-            if ppid != supervisor:
-                continue
-            cmd = (d / "cmdline").read_bytes()
-        except (OSError, ValueError, IndexError):
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
             continue  # gone meanwhile
-        if b"spawn_main" in cmd:
-            out.add(int(d.name))
+        if pid != supervisor and b"spawn_main" in cmd:
+            out.add(pid)
     return out
 
 
